@@ -1,0 +1,34 @@
+VENV := .venv
+PY := $(VENV)/bin/python
+CONFIG ?= config.example.yaml
+DATA_DIR ?= .vmsh-demo
+
+.PHONY: install run headless test bench lint clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+run: install
+	$(PY) -m core.demo --config $(CONFIG) --data-dir $(DATA_DIR)
+	$(VENV)/bin/vmsh-scheduler --config $(CONFIG) --data-dir $(DATA_DIR)
+
+headless: install
+	$(PY) -m core.demo --config $(CONFIG) --data-dir $(DATA_DIR)
+	$(VENV)/bin/vmsh-scheduler --no-ui --config $(CONFIG) --data-dir $(DATA_DIR)
+
+test: install
+	$(PY) -m pytest -q
+
+bench: install
+	$(PY) bench/run.py
+
+lint: install
+	$(VENV)/bin/ruff check core tui tests bench
+
+clean:
+	rm -rf $(VENV) $(DATA_DIR) .pytest_cache

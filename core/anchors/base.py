@@ -1,0 +1,53 @@
+"""The interface every anchoring backend implements (local, rfc3161, eip155, btc)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class Attestation:
+    """What a backend returns for one anchored digest; `data` goes into the receipt as is.
+
+    `data` must be JSON-serialisable and must never hold a secret.
+    """
+
+    data: dict[str, Any]
+    status: str = "confirmed"  # or "pending" until `confirmations.required` is reached
+    confirmations: int = 0  # observed depth (0 for timestamp authorities)
+
+
+class VerificationFailed(Exception):
+    """An attestation that does not prove what its receipt claims; the message says why."""
+
+
+# Called by a backend with facts to journal before it commits to the outside world
+# (for EVM: the signed transaction hash), so that a crash can be resolved without a resend.
+JournalNote = Callable[[dict[str, Any]], None]
+
+
+class Backend(Protocol):
+    target: str  # "<scheme>:<name>"
+
+    async def anchor(self, digest: bytes, note: JournalNote) -> Attestation:
+        """Anchor `digest` (32 bytes); raise core.errors.AnchorError subclasses on failure."""
+
+    async def recover(self, digest: bytes, notes: dict[str, Any]) -> Attestation | None:
+        """After a crash: the attestation for an interrupted call, or None if it never landed."""
+
+    async def verify(self, attestation: dict[str, Any], digest: bytes) -> None:
+        """Check an attestation again (offline where the scheme allows); raise VerificationFailed."""
+
+    async def close(self) -> None: ...
+
+
+@dataclass
+class BackendInfo:
+    """Shown in the dashboard and check-config; `development` marks targets that prove nothing."""
+
+    target: str
+    scheme: str
+    development: bool = False
+    details: dict[str, Any] = field(default_factory=dict)

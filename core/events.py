@@ -1,0 +1,139 @@
+"""Typed engine events and the in-process fan-out bus that metrics, logs and the TUI consume.
+
+Subscribers are plain callables run synchronously on the engine's loop: they must be
+cheap (append to a buffer, bump a counter, post a message). A failing subscriber is
+dropped from that delivery, never allowed to stop the engine.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from core.jobs import JobKey
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    at: float  # epoch seconds, from the engine's clock
+
+
+@dataclass(frozen=True, slots=True)
+class JobDue(Event):
+    job: JobKey
+    forced: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class JobSkipped(Event):
+    job: JobKey
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class AnchorStarted(Event):
+    target: str
+    jobs: tuple[JobKey, ...]
+    digest: str  # hex of what is sent to the backend
+
+
+@dataclass(frozen=True, slots=True)
+class AnchorSucceeded(Event):
+    job: JobKey
+    target: str
+    root: str
+    duration: float
+    status: str  # receipt status: confirmed | pending
+
+
+@dataclass(frozen=True, slots=True)
+class AnchorFailed(Event):
+    job: JobKey
+    target: str
+    kind: str
+    message: str
+    duration: float
+
+
+@dataclass(frozen=True, slots=True)
+class BackoffChanged(Event):
+    job: JobKey
+    level: int
+    max_level: int
+    next_attempt: float | None
+    kind: str | None = None
+    message: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiptWritten(Event):
+    job: JobKey
+    target: str
+    path: str
+    root: str
+    status: str
+    anchored_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiptConfirmed(Event):
+    job: JobKey
+    target: str
+    path: str
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigApplied(Event):
+    config_hash: str
+    added: tuple[JobKey, ...] = ()
+    removed: tuple[JobKey, ...] = ()
+    changed: tuple[JobKey, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigRejected(Event):
+    errors: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Paused(Event):
+    paused: bool
+
+
+@dataclass(frozen=True, slots=True)
+class TickCompleted(Event):
+    duration: float
+    due: int
+
+
+@dataclass(frozen=True, slots=True)
+class LogRecord(Event):
+    level: str
+    msg: str
+    fields: dict[str, Any] = field(default_factory=dict)
+
+
+Subscriber = Callable[[Event], None]
+
+
+class EventBus:
+    def __init__(self) -> None:
+        self._subscribers: list[Subscriber] = []
+
+    def subscribe(self, fn: Subscriber) -> Callable[[], None]:
+        self._subscribers.append(fn)
+
+        def unsubscribe() -> None:
+            if fn in self._subscribers:
+                self._subscribers.remove(fn)
+
+        return unsubscribe
+
+    def publish(self, event: Event) -> None:
+        for fn in tuple(self._subscribers):
+            try:
+                fn(event)
+            except Exception as exc:  # a broken consumer must never stop anchoring
+                print(f"event subscriber {fn!r} failed: {exc!r}", file=sys.stderr)
