@@ -1,0 +1,111 @@
+"""JSON-lines logging. Records are published on the event bus; writers subscribe to it.
+
+The engine and the rest of core log through `Log`, which only publishes `LogRecord`
+events. `JsonLineWriter` turns them into one JSON object per line for stdout or a file;
+the dashboard renders the same records. Nothing here may ever print a secret: callers
+pass identifiers and messages, never settings objects.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import IO, Any
+
+from core.clock import Clock, iso_utc
+from core.events import Event, EventBus, LogRecord
+
+LEVELS = {"DEBUG": 10, "INFO": 20, "WARNING": 30, "ERROR": 40}
+
+
+def level_number(name: str) -> int:
+    return LEVELS.get(name.upper(), 20)
+
+
+class Log:
+    def __init__(self, bus: EventBus, clock: Clock, level: str = "INFO") -> None:
+        self._bus = bus
+        self._clock = clock
+        self.threshold = level_number(level)
+
+    def log(self, level: str, msg: str, **fields: Any) -> None:
+        if LEVELS[level] >= self.threshold:
+            self._bus.publish(LogRecord(at=self._clock.now(), level=level, msg=msg, fields=fields))
+
+    def debug(self, msg: str, **fields: Any) -> None:
+        self.log("DEBUG", msg, **fields)
+
+    def info(self, msg: str, **fields: Any) -> None:
+        self.log("INFO", msg, **fields)
+
+    def warning(self, msg: str, **fields: Any) -> None:
+        self.log("WARNING", msg, **fields)
+
+    def error(self, msg: str, **fields: Any) -> None:
+        self.log("ERROR", msg, **fields)
+
+
+def format_record(record: LogRecord) -> str:
+    body = {"time": iso_utc(record.at), "level": record.level, "msg": record.msg}
+    for key, value in record.fields.items():
+        if key not in body:
+            body[key] = value
+    return json.dumps(body, default=str, ensure_ascii=False)
+
+
+class JsonLineWriter:
+    """Bus subscriber writing LogRecords as JSON lines; rotates a file by size if asked."""
+
+    def __init__(
+        self,
+        stream: IO[str] | None = None,
+        *,
+        path: Path | None = None,
+        max_bytes: int = 10 * 1024 * 1024,
+        backups: int = 5,
+    ) -> None:
+        self._stream = stream
+        self._path = path
+        self._max_bytes = max_bytes
+        self._backups = backups
+        self._file: IO[str] | None = None
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - kept open
+
+    def __call__(self, event: Event) -> None:
+        if not isinstance(event, LogRecord):
+            return
+        line = format_record(event) + "\n"
+        if self._stream is not None:
+            self._stream.write(line)
+            self._stream.flush()
+        if self._file is not None:
+            self._file.write(line)
+            self._file.flush()
+            if self._file.tell() >= self._max_bytes:
+                self._rotate()
+
+    def _rotate(self) -> None:
+        assert self._path is not None and self._file is not None
+        self._file.close()
+        for i in range(self._backups - 1, 0, -1):
+            older = self._path.with_name(f"{self._path.name}.{i}")
+            if older.exists():
+                os.replace(older, self._path.with_name(f"{self._path.name}.{i + 1}"))
+        if self._backups > 0:
+            os.replace(self._path, self._path.with_name(f"{self._path.name}.1"))
+        else:
+            self._path.unlink(missing_ok=True)
+        self._file = open(self._path, "a", encoding="utf-8")  # noqa: SIM115
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def stdout_writer() -> JsonLineWriter:
+    return JsonLineWriter(sys.stdout)

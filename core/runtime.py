@@ -1,0 +1,132 @@
+"""One running scheduler, wired from a loaded configuration.
+
+Both run modes (headless and the dashboard) build a Runtime: it owns the data-dir lock,
+the stores, the backends, the engine and the reload path, so the two modes differ
+only in what they show.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from pathlib import Path
+
+from core import __version__
+from core.anchors.registry import Backends
+from core.backoff import BackoffPolicy
+from core.clock import Clock, SystemClock
+from core.config import ConfigError, LoadedConfig
+from core.engine import Scheduler
+from core.events import ConfigRejected, EventBus
+from core.observe.logs import Log
+from core.receipts import ReceiptStore
+from core.state import DataDirLock, IntentJournal, StateStore
+
+Loader = Callable[[], LoadedConfig]
+
+
+class ReloadResult:
+    def __init__(self, applied: bool, changed: bool, errors: list[str], summary: str) -> None:
+        self.applied = applied
+        self.changed = changed
+        self.errors = errors
+        self.summary = summary
+
+    def __repr__(self) -> str:
+        return f"ReloadResult(applied={self.applied}, changed={self.changed}, summary={self.summary!r})"
+
+
+class Runtime:
+    def __init__(
+        self,
+        loaded: LoadedConfig,
+        *,
+        loader: Loader | None = None,
+        clock: Clock | None = None,
+        bus: EventBus | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.loaded = loaded
+        self._loader = loader
+        self.clock = clock or SystemClock()
+        self.bus = bus or EventBus()
+        cfg = loaded.config
+        self.data_dir = Path(cfg.scheduler.data_dir)
+        self.log = Log(self.bus, self.clock, cfg.log.level)
+        self.lock = DataDirLock(self.data_dir)
+        self.receipts = ReceiptStore(self.data_dir / "receipts")
+        state_file = cfg.scheduler.state_file or self.data_dir / "state" / "scheduler.json"
+        self.backends = Backends(cfg.resolve_target, self.data_dir, self.clock)
+        self.engine = Scheduler(
+            jobs=cfg.jobs(),
+            clock=self.clock,
+            bus=self.bus,
+            backend_for=self.backends,
+            state_store=StateStore(Path(state_file)),
+            journal=IntentJournal(self.data_dir / "journal"),
+            receipts=self.receipts,
+            policy=BackoffPolicy(
+                base=cfg.scheduler.base_backoff,
+                max_level=cfg.scheduler.max_backoff_level,
+                rng=rng or random.Random(),
+            ),
+            concurrency=cfg.scheduler.concurrency,
+            tick=cfg.scheduler.tick,
+            stale_factor=cfg.scheduler.stale_factor,
+            config_hash=loaded.hash,
+            target_guard=cfg.target_mismatch,
+            log=self.log,
+        )
+
+    def acquire(self) -> None:
+        """Take the data-dir lock; raises state.LockHeld naming the holder."""
+        self.lock.acquire()
+
+    def release(self) -> None:
+        self.lock.release()
+
+    def announce(self) -> None:
+        cfg = self.loaded.config
+        self.log.info(
+            "scheduler started",
+            version=__version__,
+            config_hash=self.loaded.hash[:12],
+            jobs=len(self.engine.jobs),
+            data_dir=str(self.data_dir),
+        )
+        for warning in self.loaded.warnings:
+            self.log.warning(warning)
+        for target in sorted({j.target for j in cfg.jobs()}):
+            if target.startswith("local:"):
+                self.log.warning(
+                    "target is the embedded development TSA: it proves nothing to third parties",
+                    target=target,
+                )
+
+    def reload(self) -> ReloadResult:
+        """Load the configuration again; apply it if valid and different, else keep the old."""
+        if self._loader is None:
+            return ReloadResult(False, False, ["this scheduler was started without a config source"], "")
+        try:
+            loaded = self._loader()
+        except ConfigError as exc:
+            errors = [str(issue) for issue in exc.issues] or [str(exc)]
+            self.bus.publish(ConfigRejected(at=self.clock.now(), errors=tuple(errors)))
+            for line in errors:
+                self.log.error("config reload rejected; the previous config stays live", error=line)
+            return ReloadResult(False, False, errors, f"rejected: {len(errors)} error(s)")
+        if loaded.hash == self.loaded.hash:
+            self.log.info("config reload: no change", config_hash=loaded.hash[:12])
+            return ReloadResult(True, False, [], "no change")
+        self.loaded = loaded
+        self.backends.update(loaded.config.resolve_target)
+        event = self.engine.apply(
+            loaded.config.jobs(), loaded.hash, target_guard=loaded.config.target_mismatch
+        )
+        for warning in loaded.warnings:
+            self.log.warning(warning)
+        summary = f"+{len(event.added)} -{len(event.removed)} ~{len(event.changed)} jobs"
+        return ReloadResult(True, True, [], summary)
+
+    async def close(self) -> None:
+        await self.backends.close()

@@ -1,0 +1,321 @@
+"""The engine's rules, run whole on a fake clock against the real embedded TSA."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from pathlib import Path
+
+import pytest
+
+from core.anchors.local import LocalTSA
+from core.backoff import PHI, BackoffPolicy
+from core.clock import FakeClock
+from core.errors import AuthError, NetworkError, ValidationError
+from core.events import AnchorFailed, AnchorStarted, EventBus, JobSkipped, ReceiptWritten
+from core.jobs import JobKey, JobSpec, safe_name
+from core.receipts import ReceiptStore, load_receipt, verify_receipt
+from core.sources import write_batch
+from core.state import IntentJournal, StateStore
+
+
+def root(n: int) -> str:
+    return "sha256:" + f"{n:064x}"
+
+
+class CountingBackend:
+    """The real local TSA, with a count of calls and failures injected on demand."""
+
+    def __init__(self, inner: LocalTSA) -> None:
+        self.inner = inner
+        self.target = inner.target
+        self.calls: list[bytes] = []
+        self.fail_with: Exception | None = None
+        self.gate: asyncio.Event | None = None
+
+    async def anchor(self, digest, note):
+        self.calls.append(digest)
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.fail_with is not None:
+            raise self.fail_with
+        return await self.inner.anchor(digest, note)
+
+    async def recover(self, digest, notes):
+        return None
+
+    async def verify(self, attestation, digest):
+        await self.inner.verify(attestation, digest)
+
+    async def close(self):
+        pass
+
+
+class Harness:
+    def __init__(self, tmp: Path, specs: dict[str, int], *, every=60, target="local:dev", unchanged=False):
+        self.tmp = tmp
+        self.clock = FakeClock()
+        self.bus = EventBus()
+        self.events: list = []
+        self.bus.subscribe(self.events.append)
+        self.backend = CountingBackend(LocalTSA(tmp / "data", "dev", self.clock))
+        self.receipts = ReceiptStore(tmp / "data" / "receipts")
+        self.specs = [
+            JobSpec(JobKey(ns, "fast"), target, every, tmp / "batches" / safe_name(ns), anchor_unchanged=unchanged)
+            for ns in specs
+        ]
+        for ns, n in specs.items():
+            self.batch(ns, n)
+
+    def batch(self, ns: str, n: int, name: str | None = None) -> None:
+        write_batch(self.tmp / "batches" / safe_name(ns), name or f"{n:06d}", root(n))
+
+    def scheduler(self, **kw):
+        from core.engine import Scheduler
+
+        return Scheduler(
+            jobs=self.specs,
+            clock=self.clock,
+            bus=self.bus,
+            backend_for=lambda target: self.backend,
+            state_store=StateStore(self.tmp / "data" / "state" / "scheduler.json"),
+            journal=IntentJournal(self.tmp / "data" / "journal"),
+            receipts=self.receipts,
+            policy=BackoffPolicy(base=5.0, max_level=7, jitter=0.0, rng=random.Random(1)),
+            **kw,
+        )
+
+    def of(self, kind):
+        return [e for e in self.events if isinstance(e, kind)]
+
+
+async def test_first_pass_anchors_each_job_and_receipts_verify(tmp_path):
+    h = Harness(tmp_path, {"a": 1})
+    s = h.scheduler()
+    await s.run_once()
+    written = h.of(ReceiptWritten)
+    assert [str(e.job) for e in written] == ["a/fast"]
+    receipt = load_receipt(Path(written[0].path))
+    assert receipt["batch"]["root"] == root(1)
+    assert receipt["anchored_root"] == root(1)  # a group of one anchors the root itself
+    await verify_receipt(receipt, lambda t: h.backend)
+
+
+async def test_job_is_due_again_after_its_period_not_before(tmp_path):
+    h = Harness(tmp_path, {"a": 1}, every=89, unchanged=True)
+    s = h.scheduler()
+    await s.run_once()
+    h.clock.advance(88)
+    await s.run_once()
+    assert len(h.backend.calls) == 1
+    h.clock.advance(1)
+    await s.run_once()
+    assert len(h.backend.calls) == 2
+    assert s.next_due() == h.clock.now() + 89
+
+
+async def test_unchanged_root_is_skipped_until_it_changes(tmp_path):
+    h = Harness(tmp_path, {"a": 1}, every=10)
+    s = h.scheduler()
+    await s.run_once()
+    h.clock.advance(10)
+    await s.run_once()
+    assert len(h.backend.calls) == 1
+    assert h.of(JobSkipped)[-1].reason == "root unchanged"
+    h.batch("a", 2)
+    h.clock.advance(10)
+    await s.run_once()
+    assert len(h.backend.calls) == 2
+    assert h.of(ReceiptWritten)[-1].root == root(2)
+
+
+async def test_anchor_unchanged_heartbeats(tmp_path):
+    h = Harness(tmp_path, {"a": 1}, every=10, unchanged=True)
+    s = h.scheduler()
+    for _ in range(3):
+        await s.run_once()
+        h.clock.advance(10)
+    assert len(h.backend.calls) == 3
+
+
+@pytest.mark.parametrize(
+    ("error", "multiplier"),
+    [(NetworkError("ECONNREFUSED"), 1.0), (AuthError("401"), 2.0), (ValidationError("bad"), 0.5),
+     (RuntimeError("something odd"), 1.0)],
+)
+async def test_failure_applies_phi_backoff_per_kind_and_success_resets(tmp_path, error, multiplier):
+    h = Harness(tmp_path, {"a": 1}, every=3600)
+    s = h.scheduler()
+    h.backend.fail_with = error
+    t0 = h.clock.now()
+    await s.run_once()
+    assert s.next_due() == pytest.approx(t0 + 5.0 * PHI * multiplier)
+    # Not retried before the backoff delay is over...
+    h.clock.advance(5.0 * PHI * multiplier - 0.01)
+    await s.run_once()
+    assert len(h.backend.calls) == 1
+    # ...retried after it, at the next level.
+    h.clock.advance(0.01)
+    await s.run_once()
+    assert len(h.backend.calls) == 2
+    assert s.view(JobKey("a", "fast")).state.backoff_level == 2
+    assert s.next_due() == pytest.approx(h.clock.now() + 5.0 * PHI**2 * multiplier)
+    h.backend.fail_with = None
+    h.clock.advance(5.0 * PHI**2 * multiplier)
+    await s.run_once()
+    view = s.view(JobKey("a", "fast"))
+    assert view.state.backoff_level == 0 and view.status == "ok"
+    assert s.next_due() == pytest.approx(h.clock.now() + 3600)
+    assert [e.kind for e in h.of(AnchorFailed)] == [str(error.kind if hasattr(error, "kind") else "unknown")] * 2
+
+
+async def test_backoff_level_is_capped(tmp_path):
+    h = Harness(tmp_path, {"a": 1}, every=3600)
+    s = h.scheduler()
+    h.backend.fail_with = NetworkError("timeout")
+    for _ in range(10):
+        await s.run_once()
+        h.clock.set(s.next_due())
+    assert s.view(JobKey("a", "fast")).state.backoff_level == 7
+    assert s.next_due() - (h.clock.now() - 0) <= 5.0 * PHI**7 + 1e-6
+
+
+async def test_a_job_in_flight_is_never_started_twice(tmp_path):
+    h = Harness(tmp_path, {"a": 1}, every=1, unchanged=True)
+    s = h.scheduler()
+    h.backend.gate = asyncio.Event()
+    s.run_due()
+    await asyncio.sleep(0)
+    for _ in range(5):  # five overlapping passes while the first call hangs
+        h.clock.advance(1)
+        s.run_due()
+        await asyncio.sleep(0)
+    s.force(JobKey("a", "fast"))
+    s.run_due()
+    await asyncio.sleep(0)
+    assert len(h.backend.calls) == 1
+    assert s.view(JobKey("a", "fast")).status == "anchoring"
+    h.backend.gate.set()
+    await s.settle()
+    assert len(h.of(ReceiptWritten)) == 1
+
+
+async def test_catch_up_runs_once_after_a_long_downtime(tmp_path):
+    h = Harness(tmp_path, {"a": 1}, every=60, unchanged=True)
+    s = h.scheduler()
+    await s.run_once()
+    s.flush()
+    h.clock.advance(60 * 100)  # down for 100 periods
+    s2 = h.scheduler()
+    await s2.recover()
+    await s2.run_once()
+    await s2.run_once()
+    assert len(h.backend.calls) == 2  # the first anchor, then one catch-up
+    assert s2.next_due() == h.clock.now() + 60
+
+
+async def test_three_namespaces_due_together_share_one_backend_call(tmp_path):
+    h = Harness(tmp_path, {"a": 1, "b": 2, "c": 3})
+    s = h.scheduler()
+    await s.run_once()
+    assert len(h.backend.calls) == 1
+    assert len(h.of(AnchorStarted)[0].jobs) == 3
+    receipts = [load_receipt(Path(e.path)) for e in h.of(ReceiptWritten)]
+    assert len(receipts) == 3
+    assert len({r["anchored_root"] for r in receipts}) == 1
+    assert all(r["tree_size"] == 3 for r in receipts)
+    for r in receipts:
+        await verify_receipt(r, lambda t: h.backend)
+    # A tampered proof no longer verifies against the shared attestation.
+    bad = dict(receipts[0], batch={"id": "x", "root": root(9)})
+    with pytest.raises(Exception, match="(?i)proof|root|match"):
+        await verify_receipt(bad, lambda t: h.backend)
+
+
+async def test_force_anchors_now_ignoring_due_time_and_backoff(tmp_path):
+    h = Harness(tmp_path, {"a": 1, "b": 2}, every=3600)
+    s = h.scheduler()
+    await s.run_once()
+    h.backend.fail_with = NetworkError("down")
+    s.force(JobKey("a", "fast"))
+    await s.run_once()
+    h.backend.fail_with = None
+    assert s.view(JobKey("a", "fast")).state.backoff_level == 1
+    s.force(JobKey("a", "fast"))  # during backoff
+    await s.run_once()
+    assert len(h.backend.calls) == 3
+    assert s.view(JobKey("a", "fast")).state.backoff_level == 0
+    assert s.force_namespace("b") == 1
+    await s.run_once()
+    assert [str(e.job) for e in h.of(ReceiptWritten)][-1] == "b/fast"
+
+
+async def test_pause_stops_new_anchors_and_resume_restarts_them(tmp_path):
+    h = Harness(tmp_path, {"a": 1}, every=10, unchanged=True)
+    s = h.scheduler()
+    await s.run_once()
+    s.pause()
+    h.clock.advance(100)
+    await s.run_once()
+    assert len(h.backend.calls) == 1
+    assert s.view(JobKey("a", "fast")).status == "paused"
+    s.resume()
+    await s.run_once()
+    assert len(h.backend.calls) == 2
+
+
+async def test_config_apply_keeps_unchanged_adds_new_drops_removed(tmp_path):
+    h = Harness(tmp_path, {"a": 1, "b": 2}, every=60)
+    s = h.scheduler()
+    await s.run_once()
+    a_state = s.view(JobKey("a", "fast")).state
+    h.batch("c", 3)
+    c = JobSpec(JobKey("c", "fast"), "local:dev", 60, tmp_path / "batches" / "c")
+    event = s.apply([h.specs[0], c], "hash2")
+    assert event.added == (JobKey("c", "fast"),) and event.removed == (JobKey("b", "fast"),)
+    assert s.view(JobKey("a", "fast")).state == a_state
+    await s.run_once()
+    assert [str(e.job) for e in h.of(ReceiptWritten)][-1] == "c/fast"
+    assert JobKey("b", "fast") not in s.jobs
+    s.flush()
+    assert JobKey("b", "fast") not in StateStore(tmp_path / "data" / "state" / "scheduler.json").load()
+
+
+async def test_a_malformed_batch_fails_only_its_own_job(tmp_path):
+    h = Harness(tmp_path, {"good": 1, "bad": 2})
+    (tmp_path / "batches" / "bad" / "999999.json").write_text('{"id": "x", "root": "nope"}')
+    s = h.scheduler()
+    await s.run_once()
+    assert [str(e.job) for e in h.of(ReceiptWritten)] == ["good/fast"]
+    failed = h.of(AnchorFailed)
+    assert [str(e.job) for e in failed] == ["bad/fast"] and failed[0].kind == "validation"
+    assert "999999.json" in failed[0].message
+
+
+async def test_target_guard_refuses_a_mismatched_target(tmp_path):
+    h = Harness(tmp_path, {"a": 1})
+    s = h.scheduler(target_guard=lambda t: "chain id 8453 does not match eip155:1")
+    await s.run_once()
+    assert h.backend.calls == []
+    assert "8453" in h.of(AnchorFailed)[0].message
+
+
+async def test_loop_sleeps_until_due_and_wakes_on_force(tmp_path):
+    h = Harness(tmp_path, {"a": 1}, every=60, unchanged=True)
+    s = h.scheduler(tick=3600)
+    task = asyncio.create_task(s.run())
+    for _ in range(20):
+        await asyncio.sleep(0)
+    await s.settle()
+    assert len(h.backend.calls) == 1
+    h.clock.advance(30)
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert len(h.backend.calls) == 1  # still asleep: not due yet
+    s.force(JobKey("a", "fast"))
+    for _ in range(50):
+        await asyncio.sleep(0)
+    await s.settle()
+    assert len(h.backend.calls) == 2
+    await s.stop()
+    await task
