@@ -1,0 +1,598 @@
+"""RFC 3161 building blocks shared by the embedded TSA (`local`) and real TSAs (`rfc3161`).
+
+No HTTP here: build a TimeStampReq, verify a TimeStampResp (or a stored TimeStampToken) and
+turn a verified token into a receipt attestation.
+
+What is time-stamped. The scheduler anchors a 32-byte SHA-256 value (a batch root or an RFC
+6962 tree hash). With `hash_name="sha256"` (the default) that value *is* the message imprint
+(hashAlgorithm sha256, hashedMessage = digest), so a receipt checks with stock tools:
+`openssl ts -verify -digest <hex> -in token.der -token_in -CAfile ca.pem`. With sha384 or
+sha512 the 32-byte value is not an output of that hash, so the imprint is
+`SHA-512(digest)` (resp. SHA-384), i.e. the TSA time-stamps the 32 raw bytes as a message:
+`openssl ts -verify -data <file holding the 32 raw bytes> ...`.
+
+Verification runs every check explicitly so that the error names the check that failed and
+what was expected, then hands the token to rfc3161-client's verifier for the signature and
+the certificate path (OpenSSL, at gen_time) as a second opinion.
+
+Interoperability fixes (the signed content is never touched; the CMS signature covers the
+signed attributes, which bind the TSTInfo digest, not the certificate SET):
+
+* OpenSSL TSAs configured with a `certs =` chain emit a `certificates` SET that is not
+  DER-sorted (openssl issue 13142); rfc3161-client's strict DER parser rejects it. We
+  re-encode the SET with its members sorted by their DER encoding before verifying.
+* A token may embed no certificate (the request said certReq false, or the TSA never
+  includes one). The signer is then looked up, by the SignerInfo's sid, among the configured
+  signer certificates and the trust roots, and is added to the SET for the verifier.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import secrets
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from asn1crypto import cms
+from asn1crypto import tsp as asn1tsp
+from asn1crypto import x509 as asn1x509
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+from core.errors import ValidationError
+
+__all__ = [
+    "HASHES",
+    "TokenInfo",
+    "build_request",
+    "imprint_for",
+    "load_certs",
+    "new_nonce",
+    "normalize_token",
+    "token_attestation",
+    "verify_attestation",
+    "verify_response",
+    "verify_token",
+    "wrap_token",
+]
+
+# name -> (OID, hashlib name, output size)
+HASHES: dict[str, tuple[str, str, int]] = {
+    "sha256": ("2.16.840.1.101.3.4.2.1", "sha256", 32),
+    "sha384": ("2.16.840.1.101.3.4.2.2", "sha384", 48),
+    "sha512": ("2.16.840.1.101.3.4.2.3", "sha512", 64),
+}
+_HASH_BY_OID = {oid: name for name, (oid, _, _) in HASHES.items()}
+_ID_CT_TSTINFO = "1.2.840.113549.1.9.16.1.4"
+
+
+def _fail(check: str, detail: str) -> ValidationError:
+    return ValidationError(f"RFC 3161 {check} check failed: {detail}")
+
+
+def new_nonce() -> int:
+    """A random positive 64-bit nonce."""
+    return secrets.randbits(63) | (1 << 62)
+
+
+def imprint_for(digest: bytes, hash_name: str = "sha256") -> bytes:
+    """The hashedMessage for an anchored 32-byte digest (see the module doc)."""
+    if hash_name not in HASHES:
+        raise ValueError(f"unsupported hash {hash_name!r}; use one of {sorted(HASHES)}")
+    if len(digest) != 32:
+        raise ValueError(f"the anchored digest must be 32 bytes, got {len(digest)}")
+    if hash_name == "sha256":
+        return bytes(digest)
+    return hashlib.new(HASHES[hash_name][1], digest).digest()
+
+
+def build_request(
+    digest: bytes,
+    *,
+    hash_name: str = "sha256",
+    nonce: int,
+    policy_oid: str | None = None,
+    cert_req: bool = True,
+) -> bytes:
+    """DER TimeStampReq for `digest` (32 bytes; imprint per `imprint_for`)."""
+    if nonce <= 0:
+        raise ValueError("nonce must be a positive integer")
+    req: dict[str, Any] = {
+        "version": "v1",
+        "message_imprint": {
+            "hash_algorithm": {"algorithm": hash_name},
+            "hashed_message": imprint_for(digest, hash_name),
+        },
+        "nonce": nonce,
+        "cert_req": cert_req,
+    }
+    if policy_oid:
+        req["req_policy"] = policy_oid
+    return asn1tsp.TimeStampReq(req).dump()
+
+
+@dataclass(frozen=True)
+class TokenInfo:
+    gen_time: datetime  # UTC
+    serial: int
+    policy: str  # dotted OID
+    tsa_name: str | None
+    hash_name: str
+    nonce: int | None
+    signer_cert_sha256: str  # hex fingerprint of the signer's certificate (DER)
+    token_der: bytes  # the TimeStampToken (ContentInfo) as the TSA sent it
+
+
+def token_attestation(info: TokenInfo, nonce: int | None = None) -> dict[str, Any]:
+    """The receipt attestation for a verified token."""
+    nonce = info.nonce if nonce is None else nonce
+    return {
+        "scheme": "rfc3161",
+        "token": base64.b64encode(info.token_der).decode("ascii"),
+        "gen_time": info.gen_time.astimezone(UTC).isoformat().replace("+00:00", "Z"),
+        "serial": str(info.serial),
+        "policy": info.policy,
+        "tsa": info.tsa_name,
+        "hash": info.hash_name,
+        "nonce": None if nonce is None else str(nonce),
+        "tsa_cert_sha256": info.signer_cert_sha256,
+    }
+
+
+# --- token plumbing -----------------------------------------------------------------------
+
+
+def _der(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(Encoding.DER)
+
+
+def wrap_token(token_der: bytes) -> bytes:
+    """A granted TimeStampResp around a stored TimeStampToken (for the offline re-check)."""
+    token = cms.ContentInfo.load(token_der)
+    return asn1tsp.TimeStampResp(
+        {"status": {"status": "granted"}, "time_stamp_token": token}
+    ).dump()
+
+
+def _signer_matches(sid: cms.SignerIdentifier, cert: asn1x509.Certificate) -> bool:
+    if sid.name == "issuer_and_serial_number":
+        ias = sid.chosen
+        return (
+            ias["issuer"].dump() == cert.issuer.dump()
+            and ias["serial_number"].native == cert.serial_number
+        )
+    return cert.key_identifier == sid.chosen.native  # subject_key_identifier
+
+
+def normalize_token(
+    token_der: bytes, extra_certs: Iterable[x509.Certificate] = ()
+) -> tuple[bytes, asn1x509.Certificate | None]:
+    """Re-encode the SignedData certificate SET DER-sorted, adding `extra_certs` that are not
+    there yet (supplied signer/intermediates). Returns the token and the signer's certificate
+    (matched by sid among embedded and extra certificates, None if absent).
+
+    Only the unsigned `certificates` field changes; the encapsulated TSTInfo and the
+    SignerInfos are asserted byte-identical.
+    """
+    ci = cms.ContentInfo.load(token_der)
+    if ci["content_type"].native != "signed_data":
+        raise _fail("token", f"content type is {ci['content_type'].native}, expected signed_data")
+    sd = ci["content"]
+    signed_before = (sd["encap_content_info"].dump(), sd["signer_infos"].dump())
+    members: dict[bytes, cms.CertificateChoices] = {}
+    if sd["certificates"].native is not None:
+        for choice in sd["certificates"]:
+            members[choice.dump()] = choice
+    for cert in extra_certs:
+        choice = cms.CertificateChoices(
+            name="certificate", value=asn1x509.Certificate.load(_der(cert))
+        )
+        enc = choice.dump()
+        members.setdefault(enc, choice)
+    signer = None
+    sids = [si["sid"] for si in sd["signer_infos"]]
+    for choice in members.values():
+        if choice.name == "certificate" and sids and _signer_matches(sids[0], choice.chosen):
+            signer = choice.chosen
+            break
+    if members:
+        ordered = [members[k] for k in sorted(members)]
+        sd["certificates"] = cms.CertificateSet(ordered)
+    out = ci.dump()
+    check = cms.ContentInfo.load(out)["content"]
+    if (check["encap_content_info"].dump(), check["signer_infos"].dump()) != signed_before:
+        raise AssertionError("normalize_token changed signed content")  # never expected
+    return out, signer
+
+
+# --- checks ---------------------------------------------------------------------------------
+
+
+def _hash_for_sig(digest_oid_name: str) -> hashes.HashAlgorithm:
+    try:
+        return {
+            "sha1": hashes.SHA1(),
+            "sha224": hashes.SHA224(),
+            "sha256": hashes.SHA256(),
+            "sha384": hashes.SHA384(),
+            "sha512": hashes.SHA512(),
+        }[digest_oid_name]
+    except KeyError:
+        raise _fail("signature", f"unsupported digest algorithm {digest_oid_name}") from None
+
+
+def _check_signature(sd: cms.SignedData, signer: x509.Certificate) -> None:
+    infos = list(sd["signer_infos"])
+    if len(infos) != 1:
+        raise _fail("signature", f"expected exactly one SignerInfo, got {len(infos)}")
+    si = infos[0]
+    econtent = sd["encap_content_info"]["content"].contents  # the TSTInfo DER octets
+    digest_name = si["digest_algorithm"]["algorithm"].native
+    h = _hash_for_sig(digest_name)
+    signed_attrs = si["signed_attrs"]
+    if not signed_attrs.native:
+        raise _fail("signature", "SignerInfo has no signed attributes (RFC 3161 requires them)")
+    attrs = {a["type"].native: a["values"] for a in signed_attrs}
+    ctype = attrs.get("content_type")
+    if ctype is None or ctype[0].native != "tst_info":
+        got = None if ctype is None else ctype[0].native
+        raise _fail("signature", f"signed contentType expected id-ct-TSTInfo, got {got}")
+    md = attrs.get("message_digest")
+    want_md = hashlib.new(digest_name, econtent).digest()
+    if md is None or md[0].native != want_md:
+        got = None if md is None else md[0].native.hex()
+        raise _fail(
+            "signature",
+            f"messageDigest attribute does not match the TSTInfo: expected {want_md.hex()}, got {got}",
+        )
+    to_verify = b"\x31" + signed_attrs.dump()[1:]  # [0] IMPLICIT -> SET OF for the signature
+    sig = si["signature"].native
+    algo = si["signature_algorithm"]
+    algo_name = algo["algorithm"].native
+    key = signer.public_key()
+    try:
+        if isinstance(key, ec.EllipticCurvePublicKey):
+            key.verify(sig, to_verify, ec.ECDSA(h))
+        elif isinstance(key, rsa.RSAPublicKey):
+            if algo_name == "rsassa_pss":
+                params = algo["parameters"]
+                pss_hash = _hash_for_sig(params["hash_algorithm"]["algorithm"].native)
+                mgf_hash = _hash_for_sig(
+                    params["mask_gen_algorithm"]["parameters"]["algorithm"].native
+                )
+                pad = padding.PSS(padding.MGF1(mgf_hash), params["salt_length"].native)
+                key.verify(sig, to_verify, pad, pss_hash)
+            else:
+                key.verify(sig, to_verify, padding.PKCS1v15(), h)
+        else:
+            key.verify(sig, to_verify)  # Ed25519 / Ed448
+    except InvalidSignature:
+        raise _fail(
+            "signature", f"the {algo_name} signature does not verify with the signer's key"
+        ) from None
+    except (TypeError, ValueError) as exc:
+        raise _fail("signature", f"cannot verify a {algo_name} signature: {exc}") from None
+
+    # ESS: the signed attributes must name the signer's certificate (RFC 3161 / 5816).
+    cert_der = _der(signer)
+    v2 = attrs.get("signing_certificate_v2")
+    v1 = attrs.get("signing_certificate")
+    if v2 is not None:
+        ids = v2[0]["certs"]
+        if not ids:
+            raise _fail("signer certificate", "empty signingCertificateV2")
+        first = ids[0]
+        hname = first["hash_algorithm"]["algorithm"].native
+        want = hashlib.new(hname, cert_der).digest()
+        if first["cert_hash"].native != want:
+            raise _fail(
+                "signer certificate",
+                f"signingCertificateV2 names {first['cert_hash'].native.hex()}, "
+                f"the signer's certificate {hname} is {want.hex()}",
+            )
+    elif v1 is not None:
+        ids = v1[0]["certs"]
+        want = hashlib.sha1(cert_der).digest()
+        if not ids or ids[0]["cert_hash"].native != want:
+            raise _fail(
+                "signer certificate", "signingCertificate does not name the signer's certificate"
+            )
+    else:
+        raise _fail("signer certificate", "no signingCertificate(V2) signed attribute")
+
+
+def _check_eku(cert: x509.Certificate) -> None:
+    try:
+        ext = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage)
+    except x509.ExtensionNotFound:
+        raise _fail(
+            "EKU",
+            f"signer {cert.subject.rfc4514_string()} has no extendedKeyUsage; expected a critical timeStamping EKU",
+        ) from None
+    if ExtendedKeyUsageOID.TIME_STAMPING not in ext.value:
+        raise _fail("EKU", f"signer {cert.subject.rfc4514_string()} EKU lacks timeStamping")
+    if not ext.critical:
+        raise _fail(
+            "EKU", f"signer {cert.subject.rfc4514_string()} timeStamping EKU is not critical"
+        )
+
+
+def _chain_with_library(
+    resp_der: bytes,
+    imprint: bytes,
+    trust_roots: Sequence[x509.Certificate],
+) -> None:
+    """Signature and certificate path (at gen_time) by rfc3161-client / OpenSSL."""
+    from rfc3161_client import VerificationError, VerifierBuilder, decode_timestamp_response
+
+    try:
+        resp = decode_timestamp_response(resp_der)
+    except ValueError as exc:
+        raise _fail("parse", f"rfc3161-client cannot parse the reply: {exc}") from None
+    builder = VerifierBuilder()
+    seen: set[bytes] = set()
+    for root in trust_roots:
+        if _der(root) in seen:
+            continue
+        seen.add(_der(root))
+        builder = builder.add_root_certificate(root)
+    try:
+        builder.build().verify(resp, imprint)
+    except VerificationError as exc:
+        text = str(exc)
+        if "signature" in text.lower() and "certificate verify" not in text.lower():
+            raise _fail("signature", text[:400]) from None
+        raise _fail(
+            "chain",
+            "signer certificate does not chain to the trust roots "
+            f"({', '.join(r.subject.rfc4514_string() for r in trust_roots)}): {text[:400]}",
+        ) from None
+
+
+def _name_str(gn: asn1x509.GeneralName) -> str | None:
+    if gn.native is None:
+        return None
+    if gn.name == "directory_name":
+        parts = []
+        for rdn in reversed(list(gn.chosen.chosen)):
+            for atv in rdn:
+                t = atv["type"]
+                label = {
+                    "common_name": "CN",
+                    "organization_name": "O",
+                    "organizational_unit_name": "OU",
+                    "country_name": "C",
+                    "locality_name": "L",
+                    "state_or_province_name": "ST",
+                }.get(t.native, t.dotted)
+                val = str(atv["value"].native).replace(",", "\\,")
+                parts.append(f"{label}={val}")
+        return ",".join(parts)
+    return f"{gn.name}:{gn.native}"
+
+
+def verify_response(
+    response_der: bytes,
+    *,
+    digest: bytes,
+    nonce: int | None,
+    policy_oid: str | None = None,
+    trust_roots: Sequence[x509.Certificate],
+    now: float | None = None,
+    max_clock_skew: float | None = 300.0,
+    hash_name: str | None = "sha256",
+    signer_certs: Sequence[x509.Certificate] = (),
+    intermediates: Sequence[x509.Certificate] = (),
+    token_der: bytes | None = None,
+) -> TokenInfo:
+    """Check a TimeStampResp for `digest`; raise ValidationError naming the failed check.
+
+    Checks: status granted; TSTInfo content type; imprint algorithm and value; nonce (when
+    given); policy (when configured); signer certificate found (embedded, or among
+    `signer_certs`/`trust_roots` when the token embeds none); signed attributes and
+    signature; ESS signing certificate; critical timeStamping EKU; path to `trust_roots`
+    at gen_time; gen_time within `max_clock_skew` seconds of `now` (skipped when either is
+    None). `hash_name=None` accepts any supported imprint algorithm.
+    """
+    if not trust_roots:
+        raise _fail("chain", "no trust roots configured")
+    try:
+        resp = asn1tsp.TimeStampResp.load(response_der)
+        status = resp["status"]["status"].native
+    except (ValueError, TypeError) as exc:
+        raise _fail("parse", f"not a DER TimeStampResp: {exc}") from None
+    if status != "granted":
+        texts = resp["status"]["status_string"].native or []
+        fail_info = resp["status"]["fail_info"].native
+        raise _fail(
+            "status",
+            f"expected granted, got {status}"
+            + (f" ({'; '.join(texts)})" if texts else "")
+            + (f" failInfo={sorted(fail_info)}" if fail_info else ""),
+        )
+    try:
+        token = resp["time_stamp_token"]
+        if token.native is None:
+            raise _fail("token", "granted reply carries no TimeStampToken")
+        raw_token = token_der if token_der is not None else token.dump()
+        sd = token["content"]
+        eci = sd["encap_content_info"]
+        if eci["content_type"].dotted != _ID_CT_TSTINFO:
+            raise _fail(
+                "token", f"content type {eci['content_type'].dotted}, expected id-ct-TSTInfo"
+            )
+        tst = asn1tsp.TSTInfo.load(eci["content"].contents)
+        _ = tst.native  # force a full parse so malformed content fails here
+    except ValidationError:
+        raise
+    except (ValueError, TypeError, KeyError) as exc:
+        raise _fail("parse", f"malformed TimeStampToken: {exc}") from None
+
+    # imprint
+    mi = tst["message_imprint"]
+    algo_oid = mi["hash_algorithm"]["algorithm"].dotted
+    got_hash = _HASH_BY_OID.get(algo_oid)
+    if got_hash is None:
+        raise _fail("imprint", f"unsupported imprint hash algorithm {algo_oid}")
+    if hash_name is not None and got_hash != hash_name:
+        raise _fail("imprint", f"hash algorithm expected {hash_name}, got {got_hash}")
+    want = imprint_for(digest, got_hash)
+    got = mi["hashed_message"].native
+    if got != want:
+        raise _fail("imprint", f"expected {got_hash}:{want.hex()}, got {got_hash}:{got.hex()}")
+
+    # nonce
+    got_nonce = tst["nonce"].native
+    if nonce is not None and got_nonce != nonce:
+        raise _fail("nonce", f"expected {nonce}, got {got_nonce}")
+
+    # policy
+    policy = tst["policy"].dotted
+    if policy_oid and policy != policy_oid:
+        raise _fail("policy", f"expected {policy_oid}, got {policy}")
+
+    # signer certificate
+    supplied = list(signer_certs) + list(trust_roots)
+    sid = sd["signer_infos"][0]["sid"] if len(sd["signer_infos"]) else None
+    if sid is None:
+        raise _fail("signature", "the token has no SignerInfo")
+    embedded_signer = None
+    if sd["certificates"].native is not None:
+        for choice in sd["certificates"]:
+            if choice.name == "certificate" and _signer_matches(sid, choice.chosen):
+                embedded_signer = choice.chosen
+                break
+    extra: list[x509.Certificate] = list(intermediates)
+    if embedded_signer is None:
+        match = next(
+            (c for c in supplied if _signer_matches(sid, asn1x509.Certificate.load(_der(c)))),
+            None,
+        )
+        if match is None:
+            who = (
+                f"issuer={_name_str(asn1x509.GeneralName(name='directory_name', value=sid.chosen['issuer']))} "
+                f"serial={sid.chosen['serial_number'].native}"
+                if sid.name == "issuer_and_serial_number"
+                else f"subjectKeyIdentifier={sid.chosen.native.hex()}"
+            )
+            raise _fail(
+                "signer certificate",
+                f"the token embeds no certificate for its signer ({who}) and no configured "
+                "signer certificate or trust root matches",
+            )
+        extra.append(match)
+    normalized, signer_asn1 = normalize_token(raw_token, extra)
+    assert signer_asn1 is not None
+    signer = x509.load_der_x509_certificate(signer_asn1.dump())
+
+    _check_signature(cms.ContentInfo.load(normalized)["content"], signer)
+    _check_eku(signer)
+    _chain_with_library(wrap_token(normalized), want, trust_roots)
+
+    gen_time = tst["gen_time"].native.astimezone(UTC)
+    if now is not None and max_clock_skew is not None:
+        skew = gen_time.timestamp() - now
+        if abs(skew) > max_clock_skew:
+            ours = datetime.fromtimestamp(now, UTC).isoformat().replace("+00:00", "Z")
+            raise _fail(
+                "clock skew",
+                f"gen_time {gen_time.isoformat().replace('+00:00', 'Z')} is {skew:+.1f}s from our "
+                f"clock {ours}; expected within ±{max_clock_skew:g}s",
+            )
+    return TokenInfo(
+        gen_time=gen_time,
+        serial=tst["serial_number"].native,
+        policy=policy,
+        tsa_name=_name_str(tst["tsa"]),
+        hash_name=got_hash,
+        nonce=got_nonce,
+        signer_cert_sha256=hashlib.sha256(_der(signer)).hexdigest(),
+        token_der=raw_token,
+    )
+
+
+def verify_token(
+    token_der: bytes,
+    *,
+    digest: bytes,
+    trust_roots: Sequence[x509.Certificate],
+    policy_oid: str | None = None,
+    nonce: int | None = None,
+    hash_name: str | None = None,
+    signer_certs: Sequence[x509.Certificate] = (),
+    intermediates: Sequence[x509.Certificate] = (),
+) -> TokenInfo:
+    """The offline re-check of a stored TimeStampToken (no clock-skew check)."""
+    try:
+        wrapped = wrap_token(token_der)
+    except (ValueError, TypeError) as exc:
+        raise _fail("parse", f"not a DER TimeStampToken: {exc}") from None
+    return verify_response(
+        wrapped,
+        digest=digest,
+        nonce=nonce,
+        policy_oid=policy_oid,
+        trust_roots=trust_roots,
+        now=None,
+        max_clock_skew=None,
+        hash_name=hash_name,
+        signer_certs=signer_certs,
+        intermediates=intermediates,
+        token_der=token_der,
+    )
+
+
+def verify_attestation(
+    attestation: dict[str, Any],
+    *,
+    digest: bytes,
+    trust_roots: Sequence[x509.Certificate],
+    policy_oid: str | None = None,
+    signer_certs: Sequence[x509.Certificate] = (),
+    intermediates: Sequence[x509.Certificate] = (),
+) -> TokenInfo:
+    """Re-check a receipt attestation: the token (with the stored nonce) and that every field
+    the receipt states agrees with the token."""
+    if attestation.get("scheme") != "rfc3161":
+        raise _fail("attestation", f"scheme expected rfc3161, got {attestation.get('scheme')!r}")
+    try:
+        token_der = base64.b64decode(attestation["token"], validate=True)
+    except (KeyError, ValueError, TypeError) as exc:
+        raise _fail("attestation", f"token is missing or not base64: {exc}") from None
+    nonce_text = attestation.get("nonce")
+    try:
+        nonce = int(nonce_text) if nonce_text is not None else None
+    except (TypeError, ValueError):
+        raise _fail("attestation", f"nonce {nonce_text!r} is not an integer") from None
+    info = verify_token(
+        token_der,
+        digest=digest,
+        trust_roots=trust_roots,
+        policy_oid=policy_oid,
+        nonce=nonce,
+        hash_name=attestation.get("hash"),
+        signer_certs=signer_certs,
+        intermediates=intermediates,
+    )
+    stated = token_attestation(info, nonce)
+    for key in ("gen_time", "serial", "policy", "tsa", "hash", "tsa_cert_sha256"):
+        if key in attestation and attestation[key] != stated[key]:
+            raise _fail(
+                "attestation",
+                f"{key} in the receipt is {attestation[key]!r}, the token says {stated[key]!r}",
+            )
+    return info
+
+
+def load_certs(pem_or_der: bytes) -> list[x509.Certificate]:
+    """All certificates of a PEM bundle (or a single DER certificate)."""
+    if b"-----BEGIN" in pem_or_der:
+        return x509.load_pem_x509_certificates(pem_or_der)
+    return [x509.load_der_x509_certificate(pem_or_der)]
