@@ -1,0 +1,446 @@
+"""Durable scheduler state: per-job state file, the single-instance data-dir lock, the intent journal.
+
+Files under the data dir:
+
+- `state/scheduler.json`: `{"version": 1, "jobs": {"<namespace>/<cadence>": {JobState}}}`,
+  written atomically (compact JSON: 100,000 jobs save in well under a second). A missing
+  file is an empty state; a corrupt one raises `StateError` naming the file and the
+  problem. It is never silently discarded.
+- `scheduler.lock`: held with an exclusive `flock` for the life of the scheduler and
+  holding its pid, so a second instance can say who holds it. The file is never deleted
+  (deleting a lock file races with the next locker); release empties it.
+- `journal/<intent id>.json`: one file per backend call in progress (see `IntentJournal`).
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import secrets
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pydantic_core
+
+from core.fsutil import atomic_write_bytes, atomic_write_json, fsync_dir, is_temp_name
+from core.jobs import JobKey
+
+STATE_VERSION = 1
+JOURNAL_VERSION = 1
+
+
+class StateError(Exception):
+    """A state or journal file that cannot be used as it is; the message names the file."""
+
+
+# --------------------------------------------------------------------------- job state
+
+
+def _opt(d: dict[str, Any], name: str, types: tuple[type, ...]) -> Any:
+    value = d.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, types):
+        raise ValueError(
+            f"{name} must be {' or '.join(t.__name__ for t in types)} or null, got {value!r}"
+        )
+    return value
+
+
+def _int(d: dict[str, Any], name: str) -> int:
+    value = d.get(name, 0)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+    return value
+
+
+@dataclass(slots=True)
+class JobState:
+    last_anchored_at: float | None = None
+    last_root: str | None = None
+    failures: int = 0  # consecutive
+    backoff_level: int = 0
+    next_attempt: float | None = None
+    last_error_kind: str | None = None
+    last_error: str | None = None
+    last_receipt: str | None = None
+    last_attempt_at: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        # Written out by hand: dataclasses.asdict deep-copies and is ~10x slower.
+        return {
+            "last_anchored_at": self.last_anchored_at,
+            "last_root": self.last_root,
+            "failures": self.failures,
+            "backoff_level": self.backoff_level,
+            "next_attempt": self.next_attempt,
+            "last_error_kind": self.last_error_kind,
+            "last_error": self.last_error,
+            "last_receipt": self.last_receipt,
+            "last_attempt_at": self.last_attempt_at,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> JobState:
+        """Strict about types (raises ValueError); unknown keys are ignored (newer writers)."""
+        if not isinstance(d, dict):
+            raise ValueError(f"expected an object, got {type(d).__name__}")
+        num = (int, float)
+        return cls(
+            last_anchored_at=_opt(d, "last_anchored_at", num),
+            last_root=_opt(d, "last_root", (str,)),
+            failures=_int(d, "failures"),
+            backoff_level=_int(d, "backoff_level"),
+            next_attempt=_opt(d, "next_attempt", num),
+            last_error_kind=_opt(d, "last_error_kind", (str,)),
+            last_error=_opt(d, "last_error", (str,)),
+            last_receipt=_opt(d, "last_receipt", (str,)),
+            last_attempt_at=_opt(d, "last_attempt_at", num),
+        )
+
+
+def _load_json(path: Path, what: str) -> Any:
+    """Parse a JSON file, raising StateError naming the file (line:col for syntax errors)."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise StateError(f"{path}: cannot read {what}: {exc.strerror or exc}") from exc
+    try:
+        # The Rust parser is twice as fast; the stdlib one gives the line:col of an error.
+        return pydantic_core.from_json(data)
+    except ValueError:
+        pass
+    try:
+        return json.loads(data)
+    except UnicodeDecodeError as exc:
+        raise StateError(f"{path}: {what} is not UTF-8 text: {exc}") from exc
+    except json.JSONDecodeError as exc:
+        raise StateError(
+            f"{path}:{exc.lineno}:{exc.colno}: {what} is not valid JSON: {exc.msg}"
+        ) from exc
+
+
+class StateStore:
+    """The job state file; the caller passes `<data_dir>/state/scheduler.json` (or VMSH_STATE)."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+
+    def load(self) -> dict[JobKey, JobState]:
+        if not self.path.exists():
+            return {}
+        doc = _load_json(self.path, "state file")
+        if not isinstance(doc, dict):
+            raise StateError(
+                f"{self.path}: state file must be a JSON object, got {type(doc).__name__}"
+            )
+        version = doc.get("version")
+        if version != STATE_VERSION:
+            raise StateError(
+                f"{self.path}: unsupported state file version {version!r} (expected {STATE_VERSION})"
+            )
+        jobs = doc.get("jobs")
+        if not isinstance(jobs, dict):
+            raise StateError(f'{self.path}: "jobs" must be an object, got {type(jobs).__name__}')
+        out: dict[JobKey, JobState] = {}
+        for text, value in jobs.items():
+            try:
+                key = JobKey.parse(text)
+                out[key] = JobState.from_dict(value)
+            except ValueError as exc:
+                raise StateError(f"{self.path}: job {text!r}: {exc}") from exc
+        return out
+
+    def save(self, states: dict[JobKey, JobState]) -> None:
+        doc = {
+            "version": STATE_VERSION,
+            "jobs": {f"{k[0]}/{k[1]}": s.to_dict() for k, s in states.items()},
+        }
+        # pydantic_core's Rust encoder: 100,000 jobs in ~0.2 s, where json.dumps takes ~0.4 s.
+        atomic_write_bytes(self.path, pydantic_core.to_json(doc) + b"\n")
+
+
+# --------------------------------------------------------------------------- data-dir lock
+
+
+class LockHeld(Exception):
+    """Another scheduler holds the data dir; `pid` is its pid when it could be read."""
+
+    def __init__(self, pid: int | None, path: str | os.PathLike[str]) -> None:
+        self.pid = pid
+        self.path = Path(path)
+        who = f"pid {pid}" if pid is not None else "pid unknown"
+        super().__init__(f"another scheduler ({who}) holds {self.path}")
+
+
+class DataDirLock:
+    """One scheduler per data dir: an exclusive, non-blocking flock on `<data_dir>/scheduler.lock`.
+
+    The kernel releases the lock when the holder dies (even by kill -9), so a stale lock
+    file never blocks a restart.
+    """
+
+    FILE_NAME = "scheduler.lock"
+
+    def __init__(self, data_dir: str | os.PathLike[str]) -> None:
+        self.path = Path(data_dir) / self.FILE_NAME
+        self._fd: int | None = None
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def acquire(self) -> DataDirLock:
+        if self._fd is not None:
+            return self
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise LockHeld(self._read_holder(), self.path) from None
+            raise
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            os.fsync(fd)
+        except BaseException:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+            raise
+        self._fd = fd
+        return self
+
+    def _read_holder(self) -> int | None:
+        # The holder writes its pid just after locking: give it a moment if the file is empty.
+        deadline = time.monotonic() + 0.5
+        while True:
+            try:
+                text = self.path.read_text().strip()
+            except OSError:
+                text = ""
+            if text:
+                try:
+                    return int(text.split()[0])
+                except ValueError:
+                    return None
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(0.02)
+
+    def release(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is None:
+            return
+        try:
+            os.ftruncate(fd, 0)
+        except OSError:
+            pass
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+    def __enter__(self) -> DataDirLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+# --------------------------------------------------------------------------- intent journal
+
+
+def new_intent_id(at: float) -> str:
+    """Time-sortable and unique: milliseconds since the epoch, then 8 random hex digits."""
+    return f"{int(at * 1000):013d}-{secrets.token_hex(4)}"
+
+
+@dataclass(eq=False)
+class Intent:
+    """One backend call in progress. Every mutator rewrites the file durably before returning.
+
+    File `<journal>/<id>.json`: {"version": 1, "id", "target", "digest": "<64 hex>",
+    "tree_size", "entries": [{"job", "batch": {"id", "root"}, "leaf_index"}], "opened_at",
+    "notes": {...}, "attestation": {...} | null, "status": null | "pending" | "confirmed",
+    "confirmations": int | null}.
+    """
+
+    id: str
+    target: str
+    digest_hex: str
+    entries: list[dict[str, Any]]
+    tree_size: int
+    opened_at: float
+    notes: dict[str, Any] = field(default_factory=dict)
+    attestation: dict[str, Any] | None = None
+    status: str | None = None
+    confirmations: int | None = None
+    path: Path = field(default=Path())
+    closed: bool = False
+
+    @property
+    def digest(self) -> bytes:
+        return bytes.fromhex(self.digest_hex)
+
+    @property
+    def jobs(self) -> list[JobKey]:
+        return [JobKey.parse(e["job"]) for e in self.entries]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": JOURNAL_VERSION,
+            "id": self.id,
+            "target": self.target,
+            "digest": self.digest_hex,
+            "tree_size": self.tree_size,
+            "entries": self.entries,
+            "opened_at": self.opened_at,
+            "notes": self.notes,
+            "attestation": self.attestation,
+            "status": self.status,
+            "confirmations": self.confirmations,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Any, path: Path) -> Intent:
+        if not isinstance(d, dict):
+            raise ValueError(f"expected an object, got {type(d).__name__}")
+        if d.get("version") != JOURNAL_VERSION:
+            raise ValueError(f"unsupported version {d.get('version')!r}")
+        for name, types in (
+            ("id", str), ("target", str), ("digest", str), ("entries", list),
+            ("tree_size", int), ("opened_at", (int, float)), ("notes", dict),
+        ):  # fmt: skip
+            if not isinstance(d.get(name), types) or isinstance(d.get(name), bool):
+                raise ValueError(f"{name!r} is missing or has the wrong type")
+        digest = d["digest"]
+        if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+            raise ValueError("'digest' must be 64 lowercase hex digits")
+        for e in d["entries"]:
+            if not (isinstance(e, dict) and isinstance(e.get("job"), str)):
+                raise ValueError("each entry needs a 'job'")
+            JobKey.parse(e["job"])
+        att = d.get("attestation")
+        if att is not None and not isinstance(att, dict):
+            raise ValueError("'attestation' must be an object or null")
+        return cls(
+            id=d["id"],
+            target=d["target"],
+            digest_hex=digest,
+            entries=d["entries"],
+            tree_size=d["tree_size"],
+            opened_at=float(d["opened_at"]),
+            notes=d["notes"],
+            attestation=att,
+            status=d.get("status"),
+            confirmations=d.get("confirmations"),
+            path=path,
+        )
+
+    def _write(self) -> None:
+        if self.closed:
+            raise StateError(f"{self.path}: intent {self.id} is already closed")
+        atomic_write_json(self.path, self.to_dict())
+
+    def note(self, facts: dict[str, Any]) -> None:
+        """Merge backend facts (e.g. {"tx_hash": ...}); durable when this returns (a JournalNote)."""
+        self.notes.update(facts)
+        self._write()
+
+    def attested(self, attestation: dict[str, Any], status: str, confirmations: int) -> None:
+        """Record the backend's attestation durably, before any receipt is written."""
+        self.attestation = attestation
+        self.status = status
+        self.confirmations = confirmations
+        self._write()
+
+    def close(self) -> None:
+        """Remove the intent once its receipts and the state are written. Idempotent."""
+        self.closed = True
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            return
+        fsync_dir(self.path.parent)
+
+
+class IntentJournal:
+    """Intents of backend calls in progress, one JSON file each under `<data_dir>/journal/`.
+
+    A corrupt journal file (only disk damage or a hand edit can make one: writes are
+    atomic) is moved aside to `<name>.corrupt`, never deleted, and reported by `scan()` /
+    `pending()` as a warning naming both files. Its jobs are then simply due again: at
+    worst they are anchored twice, which is cheaper than refusing to start.
+    """
+
+    SUFFIX = ".json"
+
+    def __init__(self, folder: str | os.PathLike[str]) -> None:
+        self.folder = Path(folder)
+        self.warnings: list[str] = []
+
+    def open(
+        self,
+        target: str,
+        entries: list[dict[str, Any]],
+        digest_hex: str,
+        at: float,
+        tree_size: int | None = None,
+    ) -> Intent:
+        """Write a new intent durably and return it; call before the backend call."""
+        digest_hex = digest_hex.lower().removeprefix("sha256:")
+        if len(digest_hex) != 64 or any(c not in "0123456789abcdef" for c in digest_hex):
+            raise ValueError(f"digest must be 64 hex digits, got {digest_hex!r}")
+        if not entries:
+            raise ValueError("an intent needs at least one entry")
+        intent_id = new_intent_id(at)
+        intent = Intent(
+            id=intent_id,
+            target=target,
+            digest_hex=digest_hex,
+            entries=[dict(e) for e in entries],
+            tree_size=len(entries) if tree_size is None else tree_size,
+            opened_at=at,
+            path=self.folder / f"{intent_id}{self.SUFFIX}",
+        )
+        intent._write()
+        return intent
+
+    def scan(self) -> tuple[list[Intent], list[str]]:
+        """All intents left over (oldest first) and warnings for corrupt files moved aside."""
+        intents: list[Intent] = []
+        warnings: list[str] = []
+        try:
+            names = sorted(
+                e.name
+                for e in os.scandir(self.folder)
+                if e.name.endswith(self.SUFFIX) and not is_temp_name(e.name) and e.is_file()
+            )
+        except FileNotFoundError:
+            return [], []
+        for name in names:
+            path = self.folder / name
+            try:
+                intents.append(Intent.from_dict(_load_json(path, "journal file"), path))
+            except (StateError, ValueError) as exc:
+                aside = path.with_name(name + ".corrupt")
+                try:
+                    os.replace(path, aside)
+                    fsync_dir(self.folder)
+                    where = f"moved aside to {aside}"
+                except OSError as move_exc:
+                    where = f"could not move it aside: {move_exc}"
+                reason = str(exc).removeprefix(f"{path}: ")
+                warnings.append(f"corrupt journal file {path} ({reason}); {where}")
+        self.warnings = warnings
+        return intents, warnings
+
+    def pending(self) -> list[Intent]:
+        """Intents left over at start, oldest first; warnings of this call in `self.warnings`."""
+        return self.scan()[0]
