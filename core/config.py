@@ -1,0 +1,1194 @@
+"""Configuration: pydantic models, YAML loading with file:line:col errors, ${VAR}, hash.
+
+Sources, highest precedence first:
+
+1. ``overrides`` (the CLI flags: config path, data dir, log level, theme...)
+2. the environment (VMSH_ROOT, VMSH_NAMESPACES, VMSH_STATE, VMSH_TICK_MS,
+   VMSH_BASE_BACKOFF, VMSH_MAX_BACKOFF, METRICS_PORT, LOG_LEVEL, VMSH_CONFIG,
+   VMSH_DATA_DIR)
+3. ``.env`` in the working directory (the real environment wins over it)
+4. the config file (and the VaultMesh ``namespaces.yaml`` / ``anchors.yaml`` it includes)
+5. the defaults in the models below
+
+Every problem is reported with the file, line, column and field path of the value
+that caused it, and all problems of a load are reported at once (``ConfigError.issues``).
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import os
+import re
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
+from pydantic import ValidationError as PydanticValidationError
+from pydantic_core import PydanticCustomError
+
+from core.cadence import CADENCES, CadenceError, parse_every
+from core.jobs import JobKey, JobSpec, safe_name
+
+SCHEMES = ("local", "rfc3161", "eip155", "btc")
+ENV_VARS = (
+    "VMSH_ROOT",
+    "VMSH_NAMESPACES",
+    "VMSH_STATE",
+    "VMSH_TICK_MS",
+    "VMSH_BASE_BACKOFF",
+    "VMSH_MAX_BACKOFF",
+    "METRICS_PORT",
+    "LOG_LEVEL",
+    "VMSH_CONFIG",
+    "VMSH_DATA_DIR",
+)
+
+
+# --------------------------------------------------------------------------- errors
+
+
+@dataclass(frozen=True)
+class ConfigIssue:
+    """One problem in the configuration, located as precisely as the source allows."""
+
+    file: str | None
+    line: int | None
+    col: int | None
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        where = ""
+        if self.file:
+            where = str(self.file)
+            if self.line is not None:
+                where += f":{self.line}"
+                if self.col is not None:
+                    where += f":{self.col}"
+            where += ": "
+        path = f"{self.path}: " if self.path else ""
+        return f"{where}{path}{self.message}"
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; ``issues`` lists every problem found."""
+
+    def __init__(self, issues: list[ConfigIssue]) -> None:
+        self.issues = list(issues)
+        super().__init__("\n".join(str(i) for i in self.issues))
+
+
+class TargetNotFound(LookupError):
+    """A target id that no settings in ``targets`` resolve."""
+
+
+# --------------------------------------------------------------------------- models
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        validate_by_name=True,
+        validate_by_alias=True,
+        validate_default=False,
+    )
+
+
+def _empty_to_none(value: Any) -> Any:
+    if isinstance(value, str) and value.strip() == "":
+        return None
+    if isinstance(value, SecretStr) and value.get_secret_value() == "":
+        return None
+    return value
+
+
+def _upper(value: Any) -> Any:
+    return value.upper() if isinstance(value, str) else value
+
+
+OptStr = Annotated[str | None, BeforeValidator(_empty_to_none)]
+OptPath = Annotated[Path | None, BeforeValidator(_empty_to_none)]
+OptSecret = Annotated[SecretStr | None, BeforeValidator(_empty_to_none)]
+
+
+class SchedulerSettings(_Model):
+    tick: float = Field(1.0, gt=0, description="upper bound on how long the engine sleeps (s)")
+    data_dir: Path = Path(".vmsh")
+    state_file: OptPath = None
+    base_backoff: float = Field(5.0, gt=0)
+    max_backoff_level: int = Field(7, ge=0, le=64)
+    concurrency: int = Field(8, ge=1)
+    stale_factor: float = Field(2.0, gt=0)
+
+
+_LISTEN = re.compile(r"^(?P<host>\[[0-9A-Fa-f:.]+\]|[^\s:\[\]]*):(?P<port>\d{1,5})$")
+
+
+class HttpSettings(_Model):
+    listen: str = "127.0.0.1:9090"
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        m = _LISTEN.match(value)
+        if not m or not 0 <= int(m.group("port")) <= 65535:
+            raise PydanticCustomError(
+                "listen", "{v} is not a listen address (expected <host>:<port>)", {"v": repr(value)}
+            )
+        return value
+
+    @property
+    def host(self) -> str:
+        return _LISTEN.match(self.listen).group("host").strip("[]") or "127.0.0.1"  # type: ignore[union-attr]
+
+    @property
+    def port(self) -> int:
+        return int(_LISTEN.match(self.listen).group("port"))  # type: ignore[union-attr]
+
+
+class LogSettings(_Model):
+    level: Annotated[Literal["DEBUG", "INFO", "WARNING", "ERROR"], BeforeValidator(_upper)] = "INFO"
+    file: OptPath = None
+    max_bytes: int = Field(10 * 1024 * 1024, ge=0)
+    backups: int = Field(5, ge=0)
+
+
+class TuiSettings(_Model):
+    theme: OptStr = None
+    theme_file: OptPath = None
+    keys: dict[str, str] = Field(default_factory=dict, description="action -> key")
+
+
+# -- target settings, one model per scheme (VaultMesh camelCase and snake_case both work)
+
+
+class LocalTarget(_Model):
+    pass
+
+
+class Rfc3161Auth(_Model):
+    type: Literal["basic", "bearer"]
+    username: OptStr = None
+    password_env: OptStr = None
+    password_file: OptPath = None
+    token_env: OptStr = None
+    token_file: OptPath = None
+
+
+class Rfc3161Target(_Model):
+    url: str
+    trust_bundle: OptPath = Field(None, alias="trustBundle")
+    policy_oid: OptStr = Field(None, alias="policyOID")
+    hash: Literal["sha256", "sha512"] = "sha256"
+    timeout: float = Field(10.0, gt=0)
+    ca_bundle: OptPath = Field(None, alias="caBundle")
+    auth: Rfc3161Auth | None = None
+    max_clock_skew: float = Field(300.0, ge=0, alias="maxClockSkew")
+
+
+class Eip155Target(_Model):
+    rpc_url: str = Field(alias="rpcUrl")
+    chain_id: int = Field(alias="chainId", gt=0)
+    contract: OptStr = None
+    key: OptSecret = None
+    key_env: OptStr = Field(None, alias="keyEnv")
+    key_file: OptPath = Field(None, alias="keyFile")
+    persist: bool = False
+    confirmations: int = Field(12, ge=0)
+    max_fee_gwei: float | None = Field(None, gt=0, alias="maxFeeGwei")
+    gas_limit: int | None = Field(None, gt=0, alias="gasLimit")
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> Eip155Target:
+        given = [n for n in ("key", "key_env", "key_file") if getattr(self, n) is not None]
+        if len(given) > 1:
+            raise PydanticCustomError(
+                "key_source", "give only one of key, key_env, key_file (got {g})", {"g": ", ".join(given)}
+            )
+        return self
+
+
+class BtcTarget(_Model):
+    rpc_url: str = Field(alias="rpcUrl")
+    network: str = "mainnet"
+    confirmations: int = Field(6, ge=0)
+
+
+TargetSettings = LocalTarget | Rfc3161Target | Eip155Target | BtcTarget
+
+
+class Targets(_Model):
+    """``targets:`` of the config file, the shape of VaultMesh ``anchors.yaml``."""
+
+    local: dict[str, LocalTarget] = Field(default_factory=dict)
+    rfc3161: dict[str, Rfc3161Target] = Field(default_factory=dict)
+    eip155: dict[str, Eip155Target] = Field(default_factory=dict)
+    btc: dict[str, BtcTarget] = Field(default_factory=dict)
+
+
+# -- namespaces
+
+_TARGET = re.compile(r"^(?P<scheme>[A-Za-z0-9]+):(?P<name>[^\s:]+)$")
+
+
+def _check_target(value: str) -> str:
+    m = _TARGET.match(value)
+    if not m or m.group("scheme") not in SCHEMES:
+        raise PydanticCustomError(
+            "target",
+            "{v} is not a target (expected <scheme>:<name>, scheme one of {s})",
+            {"v": repr(value), "s": "|".join(SCHEMES)},
+        )
+    if m.group("scheme") == "eip155" and not m.group("name").isdigit():
+        raise PydanticCustomError(
+            "target", "{v} needs a numeric chain id, for example 'eip155:8453'", {"v": repr(value)}
+        )
+    return value
+
+
+class Cadence(_Model):
+    cadence_kind: ClassVar[str] = "fast"
+
+    target: str
+    every: str
+    confirmations: int | None = Field(None, ge=0)
+    policy_oid: OptStr = Field(None, alias="policyOID")
+    anchor_unchanged: bool = False
+
+    @field_validator("target")
+    @classmethod
+    def _target(cls, value: str) -> str:
+        return _check_target(value)
+
+    @field_validator("every", mode="before")
+    @classmethod
+    def _every(cls, value: Any) -> Any:
+        try:
+            # Syntax only here; "<n>*fast" is resolved against the real fast period later.
+            parse_every(value, cadence=cls.cadence_kind, fast_seconds=1)
+        except CadenceError as exc:
+            raise PydanticCustomError("cadence", "{m}", {"m": str(exc)}) from None
+        return value
+
+
+class SlowCadence(Cadence):
+    cadence_kind: ClassVar[str] = "strong"
+
+
+class CadenceSet(_Model):
+    fast: Cadence
+    strong: SlowCadence | None = None
+    cold: SlowCadence | None = None
+
+    def items(self) -> list[tuple[str, Cadence]]:
+        return [(n, c) for n in CADENCES if (c := getattr(self, n)) is not None]
+
+    def seconds(self, name: str) -> int:
+        fast = parse_every(self.fast.every, cadence="fast")
+        if name == "fast":
+            return fast
+        return parse_every(getattr(self, name).every, cadence=name, fast_seconds=fast)
+
+
+class Witnesses(_Model):
+    min_required: int = Field(0, ge=0)
+    allowlist: list[str] = Field(default_factory=list)
+
+
+class SchemaPolicy(_Model):
+    allow: list[str] = Field(default_factory=list)
+
+
+class Namespace(_Model):
+    description: str = ""
+    witnesses: Witnesses = Field(default_factory=Witnesses)
+    schema_policy: SchemaPolicy = Field(default_factory=SchemaPolicy)
+    source: OptPath = None
+    cadence: CadenceSet
+
+
+class Config(_Model):
+    scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
+    http: HttpSettings = Field(default_factory=HttpSettings)
+    log: LogSettings = Field(default_factory=LogSettings)
+    tui: TuiSettings = Field(default_factory=TuiSettings)
+    targets: Targets = Field(default_factory=Targets)
+    namespaces: dict[str, Namespace] = Field(default_factory=dict)
+    namespaces_file: OptPath = None
+    anchors_file: OptPath = None
+
+    # Where namespaces without `source` read their batches ($VMSH_ROOT/out/batches when
+    # VMSH_ROOT is set); None means <data_dir>/batches.
+    _batches_root: Path | None = PrivateAttr(default=None)
+
+    # -- targets
+
+    def resolve_target(self, target_id: str) -> TargetSettings:
+        """Settings of ``<scheme>:<name>``: targets[scheme][name], else targets[scheme].default."""
+        scheme, sep, name = target_id.partition(":")
+        if not sep or scheme not in SCHEMES or not name:
+            raise TargetNotFound(f"{target_id!r} is not a target (expected <scheme>:<name>)")
+        entries: dict[str, Any] = getattr(self.targets, scheme)
+        if name in entries:
+            return entries[name]
+        if "default" in entries:
+            return entries["default"]
+        if scheme == "local":
+            return LocalTarget()
+        raise TargetNotFound(
+            f"no settings for target {target_id!r} (add targets.{scheme}.{_seg(name)} "
+            f"or targets.{scheme}.default)"
+        )
+
+    def resolved_entry(self, target_id: str) -> str | None:
+        """Which settings entry a target uses, e.g. 'eip155.default'; None if unresolvable."""
+        scheme, _, name = target_id.partition(":")
+        entries = getattr(self.targets, scheme, None)
+        if entries is None:
+            return None
+        if name in entries:
+            return f"{scheme}.{_seg(name)}"
+        if "default" in entries:
+            return f"{scheme}.default"
+        return "embedded" if scheme == "local" else None
+
+    def target_mismatch(self, target_id: str) -> str | None:
+        """Why anchoring to ``target_id`` must be refused, or None when it is consistent."""
+        scheme, _, name = target_id.partition(":")
+        try:
+            settings = self.resolve_target(target_id)
+        except TargetNotFound as exc:
+            return str(exc)
+        if scheme == "eip155" and isinstance(settings, Eip155Target):
+            if not name.isdigit():
+                return f"{target_id!r} needs a numeric chain id"
+            if int(name) != settings.chain_id:
+                return (
+                    f"target {target_id} resolves to {self.resolved_entry(target_id)} whose chainId "
+                    f"is {settings.chain_id}, not {int(name)}; refusing to anchor to the wrong chain"
+                )
+        return None
+
+    # -- jobs
+
+    def batches_dir(self, namespace: str) -> Path:
+        ns = self.namespaces[namespace]
+        if ns.source is not None:
+            return ns.source
+        root = self._batches_root or (self.scheduler.data_dir / "batches")
+        return root / safe_name(namespace)
+
+    def jobs(self) -> list[JobSpec]:
+        """One job per namespace and configured cadence, in file order."""
+        out: list[JobSpec] = []
+        for name, ns in self.namespaces.items():
+            source = self.batches_dir(name)
+            for cadence_name, cadence in ns.cadence.items():
+                confirmations = cadence.confirmations
+                if confirmations is None:
+                    try:
+                        confirmations = getattr(self.resolve_target(cadence.target), "confirmations", 0)
+                    except TargetNotFound:
+                        confirmations = 0
+                out.append(
+                    JobSpec(
+                        key=JobKey(name, cadence_name),
+                        target=cadence.target,
+                        every=ns.cadence.seconds(cadence_name),
+                        source=source,
+                        confirmations=confirmations,
+                        anchor_unchanged=cadence.anchor_unchanged,
+                        policy_oid=cadence.policy_oid,
+                    )
+                )
+        return out
+
+
+@dataclass
+class LoadedConfig:
+    config: Config
+    hash: str
+    files: list[Path] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    path: Path | None = None  # the main config file; None in the bare VaultMesh layout
+
+
+# --------------------------------------------------------------------------- hashing
+
+
+def config_hash(config: Config) -> str:
+    """sha256 hex of a canonical JSON form of the model; secrets enter as their sha256."""
+    doc = _canonical(config)
+    doc["_batches_root"] = str(config._batches_root) if config._batches_root else None
+    text = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _canonical(value: Any) -> Any:
+    if isinstance(value, BaseModel):
+        return {name: _canonical(getattr(value, name)) for name in type(value).model_fields}
+    if isinstance(value, SecretStr):
+        return "sha256:" + hashlib.sha256(value.get_secret_value().encode()).hexdigest()
+    if isinstance(value, dict):
+        return {str(k): _canonical(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_canonical(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+# --------------------------------------------------------------------------- positions
+
+
+class _Pos:
+    """Where a value came from: file, line/col of its key and of its value (1-based)."""
+
+    __slots__ = ("file", "key", "parent", "key_mark", "mark", "children", "base", "label")
+
+    def __init__(
+        self,
+        file: str | None,
+        key: Any = None,
+        parent: _Pos | None = None,
+        key_mark: tuple[int, int] | None = None,
+        mark: tuple[int, int] | None = None,
+        base: Path | None = None,
+        label: str | None = None,
+    ) -> None:
+        self.file = file
+        self.key = key
+        self.parent = parent
+        self.key_mark = key_mark
+        self.mark = mark
+        self.children: dict[Any, _Pos] = {}
+        self.base = base
+        self.label = label  # a full display path that overrides the computed one
+
+    def segments(self) -> list[Any]:
+        if self.label is not None:
+            return [self.label]
+        segs: list[Any] = []
+        node: _Pos | None = self
+        while node is not None and node.parent is not None:
+            segs.append(node.key)
+            node = node.parent
+        return list(reversed(segs))
+
+
+def _norm(key: Any) -> str:
+    return str(key).replace("_", "").replace("-", "").lower()
+
+
+def _find(root: _Pos, loc: tuple[Any, ...]) -> tuple[_Pos, int]:
+    """Deepest node along ``loc`` and how many segments matched (names ~ aliases)."""
+    node, matched = root, 0
+    for seg in loc:
+        child = node.children.get(seg)
+        if child is None:
+            wanted = _norm(seg)
+            child = next((c for k, c in node.children.items() if _norm(k) == wanted), None)
+        if child is None:
+            break
+        node, matched = child, matched + 1
+    return node, matched
+
+
+_PLAIN_SEG = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def _seg(seg: Any) -> str:
+    text = str(seg)
+    if _PLAIN_SEG.match(text):
+        return text
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def format_path(segments: list[Any] | tuple[Any, ...]) -> str:
+    out = ""
+    for seg in segments:
+        if isinstance(seg, int):
+            out += f"[{seg}]"
+        elif seg is not None and str(seg).startswith(("env ", "--")):
+            out += ("." if out else "") + str(seg)
+        else:
+            out += ("." if out else "") + _seg(seg)
+    return out
+
+
+# --------------------------------------------------------------------------- YAML + ${VAR}
+
+_VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-((?:[^}\\]|\\.)*))?\}")
+
+
+def _interpolate(text: str, env: Mapping[str, str]) -> tuple[str, list[str]]:
+    """Expand ${VAR} and ${VAR:-default}; ``$$`` is a literal ``$``. Returns (text, missing)."""
+    missing: list[str] = []
+
+    def sub(m: re.Match[str]) -> str:
+        if m.group(0) == "$$":
+            return "$"
+        name, default = m.group(1), m.group(2)
+        if name in env:
+            return env[name]
+        if default is None:
+            missing.append(name)
+            return ""
+        if len(default) >= 2 and default[0] == default[-1] and default[0] in "\"'":
+            return default[1:-1]
+        return default
+
+    return _VAR.sub(sub, text), missing
+
+
+class _YamlReader:
+    """Composes a YAML file, builds plain data and a position tree, expands ${VAR}."""
+
+    def __init__(self, env: Mapping[str, str], issues: list[ConfigIssue]) -> None:
+        self.env = env
+        self.issues = issues
+        self.failed: set[int] = set()  # ids of _Pos whose value failed interpolation
+
+    def read(self, path: Path, display: str, base: Path) -> tuple[Any, _Pos] | None:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            self.issues.append(ConfigIssue(display, None, None, "", "file not found"))
+            return None
+        except (OSError, UnicodeDecodeError) as exc:
+            self.issues.append(ConfigIssue(display, None, None, "", f"cannot read: {exc}"))
+            return None
+        try:
+            node = yaml.compose(text, Loader=yaml.SafeLoader)
+        except yaml.MarkedYAMLError as exc:
+            mark = exc.problem_mark or exc.context_mark
+            problem = exc.problem or "invalid YAML"
+            if exc.context:
+                problem = f"{problem} ({exc.context}"
+                if exc.context_mark and mark is not exc.context_mark:
+                    problem += f" at line {exc.context_mark.line + 1}"
+                problem += ")"
+            self.issues.append(
+                ConfigIssue(
+                    display,
+                    mark.line + 1 if mark else None,
+                    mark.column + 1 if mark else None,
+                    "",
+                    f"YAML syntax error: {problem}",
+                )
+            )
+            return None
+        except yaml.YAMLError as exc:
+            self.issues.append(ConfigIssue(display, None, None, "", f"YAML error: {exc}"))
+            return None
+        root = _Pos(display, base=base)
+        if node is None:
+            return {}, root
+        self.file = display
+        self.base = base
+        self.constructor = yaml.SafeLoader("")  # constructs scalars with YAML's own rules
+        root.mark = (node.start_mark.line + 1, node.start_mark.column + 1)
+        return self._build(node, root), root
+
+    def _issue(self, pos: _Pos, mark: tuple[int, int] | None, message: str) -> None:
+        line, col = mark or (None, None)
+        self.issues.append(ConfigIssue(pos.file, line, col, format_path(pos.segments()), message))
+
+    def _build(self, node: yaml.Node, pos: _Pos) -> Any:
+        if isinstance(node, yaml.MappingNode):
+            self.constructor.flatten_mapping(node)
+            out: dict[Any, Any] = {}
+            first: dict[Any, tuple[int, int]] = {}
+            for key_node, value_node in node.value:
+                key_mark = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
+                if not isinstance(key_node, yaml.ScalarNode):
+                    self._issue(pos, key_mark, "a key must be a plain value, not a list or mapping")
+                    continue
+                key = self.constructor.construct_object(key_node)
+                if key in first:
+                    child = _Pos(self.file, key, pos, key_mark, None, self.base)
+                    self._issue(child, key_mark, f"duplicate key {str(key)!r} (first at line {first[key][0]}, column {first[key][1]})")
+                    continue
+                first[key] = key_mark
+                value_mark = (value_node.start_mark.line + 1, value_node.start_mark.column + 1)
+                child = _Pos(self.file, key, pos, key_mark, value_mark, self.base)
+                pos.children[key] = child
+                out[key] = self._build(value_node, child)
+            return out
+        if isinstance(node, yaml.SequenceNode):
+            items = []
+            for i, item in enumerate(node.value):
+                mark = (item.start_mark.line + 1, item.start_mark.column + 1)
+                child = _Pos(self.file, i, pos, mark, mark, self.base)
+                pos.children[i] = child
+                items.append(self._build(item, child))
+            return items
+        value = self.constructor.construct_object(node)
+        if isinstance(value, str) and "$" in value:
+            value, missing = _interpolate(value, self.env)
+            for name in missing:
+                self.failed.add(id(pos))
+                self._issue(
+                    pos,
+                    pos.mark,
+                    f"variable {name} is not set (set it, or write ${{{name}:-default}})",
+                )
+        return value
+
+
+# --------------------------------------------------------------------------- loader
+
+
+def _resolve(path_text: str | Path, base: Path) -> Path:
+    p = Path(os.path.expanduser(str(path_text)))
+    return p if p.is_absolute() else (base / p)
+
+
+def _display(path: Path, cwd: Path) -> str:
+    try:
+        return str(path.relative_to(cwd))
+    except ValueError:
+        return str(path)
+
+
+_OVERRIDE_KEYS = {
+    "data_dir": ("scheduler", "data_dir"),
+    "state_file": ("scheduler", "state_file"),
+    "tick": ("scheduler", "tick"),
+    "log_level": ("log", "level"),
+    "log_file": ("log", "file"),
+    "listen": ("http", "listen"),
+    "theme": ("tui", "theme"),
+    "theme_file": ("tui", "theme_file"),
+}
+
+
+def load_config(
+    path: Path | str | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    overrides: dict[str, Any] | None = None,
+    cwd: Path | None = None,
+) -> LoadedConfig:
+    """Load, merge and validate the configuration; raise ConfigError listing every problem.
+
+    ``overrides`` holds CLI flags: ``config`` (path), ``data_dir``, ``state_file``, ``tick``,
+    ``log_level``, ``log_file``, ``listen``, ``theme``, ``theme_file``, or any dotted
+    ``section.field``. None values are ignored.
+    """
+    cwd = (cwd or Path.cwd()).resolve()
+    real_env = dict(os.environ if env is None else env)
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    issues: list[ConfigIssue] = []
+    files: list[Path] = []
+
+    dotenv_path = cwd / ".env"
+    dotenv: dict[str, str] = {}
+    if dotenv_path.is_file():
+        from dotenv import dotenv_values
+
+        dotenv = {k: v for k, v in dotenv_values(dotenv_path).items() if v is not None}
+        files.append(dotenv_path)
+    envs: dict[str, str] = {**dotenv, **real_env}  # the real environment wins over .env
+
+    def env_origin(name: str) -> str:
+        return f"env {name}" if name in real_env else f".env {name}"
+
+    reader = _YamlReader(envs, issues)
+    root = _Pos(None, base=cwd)
+    raw: dict[str, Any] = {}
+
+    vmsh_root = Path(os.path.expanduser(envs["VMSH_ROOT"])) if envs.get("VMSH_ROOT") else None
+    if vmsh_root is not None and not vmsh_root.is_absolute():
+        vmsh_root = cwd / vmsh_root
+
+    # -- which files
+    config_path: Path | None = None
+    config_origin = ""
+    explicit = path if path is not None else overrides.get("config")
+    if explicit:
+        config_path, config_origin = _resolve(explicit, cwd), "--config"
+    elif envs.get("VMSH_CONFIG"):
+        config_path, config_origin = _resolve(envs["VMSH_CONFIG"], cwd), env_origin("VMSH_CONFIG")
+    elif vmsh_root is None:
+        if (cwd / "config.yaml").is_file():
+            config_path, config_origin = cwd / "config.yaml", "./config.yaml"
+        else:
+            raise ConfigError(
+                [
+                    ConfigIssue(
+                        None,
+                        None,
+                        None,
+                        "",
+                        "no configuration found: pass --config FILE (or check-config FILE), "
+                        "set VMSH_CONFIG, set VMSH_ROOT to a VaultMesh checkout, "
+                        "or create ./config.yaml",
+                    )
+                ]
+            )
+
+    base_dir = vmsh_root if config_path is None else config_path.parent
+    vault_base = vmsh_root or base_dir  # relative paths in VaultMesh files
+
+    if config_path is not None:
+        shown = _display(config_path, cwd)
+        if not config_path.is_file() and config_path.exists():
+            raise ConfigError([ConfigIssue(shown, None, None, "", f"not a file ({config_origin})")])
+        files.append(config_path)
+        got = reader.read(config_path, shown, config_path.parent)
+        if got is not None:
+            data, pos = got
+            if isinstance(data, dict):
+                raw, root = data, pos
+                root.base = config_path.parent
+            else:
+                issues.append(
+                    ConfigIssue(shown, *(pos.mark or (None, None)), "", "the top level must be a mapping")
+                )
+
+    def raw_path(key: str) -> Any:
+        value = raw.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            node = root.children.get(key)
+            issues.append(
+                ConfigIssue(root.file, *(node.mark if node and node.mark else (None, None)), key,
+                            "expected a file path")
+            )
+            return None
+        return value
+
+    # -- namespaces file (VMSH_NAMESPACES > namespaces_file > VaultMesh default)
+    ns_file: Path | None = None
+    if envs.get("VMSH_NAMESPACES"):
+        ns_file = _resolve(envs["VMSH_NAMESPACES"], vmsh_root or cwd)
+        raw["namespaces_file"] = str(ns_file)
+    elif (given := raw_path("namespaces_file")) is not None:
+        ns_file = _resolve(given, base_dir)
+    elif config_path is None and vmsh_root is not None:
+        ns_file = vmsh_root / "vmsh" / "config" / "namespaces.yaml"
+    if ns_file is not None:
+        files.append(ns_file)
+        got = reader.read(ns_file, _display(ns_file, cwd), vault_base)
+        if got is not None:
+            _merge_namespaces(raw, root, *got, issues)
+
+    # -- anchors file (anchors_file > VaultMesh default)
+    an_file: Path | None = None
+    an_required = True
+    if (given := raw_path("anchors_file")) is not None:
+        an_file = _resolve(given, base_dir)
+    elif vmsh_root is not None and config_path is None:
+        an_file = vmsh_root / "vmsh" / "config" / "anchors.yaml"
+        an_required = an_file.exists()
+    if an_file is not None and an_required:
+        files.append(an_file)
+        got = reader.read(an_file, _display(an_file, cwd), vault_base)
+        if got is not None:
+            _merge_targets(raw, root, *got, issues)
+
+    # -- environment (and .env)
+    def put(section: str, key: str, value: Any, origin: str, base: Path) -> None:
+        raw.setdefault(section, {})
+        if not isinstance(raw[section], dict):
+            return  # the file's own type error is reported by validation
+        raw[section][key] = value
+        sec = root.children.get(section)
+        if sec is None:
+            sec = root.children[section] = _Pos(None, section, root, base=base)
+        sec.children[key] = _Pos(origin, key, sec, base=base, label=f"{section}.{key}")
+
+    def env_number(name: str, kind: type, scale: float = 1.0) -> Any:
+        text = envs[name].strip()
+        try:
+            return kind(text) if scale == 1.0 else float(text) * scale
+        except ValueError:
+            issues.append(
+                ConfigIssue(env_origin(name), None, None, "",
+                            f"{text!r} is not {'an integer' if kind is int else 'a number'}")
+            )
+            return None
+
+    if envs.get("VMSH_DATA_DIR"):
+        put("scheduler", "data_dir", envs["VMSH_DATA_DIR"], env_origin("VMSH_DATA_DIR"), cwd)
+    if envs.get("VMSH_STATE"):
+        put("scheduler", "state_file", envs["VMSH_STATE"], env_origin("VMSH_STATE"), cwd)
+    if envs.get("VMSH_TICK_MS"):
+        v = env_number("VMSH_TICK_MS", float, 0.001)
+        if v is not None:
+            put("scheduler", "tick", v, env_origin("VMSH_TICK_MS"), cwd)
+    if envs.get("VMSH_BASE_BACKOFF"):
+        v = env_number("VMSH_BASE_BACKOFF", float)
+        if v is not None:
+            put("scheduler", "base_backoff", v, env_origin("VMSH_BASE_BACKOFF"), cwd)
+    if envs.get("VMSH_MAX_BACKOFF"):
+        v = env_number("VMSH_MAX_BACKOFF", int)
+        if v is not None:
+            put("scheduler", "max_backoff_level", v, env_origin("VMSH_MAX_BACKOFF"), cwd)
+    if envs.get("LOG_LEVEL"):
+        put("log", "level", envs["LOG_LEVEL"].strip(), env_origin("LOG_LEVEL"), cwd)
+    if envs.get("METRICS_PORT"):
+        port = env_number("METRICS_PORT", int)
+        if port is not None:
+            http = raw.get("http") if isinstance(raw.get("http"), dict) else {}
+            listen = http.get("listen", HttpSettings().listen)
+            m = _LISTEN.match(listen) if isinstance(listen, str) else None
+            host = m.group("host") if m else "127.0.0.1"
+            put("http", "listen", f"{host}:{port}", env_origin("METRICS_PORT"), cwd)
+
+    # -- CLI overrides
+    for name, value in overrides.items():
+        if name == "config":
+            continue
+        dotted = _OVERRIDE_KEYS.get(name) or tuple(name.split("."))
+        if len(dotted) != 2:
+            raise ValueError(f"unknown override {name!r}")
+        if isinstance(value, Path):
+            value = str(_resolve(value, cwd))
+        put(dotted[0], dotted[1], value, f"--{name.replace('_', '-')}", cwd)
+
+    # -- the cross-field checks that need only raw data (so they join the other errors)
+    _check_targets_resolve(raw, root, issues)
+    _check_cadence_ranges(raw, root, issues)
+
+    config: Config | None = None
+    try:
+        config = Config.model_validate(raw)
+    except PydanticValidationError as exc:
+        issues.extend(_pydantic_issues(exc, root, reader.failed))
+
+    if issues or config is None:
+        raise ConfigError(_sorted_unique(issues))
+
+    # -- paths: relative to the file that set them (VaultMesh files: VMSH_ROOT; env/CLI: cwd)
+    _resolve_model_paths(config, (), root, base_dir)
+    if vmsh_root is not None:
+        config._batches_root = vmsh_root / "out" / "batches"
+
+    warnings = _warnings(config, root)
+    return LoadedConfig(
+        config=config,
+        hash=config_hash(config),
+        files=_unique_paths(files),
+        warnings=warnings,
+        path=config_path,
+    )
+
+
+def _unique_paths(paths: list[Path]) -> list[Path]:
+    seen: list[Path] = []
+    for p in paths:
+        if p not in seen:
+            seen.append(p)
+    return seen
+
+
+def _merge_namespaces(
+    raw: dict[str, Any], root: _Pos, data: Any, pos: _Pos, issues: list[ConfigIssue]
+) -> None:
+    if data == {}:
+        return
+    if not isinstance(data, dict):
+        issues.append(ConfigIssue(pos.file, *(pos.mark or (None, None)), "",
+                                  "expected a mapping with a 'namespaces' key"))
+        return
+    for key, child in pos.children.items():
+        if key != "namespaces":
+            issues.append(ConfigIssue(pos.file, *(child.key_mark or (None, None)), format_path([key]),
+                                      _unknown_key_message(key, ["namespaces"])))
+    namespaces = data.get("namespaces")
+    ns_pos = pos.children.get("namespaces")
+    if namespaces is None or ns_pos is None:
+        return
+    if not isinstance(namespaces, dict):
+        raw["namespaces"] = namespaces
+        root.children["namespaces"] = ns_pos
+        return
+    existing = raw.get("namespaces")
+    if existing is None:
+        raw["namespaces"] = namespaces
+        root.children["namespaces"] = ns_pos
+        return
+    if not isinstance(existing, dict):
+        return
+    target_pos = root.children["namespaces"]
+    for name, value in namespaces.items():
+        child = ns_pos.children[name]
+        if name in existing:
+            issues.append(ConfigIssue(child.file, *(child.key_mark or (None, None)), format_path(child.segments()),
+                                      f"namespace {name!r} is also defined in {target_pos.file}"))
+            continue
+        existing[name] = value
+        target_pos.children[name] = child
+
+
+def _merge_targets(
+    raw: dict[str, Any], root: _Pos, data: Any, pos: _Pos, issues: list[ConfigIssue]
+) -> None:
+    if data == {}:
+        return
+    if not isinstance(data, dict):
+        issues.append(ConfigIssue(pos.file, *(pos.mark or (None, None)), "",
+                                  "expected a mapping of <scheme>: {<name>: settings}"))
+        return
+    existing = raw.get("targets")
+    if existing is None:
+        raw["targets"] = data
+        root.children["targets"] = pos
+        return
+    if not isinstance(existing, dict):
+        return
+    tpos = root.children["targets"]
+    for scheme, entries in data.items():
+        spos = pos.children[scheme]
+        if scheme not in existing or not isinstance(existing[scheme], dict) or not isinstance(entries, dict):
+            if scheme in existing:
+                issues.append(ConfigIssue(spos.file, *(spos.key_mark or (None, None)), format_path(spos.segments()),
+                                          f"targets.{scheme} is also defined in {tpos.file}"))
+                continue
+            existing[scheme] = entries
+            tpos.children[scheme] = spos
+            continue
+        for name, settings in entries.items():
+            npos = spos.children[name]
+            if name in existing[scheme]:
+                issues.append(ConfigIssue(npos.file, *(npos.key_mark or (None, None)), format_path(npos.segments()),
+                                          f"target {scheme}.{name} is also defined in {tpos.file}"))
+                continue
+            existing[scheme][name] = settings
+            tpos.children[scheme].children[name] = npos
+
+
+def _iter_raw_cadences(raw: dict[str, Any], root: _Pos):
+    namespaces = raw.get("namespaces")
+    if not isinstance(namespaces, dict):
+        return
+    ns_pos = root.children.get("namespaces")
+    for name, ns in namespaces.items():
+        if not isinstance(ns, dict) or not isinstance(ns.get("cadence"), dict):
+            continue
+        for cname, cadence in ns["cadence"].items():
+            if cname in CADENCES and isinstance(cadence, dict):
+                cpos = None
+                if ns_pos is not None:
+                    cpos, matched = _find(ns_pos, (name, "cadence", cname))
+                    if matched != 3:
+                        cpos = None
+                yield name, ns, cname, cadence, cpos
+
+
+def _check_targets_resolve(raw: dict[str, Any], root: _Pos, issues: list[ConfigIssue]) -> None:
+    targets = raw.get("targets") if isinstance(raw.get("targets"), dict) else {}
+    for _name, _ns, _cname, cadence, cpos in _iter_raw_cadences(raw, root):
+        target = cadence.get("target")
+        if not isinstance(target, str):
+            continue
+        m = _TARGET.match(target)
+        if not m or m.group("scheme") not in SCHEMES or m.group("scheme") == "local":
+            continue  # malformed targets are reported by validation; local needs nothing
+        scheme, tname = m.group("scheme"), m.group("name")
+        entries = targets.get(scheme)
+        if isinstance(entries, dict) and (tname in entries or "default" in entries):
+            continue
+        tpos = cpos.children.get("target") if cpos else None
+        where = (tpos.file, *(tpos.mark or (None, None))) if tpos else (None, None, None)
+        segs = tpos.segments() if tpos else []
+        issues.append(
+            ConfigIssue(
+                *where,
+                format_path(segs),
+                f"target {target!r} has no settings (add targets.{scheme}.{_seg(tname)} or "
+                f"targets.{scheme}.default, or a VaultMesh anchors.yaml)",
+            )
+        )
+
+
+def _check_cadence_ranges(raw: dict[str, Any], root: _Pos, issues: list[ConfigIssue]) -> None:
+    """'<n>*fast' can overflow only once the fast period is known."""
+    for _name, ns, cname, cadence, cpos in _iter_raw_cadences(raw, root):
+        if cname == "fast":
+            continue
+        try:
+            fast = parse_every(ns["cadence"].get("fast", {}).get("every"), cadence="fast")
+            parse_every(cadence.get("every"), cadence=cname, fast_seconds=1)
+        except (CadenceError, AttributeError):
+            continue  # reported by validation
+        try:
+            parse_every(cadence.get("every"), cadence=cname, fast_seconds=fast)
+        except CadenceError as exc:
+            epos = cpos.children.get("every") if cpos else None
+            where = (epos.file, *(epos.mark or (None, None))) if epos else (None, None, None)
+            issues.append(ConfigIssue(*where, format_path(epos.segments() if epos else []), str(exc)))
+
+
+# --------------------------------------------------------------------------- pydantic -> issues
+
+_SECRET_WORDS = ("key", "password", "token", "secret")
+
+
+def _unknown_key_message(key: Any, allowed: list[str]) -> str:
+    close = difflib.get_close_matches(str(key), allowed, n=1, cutoff=0.6)
+    if close:
+        return f"unknown key {str(key)!r} (did you mean {close[0]!r}?)"
+    if allowed:
+        return f"unknown key {str(key)!r} (expected one of: {', '.join(allowed)})"
+    return f"unknown key {str(key)!r} (this section takes no keys)"
+
+
+def _unwrap(annotation: Any) -> Any:
+    while True:
+        origin = typing.get_origin(annotation)
+        if origin is Annotated:
+            annotation = typing.get_args(annotation)[0]
+        elif origin in (typing.Union, types.UnionType):
+            args = [a for a in typing.get_args(annotation) if a is not type(None)]
+            if len(args) != 1:
+                return annotation
+            annotation = args[0]
+        else:
+            return annotation
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The model class a location points into, walking fields (by name or alias) and dicts."""
+    current: Any = Config
+    for seg in loc:
+        current = _unwrap(current)
+        if isinstance(current, type) and issubclass(current, BaseModel):
+            fields = current.model_fields
+            name = next((n for n, f in fields.items() if seg in (n, f.alias)), None)
+            if name is None:
+                return None
+            current = fields[name].annotation
+        elif typing.get_origin(current) is dict:
+            current = typing.get_args(current)[1]
+        elif typing.get_origin(current) is list:
+            current = typing.get_args(current)[0]
+        else:
+            return None
+    current = _unwrap(current)
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+def _allowed_keys(model: type[BaseModel] | None) -> list[str]:
+    if model is None:
+        return []
+    keys: list[str] = []
+    for name, f in model.model_fields.items():
+        keys.append(name)
+        if f.alias and f.alias != name:
+            keys.append(f.alias)
+    return keys
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _pydantic_issues(exc: PydanticValidationError, root: _Pos, failed: set[int]) -> list[ConfigIssue]:
+    out: list[ConfigIssue] = []
+    for err in exc.errors(include_url=False):
+        loc = tuple(err["loc"])
+        kind = err["type"]
+        node, matched = _find(root, loc)
+        if id(node) in failed and matched == len(loc):
+            continue  # an unset ${VAR} there is already reported
+        segs = node.segments() + list(loc[matched:])
+        if matched == len(loc):
+            mark = node.key_mark if kind == "extra_forbidden" else (node.mark or node.key_mark)
+        else:
+            mark = node.key_mark or node.mark
+        file = node.file or root.file  # a section only the environment touched: the main file
+        line, col = mark or (None, None)
+        if kind == "extra_forbidden":
+            message = _unknown_key_message(loc[-1], _allowed_keys(_model_at(loc[:-1])))
+        elif kind == "missing":
+            message = f"missing required key {str(loc[-1])!r}"
+            segs = segs[:-1]
+        elif kind in ("cadence", "target", "listen", "key_source"):
+            message = err["msg"]
+        else:
+            message = err["msg"]
+            secret = any(w in str(s).lower() for s in loc for w in _SECRET_WORDS)
+            if "input" in err and not secret and not isinstance(err["input"], (dict, list)):
+                message += f" (got {_short(err['input'])})"
+            elif isinstance(err.get("input"), dict):
+                message += " (got a mapping)"
+            elif isinstance(err.get("input"), list):
+                message += " (got a list)"
+        out.append(ConfigIssue(file, line, col, format_path(segs), message))
+    return out
+
+
+def _sorted_unique(issues: list[ConfigIssue]) -> list[ConfigIssue]:
+    seen: set[ConfigIssue] = set()
+    unique = [i for i in issues if not (i in seen or seen.add(i))]
+    return sorted(unique, key=lambda i: (i.file or "", i.line or 0, i.col or 0))
+
+
+# --------------------------------------------------------------------------- after validation
+
+
+def _resolve_model_paths(value: Any, loc: tuple[Any, ...], root: _Pos, default_base: Path) -> None:
+    if isinstance(value, BaseModel):
+        for name in type(value).model_fields:
+            item = getattr(value, name)
+            here = (*loc, name)
+            if isinstance(item, Path):
+                if not item.is_absolute():
+                    node, matched = _find(root, here)
+                    base = node.base if matched == len(here) and node.base else default_base
+                    item = _resolve(item, base)
+                    setattr(value, name, item)
+                elif str(item).startswith("~"):
+                    setattr(value, name, Path(os.path.expanduser(str(item))))
+            else:
+                _resolve_model_paths(item, here, root, default_base)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _resolve_model_paths(item, (*loc, key), root, default_base)
+
+
+def _warnings(config: Config, root: _Pos) -> list[str]:
+    warnings: list[str] = []
+    for name, ns in config.namespaces.items():
+        for cname, cadence in ns.cadence.items():
+            reason = config.target_mismatch(cadence.target)
+            if reason is None:
+                continue
+            node, matched = _find(root, ("namespaces", name, "cadence", cname, "target"))
+            where = ""
+            if matched == 5 and node.file and node.mark:
+                where = f"{node.file}:{node.mark[0]}:{node.mark[1]}: "
+            settings = config.resolve_target(cadence.target)
+            chain = getattr(settings, "chain_id", None)
+            if chain is not None:
+                msg = (
+                    f"namespace {name!r} cadence {cname!r}: target {cadence.target} has chain id "
+                    f"{cadence.target.partition(':')[2]} but {config.resolved_entry(cadence.target)} "
+                    f"has chainId {chain}; this job will be refused, not anchored to the wrong chain"
+                )
+            else:
+                msg = f"namespace {name!r} cadence {cname!r}: {reason}"
+            path = format_path(["namespaces", name, "cadence", cname, "target"])
+            warnings.append(f"{where}{path}: {msg}")
+    return warnings
