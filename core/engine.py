@@ -186,6 +186,16 @@ class Scheduler:
             raise KeyError(f"no namespace {namespace!r}")
         return sum(self.force(k) for k in keys)
 
+    def requeue(self, key: JobKey, reason: str) -> None:
+        """Anchor `key` again as soon as possible (e.g. a reorg dropped its transaction)."""
+        if key not in self._specs:
+            return
+        self._state[key] = replace(self._state[key], last_root=None, next_attempt=None)
+        self.log.warning("job queued again", job=str(key), reason=reason)
+        if key not in self._in_flight:
+            self._schedule(key, self.clock.now())
+        self._request_save()
+
     def pause(self) -> None:
         self._set_paused(True)
 

