@@ -1,0 +1,213 @@
+"""The `vmsh-scheduler` command: dashboard, headless run, check-config, verify.
+
+Never imports textual or rich at module level: the dashboard is imported lazily inside
+run_dashboard, so headless runs and check-config work without the UI stack loaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from core import __version__
+from core.cadence import format_seconds
+from core.config import ConfigError, LoadedConfig, load_config
+
+EPILOG = """\
+examples:
+  vmsh-scheduler --config config.example.yaml          dashboard (Textual)
+  vmsh-scheduler --no-ui --config /etc/vmsh/config.yaml headless, for systemd/Kubernetes
+  vmsh-scheduler check-config config.yaml               validate, print a summary (exit 0/2)
+  VMSH_ROOT=~/vaultmesh vmsh-scheduler check-config     the VaultMesh layout:
+                                                        vmsh/config/{namespaces,anchors}.yaml
+  vmsh-scheduler verify receipts/*.json                 check receipts offline
+
+configuration, highest precedence first:
+  flags > environment (VMSH_CONFIG, VMSH_ROOT, VMSH_NAMESPACES, VMSH_DATA_DIR, VMSH_STATE,
+  VMSH_TICK_MS, VMSH_BASE_BACKOFF, VMSH_MAX_BACKOFF, METRICS_PORT, LOG_LEVEL)
+  > ./.env > config file (--config, VMSH_CONFIG, VMSH_ROOT layout, ./config.yaml) > defaults
+
+exit codes: 0 ok, 2 invalid configuration or usage, 3 not built yet
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vmsh-scheduler",
+        description="Anchor VaultMesh Merkle roots to RFC 3161, EVM and Bitcoin targets on cadence.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    add_common(parser)
+    parser.add_argument("--no-ui", action="store_true", help="run headless (logs to stdout)")
+    parser.add_argument("--theme", metavar="NAME", help="dashboard theme")
+    parser.add_argument("--no-mouse", action="store_true", help="dashboard without mouse support")
+    parser.add_argument(
+        "--readonly", action="store_true", help="dashboard only watches: no force, pause or reload"
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    check = sub.add_parser(
+        "check-config",
+        help="validate the configuration and print a summary",
+        description="Validate the configuration; print a summary and exit 0, "
+        "or print every error and exit 2.",
+    )
+    check.add_argument("file", nargs="?", type=Path, metavar="FILE", help="config file to check")
+    add_common(check, suppress=True)
+    verify = sub.add_parser(
+        "verify", help="verify receipts", description="Verify receipt files offline."
+    )
+    verify.add_argument("files", nargs="+", type=Path, metavar="FILE", help="receipt JSON files")
+    add_common(verify, suppress=True)
+    return parser
+
+
+def add_common(parser: argparse.ArgumentParser, *, suppress: bool = False) -> None:
+    """Options accepted before and after the subcommand."""
+    default = argparse.SUPPRESS if suppress else None
+    parser.add_argument("--config", type=Path, metavar="FILE", default=default,
+                        help="config file (default: VMSH_CONFIG, the VMSH_ROOT layout, ./config.yaml)")
+    parser.add_argument("--data-dir", type=Path, metavar="DIR", default=default,
+                        help="state, receipts and lock folder (overrides scheduler.data_dir)")
+    parser.add_argument("--log-level", metavar="LEVEL", default=default,
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR", "debug", "info", "warning", "error"],
+                        help="DEBUG, INFO, WARNING or ERROR")
+
+
+def overrides_from(args: argparse.Namespace) -> dict[str, object]:
+    return {
+        "config": getattr(args, "file", None) or args.config,
+        "data_dir": args.data_dir,
+        "log_level": args.log_level.upper() if args.log_level else None,
+        "theme": getattr(args, "theme", None),
+    }
+
+
+def load(args: argparse.Namespace) -> LoadedConfig:
+    return load_config(overrides=overrides_from(args))
+
+
+def print_errors(error: ConfigError, *, file=None) -> None:
+    out = file or sys.stderr
+    for issue in error.issues:
+        print(issue, file=out)
+    n = len(error.issues)
+    print(f"configuration invalid: {n} error{'s' if n != 1 else ''}", file=out)
+
+
+def _host(url: str) -> str:
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "?"
+    return parts.hostname or url.split("/")[0] or "?"  # never the path/query: may hold API keys
+
+
+def summary(loaded: LoadedConfig) -> str:
+    cfg = loaded.config
+    lines: list[str] = []
+    files = loaded.files
+    lines.append("files:")
+    lines += [f"  {f}" for f in files] or ["  (none)"]
+    lines.append(f"data dir: {cfg.scheduler.data_dir}")
+    lines.append(f"http: {cfg.http.listen}   log level: {cfg.log.level}")
+    lines.append(f"namespaces ({len(cfg.namespaces)}):")
+    for name, ns in cfg.namespaces.items():
+        desc = f"  {ns.description}" if ns.description else ""
+        lines.append(f"  {name}{desc}")
+    jobs = cfg.jobs()
+    lines.append(f"jobs ({len(jobs)}):")
+    width = max((len(str(j.key)) for j in jobs), default=0)
+    twidth = max((len(j.target) for j in jobs), default=0)
+    for job in jobs:
+        extra = []
+        if job.confirmations:
+            extra.append(f"confirmations {job.confirmations}")
+        if job.anchor_unchanged:
+            extra.append("anchor_unchanged")
+        if cfg.target_mismatch(job.target):
+            extra.append("REFUSED: target mismatch")
+        tail = ("  " + ", ".join(extra)) if extra else ""
+        lines.append(
+            f"  {str(job.key):<{width}}  {job.target:<{twidth}}  every {format_seconds(job.every)}{tail}"
+        )
+    used = sorted({j.target for j in jobs})
+    lines.append(f"targets ({len(used)}):")
+    for target in used:
+        entry = cfg.resolved_entry(target)
+        detail = ""
+        try:
+            settings = cfg.resolve_target(target)
+        except LookupError:
+            settings = None
+        if settings is not None:
+            if hasattr(settings, "url"):
+                detail = f"  {_host(settings.url)}"
+            elif hasattr(settings, "chain_id"):
+                detail = f"  chainId {settings.chain_id} via {_host(settings.rpc_url)}"
+            elif hasattr(settings, "network"):
+                detail = f"  {settings.network} via {_host(settings.rpc_url)}"
+        lines.append(f"  {target} -> {entry}{detail}")
+    if loaded.warnings:
+        lines.append(f"warnings ({len(loaded.warnings)}):")
+        lines += [f"  {w}" for w in loaded.warnings]
+    lines.append(f"config hash: {loaded.hash}")
+    lines.append("configuration OK")
+    return "\n".join(lines)
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    try:
+        loaded = load(args)
+    except ConfigError as exc:
+        print_errors(exc)
+        return 2
+    print(summary(loaded))
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    print("vmsh-scheduler verify is not built yet", file=sys.stderr)
+    return 3
+
+
+def run_headless(loaded: LoadedConfig, args: argparse.Namespace) -> int:
+    print("vmsh-scheduler --no-ui: the headless scheduler is not built yet", file=sys.stderr)
+    return 3
+
+
+def run_dashboard(loaded: LoadedConfig, args: argparse.Namespace) -> int:
+    # The Textual app will be imported here, lazily, so core never loads textual/rich.
+    print("vmsh-scheduler: the dashboard is not built yet (try --no-ui or check-config)",
+          file=sys.stderr)
+    return 3
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, usage errors
+        return int(exc.code or 0)
+    if args.command == "check-config":
+        return cmd_check_config(args)
+    if args.command == "verify":
+        return cmd_verify(args)
+    try:
+        loaded = load(args)
+    except ConfigError as exc:
+        print_errors(exc)
+        return 2
+    for warning in loaded.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    if args.no_ui:
+        return run_headless(loaded, args)
+    return run_dashboard(loaded, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
