@@ -273,7 +273,7 @@ class Intent:
 
     id: str
     target: str
-    digest_hex: str
+    digest: str  # 64 lowercase hex digits (the engine does bytes.fromhex(intent.digest))
     entries: list[dict[str, Any]]
     tree_size: int
     opened_at: float
@@ -285,8 +285,8 @@ class Intent:
     closed: bool = False
 
     @property
-    def digest(self) -> bytes:
-        return bytes.fromhex(self.digest_hex)
+    def digest_bytes(self) -> bytes:
+        return bytes.fromhex(self.digest)
 
     @property
     def jobs(self) -> list[JobKey]:
@@ -297,7 +297,7 @@ class Intent:
             "version": JOURNAL_VERSION,
             "id": self.id,
             "target": self.target,
-            "digest": self.digest_hex,
+            "digest": self.digest,
             "tree_size": self.tree_size,
             "entries": self.entries,
             "opened_at": self.opened_at,
@@ -332,7 +332,7 @@ class Intent:
         return cls(
             id=d["id"],
             target=d["target"],
-            digest_hex=digest,
+            digest=digest,
             entries=d["entries"],
             tree_size=d["tree_size"],
             opened_at=float(d["opened_at"]),
@@ -403,7 +403,7 @@ class IntentJournal:
         intent = Intent(
             id=intent_id,
             target=target,
-            digest_hex=digest_hex,
+            digest=digest_hex,
             entries=[dict(e) for e in entries],
             tree_size=len(entries) if tree_size is None else tree_size,
             opened_at=at,
