@@ -1,0 +1,356 @@
+"""Receipt building, the receipt store, audit-path checks and verification."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from core import merkle
+from core.anchors.base import VerificationFailed
+from core.receipts import (
+    ReceiptError,
+    ReceiptInvalid,
+    ReceiptStore,
+    build_receipt,
+    check_proof,
+    iso_utc,
+    load_receipt,
+    verify_receipt,
+)
+
+AT = 1767225600.123  # 2026-01-01T00:00:00.123Z
+
+
+def root_of(n: int) -> bytes:
+    return hashlib.sha256(f"batch-{n}".encode()).digest()
+
+
+def receipts_for(n: int, *, status: str = "confirmed", at: float = AT) -> list[dict]:
+    """One receipt per leaf of an n-job group, as the engine builds them."""
+    leaves = [root_of(i) for i in range(n)]
+    digest = leaves[0] if n == 1 else merkle.tree_hash(leaves)
+    out = []
+    for i, leaf in enumerate(leaves):
+        out.append(
+            build_receipt(
+                namespace=f"dao:ns{i}",
+                cadence="fast",
+                target="local:dev",
+                batch_id=f"{i:06d}",
+                batch_root="sha256:" + leaf.hex().upper(),
+                anchored_root=digest,
+                proof=[] if n == 1 else merkle.audit_path(i, leaves),
+                leaf_index=i,
+                tree_size=n,
+                attestation={"token": "AAAA", "digest": digest.hex()},
+                status=status,
+                confirmations_required=2 if status == "pending" else 0,
+                confirmations_observed=0,
+                anchored_at=at,
+                version="0.1.0",
+                config_hash="cafe",
+            )
+        )
+    return out
+
+
+def test_build_receipt_format() -> None:
+    [r] = receipts_for(1)
+    assert list(r) == [
+        "version", "namespace", "cadence", "target", "batch", "anchored_root", "proof",
+        "leaf_index", "tree_size", "attestation", "status", "confirmations", "anchored_at",
+        "scheduler",
+    ]  # fmt: skip
+    assert r["version"] == 1
+    assert r["batch"] == {"id": "000000", "root": "sha256:" + root_of(0).hex()}
+    assert r["anchored_root"] == r["batch"]["root"]
+    assert r["proof"] == [] and (r["leaf_index"], r["tree_size"]) == (0, 1)
+    assert r["anchored_at"] == "2026-01-01T00:00:00.123Z"
+    assert r["confirmations"] == {"required": 0, "observed": 0}
+    assert r["scheduler"] == {"version": "0.1.0", "config_hash": "cafe"}
+    json.dumps(r)  # JSON-serialisable as is
+    many = receipts_for(3)
+    assert all(p.startswith("sha256:") and len(p) == 71 for p in many[2]["proof"])
+
+
+def test_build_receipt_rejects_bad_values() -> None:
+    args = dict(receipts_for(1)[0])
+    kw = dict(
+        namespace="a", cadence="fast", target="local:dev", batch_id="1",
+        batch_root=args["batch"]["root"], anchored_root=args["anchored_root"], proof=[],
+        leaf_index=0, tree_size=1, attestation={}, status="pending",
+        confirmations_required=0, confirmations_observed=0, anchored_at=AT,
+        version="0", config_hash="x",
+    )  # fmt: skip
+    build_receipt(**kw)
+    with pytest.raises(ValueError):
+        build_receipt(**{**kw, "status": "done"})
+    with pytest.raises(ValueError):
+        build_receipt(**{**kw, "batch_root": "sha256:1234"})
+    with pytest.raises(ValueError):
+        build_receipt(**{**kw, "anchored_root": b"short"})
+
+
+def test_iso_utc() -> None:
+    assert iso_utc(0) == "1970-01-01T00:00:00.000Z"
+    assert iso_utc(AT) == "2026-01-01T00:00:00.123Z"
+
+
+# --------------------------------------------------------------------------- check_proof
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 5])
+def test_check_proof_groups(n: int) -> None:
+    receipts = receipts_for(n)
+    expected = root_of(0) if n == 1 else merkle.tree_hash([root_of(i) for i in range(n)])
+    for r in receipts:
+        assert check_proof(r) == expected
+
+
+def _tamper_cases(n: int) -> list[tuple[str, callable]]:
+    def set_(path: tuple, value):
+        def f(r):
+            target = r
+            for p in path[:-1]:
+                target = target[p]
+            target[path[-1]] = value
+
+        return f
+
+    other = "sha256:" + "00" * 32
+    cases = [
+        ("batch.root", set_(("batch", "root"), other)),
+        ("anchored_root", set_(("anchored_root",), other)),
+        ("malformed root", set_(("batch", "root"), "sha256:XYZ")),
+        ("uppercase root", set_(("anchored_root",), "sha256:" + "AB" * 32)),
+        ("leaf_index type", set_(("leaf_index",), "0")),
+        ("leaf_index range", set_(("leaf_index",), n)),
+        ("negative index", set_(("leaf_index",), -1)),
+        ("tree_size zero", set_(("tree_size",), 0)),
+        ("tree_size bool", set_(("tree_size",), True)),
+        ("proof type", set_(("proof",), "sha256:" + "00" * 32)),
+        ("version", set_(("version",), 2)),
+        ("batch type", set_(("batch",), None)),
+    ]
+    if n == 1:
+        cases.append(("proof on group of one", set_(("proof",), [other])))
+    else:
+        cases += [
+            ("proof element", lambda r: r["proof"].__setitem__(0, other)),
+            ("proof too short", lambda r: r["proof"].pop()),
+            ("proof too long", lambda r: r["proof"].append(other)),
+            # (tree_size n+1 with leaf 0 can give the same root: RFC 6962 paths of the
+            # left-most leaf agree across sizes. The leaf is still proven in the digest.)
+            ("tree_size one", set_(("tree_size",), 1)),
+            ("tree_size doubled", set_(("tree_size",), 2 * n + 2)),
+            ("leaf_index moved", set_(("leaf_index",), (0 + 1) % n)),
+        ]
+    return cases
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 5])
+def test_tampered_receipts_fail_with_reason(n: int) -> None:
+    good = receipts_for(n)[0]
+    for name, tamper in _tamper_cases(n):
+        bad = copy.deepcopy(good)
+        tamper(bad)
+        with pytest.raises(ReceiptInvalid) as info:
+            check_proof(bad)
+            pytest.fail(f"{name}: accepted")
+        assert info.value.reason, name
+
+
+def test_check_proof_reasons() -> None:
+    r = receipts_for(3)[1]
+    r["proof"][0] = "sha256:" + "00" * 32
+    with pytest.raises(ReceiptInvalid, match="audit path leads to sha256:[0-9a-f]{64}, not"):
+        check_proof(r)
+    r = receipts_for(1)[0]
+    r["anchored_root"] = "sha256:" + "00" * 32
+    with pytest.raises(ReceiptInvalid, match="differs from batch.root"):
+        check_proof(r)
+    r = receipts_for(2)[0]
+    r["proof"].append(r["proof"][0])
+    with pytest.raises(ReceiptInvalid, match="audit path: .*longer"):
+        check_proof(r)
+    with pytest.raises(ReceiptInvalid, match="JSON object"):
+        check_proof([])
+
+
+# --------------------------------------------------------------------------- verify_receipt
+
+
+class FakeBackend:
+    def __init__(self, target: str) -> None:
+        self.target = target
+        self.calls: list[tuple[dict, bytes]] = []
+
+    async def verify(self, attestation: dict, digest: bytes) -> None:
+        self.calls.append((attestation, digest))
+        if attestation.get("digest") != digest.hex():
+            raise VerificationFailed("imprint does not match the digest")
+
+
+async def test_verify_receipt_calls_backend_with_digest() -> None:
+    backend = FakeBackend("local:dev")
+    seen: list[str] = []
+
+    def backend_for(target: str) -> FakeBackend:
+        seen.append(target)
+        return backend
+
+    for n in (1, 3):
+        for r in receipts_for(n):
+            await verify_receipt(r, backend_for)
+    assert seen == ["local:dev"] * 4
+    assert backend.calls[0][1] == root_of(0)
+
+
+async def test_verify_receipt_failures() -> None:
+    backend = FakeBackend("local:dev")
+    r = receipts_for(2)[1]
+    r["attestation"]["digest"] = "00" * 32
+    with pytest.raises(ReceiptInvalid, match="attestation: imprint does not match"):
+        await verify_receipt(r, lambda t: backend)
+
+    r = receipts_for(2)[1]
+    r["leaf_index"] = 0
+    with pytest.raises(ReceiptInvalid):
+        await verify_receipt(r, lambda t: backend)
+    assert len(backend.calls) == 1  # a bad audit path never reaches the backend
+
+    def unknown(target: str):
+        raise KeyError(target)
+
+    with pytest.raises(ReceiptInvalid, match="no verifier for target local:dev"):
+        await verify_receipt(receipts_for(1)[0], unknown)
+    r = receipts_for(1)[0]
+    r["attestation"] = "token"
+    with pytest.raises(ReceiptInvalid, match="attestation must be an object"):
+        await verify_receipt(r, lambda t: backend)
+
+
+# --------------------------------------------------------------------------- store
+
+
+def test_write_and_read_back(tmp_path: Path) -> None:
+    store = ReceiptStore(tmp_path / "receipts")
+    [r] = receipts_for(1)
+    path = store.write(r)
+    assert path.parent == tmp_path / "receipts" / "dao%3Ans0"
+    assert path.name == f"20260101T000000123Z-fast-{root_of(0).hex()[:12]}.json"
+    assert load_receipt(path) == r
+    assert ReceiptStore.namespace_of(path) == "dao:ns0"
+    assert os.listdir(path.parent) == [path.name]
+
+
+def test_write_never_overwrites(tmp_path: Path) -> None:
+    store = ReceiptStore(tmp_path)
+    [r] = receipts_for(1)
+    first = store.write(r)
+    r2 = dict(r, attestation={"token": "BBBB"})
+    second = store.write(r2)
+    third = store.write(r2)
+    assert first != second != third
+    assert second.name.endswith("-1.json") and third.name.endswith("-2.json")
+    assert load_receipt(first)["attestation"] == {"token": "AAAA", "digest": root_of(0).hex()}
+    assert load_receipt(second)["attestation"] == {"token": "BBBB"}
+
+
+def test_confirm_pending(tmp_path: Path) -> None:
+    store = ReceiptStore(tmp_path)
+    paths = [store.write(r) for r in receipts_for(3, status="pending")]
+    assert [p for p, _ in store.pending()] == sorted(paths, key=lambda p: p.name)
+    confirmed = store.confirm(paths[1], 6)
+    assert confirmed["status"] == "confirmed"
+    assert confirmed["confirmations"] == {"required": 2, "observed": 6}
+    assert load_receipt(paths[1]) == confirmed
+    assert {p for p, _ in store.pending()} == {paths[0], paths[2]}
+    store.confirm(paths[1], 7)  # already confirmed: no rewrite
+    assert load_receipt(paths[1])["confirmations"]["observed"] == 6
+    # A fresh store (after a restart) finds the same pending set by scanning.
+    assert {p for p, _ in ReceiptStore(tmp_path).pending()} == {paths[0], paths[2]}
+    # New pending receipts are tracked without a rescan.
+    new = store.write(receipts_for(1, status="pending", at=AT + 5)[0])
+    assert new in {p for p, _ in store.pending()}
+
+
+def test_confirm_rejects_unknown_status(tmp_path: Path) -> None:
+    store = ReceiptStore(tmp_path)
+    path = store.write(receipts_for(1)[0])
+    data = load_receipt(path)
+    data["status"] = "weird"
+    path.write_text(json.dumps(data))
+    with pytest.raises(ReceiptError, match="not pending"):
+        store.confirm(path, 1)
+
+
+def test_recent_newest_first_and_bounded(tmp_path: Path) -> None:
+    store = ReceiptStore(tmp_path)
+    written = []
+    for k in range(6):
+        for r in receipts_for(2, at=AT + k * 60):
+            written.append((AT + k * 60, store.write(r)))
+    recent = store.recent(3)
+    assert len(recent) == 3
+    stamps = [r["anchored_at"] for _, r in recent]
+    assert stamps == sorted(stamps, reverse=True)
+    assert stamps[0] == iso_utc(AT + 5 * 60)
+    assert store.recent(0) == []
+    assert len(store.recent(100)) == 12
+    assert ReceiptStore(tmp_path / "missing").recent(5) == []
+
+
+def test_recent_reads_only_limit_files(tmp_path: Path, monkeypatch) -> None:
+    store = ReceiptStore(tmp_path)
+    for k in range(20):
+        store.write(receipts_for(1, at=AT + k)[0])
+    reads: list[Path] = []
+    import core.receipts as mod
+
+    real = mod.load_receipt
+    monkeypatch.setattr(mod, "load_receipt", lambda p: reads.append(p) or real(p))
+    store.recent(4)
+    assert len(reads) == 4
+
+
+def test_for_job(tmp_path: Path) -> None:
+    store = ReceiptStore(tmp_path)
+    for k in range(4):
+        r = receipts_for(1, at=AT + k)[0]
+        store.write(r)
+        store.write(dict(r, cadence="strong"))
+        store.write(dict(r, namespace="other"))
+    fast = store.for_job("dao:ns0", "fast", 10)
+    assert len(fast) == 4 and all(r["cadence"] == "fast" for _, r in fast)
+    assert fast[0][1]["anchored_at"] == iso_utc(AT + 3)
+    assert len(store.for_job("dao:ns0", "strong", 2)) == 2
+    assert store.for_job("nobody", "fast", 5) == []
+
+
+def test_broken_receipt_is_an_entry_not_a_crash(tmp_path: Path) -> None:
+    store = ReceiptStore(tmp_path)
+    good = store.write(receipts_for(1)[0])
+    broken = good.with_name("20990101T000000000Z-fast-000000000000.json")
+    broken.write_text('{"version": 1,\n "oops"')
+    (good.parent / ".20990101T000000000Z-fast-x.json.1a2b.tmp").write_text("{")  # leftover temp
+    recent = store.recent(10)
+    assert [p for p, _ in recent] == [broken, good]
+    error = recent[0][1]["error"]
+    assert str(broken) in error and "not valid JSON" in error and ":2:" in error
+    assert recent[1][1]["namespace"] == "dao:ns0"
+    assert [p for p, _ in store.for_job("dao:ns0", "fast", 5)] == [broken, good]
+
+
+def test_load_receipt_errors(tmp_path: Path) -> None:
+    with pytest.raises(ReceiptError, match=f"{tmp_path / 'nope.json'}: cannot read"):
+        load_receipt(tmp_path / "nope.json")
+    p = tmp_path / "list.json"
+    p.write_text("[]")
+    with pytest.raises(ReceiptError, match="a receipt is a JSON object"):
+        load_receipt(p)
