@@ -1005,6 +1005,8 @@ def _check_targets_resolve(raw: dict[str, Any], root: _Pos, issues: list[ConfigI
         if not m or m.group("scheme") not in SCHEMES or m.group("scheme") == "local":
             continue  # malformed targets are reported by validation; local needs nothing
         scheme, tname = m.group("scheme"), m.group("name")
+        if scheme == "eip155" and not tname.isdigit():
+            continue  # reported by validation
         entries = targets.get(scheme)
         if isinstance(entries, dict) and (tname in entries or "default" in entries):
             continue

@@ -1,0 +1,647 @@
+"""Configuration: precedence, interpolation, .env, the VaultMesh files, error messages."""
+
+from __future__ import annotations
+
+import shutil
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from core.config import (
+    Config,
+    ConfigError,
+    ConfigIssue,
+    Eip155Target,
+    LocalTarget,
+    Rfc3161Target,
+    TargetNotFound,
+    load_config,
+)
+from core.jobs import JobKey
+
+MINIMAL = """\
+namespaces:
+  "demo:a":
+    cadence:
+      fast: {target: "local:dev", every: "10s"}
+"""
+
+VAULTMESH_ENV = {
+    "EVM_RPC": "https://rpc.example/v3/abc",
+    "EVM_CHAIN_ID": "8453",
+    "EVM_CONTRACT": "0x00000000000000000000000000000000000000aa",
+    "EVM_ANCHOR_KEY": "0x" + "11" * 32,
+    "BTC_RPC": "http://user:pw@127.0.0.1:18443",
+    "TSA_URL": "https://tsa.example/tsr",
+}
+
+
+def write(folder: Path, name: str, text: str) -> Path:
+    path = folder / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def load(tmp_path: Path, text: str, env: dict | None = None, **kw):
+    path = write(tmp_path, "config.yaml", text)
+    return load_config(path, env=env or {}, cwd=tmp_path, **kw)
+
+
+def errors(tmp_path: Path, text: str, env: dict | None = None, name: str = "config.yaml") -> list[str]:
+    write(tmp_path, name, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(Path(name), env=env or {}, cwd=tmp_path)
+    return [str(i) for i in info.value.issues]
+
+
+@pytest.fixture
+def vmsh_root(tmp_path: Path, fixtures_dir: Path) -> Path:
+    """A VaultMesh checkout layout holding unchanged copies of the real files."""
+    root = tmp_path / "vaultmesh"
+    (root / "vmsh" / "config").mkdir(parents=True)
+    for name in ("namespaces.yaml", "anchors.yaml"):
+        shutil.copyfile(fixtures_dir / name, root / "vmsh" / "config" / name)
+    return root
+
+
+# --------------------------------------------------------------------------- defaults
+
+
+def test_defaults(tmp_path):
+    loaded = load(tmp_path, MINIMAL)
+    cfg = loaded.config
+    assert cfg.scheduler.tick == 1.0
+    assert cfg.scheduler.data_dir == tmp_path / ".vmsh"
+    assert cfg.scheduler.state_file is None
+    assert cfg.scheduler.base_backoff == 5.0
+    assert cfg.scheduler.max_backoff_level == 7
+    assert cfg.scheduler.concurrency == 8
+    assert cfg.scheduler.stale_factor == 2.0
+    assert cfg.http.listen == "127.0.0.1:9090"
+    assert (cfg.http.host, cfg.http.port) == ("127.0.0.1", 9090)
+    assert cfg.log.level == "INFO"
+    assert cfg.tui.keys == {}
+    assert loaded.files == [tmp_path / "config.yaml"]
+    assert loaded.warnings == []
+    assert loaded.path == tmp_path / "config.yaml"
+    assert len(loaded.hash) == 64
+
+
+def test_config_model_works_without_the_loader():
+    cfg = Config.model_validate(
+        {"namespaces": {"x": {"cadence": {"fast": {"target": "local:a", "every": "5s"}}}}}
+    )
+    [job] = cfg.jobs()
+    assert job.key == JobKey("x", "fast")
+    assert job.every == 5
+    assert job.source == Path(".vmsh") / "batches" / "x"
+
+
+def test_example_config_loads(tmp_path):
+    example = Path(__file__).resolve().parents[2] / "config.example.yaml"
+    loaded = load_config(example, env={}, cwd=tmp_path)
+    cfg = loaded.config
+    assert len(cfg.namespaces) == 3
+    assert cfg.scheduler.data_dir.name == ".vmsh-demo"
+    assert all(j.target.startswith("local:") for j in cfg.jobs())
+    assert any(j.anchor_unchanged for j in cfg.jobs())
+    assert loaded.warnings == []
+
+
+# --------------------------------------------------------------------------- precedence
+
+
+def test_precedence_cli_over_env_over_dotenv_over_file(tmp_path):
+    text = MINIMAL + "scheduler: {data_dir: from-file}\nlog: {level: ERROR}\n"
+    assert load(tmp_path, text).config.scheduler.data_dir == tmp_path / "from-file"
+
+    write(tmp_path, ".env", "VMSH_DATA_DIR=from-dotenv\nLOG_LEVEL=warning\n")
+    loaded = load(tmp_path, text)
+    assert loaded.config.scheduler.data_dir == tmp_path / "from-dotenv"
+    assert loaded.config.log.level == "WARNING"
+    assert tmp_path / ".env" in loaded.files
+
+    loaded = load(tmp_path, text, env={"VMSH_DATA_DIR": "from-env", "LOG_LEVEL": "DEBUG"})
+    assert loaded.config.scheduler.data_dir == tmp_path / "from-env"
+    assert loaded.config.log.level == "DEBUG"
+
+    loaded = load(
+        tmp_path,
+        text,
+        env={"VMSH_DATA_DIR": "from-env", "LOG_LEVEL": "DEBUG"},
+        overrides={"data_dir": Path("from-cli"), "log_level": "INFO"},
+    )
+    assert loaded.config.scheduler.data_dir == tmp_path / "from-cli"
+    assert loaded.config.log.level == "INFO"
+
+
+def test_none_overrides_are_ignored(tmp_path):
+    loaded = load(tmp_path, MINIMAL, env={"LOG_LEVEL": "DEBUG"}, overrides={"log_level": None})
+    assert loaded.config.log.level == "DEBUG"
+
+
+def test_vaultmesh_environment_variables(tmp_path):
+    text = MINIMAL + 'http: {listen: "0.0.0.0:9000"}\n'
+    env = {
+        "VMSH_TICK_MS": "250",
+        "VMSH_BASE_BACKOFF": "2.5",
+        "VMSH_MAX_BACKOFF": "4",
+        "METRICS_PORT": "9555",
+        "VMSH_STATE": "/var/lib/vmsh/state.json",
+    }
+    cfg = load(tmp_path, text, env=env).config
+    assert cfg.scheduler.tick == 0.25
+    assert cfg.scheduler.base_backoff == 2.5
+    assert cfg.scheduler.max_backoff_level == 4
+    assert cfg.http.listen == "0.0.0.0:9555"  # METRICS_PORT keeps the host
+    assert cfg.scheduler.state_file == Path("/var/lib/vmsh/state.json")
+
+
+def test_env_relative_paths_resolve_against_cwd(tmp_path):
+    sub = tmp_path / "etc"
+    sub.mkdir()
+    write(sub, "config.yaml", MINIMAL + "scheduler: {state_file: st.json}\n")
+    cfg = load_config(sub / "config.yaml", env={"VMSH_DATA_DIR": "d"}, cwd=tmp_path).config
+    assert cfg.scheduler.data_dir == tmp_path / "d"  # env: cwd
+    assert cfg.scheduler.state_file == sub / "st.json"  # file: the file's folder
+
+
+def test_bad_environment_value_is_an_error(tmp_path):
+    write(tmp_path, "config.yaml", MINIMAL)
+    with pytest.raises(ConfigError) as info:
+        load_config(Path("config.yaml"), env={"VMSH_TICK_MS": "soon", "METRICS_PORT": "x"}, cwd=tmp_path)
+    text = str(info.value)
+    assert "env VMSH_TICK_MS: 'soon' is not a number" in text
+    assert "env METRICS_PORT: 'x' is not an integer" in text
+
+
+def test_config_path_precedence(tmp_path, vmsh_root):
+    write(tmp_path, "config.yaml", MINIMAL.replace("demo:a", "cwd"))
+    write(tmp_path, "other.yaml", MINIMAL.replace("demo:a", "vmsh-config"))
+    write(tmp_path, "explicit.yaml", MINIMAL.replace("demo:a", "explicit"))
+    env = {"VMSH_CONFIG": "other.yaml", "VMSH_ROOT": str(vmsh_root), **VAULTMESH_ENV}
+
+    def names(**kw):
+        return list(load_config(cwd=tmp_path, **kw).config.namespaces)
+
+    assert names(path=Path("explicit.yaml"), env=env) == ["explicit"]
+    assert names(overrides={"config": "explicit.yaml"}, env=env) == ["explicit"]
+    assert names(env=env) == ["vmsh-config"]
+    env.pop("VMSH_CONFIG")
+    assert names(env=env) == ["dao:vaultmesh", "fin:clearing"]
+    assert names(env={}) == ["cwd"]
+
+
+def test_no_config_anywhere_is_a_clear_error(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        load_config(env={}, cwd=tmp_path)
+    assert "no configuration found" in str(info.value)
+    assert "--config" in str(info.value)
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        load_config(Path("nope.yaml"), env={}, cwd=tmp_path)
+    assert str(info.value) == "nope.yaml: file not found"
+
+
+# --------------------------------------------------------------------------- interpolation
+
+
+def test_interpolation(tmp_path):
+    text = """\
+    targets:
+      rfc3161:
+        default:
+          url: ${TSA_URL}
+          policyOID: ${TSA_POLICY_OID:-""}
+          hash: ${TSA_HASH:-sha512}
+          timeout: ${TSA_TIMEOUT:-3}
+          trustBundle: ${CERTS:-certs}/bundle.pem
+          ca_bundle: "$${NOT_A_VAR}"
+    namespaces:
+      n:
+        cadence:
+          fast: {target: "rfc3161:tsa", every: "${FAST:-1m}", policyOID: "${OID:-''}"}
+    """
+    cfg = load(tmp_path, text, env={"TSA_URL": "https://tsa", "CERTS": "/etc/c"}).config
+    tsa = cfg.resolve_target("rfc3161:tsa")
+    assert isinstance(tsa, Rfc3161Target)
+    assert tsa.url == "https://tsa"
+    assert tsa.policy_oid is None
+    assert tsa.hash == "sha512"
+    assert tsa.timeout == 3.0
+    assert tsa.trust_bundle == Path("/etc/c/bundle.pem")
+    assert tsa.ca_bundle == tmp_path / "${NOT_A_VAR}"
+    assert cfg.jobs()[0].every == 60
+    assert cfg.jobs()[0].policy_oid is None
+
+
+def test_dotenv_feeds_interpolation_and_real_env_wins(tmp_path):
+    write(tmp_path, ".env", 'FAST=30s\nSTRONG="2*fast"\n')
+    text = """\
+    namespaces:
+      n:
+        cadence:
+          fast: {target: "local:x", every: "${FAST}"}
+          strong: {target: "local:x", every: "${STRONG}"}
+    """
+    assert [j.every for j in load(tmp_path, text).config.jobs()] == [30, 60]
+    assert [j.every for j in load(tmp_path, text, env={"FAST": "1m"}).config.jobs()] == [60, 120]
+
+
+# --------------------------------------------------------------------------- VaultMesh files
+
+
+def test_vaultmesh_layout_loads_the_real_files(tmp_path, vmsh_root, fixtures_dir):
+    before = {n: (fixtures_dir / n).read_bytes() for n in ("namespaces.yaml", "anchors.yaml")}
+    env = {"VMSH_ROOT": str(vmsh_root), **VAULTMESH_ENV}
+    loaded = load_config(env=env, cwd=tmp_path)
+    cfg = loaded.config
+    assert loaded.path is None
+    assert loaded.files == [
+        vmsh_root / "vmsh/config/namespaces.yaml",
+        vmsh_root / "vmsh/config/anchors.yaml",
+    ]
+    assert list(cfg.namespaces) == ["dao:vaultmesh", "fin:clearing"]
+    dao = cfg.namespaces["dao:vaultmesh"]
+    assert dao.description == "VaultMesh DAO canonical ledger"
+    assert dao.witnesses.min_required == 2
+    assert len(dao.witnesses.allowlist) == 3
+    assert "vote.cast@1.0.x" in dao.schema_policy.allow
+
+    jobs = {str(j.key): j for j in cfg.jobs()}
+    assert {k: (j.target, j.every, j.confirmations) for k, j in jobs.items()} == {
+        "dao:vaultmesh/fast": ("eip155:8453", 89, 3),
+        "dao:vaultmesh/strong": ("btc:mainnet", 34 * 89, 6),
+        "dao:vaultmesh/cold": ("rfc3161:tsa", 86400, 0),
+        "fin:clearing/fast": ("eip155:1", 120, 12),
+        "fin:clearing/strong": ("btc:mainnet", 17 * 120, 6),
+        "fin:clearing/cold": ("rfc3161:tsa", 43200, 0),
+    }
+    assert jobs["dao:vaultmesh/cold"].policy_oid is None
+    assert jobs["dao:vaultmesh/fast"].source == vmsh_root / "out/batches/dao%3Avaultmesh"
+
+    tsa = cfg.resolve_target("rfc3161:tsa")
+    assert tsa.url == VAULTMESH_ENV["TSA_URL"]
+    assert tsa.policy_oid is None
+    assert tsa.trust_bundle == vmsh_root / "services/anchors/certs/tsa-bundle.pem"
+    evm = cfg.resolve_target("eip155:8453")
+    assert isinstance(evm, Eip155Target)
+    assert evm.chain_id == 8453
+    assert evm.rpc_url == VAULTMESH_ENV["EVM_RPC"]
+    assert evm.key.get_secret_value() == VAULTMESH_ENV["EVM_ANCHOR_KEY"]
+    assert evm.persist is False and evm.confirmations == 12
+    btc = cfg.resolve_target("btc:mainnet")
+    assert btc.network == "regtest" and btc.confirmations == 6
+    assert cfg.resolved_entry("rfc3161:tsa") == "rfc3161.default"
+    assert cfg.scheduler.data_dir == vmsh_root / ".vmsh"
+
+    # unchanged
+    assert before == {n: (fixtures_dir / n).read_bytes() for n in before}
+
+
+def test_eip155_chain_mismatch_is_a_warning_and_refused(tmp_path, vmsh_root):
+    env = {"VMSH_ROOT": str(vmsh_root), **VAULTMESH_ENV}
+    loaded = load_config(env=env, cwd=tmp_path)
+    [warning] = loaded.warnings
+    assert warning.startswith("vaultmesh/vmsh/config/namespaces.yaml:42:25: ")
+    assert "fin:clearing" in warning and "'fast'" in warning
+    assert "chain id 1" in warning and "chainId 8453" in warning
+    reason = loaded.config.target_mismatch("eip155:1")
+    assert reason and "8453" in reason and "refusing" in reason
+    assert loaded.config.target_mismatch("eip155:8453") is None
+    assert loaded.config.target_mismatch("rfc3161:tsa") is None
+
+
+def test_secrets_never_printed_and_hashed(tmp_path, vmsh_root):
+    env = {"VMSH_ROOT": str(vmsh_root), **VAULTMESH_ENV}
+    loaded = load_config(env=env, cwd=tmp_path)
+    key = VAULTMESH_ENV["EVM_ANCHOR_KEY"]
+    assert key not in repr(loaded.config)
+    assert key not in loaded.config.model_dump_json()
+    other = load_config(env={**env, "EVM_ANCHOR_KEY": "0x" + "22" * 32}, cwd=tmp_path)
+    assert other.hash != loaded.hash
+
+
+def test_vmsh_namespaces_points_elsewhere(tmp_path, vmsh_root, fixtures_dir):
+    alt = tmp_path / "alt.yaml"
+    shutil.copyfile(fixtures_dir / "namespaces.yaml", alt)
+    (vmsh_root / "vmsh/config/namespaces.yaml").unlink()
+    env = {"VMSH_ROOT": str(vmsh_root), "VMSH_NAMESPACES": str(alt), **VAULTMESH_ENV}
+    loaded = load_config(env=env, cwd=tmp_path)
+    assert alt in loaded.files
+    assert len(loaded.config.jobs()) == 6
+
+
+def test_config_file_can_include_vaultmesh_files(tmp_path, fixtures_dir):
+    text = f"""\
+    namespaces_file: {fixtures_dir / "namespaces.yaml"}
+    anchors_file: {fixtures_dir / "anchors.yaml"}
+    targets:
+      local:
+        dev: {{}}
+    namespaces:
+      "own:ns":
+        source: batches/own
+        cadence:
+          fast: {{target: "local:dev", every: "1m"}}
+    """
+    loaded = load(tmp_path, text, env={**VAULTMESH_ENV, "EVM_CHAIN_ID": "1"})
+    cfg = loaded.config
+    assert list(cfg.namespaces) == ["own:ns", "dao:vaultmesh", "fin:clearing"]
+    assert cfg.namespaces["own:ns"].source == tmp_path / "batches/own"
+    assert isinstance(cfg.resolve_target("local:dev"), LocalTarget)
+    assert len(loaded.files) == 3
+    # With EVM_CHAIN_ID=1, now eip155:8453 is the one refused.
+    assert len(loaded.warnings) == 1 and "8453" in loaded.warnings[0]
+    assert cfg.target_mismatch("eip155:1") is None
+
+
+def test_resolve_target(tmp_path):
+    text = MINIMAL + textwrap.dedent("""\
+    targets:
+      rfc3161:
+        tsa: {url: "https://a"}
+        default: {url: "https://b"}
+    """)
+    cfg = load(tmp_path, text).config
+    assert cfg.resolve_target("rfc3161:tsa").url == "https://a"
+    assert cfg.resolve_target("rfc3161:other").url == "https://b"
+    assert isinstance(cfg.resolve_target("local:whatever"), LocalTarget)
+    with pytest.raises(TargetNotFound, match="targets.eip155.default"):
+        cfg.resolve_target("eip155:1")
+    with pytest.raises(TargetNotFound):
+        cfg.resolve_target("nonsense")
+
+
+def test_snake_case_target_settings(tmp_path):
+    text = MINIMAL + textwrap.dedent("""\
+    targets:
+      eip155:
+        base:
+          rpc_url: http://x
+          chain_id: 8453
+          key_env: EVM_ANCHOR_KEY
+          max_fee_gwei: 2.5
+          gas_limit: 100000
+          contract: ""
+      rfc3161:
+        default:
+          url: https://tsa
+          auth: {type: basic, username: u, password_env: TSA_PW}
+          max_clock_skew: 60
+    """)
+    cfg = load(tmp_path, text).config
+    evm = cfg.targets.eip155["base"]
+    assert (evm.rpc_url, evm.chain_id, evm.key_env, evm.contract) == ("http://x", 8453, "EVM_ANCHOR_KEY", None)
+    assert evm.max_fee_gwei == 2.5 and evm.gas_limit == 100000
+    tsa = cfg.targets.rfc3161["default"]
+    assert tsa.auth.type == "basic" and tsa.max_clock_skew == 60
+
+
+# --------------------------------------------------------------------------- hash
+
+
+def test_hash_is_stable_across_key_order_and_runs(tmp_path):
+    a = tmp_path / "a"
+    b = tmp_path / "b"
+    for folder in (a, b):
+        folder.mkdir()
+    write(a, "config.yaml", "scheduler: {tick: 2, concurrency: 3}\n" + MINIMAL)
+    write(b, "config.yaml", MINIMAL + "scheduler:\n  concurrency: 3\n  tick: 2.0\n")
+    # same folder name so the resolved data_dir is the same
+    ha = load_config(a / "config.yaml", env={}, cwd=a).hash
+    shutil.copyfile(b / "config.yaml", a / "config.yaml")
+    hb = load_config(a / "config.yaml", env={}, cwd=a).hash
+    assert ha == hb == load_config(a / "config.yaml", env={}, cwd=a).hash
+    write(a, "config.yaml", MINIMAL + "scheduler: {tick: 3}\n")
+    assert load_config(a / "config.yaml", env={}, cwd=a).hash != ha
+
+
+# --------------------------------------------------------------------------- error messages
+
+
+def test_issue_format():
+    issue = ConfigIssue("config.yaml", 14, 7, 'namespaces."dao:vaultmesh".cadence.strong.every',
+                        "'34*fats' is not a cadence (expected <n>s|m|h|d or <n>*fast)")
+    assert str(issue) == (
+        "config.yaml:14:7: namespaces.\"dao:vaultmesh\".cadence.strong.every: "
+        "'34*fats' is not a cadence (expected <n>s|m|h|d or <n>*fast)"
+    )
+    assert str(ConfigIssue(None, None, None, "", "x")) == "x"
+
+
+def test_bad_cadence_message(tmp_path):
+    text = """\
+    namespaces:
+      "dao:vaultmesh":
+        cadence:
+          fast:
+            target: "local:x"
+            every: "89s"
+          strong:
+            target: "local:x"
+            every: '34*fats'
+    """
+    assert errors(tmp_path, text) == [
+        "config.yaml:9:16: namespaces.\"dao:vaultmesh\".cadence.strong.every: "
+        "'34*fats' is not a cadence (expected <n>s|m|h|d or <n>*fast)"
+    ]
+
+
+def test_fast_multiple_of_itself_and_overflow(tmp_path):
+    text = """\
+    namespaces:
+      a:
+        cadence:
+          fast: {target: "local:x", every: "3*fast"}
+      b:
+        cadence:
+          fast: {target: "local:x", every: "1000d"}
+          cold: {target: "local:x", every: "100000*fast"}
+    """
+    assert errors(tmp_path, text) == [
+        "config.yaml:4:40: namespaces.a.cadence.fast.every: "
+        "'3*fast': the fast cadence cannot be a multiple of itself",
+        "config.yaml:8:40: namespaces.b.cadence.cold.every: "
+        "'100000*fast' is longer than 100 years; check the number",
+    ]
+
+
+def test_yaml_syntax_error(tmp_path):
+    text = "namespaces:\n  a:\n    cadence: [1,\n  b: 2\n"
+    [message] = errors(tmp_path, text)
+    assert message.startswith("config.yaml:5:1: ")
+    assert "YAML syntax error: " in message
+
+
+def test_yaml_syntax_error_bad_indent(tmp_path):
+    [message] = errors(tmp_path, "scheduler:\n  tick: 1\n data_dir: x\n")
+    assert message.startswith("config.yaml:3:2: YAML syntax error: ")
+
+
+def test_unknown_key_with_suggestion(tmp_path):
+    text = """\
+    namespaces:
+      n:
+        cadence:
+          fast:
+            target: "local:x"
+            evry: "10s"
+    """
+    assert errors(tmp_path, text) == [
+        "config.yaml:4:7: namespaces.n.cadence.fast: missing required key 'every'",
+        "config.yaml:6:9: namespaces.n.cadence.fast.evry: unknown key 'evry' (did you mean 'every'?)",
+    ]
+
+
+def test_unknown_key_without_close_match_lists_the_keys(tmp_path):
+    [message] = errors(tmp_path, "http: {listen: '1.2.3.4:1', zzz: 1}\n")
+    assert message == "config.yaml:1:29: http.zzz: unknown key 'zzz' (expected one of: listen)"
+
+
+def test_unknown_alias_key_suggests_camel_case(tmp_path):
+    text = MINIMAL + "targets:\n  rfc3161:\n    default: {url: u, trustBundel: x}\n"
+    [message] = errors(tmp_path, text)
+    assert message == (
+        "config.yaml:7:23: targets.rfc3161.default.trustBundel: "
+        "unknown key 'trustBundel' (did you mean 'trustBundle'?)"
+    )
+
+
+def test_unknown_scheme_in_targets(tmp_path):
+    [message] = errors(tmp_path, MINIMAL + "targets:\n  rfc3616: {}\n")
+    assert message == "config.yaml:6:3: targets.rfc3616: unknown key 'rfc3616' (did you mean 'rfc3161'?)"
+
+
+def test_wrong_type(tmp_path):
+    text = MINIMAL + "scheduler:\n  tick: soon\n  concurrency: [1]\n"
+    assert errors(tmp_path, text) == [
+        "config.yaml:6:9: scheduler.tick: Input should be a valid number, "
+        "unable to parse string as a number (got 'soon')",
+        "config.yaml:7:16: scheduler.concurrency: Input should be a valid integer (got a list)",
+    ]
+
+
+def test_wrong_type_never_echoes_a_secret(tmp_path):
+    text = MINIMAL + "targets:\n  eip155:\n    default: {rpcUrl: x, chainId: 1, key: [supersecret]}\n"
+    [message] = errors(tmp_path, text)
+    assert "targets.eip155.default.key" in message
+    assert "supersecret" not in message
+
+
+def test_unresolved_target(tmp_path):
+    text = """\
+    namespaces:
+      "dao:x":
+        cadence:
+          fast: {target: "rfc3161:tsa", every: "10s"}
+    """
+    assert errors(tmp_path, text) == [
+        'config.yaml:4:22: namespaces."dao:x".cadence.fast.target: target \'rfc3161:tsa\' has no '
+        "settings (add targets.rfc3161.tsa or targets.rfc3161.default, or a VaultMesh anchors.yaml)"
+    ]
+
+
+def test_malformed_target(tmp_path):
+    text = """\
+    namespaces:
+      n:
+        cadence:
+          fast: {target: "eth:1", every: "10s"}
+          cold: {target: "eip155:base", every: "10s"}
+    """
+    assert errors(tmp_path, text) == [
+        "config.yaml:4:22: namespaces.n.cadence.fast.target: 'eth:1' is not a target "
+        "(expected <scheme>:<name>, scheme one of local|rfc3161|eip155|btc)",
+        "config.yaml:5:22: namespaces.n.cadence.cold.target: 'eip155:base' needs a numeric "
+        "chain id, for example 'eip155:8453'",
+    ]
+
+
+def test_unset_variable(tmp_path):
+    text = MINIMAL + "targets:\n  rfc3161:\n    default:\n      url: ${TSA_URL}\n"
+    assert errors(tmp_path, text) == [
+        "config.yaml:8:12: targets.rfc3161.default.url: variable TSA_URL is not set "
+        "(set it, or write ${TSA_URL:-default})"
+    ]
+
+
+def test_unset_variables_in_vaultmesh_anchors(tmp_path, vmsh_root):
+    env = {"VMSH_ROOT": str(vmsh_root), **VAULTMESH_ENV}
+    del env["EVM_RPC"], env["TSA_URL"]
+    with pytest.raises(ConfigError) as info:
+        load_config(env=env, cwd=tmp_path)
+    assert [str(i) for i in info.value.issues] == [
+        "vaultmesh/vmsh/config/anchors.yaml:3:13: eip155.default.rpcUrl: variable EVM_RPC is "
+        "not set (set it, or write ${EVM_RPC:-default})",
+        "vaultmesh/vmsh/config/anchors.yaml:16:10: rfc3161.default.url: variable TSA_URL is "
+        "not set (set it, or write ${TSA_URL:-default})",
+    ]
+
+
+def test_duplicate_key(tmp_path):
+    text = MINIMAL + "scheduler:\n  tick: 1\n  tick: 2\n"
+    assert errors(tmp_path, text) == [
+        "config.yaml:7:3: scheduler.tick: duplicate key 'tick' (first at line 6, column 3)"
+    ]
+
+
+def test_several_errors_at_once_sorted_by_position(tmp_path):
+    text = """\
+    scheduler:
+      tick: -1
+      dat_dir: x
+    namespaces:
+      "a:b":
+        cadence:
+          fast: {target: "local:x", every: "0s"}
+          strong: {target: "btc:mainnet", every: "34*fats"}
+      c:
+        cadence:
+          strong: {target: "local:x", every: "1d"}
+      d:
+        cadence:
+          fast: {target: "local:x", every: "${NOPE}"}
+    """
+    got = errors(tmp_path, text)
+    assert got == [
+        "config.yaml:2:9: scheduler.tick: Input should be greater than 0 (got -1)",
+        "config.yaml:3:3: scheduler.dat_dir: unknown key 'dat_dir' (did you mean 'data_dir'?)",
+        "config.yaml:7:40: namespaces.\"a:b\".cadence.fast.every: '0s' is zero; a period must be positive",
+        "config.yaml:8:24: namespaces.\"a:b\".cadence.strong.target: target 'btc:mainnet' has no "
+        "settings (add targets.btc.mainnet or targets.btc.default, or a VaultMesh anchors.yaml)",
+        "config.yaml:8:46: namespaces.\"a:b\".cadence.strong.every: '34*fats' is not a cadence "
+        "(expected <n>s|m|h|d or <n>*fast)",
+        "config.yaml:10:5: namespaces.c.cadence: missing required key 'fast'",
+        "config.yaml:14:40: namespaces.d.cadence.fast.every: variable NOPE is not set "
+        "(set it, or write ${NOPE:-default})",
+    ]
+
+
+def test_top_level_must_be_a_mapping(tmp_path):
+    [message] = errors(tmp_path, "- a\n- b\n")
+    assert message == "config.yaml:1:1: the top level must be a mapping"
+
+
+def test_empty_file_is_valid(tmp_path):
+    loaded = load(tmp_path, "")
+    assert loaded.config.namespaces == {} and loaded.config.jobs() == []
+
+
+def test_namespace_defined_twice(tmp_path, fixtures_dir):
+    text = f"""\
+    namespaces_file: {fixtures_dir / "namespaces.yaml"}
+    anchors_file: {fixtures_dir / "anchors.yaml"}
+    namespaces:
+      "dao:vaultmesh":
+        cadence:
+          fast: {{target: "local:dev", every: "1m"}}
+    """
+    got = errors(tmp_path, text, env=VAULTMESH_ENV)
+    assert len(got) == 1
+    assert 'namespaces."dao:vaultmesh": namespace \'dao:vaultmesh\' is also defined in config.yaml' in got[0]
+    assert got[0].startswith(str(fixtures_dir / "namespaces.yaml") + ":3:3: ")
