@@ -1,0 +1,165 @@
+"""The vmsh-scheduler command line."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from core import __version__
+from core.cli import main
+from core.config import ENV_VARS
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLE = REPO / "config.example.yaml"
+VAULTMESH_ENV = {
+    "EVM_RPC": "https://rpc.example/v3/apikey123",
+    "EVM_CHAIN_ID": "8453",
+    "EVM_CONTRACT": "0x00000000000000000000000000000000000000aa",
+    "EVM_ANCHOR_KEY": "0x" + "11" * 32,
+    "BTC_RPC": "http://127.0.0.1:18443",
+    "TSA_URL": "https://tsa.example/tsr",
+}
+TYPO = """\
+namespaces:
+  "dao:vaultmesh":
+    cadence:
+      fast:
+        target: "local:dev"
+        evry: "89s"
+"""
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch, tmp_path):
+    for name in (*ENV_VARS, *VAULTMESH_ENV):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+
+
+def test_version(capsys):
+    assert main(["--version"]) == 0
+    assert __version__ in capsys.readouterr().out
+
+
+def test_help_has_examples(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for text in ("examples:", "check-config", "--no-ui", "--config FILE", "--data-dir DIR",
+                 "--theme NAME", "--no-mouse", "--readonly", "--log-level", "VMSH_ROOT"):
+        assert text in out
+
+
+def test_usage_error_exits_2(capsys):
+    assert main(["--bogus"]) == 2
+    assert "unrecognized arguments" in capsys.readouterr().err
+
+
+def test_check_config_example(capsys):
+    assert main(["check-config", str(EXAMPLE)]) == 0
+    out = capsys.readouterr().out
+    assert "namespaces (3):" in out
+    assert "demo:ledger/strong" in out and "local:dev" in out and "every 30s" in out
+    assert "targets (1):" in out
+    assert "config hash: " in out
+    assert out.rstrip().endswith("configuration OK")
+
+
+def test_check_config_uses_config_flag_and_data_dir(capsys, tmp_path):
+    assert main(["--config", str(EXAMPLE), "--data-dir", "elsewhere", "check-config"]) == 0
+    assert f"data dir: {tmp_path / 'elsewhere'}" in capsys.readouterr().out
+
+
+def test_check_config_flags_after_subcommand(capsys, tmp_path):
+    assert main(["check-config", "--config", str(EXAMPLE), "--log-level", "debug"]) == 0
+    assert "log level: DEBUG" in capsys.readouterr().out
+
+
+def test_check_config_errors_exit_2(capsys, tmp_path):
+    (tmp_path / "bad.yaml").write_text(TYPO + "scheduler: {tick: soon}\n")
+    assert main(["check-config", "bad.yaml"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.splitlines()
+    assert lines == [
+        "bad.yaml:4:7: namespaces.\"dao:vaultmesh\".cadence.fast: missing required key 'every'",
+        "bad.yaml:6:9: namespaces.\"dao:vaultmesh\".cadence.fast.evry: "
+        "unknown key 'evry' (did you mean 'every'?)",
+        "bad.yaml:7:19: scheduler.tick: Input should be a valid number, unable to parse string "
+        "as a number (got 'soon')",
+        "configuration invalid: 3 errors",
+    ]
+
+
+def test_check_config_without_any_config(capsys):
+    assert main(["check-config"]) == 2
+    assert "no configuration found" in capsys.readouterr().err
+
+
+def test_check_config_vaultmesh_layout(capsys, monkeypatch, tmp_path, fixtures_dir):
+    root = tmp_path / "vm"
+    (root / "vmsh/config").mkdir(parents=True)
+    for name in ("namespaces.yaml", "anchors.yaml"):
+        shutil.copyfile(fixtures_dir / name, root / "vmsh/config" / name)
+    monkeypatch.setenv("VMSH_ROOT", str(root))
+    for name, value in VAULTMESH_ENV.items():
+        monkeypatch.setenv(name, value)
+    assert main(["check-config"]) == 0
+    out = capsys.readouterr().out
+    assert "jobs (6):" in out
+    assert "eip155:1 -> eip155.default" in out
+    assert "REFUSED" in out
+    assert "warnings (1):" in out and "chainId 8453" in out
+    # no secrets and no URL paths (API keys live there)
+    assert VAULTMESH_ENV["EVM_ANCHOR_KEY"] not in out
+    assert "apikey123" not in out
+
+
+def test_run_modes_are_not_built_yet(capsys):
+    assert main(["--config", str(EXAMPLE), "--no-ui"]) == 3
+    assert "not built yet" in capsys.readouterr().err
+    assert main(["--config", str(EXAMPLE), "--theme", "x", "--no-mouse", "--readonly"]) == 3
+    assert "not built yet" in capsys.readouterr().err
+
+
+def test_run_mode_with_bad_config_exits_2(capsys, tmp_path):
+    (tmp_path / "config.yaml").write_text(TYPO)
+    assert main(["--no-ui"]) == 2
+    assert "config.yaml:6:9:" in capsys.readouterr().err
+
+
+def test_verify_placeholder(capsys, tmp_path):
+    assert main(["verify", "r.json"]) == 3
+    assert "not built yet" in capsys.readouterr().err
+
+
+def _script() -> Path:
+    here = Path(sys.executable).parent / "vmsh-scheduler"
+    return here if here.exists() else REPO / ".venv" / "bin" / "vmsh-scheduler"
+
+
+def test_console_script_check_config(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ENV_VARS}
+    ok = subprocess.run(
+        [str(_script()), "check-config", "config.example.yaml"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=60,
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert "configuration OK" in ok.stdout
+
+    bad = tmp_path / "typo.yaml"
+    bad.write_text(textwrap.dedent(TYPO))
+    failed = subprocess.run(
+        [str(_script()), "check-config", str(bad)],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
+    )
+    assert failed.returncode == 2
+    assert (
+        "typo.yaml:6:9: namespaces.\"dao:vaultmesh\".cadence.fast.evry: "
+        "unknown key 'evry' (did you mean 'every'?)"
+    ) in failed.stderr

@@ -1,0 +1,32 @@
+"""core/ must run headless: importing any of it never loads textual or rich."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+PROGRAM = """
+import importlib, pkgutil, sys
+import core
+names = ["core"]
+for info in pkgutil.walk_packages(core.__path__, "core."):
+    names.append(info.name)
+for name in names:
+    importlib.import_module(name)
+loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("textual", "rich"))
+print(len(names))
+print(",".join(loaded))
+"""
+
+
+def test_core_never_imports_textual_or_rich():
+    result = subprocess.run(
+        [sys.executable, "-c", PROGRAM], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    count, loaded = result.stdout.splitlines()
+    assert int(count) > 5  # it really walked the package
+    assert loaded == "", f"core imported: {loaded}"
