@@ -37,6 +37,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from asn1crypto import cms
+from asn1crypto import core as asn1core
 from asn1crypto import tsp as asn1tsp
 from asn1crypto import x509 as asn1x509
 from cryptography import x509
@@ -71,6 +72,21 @@ HASHES: dict[str, tuple[str, str, int]] = {
 }
 _HASH_BY_OID = {oid: name for name, (oid, _, _) in HASHES.items()}
 _ID_CT_TSTINFO = "1.2.840.113549.1.9.16.1.4"
+
+
+class _TimeStampResp(asn1core.Sequence):
+    """TimeStampResp as RFC 3161 defines it: the token is absent from rejections
+    (asn1crypto's own class makes it mandatory)."""
+
+    _fields = [
+        ("status", asn1tsp.PKIStatusInfo),
+        ("time_stamp_token", cms.ContentInfo, {"optional": True}),
+    ]
+
+
+def _absent(value: object) -> bool:
+    """An omitted optional field (cheap: `.native` would parse whole certificates)."""
+    return isinstance(value, asn1core.Void)
 
 
 def _fail(check: str, detail: str) -> ValidationError:
@@ -187,7 +203,7 @@ def normalize_token(
     sd = ci["content"]
     signed_before = (sd["encap_content_info"].dump(), sd["signer_infos"].dump())
     members: dict[bytes, cms.CertificateChoices] = {}
-    if sd["certificates"].native is not None:
+    if not _absent(sd["certificates"]):
         for choice in sd["certificates"]:
             members[choice.dump()] = choice
     for cert in extra_certs:
@@ -237,7 +253,7 @@ def _check_signature(sd: cms.SignedData, signer: x509.Certificate) -> None:
     digest_name = si["digest_algorithm"]["algorithm"].native
     h = _hash_for_sig(digest_name)
     signed_attrs = si["signed_attrs"]
-    if not signed_attrs.native:
+    if _absent(signed_attrs) or len(signed_attrs) == 0:
         raise _fail("signature", "SignerInfo has no signed attributes (RFC 3161 requires them)")
     attrs = {a["type"].native: a["values"] for a in signed_attrs}
     ctype = attrs.get("content_type")
@@ -357,7 +373,7 @@ def _chain_with_library(
 
 
 def _name_str(gn: asn1x509.GeneralName) -> str | None:
-    if gn.native is None:
+    if _absent(gn):
         return None
     if gn.name == "directory_name":
         parts = []
@@ -404,7 +420,7 @@ def verify_response(
     if not trust_roots:
         raise _fail("chain", "no trust roots configured")
     try:
-        resp = asn1tsp.TimeStampResp.load(response_der)
+        resp = _TimeStampResp.load(response_der, strict=True)
         status = resp["status"]["status"].native
     except (ValueError, TypeError) as exc:
         raise _fail("parse", f"not a DER TimeStampResp: {exc}") from None
@@ -419,7 +435,7 @@ def verify_response(
         )
     try:
         token = resp["time_stamp_token"]
-        if token.native is None:
+        if _absent(token):
             raise _fail("token", "granted reply carries no TimeStampToken")
         raw_token = token_der if token_der is not None else token.dump()
         sd = token["content"]
@@ -429,7 +445,8 @@ def verify_response(
                 "token", f"content type {eci['content_type'].dotted}, expected id-ct-TSTInfo"
             )
         tst = asn1tsp.TSTInfo.load(eci["content"].contents)
-        _ = tst.native  # force a full parse so malformed content fails here
+        for field in ("policy", "message_imprint", "serial_number", "gen_time", "nonce"):
+            _ = tst[field].native  # parse now so malformed content fails here
     except ValidationError:
         raise
     except (ValueError, TypeError, KeyError) as exc:
@@ -464,7 +481,7 @@ def verify_response(
     if sid is None:
         raise _fail("signature", "the token has no SignerInfo")
     embedded_signer = None
-    if sd["certificates"].native is not None:
+    if not _absent(sd["certificates"]):
         for choice in sd["certificates"]:
             if choice.name == "certificate" and _signer_matches(sid, choice.chosen):
                 embedded_signer = choice.chosen
