@@ -1,0 +1,223 @@
+"""Latest batch of a namespace folder: newest by name, every malformed case, the cache."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from core import sources
+from core.errors import ErrorKind, ValidationError, classify
+from core.sources import Batch, SourceError, latest_batch, natural_key, write_batch
+
+R1 = "sha256:" + "11" * 32
+R2 = "sha256:" + "22" * 32
+R3 = "sha256:" + "33" * 32
+
+
+@pytest.fixture(autouse=True)
+def _fresh_cache():
+    sources.clear_cache()
+    yield
+    sources.clear_cache()
+
+
+def age(path: Path, seconds: float = 60) -> None:
+    """Make a file or folder look old enough for the cache to trust it."""
+    t = time.time() - seconds
+    os.utime(path, (t, t))
+
+
+def test_newest_by_name_not_mtime(tmp_path: Path) -> None:
+    write_batch(tmp_path, "b", R2, name="2026-01-02T00-00-00Z.json")
+    write_batch(tmp_path, "c", R3, name="2026-01-10T00-00-00Z.json")
+    newest_mtime = write_batch(tmp_path, "a", R1, name="2026-01-01T00-00-00Z.json")
+    os.utime(newest_mtime, (time.time() + 100, time.time() + 100))
+    assert latest_batch(tmp_path) == Batch("c", R3, tmp_path / "2026-01-10T00-00-00Z.json")
+
+
+def test_numeric_names_natural_order(tmp_path: Path) -> None:
+    write_batch(tmp_path, "99", R1, name="99.json")
+    write_batch(tmp_path, "100", R2, name="100.json")
+    write_batch(tmp_path, "000123", R3)
+    assert latest_batch(tmp_path).id == "000123"
+    assert natural_key("99.json") < natural_key("100.json")
+    assert sorted(["b10", "b9", "a"], key=natural_key) == ["a", "b9", "b10"]
+
+
+def test_ignores_hidden_temp_and_other_files(tmp_path: Path) -> None:
+    write_batch(tmp_path, "1", R1, name="000001.json")
+    (tmp_path / ".000009.json").write_text("{broken")
+    (tmp_path / ".000009.json.ab12.tmp").write_text("{broken")
+    (tmp_path / "000009.json.tmp").write_text("{broken")
+    (tmp_path / "zzz.txt").write_text("{broken")
+    (tmp_path / "999.json").mkdir()
+    assert latest_batch(tmp_path).id == "1"
+
+
+def test_extra_fields_case_and_bare_hex(tmp_path: Path) -> None:
+    path = tmp_path / "000001.json"
+    path.write_text(json.dumps({"id": 7, "root": "SHA256:" + "AB" * 32, "leaves": [1, 2]}))
+    assert latest_batch(tmp_path) == Batch("7", "sha256:" + "ab" * 32, path)
+    sources.clear_cache()
+    path.write_text(json.dumps({"id": "x", "root": "CD" * 32}))
+    assert latest_batch(tmp_path).root == "sha256:" + "cd" * 32
+
+
+def test_write_batch_is_atomic_json(tmp_path: Path) -> None:
+    path = write_batch(tmp_path / "new" / "folder", "000001", "sha256:" + "EF" * 32)
+    assert json.loads(path.read_text()) == {"id": "000001", "root": "sha256:" + "ef" * 32}
+    assert os.listdir(path.parent) == ["000001.json"]
+    with pytest.raises(ValueError):
+        write_batch(tmp_path, "x", "sha256:abc")
+
+
+@pytest.mark.parametrize(
+    ("content", "needle"),
+    [
+        (b'{"id": "1", "root": ', "not valid JSON"),
+        (b'{"id": "1",\n  "root" "x"}', ":2:10: not valid JSON"),
+        (b'{"id": "\xff"}', "not UTF-8"),
+        (b"[1]", "expected a JSON object, got list"),
+        (b'{"root": "' + R1.encode() + b'"}', 'missing "id"'),
+        (b'{"id": "1"}', 'missing "root"'),
+        (b'{"id": "", "root": "' + R1.encode() + b'"}', '"id" must be a non-empty string'),
+        (b'{"id": null, "root": "' + R1.encode() + b'"}', '"id" must be a non-empty string'),
+        (b'{"id": "1", "root": "sha256:1234"}', '"root" is not sha256:<64 hex>'),
+        (b'{"id": "1", "root": "sha512:' + b"ab" * 32 + b'"}', '"root" is not sha256'),
+        (b'{"id": "1", "root": "sha256:' + b"zz" * 32 + b'"}', '"root" is not sha256'),
+        (b'{"id": "1", "root": 5}', '"root" is not sha256'),
+    ],
+)
+def test_malformed_batch_names_the_file(tmp_path: Path, content: bytes, needle: str) -> None:
+    write_batch(tmp_path, "1", R1, name="000001.json")
+    bad = tmp_path / "000002.json"
+    bad.write_bytes(content)
+    with pytest.raises(SourceError) as info:
+        latest_batch(tmp_path)
+    assert str(bad) in str(info.value)
+    assert needle in str(info.value)
+    assert isinstance(info.value, ValidationError)
+    assert classify(info.value) == ErrorKind.VALIDATION
+
+
+def test_folder_errors(tmp_path: Path) -> None:
+    with pytest.raises(SourceError, match=f"batch folder {tmp_path / 'nope'} does not exist"):
+        latest_batch(tmp_path / "nope")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("x")
+    with pytest.raises(SourceError, match=f"batch folder {empty} has no batch files"):
+        latest_batch(empty)
+    afile = tmp_path / "file"
+    afile.write_text("x")
+    with pytest.raises(SourceError, match="is not a folder"):
+        latest_batch(afile)
+
+
+def test_unreadable_file(tmp_path: Path, monkeypatch) -> None:
+    path = write_batch(tmp_path, "1", R1)
+    real_read = Path.read_bytes
+
+    def denied(self):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "read_bytes", denied)  # chmod 0 does not stop root
+    with pytest.raises(SourceError, match=f"batch file {path}: cannot read: Permission denied"):
+        latest_batch(tmp_path)
+    monkeypatch.setattr(Path, "read_bytes", real_read)
+    assert latest_batch(tmp_path).id == "1"  # read errors are not cached
+
+
+def test_cache_notices_new_file(tmp_path: Path) -> None:
+    write_batch(tmp_path, "000001", R1)
+    age(tmp_path / "000001.json")
+    age(tmp_path)
+    assert latest_batch(tmp_path).id == "000001"
+    write_batch(tmp_path, "000002", R2)  # changes the folder's mtime
+    assert latest_batch(tmp_path) == Batch("000002", R2, tmp_path / "000002.json")
+
+
+def test_cache_notices_rewrite_in_place(tmp_path: Path) -> None:
+    path = write_batch(tmp_path, "000001", R1)
+    age(path)
+    age(tmp_path)
+    assert latest_batch(tmp_path).root == R1
+    path.write_text(json.dumps({"id": "000001", "root": R2 + ""}))  # in place: folder unchanged
+    age(tmp_path)
+    assert latest_batch(tmp_path).root == R2
+
+
+def test_unchanged_folder_costs_no_listing_no_read(tmp_path: Path, monkeypatch) -> None:
+    for i in range(1, 4):
+        write_batch(tmp_path, f"{i:06d}", R1)
+        age(tmp_path / f"{i:06d}.json")
+    age(tmp_path)
+    first = latest_batch(tmp_path)
+    calls = {"scandir": 0, "read": 0}
+    real_scandir = os.scandir
+    real_read = Path.read_bytes
+
+    def scandir(p):
+        calls["scandir"] += 1
+        return real_scandir(p)
+
+    def read_bytes(self):
+        calls["read"] += 1
+        return real_read(self)
+
+    monkeypatch.setattr(sources.os, "scandir", scandir)
+    monkeypatch.setattr(Path, "read_bytes", read_bytes)
+    for _ in range(5):
+        assert latest_batch(tmp_path) is first
+    assert calls == {"scandir": 0, "read": 0}
+
+
+def test_fresh_folder_is_not_trusted(tmp_path: Path, monkeypatch) -> None:
+    """A folder changed in the same clock tick as our look is listed again next time."""
+    write_batch(tmp_path, "000001", R1)
+    assert latest_batch(tmp_path).id == "000001"
+    st = os.stat(tmp_path)
+    write_batch(tmp_path, "000002", R2)
+    os.utime(tmp_path, ns=(st.st_atime_ns, st.st_mtime_ns))  # same mtime: a coarse tick
+    assert latest_batch(tmp_path).id == "000002"
+
+
+def test_cached_error_until_fixed(tmp_path: Path) -> None:
+    bad = tmp_path / "000001.json"
+    bad.write_text("{")
+    with pytest.raises(SourceError):
+        latest_batch(tmp_path)
+    with pytest.raises(SourceError):
+        latest_batch(tmp_path)
+    write_batch(tmp_path, "000002", R2)
+    assert latest_batch(tmp_path).id == "000002"
+
+
+def test_newest_file_removed(tmp_path: Path) -> None:
+    write_batch(tmp_path, "000001", R1)
+    newest = write_batch(tmp_path, "000002", R2)
+    age(newest)
+    age(tmp_path)
+    assert latest_batch(tmp_path).id == "000002"
+    newest.unlink()
+    assert latest_batch(tmp_path).id == "000001"
+
+
+def test_many_namespaces_per_pass_is_cheap(tmp_path: Path) -> None:
+    folders = []
+    for n in range(2000):
+        folder = tmp_path / f"ns{n}"
+        path = write_batch(folder, "000001", R1)
+        age(path)
+        age(folder)
+        folders.append(folder)
+    for f in folders:
+        latest_batch(f)
+    started = time.perf_counter()
+    for f in folders:
+        latest_batch(f)
+    assert time.perf_counter() - started < 1.0
