@@ -107,6 +107,7 @@ class _Model(BaseModel):
         validate_by_name=True,
         validate_by_alias=True,
         validate_default=False,
+        coerce_numbers_to_str=True,  # `network: 1`, `policyOID: 1.2` are meant as text
     )
 
 
@@ -483,7 +484,7 @@ class _Pos:
 
     def segments(self) -> list[Any]:
         if self.label is not None:
-            return [self.label]
+            return self.label.split(".")
         segs: list[Any] = []
         node: _Pos | None = self
         while node is not None and node.parent is not None:
@@ -640,6 +641,8 @@ class _YamlReader:
                 items.append(self._build(item, child))
             return items
         value = self.constructor.construct_object(node)
+        if isinstance(value, int) and node.style is None and node.value.lower().startswith(("0x", "+0x", "-0x")):
+            value = node.value  # 0x... are addresses and keys here, not numbers: keep the text
         if isinstance(value, str) and "$" in value:
             value, missing = _interpolate(value, self.env)
             for name in missing:

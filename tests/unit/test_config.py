@@ -645,3 +645,43 @@ def test_namespace_defined_twice(tmp_path, fixtures_dir):
     assert len(got) == 1
     assert 'namespaces."dao:vaultmesh": namespace \'dao:vaultmesh\' is also defined in config.yaml' in got[0]
     assert got[0].startswith(str(fixtures_dir / "namespaces.yaml") + ":3:3: ")
+
+
+def test_bad_value_from_env_or_cli_names_its_origin(tmp_path):
+    write(tmp_path, "config.yaml", MINIMAL)
+    with pytest.raises(ConfigError) as info:
+        load_config(Path("config.yaml"), env={"LOG_LEVEL": "verbose"}, cwd=tmp_path,
+                    overrides={"tick": -1})
+    assert [str(i) for i in info.value.issues] == [
+        "--tick: scheduler.tick: Input should be greater than 0 (got -1)",
+        "env LOG_LEVEL: log.level: Input should be 'DEBUG', 'INFO', 'WARNING' or 'ERROR' "
+        "(got 'VERBOSE')",
+    ]
+
+
+def test_dotted_overrides(tmp_path):
+    cfg = load(tmp_path, MINIMAL, overrides={"scheduler.concurrency": 2, "listen": "0.0.0.0:1"}).config
+    assert cfg.scheduler.concurrency == 2
+    assert cfg.http.listen == "0.0.0.0:1"
+
+
+def test_hex_values_stay_text_and_numbers_become_text(tmp_path):
+    text = MINIMAL.replace('every: "10s"}', 'every: "10s", policyOID: 1.2}') + textwrap.dedent("""\
+    targets:
+      eip155:
+        default: {rpcUrl: x, chainId: 8453, contract: 0x00000000000000000000000000000000000000aa}
+      btc:
+        default: {rpcUrl: x, network: 1}
+    """)
+    cfg = load(tmp_path, text).config
+    assert cfg.targets.eip155["default"].contract == "0x00000000000000000000000000000000000000aa"
+    assert cfg.targets.btc["default"].network == "1"
+    assert cfg.jobs()[0].policy_oid == "1.2"
+
+
+def test_every_without_unit(tmp_path):
+    text = MINIMAL.replace('every: "10s"', "every: 89")
+    assert errors(tmp_path, text) == [
+        "config.yaml:4:42: namespaces.\"demo:a\".cadence.fast.every: "
+        "89 has no unit (expected <n>s|m|h|d or <n>*fast)"
+    ]
