@@ -507,7 +507,10 @@ class Scheduler:
 
     async def recover(self) -> None:
         """Resolve intents left by a crash before anchoring anything new."""
-        for intent in self._journal.pending():
+        intents, warnings = self._journal.scan()
+        for warning in warnings:
+            self.log.warning(warning)
+        for intent in intents:
             await self._resolve(intent)
         self.flush()
 
