@@ -227,7 +227,8 @@ class LocalTSA:
     def _ensure_key(self) -> None:
         if self._key is not None:
             return
-        self.tsa_dir.mkdir(parents=True, exist_ok=True)
+        self.tsa_dir.parent.mkdir(parents=True, exist_ok=True)
+        self.tsa_dir.mkdir(mode=0o700, exist_ok=True)
         if not self.key_path.exists():
             fresh = ec.generate_private_key(ec.SECP256R1())
             pem = fresh.private_bytes(

@@ -146,13 +146,20 @@ class TokenInfo:
     token_der: bytes  # the TimeStampToken (ContentInfo) as the TSA sent it
 
 
+def _iso_z(moment: datetime) -> str:
+    """ISO 8601 UTC with a Z, as precise as the token (seconds, milliseconds or micro)."""
+    us = moment.microsecond
+    spec = "seconds" if us == 0 else "milliseconds" if us % 1000 == 0 else "microseconds"
+    return moment.astimezone(UTC).isoformat(timespec=spec).replace("+00:00", "Z")
+
+
 def token_attestation(info: TokenInfo, nonce: int | None = None) -> dict[str, Any]:
     """The receipt attestation for a verified token."""
     nonce = info.nonce if nonce is None else nonce
     return {
         "scheme": "rfc3161",
         "token": base64.b64encode(info.token_der).decode("ascii"),
-        "gen_time": info.gen_time.astimezone(UTC).isoformat().replace("+00:00", "Z"),
+        "gen_time": _iso_z(info.gen_time),
         "serial": str(info.serial),
         "policy": info.policy,
         "tsa": info.tsa_name,
