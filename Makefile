@@ -21,7 +21,12 @@ headless: install
 	$(PY) -m core.demo --config $(CONFIG) --data-dir $(DATA_DIR)
 	$(VENV)/bin/vmsh-scheduler --no-ui --config $(CONFIG) --data-dir $(DATA_DIR)
 
-test: install
+# ganache for the EVM integration tests; reinstalled only when package.json changes.
+node_modules/.installed: package.json
+	if [ -f package-lock.json ]; then npm ci --no-audit --no-fund; else npm install --no-audit --no-fund; fi
+	touch $@
+
+test: install node_modules/.installed
 	$(PY) -m pytest -q
 
 bench: install

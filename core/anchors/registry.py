@@ -43,6 +43,14 @@ class Backends:
             from core.anchors.local import LocalTSA
 
             return LocalTSA(self._data_dir, name, self._clock)
+        if scheme == "eip155":
+            from core.anchors.evm import EVMBackend
+
+            if settings is None:
+                raise ValidationError(
+                    f"no settings for {target} (add targets.eip155.{name} or targets.eip155.default)"
+                )
+            return EVMBackend(target, settings, self._clock, self._data_dir)
         if scheme in SCHEMES:
             raise ValidationError(f"{scheme} targets are not supported by this build yet ({target})")
         raise ValidationError(f"unknown target scheme {scheme!r} in {target!r}")

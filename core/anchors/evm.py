@@ -1,0 +1,610 @@
+"""`eip155:<chainId>`: anchor a digest in an EVM transaction, signed locally, sent over JSON-RPC.
+
+Two modes:
+
+- without `contract`: a zero-value transaction from the signer to itself whose calldata
+  is exactly the 32-byte anchored digest (any explorer shows it as the tx input);
+- with `contract`: a call of the VaultMesh anchor contract
+  `anchor(bytes32 root, bytes32 batchId, string memo, bool persist)`, ABI-encoded here.
+  `root` and `batchId` are both the anchored digest: the backend is called once per
+  group of jobs, and the digest (the batch root for a group of one, else the RFC 6962
+  tree hash over the group's roots) is what identifies that group; the per-namespace
+  batch ids live in the receipts. `memo` is "vaultmesh-scheduler"; `persist` comes from
+  the target settings.
+
+Sending, in this order, under a per-sender lock (asyncio, process-wide) so concurrent
+groups never take the same nonce:
+
+1. the node's `eth_chainId` must equal the target's chain id, else ValidationError;
+2. fees: EIP-1559 when the latest block has `baseFeePerGas` (maxPriorityFeePerGas from
+   the node, maxFeePerGas = 2 * baseFee + tip, clipped to `max_fee_gwei`), else a legacy
+   `gasPrice`; a fee the chain needs now above `max_fee_gwei` is a ValidationError and
+   nothing is signed;
+3. gas: `gas_limit` if set, else `eth_estimateGas` + 20 %; a balance below gas * maxFee is
+   a ValidationError naming the account (never the key);
+4. nonce: max(node's pending nonce, the local next nonce persisted under
+   `<data_dir>/evm/<chainId>-<address>.json`), so a lagging node or a restart never
+   reuses one;
+5. sign, then `note({"tx_hash", "raw_tx", "nonce", "from"})` — durable in the intent
+   journal — and only then `eth_sendRawTransaction`; the local next nonce is saved once
+   the node accepted the transaction (a rejected send leaves it unchanged: no gap).
+
+Then it waits for the transaction's receipt (`receipt_timeout`, default 120 s) and
+returns an Attestation with status "pending" and the observed depth; the confirmation
+tracker (core/confirmations.py) moves the receipt to "confirmed" at the job's depth.
+A transaction that is not mined in time stays "outstanding" in the same per-sender file
+(keyed by digest): the next attempt for that digest waits for it again (or rebroadcasts
+the same signed bytes) instead of signing a second transaction; the attempt itself
+fails with a NetworkError so the job backs off.
+
+After a crash, `recover(digest, notes)` never signs: it looks `notes["tx_hash"]` up on
+the node; a mined transaction gives the attestation, a pending one is waited for, an
+unknown one is rebroadcast from `notes["raw_tx"]` (the same signed bytes); if its nonce
+was meanwhile used by another transaction, it never landed (None).
+
+Secrets: the key comes from `key` (a SecretStr in the config), the environment variable
+`key_env`, or the file `key_file`; it is read when the first transaction is signed (so
+`verify` works without it) and never appears in a log, an attestation, a journal note,
+an error message, or repr(). The RPC URL may carry an API key in its path: messages
+name only its host.
+
+Test hook: with `VMSH_TEST_CRASH_AFTER_SEND=1` in the environment the process exits with
+status 137 (os._exit, like kill -9: no cleanup) right after `eth_sendRawTransaction`
+returns, so tests can crash a real scheduler between send and receipt. It does nothing
+unless that variable is set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import os
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+from eth_account import Account
+from eth_utils import keccak, to_checksum_address
+
+from core.anchors.base import Attestation, BackendInfo, JournalNote, VerificationFailed
+from core.errors import AuthError, NetworkError, ValidationError
+from core.fsutil import atomic_write_json
+
+__all__ = ["EVMBackend", "MEMO", "ANCHOR_SIGNATURE", "encode_anchor_call", "decode_anchor_call"]
+
+MEMO = "vaultmesh-scheduler"
+ANCHOR_SIGNATURE = "anchor(bytes32,bytes32,string,bool)"
+ANCHOR_SELECTOR = keccak(text=ANCHOR_SIGNATURE)[:4]
+GWEI = 10**9
+DEFAULT_TIP = 1 * GWEI  # when the node has no eth_maxPriorityFeePerGas
+GAS_MARGIN = 1.2
+CRASH_HOOK = "VMSH_TEST_CRASH_AFTER_SEND"
+
+# One lock per (chain id, sender) for the whole process: backends are rebuilt on reload,
+# the lock must outlive them.
+_sender_locks: dict[tuple[int, str], asyncio.Lock] = {}
+
+
+# --------------------------------------------------------------------------- ABI
+
+
+def _word(n: int) -> bytes:
+    return n.to_bytes(32, "big")
+
+
+def encode_anchor_call(root: bytes, batch_id: bytes, memo: str, persist: bool) -> bytes:
+    """Calldata of anchor(bytes32,bytes32,string,bool): head of 4 words, then the string."""
+    if len(root) != 32 or len(batch_id) != 32:
+        raise ValueError("root and batchId are 32 bytes")
+    text = memo.encode()
+    padded = text + b"\x00" * (-len(text) % 32)
+    return (
+        ANCHOR_SELECTOR
+        + root
+        + batch_id
+        + _word(4 * 32)  # offset of the string's tail from the start of the arguments
+        + _word(1 if persist else 0)
+        + _word(len(text))
+        + padded
+    )
+
+
+def decode_anchor_call(data: bytes) -> tuple[bytes, bytes, str, bool]:
+    """The arguments of an anchor(...) call; ValueError if `data` is not one."""
+    if data[:4] != ANCHOR_SELECTOR:
+        raise ValueError("not a call of " + ANCHOR_SIGNATURE)
+    args = data[4:]
+    if len(args) < 5 * 32:
+        raise ValueError("anchor(...) calldata is too short")
+    root, batch_id = args[0:32], args[32:64]
+    offset = int.from_bytes(args[64:96], "big")
+    persist = int.from_bytes(args[96:128], "big")
+    if persist > 1 or offset + 32 > len(args):
+        raise ValueError("malformed anchor(...) calldata")
+    length = int.from_bytes(args[offset : offset + 32], "big")
+    if offset + 32 + length > len(args):
+        raise ValueError("malformed anchor(...) calldata: string out of bounds")
+    memo = args[offset + 32 : offset + 32 + length].decode("utf-8", "replace")
+    return root, batch_id, memo, bool(persist)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _hex(data: bytes) -> str:
+    return "0x" + data.hex()
+
+
+def _unhex(text: str) -> bytes:
+    return bytes.fromhex(text.removeprefix("0x"))
+
+
+def _qty(value: Any) -> int:
+    return int(value, 16) if isinstance(value, str) else int(value)
+
+
+def _host(url: str) -> str:
+    """Only the host:port of an RPC URL: its path or query may hold an API key."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or "?"
+        return f"{host}:{parts.port}" if parts.port else host
+    except ValueError:
+        return "?"
+
+
+class _RpcError(Exception):
+    """A JSON-RPC error object from the node (code, message)."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class _Outstanding:
+    """Per-sender durable state: the next nonce, and transactions sent but not yet mined."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def load(self) -> dict[str, Any]:
+        try:
+            doc = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return {"next_nonce": 0, "outstanding": {}}
+        except (OSError, ValueError) as exc:
+            raise ValidationError(f"{self.path}: unreadable nonce file: {exc}") from None
+        if not isinstance(doc, dict):
+            raise ValidationError(f"{self.path}: nonce file must be a JSON object")
+        doc.setdefault("next_nonce", 0)
+        doc.setdefault("outstanding", {})
+        return doc
+
+    def save(self, doc: dict[str, Any]) -> None:
+        atomic_write_json(self.path, doc)
+
+
+# --------------------------------------------------------------------------- the backend
+
+
+class EVMBackend:
+    """Backend for `eip155:<chainId>` targets (implements core.anchors.base.Backend)."""
+
+    scheme = "eip155"
+    development = False
+
+    def __init__(
+        self,
+        target: str,
+        settings: Any,
+        clock: Any,
+        data_dir: Path | str,
+        *,
+        receipt_timeout: float = 120.0,
+        poll_interval: float = 0.5,
+        rpc_timeout: float = 10.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        scheme, _, name = target.partition(":")
+        if scheme != "eip155" or not name.isdigit():
+            raise ValidationError(f"{target!r} is not an eip155:<chainId> target")
+        self.target = target
+        self.chain_id = int(name)
+        if settings.chain_id != self.chain_id:
+            raise ValidationError(
+                f"target {target} has chain id {self.chain_id} but its settings say chainId "
+                f"{settings.chain_id}; refusing to anchor to the wrong chain"
+            )
+        self.settings = settings
+        self.clock = clock
+        self.data_dir = Path(data_dir)
+        self.contract = to_checksum_address(settings.contract) if settings.contract else None
+        self.receipt_timeout = receipt_timeout
+        self.poll_interval = poll_interval
+        self._where = _host(settings.rpc_url)
+        self._client = httpx.AsyncClient(timeout=rpc_timeout, transport=transport)
+        self._account: Any = None  # loaded on first send; holds the key, never printed
+        self._ids = 0
+
+    def __repr__(self) -> str:
+        return f"EVMBackend({self.target!r}, rpc={self._where!r})"
+
+    def info(self) -> BackendInfo:
+        details: dict[str, Any] = {"rpc": self._where, "chain_id": self.chain_id}
+        if self.contract:
+            details["contract"] = self.contract
+        return BackendInfo(self.target, self.scheme, False, details)
+
+    # ----- key -----------------------------------------------------------------------------
+
+    def _load_key(self) -> str:
+        s = self.settings
+        if s.key is not None:
+            return s.key.get_secret_value().strip()
+        if s.key_env:
+            value = os.environ.get(s.key_env, "").strip()
+            if not value:
+                raise AuthError(
+                    f"{self.target}: environment variable {s.key_env} (the signing key) is not set"
+                )
+            return value
+        if s.key_file is not None:
+            try:
+                return Path(s.key_file).read_text().strip()
+            except OSError as exc:
+                raise AuthError(
+                    f"{self.target}: cannot read key file {s.key_file}: {exc.strerror or type(exc).__name__}"
+                ) from None
+        raise ValidationError(f"{self.target}: no signing key configured (set key_env or key_file)")
+
+    @property
+    def account(self) -> Any:
+        if self._account is None:
+            key = self._load_key()
+            try:
+                self._account = Account.from_key(key)
+            except Exception:
+                # Never chain the original: its message or traceback could quote the key.
+                raise ValidationError(
+                    f"{self.target}: the configured signing key is not a valid secp256k1 private key"
+                ) from None
+            finally:
+                del key
+        return self._account
+
+    @property
+    def address(self) -> str:
+        return self.account.address
+
+    # ----- JSON-RPC -------------------------------------------------------------------------
+
+    async def _rpc(self, method: str, *params: Any) -> Any:
+        self._ids += 1
+        body = {"jsonrpc": "2.0", "id": self._ids, "method": method, "params": list(params)}
+        try:
+            response = await self._client.post(self.settings.rpc_url, json=body)
+        except httpx.TimeoutException:
+            raise NetworkError(f"{self.target}: node at {self._where} timed out ({method})") from None
+        except httpx.TransportError as exc:
+            raise NetworkError(
+                f"{self.target}: node at {self._where} unreachable ({method}): {type(exc).__name__}"
+            ) from None
+        if response.status_code in (401, 403):
+            raise AuthError(f"{self.target}: node at {self._where} refused us: HTTP {response.status_code}")
+        if response.status_code == 429 or response.status_code >= 500:
+            raise NetworkError(f"{self.target}: node at {self._where} answered HTTP {response.status_code}")
+        try:
+            reply = response.json()
+        except ValueError:
+            raise NetworkError(
+                f"{self.target}: node at {self._where} sent a non-JSON reply (HTTP {response.status_code})"
+            ) from None
+        if not isinstance(reply, dict):
+            raise NetworkError(f"{self.target}: node at {self._where} sent a malformed JSON-RPC reply")
+        error = reply.get("error")
+        if error is not None:
+            code = error.get("code", 0) if isinstance(error, dict) else 0
+            message = str(error.get("message", error) if isinstance(error, dict) else error)
+            raise _RpcError(int(code) if isinstance(code, int) else 0, message[:300])
+        return reply.get("result")
+
+    async def _call(self, method: str, *params: Any) -> Any:
+        """_rpc with node errors turned into anchor error kinds."""
+        try:
+            return await self._rpc(method, *params)
+        except _RpcError as exc:
+            raise self._classify_rpc(method, exc) from None
+
+    def _classify_rpc(self, method: str, exc: _RpcError) -> Exception:
+        """A node's refusal: our transaction or call is wrong (validation), unless the node
+        itself is in trouble (an internal error: network, retried with backoff)."""
+        text = exc.message.lower()
+        if "insufficient funds" in text:
+            return ValidationError(f"{self.target}: insufficient funds in {self._from_text()}: {exc.message}")
+        if exc.code == -32603 and not any(w in text for w in ("revert", "nonce", "gas", "fee", "invalid")):
+            return NetworkError(f"{self.target}: {method} failed on the node: {exc.message}")
+        return ValidationError(f"{self.target}: {method} refused: {exc.message}")
+
+    def _from_text(self) -> str:
+        return self._account.address if self._account is not None else "the signing account"
+
+    async def _check_chain(self) -> None:
+        node = _qty(await self._call("eth_chainId"))
+        if node != self.chain_id:
+            raise ValidationError(
+                f"{self.target}: the node at {self._where} serves chain id {node}, not {self.chain_id}; "
+                "refusing to anchor to the wrong chain"
+            )
+
+    # ----- fees, gas, nonce ---------------------------------------------------------------
+
+    async def _fees(self) -> dict[str, int]:
+        cap = int(self.settings.max_fee_gwei * GWEI) if self.settings.max_fee_gwei else None
+        block = await self._call("eth_getBlockByNumber", "latest", False)
+        base = block.get("baseFeePerGas") if isinstance(block, dict) else None
+        if base is None:
+            price = _qty(await self._call("eth_gasPrice"))
+            if cap is not None and price > cap:
+                raise ValidationError(
+                    f"{self.target}: gas price {price / GWEI:.3f} gwei is above max_fee_gwei "
+                    f"{self.settings.max_fee_gwei}; not sending"
+                )
+            return {"gasPrice": price}
+        base_fee = _qty(base)
+        try:
+            tip = _qty(await self._rpc("eth_maxPriorityFeePerGas"))
+        except _RpcError:
+            tip = DEFAULT_TIP
+        max_fee = 2 * base_fee + tip
+        if cap is not None:
+            if base_fee + tip > cap:
+                raise ValidationError(
+                    f"{self.target}: the fee needed now ({(base_fee + tip) / GWEI:.3f} gwei: base "
+                    f"{base_fee / GWEI:.3f} + tip {tip / GWEI:.3f}) is above max_fee_gwei "
+                    f"{self.settings.max_fee_gwei}; not sending"
+                )
+            max_fee = min(max_fee, cap)
+        return {"maxFeePerGas": max_fee, "maxPriorityFeePerGas": min(tip, max_fee)}
+
+    def _tx_fields(self, digest: bytes) -> tuple[str, bytes]:
+        if self.contract:
+            return self.contract, encode_anchor_call(digest, digest, MEMO, bool(self.settings.persist))
+        return self.address, digest
+
+    async def _gas(self, to: str, data: bytes) -> int:
+        if self.settings.gas_limit:
+            return int(self.settings.gas_limit)
+        call = {"from": self.address, "to": to, "value": "0x0", "data": _hex(data)}
+        estimate = _qty(await self._call("eth_estimateGas", call))
+        return int(estimate * GAS_MARGIN)
+
+    def _store(self) -> _Outstanding:
+        return _Outstanding(self.data_dir / "evm" / f"{self.chain_id}-{self.address.lower()}.json")
+
+    def _lock(self) -> asyncio.Lock:
+        key = (self.chain_id, self.address.lower())
+        lock = _sender_locks.get(key)
+        if lock is None:
+            lock = _sender_locks[key] = asyncio.Lock()
+        return lock
+
+    # ----- anchoring ----------------------------------------------------------------------
+
+    async def anchor(self, digest: bytes, note: JournalNote) -> Attestation:
+        if len(digest) != 32:
+            raise ValidationError(f"{self.target}: a digest is 32 bytes, got {len(digest)}")
+        account = self.account  # key problems surface before any network call
+        await self._check_chain()
+        store = self._store()
+        async with self._lock():
+            earlier = store.load()["outstanding"].get(digest.hex())
+        if earlier is not None:
+            # A previous attempt for this digest sent a transaction that was not mined in
+            # time: wait for that one (or rebroadcast it), never pay twice for one digest.
+            await _maybe_await(note(dict(earlier)))
+            attestation = await self._resume(earlier, wait=True)
+            if attestation is not None:
+                await self._forget(digest)
+                return attestation
+            await self._forget(digest)  # its nonce went to another transaction: sign anew
+        async with self._lock():
+            fees = await self._fees()
+            to, data = self._tx_fields(digest)
+            gas = await self._gas(to, data)
+            price = fees.get("maxFeePerGas", fees.get("gasPrice", 0))
+            balance = _qty(await self._call("eth_getBalance", account.address, "latest"))
+            if balance < gas * price:
+                raise ValidationError(
+                    f"{self.target}: insufficient funds in {account.address}: balance "
+                    f"{balance} wei, a transaction may cost up to {gas * price} wei "
+                    f"({gas} gas at {price / GWEI:.3f} gwei)"
+                )
+            doc = store.load()
+            node_nonce = _qty(await self._call("eth_getTransactionCount", account.address, "pending"))
+            nonce = max(node_nonce, int(doc.get("next_nonce", 0)))
+            tx: dict[str, Any] = {
+                "chainId": self.chain_id,
+                "nonce": nonce,
+                "to": to,
+                "value": 0,
+                "gas": gas,
+                "data": data,
+                **fees,
+            }
+            if "maxFeePerGas" in fees:
+                tx["type"] = 2
+            signed = account.sign_transaction(tx)
+            facts = {
+                "tx_hash": _hex(bytes(signed.hash)),
+                "raw_tx": _hex(bytes(signed.raw_transaction)),
+                "nonce": nonce,
+                "from": account.address,
+            }
+            # Durable before the transaction exists anywhere but here.
+            await _maybe_await(note(facts))
+            await self._send(facts["raw_tx"], facts["tx_hash"])
+            if os.environ.get(CRASH_HOOK) == "1":
+                os._exit(137)  # test hook (module docstring): die between send and receipt
+            doc = store.load()
+            doc["next_nonce"] = max(int(doc.get("next_nonce", 0)), nonce + 1)
+            doc["outstanding"][digest.hex()] = facts
+            store.save(doc)
+        attestation = await self._resume(facts, wait=True)
+        if attestation is None:  # pragma: no cover - only if another tx took our nonce
+            await self._forget(digest)
+            raise NetworkError(f"{self.target}: transaction {facts['tx_hash']} was replaced before it was mined")
+        await self._forget(digest)
+        return attestation
+
+    async def _send(self, raw_tx: str, tx_hash: str) -> None:
+        try:
+            await self._rpc("eth_sendRawTransaction", raw_tx)
+        except _RpcError as exc:
+            text = exc.message.lower()
+            if "already known" in text or "known transaction" in text or "already imported" in text:
+                return  # the node has it: that is what we wanted
+            raise self._classify_rpc("eth_sendRawTransaction", exc) from None
+
+    async def _forget(self, digest: bytes) -> None:
+        store = self._store()
+        async with self._lock():
+            doc = store.load()
+            if doc["outstanding"].pop(digest.hex(), None) is not None:
+                store.save(doc)
+
+    async def _resume(self, facts: dict[str, Any], *, wait: bool) -> Attestation | None:
+        """The attestation of an already signed transaction: look it up, rebroadcast the same
+        bytes if the node does not know it, wait for it to be mined. None if it can never land
+        (another transaction used its nonce)."""
+        tx_hash = facts["tx_hash"]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.receipt_timeout
+        rebroadcast = False
+        while True:
+            receipt = await self._call("eth_getTransactionReceipt", tx_hash)
+            if receipt is not None:
+                return await self._attestation(receipt, facts)
+            known = await self._call("eth_getTransactionByHash", tx_hash)
+            if known is None:
+                mined_nonce = _qty(await self._call("eth_getTransactionCount", facts["from"], "latest"))
+                if mined_nonce > int(facts["nonce"]):
+                    return None  # the nonce is spent by another transaction: ours never lands
+                if not rebroadcast:
+                    await self._send(facts["raw_tx"], tx_hash)
+                    rebroadcast = True
+                    continue
+            if not wait or loop.time() >= deadline:
+                raise NetworkError(
+                    f"{self.target}: transaction {tx_hash} not mined within {self.receipt_timeout:.0f} s; "
+                    "the next attempt waits for it again instead of sending another"
+                )
+            await asyncio.sleep(self.poll_interval)
+
+    async def _attestation(self, receipt: dict[str, Any], facts: dict[str, Any]) -> Attestation:
+        if _qty(receipt.get("status", "0x1")) != 1:
+            raise ValidationError(
+                f"{self.target}: transaction {facts['tx_hash']} was mined but failed (status 0)"
+            )
+        block_number = _qty(receipt["blockNumber"])
+        head = _qty(await self._call("eth_blockNumber"))
+        data: dict[str, Any] = {
+            "scheme": "eip155",
+            "chain_id": self.chain_id,
+            "tx_hash": receipt.get("transactionHash", facts["tx_hash"]),
+            "block_number": block_number,
+            "block_hash": receipt["blockHash"],
+            "from": to_checksum_address(facts["from"]),
+        }
+        if self.contract:
+            data["contract"] = self.contract
+        return Attestation(data, status="pending", confirmations=max(0, head - block_number + 1))
+
+    async def recover(self, digest: bytes, notes: dict[str, Any]) -> Attestation | None:
+        """After a crash: never signs. Look the journalled transaction up; rebroadcast the same
+        bytes if the node lost it; None when nothing was signed or its nonce went elsewhere."""
+        if not notes.get("tx_hash") or not notes.get("raw_tx"):
+            return None  # the crash came before signing: nothing can have been sent
+        attestation = await self._resume(notes, wait=True)
+        await self._forget(digest)
+        return attestation
+
+    # ----- confirmations and verification --------------------------------------------------
+
+    async def confirmations(self, attestation: dict[str, Any]) -> int | None:
+        """Depth of the attested transaction now: 0 while pending in the pool, None when the
+        node no longer knows it or it sits in another block than attested (a reorg)."""
+        receipt = await self._call("eth_getTransactionReceipt", attestation["tx_hash"])
+        if receipt is None:
+            known = await self._call("eth_getTransactionByHash", attestation["tx_hash"])
+            return None if known is None else 0
+        if attestation.get("block_hash") and receipt.get("blockHash") != attestation["block_hash"]:
+            return None  # reorged into another block: the receipt's block claim is void
+        head = _qty(await self._call("eth_blockNumber"))
+        return max(0, head - _qty(receipt["blockNumber"]) + 1)
+
+    async def verify(
+        self, attestation: dict[str, Any], digest: bytes, *, required: int | None = None
+    ) -> None:
+        """On the node: the transaction exists on chain `chain_id`, succeeded, sits in the attested
+        block, carries `digest` (calldata, or the anchor(...) call's root), and is at least
+        `required` blocks deep (default: the target's `confirmations`)."""
+        try:
+            await self._verify(attestation, digest, required)
+        except (NetworkError, AuthError, ValidationError) as exc:
+            raise VerificationFailed(f"cannot check on the node: {exc}") from None
+
+    async def _verify(self, att: dict[str, Any], digest: bytes, required: int | None) -> None:
+        if att.get("scheme") != "eip155":
+            raise VerificationFailed(f"scheme is {att.get('scheme')!r}, not 'eip155'")
+        if att.get("chain_id") != self.chain_id:
+            raise VerificationFailed(f"chain_id {att.get('chain_id')!r} is not this target's {self.chain_id}")
+        await self._check_chain()
+        tx_hash = att.get("tx_hash")
+        if not isinstance(tx_hash, str):
+            raise VerificationFailed("tx_hash is missing")
+        tx = await self._call("eth_getTransactionByHash", tx_hash)
+        receipt = await self._call("eth_getTransactionReceipt", tx_hash)
+        if tx is None or receipt is None:
+            raise VerificationFailed(f"transaction {tx_hash} is not on chain {self.chain_id}")
+        if _qty(receipt.get("status", "0x0")) != 1:
+            raise VerificationFailed(f"transaction {tx_hash} failed (status 0)")
+        if receipt.get("blockHash") != att.get("block_hash") or _qty(receipt["blockNumber"]) != att.get("block_number"):
+            raise VerificationFailed(
+                f"transaction {tx_hash} is in block {_qty(receipt['blockNumber'])} "
+                f"({receipt.get('blockHash')}), not the attested block {att.get('block_number')} "
+                f"({att.get('block_hash')})"
+            )
+        if att.get("from") and str(tx.get("from", "")).lower() != str(att["from"]).lower():
+            raise VerificationFailed(f"transaction {tx_hash} was sent by {tx.get('from')}, not {att['from']}")
+        data = _unhex(tx.get("input") or tx.get("data") or "0x")
+        contract = att.get("contract")
+        if contract:
+            if str(tx.get("to", "")).lower() != str(contract).lower():
+                raise VerificationFailed(f"transaction {tx_hash} calls {tx.get('to')}, not the contract {contract}")
+            try:
+                root, _, _, _ = decode_anchor_call(data)
+            except ValueError as exc:
+                raise VerificationFailed(f"transaction {tx_hash}: {exc}") from None
+        else:
+            root = data
+        if root != digest:
+            raise VerificationFailed(
+                f"transaction {tx_hash} anchors 0x{root.hex()}, not the anchored root 0x{digest.hex()}"
+            )
+        need = self.settings.confirmations if required is None else required
+        head = _qty(await self._call("eth_blockNumber"))
+        depth = head - _qty(receipt["blockNumber"]) + 1
+        if depth < need:
+            raise VerificationFailed(f"transaction {tx_hash} is {depth} blocks deep, {need} required")
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+
+async def _maybe_await(result: Any) -> None:
+    """`note` may be the journal's plain Intent.note or an async function."""
+    if inspect.isawaitable(result):
+        await result

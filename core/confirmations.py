@@ -1,0 +1,150 @@
+"""The confirmation tracker: moves `pending` receipts to `confirmed` once their transaction is deep
+enough, and queues the job again when a reorg drops the transaction.
+
+Every `interval` seconds (on the injected clock, so a FakeClock drives it in tests) it
+reads `ReceiptStore.pending()` and, per distinct attestation (a group of jobs shares one
+transaction: the node is asked once), asks the target's backend
+`confirmations(attestation) -> int | None`:
+
+- depth >= `confirmations.required` of the receipt: `receipts.confirm(path, depth)` and a
+  `ReceiptConfirmed` event;
+- depth below it: nothing (looked at again next round);
+- None: the transaction is gone from the canonical chain (or was reorged into another
+  block than the receipt names). The receipt stays `pending` (receipts are never
+  rewritten except to `confirmed`), the log says which transaction was dropped, and
+  `requeue(job)` makes the engine anchor that job again as soon as it can. Each dropped
+  receipt is requeued once per tracker life;
+- an error asking the node (down, refused): logged as a warning, retried next round.
+
+Backends without a `confirmations` method (timestamp authorities: their receipts are
+never pending) are left alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from core.anchors.base import Backend
+from core.clock import Clock
+from core.errors import describe
+from core.events import EventBus, ReceiptConfirmed
+from core.jobs import JobKey
+from core.observe.logs import Log
+from core.receipts import ReceiptStore
+
+Requeue = Callable[[JobKey], None]
+
+
+class ConfirmationTracker:
+    def __init__(
+        self,
+        receipts: ReceiptStore,
+        backend_for: Callable[[str], Backend],
+        bus: EventBus,
+        clock: Clock,
+        log: Log,
+        requeue: Requeue,
+        interval: float = 5.0,
+    ) -> None:
+        self.receipts = receipts
+        self.backend_for = backend_for
+        self.bus = bus
+        self.clock = clock
+        self.log = log
+        self.requeue = requeue
+        self.interval = interval
+        self._dropped: set[Path] = set()
+        self._wake = asyncio.Event()
+        self._stopping = False
+
+    async def run(self) -> None:
+        """Check, sleep `interval`, repeat until stop()."""
+        while not self._stopping:
+            try:
+                await self.check_once()
+            except Exception as exc:  # a broken round must not end tracking
+                self.log.error("confirmation check failed", error=describe(exc))
+            if self._stopping:
+                break
+            self._wake.clear()
+            await self.clock.sleep_until(self.clock.now() + self.interval, self._wake)
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+
+    def poke(self) -> None:
+        """Check now instead of at the end of the interval (e.g. after a receipt was written)."""
+        self._wake.set()
+
+    async def check_once(self) -> dict[str, int]:
+        """One round over the pending receipts; returns counts: confirmed, waiting, dropped, errors."""
+        counts = {"confirmed": 0, "waiting": 0, "dropped": 0, "errors": 0}
+        depths: dict[tuple[str, str], int | None | BaseException] = {}
+        for path, receipt in self.receipts.pending():
+            if path in self._dropped:
+                continue
+            target = receipt.get("target")
+            attestation = receipt.get("attestation")
+            if not isinstance(target, str) or not isinstance(attestation, dict):
+                continue
+            key = (target, json.dumps(attestation, sort_keys=True))
+            if key not in depths:
+                depths[key] = await self._depth(target, attestation)
+            depth = depths[key]
+            if isinstance(depth, _Unsupported):
+                continue
+            if isinstance(depth, BaseException):
+                counts["errors"] += 1
+                continue
+            job = JobKey(str(receipt.get("namespace")), str(receipt.get("cadence")))
+            if depth is None:
+                self._dropped.add(path)
+                counts["dropped"] += 1
+                self.log.warning(
+                    "transaction dropped by a reorg; the job is queued again",
+                    job=str(job), target=target, tx_hash=attestation.get("tx_hash"),
+                    block_number=attestation.get("block_number"), receipt=str(path),
+                )
+                self.requeue(job)
+                continue
+            required = _required(receipt)
+            if depth < required:
+                counts["waiting"] += 1
+                continue
+            self.receipts.confirm(path, depth)
+            counts["confirmed"] += 1
+            self.bus.publish(ReceiptConfirmed(at=self.clock.now(), job=job, target=target, path=str(path)))
+            self.log.info(
+                "receipt confirmed", job=str(job), target=target, receipt=str(path),
+                confirmations=depth, required=required,
+            )
+        return counts
+
+    async def _depth(self, target: str, attestation: dict[str, Any]) -> int | None | BaseException:
+        try:
+            backend = self.backend_for(target)
+            ask = getattr(backend, "confirmations", None)
+            if ask is None:
+                return _Unsupported()
+            return await ask(attestation)
+        except Exception as exc:
+            self.log.warning(
+                "could not check confirmations; will retry", target=target,
+                tx_hash=attestation.get("tx_hash"), error=describe(exc),
+            )
+            return exc
+
+
+class _Unsupported(Exception):
+    """The target's backend has no notion of depth."""
+
+
+def _required(receipt: dict[str, Any]) -> int:
+    confirmations = receipt.get("confirmations")
+    value = confirmations.get("required") if isinstance(confirmations, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
