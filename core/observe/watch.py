@@ -68,10 +68,13 @@ async def watch_config(
     step_ms: int = 100,
     force_polling: bool | None = None,
     on_reload: Callable[[Any], None] | None = None,
+    ready: asyncio.Event | None = None,
 ) -> None:
     """Reload `runtime` whenever its config files change on disk, until `stop_event` is set.
 
     `on_reload(result)` (optional) is called with each ReloadResult (None if it raised).
+    `ready` (optional) is set once the folders are being watched: a change made after
+    that is seen.
     """
     files = config_files(runtime)
     seen = files_digest(files)
@@ -104,6 +107,10 @@ async def watch_config(
         try:
             # aclosing: leaving the loop early (files moved) stops the watcher thread now.
             async with contextlib.aclosing(changes):
+                if ready is not None:
+                    # awatch registers its watches synchronously on the first __anext__,
+                    # before its first await: this runs right after that.
+                    asyncio.get_running_loop().call_soon(ready.set)
                 async for _batch in changes:
                     digest = files_digest(files)
                     if digest == seen:
