@@ -30,7 +30,7 @@ configuration, highest precedence first:
   VMSH_TICK_MS, VMSH_BASE_BACKOFF, VMSH_MAX_BACKOFF, METRICS_PORT, LOG_LEVEL)
   > ./.env > config file (--config, VMSH_CONFIG, VMSH_ROOT layout, ./config.yaml) > defaults
 
-exit codes: 0 ok, 2 invalid configuration or usage, 3 not built yet
+exit codes: 0 ok (or stopped by SIGTERM/SIGINT), 1 a receipt failed verify or the engine\n  failed, 2 invalid configuration, usage, data dir locked or HTTP port taken
 """
 
 
@@ -171,20 +171,31 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    print("vmsh-scheduler verify is not built yet", file=sys.stderr)
-    return 3
+    """OK/FAIL per receipt; exit 1 if any failed. Target settings come from the config if
+    one is found (RFC 3161 trust bundles, EVM nodes); local receipts need only their data dir."""
+    from core.verify import run_verify
+
+    settings_for = None
+    try:
+        settings_for = load(args).config.resolve_target
+    except ConfigError:
+        pass  # no usable config: local receipts still verify from their data dir
+    return run_verify(
+        list(args.files), sys.stdout, data_dir=getattr(args, "data_dir", None), settings_for=settings_for
+    )
 
 
 def run_headless(loaded: LoadedConfig, args: argparse.Namespace) -> int:
-    print("vmsh-scheduler --no-ui: the headless scheduler is not built yet", file=sys.stderr)
-    return 3
+    from core.headless import run_headless as serve
+
+    return serve(loaded, loader=lambda: load(args))
 
 
 def run_dashboard(loaded: LoadedConfig, args: argparse.Namespace) -> int:
-    # The Textual app will be imported here, lazily, so core never loads textual/rich.
-    print("vmsh-scheduler: the dashboard is not built yet (try --no-ui or check-config)",
-          file=sys.stderr)
-    return 3
+    # Imported here, lazily, so core (headless, check-config) never loads textual/rich.
+    from tui.app import run_dashboard as dashboard
+
+    return dashboard(loaded, args, loader=lambda: load(args))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -319,3 +319,51 @@ async def test_loop_sleeps_until_due_and_wakes_on_force(tmp_path):
     assert len(h.backend.calls) == 2
     await s.stop()
     await task
+
+
+async def test_crash_after_attestation_writes_the_receipt_once_at_restart(tmp_path):
+    """A crash between the backend's answer and the receipts: the journal has it all."""
+    h = Harness(tmp_path, {"a": 1, "b": 2})
+    journal = IntentJournal(tmp_path / "data" / "journal")
+    leaves = [bytes.fromhex(root(1)[7:]), bytes.fromhex(root(2)[7:])]
+    from core import merkle
+
+    digest = merkle.tree_hash(leaves)
+    attestation = await h.backend.inner.anchor(digest, lambda facts: None)
+    intent = journal.open(
+        "local:dev",
+        [{"job": "a/fast", "batch": {"id": "000001", "root": root(1)}, "leaf_index": 0},
+         {"job": "b/fast", "batch": {"id": "000002", "root": root(2)}, "leaf_index": 1}],
+        digest.hex(),
+        h.clock.now(),
+    )
+    intent.attested(attestation.data, attestation.status, attestation.confirmations)
+    s = h.scheduler()
+    await s.recover()
+    await s.run_once()  # roots unchanged since the recovered anchor: nothing new to send
+    assert h.backend.calls == []
+    written = h.of(ReceiptWritten)
+    assert sorted(str(e.job) for e in written) == ["a/fast", "b/fast"]
+    for e in written:
+        await verify_receipt(load_receipt(Path(e.path)), lambda t: h.backend)
+    assert journal.pending() == []
+    # A second restart finds nothing left to resolve and writes no duplicate.
+    s2 = h.scheduler()
+    await s2.recover()
+    assert len(list((tmp_path / "data" / "receipts").rglob("*.json"))) == 2
+
+
+async def test_crash_before_the_answer_makes_the_jobs_due_again(tmp_path):
+    h = Harness(tmp_path, {"a": 1})
+    journal = IntentJournal(tmp_path / "data" / "journal")
+    journal.open(
+        "local:dev",
+        [{"job": "a/fast", "batch": {"id": "000001", "root": root(1)}, "leaf_index": 0}],
+        root(1)[7:],
+        h.clock.now(),
+    )
+    s = h.scheduler()
+    await s.recover()
+    assert journal.pending() == []
+    await s.run_once()
+    assert len(h.backend.calls) == 1 and len(h.of(ReceiptWritten)) == 1

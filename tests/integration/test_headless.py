@@ -1,0 +1,212 @@
+"""`vmsh-scheduler --no-ui` as a real process: receipts, verify, the lock, kill -9, signals.
+
+These tests run the real program, so they wait on real time; each wait is a bounded
+poll for something the program writes, never a sleep standing in for a schedule.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from core.sources import write_batch
+
+BIN = Path(sys.executable).with_name("vmsh-scheduler")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_config(tmp: Path, namespaces: list[str], every: str = "1s", unchanged: bool = False) -> Path:
+    lines = [
+        "scheduler:",
+        "  tick: 0.5",
+        f"  data_dir: {tmp / 'data'}",
+        "  base_backoff: 0.2",
+        "http:",
+        f'  listen: "127.0.0.1:{free_port()}"',
+        "targets:",
+        "  local:",
+        "    dev: {}",
+        "namespaces:",
+    ]
+    for ns in namespaces:
+        lines += [
+            f'  "{ns}":',
+            f"    source: {tmp / 'batches' / ns}",
+            "    cadence:",
+            "      fast:",
+            '        target: "local:dev"',
+            f'        every: "{every}"',
+            f"        anchor_unchanged: {'true' if unchanged else 'false'}",
+        ]
+    path = tmp / "config.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def start(config: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [str(BIN), "--no-ui", "--config", str(config), *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def receipts(tmp: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted((tmp / "data" / "receipts").rglob("*.json"))]
+
+
+def wait_for(predicate, timeout: float = 20.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError("timed out waiting")
+
+
+def stop(proc: subprocess.Popen) -> tuple[int, str, str]:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=20)
+    return proc.returncode, out, err
+
+
+def test_headless_writes_receipts_that_verify_and_stops_cleanly_on_sigterm(tmp_path):
+    for ns in ("alpha", "beta"):
+        write_batch(tmp_path / "batches" / ns, "000001", "sha256:" + f"{ns.encode().hex():0>64}")
+    config = make_config(tmp_path, ["alpha", "beta"])
+    proc = start(config)
+    try:
+        wait_for(lambda: len(receipts(tmp_path)) >= 2)
+    finally:
+        code, out, err = stop(proc)
+    assert code == 0, err
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert {"time", "level", "msg"} <= set(lines[0])
+    assert any(line["msg"] == "anchored" for line in lines)
+    assert lines[-1]["msg"] == "stopped"
+    files = sorted(str(p) for p in (tmp_path / "data" / "receipts").rglob("*.json"))
+    verify = subprocess.run([str(BIN), "verify", *files], capture_output=True, text=True)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    assert verify.stdout.count("OK ") == len(files)
+
+
+def test_single_job_receipt_passes_openssl_ts_verify_and_a_tampered_one_fails(tmp_path):
+    write_batch(tmp_path / "batches" / "alpha", "000001", "sha256:" + "ab" * 32)
+    proc = start(make_config(tmp_path, ["alpha"]))
+    try:
+        wait_for(lambda: receipts(tmp_path))
+    finally:
+        stop(proc)
+    path = next((tmp_path / "data" / "receipts").rglob("*.json"))
+    receipt = json.loads(path.read_text())
+    assert receipt["tree_size"] == 1 and receipt["anchored_root"] == receipt["batch"]["root"]
+    token = tmp_path / "token.der"
+    token.write_bytes(base64.b64decode(receipt["attestation"]["token"]))
+    openssl = subprocess.run(
+        ["openssl", "ts", "-verify", "-digest", receipt["batch"]["root"].removeprefix("sha256:"),
+         "-in", str(token), "-token_in", "-CAfile", str(tmp_path / "data" / "tsa" / "local-tsa.pem")],
+        capture_output=True, text=True,
+    )
+    assert openssl.returncode == 0 and "Verification: OK" in openssl.stdout, openssl.stderr
+    receipt["batch"]["root"] = "sha256:" + "cd" * 32
+    bad = tmp_path / "tampered.json"
+    bad.write_text(json.dumps(receipt))
+    result = subprocess.run(
+        [str(BIN), "verify", "--data-dir", str(tmp_path / "data"), str(path), str(bad)],
+        capture_output=True, text=True,
+    )
+    assert result.returncode == 1
+    assert f"OK {path}" in result.stdout
+    assert f"FAIL {bad}: " in result.stdout
+
+
+def test_a_second_scheduler_on_the_same_data_dir_exits_2_naming_the_holder(tmp_path):
+    write_batch(tmp_path / "batches" / "alpha", "000001", "sha256:" + "ab" * 32)
+    config = make_config(tmp_path, ["alpha"])
+    first = start(config)
+    try:
+        wait_for(lambda: receipts(tmp_path))
+        second = subprocess.run(
+            [str(BIN), "--no-ui", "--config", str(config)], capture_output=True, text=True, timeout=30
+        )
+        assert second.returncode == 2
+        assert f"pid {first.pid}" in second.stderr
+    finally:
+        stop(first)
+
+
+def test_kill_9_mid_run_loses_no_receipt_and_anchors_no_root_twice(tmp_path):
+    names = [f"ns{i}" for i in range(6)]
+    counter = 0
+
+    def new_roots() -> None:
+        nonlocal counter
+        counter += 1
+        for ns in names:
+            write_batch(tmp_path / "batches" / ns, f"{counter:06d}", "sha256:" + os.urandom(32).hex())
+
+    new_roots()
+    config = make_config(tmp_path, names, every="1s")
+    rng = random.Random(7)
+    for _ in range(4):
+        proc = start(config)
+        before = len(receipts(tmp_path))
+        try:
+            wait_for(lambda before=before: len(receipts(tmp_path)) > before)
+            new_roots()
+            time.sleep(rng.uniform(0.0, 1.2))  # kill at an arbitrary instant, mid-anchor or not
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.communicate(timeout=20)
+    new_roots()
+    before = len(receipts(tmp_path))
+    proc = start(config)
+    state_file = tmp_path / "data" / "state" / "scheduler.json"
+    try:
+        # Running again: new roots get anchored, and every interrupted anchor is resolved.
+        wait_for(lambda: len(receipts(tmp_path)) >= before + len(names))
+        wait_for(lambda: not list((tmp_path / "data" / "journal").glob("*.json")))
+    finally:
+        code, _, err = stop(proc)
+    assert code == 0, err
+    state = json.loads(state_file.read_text())  # readable after every kill
+    all_receipts = receipts(tmp_path)
+    seen: set[tuple[str, str]] = set()
+    for r in all_receipts:
+        key = (r["namespace"], r["batch"]["root"])
+        assert key not in seen, f"{key} anchored twice"
+        seen.add(key)
+    for job, entry in state["jobs"].items():
+        ns = job.split("/")[0]
+        if entry.get("last_root"):
+            assert (ns, entry["last_root"]) in seen, f"state says {job} anchored but no receipt"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_shutdown_signals_flush_state(tmp_path, sig):
+    write_batch(tmp_path / "batches" / "alpha", "000001", "sha256:" + "ab" * 32)
+    proc = start(make_config(tmp_path, ["alpha"]))
+    wait_for(lambda: receipts(tmp_path))
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
+    state = json.loads((tmp_path / "data" / "state" / "scheduler.json").read_text())
+    assert state["jobs"]["alpha/fast"]["last_root"] == "sha256:" + "ab" * 32
