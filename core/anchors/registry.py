@@ -43,6 +43,14 @@ class Backends:
             from core.anchors.local import LocalTSA
 
             return LocalTSA(self._data_dir, name, self._clock)
+        if scheme == "rfc3161":
+            from core.anchors.rfc3161 import RFC3161Backend
+
+            if settings is None:
+                raise ValidationError(
+                    f"no settings for {target} (add targets.rfc3161.{name} or targets.rfc3161.default)"
+                )
+            return RFC3161Backend(target, settings, self._clock)
         if scheme == "eip155":
             from core.anchors.evm import EVMBackend
 

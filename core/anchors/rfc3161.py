@@ -1,0 +1,380 @@
+"""`rfc3161:<name>`: anchoring against a real RFC 3161 time-stamp authority over HTTP(S).
+
+One anchor is one TimeStampReq POSTed as `application/timestamp-query`:
+
+* the imprint of the 32-byte digest (`hash: sha256`, the default, time-stamps the digest
+  itself; `sha512` time-stamps SHA-512 of the 32 bytes, see core/anchors/tsp.py),
+* a fresh random nonce (`secrets`), certReq set, the target's `policy_oid` when configured.
+
+The reply is kept only when every check passes (core/anchors/tsp.py `verify_response`):
+status granted; imprint; nonce; policy when configured; signature and ESS signing
+certificate; the signer chains to the target's `trust_bundle` and carries a critical
+timeStamping EKU; gen_time within `max_clock_skew` of our clock. A failed check is a
+ValidationError whose message names the check and what was expected.
+
+Error kinds (they decide the backoff multiplier):
+
+    connection refused, DNS failure, timeout, other transport errors, HTTP 5xx -> NetworkError
+    HTTP 401 / 403, a credential that cannot be read                           -> AuthError
+    other HTTP status, a body that is not a TimeStampResp, a rejection,
+    any failed check, a TLS certificate the CA bundle does not trust,
+    a target without trust_bundle                                                -> ValidationError
+
+Credentials (basic: username + password_env/password_file; bearer: token_env/token_file)
+are read at every call, so a rotated secret is picked up without a reload. They are sent
+in the Authorization header only: never logged, never in a receipt or an error message
+(messages are scrubbed of them, and of any user:password in the URL). Redirects are not
+followed, so a credential never leaves for another host.
+
+The trust bundle (PEM, read at every call and at verify) holds the anchors: self-signed
+and CA certificates are trust roots (CA certificates that are not self-signed are also
+offered as intermediates); end-entity certificates are the TSA's own, used to check tokens
+that embed no certificate. `verify()` re-checks a receipt's attestation offline from the
+attestation and the trust bundle alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import ssl
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+from cryptography import x509
+
+from core.anchors.base import Attestation, BackendInfo, JournalNote, VerificationFailed
+from core.anchors.tsp import (
+    build_request,
+    load_certs,
+    new_nonce,
+    token_attestation,
+    verify_attestation,
+    verify_response,
+)
+from core.errors import AuthError, NetworkError, ValidationError
+
+__all__ = ["MAX_REPLY_BYTES", "RFC3161Backend", "TrustBundle", "load_trust_bundle"]
+
+QUERY_TYPE = "application/timestamp-query"
+REPLY_TYPE = "application/timestamp-reply"
+MAX_REPLY_BYTES = 1024 * 1024  # a TimeStampResp with a full chain is a few KiB
+USER_AGENT = "vmsh-scheduler (RFC 3161 client)"
+
+
+class TrustBundle:
+    """The certificates of a target's trust bundle, sorted by role."""
+
+    def __init__(self, certs: list[x509.Certificate], source: str) -> None:
+        self.source = source
+        self.roots: list[x509.Certificate] = []
+        self.intermediates: list[x509.Certificate] = []
+        self.signers: list[x509.Certificate] = []
+        for cert in certs:
+            is_ca = _is_ca(cert)
+            if cert.subject == cert.issuer or is_ca:
+                self.roots.append(cert)
+                if is_ca and cert.subject != cert.issuer:
+                    self.intermediates.append(cert)
+            else:
+                self.signers.append(cert)
+        if not self.roots:
+            raise ValidationError(
+                f"trust bundle {source} holds no CA or self-signed certificate to anchor a chain"
+            )
+
+
+def _is_ca(cert: x509.Certificate) -> bool:
+    try:
+        return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
+    except x509.ExtensionNotFound:
+        return False
+
+
+def load_trust_bundle(path: Path | None, target: str) -> TrustBundle:
+    """Read and sort a PEM trust bundle; ValidationError naming the file on any problem."""
+    if path is None:
+        raise ValidationError(
+            f"{target}: no trust_bundle configured; a time-stamp token cannot be checked "
+            "without the TSA's CA certificates, so nothing is anchored"
+        )
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ValidationError(
+            f"{target}: cannot read trust_bundle {path}: {exc.strerror or exc}"
+        ) from None
+    try:
+        certs = load_certs(data)
+    except ValueError as exc:
+        raise ValidationError(
+            f"{target}: trust_bundle {path} is not PEM certificates: {exc}"
+        ) from None
+    if not certs:
+        raise ValidationError(f"{target}: trust_bundle {path} holds no certificate")
+    try:
+        return TrustBundle(certs, str(path))
+    except ValidationError as exc:
+        raise ValidationError(f"{target}: {exc}") from None
+
+
+def _settings_model(settings: Any) -> Any:
+    from core.config import Rfc3161Target
+
+    if isinstance(settings, Rfc3161Target):
+        return settings
+    if isinstance(settings, Mapping):
+        return Rfc3161Target.model_validate(dict(settings))
+    raise ValidationError(f"rfc3161 targets need rfc3161 settings, got {type(settings).__name__}")
+
+
+def _display_url(url: str) -> str:
+    """The URL without user:password and without the query (which may hold an API key)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<invalid url>"
+    netloc = parts.netloc.rpartition("@")[2]
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+class RFC3161Backend:
+    """A real time-stamp authority behind `rfc3161:<name>` (implements core.anchors.base.Backend)."""
+
+    scheme = "rfc3161"
+    development = False
+
+    def __init__(self, target: str, settings: Any, clock: Any) -> None:
+        self.target = target
+        self.settings = _settings_model(settings)
+        self._clock = clock
+        self._url = self.settings.url
+        self.url = _display_url(self._url)
+        scheme = urlsplit(self._url).scheme.lower() if "://" in self._url else ""
+        if scheme not in ("http", "https"):
+            raise ValidationError(f"{target}: url must be http:// or https://, got {self.url!r}")
+        self._ssl: ssl.SSLContext | None = None
+
+    # --- Backend ---------------------------------------------------------------------------
+
+    def info(self) -> BackendInfo:
+        s = self.settings
+        return BackendInfo(
+            target=self.target,
+            scheme=self.scheme,
+            development=False,
+            details={
+                "url": self.url,
+                "trust_bundle": None if s.trust_bundle is None else str(s.trust_bundle),
+                "policy": s.policy_oid,
+                "hash": s.hash,
+                "timeout": s.timeout,
+                "auth": None if s.auth is None else s.auth.type,
+                "max_clock_skew": s.max_clock_skew,
+            },
+        )
+
+    async def anchor(self, digest: bytes, note: JournalNote) -> Attestation:
+        if len(digest) != 32:
+            raise ValidationError(
+                f"{self.target}: anchors 32-byte digests, got {len(digest)} bytes"
+            )
+        s = self.settings
+        bundle = load_trust_bundle(s.trust_bundle, self.target)  # before anything is sent
+        nonce = new_nonce()
+        request = build_request(
+            digest, hash_name=s.hash, nonce=nonce, policy_oid=s.policy_oid, cert_req=True
+        )
+        reply, content_type = await self._post(request)
+        try:
+            info = verify_response(
+                reply,
+                digest=digest,
+                nonce=nonce,
+                policy_oid=s.policy_oid,
+                trust_roots=bundle.roots,
+                now=self._clock.now(),
+                max_clock_skew=s.max_clock_skew,
+                hash_name=s.hash,
+                signer_certs=bundle.signers,
+                intermediates=bundle.intermediates,
+            )
+        except ValidationError as exc:
+            message = f"{self.target} ({self.url}): {exc}"
+            if "parse check failed" in message and content_type:
+                message += f" (the HTTP reply was {content_type})"
+            raise ValidationError(message) from None
+        return Attestation(data=token_attestation(info, nonce), status="confirmed", confirmations=0)
+
+    async def recover(self, digest: bytes, notes: dict[str, Any]) -> Attestation | None:
+        # A TSA keeps nothing we could look up: an interrupted call simply never landed.
+        return None
+
+    async def verify(self, attestation: dict[str, Any], digest: bytes) -> None:
+        try:
+            bundle = load_trust_bundle(self.settings.trust_bundle, self.target)
+            verify_attestation(
+                attestation,
+                digest=digest,
+                trust_roots=bundle.roots,
+                signer_certs=bundle.signers,
+                intermediates=bundle.intermediates,
+            )
+        except ValidationError as exc:
+            text = str(exc)
+            raise VerificationFailed(
+                text if text.startswith(self.target) else f"{self.target}: {text}"
+            ) from None
+        except (ValueError, TypeError, KeyError) as exc:
+            raise VerificationFailed(f"{self.target}: cannot check the token: {exc}") from None
+
+    async def close(self) -> None:
+        return None  # one HTTP client per call: nothing stays open
+
+    # --- HTTP ------------------------------------------------------------------------------
+
+    def _ssl_context(self) -> ssl.SSLContext | bool:
+        if self.settings.ca_bundle is None:
+            return True  # httpx default: verification on, the certifi bundle
+        if self._ssl is None:
+            try:
+                self._ssl = ssl.create_default_context(cafile=str(self.settings.ca_bundle))
+            except (OSError, ssl.SSLError) as exc:
+                raise ValidationError(
+                    f"{self.target}: cannot load ca_bundle {self.settings.ca_bundle}: {exc}"
+                ) from None
+        return self._ssl
+
+    def _secret_file(self, path: Path, what: str) -> str:
+        try:
+            value = Path(path).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = getattr(exc, "strerror", None) or type(exc).__name__
+            raise AuthError(
+                f"{self.target}: cannot read the {what} file {path}: {reason}"
+            ) from None
+        if not value:
+            raise AuthError(f"{self.target}: the {what} file {path} is empty")
+        return value
+
+    def _secret_env(self, name: str, what: str) -> str:
+        value = os.environ.get(name, "").strip()
+        if not value:
+            raise AuthError(f"{self.target}: the {what} environment variable {name} is not set")
+        return value
+
+    def _credentials(self) -> tuple[dict[str, str], list[str]]:
+        """The Authorization header (read now from env or file) and the secrets to scrub."""
+        auth = self.settings.auth
+        secrets_: list[str] = []
+        parts = urlsplit(self._url)
+        if parts.password:
+            secrets_.append(parts.password)
+        if auth is None:
+            return {}, secrets_
+        if auth.type == "basic":
+            if not auth.username:
+                raise AuthError(f"{self.target}: basic auth needs a username")
+            if auth.password_env:
+                password = self._secret_env(auth.password_env, "password")
+            elif auth.password_file:
+                password = self._secret_file(auth.password_file, "password")
+            else:
+                raise AuthError(f"{self.target}: basic auth needs password_env or password_file")
+            secrets_.append(password)
+            if ":" in auth.username:
+                raise AuthError(f"{self.target}: a basic-auth username cannot contain ':'")
+            userpass = base64.b64encode(f"{auth.username}:{password}".encode()).decode("ascii")
+            secrets_.append(userpass)
+            return {"Authorization": f"Basic {userpass}"}, secrets_
+        if auth.token_env:
+            token = self._secret_env(auth.token_env, "token")
+        elif auth.token_file:
+            token = self._secret_file(auth.token_file, "token")
+        else:
+            raise AuthError(f"{self.target}: bearer auth needs token_env or token_file")
+        secrets_.append(token)
+        return {"Authorization": f"Bearer {token}"}, secrets_
+
+    async def _post(self, request: bytes) -> tuple[bytes, str]:
+        """POST the query; the reply body and its content type, or a typed AnchorError."""
+        headers, secrets_ = self._credentials()
+        headers.update({"Content-Type": QUERY_TYPE, "Accept": REPLY_TYPE, "User-Agent": USER_AGENT})
+        timeout = self.settings.timeout
+        where = f"{self.target} ({self.url})"
+
+        def scrub(text: str) -> str:
+            for secret in secrets_:
+                if secret:
+                    text = text.replace(secret, "***")
+            return text
+
+        try:
+            async with asyncio.timeout(timeout):  # the whole exchange, not each read
+                async with httpx.AsyncClient(
+                    timeout=httpx.Timeout(timeout),
+                    verify=self._ssl_context(),
+                    follow_redirects=False,
+                    trust_env=False,
+                ) as client:
+                    async with client.stream(
+                        "POST", self._url, content=request, headers=headers
+                    ) as response:
+                        status = response.status_code
+                        if status in (401, 403):
+                            raise AuthError(
+                                f"{where}: HTTP {status} {response.reason_phrase}: the TSA refused "
+                                "our credentials"
+                                + ("" if self.settings.auth else " (no auth configured)")
+                            )
+                        if status >= 500:
+                            raise NetworkError(f"{where}: HTTP {status} {response.reason_phrase}")
+                        if status != 200:
+                            raise ValidationError(
+                                f"{where}: HTTP {status} {response.reason_phrase}; expected 200 "
+                                "with an application/timestamp-reply body"
+                            )
+                        body = bytearray()
+                        async for chunk in response.aiter_bytes():
+                            body += chunk
+                            if len(body) > MAX_REPLY_BYTES:
+                                raise ValidationError(
+                                    f"{where}: the reply exceeds {MAX_REPLY_BYTES} bytes; "
+                                    "expected a TimeStampResp"
+                                )
+                        content_type = response.headers.get("content-type", "")
+        except (AuthError, NetworkError, ValidationError):
+            raise
+        except TimeoutError:
+            raise NetworkError(f"{where}: timed out after {timeout:g}s") from None
+        except httpx.TimeoutException as exc:
+            raise NetworkError(
+                f"{where}: timed out after {timeout:g}s ({type(exc).__name__})"
+            ) from None
+        except httpx.ConnectError as exc:
+            text = scrub(str(exc)) or type(exc).__name__
+            if "CERTIFICATE_VERIFY_FAILED" in text or "certificate verify failed" in text:
+                raise ValidationError(
+                    f"{where}: TLS certificate check failed: {text}; expected a server "
+                    "certificate trusted by "
+                    + (
+                        f"ca_bundle {self.settings.ca_bundle}"
+                        if self.settings.ca_bundle
+                        else "the system CA bundle"
+                    )
+                ) from None
+            raise NetworkError(f"{where}: cannot connect: {text}") from None
+        except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
+            raise ValidationError(f"{where}: bad url: {scrub(str(exc))}") from None
+        except httpx.TransportError as exc:
+            text = scrub(str(exc)) or type(exc).__name__
+            raise NetworkError(f"{where}: {type(exc).__name__}: {text}") from None
+        except ssl.SSLError as exc:
+            raise ValidationError(f"{where}: TLS error: {scrub(str(exc))}") from None
+        if not body:
+            raise ValidationError(f"{where}: empty reply body; expected a TimeStampResp")
+        return bytes(body), content_type.split(";")[0].strip()
