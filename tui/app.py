@@ -1,0 +1,817 @@
+"""VaultMeshApp: the operator's dashboard. Runs the engine on the app's loop and shows it live.
+
+Data flow (memray's live view, toolong's bounded log): the engine publishes events on the
+bus; `_on_event` only appends them to a pending buffer and arms one short timer; `_flush`
+applies the whole batch inside `batch_update()`, taking one immutable snapshot of the job
+table (`engine.views()`) and diffing every table by row key. A 1 s timer refreshes the
+countdowns, and the diff means only the cells whose text changed are touched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import threading
+from collections import deque
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from rich.text import Text
+from textual import work
+from textual.app import App, ComposeResult, SystemCommand
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.events import Resize
+from textual.screen import Screen
+from textual.widget import Widget
+from textual.widgets import Footer, Input, Tab, Tabs
+from textual.worker import Worker, WorkerState
+
+from core.cadence import format_seconds
+from core.clock import Clock
+from core.events import (
+    Event,
+    LogRecord,
+    Paused,
+    ReceiptConfirmed,
+    ReceiptWritten,
+)
+from core.jobs import JobKey
+from core.runtime import Runtime
+from tui.detail import namespace_detail
+from tui.rows import (
+    BACKOFF_COLUMNS,
+    JOB_COLUMNS,
+    RECEIPT_COLUMNS,
+    Palette,
+    ReceiptInfo,
+    backoff_row,
+    count,
+    health,
+    job_row,
+    receipt_row,
+)
+from tui.screens import ConfirmScreen, DetailScreen, HelpScreen, MessageScreen
+from tui.themes import FALLBACKS, ThemeError, bundled_themes, choose_theme, load_theme_file
+from tui.widgets import DiffTable, HeaderBar, LogView, Pane
+
+FLUSH_DELAY = 0.25  # at most ~4 batched renders a second
+COUNTDOWN_PERIOD = 1.0
+RECEIPTS_SHOWN = 200
+LOG_LINES = 5000
+WIDE = (120, 36)  # at least this many columns and rows: all four panes at once
+PANES = ("jobs", "backoff", "receipts", "logs")
+PANE_TITLES = {"jobs": "Namespaces", "backoff": "Backoff", "receipts": "Receipts", "logs": "Logs"}
+MUTATING = {"force", "force_namespace", "reload", "pause"}
+
+# (binding id, key, action, footer label, shown in footer, help text)
+KEYS: tuple[tuple[str, str, str, str, bool, str], ...] = (
+    ("force", "f", "force", "Force", True, "force-anchor the selected job (asks first)"),
+    ("force_namespace", "F", "force_namespace", "Force ns", False, "force-anchor every cadence of the selected namespace (asks first)"),
+    ("reload", "R", "reload", "Reload", True, "reload the config; errors (file:line) are shown and the old config stays"),
+    ("pause", "space", "pause", "Pause", True, "pause / resume scheduling (forced anchors still run)"),
+    ("detail", "enter", "detail", "Detail", False, "detail screen of the selected namespace"),
+    ("verify", "v", "verify", "Verify", True, "verify the selected receipt (Receipts pane)"),
+    ("filter", "slash", "filter", "Filter", True, "filter the focused pane (esc clears)"),
+    ("theme", "t", "next_theme", "Theme", False, "next theme"),
+    ("palette", "colon", "command_palette", "Palette", False, "command palette with the same actions"),
+    ("help", "question_mark", "help", "Help", True, "this help"),
+    ("back", "escape", "back", "Back", False, "back / clear the filter"),
+    ("next_pane", "tab", "next_pane", "Next pane", False, "next pane (tabs at 80x24)"),
+    ("prev_pane", "shift+tab", "prev_pane", "Prev pane", False, "previous pane"),
+    ("quit", "q", "quit", "Quit", True, "quit (asks first if anchors are in flight)"),
+)
+PANE_KEYS_HELP = (
+    ("1 2 3 4", "show Namespaces, Backoff, Receipts, Logs"),
+    ("j / k, arrows", "move the selection / scroll"),
+    ("s / S", "tables: cycle the sort column / reverse the sort"),
+    ("l", "logs: cycle the minimum level (DEBUG, INFO, WARNING, ERROR)"),
+    ("p / G", "logs: pause-follow / follow the end"),
+)
+
+
+def _bindings() -> list[Binding]:
+    out = [Binding(key, action, label, show=show, id=bid) for bid, key, action, label, show, _ in KEYS]
+    out += [Binding(str(n), f"show_pane('{name}')", PANE_TITLES[name], show=False) for n, name in enumerate(PANES, 1)]
+    return out
+
+
+class VaultMeshApp(App[int]):
+    TITLE = "VaultMesh Scheduler"
+    ENABLE_COMMAND_PALETTE = True
+    BINDINGS = _bindings()
+    CSS = """
+    Screen { layout: vertical; }
+    #header { height: 1; padding: 0 1; background: $panel; }
+    #tabs { height: 2; }
+    #panes { height: 1fr; }
+    .row { height: 1fr; }
+    .pane { border: round $primary 40%; border-title-color: $foreground; border-subtitle-color: $accent; height: 1fr; width: 1fr; }
+    .pane:focus-within { border: round $accent; }
+    .narrow .pane { border-left: none; border-right: none; }
+    #pane-backoff { width: 1fr; }
+    .wide #pane-backoff { width: 64; }
+    .wide #pane-receipts { width: 84; }
+    .pane > DataTable, .pane > LogView { height: 1fr; scrollbar-size-vertical: 1; }
+    DataTable { background: $surface 0%; }
+    LogView { background: $surface 0%; }
+    #filter { dock: bottom; height: 1; border: none; padding: 0 1; display: none; }
+    #filter.visible { display: block; }
+    #dialog { width: 70; max-width: 95%; height: auto; max-height: 90%; border: thick $primary; background: $surface; padding: 1 2; }
+    #dialog.error { border: thick $error; }
+    #dialog.help { width: 90; }
+    #dialog #lines { height: auto; max-height: 20; margin: 1 0; }
+    #dialog #buttons { height: auto; margin-top: 1; align-horizontal: center; }
+    #dialog Button { margin: 0 1; }
+    ConfirmScreen, MessageScreen, HelpScreen { align: center middle; }
+    #detail-body { padding: 0 1; }
+    """
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        clock: Clock | None = None,
+        *,
+        readonly: bool = False,
+        theme: str | None = None,
+        start_engine: bool = True,
+        grace: float = 10.0,
+        env: Any = None,
+    ) -> None:
+        super().__init__()
+        self.runtime = runtime
+        self.clock = clock or runtime.clock
+        self.readonly = readonly
+        self.start_engine = start_engine
+        self.grace = grace
+        self.startup_problems: list[str] = []
+        self.engine_state = "off"  # off | running | stopped | failed
+        self.stopping = False
+        self.stopped_cleanly = False
+        self.exit_reason = ""
+        self._pending: list[Event] = []
+        self._pending_logs: deque[LogRecord] = deque(maxlen=LOG_LINES)
+        self._flush_armed = False
+        self._unsubscribe = None
+        self._verified: dict[str, str] = {}
+        self._receipts: dict[str, ReceiptInfo] = {}
+        self._active_pane = "jobs"
+        self._wide: bool | None = None
+        self._filter_target: str | None = None
+        self._palette = Palette()
+        env = os.environ if env is None else env
+        self._theme_names = self._register_themes(runtime)
+        self.theme = choose_theme(
+            set(self.available_themes), flag=theme, config=runtime.loaded.config.tui.theme, env=env
+        )
+
+    # ----- themes and keys ---------------------------------------------------------------------
+
+    def _register_themes(self, runtime: Runtime) -> list[str]:
+        """themes/ and the operator's tui.theme_file; problems are shown, never raised."""
+        names: list[str] = []
+        try:
+            themes = bundled_themes()
+        except ThemeError as exc:
+            self.startup_problems.append(str(exc))
+            themes = []
+        for t in themes:
+            self.register_theme(t)
+            names.append(t.name)
+        if not names:
+            names = list(FALLBACKS.values())
+        path = runtime.loaded.config.tui.theme_file
+        if path is not None:
+            try:
+                own = load_theme_file(path)
+            except ThemeError as exc:
+                self.startup_problems.append(f"tui.theme_file: {exc}")
+            else:
+                self.register_theme(own)
+                names.append(own.name)
+        return names
+
+    def _config_keymap(self) -> dict[str, str]:
+        known = {bid for bid, *_ in KEYS} | {"sort", "reverse_sort", "log_level", "log_follow"}
+        keymap: dict[str, str] = {}
+        for action, key in (self.runtime.loaded.config.tui.keys or {}).items():
+            if action in known:
+                keymap[action] = key
+            else:
+                self.startup_problems.append(
+                    f"tui.keys: unknown action {action!r}; known: {', '.join(sorted(known))}"
+                )
+        return keymap
+
+    # ----- layout ---------------------------------------------------------------------------------
+
+    def compose(self) -> ComposeResult:
+        data_dir = str(self.runtime.data_dir.resolve())
+        self.jobs = DiffTable(JOB_COLUMNS, id="jobs")
+        self.backoff = DiffTable(BACKOFF_COLUMNS, id="backoff", sort_index=3)
+        self.receipts = DiffTable(RECEIPT_COLUMNS, id="receipts", sort_reverse=True)  # newest first
+        self.logs = LogView(max_lines=LOG_LINES, data_dir=data_dir, id="logs")
+        self.panes = {
+            "jobs": Pane("1 Namespaces", self.jobs, id="pane-jobs"),
+            "backoff": Pane("2 Backoff", self.backoff, id="pane-backoff"),
+            "receipts": Pane("3 Receipts", self.receipts, id="pane-receipts"),
+            "logs": Pane("4 Logs", self.logs, id="pane-logs"),
+        }
+        self.header = HeaderBar(id="header")
+        yield self.header
+        tabs = Tabs(*(Tab(PANE_TITLES[n], id=f"tab-{n}") for n in PANES), id="tabs")
+        tabs.can_focus = False
+        yield tabs
+        with Vertical(id="panes"):
+            with Horizontal(classes="row", id="row-top"):
+                yield self.panes["jobs"]
+                yield self.panes["backoff"]
+            with Horizontal(classes="row", id="row-bottom"):
+                yield self.panes["receipts"]
+                yield self.panes["logs"]
+        yield Input(placeholder="filter", id="filter")
+        yield Footer(compact=True)
+
+    def on_mount(self) -> None:
+        self.set_keymap(self._config_keymap())
+        self._palette = self._palette_for_theme()
+        self.theme_changed_signal.subscribe(self, self._on_theme_changed)
+        self._event_thread = threading.get_ident()
+        self._unsubscribe = self.runtime.bus.subscribe(self._on_event)
+        for path, receipt in self.runtime.receipts.recent(RECEIPTS_SHOWN):
+            info = ReceiptInfo.from_file(path, receipt)
+            self._receipts[info.path] = info
+        self._layout(self.size.width, self.size.height)
+        self._refresh_all()
+        self.jobs.focus()
+        self.set_interval(COUNTDOWN_PERIOD, self._refresh_views, name="countdown")
+        if self.start_engine:
+            self._install_signal_handlers()
+            self.runtime.announce()
+            self.run_engine()
+        for problem in self.startup_problems:
+            self.runtime.log.error(problem)
+            self.notify(problem, severity="error", timeout=30)
+        if self.readonly:
+            self.runtime.log.info("dashboard is read-only: force, reload and pause are disabled")
+
+    def on_resize(self, event: Resize) -> None:
+        self._layout(event.size.width, event.size.height)
+
+    def _layout(self, width: int, height: int) -> None:
+        wide = width >= WIDE[0] and height >= WIDE[1]
+        if wide == self._wide:
+            return
+        self._wide = wide
+        self.set_class(wide, "wide")
+        self.screen.set_class(wide, "wide")
+        self.screen.set_class(not wide, "narrow")
+        self.query_one("#tabs", Tabs).display = not wide
+        self._show_active()
+
+    def _show_active(self) -> None:
+        wide = bool(self._wide)
+        for name, pane in self.panes.items():
+            pane.display = wide or name == self._active_pane
+        self.query_one("#row-top").display = wide or self._active_pane in ("jobs", "backoff")
+        self.query_one("#row-bottom").display = wide or self._active_pane in ("receipts", "logs")
+        tabs = self.query_one("#tabs", Tabs)
+        if tabs.active != f"tab-{self._active_pane}":
+            tabs.active = f"tab-{self._active_pane}"
+
+    def action_show_pane(self, name: str) -> None:
+        self._active_pane = name
+        self._show_active()
+        self.panes[name].body.focus()
+
+    def action_next_pane(self, step: int = 1) -> None:
+        i = PANES.index(self._focused_pane_name())
+        self.action_show_pane(PANES[(i + step) % len(PANES)])
+
+    def action_prev_pane(self) -> None:
+        self.action_next_pane(-1)
+
+    def on_tabs_tab_activated(self, event: Tabs.TabActivated) -> None:
+        name = (event.tab.id or "").removeprefix("tab-")
+        if name in self.panes and name != self._active_pane:
+            self.action_show_pane(name)
+
+    def on_descendant_focus(self, event: Any) -> None:
+        name = self._pane_of(self.focused)
+        if name is not None and name != self._active_pane:
+            self._active_pane = name
+            self._show_active()
+
+    def _pane_of(self, widget: Widget | None) -> str | None:
+        while widget is not None:
+            for name, pane in self.panes.items():
+                if widget is pane:
+                    return name
+            widget = widget.parent  # type: ignore[assignment]
+        return None
+
+    def _focused_pane_name(self) -> str:
+        return self._pane_of(self.focused) or self._active_pane
+
+    # ----- events in, batched renders out ---------------------------------------------------
+
+    def _on_event(self, event: Event) -> None:
+        """Bus subscriber: cheap, never renders. Runs on the engine's (= the app's) loop."""
+        if isinstance(event, LogRecord):
+            self._pending_logs.append(event)
+        else:
+            self._pending.append(event)
+        if not self._flush_armed:
+            self._flush_armed = True
+            if threading.get_ident() == self._event_thread:
+                self.set_timer(FLUSH_DELAY, self._flush, name="flush")
+            else:  # a backend publishing from a thread: hand over, never touch widgets here
+                self.call_from_thread(self.set_timer, FLUSH_DELAY, self._flush)
+
+    def flush_now(self) -> None:
+        """Apply what is pending immediately (tests and snapshots)."""
+        self._flush()
+
+    def _flush(self) -> None:
+        self._flush_armed = False
+        events, self._pending = self._pending, []
+        logs = list(self._pending_logs)
+        self._pending_logs.clear()
+        with self.batch_update():
+            receipts_changed = False
+            for event in events:
+                if isinstance(event, ReceiptWritten):
+                    self._receipts[event.path] = ReceiptInfo(
+                        event.path, event.anchored_at, event.job.namespace, event.job.cadence,
+                        event.target, event.root, event.status,
+                    )  # fmt: skip
+                    receipts_changed = True
+                elif isinstance(event, ReceiptConfirmed) and event.path in self._receipts:
+                    old = self._receipts[event.path]
+                    self._receipts[event.path] = ReceiptInfo(
+                        old.path, old.anchored_at, old.namespace, old.cadence, old.target, old.root, "confirmed"
+                    )
+                    receipts_changed = True
+                elif isinstance(event, Paused):
+                    self.refresh_bindings()
+            if receipts_changed:
+                self._refresh_receipts()
+            if events:
+                self._refresh_views()
+            if logs:
+                self.logs.add(logs)
+
+    def _refresh_all(self) -> None:
+        with self.batch_update():
+            self._refresh_receipts()
+            self._refresh_views()
+
+    def _refresh_receipts(self) -> None:
+        if len(self._receipts) > RECEIPTS_SHOWN:
+            for path in sorted(self._receipts, key=lambda p: self._receipts[p].anchored_at)[: len(self._receipts) - RECEIPTS_SHOWN]:
+                del self._receipts[path]
+                self._verified.pop(path, None)
+        p = self._palette
+        self.receipts.show({path: receipt_row(r, self._verified.get(path, ""), p) for path, r in self._receipts.items()})
+
+    def _refresh_views(self) -> None:
+        """One snapshot of the job table -> diffed rows, backoff rows and the header."""
+        engine = self.runtime.engine
+        now = self.clock.now()
+        views = engine.views()
+        max_level = engine.policy.max_level
+        p = self._palette
+        self.jobs.show({str(v.key): job_row(v, now, max_level, engine.paused, p) for v in views})
+        backing = {str(v.key): backoff_row(v, now, max_level, p) for v in views if v.state.backoff_level > 0}
+        self.backoff.show(backing)
+        tab = self.query_one("#tab-backoff", Tab)
+        label = f"Backoff ({len(backing)})" if backing else "Backoff"
+        if str(tab.label) != label:
+            tab.label = label
+        self.header.show(self._header_text(views, now))
+
+    def _header_text(self, views: list, now: float) -> Text:
+        engine = self.runtime.engine
+        c = count(views)
+        state, why = health(
+            c, engine=self.engine_state, last_tick=engine.last_tick, started_at=engine.started_at,
+            now=now, tick=engine.tick,
+        )  # fmt: skip
+        role = {"healthy": "success", "degraded": "warning", "unhealthy": "error"}[state]
+        s = self._palette.styles
+        out = Text(no_wrap=True, overflow="ellipsis")
+        out.append("● " + state, style=f"bold {s.get(role, '')}")
+        if why:
+            out.append(f" ({why})", style=s.get(role, ""))
+        out.append(f"  up {format_seconds(max(0.0, now - engine.started_at))}")
+        out.append(f"  cfg {engine.config_hash[:8]}")
+        out.append(f"  ok {c.ok}")
+        out.append(f"  backoff {c.backing_off}", style=s.get("warning", "") if c.backing_off else "")
+        out.append(f"  in flight {c.in_flight}")
+        if engine.paused:
+            out.append("  PAUSED", style=f"bold reverse {s.get('warning', '')}")
+        if self.readonly:
+            out.append("  READONLY", style=f"bold reverse {s.get('accent', '')}")
+        if self.stopping:
+            out.append("  stopping...", style="bold")
+        return out
+
+    # ----- themes ---------------------------------------------------------------------------------
+
+    def _palette_for_theme(self) -> Palette:
+        t = self.current_theme
+        return Palette({
+            "primary": t.primary, "accent": t.accent, "success": t.success,
+            "warning": t.warning, "error": t.error,
+        })  # fmt: skip
+
+    def _on_theme_changed(self, _theme: Any) -> None:
+        self._palette = self._palette_for_theme()
+        self._refresh_all()
+
+    def action_next_theme(self) -> None:
+        names = [n for n in self._theme_names if n in self.available_themes]
+        i = names.index(self.theme) if self.theme in names else -1
+        self.theme = names[(i + 1) % len(names)]
+        self.notify(f"theme: {self.theme}", timeout=2)
+
+    # ----- selection ------------------------------------------------------------------------------
+
+    def _selected_job(self) -> JobKey | None:
+        pane = self._focused_pane_name()
+        table = self.backoff if pane == "backoff" else self.jobs
+        key = table.selected_key
+        if key is None and table is self.backoff:
+            key = self.jobs.selected_key
+        return JobKey.parse(key) if key else None
+
+    def _selected_namespace(self) -> str | None:
+        if self._focused_pane_name() == "receipts":
+            path = self.receipts.selected_key
+            if path and path in self._receipts:
+                return self._receipts[path].namespace
+        job = self._selected_job()
+        return job.namespace if job else None
+
+    # ----- actions --------------------------------------------------------------------------------
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if self.readonly and action in MUTATING:
+            return None  # shown greyed out in the footer, does nothing
+        if action == "verify":
+            return True
+        return True
+
+    def action_force(self) -> None:
+        key = self._selected_job()
+        if key is None:
+            self.notify("no job selected", severity="warning")
+            return
+        spec = self.runtime.engine.jobs.get(key)
+        if spec is None:
+            self.notify(f"{key} is no longer configured", severity="warning")
+            return
+
+        def confirmed(yes: bool | None) -> None:
+            if yes:
+                self._force([key])
+
+        self.push_screen(
+            ConfirmScreen(f"Force-anchor {key} now?", f"Target {spec.target}. Ignores due time, backoff and unchanged roots."),
+            confirmed,
+        )
+
+    def action_force_namespace(self) -> None:
+        namespace = self._selected_namespace()
+        if namespace is None:
+            self.notify("no namespace selected", severity="warning")
+            return
+        keys = [k for k in self.runtime.engine.jobs if k.namespace == namespace]
+        if not keys:
+            self.notify(f"{namespace} is no longer configured", severity="warning")
+            return
+
+        def confirmed(yes: bool | None) -> None:
+            if yes:
+                self._force(keys)
+
+        self.push_screen(
+            ConfirmScreen(
+                f"Force-anchor all of {namespace} now?",
+                f"{len(keys)} job(s): {', '.join(k.cadence for k in keys)}.",
+            ),
+            confirmed,
+        )
+
+    def _force(self, keys: list[JobKey]) -> None:
+        started = []
+        for key in keys:
+            try:
+                if self.runtime.engine.force(key):
+                    started.append(str(key))
+            except KeyError:
+                pass
+        if started:
+            self.notify(f"forced: {', '.join(started)}", timeout=4)
+        else:
+            self.notify("already in flight", severity="warning")
+
+    def action_reload(self) -> None:
+        result = self.runtime.reload()
+        if result.errors:
+            self.notify(
+                f"config reload rejected: {len(result.errors)} error(s); the previous config stays live",
+                severity="error", timeout=10,
+            )  # fmt: skip
+            self.push_screen(
+                MessageScreen("Config reload rejected: the previous config stays live", result.errors)
+            )
+        elif result.changed:
+            self.notify(f"config reloaded: {result.summary}", timeout=5)
+        else:
+            self.notify(f"config reload: {result.summary or 'no change'}", timeout=4)
+        self._refresh_views()
+
+    def action_pause(self) -> None:
+        engine = self.runtime.engine
+        if engine.paused:
+            engine.resume()
+            self.notify("scheduling resumed", timeout=3)
+        else:
+            engine.pause()
+            self.notify("scheduling paused: no new anchors until resumed (space)", timeout=4)
+        self._refresh_views()
+
+    def action_detail(self) -> None:
+        namespace = self._selected_namespace()
+        if namespace is None:
+            self.notify("no namespace selected", severity="warning")
+            return
+        engine = self.runtime.engine
+        views = [engine.view(k) for k in engine.jobs if k.namespace == namespace]
+        receipts: list[ReceiptInfo] = []
+        for v in views:
+            for path, receipt in self.runtime.receipts.for_job(namespace, v.spec.cadence, 5):
+                receipts.append(ReceiptInfo.from_file(path, receipt))
+        receipts.sort(key=lambda r: r.anchored_at, reverse=True)
+        jobs = {str(v.key) for v in views}
+        errors = [
+            r for r in self.logs.records
+            if r.level in ("WARNING", "ERROR") and str(r.fields.get("job", "")) in jobs
+        ][-10:]  # fmt: skip
+        ns_config = self.runtime.loaded.config.namespaces.get(namespace)
+        body = namespace_detail(
+            namespace, ns_config, views, receipts[:10], errors, now=self.clock.now(),
+            max_level=engine.policy.max_level, data_dir=self.logs.data_dir,
+        )  # fmt: skip
+        self.push_screen(DetailScreen(namespace, body))
+
+    def on_data_table_row_selected(self, event: DiffTable.RowSelected) -> None:
+        self.action_detail()
+
+    def action_verify(self) -> None:
+        path = self.receipts.selected_key
+        if self._focused_pane_name() != "receipts" or path is None:
+            if path is None:
+                self.notify("no receipt selected (Receipts pane, 3)", severity="warning")
+                return
+        self._verified[path] = "..."
+        self._refresh_receipts()
+        self.verify_receipt(path)
+
+    @work(group="verify", exit_on_error=False)
+    async def verify_receipt(self, path: str) -> None:
+        from core.receipts import ReceiptError, ReceiptInvalid, load_receipt, verify_receipt
+
+        name = Path(path).name
+        try:
+            receipt = load_receipt(path)
+            await verify_receipt(receipt, self.runtime.backends)
+        except (ReceiptError, ReceiptInvalid) as exc:
+            self._verified[path] = "FAIL"
+            self.notify(f"verify FAIL {name}: {exc}", severity="error", timeout=15)
+        except Exception as exc:  # a verifier bug must not kill the dashboard
+            self._verified[path] = "FAIL"
+            self.notify(f"verify FAIL {name}: {exc!r}", severity="error", timeout=15)
+        else:
+            self._verified[path] = "OK"
+            self.notify(f"verify OK {name}: audit path and attestation check out", timeout=6)
+        self._refresh_receipts()
+
+    def action_filter(self) -> None:
+        name = self._focused_pane_name()
+        self._filter_target = name
+        box = self.query_one("#filter", Input)
+        box.placeholder = f"filter {PANE_TITLES[name]} (enter keeps, esc clears)"
+        box.value = self.panes[name].body.filter_text
+        box.add_class("visible")
+        box.focus()
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        if event.input.id == "filter" and self._filter_target:
+            self.panes[self._filter_target].body.set_filter(event.value)
+            self.panes[self._filter_target].describe_filter()
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        if event.input.id == "filter":
+            self._close_filter()
+
+    def _close_filter(self) -> None:
+        box = self.query_one("#filter", Input)
+        box.remove_class("visible")
+        target = self._filter_target or self._active_pane
+        self._filter_target = None
+        self.panes[target].body.focus()
+
+    def on_diff_table_filter_changed(self, event: DiffTable.FilterChanged) -> None:
+        name = self._pane_of(event.table)
+        if name:
+            self.panes[name].describe_filter()
+
+    def on_log_view_filter_changed(self, event: LogView.FilterChanged) -> None:
+        self.panes["logs"].describe_filter()
+
+    def action_back(self) -> None:
+        box = self.query_one("#filter", Input)
+        if box.has_class("visible"):
+            target = self._filter_target
+            if target:
+                self.panes[target].body.set_filter("")
+                self.panes[target].describe_filter()
+            self._close_filter()
+            return
+        pane = self.panes[self._focused_pane_name()]
+        if pane.body.filter_text:
+            pane.body.set_filter("")
+            pane.describe_filter()
+
+    def action_help(self) -> None:
+        rows = []
+        for bid, key, action, _label, _show, text in KEYS:
+            binding_key = self._keymap_key(bid, key)
+            disabled = self.readonly and action in MUTATING
+            rows.append((self.get_key_display(Binding(binding_key, action)), text + ("  [disabled: --readonly]" if disabled else "")))
+        rows += list(PANE_KEYS_HELP)
+        notes = ["Keys can be remapped in the config: tui.keys: {action: key}, e.g. {force: x}."]
+        if self.readonly:
+            notes.append("Read-only dashboard (--readonly): force, reload and pause are disabled.")
+        self.push_screen(HelpScreen(rows, notes))
+
+    def _keymap_key(self, binding_id: str, default: str) -> str:
+        keys = self._keymap.get(binding_id)
+        return keys.split(",")[0] if keys else default
+
+    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+        yield from super().get_system_commands(screen)
+        actions = [
+            ("Force-anchor selected job", "f: anchor the selected job now", self.action_force, "force"),
+            ("Force-anchor selected namespace", "F: anchor every cadence of the namespace", self.action_force_namespace, "force_namespace"),
+            ("Reload config", "R: load the config again; errors keep the old one", self.action_reload, "reload"),
+            ("Pause / resume scheduling", "space", self.action_pause, "pause"),
+            ("Namespace detail", "enter: config, receipts, errors", self.action_detail, "detail"),
+            ("Verify selected receipt", "v: audit path and attestation", self.action_verify, "verify"),
+            ("Filter focused pane", "/", self.action_filter, "filter"),
+            ("Next theme", "t", self.action_next_theme, "next_theme"),
+            ("Help", "?: every key", self.action_help, "help"),
+        ]
+        for title, help_text, callback, action in actions:
+            if self.readonly and action in MUTATING:
+                continue
+            yield SystemCommand(title, help_text, callback)
+        for name in PANES:
+            yield SystemCommand(f"Show {PANE_TITLES[name]}", "switch pane", lambda n=name: self.action_show_pane(n))
+
+    # ----- engine lifecycle ---------------------------------------------------------------------
+
+    @work(exclusive=True, exit_on_error=False, group="engine")
+    async def run_engine(self) -> None:
+        self.engine_state = "running"
+        await self.runtime.engine.run()
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        if event.worker.group != "engine":
+            return
+        if event.state == WorkerState.RUNNING:
+            self.engine_state = "running"
+        elif event.state == WorkerState.ERROR:
+            self.engine_state = "failed"
+            error = event.worker.error
+            self.runtime.log.error("engine failed", error=repr(error))
+            self.notify(f"engine failed: {error!r}; no anchors until restart", severity="error", timeout=60)
+        elif event.state in (WorkerState.SUCCESS, WorkerState.CANCELLED):
+            self.engine_state = "stopped"
+        self._refresh_views()
+
+    def _install_signal_handlers(self) -> None:
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        for sig, reason in ((signal.SIGHUP, "terminal hung up (SIGHUP)"), (signal.SIGTERM, "SIGTERM")):
+            try:
+                loop.add_signal_handler(sig, self._on_signal, reason)
+            except (NotImplementedError, RuntimeError, ValueError):
+                pass
+
+    def _on_signal(self, reason: str) -> None:
+        self.runtime.log.warning("stopping", reason=reason)
+        self.exit_reason = reason
+        self.begin_shutdown()
+
+    async def action_quit(self) -> None:
+        in_flight = self.runtime.engine.in_flight()
+        if not in_flight or self.stopping:
+            self.begin_shutdown()
+            return
+
+        def confirmed(yes: bool | None) -> None:
+            if yes:
+                self.begin_shutdown()
+
+        self.push_screen(
+            ConfirmScreen(
+                f"{len(in_flight)} anchor(s) in flight. Quit anyway?",
+                f"They get {format_seconds(self.grace)} to finish; any still running stay in the "
+                "journal and are resolved at the next start.",
+            ),
+            confirmed,
+        )
+
+    def begin_shutdown(self) -> None:
+        if not self.stopping:
+            self.stopping = True
+            self._refresh_views()
+            self.run_worker(self._shutdown(), group="shutdown", exclusive=True, exit_on_error=False)
+
+    async def _shutdown(self) -> None:
+        try:
+            await self.runtime.engine.stop(self.grace)
+            self.stopped_cleanly = True
+            await self.runtime.close()
+        finally:
+            if self._unsubscribe is not None:
+                self._unsubscribe()
+                self._unsubscribe = None
+            self.exit(0)
+
+    def _remove_signal_handlers(self) -> None:
+        import asyncio
+
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        for sig in (signal.SIGHUP, signal.SIGTERM):
+            try:
+                loop.remove_signal_handler(sig)
+            except (NotImplementedError, RuntimeError, ValueError):
+                pass
+
+    def on_unmount(self) -> None:
+        if self.start_engine:
+            self._remove_signal_handlers()
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def run_dashboard(loaded: Any, args: argparse.Namespace, loader: Any = None) -> int:
+    """Run the dashboard until quit / SIGHUP / SIGTERM; returns the process exit code."""
+    import sys
+
+    from core.state import LockHeld
+
+    runtime = Runtime(loaded, loader=loader)
+    try:
+        app = VaultMeshApp(
+            runtime,
+            readonly=bool(getattr(args, "readonly", False)),
+            theme=getattr(args, "theme", None),
+        )
+    except ThemeError as exc:
+        print(f"vmsh-scheduler: {exc}", file=sys.stderr)
+        return 2
+    try:
+        runtime.acquire()
+    except LockHeld as exc:
+        print(f"vmsh-scheduler: {exc}", file=sys.stderr)
+        return 2
+    try:
+        app.run(mouse=not getattr(args, "no_mouse", False))
+    finally:
+        if not app.stopped_cleanly:
+            # The app ended without the orderly stop (e.g. a crash): save state at least.
+            try:
+                runtime.engine.flush()
+            except Exception as exc:
+                print(f"vmsh-scheduler: could not save state: {exc}", file=sys.stderr)
+        runtime.release()
+    if app.return_code not in (0, None):
+        return int(app.return_code or 1)
+    if app.exit_reason:
+        print(f"vmsh-scheduler: stopped: {app.exit_reason}", file=sys.stderr)
+    return 0

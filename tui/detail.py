@@ -1,0 +1,99 @@
+"""The text of the namespace detail screen, from the live config, engine and receipts."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import UTC, datetime
+
+from rich.text import Text
+
+from core.cadence import format_seconds
+from core.engine import JobView
+from core.events import LogRecord
+from tui.rows import ReceiptInfo, age, countdown, log_line, short_root
+
+
+def _heading(out: Text, title: str) -> None:
+    out.append(f"\n{title}\n", style="bold underline")
+
+
+def namespace_detail(
+    namespace: str,
+    ns_config: object | None,
+    views: list[JobView],
+    receipts: list[ReceiptInfo],
+    errors: Iterable[LogRecord],
+    *,
+    now: float,
+    max_level: int,
+    data_dir: str = "",
+) -> Text:
+    out = Text()
+    description = getattr(ns_config, "description", "") or ""
+    out.append(namespace, style="bold")
+    if description:
+        out.append(f"  {description}")
+    out.append("\n")
+
+    _heading(out, "Cadences")
+    for v in views:
+        s, st = v.spec, v.state
+        extras = []
+        if s.confirmations:
+            extras.append(f"confirmations {s.confirmations}")
+        if s.policy_oid:
+            extras.append(f"policyOID {s.policy_oid}")
+        if s.anchor_unchanged:
+            extras.append("anchor_unchanged")
+        out.append(f"  {s.cadence:<7}", style="bold")
+        out.append(f"{s.target:<16} every {format_seconds(s.every):<7} ")
+        last = None if st.last_anchored_at is None else now - st.last_anchored_at
+        out.append(f"last {age(last):<7} ")
+        nxt = "-" if v.due_at is None else countdown(v.due_at - now)
+        out.append(f"next {nxt:<7} {v.status}")
+        if st.backoff_level:
+            out.append(f"  backoff {st.backoff_level}/{max_level}", style="bold")
+        if extras:
+            out.append("\n           " + ", ".join(extras), style="dim")
+        out.append("\n")
+    if not views:
+        out.append("  (no jobs: removed from the config?)\n", style="dim")
+
+    witnesses = getattr(ns_config, "witnesses", None)
+    _heading(out, "Witnesses")
+    if witnesses is not None and (witnesses.allowlist or witnesses.min_required):
+        out.append(f"  min required: {witnesses.min_required}\n")
+        for w in witnesses.allowlist:
+            out.append(f"  - {w}\n")
+    else:
+        out.append("  (none)\n", style="dim")
+
+    policy = getattr(ns_config, "schema_policy", None)
+    _heading(out, "Schema policy")
+    if policy is not None and policy.allow:
+        for item in policy.allow:
+            out.append(f"  allow {item}\n")
+    else:
+        out.append("  (none)\n", style="dim")
+
+    _heading(out, "Recent receipts")
+    for r in receipts:
+        when = datetime.fromtimestamp(r.anchored_at, UTC).strftime("%Y-%m-%d %H:%M:%S") if r.anchored_at else "?"
+        out.append(f"  {when}  {r.cadence:<7} {r.target:<14} {short_root(r.root)}  {r.status}\n")
+        if r.error:
+            out.append(f"    {r.error}\n", style="red")
+    if not receipts:
+        out.append("  (none yet)\n", style="dim")
+
+    _heading(out, "Recent errors")
+    shown = 0
+    for v in views:
+        if v.state.last_error:
+            out.append(f"  {v.key}: [{v.state.last_error_kind}] {v.state.last_error}\n", style="red")
+            shown += 1
+    for record in errors:
+        out.append(f"  {log_line(record, data_dir)}\n")
+        shown += 1
+    if not shown:
+        out.append("  (none)\n", style="dim")
+    return out

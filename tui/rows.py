@@ -1,0 +1,285 @@
+"""Pure functions from engine snapshots to table rows, health and log lines.
+
+Everything here is a function of its arguments (the clock's `now` is passed in), so the
+dashboard's text is deterministic under a FakeClock and these rules are table-testable.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from rich.text import Text
+
+from core.cadence import CADENCES, format_seconds
+from core.engine import JobView
+from core.events import LogRecord
+
+# Styles are theme roles, resolved to Rich colours by `Palette` (so the ANSI theme gets
+# ANSI colours and a light theme gets readable ones).
+STATUS_ROLE = {
+    "ok": "success",
+    "due": "accent",
+    "anchoring": "primary",
+    "backing_off": "warning",
+    "stale": "warning",
+    "paused": "muted",
+    "error": "error",
+}
+STATUS_TEXT = {"backing_off": "backing off"}
+
+
+@dataclass(frozen=True, slots=True)
+class Cell:
+    """A table cell: what is shown, what it sorts by, and its theme role."""
+
+    text: str
+    sort: Any = None
+    role: str = ""
+    style: str = ""  # the resolved Rich style; part of equality so a theme change re-renders
+
+    def __rich__(self) -> Text:
+        return Text(self.text, style=self.style, no_wrap=True, overflow="ellipsis")
+
+
+class Palette:
+    """Theme roles -> Rich style strings, from a textual Theme's colours."""
+
+    def __init__(self, colors: Mapping[str, str | None] | None = None) -> None:
+        self.styles: dict[str, str] = {"muted": "dim", "": ""}
+        for role, value in (colors or {}).items():
+            self.styles[role] = _rich_color(value)
+
+    def cell(self, text: str, sort: Any = None, role: str = "") -> Cell:
+        return Cell(text, text if sort is None else sort, role, self.styles.get(role, ""))
+
+
+def _rich_color(value: str | None) -> str:
+    if not value:
+        return ""
+    if value.startswith("ansi_"):
+        name = value.removeprefix("ansi_")
+        return "" if name == "default" else name
+    return value
+
+
+def age(seconds: float | None) -> str:
+    if seconds is None:
+        return "never"
+    return format_seconds(max(0.0, seconds))
+
+
+def countdown(seconds: float) -> str:
+    return "now" if seconds <= 0.5 else format_seconds(seconds)
+
+
+# --------------------------------------------------------------------------- jobs
+
+JOB_COLUMNS = (
+    ("namespace", "Namespace", None),
+    ("cadence", "Cad.", 6),
+    ("target", "Target", None),
+    ("every", "Every", 5),
+    ("last", "Last", 6),
+    ("next", "Next", 6),
+    ("backoff", "Backoff", 8),
+    ("status", "Status", 11),
+)
+_CADENCE_ORDER = {name: n for n, name in enumerate(CADENCES)}
+_INF = float("inf")
+
+
+def job_row(view: JobView, now: float, max_level: int, paused: bool, p: Palette) -> tuple[Cell, ...]:
+    spec, state = view.spec, view.state
+    last = None if state.last_anchored_at is None else now - state.last_anchored_at
+    if view.in_flight:
+        nxt, nxt_sort = "...", -1.0
+    elif paused and not state.failures:
+        nxt, nxt_sort = "paused", _INF
+    elif view.due_at is None:
+        nxt, nxt_sort = "-", _INF
+    else:
+        nxt, nxt_sort = countdown(view.due_at - now), view.due_at
+    if state.backoff_level:
+        retry = "" if state.next_attempt is None else " " + countdown(state.next_attempt - now)
+        backoff = f"{state.backoff_level}/{max_level}{retry}"
+    else:
+        backoff = "-"
+    status = view.status
+    return (
+        p.cell(spec.namespace),
+        p.cell(spec.cadence, (_CADENCE_ORDER.get(spec.cadence, 9), spec.cadence)),
+        p.cell(spec.target),
+        p.cell(format_seconds(spec.every), spec.every),
+        p.cell(age(last), _INF if last is None else last, "muted" if last is None else ""),
+        p.cell(nxt, nxt_sort),
+        p.cell(backoff, state.backoff_level, "warning" if state.backoff_level else "muted"),
+        p.cell(STATUS_TEXT.get(status, status), status, STATUS_ROLE.get(status, "")),
+    )
+
+
+BACKOFF_COLUMNS = (
+    ("job", "Job", None),
+    ("level", "Level", 6),
+    ("kind", "Kind", 10),
+    ("retry", "Retry", 6),
+    ("error", "Last error", None),
+)
+
+
+def backoff_row(view: JobView, now: float, max_level: int, p: Palette) -> tuple[Cell, ...]:
+    state = view.state
+    retry = "-" if state.next_attempt is None else countdown(state.next_attempt - now)
+    return (
+        p.cell(str(view.key)),
+        p.cell(f"{state.backoff_level}/{max_level}", state.backoff_level, "warning"),
+        p.cell(state.last_error_kind or "-"),
+        p.cell(retry, state.next_attempt or _INF),
+        p.cell((state.last_error or "").replace("\n", " "), role="error"),
+    )
+
+
+# --------------------------------------------------------------------------- receipts
+
+RECEIPT_COLUMNS = (
+    ("time", "Time", 8),
+    ("namespace", "Namespace", None),
+    ("cadence", "Cad.", 6),
+    ("target", "Target", None),
+    ("root", "Root", 10),
+    ("status", "Status", 9),
+    ("verified", "Verified", 8),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiptInfo:
+    """What the Receipts pane shows of one receipt file."""
+
+    path: str
+    anchored_at: float
+    namespace: str
+    cadence: str
+    target: str
+    root: str
+    status: str
+    error: str | None = None
+
+    @classmethod
+    def from_file(cls, path: Path, receipt: dict[str, Any]) -> ReceiptInfo:
+        if "error" in receipt:
+            return cls(str(path), 0.0, path.parent.name, "?", "?", "", "unreadable", receipt["error"])
+        try:
+            at = datetime.fromisoformat(str(receipt.get("anchored_at")).replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            at = 0.0
+        batch = receipt.get("batch") if isinstance(receipt.get("batch"), dict) else {}
+        return cls(
+            str(path), at, str(receipt.get("namespace", "?")), str(receipt.get("cadence", "?")),
+            str(receipt.get("target", "?")), str(batch.get("root", "")), str(receipt.get("status", "?")),
+        )  # fmt: skip
+
+
+def short_root(root: str) -> str:
+    return root.removeprefix("sha256:")[:10] or "-"
+
+
+VERIFY_ROLE = {"OK": "success", "FAIL": "error", "...": "primary"}
+
+
+def receipt_row(info: ReceiptInfo, verified: str, p: Palette) -> tuple[Cell, ...]:
+    when = datetime.fromtimestamp(info.anchored_at, UTC).strftime("%H:%M:%S") if info.anchored_at else "?"
+    status_role = {"confirmed": "success", "pending": "warning", "unreadable": "error"}.get(info.status, "")
+    return (
+        p.cell(when, info.anchored_at),
+        p.cell(info.namespace),
+        p.cell(info.cadence, (_CADENCE_ORDER.get(info.cadence, 9), info.cadence)),
+        p.cell(info.target),
+        p.cell(short_root(info.root)),
+        p.cell(info.status, role=status_role),
+        p.cell(verified or "-", role=VERIFY_ROLE.get(verified, "muted")),
+    )
+
+
+# --------------------------------------------------------------------------- health
+
+
+@dataclass(frozen=True, slots=True)
+class Counts:
+    ok: int
+    backing_off: int
+    in_flight: int
+    stale: int
+    error: int
+    total: int
+
+
+def count(views: Iterable[JobView]) -> Counts:
+    ok = backing = flight = stale = error = total = 0
+    for v in views:
+        total += 1
+        if v.in_flight:
+            flight += 1
+        if v.status == "backing_off":
+            backing += 1
+        elif v.status == "stale":
+            stale += 1
+        elif v.status == "error":
+            error += 1
+        elif v.status in ("ok", "due", "paused", "anchoring"):
+            ok += 1
+    return Counts(ok, backing, flight, stale, error, total)
+
+
+def health(
+    counts: Counts, *, engine: str, last_tick: float | None, started_at: float, now: float, tick: float
+) -> tuple[str, str]:
+    """(healthy|degraded|unhealthy, why). `engine` is running | stopped | failed | off.
+
+    The engine wakes at least every `tick` seconds, so no tick for several ticks (and at
+    least half a minute, for slow hosts) means its loop is stuck.
+    """
+    if engine in ("stopped", "failed"):
+        return "unhealthy", f"engine {engine}"
+    if engine == "running":
+        since = now - (last_tick if last_tick is not None else started_at)
+        if since > max(5 * tick, 30.0):
+            return "unhealthy", f"no tick for {format_seconds(since)}"
+    if counts.error:
+        return "degraded", f"{counts.error} in error"
+    if counts.backing_off:
+        return "degraded", f"{counts.backing_off} backing off"
+    if counts.stale:
+        return "degraded", f"{counts.stale} stale"
+    return "healthy", ""
+
+
+# --------------------------------------------------------------------------- logs
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+LEVEL_RANK = {name: n for n, name in enumerate(LOG_LEVELS)}
+
+
+_HEX = re.compile(r"(sha256:)?([0-9a-f]{64})")
+
+
+def _abbreviate(text: str) -> str:
+    """Full digests are in the JSON log; the pane shows their first 12 hex digits."""
+    return _HEX.sub(lambda m: (m.group(1) or "") + m.group(2)[:12] + "…", text)
+
+
+def log_line(record: LogRecord, data_dir: str = "") -> str:
+    """`HH:MM:SS LEVEL msg key=value ...`; paths under the data dir are shown relative to it."""
+    when = datetime.fromtimestamp(record.at, UTC).strftime("%H:%M:%S")
+    parts = [when, f"{record.level:<7}", record.msg]
+    for key, value in record.fields.items():
+        text = value if isinstance(value, str) else json.dumps(value, default=str, ensure_ascii=False)
+        if data_dir and data_dir in text:
+            text = text.replace(data_dir + "/", "").replace(data_dir, ".")
+        parts.append(f"{key}={_abbreviate(text)}")
+    return " ".join(parts).replace("\n", " ")

@@ -1,0 +1,254 @@
+"""The dashboard's panes: tables diffed by row key, a bounded log, the one-line header."""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable, Mapping
+
+from rich.cells import cell_len
+from rich.text import Text
+from textual.binding import Binding
+from textual.containers import Vertical
+from textual.message import Message
+from textual.widgets import DataTable, Log, Static
+from textual.widgets.data_table import ColumnKey, RowKey
+
+from core.events import LogRecord
+from tui.rows import LEVEL_RANK, LOG_LEVELS, Cell, log_line
+
+Columns = tuple[tuple[str, str, int | None], ...]
+
+
+class DiffTable(DataTable):
+    """A DataTable fed whole snapshots (`show`) or single rows (`put`/`drop`).
+
+    Rows are diffed by key: new keys are added, gone keys removed, and only the cells
+    whose value changed are updated; the table is never cleared and rebuilt. A filter
+    hides rows by removing them from the table (they stay in `all_rows`).
+    """
+
+    BINDINGS = [
+        Binding("j", "cursor_down", "Down", show=False),
+        Binding("k", "cursor_up", "Up", show=False),
+        Binding("s", "cycle_sort", "Sort", id="sort"),
+        Binding("S", "reverse_sort", "Reverse sort", show=False, id="reverse_sort"),
+    ]
+
+    class FilterChanged(Message):
+        def __init__(self, table: DiffTable) -> None:
+            super().__init__()
+            self.table = table
+
+    def __init__(
+        self, columns: Columns, *, id: str | None = None, sort_index: int = 0, sort_reverse: bool = False
+    ) -> None:
+        super().__init__(id=id, cursor_type="row", zebra_stripes=False)
+        self.column_spec = columns
+        self.all_rows: dict[str, tuple[Cell, ...]] = {}
+        self._shown: dict[str, tuple[Cell, ...]] = {}
+        self.filter_text = ""
+        self.sort_index = sort_index
+        self.sort_reverse = sort_reverse
+        for key, label, width in columns:
+            self.add_column(label, key=key, width=width)
+        self._update_sort_labels()
+
+    # ---- data in
+
+    def show(self, rows: Mapping[str, tuple[Cell, ...]]) -> None:
+        """Make the table show exactly `rows` (minus the filtered-out ones)."""
+        self.all_rows = dict(rows)
+        self._sync()
+
+    def put(self, key: str, row: tuple[Cell, ...], *, limit: int | None = None) -> None:
+        self.all_rows[key] = row
+        if limit is not None and len(self.all_rows) > limit:
+            oldest = sorted(self.all_rows, key=lambda k: self.all_rows[k][0].sort)[: len(self.all_rows) - limit]
+            for k in oldest:
+                del self.all_rows[k]
+        self._sync()
+
+    def _match(self, row: tuple[Cell, ...]) -> bool:
+        needle = self.filter_text.lower()
+        return not needle or any(needle in cell.text.lower() for cell in row)
+
+    def _sync(self) -> None:
+        wanted = {k: r for k, r in self.all_rows.items() if self._match(r)}
+        resort = False
+        for key in [k for k in self._shown if k not in wanted]:
+            self.remove_row(key)
+            del self._shown[key]
+        columns = [c[0] for c in self.column_spec]
+        for key, row in wanted.items():
+            old = self._shown.get(key)
+            if old is None:
+                self.add_row(*row, key=key)
+                self._widen(row)
+                resort = True
+            elif old != row:
+                for index, (before, after) in enumerate(zip(old, row, strict=True)):
+                    if before != after:
+                        self.update_cell(key, columns[index], after)
+                        resort = resort or (index == self.sort_index and before.sort != after.sort)
+            self._shown[key] = row
+        if resort:
+            self._sort()
+
+    def _widen(self, row: tuple[Cell, ...]) -> None:
+        # DataTable measures new rows on idle but keeps rows it already rendered at the
+        # old width; sizing auto-width columns here makes the first render right.
+        for (key, _, width), cell in zip(self.column_spec, row, strict=True):
+            if width is None:
+                column = self.columns[ColumnKey(key)]
+                column.content_width = max(column.content_width, cell_len(cell.text))
+
+    # ---- sorting and filtering
+
+    def _sort(self) -> None:
+        selected = self.selected_key
+        i = self.sort_index
+        self.sort(key=lambda row: (row[i].sort, row[0].sort, row[1].sort), reverse=self.sort_reverse)
+        if selected is not None and selected in self._shown:
+            self.move_cursor(row=self.get_row_index(selected), animate=False)
+
+    def _update_sort_labels(self) -> None:
+        arrow = " v" if self.sort_reverse else " ^"
+        for index, (key, label, _) in enumerate(self.column_spec):
+            column = self.columns.get(key)  # type: ignore[call-overload]
+            if column is not None:
+                column.label = Text(label + (arrow if index == self.sort_index else ""))
+        if self.is_mounted:
+            self.refresh()
+
+    def action_cycle_sort(self) -> None:
+        self.sort_index = (self.sort_index + 1) % len(self.column_spec)
+        self._update_sort_labels()
+        self._sort()
+        self.notify(f"sorted by {self.column_spec[self.sort_index][1]}", timeout=2)
+
+    def action_reverse_sort(self) -> None:
+        self.sort_reverse = not self.sort_reverse
+        self._update_sort_labels()
+        self._sort()
+
+    def set_filter(self, text: str) -> None:
+        if text != self.filter_text:
+            self.filter_text = text
+            self._sync()
+            self.post_message(self.FilterChanged(self))
+
+    @property
+    def selected_key(self) -> str | None:
+        if not self.row_count:
+            return None
+        try:
+            key: RowKey | None = self.coordinate_to_cell_key(self.cursor_coordinate).row_key
+        except Exception:
+            return None
+        return None if key is None else key.value
+
+    @property
+    def shown_keys(self) -> list[str]:
+        """Row keys in display order (what the operator sees, top to bottom)."""
+        return [row.key.value for row in self.ordered_rows if row.key.value is not None]
+
+
+class LogView(Log):
+    """The Logs pane's text area: a bounded buffer, a level filter, a text search, follow."""
+
+    BINDINGS = [
+        Binding("j", "scroll_down", "Down", show=False),
+        Binding("k", "scroll_up", "Up", show=False),
+        Binding("l", "cycle_level", "Level", id="log_level"),
+        Binding("p", "toggle_follow", "Follow", id="log_follow"),
+        Binding("G", "follow", "End", show=False),
+    ]
+
+    class FilterChanged(Message):
+        def __init__(self, view: LogView) -> None:
+            super().__init__()
+            self.view = view
+
+    def __init__(self, *, max_lines: int = 5000, data_dir: str = "", id: str | None = None) -> None:
+        super().__init__(max_lines=max_lines, auto_scroll=True, id=id)
+        self.records: deque[LogRecord] = deque(maxlen=max_lines)
+        self.data_dir = data_dir
+        self.filter_text = ""
+        self.min_level = "DEBUG"
+
+    def _match(self, record: LogRecord, line: str) -> bool:
+        if LEVEL_RANK.get(record.level, 1) < LEVEL_RANK[self.min_level]:
+            return False
+        return not self.filter_text or self.filter_text.lower() in line.lower()
+
+    def add(self, records: Iterable[LogRecord]) -> None:
+        records = list(records)[-self.records.maxlen :]  # type: ignore[misc]
+        self.records.extend(records)
+        lines = [line for r in records if self._match(r, line := log_line(r, self.data_dir))]
+        if lines:
+            self.write_lines(lines)
+
+    def _rerender(self) -> None:
+        self.clear()
+        lines = [line for r in self.records if self._match(r, line := log_line(r, self.data_dir))]
+        if lines:
+            self.write_lines(lines)
+        self.post_message(self.FilterChanged(self))
+
+    def set_filter(self, text: str) -> None:
+        if text != self.filter_text:
+            self.filter_text = text
+            self._rerender()
+
+    def action_cycle_level(self) -> None:
+        self.min_level = LOG_LEVELS[(LOG_LEVELS.index(self.min_level) + 1) % len(LOG_LEVELS)]
+        self._rerender()
+        self.notify(f"logs: {self.min_level} and above", timeout=2)
+
+    def action_toggle_follow(self) -> None:
+        self.auto_scroll = not self.auto_scroll
+        if self.auto_scroll:
+            self.scroll_end(animate=False)
+        self.post_message(self.FilterChanged(self))
+        self.notify("logs: following" if self.auto_scroll else "logs: follow paused", timeout=2)
+
+    def action_follow(self) -> None:
+        self.auto_scroll = True
+        self.scroll_end(animate=False)
+        self.post_message(self.FilterChanged(self))
+
+
+class Pane(Vertical):
+    """A titled, bordered box around one table or the log; the unit the tabs switch between."""
+
+    def __init__(self, title: str, body: DiffTable | LogView, *, id: str) -> None:
+        super().__init__(body, id=id, classes="pane")
+        self.title = title
+        self.body = body
+        self.border_title = title
+
+    def describe_filter(self) -> None:
+        """Show the active filter (and for logs, level and follow) under the pane."""
+        body = self.body
+        parts = []
+        if body.filter_text:
+            parts.append(f"/{body.filter_text}")
+        if isinstance(body, LogView):
+            if body.min_level != "DEBUG":
+                parts.append(f"{body.min_level}+")
+            if not body.auto_scroll:
+                parts.append("follow paused")
+        self.border_subtitle = "  ".join(parts) if parts else None
+
+
+class HeaderBar(Static):
+    """One line: health, uptime, config hash, job counts, PAUSED and READONLY badges."""
+
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__("", id=id, markup=False)
+        self._last: Text | None = None
+
+    def show(self, text: Text) -> None:
+        if self._last is None or text != self._last:
+            self._last = text
+            self.update(text)
