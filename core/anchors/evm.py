@@ -22,12 +22,14 @@ groups never take the same nonce:
    nothing is signed;
 3. gas: `gas_limit` if set, else `eth_estimateGas` + 20 %; a balance below gas * maxFee is
    a ValidationError naming the account (never the key);
-4. nonce: max(node's pending nonce, the local next nonce persisted under
-   `<data_dir>/evm/<chainId>-<address>.json`), so a lagging node or a restart never
-   reuses one;
+4. nonce: the node's pending nonce, moved past our own transactions that the node still
+   has, from the record of sent transactions ({nonce: tx_hash}) persisted under
+   `<data_dir>/evm/<chainId>-<address>.json`: a restart or a lagging node never reuses a
+   nonce, and a reorg that drops one of ours never leaves a gap that wedges the signer
+   (a plain max(node, local counter) would; see `_next_nonce`);
 5. sign, then `note({"tx_hash", "raw_tx", "nonce", "from"})` — durable in the intent
-   journal — and only then `eth_sendRawTransaction`; the local next nonce is saved once
-   the node accepted the transaction (a rejected send leaves it unchanged: no gap).
+   journal — and only then `eth_sendRawTransaction`; the sent record is saved once the
+   node accepted the transaction (a rejected send records nothing: no gap).
 
 Then it waits for the transaction's receipt (`receipt_timeout`, default 120 s) and
 returns an Attestation with status "pending" and the observed depth; the confirmation
@@ -165,7 +167,7 @@ class _RpcError(Exception):
 
 
 class _Outstanding:
-    """Per-sender durable state: the next nonce, and transactions sent but not yet mined."""
+    """Per-sender durable state: {"sent": {nonce: tx_hash}, "outstanding": {digest hex: facts}}."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -174,12 +176,12 @@ class _Outstanding:
         try:
             doc = json.loads(self.path.read_text())
         except FileNotFoundError:
-            return {"next_nonce": 0, "outstanding": {}}
+            return {"sent": {}, "outstanding": {}}
         except (OSError, ValueError) as exc:
             raise ValidationError(f"{self.path}: unreadable nonce file: {exc}") from None
         if not isinstance(doc, dict):
             raise ValidationError(f"{self.path}: nonce file must be a JSON object")
-        doc.setdefault("next_nonce", 0)
+        doc.setdefault("sent", {})
         doc.setdefault("outstanding", {})
         return doc
 
@@ -423,8 +425,7 @@ class EVMBackend:
                     f"({gas} gas at {price / GWEI:.3f} gwei)"
                 )
             doc = store.load()
-            node_nonce = _qty(await self._call("eth_getTransactionCount", account.address, "pending"))
-            nonce = max(node_nonce, int(doc.get("next_nonce", 0)))
+            nonce = await self._next_nonce(doc)
             tx: dict[str, Any] = {
                 "chainId": self.chain_id,
                 "nonce": nonce,
@@ -449,7 +450,7 @@ class EVMBackend:
             if os.environ.get(CRASH_HOOK) == "1":
                 os._exit(137)  # test hook (module docstring): die between send and receipt
             doc = store.load()
-            doc["next_nonce"] = max(int(doc.get("next_nonce", 0)), nonce + 1)
+            doc["sent"][str(nonce)] = facts["tx_hash"]
             doc["outstanding"][digest.hex()] = facts
             store.save(doc)
         attestation = await self._resume(facts, wait=True)
@@ -458,6 +459,25 @@ class EVMBackend:
             raise NetworkError(f"{self.target}: transaction {facts['tx_hash']} was replaced before it was mined")
         await self._forget(digest)
         return attestation
+
+    async def _next_nonce(self, doc: dict[str, Any]) -> int:
+        """The node's pending nonce, moved past our own transactions that the node still has.
+
+        `doc["sent"]` ({nonce: tx_hash}, persisted) is the local record that survives
+        restarts: a node that lags (or, like ganache with its miner stopped, counts only
+        mined transactions) would hand out a nonce we already used. A plain
+        max(node, local counter) would instead wedge the signer forever after a reorg that
+        drops one of our transactions (every later nonce waits behind the gap); walking
+        our record reuses exactly the dropped nonce. Entries below the mined count go.
+        """
+        sent: dict[str, str] = doc["sent"]
+        mined = _qty(await self._call("eth_getTransactionCount", self.address, "latest"))
+        for n in [n for n in sent if int(n) < mined]:
+            del sent[n]
+        nonce = max(mined, _qty(await self._call("eth_getTransactionCount", self.address, "pending")))
+        while str(nonce) in sent and await self._call("eth_getTransactionByHash", sent[str(nonce)]) is not None:
+            nonce += 1
+        return nonce
 
     async def _send(self, raw_tx: str, tx_hash: str) -> None:
         try:
