@@ -311,3 +311,14 @@ async def test_attempts_are_counted_per_job_of_an_aggregated_group(stack):
         for labels in [dict(lbl)] for _ in range(int(v))
     )
     assert counts == {"a": 1, "b": 1, "c": 1}
+
+
+async def test_a_stopped_engine_is_unhealthy_at_once(stack):
+    s = await stack({"a": {"fast": "10s"}})
+    await s.anchor_pass()
+    assert (await s.health())[0] == 200
+    await s.engine.stop(grace=1.0)
+    code, body = await s.health()
+    assert (code, body["status"], body["reason"]) == (503, "unhealthy", "engine stopped")
+    assert (await s.client.get("/livez")).status_code == 503
+    assert (await s.client.get("/readyz")).status_code == 503
