@@ -176,6 +176,43 @@ class TuiSettings(_Model):
     keys: dict[str, str] = Field(default_factory=dict, description="action -> key")
 
 
+# -- CloudEvents (optional): see core/observe/cloudevents.py
+
+CLOUDEVENT_TYPES = ("anchor.succeeded", "anchor.failed", "receipt.confirmed", "config.reloaded")
+
+
+class CloudEventsHttp(_Model):
+    """POST each event in structured mode (application/cloudevents+json) to ``url``."""
+
+    url: str
+    timeout: float = Field(5.0, gt=0, description="seconds per request")
+    max_queue: int = Field(1000, ge=1, description="events held while the receiver is slow; more are dropped")
+    retries: int = Field(3, ge=0, le=20, description="extra attempts per event, with exponential backoff")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not re.match(r"^https?://[^\s/]+", value):
+            raise PydanticCustomError("url", "cloudevents.http.url must be an http:// or https:// URL", {})
+        return value
+
+
+class CloudEventsSettings(_Model):
+    """``cloudevents:`` — emit anchor/receipt/reload events as CloudEvents 1.0 JSON.
+
+    Either sink or both: ``http`` (a receiver URL) and ``file`` (JSON lines, appended).
+    ``source`` is the CloudEvents ``source`` attribute (a URI-reference); ``types`` the
+    events to emit (default: all of CLOUDEVENT_TYPES).
+    """
+
+    http: CloudEventsHttp | None = None
+    file: OptPath = None
+    source: str = Field("/vaultmesh/scheduler", min_length=1, pattern=r"^\S+$")
+    types: list[Literal["anchor.succeeded", "anchor.failed", "receipt.confirmed", "config.reloaded"]] = Field(
+        default_factory=lambda: list(CLOUDEVENT_TYPES)
+    )
+
+
 # -- target settings, one model per scheme (VaultMesh camelCase and snake_case both work)
 
 
@@ -329,6 +366,7 @@ class Config(_Model):
     http: HttpSettings = Field(default_factory=HttpSettings)
     log: LogSettings = Field(default_factory=LogSettings)
     tui: TuiSettings = Field(default_factory=TuiSettings)
+    cloudevents: CloudEventsSettings | None = None
     targets: Targets = Field(default_factory=Targets)
     namespaces: dict[str, Namespace] = Field(default_factory=dict)
     namespaces_file: OptPath = None
