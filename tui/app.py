@@ -384,7 +384,7 @@ class VaultMeshApp(App[int]):
         max_level = engine.policy.max_level
         p = self._palette
         self.jobs.show({str(v.key): job_row(v, now, max_level, engine.paused, p) for v in views})
-        backing = {str(v.key): backoff_row(v, now, max_level, p) for v in views if v.state.backoff_level > 0}
+        backing = {str(v.key): backoff_row(v, now, max_level, p, self.logs.data_dir) for v in views if v.state.backoff_level > 0}
         self.backoff.show(backing)
         tab = self.query_one("#tab-backoff", Tab)
         label = f"Backoff ({len(backing)})" if backing else "Backoff"

@@ -10,7 +10,7 @@ from rich.text import Text
 from core.cadence import format_seconds
 from core.engine import JobView
 from core.events import LogRecord
-from tui.rows import ReceiptInfo, age, countdown, log_line, short_root
+from tui.rows import ReceiptInfo, age, countdown, log_line, relative, short_root
 
 
 def _heading(out: Text, title: str) -> None:
@@ -89,7 +89,8 @@ def namespace_detail(
     shown = 0
     for v in views:
         if v.state.last_error:
-            out.append(f"  {v.key}: [{v.state.last_error_kind}] {v.state.last_error}\n", style="red")
+            message = relative(v.state.last_error, data_dir)
+            out.append(f"  {v.key}: [{v.state.last_error_kind}] {message}\n", style="red")
             shown += 1
     for record in errors:
         out.append(f"  {log_line(record, data_dir)}\n")

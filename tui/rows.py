@@ -132,7 +132,16 @@ BACKOFF_COLUMNS = (
 )
 
 
-def backoff_row(view: JobView, now: float, max_level: int, p: Palette) -> tuple[Cell, ...]:
+def relative(text: str, data_dir: str) -> str:
+    """Paths under the data dir shown relative to it: shorter, and the same on every host."""
+    if data_dir and data_dir in text:
+        return text.replace(data_dir + "/", "").replace(data_dir, ".")
+    return text
+
+
+def backoff_row(
+    view: JobView, now: float, max_level: int, p: Palette, data_dir: str = ""
+) -> tuple[Cell, ...]:
     state = view.state
     retry = "-" if state.next_attempt is None else countdown(state.next_attempt - now)
     return (
@@ -140,7 +149,7 @@ def backoff_row(view: JobView, now: float, max_level: int, p: Palette) -> tuple[
         p.cell(f"{state.backoff_level}/{max_level}", state.backoff_level, "warning"),
         p.cell(state.last_error_kind or "-"),
         p.cell(retry, state.next_attempt or _INF),
-        p.cell((state.last_error or "").replace("\n", " "), role="error"),
+        p.cell(relative(state.last_error or "", data_dir).replace("\n", " "), role="error"),
     )
 
 
@@ -279,7 +288,6 @@ def log_line(record: LogRecord, data_dir: str = "") -> str:
     parts = [when, f"{record.level:<7}", record.msg]
     for key, value in record.fields.items():
         text = value if isinstance(value, str) else json.dumps(value, default=str, ensure_ascii=False)
-        if data_dir and data_dir in text:
-            text = text.replace(data_dir + "/", "").replace(data_dir, ".")
+        text = relative(text, data_dir)
         parts.append(f"{key}={_abbreviate(text)}")
     return " ".join(parts).replace("\n", " ")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import random
 from pathlib import Path
 
 import pytest
@@ -23,7 +25,13 @@ NAMESPACES = {
 
 
 def root(n: int) -> str:
-    return "sha256:" + f"{n:064x}"
+    return "sha256:" + hashlib.sha256(f"batch-{n}".encode()).hexdigest()
+
+
+def screen_text(app) -> str:
+    """The characters on the app's screen, as an operator would read them."""
+    strips = app.screen._compositor.render_strips()
+    return "\n".join("".join(segment.text for segment in strip) for strip in strips)
 
 
 def config_text(namespaces: dict[str, dict[str, str]], *, extra: str = "") -> str:
@@ -53,28 +61,32 @@ def config_text(namespaces: dict[str, dict[str, str]], *, extra: str = "") -> st
 class World:
     """A config file, its batches, and a Runtime on a FakeClock, like `make run` but in tmp."""
 
-    def __init__(self, tmp: Path, namespaces=None, extra: str = "") -> None:
+    def __init__(self, tmp: Path, namespaces=None, extra: str = "", no_batches=()) -> None:
         self.tmp = tmp
         self.clock = FakeClock()
         self.config_path = tmp / "config.yaml"
-        self.write_config(namespaces or NAMESPACES, extra=extra)
-        self.runtime = Runtime(self.load(), loader=self.load, clock=self.clock)
+        self.write_config(namespaces or NAMESPACES, extra=extra, no_batches=no_batches)
+        self.runtime = Runtime(self.load(), loader=self.load, clock=self.clock, rng=random.Random(7))
 
-    def write_config(self, namespaces, *, extra: str = "") -> None:
+    def write_config(self, namespaces, *, extra: str = "", no_batches=()) -> None:
         self.config_path.write_text(config_text(namespaces, extra=extra))
         for n, ns in enumerate(namespaces, 1):
             folder = self.tmp / "data" / "batches" / safe_name(ns)
-            if not folder.exists():
+            if not folder.exists() and ns not in no_batches:
                 write_batch(folder, f"{n:06d}", root(n))
 
     def load(self):
         return load_config(self.config_path, env={}, cwd=self.tmp)
+
+    def receipt_count(self) -> int:
+        return len(self.runtime.receipts.all_paths())
 
     def app(self, **kw):
         from tui.app import VaultMeshApp
 
         kw.setdefault("start_engine", False)
         kw.setdefault("env", {"COLORTERM": "truecolor"})
+        kw.setdefault("grace", 2.0)
         return VaultMeshApp(self.runtime, self.clock, **kw)
 
 
