@@ -29,7 +29,8 @@ groups never take the same nonce:
    (a plain max(node, local counter) would; see `_next_nonce`);
 5. sign, then `note({"tx_hash", "raw_tx", "nonce", "from"})` — durable in the intent
    journal — and only then `eth_sendRawTransaction`; the sent record is saved once the
-   node accepted the transaction (a rejected send records nothing: no gap).
+   node accepted the transaction (a rejected send records nothing: no gap; a send whose
+   answer was lost is recorded as outstanding, so the retry looks it up first).
 
 Then it waits for the transaction's receipt (`receipt_timeout`, default 120 s) and
 returns an Attestation with status "pending" and the observed depth; the confirmation
@@ -62,6 +63,7 @@ import asyncio
 import inspect
 import json
 import os
+import weakref
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -84,9 +86,11 @@ DEFAULT_TIP = 1 * GWEI  # when the node has no eth_maxPriorityFeePerGas
 GAS_MARGIN = 1.2
 CRASH_HOOK = "VMSH_TEST_CRASH_AFTER_SEND"
 
-# One lock per (chain id, sender) for the whole process: backends are rebuilt on reload,
-# the lock must outlive them.
-_sender_locks: dict[tuple[int, str], asyncio.Lock] = {}
+# One lock per (chain id, sender) per event loop: backends are rebuilt on reload, the lock
+# must outlive them (an asyncio.Lock belongs to one loop; tests run many loops).
+_sender_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[int, str], asyncio.Lock]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 # --------------------------------------------------------------------------- ABI
@@ -155,6 +159,10 @@ def _host(url: str) -> str:
         return f"{host}:{parts.port}" if parts.port else host
     except ValueError:
         return "?"
+
+
+class _TxFailed(ValidationError):
+    """The transaction was mined but reverted (status 0): it anchored nothing."""
 
 
 class _RpcError(Exception):
@@ -387,10 +395,11 @@ class EVMBackend:
         return _Outstanding(self.data_dir / "evm" / f"{self.chain_id}-{self.address.lower()}.json")
 
     def _lock(self) -> asyncio.Lock:
+        locks = _sender_locks.setdefault(asyncio.get_running_loop(), {})
         key = (self.chain_id, self.address.lower())
-        lock = _sender_locks.get(key)
+        lock = locks.get(key)
         if lock is None:
-            lock = _sender_locks[key] = asyncio.Lock()
+            lock = locks[key] = asyncio.Lock()
         return lock
 
     # ----- anchoring ----------------------------------------------------------------------
@@ -407,7 +416,11 @@ class EVMBackend:
             # A previous attempt for this digest sent a transaction that was not mined in
             # time: wait for that one (or rebroadcast it), never pay twice for one digest.
             await _maybe_await(note(dict(earlier)))
-            attestation = await self._resume(earlier, wait=True)
+            try:
+                attestation = await self._resume(earlier, wait=True)
+            except _TxFailed:
+                await self._forget(digest)
+                raise
             if attestation is not None:
                 await self._forget(digest)
                 return attestation
@@ -446,14 +459,21 @@ class EVMBackend:
             }
             # Durable before the transaction exists anywhere but here.
             await _maybe_await(note(facts))
-            await self._send(facts["raw_tx"], facts["tx_hash"])
+            try:
+                await self._send(facts["raw_tx"], facts["tx_hash"])
+            except NetworkError:
+                # The node may have it anyway: remember it, so the next attempt for this
+                # digest looks it up (and rebroadcasts the same bytes) instead of paying twice.
+                self._remember(store, digest, facts)
+                raise
             if os.environ.get(CRASH_HOOK) == "1":
                 os._exit(137)  # test hook (module docstring): die between send and receipt
-            doc = store.load()
-            doc["sent"][str(nonce)] = facts["tx_hash"]
-            doc["outstanding"][digest.hex()] = facts
-            store.save(doc)
-        attestation = await self._resume(facts, wait=True)
+            self._remember(store, digest, facts)
+        try:
+            attestation = await self._resume(facts, wait=True)
+        except _TxFailed:
+            await self._forget(digest)
+            raise
         if attestation is None:  # pragma: no cover - only if another tx took our nonce
             await self._forget(digest)
             raise NetworkError(f"{self.target}: transaction {facts['tx_hash']} was replaced before it was mined")
@@ -487,6 +507,13 @@ class EVMBackend:
             if "already known" in text or "known transaction" in text or "already imported" in text:
                 return  # the node has it: that is what we wanted
             raise self._classify_rpc("eth_sendRawTransaction", exc) from None
+
+    @staticmethod
+    def _remember(store: _Outstanding, digest: bytes, facts: dict[str, Any]) -> None:
+        doc = store.load()
+        doc["sent"][str(facts["nonce"])] = facts["tx_hash"]
+        doc["outstanding"][digest.hex()] = facts
+        store.save(doc)
 
     async def _forget(self, digest: bytes) -> None:
         store = self._store()
@@ -525,7 +552,7 @@ class EVMBackend:
 
     async def _attestation(self, receipt: dict[str, Any], facts: dict[str, Any]) -> Attestation:
         if _qty(receipt.get("status", "0x1")) != 1:
-            raise ValidationError(
+            raise _TxFailed(
                 f"{self.target}: transaction {facts['tx_hash']} was mined but failed (status 0)"
             )
         block_number = _qty(receipt["blockNumber"])
@@ -547,7 +574,10 @@ class EVMBackend:
         bytes if the node lost it; None when nothing was signed or its nonce went elsewhere."""
         if not notes.get("tx_hash") or not notes.get("raw_tx"):
             return None  # the crash came before signing: nothing can have been sent
-        attestation = await self._resume(notes, wait=True)
+        try:
+            attestation = await self._resume(notes, wait=True)
+        except _TxFailed:
+            attestation = None  # mined but reverted: it anchored nothing, the jobs are due again
         await self._forget(digest)
         return attestation
 

@@ -455,12 +455,17 @@ namespaces:
 def start_scheduler(config: Path, tmp: Path, **env: str) -> subprocess.Popen:
     full = {k: v for k, v in os.environ.items() if k != "VMSH_TEST_CRASH_AFTER_SEND"}
     full.update(VMSH_TEST_EVM_KEY=KEYS[0], **env)
-    return subprocess.Popen(
-        [str(BIN), "--no-ui", "--config", str(config), "--data-dir", str(tmp / "data")],
-        stdout=open(tmp / f"scheduler-{time.monotonic_ns()}.log", "w"),  # noqa: SIM115
-        stderr=subprocess.STDOUT,
-        env=full,
-    )
+    (tmp / "logs").mkdir(exist_ok=True)
+    log = tmp / "logs" / f"scheduler-{time.monotonic_ns()}.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [str(BIN), "--no-ui", "--config", str(config), "--data-dir", str(tmp / "data")],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=full,
+        )
+    proc.log_path = log  # type: ignore[attr-defined]
+    return proc
 
 
 def wait_for(predicate, what: str, timeout: float = 30.0, proc: subprocess.Popen | None = None):
@@ -494,7 +499,7 @@ def stop_scheduler(proc: subprocess.Popen) -> int:
     return proc.wait(20)
 
 
-def assert_exactly_once(tmp: Path, g: Ganache, tx_hash: str) -> None:
+def assert_exactly_once(tmp: Path, g: Ganache, tx_hash: str, restarted: subprocess.Popen) -> None:
     assert tx_count(g) == 1, "exactly one transaction from the signer"
     senders = [
         tx["hash"]
@@ -504,9 +509,13 @@ def assert_exactly_once(tmp: Path, g: Ganache, tx_hash: str) -> None:
     assert senders == [tx_hash]
     [path] = receipt_files(tmp)
     receipt = json.loads(path.read_text())
-    assert receipt["attestation"]["tx_hash"] == tx_hash and receipt["status"] == "pending"
+    assert receipt["attestation"]["tx_hash"] == tx_hash
+    assert receipt["status"] in ("pending", "confirmed")
     assert list((tmp / "data" / "journal").glob("*.json")) == []
+    log = restarted.log_path.read_text()
+    assert "interrupted anchor recovered from the journal" in log, log
     assert_no_key_anywhere(tmp / "data")
+    assert_no_key_anywhere(tmp / "logs")
 
 
 def test_kill_9_between_send_and_receipt_resolves_to_one_transaction_and_one_receipt(
@@ -536,7 +545,21 @@ def test_kill_9_between_send_and_receipt_resolves_to_one_transaction_and_one_rec
         time.sleep(1.0)  # a few ticks: nothing more may be sent
     finally:
         assert stop_scheduler(proc) == 0
-    assert_exactly_once(tmp_path, own_node, tx_hash)
+        assert_exactly_once(tmp_path, own_node, tx_hash, proc)
+
+    # `vmsh-scheduler verify` checks the receipt on the node, without the signing key.
+    own_node.mine(2)
+    [path] = receipt_files(tmp_path)
+    env = {k: v for k, v in os.environ.items() if k != "VMSH_TEST_EVM_KEY"}
+    cmd = [str(BIN), "verify", "--config", str(config), "--data-dir", str(tmp_path / "data")]
+    ok = subprocess.run([*cmd, str(path)], capture_output=True, text=True, env=env, timeout=60)
+    assert ok.returncode == 0 and ok.stdout.startswith("OK "), ok.stdout + ok.stderr
+    receipt = json.loads(path.read_text())
+    receipt["batch"]["root"] = receipt["anchored_root"] = root(43)
+    forged = tmp_path / "forged.json"
+    forged.write_text(json.dumps(receipt))
+    bad = subprocess.run([*cmd, str(forged)], capture_output=True, text=True, env=env, timeout=60)
+    assert bad.returncode == 1 and "not the anchored root" in bad.stdout, bad.stdout + bad.stderr
 
 
 def test_crash_right_after_send_test_hook_resolves_to_one_transaction_and_one_receipt(
@@ -554,4 +577,43 @@ def test_crash_right_after_send_test_hook_resolves_to_one_transaction_and_one_re
         time.sleep(1.0)
     finally:
         assert stop_scheduler(proc) == 0
-    assert_exactly_once(tmp_path, own_node, tx_hash)
+    assert_exactly_once(tmp_path, own_node, tx_hash, proc)
+
+
+# --------------------------------------------------------------------------- pieces
+
+
+def test_the_hand_made_abi_encoding_matches_eth_abi():
+    from eth_abi import encode
+    from eth_utils import keccak
+
+    root_, batch = bytes(range(32)), bytes(range(32, 64))
+    for memo, persist in ((MEMO, True), ("", False), ("x" * 70, True)):
+        expected = keccak(text="anchor(bytes32,bytes32,string,bool)")[:4] + encode(
+            ["bytes32", "bytes32", "string", "bool"], [root_, batch, memo, persist]
+        )
+        from core.anchors.evm import encode_anchor_call
+
+        assert encode_anchor_call(root_, batch, memo, persist) == expected
+        assert decode_anchor_call(expected) == (root_, batch, memo, persist)
+
+
+async def test_the_tracker_loop_confirms_on_its_interval(node, tmp_path):
+    evm = backend(node, tmp_path / "data", confirmations=2)
+    stack = Stack(tmp_path, lambda target: evm, confirmations=2)
+    await stack.engine.run_once()
+    task = asyncio.create_task(stack.tracker.run())
+    try:
+        await asyncio.sleep(0.3)  # first round: depth 1 of 2
+        assert stack.of(ReceiptConfirmed) == []
+        node.mine(1)
+        stack.clock.advance(5.0)
+        for _ in range(100):
+            if stack.of(ReceiptConfirmed):
+                break
+            await asyncio.sleep(0.05)
+        assert len(stack.of(ReceiptConfirmed)) == 1
+    finally:
+        stack.tracker.stop()
+        await asyncio.wait_for(task, 5)
+    await evm.close()
