@@ -65,6 +65,7 @@ WIDE = (120, 36)  # at least this many columns and rows: all four panes at once
 PANES = ("jobs", "backoff", "receipts", "logs")
 PANE_TITLES = {"jobs": "Namespaces", "backoff": "Backoff", "receipts": "Receipts", "logs": "Logs"}
 MUTATING = {"force", "force_namespace", "reload", "pause"}
+MAIN_SCREEN_ONLY = {"filter", "verify", "detail", "next_pane", "prev_pane", "show_pane", "back"}
 
 # (binding id, key, action, footer label, shown in footer, help text)
 KEYS: tuple[tuple[str, str, str, str, bool, str], ...] = (
@@ -117,11 +118,12 @@ class VaultMeshApp(App[int]):
     .pane > DataTable, .pane > LogView { height: 1fr; scrollbar-size-vertical: 1; }
     DataTable { background: $surface 0%; }
     LogView { background: $surface 0%; }
-    #filter { dock: bottom; height: 1; border: none; padding: 0 1; display: none; }
+    #filter { height: 1; border: none; padding: 0 1; display: none; background: $boost; }
     #filter.visible { display: block; }
     #dialog { width: 70; max-width: 95%; height: auto; max-height: 90%; border: thick $primary; background: $surface; padding: 1 2; }
     #dialog.error { border: thick $error; }
-    #dialog.help { width: 90; }
+    #dialog.help { width: 90; padding: 0 1; }
+    #dialog.help #lines { margin: 0; }
     #dialog #lines { height: auto; max-height: 20; margin: 1 0; }
     #dialog #buttons { height: auto; margin-top: 1; align-horizontal: center; }
     #dialog Button { margin: 0 1; }
@@ -221,17 +223,14 @@ class VaultMeshApp(App[int]):
         }
         self.header = HeaderBar(id="header")
         yield self.header
-        tabs = Tabs(*(Tab(PANE_TITLES[n], id=f"tab-{n}") for n in PANES), id="tabs")
-        tabs.can_focus = False
-        yield tabs
-        with Vertical(id="panes"):
-            with Horizontal(classes="row", id="row-top"):
-                yield self.panes["jobs"]
-                yield self.panes["backoff"]
-            with Horizontal(classes="row", id="row-bottom"):
-                yield self.panes["receipts"]
-                yield self.panes["logs"]
-        yield Input(placeholder="filter", id="filter")
+        self._tabs = Tabs(*(Tab(PANE_TITLES[n], id=f"tab-{n}") for n in PANES), id="tabs")
+        self._tabs.can_focus = False
+        yield self._tabs
+        self._row_top = Horizontal(self.panes["jobs"], self.panes["backoff"], classes="row", id="row-top")
+        self._row_bottom = Horizontal(self.panes["receipts"], self.panes["logs"], classes="row", id="row-bottom")
+        yield Vertical(self._row_top, self._row_bottom, id="panes")
+        self._filter_box = Input(placeholder="filter", id="filter")
+        yield self._filter_box
         yield Footer(compact=True)
 
     def on_mount(self) -> None:
@@ -268,16 +267,16 @@ class VaultMeshApp(App[int]):
         self.set_class(wide, "wide")
         self.screen.set_class(wide, "wide")
         self.screen.set_class(not wide, "narrow")
-        self.query_one("#tabs", Tabs).display = not wide
+        self._tabs.display = not wide
         self._show_active()
 
     def _show_active(self) -> None:
         wide = bool(self._wide)
         for name, pane in self.panes.items():
             pane.display = wide or name == self._active_pane
-        self.query_one("#row-top").display = wide or self._active_pane in ("jobs", "backoff")
-        self.query_one("#row-bottom").display = wide or self._active_pane in ("receipts", "logs")
-        tabs = self.query_one("#tabs", Tabs)
+        self._row_top.display = wide or self._active_pane in ("jobs", "backoff")
+        self._row_bottom.display = wide or self._active_pane in ("receipts", "logs")
+        tabs = self._tabs
         if tabs.active != f"tab-{self._active_pane}":
             tabs.active = f"tab-{self._active_pane}"
 
@@ -386,7 +385,7 @@ class VaultMeshApp(App[int]):
         self.jobs.show({str(v.key): job_row(v, now, max_level, engine.paused, p) for v in views})
         backing = {str(v.key): backoff_row(v, now, max_level, p, self.logs.data_dir) for v in views if v.state.backoff_level > 0}
         self.backoff.show(backing)
-        tab = self.query_one("#tab-backoff", Tab)
+        tab = self._tabs.query_one("#tab-backoff", Tab)
         label = f"Backoff ({len(backing)})" if backing else "Backoff"
         if str(tab.label) != label:
             tab.label = label
@@ -460,8 +459,8 @@ class VaultMeshApp(App[int]):
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if self.readonly and action in MUTATING:
             return None  # shown greyed out in the footer, does nothing
-        if action == "verify":
-            return True
+        if action in MAIN_SCREEN_ONLY and len(self.screen_stack) > 1:
+            return False  # on the detail screen these would act on hidden panes
         return True
 
     def action_force(self) -> None:
@@ -603,7 +602,7 @@ class VaultMeshApp(App[int]):
     def action_filter(self) -> None:
         name = self._focused_pane_name()
         self._filter_target = name
-        box = self.query_one("#filter", Input)
+        box = self._filter_box
         box.placeholder = f"filter {PANE_TITLES[name]} (enter keeps, esc clears)"
         box.value = self.panes[name].body.filter_text
         box.add_class("visible")
@@ -619,7 +618,7 @@ class VaultMeshApp(App[int]):
             self._close_filter()
 
     def _close_filter(self) -> None:
-        box = self.query_one("#filter", Input)
+        box = self._filter_box
         box.remove_class("visible")
         target = self._filter_target or self._active_pane
         self._filter_target = None
@@ -634,7 +633,7 @@ class VaultMeshApp(App[int]):
         self.panes["logs"].describe_filter()
 
     def action_back(self) -> None:
-        box = self.query_one("#filter", Input)
+        box = self._filter_box
         if box.has_class("visible"):
             target = self._filter_target
             if target:

@@ -71,7 +71,11 @@ class MessageScreen(ModalScreen[None]):
 class HelpScreen(ModalScreen[None]):
     """Every key the dashboard answers to, as currently mapped (config `tui.keys`)."""
 
-    BINDINGS = [Binding("escape,q,question_mark", "close", "Close")]
+    BINDINGS = [
+        Binding("escape,q,question_mark", "close", "Close"),
+        Binding("j,down", "scroll(1)", "Down", show=False),
+        Binding("k,up", "scroll(-1)", "Up", show=False),
+    ]
 
     def __init__(self, rows: list[tuple[str, str]], notes: list[str]) -> None:
         super().__init__()
@@ -90,7 +94,11 @@ class HelpScreen(ModalScreen[None]):
                 yield Static(table)
                 if self.notes:
                     yield Static(Text("\n".join(self.notes), style="dim"))
-            yield Static(Text("esc: close", style="dim"))
+            yield Static(Text("j/k: scroll  esc: close", style="dim"))
+
+    def action_scroll(self, step: int) -> None:
+        scroll = self.query_one("#lines", VerticalScroll)
+        scroll.scroll_to(y=scroll.scroll_y + step, animate=False)
 
     def action_close(self) -> None:
         self.dismiss(None)

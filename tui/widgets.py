@@ -74,6 +74,7 @@ class DiffTable(DataTable):
 
     def _sync(self) -> None:
         wanted = {k: r for k, r in self.all_rows.items() if self._match(r)}
+        first_fill = not self._shown
         resort = False
         for key in [k for k in self._shown if k not in wanted]:
             self.remove_row(key)
@@ -93,6 +94,8 @@ class DiffTable(DataTable):
             self._shown[key] = row
         if resort:
             self._sort()
+            if first_fill and self.row_count:
+                self.move_cursor(row=0, animate=False)  # start at the top, not where sorting put row 0
 
     def _widen(self, row: tuple[Cell, ...]) -> None:
         # DataTable measures new rows on idle but keeps rows it already rendered at the
