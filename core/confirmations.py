@@ -107,8 +107,11 @@ class ConfirmationTracker:
                 counts["dropped"] += 1
                 self.log.warning(
                     "transaction dropped by a reorg; the job is queued again",
-                    job=str(job), target=target, tx_hash=attestation.get("tx_hash"),
-                    block_number=attestation.get("block_number"), receipt=str(path),
+                    job=str(job),
+                    target=target,
+                    tx_hash=attestation.get("tx_hash"),
+                    block_number=attestation.get("block_number"),
+                    receipt=str(path),
                 )
                 self.requeue(job)
                 continue
@@ -118,10 +121,16 @@ class ConfirmationTracker:
                 continue
             self.receipts.confirm(path, depth)
             counts["confirmed"] += 1
-            self.bus.publish(ReceiptConfirmed(at=self.clock.now(), job=job, target=target, path=str(path)))
+            self.bus.publish(
+                ReceiptConfirmed(at=self.clock.now(), job=job, target=target, path=str(path))
+            )
             self.log.info(
-                "receipt confirmed", job=str(job), target=target, receipt=str(path),
-                confirmations=depth, required=required,
+                "receipt confirmed",
+                job=str(job),
+                target=target,
+                receipt=str(path),
+                confirmations=depth,
+                required=required,
             )
         return counts
 
@@ -134,8 +143,10 @@ class ConfirmationTracker:
             return await ask(attestation)
         except Exception as exc:
             self.log.warning(
-                "could not check confirmations; will retry", target=target,
-                tx_hash=attestation.get("tx_hash"), error=describe(exc),
+                "could not check confirmations; will retry",
+                target=target,
+                tx_hash=attestation.get("tx_hash"),
+                error=describe(exc),
             )
             return exc
 

@@ -88,9 +88,9 @@ CRASH_HOOK = "VMSH_TEST_CRASH_AFTER_SEND"
 
 # One lock per (chain id, sender) per event loop: backends are rebuilt on reload, the lock
 # must outlive them (an asyncio.Lock belongs to one loop; tests run many loops).
-_sender_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[int, str], asyncio.Lock]] = (
-    weakref.WeakKeyDictionary()
-)
+_sender_locks: weakref.WeakKeyDictionary[
+    asyncio.AbstractEventLoop, dict[tuple[int, str], asyncio.Lock]
+] = weakref.WeakKeyDictionary()
 
 
 # --------------------------------------------------------------------------- ABI
@@ -297,15 +297,21 @@ class EVMBackend:
         try:
             response = await self._client.post(self.settings.rpc_url, json=body)
         except httpx.TimeoutException:
-            raise NetworkError(f"{self.target}: node at {self._where} timed out ({method})") from None
+            raise NetworkError(
+                f"{self.target}: node at {self._where} timed out ({method})"
+            ) from None
         except httpx.TransportError as exc:
             raise NetworkError(
                 f"{self.target}: node at {self._where} unreachable ({method}): {type(exc).__name__}"
             ) from None
         if response.status_code in (401, 403):
-            raise AuthError(f"{self.target}: node at {self._where} refused us: HTTP {response.status_code}")
+            raise AuthError(
+                f"{self.target}: node at {self._where} refused us: HTTP {response.status_code}"
+            )
         if response.status_code == 429 or response.status_code >= 500:
-            raise NetworkError(f"{self.target}: node at {self._where} answered HTTP {response.status_code}")
+            raise NetworkError(
+                f"{self.target}: node at {self._where} answered HTTP {response.status_code}"
+            )
         try:
             reply = response.json()
         except ValueError:
@@ -313,7 +319,9 @@ class EVMBackend:
                 f"{self.target}: node at {self._where} sent a non-JSON reply (HTTP {response.status_code})"
             ) from None
         if not isinstance(reply, dict):
-            raise NetworkError(f"{self.target}: node at {self._where} sent a malformed JSON-RPC reply")
+            raise NetworkError(
+                f"{self.target}: node at {self._where} sent a malformed JSON-RPC reply"
+            )
         error = reply.get("error")
         if error is not None:
             code = error.get("code", 0) if isinstance(error, dict) else 0
@@ -333,8 +341,12 @@ class EVMBackend:
         itself is in trouble (an internal error: network, retried with backoff)."""
         text = exc.message.lower()
         if "insufficient funds" in text:
-            return ValidationError(f"{self.target}: insufficient funds in {self._from_text()}: {exc.message}")
-        if exc.code == -32603 and not any(w in text for w in ("revert", "nonce", "gas", "fee", "invalid")):
+            return ValidationError(
+                f"{self.target}: insufficient funds in {self._from_text()}: {exc.message}"
+            )
+        if exc.code == -32603 and not any(
+            w in text for w in ("revert", "nonce", "gas", "fee", "invalid")
+        ):
             return NetworkError(f"{self.target}: {method} failed on the node: {exc.message}")
         return ValidationError(f"{self.target}: {method} refused: {exc.message}")
 
@@ -381,7 +393,9 @@ class EVMBackend:
 
     def _tx_fields(self, digest: bytes) -> tuple[str, bytes]:
         if self.contract:
-            return self.contract, encode_anchor_call(digest, digest, MEMO, bool(self.settings.persist))
+            return self.contract, encode_anchor_call(
+                digest, digest, MEMO, bool(self.settings.persist)
+            )
         return self.address, digest
 
     async def _gas(self, to: str, data: bytes) -> int:
@@ -476,7 +490,9 @@ class EVMBackend:
             raise
         if attestation is None:  # pragma: no cover - only if another tx took our nonce
             await self._forget(digest)
-            raise NetworkError(f"{self.target}: transaction {facts['tx_hash']} was replaced before it was mined")
+            raise NetworkError(
+                f"{self.target}: transaction {facts['tx_hash']} was replaced before it was mined"
+            )
         await self._forget(digest)
         return attestation
 
@@ -494,8 +510,13 @@ class EVMBackend:
         mined = _qty(await self._call("eth_getTransactionCount", self.address, "latest"))
         for n in [n for n in sent if int(n) < mined]:
             del sent[n]
-        nonce = max(mined, _qty(await self._call("eth_getTransactionCount", self.address, "pending")))
-        while str(nonce) in sent and await self._call("eth_getTransactionByHash", sent[str(nonce)]) is not None:
+        nonce = max(
+            mined, _qty(await self._call("eth_getTransactionCount", self.address, "pending"))
+        )
+        while (
+            str(nonce) in sent
+            and await self._call("eth_getTransactionByHash", sent[str(nonce)]) is not None
+        ):
             nonce += 1
         return nonce
 
@@ -536,7 +557,9 @@ class EVMBackend:
                 return await self._attestation(receipt, facts)
             known = await self._call("eth_getTransactionByHash", tx_hash)
             if known is None:
-                mined_nonce = _qty(await self._call("eth_getTransactionCount", facts["from"], "latest"))
+                mined_nonce = _qty(
+                    await self._call("eth_getTransactionCount", facts["from"], "latest")
+                )
                 if mined_nonce > int(facts["nonce"]):
                     return None  # the nonce is spent by another transaction: ours never lands
                 if not rebroadcast:
@@ -610,7 +633,9 @@ class EVMBackend:
         if att.get("scheme") != "eip155":
             raise VerificationFailed(f"scheme is {att.get('scheme')!r}, not 'eip155'")
         if att.get("chain_id") != self.chain_id:
-            raise VerificationFailed(f"chain_id {att.get('chain_id')!r} is not this target's {self.chain_id}")
+            raise VerificationFailed(
+                f"chain_id {att.get('chain_id')!r} is not this target's {self.chain_id}"
+            )
         await self._check_chain()
         tx_hash = att.get("tx_hash")
         if not isinstance(tx_hash, str):
@@ -621,19 +646,25 @@ class EVMBackend:
             raise VerificationFailed(f"transaction {tx_hash} is not on chain {self.chain_id}")
         if _qty(receipt.get("status", "0x0")) != 1:
             raise VerificationFailed(f"transaction {tx_hash} failed (status 0)")
-        if receipt.get("blockHash") != att.get("block_hash") or _qty(receipt["blockNumber"]) != att.get("block_number"):
+        if receipt.get("blockHash") != att.get("block_hash") or _qty(
+            receipt["blockNumber"]
+        ) != att.get("block_number"):
             raise VerificationFailed(
                 f"transaction {tx_hash} is in block {_qty(receipt['blockNumber'])} "
                 f"({receipt.get('blockHash')}), not the attested block {att.get('block_number')} "
                 f"({att.get('block_hash')})"
             )
         if att.get("from") and str(tx.get("from", "")).lower() != str(att["from"]).lower():
-            raise VerificationFailed(f"transaction {tx_hash} was sent by {tx.get('from')}, not {att['from']}")
+            raise VerificationFailed(
+                f"transaction {tx_hash} was sent by {tx.get('from')}, not {att['from']}"
+            )
         data = _unhex(tx.get("input") or tx.get("data") or "0x")
         contract = att.get("contract")
         if contract:
             if str(tx.get("to", "")).lower() != str(contract).lower():
-                raise VerificationFailed(f"transaction {tx_hash} calls {tx.get('to')}, not the contract {contract}")
+                raise VerificationFailed(
+                    f"transaction {tx_hash} calls {tx.get('to')}, not the contract {contract}"
+                )
             try:
                 root, _, _, _ = decode_anchor_call(data)
             except ValueError as exc:
@@ -648,7 +679,9 @@ class EVMBackend:
         head = _qty(await self._call("eth_blockNumber"))
         depth = head - _qty(receipt["blockNumber"]) + 1
         if depth < need:
-            raise VerificationFailed(f"transaction {tx_hash} is {depth} blocks deep, {need} required")
+            raise VerificationFailed(
+                f"transaction {tx_hash} is {depth} blocks deep, {need} required"
+            )
 
     async def close(self) -> None:
         await self._client.aclose()

@@ -68,10 +68,13 @@ class Ganache:
         self.proc = subprocess.Popen(
             [
                 str(GANACHE),
-                "--chain.chainId", str(self.chain_id),
+                "--chain.chainId",
+                str(self.chain_id),
                 "--wallet.deterministic",
-                "--server.host", "127.0.0.1",
-                "--server.port", str(self.port),
+                "--server.host",
+                "127.0.0.1",
+                "--server.port",
+                str(self.port),
                 "--logging.quiet",
             ],  # fmt: skip
             stdout=log,
@@ -91,14 +94,18 @@ class Ganache:
                     break
             if time.monotonic() > deadline:
                 self.stop()
-                raise GanacheError(f"ganache did not answer on {self.url} within {START_TIMEOUT:.0f} s")
+                raise GanacheError(
+                    f"ganache did not answer on {self.url} within {START_TIMEOUT:.0f} s"
+                )
             time.sleep(0.1)
         self.started_in = time.monotonic() - t0
         return self
 
     def rpc(self, method: str, *params: object) -> object:
         reply = httpx.post(
-            self.url, json={"jsonrpc": "2.0", "id": 1, "method": method, "params": list(params)}, timeout=10
+            self.url,
+            json={"jsonrpc": "2.0", "id": 1, "method": method, "params": list(params)},
+            timeout=10,
         ).json()
         if "error" in reply:
             raise GanacheError(f"{method}: {reply['error']}")
