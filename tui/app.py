@@ -37,6 +37,7 @@ from core.events import (
     Paused,
     ReceiptConfirmed,
     ReceiptWritten,
+    TickCompleted,
 )
 from core.jobs import JobKey
 from core.runtime import Runtime
@@ -357,7 +358,8 @@ class VaultMeshApp(App[int]):
                     self.refresh_bindings()
             if receipts_changed:
                 self._refresh_receipts()
-            if events:
+            # A tick alone changes nothing the 1 s countdown refresh will not show anyway.
+            if any(not isinstance(e, TickCompleted) for e in events):
                 self._refresh_views()
             if logs:
                 self.logs.add(logs)
