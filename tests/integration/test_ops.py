@@ -317,6 +317,17 @@ async def test_alert_rules_name_only_exported_metrics_and_labels(exported):
             keep = set().union(*(known.get(m, set()) for m in metrics))
             known[rule["record"]] = (grouping or keep) | TARGET_LABELS
     assert not problems, "\n".join(problems)
+    # An alert on a recording rule must come after it in the same group: groups run
+    # independently, so across groups the alert could see the previous evaluation.
+    for group in load_yaml(ALERTS)["groups"]:
+        recorded: set[str] = set()
+        for rule in group["rules"]:
+            if "record" in rule:
+                recorded.add(rule["record"])
+                continue
+            for metric in promql_names(rule["expr"])[0]:
+                if ":" in metric:
+                    assert metric in recorded, f"{rule['alert']}: {metric} not recorded earlier in its group"
     names = {r["alert"] for r in rules if "alert" in r}
     assert {
         "VmshSchedulerDown", "VmshJobNotAnchoredInTime", "VmshJobNeverAnchored",
