@@ -161,6 +161,10 @@ class Scheduler:
         return None
 
     @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    @property
     def jobs(self) -> dict[JobKey, JobSpec]:
         return dict(self._specs)
 
@@ -317,6 +321,7 @@ class Scheduler:
             return
         if not forced and not spec.anchor_unchanged and batch.root == state.last_root:
             # Nothing new to prove: look again one period from now.
+            state.current_at = now
             self.bus.publish(JobSkipped(at=now, job=key, reason="root unchanged"))
             self.log.debug("skipped: root unchanged", job=str(key), root=batch.root)
             self._schedule(key, now + spec.every)
@@ -328,7 +333,7 @@ class Scheduler:
     async def _anchor_group(self, target: str, items: list[_Due]) -> None:
         async with self._concurrency:
             leaves = [bytes.fromhex(i.batch.root.removeprefix("sha256:")) for i in items]
-            digest = leaves[0] if len(leaves) == 1 else merkle.tree_hash(leaves)
+            digest, proofs = _aggregate(leaves)
             keys = tuple(i.spec.key for i in items)
             started = self.clock.now()
             intent = self._journal.open(
@@ -361,7 +366,7 @@ class Scheduler:
                 self._wake.set()
                 return
             intent.attested(attestation.data, attestation.status, attestation.confirmations)
-            self._record(target, items, leaves, digest, attestation, started)
+            self._record(target, items, proofs, digest, attestation, started)
             self._closing.append(intent)
             self._request_save()
             self._wake.set()
@@ -370,7 +375,7 @@ class Scheduler:
         self,
         target: str,
         items: list[_Due],
-        leaves: list[bytes],
+        proofs: list[list[bytes]],
         digest: bytes,
         attestation: Attestation,
         started: float,
@@ -378,7 +383,7 @@ class Scheduler:
         """Write one receipt per job and move each job's state forward."""
         now = self.clock.now()
         for index, item in enumerate(items):
-            path = self._write_receipt(target, item, index, leaves, digest, attestation, now)
+            path = self._write_receipt(target, item, index, proofs, digest, attestation, now)
             self._succeed(item.spec, item.batch, path, now, now - started, attestation.status)
 
     def _write_receipt(
@@ -386,7 +391,7 @@ class Scheduler:
         target: str,
         item: _Due,
         index: int,
-        leaves: list[bytes],
+        proofs: list[list[bytes]],
         digest: bytes,
         attestation: Attestation,
         now: float,
@@ -399,9 +404,9 @@ class Scheduler:
             batch_id=item.batch.id,
             batch_root=item.batch.root,
             anchored_root="sha256:" + digest.hex(),
-            proof=[] if len(leaves) == 1 else merkle.audit_path(index, leaves),
+            proof=proofs[index],
             leaf_index=index,
-            tree_size=len(leaves),
+            tree_size=len(proofs),
             attestation=attestation.data,
             status=attestation.status,
             confirmations_required=spec.confirmations,
@@ -428,6 +433,7 @@ class Scheduler:
             last_error=None,
             last_receipt=str(path),
             last_attempt_at=now,
+            current_at=now,
         )
         self._in_flight.discard(key)
         self.bus.publish(
@@ -544,6 +550,7 @@ class Scheduler:
             intent.close()
             return
         leaves = [bytes.fromhex(e["batch"]["root"].removeprefix("sha256:")) for e in entries]
+        _, proofs = _aggregate(leaves)
         anchored_root = "sha256:" + digest.hex()
         now = self.clock.now()
         written = 0
@@ -551,7 +558,7 @@ class Scheduler:
             index = entry["leaf_index"]
             path = self._existing_receipt(item, anchored_root)
             if path is None:
-                path = self._write_receipt(intent.target, item, index, leaves, digest, attestation, now)
+                path = self._write_receipt(intent.target, item, index, proofs, digest, attestation, now)
                 written += 1
             self._succeed(item.spec, item.batch, path, now, 0.0, attestation.status)
         self.log.info(
@@ -584,15 +591,16 @@ class Scheduler:
 
     # ----- views -------------------------------------------------------------------------------
 
-    def view(self, key: JobKey) -> JobView:
+    def view(self, key: JobKey, now: float | None = None) -> JobView:
         spec, state = self._specs[key], self._state[key]
-        now = self.clock.now()
+        now = self.clock.now() if now is None else now
         in_flight = key in self._in_flight
         due_at = self._due.get(key)
         return JobView(spec, state, due_at, in_flight, self._status(spec, state, due_at, in_flight, now))
 
-    def views(self) -> list[JobView]:
-        return [self.view(k) for k in self._specs]
+    def views(self, now: float | None = None) -> list[JobView]:
+        now = self.clock.now() if now is None else now
+        return [self.view(k, now) for k in self._specs]
 
     def _status(self, spec: JobSpec, state: JobState, due_at: float | None, in_flight: bool, now: float) -> str:
         if in_flight:
@@ -603,11 +611,18 @@ class Scheduler:
             return "backing_off"
         if self.paused:
             return "paused"
-        if state.last_anchored_at is not None and now - state.last_anchored_at > self.stale_factor * spec.every:
+        if now - (state.current_at or state.last_anchored_at or self.started_at) > self.stale_factor * spec.every:
             return "stale"
         if due_at is not None and due_at <= now:
             return "due"
         return "ok"
+
+
+def _aggregate(leaves: list[bytes]) -> tuple[bytes, list[list[bytes]]]:
+    """The digest to anchor and each leaf's audit path; a group of one anchors its root."""
+    if len(leaves) == 1:
+        return leaves[0], [[]]
+    return merkle.tree_and_paths(leaves)
 
 
 __all__ = ["Scheduler", "JobView", "AnchorError"]

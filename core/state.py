@@ -69,6 +69,9 @@ class JobState:
     last_error: str | None = None
     last_receipt: str | None = None
     last_attempt_at: float | None = None
+    # Last time the anchored root was known to be the latest: an anchor, or a pass that
+    # found the root unchanged. Staleness counts from here, so a quiet namespace is not stale.
+    current_at: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         # Written out by hand: dataclasses.asdict deep-copies and is ~10x slower.
@@ -82,6 +85,7 @@ class JobState:
             "last_error": self.last_error,
             "last_receipt": self.last_receipt,
             "last_attempt_at": self.last_attempt_at,
+            "current_at": self.current_at,
         }
 
     @classmethod
@@ -100,6 +104,7 @@ class JobState:
             last_error=_opt(d, "last_error", (str,)),
             last_receipt=_opt(d, "last_receipt", (str,)),
             last_attempt_at=_opt(d, "last_attempt_at", num),
+            current_at=_opt(d, "current_at", num),
         )
 
 

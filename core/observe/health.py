@@ -35,8 +35,7 @@ def stuck_after(engine: Any) -> float:
 
 
 def engine_stopped(engine: Any) -> bool:
-    # The Scheduler sets `_stopping` in stop(); read defensively (no public flag yet).
-    return bool(getattr(engine, "stopping", getattr(engine, "_stopping", False)))
+    return bool(engine.stopping)
 
 
 def loop_problem(engine: Any, now: float) -> str | None:
@@ -55,29 +54,25 @@ def _epoch(value: float | None) -> int | None:
     return None if value is None else int(math.floor(value))
 
 
-def job_status(view: Any, now: float, started_at: float, stale_factor: float) -> str:
-    state = view.state
-    if state.failures or state.backoff_level:
+def job_status(view: Any) -> str:
+    """The /health status of a job, from the engine's own status (one definition of stale)."""
+    if view.status in ("backing_off", "error"):
         return "backing_off"
-    since = state.last_anchored_at if state.last_anchored_at is not None else started_at
-    if now - since > stale_factor * view.spec.every:
-        return "stale"
-    return "ok"
+    return "stale" if view.status == "stale" else "ok"
 
 
-def health(engine: Any, now: float, *, stale_factor: float | None = None) -> tuple[int, dict[str, Any]]:
+def health(engine: Any, now: float) -> tuple[int, dict[str, Any]]:
     """(HTTP status, body) of /health for `engine` (a core.engine.Scheduler) at time `now`."""
-    factor = float(engine.stale_factor if stale_factor is None else stale_factor)
     namespaces: dict[str, dict[str, Any]] = {}
     degraded = False
-    for view in engine.views():
+    for view in engine.views(now):
         key = view.spec.key
         ns = namespaces.get(key.namespace)
         if ns is None:
             ns = namespaces[key.namespace] = {"lastAnchor": {}, "backoff": 0, "status": "ok"}
         ns["lastAnchor"][key.cadence] = _epoch(view.state.last_anchored_at)
         ns["backoff"] = max(ns["backoff"], int(view.state.backoff_level))
-        status = job_status(view, now, engine.started_at, factor)
+        status = job_status(view)
         if status == "backing_off" or (status == "stale" and ns["status"] == "ok"):
             ns["status"] = status
         if status != "ok":
