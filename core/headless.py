@@ -12,8 +12,10 @@ import signal
 import sys
 
 from core.config import LoadedConfig
+from core.observe.http import ListenError
 from core.observe.logs import JsonLineWriter
 from core.runtime import Loader, Runtime
+from core.services import Services
 from core.state import LockHeld
 
 EXIT_OK, EXIT_FAILED, EXIT_CANNOT_START = 0, 1, 2
@@ -49,8 +51,13 @@ async def serve(runtime: Runtime, stop: asyncio.Event | None = None) -> int:
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, runtime.reload)
     runtime.announce()
-    observers = await start_observers(runtime, stop)
-    if observers is None:
+    try:
+        services = await Services(runtime).start(http_required=True)
+    except ListenError as exc:
+        print(f"vmsh-scheduler: {exc}", file=sys.stderr)
+        runtime.log.error("cannot start", error=str(exc))
+        _remove_signal_handlers(loop)
+        await runtime.close()
         return EXIT_CANNOT_START
     engine = loop.create_task(runtime.engine.run(), name="engine")
     stopper = loop.create_task(stop.wait(), name="stop")
@@ -64,19 +71,13 @@ async def serve(runtime: Runtime, stop: asyncio.Event | None = None) -> int:
     await runtime.engine.stop(GRACE_SECONDS)
     if not engine.done():
         await asyncio.gather(engine, return_exceptions=True)
-    await stop_observers(observers)
+    await services.close()
     await runtime.close()
     runtime.log.info("stopped", in_flight=len(runtime.engine.in_flight()))
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        loop.remove_signal_handler(sig)
+    _remove_signal_handlers(loop)
     return code
 
 
-async def start_observers(runtime: Runtime, stop: asyncio.Event) -> list | None:
-    """Metrics, the HTTP server and the config watcher; None if the server cannot listen."""
-    return []
-
-
-async def stop_observers(observers: list) -> None:
-    for observer in observers:
-        await observer()
+def _remove_signal_handlers(loop: asyncio.AbstractEventLoop) -> None:
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        loop.remove_signal_handler(sig)

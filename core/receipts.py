@@ -186,8 +186,12 @@ async def verify_receipt(receipt: dict[str, Any], backend_for: Callable[[str], B
         backend = backend_for(target)
     except Exception as exc:  # unknown scheme, missing settings
         raise ReceiptInvalid(f"no verifier for target {target}: {exc}") from exc
+    confirmations = receipt.get("confirmations")
+    required = confirmations.get("required") if isinstance(confirmations, dict) else None
+    if not isinstance(required, int) or isinstance(required, bool):
+        required = None
     try:
-        await backend.verify(attestation, digest)
+        await backend.verify(attestation, digest, required=required)
     except VerificationFailed as exc:
         raise ReceiptInvalid(f"attestation: {exc}") from exc
 

@@ -41,6 +41,7 @@ from core.events import (
 )
 from core.jobs import JobKey
 from core.runtime import Runtime
+from core.services import Services
 from tui.detail import namespace_detail
 from tui.rows import (
     BACKOFF_COLUMNS,
@@ -151,6 +152,7 @@ class VaultMeshApp(App[int]):
         self.grace = grace
         self.startup_problems: list[str] = []
         self.engine_state = "off"  # off | running | stopped | failed
+        self.services: Services | None = None
         self.stopping = False
         self.stopped_cleanly = False
         self.exit_reason = ""
@@ -251,6 +253,7 @@ class VaultMeshApp(App[int]):
             self._install_signal_handlers()
             self.runtime.announce()
             self.run_engine()
+            self.start_services()
         for problem in self.startup_problems:
             self.runtime.log.error(problem)
             self.notify(problem, severity="error", timeout=30)
@@ -691,6 +694,12 @@ class VaultMeshApp(App[int]):
         self.engine_state = "running"
         await self.runtime.engine.run()
 
+    @work(exclusive=True, exit_on_error=False, group="services")
+    async def start_services(self) -> None:
+        """Metrics and health over HTTP, config watching, confirmations: as in --no-ui. A
+        port that cannot be bound is logged and shown; the dashboard keeps running."""
+        self.services = await Services(self.runtime).start(http_required=False)
+
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         if event.worker.group != "engine":
             return
@@ -749,6 +758,8 @@ class VaultMeshApp(App[int]):
         try:
             await self.runtime.engine.stop(self.grace)
             self.stopped_cleanly = True
+            if self.services is not None:
+                await self.services.close()
             await self.runtime.close()
         finally:
             if self._unsubscribe is not None:

@@ -37,8 +37,12 @@ class Backend(Protocol):
     async def recover(self, digest: bytes, notes: dict[str, Any]) -> Attestation | None:
         """After a crash: the attestation for an interrupted call, or None if it never landed."""
 
-    async def verify(self, attestation: dict[str, Any], digest: bytes) -> None:
-        """Check an attestation again (offline where the scheme allows); raise VerificationFailed."""
+    async def verify(
+        self, attestation: dict[str, Any], digest: bytes, *, required: int | None = None
+    ) -> None:
+        """Check an attestation again (offline where the scheme allows); raise VerificationFailed.
+
+        `required` is the depth the receipt asks for (chains only; others ignore it)."""
 
     async def close(self) -> None: ...
 

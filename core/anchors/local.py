@@ -199,7 +199,9 @@ class LocalTSA:
     async def recover(self, digest: bytes, notes: dict[str, Any]) -> Attestation | None:
         return None  # nothing leaves the process before the attestation exists
 
-    async def verify(self, attestation: dict[str, Any], digest: bytes) -> None:
+    async def verify(
+        self, attestation: dict[str, Any], digest: bytes, *, required: int | None = None
+    ) -> None:
         try:
             self._ensure_key()
             verify_attestation(

@@ -214,7 +214,9 @@ class RFC3161Backend:
         # A TSA keeps nothing we could look up: an interrupted call simply never landed.
         return None
 
-    async def verify(self, attestation: dict[str, Any], digest: bytes) -> None:
+    async def verify(
+        self, attestation: dict[str, Any], digest: bytes, *, required: int | None = None
+    ) -> None:
         try:
             bundle = load_trust_bundle(self.settings.trust_bundle, self.target)
             verify_attestation(

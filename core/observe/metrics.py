@@ -96,6 +96,10 @@ class Metrics:
             "vmsh_last_anchor_timestamp_seconds", "When a job last anchored (Unix epoch seconds).",
             JOB_LABELS, registry=r,
         )
+        self.period = Gauge(
+            "vmsh_job_period_seconds", "A job's cadence period (for staleness alerts).",
+            JOB_LABELS, registry=r,
+        )
         self.pending = Gauge(
             "vmsh_receipts_pending", "Receipts waiting for confirmations, per target.",
             ("target",), registry=r,
@@ -137,6 +141,7 @@ class Metrics:
         for view in engine.views():
             key, target, state = view.spec.key, view.spec.target, view.state
             self._track(key, target)
+            self.period.labels(key.namespace, key.cadence, target).set(view.spec.every)
             if state.last_anchored_at is not None:
                 self.last_anchor.labels(key.namespace, key.cadence, target).set(state.last_anchored_at)
             self.backoff.labels(key.namespace, key.cadence).set(state.backoff_level)
@@ -224,7 +229,9 @@ class Metrics:
         labels = {"namespace": key.namespace, "cadence": key.cadence}
         if target is not None:
             labels["target"] = target
-        for metric in (self.attempted, self.succeeded, self.failed, self.duration, self.last_anchor):
+        for metric in (
+            self.attempted, self.succeeded, self.failed, self.duration, self.last_anchor, self.period,
+        ):
             metric.remove_by_labels(labels)
         if target is None:
             self.backoff.remove_by_labels(labels)
@@ -241,6 +248,7 @@ class Metrics:
             spec = specs.get(key)
             if spec is not None:
                 self._track(key, spec.target)
+                self.period.labels(key.namespace, key.cadence, spec.target).set(spec.every)
                 if key in event.added:
                     self.backoff.labels(key.namespace, key.cadence).set(0)
 

@@ -205,7 +205,7 @@ async def test_routes_methods_and_hygiene(stack, monkeypatch):
         assert str(s.tmp) not in text and "Traceback" not in text, path
 
     # An unexpected failure is a bare 500 and a log line, never a stack trace.
-    def boom():
+    def boom(*_args, **_kw):
         raise RuntimeError(f"secret detail at {s.tmp}")
 
     monkeypatch.setattr(s.engine, "views", boom)

@@ -120,22 +120,19 @@ def test_check_config_vaultmesh_layout(capsys, monkeypatch, tmp_path, fixtures_d
     assert "apikey123" not in out
 
 
-def test_run_modes_are_not_built_yet(capsys):
-    assert main(["--config", str(EXAMPLE), "--no-ui"]) == 3
-    assert "not built yet" in capsys.readouterr().err
-    assert main(["--config", str(EXAMPLE), "--theme", "x", "--no-mouse", "--readonly"]) == 3
-    assert "not built yet" in capsys.readouterr().err
-
-
 def test_run_mode_with_bad_config_exits_2(capsys, tmp_path):
     (tmp_path / "config.yaml").write_text(TYPO)
     assert main(["--no-ui"]) == 2
     assert "config.yaml:6:9:" in capsys.readouterr().err
 
 
-def test_verify_placeholder(capsys, tmp_path):
-    assert main(["verify", "r.json"]) == 3
-    assert "not built yet" in capsys.readouterr().err
+def test_verify_of_a_missing_or_broken_file_fails_naming_it(capsys, tmp_path):
+    broken = tmp_path / "broken.json"
+    broken.write_text("{not json")
+    assert main(["verify", str(tmp_path / "gone.json"), str(broken)]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith(f"FAIL {tmp_path / 'gone.json'}:") and "No such file" in out[0]
+    assert out[1].startswith(f"FAIL {broken}:")
 
 
 def _script() -> Path:

@@ -44,7 +44,7 @@ class CountingBackend:
     async def recover(self, digest, notes):
         return None
 
-    async def verify(self, attestation, digest):
+    async def verify(self, attestation, digest, *, required=None):
         await self.inner.verify(attestation, digest)
 
     async def close(self):

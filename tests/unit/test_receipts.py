@@ -190,7 +190,7 @@ class FakeBackend:
         self.target = target
         self.calls: list[tuple[dict, bytes]] = []
 
-    async def verify(self, attestation: dict, digest: bytes) -> None:
+    async def verify(self, attestation: dict, digest: bytes, *, required=None) -> None:
         self.calls.append((attestation, digest))
         if attestation.get("digest") != digest.hex():
             raise VerificationFailed("imprint does not match the digest")
