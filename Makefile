@@ -27,6 +27,7 @@ node_modules/.installed: package.json
 	touch $@
 
 test: install node_modules/.installed
+	sh scripts/ensure-tools.sh
 	$(PY) -m pytest -q
 
 bench: install

@@ -210,3 +210,75 @@ def test_shutdown_signals_flush_state(tmp_path, sig):
     assert proc.returncode == 0, err
     state = json.loads((tmp_path / "data" / "state" / "scheduler.json").read_text())
     assert state["jobs"]["alpha/fast"]["last_root"] == "sha256:" + "ab" * 32
+
+
+def _listen(config: Path) -> str:
+    line = next(line for line in config.read_text().splitlines() if "listen:" in line)
+    return "http://" + line.split('"')[1]
+
+
+def _succeeded(metrics_text: str) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(metrics_text)
+        for sample in family.samples
+        if sample.name == "vmsh_anchors_succeeded_total"
+    )
+
+
+def test_headless_serves_health_and_metrics_and_applies_an_edit_without_restart(tmp_path):
+    """What an operator checks with curl while `--no-ui` runs."""
+    import httpx
+
+    for ns in ("alpha", "beta"):
+        write_batch(tmp_path / "batches" / ns, "000001", "sha256:" + f"{ns.encode().hex():0>64}")
+    config = make_config(tmp_path, ["alpha"], unchanged=True)
+    base = _listen(config)
+    proc = start(config)
+    try:
+        wait_for(lambda: len(receipts(tmp_path)) >= 2)
+
+        def healthy():
+            try:
+                r = httpx.get(base + "/health", timeout=2)
+            except httpx.TransportError:
+                return None
+            return r if r.status_code == 200 else None
+
+        health = wait_for(healthy)
+        assert health.json()["status"] == "healthy"
+        assert httpx.get(base + "/livez").status_code == 200
+        assert httpx.get(base + "/readyz").status_code == 200
+        text = httpx.get(base + "/metrics").text
+        on_disk = len(receipts(tmp_path))
+        assert on_disk - 1 <= _succeeded(text) <= on_disk + 1  # an anchor may land in between
+        assert 'vmsh_job_period_seconds{cadence="fast",namespace="alpha",target="local:dev"} 1.0' in text
+
+        # Add beta on disk: the watcher applies it, no restart, no signal.
+        edited = make_config(tmp_path, ["alpha", "beta"], unchanged=True)
+        edited.write_text(edited.read_text().replace(_listen(edited)[7:], base[7:]))
+        wait_for(lambda: any(r["namespace"] == "beta" for r in receipts(tmp_path)))
+    finally:
+        code, out, err = stop(proc)
+    assert code == 0, err
+    assert any(json.loads(line)["msg"] == "config files changed; reloading" for line in out.splitlines())
+
+
+def test_a_second_scheduler_on_a_taken_port_exits_2_and_says_so(tmp_path):
+    write_batch(tmp_path / "a" / "batches" / "alpha", "000001", "sha256:" + "ab" * 32)
+    first_cfg = make_config(tmp_path / "a", ["alpha"])
+    (tmp_path / "b").mkdir()
+    second_cfg = make_config(tmp_path / "b", ["alpha"])
+    second_cfg.write_text(second_cfg.read_text().replace(_listen(second_cfg)[7:], _listen(first_cfg)[7:]))
+    first = start(first_cfg)
+    try:
+        wait_for(lambda: receipts(tmp_path / "a"))
+        second = subprocess.run(
+            [str(BIN), "--no-ui", "--config", str(second_cfg)], capture_output=True, text=True, timeout=30
+        )
+    finally:
+        stop(first)
+    assert second.returncode == 2
+    assert _listen(first_cfg)[7:] in second.stderr and "in use" in second.stderr
