@@ -129,8 +129,9 @@ def summary(loaded: LoadedConfig) -> str:
             extra.append(f"confirmations {job.confirmations}")
         if job.anchor_unchanged:
             extra.append("anchor_unchanged")
-        if cfg.target_mismatch(job.target):
-            extra.append("REFUSED: target mismatch")
+        refusal = cfg.target_mismatch(job.target)
+        if refusal:
+            extra.append("REFUSED: " + ("not supported yet" if job.target.startswith("btc:") else "target mismatch"))
         tail = ("  " + ", ".join(extra)) if extra else ""
         lines.append(
             f"  {str(job.key):<{width}}  {job.target:<{twidth}}  every {format_seconds(job.every)}{tail}"

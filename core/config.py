@@ -414,6 +414,11 @@ class Config(_Model):
             settings = self.resolve_target(target_id)
         except TargetNotFound as exc:
             return str(exc)
+        if scheme == "btc":
+            return (
+                "btc targets are not supported by this build yet (no Bitcoin node "
+                "to test against); this job will be refused until they are"
+            )
         if scheme == "eip155" and isinstance(settings, Eip155Target):
             if not name.isdigit():
                 return f"{target_id!r} needs a numeric chain id"

@@ -306,7 +306,7 @@ def test_vaultmesh_layout_loads_the_real_files(tmp_path, vmsh_root, fixtures_dir
 def test_eip155_chain_mismatch_is_a_warning_and_refused(tmp_path, vmsh_root):
     env = {"VMSH_ROOT": str(vmsh_root), **VAULTMESH_ENV}
     loaded = load_config(env=env, cwd=tmp_path)
-    [warning] = loaded.warnings
+    [warning] = [w for w in loaded.warnings if "chain" in w]
     assert warning.startswith("vaultmesh/vmsh/config/namespaces.yaml:42:25: ")
     assert "fin:clearing" in warning and "'fast'" in warning
     assert "chain id 1" in warning and "chainId 8453" in warning
@@ -314,6 +314,18 @@ def test_eip155_chain_mismatch_is_a_warning_and_refused(tmp_path, vmsh_root):
     assert reason and "8453" in reason and "refusing" in reason
     assert loaded.config.target_mismatch("eip155:8453") is None
     assert loaded.config.target_mismatch("rfc3161:tsa") is None
+
+
+def test_btc_jobs_are_refused_with_a_warning_naming_their_line(tmp_path, vmsh_root):
+    """No bitcoind runs here to build and test a btc backend against: refuse, say so."""
+    env = {"VMSH_ROOT": str(vmsh_root), **VAULTMESH_ENV}
+    loaded = load_config(env=env, cwd=tmp_path)
+    btc = [w for w in loaded.warnings if "btc" in w]
+    assert [w.split(": ")[0] for w in btc] == [
+        "vaultmesh/vmsh/config/namespaces.yaml:27:17",
+        "vaultmesh/vmsh/config/namespaces.yaml:43:25",
+    ]
+    assert "not supported" in loaded.config.target_mismatch("btc:mainnet")
 
 
 def test_secrets_never_printed_and_hashed(tmp_path, vmsh_root):
@@ -356,7 +368,8 @@ def test_config_file_can_include_vaultmesh_files(tmp_path, fixtures_dir):
     assert isinstance(cfg.resolve_target("local:dev"), LocalTarget)
     assert len(loaded.files) == 3
     # With EVM_CHAIN_ID=1, now eip155:8453 is the one refused.
-    assert len(loaded.warnings) == 1 and "8453" in loaded.warnings[0]
+    [chain] = [w for w in loaded.warnings if "chain" in w]
+    assert "8453" in chain
     assert cfg.target_mismatch("eip155:1") is None
 
 

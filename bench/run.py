@@ -1,0 +1,61 @@
+"""`make bench`: every benchmark, one table.
+
+    .venv/bin/python bench/run.py             # all of them (about two minutes)
+    .venv/bin/python bench/run.py engine tui  # only some
+
+Each module in SUITES has `run() -> [(what, figure, target or note)]`.
+BENCH_IDLE_SECONDS shortens the headless idle window (default 60).
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+SUITES = {
+    "engine": "bench.engine_bench",
+    "anchor": "bench.anchor_bench",
+    "headless": "bench.headless_bench",
+    "tui": "bench.tui_bench",
+}
+
+
+def table(rows: list[tuple[str, str, str]]) -> str:
+    header = ("measure", "figure", "target / note")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(3)]
+
+    def line(r: tuple[str, str, str]) -> str:
+        return f"| {r[0]:<{widths[0]}} | {r[1]:>{widths[1]}} | {r[2]:<{widths[2]}} |"
+
+    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    return "\n".join([line(header), sep, *(line(r) for r in rows)])
+
+
+def main(argv: list[str]) -> int:
+    names = argv or list(SUITES)
+    unknown = [n for n in names if n not in SUITES]
+    if unknown:
+        print(f"unknown suite(s): {', '.join(unknown)}; choose from {', '.join(SUITES)}", file=sys.stderr)
+        return 2
+    rows: list[tuple[str, str, str]] = []
+    failed = False
+    for name in names:
+        started = time.perf_counter()
+        print(f"running {name} ...", file=sys.stderr, flush=True)
+        try:
+            rows += importlib.import_module(SUITES[name]).run()
+        except Exception as exc:  # one broken suite must not hide the others' figures
+            failed = True
+            rows.append((f"{name}: FAILED", type(exc).__name__, str(exc)[:80]))
+        print(f"  {name} took {time.perf_counter() - started:.1f} s", file=sys.stderr, flush=True)
+    print(table(rows))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
