@@ -43,6 +43,7 @@ class Services:
         self.metrics = Metrics(runtime.bus, engine=runtime.engine, receipts=runtime.receipts)
         try:
             self.http = await start_http(runtime, self.metrics)
+            runtime.log.info("serving /metrics, /health, /livez, /readyz", url=self.http.url)
         except ListenError as exc:
             if http_required:
                 self.metrics.close()

@@ -1,0 +1,188 @@
+"""Headless footprint: RSS and CPU of `vmsh-scheduler --no-ui` idling with 1,000 jobs.
+
+The real program runs as a subprocess on a config with 1,000 namespaces on the embedded
+`local:bench` TSA (cadence every 1h), batches and data in a temporary folder, HTTP on a
+free port. Once the first round has written all 1,000 receipts, the process is sampled
+once a second for BENCH_IDLE_SECONDS (default 60): CPU time (utime + stime from
+/proc/<pid>/stat) over the window, and RSS (VmRSS from /proc/<pid>/status) at the end and
+at its highest. It is then stopped with SIGTERM and must exit 0.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from core.jobs import safe_name
+from core.sources import write_batch
+
+BIN = Path(sys.executable).with_name("vmsh-scheduler")
+JOBS = 1_000
+FIRST_ROUND_TIMEOUT = 120.0
+
+
+def idle_seconds() -> float:
+    return float(os.environ.get("BENCH_IDLE_SECONDS", "60"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_config(tmp: Path, n: int) -> Path:
+    """Config in its own folder (the config watcher watches that folder only)."""
+    lines = [
+        "scheduler:",
+        "  tick: 1.0",
+        f"  data_dir: {tmp / 'data'}",
+        "http:",
+        f'  listen: "127.0.0.1:{free_port()}"',
+        "targets:",
+        "  local:",
+        "    bench: {}",
+        "namespaces:",
+    ]
+    for i in range(n):
+        ns = f"bench:{i}"
+        lines += [
+            f'  "{ns}":',
+            f"    source: {tmp / 'batches' / safe_name(ns)}",
+            "    cadence:",
+            "      fast:",
+            '        target: "local:bench"',
+            '        every: "1h"',
+        ]
+    path = tmp / "conf" / "config.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def count_receipts(data: Path) -> int:
+    folder = data / "receipts"
+    if not folder.is_dir():
+        return 0
+    total = 0
+    for entry in os.scandir(folder):
+        if entry.is_dir():
+            total += sum(1 for f in os.scandir(entry.path) if f.name.endswith(".json"))
+    return total
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of the process, in seconds."""
+    text = Path(f"/proc/{pid}/stat").read_text()
+    fields = text[text.rindex(")") + 2 :].split()  # after "pid (comm) "; comm may hold spaces
+    utime, stime = int(fields[11]), int(fields[12])  # fields 14 and 15 of proc(5)
+    return (utime + stime) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def stop(proc: subprocess.Popen) -> int:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise RuntimeError("vmsh-scheduler did not stop within 30 s of SIGTERM") from None
+
+
+def measure(n: int = JOBS, idle: float | None = None) -> dict[str, float]:
+    idle = idle_seconds() if idle is None else idle
+    with tempfile.TemporaryDirectory(prefix="vmsh-headless-bench-") as name:
+        tmp = Path(name)
+        for i in range(n):
+            ns = f"bench:{i}"
+            write_batch(tmp / "batches" / safe_name(ns), "000001", "sha256:" + f"{i + 1:064x}")
+        config = make_config(tmp, n)
+        log_path = tmp / "stdout.jsonl"
+        with open(log_path, "wb") as log, open(tmp / "stderr.txt", "wb") as err:
+            t0 = time.perf_counter()
+            proc = subprocess.Popen(
+                [str(BIN), "--no-ui", "--config", str(config)],
+                stdout=log,
+                stderr=err,
+                stdin=subprocess.DEVNULL,
+                cwd=tmp,
+            )
+            try:
+                deadline = time.monotonic() + FIRST_ROUND_TIMEOUT
+                while count_receipts(tmp / "data") < n:
+                    if proc.poll() is not None:
+                        raise RuntimeError(
+                            f"vmsh-scheduler exited {proc.returncode} before the first round: "
+                            + (tmp / "stderr.txt").read_text()[-2000:]
+                        )
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"first round not done within {FIRST_ROUND_TIMEOUT:.0f} s")
+                    time.sleep(0.05)
+                first_round = time.perf_counter() - t0
+                # Let the last writes (state save, intents closed) land before the window opens.
+                time.sleep(1.0)
+                pid = proc.pid
+                rss_max = rss_bytes(pid)
+                cpu0, w0 = cpu_seconds(pid), time.monotonic()
+                end = w0 + idle
+                while (now := time.monotonic()) < end:
+                    time.sleep(min(1.0, end - now))
+                    rss_max = max(rss_max, rss_bytes(pid))
+                cpu1, w1 = cpu_seconds(pid), time.monotonic()
+                rss_end = rss_bytes(pid)
+                receipts_after = count_receipts(tmp / "data")
+            finally:
+                code = stop(proc)
+        if code != 0:
+            raise RuntimeError(f"vmsh-scheduler exited {code} after SIGTERM, expected 0")
+        if receipts_after != n:
+            raise RuntimeError(f"{receipts_after} receipts after the idle window, expected {n}")
+    return {
+        "first_round": first_round,
+        "idle": w1 - w0,
+        "cpu": cpu1 - cpu0,
+        "rss_end": rss_end,
+        "rss_max": rss_max,
+    }
+
+
+def run() -> list[tuple[str, str, str]]:
+    m = measure()
+    mb = 1024 * 1024
+    cpu_pct = 100.0 * m["cpu"] / m["idle"]
+    return [
+        (
+            f"headless RSS, {JOBS:,} jobs idle",
+            f"{m['rss_end'] / mb:.1f} MB",
+            f"< 50 MB (max seen {m['rss_max'] / mb:.1f} MB)",
+        ),
+        (
+            f"headless CPU, {JOBS:,} jobs idle over {m['idle']:.0f} s",
+            f"{cpu_pct:.2f} % of one core",
+            "< 1 %",
+        ),
+        (
+            f"headless first round, {JOBS:,} anchors (from process start)",
+            f"{m['first_round']:.2f} s",
+            "note: includes interpreter start and local TSA key setup",
+        ),
+    ]
+
+
+if __name__ == "__main__":
+    for row in run():
+        print(" | ".join(row))
