@@ -8,6 +8,7 @@ SIGHUP reloads the configuration; an invalid one is logged and the old one stays
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 import sys
 
@@ -59,6 +60,7 @@ async def serve(runtime: Runtime, stop: asyncio.Event | None = None) -> int:
         _remove_signal_handlers(loop)
         await runtime.close()
         return EXIT_CANNOT_START
+    gc.freeze()  # the config, jobs and imports live as long as the process: skip them in full GCs
     engine = loop.create_task(runtime.engine.run(), name="engine")
     stopper = loop.create_task(stop.wait(), name="stop")
     done, _ = await asyncio.wait({engine, stopper}, return_when=asyncio.FIRST_COMPLETED)

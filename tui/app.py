@@ -10,6 +10,7 @@ countdowns, and the diff means only the cells whose text changed are touched.
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import signal
 import threading
@@ -259,6 +260,9 @@ class VaultMeshApp(App[int]):
             self.notify(problem, severity="error", timeout=30)
         if self.readonly:
             self.runtime.log.info("dashboard is read-only: force, reload and pause are disabled")
+        # Everything built so far lives as long as the app: keep it out of full collections
+        # (with 1,000 jobs those took ~100 ms every 10-20 s, a visible hitch).
+        gc.freeze()
 
     def on_resize(self, event: Resize) -> None:
         self._layout(event.size.width, event.size.height)

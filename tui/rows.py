@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from rich.text import Text
 
@@ -34,9 +34,11 @@ STATUS_ROLE = {
 STATUS_TEXT = {"backing_off": "backing off"}
 
 
-@dataclass(frozen=True, slots=True)
-class Cell:
-    """A table cell: what is shown, what it sorts by, and its theme role."""
+class Cell(NamedTuple):
+    """A table cell: what is shown, what it sorts by, and its theme role.
+
+    A NamedTuple, not a dataclass: the 1 s refresh builds and compares thousands of
+    these, and tuple construction and equality run in C."""
 
     text: str
     sort: Any = None
@@ -51,6 +53,7 @@ class Palette:
     """Theme roles -> Rich style strings, from a textual Theme's colours."""
 
     def __init__(self, colors: Mapping[str, str | None] | None = None) -> None:
+        self.constant_cells: dict[Any, tuple[Cell, ...]] = {}  # cells that never change, per key
         self.styles: dict[str, str] = {"muted": "dim", "": ""}
         for role, value in (colors or {}).items():
             self.styles[role] = _rich_color(value)
@@ -111,11 +114,17 @@ def job_row(view: JobView, now: float, max_level: int, paused: bool, p: Palette)
     else:
         backoff = "-"
     status = view.status
+    ckey = (spec.namespace, spec.cadence, spec.target, spec.every)
+    constant = p.constant_cells.get(ckey)
+    if constant is None:
+        constant = p.constant_cells[ckey] = (
+            p.cell(spec.namespace),
+            p.cell(spec.cadence, (_CADENCE_ORDER.get(spec.cadence, 9), spec.cadence)),
+            p.cell(spec.target),
+            p.cell(format_seconds(spec.every), spec.every),
+        )
     return (
-        p.cell(spec.namespace),
-        p.cell(spec.cadence, (_CADENCE_ORDER.get(spec.cadence, 9), spec.cadence)),
-        p.cell(spec.target),
-        p.cell(format_seconds(spec.every), spec.every),
+        *constant,
         p.cell(age(last), _INF if last is None else last, "muted" if last is None else ""),
         p.cell(nxt, nxt_sort),
         p.cell(backoff, state.backoff_level, "warning" if state.backoff_level else "muted"),

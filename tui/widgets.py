@@ -17,6 +17,7 @@ from core.events import LogRecord
 from tui.rows import LEVEL_RANK, LOG_LEVELS, Cell, log_line
 
 Columns = tuple[tuple[str, str, int | None], ...]
+REBUILD_AFTER = 8  # rows removed in one sync beyond which the table is rebuilt instead
 
 
 class DiffTable(DataTable):
@@ -74,12 +75,17 @@ class DiffTable(DataTable):
 
     def _sync(self) -> None:
         wanted = {k: r for k, r in self.all_rows.items() if self._match(r)}
+        gone = [k for k in self._shown if k not in wanted]
+        if len(gone) > REBUILD_AFTER:
+            self._rebuild(wanted)
+            return
         first_fill = not self._shown
         resort = False
-        for key in [k for k in self._shown if k not in wanted]:
+        for key in gone:
             self.remove_row(key)
             del self._shown[key]
-        columns = [c[0] for c in self.column_spec]
+        columns = [ColumnKey(c[0]) for c in self.column_spec]
+        changed = False
         for key, row in wanted.items():
             old = self._shown.get(key)
             if old is None:
@@ -87,15 +93,41 @@ class DiffTable(DataTable):
                 self._widen(row)
                 resort = True
             elif old != row:
+                # Write changed cells in place and refresh once below: DataTable.update_cell
+                # refreshes (and re-measures) the whole table on every call.
+                cells = self._data[RowKey(key)]
                 for index, (before, after) in enumerate(zip(old, row, strict=True)):
                     if before != after:
-                        self.update_cell(key, columns[index], after)
+                        cells[columns[index]] = after
+                        changed = True
                         resort = resort or (index == self.sort_index and before.sort != after.sort)
             self._shown[key] = row
+        self._new_rows.clear()  # _widen sized them already; DataTable would measure every cell again
+        if changed:
+            self._update_count += 1
+            self.refresh()
         if resort:
             self._sort()
             if first_fill and self.row_count:
                 self.move_cursor(row=0, animate=False)  # start at the top, not where sorting put row 0
+
+    def _rebuild(self, wanted: dict[str, tuple[Cell, ...]]) -> None:
+        """Many rows gone at once (a filter, the receipts after a big pass): clear and add.
+        DataTable.remove_row re-indexes every row and moves the cursor on each call, so
+        removing k of n rows one by one costs k x n."""
+        selected = self.selected_key
+        self.clear()
+        self._shown = {}
+        for key, row in wanted.items():
+            self.add_row(*row, key=key)
+            self._widen(row)
+            self._shown[key] = row
+        self._new_rows.clear()
+        self._sort()
+        if selected is not None and selected in self._shown:
+            self.move_cursor(row=self.get_row_index(selected), animate=False)
+        elif self.row_count:
+            self.move_cursor(row=0, animate=False)
 
     def _widen(self, row: tuple[Cell, ...]) -> None:
         # DataTable measures new rows on idle but keeps rows it already rendered at the
