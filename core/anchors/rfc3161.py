@@ -40,6 +40,7 @@ import base64
 import os
 import ssl
 from collections.abc import Mapping
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -142,6 +143,14 @@ def _display_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
+@lru_cache(maxsize=16)
+def _tls_context(cafile: str, mtime_ns: int) -> ssl.SSLContext:
+    """One TLS context per CA bundle file and version, shared by every backend: loading a
+    bundle costs ~30 ms of blocking CPU, too much to pay on every call."""
+    del mtime_ns  # part of the cache key only: an edited bundle is loaded again
+    return ssl.create_default_context(cafile=cafile)
+
+
 class RFC3161Backend:
     """A real time-stamp authority behind `rfc3161:<name>` (implements core.anchors.base.Backend)."""
 
@@ -239,15 +248,18 @@ class RFC3161Backend:
 
     # --- HTTP ------------------------------------------------------------------------------
 
-    def _ssl_context(self) -> ssl.SSLContext | bool:
-        if self.settings.ca_bundle is None:
-            return True  # httpx default: verification on, the certifi bundle
+    def _ssl_context(self) -> ssl.SSLContext:
         if self._ssl is None:
+            cafile = self.settings.ca_bundle
+            if cafile is None:
+                import certifi  # httpx's own default bundle
+
+                cafile = certifi.where()
             try:
-                self._ssl = ssl.create_default_context(cafile=str(self.settings.ca_bundle))
+                self._ssl = _tls_context(str(cafile), os.stat(cafile).st_mtime_ns)
             except (OSError, ssl.SSLError) as exc:
                 raise ValidationError(
-                    f"{self.target}: cannot load ca_bundle {self.settings.ca_bundle}: {exc}"
+                    f"{self.target}: cannot load ca_bundle {cafile}: {exc}"
                 ) from None
         return self._ssl
 
