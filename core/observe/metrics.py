@@ -36,11 +36,15 @@ at once; it also creates each job's counters at 0 so `rate()` and alerts see the
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import threading
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import choose_encoder
+from prometheus_client.utils import floatToGoString
 
 from core import __version__
 from core.events import (
@@ -59,8 +63,148 @@ from core.events import (
 from core.jobs import JobKey
 
 JOB_LABELS = ("namespace", "cadence", "target")
-ANCHOR_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+ANCHOR_BUCKETS = (
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    120.0,
+    300.0,
+    600.0,
+)
 TICK_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+_LE = [floatToGoString(b) for b in (*ANCHOR_BUCKETS, float("inf"))]
+
+
+class _Durations:
+    """One histogram child: a count per bucket (not cumulative) and the sum."""
+
+    __slots__ = ("counts", "total")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(ANCHOR_BUCKETS) + 1)
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(ANCHOR_BUCKETS, value)] += 1
+        self.total += value
+
+    def buckets(self) -> list[tuple[str, int]]:
+        out, running = [], 0
+        for le, n in zip(_LE, self.counts, strict=True):
+            running += n
+            out.append((le, running))
+        return out
+
+
+class _JobSeries:
+    """Everything exported about one job, in a few plain fields.
+
+    prometheus_client's labelled children cost ~8 KiB a job (a lock and a value object
+    per sample); with thousands of jobs that was most of the process's memory, so the
+    per-job series live here and are turned into samples only when scraped.
+    """
+
+    __slots__ = (
+        "target",
+        "attempted",
+        "succeeded",
+        "failed",
+        "last_anchor",
+        "period",
+        "backoff",
+        "durations",
+    )
+
+    def __init__(self) -> None:
+        self.target: str | None = None  # the target the job's series are labelled with
+        self.backoff: int | None = None
+        self.retarget(None)
+
+    def retarget(self, target: str | None) -> None:
+        """Label with a new target: the old target's series go, counters restart at 0."""
+        self.target = target
+        self.attempted = self.succeeded = self.failed = 0
+        self.last_anchor: float | None = None
+        self.period: float | None = None
+        self.durations: dict[str, _Durations] = {}
+
+    def observe(self, status: str, value: float) -> None:
+        child = self.durations.get(status)
+        if child is None:
+            child = self.durations[status] = _Durations()
+        child.observe(value)
+
+
+class _JobCollector:
+    """Turns the job table into metric families at scrape time (any thread)."""
+
+    def __init__(self, jobs: dict[JobKey, _JobSeries], lock: threading.Lock) -> None:
+        self._jobs = jobs
+        self._lock = lock
+
+    def describe(self) -> Iterator[Any]:
+        return iter(self._families())
+
+    def collect(self) -> Iterator[Any]:
+        with self._lock:
+            return iter(self._families(list(self._jobs.items())))
+
+    @staticmethod
+    def _families(jobs: Iterable[tuple[JobKey, _JobSeries]] = ()) -> list[Any]:
+        attempted = CounterMetricFamily(
+            "vmsh_anchors_attempted", "Anchor attempts, per job.", labels=JOB_LABELS
+        )
+        succeeded = CounterMetricFamily(
+            "vmsh_anchors_succeeded", "Anchors that produced a receipt, per job.", labels=JOB_LABELS
+        )
+        failed = CounterMetricFamily(
+            "vmsh_anchors_failed", "Anchor attempts that failed, per job.", labels=JOB_LABELS
+        )
+        backoff = GaugeMetricFamily(
+            "vmsh_backoff_state",
+            "Current phi backoff level of a job (0 = not backing off).",
+            labels=("namespace", "cadence"),
+        )
+        duration = HistogramMetricFamily(
+            "vmsh_anchor_duration_seconds",
+            "Time of the backend call for a job's anchor.",
+            labels=(*JOB_LABELS, "status"),
+        )
+        last_anchor = GaugeMetricFamily(
+            "vmsh_last_anchor_timestamp_seconds",
+            "When a job last anchored (Unix epoch seconds).",
+            labels=JOB_LABELS,
+        )
+        period = GaugeMetricFamily(
+            "vmsh_job_period_seconds",
+            "A job's cadence period (for staleness alerts).",
+            labels=JOB_LABELS,
+        )
+        for key, job in jobs:
+            if job.backoff is not None:
+                backoff.add_metric((key.namespace, key.cadence), job.backoff)
+            if job.target is None:
+                continue
+            labels = (key.namespace, key.cadence, job.target)
+            attempted.add_metric(labels, job.attempted)
+            succeeded.add_metric(labels, job.succeeded)
+            failed.add_metric(labels, job.failed)
+            if job.last_anchor is not None:
+                last_anchor.add_metric(labels, job.last_anchor)
+            if job.period is not None:
+                period.add_metric(labels, job.period)
+            for status, child in job.durations.items():
+                duration.add_metric((*labels, status), child.buckets(), child.total)
+        return [attempted, succeeded, failed, backoff, duration, last_anchor, period]
 
 
 class Metrics:
@@ -75,47 +219,34 @@ class Metrics:
     ) -> None:
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.attempted = Counter(
-            "vmsh_anchors_attempted", "Anchor attempts, per job.", JOB_LABELS, registry=r
-        )
-        self.succeeded = Counter(
-            "vmsh_anchors_succeeded", "Anchors that produced a receipt, per job.", JOB_LABELS, registry=r
-        )
-        self.failed = Counter(
-            "vmsh_anchors_failed", "Anchor attempts that failed, per job.", JOB_LABELS, registry=r
-        )
-        self.backoff = Gauge(
-            "vmsh_backoff_state", "Current phi backoff level of a job (0 = not backing off).",
-            ("namespace", "cadence"), registry=r,
-        )
-        self.duration = Histogram(
-            "vmsh_anchor_duration_seconds", "Time of the backend call for a job's anchor.",
-            (*JOB_LABELS, "status"), buckets=ANCHOR_BUCKETS, registry=r,
-        )
-        self.last_anchor = Gauge(
-            "vmsh_last_anchor_timestamp_seconds", "When a job last anchored (Unix epoch seconds).",
-            JOB_LABELS, registry=r,
-        )
-        self.period = Gauge(
-            "vmsh_job_period_seconds", "A job's cadence period (for staleness alerts).",
-            JOB_LABELS, registry=r,
-        )
+        self._jobs: dict[JobKey, _JobSeries] = {}
+        self._lock = threading.Lock()  # the loop writes, a scrape thread reads
+        r.register(_JobCollector(self._jobs, self._lock))
         self.pending = Gauge(
-            "vmsh_receipts_pending", "Receipts waiting for confirmations, per target.",
-            ("target",), registry=r,
+            "vmsh_receipts_pending",
+            "Receipts waiting for confirmations, per target.",
+            ("target",),
+            registry=r,
         )
         self.reloads = Counter(
-            "vmsh_config_reloads", "Configuration reloads, by result (ok|error).", ("result",), registry=r
+            "vmsh_config_reloads",
+            "Configuration reloads, by result (ok|error).",
+            ("result",),
+            registry=r,
         )
         self.tick = Histogram(
-            "vmsh_tick_duration_seconds", "Time of one scheduling pass.", buckets=TICK_BUCKETS, registry=r
+            "vmsh_tick_duration_seconds",
+            "Time of one scheduling pass.",
+            buckets=TICK_BUCKETS,
+            registry=r,
         )
-        self.build_info = Gauge("vmsh_build_info", "Scheduler build (always 1).", ("version",), registry=r)
+        self.build_info = Gauge(
+            "vmsh_build_info", "Scheduler build (always 1).", ("version",), registry=r
+        )
         self.build_info.labels(version).set(1)
         for result in ("ok", "error"):
             self.reloads.labels(result)
 
-        self._targets: dict[JobKey, str] = {}  # the target each job's series are labelled with
         self._outstanding: set[JobKey] = set()  # jobs sent to a backend, outcome not seen yet
         self._pending: dict[str, int] = {}
         self._engine = engine
@@ -138,13 +269,12 @@ class Metrics:
         per target are counted from disk (this reads every receipt once).
         """
         self._engine = engine
-        for view in engine.views():
-            key, target, state = view.spec.key, view.spec.target, view.state
-            self._track(key, target)
-            self.period.labels(key.namespace, key.cadence, target).set(view.spec.every)
-            if state.last_anchored_at is not None:
-                self.last_anchor.labels(key.namespace, key.cadence, target).set(state.last_anchored_at)
-            self.backoff.labels(key.namespace, key.cadence).set(state.backoff_level)
+        with self._lock:
+            for view in engine.views():
+                job = self._track(view.spec.key, view.spec.target)
+                job.period = view.spec.every
+                job.last_anchor = view.state.last_anchored_at
+                job.backoff = view.state.backoff_level
         if receipts is not None:
             counts: dict[str, int] = {}
             for _path, receipt in receipts.pending():
@@ -169,77 +299,72 @@ class Metrics:
     # ----- events ------------------------------------------------------------------------------
 
     def handle(self, event: Event) -> None:
-        if isinstance(event, AnchorStarted):
-            for key in event.jobs:
-                self._track(key, event.target)
-                self.attempted.labels(key.namespace, key.cadence, event.target).inc()
-                self._outstanding.add(key)
-        elif isinstance(event, AnchorSucceeded):
-            labels = self._outcome(event.job, event.target)
-            self.succeeded.labels(*labels[:3]).inc()
-            if labels[3]:
-                self.duration.labels(*labels[:3], "success").observe(max(0.0, event.duration))
-            self.last_anchor.labels(*labels[:3]).set(event.at)
-        elif isinstance(event, AnchorFailed):
-            labels = self._outcome(event.job, event.target)
-            self.failed.labels(*labels[:3]).inc()
-            if labels[3]:
-                self.duration.labels(*labels[:3], "failure").observe(max(0.0, event.duration))
-        elif isinstance(event, BackoffChanged):
-            self.backoff.labels(event.job.namespace, event.job.cadence).set(event.level)
+        if isinstance(event, TickCompleted):
+            self.tick.observe(max(0.0, event.duration))
         elif isinstance(event, ReceiptWritten):
             if event.status == "pending":
                 self._set_pending(event.target, self._pending.get(event.target, 0) + 1)
         elif isinstance(event, ReceiptConfirmed):
             # Never below zero, should seeding have missed a receipt.
             self._set_pending(event.target, max(0, self._pending.get(event.target, 0) - 1))
-        elif isinstance(event, TickCompleted):
-            self.tick.observe(max(0.0, event.duration))
-        elif isinstance(event, ConfigApplied):
-            self.reloads.labels("ok").inc()
-            self._apply(event)
         elif isinstance(event, ConfigRejected):
             self.reloads.labels("error").inc()
+        elif isinstance(event, ConfigApplied):
+            self.reloads.labels("ok").inc()
+            with self._lock:
+                self._apply(event)
+        else:
+            with self._lock:
+                self._job_event(event)
+
+    def _job_event(self, event: Event) -> None:
+        if isinstance(event, AnchorStarted):
+            for key in event.jobs:
+                self._track(key, event.target).attempted += 1
+                self._outstanding.add(key)
+        elif isinstance(event, AnchorSucceeded):
+            job, timed = self._outcome(event.job, event.target)
+            job.succeeded += 1
+            if timed:
+                job.observe("success", max(0.0, event.duration))
+            job.last_anchor = event.at
+        elif isinstance(event, AnchorFailed):
+            job, timed = self._outcome(event.job, event.target)
+            job.failed += 1
+            if timed:
+                job.observe("failure", max(0.0, event.duration))
+        elif isinstance(event, BackoffChanged):
+            self._job(event.job).backoff = event.level
 
     def _set_pending(self, target: str, n: int) -> None:
         self._pending[target] = n
         self.pending.labels(target).set(n)
 
-    def _outcome(self, key: JobKey, target: str) -> tuple[str, str, str, bool]:
-        """Labels of an outcome, and whether this process timed its backend call."""
-        self._track(key, target)
+    def _outcome(self, key: JobKey, target: str) -> tuple[_JobSeries, bool]:
+        """The job's series, and whether this process timed its backend call."""
+        job = self._track(key, target)
         timed = key in self._outstanding
         if timed:
             self._outstanding.discard(key)
         else:
-            self.attempted.labels(key.namespace, key.cadence, target).inc()
-        return key.namespace, key.cadence, target, timed
+            job.attempted += 1  # no AnchorStarted: a failure before the call, or recovered
+        return job, timed
 
-    def _track(self, key: JobKey, target: str) -> None:
-        old = self._targets.get(key)
-        if old == target:
-            return
-        if old is not None:
-            self._remove(key, target=old)
-        self._targets[key] = target
-        for counter in (self.attempted, self.succeeded, self.failed):
-            counter.labels(key.namespace, key.cadence, target)
+    def _job(self, key: JobKey) -> _JobSeries:
+        job = self._jobs.get(key)
+        if job is None:
+            job = self._jobs[key] = _JobSeries()
+        return job
 
-    def _remove(self, key: JobKey, target: str | None = None) -> None:
-        labels = {"namespace": key.namespace, "cadence": key.cadence}
-        if target is not None:
-            labels["target"] = target
-        for metric in (
-            self.attempted, self.succeeded, self.failed, self.duration, self.last_anchor, self.period,
-        ):
-            metric.remove_by_labels(labels)
-        if target is None:
-            self.backoff.remove_by_labels(labels)
+    def _track(self, key: JobKey, target: str) -> _JobSeries:
+        job = self._job(key)
+        if job.target != target:
+            job.retarget(target)
+        return job
 
     def _apply(self, event: ConfigApplied) -> None:
         for key in event.removed:
-            self._remove(key)
-            self._targets.pop(key, None)
+            self._jobs.pop(key, None)
             self._outstanding.discard(key)
         if self._engine is None:
             return
@@ -247,10 +372,10 @@ class Metrics:
         for key in (*event.added, *event.changed):
             spec = specs.get(key)
             if spec is not None:
-                self._track(key, spec.target)
-                self.period.labels(key.namespace, key.cadence, spec.target).set(spec.every)
+                job = self._track(key, spec.target)
+                job.period = spec.every
                 if key in event.added:
-                    self.backoff.labels(key.namespace, key.cadence).set(0)
+                    job.backoff = 0
 
 
 __all__ = ["Metrics"]

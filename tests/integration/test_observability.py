@@ -11,7 +11,14 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families 
 from prometheus_client.parser import text_string_to_metric_families
 
 from core import __version__
-from core.events import EventBus, ReceiptConfirmed, ReceiptWritten
+from core.events import (
+    AnchorFailed,
+    AnchorStarted,
+    AnchorSucceeded,
+    EventBus,
+    ReceiptConfirmed,
+    ReceiptWritten,
+)
 from core.jobs import JobKey
 from core.observe import http as http_mod
 from core.observe.http import ListenError, start_http
@@ -297,6 +304,42 @@ def test_pending_receipts_count_up_and_down_per_target():
     for _ in range(5):
         bus.publish(ReceiptConfirmed(at=3.0, job=job, target="eip155:8453", path="p"))
     assert get("vmsh_receipts_pending", {"target": "eip155:8453"}) == 0
+
+
+def test_durations_land_in_their_buckets_and_a_new_target_starts_afresh():
+    bus = EventBus()
+    m = Metrics(bus)
+    get = m.registry.get_sample_value
+    job = JobKey("a", "fast")
+    old = {"namespace": "a", "cadence": "fast", "target": "local:dev"}
+    for duration in (0.3, 0.5, 7.0):
+        bus.publish(AnchorStarted(at=1.0, target="local:dev", jobs=(job,), digest="d"))
+        bus.publish(AnchorSucceeded(at=2.0, job=job, target="local:dev", root="r", duration=duration,
+                                    status="confirmed"))
+    bus.publish(AnchorStarted(at=3.0, target="local:dev", jobs=(job,), digest="d"))
+    bus.publish(AnchorFailed(at=4.0, job=job, target="local:dev", kind="network", message="down",
+                             duration=700.0))
+    ok = {**old, "status": "success"}
+    # Buckets are cumulative and inclusive of their bound, as Prometheus reads them.
+    assert get("vmsh_anchor_duration_seconds_bucket", {**ok, "le": "0.25"}) == 0
+    assert get("vmsh_anchor_duration_seconds_bucket", {**ok, "le": "0.5"}) == 2
+    assert get("vmsh_anchor_duration_seconds_bucket", {**ok, "le": "10.0"}) == 3
+    assert get("vmsh_anchor_duration_seconds_bucket", {**ok, "le": "+Inf"}) == 3
+    assert get("vmsh_anchor_duration_seconds_sum", ok) == pytest.approx(7.8)
+    bad = {**old, "status": "failure"}
+    assert get("vmsh_anchor_duration_seconds_bucket", {**bad, "le": "600.0"}) == 0
+    assert get("vmsh_anchor_duration_seconds_count", bad) == 1
+    assert (get("vmsh_anchors_attempted_total", old), get("vmsh_anchors_failed_total", old)) == (4, 1)
+    assert get("vmsh_last_anchor_timestamp_seconds", old) == 2.0
+
+    # The job moves to another target: the old target's series go, the new start at zero.
+    bus.publish(AnchorStarted(at=5.0, target="local:other", jobs=(job,), digest="d"))
+    new = {**old, "target": "local:other"}
+    assert get("vmsh_anchors_attempted_total", old) is None
+    assert get("vmsh_anchor_duration_seconds_count", ok) is None
+    assert get("vmsh_anchors_attempted_total", new) == 1
+    assert get("vmsh_anchors_succeeded_total", new) == 0
+    assert get("vmsh_last_anchor_timestamp_seconds", new) is None
 
 
 async def test_attempts_are_counted_per_job_of_an_aggregated_group(stack):
