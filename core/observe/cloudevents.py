@@ -56,7 +56,6 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import IO, Any
 
-import httpx
 from prometheus_client import CollectorRegistry, Counter
 
 from core.clock import iso_utc
@@ -158,6 +157,8 @@ def encode(ce: dict[str, Any]) -> bytes:
 
 def _redacted_url(url: str) -> str:
     """A URL fit for a log line: no user:password, no query."""
+    import httpx  # only with CloudEvents configured: the import costs ~6 MB
+
     parts = httpx.URL(url)
     return str(parts.copy_with(userinfo=b"", query=None, fragment=None))
 
@@ -206,6 +207,9 @@ class HttpSink(_Sink):
         self.url = settings.url
         self.retries = settings.retries
         self.rng = rng
+        import httpx  # only with an HTTP sink configured: the import costs ~6 MB
+
+        self._errors = (httpx.HTTPError,)
         self.client = httpx.AsyncClient(
             timeout=settings.timeout, follow_redirects=False, headers={"Content-Type": CONTENT_TYPE}
         )
@@ -223,7 +227,7 @@ class HttpSink(_Sink):
                 await asyncio.sleep(self.backoff(attempt - 1))
             try:
                 response = await self.client.post(self.url, content=body)
-            except httpx.HTTPError as exc:
+            except self._errors as exc:
                 problem = type(exc).__name__
                 continue
             if 200 <= response.status_code < 300:
