@@ -5,7 +5,9 @@ The real program runs as a subprocess on a config with 1,000 namespaces on the e
 free port. Once the first round has written all 1,000 receipts, the process is sampled
 once a second for BENCH_IDLE_SECONDS (default 60): CPU time (utime + stime from
 /proc/<pid>/stat) over the window, and RSS (VmRSS from /proc/<pid>/status) at the end and
-at its highest. It is then stopped with SIGTERM and must exit 0.
+at its highest. It is then stopped with SIGTERM and must exit 0. The same run with one
+job (2 s idle) gives the floor: what Python, asyncio/ssl, pydantic, prometheus-client and
+cryptography take before the scheduler holds anything.
 """
 
 from __future__ import annotations
@@ -193,14 +195,20 @@ def measure(n: int = JOBS, idle: float | None = None) -> dict[str, float]:
 
 def run() -> list[tuple[str, str, str]]:
     m = measure()
+    floor = measure(1, idle=2.0)  # what the interpreter and libraries take before any job
     mb = 1024 * 1024
     cpu_pct = 100.0 * m["cpu"] / m["idle"]
     return [
         (
             f"headless RSS, {JOBS:,} jobs idle",
-            f"{m['rss_end'] / mb:.1f} MB",
-            f"< 50 MB (max seen {m['rss_max'] / mb:.1f} MB; private {m['anon_end'] / mb:.1f} MB,"
+            f"{m['rss_end'] / mb:.1f} MiB",
+            f"< 50 MB (max seen {m['rss_max'] / mb:.1f} MiB; private {m['anon_end'] / mb:.1f} MiB,"
             " the rest file-backed: shared libraries)",
+        ),
+        (
+            "headless RSS, 1 job (interpreter and libraries)",
+            f"{floor['rss_end'] / mb:.1f} MiB",
+            f"private {floor['anon_end'] / mb:.1f} MiB: the floor under the figure above",
         ),
         (
             f"headless CPU, {JOBS:,} jobs idle over {m['idle']:.0f} s",
