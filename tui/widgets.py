@@ -79,7 +79,6 @@ class DiffTable(DataTable):
         if len(gone) > REBUILD_AFTER:
             self._rebuild(wanted)
             return
-        first_fill = not self._shown
         resort = False
         for key in gone:
             self.remove_row(key)
@@ -108,14 +107,12 @@ class DiffTable(DataTable):
             self.refresh()
         if resort:
             self._sort()
-            if first_fill and self.row_count:
-                self.move_cursor(row=0, animate=False)  # start at the top, not where sorting put row 0
 
     def _rebuild(self, wanted: dict[str, tuple[Cell, ...]]) -> None:
         """Many rows gone at once (a filter, the receipts after a big pass): clear and add.
         DataTable.remove_row re-indexes every row and moves the cursor on each call, so
         removing k of n rows one by one costs k x n."""
-        selected = self.selected_key
+        selected = None if self.cursor_row == 0 else self.selected_key  # at the top: stay there
         self.clear()
         self._shown = {}
         for key, row in wanted.items():
@@ -140,11 +137,15 @@ class DiffTable(DataTable):
     # ---- sorting and filtering
 
     def _sort(self) -> None:
-        selected = self.selected_key
+        """Sort; the cursor stays on its row, unless it was on the first one: then it stays
+        first, so a newest-first pane keeps showing the newest rows as they arrive."""
+        selected = None if self.cursor_row == 0 else self.selected_key
         i = self.sort_index
         self.sort(key=lambda row: (row[i].sort, row[0].sort, row[1].sort), reverse=self.sort_reverse)
         if selected is not None and selected in self._shown:
             self.move_cursor(row=self.get_row_index(selected), animate=False)
+        elif self.row_count:
+            self.move_cursor(row=0, animate=False)
 
     def _update_sort_labels(self) -> None:
         arrow = " v" if self.sort_reverse else " ^"

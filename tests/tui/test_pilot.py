@@ -54,6 +54,30 @@ async def test_f_confirmed_writes_a_receipt_shown_in_the_receipts_pane(world: Wo
         assert "00:00:10" in first_row and "fin:clearing" in first_row and "confirmed" in first_row
 
 
+async def test_receipts_pane_at_the_top_follows_new_receipts_and_keeps_a_selection(world: World) -> None:
+    app = world.app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await first_anchors(world, app, pilot)
+        await pilot.press("3")  # the Receipts tab: the cursor on the newest receipt, at the top
+        await pilot.press("1")  # back to Namespaces while anchors happen
+        world.clock.advance(50)  # 00:01:00: dao:vaultmesh/fast and ops:metrics/fast are due
+        await world.runtime.engine.run_once()
+        await settle(app, pilot)
+        await pilot.press("3")
+        rows = screen_text(app).splitlines()
+        assert "00:01:00" in rows[5], rows[4:8]  # the new receipts show, not the old top row
+        assert app.receipts.cursor_row == 0
+
+        # An operator who selected an older receipt keeps it while new ones arrive.
+        select(app.receipts, app.receipts.shown_keys[3])
+        chosen = app.receipts.selected_key
+        world.clock.advance(60)
+        await world.runtime.engine.run_once()
+        await settle(app, pilot)
+        assert "T000200000Z" in app.receipts.shown_keys[0]
+        assert app.receipts.selected_key == chosen
+
+
 async def test_f_cancelled_anchors_nothing(world: World) -> None:
     app = world.app()
     async with app.run_test(size=(80, 24), notifications=True) as pilot:
