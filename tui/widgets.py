@@ -24,8 +24,9 @@ class DiffTable(DataTable):
     """A DataTable fed whole snapshots (`show`) or single rows (`put`/`drop`).
 
     Rows are diffed by key: new keys are added, gone keys removed, and only the cells
-    whose value changed are updated; the table is never cleared and rebuilt. A filter
-    hides rows by removing them from the table (they stay in `all_rows`).
+    whose value changed are updated. Only when more than REBUILD_AFTER rows go at once
+    is the table cleared and refilled (removing rows one by one costs O(n) each). A
+    filter hides rows by removing them from the table (they stay in `all_rows`).
     """
 
     BINDINGS = [
