@@ -15,27 +15,25 @@ import sys
 from core.config import LoadedConfig
 from core.observe.http import ListenError
 from core.observe.logs import JsonLineWriter
-from core.runtime import Loader, Runtime
+from core.runtime import CannotStart, Loader, Runtime
 from core.services import Services
-from core.state import LockHeld
 
 EXIT_OK, EXIT_FAILED, EXIT_CANNOT_START = 0, 1, 2
 GRACE_SECONDS = 10.0
 
 
 def run_headless(loaded: LoadedConfig, loader: Loader | None = None) -> int:
-    runtime = Runtime(loaded, loader=loader)
+    try:
+        runtime = Runtime.open(loaded, loader=loader)
+    except CannotStart as exc:
+        print(f"vmsh-scheduler: {exc}", file=sys.stderr)
+        return EXIT_CANNOT_START
     writers = [JsonLineWriter(sys.stdout)]
     log_cfg = loaded.config.log
     if log_cfg.file is not None:
         writers.append(JsonLineWriter(path=log_cfg.file, max_bytes=log_cfg.max_bytes, backups=log_cfg.backups))
     for writer in writers:
         runtime.bus.subscribe(writer)
-    try:
-        runtime.acquire()
-    except LockHeld as exc:
-        print(f"vmsh-scheduler: {exc}", file=sys.stderr)
-        return EXIT_CANNOT_START
     try:
         return asyncio.run(serve(runtime))
     finally:

@@ -20,7 +20,7 @@ from core.engine import Scheduler
 from core.events import ConfigRejected, EventBus
 from core.observe.logs import Log
 from core.receipts import ReceiptStore
-from core.state import DataDirLock, IntentJournal, StateStore
+from core.state import DataDirLock, IntentJournal, LockHeld, StateError, StateStore
 
 Loader = Callable[[], LoadedConfig]
 
@@ -36,6 +36,10 @@ class ReloadResult:
         return f"ReloadResult(applied={self.applied}, changed={self.changed}, summary={self.summary!r})"
 
 
+class CannotStart(Exception):
+    """The scheduler cannot start on this data dir; the message says why, for stderr."""
+
+
 class Runtime:
     def __init__(
         self,
@@ -45,6 +49,7 @@ class Runtime:
         clock: Clock | None = None,
         bus: EventBus | None = None,
         rng: random.Random | None = None,
+        lock: DataDirLock | None = None,
     ) -> None:
         self.loaded = loaded
         self._loader = loader
@@ -53,7 +58,7 @@ class Runtime:
         cfg = loaded.config
         self.data_dir = Path(cfg.scheduler.data_dir)
         self.log = Log(self.bus, self.clock, cfg.log.level)
-        self.lock = DataDirLock(self.data_dir)
+        self.lock = lock or DataDirLock(self.data_dir)
         self.receipts = ReceiptStore(self.data_dir / "receipts")
         state_file = cfg.scheduler.state_file or self.data_dir / "state" / "scheduler.json"
         self.backends = Backends(cfg.resolve_target, self.data_dir, self.clock)
@@ -77,6 +82,33 @@ class Runtime:
             target_guard=cfg.target_mismatch,
             log=self.log,
         )
+
+    @classmethod
+    def open(cls, loaded: LoadedConfig, *, loader: Loader | None = None) -> Runtime:
+        """Lock the data dir, then load state and journal: how both run modes start.
+
+        Raises CannotStart with a message for the operator (another scheduler holds the
+        data dir, it cannot be created, the state file is corrupt), never a traceback.
+        """
+        data_dir = Path(loaded.config.scheduler.data_dir)
+        lock = DataDirLock(data_dir)
+        try:
+            lock.acquire()
+        except LockHeld as exc:
+            raise CannotStart(str(exc)) from exc
+        except OSError as exc:
+            raise CannotStart(f"cannot use the data dir {data_dir}: {exc.strerror or exc}") from exc
+        try:
+            return cls(loaded, loader=loader, lock=lock)
+        except StateError as exc:
+            lock.release()
+            raise CannotStart(
+                f"{exc}\n  fix it, or move it aside to start afresh: every job then anchors once "
+                "more, and receipts are not touched"
+            ) from exc
+        except OSError as exc:
+            lock.release()
+            raise CannotStart(f"cannot start on {data_dir}: {exc}") from exc
 
     def acquire(self) -> None:
         """Take the data-dir lock; raises state.LockHeld naming the holder."""

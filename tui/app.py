@@ -41,7 +41,7 @@ from core.events import (
     TickCompleted,
 )
 from core.jobs import JobKey
-from core.runtime import Runtime
+from core.runtime import CannotStart, Runtime
 from core.services import Services
 from tui.detail import namespace_detail
 from tui.rows import (
@@ -799,9 +799,11 @@ def run_dashboard(loaded: Any, args: argparse.Namespace, loader: Any = None) -> 
     """Run the dashboard until quit / SIGHUP / SIGTERM; returns the process exit code."""
     import sys
 
-    from core.state import LockHeld
-
-    runtime = Runtime(loaded, loader=loader)
+    try:
+        runtime = Runtime.open(loaded, loader=loader)
+    except CannotStart as exc:
+        print(f"vmsh-scheduler: {exc}", file=sys.stderr)
+        return 2
     try:
         app = VaultMeshApp(
             runtime,
@@ -809,11 +811,7 @@ def run_dashboard(loaded: Any, args: argparse.Namespace, loader: Any = None) -> 
             theme=getattr(args, "theme", None),
         )
     except ThemeError as exc:
-        print(f"vmsh-scheduler: {exc}", file=sys.stderr)
-        return 2
-    try:
-        runtime.acquire()
-    except LockHeld as exc:
+        runtime.release()
         print(f"vmsh-scheduler: {exc}", file=sys.stderr)
         return 2
     try:

@@ -153,6 +153,41 @@ def test_a_second_scheduler_on_the_same_data_dir_exits_2_naming_the_holder(tmp_p
         stop(first)
 
 
+@pytest.mark.parametrize("mode", [["--no-ui"], []], ids=["headless", "dashboard"])
+def test_a_corrupt_state_file_stops_the_start_with_its_line_and_a_way_out(tmp_path, mode):
+    write_batch(tmp_path / "batches" / "alpha", "000001", "sha256:" + "ab" * 32)
+    config = make_config(tmp_path, ["alpha"])
+    state = tmp_path / "data" / "state" / "scheduler.json"
+    state.parent.mkdir(parents=True)
+    state.write_text('{"version": 1,\n "jobs": {oops}}\n')
+    result = subprocess.run(
+        [str(BIN), *mode, "--config", str(config)], capture_output=True, text=True, timeout=30,
+        stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"vmsh-scheduler: {state}:2:11: state file is not valid JSON")
+    assert "move it aside to start afresh" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "data" / "receipts").exists()  # nothing anchored on unknown state
+    # Moved aside, the next start anchors from scratch.
+    state.rename(state.with_suffix(".json.bad"))
+    proc = start(config)
+    try:
+        wait_for(lambda: receipts(tmp_path))
+    finally:
+        assert stop(proc)[0] == 0
+
+
+def test_a_data_dir_that_cannot_be_created_is_a_message_not_a_traceback(tmp_path):
+    (tmp_path / "file").write_text("")
+    config = make_config(tmp_path, ["alpha"])
+    result = subprocess.run(
+        [str(BIN), "--no-ui", "--config", str(config), "--data-dir", str(tmp_path / "file" / "data")],
+        capture_output=True, text=True, timeout=30,
+    )
+    assert result.returncode == 2
+    assert result.stderr == f"vmsh-scheduler: cannot use the data dir {tmp_path / 'file' / 'data'}: Not a directory\n"
+
+
 def test_kill_9_mid_run_loses_no_receipt_and_anchors_no_root_twice(tmp_path):
     names = [f"ns{i}" for i in range(6)]
     counter = 0
