@@ -23,14 +23,14 @@ examples:
   vmsh-scheduler check-config config.yaml               validate, print a summary (exit 0/2)
   VMSH_ROOT=~/vaultmesh vmsh-scheduler check-config     the VaultMesh layout:
                                                         vmsh/config/{namespaces,anchors}.yaml
-  vmsh-scheduler verify receipts/*.json                 check receipts offline
+  vmsh-scheduler verify .vmsh-demo/receipts             check receipts offline (files, folders)
 
 configuration, highest precedence first:
   flags > environment (VMSH_CONFIG, VMSH_ROOT, VMSH_NAMESPACES, VMSH_DATA_DIR, VMSH_STATE,
   VMSH_TICK_MS, VMSH_BASE_BACKOFF, VMSH_MAX_BACKOFF, METRICS_PORT, LOG_LEVEL)
   > ./.env > config file (--config, VMSH_CONFIG, VMSH_ROOT layout, ./config.yaml) > defaults
 
-exit codes: 0 ok (or stopped by SIGTERM/SIGINT), 1 a receipt failed verify or the engine\n  failed, 2 invalid configuration, usage, data dir locked or HTTP port taken
+exit codes: 0 ok (or stopped by SIGTERM/SIGINT), 1 a receipt failed verify or the engine\n  failed, 2 invalid configuration, usage, data dir locked or unusable, a corrupt state\n  file, or HTTP port taken
 """
 
 
@@ -61,7 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
     verify = sub.add_parser(
         "verify", help="verify receipts", description="Verify receipt files offline."
     )
-    verify.add_argument("files", nargs="+", type=Path, metavar="FILE", help="receipt JSON files")
+    verify.add_argument(
+        "files", nargs="+", type=Path, metavar="FILE|DIR",
+        help="receipt JSON files, or folders to verify every receipt below",
+    )
     add_common(verify, suppress=True)
     return parser
 

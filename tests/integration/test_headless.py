@@ -106,6 +106,17 @@ def test_headless_writes_receipts_that_verify_and_stops_cleanly_on_sigterm(tmp_p
     verify = subprocess.run([str(BIN), "verify", *files], capture_output=True, text=True)
     assert verify.returncode == 0, verify.stdout + verify.stderr
     assert verify.stdout.count("OK ") == len(files)
+    # A folder stands for every receipt below it; one that is tampered with fails alone.
+    tampered = json.loads(Path(files[0]).read_text())
+    tampered["anchored_root"] = "sha256:" + "00" * 32
+    Path(files[0]).write_text(json.dumps(tampered))
+    folder = subprocess.run(
+        [str(BIN), "verify", str(tmp_path / "data" / "receipts")], capture_output=True, text=True
+    )
+    assert folder.returncode == 1
+    assert folder.stdout.splitlines()[0].startswith(f"FAIL {files[0]}: ")
+    assert [line.split()[0] for line in folder.stdout.splitlines()[1:]] == ["OK"] * (len(files) - 1)
+    assert folder.stderr == f"{len(files)} receipts: {len(files) - 1} OK, 1 failed\n"
 
 
 def test_single_job_receipt_passes_openssl_ts_verify_and_a_tampered_one_fails(tmp_path):

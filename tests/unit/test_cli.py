@@ -132,8 +132,12 @@ def test_verify_of_a_missing_or_broken_file_fails_naming_it(capsys, tmp_path):
     broken.write_text("{not json")
     assert main(["verify", str(tmp_path / "gone.json"), str(broken)]) == 1
     out = capsys.readouterr().out.splitlines()
-    assert out[0].startswith(f"FAIL {tmp_path / 'gone.json'}:") and "No such file" in out[0]
-    assert out[1].startswith(f"FAIL {broken}:")
+    assert out[0] == f"FAIL {tmp_path / 'gone.json'}: cannot read: No such file or directory"
+    assert out[1] == f"FAIL {broken}:1:2: not valid JSON: Expecting property name enclosed in double quotes"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["verify", str(empty)]) == 1
+    assert capsys.readouterr().out == f"FAIL {empty}: no receipt files (*.json) below this folder\n"
 
 
 def _script() -> Path:
