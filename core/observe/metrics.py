@@ -10,6 +10,7 @@
 | `vmsh_backoff_state` | gauge (the level) | namespace, cadence |
 | `vmsh_anchor_duration_seconds` | histogram | namespace, cadence, target, status (success/failure) |
 | `vmsh_last_anchor_timestamp_seconds` | gauge (epoch) | namespace, cadence, target |
+| `vmsh_job_period_seconds` | gauge | namespace, cadence, target |
 | `vmsh_receipts_pending` | gauge | target |
 | `vmsh_config_reloads_total` | counter | result (ok/error) |
 | `vmsh_tick_duration_seconds` | histogram | |
@@ -32,6 +33,8 @@ Counting rules:
 `seed(engine, receipts)` sets the last-anchor timestamps and backoff levels from the
 engine's job table (and the pending receipts from the store), so a restart shows them
 at once; it also creates each job's counters at 0 so `rate()` and alerts see them.
+The per-job series are plain fields rendered at scrape time (`_JobCollector`); the few
+global ones are ordinary prometheus-client metrics.
 """
 
 from __future__ import annotations
@@ -108,9 +111,8 @@ class _Durations:
 class _JobSeries:
     """Everything exported about one job, in a few plain fields.
 
-    prometheus_client's labelled children cost ~8 KiB a job (a lock and a value object
-    per sample); with thousands of jobs that was most of the process's memory, so the
-    per-job series live here and are turned into samples only when scraped.
+    prometheus_client's labelled children cost ~6.5 KiB a job (a lock and a value object
+    per sample), against ~0.55 KiB here; the series become samples only when scraped.
     """
 
     __slots__ = (
