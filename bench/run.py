@@ -1,6 +1,6 @@
 """`make bench`: every benchmark, one table.
 
-    .venv/bin/python bench/run.py             # all of them (about two minutes)
+    .venv/bin/python bench/run.py             # all of them (about two and a half minutes)
     .venv/bin/python bench/run.py engine tui  # only some
 
 Each module in SUITES has `run() -> [(what, figure, target or note)]`.
@@ -20,6 +20,7 @@ sys.path.insert(0, str(ROOT))
 SUITES = {
     "engine": "bench.engine_bench",
     "anchor": "bench.anchor_bench",
+    "receipts": "bench.receipts_bench",
     "headless": "bench.headless_bench",
     "tui": "bench.tui_bench",
 }

@@ -13,6 +13,14 @@ Location: `<data_dir>/receipts/<safe_name(namespace)>/<YYYYmmddTHHMMSSfffZ>-<cad
 (the 12 hex digits start the batch root). A receipt is written once, atomically, never
 over an existing one (a `-<n>` suffix is added on a name clash); the only rewrite allowed
 is `confirm()`, moving `pending` to `confirmed`.
+
+Pending index: `<data_dir>/receipts/.pending/<safe namespace>/<receipt file name minus
+.json>`, an empty marker per pending receipt (no `.json`, so globs for receipts skip it), so that finding the pending ones at start reads only
+them, not every receipt ever written. The marker is created (and its folder fsynced)
+before the receipt, and removed after `confirm()`: every pending receipt has a marker,
+and a marker whose receipt is missing or confirmed is dropped when read. The index is
+trusted only once `.pending/.complete` exists; a data dir from before the index (or a
+crash while building it) is scanned in full once and indexed.
 """
 
 from __future__ import annotations
@@ -27,7 +35,13 @@ from pathlib import Path
 from typing import Any
 
 from core.anchors.base import Backend, VerificationFailed
-from core.fsutil import atomic_create_bytes, atomic_write_bytes, dumps_json, is_temp_name
+from core.fsutil import (
+    atomic_create_bytes,
+    atomic_write_bytes,
+    dumps_json,
+    fsync_dir,
+    is_temp_name,
+)
 from core.jobs import safe_name, unsafe_name
 from core.merkle import root_from_path
 
@@ -229,8 +243,12 @@ class ReceiptStore:
     stopping the listing: check `"error" in receipt`.
     """
 
+    INDEX = ".pending"
+    INDEX_COMPLETE = ".complete"
+
     def __init__(self, root_dir: str | os.PathLike[str]) -> None:
         self.root = Path(root_dir)
+        self.index = self.root / self.INDEX
         self._pending: set[Path] | None = None  # known pending receipts, after a first scan
 
     # ---- writing
@@ -246,16 +264,65 @@ class ReceiptStore:
         folder = self.root / safe_name(receipt["namespace"])
         name = self.file_name(receipt)
         data = dumps_json(receipt)
+        pending = receipt.get("status") == "pending"
         stem = name.removesuffix(".json")
         n = 0
         while True:
             path = folder / (name if n == 0 else f"{stem}-{n}.json")
+            marked = pending and self._mark(path)
+            if pending and not marked:
+                n += 1  # a pending receipt of that name exists already
+                continue
             if atomic_create_bytes(path, data):
                 break
+            if marked:
+                self._unmark(path)
             n += 1
-        if self._pending is not None and receipt.get("status") == "pending":
+        if self._pending is not None and pending:
             self._pending.add(path)
         return path
+
+    # ---- the pending index
+
+    def _marker(self, path: Path) -> Path:
+        return self.index / path.parent.name / path.name.removesuffix(".json")
+
+    def _mark(self, path: Path) -> bool:
+        """Create the receipt's marker durably; False if it existed."""
+        marker = self._marker(path)
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.close(os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+        except FileExistsError:
+            return False
+        fsync_dir(marker.parent)
+        return True
+
+    def _unmark(self, path: Path) -> None:
+        try:
+            os.unlink(self._marker(path))
+        except FileNotFoundError:
+            pass
+
+    def _indexed(self) -> list[Path] | None:
+        """The receipts the index marks pending, or None when there is no complete index."""
+        if not (self.index / self.INDEX_COMPLETE).exists():
+            return None
+        out = []
+        for folder in self.index.iterdir():
+            if folder.is_dir():
+                out += [
+                    self.root / folder.name / f"{e.name}.json"
+                    for e in os.scandir(folder)
+                    if not is_temp_name(e.name)
+                ]
+        return out
+
+    def _build_index(self, pending: set[Path]) -> None:
+        for path in pending:
+            self._mark(path)
+        fsync_dir(self.index)
+        atomic_write_bytes(self.index / self.INDEX_COMPLETE, b"")
 
     def confirm(self, path: str | os.PathLike[str], observed: int) -> dict[str, Any]:
         """Move a pending receipt to confirmed (the only rewrite allowed); idempotent."""
@@ -263,6 +330,7 @@ class ReceiptStore:
         receipt = load_receipt(path)
         status = receipt.get("status")
         if status == "confirmed":
+            self._unmark(path)
             if self._pending is not None:
                 self._pending.discard(path)
             return receipt
@@ -274,6 +342,7 @@ class ReceiptStore:
             confirmations = receipt["confirmations"] = {"required": 0}
         confirmations["observed"] = observed
         atomic_write_bytes(path, dumps_json(receipt))
+        self._unmark(path)
         if self._pending is not None:
             self._pending.discard(path)
         return receipt
@@ -339,26 +408,32 @@ class ReceiptStore:
         )
 
     def pending(self) -> list[tuple[Path, dict[str, Any]]]:
-        """Receipts still `pending` (oldest first). The first call reads every receipt; later
-        calls read only the ones this store knows are pending (it tracks write/confirm).
-        Unreadable files are not listed here (their status is unknown); `recent` shows them."""
+        """Receipts still `pending` (oldest first). The first call reads the ones the index
+        marks (every receipt, once, in a data dir without an index); later calls read only
+        the ones this store knows are pending (it tracks write/confirm). Unreadable files
+        are not listed here (their status is unknown); `recent` shows them."""
         if self._pending is None:
-            found: set[Path] = set()
-            out = []
-            for path in self.all_paths():
-                path, receipt = self._read(path)
-                if receipt.get("status") == "pending":
-                    found.add(path)
-                    out.append((path, receipt))
-            self._pending = found
-            return out
+            indexed = self._indexed()
+            if indexed is None:
+                found = set()
+                out = []
+                for path in self.all_paths():
+                    path, receipt = self._read(path)
+                    if receipt.get("status") == "pending":
+                        found.add(path)
+                        out.append((path, receipt))
+                self._build_index(found)
+                self._pending = found
+                return out
+            self._pending = set(indexed)
         out = []
         for path in sorted(self._pending, key=lambda p: p.name):
             path, receipt = self._read(path)
             if receipt.get("status") == "pending":
                 out.append((path, receipt))
             elif "error" not in receipt or not path.exists():
-                self._pending.discard(path)
+                self._pending.discard(path)  # confirmed, or gone: the marker goes too
+                self._unmark(path)
         return out
 
     @staticmethod

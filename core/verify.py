@@ -32,7 +32,10 @@ def expand(paths: list[Path]) -> list[tuple[Path, str | None]]:
     out: list[tuple[Path, str | None]] = []
     for path in paths:
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*.json") if p.is_file())
+            found = sorted(
+                p for p in path.rglob("*.json")
+                if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
+            )
             out += [(p, None) for p in found] or [(path, "no receipt files (*.json) below this folder")]
         else:
             out.append((path, None))

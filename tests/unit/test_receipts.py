@@ -6,6 +6,7 @@ import copy
 import hashlib
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -278,6 +279,67 @@ def test_confirm_pending(tmp_path: Path) -> None:
     # New pending receipts are tracked without a rescan.
     new = store.write(receipts_for(1, status="pending", at=AT + 5)[0])
     assert new in {p for p, _ in store.pending()}
+
+
+def counting_reads(monkeypatch) -> list[Path]:
+    import core.receipts as mod
+
+    reads: list[Path] = []
+    real = mod.load_receipt
+    monkeypatch.setattr(mod, "load_receipt", lambda p: reads.append(Path(p)) or real(p))
+    return reads
+
+
+def test_a_restart_reads_only_the_pending_receipts(tmp_path: Path, monkeypatch) -> None:
+    store = ReceiptStore(tmp_path)
+    assert store.pending() == []  # as every start does: on a new data dir, an empty index
+    for k in range(20):
+        store.write(receipts_for(1, at=AT + k)[0])
+    pending = [store.write(r) for r in receipts_for(2, status="pending", at=AT + 30)]
+    reads = counting_reads(monkeypatch)
+    assert [p for p, _ in ReceiptStore(tmp_path).pending()] == sorted(pending, key=lambda p: p.name)
+    assert sorted(reads) == sorted(pending)  # not the 20 confirmed ones
+    # Markers are not receipts: a folder's receipts are still only the receipts.
+    assert len(store.all_paths()) == 22
+    assert not list((tmp_path / ".pending").rglob("*.json"))
+
+
+def test_a_data_dir_from_before_the_index_is_scanned_once_then_indexed(tmp_path: Path, monkeypatch) -> None:
+    store = ReceiptStore(tmp_path)
+    for k in range(5):
+        store.write(receipts_for(1, at=AT + k)[0])
+    [pending] = [store.write(r) for r in receipts_for(1, status="pending", at=AT + 30)]
+    shutil.rmtree(tmp_path / ".pending")  # as an older scheduler left it
+    reads = counting_reads(monkeypatch)
+    assert [p for p, _ in ReceiptStore(tmp_path).pending()] == [pending]
+    assert len(reads) == 6
+    reads.clear()
+    assert [p for p, _ in ReceiptStore(tmp_path).pending()] == [pending]
+    assert reads == [pending]
+
+
+def test_leftovers_of_a_crash_in_the_index_are_dropped_when_read(tmp_path: Path) -> None:
+    store = ReceiptStore(tmp_path)
+    first, second = (store.write(r) for r in receipts_for(2, status="pending"))
+    assert store.pending()  # the index is complete from here on
+    # A crash after the marker, before the receipt: a marker without a receipt.
+    second.unlink()
+    # A crash after confirming, before the marker went: a confirmed receipt, still marked.
+    doc = load_receipt(first)
+    first.write_text(json.dumps(dict(doc, status="confirmed")))
+    assert ReceiptStore(tmp_path).pending() == []
+    assert not [p for p in (tmp_path / ".pending").rglob("*") if p.is_file() and p.name != ".complete"]
+
+
+def test_a_pending_receipt_never_takes_the_name_of_another(tmp_path: Path) -> None:
+    store = ReceiptStore(tmp_path)
+    [r] = receipts_for(1, status="pending")
+    first = store.write(r)
+    second = store.write(dict(r, attestation={"tx_hash": "0x2"}))
+    assert second.name.endswith("-1.json")
+    assert {p for p, _ in ReceiptStore(tmp_path).pending()} == {first, second}
+    store.confirm(first, 2)
+    assert [p for p, _ in ReceiptStore(tmp_path).pending()] == [second]
 
 
 def test_confirm_rejects_unknown_status(tmp_path: Path) -> None:
