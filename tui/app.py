@@ -756,9 +756,11 @@ class VaultMeshApp(App[int]):
         if not self.stopping:
             self.stopping = True
             self._refresh_views()
-            self.run_worker(self._shutdown(), group="shutdown", exclusive=True, exit_on_error=False)
+            self.run_worker(self._stop_then_exit(), group="shutdown", exclusive=True, exit_on_error=False)
 
-    async def _shutdown(self) -> None:
+    async def _stop_then_exit(self) -> None:
+        """Stop the engine (in-flight anchors get the grace period), close the services, exit.
+        Not `_shutdown`: that name is Textual's own teardown, which must still run after."""
         try:
             await self.runtime.engine.stop(self.grace)
             self.stopped_cleanly = True

@@ -87,7 +87,7 @@ JOB_COLUMNS = (
     ("namespace", "Namespace", None),
     ("cadence", "Cad.", 6),
     ("target", "Target", None),
-    ("every", "Every", 5),
+    ("every", "Every", 6),
     ("last", "Last", 6),
     ("next", "Next", 6),
     ("backoff", "Backoff", 8),

@@ -4,9 +4,25 @@ Paths are shown relative to the data dir, so nothing depends on the tmp folder."
 
 from __future__ import annotations
 
+import shutil
+import tempfile
+from pathlib import Path
+
 import pytest
 
 from .conftest import World
+
+# The config hash in the header covers the resolved data dir and batch folders, so the
+# world lives at one fixed path rather than a per-run tmp_path.
+FIXED = Path(tempfile.gettempdir()) / "vmsh-snapshot-world"
+
+
+@pytest.fixture
+def tmp_path():
+    shutil.rmtree(FIXED, ignore_errors=True)
+    FIXED.mkdir(parents=True)
+    yield FIXED
+    shutil.rmtree(FIXED, ignore_errors=True)
 
 
 def prepared(tmp_path):
