@@ -1,7 +1,7 @@
 """VaultMeshApp: the operator's dashboard. Runs the engine on the app's loop and shows it live.
 
 Data flow (memray's live view, toolong's bounded log): the engine publishes events on the
-bus; `_on_event` only appends them to a pending buffer and arms one short timer; `_flush`
+bus; `_on_event` only appends them to a pending buffer and arms one short timer; `_apply_pending`
 applies the whole batch inside `batch_update()`, taking one immutable snapshot of the job
 table (`engine.views()`) and diffing every table by row key. A 1 s timer refreshes the
 countdowns, and the diff means only the cells whose text changed are touched.
@@ -333,15 +333,15 @@ class VaultMeshApp(App[int]):
         if not self._flush_armed:
             self._flush_armed = True
             if threading.get_ident() == self._event_thread:
-                self.set_timer(FLUSH_DELAY, self._flush, name="flush")
+                self.set_timer(FLUSH_DELAY, self._apply_pending, name="flush")
             else:  # a backend publishing from a thread: hand over, never touch widgets here
-                self.call_from_thread(self.set_timer, FLUSH_DELAY, self._flush)
+                self.call_from_thread(self.set_timer, FLUSH_DELAY, self._apply_pending)
 
     def flush_now(self) -> None:
         """Apply what is pending immediately (tests and snapshots)."""
-        self._flush()
+        self._apply_pending()
 
-    def _flush(self) -> None:
+    def _apply_pending(self) -> None:
         self._flush_armed = False
         events, self._pending = self._pending, []
         logs = list(self._pending_logs)

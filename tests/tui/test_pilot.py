@@ -6,6 +6,8 @@ the engine is driven with run_once() (or runs in its worker where the test says 
 
 from __future__ import annotations
 
+import sys
+
 from core.events import LogRecord
 from tui.screens import ConfirmScreen, MessageScreen
 from tui.widgets import DiffTable
@@ -76,6 +78,16 @@ async def test_receipts_pane_at_the_top_follows_new_receipts_and_keeps_a_selecti
         await settle(app, pilot)
         assert "T000200000Z" in app.receipts.shown_keys[0]
         assert app.receipts.selected_key == chosen
+
+
+async def test_a_library_printing_to_stdout_does_not_break_the_dashboard(world: World) -> None:
+    app = world.app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        print("a warning some library prints", flush=True)  # Textual captures and flushes it
+        print("and one on stderr", file=sys.stderr, flush=True)
+        await first_anchors(world, app, pilot)
+        assert app.is_running
+        assert len(app.receipts.shown_keys) == len(ALL_JOBS)
 
 
 async def test_f_cancelled_anchors_nothing(world: World) -> None:
