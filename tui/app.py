@@ -413,17 +413,19 @@ class VaultMeshApp(App[int]):
         out.append("● " + state, style=f"bold {s.get(role, '')}")
         if why:
             out.append(f" ({why})", style=s.get(role, ""))
-        out.append(f"  up {format_seconds(max(0.0, now - engine.started_at))}")
-        out.append(f"  cfg {engine.config_hash[:8]}")
-        out.append(f"  ok {c.ok}")
-        out.append(f"  backoff {c.backing_off}", style=s.get("warning", "") if c.backing_off else "")
-        out.append(f"  in flight {c.in_flight}")
+        # Badges right after the health, the config hash last: at 80 columns what does not
+        # fit is cut from the end, and what the operator must not miss is at the start.
         if engine.paused:
             out.append("  PAUSED", style=f"bold reverse {s.get('warning', '')}")
         if self.readonly:
             out.append("  READONLY", style=f"bold reverse {s.get('accent', '')}")
         if self.stopping:
             out.append("  stopping...", style="bold")
+        out.append(f"  up {format_seconds(max(0.0, now - engine.started_at))}")
+        out.append(f"  ok {c.ok}")
+        out.append(f"  backoff {c.backing_off}", style=s.get("warning", "") if c.backing_off else "")
+        out.append(f"  in flight {c.in_flight}")
+        out.append(f"  cfg {engine.config_hash[:8]}")
         return out
 
     # ----- themes ---------------------------------------------------------------------------------
