@@ -20,10 +20,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime
 from pathlib import Path
 
 from core.jobs import safe_name
+from core.receipts import parse_iso_utc
 from core.sources import write_batch
 
 BIN = Path(sys.executable).with_name("vmsh-scheduler")
@@ -93,7 +93,7 @@ def first_pass_seconds(log_path: Path) -> float | None:
             msg = record.get("msg")
             if msg not in ("anchor started", "anchored"):
                 continue
-            at = datetime.fromisoformat(record["time"].replace("Z", "+00:00")).timestamp()
+            at = parse_iso_utc(record["time"]).timestamp()
             if msg == "anchor started" and started is None:
                 started = at
             elif msg == "anchored":

@@ -113,7 +113,7 @@ class DiffTable(DataTable):
         """Many rows gone at once (a filter, the receipts after a big pass): clear and add.
         DataTable.remove_row re-indexes every row and moves the cursor on each call, so
         removing k of n rows one by one costs k x n."""
-        selected = None if self.cursor_row == 0 else self.selected_key  # at the top: stay there
+        selected = self._kept_selection()  # read before clear() moves the cursor to row 0
         self.clear()
         self._shown = {}
         for key, row in wanted.items():
@@ -121,11 +121,7 @@ class DiffTable(DataTable):
             self._widen(row)
             self._shown[key] = row
         self._new_rows.clear()
-        self._sort()
-        if selected is not None and selected in self._shown:
-            self.move_cursor(row=self.get_row_index(selected), animate=False)
-        elif self.row_count:
-            self.move_cursor(row=0, animate=False)
+        self._sort(selected)
 
     def _widen(self, row: tuple[Cell, ...]) -> None:
         # DataTable measures new rows on idle but keeps rows it already rendered at the
@@ -137,10 +133,15 @@ class DiffTable(DataTable):
 
     # ---- sorting and filtering
 
-    def _sort(self) -> None:
-        """Sort; the cursor stays on its row, unless it was on the first one: then it stays
-        first, so a newest-first pane keeps showing the newest rows as they arrive."""
-        selected = None if self.cursor_row == 0 else self.selected_key
+    def _kept_selection(self) -> str | None:
+        """The row the cursor should stay on; None when it is on the first row, which it
+        then keeps, so a newest-first pane goes on showing the newest rows as they arrive."""
+        return None if self.cursor_row == 0 else self.selected_key
+
+    def _sort(self, selected: str | None = None) -> None:
+        """Sort, then put the cursor back on `selected` (default: the kept selection)."""
+        if selected is None:
+            selected = self._kept_selection()
         i = self.sort_index
         self.sort(key=lambda row: (row[i].sort, row[0].sort, row[1].sort), reverse=self.sort_reverse)
         if selected is not None and selected in self._shown:
