@@ -48,7 +48,6 @@ async def verify_files(
     *,
     data_dir: Path | None = None,
     settings_for: SettingsFor | None = None,
-    err: TextIO | None = None,
 ) -> int:
     """Verify each receipt; returns 0 if all passed, 1 if any failed."""
     clock = SystemClock()
@@ -56,11 +55,13 @@ async def verify_files(
     failed = 0
     items = expand(paths)
     for path, problem in items:
+        if problem:
+            failed += 1
+            out.write(f"FAIL {path}: {problem}\n")
+            continue
         root = data_dir or data_dir_of(path)
         registry = backends.setdefault(root, Backends(settings_for or (lambda target: None), root, clock))
         try:
-            if problem:
-                raise ValueError(problem)
             receipt = load_receipt(path)
             await verify_receipt(receipt, registry)
         except Exception as exc:  # ReceiptInvalid, unreadable file, or a backend we could not build
@@ -72,7 +73,7 @@ async def verify_files(
     for registry in backends.values():
         await registry.close()
     if len(items) > 1:
-        (err or sys.stderr).write(f"{len(items)} receipts: {len(items) - failed} OK, {failed} failed\n")
+        sys.stderr.write(f"{len(items)} receipts: {len(items) - failed} OK, {failed} failed\n")
     return 1 if failed else 0
 
 
