@@ -66,23 +66,7 @@ from core.events import (
 from core.jobs import JobKey
 
 JOB_LABELS = ("namespace", "cadence", "target")
-ANCHOR_BUCKETS = (
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-    30.0,
-    60.0,
-    120.0,
-    300.0,
-    600.0,
-)
+ANCHOR_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 TICK_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 _LE = [floatToGoString(b) for b in (*ANCHOR_BUCKETS, float("inf"))]
 
@@ -225,26 +209,16 @@ class Metrics:
         self._lock = threading.Lock()  # the loop writes, a scrape thread reads
         r.register(_JobCollector(self._jobs, self._lock))
         self.pending = Gauge(
-            "vmsh_receipts_pending",
-            "Receipts waiting for confirmations, per target.",
-            ("target",),
-            registry=r,
+            "vmsh_receipts_pending", "Receipts waiting for confirmations, per target.",
+            ("target",), registry=r,
         )
         self.reloads = Counter(
-            "vmsh_config_reloads",
-            "Configuration reloads, by result (ok|error).",
-            ("result",),
-            registry=r,
+            "vmsh_config_reloads", "Configuration reloads, by result (ok|error).", ("result",), registry=r
         )
         self.tick = Histogram(
-            "vmsh_tick_duration_seconds",
-            "Time of one scheduling pass.",
-            buckets=TICK_BUCKETS,
-            registry=r,
+            "vmsh_tick_duration_seconds", "Time of one scheduling pass.", buckets=TICK_BUCKETS, registry=r
         )
-        self.build_info = Gauge(
-            "vmsh_build_info", "Scheduler build (always 1).", ("version",), registry=r
-        )
+        self.build_info = Gauge("vmsh_build_info", "Scheduler build (always 1).", ("version",), registry=r)
         self.build_info.labels(version).set(1)
         for result in ("ok", "error"):
             self.reloads.labels(result)
