@@ -15,12 +15,13 @@ over an existing one (a `-<n>` suffix is added on a name clash); the only rewrit
 is `confirm()`, moving `pending` to `confirmed`.
 
 Pending index: `<data_dir>/receipts/.pending/<safe namespace>/<receipt file name minus
-.json>`, an empty marker per pending receipt (no `.json`, so globs for receipts skip it), so that finding the pending ones at start reads only
-them, not every receipt ever written. The marker is created (and its folder fsynced)
-before the receipt, and removed after `confirm()`: every pending receipt has a marker,
-and a marker whose receipt is missing or confirmed is dropped when read. The index is
-trusted only once `.pending/.complete` exists; a data dir from before the index (or a
-crash while building it) is scanned in full once and indexed.
+.json>`, an empty marker per pending receipt (no `.json`, so globs for receipts skip it),
+so that finding the pending ones at start reads only them, not every receipt ever
+written. The marker is created (and its folder fsynced) before the receipt, and removed
+after `confirm()`: every pending receipt has a marker, and a marker whose receipt is
+missing or confirmed is dropped when read. The index is trusted only once
+`.pending/.complete` exists; a data dir from before the index (or a crash while building
+it) is scanned in full once and indexed.
 """
 
 from __future__ import annotations
@@ -309,13 +310,12 @@ class ReceiptStore:
         if not (self.index / self.INDEX_COMPLETE).exists():
             return None
         out = []
-        for folder in self.index.iterdir():
-            if folder.is_dir():
-                out += [
-                    self.root / folder.name / f"{e.name}.json"
-                    for e in os.scandir(folder)
-                    if not is_temp_name(e.name)
-                ]
+        for folder in self._namespace_dirs(self.index):
+            out += [
+                self.root / folder.name / f"{e.name}.json"
+                for e in os.scandir(folder)
+                if not is_temp_name(e.name)
+            ]
         return out
 
     def _build_index(self, pending: set[Path]) -> None:
@@ -349,9 +349,10 @@ class ReceiptStore:
 
     # ---- reading
 
-    def _namespace_dirs(self) -> Iterator[Path]:
+    def _namespace_dirs(self, root: Path | None = None) -> Iterator[Path]:
+        """The namespace folders under `root` (the receipts root, or the pending index)."""
         try:
-            entries = list(os.scandir(self.root))
+            entries = list(os.scandir(root or self.root))
         except FileNotFoundError:
             return
         for e in entries:
