@@ -209,7 +209,6 @@ class HttpSink(_Sink):
         self.rng = rng
         import httpx  # only with an HTTP sink configured: the import costs ~6 MB
 
-        self._errors = (httpx.HTTPError,)
         self.client = httpx.AsyncClient(
             timeout=settings.timeout, follow_redirects=False, headers={"Content-Type": CONTENT_TYPE}
         )
@@ -220,6 +219,8 @@ class HttpSink(_Sink):
         return delay * (0.5 + self.rng.random() / 2)
 
     async def deliver(self, ce: dict[str, Any]) -> tuple[bool, str]:
+        import httpx  # loaded by __init__ already
+
         body = encode(ce)
         problem = ""
         for attempt in range(self.retries + 1):
@@ -227,7 +228,7 @@ class HttpSink(_Sink):
                 await asyncio.sleep(self.backoff(attempt - 1))
             try:
                 response = await self.client.post(self.url, content=body)
-            except self._errors as exc:
+            except httpx.HTTPError as exc:
                 problem = type(exc).__name__
                 continue
             if 200 <= response.status_code < 300:
