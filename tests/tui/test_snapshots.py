@@ -18,15 +18,15 @@ FIXED = Path(tempfile.gettempdir()) / "vmsh-snapshot-world"
 
 
 @pytest.fixture
-def tmp_path():
+def world_dir():
     shutil.rmtree(FIXED, ignore_errors=True)
     FIXED.mkdir(parents=True)
     yield FIXED
     shutil.rmtree(FIXED, ignore_errors=True)
 
 
-def prepared(tmp_path):
-    world = World(tmp_path, no_batches=("ops:metrics",))
+def prepared(world_dir):
+    world = World(world_dir, no_batches=("ops:metrics",))
 
     async def run_before(pilot) -> None:
         app = pilot.app
@@ -40,19 +40,19 @@ def prepared(tmp_path):
 
 
 @pytest.mark.parametrize("size", [(80, 24), (160, 48)], ids=["80x24", "160x48"])
-def test_dashboard(snap_compare, tmp_path, size) -> None:
-    world, run_before = prepared(tmp_path)
+def test_dashboard(snap_compare, world_dir, size) -> None:
+    world, run_before = prepared(world_dir)
     assert snap_compare(world.app(), terminal_size=size, run_before=run_before)
 
 
 @pytest.mark.parametrize("pane", ["2", "3", "4"], ids=["backoff", "receipts", "logs"])
-def test_tabs_at_80x24(snap_compare, tmp_path, pane) -> None:
-    world, run_before = prepared(tmp_path)
+def test_tabs_at_80x24(snap_compare, world_dir, pane) -> None:
+    world, run_before = prepared(world_dir)
     assert snap_compare(world.app(), terminal_size=(80, 24), run_before=run_before, press=[pane])
 
 
-def test_ansi_theme_readonly_paused(snap_compare, tmp_path) -> None:
-    world, run_before = prepared(tmp_path)
+def test_ansi_theme_readonly_paused(snap_compare, world_dir) -> None:
+    world, run_before = prepared(world_dir)
 
     async def before(pilot) -> None:
         world.runtime.engine.pause()
@@ -62,6 +62,6 @@ def test_ansi_theme_readonly_paused(snap_compare, tmp_path) -> None:
     assert snap_compare(app, terminal_size=(80, 24), run_before=before)
 
 
-def test_help_screen(snap_compare, tmp_path) -> None:
-    world, run_before = prepared(tmp_path)
+def test_help_screen(snap_compare, world_dir) -> None:
+    world, run_before = prepared(world_dir)
     assert snap_compare(world.app(), terminal_size=(80, 24), run_before=run_before, press=["question_mark"])
