@@ -84,8 +84,7 @@ async def anchor_pass(tsa: OpenSSLTSA, *, per_job: bool, n: int = NAMESPACES) ->
         config = tmp / "config.yaml"
         config.write_text(config_text(tmp, tsa, per_job=per_job, n=n))
         loaded = load_config(config, env={}, cwd=tmp)
-        runtime = Runtime(loaded)  # SystemClock
-        runtime.acquire()
+        runtime = Runtime.open(loaded)  # SystemClock; the data dir locked, as the CLI does
         try:
             before = len(tsa.requests)
             t0 = time.perf_counter()

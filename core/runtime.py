@@ -110,10 +110,6 @@ class Runtime:
             lock.release()
             raise CannotStart(f"cannot start on {data_dir}: {exc}") from exc
 
-    def acquire(self) -> None:
-        """Take the data-dir lock; raises state.LockHeld naming the holder."""
-        self.lock.acquire()
-
     def release(self) -> None:
         self.lock.release()
 
