@@ -6,8 +6,10 @@ from pathlib import Path
 
 import pytest
 
-# The shared folder sits beside the repository (CI clones the repo next to it too).
-FIXTURES_DIR = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "vaultmesh"
+# Copies of the real VaultMesh files (../shared/fixtures/vaultmesh), kept in the repository
+# so that a lone clone passes `make test`; test_fixtures_match_shared checks they agree.
+FIXTURES_DIR = Path(__file__).resolve().parent / "fixtures" / "vaultmesh"
+SHARED_FIXTURES_DIR = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "vaultmesh"
 
 
 @pytest.fixture
