@@ -6,11 +6,14 @@ import errno
 import re
 from enum import StrEnum
 
+from core.text import printable, redact_urls
+
 
 class ErrorKind(StrEnum):
     NETWORK = "network"
     AUTH = "auth"
     VALIDATION = "validation"
+    STORAGE = "storage"  # our own disk: journal, receipts or state could not be written
     UNKNOWN = "unknown"
 
 
@@ -35,6 +38,31 @@ class AuthError(AnchorError):
 
 class ValidationError(AnchorError):
     kind = ErrorKind.VALIDATION
+
+
+class StorageError(AnchorError):
+    """A write or read of the scheduler's own files failed (disk full, permission, name).
+
+    `op` says which step (journal, receipt, state, ...), `path` which file or folder and
+    `errno` the OS error number (None when the cause was not an OSError). The message
+    names all three, never file contents.
+    """
+
+    kind = ErrorKind.STORAGE
+
+    def __init__(self, op: str, path: str | None, cause: BaseException) -> None:
+        self.op = op
+        self.path = path
+        self.errno: int | None = getattr(cause, "errno", None) if isinstance(cause, OSError) else None
+        if isinstance(cause, OSError):
+            reason = cause.strerror or str(cause)
+            name = errno.errorcode.get(cause.errno or 0)
+            if name:
+                reason = f"{reason} ({name})"
+            where = path or cause.filename
+        else:
+            reason, where = describe(cause), path
+        super().__init__(f"{op} failed at {where}: {reason}" if where else f"{op} failed: {reason}")
 
 
 # The VaultMesh service's rules, applied to the text of an untyped error.
@@ -73,6 +101,8 @@ def classify(exc: BaseException) -> ErrorKind:
 
 
 def describe(exc: BaseException) -> str:
-    """One line for logs and the dashboard: the message, or the type when it has none."""
+    """One line for logs, the state file and the dashboard: the message, or the type when
+    it has none. URLs are cut to scheme://host[:port] (a path, query or user:password may
+    hold an API key) and control characters are escaped."""
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return text[:500]
+    return printable(redact_urls(text))[:500]

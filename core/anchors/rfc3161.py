@@ -22,9 +22,12 @@ Error kinds (they decide the backoff multiplier):
 
 Credentials (basic: username + password_env/password_file; bearer: token_env/token_file)
 are read at every call, so a rotated secret is picked up without a reload. They are sent
-in the Authorization header only: never logged, never in a receipt or an error message
-(messages are scrubbed of them, and of any user:password in the URL). Redirects are not
-followed, so a credential never leaves for another host.
+in the Authorization header only: never logged, never in a receipt or an error message.
+A user:password in the URL is sent as basic auth when no `auth` is configured (a
+configured `auth` wins). Messages and backend info show the URL as scheme://host[:port]
+only, since a path or query often holds an API key, and are scrubbed of every secret and
+of the URL's path, query and userinfo. Redirects are not followed, so a credential never
+leaves for another host.
 
 The trust bundle (PEM, read at every call and at verify) holds the anchors: self-signed
 and CA certificates are trust roots (CA certificates that are not self-signed are also
@@ -43,7 +46,7 @@ from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import httpx
 from cryptography import x509
@@ -58,6 +61,7 @@ from core.anchors.tsp import (
     verify_response,
 )
 from core.errors import AuthError, NetworkError, ValidationError
+from core.text import redact_urls, url_origin
 
 __all__ = ["MAX_REPLY_BYTES", "RFC3161Backend", "TrustBundle", "load_trust_bundle"]
 
@@ -133,14 +137,21 @@ def _settings_model(settings: Any) -> Any:
     raise ValidationError(f"rfc3161 targets need rfc3161 settings, got {type(settings).__name__}")
 
 
-def _display_url(url: str) -> str:
-    """The URL without user:password and without the query (which may hold an API key)."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<invalid url>"
-    netloc = parts.netloc.rpartition("@")[2]
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+def _without_userinfo(url: str) -> str:
+    """The URL as requested: its user:password goes into our own Authorization header, so
+    httpx never builds one from it behind our back."""
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, parts.query, ""))
+
+
+def _url_parts_to_scrub(url: str) -> list[str]:
+    """The pieces of a URL that may carry secrets: userinfo, path segments, query."""
+    parts = urlsplit(url)
+    pieces = [parts.password or "", parts.query, parts.fragment]
+    if parts.path not in ("", "/"):
+        pieces.append(parts.path)
+        pieces += [seg for seg in parts.path.split("/") if len(seg) >= 8]  # key-sized pieces
+    return sorted({p for p in pieces if p}, key=len, reverse=True)  # longest first
 
 
 @lru_cache(maxsize=16)
@@ -162,10 +173,11 @@ class RFC3161Backend:
         self.settings = _settings_model(settings)
         self._clock = clock
         self._url = self.settings.url
-        self.url = _display_url(self._url)
+        self.url = url_origin(self._url)  # all that messages, logs and info ever show
         scheme = urlsplit(self._url).scheme.lower() if "://" in self._url else ""
         if scheme not in ("http", "https"):
             raise ValidationError(f"{target}: url must be http:// or https://, got {self.url!r}")
+        self._request_url = _without_userinfo(self._url)
         self._ssl: ssl.SSLContext | None = None
 
     # --- Backend ---------------------------------------------------------------------------
@@ -281,15 +293,20 @@ class RFC3161Backend:
             raise AuthError(f"{self.target}: the {what} environment variable {name} is not set")
         return value
 
-    def _credentials(self) -> tuple[dict[str, str], list[str]]:
-        """The Authorization header (read now from env or file) and the secrets to scrub."""
+    def _credentials(self) -> tuple[dict[str, str], list[str], str]:
+        """The Authorization header (read now from env or file), the secrets to scrub, and
+        what was sent, in words, for a 401/403 message."""
         auth = self.settings.auth
-        secrets_: list[str] = []
+        secrets_ = _url_parts_to_scrub(self._url)
         parts = urlsplit(self._url)
-        if parts.password:
-            secrets_.append(parts.password)
         if auth is None:
-            return {}, secrets_
+            if parts.username is None and parts.password is None:
+                return {}, secrets_, "no credentials sent (no auth configured, no user:password in the url)"
+            userinfo = f"{unquote(parts.username or '')}:{unquote(parts.password or '')}"
+            userpass = base64.b64encode(userinfo.encode()).decode("ascii")
+            secrets_.append(userpass)
+            return {"Authorization": f"Basic {userpass}"}, secrets_, "sent basic auth from the url's user:password"
+        ignored = "" if parts.username is None else "; the url's user:password is not used"
         if auth.type == "basic":
             if not auth.username:
                 raise AuthError(f"{self.target}: basic auth needs a username")
@@ -304,7 +321,9 @@ class RFC3161Backend:
                 raise AuthError(f"{self.target}: a basic-auth username cannot contain ':'")
             userpass = base64.b64encode(f"{auth.username}:{password}".encode()).decode("ascii")
             secrets_.append(userpass)
-            return {"Authorization": f"Basic {userpass}"}, secrets_
+            source = f"env {auth.password_env}" if auth.password_env else f"file {auth.password_file}"
+            sent = f"sent basic auth (auth.type basic, password from {source}){ignored}"
+            return {"Authorization": f"Basic {userpass}"}, secrets_, sent
         if auth.token_env:
             token = self._secret_env(auth.token_env, "token")
         elif auth.token_file:
@@ -312,16 +331,19 @@ class RFC3161Backend:
         else:
             raise AuthError(f"{self.target}: bearer auth needs token_env or token_file")
         secrets_.append(token)
-        return {"Authorization": f"Bearer {token}"}, secrets_
+        source = f"env {auth.token_env}" if auth.token_env else f"file {auth.token_file}"
+        sent = f"sent a bearer token (auth.type bearer, token from {source}){ignored}"
+        return {"Authorization": f"Bearer {token}"}, secrets_, sent
 
     async def _post(self, request: bytes) -> tuple[bytes, str]:
         """POST the query; the reply body and its content type, or a typed AnchorError."""
-        headers, secrets_ = self._credentials()
+        headers, secrets_, sent = self._credentials()
         headers.update({"Content-Type": QUERY_TYPE, "Accept": REPLY_TYPE, "User-Agent": USER_AGENT})
         timeout = self.settings.timeout
         where = f"{self.target} ({self.url})"
 
         def scrub(text: str) -> str:
+            text = redact_urls(text)
             for secret in secrets_:
                 if secret:
                     text = text.replace(secret, "***")
@@ -336,14 +358,13 @@ class RFC3161Backend:
                     trust_env=False,
                 ) as client:
                     async with client.stream(
-                        "POST", self._url, content=request, headers=headers
+                        "POST", self._request_url, content=request, headers=headers
                     ) as response:
                         status = response.status_code
                         if status in (401, 403):
                             raise AuthError(
-                                f"{where}: HTTP {status} {response.reason_phrase}: the TSA refused "
-                                "our credentials"
-                                + ("" if self.settings.auth else " (no auth configured)")
+                                f"{self.target}: HTTP {status} {response.reason_phrase} "
+                                f"from {self.url}: {sent}"
                             )
                         if status >= 500:
                             raise NetworkError(f"{where}: HTTP {status} {response.reason_phrase}")

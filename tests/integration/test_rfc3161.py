@@ -434,3 +434,80 @@ async def test_concurrent_anchors_on_one_backend(targets):
     for att, d in zip(atts, digests, strict=True):
         await backend.verify(att.data, d)
     assert len({a.data["nonce"] for a in atts}) == 4
+
+
+# --- what a URL may carry never leaves it: only scheme://host[:port] is shown ----------------------
+
+API_KEY = "k3y-in-the-path-do-not-log"
+
+
+def _with_userinfo(url: str, userinfo: str) -> str:
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://{userinfo}@{rest}"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        lambda o: o.url(f"/404/{API_KEY}?apikey={API_KEY}"),  # an HTTP error
+        lambda o: f"http://127.0.0.1:{free_port()}/v1/{API_KEY}",  # a transport error
+        lambda o: _with_userinfo(o.url(f"/404/{API_KEY}"), f"anchor:{API_KEY}"),
+    ],
+    ids=["http-404", "refused", "userinfo"],
+)
+async def test_a_key_in_the_url_reaches_no_message_log_or_state(url, openssl_tsa, tmp_path):
+    settings = Rfc3161Target(url=url(openssl_tsa), trust_bundle=str(openssl_tsa.pki.path("bundle.pem")))
+    rig = Rig(tmp_path, {"rfc3161:keyed": settings}, {"ns": "rfc3161:keyed"})
+    await rig.run_once()
+    [failed] = rig.of(AnchorFailed)
+    assert f"http://127.0.0.1:{urlsplit_port(settings.url)}" in failed.message
+    state = (tmp_path / "data" / "state" / "scheduler.json").read_text()
+    backend = RFC3161Backend("rfc3161:keyed", settings, FakeClock(start=time.time()))
+    dump = failed.message + repr(rig.events) + state + json.dumps(backend.info().details)
+    assert API_KEY not in dump
+    assert backend.info().details["url"] == f"http://127.0.0.1:{urlsplit_port(settings.url)}"
+
+
+def urlsplit_port(url: str) -> int:
+    from urllib.parse import urlsplit
+
+    return urlsplit(url).port
+
+
+async def test_a_user_password_in_the_url_is_sent_as_basic_auth(openssl_tsa):
+    settings = Rfc3161Target(
+        url=_with_userinfo(openssl_tsa.url("/auth"), f"{BASIC_USER}:{BASIC_PASSWORD}"),
+        trust_bundle=str(openssl_tsa.pki.path("bundle.pem")),
+    )
+    att = await anchor_direct(settings, hashlib.sha256(b"userinfo").digest())
+    assert openssl_tsa.requests[-1][1]["Authorization"] == BASIC_HEADER
+    assert BASIC_PASSWORD not in json.dumps(att.data)
+
+
+@pytest.mark.parametrize(
+    ("userinfo", "auth", "said"),
+    [
+        (None, None, "no credentials sent (no auth configured, no user:password in the url)"),
+        ("anchor:wrong-password", None, "sent basic auth from the url's user:password"),
+        (
+            "anchor:wrong-password",
+            {"type": "bearer", "token_env": "VMSH_TEST_TSA_WRONG"},
+            "sent a bearer token (auth.type bearer, token from env VMSH_TEST_TSA_WRONG); "
+            "the url's user:password is not used",
+        ),
+    ],
+    ids=["nothing", "userinfo", "configured-and-userinfo"],
+)
+async def test_a_401_says_what_was_sent(userinfo, auth, said, openssl_tsa, monkeypatch):
+    monkeypatch.setenv("VMSH_TEST_TSA_WRONG", "not-the-token")
+    url = openssl_tsa.url("/auth")
+    settings = Rfc3161Target(
+        url=_with_userinfo(url, userinfo) if userinfo else url,
+        trust_bundle=str(openssl_tsa.pki.path("bundle.pem")),
+        auth=auth,
+    )
+    with pytest.raises(AuthError) as refused:
+        await anchor_direct(settings, hashlib.sha256(b"401").digest())
+    origin = url.removesuffix("/auth")
+    assert str(refused.value) == f"rfc3161:direct: HTTP 401 Unauthorized from {origin}: {said}"
+    assert "wrong-password" not in str(refused.value) and "not-the-token" not in str(refused.value)
