@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 from core import __version__
 from core.cadence import format_seconds
 from core.config import ConfigError, LoadedConfig, load_config
+from core.text import printable
 
 EPILOG = """\
 examples:
@@ -97,7 +98,7 @@ def load(args: argparse.Namespace) -> LoadedConfig:
 def print_errors(error: ConfigError, *, file=None) -> None:
     out = file or sys.stderr
     for issue in error.issues:
-        print(issue, file=out)
+        print(printable(str(issue)), file=out)  # names and values come from the files
     n = len(error.issues)
     print(f"configuration invalid: {n} error{'s' if n != 1 else ''}", file=out)
 
@@ -161,7 +162,7 @@ def summary(loaded: LoadedConfig) -> str:
         lines += [f"  {w}" for w in loaded.warnings]
     lines.append(f"config hash: {loaded.hash}")
     lines.append("configuration OK")
-    return "\n".join(lines)
+    return "\n".join(printable(line) for line in lines)  # names and values come from the files
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:

@@ -43,7 +43,7 @@ from pydantic import ValidationError as PydanticValidationError
 from pydantic_core import PydanticCustomError
 
 from core.cadence import CADENCES, CadenceError, parse_every
-from core.jobs import JobKey, JobSpec, safe_name
+from core.jobs import JobKey, JobSpec, namespace_name_problem, safe_name
 
 SCHEMES = ("local", "rfc3161", "eip155", "btc")
 ENV_VARS = (
@@ -917,6 +917,7 @@ def load_config(
         put(dotted[0], dotted[1], value, f"--{name.replace('_', '-')}", cwd)
 
     # -- the cross-field checks that need only raw data (so they join the other errors)
+    _check_namespace_names(raw, root, issues)
     _check_targets_resolve(raw, root, issues)
     _check_cadence_ranges(raw, root, issues)
 
@@ -1044,6 +1045,24 @@ def _iter_raw_cadences(raw: dict[str, Any], root: _Pos):
                     if matched != 3:
                         cpos = None
                 yield name, ns, cname, cadence, cpos
+
+
+def _check_namespace_names(raw: dict[str, Any], root: _Pos, issues: list[ConfigIssue]) -> None:
+    """Every namespace name must make a usable folder name (core.jobs.namespace_name_problem).
+    Cadence names need no check here: the CadenceSet model allows only fast, strong, cold."""
+    namespaces = raw.get("namespaces")
+    ns_pos = root.children.get("namespaces")
+    if not isinstance(namespaces, dict):
+        return
+    for name in namespaces:
+        if not isinstance(name, str):
+            continue  # numbers become digit strings; other keys are reported by validation
+        problem = namespace_name_problem(name)
+        if problem is None:
+            continue
+        child = ns_pos.children.get(name) if ns_pos is not None else None
+        where = (child.file, *(child.key_mark or (None, None))) if child else (None, None, None)
+        issues.append(ConfigIssue(*where, format_path(["namespaces", name]), problem))
 
 
 def _check_targets_resolve(raw: dict[str, Any], root: _Pos, issues: list[ConfigIssue]) -> None:

@@ -165,3 +165,49 @@ def test_console_script_check_config(tmp_path):
         "typo.yaml:6:9: namespaces.\"dao:vaultmesh\".cadence.fast.evry: "
         "unknown key 'evry' (did you mean 'every'?)"
     ) in failed.stderr
+
+
+ESC = "\x1b"
+
+
+def test_check_config_prints_no_terminal_escape_from_names_or_values(capsys, tmp_path):
+    (tmp_path / "c.yaml").write_text(
+        "scheduler:\n"
+        '  data_dir: "data\\e]0;owned\\a"\n'
+        "namespaces:\n"
+        '  "dao:vaultmesh":\n'
+        '    description: "ledger \\e[2J\\e[31mred"\n'
+        "    cadence:\n"
+        '      fast: {target: "local:dev", every: "10s"}\n'
+    )
+    assert main(["check-config", "c.yaml"]) == 0
+    out = capsys.readouterr().out
+    assert ESC not in out and "\a" not in out
+    assert "  dao:vaultmesh  ledger \\x1b[2J\\x1b[31mred" in out
+    assert "data\\x1b]0;owned\\x07" in out
+
+
+def test_check_config_errors_print_no_terminal_escape(capsys, tmp_path):
+    (tmp_path / "c.yaml").write_text(
+        'scheduler: {tick: "\\e[2Jsoon"}\n'
+        "namespaces:\n"
+        '  "\\e[31mred":\n'
+        "    cadence:\n"
+        '      fast: {target: "local:dev", every: "10s"}\n'
+    )
+    assert main(["check-config", "c.yaml"]) == 2
+    err = capsys.readouterr().err
+    assert ESC not in err
+    assert 'c.yaml:3:3: namespaces."\\x1b[31mred": a namespace name cannot contain control' in err
+    assert "\\x1b[2Jsoon" in err
+
+
+@pytest.mark.parametrize(("name", "words"), [('""', "cannot be empty"), ("n" * 300, "300 bytes")])
+def test_check_config_refuses_a_namespace_name_no_folder_can_have(capsys, tmp_path, name, words):
+    (tmp_path / "c.yaml").write_text(
+        f'namespaces:\n  {name}:\n    cadence:\n      fast: {{target: "local:dev", every: "10s"}}\n'
+    )
+    assert main(["check-config", "c.yaml"]) == 2
+    first, last = capsys.readouterr().err.splitlines()
+    assert first.startswith("c.yaml:2:3: namespaces.") and words in first
+    assert last == "configuration invalid: 1 error"

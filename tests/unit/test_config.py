@@ -698,3 +698,81 @@ def test_every_without_unit(tmp_path):
         "config.yaml:4:42: namespaces.\"demo:a\".cadence.fast.every: "
         "89 has no unit (expected <n>s|m|h|d or <n>*fast)"
     ]
+
+
+# --- namespace names become folder names: check-config refuses the ones that cannot --------------
+
+NAMED = """\
+namespaces:
+  "demo:a":
+    cadence:
+      fast: {{target: "local:dev", every: "10s"}}
+  {name}:
+    cadence:
+      fast: {{target: "local:dev", every: "10s"}}
+"""
+
+
+@pytest.mark.parametrize(
+    ("yaml_name", "message"),
+    [
+        ('""', 'namespaces."": a namespace name cannot be empty'),
+        ('"."', "namespaces.\".\": '.' cannot be a namespace name"),
+        ('".."', "namespaces.\"..\": '..' cannot be a namespace name"),
+        ('"dao/vaultmesh"', "a namespace name cannot contain '/'"),
+        ('"a\\0b"', "cannot contain control or invisible characters (U+0000)"),
+        ('"red\\e[31m"', "cannot contain control or invisible characters (U+001B)"),
+        ('"tab\\there"', "cannot contain control or invisible characters (U+0009)"),
+        ('"rtl\\u202Eoverride"', "cannot contain control or invisible characters (U+202E)"),
+        ('"' + "一" * 29 + '"', "would be 261 bytes, over the 255-byte file name limit"),
+        ("a" * 256, "would be 256 bytes, over the 255-byte file name limit"),
+    ],
+    ids=["empty", "dot", "dotdot", "slash", "nul", "escape", "tab", "bidi", "29-cjk", "256-ascii"],
+)
+def test_a_namespace_name_that_cannot_be_a_folder_is_refused_at_its_line(tmp_path, yaml_name, message):
+    [error] = errors(tmp_path, NAMED.format(name=yaml_name))
+    assert error.startswith("config.yaml:5:3: namespaces.")
+    assert message in error
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["dao:vaultmesh", "a" * 255, "一" * 28, "name with spaces", "émoji-🙂", ".hidden", "..x"],
+)
+def test_names_that_fit_load_and_write_real_receipts(tmp_path, name):
+    """The limit is the real one: a name at it writes a receipt and its pending marker, with
+    the longest cadence and a collision suffix, on this machine's file system."""
+    from core.receipts import ReceiptStore, build_receipt
+
+    loaded = load(tmp_path, NAMED.format(name='"' + name + '"'))
+    assert name in loaded.config.namespaces
+    store = ReceiptStore(tmp_path / "receipts")
+    receipt = build_receipt(
+        namespace=name,
+        cadence="strong",
+        target="local:dev",
+        batch_id="000001",
+        batch_root="sha256:" + "ab" * 32,
+        anchored_root="sha256:" + "ab" * 32,
+        proof=[],
+        leaf_index=0,
+        tree_size=1,
+        anchored_at=1_700_000_000.123,
+        attestation={},
+        status="pending",
+        confirmations_required=1,
+        confirmations_observed=0,
+        version="test",
+        config_hash="0" * 64,
+    )
+    first = store.write(receipt)
+    second = store.write(receipt)  # same name: the "-1" suffix
+    assert first.exists() and second.exists() and first != second
+    assert [p for p, _ in store.pending()] and store.namespace_of(first) == name
+
+
+def test_namespaces_from_the_vaultmesh_file_are_checked_at_their_own_line(tmp_path):
+    write(tmp_path, "ns.yaml", 'namespaces:\n  ok:\n    cadence:\n      fast: {target: "local:dev", every: "10s"}\n'
+          '  "":\n    cadence:\n      fast: {target: "local:dev", every: "10s"}\n')
+    [error] = errors(tmp_path, "namespaces_file: ns.yaml\n")
+    assert error == 'ns.yaml:5:3: namespaces."": a namespace name cannot be empty'
