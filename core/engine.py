@@ -25,7 +25,7 @@ from typing import Any
 from core import __version__, merkle
 from core.anchors.base import Attestation, Backend
 from core.backoff import BackoffPolicy
-from core.clock import Clock
+from core.clock import Clock, SteadyClock
 from core.errors import AnchorError, ErrorKind, ValidationError, classify, describe
 from core.events import (
     AnchorFailed,
@@ -93,7 +93,9 @@ class Scheduler:
         read_batch: Callable[[Path], Batch] = latest_batch,
         log: Log | None = None,
     ) -> None:
-        self.clock = clock
+        # Every time the engine keeps (due times, state, receipts, events) is on one steady
+        # timeline: a wall-clock step while running moves no cadence and no staleness.
+        self.clock = SteadyClock(clock)
         self.bus = bus
         self.log = log or Log(bus, clock)
         self.policy = policy or BackoffPolicy()
@@ -128,6 +130,9 @@ class Scheduler:
     # ----- job table -------------------------------------------------------------------
 
     def _install(self, specs: list[JobSpec]) -> None:
+        now = self.clock.now()
+        for key, state in self._state.items():
+            self._state[key] = _not_after(state, now)
         for spec in specs:
             self._specs[spec.key] = spec
             self._state.setdefault(spec.key, JobState())
@@ -616,6 +621,27 @@ class Scheduler:
         if due_at is not None and due_at <= now:
             return "due"
         return "ok"
+
+
+def _not_after(state: JobState, now: float) -> JobState:
+    """A loaded state whose past lies in the future was saved before the wall clock went
+    back: all its times move back by that much, so its next due time and its staleness do
+    not wait for the wall clock to catch up."""
+    past = [t for t in (state.last_anchored_at, state.last_attempt_at, state.current_at) if t is not None]
+    ahead = max(past, default=now) - now
+    if ahead <= 0:
+        return state
+
+    def back(t: float | None) -> float | None:
+        return None if t is None else t - ahead
+
+    return replace(
+        state,
+        last_anchored_at=back(state.last_anchored_at),
+        last_attempt_at=back(state.last_attempt_at),
+        current_at=back(state.current_at),
+        next_attempt=back(state.next_attempt),
+    )
 
 
 def _aggregate(leaves: list[bytes]) -> tuple[bytes, list[list[bytes]]]:

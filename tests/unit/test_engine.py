@@ -367,3 +367,60 @@ async def test_crash_before_the_answer_makes_the_jobs_due_again(tmp_path):
     assert journal.pending() == []
     await s.run_once()
     assert len(h.backend.calls) == 1 and len(h.of(ReceiptWritten)) == 1
+
+
+# ----- wall-clock steps: cadence and staleness run on monotonic time --------------------------
+
+
+async def test_wall_clock_stepped_back_an_hour_keeps_the_cadence_of_the_running_loop(tmp_path):
+    h = Harness(tmp_path, {"a": 1}, every=60, unchanged=True)
+    s = h.scheduler(tick=3600)
+    task = asyncio.create_task(s.run())
+    try:
+        for _ in range(20):
+            await asyncio.sleep(0)
+        await s.settle()
+        assert len(h.backend.calls) == 1
+        h.clock.step_wall(-3600)  # NTP or an operator steps the wall clock back an hour
+        for anchors in (2, 3):
+            h.clock.advance(60)
+            for _ in range(50):
+                await asyncio.sleep(0)
+            await s.settle()
+            assert len(h.backend.calls) == anchors, "no anchor one period after the wall went back"
+        assert s.view(JobKey("a", "fast")).status == "ok"
+    finally:
+        await s.stop()
+        await task
+
+
+async def test_wall_clock_stepped_forward_a_day_neither_anchors_early_nor_goes_stale(tmp_path):
+    from core.observe.health import health
+
+    h = Harness(tmp_path, {"a": 1}, every=60, unchanged=True)
+    s = h.scheduler()
+    await s.run_once()
+    h.clock.advance(30)
+    h.clock.step_wall(86400)
+    assert s.view(JobKey("a", "fast")).status == "ok"
+    code, body = health(s, s.clock.now())
+    assert code == 200 and body["status"] == "healthy", body
+    await s.run_once()
+    assert len(h.backend.calls) == 1, "a wall step forward made the job due early"
+    h.clock.advance(30)
+    await s.run_once()
+    assert len(h.backend.calls) == 2
+
+
+async def test_state_saved_before_the_wall_went_back_is_due_one_period_after_restart(tmp_path):
+    h = Harness(tmp_path, {"a": 1}, every=60, unchanged=True)
+    s = h.scheduler()
+    await s.run_once()
+    await s.stop()
+    h.clock.step_wall(-3600)
+    s2 = h.scheduler()
+    view = s2.view(JobKey("a", "fast"))
+    assert view.state.last_anchored_at <= h.clock.now() and view.status == "ok"
+    h.clock.advance(60)
+    await s2.run_once()
+    assert len(h.backend.calls) == 2, "after a restart the job waited for the wall clock to catch up"
