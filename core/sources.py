@@ -4,16 +4,23 @@ Rules:
 
 - Candidates are regular files named `*.json` that are not hidden (`.name`), so temp
   files of writers (`.x.json.1234.tmp`, `x.json.tmp`, `.x.json`) are never read.
+  Symbolic links are skipped, and a file is opened with O_NOFOLLOW, unless the folder's
+  limits say `follow_symlinks` (a link could point at any file the daemon can read).
 - Newest by file name in natural order: runs of digits compare as numbers, so
   `2026-01-01T00-00-00Z.json` < `2026-01-02T...` and `99.json` < `100.json`
   (zero-padded names sort the same either way). The file's mtime does not matter.
-- The file is a JSON object with `id` (a non-empty string; an integer is accepted and
-  turned into its decimal string) and `root`; extra fields are ignored.
+- A file larger than its folder's `max_bytes` (default 1 MiB, `scheduler.max_batch_bytes`)
+  is refused from its fstat, before any byte is read.
+- The file is a JSON object with `id` (a non-empty string of at most MAX_ID_CHARS
+  characters; an integer is accepted and turned into its decimal string) and `root`;
+  extra fields are ignored.
 - `root` is `sha256:<64 hex>`. Upper-case hex (and an upper-case `SHA256:` prefix) is
   normalised to lower case; 64 bare hex digits without the prefix are accepted and get
   the prefix (some VaultMesh tools write bare hex). Anything else is an error.
 - Every problem raises `SourceError` (a `core.errors.ValidationError`, so the engine
-  treats it as a validation failure of that job alone) naming the file or folder.
+  treats it as a validation failure of that job alone) naming the file or folder. A
+  message never repeats the offending value (it may be huge, or hold what a link pointed
+  at): it says what is wrong with it.
 
 `latest_batch` is called for every due job, for thousands of namespaces per pass: it
 keeps a per-folder cache keyed by (folder mtime_ns, newest file name, its mtime_ns and
@@ -22,6 +29,16 @@ listing, no read. Adding, removing or renaming a file changes the folder's mtime
 forces a listing. As git does for its index, a folder or file whose mtime is within
 `_RACY_NS` of the time it was checked is not trusted (file-system timestamps are coarse,
 a change in the same tick would be invisible) and is looked at again the next time.
+A bad file's error is cached as its message and raised as a new exception each time: a
+cached exception object re-raised keeps every traceback it was raised with.
+
+Reading off the event loop: `prefetch(folders)`, run on a worker thread, does the reads
+and hands each result to the next `latest_batch` call for that folder (within
+`_HANDOFF_S`), which then costs no I/O at all. The engine prefetches the folders of the
+jobs due before each pass; a call without a prefetch reads as before.
+
+Limits per folder come from the configuration through `configure(...)`; a folder not
+configured gets `BatchLimits()`.
 """
 
 from __future__ import annotations
@@ -29,8 +46,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 import threading
 import time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +59,10 @@ from core.fsutil import atomic_write_json, is_temp_name
 _HEX64 = re.compile(r"[0-9a-fA-F]{64}")
 _DIGITS = re.compile(r"(\d+)")
 _RACY_NS = 2_000_000_000
+_HANDOFF_S = 5.0  # a prefetched result older than this is checked again before use
+
+DEFAULT_MAX_BATCH_BYTES = 1024 * 1024
+MAX_ID_CHARS = 256
 
 
 class SourceError(ValidationError):
@@ -51,6 +74,14 @@ class Batch:
     id: str
     root: str  # "sha256:<64 lowercase hex>"
     path: Path
+
+
+@dataclass(frozen=True, slots=True)
+class BatchLimits:
+    """How a batch folder may be read: `scheduler.max_batch_bytes`, `follow_symlinks`."""
+
+    max_bytes: int = DEFAULT_MAX_BATCH_BYTES
+    follow_symlinks: bool = False
 
 
 def natural_key(name: str) -> tuple[object, ...]:
@@ -71,6 +102,23 @@ def normalise_root(value: object) -> str | None:
     return "sha256:" + text.lower()
 
 
+def _describe(value: object) -> str:
+    """What a JSON value is, without repeating it."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, str):
+        return f"a {len(value)}-character string"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
+
 def parse_batch(path: Path, data: bytes) -> Batch:
     try:
         doc = json.loads(data)
@@ -80,23 +128,33 @@ def parse_batch(path: Path, data: bytes) -> Batch:
         raise SourceError(
             f"batch file {path}:{exc.lineno}:{exc.colno}: not valid JSON: {exc.msg}"
         ) from None
+    except RecursionError:
+        raise SourceError(f"batch file {path}: JSON nested too deeply") from None
+    except ValueError:  # an integer of more digits than Python converts (sys.int_info)
+        raise SourceError(f"batch file {path}: not usable JSON: a number is too long") from None
     if not isinstance(doc, dict):
-        raise SourceError(f"batch file {path}: expected a JSON object, got {type(doc).__name__}")
+        raise SourceError(f"batch file {path}: expected a JSON object, got {_describe(doc)}")
     if "id" not in doc:
         raise SourceError(f'batch file {path}: missing "id"')
     if "root" not in doc:
         raise SourceError(f'batch file {path}: missing "root"')
     batch_id = doc["id"]
     if isinstance(batch_id, int) and not isinstance(batch_id, bool):
-        batch_id = str(batch_id)
+        try:
+            batch_id = str(batch_id)
+        except ValueError:
+            raise SourceError(f'batch file {path}: "id" is a number too long to use') from None
     if not isinstance(batch_id, str) or not batch_id.strip():
-        raise SourceError(f'batch file {path}: "id" must be a non-empty string, got {doc["id"]!r}')
+        raise SourceError(f'batch file {path}: "id" must be a non-empty string, got {_describe(doc["id"])}')
+    if len(batch_id) > MAX_ID_CHARS:
+        raise SourceError(
+            f'batch file {path}: "id" is {len(batch_id)} characters long, more than {MAX_ID_CHARS}'
+        )
     root = normalise_root(doc["root"])
     if root is None:
-        shown = repr(doc["root"])
-        if len(shown) > 90:
-            shown = shown[:87] + "..."
-        raise SourceError(f'batch file {path}: "root" is not sha256:<64 hex>: {shown}')
+        raise SourceError(
+            f'batch file {path}: "root" is not sha256:<64 hex> (got {_describe(doc["root"])})'
+        )
     return Batch(id=batch_id, root=root, path=path)
 
 
@@ -109,11 +167,14 @@ class _Entry:
     file_size: int
     file_trusted: bool
     batch: Batch | None
-    error: SourceError | None
+    error: str | None  # the message only: see the module docstring
+    handoff_until: float = 0.0  # monotonic; set by prefetch, cleared by the next read
 
 
 _cache: dict[str, _Entry] = {}
 _lock = threading.Lock()
+_limits: dict[str, BatchLimits] = {}
+_default_limits = BatchLimits()
 
 
 def clear_cache() -> None:
@@ -121,9 +182,24 @@ def clear_cache() -> None:
         _cache.clear()
 
 
-def _newest_name(folder: Path) -> str:
+def configure(limits: Mapping[Path, BatchLimits], default: BatchLimits | None = None) -> None:
+    """Set the limits of each batch folder (from the configuration); the cache starts afresh."""
+    global _default_limits
+    with _lock:
+        _limits.clear()
+        _limits.update({str(Path(folder)): lim for folder, lim in limits.items()})
+        _default_limits = default or BatchLimits()
+        _cache.clear()
+
+
+def limits_for(folder: str | os.PathLike[str]) -> BatchLimits:
+    return _limits.get(str(Path(folder)), _default_limits)
+
+
+def _newest_name(folder: Path, limits: BatchLimits) -> str:
     best: str | None = None
     best_key: tuple[object, ...] = ()
+    links = 0
     try:
         with os.scandir(folder) as it:
             for e in it:
@@ -131,6 +207,9 @@ def _newest_name(folder: Path) -> str:
                 if not name.endswith(".json") or is_temp_name(name):
                     continue
                 try:
+                    if not limits.follow_symlinks and e.is_symlink():
+                        links += 1
+                        continue
                     if not e.is_file():
                         continue
                 except OSError:
@@ -145,14 +224,91 @@ def _newest_name(folder: Path) -> str:
     except OSError as exc:
         raise SourceError(f"batch folder {folder}: cannot list: {exc.strerror or exc}") from None
     if best is None:
-        raise SourceError(f"batch folder {folder} has no batch files (*.json)")
+        skipped = ""
+        if links:
+            skipped = (
+                f"; {links} symbolic link(s) skipped (set follow_symlinks: true on the namespace "
+                "or in scheduler: to read them)"
+            )
+        raise SourceError(f"batch folder {folder} has no batch files (*.json){skipped}")
     return best
+
+
+def _read_capped(path: Path, limits: BatchLimits) -> tuple[bytes, os.stat_result]:
+    """The file's bytes and fstat; refuses a link (unless allowed), a non-file or a file too large."""
+    flags = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOCK", 0)
+    if not limits.follow_symlinks:
+        flags |= getattr(os, "O_NOFOLLOW", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError:
+        if not limits.follow_symlinks and os.path.islink(path):
+            raise SourceError(
+                f"batch file {path} is a symbolic link; not followed (set follow_symlinks: true "
+                "on the namespace or in scheduler: to allow it)"
+            ) from None
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise SourceError(f"batch file {path} is not a regular file")
+        if st.st_size > limits.max_bytes:
+            raise SourceError(_too_large(path, st.st_size, limits))
+        chunks: list[bytes] = []
+        got = 0
+        while got <= limits.max_bytes:  # it may grow after the fstat: never read past the cap
+            chunk = os.read(fd, limits.max_bytes + 1 - got)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            got += len(chunk)
+        if got > limits.max_bytes:
+            raise SourceError(_too_large(path, got, limits, grew=True))
+        return b"".join(chunks), st
+    finally:
+        os.close(fd)
+
+
+def _too_large(path: Path, size: int, limits: BatchLimits, grew: bool = False) -> str:
+    what = "grew past" if grew else f"is {size} bytes, more than"
+    return (
+        f"batch file {path} {what} the limit of {limits.max_bytes} bytes "
+        "(scheduler.max_batch_bytes); not read"
+    )
+
+
+def _result(entry: _Entry) -> Batch:
+    if entry.error is not None:
+        raise SourceError(entry.error)
+    assert entry.batch is not None
+    return entry.batch
 
 
 def latest_batch(folder: str | os.PathLike[str]) -> Batch:
     """The newest batch of `folder`; SourceError naming the folder or file on any problem."""
-    folder = Path(folder)
+    return _latest(Path(folder), handoff=False)
+
+
+def prefetch(folders: Iterable[str | os.PathLike[str]]) -> None:
+    """Read each folder's latest batch now, for the next `latest_batch` call (worker thread)."""
+    for folder in folders:
+        try:
+            _latest(Path(folder), handoff=True)
+        except SourceError:
+            pass  # cached with its entry when it is the file's fault; else read again later
+
+
+def _latest(folder: Path, *, handoff: bool) -> Batch:
     key = str(folder)
+    if not handoff:
+        with _lock:
+            entry = _cache.get(key)
+            if entry is not None and entry.handoff_until:
+                fresh = time.monotonic() < entry.handoff_until
+                entry.handoff_until = 0.0
+                if fresh:
+                    return _result(entry)
+    limits = limits_for(folder)
     now = time.time_ns()
     try:
         fst = os.stat(folder)
@@ -166,15 +322,15 @@ def latest_batch(folder: str | os.PathLike[str]) -> Batch:
         entry.folder_trusted and entry.folder_mtime_ns == fst.st_mtime_ns
     ):
         entry = None  # the folder changed (or was too fresh to trust): list it again
-    name = entry.name if entry is not None else _newest_name(folder)
+    name = entry.name if entry is not None else _newest_name(folder, limits)
     path = folder / name
     try:
-        st = os.stat(path)
+        st = os.stat(path, follow_symlinks=limits.follow_symlinks)
     except FileNotFoundError:
         with _lock:
             _cache.pop(key, None)
         if entry is not None:  # removed since we listed: try once more from scratch
-            return latest_batch(folder)
+            return _latest(folder, handoff=handoff)
         raise SourceError(f"batch file {path} disappeared while reading it") from None
     except OSError as exc:
         raise SourceError(f"batch file {path}: cannot read: {exc.strerror or exc}") from None
@@ -184,14 +340,15 @@ def latest_batch(folder: str | os.PathLike[str]) -> Batch:
         and entry.file_mtime_ns == st.st_mtime_ns
         and entry.file_size == st.st_size
     ):
-        if entry.error is not None:
-            raise entry.error
-        assert entry.batch is not None
-        return entry.batch
+        if handoff:
+            entry.handoff_until = time.monotonic() + _HANDOFF_S
+        return _result(entry)
     batch: Batch | None = None
-    error: SourceError | None = None
+    error: str | None = None
     try:
-        data = path.read_bytes()
+        data, st = _read_capped(path, limits)
+    except SourceError as exc:
+        error = str(exc)
     except OSError as exc:
         # Not cached: a permission fix changes no mtime, so look again next time.
         with _lock:
@@ -201,7 +358,7 @@ def latest_batch(folder: str | os.PathLike[str]) -> Batch:
         try:
             batch = parse_batch(path, data)
         except SourceError as exc:
-            error = exc
+            error = str(exc)
     new = _Entry(
         folder_mtime_ns=fst.st_mtime_ns,
         folder_trusted=now - fst.st_mtime_ns > _RACY_NS,
@@ -211,13 +368,11 @@ def latest_batch(folder: str | os.PathLike[str]) -> Batch:
         file_trusted=now - st.st_mtime_ns > _RACY_NS,
         batch=batch,
         error=error,
+        handoff_until=time.monotonic() + _HANDOFF_S if handoff else 0.0,
     )
     with _lock:
         _cache[key] = new
-    if error is not None:
-        raise error
-    assert batch is not None
-    return batch
+    return _result(new)
 
 
 def write_batch(

@@ -81,7 +81,7 @@ def test_write_batch_is_atomic_json(tmp_path: Path) -> None:
         (b'{"id": "1", "root": ', "not valid JSON"),
         (b'{"id": "1",\n  "root" "x"}', ":2:10: not valid JSON"),
         (b'{"id": "\xff"}', "not UTF-8"),
-        (b"[1]", "expected a JSON object, got list"),
+        (b"[1]", "expected a JSON object, got a list"),
         (b'{"root": "' + R1.encode() + b'"}', 'missing "id"'),
         (b'{"id": "1"}', 'missing "root"'),
         (b'{"id": "", "root": "' + R1.encode() + b'"}', '"id" must be a non-empty string'),
@@ -120,15 +120,17 @@ def test_folder_errors(tmp_path: Path) -> None:
 
 def test_unreadable_file(tmp_path: Path, monkeypatch) -> None:
     path = write_batch(tmp_path, "1", R1)
-    real_read = Path.read_bytes
+    real_open = os.open
 
-    def denied(self):
-        raise PermissionError(13, "Permission denied", str(self))
+    def denied(p, *args, **kw):
+        if str(p) == str(path):
+            raise PermissionError(13, "Permission denied", str(p))
+        return real_open(p, *args, **kw)
 
-    monkeypatch.setattr(Path, "read_bytes", denied)  # chmod 0 does not stop root
+    monkeypatch.setattr(sources.os, "open", denied)  # chmod 0 does not stop root
     with pytest.raises(SourceError, match=f"batch file {path}: cannot read: Permission denied"):
         latest_batch(tmp_path)
-    monkeypatch.setattr(Path, "read_bytes", real_read)
+    monkeypatch.setattr(sources.os, "open", real_open)
     assert latest_batch(tmp_path).id == "1"  # read errors are not cached
 
 
@@ -159,18 +161,18 @@ def test_unchanged_folder_costs_no_listing_no_read(tmp_path: Path, monkeypatch) 
     first = latest_batch(tmp_path)
     calls = {"scandir": 0, "read": 0}
     real_scandir = os.scandir
-    real_read = Path.read_bytes
+    real_read = os.read
 
     def scandir(p):
         calls["scandir"] += 1
         return real_scandir(p)
 
-    def read_bytes(self):
+    def read(fd, n):
         calls["read"] += 1
-        return real_read(self)
+        return real_read(fd, n)
 
     monkeypatch.setattr(sources.os, "scandir", scandir)
-    monkeypatch.setattr(Path, "read_bytes", read_bytes)
+    monkeypatch.setattr(sources.os, "read", read)
     for _ in range(5):
         assert latest_batch(tmp_path) is first
     assert calls == {"scandir": 0, "read": 0}
@@ -221,3 +223,180 @@ def test_many_namespaces_per_pass_is_cheap(tmp_path: Path) -> None:
     for f in folders:
         latest_batch(f)
     assert time.perf_counter() - started < 1.0
+
+
+# --------------------------------------------------------------------------- hostile files
+
+
+@pytest.fixture
+def limits():
+    """`limits(folder, **kw)` sets one folder's BatchLimits; every folder is reset after."""
+
+    def set_limits(folder: Path, **kw) -> None:
+        sources.configure({folder: sources.BatchLimits(**kw)})
+
+    yield set_limits
+    sources.configure({})
+
+
+def test_a_bad_batch_read_again_and_again_keeps_memory_flat(tmp_path: Path) -> None:
+    """A folder that stays invalid is read on every pass: each read must cost no memory.
+
+    Counted in allocated blocks (tracemalloc would do, at eight times the run time): a
+    cached exception re-raised kept each raise's traceback and frames, about ten blocks
+    a read.
+    """
+    import sys
+
+    (tmp_path / "000001.json").write_text("{broken")
+    age(tmp_path / "000001.json")
+    age(tmp_path)
+    messages = set()
+    for chunk in range(10):
+        for _ in range(10_000):
+            try:
+                latest_batch(tmp_path)
+            except SourceError as exc:
+                messages.add(str(exc))
+        if chunk == 0:
+            baseline = sys.getallocatedblocks()
+        grown = sys.getallocatedblocks() - baseline
+        assert grown < 1_000, f"{grown} more memory blocks after {(chunk + 1) * 10_000} reads"
+    assert messages == {f"batch file {tmp_path / '000001.json'}:1:2: not valid JSON: Expecting property name enclosed in double quotes"}
+
+
+def test_a_batch_file_over_the_size_limit_is_refused_without_being_read(
+    tmp_path: Path, monkeypatch, limits
+) -> None:
+    write_batch(tmp_path, "1", R1, name="000001.json")
+    huge = tmp_path / "000002.json"
+    with open(huge, "wb") as f:
+        f.truncate(50_000_000)  # sparse: 50 MB by its size, nothing on disk
+    read = {"bytes": 0}
+    real_read = os.read
+
+    def counting_read(fd, n):
+        data = real_read(fd, n)
+        read["bytes"] += len(data)
+        return data
+
+    monkeypatch.setattr(sources.os, "read", counting_read)
+    with pytest.raises(SourceError) as info:
+        latest_batch(tmp_path)
+    message = str(info.value)
+    assert str(huge) in message
+    assert "is 50000000 bytes, more than the limit of 1048576 bytes (scheduler.max_batch_bytes)" in message
+    assert read["bytes"] == 0
+
+    # The limit is the folder's: 2 KiB refused under 1 KiB, accepted under 4 KiB.
+    huge.write_text(json.dumps({"id": "2", "root": R2, "leaves": ["x" * 2000]}))
+    limits(tmp_path, max_bytes=1024)
+    with pytest.raises(SourceError, match="more than the limit of 1024 bytes"):
+        latest_batch(tmp_path)
+    limits(tmp_path, max_bytes=4096)
+    assert latest_batch(tmp_path).id == "2"
+
+
+def test_a_file_that_grows_while_read_stops_at_the_limit(tmp_path: Path, monkeypatch, limits) -> None:
+    # /proc files report size 0 and then give more: as a file still being written does.
+    (tmp_path / "000001.json").symlink_to("/proc/self/maps")
+    limits(tmp_path, max_bytes=100, follow_symlinks=True)
+    read = {"bytes": 0}
+    real_read = os.read
+
+    def counting_read(fd, n):
+        data = real_read(fd, n)
+        read["bytes"] += len(data)
+        return data
+
+    monkeypatch.setattr(sources.os, "read", counting_read)
+    with pytest.raises(SourceError, match="grew past the limit of 100 bytes"):
+        latest_batch(tmp_path)
+    assert read["bytes"] <= 101
+
+
+def test_symbolic_links_are_not_followed_unless_allowed(tmp_path: Path, limits) -> None:
+    outside = tmp_path / "outside"
+    secret = write_batch(outside, "secret-id", R3, name="secret.json")
+    folder = tmp_path / "batches"
+    write_batch(folder, "1", R1, name="000001.json")
+    (folder / "000002.json").symlink_to(secret)
+    assert latest_batch(folder).id == "1"  # the link is skipped: never read
+
+    only_links = tmp_path / "links"
+    only_links.mkdir()
+    (only_links / "000001.json").symlink_to(secret)
+    with pytest.raises(SourceError) as info:
+        latest_batch(only_links)
+    assert f"batch folder {only_links} has no batch files" in str(info.value)
+    assert "1 symbolic link(s) skipped (set follow_symlinks: true" in str(info.value)
+    assert "secret" not in str(info.value)
+
+    limits(folder, follow_symlinks=True)
+    assert latest_batch(folder).id == "secret-id"
+
+
+def test_a_file_swapped_for_a_link_after_listing_is_refused(tmp_path: Path) -> None:
+    """O_NOFOLLOW: a link put in place of a listed file is not opened."""
+    secret = write_batch(tmp_path / "outside", "secret-id", R3, name="secret.json")
+    folder = tmp_path / "batches"
+    path = write_batch(folder, "1", R1, name="000001.json")
+    age(path)
+    age(folder)
+    assert latest_batch(folder).id == "1"
+    listed = os.stat(folder)
+    path.unlink()
+    path.symlink_to(secret)
+    os.utime(folder, ns=(listed.st_atime_ns, listed.st_mtime_ns))  # the cached listing still holds
+    with pytest.raises(SourceError) as info:
+        latest_batch(folder)
+    assert f"batch file {path} is a symbolic link; not followed" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("content", "needle"),
+    [
+        (b"[" * 200_000 + b"]" * 200_000, "JSON nested too deeply"),
+        (b'{"id": 1' + b"0" * 100_000 + b', "root": "' + R1.encode() + b'"}', "a number is too long"),
+        (b'{"id": "' + b"x" * 1_000_000 + b'", "root": "' + R1.encode() + b'"}',
+         '"id" is 1000000 characters long, more than 256'),
+        (b'{"id": "1", "root": "' + b"<y>" * 1000 + b'"}', '"root" is not sha256:<64 hex> (got a 3000-character string)'),
+        (b'{"id": ["' + b"<y>" * 1000 + b'"], "root": "' + R1.encode() + b'"}', '"id" must be a non-empty string, got a list'),
+    ],
+    ids=["deep-array", "huge-int-id", "1MB-id", "long-root", "list-id"],
+)
+def test_hostile_batch_content_is_named_with_the_file_and_never_echoed(
+    tmp_path: Path, content: bytes, needle: str
+) -> None:
+    bad = tmp_path / "000001.json"
+    bad.write_bytes(content)
+    with pytest.raises(SourceError) as info:
+        latest_batch(tmp_path)
+    message = str(info.value)
+    assert message.startswith(f"batch file {bad}")
+    assert needle in message
+    assert "<y>" not in message and "xxxx" not in message and "0000000000" not in message
+    assert len(message) < len(str(bad)) + 120
+
+
+def test_prefetch_hands_its_read_to_the_next_call(tmp_path: Path, monkeypatch) -> None:
+    """The engine reads due folders on a worker thread; the call on the loop then does no I/O."""
+    good = tmp_path / "good"
+    write_batch(good, "1", R1)
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "000001.json").write_text("{")
+    sources.prefetch([good, bad, tmp_path / "missing"])
+
+    def no_io(*args, **kw):
+        raise AssertionError("I/O on the loop after a prefetch")
+
+    with monkeypatch.context() as m:
+        for name in ("stat", "scandir", "open", "read"):
+            m.setattr(sources.os, name, no_io)
+        assert latest_batch(good).id == "1"
+        with pytest.raises(SourceError, match=f"batch file {bad / '000001.json'}:1:2: not valid JSON"):
+            latest_batch(bad)
+    # Handed over once: the next call looks at the folder again and sees the new file.
+    write_batch(good, "2", R2)
+    assert latest_batch(good).id == "2"
