@@ -9,12 +9,16 @@
                                "backoff": <max backoff level over its cadences>,
                                "status": "ok" | "backing_off" | "stale"}}}
 
-- A job is backing off while it has consecutive failures; it is stale when it has not
-  anchored within `stale_factor` x its period (`scheduler.stale_factor`, default 2),
-  counted from its last anchor, or from the engine's start if it never anchored.
-  A namespace is `backing_off` if any cadence is, else `stale` if any cadence is.
-- `unhealthy`: the engine loop is stopped, or stuck (no pass within max(3 x tick, 30 s));
-  `degraded`: any namespace not ok; else `healthy`. 200 only when healthy, else 503.
+- Job statuses and the thresholds are core.status's (the dashboard and the alert rules
+  use the same): a job is backing off while it has consecutive failures (or gave up: in
+  error); it is stale when it was not proven current (anchored, or found unchanged)
+  within `stale_factor` x its period (`scheduler.stale_factor`, default 2), counted from
+  the engine's start if it never was. A namespace is `backing_off` if any cadence is,
+  else `stale` if any cadence is.
+- `unhealthy`: the engine loop is stopped, or stuck (no pass within
+  max(core.status.STUCK_TICKS x tick, STUCK_MIN_SECONDS) = max(3 x tick, 30 s));
+  `degraded`: any job in a core.status.PROBLEMS status; else `healthy`. 200 only when
+  healthy, else 503.
 
 Nothing here reads a secret or a file's contents: only times, levels and names.
 """
@@ -26,12 +30,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-STUCK_MIN_SECONDS = 30.0
-
-
-def stuck_after(engine: Any) -> float:
-    """Seconds without a pass after which the loop counts as stuck."""
-    return max(3.0 * float(engine.tick), STUCK_MIN_SECONDS)
+from core import status
+from core.status import Health, JobStatus
 
 
 def engine_stopped(engine: Any) -> bool:
@@ -40,54 +40,60 @@ def engine_stopped(engine: Any) -> bool:
 
 def loop_problem(engine: Any, now: float) -> str | None:
     """Why the engine loop is not alive (stopped / stuck), or None."""
-    if engine_stopped(engine):
-        return "engine stopped"
-    last = engine.last_tick if engine.last_tick is not None else engine.started_at
-    silent = now - last
-    if silent > stuck_after(engine):
-        what = "no scheduling pass" if engine.last_tick is not None else "no first pass"
-        return f"engine stuck: {what} for {silent:.0f}s"
-    return None
+    return status.loop_problem(
+        stopped=engine_stopped(engine), last_tick=engine.last_tick, started_at=engine.started_at,
+        tick=engine.tick, now=now,
+    )  # fmt: skip
 
 
 def _epoch(value: float | None) -> int | None:
     return None if value is None else int(math.floor(value))
 
 
+# The /health contract's three job statuses; errors (a job that gave up) read as backing_off.
+_CONTRACT = {JobStatus.BACKING_OFF: "backing_off", JobStatus.ERROR: "backing_off", JobStatus.STALE: "stale"}
+
+
 def job_status(view: Any) -> str:
-    """The /health status of a job, from the engine's own status (one definition of stale)."""
-    if view.status in ("backing_off", "error"):
-        return "backing_off"
-    return "stale" if view.status == "stale" else "ok"
+    """The /health status of a job, from the engine's own status (core.status)."""
+    return _CONTRACT.get(view.status, "ok")
 
 
 def health(engine: Any, now: float) -> tuple[int, dict[str, Any]]:
     """(HTTP status, body) of /health for `engine` (a core.engine.Scheduler) at time `now`."""
     namespaces: dict[str, dict[str, Any]] = {}
-    degraded = False
-    for view in engine.views(now):
+    views = engine.views(now)
+    for view in views:
         key = view.spec.key
         ns = namespaces.get(key.namespace)
         if ns is None:
             ns = namespaces[key.namespace] = {"lastAnchor": {}, "backoff": 0, "status": "ok"}
         ns["lastAnchor"][key.cadence] = _epoch(view.state.last_anchored_at)
         ns["backoff"] = max(ns["backoff"], int(view.state.backoff_level))
-        status = job_status(view)
-        if status == "backing_off" or (status == "stale" and ns["status"] == "ok"):
-            ns["status"] = status
-        if status != "ok":
-            degraded = True
+        job = job_status(view)
+        if job == "backing_off" or (job == "stale" and ns["status"] == "ok"):
+            ns["status"] = job
     problem = loop_problem(engine, now)
-    overall = "unhealthy" if problem else "degraded" if degraded else "healthy"
+    overall, _why = status.overall(status.count(views), problem)
+    # Our own files cannot be written, or a job hangs in flight: degraded even when every
+    # job still looks ok (a failed state save fails no job). The engine says which.
+    storage = getattr(engine, "storage_problem", None)
+    stuck = engine.stuck(now) if hasattr(engine, "stuck") else ()
+    if overall == Health.HEALTHY and (storage or stuck):
+        overall = Health.DEGRADED
     body: dict[str, Any] = {
-        "status": overall,
+        "status": str(overall),
         "uptime": round(max(0.0, now - engine.started_at), 3),
         "lastTick": _epoch(engine.last_tick),
         "namespaces": namespaces,
     }
     if problem:
         body["reason"] = problem
-    return (200 if overall == "healthy" else 503), body
+    if storage:
+        body["storage"] = storage
+    if stuck:
+        body["stuck"] = sorted(str(k) for k in stuck)
+    return (200 if overall == Health.HEALTHY else 503), body
 
 
 def livez(engine: Any, now: float) -> tuple[int, dict[str, Any]]:
@@ -115,6 +121,8 @@ def readyz(runtime: Any) -> tuple[int, dict[str, Any]]:
         "config": getattr(runtime, "loaded", None) is not None,
         "state": False,
         "engine": runtime.engine.last_tick is not None and not engine_stopped(runtime.engine),
+        # Not ready while the engine cannot write its journal, receipts or state.
+        "storage": getattr(runtime.engine, "storage_problem", None) is None,
     }
     if checks["config"]:
         try:
@@ -129,4 +137,4 @@ def readyz(runtime: Any) -> tuple[int, dict[str, Any]]:
     return (200 if ready else 503), body
 
 
-__all__ = ["health", "livez", "readyz", "loop_problem", "stuck_after"]
+__all__ = ["health", "livez", "readyz", "loop_problem"]

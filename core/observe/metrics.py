@@ -10,8 +10,11 @@
 | `vmsh_backoff_state` | gauge (the level) | namespace, cadence |
 | `vmsh_anchor_duration_seconds` | histogram | namespace, cadence, target, status (success/failure) |
 | `vmsh_last_anchor_timestamp_seconds` | gauge (epoch) | namespace, cadence, target |
+| `vmsh_job_current_timestamp_seconds` | gauge (epoch) | namespace, cadence, target |
 | `vmsh_job_period_seconds` | gauge | namespace, cadence, target |
 | `vmsh_receipts_pending` | gauge | target |
+| `vmsh_anchor_failures_by_kind_total` | counter | kind (network/auth/validation/storage/unknown) |
+| `vmsh_storage_errors_total` | counter | op (journal/receipt/state/recover) |
 | `vmsh_config_reloads_total` | counter | result (ok/error) |
 | `vmsh_tick_duration_seconds` | histogram | |
 | `vmsh_build_info` | gauge (always 1) | version |
@@ -27,6 +30,13 @@ Counting rules:
 - Reloads: `ConfigApplied` counts `ok`, `ConfigRejected` counts `error`, whoever asked
   (file watcher, SIGHUP, the dashboard). A reload that finds no change applies nothing
   and publishes nothing, so it is not counted.
+- A job is current when it anchored or was found unchanged since its last anchor
+  (`JobSkipped`, root unchanged): the instant core.status counts staleness from, so
+  `VmshJobNotAnchoredInTime` fires exactly when the dashboard and /health say stale.
+- Failures are also counted by kind (one per job and failure, like the per-job counter),
+  so `vmsh_anchor_failures_by_kind_total{kind="storage"}` shows a full disk at once;
+  `vmsh_storage_errors_total` counts failed writes of our own files (once per write,
+  whatever the number of jobs it carried), from `StorageFailed`.
 - Jobs removed by a reload lose all their series; a job whose target changed loses the
   series labelled with the old target.
 
@@ -50,6 +60,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.utils import floatToGoString
 
 from core import __version__
+from core.errors import ErrorKind
 from core.events import (
     AnchorFailed,
     AnchorStarted,
@@ -59,13 +70,16 @@ from core.events import (
     ConfigRejected,
     Event,
     EventBus,
+    JobSkipped,
     ReceiptConfirmed,
     ReceiptWritten,
+    StorageFailed,
     TickCompleted,
 )
 from core.jobs import JobKey
 
 JOB_LABELS = ("namespace", "cadence", "target")
+STORAGE_OPS = ("journal", "receipt", "state", "recover")  # the engine's StorageFailed.op values
 ANCHOR_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 TICK_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 _LE = [floatToGoString(b) for b in (*ANCHOR_BUCKETS, float("inf"))]
@@ -105,6 +119,7 @@ class _JobSeries:
         "succeeded",
         "failed",
         "last_anchor",
+        "current",
         "period",
         "backoff",
         "durations",
@@ -120,6 +135,7 @@ class _JobSeries:
         self.target = target
         self.attempted = self.succeeded = self.failed = 0
         self.last_anchor: float | None = None
+        self.current: float | None = None  # last proven current (anchored or unchanged)
         self.period: float | None = None
         self.durations: dict[str, _Durations] = {}
 
@@ -170,6 +186,11 @@ class _JobCollector:
             "When a job last anchored (Unix epoch seconds).",
             labels=JOB_LABELS,
         )
+        current = GaugeMetricFamily(
+            "vmsh_job_current_timestamp_seconds",
+            "When a job was last proven current: anchored, or its root found unchanged (Unix epoch seconds).",
+            labels=JOB_LABELS,
+        )
         period = GaugeMetricFamily(
             "vmsh_job_period_seconds",
             "A job's cadence period (for staleness alerts).",
@@ -186,11 +207,13 @@ class _JobCollector:
             failed.add_metric(labels, job.failed)
             if job.last_anchor is not None:
                 last_anchor.add_metric(labels, job.last_anchor)
+            if job.current is not None:
+                current.add_metric(labels, job.current)
             if job.period is not None:
                 period.add_metric(labels, job.period)
             for status, child in job.durations.items():
                 duration.add_metric((*labels, status), child.buckets(), child.total)
-        return [attempted, succeeded, failed, backoff, duration, last_anchor, period]
+        return [attempted, succeeded, failed, backoff, duration, last_anchor, current, period]
 
 
 class Metrics:
@@ -222,6 +245,18 @@ class Metrics:
         self.build_info.labels(version).set(1)
         for result in ("ok", "error"):
             self.reloads.labels(result)
+        self.failures_by_kind = Counter(
+            "vmsh_anchor_failures_by_kind", "Failed anchor attempts of all jobs, by error kind.",
+            ("kind",), registry=r,
+        )
+        self.storage_errors = Counter(
+            "vmsh_storage_errors", "Failed writes of the scheduler's own files, by step.",
+            ("op",), registry=r,
+        )
+        for kind in ErrorKind:
+            self.failures_by_kind.labels(str(kind))
+        for op in STORAGE_OPS:
+            self.storage_errors.labels(op)
 
         self._outstanding: set[JobKey] = set()  # jobs sent to a backend, outcome not seen yet
         self._pending: dict[str, int] = {}
@@ -250,6 +285,7 @@ class Metrics:
                 job = self._track(view.spec.key, view.spec.target)
                 job.period = view.spec.every
                 job.last_anchor = view.state.last_anchored_at
+                job.current = view.state.current_at or view.state.last_anchored_at
                 job.backoff = view.state.backoff_level
         if receipts is not None:
             counts: dict[str, int] = {}
@@ -283,6 +319,8 @@ class Metrics:
         elif isinstance(event, ReceiptConfirmed):
             # Never below zero, should seeding have missed a receipt.
             self._set_pending(event.target, max(0, self._pending.get(event.target, 0) - 1))
+        elif isinstance(event, StorageFailed):
+            self.storage_errors.labels(event.op).inc()
         elif isinstance(event, ConfigRejected):
             self.reloads.labels("error").inc()
         elif isinstance(event, ConfigApplied):
@@ -290,6 +328,8 @@ class Metrics:
             with self._lock:
                 self._apply(event)
         else:
+            if isinstance(event, AnchorFailed):
+                self.failures_by_kind.labels(event.kind).inc()
             with self._lock:
                 self._job_event(event)
 
@@ -303,7 +343,11 @@ class Metrics:
             job.succeeded += 1
             if timed:
                 job.observe("success", max(0.0, event.duration))
-            job.last_anchor = event.at
+            job.last_anchor = job.current = event.at
+        elif isinstance(event, JobSkipped) and event.reason == "root unchanged":
+            job = self._jobs.get(event.job)  # the engine set its current_at: the same instant
+            if job is not None and job.target is not None:
+                job.current = event.at
         elif isinstance(event, AnchorFailed):
             job, timed = self._outcome(event.job, event.target)
             job.failed += 1

@@ -352,6 +352,63 @@ async def test_job_period_gauge_is_exported(exported):
         assert labels <= exported[name]
 
 
+def alert_rule(name: str) -> dict:
+    for group in load_yaml(ALERTS)["groups"]:
+        for rule in group["rules"]:
+            if rule.get("alert") == name:
+                return rule
+    raise AssertionError(f"no alert {name}")
+
+
+async def test_not_anchored_in_time_fires_exactly_when_health_says_stale(stack, tmp_path):
+    """One definition of stale (core/status.py): a real scheduler's /metrics, scraped each
+    minute, fed to promtool; the alert's condition holds exactly at the minutes /health
+    calls the job stale. q is quiet (its root never changes: found current, not
+    anchored); after minute 4 no pass runs (the loop is stuck) and q goes stale."""
+    s = await stack({"q": {"fast": "60s"}}, unchanged=False)
+    t0 = s.clock.now()
+    labels = frozenset({"namespace": "q", "cadence": "fast", "target": "local:dev"}.items())
+    current, anchored, period, stale = [], [], [], []
+    for minute in range(9):
+        if minute <= 4:
+            await s.anchor_pass()
+        _, samples = await s.scrape()
+        current.append(samples[("vmsh_job_current_timestamp_seconds", labels)] - t0)
+        anchored.append(samples[("vmsh_last_anchor_timestamp_seconds", labels)] - t0)
+        period.append(samples[("vmsh_job_period_seconds", labels)])
+        _, body = await s.health()
+        stale.append(body["namespaces"]["q"]["status"] == "stale")
+        s.clock.advance(60)
+    assert anchored == [0.0] * 9  # anchored once, then found unchanged
+    assert stale == [False] * 7 + [True] * 2  # 180 s > 2 x 60 s after the last pass at minute 4
+
+    series = 'job="vmsh-scheduler", instance="h:1", namespace="q", cadence="fast", target="local:dev"'
+    expr = alert_rule("VmshJobNotAnchoredInTime")["expr"]
+    tests = []
+    for minute, is_stale in enumerate(stale):
+        expected = [{"labels": "{" + series + "}", "value": minute * 60 - current[minute]}] if is_stale else []
+        tests.append({"expr": expr, "eval_time": f"{minute}m", "exp_samples": expected})
+    unit = {
+        "rule_files": [str(ALERTS)],
+        "evaluation_interval": "1m",
+        "tests": [{
+            "interval": "1m",
+            "input_series": [
+                {"series": "vmsh_job_current_timestamp_seconds{" + series + "}",
+                 "values": " ".join(f"{v:g}" for v in current)},
+                {"series": "vmsh_last_anchor_timestamp_seconds{" + series + "}",
+                 "values": " ".join(f"{v:g}" for v in anchored)},
+                {"series": "vmsh_job_period_seconds{" + series + "}", "values": " ".join(f"{v:g}" for v in period)},
+            ],
+            "promql_expr_test": tests,
+        }],
+    }  # fmt: skip
+    path = tmp_path / "stale.test.yml"
+    path.write_text(yaml.safe_dump(unit))
+    result = promtool("test", "rules", str(path), cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 # --------------------------------------------------------------------------- systemd
 
 
