@@ -45,6 +45,7 @@ from core.observe.logs import Log
 from core.receipts import ReceiptStore, build_receipt
 from core.sources import Batch, latest_batch
 from core.state import IntentJournal, JobState, StateStore
+from core.status import JobStatus, job_status
 
 BackendFor = Callable[[str], Backend]
 # Returns the reason a target must not be used (e.g. chain id mismatch), or None.
@@ -59,7 +60,7 @@ class JobView:
     state: JobState
     due_at: float | None
     in_flight: bool
-    status: str  # ok | due | anchoring | backing_off | stale | paused | error
+    status: JobStatus  # core.status: ok | due | anchoring | backing_off | stale | paused | error
 
     @property
     def key(self) -> JobKey:
@@ -607,20 +608,21 @@ class Scheduler:
         now = self.clock.now() if now is None else now
         return [self.view(k, now) for k in self._specs]
 
-    def _status(self, spec: JobSpec, state: JobState, due_at: float | None, in_flight: bool, now: float) -> str:
-        if in_flight:
-            return "anchoring"
-        if state.failures:
-            if state.last_error_kind == ErrorKind.VALIDATION and state.backoff_level >= self.policy.max_level:
-                return "error"
-            return "backing_off"
-        if self.paused:
-            return "paused"
-        if now - (state.current_at or state.last_anchored_at or self.started_at) > self.stale_factor * spec.every:
-            return "stale"
-        if due_at is not None and due_at <= now:
-            return "due"
-        return "ok"
+    def _status(
+        self, spec: JobSpec, state: JobState, due_at: float | None, in_flight: bool, now: float
+    ) -> JobStatus:
+        """The job's status by the one definition in core.status."""
+        return job_status(
+            in_flight=in_flight,
+            failing=bool(state.failures),
+            gave_up=state.last_error_kind == ErrorKind.VALIDATION and state.backoff_level >= self.policy.max_level,
+            paused=self.paused,
+            current_since=state.current_at or state.last_anchored_at or self.started_at,
+            period=spec.every,
+            stale_factor=self.stale_factor,
+            due_at=due_at,
+            now=now,
+        )
 
 
 def _not_after(state: JobState, now: float) -> JobState:
