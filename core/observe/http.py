@@ -6,10 +6,16 @@ No framework: `asyncio.start_server` and a strict, bounded request reader.
 - `/metrics`: Prometheus text format, or OpenMetrics when `Accept` asks for
   `application/openmetrics-text`. The exposition is encoded in a worker thread so a
   large registry never holds up the loop.
-- One request per connection (`Connection: close`). The request head must arrive within
-  `READ_TIMEOUT` seconds and fit in `MAX_HEAD` bytes (else 408 / 431); a response must
-  be taken within `WRITE_TIMEOUT`; at most `MAX_CONNECTIONS` are served at once (more are
-  closed at once). A slow or hostile client costs one idle coroutine, never the engine.
+- One request per connection (`Connection: close`, no keep-alive): a prober or scraper
+  asks once per interval, and a connection held open between requests is exactly what
+  lets idle clients crowd others out.
+- Idle and slow clients cannot starve a health check: the whole request head must arrive
+  within `READ_TIMEOUT` (1 s from accept, not reset by each byte, so a client trickling
+  one byte at a time is cut off too) and fit in `MAX_HEAD` bytes (else 408 / 431); a
+  response must be taken within `WRITE_TIMEOUT`. At most `MAX_CONNECTIONS` are open;
+  when a new one arrives at the cap, the oldest connection that is waiting on its client
+  (head not yet complete, or response not yet taken) is closed to make room, so a new
+  request is always read. A slow or hostile client costs one coroutine, never the engine.
 - Responses never carry secrets, stack traces or file contents: health bodies hold
   names, times and levels; an unexpected error is a bare 500 and a log line.
 """
@@ -27,9 +33,10 @@ from core.observe.metrics import Metrics
 
 DEFAULT_LISTEN = "127.0.0.1:9090"
 MAX_HEAD = 16 * 1024
-READ_TIMEOUT = 5.0
+READ_TIMEOUT = 1.0  # the whole request head, from accept
 WRITE_TIMEOUT = 10.0
-MAX_CONNECTIONS = 64
+MAX_CONNECTIONS = 256
+BACKLOG = 512  # a burst of connects waits in the kernel, not refused
 
 _REASONS = {
     200: "OK",
@@ -70,7 +77,9 @@ class HttpServer:
         self.host = ""
         self.port = 0
         self._server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
+        # Open connections, oldest first -> whether each is waiting on its client (True)
+        # or being answered (False); the oldest waiting one makes room at the cap.
+        self._writers: dict[asyncio.StreamWriter, bool] = {}
 
     @property
     def url(self) -> str:
@@ -78,7 +87,9 @@ class HttpServer:
 
     async def start(self, host: str, port: int) -> HttpServer:
         try:
-            self._server = await asyncio.start_server(self._serve, host, port, limit=MAX_HEAD)
+            self._server = await asyncio.start_server(
+                self._serve, host, port, limit=MAX_HEAD, backlog=BACKLOG
+            )
         except OSError as exc:
             where = _show(host, port)
             if exc.errno == errno.EADDRINUSE:
@@ -106,29 +117,50 @@ class HttpServer:
     # ----- one connection ----------------------------------------------------------------
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if len(self._writers) >= MAX_CONNECTIONS:
+        if len(self._writers) >= MAX_CONNECTIONS and not self._make_room():
             writer.close()
             return
-        self._writers.add(writer)
+        self._writers[writer] = True
         try:
-            status, headers, body, head_only = await self._respond(reader)
+            status, headers, body, head_only = await self._respond(reader, writer)
+            if not self._waiting(writer, True):  # from here on it waits on the client
+                return  # closed to make room while it dawdled: nobody to answer
             await self._send(writer, status, headers, body, head_only)
         except (ConnectionError, TimeoutError, asyncio.IncompleteReadError):
             pass
         except Exception as exc:  # never a stack trace to the client; one log line for us
             self._log_error(exc)
         finally:
-            self._writers.discard(writer)
+            self._writers.pop(writer, None)
             writer.close()
             try:
                 await writer.wait_closed()
             except (ConnectionError, OSError):
                 pass
 
-    async def _respond(self, reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes, bool]:
+    def _waiting(self, writer: asyncio.StreamWriter, waiting: bool) -> bool:
+        """Mark a connection as waiting on its client or not; False if it was closed."""
+        if writer not in self._writers:
+            return False
+        self._writers[writer] = waiting
+        return True
+
+    def _make_room(self) -> bool:
+        """Close the oldest connection that is waiting on its client; False if none is."""
+        oldest = next((w for w, waiting in self._writers.items() if waiting), None)
+        if oldest is None:
+            return False
+        del self._writers[oldest]
+        oldest.transport.abort()  # its reader sees the end at once and its coroutine ends
+        return True
+
+    async def _respond(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> tuple[int, dict[str, str], bytes, bool]:
         try:
             async with asyncio.timeout(READ_TIMEOUT):
                 head = await reader.readuntil(b"\r\n\r\n")
+            self._waiting(writer, False)  # a whole request: it is being answered
         except TimeoutError:
             return _text(408, "request timeout\n") + (False,)
         except asyncio.LimitOverrunError:
@@ -163,10 +195,12 @@ class HttpServer:
         if path == "/metrics":
             body, content_type = await asyncio.to_thread(self.metrics.render, headers.get("accept"))
             return 200, {"Content-Type": content_type}, body
+        # On the engine's own steady clock, like every time it keeps: a wall-clock step
+        # does not make the loop look stuck or a job stale.
         if path == "/health":
-            return _json(*health(runtime.engine, runtime.clock.now()))
+            return _json(*health(runtime.engine, runtime.engine.clock.now()))
         if path == "/livez":
-            return _json(*livez(runtime.engine, runtime.clock.now()))
+            return _json(*livez(runtime.engine, runtime.engine.clock.now()))
         if path == "/readyz":
             return _json(*readyz(runtime))
         return _text(404, "not found\n")
