@@ -2,20 +2,27 @@
 
 Never imports textual or rich at module level: the dashboard is imported lazily inside
 run_dashboard, so headless runs and check-config work without the UI stack loaded.
+Everything else that is not needed to install the start-up signal handlers is imported
+on first use too (core.config with pydantic takes ~0.2 s, argparse and typing a few ms):
+`main()` installs them (core/signals.py) about 30 ms after exec, before anything slow.
 """
 
 from __future__ import annotations
 
-import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from core import __version__
-from core.cadence import format_seconds
-from core.config import ConfigError, LoadedConfig, load_config
-from core.text import printable
+from core.signals import StartupSignals
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing before main() runs
+if TYPE_CHECKING:
+    import argparse
+
+    from core.config import ConfigError, LoadedConfig
 
 EPILOG = """\
 examples:
@@ -31,11 +38,13 @@ configuration, highest precedence first:
   VMSH_TICK_MS, VMSH_BASE_BACKOFF, VMSH_MAX_BACKOFF, METRICS_PORT, LOG_LEVEL)
   > ./.env > config file (--config, VMSH_CONFIG, VMSH_ROOT layout, ./config.yaml) > defaults
 
-exit codes: 0 ok (or stopped by SIGTERM/SIGINT), 1 a receipt failed verify or the engine\n  failed, 2 invalid configuration, usage, data dir locked or unusable, a corrupt state\n  file, or HTTP port taken
+exit codes: 0 ok (or stopped by SIGTERM/SIGINT), 1 a receipt failed verify or the engine\n  failed, 3 verify could not check a receipt (it says what to pass), 2 invalid configuration, usage, data dir locked or unusable, a corrupt state\n  file, or HTTP port taken
 """
 
 
 def build_parser() -> argparse.ArgumentParser:
+    import argparse
+
     parser = argparse.ArgumentParser(
         prog="vmsh-scheduler",
         description="Anchor VaultMesh Merkle roots to RFC 3161, EVM and Bitcoin targets on cadence.",
@@ -60,11 +69,35 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("file", nargs="?", type=Path, metavar="FILE", help="config file to check")
     add_common(check, suppress=True)
     verify = sub.add_parser(
-        "verify", help="verify receipts", description="Verify receipt files offline."
+        "verify",
+        help="verify receipts (no config or secret needed; writes nothing)",
+        description="Check receipts: the audit path, then the attestation (RFC 3161 token "
+        "against a trust bundle, or the transaction on a node). Needs no config file and no "
+        "secret, and writes nothing. Prints OK, FAIL (the receipt is wrong) or CANNOT CHECK "
+        "(something needed is missing; the line says what to pass) per receipt.",
+        epilog="exit codes: 0 all OK, 1 a receipt failed, 3 a receipt could not be checked "
+        "(and none failed), 2 usage",
     )
     verify.add_argument(
-        "files", nargs="+", type=Path, metavar="FILE|DIR",
+        "files", nargs="+", type=Path, metavar="RECEIPT|DIR",
         help="receipt JSON files, or folders to verify every receipt below",
+    )
+    verify.add_argument(
+        "--trust-bundle", action="append", type=Path, default=[], metavar="PEM",
+        help="CA certificate(s) to check RFC 3161 tokens against (rfc3161: and local: "
+        "receipts); repeatable; instead of the config's trust_bundle or the data dir's "
+        "local-tsa.pem",
+    )
+    verify.add_argument(
+        "--rpc-url", action="append", default=[], metavar="eip155:<id>=URL",
+        help="JSON-RPC node of that chain for eip155 receipts; repeatable; instead of the "
+        "config's rpcUrl",
+    )
+    verify.add_argument("--json", action="store_true", help="one JSON object per receipt and line")
+    verify.add_argument(
+        "--explain", action="store_true",
+        help="print the stock-tool commands (python3, openssl, curl) that check the same "
+        "receipts independently, instead of checking them",
     )
     add_common(verify, suppress=True)
     return parser
@@ -72,6 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def add_common(parser: argparse.ArgumentParser, *, suppress: bool = False) -> None:
     """Options accepted before and after the subcommand."""
+    import argparse
+
     default = argparse.SUPPRESS if suppress else None
     parser.add_argument("--config", type=Path, metavar="FILE", default=default,
                         help="config file (default: VMSH_CONFIG, the VMSH_ROOT layout, ./config.yaml)")
@@ -92,10 +127,14 @@ def overrides_from(args: argparse.Namespace) -> dict[str, object]:
 
 
 def load(args: argparse.Namespace) -> LoadedConfig:
+    from core.config import load_config
+
     return load_config(overrides=overrides_from(args))
 
 
 def print_errors(error: ConfigError, *, file=None) -> None:
+    from core.text import printable
+
     out = file or sys.stderr
     for issue in error.issues:
         print(printable(str(issue)), file=out)  # names and values come from the files
@@ -112,6 +151,9 @@ def _host(url: str) -> str:
 
 
 def summary(loaded: LoadedConfig) -> str:
+    from core.cadence import format_seconds
+    from core.text import printable
+
     cfg = loaded.config
     lines: list[str] = []
     files = loaded.files
@@ -166,6 +208,8 @@ def summary(loaded: LoadedConfig) -> str:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
+    from core.config import ConfigError
+
     try:
         loaded = load(args)
     except ConfigError as exc:
@@ -176,24 +220,44 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    """OK/FAIL per receipt; exit 1 if any failed. Target settings come from the config if
-    one is found (RFC 3161 trust bundles, EVM nodes); local receipts need only their data dir."""
-    from core.verify import run_verify
+    """OK / FAIL / CANNOT CHECK per receipt (exit 0 / 1 / 3). Trust comes from the flags,
+    else from a config if one is found, read leniently: only trust bundles, node URLs and
+    the data dir matter, so an unset secret variable does not stop verify."""
+    from core.config import ConfigError, load_config
+    from core.verify import ReadOnlyVerifiers, parse_rpc_urls, run_verify
 
-    settings_for = None
     try:
-        settings_for = load(args).config.resolve_target
-    except ConfigError:
-        pass  # no usable config: local receipts still verify from their data dir
-    return run_verify(
-        list(args.files), sys.stdout, data_dir=getattr(args, "data_dir", None), settings_for=settings_for
+        rpc_urls = parse_rpc_urls(args.rpc_url)
+    except ValueError as exc:
+        print(f"vmsh-scheduler verify: {exc}", file=sys.stderr)
+        return 2
+    settings_for = config_data_dir = config_problem = None
+    try:
+        config = load_config(overrides=overrides_from(args), allow_unset=True).config
+    except ConfigError as exc:
+        if not (len(exc.issues) == 1 and "no configuration found" in str(exc.issues[0])):
+            config_problem = "; ".join(str(i) for i in exc.issues[:3])
+    else:
+        settings_for, config_data_dir = config.resolve_target, config.scheduler.data_dir
+    verifiers = ReadOnlyVerifiers(
+        trust_bundles=args.trust_bundle,
+        rpc_urls=rpc_urls,
+        settings_for=settings_for,
+        config_data_dir=config_data_dir,
+        config_problem=config_problem,
+        data_dir=getattr(args, "data_dir", None),
     )
+    if args.explain:
+        from core.explain import explain_files
+
+        return explain_files(list(args.files), sys.stdout, verifiers)
+    return run_verify(list(args.files), sys.stdout, as_json=args.json, verifiers=verifiers)
 
 
-def run_headless(loaded: LoadedConfig, args: argparse.Namespace) -> int:
+def run_headless(loaded: LoadedConfig, args: argparse.Namespace, startup: StartupSignals) -> int:
     from core.headless import run_headless as serve
 
-    return serve(loaded, loader=lambda: load(args))
+    return serve(loaded, loader=lambda: load(args), startup=startup)
 
 
 def run_dashboard(loaded: LoadedConfig, args: argparse.Namespace) -> int:
@@ -204,15 +268,33 @@ def run_dashboard(loaded: LoadedConfig, args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # First of all: SIGHUP/SIGTERM/SIGINT during start are recorded, not fatal (core/signals.py).
+    startup = StartupSignals().install()
+    try:
+        return _main(argv, startup)
+    finally:
+        startup.restore()
+
+
+def _main(argv: Sequence[str] | None, startup: StartupSignals) -> int:
+    from core.config import ConfigError
+
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, --version, usage errors
         return int(exc.code or 0)
+    if args.command in ("check-config", "verify"):
+        startup.replay()  # these stop on a signal as they always did
     if args.command == "check-config":
         return cmd_check_config(args)
     if args.command == "verify":
         return cmd_verify(args)
+    if not args.no_ui and not all(os.isatty(fd) for fd in (0, 1, 2)):
+        # Textual reads fd 0 and draws on fd 2: elsewhere than a terminal it would write
+        # escape codes into a pipe, a file or the journal, and wait for keys forever.
+        print("vmsh-scheduler: no terminal: use --no-ui for headless", file=sys.stderr)
+        return 2
     try:
         loaded = load(args)
     except ConfigError as exc:
@@ -220,8 +302,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     for warning in loaded.warnings:
         print(f"warning: {warning}", file=sys.stderr)
+    if startup.stop is not None:
+        print(f"vmsh-scheduler: {startup.stop.name} during start: not started", file=sys.stderr)
+        return 0
     if args.no_ui:
-        return run_headless(loaded, args)
+        return run_headless(loaded, args, startup)
+    startup.restore()  # the dashboard installs its own handlers; it loads the config afresh
     return run_dashboard(loaded, args)
 
 

@@ -3,6 +3,8 @@
 Exit codes: 0 stopped by SIGTERM/SIGINT; 1 the engine failed unexpectedly; 2 it could
 not start (invalid config, data dir locked by another scheduler, HTTP port taken).
 SIGHUP reloads the configuration; an invalid one is logged and the old one stays live.
+Signals that arrive during start are recorded by core/signals.py and acted on here: a
+SIGTERM/SIGINT stops the scheduler as soon as its loop runs, a SIGHUP reloads then.
 """
 
 from __future__ import annotations
@@ -17,12 +19,19 @@ from core.observe.http import ListenError
 from core.observe.logs import JsonLineWriter
 from core.runtime import CannotStart, Loader, Runtime
 from core.services import Services
+from core.signals import StartupSignals
 
 EXIT_OK, EXIT_FAILED, EXIT_CANNOT_START = 0, 1, 2
 GRACE_SECONDS = 10.0
+PORT_HINT = (
+    "stop the process that holds it, or choose a free address: http.listen in the config, "
+    "or METRICS_PORT=<port> in the environment"
+)
 
 
-def run_headless(loaded: LoadedConfig, loader: Loader | None = None) -> int:
+def run_headless(
+    loaded: LoadedConfig, loader: Loader | None = None, startup: StartupSignals | None = None
+) -> int:
     try:
         runtime = Runtime.open(loaded, loader=loader)
     except CannotStart as exc:
@@ -35,29 +44,40 @@ def run_headless(loaded: LoadedConfig, loader: Loader | None = None) -> int:
     for writer in writers:
         runtime.bus.subscribe(writer)
     try:
-        return asyncio.run(serve(runtime))
+        return asyncio.run(serve(runtime, startup=startup))
     finally:
+        if startup is not None:
+            startup.install()  # the loop's handlers are gone: a signal now is one more stop
         runtime.release()
         for writer in writers:
             writer.close()
 
 
-async def serve(runtime: Runtime, stop: asyncio.Event | None = None) -> int:
+async def serve(
+    runtime: Runtime, stop: asyncio.Event | None = None, startup: StartupSignals | None = None
+) -> int:
     """Run the engine and the HTTP endpoints until `stop` is set or a signal arrives."""
     loop = asyncio.get_running_loop()
     stop = stop or asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, runtime.reload)
-    runtime.announce()
+    if startup is not None and startup.stop is not None:  # arrived before the loop's handlers
+        runtime.log.info("stopped during start; nothing was anchored", signal=startup.stop.name)
+        _remove_signal_handlers(loop)
+        await runtime.close()
+        return EXIT_OK
+    if startup is not None and startup.reload:
+        loop.call_soon(runtime.reload)
     try:
         services = await Services(runtime).start(http_required=True)
     except ListenError as exc:
-        print(f"vmsh-scheduler: {exc}", file=sys.stderr)
-        runtime.log.error("cannot start", error=str(exc))
+        print(f"vmsh-scheduler: {exc}\n  {PORT_HINT}", file=sys.stderr)
+        runtime.log.error("cannot start", error=str(exc), hint=PORT_HINT)
         _remove_signal_handlers(loop)
         await runtime.close()
         return EXIT_CANNOT_START
+    runtime.announce()  # only once it serves: a scheduler that cannot start never says it did
     gc.freeze()  # the config, jobs and imports live as long as the process: skip them in full GCs
     engine = loop.create_task(runtime.engine.run(), name="engine")
     stopper = loop.create_task(stop.wait(), name="stop")

@@ -328,3 +328,85 @@ def test_a_second_scheduler_on_a_taken_port_exits_2_and_says_so(tmp_path):
         stop(first)
     assert second.returncode == 2
     assert _listen(first_cfg)[7:] in second.stderr and "in use" in second.stderr
+
+
+def _health(base: str):
+    import httpx
+
+    try:
+        return httpx.get(base + "/health", timeout=2)
+    except httpx.TransportError:
+        return None
+
+
+def _at_50_ms(proc: subprocess.Popen, sig: signal.Signals) -> None:
+    """Wait 50 ms after exec; if the interpreter has not reached our first instruction yet
+    (a loaded machine: Python's own start takes 20-40 ms here), wait for it, at most 150 ms
+    in all. Our first instruction catches SIGHUP, SIGTERM and SIGINT together (SIGINT alone
+    is caught by the interpreter from its own start, so SIGHUP is the marker); code that
+    catches them only once its event loop runs (after ~0.3 s of imports and loading) is
+    still starting when `sig` arrives."""
+    started = time.monotonic()
+    time.sleep(0.05)
+    mask = 1 << (signal.SIGHUP - 1)
+    while time.monotonic() - started < 0.15:
+        status = Path(f"/proc/{proc.pid}/status").read_text()
+        caught = int(next(line for line in status.splitlines() if line.startswith("SigCgt:")).split()[1], 16)
+        if caught & mask:
+            break
+        time.sleep(0.002)
+    proc.send_signal(sig)
+
+
+def test_sighup_50_ms_after_start_and_during_start_neither_kills_nor_stops_it(tmp_path):
+    """A reload request while the config loads, the lock is taken and the state is read:
+    recorded, then acted on once the loop runs; never the default action (exit 129)."""
+    write_batch(tmp_path / "batches" / "alpha", "000001", "sha256:" + "ab" * 32)
+    config = make_config(tmp_path, ["alpha"])
+    proc = start(config)
+    try:
+        _at_50_ms(proc, signal.SIGHUP)
+        for _ in range(15):  # and again through the rest of the start
+            time.sleep(0.02)
+            assert proc.poll() is None, proc.communicate()[1]
+            proc.send_signal(signal.SIGHUP)
+        assert wait_for(lambda: _health(_listen(config))).status_code in (200, 503)
+        wait_for(lambda: receipts(tmp_path))
+    finally:
+        code, out, err = stop(proc)
+    assert code == 0, err
+    assert "Traceback" not in err
+    messages = [json.loads(line)["msg"] for line in out.splitlines()]
+    assert "config reload: no change" in messages
+    assert messages[-1] == "stopped"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_signal_during_start_exits_0_without_a_traceback(tmp_path, sig):
+    write_batch(tmp_path / "batches" / "alpha", "000001", "sha256:" + "ab" * 32)
+    config = make_config(tmp_path, ["alpha"])
+    proc = start(config)
+    _at_50_ms(proc, sig)
+    out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+    assert f"{sig.name} during start" in err or "stopped during start" in out
+    lock = tmp_path / "data" / "scheduler.lock"
+    assert not lock.exists() or lock.read_text() == ""  # released (emptied) if it was taken
+
+
+def test_a_taken_port_names_the_way_out_and_never_says_started(tmp_path):
+    write_batch(tmp_path / "batches" / "alpha", "000001", "sha256:" + "ab" * 32)
+    config = make_config(tmp_path, ["alpha"])
+    host, port = _listen(config)[7:].split(":")
+    with socket.socket() as holder:
+        holder.bind((host, int(port)))
+        holder.listen()
+        result = subprocess.run(
+            [str(BIN), "--no-ui", "--config", str(config)], capture_output=True, text=True, timeout=30
+        )
+    assert result.returncode == 2
+    assert f"{host}:{port}" in result.stderr
+    assert "http.listen" in result.stderr and "METRICS_PORT" in result.stderr
+    messages = [json.loads(line)["msg"] for line in result.stdout.splitlines()]
+    assert "scheduler started" not in messages and "cannot start" in messages
