@@ -12,6 +12,9 @@ MULTIPLIERS = {
     ErrorKind.NETWORK: 1.0,
     ErrorKind.AUTH: 2.0,
     ErrorKind.VALIDATION: 0.5,
+    # A full disk or a wrong permission is fixed by an operator at any moment: retry at the
+    # network pace so anchoring resumes within one period once it is fixed.
+    ErrorKind.STORAGE: 1.0,
     ErrorKind.UNKNOWN: 1.0,
 }
 

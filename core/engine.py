@@ -10,6 +10,10 @@ Rules (docs/architecture.md has the why):
   RFC 6962 tree of their roots; a group of one anchors the batch root itself.
 - Order of durable writes per group: intent, backend call, attestation into the intent,
   receipts, state, intent removed. A crash anywhere is resolved at the next start.
+- Those writes run on one writer thread (core.writer), never on the loop; receipts of a
+  pass are group-committed (one fsync per folder per chunk of WRITE_CHUNK).
+- A failed write is a `storage` failure of the jobs concerned: logged, counted, backed
+  off, retried; an attestation already obtained is kept and reused, never paid twice.
 """
 
 from __future__ import annotations
@@ -20,13 +24,13 @@ import itertools
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from core import __version__, merkle
 from core.anchors.base import Attestation, Backend
 from core.backoff import BackoffPolicy
 from core.clock import Clock, SteadyClock
-from core.errors import AnchorError, ErrorKind, ValidationError, classify, describe
+from core.errors import AnchorError, ErrorKind, StorageError, ValidationError, classify, describe
 from core.events import (
     AnchorFailed,
     AnchorStarted,
@@ -38,16 +42,24 @@ from core.events import (
     JobSkipped,
     Paused,
     ReceiptWritten,
+    StorageFailed,
     TickCompleted,
 )
-from core.jobs import JobKey, JobSpec
+from core.jobs import JobKey, JobSpec, safe_name
 from core.observe.logs import Log
 from core.receipts import ReceiptStore, build_receipt
-from core.sources import Batch, latest_batch
-from core.state import IntentJournal, JobState, StateStore
+from core.sources import Batch, latest_batch, prefetch
+from core.state import Intent, IntentJournal, JobState, StateStore
 from core.status import JobStatus, job_status
+from core.writer import DiskWriter
 
+_T = TypeVar("_T")
 BackendFor = Callable[[str], Backend]
+WRITE_CHUNK = 256  # receipts per writer call: the loop runs between chunks of a big pass
+# A job in flight longer than STUCK_TIMEOUTS x its backend's time limit is stuck.
+STUCK_TIMEOUTS = 4
+STUCK_MIN_SECONDS = 60.0
+DEFAULT_BACKEND_TIMEOUT = 30.0
 # Returns the reason a target must not be used (e.g. chain id mismatch), or None.
 TargetGuard = Callable[[str], "str | None"]
 
@@ -74,6 +86,43 @@ class _Due:
     forced: bool
 
 
+@dataclass(eq=False)
+class _Held:
+    """An attestation obtained whose receipts are not all written yet (storage failed)."""
+
+    intent: Intent
+    attestation: Attestation
+    durable: bool  # the attestation is in the intent file on disk
+
+
+def backend_timeout(backend: Any) -> float:
+    """The longest a backend says one call may take (its own settings), else a default."""
+    for value in (
+        getattr(backend, "call_timeout", None),
+        getattr(backend, "receipt_timeout", None),
+        getattr(getattr(backend, "settings", None), "timeout", None),
+    ):
+        if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+            return float(value)
+    return DEFAULT_BACKEND_TIMEOUT
+
+
+def _journalled_note(intent: Intent) -> Callable[[dict[str, Any]], None]:
+    """`intent.note` whose write failures are storage errors (the backend sent nothing yet)."""
+
+    def note(facts: dict[str, Any]) -> None:
+        try:
+            intent.note(facts)
+        except OSError as exc:
+            raise StorageError("journal", str(intent.path), exc) from exc
+
+    return note
+
+
+def _chunks(items: list[_T], size: int) -> list[list[_T]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
 class Scheduler:
     def __init__(
         self,
@@ -93,6 +142,7 @@ class Scheduler:
         target_guard: TargetGuard | None = None,
         read_batch: Callable[[Path], Batch] = latest_batch,
         log: Log | None = None,
+        writer: DiskWriter | None = None,
     ) -> None:
         # Every time the engine keeps (due times, state, receipts, events) is on one steady
         # timeline: a wall-clock step while running moves no cadence and no staleness.
@@ -123,6 +173,15 @@ class Scheduler:
         self._stopping = False
         self._closing: list[Any] = []  # intents to remove once state is saved
         self._save_task: asyncio.Task[None] | None = None
+        self._save_wanted = False
+        self._save_retry: asyncio.TimerHandle | None = None
+        self._save_failures = 0
+        self._save_error: StorageError | None = None
+        self._close_error: StorageError | None = None
+        self._writer = writer or DiskWriter()
+        self._held: dict[JobKey, _Held] = {}  # jobs whose attestation waits for its receipts
+        self._since: dict[JobKey, float] = {}  # when each in-flight job's task started
+        self._storage_failing: dict[JobKey, str] = {}  # jobs whose last failure was storage
         self.paused = False
         self.started_at = clock.now()
         self.last_tick: float | None = None
@@ -234,6 +293,8 @@ class Scheduler:
             self._due.pop(key, None)
             self._forced.discard(key)
             self._state.pop(key, None)
+            self._held.pop(key, None)
+            self._storage_failing.pop(key, None)
         for key in added + changed:
             self._specs[key] = new[key]
             self._state.setdefault(key, JobState())
@@ -261,6 +322,7 @@ class Scheduler:
         await self.recover()
         while not self._stopping:
             self._wake.clear()
+            await self._read_due_batches()
             self.run_due()
             now = self.clock.now()
             deadline = now + self.tick
@@ -273,6 +335,7 @@ class Scheduler:
 
     async def run_once(self) -> None:
         """One pass, waiting for every anchor it started (tests and `--once`)."""
+        await self._read_due_batches()
         self.run_due()
         await self.settle()
 
@@ -280,7 +343,30 @@ class Scheduler:
         while self._tasks:
             await asyncio.gather(*tuple(self._tasks), return_exceptions=True)
         if self._save_task is not None:
-            await self._save_task
+            await asyncio.gather(self._save_task, return_exceptions=True)
+
+    async def _read_due_batches(self) -> None:
+        """Read the batch files of the jobs due now on a worker thread (core.sources.prefetch):
+        a large file or a slow disk must not stall the loop. `_take` then gets each result
+        without I/O; a job that became due meanwhile is read by `_take` itself."""
+        if self._read_batch is not latest_batch:
+            return  # an injected reader (tests, benches) reads by itself
+        now = self.clock.now()
+        keys = [k for k in self._forced if k in self._specs and k not in self._in_flight]
+        if not self.paused:
+            heap = self._heap
+            stack = [0] if heap else []
+            while stack:  # the heap's entries due by now, without popping: a pruned walk
+                i = stack.pop()
+                when, _, key = heap[i]
+                if when > now:
+                    continue
+                if self._due.get(key) == when and key in self._specs and key not in self._in_flight:
+                    keys.append(key)
+                stack.extend(c for c in (2 * i + 1, 2 * i + 2) if c < len(heap))
+        folders = list(dict.fromkeys(self._specs[k].source for k in keys))
+        if folders:
+            await asyncio.to_thread(prefetch, folders)
 
     def run_due(self) -> int:
         """Start anchoring every job that is due now; returns how many were started."""
@@ -316,6 +402,10 @@ class Scheduler:
         """Decide whether a due job anchors now; failures to read its batch are its alone."""
         spec, state = self._specs[key], self._state[key]
         self.bus.publish(JobDue(at=now, job=key, forced=forced))
+        held = self._held.get(key)
+        if held is not None:
+            self._retry_held(held)  # its attestation exists: write the receipts, never re-anchor
+            return
         refusal = self._guard(spec.target)
         if refusal:
             self._fail(spec, ValidationError(refusal), duration=0.0)
@@ -335,64 +425,232 @@ class Scheduler:
         into.append(_Due(spec, batch, forced))
 
     # ----- anchoring -------------------------------------------------------------------------
+    #
+    # Every exception on this path is caught per group: a job never stays in the in-flight
+    # set (`_release` in a `finally`), and a failed write of our own files is a `storage`
+    # failure like any other: logged as an ERROR naming the step, path and errno, counted,
+    # backed off and retried. An attestation obtained but not yet turned into receipts is
+    # never asked for again: its jobs are *held* with it and their retry writes the
+    # receipts from it (as recovery at start does), so nothing is paid twice.
 
     async def _anchor_group(self, target: str, items: list[_Due]) -> None:
-        async with self._concurrency:
-            leaves = [bytes.fromhex(i.batch.root.removeprefix("sha256:")) for i in items]
-            digest, proofs = _aggregate(leaves)
-            keys = tuple(i.spec.key for i in items)
-            started = self.clock.now()
-            intent = self._journal.open(
-                target,
-                [
-                    {"job": str(i.spec.key), "batch": {"id": i.batch.id, "root": i.batch.root}, "leaf_index": n}
-                    for n, i in enumerate(items)
-                ],
-                digest.hex(),
-                started,
+        owned = {item.spec.key for item in items}
+        started = self.clock.now()
+        for key in owned:
+            self._since[key] = started
+        try:
+            async with self._concurrency:
+                await self._anchor(target, items, owned, started)
+        except asyncio.CancelledError:
+            raise  # shutdown mid-call: the intent stays in the journal for the next start
+        except Exception as exc:
+            self.log.error(
+                "anchoring failed unexpectedly", target=target, error=describe(exc),
+                error_type=type(exc).__name__,
             )
-            self.bus.publish(AnchorStarted(at=started, target=target, jobs=keys, digest=digest.hex()))
-            self.log.info(
-                "anchor started", target=target, jobs=[str(k) for k in keys], digest=digest.hex()
-            )
-            try:
-                backend = self._backend_for(target)
-                attestation = await backend.anchor(digest, intent.note)
-            except asyncio.CancelledError:
-                # Shutdown mid-call: the intent stays in the journal for the next start.
-                for key in keys:
-                    self._in_flight.discard(key)
-                raise
-            except Exception as exc:
-                intent.close()
-                duration = self.clock.now() - started
-                for item in items:
-                    self._in_flight.discard(item.spec.key)
-                    self._fail(item.spec, exc, duration=duration)
-                self._wake.set()
-                return
-            intent.attested(attestation.data, attestation.status, attestation.confirmations)
-            self._record(target, items, proofs, digest, attestation, started)
-            self._closing.append(intent)
-            self._request_save()
-            self._wake.set()
+            self._fail_owned(items, exc, owned, started)
+        finally:
+            self._release(owned)
 
-    def _record(
+    async def _anchor(self, target: str, items: list[_Due], owned: set[JobKey], started: float) -> None:
+        leaves = [bytes.fromhex(i.batch.root.removeprefix("sha256:")) for i in items]
+        digest, proofs = _aggregate(leaves)
+        keys = tuple(i.spec.key for i in items)
+        entries = [
+            {"job": str(i.spec.key), "batch": {"id": i.batch.id, "root": i.batch.root}, "leaf_index": n}
+            for n, i in enumerate(items)
+        ]
+        try:
+            intent = await self._write(
+                "journal", self._journal.folder, self._journal.open, target, entries, digest.hex(), started
+            )
+        except StorageError as exc:
+            self._fail_owned(items, exc, owned, started)  # nothing was sent: a plain retry
+            return
+        self.bus.publish(AnchorStarted(at=started, target=target, jobs=keys, digest=digest.hex()))
+        self.log.info("anchor started", target=target, jobs=[str(k) for k in keys], digest=digest.hex())
+        try:
+            backend = self._backend_for(target)
+            attestation = await backend.anchor(digest, _journalled_note(intent))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            await self._close_intents([intent])
+            self._fail_owned(items, exc, owned, started)
+            return
+        held = _Held(intent, attestation, durable=False)
+        await self._complete(held, list(enumerate(items)), proofs, owned, started)
+
+    async def _complete(
         self,
-        target: str,
-        items: list[_Due],
+        held: _Held,
+        pairs: list[tuple[int, _Due]],
         proofs: list[list[bytes]],
-        digest: bytes,
-        attestation: Attestation,
+        owned: set[JobKey],
         started: float,
+        *,
+        recovered: bool = False,
     ) -> None:
-        """Write one receipt per job and move each job's state forward."""
-        now = self.clock.now()
-        for index, item in enumerate(items):
-            path = self._write_receipt(target, item, index, proofs, digest, attestation, now)
-            self._succeed(item.spec, item.batch, path, now, now - started, attestation.status)
+        """Attestation into the intent, then receipts, then the jobs' success.
 
-    def _write_receipt(
+        `pairs` are (leaf index, job). A job whose receipt cannot be written is held with
+        the attestation (its retry resumes here) and fails with kind `storage`.
+        `recovered`: receipts written before a crash or a failed write are reused.
+        """
+        intent, attestation = held.intent, held.attestation
+        if not held.durable:
+            try:
+                await self._write(
+                    "journal", intent.path, intent.attested,
+                    attestation.data, attestation.status, attestation.confirmations,
+                )
+            except StorageError as exc:
+                # Receipts only once the attestation is durable: a crash then still finds it.
+                self._hold(held, pairs, exc, owned, started)
+                return
+            held.durable = True
+        digest = intent.digest_bytes
+        anchored_root = "sha256:" + intent.digest
+        now = self.clock.now()
+        done = 0
+        try:
+            for chunk in _chunks(pairs, WRITE_CHUNK):
+                existing: dict[JobKey, Path] = {}
+                if recovered:
+                    existing = await self._write(
+                        "receipt", self._receipts.root, self._existing_receipts,
+                        [item for _, item in chunk], anchored_root,
+                    )
+                fresh = [(index, item) for index, item in chunk if item.spec.key not in existing]
+                receipts = [
+                    self._receipt(intent.target, item, index, proofs, digest, attestation, now)
+                    for index, item in fresh
+                ]
+                results = await self._write("receipt", self._receipts.root, self._receipts.write_many, receipts)
+                outcome: dict[JobKey, Path | Exception] = dict(existing)
+                outcome.update((item.spec.key, r) for (_, item), r in zip(fresh, results, strict=True))
+                failed: list[tuple[int, _Due]] = []
+                error: StorageError | None = None
+                for index, item in chunk:
+                    result = outcome[item.spec.key]
+                    if isinstance(result, Path):
+                        self._held.pop(item.spec.key, None)
+                        owned.discard(item.spec.key)
+                        duration = 0.0 if recovered else now - started
+                        self._succeed(item.spec, item.batch, result, now, duration, attestation.status)
+                    else:
+                        failed.append((index, item))
+                        folder = self._receipts.root / safe_name(item.spec.namespace)
+                        error = StorageError("receipt", str(folder), result)
+                if error is not None:
+                    self._storage_failed(error)
+                    self._hold(held, failed, error, owned, started)
+                done += len(chunk)
+                await asyncio.sleep(0)  # let the loop breathe between chunks of a big pass
+        except StorageError as exc:
+            self._hold(held, pairs[done:], exc, owned, started)
+        if not any(h is held for h in self._held.values()):
+            self._closing.append(intent)
+        self._request_save()
+        self._wake.set()
+
+    def _hold(
+        self, held: _Held, pairs: list[tuple[int, _Due]], exc: StorageError, owned: set[JobKey], started: float
+    ) -> None:
+        """Keep the attestation for these jobs and fail them (kind storage): the retry
+        writes their receipts from it instead of anchoring again."""
+        if not pairs:
+            return
+        self.log.error(
+            "attestation kept; receipts will be written from it once storage works again",
+            intent=held.intent.id, target=held.intent.target, jobs=len(pairs),
+            attestation_in_journal=held.durable, error=str(exc),
+        )
+        for _, item in pairs:
+            key = item.spec.key
+            self._held[key] = held
+            if key in owned:
+                owned.discard(key)
+                self._in_flight.discard(key)
+                self._since.pop(key, None)
+                self._fail(item.spec, exc, duration=self.clock.now() - started)
+
+    def _retry_held(self, held: _Held) -> None:
+        """Start writing the receipts of a held attestation (its jobs are due again)."""
+        keys = [k for k, h in self._held.items() if h is held and k in self._specs and k not in self._in_flight]
+        if not keys:
+            return
+        for key in keys:
+            self._in_flight.add(key)
+            self._due.pop(key, None)
+        task = asyncio.get_running_loop().create_task(self._finish_held(held, keys))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _finish_held(self, held: _Held, keys: list[JobKey]) -> None:
+        owned = set(keys)
+        started = self.clock.now()
+        for key in owned:
+            self._since[key] = started
+        try:
+            wanted = set(keys)
+            pairs, proofs = self._pairs(held.intent, wanted)
+            await self._complete(held, pairs, proofs, owned, started, recovered=True)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.log.error(
+                "writing the receipts of a kept attestation failed", intent=held.intent.id,
+                error=describe(exc), error_type=type(exc).__name__,
+            )
+            for key in list(owned):
+                spec = self._specs.get(key)
+                if spec is not None:
+                    owned.discard(key)
+                    self._in_flight.discard(key)
+                    self._fail(spec, exc, duration=0.0)
+        finally:
+            self._release(owned)
+
+    def _pairs(
+        self, intent: Any, only: set[JobKey] | None = None
+    ) -> tuple[list[tuple[int, _Due]], list[list[bytes]]]:
+        """(leaf index, job) of an intent's configured jobs (or of `only`), and all proofs."""
+        entries = intent.entries
+        leaves = [bytes.fromhex(e["batch"]["root"].removeprefix("sha256:")) for e in entries]
+        _, proofs = _aggregate(leaves)
+        pairs: list[tuple[int, _Due]] = []
+        for entry in entries:
+            key = JobKey.parse(entry["job"])
+            spec = self._specs.get(key)
+            # Jobs removed from the config since get no receipt: nobody asks for them.
+            if spec is not None and (only is None or key in only):
+                batch = Batch(id=entry["batch"]["id"], root=entry["batch"]["root"], path=spec.source)
+                pairs.append((entry["leaf_index"], _Due(spec, batch, forced=False)))
+        return pairs, proofs
+
+    def _fail_owned(self, items: list[_Due], exc: BaseException, owned: set[JobKey], started: float) -> None:
+        duration = self.clock.now() - started
+        for item in items:
+            key = item.spec.key
+            if key in owned:
+                owned.discard(key)
+                self._in_flight.discard(key)
+                self._since.pop(key, None)
+                self._fail(item.spec, exc, duration=duration)
+        self._wake.set()
+
+    def _release(self, owned: set[JobKey]) -> None:
+        """Whatever happened, these jobs leave the in-flight set and have a due time."""
+        for key in owned:
+            self._since.pop(key, None)
+            self._in_flight.discard(key)
+            if key in self._specs and key not in self._due:
+                self._schedule(key)
+        owned.clear()
+        self._wake.set()
+
+    def _receipt(
         self,
         target: str,
         item: _Due,
@@ -401,9 +659,9 @@ class Scheduler:
         digest: bytes,
         attestation: Attestation,
         now: float,
-    ) -> Path:
+    ) -> dict[str, Any]:
         spec = item.spec
-        receipt = build_receipt(
+        return build_receipt(
             namespace=spec.namespace,
             cadence=spec.cadence,
             target=target,
@@ -421,7 +679,6 @@ class Scheduler:
             version=__version__,
             config_hash=self.config_hash,
         )
-        return self._receipts.write(receipt)
 
     def _succeed(
         self, spec: JobSpec, batch: Batch, path: Path, now: float, duration: float, status: str
@@ -442,6 +699,7 @@ class Scheduler:
             current_at=now,
         )
         self._in_flight.discard(key)
+        self._storage_failing.pop(key, None)
         self.bus.publish(
             ReceiptWritten(
                 at=now, job=key, target=spec.target, path=str(path), root=batch.root, status=status,
@@ -491,51 +749,214 @@ class Scheduler:
                 kind=str(kind), message=message,
             )
         )
-        self.log.warning(
-            "anchor failed", job=str(key), target=spec.target, kind=str(kind), error=message,
-            backoff_level=level, retry_in=round(retry_at - now, 3),
-        )
+        fields: dict[str, Any] = {
+            "job": str(key), "target": spec.target, "kind": str(kind), "error": message,
+            "backoff_level": level, "retry_in": round(retry_at - now, 3),
+        }
+        if isinstance(exc, StorageError):
+            self._storage_failing[key] = message
+            self.log.error("anchor failed", **fields, op=exc.op, path=exc.path, errno=exc.errno)
+        else:
+            self._storage_failing.pop(key, None)
+            self.log.warning("anchor failed", **fields)
         if key in self._specs:
             self._schedule(key)
         self._request_save()
 
     # ----- durability -----------------------------------------------------------------------
 
+    async def _write(self, op: str, path: Any, fn: Callable[..., _T], *args: Any) -> _T:
+        """Run a blocking write on the writer thread; a failure is reported once, then raised."""
+        try:
+            return await self._writer.run(op, path, fn, *args)
+        except StorageError as exc:
+            self._storage_failed(exc)
+            raise
+
+    def _storage_failed(self, exc: StorageError) -> None:
+        self.bus.publish(
+            StorageFailed(at=self.clock.now(), op=exc.op, path=exc.path, errno=exc.errno, message=str(exc))
+        )
+        self.log.error("storage write failed", op=exc.op, path=exc.path, errno=exc.errno, error=str(exc))
+
+    def _existing_receipts(self, items: list[_Due], anchored_root: str) -> dict[JobKey, Path]:
+        """Receipts already written for these jobs and this anchored root (writer thread)."""
+        found: dict[JobKey, Path] = {}
+        for item in items:
+            for path, receipt in self._receipts.for_job(item.spec.namespace, item.spec.cadence, 10):
+                batch = receipt.get("batch")
+                if receipt.get("anchored_root") == anchored_root and isinstance(batch, dict) and batch.get("root") == item.batch.root:
+                    found[item.spec.key] = path
+                    break
+        return found
+
+    @property
+    def storage_problem(self) -> str | None:
+        """Why our own files cannot be written right now (None when they can).
+
+        Set by a failed state save or journal cleanup, or while any job's last failure is
+        of kind `storage`; cleared when they succeed. /health is degraded and /readyz
+        false meanwhile.
+        """
+        for error in (self._save_error, self._close_error):
+            if error is not None:
+                return str(error)
+        if self._storage_failing:
+            message = next(iter(self._storage_failing.values()))
+            n = len(self._storage_failing)
+            return message if n == 1 else f"{n} jobs cannot write their files; first: {message}"
+        return None
+
+    def stuck_after(self, key: JobKey) -> float:
+        """Seconds in flight after which a job counts as stuck: a multiple of its backend's
+        own time limit (STUCK_TIMEOUTS x), never under STUCK_MIN_SECONDS."""
+        spec = self._specs.get(key)
+        timeout = DEFAULT_BACKEND_TIMEOUT
+        if spec is not None:
+            try:
+                timeout = backend_timeout(self._backend_for(spec.target))
+            except Exception:
+                pass
+        return max(STUCK_TIMEOUTS * timeout, STUCK_MIN_SECONDS)
+
+    def stuck(self, now: float | None = None) -> frozenset[JobKey]:
+        """Jobs in flight for longer than `stuck_after`: a backend or disk that hangs."""
+        now = self.clock.now() if now is None else now
+        return frozenset(
+            key for key, since in self._since.items()
+            if key in self._in_flight and now - since > self.stuck_after(key)
+        )
+
     def _request_save(self) -> None:
         """Coalesce state writes: one save covers every change made before it runs."""
+        self._save_wanted = True
         if self._save_task is None or self._save_task.done():
             self._save_task = asyncio.get_running_loop().create_task(self._save_soon())
 
     async def _save_soon(self) -> None:
         await asyncio.sleep(0)
-        self.flush()
+        while self._save_wanted:
+            self._save_wanted = False
+            if not await self._save():
+                return
+
+    async def _save(self) -> bool:
+        """Save state off the loop, then close the intents it accounts for; False on failure.
+
+        The intents to close are taken only after the state is safely written, so a
+        failed save loses none of them: they are closed after a later save.
+        """
+        closing = list(self._closing)
+        doc = self._state_store.snapshot(self._state)
+        try:
+            await self._write("state", self._state_store.path, self._state_store.write, doc)
+        except StorageError as exc:
+            self._save_error = exc
+            self._retry_save_later()
+            return False
+        self._save_error = None
+        self._save_failures = 0
+        await self._close_intents(closing)
+        return True
+
+    async def _close_intents(self, intents: list[Any]) -> None:
+        """Remove intents from the journal (one fsync); the ones that fail are retried."""
+        if not intents:
+            return
+        done = {id(i) for i in intents}
+        self._closing = [i for i in self._closing if id(i) not in done]
+        try:
+            failed = await self._write("journal", self._journal.folder, self._journal.close_many, intents)
+        except StorageError as exc:
+            failed = [(i, exc) for i in intents]
+        else:
+            if failed:
+                intent, cause = failed[0]
+                self._storage_failed(StorageError("journal", str(intent.path), cause))
+        if failed:
+            self._closing.extend(i for i, _ in failed)
+            intent, cause = failed[0]
+            self._close_error = cause if isinstance(cause, StorageError) else StorageError("journal", str(intent.path), cause)
+            self._retry_save_later()
+        else:
+            self._close_error = None
+
+    def _retry_save_later(self) -> None:
+        """After a failed save, try again after a storage backoff (or at the next outcome)."""
+        if self._stopping or (self._save_retry is not None and not self._save_retry.cancelled()
+                              and self._save_retry.when() > asyncio.get_running_loop().time()):
+            return
+        self._save_failures += 1
+        delay = self.policy.delay(self.policy.level(self._save_failures), ErrorKind.STORAGE)
+        self._save_retry = asyncio.get_running_loop().call_later(delay, self._request_save)
 
     def flush(self) -> None:
-        """Save state now, then drop the intents that the saved state accounts for."""
-        closing, self._closing = self._closing, []
-        self._state_store.save(self._state)
-        for intent in closing:
-            intent.close()
+        """Save state now (blocking), then drop the intents the saved state accounts for.
+
+        For callers without a loop (the dashboard's last resort); raises StorageError.
+        """
+        closing = list(self._closing)
+        self._writer.call("state", self._state_store.path, self._state_store.save, self._state)
+        self._save_error = None
+        done = {id(i) for i in closing}
+        self._closing = [i for i in self._closing if id(i) not in done]
+        failed = self._writer.call("journal", self._journal.folder, self._journal.close_many, closing)
+        self._closing.extend(i for i, _ in failed)
 
     async def recover(self) -> None:
-        """Resolve intents left by a crash before anchoring anything new."""
-        intents, warnings = self._journal.scan()
+        """Resolve intents left by a crash before anchoring anything new.
+
+        Temp files a kill -9 left are removed first. One intent that cannot be resolved
+        never stops the start: it is moved to the journal's quarantine for an operator
+        (or, when only our disk failed after its attestation, held and retried).
+        """
+        # A journal that cannot be read at all stops the start (StorageError naming it):
+        # anchoring without knowing what is in flight could pay twice.
+        removed, (intents, warnings) = await self._write("recover", self._journal.folder, self._scan)
+        if removed:
+            self.log.info(
+                "removed temp files left by an interrupted write", count=len(removed),
+                files=[str(p) for p in removed[:10]],
+            )
         for warning in warnings:
             self.log.warning(warning)
         for intent in intents:
-            await self._resolve(intent)
-        self.flush()
+            try:
+                await self._resolve(intent)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                await self._quarantine(intent, exc)
+        await self._save()
+
+    def _scan(self) -> tuple[list[Path], tuple[list[Any], list[str]]]:
+        removed = (
+            self._state_store.remove_stale_temps()
+            + self._journal.remove_stale_temps()
+            + self._receipts.remove_stale_temps()
+        )
+        return removed, self._journal.scan()
+
+    async def _quarantine(self, intent: Any, exc: BaseException) -> None:
+        reason = f"{type(exc).__name__}: {describe(exc)}"
+        try:
+            aside = await self._write("journal", intent.path, self._journal.quarantine, intent, reason)
+        except StorageError as move_exc:
+            self.log.error(
+                "an interrupted anchor could not be resolved nor moved aside; it stays in the journal",
+                intent=intent.id, path=str(intent.path), error=reason, move_error=str(move_exc),
+            )
+            return
+        self.log.error(
+            "an interrupted anchor could not be resolved; moved to quarantine for an operator, "
+            "its jobs are due again",
+            intent=intent.id, path=str(aside), target=intent.target, error=reason,
+        )
 
     async def _resolve(self, intent: Any) -> None:
+        pairs, proofs = self._pairs(intent)
         entries = intent.entries
-        digest = bytes.fromhex(intent.digest)
-        # Jobs removed from the config since the crash get no receipt: nobody asks for them.
-        pairs: list[tuple[dict[str, Any], _Due]] = []
-        for entry in entries:
-            spec = self._specs.get(JobKey.parse(entry["job"]))
-            if spec is not None:
-                batch = Batch(id=entry["batch"]["id"], root=entry["batch"]["root"], path=spec.source)
-                pairs.append((entry, _Due(spec, batch, forced=False)))
+        digest = intent.digest_bytes
         attestation: Attestation | None = None
         if intent.attestation is not None:
             attestation = Attestation(intent.attestation, intent.status, intent.confirmations)
@@ -553,37 +974,22 @@ class Scheduler:
                 "interrupted anchor never landed; its jobs are due again",
                 target=intent.target, jobs=[e["job"] for e in entries],
             )
-            intent.close()
+            await self._close_intents([intent])
             return
-        leaves = [bytes.fromhex(e["batch"]["root"].removeprefix("sha256:")) for e in entries]
-        _, proofs = _aggregate(leaves)
-        anchored_root = "sha256:" + digest.hex()
-        now = self.clock.now()
-        written = 0
-        for entry, item in pairs:
-            index = entry["leaf_index"]
-            path = self._existing_receipt(item, anchored_root)
-            if path is None:
-                path = self._write_receipt(intent.target, item, index, proofs, digest, attestation, now)
-                written += 1
-            self._succeed(item.spec, item.batch, path, now, 0.0, attestation.status)
+        held = _Held(intent, attestation, durable=intent.attestation is not None)
+        owned = {item.spec.key for _, item in pairs}
+        await self._complete(held, pairs, proofs, owned, self.clock.now(), recovered=True)
+        written = [str(item.spec.key) for _, item in pairs if item.spec.key not in self._held]
         self.log.info(
-            "interrupted anchor recovered from the journal", target=intent.target,
-            jobs=[str(item.spec.key) for _, item in pairs], receipts_written=written,
+            "interrupted anchor recovered from the journal", target=intent.target, jobs=written,
         )
-        self._closing.append(intent)
-
-    def _existing_receipt(self, item: _Due, anchored_root: str) -> Path | None:
-        """A receipt already written for this job and anchored root before the crash."""
-        for path, receipt in self._receipts.for_job(item.spec.namespace, item.spec.cadence, 10):
-            if receipt.get("anchored_root") == anchored_root and receipt.get("batch", {}).get("root") == item.batch.root:
-                return path
-        return None
 
     async def stop(self, grace: float = 10.0) -> None:
         """Stop the loop; let in-flight anchors finish within `grace`, journal the rest."""
         self._stopping = True
         self._wake.set()
+        if self._save_retry is not None:
+            self._save_retry.cancel()
         if self._tasks:
             done, pending = await asyncio.wait(tuple(self._tasks), timeout=grace)
             for task in pending:
@@ -593,7 +999,24 @@ class Scheduler:
                 self.log.warning("stopped with anchors in flight; they stay in the journal", count=len(pending))
         if self._save_task is not None:
             await asyncio.gather(self._save_task, return_exceptions=True)
-        self.flush()
+        await self._save()
+        await self._keep_held_attestations()
+        self._writer.close()
+
+    async def _keep_held_attestations(self) -> None:
+        """A last try to journal attestations whose write failed, so a restart finds them."""
+        for held in {id(h): h for h in self._held.values()}.values():
+            if held.durable:
+                continue
+            a = held.attestation
+            try:
+                await self._write("journal", held.intent.path, held.intent.attested, a.data, a.status, a.confirmations)
+                held.durable = True
+            except StorageError as exc:
+                self.log.error(
+                    "stopping with an attestation that could not be journalled: its jobs will be "
+                    "anchored again at the next start", intent=held.intent.id, error=str(exc),
+                )
 
     # ----- views -------------------------------------------------------------------------------
 

@@ -62,7 +62,8 @@ class StorageError(AnchorError):
             where = path or cause.filename
         else:
             reason, where = describe(cause), path
-        super().__init__(f"{op} failed at {where}: {reason}" if where else f"{op} failed: {reason}")
+        # The reason first: a long path may be cut short where messages are (`describe`).
+        super().__init__(f"{op}: {reason}: {where}" if where else f"{op}: {reason}")
 
 
 # The VaultMesh service's rules, applied to the text of an untyped error.

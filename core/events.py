@@ -58,6 +58,16 @@ class AnchorFailed(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class StorageFailed(Event):
+    """A journal, receipt or state write failed (once per failed write, not per job)."""
+
+    op: str  # journal | receipt | state | recover | ...
+    path: str | None
+    errno: int | None
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
 class BackoffChanged(Event):
     job: JobKey
     level: int

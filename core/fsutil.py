@@ -3,19 +3,32 @@
 `atomic_write_bytes` writes a temp file in the destination's folder, fsyncs it, renames it
 over the destination with `os.replace` and fsyncs the folder. A kill -9 at any instant
 leaves either the old file or the new one under the final name, never a torn one. A crash
-can leave a temp file behind; temp files are named `.<name>.<random>.tmp` (hidden, `.tmp`)
-so readers that list folders skip them (see `is_temp_name`).
+can leave a temp file behind; temp files are named `.<name>.<8 hex>.tmp` (hidden, `.tmp`)
+so readers that list folders skip them (see `is_temp_name`), and `remove_stale_temps`
+deletes them at the next start (only names of exactly that shape).
+
+Group commit: with `sync_folder=False` the folder fsync is left to the caller, who writes
+many files and then calls `fsync_dirs` once per folder (receipts of a whole pass).
+
+Modes do not depend on the umask: folders are created 0750 and files 0640 (the data
+dir holds no secret for the group, but nothing in it is for everyone).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 TEMP_SUFFIX = ".tmp"
+DIR_MODE = 0o750
+FILE_MODE = 0o640
+_TEMP_RE = re.compile(r"\..+\.[0-9a-f]{8}\.tmp\Z", re.S)
+_TEMP_STEM_BYTES = 200  # keeps the temp name under NAME_MAX when the final name fits
 
 
 def is_temp_name(name: str) -> bool:
@@ -37,10 +50,72 @@ def fsync_dir(folder: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
+def fsync_dirs(folders: Iterable[str | os.PathLike[str]]) -> None:
+    """fsync each distinct folder once (the second half of a group commit)."""
+    for folder in dict.fromkeys(Path(f) for f in folders):
+        fsync_dir(folder)
+
+
+def ensure_dir(folder: str | os.PathLike[str], mode: int = DIR_MODE) -> None:
+    """Create `folder` and missing parents with `mode` whatever the umask; durable.
+
+    Each folder created is fsynced into its parent, so a power cut cannot lose the
+    folder of a file that was itself fsynced. Existing folders are left as they are.
+    """
+    folder = Path(folder)
+    if folder.is_dir():
+        return
+    missing: list[Path] = []
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        missing.append(probe)
+        probe = probe.parent
+    for path in reversed(missing):
+        try:
+            os.mkdir(path, mode)
+        except FileExistsError:
+            continue
+        os.chmod(path, mode)  # mkdir applies the umask; the mode must not depend on it
+        fsync_dir(path.parent)
+
+
+def temp_name(name: str) -> str:
+    """The hidden temp name for a final `name`; short enough for NAME_MAX when `name` is."""
+    stem = name.encode()[:_TEMP_STEM_BYTES].decode(errors="ignore")
+    return f".{stem}.{secrets.token_hex(4)}{TEMP_SUFFIX}"
+
+
+def is_stale_temp(name: str) -> bool:
+    """True only for names `temp_name` makes (never other hidden files such as markers)."""
+    return _TEMP_RE.match(name) is not None
+
+
+def remove_stale_temps(folder: str | os.PathLike[str]) -> list[Path]:
+    """Delete temp files a kill -9 left in `folder` (not recursive); returns them.
+
+    Call only where no other process writes: under the data-dir lock, at start.
+    """
+    removed: list[Path] = []
+    try:
+        entries = list(os.scandir(folder))
+    except (FileNotFoundError, NotADirectoryError):
+        return removed
+    for entry in entries:
+        if is_stale_temp(entry.name) and entry.is_file(follow_symlinks=False):
+            try:
+                os.unlink(entry.path)
+            except FileNotFoundError:
+                continue
+            removed.append(Path(entry.path))
+    if removed:
+        fsync_dir(folder)
+    return removed
+
+
 def _write_temp(folder: Path, name: str, data: bytes, mode: int) -> Path:
     """Write and fsync a hidden temp file beside the destination; return its path."""
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".{name}.{secrets.token_hex(4)}{TEMP_SUFFIX}"
+    ensure_dir(folder)
+    tmp = folder / temp_name(name)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
         os.fchmod(fd, mode)  # the umask must not change the requested mode
@@ -64,8 +139,13 @@ def _unlink_quietly(path: Path) -> None:
         pass
 
 
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, mode: int = 0o644) -> None:
-    """Replace `path` with `data` atomically and durably; creates parent folders."""
+def atomic_write_bytes(
+    path: str | os.PathLike[str], data: bytes, mode: int = FILE_MODE, *, sync_folder: bool = True
+) -> None:
+    """Replace `path` with `data` atomically and durably; creates parent folders.
+
+    `sync_folder=False`: the rename is durable only after the caller's `fsync_dirs`.
+    """
     path = Path(path)
     tmp = _write_temp(path.parent, path.name, data, mode)
     try:
@@ -73,7 +153,8 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, mode: int = 0o
     except BaseException:
         _unlink_quietly(tmp)
         raise
-    fsync_dir(path.parent)
+    if sync_folder:
+        fsync_dir(path.parent)
 
 
 def dumps_json(obj: Any, *, compact: bool = False) -> bytes:
@@ -86,13 +167,15 @@ def dumps_json(obj: Any, *, compact: bool = False) -> bytes:
 
 
 def atomic_write_json(
-    path: str | os.PathLike[str], obj: Any, mode: int = 0o644, *, compact: bool = False
+    path: str | os.PathLike[str], obj: Any, mode: int = FILE_MODE, *, compact: bool = False
 ) -> None:
     """`atomic_write_bytes` of `obj` as UTF-8 JSON (indented unless `compact`)."""
     atomic_write_bytes(path, dumps_json(obj, compact=compact), mode)
 
 
-def atomic_create_bytes(path: str | os.PathLike[str], data: bytes, mode: int = 0o644) -> bool:
+def atomic_create_bytes(
+    path: str | os.PathLike[str], data: bytes, mode: int = FILE_MODE, *, sync_folder: bool = True
+) -> bool:
     """Durably create `path` with `data` only if no file has that name; False if one had.
 
     Like `atomic_write_bytes`, but the final step is `os.link`, which fails when the name
@@ -112,5 +195,24 @@ def atomic_create_bytes(path: str | os.PathLike[str], data: bytes, mode: int = 0
             os.replace(tmp, path)
     finally:
         _unlink_quietly(tmp)
-    fsync_dir(path.parent)
+    if sync_folder:
+        fsync_dir(path.parent)
+    return True
+
+
+def create_empty(path: str | os.PathLike[str], mode: int = FILE_MODE) -> bool:
+    """Create an empty file (a marker) with `mode`; False if one had that name.
+
+    The caller fsyncs its folder (`fsync_dirs`), so many markers cost one folder fsync.
+    """
+    path = Path(path)
+    ensure_dir(path.parent)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    except FileExistsError:
+        return False
+    try:
+        os.fchmod(fd, mode)
+    finally:
+        os.close(fd)
     return True

@@ -35,13 +35,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from core.anchors.base import Backend, VerificationFailed
+from core.anchors.base import Backend, CannotVerify, VerificationFailed
 from core.fsutil import (
     atomic_create_bytes,
     atomic_write_bytes,
+    create_empty,
     dumps_json,
     fsync_dir,
+    fsync_dirs,
     is_temp_name,
+    remove_stale_temps,
 )
 from core.jobs import safe_name, unsafe_name
 from core.merkle import root_from_path
@@ -58,6 +61,15 @@ class ReceiptError(Exception):
 
 class ReceiptInvalid(ReceiptError):
     """A receipt that does not prove what it claims; `reason` says why."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class ReceiptUncheckable(ReceiptError):
+    """A receipt that cannot be checked here: something it needs (a trust bundle, a node) is
+    missing; `reason` says what to pass. Not a verdict on the receipt."""
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
@@ -189,7 +201,10 @@ def check_proof(receipt: Any) -> bytes:
 
 
 async def verify_receipt(receipt: dict[str, Any], backend_for: Callable[[str], Backend]) -> None:
-    """Check the audit path, then ask the target's backend to verify the attestation."""
+    """Check the audit path, then ask the target's backend to verify the attestation.
+
+    ReceiptInvalid when the receipt is wrong; ReceiptUncheckable when `backend_for` or the
+    backend raise CannotVerify (what is needed is missing here)."""
     digest = check_proof(receipt)
     target = receipt.get("target")
     if not isinstance(target, str) or not target:
@@ -199,6 +214,8 @@ async def verify_receipt(receipt: dict[str, Any], backend_for: Callable[[str], B
         raise ReceiptInvalid("attestation must be an object")
     try:
         backend = backend_for(target)
+    except CannotVerify as exc:
+        raise ReceiptUncheckable(str(exc)) from None
     except Exception as exc:  # unknown scheme, missing settings
         raise ReceiptInvalid(f"no verifier for target {target}: {exc}") from exc
     confirmations = receipt.get("confirmations")
@@ -209,6 +226,8 @@ async def verify_receipt(receipt: dict[str, Any], backend_for: Callable[[str], B
         await backend.verify(attestation, digest, required=required)
     except VerificationFailed as exc:
         raise ReceiptInvalid(f"attestation: {exc}") from exc
+    except CannotVerify as exc:
+        raise ReceiptUncheckable(str(exc)) from None
 
 
 def load_receipt(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -251,6 +270,7 @@ class ReceiptStore:
         self.root = Path(root_dir)
         self.index = self.root / self.INDEX
         self._pending: set[Path] | None = None  # known pending receipts, after a first scan
+        self._cleaned: set[Path] = set()  # namespace folders rid of stale temps by this store
 
     # ---- writing
 
@@ -262,26 +282,98 @@ class ReceiptStore:
 
     def write(self, receipt: dict[str, Any]) -> Path:
         """Write a new receipt durably; never replaces an existing file."""
-        folder = self.root / safe_name(receipt["namespace"])
-        name = self.file_name(receipt)
-        data = dumps_json(receipt)
-        pending = receipt.get("status") == "pending"
+        result = self.write_many([receipt])[0]
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    def write_many(self, receipts: list[dict[str, Any]]) -> list[Path | Exception]:
+        """Write new receipts as one group commit; each gets its path or its own error.
+
+        Markers of the pending ones first (one fsync per marker folder), then each receipt
+        (its data fsynced, linked under a free name), then one fsync per receipt folder:
+        a pass of 10,000 namespaces costs one folder fsync per folder, not four per file.
+        A receipt is written only once its marker is durable; a receipt that failed loses
+        its marker again. Nothing is returned as written before its folder is fsynced.
+        """
+        results: list[Path | Exception] = []
+        planned: list[tuple[int, Path, bytes, bool]] = []  # index, path, data, marked
+        marker_dirs: list[Path] = []
+        for index, receipt in enumerate(receipts):
+            try:
+                folder = self.root / safe_name(receipt["namespace"])
+                self._clean_once(folder)
+                name = self.file_name(receipt)
+                data = dumps_json(receipt)
+                pending = receipt.get("status") == "pending"
+                path = folder / name
+                if pending:
+                    path = self._free_marked_name(folder, name)
+                    marker_dirs.append(self._marker(path).parent)
+                planned.append((index, path, data, pending))
+                results.append(path)
+            except Exception as exc:
+                results.append(exc)
+        fsync_dirs(marker_dirs)
+        receipt_dirs: list[Path] = []
+        for index, path, data, marked in planned:
+            try:
+                if not atomic_create_bytes(path, data, sync_folder=False):
+                    path = self._create_under_free_name(path, data, marked)
+                    results[index] = path
+            except Exception as exc:
+                if marked:
+                    self._unmark(path)
+                results[index] = exc
+                continue
+            receipt_dirs.append(path.parent)
+            if marked and self._pending is not None:
+                self._pending.add(path)
+        fsync_dirs(receipt_dirs)
+        return results
+
+    def _free_marked_name(self, folder: Path, name: str) -> Path:
+        """The first receipt name in `folder` whose pending marker this call created."""
         stem = name.removesuffix(".json")
         n = 0
         while True:
             path = folder / (name if n == 0 else f"{stem}-{n}.json")
-            marked = pending and self._mark(path)
-            if pending and not marked:
-                n += 1  # a pending receipt of that name exists already
-                continue
-            if atomic_create_bytes(path, data):
-                break
+            if create_empty(self._marker(path)):
+                return path
+            n += 1  # a pending receipt of that name exists already
+
+    def _create_under_free_name(self, taken: Path, data: bytes, marked: bool) -> Path:
+        """`taken` exists (a clash): create the receipt under the next free `-<n>` name."""
+        if marked:
+            self._unmark(taken)
+        m = re.match(r"(.*?)(?:-(\d+))?\.json\Z", taken.name)
+        stem, n = (m.group(1), int(m.group(2) or 0)) if m else (taken.stem, 0)
+        while True:
+            n += 1
+            path = taken.with_name(f"{stem}-{n}.json")
+            if marked:
+                if not create_empty(self._marker(path)):
+                    continue
+                fsync_dir(self._marker(path).parent)
+            if atomic_create_bytes(path, data, sync_folder=False):
+                return path
             if marked:
                 self._unmark(path)
-            n += 1
-        if self._pending is not None and pending:
-            self._pending.add(path)
-        return path
+
+    def _clean_once(self, folder: Path) -> None:
+        """Remove a kill -9's temp files from a namespace folder before its first write here."""
+        if folder not in self._cleaned:
+            remove_stale_temps(folder)
+            self._cleaned.add(folder)
+
+    def remove_stale_temps(self) -> list[Path]:
+        """Temp files left by a kill -9 in the receipts root and the pending index (at start).
+
+        Namespace folders are cleaned the first time this store writes into them, so a
+        start never lists every receipt ever written.
+        """
+        removed = remove_stale_temps(self.root) + remove_stale_temps(self.index)
+        return removed
 
     # ---- the pending index
 
@@ -291,10 +383,7 @@ class ReceiptStore:
     def _mark(self, path: Path) -> bool:
         """Create the receipt's marker durably; False if it existed."""
         marker = self._marker(path)
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.close(os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
-        except FileExistsError:
+        if not create_empty(marker):
             return False
         fsync_dir(marker.parent)
         return True

@@ -23,6 +23,16 @@ def root(n: int) -> str:
     return "sha256:" + f"{n:064x}"
 
 
+async def until(condition, timeout: float = 5.0, message: str = "condition not met in time") -> None:
+    """Let the loop run until `condition()` holds: journal and receipt writes happen on the
+    engine's writer thread, so a few `sleep(0)` are not enough for them to land."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        assert loop.time() < deadline, message
+        await asyncio.sleep(0.001)
+
+
 class CountingBackend:
     """The real local TSA, with a count of calls and failures injected on demand."""
 
@@ -185,7 +195,7 @@ async def test_a_job_in_flight_is_never_started_twice(tmp_path):
     s = h.scheduler()
     h.backend.gate = asyncio.Event()
     s.run_due()
-    await asyncio.sleep(0)
+    await until(lambda: h.backend.calls)
     for _ in range(5):  # five overlapping passes while the first call hangs
         h.clock.advance(1)
         s.run_due()
@@ -193,10 +203,10 @@ async def test_a_job_in_flight_is_never_started_twice(tmp_path):
     s.force(JobKey("a", "fast"))
     s.run_due()
     await asyncio.sleep(0)
-    assert len(h.backend.calls) == 1
     assert s.view(JobKey("a", "fast")).status == "anchoring"
     h.backend.gate.set()
     await s.settle()
+    assert len(h.backend.calls) == 1
     assert len(h.of(ReceiptWritten)) == 1
 
 
@@ -304,8 +314,7 @@ async def test_loop_sleeps_until_due_and_wakes_on_force(tmp_path):
     h = Harness(tmp_path, {"a": 1}, every=60, unchanged=True)
     s = h.scheduler(tick=3600)
     task = asyncio.create_task(s.run())
-    for _ in range(20):
-        await asyncio.sleep(0)
+    await until(lambda: h.of(ReceiptWritten))
     await s.settle()
     assert len(h.backend.calls) == 1
     h.clock.advance(30)
@@ -313,8 +322,7 @@ async def test_loop_sleeps_until_due_and_wakes_on_force(tmp_path):
         await asyncio.sleep(0)
     assert len(h.backend.calls) == 1  # still asleep: not due yet
     s.force(JobKey("a", "fast"))
-    for _ in range(50):
-        await asyncio.sleep(0)
+    await until(lambda: len(h.of(ReceiptWritten)) == 2)
     await s.settle()
     assert len(h.backend.calls) == 2
     await s.stop()
@@ -377,17 +385,18 @@ async def test_wall_clock_stepped_back_an_hour_keeps_the_cadence_of_the_running_
     s = h.scheduler(tick=3600)
     task = asyncio.create_task(s.run())
     try:
-        for _ in range(20):
-            await asyncio.sleep(0)
+        await until(lambda: h.of(ReceiptWritten))
         await s.settle()
         assert len(h.backend.calls) == 1
         h.clock.step_wall(-3600)  # NTP or an operator steps the wall clock back an hour
         for anchors in (2, 3):
             h.clock.advance(60)
-            for _ in range(50):
-                await asyncio.sleep(0)
+            await until(
+                lambda n=anchors: len(h.of(ReceiptWritten)) == n, timeout=2,
+                message="no anchor one period after the wall went back",
+            )
             await s.settle()
-            assert len(h.backend.calls) == anchors, "no anchor one period after the wall went back"
+            assert len(h.backend.calls) == anchors
         assert s.view(JobKey("a", "fast")).status == "ok"
     finally:
         await s.stop()
