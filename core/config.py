@@ -609,10 +609,14 @@ _COMPOSER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 class _YamlReader:
     """Composes a YAML file, builds plain data and a position tree, expands ${VAR}."""
 
-    def __init__(self, env: Mapping[str, str], issues: list[ConfigIssue]) -> None:
+    def __init__(
+        self, env: Mapping[str, str], issues: list[ConfigIssue], *, allow_unset: bool = False
+    ) -> None:
         self.env = env
         self.issues = issues
         self.failed: set[int] = set()  # ids of _Pos whose value failed interpolation
+        self.allow_unset = allow_unset  # unset ${VAR}: "" and a warning instead of an error
+        self.unset: list[str] = []
 
     def read(self, path: Path, display: str, base: Path) -> tuple[Any, _Pos] | None:
         try:
@@ -694,6 +698,9 @@ class _YamlReader:
         if isinstance(value, str) and "$" in value:
             value, missing = _interpolate(value, self.env)
             for name in missing:
+                if self.allow_unset:
+                    self.unset.append(f"{pos.file}: {format_path(pos.segments())}: variable {name} is not set")
+                    continue
                 self.failed.add(id(pos))
                 self._issue(
                     pos,
@@ -736,8 +743,12 @@ def load_config(
     env: Mapping[str, str] | None = None,
     overrides: dict[str, Any] | None = None,
     cwd: Path | None = None,
+    allow_unset: bool = False,
 ) -> LoadedConfig:
     """Load, merge and validate the configuration; raise ConfigError listing every problem.
+
+    ``allow_unset``: an unset ``${VAR}`` becomes an empty value and a warning, not an error
+    (``verify`` reads trust bundles and node URLs, never the secrets such variables hold).
 
     ``overrides`` holds CLI flags: ``config`` (path), ``data_dir``, ``state_file``, ``tick``,
     ``log_level``, ``log_file``, ``listen``, ``theme``, ``theme_file``, or any dotted
@@ -761,7 +772,7 @@ def load_config(
     def env_origin(name: str) -> str:
         return f"env {name}" if name in real_env else f".env {name}"
 
-    reader = _YamlReader(envs, issues)
+    reader = _YamlReader(envs, issues, allow_unset=allow_unset)
     root = _Pos(None, base=cwd)
     raw: dict[str, Any] = {}
 
@@ -935,7 +946,7 @@ def load_config(
     if vmsh_root is not None:
         config._batches_root = vmsh_root / "out" / "batches"
 
-    warnings = _warnings(config, root)
+    warnings = reader.unset + _warnings(config, root)
     return LoadedConfig(
         config=config,
         hash=config_hash(config),

@@ -1,30 +1,107 @@
-"""`vmsh-scheduler verify FILE|DIR...`: check receipts offline, print OK or FAIL with the reason.
+"""`vmsh-scheduler verify RECEIPT|DIR...`: check receipts anywhere, with no secret, writing nothing.
 
-A directory stands for every `*.json` below it (a data dir's `receipts/`, one namespace's
-folder). With more than one receipt, a count goes to stderr at the end.
+Anyone holding a receipt can check it: no config file is needed, no signing key, TSA
+password or other secret is ever read, and nothing is written (no key, certificate or
+folder). What a receipt needs comes from, first to last:
+
+    local:<name>     --trust-bundle PEM and the existing <data_dir>/tsa/local-tsa.pem of
+                     --data-dir, else of the data dir the receipt sits in
+                     (<data_dir>/receipts/<namespace>/<file>), else of the config
+    rfc3161:<name>   --trust-bundle PEM; else the target's trust_bundle in the config
+    eip155:<id>      --rpc-url eip155:<id>=URL; else the target's rpcUrl in the config
+
+Three outcomes per receipt, and the exit code of the worst one:
+
+    OK            0  the audit path and the attestation check out
+    FAIL          1  the receipt is wrong (or unreadable): it proves nothing
+    CANNOT CHECK  3  something needed is missing or out of reach; the line says what to pass
+
+A directory stands for every `*.json` below it (hidden folders skipped). With more than
+one receipt a count goes to stderr. `--json` prints one JSON object per receipt and line.
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
+import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from core.anchors.registry import Backends
+from core.anchors.base import CannotVerify, VerificationFailed
+from core.anchors.local import certificate_path, read_certificates, verify_local_token
+from core.anchors.tsp import verify_attestation
 from core.clock import SystemClock
-from core.receipts import load_receipt, verify_receipt
+from core.errors import ValidationError
+from core.receipts import (
+    ReceiptError,
+    ReceiptInvalid,
+    ReceiptUncheckable,
+    load_receipt,
+    verify_receipt,
+)
 
 SettingsFor = Callable[[str], Any]
 
 
-def data_dir_of(receipt_path: Path) -> Path:
-    """Receipts live at <data_dir>/receipts/<namespace>/<file>.json."""
+class Outcome(enum.Enum):
+    OK = ("OK", 0)
+    FAIL = ("FAIL", 1)
+    CANNOT_CHECK = ("CANNOT CHECK", 3)
+
+    @property
+    def label(self) -> str:
+        return self.value[0]
+
+    @property
+    def exit_code(self) -> int:
+        return self.value[1]
+
+
+@dataclass(frozen=True)
+class Result:
+    path: Path
+    outcome: Outcome
+    reason: str | None = None
+    receipt: dict[str, Any] | None = None
+
+    def line(self) -> str:
+        if self.outcome is Outcome.OK:
+            return f"OK {self.path}"
+        reason = self.reason or ""
+        if reason.startswith(f"{self.path}:"):  # file errors name the file (and line:col) already
+            return f"{self.outcome.label} {reason}"
+        return f"{self.outcome.label} {self.path}: {reason}"
+
+    def as_json(self) -> dict[str, Any]:
+        r = self.receipt or {}
+        batch = r.get("batch") if isinstance(r.get("batch"), dict) else {}
+        att = r.get("attestation") if isinstance(r.get("attestation"), dict) else {}
+        return {
+            "path": str(self.path),
+            "outcome": self.outcome.name.lower(),
+            "exit_code": self.outcome.exit_code,
+            "reason": self.reason,
+            "namespace": r.get("namespace"),
+            "cadence": r.get("cadence"),
+            "target": r.get("target"),
+            "batch_id": batch.get("id"),
+            "anchored_root": r.get("anchored_root"),
+            "anchored_at": r.get("anchored_at"),
+            "gen_time": att.get("gen_time"),
+            "tx_hash": att.get("tx_hash"),
+        }
+
+
+def data_dir_of(receipt_path: Path) -> Path | None:
+    """Receipts live at <data_dir>/receipts/<namespace>/<file>.json; None elsewhere."""
     resolved = receipt_path.resolve()
     if len(resolved.parents) >= 3 and resolved.parents[1].name == "receipts":
         return resolved.parents[2]
-    return Path.cwd()
+    return None
 
 
 def expand(paths: list[Path]) -> list[tuple[Path, str | None]]:
@@ -42,40 +119,261 @@ def expand(paths: list[Path]) -> list[tuple[Path, str | None]]:
     return out
 
 
+def parse_rpc_urls(values: Sequence[str]) -> dict[str, str]:
+    """`eip155:<id>=URL` flags -> {target: url}; ValueError with a sentence on a bad one."""
+    out: dict[str, str] = {}
+    for value in values:
+        target, sep, url = value.partition("=")
+        scheme, _, chain = target.partition(":")
+        if not sep or scheme != "eip155" or not chain.isdigit() or "://" not in url:
+            raise ValueError(
+                f"--rpc-url {value!r}: expected eip155:<chain id>=<URL>, "
+                "for example eip155:8453=https://mainnet.base.org"
+            )
+        out[target] = url
+    return out
+
+
+# --------------------------------------------------------------------------- verifiers
+
+
+class TokenVerifier:
+    """An RFC 3161 token (rfc3161: or local:) against certificates read once, offline."""
+
+    def __init__(self, target: str, bundle: Any) -> None:
+        self.target = target
+        self.bundle = bundle  # core.anchors.rfc3161.TrustBundle
+
+    async def verify(self, attestation: dict[str, Any], digest: bytes, *, required: int | None = None) -> None:
+        b = self.bundle
+        if self.target.startswith("local:"):
+            verify_local_token(attestation, digest, [*b.roots, *b.signers], self.target)
+            return
+        try:
+            verify_attestation(
+                attestation,
+                digest=digest,
+                trust_roots=b.roots,
+                signer_certs=b.signers,
+                intermediates=b.intermediates,
+            )
+        except ValidationError as exc:
+            raise VerificationFailed(f"{self.target}: {exc}") from None
+        except (ValueError, TypeError, KeyError) as exc:
+            raise VerificationFailed(f"{self.target}: cannot check the token: {exc}") from None
+
+    async def close(self) -> None:
+        return None
+
+
+class ReadOnlyVerifiers:
+    """What each target needs, from the flags first, then the config; builds nothing that
+    writes and reads no secret. `for_receipt(path)` is the `backend_for` of verify_receipt."""
+
+    def __init__(
+        self,
+        *,
+        trust_bundles: Sequence[Path] = (),
+        rpc_urls: Mapping[str, str] | None = None,
+        settings_for: SettingsFor | None = None,
+        config_data_dir: Path | None = None,
+        config_problem: str | None = None,
+        data_dir: Path | None = None,
+    ) -> None:
+        self.trust_bundles = [Path(p) for p in trust_bundles]
+        self.rpc_urls = dict(rpc_urls or {})
+        self.settings_for = settings_for
+        self.config_data_dir = config_data_dir
+        self.config_problem = config_problem
+        self.data_dir = data_dir
+        self._cache: dict[tuple[str, Path | None], Any] = {}
+        self._clock = SystemClock()
+
+    def for_receipt(self, path: Path) -> Callable[[str], Any]:
+        return lambda target: self.verifier(target, path)
+
+    def verifier(self, target: str, receipt_path: Path) -> Any:
+        scheme, _, name = target.partition(":")
+        data_dir = self._local_data_dir(receipt_path) if scheme == "local" else None
+        key = (target, data_dir)  # local receipts of different data dirs: different certificates
+        if key not in self._cache:
+            self._cache[key] = self._build(target, scheme, name, receipt_path)
+        return self._cache[key]
+
+    def _local_data_dir(self, receipt_path: Path) -> Path | None:
+        return self.data_dir or data_dir_of(receipt_path) or self.config_data_dir
+
+    def _settings(self, target: str) -> Any:
+        """The config's settings for a target, or None (no config, or no entry)."""
+        if self.settings_for is None:
+            return None
+        try:
+            return self.settings_for(target)
+        except LookupError:
+            return None
+
+    def _no_config(self) -> str:
+        return f" (the config was not used: {self.config_problem})" if self.config_problem else ""
+
+    def _bundle(self, target: str, paths: Sequence[Path]) -> Any:
+        from core.anchors.rfc3161 import TrustBundle, load_trust_bundle
+
+        certs = []
+        for path in paths:
+            try:
+                bundle = load_trust_bundle(path, target)
+            except ValidationError as exc:
+                raise CannotVerify(str(exc)) from None
+            certs += [c for c in (*bundle.roots, *bundle.signers) if c not in certs]
+        try:
+            return TrustBundle(certs, ", ".join(str(p) for p in paths))
+        except ValidationError as exc:
+            raise CannotVerify(f"{target}: {exc}") from None
+
+    def ca_files(self, target: str, receipt_path: Path) -> list[Path]:
+        """The PEM files an RFC 3161 receipt (rfc3161: or local:) is checked against;
+        CannotVerify saying what to pass when there are none."""
+        if target.startswith("local:"):  # --trust-bundle and the certificate beside it
+            files = list(self.trust_bundles)
+            data_dir = self._local_data_dir(receipt_path)
+            if data_dir is not None:
+                cert = certificate_path(data_dir)
+                if cert.exists() or not files:
+                    read_certificates(cert, target)  # CannotVerify naming the file when missing
+                    files.append(cert)
+            if not files:
+                raise CannotVerify(
+                    f"{target}: the receipt is not inside a data dir; pass --trust-bundle with "
+                    "the local-tsa.pem of the data dir that wrote it, or --data-dir"
+                )
+            return files
+        if self.trust_bundles:
+            return self.trust_bundles
+        settings = self._settings(target)
+        if settings is None or getattr(settings, "trust_bundle", None) is None:
+            raise CannotVerify(
+                f"{target}: nothing to check the token against; pass --trust-bundle with "
+                f"the TSA's CA certificate(s) (PEM){self._no_config()}"
+            )
+        return [settings.trust_bundle]
+
+    def rpc_url(self, target: str) -> str:
+        """The node an eip155 receipt is checked on; CannotVerify when there is none."""
+        url = self.rpc_urls.get(target)
+        if url is None:
+            settings = self._settings(target)
+            url = getattr(settings, "rpc_url", None) or None
+        if url is None:
+            raise CannotVerify(
+                f"{target}: the transaction is checked on a node of chain "
+                f"{target.partition(':')[2]}; pass --rpc-url {target}=URL{self._no_config()}"
+            )
+        return url
+
+    def _build(self, target: str, scheme: str, name: str, receipt_path: Path) -> Any:
+        if scheme in ("local", "rfc3161"):
+            return TokenVerifier(target, self._bundle(target, self.ca_files(target, receipt_path)))
+        if scheme == "eip155":
+            return self._evm(target, name)
+        if scheme == "btc":
+            raise CannotVerify(f"{target}: this build cannot check btc receipts")
+        raise ValidationError(f"unknown target scheme {scheme!r} in {target!r}")
+
+    def _evm(self, target: str, name: str) -> Any:
+        from core.anchors.evm import EVMBackend
+        from core.config import Eip155Target
+
+        if not name.isdigit():
+            raise ValidationError(f"{target!r} is not an eip155:<chain id> target")
+        url = self.rpc_url(target)
+        settings = self._settings(target)
+        if target in self.rpc_urls or settings is None:
+            settings = Eip155Target.model_validate({"rpcUrl": url, "chainId": int(name)})
+        try:
+            # No key is read and nothing is written: verify() only asks the node.
+            return EVMBackend(target, settings, self._clock, self.config_data_dir or Path("."))
+        except ValidationError as exc:
+            raise CannotVerify(f"{exc}; pass --rpc-url {target}=URL") from None
+
+    async def close(self) -> None:
+        for verifier in self._cache.values():
+            await verifier.close()
+        self._cache.clear()
+
+
+# --------------------------------------------------------------------------- running
+
+
+async def check_one(path: Path, verifiers: Any) -> Result:
+    """One receipt's outcome; `verifiers` has `for_receipt(path)` or is a backend_for."""
+    try:
+        receipt = load_receipt(path)
+    except ReceiptError as exc:
+        return Result(path, Outcome.FAIL, str(exc))
+    backend_for = verifiers.for_receipt(path) if hasattr(verifiers, "for_receipt") else verifiers
+    try:
+        await verify_receipt(receipt, backend_for)
+    except ReceiptUncheckable as exc:
+        return Result(path, Outcome.CANNOT_CHECK, exc.reason, receipt)
+    except ReceiptInvalid as exc:
+        return Result(path, Outcome.FAIL, exc.reason, receipt)
+    return Result(path, Outcome.OK, None, receipt)
+
+
 async def verify_files(
     paths: list[Path],
     out: TextIO,
     *,
+    as_json: bool = False,
+    err: TextIO | None = None,
+    verifiers: ReadOnlyVerifiers | None = None,
     data_dir: Path | None = None,
     settings_for: SettingsFor | None = None,
 ) -> int:
-    """Verify each receipt; returns 0 if all passed, 1 if any failed."""
-    clock = SystemClock()
-    backends: dict[Path, Backends] = {}
-    failed = 0
-    items = expand(paths)
-    for path, problem in items:
-        if problem:
-            failed += 1
-            out.write(f"FAIL {path}: {problem}\n")
-            continue
-        root = data_dir or data_dir_of(path)
-        registry = backends.setdefault(root, Backends(settings_for or (lambda target: None), root, clock))
-        try:
-            receipt = load_receipt(path)
-            await verify_receipt(receipt, registry)
-        except Exception as exc:  # ReceiptInvalid, unreadable file, or a backend we could not build
-            failed += 1
-            reason = str(exc)  # file errors name the file (and line:col) already
-            out.write(f"FAIL {reason}\n" if reason.startswith(f"{path}:") else f"FAIL {path}: {reason}\n")
-        else:
-            out.write(f"OK {path}\n")
-    for registry in backends.values():
-        await registry.close()
-    if len(items) > 1:
-        sys.stderr.write(f"{len(items)} receipts: {len(items) - failed} OK, {failed} failed\n")
-    return 1 if failed else 0
+    """Verify each receipt, one line (or JSON object) each; the exit code of the worst outcome.
+
+    `verifiers` says where trust comes from; without it, `settings_for` (a config's
+    resolve_target) and `data_dir` are used."""
+    err = err or sys.stderr
+    own = verifiers is None
+    if verifiers is None:
+        verifiers = ReadOnlyVerifiers(settings_for=settings_for, data_dir=data_dir)
+    results: list[Result] = []
+    try:
+        for path, problem in expand(paths):
+            result = (
+                Result(path, Outcome.FAIL, problem) if problem else await check_one(path, verifiers)
+            )
+            results.append(result)
+            out.write((json.dumps(result.as_json()) if as_json else result.line()) + "\n")
+    finally:
+        if own:
+            await verifiers.close()
+    counts = {o: sum(r.outcome is o for r in results) for o in Outcome}
+    if len(results) > 1:
+        tail = (
+            f", {counts[Outcome.CANNOT_CHECK]} cannot be checked"
+            if counts[Outcome.CANNOT_CHECK]
+            else ""
+        )
+        err.write(
+            f"{len(results)} receipts: {counts[Outcome.OK]} OK, "
+            f"{counts[Outcome.FAIL]} failed{tail}\n"
+        )
+    if counts[Outcome.FAIL]:
+        return Outcome.FAIL.exit_code
+    if counts[Outcome.CANNOT_CHECK]:
+        return Outcome.CANNOT_CHECK.exit_code
+    return Outcome.OK.exit_code
 
 
 def run_verify(paths: list[Path], out: TextIO, **kw: Any) -> int:
-    return asyncio.run(verify_files(paths, out, **kw))
+    async def run() -> int:
+        verifiers: ReadOnlyVerifiers | None = kw.pop("verifiers", None)
+        try:
+            return await verify_files(paths, out, verifiers=verifiers, **kw)
+        finally:
+            if verifiers is not None:
+                await verifiers.close()
+
+    return asyncio.run(run())

@@ -23,6 +23,11 @@ class VerificationFailed(Exception):
     """An attestation that does not prove what its receipt claims; the message says why."""
 
 
+class CannotVerify(Exception):
+    """An attestation that cannot be checked here: something it needs is missing or out of
+    reach (a trust bundle, a certificate, a node). The message says what to pass."""
+
+
 # Called by a backend with facts to journal before it commits to the outside world
 # (for EVM: the signed transaction hash), so that a crash can be resolved without a resend.
 JournalNote = Callable[[dict[str, Any]], None]
@@ -40,7 +45,8 @@ class Backend(Protocol):
     async def verify(
         self, attestation: dict[str, Any], digest: bytes, *, required: int | None = None
     ) -> None:
-        """Check an attestation again (offline where the scheme allows); raise VerificationFailed.
+        """Check an attestation again (offline where the scheme allows), writing nothing; raise
+        VerificationFailed when it is wrong, CannotVerify when it cannot be checked here.
 
         `required` is the depth the receipt asks for (chains only; others ignore it)."""
 

@@ -72,7 +72,13 @@ import httpx
 from eth_account import Account
 from eth_utils import keccak, to_checksum_address
 
-from core.anchors.base import Attestation, BackendInfo, JournalNote, VerificationFailed
+from core.anchors.base import (
+    Attestation,
+    BackendInfo,
+    CannotVerify,
+    JournalNote,
+    VerificationFailed,
+)
 from core.errors import AuthError, NetworkError, ValidationError
 from core.fsutil import atomic_write_json
 
@@ -623,11 +629,16 @@ class EVMBackend:
     ) -> None:
         """On the node: the transaction exists on chain `chain_id`, succeeded, sits in the attested
         block, carries `digest` (calldata, or the anchor(...) call's root), and is at least
-        `required` blocks deep (default: the target's `confirmations`)."""
+        `required` blocks deep (default: the target's `confirmations`). Needs no signing key
+        and writes nothing; a node that cannot be asked (unreachable, refusing, another
+        chain) is CannotVerify, not a verdict on the receipt."""
         try:
             await self._verify(attestation, digest, required)
         except (NetworkError, AuthError, ValidationError) as exc:
-            raise VerificationFailed(f"cannot check on the node: {exc}") from None
+            raise CannotVerify(
+                f"cannot check on the node: {exc}; pass --rpc-url {self.target}=URL of a node "
+                "of that chain"
+            ) from None
 
     async def _verify(self, att: dict[str, Any], digest: bytes, required: int | None) -> None:
         if att.get("scheme") != "eip155":

@@ -27,6 +27,10 @@ same path as a real TSA: build_request -> issue the reply -> verify_response.
 
 If the key is deleted a new key and certificate are generated; receipts signed by the old
 key then no longer verify against the new certificate (keep the old PEM to check them).
+
+Verifying writes nothing: `verify()` and `verify_local_token()` read the existing
+certificate (or the one handed in) and never create a key, a certificate or a folder; a
+missing certificate is CannotVerify, naming the file to pass.
 """
 
 from __future__ import annotations
@@ -48,10 +52,17 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from core.anchors.base import Attestation, BackendInfo, JournalNote, VerificationFailed
+from core.anchors.base import (
+    Attestation,
+    BackendInfo,
+    CannotVerify,
+    JournalNote,
+    VerificationFailed,
+)
 from core.anchors.tsp import (
     HASHES,
     build_request,
+    load_certs,
     new_nonce,
     token_attestation,
     verify_attestation,
@@ -59,7 +70,14 @@ from core.anchors.tsp import (
 )
 from core.errors import ValidationError
 
-__all__ = ["LOCAL_POLICY_OID", "LocalTSA", "SUBJECT_CN"]
+__all__ = [
+    "LOCAL_POLICY_OID",
+    "LocalTSA",
+    "SUBJECT_CN",
+    "certificate_path",
+    "read_certificates",
+    "verify_local_token",
+]
 
 SUBJECT_CN = "VaultMesh local TSA (development only, not a trust anchor)"
 # 2.999 is the ITU-T/ISO "example" arc (X.660): a policy that promises nothing.
@@ -111,6 +129,45 @@ def _write_atomic(path: Path, data: bytes, mode: int, *, clobber: bool) -> bool:
             os.unlink(tmp)
     _fsync_dir(path.parent)
     return True
+
+
+def certificate_path(data_dir: Path | str) -> Path:
+    """Where a data dir's local TSA certificate is (the CA file for its receipts)."""
+    return Path(data_dir) / "tsa" / CERT_NAME
+
+
+def read_certificates(path: Path, target: str) -> list[x509.Certificate]:
+    """The certificates of an existing PEM file, read only; CannotVerify when there are none."""
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise CannotVerify(
+            f"{target}: there is no local TSA certificate at {path}; pass --trust-bundle with "
+            "the local-tsa.pem of the data dir that wrote the receipt, or --data-dir"
+        ) from None
+    except OSError as exc:
+        raise CannotVerify(f"{target}: cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        certs = load_certs(data)
+    except ValueError:
+        certs = []
+    if not certs:
+        raise CannotVerify(f"{target}: {path} holds no PEM certificate")
+    return certs
+
+
+def verify_local_token(
+    attestation: dict[str, Any], digest: bytes, trust_roots: list[x509.Certificate], target: str
+) -> None:
+    """Check a `local:` attestation against the given certificates; VerificationFailed if wrong."""
+    try:
+        verify_attestation(
+            attestation, digest=digest, trust_roots=trust_roots, policy_oid=LOCAL_POLICY_OID
+        )
+    except ValidationError as exc:
+        raise VerificationFailed(f"{target}: {exc}") from None
+    except (ValueError, TypeError, KeyError) as exc:
+        raise VerificationFailed(f"{target}: cannot check the token: {exc}") from None
 
 
 def _self_signed(key: ec.EllipticCurvePrivateKey) -> x509.Certificate:
@@ -202,18 +259,9 @@ class LocalTSA:
     async def verify(
         self, attestation: dict[str, Any], digest: bytes, *, required: int | None = None
     ) -> None:
-        try:
-            self._ensure_key()
-            verify_attestation(
-                attestation,
-                digest=digest,
-                trust_roots=[self.certificate],
-                policy_oid=LOCAL_POLICY_OID,
-            )
-        except ValidationError as exc:
-            raise VerificationFailed(f"{self.target}: {exc}") from None
-        except (OSError, ValueError) as exc:
-            raise VerificationFailed(f"{self.target}: cannot check the token: {exc}") from None
+        # Read-only: the certificate this TSA already has, never a new key (module doc).
+        trust = [self._cert] if self._cert is not None else read_certificates(self.cert_path, self.target)
+        verify_local_token(attestation, digest, trust, self.target)
 
     async def close(self) -> None:
         return None

@@ -12,8 +12,11 @@ sha512 the 32-byte value is not an output of that hash, so the imprint is
 `openssl ts -verify -data <file holding the 32 raw bytes> ...`.
 
 Verification runs every check explicitly so that the error names the check that failed and
-what was expected, then hands the token to rfc3161-client's verifier for the signature and
-the certificate path (OpenSSL, at gen_time) as a second opinion.
+what was expected: imprint, nonce, policy, the signature over the signed attributes as sent,
+the ESS signing certificate, a critical timeStamping EKU, and the certificate path to the
+trust roots at gen_time (cryptography's X.509 path builder). A token that rfc3161-client's
+strict parser accepts is then handed to its verifier (OpenSSL) as a second opinion. Error
+messages are sentences: a library's internal error dump never reaches them.
 
 Interoperability fixes (the signed content is never touched; the CMS signature covers the
 signed attributes, which bind the TSTInfo digest, not the certificate SET):
@@ -24,12 +27,20 @@ signed attributes, which bind the TSTInfo digest, not the certificate SET):
 * A token may embed no certificate (the request said certReq false, or the TSA never
   includes one). The signer is then looked up, by the SignerInfo's sid, among the configured
   signer certificates and the trust roots, and is added to the SET for the verifier.
+* Some TSAs put an attribute certificate (or another non-X.509 choice) among the
+  certificates. It plays no part in the proof and strict parsers reject it: normalization
+  leaves it out.
+* Some TSAs send the signed attributes in an order that is not the DER SET order, and sign
+  them in that order. The signature covers those bytes as sent, so they cannot be sorted:
+  our checks verify over the original encoding (as OpenSSL does), and the strict second
+  opinion, which cannot parse such a token, is skipped for it.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import re
 import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -184,7 +195,7 @@ def wrap_token(token_der: bytes) -> bytes:
     ).dump()
 
 
-def _signer_matches(sid: cms.SignerIdentifier, cert: asn1x509.Certificate) -> bool:
+def signer_matches(sid: cms.SignerIdentifier, cert: asn1x509.Certificate) -> bool:
     if sid.name == "issuer_and_serial_number":
         ias = sid.chosen
         return (
@@ -197,8 +208,8 @@ def _signer_matches(sid: cms.SignerIdentifier, cert: asn1x509.Certificate) -> bo
 def normalize_token(
     token_der: bytes, extra_certs: Iterable[x509.Certificate] = ()
 ) -> tuple[bytes, asn1x509.Certificate | None]:
-    """Re-encode the SignedData certificate SET DER-sorted, adding `extra_certs` that are not
-    there yet (supplied signer/intermediates). Returns the token and the signer's certificate
+    """Re-encode the SignedData certificate SET DER-sorted, X.509 certificates only, adding
+    `extra_certs` that are not there yet (supplied signer/intermediates). Returns the token and the signer's certificate
     (matched by sid among embedded and extra certificates, None if absent).
 
     Only the unsigned `certificates` field changes; the encapsulated TSTInfo and the
@@ -212,7 +223,8 @@ def normalize_token(
     members: dict[bytes, cms.CertificateChoices] = {}
     if not _absent(sd["certificates"]):
         for choice in sd["certificates"]:
-            members[choice.dump()] = choice
+            if choice.name == "certificate":  # attribute and other certificates prove nothing here
+                members[choice.dump()] = choice
     for cert in extra_certs:
         choice = cms.CertificateChoices(
             name="certificate", value=asn1x509.Certificate.load(_der(cert))
@@ -222,12 +234,14 @@ def normalize_token(
     signer = None
     sids = [si["sid"] for si in sd["signer_infos"]]
     for choice in members.values():
-        if choice.name == "certificate" and sids and _signer_matches(sids[0], choice.chosen):
+        if choice.name == "certificate" and sids and signer_matches(sids[0], choice.chosen):
             signer = choice.chosen
             break
     if members:
         ordered = [members[k] for k in sorted(members)]
         sd["certificates"] = cms.CertificateSet(ordered)
+    elif not _absent(sd["certificates"]):
+        sd["certificates"] = None  # it held only attribute certificates
     out = ci.dump()
     check = cms.ContentInfo.load(out)["content"]
     if (check["encap_content_info"].dump(), check["signer_infos"].dump()) != signed_before:
@@ -347,18 +361,108 @@ def _check_eku(cert: x509.Certificate) -> None:
         )
 
 
-def _chain_with_library(
+def _who(cert: x509.Certificate) -> str:
+    return cert.subject.rfc4514_string() or f"serial {cert.serial_number}"
+
+
+def _ca_eku(policy: Any, cert: x509.Certificate, eku: x509.ExtendedKeyUsage | None) -> None:
+    """A CA that restricts its EKU must allow time-stamping (OpenSSL's timestampsign purpose)."""
+    if eku is not None and not {
+        ExtendedKeyUsageOID.TIME_STAMPING,
+        ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE,
+    } & set(eku):
+        raise ValueError(f"the CA {_who(cert)} restricts its EKU and does not allow time-stamping")
+
+
+def _check_chain(
+    signer: x509.Certificate,
+    untrusted: Sequence[x509.Certificate],
+    trust_roots: Sequence[x509.Certificate],
+    gen_time: datetime,
+) -> None:
+    """The signer chains to one of `trust_roots`, every certificate valid at gen_time.
+
+    cryptography's path builder with its Web PKI rules for the CAs (basicConstraints,
+    keyUsage, name constraints, path length, signature algorithms) except the EKU, which
+    must allow time-stamping; the signer's own extensions are checked by _check_eku.
+    """
+    from cryptography.x509 import verification as xv
+
+    ca_policy = xv.ExtensionPolicy.webpki_defaults_ca().may_be_present(
+        x509.ExtendedKeyUsage, xv.Criticality.AGNOSTIC, _ca_eku
+    )
+    verifier = (
+        xv.PolicyBuilder()
+        .store(xv.Store(list(trust_roots)))
+        .time(gen_time)
+        .extension_policies(ca_policy=ca_policy, ee_policy=xv.ExtensionPolicy.permit_all())
+        .build_client_verifier()
+    )
+    try:
+        # A self-signed certificate can only be an anchor: as an intermediate it loops.
+        verifier.verify(signer, [c for c in untrusted if c != signer and c.subject != c.issuer])
+    except xv.VerificationError as exc:
+        roots = "; ".join(_who(r) for r in trust_roots)
+        when = gen_time.isoformat().replace("+00:00", "Z")
+        text = str(exc)
+        if "not valid at validation time" in text:
+            late = [c for c in (signer, *untrusted, *trust_roots) if not _valid_at(c, gen_time)]
+            names = ", ".join(
+                f"{_who(c)} (valid {_day(c.not_valid_before_utc)} to {_day(c.not_valid_after_utc)})"
+                for c in late
+            ) or "a certificate on the path"
+            raise _fail("chain", f"{names} was not valid at gen_time {when}") from None
+        if "candidates exhausted" in text and "no interior errors" in text:
+            raise _fail(
+                "chain",
+                f"the signer certificate {_who(signer)} (issued by "
+                f"{signer.issuer.rfc4514_string()}) does not chain to the trust bundle ({roots})",
+            ) from None
+        reason = re.sub(r"\s*\(encountered processing <.*", "", text)
+        reason = reason.removeprefix("validation failed: ").removeprefix("candidates exhausted: ")
+        raise _fail(
+            "chain",
+            f"the path from the signer certificate {_who(signer)} to the trust bundle ({roots}) "
+            f"is not acceptable: {reason}",
+        ) from None
+
+
+def _valid_at(cert: x509.Certificate, moment: datetime) -> bool:
+    return cert.not_valid_before_utc <= moment <= cert.not_valid_after_utc
+
+
+def _day(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%d")
+
+
+def _attrs_in_der_order(sd: cms.SignedData) -> bool:
+    attrs = sd["signer_infos"][0]["signed_attrs"]
+    encodings = [a.dump() for a in attrs]
+    return encodings == sorted(encodings)
+
+
+def _openssl_reason(text: str) -> str:
+    """The readable part of an OpenSSL error stack ('Verify error: ...'), not the dump."""
+    found = re.findall(r'data: "([^"]+)"', text) or re.findall(r'reason: "([^"]+)"', text)
+    if found:
+        return "; ".join(dict.fromkeys(found))
+    return text.split(": ErrorStack(")[0].split(" ErrorStack(")[0][:200]
+
+
+def _second_opinion(
     resp_der: bytes,
     imprint: bytes,
     trust_roots: Sequence[x509.Certificate],
 ) -> None:
-    """Signature and certificate path (at gen_time) by rfc3161-client / OpenSSL."""
+    """Signature and certificate path (at gen_time) again, by rfc3161-client / OpenSSL."""
     from rfc3161_client import VerificationError, VerifierBuilder, decode_timestamp_response
 
     try:
         resp = decode_timestamp_response(resp_der)
     except ValueError as exc:
-        raise _fail("parse", f"rfc3161-client cannot parse the reply: {exc}") from None
+        raise _fail(
+            "parse", f"the token is not strict DER ({_openssl_reason(str(exc))})"
+        ) from None
     builder = VerifierBuilder()
     seen: set[bytes] = set()
     for root in trust_roots:
@@ -370,12 +474,13 @@ def _chain_with_library(
         builder.build().verify(resp, imprint)
     except VerificationError as exc:
         text = str(exc)
+        reason = _openssl_reason(text)
         if "signature" in text.lower() and "certificate verify" not in text.lower():
-            raise _fail("signature", text[:400]) from None
+            raise _fail("signature", f"OpenSSL rejects the signature: {reason}") from None
         raise _fail(
             "chain",
-            "signer certificate does not chain to the trust roots "
-            f"({', '.join(r.subject.rfc4514_string() for r in trust_roots)}): {text[:400]}",
+            "OpenSSL does not accept the signer's path to the trust roots "
+            f"({'; '.join(_who(r) for r in trust_roots)}): {reason}",
         ) from None
 
 
@@ -490,13 +595,13 @@ def verify_response(
     embedded_signer = None
     if not _absent(sd["certificates"]):
         for choice in sd["certificates"]:
-            if choice.name == "certificate" and _signer_matches(sid, choice.chosen):
+            if choice.name == "certificate" and signer_matches(sid, choice.chosen):
                 embedded_signer = choice.chosen
                 break
     extra: list[x509.Certificate] = list(intermediates)
     if embedded_signer is None:
         match = next(
-            (c for c in supplied if _signer_matches(sid, asn1x509.Certificate.load(_der(c)))),
+            (c for c in supplied if signer_matches(sid, asn1x509.Certificate.load(_der(c)))),
             None,
         )
         if match is None:
@@ -516,11 +621,18 @@ def verify_response(
     assert signer_asn1 is not None
     signer = x509.load_der_x509_certificate(signer_asn1.dump())
 
-    _check_signature(cms.ContentInfo.load(normalized)["content"], signer)
+    normalized_sd = cms.ContentInfo.load(normalized)["content"]
+    _check_signature(normalized_sd, signer)
     _check_eku(signer)
-    _chain_with_library(wrap_token(normalized), want, trust_roots)
-
     gen_time = tst["gen_time"].native.astimezone(UTC)
+    untrusted = [
+        x509.load_der_x509_certificate(choice.chosen.dump())
+        for choice in ([] if _absent(normalized_sd["certificates"]) else normalized_sd["certificates"])
+    ]
+    _check_chain(signer, untrusted + list(intermediates), trust_roots, gen_time)
+    if _attrs_in_der_order(normalized_sd):  # else no strict parser reads it (module doc)
+        _second_opinion(wrap_token(normalized), want, trust_roots)
+
     if now is not None and max_clock_skew is not None:
         skew = gen_time.timestamp() - now
         if abs(skew) > max_clock_skew:

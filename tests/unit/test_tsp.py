@@ -17,7 +17,9 @@ from pathlib import Path
 
 import pytest
 from asn1crypto import cms
+from asn1crypto import core as asn1core
 from asn1crypto import tsp as asn1tsp
+from asn1crypto import x509 as asn1x509
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -412,3 +414,136 @@ def test_attestation_fields_must_match_token(pki: Pki, chain_reply: tuple[bytes,
     att["serial"] = "999999"
     with pytest.raises(ValidationError, match="attestation check failed: serial"):
         tsp.verify_attestation(att, digest=DIGEST, trust_roots=[pki.root])
+
+
+# --- real-world token quirks: accepted when every check passes, rejected otherwise ----------
+
+
+def _tlv(tag: int, content: bytes) -> bytes:
+    n = len(content)
+    if n < 0x80:
+        return bytes([tag, n]) + content
+    raw = n.to_bytes((n.bit_length() + 7) // 8, "big")
+    return bytes([tag, 0x80 | len(raw)]) + raw + content
+
+
+def _signed_data(token: bytes, *, certificates: bytes | None = None, signer_infos: bytes | None = None) -> bytes:
+    """The token with its certificates field and/or SignerInfos replaced by raw bytes (built
+    by hand: asn1crypto would re-sort a SET it encodes, which is the point of these tokens)."""
+    ci = cms.ContentInfo.load(token)
+    sd = ci["content"]
+    body = (
+        sd["version"].dump()
+        + sd["digest_algorithms"].dump()
+        + sd["encap_content_info"].dump()
+        + (sd["certificates"].dump() if certificates is None else certificates)
+        + (sd["signer_infos"].dump() if signer_infos is None else signer_infos)
+    )
+    return _tlv(0x30, ci["content_type"].dump() + _tlv(0xA0, _tlv(0x30, body)))
+
+
+def unsorted_attributes_token(token: bytes, key: ec.EllipticCurvePrivateKey) -> bytes:
+    """The signed attributes sent in reverse DER order and signed in that order, as a major
+    commercial TSA's 2018 responder did."""
+    si = cms.ContentInfo.load(token)["content"]["signer_infos"][0]
+    attrs = sorted((a.dump() for a in si["signed_attrs"]), reverse=True)
+    body = b"".join(attrs)
+    signature = key.sign(_tlv(0x31, body), ec.ECDSA(hashes.SHA256()))
+    signer_info = _tlv(
+        0x30,
+        si["version"].dump() + si["sid"].dump() + si["digest_algorithm"].dump()
+        + _tlv(0xA0, body) + si["signature_algorithm"].dump() + _tlv(0x04, signature),
+    )
+    return _signed_data(token, signer_infos=_tlv(0x31, signer_info))
+
+
+def attribute_certificate_token(token: bytes) -> bytes:
+    """An AttributeCertificateV2 among the certificates, as a platform vendor's TSA sent in 2025."""
+    names = asn1x509.GeneralNames(
+        [asn1x509.GeneralName(name="directory_name", value=asn1x509.Name.build({"common_name": "TSA role"}))]
+    )
+    moment = dt.datetime(2020, 1, 1, tzinfo=dt.UTC)
+    info = cms.AttributeCertificateInfoV2(
+        {
+            "version": "v2",
+            "holder": {"entity_name": names},
+            "issuer": cms.AttCertIssuer(name="v2_form", value={"issuer_name": names}),
+            "signature": {"algorithm": "sha256_ecdsa"},
+            "serial_number": 7,
+            "att_cert_validity_period": {
+                "not_before_time": asn1core.GeneralizedTime(moment),
+                "not_after_time": asn1core.GeneralizedTime(moment.replace(year=2060)),
+            },
+            "attributes": [
+                {"type": "role", "values": [{"role_name": {"uniform_resource_identifier": "urn:tsa"}}]}
+            ],
+        }
+    )
+    attr_cert = cms.CertificateChoices(
+        name="v2_attr_cert",
+        value=cms.AttributeCertificateV2(
+            {"ac_info": info, "signature_algorithm": {"algorithm": "sha256_ecdsa"}, "signature": b"\x30\x00"}
+        ),
+    )
+    members = [c.dump() for c in cms.ContentInfo.load(token)["content"]["certificates"]]
+    return _signed_data(token, certificates=_tlv(0xA0, b"".join([*members, attr_cert.dump()])))
+
+
+def flip_last_signature_byte(token: bytes) -> bytes:
+    """A signature that no longer verifies, everything else (and the quirk) kept as sent."""
+    raw = bytearray(token)
+    si = cms.ContentInfo.load(token)["content"]["signer_infos"][0]
+    sig = si["signature"].contents
+    at = bytes(raw).rindex(sig)
+    raw[at + len(sig) - 1] ^= 0x01
+    return bytes(raw)
+
+
+@pytest.fixture(scope="module")
+def quirky(pki: Pki, chain_reply: tuple[bytes, int]) -> dict[str, bytes]:
+    token = asn1tsp.TimeStampResp.load(chain_reply[0])["time_stamp_token"].dump()
+    return {
+        "unsorted attributes": unsorted_attributes_token(token, pki.tsa_key),
+        "attribute certificate": attribute_certificate_token(token),
+    }
+
+
+@pytest.mark.parametrize("quirk", ["unsorted attributes", "attribute certificate"])
+def test_a_quirky_token_is_accepted_when_every_check_passes(
+    quirk: str, quirky: dict[str, bytes], pki: Pki, chain_reply: tuple[bytes, int], tmp_path: Path
+) -> None:
+    token, nonce = quirky[quirk], chain_reply[1]
+    sd = cms.ContentInfo.load(token)["content"]
+    if quirk == "unsorted attributes":
+        attrs = [a.dump() for a in sd["signer_infos"][0]["signed_attrs"]]
+        assert attrs != sorted(attrs)  # really not DER SET order
+        openssl_verify_token(tmp_path, token, DIGEST, pem(pki.root))  # OpenSSL accepts it
+    else:
+        assert "v2_attr_cert" in [c.name for c in sd["certificates"]]
+    info = tsp.verify_token(
+        token, digest=DIGEST, trust_roots=[pki.root], nonce=nonce, policy_oid=POLICY
+    )
+    assert info.token_der == token  # kept as the TSA sent it
+    assert info.tsa_name == "CN=Test TSA" and info.nonce == nonce
+    att = tsp.token_attestation(info, nonce)
+    assert tsp.verify_attestation(att, digest=DIGEST, trust_roots=[pki.root]).serial == info.serial
+
+
+@pytest.mark.parametrize("quirk", ["unsorted attributes", "attribute certificate"])
+def test_a_quirky_token_is_rejected_when_a_check_fails(
+    quirk: str, quirky: dict[str, bytes], pki: Pki, chain_reply: tuple[bytes, int]
+) -> None:
+    token, nonce = quirky[quirk], chain_reply[1]
+    with pytest.raises(ValidationError, match="signature check failed"):
+        tsp.verify_token(flip_last_signature_byte(token), digest=DIGEST, trust_roots=[pki.root])
+    with pytest.raises(ValidationError, match="imprint check failed"):
+        tsp.verify_token(token, digest=hashlib.sha256(b"other").digest(), trust_roots=[pki.root])
+    with pytest.raises(ValidationError, match="nonce check failed"):
+        tsp.verify_token(token, digest=DIGEST, trust_roots=[pki.root], nonce=nonce + 1)
+    with pytest.raises(ValidationError, match="policy check failed"):
+        tsp.verify_token(token, digest=DIGEST, trust_roots=[pki.root], policy_oid=OTHER_POLICY)
+    stranger = make_pki("Stranger")
+    with pytest.raises(ValidationError, match="chain check failed") as err:
+        tsp.verify_token(token, digest=DIGEST, trust_roots=[stranger.root])
+    assert "does not chain to the trust bundle (CN=Stranger Root CA)" in str(err.value)
+
