@@ -15,9 +15,10 @@ from core import __version__
 from core.anchors.registry import Backends
 from core.backoff import BackoffPolicy
 from core.clock import Clock, SystemClock
-from core.config import ConfigError, LoadedConfig
+from core.config import Config, ConfigError, LoadedConfig
 from core.engine import Scheduler
 from core.events import ConfigRejected, EventBus
+from core.jobs import JobSpec
 from core.observe.logs import Log
 from core.receipts import ReceiptStore
 from core.state import DataDirLock, IntentJournal, LockHeld, StateError, StateStore
@@ -52,6 +53,7 @@ class Runtime:
         lock: DataDirLock | None = None,
     ) -> None:
         self.loaded = loaded
+        self.started_with = loaded.config  # what the start-only settings really are
         self._loader = loader
         self.clock = clock or SystemClock()
         self.bus = bus or EventBus()
@@ -146,15 +148,64 @@ class Runtime:
         if loaded.hash == self.loaded.hash:
             self.log.info("config reload: no change", config_hash=loaded.hash[:12])
             return ReloadResult(True, False, [], "no change")
+        restart = restart_needed(self.started_with, loaded.config)
+        if restart:
+            self.log.warning(
+                "config reload: restart needed for these settings; they keep their running "
+                "values until then",
+                settings=", ".join(restart),
+            )
         self.loaded = loaded
         self.backends.update(loaded.config.resolve_target)
         event = self.engine.apply(
-            loaded.config.jobs(), loaded.hash, target_guard=loaded.config.target_mismatch
+            self._jobs_of(loaded.config), loaded.hash, target_guard=loaded.config.target_mismatch
         )
         for warning in loaded.warnings:
             self.log.warning(warning)
         summary = f"+{len(event.added)} -{len(event.removed)} ~{len(event.changed)} jobs"
+        if restart:
+            summary += f"; restart needed: {', '.join(restart)}"
         return ReloadResult(True, True, [], summary)
+
+    def _jobs_of(self, config: Config) -> list[JobSpec]:
+        """The config's jobs, with default batch folders under the data dir in use: a new
+        data_dir waits for a restart, so the batches under it do too."""
+        if config.scheduler.data_dir != self.started_with.scheduler.data_dir:
+            scheduler = config.scheduler.model_copy(update={"data_dir": self.data_dir})
+            config = config.model_copy(update={"scheduler": scheduler})
+        return config.jobs()
 
     async def close(self) -> None:
         await self.backends.close()
+
+
+# What a reload applies: the jobs (namespaces and the files they come from), the targets,
+# and the batch-file limits; the dashboard reads `tui` itself. Every other setting is read
+# once at start (the data dir, the lock and stores on it, the HTTP address, the engine's
+# tick, concurrency and backoff, the log, CloudEvents), so a reload that changes one says
+# so instead of seeming to apply it.
+APPLIED_ON_RELOAD = frozenset({
+    "namespaces", "namespaces_file", "anchors_file", "targets", "tui",
+    "scheduler.max_batch_bytes", "scheduler.follow_symlinks",
+})  # fmt: skip
+
+
+def restart_needed(running: Config, loaded: Config) -> list[str]:
+    """The settings (`section.key`) that differ between the running config and a newly
+    loaded one and that only a restart applies, in the config's own order."""
+    old, new = running.model_dump(), loaded.model_dump()
+    out: list[str] = []
+    for section, a in old.items():  # both are Config dumps: the same sections
+        if section in APPLIED_ON_RELOAD:
+            continue
+        b = new[section]
+        if isinstance(a, dict) and isinstance(b, dict):
+            keys = [*a, *(k for k in b if k not in a)]
+            out += [
+                f"{section}.{key}"
+                for key in keys
+                if f"{section}.{key}" not in APPLIED_ON_RELOAD and a.get(key) != b.get(key)
+            ]
+        elif a != b:
+            out.append(section)
+    return out
