@@ -183,7 +183,7 @@ class Scheduler:
         self._since: dict[JobKey, float] = {}  # when each in-flight job's task started
         self._storage_failing: dict[JobKey, str] = {}  # jobs whose last failure was storage
         self.paused = False
-        self.started_at = clock.now()
+        self.started_at = self.clock.now()
         self.last_tick: float | None = None
         self._install(list(jobs))
 
@@ -1021,6 +1021,8 @@ class Scheduler:
     # ----- views -------------------------------------------------------------------------------
 
     def view(self, key: JobKey, now: float | None = None) -> JobView:
+        """`now` is on the engine's own clock (`engine.clock.now()`, the default), like every
+        time in the view: a wall-clock reading would be off by any step since the start."""
         spec, state = self._specs[key], self._state[key]
         now = self.clock.now() if now is None else now
         in_flight = key in self._in_flight
