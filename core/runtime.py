@@ -7,6 +7,7 @@ only in what they show.
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Callable
 from pathlib import Path
@@ -62,7 +63,7 @@ class Runtime:
         self.log = Log(self.bus, self.clock, cfg.log.level)
         self.lock = lock or DataDirLock(self.data_dir)
         self.receipts = ReceiptStore(self.data_dir / "receipts")
-        state_file = cfg.scheduler.state_file or self.data_dir / "state" / "scheduler.json"
+        state_file = _state_file(cfg)
         self.backends = Backends(cfg.resolve_target, self.data_dir, self.clock)
         self.engine = Scheduler(
             jobs=cfg.jobs(),
@@ -90,7 +91,8 @@ class Runtime:
         """Lock the data dir, then load state and journal: how both run modes start.
 
         Raises CannotStart with a message for the operator (another scheduler holds the
-        data dir, it cannot be created, the state file is corrupt), never a traceback.
+        data dir, it cannot be created, a folder it writes to is not writable, the state
+        file is corrupt), never a traceback.
         """
         data_dir = Path(loaded.config.scheduler.data_dir)
         lock = DataDirLock(data_dir)
@@ -100,6 +102,12 @@ class Runtime:
             raise CannotStart(str(exc)) from exc
         except OSError as exc:
             raise CannotStart(f"cannot use the data dir {data_dir}: {exc.strerror or exc}") from exc
+        try:
+            for folder in _written_folders(loaded.config):
+                _check_writable(folder)
+        except CannotStart:
+            lock.release()
+            raise
         try:
             return cls(loaded, loader=loader, lock=lock)
         except StateError as exc:
@@ -177,6 +185,37 @@ class Runtime:
 
     async def close(self) -> None:
         await self.backends.close()
+
+
+def _state_file(config: Config) -> Path:
+    return Path(config.scheduler.state_file or Path(config.scheduler.data_dir) / "state" / "scheduler.json")
+
+
+def _written_folders(config: Config) -> list[Path]:
+    """The folders every anchor writes to: found unwritable at start, they stop the start
+    (exit 2) instead of failing each anchoring pass."""
+    data_dir = Path(config.scheduler.data_dir)
+    return [_state_file(config).parent, data_dir / "journal", data_dir / "receipts"]
+
+
+def _check_writable(folder: Path) -> None:
+    """Create `folder` if missing and write a probe file in it; CannotStart naming the
+    folder otherwise (a file in its place, a read-only mount, no permission)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-check.{os.getpid()}.tmp"  # a temp name: cleaned up if left
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
+        os.unlink(probe)
+    except OSError as exc:
+        if folder.exists() and not folder.is_dir():
+            reason = "it is a file, not a folder"
+        else:
+            reason = exc.strerror or str(exc)
+        raise CannotStart(
+            f"cannot write to {folder}: {reason}\n  the scheduler writes its state, journal and "
+            "receipts under the data dir: fix the folder's permissions or mount, or choose "
+            "another scheduler.data_dir"
+        ) from exc
 
 
 # What a reload applies: the jobs (namespaces and the files they come from), the targets,

@@ -410,3 +410,44 @@ def test_a_taken_port_names_the_way_out_and_never_says_started(tmp_path):
     assert "http.listen" in result.stderr and "METRICS_PORT" in result.stderr
     messages = [json.loads(line)["msg"] for line in result.stdout.splitlines()]
     assert "scheduler started" not in messages and "cannot start" in messages
+
+
+def _run_once(config: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(BIN), "--no-ui", "--config", str(config)], capture_output=True, text=True, timeout=30
+    )
+
+
+@pytest.mark.parametrize("folder", ["state", "receipts", "journal"])
+def test_a_folder_it_cannot_write_stops_the_start_with_exit_2_naming_it(tmp_path, folder):
+    write_batch(tmp_path / "batches" / "alpha", "000001", "sha256:" + "ab" * 32)
+    config = make_config(tmp_path, ["alpha"])
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / folder).write_text("a file where a folder should be\n")
+    result = _run_once(config)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith(
+        f"vmsh-scheduler: cannot write to {tmp_path / 'data' / folder}: it is a file, not a folder\n"
+    )
+    assert "Traceback" not in result.stderr
+    assert (tmp_path / "data" / "scheduler.lock").read_text() == ""  # released
+
+
+def test_a_read_only_receipts_mount_stops_the_start_with_exit_2_naming_it(tmp_path):
+    write_batch(tmp_path / "batches" / "alpha", "000001", "sha256:" + "ab" * 32)
+    config = make_config(tmp_path, ["alpha"])
+    receipts_dir = tmp_path / "data" / "receipts"
+    receipts_dir.mkdir(parents=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(receipts_dir)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a read-only tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        result = _run_once(config)
+    finally:
+        subprocess.run(["umount", str(receipts_dir)], check=True)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith(
+        f"vmsh-scheduler: cannot write to {receipts_dir}: Read-only file system\n"
+    )
