@@ -351,7 +351,7 @@ FAILURES = [
     (
         "untrusted",
         ValidationError,
-        r"chain check failed: signer certificate does not chain to the trust roots \(CN=OpenSSL Root CA",
+        r"chain check failed: the signer certificate CN=Untrusted TSA.* does not chain to the trust bundle \(CN=OpenSSL Root CA",
     ),
     ("unaccepted-policy", ValidationError, r"status check failed: expected granted, got rejection"),
     ("https-no-ca", ValidationError, r"TLS certificate check failed"),
