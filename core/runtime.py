@@ -132,6 +132,12 @@ class Runtime:
             jobs=len(self.engine.jobs),
             data_dir=str(self.data_dir),
         )
+        if self.lock.taken_over is not None:
+            self.log.warning(
+                "took over the data dir lock from a scheduler that ended without releasing it "
+                "(killed or crashed); what it left in flight is resolved from the journal",
+                previous_pid=self.lock.taken_over,
+            )
         for warning in self.loaded.warnings:
             self.log.warning(warning)
         for target in sorted({j.target for j in cfg.jobs()}):

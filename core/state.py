@@ -199,13 +199,65 @@ class StateStore:
 
 
 class LockHeld(Exception):
-    """Another scheduler holds the data dir; `pid` is its pid when it could be read."""
+    """Another scheduler holds the data dir; `pid` is its pid when it could be read.
+
+    The message says who holds it (pid, command line, whether that pid runs here) and what
+    to do about it, for the operator who just saw the start refused.
+    """
 
     def __init__(self, pid: int | None, path: str | os.PathLike[str]) -> None:
         self.pid = pid
         self.path = Path(path)
-        who = f"pid {pid}" if pid is not None else "pid unknown"
-        super().__init__(f"another scheduler ({who}) holds {self.path}")
+        if pid is None:
+            text = (
+                f"another scheduler holds {self.path} (its pid is not recorded yet)\n"
+                f"  find it with `fuser -v {self.path}` and stop it with `kill -TERM <pid>`"
+            )
+        elif (command := process_command(pid)) is not None:
+            text = (
+                f"another scheduler holds {self.path}: pid {pid}, running {command}\n"
+                f"  stop it with `kill -TERM {pid}` (it finishes what is in flight, saves its "
+                "state and releases the lock), then start again"
+            )
+        else:
+            text = (
+                f"another scheduler holds {self.path}: it recorded pid {pid}, which is not a "
+                "process here (a scheduler in another container or on another host sharing "
+                "this data dir?)\n  stop that scheduler: the lock is free the moment it exits"
+            )
+        super().__init__(text)
+
+
+def process_command(pid: int) -> str | None:
+    """The command line of a running process, escaped and shortened for one message line;
+    '(command line not readable)' when it runs but /proc does not say; None when no
+    process has that pid."""
+    from core.text import printable
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass  # it runs, as another user
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return "(command line not readable)"
+    words = [w.decode(errors="replace") for w in raw.split(b"\0") if w]
+    if not words:
+        return "(command line not readable)"
+    command = printable(" ".join(words))
+    return command if len(command) <= 300 else command[:297] + "..."
+
+
+def _pid_in(data: bytes) -> int | None:
+    """The pid a lock file holds ("<pid>\\n"), or None."""
+    text = data.decode(errors="replace").strip()
+    try:
+        return int(text.split()[0]) if text else None
+    except ValueError:
+        return None
 
 
 class DataDirLock:
@@ -220,6 +272,7 @@ class DataDirLock:
     def __init__(self, data_dir: str | os.PathLike[str]) -> None:
         self.path = Path(data_dir) / self.FILE_NAME
         self._fd: int | None = None
+        self.taken_over: int | None = None  # pid of a holder that died holding it, if any
 
     @property
     def held(self) -> bool:
@@ -238,6 +291,9 @@ class DataDirLock:
                 raise LockHeld(self._read_holder(), self.path) from None
             raise
         try:
+            # A pid left in the file: its holder ended without releasing (kill -9, a crash);
+            # the kernel dropped its lock, and this scheduler takes over (see Runtime.announce).
+            self.taken_over = _pid_in(os.pread(fd, 64, 0))
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
             os.fsync(fd)
@@ -253,14 +309,11 @@ class DataDirLock:
         deadline = time.monotonic() + 0.5
         while True:
             try:
-                text = self.path.read_text().strip()
+                data = self.path.read_bytes()
             except OSError:
-                text = ""
-            if text:
-                try:
-                    return int(text.split()[0])
-                except ValueError:
-                    return None
+                data = b""
+            if data.strip():
+                return _pid_in(data)
             if time.monotonic() >= deadline:
                 return None
             time.sleep(0.02)

@@ -159,7 +159,9 @@ def test_a_second_scheduler_on_the_same_data_dir_exits_2_naming_the_holder(tmp_p
             [str(BIN), "--no-ui", "--config", str(config)], capture_output=True, text=True, timeout=30
         )
         assert second.returncode == 2
-        assert f"pid {first.pid}" in second.stderr
+        assert f"pid {first.pid}, running " in second.stderr
+        assert f"vmsh-scheduler --no-ui --config {config}" in second.stderr
+        assert f"stop it with `kill -TERM {first.pid}`" in second.stderr
     finally:
         stop(first)
 

@@ -223,7 +223,7 @@ _HOLDER = (
 
 def test_lock_held_by_another_process(tmp_path: Path) -> None:
     child = subprocess.Popen(
-        [sys.executable, "-c", _HOLDER, str(tmp_path), str(REPO)],
+        [sys.executable, "-c", _HOLDER, str(tmp_path), str(REPO), "--tag=\x1b[31mred"],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -234,18 +234,46 @@ def test_lock_held_by_another_process(tmp_path: Path) -> None:
             lock.acquire()
         assert info.value.pid == child.pid
         assert info.value.path == tmp_path / "scheduler.lock"
-        assert str(info.value) == (
-            f"another scheduler (pid {child.pid}) holds {tmp_path / 'scheduler.lock'}"
+        # Who holds it, running what (escaped), and how to stop it.
+        first, second = str(info.value).splitlines()
+        assert first.startswith(
+            f"another scheduler holds {tmp_path / 'scheduler.lock'}: pid {child.pid}, "
+            f"running {sys.executable} -c import sys"
+        )
+        assert first.endswith(f"{tmp_path} {REPO} --tag=\\x1b[31mred")
+        assert second == (
+            f"  stop it with `kill -TERM {child.pid}` (it finishes what is in flight, saves its "
+            "state and releases the lock), then start again"
         )
         assert not lock.held
     finally:
         child.terminate()
         child.wait(timeout=10)
-    # The kernel dropped the dead holder's lock: we can take it now.
+    # The kernel dropped the dead holder's lock: we can take it now, and know we took over.
     with DataDirLock(tmp_path) as lock:
         assert lock.held
+        assert lock.taken_over == child.pid
         assert (tmp_path / "scheduler.lock").read_text().strip() == str(os.getpid())
     assert not lock.held
+    with DataDirLock(tmp_path) as lock:  # released cleanly last time: nothing taken over
+        assert lock.taken_over is None
+
+
+def test_lock_held_under_a_pid_that_is_no_process_here(tmp_path: Path) -> None:
+    """A scheduler in another container sharing the data dir: its pid means nothing here."""
+    import fcntl
+
+    path = tmp_path / "scheduler.lock"
+    path.write_text(f"{2**30}\n")
+    with path.open("rb") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(LockHeld) as info:
+            DataDirLock(tmp_path).acquire()
+    assert str(info.value) == (
+        f"another scheduler holds {path}: it recorded pid {2**30}, which is not a process here "
+        "(a scheduler in another container or on another host sharing this data dir?)\n"
+        "  stop that scheduler: the lock is free the moment it exits"
+    )
 
 
 def test_lock_in_same_process_and_release(tmp_path: Path) -> None:
