@@ -400,3 +400,59 @@ def test_eip155_needs_only_an_rpc_url_and_explains_the_json_rpc_calls(evm_receip
         assert "transaction: OK depth 12 required 12" in done.stdout
     assert main(["verify", str(path), "--rpc-url", "8453=http://x"]) == 2
     assert "expected eip155:<chain id>=<URL>" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("quirk", ["unsorted attributes", "attribute certificate"])
+def test_a_receipt_with_a_real_world_token_quirk_verifies_and_explains(quirk, auditor, capsys):
+    """Tokens as some production TSAs send them: verify says OK, and the --explain commands
+    (openssl ts, or openssl cms for a token openssl ts cannot parse) agree."""
+    from asn1crypto import tsp as asn1tsp
+    from test_tsp import (  # tests/unit is on sys.path under pytest
+        DIGEST,
+        attribute_certificate_token,
+        make_pki,
+        openssl_reply,
+        pem,
+        unsorted_attributes_token,
+        write_openssl_tsa,
+    )
+
+    from core.anchors import tsp as tsp_module
+    from core.receipts import build_receipt
+
+    pki = make_pki("Quirk")
+    nonce = tsp_module.new_nonce()
+    config = write_openssl_tsa(auditor / "tsa", pki)
+    reply = openssl_reply(config, tsp_module.build_request(DIGEST, nonce=nonce))
+    plain = asn1tsp.TimeStampResp.load(reply)["time_stamp_token"].dump()
+    quirky = (
+        unsorted_attributes_token(plain, pki.tsa_key)
+        if quirk == "unsorted attributes"
+        else attribute_certificate_token(plain)
+    )
+    info = tsp_module.verify_token(quirky, digest=DIGEST, trust_roots=[pki.root], nonce=nonce)
+    receipt = build_receipt(
+        namespace="dao", cadence="fast", target="rfc3161:vendor", batch_id="1",
+        batch_root=DIGEST, anchored_root=DIGEST, proof=[], leaf_index=0, tree_size=1,
+        attestation=tsp_module.token_attestation(info, nonce), status="confirmed",
+        confirmations_required=0, confirmations_observed=0, anchored_at=time.time(),
+        version="test", config_hash="",
+    )
+    path = auditor / "quirky.json"
+    path.write_text(json.dumps(receipt))
+    ca = auditor / "ca.pem"
+    ca.write_bytes(pem(pki.root))
+    assert main(["verify", str(path), "--trust-bundle", str(ca)]) == 0
+    assert capsys.readouterr().out == f"OK {path}\n"
+    assert main(["verify", "--explain", str(path), "--trust-bundle", str(ca)]) == 0
+    script = capsys.readouterr().out
+    assert ("openssl cms -verify" in script) == (quirk == "attribute certificate")
+    done = run_script(script, auditor)
+    assert done.returncode == 0, script + done.stdout + done.stderr
+    assert ("imprint: OK" if quirk == "attribute certificate" else "Verification: OK") in done.stdout
+    other = "sha256:" + hashlib.sha256(b"another root").hexdigest()
+    bad = tamper(path, auditor, batch__root=other, anchored_root=other)
+    assert main(["verify", str(bad), "--trust-bundle", str(ca)]) == 1
+    assert "imprint check failed" in capsys.readouterr().out
+    assert main(["verify", "--explain", str(bad), "--trust-bundle", str(ca)]) == 0
+    assert run_script(capsys.readouterr().out, auditor).returncode != 0
