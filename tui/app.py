@@ -720,20 +720,49 @@ class VaultMeshApp(App[int]):
             self.engine_state = "stopped"
         self._refresh_views()
 
+    # Given by run_dashboard on a real terminal (tui.terminal); Pilot tests run without them.
+    terminal: Any = None  # TerminalGuard: says when the terminal is gone
+    watchdog: Any = None  # ExitWatchdog: ends the process if the stop cannot finish
+
     def _install_signal_handlers(self) -> None:
         import asyncio
 
         loop = asyncio.get_running_loop()
-        for sig, reason in ((signal.SIGHUP, "terminal hung up (SIGHUP)"), (signal.SIGTERM, "SIGTERM")):
+        for sig, reason in (
+            (signal.SIGHUP, "terminal hung up (SIGHUP)"),
+            (signal.SIGTERM, "SIGTERM"),
+            (signal.SIGINT, "SIGINT"),
+        ):
             try:
-                loop.add_signal_handler(sig, self._on_signal, reason)
+                loop.add_signal_handler(sig, self._on_signal, reason, sig == signal.SIGHUP)
             except (NotImplementedError, RuntimeError, ValueError):
                 pass
+        if self.terminal is not None:
+            self.terminal.watch(lambda reason: self._terminal_lost(loop, reason))
 
-    def _on_signal(self, reason: str) -> None:
+    def _terminal_lost(self, loop: Any, reason: str) -> None:
+        """From the thread that noticed: arm the watchdog at once (it must not depend on the
+        loop), then stop on the loop as for SIGHUP."""
+        from tui.terminal import HANGUP_GRACE, HANGUP_TEARDOWN
+
+        if self.watchdog is not None:
+            self.watchdog.arm(save_within=HANGUP_GRACE + 0.5, teardown_within=HANGUP_TEARDOWN)
+        try:
+            loop.call_soon_threadsafe(self._on_signal, reason, True)
+        except RuntimeError:  # the loop is closed: the app has already stopped
+            pass
+
+    def _on_signal(self, reason: str, hangup: bool = False) -> None:
+        """SIGTERM, SIGINT, or the terminal gone (SIGHUP, end of input, failed writes). With no
+        terminal left nobody can wait for in-flight anchors: they get HANGUP_GRACE, and any
+        still running stay in the journal."""
+        from tui.terminal import HANGUP_GRACE
+
+        if self.stopping:
+            return
         self.runtime.log.warning("stopping", reason=reason)
         self.exit_reason = reason
-        self.begin_shutdown()
+        self.begin_shutdown(min(self.grace, HANGUP_GRACE) if hangup else None)
 
     async def action_quit(self) -> None:
         in_flight = self.runtime.engine.in_flight()
@@ -754,18 +783,27 @@ class VaultMeshApp(App[int]):
             confirmed,
         )
 
-    def begin_shutdown(self) -> None:
-        if not self.stopping:
-            self.stopping = True
-            self._refresh_views()
-            self.run_worker(self._stop_then_exit(), group="shutdown", exclusive=True, exit_on_error=False)
+    def begin_shutdown(self, grace: float | None = None) -> None:
+        """Stop the engine within `grace` (default: the app's), then exit; once only."""
+        from tui.terminal import STOP_MARGIN, TEARDOWN_LIMIT
 
-    async def _stop_then_exit(self) -> None:
-        """Stop the engine (in-flight anchors get the grace period), close the services, exit.
+        if self.stopping:
+            return
+        self.stopping = True
+        grace = self.grace if grace is None else grace
+        if self.watchdog is not None:
+            self.watchdog.arm(save_within=grace + STOP_MARGIN, teardown_within=TEARDOWN_LIMIT)
+        self._refresh_views()
+        self.run_worker(self._stop_then_exit(grace), group="shutdown", exclusive=True, exit_on_error=False)
+
+    async def _stop_then_exit(self, grace: float) -> None:
+        """Stop the engine (in-flight anchors get `grace`), close the services, exit.
         Not `_shutdown`: that name is Textual's own teardown, which must still run after."""
         try:
-            await self.runtime.engine.stop(self.grace)
+            await self.runtime.engine.stop(grace)
             self.stopped_cleanly = True
+            if self.watchdog is not None:
+                self.watchdog.state_saved()
             if self.services is not None:
                 await self.services.close()
             await self.runtime.close()
@@ -782,7 +820,7 @@ class VaultMeshApp(App[int]):
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return
-        for sig in (signal.SIGHUP, signal.SIGTERM):
+        for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
             try:
                 loop.remove_signal_handler(sig)
             except (NotImplementedError, RuntimeError, ValueError):
@@ -800,8 +838,14 @@ class VaultMeshApp(App[int]):
 
 
 def run_dashboard(loaded: Any, args: argparse.Namespace, loader: Any = None) -> int:
-    """Run the dashboard until quit / SIGHUP / SIGTERM; returns the process exit code."""
+    """Run the dashboard until quit / SIGTERM / SIGINT / the terminal is gone; returns the
+    process exit code (see core/cli.py). When the terminal is lost (SIGHUP, end of input,
+    failed writes) the engine is stopped and its state saved first; if Textual's teardown
+    then cannot finish, the watchdog ends the process with exit 0 (1 if state could not be
+    saved)."""
     import sys
+
+    from tui.terminal import ExitWatchdog, TerminalGuard, guarded_driver
 
     try:
         runtime = Runtime.open(loaded, loader=loader)
@@ -818,9 +862,13 @@ def run_dashboard(loaded: Any, args: argparse.Namespace, loader: Any = None) -> 
         runtime.release()
         print(f"vmsh-scheduler: {exc}", file=sys.stderr)
         return 2
+    app.terminal = TerminalGuard()
+    app.watchdog = ExitWatchdog(save_state=runtime.engine.flush, release=runtime.release)
+    app.driver_class = guarded_driver(app.terminal)
     try:
         app.run(mouse=not getattr(args, "no_mouse", False))
     finally:
+        app.terminal.stop()
         if not app.stopped_cleanly:
             # The app ended without the orderly stop (e.g. a crash): save state at least.
             try:

@@ -1,0 +1,251 @@
+"""The dashboard's terminal can vanish under it: an SSH connection drops, `tmux
+kill-session` closes the pty, the controlling terminal is revoked. Nothing may then hold
+the scheduler hostage.
+
+What goes wrong without this module (Textual 8.2's Linux driver): every write to the dead
+terminal fails with EIO and kills Textual's writer thread, whose queue then fills and
+blocks the main thread for good in the next write (the app's own shutdown writes the
+"restore the terminal" codes), so the engine never stops, the data-dir lock stays held and
+SIGTERM is never acted on; meanwhile the input thread reads end-of-file from the hung-up
+terminal and loops on it at 100 % CPU.
+
+- `TerminalGuard` notices the loss from any side: a thread polls fds 0-2 for hang-up or
+  error (a hung-up terminal, a closed pipe) without reading them; output that fails
+  (EIO, EPIPE) and input that fails report it too. It then detaches the dead fds: stdin
+  becomes a pipe nobody writes (Textual's input thread waits on it quietly instead of
+  spinning at EOF) and dead outputs become /dev/null (pending and later writes, the
+  app's restore codes included, complete at once instead of failing or blocking). A
+  still-live output is kept, so a terminal that lost only its input is still restored.
+- `guarded_driver(guard)` is Textual's Linux driver with its output wrapped so a failed
+  write reports the loss and drops the text, and its input thread ending on a read error
+  reports it too instead of crashing the app.
+- `ExitWatchdog` bounds the stop: once armed, it waits for the app to say the engine's
+  state is saved, then gives the teardown a few moments; a process still alive then is
+  ended with `os._exit`. If the save itself does not come in time, it saves the state
+  from its own thread first. Exit 0 when the state was saved, 1 when it could not be.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import select
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import IO, Any
+
+from textual.drivers.linux_driver import LinuxDriver
+
+EXIT_OK, EXIT_STATE_NOT_SAVED = 0, 1
+# With the terminal gone the whole stop stays within 5 s: in-flight anchors get
+# HANGUP_GRACE (those still running stay in the journal, resolved at the next start),
+# Textual's teardown HANGUP_TEARDOWN after the state is saved.
+HANGUP_GRACE = 3.0
+HANGUP_TEARDOWN = 1.0
+# Any other stop (quit, SIGTERM): the engine's grace plus STOP_MARGIN to save the state,
+# then TEARDOWN_LIMIT for Textual to restore a live terminal.
+STOP_MARGIN = 5.0
+TEARDOWN_LIMIT = 5.0
+_DEAD = select.POLLHUP | select.POLLERR | select.POLLNVAL
+
+
+_FD_NAMES = {0: "stdin", 1: "stdout", 2: "stderr"}
+
+
+def fd_is_dead(fd: int) -> bool:
+    """True if `fd` is hung up, in error or closed (a poll that asks for no event reports
+    only those), without reading or writing it."""
+    poller = select.poll()
+    poller.register(fd, 0)
+    return any(revents & _DEAD for _fd, revents in poller.poll(0))
+
+
+class TerminalGuard:
+    """Notices that the terminal is gone, detaches it, and says so once."""
+
+    def __init__(self, input_fd: int = 0, output_fds: tuple[int, ...] = (1, 2)) -> None:
+        self._input_fd = input_fd
+        self._output_fds = output_fds
+        self._lock = threading.Lock()
+        self._lost_reason: str | None = None
+        self._listeners: list[Callable[[str], None]] = []
+        self._wake_r, self._wake_w = os.pipe()
+        self._idle_input_w: int | None = None  # kept open: the input then waits, never reads EOF
+        self._thread: threading.Thread | None = None
+
+    @property
+    def lost(self) -> str | None:
+        """Why the terminal was lost, or None while it is there."""
+        return self._lost_reason
+
+    def watch(self, on_lost: Callable[[str], None]) -> None:
+        """Call `on_lost(reason)` once when the terminal is lost (from the thread that noticed;
+        at once if it already was). Starts the polling thread on first use."""
+        with self._lock:
+            reason = self._lost_reason
+            if reason is None:
+                self._listeners.append(on_lost)
+            if self._thread is None and reason is None:
+                self._thread = threading.Thread(target=self._poll, name="vmsh-terminal-guard", daemon=True)
+                self._thread.start()
+        if reason is not None:
+            on_lost(reason)
+
+    def stop(self) -> None:
+        """End the polling thread (the terminal stays as it is)."""
+        try:
+            os.write(self._wake_w, b"x")
+        except OSError:
+            pass
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(1.0)
+
+    def _poll(self) -> None:
+        poller = select.poll()
+        for fd in (self._input_fd, *self._output_fds):
+            poller.register(fd, 0)  # no events asked: only hang-up, error, closed are reported
+        poller.register(self._wake_r, select.POLLIN)
+        while True:
+            ready = poller.poll()
+            if any(fd == self._wake_r for fd, _ in ready):
+                return
+            dead = [fd for fd, revents in ready if revents & _DEAD]
+            if dead:
+                names = ", ".join(_FD_NAMES.get(fd, f"fd {fd}") for fd in dead)
+                self.report(f"terminal hung up ({names})")
+                return
+
+    def output_failed(self, exc: OSError) -> None:
+        self.report(f"terminal write failed ({errno.errorcode.get(exc.errno or 0, exc)})", output_dead=True)
+
+    def input_failed(self, exc: OSError) -> None:
+        self.report(f"terminal read failed ({errno.errorcode.get(exc.errno or 0, exc)})")
+
+    def report(self, reason: str, *, output_dead: bool = False) -> None:
+        """The terminal is gone: detach it and tell the listeners (the first report wins)."""
+        with self._lock:
+            if self._lost_reason is not None:
+                return
+            self._lost_reason = reason
+            self._detach(output_dead)
+            listeners, self._listeners = self._listeners, []
+        for listener in listeners:
+            listener(reason)
+
+    def _detach(self, output_dead: bool) -> None:
+        """Point the dead fds somewhere harmless; the same fd numbers stay valid for every
+        thread and file object that holds them."""
+        # The input is always lost. Non-blocking: a reader told "readable" just before the
+        # swap gets EAGAIN (which ends Textual's input thread) instead of waiting forever.
+        idle_r, self._idle_input_w = os.pipe()
+        os.set_blocking(idle_r, False)
+        os.dup2(idle_r, self._input_fd)
+        os.close(idle_r)
+        null = os.open(os.devnull, os.O_RDWR)
+        try:
+            for fd in self._output_fds:
+                if output_dead or fd_is_dead(fd):
+                    os.dup2(null, fd)
+        finally:
+            os.close(null)
+
+
+class GuardedOutput:
+    """What Textual's writer thread writes to: the real stream until a write fails, then
+    nothing (the failure is reported to the guard once; the text is dropped)."""
+
+    def __init__(self, stream: IO[str], guard: TerminalGuard) -> None:
+        self._stream = stream
+        self._guard = guard
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except OSError as exc:
+            self._guard.output_failed(exc)
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except OSError as exc:
+            self._guard.output_failed(exc)
+
+    def fileno(self) -> int:
+        return self._stream.fileno()
+
+    def isatty(self) -> bool:
+        return self._stream.isatty()
+
+
+def guarded_driver(guard: TerminalGuard) -> type[LinuxDriver]:
+    """Textual's Linux driver, reporting a lost terminal to `guard` instead of hanging."""
+
+    class GuardedLinuxDriver(LinuxDriver):
+        def __init__(self, app: Any, **kwargs: Any) -> None:
+            super().__init__(app, **kwargs)
+            self._file = GuardedOutput(self._file, guard)
+
+        def run_input_thread(self) -> None:
+            try:
+                super().run_input_thread()
+            except OSError as exc:  # without this, Textual shows a traceback and exits 1
+                guard.input_failed(exc)
+                self.exit_event.wait()
+
+    return GuardedLinuxDriver
+
+
+class ExitWatchdog:
+    """Ends the process if an orderly stop cannot finish in time (see the module doc)."""
+
+    def __init__(
+        self,
+        *,
+        save_state: Callable[[], None],
+        release: Callable[[], None],
+        say: Callable[[str], None] | None = None,
+        exit: Callable[[int], Any] = os._exit,
+    ) -> None:
+        self._save_state = save_state
+        self._release = release
+        self._say = say or _say_on_stderr
+        self._exit = exit
+        self._saved = threading.Event()
+
+    def state_saved(self) -> None:
+        """The app stopped the engine and saved its state: from now on only teardown is left."""
+        self._saved.set()
+
+    def arm(self, *, save_within: float, teardown_within: float, code: int = EXIT_OK) -> None:
+        """Start a deadline: the state saved within `save_within` seconds, the process gone
+        `teardown_within` seconds after that. Each call adds a deadline; the first one due wins."""
+        thread = threading.Thread(
+            target=self._run, args=(save_within, teardown_within, code), name="vmsh-exit-watchdog", daemon=True
+        )
+        thread.start()
+
+    def _run(self, save_within: float, teardown_within: float, code: int) -> None:
+        if not self._saved.wait(save_within):
+            try:
+                self._save_state()
+            except Exception as exc:  # state cannot be saved: say so, exit non-zero
+                self._say(f"could not save state: {exc}")
+                code = EXIT_STATE_NOT_SAVED
+            self._say(f"the engine did not stop within {save_within:g} s; state saved from the watchdog")
+        else:
+            time.sleep(teardown_within)
+            self._say(f"the dashboard's teardown did not finish within {teardown_within:g} s; exiting")
+        try:
+            self._release()
+        finally:
+            self._exit(code)
+
+
+def _say_on_stderr(text: str) -> None:
+    try:
+        print(f"vmsh-scheduler: {text}", file=sys.__stderr__, flush=True)
+    except (OSError, ValueError):
+        pass
