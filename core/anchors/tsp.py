@@ -442,11 +442,16 @@ def _attrs_in_der_order(sd: cms.SignedData) -> bool:
 
 
 def _openssl_reason(text: str) -> str:
-    """The readable part of an OpenSSL error stack ('Verify error: ...'), not the dump."""
+    """The readable part of a library error ('Verify error: ...', 'InvalidSetOrdering in
+    SignerInfo::authenticated_attributes'), never the dump itself."""
     found = re.findall(r'data: "([^"]+)"', text) or re.findall(r'reason: "([^"]+)"', text)
     if found:
         return "; ".join(dict.fromkeys(found))
-    return text.split(": ErrorStack(")[0].split(" ErrorStack(")[0][:200]
+    kind = re.search(r"kind: (\w+)", text)
+    if kind:  # an ASN.1 ParseError { kind, location: [...] }
+        where = re.findall(r'"(\w+::\w+)"', text)
+        return kind.group(1) + (f" in {where[-1]}" if where else "")
+    return re.split(r":? ?(?:ErrorStack|ParseError)\b", text)[0][:200]
 
 
 def _second_opinion(

@@ -547,3 +547,25 @@ def test_a_quirky_token_is_rejected_when_a_check_fails(
         tsp.verify_token(token, digest=DIGEST, trust_roots=[stranger.root])
     assert "does not chain to the trust bundle (CN=Stranger Root CA)" in str(err.value)
 
+
+
+@pytest.mark.parametrize(
+    "library_text, sentence",
+    [
+        (
+            'Error while verifying certificates: Unable to verify pkcs7 signature: ErrorStack([Error '
+            '{ code: 276824181, library: "PKCS7 routines", function: "PKCS7_verify", reason: '
+            '"certificate verify error", file: "crypto/pkcs7/pk7_smime.c", line: 297, data: '
+            '"Verify error: self-signed certificate in certificate chain" }])',
+            "Verify error: self-signed certificate in certificate chain",
+        ),
+        (
+            'ASN.1 parse error: ParseError { kind: ExtraData, location: ["TimeStampToken::content", '
+            '"SignedData::certificates", 3, "CertificateChoices::AttributeCertificateV2"] }',
+            "ExtraData in CertificateChoices::AttributeCertificateV2",
+        ),
+        ("Nonce mismatch", "Nonce mismatch"),
+    ],
+)
+def test_library_errors_become_their_readable_part(library_text: str, sentence: str) -> None:
+    assert tsp._openssl_reason(library_text) == sentence
