@@ -103,13 +103,13 @@ class Runtime:
         except OSError as exc:
             raise CannotStart(f"cannot use the data dir {data_dir}: {exc.strerror or exc}") from exc
         try:
-            for folder in _written_folders(loaded.config):
+            runtime = cls(loaded, loader=loader, lock=lock)
+            for folder in _written_folders(loaded.config):  # once the state is known good
                 _check_writable(folder)
+            return runtime
         except CannotStart:
             lock.release()
             raise
-        try:
-            return cls(loaded, loader=loader, lock=lock)
         except StateError as exc:
             lock.release()
             raise CannotStart(

@@ -453,3 +453,18 @@ def test_a_read_only_receipts_mount_stops_the_start_with_exit_2_naming_it(tmp_pa
     assert result.stderr.startswith(
         f"vmsh-scheduler: cannot write to {receipts_dir}: Read-only file system\n"
     )
+
+
+def test_a_lock_left_by_a_killed_scheduler_is_taken_over_and_said_so(tmp_path):
+    write_batch(tmp_path / "batches" / "alpha", "000001", "sha256:" + "ab" * 32)
+    config = make_config(tmp_path, ["alpha"])
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "scheduler.lock").write_text(f"{2**30}\n")  # its holder was kill -9'd
+    proc = start(config)
+    try:
+        wait_for(lambda: receipts(tmp_path))
+    finally:
+        code, out, err = stop(proc)
+    assert code == 0, err
+    [line] = [json.loads(x) for x in out.splitlines() if "took over the data dir lock" in x]
+    assert line["level"] == "WARNING" and line["previous_pid"] == 2**30
