@@ -13,6 +13,7 @@ import asyncio
 import gc
 import signal
 import sys
+from pathlib import Path
 
 from core.config import LoadedConfig
 from core.observe.http import ListenError
@@ -32,15 +33,29 @@ PORT_HINT = (
 def run_headless(
     loaded: LoadedConfig, loader: Loader | None = None, startup: StartupSignals | None = None
 ) -> int:
+    writers = [JsonLineWriter(sys.stdout)]
+    log_cfg = loaded.config.log
+    if log_cfg.file is not None:
+        try:
+            writers.append(
+                JsonLineWriter(path=log_cfg.file, max_bytes=log_cfg.max_bytes, backups=log_cfg.backups)
+            )
+        except OSError as exc:
+            where = Path(exc.filename or log_cfg.file)
+            reason = (
+                f"{where} is a file, not a folder"
+                if where.exists() and not where.is_dir() and where != Path(log_cfg.file)
+                else f"{exc.strerror or exc} ({where})"
+            )
+            print(f"vmsh-scheduler: cannot write the log file {log_cfg.file}: {reason}", file=sys.stderr)
+            return EXIT_CANNOT_START
     try:
         runtime = Runtime.open(loaded, loader=loader)
     except CannotStart as exc:
         print(f"vmsh-scheduler: {exc}", file=sys.stderr)
+        for writer in writers[1:]:
+            writer.close()
         return EXIT_CANNOT_START
-    writers = [JsonLineWriter(sys.stdout)]
-    log_cfg = loaded.config.log
-    if log_cfg.file is not None:
-        writers.append(JsonLineWriter(path=log_cfg.file, max_bytes=log_cfg.max_bytes, backups=log_cfg.backups))
     for writer in writers:
         runtime.bus.subscribe(writer)
     try:

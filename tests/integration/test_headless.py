@@ -468,3 +468,17 @@ def test_a_lock_left_by_a_killed_scheduler_is_taken_over_and_said_so(tmp_path):
     assert code == 0, err
     [line] = [json.loads(x) for x in out.splitlines() if "took over the data dir lock" in x]
     assert line["level"] == "WARNING" and line["previous_pid"] == 2**30
+
+
+def test_a_log_file_it_cannot_write_stops_the_start_with_exit_2_naming_it(tmp_path):
+    config = make_config(tmp_path, ["alpha"])
+    (tmp_path / "not-a-folder").write_text("")
+    log_file = tmp_path / "not-a-folder" / "vmsh.log"
+    config.write_text(config.read_text().replace("http:", f"log:\n  file: {log_file}\nhttp:"))
+    result = _run_once(config)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr == (
+        f"vmsh-scheduler: cannot write the log file {log_file}: "
+        f"{tmp_path / 'not-a-folder'} is a file, not a folder\n"
+    )
+    assert not (tmp_path / "data" / "scheduler.lock").exists()  # stopped before taking the lock
