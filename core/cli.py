@@ -38,7 +38,7 @@ configuration, highest precedence first:
   VMSH_TICK_MS, VMSH_BASE_BACKOFF, VMSH_MAX_BACKOFF, METRICS_PORT, LOG_LEVEL)
   > ./.env > config file (--config, VMSH_CONFIG, VMSH_ROOT layout, ./config.yaml) > defaults
 
-exit codes: 0 ok (or stopped by SIGTERM/SIGINT), 1 a receipt failed verify or the engine\n  failed, 3 verify could not check a receipt (it says what to pass), 2 invalid configuration, usage, data dir locked or unusable, a corrupt state\n  file, or HTTP port taken
+exit codes: 0 ok (or stopped by SIGTERM/SIGINT, or the dashboard's terminal was lost:\n  SIGHUP, closed), 1 a receipt failed verify or the engine failed, 3 verify could not check a receipt (it says what to pass), 2 invalid configuration, usage, data dir locked or unusable, a corrupt state\n  file, HTTP port taken, or no terminal for the dashboard (use --no-ui)
 """
 
 
@@ -237,6 +237,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         if not (len(exc.issues) == 1 and "no configuration found" in str(exc.issues[0])):
             config_problem = "; ".join(str(i) for i in exc.issues[:3])
+    except Exception as exc:  # verify works without a config: never stop on one
+        config_problem = f"it could not be read: {exc}"
     else:
         settings_for, config_data_dir = config.resolve_target, config.scheduler.data_dir
     verifiers = ReadOnlyVerifiers(

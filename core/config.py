@@ -936,7 +936,13 @@ def load_config(
     try:
         config = Config.model_validate(raw)
     except PydanticValidationError as exc:
-        issues.extend(_pydantic_issues(exc, root, reader.failed))
+        if allow_unset and _drop_broken_targets(raw, exc, reader.unset):
+            try:
+                config = Config.model_validate(raw)
+            except PydanticValidationError as again:
+                issues.extend(_pydantic_issues(again, root, reader.failed))
+        else:
+            issues.extend(_pydantic_issues(exc, root, reader.failed))
 
     if issues or config is None:
         raise ConfigError(_sorted_unique(issues))
@@ -946,7 +952,8 @@ def load_config(
     if vmsh_root is not None:
         config._batches_root = vmsh_root / "out" / "batches"
 
-    warnings = reader.unset + _warnings(config, root)
+    # verify (allow_unset) reads targets only; the warnings about running concern others
+    warnings = reader.unset + ([] if allow_unset else _warnings(config, root))
     return LoadedConfig(
         config=config,
         hash=config_hash(config),
@@ -954,6 +961,20 @@ def load_config(
         warnings=warnings,
         path=config_path,
     )
+
+
+def _drop_broken_targets(
+    raw: dict[str, Any], exc: PydanticValidationError, warnings: list[str]
+) -> bool:
+    """For ``allow_unset`` (verify): when every error is inside target entries (an unset
+    ``${EVM_CHAIN_ID}``), leave those entries out with a warning; True if it did."""
+    locs = [tuple(e["loc"]) for e in exc.errors()]
+    if not locs or any(len(loc) < 3 or loc[0] != "targets" for loc in locs):
+        return False
+    for _, scheme, name in sorted({loc[:3] for loc in locs}, key=str):
+        raw["targets"][scheme].pop(name, None)
+        warnings.append(f"targets.{scheme}.{name} left out: it is not valid without its variables")
+    return True
 
 
 def _unique_paths(paths: list[Path]) -> list[Path]:

@@ -456,3 +456,23 @@ def test_a_receipt_with_a_real_world_token_quirk_verifies_and_explains(quirk, au
     assert "imprint check failed" in capsys.readouterr().out
     assert main(["verify", "--explain", str(bad), "--trust-bundle", str(ca)]) == 0
     assert run_script(capsys.readouterr().out, auditor).returncode != 0
+
+
+def test_a_vaultmesh_checkout_verifies_with_none_of_its_variables_set(
+    world, auditor, capsys, fixtures_dir, monkeypatch
+):
+    """VMSH_ROOT's own anchors.yaml names ${EVM_CHAIN_ID}, ${EVM_ANCHOR_KEY}, ${TSA_URL}...;
+    with none set, verify still uses its rfc3161 trustBundle (the eip155 entry, unusable
+    without its variables, is left out)."""
+    vm = auditor / "vaultmesh"
+    (vm / "vmsh" / "config").mkdir(parents=True)
+    for name in ("anchors.yaml", "namespaces.yaml"):
+        shutil.copy(fixtures_dir / name, vm / "vmsh" / "config" / name)
+    (vm / "services" / "anchors" / "certs").mkdir(parents=True)
+    shutil.copy(world["ca"], vm / "services" / "anchors" / "certs" / "tsa-bundle.pem")
+    for name in ("EVM_RPC", "EVM_CHAIN_ID", "EVM_CONTRACT", "BTC_RPC", "TSA_POLICY_OID"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("VMSH_ROOT", str(vm))
+    receipt = copy_receipt(world["rfc"], auditor / "in")
+    assert main(["verify", str(receipt)]) == 0, capsys.readouterr()
+    assert capsys.readouterr().out == f"OK {receipt}\n"
