@@ -44,6 +44,7 @@ from pydantic_core import PydanticCustomError
 
 from core.cadence import CADENCES, CadenceError, parse_every
 from core.jobs import JobKey, JobSpec, namespace_name_problem, safe_name
+from core.sources import DEFAULT_MAX_BATCH_BYTES, BatchLimits
 
 SCHEMES = ("local", "rfc3161", "eip155", "btc")
 ENV_VARS = (
@@ -136,6 +137,10 @@ class SchedulerSettings(_Model):
     max_backoff_level: int = Field(7, ge=0, le=64)
     concurrency: int = Field(8, ge=1)
     stale_factor: float = Field(2.0, gt=0)
+    max_batch_bytes: int = Field(
+        DEFAULT_MAX_BATCH_BYTES, ge=128, description="a larger batch file is refused unread"
+    )
+    follow_symlinks: bool = Field(False, description="read batch files that are symbolic links")
 
 
 _LISTEN = re.compile(r"^(?P<host>\[[0-9A-Fa-f:.]+\]|[^\s:\[\]]*):(?P<port>\d{1,5})$")
@@ -358,6 +363,7 @@ class Namespace(_Model):
     witnesses: Witnesses = Field(default_factory=Witnesses)
     schema_policy: SchemaPolicy = Field(default_factory=SchemaPolicy)
     source: OptPath = None
+    follow_symlinks: bool | None = None  # None: scheduler.follow_symlinks
     cadence: CadenceSet
 
 
@@ -437,6 +443,16 @@ class Config(_Model):
             return ns.source
         root = self._batches_root or (self.scheduler.data_dir / "batches")
         return root / safe_name(namespace)
+
+    def batch_limits(self) -> dict[Path, BatchLimits]:
+        """How each namespace's batch folder may be read (for core.sources.configure)."""
+        out: dict[Path, BatchLimits] = {}
+        for name, ns in self.namespaces.items():
+            follow = ns.follow_symlinks
+            if follow is None:
+                follow = self.scheduler.follow_symlinks
+            out[self.batches_dir(name)] = BatchLimits(self.scheduler.max_batch_bytes, follow)
+        return out
 
     def jobs(self) -> list[JobSpec]:
         """One job per namespace and configured cadence, in file order."""
@@ -605,6 +621,87 @@ def _interpolate(text: str, env: Mapping[str, str]) -> tuple[str, list[str]]:
 # time and of the peak memory (the pure-Python scanner makes a token object per character run).
 _COMPOSER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
+# Bounds on one YAML file, so that a hostile or broken file is refused in milliseconds
+# instead of freezing (or killing) the scheduler that reads it. A composed document shares
+# an aliased value between its uses; building plain data expands every use, so ten lines of
+# aliases (the "billion laughs") would expand to 10**9 values. The composed graph is
+# measured first, each node once, and refused past these limits.
+MAX_CONFIG_BYTES = 4 * 1024 * 1024  # about 30,000 namespaces; checked before reading
+MAX_YAML_DEPTH = 64  # levels of nesting, aliases expanded (a config needs about 6)
+MAX_YAML_ALIASES = 10_000  # uses of `*name` in one file
+MAX_YAML_ALIAS_VALUES = 250_000  # values that aliases add once expanded
+
+
+def _read_config_text(path: Path) -> str:
+    """The file's text; ValueError when it is larger than MAX_CONFIG_BYTES (never read past it)."""
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        data = f.read(MAX_CONFIG_BYTES + 1) if size <= MAX_CONFIG_BYTES else b""
+    if size > MAX_CONFIG_BYTES or len(data) > MAX_CONFIG_BYTES:
+        raise ValueError(
+            f"the file is {max(size, len(data))} bytes, more than the {MAX_CONFIG_BYTES} bytes "
+            "a config file may have"
+        )
+    return data.decode("utf-8")
+
+
+def _yaml_children(node: yaml.Node) -> list[tuple[yaml.Node, yaml.Node]]:
+    """(child, where an alias there is reported) pairs: an aliased node carries only the
+    position of its anchor, so a use is reported at its key, or at the list holding it."""
+    if isinstance(node, yaml.MappingNode):
+        out: list[tuple[yaml.Node, yaml.Node]] = []
+        for key, value in node.value:
+            out += [(key, key), (value, key)]
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        return [(item, node) for item in node.value]
+    return []
+
+
+def _yaml_refusal(document: yaml.Node) -> tuple[yaml.Node, str] | None:
+    """Why a composed document must not be built, and the node to report it at; or None.
+
+    One pass over the distinct nodes (an alias is the node it names, met again): the
+    expanded size and height of each node are kept, so an alias costs one look-up.
+    """
+    sizes: dict[int, int] = {}  # values under a node once aliases are expanded, itself included
+    heights: dict[int, int] = {}  # levels from a node down, aliases expanded
+    open_nodes: set[int] = set()  # the node being measured and its ancestors
+    distinct = aliases = 0
+    stack: list[tuple[yaml.Node, yaml.Node, int, bool]] = [(document, document, 1, False)]
+    while stack:
+        node, where, depth, leaving = stack.pop()
+        nid = id(node)
+        if leaving:
+            kids = [id(k) for k, _ in _yaml_children(node)]
+            sizes[nid] = 1 + sum(sizes[k] for k in kids)
+            heights[nid] = 1 + max((heights[k] for k in kids), default=0)
+            open_nodes.discard(nid)
+            if sizes[nid] - distinct > MAX_YAML_ALIAS_VALUES:
+                return node, (
+                    f"aliases here expand to {sizes[nid]} values; aliases may add at most "
+                    f"{MAX_YAML_ALIAS_VALUES} to a file (an alias bomb?)"
+                )
+            continue
+        if nid in open_nodes:
+            return where, "an alias refers to a value that contains it (a recursive alias)"
+        if nid in sizes:
+            aliases += 1
+            if aliases > MAX_YAML_ALIASES:
+                return where, f"more than {MAX_YAML_ALIASES} aliases (*name) in one file"
+            if depth - 1 + heights[nid] > MAX_YAML_DEPTH:
+                return where, f"nested more than {MAX_YAML_DEPTH} levels deep (aliases expanded)"
+            continue
+        if depth > MAX_YAML_DEPTH:
+            return node, f"nested more than {MAX_YAML_DEPTH} levels deep"
+        distinct += 1
+        open_nodes.add(nid)
+        stack.append((node, where, depth, True))
+        # In document order, so an anchor is measured before its aliases and those are
+        # reported where they are used.
+        stack.extend((kid, at, depth + 1, False) for kid, at in reversed(_yaml_children(node)))
+    return None
+
 
 class _YamlReader:
     """Composes a YAML file, builds plain data and a position tree, expands ${VAR}."""
@@ -620,12 +717,15 @@ class _YamlReader:
 
     def read(self, path: Path, display: str, base: Path) -> tuple[Any, _Pos] | None:
         try:
-            text = path.read_text(encoding="utf-8")
+            text = _read_config_text(path)
         except FileNotFoundError:
             self.issues.append(ConfigIssue(display, None, None, "", "file not found"))
             return None
         except (OSError, UnicodeDecodeError) as exc:
             self.issues.append(ConfigIssue(display, None, None, "", f"cannot read: {exc}"))
+            return None
+        except ValueError as exc:  # too large
+            self.issues.append(ConfigIssue(display, None, None, "", str(exc)))
             return None
         try:
             node = yaml.compose(text, Loader=_COMPOSER)
@@ -650,9 +750,19 @@ class _YamlReader:
         except yaml.YAMLError as exc:
             self.issues.append(ConfigIssue(display, None, None, "", f"YAML error: {exc}"))
             return None
+        except RecursionError:  # the pure-Python composer (no libyaml) recurses per level
+            self.issues.append(ConfigIssue(display, None, None, "", "YAML nested too deeply"))
+            return None
         root = _Pos(display, base=base)
         if node is None:
             return {}, root
+        refusal = _yaml_refusal(node)
+        if refusal is not None:
+            at, message = refusal
+            self.issues.append(
+                ConfigIssue(display, at.start_mark.line + 1, at.start_mark.column + 1, "", message)
+            )
+            return None
         self.file = display
         self.base = base
         self.constructor = yaml.SafeLoader("")  # constructs scalars with YAML's own rules

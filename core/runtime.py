@@ -7,16 +7,17 @@ only in what they show.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import random
 from collections.abc import Callable
 from pathlib import Path
 
-from core import __version__
+from core import __version__, sources
 from core.anchors.registry import Backends
 from core.backoff import BackoffPolicy
 from core.clock import Clock, SystemClock
-from core.config import Config, ConfigError, LoadedConfig
+from core.config import Config, ConfigError, ConfigIssue, LoadedConfig
 from core.engine import Scheduler
 from core.events import ConfigRejected, EventBus
 from core.jobs import JobSpec
@@ -25,6 +26,11 @@ from core.receipts import ReceiptStore
 from core.state import DataDirLock, IntentJournal, LockHeld, StateError, StateStore
 
 Loader = Callable[[], LoadedConfig]
+
+# A hot reload that has not read and validated the files after this long is given up (the
+# old config stays live). The reader's own limits (core.config: size, aliases, nesting)
+# bound it well below this; 10,000 namespaces load in about 4 s on a busy 2-core machine.
+RELOAD_SECONDS = 30.0
 
 
 class ReloadResult:
@@ -63,6 +69,8 @@ class Runtime:
         self.log = Log(self.bus, self.clock, cfg.log.level)
         self.lock = lock or DataDirLock(self.data_dir)
         self.receipts = ReceiptStore(self.data_dir / "receipts")
+        sources.configure(cfg.batch_limits())
+        self._reading: asyncio.Future[LoadedConfig] | None = None  # a reload's worker thread
         state_file = _state_file(cfg)
         self.backends = Backends(cfg.resolve_target, self.data_dir, self.clock)
         self.engine = Scheduler(
@@ -147,12 +155,17 @@ class Runtime:
                     target=target,
                 )
 
-    def reload(self) -> ReloadResult:
-        """Load the configuration again; apply it if valid and different, else keep the old."""
-        if self._loader is None:
+    def reload(self, load: Loader | None = None) -> ReloadResult:
+        """Load the configuration again; apply it if valid and different, else keep the old.
+
+        `load` (default: the runtime's loader) reads the files; `reload_off_loop` passes
+        the result it got from a worker thread.
+        """
+        load = load or self._loader
+        if load is None:
             return ReloadResult(False, False, ["this scheduler was started without a config source"], "")
         try:
-            loaded = self._loader()
+            loaded = load()
         except ConfigError as exc:
             errors = [str(issue) for issue in exc.issues] or [str(exc)]
             self.bus.publish(ConfigRejected(at=self.clock.now(), errors=tuple(errors)))
@@ -170,6 +183,7 @@ class Runtime:
                 settings=", ".join(restart),
             )
         self.loaded = loaded
+        sources.configure(loaded.config.batch_limits())
         self.backends.update(loaded.config.resolve_target)
         event = self.engine.apply(
             self._jobs_of(loaded.config), loaded.hash, target_guard=loaded.config.target_mismatch
@@ -188,6 +202,27 @@ class Runtime:
             scheduler = config.scheduler.model_copy(update={"data_dir": self.data_dir})
             config = config.model_copy(update={"scheduler": scheduler})
         return config.jobs()
+
+    async def reload_off_loop(self, timeout: float = RELOAD_SECONDS) -> ReloadResult:
+        """`reload()` with the files read and validated on a worker thread, for at most
+        `timeout` seconds: anchoring goes on meanwhile, and a file that takes longer is
+        rejected (the old config stays live). Applying the result stays on the loop.
+        """
+        loader = self._loader
+        if loader is None:
+            return self.reload()
+        if self._reading is not None and not self._reading.done():
+            return self.reload(_failing("a previous reload is still reading the config files"))
+        self._reading = reading = asyncio.ensure_future(asyncio.to_thread(loader))
+        try:
+            loaded = await asyncio.wait_for(asyncio.shield(reading), timeout)
+        except ConfigError as exc:
+            return self.reload(_failing(exc))
+        except TimeoutError:
+            # The thread cannot be stopped; its result is dropped, and no reload starts
+            # another until it ends (see above).
+            return self.reload(_failing(f"reading the config files took more than {timeout:g} s"))
+        return self.reload(lambda: loaded)
 
     async def close(self) -> None:
         await self.backends.close()
@@ -254,3 +289,14 @@ def restart_needed(running: Config, loaded: Config) -> list[str]:
         elif a != b:
             out.append(section)
     return out
+
+
+def _failing(error: ConfigError | str) -> Loader:
+    """A loader that fails with `error` (a ConfigError, or a message without a file)."""
+
+    def load() -> LoadedConfig:
+        if isinstance(error, ConfigError):
+            raise ConfigError(error.issues)
+        raise ConfigError([ConfigIssue(None, None, None, "", error)])
+
+    return load

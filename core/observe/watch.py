@@ -8,8 +8,11 @@
   which a watch on the file itself would lose. Only events on those file names count.
 - Changes are debounced (`step_ms` of quiet, at most `debounce_ms` of grouping), then the
   files' bytes are hashed; if nothing changed (a touch, a save without edits) nothing
-  happens. Otherwise `runtime.reload()` validates and applies the new config, or keeps the
-  old one and logs every problem with file:line.
+  happens. Otherwise `runtime.reload_off_loop()` validates and applies the new config, or
+  keeps the old one and logs every problem with file:line.
+- Hashing and parsing run on a worker thread, bounded in time (`RELOAD_SECONDS`) and, by
+  the reader's limits, in size: a huge or hostile file written over the config (an alias
+  bomb) is rejected while anchoring and the HTTP endpoints go on.
 - Reloads are counted from the bus (`ConfigApplied` / `ConfigRejected`) by
   `core.observe.metrics.Metrics`, so SIGHUP reloads count the same way. An unexpected
   exception from a reload is logged and published as `ConfigRejected` here.
@@ -37,22 +40,24 @@ def config_files(runtime: Any) -> list[Path]:
 
 
 def files_digest(files: list[Path]) -> str:
-    """sha256 over the files' names and bytes (a missing file counts as missing)."""
+    """sha256 over the files' names and bytes (a missing file counts as missing), read in chunks."""
     h = hashlib.sha256()
     for path in files:
         h.update(str(path).encode() + b"\0")
         try:
-            h.update(path.read_bytes())
+            with open(path, "rb") as f:
+                while chunk := f.read(1 << 20):
+                    h.update(chunk)
         except OSError as exc:
             h.update(f"<unreadable {exc.errno}>".encode())
         h.update(b"\0")
     return h.hexdigest()
 
 
-def reload_now(runtime: Any) -> Any:
-    """`runtime.reload()`, turning an unexpected exception into a logged, published rejection."""
+async def reload_now(runtime: Any) -> Any:
+    """`runtime.reload_off_loop()`, turning an unexpected exception into a logged, published rejection."""
     try:
-        return runtime.reload()
+        return await runtime.reload_off_loop()
     except Exception as exc:
         message = f"config reload failed: {type(exc).__name__}: {exc}"
         runtime.bus.publish(ConfigRejected(at=runtime.clock.now(), errors=(message,)))
@@ -77,7 +82,7 @@ async def watch_config(
     that is seen.
     """
     files = config_files(runtime)
-    seen = files_digest(files)
+    seen = await asyncio.to_thread(files_digest, files)
     while not stop_event.is_set():
         names = {str(p) for p in files}
         folders = sorted({p.parent for p in files if p.parent.is_dir()})
@@ -112,18 +117,18 @@ async def watch_config(
                     # before its first await: this runs right after that.
                     asyncio.get_running_loop().call_soon(ready.set)
                 async for _batch in changes:
-                    digest = files_digest(files)
+                    digest = await asyncio.to_thread(files_digest, files)
                     if digest == seen:
                         continue
                     seen = digest
                     runtime.log.info("config files changed; reloading", files=[p.name for p in files])
-                    result = reload_now(runtime)
+                    result = await reload_now(runtime)
                     if on_reload is not None:
                         on_reload(result)
                     new_files = config_files(runtime)
                     if new_files != files:
                         files = new_files
-                        seen = files_digest(files)
+                        seen = await asyncio.to_thread(files_digest, files)
                         restart = True
                         break
         except (FileNotFoundError, OSError) as exc:

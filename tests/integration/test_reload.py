@@ -195,3 +195,76 @@ async def test_vaultmesh_layout_files_in_other_folders_are_watched(stack, watchi
     await obs.eventually(error_counted, APPLY_WITHIN, "anchors.yaml error counted")
     assert any("anchors.yaml:" in e for e in rejections(s)), rejections(s)
     assert JobKey("b", "fast") in s.engine.jobs
+
+
+BILLION_LAUGHS = "\n".join(
+    ["lol1: &lol1 [" + ", ".join(['"lol"'] * 9) + "]"]
+    + [f"lol{n}: &lol{n} [" + ", ".join([f"*lol{n - 1}"] * 9) + "]" for n in range(2, 10)]
+) + "\n"
+
+
+async def test_an_alias_bomb_written_over_the_config_is_rejected_while_anchoring_goes_on(stack, watching, obs):
+    s = await stack({"a": {"fast": "10s"}})
+    await s.anchor_pass()
+    before = s.runtime.loaded.hash
+    await watching(s)
+
+    good = obs.config_text({"a": {"fast": "10s"}})
+    obs.replace_file(s.config_path, good + BILLION_LAUGHS)
+    bomb_line = len(good.splitlines()) + 6  # lol6: the first level past the limit
+
+    async def rejected():
+        return await reloads(s, obs, "error") == 1
+
+    await obs.eventually(rejected, APPLY_WITHIN, "the alias bomb rejected")
+    assert s.runtime.loaded.hash == before
+    assert any(
+        re.match(rf"config\.yaml:{bomb_line}:\d+: aliases here expand to \d+ values", e) for e in rejections(s)
+    ), rejections(s)
+
+    # Anchoring goes on with the old config.
+    s.batch("a", 2)
+    s.clock.advance(10)
+    await s.anchor_pass()
+    code, body = await s.health()
+    assert code == 200 and body["namespaces"]["a"]["lastAnchor"]["fast"] == int(s.clock.now())
+
+
+async def test_a_reload_reads_the_files_off_the_loop_and_gives_up_after_its_time_limit(stack, obs):
+    """A loader that hangs (a file on a dead network mount) never holds up anchoring."""
+    import threading
+
+    s = await stack({"a": {"fast": "10s"}})
+    await s.anchor_pass()
+    released = threading.Event()
+    real_loader = s.runtime._loader
+
+    def hanging_loader():
+        released.wait(30)
+        return real_loader()
+
+    s.runtime._loader = hanging_loader
+    obs.replace_file(s.config_path, obs.config_text({"a": {"fast": "20s"}}))
+    reload = asyncio.create_task(s.runtime.reload_off_loop(timeout=0.5))
+    try:
+        # While the files are being read, the loop anchors and answers.
+        s.batch("a", 2)
+        s.clock.advance(10)
+        await s.anchor_pass()
+        code, body = await s.health()
+        assert code == 200 and body["namespaces"]["a"]["lastAnchor"]["fast"] == int(s.clock.now())
+        assert not reload.done()
+
+        result = await reload
+        assert not result.applied
+        assert result.errors == ["reading the config files took more than 0.5 s"]
+        assert rejections(s)[-1] == "reading the config files took more than 0.5 s"
+        # The hung read still holds its thread: no second one is started beside it.
+        again = await s.runtime.reload_off_loop(timeout=0.5)
+        assert again.errors == ["a previous reload is still reading the config files"]
+    finally:
+        released.set()
+    await obs.eventually(lambda: s.runtime._reading.done(), 5.0, "the hung read ends")
+    result = await s.runtime.reload_off_loop()
+    assert result.applied and result.changed
+    assert s.engine.jobs[JobKey("a", "fast")].every == 20

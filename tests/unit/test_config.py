@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import resource
 import shutil
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -776,3 +780,103 @@ def test_namespaces_from_the_vaultmesh_file_are_checked_at_their_own_line(tmp_pa
           '  "":\n    cadence:\n      fast: {target: "local:dev", every: "10s"}\n')
     [error] = errors(tmp_path, "namespaces_file: ns.yaml\n")
     assert error == 'ns.yaml:5:3: namespaces."": a namespace name cannot be empty'
+
+
+# --- hostile YAML: refused at its line, quickly, by check-config and by every load --------------
+
+LAUGHS = ["lol1: &lol1 [" + ", ".join(['"lol"'] * 9) + "]"] + [
+    f"lol{n}: &lol{n} [" + ", ".join([f"*lol{n - 1}"] * 9) + "]" for n in range(2, 10)
+]
+BILLION_LAUGHS = "\n".join(LAUGHS) + "\n"  # 9**9 values once expanded, from 600 bytes
+
+
+def check_config(path: Path) -> subprocess.CompletedProcess:
+    """`vmsh-scheduler check-config FILE` as an operator runs it, in at most 2 GiB of memory."""
+
+    def limit_memory() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+
+    exe = Path(sys.executable).parent / "vmsh-scheduler"
+    return subprocess.run(
+        [str(exe), "check-config", str(path)], capture_output=True, text=True, timeout=120,
+        cwd=path.parent, preexec_fn=limit_memory, env={**os.environ, "NO_COLOR": "1"},
+    )
+
+
+def test_an_alias_bomb_is_refused_at_its_line_with_exit_2(tmp_path):
+    path = write(tmp_path, "config.yaml", MINIMAL + BILLION_LAUGHS)
+    done = check_config(path)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "config.yaml:10:" in done.stderr  # lol6, the first level past the limit
+    assert "aliases here expand to" in done.stderr and "(an alias bomb?)" in done.stderr
+
+
+def test_nesting_990_deep_is_a_file_line_error_with_exit_2(tmp_path):
+    nested = "\n".join(" " * i + "-" for i in range(990)) + " x\n"
+    path = write(tmp_path, "config.yaml", "")
+    path.write_text("namespaces:\n" + nested)
+    done = check_config(path)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "config.yaml:65:64: nested more than 64 levels deep" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("a: &a [1, *a]\n", "config.yaml:1:4: an alias refers to a value that contains it (a recursive alias)"),
+        ("a: &a " + "[" * 30 + "1" + "]" * 30 + "\nb: " + "[" * 40 + "*a" + "]" * 40 + "\n",
+         "config.yaml:2:43: nested more than 64 levels deep (aliases expanded)"),
+        ("a: &a x\nb: [" + ", ".join(["*a"] * 10_001) + "]\n", "more than 10000 aliases (*name) in one file"),
+    ],
+    ids=["recursive", "deep-through-alias", "too-many-aliases"],
+)
+def test_alias_abuse_is_refused_at_its_line(tmp_path, text, expected):
+    [error] = errors(tmp_path, text)
+    assert expected in error
+
+
+def test_a_config_file_over_the_size_limit_is_refused_unread(tmp_path):
+    from core.config import MAX_CONFIG_BYTES
+
+    path = write(tmp_path, "config.yaml", MINIMAL)
+    with open(path, "r+b") as f:
+        f.truncate(MAX_CONFIG_BYTES + 1)  # sparse: nothing to read
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env={}, cwd=tmp_path)
+    assert [str(i) for i in info.value.issues] == [
+        f"config.yaml: the file is {MAX_CONFIG_BYTES + 1} bytes, more than the {MAX_CONFIG_BYTES} bytes "
+        "a config file may have"
+    ]
+
+
+def test_ordinary_anchors_aliases_and_merges_still_load(tmp_path):
+    first = (
+        "namespaces:\n"
+        "  first:\n"
+        "    cadence: &std\n"
+        '      fast: {<<: &dev {target: "local:dev"}, every: "10s"}\n'
+        '      strong: {<<: *dev, every: "3*fast"}\n'
+    )
+    others = "".join(f"  ns{i}: {{cadence: *std}}\n" for i in range(2000))
+    loaded = load(tmp_path, first + others)
+    assert len(loaded.config.namespaces) == 2001
+    assert loaded.config.namespaces["ns1999"].cadence.seconds("strong") == 30
+
+
+def test_batch_read_settings(tmp_path):
+    from core.sources import BatchLimits
+
+    loaded = load(tmp_path, """\
+        scheduler: {max_batch_bytes: 4096, follow_symlinks: true}
+        namespaces:
+          a: {source: a, cadence: {fast: {target: "local:dev", every: "10s"}}}
+          b: {source: b, follow_symlinks: false, cadence: {fast: {target: "local:dev", every: "10s"}}}
+        """)
+    assert loaded.config.batch_limits() == {
+        tmp_path / "a": BatchLimits(4096, True),
+        tmp_path / "b": BatchLimits(4096, False),
+    }
+    default = load(tmp_path, MINIMAL).config
+    assert set(default.batch_limits().values()) == {BatchLimits(1024 * 1024, False)}
+    [error] = errors(tmp_path, "scheduler: {max_batch_bytes: 10}\n")
+    assert error.startswith("config.yaml:1:30: scheduler.max_batch_bytes: Input should be greater than or equal to 128")
