@@ -317,6 +317,9 @@ async def check_one(path: Path, verifiers: Any) -> Result:
         return Result(path, Outcome.CANNOT_CHECK, exc.reason, receipt)
     except ReceiptInvalid as exc:
         return Result(path, Outcome.FAIL, exc.reason, receipt)
+    except Exception as exc:  # a verifier's bug is no verdict on the receipt; go on with the others
+        reason = f"could not be checked ({type(exc).__name__}: {exc}); please report this"
+        return Result(path, Outcome.CANNOT_CHECK, reason, receipt)
     return Result(path, Outcome.OK, None, receipt)
 
 
