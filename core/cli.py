@@ -137,7 +137,7 @@ def print_errors(error: ConfigError, *, file=None) -> None:
 
     out = file or sys.stderr
     for issue in error.issues:
-        print(printable(str(issue)), file=out)  # names and values come from the files
+        print(printable(str(issue), lines=True), file=out)  # names and values come from the files
     n = len(error.issues)
     print(f"configuration invalid: {n} error{'s' if n != 1 else ''}", file=out)
 
@@ -280,6 +280,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _main(argv: Sequence[str] | None, startup: StartupSignals) -> int:
     from core.config import ConfigError
+    from core.text import printable
 
     parser = build_parser()
     try:
@@ -303,7 +304,7 @@ def _main(argv: Sequence[str] | None, startup: StartupSignals) -> int:
         print_errors(exc)
         return 2
     for warning in loaded.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
+        print(f"warning: {printable(warning)}", file=sys.stderr)
     if startup.stop is not None:
         print(f"vmsh-scheduler: {startup.stop.name} during start: not started", file=sys.stderr)
         return 0

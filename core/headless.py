@@ -5,6 +5,9 @@ not start (invalid config, data dir locked by another scheduler, HTTP port taken
 SIGHUP reloads the configuration; an invalid one is logged and the old one stays live.
 Signals that arrive during start are recorded by core/signals.py and acted on here: a
 SIGTERM/SIGINT stops the scheduler as soon as its loop runs, a SIGHUP reloads then.
+The dashboard (tui/app.py, run_dashboard) exits with the same codes, except that there
+SIGHUP means its terminal is gone: it stops within 5 s and exits 0, as for any lost
+terminal (tui/terminal.py); without a terminal it refuses to start (exit 2).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from core.observe.logs import JsonLineWriter
 from core.runtime import CannotStart, Loader, Runtime
 from core.services import Services
 from core.signals import StartupSignals
+from core.text import printable
 
 EXIT_OK, EXIT_FAILED, EXIT_CANNOT_START = 0, 1, 2
 GRACE_SECONDS = 10.0
@@ -47,12 +51,13 @@ def run_headless(
                 if where.exists() and not where.is_dir() and where != Path(log_cfg.file)
                 else f"{exc.strerror or exc} ({where})"
             )
-            print(f"vmsh-scheduler: cannot write the log file {log_cfg.file}: {reason}", file=sys.stderr)
+            message = f"cannot write the log file {log_cfg.file}: {reason}"
+            print(f"vmsh-scheduler: {printable(message)}", file=sys.stderr)
             return EXIT_CANNOT_START
     try:
         runtime = Runtime.open(loaded, loader=loader)
     except CannotStart as exc:
-        print(f"vmsh-scheduler: {exc}", file=sys.stderr)
+        print(f"vmsh-scheduler: {printable(str(exc), lines=True)}", file=sys.stderr)
         for writer in writers[1:]:
             writer.close()
         return EXIT_CANNOT_START
@@ -76,18 +81,18 @@ async def serve(
     stop = stop or asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, runtime.reload)
+    loop.add_signal_handler(signal.SIGHUP, runtime.reload_in_background)  # parsed off the loop
     if startup is not None and startup.stop is not None:  # arrived before the loop's handlers
         runtime.log.info("stopped during start; nothing was anchored", signal=startup.stop.name)
         _remove_signal_handlers(loop)
         await runtime.close()
         return EXIT_OK
     if startup is not None and startup.reload:
-        loop.call_soon(runtime.reload)
+        loop.call_soon(runtime.reload_in_background)
     try:
         services = await Services(runtime).start(http_required=True)
     except ListenError as exc:
-        print(f"vmsh-scheduler: {exc}\n  {PORT_HINT}", file=sys.stderr)
+        print(f"vmsh-scheduler: {printable(str(exc), lines=True)}\n  {PORT_HINT}", file=sys.stderr)
         runtime.log.error("cannot start", error=str(exc), hint=PORT_HINT)
         _remove_signal_handlers(loop)
         await runtime.close()

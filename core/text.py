@@ -23,8 +23,11 @@ def is_hidden(char: str) -> bool:
     return unicodedata.category(char) in _HIDDEN_CATEGORIES
 
 
-def printable(text: str) -> str:
-    """`text` with every hidden character written as a Python escape (\\x1b, \\u202e)."""
+def printable(text: str, *, lines: bool = False) -> str:
+    """`text` with every hidden character written as a Python escape (\\x1b, \\u202e);
+    with `lines`, line breaks are kept (a message of several lines)."""
+    if lines:
+        return "\n".join(printable(line) for line in text.split("\n"))
     if text.isprintable():  # the common case, in C: nothing to escape (space is printable)
         return text
     return "".join(_escape(c) if is_hidden(c) else c for c in text)

@@ -166,6 +166,34 @@ def test_a_second_scheduler_on_the_same_data_dir_exits_2_naming_the_holder(tmp_p
         stop(first)
 
 
+def run_on_terminal(args: list[str]) -> tuple[int, str]:
+    """Run `args` on a pty (stdin, stdout and stderr), as from an operator's shell: the
+    dashboard refuses to start without a terminal. Its exit code and what it printed."""
+    import pty
+    import select
+
+    main, child = pty.openpty()
+    proc = subprocess.Popen(args, stdin=child, stdout=child, stderr=child, start_new_session=True)
+    os.close(child)
+    out = b""
+    try:
+        while select.select([main], [], [], 30)[0]:
+            try:
+                chunk = os.read(main, 65536)
+            except OSError:  # EIO: the program exited, nothing holds the terminal
+                break
+            if not chunk:
+                break
+            out += chunk
+        code = proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(main)
+    return code, out.decode(errors="replace").replace("\r\n", "\n")
+
+
 @pytest.mark.parametrize("mode", [["--no-ui"], []], ids=["headless", "dashboard"])
 def test_a_corrupt_state_file_stops_the_start_with_its_line_and_a_way_out(tmp_path, mode):
     write_batch(tmp_path / "batches" / "alpha", "000001", "sha256:" + "ab" * 32)
@@ -173,13 +201,17 @@ def test_a_corrupt_state_file_stops_the_start_with_its_line_and_a_way_out(tmp_pa
     state = tmp_path / "data" / "state" / "scheduler.json"
     state.parent.mkdir(parents=True)
     state.write_text('{"version": 1,\n "jobs": {oops}}\n')
-    result = subprocess.run(
-        [str(BIN), *mode, "--config", str(config)], capture_output=True, text=True, timeout=30,
-        stdin=subprocess.DEVNULL,
-    )
-    assert result.returncode == 2
-    assert result.stderr.startswith(f"vmsh-scheduler: {state}:2:11: state file is not valid JSON")
-    assert "move it aside to start afresh" in result.stderr and "Traceback" not in result.stderr
+    if mode:
+        result = subprocess.run(
+            [str(BIN), *mode, "--config", str(config)], capture_output=True, text=True, timeout=30,
+            stdin=subprocess.DEVNULL,
+        )
+        code, stderr = result.returncode, result.stderr
+    else:  # the dashboard starts only on a terminal
+        code, stderr = run_on_terminal([str(BIN), "--config", str(config)])
+    assert code == 2
+    assert stderr.startswith(f"vmsh-scheduler: {state}:2:11: state file is not valid JSON")
+    assert "move it aside to start afresh" in stderr and "Traceback" not in stderr
     assert not (tmp_path / "data" / "receipts").exists()  # nothing anchored on unknown state
     # Moved aside, the next start anchors from scratch.
     state.rename(state.with_suffix(".json.bad"))
@@ -482,3 +514,17 @@ def test_a_log_file_it_cannot_write_stops_the_start_with_exit_2_naming_it(tmp_pa
         f"{tmp_path / 'not-a-folder'} is a file, not a folder\n"
     )
     assert not (tmp_path / "data" / "scheduler.lock").exists()  # stopped before taking the lock
+
+
+def test_a_start_error_prints_no_terminal_escape_from_a_path(tmp_path):
+    config = make_config(tmp_path, ["alpha"])
+    data = tmp_path / "data\x1b[2J"
+    data.mkdir()
+    (data / "receipts").write_text("")
+    result = subprocess.run(
+        [str(BIN), "--no-ui", "--config", str(config), "--data-dir", str(data)],
+        capture_output=True, text=True, timeout=30,
+    )
+    assert result.returncode == 2
+    assert "\x1b" not in result.stderr
+    assert f"cannot write to {tmp_path}/data\\x1b[2J/receipts: it is a file, not a folder\n  " in result.stderr

@@ -54,3 +54,7 @@ def test_describe_keeps_keys_and_escape_sequences_out_of_logs_and_state():
     exc = RuntimeError("cannot reach https://mainnet.example/v3/0123456789abcdef\x1b[2J\nsecond line")
     assert describe(exc) == "cannot reach https://mainnet.example"
     assert describe(ValueError("bad \x1b[31mred")) == "bad \\x1b[31mred"
+
+
+def test_printable_lines_keeps_the_line_breaks_of_a_message_and_escapes_the_rest():
+    assert printable("first \x1b[2J\n  second\r", lines=True) == "first \\x1b[2J\n  second\\x0d"
