@@ -23,6 +23,7 @@ SUITES = {
     "receipts": "bench.receipts_bench",
     "headless": "bench.headless_bench",
     "tui": "bench.tui_bench",
+    "terminal": "bench.terminal_bench",
 }
 
 
