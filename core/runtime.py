@@ -71,6 +71,7 @@ class Runtime:
         self.receipts = ReceiptStore(self.data_dir / "receipts")
         sources.configure(cfg.batch_limits())
         self._reading: asyncio.Future[LoadedConfig] | None = None  # a reload's worker thread
+        self._reload_tasks: set[asyncio.Task[ReloadResult]] = set()
         state_file = _state_file(cfg)
         self.backends = Backends(cfg.resolve_target, self.data_dir, self.clock)
         self.engine = Scheduler(
@@ -222,7 +223,15 @@ class Runtime:
             # The thread cannot be stopped; its result is dropped, and no reload starts
             # another until it ends (see above).
             return self.reload(_failing(f"reading the config files took more than {timeout:g} s"))
+        except Exception as exc:  # a bug in loading must not end the caller's task
+            return self.reload(_failing(f"config reload failed: {type(exc).__name__}: {exc}"))
         return self.reload(lambda: loaded)
+
+    def reload_in_background(self) -> None:
+        """`reload_off_loop()` as a task on the running loop: what a SIGHUP handler calls."""
+        task = asyncio.get_running_loop().create_task(self.reload_off_loop(), name="config-reload")
+        self._reload_tasks.add(task)
+        task.add_done_callback(self._reload_tasks.discard)
 
     async def close(self) -> None:
         await self.backends.close()
