@@ -22,6 +22,7 @@ SUITES = {
     "anchor": "bench.anchor_bench",
     "receipts": "bench.receipts_bench",
     "headless": "bench.headless_bench",
+    "livez": "bench.livez_bench",
     "tui": "bench.tui_bench",
     "terminal": "bench.terminal_bench",
 }

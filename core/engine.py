@@ -55,7 +55,7 @@ from core.writer import DiskWriter
 
 _T = TypeVar("_T")
 BackendFor = Callable[[str], Backend]
-WRITE_CHUNK = 256  # receipts per writer call: the loop runs between chunks of a big pass
+WRITE_CHUNK = 128  # receipts per writer call: the loop runs between chunks of a big pass
 # A job in flight longer than STUCK_TIMEOUTS x its backend's time limit is stuck.
 STUCK_TIMEOUTS = 4
 STUCK_MIN_SECONDS = 60.0
@@ -454,7 +454,10 @@ class Scheduler:
 
     async def _anchor(self, target: str, items: list[_Due], owned: set[JobKey], started: float) -> None:
         leaves = [bytes.fromhex(i.batch.root.removeprefix("sha256:")) for i in items]
-        digest, proofs = _aggregate(leaves)
+        if len(leaves) > WRITE_CHUNK:  # 10,000 leaves: ~20 ms of hashing, not on the loop
+            digest, proofs = await asyncio.to_thread(_aggregate, leaves)
+        else:
+            digest, proofs = _aggregate(leaves)
         keys = tuple(i.spec.key for i in items)
         entries = [
             {"job": str(i.spec.key), "batch": {"id": i.batch.id, "root": i.batch.root}, "leaf_index": n}
@@ -594,7 +597,7 @@ class Scheduler:
             self._since[key] = started
         try:
             wanted = set(keys)
-            pairs, proofs = self._pairs(held.intent, wanted)
+            pairs, proofs = await self._pairs(held.intent, wanted)
             await self._complete(held, pairs, proofs, owned, started, recovered=True)
         except asyncio.CancelledError:
             raise
@@ -612,13 +615,13 @@ class Scheduler:
         finally:
             self._release(owned)
 
-    def _pairs(
+    async def _pairs(
         self, intent: Any, only: set[JobKey] | None = None
     ) -> tuple[list[tuple[int, _Due]], list[list[bytes]]]:
         """(leaf index, job) of an intent's configured jobs (or of `only`), and all proofs."""
         entries = intent.entries
         leaves = [bytes.fromhex(e["batch"]["root"].removeprefix("sha256:")) for e in entries]
-        _, proofs = _aggregate(leaves)
+        _, proofs = await asyncio.to_thread(_aggregate, leaves) if len(leaves) > WRITE_CHUNK else _aggregate(leaves)
         pairs: list[tuple[int, _Due]] = []
         for entry in entries:
             key = JobKey.parse(entry["job"])
@@ -954,7 +957,7 @@ class Scheduler:
         )
 
     async def _resolve(self, intent: Any) -> None:
-        pairs, proofs = self._pairs(intent)
+        pairs, proofs = await self._pairs(intent)
         entries = intent.entries
         digest = intent.digest_bytes
         attestation: Attestation | None = None
