@@ -174,7 +174,7 @@ class RFC3161Backend:
         self._clock = clock
         self._url = self.settings.url
         self.url = url_origin(self._url)  # all that messages, logs and info ever show
-        scheme = urlsplit(self._url).scheme.lower() if "://" in self._url else ""
+        scheme = self.url.partition("://")[0] if "://" in self.url else ""
         if scheme not in ("http", "https"):
             raise ValidationError(f"{target}: url must be http:// or https://, got {self.url!r}")
         self._request_url = _without_userinfo(self._url)
