@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
+import resource
+import signal
+import socket
+import subprocess
+import sys
+import threading
 import time
+from pathlib import Path
 
 import pytest
 
 from core.jobs import JobKey
 from core.observe.watch import start_watch
+from core.sources import write_batch
 
 APPLY_WITHIN = 2.0  # seconds, from the write on disk to the new config being live
 
@@ -232,8 +241,6 @@ async def test_an_alias_bomb_written_over_the_config_is_rejected_while_anchoring
 
 async def test_a_reload_reads_the_files_off_the_loop_and_gives_up_after_its_time_limit(stack, obs):
     """A loader that hangs (a file on a dead network mount) never holds up anchoring."""
-    import threading
-
     s = await stack({"a": {"fast": "10s"}})
     await s.anchor_pass()
     released = threading.Event()
@@ -268,3 +275,60 @@ async def test_a_reload_reads_the_files_off_the_loop_and_gives_up_after_its_time
     result = await s.runtime.reload_off_loop()
     assert result.applied and result.changed
     assert s.engine.jobs[JobKey("a", "fast")].every == 20
+
+
+def test_the_daemon_survives_an_alias_bomb_written_over_its_config_and_signalled(tmp_path):
+    """The attack as it happened: the real program, the bomb saved over its config, a SIGHUP.
+    The program runs in at most 2 GiB of memory (the old reader took 3 GB, then crashed)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    write_batch(tmp_path / "batches", "000001", "sha256:" + "ab" * 32)
+    good = (
+        f"scheduler: {{tick: 0.2, data_dir: {tmp_path / 'data'}}}\n"
+        f'http: {{listen: "127.0.0.1:{port}"}}\n'
+        "namespaces:\n"
+        f"  a:\n    source: {tmp_path / 'batches'}\n"
+        '    cadence: {fast: {target: "local:dev", every: "1s", anchor_unchanged: true}}\n'
+    )
+    config = tmp_path / "config.yaml"
+    config.write_text(good)
+
+    def limit_memory() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).with_name("vmsh-scheduler")), "--no-ui", "--config", str(config)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=limit_memory,
+    )
+
+    def receipt_count() -> int:
+        return len(list((tmp_path / "data" / "receipts").rglob("*.json")))
+
+    def wait_for(predicate, what: str, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            assert proc.poll() is None, f"the scheduler died: {proc.communicate()[1][-2000:]}"
+            assert time.monotonic() < deadline, f"not within {timeout}s: {what}"
+            time.sleep(0.05)
+
+    try:
+        wait_for(lambda: receipt_count() >= 1, "a first receipt")
+        temp = tmp_path / "config.yaml.tmp"
+        temp.write_text(good + BILLION_LAUGHS)
+        os.replace(temp, config)  # as an editor saves
+        proc.send_signal(signal.SIGHUP)
+        after = receipt_count()
+        wait_for(lambda: receipt_count() >= after + 3, "three more receipts after the bomb")
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err[-2000:]
+    rejected = [
+        json.loads(line).get("error", "") for line in out.splitlines()
+        if json.loads(line)["msg"].startswith("config reload rejected")
+    ]
+    bomb_line = len(good.splitlines()) + 6  # lol6: the first level past the limit
+    assert rejected, out[-2000:]
+    assert all(re.search(rf"config\.yaml:{bomb_line}:\d+: aliases here expand", e) for e in rejected), rejected
