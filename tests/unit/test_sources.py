@@ -400,3 +400,49 @@ def test_prefetch_hands_its_read_to_the_next_call(tmp_path: Path, monkeypatch) -
     # Handed over once: the next call looks at the folder again and sees the new file.
     write_batch(good, "2", R2)
     assert latest_batch(good).id == "2"
+
+
+async def test_the_engine_reads_due_batch_files_off_the_event_loop(tmp_path: Path, monkeypatch) -> None:
+    """A pass opens every due batch file on a worker thread; the loop only anchors."""
+    import random
+    import threading
+
+    from core.anchors.local import LocalTSA
+    from core.backoff import BackoffPolicy
+    from core.clock import FakeClock
+    from core.engine import Scheduler
+    from core.events import EventBus, ReceiptWritten
+    from core.jobs import JobKey, JobSpec
+    from core.receipts import ReceiptStore
+    from core.state import IntentJournal, StateStore
+
+    clock, bus, events = FakeClock(), EventBus(), []
+    bus.subscribe(events.append)
+    tsa = LocalTSA(tmp_path / "data", "dev", clock)
+    specs = []
+    for n, ns in enumerate(["a", "b", "c"], 1):
+        write_batch(tmp_path / "batches" / ns, f"{n:06d}", "sha256:" + f"{n:064x}")
+        specs.append(JobSpec(JobKey(ns, "fast"), "local:dev", 60, tmp_path / "batches" / ns))
+    engine = Scheduler(
+        jobs=specs, clock=clock, bus=bus, backend_for=lambda target: tsa,
+        state_store=StateStore(tmp_path / "data" / "state" / "scheduler.json"),
+        journal=IntentJournal(tmp_path / "data" / "journal"),
+        receipts=ReceiptStore(tmp_path / "data" / "receipts"),
+        policy=BackoffPolicy(base=5.0, max_level=7, jitter=0.0, rng=random.Random(1)),
+    )  # fmt: skip
+    opened_on_loop: list[str] = []
+    opened_off_loop: list[str] = []
+    real_open = os.open
+
+    def recording_open(path, *args, **kw):
+        if str(path).startswith(str(tmp_path / "batches")):
+            on_loop = threading.current_thread() is threading.main_thread()
+            (opened_on_loop if on_loop else opened_off_loop).append(Path(path).parent.name)
+        return real_open(path, *args, **kw)
+
+    monkeypatch.setattr(sources.os, "open", recording_open)
+    await engine.run_once()
+    assert sorted(str(e.job) for e in events if isinstance(e, ReceiptWritten)) == ["a/fast", "b/fast", "c/fast"]
+    assert opened_on_loop == []
+    assert sorted(opened_off_loop) == ["a", "b", "c"]
+    engine.flush()
