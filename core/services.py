@@ -31,6 +31,9 @@ class Services:
         self.runtime = runtime
         self.metrics: Metrics | None = None
         self.http: HttpServer | None = None
+        # Why /metrics and /health are off (the address could not be bound), or None.
+        # The dashboard shows it in its header.
+        self.http_error: str | None = None
         self.tracker: ConfirmationTracker | None = None
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
@@ -48,6 +51,7 @@ class Services:
             if http_required:
                 self.metrics.close()
                 raise
+            self.http_error = str(exc)
             runtime.log.error("metrics and health endpoints are off", error=str(exc))
         self._closers.append(
             await start_cloudevents(runtime, registry=self.metrics.registry)

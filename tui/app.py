@@ -33,6 +33,8 @@ from textual.worker import Worker, WorkerState
 from core.cadence import format_seconds
 from core.clock import Clock
 from core.events import (
+    ConfigApplied,
+    ConfigRejected,
     Event,
     LogRecord,
     Paused,
@@ -43,17 +45,19 @@ from core.events import (
 from core.jobs import JobKey
 from core.runtime import CannotStart, Runtime
 from core.services import Services
+from core.status import JobStatus, count
 from tui.detail import namespace_detail
 from tui.rows import (
     BACKOFF_COLUMNS,
+    HEALTH_ROLE,
     JOB_COLUMNS,
     RECEIPT_COLUMNS,
     Palette,
     ReceiptInfo,
     backoff_row,
-    count,
     health,
     job_row,
+    log_record_lines,
     receipt_row,
 )
 from tui.screens import ConfirmScreen, DetailScreen, HelpScreen, MessageScreen
@@ -72,12 +76,12 @@ MAIN_SCREEN_ONLY = {"filter", "verify", "detail", "next_pane", "prev_pane", "sho
 
 # (binding id, key, action, footer label, shown in footer, help text)
 KEYS: tuple[tuple[str, str, str, str, bool, str], ...] = (
-    ("force", "f", "force", "Force", True, "force-anchor the selected job (asks first)"),
-    ("force_namespace", "F", "force_namespace", "Force ns", False, "force-anchor every cadence of the selected namespace (asks first)"),
-    ("reload", "R", "reload", "Reload", True, "reload the config; errors (file:line) are shown and the old config stays"),
+    ("force", "f", "force", "Force", True, "force-anchor the selected job or line's job (asks first)"),
+    ("force_namespace", "F", "force_namespace", "Force ns", False, "force-anchor every cadence of the namespace (asks first)"),
+    ("reload", "R", "reload", "Reload", True, "reload the config; on errors (file:line) the old one stays"),
     ("pause", "space", "pause", "Pause", True, "pause / resume scheduling (forced anchors still run)"),
-    ("detail", "enter", "detail", "Detail", False, "detail screen of the selected namespace"),
-    ("verify", "v", "verify", "Verify", True, "verify the selected receipt (Receipts pane)"),
+    ("detail", "enter", "detail", "Detail", False, "the selected namespace's detail; in Logs, the whole line"),
+    ("verify", "v", "verify", "Verify", True, "verify the selected receipt, or the selected job's latest"),
     ("filter", "slash", "filter", "Filter", True, "filter the focused pane (esc clears)"),
     ("theme", "t", "next_theme", "Theme", False, "next theme"),
     ("palette", "colon", "command_palette", "Palette", False, "command palette with the same actions"),
@@ -96,10 +100,45 @@ PANE_KEYS_HELP = (
 )
 
 
+# Above the screen's own tab / shift+tab (focus the next widget), which at 80x24 has only
+# the one visible pane to go to.
+PRIORITY = {"next_pane", "prev_pane"}
+
+
 def _bindings() -> list[Binding]:
-    out = [Binding(key, action, label, show=show, id=bid) for bid, key, action, label, show, _ in KEYS]
+    out = [
+        Binding(key, action, label, show=show, id=bid, priority=bid in PRIORITY)
+        for bid, key, action, label, show, _ in KEYS
+    ]
     out += [Binding(str(n), f"show_pane('{name}')", PANE_TITLES[name], show=False) for n, name in enumerate(PANES, 1)]
     return out
+
+
+NAMES_SHOWN = 4  # job names listed per kind of change in a notification
+
+
+def _names(keys: Iterable[JobKey]) -> str:
+    names = [str(k) for k in keys]
+    more = f" +{len(names) - NAMES_SHOWN} more" if len(names) > NAMES_SHOWN else ""
+    return ", ".join(names[:NAMES_SHOWN]) + more
+
+
+def config_applied_text(event: ConfigApplied) -> str:
+    """What a config edit changed, for the operator (the watcher or R applied it)."""
+    parts = [
+        f"{what} {len(keys)}: {_names(keys)}"
+        for what, keys in (("added", event.added), ("removed", event.removed), ("changed", event.changed))
+        if keys
+    ]
+    return f"config applied ({event.config_hash[:8]}): " + ("; ".join(parts) if parts else "targets or settings only")
+
+
+def config_rejected_text(event: ConfigRejected, shown: int = 6) -> str:
+    """A rejected edit: every file:line error (up to `shown`), and that nothing changed."""
+    lines = list(event.errors[:shown])
+    if len(event.errors) > shown:
+        lines.append(f"... {len(event.errors) - shown} more: press R to see them all")
+    return "config edit rejected, the previous config stays live:\n" + "\n".join(lines)
 
 
 class VaultMeshApp(App[int]):
@@ -115,6 +154,7 @@ class VaultMeshApp(App[int]):
     .pane { border: round $primary 40%; border-title-color: $foreground; border-subtitle-color: $accent; height: 1fr; width: 1fr; }
     .pane:focus-within { border: round $accent; }
     .narrow .pane { border-left: none; border-right: none; }
+    .narrow .pane > DataTable { padding-left: 1; }
     #pane-backoff { width: 1fr; }
     .wide #pane-backoff { width: 64; }
     .wide #pane-receipts { width: 84; }
@@ -125,7 +165,7 @@ class VaultMeshApp(App[int]):
     #filter.visible { display: block; }
     #dialog { width: 70; max-width: 95%; height: auto; max-height: 90%; border: thick $primary; background: $surface; padding: 1 2; }
     #dialog.error { border: thick $error; }
-    #dialog.help { width: 90; padding: 0 1; }
+    #dialog.help { width: 100; max-width: 100%; max-height: 100%; padding: 0 1; }
     #dialog.help #lines { margin: 0; }
     #dialog #lines { height: auto; max-height: 20; margin: 1 0; }
     #dialog #buttons { height: auto; margin-top: 1; align-horizontal: center; }
@@ -215,7 +255,7 @@ class VaultMeshApp(App[int]):
 
     def compose(self) -> ComposeResult:
         data_dir = str(self.runtime.data_dir.resolve())
-        self.jobs = DiffTable(JOB_COLUMNS, id="jobs")
+        self.jobs = DiffTable(JOB_COLUMNS, id="jobs", hidden_when_compact=frozenset({"every"}))
         self.backoff = DiffTable(BACKOFF_COLUMNS, id="backoff", sort_index=3)
         self.receipts = DiffTable(RECEIPT_COLUMNS, id="receipts", sort_reverse=True)  # newest first
         self.logs = LogView(max_lines=LOG_LINES, data_dir=data_dir, id="logs")
@@ -276,6 +316,8 @@ class VaultMeshApp(App[int]):
         self.screen.set_class(wide, "wide")
         self.screen.set_class(not wide, "narrow")
         self._tabs.display = not wide
+        for table in (self.jobs, self.backoff, self.receipts):
+            table.set_compact(not wide)
         self._show_active()
 
     def _show_active(self) -> None:
@@ -363,6 +405,10 @@ class VaultMeshApp(App[int]):
                     receipts_changed = True
                 elif isinstance(event, Paused):
                     self.refresh_bindings()
+                elif isinstance(event, ConfigRejected):
+                    self.notify(config_rejected_text(event), severity="error", timeout=30)
+                elif isinstance(event, ConfigApplied):
+                    self.notify(config_applied_text(event), timeout=8)
             if receipts_changed:
                 self._refresh_receipts()
             # A tick alone changes nothing the 1 s countdown refresh will not show anyway.
@@ -392,6 +438,7 @@ class VaultMeshApp(App[int]):
         max_level = engine.policy.max_level
         p = self._palette
         self.jobs.show({str(v.key): job_row(v, now, max_level, engine.paused, p) for v in views})
+        # The Backoff pane lists every job with a backoff level, as the header counts them.
         backing = {str(v.key): backoff_row(v, now, max_level, p, self.logs.data_dir) for v in views if v.state.backoff_level > 0}
         self.backoff.show(backing)
         tab = self._tabs.query_one("#tab-backoff", Tab)
@@ -407,7 +454,7 @@ class VaultMeshApp(App[int]):
             c, engine=self.engine_state, last_tick=engine.last_tick, started_at=engine.started_at,
             now=now, tick=engine.tick,
         )  # fmt: skip
-        role = {"healthy": "success", "degraded": "warning", "unhealthy": "error"}[state]
+        role = HEALTH_ROLE[state]
         s = self._palette.styles
         out = Text(no_wrap=True, overflow="ellipsis")
         out.append("● " + state, style=f"bold {s.get(role, '')}")
@@ -415,6 +462,10 @@ class VaultMeshApp(App[int]):
             out.append(f" ({why})", style=s.get(role, ""))
         # Badges right after the health, the config hash last: at 80 columns what does not
         # fit is cut from the end, and what the operator must not miss is at the start.
+        http_error = self.services.http_error if self.services is not None else None
+        if http_error:
+            why_off = "port in use" if "in use" in http_error else "cannot listen"
+            out.append(f"  HTTP OFF: {why_off}", style=f"bold reverse {s.get('error', '')}")
         if engine.paused:
             out.append("  PAUSED", style=f"bold reverse {s.get('warning', '')}")
         if self.readonly:
@@ -422,9 +473,14 @@ class VaultMeshApp(App[int]):
         if self.stopping:
             out.append("  stopping...", style="bold")
         out.append(f"  up {format_seconds(max(0.0, now - engine.started_at))}")
+        # Counts the operator can check against the rows: a job anchoring is not also "ok",
+        # and "backoff" is the Backoff pane's count.
         out.append(f"  ok {c.ok}")
-        out.append(f"  backoff {c.backing_off}", style=s.get("warning", "") if c.backing_off else "")
-        out.append(f"  in flight {c.in_flight}")
+        out.append(f"  anchoring {c[JobStatus.ANCHORING]}")
+        out.append(f"  backoff {c.in_backoff}", style=s.get("warning", "") if c.in_backoff else "")
+        for status in (JobStatus.STALE, JobStatus.ERROR):
+            if c[status]:
+                out.append(f"  {status.text} {c[status]}", style=s.get("warning" if status == JobStatus.STALE else "error", ""))
         out.append(f"  cfg {engine.config_hash[:8]}")
         return out
 
@@ -450,34 +506,69 @@ class VaultMeshApp(App[int]):
     # ----- selection ------------------------------------------------------------------------------
 
     def _selected_job(self) -> JobKey | None:
+        """The job of what is selected in the pane the operator is looking at: a job row, a
+        receipt's job, or the `job` field of a log line. None if it names no job."""
         pane = self._focused_pane_name()
+        if pane == "receipts":
+            info = self._receipts.get(self.receipts.selected_key or "")
+            return None if info is None or info.cadence == "?" else JobKey(info.namespace, info.cadence)
+        if pane == "logs":
+            record = self.logs.selected_record
+            job = record.fields.get("job") if record is not None else None
+            try:
+                return JobKey.parse(job) if isinstance(job, str) else None
+            except ValueError:
+                return None
         table = self.backoff if pane == "backoff" else self.jobs
         key = table.selected_key
-        if key is None and table is self.backoff:
-            key = self.jobs.selected_key
         return JobKey.parse(key) if key else None
 
+    def _no_job_selected(self) -> None:
+        """Say what the key needs in the pane the operator is looking at."""
+        needs = {
+            "jobs": "no job selected",
+            "backoff": "no job in backoff: select a job in Namespaces (1)",
+            "receipts": "no receipt selected: select one, or a job in Namespaces (1)",
+            "logs": "the selected log line names no job: select a line with job=... (j/k), or a job in Namespaces (1)",
+        }
+        self.notify(needs[self._focused_pane_name()], severity="warning")
+
     def _selected_namespace(self) -> str | None:
-        if self._focused_pane_name() == "receipts":
-            path = self.receipts.selected_key
-            if path and path in self._receipts:
-                return self._receipts[path].namespace
         job = self._selected_job()
         return job.namespace if job else None
 
     # ----- actions --------------------------------------------------------------------------------
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if isinstance(self.screen, HelpScreen):
+            return False  # the footer shows the help screen's own keys
         if self.readonly and action in MUTATING:
-            return None  # shown greyed out in the footer, does nothing
+            return False  # not in the footer; pressed, on_key says "read-only"
         if action in MAIN_SCREEN_ONLY and len(self.screen_stack) > 1:
             return False  # on the detail screen these would act on hidden panes
         return True
 
+    def _readonly_keys(self) -> dict[str, str]:
+        """{key: action} of the actions --readonly disables, as currently mapped."""
+        keys: dict[str, str] = {}
+        for bid, key, action, *_ in KEYS:
+            if action in MUTATING:
+                for k in self._keymap_key(bid, key, every=True):
+                    keys[k] = action
+        return keys
+
+    def on_key(self, event: Any) -> None:
+        """In --readonly the mutating keys are unbound; say so instead of doing nothing."""
+        if self.readonly and len(self.screen_stack) == 1:
+            action = self._readonly_keys().get(event.key)
+            if action is not None:
+                event.stop()
+                self.notify(f"read-only: {action.replace('_', ' ')} is disabled (--readonly)", severity="warning", timeout=4)
+
     def action_force(self) -> None:
         key = self._selected_job()
         if key is None:
-            self.notify("no job selected", severity="warning")
+            self._no_job_selected()
             return
         spec = self.runtime.engine.jobs.get(key)
         if spec is None:
@@ -496,7 +587,7 @@ class VaultMeshApp(App[int]):
     def action_force_namespace(self) -> None:
         namespace = self._selected_namespace()
         if namespace is None:
-            self.notify("no namespace selected", severity="warning")
+            self._no_job_selected()
             return
         keys = [k for k in self.runtime.engine.jobs if k.namespace == namespace]
         if not keys:
@@ -529,20 +620,16 @@ class VaultMeshApp(App[int]):
             self.notify("already in flight", severity="warning")
 
     def action_reload(self) -> None:
+        """Reload now. What changed, or the errors, are told by the ConfigApplied /
+        ConfigRejected events, as for an edit the file watcher picked up."""
         result = self.runtime.reload()
         if result.errors:
-            self.notify(
-                f"config reload rejected: {len(result.errors)} error(s); the previous config stays live",
-                severity="error", timeout=10,
-            )  # fmt: skip
             self.push_screen(
                 MessageScreen("Config reload rejected: the previous config stays live", result.errors)
             )
-        elif result.changed:
-            self.notify(f"config reloaded: {result.summary}", timeout=5)
-        else:
+        elif not result.changed:
             self.notify(f"config reload: {result.summary or 'no change'}", timeout=4)
-        self._refresh_views()
+        self.flush_now()
 
     def action_pause(self) -> None:
         engine = self.runtime.engine
@@ -555,9 +642,12 @@ class VaultMeshApp(App[int]):
         self._refresh_views()
 
     def action_detail(self) -> None:
+        if self._focused_pane_name() == "logs":
+            self._show_log_record()
+            return
         namespace = self._selected_namespace()
         if namespace is None:
-            self.notify("no namespace selected", severity="warning")
+            self._no_job_selected()
             return
         engine = self.runtime.engine
         views = [engine.view(k) for k in engine.jobs if k.namespace == namespace]
@@ -578,17 +668,38 @@ class VaultMeshApp(App[int]):
         )  # fmt: skip
         self.push_screen(DetailScreen(namespace, body))
 
+    def _show_log_record(self) -> None:
+        record = self.logs.selected_record
+        if record is None:
+            self.notify("no log line selected (j/k select one)", severity="warning")
+            return
+        lines = log_record_lines(record, self.logs.data_dir)
+        self.push_screen(MessageScreen(f"Log line: {record.level}", lines, error=record.level == "ERROR"))
+
     def on_data_table_row_selected(self, event: DiffTable.RowSelected) -> None:
         self.action_detail()
 
     def action_verify(self) -> None:
-        path = self.receipts.selected_key
-        if self._focused_pane_name() != "receipts" or path is None:
+        """Verify the selected receipt (Receipts pane), else the latest receipt of the job
+        selected in the pane the operator is looking at."""
+        if self._focused_pane_name() == "receipts":
+            path = self.receipts.selected_key
             if path is None:
-                self.notify("no receipt selected (Receipts pane, 3)", severity="warning")
+                self.notify("no receipt selected", severity="warning")
                 return
-        self._verified[path] = "..."
-        self._refresh_receipts()
+        else:
+            job = self._selected_job()
+            if job is None:
+                self._no_job_selected()
+                return
+            latest = self.runtime.receipts.for_job(job.namespace, job.cadence, 1)
+            if not latest:
+                self.notify(f"{job} has no receipt yet", severity="warning")
+                return
+            path = str(latest[0][0])
+        if path in self._receipts:
+            self._verified[path] = "..."
+            self._refresh_receipts()
         self.verify_receipt(path)
 
     @work(group="verify", exit_on_error=False)
@@ -607,7 +718,8 @@ class VaultMeshApp(App[int]):
             self.notify(f"verify FAIL {name}: {exc!r}", severity="error", timeout=15)
         else:
             self._verified[path] = "OK"
-            self.notify(f"verify OK {name}: audit path and attestation check out", timeout=6)
+            job = f"{receipt.get('namespace')}/{receipt.get('cadence')}"
+            self.notify(f"verify OK {job} {name}: audit path and attestation check out", timeout=6)
         self._refresh_receipts()
 
     def action_filter(self) -> None:
@@ -669,9 +781,10 @@ class VaultMeshApp(App[int]):
             notes.append("Read-only dashboard (--readonly): force, reload and pause are disabled.")
         self.push_screen(HelpScreen(rows, notes))
 
-    def _keymap_key(self, binding_id: str, default: str) -> str:
-        keys = self._keymap.get(binding_id)
-        return keys.split(",")[0] if keys else default
+    def _keymap_key(self, binding_id: str, default: str, *, every: bool = False) -> Any:
+        """The key of a binding as mapped by tui.keys (the first; `every`: all of them)."""
+        keys = (self._keymap.get(binding_id) or default).split(",")
+        return [k.strip() for k in keys] if every else keys[0].strip()
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)
@@ -705,6 +818,13 @@ class VaultMeshApp(App[int]):
         """Metrics and health over HTTP, config watching, confirmations: as in --no-ui. A
         port that cannot be bound is logged and shown; the dashboard keeps running."""
         self.services = await Services(self.runtime).start(http_required=False)
+        if self.services.http_error:
+            self.notify(
+                f"/metrics and /health are off: {self.services.http_error}. Another scheduler may be "
+                "running; set METRICS_PORT or http.listen to a free port and restart.",
+                severity="error", timeout=60,
+            )  # fmt: skip
+            self._refresh_views()
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         if event.worker.group != "engine":

@@ -10,6 +10,7 @@ from rich.text import Text
 from core.cadence import format_seconds
 from core.engine import JobView
 from core.events import LogRecord
+from core.status import JobStatus
 from tui.rows import ReceiptInfo, age, countdown, log_line, relative, short_root
 
 
@@ -45,16 +46,19 @@ def namespace_detail(
             extras.append(f"policyOID {s.policy_oid}")
         if s.anchor_unchanged:
             extras.append("anchor_unchanged")
+        # Two short lines a cadence, so that at 80 columns a long target name or
+        # `backing off` never wraps the status line into the first column.
         out.append(f"  {s.cadence:<7}", style="bold")
-        out.append(f"{s.target:<16} every {format_seconds(s.every):<7} ")
+        out.append(f"{s.target}  every {format_seconds(s.every)}\n")
         last = None if st.last_anchored_at is None else now - st.last_anchored_at
-        out.append(f"last {age(last):<7} ")
         nxt = "-" if v.due_at is None else countdown(v.due_at - now)
-        out.append(f"next {nxt:<7} {v.status}")
+        out.append(f"         last {age(last)}  next {nxt}  ")
+        out.append(JobStatus(v.status).text, style="bold")
         if st.backoff_level:
-            out.append(f"  backoff {st.backoff_level}/{max_level}", style="bold")
+            retry = "" if st.next_attempt is None else f", retry in {countdown(st.next_attempt - now)}"
+            out.append(f"  backoff {st.backoff_level}/{max_level}{retry}", style="bold")
         if extras:
-            out.append("\n           " + ", ".join(extras), style="dim")
+            out.append("\n         " + ", ".join(extras), style="dim")
         out.append("\n")
     if not views:
         out.append("  (no jobs: removed from the config?)\n", style="dim")

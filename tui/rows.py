@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,19 +19,22 @@ from rich.text import Text
 from core.cadence import CADENCES, format_seconds
 from core.engine import JobView
 from core.events import LogRecord
+from core.status import Counts, Health, JobStatus, loop_problem, overall
 
 # Styles are theme roles, resolved to Rich colours by `Palette` (so the ANSI theme gets
 # ANSI colours and a light theme gets readable ones).
 STATUS_ROLE = {
-    "ok": "success",
-    "due": "accent",
-    "anchoring": "primary",
-    "backing_off": "warning",
-    "stale": "warning",
-    "paused": "muted",
-    "error": "error",
+    JobStatus.OK: "success",
+    JobStatus.DUE: "accent",
+    JobStatus.ANCHORING: "primary",
+    JobStatus.BACKING_OFF: "warning",
+    JobStatus.STALE: "warning",
+    JobStatus.PAUSED: "muted",
+    JobStatus.ERROR: "error",
+    JobStatus.DISABLED: "muted",
+    JobStatus.STUCK: "error",
 }
-STATUS_TEXT = {"backing_off": "backing off"}
+HEALTH_ROLE = {Health.HEALTHY: "success", Health.DEGRADED: "warning", Health.UNHEALTHY: "error"}
 
 
 class Cell(NamedTuple):
@@ -128,7 +131,7 @@ def job_row(view: JobView, now: float, max_level: int, paused: bool, p: Palette)
         p.cell(age(last), _INF if last is None else last, "muted" if last is None else ""),
         p.cell(nxt, nxt_sort),
         p.cell(backoff, state.backoff_level, "warning" if state.backoff_level else "muted"),
-        p.cell(STATUS_TEXT.get(status, status), status, STATUS_ROLE.get(status, "")),
+        p.cell(JobStatus(status).text, status, STATUS_ROLE.get(status, "")),
     )
 
 
@@ -227,54 +230,17 @@ def receipt_row(info: ReceiptInfo, verified: str, p: Palette) -> tuple[Cell, ...
 # --------------------------------------------------------------------------- health
 
 
-@dataclass(frozen=True, slots=True)
-class Counts:
-    ok: int
-    backing_off: int
-    in_flight: int
-    stale: int
-    error: int
-    total: int
-
-
-def count(views: Iterable[JobView]) -> Counts:
-    ok = backing = flight = stale = error = total = 0
-    for v in views:
-        total += 1
-        if v.in_flight:
-            flight += 1
-        if v.status == "backing_off":
-            backing += 1
-        elif v.status == "stale":
-            stale += 1
-        elif v.status == "error":
-            error += 1
-        elif v.status in ("ok", "due", "paused", "anchoring"):
-            ok += 1
-    return Counts(ok, backing, flight, stale, error, total)
-
-
 def health(
     counts: Counts, *, engine: str, last_tick: float | None, started_at: float, now: float, tick: float
-) -> tuple[str, str]:
-    """(healthy|degraded|unhealthy, why). `engine` is running | stopped | failed | off.
-
-    The engine wakes at least every `tick` seconds, so no tick for several ticks (and at
-    least half a minute, for slow hosts) means its loop is stuck.
-    """
+) -> tuple[Health, str]:
+    """(health, why) by core.status's one definition. `engine` is running | stopped |
+    failed | off (off: this dashboard does not run the loop, so it cannot be stuck)."""
     if engine in ("stopped", "failed"):
-        return "unhealthy", f"engine {engine}"
+        return Health.UNHEALTHY, f"engine {engine}"
+    problem = None
     if engine == "running":
-        since = now - (last_tick if last_tick is not None else started_at)
-        if since > max(5 * tick, 30.0):
-            return "unhealthy", f"no tick for {format_seconds(since)}"
-    if counts.error:
-        return "degraded", f"{counts.error} in error"
-    if counts.backing_off:
-        return "degraded", f"{counts.backing_off} backing off"
-    if counts.stale:
-        return "degraded", f"{counts.stale} stale"
-    return "healthy", ""
+        problem = loop_problem(stopped=False, last_tick=last_tick, started_at=started_at, tick=tick, now=now)
+    return overall(counts, problem)
 
 
 # --------------------------------------------------------------------------- logs
@@ -300,3 +266,16 @@ def log_line(record: LogRecord, data_dir: str = "") -> str:
         text = relative(text, data_dir)
         parts.append(f"{key}={_abbreviate(text)}")
     return " ".join(parts).replace("\n", " ")
+
+
+def log_record_lines(record: LogRecord, data_dir: str = "") -> list[str]:
+    """A log record whole, one field a line: the pane abbreviates digests and cuts at its
+    width; this is what `enter` on a log line shows."""
+    when = datetime.fromtimestamp(record.at, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    out = [f"{when}  {record.level}", record.msg]
+    if record.fields:
+        out.append("")
+    for key, value in record.fields.items():
+        text = value if isinstance(value, str) else json.dumps(value, default=str, ensure_ascii=False)
+        out.append(f"{key}: {relative(text, data_dir)}")
+    return out

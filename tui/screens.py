@@ -9,6 +9,7 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.events import Resize
 from textual.screen import ModalScreen, Screen
 from textual.widgets import Button, Footer, Static
 
@@ -69,12 +70,14 @@ class MessageScreen(ModalScreen[None]):
 
 
 class HelpScreen(ModalScreen[None]):
-    """Every key the dashboard answers to, as currently mapped (config `tui.keys`)."""
+    """Every key the dashboard answers to, as currently mapped (config `tui.keys`). Sized to
+    the terminal: what does not fit scrolls, the hint line says so, and the footer shows
+    this screen's own keys (the dashboard's are hidden while it is open)."""
 
     BINDINGS = [
         Binding("escape,q,question_mark", "close", "Close"),
-        Binding("j,down", "scroll(1)", "Down", show=False),
-        Binding("k,up", "scroll(-1)", "Up", show=False),
+        Binding("j,down", "scroll(1)", "Scroll down"),
+        Binding("k,up", "scroll(-1)", "Scroll up"),
     ]
 
     def __init__(self, rows: list[tuple[str, str]], notes: list[str]) -> None:
@@ -94,11 +97,32 @@ class HelpScreen(ModalScreen[None]):
                 yield Static(table)
                 if self.notes:
                     yield Static(Text("\n".join(self.notes), style="dim"))
-            yield Static(Text("j/k: scroll  esc: close", style="dim"))
+            yield Static(Text("", style="dim"), id="hint")
+        yield Footer(compact=True)
+
+    # Rows around the list: the dialog's border (2), its title and hint lines, the footer.
+    CHROME_ROWS = 5
+
+    def on_mount(self) -> None:
+        self._fit(self.size.height)
+
+    def on_resize(self, event: Resize) -> None:
+        self._fit(event.size.height)
+
+    def _fit(self, height: int) -> None:
+        self.query_one("#lines", VerticalScroll).styles.max_height = max(3, height - self.CHROME_ROWS)
+        self.call_after_refresh(self._update_hint)
+
+    def _update_hint(self) -> None:
+        scroll = self.query_one("#lines", VerticalScroll)
+        below = int(scroll.max_scroll_y - scroll.scroll_y)
+        more = f"{below} more line(s) below: j/down  " if below > 0 else ""
+        self.query_one("#hint", Static).update(Text(f"{more}esc: close", style="dim"))
 
     def action_scroll(self, step: int) -> None:
         scroll = self.query_one("#lines", VerticalScroll)
-        scroll.scroll_to(y=scroll.scroll_y + step, animate=False)
+        scroll.scroll_to(y=scroll.scroll_y + step, animate=False, immediate=True)
+        self._update_hint()
 
     def action_close(self) -> None:
         self.dismiss(None)

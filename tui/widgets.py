@@ -9,7 +9,9 @@ from rich.cells import cell_len
 from rich.text import Text
 from textual.binding import Binding
 from textual.containers import Vertical
+from textual.geometry import Region
 from textual.message import Message
+from textual.strip import Strip
 from textual.widgets import DataTable, Log, Static
 from textual.widgets.data_table import ColumnKey, RowKey
 
@@ -42,10 +44,18 @@ class DiffTable(DataTable):
             self.table = table
 
     def __init__(
-        self, columns: Columns, *, id: str | None = None, sort_index: int = 0, sort_reverse: bool = False
+        self,
+        columns: Columns,
+        *,
+        id: str | None = None,
+        sort_index: int = 0,
+        sort_reverse: bool = False,
+        hidden_when_compact: frozenset[str] = frozenset(),
     ) -> None:
         super().__init__(id=id, cursor_type="row", zebra_stripes=False)
         self.column_spec = columns
+        self.compact = False
+        self.hidden_when_compact = hidden_when_compact
         self.all_rows: dict[str, tuple[Cell, ...]] = {}
         self._shown: dict[str, tuple[Cell, ...]] = {}
         self.filter_text = ""
@@ -126,10 +136,34 @@ class DiffTable(DataTable):
     def _widen(self, row: tuple[Cell, ...]) -> None:
         # DataTable measures new rows on idle but keeps rows it already rendered at the
         # old width; sizing auto-width columns here makes the first render right.
+        gap = int(self.compact)
         for (key, _, width), cell in zip(self.column_spec, row, strict=True):
-            if width is None:
+            if width is None and not (self.compact and key in self.hidden_when_compact):
                 column = self.columns[ColumnKey(key)]
-                column.content_width = max(column.content_width, cell_len(cell.text))
+                column.content_width = max(column.content_width, cell_len(cell.text) + gap)
+
+    def set_compact(self, compact: bool) -> None:
+        """Narrow terminals: one space between columns instead of two (no cell padding; the
+        gap is the last cell of each column's width), and the `hidden_when_compact` columns
+        take no width, so real target names and `backing off` fit 80 columns."""
+        if compact == self.compact:
+            return
+        self.compact = compact
+        gap = int(compact)
+        self.cell_padding = 0 if compact else 1
+        for index, (key, label, width) in enumerate(self.column_spec):
+            column = self.columns[ColumnKey(key)]
+            if compact and key in self.hidden_when_compact:
+                column.auto_width, column.width = False, 0
+                continue
+            if width is not None:
+                column.auto_width, column.width = False, width + gap
+            else:
+                cells = [cell_len(row[index].text) for row in self._shown.values()]
+                column.auto_width = True
+                column.content_width = max([cell_len(label) + 2, *cells]) + gap  # + 2: the sort arrow
+        self._require_update_dimensions = True
+        self.refresh()
 
     # ---- sorting and filtering
 
@@ -192,15 +226,23 @@ class DiffTable(DataTable):
 
 
 class LogView(Log):
-    """The Logs pane's text area: a bounded buffer, a level filter, a text search, follow."""
+    """The Logs pane's text area: a bounded buffer, a level filter, a text search, follow,
+    and a selected line (j/k) whose whole record enter opens and whose job `f` forces.
+
+    `shown` holds the record of each line on screen, in step with `lines` (the same bound,
+    one line per record); the selection is a sequence number of a shown line, so it stays
+    on its line when old lines are dropped from the top. While following, the selection
+    is the newest line."""
 
     BINDINGS = [
-        Binding("j", "scroll_down", "Down", show=False),
-        Binding("k", "scroll_up", "Up", show=False),
+        Binding("j,down", "move(1)", "Down", show=False),
+        Binding("k,up", "move(-1)", "Up", show=False),
         Binding("l", "cycle_level", "Level", id="log_level"),
         Binding("p", "toggle_follow", "Follow", id="log_follow"),
-        Binding("G", "follow", "End", show=False),
+        Binding("G,end", "follow", "End", show=False),
     ]
+    DEFAULT_CSS = "LogView > .log--cursor { text-style: reverse; }"
+    COMPONENT_CLASSES = {"log--cursor"}
 
     class FilterChanged(Message):
         def __init__(self, view: LogView) -> None:
@@ -210,6 +252,9 @@ class LogView(Log):
     def __init__(self, *, max_lines: int = 5000, data_dir: str = "", id: str | None = None) -> None:
         super().__init__(max_lines=max_lines, auto_scroll=True, id=id)
         self.records: deque[LogRecord] = deque(maxlen=max_lines)
+        self.shown: deque[LogRecord] = deque(maxlen=max_lines)
+        self._written = 0  # lines written since the last clear: the next line's sequence number
+        self._cursor = -1  # sequence number of the selected line; -1: none yet
         self.data_dir = data_dir
         self.filter_text = ""
         self.min_level = "DEBUG"
@@ -219,24 +264,70 @@ class LogView(Log):
             return False
         return not self.filter_text or self.filter_text.lower() in line.lower()
 
+    def _write(self, records: Iterable[LogRecord]) -> None:
+        lines = []
+        for r in records:
+            line = log_line(r, self.data_dir)
+            if self._match(r, line):
+                lines.append(line)
+                self.shown.append(r)
+        if lines:
+            self._written += len(lines)
+            self.write_lines(lines)
+        if self.auto_scroll:
+            self._cursor = self._written - 1
+
     def add(self, records: Iterable[LogRecord]) -> None:
         records = list(records)[-self.records.maxlen :]  # type: ignore[misc]
         self.records.extend(records)
-        lines = [line for r in records if self._match(r, line := log_line(r, self.data_dir))]
-        if lines:
-            self.write_lines(lines)
+        self._write(records)
 
     def _rerender(self) -> None:
         self.clear()
-        lines = [line for r in self.records if self._match(r, line := log_line(r, self.data_dir))]
-        if lines:
-            self.write_lines(lines)
+        self.shown.clear()
+        self._written = 0
+        self._cursor = -1
+        self._write(self.records)
         self.post_message(self.FilterChanged(self))
 
     def set_filter(self, text: str) -> None:
         if text != self.filter_text:
             self.filter_text = text
             self._rerender()
+
+    # ---- the selected line
+
+    @property
+    def cursor_line(self) -> int | None:
+        """Index in `lines` of the selected line, or None."""
+        index = self._cursor - (self._written - len(self.shown))
+        return index if 0 <= index < len(self.shown) else None
+
+    @property
+    def selected_record(self) -> LogRecord | None:
+        index = self.cursor_line
+        return None if index is None else self.shown[index]
+
+    def render_line(self, y: int) -> Strip:
+        strip = super().render_line(y)
+        if self.cursor_line == self.scroll_offset.y + y and self.has_focus:
+            strip = strip.apply_style(self.get_component_rich_style("log--cursor"))
+        return strip
+
+    def action_move(self, step: int) -> None:
+        if not self.shown:
+            return
+        index = self.cursor_line
+        index = len(self.shown) - 1 if index is None else max(0, min(len(self.shown) - 1, index + step))
+        self._cursor = self._written - len(self.shown) + index
+        following = index == len(self.shown) - 1 and step > 0
+        if self.auto_scroll != following:
+            self.auto_scroll = following
+            self.post_message(self.FilterChanged(self))
+        self.scroll_to_region(Region(0, index, 1, 1), animate=False, immediate=True)
+        self.refresh()
+
+    # ---- level, follow
 
     def action_cycle_level(self) -> None:
         self.min_level = LOG_LEVELS[(LOG_LEVELS.index(self.min_level) + 1) % len(LOG_LEVELS)]
@@ -246,13 +337,16 @@ class LogView(Log):
     def action_toggle_follow(self) -> None:
         self.auto_scroll = not self.auto_scroll
         if self.auto_scroll:
-            self.scroll_end(animate=False)
-        self.post_message(self.FilterChanged(self))
+            self.action_follow()
+        else:
+            self.post_message(self.FilterChanged(self))
         self.notify("logs: following" if self.auto_scroll else "logs: follow paused", timeout=2)
 
     def action_follow(self) -> None:
         self.auto_scroll = True
+        self._cursor = self._written - 1
         self.scroll_end(animate=False)
+        self.refresh()
         self.post_message(self.FilterChanged(self))
 
 
