@@ -319,3 +319,25 @@ def test_without_a_terminal_it_refuses_and_says_use_no_ui(tmp_path, missing):
     assert code == 2
     assert ESC not in output
     assert not data.exists()  # nothing started, nothing locked
+
+
+def test_sigint_stops_the_dashboard_like_sigterm(tmp_path):
+    """`kill -INT` (ctrl+c reaches the app as a key in raw mode): an orderly stop, exit 0,
+    the terminal given back, not a KeyboardInterrupt traceback."""
+    data = tmp_path / "data"
+    main, child = open_pty()
+    proc = start_dashboard(data, stdin=child, display=child)
+    os.close(child)
+    try:
+        wait_for_anchors(main, data, proc)
+        os.kill(proc.pid, signal.SIGINT)
+        exited, output = wait_exited(proc.pid, 10, drain_fd=main)
+        assert exited, "SIGINT did not stop the dashboard"
+        output += drain(main, 0.3)
+        assert proc.wait() == 0
+    finally:
+        stop(proc)
+        os.close(main)
+    assert b"\x1b[?1049l" in output and b"stopped: SIGINT" in output
+    assert b"Traceback" not in output
+    assert_released_and_flushed(data, proc.pid)
