@@ -208,10 +208,10 @@ def summary(loaded: LoadedConfig) -> str:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    from core.config import ConfigError
+    from core.config import ConfigError, load_config
 
-    try:
-        loaded = load(args)
+    try:  # thorough: the dashboard's settings and the files the config names, too
+        loaded = load_config(overrides=overrides_from(args), thorough=True)
     except ConfigError as exc:
         print_errors(exc)
         return 2

@@ -854,11 +854,15 @@ def load_config(
     overrides: dict[str, Any] | None = None,
     cwd: Path | None = None,
     allow_unset: bool = False,
+    thorough: bool = False,
 ) -> LoadedConfig:
     """Load, merge and validate the configuration; raise ConfigError listing every problem.
 
     ``allow_unset``: an unset ``${VAR}`` becomes an empty value and a warning, not an error
     (``verify`` reads trust bundles and node URLs, never the secrets such variables hold).
+
+    ``thorough`` (check-config): also check what only the dashboard reads and open the
+    files the config names (core/config_check.py).
 
     ``overrides`` holds CLI flags: ``config`` (path), ``data_dir``, ``state_file``, ``tick``,
     ``log_level``, ``log_file``, ``listen``, ``theme``, ``theme_file``, or any dotted
@@ -1061,6 +1065,11 @@ def load_config(
     _resolve_model_paths(config, (), root, base_dir)
     if vmsh_root is not None:
         config._batches_root = vmsh_root / "out" / "batches"
+    if thorough:
+        from core.config_check import thorough_issues
+
+        if found := thorough_issues(config, root):
+            raise ConfigError(_sorted_unique(found))
 
     # verify (allow_unset) reads targets only; the warnings about running concern others
     warnings = reader.unset + ([] if allow_unset else _warnings(config, root))

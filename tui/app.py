@@ -32,6 +32,7 @@ from textual.worker import Worker, WorkerState
 
 from core.cadence import format_seconds
 from core.clock import Clock
+from core.dashboard_settings import action_problem, key_problem
 from core.events import (
     ConfigApplied,
     ConfigRejected,
@@ -240,15 +241,14 @@ class VaultMeshApp(App[int]):
         return names
 
     def _config_keymap(self) -> dict[str, str]:
-        known = {bid for bid, *_ in KEYS} | {"sort", "reverse_sort", "log_level", "log_follow"}
+        """tui.keys as check-config checks it (core.dashboard_settings); a bad entry is shown, not applied."""
         keymap: dict[str, str] = {}
         for action, key in (self.runtime.loaded.config.tui.keys or {}).items():
-            if action in known:
-                keymap[action] = key
+            problem = action_problem(action) or key_problem(key)
+            if problem:
+                self.startup_problems.append(f"tui.keys: {problem}")
             else:
-                self.startup_problems.append(
-                    f"tui.keys: unknown action {action!r}; known: {', '.join(sorted(known))}"
-                )
+                keymap[action] = key
         return keymap
 
     # ----- layout ---------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ import pytest
 from core import __version__
 from core.cli import main
 from core.config import ENV_VARS
+from tests.pki import make_root
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "config.example.yaml"
@@ -106,6 +107,9 @@ def test_check_config_vaultmesh_layout(capsys, monkeypatch, tmp_path, fixtures_d
     (root / "vmsh/config").mkdir(parents=True)
     for name in ("namespaces.yaml", "anchors.yaml"):
         shutil.copyfile(fixtures_dir / name, root / "vmsh/config" / name)
+    # anchors.yaml names the TSA's trust bundle; check-config opens it (a checkout has it)
+    (root / "services/anchors/certs").mkdir(parents=True)
+    (root / "services/anchors/certs/tsa-bundle.pem").write_bytes(make_root().pem)
     monkeypatch.setenv("VMSH_ROOT", str(root))
     for name, value in VAULTMESH_ENV.items():
         monkeypatch.setenv(name, value)
@@ -211,3 +215,74 @@ def test_check_config_refuses_a_namespace_name_no_folder_can_have(capsys, tmp_pa
     first, last = capsys.readouterr().err.splitlines()
     assert first.startswith("c.yaml:2:3: namespaces.") and words in first
     assert last == "configuration invalid: 1 error"
+
+
+# --- check-config checks what the dashboard reads and the files the config names ----------------
+
+LOCAL_JOB = 'namespaces:\n  "demo:a":\n    cadence:\n      fast: {target: "local:dev", every: "10s"}\n'
+
+
+def test_check_config_refuses_a_mistyped_key_remap_with_its_line_and_a_suggestion(capsys, tmp_path):
+    (tmp_path / "c.yaml").write_text(LOCAL_JOB + "tui:\n  keys: {forse: x}\n")
+    assert main(["check-config", "c.yaml"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "c.yaml:6:10: tui.keys.forse: unknown action 'forse' (did you mean 'force'?)",
+        "configuration invalid: 1 error",
+    ]
+
+
+def test_check_config_refuses_what_would_only_fail_later(capsys, tmp_path):
+    """An unknown theme, a theme file that does not parse, a trust bundle that is not there
+    and a signing key file that is not a key: all at once, each at its line; the key file's
+    content is never printed."""
+    (tmp_path / "broken.toml").write_text("primary = \n")
+    (tmp_path / "anchor.key").write_text("my-secret-passphrase\n")
+    (tmp_path / "c.yaml").write_text(
+        'namespaces:\n  "demo:a":\n    cadence:\n'
+        '      fast: {target: "rfc3161:tsa", every: "10s"}\n'
+        '      strong: {target: "eip155:1", every: "3*fast"}\n'
+        "targets:\n"
+        "  rfc3161:\n    tsa: {url: https://tsa.example/tsr, trustBundle: certs/tsa.pem}\n"
+        "  eip155:\n    default: {rpcUrl: https://rpc.example, chainId: 1, keyFile: anchor.key}\n"
+        "tui:\n  theme: solarised\n  theme_file: broken.toml\n"
+    )
+    assert main(["check-config", "c.yaml"]) == 2
+    err = capsys.readouterr().err
+    lines = err.splitlines()
+    assert lines[0] == (
+        f"c.yaml:8:54: targets.rfc3161.tsa.trustBundle: cannot read trust bundle {tmp_path / 'certs/tsa.pem'}: "
+        "No such file or directory"
+    )
+    assert lines[1] == (
+        f"c.yaml:10:65: targets.eip155.default.keyFile: key file {tmp_path / 'anchor.key'} does not hold "
+        "a valid secp256k1 private key (64 hex digits)"
+    )
+    assert lines[2].startswith(f"c.yaml:13:15: tui.theme_file: {tmp_path / 'broken.toml'}: not valid TOML")
+    assert lines[3:] == ["configuration invalid: 3 errors"]  # the theme name waits for its file
+    assert "my-secret-passphrase" not in err
+
+    (tmp_path / "broken.toml").write_text('name = "mine"\nprimary = "#101418"\n')
+    assert main(["check-config", "c.yaml"]) == 2
+    err = capsys.readouterr().err
+    assert "c.yaml:12:10: tui.theme: no theme named 'solarised'; available: " in err
+    assert "mine, monokai, nord" in err and "vaultmesh-dark" in err and "solarized-dark" in err
+
+
+def test_check_config_passes_a_config_whose_named_files_and_dashboard_settings_are_valid(capsys, tmp_path):
+    (tmp_path / "certs").mkdir()
+    (tmp_path / "certs/tsa.pem").write_bytes(make_root().pem)
+    (tmp_path / "anchor.key").write_text("0x" + "11" * 32 + "\n")
+    (tmp_path / "mine.toml").write_text('name = "mine"\nprimary = "ansi_blue"\nansi = true\n')
+    (tmp_path / "c.yaml").write_text(
+        'namespaces:\n  "demo:a":\n    cadence:\n'
+        '      fast: {target: "rfc3161:tsa", every: "10s"}\n'
+        '      strong: {target: "eip155:1", every: "3*fast"}\n'
+        "targets:\n"
+        "  rfc3161:\n    tsa: {url: https://tsa.example/tsr, trustBundle: certs/tsa.pem}\n"
+        "  eip155:\n    default: {rpcUrl: https://rpc.example, chainId: 1, keyFile: anchor.key}\n"
+        "tui:\n  theme: mine\n  theme_file: mine.toml\n  keys: {force: x, reload: 'ctrl+r', quit: 'q,f10'}\n"
+    )
+    assert main(["check-config", "c.yaml"]) == 0
+    out = capsys.readouterr().out
+    assert out.rstrip().endswith("configuration OK")
+    assert "11" * 32 not in out

@@ -880,3 +880,170 @@ def test_batch_read_settings(tmp_path):
     assert set(default.batch_limits().values()) == {BatchLimits(1024 * 1024, False)}
     [error] = errors(tmp_path, "scheduler: {max_batch_bytes: 10}\n")
     assert error.startswith("config.yaml:1:30: scheduler.max_batch_bytes: Input should be greater than or equal to 128")
+
+
+# --- check-config (thorough): what the dashboard reads, and the files the config names ----------
+
+GOOD_THEME = 'name = "mine"\nprimary = "#4EA8DE"\ndark = true\n[variables]\n"footer-key-foreground" = "#F2AB41"\n'
+KEY_HEX = "4c0883a69102937d6231471b5dbb6204fe5129617082792ae468d01a3f362318"  # a throwaway test key
+
+
+def thorough_errors(tmp_path: Path, text: str, env: dict | None = None) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        load(tmp_path, text, env=env, thorough=True)
+    return [str(i) for i in info.value.issues]
+
+
+def test_a_mistyped_dashboard_action_is_an_error_with_a_suggestion_at_its_line(tmp_path):
+    text = MINIMAL + "tui:\n  keys: {forse: x, filter: '/'}\n"
+    assert thorough_errors(tmp_path, text) == [
+        "config.yaml:6:10: tui.keys.forse: unknown action 'forse' (did you mean 'force'?)"
+    ]
+    [error] = thorough_errors(tmp_path, MINIMAL + "tui:\n  keys:\n    frobnicate: x\n")
+    assert error.startswith("config.yaml:7:5: tui.keys.frobnicate: unknown action 'frobnicate'; known: ")
+    assert "force_namespace" in error and "log_follow" in error
+
+
+@pytest.mark.parametrize(
+    ("key", "words"),
+    [
+        ("escpae", "'escpae' is not a key name (did you mean 'escape'?)"),
+        ("cmd+r", "'cmd' in 'cmd+r' is not a modifier"),
+        ("j,,k", "has an empty key between commas"),
+        ("''", "expected a key such as 'x'"),
+    ],
+)
+def test_a_key_textual_cannot_bind_is_an_error_at_its_value(tmp_path, key, words):
+    [error] = thorough_errors(tmp_path, MINIMAL + f"tui:\n  keys:\n    reload: {key}\n")
+    assert error.startswith("config.yaml:7:13: tui.keys.reload: ") and words in error
+
+
+def test_an_unknown_theme_name_lists_the_known_ones(tmp_path):
+    [error] = thorough_errors(tmp_path, MINIMAL + "tui: {theme: vaultmesh-drak}\n")
+    assert error.startswith("config.yaml:5:14: tui.theme: no theme named 'vaultmesh-drak'; available: ")
+    for name in ("vaultmesh-dark", "vaultmesh-light", "vaultmesh-ansi", "nord", "textual-dark"):
+        assert name in error
+
+
+def test_a_theme_file_that_does_not_parse_names_the_file(tmp_path):
+    theme = write(tmp_path, "themes/mine.toml", 'name = "mine"\nprimary = #4EA8DE\n')
+    [error] = thorough_errors(tmp_path, MINIMAL + "tui: {theme_file: themes/mine.toml, theme: mine}\n")
+    assert error.startswith(f"config.yaml:5:19: tui.theme_file: {theme}: not valid TOML")
+    theme.write_text('name = "mine"\nprimary = "not-a-colour"\n')
+    [error] = thorough_errors(tmp_path, MINIMAL + "tui: {theme_file: themes/mine.toml}\n")
+    assert error.endswith(f"{theme}: primary = 'not-a-colour' is not a colour (try #RRGGBB or ansi_blue)")
+    [error] = thorough_errors(tmp_path, MINIMAL + "tui: {theme_file: themes/none.toml}\n")
+    assert error.endswith(f"{tmp_path / 'themes/none.toml'}: theme file not found")
+
+
+def rfc3161_config(bundle: str) -> str:
+    return (
+        MINIMAL.replace("local:dev", "rfc3161:tsa")
+        + f"targets:\n  rfc3161:\n    tsa:\n      url: https://tsa.example/tsr\n      trustBundle: {bundle}\n"
+    )
+
+
+def test_a_trust_bundle_that_is_missing_or_holds_no_certificate_is_an_error(tmp_path):
+    [error] = thorough_errors(tmp_path, rfc3161_config("certs/tsa.pem"))
+    assert error == (
+        "config.yaml:9:20: targets.rfc3161.tsa.trustBundle: cannot read trust bundle "
+        f"{tmp_path / 'certs/tsa.pem'}: No such file or directory"
+    )
+    write(tmp_path, "certs/tsa.pem", "not a certificate\n")
+    [error] = thorough_errors(tmp_path, rfc3161_config("certs/tsa.pem"))
+    assert error == (
+        f"config.yaml:9:20: targets.rfc3161.tsa.trustBundle: trust bundle {tmp_path / 'certs/tsa.pem'} "
+        "holds no certificate (expected PEM: -----BEGIN CERTIFICATE-----)"
+    )
+    write(tmp_path, "certs/tsa.pem", "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
+    [error] = thorough_errors(tmp_path, rfc3161_config("certs/tsa.pem"))
+    assert error.endswith("tsa.pem holds a certificate that does not parse")
+
+
+def eip155_config(key_file: str) -> str:
+    return MINIMAL.replace("local:dev", "eip155:8453") + (
+        "targets:\n  eip155:\n    \"8453\":\n      rpcUrl: https://rpc.example\n      chainId: 8453\n"
+        f"      keyFile: {key_file}\n"
+    )
+
+
+def test_a_key_file_that_is_missing_or_not_a_key_is_an_error_that_never_shows_it(tmp_path):
+    [error] = thorough_errors(tmp_path, eip155_config("keys/anchor.key"))
+    assert error == (
+        "config.yaml:10:16: targets.eip155.8453.keyFile: cannot read key file "
+        f"{tmp_path / 'keys/anchor.key'}: No such file or directory"
+    )
+    secret = "0x" + "zz" * 32
+    write(tmp_path, "keys/anchor.key", secret + "\n")
+    [error] = thorough_errors(tmp_path, eip155_config("keys/anchor.key"))
+    assert error.endswith("anchor.key does not hold a valid secp256k1 private key (64 hex digits)")
+    assert "zz" not in error
+
+
+def test_what_check_config_opens_does_not_stop_a_run_or_a_reload(tmp_path):
+    """Without thorough (a run, a reload), the files are the backends' and the dashboard's
+    to read when they need them: missing ones do not refuse the config."""
+    text = rfc3161_config("certs/missing.pem") + "tui: {theme_file: none.toml, keys: {forse: x}}\n"
+    assert load(tmp_path, text).config.tui.keys == {"forse": "x"}
+
+
+def test_a_config_with_every_dashboard_setting_and_named_file_valid_passes(tmp_path):
+    from tests.pki import make_root
+
+    write(tmp_path, "mine.toml", GOOD_THEME)
+    write(tmp_path, "certs/tsa.pem", (make_root().pem + make_root("Second CA").pem).decode())
+    write(tmp_path, "anchor.key", "0x" + KEY_HEX + "\n")
+    text = (
+        "namespaces:\n"
+        '  "demo:a":\n'
+        "    cadence:\n"
+        '      fast: {target: "rfc3161:tsa", every: "10s"}\n'
+        '      strong: {target: "eip155:8453", every: "3*fast"}\n'
+        "targets:\n"
+        "  rfc3161:\n    tsa: {url: https://tsa.example/tsr, trustBundle: certs/tsa.pem}\n"
+        "  eip155:\n    \"8453\": {rpcUrl: https://rpc.example, chainId: 8453, key_file: anchor.key}\n"
+        "tui:\n"
+        "  theme: mine\n"
+        "  theme_file: mine.toml\n"
+        "  keys: {force: x, force_namespace: 'ctrl+f', help: question_mark, next_pane: 'tab,l', sort: o, quit: '!'}\n"
+    )
+    loaded = load(tmp_path, text, thorough=True)
+    assert loaded.config.tui.theme == "mine"
+    assert load(tmp_path, MINIMAL + "tui: {theme: nord}\n", thorough=True).config.tui.theme == "nord"
+
+
+# The dashboard and check-config share core.dashboard_settings; these keep it true to the
+# dashboard's bindings and to Textual (which core may not import).
+
+
+def test_the_remappable_actions_are_exactly_the_dashboards_binding_ids():
+    from textual.binding import Binding
+
+    from core.dashboard_settings import KEYMAP_ACTIONS
+    from tui.app import VaultMeshApp
+    from tui.widgets import DiffTable, LogView
+
+    ids = {
+        b.id
+        for cls in (VaultMeshApp, DiffTable, LogView)
+        for b in cls.BINDINGS
+        if isinstance(b, Binding) and b.id
+    }
+    assert ids == set(KEYMAP_ACTIONS)
+    assert len(KEYMAP_ACTIONS) == len(set(KEYMAP_ACTIONS))
+
+
+def test_theme_fields_names_and_key_names_agree_with_textual():
+    from dataclasses import fields
+
+    from textual.keys import Keys, _character_to_key
+    from textual.theme import BUILTIN_THEMES, Theme
+
+    from core import dashboard_settings as ds
+
+    assert set(ds.TEXTUAL_THEMES) == set(BUILTIN_THEMES)
+    assert set(ds.THEME_FIELDS) == {f.name for f in fields(Theme)}
+    assert set(ds.NAMED_KEYS) <= {k.value for k in Keys}
+    for code in range(0x20, 0x7F):
+        assert ds.character_key(chr(code)) == _character_to_key(chr(code))
+        assert ds.key_problem(_character_to_key(chr(code))) is None

@@ -1,0 +1,133 @@
+"""check-config's deeper look: what only the dashboard reads, and the files the config names.
+
+``load_config(..., thorough=True)`` (check-config) adds these issues to the others, each
+at the file:line of the value, so a config that passes check-config does not stop the
+scheduler or the dashboard at start:
+
+- ``tui.keys``: every action is one the dashboard has (core.dashboard_settings), every
+  key one Textual can bind; ``tui.theme``: a theme that exists; ``tui.theme_file``: a
+  theme file that reads and checks.
+- ``targets.rfc3161.*.trustBundle``: PEM holding at least one certificate.
+- ``targets.eip155.*.keyFile``: readable and a valid secp256k1 private key. Its content
+  never reaches a message.
+
+A run or a reload does not open these files here: the dashboard reports its settings
+itself (and starts with its defaults), the backends read their files when they need them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from core.config import Config, ConfigIssue, _find, _Pos, format_path
+from core.dashboard_settings import (
+    ThemeFileError,
+    action_problem,
+    key_problem,
+    read_theme_file,
+    theme_names,
+    theme_problem,
+)
+
+
+def _issue(root: _Pos, loc: tuple[Any, ...], message: str, *, at_key: bool = False) -> ConfigIssue:
+    node, matched = _find(root, loc)
+    if matched == len(loc):
+        mark = node.key_mark if at_key else (node.mark or node.key_mark)
+        segs = node.segments()
+    else:
+        mark = node.key_mark or node.mark
+        segs = [*node.segments(), *loc[matched:]]
+    line, col = mark or (None, None)
+    return ConfigIssue(node.file or root.file, line, col, format_path(segs), message)
+
+
+def thorough_issues(config: Config, root: _Pos) -> list[ConfigIssue]:
+    return [*_dashboard_issues(config, root), *_trust_bundle_issues(config, root), *_key_file_issues(config, root)]
+
+
+def _dashboard_issues(config: Config, root: _Pos) -> list[ConfigIssue]:
+    issues: list[ConfigIssue] = []
+    tui = config.tui
+    for action, key in tui.keys.items():
+        problem = action_problem(action)
+        if problem:
+            issues.append(_issue(root, ("tui", "keys", action), problem, at_key=True))
+        problem = key_problem(key)
+        if problem:
+            issues.append(_issue(root, ("tui", "keys", action), problem))
+    own = None
+    if tui.theme_file is not None:
+        try:
+            own = read_theme_file(tui.theme_file).name
+        except ThemeFileError as exc:
+            issues.append(_issue(root, ("tui", "theme_file"), str(exc)))
+    if tui.theme and (own is not None or tui.theme_file is None):
+        problem = theme_problem(tui.theme, theme_names(own))
+        if problem:
+            issues.append(_issue(root, ("tui", "theme"), problem))
+    return issues
+
+
+def trust_bundle_problem(path: Path, target: str) -> str | None:
+    """None if the anchoring backend can use ``path`` as its trust bundle, else why not
+    (in a sentence: no parser's error dump)."""
+    from core.anchors.rfc3161 import load_trust_bundle
+    from core.errors import ValidationError
+
+    try:
+        load_trust_bundle(path, target)
+    except ValidationError as exc:
+        message = str(exc).removeprefix(f"{target}: ").replace("trust_bundle", "trust bundle", 1)
+        if "is not PEM certificates" not in message:
+            return message
+        try:
+            pem = b"-----BEGIN CERTIFICATE-----" in Path(path).read_bytes()
+        except OSError:
+            pem = False
+        if pem:
+            return f"trust bundle {path} holds a certificate that does not parse"
+        return f"trust bundle {path} holds no certificate (expected PEM: -----BEGIN CERTIFICATE-----)"
+    return None
+
+
+def _trust_bundle_issues(config: Config, root: _Pos) -> list[ConfigIssue]:
+    issues: list[ConfigIssue] = []
+    for name, settings in config.targets.rfc3161.items():
+        if settings.trust_bundle is None:
+            continue
+        problem = trust_bundle_problem(settings.trust_bundle, f"rfc3161:{name}")
+        if problem:
+            issues.append(_issue(root, ("targets", "rfc3161", name, "trust_bundle"), problem))
+    return issues
+
+
+def key_file_problem(path: Path) -> str | None:
+    """None if ``path`` holds a usable secp256k1 private key (hex, 0x optional), else why
+    not; the message never quotes the file's content."""
+    try:
+        text = Path(path).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or "not UTF-8 text"
+        return f"cannot read key file {path}: {reason}"
+    from eth_account import Account
+
+    try:
+        Account.from_key(text)
+    except Exception:  # never chained or quoted: the message could hold the key
+        return f"key file {path} does not hold a valid secp256k1 private key (64 hex digits)"
+    finally:
+        del text
+    return None
+
+
+def _key_file_issues(config: Config, root: _Pos) -> list[ConfigIssue]:
+    issues: list[ConfigIssue] = []
+    for name, settings in config.targets.eip155.items():
+        if settings.key_file is None:
+            continue
+        problem = key_file_problem(settings.key_file)
+        if problem:
+            issues.append(_issue(root, ("targets", "eip155", name, "key_file"), problem))
+    return issues
