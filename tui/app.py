@@ -94,7 +94,7 @@ KEYS: tuple[tuple[str, str, str, str, bool, str], ...] = (
 )
 PANE_KEYS_HELP = (
     ("1 2 3 4", "show Namespaces, Backoff, Receipts, Logs"),
-    ("j / k, arrows", "move the selection / scroll"),
+    ("j / k, arrows", "move the selection (tables, log lines) / scroll"),
     ("s / S", "tables: cycle the sort column / reverse the sort"),
     ("l", "logs: cycle the minimum level (DEBUG, INFO, WARNING, ERROR)"),
     ("p / G", "logs: pause-follow / follow the end"),
@@ -514,7 +514,9 @@ class VaultMeshApp(App[int]):
             return None if info is None or info.cadence == "?" else JobKey(info.namespace, info.cadence)
         if pane == "logs":
             record = self.logs.selected_record
-            job = record.fields.get("job") if record is not None else None
+            fields = record.fields if record is not None else {}
+            jobs = fields.get("jobs")
+            job = fields.get("job") or (jobs[0] if isinstance(jobs, list) and len(jobs) == 1 else None)
             try:
                 return JobKey.parse(job) if isinstance(job, str) else None
             except ValueError:
@@ -820,8 +822,8 @@ class VaultMeshApp(App[int]):
         self.services = await Services(self.runtime).start(http_required=False)
         if self.services.http_error:
             self.notify(
-                f"/metrics and /health are off: {self.services.http_error}. Another scheduler may be "
-                "running; set METRICS_PORT or http.listen to a free port and restart.",
+                f"/metrics and /health are off: {self.services.http_error}. "
+                "Set METRICS_PORT or http.listen to a free port and restart.",
                 severity="error", timeout=60,
             )  # fmt: skip
             self._refresh_views()

@@ -156,8 +156,8 @@ class DiffTable(DataTable):
             if compact and key in self.hidden_when_compact:
                 column.auto_width, column.width = False, 0
                 continue
-            if width is not None:
-                column.auto_width, column.width = False, width + gap
+            if width is not None:  # room for the label and its sort arrow, then the gap
+                column.auto_width, column.width = False, max(width, cell_len(label) + 2) + gap
             else:
                 cells = [cell_len(row[index].text) for row in self._shown.values()]
                 column.auto_width = True
