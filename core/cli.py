@@ -22,7 +22,7 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing before ma
 if TYPE_CHECKING:
     import argparse
 
-    from core.config import ConfigError, LoadedConfig
+    from core.config import Config, ConfigError, LoadedConfig
 
 EPILOG = """\
 examples:
@@ -165,6 +165,7 @@ def summary(loaded: LoadedConfig) -> str:
     for name, ns in cfg.namespaces.items():
         desc = f"  {ns.description}" if ns.description else ""
         lines.append(f"  {name}{desc}")
+        lines.append(f"    batches: {batch_source_line(cfg, name)}")
     jobs = cfg.jobs()
     lines.append(f"jobs ({len(jobs)}):")
     width = max((len(str(j.key)) for j in jobs), default=0)
@@ -205,6 +206,25 @@ def summary(loaded: LoadedConfig) -> str:
     lines.append(f"config hash: {loaded.hash}")
     lines.append("configuration OK")
     return "\n".join(printable(line) for line in lines)  # names and values come from the files
+
+
+def batch_source_line(cfg: Config, namespace: str) -> str:
+    """Where the namespace's batches are read from now, and whether any are there."""
+    from core.sources import has_batch_files, source_folder
+
+    own, fallbacks = cfg.batches_dir(namespace), cfg.batch_fallbacks(namespace)
+    folder = source_folder(own, fallbacks)
+    if folder is None:
+        shared = f", nor {fallbacks[-1]}" if fallbacks else ""
+        return f"MISSING: no folder {own}{shared} (each pass looks again)"
+    shown = str(folder)
+    if folder == cfg.shared_batches_dir and folder != own:
+        shown += f" (shared: no folder {own})"
+    elif folder != own:
+        shown += f" (the name of earlier versions: rename it to {own.name})"
+    if not has_batch_files(folder):
+        shown += "  EMPTY: no batch files (*.json) yet"
+    return shown
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:

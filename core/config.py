@@ -378,8 +378,8 @@ class Config(_Model):
     namespaces_file: OptPath = None
     anchors_file: OptPath = None
 
-    # Where namespaces without `source` read their batches ($VMSH_ROOT/out/batches when
-    # VMSH_ROOT is set); None means <data_dir>/batches.
+    # The shared batch folder of namespaces without `source` ($VMSH_ROOT/out/batches when
+    # VMSH_ROOT is set); None means <data_dir>/batches (see batches_dir, batch_fallbacks).
     _batches_root: Path | None = PrivateAttr(default=None)
 
     # -- targets
@@ -437,21 +437,45 @@ class Config(_Model):
 
     # -- jobs
 
+    @property
+    def shared_batches_dir(self) -> Path:
+        """The shared batch folder: `$VMSH_ROOT/out/batches`, else `<data_dir>/batches`."""
+        return self._batches_root or (Path(self.scheduler.data_dir) / "batches")
+
     def batches_dir(self, namespace: str) -> Path:
+        """The namespace's own batch folder: `source`, else the shared batch folder's
+        subfolder named exactly as the namespace (`out/batches/dao:vaultmesh`)."""
         ns = self.namespaces[namespace]
         if ns.source is not None:
             return ns.source
-        root = self._batches_root or (self.scheduler.data_dir / "batches")
-        return root / safe_name(namespace)
+        return self.shared_batches_dir / namespace
+
+    def batch_fallbacks(self, namespace: str) -> tuple[Path, ...]:
+        """What a namespace without `source` reads while it has no folder of its own: the
+        percent-encoded folder earlier versions read (`dao%3Avaultmesh`), then the shared
+        folder itself, whose newest *.json the original VaultMesh service anchors for
+        every namespace. Chosen at each read (core.sources.source_folder)."""
+        if self.namespaces[namespace].source is not None:
+            return ()
+        shared = self.shared_batches_dir
+        legacy = shared / safe_name(namespace)
+        return (legacy, shared) if safe_name(namespace) != namespace else (shared,)
 
     def batch_limits(self) -> dict[Path, BatchLimits]:
-        """How each namespace's batch folder may be read (for core.sources.configure)."""
+        """How each namespace's batch folder may be read (for core.sources.configure). The
+        shared folder, read for many namespaces, has the scheduler's own limits."""
+        size = self.scheduler.max_batch_bytes
         out: dict[Path, BatchLimits] = {}
+        if any(ns.source is None for ns in self.namespaces.values()):
+            out[self.shared_batches_dir] = BatchLimits(size, self.scheduler.follow_symlinks)
         for name, ns in self.namespaces.items():
             follow = ns.follow_symlinks
             if follow is None:
                 follow = self.scheduler.follow_symlinks
-            out[self.batches_dir(name)] = BatchLimits(self.scheduler.max_batch_bytes, follow)
+            fallbacks = self.batch_fallbacks(name)
+            for legacy in fallbacks[:-1]:
+                out[legacy] = BatchLimits(size, follow)
+            out[self.batches_dir(name)] = BatchLimits(size, follow, fallbacks)
         return out
 
     def jobs(self) -> list[JobSpec]:

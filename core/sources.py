@@ -38,7 +38,9 @@ and hands each result to the next `latest_batch` call for that folder (within
 jobs due before each pass; a call without a prefetch reads as before.
 
 Limits per folder come from the configuration through `configure(...)`; a folder not
-configured gets `BatchLimits()`.
+configured gets `BatchLimits()`. A folder's `fallbacks` are read while it is not a
+folder (the VaultMesh layout: a namespace's own `out/batches/<namespace>/`, else the
+shared `out/batches/`), decided at each read.
 """
 
 from __future__ import annotations
@@ -82,6 +84,9 @@ class BatchLimits:
 
     max_bytes: int = DEFAULT_MAX_BATCH_BYTES
     follow_symlinks: bool = False
+    # Folders read instead while this one is not a folder, the first that is: a namespace
+    # without `source` falls back to the shared batch folder (see `source_folder`).
+    fallbacks: tuple[Path, ...] = ()
 
 
 def natural_key(name: str) -> tuple[object, ...]:
@@ -196,6 +201,29 @@ def limits_for(folder: str | os.PathLike[str]) -> BatchLimits:
     return _limits.get(str(Path(folder)), _default_limits)
 
 
+def source_folder(
+    folder: str | os.PathLike[str], fallbacks: Iterable[Path] | None = None
+) -> Path | None:
+    """The folder `folder`'s batches are read from now: itself when it is a folder, else
+    the first of its fallbacks (default: its configured ones) that is; None when none is.
+    Decided at each read, so a folder created later is used from the next read on."""
+    if fallbacks is None:
+        fallbacks = limits_for(folder).fallbacks
+    for candidate in (Path(folder), *fallbacks):
+        if os.path.isdir(candidate):
+            return candidate
+    return None
+
+
+def has_batch_files(folder: str | os.PathLike[str]) -> bool:
+    """Whether `folder` holds a candidate batch file (`*.json`, not hidden or temp)."""
+    try:
+        with os.scandir(folder) as it:
+            return any(e.name.endswith(".json") and not is_temp_name(e.name) for e in it)
+    except OSError:
+        return False
+
+
 def _newest_name(folder: Path, limits: BatchLimits) -> str:
     best: str | None = None
     best_key: tuple[object, ...] = ()
@@ -286,16 +314,31 @@ def _result(entry: _Entry) -> Batch:
 
 def latest_batch(folder: str | os.PathLike[str]) -> Batch:
     """The newest batch of `folder`; SourceError naming the folder or file on any problem."""
-    return _latest(Path(folder), handoff=False)
+    return _latest_or_fallback(Path(folder), handoff=False)
 
 
 def prefetch(folders: Iterable[str | os.PathLike[str]]) -> None:
     """Read each folder's latest batch now, for the next `latest_batch` call (worker thread)."""
     for folder in folders:
         try:
-            _latest(Path(folder), handoff=True)
+            _latest_or_fallback(Path(folder), handoff=True)
         except SourceError:
             pass  # cached with its entry when it is the file's fault; else read again later
+
+
+def _latest_or_fallback(folder: Path, *, handoff: bool) -> Batch:
+    fallbacks = limits_for(folder).fallbacks
+    if not fallbacks:
+        return _latest(folder, handoff=handoff)
+    chosen = source_folder(folder)
+    if chosen is None:  # the last fallback is the main one (the shared folder)
+        raise SourceError(f"batch folder {folder} does not exist, nor {fallbacks[-1]}")
+    if chosen == folder:
+        return _latest(folder, handoff=handoff)
+    try:
+        return _latest(chosen, handoff=handoff)
+    except SourceError as exc:
+        raise SourceError(f"{exc} (read because there is no folder {folder})") from None
 
 
 def _latest(folder: Path, *, handoff: bool) -> Batch:

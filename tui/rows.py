@@ -34,6 +34,7 @@ STATUS_ROLE = {
     JobStatus.DISABLED: "muted",
     JobStatus.STUCK: "error",
 }
+STATUS_TEXT = {status: status.text for status in JobStatus}  # looked up per row, every second
 HEALTH_ROLE = {Health.HEALTHY: "success", Health.DEGRADED: "warning", Health.UNHEALTHY: "error"}
 
 
@@ -131,7 +132,7 @@ def job_row(view: JobView, now: float, max_level: int, paused: bool, p: Palette)
         p.cell(age(last), _INF if last is None else last, "muted" if last is None else ""),
         p.cell(nxt, nxt_sort),
         p.cell(backoff, state.backoff_level, "warning" if state.backoff_level else "muted"),
-        p.cell(JobStatus(status).text, status, STATUS_ROLE.get(status, "")),
+        p.cell(STATUS_TEXT.get(status, str(status)), status, STATUS_ROLE.get(status, "")),
     )
 
 

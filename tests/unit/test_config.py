@@ -286,7 +286,9 @@ def test_vaultmesh_layout_loads_the_real_files(tmp_path, vmsh_root, fixtures_dir
         "fin:clearing/cold": ("rfc3161:tsa", 43200, 0),
     }
     assert jobs["dao:vaultmesh/cold"].policy_oid is None
-    assert jobs["dao:vaultmesh/fast"].source == vmsh_root / "out/batches/dao%3Avaultmesh"
+    # named exactly as the namespace; the shared out/batches is read while it is missing
+    assert jobs["dao:vaultmesh/fast"].source == vmsh_root / "out/batches/dao:vaultmesh"
+    assert cfg.batch_fallbacks("dao:vaultmesh")[-1] == vmsh_root / "out/batches"
 
     tsa = cfg.resolve_target("rfc3161:tsa")
     assert tsa.url == VAULTMESH_ENV["TSA_URL"]
@@ -877,7 +879,8 @@ def test_batch_read_settings(tmp_path):
         tmp_path / "b": BatchLimits(4096, False),
     }
     default = load(tmp_path, MINIMAL).config
-    assert set(default.batch_limits().values()) == {BatchLimits(1024 * 1024, False)}
+    limits = default.batch_limits().values()
+    assert {(lim.max_bytes, lim.follow_symlinks) for lim in limits} == {(1024 * 1024, False)}
     [error] = errors(tmp_path, "scheduler: {max_batch_bytes: 10}\n")
     assert error.startswith("config.yaml:1:30: scheduler.max_batch_bytes: Input should be greater than or equal to 128")
 
