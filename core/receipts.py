@@ -7,7 +7,11 @@ Format (DESIGN.md, with the audit path made self-describing; docs/architecture.m
      "anchored_root": "sha256:<hex>", "proof": ["sha256:<hex>", ...],
      "leaf_index", "tree_size", "attestation": {...scheme-specific...},
      "status": "pending" | "confirmed", "confirmations": {"required", "observed"},
-     "anchored_at": "2026-01-01T00:00:00.000Z", "scheduler": {"version", "config_hash"}}
+     "anchored_at": "2026-01-01T00:00:00.000Z", "scheduler": {"version", "config_hash"},
+     "policy": "<dotted OID>"}
+
+`policy` is present only when a policy was requested (the cadence's or the target's
+policyOID): the attestation must be under it, and `verify` checks that it is.
 
 Location: `<data_dir>/receipts/<safe_name(namespace)>/<YYYYmmddTHHMMSSfffZ>-<cadence>-<12 hex>.json`
 (the 12 hex digits start the batch root). A receipt is written once, atomically, never
@@ -41,6 +45,7 @@ from core.fsutil import (
     atomic_write_bytes,
     create_empty,
     dumps_json,
+    ensure_dir,
     fsync_dir,
     fsync_dirs,
     is_temp_name,
@@ -127,10 +132,11 @@ def build_receipt(
     anchored_at: float,
     version: str,
     config_hash: str,
+    policy: str | None = None,
 ) -> dict[str, Any]:
     if status not in STATUSES:
         raise ValueError(f"status must be one of {STATUSES}, got {status!r}")
-    return {
+    receipt = {
         "version": RECEIPT_VERSION,
         "namespace": namespace,
         "cadence": cadence,
@@ -146,6 +152,9 @@ def build_receipt(
         "anchored_at": iso_utc(anchored_at),
         "scheduler": {"version": version, "config_hash": config_hash},
     }
+    if policy is not None:
+        receipt["policy"] = policy
+    return receipt
 
 
 # --------------------------------------------------------------------------- verification
@@ -222,8 +231,11 @@ async def verify_receipt(receipt: dict[str, Any], backend_for: Callable[[str], B
     required = confirmations.get("required") if isinstance(confirmations, dict) else None
     if not isinstance(required, int) or isinstance(required, bool):
         required = None
+    policy = receipt.get("policy")
+    if policy is not None and not isinstance(policy, str):
+        raise ReceiptInvalid(f"policy must be a dotted object identifier, got {policy!r}")
     try:
-        await backend.verify(attestation, digest, required=required)
+        await backend.verify(attestation, digest, required=required, policy=policy)
     except VerificationFailed as exc:
         raise ReceiptInvalid(f"attestation: {exc}") from exc
     except CannotVerify as exc:
@@ -299,15 +311,18 @@ class ReceiptStore:
         results: list[Path | Exception] = []
         planned: list[tuple[int, Path, bytes, bool]] = []  # index, path, data, marked
         marker_dirs: list[Path] = []
+        receipt_dirs: list[Path] = []  # with the parents of folders created here
         for index, receipt in enumerate(receipts):
             try:
                 folder = self.root / safe_name(receipt["namespace"])
+                ensure_dir(folder, parents_to_sync=receipt_dirs)
                 self._clean_once(folder)
                 name = self.file_name(receipt)
                 data = dumps_json(receipt)
                 pending = receipt.get("status") == "pending"
                 path = folder / name
                 if pending:
+                    ensure_dir(self._marker(path).parent, parents_to_sync=marker_dirs)
                     path = self._free_marked_name(folder, name)
                     marker_dirs.append(self._marker(path).parent)
                 planned.append((index, path, data, pending))
@@ -315,7 +330,6 @@ class ReceiptStore:
             except Exception as exc:
                 results.append(exc)
         fsync_dirs(marker_dirs)
-        receipt_dirs: list[Path] = []
         for index, path, data, marked in planned:
             try:
                 if not atomic_create_bytes(path, data, sync_folder=False):

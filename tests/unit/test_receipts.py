@@ -191,7 +191,7 @@ class FakeBackend:
         self.target = target
         self.calls: list[tuple[dict, bytes]] = []
 
-    async def verify(self, attestation: dict, digest: bytes, *, required=None) -> None:
+    async def verify(self, attestation: dict, digest: bytes, *, required=None, policy=None) -> None:
         self.calls.append((attestation, digest))
         if attestation.get("digest") != digest.hex():
             raise VerificationFailed("imprint does not match the digest")
@@ -416,3 +416,33 @@ def test_load_receipt_errors(tmp_path: Path) -> None:
     p.write_text("[]")
     with pytest.raises(ReceiptError, match="a receipt is a JSON object"):
         load_receipt(p)
+
+
+def test_a_batch_of_receipts_is_one_group_commit_and_each_failure_is_its_own(tmp_path: Path, monkeypatch) -> None:
+    import core.fsutil
+
+    synced: list[Path] = []
+    real = core.fsutil.fsync_dir
+    monkeypatch.setattr(core.fsutil, "fsync_dir", lambda folder: (synced.append(Path(folder)), real(folder)))
+    store = ReceiptStore(tmp_path / "receipts")
+    receipts = receipts_for(3, status="pending")
+    receipts += [dict(receipts[0], cadence="strong"), dict(receipts[1], cadence="strong")]
+    blocked = tmp_path / "receipts" / "dao%3Ans2"
+    blocked.parent.mkdir(parents=True)
+    blocked.write_text("a file where a namespace folder should be")
+    synced.clear()
+
+    results = store.write_many(receipts)
+
+    written = [r for r in results if isinstance(r, Path)]
+    assert [type(r).__name__ for r in results] == ["PosixPath", "PosixPath", "NotADirectoryError", "PosixPath", "PosixPath"]
+    assert all(load_receipt(p) in receipts for p in written)
+    # One fsync per receipt folder and per marker folder, not one per file.
+    receipt_dirs = {p.parent for p in written}
+    assert sorted(p for p in synced if p in receipt_dirs) == sorted(receipt_dirs)
+    # The receipts root gets two: one for the new marker folders, one for the new
+    # namespace folders (markers are durable before any receipt); nothing gets more.
+    assert max(synced.count(f) for f in synced) <= 2
+    assert len(synced) < 2 * len(receipts)  # write() costs two a receipt: marker folder, receipt folder
+    # The failed one left no pending marker behind; the others are pending.
+    assert sorted(p.name for p, _ in store.pending()) == sorted(p.name for p in written)
