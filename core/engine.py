@@ -14,6 +14,9 @@ Rules (docs/architecture.md has the why):
   pass are group-committed (one fsync per folder per chunk of WRITE_CHUNK).
 - A failed write is a `storage` failure of the jobs concerned: logged, counted, backed
   off, retried; an attestation already obtained is kept and reused, never paid twice.
+- A job whose target the guard refuses (a `btc:` target, a chain id mismatch) is
+  *disabled*: never scheduled, never retried, no backoff; the guard is asked at start
+  and at each `apply`, which enables it again once its target is accepted.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from core import __version__, merkle
 from core.anchors.base import Attestation, Backend
 from core.backoff import BackoffPolicy
 from core.clock import Clock, SteadyClock
-from core.errors import AnchorError, ErrorKind, StorageError, ValidationError, classify, describe
+from core.errors import AnchorError, ErrorKind, StorageError, classify, describe
 from core.events import (
     AnchorFailed,
     AnchorStarted,
@@ -72,7 +75,8 @@ class JobView:
     state: JobState
     due_at: float | None
     in_flight: bool
-    status: JobStatus  # core.status: ok | due | anchoring | backing_off | stale | paused | error
+    status: JobStatus  # core.status: ok | due | anchoring | backing_off | stale | paused | error | disabled
+    disabled: str | None = None  # why the job cannot run (its target is refused), else None
 
     @property
     def key(self) -> JobKey:
@@ -182,6 +186,8 @@ class Scheduler:
         self._held: dict[JobKey, _Held] = {}  # jobs whose attestation waits for its receipts
         self._since: dict[JobKey, float] = {}  # when each in-flight job's task started
         self._storage_failing: dict[JobKey, str] = {}  # jobs whose last failure was storage
+        self._disabled: dict[JobKey, str] = {}  # jobs whose target is refused: the reason
+        self._enabled_at: dict[JobKey, float] = {}  # a reload added or enabled the job then
         self.paused = False
         self.started_at = self.clock.now()
         self.last_tick: float | None = None
@@ -196,6 +202,7 @@ class Scheduler:
         for spec in specs:
             self._specs[spec.key] = spec
             self._state.setdefault(spec.key, JobState())
+            self._set_disabled(spec.key, self._guard(spec.target))
             self._schedule(spec.key)
         # State of jobs that are no longer configured is dropped.
         for key in [k for k in self._state if k not in self._specs]:
@@ -209,7 +216,42 @@ class Scheduler:
             return self.clock.now()
         return state.last_anchored_at + spec.every
 
+    def _set_disabled(self, key: JobKey, reason: str | None) -> bool:
+        """Disable `key` for `reason` (its target is refused), or enable it when None.
+        A disabled job has no due time and no backoff: it cannot run, so it is not failing.
+        Returns True when the job was disabled and is enabled now (it needs scheduling)."""
+        before = self._disabled.get(key)
+        if not reason:
+            if before is None:
+                return False
+            del self._disabled[key]
+            self._enabled_at[key] = self.clock.now()  # its first chance to be current
+            self.log.info("job enabled: its target is accepted now", job=str(key), target=self._specs[key].target)
+            return True
+        self._disabled[key] = reason
+        self._due.pop(key, None)
+        self._forced.discard(key)
+        state = self._state.get(key)
+        if state is not None and (state.failures or state.next_attempt is not None):
+            self._state[key] = replace(state, failures=0, backoff_level=0, next_attempt=None)
+            if state.backoff_level:
+                self.bus.publish(
+                    BackoffChanged(
+                        at=self.clock.now(), job=key, level=0, max_level=self.policy.max_level, next_attempt=None
+                    )
+                )
+        if before != reason:
+            self.log.warning("job disabled", job=str(key), target=self._specs[key].target, reason=reason)
+        return False
+
+    @property
+    def disabled(self) -> dict[JobKey, str]:
+        """The disabled jobs and why (a copy)."""
+        return dict(self._disabled)
+
     def _schedule(self, key: JobKey, when: float | None = None) -> None:
+        if key in self._disabled:
+            return  # never due: a reload that accepts its target schedules it
         due = self._natural_due(key) if when is None else when
         self._due[key] = due
         heapq.heappush(self._heap, (due, next(self._seq), key))
@@ -244,6 +286,9 @@ class Scheduler:
             raise KeyError(f"no job {key}")
         if key in self._in_flight:
             self.log.info("force ignored: anchor already in flight", job=str(key))
+            return False
+        if key in self._disabled:
+            self.log.info("force ignored: job disabled", job=str(key), reason=self._disabled[key])
             return False
         self._forced.add(key)
         self._wake.set()
@@ -295,9 +340,17 @@ class Scheduler:
             self._state.pop(key, None)
             self._held.pop(key, None)
             self._storage_failing.pop(key, None)
+            self._disabled.pop(key, None)
+            self._enabled_at.pop(key, None)
         for key in added + changed:
             self._specs[key] = new[key]
             self._state.setdefault(key, JobState())
+        for key in added:
+            self._enabled_at[key] = self.clock.now()  # stale counts from here, not the start
+        # The guard is asked again for every job: a new config can accept or refuse a
+        # target whose job did not change (e.g. a corrected chainId in the target settings).
+        enabled = [key for key in new if self._set_disabled(key, self._guard(new[key].target))]
+        for key in dict.fromkeys((*added, *changed, *enabled)):
             if key not in self._in_flight:
                 self._schedule(key)
         self.config_hash = config_hash
@@ -384,10 +437,11 @@ class Scheduler:
                 if self._due.get(key) != when or key in self._in_flight or key in forced:
                     continue
                 self._take(key, now, forced=False, into=due)
-        groups: dict[str, list[_Due]] = {}
+        # One backend call per (target, policy): a token is under one policy only.
+        groups: dict[tuple[str, str | None], list[_Due]] = {}
         for item in due:
-            groups.setdefault(item.spec.target, []).append(item)
-        for target, items in groups.items():
+            groups.setdefault((item.spec.target, item.spec.policy_oid), []).append(item)
+        for (target, _policy), items in groups.items():
             for item in items:
                 self._in_flight.add(item.spec.key)
                 self._due.pop(item.spec.key, None)
@@ -406,10 +460,8 @@ class Scheduler:
         if held is not None:
             self._retry_held(held)  # its attestation exists: write the receipts, never re-anchor
             return
-        refusal = self._guard(spec.target)
-        if refusal:
-            self._fail(spec, ValidationError(refusal), duration=0.0)
-            return
+        if key in self._disabled:
+            return  # its target is refused (set by _install / apply): not a failure
         try:
             batch = self._read_batch(spec.source)
         except Exception as exc:
@@ -459,8 +511,10 @@ class Scheduler:
         else:
             digest, proofs = _aggregate(leaves)
         keys = tuple(i.spec.key for i in items)
+        policy = items[0].spec.policy_oid  # one per group (run_due)
         entries = [
             {"job": str(i.spec.key), "batch": {"id": i.batch.id, "root": i.batch.root}, "leaf_index": n}
+            | ({"policy": policy} if policy else {})
             for n, i in enumerate(items)
         ]
         try:
@@ -474,7 +528,7 @@ class Scheduler:
         self.log.info("anchor started", target=target, jobs=[str(k) for k in keys], digest=digest.hex())
         try:
             backend = self._backend_for(target)
-            attestation = await backend.anchor(digest, _journalled_note(intent))
+            attestation = await backend.anchor(digest, _journalled_note(intent), policy=policy)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -512,7 +566,6 @@ class Scheduler:
                 self._hold(held, pairs, exc, owned, started)
                 return
             held.durable = True
-        digest = intent.digest_bytes
         anchored_root = "sha256:" + intent.digest
         now = self.clock.now()
         done = 0
@@ -526,7 +579,7 @@ class Scheduler:
                     )
                 fresh = [(index, item) for index, item in chunk if item.spec.key not in existing]
                 receipts = [
-                    self._receipt(intent.target, item, index, proofs, digest, attestation, now)
+                    self._receipt(intent, item, index, proofs, attestation, now)
                     for index, item in fresh
                 ]
                 results = await self._write("receipt", self._receipts.root, self._receipts.write_many, receipts)
@@ -655,11 +708,10 @@ class Scheduler:
 
     def _receipt(
         self,
-        target: str,
+        intent: Any,
         item: _Due,
         index: int,
         proofs: list[list[bytes]],
-        digest: bytes,
         attestation: Attestation,
         now: float,
     ) -> dict[str, Any]:
@@ -667,10 +719,13 @@ class Scheduler:
         return build_receipt(
             namespace=spec.namespace,
             cadence=spec.cadence,
-            target=target,
+            target=intent.target,
+            # The policy the call requested (one per intent), from the journal: a reload since
+            # may have changed the job's.
+            policy=intent.entries[0].get("policy"),
             batch_id=item.batch.id,
             batch_root=item.batch.root,
-            anchored_root="sha256:" + digest.hex(),
+            anchored_root="sha256:" + intent.digest,
             proof=proofs[index],
             leaf_index=index,
             tree_size=len(proofs),
@@ -822,13 +877,18 @@ class Scheduler:
                 pass
         return max(STUCK_TIMEOUTS * timeout, STUCK_MIN_SECONDS)
 
-    def stuck(self, now: float | None = None) -> frozenset[JobKey]:
-        """Jobs in flight for longer than `stuck_after`: a backend or disk that hangs."""
+    def is_stuck(self, key: JobKey, now: float | None = None) -> bool:
+        """In flight for longer than `stuck_after(key)`: a backend or a disk that hangs."""
+        since = self._since.get(key)
+        if since is None or key not in self._in_flight:
+            return False
         now = self.clock.now() if now is None else now
-        return frozenset(
-            key for key, since in self._since.items()
-            if key in self._in_flight and now - since > self.stuck_after(key)
-        )
+        return now - since > self.stuck_after(key)
+
+    def stuck(self, now: float | None = None) -> frozenset[JobKey]:
+        """Every job `is_stuck` now."""
+        now = self.clock.now() if now is None else now
+        return frozenset(key for key in self._since if self.is_stuck(key, now))
 
     def _request_save(self) -> None:
         """Coalesce state writes: one save covers every change made before it runs."""
@@ -1030,22 +1090,31 @@ class Scheduler:
         now = self.clock.now() if now is None else now
         in_flight = key in self._in_flight
         due_at = self._due.get(key)
-        return JobView(spec, state, due_at, in_flight, self._status(spec, state, due_at, in_flight, now))
+        disabled = self._disabled.get(key)
+        status = self._status(spec, state, due_at, in_flight, now, disabled=disabled is not None)
+        return JobView(spec, state, due_at, in_flight, status, disabled)
 
     def views(self, now: float | None = None) -> list[JobView]:
         now = self.clock.now() if now is None else now
         return [self.view(k, now) for k in self._specs]
 
     def _status(
-        self, spec: JobSpec, state: JobState, due_at: float | None, in_flight: bool, now: float
+        self, spec: JobSpec, state: JobState, due_at: float | None, in_flight: bool, now: float,
+        *, disabled: bool = False,
     ) -> JobStatus:
         """The job's status by the one definition in core.status."""
         return job_status(
             in_flight=in_flight,
+            disabled=disabled,
             failing=bool(state.failures),
             gave_up=state.last_error_kind == ErrorKind.VALIDATION and state.backoff_level >= self.policy.max_level,
             paused=self.paused,
-            current_since=state.current_at or state.last_anchored_at or self.started_at,
+            # Proven current last, else its first chance to be: the start, or a later reload
+            # that added or enabled it (a job that could not run cannot have been current).
+            current_since=max(
+                state.current_at or state.last_anchored_at or self.started_at,
+                self._enabled_at.get(spec.key, self.started_at),
+            ),
             period=spec.every,
             stale_factor=self.stale_factor,
             due_at=due_at,
