@@ -177,8 +177,8 @@ def summary(loaded: LoadedConfig) -> str:
         if job.anchor_unchanged:
             extra.append("anchor_unchanged")
         refusal = cfg.target_mismatch(job.target)
-        if refusal:
-            extra.append("REFUSED: " + ("not supported yet" if job.target.startswith("btc:") else "target mismatch"))
+        if refusal:  # the engine never runs it (core.engine: disabled), for this reason
+            extra.append(f"disabled: {refusal}")
         tail = ("  " + ", ".join(extra)) if extra else ""
         lines.append(
             f"  {str(job.key):<{width}}  {job.target:<{twidth}}  every {format_seconds(job.every)}{tail}"

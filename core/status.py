@@ -31,8 +31,8 @@ class JobStatus(StrEnum):
     STALE = "stale"
     PAUSED = "paused"
     ERROR = "error"  # a validation failure at the maximum backoff level: needs a person
+    DISABLED = "disabled"  # the job's target is refused (btc, a chain id mismatch): never runs
     # Reserved for changes under way, not produced yet:
-    DISABLED = "disabled"  # the job's target is refused (e.g. a chain id mismatch)
     STUCK = "stuck"  # in flight for too long
 
     @property
@@ -41,8 +41,9 @@ class JobStatus(StrEnum):
         return self.value.replace("_", " ")
 
 
-# Statuses that make the scheduler degraded. DISABLED and STUCK join once produced.
-PROBLEMS = (JobStatus.ERROR, JobStatus.BACKING_OFF, JobStatus.STALE, JobStatus.DISABLED, JobStatus.STUCK)
+# Statuses that make the scheduler degraded. STUCK joins once produced. DISABLED is not
+# one: a job that can never run is shown with its reason, it is not an outage.
+PROBLEMS = (JobStatus.ERROR, JobStatus.BACKING_OFF, JobStatus.STALE, JobStatus.STUCK)
 
 STUCK_TICKS = 3
 STUCK_MIN_SECONDS = 30.0
@@ -74,12 +75,15 @@ def job_status(
     stale_factor: float,
     due_at: float | None,
     now: float,
+    disabled: bool = False,
 ) -> JobStatus:
     """The status of one job. `failing`: consecutive failures; `gave_up`: failing on a
     validation error at the maximum backoff level; `current_since`: the last time the job
     was proven current (else its first chance to be: the engine's start)."""
     if in_flight:
         return JobStatus.ANCHORING
+    if disabled:  # its target is refused: it never runs, so it is neither due nor stale
+        return JobStatus.DISABLED
     if failing:
         return JobStatus.ERROR if gave_up else JobStatus.BACKING_OFF
     if paused:

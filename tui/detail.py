@@ -57,6 +57,8 @@ def namespace_detail(
         if st.backoff_level:
             retry = "" if st.next_attempt is None else f", retry in {countdown(st.next_attempt - now)}"
             out.append(f"  backoff {st.backoff_level}/{max_level}{retry}", style="bold")
+        if getattr(v, "disabled", None):  # why it never runs: its target is refused
+            out.append(f"\n         {v.disabled}", style="dim")
         if extras:
             out.append("\n         " + ", ".join(extras), style="dim")
         out.append("\n")

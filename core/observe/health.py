@@ -7,7 +7,8 @@
      "lastTick": <epoch seconds of the last scheduling pass, or null>,
      "namespaces": {"<name>": {"lastAnchor": {"<cadence>": <epoch seconds or null>},
                                "backoff": <max backoff level over its cadences>,
-                               "status": "ok" | "backing_off" | "stale"}}}
+                               "status": "ok" | "backing_off" | "stale",
+                               "disabled": {"<cadence>": "<reason>"}  # only if any}}}
 
 - Job statuses and the thresholds are core.status's (the dashboard and the alert rules
   use the same): a job is backing off while it has consecutive failures (or gave up: in
@@ -15,6 +16,8 @@
   within `stale_factor` x its period (`scheduler.stale_factor`, default 2), counted from
   the engine's start if it never was. A namespace is `backing_off` if any cadence is,
   else `stale` if any cadence is.
+- A *disabled* job (its target is refused: btc, a chain id mismatch) is listed under its
+  namespace's `disabled` with the reason; it never runs, so it makes nothing degraded.
 - `unhealthy`: the engine loop is stopped, or stuck (no pass within
   max(core.status.STUCK_TICKS x tick, STUCK_MIN_SECONDS) = max(3 x tick, 30 s));
   `degraded`: any job in a core.status.PROBLEMS status; else `healthy`. 200 only when
@@ -70,6 +73,8 @@ def health(engine: Any, now: float) -> tuple[int, dict[str, Any]]:
             ns = namespaces[key.namespace] = {"lastAnchor": {}, "backoff": 0, "status": "ok"}
         ns["lastAnchor"][key.cadence] = _epoch(view.state.last_anchored_at)
         ns["backoff"] = max(ns["backoff"], int(view.state.backoff_level))
+        if view.status == JobStatus.DISABLED:
+            ns.setdefault("disabled", {})[key.cadence] = getattr(view, "disabled", None) or "disabled"
         job = job_status(view)
         if job == "backing_off" or (job == "stale" and ns["status"] == "ok"):
             ns["status"] = job

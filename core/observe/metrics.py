@@ -12,6 +12,7 @@
 | `vmsh_last_anchor_timestamp_seconds` | gauge (epoch) | namespace, cadence, target |
 | `vmsh_job_current_timestamp_seconds` | gauge (epoch) | namespace, cadence, target |
 | `vmsh_job_period_seconds` | gauge | namespace, cadence, target |
+| `vmsh_job_disabled` | gauge (1, only for disabled jobs) | namespace, cadence, target, reason |
 | `vmsh_receipts_pending` | gauge | target |
 | `vmsh_anchor_failures_by_kind_total` | counter | kind (network/auth/validation/storage/unknown) |
 | `vmsh_storage_errors_total` | counter | op (journal/receipt/state/recover) |
@@ -39,6 +40,10 @@ Counting rules:
   whatever the number of jobs it carried), from `StorageFailed`.
 - Jobs removed by a reload lose all their series; a job whose target changed loses the
   series labelled with the old target.
+- A disabled job (its target is refused: btc, a chain id mismatch; core.engine) has
+  `vmsh_job_disabled` = 1 with the reason, read from the engine at `seed` and at each
+  `ConfigApplied` (only a config change enables or disables a job). The alert rules
+  leave disabled jobs out: they never run, which is not an outage.
 
 `seed(engine, receipts)` sets the last-anchor timestamps and backoff levels from the
 engine's job table (and the pending receipts from the store), so a restart shows them
@@ -123,11 +128,13 @@ class _JobSeries:
         "period",
         "backoff",
         "durations",
+        "disabled",
     )
 
     def __init__(self) -> None:
         self.target: str | None = None  # the target the job's series are labelled with
         self.backoff: int | None = None
+        self.disabled: str | None = None  # why the engine never runs it, else None
         self.retarget(None)
 
     def retarget(self, target: str | None) -> None:
@@ -196,6 +203,11 @@ class _JobCollector:
             "A job's cadence period (for staleness alerts).",
             labels=JOB_LABELS,
         )
+        disabled = GaugeMetricFamily(
+            "vmsh_job_disabled",
+            "1 for a job that never runs because its target is refused, with the reason.",
+            labels=(*JOB_LABELS, "reason"),
+        )
         for key, job in jobs:
             if job.backoff is not None:
                 backoff.add_metric((key.namespace, key.cadence), job.backoff)
@@ -211,9 +223,11 @@ class _JobCollector:
                 current.add_metric(labels, job.current)
             if job.period is not None:
                 period.add_metric(labels, job.period)
+            if job.disabled is not None:
+                disabled.add_metric((*labels, job.disabled), 1)
             for status, child in job.durations.items():
                 duration.add_metric((*labels, status), child.buckets(), child.total)
-        return [attempted, succeeded, failed, backoff, duration, last_anchor, current, period]
+        return [attempted, succeeded, failed, backoff, duration, last_anchor, current, period, disabled]
 
 
 class Metrics:
@@ -287,6 +301,7 @@ class Metrics:
                 job.last_anchor = view.state.last_anchored_at
                 job.current = view.state.current_at or view.state.last_anchored_at
                 job.backoff = view.state.backoff_level
+                job.disabled = getattr(view, "disabled", None)
         if receipts is not None:
             counts: dict[str, int] = {}
             for _path, receipt in receipts.pending():
@@ -396,6 +411,13 @@ class Metrics:
                 job.period = spec.every
                 if key in event.added:
                     job.backoff = 0
+        # The engine asked its target guard again for every job: any may be (en|dis)abled.
+        disabled = getattr(self._engine, "disabled", {})
+        for key, job in self._jobs.items():
+            reason = disabled.get(key)
+            if job.disabled is not None and reason is None and job.current is not None:
+                job.current = max(job.current, event.at)  # as the engine: stale counts from now
+            job.disabled = reason
 
 
 __all__ = ["Metrics"]

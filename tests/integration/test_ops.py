@@ -123,10 +123,14 @@ def variable_queries(dash: dict) -> list[tuple[str, str, str]]:
 
 
 @pytest.fixture
-async def exported(stack, tmp_path) -> dict[str, set[str]]:
+async def exported(stack, tmp_path, obs) -> dict[str, set[str]]:
     """{sample name: label names} scraped from a real scheduler that anchored, failed, has a
-    pending receipt and ticks, with the CloudEvents counters on its registry."""
-    s = await stack({"a": {"fast": "10s", "strong": "2*fast"}, "b": {"fast": "10s"}})
+    pending receipt, a disabled job (btc) and ticks, with the CloudEvents counters on its
+    registry."""
+    text = obs.config_text({"a": {"fast": "10s", "strong": "2*fast"}, "b": {"fast": "10s"}}).replace(
+        "targets:\n", 'targets:\n  btc:\n    mainnet: {rpcUrl: "http://127.0.0.1:9/"}\n'
+    ) + '  "c":\n    cadence:\n      fast: {target: "btc:mainnet", every: "10s"}\n'
+    s = await stack(text=text)
     await s.anchor_pass()
     s.bad_batch("b", 2)
     s.clock.advance(10)
@@ -147,6 +151,7 @@ async def exported(stack, tmp_path) -> dict[str, set[str]]:
             names.setdefault(sample.name, set()).update(sample.labels)
     assert "vmsh_anchor_duration_seconds_bucket" in names and "vmsh_receipts_pending" in names
     assert "vmsh_backoff_state" in names and "vmsh_cloudevents_dropped_total" in names
+    assert names["vmsh_job_disabled"] == {"namespace", "cadence", "target", "reason"}
     return names
 
 

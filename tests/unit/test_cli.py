@@ -117,9 +117,9 @@ def test_check_config_vaultmesh_layout(capsys, monkeypatch, tmp_path, fixtures_d
     out = capsys.readouterr().out
     assert "jobs (6):" in out
     assert "eip155:1 -> eip155.default" in out
-    assert "REFUSED" in out
+    assert "disabled: target eip155:1 resolves to eip155.default whose chainId is 8453" in out
     assert "warnings (3):" in out and "chainId 8453" in out
-    assert out.count("REFUSED: not supported yet") == 2  # the btc jobs
+    assert out.count("disabled: btc targets are not supported by this build yet") == 2  # the btc jobs
     # no secrets and no URL paths (API keys live there)
     assert VAULTMESH_ENV["EVM_ANCHOR_KEY"] not in out
     assert "apikey123" not in out
