@@ -16,9 +16,13 @@ terminal and loops on it at 100 % CPU.
   spinning at EOF) and dead outputs become /dev/null (pending and later writes, the
   app's restore codes included, complete at once instead of failing or blocking). A
   still-live output is kept, so a terminal that lost only its input is still restored.
-- `guarded_driver(guard)` is Textual's Linux driver with its output wrapped so a failed
-  write reports the loss and drops the text, and its input thread ending on a read error
-  reports it too instead of crashing the app.
+- `guarded_driver(guard)` is Textual's Linux driver with its output replaced by
+  `GuardedOutput`: writes through a non-blocking descriptor of their own, so a terminal
+  that stops reading (an SSH connection stalled without closing) never blocks the app's
+  loop and the engine on it (Textual's writer would block, then its full queue the
+  loop, about 18 s into the stall); what a stalled terminal cannot take is dropped and
+  the screen is drawn anew when it reads again. A failed write reports the loss, and an
+  input thread ending on a read error reports it too instead of crashing the app.
 - `ExitWatchdog` bounds the stop: once armed, it waits for the app to say the engine's
   state is saved, then gives the teardown a few moments; a process still alive then is
   ended with `os._exit`. If the save itself does not come in time, it saves the state
@@ -27,6 +31,7 @@ terminal and loops on it at 100 % CPU.
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import os
 import select
@@ -48,6 +53,9 @@ HANGUP_TEARDOWN = 1.0
 # then TEARDOWN_LIMIT for Textual to restore a live terminal.
 STOP_MARGIN = 5.0
 TEARDOWN_LIMIT = 5.0
+# A terminal that takes no output for this long is stalled: what it did not take is dropped.
+STALL_SECONDS = 2.0
+CANCEL = b"\x18"  # CAN: a terminal abandons the escape sequence it was reading
 _DEAD = select.POLLHUP | select.POLLERR | select.POLLNVAL
 
 
@@ -153,25 +161,83 @@ class TerminalGuard:
 
 
 class GuardedOutput:
-    """What Textual's writer thread writes to: the real stream until a write fails, then
-    nothing (the failure is reported to the guard once; the text is dropped)."""
+    """What Textual's writer thread writes to, in place of the terminal's stream.
 
-    def __init__(self, stream: IO[str], guard: TerminalGuard) -> None:
+    Writes go out through a non-blocking descriptor of their own for the terminal, so a
+    terminal that stops reading (an SSH connection that stalls without closing: sshd
+    stops reading the pty) never blocks the writer thread, then the app's loop, and with
+    it the engine. What the terminal has not taken after `stall_seconds` is dropped, and
+    so is everything while it stays full; when it takes output again, the next text goes
+    out after a CAN (ending any escape sequence cut short) and `on_resume` asks the app
+    for a full repaint. A failed write (EIO, EPIPE) reports the loss to the guard; from
+    then on everything is dropped.
+    """
+
+    def __init__(
+        self,
+        stream: IO[str],
+        guard: TerminalGuard,
+        *,
+        on_resume: Callable[[], None] = lambda: None,
+        stall_seconds: float = STALL_SECONDS,
+    ) -> None:
         self._stream = stream
         self._guard = guard
+        self.on_resume = on_resume
+        self._stall_seconds = stall_seconds
+        self._encoding = getattr(stream, "encoding", None) or "utf-8"
+        self._errors = getattr(stream, "errors", None) or "strict"
+        self._fd = _nonblocking_twin(stream.fileno())
+        self.stalled = False
+        self.failed = False
+        self.dropped = 0  # bytes the terminal never got
 
     def write(self, text: str) -> int:
-        try:
-            return self._stream.write(text)
-        except OSError as exc:
-            self._guard.output_failed(exc)
-            return len(text)
+        if not self.failed:
+            if self._fd is None:
+                self._write_blocking(text)
+            else:
+                self._send(text.encode(self._encoding, self._errors))
+        return len(text)
 
-    def flush(self) -> None:
+    def _send(self, data: bytes) -> None:
+        fd = self._fd
+        assert fd is not None
+        if self.stalled:
+            if not _writable(fd, 0):
+                self.dropped += len(data)
+                return
+            self.stalled = False
+            data = CANCEL + data
+            self.on_resume()
+        view = memoryview(data)
+        deadline = time.monotonic() + self._stall_seconds
+        while view:
+            try:
+                view = view[os.write(fd, view):]
+            except BlockingIOError:
+                pass
+            except OSError as exc:
+                self._failed_with(exc)
+                return
+            if view and not _writable(fd, deadline - time.monotonic()):
+                self.stalled = True
+                self.dropped += len(view)
+                return
+
+    def _write_blocking(self, text: str) -> None:
         try:
+            self._stream.write(text)
             self._stream.flush()
         except OSError as exc:
-            self._guard.output_failed(exc)
+            self._failed_with(exc)
+
+    def _failed_with(self, exc: OSError) -> None:
+        self.failed = True
+        self._guard.output_failed(exc)
+
+    def flush(self) -> None:
+        """Nothing to do: every write goes out (or is dropped) at once."""
 
     def fileno(self) -> int:
         return self._stream.fileno()
@@ -180,13 +246,38 @@ class GuardedOutput:
         return self._stream.isatty()
 
 
+def _nonblocking_twin(fd: int) -> int | None:
+    """A second open file description of what `fd` leads to, non-blocking. (O_NONBLOCK set
+    on `fd` itself would hold for every process sharing it: the operator's shell after
+    us.) None where /proc cannot give one: writes then block as Textual's do."""
+    try:
+        return os.open(f"/proc/self/fd/{fd}", os.O_WRONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError:
+        return None
+
+
+def _writable(fd: int, timeout: float) -> bool:
+    """True once `fd` takes output (or is in error, so the next write says so)."""
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    return bool(poller.poll(max(0, int(timeout * 1000))))
+
+
 def guarded_driver(guard: TerminalGuard) -> type[LinuxDriver]:
-    """Textual's Linux driver, reporting a lost terminal to `guard` instead of hanging."""
+    """Textual's Linux driver, reporting a lost terminal to `guard` instead of hanging,
+    and never blocked by a terminal that stops reading."""
 
     class GuardedLinuxDriver(LinuxDriver):
         def __init__(self, app: Any, **kwargs: Any) -> None:
             super().__init__(app, **kwargs)
             self._file = GuardedOutput(self._file, guard)
+
+        def start_application_mode(self) -> None:
+            loop = asyncio.get_running_loop()
+            app = self._app
+            # From the writer thread: the terminal takes output again, draw it all anew.
+            self._file.on_resume = lambda: loop.call_soon_threadsafe(app.refresh)
+            super().start_application_mode()
 
         def run_input_thread(self) -> None:
             try:

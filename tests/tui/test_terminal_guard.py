@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import select
 import threading
+import time
 
 import pytest
 
@@ -117,3 +118,27 @@ def test_watchdog_after_the_save_only_bounds_the_teardown():
     dog.arm(save_within=60, teardown_within=0.05)
     assert exits.done.wait(5)
     assert exits.calls == [("release", None), ("exit", 0)]  # the state is not saved twice
+
+
+def test_a_terminal_that_stops_reading_never_blocks_the_writer(fds):
+    screen_r, screen_w = fds()
+    keys_r, _keys_w = fds()
+    resumed: list[bool] = []
+    out = GuardedOutput(open(screen_w, "w", closefd=False), TerminalGuard(input_fd=keys_r, output_fds=(screen_w,)),
+                        on_resume=lambda: resumed.append(True), stall_seconds=0.1)  # fmt: skip
+    frame = "x" * 100_000  # more than a pipe holds
+    started = time.monotonic()
+    out.write(frame)
+    out.write(frame)  # while stalled: dropped at once
+    assert time.monotonic() - started < 2
+    assert out.stalled and out.dropped > 100_000 and not resumed
+    os.set_blocking(screen_r, False)
+    while True:  # the terminal reads again
+        try:
+            if not os.read(screen_r, 1 << 20):
+                break
+        except BlockingIOError:
+            break
+    out.write("\x1b[1;1Hagain")
+    assert resumed == [True] and not out.stalled
+    assert os.read(screen_r, 100) == b"\x18\x1b[1;1Hagain"  # CAN ends a sequence cut short

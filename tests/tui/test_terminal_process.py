@@ -341,3 +341,47 @@ def test_sigint_stops_the_dashboard_like_sigterm(tmp_path):
     assert b"\x1b[?1049l" in output and b"stopped: SIGINT" in output
     assert b"Traceback" not in output
     assert_released_and_flushed(data, proc.pid)
+
+
+def test_a_terminal_that_stops_reading_never_stops_the_engine(tmp_path):
+    """An SSH connection that stalls without closing: sshd stops reading the pty and its
+    buffer fills. Textual's writes would then block the app's loop, and with it every
+    anchor, until sshd gives up (hours by default). The dashboard drops what the terminal
+    cannot take, keeps anchoring, and draws the whole screen anew once it reads again."""
+    namespaces = {f"ns:{n:02d}": {"fast": "1s"} for n in range(12)}
+    (tmp_path / "config.yaml").write_text(
+        config_text(namespaces).replace("tick: 5.0", "tick: 0.2") + 'http:\n  listen: "127.0.0.1:0"\n'
+    )
+    for ns in namespaces:
+        write_batch(tmp_path / "data" / "batches" / ns.replace(":", "%3A"), "000001", root(1))
+    data = tmp_path / "data"
+    main, child = open_pty()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", WITH_CONTROLLING_TTY, *COMMAND, "--config", str(tmp_path / "config.yaml")],
+        stdin=child, stdout=child, stderr=child, cwd=tmp_path, env=environment(), start_new_session=True,
+    )  # fmt: skip
+    os.close(child)
+    try:
+        deadline = time.monotonic() + 30
+        screen = b""
+        while len(receipt_files(data)) < len(namespaces) or b"ns:11" not in screen:
+            assert time.monotonic() < deadline, "no anchors from the dashboard process"
+            screen += drain(main, 0.2)
+        # Nobody reads the terminal any more: it is full within 2 s; Textual's own writer
+        # then blocks, and its queue of 30 frames is full (the loop blocked) in about 18 s.
+        time.sleep(25)
+        before = len(receipt_files(data))
+        time.sleep(5)
+        anchored = len(receipt_files(data)) - before
+        assert anchored >= len(namespaces), f"{anchored} anchors in the last 5 s of 30 s unread"
+        after = drain(main, 5)  # reading again
+        assert b"\x18" in after  # the escape sequence cut short is cancelled ...
+        assert after.rindex(b"Namespaces") > after.index(b"\x18")  # ... and all drawn anew
+        os.close(main)
+        main = -1
+        exited, _ = wait_exited(proc.pid, 10)
+        assert exited and proc.wait() == 0
+    finally:
+        stop(proc)
+        if main >= 0:
+            os.close(main)
