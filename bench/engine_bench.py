@@ -24,13 +24,13 @@ class NullBackend:
 
     target = "local:bench"
 
-    async def anchor(self, digest, note):
+    async def anchor(self, digest, note, *, policy=None):
         return Attestation({"scheme": "bench"})
 
     async def recover(self, digest, notes):
         return None
 
-    async def verify(self, attestation, digest, *, required=None):
+    async def verify(self, attestation, digest, *, required=None, policy=None):
         return None
 
     async def close(self):

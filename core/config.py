@@ -30,12 +30,14 @@ from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
     PrivateAttr,
     SecretStr,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -127,6 +129,22 @@ def _upper(value: Any) -> Any:
 OptStr = Annotated[str | None, BeforeValidator(_empty_to_none)]
 OptPath = Annotated[Path | None, BeforeValidator(_empty_to_none)]
 OptSecret = Annotated[SecretStr | None, BeforeValidator(_empty_to_none)]
+
+
+def _check_policy_oid(value: str | None) -> str | None:
+    if value is None:
+        return None
+    from core.anchors.tsp import policy_oid_problem
+
+    problem = policy_oid_problem(value)
+    if problem:
+        raise PydanticCustomError("policy_oid", "{m}", {"m": problem})
+    return value
+
+
+# A TSA policy: a dotted OID; "" (the VaultMesh files' way to say none) is None.
+PolicyOID = Annotated[str, AfterValidator(_check_policy_oid)]
+OptPolicyOID = Annotated[str | None, BeforeValidator(_empty_to_none), AfterValidator(_check_policy_oid)]
 
 
 class SchedulerSettings(_Model):
@@ -222,7 +240,8 @@ class CloudEventsSettings(_Model):
 
 
 class LocalTarget(_Model):
-    pass
+    # Policies the embedded TSA issues tokens under besides its own (core/anchors/local.py).
+    policies: list[PolicyOID] = Field(default_factory=list)
 
 
 class Rfc3161Auth(_Model):
@@ -237,7 +256,7 @@ class Rfc3161Auth(_Model):
 class Rfc3161Target(_Model):
     url: str
     trust_bundle: OptPath = Field(None, alias="trustBundle")
-    policy_oid: OptStr = Field(None, alias="policyOID")
+    policy_oid: OptPolicyOID = Field(None, alias="policyOID")
     hash: Literal["sha256", "sha512"] = "sha256"
     timeout: float = Field(10.0, gt=0)
     ca_bundle: OptPath = Field(None, alias="caBundle")
@@ -311,13 +330,25 @@ class Cadence(_Model):
     target: str
     every: str
     confirmations: int | None = Field(None, ge=0)
-    policy_oid: OptStr = Field(None, alias="policyOID")
+    policy_oid: OptPolicyOID = Field(None, alias="policyOID")
     anchor_unchanged: bool = False
 
     @field_validator("target")
     @classmethod
     def _target(cls, value: str) -> str:
         return _check_target(value)
+
+    @field_validator("policy_oid")
+    @classmethod
+    def _policy_needs_a_tsa(cls, value: str | None, info: ValidationInfo) -> str | None:
+        target = info.data.get("target")  # absent when the target itself was refused
+        if value is not None and target and target.partition(":")[0] not in ("rfc3161", "local"):
+            raise PydanticCustomError(
+                "policy_oid",
+                "a policy applies to time-stamp authorities (rfc3161:, local:) only; {t} has none",
+                {"t": target},
+            )
+        return value
 
     @field_validator("every", mode="before")
     @classmethod
@@ -484,12 +515,13 @@ class Config(_Model):
         for name, ns in self.namespaces.items():
             source = self.batches_dir(name)
             for cadence_name, cadence in ns.cadence.items():
+                try:
+                    settings: TargetSettings | None = self.resolve_target(cadence.target)
+                except TargetNotFound:
+                    settings = None
                 confirmations = cadence.confirmations
                 if confirmations is None:
-                    try:
-                        confirmations = getattr(self.resolve_target(cadence.target), "confirmations", 0)
-                    except TargetNotFound:
-                        confirmations = 0
+                    confirmations = getattr(settings, "confirmations", 0)
                 out.append(
                     JobSpec(
                         key=JobKey(name, cadence_name),
@@ -498,7 +530,8 @@ class Config(_Model):
                         source=source,
                         confirmations=confirmations,
                         anchor_unchanged=cadence.anchor_unchanged,
-                        policy_oid=cadence.policy_oid,
+                        # The cadence's policyOID, else its TSA target's: the policy requested.
+                        policy_oid=cadence.policy_oid or getattr(settings, "policy_oid", None),
                     )
                 )
         return out

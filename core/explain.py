@@ -27,7 +27,7 @@ from typing import Any, TextIO
 from asn1crypto import cms
 
 from core.anchors.base import CannotVerify
-from core.anchors.tsp import signer_matches
+from core.anchors.tsp import policy_oid_problem, signer_matches
 from core.receipts import ReceiptError, load_receipt
 from core.verify import expand
 
@@ -132,7 +132,7 @@ def _token_steps(receipt: dict[str, Any], path: Path, verifiers: Any) -> list[st
             'openssl asn1parse -inform DER -in "$W/tstinfo.der" | grep -qi "HEX DUMP\\]:$I$" '
             '&& echo "imprint: OK" || { echo "imprint: FAIL"; exit 1; }'
         )
-        return lines
+        return lines + _policy_steps(receipt, "5", from_tstinfo=True)
     lines.append(
         "# 3. OpenSSL checks the signature, the signer's path to $CA at genTime, its "
         "timeStamping EKU and the imprint"
@@ -147,7 +147,25 @@ def _token_steps(receipt: dict[str, Any], path: Path, verifiers: Any) -> list[st
             'openssl ts -verify -data "$W/root.bin" -in "$W/token.der" -token_in -CAfile "$CA"'
             + untrusted,
         ]
-    return lines
+    return lines + _policy_steps(receipt, "4", from_tstinfo=False)
+
+
+def _policy_steps(receipt: dict[str, Any], step: str, *, from_tstinfo: bool) -> list[str]:
+    """The token is under the policy the receipt states (the checks above look at none).
+    OpenSSL shows a policy it knows by name: ask it for that name first."""
+    policy = receipt.get("policy")
+    if not isinstance(policy, str) or policy_oid_problem(policy):
+        return []  # no policy requested (or a malformed one: verify says so)
+    shown = (
+        'openssl asn1parse -inform DER -in "$W/tstinfo.der" | grep -m1 OBJECT | sed "s/.*OBJECT *://"'
+        if from_tstinfo
+        else 'openssl ts -reply -in "$W/token.der" -token_in -text 2>/dev/null | sed -n "s/^Policy OID: //p"'
+    )
+    return [
+        f"# {step}. the token must be under the policy the receipt states",
+        f'P=$(openssl asn1parse -genstr "OID:{policy}" | sed "s/.*OBJECT *://")',
+        f'[ "$({shown})" = "$P" ] && echo "policy: OK" || {{ echo "policy: FAIL"; exit 1; }}',
+    ]
 
 
 _RPC = (

@@ -144,15 +144,23 @@ class TokenVerifier:
         self.target = target
         self.bundle = bundle  # core.anchors.rfc3161.TrustBundle
 
-    async def verify(self, attestation: dict[str, Any], digest: bytes, *, required: int | None = None) -> None:
+    async def verify(
+        self,
+        attestation: dict[str, Any],
+        digest: bytes,
+        *,
+        required: int | None = None,
+        policy: str | None = None,
+    ) -> None:
         b = self.bundle
         if self.target.startswith("local:"):
-            verify_local_token(attestation, digest, [*b.roots, *b.signers], self.target)
+            verify_local_token(attestation, digest, [*b.roots, *b.signers], self.target, policy=policy)
             return
         try:
             verify_attestation(
                 attestation,
                 digest=digest,
+                policy_oid=policy,
                 trust_roots=b.roots,
                 signer_certs=b.signers,
                 intermediates=b.intermediates,

@@ -36,19 +36,32 @@ JournalNote = Callable[[dict[str, Any]], None]
 class Backend(Protocol):
     target: str  # "<scheme>:<name>"
 
-    async def anchor(self, digest: bytes, note: JournalNote) -> Attestation:
-        """Anchor `digest` (32 bytes); raise core.errors.AnchorError subclasses on failure."""
+    async def anchor(
+        self, digest: bytes, note: JournalNote, *, policy: str | None = None
+    ) -> Attestation:
+        """Anchor `digest` (32 bytes); raise core.errors.AnchorError subclasses on failure.
+
+        `policy` is the job's policy OID (dotted), or None for the target's own default.
+        A time-stamp authority requests it (`reqPolicy`) and refuses a token under any
+        other; a scheme that has no policies refuses a non-None one (ValidationError)."""
 
     async def recover(self, digest: bytes, notes: dict[str, Any]) -> Attestation | None:
         """After a crash: the attestation for an interrupted call, or None if it never landed."""
 
     async def verify(
-        self, attestation: dict[str, Any], digest: bytes, *, required: int | None = None
+        self,
+        attestation: dict[str, Any],
+        digest: bytes,
+        *,
+        required: int | None = None,
+        policy: str | None = None,
     ) -> None:
         """Check an attestation again (offline where the scheme allows), writing nothing; raise
         VerificationFailed when it is wrong, CannotVerify when it cannot be checked here.
 
-        `required` is the depth the receipt asks for (chains only; others ignore it)."""
+        `required` is the depth the receipt asks for (chains only; others ignore it).
+        `policy` is the policy the receipt says was requested: the proof must be under it
+        (VerificationFailed otherwise, or from a scheme that has no policies)."""
 
     async def close(self) -> None: ...
 

@@ -424,9 +424,16 @@ class EVMBackend:
 
     # ----- anchoring ----------------------------------------------------------------------
 
-    async def anchor(self, digest: bytes, note: JournalNote) -> Attestation:
+    async def anchor(
+        self, digest: bytes, note: JournalNote, *, policy: str | None = None
+    ) -> Attestation:
         if len(digest) != 32:
             raise ValidationError(f"{self.target}: a digest is 32 bytes, got {len(digest)}")
+        if policy is not None:
+            raise ValidationError(
+                f"{self.target}: a chain anchor has no policy (policyOID {policy} applies to "
+                "rfc3161 and local targets only)"
+            )
         account = self.account  # key problems surface before any network call
         await self._check_chain()
         store = self._store()
@@ -625,13 +632,23 @@ class EVMBackend:
         return max(0, head - _qty(receipt["blockNumber"]) + 1)
 
     async def verify(
-        self, attestation: dict[str, Any], digest: bytes, *, required: int | None = None
+        self,
+        attestation: dict[str, Any],
+        digest: bytes,
+        *,
+        required: int | None = None,
+        policy: str | None = None,
     ) -> None:
         """On the node: the transaction exists on chain `chain_id`, succeeded, sits in the attested
         block, carries `digest` (calldata, or the anchor(...) call's root), and is at least
         `required` blocks deep (default: the target's `confirmations`). Needs no signing key
         and writes nothing; a node that cannot be asked (unreachable, refusing, another
-        chain) is CannotVerify, not a verdict on the receipt."""
+        chain) is CannotVerify, not a verdict on the receipt. A receipt that claims a
+        policy is wrong: a chain anchor has none."""
+        if policy is not None:
+            raise VerificationFailed(
+                f"{self.target}: the receipt states policy {policy}, but a chain anchor has no policy"
+            )
         try:
             await self._verify(attestation, digest, required)
         except (NetworkError, AuthError, ValidationError) as exc:

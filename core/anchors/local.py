@@ -28,6 +28,11 @@ same path as a real TSA: build_request -> issue the reply -> verify_response.
 If the key is deleted a new key and certificate are generated; receipts signed by the old
 key then no longer verify against the new certificate (keep the old PEM to check them).
 
+Policies: the TSA issues its tokens under LOCAL_POLICY_OID unless the request names another
+policy (`reqPolicy`, from a cadence's `policyOID`) among the ones it serves: its own and
+those listed in `targets.local.<name>.policies`. A request for any other policy is
+rejected (PKIFailureInfo unacceptedPolicy), as a real TSA does.
+
 Verifying writes nothing: `verify()` and `verify_local_token()` read the existing
 certificate (or the one handed in) and never create a key, a certificate or a folder; a
 missing certificate is CannotVerify, naming the file to pass.
@@ -40,6 +45,7 @@ import fcntl
 import hashlib
 import os
 import threading
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -157,12 +163,20 @@ def read_certificates(path: Path, target: str) -> list[x509.Certificate]:
 
 
 def verify_local_token(
-    attestation: dict[str, Any], digest: bytes, trust_roots: list[x509.Certificate], target: str
+    attestation: dict[str, Any],
+    digest: bytes,
+    trust_roots: list[x509.Certificate],
+    target: str,
+    *,
+    policy: str | None = None,
 ) -> None:
-    """Check a `local:` attestation against the given certificates; VerificationFailed if wrong."""
+    """Check a `local:` attestation against the given certificates; VerificationFailed if wrong.
+
+    The token must be under `policy` (the one its receipt says was requested), else under
+    the TSA's own LOCAL_POLICY_OID."""
     try:
         verify_attestation(
-            attestation, digest=digest, trust_roots=trust_roots, policy_oid=LOCAL_POLICY_OID
+            attestation, digest=digest, trust_roots=trust_roots, policy_oid=policy or LOCAL_POLICY_OID
         )
     except ValidationError as exc:
         raise VerificationFailed(f"{target}: {exc}") from None
@@ -202,10 +216,18 @@ class LocalTSA:
     scheme = "local"
 
     def __init__(
-        self, data_dir: Path | str, name: str, clock: Any, *, max_clock_skew: float = 5.0
+        self,
+        data_dir: Path | str,
+        name: str,
+        clock: Any,
+        *,
+        max_clock_skew: float = 5.0,
+        policies: Iterable[str] = (),
     ) -> None:
         self.target = f"local:{name}"
         self.name = name
+        # The policies this TSA issues tokens under: its own first (the default), then more.
+        self.policies = tuple(dict.fromkeys((LOCAL_POLICY_OID, *policies)))
         self.tsa_dir = Path(data_dir) / "tsa"
         self.key_path = self.tsa_dir / KEY_NAME
         self.cert_path = self.tsa_dir / CERT_NAME
@@ -229,21 +251,24 @@ class LocalTSA:
                 "note": "embedded development TSA: not a trust anchor",
                 "ca_file": str(self.cert_path),
                 "policy": LOCAL_POLICY_OID,
+                "policies": list(self.policies),
             },
         )
 
-    async def anchor(self, digest: bytes, note: JournalNote) -> Attestation:
+    async def anchor(
+        self, digest: bytes, note: JournalNote, *, policy: str | None = None
+    ) -> Attestation:
         if len(digest) != 32:
             raise ValidationError(f"local TSA anchors 32-byte digests, got {len(digest)} bytes")
         self._ensure_key()
         nonce = new_nonce()
-        request = build_request(digest, nonce=nonce, policy_oid=None, cert_req=True)
+        request = build_request(digest, nonce=nonce, policy_oid=policy, cert_req=True)
         reply = self.respond(request)
         info = verify_response(
             reply,
             digest=digest,
             nonce=nonce,
-            policy_oid=LOCAL_POLICY_OID,
+            policy_oid=policy or LOCAL_POLICY_OID,
             trust_roots=[self.certificate],
             now=self._clock.now(),
             max_clock_skew=self.max_clock_skew,
@@ -257,11 +282,16 @@ class LocalTSA:
         return None  # nothing leaves the process before the attestation exists
 
     async def verify(
-        self, attestation: dict[str, Any], digest: bytes, *, required: int | None = None
+        self,
+        attestation: dict[str, Any],
+        digest: bytes,
+        *,
+        required: int | None = None,
+        policy: str | None = None,
     ) -> None:
         # Read-only: the certificate this TSA already has, never a new key (module doc).
         trust = [self._cert] if self._cert is not None else read_certificates(self.cert_path, self.target)
-        verify_local_token(attestation, digest, trust, self.target)
+        verify_local_token(attestation, digest, trust, self.target, policy=policy)
 
     async def close(self) -> None:
         return None
@@ -371,14 +401,18 @@ class LocalTSA:
         if algo not in HASHES or len(imprint) != HASHES[algo][2]:
             return self._reject(_FAIL_BAD_ALG, f"unsupported imprint {algo}/{len(imprint)} bytes")
         policy = req["req_policy"].dotted if req["req_policy"].native else LOCAL_POLICY_OID
-        if policy != LOCAL_POLICY_OID:
-            return self._reject(_FAIL_UNACCEPTED_POLICY, f"this TSA only issues {LOCAL_POLICY_OID}")
+        if policy not in self.policies:
+            return self._reject(
+                _FAIL_UNACCEPTED_POLICY,
+                f"{self.target} does not serve policy {policy}; it serves {', '.join(self.policies)} "
+                f"(add it to targets.local.{self.name}.policies)",
+            )
 
         now = self._clock.now()
         nonce = req["nonce"].native
         tst_der = _seq(
             _int(1),
-            _oid(LOCAL_POLICY_OID),
+            _oid(policy),
             _seq(_seq(_oid(HASHES[algo][0]), _NULL), _octets(imprint)),
             _int(self._next_serial()),
             _generalized_time(now),

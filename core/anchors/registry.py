@@ -42,7 +42,9 @@ class Backends:
         if scheme == "local":
             from core.anchors.local import LocalTSA
 
-            return LocalTSA(self._data_dir, name, self._clock)
+            return LocalTSA(
+                self._data_dir, name, self._clock, policies=getattr(settings, "policies", ())
+            )
         if scheme == "rfc3161":
             from core.anchors.rfc3161 import RFC3161Backend
 

@@ -199,7 +199,9 @@ class RFC3161Backend:
             },
         )
 
-    async def anchor(self, digest: bytes, note: JournalNote) -> Attestation:
+    async def anchor(
+        self, digest: bytes, note: JournalNote, *, policy: str | None = None
+    ) -> Attestation:
         if len(digest) != 32:
             raise ValidationError(
                 f"{self.target}: anchors 32-byte digests, got {len(digest)} bytes"
@@ -207,8 +209,9 @@ class RFC3161Backend:
         s = self.settings
         bundle = load_trust_bundle(s.trust_bundle, self.target)  # before anything is sent
         nonce = new_nonce()
+        policy = policy or s.policy_oid  # the cadence's policyOID, else the target's
         request = build_request(
-            digest, hash_name=s.hash, nonce=nonce, policy_oid=s.policy_oid, cert_req=True
+            digest, hash_name=s.hash, nonce=nonce, policy_oid=policy, cert_req=True
         )
         reply, content_type = await self._post(request)
         try:
@@ -216,7 +219,7 @@ class RFC3161Backend:
                 reply,
                 digest=digest,
                 nonce=nonce,
-                policy_oid=s.policy_oid,
+                policy_oid=policy,
                 trust_roots=bundle.roots,
                 now=self._clock.now(),
                 max_clock_skew=s.max_clock_skew,
@@ -236,13 +239,19 @@ class RFC3161Backend:
         return None
 
     async def verify(
-        self, attestation: dict[str, Any], digest: bytes, *, required: int | None = None
+        self,
+        attestation: dict[str, Any],
+        digest: bytes,
+        *,
+        required: int | None = None,
+        policy: str | None = None,
     ) -> None:
         try:
             bundle = load_trust_bundle(self.settings.trust_bundle, self.target)
             verify_attestation(
                 attestation,
                 digest=digest,
+                policy_oid=policy,
                 trust_roots=bundle.roots,
                 signer_certs=bundle.signers,
                 intermediates=bundle.intermediates,

@@ -64,6 +64,7 @@ __all__ = [
     "HASHES",
     "TokenInfo",
     "build_request",
+    "policy_oid_problem",
     "imprint_for",
     "load_certs",
     "new_nonce",
@@ -107,6 +108,20 @@ def _fail(check: str, detail: str) -> ValidationError:
 def new_nonce() -> int:
     """A random positive 64-bit nonce."""
     return secrets.randbits(63) | (1 << 62)
+
+
+_OID_RE = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))+")
+
+
+def policy_oid_problem(text: str) -> str | None:
+    """Why `text` cannot be a TSA policy OID (a phrase), or None when it can (dotted decimal, X.660:
+    first arc 0, 1 or 2; under 0 and 1 the second arc is below 40)."""
+    if not _OID_RE.fullmatch(text):
+        return "not an object identifier (expected dotted numbers, e.g. 1.3.6.1.4.1.4146.2.3)"
+    first, second = (int(arc) for arc in text.split(".")[:2])
+    if first > 2 or (first < 2 and second >= 40):
+        return "not an object identifier (X.660: the first arc is 0, 1 or 2, and under 0 or 1 the second is below 40)"
+    return None
 
 
 def imprint_for(digest: bytes, hash_name: str = "sha256") -> bytes:

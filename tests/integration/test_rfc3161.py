@@ -35,7 +35,7 @@ from core.jobs import JobKey, JobSpec, safe_name
 from core.receipts import ReceiptInvalid, ReceiptStore, load_receipt, verify_receipt
 from core.sources import write_batch
 from core.state import IntentJournal, StateStore
-from core.verify import verify_files
+from core.verify import ReadOnlyVerifiers, verify_files
 
 BEARER = "tok-3161-do-not-log"
 BASIC_USER, BASIC_PASSWORD = "anchor", "pw-3161-do-not-log"
@@ -511,3 +511,118 @@ async def test_a_401_says_what_was_sent(userinfo, auth, said, openssl_tsa, monke
     origin = url.removesuffix("/auth")
     assert str(refused.value) == f"rfc3161:direct: HTTP 401 Unauthorized from {origin}: {said}"
     assert "wrong-password" not in str(refused.value) and "not-the-token" not in str(refused.value)
+
+
+# --- policies: a cadence's policyOID reaches the TSA, and only jobs sharing one aggregate --------
+
+POLICY_A, POLICY_B = pki.OTHER_POLICIES  # both served by the OpenSSL TSA (`other_policies`)
+
+
+def policy_config(tmp: Path, openssl_tsa, path: str = "/tsa"):
+    """A config file as a user writes it: two namespaces, cadences under two policies, one TSA
+    target without a policy of its own."""
+    from core.config import load_config
+
+    for ns in ("a", "b"):
+        write_batch(tmp / "batches" / ns, "000001", root(ord(ns)))
+    (tmp / "config.yaml").write_text(
+        f"""\
+targets:
+  rfc3161:
+    tsa: {{url: "{openssl_tsa.url(path)}", trustBundle: "{openssl_tsa.pki.path('bundle.pem')}"}}
+namespaces:
+  a:
+    source: batches/a
+    cadence:
+      fast: {{target: "rfc3161:tsa", every: "60s", policyOID: "{POLICY_A}"}}
+      cold: {{target: "rfc3161:tsa", every: "1d", policyOID: "{POLICY_B}"}}
+  b:
+    source: batches/b
+    cadence:
+      fast: {{target: "rfc3161:tsa", every: "60s", policyOID: "{POLICY_A}"}}
+"""
+    )
+    config = load_config(tmp / "config.yaml", env={}, cwd=tmp).config
+    rig = Rig(tmp, {"rfc3161:tsa": config.resolve_target("rfc3161:tsa")}, {})
+    rig.specs = config.jobs()
+    return rig
+
+
+async def test_two_policies_on_one_target_send_two_requests_with_those_policies(
+    tmp_path, openssl_tsa
+):
+    rig = policy_config(tmp_path, openssl_tsa)
+    since = len(openssl_tsa.requests)
+    await rig.run_once()
+    assert not rig.of(AnchorFailed), [e.message for e in rig.of(AnchorFailed)]
+
+    # What the TSA received, parsed from the DER queries: one request per policy.
+    assert sorted(openssl_tsa.requested_policies(since)) == [POLICY_A, POLICY_B]
+    calls = sorted((sorted(map(str, e.jobs)) for e in rig.of(AnchorStarted)), key=len)
+    assert calls == [["a/cold"], ["a/fast", "b/fast"]]  # aggregated only within a policy
+
+    receipts = {
+        f"{r['namespace']}/{r['cadence']}": r
+        for r in map(load_receipt, rig.receipt_paths("a") + rig.receipt_paths("b"))
+    }
+    assert {k: (r["policy"], r["attestation"]["policy"], r["tree_size"]) for k, r in receipts.items()} == {
+        "a/fast": (POLICY_A, POLICY_A, 2),
+        "b/fast": (POLICY_A, POLICY_A, 2),
+        "a/cold": (POLICY_B, POLICY_B, 1),
+    }
+    for receipt in receipts.values():
+        await verify_receipt(receipt, rig.backends)
+
+    # An auditor, with the receipts and the CA file only, gets OK; a receipt whose policy
+    # was changed is FAIL: verify checks the receipt's policy against the token.
+    paths = rig.receipt_paths("a") + rig.receipt_paths("b")
+    out = io.StringIO()
+    verifiers = ReadOnlyVerifiers(trust_bundles=[openssl_tsa.pki.path("root.pem")])
+    assert await verify_files(paths, out, verifiers=verifiers) == 0, out.getvalue()
+    cold = next(p for p in paths if load_receipt(p)["cadence"] == "cold")
+    assert "policy: OK" in run_explained(cold, verifiers, tmp_path).stdout
+    doctored = load_receipt(cold)
+    doctored["policy"] = POLICY_A
+    cold.write_text(json.dumps(doctored))
+    out = io.StringIO()
+    assert await verify_files([cold], out, verifiers=verifiers) == 1
+    assert f"policy check failed: expected {POLICY_A}, got {POLICY_B}" in out.getvalue()
+    # ... and so do the stock-tool commands of `verify --explain`
+    done = run_explained(cold, verifiers, tmp_path)
+    assert done.returncode != 0 and "policy: FAIL" in done.stdout, done.stdout + done.stderr
+
+
+def run_explained(receipt_path: Path, verifiers, cwd: Path):
+    """`verify --explain`'s script for one receipt, run with sh (openssl, python3)."""
+    import subprocess
+
+    from core.explain import explain_files
+
+    out = io.StringIO()
+    assert explain_files([receipt_path], out, verifiers) == 0
+    return subprocess.run(["sh", "-c", out.getvalue()], cwd=cwd, capture_output=True, text=True, timeout=60)
+
+
+async def test_a_tsa_answering_under_another_policy_is_refused(tmp_path, openssl_tsa):
+    rig = policy_config(tmp_path, openssl_tsa, "/other-policy")
+    since = len(openssl_tsa.requests)
+    await rig.run_once()
+    assert sorted(openssl_tsa.requested_policies(since)) == [POLICY_A, POLICY_B]
+    failed = rig.of(AnchorFailed)
+    assert {str(e.job) for e in failed} == {"a/fast", "b/fast", "a/cold"}
+    assert all(e.kind == "validation" for e in failed)
+    assert any(f"policy check failed: expected {POLICY_A}, got" in e.message for e in failed)
+    assert rig.receipt_paths("a") == rig.receipt_paths("b") == []
+
+
+async def test_the_cadence_policy_overrides_the_target_policy(targets, openssl_tsa):
+    backend = RFC3161Backend("rfc3161:x", targets["rfc3161:sha512-policy"], FakeClock(start=time.time()))
+    since = len(openssl_tsa.requests)
+    digest = hashlib.sha256(b"override").digest()
+    att = await backend.anchor(digest, lambda facts: None, policy=POLICY_B)
+    assert openssl_tsa.requested_policies(since) == [POLICY_B] and att.data["policy"] == POLICY_B
+    await backend.verify(att.data, digest, policy=POLICY_B)
+    with pytest.raises(VerificationFailed, match=f"policy check failed: expected {POLICY_A}"):
+        await backend.verify(att.data, digest, policy=POLICY_A)
+    await backend.anchor(digest, lambda facts: None)  # none given: the target's own
+    assert openssl_tsa.requested_policies(since)[1:] == [targets["rfc3161:sha512-policy"].policy_oid]

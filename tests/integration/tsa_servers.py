@@ -9,6 +9,9 @@
       /untrusted     signed by a TSA under a CA nobody trusts
       /other-digest  the imprint is replaced before signing (a valid reply for another digest)
       /other-nonce   the nonce is replaced before signing
+      /other-policy  the requested policy is ignored: the token is under another policy
+                     the TSA serves (its config lists several: `default_policy`,
+                     `other_policies`)
       /replay        the first reply for an imprint is served again for every later query
       /slow          answers after `slow_seconds` (released at stop)
       /500 /401 /403 /404 /garbage   what their names say
@@ -167,6 +170,10 @@ class OpenSSLTSA:
             if fields["hash"] != "sha256":
                 other = hashlib.new(fields["hash"], other).digest()
             return 200, ok, self.reply(pki.rewrite_query(body, hashed_message=other))
+        if path == "/other-policy":
+            asked = pki.query_fields(body)["policy"]
+            other = next(p for p in (pki.DEFAULT_POLICY, *pki.OTHER_POLICIES) if p != asked)
+            return 200, ok, self.reply(pki.rewrite_query(body, req_policy=other))
         if path == "/other-nonce":
             nonce = pki.query_fields(body)["nonce"]
             return 200, ok, self.reply(pki.rewrite_query(body, nonce=nonce + 1))
@@ -188,6 +195,17 @@ class OpenSSLTSA:
             code = int(path[1:])
             return code, "text/plain", f"HTTP {code} from the test TSA".encode()
         return 404, "text/plain", b"no such TSA path"
+
+    def requested_policies(self, since: int = 0) -> list[str | None]:
+        """The reqPolicy of each query received (from the `since`-th on), as the TSA read it:
+        parsed from the DER body with asn1crypto, None when the query names no policy."""
+        from asn1crypto import tsp as asn1tsp
+
+        out: list[str | None] = []
+        for _path, _headers, body in self.requests[since:]:
+            policy = asn1tsp.TimeStampReq.load(body)["req_policy"]
+            out.append(policy.dotted if policy.native is not None else None)
+        return out
 
     def stop(self) -> None:
         self._stopping.set()

@@ -1050,3 +1050,47 @@ def test_theme_fields_names_and_key_names_agree_with_textual():
     for code in range(0x20, 0x7F):
         assert ds.character_key(chr(code)) == _character_to_key(chr(code))
         assert ds.key_problem(_character_to_key(chr(code))) is None
+
+
+def test_policy_oid_is_checked_and_falls_back_to_the_target(tmp_path):
+    loaded = load(
+        tmp_path,
+        """\
+        targets:
+          rfc3161:
+            tsa: {url: "https://tsa.example/tsr", policyOID: "1.2.3.4"}
+        namespaces:
+          a:
+            cadence:
+              fast: {target: "rfc3161:tsa", every: "60s", policyOID: "1.2.3.5"}
+              cold: {target: "rfc3161:tsa", every: "1d", policyOID: ""}
+          b:
+            cadence:
+              fast: {target: "local:dev", every: "60s"}
+        """,
+    )
+    policies = {str(j.key): j.policy_oid for j in loaded.config.jobs()}
+    # the cadence's own, else its TSA target's ("" means none), else none at all
+    assert policies == {"a/fast": "1.2.3.5", "a/cold": "1.2.3.4", "b/fast": None}
+
+    found = errors(
+        tmp_path,
+        """\
+        targets:
+          local:
+            dev: {policies: ["2.5.29.32.0", "tsa-policy"]}
+        namespaces:
+          a:
+            cadence:
+              fast: {target: "local:dev", every: "60s", policyOID: "1.2.x"}
+              strong: {target: "eip155:8453", every: "2*fast", policyOID: "1.2.3"}
+        """,
+    )
+    text = "\n".join(found)
+    assert "namespaces.a.cadence.fast.policyOID: not an object identifier (expected dotted numbers" in text
+    assert "targets.local.dev.policies[1]: not an object identifier" in text
+    assert (
+        "namespaces.a.cadence.strong.policyOID: a policy applies to time-stamp authorities "
+        "(rfc3161:, local:) only; eip155:8453 has none (got '1.2.3')"
+    ) in text
+    assert all("config.yaml:" in line for line in found), found

@@ -40,22 +40,24 @@ class CountingBackend:
         self.inner = inner
         self.target = inner.target
         self.calls: list[bytes] = []
+        self.policies: list[str | None] = []
         self.fail_with: Exception | None = None
         self.gate: asyncio.Event | None = None
 
-    async def anchor(self, digest, note):
+    async def anchor(self, digest, note, *, policy=None):
         self.calls.append(digest)
+        self.policies.append(policy)
         if self.gate is not None:
             await self.gate.wait()
         if self.fail_with is not None:
             raise self.fail_with
-        return await self.inner.anchor(digest, note)
+        return await self.inner.anchor(digest, note, policy=policy)
 
     async def recover(self, digest, notes):
         return None
 
-    async def verify(self, attestation, digest, *, required=None):
-        await self.inner.verify(attestation, digest)
+    async def verify(self, attestation, digest, *, required=None, policy=None):
+        await self.inner.verify(attestation, digest, policy=policy)
 
     async def close(self):
         pass

@@ -265,3 +265,134 @@ def test_key_written_atomically_without_clobbering(tmp_path: Path) -> None:
     assert local_mod._write_atomic(path, b"one", 0o600, clobber=False)
     assert not local_mod._write_atomic(path, b"two", 0o600, clobber=False)
     assert path.read_bytes() == b"one" and stat.S_IMODE(os.stat(path).st_mode) == 0o600
+
+
+# --- policies: the TSA honours a requested policy it serves and refuses any other -----------------
+
+SERVED = "1.3.6.1.4.1.55555.3161.7"
+
+
+def token_policy(att: Attestation) -> str:
+    """The policy in the signed TSTInfo of an attestation's token."""
+    from asn1crypto import cms
+    from asn1crypto import tsp as asn1tsp
+
+    info = cms.ContentInfo.load(base64.b64decode(att.data["token"]))["content"]["encap_content_info"]
+    return asn1tsp.TSTInfo.load(info["content"].contents)["policy"].dotted
+
+
+def local_backend_from_config(tmp_path: Path, clock: FakeClock):
+    """`targets.local.dev.policies` as a user writes it, through the backend registry."""
+    from core.anchors.registry import Backends
+    from core.config import load_config
+
+    (tmp_path / "config.yaml").write_text(
+        "targets:\n"
+        f"  local:\n    dev: {{policies: [\"{SERVED}\"]}}\n"
+        "namespaces:\n"
+        f"  a:\n    cadence:\n      fast: {{target: \"local:dev\", every: \"60s\", policyOID: \"{SERVED}\"}}\n"
+    )
+    config = load_config(tmp_path / "config.yaml", env={}, cwd=tmp_path).config
+    [job] = config.jobs()
+    return Backends(config.resolve_target, tmp_path / "data", clock)("local:dev"), job
+
+
+@needs_openssl
+async def test_local_tsa_issues_under_a_requested_policy_it_serves(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    tsa, job = local_backend_from_config(tmp_path, clock)
+    assert job.policy_oid == SERVED
+    att = await tsa.anchor(ROOT, noop_note, policy=job.policy_oid)
+    assert token_policy(att) == att.data["policy"] == SERVED
+    await tsa.verify(att.data, ROOT, policy=SERVED)
+    with pytest.raises(VerificationFailed, match=f"policy check failed: expected {LOCAL_POLICY_OID}"):
+        await tsa.verify(att.data, ROOT)  # a receipt without a policy: the TSA's own
+    proc = openssl_verify(tmp_path, att.data["token"], ROOT, tsa.cert_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    default = await tsa.anchor(ROOT, noop_note)  # nothing requested: the TSA's own policy
+    assert token_policy(default) == LOCAL_POLICY_OID
+
+
+async def test_local_tsa_refuses_a_policy_it_does_not_serve(tsa: LocalTSA) -> None:
+    unserved = "1.3.6.1.4.1.55555.3161.8"
+    with pytest.raises(ValidationError) as refused:
+        await tsa.anchor(ROOT, noop_note, policy=unserved)
+    text = str(refused.value)
+    assert "status check failed: expected granted, got rejection" in text
+    assert f"local:dev does not serve policy {unserved}; it serves {LOCAL_POLICY_OID}" in text
+    assert "targets.local.dev.policies" in text and "unaccepted_policy" in text
+    reply = tsa.respond(tsp.build_request(ROOT, nonce=tsp.new_nonce(), policy_oid=unserved))
+    status = tsp._TimeStampResp.load(reply)["status"]
+    assert status["status"].native == "rejection"
+    assert status["fail_info"].native == {"unaccepted_policy"}
+
+
+async def test_a_recovered_anchor_keeps_the_policy_it_was_requested_under(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """The journal records the policy of each call: a receipt written at restart states the
+    policy the token was requested under, even when a reload changed the job's since."""
+    import dataclasses
+
+    from core.engine import Scheduler
+    from core.events import EventBus, ReceiptWritten
+    from core.jobs import JobKey, JobSpec
+    from core.receipts import ReceiptStore, load_receipt, verify_receipt
+    from core.sources import write_batch
+    from core.state import IntentJournal, StateStore
+
+    tsa = LocalTSA(tmp_path / "data", "dev", clock, policies=[SERVED])
+    seen_in_journal: list[list[dict]] = []
+    journal = IntentJournal(tmp_path / "data" / "journal")
+
+    class Journalled:  # the real TSA; notes what the journal holds while the call is out
+        target = tsa.target
+
+        async def anchor(self, digest, note, *, policy=None):
+            seen_in_journal.append([e for i in journal.pending() for e in i.entries])
+            return await tsa.anchor(digest, note, policy=policy)
+
+        async def recover(self, digest, notes):
+            return None
+
+        async def verify(self, attestation, digest, *, required=None, policy=None):
+            await tsa.verify(attestation, digest, policy=policy)
+
+        async def close(self):
+            return None
+
+    write_batch(tmp_path / "batches", "000001", "sha256:" + ROOT.hex())
+    spec = JobSpec(JobKey("a", "cold"), "local:dev", 60, tmp_path / "batches", policy_oid=SERVED)
+
+    def scheduler(specs):
+        bus = EventBus()
+        events: list = []
+        bus.subscribe(events.append)
+        s = Scheduler(
+            jobs=specs, clock=clock, bus=bus, backend_for=lambda t: Journalled(),
+            state_store=StateStore(tmp_path / "data" / "state.json"), journal=journal,
+            receipts=ReceiptStore(tmp_path / "data" / "receipts"),
+        )
+        return s, events
+
+    s, events = scheduler([spec])
+    await s.run_once()
+    assert [e["policy"] for e in seen_in_journal[0]] == [SERVED]
+    [written] = [e for e in events if isinstance(e, ReceiptWritten)]
+    assert load_receipt(written.path)["policy"] == SERVED
+
+    # A crash after the answer for a new batch, then a restart whose config no longer
+    # names a policy.
+    later = hashlib.sha256(b"a later batch root").digest()
+    write_batch(tmp_path / "batches", "000002", "sha256:" + later.hex())
+    entries = [{**seen_in_journal[0][0], "batch": {"id": "000002", "root": "sha256:" + later.hex()}}]
+    attestation = await tsa.anchor(later, noop_note, policy=SERVED)
+    intent = journal.open("local:dev", entries, later.hex(), clock.now())
+    intent.attested(attestation.data, attestation.status, attestation.confirmations)
+    s, events = scheduler([dataclasses.replace(spec, policy_oid=None)])
+    await s.recover()
+    [written] = [e for e in events if isinstance(e, ReceiptWritten)]
+    receipt = load_receipt(written.path)
+    assert receipt["batch"]["id"] == "000002" and receipt["policy"] == SERVED
+    await verify_receipt(receipt, lambda t: Journalled())

@@ -179,9 +179,9 @@ async def test_an_unexpected_error_after_the_call_leaves_no_job_in_flight(tmp_pa
     s = h.scheduler()
     real = h.backend.inner.anchor
 
-    async def odd_status(digest, note):
+    async def odd_status(digest, note, *, policy=None):
         # build_receipt refuses this status: a bug after the call, not a disk error
-        return dataclasses.replace(await real(digest, note), status="weird")
+        return dataclasses.replace(await real(digest, note, policy=policy), status="weird")
 
     h.backend.inner.anchor = odd_status
     await s.run_once()
