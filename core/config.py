@@ -544,6 +544,9 @@ class LoadedConfig:
     files: list[Path] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     path: Path | None = None  # the main config file; None in the bare VaultMesh layout
+    # --import-state: the original service's state file, imported on the first start
+    # (core/migrate.py); not part of the config's hash, never read on reload.
+    import_state: Path | None = None
 
 
 # --------------------------------------------------------------------------- hashing

@@ -20,7 +20,7 @@ from core.clock import Clock, SystemClock
 from core.config import Config, ConfigError, ConfigIssue, LoadedConfig
 from core.engine import Scheduler
 from core.events import ConfigRejected, EventBus
-from core.jobs import JobSpec
+from core.migrate import StateImport, StateImportError, import_original_state, state_files
 from core.observe.logs import Log
 from core.receipts import ReceiptStore
 from core.state import DataDirLock, IntentJournal, LockHeld, StateError, StateStore
@@ -70,9 +70,11 @@ class Runtime:
         self.lock = lock or DataDirLock(self.data_dir)
         self.receipts = ReceiptStore(self.data_dir / "receipts")
         sources.configure(cfg.batch_limits())
+        self.state_import: StateImport | None = None  # what open() imported, logged by announce()
         self._reading: asyncio.Future[LoadedConfig] | None = None  # a reload's worker thread
         self._reload_tasks: set[asyncio.Task[ReloadResult]] = set()
         state_file = _state_file(cfg)
+        self.state_file = state_file
         self.backends = Backends(cfg.resolve_target, self.data_dir, self.clock)
         self.engine = Scheduler(
             jobs=cfg.jobs(),
@@ -96,12 +98,15 @@ class Runtime:
         )
 
     @classmethod
-    def open(cls, loaded: LoadedConfig, *, loader: Loader | None = None) -> Runtime:
+    def open(
+        cls, loaded: LoadedConfig, *, loader: Loader | None = None, clock: Clock | None = None
+    ) -> Runtime:
         """Lock the data dir, then load state and journal: how both run modes start.
 
         Raises CannotStart with a message for the operator (another scheduler holds the
         data dir, it cannot be created, a folder it writes to is not writable, the state
-        file is corrupt), never a traceback.
+        file is corrupt, the original service's state to import is malformed), never a
+        traceback. On the first start it imports that state first (core/migrate.py).
         """
         data_dir = Path(loaded.config.scheduler.data_dir)
         lock = DataDirLock(data_dir)
@@ -112,10 +117,18 @@ class Runtime:
         except OSError as exc:
             raise CannotStart(f"cannot use the data dir {data_dir}: {exc.strerror or exc}") from exc
         try:
-            runtime = cls(loaded, loader=loader, lock=lock)
+            imported = _import_state(loaded)  # before the engine reads our state
+            runtime = cls(loaded, loader=loader, lock=lock, clock=clock)
+            runtime.state_import = imported
             for folder in _written_folders(loaded.config):  # once the state is known good
                 _check_writable(folder)
             return runtime
+        except StateImportError as exc:
+            lock.release()
+            raise CannotStart(
+                f"{exc}\n  fix it, or start without importing (unset VMSH_STATE, or drop "
+                "--import-state): every job then anchors at once"
+            ) from exc
         except CannotStart:
             lock.release()
             raise
@@ -149,6 +162,8 @@ class Runtime:
             )
         for warning in self.loaded.warnings:
             self.log.warning(warning)
+        if self.state_import is not None:
+            self.log.info(self.state_import.message, **self.state_import.log_fields())
         for target in sorted({j.target for j in cfg.jobs()}):
             if target.startswith("local:"):
                 self.log.warning(
@@ -184,11 +199,10 @@ class Runtime:
                 settings=", ".join(restart),
             )
         self.loaded = loaded
-        sources.configure(loaded.config.batch_limits())
+        running = self._on_running_data_dir(loaded.config)
+        sources.configure(running.batch_limits())
         self.backends.update(loaded.config.resolve_target)
-        event = self.engine.apply(
-            self._jobs_of(loaded.config), loaded.hash, target_guard=loaded.config.target_mismatch
-        )
+        event = self.engine.apply(running.jobs(), loaded.hash, target_guard=loaded.config.target_mismatch)
         for warning in loaded.warnings:
             self.log.warning(warning)
         summary = f"+{len(event.added)} -{len(event.removed)} ~{len(event.changed)} jobs"
@@ -196,13 +210,13 @@ class Runtime:
             summary += f"; restart needed: {', '.join(restart)}"
         return ReloadResult(True, True, [], summary)
 
-    def _jobs_of(self, config: Config) -> list[JobSpec]:
-        """The config's jobs, with default batch folders under the data dir in use: a new
+    def _on_running_data_dir(self, config: Config) -> Config:
+        """`config` with the data dir in use, for its jobs' default batch folders: a new
         data_dir waits for a restart, so the batches under it do too."""
         if config.scheduler.data_dir != self.started_with.scheduler.data_dir:
             scheduler = config.scheduler.model_copy(update={"data_dir": self.data_dir})
             config = config.model_copy(update={"scheduler": scheduler})
-        return config.jobs()
+        return config
 
     async def reload_off_loop(self, timeout: float = RELOAD_SECONDS) -> ReloadResult:
         """`reload()` with the files read and validated on a worker thread, for at most
@@ -238,7 +252,20 @@ class Runtime:
 
 
 def _state_file(config: Config) -> Path:
-    return Path(config.scheduler.state_file or Path(config.scheduler.data_dir) / "state" / "scheduler.json")
+    return state_files(config)[0]
+
+
+def _import_state(loaded: LoadedConfig) -> StateImport | None:
+    """Import the original service's state on the first start (core/migrate.py): when
+    `--import-state` or VMSH_STATE names its file and our state file does not exist yet."""
+    ours, original = state_files(loaded.config, loaded.import_state)
+    if original is None:
+        return None
+    if ours.exists():
+        # VMSH_STATE keeps naming the original's file after the move: nothing to say.
+        return StateImport(original, skipped=True) if loaded.import_state else None
+    _check_writable(ours.parent)
+    return import_original_state(original, StateStore(ours), loaded.config.jobs())
 
 
 def _written_folders(config: Config) -> list[Path]:

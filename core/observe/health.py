@@ -110,9 +110,10 @@ def livez(engine: Any, now: float) -> tuple[int, dict[str, Any]]:
 
 
 def _state_readable(runtime: Any) -> bool:
-    cfg = runtime.loaded.config
-    data_dir = Path(cfg.scheduler.data_dir)
-    path = Path(cfg.scheduler.state_file or data_dir / "state" / "scheduler.json")
+    path = getattr(runtime, "state_file", None)  # ours (VMSH_STATE may name the original's)
+    if path is None:
+        cfg = runtime.loaded.config
+        path = Path(cfg.scheduler.state_file or Path(cfg.scheduler.data_dir) / "state" / "scheduler.json")
     if path.exists():
         return path.is_file() and os.access(path, os.R_OK)
     # Not written yet (first start): its folder must be usable when it is.
