@@ -54,6 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     add_common(parser)
     parser.add_argument("--no-ui", action="store_true", help="run headless (logs to stdout)")
+    parser.add_argument(
+        "--import-state", type=Path, metavar="FILE",
+        help="on the first start (no state of ours yet), import the last-anchored times of "
+        "the original VaultMesh service's state file, so jobs are not all anchored at once "
+        "(a VMSH_STATE file in that format is imported the same way)",
+    )
     parser.add_argument("--theme", metavar="NAME", help="dashboard theme")
     parser.add_argument("--no-mouse", action="store_true", help="dashboard without mouse support")
     parser.add_argument(
