@@ -329,7 +329,8 @@ def _main(argv: Sequence[str] | None, startup: StartupSignals) -> int:
     except ConfigError as exc:
         print_errors(exc)
         return 2
-    loaded.import_state = args.import_state  # read on the first start only (core/migrate.py)
+    if args.import_state is not None:  # read on the first start only (core/migrate.py)
+        loaded.import_state = args.import_state.absolute()  # logged: say where it was
     for warning in loaded.warnings:
         print(f"warning: {printable(warning)}", file=sys.stderr)
     if startup.stop is not None:
