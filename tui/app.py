@@ -267,7 +267,11 @@ class VaultMeshApp(App[int]):
         }
         self.header = HeaderBar(id="header")
         yield self.header
-        self._tabs = Tabs(*(Tab(PANE_TITLES[n], id=f"tab-{n}") for n in PANES), id="tabs")
+        tabs = {n: Tab(PANE_TITLES[n], id=f"tab-{n}") for n in PANES}
+        # Held, not queried: Tabs mounts its tabs in its own container, not always before a
+        # refresh runs (a query then finds nothing).
+        self._backoff_tab = tabs["backoff"]
+        self._tabs = Tabs(*tabs.values(), id="tabs")
         self._tabs.can_focus = False
         yield self._tabs
         self._row_top = Horizontal(self.panes["jobs"], self.panes["backoff"], classes="row", id="row-top")
@@ -441,7 +445,7 @@ class VaultMeshApp(App[int]):
         # The Backoff pane lists every job with a backoff level, as the header counts them.
         backing = {str(v.key): backoff_row(v, now, max_level, p, self.logs.data_dir) for v in views if v.state.backoff_level > 0}
         self.backoff.show(backing)
-        tab = self._tabs.query_one("#tab-backoff", Tab)
+        tab = self._backoff_tab
         label = f"Backoff ({len(backing)})" if backing else "Backoff"
         if str(tab.label) != label:
             tab.label = label
