@@ -446,3 +446,34 @@ async def test_the_engine_reads_due_batch_files_off_the_event_loop(tmp_path: Pat
     assert opened_on_loop == []
     assert sorted(opened_off_loop) == ["a", "b", "c"]
     engine.flush()
+
+
+def test_deep_json_is_refused_even_when_a_dependency_raised_the_recursion_limit(tmp_path):
+    # eth-account imports py_ecc, which sets the recursion limit to 100,000: json's C scanner
+    # then overflows the C stack on a deep array before any RecursionError (a segfault that
+    # killed the daemon). Run where that limit is in force, in a child process.
+    import subprocess
+    import sys
+
+    path = tmp_path / "deep.json"
+    path.write_bytes(b"[" * 200_000 + b"]" * 200_000)
+    code = (
+        "import sys; sys.setrecursionlimit(100_000)\n"
+        "from pathlib import Path\n"
+        "from core.sources import SourceError, parse_batch\n"
+        f"p = Path({str(path)!r})\n"
+        "try:\n"
+        "    parse_batch(p, p.read_bytes())\n"
+        "except SourceError as exc:\n"
+        "    print(exc)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-500:]
+    assert f"batch file {path}: JSON nested too deeply" in done.stdout
+
+
+def test_a_large_flat_batch_file_is_not_called_deep(tmp_path):
+    entries = ",".join('{"leaf": "[not a bracket]"}' for _ in range(5000))
+    data = ('{"id": "b1", "root": "sha256:' + "ab" * 32 + '", "leaves": [' + entries + "]}").encode()
+    batch = sources.parse_batch(tmp_path / "big.json", data)
+    assert batch.id == "b1"
