@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 from typing import IO, Any
 
@@ -105,7 +104,3 @@ class JsonLineWriter:
         if self._file is not None:
             self._file.close()
             self._file = None
-
-
-def stdout_writer() -> JsonLineWriter:
-    return JsonLineWriter(sys.stdout)
