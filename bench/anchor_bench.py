@@ -22,17 +22,15 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-for _folder in (ROOT / "tests", ROOT / "tests" / "integration"):
-    if str(_folder) not in sys.path:
-        sys.path.insert(0, str(_folder))
-
-from tsa_servers import OpenSSLTSA  # noqa: E402
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 
 from core.config import load_config  # noqa: E402
 from core.jobs import safe_name  # noqa: E402
 from core.receipts import load_receipt, verify_receipt  # noqa: E402
 from core.runtime import Runtime  # noqa: E402
 from core.sources import write_batch  # noqa: E402
+from tests.integration.tsa_servers import OpenSSLTSA  # noqa: E402
 
 NAMESPACES = 1_000
 

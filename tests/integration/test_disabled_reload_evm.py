@@ -6,7 +6,6 @@ from __future__ import annotations
 import random
 
 import pytest
-from ganache import ADDRESSES, KEYS, Ganache
 
 from core.clock import FakeClock
 from core.config import load_config
@@ -15,6 +14,7 @@ from core.jobs import JobKey, safe_name
 from core.runtime import Runtime
 from core.sources import write_batch
 from core.status import JobStatus
+from tests.integration.ganache import ADDRESSES, KEYS, Ganache
 
 CONFIG = """\
 scheduler:

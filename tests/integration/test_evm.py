@@ -20,7 +20,6 @@ from pathlib import Path
 
 import pytest
 from eth_account import Account
-from ganache import ADDRESSES, KEYS, Ganache
 
 from core.anchors.base import VerificationFailed
 from core.anchors.evm import MEMO, EVMBackend, decode_anchor_call
@@ -36,6 +35,7 @@ from core.observe.logs import Log
 from core.receipts import ReceiptInvalid, ReceiptStore, load_receipt, verify_receipt
 from core.sources import write_batch
 from core.state import IntentJournal, StateStore
+from tests.integration.ganache import ADDRESSES, KEYS, Ganache
 
 BIN = Path(sys.executable).with_name("vmsh-scheduler")
 TARGET = "eip155:1337"
@@ -247,7 +247,7 @@ async def test_contract_mode_calls_anchor_with_root_batch_id_memo_persist(node, 
 
 
 async def test_node_down_is_a_network_error_and_the_engine_backs_off(node, tmp_path):
-    from ganache import free_port
+    from tests.integration.ganache import free_port
 
     class Down:
         url = f"http://127.0.0.1:{free_port()}"
@@ -424,7 +424,7 @@ async def test_a_reorg_that_drops_the_transaction_queues_the_job_again(own_node,
 
 def write_config(tmp: Path, g: Ganache) -> Path:
     write_batch(tmp / "batches" / "evm", "000001", root(42))
-    from ganache import free_port
+    from tests.integration.ganache import free_port
 
     text = f"""\
 scheduler:

@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 import pytest
-from tsa_servers import CertomancerTSA, OpenSSLTSA, free_port, pki
 
 from core.anchors.base import VerificationFailed
 from core.anchors.registry import Backends
@@ -36,6 +35,7 @@ from core.receipts import ReceiptInvalid, ReceiptStore, load_receipt, verify_rec
 from core.sources import write_batch
 from core.state import IntentJournal, StateStore
 from core.verify import ReadOnlyVerifiers, verify_files
+from tests.integration.tsa_servers import CertomancerTSA, OpenSSLTSA, free_port, pki
 
 BEARER = "tok-3161-do-not-log"
 BASIC_USER, BASIC_PASSWORD = "anchor", "pw-3161-do-not-log"

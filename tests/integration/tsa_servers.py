@@ -34,13 +34,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-try:
-    import pki
-except ImportError:  # imported outside pytest's rootdir handling
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    import pki
+from tests import pki
 
 Reply = tuple[int, str, bytes]
 

@@ -36,9 +36,7 @@ from core.jobs import JobKey, JobSpec, safe_name
 from core.receipts import ReceiptStore
 from core.sources import write_batch
 from core.state import IntentJournal, StateStore
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from integration.tsa_servers import OpenSSLTSA  # noqa: E402  (tests/ is not a package)
+from tests.integration.tsa_servers import OpenSSLTSA
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")
 
@@ -407,7 +405,10 @@ def test_a_receipt_with_a_real_world_token_quirk_verifies_and_explains(quirk, au
     """Tokens as some production TSAs send them: verify says OK, and the --explain commands
     (openssl ts, or openssl cms for a token openssl ts cannot parse) agree."""
     from asn1crypto import tsp as asn1tsp
-    from test_tsp import (  # tests/unit is on sys.path under pytest
+
+    from core.anchors import tsp as tsp_module
+    from core.receipts import build_receipt
+    from tests.unit.test_tsp import (
         DIGEST,
         attribute_certificate_token,
         make_pki,
@@ -416,9 +417,6 @@ def test_a_receipt_with_a_real_world_token_quirk_verifies_and_explains(quirk, au
         unsorted_attributes_token,
         write_openssl_tsa,
     )
-
-    from core.anchors import tsp as tsp_module
-    from core.receipts import build_receipt
 
     pki = make_pki("Quirk")
     nonce = tsp_module.new_nonce()
