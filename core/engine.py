@@ -1105,6 +1105,7 @@ class Scheduler:
         """The job's status by the one definition in core.status."""
         return job_status(
             in_flight=in_flight,
+            stuck=in_flight and self.is_stuck(spec.key, now),
             disabled=disabled,
             failing=bool(state.failures),
             gave_up=state.last_error_kind == ErrorKind.VALIDATION and state.backoff_level >= self.policy.max_level,

@@ -32,8 +32,7 @@ class JobStatus(StrEnum):
     PAUSED = "paused"
     ERROR = "error"  # a validation failure at the maximum backoff level: needs a person
     DISABLED = "disabled"  # the job's target is refused (btc, a chain id mismatch): never runs
-    # Reserved for changes under way, not produced yet:
-    STUCK = "stuck"  # in flight for too long
+    STUCK = "stuck"  # in flight for longer than its bound (Scheduler.stuck_after): a hang
 
     @property
     def text(self) -> str:
@@ -41,8 +40,7 @@ class JobStatus(StrEnum):
         return self.value.replace("_", " ")
 
 
-# Statuses that make the scheduler degraded. STUCK joins once produced. DISABLED is not
-# one: a job that can never run is shown with its reason, it is not an outage.
+# Statuses that make the scheduler degraded. DISABLED is not one: a job that can never run is shown with its reason, it is not an outage.
 PROBLEMS = (JobStatus.ERROR, JobStatus.BACKING_OFF, JobStatus.STALE, JobStatus.STUCK)
 
 STUCK_TICKS = 3
@@ -76,12 +74,14 @@ def job_status(
     due_at: float | None,
     now: float,
     disabled: bool = False,
+    stuck: bool = False,
 ) -> JobStatus:
     """The status of one job. `failing`: consecutive failures; `gave_up`: failing on a
     validation error at the maximum backoff level; `current_since`: the last time the job
-    was proven current (else its first chance to be: the engine's start)."""
+    was proven current (else its first chance to be: the engine's start); `stuck`: in
+    flight for longer than its bound."""
     if in_flight:
-        return JobStatus.ANCHORING
+        return JobStatus.STUCK if stuck else JobStatus.ANCHORING
     if disabled:  # its target is refused: it never runs, so it is neither due nor stale
         return JobStatus.DISABLED
     if failing:

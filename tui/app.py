@@ -437,8 +437,8 @@ class VaultMeshApp(App[int]):
     def _refresh_views(self) -> None:
         """One snapshot of the job table -> diffed rows, backoff rows and the header."""
         engine = self.runtime.engine
-        now = self.clock.now()
-        views = engine.views()
+        now = engine.clock.now()  # the engine's steady clock: its times are on it
+        views = engine.views(now)
         max_level = engine.policy.max_level
         p = self._palette
         self.jobs.show({str(v.key): job_row(v, now, max_level, engine.paused, p) for v in views})
@@ -482,7 +482,7 @@ class VaultMeshApp(App[int]):
         out.append(f"  ok {c.ok}")
         out.append(f"  anchoring {c[JobStatus.ANCHORING]}")
         out.append(f"  backoff {c.in_backoff}", style=s.get("warning", "") if c.in_backoff else "")
-        for status in (JobStatus.STALE, JobStatus.ERROR):
+        for status in (JobStatus.STALE, JobStatus.STUCK, JobStatus.ERROR):
             if c[status]:
                 out.append(f"  {status.text} {c[status]}", style=s.get("warning" if status == JobStatus.STALE else "error", ""))
         out.append(f"  cfg {engine.config_hash[:8]}")
@@ -626,15 +626,26 @@ class VaultMeshApp(App[int]):
             self.notify("already in flight", severity="warning")
 
     def action_reload(self) -> None:
-        """Reload now. What changed, or the errors, are told by the ConfigApplied /
-        ConfigRejected events, as for an edit the file watcher picked up."""
-        result = self.runtime.reload()
+        self.reload_config()
+
+    @work(group="reload", exit_on_error=False)
+    async def reload_config(self) -> None:
+        """Reload now, the files read off the loop (anchoring and the screen go on). What
+        changed, or the errors, are told by the ConfigApplied / ConfigRejected events, as
+        for an edit the file watcher picked up; settings only a restart applies are named."""
+        result = await self.runtime.reload_off_loop()
         if result.errors:
             self.push_screen(
                 MessageScreen("Config reload rejected: the previous config stays live", result.errors)
             )
         elif not result.changed:
             self.notify(f"config reload: {result.summary or 'no change'}", timeout=4)
+        restart = result.summary.partition("restart needed: ")[2]
+        if restart:
+            self.notify(
+                f"config reload: restart needed for {restart}; they keep their running values until then",
+                severity="warning", timeout=15,
+            )  # fmt: skip
         self.flush_now()
 
     def action_pause(self) -> None:
@@ -669,7 +680,7 @@ class VaultMeshApp(App[int]):
         ][-10:]  # fmt: skip
         ns_config = self.runtime.loaded.config.namespaces.get(namespace)
         body = namespace_detail(
-            namespace, ns_config, views, receipts[:10], errors, now=self.clock.now(),
+            namespace, ns_config, views, receipts[:10], errors, now=engine.clock.now(),
             max_level=engine.policy.max_level, data_dir=self.logs.data_dir,
         )  # fmt: skip
         self.push_screen(DetailScreen(namespace, body))
@@ -710,12 +721,21 @@ class VaultMeshApp(App[int]):
 
     @work(group="verify", exit_on_error=False)
     async def verify_receipt(self, path: str) -> None:
-        from core.receipts import ReceiptError, ReceiptInvalid, load_receipt, verify_receipt
+        from core.receipts import (
+            ReceiptError,
+            ReceiptInvalid,
+            ReceiptUncheckable,
+            load_receipt,
+            verify_receipt,
+        )
 
         name = Path(path).name
         try:
             receipt = load_receipt(path)
             await verify_receipt(receipt, self.runtime.backends)
+        except ReceiptUncheckable as exc:  # not a verdict: something it needs is missing here
+            self._verified[path] = "UNKNOWN"
+            self.notify(f"verify CANNOT CHECK {name}: {exc}", severity="warning", timeout=15)
         except (ReceiptError, ReceiptInvalid) as exc:
             self._verified[path] = "FAIL"
             self.notify(f"verify FAIL {name}: {exc}", severity="error", timeout=15)

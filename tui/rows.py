@@ -211,7 +211,8 @@ def short_root(root: str) -> str:
     return root.removeprefix("sha256:")[:10] or "-"
 
 
-VERIFY_ROLE = {"OK": "success", "FAIL": "error", "...": "primary"}
+# UNKNOWN: the receipt cannot be checked here (a trust bundle, a node is missing): no verdict.
+VERIFY_ROLE = {"OK": "success", "FAIL": "error", "UNKNOWN": "warning", "...": "primary"}
 
 
 def receipt_row(info: ReceiptInfo, verified: str, p: Palette) -> tuple[Cell, ...]:
