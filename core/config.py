@@ -30,37 +30,95 @@ from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
 from pydantic import (
-    AfterValidator,
     BaseModel,
     BeforeValidator,
-    ConfigDict,
     Field,
     PrivateAttr,
     SecretStr,
     ValidationInfo,
     field_validator,
-    model_validator,
 )
 from pydantic import ValidationError as PydanticValidationError
 from pydantic_core import PydanticCustomError
 
+from core.anchors.schemes import (  # the target schemes: their settings models and specs
+    SCHEMES,
+    BtcTarget,  # noqa: F401 (re-exported: the settings models are importable from here too)
+    Eip155Target,  # noqa: F401
+    LocalTarget,  # noqa: F401
+    Rfc3161Auth,  # noqa: F401
+    Rfc3161Target,  # noqa: F401
+    Targets,
+    TargetSettings,
+)
 from core.cadence import CADENCES, CadenceError, parse_every
 from core.jobs import JobKey, JobSpec, namespace_name_problem, safe_name
+from core.model_types import Model as _Model
+from core.model_types import OptPath, OptPolicyOID, OptStr
 from core.sources import DEFAULT_MAX_BATCH_BYTES, BatchLimits
 
-SCHEMES = ("local", "rfc3161", "eip155", "btc")
-ENV_VARS = (
-    "VMSH_ROOT",
-    "VMSH_NAMESPACES",
-    "VMSH_STATE",
-    "VMSH_TICK_MS",
-    "VMSH_BASE_BACKOFF",
-    "VMSH_MAX_BACKOFF",
-    "METRICS_PORT",
-    "LOG_LEVEL",
-    "VMSH_CONFIG",
-    "VMSH_DATA_DIR",
+# --------------------------------------------------------------------------- environment
+
+
+@dataclass(frozen=True)
+class EnvVar:
+    """One environment variable the scheduler reads (a row of ENV_TABLE)."""
+
+    name: str
+    setting: str | None  # the config key load_config's environment step sets; None: see meaning
+    kind: str  # how its text is read: a key of _ENV_READERS, or what it names
+    meaning: str
+
+
+# Every variable the scheduler reads by a fixed name, in the order --help and the README
+# list them. ENV_VARS, --help's epilog (env_help), the README table (env_table_markdown)
+# and the environment step of load_config come from here; tests/unit/test_env_table.py
+# checks that the code reads no other and that the README shows this table.
+ENV_TABLE: tuple[EnvVar, ...] = (
+    EnvVar("VMSH_CONFIG", None, "path", "the config file, when no --config is given"),
+    EnvVar("VMSH_ROOT", None, "path",
+           "a VaultMesh checkout: without a config file, its vmsh/config/namespaces.yaml "
+           "and anchors.yaml are the configuration; $VMSH_ROOT/out/batches is the shared "
+           "batch folder"),
+    EnvVar("VMSH_NAMESPACES", None, "path",
+           "the VaultMesh namespaces.yaml to include, instead of namespaces_file "
+           "(relative to VMSH_ROOT when set)"),
+    EnvVar("VMSH_DATA_DIR", "scheduler.data_dir", "path", "state, receipts, journal, lock"),
+    EnvVar("VMSH_STATE", "scheduler.state_file", "path",
+           "the job state file; one in the original service's format is imported, and "
+           "ours is then state/scheduler.json in the data dir"),
+    EnvVar("VMSH_TICK_MS", "scheduler.tick", "milliseconds",
+           "longest the engine sleeps between checks"),
+    EnvVar("VMSH_BASE_BACKOFF", "scheduler.base_backoff", "seconds", "base of the retry backoff"),
+    EnvVar("VMSH_MAX_BACKOFF", "scheduler.max_backoff_level", "integer", "cap on the backoff level"),
+    EnvVar("METRICS_PORT", "http.listen", "port", "the port of http.listen (its host is kept)"),
+    EnvVar("LOG_LEVEL", "log.level", "level", "DEBUG, INFO, WARNING or ERROR"),
+    EnvVar("VMSH_THEME", None, "theme name",
+           "the dashboard's theme, between --theme and tui.theme (read by the dashboard)"),
 )
+ENV_VARS = tuple(var.name for var in ENV_TABLE)
+
+
+def env_help() -> str:
+    """The environment section of --help (core/cli.py builds its epilog from it)."""
+    import textwrap
+
+    lines = ["environment (each sets the config key after ->):"]
+    for var in ENV_TABLE:
+        text = f"-> {var.setting} ({var.kind})" if var.setting else var.meaning
+        lines += textwrap.wrap(
+            text, 88, initial_indent=f"  {var.name:<18} ", subsequent_indent=" " * 21
+        )
+    return "\n".join(lines)
+
+
+def env_table_markdown() -> str:
+    """The README's table of environment variables (tests/unit/test_env_table.py checks it)."""
+    rows = ["| variable | sets | read as | meaning |", "|---|---|---|---|"]
+    for var in ENV_TABLE:
+        setting = f"`{var.setting}`" if var.setting else ""
+        rows.append(f"| `{var.name}` | {setting} | {var.kind} | {var.meaning} |")
+    return "\n".join(rows)
 
 
 # --------------------------------------------------------------------------- errors
@@ -104,47 +162,8 @@ class TargetNotFound(LookupError):
 # --------------------------------------------------------------------------- models
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(
-        extra="forbid",
-        validate_by_name=True,
-        validate_by_alias=True,
-        validate_default=False,
-        coerce_numbers_to_str=True,  # `network: 1`, `policyOID: 1.2` are meant as text
-    )
-
-
-def _empty_to_none(value: Any) -> Any:
-    if isinstance(value, str) and value.strip() == "":
-        return None
-    if isinstance(value, SecretStr) and value.get_secret_value() == "":
-        return None
-    return value
-
-
 def _upper(value: Any) -> Any:
     return value.upper() if isinstance(value, str) else value
-
-
-OptStr = Annotated[str | None, BeforeValidator(_empty_to_none)]
-OptPath = Annotated[Path | None, BeforeValidator(_empty_to_none)]
-OptSecret = Annotated[SecretStr | None, BeforeValidator(_empty_to_none)]
-
-
-def _check_policy_oid(value: str | None) -> str | None:
-    if value is None:
-        return None
-    from core.anchors.tsp import policy_oid_problem
-
-    problem = policy_oid_problem(value)
-    if problem:
-        raise PydanticCustomError("policy_oid", "{m}", {"m": problem})
-    return value
-
-
-# A TSA policy: a dotted OID; "" (the VaultMesh files' way to say none) is None.
-PolicyOID = Annotated[str, AfterValidator(_check_policy_oid)]
-OptPolicyOID = Annotated[str | None, BeforeValidator(_empty_to_none), AfterValidator(_check_policy_oid)]
 
 
 class SchedulerSettings(_Model):
@@ -236,74 +255,6 @@ class CloudEventsSettings(_Model):
     )
 
 
-# -- target settings, one model per scheme (VaultMesh camelCase and snake_case both work)
-
-
-class LocalTarget(_Model):
-    # Policies the embedded TSA issues tokens under besides its own (core/anchors/local.py).
-    policies: list[PolicyOID] = Field(default_factory=list)
-
-
-class Rfc3161Auth(_Model):
-    type: Literal["basic", "bearer"]
-    username: OptStr = None
-    password_env: OptStr = None
-    password_file: OptPath = None
-    token_env: OptStr = None
-    token_file: OptPath = None
-
-
-class Rfc3161Target(_Model):
-    url: str
-    trust_bundle: OptPath = Field(None, alias="trustBundle")
-    policy_oid: OptPolicyOID = Field(None, alias="policyOID")
-    hash: Literal["sha256", "sha512"] = "sha256"
-    timeout: float = Field(10.0, gt=0)
-    ca_bundle: OptPath = Field(None, alias="caBundle")
-    auth: Rfc3161Auth | None = None
-    max_clock_skew: float = Field(300.0, ge=0, alias="maxClockSkew")
-
-
-class Eip155Target(_Model):
-    rpc_url: str = Field(alias="rpcUrl")
-    chain_id: int = Field(alias="chainId", gt=0)
-    contract: OptStr = None
-    key: OptSecret = None
-    key_env: OptStr = Field(None, alias="keyEnv")
-    key_file: OptPath = Field(None, alias="keyFile")
-    persist: bool = False
-    confirmations: int = Field(12, ge=0)
-    max_fee_gwei: float | None = Field(None, gt=0, alias="maxFeeGwei")
-    gas_limit: int | None = Field(None, gt=0, alias="gasLimit")
-
-    @model_validator(mode="after")
-    def _one_key_source(self) -> Eip155Target:
-        given = [n for n in ("key", "key_env", "key_file") if getattr(self, n) is not None]
-        if len(given) > 1:
-            raise PydanticCustomError(
-                "key_source", "give only one of key, key_env, key_file (got {g})", {"g": ", ".join(given)}
-            )
-        return self
-
-
-class BtcTarget(_Model):
-    rpc_url: str = Field(alias="rpcUrl")
-    network: str = "mainnet"
-    confirmations: int = Field(6, ge=0)
-
-
-TargetSettings = LocalTarget | Rfc3161Target | Eip155Target | BtcTarget
-
-
-class Targets(_Model):
-    """``targets:`` of the config file, the shape of VaultMesh ``anchors.yaml``."""
-
-    local: dict[str, LocalTarget] = Field(default_factory=dict)
-    rfc3161: dict[str, Rfc3161Target] = Field(default_factory=dict)
-    eip155: dict[str, Eip155Target] = Field(default_factory=dict)
-    btc: dict[str, BtcTarget] = Field(default_factory=dict)
-
-
 # -- namespaces
 
 _TARGET = re.compile(r"^(?P<scheme>[A-Za-z0-9]+):(?P<name>[^\s:]+)$")
@@ -317,11 +268,16 @@ def _check_target(value: str) -> str:
             "{v} is not a target (expected <scheme>:<name>, scheme one of {s})",
             {"v": repr(value), "s": "|".join(SCHEMES)},
         )
-    if m.group("scheme") == "eip155" and not m.group("name").isdigit():
-        raise PydanticCustomError(
-            "target", "{v} needs a numeric chain id, for example 'eip155:8453'", {"v": repr(value)}
-        )
+    problem = SCHEMES[m.group("scheme")].name_problem(m.group("name"))
+    if problem:
+        raise PydanticCustomError("target", "{v} {p}", {"v": repr(value), "p": problem})
     return value
+
+
+# "rfc3161:, local:": the schemes that take a policyOID, real authorities first
+_POLICY_SCHEMES = ", ".join(
+    f"{spec.name}:" for spec in sorted(SCHEMES.values(), key=lambda spec: spec.development) if spec.policy
+)
 
 
 class Cadence(_Model):
@@ -342,11 +298,11 @@ class Cadence(_Model):
     @classmethod
     def _policy_needs_a_tsa(cls, value: str | None, info: ValidationInfo) -> str | None:
         target = info.data.get("target")  # absent when the target itself was refused
-        if value is not None and target and target.partition(":")[0] not in ("rfc3161", "local"):
+        if value is not None and target and not SCHEMES[target.partition(":")[0]].policy:
             raise PydanticCustomError(
                 "policy_oid",
-                "a policy applies to time-stamp authorities (rfc3161:, local:) only; {t} has none",
-                {"t": target},
+                "a policy applies to time-stamp authorities ({s}) only; {t} has none",
+                {"s": _POLICY_SCHEMES, "t": target},
             )
         return value
 
@@ -416,17 +372,18 @@ class Config(_Model):
     # -- targets
 
     def resolve_target(self, target_id: str) -> TargetSettings:
-        """Settings of ``<scheme>:<name>``: targets[scheme][name], else targets[scheme].default."""
+        """Settings of ``<scheme>:<name>``: targets[scheme][name], else targets[scheme].default,
+        else the scheme's defaults where it has some (local)."""
         scheme, sep, name = target_id.partition(":")
         if not sep or scheme not in SCHEMES or not name:
             raise TargetNotFound(f"{target_id!r} is not a target (expected <scheme>:<name>)")
-        entries: dict[str, Any] = getattr(self.targets, scheme)
-        if name in entries:
-            return entries[name]
-        if "default" in entries:
-            return entries["default"]
-        if scheme == "local":
-            return LocalTarget()
+        entries = self.targets.of(scheme)
+        found: TargetSettings | None = entries.get(name, entries.get("default"))
+        if found is not None:
+            return found
+        spec = SCHEMES[scheme]
+        if spec.default_entry is not None:
+            return typing.cast(TargetSettings, spec.settings())
         raise TargetNotFound(
             f"no settings for target {target_id!r} (add targets.{scheme}.{_seg(name)} "
             f"or targets.{scheme}.default)"
@@ -435,36 +392,28 @@ class Config(_Model):
     def resolved_entry(self, target_id: str) -> str | None:
         """Which settings entry a target uses, e.g. 'eip155.default'; None if unresolvable."""
         scheme, _, name = target_id.partition(":")
-        entries = getattr(self.targets, scheme, None)
-        if entries is None:
+        if scheme not in SCHEMES:
             return None
+        entries = self.targets.of(scheme)
         if name in entries:
             return f"{scheme}.{_seg(name)}"
         if "default" in entries:
             return f"{scheme}.default"
-        return "embedded" if scheme == "local" else None
+        return SCHEMES[scheme].default_entry
 
     def target_mismatch(self, target_id: str) -> str | None:
-        """Why anchoring to ``target_id`` must be refused, or None when it is consistent."""
+        """Why anchoring to ``target_id`` must be refused, or None when it is consistent
+        (the scheme's spec decides: core/anchors/schemes.py)."""
         scheme, _, name = target_id.partition(":")
         try:
             settings = self.resolve_target(target_id)
         except TargetNotFound as exc:
             return str(exc)
-        if scheme == "btc":
-            return (
-                "btc targets are not supported by this build yet (no Bitcoin node "
-                "to test against); this job will be refused until they are"
-            )
-        if scheme == "eip155" and isinstance(settings, Eip155Target):
-            if not name.isdigit():
-                return f"{target_id!r} needs a numeric chain id"
-            if int(name) != settings.chain_id:
-                return (
-                    f"target {target_id} resolves to {self.resolved_entry(target_id)} whose chainId "
-                    f"is {settings.chain_id}, not {int(name)}; refusing to anchor to the wrong chain"
-                )
-        return None
+        spec = SCHEMES[scheme]
+        problem = spec.name_problem(name)
+        if problem:
+            return f"{target_id!r} {problem}"
+        return spec.refusal(target_id, settings, self.resolved_entry(target_id))
 
     # -- jobs
 
@@ -1283,11 +1232,12 @@ def _check_targets_resolve(raw: dict[str, Any], root: _Pos, issues: list[ConfigI
         if not isinstance(target, str):
             continue
         m = _TARGET.match(target)
-        if not m or m.group("scheme") not in SCHEMES or m.group("scheme") == "local":
-            continue  # malformed targets are reported by validation; local needs nothing
+        if not m or m.group("scheme") not in SCHEMES:
+            continue  # malformed targets are reported by validation
         scheme, tname = m.group("scheme"), m.group("name")
-        if scheme == "eip155" and not tname.isdigit():
-            continue  # reported by validation
+        spec = SCHEMES[scheme]
+        if spec.default_entry is not None or spec.name_problem(tname):
+            continue  # it needs no entry (local), or its name is reported by validation
         entries = targets.get(scheme)
         if isinstance(entries, dict) and (tname in entries or "default" in entries):
             continue
@@ -1462,16 +1412,11 @@ def _warnings(config: Config, root: _Pos) -> list[str]:
             where = ""
             if matched == 5 and node.file and node.mark:
                 where = f"{node.file}:{node.mark[0]}:{node.mark[1]}: "
-            settings = config.resolve_target(cadence.target)
-            chain = getattr(settings, "chain_id", None)
-            if chain is not None:
-                msg = (
-                    f"namespace {name!r} cadence {cname!r}: target {cadence.target} has chain id "
-                    f"{cadence.target.partition(':')[2]} but {config.resolved_entry(cadence.target)} "
-                    f"has chainId {chain}; this job will be refused, not anchored to the wrong chain"
-                )
-            else:
-                msg = f"namespace {name!r} cadence {cname!r}: {reason}"
+            say = SCHEMES[cadence.target.partition(":")[0]].refusal_warning
+            if say is not None:
+                settings = config.resolve_target(cadence.target)
+                reason = say(cadence.target, settings, config.resolved_entry(cadence.target))
+            msg = f"namespace {name!r} cadence {cname!r}: {reason}"
             path = format_path(["namespaces", name, "cadence", cname, "target"])
             warnings.append(f"{where}{path}: {msg}")
     return warnings
