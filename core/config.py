@@ -23,7 +23,7 @@ import os
 import re
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
@@ -601,6 +601,42 @@ def format_path(segments: list[Any] | tuple[Any, ...]) -> str:
     return out
 
 
+class _Problems:
+    """The problems of one load, each placed where its value came from.
+
+    ``root`` is the position tree of the main file (of an empty document until it is
+    read). ``add`` takes a file, a (line, col) mark and field path segments; ``at`` a node
+    of a tree (its value's position, or its key's with ``key=True``); ``in_file`` a
+    problem with a whole file or variable; ``add_validation_errors`` pydantic's errors,
+    placed by their location in ``root``.
+    """
+
+    def __init__(self, root: _Pos) -> None:
+        self.issues: list[ConfigIssue] = []
+        self.root = root
+
+    def add(self, file: str | None, mark: tuple[int, int] | None, segments: list[Any], message: str) -> None:
+        line, col = mark or (None, None)
+        self.issues.append(ConfigIssue(file, line, col, format_path(segments), message))
+
+    def in_file(self, file: str | None, message: str, mark: tuple[int, int] | None = None) -> None:
+        self.add(file, mark, [], message)
+
+    def at(self, node: _Pos | None, message: str, *, key: bool = False) -> None:
+        """At ``node`` (None: a problem nothing in the files shows, reported without a place)."""
+        if node is None:
+            self.add(None, None, [], message)
+        else:
+            self.add(node.file, node.key_mark if key else node.mark, node.segments(), message)
+
+    def add_validation_errors(self, exc: PydanticValidationError, failed: set[int]) -> None:
+        self.issues.extend(_pydantic_issues(exc, self.root, failed))
+
+    def error(self) -> ConfigError:
+        """Every problem, each once, in file order."""
+        return ConfigError(_sorted_unique(self.issues))
+
+
 # --------------------------------------------------------------------------- YAML + ${VAR}
 
 _VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-((?:[^}\\]|\\.)*))?\}")
@@ -715,11 +751,9 @@ def _yaml_refusal(document: yaml.Node) -> tuple[yaml.Node, str] | None:
 class _YamlReader:
     """Composes a YAML file, builds plain data and a position tree, expands ${VAR}."""
 
-    def __init__(
-        self, env: Mapping[str, str], issues: list[ConfigIssue], *, allow_unset: bool = False
-    ) -> None:
+    def __init__(self, env: Mapping[str, str], problems: _Problems, *, allow_unset: bool = False) -> None:
         self.env = env
-        self.issues = issues
+        self.problems = problems
         self.failed: set[int] = set()  # ids of _Pos whose value failed interpolation
         self.allow_unset = allow_unset  # unset ${VAR}: "" and a warning instead of an error
         self.unset: list[str] = []
@@ -728,13 +762,13 @@ class _YamlReader:
         try:
             text = _read_config_text(path)
         except FileNotFoundError:
-            self.issues.append(ConfigIssue(display, None, None, "", "file not found"))
+            self.problems.in_file(display, "file not found")
             return None
         except (OSError, UnicodeDecodeError) as exc:
-            self.issues.append(ConfigIssue(display, None, None, "", f"cannot read: {exc}"))
+            self.problems.in_file(display, f"cannot read: {exc}")
             return None
         except ValueError as exc:  # too large
-            self.issues.append(ConfigIssue(display, None, None, "", str(exc)))
+            self.problems.in_file(display, str(exc))
             return None
         try:
             node = yaml.compose(text, Loader=_COMPOSER)
@@ -746,21 +780,14 @@ class _YamlReader:
                 if exc.context_mark and mark is not exc.context_mark:
                     problem += f" at line {exc.context_mark.line + 1}"
                 problem += ")"
-            self.issues.append(
-                ConfigIssue(
-                    display,
-                    mark.line + 1 if mark else None,
-                    mark.column + 1 if mark else None,
-                    "",
-                    f"YAML syntax error: {problem}",
-                )
-            )
+            at = (mark.line + 1, mark.column + 1) if mark else None
+            self.problems.in_file(display, f"YAML syntax error: {problem}", at)
             return None
         except yaml.YAMLError as exc:
-            self.issues.append(ConfigIssue(display, None, None, "", f"YAML error: {exc}"))
+            self.problems.in_file(display, f"YAML error: {exc}")
             return None
         except RecursionError:  # the pure-Python composer (no libyaml) recurses per level
-            self.issues.append(ConfigIssue(display, None, None, "", "YAML nested too deeply"))
+            self.problems.in_file(display, "YAML nested too deeply")
             return None
         root = _Pos(display, base=base)
         if node is None:
@@ -768,19 +795,13 @@ class _YamlReader:
         refusal = _yaml_refusal(node)
         if refusal is not None:
             at, message = refusal
-            self.issues.append(
-                ConfigIssue(display, at.start_mark.line + 1, at.start_mark.column + 1, "", message)
-            )
+            self.problems.in_file(display, message, (at.start_mark.line + 1, at.start_mark.column + 1))
             return None
         self.file = display
         self.base = base
         self.constructor = yaml.SafeLoader("")  # constructs scalars with YAML's own rules
         root.mark = (node.start_mark.line + 1, node.start_mark.column + 1)
         return self._build(node, root), root
-
-    def _issue(self, pos: _Pos, mark: tuple[int, int] | None, message: str) -> None:
-        line, col = mark or (None, None)
-        self.issues.append(ConfigIssue(pos.file, line, col, format_path(pos.segments()), message))
 
     def _build(self, node: yaml.Node, pos: _Pos) -> Any:
         if isinstance(node, yaml.MappingNode):
@@ -790,12 +811,12 @@ class _YamlReader:
             for key_node, value_node in node.value:
                 key_mark = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
                 if not isinstance(key_node, yaml.ScalarNode):
-                    self._issue(pos, key_mark, "a key must be a plain value, not a list or mapping")
+                    self.problems.add(pos.file, key_mark, pos.segments(), "a key must be a plain value, not a list or mapping")
                     continue
                 key = self.constructor.construct_object(key_node)
                 if key in first:
                     child = _Pos(self.file, key, pos, key_mark, None, self.base)
-                    self._issue(child, key_mark, f"duplicate key {str(key)!r} (first at line {first[key][0]}, column {first[key][1]})")
+                    self.problems.at(child, f"duplicate key {str(key)!r} (first at line {first[key][0]}, column {first[key][1]})", key=True)
                     continue
                 first[key] = key_mark
                 value_mark = (value_node.start_mark.line + 1, value_node.start_mark.column + 1)
@@ -821,11 +842,7 @@ class _YamlReader:
                     self.unset.append(f"{pos.file}: {format_path(pos.segments())}: variable {name} is not set")
                     continue
                 self.failed.add(id(pos))
-                self._issue(
-                    pos,
-                    pos.mark,
-                    f"variable {name} is not set (set it, or write ${{{name}:-default}})",
-                )
+                self.problems.at(pos, f"variable {name} is not set (set it, or write ${{{name}:-default}})")
         return value
 
 
@@ -877,218 +894,279 @@ def load_config(
     ``log_level``, ``log_file``, ``listen``, ``theme``, ``theme_file``, or any dotted
     ``section.field``. None values are ignored.
     """
-    cwd = (cwd or Path.cwd()).resolve()
-    real_env = dict(os.environ if env is None else env)
-    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
-    issues: list[ConfigIssue] = []
-    files: list[Path] = []
+    load = _Load.start(env, overrides, cwd, allow_unset=allow_unset)
+    _locate(load, path if path is not None else load.flags.get("config"))
+    _read_main_file(load)
+    _include_vaultmesh_files(load)
+    _apply_environment(load)
+    _apply_flags(load)
+    config = _validate(load, allow_unset=allow_unset)
+    _resolve_paths(config, load)
+    if thorough:
+        _check_thoroughly(config, load)
+    # verify (allow_unset) reads targets only; the warnings about running concern others
+    warnings = load.reader.unset + ([] if allow_unset else _warnings(config, load.problems.root))
+    return LoadedConfig(
+        config=config,
+        hash=config_hash(config),
+        files=_unique_paths(load.files),
+        warnings=warnings,
+        path=load.config_path,
+    )
 
-    dotenv_path = cwd / ".env"
-    dotenv: dict[str, str] = {}
-    if dotenv_path.is_file():
-        from dotenv import dotenv_values
 
-        dotenv = {k: v for k, v in dotenv_values(dotenv_path).items() if v is not None}
-        files.append(dotenv_path)
-    envs: dict[str, str] = {**dotenv, **real_env}  # the real environment wins over .env
+@dataclass
+class _Load:
+    """One load_config in progress: its inputs, the raw data merged so far, its problems."""
 
-    def env_origin(name: str) -> str:
-        return f"env {name}" if name in real_env else f".env {name}"
+    cwd: Path
+    real_env: dict[str, str]  # the process environment (or load_config's env=)
+    env: dict[str, str]  # ./.env under real_env: what ${VAR} and ENV_TABLE read
+    flags: dict[str, Any]  # load_config's overrides, without the None values
+    reader: _YamlReader
+    problems: _Problems
+    files: list[Path] = field(default_factory=list)
+    raw: dict[str, Any] = field(default_factory=dict)
+    vmsh_root: Path | None = None  # VMSH_ROOT, absolute
+    config_path: Path | None = None  # None: the bare VaultMesh layout
+    config_origin: str = ""  # what named config_path, for "not a file (...)"
 
-    reader = _YamlReader(envs, issues, allow_unset=allow_unset)
-    root = _Pos(None, base=cwd)
-    raw: dict[str, Any] = {}
+    @classmethod
+    def start(
+        cls, env: Mapping[str, str] | None, overrides: dict[str, Any] | None, cwd: Path | None,
+        *, allow_unset: bool,
+    ) -> _Load:
+        """The inputs: the environment over ./.env, the flags given, VMSH_ROOT."""
+        cwd = (cwd or Path.cwd()).resolve()
+        real_env = dict(os.environ if env is None else env)
+        files: list[Path] = []
+        dotenv: dict[str, str] = {}
+        if (cwd / ".env").is_file():
+            from dotenv import dotenv_values
 
-    vmsh_root = Path(os.path.expanduser(envs["VMSH_ROOT"])) if envs.get("VMSH_ROOT") else None
-    if vmsh_root is not None and not vmsh_root.is_absolute():
-        vmsh_root = cwd / vmsh_root
+            dotenv = {k: v for k, v in dotenv_values(cwd / ".env").items() if v is not None}
+            files.append(cwd / ".env")
+        merged = {**dotenv, **real_env}  # the real environment wins over .env
+        problems = _Problems(_Pos(None, base=cwd))
+        load = cls(
+            cwd=cwd,
+            real_env=real_env,
+            env=merged,
+            flags={k: v for k, v in (overrides or {}).items() if v is not None},
+            reader=_YamlReader(merged, problems, allow_unset=allow_unset),
+            problems=problems,
+            files=files,
+        )
+        if merged.get("VMSH_ROOT"):
+            root = Path(os.path.expanduser(merged["VMSH_ROOT"]))
+            load.vmsh_root = root if root.is_absolute() else cwd / root
+        return load
 
-    # -- which files
-    config_path: Path | None = None
-    config_origin = ""
-    explicit = path if path is not None else overrides.get("config")
-    if explicit:
-        config_path, config_origin = _resolve(explicit, cwd), "--config"
-    elif envs.get("VMSH_CONFIG"):
-        config_path, config_origin = _resolve(envs["VMSH_CONFIG"], cwd), env_origin("VMSH_CONFIG")
-    elif vmsh_root is None:
-        if (cwd / "config.yaml").is_file():
-            config_path, config_origin = cwd / "config.yaml", "./config.yaml"
-        else:
-            raise ConfigError(
-                [
-                    ConfigIssue(
-                        None,
-                        None,
-                        None,
-                        "",
-                        "no configuration found: pass --config FILE (or check-config FILE), "
-                        "set VMSH_CONFIG, set VMSH_ROOT to a VaultMesh checkout, "
-                        "or create ./config.yaml",
-                    )
-                ]
-            )
+    @property
+    def base_dir(self) -> Path:
+        """What relative paths in the main file (or the bare layout) are relative to."""
+        return self.config_path.parent if self.config_path is not None else self.vmsh_root  # type: ignore[return-value]
 
-    base_dir = vmsh_root if config_path is None else config_path.parent
-    vault_base = vmsh_root or base_dir  # relative paths in VaultMesh files
+    @property
+    def vault_base(self) -> Path:
+        """What relative paths in the VaultMesh files are relative to."""
+        return self.vmsh_root or self.base_dir
 
-    if config_path is not None:
-        shown = _display(config_path, cwd)
-        if not config_path.is_file() and config_path.exists():
-            raise ConfigError([ConfigIssue(shown, None, None, "", f"not a file ({config_origin})")])
-        files.append(config_path)
-        got = reader.read(config_path, shown, config_path.parent)
-        if got is not None:
-            data, pos = got
-            if isinstance(data, dict):
-                raw, root = data, pos
-                root.base = config_path.parent
-            else:
-                issues.append(
-                    ConfigIssue(shown, *(pos.mark or (None, None)), "", "the top level must be a mapping")
-                )
+    def origin(self, name: str) -> str:
+        """Where a variable's value came from, as problems name it."""
+        return f"env {name}" if name in self.real_env else f".env {name}"
 
-    def raw_path(key: str) -> Any:
-        value = raw.get(key)
-        if value is None:
-            return None
-        if not isinstance(value, str):
-            node = root.children.get(key)
-            issues.append(
-                ConfigIssue(root.file, *(node.mark if node and node.mark else (None, None)), key,
-                            "expected a file path")
-            )
-            return None
-        return value
-
-    # -- namespaces file (VMSH_NAMESPACES > namespaces_file > VaultMesh default)
-    ns_file: Path | None = None
-    if envs.get("VMSH_NAMESPACES"):
-        ns_file = _resolve(envs["VMSH_NAMESPACES"], vmsh_root or cwd)
-        raw["namespaces_file"] = str(ns_file)
-    elif (given := raw_path("namespaces_file")) is not None:
-        ns_file = _resolve(given, base_dir)
-    elif config_path is None and vmsh_root is not None:
-        ns_file = vmsh_root / "vmsh" / "config" / "namespaces.yaml"
-    if ns_file is not None:
-        files.append(ns_file)
-        got = reader.read(ns_file, _display(ns_file, cwd), vault_base)
-        if got is not None:
-            _merge_namespaces(raw, root, *got, issues)
-
-    # -- anchors file (anchors_file > VaultMesh default)
-    an_file: Path | None = None
-    an_required = True
-    if (given := raw_path("anchors_file")) is not None:
-        an_file = _resolve(given, base_dir)
-    elif vmsh_root is not None and config_path is None:
-        an_file = vmsh_root / "vmsh" / "config" / "anchors.yaml"
-        an_required = an_file.exists()
-    if an_file is not None and an_required:
-        files.append(an_file)
-        got = reader.read(an_file, _display(an_file, cwd), vault_base)
-        if got is not None:
-            _merge_targets(raw, root, *got, issues)
-
-    # -- environment (and .env)
-    def put(section: str, key: str, value: Any, origin: str, base: Path) -> None:
-        raw.setdefault(section, {})
-        if not isinstance(raw[section], dict):
+    def put(self, section: str, key: str, value: Any, origin: str) -> None:
+        """Set ``section.key`` from the environment or a flag; problems name ``origin``."""
+        self.raw.setdefault(section, {})
+        if not isinstance(self.raw[section], dict):
             return  # the file's own type error is reported by validation
-        raw[section][key] = value
+        self.raw[section][key] = value
+        root = self.problems.root
         sec = root.children.get(section)
         if sec is None:
-            sec = root.children[section] = _Pos(None, section, root, base=base)
-        sec.children[key] = _Pos(origin, key, sec, base=base, label=f"{section}.{key}")
+            sec = root.children[section] = _Pos(None, section, root, base=self.cwd)
+        sec.children[key] = _Pos(origin, key, sec, base=self.cwd, label=f"{section}.{key}")
 
-    def env_number(name: str, kind: type, scale: float = 1.0) -> Any:
-        text = envs[name].strip()
-        try:
-            return kind(text) if scale == 1.0 else float(text) * scale
-        except ValueError:
-            issues.append(
-                ConfigIssue(env_origin(name), None, None, "",
-                            f"{text!r} is not {'an integer' if kind is int else 'a number'}")
+
+def _fail(file: str | None, message: str) -> ConfigError:
+    """A problem that ends the load at once: there is nothing to read further."""
+    return ConfigError([ConfigIssue(file, None, None, "", message)])
+
+
+def _locate(load: _Load, explicit: Path | str | None) -> None:
+    """Which config file: --config, VMSH_CONFIG, none under VMSH_ROOT, ./config.yaml."""
+    if explicit:
+        load.config_path, load.config_origin = _resolve(explicit, load.cwd), "--config"
+    elif load.env.get("VMSH_CONFIG"):
+        load.config_path = _resolve(load.env["VMSH_CONFIG"], load.cwd)
+        load.config_origin = load.origin("VMSH_CONFIG")
+    elif load.vmsh_root is None:
+        if not (load.cwd / "config.yaml").is_file():
+            raise _fail(
+                None,
+                "no configuration found: pass --config FILE (or check-config FILE), "
+                "set VMSH_CONFIG, set VMSH_ROOT to a VaultMesh checkout, "
+                "or create ./config.yaml",
             )
-            return None
+        load.config_path, load.config_origin = load.cwd / "config.yaml", "./config.yaml"
 
-    if envs.get("VMSH_DATA_DIR"):
-        put("scheduler", "data_dir", envs["VMSH_DATA_DIR"], env_origin("VMSH_DATA_DIR"), cwd)
-    if envs.get("VMSH_STATE"):
-        put("scheduler", "state_file", envs["VMSH_STATE"], env_origin("VMSH_STATE"), cwd)
-    if envs.get("VMSH_TICK_MS"):
-        v = env_number("VMSH_TICK_MS", float, 0.001)
-        if v is not None:
-            put("scheduler", "tick", v, env_origin("VMSH_TICK_MS"), cwd)
-    if envs.get("VMSH_BASE_BACKOFF"):
-        v = env_number("VMSH_BASE_BACKOFF", float)
-        if v is not None:
-            put("scheduler", "base_backoff", v, env_origin("VMSH_BASE_BACKOFF"), cwd)
-    if envs.get("VMSH_MAX_BACKOFF"):
-        v = env_number("VMSH_MAX_BACKOFF", int)
-        if v is not None:
-            put("scheduler", "max_backoff_level", v, env_origin("VMSH_MAX_BACKOFF"), cwd)
-    if envs.get("LOG_LEVEL"):
-        put("log", "level", envs["LOG_LEVEL"].strip(), env_origin("LOG_LEVEL"), cwd)
-    if envs.get("METRICS_PORT"):
-        port = env_number("METRICS_PORT", int)
-        if port is not None:
-            http = raw.get("http") if isinstance(raw.get("http"), dict) else {}
-            listen = http.get("listen", HttpSettings().listen)
-            m = _LISTEN.match(listen) if isinstance(listen, str) else None
-            host = m.group("host") if m else "127.0.0.1"
-            put("http", "listen", f"{host}:{port}", env_origin("METRICS_PORT"), cwd)
 
-    # -- CLI overrides
-    for name, value in overrides.items():
+def _read_main_file(load: _Load) -> None:
+    """The config file's mapping becomes the raw data and its tree the problems' root."""
+    path = load.config_path
+    if path is None:
+        return
+    shown = _display(path, load.cwd)
+    if not path.is_file() and path.exists():
+        raise _fail(shown, f"not a file ({load.config_origin})")
+    load.files.append(path)
+    got = load.reader.read(path, shown, path.parent)
+    if got is None:
+        return
+    data, pos = got
+    if isinstance(data, dict):
+        load.raw, load.problems.root = data, pos
+        pos.base = path.parent
+    else:
+        load.problems.at(pos, "the top level must be a mapping")
+
+
+def _include_vaultmesh_files(load: _Load) -> None:
+    """namespaces.yaml (VMSH_NAMESPACES > namespaces_file > the VMSH_ROOT layout's) and
+    anchors.yaml (anchors_file > the layout's, when it exists), merged into the raw data."""
+    bare_layout = load.config_path is None and load.vmsh_root is not None
+    ns_file: Path | None = None
+    if load.env.get("VMSH_NAMESPACES"):
+        ns_file = _resolve(load.env["VMSH_NAMESPACES"], load.vmsh_root or load.cwd)
+        load.raw["namespaces_file"] = str(ns_file)
+    elif (given := _file_key(load, "namespaces_file")) is not None:
+        ns_file = _resolve(given, load.base_dir)
+    elif bare_layout:
+        ns_file = load.vmsh_root / "vmsh" / "config" / "namespaces.yaml"  # type: ignore[operator]
+    if ns_file is not None:
+        _include(load, ns_file, _merge_namespaces)
+
+    an_file: Path | None = None
+    if (given := _file_key(load, "anchors_file")) is not None:
+        an_file = _resolve(given, load.base_dir)
+    elif bare_layout:
+        an_file = load.vmsh_root / "vmsh" / "config" / "anchors.yaml"  # type: ignore[operator]
+        if not an_file.exists():
+            an_file = None  # the layout's anchors.yaml is optional (local: targets need none)
+    if an_file is not None:
+        _include(load, an_file, _merge_targets)
+
+
+def _file_key(load: _Load, key: str) -> str | None:
+    """The main file's ``namespaces_file`` / ``anchors_file``, if it is a path."""
+    value = load.raw.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        load.problems.at(load.problems.root.children.get(key), "expected a file path")
+        return None
+    return value
+
+
+def _include(
+    load: _Load, path: Path, merge: Callable[[dict[str, Any], Any, _Pos, _Problems], None]
+) -> None:
+    """Read one VaultMesh file (relative paths in it: VMSH_ROOT) and merge it."""
+    load.files.append(path)
+    got = load.reader.read(path, _display(path, load.cwd), load.vault_base)
+    if got is not None:
+        merge(load.raw, *got, load.problems)
+
+
+# How ENV_TABLE's kinds are read; a ValueError is "<text> is not <what>" (see
+# _apply_environment). "path" and "level" are taken as text (the model checks them).
+_ENV_READERS: dict[str, tuple[Any, str]] = {
+    "path": (lambda text: text, ""),
+    "level": (str.strip, ""),
+    "milliseconds": (lambda text: float(text.strip()) * 0.001, "a number"),
+    "seconds": (lambda text: float(text.strip()), "a number"),
+    "integer": (lambda text: int(text.strip()), "an integer"),
+    "port": (lambda text: int(text.strip()), "an integer"),
+}
+
+
+def _apply_environment(load: _Load) -> None:
+    """The ENV_TABLE variables that set a config key (the environment, then ./.env)."""
+    for var in ENV_TABLE:
+        text = load.env.get(var.name)
+        if var.setting is None or not text:
+            continue
+        read, what = _ENV_READERS[var.kind]
+        try:
+            value = read(text)
+        except ValueError:
+            load.problems.in_file(load.origin(var.name), f"{text.strip()!r} is not {what}")
+            continue
+        if var.kind == "port":
+            value = f"{_listen_host(load.raw)}:{value}"
+        section, key = var.setting.split(".")
+        load.put(section, key, value, load.origin(var.name))
+
+
+def _listen_host(raw: dict[str, Any]) -> str:
+    """The host part of the listen address so far (METRICS_PORT sets only the port)."""
+    http = raw.get("http") if isinstance(raw.get("http"), dict) else {}
+    listen = http.get("listen", HttpSettings().listen)
+    m = _LISTEN.match(listen) if isinstance(listen, str) else None
+    return m.group("host") if m else "127.0.0.1"
+
+
+def _apply_flags(load: _Load) -> None:
+    """The command-line flags (load_config's overrides), over everything else."""
+    for name, value in load.flags.items():
         if name == "config":
             continue
         dotted = _OVERRIDE_KEYS.get(name) or tuple(name.split("."))
         if len(dotted) != 2:
             raise ValueError(f"unknown override {name!r}")
         if isinstance(value, Path):
-            value = str(_resolve(value, cwd))
-        put(dotted[0], dotted[1], value, f"--{name.replace('_', '-')}", cwd)
+            value = str(_resolve(value, load.cwd))
+        load.put(dotted[0], dotted[1], value, f"--{name.replace('_', '-')}")
 
-    # -- the cross-field checks that need only raw data (so they join the other errors)
-    _check_namespace_names(raw, root, issues)
-    _check_targets_resolve(raw, root, issues)
-    _check_cadence_ranges(raw, root, issues)
 
+def _validate(load: _Load, *, allow_unset: bool) -> Config:
+    """The raw-data checks, then the models: every problem of the load, or the Config."""
+    raw, problems = load.raw, load.problems
+    # the cross-field checks that need only raw data (so they join the other errors)
+    _check_namespace_names(raw, problems)
+    _check_targets_resolve(raw, problems.root, problems.issues)
+    _check_cadence_ranges(raw, problems)
     config: Config | None = None
     try:
         config = Config.model_validate(raw)
     except PydanticValidationError as exc:
-        if allow_unset and _drop_broken_targets(raw, exc, reader.unset):
+        if allow_unset and _drop_broken_targets(raw, exc, load.reader.unset):
             try:
                 config = Config.model_validate(raw)
             except PydanticValidationError as again:
-                issues.extend(_pydantic_issues(again, root, reader.failed))
+                problems.add_validation_errors(again, load.reader.failed)
         else:
-            issues.extend(_pydantic_issues(exc, root, reader.failed))
+            problems.add_validation_errors(exc, load.reader.failed)
+    if problems.issues or config is None:
+        raise problems.error()
+    return config
 
-    if issues or config is None:
-        raise ConfigError(_sorted_unique(issues))
 
-    # -- paths: relative to the file that set them (VaultMesh files: VMSH_ROOT; env/CLI: cwd)
-    _resolve_model_paths(config, (), root, base_dir)
-    if vmsh_root is not None:
-        config._batches_root = vmsh_root / "out" / "batches"
-    if thorough:
-        from core.config_check import thorough_issues
+def _resolve_paths(config: Config, load: _Load) -> None:
+    """Paths relative to the file that set them (VaultMesh files: VMSH_ROOT; env and
+    flags: the working directory); the shared batch folder under VMSH_ROOT."""
+    _resolve_model_paths(config, (), load.problems.root, load.base_dir)
+    if load.vmsh_root is not None:
+        config._batches_root = load.vmsh_root / "out" / "batches"
 
-        if found := thorough_issues(config, root):
-            raise ConfigError(_sorted_unique(found))
 
-    # verify (allow_unset) reads targets only; the warnings about running concern others
-    warnings = reader.unset + ([] if allow_unset else _warnings(config, root))
-    return LoadedConfig(
-        config=config,
-        hash=config_hash(config),
-        files=_unique_paths(files),
-        warnings=warnings,
-        path=config_path,
-    )
+def _check_thoroughly(config: Config, load: _Load) -> None:
+    """check-config: what the dashboard reads and the files the config names."""
+    from core.config_check import thorough_issues
+
+    if found := thorough_issues(config, load.problems.root):
+        raise ConfigError(_sorted_unique(found))
 
 
 def _drop_broken_targets(
@@ -1113,19 +1191,17 @@ def _unique_paths(paths: list[Path]) -> list[Path]:
     return seen
 
 
-def _merge_namespaces(
-    raw: dict[str, Any], root: _Pos, data: Any, pos: _Pos, issues: list[ConfigIssue]
-) -> None:
+def _merge_namespaces(raw: dict[str, Any], data: Any, pos: _Pos, problems: _Problems) -> None:
+    """A VaultMesh namespaces.yaml (``namespaces:`` only) into the raw data."""
+    root = problems.root
     if data == {}:
         return
     if not isinstance(data, dict):
-        issues.append(ConfigIssue(pos.file, *(pos.mark or (None, None)), "",
-                                  "expected a mapping with a 'namespaces' key"))
+        problems.at(pos, "expected a mapping with a 'namespaces' key")
         return
     for key, child in pos.children.items():
         if key != "namespaces":
-            issues.append(ConfigIssue(pos.file, *(child.key_mark or (None, None)), format_path([key]),
-                                      _unknown_key_message(key, ["namespaces"])))
+            problems.at(child, _unknown_key_message(key, ["namespaces"]), key=True)
     namespaces = data.get("namespaces")
     ns_pos = pos.children.get("namespaces")
     if namespaces is None or ns_pos is None:
@@ -1145,21 +1221,19 @@ def _merge_namespaces(
     for name, value in namespaces.items():
         child = ns_pos.children[name]
         if name in existing:
-            issues.append(ConfigIssue(child.file, *(child.key_mark or (None, None)), format_path(child.segments()),
-                                      f"namespace {name!r} is also defined in {target_pos.file}"))
+            problems.at(child, f"namespace {name!r} is also defined in {target_pos.file}", key=True)
             continue
         existing[name] = value
         target_pos.children[name] = child
 
 
-def _merge_targets(
-    raw: dict[str, Any], root: _Pos, data: Any, pos: _Pos, issues: list[ConfigIssue]
-) -> None:
+def _merge_targets(raw: dict[str, Any], data: Any, pos: _Pos, problems: _Problems) -> None:
+    """A VaultMesh anchors.yaml (``<scheme>: {<name>: settings}``) into ``targets``."""
+    root = problems.root
     if data == {}:
         return
     if not isinstance(data, dict):
-        issues.append(ConfigIssue(pos.file, *(pos.mark or (None, None)), "",
-                                  "expected a mapping of <scheme>: {<name>: settings}"))
+        problems.at(pos, "expected a mapping of <scheme>: {<name>: settings}")
         return
     existing = raw.get("targets")
     if existing is None:
@@ -1173,8 +1247,7 @@ def _merge_targets(
         spos = pos.children[scheme]
         if scheme not in existing or not isinstance(existing[scheme], dict) or not isinstance(entries, dict):
             if scheme in existing:
-                issues.append(ConfigIssue(spos.file, *(spos.key_mark or (None, None)), format_path(spos.segments()),
-                                          f"targets.{scheme} is also defined in {tpos.file}"))
+                problems.at(spos, f"targets.{scheme} is also defined in {tpos.file}", key=True)
                 continue
             existing[scheme] = entries
             tpos.children[scheme] = spos
@@ -1182,8 +1255,7 @@ def _merge_targets(
         for name, settings in entries.items():
             npos = spos.children[name]
             if name in existing[scheme]:
-                issues.append(ConfigIssue(npos.file, *(npos.key_mark or (None, None)), format_path(npos.segments()),
-                                          f"target {scheme}.{name} is also defined in {tpos.file}"))
+                problems.at(npos, f"target {scheme}.{name} is also defined in {tpos.file}", key=True)
                 continue
             existing[scheme][name] = settings
             tpos.children[scheme].children[name] = npos
@@ -1207,11 +1279,11 @@ def _iter_raw_cadences(raw: dict[str, Any], root: _Pos):
                 yield name, ns, cname, cadence, cpos
 
 
-def _check_namespace_names(raw: dict[str, Any], root: _Pos, issues: list[ConfigIssue]) -> None:
+def _check_namespace_names(raw: dict[str, Any], problems: _Problems) -> None:
     """Every namespace name must make a usable folder name (core.jobs.namespace_name_problem).
     Cadence names need no check here: the CadenceSet model allows only fast, strong, cold."""
     namespaces = raw.get("namespaces")
-    ns_pos = root.children.get("namespaces")
+    ns_pos = problems.root.children.get("namespaces")
     if not isinstance(namespaces, dict):
         return
     for name in namespaces:
@@ -1221,8 +1293,8 @@ def _check_namespace_names(raw: dict[str, Any], root: _Pos, issues: list[ConfigI
         if problem is None:
             continue
         child = ns_pos.children.get(name) if ns_pos is not None else None
-        where = (child.file, *(child.key_mark or (None, None))) if child else (None, None, None)
-        issues.append(ConfigIssue(*where, format_path(["namespaces", name]), problem))
+        file, mark = (child.file, child.key_mark) if child else (None, None)
+        problems.add(file, mark, ["namespaces", name], problem)
 
 
 def _check_targets_resolve(raw: dict[str, Any], root: _Pos, issues: list[ConfigIssue]) -> None:
@@ -1254,9 +1326,9 @@ def _check_targets_resolve(raw: dict[str, Any], root: _Pos, issues: list[ConfigI
         )
 
 
-def _check_cadence_ranges(raw: dict[str, Any], root: _Pos, issues: list[ConfigIssue]) -> None:
+def _check_cadence_ranges(raw: dict[str, Any], problems: _Problems) -> None:
     """'<n>*fast' can overflow only once the fast period is known."""
-    for _name, ns, cname, cadence, cpos in _iter_raw_cadences(raw, root):
+    for _name, ns, cname, cadence, cpos in _iter_raw_cadences(raw, problems.root):
         if cname == "fast":
             continue
         try:
@@ -1267,9 +1339,7 @@ def _check_cadence_ranges(raw: dict[str, Any], root: _Pos, issues: list[ConfigIs
         try:
             parse_every(cadence.get("every"), cadence=cname, fast_seconds=fast)
         except CadenceError as exc:
-            epos = cpos.children.get("every") if cpos else None
-            where = (epos.file, *(epos.mark or (None, None))) if epos else (None, None, None)
-            issues.append(ConfigIssue(*where, format_path(epos.segments() if epos else []), str(exc)))
+            problems.at(cpos.children.get("every") if cpos else None, str(exc))
 
 
 # --------------------------------------------------------------------------- pydantic -> issues
