@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 
@@ -64,13 +64,3 @@ class Backend(Protocol):
         (VerificationFailed otherwise, or from a scheme that has no policies)."""
 
     async def close(self) -> None: ...
-
-
-@dataclass
-class BackendInfo:
-    """Shown in the dashboard and check-config; `development` marks targets that prove nothing."""
-
-    target: str
-    scheme: str
-    development: bool = False
-    details: dict[str, Any] = field(default_factory=dict)

@@ -74,7 +74,6 @@ from eth_utils import keccak, to_checksum_address
 
 from core.anchors.base import (
     Attestation,
-    BackendInfo,
     CannotVerify,
     JournalNote,
     VerificationFailed,
@@ -247,12 +246,6 @@ class EVMBackend:
 
     def __repr__(self) -> str:
         return f"EVMBackend({self.target!r}, rpc={self._where!r})"
-
-    def info(self) -> BackendInfo:
-        details: dict[str, Any] = {"rpc": self._where, "chain_id": self.chain_id}
-        if self.contract:
-            details["contract"] = self.contract
-        return BackendInfo(self.target, self.scheme, False, details)
 
     # ----- key -----------------------------------------------------------------------------
 

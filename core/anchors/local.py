@@ -60,7 +60,6 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from core.anchors.base import (
     Attestation,
-    BackendInfo,
     CannotVerify,
     JournalNote,
     VerificationFailed,
@@ -241,19 +240,6 @@ class LocalTSA:
         self._serial_limit = 0  # exclusive; nothing reserved yet
 
     # --- Backend ---------------------------------------------------------------------------
-
-    def info(self) -> BackendInfo:
-        return BackendInfo(
-            target=self.target,
-            scheme=self.scheme,
-            development=True,
-            details={
-                "note": "embedded development TSA: not a trust anchor",
-                "ca_file": str(self.cert_path),
-                "policy": LOCAL_POLICY_OID,
-                "policies": list(self.policies),
-            },
-        )
 
     async def anchor(
         self, digest: bytes, note: JournalNote, *, policy: str | None = None

@@ -1,4 +1,5 @@
-"""Builds and caches one backend per target id, from the configuration's target settings."""
+"""Builds and caches one backend per target id, from the configuration's target settings
+(each scheme's `build` in core/anchors/schemes.py)."""
 
 from __future__ import annotations
 
@@ -6,10 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from core.anchors.base import Backend
+from core.anchors.schemes import SCHEMES
 from core.clock import Clock
 from core.errors import ValidationError
-
-SCHEMES = ("local", "rfc3161", "eip155", "btc")
 
 
 class Backends:
@@ -39,31 +39,16 @@ class Backends:
 
     def _build(self, target: str, settings: Any) -> Backend:
         scheme, _, name = target.partition(":")
-        if scheme == "local":
-            from core.anchors.local import LocalTSA
-
-            return LocalTSA(
-                self._data_dir, name, self._clock, policies=getattr(settings, "policies", ())
-            )
-        if scheme == "rfc3161":
-            from core.anchors.rfc3161 import RFC3161Backend
-
-            if settings is None:
-                raise ValidationError(
-                    f"no settings for {target} (add targets.rfc3161.{name} or targets.rfc3161.default)"
-                )
-            return RFC3161Backend(target, settings, self._clock)
-        if scheme == "eip155":
-            from core.anchors.evm import EVMBackend
-
-            if settings is None:
-                raise ValidationError(
-                    f"no settings for {target} (add targets.eip155.{name} or targets.eip155.default)"
-                )
-            return EVMBackend(target, settings, self._clock, self._data_dir)
-        if scheme in SCHEMES:
+        spec = SCHEMES.get(scheme)
+        if spec is None:
+            raise ValidationError(f"unknown target scheme {scheme!r} in {target!r}")
+        if spec.build is None:
             raise ValidationError(f"{scheme} targets are not supported by this build yet ({target})")
-        raise ValidationError(f"unknown target scheme {scheme!r} in {target!r}")
+        if settings is None and spec.default_entry is None:
+            raise ValidationError(
+                f"no settings for {target} (add targets.{scheme}.{name} or targets.{scheme}.default)"
+            )
+        return spec.build(target, settings, self._data_dir, self._clock)
 
     async def close(self) -> None:
         for _, backend in self._cache.values():

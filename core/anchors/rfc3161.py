@@ -24,7 +24,7 @@ Credentials (basic: username + password_env/password_file; bearer: token_env/tok
 are read at every call, so a rotated secret is picked up without a reload. They are sent
 in the Authorization header only: never logged, never in a receipt or an error message.
 A user:password in the URL is sent as basic auth when no `auth` is configured (a
-configured `auth` wins). Messages and backend info show the URL as scheme://host[:port]
+configured `auth` wins). Messages and logs show the URL as scheme://host[:port]
 only, since a path or query often holds an API key, and are scrubbed of every secret and
 of the URL's path, query and userinfo. Redirects are not followed, so a credential never
 leaves for another host.
@@ -51,7 +51,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 import httpx
 from cryptography import x509
 
-from core.anchors.base import Attestation, BackendInfo, JournalNote, VerificationFailed
+from core.anchors.base import Attestation, JournalNote, VerificationFailed
 from core.anchors.tsp import (
     build_request,
     load_certs,
@@ -173,7 +173,7 @@ class RFC3161Backend:
         self.settings = _settings_model(settings)
         self._clock = clock
         self._url = self.settings.url
-        self.url = url_origin(self._url)  # all that messages, logs and info ever show
+        self.url = url_origin(self._url)  # all that messages and logs ever show
         scheme = self.url.partition("://")[0] if "://" in self.url else ""
         if scheme not in ("http", "https"):
             raise ValidationError(f"{target}: url must be http:// or https://, got {self.url!r}")
@@ -181,23 +181,6 @@ class RFC3161Backend:
         self._ssl: ssl.SSLContext | None = None
 
     # --- Backend ---------------------------------------------------------------------------
-
-    def info(self) -> BackendInfo:
-        s = self.settings
-        return BackendInfo(
-            target=self.target,
-            scheme=self.scheme,
-            development=False,
-            details={
-                "url": self.url,
-                "trust_bundle": None if s.trust_bundle is None else str(s.trust_bundle),
-                "policy": s.policy_oid,
-                "hash": s.hash,
-                "timeout": s.timeout,
-                "auth": None if s.auth is None else s.auth.type,
-                "max_clock_skew": s.max_clock_skew,
-            },
-        )
 
     async def anchor(
         self, digest: bytes, note: JournalNote, *, policy: str | None = None

@@ -24,6 +24,7 @@ import pytest
 from core.anchors.base import VerificationFailed
 from core.anchors.registry import Backends
 from core.anchors.rfc3161 import RFC3161Backend
+from core.anchors.schemes import SCHEMES
 from core.backoff import BackoffPolicy
 from core.clock import FakeClock
 from core.config import Rfc3161Target
@@ -463,9 +464,10 @@ async def test_a_key_in_the_url_reaches_no_message_log_or_state(url, openssl_tsa
     assert f"http://127.0.0.1:{urlsplit_port(settings.url)}" in failed.message
     state = (tmp_path / "data" / "state" / "scheduler.json").read_text()
     backend = RFC3161Backend("rfc3161:keyed", settings, FakeClock(start=time.time()))
-    dump = failed.message + repr(rig.events) + state + json.dumps(backend.info().details)
+    shown = SCHEMES["rfc3161"].describe(settings)  # check-config's detail for the target
+    dump = failed.message + repr(rig.events) + state + shown + backend.url
     assert API_KEY not in dump
-    assert backend.info().details["url"] == f"http://127.0.0.1:{urlsplit_port(settings.url)}"
+    assert backend.url == f"http://127.0.0.1:{urlsplit_port(settings.url)}" and shown == "127.0.0.1"
 
 
 def urlsplit_port(url: str) -> int:
