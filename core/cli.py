@@ -24,19 +24,21 @@ if TYPE_CHECKING:
 
     from core.config import Config, ConfigError, LoadedConfig
 
+# {environment} is core.config.env_help(), filled in by build_parser (ENV_TABLE is the one list).
 EPILOG = """\
 examples:
   vmsh-scheduler --config config.example.yaml          dashboard (Textual)
   vmsh-scheduler --no-ui --config /etc/vmsh/config.yaml headless, for systemd/Kubernetes
   vmsh-scheduler check-config config.yaml               validate, print a summary (exit 0/2)
   VMSH_ROOT=~/vaultmesh vmsh-scheduler check-config     the VaultMesh layout:
-                                                        vmsh/config/{namespaces,anchors}.yaml
+                                                        vmsh/config/{{namespaces,anchors}}.yaml
   vmsh-scheduler verify .vmsh-demo/receipts             check receipts offline (files, folders)
 
 configuration, highest precedence first:
-  flags > environment (VMSH_CONFIG, VMSH_ROOT, VMSH_NAMESPACES, VMSH_DATA_DIR, VMSH_STATE,
-  VMSH_TICK_MS, VMSH_BASE_BACKOFF, VMSH_MAX_BACKOFF, METRICS_PORT, LOG_LEVEL)
-  > ./.env > config file (--config, VMSH_CONFIG, VMSH_ROOT layout, ./config.yaml) > defaults
+  flags > environment (below) > ./.env
+  > config file (--config, VMSH_CONFIG, VMSH_ROOT layout, ./config.yaml) > defaults
+
+{environment}
 
 exit codes: 0 ok (or stopped by SIGTERM/SIGINT, or the dashboard's terminal was lost:\n  SIGHUP, closed), 1 a receipt failed verify or the engine failed, 3 verify could not check a receipt (it says what to pass), 2 invalid configuration, usage, data dir locked or unusable, a corrupt state\n  file, HTTP port taken, or no terminal for the dashboard (use --no-ui)
 """
@@ -45,10 +47,12 @@ exit codes: 0 ok (or stopped by SIGTERM/SIGINT, or the dashboard's terminal was 
 def build_parser() -> argparse.ArgumentParser:
     import argparse
 
+    from core.config import env_help  # here, not at the top: see the module docstring
+
     parser = argparse.ArgumentParser(
         prog="vmsh-scheduler",
         description="Anchor VaultMesh Merkle roots to RFC 3161, EVM and Bitcoin targets on cadence.",
-        epilog=EPILOG,
+        epilog=EPILOG.format(environment=env_help()),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
