@@ -946,19 +946,19 @@ class _Load:
 
             dotenv = {k: v for k, v in dotenv_values(cwd / ".env").items() if v is not None}
             files.append(cwd / ".env")
-        merged = {**dotenv, **real_env}  # the real environment wins over .env
+        envs = {**dotenv, **real_env}  # the real environment wins over .env
         problems = _Problems(_Pos(None, base=cwd))
         load = cls(
             cwd=cwd,
             real_env=real_env,
-            env=merged,
+            env=envs,
             flags={k: v for k, v in (overrides or {}).items() if v is not None},
-            reader=_YamlReader(merged, problems, allow_unset=allow_unset),
+            reader=_YamlReader(envs, problems, allow_unset=allow_unset),
             problems=problems,
             files=files,
         )
-        if merged.get("VMSH_ROOT"):
-            root = Path(os.path.expanduser(merged["VMSH_ROOT"]))
+        if envs.get("VMSH_ROOT"):
+            root = Path(os.path.expanduser(envs["VMSH_ROOT"]))
             load.vmsh_root = root if root.is_absolute() else cwd / root
         return load
 
