@@ -31,7 +31,7 @@ def receipt(i: int, status: str) -> dict:
         attestation={"scheme": "eip155", "tx_hash": "0x" + root},
         status=status, confirmations_required=3 if status == "pending" else 0,
         confirmations_observed=0, anchored_at=1767225600.0 + i, version="bench", config_hash="bench",
-    )  # fmt: skip
+    )
 
 
 def run() -> list[tuple[str, str, str]]:

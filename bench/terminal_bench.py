@@ -43,7 +43,7 @@ def _start(data: Path, stdin: int, display: int) -> subprocess.Popen:
     env = {**os.environ, "TERM": "xterm-256color", "METRICS_PORT": "0", "PYTHONPATH": str(ROOT)}
     data.parent.mkdir(parents=True, exist_ok=True)
     return subprocess.Popen([sys.executable, "-c", WITH_CONTROLLING_TTY, *command], stdin=stdin, stdout=display,
-                            stderr=display, cwd=data.parent, env=env, start_new_session=True)  # fmt: skip
+                            stderr=display, cwd=data.parent, env=env, start_new_session=True)
 
 
 def _read(fd: int, seconds: float) -> None:
@@ -129,7 +129,7 @@ def run() -> list[tuple[str, str, str]]:
         ("terminal closed -> exit, median of 5", f"{statistics.median(times):.2f} s",
          f"< 5 s (worst {max(times):.2f} s)"),
         ("CPU from end of input to exit", f"{cpu:.2f} s", f"in {wall:.2f} s; Textual alone spins at 100 % here"),
-    ]  # fmt: skip
+    ]
 
 
 if __name__ == "__main__":

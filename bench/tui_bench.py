@@ -221,7 +221,7 @@ async def measure() -> dict[str, float]:
                         root="sha256:" + f"{burst}{i:063x}", batch=f"{i:06d}",
                         receipt=f"{data}/receipts/bench%3A{i % JOBS:04d}/2026-01-01T000000Z-fast.json",
                         status="confirmed",
-                    )  # fmt: skip
+                    )
                 publish.append(time.perf_counter() - t0)
                 t0 = time.perf_counter()
                 app.flush_now()

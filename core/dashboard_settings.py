@@ -34,7 +34,7 @@ KEYMAP_ACTIONS: tuple[str, ...] = (
     "force", "force_namespace", "reload", "pause", "detail", "verify", "filter", "theme",
     "palette", "help", "back", "next_pane", "prev_pane", "quit",
     "sort", "reverse_sort", "log_level", "log_follow",
-)  # fmt: skip
+)
 
 MODIFIERS = ("ctrl", "shift", "alt", "meta", "super", "hyper")
 # Textual's names for keys that are not one printable character (textual.keys.Keys).
@@ -42,7 +42,7 @@ NAMED_KEYS: tuple[str, ...] = (
     "escape", "enter", "return", "tab", "space", "backspace", "insert", "delete",
     "home", "end", "pageup", "pagedown", "up", "down", "left", "right",
     *(f"f{n}" for n in range(1, 25)),
-)  # fmt: skip
+)
 # Textual names a punctuation key by its Unicode name, with these shorter forms.
 _KEY_NAME_REPLACEMENTS = {
     "solidus": "slash",
@@ -130,12 +130,12 @@ TEXTUAL_THEMES: tuple[str, ...] = (
     "catppuccin-latte", "catppuccin-macchiato", "catppuccin-mocha", "dracula", "flexoki",
     "gruvbox", "monokai", "nord", "rose-pine", "rose-pine-dawn", "rose-pine-moon",
     "solarized-dark", "solarized-light", "textual-dark", "textual-light", "tokyo-night",
-)  # fmt: skip
+)
 
 COLOUR_FIELDS = (
     "primary", "secondary", "warning", "error", "success", "accent",
     "foreground", "background", "surface", "panel", "boost",
-)  # fmt: skip
+)
 # The fields of textual.theme.Theme (a test compares them): what a theme file may hold.
 THEME_FIELDS = ("name", *COLOUR_FIELDS, "dark", "luminosity_spread", "text_alpha", "variables", "ansi")
 

@@ -400,7 +400,7 @@ class Intent:
         for name, types in (
             ("id", str), ("target", str), ("digest", str), ("entries", list),
             ("tree_size", int), ("opened_at", (int, float)), ("notes", dict),
-        ):  # fmt: skip
+        ):
             if not isinstance(d.get(name), types) or isinstance(d.get(name), bool):
                 raise ValueError(f"{name!r} is missing or has the wrong type")
         digest = d["digest"]

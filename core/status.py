@@ -157,4 +157,4 @@ def overall(counts: Counts, problem: str | None) -> tuple[Health, str]:
 __all__ = [
     "JobStatus", "Health", "Counts", "PROBLEMS", "STUCK_TICKS", "STUCK_MIN_SECONDS",
     "job_status", "is_stale", "stale_after", "stuck_after", "loop_problem", "count", "overall",
-]  # fmt: skip
+]

@@ -46,7 +46,7 @@ def loop_problem(engine: Any, now: float) -> str | None:
     return status.loop_problem(
         stopped=engine_stopped(engine), last_tick=engine.last_tick, started_at=engine.started_at,
         tick=engine.tick, now=now,
-    )  # fmt: skip
+    )
 
 
 def _epoch(value: float | None) -> int | None:

@@ -76,7 +76,7 @@ class Ganache:
                 "--server.port",
                 str(self.port),
                 "--logging.quiet",
-            ],  # fmt: skip
+            ],
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,

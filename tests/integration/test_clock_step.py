@@ -104,7 +104,7 @@ def test_a_wall_clock_step_back_an_hour_or_ahead_a_day_changes_neither_cadence_n
     proc = subprocess.Popen(
         [str(BIN), "--no-ui", "--config", str(config)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-    )  # fmt: skip
+    )
     seen: list[tuple[int, dict]] = []
     try:
         wait_for_anchors(tmp_path, port, 2, 20, None)

@@ -407,7 +407,7 @@ async def test_not_anchored_in_time_fires_exactly_when_health_says_stale(stack, 
             ],
             "promql_expr_test": tests,
         }],
-    }  # fmt: skip
+    }
     path = tmp_path / "stale.test.yml"
     path.write_text(yaml.safe_dump(unit))
     result = promtool("test", "rules", str(path), cwd=tmp_path)

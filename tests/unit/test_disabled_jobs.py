@@ -145,7 +145,7 @@ async def test_metrics_export_the_disabled_jobs_with_their_reasons_and_no_backof
         disabled = samples(text, "vmsh_job_disabled")
         assert sorted((d["namespace"], d["cadence"], d["target"]) for d in disabled) == [
             ("a", "strong", "btc:mainnet"), ("b", "fast", "eip155:1"),
-        ]  # fmt: skip
+        ]
         assert BTC_REASON in next(d["reason"] for d in disabled if d["cadence"] == "strong")
         assert 'vmsh_backoff_state{cadence="strong",namespace="a"} 0.0' in text
         assert 'vmsh_anchors_failed_total{cadence="strong",namespace="a",target="btc:mainnet"} 0.0' in text

@@ -429,7 +429,7 @@ async def test_the_engine_reads_due_batch_files_off_the_event_loop(tmp_path: Pat
         journal=IntentJournal(tmp_path / "data" / "journal"),
         receipts=ReceiptStore(tmp_path / "data" / "receipts"),
         policy=BackoffPolicy(base=5.0, max_level=7, jitter=0.0, rng=random.Random(1)),
-    )  # fmt: skip
+    )
     opened_on_loop: list[str] = []
     opened_off_loop: list[str] = []
     real_open = os.open

@@ -13,7 +13,7 @@ NOW = 1_000.0
 
 def status(**kw) -> JobStatus:
     base = dict(in_flight=False, failing=False, gave_up=False, paused=False, current_since=NOW,
-                period=60.0, stale_factor=2.0, due_at=NOW + 10, now=NOW)  # fmt: skip
+                period=60.0, stale_factor=2.0, due_at=NOW + 10, now=NOW)
     return job_status(**{**base, **kw})
 
 
@@ -50,7 +50,7 @@ def view(s: JobStatus, level: int = 0):
 
 def test_counts_and_overall_health():
     c = count([view(JobStatus.OK), view(JobStatus.ANCHORING, level=2), view(JobStatus.BACKING_OFF, 1),
-               view(JobStatus.PAUSED), view(JobStatus.DUE)])  # fmt: skip
+               view(JobStatus.PAUSED), view(JobStatus.DUE)])
     assert (c.ok, c[JobStatus.ANCHORING], c.in_backoff, c.total) == (3, 1, 2, 5)
     assert overall(c, None) == (Health.DEGRADED, "1 backing off")
     assert overall(c, "engine stopped") == (Health.UNHEALTHY, "engine stopped")
