@@ -13,7 +13,6 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from core import __version__
 from core.signals import StartupSignals
@@ -152,14 +151,6 @@ def print_errors(error: ConfigError, *, file=None) -> None:
     print(f"configuration invalid: {n} error{'s' if n != 1 else ''}", file=out)
 
 
-def _host(url: str) -> str:
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "?"
-    return parts.hostname or url.split("/")[0] or "?"  # never the path/query: may hold API keys
-
-
 def summary(loaded: LoadedConfig) -> str:
     from core.cadence import format_seconds
     from core.text import printable
@@ -196,26 +187,26 @@ def summary(loaded: LoadedConfig) -> str:
     used = sorted({j.target for j in jobs})
     lines.append(f"targets ({len(used)}):")
     for target in used:
-        entry = cfg.resolved_entry(target)
-        detail = ""
-        try:
-            settings = cfg.resolve_target(target)
-        except LookupError:
-            settings = None
-        if settings is not None:
-            if hasattr(settings, "url"):
-                detail = f"  {_host(settings.url)}"
-            elif hasattr(settings, "chain_id"):
-                detail = f"  chainId {settings.chain_id} via {_host(settings.rpc_url)}"
-            elif hasattr(settings, "network"):
-                detail = f"  {settings.network} via {_host(settings.rpc_url)}"
-        lines.append(f"  {target} -> {entry}{detail}")
+        lines.append(f"  {target} -> {cfg.resolved_entry(target)}{_target_detail(cfg, target)}")
     if loaded.warnings:
         lines.append(f"warnings ({len(loaded.warnings)}):")
         lines += [f"  {w}" for w in loaded.warnings]
     lines.append(f"config hash: {loaded.hash}")
     lines.append("configuration OK")
     return "\n".join(printable(line) for line in lines)  # names and values come from the files
+
+
+def _target_detail(cfg: Config, target: str) -> str:
+    """What check-config shows after a target: its scheme's describe() (a host, never a
+    secret or a URL's path), or nothing."""
+    from core.anchors.schemes import SCHEMES
+
+    try:
+        settings = cfg.resolve_target(target)
+    except LookupError:
+        return ""
+    shown = SCHEMES[target.partition(":")[0]].describe(settings)
+    return f"  {shown}" if shown else ""
 
 
 def batch_source_line(cfg: Config, namespace: str) -> str:

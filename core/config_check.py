@@ -7,8 +7,9 @@ scheduler or the dashboard at start:
 - ``tui.keys``: every action is one the dashboard has (core.dashboard_settings), every
   key one Textual can bind; ``tui.theme``: a theme that exists; ``tui.theme_file``: a
   theme file that reads and checks.
-- ``targets.rfc3161.*.trustBundle``: PEM holding at least one certificate.
-- ``targets.eip155.*.keyFile``: readable and a valid secp256k1 private key. Its content
+- the files a target names, as its scheme's ``file_problems`` says (core/anchors/schemes.py):
+  ``targets.rfc3161.*.trustBundle``: PEM holding at least one certificate;
+  ``targets.eip155.*.keyFile``: readable and a valid secp256k1 private key. Its content
   never reaches a message.
 
 A run or a reload does not open these files here: the dashboard reports its settings
@@ -44,7 +45,18 @@ def _issue(root: _Pos, loc: tuple[Any, ...], message: str, *, at_key: bool = Fal
 
 
 def thorough_issues(config: Config, root: _Pos) -> list[ConfigIssue]:
-    return [*_dashboard_issues(config, root), *_trust_bundle_issues(config, root), *_key_file_issues(config, root)]
+    return [*_dashboard_issues(config, root), *_target_file_issues(config, root)]
+
+
+def _target_file_issues(config: Config, root: _Pos) -> list[ConfigIssue]:
+    from core.anchors.schemes import SCHEMES
+
+    issues: list[ConfigIssue] = []
+    for scheme, spec in SCHEMES.items():
+        for name, settings in config.targets.of(scheme).items():
+            for field, problem in spec.file_problems(settings, f"{scheme}:{name}"):
+                issues.append(_issue(root, ("targets", scheme, name, field), problem))
+    return issues
 
 
 def _dashboard_issues(config: Config, root: _Pos) -> list[ConfigIssue]:
@@ -92,17 +104,6 @@ def trust_bundle_problem(path: Path, target: str) -> str | None:
     return None
 
 
-def _trust_bundle_issues(config: Config, root: _Pos) -> list[ConfigIssue]:
-    issues: list[ConfigIssue] = []
-    for name, settings in config.targets.rfc3161.items():
-        if settings.trust_bundle is None:
-            continue
-        problem = trust_bundle_problem(settings.trust_bundle, f"rfc3161:{name}")
-        if problem:
-            issues.append(_issue(root, ("targets", "rfc3161", name, "trust_bundle"), problem))
-    return issues
-
-
 def key_file_problem(path: Path) -> str | None:
     """None if ``path`` holds a usable secp256k1 private key (hex, 0x optional), else why
     not; the message never quotes the file's content."""
@@ -120,14 +121,3 @@ def key_file_problem(path: Path) -> str | None:
     finally:
         del text
     return None
-
-
-def _key_file_issues(config: Config, root: _Pos) -> list[ConfigIssue]:
-    issues: list[ConfigIssue] = []
-    for name, settings in config.targets.eip155.items():
-        if settings.key_file is None:
-            continue
-        problem = key_file_problem(settings.key_file)
-        if problem:
-            issues.append(_issue(root, ("targets", "eip155", name, "key_file"), problem))
-    return issues

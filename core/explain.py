@@ -27,6 +27,7 @@ from typing import Any, TextIO
 from asn1crypto import cms
 
 from core.anchors.base import CannotVerify
+from core.anchors.schemes import SCHEMES
 from core.anchors.tsp import policy_oid_problem, signer_matches
 from core.receipts import ReceiptError, load_receipt
 from core.verify import expand
@@ -231,7 +232,8 @@ def explain(path: Path, receipt: dict[str, Any], verifiers: Any) -> str:
     attestation = receipt.get("attestation")
     if not isinstance(target, str) or not isinstance(attestation, dict):
         raise ReceiptError(f"{path}: no target or attestation to explain")
-    scheme = target.partition(":")[0]
+    spec = SCHEMES.get(target.partition(":")[0])
+    proof = spec.proof if spec is not None else None
     batch = receipt.get("batch") if isinstance(receipt.get("batch"), dict) else {}
     head = [
         f"# ---- {path}: {target}, {receipt.get('namespace')}/{receipt.get('cadence')}, "
@@ -241,9 +243,9 @@ def explain(path: Path, receipt: dict[str, Any], verifiers: Any) -> str:
         "# 1. the audit path leads from batch.root to anchored_root",
         _AUDIT_PATH,
     ]
-    if scheme in ("local", "rfc3161"):
+    if proof in ("timestamp", "embedded-timestamp"):
         steps = _token_steps(receipt, path, verifiers)
-    elif scheme == "eip155":
+    elif proof == "transaction":
         steps = _evm_steps(receipt, verifiers)
     else:
         steps = [f"# {target}: no stock-tool check is known for this target"]

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from core import __version__, sources
 from core.anchors.registry import Backends
+from core.anchors.schemes import SCHEMES
 from core.backoff import BackoffPolicy
 from core.clock import Clock, SystemClock
 from core.config import Config, ConfigError, ConfigIssue, LoadedConfig
@@ -165,11 +166,9 @@ class Runtime:
         if self.state_import is not None:
             self.log.info(self.state_import.message, **self.state_import.log_fields())
         for target in sorted({j.target for j in cfg.jobs()}):
-            if target.startswith("local:"):
-                self.log.warning(
-                    "target is the embedded development TSA: it proves nothing to third parties",
-                    target=target,
-                )
+            development = SCHEMES[target.partition(":")[0]].development
+            if development:
+                self.log.warning(f"target is {development}: it proves nothing to third parties", target=target)
 
     def reload(self, load: Loader | None = None) -> ReloadResult:
         """Load the configuration again; apply it if valid and different, else keep the old.

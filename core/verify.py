@@ -33,6 +33,7 @@ from typing import Any, TextIO
 
 from core.anchors.base import CannotVerify, VerificationFailed
 from core.anchors.local import certificate_path, read_certificates, verify_local_token
+from core.anchors.schemes import SCHEMES, Proof
 from core.anchors.tsp import verify_attestation
 from core.clock import SystemClock
 from core.errors import ValidationError
@@ -137,12 +138,24 @@ def parse_rpc_urls(values: Sequence[str]) -> dict[str, str]:
 # --------------------------------------------------------------------------- verifiers
 
 
-class TokenVerifier:
-    """An RFC 3161 token (rfc3161: or local:) against certificates read once, offline."""
+def _proof(target: str) -> Proof | None:
+    """How a receipt of ``target`` is checked (its scheme's spec); ValidationError for a
+    scheme this program does not know."""
+    scheme = target.partition(":")[0]
+    spec = SCHEMES.get(scheme)
+    if spec is None:
+        raise ValidationError(f"unknown target scheme {scheme!r} in {target!r}")
+    return spec.proof
 
-    def __init__(self, target: str, bundle: Any) -> None:
+
+class TokenVerifier:
+    """An RFC 3161 token (a "timestamp" or "embedded-timestamp" proof: rfc3161:, local:)
+    against certificates read once, offline."""
+
+    def __init__(self, target: str, bundle: Any, *, embedded: bool = False) -> None:
         self.target = target
         self.bundle = bundle  # core.anchors.rfc3161.TrustBundle
+        self.embedded = embedded  # a token of the embedded TSA (core/anchors/local.py)
 
     async def verify(
         self,
@@ -153,7 +166,7 @@ class TokenVerifier:
         policy: str | None = None,
     ) -> None:
         b = self.bundle
-        if self.target.startswith("local:"):
+        if self.embedded:
             verify_local_token(attestation, digest, [*b.roots, *b.signers], self.target, policy=policy)
             return
         try:
@@ -202,10 +215,11 @@ class ReadOnlyVerifiers:
 
     def verifier(self, target: str, receipt_path: Path) -> Any:
         scheme, _, name = target.partition(":")
-        data_dir = self._local_data_dir(receipt_path) if scheme == "local" else None
+        proof = _proof(target)
+        data_dir = self._local_data_dir(receipt_path) if proof == "embedded-timestamp" else None
         key = (target, data_dir)  # local receipts of different data dirs: different certificates
         if key not in self._cache:
-            self._cache[key] = self._build(target, scheme, name, receipt_path)
+            self._cache[key] = self._build(target, proof, name, receipt_path)
         return self._cache[key]
 
     def _local_data_dir(self, receipt_path: Path) -> Path | None:
@@ -241,7 +255,7 @@ class ReadOnlyVerifiers:
     def ca_files(self, target: str, receipt_path: Path) -> list[Path]:
         """The PEM files an RFC 3161 receipt (rfc3161: or local:) is checked against;
         CannotVerify saying what to pass when there are none."""
-        if target.startswith("local:"):  # --trust-bundle and the certificate beside it
+        if _proof(target) == "embedded-timestamp":  # --trust-bundle and the certificate beside it
             files = list(self.trust_bundles)
             data_dir = self._local_data_dir(receipt_path)
             if data_dir is not None:
@@ -278,18 +292,17 @@ class ReadOnlyVerifiers:
             )
         return url
 
-    def _build(self, target: str, scheme: str, name: str, receipt_path: Path) -> Any:
-        if scheme in ("local", "rfc3161"):
-            return TokenVerifier(target, self._bundle(target, self.ca_files(target, receipt_path)))
-        if scheme == "eip155":
+    def _build(self, target: str, proof: Proof | None, name: str, receipt_path: Path) -> Any:
+        if proof in ("timestamp", "embedded-timestamp"):
+            bundle = self._bundle(target, self.ca_files(target, receipt_path))
+            return TokenVerifier(target, bundle, embedded=proof == "embedded-timestamp")
+        if proof == "transaction":
             return self._evm(target, name)
-        if scheme == "btc":
-            raise CannotVerify(f"{target}: this build cannot check btc receipts")
-        raise ValidationError(f"unknown target scheme {scheme!r} in {target!r}")
+        raise CannotVerify(f"{target}: this build cannot check {target.partition(':')[0]} receipts")
 
     def _evm(self, target: str, name: str) -> Any:
         from core.anchors.evm import EVMBackend
-        from core.config import Eip155Target
+        from core.anchors.schemes import Eip155Target
 
         if not name.isdigit():
             raise ValidationError(f"{target!r} is not an eip155:<chain id> target")

@@ -137,7 +137,9 @@ class SchemeSpec:
     # check-config (thorough): (settings, target id) -> [(field, problem)] for the files it names
     file_problems: Callable[[Any, str], list[tuple[str, str]]] = _no_files
     proof: Proof | None = None  # None: receipts of this scheme cannot be checked here
-    development: bool = False  # proves nothing to third parties (the runtime warns at start)
+    # "" for a target that proves something; else what it is, for the warning the runtime
+    # logs at start: "target is <development>: it proves nothing to third parties"
+    development: str = ""
     # a target without an entry uses the model's defaults, shown as this entry name
     # ("embedded"); None: such a target has no settings (add targets.<scheme>.<name>)
     default_entry: str | None = None
@@ -169,7 +171,7 @@ LOCAL = SchemeSpec(
     settings=LocalTarget,
     build=_build_local,
     proof="embedded-timestamp",
-    development=True,
+    development="the embedded development TSA",
     default_entry="embedded",
     policy=True,
 )
