@@ -3,15 +3,17 @@
 Sources, highest precedence first:
 
 1. ``overrides`` (the CLI flags: config path, data dir, log level, theme...)
-2. the environment (VMSH_ROOT, VMSH_NAMESPACES, VMSH_STATE, VMSH_TICK_MS,
-   VMSH_BASE_BACKOFF, VMSH_MAX_BACKOFF, METRICS_PORT, LOG_LEVEL, VMSH_CONFIG,
-   VMSH_DATA_DIR)
+2. the environment: ``ENV_TABLE`` below is the one list of its variables (``--help``
+   and the README print it)
 3. ``.env`` in the working directory (the real environment wins over it)
 4. the config file (and the VaultMesh ``namespaces.yaml`` / ``anchors.yaml`` it includes)
 5. the defaults in the models below
 
-Every problem is reported with the file, line, column and field path of the value
-that caused it, and all problems of a load are reported at once (``ConfigError.issues``).
+``load_config`` is a pipeline of named steps over one ``_Load``: locate the config file,
+read it, include the VaultMesh files, apply the environment, apply the flags, validate,
+resolve paths (and, for check-config, the thorough checks). Every problem is reported
+with the file, line, column and field path of the value that caused it (``_Problems``
+places them), and all problems of a load are reported at once (``ConfigError.issues``).
 """
 
 from __future__ import annotations
@@ -1135,7 +1137,7 @@ def _validate(load: _Load, *, allow_unset: bool) -> Config:
     raw, problems = load.raw, load.problems
     # the cross-field checks that need only raw data (so they join the other errors)
     _check_namespace_names(raw, problems)
-    _check_targets_resolve(raw, problems.root, problems.issues)
+    _check_targets_resolve(raw, problems)
     _check_cadence_ranges(raw, problems)
     config: Config | None = None
     try:
@@ -1297,9 +1299,10 @@ def _check_namespace_names(raw: dict[str, Any], problems: _Problems) -> None:
         problems.add(file, mark, ["namespaces", name], problem)
 
 
-def _check_targets_resolve(raw: dict[str, Any], root: _Pos, issues: list[ConfigIssue]) -> None:
+def _check_targets_resolve(raw: dict[str, Any], problems: _Problems) -> None:
+    """Every cadence's target has settings (a scheme that needs an entry has one)."""
     targets = raw.get("targets") if isinstance(raw.get("targets"), dict) else {}
-    for _name, _ns, _cname, cadence, cpos in _iter_raw_cadences(raw, root):
+    for _name, _ns, _cname, cadence, cpos in _iter_raw_cadences(raw, problems.root):
         target = cadence.get("target")
         if not isinstance(target, str):
             continue
@@ -1313,16 +1316,10 @@ def _check_targets_resolve(raw: dict[str, Any], root: _Pos, issues: list[ConfigI
         entries = targets.get(scheme)
         if isinstance(entries, dict) and (tname in entries or "default" in entries):
             continue
-        tpos = cpos.children.get("target") if cpos else None
-        where = (tpos.file, *(tpos.mark or (None, None))) if tpos else (None, None, None)
-        segs = tpos.segments() if tpos else []
-        issues.append(
-            ConfigIssue(
-                *where,
-                format_path(segs),
-                f"target {target!r} has no settings (add targets.{scheme}.{_seg(tname)} or "
-                f"targets.{scheme}.default, or a VaultMesh anchors.yaml)",
-            )
+        problems.at(
+            cpos.children.get("target") if cpos else None,
+            f"target {target!r} has no settings (add targets.{scheme}.{_seg(tname)} or "
+            f"targets.{scheme}.default, or a VaultMesh anchors.yaml)",
         )
 
 
