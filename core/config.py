@@ -782,8 +782,8 @@ class _YamlReader:
                 if exc.context_mark and mark is not exc.context_mark:
                     problem += f" at line {exc.context_mark.line + 1}"
                 problem += ")"
-            at = (mark.line + 1, mark.column + 1) if mark else None
-            self.problems.in_file(display, f"YAML syntax error: {problem}", at)
+            where = (mark.line + 1, mark.column + 1) if mark else None
+            self.problems.in_file(display, f"YAML syntax error: {problem}", where)
             return None
         except yaml.YAMLError as exc:
             self.problems.in_file(display, f"YAML error: {exc}")
@@ -1113,8 +1113,8 @@ def _apply_environment(load: _Load) -> None:
 
 def _listen_host(raw: dict[str, Any]) -> str:
     """The host part of the listen address so far (METRICS_PORT sets only the port)."""
-    http = raw.get("http") if isinstance(raw.get("http"), dict) else {}
-    listen = http.get("listen", HttpSettings().listen)
+    http = raw.get("http")
+    listen = http.get("listen", HttpSettings().listen) if isinstance(http, dict) else HttpSettings().listen
     m = _LISTEN.match(listen) if isinstance(listen, str) else None
     return m.group("host") if m else "127.0.0.1"
 
@@ -1301,7 +1301,9 @@ def _check_namespace_names(raw: dict[str, Any], problems: _Problems) -> None:
 
 def _check_targets_resolve(raw: dict[str, Any], problems: _Problems) -> None:
     """Every cadence's target has settings (a scheme that needs an entry has one)."""
-    targets = raw.get("targets") if isinstance(raw.get("targets"), dict) else {}
+    targets = raw.get("targets")
+    if not isinstance(targets, dict):
+        targets = {}
     for _name, _ns, _cname, cadence, cpos in _iter_raw_cadences(raw, problems.root):
         target = cadence.get("target")
         if not isinstance(target, str):
