@@ -25,7 +25,7 @@ import os
 import re
 import types
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
@@ -1263,7 +1263,11 @@ def _merge_targets(raw: dict[str, Any], data: Any, pos: _Pos, problems: _Problem
             tpos.children[scheme].children[name] = npos
 
 
-def _iter_raw_cadences(raw: dict[str, Any], root: _Pos):
+def _iter_raw_cadences(
+    raw: dict[str, Any], root: _Pos
+) -> Iterator[tuple[Any, dict[str, Any], str, dict[str, Any], _Pos | None]]:
+    """(namespace, its raw mapping, cadence name, the cadence's, its position) of each
+    well-shaped cadence in the raw data."""
     namespaces = raw.get("namespaces")
     if not isinstance(namespaces, dict):
         return
@@ -1442,8 +1446,7 @@ def _pydantic_issues(exc: PydanticValidationError, root: _Pos, failed: set[int])
 
 
 def _sorted_unique(issues: list[ConfigIssue]) -> list[ConfigIssue]:
-    seen: set[ConfigIssue] = set()
-    unique = [i for i in issues if not (i in seen or seen.add(i))]
+    unique = list(dict.fromkeys(issues))  # each once, first occurrence first
     return sorted(unique, key=lambda i: (i.file or "", i.line or 0, i.col or 0))
 
 
