@@ -13,24 +13,26 @@ terminal (tui/terminal.py); without a terminal it refuses to start (exit 2).
 from __future__ import annotations
 
 import asyncio
-import gc
 import signal
 import sys
 from pathlib import Path
 
 from core.config import LoadedConfig
+from core.lifecycle import GRACE_SECONDS, running
 from core.observe.http import ListenError
 from core.observe.logs import JsonLineWriter
 from core.runtime import CannotStart, Loader, Runtime
-from core.services import Services
 from core.signals import StartupSignals
 from core.text import printable
 
 EXIT_OK, EXIT_FAILED, EXIT_CANNOT_START = 0, 1, 2
-GRACE_SECONDS = 10.0
 PORT_HINT = (
     "stop the process that holds it, or choose a free address: http.listen in the config, "
     "or METRICS_PORT=<port> in the environment"
+)
+JOURNAL_HINT = (
+    "fix the folder's permissions or mount (the scheduler must list it to know which "
+    "anchors were in flight), then start again"
 )
 
 
@@ -76,46 +78,35 @@ def run_headless(
 async def serve(
     runtime: Runtime, stop: asyncio.Event | None = None, startup: StartupSignals | None = None
 ) -> int:
-    """Run the engine and the HTTP endpoints until `stop` is set or a signal arrives."""
+    """Run the scheduler (core/lifecycle.py) until `stop` is set, a signal arrives or the
+    engine ends; returns the exit code."""
     loop = asyncio.get_running_loop()
     stop = stop or asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, runtime.reload_in_background)  # parsed off the loop
-    if startup is not None and startup.stop is not None:  # arrived before the loop's handlers
-        runtime.log.info("stopped during start; nothing was anchored", signal=startup.stop.name)
-        _remove_signal_handlers(loop)
-        await runtime.close()
-        return EXIT_OK
-    if startup is not None and startup.reload:
-        loop.call_soon(runtime.reload_in_background)
     try:
-        services = await Services(runtime).start(http_required=True)
+        if startup is not None and startup.stop is not None:  # arrived before the loop's handlers
+            runtime.log.info("stopped during start; nothing was anchored", signal=startup.stop.name)
+            await runtime.close()
+            return EXIT_OK
+        if startup is not None and startup.reload:
+            loop.call_soon(runtime.reload_in_background)
+        async with running(runtime, http_required=True, grace=GRACE_SECONDS) as run:
+            await run.wait(stop)
+            runtime.log.info("shutting down", grace_seconds=GRACE_SECONDS)
+        runtime.log.info("stopped", in_flight=len(runtime.engine.in_flight()))
     except ListenError as exc:
         print(f"vmsh-scheduler: {printable(str(exc), lines=True)}\n  {PORT_HINT}", file=sys.stderr)
         runtime.log.error("cannot start", error=str(exc), hint=PORT_HINT)
-        _remove_signal_handlers(loop)
-        await runtime.close()
         return EXIT_CANNOT_START
-    runtime.announce()  # only once it serves: a scheduler that cannot start never says it did
-    gc.freeze()  # the config, jobs and imports live as long as the process: skip them in full GCs
-    engine = loop.create_task(runtime.engine.run(), name="engine")
-    stopper = loop.create_task(stop.wait(), name="stop")
-    done, _ = await asyncio.wait({engine, stopper}, return_when=asyncio.FIRST_COMPLETED)
-    code = EXIT_OK
-    if engine in done and engine.exception() is not None:
-        runtime.log.error("engine failed", error=repr(engine.exception()))
-        code = EXIT_FAILED
-    stopper.cancel()
-    runtime.log.info("shutting down", grace_seconds=GRACE_SECONDS)
-    await runtime.engine.stop(GRACE_SECONDS)
-    if not engine.done():
-        await asyncio.gather(engine, return_exceptions=True)
-    await services.close()
-    await runtime.close()
-    runtime.log.info("stopped", in_flight=len(runtime.engine.in_flight()))
-    _remove_signal_handlers(loop)
-    return code
+    finally:
+        _remove_signal_handlers(loop)
+    if run.refused is not None:  # a start-up refusal, as a locked data dir is
+        message = f"cannot read what was in flight: {run.refused}\n  {JOURNAL_HINT}"
+        print(f"vmsh-scheduler: {printable(message, lines=True)}", file=sys.stderr)
+        return EXIT_CANNOT_START
+    return EXIT_FAILED if run.failure is not None else EXIT_OK
 
 
 def _remove_signal_handlers(loop: asyncio.AbstractEventLoop) -> None:

@@ -275,8 +275,8 @@ def _written_folders(config: Config) -> list[Path]:
 
 
 def _check_writable(folder: Path) -> None:
-    """Create `folder` if missing and write a probe file in it; CannotStart naming the
-    folder otherwise (a file in its place, a read-only mount, no permission)."""
+    """Create `folder` if missing, write a probe file in it and list it; CannotStart naming
+    the folder otherwise (a file in its place, a read-only mount, no permission)."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
         probe = folder / f".write-check.{os.getpid()}.tmp"  # a temp name: cleaned up if left
@@ -287,11 +287,18 @@ def _check_writable(folder: Path) -> None:
             reason = "it is a file, not a folder"
         else:
             reason = exc.strerror or str(exc)
-        raise CannotStart(
-            f"cannot write to {folder}: {reason}\n  the scheduler writes its state, journal and "
-            "receipts under the data dir: fix the folder's permissions or mount, or choose "
-            "another scheduler.data_dir"
-        ) from exc
+        raise CannotStart(f"cannot write to {folder}: {reason}\n  {_FOLDER_HINT}") from exc
+    try:  # the start lists them to remove temp files and find the anchors left in flight
+        with os.scandir(folder) as entries:
+            next(entries, None)
+    except OSError as exc:
+        raise CannotStart(f"cannot list {folder}: {exc.strerror or exc}\n  {_FOLDER_HINT}") from exc
+
+
+_FOLDER_HINT = (
+    "the scheduler writes its state, journal and receipts under the data dir: fix the "
+    "folder's permissions or mount, or choose another scheduler.data_dir"
+)
 
 
 # What a reload applies: the jobs (namespaces and the files they come from), the targets,

@@ -1,10 +1,16 @@
-"""What runs beside the engine in both run modes, started and stopped as one.
+"""What runs beside the engine in both run modes, each started with its own teardown.
 
 - metrics fed from the event bus (core.observe.metrics),
 - the HTTP server for /metrics, /health, /livez, /readyz (core.observe.http),
-- the config file watcher (core.observe.watch),
 - optional CloudEvents emission (core.observe.cloudevents),
+- the config file watcher (core.observe.watch),
 - the confirmation tracker for pending receipts (core.confirmations).
+
+`Services.start(stack)` starts them in that order and registers each one's teardown on
+the run's `AsyncExitStack` (core/lifecycle.py) as soon as it runs, so they stop in the
+reverse order: the tracker and the watcher first, the HTTP server late so /health reports
+the shutdown until the very end, metrics last; a start that fails half-way stops what
+had started. A new service is one start here plus its teardown on the stack.
 
 Headless treats an HTTP address it cannot bind as fatal (exit 2: two schedulers must not
 fight over a port unnoticed); the dashboard logs it and keeps running, since the operator
@@ -14,7 +20,7 @@ is looking at the same facts on screen.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
 from typing import Any
 
 from core.confirmations import ConfirmationTracker
@@ -23,7 +29,7 @@ from core.observe.http import HttpServer, ListenError, start_http
 from core.observe.metrics import Metrics
 from core.observe.watch import start_watch
 
-Closer = Callable[[], Awaitable[None]]
+TASK_STOP_SECONDS = 2.0  # a background task that has not ended this long after its stop is cancelled
 
 
 class Services:
@@ -35,60 +41,46 @@ class Services:
         # The dashboard shows it in its header.
         self.http_error: str | None = None
         self.tracker: ConfirmationTracker | None = None
-        self._stop = asyncio.Event()
-        self._tasks: list[asyncio.Task[Any]] = []
-        self._closers: list[Closer] = []
 
-    async def start(self, *, http_required: bool = True, watch: bool = True) -> Services:
-        """Start everything on the running loop. Raises ListenError when `http_required`
-        and the HTTP address cannot be bound (nothing is left running then)."""
+    async def start(self, stack: AsyncExitStack, *, http_required: bool = True, watch: bool = True) -> Services:
+        """Start everything on the running loop, each teardown on `stack`. Raises ListenError
+        when `http_required` and the HTTP address cannot be bound (the caller's stack then
+        stops what had started)."""
         runtime = self.runtime
-        self.metrics = Metrics(runtime.bus, engine=runtime.engine, receipts=runtime.receipts)
+        self.metrics = metrics = Metrics(runtime.bus, engine=runtime.engine, receipts=runtime.receipts)
+        stack.callback(metrics.close)
         try:
-            self.http = await start_http(runtime, self.metrics)
+            self.http = await start_http(runtime, metrics)
+            stack.push_async_callback(self.http.close)
             runtime.log.info("serving /metrics, /health, /livez, /readyz", url=self.http.url)
         except ListenError as exc:
             if http_required:
-                self.metrics.close()
                 raise
             self.http_error = str(exc)
             runtime.log.error("metrics and health endpoints are off", error=str(exc))
-        self._closers.append(
-            await start_cloudevents(runtime, registry=self.metrics.registry)
-        )
+        stack.push_async_callback(await start_cloudevents(runtime, registry=metrics.registry))
         if watch:
-            self._tasks.append(start_watch(runtime, self._stop))
-        self.tracker = ConfirmationTracker(
+            stop_watching = asyncio.Event()
+            watcher = start_watch(runtime, stop_watching)
+            stack.push_async_callback(self._stop_task, watcher, stop_watching.set)
+        self.tracker = tracker = ConfirmationTracker(
             runtime.receipts,
             runtime.backends,
             runtime.bus,
             runtime.clock,
             runtime.log,
-            requeue=lambda key: runtime.engine.requeue(
-                key, "a reorg dropped the anchoring transaction"
-            ),
+            requeue=lambda key: runtime.engine.requeue(key, "a reorg dropped the anchoring transaction"),
         )
-        self._tasks.append(
-            asyncio.get_running_loop().create_task(self.tracker.run(), name="confirmations")
-        )
+        tracking = asyncio.get_running_loop().create_task(tracker.run(), name="confirmations")
+        stack.push_async_callback(self._stop_task, tracking, tracker.stop)
         return self
 
-    async def close(self) -> None:
-        """Stop in reverse order of importance: watchers first, the HTTP server last, so
-        /health reports the shutdown until the very end."""
-        self._stop.set()
-        if self.tracker is not None:
-            self.tracker.stop()
-        for task in self._tasks:
-            try:
-                await asyncio.wait_for(asyncio.shield(task), timeout=2.0)
-            except (TimeoutError, asyncio.CancelledError):
-                task.cancel()
-            except Exception as exc:
-                self.runtime.log.error("background task failed", task=task.get_name(), error=repr(exc))
-        for closer in self._closers:
-            await closer()
-        if self.http is not None:
-            await self.http.close()
-        if self.metrics is not None:
-            self.metrics.close()
+    async def _stop_task(self, task: asyncio.Task[Any], stop: Any) -> None:
+        """Ask `task` to stop, give it TASK_STOP_SECONDS, then cancel it."""
+        stop()
+        try:
+            await asyncio.wait_for(asyncio.shield(task), timeout=TASK_STOP_SECONDS)
+        except (TimeoutError, asyncio.CancelledError):
+            task.cancel()
+        except Exception as exc:
+            self.runtime.log.error("background task failed", task=task.get_name(), error=repr(exc))

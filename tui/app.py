@@ -10,6 +10,7 @@ countdowns, and the diff means only the cells whose text changed are touched.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import gc
 import os
 import signal
@@ -44,6 +45,7 @@ from core.events import (
     TickCompleted,
 )
 from core.jobs import JobKey
+from core.lifecycle import running
 from core.runtime import CannotStart, Runtime
 from core.services import Services
 from core.status import JobStatus, count
@@ -196,6 +198,9 @@ class VaultMeshApp(App[int]):
         self.engine_state = "off"  # off | running | stopped | failed
         self.services: Services | None = None
         self.stopping = False
+        self._stop_requested = asyncio.Event()  # set by begin_shutdown, for run_scheduler
+        self._stop_grace = grace
+        self._run_worker: Worker[None] | None = None
         self.stopped_cleanly = False
         self.exit_reason = ""
         self._pending: list[Event] = []
@@ -296,9 +301,7 @@ class VaultMeshApp(App[int]):
         self.set_interval(COUNTDOWN_PERIOD, self._refresh_views, name="countdown")
         if self.start_engine:
             self._install_signal_handlers()
-            self.runtime.announce()
-            self.run_engine()
-            self.start_services()
+            self._run_worker = self.run_scheduler()
         for problem in self.startup_problems:
             self.runtime.log.error(problem)
             self.notify(problem, severity="error", timeout=30)
@@ -834,37 +837,51 @@ class VaultMeshApp(App[int]):
 
     # ----- engine lifecycle ---------------------------------------------------------------------
 
-    @work(exclusive=True, exit_on_error=False, group="engine")
-    async def run_engine(self) -> None:
-        self.engine_state = "running"
-        await self.runtime.engine.run()
+    @work(exclusive=True, exit_on_error=False, group="run")
+    async def run_scheduler(self) -> None:
+        """The run as in --no-ui (core/lifecycle.py: services, "scheduler started", the
+        engine; stopped in reverse), until begin_shutdown; then exit. A port that cannot be
+        bound is logged and shown; the dashboard keeps running. Without `start_engine`
+        (tests) begin_shutdown runs it to start nothing but stop all the same: the state
+        saved, the backends closed."""
+        try:
+            async with running(
+                self.runtime, http_required=False, grace=self.grace, start=self.start_engine
+            ) as run:
+                self.services = run.services
+                if run.engine is not None:
+                    self.engine_state = "running"
+                    run.engine.add_done_callback(self._engine_ended)
+                if self.services is not None and self.services.http_error:
+                    self.notify(
+                        f"/metrics and /health are off: {self.services.http_error}. "
+                        "Set METRICS_PORT or http.listen to a free port and restart.",
+                        severity="error", timeout=60,
+                    )  # fmt: skip
+                self._refresh_views()
+                await run.wait(self._stop_requested, or_engine_end=False)
+                run.grace = self._stop_grace
+                await run.stop_engine()
+                self.stopped_cleanly = True
+                if self.watchdog is not None:
+                    self.watchdog.state_saved()
+        finally:
+            if self.stopping:
+                self._exit_now()
 
-    @work(exclusive=True, exit_on_error=False, group="services")
-    async def start_services(self) -> None:
-        """Metrics and health over HTTP, config watching, confirmations: as in --no-ui. A
-        port that cannot be bound is logged and shown; the dashboard keeps running."""
-        self.services = await Services(self.runtime).start(http_required=False)
-        if self.services.http_error:
-            self.notify(
-                f"/metrics and /health are off: {self.services.http_error}. "
-                "Set METRICS_PORT or http.listen to a free port and restart.",
-                severity="error", timeout=60,
-            )  # fmt: skip
-            self._refresh_views()
+    def _engine_ended(self, task: asyncio.Task[None]) -> None:
+        """The engine task is done: stopped, or failed (logged by core/lifecycle.py)."""
+        error = None if task.cancelled() else task.exception()
+        self.engine_state = "failed" if error is not None else "stopped"
+        if error is not None:
+            self.notify(f"engine failed: {error!r}; no anchors until restart", severity="error", timeout=60)
+        self._refresh_views()
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
-        if event.worker.group != "engine":
-            return
-        if event.state == WorkerState.RUNNING:
-            self.engine_state = "running"
-        elif event.state == WorkerState.ERROR:
-            self.engine_state = "failed"
+        if event.worker.group == "run" and event.state == WorkerState.ERROR:
             error = event.worker.error
-            self.runtime.log.error("engine failed", error=repr(error))
-            self.notify(f"engine failed: {error!r}; no anchors until restart", severity="error", timeout=60)
-        elif event.state in (WorkerState.SUCCESS, WorkerState.CANCELLED):
-            self.engine_state = "stopped"
-        self._refresh_views()
+            self.runtime.log.error("the run failed", error=repr(error))
+            self.notify(f"the scheduler failed: {error!r}; no anchors until restart", severity="error", timeout=60)
 
     # Given by run_dashboard on a real terminal (tui.terminal); Pilot tests run without them.
     terminal: Any = None  # TerminalGuard: says when the terminal is gone
@@ -940,24 +957,18 @@ class VaultMeshApp(App[int]):
         if self.watchdog is not None:
             self.watchdog.arm(save_within=grace + STOP_MARGIN, teardown_within=TEARDOWN_LIMIT)
         self._refresh_views()
-        self.run_worker(self._stop_then_exit(grace), group="shutdown", exclusive=True, exit_on_error=False)
+        self._stop_grace = grace
+        self._stop_requested.set()  # run_scheduler stops the run, then exits
+        if self._run_worker is None:  # tests without the engine: only the stop runs
+            self._run_worker = self.run_scheduler()
+        elif self._run_worker.is_finished:
+            self._exit_now()  # nothing runs to stop (its start failed): run_dashboard saves the state
 
-    async def _stop_then_exit(self, grace: float) -> None:
-        """Stop the engine (in-flight anchors get `grace`), close the services, exit.
-        Not `_shutdown`: that name is Textual's own teardown, which must still run after."""
-        try:
-            await self.runtime.engine.stop(grace)
-            self.stopped_cleanly = True
-            if self.watchdog is not None:
-                self.watchdog.state_saved()
-            if self.services is not None:
-                await self.services.close()
-            await self.runtime.close()
-        finally:
-            if self._unsubscribe is not None:
-                self._unsubscribe()
-                self._unsubscribe = None
-            self.exit(0)
+    def _exit_now(self) -> None:
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+        self.exit(0)
 
     def _remove_signal_handlers(self) -> None:
         import asyncio
