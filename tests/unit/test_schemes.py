@@ -1,0 +1,91 @@
+"""What the scheme table (core/anchors/schemes.py) decides, seen where a user meets it:
+check-config's target lines, the start warning, the registry's refusals, verify."""
+
+from __future__ import annotations
+
+import asyncio
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from core.anchors.base import CannotVerify
+from core.anchors.registry import Backends
+from core.anchors.schemes import SCHEMES
+from core.cli import summary
+from core.clock import FakeClock
+from core.config import load_config
+from core.errors import ValidationError
+from core.events import LogRecord
+from core.runtime import Runtime
+from core.verify import ReadOnlyVerifiers
+
+CONFIG = """\
+scheduler: {data_dir: data}
+targets:
+  rfc3161:
+    tsa: {url: "https://user:KEY@tsa.example:8443/v1/KEY?apikey=KEY"}
+  eip155:
+    "8453": {rpcUrl: "https://rpc.example/v3/KEY", chainId: 8453, keyEnv: ANCHOR_KEY}
+  btc:
+    default: {rpcUrl: "http://u:KEY@btc.example:8332/wallet/KEY", network: regtest}
+namespaces:
+  a:
+    cadence:
+      fast: {target: "local:dev", every: "60s"}
+      strong: {target: "rfc3161:tsa", every: "2*fast"}
+  b:
+    cadence:
+      fast: {target: "eip155:8453", every: "60s"}
+      strong: {target: "btc:mainnet", every: "2*fast"}
+"""
+
+
+def loaded(tmp_path: Path):
+    path = tmp_path / "config.yaml"
+    path.write_text(textwrap.dedent(CONFIG))
+    return load_config(overrides={"config": str(path)}, env={}, cwd=tmp_path)
+
+
+def test_check_config_names_each_target_by_its_entry_and_host_only(tmp_path):
+    lines = summary(loaded(tmp_path)).splitlines()
+    targets = lines[lines.index("targets (4):") + 1 : lines.index("targets (4):") + 5]
+    assert targets == [
+        "  btc:mainnet -> btc.default  regtest via btc.example",
+        "  eip155:8453 -> eip155.8453  chainId 8453 via rpc.example",
+        "  local:dev -> embedded",
+        "  rfc3161:tsa -> rfc3161.tsa  tsa.example",
+    ]
+    assert "KEY" not in "\n".join(lines)
+
+
+async def test_the_start_warns_once_per_development_target_and_for_no_other(tmp_path):
+    runtime = Runtime(loaded(tmp_path), clock=FakeClock())
+    logs: list[LogRecord] = []
+    runtime.bus.subscribe(lambda e: logs.append(e) if isinstance(e, LogRecord) else None)
+    runtime.announce()
+    await asyncio.sleep(0)
+    warned = [r for r in logs if "proves nothing to third parties" in r.msg]
+    assert [(r.msg, r.fields.get("target")) for r in warned] == [
+        ("target is the embedded development TSA: it proves nothing to third parties", "local:dev")
+    ]
+
+
+def test_the_registry_refuses_a_scheme_without_a_backend_and_one_it_does_not_know(tmp_path):
+    backends = Backends(lambda target: None, tmp_path, FakeClock())
+    with pytest.raises(ValidationError, match=r"btc targets are not supported by this build yet \(btc:main\)"):
+        backends("btc:main")
+    with pytest.raises(ValidationError, match="unknown target scheme 'nope'"):
+        backends("nope:x")
+    with pytest.raises(ValidationError, match=r"no settings for rfc3161:tsa \(add targets.rfc3161.tsa"):
+        backends("rfc3161:tsa")
+    assert backends("local:dev").target == "local:dev"  # local needs no entry
+
+
+async def test_verify_cannot_check_a_scheme_without_a_proof_and_refuses_an_unknown_one(tmp_path):
+    verifiers = ReadOnlyVerifiers()
+    with pytest.raises(CannotVerify, match="this build cannot check btc receipts"):
+        verifiers.verifier("btc:main", tmp_path / "r.json")
+    with pytest.raises(ValidationError, match="unknown target scheme 'nope'"):
+        verifiers.verifier("nope:x", tmp_path / "r.json")
+    assert SCHEMES["btc"].proof is None
