@@ -15,14 +15,14 @@ from pathlib import Path
 
 from core.fsutil import dumps_json
 from core.jobs import safe_name
-from core.receipts import ReceiptStore, build_receipt
+from core.receipts import Receipt, ReceiptStore, build_receipt
 
 RECEIPTS = 100_000
 PENDING = 10
 NAMESPACES = 100
 
 
-def receipt(i: int, status: str) -> dict:
+def receipt(i: int, status: str) -> Receipt:
     root = f"{i:064x}"
     return build_receipt(
         namespace=f"bench:{i % NAMESPACES}", cadence="fast", target="eip155:8453",
@@ -44,9 +44,9 @@ def run() -> list[tuple[str, str, str]]:
                 store.write(receipt(i, "pending"))  # the real path: marker, then receipt
             else:  # set-up only: the confirmed ones written plainly, without an fsync each
                 doc = receipt(i, "confirmed")
-                folder = root / safe_name(doc["namespace"])
+                folder = root / safe_name(doc.namespace)
                 folder.mkdir(exist_ok=True)
-                (folder / store.file_name(doc)).write_bytes(dumps_json(doc))
+                (folder / store.file_name(doc)).write_bytes(dumps_json(doc.to_json()))
         t0 = time.perf_counter()
         found = ReceiptStore(root).pending()
         indexed = time.perf_counter() - t0

@@ -88,10 +88,8 @@ class ConfirmationTracker:
         for path, receipt in self.receipts.pending():
             if path in self._dropped:
                 continue
-            target = receipt.get("target")
-            attestation = receipt.get("attestation")
-            if not isinstance(target, str) or not isinstance(attestation, dict):
-                continue
+            target = receipt.target
+            attestation = dict(receipt.attestation)
             key = (target, json.dumps(attestation, sort_keys=True))
             if key not in depths:
                 depths[key] = await self._depth(target, attestation)
@@ -101,7 +99,7 @@ class ConfirmationTracker:
             if isinstance(depth, BaseException):
                 counts["errors"] += 1
                 continue
-            job = JobKey(str(receipt.get("namespace")), str(receipt.get("cadence")))
+            job = JobKey(receipt.namespace, receipt.cadence)
             if depth is None:
                 self._dropped.add(path)
                 counts["dropped"] += 1
@@ -115,7 +113,7 @@ class ConfirmationTracker:
                 )
                 self.requeue(job)
                 continue
-            required = _required(receipt)
+            required = receipt.confirmations.required
             if depth < required:
                 counts["waiting"] += 1
                 continue
@@ -153,9 +151,3 @@ class ConfirmationTracker:
 
 class _Unsupported(Exception):
     """The target's backend has no notion of depth."""
-
-
-def _required(receipt: dict[str, Any]) -> int:
-    confirmations = receipt.get("confirmations")
-    value = confirmations.get("required") if isinstance(confirmations, dict) else None
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0

@@ -50,7 +50,7 @@ from core.events import (
 )
 from core.jobs import JobKey, JobSpec, safe_name
 from core.observe.logs import Log
-from core.receipts import ReceiptStore, build_receipt
+from core.receipts import Receipt, ReceiptStore, build_receipt
 from core.sources import Batch, latest_batch, prefetch
 from core.state import Intent, IntentJournal, JobState, StateStore
 from core.status import JobStatus, job_status
@@ -714,7 +714,7 @@ class Scheduler:
         proofs: list[list[bytes]],
         attestation: Attestation,
         now: float,
-    ) -> dict[str, Any]:
+    ) -> Receipt:
         spec = item.spec
         return build_receipt(
             namespace=spec.namespace,
@@ -842,8 +842,11 @@ class Scheduler:
         found: dict[JobKey, Path] = {}
         for item in items:
             for path, receipt in self._receipts.for_job(item.spec.namespace, item.spec.cadence, 10):
-                batch = receipt.get("batch")
-                if receipt.get("anchored_root") == anchored_root and isinstance(batch, dict) and batch.get("root") == item.batch.root:
+                if (
+                    isinstance(receipt, Receipt)
+                    and receipt.anchored_root == anchored_root
+                    and receipt.batch.root == item.batch.root
+                ):
                     found[item.spec.key] = path
                     break
         return found

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import shlex
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -29,7 +30,7 @@ from asn1crypto import cms
 from core.anchors.base import CannotVerify
 from core.anchors.schemes import SCHEMES
 from core.anchors.tsp import policy_oid_problem, signer_matches
-from core.receipts import ReceiptError, load_receipt
+from core.receipts import Receipt, ReceiptError, load_receipt
 from core.verify import expand
 
 _AUDIT_PATH = """\
@@ -77,7 +78,7 @@ def _q(value: Any) -> str:
     return shlex.quote(str(value))
 
 
-def _token_facts(attestation: dict[str, Any]) -> tuple[bool, bool]:
+def _token_facts(attestation: Mapping[str, Any]) -> tuple[bool, bool]:
     """(embeds its signer's certificate, carries a non-X.509 certificate) of the token."""
     try:
         sd = cms.ContentInfo.load(base64.b64decode(attestation.get("token", "")))["content"]
@@ -89,9 +90,9 @@ def _token_facts(attestation: dict[str, Any]) -> tuple[bool, bool]:
     return embeds, any(c.name != "certificate" for c in choices)
 
 
-def _token_steps(receipt: dict[str, Any], path: Path, verifiers: Any) -> list[str]:
-    target = receipt["target"]
-    attestation = receipt["attestation"]
+def _token_steps(receipt: Receipt, path: Path, verifiers: Any) -> list[str]:
+    target = receipt.target
+    attestation = receipt.attestation
     try:
         ca_files = verifiers.ca_files(target, path)
         if len(ca_files) == 1:
@@ -151,11 +152,11 @@ def _token_steps(receipt: dict[str, Any], path: Path, verifiers: Any) -> list[st
     return lines + _policy_steps(receipt, "4", from_tstinfo=False)
 
 
-def _policy_steps(receipt: dict[str, Any], step: str, *, from_tstinfo: bool) -> list[str]:
+def _policy_steps(receipt: Receipt, step: str, *, from_tstinfo: bool) -> list[str]:
     """The token is under the policy the receipt states (the checks above look at none).
     OpenSSL shows a policy it knows by name: ask it for that name first."""
-    policy = receipt.get("policy")
-    if not isinstance(policy, str) or policy_oid_problem(policy):
+    policy = receipt.policy
+    if policy is None or policy_oid_problem(policy):
         return []  # no policy requested (or a malformed one: verify says so)
     shown = (
         'openssl asn1parse -inform DER -in "$W/tstinfo.der" | grep -m1 OBJECT | sed "s/.*OBJECT *://"'
@@ -191,12 +192,12 @@ sys.exit(not ok or depth < need)
 PY"""
 
 
-def _evm_steps(receipt: dict[str, Any], verifiers: Any) -> list[str]:
+def _evm_steps(receipt: Receipt, verifiers: Any) -> list[str]:
     from core.anchors.evm import ANCHOR_SELECTOR, ANCHOR_SIGNATURE
 
-    target = receipt["target"]
-    attestation = receipt["attestation"]
-    root = str(receipt.get("anchored_root", "")).partition(":")[2]
+    target = receipt.target
+    attestation = receipt.attestation
+    root = receipt.anchored_root.partition(":")[2]
     try:
         rpc = [f"RPC={_q(verifiers.rpc_url(target))}"]
     except CannotVerify as exc:
@@ -226,18 +227,14 @@ def _evm_steps(receipt: dict[str, Any], verifiers: Any) -> list[str]:
     ]
 
 
-def explain(path: Path, receipt: dict[str, Any], verifiers: Any) -> str:
+def explain(path: Path, receipt: Receipt, verifiers: Any) -> str:
     """The shell script that checks one receipt with stock tools."""
-    target = receipt.get("target")
-    attestation = receipt.get("attestation")
-    if not isinstance(target, str) or not isinstance(attestation, dict):
-        raise ReceiptError(f"{path}: no target or attestation to explain")
+    target = receipt.target
     spec = SCHEMES.get(target.partition(":")[0])
     proof = spec.proof if spec is not None else None
-    batch = receipt.get("batch") if isinstance(receipt.get("batch"), dict) else {}
     head = [
-        f"# ---- {path}: {target}, {receipt.get('namespace')}/{receipt.get('cadence')}, "
-        f"batch {batch.get('id')}",
+        f"# ---- {path}: {target}, {receipt.namespace}/{receipt.cadence}, "
+        f"batch {receipt.batch.id}",
         f"R={_q(path.resolve())}",
         'W=$(mktemp -d)',
         "# 1. the audit path leads from batch.root to anchored_root",

@@ -13,6 +13,11 @@ Format (DESIGN.md, with the audit path made self-describing; docs/architecture.m
 `policy` is present only when a policy was requested (the cadence's or the target's
 policyOID): the attestation must be under it, and `verify` checks that it is.
 
+In memory a receipt is a `Receipt`: immutable and typed, parsed once where a file is read
+(`Receipt.from_json`, which raises ReceiptInvalid naming the field) and turned back into
+exactly this document by `to_json()` (same keys, same order, so a file rewritten by
+`confirm()` differs only in the fields it changes).
+
 Location: `<data_dir>/receipts/<safe_name(namespace)>/<YYYYmmddTHHMMSSfffZ>-<cadence>-<12 hex>.json`
 (the 12 hex digits start the batch root). A receipt is written once, atomically, never
 over an existing one (a `-<n>` suffix is added on a name clash); the only rewrite allowed
@@ -30,13 +35,16 @@ it) is scanned in full once and indexed.
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import json
 import os
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from core.anchors.base import Backend, CannotVerify, VerificationFailed
@@ -65,11 +73,13 @@ class ReceiptError(Exception):
 
 
 class ReceiptInvalid(ReceiptError):
-    """A receipt that does not prove what it claims; `reason` says why."""
+    """A receipt that does not prove what it claims; `reason` says why (and `path`, when
+    known, which file: it then starts the message)."""
 
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
+    def __init__(self, reason: str, path: Path | None = None) -> None:
+        super().__init__(reason if path is None else f"{path}: {reason}")
         self.reason = reason
+        self.path = path
 
 
 class ReceiptUncheckable(ReceiptError):
@@ -98,11 +108,9 @@ def root_text(value: bytes | str) -> str:
     return text
 
 
-def root_bytes(value: Any, what: str = "root") -> bytes:
+def root_bytes(value: object, what: str = "root") -> bytes:
     """Parse "sha256:<64 lowercase hex>" to 32 bytes; ReceiptInvalid on anything else."""
-    if not isinstance(value, str) or not _ROOT_RE.fullmatch(value):
-        raise ReceiptInvalid(f"{what} is not sha256:<64 lowercase hex>: {value!r}")
-    return bytes.fromhex(value[7:])
+    return bytes.fromhex(_root(value, what)[7:])
 
 
 def iso_utc(at: float) -> str:
@@ -112,6 +120,187 @@ def iso_utc(at: float) -> str:
 
 def parse_iso_utc(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
+
+
+# --------------------------------------------------------------------------- the model
+
+
+@dataclass(frozen=True, slots=True)
+class BatchRef:
+    """The batch a receipt is for: its id and "sha256:<hex>" root."""
+
+    id: str
+    root: str
+
+
+@dataclass(frozen=True, slots=True)
+class Confirmations:
+    """Blocks the target requires for `confirmed`, and how many were seen."""
+
+    required: int
+    observed: int
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerStamp:
+    """Which scheduler wrote the receipt, under which config."""
+
+    version: str
+    config_hash: str
+
+
+def _field(doc: Mapping[str, Any], name: str, prefix: str = "") -> Any:
+    if name not in doc:
+        raise ReceiptInvalid(f"{prefix}{name} is missing")
+    return doc[name]
+
+
+def _text(doc: Mapping[str, Any], name: str, prefix: str = "", *, empty: bool = False) -> str:
+    value = _field(doc, name, prefix)
+    if not isinstance(value, str) or (not empty and not value):
+        raise ReceiptInvalid(f"{prefix}{name} must be a non-empty string, got {value!r}")
+    return value
+
+
+def _int(doc: Mapping[str, Any], name: str, prefix: str = "") -> int:
+    value = doc.get(name)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ReceiptInvalid(f"{prefix}{name} must be an integer, got {value!r}")
+    return value
+
+
+def _root(value: object, what: str) -> str:
+    if not isinstance(value, str) or not _ROOT_RE.fullmatch(value):
+        raise ReceiptInvalid(f"{what} is not sha256:<64 lowercase hex>: {value!r}")
+    return value
+
+
+def _object(doc: Mapping[str, Any], name: str, what: str) -> Mapping[str, Any]:
+    value = doc.get(name)
+    if not isinstance(value, dict):
+        raise ReceiptInvalid(f"{name} must be an object{what}")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """One receipt, as the JSON document of the module docstring describes it.
+
+    Roots are kept as their "sha256:<64 lowercase hex>" text; `check_proof` turns them
+    into digests. `attestation` is the backend's scheme-specific object, read-only.
+    """
+
+    namespace: str
+    cadence: str
+    target: str
+    batch: BatchRef
+    anchored_root: str
+    proof: tuple[str, ...]
+    leaf_index: int
+    tree_size: int
+    attestation: Mapping[str, Any]
+    status: str  # one of STATUSES
+    confirmations: Confirmations
+    anchored_at: str
+    scheduler: SchedulerStamp
+    policy: str | None = None
+    version: int = RECEIPT_VERSION
+
+    @classmethod
+    def from_json(cls, doc: object) -> Receipt:
+        """Validate a parsed JSON document; ReceiptInvalid naming the first bad field.
+
+        The fields the proof rests on are checked first, in the order `check_proof`
+        has always named them."""
+        if not isinstance(doc, dict):
+            raise ReceiptInvalid("a receipt is a JSON object")
+        if doc.get("version") != RECEIPT_VERSION:
+            raise ReceiptInvalid(f"unsupported receipt version {doc.get('version')!r}")
+        batch = _object(doc, "batch", " with id and root")
+        batch_root = _root(batch.get("root"), "batch.root")
+        anchored_root = _root(doc.get("anchored_root"), "anchored_root")
+        proof = doc.get("proof")
+        if not isinstance(proof, list):
+            raise ReceiptInvalid(f"proof must be a list, got {proof!r}")
+        proof = [_root(p, f"proof[{i}]") for i, p in enumerate(proof)]
+        leaf_index = _int(doc, "leaf_index")
+        tree_size = _int(doc, "tree_size")
+        target = doc.get("target")
+        if not isinstance(target, str) or not target:
+            raise ReceiptInvalid(f"target must be a non-empty string, got {target!r}")
+        attestation = _object(doc, "attestation", "")
+        policy = doc.get("policy")
+        if policy is not None and not isinstance(policy, str):
+            raise ReceiptInvalid(f"policy must be a dotted object identifier, got {policy!r}")
+        status = doc.get("status")
+        if status not in STATUSES:
+            raise ReceiptInvalid(f"status must be one of {', '.join(STATUSES)}, got {status!r}")
+        confirmations = _object(doc, "confirmations", " with required and observed")
+        scheduler = _object(doc, "scheduler", " with version and config_hash")
+        anchored_at = _text(doc, "anchored_at")
+        try:
+            parse_iso_utc(anchored_at)
+        except ValueError:
+            raise ReceiptInvalid(f"anchored_at is not an ISO 8601 time: {anchored_at!r}") from None
+        return cls(
+            namespace=_text(doc, "namespace"),
+            cadence=_text(doc, "cadence"),
+            target=target,
+            batch=BatchRef(_text(batch, "id", "batch.", empty=True), batch_root),
+            anchored_root=anchored_root,
+            proof=tuple(proof),
+            leaf_index=leaf_index,
+            tree_size=tree_size,
+            attestation=MappingProxyType(dict(attestation)),
+            status=status,
+            confirmations=Confirmations(
+                _int(confirmations, "required", "confirmations."),
+                _int(confirmations, "observed", "confirmations."),
+            ),
+            anchored_at=anchored_at,
+            scheduler=SchedulerStamp(
+                _text(scheduler, "version", "scheduler.", empty=True),
+                _text(scheduler, "config_hash", "scheduler.", empty=True),
+            ),
+            policy=policy,
+            version=RECEIPT_VERSION,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON document, keys in the order receipts have always been written."""
+        doc: dict[str, Any] = {
+            "version": self.version,
+            "namespace": self.namespace,
+            "cadence": self.cadence,
+            "target": self.target,
+            "batch": {"id": self.batch.id, "root": self.batch.root},
+            "anchored_root": self.anchored_root,
+            "proof": list(self.proof),
+            "leaf_index": self.leaf_index,
+            "tree_size": self.tree_size,
+            "attestation": dict(self.attestation),
+            "status": self.status,
+            "confirmations": {
+                "required": self.confirmations.required,
+                "observed": self.confirmations.observed,
+            },
+            "anchored_at": self.anchored_at,
+            "scheduler": {
+                "version": self.scheduler.version,
+                "config_hash": self.scheduler.config_hash,
+            },
+        }
+        if self.policy is not None:
+            doc["policy"] = self.policy
+        return doc
+
+    def confirmed(self, observed: int) -> Receipt:
+        """This receipt moved to `confirmed` with `observed` confirmations."""
+        return dataclasses.replace(
+            self,
+            status="confirmed",
+            confirmations=Confirmations(self.confirmations.required, observed),
+        )
 
 
 def build_receipt(
@@ -133,61 +322,42 @@ def build_receipt(
     version: str,
     config_hash: str,
     policy: str | None = None,
-) -> dict[str, Any]:
+) -> Receipt:
     if status not in STATUSES:
         raise ValueError(f"status must be one of {STATUSES}, got {status!r}")
-    receipt = {
-        "version": RECEIPT_VERSION,
-        "namespace": namespace,
-        "cadence": cadence,
-        "target": target,
-        "batch": {"id": batch_id, "root": root_text(batch_root)},
-        "anchored_root": root_text(anchored_root),
-        "proof": [root_text(p) for p in proof],
-        "leaf_index": leaf_index,
-        "tree_size": tree_size,
-        "attestation": attestation,
-        "status": status,
-        "confirmations": {"required": confirmations_required, "observed": confirmations_observed},
-        "anchored_at": iso_utc(anchored_at),
-        "scheduler": {"version": version, "config_hash": config_hash},
-    }
-    if policy is not None:
-        receipt["policy"] = policy
-    return receipt
+    return Receipt(
+        namespace=namespace,
+        cadence=cadence,
+        target=target,
+        batch=BatchRef(batch_id, root_text(batch_root)),
+        anchored_root=root_text(anchored_root),
+        proof=tuple(root_text(p) for p in proof),
+        leaf_index=leaf_index,
+        tree_size=tree_size,
+        attestation=MappingProxyType(dict(attestation)),
+        status=status,
+        confirmations=Confirmations(confirmations_required, confirmations_observed),
+        anchored_at=iso_utc(anchored_at),
+        scheduler=SchedulerStamp(version, config_hash),
+        policy=policy,
+    )
 
 
 # --------------------------------------------------------------------------- verification
 
 
-def _int_field(receipt: dict[str, Any], name: str) -> int:
-    value = receipt.get(name)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ReceiptInvalid(f"{name} must be an integer, got {value!r}")
-    return value
-
-
-def check_proof(receipt: Any) -> bytes:
+def check_proof(receipt: Receipt) -> bytes:
     """The digest the attestation must cover, recomputed from batch.root and the audit path.
 
-    Raises ReceiptInvalid on a malformed field or when the path does not lead to
-    anchored_root. A group of one (tree_size 1) anchors the batch root itself.
+    Raises ReceiptInvalid when the path does not lead to anchored_root (the fields'
+    forms were checked by `Receipt.from_json`). A group of one (tree_size 1) anchors the
+    batch root itself.
     """
-    if not isinstance(receipt, dict):
-        raise ReceiptInvalid("a receipt is a JSON object")
-    if receipt.get("version") != RECEIPT_VERSION:
-        raise ReceiptInvalid(f"unsupported receipt version {receipt.get('version')!r}")
-    batch = receipt.get("batch")
-    if not isinstance(batch, dict):
-        raise ReceiptInvalid("batch must be an object with id and root")
-    leaf = root_bytes(batch.get("root"), "batch.root")
-    anchored = root_bytes(receipt.get("anchored_root"), "anchored_root")
-    proof_field = receipt.get("proof")
-    if not isinstance(proof_field, list):
-        raise ReceiptInvalid(f"proof must be a list, got {proof_field!r}")
-    proof = [root_bytes(p, f"proof[{i}]") for i, p in enumerate(proof_field)]
-    index = _int_field(receipt, "leaf_index")
-    size = _int_field(receipt, "tree_size")
+    leaf = root_bytes(receipt.batch.root, "batch.root")
+    anchored = root_bytes(receipt.anchored_root, "anchored_root")
+    proof = [root_bytes(p, f"proof[{i}]") for i, p in enumerate(receipt.proof)]
+    index = receipt.leaf_index
+    size = receipt.tree_size
     if size < 1:
         raise ReceiptInvalid(f"tree_size must be at least 1, got {size}")
     if not 0 <= index < size:
@@ -204,46 +374,50 @@ def check_proof(receipt: Any) -> bytes:
         raise ReceiptInvalid(f"audit path: {exc}") from None
     if computed != anchored:
         raise ReceiptInvalid(
-            f"audit path leads to sha256:{computed.hex()}, not anchored_root {receipt['anchored_root']}"
+            f"audit path leads to sha256:{computed.hex()}, not anchored_root {receipt.anchored_root}"
         )
     return anchored
 
 
-async def verify_receipt(receipt: dict[str, Any], backend_for: Callable[[str], Backend]) -> None:
+async def verify_receipt(receipt: Receipt, backend_for: Callable[[str], Backend]) -> None:
     """Check the audit path, then ask the target's backend to verify the attestation.
 
     ReceiptInvalid when the receipt is wrong; ReceiptUncheckable when `backend_for` or the
     backend raise CannotVerify (what is needed is missing here)."""
     digest = check_proof(receipt)
-    target = receipt.get("target")
-    if not isinstance(target, str) or not target:
-        raise ReceiptInvalid(f"target must be a non-empty string, got {target!r}")
-    attestation = receipt.get("attestation")
-    if not isinstance(attestation, dict):
-        raise ReceiptInvalid("attestation must be an object")
+    target = receipt.target
     try:
         backend = backend_for(target)
     except CannotVerify as exc:
         raise ReceiptUncheckable(str(exc)) from None
     except Exception as exc:  # unknown scheme, missing settings
         raise ReceiptInvalid(f"no verifier for target {target}: {exc}") from exc
-    confirmations = receipt.get("confirmations")
-    required = confirmations.get("required") if isinstance(confirmations, dict) else None
-    if not isinstance(required, int) or isinstance(required, bool):
-        required = None
-    policy = receipt.get("policy")
-    if policy is not None and not isinstance(policy, str):
-        raise ReceiptInvalid(f"policy must be a dotted object identifier, got {policy!r}")
     try:
-        await backend.verify(attestation, digest, required=required, policy=policy)
+        await backend.verify(
+            dict(receipt.attestation),
+            digest,
+            required=receipt.confirmations.required,
+            policy=receipt.policy,
+        )
     except VerificationFailed as exc:
         raise ReceiptInvalid(f"attestation: {exc}") from exc
     except CannotVerify as exc:
         raise ReceiptUncheckable(str(exc)) from None
 
 
-def load_receipt(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read a receipt file; ReceiptError naming the file when unreadable or not a JSON object."""
+def load_receipt(path: str | os.PathLike[str]) -> Receipt:
+    """Read and parse a receipt file. ReceiptError naming the file when it is unreadable or
+    not a JSON object; ReceiptInvalid (its `reason` names the field) when a field is wrong."""
+    doc = _load_document(path)
+    try:
+        return Receipt.from_json(doc)
+    except ReceiptInvalid as exc:
+        raise ReceiptInvalid(exc.reason, Path(path)) from None
+
+
+def _load_document(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A receipt file's JSON document, unchecked; ReceiptError naming the file when it is
+    unreadable or not a JSON object."""
     path = Path(path)
     try:
         data = path.read_bytes()
@@ -263,16 +437,14 @@ def load_receipt(path: str | os.PathLike[str]) -> dict[str, Any]:
 # --------------------------------------------------------------------------- store
 
 
-def _error_entry(path: Path, exc: Exception) -> dict[str, Any]:
-    return {"error": str(exc), "path": str(path)}
+Listing = list[tuple[Path, "Receipt | ReceiptError"]]
 
 
 class ReceiptStore:
     """Receipts under `<data_dir>/receipts/<safe namespace>/`.
 
-    Listings return `(Path, dict)` pairs. A file that cannot be read yields
-    `(path, {"error": "<message naming the file>", "path": "<path>"})` instead of
-    stopping the listing: check `"error" in receipt`.
+    Listings return `(Path, Receipt)` pairs. A file that cannot be read or parsed yields
+    `(path, ReceiptError)` (its message names the file) instead of stopping the listing.
     """
 
     INDEX = ".pending"
@@ -286,20 +458,20 @@ class ReceiptStore:
 
     # ---- writing
 
-    def file_name(self, receipt: dict[str, Any]) -> str:
-        at = parse_iso_utc(receipt["anchored_at"])
+    def file_name(self, receipt: Receipt) -> str:
+        at = parse_iso_utc(receipt.anchored_at)
         stamp = at.strftime("%Y%m%dT%H%M%S") + f"{at.microsecond // 1000:03d}Z"
-        root_hex = receipt["batch"]["root"].removeprefix("sha256:")[:12]
-        return f"{stamp}-{safe_name(receipt['cadence'])}-{root_hex}.json"
+        root_hex = receipt.batch.root.removeprefix("sha256:")[:12]
+        return f"{stamp}-{safe_name(receipt.cadence)}-{root_hex}.json"
 
-    def write(self, receipt: dict[str, Any]) -> Path:
+    def write(self, receipt: Receipt) -> Path:
         """Write a new receipt durably; never replaces an existing file."""
         result = self.write_many([receipt])[0]
         if isinstance(result, Exception):
             raise result
         return result
 
-    def write_many(self, receipts: list[dict[str, Any]]) -> list[Path | Exception]:
+    def write_many(self, receipts: list[Receipt]) -> list[Path | Exception]:
         """Write new receipts as one group commit; each gets its path or its own error.
 
         Markers of the pending ones first (one fsync per marker folder), then each receipt
@@ -314,12 +486,12 @@ class ReceiptStore:
         receipt_dirs: list[Path] = []  # with the parents of folders created here
         for index, receipt in enumerate(receipts):
             try:
-                folder = self.root / safe_name(receipt["namespace"])
+                folder = self.root / safe_name(receipt.namespace)
                 ensure_dir(folder, parents_to_sync=receipt_dirs)
                 self._clean_once(folder)
                 name = self.file_name(receipt)
-                data = dumps_json(receipt)
-                pending = receipt.get("status") == "pending"
+                data = dumps_json(receipt.to_json())
+                pending = receipt.status == "pending"
                 path = folder / name
                 if pending:
                     ensure_dir(self._marker(path).parent, parents_to_sync=marker_dirs)
@@ -427,24 +599,17 @@ class ReceiptStore:
         fsync_dir(self.index)
         atomic_write_bytes(self.index / self.INDEX_COMPLETE, b"")
 
-    def confirm(self, path: str | os.PathLike[str], observed: int) -> dict[str, Any]:
+    def confirm(self, path: str | os.PathLike[str], observed: int) -> Receipt:
         """Move a pending receipt to confirmed (the only rewrite allowed); idempotent."""
         path = Path(path)
         receipt = load_receipt(path)
-        status = receipt.get("status")
-        if status == "confirmed":
+        if receipt.status == "confirmed":
             self._unmark(path)
             if self._pending is not None:
                 self._pending.discard(path)
             return receipt
-        if status != "pending":
-            raise ReceiptError(f"{path}: status is {status!r}, not pending")
-        receipt["status"] = "confirmed"
-        confirmations = receipt.get("confirmations")
-        if not isinstance(confirmations, dict):
-            confirmations = receipt["confirmations"] = {"required": 0}
-        confirmations["observed"] = observed
-        atomic_write_bytes(path, dumps_json(receipt))
+        receipt = receipt.confirmed(observed)
+        atomic_write_bytes(path, dumps_json(receipt.to_json()))
         self._unmark(path)
         if self._pending is not None:
             self._pending.discard(path)
@@ -474,13 +639,13 @@ class ReceiptStore:
             return []
 
     @staticmethod
-    def _read(path: Path) -> tuple[Path, dict[str, Any]]:
+    def _read(path: Path) -> tuple[Path, Receipt | ReceiptError]:
         try:
             return path, load_receipt(path)
         except ReceiptError as exc:
-            return path, _error_entry(path, exc)
+            return path, exc
 
-    def recent(self, limit: int = 50) -> list[tuple[Path, dict[str, Any]]]:
+    def recent(self, limit: int = 50) -> Listing:
         """The newest `limit` receipts of all namespaces, newest first (by file name)."""
         if limit <= 0:
             return []
@@ -490,9 +655,7 @@ class ReceiptStore:
         newest = heapq.nlargest(limit, candidates, key=lambda c: c[0])
         return [self._read(folder / name) for name, folder in newest]
 
-    def for_job(
-        self, namespace: str, cadence: str, limit: int = 50
-    ) -> list[tuple[Path, dict[str, Any]]]:
+    def for_job(self, namespace: str, cadence: str, limit: int = 50) -> Listing:
         """The newest `limit` receipts of one job, newest first."""
         if limit <= 0:
             return []
@@ -511,7 +674,7 @@ class ReceiptStore:
             key=lambda p: p.name,
         )
 
-    def pending(self) -> list[tuple[Path, dict[str, Any]]]:
+    def pending(self) -> list[tuple[Path, Receipt]]:
         """Receipts still `pending` (oldest first). The first call reads the ones the index
         marks (every receipt, once, in a data dir without an index); later calls read only
         the ones this store knows are pending (it tracks write/confirm). Unreadable files
@@ -520,10 +683,10 @@ class ReceiptStore:
             indexed = self._indexed()
             if indexed is None:
                 found = set()
-                out = []
+                out: list[tuple[Path, Receipt]] = []
                 for path in self.all_paths():
                     path, receipt = self._read(path)
-                    if receipt.get("status") == "pending":
+                    if isinstance(receipt, Receipt) and receipt.status == "pending":
                         found.add(path)
                         out.append((path, receipt))
                 self._build_index(found)
@@ -533,9 +696,9 @@ class ReceiptStore:
         out = []
         for path in sorted(self._pending, key=lambda p: p.name):
             path, receipt = self._read(path)
-            if receipt.get("status") == "pending":
+            if isinstance(receipt, Receipt) and receipt.status == "pending":
                 out.append((path, receipt))
-            elif "error" not in receipt or not path.exists():
+            elif isinstance(receipt, Receipt) or not path.exists():
                 self._pending.discard(path)  # confirmed, or gone: the marker goes too
                 self._unmark(path)
         return out

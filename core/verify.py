@@ -38,6 +38,7 @@ from core.anchors.tsp import verify_attestation
 from core.clock import SystemClock
 from core.errors import ValidationError
 from core.receipts import (
+    Receipt,
     ReceiptError,
     ReceiptInvalid,
     ReceiptUncheckable,
@@ -67,7 +68,7 @@ class Result:
     path: Path
     outcome: Outcome
     reason: str | None = None
-    receipt: dict[str, Any] | None = None
+    receipt: Receipt | None = None
 
     def line(self) -> str:
         if self.outcome is Outcome.OK:
@@ -78,20 +79,19 @@ class Result:
         return f"{self.outcome.label} {self.path}: {reason}"
 
     def as_json(self) -> dict[str, Any]:
-        r = self.receipt or {}
-        batch = r.get("batch") if isinstance(r.get("batch"), dict) else {}
-        att = r.get("attestation") if isinstance(r.get("attestation"), dict) else {}
+        r = self.receipt
+        att = r.attestation if r is not None else {}
         return {
             "path": str(self.path),
             "outcome": self.outcome.name.lower(),
             "exit_code": self.outcome.exit_code,
             "reason": self.reason,
-            "namespace": r.get("namespace"),
-            "cadence": r.get("cadence"),
-            "target": r.get("target"),
-            "batch_id": batch.get("id"),
-            "anchored_root": r.get("anchored_root"),
-            "anchored_at": r.get("anchored_at"),
+            "namespace": r.namespace if r else None,
+            "cadence": r.cadence if r else None,
+            "target": r.target if r else None,
+            "batch_id": r.batch.id if r else None,
+            "anchored_root": r.anchored_root if r else None,
+            "anchored_at": r.anchored_at if r else None,
             "gen_time": att.get("gen_time"),
             "tx_hash": att.get("tx_hash"),
         }
@@ -329,6 +329,8 @@ async def check_one(path: Path, verifiers: Any) -> Result:
     """One receipt's outcome; `verifiers` has `for_receipt(path)` or is a backend_for."""
     try:
         receipt = load_receipt(path)
+    except ReceiptInvalid as exc:
+        return Result(path, Outcome.FAIL, exc.reason)
     except ReceiptError as exc:
         return Result(path, Outcome.FAIL, str(exc))
     backend_for = verifiers.for_receipt(path) if hasattr(verifiers, "for_receipt") else verifiers

@@ -19,6 +19,7 @@ from rich.text import Text
 from core.cadence import CADENCES, format_seconds
 from core.engine import JobView
 from core.events import LogRecord
+from core.receipts import Receipt, ReceiptError, parse_iso_utc
 from core.status import Counts, Health, JobStatus, loop_problem, overall
 
 # Styles are theme roles, resolved to Rich colours by `Palette` (so the ANSI theme gets
@@ -193,17 +194,13 @@ class ReceiptInfo:
     error: str | None = None
 
     @classmethod
-    def from_file(cls, path: Path, receipt: dict[str, Any]) -> ReceiptInfo:
-        if "error" in receipt:
-            return cls(str(path), 0.0, path.parent.name, "?", "?", "", "unreadable", receipt["error"])
-        try:
-            at = datetime.fromisoformat(str(receipt.get("anchored_at")).replace("Z", "+00:00")).timestamp()
-        except ValueError:
-            at = 0.0
-        batch = receipt.get("batch") if isinstance(receipt.get("batch"), dict) else {}
+    def from_file(cls, path: Path, receipt: Receipt | ReceiptError) -> ReceiptInfo:
+        if isinstance(receipt, ReceiptError):
+            return cls(str(path), 0.0, path.parent.name, "?", "?", "", "unreadable", str(receipt))
+        at = parse_iso_utc(receipt.anchored_at).timestamp()
         return cls(
-            str(path), at, str(receipt.get("namespace", "?")), str(receipt.get("cadence", "?")),
-            str(receipt.get("target", "?")), str(batch.get("root", "")), str(receipt.get("status", "?")),
+            str(path), at, receipt.namespace, receipt.cadence,
+            receipt.target, receipt.batch.root, receipt.status,
         )  # fmt: skip
 
 

@@ -305,9 +305,7 @@ class Metrics:
         if receipts is not None:
             counts: dict[str, int] = {}
             for _path, receipt in receipts.pending():
-                target = receipt.get("target")
-                if isinstance(target, str):
-                    counts[target] = counts.get(target, 0) + 1
+                counts[receipt.target] = counts.get(receipt.target, 0) + 1
             for target, n in counts.items():
                 self._set_pending(target, n)
 

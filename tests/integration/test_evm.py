@@ -9,6 +9,7 @@ shows up anywhere.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import random
@@ -32,7 +33,15 @@ from core.errors import NetworkError, ValidationError
 from core.events import AnchorFailed, EventBus, LogRecord, ReceiptConfirmed
 from core.jobs import JobKey, JobSpec, safe_name
 from core.observe.logs import Log
-from core.receipts import ReceiptInvalid, ReceiptStore, load_receipt, verify_receipt
+from core.receipts import (
+    BatchRef,
+    Confirmations,
+    Receipt,
+    ReceiptInvalid,
+    ReceiptStore,
+    load_receipt,
+    verify_receipt,
+)
 from core.sources import write_batch
 from core.state import IntentJournal, StateStore
 from tests.integration.ganache import ADDRESSES, KEYS, Ganache
@@ -118,7 +127,7 @@ class Stack:
         self.requeued.append(key)
         self.engine.requeue(key, "reorg dropped the anchoring transaction")
 
-    def all_receipts(self) -> list[tuple[Path, dict]]:
+    def all_receipts(self) -> list[tuple[Path, Receipt]]:
         return [(p, load_receipt(p)) for p in self.receipts.all_paths()]
 
     def of(self, kind):
@@ -150,9 +159,9 @@ async def test_anchor_pending_then_confirmed_at_depth_and_verified(node, tmp_pat
     await stack.engine.run_once()
 
     [(path, receipt)] = stack.all_receipts()
-    assert receipt["status"] == "pending"
-    assert receipt["confirmations"] == {"required": 3, "observed": 1}
-    att = receipt["attestation"]
+    assert receipt.status == "pending"
+    assert receipt.confirmations == Confirmations(required=3, observed=1)
+    att = dict(receipt.attestation)
     assert att["scheme"] == "eip155" and att["chain_id"] == 1337 and att["from"] == ADDRESSES[0]
     assert set(att) == {"scheme", "chain_id", "tx_hash", "block_number", "block_hash", "from"}
     assert tx_count(node) == before + 1
@@ -168,21 +177,19 @@ async def test_anchor_pending_then_confirmed_at_depth_and_verified(node, tmp_pat
         "dropped": 0,
         "errors": 0,
     }
-    assert load_receipt(path)["status"] == "pending"
+    assert load_receipt(path).status == "pending"
     node.mine(2)
     assert (await stack.tracker.check_once())["confirmed"] == 1
     confirmed = load_receipt(path)
-    assert confirmed["status"] == "confirmed" and confirmed["confirmations"] == {
-        "required": 3,
-        "observed": 3,
-    }
+    assert confirmed.status == "confirmed"
+    assert confirmed.confirmations == Confirmations(required=3, observed=3)
     assert [e.path for e in stack.of(ReceiptConfirmed)] == [str(path)]
     assert stack.receipts.pending() == []
 
     await verify_receipt(confirmed, stack.backend_for)
     with pytest.raises(VerificationFailed, match="not the anchored root"):
         await evm.verify(att, bytes.fromhex(root(99)[7:]))
-    forged = dict(confirmed, batch={"id": "x", "root": root(99)}, anchored_root=root(99))
+    forged = dataclasses.replace(confirmed, batch=BatchRef("x", root(99)), anchored_root=root(99))
     with pytest.raises(ReceiptInvalid):
         await verify_receipt(forged, stack.backend_for)
     with pytest.raises(VerificationFailed, match="blocks deep"):
@@ -202,7 +209,7 @@ async def test_a_group_of_jobs_is_one_transaction_and_each_receipt_verifies(node
     await stack.engine.run_once()
     receipts = stack.all_receipts()
     assert len(receipts) == 3 and tx_count(node) == before + 1
-    assert len({r["attestation"]["tx_hash"] for _, r in receipts}) == 1
+    assert len({r.attestation["tx_hash"] for _, r in receipts}) == 1
     assert (await stack.tracker.check_once())["confirmed"] == 3
     for path, _ in receipts:
         await verify_receipt(load_receipt(path), stack.backend_for)
@@ -397,7 +404,7 @@ async def test_a_reorg_that_drops_the_transaction_queues_the_job_again(own_node,
     [(path, receipt)] = stack.all_receipts()
     own_node.rpc("evm_revert", snapshot)  # the block holding our transaction is gone
     own_node.mine(3)
-    assert own_node.rpc("eth_getTransactionByHash", receipt["attestation"]["tx_hash"]) is None
+    assert own_node.rpc("eth_getTransactionByHash", receipt.attestation["tx_hash"]) is None
 
     counts = await stack.tracker.check_once()
     assert counts["dropped"] == 1
@@ -405,15 +412,15 @@ async def test_a_reorg_that_drops_the_transaction_queues_the_job_again(own_node,
     warnings = [
         e for e in stack.of(LogRecord) if e.msg.startswith("transaction dropped by a reorg")
     ]
-    assert warnings and warnings[0].fields["tx_hash"] == receipt["attestation"]["tx_hash"]
-    assert load_receipt(path)["status"] == "pending"  # never rewritten except to confirmed
+    assert warnings and warnings[0].fields["tx_hash"] == receipt.attestation["tx_hash"]
+    assert load_receipt(path).status == "pending"  # never rewritten except to confirmed
     assert (await stack.tracker.check_once())["dropped"] == 0  # reported once
 
     await stack.engine.run_once()  # due now: anchored again in a new transaction
     newest = [r for p, r in stack.all_receipts() if p != path]
     assert (
         len(newest) == 1
-        and newest[0]["attestation"]["tx_hash"] != receipt["attestation"]["tx_hash"]
+        and newest[0].attestation["tx_hash"] != receipt.attestation["tx_hash"]
     )
     assert tx_count(own_node) == 1
     await evm.close()

@@ -23,7 +23,7 @@ from core.jobs import JobKey
 from core.observe import http as http_mod
 from core.observe.http import ListenError, start_http
 from core.observe.metrics import Metrics
-from core.receipts import load_receipt, parse_iso_utc
+from core.receipts import Receipt, load_receipt, parse_iso_utc
 from core.runtime import Runtime
 
 ATTEMPTED = "vmsh_anchors_attempted_total"
@@ -44,11 +44,11 @@ def value(samples: dict, name: str, **labels: str) -> float | None:
     return samples.get((name, frozenset(labels.items())))
 
 
-def receipts_by_job(stack) -> dict[tuple[str, str, str], list[dict]]:
-    out: dict[tuple[str, str, str], list[dict]] = {}
+def receipts_by_job(stack) -> dict[tuple[str, str, str], list[Receipt]]:
+    out: dict[tuple[str, str, str], list[Receipt]] = {}
     for path in stack.runtime.receipts.all_paths():
         r = load_receipt(path)
-        out.setdefault((r["namespace"], r["cadence"], r["target"]), []).append(r)
+        out.setdefault((r.namespace, r.cadence, r.target), []).append(r)
     return out
 
 
@@ -73,7 +73,7 @@ async def test_counters_agree_with_the_receipts_written(stack):
         assert value(samples, SUCCEEDED, **labels) == len(receipts)
         assert value(samples, ATTEMPTED, **labels) == len(receipts)
         assert value(samples, FAILED, **labels) == 0
-        newest = max(parse_iso_utc(r["anchored_at"]).timestamp() for r in receipts)
+        newest = max(parse_iso_utc(r.anchored_at).timestamp() for r in receipts)
         assert value(samples, "vmsh_last_anchor_timestamp_seconds", **labels) == pytest.approx(newest, abs=0.001)
         assert value(samples, "vmsh_anchor_duration_seconds_count", **labels, status="success") == len(receipts)
         assert value(samples, "vmsh_backoff_state", namespace=ns, cadence=cad) == 0

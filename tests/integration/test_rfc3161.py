@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import hashlib
 import io
 import json
@@ -32,7 +33,7 @@ from core.engine import Scheduler
 from core.errors import AuthError, NetworkError, ValidationError
 from core.events import AnchorFailed, AnchorStarted, EventBus, ReceiptWritten
 from core.jobs import JobKey, JobSpec, safe_name
-from core.receipts import ReceiptInvalid, ReceiptStore, load_receipt, verify_receipt
+from core.receipts import Receipt, ReceiptInvalid, ReceiptStore, load_receipt, verify_receipt
 from core.sources import write_batch
 from core.state import IntentJournal, StateStore
 from core.verify import ReadOnlyVerifiers, verify_files
@@ -223,8 +224,8 @@ async def test_single_job_anchors_and_the_receipt_verifies(
     assert not rig.of(AnchorFailed), [e.message for e in rig.of(AnchorFailed)]
     [path] = rig.receipt_paths("ns")
     receipt = load_receipt(path)
-    assert receipt["anchored_root"] == rig.roots["ns"] and receipt["proof"] == []
-    att = receipt["attestation"]
+    assert receipt.anchored_root == rig.roots["ns"] and receipt.proof == ()
+    att = receipt.attestation
     assert att["scheme"] == "rfc3161" and att["hash"] == "sha256"
     assert set(att) >= {"token", "gen_time", "serial", "policy", "tsa", "nonce", "tsa_cert_sha256"}
     tsa_der = certomancer_tsa.tsa_der if tsa == "certomancer" else openssl_tsa.pki.tsa.der
@@ -248,10 +249,10 @@ async def test_three_namespaces_on_one_target_make_one_call(tsa, targets, tmp_pa
         assert len(openssl_tsa.requests) == before + 1
     receipts = [load_receipt(p) for ns in "abc" for p in rig.receipt_paths(ns)]
     assert len(receipts) == 3
-    assert len({r["anchored_root"] for r in receipts}) == 1
-    assert {r["attestation"]["token"] for r in receipts} == {receipts[0]["attestation"]["token"]}
+    assert len({r.anchored_root for r in receipts}) == 1
+    assert {r.attestation["token"] for r in receipts} == {receipts[0].attestation["token"]}
     for r in receipts:
-        assert r["tree_size"] == 3 and len(r["proof"]) >= 1
+        assert r.tree_size == 3 and len(r.proof) >= 1
         await verify_receipt(r, rig.backends)
 
 
@@ -260,8 +261,8 @@ async def test_sha512_imprint_and_a_requested_policy(targets, tmp_path, openssl_
     await rig.run_once()
     [path] = rig.receipt_paths("ns")
     receipt = load_receipt(path)
-    assert receipt["attestation"]["hash"] == "sha512"
-    assert receipt["attestation"]["policy"] == pki.OTHER_POLICIES[0]
+    assert receipt.attestation["hash"] == "sha512"
+    assert receipt.attestation["policy"] == pki.OTHER_POLICIES[0]
     fields = pki.query_fields(openssl_tsa.requests[-1][2])
     assert fields["hash"] == "sha512" and fields["policy"] == pki.OTHER_POLICIES[0]
     assert fields["cert_req"] and fields["nonce"]
@@ -398,8 +399,8 @@ async def test_openssl_receipt_passes_vmsh_verify_and_openssl_ts_verify(
     assert out.getvalue().startswith("OK ")
 
     token_file = tmp_path / "token.der"
-    token_file.write_bytes(base64.b64decode(receipt["attestation"]["token"]))
-    digest_hex = receipt["anchored_root"].removeprefix("sha256:")
+    token_file.write_bytes(base64.b64decode(receipt.attestation["token"]))
+    digest_hex = receipt.anchored_root.removeprefix("sha256:")
     proc = pki.openssl_ts_verify(digest_hex, token_file, openssl_tsa.pki.path("root.pem"))
     assert proc.returncode == 0 and "Verification: OK" in proc.stdout, proc.stdout + proc.stderr
 
@@ -409,7 +410,7 @@ async def test_openssl_receipt_passes_vmsh_verify_and_openssl_ts_verify(
     doctored = json.loads(path.read_text())
     doctored["attestation"]["serial"] = "999999"
     with pytest.raises(ReceiptInvalid, match="serial in the receipt"):
-        await verify_receipt(doctored, rig.backends)
+        await verify_receipt(Receipt.from_json(doctored), rig.backends)
     foreign = {
         t: s.model_copy(update={"trust_bundle": openssl_tsa.untrusted_pki.path("bundle.pem")})
         for t, s in targets.items()
@@ -564,10 +565,10 @@ async def test_two_policies_on_one_target_send_two_requests_with_those_policies(
     assert calls == [["a/cold"], ["a/fast", "b/fast"]]  # aggregated only within a policy
 
     receipts = {
-        f"{r['namespace']}/{r['cadence']}": r
+        f"{r.namespace}/{r.cadence}": r
         for r in map(load_receipt, rig.receipt_paths("a") + rig.receipt_paths("b"))
     }
-    assert {k: (r["policy"], r["attestation"]["policy"], r["tree_size"]) for k, r in receipts.items()} == {
+    assert {k: (r.policy, r.attestation["policy"], r.tree_size) for k, r in receipts.items()} == {
         "a/fast": (POLICY_A, POLICY_A, 2),
         "b/fast": (POLICY_A, POLICY_A, 2),
         "a/cold": (POLICY_B, POLICY_B, 1),
@@ -581,11 +582,10 @@ async def test_two_policies_on_one_target_send_two_requests_with_those_policies(
     out = io.StringIO()
     verifiers = ReadOnlyVerifiers(trust_bundles=[openssl_tsa.pki.path("root.pem")])
     assert await verify_files(paths, out, verifiers=verifiers) == 0, out.getvalue()
-    cold = next(p for p in paths if load_receipt(p)["cadence"] == "cold")
+    cold = next(p for p in paths if load_receipt(p).cadence == "cold")
     assert "policy: OK" in run_explained(cold, verifiers, tmp_path).stdout
-    doctored = load_receipt(cold)
-    doctored["policy"] = POLICY_A
-    cold.write_text(json.dumps(doctored))
+    doctored = dataclasses.replace(load_receipt(cold), policy=POLICY_A)
+    cold.write_text(json.dumps(doctored.to_json()))
     out = io.StringIO()
     assert await verify_files([cold], out, verifiers=verifiers) == 1
     assert f"policy check failed: expected {POLICY_A}, got {POLICY_B}" in out.getvalue()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from core.clock import FakeClock
 from core.errors import AuthError, NetworkError, ValidationError
 from core.events import AnchorFailed, AnchorStarted, EventBus, JobSkipped, ReceiptWritten
 from core.jobs import JobKey, JobSpec, safe_name
-from core.receipts import ReceiptStore, load_receipt, verify_receipt
+from core.receipts import BatchRef, ReceiptStore, load_receipt, verify_receipt
 from core.sources import write_batch
 from core.state import IntentJournal, StateStore
 
@@ -108,8 +109,8 @@ async def test_first_pass_anchors_each_job_and_receipts_verify(tmp_path):
     written = h.of(ReceiptWritten)
     assert [str(e.job) for e in written] == ["a/fast"]
     receipt = load_receipt(Path(written[0].path))
-    assert receipt["batch"]["root"] == root(1)
-    assert receipt["anchored_root"] == root(1)  # a group of one anchors the root itself
+    assert receipt.batch.root == root(1)
+    assert receipt.anchored_root == root(1)  # a group of one anchors the root itself
     await verify_receipt(receipt, lambda t: h.backend)
 
 
@@ -234,12 +235,12 @@ async def test_three_namespaces_due_together_share_one_backend_call(tmp_path):
     assert len(h.of(AnchorStarted)[0].jobs) == 3
     receipts = [load_receipt(Path(e.path)) for e in h.of(ReceiptWritten)]
     assert len(receipts) == 3
-    assert len({r["anchored_root"] for r in receipts}) == 1
-    assert all(r["tree_size"] == 3 for r in receipts)
+    assert len({r.anchored_root for r in receipts}) == 1
+    assert all(r.tree_size == 3 for r in receipts)
     for r in receipts:
         await verify_receipt(r, lambda t: h.backend)
     # A tampered proof no longer verifies against the shared attestation.
-    bad = dict(receipts[0], batch={"id": "x", "root": root(9)})
+    bad = dataclasses.replace(receipts[0], batch=BatchRef("x", root(9)))
     with pytest.raises(Exception, match="(?i)proof|root|match"):
         await verify_receipt(bad, lambda t: h.backend)
 

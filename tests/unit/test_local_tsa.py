@@ -381,7 +381,7 @@ async def test_a_recovered_anchor_keeps_the_policy_it_was_requested_under(
     await s.run_once()
     assert [e["policy"] for e in seen_in_journal[0]] == [SERVED]
     [written] = [e for e in events if isinstance(e, ReceiptWritten)]
-    assert load_receipt(written.path)["policy"] == SERVED
+    assert load_receipt(written.path).policy == SERVED
 
     # A crash after the answer for a new batch, then a restart whose config no longer
     # names a policy.
@@ -395,5 +395,5 @@ async def test_a_recovered_anchor_keeps_the_policy_it_was_requested_under(
     await s.recover()
     [written] = [e for e in events if isinstance(e, ReceiptWritten)]
     receipt = load_receipt(written.path)
-    assert receipt["batch"]["id"] == "000002" and receipt["policy"] == SERVED
+    assert receipt.batch.id == "000002" and receipt.policy == SERVED
     await verify_receipt(receipt, lambda t: Journalled())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
 import os
@@ -13,7 +14,9 @@ import pytest
 
 from core import merkle
 from core.anchors.base import VerificationFailed
+from core.fsutil import dumps_json
 from core.receipts import (
+    Receipt,
     ReceiptError,
     ReceiptInvalid,
     ReceiptStore,
@@ -31,7 +34,7 @@ def root_of(n: int) -> bytes:
     return hashlib.sha256(f"batch-{n}".encode()).digest()
 
 
-def receipts_for(n: int, *, status: str = "confirmed", at: float = AT) -> list[dict]:
+def receipts_for(n: int, *, status: str = "confirmed", at: float = AT) -> list[Receipt]:
     """One receipt per leaf of an n-job group, as the engine builds them."""
     leaves = [root_of(i) for i in range(n)]
     digest = leaves[0] if n == 1 else merkle.tree_hash(leaves)
@@ -61,7 +64,7 @@ def receipts_for(n: int, *, status: str = "confirmed", at: float = AT) -> list[d
 
 
 def test_build_receipt_format() -> None:
-    [r] = receipts_for(1)
+    [r] = (r.to_json() for r in receipts_for(1))
     assert list(r) == [
         "version", "namespace", "cadence", "target", "batch", "anchored_root", "proof",
         "leaf_index", "tree_size", "attestation", "status", "confirmations", "anchored_at",
@@ -76,11 +79,11 @@ def test_build_receipt_format() -> None:
     assert r["scheduler"] == {"version": "0.1.0", "config_hash": "cafe"}
     json.dumps(r)  # JSON-serialisable as is
     many = receipts_for(3)
-    assert all(p.startswith("sha256:") and len(p) == 71 for p in many[2]["proof"])
+    assert all(p.startswith("sha256:") and len(p) == 71 for p in many[2].proof)
 
 
 def test_build_receipt_rejects_bad_values() -> None:
-    args = dict(receipts_for(1)[0])
+    args = receipts_for(1)[0].to_json()
     kw = dict(
         namespace="a", cadence="fast", target="local:dev", batch_id="1",
         batch_root=args["batch"]["root"], anchored_root=args["anchored_root"], proof=[],
@@ -154,33 +157,43 @@ def _tamper_cases(n: int) -> list[tuple[str, callable]]:
     return cases
 
 
+def docs_for(n: int) -> list[dict]:
+    """The JSON documents of receipts_for(n), as written to disk (to tamper with)."""
+    return [r.to_json() for r in receipts_for(n)]
+
+
+def checked(doc: object) -> bytes:
+    """What a reader does: parse the document, then check the audit path."""
+    return check_proof(Receipt.from_json(doc))
+
+
 @pytest.mark.parametrize("n", [1, 2, 3, 5])
 def test_tampered_receipts_fail_with_reason(n: int) -> None:
-    good = receipts_for(n)[0]
+    good = docs_for(n)[0]
     for name, tamper in _tamper_cases(n):
         bad = copy.deepcopy(good)
         tamper(bad)
         with pytest.raises(ReceiptInvalid) as info:
-            check_proof(bad)
+            checked(bad)
             pytest.fail(f"{name}: accepted")
         assert info.value.reason, name
 
 
 def test_check_proof_reasons() -> None:
-    r = receipts_for(3)[1]
+    r = docs_for(3)[1]
     r["proof"][0] = "sha256:" + "00" * 32
     with pytest.raises(ReceiptInvalid, match="audit path leads to sha256:[0-9a-f]{64}, not"):
-        check_proof(r)
-    r = receipts_for(1)[0]
+        checked(r)
+    r = docs_for(1)[0]
     r["anchored_root"] = "sha256:" + "00" * 32
     with pytest.raises(ReceiptInvalid, match="differs from batch.root"):
-        check_proof(r)
-    r = receipts_for(2)[0]
+        checked(r)
+    r = docs_for(2)[0]
     r["proof"].append(r["proof"][0])
     with pytest.raises(ReceiptInvalid, match="audit path: .*longer"):
-        check_proof(r)
+        checked(r)
     with pytest.raises(ReceiptInvalid, match="JSON object"):
-        check_proof([])
+        checked([])
 
 
 # --------------------------------------------------------------------------- verify_receipt
@@ -215,12 +228,11 @@ async def test_verify_receipt_calls_backend_with_digest() -> None:
 async def test_verify_receipt_failures() -> None:
     backend = FakeBackend("local:dev")
     r = receipts_for(2)[1]
-    r["attestation"]["digest"] = "00" * 32
+    r = dataclasses.replace(r, attestation={**r.attestation, "digest": "00" * 32})
     with pytest.raises(ReceiptInvalid, match="attestation: imprint does not match"):
         await verify_receipt(r, lambda t: backend)
 
-    r = receipts_for(2)[1]
-    r["leaf_index"] = 0
+    r = dataclasses.replace(receipts_for(2)[1], leaf_index=0)
     with pytest.raises(ReceiptInvalid):
         await verify_receipt(r, lambda t: backend)
     assert len(backend.calls) == 1  # a bad audit path never reaches the backend
@@ -230,10 +242,10 @@ async def test_verify_receipt_failures() -> None:
 
     with pytest.raises(ReceiptInvalid, match="no verifier for target local:dev"):
         await verify_receipt(receipts_for(1)[0], unknown)
-    r = receipts_for(1)[0]
+    r = docs_for(1)[0]
     r["attestation"] = "token"
     with pytest.raises(ReceiptInvalid, match="attestation must be an object"):
-        await verify_receipt(r, lambda t: backend)
+        Receipt.from_json(r)
 
 
 # --------------------------------------------------------------------------- store
@@ -254,13 +266,13 @@ def test_write_never_overwrites(tmp_path: Path) -> None:
     store = ReceiptStore(tmp_path)
     [r] = receipts_for(1)
     first = store.write(r)
-    r2 = dict(r, attestation={"token": "BBBB"})
+    r2 = dataclasses.replace(r, attestation={"token": "BBBB"})
     second = store.write(r2)
     third = store.write(r2)
     assert first != second != third
     assert second.name.endswith("-1.json") and third.name.endswith("-2.json")
-    assert load_receipt(first)["attestation"] == {"token": "AAAA", "digest": root_of(0).hex()}
-    assert load_receipt(second)["attestation"] == {"token": "BBBB"}
+    assert load_receipt(first).attestation == {"token": "AAAA", "digest": root_of(0).hex()}
+    assert load_receipt(second).attestation == {"token": "BBBB"}
 
 
 def test_confirm_pending(tmp_path: Path) -> None:
@@ -268,12 +280,12 @@ def test_confirm_pending(tmp_path: Path) -> None:
     paths = [store.write(r) for r in receipts_for(3, status="pending")]
     assert [p for p, _ in store.pending()] == sorted(paths, key=lambda p: p.name)
     confirmed = store.confirm(paths[1], 6)
-    assert confirmed["status"] == "confirmed"
-    assert confirmed["confirmations"] == {"required": 2, "observed": 6}
+    assert confirmed.status == "confirmed"
+    assert (confirmed.confirmations.required, confirmed.confirmations.observed) == (2, 6)
     assert load_receipt(paths[1]) == confirmed
     assert {p for p, _ in store.pending()} == {paths[0], paths[2]}
     store.confirm(paths[1], 7)  # already confirmed: no rewrite
-    assert load_receipt(paths[1])["confirmations"]["observed"] == 6
+    assert load_receipt(paths[1]).confirmations.observed == 6
     # A fresh store (after a restart) finds the same pending set by scanning.
     assert {p for p, _ in ReceiptStore(tmp_path).pending()} == {paths[0], paths[2]}
     # New pending receipts are tracked without a rescan.
@@ -325,7 +337,7 @@ def test_leftovers_of_a_crash_in_the_index_are_dropped_when_read(tmp_path: Path)
     # A crash after the marker, before the receipt: a marker without a receipt.
     second.unlink()
     # A crash after confirming, before the marker went: a confirmed receipt, still marked.
-    doc = load_receipt(first)
+    doc = load_receipt(first).to_json()
     first.write_text(json.dumps(dict(doc, status="confirmed")))
     assert ReceiptStore(tmp_path).pending() == []
     assert not [p for p in (tmp_path / ".pending").rglob("*") if p.is_file() and p.name != ".complete"]
@@ -335,7 +347,7 @@ def test_a_pending_receipt_never_takes_the_name_of_another(tmp_path: Path) -> No
     store = ReceiptStore(tmp_path)
     [r] = receipts_for(1, status="pending")
     first = store.write(r)
-    second = store.write(dict(r, attestation={"tx_hash": "0x2"}))
+    second = store.write(dataclasses.replace(r, attestation={"tx_hash": "0x2"}))
     assert second.name.endswith("-1.json")
     assert {p for p, _ in ReceiptStore(tmp_path).pending()} == {first, second}
     store.confirm(first, 2)
@@ -345,10 +357,10 @@ def test_a_pending_receipt_never_takes_the_name_of_another(tmp_path: Path) -> No
 def test_confirm_rejects_unknown_status(tmp_path: Path) -> None:
     store = ReceiptStore(tmp_path)
     path = store.write(receipts_for(1)[0])
-    data = load_receipt(path)
+    data = load_receipt(path).to_json()
     data["status"] = "weird"
     path.write_text(json.dumps(data))
-    with pytest.raises(ReceiptError, match="not pending"):
+    with pytest.raises(ReceiptError, match="status must be one of pending, confirmed, got 'weird'"):
         store.confirm(path, 1)
 
 
@@ -360,7 +372,7 @@ def test_recent_newest_first_and_bounded(tmp_path: Path) -> None:
             written.append((AT + k * 60, store.write(r)))
     recent = store.recent(3)
     assert len(recent) == 3
-    stamps = [r["anchored_at"] for _, r in recent]
+    stamps = [r.anchored_at for _, r in recent if isinstance(r, Receipt)]
     assert stamps == sorted(stamps, reverse=True)
     assert stamps[0] == iso_utc(AT + 5 * 60)
     assert store.recent(0) == []
@@ -386,11 +398,11 @@ def test_for_job(tmp_path: Path) -> None:
     for k in range(4):
         r = receipts_for(1, at=AT + k)[0]
         store.write(r)
-        store.write(dict(r, cadence="strong"))
-        store.write(dict(r, namespace="other"))
-    fast = store.for_job("dao:ns0", "fast", 10)
-    assert len(fast) == 4 and all(r["cadence"] == "fast" for _, r in fast)
-    assert fast[0][1]["anchored_at"] == iso_utc(AT + 3)
+        store.write(dataclasses.replace(r, cadence="strong"))
+        store.write(dataclasses.replace(r, namespace="other"))
+    fast = [r for _, r in store.for_job("dao:ns0", "fast", 10) if isinstance(r, Receipt)]
+    assert len(fast) == 4 and all(r.cadence == "fast" for r in fast)
+    assert fast[0].anchored_at == iso_utc(AT + 3)
     assert len(store.for_job("dao:ns0", "strong", 2)) == 2
     assert store.for_job("nobody", "fast", 5) == []
 
@@ -403,9 +415,10 @@ def test_broken_receipt_is_an_entry_not_a_crash(tmp_path: Path) -> None:
     (good.parent / ".20990101T000000000Z-fast-x.json.1a2b.tmp").write_text("{")  # leftover temp
     recent = store.recent(10)
     assert [p for p, _ in recent] == [broken, good]
-    error = recent[0][1]["error"]
-    assert str(broken) in error and "not valid JSON" in error and ":2:" in error
-    assert recent[1][1]["namespace"] == "dao:ns0"
+    error = recent[0][1]
+    assert isinstance(error, ReceiptError)
+    assert str(broken) in str(error) and "not valid JSON" in str(error) and ":2:" in str(error)
+    assert isinstance(recent[1][1], Receipt) and recent[1][1].namespace == "dao:ns0"
     assert [p for p, _ in store.for_job("dao:ns0", "fast", 5)] == [broken, good]
 
 
@@ -426,7 +439,7 @@ def test_a_batch_of_receipts_is_one_group_commit_and_each_failure_is_its_own(tmp
     monkeypatch.setattr(core.fsutil, "fsync_dir", lambda folder: (synced.append(Path(folder)), real(folder)))
     store = ReceiptStore(tmp_path / "receipts")
     receipts = receipts_for(3, status="pending")
-    receipts += [dict(receipts[0], cadence="strong"), dict(receipts[1], cadence="strong")]
+    receipts += [dataclasses.replace(r, cadence="strong") for r in receipts[:2]]
     blocked = tmp_path / "receipts" / "dao%3Ans2"
     blocked.parent.mkdir(parents=True)
     blocked.write_text("a file where a namespace folder should be")
@@ -446,3 +459,114 @@ def test_a_batch_of_receipts_is_one_group_commit_and_each_failure_is_its_own(tmp
     assert len(synced) < 2 * len(receipts)  # write() costs two a receipt: marker folder, receipt folder
     # The failed one left no pending marker behind; the others are pending.
     assert sorted(p.name for p, _ in store.pending()) == sorted(p.name for p in written)
+
+
+# --------------------------------------------------------------------------- the Receipt model
+
+# A pending eip155 receipt exactly as the scheduler wrote it before receipts had a model
+# (core/receipts.py's build_receipt returned this dict; dumps_json wrote it).
+WRITTEN_BEFORE_THE_MODEL = """\
+{
+  "version": 1,
+  "namespace": "dao:vaultmesh",
+  "cadence": "fast",
+  "target": "eip155:1337",
+  "batch": {
+    "id": "000042",
+    "root": "sha256:ca978112ca1bbdcafac231b39a23dc4da786eff8147c4e72b9807785afee48bb"
+  },
+  "anchored_root": "sha256:ad5ca6cddc0b27c6a83e332bf28011769236e6c6a1f786ebf7b5267b37a5bd22",
+  "proof": [
+    "sha256:a0d9f0a50b35b9f7d7edc57fb64f4771ddef0fefeaca4e6f949a1514db5b136d"
+  ],
+  "leaf_index": 0,
+  "tree_size": 2,
+  "attestation": {
+    "tx_hash": "0xab",
+    "block_number": 7,
+    "block_hash": "0xcd",
+    "contract": null
+  },
+  "status": "pending",
+  "confirmations": {
+    "required": 3,
+    "observed": 1
+  },
+  "anchored_at": "2026-01-01T00:00:00.123Z",
+  "scheduler": {
+    "version": "0.1.0",
+    "config_hash": "cafe"
+  },
+  "policy": "1.2.3.4"
+}
+"""
+
+
+def test_a_receipt_written_before_the_model_loads_checks_and_is_rewritten_byte_for_byte(tmp_path: Path) -> None:
+    folder = tmp_path / "dao%3Avaultmesh"
+    folder.mkdir()
+    path = folder / "20260101T000000123Z-fast-ca978112ca1b.json"
+    path.write_text(WRITTEN_BEFORE_THE_MODEL)
+    receipt = load_receipt(path)
+    assert check_proof(receipt) == merkle.tree_hash([hashlib.sha256(b"a").digest(), hashlib.sha256(b"b").digest()])
+    assert (receipt.status, receipt.policy, receipt.confirmations.required) == ("pending", "1.2.3.4", 3)
+    assert dumps_json(receipt.to_json()).decode() == WRITTEN_BEFORE_THE_MODEL
+    # confirm() changes the two fields it always changed, nothing else, in place.
+    ReceiptStore(tmp_path).confirm(path, 5)
+    assert path.read_text() == WRITTEN_BEFORE_THE_MODEL.replace('"pending"', '"confirmed"').replace(
+        '"observed": 1', '"observed": 5'
+    )
+
+
+def test_a_receipt_built_now_is_written_as_before(tmp_path: Path) -> None:
+    leaf, other = hashlib.sha256(b"a").digest(), hashlib.sha256(b"b").digest()
+    receipt = build_receipt(
+        namespace="dao:vaultmesh", cadence="fast", target="eip155:1337", batch_id="000042",
+        batch_root=leaf, anchored_root=merkle.tree_hash([leaf, other]),
+        proof=merkle.audit_path(0, [leaf, other]), leaf_index=0, tree_size=2,
+        attestation={"tx_hash": "0xab", "block_number": 7, "block_hash": "0xcd", "contract": None},
+        status="pending", confirmations_required=3, confirmations_observed=1,
+        anchored_at=1767225600.123, version="0.1.0", config_hash="cafe", policy="1.2.3.4",
+    )
+    path = ReceiptStore(tmp_path).write(receipt)
+    assert path.name == "20260101T000000123Z-fast-ca978112ca1b.json"
+    assert path.read_text() == WRITTEN_BEFORE_THE_MODEL
+    assert load_receipt(path) == receipt
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "reason"),
+    [
+        ("namespace", None, "namespace is missing"),
+        ("cadence", "", "cadence must be a non-empty string, got ''"),
+        ("target", 7, "target must be a non-empty string, got 7"),
+        ("status", "done", "status must be one of pending, confirmed, got 'done'"),
+        ("confirmations", {"required": "3", "observed": 1}, "confirmations.required must be an integer, got '3'"),
+        ("confirmations", [3, 1], "confirmations must be an object with required and observed"),
+        ("scheduler", {"version": "0.1.0"}, "scheduler.config_hash is missing"),
+        ("anchored_at", "yesterday", "anchored_at is not an ISO 8601 time: 'yesterday'"),
+        ("policy", 1.2, "policy must be a dotted object identifier, got 1.2"),
+        ("batch", {"root": "sha256:" + "00" * 32}, "batch.id is missing"),
+    ],
+)
+def test_a_malformed_receipt_is_refused_naming_the_field(tmp_path: Path, field: str, value: object, reason: str) -> None:
+    doc = json.loads(WRITTEN_BEFORE_THE_MODEL)
+    if value is None:
+        del doc[field]
+    else:
+        doc[field] = value
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(doc))
+    with pytest.raises(ReceiptInvalid) as info:
+        load_receipt(path)
+    assert info.value.reason == reason
+    assert str(info.value) == f"{path}: {reason}"
+
+
+def test_a_receipt_cannot_be_changed_in_place() -> None:
+    receipt = Receipt.from_json(json.loads(WRITTEN_BEFORE_THE_MODEL))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        receipt.status = "confirmed"  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        receipt.attestation["tx_hash"] = "0xff"  # type: ignore[index]
+    assert receipt.confirmed(4).status == "confirmed" and receipt.status == "pending"

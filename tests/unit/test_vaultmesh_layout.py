@@ -97,7 +97,7 @@ class Engine:
         failed = [f"{e.job}: {e.message}" for e in new if isinstance(e, AnchorFailed)]
         assert not failed, failed
         return {
-            str(e.job): load_receipt(Path(e.path))["batch"]["root"]
+            str(e.job): load_receipt(Path(e.path)).batch.root
             for e in new
             if isinstance(e, ReceiptWritten)
         }

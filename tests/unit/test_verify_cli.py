@@ -437,7 +437,7 @@ def test_a_receipt_with_a_real_world_token_quirk_verifies_and_explains(quirk, au
         version="test", config_hash="",
     )
     path = auditor / "quirky.json"
-    path.write_text(json.dumps(receipt))
+    path.write_text(json.dumps(receipt.to_json()))
     ca = auditor / "ca.pem"
     ca.write_bytes(pem(pki.root))
     assert main(["verify", str(path), "--trust-bundle", str(ca)]) == 0
