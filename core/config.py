@@ -471,8 +471,9 @@ class Config(_Model):
                 except TargetNotFound:
                     settings = None
                 confirmations = cadence.confirmations
-                if confirmations is None:
-                    confirmations = getattr(settings, "confirmations", 0)
+                if confirmations is None:  # the target's own depth, where its scheme has one
+                    deepens = SCHEMES[cadence.target.partition(":")[0]].confirmations
+                    confirmations = getattr(settings, "confirmations", 0) if deepens else 0
                 out.append(
                     JobSpec(
                         key=JobKey(name, cadence_name),
