@@ -43,16 +43,14 @@ from pydantic import (
 from pydantic import ValidationError as PydanticValidationError
 from pydantic_core import PydanticCustomError
 
-from core.anchors.schemes import (  # the target schemes: their settings models and specs
-    SCHEMES,
-    BtcTarget,  # noqa: F401 (re-exported: the settings models are importable from here too)
-    Eip155Target,  # noqa: F401
-    LocalTarget,  # noqa: F401
-    Rfc3161Auth,  # noqa: F401
-    Rfc3161Target,  # noqa: F401
-    Targets,
-    TargetSettings,
-)
+from core.anchors.schemes import SCHEMES, Targets, TargetSettings
+
+# The target schemes' settings models, re-exported: importable from here as before.
+from core.anchors.schemes import BtcTarget as BtcTarget
+from core.anchors.schemes import Eip155Target as Eip155Target
+from core.anchors.schemes import LocalTarget as LocalTarget
+from core.anchors.schemes import Rfc3161Auth as Rfc3161Auth
+from core.anchors.schemes import Rfc3161Target as Rfc3161Target
 from core.cadence import CADENCES, CadenceError, parse_every
 from core.jobs import JobKey, JobSpec, namespace_name_problem, safe_name
 from core.model_types import Model as _Model
@@ -473,7 +471,7 @@ class Config(_Model):
                 confirmations = cadence.confirmations
                 if confirmations is None:  # the target's own depth, where its scheme has one
                     deepens = SCHEMES[cadence.target.partition(":")[0]].confirmations
-                    confirmations = getattr(settings, "confirmations", 0) if deepens else 0
+                    confirmations = int(getattr(settings, "confirmations", 0)) if deepens else 0
                 out.append(
                     JobSpec(
                         key=JobKey(name, cadence_name),

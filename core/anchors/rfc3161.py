@@ -128,7 +128,7 @@ def load_trust_bundle(path: Path | None, target: str) -> TrustBundle:
 
 
 def _settings_model(settings: Any) -> Any:
-    from core.config import Rfc3161Target
+    from core.anchors.schemes import Rfc3161Target
 
     if isinstance(settings, Rfc3161Target):
         return settings

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, get_args
 from urllib.parse import urlsplit
 
 from pydantic import Field, model_validator
@@ -295,7 +295,7 @@ class Targets(Model):
         return entries
 
 
-_fields = {name: f.annotation for name, f in Targets.model_fields.items()}
-if _fields != {name: dict[str, spec.settings] for name, spec in SCHEMES.items()}:  # pragma: no cover
+_fields = {name: get_args(f.annotation)[1] for name, f in Targets.model_fields.items()}
+if _fields != {name: spec.settings for name, spec in SCHEMES.items()}:  # pragma: no cover
     raise TypeError(f"Targets fields {_fields} do not match SCHEMES {list(SCHEMES)}")
 
