@@ -138,7 +138,8 @@ class ConfirmationTracker:
             ask = getattr(backend, "confirmations", None)
             if ask is None:
                 return _Unsupported()
-            return await ask(attestation)
+            depth: int | None = await ask(attestation)
+            return depth
         except Exception as exc:
             self.log.warning(
                 "could not check confirmations; will retry",

@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -925,12 +925,13 @@ class Scheduler:
         await self._close_intents(closing)
         return True
 
-    async def _close_intents(self, intents: list[Any]) -> None:
+    async def _close_intents(self, intents: list[Intent]) -> None:
         """Remove intents from the journal (one fsync); the ones that fail are retried."""
         if not intents:
             return
         done = {id(i) for i in intents}
         self._closing = [i for i in self._closing if id(i) not in done]
+        failed: Sequence[tuple[Intent, Exception]]
         try:
             failed = await self._write("journal", self._journal.folder, self._journal.close_many, intents)
         except StorageError as exc:

@@ -14,16 +14,21 @@ from __future__ import annotations
 
 import signal
 import threading
+from collections.abc import Callable
 from types import FrameType
+from typing import Any
 
 HANDLED = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT)
 STOPPING = (signal.SIGTERM, signal.SIGINT)
+
+# What signal.signal() returns and takes: a function, SIG_DFL / SIG_IGN, or None (not set from Python).
+Handler = Callable[[int, FrameType | None], Any] | int | None
 
 
 class StartupSignals:
     def __init__(self) -> None:
         self.received: list[signal.Signals] = []
-        self._previous: dict[signal.Signals, object] = {}  # handlers to put back
+        self._previous: dict[signal.Signals, Handler] = {}  # handlers to put back
 
     def install(self) -> StartupSignals:
         """Record HANDLED signals from now on (main thread only; elsewhere a no-op)."""

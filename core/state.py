@@ -65,7 +65,7 @@ def _opt(d: dict[str, Any], name: str, types: tuple[type, ...]) -> Any:
 
 
 def _int(d: dict[str, Any], name: str) -> int:
-    value = d.get(name, 0)
+    value: object = d.get(name, 0)
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
     return value

@@ -215,7 +215,7 @@ class HttpSink(_Sink):
         self.failing = False
 
     def backoff(self, attempt: int) -> float:
-        delay = min(BACKOFF_MAX, BACKOFF_BASE * 2**attempt)
+        delay = min(BACKOFF_MAX, BACKOFF_BASE * 2.0**attempt)
         return delay * (0.5 + self.rng.random() / 2)
 
     async def deliver(self, ce: dict[str, Any]) -> tuple[bool, str]:

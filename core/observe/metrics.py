@@ -87,7 +87,7 @@ JOB_LABELS = ("namespace", "cadence", "target")
 STORAGE_OPS = ("journal", "receipt", "state", "recover")  # the engine's StorageFailed.op values
 ANCHOR_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 TICK_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
-_LE = [floatToGoString(b) for b in (*ANCHOR_BUCKETS, float("inf"))]
+_LE = [floatToGoString(b) for b in (*ANCHOR_BUCKETS, float("inf"))]  # type: ignore[no-untyped-call]
 
 
 class _Durations:
@@ -358,9 +358,9 @@ class Metrics:
                 job.observe("success", max(0.0, event.duration))
             job.last_anchor = job.current = event.at
         elif isinstance(event, JobSkipped) and event.reason == "root unchanged":
-            job = self._jobs.get(event.job)  # the engine set its current_at: the same instant
-            if job is not None and job.target is not None:
-                job.current = event.at
+            skipped = self._jobs.get(event.job)  # the engine set its current_at: the same instant
+            if skipped is not None and skipped.target is not None:
+                skipped.current = event.at
         elif isinstance(event, AnchorFailed):
             job, timed = self._outcome(event.job, event.target)
             job.failed += 1
