@@ -23,12 +23,30 @@ def cells(table: DiffTable) -> list[tuple[str, str]]:
     return [tuple(c.text for c in table.get_row(k)) for k in table.shown_keys]
 
 
+def viewed(table: DiffTable) -> tuple[float, int, str | None]:
+    """Where the operator is: the scroll offset, the cursor's row and the job under it."""
+    return table.scroll_y, table.cursor_row, table.selected_key
+
+
+async def scrolled_to_the_middle(table: DiffTable, pilot) -> tuple[float, int, str | None]:
+    await pilot.pause()  # laid out first: moving the cursor in a table not yet sized scrolls it
+    table.move_cursor(row=60, animate=False)
+    table.scroll_to(y=50, animate=False)
+    await pilot.pause()
+    assert viewed(table) == (50, 60, "job060")
+    return viewed(table)
+
+
 async def test_filter_that_hides_many_rows_keeps_the_selected_row_and_order():
     names = [f"job{i:03d}" for i in range(100)]
     app = One()
     async with app.run_test(size=(60, 20)) as pilot:
         table = app.query_one(DiffTable)
-        table.show(rows(names))
+        table.show(rows([*names, "other1", "other2"]))
+        before = await scrolled_to_the_middle(table, pilot)
+        table.set_filter("job")  # two rows go, below the view: diffed, the view stays still
+        await pilot.pause()
+        assert table.shown_keys == names and viewed(table) == before  # a rebuild scrolls it (to 42)
         table.move_cursor(row=table.get_row_index("job015"), animate=False)
         table.set_filter("job01")  # 90 rows go at once: rebuilt, not removed one by one
         await pilot.pause()
@@ -36,17 +54,21 @@ async def test_filter_that_hides_many_rows_keeps_the_selected_row_and_order():
         assert table.selected_key == "job015"
         table.set_filter("")
         await pilot.pause()
-        assert table.shown_keys == names and table.selected_key == "job015"
+        assert table.shown_keys == [*names, "other1", "other2"] and table.selected_key == "job015"
 
 
 async def test_changed_cells_are_updated_in_place_and_few_removals_diff():
-    names = [f"job{i}" for i in range(REBUILD_AFTER + 4)]
+    names = [f"job{i:03d}" for i in range(100)]
     app = One()
     async with app.run_test(size=(60, 20)) as pilot:
         table = app.query_one(DiffTable)
         table.show(rows(names))
-        table.show({**rows(names[2:]), "job3": (Cell("job3", "job3"), Cell("7", 7))})
+        before = await scrolled_to_the_middle(table, pilot)
+        table.show({**rows(names), "job055": (Cell("job055", "job055"), Cell("7", 7))})
         await pilot.pause()
-        assert ("job3", "7") in cells(table) and ("job4", "0") in cells(table)
-        assert table.row_count == len(names) - 2
-        assert "job0" not in table.shown_keys
+        assert ("job055", "7") in cells(table) and ("job056", "0") in cells(table)
+        assert viewed(table) == before  # in place: the row the operator reads does not move
+        table.show(rows(names[: -REBUILD_AFTER + 1]))  # a few rows go, below the view: diffed
+        await pilot.pause()
+        assert table.row_count == 100 - REBUILD_AFTER + 1 and "job099" not in table.shown_keys
+        assert viewed(table) == before
