@@ -31,17 +31,21 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from core import status
 from core.status import Health, JobStatus
 
+if TYPE_CHECKING:
+    from core.engine import JobView, Scheduler
+    from core.runtime import Runtime
 
-def engine_stopped(engine: Any) -> bool:
+
+def engine_stopped(engine: Scheduler) -> bool:
     return bool(engine.stopping)
 
 
-def loop_problem(engine: Any, now: float) -> str | None:
+def loop_problem(engine: Scheduler, now: float) -> str | None:
     """Why the engine loop is not alive (stopped / stuck), or None."""
     return status.loop_problem(
         stopped=engine_stopped(engine), last_tick=engine.last_tick, started_at=engine.started_at,
@@ -57,12 +61,12 @@ def _epoch(value: float | None) -> int | None:
 _CONTRACT = {JobStatus.BACKING_OFF: "backing_off", JobStatus.ERROR: "backing_off", JobStatus.STALE: "stale"}
 
 
-def job_status(view: Any) -> str:
+def job_status(view: JobView) -> str:
     """The /health status of a job, from the engine's own status (core.status)."""
     return _CONTRACT.get(view.status, "ok")
 
 
-def health(engine: Any, now: float) -> tuple[int, dict[str, Any]]:
+def health(engine: Scheduler, now: float) -> tuple[int, dict[str, Any]]:
     """(HTTP status, body) of /health for `engine` (a core.engine.Scheduler) at time `now`."""
     namespaces: dict[str, dict[str, Any]] = {}
     views = engine.views(now)
@@ -101,7 +105,7 @@ def health(engine: Any, now: float) -> tuple[int, dict[str, Any]]:
     return (200 if overall == Health.HEALTHY else 503), body
 
 
-def livez(engine: Any, now: float) -> tuple[int, dict[str, Any]]:
+def livez(engine: Scheduler, now: float) -> tuple[int, dict[str, Any]]:
     """The engine loop is alive: not stopped and a pass within max(3 x tick, 30 s)."""
     problem = loop_problem(engine, now)
     if problem:
@@ -109,7 +113,7 @@ def livez(engine: Any, now: float) -> tuple[int, dict[str, Any]]:
     return 200, {"status": "alive", "lastTick": _epoch(engine.last_tick)}
 
 
-def _state_readable(runtime: Any) -> bool:
+def _state_readable(runtime: Runtime) -> bool:
     path = getattr(runtime, "state_file", None)  # ours (VMSH_STATE may name the original's)
     if path is None:
         cfg = runtime.loaded.config
@@ -121,7 +125,7 @@ def _state_readable(runtime: Any) -> bool:
     return folder is not None and os.access(folder, os.W_OK | os.X_OK)
 
 
-def readyz(runtime: Any) -> tuple[int, dict[str, Any]]:
+def readyz(runtime: Runtime) -> tuple[int, dict[str, Any]]:
     """Ready: a config is loaded, the state file is readable, the engine made its first pass."""
     checks = {
         "config": getattr(runtime, "loaded", None) is not None,

@@ -25,11 +25,14 @@ from __future__ import annotations
 import asyncio
 import errno
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from core.observe.health import health, livez, readyz
 from core.observe.metrics import Metrics
+
+if TYPE_CHECKING:
+    from core.runtime import Runtime
 
 DEFAULT_LISTEN = "127.0.0.1:9090"
 MAX_HEAD = 16 * 1024
@@ -71,7 +74,7 @@ def _show(host: str, port: int) -> str:
 class HttpServer:
     """The running server; `await close()` to stop it. `.host`/`.port` are the bound address."""
 
-    def __init__(self, runtime: Any, metrics: Metrics) -> None:
+    def __init__(self, runtime: Runtime, metrics: Metrics) -> None:
         self.runtime = runtime
         self.metrics = metrics
         self.host = ""
@@ -258,7 +261,7 @@ def _json(status: int, doc: dict[str, Any]) -> tuple[int, dict[str, str], bytes]
     return status, {"Content-Type": "application/json"}, body
 
 
-async def start_http(runtime: Any, metrics: Metrics, listen: str | None = None) -> HttpServer:
+async def start_http(runtime: Runtime, metrics: Metrics, listen: str | None = None) -> HttpServer:
     """Serve /metrics, /health, /livez, /readyz on the running loop; raise ListenError if the
     address cannot be bound. `listen` defaults to the config's `http.listen`."""
     if listen is None:

@@ -57,7 +57,7 @@ from __future__ import annotations
 import threading
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
@@ -82,6 +82,10 @@ from core.events import (
     TickCompleted,
 )
 from core.jobs import JobKey
+
+if TYPE_CHECKING:
+    from core.engine import Scheduler
+    from core.receipts import ReceiptStore
 
 JOB_LABELS = ("namespace", "cadence", "target")
 STORAGE_OPS = ("journal", "receipt", "state", "recover")  # the engine's StorageFailed.op values
@@ -236,8 +240,8 @@ class Metrics:
         bus: EventBus,
         registry: CollectorRegistry | None = None,
         *,
-        engine: Any = None,
-        receipts: Any = None,
+        engine: Scheduler | None = None,
+        receipts: ReceiptStore | None = None,
         version: str = __version__,
     ) -> None:
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
@@ -287,7 +291,7 @@ class Metrics:
             self._unsubscribe()
             self._unsubscribe = None
 
-    def seed(self, engine: Any, receipts: Any = None) -> None:
+    def seed(self, engine: Scheduler, receipts: ReceiptStore | None = None) -> None:
         """Start from the engine's job table: last anchors, backoff levels, zeroed counters.
 
         `receipts` (a core.receipts.ReceiptStore) is optional: with it the pending receipts

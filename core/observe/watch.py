@@ -26,16 +26,19 @@ import contextlib
 import hashlib
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import watchfiles
 
 from core.events import ConfigRejected
 
+if TYPE_CHECKING:
+    from core.runtime import Runtime
+
 RETRY_SECONDS = 1.0
 
 
-def config_files(runtime: Any) -> list[Path]:
+def config_files(runtime: Runtime) -> list[Path]:
     return [Path(p).resolve() for p in runtime.loaded.files]
 
 
@@ -54,7 +57,7 @@ def files_digest(files: list[Path]) -> str:
     return h.hexdigest()
 
 
-async def reload_now(runtime: Any) -> Any:
+async def reload_now(runtime: Runtime) -> Any:
     """`runtime.reload_off_loop()`, turning an unexpected exception into a logged, published rejection."""
     try:
         return await runtime.reload_off_loop()
@@ -66,7 +69,7 @@ async def reload_now(runtime: Any) -> Any:
 
 
 async def watch_config(
-    runtime: Any,
+    runtime: Runtime,
     stop_event: asyncio.Event,
     *,
     debounce_ms: int = 1600,
@@ -143,7 +146,7 @@ async def watch_config(
             return  # awatch ended: stop_event was set
 
 
-def start_watch(runtime: Any, stop_event: asyncio.Event, **kw: Any) -> asyncio.Task[None]:
+def start_watch(runtime: Runtime, stop_event: asyncio.Event, **kw: Any) -> asyncio.Task[None]:
     """`watch_config` as a task on the running loop."""
     return asyncio.get_running_loop().create_task(watch_config(runtime, stop_event, **kw), name="config-watch")
 
