@@ -41,7 +41,6 @@ from core.events import (
     BackoffChanged,
     ConfigApplied,
     EventBus,
-    JobDue,
     JobSkipped,
     Paused,
     ReceiptWritten,
@@ -455,7 +454,6 @@ class Scheduler:
     def _take(self, key: JobKey, now: float, *, forced: bool, into: list[_Due]) -> None:
         """Decide whether a due job anchors now; failures to read its batch are its alone."""
         spec, state = self._specs[key], self._state[key]
-        self.bus.publish(JobDue(at=now, job=key, forced=forced))
         held = self._held.get(key)
         if held is not None:
             self._retry_held(held)  # its attestation exists: write the receipts, never re-anchor

@@ -21,12 +21,6 @@ class Event:
 
 
 @dataclass(frozen=True, slots=True)
-class JobDue(Event):
-    job: JobKey
-    forced: bool = False
-
-
-@dataclass(frozen=True, slots=True)
 class JobSkipped(Event):
     job: JobKey
     reason: str
