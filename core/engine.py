@@ -174,7 +174,7 @@ class Scheduler:
         self._tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
         self._stopping = False
-        self._closing: list[Any] = []  # intents to remove once state is saved
+        self._closing: list[Intent] = []  # intents to remove once state is saved
         self._save_task: asyncio.Task[None] | None = None
         self._save_wanted = False
         self._save_retry: asyncio.TimerHandle | None = None
@@ -667,7 +667,7 @@ class Scheduler:
             self._release(owned)
 
     async def _pairs(
-        self, intent: Any, only: set[JobKey] | None = None
+        self, intent: Intent, only: set[JobKey] | None = None
     ) -> tuple[list[tuple[int, _Due]], list[list[bytes]]]:
         """(leaf index, job) of an intent's configured jobs (or of `only`), and all proofs."""
         entries = intent.entries
@@ -706,7 +706,7 @@ class Scheduler:
 
     def _receipt(
         self,
-        intent: Any,
+        intent: Intent,
         item: _Due,
         index: int,
         proofs: list[list[bytes]],
@@ -994,7 +994,7 @@ class Scheduler:
                 await self._quarantine(intent, exc)
         await self._save()
 
-    def _scan(self) -> tuple[list[Path], tuple[list[Any], list[str]]]:
+    def _scan(self) -> tuple[list[Path], tuple[list[Intent], list[str]]]:
         removed = (
             self._state_store.remove_stale_temps()
             + self._journal.remove_stale_temps()
@@ -1002,7 +1002,7 @@ class Scheduler:
         )
         return removed, self._journal.scan()
 
-    async def _quarantine(self, intent: Any, exc: BaseException) -> None:
+    async def _quarantine(self, intent: Intent, exc: BaseException) -> None:
         reason = f"{type(exc).__name__}: {describe(exc)}"
         try:
             aside = await self._write("journal", intent.path, self._journal.quarantine, intent, reason)
@@ -1018,13 +1018,15 @@ class Scheduler:
             intent=intent.id, path=str(aside), target=intent.target, error=reason,
         )
 
-    async def _resolve(self, intent: Any) -> None:
+    async def _resolve(self, intent: Intent) -> None:
         pairs, proofs = await self._pairs(intent)
         entries = intent.entries
         digest = intent.digest_bytes
         attestation: Attestation | None = None
         if intent.attestation is not None:
-            attestation = Attestation(intent.attestation, intent.status, intent.confirmations)
+            # attested() sets all three; a journal edited to a null status is refused by
+            # build_receipt as before ("" is no status either).
+            attestation = Attestation(intent.attestation, intent.status or "", intent.confirmations or 0)
         else:
             try:
                 attestation = await self._backend_for(intent.target).recover(digest, intent.notes)
