@@ -45,9 +45,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Protocol
 
-from core.anchors.base import Backend, CannotVerify, VerificationFailed
+from core.anchors.base import CannotVerify, VerificationFailed
 from core.fsutil import (
     atomic_create_bytes,
     atomic_write_bytes,
@@ -379,7 +379,20 @@ def check_proof(receipt: Receipt) -> bytes:
     return anchored
 
 
-async def verify_receipt(receipt: Receipt, backend_for: Callable[[str], Backend]) -> None:
+class Verifier(Protocol):
+    """The part of a core.anchors.base.Backend that verifying a receipt needs."""
+
+    async def verify(
+        self,
+        attestation: dict[str, Any],
+        digest: bytes,
+        *,
+        required: int | None = None,
+        policy: str | None = None,
+    ) -> None: ...
+
+
+async def verify_receipt(receipt: Receipt, backend_for: Callable[[str], Verifier]) -> None:
     """Check the audit path, then ask the target's backend to verify the attestation.
 
     ReceiptInvalid when the receipt is wrong; ReceiptUncheckable when `backend_for` or the

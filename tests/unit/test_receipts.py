@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -116,7 +117,7 @@ def test_check_proof_groups(n: int) -> None:
         assert check_proof(r) == expected
 
 
-def _tamper_cases(n: int) -> list[tuple[str, callable]]:
+def _tamper_cases(n: int) -> list[tuple[str, Callable[[dict], None]]]:
     def set_(path: tuple, value):
         def f(r):
             target = r
@@ -242,10 +243,10 @@ async def test_verify_receipt_failures() -> None:
 
     with pytest.raises(ReceiptInvalid, match="no verifier for target local:dev"):
         await verify_receipt(receipts_for(1)[0], unknown)
-    r = docs_for(1)[0]
-    r["attestation"] = "token"
+    doc = docs_for(1)[0]
+    doc["attestation"] = "token"
     with pytest.raises(ReceiptInvalid, match="attestation must be an object"):
-        Receipt.from_json(r)
+        Receipt.from_json(doc)
 
 
 # --------------------------------------------------------------------------- store
