@@ -208,9 +208,6 @@ class _Outstanding:
 class EVMBackend:
     """Backend for `eip155:<chainId>` targets (implements core.anchors.base.Backend)."""
 
-    scheme = "eip155"
-    development = False
-
     def __init__(
         self,
         target: str,

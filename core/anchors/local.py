@@ -4,7 +4,8 @@ It issues real TimeStampTokens (CMS SignedData over a TSTInfo, signed attributes
 contentType, messageDigest and signingCertificateV2, the certificate embedded) that pass
 our verifier and `openssl ts -verify`, but the key lives next to the scheduler's data: a
 token from it proves nothing to anybody else. It is labelled as a development target
-everywhere (`development = True`, the certificate's CN, the attestation's `development`).
+everywhere (its entry in core/anchors/schemes.py, the certificate's CN, the attestation's
+`development`).
 
 Files, shared by every `local:<name>` target of a data dir (one CA file to hand to
 `openssl ts -verify`):
@@ -210,9 +211,6 @@ def _self_signed(key: ec.EllipticCurvePrivateKey) -> x509.Certificate:
 
 class LocalTSA:
     """The embedded development TSA behind `local:<name>` (implements core.anchors.base.Backend)."""
-
-    development = True
-    scheme = "local"
 
     def __init__(
         self,

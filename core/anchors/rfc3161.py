@@ -165,9 +165,6 @@ def _tls_context(cafile: str, mtime_ns: int) -> ssl.SSLContext:
 class RFC3161Backend:
     """A real time-stamp authority behind `rfc3161:<name>` (implements core.anchors.base.Backend)."""
 
-    scheme = "rfc3161"
-    development = False
-
     def __init__(self, target: str, settings: Any, clock: Any) -> None:
         self.target = target
         self.settings = _settings_model(settings)
