@@ -153,7 +153,8 @@ def host_of(url: str) -> str:
         parts = urlsplit(url)
     except ValueError:
         return "?"
-    return parts.hostname or url.split("/")[0] or "?"
+    # without a scheme urlsplit finds no host: the text before the first "/", less any user:password@
+    return parts.hostname or url.split("/")[0].rpartition("@")[2] or "?"
 
 
 # --------------------------------------------------------------------------- local

@@ -204,6 +204,7 @@ async def test_the_description_shows_no_path_or_secret(rig: Rig) -> None:
          "chainId 8453 via rpc.example"),
         ("btc", {"rpcUrl": "http://u:KEY@btc.example:8332/wallet/KEY", "network": "regtest"},
          "regtest via btc.example"),
+        ("btc", {"rpcUrl": "u:KEY@btc.example:8332/wallet/KEY"}, "mainnet via btc.example:8332"),
     ],
 )
 def test_check_config_describes_a_target_by_host_only(scheme: str, entry: dict, shown: str) -> None:
