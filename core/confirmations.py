@@ -2,8 +2,9 @@
 enough, and queues the job again when a reorg drops the transaction.
 
 Every `interval` seconds (on the injected clock, so a FakeClock drives it in tests) it
-reads `ReceiptStore.pending()` and, per distinct attestation (a group of jobs shares one
-transaction: the node is asked once), asks the target's backend
+reads `ReceiptStore.pending()`, and as soon as the engine announces a pending receipt
+(`ReceiptWritten`) it reads that one; per distinct attestation (a group of jobs shares one
+transaction: the node is asked once) it asks the target's backend
 `confirmations(attestation) -> int | None`:
 
 - depth >= `confirmations.required` of the receipt: `receipts.confirm(path, depth)` and a
@@ -24,17 +25,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 from core.anchors.base import Backend
 from core.clock import Clock
 from core.errors import describe
-from core.events import EventBus, ReceiptConfirmed
+from core.events import Event, EventBus, ReceiptConfirmed, ReceiptWritten
 from core.jobs import JobKey
 from core.observe.logs import Log
-from core.receipts import ReceiptStore
+from core.receipts import Receipt, ReceiptError, ReceiptStore, load_receipt
 
 Requeue = Callable[[JobKey], None]
 
@@ -58,34 +59,50 @@ class ConfirmationTracker:
         self.requeue = requeue
         self.interval = interval
         self._dropped: set[Path] = set()
+        self._written: set[Path] = set()  # pending receipts announced since the last round
         self._wake = asyncio.Event()
         self._stopping = False
 
     async def run(self) -> None:
-        """Check, sleep `interval`, repeat until stop()."""
-        while not self._stopping:
-            try:
-                await self.check_once()
-            except Exception as exc:  # a broken round must not end tracking
-                self.log.error("confirmation check failed", error=describe(exc))
-            if self._stopping:
-                break
-            self._wake.clear()
-            await self.clock.sleep_until(self.clock.now() + self.interval, self._wake)
+        """Check every pending receipt each `interval`, until stop(). A pending receipt the
+        engine has just written is checked at once, alone: an EVM receipt is written
+        `pending` even when its transaction is already deep enough (one confirmation
+        required), and need not wait for the next round to be confirmed."""
+        unsubscribe = self.bus.subscribe(self._on_event)
+        next_round = self.clock.now()
+        try:
+            while not self._stopping:
+                self._wake.clear()  # before the check: a receipt written during it wakes the next
+                written, self._written = self._written, set()
+                try:
+                    if self.clock.now() >= next_round:
+                        await self.check_once()
+                        next_round = self.clock.now() + self.interval
+                    elif written:
+                        await self.check_once(written)
+                except Exception as exc:  # a broken round must not end tracking
+                    self.log.error("confirmation check failed", error=describe(exc))
+                if self._stopping:
+                    break
+                await self.clock.sleep_until(next_round, self._wake)
+        finally:
+            unsubscribe()
+
+    def _on_event(self, event: Event) -> None:
+        if isinstance(event, ReceiptWritten) and event.status == "pending":
+            self._written.add(Path(event.path))
+            self._wake.set()
 
     def stop(self) -> None:
         self._stopping = True
         self._wake.set()
 
-    def poke(self) -> None:
-        """Check now instead of at the end of the interval (e.g. after a receipt was written)."""
-        self._wake.set()
-
-    async def check_once(self) -> dict[str, int]:
-        """One round over the pending receipts; returns counts: confirmed, waiting, dropped, errors."""
+    async def check_once(self, paths: Iterable[Path] | None = None) -> dict[str, int]:
+        """One round over the pending receipts (or only those of `paths`); returns counts:
+        confirmed, waiting, dropped, errors."""
         counts = {"confirmed": 0, "waiting": 0, "dropped": 0, "errors": 0}
         depths: dict[tuple[str, str], int | None | BaseException] = {}
-        for path, receipt in self.receipts.pending():
+        for path, receipt in self.receipts.pending() if paths is None else _pending_of(paths):
             if path in self._dropped:
                 continue
             target = receipt.target
@@ -152,3 +169,17 @@ class ConfirmationTracker:
 
 class _Unsupported(Exception):
     """The target's backend has no notion of depth."""
+
+
+def _pending_of(paths: Iterable[Path]) -> list[tuple[Path, Receipt]]:
+    """The receipts at `paths` that are still pending (one confirmed meanwhile, or
+    unreadable, is left to the full rounds)."""
+    out = []
+    for path in sorted(paths):
+        try:
+            receipt = load_receipt(path)
+        except (OSError, ReceiptError):
+            continue
+        if receipt.status == "pending":
+            out.append((path, receipt))
+    return out
