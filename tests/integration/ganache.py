@@ -17,6 +17,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -101,7 +102,7 @@ class Ganache:
         self.started_in = time.monotonic() - t0
         return self
 
-    def rpc(self, method: str, *params: object) -> object:
+    def rpc(self, method: str, *params: object) -> Any:
         reply = httpx.post(
             self.url,
             json={"jsonrpc": "2.0", "id": 1, "method": method, "params": list(params)},

@@ -146,6 +146,7 @@ def test_config_section_defaults_and_validation(tmp_path):
 
     path.write_text(base + "cloudevents:\n  http: {url: 'http://127.0.0.1:9/e'}\n  file: out/ce.jsonl\n")
     ce = load_config(path, env={}, cwd=tmp_path).config.cloudevents
+    assert ce is not None and ce.http is not None
     assert ce.http.timeout == 5.0 and ce.http.max_queue == 1000 and ce.http.retries == 3
     assert ce.file == tmp_path / "out" / "ce.jsonl"  # relative to the config file
     assert ce.source == "/vaultmesh/scheduler"
@@ -177,6 +178,7 @@ def test_cloudevent_format_and_no_secrets():
                         duration=0.012, status="confirmed"),
         "/vaultmesh/scheduler",
     )
+    assert ok is not None
     check_envelope(ok)
     assert ok["type"] == "org.vaultmesh.scheduler.anchor.succeeded"
     assert ok["subject"] == "ns-a/fast"
@@ -186,7 +188,7 @@ def test_cloudevent_format_and_no_secrets():
     again = to_cloudevent(
         AnchorSucceeded(at=1.0, job=job, target="local:dev", root="r", duration=0, status="pending"), "/s"
     )
-    assert again["id"] != ok["id"]
+    assert again is not None and again["id"] != ok["id"]
 
     from core.events import AnchorFailed
 
@@ -195,13 +197,14 @@ def test_cloudevent_format_and_no_secrets():
                      message="POST https://user:hunter2@tsa.example/ts?token=s3cret failed: 401", duration=0.5),
         "/s",
     )
+    assert failed is not None
     assert failed["type"] == "org.vaultmesh.scheduler.anchor.failed"
     assert failed["data"]["kind"] == "auth"
     assert "hunter2" not in json.dumps(failed) and "s3cret" not in json.dumps(failed)
     assert "https://tsa.example/ts" in failed["data"]["message"]
 
     confirmed = to_cloudevent(ReceiptConfirmed(at=1.0, job=job, target="eip155:1", path="/secret/dir/r1.json"), "/s")
-    assert confirmed["data"]["receipt"] == "r1.json"  # the file name, not where the data dir lives
+    assert confirmed is not None and confirmed["data"]["receipt"] == "r1.json"  # the file name, not where the data dir lives
 
 
 # --------------------------------------------------------------------------- HTTP, end to end
@@ -336,7 +339,7 @@ async def test_close_drains_then_gives_up_on_a_stalled_receiver(stack, receiver,
     monkeypatch.setattr(ce_mod, "DRAIN_SECONDS", 0.3)
     r.hold.clear()
     closer = await start_cloudevents(s.runtime, settings(http={"url": r.url, "timeout": 10}), s.metrics.registry)
-    emitter = closer.emitter
+    emitter = closer.emitter  # type: ignore[attr-defined]  # set on the closer for tests
     s.clock.advance(10)
     await s.anchor_pass()
     s.clock.advance(10)

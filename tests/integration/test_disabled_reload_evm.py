@@ -60,7 +60,7 @@ async def test_a_reload_that_fixes_the_chain_id_enables_the_job_and_it_anchors(n
             await engine.run_once()
             clock.advance(10)
         view = engine.view(JOB)
-        assert view.status == JobStatus.DISABLED and "chainId is 8453, not 1337" in view.disabled
+        assert view.status == JobStatus.DISABLED and "chainId is 8453, not 1337" in (view.disabled or "")
         assert node.nonce(ADDRESSES[0], "latest") == sent  # nothing went to the chain
 
         config.write_text(CONFIG.format(url=node.url, chain_id=1337))

@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -29,7 +30,7 @@ from core.clock import FakeClock
 from core.config import Eip155Target
 from core.confirmations import ConfirmationTracker
 from core.engine import Scheduler
-from core.errors import NetworkError, ValidationError
+from core.errors import ErrorKind, NetworkError, ValidationError
 from core.events import AnchorFailed, EventBus, LogRecord, ReceiptConfirmed
 from core.jobs import JobKey, JobSpec, safe_name
 from core.observe.logs import Log
@@ -138,7 +139,7 @@ def tx_count(g: Ganache, address: str = ADDRESSES[0]) -> int:
     return g.nonce(address, "latest")
 
 
-def assert_no_key_anywhere(folder: Path, texts: list[str] = ()) -> None:
+def assert_no_key_anywhere(folder: Path, texts: Sequence[str] = ()) -> None:
     secrets = [KEYS[0].lower(), KEYS[0].lower().removeprefix("0x")]
     for path in folder.rglob("*"):
         if path.is_file():
@@ -259,7 +260,7 @@ async def test_node_down_is_a_network_error_and_the_engine_backs_off(node, tmp_p
     class Down:
         url = f"http://127.0.0.1:{free_port()}"
 
-    evm = EVMBackend(TARGET, settings(Down), FakeClock(), tmp_path / "data")
+    evm = EVMBackend(TARGET, settings(Down), FakeClock(), tmp_path / "data")  # type: ignore[arg-type]  # only .url is read
     with pytest.raises(NetworkError, match="unreachable"):
         await evm.anchor(bytes(32), lambda facts: None)
 
@@ -270,7 +271,7 @@ async def test_node_down_is_a_network_error_and_the_engine_backs_off(node, tmp_p
     assert failed.kind == "network"
     view = stack.engine.view(JobKey("alpha", "fast"))
     assert view.state.failures == 1 and view.status == "backing_off"
-    assert view.state.next_attempt == pytest.approx(now + stack.engine.policy.delay(1, "network"))
+    assert view.state.next_attempt == pytest.approx(now + stack.engine.policy.delay(1, ErrorKind.NETWORK))
     assert stack.all_receipts() == [] and list((tmp_path / "data" / "journal").glob("*.json")) == []
     await evm.close()
 
@@ -519,7 +520,7 @@ def assert_exactly_once(tmp: Path, g: Ganache, tx_hash: str, restarted: subproce
     assert receipt["attestation"]["tx_hash"] == tx_hash
     assert receipt["status"] in ("pending", "confirmed")
     assert list((tmp / "data" / "journal").glob("*.json")) == []
-    log = restarted.log_path.read_text()
+    log = restarted.log_path.read_text()  # type: ignore[attr-defined]  # set by start()
     assert "interrupted anchor recovered from the journal" in log, log
     assert_no_key_anywhere(tmp / "data")
     assert_no_key_anywhere(tmp / "logs")

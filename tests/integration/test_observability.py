@@ -40,8 +40,9 @@ def parse_samples(text, parser=text_string_to_metric_families) -> dict:
     }
 
 
-def value(samples: dict, name: str, **labels: str) -> float | None:
-    return samples.get((name, frozenset(labels.items())))
+def value(samples: dict, name: str, **labels: str) -> float:
+    """The sample's value; KeyError naming it when the series is missing."""
+    return samples[(name, frozenset(labels.items()))]
 
 
 def receipts_by_job(stack) -> dict[tuple[str, str, str], list[Receipt]]:

@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -161,7 +162,7 @@ async def test_sighup_reloads_count_too_and_removed_jobs_lose_their_series(stack
 
 async def test_saving_without_a_change_does_not_reload(stack, watching, obs):
     s = await stack({"a": {"fast": "10s"}})
-    results = []
+    results: list[Any] = []
     await watching(s, on_reload=results.append)
     text = s.config_path.read_text()
     os.utime(s.config_path)  # touch

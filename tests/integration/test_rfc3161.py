@@ -74,7 +74,7 @@ def https_tsa(tmp_path_factory):
     tls_root = pki.make_root("TLS Test Root")
     (work / "tls-ca.pem").write_bytes(tls_root.pem)
     server = OpenSSLTSA(work, tls_cert=pki.make_tls_server(tls_root, "127.0.0.1"))
-    server.tls_ca = work / "tls-ca.pem"
+    server.tls_ca = work / "tls-ca.pem"  # type: ignore[attr-defined]  # what this fixture's tests trust
     yield server
     server.stop()
 
@@ -471,7 +471,7 @@ async def test_a_key_in_the_url_reaches_no_message_log_or_state(url, openssl_tsa
     assert backend.url == f"http://127.0.0.1:{urlsplit_port(settings.url)}" and shown == "127.0.0.1"
 
 
-def urlsplit_port(url: str) -> int:
+def urlsplit_port(url: str) -> int | None:
     from urllib.parse import urlsplit
 
     return urlsplit(url).port
@@ -546,7 +546,9 @@ namespaces:
 """
     )
     config = load_config(tmp / "config.yaml", env={}, cwd=tmp).config
-    rig = Rig(tmp, {"rfc3161:tsa": config.resolve_target("rfc3161:tsa")}, {})
+    target = config.resolve_target("rfc3161:tsa")
+    assert isinstance(target, Rfc3161Target)
+    rig = Rig(tmp, {"rfc3161:tsa": target}, {})
     rig.specs = config.jobs()
     return rig
 

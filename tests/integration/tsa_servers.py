@@ -166,8 +166,8 @@ class OpenSSLTSA:
             return 200, ok, self.reply(pki.rewrite_query(body, hashed_message=other))
         if path == "/other-policy":
             asked = pki.query_fields(body)["policy"]
-            other = next(p for p in (pki.DEFAULT_POLICY, *pki.OTHER_POLICIES) if p != asked)
-            return 200, ok, self.reply(pki.rewrite_query(body, req_policy=other))
+            policy = next(p for p in (pki.DEFAULT_POLICY, *pki.OTHER_POLICIES) if p != asked)
+            return 200, ok, self.reply(pki.rewrite_query(body, req_policy=policy))
         if path == "/other-nonce":
             nonce = pki.query_fields(body)["nonce"]
             return 200, ok, self.reply(pki.rewrite_query(body, nonce=nonce + 1))

@@ -60,7 +60,11 @@ def test_a_hung_up_input_is_noticed_without_reading_it(fds):
     guard = TerminalGuard(input_fd=keys_r, output_fds=(screen_w,))
     lost = threading.Event()
     reasons: list[str] = []
-    guard.watch(lambda reason: (reasons.append(reason), lost.set()))
+    def on_lost(reason: str) -> None:
+        reasons.append(reason)
+        lost.set()
+
+    guard.watch(on_lost)
     os.write(keys_w, b"q")
     os.close(keys_w)  # hang-up: the guard's poll sees it, the pending key is not consumed by it
     assert lost.wait(5)

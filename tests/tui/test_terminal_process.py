@@ -306,6 +306,7 @@ def test_without_a_terminal_it_refuses_and_says_use_no_ui(tmp_path, missing):
         proc = subprocess.Popen(dashboard_args(data), stdin=subprocess.PIPE, stdout=child, stderr=child,
                                 cwd=tmp_path, env=environment(), start_new_session=True)  # fmt: skip
         os.close(child)
+        assert proc.stdin is not None
         proc.stdin.close()
         try:
             exited, output = wait_exited(proc.pid, 20, drain_fd=main)

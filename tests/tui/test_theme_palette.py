@@ -43,6 +43,7 @@ def test_each_role_keeps_its_hue_on_the_ansi_palette(name: str) -> None:
     for role, hues in HUES.items():
         shown = on_16_colours(getattr(theme, role))
         assert shown % 8 in hues, f"{name}: {role} {getattr(theme, role)} shows as ANSI colour {shown}"
+    assert theme.accent is not None and theme.error is not None
     assert on_16_colours(theme.accent) != on_16_colours(theme.error)
 
 

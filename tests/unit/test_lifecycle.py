@@ -110,7 +110,7 @@ async def test_the_engine_stops_while_health_is_still_served_and_everything_clos
     seen: list[str] = []
     engine_stop, backends_close = runtime.engine.stop, runtime.backends.close
 
-    async def stop(grace: float) -> None:
+    async def stop(grace: float = 0.0) -> None:
         seen.append(f"engine stop, /health {await http_status(port)}")
         await engine_stop(grace)
 

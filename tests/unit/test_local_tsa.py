@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from core.anchors import local as local_mod
@@ -210,6 +211,7 @@ async def test_non_critical_eku_is_refused_by_the_verifier(tsa: LocalTSA) -> Non
     """A signer certificate whose timeStamping EKU is not critical fails the EKU check."""
     good = tsa.certificate  # creates the key
     key = serialization.load_pem_private_key(tsa.key_path.read_bytes(), password=None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
     weak = (
         x509.CertificateBuilder()
         .subject_name(good.subject)

@@ -127,10 +127,10 @@ def test_unreadable_file(tmp_path: Path, monkeypatch) -> None:
             raise PermissionError(13, "Permission denied", str(p))
         return real_open(p, *args, **kw)
 
-    monkeypatch.setattr(sources.os, "open", denied)  # chmod 0 does not stop root
+    monkeypatch.setattr(os, "open", denied)  # chmod 0 does not stop root
     with pytest.raises(SourceError, match=f"batch file {path}: cannot read: Permission denied"):
         latest_batch(tmp_path)
-    monkeypatch.setattr(sources.os, "open", real_open)
+    monkeypatch.setattr(os, "open", real_open)
     assert latest_batch(tmp_path).id == "1"  # read errors are not cached
 
 
@@ -171,8 +171,8 @@ def test_unchanged_folder_costs_no_listing_no_read(tmp_path: Path, monkeypatch) 
         calls["read"] += 1
         return real_read(fd, n)
 
-    monkeypatch.setattr(sources.os, "scandir", scandir)
-    monkeypatch.setattr(sources.os, "read", read)
+    monkeypatch.setattr(os, "scandir", scandir)
+    monkeypatch.setattr(os, "read", read)
     for _ in range(5):
         assert latest_batch(tmp_path) is first
     assert calls == {"scandir": 0, "read": 0}
@@ -280,7 +280,7 @@ def test_a_batch_file_over_the_size_limit_is_refused_without_being_read(
         read["bytes"] += len(data)
         return data
 
-    monkeypatch.setattr(sources.os, "read", counting_read)
+    monkeypatch.setattr(os, "read", counting_read)
     with pytest.raises(SourceError) as info:
         latest_batch(tmp_path)
     message = str(info.value)
@@ -309,7 +309,7 @@ def test_a_file_that_grows_while_read_stops_at_the_limit(tmp_path: Path, monkeyp
         read["bytes"] += len(data)
         return data
 
-    monkeypatch.setattr(sources.os, "read", counting_read)
+    monkeypatch.setattr(os, "read", counting_read)
     with pytest.raises(SourceError, match="grew past the limit of 100 bytes"):
         latest_batch(tmp_path)
     assert read["bytes"] <= 101
@@ -393,7 +393,7 @@ def test_prefetch_hands_its_read_to_the_next_call(tmp_path: Path, monkeypatch) -
 
     with monkeypatch.context() as m:
         for name in ("stat", "scandir", "open", "read"):
-            m.setattr(sources.os, name, no_io)
+            m.setattr(os, name, no_io)
         assert latest_batch(good).id == "1"
         with pytest.raises(SourceError, match=f"batch file {bad / '000001.json'}:1:2: not valid JSON"):
             latest_batch(bad)
@@ -416,7 +416,8 @@ async def test_the_engine_reads_due_batch_files_off_the_event_loop(tmp_path: Pat
     from core.receipts import ReceiptStore
     from core.state import IntentJournal, StateStore
 
-    clock, bus, events = FakeClock(), EventBus(), []
+    clock, bus = FakeClock(), EventBus()
+    events: list[object] = []
     bus.subscribe(events.append)
     tsa = LocalTSA(tmp_path / "data", "dev", clock)
     specs = []
@@ -440,7 +441,7 @@ async def test_the_engine_reads_due_batch_files_off_the_event_loop(tmp_path: Pat
             (opened_on_loop if on_loop else opened_off_loop).append(Path(path).parent.name)
         return real_open(path, *args, **kw)
 
-    monkeypatch.setattr(sources.os, "open", recording_open)
+    monkeypatch.setattr(os, "open", recording_open)
     await engine.run_once()
     assert sorted(str(e.job) for e in events if isinstance(e, ReceiptWritten)) == ["a/fast", "b/fast", "c/fast"]
     assert opened_on_loop == []

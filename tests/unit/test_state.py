@@ -53,7 +53,7 @@ def test_temp_file_never_visible_under_final_name(tmp_path: Path, monkeypatch) -
         seen["temp_content"] = Path(src).read_bytes()
         return real_replace(src, dst)
 
-    monkeypatch.setattr(fsutil.os, "replace", spy)
+    monkeypatch.setattr(os, "replace", spy)
     atomic_write_bytes(path, b"new")
     assert seen["final"] == b"old"
     assert seen["temp_content"] == b"new"
@@ -68,7 +68,7 @@ def test_crash_before_replace_keeps_old_file(tmp_path: Path, monkeypatch) -> Non
     def boom(src, dst):
         raise KeyboardInterrupt  # like a kill between write and rename
 
-    monkeypatch.setattr(fsutil.os, "replace", boom)
+    monkeypatch.setattr(os, "replace", boom)
     with pytest.raises(KeyboardInterrupt):
         atomic_write_bytes(path, b"new")
     assert path.read_bytes() == b"old"
@@ -101,7 +101,7 @@ def test_kill_9_during_writes_leaves_old_or_new(tmp_path: Path) -> None:
             [sys.executable, "-c", code, str(path), str(REPO)], stdout=subprocess.PIPE, text=True
         )
         try:
-            assert child.stdout.readline().strip() == "writing"
+            assert child.stdout is not None and child.stdout.readline().strip() == "writing"
             time.sleep(delay)
         finally:
             child.kill()
@@ -228,7 +228,7 @@ def test_lock_held_by_another_process(tmp_path: Path) -> None:
         text=True,
     )
     try:
-        assert child.stdout.readline().strip() == "locked"
+        assert child.stdout is not None and child.stdout.readline().strip() == "locked"
         lock = DataDirLock(tmp_path)
         with pytest.raises(LockHeld) as info:
             lock.acquire()

@@ -39,8 +39,8 @@ def test_stuck_after_is_three_ticks_and_at_least_30_seconds():
     assert stuck_after(1.0) == 30.0
     assert stuck_after(20.0) == 60.0
     assert loop_problem(stopped=False, last_tick=NOW - 60, started_at=0, tick=20.0, now=NOW) is None
-    assert "no scheduling pass for 61s" in loop_problem(stopped=False, last_tick=NOW - 61, started_at=0, tick=20.0, now=NOW)
-    assert "no first pass" in loop_problem(stopped=False, last_tick=None, started_at=NOW - 31, tick=1.0, now=NOW)
+    assert "no scheduling pass for 61s" in str(loop_problem(stopped=False, last_tick=NOW - 61, started_at=0, tick=20.0, now=NOW))
+    assert "no first pass" in str(loop_problem(stopped=False, last_tick=None, started_at=NOW - 31, tick=1.0, now=NOW))
     assert loop_problem(stopped=True, last_tick=NOW, started_at=0, tick=1.0, now=NOW) == "engine stopped"
 
 

@@ -300,7 +300,6 @@ async def test_data_folders_are_0750_and_files_0640_whatever_the_umask(tmp_path)
     old = os.umask(0)
     try:
         h = Harness(tmp_path, {"a": 1, "b": 2})
-        h.backend.inner.anchor_status = None
         lock = DataDirLock(tmp_path / "data").acquire()
         s = h.scheduler()
         s.force(JobKey("a", "fast"))

@@ -14,6 +14,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from asn1crypto import cms
@@ -74,7 +75,7 @@ def make_cert(
             x509.ExtendedKeyUsage([ExtendedKeyUsageOID.TIME_STAMPING]), critical=eku_critical
         )
     if issuer is not None:
-        aki = x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.public_key())
+        aki = x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.public_key())  # type: ignore[arg-type]  # an EC key
         builder = builder.add_extension(aki, critical=False)
     return builder.sign(issuer_key or key, hashes.SHA256())
 
@@ -202,7 +203,7 @@ def chain_reply(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> tuple[byt
 
 
 def check(reply: bytes, pki: Pki, **overrides) -> tsp.TokenInfo:
-    args = dict(
+    args: dict[str, Any] = dict(
         digest=DIGEST,
         policy_oid=POLICY,
         trust_roots=[pki.root],
