@@ -99,7 +99,7 @@ class World:
         from tui.app import VaultMeshApp
 
         return VaultMeshApp(
-            self.runtime, self.clock, start_engine=False, env={"COLORTERM": "truecolor"}, grace=2.0
+            self.runtime, start_engine=False, env={"COLORTERM": "truecolor"}, grace=2.0
         )
 
 
@@ -134,10 +134,10 @@ async def measure() -> dict[str, float]:
         app = world.app()
         async with app.run_test(size=SIZE) as pilot:
             await pilot.pause()
-            assert len(app.jobs.shown_keys) == JOBS, len(app.jobs.shown_keys)
+            assert len(app.dashboard.body("jobs").shown_keys) == JOBS, len(app.dashboard.body("jobs").shown_keys)
             # The 1 s countdown timer is held still while single operations are timed (it
             # would land inside some of them at random); the idle windows run it.
-            countdown = next(t for t in app._timers if t.name == "countdown")
+            countdown = next(t for t in app.dashboard._timers if t.name == "countdown")
             countdown.pause()
             m["pause"] = statistics.median([(await render(pilot))[1] for _ in range(5)])
 
@@ -160,7 +160,7 @@ async def measure() -> dict[str, float]:
                 renders.append(cpu)
                 renders_wall.append(wall)
             assert world_receipts(world) == JOBS * (ROUNDS + 1)
-            assert app.jobs.all_rows[app.jobs.shown_keys[0]][-1].text == "ok"
+            assert app.dashboard.body("jobs").all_rows[app.dashboard.body("jobs").shown_keys[0]][-1].text == "ok"
             m["first_flush"], m["first_render"] = flushes[0], renders[0]
             m["flush"] = statistics.median(flushes[1:])
             m["flush_max"] = max(flushes[1:])
@@ -201,11 +201,11 @@ async def measure() -> dict[str, float]:
             for _ in range(REPEATS):
                 await pilot.pause()
                 t0 = time.perf_counter()
-                app.jobs.set_filter("bench:09")
+                app.dashboard.body("jobs").set_filter("bench:09")
                 filters.append(time.perf_counter() - t0)
-                m["filter_rows"] = float(app.jobs.row_count)
+                m["filter_rows"] = float(app.dashboard.body("jobs").row_count)
                 filter_renders.append((await render(pilot))[1])
-                app.jobs.set_filter("")
+                app.dashboard.body("jobs").set_filter("")
                 await pilot.pause()
             m["filter"] = statistics.median(filters)
             m["filter_render"] = statistics.median(filter_renders)
@@ -230,9 +230,9 @@ async def measure() -> dict[str, float]:
             m["log_publish"] = statistics.median(publish)
             m["log_flush"] = statistics.median(flush)
             m["log_render"] = statistics.median(log_render)
-            m["log_lines"] = float(app.logs.line_count)
-            m["log_records"] = float(len(app.logs.records))
-            m["log_bound"] = float(app.logs.max_lines or 0)
+            m["log_lines"] = float(app.dashboard.body("logs").line_count)
+            m["log_records"] = float(len(app.dashboard.body("logs").records))
+            m["log_bound"] = float(app.dashboard.body("logs").max_lines or 0)
 
             # 4. Idle, the countdown timer running.
             countdown.resume()

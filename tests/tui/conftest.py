@@ -105,9 +105,15 @@ class World:
         kw.setdefault("start_engine", False)
         kw.setdefault("env", {"COLORTERM": "truecolor"})
         kw.setdefault("grace", 2.0)
-        return VaultMeshApp(self.runtime, self.clock, **kw)
+        return VaultMeshApp(self.runtime, **kw)
 
 
 @pytest.fixture
 def world(tmp_path: Path) -> World:
     return World(tmp_path)
+
+
+async def actions_done(app) -> None:
+    """Wait for the workers an action started (verify, reload), not the run's own worker,
+    which lasts until quit."""
+    await app.workers.wait_for_complete([w for w in app.workers if w.group != "run"])

@@ -9,7 +9,7 @@ import threading
 
 from core.runtime import Runtime
 
-from .conftest import NAMESPACES, World, screen_text
+from .conftest import NAMESPACES, World, actions_done, screen_text
 from .test_pilot import ALL_JOBS, first_anchors, flat, settle
 
 
@@ -17,6 +17,7 @@ async def test_R_reads_the_config_files_off_the_loop(world: World) -> None:
     runtime = world.runtime
     read_on: list[int] = []
     load = runtime._loader
+    assert load is not None
 
     def recording_load():
         read_on.append(threading.get_ident())
@@ -27,10 +28,10 @@ async def test_R_reads_the_config_files_off_the_loop(world: World) -> None:
     async with app.run_test(size=(80, 24), notifications=True) as pilot:
         world.write_config({**NAMESPACES, "new:space": {"fast": "45s"}})
         await pilot.press("R")
-        await app.workers.wait_for_complete()
+        await actions_done(app)
         app.flush_now()
         await pilot.pause()
-        assert "new:space/fast" in app.jobs.shown_keys
+        assert "new:space/fast" in app.dashboard.body("jobs").shown_keys
         assert read_on and read_on[0] != threading.get_ident()  # a worker thread, not the loop
 
 
@@ -41,10 +42,10 @@ async def test_countdowns_and_uptime_keep_to_the_engines_clock_when_the_wall_clo
         world.clock.step_wall(3 * 3600)  # NTP steps the wall clock; no time passes
         app._refresh_views()
         await pilot.pause()
-        row = app.jobs.all_rows["dao:vaultmesh/fast"]
+        row = app.dashboard.body("jobs").all_rows["dao:vaultmesh/fast"]
         texts = [cell.text for cell in row]
         assert "50s" in texts and "10s" in texts, texts  # next in 50 s, last 10 s ago
-        assert "  up 10s" in app.header._last.plain
+        assert "  up 10s" in app.dashboard.header._last.plain
 
 
 async def test_v_on_a_receipt_this_dashboard_cannot_check_says_so_not_FAIL(world: World) -> None:
@@ -59,12 +60,12 @@ async def test_v_on_a_receipt_this_dashboard_cannot_check_says_so_not_FAIL(world
     app = world.app()
     async with app.run_test(size=(80, 24), notifications=True) as pilot:
         await pilot.press("3", "v")
-        await app.workers.wait_for_complete()
+        await actions_done(app)
         await pilot.pause()
         text = flat(screen_text(app))
         assert "verify CANNOT CHECK" in text and "local-tsa.pem" in text
         assert "FAIL" not in text
-        assert app.receipts.all_rows[app.receipts.selected_key][-1].text == "UNKNOWN"
+        assert app.dashboard.body("receipts").all_rows[app.dashboard.body("receipts").selected_key][-1].text == "UNKNOWN"
 
 
 async def test_R_with_a_setting_only_a_restart_applies_says_restart_needed(world: World) -> None:
@@ -73,7 +74,7 @@ async def test_R_with_a_setting_only_a_restart_applies_says_restart_needed(world
         text = world.config_path.read_text().replace("  tick: 5.0", "  tick: 5.0\n  concurrency: 3")
         world.config_path.write_text(text)
         await pilot.press("R")
-        await app.workers.wait_for_complete()
+        await actions_done(app)
         app.flush_now()
         await pilot.pause()
         assert "restart needed for scheduler.concurrency" in flat(screen_text(app))
@@ -97,10 +98,10 @@ async def test_a_job_in_flight_past_its_bound_shows_stuck(world: World, monkeypa
         world.clock.advance(engine.stuck_after(engine.views()[0].key) + 1)
         app._refresh_views()
         await pilot.pause()
-        statuses = [row[-1].text for row in app.jobs.all_rows.values()]
+        statuses = [row[-1].text for row in app.dashboard.body("jobs").all_rows.values()]
         assert statuses == ["stuck"] * len(ALL_JOBS)
-        assert f"stuck {len(ALL_JOBS)}" in app.header._last.plain
+        assert f"stuck {len(ALL_JOBS)}" in app.dashboard.header._last.plain
         gate.set()
         await first_pass
         await settle(app, pilot)
-        assert "stuck" not in [row[-1].text for row in app.jobs.all_rows.values()]
+        assert "stuck" not in [row[-1].text for row in app.dashboard.body("jobs").all_rows.values()]

@@ -14,7 +14,7 @@ from core.jobs import JobKey
 from tui.rows import countdown
 from tui.screens import ConfirmScreen, DetailScreen, HelpScreen, MessageScreen
 
-from .conftest import NAMESPACES, World, screen_text
+from .conftest import NAMESPACES, World, actions_done, screen_text
 from .test_pilot import ALL_JOBS, first_anchors, flat, select, settle
 
 REAL_TARGETS = {
@@ -69,16 +69,16 @@ async def test_v_in_namespaces_verifies_that_jobs_latest_receipt(world: World) -
     async with app.run_test(size=(80, 24), notifications=True) as pilot:
         await first_anchors(world, app, pilot)
         await pilot.press("3")
-        select(app.receipts, app.receipts.shown_keys[-1])  # a receipt of another job, hidden below
-        other = app.receipts.selected_key
+        select(app.dashboard.body("receipts"), app.dashboard.body("receipts").shown_keys[-1])  # a receipt of another job, hidden below
+        other = app.dashboard.body("receipts").selected_key
         await pilot.press("1")
-        select(app.jobs, "fin:clearing/fast")
+        select(app.dashboard.body("jobs"), "fin:clearing/fast")
         await pilot.press("v")
-        await app.workers.wait_for_complete()
+        await actions_done(app)
         await pilot.pause()
         latest = str(world.runtime.receipts.for_job("fin:clearing", "fast", 1)[0][0])
-        assert app.receipts.all_rows[latest][-1].text == "OK"
-        assert "fin%3Aclearing" not in other and app.receipts.all_rows[other][-1].text == "-"
+        assert app.dashboard.body("receipts").all_rows[latest][-1].text == "OK"
+        assert "fin%3Aclearing" not in other and app.dashboard.body("receipts").all_rows[other][-1].text == "-"
         assert "verify OK fin:clearing/fast" in flat(screen_text(app))
 
 
@@ -86,10 +86,10 @@ async def test_f_in_receipts_forces_the_selected_receipts_job(world: World) -> N
     app = world.app()
     async with app.run_test(size=(80, 24), notifications=True) as pilot:
         await first_anchors(world, app, pilot)
-        select(app.jobs, "dao:vaultmesh/fast")
+        select(app.dashboard.body("jobs"), "dao:vaultmesh/fast")
         await pilot.press("3")
-        fin = next(k for k in app.receipts.shown_keys if "fin%3Aclearing" in k)
-        select(app.receipts, fin)
+        fin = next(k for k in app.dashboard.body("receipts").shown_keys if "fin%3Aclearing" in k)
+        select(app.dashboard.body("receipts"), fin)
         await pilot.press("f")
         assert isinstance(app.screen, ConfirmScreen)
         assert "Force-anchor fin:clearing/fast now?" in screen_text(app)
@@ -100,17 +100,17 @@ async def test_f_in_logs_forces_the_selected_lines_job_or_says_what_it_needs(wor
     async with app.run_test(size=(80, 24), notifications=True) as pilot:
         await first_anchors(world, app, pilot)
         await pilot.press("4")
-        shown = list(app.logs.shown)
+        shown = list(app.dashboard.body("logs").shown)
         fin = max(i for i, r in enumerate(shown) if r.fields.get("job") == "fin:clearing/fast")
         await pilot.press(*["k"] * (len(shown) - 1 - fin))
-        assert app.logs.selected_record is shown[fin]
+        assert app.dashboard.body("logs").selected_record is shown[fin]
         await pilot.press("f")
         assert "Force-anchor fin:clearing/fast now?" in screen_text(app)
         await pilot.press("n")
 
         started = max(i for i, r in enumerate(shown) if r.msg == "anchor started")  # jobs=[...], no job
         await pilot.press(*["k"] * (fin - started))
-        assert app.logs.selected_record is shown[started]
+        assert app.dashboard.body("logs").selected_record is shown[started]
         await pilot.press("f")
         assert not isinstance(app.screen, ConfirmScreen)
         assert "the selected log line names no job" in flat(screen_text(app))
@@ -126,7 +126,7 @@ async def test_a_config_edit_the_watcher_rejects_shows_its_file_line_errors(worl
         text = flat(screen_text(app))
         assert "config edit rejected, the previous config stays live" in text
         assert "config.yaml:" in text and "zero" in text
-        assert app.jobs.shown_keys == ALL_JOBS
+        assert app.dashboard.body("jobs").shown_keys == ALL_JOBS
 
 
 async def test_a_config_edit_the_watcher_applies_says_what_changed(world: World) -> None:
@@ -182,6 +182,7 @@ async def test_real_target_names_backoff_and_status_fit_80x24(tmp_path) -> None:
             assert row.rstrip().endswith("backing off")
             assert "1/7 " in row  # the level and the countdown to the retry
         retry = world.runtime.engine.view(JobKey("dao:vaultmesh", "strong")).state.next_attempt
+        assert retry is not None
         assert f"1/7 {countdown(retry - world.clock.now())} " in strong
         # The header's backoff count and the Backoff tab's count agree.
         assert "backoff 2" in header(app) and "Backoff (2)" in screen_text(app)
@@ -192,7 +193,7 @@ async def test_real_target_names_backoff_and_status_fit_80x24(tmp_path) -> None:
             assert line.rstrip().endswith("-")  # the Verified column is not cut off
 
         await pilot.press("1")
-        select(app.jobs, "dao:vaultmesh/strong")
+        select(app.dashboard.body("jobs"), "dao:vaultmesh/strong")
         await pilot.press("enter")
         assert isinstance(app.screen, DetailScreen)
         detail = screen_text(app).splitlines()
@@ -265,15 +266,15 @@ async def test_header_counts_agree_with_the_rows_while_anchoring(world: World, m
         await pilot.pause()
         assert len(engine.in_flight()) == len(ALL_JOBS), engine.in_flight()
         app._refresh_views()
-        statuses = [row[-1].text for row in app.jobs.all_rows.values()]
+        statuses = [row[-1].text for row in app.dashboard.body("jobs").all_rows.values()]
         assert statuses == ["anchoring"] * len(ALL_JOBS)
-        text = app.header._last.plain
+        text = app.dashboard.header._last.plain
         assert "ok 0" in text and f"anchoring {len(ALL_JOBS)}" in text
         gate.set()
         await first_pass
         await engine.settle()
         app._refresh_views()
-        assert "ok 4" in app.header._last.plain and "anchoring 0" in app.header._last.plain
+        assert "ok 4" in app.dashboard.header._last.plain and "anchoring 0" in app.dashboard.header._last.plain
 
 
 async def test_engine_stuck_threshold_is_the_same_as_health(world: World) -> None:
@@ -289,9 +290,9 @@ async def test_engine_stuck_threshold_is_the_same_as_health(world: World) -> Non
         engine.tick = 20.0  # stuck after 3 x 20 = 60 s without a pass
         world.clock.advance(59)
         app._refresh_views()
-        assert app.header._last.plain.startswith("● healthy")
+        assert app.dashboard.header._last.plain.startswith("● healthy")
         assert http_health(engine, world.clock.now())[1]["status"] == "healthy"
         world.clock.advance(2)
         app._refresh_views()
-        assert app.header._last.plain.startswith("● unhealthy (engine stuck: no scheduling pass for 61s)")
+        assert app.dashboard.header._last.plain.startswith("● unhealthy (engine stuck: no scheduling pass for 61s)")
         assert http_health(engine, world.clock.now())[1]["status"] == "unhealthy"

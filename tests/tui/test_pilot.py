@@ -13,7 +13,7 @@ from core.events import LogRecord
 from tui.screens import ConfirmScreen, MessageScreen
 from tui.widgets import DiffTable
 
-from .conftest import NAMESPACES, World, screen_text
+from .conftest import NAMESPACES, World, actions_done, screen_text
 
 ALL_JOBS = ["dao:vaultmesh/fast", "dao:vaultmesh/strong", "fin:clearing/fast", "ops:metrics/fast"]
 
@@ -45,10 +45,10 @@ async def first_anchors(world: World, app, pilot) -> int:
 async def test_f_confirmed_writes_a_receipt_shown_in_the_receipts_pane(world: World) -> None:
     app = world.app()
     async with app.run_test(size=(80, 24), notifications=True) as pilot:
-        assert app.jobs.shown_keys == ALL_JOBS
-        assert app.receipts.shown_keys == []
+        assert app.dashboard.body("jobs").shown_keys == ALL_JOBS
+        assert app.dashboard.body("receipts").shown_keys == []
         before = await first_anchors(world, app, pilot)
-        select(app.jobs, "fin:clearing/fast")
+        select(app.dashboard.body("jobs"), "fin:clearing/fast")
         await pilot.press("f")
         assert isinstance(app.screen, ConfirmScreen)
         assert "Force-anchor fin:clearing/fast now?" in screen_text(app)
@@ -57,7 +57,7 @@ async def test_f_confirmed_writes_a_receipt_shown_in_the_receipts_pane(world: Wo
         await settle(app, pilot)
         assert world.receipt_count() == before + 1
         await pilot.press("3")  # the Receipts tab at 80x24
-        newest = app.receipts.shown_keys[0]
+        newest = app.dashboard.body("receipts").shown_keys[0]
         assert "fin%3Aclearing" in newest and "T000010000Z" in newest
         first_row = screen_text(app).splitlines()[5]
         assert "00:00:10" in first_row and "fin:clearing" in first_row and "confirmed" in first_row
@@ -75,16 +75,16 @@ async def test_receipts_pane_at_the_top_follows_new_receipts_and_keeps_a_selecti
         await pilot.press("3")
         rows = screen_text(app).splitlines()
         assert "00:01:00" in rows[5], rows[4:8]  # the new receipts show, not the old top row
-        assert app.receipts.cursor_row == 0
+        assert app.dashboard.body("receipts").cursor_row == 0
 
         # An operator who selected an older receipt keeps it while new ones arrive.
-        select(app.receipts, app.receipts.shown_keys[3])
-        chosen = app.receipts.selected_key
+        select(app.dashboard.body("receipts"), app.dashboard.body("receipts").shown_keys[3])
+        chosen = app.dashboard.body("receipts").selected_key
         world.clock.advance(60)
         await world.runtime.engine.run_once()
         await settle(app, pilot)
-        assert "T000200000Z" in app.receipts.shown_keys[0]
-        assert app.receipts.selected_key == chosen
+        assert "T000200000Z" in app.dashboard.body("receipts").shown_keys[0]
+        assert app.dashboard.body("receipts").selected_key == chosen
 
 
 async def test_a_library_printing_to_stdout_does_not_break_the_dashboard(world: World) -> None:
@@ -94,7 +94,7 @@ async def test_a_library_printing_to_stdout_does_not_break_the_dashboard(world: 
         print("and one on stderr", file=sys.stderr, flush=True)
         await first_anchors(world, app, pilot)
         assert app.is_running
-        assert len(app.receipts.shown_keys) == len(ALL_JOBS)
+        assert len(app.dashboard.body("receipts").shown_keys) == len(ALL_JOBS)
 
 
 async def test_f_cancelled_anchors_nothing(world: World) -> None:
@@ -112,7 +112,7 @@ async def test_F_forces_every_cadence_of_the_namespace(world: World) -> None:
     app = world.app()
     async with app.run_test(size=(80, 24), notifications=True) as pilot:
         before = await first_anchors(world, app, pilot)
-        select(app.jobs, "dao:vaultmesh/fast")
+        select(app.dashboard.body("jobs"), "dao:vaultmesh/fast")
         await pilot.press("F")
         assert "Force-anchor all of dao:vaultmesh now?" in screen_text(app)
         await pilot.press("y")
@@ -126,9 +126,10 @@ async def test_R_after_an_edit_adds_the_new_namespace_rows(world: World) -> None
     async with app.run_test(size=(80, 24), notifications=True) as pilot:
         world.write_config({**NAMESPACES, "new:space": {"fast": "45s", "cold": "1d"}})
         await pilot.press("R")
+        await actions_done(app)
         app.flush_now()
         await pilot.pause()
-        assert app.jobs.shown_keys == ALL_JOBS[:3] + ["new:space/fast", "new:space/cold", ALL_JOBS[3]]
+        assert app.dashboard.body("jobs").shown_keys == ALL_JOBS[:3] + ["new:space/fast", "new:space/cold", ALL_JOBS[3]]
         text = screen_text(app)
         assert "config applied" in text and "added 2: new:space/fast, new:space/cold" in flat(text)
         assert world.runtime.loaded.hash[:8] in text  # the header shows the new hash
@@ -141,6 +142,7 @@ async def test_R_after_a_broken_edit_shows_the_error_and_keeps_the_old_rows(worl
         broken = {**NAMESPACES, "new:space": {"fast": "0s"}}
         world.write_config(broken)
         await pilot.press("R")
+        await actions_done(app)
         app.flush_now()
         await pilot.pause()
         assert isinstance(app.screen, MessageScreen)
@@ -148,7 +150,7 @@ async def test_R_after_a_broken_edit_shows_the_error_and_keeps_the_old_rows(worl
         assert "Config reload rejected" in text
         assert "config.yaml:" in text and "zero" in text  # file:line and the reason
         await pilot.press("escape")
-        assert app.jobs.shown_keys == ALL_JOBS
+        assert app.dashboard.body("jobs").shown_keys == ALL_JOBS
         assert world.runtime.loaded.hash == old_hash
         assert old_hash[:8] in screen_text(app)
 
@@ -180,12 +182,12 @@ async def test_slash_filters_rows_and_esc_clears(world: World) -> None:
     app = world.app()
     async with app.run_test(size=(80, 24), notifications=True) as pilot:
         await pilot.press("slash", "f", "i", "n")
-        assert app.jobs.shown_keys == ["fin:clearing/fast"]
+        assert app.dashboard.body("jobs").shown_keys == ["fin:clearing/fast"]
         await pilot.press("enter")
-        assert app.jobs.shown_keys == ["fin:clearing/fast"]  # the filter stays
+        assert app.dashboard.body("jobs").shown_keys == ["fin:clearing/fast"]  # the filter stays
         assert "/fin" in screen_text(app)  # and says so
         await pilot.press("escape")
-        assert app.jobs.shown_keys == ALL_JOBS
+        assert app.dashboard.body("jobs").shown_keys == ALL_JOBS
 
 
 async def test_q_with_nothing_in_flight_exits(world: World) -> None:
@@ -207,7 +209,7 @@ async def test_engine_worker_anchors_then_q_exits_cleanly(world: World) -> None:
                 break
         app.flush_now()
         await pilot.pause()
-        assert len(app.receipts.shown_keys) == len(ALL_JOBS)
+        assert len(app.dashboard.body("receipts").shown_keys) == len(ALL_JOBS)
         assert app.engine_state == "running"
         assert "healthy" in screen_text(app)
         await pilot.press("q")
@@ -221,11 +223,11 @@ async def test_v_verifies_the_selected_receipt(world: World) -> None:
         await world.runtime.engine.run_once()
         await settle(app, pilot)
         await pilot.press("3", "v")
-        await app.workers.wait_for_complete()
+        await actions_done(app)
         await pilot.pause()
         await pilot.pause()
-        key = app.receipts.selected_key
-        assert app.receipts.all_rows[key][-1].text == "OK"
+        key = app.dashboard.body("receipts").selected_key
+        assert app.dashboard.body("receipts").all_rows[key][-1].text == "OK"
         assert "verify OK" in screen_text(app)
 
 
@@ -234,21 +236,34 @@ async def test_enter_opens_the_namespace_detail_and_esc_returns(world: World) ->
     async with app.run_test(size=(80, 24), notifications=True) as pilot:
         await world.runtime.engine.run_once()
         await settle(app, pilot)
+        from tui.screens import DetailScreen
+
+        assert "Namespace dao:vaultmesh" not in screen_text(app)
         await pilot.press("enter")
         text = screen_text(app)
-        assert "Namespace dao:vaultmesh" in text
+        assert isinstance(app.screen, DetailScreen) and "Namespace dao:vaultmesh" in text
         assert "did:vm:arbiter:test" in text and "allow ledger.append@1.0.x" in text
         await pilot.press("escape")
-        assert app.jobs.shown_keys == ALL_JOBS
+        await pilot.pause()
+        text = screen_text(app)  # the dashboard again, not the detail behind a stale body
+        assert not isinstance(app.screen, DetailScreen) and "Namespace dao:vaultmesh" not in text
+        assert all(key.split("/")[0] in text for key in ALL_JOBS)
+        assert app.dashboard.body("jobs").shown_keys == ALL_JOBS
 
 
 async def test_readonly_disables_force_reload_pause(world: World) -> None:
     app = world.app(readonly=True)
     async with app.run_test(size=(80, 24), notifications=True) as pilot:
         assert "READONLY" in screen_text(app)
-        await pilot.press("f", "R", "space")
+        world.write_config({**NAMESPACES, "new:one": {"fast": "60s"}})  # what R would apply
+        for key, action in (("f", "force"), ("R", "reload"), ("space", "pause")):
+            await pilot.press(key)
+            await actions_done(app)  # a reload, had one started
+            await pilot.pause()
+            assert f"read-only: {action} is disabled" in flat(screen_text(app))
         assert not isinstance(app.screen, ConfirmScreen | MessageScreen)
         assert not world.runtime.engine.paused
+        assert sorted(str(key) for key in world.runtime.engine.jobs) == ALL_JOBS  # not reloaded
 
 
 async def test_backing_off_job_shows_in_backoff_pane_and_degrades_health(tmp_path) -> None:
@@ -257,7 +272,7 @@ async def test_backing_off_job_shows_in_backoff_pane_and_degrades_health(tmp_pat
     async with app.run_test(size=(80, 24), notifications=True) as pilot:
         await world.runtime.engine.run_once()
         await settle(app, pilot)
-        assert app.backoff.shown_keys == ["ops:metrics/fast"]
+        assert app.dashboard.body("backoff").shown_keys == ["ops:metrics/fast"]
         await pilot.press("2")
         text = screen_text(app)
         assert "degraded" in text and "1/7" in text and "validation" in text
@@ -271,11 +286,11 @@ async def test_log_burst_is_bounded(world: World) -> None:
             world.runtime.bus.publish(LogRecord(at=world.clock.now(), level="INFO", msg=f"line {n}"))
         app.flush_now()
         await pilot.press("4")
-        assert len(app.logs.records) == 5000
-        assert app.logs.line_count <= 5000
+        assert len(app.dashboard.body("logs").records) == 5000
+        assert app.dashboard.body("logs").line_count <= 5000
         assert "line 9999" in screen_text(app)
         await pilot.press("slash", "9", "9", "9", "8", "enter")
-        assert app.logs.line_count == 1
+        assert app.dashboard.body("logs").line_count == 1
 
 
 async def test_keys_remapped_in_config(tmp_path) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from core.config import (
+    BtcTarget,
     Config,
     ConfigError,
     ConfigIssue,
@@ -291,6 +292,7 @@ def test_vaultmesh_layout_loads_the_real_files(tmp_path, vmsh_root, fixtures_dir
     assert cfg.batch_fallbacks("dao:vaultmesh")[-1] == vmsh_root / "out/batches"
 
     tsa = cfg.resolve_target("rfc3161:tsa")
+    assert isinstance(tsa, Rfc3161Target)
     assert tsa.url == VAULTMESH_ENV["TSA_URL"]
     assert tsa.policy_oid is None
     assert tsa.trust_bundle == vmsh_root / "services/anchors/certs/tsa-bundle.pem"
@@ -298,9 +300,10 @@ def test_vaultmesh_layout_loads_the_real_files(tmp_path, vmsh_root, fixtures_dir
     assert isinstance(evm, Eip155Target)
     assert evm.chain_id == 8453
     assert evm.rpc_url == VAULTMESH_ENV["EVM_RPC"]
-    assert evm.key.get_secret_value() == VAULTMESH_ENV["EVM_ANCHOR_KEY"]
+    assert evm.key is not None and evm.key.get_secret_value() == VAULTMESH_ENV["EVM_ANCHOR_KEY"]
     assert evm.persist is False and evm.confirmations == 12
     btc = cfg.resolve_target("btc:mainnet")
+    assert isinstance(btc, BtcTarget)
     assert btc.network == "regtest" and btc.confirmations == 6
     assert cfg.resolved_entry("rfc3161:tsa") == "rfc3161.default"
     assert cfg.scheduler.data_dir == vmsh_root / ".vmsh"
@@ -331,7 +334,7 @@ def test_btc_jobs_are_refused_with_a_warning_naming_their_line(tmp_path, vmsh_ro
         "vaultmesh/vmsh/config/namespaces.yaml:27:17",
         "vaultmesh/vmsh/config/namespaces.yaml:43:25",
     ]
-    assert "not supported" in loaded.config.target_mismatch("btc:mainnet")
+    assert "not supported" in (loaded.config.target_mismatch("btc:mainnet") or "")
 
 
 def test_secrets_never_printed_and_hashed(tmp_path, vmsh_root):
@@ -1024,11 +1027,12 @@ def test_the_remappable_actions_are_exactly_the_dashboards_binding_ids():
 
     from core.dashboard_settings import KEYMAP_ACTIONS
     from tui.app import VaultMeshApp
+    from tui.dashboard import DashboardScreen
     from tui.widgets import DiffTable, LogView
 
     ids = {
         b.id
-        for cls in (VaultMeshApp, DiffTable, LogView)
+        for cls in (VaultMeshApp, DashboardScreen, DiffTable, LogView)
         for b in cls.BINDINGS
         if isinstance(b, Binding) and b.id
     }

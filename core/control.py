@@ -1,0 +1,158 @@
+"""The one way the dashboard reaches the scheduler: a snapshot, events, commands.
+
+`SchedulerControl` is the narrow interface every pane and dashboard action uses; no part
+of tui/ outside the App's lifecycle touches `runtime.engine`. `RuntimeControl` implements
+it in process over a Runtime; the attach issue implements it a second time over the
+control socket, so everything here is plain data (views, counts, strings) or an awaitable.
+
+Times in a `Snapshot` (`now`, the views' times, `started_at`, `last_tick`) are all on the
+engine's steady clock (core/clock.py SteadyClock): ages and countdowns are differences
+between them, never with a wall-clock reading.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from core.events import Event
+from core.jobs import JobKey
+from core.receipts import (
+    ReceiptError,
+    ReceiptInvalid,
+    ReceiptUncheckable,
+    load_receipt,
+    verify_receipt,
+)
+from core.status import Counts, count
+
+if TYPE_CHECKING:
+    from core.engine import JobView
+    from core.runtime import ReloadResult, Runtime
+
+Receipts = list[tuple[Path, Any]]  # (file, its core.receipts.Receipt or the ReceiptError reading it)
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """The job table at one instant, with what the header shows beside it."""
+
+    now: float  # on the engine's steady clock, like every time below
+    views: tuple[JobView, ...]
+    counts: Counts
+    paused: bool
+    config_hash: str
+    started_at: float
+    last_tick: float | None
+    tick: float
+    max_level: int  # the backoff policy's maximum level
+
+
+class VerifyOutcome(StrEnum):
+    OK = "OK"
+    FAIL = "FAIL"  # the receipt does not prove what it claims, or cannot be read
+    CANNOT_CHECK = "CANNOT CHECK"  # something it needs (a trust bundle, a node) is missing here
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyResult:
+    outcome: VerifyOutcome
+    message: str  # why (FAIL, CANNOT CHECK), or what checked out (OK)
+    job: str | None = None  # namespace/cadence the receipt names, when it could be read
+
+
+class SchedulerControl(Protocol):
+    """What the dashboard may read from and ask of a scheduler."""
+
+    def snapshot(self) -> Snapshot: ...
+
+    def subscribe(self, callback: Callable[[Event], None]) -> Callable[[], None]:
+        """Call `callback` with every event from now on; returns the unsubscribe."""
+        ...
+
+    def in_flight(self) -> frozenset[JobKey]: ...
+
+    def force(self, key: JobKey) -> bool:
+        """Anchor `key` at the next pass; False when already in flight (or disabled).
+        KeyError when `key` is not configured."""
+        ...
+
+    def pause(self) -> None: ...
+
+    def resume(self) -> None: ...
+
+    async def reload(self) -> ReloadResult:
+        """Load the config again (read off the loop); the old one stays on errors."""
+        ...
+
+    async def verify(self, path: str) -> VerifyResult: ...
+
+    def recent_receipts(self, limit: int) -> Receipts:
+        """The newest `limit` receipts, newest first: (path, parsed file)."""
+        ...
+
+    def job_receipts(self, key: JobKey, limit: int) -> Receipts: ...
+
+    def namespace_config(self, namespace: str) -> Any:
+        """The namespace's config section (core.config.Namespace), None if unknown."""
+        ...
+
+
+class RuntimeControl:
+    """SchedulerControl in process: over a Runtime and its engine, on the same loop."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self._runtime = runtime
+
+    def snapshot(self) -> Snapshot:
+        engine = self._runtime.engine
+        now = engine.clock.now()
+        views = tuple(engine.views(now))
+        return Snapshot(
+            now=now, views=views, counts=count(views), paused=engine.paused,
+            config_hash=engine.config_hash, started_at=engine.started_at,
+            last_tick=engine.last_tick, tick=engine.tick, max_level=engine.policy.max_level,
+        )  # fmt: skip
+
+    def subscribe(self, callback: Callable[[Event], None]) -> Callable[[], None]:
+        return self._runtime.bus.subscribe(callback)
+
+    def in_flight(self) -> frozenset[JobKey]:
+        return self._runtime.engine.in_flight()
+
+    def force(self, key: JobKey) -> bool:
+        return self._runtime.engine.force(key)
+
+    def pause(self) -> None:
+        self._runtime.engine.pause()
+
+    def resume(self) -> None:
+        self._runtime.engine.resume()
+
+    async def reload(self) -> ReloadResult:
+        return await self._runtime.reload_off_loop()
+
+    async def verify(self, path: str) -> VerifyResult:
+        try:
+            receipt = load_receipt(path)
+            await verify_receipt(receipt, self._runtime.backends)
+        except ReceiptUncheckable as exc:  # not a verdict on the receipt
+            return VerifyResult(VerifyOutcome.CANNOT_CHECK, str(exc))
+        except (ReceiptError, ReceiptInvalid) as exc:
+            return VerifyResult(VerifyOutcome.FAIL, str(exc))
+        except Exception as exc:  # a verifier bug is a failed check, not a crash
+            return VerifyResult(VerifyOutcome.FAIL, repr(exc))
+        job = f"{receipt.namespace}/{receipt.cadence}"
+        return VerifyResult(VerifyOutcome.OK, "audit path and attestation check out", job)
+
+    def recent_receipts(self, limit: int) -> Receipts:
+        return self._runtime.receipts.recent(limit)
+
+    def job_receipts(self, key: JobKey, limit: int) -> Receipts:
+        return self._runtime.receipts.for_job(key.namespace, key.cadence, limit)
+
+    def namespace_config(self, namespace: str) -> Any:
+        return self._runtime.loaded.config.namespaces.get(namespace)

@@ -1,0 +1,69 @@
+"""The Receipts pane: the newest receipts, their status and what verify found."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from core.events import Event, LogRecord, ReceiptConfirmed, ReceiptWritten
+from core.jobs import JobKey
+from tui.panes.base import PaneContext, PaneSource
+from tui.rows import RECEIPT_COLUMNS, ReceiptInfo, receipt_row
+from tui.widgets import DiffTable
+
+RECEIPTS_SHOWN = 200
+
+
+class ReceiptsPane(PaneSource):
+    name = "receipts"
+    title = "Receipts"
+    no_job = "no receipt selected: select one, or a job in Namespaces (1)"
+
+    def __init__(self, ctx: PaneContext) -> None:
+        super().__init__(ctx)
+        self.infos: dict[str, ReceiptInfo] = {}
+        self.verified: dict[str, str] = {}  # path -> OK | FAIL | UNKNOWN | ...
+        for path, receipt in ctx.control.recent_receipts(RECEIPTS_SHOWN):
+            info = ReceiptInfo.from_file(path, receipt)
+            self.infos[info.path] = info
+
+    def make_body(self) -> DiffTable:
+        return DiffTable(RECEIPT_COLUMNS, id=self.name, sort_reverse=True)  # newest first
+
+    def take(self, events: Sequence[Event], logs: Sequence[LogRecord]) -> None:
+        changed = False
+        for event in events:
+            if isinstance(event, ReceiptWritten):
+                self.infos[event.path] = ReceiptInfo(
+                    event.path, event.anchored_at, event.job.namespace, event.job.cadence,
+                    event.target, event.root, event.status,
+                )  # fmt: skip
+                changed = True
+            elif isinstance(event, ReceiptConfirmed) and event.path in self.infos:
+                old = self.infos[event.path]
+                self.infos[event.path] = ReceiptInfo(
+                    old.path, old.anchored_at, old.namespace, old.cadence, old.target, old.root, "confirmed"
+                )
+                changed = True
+        if changed:
+            self.redraw()
+
+    def set_verified(self, path: str, word: str) -> None:
+        if path in self.infos:
+            self.verified[path] = word
+            self.redraw()
+
+    def redraw(self) -> None:
+        infos = self.infos
+        if len(infos) > RECEIPTS_SHOWN:
+            for path in sorted(infos, key=lambda p: infos[p].anchored_at)[: len(infos) - RECEIPTS_SHOWN]:
+                del infos[path]
+                self.verified.pop(path, None)
+        p = self.ctx.palette
+        self.body.show({path: receipt_row(r, self.verified.get(path, ""), p) for path, r in infos.items()})  # type: ignore[union-attr]
+
+    def selected_receipt(self) -> str | None:
+        return self.body.selected_key if isinstance(self.body, DiffTable) else None
+
+    def selected_job(self) -> JobKey | None:
+        info = self.infos.get(self.selected_receipt() or "")
+        return None if info is None or info.cadence == "?" else JobKey(info.namespace, info.cadence)
