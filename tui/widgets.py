@@ -23,7 +23,7 @@ REBUILD_AFTER = 8  # rows removed in one sync beyond which the table is rebuilt 
 
 
 class DiffTable(DataTable):
-    """A DataTable fed whole snapshots (`show`) or single rows (`put`/`drop`).
+    """A DataTable fed whole snapshots (`show`).
 
     Rows are diffed by key: new keys are added, gone keys removed, and only the cells
     whose value changed are updated. Only when more than REBUILD_AFTER rows go at once
@@ -70,14 +70,6 @@ class DiffTable(DataTable):
     def show(self, rows: Mapping[str, tuple[Cell, ...]]) -> None:
         """Make the table show exactly `rows` (minus the filtered-out ones)."""
         self.all_rows = dict(rows)
-        self._sync()
-
-    def put(self, key: str, row: tuple[Cell, ...], *, limit: int | None = None) -> None:
-        self.all_rows[key] = row
-        if limit is not None and len(self.all_rows) > limit:
-            oldest = sorted(self.all_rows, key=lambda k: self.all_rows[k][0].sort)[: len(self.all_rows) - limit]
-            for k in oldest:
-                del self.all_rows[k]
         self._sync()
 
     def _match(self, row: tuple[Cell, ...]) -> bool:
