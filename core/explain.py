@@ -31,7 +31,7 @@ from core.anchors.base import CannotVerify
 from core.anchors.schemes import SCHEMES
 from core.anchors.tsp import policy_oid_problem, signer_matches
 from core.receipts import Receipt, ReceiptError, load_receipt
-from core.verify import expand
+from core.verify import ReadOnlyVerifiers, expand
 
 _AUDIT_PATH = """\
 python3 - "$R" <<'PY'
@@ -90,7 +90,7 @@ def _token_facts(attestation: Mapping[str, Any]) -> tuple[bool, bool]:
     return embeds, any(c.name != "certificate" for c in choices)
 
 
-def _token_steps(receipt: Receipt, path: Path, verifiers: Any) -> list[str]:
+def _token_steps(receipt: Receipt, path: Path, verifiers: ReadOnlyVerifiers) -> list[str]:
     target = receipt.target
     attestation = receipt.attestation
     try:
@@ -192,7 +192,7 @@ sys.exit(not ok or depth < need)
 PY"""
 
 
-def _evm_steps(receipt: Receipt, verifiers: Any) -> list[str]:
+def _evm_steps(receipt: Receipt, verifiers: ReadOnlyVerifiers) -> list[str]:
     from core.anchors.evm import ANCHOR_SELECTOR, ANCHOR_SIGNATURE
 
     target = receipt.target
@@ -227,7 +227,7 @@ def _evm_steps(receipt: Receipt, verifiers: Any) -> list[str]:
     ]
 
 
-def explain(path: Path, receipt: Receipt, verifiers: Any) -> str:
+def explain(path: Path, receipt: Receipt, verifiers: ReadOnlyVerifiers) -> str:
     """The shell script that checks one receipt with stock tools."""
     target = receipt.target
     spec = SCHEMES.get(target.partition(":")[0])
@@ -249,7 +249,7 @@ def explain(path: Path, receipt: Receipt, verifiers: Any) -> str:
     return "\n".join([*head, *steps, 'rm -rf "$W"', ""])
 
 
-def explain_files(paths: list[Path], out: TextIO, verifiers: Any) -> int:
+def explain_files(paths: list[Path], out: TextIO, verifiers: ReadOnlyVerifiers) -> int:
     """Print the script for every receipt; 1 if a receipt could not be read, else 0."""
     failed = 0
     out.write("#!/bin/sh\n# Checks receipts with stock tools; run with sh. Stops at the first failure.\nset -e\n")

@@ -29,11 +29,11 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
 from core.anchors.base import CannotVerify, VerificationFailed
 from core.anchors.local import certificate_path, read_certificates, verify_local_token
-from core.anchors.schemes import SCHEMES, Proof
+from core.anchors.schemes import SCHEMES, Proof, TargetSettings
 from core.anchors.tsp import verify_attestation
 from core.clock import SystemClock
 from core.errors import ValidationError
@@ -42,11 +42,21 @@ from core.receipts import (
     ReceiptError,
     ReceiptInvalid,
     ReceiptUncheckable,
+    Verifier,
     load_receipt,
     verify_receipt,
 )
 
-SettingsFor = Callable[[str], Any]
+if TYPE_CHECKING:
+    from core.anchors.rfc3161 import TrustBundle
+
+SettingsFor = Callable[[str], TargetSettings]
+
+
+class ClosingVerifier(Verifier, Protocol):
+    """A Verifier that holds something to release (a client, a connection) until close()."""
+
+    async def close(self) -> None: ...
 
 
 class Outcome(enum.Enum):
@@ -152,7 +162,7 @@ class TokenVerifier:
     """An RFC 3161 token (a "timestamp" or "embedded-timestamp" proof: rfc3161:, local:)
     against certificates read once, offline."""
 
-    def __init__(self, target: str, bundle: Any, *, embedded: bool = False) -> None:
+    def __init__(self, target: str, bundle: TrustBundle, *, embedded: bool = False) -> None:
         self.target = target
         self.bundle = bundle  # core.anchors.rfc3161.TrustBundle
         self.embedded = embedded  # a token of the embedded TSA (core/anchors/local.py)
@@ -207,13 +217,13 @@ class ReadOnlyVerifiers:
         self.config_data_dir = config_data_dir
         self.config_problem = config_problem
         self.data_dir = data_dir
-        self._cache: dict[tuple[str, Path | None], Any] = {}
+        self._cache: dict[tuple[str, Path | None], ClosingVerifier] = {}
         self._clock = SystemClock()
 
-    def for_receipt(self, path: Path) -> Callable[[str], Any]:
+    def for_receipt(self, path: Path) -> Callable[[str], ClosingVerifier]:
         return lambda target: self.verifier(target, path)
 
-    def verifier(self, target: str, receipt_path: Path) -> Any:
+    def verifier(self, target: str, receipt_path: Path) -> ClosingVerifier:
         scheme, _, name = target.partition(":")
         proof = _proof(target)
         data_dir = self._local_data_dir(receipt_path) if proof == "embedded-timestamp" else None
@@ -225,7 +235,7 @@ class ReadOnlyVerifiers:
     def _local_data_dir(self, receipt_path: Path) -> Path | None:
         return self.data_dir or data_dir_of(receipt_path) or self.config_data_dir
 
-    def _settings(self, target: str) -> Any:
+    def _settings(self, target: str) -> TargetSettings | None:
         """The config's settings for a target, or None (no config, or no entry)."""
         if self.settings_for is None:
             return None
@@ -237,7 +247,7 @@ class ReadOnlyVerifiers:
     def _no_config(self) -> str:
         return f" (the config was not used: {self.config_problem})" if self.config_problem else ""
 
-    def _bundle(self, target: str, paths: Sequence[Path]) -> Any:
+    def _bundle(self, target: str, paths: Sequence[Path]) -> TrustBundle:
         from core.anchors.rfc3161 import TrustBundle, load_trust_bundle
 
         certs = []
@@ -271,13 +281,13 @@ class ReadOnlyVerifiers:
             return files
         if self.trust_bundles:
             return self.trust_bundles
-        settings = self._settings(target)
-        if settings is None or getattr(settings, "trust_bundle", None) is None:
+        bundle: Path | None = getattr(self._settings(target), "trust_bundle", None)
+        if bundle is None:
             raise CannotVerify(
                 f"{target}: nothing to check the token against; pass --trust-bundle with "
                 f"the TSA's CA certificate(s) (PEM){self._no_config()}"
             )
-        return [settings.trust_bundle]
+        return [bundle]
 
     def rpc_url(self, target: str) -> str:
         """The node an eip155 receipt is checked on; CannotVerify when there is none."""
@@ -292,7 +302,7 @@ class ReadOnlyVerifiers:
             )
         return url
 
-    def _build(self, target: str, proof: Proof | None, name: str, receipt_path: Path) -> Any:
+    def _build(self, target: str, proof: Proof | None, name: str, receipt_path: Path) -> ClosingVerifier:
         if proof in ("timestamp", "embedded-timestamp"):
             bundle = self._bundle(target, self.ca_files(target, receipt_path))
             return TokenVerifier(target, bundle, embedded=proof == "embedded-timestamp")
@@ -300,7 +310,7 @@ class ReadOnlyVerifiers:
             return self._evm(target, name)
         raise CannotVerify(f"{target}: this build cannot check {target.partition(':')[0]} receipts")
 
-    def _evm(self, target: str, name: str) -> Any:
+    def _evm(self, target: str, name: str) -> ClosingVerifier:
         from core.anchors.evm import EVMBackend
         from core.anchors.schemes import Eip155Target
 
@@ -325,15 +335,15 @@ class ReadOnlyVerifiers:
 # --------------------------------------------------------------------------- running
 
 
-async def check_one(path: Path, verifiers: Any) -> Result:
-    """One receipt's outcome; `verifiers` has `for_receipt(path)` or is a backend_for."""
+async def check_one(path: Path, verifiers: ReadOnlyVerifiers | Callable[[str], Verifier]) -> Result:
+    """One receipt's outcome; `verifiers` is a ReadOnlyVerifiers or a backend_for."""
     try:
         receipt = load_receipt(path)
     except ReceiptInvalid as exc:
         return Result(path, Outcome.FAIL, exc.reason)
     except ReceiptError as exc:
         return Result(path, Outcome.FAIL, str(exc))
-    backend_for = verifiers.for_receipt(path) if hasattr(verifiers, "for_receipt") else verifiers
+    backend_for = verifiers.for_receipt(path) if isinstance(verifiers, ReadOnlyVerifiers) else verifiers
     try:
         await verify_receipt(receipt, backend_for)
     except ReceiptUncheckable as exc:
