@@ -98,7 +98,7 @@ class _Held:
     durable: bool  # the attestation is in the intent file on disk
 
 
-def backend_timeout(backend: Any) -> float:
+def backend_timeout(backend: Backend) -> float:
     """The longest a backend says one call may take (its own settings), else a default."""
     for value in (
         getattr(backend, "call_timeout", None),

@@ -50,7 +50,7 @@ from core.receipts import (
 if TYPE_CHECKING:
     from core.anchors.rfc3161 import TrustBundle
 
-SettingsFor = Callable[[str], TargetSettings]
+SettingsFor = Callable[[str], TargetSettings | None]  # None (or LookupError): no entry
 
 
 class ClosingVerifier(Verifier, Protocol):
