@@ -77,7 +77,7 @@ class RunState:
     """What the App's lifecycle tells the header: the engine worker's state (off | running |
     stopped | failed), why HTTP is off if it is, and whether the app is stopping."""
 
-    engine: str = "off"
+    engine_state: str = "off"
     http_error: str | None = None
     stopping: bool = False
 
@@ -282,7 +282,7 @@ class DashboardScreen(Screen[None]):
     def _header_text(self, snap: Snapshot) -> Text:
         c, run = snap.counts, self.run_state()
         state, why = health(
-            c, engine=run.engine, last_tick=snap.last_tick, started_at=snap.started_at, now=snap.now, tick=snap.tick
+            c, engine=run.engine_state, last_tick=snap.last_tick, started_at=snap.started_at, now=snap.now, tick=snap.tick
         )
         role = HEALTH_ROLE[state]
         s = self.ctx.palette.styles
