@@ -54,7 +54,7 @@ import threading
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter
 
@@ -67,6 +67,12 @@ from core.events import (
     EventBus,
     ReceiptConfirmed,
 )
+from core.jobs import JobKey
+
+if TYPE_CHECKING:
+    from core.config import CloudEventsHttp, CloudEventsSettings
+    from core.observe.logs import Log
+    from core.runtime import Runtime
 
 SPECVERSION = "1.0"
 TYPE_PREFIX = "org.vaultmesh.scheduler."
@@ -92,7 +98,7 @@ def scrub(text: str) -> str:
     return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 1] + "…"
 
 
-def _job(job: Any) -> dict[str, str]:
+def _job(job: JobKey) -> dict[str, str]:
     return {"namespace": job.namespace, "cadence": job.cadence}
 
 
@@ -202,7 +208,7 @@ class _Sink:
 class HttpSink(_Sink):
     name = "http"
 
-    def __init__(self, emitter: CloudEventsEmitter, settings: Any, rng: random.Random) -> None:
+    def __init__(self, emitter: CloudEventsEmitter, settings: CloudEventsHttp, rng: random.Random) -> None:
         super().__init__(emitter, settings.max_queue)
         self.url = settings.url
         self.retries = settings.retries
@@ -294,10 +300,10 @@ class CloudEventsEmitter:
     def __init__(
         self,
         bus: EventBus,
-        settings: Any,
+        settings: CloudEventsSettings,
         registry: CollectorRegistry,
         *,
-        log: Any = None,
+        log: Log | None = None,
         rng: random.Random | None = None,
     ) -> None:
         self.bus = bus
@@ -406,8 +412,8 @@ async def _nothing() -> None:
 
 
 async def start_cloudevents(
-    runtime: Any,
-    settings: Any = None,
+    runtime: Runtime,
+    settings: CloudEventsSettings | None = None,
     registry: CollectorRegistry | None = None,
     *,
     rng: random.Random | None = None,

@@ -33,7 +33,7 @@ import watchfiles
 from core.events import ConfigRejected
 
 if TYPE_CHECKING:
-    from core.runtime import Runtime
+    from core.runtime import ReloadResult, Runtime
 
 RETRY_SECONDS = 1.0
 
@@ -57,7 +57,7 @@ def files_digest(files: list[Path]) -> str:
     return h.hexdigest()
 
 
-async def reload_now(runtime: Runtime) -> Any:
+async def reload_now(runtime: Runtime) -> ReloadResult | None:
     """`runtime.reload_off_loop()`, turning an unexpected exception into a logged, published rejection."""
     try:
         return await runtime.reload_off_loop()
@@ -75,7 +75,7 @@ async def watch_config(
     debounce_ms: int = 1600,
     step_ms: int = 100,
     force_polling: bool | None = None,
-    on_reload: Callable[[Any], None] | None = None,
+    on_reload: Callable[[ReloadResult | None], None] | None = None,
     ready: asyncio.Event | None = None,
 ) -> None:
     """Reload `runtime` whenever its config files change on disk, until `stop_event` is set.
