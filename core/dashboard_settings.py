@@ -28,8 +28,8 @@ from typing import Any
 
 # --------------------------------------------------------------------------- key remaps
 
-# The binding ids of the dashboard that tui.keys may remap: the app's KEYS (tui/app.py)
-# and the panes' own (tui/widgets.py). tests/unit/test_config.py checks they match.
+# The binding ids of the dashboard that tui.keys may remap: the action table (tui/actions.py
+# ACTIONS) and the panes' own (tui/widgets.py). tests/unit/test_config.py checks they match.
 KEYMAP_ACTIONS: tuple[str, ...] = (
     "force", "force_namespace", "reload", "pause", "detail", "verify", "filter", "theme",
     "palette", "help", "back", "next_pane", "prev_pane", "quit",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import UTC, datetime
+from typing import Any
 
 from rich.text import Text
 
@@ -35,7 +36,15 @@ def namespace_detail(
     if description:
         out.append(f"  {description}")
     out.append("\n")
+    _cadences(out, views, now, max_level)
+    _witnesses(out, getattr(ns_config, "witnesses", None))
+    _schema_policy(out, getattr(ns_config, "schema_policy", None))
+    _receipts(out, receipts)
+    _errors(out, views, errors, data_dir)
+    return out
 
+
+def _cadences(out: Text, views: list[JobView], now: float, max_level: int) -> None:
     _heading(out, "Cadences")
     for v in views:
         s, st = v.spec, v.state
@@ -65,7 +74,8 @@ def namespace_detail(
     if not views:
         out.append("  (no jobs: removed from the config?)\n", style="dim")
 
-    witnesses = getattr(ns_config, "witnesses", None)
+
+def _witnesses(out: Text, witnesses: Any) -> None:
     _heading(out, "Witnesses")
     if witnesses is not None and (witnesses.allowlist or witnesses.min_required):
         out.append(f"  min required: {witnesses.min_required}\n")
@@ -74,7 +84,8 @@ def namespace_detail(
     else:
         out.append("  (none)\n", style="dim")
 
-    policy = getattr(ns_config, "schema_policy", None)
+
+def _schema_policy(out: Text, policy: Any) -> None:
     _heading(out, "Schema policy")
     if policy is not None and policy.allow:
         for item in policy.allow:
@@ -82,6 +93,8 @@ def namespace_detail(
     else:
         out.append("  (none)\n", style="dim")
 
+
+def _receipts(out: Text, receipts: list[ReceiptInfo]) -> None:
     _heading(out, "Recent receipts")
     for r in receipts:
         when = datetime.fromtimestamp(r.anchored_at, UTC).strftime("%Y-%m-%d %H:%M:%S") if r.anchored_at else "?"
@@ -91,6 +104,8 @@ def namespace_detail(
     if not receipts:
         out.append("  (none yet)\n", style="dim")
 
+
+def _errors(out: Text, views: list[JobView], errors: Iterable[LogRecord], data_dir: str) -> None:
     _heading(out, "Recent errors")
     shown = 0
     for v in views:
@@ -103,4 +118,3 @@ def namespace_detail(
         shown += 1
     if not shown:
         out.append("  (none)\n", style="dim")
-    return out
