@@ -318,7 +318,7 @@ class ReadOnlyVerifiers:
             raise ValidationError(f"{target!r} is not an eip155:<chain id> target")
         url = self.rpc_url(target)
         settings = self._settings(target)
-        if target in self.rpc_urls or settings is None:
+        if target in self.rpc_urls or not isinstance(settings, Eip155Target):  # no entry: None
             settings = Eip155Target.model_validate({"rpcUrl": url, "chainId": int(name)})
         try:
             # No key is read and nothing is written: verify() only asks the node.

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -30,7 +30,8 @@ class CannotVerify(Exception):
 
 # Called by a backend with facts to journal before it commits to the outside world
 # (for EVM: the signed transaction hash), so that a crash can be resolved without a resend.
-JournalNote = Callable[[dict[str, Any]], None]
+# The journal's note is a plain function; a backend awaits what an async one returns.
+JournalNote = Callable[[dict[str, Any]], Awaitable[None] | None]
 
 
 class Backend(Protocol):

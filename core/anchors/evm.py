@@ -65,7 +65,7 @@ import json
 import os
 import weakref
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -80,6 +80,12 @@ from core.anchors.base import (
 )
 from core.errors import AuthError, NetworkError, ValidationError
 from core.fsutil import atomic_write_json
+
+if TYPE_CHECKING:
+    from eth_account.signers.local import LocalAccount
+
+    from core.anchors.schemes import Eip155Target
+    from core.clock import Clock
 
 __all__ = ["EVMBackend", "MEMO", "ANCHOR_SIGNATURE", "encode_anchor_call", "decode_anchor_call"]
 
@@ -211,8 +217,8 @@ class EVMBackend:
     def __init__(
         self,
         target: str,
-        settings: Any,
-        clock: Any,
+        settings: Eip155Target,
+        clock: Clock,
         data_dir: Path | str,
         *,
         receipt_timeout: float = 120.0,
@@ -238,7 +244,7 @@ class EVMBackend:
         self.poll_interval = poll_interval
         self._where = _host(settings.rpc_url)
         self._client = httpx.AsyncClient(timeout=rpc_timeout, transport=transport)
-        self._account: Any = None  # loaded on first send; holds the key, never printed
+        self._account: LocalAccount | None = None  # loaded on first send; holds the key, never printed
         self._ids = 0
 
     def __repr__(self) -> str:
@@ -267,7 +273,7 @@ class EVMBackend:
         raise ValidationError(f"{self.target}: no signing key configured (set key_env or key_file)")
 
     @property
-    def account(self) -> Any:
+    def account(self) -> LocalAccount:
         if self._account is None:
             key = self._load_key()
             try:
@@ -468,7 +474,7 @@ class EVMBackend:
             if "maxFeePerGas" in fees:
                 tx["type"] = 2
             signed = account.sign_transaction(tx)
-            facts = {
+            facts: dict[str, Any] = {
                 "tx_hash": _hex(bytes(signed.hash)),
                 "raw_tx": _hex(bytes(signed.raw_transaction)),
                 "nonce": nonce,

@@ -74,6 +74,7 @@ from core.anchors.tsp import (
     verify_attestation,
     verify_response,
 )
+from core.clock import Clock
 from core.errors import ValidationError
 
 __all__ = [
@@ -216,7 +217,7 @@ class LocalTSA:
         self,
         data_dir: Path | str,
         name: str,
-        clock: Any,
+        clock: Clock,
         *,
         max_clock_skew: float = 5.0,
         policies: Iterable[str] = (),
@@ -477,7 +478,8 @@ def _octets(value: bytes) -> bytes:
 
 
 def _oid(dotted: str) -> bytes:
-    return asn1core.ObjectIdentifier(dotted).dump()
+    der: bytes = asn1core.ObjectIdentifier(dotted).dump()  # asn1crypto is untyped
+    return der
 
 
 def _generalized_time(epoch: float) -> bytes:

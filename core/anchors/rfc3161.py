@@ -45,7 +45,7 @@ import ssl
 from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import httpx
@@ -60,6 +60,10 @@ from core.anchors.tsp import (
     verify_attestation,
     verify_response,
 )
+
+if TYPE_CHECKING:
+    from core.anchors.schemes import Rfc3161Target
+    from core.clock import Clock
 from core.errors import AuthError, NetworkError, ValidationError
 from core.text import redact_urls, url_origin
 
@@ -127,7 +131,7 @@ def load_trust_bundle(path: Path | None, target: str) -> TrustBundle:
         raise ValidationError(f"{target}: {exc}") from None
 
 
-def _settings_model(settings: Any) -> Any:
+def _settings_model(settings: object) -> Rfc3161Target:
     from core.anchors.schemes import Rfc3161Target
 
     if isinstance(settings, Rfc3161Target):
@@ -165,7 +169,7 @@ def _tls_context(cafile: str, mtime_ns: int) -> ssl.SSLContext:
 class RFC3161Backend:
     """A real time-stamp authority behind `rfc3161:<name>` (implements core.anchors.base.Backend)."""
 
-    def __init__(self, target: str, settings: Any, clock: Any) -> None:
+    def __init__(self, target: str, settings: Rfc3161Target | Mapping[str, Any], clock: Clock) -> None:
         self.target = target
         self.settings = _settings_model(settings)
         self._clock = clock
@@ -251,7 +255,7 @@ class RFC3161Backend:
 
     def _ssl_context(self) -> ssl.SSLContext:
         if self._ssl is None:
-            cafile = self.settings.ca_bundle
+            cafile: Path | str | None = self.settings.ca_bundle
             if cafile is None:
                 import certifi  # httpx's own default bundle
 

@@ -54,7 +54,7 @@ from asn1crypto import x509 as asn1x509
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
@@ -86,7 +86,7 @@ _HASH_BY_OID = {oid: name for name, (oid, _, _) in HASHES.items()}
 _ID_CT_TSTINFO = "1.2.840.113549.1.9.16.1.4"
 
 
-class _TimeStampResp(asn1core.Sequence):
+class _TimeStampResp(asn1core.Sequence):  # type: ignore[misc]  # asn1crypto is untyped
     """TimeStampResp as RFC 3161 defines it: the token is absent from rejections
     (asn1crypto's own class makes it mandatory)."""
 
@@ -157,7 +157,8 @@ def build_request(
     }
     if policy_oid:
         req["req_policy"] = policy_oid
-    return asn1tsp.TimeStampReq(req).dump()
+    der: bytes = asn1tsp.TimeStampReq(req).dump()  # asn1crypto is untyped
+    return der
 
 
 @dataclass(frozen=True)
@@ -205,19 +206,22 @@ def _der(cert: x509.Certificate) -> bytes:
 def wrap_token(token_der: bytes) -> bytes:
     """A granted TimeStampResp around a stored TimeStampToken (for the offline re-check)."""
     token = cms.ContentInfo.load(token_der)
-    return asn1tsp.TimeStampResp(
+    der: bytes = asn1tsp.TimeStampResp(
         {"status": {"status": "granted"}, "time_stamp_token": token}
     ).dump()
+    return der
 
 
 def signer_matches(sid: cms.SignerIdentifier, cert: asn1x509.Certificate) -> bool:
     if sid.name == "issuer_and_serial_number":
         ias = sid.chosen
-        return (
+        same: bool = (
             ias["issuer"].dump() == cert.issuer.dump()
             and ias["serial_number"].native == cert.serial_number
         )
-    return cert.key_identifier == sid.chosen.native  # subject_key_identifier
+        return same
+    same = cert.key_identifier == sid.chosen.native  # subject_key_identifier
+    return same
 
 
 def normalize_token(
@@ -323,8 +327,10 @@ def _check_signature(sd: cms.SignedData, signer: x509.Certificate) -> None:
                 key.verify(sig, to_verify, pad, pss_hash)
             else:
                 key.verify(sig, to_verify, padding.PKCS1v15(), h)
+        elif isinstance(key, ed25519.Ed25519PublicKey | ed448.Ed448PublicKey):
+            key.verify(sig, to_verify)
         else:
-            key.verify(sig, to_verify)  # Ed25519 / Ed448
+            raise TypeError(f"{type(key).__name__} signer keys are not supported")
     except InvalidSignature:
         raise _fail(
             "signature", f"the {algo_name} signature does not verify with the signer's key"
