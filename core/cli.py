@@ -20,6 +20,7 @@ from core.signals import StartupSignals
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing before main() runs
 if TYPE_CHECKING:
     import argparse
+    from typing import TextIO
 
     from core.config import Config, ConfigError, LoadedConfig
 
@@ -141,7 +142,7 @@ def load(args: argparse.Namespace) -> LoadedConfig:
     return load_config(overrides=overrides_from(args))
 
 
-def print_errors(error: ConfigError, *, file=None) -> None:
+def print_errors(error: ConfigError, *, file: TextIO | None = None) -> None:
     from core.text import printable
 
     out = file or sys.stderr

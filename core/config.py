@@ -220,7 +220,8 @@ class TuiSettings(_Model):
 
 # -- CloudEvents (optional): see core/observe/cloudevents.py
 
-CLOUDEVENT_TYPES = ("anchor.succeeded", "anchor.failed", "receipt.confirmed", "config.reloaded")
+CloudEventType = Literal["anchor.succeeded", "anchor.failed", "receipt.confirmed", "config.reloaded"]
+CLOUDEVENT_TYPES: tuple[CloudEventType, ...] = typing.get_args(CloudEventType)
 
 
 class CloudEventsHttp(_Model):
@@ -250,7 +251,7 @@ class CloudEventsSettings(_Model):
     http: CloudEventsHttp | None = None
     file: OptPath = None
     source: str = Field("/vaultmesh/scheduler", min_length=1, pattern=r"^\S+$")
-    types: list[Literal["anchor.succeeded", "anchor.failed", "receipt.confirmed", "config.reloaded"]] = Field(
+    types: list[CloudEventType] = Field(
         default_factory=lambda: list(CLOUDEVENT_TYPES)
     )
 
@@ -834,7 +835,7 @@ class _YamlReader:
                 items.append(self._build(item, child))
             return items
         value = self.constructor.construct_object(node)
-        if isinstance(value, int) and not node.style and node.value.lower().startswith(("0x", "+0x", "-0x")):
+        if isinstance(value, int) and isinstance(node, yaml.ScalarNode) and not node.style and node.value.lower().startswith(("0x", "+0x", "-0x")):
             value = node.value  # 0x... are addresses and keys here, not numbers: keep the text
         if isinstance(value, str) and "$" in value:
             value, missing = _interpolate(value, self.env)
