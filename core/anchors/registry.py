@@ -3,13 +3,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from core.anchors.base import Backend
-from core.anchors.schemes import SCHEMES
+from core.anchors.schemes import SCHEMES, TargetSettings
 from core.clock import Clock
 from core.errors import ValidationError
+
+# target id -> its resolved settings (None: none, and the scheme may use its defaults)
+SettingsFor = Callable[[str], TargetSettings | None]
 
 
 class Backends:
@@ -19,13 +22,13 @@ class Backends:
     a reload swaps it, and backends whose settings changed are rebuilt on next use.
     """
 
-    def __init__(self, settings_for: Any, data_dir: Path, clock: Clock) -> None:
+    def __init__(self, settings_for: SettingsFor, data_dir: Path, clock: Clock) -> None:
         self._settings_for = settings_for
         self._data_dir = data_dir
         self._clock = clock
-        self._cache: dict[str, tuple[Any, Backend]] = {}
+        self._cache: dict[str, tuple[TargetSettings | None, Backend]] = {}
 
-    def update(self, settings_for: Any) -> None:
+    def update(self, settings_for: SettingsFor) -> None:
         self._settings_for = settings_for
 
     def __call__(self, target: str) -> Backend:
@@ -37,7 +40,7 @@ class Backends:
         self._cache[target] = (settings, backend)
         return backend
 
-    def _build(self, target: str, settings: Any) -> Backend:
+    def _build(self, target: str, settings: TargetSettings | None) -> Backend:
         scheme, _, name = target.partition(":")
         spec = SCHEMES.get(scheme)
         if spec is None:

@@ -102,7 +102,7 @@ Build = Callable[[str, Any, Path, "Clock"], "Backend"]
 Proof = Literal["timestamp", "embedded-timestamp", "transaction"]
 
 
-def _no_refusal(target: str, settings: Any, entry: str | None) -> str | None:
+def _no_refusal(target: str, settings: object, entry: str | None) -> str | None:
     return None
 
 
@@ -110,11 +110,11 @@ def _any_name(name: str) -> str | None:
     return None
 
 
-def _no_detail(settings: Any) -> str:
+def _no_detail(settings: object) -> str:
     return ""
 
 
-def _no_files(settings: Any, target: str) -> list[tuple[str, str]]:
+def _no_files(settings: object, target: str) -> list[tuple[str, str]]:
     return []
 
 
@@ -160,7 +160,7 @@ def host_of(url: str) -> str:
 # --------------------------------------------------------------------------- local
 
 
-def _build_local(target: str, settings: Any, data_dir: Path, clock: Clock) -> Backend:
+def _build_local(target: str, settings: LocalTarget | None, data_dir: Path, clock: Clock) -> Backend:
     from core.anchors.local import LocalTSA
 
     name = target.partition(":")[2]
@@ -181,13 +181,13 @@ LOCAL = SchemeSpec(
 # --------------------------------------------------------------------------- rfc3161
 
 
-def _build_rfc3161(target: str, settings: Any, data_dir: Path, clock: Clock) -> Backend:
+def _build_rfc3161(target: str, settings: Rfc3161Target, data_dir: Path, clock: Clock) -> Backend:
     from core.anchors.rfc3161 import RFC3161Backend
 
     return RFC3161Backend(target, settings, clock)
 
 
-def _rfc3161_files(settings: Any, target: str) -> list[tuple[str, str]]:
+def _rfc3161_files(settings: Rfc3161Target, target: str) -> list[tuple[str, str]]:
     if settings.trust_bundle is None:
         return []
     from core.config_check import trust_bundle_problem
@@ -210,7 +210,7 @@ RFC3161 = SchemeSpec(
 # --------------------------------------------------------------------------- eip155
 
 
-def _build_eip155(target: str, settings: Any, data_dir: Path, clock: Clock) -> Backend:
+def _build_eip155(target: str, settings: Eip155Target, data_dir: Path, clock: Clock) -> Backend:
     from core.anchors.evm import EVMBackend
 
     return EVMBackend(target, settings, clock, data_dir)
@@ -220,7 +220,7 @@ def _chain_id_problem(name: str) -> str | None:
     return None if name.isdigit() else "needs a numeric chain id, for example 'eip155:8453'"
 
 
-def _wrong_chain(target: str, settings: Any, entry: str | None) -> str | None:
+def _wrong_chain(target: str, settings: Eip155Target, entry: str | None) -> str | None:
     chain = int(target.partition(":")[2])
     if chain == settings.chain_id:
         return None
@@ -230,14 +230,14 @@ def _wrong_chain(target: str, settings: Any, entry: str | None) -> str | None:
     )
 
 
-def _wrong_chain_warning(target: str, settings: Any, entry: str | None) -> str:
+def _wrong_chain_warning(target: str, settings: Eip155Target, entry: str | None) -> str:
     return (
         f"target {target} has chain id {target.partition(':')[2]} but {entry} has chainId "
         f"{settings.chain_id}; this job will be refused, not anchored to the wrong chain"
     )
 
 
-def _key_file(settings: Any, target: str) -> list[tuple[str, str]]:
+def _key_file(settings: Eip155Target, target: str) -> list[tuple[str, str]]:
     if settings.key_file is None:
         return []
     from core.config_check import key_file_problem
