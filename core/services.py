@@ -20,8 +20,9 @@ is looking at the same facts on screen.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from contextlib import AsyncExitStack
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from core.confirmations import ConfirmationTracker
 from core.observe.cloudevents import start_cloudevents
@@ -29,11 +30,14 @@ from core.observe.http import HttpServer, ListenError, start_http
 from core.observe.metrics import Metrics
 from core.observe.watch import start_watch
 
+if TYPE_CHECKING:
+    from core.runtime import Runtime
+
 TASK_STOP_SECONDS = 2.0  # a background task that has not ended this long after its stop is cancelled
 
 
 class Services:
-    def __init__(self, runtime: Any) -> None:
+    def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         self.metrics: Metrics | None = None
         self.http: HttpServer | None = None
@@ -75,7 +79,7 @@ class Services:
         stack.push_async_callback(self._stop_task, tracking, tracker.stop)
         return self
 
-    async def _stop_task(self, task: asyncio.Task[Any], stop: Any) -> None:
+    async def _stop_task(self, task: asyncio.Task[Any], stop: Callable[[], object]) -> None:
         """Ask `task` to stop, give it TASK_STOP_SECONDS, then cancel it."""
         stop()
         try:
