@@ -14,8 +14,8 @@ import asyncio
 import gc
 import os
 import signal
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING
 
 from textual import work
 from textual.app import App, SystemCommand
@@ -27,13 +27,17 @@ from core.cadence import format_seconds
 from core.control import RuntimeControl
 from core.dashboard_settings import action_problem, key_problem
 from core.lifecycle import running
-from core.runtime import CannotStart, Runtime
+from core.runtime import CannotStart, Loader, Runtime
 from core.services import Services
 from tui.actions import ACTIONS, MUTATING, bindings, mapped_keys
 from tui.dashboard import DashboardScreen, RunState
 from tui.panes import PANES, TABLE_HELP
 from tui.screens import ConfirmScreen, HelpScreen
 from tui.themes import FALLBACKS, ThemeError, bundled_themes, choose_theme, load_theme_file
+
+if TYPE_CHECKING:
+    from core.config import LoadedConfig
+    from tui.terminal import ExitWatchdog, TerminalGuard
 
 
 class VaultMeshApp(App[int]):
@@ -50,7 +54,7 @@ class VaultMeshApp(App[int]):
         theme: str | None = None,
         start_engine: bool = True,
         grace: float = 10.0,
-        env: Any = None,
+        env: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__()
         self.runtime = runtime
@@ -228,8 +232,8 @@ class VaultMeshApp(App[int]):
             self.notify(f"the scheduler failed: {error!r}; no anchors until restart", severity="error", timeout=60)
 
     # Given by run_dashboard on a real terminal (tui.terminal); Pilot tests run without them.
-    terminal: Any = None  # TerminalGuard: says when the terminal is gone
-    watchdog: Any = None  # ExitWatchdog: ends the process if the stop cannot finish
+    terminal: TerminalGuard | None = None  # says when the terminal is gone
+    watchdog: ExitWatchdog | None = None  # ends the process if the stop cannot finish
 
     def _install_signal_handlers(self) -> None:
         import asyncio
@@ -247,7 +251,7 @@ class VaultMeshApp(App[int]):
         if self.terminal is not None:
             self.terminal.watch(lambda reason: self._terminal_lost(loop, reason))
 
-    def _terminal_lost(self, loop: Any, reason: str) -> None:
+    def _terminal_lost(self, loop: asyncio.AbstractEventLoop, reason: str) -> None:
         """From the thread that noticed: arm the watchdog at once (it must not depend on the
         loop), then stop on the loop as for SIGHUP."""
         from tui.terminal import HANGUP_GRACE, HANGUP_TEARDOWN
@@ -338,7 +342,7 @@ class VaultMeshApp(App[int]):
 # --------------------------------------------------------------------------- entry point
 
 
-def run_dashboard(loaded: Any, args: argparse.Namespace, loader: Any = None) -> int:
+def run_dashboard(loaded: LoadedConfig, args: argparse.Namespace, loader: Loader | None = None) -> int:
     """Run the dashboard until quit / SIGTERM / SIGINT / the terminal is gone; returns the
     process exit code (see core/cli.py). When the terminal is lost (SIGHUP, end of input,
     failed writes) the engine is stopped and its state saved first; if Textual's teardown

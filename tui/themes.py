@@ -10,6 +10,7 @@ the file: a bad operator theme must be a clear message, never a traceback.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 from textual.color import Color, ColorParseError
@@ -62,7 +63,7 @@ def bundled_themes(folder: Path = THEMES_DIR) -> list[Theme]:
     return [_theme(spec) for spec in bundled_theme_specs(folder)]
 
 
-def prefers_ansi(env: dict[str, str] | os._Environ[str] = os.environ) -> bool:
+def prefers_ansi(env: Mapping[str, str] = os.environ) -> bool:
     """A terminal that says it has no truecolor / 256 colours gets the ANSI theme."""
     if env.get("COLORTERM", "").lower() in ("truecolor", "24bit"):
         return False
@@ -75,7 +76,7 @@ def choose_theme(
     *,
     flag: str | None = None,
     config: str | None = None,
-    env: dict[str, str] | os._Environ[str] = os.environ,
+    env: Mapping[str, str] = os.environ,
 ) -> str:
     """--theme > VMSH_THEME > tui.theme in the config > ANSI on 16-colour terminals > dark."""
     for source, name in (("--theme", flag), ("VMSH_THEME", env.get("VMSH_THEME")), ("tui.theme", config)):
