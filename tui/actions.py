@@ -12,10 +12,11 @@ A new action is one entry here and one `action_<name>` method where its `scope` 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-from textual.binding import Binding
+from textual.binding import Binding, BindingType
 
 Scope = Literal["app", "dashboard"]
 
@@ -65,7 +66,7 @@ ACTIONS: tuple[Action, ...] = (
 MUTATING = frozenset(a.action for a in ACTIONS if a.mutating)
 
 
-def bindings(scope: Scope) -> list[Binding]:
+def bindings(scope: Scope) -> list[BindingType]:
     """The Textual bindings of the actions in `scope`, in table order."""
     return [
         Binding(a.key, a.action, a.label, show=a.footer, id=a.id, priority=a.priority)
@@ -74,6 +75,6 @@ def bindings(scope: Scope) -> list[Binding]:
     ]
 
 
-def mapped_keys(action: Action, keymap: dict[str, str]) -> list[str]:
+def mapped_keys(action: Action, keymap: Mapping[str, str]) -> list[str]:
     """The keys of `action` as `tui.keys` maps it (the App's keymap), else its defaults."""
     return [k.strip() for k in (keymap.get(action.id) or action.key).split(",")]

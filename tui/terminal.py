@@ -270,13 +270,18 @@ def guarded_driver(guard: TerminalGuard) -> type[LinuxDriver]:
     class GuardedLinuxDriver(LinuxDriver):
         def __init__(self, app: Any, **kwargs: Any) -> None:
             super().__init__(app, **kwargs)
-            self._file = GuardedOutput(self._file, guard)
+            # Textual types _file as sys.__stderr__'s TextIOWrapper; ours writes to it.
+            self._guarded_output = GuardedOutput(self._file, guard)  # type: ignore[arg-type]
+            self._file = self._guarded_output  # type: ignore[assignment]
 
         def start_application_mode(self) -> None:
             loop = asyncio.get_running_loop()
             app = self._app
             # From the writer thread: the terminal takes output again, draw it all anew.
-            self._file.on_resume = lambda: loop.call_soon_threadsafe(app.refresh)
+            def redraw() -> None:
+                loop.call_soon_threadsafe(app.refresh)
+
+            self._guarded_output.on_resume = redraw
             super().start_application_mode()
 
         def run_input_thread(self) -> None:

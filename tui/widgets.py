@@ -270,9 +270,9 @@ class LogView(Log):
             self._cursor = self._written - 1
 
     def add(self, records: Iterable[LogRecord]) -> None:
-        records = list(records)[-self.records.maxlen :]  # type: ignore[misc]
-        self.records.extend(records)
-        self._write(records)
+        kept = list(records)[-(self.records.maxlen or 0) :]  # the deque is always bounded
+        self.records.extend(kept)
+        self._write(kept)
 
     def _rerender(self) -> None:
         self.clear()

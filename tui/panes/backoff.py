@@ -18,10 +18,10 @@ class BackoffPane(PaneSource):
 
     def show(self, snapshot: Snapshot) -> None:
         p, now, level, data_dir = self.ctx.palette, snapshot.now, snapshot.max_level, self.ctx.data_dir
-        self.body.show({
+        self.table.show({
             str(v.key): backoff_row(v, now, level, p, data_dir)
             for v in snapshot.views if v.state.backoff_level > 0
-        })  # type: ignore[union-attr]  # fmt: skip
+        })  # fmt: skip
 
     def tab_label(self, snapshot: Snapshot | None) -> str:
         n = snapshot.counts.in_backoff if snapshot is not None else 0

@@ -42,6 +42,12 @@ class PaneSource:
         self.ctx = ctx
         self.body: DiffTable | LogView = self.make_body()
 
+    @property
+    def table(self) -> DiffTable:
+        """The body, in a pane whose body is a table."""
+        assert isinstance(self.body, DiffTable)
+        return self.body
+
     def make_body(self) -> DiffTable | LogView:
         raise NotImplementedError
 

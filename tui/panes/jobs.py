@@ -17,4 +17,4 @@ class JobsPane(PaneSource):
 
     def show(self, snapshot: Snapshot) -> None:
         p, now, level, paused = self.ctx.palette, snapshot.now, snapshot.max_level, snapshot.paused
-        self.body.show({str(v.key): job_row(v, now, level, paused, p) for v in snapshot.views})  # type: ignore[union-attr]
+        self.table.show({str(v.key): job_row(v, now, level, paused, p) for v in snapshot.views})

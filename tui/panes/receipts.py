@@ -59,10 +59,10 @@ class ReceiptsPane(PaneSource):
                 del infos[path]
                 self.verified.pop(path, None)
         p = self.ctx.palette
-        self.body.show({path: receipt_row(r, self.verified.get(path, ""), p) for path, r in infos.items()})  # type: ignore[union-attr]
+        self.table.show({path: receipt_row(r, self.verified.get(path, ""), p) for path, r in infos.items()})
 
     def selected_receipt(self) -> str | None:
-        return self.body.selected_key if isinstance(self.body, DiffTable) else None
+        return self.table.selected_key
 
     def selected_job(self) -> JobKey | None:
         info = self.infos.get(self.selected_receipt() or "")
