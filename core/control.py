@@ -15,12 +15,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from core.events import Event
 from core.jobs import JobKey
 from core.receipts import (
+    Listing,
     ReceiptError,
     ReceiptInvalid,
     ReceiptUncheckable,
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from core.engine import JobView
     from core.runtime import ReloadResult, Runtime
 
-Receipts = list[tuple[Path, Any]]  # (file, its core.receipts.Receipt or the ReceiptError reading it)
+Receipts = Listing  # (file, its Receipt or the ReceiptError that reading it raised)
 
 
 @dataclass(frozen=True, slots=True)
