@@ -1,7 +1,9 @@
 """`vmsh-scheduler --no-ui`: the engine, JSON logs on stdout, metrics and health over HTTP.
 
 Exit codes: 0 stopped by SIGTERM/SIGINT; 1 the engine failed unexpectedly; 2 it could
-not start (invalid config, data dir locked by another scheduler, HTTP port taken).
+not start (invalid config, data dir locked by another scheduler, a folder under it that
+cannot be written or listed, a journal that cannot be read, HTTP port taken). What starts
+and stops, in which order, is core/lifecycle.py, shared with the dashboard.
 SIGHUP reloads the configuration; an invalid one is logged and the old one stays live.
 Signals that arrive during start are recorded by core/signals.py and acted on here: a
 SIGTERM/SIGINT stops the scheduler as soon as its loop runs, a SIGHUP reloads then.
