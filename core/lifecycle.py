@@ -26,10 +26,13 @@ import asyncio
 import gc
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from core.errors import StorageError
 from core.services import Services
+
+if TYPE_CHECKING:
+    from core.runtime import Runtime
 
 GRACE_SECONDS = 10.0  # in-flight anchors get this long at a stop, unless the mode says less
 # A full (generation 2) collection every 100 young ones instead of 10: during a
@@ -41,7 +44,7 @@ GC_THRESHOLDS = (700, 10, 100)
 class Run:
     """The scheduler while it runs: its services, the engine task, and how to stop it."""
 
-    def __init__(self, runtime: Any, grace: float) -> None:
+    def __init__(self, runtime: Runtime, grace: float) -> None:
         self.runtime = runtime
         self.grace = grace
         self.services: Services | None = None  # None in a run that starts nothing
@@ -95,7 +98,7 @@ class Run:
 
 @asynccontextmanager
 async def running(
-    runtime: Any, *, http_required: bool, grace: float = GRACE_SECONDS, start: bool = True
+    runtime: Runtime, *, http_required: bool, grace: float = GRACE_SECONDS, start: bool = True
 ) -> AsyncIterator[Run]:
     """Start the services, say so, start the engine; on leaving, stop all in reverse.
 
