@@ -14,7 +14,7 @@ import asyncio
 import gc
 import os
 import signal
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING
 
 from textual import work
@@ -70,11 +70,12 @@ class VaultMeshApp(App[int]):
         self._run_worker: Worker[None] | None = None
         self.stopped_cleanly = False
         self.exit_reason = ""
-        self._unsubscribe = None
         self.control = RuntimeControl(runtime)
         self.dashboard = DashboardScreen(
             self.control, data_dir=str(runtime.data_dir.resolve()), readonly=readonly, run_state=self._run_state
         )
+        # The dashboard's event subscription, ended by the lifecycle before the app exits.
+        self._unsubscribe: Callable[[], None] | None = self.dashboard.stop_events
         env = os.environ if env is None else env
         self._theme_names = self._register_themes(runtime)
         self.theme = choose_theme(

@@ -163,10 +163,15 @@ class DashboardScreen(Screen[None]):
         self.body(self._active_pane).focus()
         self.set_interval(COUNTDOWN_PERIOD, self.refresh_views, name="countdown")
 
-    def on_unmount(self) -> None:
+    def stop_events(self) -> None:
+        """No more events from the scheduler (the App calls it before it exits: what the
+        engine says while it stops must not reach a screen being torn down)."""
         if self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None
+
+    def on_unmount(self) -> None:
+        self.stop_events()
 
     def on_resize(self, event: Resize) -> None:
         self._layout(event.size.width, event.size.height)
