@@ -255,10 +255,10 @@ class VaultMeshApp(App[int]):
     def _terminal_lost(self, loop: asyncio.AbstractEventLoop, reason: str) -> None:
         """From the thread that noticed: arm the watchdog at once (it must not depend on the
         loop), then stop on the loop as for SIGHUP."""
-        from tui.terminal import HANGUP_GRACE, HANGUP_TEARDOWN
+        from tui.terminal import HANGUP_GRACE, HANGUP_SAVE_MARGIN, HANGUP_TEARDOWN
 
         if self.watchdog is not None:
-            self.watchdog.arm(save_within=HANGUP_GRACE + 0.5, teardown_within=HANGUP_TEARDOWN)
+            self.watchdog.arm(save_within=HANGUP_GRACE + HANGUP_SAVE_MARGIN, teardown_within=HANGUP_TEARDOWN)
         try:
             loop.call_soon_threadsafe(self._on_signal, reason, True)
         except RuntimeError:  # the loop is closed: the app has already stopped

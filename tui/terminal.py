@@ -46,9 +46,15 @@ from textual.drivers.linux_driver import LinuxDriver
 EXIT_OK, EXIT_STATE_NOT_SAVED = 0, 1
 # With the terminal gone the whole stop stays within 5 s: in-flight anchors get
 # HANGUP_GRACE (those still running stay in the journal, resolved at the next start),
-# Textual's teardown HANGUP_TEARDOWN after the state is saved.
-HANGUP_GRACE = 3.0
+# Textual's teardown HANGUP_TEARDOWN after the state is saved; HANGUP_SAVE_MARGIN is what
+# stopping the engine and saving may take beyond the grace on a loaded host.
+HANGUP_GRACE = 2.5
+HANGUP_SAVE_MARGIN = 1.0
 HANGUP_TEARDOWN = 1.0
+# The watchdog saves from its own thread while the loop may still be changing the state:
+# a save that fails is tried again this many times, SAVE_RETRY_DELAY apart.
+SAVE_ATTEMPTS = 3
+SAVE_RETRY_DELAY = 0.05
 # Any other stop (quit, SIGTERM): the engine's grace plus STOP_MARGIN to save the state,
 # then TEARDOWN_LIMIT for Textual to restore a live terminal.
 STOP_MARGIN = 5.0
@@ -325,12 +331,12 @@ class ExitWatchdog:
 
     def _run(self, save_within: float, teardown_within: float, code: int) -> None:
         if not self._saved.wait(save_within):
-            try:
-                self._save_state()
-            except Exception as exc:  # state cannot be saved: say so, exit non-zero
-                self._say(f"could not save state: {exc}")
+            error = self._save_with_retries()
+            if error is None:
+                self._say(f"the engine did not stop within {save_within:g} s; state saved from the watchdog")
+            else:  # state cannot be saved: say so, exit non-zero
+                self._say(f"the engine did not stop within {save_within:g} s; could not save state: {error}")
                 code = EXIT_STATE_NOT_SAVED
-            self._say(f"the engine did not stop within {save_within:g} s; state saved from the watchdog")
         else:
             time.sleep(teardown_within)
             self._say(f"the dashboard's teardown did not finish within {teardown_within:g} s; exiting")
@@ -338,6 +344,21 @@ class ExitWatchdog:
             self._release()
         finally:
             self._exit(code)
+
+
+    def _save_with_retries(self) -> Exception | None:
+        """Save the state; a failure (the loop changed the job table mid-save, a busy
+        writer) is tried again. Returns the last error, or None once saved."""
+        error: Exception | None = None
+        for attempt in range(SAVE_ATTEMPTS):
+            if attempt:
+                time.sleep(SAVE_RETRY_DELAY)
+            try:
+                self._save_state()
+                return None
+            except Exception as exc:
+                error = exc
+        return error
 
 
 def _say_on_stderr(text: str) -> None:

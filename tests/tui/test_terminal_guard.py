@@ -115,6 +115,27 @@ def test_watchdog_exits_1_when_state_cannot_be_saved():
     assert exits.calls == [("release", None), ("exit", 1)]
 
 
+def test_watchdog_tries_a_failed_save_again_before_giving_up():
+    # The loop may still be changing the job table while the watchdog saves from its thread
+    # ("dictionary changed size during iteration"): one failed attempt is not a lost state.
+    exits = Exits()
+    attempts: list[int] = []
+
+    def racing() -> None:
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise RuntimeError("dictionary changed size during iteration")
+        exits.save()
+
+    said: list[str] = []
+    dog = ExitWatchdog(save_state=racing, release=exits.release, say=said.append, exit=exits.exit)
+    dog.arm(save_within=0.05, teardown_within=60)
+    assert exits.done.wait(5)
+    assert len(attempts) == 2
+    assert exits.calls == [("save", None), ("release", None), ("exit", 0)]
+    assert "state saved from the watchdog" in said[-1]
+
+
 def test_watchdog_after_the_save_only_bounds_the_teardown():
     exits = Exits()
     dog = ExitWatchdog(save_state=exits.save, release=exits.release, say=lambda _: None, exit=exits.exit)
