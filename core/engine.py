@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -58,6 +58,7 @@ from core.writer import DiskWriter
 _T = TypeVar("_T")
 BackendFor = Callable[[str], Backend]
 WRITE_CHUNK = 128  # receipts per writer call: the loop runs between chunks of a big pass
+PASS_SLICE = 500  # due jobs looked at between two turns of the loop in a scheduling pass
 # A job in flight longer than STUCK_TIMEOUTS x its backend's time limit is stuck.
 STUCK_TIMEOUTS = 4
 STUCK_MIN_SECONDS = 60.0
@@ -375,7 +376,7 @@ class Scheduler:
         while not self._stopping:
             self._wake.clear()
             await self._read_due_batches()
-            self.run_due()
+            await self._run_due_in_slices()
             now = self.clock.now()
             deadline = now + self.tick
             nxt = self.next_due()
@@ -388,7 +389,7 @@ class Scheduler:
     async def run_once(self) -> None:
         """One pass, waiting for every anchor it started (tests and `--once`)."""
         await self._read_due_batches()
-        self.run_due()
+        await self._run_due_in_slices()
         await self.settle()
 
     async def settle(self) -> None:
@@ -422,10 +423,32 @@ class Scheduler:
 
     def run_due(self) -> int:
         """Start anchoring every job that is due now; returns how many were started."""
+        scan = self._due_pass()
+        while True:
+            try:
+                next(scan)
+            except StopIteration as done:
+                return int(done.value)
+
+    async def _run_due_in_slices(self) -> int:
+        """run_due for the running loop: the pass lets the loop run (/livez, the dashboard)
+        after every PASS_SLICE jobs, so 10,000 due jobs do not hold it for their whole pass."""
+        scan = self._due_pass()
+        while True:
+            try:
+                next(scan)
+            except StopIteration as done:
+                return int(done.value)
+            await asyncio.sleep(0)
+
+    def _due_pass(self) -> Generator[None, None, int]:
+        """The pass itself; yields after every PASS_SLICE jobs looked at, returns how many
+        were started. Aggregation still spans the whole pass: groups form at its end."""
         started_at = self.clock.now()
         now = started_at
         due: list[_Due] = []
         forced, self._forced = self._forced, set()
+        looked = 0
         for key in forced:
             if key in self._specs and key not in self._in_flight:
                 self._take(key, now, forced=True, into=due)
@@ -435,7 +458,14 @@ class Scheduler:
                 when, _, key = heapq.heappop(heap)
                 if self._due.get(key) != when or key in self._in_flight or key in forced:
                     continue
+                # A reload between slices may have removed it (apply drops its due time,
+                # so the check above skips it) or made it in flight (a forced anchor).
                 self._take(key, now, forced=False, into=due)
+                looked += 1
+                if looked % PASS_SLICE == 0:
+                    yield
+        if looked >= PASS_SLICE:  # the loop ran between slices: a reload may have changed jobs
+            due = [d for d in due if self._specs.get(d.spec.key) is d.spec]
         # One backend call per (target, policy): a token is under one policy only.
         groups: dict[tuple[str, str | None], list[_Due]] = {}
         for item in due:

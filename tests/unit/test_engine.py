@@ -438,3 +438,33 @@ async def test_state_saved_before_the_wall_went_back_is_due_one_period_after_res
     h.clock.advance(60)
     await s2.run_once()
     assert len(h.backend.calls) == 2, "after a restart the job waited for the wall clock to catch up"
+
+
+async def test_a_big_pass_lets_the_loop_run_and_still_aggregates_into_one_call(tmp_path):
+    # 1,200 due jobs: the pass hands the loop back between slices (so /livez and the
+    # dashboard answer during it), and the jobs still go to the backend as one group.
+    from core.engine import PASS_SLICE
+
+    n = 1200
+    h = Harness(tmp_path, {f"ns{i:04d}": i + 1 for i in range(n)})
+    s = h.scheduler()
+    turns = 0
+    scanning = True
+
+    async def other_work() -> None:
+        nonlocal turns
+        while scanning:
+            turns += 1
+            await asyncio.sleep(0)
+
+    other = asyncio.get_running_loop().create_task(other_work())
+    await asyncio.sleep(0)
+    turns = 0
+    started = await s._run_due_in_slices()
+    scanning = False
+    await other
+    assert started == n
+    assert turns >= n // PASS_SLICE  # the loop ran between slices, not only after the pass
+    await s.settle()
+    assert len(h.backend.calls) == 1  # one aggregated call for the whole pass
+    await until(lambda: len(h.of(ReceiptWritten)) == n, timeout=60)
