@@ -110,6 +110,38 @@ def build_parser() -> argparse.ArgumentParser:
         "receipts independently, instead of checking them",
     )
     add_common(verify, suppress=True)
+    attach = sub.add_parser(
+        "attach",
+        help="open the dashboard on a running scheduler (its control socket)",
+        description="Open the dashboard on a scheduler that runs elsewhere (headless, under "
+        "systemd): no engine and no lock here; quitting or the terminal going away never "
+        "stops that scheduler. The socket is --socket, else the config's control.socket, "
+        "else <data_dir>/control.sock.",
+        epilog="exit codes: 0 detached, 2 usage, no terminal, or no scheduler answers on the socket",
+    )
+    attach.add_argument("--socket", type=Path, metavar="PATH", help="the scheduler's control socket")
+    add_common(attach, suppress=True)
+    ctl = sub.add_parser(
+        "ctl",
+        help="control a running scheduler from scripts: status, force, pause, resume, reload, tail",
+        description="Talk to a running scheduler over its control socket (docs/control-api.md). "
+        "The socket is --socket, else the config's control.socket, else <data_dir>/control.sock.",
+        epilog="exit codes: 0 done, 1 refused or failed, 2 usage or no scheduler running",
+    )
+    ctl.add_argument("--socket", type=Path, metavar="PATH", help="the scheduler's control socket")
+    add_common(ctl, suppress=True)
+    ctl_sub = ctl.add_subparsers(dest="ctl_command", metavar="ACTION", required=True)
+    status = ctl_sub.add_parser("status", help="jobs, counts, paused, health")
+    status.add_argument("--json", action="store_true", help="the whole status as one JSON object")
+    force = ctl_sub.add_parser("force", help="anchor NAMESPACE (all cadences) or NAMESPACE/CADENCE now")
+    force.add_argument("target", metavar="NAMESPACE[/CADENCE]")
+    ctl_sub.add_parser("pause", help="stop starting anchors (in-flight ones finish)")
+    ctl_sub.add_parser("resume", help="start anchoring again")
+    ctl_sub.add_parser("reload", help="load the config again; prints file:line errors (exit 1)")
+    ctl_sub.add_parser("tail", help="follow the scheduler's log records (Ctrl-C stops)")
+    for action in ctl_sub.choices.values():
+        action.add_argument("--socket", type=Path, metavar="PATH", default=argparse.SUPPRESS,
+                            help="the scheduler's control socket")
     return parser
 
 
@@ -291,6 +323,34 @@ def run_dashboard(loaded: LoadedConfig, args: argparse.Namespace) -> int:
     return dashboard(loaded, args, loader=lambda: load(args))
 
 
+def cmd_attach(args: argparse.Namespace) -> int:
+    """The dashboard as a client of a running scheduler (tui/app.py attach_dashboard). The
+    config, when one is found, only says where the socket is and gives the dashboard's
+    settings (theme, keys); an unset secret in it does not matter here."""
+    from core.config import ConfigError, load_config
+
+    if not all(os.isatty(fd) for fd in (0, 1, 2)):
+        print("vmsh-scheduler attach: no terminal: use `vmsh-scheduler ctl` from scripts", file=sys.stderr)
+        return 2
+    loaded = None
+    try:
+        loaded = load_config(overrides=overrides_from(args), allow_unset=True)
+    except ConfigError as exc:
+        if args.socket is None:
+            print_errors(exc)
+            print("vmsh-scheduler attach: pass --socket PATH, or a config that names the data dir", file=sys.stderr)
+            return 2
+    from core.remote_control import control_socket
+    from tui.app import attach_dashboard
+
+    if args.socket is not None:
+        socket = args.socket
+    else:
+        assert loaded is not None  # a config error without --socket returned above
+        socket = control_socket(loaded.config)
+    return attach_dashboard(socket, args, loaded)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     # First of all: SIGHUP/SIGTERM/SIGINT during start are recorded, not fatal (core/signals.py).
     startup = StartupSignals().install()
@@ -315,6 +375,14 @@ def _main(argv: Sequence[str] | None, startup: StartupSignals) -> int:
         return cmd_check_config(args)
     if args.command == "verify":
         return cmd_verify(args)
+    if args.command == "ctl":
+        startup.replay()
+        from core.ctl import run_ctl  # lazily: httpx and the codecs only for ctl
+
+        return run_ctl(args)
+    if args.command == "attach":
+        startup.restore()  # the dashboard installs its own handlers
+        return cmd_attach(args)
     if not args.no_ui and not all(os.isatty(fd) for fd in (0, 1, 2)):
         # Textual reads fd 0 and draws on fd 2: elsewhere than a terminal it would write
         # escape codes into a pipe, a file or the journal, and wait for keys forever.

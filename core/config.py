@@ -205,6 +205,26 @@ class HttpSettings(_Model):
         return int(_LISTEN.match(self.listen).group("port"))  # type: ignore[union-attr]
 
 
+class ControlSettings(_Model):
+    """The control socket (core/control_server.py, docs/control-api.md); read at start only."""
+
+    socket: OptPath = Field(None, description="Unix socket path; default <data_dir>/control.sock")
+    mode: str = Field("0660", description="the socket's permission bits, octal, quoted")
+    group: OptStr = Field(None, description="the socket's group (default: the scheduler's)")
+    readonly_group: OptStr = Field(None, description="members may read but not force/pause/reload")
+
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _mode(cls, value: Any) -> str:  # a bare 0660 is a YAML number (432): ask for quotes
+        if not isinstance(value, str) or not re.fullmatch(r"0?[0-7]{3}", value):
+            raise PydanticCustomError("mode", "{v} is not a permission mode (expected octal, e.g. \"0660\")", {"v": repr(value)})
+        return value
+
+    @property
+    def mode_bits(self) -> int:
+        return int(self.mode, 8)
+
+
 class LogSettings(_Model):
     level: Annotated[Literal["DEBUG", "INFO", "WARNING", "ERROR"], BeforeValidator(_upper)] = "INFO"
     file: OptPath = None
@@ -358,6 +378,7 @@ class Namespace(_Model):
 class Config(_Model):
     scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
+    control: ControlSettings = Field(default_factory=ControlSettings)
     log: LogSettings = Field(default_factory=LogSettings)
     tui: TuiSettings = Field(default_factory=TuiSettings)
     cloudevents: CloudEventsSettings | None = None

@@ -2,6 +2,8 @@
 
 - metrics fed from the event bus (core.observe.metrics),
 - the HTTP server for /metrics, /health, /livez, /readyz (core.observe.http),
+- the control socket for `ctl` and attached dashboards (core.control_server); one it
+  cannot serve is logged and left off, in both modes: anchoring goes on,
 - optional CloudEvents emission (core.observe.cloudevents),
 - the config file watcher (core.observe.watch),
 - the confirmation tracker for pending receipts (core.confirmations).
@@ -25,6 +27,7 @@ from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING, Any
 
 from core.confirmations import ConfirmationTracker
+from core.control_server import ControlServer, ControlSocketError, start_control
 from core.observe.cloudevents import start_cloudevents
 from core.observe.http import HttpServer, ListenError, start_http
 from core.observe.metrics import Metrics
@@ -45,6 +48,9 @@ class Services:
         # The dashboard shows it in its header.
         self.http_error: str | None = None
         self.tracker: ConfirmationTracker | None = None
+        self.control: ControlServer | None = None
+        # Why the control socket is off (core/control_server.py), or None.
+        self.control_error: str | None = None
 
     async def start(self, stack: AsyncExitStack, *, http_required: bool = True, watch: bool = True) -> Services:
         """Start everything on the running loop, each teardown on `stack`. Raises ListenError
@@ -62,6 +68,13 @@ class Services:
                 raise
             self.http_error = str(exc)
             runtime.log.error("metrics and health endpoints are off", error=str(exc))
+        try:
+            self.control = await start_control(runtime)
+            stack.push_async_callback(self.control.close)
+            runtime.log.info("serving the control API", socket=str(self.control.path))
+        except ControlSocketError as exc:  # control off; anchoring goes on (docs/control-api.md)
+            self.control_error = str(exc)
+            runtime.log.error("control socket is off", error=str(exc))
         stack.push_async_callback(await start_cloudevents(runtime, registry=metrics.registry))
         if watch:
             stop_watching = asyncio.Event()

@@ -1,0 +1,426 @@
+"""The control API on a Unix domain socket (docs/control-api.md): snapshot, events, commands.
+
+Served by every running scheduler (a service of core/services.py), so `ctl` and attached
+dashboards reach a headless daemon. HTTP/1.1 + JSON, one request per connection, the
+request head read as core/observe/http.py reads it (bounded, timed). What crosses the
+socket is encoded by core/wire.py; the operations are RuntimeControl's (core/control.py).
+
+- Who connects: the socket's permissions (`control.mode`, `control.group`). Who may change
+  things: a peer (SO_PEERCRED) whose primary or supplementary group is
+  `control.readonly_group` gets 403 on every mutating command. Each mutating command is
+  appended, fsync'd, to `<data_dir>/audit.jsonl` (0640) and logged.
+- The event stream never slows the engine: the bus callback only numbers the event and
+  `put_nowait`s it on each client's bounded queue; a full queue is emptied and the client
+  is sent a `resync` line (it takes a fresh snapshot). A client that overflows
+  MAX_OVERFLOWS times in a row without taking anything is dropped with a reason.
+- The socket path: a stale socket (nobody accepts on it) is replaced; a live one, or a path
+  that is not a socket, is a ControlSocketError (the caller logs it: control off, the
+  scheduler keeps anchoring; see docs/architecture.md "Decisions and departures").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import grp
+import json
+import os
+import pwd
+import socket
+import stat
+import struct
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, urlsplit
+
+from core import __version__, wire
+from core.control import RuntimeControl
+from core.events import Event, LogRecord
+from core.jobs import JobKey
+from core.observe.health import health
+from core.observe.http import _parse_head
+
+if TYPE_CHECKING:
+    from core.runtime import Runtime
+
+API = "/v1"
+MAX_HEAD = 16 * 1024
+MAX_BODY = 64 * 1024
+READ_TIMEOUT = 5.0
+WRITE_TIMEOUT = 10.0
+QUEUE_SIZE = 2048  # events per client before it is resynchronised
+REPLAY = 4096  # events kept for `after=SEQ` resumption
+MAX_OVERFLOWS = 3
+RECENT_LOGS = 200
+RECENT_RECEIPTS = 20
+MUTATING = frozenset({"force", "pause", "resume", "reload"})
+
+_REASONS = {200: "OK", 400: "Bad Request", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
+            408: "Request Timeout", 413: "Payload Too Large", 431: "Request Header Fields Too Large",
+            500: "Internal Server Error"}  # fmt: skip
+
+
+class ControlSocketError(Exception):
+    """The control socket cannot be served; the message names the path and what to do."""
+
+
+def default_socket(data_dir: Path) -> Path:
+    return Path(data_dir) / "control.sock"
+
+
+def socket_path(config: Any) -> Path:
+    """`control.socket`, else `<data_dir>/control.sock` (the one rule, for server and ctl)."""
+    configured = config.control.socket
+    return Path(configured) if configured else default_socket(Path(config.scheduler.data_dir))
+
+
+def _resolve_gid(name: str | None) -> int | None:
+    if not name:
+        return None
+    if name.isdigit():
+        return int(name)
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        raise ControlSocketError(f"control: no group named {name!r} on this host") from None
+
+
+def _claim_path(path: Path) -> None:
+    """Make `path` free for a new socket: remove a stale one, refuse anything else."""
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise ControlSocketError(
+            f"control socket {path} exists and is not a socket; move it away or set control.socket"
+        )
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(1.0)
+        probe.connect(str(path))
+    except OSError as exc:
+        if exc.errno not in (errno.ECONNREFUSED, errno.ENOENT):
+            raise ControlSocketError(f"control socket {path}: {exc.strerror or exc}") from None
+        path.unlink(missing_ok=True)  # stale: its process is gone
+        return
+    finally:
+        probe.close()
+    raise ControlSocketError(f"control socket {path} is served by another process; set control.socket")
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    uid: int
+    gid: int
+    pid: int
+
+    @property
+    def user(self) -> str:
+        try:
+            return pwd.getpwuid(self.uid).pw_name
+        except KeyError:
+            return str(self.uid)
+
+
+def _peer(writer: asyncio.StreamWriter) -> Peer:
+    sock = writer.get_extra_info("socket")
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    pid, uid, gid = struct.unpack("3i", raw)
+    return Peer(uid=uid, gid=gid, pid=pid)
+
+
+class _Client:
+    """One event stream: a bounded queue the bus callback fills without waiting."""
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[tuple[int, Event] | None] = asyncio.Queue(QUEUE_SIZE)
+        self.overflows = 0  # in a row, without the writer taking anything
+        self.dropped: str | None = None
+
+    def offer(self, item: tuple[int, Event]) -> None:
+        try:
+            self.queue.put_nowait(item)
+        except asyncio.QueueFull:
+            self.overflows += 1
+            while not self.queue.empty():
+                self.queue.get_nowait()
+            if self.overflows >= MAX_OVERFLOWS:
+                self.dropped = f"fell behind {self.overflows} times in a row"
+            self.queue.put_nowait(None)  # None: send `resync`
+
+
+class ControlServer:
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.control = RuntimeControl(runtime)
+        self.path: Path | None = None
+        self.seq = 0
+        self._replay: deque[tuple[int, Event]] = deque(maxlen=REPLAY)
+        self._logs: deque[LogRecord] = deque(maxlen=RECENT_LOGS)
+        self._clients: set[_Client] = set()
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._server: asyncio.Server | None = None
+        self._unsubscribe: Callable[[], None] | None = None
+        self._readonly_gid: int | None = None
+        self._readonly_members: frozenset[str] = frozenset()
+        self.audit_path = Path(runtime.data_dir) / "audit.jsonl"
+
+    async def start(self, path: Path, *, mode: int = 0o660, group: str | None = None,
+                    readonly_group: str | None = None) -> ControlServer:  # fmt: skip
+        gid = _resolve_gid(group)
+        self._readonly_gid = _resolve_gid(readonly_group)
+        if self._readonly_gid is not None:
+            try:
+                self._readonly_members = frozenset(grp.getgrgid(self._readonly_gid).gr_mem)
+            except KeyError:
+                pass
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _claim_path(path)
+        try:
+            self._server = await asyncio.start_unix_server(self._serve, str(path), limit=MAX_HEAD)
+            os.chmod(path, mode)
+            if gid is not None:
+                os.chown(path, -1, gid)
+        except OSError as exc:
+            await self.close()
+            raise ControlSocketError(f"cannot serve the control socket {path}: {exc.strerror or exc}") from None
+        self.path = path
+        self._unsubscribe = self.runtime.bus.subscribe(self._on_event)
+        return self
+
+    async def close(self) -> None:
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.close()
+        for client in self._clients:
+            client.queue.put_nowait(None) if not client.queue.full() else None
+        for writer in tuple(self._writers):
+            writer.transport.abort()
+        await server.wait_closed()
+        if self.path is not None:
+            try:
+                if stat.S_ISSOCK(self.path.lstat().st_mode):
+                    self.path.unlink()
+            except OSError:
+                pass
+
+    # ----- the bus side: cheap, never waits --------------------------------------------
+
+    def _on_event(self, event: Event) -> None:
+        self.seq += 1
+        item = (self.seq, event)
+        self._replay.append(item)
+        if isinstance(event, LogRecord):
+            self._logs.append(event)
+        for client in self._clients:
+            client.offer(item)
+
+    # ----- one connection ----------------------------------------------------------------
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.add(writer)
+        try:
+            peer = _peer(writer)
+            async with asyncio.timeout(READ_TIMEOUT):
+                head = await reader.readuntil(b"\r\n\r\n")
+                method, target, headers = _parse_head(head)
+                length = int(headers.get("content-length", "0") or 0)
+                if length > MAX_BODY:
+                    return await self._send(writer, 413, {"error": "request body too large"})
+                body = await reader.readexactly(length) if length else b""
+            url = urlsplit(target)
+            if url.path == f"{API}/events" and method == "GET":
+                return await self._stream(writer, parse_qs(url.query))
+            status, doc = await self._route(method, url.path, body, peer)
+            await self._send(writer, status, doc)
+        except (ConnectionError, TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            pass
+        except ValueError:
+            await self._send(writer, 400, {"error": "bad request"})
+        except Exception as exc:
+            self.runtime.log.error("control request failed", error=repr(exc))
+            await self._send(writer, 500, {"error": "internal error (logged by the scheduler)"})
+        finally:
+            self._writers.discard(writer)
+            writer.close()
+
+    async def _send(self, writer: asyncio.StreamWriter, status: int, doc: Any, body: bytes | None = None) -> None:
+        if body is None:
+            body = json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+        head = (f"HTTP/1.1 {status} {_REASONS.get(status, 'Unknown')}\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n")  # fmt: skip
+        writer.write(head.encode("latin-1") + body)
+        try:
+            async with asyncio.timeout(WRITE_TIMEOUT):
+                await writer.drain()
+        except (ConnectionError, TimeoutError):
+            pass
+
+    async def _route(self, method: str, path: str, body: bytes, peer: Peer) -> tuple[int, Any]:
+        if not path.startswith(f"{API}/"):
+            return 404, {"error": f"no such path {path!r}: this scheduler speaks {API}/"}
+        command = path[len(API) + 1 :]
+        if command == "snapshot":
+            if method != "GET":
+                return 405, {"error": "use GET for snapshot"}
+            return 200, await self.snapshot_doc()
+        if command not in MUTATING | {"verify"}:
+            return 404, {"error": f"no such command {command!r}"}
+        if method != "POST":
+            return 405, {"error": f"use POST for {command}"}
+        try:
+            args = json.loads(body) if body.strip() else {}
+        except ValueError:
+            return 400, {"error": "the request body is not JSON"}
+        if not isinstance(args, dict):
+            return 400, {"error": "the request body must be a JSON object"}
+        if command not in MUTATING:
+            return await self._verify(args)
+        if self._is_readonly(peer):
+            status, doc = 403, {"error": f"user {peer.user} (uid {peer.uid}) is in the read-only group "
+                                         f"{self.runtime.started_with.control.readonly_group}: "
+                                         f"{command} is refused; ask an operator outside that group"}  # fmt: skip
+        else:
+            status, doc = await self._command(command, args)
+        await self._audit(peer, command, args, status, doc)
+        return status, doc
+
+    def _is_readonly(self, peer: Peer) -> bool:
+        gid = self._readonly_gid
+        return gid is not None and (peer.gid == gid or peer.user in self._readonly_members)
+
+    async def _command(self, command: str, args: dict[str, Any]) -> tuple[int, Any]:
+        control = self.control
+        if command == "pause":
+            control.pause()
+            return 200, {"paused": True}
+        if command == "resume":
+            control.resume()
+            return 200, {"paused": False}
+        if command == "reload":
+            return 200, wire.encode_reload_result(await control.reload())
+        return self._force(args)
+
+    def _force(self, args: dict[str, Any]) -> tuple[int, Any]:
+        keys = [v.key for v in self.control.snapshot().views]
+        if isinstance(args.get("job"), str):
+            try:
+                wanted = [JobKey.parse(args["job"])]
+            except ValueError as exc:
+                return 400, {"error": str(exc)}
+            if wanted[0] not in keys:
+                return 404, {"error": f"no job {wanted[0]} is configured"}
+        elif isinstance(args.get("namespace"), str):
+            wanted = [k for k in keys if k.namespace == args["namespace"]]
+            if not wanted:
+                return 404, {"error": f"no namespace {args['namespace']!r} is configured"}
+        else:
+            return 400, {"error": 'force needs {"job": "ns/cadence"} or {"namespace": "ns"}'}
+        forced, skipped = [], []
+        for key in wanted:
+            try:
+                (forced if self.control.force(key) else skipped).append(str(key))
+            except KeyError:
+                skipped.append(str(key))
+        return 200, {"forced": forced, "skipped": skipped}
+
+    async def _verify(self, args: dict[str, Any]) -> tuple[int, Any]:
+        path = args.get("path")
+        if not isinstance(path, str) or not path:
+            return 400, {"error": 'verify needs {"path": "<receipt file>"}'}
+        return 200, wire.encode_verify_result(await self.control.verify(path))
+
+    async def _audit(self, peer: Peer, command: str, args: dict[str, Any], status: int, doc: Any) -> None:
+        result = doc.get("error") if isinstance(doc, dict) and "error" in doc else doc
+        entry = {"time": time.time(), "uid": peer.uid, "user": peer.user, "pid": peer.pid,
+                 "command": command, "arguments": args, "status": status, "result": result}  # fmt: skip
+        line = json.dumps(entry, ensure_ascii=False, default=str) + "\n"
+        self.runtime.log.info("control command", command=command, uid=peer.uid, user=peer.user, status=status)
+        try:
+            await asyncio.to_thread(_append_fsync, self.audit_path, line.encode())
+        except OSError as exc:
+            self.runtime.log.error("audit log write failed", path=str(self.audit_path), error=str(exc))
+
+    async def snapshot_doc(self) -> dict[str, Any]:
+        engine = self.runtime.engine
+        snap = self.control.snapshot()
+        status, body = health(engine, snap.now)
+        receipts = []
+        for path, item in self.control.recent_receipts(RECENT_RECEIPTS):
+            if isinstance(item, Exception):
+                receipts.append({"path": str(path), "error": str(item)})
+            else:
+                receipts.append({"path": str(path), "receipt": item.to_json()})
+        return {
+            "version": __version__, "pid": os.getpid(), "host": socket.gethostname(), "seq": self.seq,
+            "snapshot": wire.encode_snapshot(snap), "receipts": receipts,
+            "logs": [wire.encode_event(r)["event"] for r in self._logs],
+            "health": {"code": status, **body}, "in_flight": [str(k) for k in self.control.in_flight()],
+        }  # fmt: skip
+
+    # ----- the event stream --------------------------------------------------------------
+
+    async def _stream(self, writer: asyncio.StreamWriter, query: dict[str, list[str]]) -> None:
+        client = _Client()
+        after = query.get("after", [""])[0]
+        if after.isdigit():
+            oldest = self._replay[0][0] if self._replay else self.seq + 1
+            if int(after) + 1 < oldest and int(after) < self.seq:
+                client.queue.put_nowait(None)  # too old to replay: resync
+            else:
+                for item in self._replay:
+                    if item[0] > int(after):
+                        client.offer(item)
+        self._clients.add(client)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nConnection: close\r\n\r\n")
+        try:
+            while self._server is not None:
+                item = await client.queue.get()
+                if item is None:
+                    if client.dropped is not None:
+                        writer.write(_line({"type": "dropped", "reason": client.dropped}))
+                        return
+                    line = _line({"seq": self.seq, "type": "resync"})
+                else:
+                    seq, event = item
+                    line = _line({"seq": seq, **wire.encode_event(event)})
+                client.overflows = 0
+                writer.write(line)
+                await writer.drain()
+        finally:
+            self._clients.discard(client)
+            try:
+                async with asyncio.timeout(1.0):
+                    await writer.drain()
+            except (ConnectionError, TimeoutError):
+                pass
+
+
+def _line(doc: Any) -> bytes:
+    return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+
+
+def _append_fsync(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+async def start_control(runtime: Runtime) -> ControlServer:
+    """Serve the control socket of the running config; ControlSocketError if it cannot."""
+    settings = runtime.started_with.control  # read at start only, like http.listen
+    server = ControlServer(runtime)
+    return await server.start(socket_path(runtime.started_with), mode=settings.mode_bits,
+                              group=settings.group, readonly_group=settings.readonly_group)  # fmt: skip
