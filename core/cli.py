@@ -340,14 +340,14 @@ def cmd_attach(args: argparse.Namespace) -> int:
             print_errors(exc)
             print("vmsh-scheduler attach: pass --socket PATH, or a config that names the data dir", file=sys.stderr)
             return 2
-    from core.remote_control import control_socket
+    from core.control_server import socket_path
     from tui.app import attach_dashboard
 
     if args.socket is not None:
         socket = args.socket
     else:
         assert loaded is not None  # a config error without --socket returned above
-        socket = control_socket(loaded.config)
+        socket = socket_path(loaded.config)
     return attach_dashboard(socket, args, loaded)
 
 

@@ -14,7 +14,9 @@ import asyncio
 import gc
 import os
 import signal
+import time
 from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from textual import work
@@ -24,11 +26,13 @@ from textual.screen import Screen
 from textual.worker import Worker, WorkerState
 
 from core.cadence import format_seconds
-from core.control import RuntimeControl
+from core.config import TuiSettings
+from core.control import RuntimeControl, SchedulerControl
 from core.dashboard_settings import action_problem, key_problem
 from core.lifecycle import running
 from core.runtime import CannotStart, Loader, Runtime
 from core.services import Services
+from core.state import LockHeld
 from tui.actions import ACTIONS, MUTATING, bindings, mapped_keys
 from tui.dashboard import DashboardScreen, RunState
 from tui.panes import PANES, TABLE_HELP
@@ -37,6 +41,7 @@ from tui.themes import FALLBACKS, ThemeError, bundled_themes, choose_theme, load
 
 if TYPE_CHECKING:
     from core.config import LoadedConfig
+    from core.remote_control import RemoteControl
     from tui.terminal import ExitWatchdog, TerminalGuard
 
 
@@ -48,8 +53,10 @@ class VaultMeshApp(App[int]):
 
     def __init__(
         self,
-        runtime: Runtime,
+        runtime: Runtime | None,
         *,
+        attached: RemoteControl | None = None,
+        tui_settings: TuiSettings | None = None,
         readonly: bool = False,
         theme: str | None = None,
         start_engine: bool = True,
@@ -57,9 +64,12 @@ class VaultMeshApp(App[int]):
         env: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__()
+        # In process (`runtime`) the App runs the engine; attached (`attached`: the control
+        # socket of a scheduler running elsewhere) it runs nothing and never stops it.
         self.runtime = runtime
+        self.attached = attached
         self.readonly = readonly
-        self.start_engine = start_engine
+        self.start_engine = start_engine and attached is None
         self.grace = grace
         self.startup_problems: list[str] = []
         self.engine_state = "off"  # off | running | stopped | failed
@@ -70,21 +80,25 @@ class VaultMeshApp(App[int]):
         self._run_worker: Worker[None] | None = None
         self.stopped_cleanly = False
         self.exit_reason = ""
-        self.control = RuntimeControl(runtime)
+        if attached is not None:
+            self.control: SchedulerControl = attached
+            data_dir, self._tui = attached.data_dir, tui_settings or TuiSettings()
+        else:
+            assert runtime is not None, "the App needs a runtime or a control socket"
+            self.control = RuntimeControl(runtime)
+            data_dir, self._tui = str(runtime.data_dir.resolve()), runtime.loaded.config.tui
         self.dashboard = DashboardScreen(
-            self.control, data_dir=str(runtime.data_dir.resolve()), readonly=readonly, run_state=self._run_state
+            self.control, data_dir=data_dir, readonly=readonly, run_state=self._run_state
         )
         # The dashboard's event subscription, ended by the lifecycle before the app exits.
         self._unsubscribe: Callable[[], None] | None = self.dashboard.stop_events
         env = os.environ if env is None else env
-        self._theme_names = self._register_themes(runtime)
-        self.theme = choose_theme(
-            set(self.available_themes), flag=theme, config=runtime.loaded.config.tui.theme, env=env
-        )
+        self._theme_names = self._register_themes()
+        self.theme = choose_theme(set(self.available_themes), flag=theme, config=self._tui.theme, env=env)
 
     # ----- themes and keys ---------------------------------------------------------------------
 
-    def _register_themes(self, runtime: Runtime) -> list[str]:
+    def _register_themes(self) -> list[str]:
         """themes/ and the operator's tui.theme_file; problems are shown, never raised."""
         names: list[str] = []
         try:
@@ -97,7 +111,7 @@ class VaultMeshApp(App[int]):
             names.append(t.name)
         if not names:
             names = list(FALLBACKS.values())
-        path = runtime.loaded.config.tui.theme_file
+        path = self._tui.theme_file
         if path is not None:
             try:
                 own = load_theme_file(path)
@@ -111,7 +125,7 @@ class VaultMeshApp(App[int]):
     def _config_keymap(self) -> dict[str, str]:
         """tui.keys as check-config checks it (core.dashboard_settings); a bad entry is shown, not applied."""
         keymap: dict[str, str] = {}
-        for action, key in (self.runtime.loaded.config.tui.keys or {}).items():
+        for action, key in (self._tui.keys or {}).items():
             problem = action_problem(action) or key_problem(key)
             if problem:
                 self.startup_problems.append(f"tui.keys: {problem}")
@@ -123,6 +137,11 @@ class VaultMeshApp(App[int]):
         return self.dashboard
 
     def _run_state(self) -> RunState:
+        if self.attached is not None:
+            link = self.attached
+            lost = None if link.disconnected_since is None else time.monotonic() - link.disconnected_since
+            where = f"attached to pid {link.pid} on {link.host}"
+            return RunState("running", None, self.stopping, attached=where, disconnected_for=lost)
         http_error = self.services.http_error if self.services is not None else None
         return RunState(self.engine_state, http_error, self.stopping)
 
@@ -140,10 +159,15 @@ class VaultMeshApp(App[int]):
         if self.start_engine:
             self._install_signal_handlers()
             self._run_worker = self.run_scheduler()
+        elif self.attached is not None:
+            self._install_signal_handlers()
+            self.attached.on_notice = lambda text: self.notify(text, severity="error", timeout=15)
+            self.attached.start()
         for problem in self.startup_problems:
-            self.runtime.log.error(problem)
+            if self.runtime is not None:
+                self.runtime.log.error(problem)
             self.notify(problem, severity="error", timeout=30)
-        if self.readonly:
+        if self.readonly and self.runtime is not None:
             self.runtime.log.info("dashboard is read-only: force, reload and pause are disabled")
         # Everything built so far lives as long as the app: keep it out of full collections
         # (with 1,000 jobs those took ~100 ms every 10-20 s, a visible hitch).
@@ -193,6 +217,7 @@ class VaultMeshApp(App[int]):
         bound is logged and shown; the dashboard keeps running. Without `start_engine`
         (tests) begin_shutdown runs it to start nothing but stop all the same: the state
         saved, the backends closed."""
+        assert self.runtime is not None, "attached: the scheduler runs elsewhere"
         try:
             async with running(
                 self.runtime, http_required=False, grace=self.grace, start=self.start_engine
@@ -229,7 +254,8 @@ class VaultMeshApp(App[int]):
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         if event.worker.group == "run" and event.state == WorkerState.ERROR:
             error = event.worker.error
-            self.runtime.log.error("the run failed", error=repr(error))
+            if self.runtime is not None:
+                self.runtime.log.error("the run failed", error=repr(error))
             self.notify(f"the scheduler failed: {error!r}; no anchors until restart", severity="error", timeout=60)
 
     # Given by run_dashboard on a real terminal (tui.terminal); Pilot tests run without them.
@@ -272,12 +298,19 @@ class VaultMeshApp(App[int]):
 
         if self.stopping:
             return
-        self.runtime.log.warning("stopping", reason=reason)
         self.exit_reason = reason
+        if self.attached is not None:  # the scheduler runs on: only this dashboard goes
+            self.detach()
+            return
+        assert self.runtime is not None
+        self.runtime.log.warning("stopping", reason=reason)
         self.begin_shutdown(min(self.grace, HANGUP_GRACE) if hangup else None)
 
     async def action_quit(self) -> None:
-        in_flight = self.runtime.engine.in_flight()
+        if self.attached is not None:  # the scheduler runs on: nothing here to wait for
+            self.detach()
+            return
+        in_flight = self.control.in_flight()
         if not in_flight or self.stopping:
             self.begin_shutdown()
             return
@@ -299,6 +332,9 @@ class VaultMeshApp(App[int]):
         """Stop the engine within `grace` (default: the app's), then exit; once only."""
         from tui.terminal import STOP_MARGIN, TEARDOWN_LIMIT
 
+        if self.attached is not None:
+            self.detach()
+            return
         if self.stopping:
             return
         self.stopping = True
@@ -312,6 +348,18 @@ class VaultMeshApp(App[int]):
             self._run_worker = self.run_scheduler()
         elif self._run_worker.is_finished:
             self._exit_now()  # nothing runs to stop (its start failed): run_dashboard saves the state
+
+    @work(exclusive=True, exit_on_error=False, group="detach")
+    async def detach(self) -> None:
+        """Attached: leave the scheduler running, close the socket, exit."""
+        if self.stopping or self.attached is None:
+            return
+        self.stopping = True
+        self._refresh_views()
+        try:
+            await self.attached.close()
+        finally:
+            self._exit_now()
 
     def _exit_now(self) -> None:
         if self._unsubscribe is not None:
@@ -333,7 +381,7 @@ class VaultMeshApp(App[int]):
                 pass
 
     def on_unmount(self) -> None:
-        if self.start_engine:
+        if self.start_engine or self.attached is not None:
             self._remove_signal_handlers()
         if self._unsubscribe is not None:
             self._unsubscribe()
@@ -356,6 +404,10 @@ def run_dashboard(loaded: LoadedConfig, args: argparse.Namespace, loader: Loader
     try:
         runtime = Runtime.open(loaded, loader=loader)
     except CannotStart as exc:
+        if isinstance(exc.__cause__, LockHeld):  # a live scheduler runs there: attach to it
+            from core.control_server import socket_path
+
+            return attach_dashboard(socket_path(loaded.config), args, loaded, refused=str(exc))
         print(f"vmsh-scheduler: {exc}", file=sys.stderr)
         return 2
     try:
@@ -386,4 +438,53 @@ def run_dashboard(loaded: LoadedConfig, args: argparse.Namespace, loader: Loader
         return int(app.return_code or 1)
     if app.exit_reason:
         print(f"vmsh-scheduler: stopped: {app.exit_reason}", file=sys.stderr)
+    return 0
+
+
+def attach_dashboard(
+    socket_path: Path, args: argparse.Namespace, loaded: LoadedConfig | None = None, *, refused: str = ""
+) -> int:
+    """The dashboard on a scheduler running elsewhere (`vmsh-scheduler attach`, or a data
+    dir locked by a live scheduler): no Runtime, no lock, no engine here. Quitting or the
+    terminal going away ends this dashboard only. Exit 2 when nothing answers on the
+    socket (the message says how to start a scheduler), else 0."""
+    import sys
+
+    from core.remote_control import NoScheduler, RemoteControl
+    from tui.terminal import ExitWatchdog, TerminalGuard, guarded_driver
+
+    config = loaded.config if loaded is not None else None
+    try:
+        control = RemoteControl.connect(
+            socket_path,
+            data_dir=config.scheduler.data_dir if config is not None else None,
+            namespaces=dict(config.namespaces) if config is not None else None,
+        )
+    except NoScheduler as exc:
+        print(f"vmsh-scheduler: {refused or exc}", file=sys.stderr)
+        if refused:
+            print(f"vmsh-scheduler: and could not attach to it: {exc}", file=sys.stderr)
+        return 2
+    try:
+        app = VaultMeshApp(
+            None,
+            attached=control,
+            tui_settings=config.tui if config is not None else None,
+            readonly=bool(getattr(args, "readonly", False)),
+            theme=getattr(args, "theme", None),
+        )
+    except ThemeError as exc:
+        print(f"vmsh-scheduler: {exc}", file=sys.stderr)
+        return 2
+    app.terminal = TerminalGuard()
+    app.watchdog = ExitWatchdog(save_state=lambda: None, release=lambda: None)  # nothing to save here
+    app.driver_class = guarded_driver(app.terminal)
+    try:
+        app.run(mouse=not getattr(args, "no_mouse", False))
+    finally:
+        app.terminal.stop()
+    if app.return_code not in (0, None):
+        return int(app.return_code or 1)
+    if app.exit_reason:
+        print(f"vmsh-scheduler: detached: {app.exit_reason}", file=sys.stderr)
     return 0

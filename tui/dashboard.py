@@ -80,6 +80,8 @@ class RunState:
     engine_state: str = "off"
     http_error: str | None = None
     stopping: bool = False
+    attached: str | None = None  # "attached to pid N on HOST" when the engine runs elsewhere
+    disconnected_for: float | None = None  # seconds since that scheduler's socket went away
 
 
 class DashboardScreen(Screen[None]):
@@ -295,6 +297,11 @@ class DashboardScreen(Screen[None]):
         out.append("● " + state, style=f"bold {s.get(role, '')}")
         if why:
             out.append(f" ({why})", style=s.get(role, ""))
+        if run.disconnected_for is not None:
+            lost = format_seconds(max(0.0, run.disconnected_for))
+            out.append(f"  disconnected — reconnecting ({lost})", style=f"bold reverse {s.get('error', '')}")
+        elif run.attached:
+            out.append(f"  {run.attached}", style=s.get("accent", ""))
         # Badges right after the health, the config hash last: at 80 columns what does not
         # fit is cut from the end, and what the operator must not miss is at the start.
         if run.http_error:

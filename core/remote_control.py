@@ -1,0 +1,319 @@
+"""SchedulerControl over the control socket: the dashboard attached to a running scheduler.
+
+`RemoteControl` is the second implementation of core/control.py SchedulerControl (the
+first, RuntimeControl, runs the engine in process). It speaks the control API of
+docs/control-api.md with httpx over the Unix socket and keeps a local mirror: the last
+snapshot the server sent (its `now` advanced by the local monotonic clock while connected),
+so `snapshot()` and `in_flight()` are synchronous reads, as the panes expect. Events from
+`/v1/events` are gathered for a short moment, the mirror is refreshed once from a fresh
+snapshot when any of them changes the job table, and only then handed to the subscribers:
+a pane redrawn on an event sees the state that event describes.
+
+Commands: `force`, `pause` and `resume` answer at once (optimistically: `force` is True
+when the job is configured and not in flight in the mirror) and send the command in a
+background task; a refusal or a failure of that request is told through `on_notice`
+(the App shows it as a notification). `reload` and `verify` await the server's answer.
+
+The connection: `connect()` takes the first snapshot synchronously (NoScheduler, with a
+sentence saying how to start one, when nothing answers). `start()` (on the running loop)
+follows the event stream; when the socket goes away `connected` turns False with
+`disconnected_since` (monotonic), and the task reconnects with backoff (0.2 s doubling to
+5 s), takes a fresh snapshot and follows the stream again. Closing the client never stops
+the scheduler: there is no command for that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+from core import wire
+from core.control import Receipts, Snapshot, VerifyOutcome, VerifyResult
+from core.events import Event, LogRecord, TickCompleted
+from core.jobs import JobKey
+from core.receipts import ReceiptStore
+
+if TYPE_CHECKING:
+    from core.runtime import ReloadResult
+
+BASE_URL = "http://vmsh"
+GATHER = 0.05  # seconds events are gathered before one snapshot refresh
+BACKOFF_FIRST, BACKOFF_MAX = 0.2, 5.0
+
+
+class NoScheduler(Exception):
+    """Nothing answers on the control socket; the message says how to start a scheduler."""
+
+
+def not_running_message(socket_path: Path, why: str) -> str:
+    return (
+        f"no scheduler answers on {socket_path} ({why})\n"
+        "  start one: `vmsh-scheduler --no-ui --config FILE` (or `systemctl start vmsh-scheduler`),\n"
+        "  or run the dashboard with its own engine: `vmsh-scheduler --config FILE`"
+    )
+
+
+def _error_text(response: httpx.Response) -> str:
+    try:
+        return str(response.json().get("error") or response.text)
+    except (ValueError, AttributeError):
+        return response.text or f"HTTP {response.status_code}"
+
+
+class RemoteControl:
+    """SchedulerControl over `<data_dir>/control.sock` (see the module doc)."""
+
+    def __init__(
+        self, socket_path: str | Path, *, data_dir: str | Path | None = None, namespaces: dict[str, Any] | None = None
+    ) -> None:
+        self.socket_path = Path(socket_path)
+        # Receipts are read from the scheduler's data dir (this host, read-only), as the
+        # in-process dashboard reads them: the default socket lives in that folder.
+        self.data_dir = str(Path(data_dir) if data_dir is not None else self.socket_path.parent)
+        self._receipts = ReceiptStore(Path(self.data_dir) / "receipts")
+        self.connected = False
+        self.disconnected_since: float | None = None  # time.monotonic() when the socket went away
+        self.pid: int | None = None
+        self.host = ""
+        self.version = ""
+        self.on_notice: Callable[[str], None] | None = None  # a command's refusal or failure
+        self._namespaces = namespaces or {}  # the local config's sections, when one was read
+        self._snapshot: Snapshot | None = None
+        self._fetched_at = 0.0  # time.monotonic() of the snapshot
+        self._frozen_at: float | None = None
+        self._seq = 0
+        self._callbacks: list[Callable[[Event], None]] = []
+        self._task: asyncio.Task[None] | None = None
+        self._client: httpx.AsyncClient | None = None
+        self._background: set[asyncio.Task[Any]] = set()
+        self._closed = False
+
+    # ----- connection -------------------------------------------------------------------
+
+    @classmethod
+    def connect(cls, socket_path: str | Path, **kwargs: Any) -> RemoteControl:
+        """The first snapshot, synchronously (before the dashboard is built); NoScheduler
+        when nothing answers on the socket."""
+        control = cls(socket_path, **kwargs)
+        path = control.socket_path
+        if not path.exists():
+            raise NoScheduler(not_running_message(path, "no such socket"))
+        try:
+            with httpx.Client(transport=httpx.HTTPTransport(uds=str(path)), base_url=BASE_URL, timeout=10) as c:
+                response = c.get("/v1/snapshot")
+        except (httpx.HTTPError, OSError) as exc:
+            raise NoScheduler(not_running_message(path, str(exc) or type(exc).__name__)) from exc
+        if response.status_code != 200:
+            raise NoScheduler(not_running_message(path, _error_text(response)))
+        control._take_snapshot(response.json())
+        control.connected = True
+        return control
+
+    def start(self) -> None:
+        """Follow the event stream (and reconnect) on the running loop."""
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._follow(), name="remote-control")
+
+    async def close(self) -> None:
+        self._closed = True
+        tasks = [t for t in (self._task, *self._background) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    def _http(self) -> httpx.AsyncClient:
+        if self._client is None:
+            transport = httpx.AsyncHTTPTransport(uds=str(self.socket_path))
+            self._client = httpx.AsyncClient(transport=transport, base_url=BASE_URL, timeout=httpx.Timeout(30, read=None))
+        return self._client
+
+    def _take_snapshot(self, payload: dict[str, Any]) -> None:
+        self._snapshot = wire.decode_snapshot(payload["snapshot"])
+        self._fetched_at = time.monotonic()
+        self._seq = int(payload.get("seq", self._seq))
+        self.pid = payload.get("pid", self.pid)
+        self.host = payload.get("host", self.host)
+        self.version = payload.get("version", self.version)
+
+    async def _refresh(self) -> None:
+        response = await self._http().get("/v1/snapshot")
+        response.raise_for_status()
+        self._take_snapshot(response.json())
+
+    async def _follow(self) -> None:
+        delay = BACKOFF_FIRST
+        while not self._closed:
+            try:
+                if not self.connected:
+                    await self._refresh()
+                    self._set_connected(True)
+                    delay = BACKOFF_FIRST
+                await self._stream()
+            except asyncio.CancelledError:
+                raise
+            except (httpx.HTTPError, OSError, ValueError) as exc:
+                self._set_connected(False)
+                if self._client is not None:  # a new connection pool after a restart
+                    client, self._client = self._client, None
+                    await client.aclose()
+                del exc
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, BACKOFF_MAX)
+
+    async def _stream(self) -> None:
+        """Follow /v1/events until it ends; a resync line takes a fresh snapshot."""
+        pending: list[Event] = []
+        flush: asyncio.Task[None] | None = None
+        try:
+            async with self._http().stream("GET", "/v1/events", params={"after": self._seq}) as response:
+                response.raise_for_status()
+                async for line in response.aiter_lines():
+                    if not line.strip():
+                        continue
+                    message = json.loads(line)
+                    if message.get("type") == "resync":
+                        await self._refresh()
+                        self._dispatch([])
+                        continue
+                    self._seq = int(message.get("seq", self._seq))
+                    event = wire.decode_event(message)
+                    if event is None:  # a type this version does not know
+                        continue
+                    pending.append(event)
+                    if flush is None or flush.done():
+                        flush = asyncio.get_running_loop().create_task(self._flush_later(pending))
+        finally:
+            if flush is not None and not flush.done():
+                flush.cancel()
+        raise httpx.ReadError("the event stream ended")
+
+    async def _flush_later(self, pending: list[Event]) -> None:
+        await asyncio.sleep(GATHER)
+        events = pending[:]
+        pending.clear()
+        if any(not isinstance(e, (LogRecord, TickCompleted)) for e in events):
+            try:
+                await self._refresh()
+            except (httpx.HTTPError, OSError, ValueError):
+                pass  # the stream notices too; the events still reach the panes
+        self._dispatch(events)
+
+    def _dispatch(self, events: list[Event]) -> None:
+        for event in events:
+            for callback in list(self._callbacks):
+                callback(event)
+
+    def _set_connected(self, connected: bool) -> None:
+        if connected == self.connected:
+            return
+        self.connected = connected
+        if connected:
+            self.disconnected_since = None
+            self._frozen_at = None
+        else:
+            self.disconnected_since = self._frozen_at = time.monotonic()
+
+    # ----- SchedulerControl: reads --------------------------------------------------------
+
+    def snapshot(self) -> Snapshot:
+        snap = self._snapshot
+        assert snap is not None, "RemoteControl.connect() takes the first snapshot"
+        # Connected: the server's steady clock advanced by ours since it answered; while
+        # disconnected the mirror stays at the moment the socket went away.
+        until = self._frozen_at if self._frozen_at is not None else time.monotonic()
+        return replace(snap, now=snap.now + max(0.0, until - self._fetched_at))
+
+    def subscribe(self, callback: Callable[[Event], None]) -> Callable[[], None]:
+        self._callbacks.append(callback)
+
+        def unsubscribe() -> None:
+            if callback in self._callbacks:
+                self._callbacks.remove(callback)
+
+        return unsubscribe
+
+    def in_flight(self) -> frozenset[JobKey]:
+        snap = self._snapshot
+        return frozenset(v.key for v in snap.views if v.in_flight) if snap is not None else frozenset()
+
+    def recent_receipts(self, limit: int) -> Receipts:
+        return self._receipts.recent(limit)
+
+    def job_receipts(self, key: JobKey, limit: int) -> Receipts:
+        return self._receipts.for_job(key.namespace, key.cadence, limit)
+
+    def namespace_config(self, namespace: str) -> Any:
+        return self._namespaces.get(namespace)
+
+    # ----- SchedulerControl: commands -------------------------------------------------------
+
+    def force(self, key: JobKey) -> bool:
+        views = {v.key: v for v in self.snapshot().views}
+        if key not in views:
+            raise KeyError(key)
+        if views[key].in_flight or views[key].disabled:
+            return False
+        self._send("/v1/force", {"job": str(key)}, f"force {key}")
+        return True
+
+    def pause(self) -> None:
+        self._send("/v1/pause", None, "pause")
+
+    def resume(self) -> None:
+        self._send("/v1/resume", None, "resume")
+
+    def _send(self, path: str, body: dict[str, Any] | None, what: str) -> None:
+        task = asyncio.get_running_loop().create_task(self._command(path, body, what))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _command(self, path: str, body: dict[str, Any] | None, what: str) -> None:
+        try:
+            response = await self._post(path, body)
+        except (httpx.HTTPError, OSError) as exc:
+            self._notice(f"{what}: not sent, the scheduler is not reachable ({exc or type(exc).__name__})")
+            return
+        if response.status_code >= 400:
+            self._notice(f"{what}: refused: {_error_text(response)}")
+            return
+        skipped = response.json().get("skipped") if path == "/v1/force" else None
+        if skipped:
+            self._notice(f"{what}: not forced: {', '.join(str(s) for s in skipped)}")
+
+    async def _post(self, path: str, body: dict[str, Any] | None) -> httpx.Response:
+        return await self._http().post(path, json=body if body is not None else {})
+
+    def _notice(self, text: str) -> None:
+        if self.on_notice is not None:
+            self.on_notice(text)
+
+    async def reload(self) -> ReloadResult:
+        from core.runtime import ReloadResult
+
+        try:
+            response = await self._post("/v1/reload", None)
+        except (httpx.HTTPError, OSError) as exc:
+            return ReloadResult(False, False, [f"the scheduler is not reachable: {exc or type(exc).__name__}"], "")
+        if response.status_code >= 400:
+            return ReloadResult(False, False, [_error_text(response)], "")
+        return wire.decode_reload_result(response.json())
+
+    async def verify(self, path: str) -> VerifyResult:
+        try:
+            response = await self._post("/v1/verify", {"path": path})
+        except (httpx.HTTPError, OSError) as exc:
+            return VerifyResult(VerifyOutcome.CANNOT_CHECK, f"the scheduler is not reachable: {exc or type(exc).__name__}")
+        if response.status_code >= 400:
+            return VerifyResult(VerifyOutcome.CANNOT_CHECK, _error_text(response))
+        return wire.decode_verify_result(response.json())
+

@@ -1,0 +1,218 @@
+"""The dashboard attached to a headless scheduler (issue 16, section 3): a real
+`vmsh-scheduler --no-ui` subprocess serving its control socket, and the App driven with
+Pilot in this process over that socket (core/remote_control.py RemoteControl).
+
+They run the real program, so they wait on real time: each wait is a bounded poll for
+something the program or the screen shows, never a sleep standing in for a schedule.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from core.remote_control import RemoteControl
+from core.sources import write_batch
+from tui.app import VaultMeshApp, attach_dashboard
+from tui.screens import ConfirmScreen
+from tui.widgets import DiffTable
+
+from .conftest import screen_text
+from .test_pilot import select
+
+BIN = Path(sys.executable).with_name("vmsh-scheduler")
+
+
+class Daemon:
+    """A headless scheduler in tmp: "live" anchors every second, "still" once an hour."""
+
+    def __init__(self, tmp: Path) -> None:
+        from tests.integration.test_headless import free_port
+
+        self.tmp = tmp
+        self.data = tmp / "data"
+        self.port = free_port()
+        for ns in ("live", "still"):
+            write_batch(tmp / "batches" / ns, "000001", "sha256:" + f"{ns.encode().hex():0>64}")
+        lines = ["scheduler:", "  tick: 0.2", f"  data_dir: {self.data}", "http:", f'  listen: "127.0.0.1:{self.port}"',
+                 "targets:", "  local:", "    dev: {}", "namespaces:"]  # fmt: skip
+        for ns, every in (("live", "1s"), ("still", "1h")):
+            lines += [f"  {ns}:", f"    source: {tmp / 'batches' / ns}", "    cadence:", "      fast:",
+                      '        target: "local:dev"', f'        every: "{every}"', "        anchor_unchanged: true"]  # fmt: skip
+        self.config = tmp / "config.yaml"
+        self.config.write_text("\n".join(lines) + "\n")
+        self.proc: subprocess.Popen[str] | None = None
+
+    @property
+    def socket(self) -> Path:
+        return self.data / "control.sock"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [str(BIN), "--no-ui", "--config", str(self.config)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        wait_for(lambda: self.receipts("still") and self.answers(), what="the scheduler's first anchors and socket")
+
+    def answers(self) -> bool:
+        try:
+            RemoteControl.connect(self.socket)
+        except Exception:
+            return False
+        return True
+
+    def receipts(self, ns: str) -> list[Path]:
+        return sorted((self.data / "receipts" / ns).glob("*.json"))
+
+    def health(self) -> int:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=5) as response:
+            return int(response.status)
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.communicate(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.communicate()
+
+
+def wait_for(predicate: Callable[[], object], *, what: str, timeout: float = 20.0) -> object:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+async def until(predicate: Callable[[], object], *, what: str, timeout: float = 20.0) -> object:
+    """Poll while the app's loop runs (the event stream, the reconnects)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> Iterator[Daemon]:
+    d = Daemon(tmp_path)
+    d.start()
+    try:
+        yield d
+    finally:
+        d.stop()
+
+
+def attached_app(daemon: Daemon) -> VaultMeshApp:
+    return VaultMeshApp(None, attached=RemoteControl.connect(daemon.socket))
+
+
+def table(app: VaultMeshApp, name: str) -> DiffTable:
+    body = app.dashboard.body(name)
+    assert isinstance(body, DiffTable)
+    return body
+
+
+def header(app: VaultMeshApp) -> str:
+    return screen_text(app).splitlines()[0]
+
+
+async def test_attached_dashboard_shows_anchors_live_and_f_anchors_in_the_daemon(daemon: Daemon) -> None:
+    assert daemon.proc is not None
+    app = attached_app(daemon)
+    async with app.run_test(size=(100, 30), notifications=True) as pilot:
+        assert f"attached to pid {daemon.proc.pid}" in header(app)
+        assert app.runtime is None  # no engine, no lock here
+        # "live" anchors every second in the daemon: its receipts arrive in the panes live.
+        before = len(daemon.receipts("live"))
+        await until(lambda: len(daemon.receipts("live")) >= before + 2, what="the daemon anchoring")
+        await until(lambda: str(daemon.receipts("live")[-1]) in table(app, "receipts").shown_keys,
+                    what="the newest receipt in the Receipts pane")  # fmt: skip
+        # f (confirmed) on "still" (due in an hour): the daemon writes its second receipt.
+        assert len(daemon.receipts("still")) == 1
+        await pilot.press("1")
+        select(table(app, "jobs"), "still/fast")
+        await pilot.press("f")
+        assert isinstance(app.screen, ConfirmScreen)
+        await pilot.press("y")
+        await until(lambda: len(daemon.receipts("still")) == 2, what="the forced receipt in the daemon's data dir")
+        forced = daemon.receipts("still")[-1]
+        await until(lambda: str(forced) in table(app, "receipts").shown_keys, what="the forced receipt shown")
+        await pilot.press("q")
+        await until(lambda: not app.is_running, what="the dashboard to exit")
+    # Quitting the attached dashboard leaves the daemon running and anchoring.
+    assert daemon.proc.poll() is None
+    assert daemon.health() == 200
+    after = len(daemon.receipts("live"))
+    wait_for(lambda: len(daemon.receipts("live")) > after, what="anchors after the dashboard quit")
+
+
+async def test_kill9_and_restart_shows_disconnected_then_resynchronises(daemon: Daemon) -> None:
+    app = attached_app(daemon)
+    async with app.run_test(size=(100, 30)) as pilot:
+        daemon.kill9()
+        await until(lambda: "disconnected — reconnecting" in header(app), what="the header to say disconnected")
+        await pilot.pause(1.2)
+        assert "disconnected — reconnecting (1s)" in header(app) or "reconnecting (2s)" in header(app)
+        forced_before = len(daemon.receipts("still"))
+        daemon.start()
+        assert daemon.proc is not None
+        new_pid = daemon.proc.pid
+        await until(lambda: f"attached to pid {new_pid}" in header(app), what="the header to show the new daemon")
+        assert "disconnected" not in header(app)
+        # Resynchronised: events flow again, and commands reach the new daemon.
+        await pilot.press("1")
+        select(table(app, "jobs"), "still/fast")
+        await pilot.press("f", "y")
+        await until(lambda: len(daemon.receipts("still")) > forced_before, what="a forced anchor after the restart")
+        newest = daemon.receipts("still")[-1]
+        await until(lambda: str(newest) in table(app, "receipts").shown_keys, what="the new receipt shown")
+
+
+async def test_two_dashboards_at_once_each_see_the_others_force(daemon: Daemon) -> None:
+    one, two = attached_app(daemon), attached_app(daemon)
+    async with one.run_test(size=(100, 30)) as p1, two.run_test(size=(100, 30)):
+        await p1.press("1")
+        select(table(one, "jobs"), "still/fast")
+        await p1.press("f", "y")
+        await until(lambda: len(daemon.receipts("still")) == 2, what="the forced receipt")
+        forced = str(daemon.receipts("still")[-1])
+        await until(lambda: all(forced in table(a, "receipts").shown_keys for a in (one, two)),
+                    what="the forced receipt in both dashboards")  # fmt: skip
+    assert daemon.proc is not None and daemon.proc.poll() is None
+
+
+def test_attach_with_no_scheduler_says_how_to_start_one(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import argparse
+
+    code = attach_dashboard(tmp_path / "control.sock", argparse.Namespace())
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f"no scheduler answers on {tmp_path / 'control.sock'}" in err
+    assert "vmsh-scheduler --no-ui --config FILE" in err
+
+
+def test_cli_attach_without_a_terminal_exits_2_and_names_ctl(tmp_path: Path) -> None:
+    result = subprocess.run([str(BIN), "attach", "--socket", str(tmp_path / "control.sock")],
+                            capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=30)  # fmt: skip
+    assert result.returncode == 2
+    assert "no terminal" in result.stderr and "ctl" in result.stderr
