@@ -18,7 +18,7 @@ The connection: `connect()` takes the first snapshot synchronously (NoScheduler,
 sentence saying how to start one, when nothing answers). `start()` (on the running loop)
 follows the event stream; when the socket goes away `connected` turns False with
 `disconnected_since` (monotonic), and the task reconnects with backoff (0.2 s doubling to
-5 s), takes a fresh snapshot and follows the stream again. Closing the client never stops
+2 s), takes a fresh snapshot and follows the stream again. Closing the client never stops
 the scheduler: there is no command for that.
 """
 
@@ -45,7 +45,7 @@ if TYPE_CHECKING:
 
 BASE_URL = "http://vmsh"
 GATHER = 0.05  # seconds events are gathered before one snapshot refresh
-BACKOFF_FIRST, BACKOFF_MAX = 0.2, 5.0
+BACKOFF_FIRST, BACKOFF_MAX = 0.2, 2.0
 
 
 class NoScheduler(Exception):
@@ -89,6 +89,11 @@ class RemoteControl:
         self._fetched_at = 0.0  # time.monotonic() of the snapshot
         self._frozen_at: float | None = None
         self._seq = 0
+        # The snapshot's recent log records not yet handed to the subscribers: the Logs pane
+        # starts with what the scheduler said before, and after a reconnect gets the lines
+        # it missed (newer than the last one it saw).
+        self._backlog: list[Event] = []
+        self._last_log_at = float("-inf")
         self._callbacks: list[Callable[[Event], None]] = []
         self._task: asyncio.Task[None] | None = None
         self._client: httpx.AsyncClient | None = None
@@ -112,12 +117,13 @@ class RemoteControl:
             raise NoScheduler(not_running_message(path, str(exc) or type(exc).__name__)) from exc
         if response.status_code != 200:
             raise NoScheduler(not_running_message(path, _error_text(response)))
-        control._take_snapshot(response.json())
+        control._take_snapshot(response.json(), with_logs=True)
         control.connected = True
         return control
 
     def start(self) -> None:
         """Follow the event stream (and reconnect) on the running loop."""
+        self._dispatch([])
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._follow(), name="remote-control")
 
@@ -137,26 +143,31 @@ class RemoteControl:
             self._client = httpx.AsyncClient(transport=transport, base_url=BASE_URL, timeout=httpx.Timeout(30, read=None))
         return self._client
 
-    def _take_snapshot(self, payload: dict[str, Any]) -> None:
+    def _take_snapshot(self, payload: dict[str, Any], *, with_logs: bool = False) -> None:
         self._snapshot = wire.decode_snapshot(payload["snapshot"])
         self._fetched_at = time.monotonic()
         self._seq = int(payload.get("seq", self._seq))
         self.pid = payload.get("pid", self.pid)
         self.host = payload.get("host", self.host)
         self.version = payload.get("version", self.version)
+        for body in payload.get("logs") or [] if with_logs else []:
+            record = wire.decode_event({"type": "LogRecord", "event": body})
+            if record is not None and record.at > self._last_log_at:
+                self._backlog.append(record)
 
-    async def _refresh(self) -> None:
+    async def _refresh(self, *, with_logs: bool = False) -> None:
         response = await self._http().get("/v1/snapshot")
         response.raise_for_status()
-        self._take_snapshot(response.json())
+        self._take_snapshot(response.json(), with_logs=with_logs)
 
     async def _follow(self) -> None:
         delay = BACKOFF_FIRST
         while not self._closed:
             try:
                 if not self.connected:
-                    await self._refresh()
+                    await self._refresh(with_logs=True)
                     self._set_connected(True)
+                    self._dispatch([])
                     delay = BACKOFF_FIRST
                 await self._stream()
             except asyncio.CancelledError:
@@ -182,7 +193,7 @@ class RemoteControl:
                         continue
                     message = json.loads(line)
                     if message.get("type") == "resync":
-                        await self._refresh()
+                        await self._refresh(with_logs=True)
                         self._dispatch([])
                         continue
                     self._seq = int(message.get("seq", self._seq))
@@ -209,7 +220,12 @@ class RemoteControl:
         self._dispatch(events)
 
     def _dispatch(self, events: list[Event]) -> None:
-        for event in events:
+        """Hand `events` to the subscribers, after the log lines of the last snapshot they
+        have not seen yet."""
+        backlog, self._backlog = self._backlog, []
+        for event in (*backlog, *events):
+            if isinstance(event, LogRecord):
+                self._last_log_at = max(self._last_log_at, event.at)
             for callback in list(self._callbacks):
                 callback(event)
 

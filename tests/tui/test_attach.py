@@ -23,7 +23,7 @@ from core.remote_control import RemoteControl
 from core.sources import write_batch
 from tui.app import VaultMeshApp, attach_dashboard
 from tui.screens import ConfirmScreen
-from tui.widgets import DiffTable
+from tui.widgets import DiffTable, LogView
 
 from .conftest import screen_text
 from .test_pilot import select
@@ -132,6 +132,13 @@ def table(app: VaultMeshApp, name: str) -> DiffTable:
     return body
 
 
+def started_lines(app: VaultMeshApp) -> int:
+    """"scheduler started" lines in the Logs pane: one per daemon start the dashboard saw."""
+    logs = app.dashboard.body("logs")
+    assert isinstance(logs, LogView)
+    return sum(1 for r in logs.records if r.msg == "scheduler started")
+
+
 def header(app: VaultMeshApp) -> str:
     return screen_text(app).splitlines()[0]
 
@@ -142,6 +149,8 @@ async def test_attached_dashboard_shows_anchors_live_and_f_anchors_in_the_daemon
     async with app.run_test(size=(100, 30), notifications=True) as pilot:
         assert f"attached to pid {daemon.proc.pid}" in header(app)
         assert app.runtime is None  # no engine, no lock here
+        # What the daemon logged before the dashboard attached is in the Logs pane.
+        await until(lambda: started_lines(app) == 1, what="the daemon's earlier log lines")
         # "live" anchors every second in the daemon: its receipts arrive in the panes live.
         before = len(daemon.receipts("live"))
         await until(lambda: len(daemon.receipts("live")) >= before + 2, what="the daemon anchoring")
@@ -179,6 +188,8 @@ async def test_kill9_and_restart_shows_disconnected_then_resynchronises(daemon: 
         new_pid = daemon.proc.pid
         await until(lambda: f"attached to pid {new_pid}" in header(app), what="the header to show the new daemon")
         assert "disconnected" not in header(app)
+        # The new daemon's log lines since its start: its own "scheduler started" too.
+        await until(lambda: started_lines(app) == 2, what="the restarted daemon's log lines")
         # Resynchronised: events flow again, and commands reach the new daemon.
         await pilot.press("1")
         select(table(app, "jobs"), "still/fast")
