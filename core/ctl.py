@@ -47,9 +47,41 @@ def resolve_socket(args: argparse.Namespace) -> Path:
     try:
         loaded = load_config(overrides=overrides_from(args), allow_unset=True)
     except ConfigError as exc:
-        print_errors(exc)
-        raise CtlError("pass --socket PATH, or a config (--config, --data-dir) that names the data dir", EXIT_USAGE) from None
+        # The usual moment for `ctl reload` is right after an edit that broke the config: the
+        # socket is still found from what can be read (the scheduler reports the errors).
+        found = socket_despite_errors(args)
+        if found is None:
+            print_errors(exc)
+            raise CtlError("pass --socket PATH, or a config (--config, --data-dir) that names the data dir", EXIT_USAGE) from None
+        return found
     return socket_path(loaded.config)
+
+
+def socket_despite_errors(args: argparse.Namespace) -> Path | None:
+    """The socket from --data-dir, VMSH_DATA_DIR, or the --config file's `control.socket` /
+    `scheduler.data_dir` when that file is still YAML; None when none of them says."""
+    from core.control_server import default_socket
+
+    data_dir = getattr(args, "data_dir", None) or os.environ.get("VMSH_DATA_DIR")
+    if data_dir:
+        return default_socket(Path(data_dir))
+    config = getattr(args, "config", None)
+    if config is None:
+        return None
+    import yaml
+
+    try:
+        doc = yaml.safe_load(Path(config).read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    if not isinstance(doc, dict):
+        return None
+    control, scheduler = doc.get("control"), doc.get("scheduler")
+    if isinstance(control, dict) and isinstance(control.get("socket"), str):
+        return Path(control["socket"])
+    if isinstance(scheduler, dict) and isinstance(scheduler.get("data_dir"), str):
+        return default_socket(Path(scheduler["data_dir"]))
+    return None
 
 
 class Client:
