@@ -325,7 +325,8 @@ class ControlServer:
                 return 404, {"error": f"no namespace {args['namespace']!r} is configured"}
         else:
             return 400, {"error": 'force needs {"job": "ns/cadence"} or {"namespace": "ns"}'}
-        forced, skipped = [], []
+        forced: list[str] = []
+        skipped: list[str] = []
         for key in wanted:
             try:
                 (forced if self.control.force(key) else skipped).append(str(key))
@@ -354,7 +355,7 @@ class ControlServer:
         engine = self.runtime.engine
         snap = self.control.snapshot()
         status, body = health(engine, snap.now)
-        receipts = []
+        receipts: list[dict[str, Any]] = []
         for path, item in self.control.recent_receipts(RECENT_RECEIPTS):
             if isinstance(item, Exception):
                 receipts.append({"path": str(path), "error": str(item)})
@@ -384,14 +385,14 @@ class ControlServer:
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nConnection: close\r\n\r\n")
         try:
             while self._server is not None:
-                item = await client.queue.get()
-                if item is None:
+                next_item = await client.queue.get()
+                if next_item is None:
                     if client.dropped is not None:
                         writer.write(_line({"type": "dropped", "reason": client.dropped}))
                         return
                     line = _line({"seq": self.seq, "type": "resync"})
                 else:
-                    seq, event = item
+                    seq, event = next_item
                     line = _line({"seq": seq, **wire.encode_event(event)})
                 client.overflows = 0
                 writer.write(line)

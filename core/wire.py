@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import typing
-from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -189,9 +188,14 @@ EVENT_TYPES: dict[str, type[ev.Event]] = {
 }
 
 
-@cache
+_HINTS: dict[type[ev.Event], dict[str, Any]] = {}
+
+
 def _hints(cls: type[ev.Event]) -> dict[str, Any]:
-    return typing.get_type_hints(cls, vars(ev))
+    hints = _HINTS.get(cls)
+    if hints is None:
+        hints = _HINTS[cls] = typing.get_type_hints(cls, vars(ev))
+    return hints
 
 
 def _encode_value(value: Any) -> Json:
