@@ -9,6 +9,7 @@ something the program or the screen shows, never a sleep standing in for a sched
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import subprocess
 import sys
@@ -227,3 +228,39 @@ def test_cli_attach_without_a_terminal_exits_2_and_names_ctl(tmp_path: Path) -> 
                             capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=30)  # fmt: skip
     assert result.returncode == 2
     assert "no terminal" in result.stderr and "ctl" in result.stderr
+
+
+def test_plain_dashboard_on_a_locked_data_dir_attaches_and_a_hangup_leaves_the_daemon(daemon: Daemon) -> None:
+    """`vmsh-scheduler --config X` while a scheduler holds X's data dir: the dashboard
+    attaches (no "data dir locked", no exit 2); the SSH session dropping ends only it."""
+    from .test_terminal_process import COMMAND, WITH_CONTROLLING_TTY, drain, environment, open_pty
+
+    assert daemon.proc is not None
+    main, child = open_pty()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", WITH_CONTROLLING_TTY, *COMMAND, "--config", str(daemon.config)],
+        stdin=child, stdout=child, stderr=child, cwd=daemon.tmp, env=environment(), start_new_session=True,
+    )  # fmt: skip
+    os.close(child)
+    try:
+        screen = b""
+        deadline = time.monotonic() + 30
+        while f"attached to pid {daemon.proc.pid}".encode() not in screen:
+            assert proc.poll() is None, f"the dashboard exited ({proc.returncode}): {screen[-2000:]!r}"
+            assert time.monotonic() < deadline, f"no 'attached to pid' in the header: {screen[-2000:]!r}"
+            screen += drain(main, 0.2)
+        os.killpg(proc.pid, signal.SIGHUP)  # what the kernel sends when the SSH session drops
+        deadline = time.monotonic() + 10
+        while proc.poll() is None:
+            assert time.monotonic() < deadline, "the attached dashboard did not exit on SIGHUP"
+            drain(main, 0.1)
+        assert proc.returncode == 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        os.close(main)
+    assert daemon.proc.poll() is None and daemon.health() == 200
+    after = len(daemon.receipts("live"))
+    wait_for(lambda: len(daemon.receipts("live")) > after, what="anchors after the dashboard hung up")
+
