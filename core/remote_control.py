@@ -36,14 +36,15 @@ import httpx
 
 from core import wire
 from core.control import Receipts, Snapshot, VerifyOutcome, VerifyResult
-from core.events import Event, LogRecord, TickCompleted
+from core.events import Event, LogRecord, ReceiptWritten, TickCompleted
 from core.jobs import JobKey
-from core.receipts import ReceiptStore
+from core.receipts import Receipt, ReceiptStore, parse_iso_utc
 
 if TYPE_CHECKING:
     from core.runtime import ReloadResult
 
 BASE_URL = "http://vmsh"
+RECEIPTS_CAUGHT_UP = 200  # receipts written while disconnected that are told after a reconnect
 GATHER = 0.05  # seconds events are gathered before one snapshot refresh
 BACKOFF_FIRST, BACKOFF_MAX = 0.2, 2.0
 
@@ -94,6 +95,7 @@ class RemoteControl:
         # it missed (newer than the last one it saw).
         self._backlog: list[Event] = []
         self._last_log_at = float("-inf")
+        self._receipts_known: set[Path] | None = None  # listed when the socket went away
         self._callbacks: list[Callable[[Event], None]] = []
         self._task: asyncio.Task[None] | None = None
         self._client: httpx.AsyncClient | None = None
@@ -167,7 +169,7 @@ class RemoteControl:
                 if not self.connected:
                     await self._refresh(with_logs=True)
                     self._set_connected(True)
-                    self._dispatch([])
+                    self._dispatch(self._receipts_missed())
                     delay = BACKOFF_FIRST
                 await self._stream()
             except asyncio.CancelledError:
@@ -238,6 +240,24 @@ class RemoteControl:
             self._frozen_at = None
         else:
             self.disconnected_since = self._frozen_at = time.monotonic()
+            self._receipts_known = {p for p, _ in self._receipts.recent(RECEIPTS_CAUGHT_UP)}
+
+    def _receipts_missed(self) -> list[Event]:
+        """ReceiptWritten for the receipts written while the socket was away (oldest first),
+        as the scheduler told them to the dashboards that were attached."""
+        known, self._receipts_known = self._receipts_known, None
+        if known is None:
+            return []
+        missed: list[Event] = []
+        for path, receipt in reversed(self._receipts.recent(RECEIPTS_CAUGHT_UP)):
+            if path in known or not isinstance(receipt, Receipt):
+                continue
+            anchored_at = parse_iso_utc(receipt.anchored_at).timestamp()
+            missed.append(ReceiptWritten(
+                at=anchored_at, job=JobKey(receipt.namespace, receipt.cadence), target=receipt.target,
+                path=str(path), root=receipt.anchored_root, status=receipt.status, anchored_at=anchored_at,
+            ))  # fmt: skip
+        return missed
 
     # ----- SchedulerControl: reads --------------------------------------------------------
 

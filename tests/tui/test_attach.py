@@ -191,6 +191,10 @@ async def test_kill9_and_restart_shows_disconnected_then_resynchronises(daemon: 
         assert "disconnected" not in header(app)
         # The new daemon's log lines since its start: its own "scheduler started" too.
         await until(lambda: started_lines(app) == 2, what="the restarted daemon's log lines")
+        # The receipts the new daemon wrote before the dashboard was back are listed too.
+        written = [str(p) for p in daemon.receipts("live")]
+        await until(lambda: set(written) <= set(table(app, "receipts").shown_keys),
+                    what="the receipts written while disconnected")  # fmt: skip
         # Resynchronised: events flow again, and commands reach the new daemon.
         await pilot.press("1")
         select(table(app, "jobs"), "still/fast")
