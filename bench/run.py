@@ -26,6 +26,7 @@ SUITES = {
     "livez": "bench.livez_bench",
     "tui": "bench.tui_bench",
     "terminal": "bench.terminal_bench",
+    "control": "bench.control_bench",
 }
 
 

@@ -55,6 +55,7 @@ WRITE_TIMEOUT = 10.0
 QUEUE_SIZE = 2048  # events per client before it is resynchronised
 REPLAY = 4096  # events kept for `after=SEQ` resumption
 MAX_OVERFLOWS = 3
+WRITE_BATCH = 256  # events per write to a client
 RECENT_LOGS = 200
 RECENT_RECEIPTS = 20
 MUTATING = frozenset({"force", "pause", "resume", "reload"})
@@ -241,7 +242,9 @@ class ControlServer:
             if url.path == f"{API}/events" and method == "GET":
                 return await self._stream(writer, parse_qs(url.query))
             status, doc = await self._route(method, url.path, body, peer)
-            await self._send(writer, status, doc)
+            # A large answer (a snapshot of 10,000 jobs is ~8 MB) is serialised off the loop:
+            # `doc` is built for this request alone, so no one else touches it meanwhile.
+            await self._send(writer, status, doc, await asyncio.to_thread(_body, doc))
         except (ConnectionError, TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
             pass
         except ValueError:
@@ -255,7 +258,7 @@ class ControlServer:
 
     async def _send(self, writer: asyncio.StreamWriter, status: int, doc: Any, body: bytes | None = None) -> None:
         if body is None:
-            body = json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+            body = _body(doc)
         head = (f"HTTP/1.1 {status} {_REASONS.get(status, 'Unknown')}\r\nContent-Type: application/json\r\n"
                 f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n")  # fmt: skip
         writer.write(head.encode("latin-1") + body)
@@ -385,17 +388,22 @@ class ControlServer:
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nConnection: close\r\n\r\n")
         try:
             while self._server is not None:
+                lines: list[bytes] = []
                 next_item = await client.queue.get()
-                if next_item is None:
-                    if client.dropped is not None:
-                        writer.write(_line({"type": "dropped", "reason": client.dropped}))
-                        return
-                    line = _line({"seq": self.seq, "type": "resync"})
-                else:
-                    seq, event = next_item
-                    line = _line({"seq": seq, **wire.encode_event(event)})
+                while True:  # everything queued goes out in one write, then one drain
+                    if next_item is None:
+                        if client.dropped is not None:
+                            writer.write(b"".join(lines) + _line({"type": "dropped", "reason": client.dropped}))
+                            return
+                        lines.append(_line({"seq": self.seq, "type": "resync"}))
+                    else:
+                        seq, event = next_item
+                        lines.append(_line({"seq": seq, **wire.encode_event(event)}))
+                    if client.queue.empty() or len(lines) >= WRITE_BATCH:
+                        break
+                    next_item = client.queue.get_nowait()
                 client.overflows = 0
-                writer.write(line)
+                writer.write(b"".join(lines))
                 await writer.drain()
         finally:
             self._clients.discard(client)
@@ -404,6 +412,10 @@ class ControlServer:
                     await writer.drain()
             except (ConnectionError, TimeoutError):
                 pass
+
+
+def _body(doc: Any) -> bytes:
+    return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
 
 
 def _line(doc: Any) -> bytes:
