@@ -7,7 +7,9 @@ snapshot the server sent (its `now` advanced by the local monotonic clock while 
 so `snapshot()` and `in_flight()` are synchronous reads, as the panes expect. Events from
 `/v1/events` are gathered for a short moment, the mirror is refreshed once from a fresh
 snapshot when any of them changes the job table, and only then handed to the subscribers:
-a pane redrawn on an event sees the state that event describes.
+a pane redrawn on an event sees the state that event describes. Receipts are listed from
+the scheduler's data dir on this host (read only, with the same ReceiptStore), so the
+panes get the same listing in both modes.
 
 Commands: `force`, `pause` and `resume` answer at once (optimistically: `force` is True
 when the job is configured and not in flight in the mirror) and send the command in a
