@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -244,5 +245,35 @@ def test_a_stale_socket_of_a_dead_process_is_replaced(tmp_path):
         got = ctl(config, "status", "--json")
         assert got.returncode == 0, got.stderr
         assert json.loads(got.stdout)["pid"] == proc.pid
+    finally:
+        stop(proc)
+
+
+def test_snapshot_carries_receipts_and_logs_and_events_resume_after_its_seq(tmp_path):
+    config, proc = headless(tmp_path, ["alpha"], every="1h")
+    transport = httpx.HTTPTransport(uds=str(sock_path(tmp_path)))
+    try:
+        wait_for(lambda: serving(tmp_path) and receipts(tmp_path))
+        with httpx.Client(transport=transport, base_url="http://vmsh", timeout=30) as client:
+            snap = client.get("/v1/snapshot").json()
+            assert snap["receipts"] and snap["receipts"][0]["receipt"]["namespace"] == "alpha"
+            assert any(r["msg"] == "serving the control API" for r in snap["logs"])
+            assert ctl(config, "pause").returncode == 0  # after the snapshot: replayed from its seq
+            seen = []
+            with client.stream("GET", f"/v1/events?after={snap['seq']}", timeout=10) as stream:
+                for line in stream.iter_lines():
+                    seen.append(json.loads(line))
+                    if seen[-1]["type"] == "Paused":
+                        break
+            assert seen[-1]["event"]["paused"] is True and seen[0]["seq"] == snap["seq"] + 1
+        tail = subprocess.Popen([str(BIN), "ctl", "--config", str(config), "tail"], stdout=subprocess.PIPE, text=True)
+        threading.Timer(20, tail.terminate).start()  # a tail that never shows it fails, not hangs
+        try:
+            assert ctl(config, "resume").returncode == 0
+            lines = iter(tail.stdout.readline, "")
+            assert any('"command": "resume"' in line for line in lines)  # followed live
+        finally:
+            tail.terminate()
+            tail.wait(timeout=10)
     finally:
         stop(proc)
