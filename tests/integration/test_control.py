@@ -40,7 +40,9 @@ def stop(proc: subprocess.Popen) -> tuple[int, str, str]:
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=30)
-    folder = Path(proc.args[-1]).parent
+    args = proc.args
+    assert isinstance(args, list)
+    folder = Path(args[-1]).parent
     return proc.returncode, (folder / "stdout.log").read_text(), (folder / "stderr.log").read_text()
 
 
@@ -71,8 +73,9 @@ def headless(tmp: Path, namespaces: list[str], extra: str = "", **kw) -> tuple[P
 
 
 def health_url(config: Path) -> str:
-    port = re.search(r'listen: "127\.0\.0\.1:(\d+)"', config.read_text()).group(1)
-    return f"http://127.0.0.1:{port}/health"
+    found = re.search(r'listen: "127\.0\.0\.1:(\d+)"', config.read_text())
+    assert found is not None
+    return f"http://127.0.0.1:{found.group(1)}/health"
 
 
 def test_ctl_status_json_matches_health_and_pause_shows(tmp_path):
@@ -270,6 +273,7 @@ def test_snapshot_carries_receipts_and_logs_and_events_resume_after_its_seq(tmp_
         threading.Timer(20, tail.terminate).start()  # a tail that never shows it fails, not hangs
         try:
             assert ctl(config, "resume").returncode == 0
+            assert tail.stdout is not None
             lines = iter(tail.stdout.readline, "")
             assert any('"command": "resume"' in line for line in lines)  # followed live
         finally:
