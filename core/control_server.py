@@ -341,6 +341,11 @@ class ControlServer:
         path = args.get("path")
         if not isinstance(path, str) or not path:
             return 400, {"error": 'verify needs {"path": "<receipt file>"}'}
+        # Only the scheduler's own receipts: a peer must not make it open (and describe in an
+        # error message) any file its user can read.
+        receipts = Path(self.runtime.receipts.root).resolve()
+        if not Path(path).resolve().is_relative_to(receipts):
+            return 403, {"error": f"verify reads receipts under {receipts} only"}
         return 200, wire.encode_verify_result(await self.control.verify(path))
 
     async def _audit(self, peer: Peer, command: str, args: dict[str, Any], status: int, doc: Any) -> None:

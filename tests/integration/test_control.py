@@ -261,6 +261,10 @@ def test_snapshot_carries_receipts_and_logs_and_events_resume_after_its_seq(tmp_
             snap = client.get("/v1/snapshot").json()
             assert snap["receipts"] and snap["receipts"][0]["receipt"]["namespace"] == "alpha"
             assert any(r["msg"] == "serving the control API" for r in snap["logs"])
+            verdict = client.post("/v1/verify", json={"path": snap["receipts"][0]["path"]})
+            assert verdict.json()["outcome"] == "OK" and verdict.json()["job"] == "alpha/fast"
+            outside = client.post("/v1/verify", json={"path": "/etc/passwd"})
+            assert outside.status_code == 403 and "receipts under" in outside.json()["error"]
             assert ctl(config, "pause").returncode == 0  # after the snapshot: replayed from its seq
             seen = []
             with client.stream("GET", f"/v1/events?after={snap['seq']}", timeout=10) as stream:
