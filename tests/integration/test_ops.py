@@ -440,6 +440,10 @@ def test_systemd_unit_sandboxing_and_lifecycle():
     args = one["ExecStart"].split()
     assert args[args.index("--data-dir") + 1] == f"/var/lib/{one['StateDirectory']}"
     assert one["WorkingDirectory"] == f"/var/lib/{one['StateDirectory']}"
+    # The control socket lives in the data dir (control.sock, 0660): its group must be able
+    # to enter the folder, or nobody but the service user can attach or use ctl.
+    assert int(one["StateDirectoryMode"], 8) & 0o050 == 0o050
+    assert int(one["StateDirectoryMode"], 8) & 0o007 == 0
 
 
 def _local_unit(tmp_path: Path) -> Path:
