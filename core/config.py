@@ -240,7 +240,9 @@ class TuiSettings(_Model):
 
 # -- CloudEvents (optional): see core/observe/cloudevents.py
 
-CloudEventType = Literal["anchor.succeeded", "anchor.failed", "receipt.confirmed", "config.reloaded"]
+CloudEventType = Literal[
+    "anchor.succeeded", "anchor.failed", "receipt.confirmed", "config.reloaded", "control.command"
+]
 CLOUDEVENT_TYPES: tuple[CloudEventType, ...] = typing.get_args(CloudEventType)
 
 

@@ -39,7 +39,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from core import __version__, wire
 from core.control import RuntimeControl
-from core.events import Event, LogRecord
+from core.events import ControlCommand, Event, LogRecord
 from core.jobs import JobKey
 from core.observe.health import health
 from core.observe.http import _parse_head
@@ -354,6 +354,12 @@ class ControlServer:
                  "command": command, "arguments": args, "status": status, "result": result}  # fmt: skip
         line = json.dumps(entry, ensure_ascii=False, default=str) + "\n"
         self.runtime.log.info("control command", command=command, uid=peer.uid, user=peer.user, status=status)
+        self.runtime.bus.publish(
+            ControlCommand(
+                at=self.runtime.engine.clock.now(), command=command, uid=peer.uid, user=peer.user,
+                arguments=args, status=status,
+            )
+        )  # a CloudEvent (control.command) when a sink is set
         try:
             await asyncio.to_thread(_append_fsync, self.audit_path, line.encode())
         except OSError as exc:

@@ -107,6 +107,17 @@ class Paused(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class ControlCommand(Event):
+    """A mutating command over the control socket, as written to the audit log."""
+
+    command: str  # force | pause | resume | reload
+    uid: int
+    user: str
+    arguments: dict[str, Any] = field(default_factory=dict)
+    status: int = 200  # the answer's HTTP status: 403 refused, 4xx/5xx failed
+
+
+@dataclass(frozen=True, slots=True)
 class TickCompleted(Event):
     duration: float
     due: int

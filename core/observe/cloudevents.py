@@ -6,7 +6,7 @@ Enabled by the ``cloudevents:`` section of the config (core.config.CloudEventsSe
       http: {url: "https://events.example/ingest", timeout: 5, max_queue: 1000, retries: 3}
       file: /var/lib/vmsh-scheduler/cloudevents.jsonl
       source: /vaultmesh/scheduler/prod-1
-      types: [anchor.succeeded, anchor.failed, receipt.confirmed, config.reloaded]
+      types: [anchor.succeeded, anchor.failed, receipt.confirmed, config.reloaded, control.command]
 
 Events, from the bus (core.events), and their CloudEvents ``type``:
 
@@ -16,6 +16,7 @@ Events, from the bus (core.events), and their CloudEvents ``type``:
 | `AnchorFailed`     | `org.vaultmesh.scheduler.anchor.failed`       | `<ns>/<cadence>`   |
 | `ReceiptConfirmed` | `org.vaultmesh.scheduler.receipt.confirmed`   | `<ns>/<cadence>`   |
 | `ConfigApplied`    | `org.vaultmesh.scheduler.config.reloaded`     | (none)             |
+| `ControlCommand`   | `org.vaultmesh.scheduler.control.command`     | the command        |
 
 Each event is one JSON object (JSON event format): ``specversion`` "1.0", ``id`` (a
 random UUID), ``source``, ``type``, ``subject``, ``time`` (RFC 3339, UTC),
@@ -63,6 +64,7 @@ from core.events import (
     AnchorFailed,
     AnchorSucceeded,
     ConfigApplied,
+    ControlCommand,
     Event,
     EventBus,
     ReceiptConfirmed,
@@ -136,6 +138,16 @@ def to_cloudevent(event: Event, source: str) -> dict[str, Any] | None:
             "added": [str(k) for k in event.added],
             "removed": [str(k) for k in event.removed],
             "changed": [str(k) for k in event.changed],
+        }
+    elif isinstance(event, ControlCommand):  # the audit log's entry (core/control_server.py)
+        short = "control.command"
+        subject = event.command
+        data = {
+            "command": event.command,
+            "uid": event.uid,
+            "user": event.user,
+            "arguments": event.arguments,
+            "status": event.status,
         }
     else:
         return None

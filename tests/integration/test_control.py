@@ -124,6 +124,24 @@ def test_ctl_force_writes_a_receipt_and_an_audit_line_naming_the_uid(tmp_path):
     assert audit.stat().st_mode & 0o777 == 0o640
 
 
+def test_a_control_command_is_a_cloudevent_when_a_sink_is_set(tmp_path):
+    events = tmp_path / "events.jsonl"
+    config, proc = headless(
+        tmp_path, ["alpha"], every="1h",
+        extra=f'cloudevents:\n  file: "{events}"\n  types: [control.command]\n',
+    )
+    try:
+        wait_for(lambda: serving(tmp_path) and len(receipts(tmp_path)) == 1)
+        assert ctl(config, "pause").returncode == 0
+        wait_for(lambda: events.exists() and "control.command" in events.read_text())
+    finally:
+        stop(proc)
+    emitted = [json.loads(line) for line in events.read_text().splitlines()]
+    assert [e["type"] for e in emitted] == ["org.vaultmesh.scheduler.control.command"]
+    assert emitted[0]["subject"] == "pause"
+    assert emitted[0]["data"]["uid"] == os.getuid() and emitted[0]["data"]["status"] == 200
+
+
 def test_ctl_reload_of_a_broken_config_prints_file_line_and_exits_1(tmp_path):
     config, proc = headless(tmp_path, ["alpha"])
     try:
