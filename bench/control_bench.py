@@ -128,7 +128,7 @@ def anchoring_figures() -> dict[str, float]:
         "p50": latencies[len(latencies) // 2] if latencies else float("nan"),
         "p99": latencies[int(len(latencies) * 0.99)] if latencies else float("nan"),
         "events": len(latencies),
-    }  # fmt: skip
+    }
 
 
 def run() -> list[tuple[str, str, str]]:
@@ -143,7 +143,7 @@ def run() -> list[tuple[str, str, str]]:
         ("control: daemon CPU, 0 / 3 clients", f"{f['cpu0']:.2f} / {f['cpu3']:.2f}", "CPU seconds per second"),
         ("control: event latency p50 / p99", f"{f['p50'] * 1000:.1f} / {f['p99'] * 1000:.1f} ms",
          f"engine -> client, {int(f['events']):,} ReceiptWritten"),
-    ]  # fmt: skip
+    ]
     return rows
 
 

@@ -115,7 +115,7 @@ class RuntimeControl:
             now=now, views=views, counts=count(views), paused=engine.paused,
             config_hash=engine.config_hash, started_at=engine.started_at,
             last_tick=engine.last_tick, tick=engine.tick, max_level=engine.policy.max_level,
-        )  # fmt: skip
+        )
 
     def subscribe(self, callback: Callable[[Event], None]) -> Callable[[], None]:
         return self._runtime.bus.subscribe(callback)

@@ -62,7 +62,7 @@ MUTATING = frozenset({"force", "pause", "resume", "reload"})
 
 _REASONS = {200: "OK", 400: "Bad Request", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
             408: "Request Timeout", 413: "Payload Too Large", 431: "Request Header Fields Too Large",
-            500: "Internal Server Error"}  # fmt: skip
+            500: "Internal Server Error"}
 
 
 class ControlSocketError(Exception):
@@ -172,7 +172,7 @@ class ControlServer:
         self.audit_path = Path(runtime.data_dir) / "audit.jsonl"
 
     async def start(self, path: Path, *, mode: int = 0o660, group: str | None = None,
-                    readonly_group: str | None = None) -> ControlServer:  # fmt: skip
+                    readonly_group: str | None = None) -> ControlServer:
         gid = _resolve_gid(group)
         self._readonly_gid = _resolve_gid(readonly_group)
         if self._readonly_gid is not None:
@@ -260,7 +260,7 @@ class ControlServer:
         if body is None:
             body = _body(doc)
         head = (f"HTTP/1.1 {status} {_REASONS.get(status, 'Unknown')}\r\nContent-Type: application/json\r\n"
-                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n")  # fmt: skip
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n")
         writer.write(head.encode("latin-1") + body)
         try:
             async with asyncio.timeout(WRITE_TIMEOUT):
@@ -291,7 +291,7 @@ class ControlServer:
         if self._is_readonly(peer):
             status, doc = 403, {"error": f"user {peer.user} (uid {peer.uid}) is in the read-only group "
                                          f"{self.runtime.started_with.control.readonly_group}: "
-                                         f"{command} is refused; ask an operator outside that group"}  # fmt: skip
+                                         f"{command} is refused; ask an operator outside that group"}
         else:
             status, doc = await self._command(command, args)
         await self._audit(peer, command, args, status, doc)
@@ -351,7 +351,7 @@ class ControlServer:
     async def _audit(self, peer: Peer, command: str, args: dict[str, Any], status: int, doc: Any) -> None:
         result = doc.get("error") if isinstance(doc, dict) and "error" in doc else doc
         entry = {"time": time.time(), "uid": peer.uid, "user": peer.user, "pid": peer.pid,
-                 "command": command, "arguments": args, "status": status, "result": result}  # fmt: skip
+                 "command": command, "arguments": args, "status": status, "result": result}
         line = json.dumps(entry, ensure_ascii=False, default=str) + "\n"
         self.runtime.log.info("control command", command=command, uid=peer.uid, user=peer.user, status=status)
         self.runtime.bus.publish(
@@ -380,7 +380,7 @@ class ControlServer:
             "snapshot": wire.encode_snapshot(snap), "receipts": receipts,
             "logs": [wire.encode_event(r)["event"] for r in self._logs],
             "health": {"code": status, **body}, "in_flight": [str(k) for k in self.control.in_flight()],
-        }  # fmt: skip
+        }
 
     # ----- the event stream --------------------------------------------------------------
 
@@ -447,4 +447,4 @@ async def start_control(runtime: Runtime) -> ControlServer:
     settings = runtime.started_with.control  # read at start only, like http.listen
     server = ControlServer(runtime)
     return await server.start(socket_path(runtime.started_with), mode=settings.mode_bits,
-                              group=settings.group, readonly_group=settings.readonly_group)  # fmt: skip
+                              group=settings.group, readonly_group=settings.readonly_group)

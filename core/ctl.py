@@ -140,18 +140,18 @@ def status_doc(doc: dict[str, Any]) -> dict[str, Any]:
          "last_anchored_at": v.state.last_anchored_at, "due_in": None if v.due_at is None else v.due_at - snap.now,
          "backoff_level": v.state.backoff_level, "last_error": v.state.last_error, "disabled": v.disabled}
         for v in snap.views
-    ]  # fmt: skip
+    ]
     counts = {"total": snap.counts.total, "in_backoff": snap.counts.in_backoff,
-              **{s.value: n for s, n in snap.counts.by_status.items()}}  # fmt: skip
+              **{s.value: n for s, n in snap.counts.by_status.items()}}
     return {"pid": doc["pid"], "host": doc["host"], "version": doc["version"], "paused": snap.paused,
-            "config_hash": snap.config_hash, "counts": counts, "health": doc["health"], "jobs": jobs}  # fmt: skip
+            "config_hash": snap.config_hash, "counts": counts, "health": doc["health"], "jobs": jobs}
 
 
 def print_status(status: dict[str, Any]) -> None:
     health = status["health"]
     c = status["counts"]
     print(f"scheduler pid {status['pid']} on {printable(status['host'])}, version {status['version']}"
-          f"{', PAUSED' if status['paused'] else ''}: {health.get('status', '?')}")  # fmt: skip
+          f"{', PAUSED' if status['paused'] else ''}: {health.get('status', '?')}")
     detail = ", ".join(f"{k} {v}" for k, v in c.items() if k not in ("total", "in_backoff") and v)
     print(f"{c['total']} jobs ({detail or 'none'}), {c['in_backoff']} in backoff")
     width = max((len(printable(j["job"])) for j in status["jobs"]), default=3)

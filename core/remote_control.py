@@ -258,7 +258,7 @@ class RemoteControl:
             missed.append(ReceiptWritten(
                 at=anchored_at, job=JobKey(receipt.namespace, receipt.cadence), target=receipt.target,
                 path=str(path), root=receipt.anchored_root, status=receipt.status, anchored_at=anchored_at,
-            ))  # fmt: skip
+            ))
         return missed
 
     # ----- SchedulerControl: reads --------------------------------------------------------

@@ -309,7 +309,7 @@ _FOLDER_HINT = (
 APPLIED_ON_RELOAD = frozenset({
     "namespaces", "namespaces_file", "anchors_file", "targets", "tui",
     "scheduler.max_batch_bytes", "scheduler.follow_symlinks",
-})  # fmt: skip
+})
 
 
 def restart_needed(running: Config, loaded: Config) -> list[str]:

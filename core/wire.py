@@ -61,7 +61,7 @@ def encode_job_spec(spec: JobSpec) -> Json:
         "job": str(spec.key), "target": spec.target, "every": spec.every, "source": str(spec.source),
         "confirmations": spec.confirmations, "anchor_unchanged": spec.anchor_unchanged,
         "policy_oid": spec.policy_oid,
-    }  # fmt: skip
+    }
 
 
 def decode_job_spec(d: Json) -> JobSpec:
@@ -71,7 +71,7 @@ def decode_job_spec(d: Json) -> JobSpec:
         every=_field(d, "every", w), source=Path(_field(d, "source", w)),
         confirmations=d.get("confirmations", 0), anchor_unchanged=d.get("anchor_unchanged", False),
         policy_oid=d.get("policy_oid"),
-    )  # fmt: skip
+    )
 
 
 def encode_job_state(state: JobState) -> Json:
@@ -90,7 +90,7 @@ def encode_job_view(view: JobView) -> Json:
         "spec": encode_job_spec(view.spec), "state": encode_job_state(view.state),
         "due_at": view.due_at, "in_flight": view.in_flight, "status": view.status.value,
         "disabled": view.disabled,
-    }  # fmt: skip
+    }
 
 
 def decode_job_view(d: Json) -> JobView:
@@ -103,7 +103,7 @@ def decode_job_view(d: Json) -> JobView:
         spec=decode_job_spec(_field(d, "spec", w)), state=decode_job_state(_field(d, "state", w)),
         due_at=d.get("due_at"), in_flight=bool(_field(d, "in_flight", w)), status=status,
         disabled=d.get("disabled"),
-    )  # fmt: skip
+    )
 
 
 # -- counts, snapshot ----------------------------------------------------------------------
@@ -132,7 +132,7 @@ def encode_snapshot(snap: Snapshot) -> Json:
         "counts": encode_counts(snap.counts), "paused": snap.paused, "config_hash": snap.config_hash,
         "started_at": snap.started_at, "last_tick": snap.last_tick, "tick": snap.tick,
         "max_level": snap.max_level,
-    }  # fmt: skip
+    }
 
 
 def decode_snapshot(d: Json) -> Snapshot:
@@ -145,7 +145,7 @@ def decode_snapshot(d: Json) -> Snapshot:
         counts=decode_counts(_field(d, "counts", w)), paused=bool(_field(d, "paused", w)),
         config_hash=_field(d, "config_hash", w), started_at=_field(d, "started_at", w),
         last_tick=d.get("last_tick"), tick=_field(d, "tick", w), max_level=_field(d, "max_level", w),
-    )  # fmt: skip
+    )
 
 
 # -- command results -----------------------------------------------------------------------
@@ -160,7 +160,7 @@ def decode_reload_result(d: Json) -> ReloadResult:
     return ReloadResult(
         applied=bool(_field(d, "applied", w)), changed=bool(_field(d, "changed", w)),
         errors=[str(e) for e in _field(d, "errors", w)], summary=str(_field(d, "summary", w)),
-    )  # fmt: skip
+    )
 
 
 def encode_verify_result(result: VerifyResult) -> Json:

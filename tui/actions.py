@@ -61,7 +61,7 @@ ACTIONS: tuple[Action, ...] = (
     Action("next_pane", "tab", "next_pane", "Next pane", "next pane (tabs at 80x24)", priority=True),
     Action("prev_pane", "shift+tab", "prev_pane", "Prev pane", "previous pane", priority=True),
     Action("quit", "q", "quit", "Quit", "quit (asks first if anchors are in flight)", scope="app", footer=True),
-)  # fmt: skip
+)
 
 MUTATING = frozenset(a.action for a in ACTIONS if a.mutating)
 

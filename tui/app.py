@@ -231,7 +231,7 @@ class VaultMeshApp(App[int]):
                         f"/metrics and /health are off: {self.services.http_error}. "
                         "Set METRICS_PORT or http.listen to a free port and restart.",
                         severity="error", timeout=60,
-                    )  # fmt: skip
+                    )
                 self._refresh_views()
                 await run.wait(self._stop_requested, or_engine_end=False)
                 run.grace = self._stop_grace

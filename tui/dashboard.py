@@ -148,7 +148,7 @@ class DashboardScreen(Screen[None]):
         self._rows = [
             (names[i : i + 2], Horizontal(*(self.boxes[n] for n in names[i : i + 2]), classes="row", id=row_id))
             for i, row_id in zip(range(0, len(names), 2), ("row-top", "row-bottom", *(f"row-{k}" for k in range(2, 9))), strict=False)
-        ]  # fmt: skip
+        ]
         yield Vertical(*(row for _, row in self._rows), id="panes")
         self._filter_box = Input(placeholder="filter", id="filter")
         yield self._filter_box
@@ -332,7 +332,7 @@ class DashboardScreen(Screen[None]):
         return Palette({
             "primary": t.primary, "accent": t.accent, "success": t.success,
             "warning": t.warning, "error": t.error,
-        })  # fmt: skip
+        })
 
     def _on_theme_changed(self, _theme: Any) -> None:
         self.ctx.palette = self._palette_for_theme()
@@ -449,7 +449,7 @@ class DashboardScreen(Screen[None]):
             self.notify(
                 f"config reload: restart needed for {restart}; they keep their running values until then",
                 severity="warning", timeout=15,
-            )  # fmt: skip
+            )
         self.apply_pending()
 
     def action_pause(self) -> None:
@@ -487,11 +487,11 @@ class DashboardScreen(Screen[None]):
         errors = [
             r for r in records
             if r.level in ("WARNING", "ERROR") and str(r.fields.get("job", "")) in jobs
-        ][-10:]  # fmt: skip
+        ][-10:]
         body = namespace_detail(
             namespace, self.control.namespace_config(namespace), views, receipts[:10], errors,
             now=snap.now, max_level=snap.max_level, data_dir=self.ctx.data_dir,
-        )  # fmt: skip
+        )
         self.app.push_screen(DetailScreen(namespace, body))
 
     def on_data_table_row_selected(self, event: DiffTable.RowSelected) -> None:

@@ -201,7 +201,7 @@ class ReceiptInfo:
         return cls(
             str(path), at, receipt.namespace, receipt.cadence,
             receipt.target, receipt.batch.root, receipt.status,
-        )  # fmt: skip
+        )
 
 
 def short_root(root: str) -> str:

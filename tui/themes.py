@@ -32,7 +32,7 @@ from core.dashboard_settings import ThemeFileError as ThemeError
 __all__ = [
     "ANSI_THEME", "DEFAULT_THEME", "FALLBACKS", "THEMES_DIR", "ThemeError",
     "bundled_themes", "choose_theme", "load_theme_file", "prefers_ansi",
-]  # fmt: skip
+]
 
 
 def _theme(spec: ThemeSpec) -> Theme:

@@ -68,11 +68,11 @@ def config_text(namespaces: dict[str, dict[str, str]], *, extra: str = "") -> st
     for ns, cadences in namespaces.items():
         lines += [f'  "{ns}":', f'    description: "{ns} for tests"', "    witnesses:",
                   "      min_required: 1", '      allowlist: ["did:vm:arbiter:test"]',
-                  "    schema_policy:", '      allow: ["ledger.append@1.0.x"]', "    cadence:"]  # fmt: skip
+                  "    schema_policy:", '      allow: ["ledger.append@1.0.x"]', "    cadence:"]
         for cadence, spec in cadences.items():
             every, _, target = spec.partition("@")
             lines += [f"      {cadence}:", f'        target: "{target or "local:dev"}"', f'        every: "{every}"',
-                      "        anchor_unchanged: true"]  # fmt: skip
+                      "        anchor_unchanged: true"]
     return "\n".join(lines) + "\n" + extra
 
 

@@ -44,10 +44,10 @@ class Daemon:
         for ns in ("live", "still"):
             write_batch(tmp / "batches" / ns, "000001", "sha256:" + f"{ns.encode().hex():0>64}")
         lines = ["scheduler:", "  tick: 0.2", f"  data_dir: {self.data}", "http:", f'  listen: "127.0.0.1:{self.port}"',
-                 "targets:", "  local:", "    dev: {}", "namespaces:"]  # fmt: skip
+                 "targets:", "  local:", "    dev: {}", "namespaces:"]
         for ns, every in (("live", "1s"), ("still", "1h")):
             lines += [f"  {ns}:", f"    source: {tmp / 'batches' / ns}", "    cadence:", "      fast:",
-                      '        target: "local:dev"', f'        every: "{every}"', "        anchor_unchanged: true"]  # fmt: skip
+                      '        target: "local:dev"', f'        every: "{every}"', "        anchor_unchanged: true"]
         self.config = tmp / "config.yaml"
         self.config.write_text("\n".join(lines) + "\n")
         self.proc: subprocess.Popen[str] | None = None
@@ -60,7 +60,7 @@ class Daemon:
         self.proc = subprocess.Popen(
             [str(BIN), "--no-ui", "--config", str(self.config)],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
+        )
         wait_for(lambda: self.receipts("still") and self.answers(), what="the scheduler's first anchors and socket")
 
     def answers(self) -> bool:
@@ -156,7 +156,7 @@ async def test_attached_dashboard_shows_anchors_live_and_f_anchors_in_the_daemon
         before = len(daemon.receipts("live"))
         await until(lambda: len(daemon.receipts("live")) >= before + 2, what="the daemon anchoring")
         await until(lambda: str(daemon.receipts("live")[-1]) in table(app, "receipts").shown_keys,
-                    what="the newest receipt in the Receipts pane")  # fmt: skip
+                    what="the newest receipt in the Receipts pane")
         # f (confirmed) on "still" (due in an hour): the daemon writes its second receipt.
         assert len(daemon.receipts("still")) == 1
         await pilot.press("1")
@@ -194,7 +194,7 @@ async def test_kill9_and_restart_shows_disconnected_then_resynchronises(daemon: 
         # The receipts the new daemon wrote before the dashboard was back are listed too.
         written = [str(p) for p in daemon.receipts("live")]
         await until(lambda: set(written) <= set(table(app, "receipts").shown_keys),
-                    what="the receipts written while disconnected")  # fmt: skip
+                    what="the receipts written while disconnected")
         # Resynchronised: events flow again, and commands reach the new daemon.
         await pilot.press("1")
         select(table(app, "jobs"), "still/fast")
@@ -213,7 +213,7 @@ async def test_two_dashboards_at_once_each_see_the_others_force(daemon: Daemon) 
         await until(lambda: len(daemon.receipts("still")) == 2, what="the forced receipt")
         forced = str(daemon.receipts("still")[-1])
         await until(lambda: all(forced in table(a, "receipts").shown_keys for a in (one, two)),
-                    what="the forced receipt in both dashboards")  # fmt: skip
+                    what="the forced receipt in both dashboards")
     assert daemon.proc is not None and daemon.proc.poll() is None
 
 
@@ -229,7 +229,7 @@ def test_attach_with_no_scheduler_says_how_to_start_one(tmp_path: Path, capsys: 
 
 def test_cli_attach_without_a_terminal_exits_2_and_names_ctl(tmp_path: Path) -> None:
     result = subprocess.run([str(BIN), "attach", "--socket", str(tmp_path / "control.sock")],
-                            capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=30)  # fmt: skip
+                            capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=30)
     assert result.returncode == 2
     assert "no terminal" in result.stderr and "ctl" in result.stderr
 
@@ -244,7 +244,7 @@ def test_plain_dashboard_on_a_locked_data_dir_attaches_and_a_hangup_leaves_the_d
     proc = subprocess.Popen(
         [sys.executable, "-c", WITH_CONTROLLING_TTY, *COMMAND, "--config", str(daemon.config)],
         stdin=child, stdout=child, stderr=child, cwd=daemon.tmp, env=environment(), start_new_session=True,
-    )  # fmt: skip
+    )
     os.close(child)
     try:
         screen = b""

@@ -133,7 +133,7 @@ async def test_a_config_edit_the_watcher_applies_says_what_changed(world: World)
     app = world.app()
     async with app.run_test(size=(80, 24), notifications=True) as pilot:
         world.write_config({"dao:vaultmesh": {"fast": "90s"}, "fin:clearing": {"fast": "120s"},
-                            "ops:metrics": {"fast": "30s"}, "new:space": {"fast": "45s"}})  # fmt: skip
+                            "ops:metrics": {"fast": "30s"}, "new:space": {"fast": "45s"}})
         world.runtime.reload()
         app.flush_now()
         await pilot.pause()
@@ -209,7 +209,7 @@ async def test_enter_on_a_log_line_shows_it_whole_with_every_field(world: World)
     async with app.run_test(size=(80, 24), notifications=True) as pilot:
         world.runtime.bus.publish(LogRecord(at=world.clock.now(), level="ERROR", msg="a long line",
                                             fields={"job": "dao:vaultmesh/fast", "root": digest, "receipt": path,
-                                                    "error": "e" * 70 + " end"}))  # fmt: skip
+                                                    "error": "e" * 70 + " end"}))
         app.flush_now()
         await pilot.press("4")
         assert digest not in screen_text(app)  # the pane abbreviates and cuts it

@@ -39,7 +39,7 @@ def test_no_method_replaces_one_of_textuals_by_accident() -> None:
         replaced = {
             name for name, value in vars(cls).items()
             if name in textual_names and (inspect.isfunction(value) or isinstance(value, property))
-        }  # fmt: skip
+        }
         assert replaced == set(OVERRIDES[cls]), f"{cls.__name__} replaces Textual's {replaced - set(OVERRIDES[cls])}"
 
 

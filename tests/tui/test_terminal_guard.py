@@ -150,7 +150,7 @@ def test_a_terminal_that_stops_reading_never_blocks_the_writer(fds):
     keys_r, _keys_w = fds()
     resumed: list[bool] = []
     out = GuardedOutput(open(screen_w, "w", closefd=False), TerminalGuard(input_fd=keys_r, output_fds=(screen_w,)),
-                        on_resume=lambda: resumed.append(True), stall_seconds=0.1)  # fmt: skip
+                        on_resume=lambda: resumed.append(True), stall_seconds=0.1)
     frame = "x" * 100_000  # more than a pipe holds
     started = time.monotonic()
     out.write(frame)

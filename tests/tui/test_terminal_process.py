@@ -57,7 +57,7 @@ def drain(fd: int, seconds: float) -> bytes:
 def environment() -> dict[str, str]:
     # METRICS_PORT=0: any free port, so parallel runs and a running scheduler never collide.
     return {**os.environ, "TERM": "xterm-256color", "COLORTERM": "truecolor", "METRICS_PORT": "0",
-            "PYTHONPATH": str(REPO)}  # fmt: skip
+            "PYTHONPATH": str(REPO)}
 
 
 def open_pty() -> tuple[int, int]:
@@ -77,7 +77,7 @@ def start_dashboard(data: Path, *, stdin: int, display: int) -> subprocess.Popen
         [sys.executable, "-c", WITH_CONTROLLING_TTY, *dashboard_args(data)],
         stdin=stdin, stdout=display, stderr=display, cwd=data.parent, env=environment(),
         start_new_session=True,
-    )  # fmt: skip
+    )
 
 
 def receipt_files(data: Path) -> list[Path]:
@@ -263,11 +263,11 @@ def test_tmux_kill_session_leaves_no_process_and_no_lock(tmp_path):
     env = environment()
     command = " ".join(["exec", "env", f"PYTHONPATH={REPO}", "METRICS_PORT=0", *dashboard_args(data)])
     subprocess.run([*tmux, "new-session", "-d", "-s", "dash", "-x", "80", "-y", "24", command],
-                   env=env, cwd=tmp_path, check=True)  # fmt: skip
+                   env=env, cwd=tmp_path, check=True)
     pid = None
     try:
         pane = subprocess.run([*tmux, "list-panes", "-t", "dash", "-F", "#{pane_pid}"],
-                              env=env, capture_output=True, text=True, check=True)  # fmt: skip
+                              env=env, capture_output=True, text=True, check=True)
         pid = int(pane.stdout.split()[0])
         deadline = time.monotonic() + 30
         screen = ""
@@ -275,7 +275,7 @@ def test_tmux_kill_session_leaves_no_process_and_no_lock(tmp_path):
             assert time.monotonic() < deadline, f"no anchors from the dashboard in tmux: {screen}"
             time.sleep(0.2)
             screen = subprocess.run([*tmux, "capture-pane", "-p", "-t", "dash"],
-                                    env=env, capture_output=True, text=True).stdout  # fmt: skip
+                                    env=env, capture_output=True, text=True).stdout
         subprocess.run([*tmux, "kill-session", "-t", "dash"], env=env, check=True)
         t0 = time.monotonic()
         while running(pid) and time.monotonic() - t0 < 10:
@@ -297,14 +297,14 @@ def test_without_a_terminal_it_refuses_and_says_use_no_ui(tmp_path, missing):
     data = tmp_path / "data"
     if missing == "stdout":
         result = subprocess.run(dashboard_args(data), stdin=subprocess.DEVNULL, capture_output=True,
-                                cwd=tmp_path, env=environment(), timeout=20)  # fmt: skip
+                                cwd=tmp_path, env=environment(), timeout=20)
         output = result.stdout + result.stderr
         assert result.stderr == b"vmsh-scheduler: no terminal: use --no-ui for headless\n"
         code = result.returncode
     else:
         main, child = open_pty()
         proc = subprocess.Popen(dashboard_args(data), stdin=subprocess.PIPE, stdout=child, stderr=child,
-                                cwd=tmp_path, env=environment(), start_new_session=True)  # fmt: skip
+                                cwd=tmp_path, env=environment(), start_new_session=True)
         os.close(child)
         assert proc.stdin is not None
         proc.stdin.close()
@@ -360,7 +360,7 @@ def test_a_terminal_that_stops_reading_never_stops_the_engine(tmp_path):
     proc = subprocess.Popen(
         [sys.executable, "-c", WITH_CONTROLLING_TTY, *COMMAND, "--config", str(tmp_path / "config.yaml")],
         stdin=child, stdout=child, stderr=child, cwd=tmp_path, env=environment(), start_new_session=True,
-    )  # fmt: skip
+    )
     os.close(child)
     try:
         deadline = time.monotonic() + 30

@@ -51,7 +51,7 @@ def write_config(tmp: Path) -> Path:
             '        every: "60s"',
         ])
         + "\n"
-    )  # fmt: skip
+    )
     return path
 
 

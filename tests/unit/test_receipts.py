@@ -70,7 +70,7 @@ def test_build_receipt_format() -> None:
         "version", "namespace", "cadence", "target", "batch", "anchored_root", "proof",
         "leaf_index", "tree_size", "attestation", "status", "confirmations", "anchored_at",
         "scheduler",
-    ]  # fmt: skip
+    ]
     assert r["version"] == 1
     assert r["batch"] == {"id": "000000", "root": "sha256:" + root_of(0).hex()}
     assert r["anchored_root"] == r["batch"]["root"]
@@ -91,7 +91,7 @@ def test_build_receipt_rejects_bad_values() -> None:
         leaf_index=0, tree_size=1, attestation={}, status="pending",
         confirmations_required=0, confirmations_observed=0, anchored_at=AT,
         version="0", config_hash="x",
-    )  # fmt: skip
+    )
     build_receipt(**kw)
     with pytest.raises(ValueError):
         build_receipt(**{**kw, "status": "done"})

@@ -27,14 +27,14 @@ def through_json(value):
 def a_view(status: JobStatus = JobStatus.BACKING_OFF) -> JobView:
     spec = JobSpec(KEY, "eip155:8453", 60, Path("/srv/batches/ns"), confirmations=3, anchor_unchanged=True, policy_oid="1.2.3")
     state = JobState(last_anchored_at=1.5, last_root="ab" * 32, failures=2, backoff_level=2, next_attempt=99.25,
-                     last_error_kind="transient", last_error="node said no", last_receipt="r.json", current_at=1.5)  # fmt: skip
+                     last_error_kind="transient", last_error="node said no", last_receipt="r.json", current_at=1.5)
     return JobView(spec=spec, state=state, due_at=100.0, in_flight=False, status=status, disabled=None)
 
 
 def test_snapshot_round_trips_with_views_and_counts():
     views = (a_view(), a_view(JobStatus.OK), a_view(JobStatus.DISABLED))
     snap = Snapshot(now=123.5, views=views, counts=count(views), paused=True, config_hash="cafe",
-                    started_at=100.0, last_tick=None, tick=1.0, max_level=5)  # fmt: skip
+                    started_at=100.0, last_tick=None, tick=1.0, max_level=5)
     back = wire.decode_snapshot(through_json(wire.encode_snapshot(snap)))
     assert back == snap
     assert back.views[0].key == KEY and back.counts[JobStatus.BACKING_OFF] == 1

@@ -21,7 +21,7 @@ class BackoffPane(PaneSource):
         self.table.show({
             str(v.key): backoff_row(v, now, level, p, data_dir)
             for v in snapshot.views if v.state.backoff_level > 0
-        })  # fmt: skip
+        })
 
     def tab_label(self, snapshot: Snapshot | None) -> str:
         n = snapshot.counts.in_backoff if snapshot is not None else 0

@@ -36,7 +36,7 @@ class ReceiptsPane(PaneSource):
                 self.infos[event.path] = ReceiptInfo(
                     event.path, event.anchored_at, event.job.namespace, event.job.cadence,
                     event.target, event.root, event.status,
-                )  # fmt: skip
+                )
                 changed = True
             elif isinstance(event, ReceiptConfirmed) and event.path in self.infos:
                 old = self.infos[event.path]
