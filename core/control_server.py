@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
-from core import __version__, wire
+from core import __version__, safejson, wire
 from core.control import RuntimeControl
 from core.events import ControlCommand, Event, LogRecord
 from core.jobs import JobKey
@@ -281,7 +281,7 @@ class ControlServer:
         if method != "POST":
             return 405, {"error": f"use POST for {command}"}
         try:
-            args = json.loads(body) if body.strip() else {}
+            args = safejson.loads(body) if body.strip() else {}
         except ValueError:
             return 400, {"error": "the request body is not JSON"}
         if not isinstance(args, dict):

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from core import safejson
 from core.config import Config
 from core.jobs import JobKey, JobSpec
 from core.state import JobState, StateStore
@@ -84,7 +85,7 @@ def is_original_state(path: Path) -> bool:
             head = f.read(4096)
             if _OURS.match(head):
                 return False
-            doc = json.loads(head + f.read())
+            doc = safejson.loads(head + f.read())
     except (OSError, ValueError):
         return False  # missing, unreadable or corrupt: the state store says which
     return isinstance(doc, dict) and "version" not in doc and "jobs" not in doc
@@ -109,7 +110,7 @@ def read_original_state(path: Path) -> dict[JobKey, float]:
     except OSError as exc:
         raise StateImportError(f"{path}: cannot read the state file to import: {exc.strerror or exc}") from exc
     try:
-        doc = json.loads(data)
+        doc = safejson.loads(data)
     except UnicodeDecodeError as exc:
         raise StateImportError(f"{path}: the state file to import is not UTF-8 text") from exc
     except json.JSONDecodeError as exc:

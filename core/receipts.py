@@ -47,6 +47,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Protocol
 
+from core import safejson
 from core.anchors.base import CannotVerify, VerificationFailed
 from core.fsutil import (
     atomic_create_bytes,
@@ -437,7 +438,7 @@ def _load_document(path: str | os.PathLike[str]) -> dict[str, Any]:
     except OSError as exc:
         raise ReceiptError(f"{path}: cannot read: {exc.strerror or exc}") from exc
     try:
-        doc = json.loads(data)
+        doc = safejson.loads(data)
     except UnicodeDecodeError as exc:
         raise ReceiptError(f"{path}: not UTF-8 text: {exc}") from exc
     except json.JSONDecodeError as exc:

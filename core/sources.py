@@ -55,6 +55,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from core import safejson
 from core.errors import ValidationError
 from core.fsutil import atomic_write_json, is_temp_name
 
@@ -124,43 +125,13 @@ def _describe(value: object) -> str:
     return type(value).__name__
 
 
-# Deeper than this is refused before parsing. json's C scanner recurses once per level and
-# only stops at the interpreter's recursion limit, which a dependency (py_ecc, imported by
-# eth-account) raises to 100,000: deep enough to overflow the C stack (a segfault), so
-# RecursionError cannot be the guard.
-MAX_JSON_DEPTH = 256
-
-
-def _too_deep(data: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
-    """True when brackets outside strings nest deeper than `limit` (a linear scan, run only
-    when the file holds more opening brackets than the limit)."""
-    if data.count(b"[") + data.count(b"{") <= limit:
-        return False
-    depth, in_string, escaped = 0, False, False
-    for byte in data:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif byte == 0x5C:  # backslash
-                escaped = True
-            elif byte == 0x22:  # quote
-                in_string = False
-        elif byte == 0x22:
-            in_string = True
-        elif byte in (0x5B, 0x7B):  # [ {
-            depth += 1
-            if depth > limit:
-                return True
-        elif byte in (0x5D, 0x7D):  # ] }
-            depth -= 1
-    return False
-
-
 def parse_batch(path: Path, data: bytes) -> Batch:
-    if _too_deep(data):
-        raise SourceError(f"batch file {path}: JSON nested too deeply (over {MAX_JSON_DEPTH} levels)")
     try:
-        doc = json.loads(data)
+        doc = safejson.loads(data)
+    except safejson.JsonTooDeep:
+        raise SourceError(
+            f"batch file {path}: JSON nested too deeply (over {safejson.MAX_DEPTH} levels)"
+        ) from None
     except UnicodeDecodeError as exc:
         raise SourceError(f"batch file {path}: not UTF-8 text ({exc.reason})") from None
     except json.JSONDecodeError as exc:

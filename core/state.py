@@ -31,6 +31,7 @@ from typing import Any
 
 import pydantic_core
 
+from core import safejson
 from core.fsutil import (
     FILE_MODE,
     atomic_write_bytes,
@@ -133,7 +134,7 @@ def _load_json(path: Path, what: str) -> Any:
     except ValueError:
         pass
     try:
-        return json.loads(data)
+        return safejson.loads(data)
     except UnicodeDecodeError as exc:
         raise StateError(f"{path}: {what} is not UTF-8 text: {exc}") from exc
     except json.JSONDecodeError as exc:

@@ -283,6 +283,9 @@ def test_snapshot_carries_receipts_and_logs_and_events_resume_after_its_seq(tmp_
             assert verdict.json()["outcome"] == "OK" and verdict.json()["job"] == "alpha/fast"
             outside = client.post("/v1/verify", json={"path": "/etc/passwd"})
             assert outside.status_code == 403 and "receipts under" in outside.json()["error"]
+            # A body nested deeper than a parser may go is bad JSON, not a crashed handler.
+            deep = client.post("/v1/force", content=b"[" * 30_000 + b"]" * 30_000)  # < MAX_BODY
+            assert deep.status_code == 400 and "not JSON" in deep.json()["error"]
             assert ctl(config, "pause").returncode == 0  # after the snapshot: replayed from its seq
             seen = []
             with client.stream("GET", f"/v1/events?after={snap['seq']}", timeout=10) as stream:
