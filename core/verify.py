@@ -31,10 +31,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
-from core.anchors.base import CannotVerify, VerificationFailed
+from core.anchors.base import CannotVerify
 from core.anchors.local import certificate_path, read_certificates, verify_local_token
 from core.anchors.schemes import SCHEMES, Proof, TargetSettings
-from core.anchors.tsp import verify_attestation
 from core.clock import SystemClock
 from core.errors import ValidationError
 from core.receipts import (
@@ -179,19 +178,9 @@ class TokenVerifier:
         if self.embedded:
             verify_local_token(attestation, digest, [*b.roots, *b.signers], self.target, policy=policy)
             return
-        try:
-            verify_attestation(
-                attestation,
-                digest=digest,
-                policy_oid=policy,
-                trust_roots=b.roots,
-                signer_certs=b.signers,
-                intermediates=b.intermediates,
-            )
-        except ValidationError as exc:
-            raise VerificationFailed(f"{self.target}: {exc}") from None
-        except (ValueError, TypeError, KeyError) as exc:
-            raise VerificationFailed(f"{self.target}: cannot check the token: {exc}") from None
+        from core.anchors.rfc3161 import verify_token  # loaded already: it read the bundle
+
+        verify_token(attestation, digest, target=self.target, policy=policy, bundle=lambda: b)
 
     async def close(self) -> None:
         return None

@@ -42,7 +42,7 @@ import asyncio
 import base64
 import os
 import ssl
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -129,6 +129,34 @@ def load_trust_bundle(path: Path | None, target: str) -> TrustBundle:
         return TrustBundle(certs, str(path))
     except ValidationError as exc:
         raise ValidationError(f"{target}: {exc}") from None
+
+
+def verify_token(
+    attestation: dict[str, Any],
+    digest: bytes,
+    *,
+    target: str,
+    bundle: Callable[[], TrustBundle],
+    policy: str | None = None,
+) -> None:
+    """Check a time-stamp token against the trust bundle `bundle()` gives (read here, so a
+    bundle that cannot be read fails the same way): VerificationFailed with a sentence
+    naming `target`. Shared by the rfc3161 backend and `verify` (core/verify.py)."""
+    try:
+        certs = bundle()
+        verify_attestation(
+            attestation,
+            digest=digest,
+            policy_oid=policy,
+            trust_roots=certs.roots,
+            signer_certs=certs.signers,
+            intermediates=certs.intermediates,
+        )
+    except ValidationError as exc:
+        text = str(exc)
+        raise VerificationFailed(text if text.startswith(target) else f"{target}: {text}") from None
+    except (ValueError, TypeError, KeyError) as exc:
+        raise VerificationFailed(f"{target}: cannot check the token: {exc}") from None
 
 
 def _settings_model(settings: object) -> Rfc3161Target:
@@ -230,23 +258,10 @@ class RFC3161Backend:
         required: int | None = None,
         policy: str | None = None,
     ) -> None:
-        try:
-            bundle = load_trust_bundle(self.settings.trust_bundle, self.target)
-            verify_attestation(
-                attestation,
-                digest=digest,
-                policy_oid=policy,
-                trust_roots=bundle.roots,
-                signer_certs=bundle.signers,
-                intermediates=bundle.intermediates,
-            )
-        except ValidationError as exc:
-            text = str(exc)
-            raise VerificationFailed(
-                text if text.startswith(self.target) else f"{self.target}: {text}"
-            ) from None
-        except (ValueError, TypeError, KeyError) as exc:
-            raise VerificationFailed(f"{self.target}: cannot check the token: {exc}") from None
+        verify_token(
+            attestation, digest, target=self.target, policy=policy,
+            bundle=lambda: load_trust_bundle(self.settings.trust_bundle, self.target),
+        )
 
     async def close(self) -> None:
         return None  # one HTTP client per call: nothing stays open
