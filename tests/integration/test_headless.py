@@ -71,14 +71,15 @@ def receipts(tmp: Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted((tmp / "data" / "receipts").rglob("*.json"))]
 
 
-def wait_for(predicate, timeout: float = 20.0):
+def wait_for(predicate, timeout: float = 20.0, *, what: str = ""):
+    """Poll a real process's observable result until `predicate()` is truthy; returns it."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
         time.sleep(0.05)
-    raise AssertionError("timed out waiting")
+    raise AssertionError(f"timed out waiting for {what}" if what else "timed out waiting")
 
 
 def stop(proc: subprocess.Popen) -> tuple[int, str, str]:

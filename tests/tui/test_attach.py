@@ -22,6 +22,7 @@ import pytest
 
 from core.remote_control import RemoteControl
 from core.sources import write_batch
+from tests.integration.test_headless import wait_for
 from tui.app import VaultMeshApp, attach_dashboard
 from tui.screens import ConfirmScreen
 from tui.widgets import DiffTable, LogView
@@ -90,16 +91,6 @@ class Daemon:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.communicate()
-
-
-def wait_for(predicate: Callable[[], object], *, what: str, timeout: float = 20.0) -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 async def until(predicate: Callable[[], object], *, what: str, timeout: float = 20.0) -> object:
