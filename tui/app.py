@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextvars
 import gc
 import os
 import signal
@@ -276,9 +277,12 @@ class VaultMeshApp(App[int]):
             except (NotImplementedError, RuntimeError, ValueError):
                 pass
         if self.terminal is not None:
-            self.terminal.watch(lambda reason: self._terminal_lost(loop, reason))
+            # The app's context (Textual's active_app) goes with the call: timers and workers
+            # started by the stop would otherwise fail in their task at shutdown (exit 1).
+            context = contextvars.copy_context()
+            self.terminal.watch(lambda reason: self._terminal_lost(loop, context, reason))
 
-    def _terminal_lost(self, loop: asyncio.AbstractEventLoop, reason: str) -> None:
+    def _terminal_lost(self, loop: asyncio.AbstractEventLoop, context: contextvars.Context, reason: str) -> None:
         """From the thread that noticed: arm the watchdog at once (it must not depend on the
         loop), then stop on the loop as for SIGHUP."""
         from tui.terminal import HANGUP_GRACE, HANGUP_SAVE_MARGIN, HANGUP_TEARDOWN
@@ -286,7 +290,7 @@ class VaultMeshApp(App[int]):
         if self.watchdog is not None:
             self.watchdog.arm(save_within=HANGUP_GRACE + HANGUP_SAVE_MARGIN, teardown_within=HANGUP_TEARDOWN)
         try:
-            loop.call_soon_threadsafe(self._on_signal, reason, True)
+            loop.call_soon_threadsafe(self._on_signal, reason, True, context=context)
         except RuntimeError:  # the loop is closed: the app has already stopped
             pass
 

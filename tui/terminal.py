@@ -32,6 +32,7 @@ terminal and loops on it at 100 % CPU.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import errno
 import os
 import select
@@ -283,9 +284,10 @@ def guarded_driver(guard: TerminalGuard) -> type[LinuxDriver]:
         def start_application_mode(self) -> None:
             loop = asyncio.get_running_loop()
             app = self._app
+            context = contextvars.copy_context()  # the app's (active_app): see tui/app.py
             # From the writer thread: the terminal takes output again, draw it all anew.
             def redraw() -> None:
-                loop.call_soon_threadsafe(app.refresh)
+                loop.call_soon_threadsafe(app.refresh, context=context)
 
             self._guarded_output.on_resume = redraw
             super().start_application_mode()

@@ -217,6 +217,47 @@ async def test_engine_worker_anchors_then_q_exits_cleanly(world: World) -> None:
     assert app.stopped_cleanly and app.engine_state == "stopped"
 
 
+class LosableTerminal:
+    """Stands in for tui.terminal.TerminalGuard: its loss is reported from another thread,
+    as the real guard's poll thread does."""
+
+    def __init__(self) -> None:
+        self.on_lost = None
+
+    def watch(self, on_lost) -> None:
+        self.on_lost = on_lost
+
+    def lose(self, reason: str) -> None:
+        import threading
+
+        thread = threading.Thread(target=self.on_lost, args=(reason,))
+        thread.start()
+        thread.join()
+
+
+async def test_terminal_lost_from_another_thread_stops_with_exit_0(world: World, monkeypatch) -> None:
+    """The stop runs in the app's context although a thread asked for it: the timers it starts
+    (the 'stopping' log line's render) used to fail at shutdown, and the process exited 1."""
+    monkeypatch.setattr("tui.dashboard.FLUSH_DELAY", 0.001)  # renders due before the stop ends
+    app = world.app(start_engine=True)
+    app.terminal = LosableTerminal()
+    async with app.run_test(size=(80, 24), notifications=True) as pilot:
+        for _ in range(200):
+            await pilot.pause()
+            if world.receipt_count() == len(ALL_JOBS) and not world.runtime.engine.in_flight():
+                break
+        app.flush_now()  # nothing pending: the stop's own log line arms the next render
+        await pilot.pause()
+        app.terminal.lose("terminal hung up (stdin)")
+        for _ in range(200):
+            await pilot.pause(0.02)
+            if app._exit:
+                break
+    assert app.return_code == 0
+    assert app.stopped_cleanly
+    assert app.exit_reason == "terminal hung up (stdin)"
+
+
 async def test_v_verifies_the_selected_receipt(world: World) -> None:
     app = world.app()
     async with app.run_test(size=(80, 24), notifications=True) as pilot:

@@ -245,7 +245,7 @@ def test_end_of_input_stops_the_dashboard_without_spinning(tmp_path):
         used = cpu_seconds(proc.pid) - before
         assert exited, f"still running {elapsed:.1f} s after end of input, {used:.2f} s CPU"
         after_eof += drain(main, 0.3)
-        assert proc.wait() == 0
+        assert proc.wait() == 0, after_eof[-2000:].decode(errors="replace")
     finally:
         stop(proc)
         os.close(main)
