@@ -6,6 +6,11 @@
 #   faketime   (Debian package `faketime`, libfaketime): the wall-clock step tests run a
 #              real scheduler under libfaketime.
 #   tmux       (Debian package `tmux`): terminal tests drive a real dashboard on a pty.
+#   initdb     (Debian package `postgresql`, the server binaries under
+#              /usr/lib/postgresql/<version>/bin): tests/cluster/ runs a real PostgreSQL
+#              server of its own in a temp folder (tests/cluster/postgres.py). The
+#              package's own service is never started here; a cluster its postinst
+#              started is left alone (the tests use another port and folder).
 #
 # Idempotent: when every tool is already present this does nothing and returns at once.
 # Otherwise it installs the missing packages with apt-get, which needs root (CI runs it as
@@ -15,10 +20,19 @@ set -eu
 say() { printf 'ensure-tools: %s\n' "$*" >&2; }
 die() { say "ERROR: $*"; exit 1; }
 
+# initdb is not on PATH in Debian: it lives under /usr/lib/postgresql/<version>/bin.
+have_initdb() {
+    for tool in /usr/lib/postgresql/*/bin/initdb; do
+        [ -x "$tool" ] && return 0
+    done
+    command -v initdb >/dev/null 2>&1
+}
+
 missing=""
 command -v promtool >/dev/null 2>&1 || missing="$missing prometheus"
 command -v faketime >/dev/null 2>&1 || missing="$missing faketime"
 command -v tmux >/dev/null 2>&1 || missing="$missing tmux"
+have_initdb || missing="$missing postgresql"
 [ -z "$missing" ] && exit 0
 
 command -v apt-get >/dev/null 2>&1 \
@@ -39,8 +53,9 @@ $SUDO apt-get update || die "apt-get update failed"
 # shellcheck disable=SC2086
 $SUDO apt-get install -y --no-install-recommends $missing || die "apt-get install$missing failed"
 
-# The prometheus package's postinst may start a service where an init system runs;
-# the tests only need the promtool binary.
+# The prometheus and postgresql packages' postinst may start a service where an init
+# system runs; the tests only need the binaries, and nothing here starts or stops one.
 command -v promtool >/dev/null 2>&1 || die "package 'prometheus' installed but promtool is not on PATH"
 command -v faketime >/dev/null 2>&1 || die "package 'faketime' installed but faketime is not on PATH"
+have_initdb || die "package 'postgresql' installed but there is no initdb under /usr/lib/postgresql/*/bin"
 say "installed:$missing"
