@@ -122,7 +122,7 @@ def test_the_deployment_runs_replicas_headless_and_stops_gracefully(deployment):
     spec = deployment["spec"]
     assert spec["replicas"] > 1
     c = container(deployment)
-    assert c["args"] == ["vmsh-scheduler", "--no-ui", "--config", "/etc/vmsh/config.yaml"]
+    assert c["command"] == ["vmsh-scheduler", "--no-ui", "--config", "/etc/vmsh/config.yaml"]
     pod = spec["template"]["spec"]
     assert pod["terminationGracePeriodSeconds"] > GRACE_SECONDS
     assert pod["securityContext"]["runAsNonRoot"] is True
@@ -148,8 +148,8 @@ def test_data_dir_is_per_replica_and_batches_are_shared(docs, deployment, loaded
 def test_the_migrate_job_runs_store_migrate_on_the_same_config():
     job = one(documents(MIGRATE_FILE), "Job")
     c = container(job)
-    assert c["args"][:3] == ["vmsh-scheduler", "store", "migrate"]
-    assert c["args"][c["args"].index("--config") + 1] == "/etc/vmsh/config.yaml"
+    assert c["command"][:3] == ["vmsh-scheduler", "store", "migrate"]
+    assert c["command"][c["command"].index("--config") + 1] == "/etc/vmsh/config.yaml"
     assert "vmsh-scheduler-config" in str(volume(job, "/etc/vmsh"))
 
 
