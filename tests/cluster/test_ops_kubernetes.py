@@ -6,6 +6,8 @@ above the scheduler's."""
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,7 @@ import yaml
 
 from core.config import load_config
 from core.lifecycle import GRACE_SECONDS
+from tests.integration.test_ops import UNIT, _local_unit
 
 KUBERNETES = Path(__file__).resolve().parents[2] / "ops" / "kubernetes"
 DEPLOYMENT_FILE = KUBERNETES / "vmsh-scheduler.yaml"
@@ -158,3 +161,19 @@ def test_the_readme_names_every_file():
     for path in KUBERNETES.glob("*.yaml"):
         assert path.name in readme, path.name
     assert "store migrate" in readme and "VMSH_STORE_PASSWORD" in readme
+
+
+def test_the_systemd_unit_s_store_env_line_is_valid_when_uncommented(tmp_path):
+    """ops/vmsh-scheduler.service carries the cluster-mode EnvironmentFile= commented out;
+    an operator who uncomments it gets a unit systemd accepts."""
+    tool = shutil.which("systemd-analyze")
+    if tool is None:
+        pytest.skip("systemd-analyze not available")
+    text = UNIT.read_text()
+    line = "#EnvironmentFile=-/etc/vmsh-scheduler/store.env"
+    assert line in text and "VMSH_STORE=" in text and "VMSH_STORE_PASSWORD_FILE=" in text
+    unit = _local_unit(tmp_path)
+    unit.write_text(unit.read_text().replace(line, line[1:]))
+    result = subprocess.run([tool, "verify", str(unit)], capture_output=True, text=True, timeout=60)
+    complaints = [entry for entry in result.stderr.splitlines() if unit.name in entry]
+    assert result.returncode == 0 and not complaints, result.stderr
