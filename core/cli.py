@@ -139,6 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
     ctl_sub.add_parser("resume", help="start anchoring again")
     ctl_sub.add_parser("reload", help="load the config again; prints file:line errors (exit 1)")
     ctl_sub.add_parser("tail", help="follow the scheduler's log records (Ctrl-C stops)")
+    from core.store_cli import add_parsers as add_store_parsers
+
+    add_store_parsers(sub)
     for action in ctl_sub.choices.values():
         action.add_argument("--socket", type=Path, metavar="PATH", default=argparse.SUPPRESS,
                             help="the scheduler's control socket")
@@ -351,6 +354,21 @@ def cmd_attach(args: argparse.Namespace) -> int:
     return attach_dashboard(socket, args, loaded)
 
 
+def cmd_store(args: argparse.Namespace) -> int:
+    """`store migrate` and `export` (core/store_cli.py), on the loaded configuration."""
+    from core.config import ConfigError
+    from core.store_cli import cmd_export, cmd_store_migrate
+
+    try:
+        loaded = load(args)
+    except ConfigError as exc:
+        print_errors(exc)
+        return 2
+    if args.command == "export":
+        return cmd_export(loaded, args.out)
+    return cmd_store_migrate(loaded)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     # First of all: SIGHUP/SIGTERM/SIGINT during start are recorded, not fatal (core/signals.py).
     startup = StartupSignals().install()
@@ -383,6 +401,9 @@ def _main(argv: Sequence[str] | None, startup: StartupSignals) -> int:
     if args.command == "attach":
         startup.restore()  # the dashboard installs its own handlers
         return cmd_attach(args)
+    if args.command in ("store", "export"):
+        startup.replay()
+        return cmd_store(args)
     if not args.no_ui and not all(os.isatty(fd) for fd in (0, 1, 2)):
         # Textual reads fd 0 and draws on fd 2: elsewhere than a terminal it would write
         # escape codes into a pipe, a file or the journal, and wait for keys forever.

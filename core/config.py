@@ -87,6 +87,12 @@ ENV_TABLE: tuple[EnvVar, ...] = (
     EnvVar("VMSH_STATE", "scheduler.state_file", "path",
            "the job state file; one in the original service's format is imported, and "
            "ours is then state/scheduler.json in the data dir"),
+    EnvVar("VMSH_STORE", "scheduler.store", "url",
+           "file (the data dir, the default) or a PostgreSQL URL shared by several "
+           "schedulers (cluster mode); give no password in it"),
+    EnvVar("VMSH_STORE_PASSWORD", None, "secret", "the PostgreSQL store's password (never logged)"),
+    EnvVar("VMSH_STORE_PASSWORD_FILE", None, "path",
+           "a file whose first line is the PostgreSQL store's password"),
     EnvVar("VMSH_TICK_MS", "scheduler.tick", "milliseconds",
            "longest the engine sleeps between checks"),
     EnvVar("VMSH_BASE_BACKOFF", "scheduler.base_backoff", "seconds", "base of the retry backoff"),
@@ -178,6 +184,23 @@ class SchedulerSettings(_Model):
         DEFAULT_MAX_BATCH_BYTES, ge=128, description="a larger batch file is refused unread"
     )
     follow_symlinks: bool = Field(False, description="read batch files that are symbolic links")
+    store: str = Field("file", description="file, or a PostgreSQL URL (cluster mode)")
+    lease: float = Field(15.0, ge=2, le=3600, description="cluster mode: seconds a claimed job stays leased")
+
+    @field_validator("store")
+    @classmethod
+    def _store(cls, value: str) -> str:
+        value = value.strip()
+        if value == "file" or value.startswith(("postgresql://", "postgres://")):
+            if "@" in value.partition("://")[2].partition("/")[0] and ":" in value.partition("://")[2].partition("@")[0]:
+                raise PydanticCustomError(
+                    "store", "the store URL holds a password: give it in VMSH_STORE_PASSWORD or "
+                    "VMSH_STORE_PASSWORD_FILE instead", {},
+                )
+            return value
+        raise PydanticCustomError(
+            "store", "{v} is not a store: 'file' or a postgresql:// URL", {"v": repr(value[:60])}
+        )
 
 
 _LISTEN = re.compile(r"^(?P<host>\[[0-9A-Fa-f:.]+\]|[^\s:\[\]]*):(?P<port>\d{1,5})$")
@@ -1108,6 +1131,7 @@ def _include(
 # _apply_environment). "path" and "level" are taken as text (the model checks them).
 _ENV_READERS: dict[str, tuple[Any, str]] = {
     "path": (lambda text: text, ""),
+    "url": (str.strip, ""),
     "level": (str.strip, ""),
     "milliseconds": (lambda text: float(text.strip()) * 0.001, "a number"),
     "seconds": (lambda text: float(text.strip()), "a number"),

@@ -51,8 +51,9 @@ from core.jobs import JobKey, JobSpec, safe_name
 from core.observe.logs import Log
 from core.receipts import Receipt, ReceiptStore, build_receipt
 from core.sources import Batch, latest_batch, prefetch
-from core.state import Intent, IntentJournal, JobState, StateStore
+from core.state import Intent, JobState
 from core.status import JobStatus, job_status
+from core.store import Claims, JournalRepo, StateRepo
 from core.writer import DiskWriter
 
 _T = TypeVar("_T")
@@ -135,9 +136,11 @@ class Scheduler:
         clock: Clock,
         bus: EventBus,
         backend_for: BackendFor,
-        state_store: StateStore,
-        journal: IntentJournal,
+        state_store: StateRepo,
+        journal: JournalRepo,
         receipts: ReceiptStore,
+        claims: Claims | None = None,
+        lease: float = 15.0,
         policy: BackoffPolicy | None = None,
         concurrency: int = 8,
         tick: float = 60.0,
@@ -161,6 +164,12 @@ class Scheduler:
         self._state_store = state_store
         self._journal = journal
         self._receipts = receipts
+        # Several schedulers on one store: a job is anchored only under this replica's lease
+        # (claimed in _anchor_group), and its state comes from the store at claim time.
+        self._claims = claims
+        self.lease = lease
+        self._open: dict[str, Intent] = {}  # intents opened or adopted here, not yet closed
+        self._store_cursor: Any = None  # refresh_from_store's position in the store's changes
         self._guard = target_guard or (lambda target: None)
         self._read_batch = read_batch
         self._concurrency = asyncio.Semaphore(max(1, concurrency))
@@ -519,6 +528,10 @@ class Scheduler:
         for key in owned:
             self._since[key] = started
         try:
+            if self._claims is not None:
+                items = await self._claim(items, owned, started)
+                if not items:
+                    return
             async with self._concurrency:
                 await self._anchor(target, items, owned, started)
         except asyncio.CancelledError:
@@ -531,6 +544,90 @@ class Scheduler:
             self._fail_owned(items, exc, owned, started)
         finally:
             self._release(owned)
+
+    async def _claim(self, items: list[_Due], owned: set[JobKey], started: float) -> list[_Due]:
+        """Lease these jobs in the shared store; the ones to anchor. A job another replica
+        holds is left to it; a claimed job takes the store's state (another replica may have
+        anchored it since this one looked) and is anchored only if it is still due."""
+        assert self._claims is not None
+        keys = [item.spec.key for item in items]
+        try:
+            got = await self._write("claim", self._state_store.path, self._claims.claim, keys, self.lease)
+        except StorageError as exc:
+            self._fail_owned(items, exc, owned, started)  # no lease, no anchor: backs off
+            return []
+        now = self.clock.now()
+        kept: list[_Due] = []
+        let_go: list[JobKey] = []
+        for item in items:
+            key = item.spec.key
+            state = got.get(key)
+            if state is not None:
+                self._state[key] = state
+                if item.forced or self._still_due(item, state, now):
+                    kept.append(item)
+                    continue
+                let_go.append(key)
+            # Held by another replica, or done by one: look again at its (new) due time.
+            owned.discard(key)
+            self._in_flight.discard(key)
+            self._since.pop(key, None)
+            self._schedule(key, None if state is not None else now + self.tick)
+        if let_go:
+            try:
+                await self._write("claim", self._state_store.path, self._claims.release, let_go)
+            except StorageError:
+                pass  # the lease expires on its own
+        return kept
+
+    def _still_due(self, item: _Due, state: JobState, now: float) -> bool:
+        if not item.spec.anchor_unchanged and item.batch.root == state.last_root:
+            return False  # another replica anchored this root
+        due = state.next_attempt if state.next_attempt is not None else (
+            None if state.last_anchored_at is None else state.last_anchored_at + item.spec.every
+        )
+        return due is None or due <= now + 1.0
+
+    def holding(self, closing: Sequence[Intent] = ()) -> frozenset[JobKey]:
+        """Jobs whose outcome is not settled here yet: in flight, holding an attestation,
+        or named by an intent still open (other than `closing`, which the state being saved
+        accounts for). Their leases are renewed and never released."""
+        jobs = set(self._in_flight) | set(self._held)
+        settled = {intent.id for intent in closing}
+        for intent in self._open.values():
+            if intent.id not in settled:
+                jobs.update(intent.jobs)
+        return frozenset(jobs)
+
+    def adopt(self, states: dict[JobKey, JobState]) -> int:
+        """States another replica wrote (the shared store): taken over for jobs not
+        settled here, and rescheduled from them. Returns how many were taken."""
+        holding = self.holding()
+        taken = 0
+        for key, state in states.items():
+            if key not in self._specs or key in holding:
+                continue
+            self._state[key] = state
+            if key not in self._forced:
+                self._schedule(key)
+            taken += 1
+        return taken
+
+    async def renew_leases(self) -> int:
+        """Shared store: extend the leases of every job not settled here (raises on a store
+        failure: the caller, core/cluster.py, reports it)."""
+        if self._claims is None:
+            return 0
+        return await self._writer.run("claim", self._state_store.path, self._claims.renew, sorted(self.holding()), self.lease)
+
+    async def refresh_from_store(self) -> int:
+        """Shared store: take over the states other replicas wrote since the last call."""
+        if self._claims is None:
+            return 0
+        states, self._store_cursor = await self._writer.run(
+            "claim", self._state_store.path, self._claims.changed_since, self._store_cursor
+        )
+        return self.adopt(states)
 
     async def _anchor(self, target: str, items: list[_Due], owned: set[JobKey], started: float) -> None:
         leaves = [bytes.fromhex(i.batch.root.removeprefix("sha256:")) for i in items]
@@ -552,6 +649,7 @@ class Scheduler:
         except StorageError as exc:
             self._fail_owned(items, exc, owned, started)  # nothing was sent: a plain retry
             return
+        self._open[intent.id] = intent
         self.bus.publish(AnchorStarted(at=started, target=target, jobs=keys, digest=digest.hex()))
         self.log.info("anchor started", target=target, jobs=[str(k) for k in keys], digest=digest.hex())
         try:
@@ -941,7 +1039,7 @@ class Scheduler:
         failed save loses none of them: they are closed after a later save.
         """
         closing = list(self._closing)
-        doc = self._state_store.snapshot(self._state)
+        doc = self._state_store.snapshot(self._state, self.holding(closing))
         try:
             await self._write("state", self._state_store.path, self._state_store.write, doc)
         except StorageError as exc:
@@ -959,6 +1057,8 @@ class Scheduler:
             return
         done = {id(i) for i in intents}
         self._closing = [i for i in self._closing if id(i) not in done]
+        for intent in intents:
+            self._open.pop(intent.id, None)
         failed: Sequence[tuple[Intent, Exception]]
         try:
             failed = await self._write("journal", self._journal.folder, self._journal.close_many, intents)
@@ -1013,8 +1113,26 @@ class Scheduler:
                 "removed temp files left by an interrupted write", count=len(removed),
                 files=[str(p) for p in removed[:10]],
             )
+        await self._resolve_all(intents, warnings)
+
+    async def adopt_orphans(self) -> int:
+        """Shared store: resolve the intents of replicas that are gone (their leases
+        expired), as `recover` does at start; how many were taken over."""
+        intents, warnings = await self._write("recover", self._journal.folder, self._journal.scan)
+        fresh = [i for i in intents if i.id not in self._open]
+        if fresh:
+            self.log.warning(
+                "taking over anchors left by a replica that is gone", intents=[i.id for i in fresh],
+                jobs=sorted({str(k) for i in fresh for k in i.jobs}),
+            )
+            await self._resolve_all(fresh, warnings)
+        return len(fresh)
+
+    async def _resolve_all(self, intents: list[Intent], warnings: list[str]) -> None:
         for warning in warnings:
             self.log.warning(warning)
+        for intent in intents:
+            self._open[intent.id] = intent
         for intent in intents:
             try:
                 await self._resolve(intent)
@@ -1022,6 +1140,7 @@ class Scheduler:
                 raise
             except Exception as exc:
                 await self._quarantine(intent, exc)
+                self._open.pop(intent.id, None)
         await self._save()
 
     def _scan(self) -> tuple[list[Path], tuple[list[Intent], list[str]]]:

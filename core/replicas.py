@@ -8,6 +8,7 @@ the dashboard's Replicas pane, the control API's snapshot, /health's config-hash
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,3 +54,14 @@ def config_hash_warning(replicas: list[ReplicaInfo] | tuple[ReplicaInfo, ...]) -
         return None
     parts = [f"{h[:12]} on {', '.join(names)}" for h, names in sorted(hashes.items())]
     return "replicas run different configs: " + "; ".join(parts)
+
+
+class ClusterView(Protocol):
+    """What the rest of the program reads of cluster mode (core/cluster.py Cluster)."""
+
+    kind: str
+
+    @property
+    def store_problem(self) -> str | None: ...
+
+    def replicas(self) -> list[ReplicaInfo]: ...

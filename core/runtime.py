@@ -12,6 +12,7 @@ import os
 import random
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from core import __version__, sources
 from core.anchors.registry import Backends
@@ -20,13 +21,28 @@ from core.backoff import BackoffPolicy
 from core.clock import Clock, SystemClock
 from core.config import Config, ConfigError, ConfigIssue, LoadedConfig
 from core.engine import Scheduler
+from core.errors import AnchorError
 from core.events import ConfigRejected, EventBus
 from core.migrate import StateImport, StateImportError, import_original_state, state_files
 from core.observe.logs import Log
-from core.receipts import ReceiptStore
-from core.state import DataDirLock, IntentJournal, LockHeld, StateError, StateStore
+from core.state import DataDirLock, LockHeld, NoLock, StateError, StateStore
+from core.store import Store, file_store, is_postgres, postgres_store
+
+if TYPE_CHECKING:
+    from core.replicas import ClusterView
 
 Loader = Callable[[], LoadedConfig]
+
+
+def open_store(cfg: Config, state_file: Path) -> Store:
+    """The store `scheduler.store` names (Runtime.open has checked a PostgreSQL one)."""
+    if is_postgres(cfg.scheduler.store):
+        from core.pgstore import new_replica_id
+
+        return postgres_store(
+            cfg.scheduler.store, env=os.environ, replica=new_replica_id(), liveness=cfg.scheduler.lease * 2
+        )
+    return file_store(Path(cfg.scheduler.data_dir), state_file)
 
 # A hot reload that has not read and validated the files after this long is given up (the
 # old config stays live). The reader's own limits (core.config: size, aliases, nesting)
@@ -59,6 +75,7 @@ class Runtime:
         bus: EventBus | None = None,
         rng: random.Random | None = None,
         lock: DataDirLock | None = None,
+        store: Store | None = None,
     ) -> None:
         self.loaded = loaded
         self.started_with = loaded.config  # what the start-only settings really are
@@ -69,22 +86,26 @@ class Runtime:
         self.data_dir = Path(cfg.scheduler.data_dir)
         self.log = Log(self.bus, self.clock, cfg.log.level)
         self.lock = lock or DataDirLock(self.data_dir)
-        self.receipts = ReceiptStore(self.data_dir / "receipts")
+        state_file = _state_file(cfg)
+        self.state_file = state_file
+        self.store = store or open_store(cfg, state_file)
+        self.receipts = self.store.receipts
+        self.cluster: ClusterView | None = None  # cluster mode: set when the run starts (core/services.py)
         sources.configure(cfg.batch_limits())
         self.state_import: StateImport | None = None  # what open() imported, logged by announce()
         self._reading: asyncio.Future[LoadedConfig] | None = None  # a reload's worker thread
         self._reload_tasks: set[asyncio.Task[ReloadResult]] = set()
-        state_file = _state_file(cfg)
-        self.state_file = state_file
-        self.backends = Backends(cfg.resolve_target, self.data_dir, self.clock)
+        self.backends = Backends(cfg.resolve_target, self.data_dir, self.clock, self.store.shared)
         self.engine = Scheduler(
             jobs=cfg.jobs(),
             clock=self.clock,
             bus=self.bus,
             backend_for=self.backends,
-            state_store=StateStore(Path(state_file)),
-            journal=IntentJournal(self.data_dir / "journal"),
+            state_store=self.store.state,
+            journal=self.store.journal,
             receipts=self.receipts,
+            claims=self.store.claims,
+            lease=cfg.scheduler.lease,
             policy=BackoffPolicy(
                 base=cfg.scheduler.base_backoff,
                 max_level=cfg.scheduler.max_backoff_level,
@@ -110,6 +131,8 @@ class Runtime:
         traceback. On the first start it imports that state first (core/migrate.py).
         """
         data_dir = Path(loaded.config.scheduler.data_dir)
+        if is_postgres(loaded.config.scheduler.store):
+            return cls._open_clustered(loaded, loader=loader, clock=clock)
         lock = DataDirLock(data_dir)
         try:
             lock.acquire()
@@ -142,6 +165,44 @@ class Runtime:
         except OSError as exc:
             lock.release()
             raise CannotStart(f"cannot start on {data_dir}: {exc}") from exc
+
+    @classmethod
+    def _open_clustered(cls, loaded: LoadedConfig, *, loader: Loader | None, clock: Clock | None) -> Runtime:
+        """Cluster mode: no data-dir lock (replicas share the database, each job is claimed
+        under a lease); the schema is created on a new database, an older one refused."""
+        from core.pgstore import SCHEMA_VERSION, new_replica_id
+
+        cfg = loaded.config
+        replica = new_replica_id()
+        try:
+            store = postgres_store(
+                cfg.scheduler.store, env=os.environ, replica=replica, liveness=cfg.scheduler.lease * 2
+            )
+        except AnchorError as exc:
+            raise CannotStart(str(exc)) from exc
+        try:
+            assert store.db is not None
+            version = store.db.schema_version()
+            if version == 0:
+                store.db.migrate()
+            elif version < SCHEMA_VERSION:
+                raise CannotStart(
+                    f"the store {store.display} has schema version {version}, this scheduler needs "
+                    f"{SCHEMA_VERSION}: run `vmsh-scheduler store migrate` first"
+                )
+            elif version > SCHEMA_VERSION:
+                raise CannotStart(
+                    f"the store {store.display} has schema version {version}, newer than this "
+                    f"scheduler's ({SCHEMA_VERSION}): upgrade the scheduler"
+                )
+            Path(cfg.scheduler.data_dir).mkdir(parents=True, exist_ok=True, mode=0o750)
+            return cls(loaded, loader=loader, lock=NoLock(Path(cfg.scheduler.data_dir)), clock=clock, store=store)
+        except CannotStart:
+            store.close()
+            raise
+        except (AnchorError, StateError, OSError) as exc:
+            store.close()
+            raise CannotStart(f"cannot start on the store {store.display}: {exc}") from exc
 
     def release(self) -> None:
         self.lock.release()
@@ -248,6 +309,7 @@ class Runtime:
 
     async def close(self) -> None:
         await self.backends.close()
+        self.store.close()
 
 
 def _state_file(config: Config) -> Path:

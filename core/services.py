@@ -90,6 +90,15 @@ class Services:
         )
         tracking = asyncio.get_running_loop().create_task(tracker.run(), name="confirmations")
         stack.push_async_callback(self._stop_task, tracking, tracker.stop)
+        store = runtime.store
+        if store.db is not None and store.replica is not None:  # cluster mode (core/cluster.py)
+            from core.cluster import Cluster
+
+            cluster = Cluster(runtime, store.db, store.replica)
+            await cluster.start()
+            runtime.cluster = cluster
+            stack.push_async_callback(cluster.stop)
+            runtime.log.info("cluster mode", store=store.display, replica=store.replica)
         return self
 
     async def _stop_task(self, task: asyncio.Task[Any], stop: Callable[[], object]) -> None:

@@ -178,9 +178,10 @@ class StateStore:
         self.write(self.snapshot(states))
 
     @staticmethod
-    def snapshot(states: dict[JobKey, JobState]) -> dict[str, Any]:
+    def snapshot(states: dict[JobKey, JobState], holding: frozenset[JobKey] = frozenset()) -> dict[str, Any]:
         """The document to save, copied out of the live states (cheap: call it on the loop,
-        then `write` it from a writer thread while the states keep changing)."""
+        then `write` it from a writer thread while the states keep changing). `holding`
+        (jobs whose leases a shared store must keep) means nothing to a lone scheduler."""
         return {
             "version": STATE_VERSION,
             "jobs": {f"{k[0]}/{k[1]}": s.to_dict() for k, s in states.items()},
@@ -336,6 +337,21 @@ class DataDirLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+class NoLock(DataDirLock):
+    """Cluster mode's stand-in for the data-dir lock: replicas share a database, not a data
+    dir, and never exclude each other (their leases do, per job)."""
+
+    def acquire(self) -> DataDirLock:
+        return self
+
+    @property
+    def held(self) -> bool:
+        return True
+
+    def release(self) -> None:
+        pass
 
 
 # --------------------------------------------------------------------------- intent journal

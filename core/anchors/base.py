@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -65,3 +66,21 @@ class Backend(Protocol):
         (VerificationFailed otherwise, or from a scheme that has no policies)."""
 
     async def close(self) -> None: ...
+
+
+class SignerRecord(Protocol):
+    """A signer's durable record (EVM: {"sent": {nonce: tx hash}, "outstanding": {...}})."""
+
+    def load(self) -> dict[str, Any]: ...
+
+    def save(self, doc: dict[str, Any]) -> None: ...
+
+
+class SharedRecords(Protocol):
+    """What backends of several replicas share through their store (core/pgstore.py): a
+    signer's record and a lock held across replicas while it signs and sends. None with
+    the file store: one scheduler, its data dir."""
+
+    def signer(self, name: str) -> SignerRecord: ...
+
+    def signer_lock(self, name: str) -> AbstractAsyncContextManager[None]: ...

@@ -60,10 +60,12 @@ unless that variable is set.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import json
 import os
 import weakref
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -76,6 +78,8 @@ from core.anchors.base import (
     Attestation,
     CannotVerify,
     JournalNote,
+    SharedRecords,
+    SignerRecord,
     VerificationFailed,
 )
 from core.errors import AuthError, NetworkError, ValidationError
@@ -225,6 +229,7 @@ class EVMBackend:
         poll_interval: float = 0.5,
         rpc_timeout: float = 10.0,
         transport: httpx.AsyncBaseTransport | None = None,
+        shared: SharedRecords | None = None,
     ) -> None:
         scheme, _, name = target.partition(":")
         if scheme != "eip155" or not name.isdigit():
@@ -246,6 +251,7 @@ class EVMBackend:
         self._client = httpx.AsyncClient(timeout=rpc_timeout, transport=transport)
         self._account: LocalAccount | None = None  # loaded on first send; holds the key, never printed
         self._ids = 0
+        self.shared = shared
 
     def __repr__(self) -> str:
         return f"EVMBackend({self.target!r}, rpc={self._where!r})"
@@ -407,16 +413,31 @@ class EVMBackend:
         estimate = _qty(await self._call("eth_estimateGas", call))
         return int(estimate * GAS_MARGIN)
 
-    def _store(self) -> _Outstanding:
-        return _Outstanding(self.data_dir / "evm" / f"{self.chain_id}-{self.address.lower()}.json")
+    @property
+    def _signer(self) -> str:
+        return f"{self.chain_id}-{self.address.lower()}"
 
-    def _lock(self) -> asyncio.Lock:
+    def _store(self) -> SignerRecord:
+        if self.shared is not None:  # several replicas: the record lives in the store
+            return self.shared.signer(self._signer)
+        return _Outstanding(self.data_dir / "evm" / f"{self._signer}.json")
+
+    @contextlib.asynccontextmanager
+    async def _lock(self) -> AsyncIterator[None]:
+        """This sender's nonces, one user at a time: in this process (an asyncio lock), and
+        across replicas when they share a store (a database lock held while signing and
+        sending), so two replicas never send two transactions with one nonce."""
         locks = _sender_locks.setdefault(asyncio.get_running_loop(), {})
         key = (self.chain_id, self.address.lower())
         lock = locks.get(key)
         if lock is None:
             lock = locks[key] = asyncio.Lock()
-        return lock
+        async with lock:
+            if self.shared is None:
+                yield
+            else:
+                async with self.shared.signer_lock(self._signer):
+                    yield
 
     # ----- anchoring ----------------------------------------------------------------------
 
@@ -539,7 +560,7 @@ class EVMBackend:
             raise self._classify_rpc("eth_sendRawTransaction", exc) from None
 
     @staticmethod
-    def _remember(store: _Outstanding, digest: bytes, facts: dict[str, Any]) -> None:
+    def _remember(store: SignerRecord, digest: bytes, facts: dict[str, Any]) -> None:
         doc = store.load()
         doc["sent"][str(facts["nonce"])] = facts["tx_hash"]
         doc["outstanding"][digest.hex()] = facts

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from core.anchors.base import Backend
+from core.anchors.base import Backend, SharedRecords
 from core.anchors.schemes import SCHEMES, TargetSettings
 from core.clock import Clock
 from core.errors import ValidationError
@@ -22,8 +22,11 @@ class Backends:
     a reload swaps it, and backends whose settings changed are rebuilt on next use.
     """
 
-    def __init__(self, settings_for: SettingsFor, data_dir: Path, clock: Clock) -> None:
+    def __init__(
+        self, settings_for: SettingsFor, data_dir: Path, clock: Clock, shared: SharedRecords | None = None
+    ) -> None:
         self._settings_for = settings_for
+        self._shared = shared  # the store's records for several replicas (None: file store)
         self._data_dir = data_dir
         self._clock = clock
         self._cache: dict[str, tuple[TargetSettings | None, Backend]] = {}
@@ -51,7 +54,7 @@ class Backends:
             raise ValidationError(
                 f"no settings for {target} (add targets.{scheme}.{name} or targets.{scheme}.default)"
             )
-        return spec.build(target, settings, self._data_dir, self._clock)
+        return spec.build(target, settings, self._data_dir, self._clock, self._shared)
 
     async def close(self) -> None:
         for _, backend in self._cache.values():

@@ -28,7 +28,7 @@ from pydantic_core import PydanticCustomError
 from core.model_types import Model, OptPath, OptPolicyOID, OptSecret, OptStr, PolicyOID
 
 if TYPE_CHECKING:
-    from core.anchors.base import Backend
+    from core.anchors.base import Backend, SharedRecords
     from core.clock import Clock
 
 
@@ -95,7 +95,8 @@ TargetSettings = LocalTarget | Rfc3161Target | Eip155Target | BtcTarget
 # --------------------------------------------------------------------------- the spec
 
 # (target id, its settings, data dir, clock) -> the backend
-Build = Callable[[str, Any, Path, "Clock"], "Backend"]
+# (target, settings, data dir, clock, records shared with other replicas or None)
+Build = Callable[[str, Any, Path, "Clock", "SharedRecords | None"], "Backend"]
 # How verify and verify --explain check a receipt's proof (core/verify.py, core/explain.py):
 # "timestamp" an RFC 3161 token against trust bundles; "embedded-timestamp" a token of the
 # embedded TSA, whose certificate is in the data dir; "transaction" a transaction on a node.
@@ -160,7 +161,9 @@ def host_of(url: str) -> str:
 # --------------------------------------------------------------------------- local
 
 
-def _build_local(target: str, settings: LocalTarget | None, data_dir: Path, clock: Clock) -> Backend:
+def _build_local(
+    target: str, settings: LocalTarget | None, data_dir: Path, clock: Clock, shared: SharedRecords | None
+) -> Backend:
     from core.anchors.local import LocalTSA
 
     name = target.partition(":")[2]
@@ -181,7 +184,9 @@ LOCAL = SchemeSpec(
 # --------------------------------------------------------------------------- rfc3161
 
 
-def _build_rfc3161(target: str, settings: Rfc3161Target, data_dir: Path, clock: Clock) -> Backend:
+def _build_rfc3161(
+    target: str, settings: Rfc3161Target, data_dir: Path, clock: Clock, shared: SharedRecords | None
+) -> Backend:
     from core.anchors.rfc3161 import RFC3161Backend
 
     return RFC3161Backend(target, settings, clock)
@@ -210,10 +215,12 @@ RFC3161 = SchemeSpec(
 # --------------------------------------------------------------------------- eip155
 
 
-def _build_eip155(target: str, settings: Eip155Target, data_dir: Path, clock: Clock) -> Backend:
+def _build_eip155(
+    target: str, settings: Eip155Target, data_dir: Path, clock: Clock, shared: SharedRecords | None
+) -> Backend:
     from core.anchors.evm import EVMBackend
 
-    return EVMBackend(target, settings, clock, data_dir)
+    return EVMBackend(target, settings, clock, data_dir, shared=shared)
 
 
 def _chain_id_problem(name: str) -> str | None:

@@ -61,7 +61,7 @@ class Rig:
 
     def build(self) -> Backend:
         clock = FakeClock(start=time.time())  # a real TSA stamps real time (max clock skew)
-        backend = self.spec.build(self.target, self.settings, self.data_dir, clock)  # type: ignore[misc]
+        backend = self.spec.build(self.target, self.settings, self.data_dir, clock, None)  # type: ignore[misc]
         self.backends.append(backend)
         return backend
 

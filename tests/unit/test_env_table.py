@@ -134,6 +134,7 @@ SAMPLES = {
     # name: (value, the config key's value once loaded; paths relative to the working dir)
     "VMSH_DATA_DIR": ("data", lambda c, cwd: c.scheduler.data_dir == cwd / "data"),
     "VMSH_STATE": ("st.json", lambda c, cwd: c.scheduler.state_file == cwd / "st.json"),
+    "VMSH_STORE": (" postgresql://vmsh@db:5432/vmsh ", lambda c, cwd: c.scheduler.store == "postgresql://vmsh@db:5432/vmsh"),
     "VMSH_TICK_MS": ("250", lambda c, cwd: c.scheduler.tick == 0.25),
     "VMSH_BASE_BACKOFF": (" 2.5 ", lambda c, cwd: c.scheduler.base_backoff == 2.5),
     "VMSH_MAX_BACKOFF": ("3", lambda c, cwd: c.scheduler.max_backoff_level == 3),

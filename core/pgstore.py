@@ -1,0 +1,707 @@
+"""The PostgreSQL store: several schedulers (replicas) on one database.
+
+Everything durable lives in PostgreSQL (the data dir keeps only the control socket and the
+embedded TSA's key): job state (`jobs`, one row per job with a version and a lease), the
+intent journal (`intents`), receipts (`receipts`, the same JSON documents the file store
+writes), EVM nonce records (`evm_signers`), the control audit log (`audit`), the replica
+registry (`replicas`) and cluster-wide flags (`cluster`: paused).
+
+Exactly once, by leases: a replica claims the jobs it is about to anchor in one
+transaction (`SELECT ... FOR UPDATE SKIP LOCKED` on rows whose lease is free or expired,
+then `lease_owner`/`lease_until` set), so two replicas never anchor one job at once; the
+lease is renewed while the backend call is in flight (core/cluster.py) and released only
+by the state write that records the outcome. A state write is refused for a row another
+replica holds, and is conditional on the row's version (optimistic concurrency), so a
+replica with a stale view never overwrites another's newer state. Lease times are the
+database's clock (`now()`), never a replica's.
+
+The same classes as the file store (core/state.py, core/receipts.py) with the same methods:
+the engine cannot tell them apart. Every method here blocks; the engine calls them on its
+writer thread (core/writer.py), like file writes. A database that cannot be reached raises
+`StoreUnavailable`, a network error: the jobs back off with kind `network` and anchor again
+once it is back, with no operator action.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import socket
+import threading
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+from psycopg_pool import ConnectionPool
+
+from core.errors import NetworkError, StorageError, ValidationError
+from core.jobs import JobKey, safe_name
+from core.receipts import Listing, Receipt, ReceiptError, ReceiptInvalid, ReceiptStore
+from core.state import Intent, JobState, StateError, new_intent_id
+
+SCHEMA_VERSION = 2
+STORE_ROOT = Path("postgresql:")  # receipts and intents are named under it, never files
+RECEIPTS_ROOT = STORE_ROOT / "receipts"
+INTENTS_ROOT = STORE_ROOT / "intents"
+
+# Each step takes the schema from the version before to its own; `store migrate` runs the
+# ones a database lacks, in one transaction each.
+MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
+    (1, "jobs, intents, receipts, nonces, audit, replicas", (
+        """CREATE TABLE vmsh_schema (version integer NOT NULL)""",
+        """INSERT INTO vmsh_schema VALUES (0)""",
+        """CREATE TABLE jobs (
+            job text PRIMARY KEY,
+            state jsonb NOT NULL DEFAULT '{}',
+            version bigint NOT NULL DEFAULT 0,
+            lease_owner text,
+            lease_until timestamptz,
+            updated_at timestamptz NOT NULL DEFAULT clock_timestamp())""",
+        """CREATE INDEX jobs_updated ON jobs (updated_at)""",
+        """CREATE TABLE intents (
+            id text PRIMARY KEY,
+            owner text NOT NULL,
+            doc jsonb NOT NULL,
+            opened_at timestamptz NOT NULL DEFAULT clock_timestamp())""",
+        """CREATE TABLE receipts (
+            namespace text NOT NULL,
+            name text NOT NULL,
+            cadence text NOT NULL,
+            pending boolean NOT NULL,
+            anchored_root text NOT NULL,
+            batch_root text NOT NULL,
+            doc jsonb NOT NULL,
+            written_by text NOT NULL,
+            PRIMARY KEY (namespace, name))""",
+        """CREATE INDEX receipts_job ON receipts (namespace, cadence, name DESC)""",
+        """CREATE INDEX receipts_name ON receipts (name DESC)""",
+        """CREATE INDEX receipts_pending ON receipts (name) WHERE pending""",
+        """CREATE TABLE evm_signers (signer text PRIMARY KEY, doc jsonb NOT NULL)""",
+        """CREATE TABLE audit (id bigserial PRIMARY KEY, at timestamptz NOT NULL DEFAULT
+            clock_timestamp(), replica text NOT NULL, doc jsonb NOT NULL)""",
+        """CREATE TABLE replicas (
+            id text PRIMARY KEY,
+            host text NOT NULL,
+            pid integer NOT NULL,
+            version text NOT NULL,
+            config_hash text NOT NULL,
+            started_at timestamptz NOT NULL,
+            heartbeat_at timestamptz NOT NULL)""",
+    )),
+    (2, "cluster-wide flags; replicas report their jobs in flight", (
+        """CREATE TABLE cluster (key text PRIMARY KEY, value jsonb NOT NULL)""",
+        """ALTER TABLE replicas ADD COLUMN in_flight integer NOT NULL DEFAULT 0""",
+    )),
+)
+
+NOTIFY_CHANNEL = "vmsh_cluster"
+
+
+class StoreUnavailable(NetworkError):
+    """The database cannot be reached (or answered with a server error): retried with the
+    network backoff; never a reason to give up on a job."""
+
+
+def store_password(env: dict[str, str] | os._Environ[str]) -> str | None:
+    """VMSH_STORE_PASSWORD, else the first line of VMSH_STORE_PASSWORD_FILE (else libpq's
+    PGPASSWORD / PGPASSFILE apply)."""
+    if env.get("VMSH_STORE_PASSWORD"):
+        return env["VMSH_STORE_PASSWORD"]
+    path = env.get("VMSH_STORE_PASSWORD_FILE")
+    if path:
+        try:
+            return Path(path).read_text().splitlines()[0].strip()
+        except (OSError, IndexError) as exc:
+            raise ValidationError(f"VMSH_STORE_PASSWORD_FILE {path}: cannot read a password: {exc}") from None
+    return None
+
+
+def display_url(url: str) -> str:
+    """The store as it may be shown: postgresql://host:port/db, never a user or password."""
+    info = psycopg.conninfo.conninfo_to_dict(url)
+    host = info.get("host") or "localhost"
+    port = info.get("port") or "5432"
+    return f"postgresql://{host}:{port}/{info.get('dbname') or ''}"
+
+
+def _unavailable(exc: BaseException) -> StoreUnavailable:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    # libpq's messages name host and port, never the password; still keep only the first line.
+    return StoreUnavailable(f"PostgreSQL store unreachable: {text}")
+
+
+class Database:
+    """A connection pool on the store's database, and the schema."""
+
+    def __init__(self, url: str, *, password: str | None = None, max_size: int = 4, connect_timeout: float = 3.0) -> None:
+        kwargs: dict[str, Any] = {"connect_timeout": max(1, int(connect_timeout)), "application_name": "vmsh-scheduler"}
+        if password:
+            kwargs["password"] = password
+        self.conninfo = psycopg.conninfo.make_conninfo(url, **kwargs)
+        self.display = display_url(url)
+        self._pool = ConnectionPool(
+            self.conninfo, min_size=1, max_size=max_size, open=False, timeout=connect_timeout,
+            kwargs={"autocommit": False}, check=ConnectionPool.check_connection,
+            reconnect_timeout=0,  # never gives up: every call tries again
+        )
+        self._opened = False
+        self._lock = threading.Lock()
+
+    def _open(self) -> None:
+        with self._lock:
+            if not self._opened:
+                self._pool.open(wait=False)
+                self._opened = True
+
+    @contextmanager
+    def tx(self) -> Iterator[psycopg.Connection[Any]]:
+        """One transaction; any database failure is StoreUnavailable (a network error)."""
+        self._open()
+        try:
+            with self._pool.connection() as conn, conn.transaction():
+                yield conn
+        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            raise _unavailable(exc) from exc
+        except Exception as exc:
+            if type(exc).__name__ == "PoolTimeout":
+                raise _unavailable(exc) from exc
+            raise
+
+    def connect(self) -> psycopg.Connection[Any]:
+        """A connection of its own (LISTEN, heartbeats): not from the pool."""
+        try:
+            return psycopg.connect(self.conninfo, autocommit=True)
+        except psycopg.OperationalError as exc:
+            raise _unavailable(exc) from exc
+
+    async def connect_async(self) -> psycopg.AsyncConnection[Any]:
+        try:
+            return await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True)
+        except psycopg.OperationalError as exc:
+            raise _unavailable(exc) from exc
+
+    def close(self) -> None:
+        if self._opened:
+            self._pool.close(timeout=2)
+            self._opened = False
+
+    # ----- schema ---------------------------------------------------------------------
+
+    def schema_version(self) -> int:
+        with self.tx() as conn:
+            row = conn.execute("SELECT to_regclass('vmsh_schema') IS NOT NULL").fetchone()
+            if not row or not row[0]:
+                return 0
+            got = conn.execute("SELECT version FROM vmsh_schema").fetchone()
+            return int(got[0]) if got else 0
+
+    def migrate(self, target: int = SCHEMA_VERSION) -> tuple[int, int]:
+        """Bring the schema to `target`; returns (version before, version after). Safe to
+        run from several replicas at once (one advisory lock)."""
+        if target > SCHEMA_VERSION:
+            raise ValidationError(f"schema version {target} is newer than this scheduler knows ({SCHEMA_VERSION})")
+        with self.tx() as conn:
+            conn.execute("SELECT pg_advisory_xact_lock(7473625)")  # 'vmsh'
+            exists = conn.execute("SELECT to_regclass('vmsh_schema') IS NOT NULL").fetchone()
+            before = 0
+            if exists and exists[0]:
+                row = conn.execute("SELECT version FROM vmsh_schema").fetchone()
+                before = int(row[0]) if row else 0
+            if before > SCHEMA_VERSION:
+                raise ValidationError(
+                    f"the store's schema is version {before}, newer than this scheduler's "
+                    f"({SCHEMA_VERSION}): upgrade the scheduler"
+                )
+            for version, _what, statements in MIGRATIONS:
+                if before < version <= target:
+                    for statement in statements:
+                        conn.execute(statement)
+                    conn.execute("UPDATE vmsh_schema SET version = %s", (version,))
+            return before, max(before, target)
+
+
+# --------------------------------------------------------------------------- job state
+
+
+def _state_of(doc: Any) -> JobState:
+    if not doc:
+        return JobState()
+    return JobState.from_dict(doc)
+
+
+class PgStateStore:
+    """Job state rows with leases (the file store's StateStore, per row)."""
+
+    def __init__(self, db: Database, replica: str) -> None:
+        self.db = db
+        self.replica = replica
+        self.path = STORE_ROOT / "jobs"
+        self._versions: dict[str, int] = {}
+        self._written: dict[str, dict[str, Any]] = {}
+        self.conflicts = 0  # state writes refused (another replica's lease or newer version)
+
+    def load(self) -> dict[JobKey, JobState]:
+        out: dict[JobKey, JobState] = {}
+        with self.db.tx() as conn:
+            for job, state, version in conn.execute("SELECT job, state, version FROM jobs"):
+                try:
+                    key = JobKey.parse(job)
+                    out[key] = _state_of(state)
+                except ValueError as exc:
+                    raise StateError(f"{self.db.display} jobs: job {job!r}: {exc}") from exc
+                self._versions[job] = version
+                self._written[job] = state or {}
+        return out
+
+    def save(self, states: dict[JobKey, JobState]) -> None:
+        self.write(self.snapshot(states))
+
+    @staticmethod
+    def snapshot(states: dict[JobKey, JobState], holding: frozenset[JobKey] = frozenset()) -> dict[str, Any]:
+        return {
+            "jobs": {f"{k[0]}/{k[1]}": s.to_dict() for k, s in states.items()},
+            "holding": sorted(str(k) for k in holding),
+        }
+
+    def write(self, doc: dict[str, Any]) -> None:
+        """Write the rows that changed since read or written here, each only if this replica
+        may (no other live lease) and its version is the one last seen; then release the
+        leases of jobs no longer held. One transaction."""
+        changed = [(job, state) for job, state in doc["jobs"].items() if self._written.get(job) != state]
+        written: list[tuple[str, dict[str, Any], int]] = []
+        with self.db.tx() as conn:
+            for job, state in changed:
+                version = self._versions.get(job)
+                if version is None:
+                    row = conn.execute(
+                        "INSERT INTO jobs (job, state, version) VALUES (%s, %s, 1) "
+                        "ON CONFLICT (job) DO NOTHING RETURNING version",
+                        (job, Jsonb(state)),
+                    ).fetchone()
+                else:
+                    row = conn.execute(
+                        "UPDATE jobs SET state = %s, version = version + 1, updated_at = clock_timestamp() "
+                        "WHERE job = %s AND version = %s AND (lease_owner IS NULL OR lease_owner = %s "
+                        "OR lease_until < now()) RETURNING version",
+                        (Jsonb(state), job, version, self.replica),
+                    ).fetchone()
+                if row is None:
+                    self.conflicts += 1
+                    continue
+                written.append((job, state, int(row[0])))
+            conn.execute(
+                "UPDATE jobs SET lease_owner = NULL, lease_until = NULL "
+                "WHERE lease_owner = %s AND NOT (job = ANY(%s))",
+                (self.replica, doc.get("holding", [])),
+            )
+        for job, state, version in written:
+            self._versions[job] = version
+            self._written[job] = state
+
+    def claim(self, keys: list[JobKey], lease_seconds: float) -> dict[JobKey, JobState]:
+        """Lease the jobs among `keys` no other replica holds; their current state (from the
+        database: another replica may have anchored them since this one last looked)."""
+        names = [str(k) for k in keys]
+        out: dict[JobKey, JobState] = {}
+        with self.db.tx() as conn:
+            conn.execute(
+                "INSERT INTO jobs (job) SELECT unnest(%s::text[]) ON CONFLICT (job) DO NOTHING", (names,)
+            )
+            rows = conn.execute(
+                "SELECT job, state, version FROM jobs WHERE job = ANY(%s) AND (lease_owner IS NULL "
+                "OR lease_owner = %s OR lease_until < now()) FOR UPDATE SKIP LOCKED",
+                (names, self.replica),
+            ).fetchall()
+            mine = [r[0] for r in rows]
+            conn.execute(
+                "UPDATE jobs SET lease_owner = %s, lease_until = now() + make_interval(secs => %s) "
+                "WHERE job = ANY(%s)",
+                (self.replica, lease_seconds, mine),
+            )
+        for job, state, version in rows:
+            self._versions[job] = version
+            self._written[job] = state or {}
+            out[JobKey.parse(job)] = _state_of(state)
+        return out
+
+    def release(self, keys: list[JobKey]) -> None:
+        with self.db.tx() as conn:
+            conn.execute(
+                "UPDATE jobs SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = %s AND job = ANY(%s)",
+                (self.replica, [str(k) for k in keys]),
+            )
+
+    def renew(self, keys: list[JobKey], lease_seconds: float) -> int:
+        if not keys:
+            return 0
+        with self.db.tx() as conn:
+            cur = conn.execute(
+                "UPDATE jobs SET lease_until = now() + make_interval(secs => %s) "
+                "WHERE lease_owner = %s AND job = ANY(%s)",
+                (lease_seconds, self.replica, [str(k) for k in keys]),
+            )
+            return cur.rowcount
+
+    def changed_since(self, cursor: Any) -> tuple[dict[JobKey, JobState], Any]:
+        """Rows other writers changed since `cursor` (None: none yet); the next cursor."""
+        out: dict[JobKey, JobState] = {}
+        with self.db.tx() as conn:
+            if cursor is None:  # the first call reads every row once
+                now = conn.execute("SELECT clock_timestamp()").fetchone()
+                rows = conn.execute("SELECT job, state, version, updated_at FROM jobs").fetchall()
+                cursor = now[0] if now else None
+            else:  # a little overlap: a transaction that committed late is not missed
+                rows = conn.execute(
+                    "SELECT job, state, version, updated_at FROM jobs WHERE updated_at > %s - interval '5 seconds'",
+                    (cursor,),
+                ).fetchall()
+        newest = cursor
+        for job, state, version, updated_at in rows:
+            newest = max(newest, updated_at)
+            if self._versions.get(job, -1) >= version:
+                continue  # ours, or already seen
+            self._versions[job] = version
+            self._written[job] = state or {}
+            try:
+                out[JobKey.parse(job)] = _state_of(state)
+            except ValueError:
+                continue
+        return out, newest
+
+    def remove_stale_temps(self) -> list[Path]:
+        return []
+
+
+# --------------------------------------------------------------------------- intents
+
+
+class PgIntent(Intent):
+    """An intent row (owner: the replica that opened or adopted it)."""
+
+    db: Database
+    owner: str
+
+    def _write(self) -> None:
+        if self.closed:
+            raise StateError(f"{self.path}: intent {self.id} is already closed")
+        with self.db.tx() as conn:
+            conn.execute(
+                "INSERT INTO intents (id, owner, doc) VALUES (%s, %s, %s) "
+                "ON CONFLICT (id) DO UPDATE SET doc = excluded.doc",
+                (self.id, self.owner, Jsonb(self.to_dict())),
+            )
+
+    def close(self, *, sync_folder: bool = True) -> bool:
+        self.closed = True
+        with self.db.tx() as conn:
+            return conn.execute("DELETE FROM intents WHERE id = %s", (self.id,)).rowcount > 0
+
+
+def _pg_intent(db: Database, owner: str, intent: Intent) -> PgIntent:
+    made = PgIntent(**{f: getattr(intent, f) for f in (
+        "id", "target", "digest", "entries", "tree_size", "opened_at", "notes", "attestation",
+        "status", "confirmations", "path", "closed",
+    )})
+    made.db = db
+    made.owner = owner
+    return made
+
+
+class PgJournal:
+    """The intent journal in `intents` (the file store's IntentJournal)."""
+
+    def __init__(self, db: Database, replica: str, *, liveness: float) -> None:
+        self.db = db
+        self.replica = replica
+        self.liveness = liveness  # a replica whose heartbeat is older is gone
+        self.folder = INTENTS_ROOT
+        self.warnings: list[str] = []
+
+    def open(
+        self, target: str, entries: list[dict[str, Any]], digest_hex: str, at: float, tree_size: int | None = None
+    ) -> Intent:
+        digest_hex = digest_hex.lower().removeprefix("sha256:")
+        if len(digest_hex) != 64 or any(c not in "0123456789abcdef" for c in digest_hex):
+            raise ValueError(f"digest must be 64 hex digits, got {digest_hex!r}")
+        if not entries:
+            raise ValueError("an intent needs at least one entry")
+        intent_id = new_intent_id(at)
+        base = Intent(
+            id=intent_id, target=target, digest=digest_hex, entries=[dict(e) for e in entries],
+            tree_size=len(entries) if tree_size is None else tree_size, opened_at=at,
+            path=INTENTS_ROOT / intent_id,
+        )
+        intent = _pg_intent(self.db, self.replica, base)
+        intent._write()
+        return intent
+
+    def close_many(self, intents: list[Intent]) -> list[tuple[Intent, OSError]]:
+        if not intents:
+            return []
+        with self.db.tx() as conn:
+            conn.execute("DELETE FROM intents WHERE id = ANY(%s)", ([i.id for i in intents],))
+        for intent in intents:
+            intent.closed = True
+        return []
+
+    def quarantine(self, intent: Intent, reason: str) -> Path:
+        with self.db.tx() as conn:
+            conn.execute(
+                "UPDATE intents SET owner = %s, doc = doc || %s WHERE id = %s",
+                ("quarantine", Jsonb({"quarantine_reason": reason}), intent.id),
+            )
+        intent.closed = True
+        intent.path = STORE_ROOT / "quarantine" / intent.id
+        return intent.path
+
+    def remove_stale_temps(self) -> list[Path]:
+        return []
+
+    def scan(self) -> tuple[list[Intent], list[str]]:
+        """Intents to resolve: this replica's own and those of replicas gone (no heartbeat
+        within the liveness window) whose jobs' leases have expired; adopted here."""
+        intents: list[Intent] = []
+        warnings: list[str] = []
+        with self.db.tx() as conn:
+            rows = conn.execute(
+                """
+                SELECT i.id, i.doc FROM intents i
+                WHERE i.owner <> 'quarantine' AND (i.owner = %(me)s OR (
+                    NOT EXISTS (SELECT 1 FROM replicas r WHERE r.id = i.owner
+                                AND r.heartbeat_at > now() - make_interval(secs => %(live)s))
+                    AND NOT EXISTS (SELECT 1 FROM jobs j, jsonb_array_elements(i.doc->'entries') e
+                                    WHERE j.job = e->>'job' AND j.lease_owner IS NOT NULL
+                                    AND j.lease_owner <> %(me)s AND j.lease_until > now())))
+                ORDER BY i.id FOR UPDATE OF i SKIP LOCKED
+                """,
+                {"me": self.replica, "live": self.liveness},
+            ).fetchall()
+            for intent_id, doc in rows:
+                try:
+                    base = Intent.from_dict(doc, INTENTS_ROOT / intent_id)
+                except ValueError as exc:
+                    conn.execute("UPDATE intents SET owner = 'quarantine' WHERE id = %s", (intent_id,))
+                    warnings.append(f"corrupt intent {intent_id} in the store ({exc}); moved to quarantine")
+                    continue
+                intents.append(_pg_intent(self.db, self.replica, base))
+            adopted = [i.id for i in intents]
+            conn.execute("UPDATE intents SET owner = %s WHERE id = ANY(%s)", (self.replica, adopted))
+            jobs = sorted({e["job"] for i in intents for e in i.entries})
+            conn.execute(  # hold their jobs while resolving: nobody anchors them meanwhile
+                "UPDATE jobs SET lease_owner = %s, lease_until = now() + make_interval(secs => %s) "
+                "WHERE job = ANY(%s)",
+                (self.replica, self.liveness, jobs),
+            )
+        self.warnings = warnings
+        return intents, warnings
+
+    def pending(self) -> list[Intent]:
+        return self.scan()[0]
+
+
+# --------------------------------------------------------------------------- receipts
+
+
+class PgReceiptStore(ReceiptStore):
+    """Receipts as rows: the same documents, named `postgresql:receipts/<ns>/<name>`."""
+
+    def __init__(self, db: Database, replica: str) -> None:
+        super().__init__(RECEIPTS_ROOT)
+        self.db = db
+        self.replica = replica
+
+    @staticmethod
+    def _ref(namespace: str, name: str) -> Path:
+        return RECEIPTS_ROOT / safe_name(namespace) / name
+
+    @staticmethod
+    def _key(path: str | os.PathLike[str]) -> tuple[str, str]:
+        p = Path(path)
+        if p.parent.parent != RECEIPTS_ROOT:
+            raise ReceiptInvalid(f"{p}: not a receipt of the PostgreSQL store")
+        return ReceiptStore.namespace_of(p), p.name
+
+    def write_many(self, receipts: list[Receipt]) -> list[Path | Exception]:
+        results: list[Path | Exception] = []
+        with self.db.tx() as conn:
+            for receipt in receipts:
+                name = self.file_name(receipt)
+                stem = name.removesuffix(".json")
+                doc = receipt.to_json()
+                for n in range(1, 1000):
+                    candidate = name if n == 1 else f"{stem}-{n}.json"
+                    row = conn.execute(
+                        "INSERT INTO receipts (namespace, name, cadence, pending, anchored_root, batch_root, doc, written_by) "
+                        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING RETURNING name",
+                        (receipt.namespace, candidate, safe_name(receipt.cadence), receipt.status == "pending",
+                         receipt.anchored_root, receipt.batch.root, Jsonb(doc), self.replica),
+                    ).fetchone()
+                    if row is not None:
+                        results.append(self._ref(receipt.namespace, candidate))
+                        break
+                else:  # pragma: no cover - 999 receipts of one job in one millisecond
+                    results.append(StorageError("receipt", str(self._ref(receipt.namespace, name)), OSError("no free name")))
+        return results
+
+    def load(self, path: str | os.PathLike[str]) -> Receipt:
+        namespace, name = self._key(path)
+        with self.db.tx() as conn:
+            row = conn.execute(
+                "SELECT doc FROM receipts WHERE namespace = %s AND name = %s", (namespace, name)
+            ).fetchone()
+        if row is None:
+            raise ReceiptInvalid(f"{path}: no such receipt in the store")
+        return Receipt.from_json(row[0])
+
+    def confirm(self, path: str | os.PathLike[str], observed: int) -> Receipt:
+        namespace, name = self._key(path)
+        with self.db.tx() as conn:
+            row = conn.execute(
+                "SELECT doc FROM receipts WHERE namespace = %s AND name = %s FOR UPDATE", (namespace, name)
+            ).fetchone()
+            if row is None:
+                raise ReceiptInvalid(f"{path}: no such receipt in the store")
+            receipt = Receipt.from_json(row[0])
+            if receipt.status != "confirmed":
+                receipt = receipt.confirmed(observed)
+                conn.execute(
+                    "UPDATE receipts SET doc = %s, pending = false WHERE namespace = %s AND name = %s",
+                    (Jsonb(receipt.to_json()), namespace, name),
+                )
+            return receipt
+
+    def _listing(self, rows: list[tuple[str, str, Any]]) -> Listing:
+        out: Listing = []
+        for namespace, name, doc in rows:
+            path = self._ref(namespace, name)
+            try:
+                out.append((path, Receipt.from_json(doc)))
+            except ReceiptError as exc:
+                out.append((path, exc))
+            except Exception as exc:
+                out.append((path, ReceiptInvalid(f"{path}: {exc}")))
+        return out
+
+    def recent(self, limit: int = 50) -> Listing:
+        if limit <= 0:
+            return []
+        with self.db.tx() as conn:
+            rows = conn.execute(
+                "SELECT namespace, name, doc FROM receipts ORDER BY name DESC LIMIT %s", (limit,)
+            ).fetchall()
+        return self._listing(rows)
+
+    def for_job(self, namespace: str, cadence: str, limit: int = 50) -> Listing:
+        if limit <= 0:
+            return []
+        with self.db.tx() as conn:
+            rows = conn.execute(
+                "SELECT namespace, name, doc FROM receipts WHERE namespace = %s AND cadence = %s "
+                "ORDER BY name DESC LIMIT %s",
+                (namespace, safe_name(cadence), limit),
+            ).fetchall()
+        return self._listing(rows)
+
+    def all_paths(self) -> list[Path]:
+        with self.db.tx() as conn:
+            rows = conn.execute("SELECT namespace, name FROM receipts ORDER BY name").fetchall()
+        return [self._ref(ns, name) for ns, name in rows]
+
+    def iter_documents(self, batch: int = 1000) -> Iterator[tuple[str, str, dict[str, Any]]]:
+        """(namespace, name, document) of every receipt, in pages (export)."""
+        after = ("", "")
+        while True:
+            with self.db.tx() as conn:
+                rows = conn.execute(
+                    "SELECT namespace, name, doc FROM receipts WHERE (namespace, name) > (%s, %s) "
+                    "ORDER BY namespace, name LIMIT %s",
+                    (after[0], after[1], batch),
+                ).fetchall()
+            if not rows:
+                return
+            yield from rows
+            after = (rows[-1][0], rows[-1][1])
+
+    def pending(self) -> list[tuple[Path, Receipt]]:
+        with self.db.tx() as conn:
+            rows = conn.execute(
+                "SELECT namespace, name, doc FROM receipts WHERE pending ORDER BY name"
+            ).fetchall()
+        return [(p, r) for p, r in self._listing(rows) if isinstance(r, Receipt) and r.status == "pending"]
+
+    def remove_stale_temps(self) -> list[Path]:
+        return []
+
+
+# --------------------------------------------------------------------------- the rest
+
+
+class PgSignerRecord:
+    """A signer's record (core/anchors/evm.py `_Outstanding`) as one row of `evm_signers`."""
+
+    def __init__(self, db: Database, signer: str) -> None:
+        self.db = db
+        self.signer = signer
+
+    def load(self) -> dict[str, Any]:
+        with self.db.tx() as conn:
+            row = conn.execute("SELECT doc FROM evm_signers WHERE signer = %s", (self.signer,)).fetchone()
+        doc: dict[str, Any] = dict(row[0]) if row else {}
+        doc.setdefault("sent", {})
+        doc.setdefault("outstanding", {})
+        return doc
+
+    def save(self, doc: dict[str, Any]) -> None:
+        with self.db.tx() as conn:
+            conn.execute(
+                "INSERT INTO evm_signers (signer, doc) VALUES (%s, %s) "
+                "ON CONFLICT (signer) DO UPDATE SET doc = excluded.doc",
+                (self.signer, Jsonb(doc)),
+            )
+
+
+class PgSharedRecords:
+    """core.anchors.base.SharedRecords on the store: signer records, and a lock per signer
+    across replicas (a session advisory lock on a connection of its own, held while the
+    backend picks a nonce, signs and sends)."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def signer(self, name: str) -> PgSignerRecord:
+        return PgSignerRecord(self.db, name)
+
+    @contextlib.asynccontextmanager
+    async def signer_lock(self, name: str) -> AsyncIterator[None]:
+        conn = await asyncio.to_thread(self.db.connect)
+        try:
+            await asyncio.to_thread(conn.execute, "SELECT pg_advisory_lock(hashtext(%s))", ("evm:" + name,))
+            yield
+        finally:
+            # Closing the session releases its advisory locks, also when unlock cannot run.
+            await asyncio.to_thread(conn.close)
+
+
+class PgAudit:
+    """The control API's audit log as rows (core/control_server.py writes audit.jsonl otherwise)."""
+
+    def __init__(self, db: Database, replica: str) -> None:
+        self.db = db
+        self.replica = replica
+
+    def append(self, record: dict[str, Any]) -> None:
+        with self.db.tx() as conn:
+            conn.execute("INSERT INTO audit (replica, doc) VALUES (%s, %s)", (self.replica, Jsonb(record)))
+
+
+def new_replica_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}"
+
+
+def dumps(doc: Any) -> str:
+    return json.dumps(doc, separators=(",", ":"), sort_keys=True)

@@ -1,0 +1,158 @@
+"""The store: where a scheduler keeps what must survive it, behind one interface.
+
+Two implementations with the same parts, chosen by `scheduler.store` (`VMSH_STORE`):
+- `file` (the default): the data dir, as it always was (core/state.py, core/receipts.py),
+  guarded by the data-dir lock: one scheduler.
+- a PostgreSQL URL (core/pgstore.py): several schedulers (replicas) on one database, each
+  job claimed under a lease before it is anchored.
+
+The engine, the confirmation tracker, verify and the control API see only the parts
+below: `state` (job state), `journal` (intents of backend calls in flight), `receipts`,
+`claims` (None with the file store: a lone scheduler owns every job), `shared` (records
+the backends of several replicas share; None with the file store) and `audit`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from core.jobs import JobKey
+from core.receipts import ReceiptStore
+from core.state import Intent, IntentJournal, JobState, StateStore
+
+if TYPE_CHECKING:
+    from core.anchors.base import SharedRecords
+    from core.pgstore import Database
+
+
+class StateRepo(Protocol):
+    path: Path
+
+    def load(self) -> dict[JobKey, JobState]: ...
+
+    def save(self, states: dict[JobKey, JobState]) -> None: ...
+
+    @staticmethod
+    def snapshot(states: dict[JobKey, JobState], holding: frozenset[JobKey] = ...) -> dict[str, Any]: ...
+
+    def write(self, doc: dict[str, Any]) -> None: ...
+
+    def remove_stale_temps(self) -> list[Path]: ...
+
+
+class JournalRepo(Protocol):
+    folder: Path
+    warnings: list[str]
+
+    def open(
+        self, target: str, entries: list[dict[str, Any]], digest_hex: str, at: float, tree_size: int | None = None
+    ) -> Intent: ...
+
+    def close_many(self, intents: list[Intent]) -> list[tuple[Intent, OSError]]: ...
+
+    def quarantine(self, intent: Intent, reason: str) -> Path: ...
+
+    def remove_stale_temps(self) -> list[Path]: ...
+
+    def scan(self) -> tuple[list[Intent], list[str]]: ...
+
+
+class Claims(Protocol):
+    """Leases on jobs, for schedulers that share a store (core/pgstore.py PgStateStore)."""
+
+    def claim(self, keys: list[JobKey], lease_seconds: float) -> dict[JobKey, JobState]:
+        """Lease the jobs no other replica holds; their current state. Blocking."""
+        ...
+
+    def release(self, keys: list[JobKey]) -> None: ...
+
+    def renew(self, keys: list[JobKey], lease_seconds: float) -> int: ...
+
+    def changed_since(self, cursor: Any) -> tuple[dict[JobKey, JobState], Any]: ...
+
+
+class Audit(Protocol):
+    def append(self, record: dict[str, Any]) -> None: ...
+
+
+class FileAudit:
+    """The control API's audit log: `<data_dir>/audit.jsonl`, one JSON object per line."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def append(self, record: dict[str, Any]) -> None:
+        line = json.dumps(record, separators=(",", ":")) + "\n"
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        try:
+            os.write(fd, line.encode())
+        finally:
+            os.close(fd)
+
+
+@dataclass
+class Store:
+    kind: str  # "file" or "postgresql"
+    display: str  # what may be shown: the data dir, or postgresql://host:port/db
+    state: StateRepo
+    journal: JournalRepo
+    receipts: ReceiptStore
+    audit: Audit
+    claims: Claims | None = None
+    shared: SharedRecords | None = None
+    db: Database | None = field(default=None, repr=False)
+    replica: str | None = None
+
+    def close(self) -> None:
+        if self.db is not None:
+            self.db.close()
+
+
+def file_store(data_dir: Path, state_file: Path) -> Store:
+    return Store(
+        kind="file",
+        display=str(data_dir),
+        state=StateStore(state_file),
+        journal=IntentJournal(data_dir / "journal"),
+        receipts=ReceiptStore(data_dir / "receipts"),
+        audit=FileAudit(data_dir / "audit.jsonl"),
+    )
+
+
+def postgres_store(url: str, *, env: Any, replica: str, liveness: float) -> Store:
+    """The PostgreSQL store on `url` (password from the environment, core/pgstore.py)."""
+    from core.pgstore import (
+        Database,
+        PgAudit,
+        PgJournal,
+        PgReceiptStore,
+        PgSharedRecords,
+        PgStateStore,
+        store_password,
+    )
+
+    db = Database(url, password=store_password(env))
+    state = PgStateStore(db, replica)
+    return Store(
+        kind="postgresql",
+        display=db.display,
+        state=state,
+        journal=PgJournal(db, replica, liveness=liveness),
+        receipts=PgReceiptStore(db, replica),
+        audit=PgAudit(db, replica),
+        claims=state,
+        shared=PgSharedRecords(db),
+        db=db,
+        replica=replica,
+    )
+
+
+def is_postgres(store: str) -> bool:
+    return store.startswith(("postgresql://", "postgres://"))
+
+
+__all__ = ["Claims", "JournalRepo", "StateRepo", "Store", "file_store", "is_postgres", "postgres_store"]

@@ -1,0 +1,110 @@
+"""`vmsh-scheduler store migrate` and `vmsh-scheduler export --out DIR`.
+
+`store migrate` creates or migrates the PostgreSQL store's schema (a scheduler also
+creates it on start when the database is empty, and refuses an older one). `export`
+writes every receipt of the configured store as the files a file store would hold,
+`DIR/<namespace percent-encoded>/<name>.json`, which `vmsh-scheduler verify` checks
+offline with no database at all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from core.config import LoadedConfig
+from core.errors import AnchorError
+from core.fsutil import atomic_create_bytes, dumps_json, ensure_dir, fsync_dirs
+from core.jobs import safe_name
+from core.store import is_postgres
+
+
+def _database(loaded: LoadedConfig):  # type: ignore[no-untyped-def]
+    from core.pgstore import Database, store_password
+
+    return Database(loaded.config.scheduler.store, password=store_password(os.environ))
+
+
+def cmd_store_migrate(loaded: LoadedConfig) -> int:
+    from core.pgstore import SCHEMA_VERSION
+
+    store = loaded.config.scheduler.store
+    if not is_postgres(store):
+        print("vmsh-scheduler: store migrate: scheduler.store is 'file' (set VMSH_STORE to a "
+              "postgresql:// URL); a file store has no schema", file=sys.stderr)
+        return 2
+    db = _database(loaded)
+    try:
+        before, after = db.migrate()
+    except AnchorError as exc:
+        print(f"vmsh-scheduler: store migrate: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        db.close()
+    if before == after:
+        print(f"{db.display}: schema is at version {after} (current: {SCHEMA_VERSION}); nothing to do")
+    else:
+        print(f"{db.display}: schema migrated from version {before} to {after}")
+    return 0
+
+
+def cmd_export(loaded: LoadedConfig, out: Path) -> int:
+    """Every receipt of the store as a file under `out`; an existing file is never replaced."""
+    cfg = loaded.config
+    written = skipped = 0
+    folders: list[Path] = []
+    try:
+        for namespace, name, data in _documents(loaded):
+            folder = out / safe_name(namespace)
+            if folder not in folders:
+                ensure_dir(folder, parents_to_sync=folders)
+                folders.append(folder)
+            if atomic_create_bytes(folder / name, data, sync_folder=False):
+                written += 1
+            else:
+                skipped += 1
+        fsync_dirs(folders)
+    except AnchorError as exc:
+        print(f"vmsh-scheduler: export: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"vmsh-scheduler: export: {out}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    source = cfg.scheduler.store if not is_postgres(cfg.scheduler.store) else _database(loaded).display
+    print(f"exported {written} receipt(s) from {source} to {out}"
+          + (f" ({skipped} already there, kept)" if skipped else ""))
+    return 0
+
+
+def _documents(loaded: LoadedConfig):  # type: ignore[no-untyped-def]
+    """(namespace, file name, bytes) of every receipt in the configured store."""
+    cfg = loaded.config
+    if is_postgres(cfg.scheduler.store):
+        from core.pgstore import PgReceiptStore
+
+        db = _database(loaded)
+        try:
+            for namespace, name, doc in PgReceiptStore(db, "export").iter_documents():
+                yield namespace, name, dumps_json(doc)
+        finally:
+            db.close()
+        return
+    from core.receipts import ReceiptStore
+
+    store = ReceiptStore(Path(cfg.scheduler.data_dir) / "receipts")
+    for path in store.all_paths():
+        yield ReceiptStore.namespace_of(path), path.name, path.read_bytes()
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from core.cli import add_common
+
+    store = sub.add_parser("store", help="the store's schema (PostgreSQL): store migrate")
+    store_sub = store.add_subparsers(dest="store_command", metavar="ACTION", required=True)
+    migrate = store_sub.add_parser("migrate", help="create or migrate the PostgreSQL store's schema")
+    add_common(migrate, suppress=True)
+    export = sub.add_parser("export", help="write every receipt of the store as files verify checks offline")
+    export.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder to write into")
+    add_common(export, suppress=True)

@@ -1,0 +1,165 @@
+"""Two schedulers (engines in one process, a FakeClock each) on one real PostgreSQL store:
+each job is claimed under one replica's lease and anchored once, whatever the interleaving.
+Process-level tests (kill -9, PostgreSQL stopped) are in test_cluster_processes.py."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import random
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from core.clock import FakeClock
+from core.config import load_config
+from core.jobs import JobKey
+from core.pgstore import SCHEMA_VERSION, Database
+from core.runtime import Runtime
+from core.sources import write_batch
+from core.store import postgres_store
+
+from .postgres import PASSWORD
+
+NAMESPACES = [f"ns{n:03d}" for n in range(40)]
+
+
+def root(ns: str, n: int) -> str:
+    return "sha256:" + hashlib.sha256(f"{ns}-{n}".encode()).hexdigest()
+
+
+def write_config(tmp: Path, name: str, *, namespaces=NAMESPACES, every: str = "60s") -> Path:
+    lines = [
+        "scheduler:",
+        "  tick: 5.0",
+        f"  data_dir: data-{name}",
+        "  lease: 10",
+        "targets:",
+        "  local:",
+        "    dev: {}",
+        "namespaces:",
+    ]
+    for ns in namespaces:
+        lines += [
+            f'  "{ns}":',
+            f"    source: {tmp / 'batches' / ns}",
+            "    cadence:",
+            "      fast:",
+            '        target: "local:dev"',
+            f'        every: "{every}"',
+        ]
+    path = tmp / f"config-{name}.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def publish(tmp: Path, n: int, namespaces=NAMESPACES) -> None:
+    for ns in namespaces:
+        write_batch(tmp / "batches" / ns, f"{n:06d}", root(ns, n))
+
+
+class Replica:
+    def __init__(self, tmp: Path, name: str, url: str, clock: FakeClock) -> None:
+        config = write_config(tmp, name)
+        self.loaded = load_config(config, env={}, cwd=tmp)
+        self.store = postgres_store(url, env={"VMSH_STORE_PASSWORD": PASSWORD}, replica=name, liveness=20)
+        self.runtime = Runtime(self.loaded, clock=clock, rng=random.Random(1), store=self.store)
+        self.engine = self.runtime.engine
+
+    async def close(self) -> None:
+        await self.engine.stop(1.0)
+        await self.runtime.close()
+
+
+def receipts_by_job(url: str) -> dict[tuple[str, str], list[str]]:
+    """(namespace, cadence) -> the batch roots of its receipts, from the database itself."""
+    out: dict[tuple[str, str], list[str]] = {}
+    with psycopg.connect(url, password=PASSWORD) as conn:
+        for ns, cadence, batch_root in conn.execute("SELECT namespace, cadence, batch_root FROM receipts"):
+            out.setdefault((ns, cadence), []).append(batch_root)
+    return out
+
+
+@pytest.fixture
+def migrated(pg_url: str) -> str:
+    db = Database(pg_url, password=PASSWORD)
+    assert db.migrate() == (0, SCHEMA_VERSION)
+    db.close()
+    return pg_url
+
+
+async def test_two_replicas_anchor_each_job_once_per_root(tmp_path: Path, migrated: str) -> None:
+    clock = FakeClock()
+    publish(tmp_path, 1)
+    a = Replica(tmp_path, "a", migrated, clock)
+    b = Replica(tmp_path, "b", migrated, clock)
+    try:
+        await asyncio.gather(a.engine.run_once(), b.engine.run_once())
+        got = receipts_by_job(migrated)
+        assert sorted(got) == [(ns, "fast") for ns in NAMESPACES]
+        assert all(roots == [root(ns, 1)] for (ns, _), roots in got.items()), "a job anchored twice"
+        mine = {r: sum(1 for k in r.engine.jobs if r.engine.view(k).state.last_root) for r in (a, b)}
+        assert sum(mine.values()) >= len(NAMESPACES)
+
+        # A period later, new roots: again each once, also when one replica comes after the
+        # other has finished (its own view is stale: the store's state says "anchored");
+        # and a replica that did not anchor a job then knows its new state from the store.
+        clock.advance(61)
+        publish(tmp_path, 2)
+        await a.engine.run_once()
+        await b.engine.run_once()
+        got = receipts_by_job(migrated)
+        assert all(sorted(roots) == sorted([root(ns, 1), root(ns, 2)]) for (ns, _), roots in got.items())
+        await a.engine.refresh_from_store()
+        await b.engine.refresh_from_store()
+        for replica in (a, b):
+            for ns in NAMESPACES:
+                assert replica.engine.view(JobKey(ns, "fast")).state.last_root == root(ns, 2)
+
+        # Nothing new: neither anchors again (the store says the root is anchored).
+        clock.advance(61)
+        await asyncio.gather(a.engine.run_once(), b.engine.run_once())
+        assert receipts_by_job(migrated) == got
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_a_job_leased_by_another_replica_is_left_to_it(tmp_path: Path, migrated: str) -> None:
+    clock = FakeClock()
+    publish(tmp_path, 1)
+    a = Replica(tmp_path, "a", migrated, clock)
+    b = Replica(tmp_path, "b", migrated, clock)
+    try:
+        held = [JobKey(ns, "fast") for ns in NAMESPACES[:10]]
+        got = await asyncio.to_thread(a.store.state.claim, held, 30.0)  # type: ignore[attr-defined]
+        assert sorted(got) == sorted(held)
+        await b.engine.run_once()
+        anchored = {ns for ns, _ in receipts_by_job(migrated)}
+        assert anchored == set(NAMESPACES[10:])  # b anchored everything but a's
+        assert not any(b.engine.view(k).state.last_root for k in held)
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_state_written_by_a_stale_replica_never_overwrites_a_newer_one(tmp_path: Path, migrated: str) -> None:
+    clock = FakeClock()
+    publish(tmp_path, 1, NAMESPACES)
+    a = Replica(tmp_path, "a", migrated, clock)
+    b = Replica(tmp_path, "b", migrated, clock)
+    try:
+        await a.engine.run_once()  # a anchors all
+        key = JobKey(NAMESPACES[0], "fast")
+        assert b.engine.view(key).state.last_root is None  # b has not looked yet
+        b.engine.requeue(key, "test")  # a local change to a job b has a stale view of
+        await b.engine.settle()
+        await b.engine.stop(1.0)
+        with psycopg.connect(migrated, password=PASSWORD) as conn:
+            row = conn.execute("SELECT state FROM jobs WHERE job = %s", (str(key),)).fetchone()
+        assert row is not None and row[0]["last_root"] == root(NAMESPACES[0], 1)
+    finally:
+        await a.close()
+        await b.runtime.close()
+
