@@ -22,6 +22,7 @@ KUBERNETES = Path(__file__).resolve().parents[2] / "ops" / "kubernetes"
 DEPLOYMENT_FILE = KUBERNETES / "vmsh-scheduler.yaml"
 MIGRATE_FILE = KUBERNETES / "vmsh-store-migrate.yaml"
 SECRET_ENV = ("VMSH_STORE", "VMSH_STORE_PASSWORD")
+STORE_URL = "postgresql://vmsh@db.example:5432/vmsh"
 
 
 def documents(path: Path) -> list[dict[str, Any]]:
@@ -78,8 +79,8 @@ def loaded(docs, deployment, tmp_path_factory):
     path.write_text(config_map["data"]["config.yaml"])
     env = {}
     for var in container(deployment)["env"]:
-        env[var["name"]] = var["value"] if "value" in var else "postgresql://vmsh@db.example:5432/vmsh"
-    env["VMSH_STORE_PASSWORD"] = "stand-in"
+        env[var["name"]] = var["value"] if "value" in var else f"stand-in for {var['name']}"
+    env["VMSH_STORE"] = STORE_URL
     return load_config(path, env=env, cwd=folder)
 
 
@@ -132,6 +133,11 @@ def test_the_deployment_runs_replicas_headless_and_stops_gracefully(deployment):
     assert c["securityContext"]["allowPrivilegeEscalation"] is False
     assert c["resources"]["requests"] and c["resources"]["limits"]
     assert "configMap" in str(volume(deployment, "/etc/vmsh"))
+
+
+def test_the_store_is_the_secret_s_url(loaded):
+    """VMSH_STORE is the variable the loader reads: the config itself names no store."""
+    assert loaded.config.scheduler.store == STORE_URL
 
 
 def test_data_dir_is_per_replica_and_batches_are_shared(docs, deployment, loaded):
