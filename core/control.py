@@ -7,7 +7,12 @@ control socket, so everything here is plain data (views, counts, strings) or an 
 
 Times in a `Snapshot` (`now`, the views' times, `started_at`, `last_tick`) are all on the
 engine's steady clock (core/clock.py SteadyClock): ages and countdowns are differences
-between them, never with a wall-clock reading.
+between them, never with a wall-clock reading. The replicas' heartbeat times are the
+store's wall clock; the steady clock reads wall time as of the engine's start, so their
+ages against `now` are right to within any wall-clock step since then.
+
+`store_status(engine, cluster)` is the one rule for whether the store answers: the
+snapshot, `/health` and `/readyz` all use it.
 """
 
 from __future__ import annotations
@@ -27,13 +32,40 @@ from core.receipts import (
     load_receipt,
     verify_receipt,
 )
+from core.replicas import ClusterView, ReplicaInfo
 from core.status import Counts, count
+from core.text import printable, redact_urls
 
 if TYPE_CHECKING:
     from core.engine import JobView
     from core.runtime import ReloadResult, Runtime
 
 Receipts = Listing  # (file, its Receipt or the ReceiptError that reading it raised)
+
+
+@dataclass(frozen=True, slots=True)
+class StoreStatus:
+    """Where the scheduler keeps its state and receipts, and whether it answers now."""
+
+    kind: str  # "file" | "postgresql"
+    ok: bool
+    error: str | None = None  # why not ok; never a URL's credentials
+
+
+FILE_STORE = StoreStatus("file", True)
+
+
+def store_status(engine: Any, cluster: ClusterView | None) -> StoreStatus:
+    """The store's status: with the file store (`cluster` None) the engine's own storage
+    problem, else the cluster's (`cluster.kind`, `cluster.store_problem`). The error is
+    made printable and any URL in it cut to its origin (a driver's message may quote one)."""
+    if cluster is None:
+        kind, problem = "file", getattr(engine, "storage_problem", None)
+    else:
+        kind, problem = str(cluster.kind), cluster.store_problem
+    if problem is None:
+        return StoreStatus(kind, True)
+    return StoreStatus(kind, False, printable(redact_urls(str(problem))))
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +81,8 @@ class Snapshot:
     last_tick: float | None
     tick: float
     max_level: int  # the backoff policy's maximum level
+    replicas: tuple[ReplicaInfo, ...] = ()  # the cluster's registry; () with the file store
+    store: StoreStatus = FILE_STORE
 
 
 class VerifyOutcome(StrEnum):
@@ -109,12 +143,15 @@ class RuntimeControl:
 
     def snapshot(self) -> Snapshot:
         engine = self._runtime.engine
+        cluster = self._runtime.cluster  # None with the file store
         now = engine.clock.now()
         views = tuple(engine.views(now))
         return Snapshot(
             now=now, views=views, counts=count(views), paused=engine.paused,
             config_hash=engine.config_hash, started_at=engine.started_at,
             last_tick=engine.last_tick, tick=engine.tick, max_level=engine.policy.max_level,
+            replicas=() if cluster is None else tuple(cluster.replicas()),
+            store=store_status(engine, cluster),
         )
 
     def subscribe(self, callback: Callable[[Event], None]) -> Callable[[], None]:

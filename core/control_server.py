@@ -368,7 +368,7 @@ class ControlServer:
     async def snapshot_doc(self) -> dict[str, Any]:
         engine = self.runtime.engine
         snap = self.control.snapshot()
-        status, body = health(engine, snap.now)
+        status, body = health(engine, snap.now, getattr(self.runtime, "cluster", None))
         receipts: list[dict[str, Any]] = []
         for path, item in self.control.recent_receipts(RECENT_RECEIPTS):
             if isinstance(item, Exception):

@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from core import events as ev
-from core.control import Snapshot, VerifyOutcome, VerifyResult
+from core.control import FILE_STORE, Snapshot, StoreStatus, VerifyOutcome, VerifyResult
 from core.engine import JobView
 from core.jobs import JobKey, JobSpec
+from core.replicas import ReplicaInfo
 from core.runtime import ReloadResult
 from core.state import JobState
 from core.status import Counts, JobStatus
@@ -126,12 +127,41 @@ def decode_counts(d: Json) -> Counts:
     return Counts(by_status=by_status, in_backoff=_field(d, "in_backoff", w), total=_field(d, "total", w))
 
 
+# -- store, replicas ------------------------------------------------------------------------
+
+
+def encode_store_status(store: StoreStatus) -> Json:
+    return {"kind": store.kind, "ok": store.ok, "error": store.error}
+
+
+def decode_store_status(d: Json) -> StoreStatus:
+    w = "store"
+    error = d.get("error") if isinstance(d, dict) else None
+    return StoreStatus(str(_field(d, "kind", w)), bool(_field(d, "ok", w)), None if error is None else str(error))
+
+
+def encode_replica(replica: ReplicaInfo) -> Json:
+    return replica.to_json()
+
+
+def decode_replica(d: Json) -> ReplicaInfo:
+    if not isinstance(d, dict):
+        raise WireError(f"replica: expected an object, got {type(d).__name__}")
+    try:
+        return ReplicaInfo.from_json(d)
+    except KeyError as exc:
+        raise WireError(f"replica: missing field {exc.args[0]!r}") from None
+    except (TypeError, ValueError) as exc:
+        raise WireError(f"replica: {exc}") from None
+
+
 def encode_snapshot(snap: Snapshot) -> Json:
     return {
         "now": snap.now, "views": [encode_job_view(v) for v in snap.views],
         "counts": encode_counts(snap.counts), "paused": snap.paused, "config_hash": snap.config_hash,
         "started_at": snap.started_at, "last_tick": snap.last_tick, "tick": snap.tick,
-        "max_level": snap.max_level,
+        "max_level": snap.max_level, "replicas": [encode_replica(r) for r in snap.replicas],
+        "store": encode_store_status(snap.store),
     }
 
 
@@ -140,11 +170,17 @@ def decode_snapshot(d: Json) -> Snapshot:
     views = _field(d, "views", w)
     if not isinstance(views, list):
         raise WireError(f"{w}: views is not a list")
+    replicas = d.get("replicas", [])  # an older server sends neither: the file store's defaults
+    if not isinstance(replicas, list):
+        raise WireError(f"{w}: replicas is not a list")
+    store = d.get("store")
     return Snapshot(
         now=_field(d, "now", w), views=tuple(decode_job_view(v) for v in views),
         counts=decode_counts(_field(d, "counts", w)), paused=bool(_field(d, "paused", w)),
         config_hash=_field(d, "config_hash", w), started_at=_field(d, "started_at", w),
         last_tick=d.get("last_tick"), tick=_field(d, "tick", w), max_level=_field(d, "max_level", w),
+        replicas=tuple(decode_replica(r) for r in replicas),
+        store=FILE_STORE if store is None else decode_store_status(store),
     )
 
 

@@ -8,7 +8,11 @@
      "namespaces": {"<name>": {"lastAnchor": {"<cadence>": <epoch seconds or null>},
                                "backoff": <max backoff level over its cadences>,
                                "status": "ok" | "backing_off" | "stale",
-                               "disabled": {"<cadence>": "<reason>"}  # only if any}}}
+                               "disabled": {"<cadence>": "<reason>"}  # only if any}},
+     "store": {"kind": "file" | "postgresql", "ok": <bool>, "error": <why not ok, or null>},
+     "replicas": [{"id", "host", "pid", "version", "config_hash", "alive",
+                   "heartbeat_at": <epoch seconds>}],  # the cluster's registry; [] with files
+     "warnings": ["replicas run different configs: ..."]}  # only if any
 
 - Job statuses and the thresholds are core.status's (the dashboard and the alert rules
   use the same): a job is backing off while it has consecutive failures (or gave up: in
@@ -20,10 +24,14 @@
   namespace's `disabled` with the reason; it never runs, so it makes nothing degraded.
 - `unhealthy`: the engine loop is stopped, or stuck (no pass within
   max(core.status.STUCK_TICKS x tick, STUCK_MIN_SECONDS) = max(3 x tick, 30 s));
-  `degraded`: any job in a core.status.PROBLEMS status; else `healthy`. 200 only when
-  healthy, else 503.
+  `degraded`: any job in a core.status.PROBLEMS status, or the store does not answer
+  (core.control.store_status, the rule the dashboard's snapshot uses); else `healthy`.
+  200 only when healthy, else 503.
+- Live replicas running different config hashes is a warning (core.replicas
+  config_hash_warning), not a status: each replica is healthy on its own config.
 
-Nothing here reads a secret or a file's contents: only times, levels and names.
+Nothing here reads a secret or a file's contents: only times, levels and names. The
+cluster object gives no store URL, and the store's error has any URL cut to its origin.
 """
 
 from __future__ import annotations
@@ -34,6 +42,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from core import status
+from core.control import store_status
+from core.replicas import ClusterView, ReplicaInfo, config_hash_warning
 from core.status import Health, JobStatus
 
 if TYPE_CHECKING:
@@ -66,8 +76,16 @@ def job_status(view: JobView) -> str:
     return _CONTRACT.get(view.status, "ok")
 
 
-def health(engine: Scheduler, now: float) -> tuple[int, dict[str, Any]]:
-    """(HTTP status, body) of /health for `engine` (a core.engine.Scheduler) at time `now`."""
+def _replica(replica: ReplicaInfo) -> dict[str, Any]:
+    return {
+        "id": replica.id, "host": replica.host, "pid": replica.pid, "version": replica.version,
+        "config_hash": replica.config_hash, "alive": replica.alive, "heartbeat_at": _epoch(replica.heartbeat_at),
+    }
+
+
+def health(engine: Scheduler, now: float, cluster: ClusterView | None = None) -> tuple[int, dict[str, Any]]:
+    """(HTTP status, body) of /health for `engine` (a core.engine.Scheduler) at time `now`;
+    `cluster` is the runtime's (core/cluster.py), None with the file store."""
     namespaces: dict[str, dict[str, Any]] = {}
     views = engine.views(now)
     for view in views:
@@ -88,14 +106,21 @@ def health(engine: Scheduler, now: float) -> tuple[int, dict[str, Any]]:
     # job still looks ok (a failed state save fails no job). The engine says which.
     storage = getattr(engine, "storage_problem", None)
     stuck = engine.stuck(now) if hasattr(engine, "stuck") else ()
-    if overall == Health.HEALTHY and (storage or stuck):
+    store = store_status(engine, cluster)
+    if overall == Health.HEALTHY and (storage or stuck or not store.ok):
         overall = Health.DEGRADED
+    replicas = () if cluster is None else tuple(cluster.replicas())
     body: dict[str, Any] = {
         "status": str(overall),
         "uptime": round(max(0.0, now - engine.started_at), 3),
         "lastTick": _epoch(engine.last_tick),
         "namespaces": namespaces,
+        "store": {"kind": store.kind, "ok": store.ok, "error": store.error},
+        "replicas": [_replica(r) for r in replicas],
     }
+    warning = config_hash_warning(replicas)
+    if warning:
+        body["warnings"] = [warning]
     if problem:
         body["reason"] = problem
     if storage:
@@ -126,13 +151,16 @@ def _state_readable(runtime: Runtime) -> bool:
 
 
 def readyz(runtime: Runtime) -> tuple[int, dict[str, Any]]:
-    """Ready: a config is loaded, the state file is readable, the engine made its first pass."""
+    """Ready: a config is loaded, the state file is readable, the engine made its first pass,
+    and the store answers."""
     checks = {
         "config": getattr(runtime, "loaded", None) is not None,
         "state": False,
         "engine": runtime.engine.last_tick is not None and not engine_stopped(runtime.engine),
         # Not ready while the engine cannot write its journal, receipts or state.
         "storage": getattr(runtime.engine, "storage_problem", None) is None,
+        # Not ready while the store (PostgreSQL in a cluster) does not answer.
+        "store": store_status(runtime.engine, getattr(runtime, "cluster", None)).ok,
     }
     if checks["config"]:
         try:

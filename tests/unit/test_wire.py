@@ -10,9 +10,10 @@ import pytest
 
 from core import events as ev
 from core import wire
-from core.control import Snapshot, VerifyOutcome, VerifyResult
+from core.control import FILE_STORE, Snapshot, StoreStatus, VerifyOutcome, VerifyResult
 from core.engine import JobView
 from core.jobs import JobKey, JobSpec
+from core.replicas import ReplicaInfo
 from core.runtime import ReloadResult
 from core.state import JobState
 from core.status import JobStatus, count
@@ -38,6 +39,40 @@ def test_snapshot_round_trips_with_views_and_counts():
     back = wire.decode_snapshot(through_json(wire.encode_snapshot(snap)))
     assert back == snap
     assert back.views[0].key == KEY and back.counts[JobStatus.BACKING_OFF] == 1
+
+
+def a_replica(host: str, *, this: bool = False, alive: bool = True) -> ReplicaInfo:
+    return ReplicaInfo(id=f"{host}-17-ab12", host=host, pid=17, version="0.17.0", config_hash="c0" * 32,
+                       in_flight=3, heartbeat_at=1_767_225_600.25, started_at=1_767_225_000.0, alive=alive, this=this)
+
+
+def test_snapshot_round_trips_with_the_replicas_and_the_store():
+    """An attached dashboard shows the cluster the scheduler it talks to sees."""
+    views = (a_view(),)
+    snap = Snapshot(now=123.5, views=views, counts=count(views), paused=False, config_hash="cafe",
+                    started_at=100.0, last_tick=120.0, tick=1.0, max_level=5,
+                    replicas=(a_replica("vm-a", this=True), a_replica("vm-b", alive=False)),
+                    store=StoreStatus("postgresql", False, "connection refused"))
+    back = wire.decode_snapshot(through_json(wire.encode_snapshot(snap)))
+    assert back == snap
+    assert [r.host for r in back.replicas] == ["vm-a", "vm-b"] and back.replicas[0].this
+    assert back.store == StoreStatus("postgresql", False, "connection refused")
+
+
+def test_a_snapshot_from_an_older_server_is_the_file_store_alone():
+    views = (a_view(),)
+    snap = Snapshot(now=1.0, views=views, counts=count(views), paused=False, config_hash="cafe",
+                    started_at=0.0, last_tick=None, tick=1.0, max_level=5)
+    older = through_json(wire.encode_snapshot(snap))
+    del older["replicas"], older["store"]
+    back = wire.decode_snapshot(older)
+    assert (back.replicas, back.store) == ((), FILE_STORE)
+    broken = through_json(wire.encode_snapshot(dataclasses.replace(snap, replicas=(a_replica("vm-a"),))))
+    del broken["replicas"][0]["config_hash"]
+    with pytest.raises(wire.WireError, match="replica: missing field 'config_hash'"):
+        wire.decode_snapshot(broken)
+    with pytest.raises(wire.WireError, match="store: missing field 'ok'"):
+        wire.decode_snapshot({**older, "store": {"kind": "postgresql"}})
 
 
 def test_job_key_spec_state_view_round_trip():
