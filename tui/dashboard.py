@@ -37,6 +37,7 @@ from tui.detail import namespace_detail
 from tui.panes import PANES, PaneContext, PaneSource
 from tui.panes.logs import LOG_LINES
 from tui.panes.receipts import ReceiptsPane
+from tui.panes.replicas import cluster_badges
 from tui.rows import HEALTH_ROLE, Palette, ReceiptInfo, health
 from tui.screens import ConfirmScreen, DetailScreen, MessageScreen
 from tui.widgets import DiffTable, HeaderBar, LogView, Pane
@@ -307,6 +308,8 @@ class DashboardScreen(Screen[None]):
         if run.http_error:
             why_off = "port in use" if "in use" in run.http_error else "cannot listen"
             out.append(f"  HTTP OFF: {why_off}", style=f"bold reverse {s.get('error', '')}")
+        for badge, badge_role in cluster_badges(snap):  # the store, the replicas' configs
+            out.append(f"  {badge}", style=f"bold reverse {s.get(badge_role, '')}")
         if snap.paused:
             out.append("  PAUSED", style=f"bold reverse {s.get('warning', '')}")
         if self.readonly:

@@ -11,8 +11,9 @@ from tui.panes.base import PaneContext, PaneSource
 from tui.panes.jobs import JobsPane
 from tui.panes.logs import LogsPane
 from tui.panes.receipts import ReceiptsPane
+from tui.panes.replicas import ReplicasPane
 
-PANES: tuple[type[PaneSource], ...] = (JobsPane, BackoffPane, ReceiptsPane, LogsPane)
+PANES: tuple[type[PaneSource], ...] = (JobsPane, BackoffPane, ReceiptsPane, LogsPane, ReplicasPane)
 
 # Keys every table pane answers to (DiffTable's own bindings), for the help screen.
 TABLE_HELP = (
