@@ -92,8 +92,10 @@ class Cluster:
         engine = self.runtime.engine
         while not self._stop.is_set():
             try:
-                await engine.renew_leases()
+                # First on a thread of its own: whether the store answers is known within
+                # one connect timeout, even while the engine's writer waits on it too.
                 self._replicas = await asyncio.to_thread(self._heartbeat, len(engine.in_flight()))
+                await engine.renew_leases()
                 await engine.refresh_from_store()
                 await engine.adopt_orphans()
                 if self.store_problem is not None:

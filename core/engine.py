@@ -937,7 +937,7 @@ class Scheduler:
             "job": str(key), "target": spec.target, "kind": str(kind), "error": message,
             "backoff_level": level, "retry_in": round(retry_at - now, 3),
         }
-        if isinstance(exc, StorageError):
+        if isinstance(exc, StorageError) and exc.kind is ErrorKind.STORAGE:
             self._storage_failing[key] = message
             self.log.error("anchor failed", **fields, op=exc.op, path=exc.path, errno=exc.errno)
         else:

@@ -53,6 +53,8 @@ class StorageError(AnchorError):
     def __init__(self, op: str, path: str | None, cause: BaseException) -> None:
         self.op = op
         self.path = path
+        if isinstance(cause, NetworkError):  # a database store out of reach: a network failure
+            self.kind = ErrorKind.NETWORK
         self.errno: int | None = getattr(cause, "errno", None) if isinstance(cause, OSError) else None
         if isinstance(cause, OSError):
             reason = cause.strerror or str(cause)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import socket
 import threading
@@ -43,6 +44,10 @@ from core.errors import NetworkError, StorageError, ValidationError
 from core.jobs import JobKey, safe_name
 from core.receipts import Listing, Receipt, ReceiptError, ReceiptInvalid, ReceiptStore
 from core.state import Intent, JobState, StateError, new_intent_id
+
+# The pool's own reconnection messages would go to stderr on every attempt while the
+# database is down; the scheduler says it once (core/cluster.py), and again when it is back.
+logging.getLogger("psycopg.pool").setLevel(logging.CRITICAL)
 
 SCHEMA_VERSION = 2
 STORE_ROOT = Path("postgresql:")  # receipts and intents are named under it, never files
@@ -312,10 +317,15 @@ class PgStateStore:
             conn.execute(
                 "INSERT INTO jobs (job) SELECT unnest(%s::text[]) ON CONFLICT (job) DO NOTHING", (names,)
             )
+            # A job named by another replica's open intent is that intent's until it is
+            # resolved (core/pgstore.py PgJournal.scan): its lease may have expired while the
+            # anchor it was part of landed.
             rows = conn.execute(
-                "SELECT job, state, version FROM jobs WHERE job = ANY(%s) AND (lease_owner IS NULL "
-                "OR lease_owner = %s OR lease_until < now()) FOR UPDATE SKIP LOCKED",
-                (names, self.replica),
+                "SELECT job, state, version FROM jobs WHERE job = ANY(%(jobs)s) AND (lease_owner IS NULL "
+                "OR lease_owner = %(me)s OR lease_until < now()) AND NOT EXISTS (SELECT 1 FROM intents i "
+                "WHERE i.owner <> %(me)s AND i.doc->'entries' @> jsonb_build_array(jsonb_build_object('job', jobs.job))) "
+                "FOR UPDATE OF jobs SKIP LOCKED",
+                {"jobs": names, "me": self.replica},
             ).fetchall()
             mine = [r[0] for r in rows]
             conn.execute(
