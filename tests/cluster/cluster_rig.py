@@ -110,7 +110,7 @@ class ClusterRig:
 
     def stop_all(self) -> dict[str, int]:
         codes = {}
-        for name, proc in self.procs.items():
+        for proc in self.procs.values():
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
         for name, proc in self.procs.items():
@@ -140,7 +140,7 @@ class ClusterRig:
     def receipts(self) -> list[tuple[str, str, str, str]]:
         """(namespace, cadence, batch root, anchored root) of every receipt."""
         with psycopg.connect(self.url, password=PASSWORD) as conn:
-            return [tuple(r) for r in conn.execute(  # type: ignore[misc]
+            return [tuple(r) for r in conn.execute(
                 "SELECT namespace, cadence, batch_root, anchored_root FROM receipts"
             )]
 
@@ -156,7 +156,7 @@ class ClusterRig:
         return {ns for ns, roots in self.published.items() if roots and (ns, roots[-1][0]) in have}
 
 
-def wait_until(predicate, timeout: float, what: str, every: float = 0.25):  # type: ignore[no-untyped-def]
+def wait_until(predicate, timeout: float, what: str, every: float = 0.25):
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()

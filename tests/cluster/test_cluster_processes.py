@@ -102,7 +102,7 @@ def test_three_replicas_300_namespaces_for_60_s_anchor_every_root_exactly_once(t
     trees = {anchored for _, _, _, anchored in receipts}
     assert len(tsa.requests) == len(trees), "every TSA request became receipts, and no tree was stamped twice"
     with psycopg.connect(pg_url, password=PASSWORD) as conn:
-        writers = dict(conn.execute("SELECT written_by, count(*) FROM receipts GROUP BY written_by").fetchall())
+        writers: dict[str, int] = dict(conn.execute("SELECT written_by, count(*) FROM receipts GROUP BY written_by").fetchall())
     assert len(writers) == 3, f"the work is shared: {writers}"
     assert len(receipts) > len(namespaces) + 300  # the roots that arrived during the minute
 
