@@ -35,7 +35,7 @@ from core.errors import describe
 from core.events import Event, EventBus, ReceiptConfirmed, ReceiptWritten
 from core.jobs import JobKey
 from core.observe.logs import Log
-from core.receipts import Receipt, ReceiptError, ReceiptStore, load_receipt
+from core.receipts import Receipt, ReceiptError, ReceiptStore
 
 Requeue = Callable[[JobKey], None]
 
@@ -102,7 +102,7 @@ class ConfirmationTracker:
         confirmed, waiting, dropped, errors."""
         counts = {"confirmed": 0, "waiting": 0, "dropped": 0, "errors": 0}
         depths: dict[tuple[str, str], int | None | BaseException] = {}
-        for path, receipt in self.receipts.pending() if paths is None else _pending_of(paths):
+        for path, receipt in self.receipts.pending() if paths is None else _pending_of(self.receipts, paths):
             if path in self._dropped:
                 continue
             target = receipt.target
@@ -171,13 +171,13 @@ class _Unsupported(Exception):
     """The target's backend has no notion of depth."""
 
 
-def _pending_of(paths: Iterable[Path]) -> list[tuple[Path, Receipt]]:
+def _pending_of(receipts: ReceiptStore, paths: Iterable[Path]) -> list[tuple[Path, Receipt]]:
     """The receipts at `paths` that are still pending (one confirmed meanwhile, or
     unreadable, is left to the full rounds)."""
     out = []
     for path in sorted(paths):
         try:
-            receipt = load_receipt(path)
+            receipt = receipts.load(path)
         except (OSError, ReceiptError):
             continue
         if receipt.status == "pending":

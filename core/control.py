@@ -29,7 +29,6 @@ from core.receipts import (
     ReceiptError,
     ReceiptInvalid,
     ReceiptUncheckable,
-    load_receipt,
     verify_receipt,
 )
 from core.replicas import ClusterView, ReplicaInfo
@@ -174,7 +173,7 @@ class RuntimeControl:
 
     async def verify(self, path: str) -> VerifyResult:
         try:
-            receipt = load_receipt(path)
+            receipt = self._runtime.receipts.load(path)
             await verify_receipt(receipt, self._runtime.backends)
         except ReceiptUncheckable as exc:  # not a verdict on the receipt
             return VerifyResult(VerifyOutcome.CANNOT_CHECK, str(exc))

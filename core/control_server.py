@@ -8,7 +8,8 @@ socket is encoded by core/wire.py; the operations are RuntimeControl's (core/con
 - Who connects: the socket's permissions (`control.mode`, `control.group`). Who may change
   things: a peer (SO_PEERCRED) whose primary or supplementary group is
   `control.readonly_group` gets 403 on every mutating command. Each mutating command is
-  appended, fsync'd, to `<data_dir>/audit.jsonl` (0640) and logged.
+  appended, durably, to the store's audit log (`<data_dir>/audit.jsonl`, 0640, or the
+  PostgreSQL store's `audit` table) and logged.
 - The event stream never slows the engine: the bus callback only numbers the event and
   `put_nowait`s it on each client's bounded queue; a full queue is emptied and the client
   is sent a `resync` line (it takes a fresh snapshot). A client that overflows
@@ -39,6 +40,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from core import __version__, safejson, wire
 from core.control import RuntimeControl
+from core.errors import AnchorError
 from core.events import ControlCommand, Event, LogRecord
 from core.jobs import JobKey
 from core.observe.health import health
@@ -169,7 +171,6 @@ class ControlServer:
         self._unsubscribe: Callable[[], None] | None = None
         self._readonly_gid: int | None = None
         self._readonly_members: frozenset[str] = frozenset()
-        self.audit_path = Path(runtime.data_dir) / "audit.jsonl"
 
     async def start(self, path: Path, *, mode: int = 0o660, group: str | None = None,
                     readonly_group: str | None = None) -> ControlServer:
@@ -352,7 +353,6 @@ class ControlServer:
         result = doc.get("error") if isinstance(doc, dict) and "error" in doc else doc
         entry = {"time": time.time(), "uid": peer.uid, "user": peer.user, "pid": peer.pid,
                  "command": command, "arguments": args, "status": status, "result": result}
-        line = json.dumps(entry, ensure_ascii=False, default=str) + "\n"
         self.runtime.log.info("control command", command=command, uid=peer.uid, user=peer.user, status=status)
         self.runtime.bus.publish(
             ControlCommand(
@@ -360,10 +360,11 @@ class ControlServer:
                 arguments=args, status=status,
             )
         )  # a CloudEvent (control.command) when a sink is set
+        audit = self.runtime.store.audit  # audit.jsonl, or the PostgreSQL store's audit table
         try:
-            await asyncio.to_thread(_append_fsync, self.audit_path, line.encode())
-        except OSError as exc:
-            self.runtime.log.error("audit log write failed", path=str(self.audit_path), error=str(exc))
+            await asyncio.to_thread(audit.append, json.loads(json.dumps(entry, default=str)))
+        except (OSError, AnchorError) as exc:
+            self.runtime.log.error("audit log write failed", path=audit.where, error=str(exc))
 
     async def snapshot_doc(self) -> dict[str, Any]:
         engine = self.runtime.engine
@@ -431,15 +432,6 @@ def _body(doc: Any) -> bytes:
 
 def _line(doc: Any) -> bytes:
     return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
-
-
-def _append_fsync(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 async def start_control(runtime: Runtime) -> ControlServer:

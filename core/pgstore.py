@@ -703,6 +703,7 @@ class PgAudit:
     def __init__(self, db: Database, replica: str) -> None:
         self.db = db
         self.replica = replica
+        self.where = f"{db.display} audit"
 
     def append(self, record: dict[str, Any]) -> None:
         with self.db.tx() as conn:

@@ -613,6 +613,10 @@ class ReceiptStore:
         fsync_dir(self.index)
         atomic_write_bytes(self.index / self.INDEX_COMPLETE, b"")
 
+    def load(self, path: str | os.PathLike[str]) -> Receipt:
+        """One receipt of this store by its path (the PostgreSQL store: by its name)."""
+        return load_receipt(path)
+
     def confirm(self, path: str | os.PathLike[str], observed: int) -> Receipt:
         """Move a pending receipt to confirmed (the only rewrite allowed); idempotent."""
         path = Path(path)

@@ -76,7 +76,11 @@ class Claims(Protocol):
 
 
 class Audit(Protocol):
-    def append(self, record: dict[str, Any]) -> None: ...
+    where: str  # for messages: the file, or the store's table
+
+    def append(self, record: dict[str, Any]) -> None:
+        """Durable when it returns (fsync, or a committed row)."""
+        ...
 
 
 class FileAudit:
@@ -84,12 +88,14 @@ class FileAudit:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.where = str(path)
 
     def append(self, record: dict[str, Any]) -> None:
-        line = json.dumps(record, separators=(",", ":")) + "\n"
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        line = json.dumps(record, ensure_ascii=False) + "\n"
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
         try:
             os.write(fd, line.encode())
+            os.fsync(fd)
         finally:
             os.close(fd)
 

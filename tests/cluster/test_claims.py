@@ -163,3 +163,28 @@ async def test_state_written_by_a_stale_replica_never_overwrites_a_newer_one(tmp
         await a.close()
         await b.runtime.close()
 
+
+
+async def test_the_dashboards_verify_and_listing_read_receipts_from_the_store(tmp_path: Path, migrated: str) -> None:
+    """What `v` on a receipt and the Receipts pane do (core/control.py), in cluster mode:
+    receipts are rows named postgresql:receipts/..., read through the store."""
+    from core.control import RuntimeControl, VerifyOutcome
+
+    clock = FakeClock()
+    publish(tmp_path, 1, NAMESPACES[:3])
+    a = Replica(tmp_path, "a", migrated, clock)
+    try:
+        await a.engine.run_once()
+        control = RuntimeControl(a.runtime)
+        listing = control.recent_receipts(10)
+        assert len(listing) == 3 and all(str(path).startswith("postgresql:") for path, _ in listing)
+        path, receipt = listing[0]
+        result = await control.verify(str(path))
+        assert result.outcome is VerifyOutcome.OK, result.message
+        assert result.job == f"{receipt.namespace}/fast"  # type: ignore[union-attr]
+        with psycopg.connect(migrated, password=PASSWORD) as conn:  # tamper with the row
+            conn.execute("UPDATE receipts SET doc = jsonb_set(doc, '{batch,root}', to_jsonb(%s::text))",
+                         ("sha256:" + "00" * 32,))
+        assert (await control.verify(str(path))).outcome is VerifyOutcome.FAIL
+    finally:
+        await a.close()
