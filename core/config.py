@@ -552,10 +552,10 @@ class LoadedConfig:
 def config_hash(config: Config) -> str:
     """sha256 hex of a canonical JSON form of the model; secrets enter as their sha256."""
     doc = _canonical(config)
-    # Where the state lives (and its lease) is not what is anchored, nor how: replicas that
-    # reach one database by different names run the same config, and a hash is unchanged
-    # by the version that added the store.
-    for name in ("store", "lease"):
+    # Where the state lives is not what is anchored, nor how: replicas of one cluster, each
+    # with its own data dir and reaching one database by different names, run the same
+    # config (their batch folder, which data_dir may imply, is `_batches_root` below).
+    for name in ("store", "lease", "data_dir", "state_file"):
         doc["scheduler"].pop(name, None)
     doc["_batches_root"] = str(config._batches_root) if config._batches_root else None
     text = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False)

@@ -443,6 +443,19 @@ def test_hash_is_stable_across_key_order_and_runs(tmp_path):
     assert load_config(a / "config.yaml", env={}, cwd=a).hash != ha
 
 
+def test_replicas_with_their_own_data_dir_and_store_name_have_one_hash(tmp_path):
+    """Cluster mode: each replica has a data dir of its own and may reach the database by
+    another name; the dashboard warns when live replicas' hashes differ, so these must not
+    count. What is anchored, and where its batches come from, does."""
+    write(tmp_path, "config.yaml", MINIMAL + "scheduler: {tick: 2}\n")
+    env = {"VMSH_STORE": "postgresql://vmsh@db-a:5432/vmsh"}
+    one = load_config(tmp_path / "config.yaml", env={**env, "VMSH_DATA_DIR": "a"}, cwd=tmp_path).hash
+    env = {"VMSH_STORE": "postgresql://vmsh@10.0.0.5:5432/vmsh", "VMSH_DATA_DIR": "b"}
+    assert load_config(tmp_path / "config.yaml", env=env, cwd=tmp_path).hash == one
+    write(tmp_path, "config.yaml", MINIMAL + "scheduler: {tick: 3}\n")
+    assert load_config(tmp_path / "config.yaml", env=env, cwd=tmp_path).hash != one
+
+
 # --------------------------------------------------------------------------- error messages
 
 
