@@ -557,7 +557,9 @@ def config_hash(config: Config) -> str:
     # config (their batch folder, which data_dir may imply, is `_batches_root` below).
     for name in ("store", "lease", "data_dir", "state_file"):
         doc["scheduler"].pop(name, None)
-    doc["_batches_root"] = str(config._batches_root) if config._batches_root else None
+    # The shared batch folder counts only when some namespace reads it (has no `source`).
+    reads_root = any(ns.source is None for ns in config.namespaces.values())
+    doc["_batches_root"] = str(config._batches_root) if config._batches_root and reads_root else None
     text = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(text.encode()).hexdigest()
 

@@ -454,6 +454,12 @@ def test_replicas_with_their_own_data_dir_and_store_name_have_one_hash(tmp_path)
     assert load_config(tmp_path / "config.yaml", env=env, cwd=tmp_path).hash == one
     write(tmp_path, "config.yaml", MINIMAL + "scheduler: {tick: 3}\n")
     assert load_config(tmp_path / "config.yaml", env=env, cwd=tmp_path).hash != one
+    # Namespaces that name their `source`: the data dir's batches folder is not read at all.
+    sourced = MINIMAL.replace('"demo:a":', '"demo:a":\n    source: /srv/batches/demo', 1)
+    write(tmp_path, "config.yaml", sourced)
+    a = load_config(tmp_path / "config.yaml", env={"VMSH_DATA_DIR": "a"}, cwd=tmp_path)
+    b = load_config(tmp_path / "config.yaml", env={"VMSH_DATA_DIR": "b"}, cwd=tmp_path)
+    assert a.config.namespaces["demo:a"].source is not None and a.hash == b.hash
 
 
 # --------------------------------------------------------------------------- error messages
