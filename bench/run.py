@@ -27,6 +27,7 @@ SUITES = {
     "tui": "bench.tui_bench",
     "terminal": "bench.terminal_bench",
     "control": "bench.control_bench",
+    "cluster": "bench.cluster",
 }
 
 
