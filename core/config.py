@@ -552,11 +552,14 @@ class LoadedConfig:
 def config_hash(config: Config) -> str:
     """sha256 hex of a canonical JSON form of the model; secrets enter as their sha256."""
     doc = _canonical(config)
-    # Where the state lives is not what is anchored, nor how: replicas of one cluster, each
-    # with its own data dir and reaching one database by different names, run the same
-    # config (their batch folder, which data_dir may imply, is `_batches_root` below).
+    # Where this process keeps its state and where it is reached are not what is anchored,
+    # nor how: replicas of one cluster, each with its own data dir, port and control socket
+    # and reaching one database by different names, run the same config (their batch
+    # folder, which data_dir may imply, is `_batches_root` below).
     for name in ("store", "lease", "data_dir", "state_file"):
         doc["scheduler"].pop(name, None)
+    doc["http"].pop("listen", None)
+    doc.pop("control", None)
     # The shared batch folder counts only when some namespace reads it (has no `source`).
     reads_root = any(ns.source is None for ns in config.namespaces.values())
     doc["_batches_root"] = str(config._batches_root) if config._batches_root and reads_root else None

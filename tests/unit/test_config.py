@@ -450,7 +450,7 @@ def test_replicas_with_their_own_data_dir_and_store_name_have_one_hash(tmp_path)
     write(tmp_path, "config.yaml", MINIMAL + "scheduler: {tick: 2}\n")
     env = {"VMSH_STORE": "postgresql://vmsh@db-a:5432/vmsh"}
     one = load_config(tmp_path / "config.yaml", env={**env, "VMSH_DATA_DIR": "a"}, cwd=tmp_path).hash
-    env = {"VMSH_STORE": "postgresql://vmsh@10.0.0.5:5432/vmsh", "VMSH_DATA_DIR": "b"}
+    env = {"VMSH_STORE": "postgresql://vmsh@10.0.0.5:5432/vmsh", "VMSH_DATA_DIR": "b", "METRICS_PORT": "9202"}
     assert load_config(tmp_path / "config.yaml", env=env, cwd=tmp_path).hash == one
     write(tmp_path, "config.yaml", MINIMAL + "scheduler: {tick: 3}\n")
     assert load_config(tmp_path / "config.yaml", env=env, cwd=tmp_path).hash != one
