@@ -26,7 +26,7 @@ from psycopg.types.json import Jsonb
 
 from core import __version__
 from core.errors import describe
-from core.events import ConfigApplied, Event, Paused
+from core.events import ConfigApplied, Event, Paused, ReplicasSeen
 from core.pgstore import NOTIFY_CHANNEL, Database
 from core.replicas import ReplicaInfo
 
@@ -101,6 +101,7 @@ class Cluster:
                 if self.store_problem is not None:
                     self.runtime.log.info("store reachable again", store=self.db.display)
                     self.store_problem = None
+                self._seen()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -118,6 +119,13 @@ class Cluster:
                 error=problem,
             )
         self.store_problem = problem
+        self._seen()
+
+    def _seen(self) -> None:
+        alive = sum(1 for r in self._replicas if r.alive)
+        self.runtime.bus.publish(
+            ReplicasSeen(at=self.runtime.engine.clock.now(), alive=alive, store_ok=self.store_problem is None)
+        )
 
     async def _listen(self) -> None:
         delay = 0.5

@@ -118,6 +118,15 @@ class ControlCommand(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class ReplicasSeen(Event):
+    """Cluster mode: a heartbeat read the replica registry (every lease / 3 seconds), so
+    dashboards, attached ones too, show current heartbeats and who is alive."""
+
+    alive: int
+    store_ok: bool
+
+
+@dataclass(frozen=True, slots=True)
 class TickCompleted(Event):
     duration: float
     due: int
