@@ -230,6 +230,11 @@ class Runtime:
             development = SCHEMES[target.partition(":")[0]].development
             if development:
                 self.log.warning(f"target is {development}: it proves nothing to third parties", target=target)
+                if self.store.claims is not None:  # its key lives in each replica's data dir
+                    self.log.warning(
+                        "cluster mode with a development target: each replica signs with a key of "
+                        "its own data dir; use a real target for receipts others verify", target=target,
+                    )
 
     def reload(self, load: Loader | None = None) -> ReloadResult:
         """Load the configuration again; apply it if valid and different, else keep the old.
