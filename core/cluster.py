@@ -27,13 +27,12 @@ from psycopg.types.json import Jsonb
 from core import __version__
 from core.errors import describe
 from core.events import ConfigApplied, Event, Paused, ReplicasSeen
-from core.pgstore import NOTIFY_CHANNEL, Database
+from core.pgstore import LIVENESS_LEASES, NOTIFY_CHANNEL, Database
 from core.replicas import ReplicaInfo
 
 if TYPE_CHECKING:
     from core.runtime import Runtime
 
-LIVENESS_LEASES = 2.0  # a replica whose heartbeat is older than this many leases is gone
 
 
 class Cluster:
@@ -101,6 +100,7 @@ class Cluster:
                 if self.store_problem is not None:
                     self.runtime.log.info("store reachable again", store=self.db.display)
                     self.store_problem = None
+                self.runtime.engine.peers = max(1, sum(1 for r in self._replicas if r.alive))
                 self._seen()
             except asyncio.CancelledError:
                 raise

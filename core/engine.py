@@ -170,6 +170,7 @@ class Scheduler:
         self.lease = lease
         self._open: dict[str, Intent] = {}  # intents opened or adopted here, not yet closed
         self._store_cursor: Any = None  # refresh_from_store's position in the store's changes
+        self.peers = 1  # live replicas sharing the store (core/cluster.py): a claim takes its share
         self._guard = target_guard or (lambda target: None)
         self._read_batch = read_batch
         self._concurrency = asyncio.Semaphore(max(1, concurrency))
@@ -550,9 +551,19 @@ class Scheduler:
         holds is left to it; a claimed job takes the store's state (another replica may have
         anchored it since this one looked) and is anchored only if it is still due."""
         assert self._claims is not None
-        keys = [item.spec.key for item in items]
+        forced = [item.spec.key for item in items if item.forced]
+        due = [item.spec.key for item in items if not item.forced]
+        # When many jobs are due at once, each live replica takes its share (the rest are left
+        # to the others, or to this one's next pass): the work and its TSA calls are spread.
+        share = -(-len(due) // self.peers) if self.peers > 1 else None
         try:
-            got = await self._write("claim", self._state_store.path, self._claims.claim, keys, self.lease)
+            got = {}
+            if forced:  # an operator asked for these here: never left to another replica
+                got.update(await self._write("claim", self._state_store.path, self._claims.claim, forced, self.lease))
+            if due:
+                got.update(
+                    await self._write("claim", self._state_store.path, self._claims.claim, due, self.lease, share)
+                )
         except StorageError as exc:
             self._fail_owned(items, exc, owned, started)  # no lease, no anchor: backs off
             return []
@@ -568,11 +579,12 @@ class Scheduler:
                     kept.append(item)
                     continue
                 let_go.append(key)
-            # Held by another replica, or done by one: look again at its (new) due time.
+            # Held by another replica, or done by one, or left to one: look again at its (new)
+            # due time, or soon.
             owned.discard(key)
             self._in_flight.discard(key)
             self._since.pop(key, None)
-            self._schedule(key, None if state is not None else now + self.tick)
+            self._schedule(key, None if state is not None else now + min(self.tick, self.lease / 3))
         if let_go:
             try:
                 await self._write("claim", self._state_store.path, self._claims.release, let_go)

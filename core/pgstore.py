@@ -49,6 +49,10 @@ from core.state import Intent, JobState, StateError, new_intent_id
 # database is down; the scheduler says it once (core/cluster.py), and again when it is back.
 logging.getLogger("psycopg.pool").setLevel(logging.CRITICAL)
 
+# A replica whose heartbeat (every lease / 3 s) is older than this many leases is gone: the
+# intents it left are resolved by another (PgJournal.scan). One lease is three missed beats.
+LIVENESS_LEASES = 1.0
+
 SCHEMA_VERSION = 2
 STORE_ROOT = Path("postgresql:")  # receipts and intents are named under it, never files
 RECEIPTS_ROOT = STORE_ROOT / "receipts"
@@ -308,8 +312,9 @@ class PgStateStore:
             self._versions[job] = version
             self._written[job] = state
 
-    def claim(self, keys: list[JobKey], lease_seconds: float) -> dict[JobKey, JobState]:
-        """Lease the jobs among `keys` no other replica holds; their current state (from the
+    def claim(self, keys: list[JobKey], lease_seconds: float, limit: int | None = None) -> dict[JobKey, JobState]:
+        """Lease the jobs among `keys` no other replica holds, at most `limit` of them (this
+        replica's share when several are due at once); their current state (from the
         database: another replica may have anchored them since this one last looked)."""
         names = [str(k) for k in keys]
         out: dict[JobKey, JobState] = {}
@@ -324,8 +329,8 @@ class PgStateStore:
                 "SELECT job, state, version FROM jobs WHERE job = ANY(%(jobs)s) AND (lease_owner IS NULL "
                 "OR lease_owner = %(me)s OR lease_until < now()) AND NOT EXISTS (SELECT 1 FROM intents i "
                 "WHERE i.owner <> %(me)s AND i.doc->'entries' @> jsonb_build_array(jsonb_build_object('job', jobs.job))) "
-                "FOR UPDATE OF jobs SKIP LOCKED",
-                {"jobs": names, "me": self.replica},
+                "FOR UPDATE OF jobs SKIP LOCKED LIMIT %(limit)s",
+                {"jobs": names, "me": self.replica, "limit": limit},
             ).fetchall()
             mine = [r[0] for r in rows]
             conn.execute(

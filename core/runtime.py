@@ -40,7 +40,7 @@ def open_store(cfg: Config, state_file: Path) -> Store:
         from core.pgstore import new_replica_id
 
         return postgres_store(
-            cfg.scheduler.store, env=os.environ, replica=new_replica_id(), liveness=cfg.scheduler.lease * 2
+            cfg.scheduler.store, env=os.environ, replica=new_replica_id(), lease=cfg.scheduler.lease
         )
     return file_store(Path(cfg.scheduler.data_dir), state_file)
 
@@ -176,7 +176,7 @@ class Runtime:
         replica = new_replica_id()
         try:
             store = postgres_store(
-                cfg.scheduler.store, env=os.environ, replica=replica, liveness=cfg.scheduler.lease * 2
+                cfg.scheduler.store, env=os.environ, replica=replica, lease=cfg.scheduler.lease
             )
         except AnchorError as exc:
             raise CannotStart(str(exc)) from exc

@@ -64,8 +64,8 @@ class JournalRepo(Protocol):
 class Claims(Protocol):
     """Leases on jobs, for schedulers that share a store (core/pgstore.py PgStateStore)."""
 
-    def claim(self, keys: list[JobKey], lease_seconds: float) -> dict[JobKey, JobState]:
-        """Lease the jobs no other replica holds; their current state. Blocking."""
+    def claim(self, keys: list[JobKey], lease_seconds: float, limit: int | None = None) -> dict[JobKey, JobState]:
+        """Lease the jobs no other replica holds (at most `limit`); their current state. Blocking."""
         ...
 
     def release(self, keys: list[JobKey]) -> None: ...
@@ -129,9 +129,10 @@ def file_store(data_dir: Path, state_file: Path) -> Store:
     )
 
 
-def postgres_store(url: str, *, env: Any, replica: str, liveness: float) -> Store:
+def postgres_store(url: str, *, env: Any, replica: str, lease: float) -> Store:
     """The PostgreSQL store on `url` (password from the environment, core/pgstore.py)."""
     from core.pgstore import (
+        LIVENESS_LEASES,
         Database,
         PgAudit,
         PgJournal,
@@ -147,7 +148,7 @@ def postgres_store(url: str, *, env: Any, replica: str, liveness: float) -> Stor
         kind="postgresql",
         display=db.display,
         state=state,
-        journal=PgJournal(db, replica, liveness=liveness),
+        journal=PgJournal(db, replica, liveness=lease * LIVENESS_LEASES),
         receipts=PgReceiptStore(db, replica),
         audit=PgAudit(db, replica),
         claims=state,

@@ -63,7 +63,7 @@ class Replica:
     def __init__(self, tmp: Path, name: str, url: str, clock: FakeClock) -> None:
         config = write_config(tmp, name)
         self.loaded = load_config(config, env={}, cwd=tmp)
-        self.store = postgres_store(url, env={"VMSH_STORE_PASSWORD": PASSWORD}, replica=name, liveness=20)
+        self.store = postgres_store(url, env={"VMSH_STORE_PASSWORD": PASSWORD}, replica=name, lease=10)
         self.runtime = Runtime(self.loaded, clock=clock, rng=random.Random(1), store=self.store)
         self.engine = self.runtime.engine
 
@@ -188,3 +188,28 @@ async def test_the_dashboards_verify_and_listing_read_receipts_from_the_store(tm
         assert (await control.verify(str(path))).outcome is VerifyOutcome.FAIL
     finally:
         await a.close()
+
+
+async def test_when_many_jobs_are_due_at_once_each_live_replica_takes_its_share(tmp_path: Path, migrated: str) -> None:
+    clock = FakeClock()
+    publish(tmp_path, 1)
+    a = Replica(tmp_path, "a", migrated, clock)
+    b = Replica(tmp_path, "b", migrated, clock)
+    try:
+        for replica in (a, b):
+            replica.engine.peers = 2  # what core/cluster.py sets from the registry
+        await a.engine.run_once()
+        with psycopg.connect(migrated, password=PASSWORD) as conn:
+            by_a = conn.execute("SELECT count(*) FROM receipts WHERE written_by = 'a'").fetchone()
+        assert by_a == (len(NAMESPACES) // 2,), "a left the other half to b"
+        await b.engine.run_once()
+        assert len(receipts_by_job(migrated)) == len(NAMESPACES)
+        # Alone, a replica takes everything it finds due.
+        a.engine.peers = 1
+        clock.advance(61)
+        publish(tmp_path, 2)
+        await a.engine.run_once()
+        assert all(len(roots) == 2 for roots in receipts_by_job(migrated).values())
+    finally:
+        await a.close()
+        await b.close()
