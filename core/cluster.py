@@ -100,7 +100,6 @@ class Cluster:
                 if self.store_problem is not None:
                     self.runtime.log.info("store reachable again", store=self.db.display)
                     self.store_problem = None
-                self.runtime.engine.peers = max(1, sum(1 for r in self._replicas if r.alive))
                 self._seen()
             except asyncio.CancelledError:
                 raise

@@ -22,6 +22,7 @@ Rules (docs/architecture.md has the why):
 from __future__ import annotations
 
 import asyncio
+import functools
 import heapq
 import itertools
 from collections.abc import Callable, Generator, Iterable, Sequence
@@ -170,7 +171,6 @@ class Scheduler:
         self.lease = lease
         self._open: dict[str, Intent] = {}  # intents opened or adopted here, not yet closed
         self._store_cursor: Any = None  # refresh_from_store's position in the store's changes
-        self.peers = 1  # live replicas sharing the store (core/cluster.py): a claim takes its share
         self._guard = target_guard or (lambda target: None)
         self._read_batch = read_batch
         self._concurrency = asyncio.Semaphore(max(1, concurrency))
@@ -553,17 +553,14 @@ class Scheduler:
         assert self._claims is not None
         forced = [item.spec.key for item in items if item.forced]
         due = [item.spec.key for item in items if not item.forced]
-        # When many jobs are due at once, each live replica takes its share (the rest are left
-        # to the others, or to this one's next pass): the work and its TSA calls are spread.
-        share = -(-len(due) // self.peers) if self.peers > 1 else None
         try:
             got = {}
             if forced:  # an operator asked for these here: never left to another replica
                 got.update(await self._write("claim", self._state_store.path, self._claims.claim, forced, self.lease))
-            if due:
-                got.update(
-                    await self._write("claim", self._state_store.path, self._claims.claim, due, self.lease, share)
-                )
+            if due:  # when many are due at once, this replica's share of them (the others
+                # take theirs, or this one its next pass): the work and its TSA calls spread
+                claim = functools.partial(self._claims.claim, spread=True)
+                got.update(await self._write("claim", self._state_store.path, claim, due, self.lease))
         except StorageError as exc:
             self._fail_owned(items, exc, owned, started)  # no lease, no anchor: backs off
             return []

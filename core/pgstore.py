@@ -246,9 +246,10 @@ def _state_of(doc: Any) -> JobState:
 class PgStateStore:
     """Job state rows with leases (the file store's StateStore, per row)."""
 
-    def __init__(self, db: Database, replica: str) -> None:
+    def __init__(self, db: Database, replica: str, *, liveness: float = 30.0) -> None:
         self.db = db
         self.replica = replica
+        self.liveness = liveness  # a registry row older than this is a replica gone
         self.path = STORE_ROOT / "jobs"
         self._versions: dict[str, int] = {}
         self._written: dict[str, dict[str, Any]] = {}
@@ -312,13 +313,22 @@ class PgStateStore:
             self._versions[job] = version
             self._written[job] = state
 
-    def claim(self, keys: list[JobKey], lease_seconds: float, limit: int | None = None) -> dict[JobKey, JobState]:
-        """Lease the jobs among `keys` no other replica holds, at most `limit` of them (this
-        replica's share when several are due at once); their current state (from the
-        database: another replica may have anchored them since this one last looked)."""
+    def claim(self, keys: list[JobKey], lease_seconds: float, *, spread: bool = False) -> dict[JobKey, JobState]:
+        """Lease the jobs among `keys` no other replica holds; their current state (from the
+        database: another replica may have anchored them since this one last looked).
+        `spread`: at most this replica's share, len(keys) / the live replicas (the registry,
+        read in the same transaction), so that jobs due at once are spread over them."""
         names = [str(k) for k in keys]
         out: dict[JobKey, JobState] = {}
+        limit: int | None = None
         with self.db.tx() as conn:
+            if spread:
+                row = conn.execute(
+                    "SELECT count(*) FROM replicas WHERE heartbeat_at > now() - make_interval(secs => %s)",
+                    (self.liveness,),
+                ).fetchone()
+                alive = max(1, int(row[0]) if row else 1)
+                limit = -(-len(names) // alive) if alive > 1 else None
             conn.execute(
                 "INSERT INTO jobs (job) SELECT unnest(%s::text[]) ON CONFLICT (job) DO NOTHING", (names,)
             )

@@ -64,8 +64,9 @@ class JournalRepo(Protocol):
 class Claims(Protocol):
     """Leases on jobs, for schedulers that share a store (core/pgstore.py PgStateStore)."""
 
-    def claim(self, keys: list[JobKey], lease_seconds: float, limit: int | None = None) -> dict[JobKey, JobState]:
-        """Lease the jobs no other replica holds (at most `limit`); their current state. Blocking."""
+    def claim(self, keys: list[JobKey], lease_seconds: float, *, spread: bool = False) -> dict[JobKey, JobState]:
+        """Lease the jobs no other replica holds (`spread`: at most this replica's share);
+        their current state. Blocking."""
         ...
 
     def release(self, keys: list[JobKey]) -> None: ...
@@ -143,7 +144,7 @@ def postgres_store(url: str, *, env: Any, replica: str, lease: float) -> Store:
     )
 
     db = Database(url, password=store_password(env))
-    state = PgStateStore(db, replica)
+    state = PgStateStore(db, replica, liveness=lease * LIVENESS_LEASES)
     return Store(
         kind="postgresql",
         display=db.display,

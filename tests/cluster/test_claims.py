@@ -196,8 +196,16 @@ async def test_when_many_jobs_are_due_at_once_each_live_replica_takes_its_share(
     a = Replica(tmp_path, "a", migrated, clock)
     b = Replica(tmp_path, "b", migrated, clock)
     try:
-        for replica in (a, b):
-            replica.engine.peers = 2  # what core/cluster.py sets from the registry
+        def registry(*names: str) -> None:  # the replica rows core/cluster.py's heartbeat keeps
+            with psycopg.connect(migrated, password=PASSWORD) as conn:
+                conn.execute("DELETE FROM replicas")
+                for name in names:
+                    conn.execute(
+                        "INSERT INTO replicas (id, host, pid, version, config_hash, started_at, heartbeat_at) "
+                        "VALUES (%s, 'h', 1, 'v', 'c', now(), now())", (name,),
+                    )
+
+        registry("a", "b")
         await a.engine.run_once()
         with psycopg.connect(migrated, password=PASSWORD) as conn:
             by_a = conn.execute("SELECT count(*) FROM receipts WHERE written_by = 'a'").fetchone()
@@ -205,7 +213,7 @@ async def test_when_many_jobs_are_due_at_once_each_live_replica_takes_its_share(
         await b.engine.run_once()
         assert len(receipts_by_job(migrated)) == len(NAMESPACES)
         # Alone, a replica takes everything it finds due.
-        a.engine.peers = 1
+        registry("a")
         clock.advance(61)
         publish(tmp_path, 2)
         await a.engine.run_once()
