@@ -701,6 +701,9 @@ class Scheduler:
                 self._hold(held, pairs, exc, owned, started)
                 return
             held.durable = True
+        if self._claims is not None:
+            await self._commit_in_store(held, pairs, proofs, owned, started, recovered=recovered)
+            return
         anchored_root = "sha256:" + intent.digest
         now = self.clock.now()
         done = 0
@@ -743,6 +746,45 @@ class Scheduler:
         if not any(h is held for h in self._held.values()):
             self._closing.append(intent)
         self._request_save()
+        self._wake.set()
+
+    async def _commit_in_store(
+        self,
+        held: _Held,
+        pairs: list[tuple[int, _Due]],
+        proofs: list[list[bytes]],
+        owned: set[JobKey],
+        started: float,
+        *,
+        recovered: bool,
+    ) -> None:
+        """Shared store: the receipts, the jobs' new states, the release of their leases and
+        the intent's removal in one transaction. It fails as a whole (the jobs are held with
+        the attestation, as a failed receipt write holds them), so another replica never finds
+        receipts whose state or intent it cannot account for."""
+        assert self._claims is not None
+        intent, attestation = held.intent, held.attestation
+        now = self.clock.now()
+        receipts = [self._receipt(intent, item, index, proofs, attestation, now) for index, item in pairs]
+        states = [
+            _succeeded(self._state.get(item.spec.key, JobState()), item.batch.root, None, now).to_dict()
+            for _, item in pairs
+        ]
+        try:
+            paths = await self._write(
+                "receipt", self._receipts.root, self._claims.commit, receipts, states, intent.id
+            )
+        except StorageError as exc:
+            self._hold(held, pairs, exc, owned, started)
+            self._request_save()
+            return
+        intent.closed = True
+        self._open.pop(intent.id, None)
+        duration = 0.0 if recovered else now - started
+        for (_, item), path in zip(pairs, paths, strict=True):
+            self._held.pop(item.spec.key, None)
+            owned.discard(item.spec.key)
+            self._succeed(item.spec, item.batch, path, now, duration, attestation.status)
         self._wake.set()
 
     def _hold(
@@ -878,19 +920,7 @@ class Scheduler:
     ) -> None:
         key = spec.key
         previous = self._state.get(key, JobState())
-        self._state[key] = replace(
-            previous,
-            last_anchored_at=now,
-            last_root=batch.root,
-            failures=0,
-            backoff_level=0,
-            next_attempt=None,
-            last_error_kind=None,
-            last_error=None,
-            last_receipt=str(path),
-            last_attempt_at=now,
-            current_at=now,
-        )
+        self._state[key] = _succeeded(previous, batch.root, path, now)
         self._in_flight.discard(key)
         self._storage_failing.pop(key, None)
         self.bus.publish(
@@ -1283,6 +1313,23 @@ class Scheduler:
             due_at=due_at,
             now=now,
         )
+
+
+def _succeeded(previous: JobState, root: str, receipt: Path | None, now: float) -> JobState:
+    """A job's state once `root` is anchored at `now` with its receipt at `receipt`."""
+    return replace(
+        previous,
+        last_anchored_at=now,
+        last_root=root,
+        failures=0,
+        backoff_level=0,
+        next_attempt=None,
+        last_error_kind=None,
+        last_error=None,
+        last_receipt=None if receipt is None else str(receipt),
+        last_attempt_at=now,
+        current_at=now,
+    )
 
 
 def _not_after(state: JobState, now: float) -> JobState:

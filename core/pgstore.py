@@ -354,6 +354,31 @@ class PgStateStore:
             out[JobKey.parse(job)] = _state_of(state)
         return out
 
+    def commit(self, receipts: list[Receipt], states: list[dict[str, Any]], intent_id: str) -> list[Path]:
+        """Receipts, the jobs' states and the release of their leases, and the intent's
+        removal, in one transaction (core/engine.py `_commit_in_store`). A job's state is
+        written while this replica holds its lease (the only writer then)."""
+        written: list[tuple[str, dict[str, Any], int]] = []
+        with self.db.tx() as conn:
+            paths = _insert_receipts(conn, receipts, self.replica)
+            for receipt, state, path in zip(receipts, states, paths, strict=True):
+                job = f"{receipt.namespace}/{receipt.cadence}"
+                state = {**state, "last_receipt": str(path)}
+                row = conn.execute(
+                    "UPDATE jobs SET state = %s, version = version + 1, updated_at = clock_timestamp(), "
+                    "lease_owner = NULL, lease_until = NULL WHERE job = %s AND lease_owner = %s RETURNING version",
+                    (Jsonb(state), job, self.replica),
+                ).fetchone()
+                if row is None:
+                    self.conflicts += 1  # its lease ran out and another replica took it: its state wins
+                    continue
+                written.append((job, state, int(row[0])))
+            conn.execute("DELETE FROM intents WHERE id = %s", (intent_id,))
+        for job, state, version in written:
+            self._versions[job] = version
+            self._written[job] = state
+        return paths
+
     def release(self, keys: list[JobKey]) -> None:
         with self.db.tx() as conn:
             conn.execute(
@@ -532,6 +557,29 @@ class PgJournal:
 # --------------------------------------------------------------------------- receipts
 
 
+def _insert_receipts(conn: psycopg.Connection[Any], receipts: list[Receipt], replica: str) -> list[Path]:
+    """Insert receipts under their file names (a taken name gets -2, -3, ...); their names."""
+    paths: list[Path] = []
+    for receipt in receipts:
+        name = ReceiptStore.file_name(receipt)
+        stem = name.removesuffix(".json")
+        doc = Jsonb(receipt.to_json())
+        for n in range(1, 1000):
+            candidate = name if n == 1 else f"{stem}-{n}.json"
+            row = conn.execute(
+                "INSERT INTO receipts (namespace, name, cadence, pending, anchored_root, batch_root, doc, written_by) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING RETURNING name",
+                (receipt.namespace, candidate, safe_name(receipt.cadence), receipt.status == "pending",
+                 receipt.anchored_root, receipt.batch.root, doc, replica),
+            ).fetchone()
+            if row is not None:
+                paths.append(PgReceiptStore.ref(receipt.namespace, candidate))
+                break
+        else:  # pragma: no cover - 999 receipts of one job in one millisecond
+            raise StorageError("receipt", str(PgReceiptStore.ref(receipt.namespace, name)), OSError("no free name"))
+    return paths
+
+
 class PgReceiptStore(ReceiptStore):
     """Receipts as rows: the same documents, named `postgresql:receipts/<ns>/<name>`."""
 
@@ -541,7 +589,7 @@ class PgReceiptStore(ReceiptStore):
         self.replica = replica
 
     @staticmethod
-    def _ref(namespace: str, name: str) -> Path:
+    def ref(namespace: str, name: str) -> Path:
         return RECEIPTS_ROOT / safe_name(namespace) / name
 
     @staticmethod
@@ -552,26 +600,8 @@ class PgReceiptStore(ReceiptStore):
         return ReceiptStore.namespace_of(p), p.name
 
     def write_many(self, receipts: list[Receipt]) -> list[Path | Exception]:
-        results: list[Path | Exception] = []
         with self.db.tx() as conn:
-            for receipt in receipts:
-                name = self.file_name(receipt)
-                stem = name.removesuffix(".json")
-                doc = receipt.to_json()
-                for n in range(1, 1000):
-                    candidate = name if n == 1 else f"{stem}-{n}.json"
-                    row = conn.execute(
-                        "INSERT INTO receipts (namespace, name, cadence, pending, anchored_root, batch_root, doc, written_by) "
-                        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING RETURNING name",
-                        (receipt.namespace, candidate, safe_name(receipt.cadence), receipt.status == "pending",
-                         receipt.anchored_root, receipt.batch.root, Jsonb(doc), self.replica),
-                    ).fetchone()
-                    if row is not None:
-                        results.append(self._ref(receipt.namespace, candidate))
-                        break
-                else:  # pragma: no cover - 999 receipts of one job in one millisecond
-                    results.append(StorageError("receipt", str(self._ref(receipt.namespace, name)), OSError("no free name")))
-        return results
+            return list(_insert_receipts(conn, receipts, self.replica))
 
     def load(self, path: str | os.PathLike[str]) -> Receipt:
         namespace, name = self._key(path)
@@ -603,7 +633,7 @@ class PgReceiptStore(ReceiptStore):
     def _listing(self, rows: list[tuple[str, str, Any]]) -> Listing:
         out: Listing = []
         for namespace, name, doc in rows:
-            path = self._ref(namespace, name)
+            path = self.ref(namespace, name)
             try:
                 out.append((path, Receipt.from_json(doc)))
             except ReceiptError as exc:
@@ -635,7 +665,7 @@ class PgReceiptStore(ReceiptStore):
     def all_paths(self) -> list[Path]:
         with self.db.tx() as conn:
             rows = conn.execute("SELECT namespace, name FROM receipts ORDER BY name").fetchall()
-        return [self._ref(ns, name) for ns, name in rows]
+        return [self.ref(ns, name) for ns, name in rows]
 
     def iter_documents(self, batch: int = 1000) -> Iterator[tuple[str, str, dict[str, Any]]]:
         """(namespace, name, document) of every receipt, in pages (export)."""

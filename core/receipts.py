@@ -472,7 +472,8 @@ class ReceiptStore:
 
     # ---- writing
 
-    def file_name(self, receipt: Receipt) -> str:
+    @staticmethod
+    def file_name(receipt: Receipt) -> str:
         at = parse_iso_utc(receipt.anchored_at)
         stamp = at.strftime("%Y%m%dT%H%M%S") + f"{at.microsecond // 1000:03d}Z"
         root_hex = receipt.batch.root.removeprefix("sha256:")[:12]

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from core.jobs import JobKey
-from core.receipts import ReceiptStore
+from core.receipts import Receipt, ReceiptStore
 from core.state import Intent, IntentJournal, JobState, StateStore
 
 if TYPE_CHECKING:
@@ -72,6 +72,11 @@ class Claims(Protocol):
     def release(self, keys: list[JobKey]) -> None: ...
 
     def renew(self, keys: list[JobKey], lease_seconds: float) -> int: ...
+
+    def commit(self, receipts: list[Receipt], states: list[dict[str, Any]], intent_id: str) -> list[Path]:
+        """One transaction: the receipts, each job's state (its `last_receipt` set to the
+        receipt's name), the jobs' leases released, the intent removed. Their names."""
+        ...
 
     def changed_since(self, cursor: Any) -> tuple[dict[JobKey, JobState], Any]: ...
 

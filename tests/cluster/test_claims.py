@@ -221,3 +221,42 @@ async def test_when_many_jobs_are_due_at_once_each_live_replica_takes_its_share(
     finally:
         await a.close()
         await b.close()
+
+
+async def test_receipts_state_lease_release_and_intent_removal_commit_together(tmp_path: Path, migrated: str) -> None:
+    """A failure inside the commit (here a trigger refusing the intent's removal, standing in
+    for a database that goes away mid-transaction) leaves no receipt, the state as it was,
+    the lease held and the intent with its attestation: nothing another replica could take
+    for done. Once the commit works, the kept attestation becomes the receipts."""
+    clock = FakeClock()
+    jobs = NAMESPACES[:4]
+    publish(tmp_path, 1, jobs)
+    a = Replica(tmp_path, "a", migrated, clock)
+
+    def sql(statement: str) -> list[tuple]:
+        with psycopg.connect(migrated, password=PASSWORD) as conn:
+            cur = conn.execute(statement)  # type: ignore[call-overload]
+            return cur.fetchall() if cur.description else []
+
+    sql("CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+        "RAISE EXCEPTION 'refused for the test'; END $$")
+    sql("CREATE TRIGGER refuse BEFORE DELETE ON intents FOR EACH ROW EXECUTE FUNCTION refuse()")
+    try:
+        await a.engine.run_once()
+        assert sql("SELECT count(*) FROM receipts") == [(0,)]
+        rows = sql("SELECT job, state->>'last_root', lease_owner FROM jobs WHERE state->>'last_root' IS NOT NULL "
+                   "OR lease_owner IS NOT NULL ORDER BY job")
+        assert [(job, owner) for job, _, owner in rows] == [(f"{ns}/fast", "a") for ns in jobs]
+        assert all(last_root is None for _, last_root, _ in rows)
+        intents = sql("SELECT doc->'attestation' IS NOT NULL AND doc->'attestation' <> 'null' FROM intents")
+        assert intents == [(True,)]
+
+        sql("DROP TRIGGER refuse ON intents")
+        clock.advance(120)  # past the storage backoff: the held jobs are due again
+        await a.engine.run_once()
+        assert sorted(receipts_by_job(migrated)) == [(ns, "fast") for ns in jobs]
+        assert sql("SELECT count(*) FROM intents") == [(0,)]
+        assert sql("SELECT count(*) FROM jobs WHERE lease_owner IS NOT NULL") == [(0,)]
+        assert sql("SELECT count(DISTINCT anchored_root) FROM receipts") == [(1,)]  # the kept attestation
+    finally:
+        await a.close()
