@@ -235,7 +235,7 @@ async def test_receipts_state_lease_release_and_intent_removal_commit_together(t
 
     def sql(statement: str) -> list[tuple]:
         with psycopg.connect(migrated, password=PASSWORD) as conn:
-            cur = conn.execute(statement)  # type: ignore[call-overload]
+            cur = conn.execute(statement)
             return cur.fetchall() if cur.description else []
 
     sql("CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
