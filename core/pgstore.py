@@ -43,7 +43,7 @@ from psycopg_pool import ConnectionPool
 from core.errors import NetworkError, StorageError, ValidationError
 from core.jobs import JobKey, safe_name
 from core.receipts import Listing, Receipt, ReceiptError, ReceiptInvalid, ReceiptStore
-from core.state import Intent, JobState, StateError, new_intent_id
+from core.state import Intent, JobState, StateError, new_intent
 
 # The pool's own reconnection messages would go to stderr on every attempt while the
 # database is down; the scheduler says it once (core/cluster.py), and again when it is back.
@@ -475,17 +475,8 @@ class PgJournal:
     def open(
         self, target: str, entries: list[dict[str, Any]], digest_hex: str, at: float, tree_size: int | None = None
     ) -> Intent:
-        digest_hex = digest_hex.lower().removeprefix("sha256:")
-        if len(digest_hex) != 64 or any(c not in "0123456789abcdef" for c in digest_hex):
-            raise ValueError(f"digest must be 64 hex digits, got {digest_hex!r}")
-        if not entries:
-            raise ValueError("an intent needs at least one entry")
-        intent_id = new_intent_id(at)
-        base = Intent(
-            id=intent_id, target=target, digest=digest_hex, entries=[dict(e) for e in entries],
-            tree_size=len(entries) if tree_size is None else tree_size, opened_at=at,
-            path=INTENTS_ROOT / intent_id,
-        )
+        base = new_intent(target, entries, digest_hex, at, tree_size)
+        base.path = INTENTS_ROOT / base.id
         intent = _pg_intent(self.db, self.replica, base)
         intent._write()
         return intent

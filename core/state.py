@@ -362,6 +362,26 @@ def new_intent_id(at: float) -> str:
     return f"{int(at * 1000):013d}-{secrets.token_hex(4)}"
 
 
+def new_intent(
+    target: str, entries: list[dict[str, Any]], digest_hex: str, at: float, tree_size: int | None = None
+) -> Intent:
+    """A new intent (not written yet: its journal names and writes it); ValueError if the
+    digest is not 64 hex digits or there are no entries."""
+    digest_hex = digest_hex.lower().removeprefix("sha256:")
+    if len(digest_hex) != 64 or any(c not in "0123456789abcdef" for c in digest_hex):
+        raise ValueError(f"digest must be 64 hex digits, got {digest_hex!r}")
+    if not entries:
+        raise ValueError("an intent needs at least one entry")
+    return Intent(
+        id=new_intent_id(at),
+        target=target,
+        digest=digest_hex,
+        entries=[dict(e) for e in entries],
+        tree_size=len(entries) if tree_size is None else tree_size,
+        opened_at=at,
+    )
+
+
 @dataclass(eq=False)
 class Intent:
     """One backend call in progress. Every mutator rewrites the file durably before returning.
@@ -548,21 +568,8 @@ class IntentJournal:
         tree_size: int | None = None,
     ) -> Intent:
         """Write a new intent durably and return it; call before the backend call."""
-        digest_hex = digest_hex.lower().removeprefix("sha256:")
-        if len(digest_hex) != 64 or any(c not in "0123456789abcdef" for c in digest_hex):
-            raise ValueError(f"digest must be 64 hex digits, got {digest_hex!r}")
-        if not entries:
-            raise ValueError("an intent needs at least one entry")
-        intent_id = new_intent_id(at)
-        intent = Intent(
-            id=intent_id,
-            target=target,
-            digest=digest_hex,
-            entries=[dict(e) for e in entries],
-            tree_size=len(entries) if tree_size is None else tree_size,
-            opened_at=at,
-            path=self.folder / f"{intent_id}{self.SUFFIX}",
-        )
+        intent = new_intent(target, entries, digest_hex, at, tree_size)
+        intent.path = self.folder / f"{intent.id}{self.SUFFIX}"
         intent._write()
         return intent
 

@@ -44,8 +44,8 @@ def require_postgres() -> None:
     pytest.skip(reason)
 
 
-@pytest.fixture(scope="session")
-def postgres_server() -> Iterator[PostgresServer]:
+def running_server() -> Iterator[PostgresServer]:
+    """A PostgreSQL of its own, started, and removed afterwards (a fixture's body)."""
     require_postgres()
     server = PostgresServer(new_base_dir())
     try:
@@ -53,6 +53,11 @@ def postgres_server() -> Iterator[PostgresServer]:
         yield server
     finally:
         server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    yield from running_server()
 
 
 def database_name(test_name: str) -> str:

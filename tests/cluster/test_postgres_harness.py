@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from tests.cluster.conftest import database_name, new_base_dir, require_postgres
+from tests.cluster.conftest import database_name, new_base_dir, require_postgres, running_server
 from tests.cluster.postgres import PASSWORD, PostgresError, PostgresServer
 
 
@@ -24,13 +24,7 @@ def no_ambient_password(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture(scope="module")
 def own_server() -> Iterator[PostgresServer]:
-    require_postgres()
-    server = PostgresServer(new_base_dir())
-    try:
-        server.start()
-        yield server
-    finally:
-        server.cleanup()
+    yield from running_server()
 
 
 def rows(url: str) -> list[tuple[int, str]]:
