@@ -54,7 +54,7 @@ from core.receipts import Receipt, ReceiptStore, build_receipt
 from core.sources import Batch, latest_batch, prefetch
 from core.state import Intent, JobState
 from core.status import JobStatus, job_status
-from core.store import Claims, JournalRepo, StateRepo
+from core.store import Claims, JournalRepo, StateRepo, Superseded
 from core.writer import DiskWriter
 
 _T = TypeVar("_T")
@@ -771,10 +771,12 @@ class Scheduler:
             for _, item in pairs
         ]
         try:
-            paths = await self._write(
-                "receipt", self._receipts.root, self._claims.commit, receipts, states, intent.id
-            )
+            paths = await self._writer.run("receipt", self._receipts.root, self._claims.commit, receipts, states, intent.id)
         except StorageError as exc:
+            if isinstance(exc.__cause__, Superseded):
+                self._superseded(held, pairs, owned, str(exc.__cause__))
+                return
+            self._storage_failed(exc)
             self._hold(held, pairs, exc, owned, started)
             self._request_save()
             return
@@ -785,6 +787,28 @@ class Scheduler:
             self._held.pop(item.spec.key, None)
             owned.discard(item.spec.key)
             self._succeed(item.spec, item.batch, path, now, duration, attestation.status)
+        self._wake.set()
+
+    def _superseded(self, held: _Held, pairs: list[tuple[int, _Due]], owned: set[JobKey], why: str) -> None:
+        """Another replica took this anchor over while this one was unresponsive: its outcome
+        is theirs to write. This attestation is dropped (never a second receipt) and the
+        jobs go back to the schedule, with the store's state at the next claim."""
+        self.log.warning(
+            "anchor taken over by another replica (this one went a lease without a heartbeat); "
+            "its attestation is not used", intent=held.intent.id, target=held.intent.target,
+            jobs=len(pairs), reason=why,
+        )
+        held.intent.closed = True
+        self._open.pop(held.intent.id, None)
+        for _, item in pairs:
+            key = item.spec.key
+            self._held.pop(key, None)
+            if key in owned:
+                owned.discard(key)
+                self._in_flight.discard(key)
+                self._since.pop(key, None)
+                if key in self._specs:
+                    self._schedule(key, self.clock.now() + min(self.tick, self.lease / 3))
         self._wake.set()
 
     def _hold(

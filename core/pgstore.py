@@ -44,6 +44,7 @@ from core.errors import NetworkError, StorageError, ValidationError
 from core.jobs import JobKey, safe_name
 from core.receipts import Listing, Receipt, ReceiptError, ReceiptInvalid, ReceiptStore
 from core.state import Intent, JobState, StateError, new_intent
+from core.store import Superseded
 
 # The pool's own reconnection messages would go to stderr on every attempt while the
 # database is down; the scheduler says it once (core/cluster.py), and again when it is back.
@@ -360,6 +361,11 @@ class PgStateStore:
         written while this replica holds its lease (the only writer then)."""
         written: list[tuple[str, dict[str, Any], int]] = []
         with self.db.tx() as conn:
+            owner = conn.execute("SELECT owner FROM intents WHERE id = %s FOR UPDATE", (intent_id,)).fetchone()
+            if owner is None or owner[0] != self.replica:
+                raise Superseded(
+                    f"intent {intent_id} was taken over by {owner[0] if owner else 'another replica, and resolved'}"
+                )
             paths = _insert_receipts(conn, receipts, self.replica)
             for receipt, state, path in zip(receipts, states, paths, strict=True):
                 job = f"{receipt.namespace}/{receipt.cadence}"

@@ -29,6 +29,12 @@ if TYPE_CHECKING:
     from core.pgstore import Database
 
 
+class Superseded(Exception):
+    """A shared store's intent is no longer this replica's: another took it over (this one
+    went a lease without a heartbeat, so it counted as gone) and resolves it. Committing as
+    well would write a second receipt for the same roots."""
+
+
 class StateRepo(Protocol):
     path: Path
 

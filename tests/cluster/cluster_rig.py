@@ -150,6 +150,20 @@ class ClusterRig:
             seen[(ns, cadence, batch_root)] = seen.get((ns, cadence, batch_root), 0) + 1
         return [k for k, n in seen.items() if n > 1]
 
+    def explain_doubles(self) -> str:
+        """For a failure message: each double's receipts (writer, name, tree) and log lines."""
+        out = []
+        with psycopg.connect(self.url, password=PASSWORD) as conn:
+            for ns, cadence, batch_root in self.doubles():
+                rows = conn.execute(
+                    "SELECT written_by, name, anchored_root FROM receipts WHERE namespace = %s AND cadence = %s "
+                    "AND batch_root = %s", (ns, cadence, batch_root),
+                ).fetchall()
+                out.append(f"{ns}/{cadence} {batch_root[:19]}: {rows}")
+                out += [line[:400] for line in self.logs().splitlines() if f'{ns}/' in line or "taken over" in line
+                        or "taking over" in line][-30:]
+        return "\n".join(out)
+
     def anchored_latest(self) -> set[str]:
         """The namespaces whose latest published root has a receipt."""
         have = {(ns, batch_root) for ns, _, batch_root, _ in self.receipts()}

@@ -260,3 +260,37 @@ async def test_receipts_state_lease_release_and_intent_removal_commit_together(t
         assert sql("SELECT count(DISTINCT anchored_root) FROM receipts") == [(1,)]  # the kept attestation
     finally:
         await a.close()
+
+
+async def test_an_anchor_taken_over_while_its_replica_was_unresponsive_gets_one_receipt(
+    tmp_path: Path, migrated: str
+) -> None:
+    """Replica a goes a lease without a heartbeat mid-anchor (a stall, not a crash); b takes
+    its intent over (PgJournal.scan: owner = b), as it must for a dead replica. When a wakes
+    up with its attestation it must not commit too: one receipt per job and root, b's."""
+    clock = FakeClock()
+    jobs = NAMESPACES[:3]
+    publish(tmp_path, 1, jobs)
+    a = Replica(tmp_path, "a", migrated, clock)
+    b = Replica(tmp_path, "b", migrated, clock)
+    backend = a.runtime.backends("local:dev")
+    anchor = backend.anchor
+
+    async def stalled_anchor(*args, **kwargs):
+        attestation = await anchor(*args, **kwargs)
+        with psycopg.connect(migrated, password=PASSWORD) as conn:  # meanwhile, b adopts
+            conn.execute("UPDATE intents SET owner = 'b'")
+        return attestation
+
+    backend.anchor = stalled_anchor
+    try:
+        await a.engine.run_once()
+        assert receipts_by_job(migrated) == {}, "the replica that lost its intent committed anyway"
+        assert await b.engine.adopt_orphans() == 1
+        got = receipts_by_job(migrated)
+        assert sorted(got) == [(ns, "fast") for ns in jobs] and all(len(r) == 1 for r in got.values())
+        with psycopg.connect(migrated, password=PASSWORD) as conn:
+            assert conn.execute("SELECT DISTINCT written_by FROM receipts").fetchall() == [("b",)]
+    finally:
+        await a.close()
+        await b.close()

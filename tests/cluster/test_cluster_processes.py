@@ -131,7 +131,7 @@ def test_kill_9_one_replica_every_10_s_for_2_minutes_loses_nothing_and_doubles_n
     finally:
         rig.stop_all()
     assert killed >= 11
-    assert rig.doubles() == [], "a root anchored twice for one job"
+    assert rig.doubles() == [], f"a root anchored twice for one job:\n{rig.explain_doubles()}"
     assert lost(rig, settled_after=20) == [], "a root that was due has no receipt"
 
 

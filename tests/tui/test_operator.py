@@ -41,9 +41,11 @@ async def test_tab_and_shift_tab_switch_panes_at_80x24(world: World) -> None:
         await pilot.press("tab", "tab")
         assert "4 Logs" in screen_text(app)
         await pilot.press("tab")
+        assert "5 Replicas" in screen_text(app)
+        await pilot.press("tab")
         assert "1 Namespaces" in screen_text(app)
         await pilot.press("shift+tab")
-        assert "4 Logs" in screen_text(app)
+        assert "5 Replicas" in screen_text(app)
 
 
 async def test_readonly_hides_force_reload_pause_and_says_read_only_when_pressed(world: World) -> None:

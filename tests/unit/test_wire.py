@@ -102,6 +102,7 @@ EVENTS = [
     ev.ConfigRejected(6.0, ("config.yaml:3: bad",)),
     ev.Paused(7.0, True),
     ev.ControlCommand(7.5, "force", 1000, "alice", {"job": "a/fast"}, 200),
+    ev.ReplicasSeen(7.8, 2, True),
     ev.TickCompleted(8.0, 0.01, 3),
     ev.LogRecord(9.0, "info", "anchored", {"job": "a/b", "n": 2, "nested": {"x": [1, None]}}),
 ]
