@@ -464,10 +464,12 @@ class Scheduler:
                 self._take(key, now, forced=True, into=due)
         if not self.paused:
             heap = self._heap
+            taken: set[JobKey] = set()  # a job rescheduled at the same time has two entries
             while heap and heap[0][0] <= now:
                 when, _, key = heapq.heappop(heap)
-                if self._due.get(key) != when or key in self._in_flight or key in forced:
+                if self._due.get(key) != when or key in self._in_flight or key in forced or key in taken:
                     continue
+                taken.add(key)
                 # A reload between slices may have removed it (apply drops its due time,
                 # so the check above skips it) or made it in flight (a forced anchor).
                 self._take(key, now, forced=False, into=due)
@@ -1197,6 +1199,12 @@ class Scheduler:
         for intent in intents:
             self._open[intent.id] = intent
         for intent in intents:
+            # Its jobs are in flight while it is resolved: a pass meanwhile (a replica takes
+            # intents over while it runs) must not anchor them a second time.
+            keys = [k for k in intent.jobs if k in self._specs and k not in self._in_flight]
+            for key in keys:
+                self._in_flight.add(key)
+                self._due.pop(key, None)
             try:
                 await self._resolve(intent)
             except asyncio.CancelledError:
@@ -1204,6 +1212,8 @@ class Scheduler:
             except Exception as exc:
                 await self._quarantine(intent, exc)
                 self._open.pop(intent.id, None)
+            finally:
+                self._release(set(keys))
         await self._save()
 
     def _scan(self) -> tuple[list[Path], tuple[list[Intent], list[str]]]:

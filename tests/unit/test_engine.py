@@ -382,6 +382,19 @@ async def test_crash_before_the_answer_makes_the_jobs_due_again(tmp_path):
     assert len(h.backend.calls) == 1 and len(h.of(ReceiptWritten)) == 1
 
 
+async def test_a_job_queued_again_twice_at_one_instant_is_anchored_once(tmp_path):
+    """Two requeues (two reorg reports) at the same instant leave two entries with one due
+    time in the schedule: the pass takes the job once, one backend call, one receipt."""
+    h = Harness(tmp_path, {"a": 1})
+    s = h.scheduler()
+    await s.run_once()
+    key = JobKey("a", "fast")
+    s.requeue(key, "first report")
+    s.requeue(key, "second report")
+    await s.run_once()
+    assert len(h.backend.calls) == 2 and len(h.of(ReceiptWritten)) == 2
+
+
 # ----- wall-clock steps: cadence and staleness run on monotonic time --------------------------
 
 
