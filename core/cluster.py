@@ -99,7 +99,7 @@ class Cluster:
                 await engine.adopt_orphans()
                 if self.store_problem is not None:
                     self.runtime.log.info("store reachable again", store=self.db.display)
-                    self.store_problem = None
+                    self.store_problem = self.db.unreachable = None
                 self._seen()
             except asyncio.CancelledError:
                 raise
@@ -117,7 +117,7 @@ class Cluster:
                 "store unreachable: not ready, anchoring nothing until it is back", store=self.db.display,
                 error=problem,
             )
-        self.store_problem = problem
+        self.store_problem = self.db.unreachable = problem
         self._seen()
 
     def _seen(self) -> None:

@@ -24,6 +24,7 @@ never pending) are left alone.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -70,18 +71,22 @@ class ConfirmationTracker:
         required), and need not wait for the next round to be confirmed."""
         unsubscribe = self.bus.subscribe(self._on_event)
         next_round = self.clock.now()
+        failing: str | None = None  # the error of the last round, said once until it changes
         try:
             while not self._stopping:
                 self._wake.clear()  # before the check: a receipt written during it wakes the next
                 written, self._written = self._written, set()
                 try:
                     if self.clock.now() >= next_round:
+                        next_round = self.clock.now() + self.interval  # also after a failed round
                         await self.check_once()
-                        next_round = self.clock.now() + self.interval
                     elif written:
                         await self.check_once(written)
+                    failing = None
                 except Exception as exc:  # a broken round must not end tracking
-                    self.log.error("confirmation check failed", error=describe(exc))
+                    if describe(exc) != failing:
+                        failing = describe(exc)
+                        self.log.error("confirmation check failed", error=failing)
                 if self._stopping:
                     break
                 await self.clock.sleep_until(next_round, self._wake)
@@ -102,7 +107,11 @@ class ConfirmationTracker:
         confirmed, waiting, dropped, errors."""
         counts = {"confirmed": 0, "waiting": 0, "dropped": 0, "errors": 0}
         depths: dict[tuple[str, str], int | None | BaseException] = {}
-        for path, receipt in self.receipts.pending() if paths is None else _pending_of(self.receipts, paths):
+        # Off the loop: a database store's reads wait on the network.
+        pending = await asyncio.to_thread(
+            self.receipts.pending if paths is None else functools.partial(_pending_of, self.receipts, list(paths))
+        )
+        for path, receipt in pending:
             if path in self._dropped:
                 continue
             target = receipt.target
@@ -134,7 +143,7 @@ class ConfirmationTracker:
             if depth < required:
                 counts["waiting"] += 1
                 continue
-            self.receipts.confirm(path, depth)
+            await asyncio.to_thread(self.receipts.confirm, path, depth)
             counts["confirmed"] += 1
             self.bus.publish(
                 ReceiptConfirmed(at=self.clock.now(), job=job, target=target, path=str(path))

@@ -110,6 +110,7 @@ MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
 )
 
 NOTIFY_CHANNEL = "vmsh_cluster"
+QUICK_SECONDS = 0.5  # the longest a read on the event loop waits for a connection
 
 
 class StoreUnavailable(NetworkError):
@@ -161,6 +162,9 @@ class Database:
         )
         self._opened = False
         self._lock = threading.Lock()
+        # Why the database cannot be reached, as the cluster's heartbeat last found (None:
+        # it answered). Reads made on the event loop (listings) fail at once meanwhile.
+        self.unreachable: str | None = None
 
     def _open(self) -> None:
         with self._lock:
@@ -169,11 +173,15 @@ class Database:
                 self._opened = True
 
     @contextmanager
-    def tx(self) -> Iterator[psycopg.Connection[Any]]:
-        """One transaction; any database failure is StoreUnavailable (a network error)."""
+    def tx(self, *, quick: bool = False) -> Iterator[psycopg.Connection[Any]]:
+        """One transaction; any database failure is StoreUnavailable (a network error).
+        `quick`: for reads on the event loop: fail at once while the store is known to be
+        unreachable, and wait at most QUICK_SECONDS for a connection."""
         self._open()
+        if quick and self.unreachable is not None:
+            raise StoreUnavailable(f"PostgreSQL store unreachable: {self.unreachable}")
         try:
-            with self._pool.connection() as conn, conn.transaction():
+            with self._pool.connection(timeout=QUICK_SECONDS if quick else None) as conn, conn.transaction():
                 yield conn
         except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
             raise _unavailable(exc) from exc
@@ -640,23 +648,31 @@ class PgReceiptStore(ReceiptStore):
         return out
 
     def recent(self, limit: int = 50) -> Listing:
+        """Newest first. Listings are read on the event loop (dashboards, the control API):
+        while the store is unreachable they are empty at once (/health says why)."""
         if limit <= 0:
             return []
-        with self.db.tx() as conn:
-            rows = conn.execute(
-                "SELECT namespace, name, doc FROM receipts ORDER BY name DESC LIMIT %s", (limit,)
-            ).fetchall()
+        try:
+            with self.db.tx(quick=True) as conn:
+                rows = conn.execute(
+                    "SELECT namespace, name, doc FROM receipts ORDER BY name DESC LIMIT %s", (limit,)
+                ).fetchall()
+        except StoreUnavailable:
+            return []
         return self._listing(rows)
 
     def for_job(self, namespace: str, cadence: str, limit: int = 50) -> Listing:
         if limit <= 0:
             return []
-        with self.db.tx() as conn:
-            rows = conn.execute(
-                "SELECT namespace, name, doc FROM receipts WHERE namespace = %s AND cadence = %s "
-                "ORDER BY name DESC LIMIT %s",
-                (namespace, safe_name(cadence), limit),
-            ).fetchall()
+        try:
+            with self.db.tx(quick=True) as conn:
+                rows = conn.execute(
+                    "SELECT namespace, name, doc FROM receipts WHERE namespace = %s AND cadence = %s "
+                    "ORDER BY name DESC LIMIT %s",
+                    (namespace, safe_name(cadence), limit),
+                ).fetchall()
+        except StoreUnavailable:
+            return []
         return self._listing(rows)
 
     def all_paths(self) -> list[Path]:
