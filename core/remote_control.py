@@ -40,7 +40,7 @@ from core import wire
 from core.control import Receipts, Snapshot, VerifyOutcome, VerifyResult
 from core.events import Event, LogRecord, ReceiptWritten, TickCompleted
 from core.jobs import JobKey
-from core.receipts import Receipt, ReceiptStore, parse_iso_utc
+from core.receipts import Receipt, ReceiptError, ReceiptInvalid, ReceiptStore, parse_iso_utc
 
 if TYPE_CHECKING:
     from core.runtime import ReloadResult
@@ -81,6 +81,7 @@ class RemoteControl:
         # in-process dashboard reads them: the default socket lives in that folder.
         self.data_dir = str(Path(data_dir) if data_dir is not None else self.socket_path.parent)
         self._receipts = ReceiptStore(Path(self.data_dir) / "receipts")
+        self._served: Receipts = []  # the snapshot's newest receipts (a database store's)
         self.connected = False
         self.disconnected_since: float | None = None  # time.monotonic() when the socket went away
         self.pid: int | None = None
@@ -154,6 +155,7 @@ class RemoteControl:
         self.pid = payload.get("pid", self.pid)
         self.host = payload.get("host", self.host)
         self.version = payload.get("version", self.version)
+        self._served = [_served_receipt(item) for item in payload.get("receipts") or []]
         for body in payload.get("logs") or [] if with_logs else []:
             record = wire.decode_event({"type": "LogRecord", "event": body})
             if record is not None and record.at > self._last_log_at:
@@ -284,10 +286,21 @@ class RemoteControl:
         snap = self._snapshot
         return frozenset(v.key for v in snap.views if v.in_flight) if snap is not None else frozenset()
 
+    def _store_is_files(self) -> bool:
+        """The scheduler keeps receipts in its data dir, which this host can read; with a
+        database store (cluster mode) they come with each snapshot instead."""
+        return self._snapshot is None or self._snapshot.store.kind == "file"
+
     def recent_receipts(self, limit: int) -> Receipts:
+        if not self._store_is_files():
+            return self._served[:limit]
         return self._receipts.recent(limit)
 
     def job_receipts(self, key: JobKey, limit: int) -> Receipts:
+        if not self._store_is_files():
+            mine: Receipts = [(p, r) for p, r in self._served
+                              if isinstance(r, Receipt) and (r.namespace, r.cadence) == (key.namespace, key.cadence)]
+            return mine[:limit]
         return self._receipts.for_job(key.namespace, key.cadence, limit)
 
     def namespace_config(self, namespace: str) -> Any:
@@ -355,3 +368,14 @@ class RemoteControl:
             return VerifyResult(VerifyOutcome.CANNOT_CHECK, _error_text(response))
         return wire.decode_verify_result(response.json())
 
+
+
+def _served_receipt(item: dict[str, Any]) -> tuple[Path, Receipt | ReceiptError]:
+    """One entry of a snapshot's `receipts`: (its name, the receipt or why it is unreadable)."""
+    path = Path(str(item.get("path", "?")))
+    if "receipt" not in item:
+        return path, ReceiptInvalid(str(item.get("error", "unreadable")), path)
+    try:
+        return path, Receipt.from_json(item["receipt"])
+    except ReceiptError as exc:
+        return path, exc

@@ -294,3 +294,32 @@ async def test_an_anchor_taken_over_while_its_replica_was_unresponsive_gets_one_
     finally:
         await a.close()
         await b.close()
+
+
+async def test_a_dashboard_on_one_replica_lists_the_receipts_another_wrote(tmp_path: Path, migrated: str) -> None:
+    """The in-process dashboard's Receipts pane: at each heartbeat (ReplicasSeen) it takes
+    the store's newest receipts, so what other replicas anchored shows up too."""
+    from core.events import ReplicasSeen
+    from tui.app import VaultMeshApp
+    from tui.widgets import DiffTable
+
+    clock = FakeClock()
+    publish(tmp_path, 1, NAMESPACES[:3])
+    a = Replica(tmp_path, "a", migrated, clock)
+    b = Replica(tmp_path, "b", migrated, clock)
+    app = VaultMeshApp(b.runtime, start_engine=False, env={"COLORTERM": "truecolor"}, grace=1.0)
+    try:
+        async with app.run_test(size=(120, 40)) as pilot:
+            await a.engine.run_once()  # a anchors; b's dashboard hears nothing of it
+            app.flush_now()
+            await pilot.pause()
+            table = app.dashboard.body("receipts")
+            assert isinstance(table, DiffTable) and table.shown_keys == []
+            b.runtime.bus.publish(ReplicasSeen(at=clock.now(), alive=2, store_ok=True))
+            app.flush_now()
+            await pilot.pause()
+            shown = table.shown_keys
+            assert len(shown) == 3 and all(str(key).startswith("postgresql:") for key in shown)
+    finally:
+        await a.close()
+        await b.close()

@@ -319,3 +319,53 @@ def test_export_writes_receipts_that_verify_offline(tmp_path, pg_url, tsa):
         capture_output=True, text=True, timeout=60, cwd=tmp_path,
     )
     assert again.returncode == 1
+
+
+def test_a_dashboard_attached_to_either_replica_shows_both_and_all_their_receipts(tmp_path, pg_url, tsa):
+    """What the README's walk-through shows: two replicas on one machine, `attach` to one of
+    them (its control socket): the Replicas pane's rows are both, and the receipts are the
+    cluster's, whichever replica wrote them."""
+    from core.remote_control import RemoteControl
+
+    namespaces = [f"ns{n:02d}" for n in range(40)]
+    rig = ClusterRig(tmp_path, pg_url, tsa, namespaces, every="2s")
+    for ns in namespaces:
+        rig.publish(ns)
+    try:
+        start_replicas(rig, ["a", "b"])
+        wait_until(lambda: len(rig.anchored_latest()) == len(namespaces), 30, "first anchors")
+
+        def writers() -> set[str]:
+            with psycopg.connect(pg_url, password=PASSWORD) as conn:
+                return {w for (w,) in conn.execute("SELECT DISTINCT written_by FROM receipts")}
+
+        def both_wrote() -> bool:  # the first to start may have taken all the first roots
+            if len(writers()) == 2:
+                return True
+            for ns in namespaces:
+                rig.publish(ns)
+            return False
+
+        wait_until(both_wrote, 20, "receipts written by both replicas (each its share)", every=2.5)
+        wait_until(lambda: len(rig.anchored_latest()) == len(namespaces), 30, "the last roots anchored")
+        with psycopg.connect(pg_url, password=PASSWORD) as conn:
+            newest = conn.execute("SELECT name, written_by FROM receipts ORDER BY name DESC LIMIT 20").fetchall()
+        foreign = 0
+        pids = sorted(rig.procs[n].pid for n in "ab")
+        for name in "ab":
+            socket = tmp_path / f"data-{name}" / "control.sock"
+            # Each replica reads the registry at its heartbeat (every lease / 3 = 1 s here).
+            control = wait_until(
+                lambda s=socket: (c := RemoteControl.connect(s)) and sorted(r.pid for r in c.snapshot().replicas) == pids
+                and c, 5, f"both replicas in {name}'s snapshot",
+            )
+            snap = control.snapshot()
+            assert snap.store.kind == "postgresql" and snap.store.ok
+            assert [r.this for r in snap.replicas if r.pid == rig.procs[name].pid] == [True]
+            listed = control.recent_receipts(20)
+            assert [p.name for p, _ in listed] == [name for name, _ in newest], "the store's newest, not this replica's"
+            this_id = next(r.id for r in snap.replicas if r.this)
+            foreign += sum(1 for _, writer in newest if writer != this_id)
+    finally:
+        rig.stop_all()
+    assert foreign > 0, "a dashboard listed receipts another replica wrote"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from core.events import Event, LogRecord, ReceiptConfirmed, ReceiptWritten
+from core.events import Event, LogRecord, ReceiptConfirmed, ReceiptWritten, ReplicasSeen
 from core.jobs import JobKey
 from tui.panes.base import PaneContext, PaneSource
 from tui.rows import RECEIPT_COLUMNS, ReceiptInfo, receipt_row
@@ -38,6 +38,12 @@ class ReceiptsPane(PaneSource):
                     event.target, event.root, event.status,
                 )
                 changed = True
+            elif isinstance(event, ReplicasSeen):  # cluster mode: the other replicas' receipts too
+                for path, receipt in self.ctx.control.recent_receipts(RECEIPTS_SHOWN):
+                    info = ReceiptInfo.from_file(path, receipt)
+                    if info.path not in self.infos:
+                        self.infos[info.path] = info
+                        changed = True
             elif isinstance(event, ReceiptConfirmed) and event.path in self.infos:
                 old = self.infos[event.path]
                 self.infos[event.path] = ReceiptInfo(
