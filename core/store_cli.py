@@ -12,7 +12,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from core.config import LoadedConfig
 from core.errors import AnchorError
@@ -20,8 +22,11 @@ from core.fsutil import atomic_create_bytes, dumps_json, ensure_dir, fsync_dirs
 from core.jobs import safe_name
 from core.store import is_postgres
 
+if TYPE_CHECKING:
+    from core.pgstore import Database
 
-def _database(loaded: LoadedConfig):  # type: ignore[no-untyped-def]
+
+def _database(loaded: LoadedConfig) -> Database:
     from core.pgstore import Database, store_password
 
     return Database(loaded.config.scheduler.store, password=store_password(os.environ))
@@ -52,6 +57,8 @@ def cmd_store_migrate(loaded: LoadedConfig) -> int:
 
 def cmd_export(loaded: LoadedConfig, out: Path) -> int:
     """Every receipt of the store as a file under `out`; an existing file is never replaced."""
+    from core.pgstore import display_url
+
     cfg = loaded.config
     written = skipped = 0
     folders: list[Path] = []
@@ -72,13 +79,13 @@ def cmd_export(loaded: LoadedConfig, out: Path) -> int:
     except OSError as exc:
         print(f"vmsh-scheduler: export: {out}: {exc.strerror or exc}", file=sys.stderr)
         return 1
-    source = cfg.scheduler.store if not is_postgres(cfg.scheduler.store) else _database(loaded).display
+    source = display_url(cfg.scheduler.store) if is_postgres(cfg.scheduler.store) else str(cfg.scheduler.data_dir)
     print(f"exported {written} receipt(s) from {source} to {out}"
           + (f" ({skipped} already there, kept)" if skipped else ""))
     return 0
 
 
-def _documents(loaded: LoadedConfig):  # type: ignore[no-untyped-def]
+def _documents(loaded: LoadedConfig) -> Iterator[tuple[str, str, bytes]]:
     """(namespace, file name, bytes) of every receipt in the configured store."""
     cfg = loaded.config
     if is_postgres(cfg.scheduler.store):
@@ -98,7 +105,7 @@ def _documents(loaded: LoadedConfig):  # type: ignore[no-untyped-def]
         yield ReceiptStore.namespace_of(path), path.name, path.read_bytes()
 
 
-def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     from core.cli import add_common
 
     store = sub.add_parser("store", help="the store's schema (PostgreSQL): store migrate")
