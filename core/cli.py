@@ -197,6 +197,12 @@ def summary(loaded: LoadedConfig) -> str:
     lines.append("files:")
     lines += [f"  {f}" for f in files] or ["  (none)"]
     lines.append(f"data dir: {cfg.scheduler.data_dir}")
+    if cfg.scheduler.store == "file":
+        lines.append("store: file (the data dir; one scheduler)")
+    else:  # never the user name or a password: host, port and database only
+        from core.pgstore import display_url
+
+        lines.append(f"store: {display_url(cfg.scheduler.store)} (cluster mode, lease {format_seconds(cfg.scheduler.lease)})")
     lines.append(f"http: {cfg.http.listen}   log level: {cfg.log.level}")
     lines.append(f"namespaces ({len(cfg.namespaces)}):")
     for name, ns in cfg.namespaces.items():

@@ -76,6 +76,17 @@ def test_check_config_uses_config_flag_and_data_dir(capsys, tmp_path):
     assert f"data dir: {tmp_path / 'elsewhere'}" in capsys.readouterr().out
 
 
+def test_check_config_names_the_store_without_its_user_or_password(capsys, monkeypatch):
+    assert main(["check-config", str(EXAMPLE)]) == 0
+    assert "store: file (the data dir; one scheduler)" in capsys.readouterr().out
+    monkeypatch.setenv("VMSH_STORE", "postgresql://scheduler@db.internal:6432/vmsh")
+    monkeypatch.setenv("VMSH_STORE_PASSWORD", "s3cret-pw")
+    assert main(["check-config", str(EXAMPLE)]) == 0
+    out = capsys.readouterr().out
+    assert "store: postgresql://db.internal:6432/vmsh (cluster mode, lease 15s)" in out
+    assert "scheduler@" not in out and "s3cret-pw" not in out
+
+
 def test_check_config_flags_after_subcommand(capsys, tmp_path):
     assert main(["check-config", "--config", str(EXAMPLE), "--log-level", "debug"]) == 0
     assert "log level: DEBUG" in capsys.readouterr().out
