@@ -363,7 +363,7 @@ def cmd_attach(args: argparse.Namespace) -> int:
 def cmd_store(args: argparse.Namespace) -> int:
     """`store migrate` and `export` (core/store_cli.py), on the loaded configuration."""
     from core.config import ConfigError
-    from core.store_cli import cmd_export, cmd_store_migrate
+    from core.store_cli import cmd_export, cmd_store_import, cmd_store_migrate
 
     try:
         loaded = load(args)
@@ -372,6 +372,8 @@ def cmd_store(args: argparse.Namespace) -> int:
         return 2
     if args.command == "export":
         return cmd_export(loaded, args.out)
+    if args.store_command == "import":
+        return cmd_store_import(loaded, args.source)
     return cmd_store_migrate(loaded)
 
 

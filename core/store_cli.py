@@ -85,6 +85,56 @@ def cmd_export(loaded: LoadedConfig, out: Path) -> int:
     return 0
 
 
+def cmd_store_import(loaded: LoadedConfig, source: Path) -> int:
+    """Copy a file store (a data dir) into the configured PostgreSQL store: job states, so
+    that nothing is anchored again at once, and receipts, so that dashboards, export and
+    the confirmation tracker have the history. The data dir's scheduler must be stopped,
+    with nothing left in its journal."""
+    from core.pgstore import import_file_store
+    from core.receipts import ReceiptStore
+    from core.state import DataDirLock, IntentJournal, LockHeld, StateError, StateStore
+
+    if not is_postgres(loaded.config.scheduler.store):
+        print("vmsh-scheduler: store import: scheduler.store is 'file' (set VMSH_STORE to the "
+              "postgresql:// URL to import into)", file=sys.stderr)
+        return 2
+    if not (source / "state").is_dir() and not (source / "receipts").is_dir():
+        print(f"vmsh-scheduler: store import: {source} is not a scheduler's data dir "
+              "(no state/ and no receipts/ in it)", file=sys.stderr)
+        return 2
+    lock = DataDirLock(source)
+    try:
+        lock.acquire()
+    except LockHeld as exc:
+        print(f"vmsh-scheduler: store import: {exc}\n  stop that scheduler first", file=sys.stderr)
+        return 2
+    db = _database(loaded)
+    try:
+        intents, _warnings = IntentJournal(source / "journal").scan()
+        if intents:
+            print(f"vmsh-scheduler: store import: {source / 'journal'} holds {len(intents)} anchor(s) "
+                  "in flight: start that scheduler on its data dir once (it resolves them at start), "
+                  "stop it, then import", file=sys.stderr)
+            return 2
+        states = StateStore(source / "state" / "scheduler.json").load()
+        db.migrate()
+        result = import_file_store(db, states, iter(ReceiptStore(source / "receipts").recent(10**9)))
+    except StateError as exc:
+        print(f"vmsh-scheduler: store import: {exc}", file=sys.stderr)
+        return 2
+    except AnchorError as exc:
+        print(f"vmsh-scheduler: store import: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        db.close()
+        lock.release()
+    print(f"imported into {db.display}: {result.states} job state(s) ({result.states_kept} kept: "
+          f"the store had them), {result.receipts} receipt(s) ({result.receipts_kept} already there)")
+    for problem in result.unreadable:
+        print(f"  not imported: {problem}", file=sys.stderr)
+    return 1 if result.unreadable else 0
+
+
 def _documents(loaded: LoadedConfig) -> Iterator[tuple[str, str, bytes]]:
     """(namespace, file name, bytes) of every receipt in the configured store."""
     cfg = loaded.config
@@ -108,10 +158,15 @@ def _documents(loaded: LoadedConfig) -> Iterator[tuple[str, str, bytes]]:
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     from core.cli import add_common
 
-    store = sub.add_parser("store", help="the store's schema (PostgreSQL): store migrate")
+    store = sub.add_parser("store", help="the PostgreSQL store: store migrate, store import DATA_DIR")
     store_sub = store.add_subparsers(dest="store_command", metavar="ACTION", required=True)
     migrate = store_sub.add_parser("migrate", help="create or migrate the PostgreSQL store's schema")
     add_common(migrate, suppress=True)
+    imp = store_sub.add_parser(
+        "import", help="copy a file store (a stopped scheduler's data dir) into the PostgreSQL store"
+    )
+    imp.add_argument("source", type=Path, metavar="DATA_DIR", help="the data dir to copy from")
+    add_common(imp, suppress=True)
     export = sub.add_parser("export", help="write every receipt of the store as files verify checks offline")
     export.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder to write into")
     add_common(export, suppress=True)
