@@ -66,10 +66,13 @@ class Replica:
         self.store = postgres_store(url, env={"VMSH_STORE_PASSWORD": PASSWORD}, replica=name, lease=10)
         self.runtime = Runtime(self.loaded, clock=clock, rng=random.Random(1), store=self.store)
         self.engine = self.runtime.engine
+        self.closed = False
 
     async def close(self) -> None:
-        await self.engine.stop(1.0)
-        await self.runtime.close()
+        if not self.closed:
+            self.closed = True
+            await self.engine.stop(1.0)
+            await self.runtime.close()
 
 
 def receipts_by_job(url: str) -> dict[tuple[str, str], list[str]]:
@@ -89,149 +92,137 @@ def migrated(pg_url: str) -> str:
     return pg_url
 
 
-async def test_two_replicas_anchor_each_job_once_per_root(tmp_path: Path, migrated: str) -> None:
-    clock = FakeClock()
+class Pair:
+    """Replicas a and b of one config on the test's database, sharing a FakeClock."""
+
+    def __init__(self, tmp: Path, url: str) -> None:
+        self.clock = FakeClock()
+        self.a = Replica(tmp, "a", url, self.clock)
+        self.b = Replica(tmp, "b", url, self.clock)
+
+
+@pytest.fixture
+async def pair(tmp_path: Path, migrated: str):
+    replicas = Pair(tmp_path, migrated)
+    yield replicas
+    await replicas.a.close()
+    await replicas.b.close()
+
+
+async def test_two_replicas_anchor_each_job_once_per_root(tmp_path: Path, migrated: str, pair: Pair) -> None:
+    clock, a, b = pair.clock, pair.a, pair.b
     publish(tmp_path, 1)
-    a = Replica(tmp_path, "a", migrated, clock)
-    b = Replica(tmp_path, "b", migrated, clock)
-    try:
-        await asyncio.gather(a.engine.run_once(), b.engine.run_once())
-        got = receipts_by_job(migrated)
-        assert sorted(got) == [(ns, "fast") for ns in NAMESPACES]
-        assert all(roots == [root(ns, 1)] for (ns, _), roots in got.items()), "a job anchored twice"
-        mine = {r: sum(1 for k in r.engine.jobs if r.engine.view(k).state.last_root) for r in (a, b)}
-        assert sum(mine.values()) >= len(NAMESPACES)
+    await asyncio.gather(a.engine.run_once(), b.engine.run_once())
+    got = receipts_by_job(migrated)
+    assert sorted(got) == [(ns, "fast") for ns in NAMESPACES]
+    assert all(roots == [root(ns, 1)] for (ns, _), roots in got.items()), "a job anchored twice"
+    mine = {r: sum(1 for k in r.engine.jobs if r.engine.view(k).state.last_root) for r in (a, b)}
+    assert sum(mine.values()) >= len(NAMESPACES)
 
-        # A period later, new roots: again each once, also when one replica comes after the
-        # other has finished (its own view is stale: the store's state says "anchored");
-        # and a replica that did not anchor a job then knows its new state from the store.
-        clock.advance(61)
-        publish(tmp_path, 2)
-        await a.engine.run_once()
-        await b.engine.run_once()
-        got = receipts_by_job(migrated)
-        assert all(sorted(roots) == sorted([root(ns, 1), root(ns, 2)]) for (ns, _), roots in got.items())
-        await a.engine.refresh_from_store()
-        await b.engine.refresh_from_store()
-        for replica in (a, b):
-            for ns in NAMESPACES:
-                assert replica.engine.view(JobKey(ns, "fast")).state.last_root == root(ns, 2)
+    # A period later, new roots: again each once, also when one replica comes after the
+    # other has finished (its own view is stale: the store's state says "anchored");
+    # and a replica that did not anchor a job then knows its new state from the store.
+    clock.advance(61)
+    publish(tmp_path, 2)
+    await a.engine.run_once()
+    await b.engine.run_once()
+    got = receipts_by_job(migrated)
+    assert all(sorted(roots) == sorted([root(ns, 1), root(ns, 2)]) for (ns, _), roots in got.items())
+    await a.engine.refresh_from_store()
+    await b.engine.refresh_from_store()
+    for replica in (a, b):
+        for ns in NAMESPACES:
+            assert replica.engine.view(JobKey(ns, "fast")).state.last_root == root(ns, 2)
 
-        # Nothing new: neither anchors again (the store says the root is anchored).
-        clock.advance(61)
-        await asyncio.gather(a.engine.run_once(), b.engine.run_once())
-        assert receipts_by_job(migrated) == got
-    finally:
-        await a.close()
-        await b.close()
+    # Nothing new: neither anchors again (the store says the root is anchored).
+    clock.advance(61)
+    await asyncio.gather(a.engine.run_once(), b.engine.run_once())
+    assert receipts_by_job(migrated) == got
 
 
-async def test_a_job_leased_by_another_replica_is_left_to_it(tmp_path: Path, migrated: str) -> None:
-    clock = FakeClock()
+async def test_a_job_leased_by_another_replica_is_left_to_it(tmp_path: Path, migrated: str, pair: Pair) -> None:
+    a, b = pair.a, pair.b
     publish(tmp_path, 1)
-    a = Replica(tmp_path, "a", migrated, clock)
-    b = Replica(tmp_path, "b", migrated, clock)
-    try:
-        held = [JobKey(ns, "fast") for ns in NAMESPACES[:10]]
-        got = await asyncio.to_thread(a.store.state.claim, held, 30.0)  # type: ignore[attr-defined]
-        assert sorted(got) == sorted(held)
-        await b.engine.run_once()
-        anchored = {ns for ns, _ in receipts_by_job(migrated)}
-        assert anchored == set(NAMESPACES[10:])  # b anchored everything but a's
-        assert not any(b.engine.view(k).state.last_root for k in held)
-    finally:
-        await a.close()
-        await b.close()
+    held = [JobKey(ns, "fast") for ns in NAMESPACES[:10]]
+    got = await asyncio.to_thread(a.store.state.claim, held, 30.0)  # type: ignore[attr-defined]
+    assert sorted(got) == sorted(held)
+    await b.engine.run_once()
+    anchored = {ns for ns, _ in receipts_by_job(migrated)}
+    assert anchored == set(NAMESPACES[10:])  # b anchored everything but a's
+    assert not any(b.engine.view(k).state.last_root for k in held)
 
 
-async def test_state_written_by_a_stale_replica_never_overwrites_a_newer_one(tmp_path: Path, migrated: str) -> None:
-    clock = FakeClock()
+async def test_state_written_by_a_stale_replica_never_overwrites_a_newer_one(tmp_path: Path, migrated: str, pair: Pair) -> None:
+    a, b = pair.a, pair.b
     publish(tmp_path, 1, NAMESPACES)
-    a = Replica(tmp_path, "a", migrated, clock)
-    b = Replica(tmp_path, "b", migrated, clock)
-    try:
-        await a.engine.run_once()  # a anchors all
-        key = JobKey(NAMESPACES[0], "fast")
-        assert b.engine.view(key).state.last_root is None  # b has not looked yet
-        b.engine.requeue(key, "test")  # a local change to a job b has a stale view of
-        await b.engine.settle()
-        await b.engine.stop(1.0)
-        with psycopg.connect(migrated, password=PASSWORD) as conn:
-            row = conn.execute("SELECT state FROM jobs WHERE job = %s", (str(key),)).fetchone()
-        assert row is not None and row[0]["last_root"] == root(NAMESPACES[0], 1)
-    finally:
-        await a.close()
-        await b.runtime.close()
+    await a.engine.run_once()  # a anchors all
+    key = JobKey(NAMESPACES[0], "fast")
+    assert b.engine.view(key).state.last_root is None  # b has not looked yet
+    b.engine.requeue(key, "test")  # a local change to a job b has a stale view of
+    await b.engine.settle()
+    await b.engine.stop(1.0)
+    with psycopg.connect(migrated, password=PASSWORD) as conn:
+        row = conn.execute("SELECT state FROM jobs WHERE job = %s", (str(key),)).fetchone()
+    assert row is not None and row[0]["last_root"] == root(NAMESPACES[0], 1)
 
 
-
-async def test_the_dashboards_verify_and_listing_read_receipts_from_the_store(tmp_path: Path, migrated: str) -> None:
+async def test_the_dashboards_verify_and_listing_read_receipts_from_the_store(tmp_path: Path, migrated: str, pair: Pair) -> None:
     """What `v` on a receipt and the Receipts pane do (core/control.py), in cluster mode:
     receipts are rows named postgresql:receipts/..., read through the store."""
     from core.control import RuntimeControl, VerifyOutcome
 
-    clock = FakeClock()
     publish(tmp_path, 1, NAMESPACES[:3])
-    a = Replica(tmp_path, "a", migrated, clock)
-    try:
-        await a.engine.run_once()
-        control = RuntimeControl(a.runtime)
-        listing = control.recent_receipts(10)
-        assert len(listing) == 3 and all(str(path).startswith("postgresql:") for path, _ in listing)
-        path, receipt = listing[0]
-        result = await control.verify(str(path))
-        assert result.outcome is VerifyOutcome.OK, result.message
-        assert result.job == f"{receipt.namespace}/fast"  # type: ignore[union-attr]
-        with psycopg.connect(migrated, password=PASSWORD) as conn:  # tamper with the row
-            conn.execute("UPDATE receipts SET doc = jsonb_set(doc, '{batch,root}', to_jsonb(%s::text))",
-                         ("sha256:" + "00" * 32,))
-        assert (await control.verify(str(path))).outcome is VerifyOutcome.FAIL
-    finally:
-        await a.close()
+    a = pair.a
+    await a.engine.run_once()
+    control = RuntimeControl(a.runtime)
+    listing = control.recent_receipts(10)
+    assert len(listing) == 3 and all(str(path).startswith("postgresql:") for path, _ in listing)
+    path, receipt = listing[0]
+    result = await control.verify(str(path))
+    assert result.outcome is VerifyOutcome.OK, result.message
+    assert result.job == f"{receipt.namespace}/fast"  # type: ignore[union-attr]
+    with psycopg.connect(migrated, password=PASSWORD) as conn:  # tamper with the row
+        conn.execute("UPDATE receipts SET doc = jsonb_set(doc, '{batch,root}', to_jsonb(%s::text))",
+                     ("sha256:" + "00" * 32,))
+    assert (await control.verify(str(path))).outcome is VerifyOutcome.FAIL
 
 
-async def test_when_many_jobs_are_due_at_once_each_live_replica_takes_its_share(tmp_path: Path, migrated: str) -> None:
-    clock = FakeClock()
+async def test_when_many_jobs_are_due_at_once_each_live_replica_takes_its_share(tmp_path: Path, migrated: str, pair: Pair) -> None:
+    clock, a, b = pair.clock, pair.a, pair.b
     publish(tmp_path, 1)
-    a = Replica(tmp_path, "a", migrated, clock)
-    b = Replica(tmp_path, "b", migrated, clock)
-    try:
-        def registry(*names: str) -> None:  # the replica rows core/cluster.py's heartbeat keeps
-            with psycopg.connect(migrated, password=PASSWORD) as conn:
-                conn.execute("DELETE FROM replicas")
-                for name in names:
-                    conn.execute(
-                        "INSERT INTO replicas (id, host, pid, version, config_hash, started_at, heartbeat_at) "
-                        "VALUES (%s, 'h', 1, 'v', 'c', now(), now())", (name,),
-                    )
 
-        registry("a", "b")
-        await a.engine.run_once()
+    def registry(*names: str) -> None:  # the replica rows core/cluster.py's heartbeat keeps
         with psycopg.connect(migrated, password=PASSWORD) as conn:
-            by_a = conn.execute("SELECT count(*) FROM receipts WHERE written_by = 'a'").fetchone()
-        assert by_a == (len(NAMESPACES) // 2,), "a left the other half to b"
-        await b.engine.run_once()
-        assert len(receipts_by_job(migrated)) == len(NAMESPACES)
-        # Alone, a replica takes everything it finds due.
-        registry("a")
-        clock.advance(61)
-        publish(tmp_path, 2)
-        await a.engine.run_once()
-        assert all(len(roots) == 2 for roots in receipts_by_job(migrated).values())
-    finally:
-        await a.close()
-        await b.close()
+            conn.execute("DELETE FROM replicas")
+            for name in names:
+                conn.execute(
+                    "INSERT INTO replicas (id, host, pid, version, config_hash, started_at, heartbeat_at) "
+                    "VALUES (%s, 'h', 1, 'v', 'c', now(), now())", (name,),
+                )
+
+    registry("a", "b")
+    await a.engine.run_once()
+    with psycopg.connect(migrated, password=PASSWORD) as conn:
+        by_a = conn.execute("SELECT count(*) FROM receipts WHERE written_by = 'a'").fetchone()
+    assert by_a == (len(NAMESPACES) // 2,), "a left the other half to b"
+    await b.engine.run_once()
+    assert len(receipts_by_job(migrated)) == len(NAMESPACES)
+    # Alone, a replica takes everything it finds due.
+    registry("a")
+    clock.advance(61)
+    publish(tmp_path, 2)
+    await a.engine.run_once()
+    assert all(len(roots) == 2 for roots in receipts_by_job(migrated).values())
 
 
-async def test_receipts_state_lease_release_and_intent_removal_commit_together(tmp_path: Path, migrated: str) -> None:
+async def test_receipts_state_lease_release_and_intent_removal_commit_together(tmp_path: Path, migrated: str, pair: Pair) -> None:
     """A failure inside the commit (here a trigger refusing the intent's removal, standing in
     for a database that goes away mid-transaction) leaves no receipt, the state as it was,
     the lease held and the intent with its attestation: nothing another replica could take
     for done. Once the commit works, the kept attestation becomes the receipts."""
-    clock = FakeClock()
+    clock, a = pair.clock, pair.a
     jobs = NAMESPACES[:4]
     publish(tmp_path, 1, jobs)
-    a = Replica(tmp_path, "a", migrated, clock)
 
     def sql(statement: str) -> list[tuple]:
         with psycopg.connect(migrated, password=PASSWORD) as conn:
@@ -241,38 +232,33 @@ async def test_receipts_state_lease_release_and_intent_removal_commit_together(t
     sql("CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
         "RAISE EXCEPTION 'refused for the test'; END $$")
     sql("CREATE TRIGGER refuse BEFORE DELETE ON intents FOR EACH ROW EXECUTE FUNCTION refuse()")
-    try:
-        await a.engine.run_once()
-        assert sql("SELECT count(*) FROM receipts") == [(0,)]
-        rows = sql("SELECT job, state->>'last_root', lease_owner FROM jobs WHERE state->>'last_root' IS NOT NULL "
-                   "OR lease_owner IS NOT NULL ORDER BY job")
-        assert [(job, owner) for job, _, owner in rows] == [(f"{ns}/fast", "a") for ns in jobs]
-        assert all(last_root is None for _, last_root, _ in rows)
-        intents = sql("SELECT doc->'attestation' IS NOT NULL AND doc->'attestation' <> 'null' FROM intents")
-        assert intents == [(True,)]
+    await a.engine.run_once()
+    assert sql("SELECT count(*) FROM receipts") == [(0,)]
+    rows = sql("SELECT job, state->>'last_root', lease_owner FROM jobs WHERE state->>'last_root' IS NOT NULL "
+               "OR lease_owner IS NOT NULL ORDER BY job")
+    assert [(job, owner) for job, _, owner in rows] == [(f"{ns}/fast", "a") for ns in jobs]
+    assert all(last_root is None for _, last_root, _ in rows)
+    intents = sql("SELECT doc->'attestation' IS NOT NULL AND doc->'attestation' <> 'null' FROM intents")
+    assert intents == [(True,)]
 
-        sql("DROP TRIGGER refuse ON intents")
-        clock.advance(120)  # past the storage backoff: the held jobs are due again
-        await a.engine.run_once()
-        assert sorted(receipts_by_job(migrated)) == [(ns, "fast") for ns in jobs]
-        assert sql("SELECT count(*) FROM intents") == [(0,)]
-        assert sql("SELECT count(*) FROM jobs WHERE lease_owner IS NOT NULL") == [(0,)]
-        assert sql("SELECT count(DISTINCT anchored_root) FROM receipts") == [(1,)]  # the kept attestation
-    finally:
-        await a.close()
+    sql("DROP TRIGGER refuse ON intents")
+    clock.advance(120)  # past the storage backoff: the held jobs are due again
+    await a.engine.run_once()
+    assert sorted(receipts_by_job(migrated)) == [(ns, "fast") for ns in jobs]
+    assert sql("SELECT count(*) FROM intents") == [(0,)]
+    assert sql("SELECT count(*) FROM jobs WHERE lease_owner IS NOT NULL") == [(0,)]
+    assert sql("SELECT count(DISTINCT anchored_root) FROM receipts") == [(1,)]  # the kept attestation
 
 
 async def test_an_anchor_taken_over_while_its_replica_was_unresponsive_gets_one_receipt(
-    tmp_path: Path, migrated: str
+    tmp_path: Path, migrated: str, pair: Pair
 ) -> None:
     """Replica a goes a lease without a heartbeat mid-anchor (a stall, not a crash); b takes
     its intent over (PgJournal.scan: owner = b), as it must for a dead replica. When a wakes
     up with its attestation it must not commit too: one receipt per job and root, b's."""
-    clock = FakeClock()
+    a, b = pair.a, pair.b
     jobs = NAMESPACES[:3]
     publish(tmp_path, 1, jobs)
-    a = Replica(tmp_path, "a", migrated, clock)
-    b = Replica(tmp_path, "b", migrated, clock)
     backend = a.runtime.backends("local:dev")
     anchor = backend.anchor
 
@@ -283,43 +269,35 @@ async def test_an_anchor_taken_over_while_its_replica_was_unresponsive_gets_one_
         return attestation
 
     backend.anchor = stalled_anchor
-    try:
-        await a.engine.run_once()
-        assert receipts_by_job(migrated) == {}, "the replica that lost its intent committed anyway"
-        assert await b.engine.adopt_orphans() == 1
-        got = receipts_by_job(migrated)
-        assert sorted(got) == [(ns, "fast") for ns in jobs] and all(len(r) == 1 for r in got.values())
-        with psycopg.connect(migrated, password=PASSWORD) as conn:
-            assert conn.execute("SELECT DISTINCT written_by FROM receipts").fetchall() == [("b",)]
-    finally:
-        await a.close()
-        await b.close()
+    await a.engine.run_once()
+    assert receipts_by_job(migrated) == {}, "the replica that lost its intent committed anyway"
+    assert await b.engine.adopt_orphans() == 1
+    got = receipts_by_job(migrated)
+    assert sorted(got) == [(ns, "fast") for ns in jobs] and all(len(r) == 1 for r in got.values())
+    with psycopg.connect(migrated, password=PASSWORD) as conn:
+        assert conn.execute("SELECT DISTINCT written_by FROM receipts").fetchall() == [("b",)]
 
 
-async def test_a_dashboard_on_one_replica_lists_the_receipts_another_wrote(tmp_path: Path, migrated: str) -> None:
+async def test_a_dashboard_on_one_replica_lists_the_receipts_another_wrote(
+    tmp_path: Path, migrated: str, pair: Pair
+) -> None:
     """The in-process dashboard's Receipts pane: at each heartbeat (ReplicasSeen) it takes
     the store's newest receipts, so what other replicas anchored shows up too."""
     from core.events import ReplicasSeen
     from tui.app import VaultMeshApp
     from tui.widgets import DiffTable
 
-    clock = FakeClock()
     publish(tmp_path, 1, NAMESPACES[:3])
-    a = Replica(tmp_path, "a", migrated, clock)
-    b = Replica(tmp_path, "b", migrated, clock)
+    a, b = pair.a, pair.b
     app = VaultMeshApp(b.runtime, start_engine=False, env={"COLORTERM": "truecolor"}, grace=1.0)
-    try:
-        async with app.run_test(size=(120, 40)) as pilot:
-            await a.engine.run_once()  # a anchors; b's dashboard hears nothing of it
-            app.flush_now()
-            await pilot.pause()
-            table = app.dashboard.body("receipts")
-            assert isinstance(table, DiffTable) and table.shown_keys == []
-            b.runtime.bus.publish(ReplicasSeen(at=clock.now(), alive=2, store_ok=True))
-            app.flush_now()
-            await pilot.pause()
-            shown = table.shown_keys
-            assert len(shown) == 3 and all(str(key).startswith("postgresql:") for key in shown)
-    finally:
-        await a.close()
-        await b.close()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await a.engine.run_once()  # a anchors; b's dashboard hears nothing of it
+        app.flush_now()
+        await pilot.pause()
+        table = app.dashboard.body("receipts")
+        assert isinstance(table, DiffTable) and table.shown_keys == []
+        b.runtime.bus.publish(ReplicasSeen(at=pair.clock.now(), alive=2, store_ok=True))
+        app.flush_now()
+        await pilot.pause()
+        shown = table.shown_keys
+        assert len(shown) == 3 and all(str(key).startswith("postgresql:") for key in shown)
