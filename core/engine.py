@@ -592,12 +592,10 @@ class Scheduler:
         return kept
 
     def _still_due(self, item: _Due, state: JobState, now: float) -> bool:
+        """By the store's state (already taken into `_state`): not anchored elsewhere since."""
         if not item.spec.anchor_unchanged and item.batch.root == state.last_root:
             return False  # another replica anchored this root
-        due = state.next_attempt if state.next_attempt is not None else (
-            None if state.last_anchored_at is None else state.last_anchored_at + item.spec.every
-        )
-        return due is None or due <= now + 1.0
+        return self._natural_due(item.spec.key) <= now + 1.0
 
     def holding(self, closing: Sequence[Intent] = ()) -> frozenset[JobKey]:
         """Jobs whose outcome is not settled here yet: in flight, holding an attestation,
