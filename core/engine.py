@@ -1181,7 +1181,7 @@ class Scheduler:
     async def adopt_orphans(self) -> int:
         """Shared store: resolve the intents of replicas that are gone (their leases
         expired), as `recover` does at start; how many were taken over."""
-        intents, warnings = await self._write("recover", self._journal.folder, self._journal.scan)
+        intents, warnings = await self._write("recover", self._journal.folder, self._journal.orphans)
         fresh = [i for i in intents if i.id not in self._open]
         if fresh:
             self.log.warning(

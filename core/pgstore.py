@@ -518,16 +518,21 @@ class PgJournal:
     def remove_stale_temps(self) -> list[Path]:
         return []
 
-    def scan(self) -> tuple[list[Intent], list[str]]:
-        """Intents to resolve: this replica's own and those of replicas gone (no heartbeat
-        within the liveness window) whose jobs' leases have expired; adopted here."""
+    def orphans(self) -> tuple[list[Intent], list[str]]:
+        """`scan` without this replica's own intents (those are in flight here)."""
+        return self.scan(own=False)
+
+    def scan(self, *, own: bool = True) -> tuple[list[Intent], list[str]]:
+        """Intents to resolve: this replica's own (`own`: at start) and those of replicas gone
+        (no heartbeat within the liveness window) whose jobs' leases have expired; adopted
+        here."""
         intents: list[Intent] = []
         warnings: list[str] = []
         with self.db.tx() as conn:
             rows = conn.execute(
                 """
                 SELECT i.id, i.doc FROM intents i
-                WHERE i.owner <> 'quarantine' AND (i.owner = %(me)s OR (
+                WHERE i.owner <> 'quarantine' AND ((%(own)s AND i.owner = %(me)s) OR (i.owner <> %(me)s AND
                     NOT EXISTS (SELECT 1 FROM replicas r WHERE r.id = i.owner
                                 AND r.heartbeat_at > now() - make_interval(secs => %(live)s))
                     AND NOT EXISTS (SELECT 1 FROM jobs j, jsonb_array_elements(i.doc->'entries') e
@@ -535,7 +540,7 @@ class PgJournal:
                                     AND j.lease_owner <> %(me)s AND j.lease_until > now())))
                 ORDER BY i.id FOR UPDATE OF i SKIP LOCKED
                 """,
-                {"me": self.replica, "live": self.liveness},
+                {"me": self.replica, "live": self.liveness, "own": own},
             ).fetchall()
             for intent_id, doc in rows:
                 try:

@@ -602,6 +602,10 @@ class IntentJournal:
         self.warnings = warnings
         return intents, warnings
 
+    def orphans(self) -> tuple[list[Intent], list[str]]:
+        """Intents another scheduler left: none, this journal is one scheduler's alone."""
+        return [], []
+
     def pending(self) -> list[Intent]:
         """Intents left over at start, oldest first; warnings of this call in `self.warnings`."""
         return self.scan()[0]

@@ -66,6 +66,10 @@ class JournalRepo(Protocol):
 
     def scan(self) -> tuple[list[Intent], list[str]]: ...
 
+    def orphans(self) -> tuple[list[Intent], list[str]]:
+        """Intents of other schedulers that are gone, adopted here (a shared store)."""
+        ...
+
 
 class Claims(Protocol):
     """Leases on jobs, for schedulers that share a store (core/pgstore.py PgStateStore)."""

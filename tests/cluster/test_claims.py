@@ -253,9 +253,10 @@ async def test_receipts_state_lease_release_and_intent_removal_commit_together(t
 async def test_an_anchor_taken_over_while_its_replica_was_unresponsive_gets_one_receipt(
     tmp_path: Path, migrated: str, pair: Pair
 ) -> None:
-    """Replica a goes a lease without a heartbeat mid-anchor (a stall, not a crash); b takes
-    its intent over (PgJournal.scan: owner = b), as it must for a dead replica. When a wakes
-    up with its attestation it must not commit too: one receipt per job and root, b's."""
+    """Replica a goes a lease without a heartbeat mid-anchor (a stall, not a crash), so its
+    intent counts as a gone replica's and b takes it over (PgJournal.orphans), as it must for
+    a dead replica. When a wakes up with its attestation it must not commit too: one receipt
+    per job and root, b's."""
     a, b = pair.a, pair.b
     jobs = NAMESPACES[:3]
     publish(tmp_path, 1, jobs)
@@ -264,8 +265,9 @@ async def test_an_anchor_taken_over_while_its_replica_was_unresponsive_gets_one_
 
     async def stalled_anchor(*args, **kwargs):
         attestation = await anchor(*args, **kwargs)
-        with psycopg.connect(migrated, password=PASSWORD) as conn:  # meanwhile, b adopts
-            conn.execute("UPDATE intents SET owner = 'b'")
+        with psycopg.connect(migrated, password=PASSWORD) as conn:  # meanwhile: a lease, no heartbeat
+            conn.execute("UPDATE intents SET owner = 'a-as-seen-gone'")  # (no registry row: not alive)
+            conn.execute("UPDATE jobs SET lease_until = now() - interval '1 second'")
         return attestation
 
     backend.anchor = stalled_anchor
