@@ -26,10 +26,17 @@ if TYPE_CHECKING:
     from core.pgstore import Database
 
 
+# A command run by hand (or by an init container) may wait longer for the database than a
+# running replica, whose heartbeat must notice an outage within one connect timeout.
+COMMAND_CONNECT_SECONDS = 15.0
+
+
 def _database(loaded: LoadedConfig) -> Database:
     from core.pgstore import Database, store_password
 
-    return Database(loaded.config.scheduler.store, password=store_password(os.environ))
+    return Database(
+        loaded.config.scheduler.store, password=store_password(os.environ), connect_timeout=COMMAND_CONNECT_SECONDS
+    )
 
 
 def cmd_store_migrate(loaded: LoadedConfig) -> int:
