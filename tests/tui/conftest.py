@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import random
@@ -111,6 +112,19 @@ class World:
 @pytest.fixture
 def world(tmp_path: Path) -> World:
     return World(tmp_path)
+
+
+def gate_anchors(world: World, monkeypatch) -> asyncio.Event:
+    """Hold the real embedded TSA's anchors at a gate until it is set (jobs stay in flight)."""
+    backend = world.runtime.backends("local:dev")
+    gate, real_anchor = asyncio.Event(), backend.anchor
+
+    async def gated_anchor(*args, **kwargs):
+        await gate.wait()
+        return await real_anchor(*args, **kwargs)
+
+    monkeypatch.setattr(backend, "anchor", gated_anchor)
+    return gate
 
 
 async def actions_done(app) -> None:

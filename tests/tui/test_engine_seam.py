@@ -9,7 +9,7 @@ import threading
 
 from core.runtime import Runtime
 
-from .conftest import NAMESPACES, World, actions_done, screen_text
+from .conftest import NAMESPACES, World, actions_done, gate_anchors, screen_text
 from .test_pilot import ALL_JOBS, first_anchors, flat, settle
 
 
@@ -81,14 +81,7 @@ async def test_R_with_a_setting_only_a_restart_applies_says_restart_needed(world
 
 
 async def test_a_job_in_flight_past_its_bound_shows_stuck(world: World, monkeypatch) -> None:
-    backend = world.runtime.backends("local:dev")
-    gate, real_anchor = asyncio.Event(), backend.anchor
-
-    async def gated_anchor(*args, **kwargs):
-        await gate.wait()
-        return await real_anchor(*args, **kwargs)
-
-    monkeypatch.setattr(backend, "anchor", gated_anchor)
+    gate = gate_anchors(world, monkeypatch)
     app = world.app()
     async with app.run_test(size=(160, 48)) as pilot:
         engine = world.runtime.engine

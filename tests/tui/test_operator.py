@@ -14,7 +14,7 @@ from core.jobs import JobKey
 from tui.rows import countdown
 from tui.screens import ConfirmScreen, DetailScreen, HelpScreen, MessageScreen
 
-from .conftest import NAMESPACES, World, actions_done, screen_text
+from .conftest import NAMESPACES, World, actions_done, gate_anchors, screen_text
 from .test_pilot import ALL_JOBS, first_anchors, flat, select, settle
 
 REAL_TARGETS = {
@@ -252,15 +252,7 @@ async def test_http_port_taken_is_a_warning_in_the_header(tmp_path) -> None:
 
 
 async def test_header_counts_agree_with_the_rows_while_anchoring(world: World, monkeypatch) -> None:
-    # The real embedded TSA, held at a gate so the first anchors are still in flight.
-    backend = world.runtime.backends("local:dev")
-    gate, real_anchor = asyncio.Event(), backend.anchor
-
-    async def gated_anchor(*args, **kwargs):
-        await gate.wait()
-        return await real_anchor(*args, **kwargs)
-
-    monkeypatch.setattr(backend, "anchor", gated_anchor)
+    gate = gate_anchors(world, monkeypatch)  # the first anchors are still in flight
     app = world.app()
     async with app.run_test(size=(160, 48)) as pilot:
         engine = world.runtime.engine
