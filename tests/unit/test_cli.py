@@ -242,6 +242,18 @@ def test_check_config_refuses_a_mistyped_key_remap_with_its_line_and_a_suggestio
     ]
 
 
+# A config whose targets name files (a trust bundle, a key file) that check-config opens;
+# the tests add their `tui:` lines after it (line numbers in messages count from here).
+NAMED_FILES = (
+    'namespaces:\n  "demo:a":\n    cadence:\n'
+    '      fast: {target: "rfc3161:tsa", every: "10s"}\n'
+    '      strong: {target: "eip155:1", every: "3*fast"}\n'
+    "targets:\n"
+    "  rfc3161:\n    tsa: {url: https://tsa.example/tsr, trustBundle: certs/tsa.pem}\n"
+    "  eip155:\n    default: {rpcUrl: https://rpc.example, chainId: 1, keyFile: anchor.key}\n"
+)
+
+
 def test_check_config_refuses_what_would_only_fail_later(capsys, tmp_path):
     """An unknown theme, a theme file that does not parse, a trust bundle that is not there
     and a signing key file that is not a key: all at once, each at its line; the key file's
@@ -249,13 +261,8 @@ def test_check_config_refuses_what_would_only_fail_later(capsys, tmp_path):
     (tmp_path / "broken.toml").write_text("primary = \n")
     (tmp_path / "anchor.key").write_text("my-secret-passphrase\n")
     (tmp_path / "c.yaml").write_text(
-        'namespaces:\n  "demo:a":\n    cadence:\n'
-        '      fast: {target: "rfc3161:tsa", every: "10s"}\n'
-        '      strong: {target: "eip155:1", every: "3*fast"}\n'
-        "targets:\n"
-        "  rfc3161:\n    tsa: {url: https://tsa.example/tsr, trustBundle: certs/tsa.pem}\n"
-        "  eip155:\n    default: {rpcUrl: https://rpc.example, chainId: 1, keyFile: anchor.key}\n"
-        "tui:\n  theme: solarised\n  theme_file: broken.toml\n"
+        NAMED_FILES
+        + "tui:\n  theme: solarised\n  theme_file: broken.toml\n"
     )
     assert main(["check-config", "c.yaml"]) == 2
     err = capsys.readouterr().err
@@ -285,13 +292,8 @@ def test_check_config_passes_a_config_whose_named_files_and_dashboard_settings_a
     (tmp_path / "anchor.key").write_text("0x" + "11" * 32 + "\n")
     (tmp_path / "mine.toml").write_text('name = "mine"\nprimary = "ansi_blue"\nansi = true\n')
     (tmp_path / "c.yaml").write_text(
-        'namespaces:\n  "demo:a":\n    cadence:\n'
-        '      fast: {target: "rfc3161:tsa", every: "10s"}\n'
-        '      strong: {target: "eip155:1", every: "3*fast"}\n'
-        "targets:\n"
-        "  rfc3161:\n    tsa: {url: https://tsa.example/tsr, trustBundle: certs/tsa.pem}\n"
-        "  eip155:\n    default: {rpcUrl: https://rpc.example, chainId: 1, keyFile: anchor.key}\n"
-        "tui:\n  theme: mine\n  theme_file: mine.toml\n  keys: {force: x, reload: 'ctrl+r', quit: 'q,f10'}\n"
+        NAMED_FILES
+        + "tui:\n  theme: mine\n  theme_file: mine.toml\n  keys: {force: x, reload: 'ctrl+r', quit: 'q,f10'}\n"
     )
     assert main(["check-config", "c.yaml"]) == 0
     out = capsys.readouterr().out
