@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import socket
@@ -263,7 +262,6 @@ class PgStateStore:
         self.path = STORE_ROOT / "jobs"
         self._versions: dict[str, int] = {}
         self._written: dict[str, dict[str, Any]] = {}
-        self.conflicts = 0  # state writes refused (another replica's lease or newer version)
 
     def load(self) -> dict[JobKey, JobState]:
         out: dict[JobKey, JobState] = {}
@@ -310,8 +308,7 @@ class PgStateStore:
                         "OR lease_until < now()) RETURNING version",
                         (Jsonb(state), job, version, self.replica),
                     ).fetchone()
-                if row is None:
-                    self.conflicts += 1
+                if row is None:  # another replica's lease, or a newer version: theirs stands
                     continue
                 written.append((job, state, int(row[0])))
             conn.execute(
@@ -384,8 +381,7 @@ class PgStateStore:
                     "lease_owner = NULL, lease_until = NULL WHERE job = %s AND lease_owner = %s RETURNING version",
                     (Jsonb(state), job, self.replica),
                 ).fetchone()
-                if row is None:
-                    self.conflicts += 1  # its lease ran out and another replica took it: its state wins
+                if row is None:  # its lease ran out and another replica took it: its state wins
                     continue
                 written.append((job, state, int(row[0])))
             conn.execute("DELETE FROM intents WHERE id = %s", (intent_id,))
@@ -560,9 +556,6 @@ class PgJournal:
             )
         self.warnings = warnings
         return intents, warnings
-
-    def pending(self) -> list[Intent]:
-        return self.scan()[0]
 
 
 # --------------------------------------------------------------------------- receipts
@@ -826,6 +819,3 @@ class PgAudit:
 def new_replica_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}"
 
-
-def dumps(doc: Any) -> str:
-    return json.dumps(doc, separators=(",", ":"), sort_keys=True)

@@ -37,11 +37,7 @@ Loader = Callable[[], LoadedConfig]
 def open_store(cfg: Config, state_file: Path) -> Store:
     """The store `scheduler.store` names (Runtime.open has checked a PostgreSQL one)."""
     if is_postgres(cfg.scheduler.store):
-        from core.pgstore import new_replica_id
-
-        return postgres_store(
-            cfg.scheduler.store, env=os.environ, replica=new_replica_id(), lease=cfg.scheduler.lease
-        )
+        return postgres_store(cfg.scheduler.store, env=os.environ, lease=cfg.scheduler.lease)
     return file_store(Path(cfg.scheduler.data_dir), state_file)
 
 # A hot reload that has not read and validated the files after this long is given up (the
@@ -170,14 +166,11 @@ class Runtime:
     def _open_clustered(cls, loaded: LoadedConfig, *, loader: Loader | None, clock: Clock | None) -> Runtime:
         """Cluster mode: no data-dir lock (replicas share the database, each job is claimed
         under a lease); the schema is created on a new database, an older one refused."""
-        from core.pgstore import SCHEMA_VERSION, new_replica_id
+        from core.pgstore import SCHEMA_VERSION
 
         cfg = loaded.config
-        replica = new_replica_id()
         try:
-            store = postgres_store(
-                cfg.scheduler.store, env=os.environ, replica=replica, lease=cfg.scheduler.lease
-            )
+            store = open_store(cfg, _state_file(cfg))
         except AnchorError as exc:
             raise CannotStart(str(exc)) from exc
         try:

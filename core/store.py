@@ -145,8 +145,9 @@ def file_store(data_dir: Path, state_file: Path) -> Store:
     )
 
 
-def postgres_store(url: str, *, env: Any, replica: str, lease: float) -> Store:
-    """The PostgreSQL store on `url` (password from the environment, core/pgstore.py)."""
+def postgres_store(url: str, *, env: Any, lease: float, replica: str | None = None) -> Store:
+    """The PostgreSQL store on `url` (password from the environment, core/pgstore.py), for
+    the replica `replica` (default: a new id, "<host>-<pid>-<random>")."""
     from core.pgstore import (
         LIVENESS_LEASES,
         Database,
@@ -155,8 +156,11 @@ def postgres_store(url: str, *, env: Any, replica: str, lease: float) -> Store:
         PgReceiptStore,
         PgSharedRecords,
         PgStateStore,
+        new_replica_id,
         store_password,
     )
+
+    replica = replica or new_replica_id()
 
     db = Database(url, password=store_password(env))
     state = PgStateStore(db, replica, liveness=lease * LIVENESS_LEASES)
