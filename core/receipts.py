@@ -693,6 +693,10 @@ class ReceiptStore:
             key=lambda p: p.name,
         )
 
+    def every(self) -> Iterator[tuple[Path, Receipt | ReceiptError]]:
+        """Every receipt, oldest first (by file name), read one at a time."""
+        return map(self._read, self.all_paths())
+
     def pending(self) -> list[tuple[Path, Receipt]]:
         """Receipts still `pending` (oldest first). The first call reads the ones the index
         marks (every receipt, once, in a data dir without an index); later calls read only

@@ -26,6 +26,11 @@ if TYPE_CHECKING:
     from core.pgstore import Database
 
 
+def fail(command: str, message: str) -> None:
+    """A command's error line on stderr, naming the command."""
+    print(f"vmsh-scheduler: {command}: {message}", file=sys.stderr)
+
+
 # A command run by hand (or by an init container) may wait longer for the database than a
 # running replica, whose heartbeat must notice an outage within one connect timeout.
 COMMAND_CONNECT_SECONDS = 15.0
@@ -44,14 +49,14 @@ def cmd_store_migrate(loaded: LoadedConfig) -> int:
 
     store = loaded.config.scheduler.store
     if not is_postgres(store):
-        print("vmsh-scheduler: store migrate: scheduler.store is 'file' (set VMSH_STORE to a "
-              "postgresql:// URL); a file store has no schema", file=sys.stderr)
+        fail("store migrate", "scheduler.store is 'file' (set VMSH_STORE to a "
+              "postgresql:// URL); a file store has no schema")
         return 2
     db = _database(loaded)
     try:
         before, after = db.migrate()
     except AnchorError as exc:
-        print(f"vmsh-scheduler: store migrate: {exc}", file=sys.stderr)
+        fail("store migrate", str(exc))
         return 1
     finally:
         db.close()
@@ -81,10 +86,10 @@ def cmd_export(loaded: LoadedConfig, out: Path) -> int:
                 skipped += 1
         fsync_dirs(folders)
     except AnchorError as exc:
-        print(f"vmsh-scheduler: export: {exc}", file=sys.stderr)
+        fail("export", str(exc))
         return 1
     except OSError as exc:
-        print(f"vmsh-scheduler: export: {out}: {exc.strerror or exc}", file=sys.stderr)
+        fail("export", f"{out}: {exc.strerror or exc}")
         return 1
     source = display_url(cfg.scheduler.store) if is_postgres(cfg.scheduler.store) else str(cfg.scheduler.data_dir)
     print(f"exported {written} receipt(s) from {source} to {out}"
@@ -102,35 +107,35 @@ def cmd_store_import(loaded: LoadedConfig, source: Path) -> int:
     from core.state import DataDirLock, IntentJournal, LockHeld, StateError, StateStore
 
     if not is_postgres(loaded.config.scheduler.store):
-        print("vmsh-scheduler: store import: scheduler.store is 'file' (set VMSH_STORE to the "
-              "postgresql:// URL to import into)", file=sys.stderr)
+        fail("store import", "scheduler.store is 'file' (set VMSH_STORE to the "
+              "postgresql:// URL to import into)")
         return 2
     if not (source / "state").is_dir() and not (source / "receipts").is_dir():
-        print(f"vmsh-scheduler: store import: {source} is not a scheduler's data dir "
-              "(no state/ and no receipts/ in it)", file=sys.stderr)
+        fail("store import", f"{source} is not a scheduler's data dir "
+              "(no state/ and no receipts/ in it)")
         return 2
     lock = DataDirLock(source)
     try:
         lock.acquire()
     except LockHeld as exc:
-        print(f"vmsh-scheduler: store import: {exc}\n  stop that scheduler first", file=sys.stderr)
+        fail("store import", f"{exc}\n  stop that scheduler first")
         return 2
     db = _database(loaded)
     try:
         intents, _warnings = IntentJournal(source / "journal").scan()
         if intents:
-            print(f"vmsh-scheduler: store import: {source / 'journal'} holds {len(intents)} anchor(s) "
+            fail("store import", f"{source / 'journal'} holds {len(intents)} anchor(s) "
                   "in flight: start that scheduler on its data dir once (it resolves them at start), "
-                  "stop it, then import", file=sys.stderr)
+                  "stop it, then import")
             return 2
         states = StateStore(source / "state" / "scheduler.json").load()
         db.migrate()
-        result = import_file_store(db, states, iter(ReceiptStore(source / "receipts").recent(10**9)))
+        result = import_file_store(db, states, ReceiptStore(source / "receipts").every())
     except StateError as exc:
-        print(f"vmsh-scheduler: store import: {exc}", file=sys.stderr)
+        fail("store import", str(exc))
         return 2
     except AnchorError as exc:
-        print(f"vmsh-scheduler: store import: {exc}", file=sys.stderr)
+        fail("store import", str(exc))
         return 1
     finally:
         db.close()
