@@ -20,8 +20,9 @@ import json
 import os
 import socket
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+import psycopg
 from psycopg.types.json import Jsonb
 
 from core import __version__
@@ -202,25 +203,25 @@ class Cluster:
 
     # ----- blocking database work (worker threads) ---------------------------------------
 
+    def _beat_row(self, conn: psycopg.Connection[Any], in_flight: int) -> None:
+        """This replica's registry row, created or refreshed (heartbeat now)."""
+        conn.execute(
+            "INSERT INTO replicas (id, host, pid, version, config_hash, started_at, heartbeat_at, in_flight) "
+            "VALUES (%s, %s, %s, %s, %s, to_timestamp(%s), now(), %s) ON CONFLICT (id) DO UPDATE SET "
+            "heartbeat_at = now(), config_hash = excluded.config_hash, in_flight = excluded.in_flight",
+            (self.replica, self.host, self.pid, __version__, self.runtime.engine.config_hash,
+             self.started_at, in_flight),
+        )
+
     def _register(self) -> bool:
         with self.db.tx() as conn:
-            conn.execute(
-                "INSERT INTO replicas (id, host, pid, version, config_hash, started_at, heartbeat_at, in_flight) "
-                "VALUES (%s, %s, %s, %s, %s, to_timestamp(%s), now(), 0) ON CONFLICT (id) DO NOTHING",
-                (self.replica, self.host, self.pid, __version__, self.runtime.engine.config_hash, self.started_at),
-            )
+            self._beat_row(conn, 0)
             row = conn.execute("SELECT value FROM cluster WHERE key = 'paused'").fetchone()
             return bool(row and row[0])
 
     def _heartbeat(self, in_flight: int) -> list[ReplicaInfo]:
         with self.db.tx() as conn:
-            conn.execute(
-                "INSERT INTO replicas (id, host, pid, version, config_hash, started_at, heartbeat_at, in_flight) "
-                "VALUES (%s, %s, %s, %s, %s, to_timestamp(%s), now(), %s) ON CONFLICT (id) DO UPDATE SET "
-                "heartbeat_at = now(), config_hash = excluded.config_hash, in_flight = excluded.in_flight",
-                (self.replica, self.host, self.pid, __version__, self.runtime.engine.config_hash,
-                 self.started_at, in_flight),
-            )
+            self._beat_row(conn, in_flight)
             # Rows of replicas gone for long (10 liveness windows) are dropped.
             conn.execute(
                 "DELETE FROM replicas WHERE heartbeat_at < now() - make_interval(secs => %s)", (self.liveness * 10,)
