@@ -36,7 +36,8 @@ from core.errors import describe
 from core.events import Event, EventBus, ReceiptConfirmed, ReceiptWritten
 from core.jobs import JobKey
 from core.observe.logs import Log
-from core.receipts import Receipt, ReceiptError, ReceiptStore
+from core.receipts import Receipt, ReceiptError
+from core.store import ReceiptRepo
 
 Requeue = Callable[[JobKey], None]
 
@@ -44,7 +45,7 @@ Requeue = Callable[[JobKey], None]
 class ConfirmationTracker:
     def __init__(
         self,
-        receipts: ReceiptStore,
+        receipts: ReceiptRepo,
         backend_for: Callable[[str], Backend],
         bus: EventBus,
         clock: Clock,
@@ -180,7 +181,7 @@ class _Unsupported(Exception):
     """The target's backend has no notion of depth."""
 
 
-def _pending_of(receipts: ReceiptStore, paths: Iterable[Path]) -> list[tuple[Path, Receipt]]:
+def _pending_of(receipts: ReceiptRepo, paths: Iterable[Path]) -> list[tuple[Path, Receipt]]:
     """The receipts at `paths` that are still pending (one confirmed meanwhile, or
     unreadable, is left to the full rounds)."""
     out = []

@@ -50,11 +50,11 @@ from core.events import (
 )
 from core.jobs import JobKey, JobSpec, safe_name
 from core.observe.logs import Log
-from core.receipts import Receipt, ReceiptStore, build_receipt
+from core.receipts import Receipt, build_receipt
 from core.sources import Batch, latest_batch, prefetch
 from core.state import Intent, JobState
 from core.status import JobStatus, job_status
-from core.store import Claims, JournalRepo, StateRepo, Superseded
+from core.store import Claims, JournalRepo, ReceiptRepo, StateRepo, Superseded
 from core.writer import DiskWriter
 
 _T = TypeVar("_T")
@@ -139,7 +139,7 @@ class Scheduler:
         backend_for: BackendFor,
         state_store: StateRepo,
         journal: JournalRepo,
-        receipts: ReceiptStore,
+        receipts: ReceiptRepo,
         claims: Claims | None = None,
         lease: float = 15.0,
         policy: BackoffPolicy | None = None,

@@ -584,11 +584,12 @@ def _insert_receipts(conn: psycopg.Connection[Any], receipts: list[Receipt], rep
     return paths
 
 
-class PgReceiptStore(ReceiptStore):
-    """Receipts as rows: the same documents, named `postgresql:receipts/<ns>/<name>`."""
+class PgReceiptStore:
+    """Receipts as rows (core.store.ReceiptRepo): the same documents, named
+    `postgresql:/receipts/<ns>/<name>`."""
 
     def __init__(self, db: Database, replica: str) -> None:
-        super().__init__(RECEIPTS_ROOT)
+        self.root = RECEIPTS_ROOT
         self.db = db
         self.replica = replica
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from core.jobs import JobKey
-from core.receipts import Receipt, ReceiptStore
+from core.receipts import Listing, Receipt, ReceiptStore
 from core.state import Intent, IntentJournal, JobState, StateStore
 
 if TYPE_CHECKING:
@@ -69,6 +69,30 @@ class JournalRepo(Protocol):
     def orphans(self) -> tuple[list[Intent], list[str]]:
         """Intents of other schedulers that are gone, adopted here (a shared store)."""
         ...
+
+
+class ReceiptRepo(Protocol):
+    """Receipts: files under the data dir (core/receipts.py ReceiptStore) or rows
+    (core/pgstore.py PgReceiptStore). A receipt is named by a path: its file, or
+    `postgresql:/receipts/<namespace>/<name>`."""
+
+    root: Path
+
+    def write_many(self, receipts: list[Receipt]) -> list[Path | Exception]: ...
+
+    def load(self, path: str | os.PathLike[str]) -> Receipt: ...
+
+    def confirm(self, path: str | os.PathLike[str], observed: int) -> Receipt: ...
+
+    def recent(self, limit: int = 50) -> Listing: ...
+
+    def for_job(self, namespace: str, cadence: str, limit: int = 50) -> Listing: ...
+
+    def all_paths(self) -> list[Path]: ...
+
+    def pending(self) -> list[tuple[Path, Receipt]]: ...
+
+    def remove_stale_temps(self) -> list[Path]: ...
 
 
 class Claims(Protocol):
@@ -122,7 +146,7 @@ class Store:
     display: str  # what may be shown: the data dir, or postgresql://host:port/db
     state: StateRepo
     journal: JournalRepo
-    receipts: ReceiptStore
+    receipts: ReceiptRepo
     audit: Audit
     claims: Claims | None = None
     shared: SharedRecords | None = None

@@ -85,7 +85,7 @@ from core.jobs import JobKey
 
 if TYPE_CHECKING:
     from core.engine import Scheduler
-    from core.receipts import ReceiptStore
+    from core.store import ReceiptRepo
 
 JOB_LABELS = ("namespace", "cadence", "target")
 STORAGE_OPS = ("journal", "receipt", "state", "recover")  # the engine's StorageFailed.op values
@@ -241,7 +241,7 @@ class Metrics:
         registry: CollectorRegistry | None = None,
         *,
         engine: Scheduler | None = None,
-        receipts: ReceiptStore | None = None,
+        receipts: ReceiptRepo | None = None,
         version: str = __version__,
     ) -> None:
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
@@ -291,7 +291,7 @@ class Metrics:
             self._unsubscribe()
             self._unsubscribe = None
 
-    def seed(self, engine: Scheduler, receipts: ReceiptStore | None = None) -> None:
+    def seed(self, engine: Scheduler, receipts: ReceiptRepo | None = None) -> None:
         """Start from the engine's job table: last anchors, backoff levels, zeroed counters.
 
         `receipts` (a core.receipts.ReceiptStore) is optional: with it the pending receipts
