@@ -186,8 +186,13 @@ def test_a_client_that_never_reads_events_does_not_slow_the_engine(tmp_path):
 def ctl_as(uid: int, argv: list[str]) -> tuple[int, str]:
     """`vmsh-scheduler ctl ARGV` run as `uid` in a forked child (the interpreter lives under
     /root, which another uid cannot exec): (exit code, what it wrote to stdout and stderr)."""
-    import core.ctl  # noqa: F401  (imported here: the stdlib under /root is out of the child's reach)
-    from core.cli import main
+    # Imported here, by the parent: the child's uid may not read the interpreter's stdlib
+    # under /root nor a checkout in a 0700 folder (a `mktemp -d` clone). build_parser()
+    # imports what the parser's subcommands need (core.store_cli, ...).
+    import core.ctl  # noqa: F401
+    from core.cli import build_parser, main
+
+    build_parser()
 
     read, write = os.pipe()
     pid = os.fork()
