@@ -47,14 +47,15 @@ from core.events import (
     ReceiptWritten,
     StorageFailed,
     TickCompleted,
+    TokenDiscarded,
 )
 from core.jobs import JobKey, JobSpec, safe_name
 from core.observe.logs import Log
 from core.receipts import Receipt, build_receipt
 from core.sources import Batch, latest_batch, prefetch
-from core.state import Intent, JobState
+from core.state import Intent, JobState, Row
 from core.status import JobStatus, job_status
-from core.store import Claims, JournalRepo, ReceiptRepo, StateRepo, Superseded
+from core.store import Claims, JournalRepo, ReceiptRepo, StateRepo, Superseded, Written
 from core.writer import DiskWriter
 
 _T = TypeVar("_T")
@@ -198,6 +199,9 @@ class Scheduler:
         self._storage_failing: dict[JobKey, str] = {}  # jobs whose last failure was storage
         self._disabled: dict[JobKey, str] = {}  # jobs whose target is refused: the reason
         self._enabled_at: dict[JobKey, float] = {}  # a reload added or enabled the job then
+        # Why this replica must not claim jobs now (core/cluster.py: its clock is off the
+        # database's, or the database cannot confirm a lease), else None.
+        self.claim_refusal: str | None = None
         self.paused = False
         self.started_at = self.clock.now()
         self.last_tick: float | None = None
@@ -319,6 +323,18 @@ class Scheduler:
         if key not in self._in_flight:
             self._schedule(key, self.clock.now())
         self._request_save()
+
+    def set_claim_refusal(self, reason: str | None) -> None:
+        """Shared store: stop claiming jobs for `reason` (None: claim again). Jobs due
+        meanwhile are left to the other replicas; nothing in flight is touched."""
+        if reason == self.claim_refusal:
+            return
+        self.claim_refusal = reason
+        if reason is None:
+            self.log.info("claiming jobs again")
+            self._wake.set()
+        else:
+            self.log.warning("not claiming jobs", reason=reason)
 
     def pause(self) -> None:
         self._set_paused(True)
@@ -553,6 +569,10 @@ class Scheduler:
         holds is left to it; a claimed job takes the store's state (another replica may have
         anchored it since this one looked) and is anchored only if it is still due."""
         assert self._claims is not None
+        if self.claim_refusal is not None:  # out of the claim rotation: the others take these
+            for item in items:
+                self._let_go(item.spec.key, owned, self.clock.now() + min(self.tick, self.lease / 3))
+            return []
         forced = [item.spec.key for item in items if item.forced]
         due = [item.spec.key for item in items if not item.forced]
         try:
@@ -568,7 +588,7 @@ class Scheduler:
             return []
         now = self.clock.now()
         kept: list[_Due] = []
-        let_go: list[JobKey] = []
+        let_go: list[tuple[JobKey, int]] = []
         for item in items:
             key = item.spec.key
             state = got.get(key)
@@ -577,19 +597,29 @@ class Scheduler:
                 if item.forced or self._still_due(item, state, now):
                     kept.append(item)
                     continue
-                let_go.append(key)
+                if state.row is not None and state.row.fence is not None:
+                    let_go.append((key, state.row.fence))
             # Held by another replica, or done by one, or left to one: look again at its (new)
             # due time, or soon.
-            owned.discard(key)
-            self._in_flight.discard(key)
-            self._since.pop(key, None)
-            self._schedule(key, None if state is not None else now + min(self.tick, self.lease / 3))
+            self._let_go(key, owned, None if state is not None else now + min(self.tick, self.lease / 3))
         if let_go:
             try:
-                await self._write("claim", self._state_store.path, self._claims.release, let_go)
+                released = await self._write("claim", self._state_store.path, self._claims.release, let_go)
             except StorageError:
-                pass  # the lease expires on its own
+                released = []  # the lease expires on its own
+            for key in released:
+                state = self._state.get(key)
+                if state is not None and state.row is not None:
+                    state.row = Row(state.row.version)
         return kept
+
+    def _let_go(self, key: JobKey, owned: set[JobKey], when: float | None) -> None:
+        """A job taken for this pass that is not anchored here after all: out of flight,
+        scheduled at `when` (None: its natural due time)."""
+        owned.discard(key)
+        self._in_flight.discard(key)
+        self._since.pop(key, None)
+        self._schedule(key, when)
 
     def _still_due(self, item: _Due, state: JobState, now: float) -> bool:
         """By the store's state (already taken into `_state`): not anchored elsewhere since."""
@@ -713,7 +743,7 @@ class Scheduler:
                 if recovered:
                     existing = await self._write(
                         "receipt", self._receipts.root, self._existing_receipts,
-                        [item for _, item in chunk], anchored_root,
+                        [item for _, item in chunk], anchored_root, attestation,
                     )
                 fresh = [(index, item) for index, item in chunk if item.spec.key not in existing]
                 receipts = [
@@ -766,12 +796,13 @@ class Scheduler:
         intent, attestation = held.intent, held.attestation
         now = self.clock.now()
         receipts = [self._receipt(intent, item, index, proofs, attestation, now) for index, item in pairs]
-        states = [
-            _succeeded(self._state.get(item.spec.key, JobState()), item.batch.root, None, now).to_dict()
-            for _, item in pairs
-        ]
+        previous = [self._state.get(item.spec.key, JobState()) for _, item in pairs]
+        states = [_succeeded(state, item.batch.root, None, now).to_dict() for state, (_, item) in zip(previous, pairs, strict=True)]
+        rows = [state.row for state in previous]
         try:
-            paths = await self._writer.run("receipt", self._receipts.root, self._claims.commit, receipts, states, intent.id)
+            done = await self._writer.run(
+                "receipt", self._receipts.root, self._claims.commit, receipts, states, rows, intent.id
+            )
         except StorageError as exc:
             if isinstance(exc.__cause__, Superseded):
                 self._superseded(held, pairs, owned, str(exc.__cause__))
@@ -783,11 +814,34 @@ class Scheduler:
         intent.closed = True
         self._open.pop(intent.id, None)
         duration = 0.0 if recovered else now - started
-        for (_, item), path in zip(pairs, paths, strict=True):
-            self._held.pop(item.spec.key, None)
-            owned.discard(item.spec.key)
+        lost: list[JobKey] = []
+        for (_, item), path in zip(pairs, done.paths, strict=True):
+            key = item.spec.key
+            self._held.pop(key, None)
+            owned.discard(key)
+            if path is None:  # another replica claimed it since: the outcome is theirs
+                lost.append(key)
+                self._in_flight.discard(key)
+                self._since.pop(key, None)
+                if key in self._specs:
+                    self._schedule(key, now + min(self.tick, self.lease / 3))
+                continue
             self._succeed(item.spec, item.batch, path, now, duration, attestation.status)
+            self._state[key].row = done.rows.get(key)
+        if lost:
+            self.log.warning(
+                "lease lost before the commit (another replica claimed these jobs): their receipts "
+                "are not written from this attestation", intent=intent.id, target=intent.target,
+                jobs=[str(k) for k in lost],
+            )
+            if len(lost) == len(pairs):
+                self._discarded(intent, "lease_lost", len(lost))
         self._wake.set()
+
+    def _discarded(self, intent: Intent, reason: str, jobs: int) -> None:
+        """A paid attestation that ends in no receipt: logged and counted, never silent."""
+        self.bus.publish(TokenDiscarded(at=self.clock.now(), target=intent.target, intent=intent.id, reason=reason, jobs=jobs))
+        self.log.warning("attestation discarded", intent=intent.id, target=intent.target, reason=reason, jobs=jobs)
 
     def _superseded(self, held: _Held, pairs: list[tuple[int, _Due]], owned: set[JobKey], why: str) -> None:
         """Another replica took this anchor over while this one was unresponsive: its outcome
@@ -800,6 +854,7 @@ class Scheduler:
         )
         held.intent.closed = True
         self._open.pop(held.intent.id, None)
+        self._discarded(held.intent, "taken_over", len(pairs))
         for _, item in pairs:
             key = item.spec.key
             self._held.pop(key, None)
@@ -1026,15 +1081,20 @@ class Scheduler:
         )
         self.log.error("storage write failed", op=exc.op, path=exc.path, errno=exc.errno, error=str(exc))
 
-    def _existing_receipts(self, items: list[_Due], anchored_root: str) -> dict[JobKey, Path]:
-        """Receipts already written for these jobs and this anchored root (writer thread)."""
+    def _existing_receipts(self, items: list[_Due], anchored_root: str, attestation: Attestation) -> dict[JobKey, Path]:
+        """Receipts already written from this very attestation for these jobs (writer
+        thread). Matched by the token itself, never by the root alone: a job anchored again
+        with an unchanged root (`anchor_unchanged`) has an earlier receipt for the same root,
+        and the new token must still get its own."""
         found: dict[JobKey, Path] = {}
+        token = dict(attestation.data)
         for item in items:
             for path, receipt in self._receipts.for_job(item.spec.namespace, item.spec.cadence, 10):
                 if (
                     isinstance(receipt, Receipt)
                     and receipt.anchored_root == anchored_root
                     and receipt.batch.root == item.batch.root
+                    and dict(receipt.attestation) == token
                 ):
                     found[item.spec.key] = path
                     break
@@ -1102,17 +1162,45 @@ class Scheduler:
         failed save loses none of them: they are closed after a later save.
         """
         closing = list(self._closing)
-        doc = self._state_store.snapshot(self._state, self.holding(closing))
+        holding = self.holding(closing)
+        doc = self._state_store.snapshot(self._state, holding)
+        # The rows these states were built on (a shared store), to tell below whether a
+        # job's state is still the one written when the answer comes back.
+        based = {k: s.row for k, s in self._state.items() if s.row is not None} if self._claims else {}
         try:
-            await self._write("state", self._state_store.path, self._state_store.write, doc)
+            written = await self._write("state", self._state_store.path, self._state_store.write, doc)
         except StorageError as exc:
             self._save_error = exc
             self._retry_save_later()
             return False
+        if written is not None:
+            self._saved(written, based, holding)
         self._save_error = None
         self._save_failures = 0
         await self._close_intents(closing)
         return True
+
+    def _saved(self, written: Written, based: dict[JobKey, Row], holding: frozenset[JobKey]) -> None:
+        """A shared store's answer to a save: the new rows of the states it wrote (for the
+        states still built on the rows saved), and the store's state for the writes it
+        refused: a state built on a row that is no longer current never overwrites a newer
+        one; it is replaced by it."""
+        for key, row in written.rows.items():
+            state = self._state.get(key)
+            if state is not None and state.row is based.get(key):
+                state.row = row
+        busy = self.holding()
+        for key, theirs in written.refused.items():
+            state = self._state.get(key)
+            if state is None or state.row is not based.get(key) or key in busy:
+                continue
+            self.log.warning(
+                "stale state write refused by the store; taking the store's state", job=str(key),
+                was_fenced=based[key].fence is not None if key in based else False,
+            )
+            self._state[key] = theirs
+            if key in self._specs and key not in self._forced:
+                self._schedule(key)
 
     async def _close_intents(self, intents: list[Intent]) -> None:
         """Remove intents from the journal (one fsync); the ones that fail are retried."""
@@ -1196,6 +1284,9 @@ class Scheduler:
             self.log.warning(warning)
         for intent in intents:
             self._open[intent.id] = intent
+            for key, state in intent.leased.items():  # a shared store's, under new fences
+                if key in self._specs and key not in self._in_flight:
+                    self._state[key] = state
         for intent in intents:
             # Its jobs are in flight while it is resolved: a pass meanwhile (a replica takes
             # intents over while it runs) must not anchor them a second time.

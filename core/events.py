@@ -127,6 +127,18 @@ class ReplicasSeen(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class TokenDiscarded(Event):
+    """An attestation was paid for (a token signed, a transaction sent) and ends in no
+    receipt: `reason` is `lease_lost` (another replica claimed its jobs first) or
+    `taken_over` (another replica resolved its intent)."""
+
+    target: str
+    intent: str
+    reason: str
+    jobs: int
+
+
+@dataclass(frozen=True, slots=True)
 class TickCompleted(Event):
     duration: float
     due: int

@@ -12,8 +12,9 @@ then `lease_owner`/`lease_until` set), so two replicas never anchor one job at o
 lease is renewed while the backend call is in flight (core/cluster.py) and released only
 by the state write that records the outcome. A state write is refused for a row another
 replica holds, and is conditional on the row's version (optimistic concurrency), so a
-replica with a stale view never overwrites another's newer state. Lease times are the
-database's clock (`now()`), never a replica's.
+replica with a stale view never overwrites another's newer state; every write that depends
+on a lease is fenced (PgStateStore). Lease times are the database's clock at the moment of
+the statement (`clock_timestamp()`), never a replica's.
 
 The same classes as the file store (core/state.py, core/receipts.py) with the same methods:
 the engine cannot tell them apart. Every method here blocks; the engine calls them on its
@@ -43,8 +44,8 @@ from psycopg_pool import ConnectionPool
 from core.errors import NetworkError, StorageError, ValidationError
 from core.jobs import JobKey, safe_name
 from core.receipts import Listing, Receipt, ReceiptError, ReceiptInvalid, ReceiptStore
-from core.state import Intent, JobState, StateError, new_intent
-from core.store import Superseded
+from core.state import Intent, JobState, Row, StateError, new_intent
+from core.store import Committed, Superseded, Written
 
 # The pool's own reconnection messages would go to stderr on every attempt while the
 # database is down; the scheduler says it once (core/cluster.py), and again when it is back.
@@ -54,7 +55,7 @@ logging.getLogger("psycopg.pool").setLevel(logging.CRITICAL)
 # intents it left are resolved by another (PgJournal.scan). One lease is three missed beats.
 LIVENESS_LEASES = 1.0
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 STORE_ROOT = Path("postgresql:")  # receipts and intents are named under it, never files
 RECEIPTS_ROOT = STORE_ROOT / "receipts"
 INTENTS_ROOT = STORE_ROOT / "intents"
@@ -106,6 +107,9 @@ MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
     (2, "cluster-wide flags; replicas report their jobs in flight", (
         """CREATE TABLE cluster (key text PRIMARY KEY, value jsonb NOT NULL)""",
         """ALTER TABLE replicas ADD COLUMN in_flight integer NOT NULL DEFAULT 0""",
+    )),
+    (3, "fenced leases: a fencing token per job that grows at every claim", (
+        """ALTER TABLE jobs ADD COLUMN fence bigint NOT NULL DEFAULT 0""",
     )),
 )
 
@@ -246,22 +250,37 @@ class Database:
 # --------------------------------------------------------------------------- job state
 
 
-def _state_of(doc: Any) -> JobState:
-    if not doc:
-        return JobState()
-    return JobState.from_dict(doc)
+def _state_of(doc: Any, row: Row) -> JobState:
+    state = JobState.from_dict(doc) if doc else JobState()
+    state.row = row
+    return state
 
 
 class PgStateStore:
-    """Job state rows with leases (the file store's StateStore, per row)."""
+    """Job state rows with fenced leases (the file store's StateStore, per row).
+
+    Every lease carries a fencing token, `jobs.fence`, that grows by one at each claim (and
+    each take-over of an intent's jobs). A write that depends on the lease (a state save, a
+    commit, a release) is conditional on the fence the writer was granted, in the same
+    statement: once another replica has claimed the job, the old holder's writes are
+    refused, whatever its view of time. A state written without a lease is conditional on
+    the row version that state was read at, carried by the state itself (`JobState.row`).
+    Lease times are the database's clock at the moment of the statement
+    (`clock_timestamp()`), so a claim that waited on a lock never gets a lease that has
+    already run out."""
 
     def __init__(self, db: Database, replica: str, *, liveness: float = 30.0) -> None:
         self.db = db
         self.replica = replica
         self.liveness = liveness  # a registry row older than this is a replica gone
         self.path = STORE_ROOT / "jobs"
-        self._versions: dict[str, int] = {}
-        self._written: dict[str, dict[str, Any]] = {}
+        self._versions: dict[str, int] = {}  # the newest version seen of each row
+        self._written: dict[str, dict[str, Any]] = {}  # its state then (a save skips equal ones)
+
+    def _seen(self, job: str, state: dict[str, Any] | None, version: int) -> None:
+        if self._versions.get(job, -1) <= version:
+            self._versions[job] = version
+            self._written[job] = state or {}
 
     def load(self) -> dict[JobKey, JobState]:
         out: dict[JobKey, JobState] = {}
@@ -269,11 +288,10 @@ class PgStateStore:
             for job, state, version in conn.execute("SELECT job, state, version FROM jobs"):
                 try:
                     key = JobKey.parse(job)
-                    out[key] = _state_of(state)
+                    out[key] = _state_of(state, Row(version))
                 except ValueError as exc:
                     raise StateError(f"{self.db.display} jobs: job {job!r}: {exc}") from exc
-                self._versions[job] = version
-                self._written[job] = state or {}
+                self._seen(job, state, version)
         return out
 
     def save(self, states: dict[JobKey, JobState]) -> None:
@@ -281,57 +299,97 @@ class PgStateStore:
 
     @staticmethod
     def snapshot(states: dict[JobKey, JobState], holding: frozenset[JobKey] = frozenset()) -> dict[str, Any]:
+        """The states to write, each with the row it was built on (taken now, on the
+        engine's loop, with the state itself: never a version a later claim refreshed)."""
         return {
             "jobs": {f"{k[0]}/{k[1]}": s.to_dict() for k, s in states.items()},
+            "rows": {f"{k[0]}/{k[1]}": s.row for k, s in states.items()},
             "holding": sorted(str(k) for k in holding),
         }
 
-    def write(self, doc: dict[str, Any]) -> None:
-        """Write the rows that changed since read or written here, each only if this replica
-        may (no other live lease) and its version is the one last seen; then release the
-        leases of jobs no longer held. One transaction."""
+    def write(self, doc: dict[str, Any]) -> Written:
+        """Write the rows that changed, and release the leases of jobs no longer held, in one
+        transaction. A leased row is written only under its fence; an unleased one only at
+        the version it was read at and while no other replica holds it. What was refused is
+        returned with the store's state (`Written.refused`)."""
+        rows: dict[str, Row | None] = doc.get("rows", {})
+        holding = set(doc.get("holding", []))
         changed = [(job, state) for job, state in doc["jobs"].items() if self._written.get(job) != state]
-        written: list[tuple[str, dict[str, Any], int]] = []
+        result = Written()
+        refused: list[str] = []
+        seen: list[tuple[str, dict[str, Any], int]] = []
+        released: set[str] = set()
         with self.db.tx() as conn:
             for job, state in changed:
-                version = self._versions.get(job)
-                if version is None:
-                    row = conn.execute(
+                row = rows.get(job)
+                keep = job in holding
+                if row is None:  # never read from the store: a job it does not have yet
+                    got = conn.execute(
                         "INSERT INTO jobs (job, state, version) VALUES (%s, %s, 1) "
                         "ON CONFLICT (job) DO NOTHING RETURNING version",
                         (job, Jsonb(state)),
                     ).fetchone()
-                else:
-                    row = conn.execute(
-                        "UPDATE jobs SET state = %s, version = version + 1, updated_at = clock_timestamp() "
-                        "WHERE job = %s AND version = %s AND (lease_owner IS NULL OR lease_owner = %s "
-                        "OR lease_until < now()) RETURNING version",
-                        (Jsonb(state), job, version, self.replica),
+                    fence = None
+                elif row.fence is not None:  # leased here: only under that lease's fence
+                    got = conn.execute(
+                        "UPDATE jobs SET state = %(state)s, version = version + 1, updated_at = clock_timestamp(), "
+                        "lease_owner = CASE WHEN %(keep)s THEN lease_owner END, "
+                        "lease_until = CASE WHEN %(keep)s THEN lease_until END "
+                        "WHERE job = %(job)s AND lease_owner = %(me)s AND fence = %(fence)s RETURNING version",
+                        {"state": Jsonb(state), "keep": keep, "job": job, "me": self.replica, "fence": row.fence},
                     ).fetchone()
-                if row is None:  # another replica's lease, or a newer version: theirs stands
+                    fence = row.fence if keep else None
+                    if got is not None and not keep:
+                        released.add(job)
+                else:  # not leased: only over the version it was read at, and nobody holds it
+                    got = conn.execute(
+                        "UPDATE jobs SET state = %s, version = version + 1, updated_at = clock_timestamp() "
+                        "WHERE job = %s AND version = %s AND (lease_owner IS NULL OR lease_until < clock_timestamp()) "
+                        "RETURNING version",
+                        (Jsonb(state), job, row.version),
+                    ).fetchone()
+                    fence = None
+                if got is None:
+                    refused.append(job)
                     continue
-                written.append((job, state, int(row[0])))
-            conn.execute(
-                "UPDATE jobs SET lease_owner = NULL, lease_until = NULL "
-                "WHERE lease_owner = %s AND NOT (job = ANY(%s))",
-                (self.replica, doc.get("holding", [])),
-            )
-        for job, state, version in written:
-            self._versions[job] = version
-            self._written[job] = state
+                result.rows[JobKey.parse(job)] = Row(int(got[0]), fence)
+                seen.append((job, state, int(got[0])))
+            leases = [
+                (job, row.fence) for job, row in rows.items()
+                if row is not None and row.fence is not None and job not in holding
+                and job not in released and job not in refused
+            ]
+            if leases:
+                for job, version in conn.execute(
+                    "UPDATE jobs j SET lease_owner = NULL, lease_until = NULL "
+                    "FROM unnest(%s::text[], %s::bigint[]) AS r(job, fence) "
+                    "WHERE j.job = r.job AND j.fence = r.fence AND j.lease_owner = %s RETURNING j.job, j.version",
+                    ([j for j, _ in leases], [f for _, f in leases], self.replica),
+                ):
+                    result.rows[JobKey.parse(job)] = Row(int(version))
+            if refused:
+                for job, state, version in conn.execute(
+                    "SELECT job, state, version FROM jobs WHERE job = ANY(%s)", (refused,)
+                ):
+                    result.refused[JobKey.parse(job)] = _state_of(state, Row(int(version)))
+                    seen.append((job, state, int(version)))
+        for job, state, version in seen:
+            self._seen(job, state, version)
+        return result
 
     def claim(self, keys: list[JobKey], lease_seconds: float, *, spread: bool = False) -> dict[JobKey, JobState]:
         """Lease the jobs among `keys` no other replica holds; their current state (from the
-        database: another replica may have anchored them since this one last looked).
-        `spread`: at most this replica's share, len(keys) / the live replicas (the registry,
-        read in the same transaction), so that jobs due at once are spread over them."""
+        database: another replica may have anchored them since this one last looked), each
+        with its new fence (`row.fence`). `spread`: at most this replica's share, len(keys) /
+        the live replicas (the registry, read in the same transaction), so that jobs due at
+        once are spread over them."""
         names = [str(k) for k in keys]
         out: dict[JobKey, JobState] = {}
         limit: int | None = None
         with self.db.tx() as conn:
             if spread:
                 row = conn.execute(
-                    "SELECT count(*) FROM replicas WHERE heartbeat_at > now() - make_interval(secs => %s)",
+                    "SELECT count(*) FROM replicas WHERE heartbeat_at > clock_timestamp() - make_interval(secs => %s)",
                     (self.liveness,),
                 ).fetchone()
                 alive = max(1, int(row[0]) if row else 1)
@@ -342,67 +400,82 @@ class PgStateStore:
             # A job named by another replica's open intent is that intent's until it is
             # resolved (core/pgstore.py PgJournal.scan): its lease may have expired while the
             # anchor it was part of landed.
-            rows = conn.execute(
-                "SELECT job, state, version FROM jobs WHERE job = ANY(%(jobs)s) AND (lease_owner IS NULL "
-                "OR lease_owner = %(me)s OR lease_until < now()) AND NOT EXISTS (SELECT 1 FROM intents i "
+            mine = [r[0] for r in conn.execute(
+                "SELECT job FROM jobs WHERE job = ANY(%(jobs)s) AND (lease_owner IS NULL "
+                "OR lease_owner = %(me)s OR lease_until < clock_timestamp()) AND NOT EXISTS (SELECT 1 FROM intents i "
                 "WHERE i.owner <> %(me)s AND i.doc->'entries' @> jsonb_build_array(jsonb_build_object('job', jobs.job))) "
                 "FOR UPDATE OF jobs SKIP LOCKED LIMIT %(limit)s",
                 {"jobs": names, "me": self.replica, "limit": limit},
-            ).fetchall()
-            mine = [r[0] for r in rows]
-            conn.execute(
-                "UPDATE jobs SET lease_owner = %s, lease_until = now() + make_interval(secs => %s) "
-                "WHERE job = ANY(%s)",
+            )]
+            rows = conn.execute(
+                "UPDATE jobs SET lease_owner = %s, lease_until = clock_timestamp() + make_interval(secs => %s), "
+                "fence = fence + 1 WHERE job = ANY(%s) RETURNING job, state, version, fence",
                 (self.replica, lease_seconds, mine),
-            )
-        for job, state, version in rows:
-            self._versions[job] = version
-            self._written[job] = state or {}
-            out[JobKey.parse(job)] = _state_of(state)
+            ).fetchall()
+        for job, state, version, fence in rows:
+            self._seen(job, state, version)
+            out[JobKey.parse(job)] = _state_of(state, Row(int(version), int(fence)))
         return out
 
-    def commit(self, receipts: list[Receipt], states: list[dict[str, Any]], intent_id: str) -> list[Path]:
+    def commit(
+        self, receipts: list[Receipt], states: list[dict[str, Any]], rows: list[Row | None], intent_id: str
+    ) -> Committed:
         """Receipts, the jobs' states and the release of their leases, and the intent's
-        removal, in one transaction (core/engine.py `_commit_in_store`). A job's state is
-        written while this replica holds its lease (the only writer then)."""
-        written: list[tuple[str, dict[str, Any], int]] = []
+        removal, in one transaction (core/engine.py `_commit_in_store`), for the jobs whose
+        lease is still this replica's under the fence in `rows`; a job another replica has
+        claimed since gets nothing (its path is None): the outcome is that replica's."""
         with self.db.tx() as conn:
             owner = conn.execute("SELECT owner FROM intents WHERE id = %s FOR UPDATE", (intent_id,)).fetchone()
             if owner is None or owner[0] != self.replica:
                 raise Superseded(
                     f"intent {intent_id} was taken over by {owner[0] if owner else 'another replica, and resolved'}"
                 )
-            paths = _insert_receipts(conn, receipts, self.replica)
-            for receipt, state, path in zip(receipts, states, paths, strict=True):
-                job = f"{receipt.namespace}/{receipt.cadence}"
-                state = {**state, "last_receipt": str(path)}
-                row = conn.execute(
+            jobs = [f"{r.namespace}/{r.cadence}" for r in receipts]
+            fenced = [(job, row.fence) for job, row in zip(jobs, rows, strict=True) if row is not None and row.fence is not None]
+            current = {r[0] for r in conn.execute(
+                "SELECT j.job FROM jobs j JOIN unnest(%s::text[], %s::bigint[]) AS r(job, fence) "
+                "ON j.job = r.job AND j.fence = r.fence WHERE j.lease_owner = %s FOR UPDATE OF j",
+                ([j for j, _ in fenced], [f for _, f in fenced], self.replica),
+            )} if fenced else set()
+            kept = [n for n, job in enumerate(jobs) if job in current]
+            names = _insert_receipts(conn, [receipts[n] for n in kept], self.replica)
+            paths: list[Path | None] = [None] * len(receipts)
+            done = Committed(paths)
+            seen: list[tuple[str, dict[str, Any], int]] = []
+            for n, path in zip(kept, names, strict=True):
+                paths[n] = path
+                state = {**states[n], "last_receipt": str(path)}
+                got = conn.execute(
                     "UPDATE jobs SET state = %s, version = version + 1, updated_at = clock_timestamp(), "
-                    "lease_owner = NULL, lease_until = NULL WHERE job = %s AND lease_owner = %s RETURNING version",
-                    (Jsonb(state), job, self.replica),
+                    "lease_owner = NULL, lease_until = NULL WHERE job = %s RETURNING version",
+                    (Jsonb(state), jobs[n]),
                 ).fetchone()
-                if row is None:  # its lease ran out and another replica took it: its state wins
-                    continue
-                written.append((job, state, int(row[0])))
+                assert got is not None  # locked above
+                done.rows[JobKey.parse(jobs[n])] = Row(int(got[0]))
+                seen.append((jobs[n], state, int(got[0])))
             conn.execute("DELETE FROM intents WHERE id = %s", (intent_id,))
-        for job, state, version in written:
-            self._versions[job] = version
-            self._written[job] = state
-        return paths
+        for job, state, version in seen:
+            self._seen(job, state, version)
+        return done
 
-    def release(self, keys: list[JobKey]) -> None:
+    def release(self, leases: list[tuple[JobKey, int]]) -> list[JobKey]:
+        if not leases:
+            return []
         with self.db.tx() as conn:
-            conn.execute(
-                "UPDATE jobs SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = %s AND job = ANY(%s)",
-                (self.replica, [str(k) for k in keys]),
-            )
+            rows = conn.execute(
+                "UPDATE jobs j SET lease_owner = NULL, lease_until = NULL "
+                "FROM unnest(%s::text[], %s::bigint[]) AS r(job, fence) "
+                "WHERE j.job = r.job AND j.fence = r.fence AND j.lease_owner = %s RETURNING j.job",
+                ([str(k) for k, _ in leases], [f for _, f in leases], self.replica),
+            ).fetchall()
+        return [JobKey.parse(r[0]) for r in rows]
 
     def renew(self, keys: list[JobKey], lease_seconds: float) -> int:
         if not keys:
             return 0
         with self.db.tx() as conn:
             cur = conn.execute(
-                "UPDATE jobs SET lease_until = now() + make_interval(secs => %s) "
+                "UPDATE jobs SET lease_until = clock_timestamp() + make_interval(secs => %s) "
                 "WHERE lease_owner = %s AND job = ANY(%s)",
                 (lease_seconds, self.replica, [str(k) for k in keys]),
             )
@@ -426,10 +499,9 @@ class PgStateStore:
             newest = max(newest, updated_at)
             if self._versions.get(job, -1) >= version:
                 continue  # ours, or already seen
-            self._versions[job] = version
-            self._written[job] = state or {}
+            self._seen(job, state, version)
             try:
-                out[JobKey.parse(job)] = _state_of(state)
+                out[JobKey.parse(job)] = _state_of(state, Row(int(version)))
             except ValueError:
                 continue
         return out, newest
@@ -530,10 +602,10 @@ class PgJournal:
                 SELECT i.id, i.doc FROM intents i
                 WHERE i.owner <> 'quarantine' AND ((%(own)s AND i.owner = %(me)s) OR (i.owner <> %(me)s AND
                     NOT EXISTS (SELECT 1 FROM replicas r WHERE r.id = i.owner
-                                AND r.heartbeat_at > now() - make_interval(secs => %(live)s))
+                                AND r.heartbeat_at > clock_timestamp() - make_interval(secs => %(live)s))
                     AND NOT EXISTS (SELECT 1 FROM jobs j, jsonb_array_elements(i.doc->'entries') e
                                     WHERE j.job = e->>'job' AND j.lease_owner IS NOT NULL
-                                    AND j.lease_owner <> %(me)s AND j.lease_until > now())))
+                                    AND j.lease_owner <> %(me)s AND j.lease_until > clock_timestamp())))
                 ORDER BY i.id FOR UPDATE OF i SKIP LOCKED
                 """,
                 {"me": self.replica, "live": self.liveness, "own": own},
@@ -549,11 +621,17 @@ class PgJournal:
             adopted = [i.id for i in intents]
             conn.execute("UPDATE intents SET owner = %s WHERE id = ANY(%s)", (self.replica, adopted))
             jobs = sorted({e["job"] for i in intents for e in i.entries})
-            conn.execute(  # hold their jobs while resolving: nobody anchors them meanwhile
-                "UPDATE jobs SET lease_owner = %s, lease_until = now() + make_interval(secs => %s) "
-                "WHERE job = ANY(%s)",
+            # Hold their jobs while resolving, under new fences: nobody anchors them meanwhile,
+            # and a replica that held them before can no longer write their outcome.
+            leased: dict[str, JobState] = {}
+            for job, state, version, fence in conn.execute(
+                "UPDATE jobs SET lease_owner = %s, lease_until = clock_timestamp() + make_interval(secs => %s), "
+                "fence = fence + 1 WHERE job = ANY(%s) RETURNING job, state, version, fence",
                 (self.replica, self.liveness, jobs),
-            )
+            ):
+                leased[job] = _state_of(state, Row(int(version), int(fence)))
+            for intent in intents:
+                intent.leased = {JobKey.parse(e["job"]): leased[e["job"]] for e in intent.entries if e["job"] in leased}
         self.warnings = warnings
         return intents, warnings
 

@@ -72,6 +72,17 @@ def _int(d: dict[str, Any], name: str) -> int:
     return value
 
 
+@dataclass(frozen=True, slots=True)
+class Row:
+    """Where a job's state came from in a shared store: the row's `version`, and the lease's
+    `fence` while this replica holds it (None: not leased here). It travels with the state
+    object, so a save always carries the version and fence of the very state it writes,
+    never ones a later claim refreshed (core/pgstore.py PgStateStore.write)."""
+
+    version: int
+    fence: int | None = None
+
+
 @dataclass(slots=True)
 class JobState:
     last_anchored_at: float | None = None
@@ -86,6 +97,9 @@ class JobState:
     # Last time the anchored root was known to be the latest: an anchor, or a pass that
     # found the root unchanged. Staleness counts from here, so a quiet namespace is not stale.
     current_at: float | None = None
+    # The shared store's row this state is based on (None: the file store, or a new job);
+    # never written out, never compared.
+    row: Row | None = field(default=None, compare=False, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         # Written out by hand: dataclasses.asdict deep-copies and is ~10x slower.
@@ -404,6 +418,9 @@ class Intent:
     confirmations: int | None = None
     path: Path = field(default=Path())
     closed: bool = False
+    # A shared store: the state of its jobs as leased to this replica when it adopted the
+    # intent (at start, or taking over a gone replica's), each row with its new fence.
+    leased: dict[JobKey, JobState] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def digest_bytes(self) -> bytes:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from core.jobs import JobKey
 from core.receipts import Listing, Receipt, ReceiptStore
-from core.state import Intent, IntentJournal, JobState, StateStore
+from core.state import Intent, IntentJournal, JobState, Row, StateStore
 
 if TYPE_CHECKING:
     from core.anchors.base import SharedRecords
@@ -35,6 +35,27 @@ class Superseded(Exception):
     well would write a second receipt for the same roots."""
 
 
+@dataclass
+class Written:
+    """What a state save did in a shared store. `rows`: the store's row now for each job it
+    wrote or whose lease it released. `refused`: jobs whose write was refused because the
+    state was built on a row that is no longer current (a stale version, or a fence another
+    claim has replaced), with the store's state for them: the engine takes it instead."""
+
+    rows: dict[JobKey, Row] = field(default_factory=dict)
+    refused: dict[JobKey, JobState] = field(default_factory=dict)
+
+
+@dataclass
+class Committed:
+    """What one fenced commit wrote: per receipt its name, or None when the job's lease was
+    no longer this replica's (its fence was replaced: another replica claimed it), and the
+    store's row now for each job committed."""
+
+    paths: list[Path | None]
+    rows: dict[JobKey, Row] = field(default_factory=dict)
+
+
 class StateRepo(Protocol):
     path: Path
 
@@ -45,7 +66,7 @@ class StateRepo(Protocol):
     @staticmethod
     def snapshot(states: dict[JobKey, JobState], holding: frozenset[JobKey] = ...) -> dict[str, Any]: ...
 
-    def write(self, doc: dict[str, Any]) -> None: ...
+    def write(self, doc: dict[str, Any]) -> Written | None: ...
 
     def remove_stale_temps(self) -> list[Path]: ...
 
@@ -100,16 +121,21 @@ class Claims(Protocol):
 
     def claim(self, keys: list[JobKey], lease_seconds: float, *, spread: bool = False) -> dict[JobKey, JobState]:
         """Lease the jobs no other replica holds (`spread`: at most this replica's share);
-        their current state. Blocking."""
+        their current state, whose `row.fence` is the new lease's fencing token. Blocking."""
         ...
 
-    def release(self, keys: list[JobKey]) -> None: ...
+    def release(self, leases: list[tuple[JobKey, int]]) -> list[JobKey]:
+        """Release these (job, fence) leases where the fence is still current; which were."""
+        ...
 
     def renew(self, keys: list[JobKey], lease_seconds: float) -> int: ...
 
-    def commit(self, receipts: list[Receipt], states: list[dict[str, Any]], intent_id: str) -> list[Path]:
-        """One transaction: the receipts, each job's state (its `last_receipt` set to the
-        receipt's name), the jobs' leases released, the intent removed. Their names."""
+    def commit(
+        self, receipts: list[Receipt], states: list[dict[str, Any]], rows: list[Row | None], intent_id: str
+    ) -> Committed:
+        """One transaction: for each job whose lease fence in `rows` is still current, its
+        receipt, its state (`last_receipt` set to the receipt's name) and its lease released;
+        the intent removed. Raises Superseded when the intent is no longer this replica's."""
         ...
 
     def changed_since(self, cursor: Any) -> tuple[dict[JobKey, JobState], Any]: ...
@@ -206,4 +232,4 @@ def is_postgres(store: str) -> bool:
     return store.startswith(("postgresql://", "postgres://"))
 
 
-__all__ = ["Claims", "JournalRepo", "StateRepo", "Store", "file_store", "is_postgres", "postgres_store"]
+__all__ = ["Claims", "Committed", "JournalRepo", "StateRepo", "Store", "Written", "file_store", "is_postgres", "postgres_store"]

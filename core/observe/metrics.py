@@ -16,6 +16,7 @@
 | `vmsh_receipts_pending` | gauge | target |
 | `vmsh_anchor_failures_by_kind_total` | counter | kind (network/auth/validation/storage/unknown) |
 | `vmsh_storage_errors_total` | counter | op (journal/receipt/state/recover) |
+| `vmsh_tokens_discarded_total` | counter | reason (lease_lost/taken_over) |
 | `vmsh_config_reloads_total` | counter | result (ok/error) |
 | `vmsh_tick_duration_seconds` | histogram | |
 | `vmsh_build_info` | gauge (always 1) | version |
@@ -38,6 +39,10 @@ Counting rules:
   so `vmsh_anchor_failures_by_kind_total{kind="storage"}` shows a full disk at once;
   `vmsh_storage_errors_total` counts failed writes of our own files (once per write,
   whatever the number of jobs it carried), from `StorageFailed`.
+- `vmsh_tokens_discarded_total{reason}` counts attestations paid for that end in no
+  receipt (`TokenDiscarded`): in cluster mode a replica whose lease was taken while its
+  call was out (`lease_lost`) or whose intent another replica resolved (`taken_over`).
+  Every other paid token ends in a receipt.
 - Jobs removed by a reload lose all their series; a job whose target changed loses the
   series labelled with the old target.
 - A disabled job (its target is refused: btc, a chain id mismatch; core.engine) has
@@ -79,6 +84,7 @@ from core.events import (
     ReceiptConfirmed,
     ReceiptWritten,
     StorageFailed,
+    TokenDiscarded,
     TickCompleted,
 )
 from core.jobs import JobKey
@@ -88,7 +94,8 @@ if TYPE_CHECKING:
     from core.store import ReceiptRepo
 
 JOB_LABELS = ("namespace", "cadence", "target")
-STORAGE_OPS = ("journal", "receipt", "state", "recover")  # the engine's StorageFailed.op values
+STORAGE_OPS = ("journal", "receipt", "state", "recover")
+DISCARD_REASONS = ("lease_lost", "taken_over")  # the engine's TokenDiscarded.reason values  # the engine's StorageFailed.op values
 ANCHOR_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 TICK_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 _LE = [floatToGoString(b) for b in (*ANCHOR_BUCKETS, float("inf"))]  # type: ignore[no-untyped-call]
@@ -271,6 +278,13 @@ class Metrics:
             "vmsh_storage_errors", "Failed writes of the scheduler's own files, by step.",
             ("op",), registry=r,
         )
+        self.tokens_discarded = Counter(
+            "vmsh_tokens_discarded", "Attestations paid for that end in no receipt, by reason "
+            "(lease_lost: another replica claimed the jobs first; taken_over: another replica "
+            "resolved the intent).", ("reason",), registry=r,
+        )
+        for reason in DISCARD_REASONS:
+            self.tokens_discarded.labels(reason)
         for kind in ErrorKind:
             self.failures_by_kind.labels(str(kind))
         for op in STORAGE_OPS:
@@ -338,6 +352,8 @@ class Metrics:
             self._set_pending(event.target, max(0, self._pending.get(event.target, 0) - 1))
         elif isinstance(event, StorageFailed):
             self.storage_errors.labels(event.op).inc()
+        elif isinstance(event, TokenDiscarded):
+            self.tokens_discarded.labels(event.reason).inc()
         elif isinstance(event, ConfigRejected):
             self.reloads.labels("error").inc()
         elif isinstance(event, ConfigApplied):
