@@ -271,8 +271,13 @@ async def test_an_anchor_taken_over_while_its_replica_was_unresponsive_gets_one_
         return attestation
 
     backend.anchor = stalled_anchor
+    from core.events import TokenDiscarded
+
+    discarded: list[TokenDiscarded] = []
+    a.runtime.bus.subscribe(lambda e: discarded.append(e) if isinstance(e, TokenDiscarded) else None)
     await a.engine.run_once()
     assert receipts_by_job(migrated) == {}, "the replica that lost its intent committed anyway"
+    assert [(d.reason, d.jobs) for d in discarded] == [("taken_over", len(jobs))], "a paid token dropped uncounted"
     assert await b.engine.adopt_orphans() == 1
     got = receipts_by_job(migrated)
     assert sorted(got) == [(ns, "fast") for ns in jobs] and all(len(r) == 1 for r in got.values())
