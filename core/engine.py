@@ -34,6 +34,7 @@ from core import __version__, merkle
 from core.anchors.base import Attestation, Backend
 from core.backoff import BackoffPolicy
 from core.clock import Clock, SteadyClock
+from core.flight import Flight
 from core.errors import AnchorError, ErrorKind, StorageError, classify, describe
 from core.events import (
     AnchorFailed,
@@ -181,7 +182,7 @@ class Scheduler:
         self._due: dict[JobKey, float] = {}
         self._heap: list[tuple[float, int, JobKey]] = []
         self._seq = itertools.count()
-        self._in_flight: set[JobKey] = set()
+        self._flight = Flight()  # the one way in and out of flight (core/flight.py)
         self._forced: set[JobKey] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
@@ -195,7 +196,6 @@ class Scheduler:
         self._close_error: StorageError | None = None
         self._writer = writer or DiskWriter()
         self._held: dict[JobKey, _Held] = {}  # jobs whose attestation waits for its receipts
-        self._since: dict[JobKey, float] = {}  # when each in-flight job's task started
         self._storage_failing: dict[JobKey, str] = {}  # jobs whose last failure was storage
         self._disabled: dict[JobKey, str] = {}  # jobs whose target is refused: the reason
         self._enabled_at: dict[JobKey, float] = {}  # a reload added or enabled the job then
@@ -276,7 +276,7 @@ class Scheduler:
         heap = self._heap
         while heap:
             due, _, key = heap[0]
-            if self._due.get(key) == due and key not in self._in_flight:
+            if self._due.get(key) == due and key not in self._flight:
                 return due
             heapq.heappop(heap)
         return None
@@ -290,7 +290,7 @@ class Scheduler:
         return dict(self._specs)
 
     def in_flight(self) -> frozenset[JobKey]:
-        return frozenset(self._in_flight)
+        return self._flight.keys()
 
     # ----- operator actions ----------------------------------------------------------------
 
@@ -298,7 +298,7 @@ class Scheduler:
         """Anchor `key` at the next pass, ignoring due time, backoff and unchanged roots."""
         if key not in self._specs:
             raise KeyError(f"no job {key}")
-        if key in self._in_flight:
+        if key in self._flight:
             self.log.info("force ignored: anchor already in flight", job=str(key))
             return False
         if key in self._disabled:
@@ -320,7 +320,7 @@ class Scheduler:
             return
         self._state[key] = replace(self._state[key], last_root=None, next_attempt=None)
         self.log.warning("job queued again", job=str(key), reason=reason)
-        if key not in self._in_flight:
+        if key not in self._flight:
             self._schedule(key, self.clock.now())
         self._request_save()
 
@@ -377,7 +377,7 @@ class Scheduler:
         # target whose job did not change (e.g. a corrected chainId in the target settings).
         enabled = [key for key in new if self._set_disabled(key, self._guard(new[key].target))]
         for key in dict.fromkeys((*added, *changed, *enabled)):
-            if key not in self._in_flight:
+            if key not in self._flight:
                 self._schedule(key)
         self.config_hash = config_hash
         event = ConfigApplied(
@@ -431,7 +431,7 @@ class Scheduler:
         if self._read_batch is not latest_batch:
             return  # an injected reader (tests, benches) reads by itself
         now = self.clock.now()
-        keys = [k for k in self._forced if k in self._specs and k not in self._in_flight]
+        keys = [k for k in self._forced if k in self._specs and k not in self._flight]
         if not self.paused:
             heap = self._heap
             stack = [0] if heap else []
@@ -440,7 +440,7 @@ class Scheduler:
                 when, _, key = heap[i]
                 if when > now:
                     continue
-                if self._due.get(key) == when and key in self._specs and key not in self._in_flight:
+                if self._due.get(key) == when and key in self._specs and key not in self._flight:
                     keys.append(key)
                 stack.extend(c for c in (2 * i + 1, 2 * i + 2) if c < len(heap))
         folders = list(dict.fromkeys(self._specs[k].source for k in keys))
@@ -476,14 +476,14 @@ class Scheduler:
         forced, self._forced = self._forced, set()
         looked = 0
         for key in forced:
-            if key in self._specs and key not in self._in_flight:
+            if key in self._specs and key not in self._flight:
                 self._take(key, now, forced=True, into=due)
         if not self.paused:
             heap = self._heap
             taken: set[JobKey] = set()  # a job rescheduled at the same time has two entries
             while heap and heap[0][0] <= now:
                 when, _, key = heapq.heappop(heap)
-                if self._due.get(key) != when or key in self._in_flight or key in forced or key in taken:
+                if self._due.get(key) != when or key in self._flight or key in forced or key in taken:
                     continue
                 taken.add(key)
                 # A reload between slices may have removed it (apply drops its due time,
@@ -499,8 +499,9 @@ class Scheduler:
         for item in due:
             groups.setdefault((item.spec.target, item.spec.policy_oid), []).append(item)
         for (target, _policy), items in groups.items():
+            aboard = set(self._flight.board([item.spec.key for item in items], now))
+            items = [item for item in items if item.spec.key in aboard]
             for item in items:
-                self._in_flight.add(item.spec.key)
                 self._due.pop(item.spec.key, None)
             task = asyncio.get_running_loop().create_task(self._anchor_group(target, items))
             self._tasks.add(task)
@@ -544,8 +545,6 @@ class Scheduler:
     async def _anchor_group(self, target: str, items: list[_Due]) -> None:
         owned = {item.spec.key for item in items}
         started = self.clock.now()
-        for key in owned:
-            self._since[key] = started
         try:
             if self._claims is not None:
                 items = await self._claim(items, owned, started)
@@ -617,8 +616,7 @@ class Scheduler:
         """A job taken for this pass that is not anchored here after all: out of flight,
         scheduled at `when` (None: its natural due time)."""
         owned.discard(key)
-        self._in_flight.discard(key)
-        self._since.pop(key, None)
+        self._flight.land(key)
         self._schedule(key, when)
 
     def _still_due(self, item: _Due, state: JobState, now: float) -> bool:
@@ -631,7 +629,7 @@ class Scheduler:
         """Jobs whose outcome is not settled here yet: in flight, holding an attestation,
         or named by an intent still open (other than `closing`, which the state being saved
         accounts for). Their leases are renewed and never released."""
-        jobs = set(self._in_flight) | set(self._held)
+        jobs = set(self._flight) | set(self._held)
         settled = {intent.id for intent in closing}
         for intent in self._open.values():
             if intent.id not in settled:
@@ -821,8 +819,7 @@ class Scheduler:
             owned.discard(key)
             if path is None:  # another replica claimed it since: the outcome is theirs
                 lost.append(key)
-                self._in_flight.discard(key)
-                self._since.pop(key, None)
+                self._flight.land(key)
                 if key in self._specs:
                     self._schedule(key, now + min(self.tick, self.lease / 3))
                 continue
@@ -860,8 +857,7 @@ class Scheduler:
             self._held.pop(key, None)
             if key in owned:
                 owned.discard(key)
-                self._in_flight.discard(key)
-                self._since.pop(key, None)
+                self._flight.land(key)
                 if key in self._specs:
                     self._schedule(key, self.clock.now() + min(self.tick, self.lease / 3))
         self._wake.set()
@@ -883,17 +879,17 @@ class Scheduler:
             self._held[key] = held
             if key in owned:
                 owned.discard(key)
-                self._in_flight.discard(key)
-                self._since.pop(key, None)
+                self._flight.land(key)
                 self._fail(item.spec, exc, duration=self.clock.now() - started)
 
     def _retry_held(self, held: _Held) -> None:
         """Start writing the receipts of a held attestation (its jobs are due again)."""
-        keys = [k for k, h in self._held.items() if h is held and k in self._specs and k not in self._in_flight]
+        keys = self._flight.board(
+            [k for k, h in self._held.items() if h is held and k in self._specs], self.clock.now()
+        )
         if not keys:
             return
         for key in keys:
-            self._in_flight.add(key)
             self._due.pop(key, None)
         task = asyncio.get_running_loop().create_task(self._finish_held(held, keys))
         self._tasks.add(task)
@@ -902,8 +898,6 @@ class Scheduler:
     async def _finish_held(self, held: _Held, keys: list[JobKey]) -> None:
         owned = set(keys)
         started = self.clock.now()
-        for key in owned:
-            self._since[key] = started
         try:
             wanted = set(keys)
             pairs, proofs = await self._pairs(held.intent, wanted)
@@ -919,7 +913,7 @@ class Scheduler:
                 spec = self._specs.get(key)
                 if spec is not None:
                     owned.discard(key)
-                    self._in_flight.discard(key)
+                    self._flight.land(key)
                     self._fail(spec, exc, duration=0.0)
         finally:
             self._release(owned)
@@ -947,16 +941,14 @@ class Scheduler:
             key = item.spec.key
             if key in owned:
                 owned.discard(key)
-                self._in_flight.discard(key)
-                self._since.pop(key, None)
+                self._flight.land(key)
                 self._fail(item.spec, exc, duration=duration)
         self._wake.set()
 
     def _release(self, owned: set[JobKey]) -> None:
         """Whatever happened, these jobs leave the in-flight set and have a due time."""
         for key in owned:
-            self._since.pop(key, None)
-            self._in_flight.discard(key)
+            self._flight.land(key)
             if key in self._specs and key not in self._due:
                 self._schedule(key)
         owned.clear()
@@ -1000,7 +992,7 @@ class Scheduler:
         key = spec.key
         previous = self._state.get(key, JobState())
         self._state[key] = _succeeded(previous, batch.root, path, now)
-        self._in_flight.discard(key)
+        self._flight.land(key)
         self._storage_failing.pop(key, None)
         self.bus.publish(
             ReceiptWritten(
@@ -1131,8 +1123,8 @@ class Scheduler:
 
     def is_stuck(self, key: JobKey, now: float | None = None) -> bool:
         """In flight for longer than `stuck_after(key)`: a backend or a disk that hangs."""
-        since = self._since.get(key)
-        if since is None or key not in self._in_flight:
+        since = self._flight.since(key)
+        if since is None:
             return False
         now = self.clock.now() if now is None else now
         return now - since > self.stuck_after(key)
@@ -1140,7 +1132,7 @@ class Scheduler:
     def stuck(self, now: float | None = None) -> frozenset[JobKey]:
         """Every job `is_stuck` now."""
         now = self.clock.now() if now is None else now
-        return frozenset(key for key in self._since if self.is_stuck(key, now))
+        return frozenset(key for key in self._flight if self.is_stuck(key, now))
 
     def _request_save(self) -> None:
         """Coalesce state writes: one save covers every change made before it runs."""
@@ -1282,20 +1274,23 @@ class Scheduler:
     async def _resolve_all(self, intents: list[Intent], warnings: list[str]) -> None:
         for warning in warnings:
             self.log.warning(warning)
+        intents = [i for i in intents if i.id not in self._open]  # under way here: not interrupted
         for intent in intents:
             self._open[intent.id] = intent
             for key, state in intent.leased.items():  # a shared store's, under new fences
-                if key in self._specs and key not in self._in_flight:
+                if key in self._specs and key not in self._flight:
                     self._state[key] = state
         for intent in intents:
             # Its jobs are in flight while it is resolved: a pass meanwhile (a replica takes
             # intents over while it runs) must not anchor them a second time.
-            keys = [k for k in intent.jobs if k in self._specs and k not in self._in_flight]
+            keys = self._flight.board([k for k in intent.jobs if k in self._specs], self.clock.now())
+            if not keys and any(k in self._specs for k in intent.jobs):
+                self._open.pop(intent.id, None)  # its jobs are under way here: resolved later
+                continue
             for key in keys:
-                self._in_flight.add(key)
                 self._due.pop(key, None)
             try:
-                await self._resolve(intent)
+                await self._resolve(intent, set(keys))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -1329,8 +1324,10 @@ class Scheduler:
             intent=intent.id, path=str(aside), target=intent.target, error=reason,
         )
 
-    async def _resolve(self, intent: Intent) -> None:
-        pairs, proofs = await self._pairs(intent)
+    async def _resolve(self, intent: Intent, aboard: set[JobKey]) -> None:
+        """Resolve an interrupted intent for its jobs `aboard` (taken into flight for it); a
+        job of it already in flight here for another anchor gets nothing from this one."""
+        pairs, proofs = await self._pairs(intent, aboard)
         entries = intent.entries
         digest = intent.digest_bytes
         attestation: Attestation | None = None
@@ -1403,7 +1400,7 @@ class Scheduler:
         time in the view: a wall-clock reading would be off by any step since the start."""
         spec, state = self._specs[key], self._state[key]
         now = self.clock.now() if now is None else now
-        in_flight = key in self._in_flight
+        in_flight = key in self._flight
         due_at = self._due.get(key)
         disabled = self._disabled.get(key)
         status = self._status(spec, state, due_at, in_flight, now, disabled=disabled is not None)

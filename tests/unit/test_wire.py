@@ -103,6 +103,7 @@ EVENTS = [
     ev.Paused(7.0, True),
     ev.ControlCommand(7.5, "force", 1000, "alice", {"job": "a/fast"}, 200),
     ev.ReplicasSeen(7.8, 2, True),
+    ev.TokenDiscarded(7.9, "rfc3161:tsa", "20261206-abc", "lease_lost", 3),
     ev.TickCompleted(8.0, 0.01, 3),
     ev.LogRecord(9.0, "info", "anchored", {"job": "a/b", "n": 2, "nested": {"x": [1, None]}}),
 ]

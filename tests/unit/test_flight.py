@@ -1,0 +1,44 @@
+"""One object owns what is in flight (core/flight.py): the pass, a forced anchor, the retry
+of a kept attestation and the recovery of an intent all board through it, so none of them
+can take a job another holds, and none can land a job it did not board."""
+
+from __future__ import annotations
+
+import asyncio
+
+from core.flight import Flight
+from core.jobs import JobKey
+from tests.unit.test_engine import Harness
+
+A = JobKey("a", "fast")
+
+
+def test_a_job_boards_once_and_lands_once() -> None:
+    flight = Flight()
+    assert flight.board([A], 1.0) == [A]
+    assert flight.board([A], 2.0) == [], "a job already aboard was taken again"
+    assert flight.since(A) == 1.0 and A in flight and len(flight) == 1
+    assert flight.land(A) is True
+    assert flight.land(A) is False and A not in flight
+
+
+async def test_a_recovery_while_a_pass_holds_the_job_neither_takes_nor_frees_it(tmp_path) -> None:
+    h = Harness(tmp_path, {"a": 1})
+    s = h.scheduler()
+    h.backend.gate = asyncio.Event()
+    s.run_due()
+    for _ in range(500):  # the intent is journalled on the writer thread first
+        if h.backend.calls:
+            break
+        await asyncio.sleep(0.01)
+    assert s.in_flight() == {A} and len(h.backend.calls) == 1
+    await s.recover()  # finds the pass's intent in the journal, with no attestation yet
+    assert s.in_flight() == {A}, "the recovery took the job out of the pass's flight"
+    journal = list((tmp_path / "data" / "journal").glob("*.json"))
+    assert len(journal) == 1, "the recovery closed the intent of a call still out: a crash now loses its token"
+    assert s.run_due() == 0
+    h.backend.gate.set()
+    await s.settle()
+    receipts = sorted((tmp_path / "data" / "receipts" / "a").glob("*.json"))
+    assert len(h.backend.calls) == 1 and len(receipts) == 1
+    assert not list((tmp_path / "data" / "journal").glob("*.json"))
