@@ -9,13 +9,22 @@ Runs beside the engine (core/services.py starts it when the store is PostgreSQL)
   is also kept in the `cluster` table, so a replica that starts later starts paused.
 
 When the store cannot be reached, `store_problem` says why (/readyz is then 503, /health
-degraded); claims fail too, so nothing is anchored without a lease, and the jobs back off
-with kind `network`. Everything resumes by itself when the database is back.
+degraded) and the engine claims nothing (`set_claim_refusal`), so nothing is anchored
+without a lease. A hung database is seen as one that is down: every call has a deadline
+(core/pgdeadline.py), so the heartbeat fails within about one lease. Everything resumes by
+itself when the database is back.
+
+Each heartbeat also reads the database's clock (`clock_timestamp()`) between two readings of
+this replica's wall clock. A replica whose clock is surely more than MAX_CLOCK_OFFSET off
+(`clock_decision`) leaves the claim rotation until it is back within: the tokens it would
+have signed would be refused here as clock skew (paid for and thrown away), and its
+receipts' times would be wrong. /health is degraded with the reason (`clock_problem`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import socket
@@ -29,11 +38,48 @@ from core import __version__
 from core.errors import describe
 from core.events import ConfigApplied, Event, Paused, ReplicasSeen
 from core.pgstore import LIVENESS_LEASES, NOTIFY_CHANNEL, Database
-from core.replicas import ReplicaInfo
+from core.replicas import ClockReading, ReplicaInfo
 
 if TYPE_CHECKING:
     from core.runtime import Runtime
 
+# Seconds this replica's wall clock may be off the database's and still claim jobs. Well
+# inside what a TSA token's time is checked against (rfc3161 maxClockSkew, 300 s; the
+# embedded TSA's 5 s): a replica past it would pay for tokens it then refuses.
+MAX_CLOCK_OFFSET = 2.0
+
+# The registry's columns for what a replica says of its own clock, when the schema has them
+# (read at registration): then every replica's offset shows, and the claim spread can leave
+# out the replicas that claim nothing. Without them only this replica's is known.
+CLOCK_COLUMNS = ("clock_offset", "claim_refusal")
+
+
+def clock_decision(reading: ClockReading, *, refusing: bool = False, bound: float = MAX_CLOCK_OFFSET) -> str | None:
+    """Why this replica must claim no jobs, by its clock (None: it may claim).
+
+    Out of the rotation only when its clock is surely off: |offset| - uncertainty > bound.
+    Back in only when it is surely within: |offset| + uncertainty <= bound; a reading in
+    between (a slow round trip) keeps it where it was (`refusing`)."""
+    off = abs(reading.offset)
+    if refusing:
+        surely_within = off + reading.uncertainty <= bound
+        return None if surely_within else _clock_reason(reading, bound)
+    return _clock_reason(reading, bound) if off - reading.uncertainty > bound else None
+
+
+def _clock_reason(reading: ClockReading, bound: float) -> str:
+    return (
+        f"clock is {reading.offset:+.1f} s off the database's (\u00b1{reading.uncertainty:.3f} s; "
+        f"at most {bound:g} s allowed)"
+    )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Beat:
+    """What one heartbeat read: the registry, and this replica's clock against the database's."""
+
+    replicas: list[ReplicaInfo]
+    clock: ClockReading
 
 
 class Cluster:
@@ -50,6 +96,11 @@ class Cluster:
         self.interval = max(0.5, lease / 3)
         self.liveness = lease * LIVENESS_LEASES
         self.store_problem: str | None = None
+        self.clock: ClockReading | None = None  # the last heartbeat's reading
+        self.clock_problem: str | None = None  # why this replica claims nothing, by its clock
+        self._clock_columns = False  # the registry has CLOCK_COLUMNS
+        self._failures = 0  # store failures so far: a sync started before one clears nothing
+        self._sync: asyncio.Task[None] | None = None
         self._replicas: list[ReplicaInfo] = []
         self._applying = False  # a change that came from another replica: not sent back
         self._stop = asyncio.Event()
@@ -60,14 +111,30 @@ class Cluster:
     # ----- what others read -----------------------------------------------------------
 
     def replicas(self) -> list[ReplicaInfo]:
-        return list(self._replicas)
+        """The registry as of the last heartbeat; this replica's row says what it knows now."""
+        return [self._this(r) if r.this else r for r in self._replicas]
+
+    def claim_refusal(self) -> str | None:
+        """Why this replica claims no jobs now (None: it claims): its store, its clock."""
+        reasons = [
+            *(["the store does not answer"] if self.store_problem is not None else []),
+            *([self.clock_problem] if self.clock_problem is not None else []),
+        ]
+        return "; ".join(reasons) or None
+
+    def _this(self, row: ReplicaInfo) -> ReplicaInfo:
+        return dataclasses.replace(
+            row, clock_offset=None if self.clock is None else self.clock.offset, refusal=self.claim_refusal()
+        )
 
     # ----- running ----------------------------------------------------------------------
 
     async def start(self) -> None:
         """Register, take the cluster's paused flag, then beat and listen in the background."""
         try:
-            paused = await asyncio.to_thread(self._register)
+            # Before the engine's first pass: a replica whose clock is off claims nothing.
+            paused, clock = await asyncio.to_thread(self._register)
+            self._clock_read(clock)
             self._apply_remote("pause" if paused else None)
         except Exception as exc:
             self._failed(exc)
@@ -80,9 +147,10 @@ class Cluster:
     async def stop(self) -> None:
         self._stop.set()
         self._unsubscribe()
-        for task in self._tasks:
+        tasks = [*self._tasks, *([self._sync] if self._sync is not None else [])]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, *self._pending_notify, return_exceptions=True)
+        await asyncio.gather(*tasks, *self._pending_notify, return_exceptions=True)
         try:
             await asyncio.to_thread(self._unregister)
         except Exception:
@@ -92,34 +160,81 @@ class Cluster:
         engine = self.runtime.engine
         while not self._stop.is_set():
             try:
-                # First on a thread of its own: whether the store answers is known within
-                # one connect timeout, even while the engine's writer waits on it too.
-                self._replicas = await asyncio.to_thread(self._heartbeat, len(engine.in_flight()))
-                await engine.renew_leases()
-                await engine.refresh_from_store()
-                await engine.adopt_orphans()
-                if self.store_problem is not None:
-                    self.runtime.log.info("store reachable again", store=self.db.display)
-                    self.store_problem = self.db.unreachable = None
-                self._seen()
+                # On a thread of its own, never behind the engine's writer: whether the store
+                # answers is known within one deadline (core/pgdeadline.py).
+                beat = await asyncio.to_thread(self._heartbeat, len(engine.in_flight()))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 self._failed(exc)
+            else:
+                self._replicas = beat.replicas
+                self._clock_read(beat.clock)
+                # The engine's part (leases, states, orphans) waits on its writer: in a task,
+                # so that a slow one delays no heartbeat; one at a time.
+                if self._sync is None or self._sync.done():
+                    self._sync = asyncio.get_running_loop().create_task(
+                        self._sync_engine(self._failures), name="cluster-sync"
+                    )
+                self._seen()
             try:
                 await asyncio.wait_for(self._stop.wait(), timeout=self.interval)
             except TimeoutError:
                 pass
 
+    async def _sync_engine(self, failures: int) -> None:
+        """Leases renewed, other replicas' states taken, orphaned intents resolved; a store
+        problem is cleared once all of that worked with no failure since it started."""
+        engine = self.runtime.engine
+        try:
+            await engine.renew_leases()
+            await engine.refresh_from_store()
+            if self.clock_problem is None:  # out of the rotation: the others take them over
+                await engine.adopt_orphans()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._failed(exc)
+            return
+        if self.store_problem is not None and failures == self._failures:
+            self.runtime.log.info("store reachable again", store=self.db.display)
+            self.store_problem = self.db.unreachable = None
+            self._refuse()
+            self._seen()
+
     def _failed(self, exc: BaseException) -> None:
         problem = describe(exc)
+        self._failures += 1
         if self.store_problem is None:
             self.runtime.log.error(
                 "store unreachable: not ready, anchoring nothing until it is back", store=self.db.display,
                 error=problem,
             )
         self.store_problem = self.db.unreachable = problem
+        self._refuse()
         self._seen()
+
+    def _clock_read(self, reading: ClockReading) -> None:
+        """A heartbeat's reading of the clocks: leave or rejoin the claim rotation (said once each way)."""
+        self.clock = reading
+        problem = clock_decision(reading, refusing=self.clock_problem is not None)
+        if (problem is None) == (self.clock_problem is None):
+            return  # no change (the reason keeps the reading that started it)
+        if problem is not None:
+            self.runtime.log.error(
+                "clock off the database's: claiming no jobs until it is back within the bound",
+                offset=round(reading.offset, 3), uncertainty=round(reading.uncertainty, 3), bound=MAX_CLOCK_OFFSET,
+            )
+        else:
+            self.runtime.log.info(
+                "clock back within the bound of the database's: claiming jobs again",
+                offset=round(reading.offset, 3), uncertainty=round(reading.uncertainty, 3), bound=MAX_CLOCK_OFFSET,
+            )
+        self.clock_problem = problem
+        self._refuse()
+
+    def _refuse(self) -> None:
+        self.runtime.engine.set_claim_refusal(self.claim_refusal())
 
     def _seen(self) -> None:
         alive = sum(1 for r in self._replicas if r.alive)
@@ -212,33 +327,58 @@ class Cluster:
             (self.replica, self.host, self.pid, __version__, self.runtime.engine.config_hash,
              self.started_at, in_flight),
         )
+        if self._clock_columns:
+            conn.execute(
+                "UPDATE replicas SET clock_offset = %s, claim_refusal = %s WHERE id = %s",
+                (None if self.clock is None else self.clock.offset, self.claim_refusal(), self.replica),
+            )
 
-    def _register(self) -> bool:
+    @staticmethod
+    def _read_clock(conn: psycopg.Connection[Any]) -> ClockReading:
+        """The database's clock between two readings of ours (time.time(): the clock the
+        backends check tokens against)."""
+        before = time.time()
+        row = conn.execute("SELECT extract(epoch FROM clock_timestamp())").fetchone()
+        after = time.time()
+        assert row is not None
+        return ClockReading.measure(before, float(row[0]), after)
+
+    def _register(self) -> tuple[bool, ClockReading]:
         with self.db.tx() as conn:
+            clock = self._read_clock(conn)
+            found = conn.execute(
+                "SELECT count(*) FROM information_schema.columns WHERE table_schema = current_schema() "
+                "AND table_name = 'replicas' AND column_name = ANY(%s)", (list(CLOCK_COLUMNS),),
+            ).fetchone()
+            self._clock_columns = bool(found and found[0] == len(CLOCK_COLUMNS))
             self._beat_row(conn, 0)
             row = conn.execute("SELECT value FROM cluster WHERE key = 'paused'").fetchone()
-            return bool(row and row[0])
+            return bool(row and row[0]), clock
 
-    def _heartbeat(self, in_flight: int) -> list[ReplicaInfo]:
+    def _heartbeat(self, in_flight: int) -> Beat:
         with self.db.tx() as conn:
+            clock = self._read_clock(conn)
             self._beat_row(conn, in_flight)
             # Rows of replicas gone for long (10 liveness windows) are dropped.
             conn.execute(
                 "DELETE FROM replicas WHERE heartbeat_at < now() - make_interval(secs => %s)", (self.liveness * 10,)
             )
+            extra = ", clock_offset, claim_refusal" if self._clock_columns else ", NULL, NULL"
             rows = conn.execute(
                 "SELECT id, host, pid, version, config_hash, in_flight, extract(epoch FROM heartbeat_at), "
-                "extract(epoch FROM started_at), heartbeat_at > now() - make_interval(secs => %s) "
+                "extract(epoch FROM started_at), heartbeat_at > now() - make_interval(secs => %s)" + extra + " "
                 "FROM replicas ORDER BY started_at, id",
                 (self.liveness,),
             ).fetchall()
-        return [
+        replicas = [
             ReplicaInfo(
                 id=r[0], host=r[1], pid=int(r[2]), version=r[3], config_hash=r[4], in_flight=int(r[5]),
                 heartbeat_at=float(r[6]), started_at=float(r[7]), alive=bool(r[8]), this=r[0] == self.replica,
+                clock_offset=None if r[9] is None else float(r[9]), refusal=r[10],
             )
             for r in rows
         ]
+        return Beat(replicas, clock)
 
     def _notify(self, op: str, paused: bool | None) -> None:
         with self.db.tx() as conn:

@@ -12,7 +12,9 @@ store's wall clock; the steady clock reads wall time as of the engine's start, s
 ages against `now` are right to within any wall-clock step since then.
 
 `store_status(engine, cluster)` is the one rule for whether the store answers: the
-snapshot, `/health` and `/readyz` all use it.
+snapshot, `/health` and `/readyz` all use it. `clock_status(cluster)` says whether this
+replica's clock agrees with the store's (cluster mode); the snapshot carries it in this
+replica's row of `replicas` (`clock_offset`, `refusal`).
 """
 
 from __future__ import annotations
@@ -65,6 +67,31 @@ def store_status(engine: Any, cluster: ClusterView | None) -> StoreStatus:
     if problem is None:
         return StoreStatus(kind, True)
     return StoreStatus(kind, False, printable(redact_urls(str(problem))))
+
+
+@dataclass(frozen=True, slots=True)
+class ClockStatus:
+    """This replica's wall clock against the store's (cluster mode, core/cluster.py)."""
+
+    ok: bool  # False: its clock is off by more than the bound, so it claims no jobs
+    offset: float | None = None  # ours minus the database's at the last heartbeat, s (None: not read yet)
+    uncertainty: float | None = None  # the reading is good to +/- this, s
+    error: str | None = None  # why not ok
+
+
+def clock_status(cluster: ClusterView | None) -> ClockStatus | None:
+    """The clock's status in cluster mode (None with the file store: alone, nothing to agree
+    with); `/health` uses it."""
+    if cluster is None:
+        return None
+    reading = getattr(cluster, "clock", None)
+    problem = getattr(cluster, "clock_problem", None)
+    return ClockStatus(
+        ok=problem is None,
+        offset=None if reading is None else round(float(reading.offset), 3),
+        uncertainty=None if reading is None else round(float(reading.uncertainty), 3),
+        error=None if problem is None else printable(str(problem)),
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,8 @@ Rules (docs/architecture.md has the why):
 - Order of durable writes per group: intent, backend call, attestation into the intent,
   receipts, state, intent removed. A crash anywhere is resolved at the next start.
 - Those writes run on one writer thread (core.writer), never on the loop; receipts of a
-  pass are group-committed (one fsync per folder per chunk of WRITE_CHUNK).
+  pass are committed in chunks (`Claims.commit_chunk`: the file store fsyncs one folder
+  per chunk; PostgreSQL commits an anchor in one transaction).
 - A failed write is a `storage` failure of the jobs concerned: logged, counted, backed
   off, retried; an attestation already obtained is kept and reused, never paid twice.
 - A job whose target the guard refuses (a `btc:` target, a chain id mismatch) is
@@ -34,7 +35,6 @@ from core import __version__, merkle
 from core.anchors.base import Attestation, Backend
 from core.backoff import BackoffPolicy
 from core.clock import Clock, SteadyClock
-from core.flight import Flight
 from core.errors import AnchorError, ErrorKind, StorageError, classify, describe
 from core.events import (
     AnchorFailed,
@@ -50,6 +50,8 @@ from core.events import (
     TickCompleted,
     TokenDiscarded,
 )
+from core.file_claims import FileClaims
+from core.flight import Flight
 from core.jobs import JobKey, JobSpec, safe_name
 from core.observe.logs import Log
 from core.receipts import Receipt, build_receipt
@@ -142,7 +144,7 @@ class Scheduler:
         state_store: StateRepo,
         journal: JournalRepo,
         receipts: ReceiptRepo,
-        claims: Claims | None = None,
+        claims: Claims | None = None,  # default: a lone scheduler's (core/file_claims.py)
         lease: float = 15.0,
         policy: BackoffPolicy | None = None,
         concurrency: int = 8,
@@ -169,7 +171,7 @@ class Scheduler:
         self._receipts = receipts
         # Several schedulers on one store: a job is anchored only under this replica's lease
         # (claimed in _anchor_group), and its state comes from the store at claim time.
-        self._claims = claims
+        self._claims: Claims = claims if claims is not None else FileClaims(receipts)
         self.lease = lease
         self._open: dict[str, Intent] = {}  # intents opened or adopted here, not yet closed
         self._store_cursor: Any = None  # refresh_from_store's position in the store's changes
@@ -546,10 +548,9 @@ class Scheduler:
         owned = {item.spec.key for item in items}
         started = self.clock.now()
         try:
-            if self._claims is not None:
-                items = await self._claim(items, owned, started)
-                if not items:
-                    return
+            items = await self._claim(items, owned, started)
+            if not items:
+                return
             async with self._concurrency:
                 await self._anchor(target, items, owned, started)
         except asyncio.CancelledError:
@@ -564,16 +565,15 @@ class Scheduler:
             self._release(owned)
 
     async def _claim(self, items: list[_Due], owned: set[JobKey], started: float) -> list[_Due]:
-        """Lease these jobs in the shared store; the ones to anchor. A job another replica
-        holds is left to it; a claimed job takes the store's state (another replica may have
-        anchored it since this one looked) and is anchored only if it is still due."""
-        assert self._claims is not None
+        """Lease these jobs; the ones to anchor. A job another replica holds is left to it; a
+        claimed job takes the store's state (another replica may have anchored it since this
+        one looked) and is anchored only if it is still due. The file store grants all."""
         if self.claim_refusal is not None:  # out of the claim rotation: the others take these
             for item in items:
                 self._let_go(item.spec.key, owned, self.clock.now() + min(self.tick, self.lease / 3))
             return []
-        forced = [item.spec.key for item in items if item.forced]
-        due = [item.spec.key for item in items if not item.forced]
+        forced = {item.spec.key: self._state[item.spec.key] for item in items if item.forced}
+        due = {item.spec.key: self._state[item.spec.key] for item in items if not item.forced}
         try:
             got = {}
             if forced:  # an operator asked for these here: never left to another replica
@@ -592,9 +592,19 @@ class Scheduler:
             key = item.spec.key
             state = got.get(key)
             if state is not None:
+                # The store's state as this scheduler knew it (always, with the file store):
+                # the decision to anchor stands. Changed by another replica: still due?
+                known = state == self._state[key]
                 self._state[key] = state
-                if item.forced or self._still_due(item, state, now):
+                if known:
                     kept.append(item)
+                    continue
+                # Another replica changed it since this one decided (it anchored it, maybe a
+                # newer root than the batch read for this pass): decided again on the store's
+                # state and the latest batch, never on the stale read.
+                fresh = await self._reread(item, state, now)
+                if fresh is not None:
+                    kept.append(fresh)
                     continue
                 if state.row is not None and state.row.fence is not None:
                     let_go.append((key, state.row.fence))
@@ -612,18 +622,26 @@ class Scheduler:
                     state.row = Row(state.row.version)
         return kept
 
+    async def _reread(self, item: _Due, state: JobState, now: float) -> _Due | None:
+        """A claimed job whose store state another replica changed: to anchor (with its
+        latest batch, read again) if that batch is not the one anchored and the job is due
+        by the store's state (or forced); else None."""
+        try:
+            batch = await asyncio.to_thread(self._read_batch, item.spec.source)
+        except Exception:
+            return None  # the next pass reads it again and reports the failure
+        if not item.spec.anchor_unchanged and batch.root == state.last_root:
+            return None  # anchored by another replica
+        if not item.forced and self._natural_due(item.spec.key) > now + 1.0:
+            return None  # anchored elsewhere within its period: due later
+        return _Due(item.spec, batch, item.forced)
+
     def _let_go(self, key: JobKey, owned: set[JobKey], when: float | None) -> None:
         """A job taken for this pass that is not anchored here after all: out of flight,
         scheduled at `when` (None: its natural due time)."""
         owned.discard(key)
         self._flight.land(key)
         self._schedule(key, when)
-
-    def _still_due(self, item: _Due, state: JobState, now: float) -> bool:
-        """By the store's state (already taken into `_state`): not anchored elsewhere since."""
-        if not item.spec.anchor_unchanged and item.batch.root == state.last_root:
-            return False  # another replica anchored this root
-        return self._natural_due(item.spec.key) <= now + 1.0
 
     def holding(self, closing: Sequence[Intent] = ()) -> frozenset[JobKey]:
         """Jobs whose outcome is not settled here yet: in flight, holding an attestation,
@@ -653,14 +671,10 @@ class Scheduler:
     async def renew_leases(self) -> int:
         """Shared store: extend the leases of every job not settled here (raises on a store
         failure: the caller, core/cluster.py, reports it)."""
-        if self._claims is None:
-            return 0
         return await self._writer.run("claim", self._state_store.path, self._claims.renew, sorted(self.holding()), self.lease)
 
     async def refresh_from_store(self) -> int:
         """Shared store: take over the states other replicas wrote since the last call."""
-        if self._claims is None:
-            return 0
         states, self._store_cursor = await self._writer.run(
             "claim", self._state_store.path, self._claims.changed_since, self._store_cursor
         )
@@ -725,115 +739,93 @@ class Scheduler:
                     attestation.data, attestation.status, attestation.confirmations,
                 )
             except StorageError as exc:
+                if isinstance(exc.__cause__, Superseded):  # another replica resolves it
+                    self._superseded(held, pairs, owned, str(exc.__cause__))
+                    return
                 # Receipts only once the attestation is durable: a crash then still finds it.
                 self._hold(held, pairs, exc, owned, started)
                 return
             held.durable = True
-        if self._claims is not None:
-            await self._commit_in_store(held, pairs, proofs, owned, started, recovered=recovered)
-            return
-        anchored_root = "sha256:" + intent.digest
         now = self.clock.now()
         done = 0
         try:
-            for chunk in _chunks(pairs, WRITE_CHUNK):
-                existing: dict[JobKey, Path] = {}
-                if recovered:
-                    existing = await self._write(
-                        "receipt", self._receipts.root, self._existing_receipts,
-                        [item for _, item in chunk], anchored_root, attestation,
-                    )
-                fresh = [(index, item) for index, item in chunk if item.spec.key not in existing]
-                receipts = [
-                    self._receipt(intent, item, index, proofs, attestation, now)
-                    for index, item in fresh
-                ]
-                results = await self._write("receipt", self._receipts.root, self._receipts.write_many, receipts)
-                outcome: dict[JobKey, Path | Exception] = dict(existing)
-                outcome.update((item.spec.key, r) for (_, item), r in zip(fresh, results, strict=True))
-                failed: list[tuple[int, _Due]] = []
-                error: StorageError | None = None
-                for index, item in chunk:
-                    result = outcome[item.spec.key]
-                    if isinstance(result, Path):
-                        self._held.pop(item.spec.key, None)
-                        owned.discard(item.spec.key)
-                        duration = 0.0 if recovered else now - started
-                        self._succeed(item.spec, item.batch, result, now, duration, attestation.status)
-                    else:
-                        failed.append((index, item))
-                        folder = self._receipts.root / safe_name(item.spec.namespace)
-                        error = StorageError("receipt", str(folder), result)
-                if error is not None:
-                    self._storage_failed(error)
-                    self._hold(held, failed, error, owned, started)
+            for chunk in _chunks(pairs, self._claims.commit_chunk or max(1, len(pairs))):
+                await self._commit(held, chunk, proofs, owned, started, now, recovered=recovered)
                 done += len(chunk)
                 await asyncio.sleep(0)  # let the loop breathe between chunks of a big pass
         except StorageError as exc:
+            if isinstance(exc.__cause__, Superseded):
+                self._superseded(held, pairs[done:], owned, str(exc.__cause__))
+                return
+            self._storage_failed(exc)
             self._hold(held, pairs[done:], exc, owned, started)
         if not any(h is held for h in self._held.values()):
-            self._closing.append(intent)
+            if self._claims.closes_intents:  # removed by the commit's own transaction
+                intent.closed = True
+                self._open.pop(intent.id, None)
+            else:  # removed once the state that accounts for it is saved
+                self._closing.append(intent)
         self._request_save()
         self._wake.set()
 
-    async def _commit_in_store(
+    async def _commit(
         self,
         held: _Held,
         pairs: list[tuple[int, _Due]],
         proofs: list[list[bytes]],
         owned: set[JobKey],
         started: float,
+        now: float,
         *,
         recovered: bool,
     ) -> None:
-        """Shared store: the receipts, the jobs' new states, the release of their leases and
-        the intent's removal in one transaction. It fails as a whole (the jobs are held with
-        the attestation, as a failed receipt write holds them), so another replica never finds
-        receipts whose state or intent it cannot account for."""
-        assert self._claims is not None
+        """One fenced commit (`Claims.commit`): each job's receipt, new state and lease
+        release. A job whose lease passed to another replica gets nothing (the outcome is
+        theirs); a job whose receipt alone could not be written is held with the
+        attestation and fails with kind `storage`. A failure of the whole call raises."""
         intent, attestation = held.intent, held.attestation
-        now = self.clock.now()
         receipts = [self._receipt(intent, item, index, proofs, attestation, now) for index, item in pairs]
         previous = [self._state.get(item.spec.key, JobState()) for _, item in pairs]
-        states = [_succeeded(state, item.batch.root, None, now).to_dict() for state, (_, item) in zip(previous, pairs, strict=True)]
+        # A recovered token for a root older than one anchored since (another replica went
+        # on while this intent waited): its receipt is written, the job's state stays.
+        advance = [not (recovered and _anchored_since(state, intent)) for state in previous]
+        states = [
+            _succeeded(state, item.batch.root, None, now).to_dict() if moves else None
+            for state, (_, item), moves in zip(previous, pairs, advance, strict=True)
+        ]
         rows = [state.row for state in previous]
-        try:
-            done = await self._writer.run(
-                "receipt", self._receipts.root, self._claims.commit, receipts, states, rows, intent.id
-            )
-        except StorageError as exc:
-            if isinstance(exc.__cause__, Superseded):
-                self._superseded(held, pairs, owned, str(exc.__cause__))
-                return
-            self._storage_failed(exc)
-            self._hold(held, pairs, exc, owned, started)
-            self._request_save()
-            return
-        intent.closed = True
-        self._open.pop(intent.id, None)
+        commit = functools.partial(self._claims.commit, recovered=recovered)
+        done = await self._writer.run("receipt", self._receipts.root, commit, receipts, states, rows, intent.id)
         duration = 0.0 if recovered else now - started
         lost: list[JobKey] = []
-        for (_, item), path in zip(pairs, done.paths, strict=True):
+        failed: list[tuple[int, _Due]] = []
+        error: StorageError | None = None
+        for (index, item), result, moves in zip(pairs, done.paths, advance, strict=True):
             key = item.spec.key
-            self._held.pop(key, None)
-            owned.discard(key)
-            if path is None:  # another replica claimed it since: the outcome is theirs
+            if isinstance(result, Path):
+                self._held.pop(key, None)
+                owned.discard(key)
+                self._succeed(item.spec, item.batch, result, now, duration, attestation.status, advance=moves)
+                self._state[key].row = done.rows.get(key)
+            elif result is None:  # another replica claimed it since: the outcome is theirs
+                self._held.pop(key, None)
+                owned.discard(key)
                 lost.append(key)
-                self._flight.land(key)
-                if key in self._specs:
-                    self._schedule(key, now + min(self.tick, self.lease / 3))
-                continue
-            self._succeed(item.spec, item.batch, path, now, duration, attestation.status)
-            self._state[key].row = done.rows.get(key)
+                self._let_go(key, owned, now + min(self.tick, self.lease / 3))
+            else:
+                failed.append((index, item))
+                error = StorageError("receipt", str(self._receipts.root / safe_name(item.spec.namespace)), result)
+        if error is not None:
+            self._storage_failed(error)
+            self._hold(held, failed, error, owned, started)
         if lost:
             self.log.warning(
                 "lease lost before the commit (another replica claimed these jobs): their receipts "
                 "are not written from this attestation", intent=intent.id, target=intent.target,
                 jobs=[str(k) for k in lost],
             )
-            if len(lost) == len(pairs):
+            if len(lost) == len(held.intent.entries):
                 self._discarded(intent, "lease_lost", len(lost))
-        self._wake.set()
 
     def _discarded(self, intent: Intent, reason: str, jobs: int) -> None:
         """A paid attestation that ends in no receipt: logged and counted, never silent."""
@@ -987,11 +979,15 @@ class Scheduler:
         )
 
     def _succeed(
-        self, spec: JobSpec, batch: Batch, path: Path, now: float, duration: float, status: str
+        self, spec: JobSpec, batch: Batch, path: Path, now: float, duration: float, status: str,
+        *, advance: bool = True,
     ) -> None:
+        """A receipt is written. `advance` False: it is of a root older than the job's last
+        anchor (a recovered token), so the job's state stays as it is."""
         key = spec.key
         previous = self._state.get(key, JobState())
-        self._state[key] = _succeeded(previous, batch.root, path, now)
+        if advance:
+            self._state[key] = _succeeded(previous, batch.root, path, now)
         self._flight.land(key)
         self._storage_failing.pop(key, None)
         self.bus.publish(
@@ -1009,7 +1005,7 @@ class Scheduler:
             "anchored", job=str(key), target=spec.target, root=batch.root, batch=batch.id,
             receipt=str(path), status=status,
         )
-        if previous.backoff_level:
+        if advance and previous.backoff_level:
             self.bus.publish(
                 BackoffChanged(at=now, job=key, level=0, max_level=self.policy.max_level, next_attempt=None)
             )
@@ -1072,25 +1068,6 @@ class Scheduler:
             StorageFailed(at=self.clock.now(), op=exc.op, path=exc.path, errno=exc.errno, message=str(exc))
         )
         self.log.error("storage write failed", op=exc.op, path=exc.path, errno=exc.errno, error=str(exc))
-
-    def _existing_receipts(self, items: list[_Due], anchored_root: str, attestation: Attestation) -> dict[JobKey, Path]:
-        """Receipts already written from this very attestation for these jobs (writer
-        thread). Matched by the token itself, never by the root alone: a job anchored again
-        with an unchanged root (`anchor_unchanged`) has an earlier receipt for the same root,
-        and the new token must still get its own."""
-        found: dict[JobKey, Path] = {}
-        token = dict(attestation.data)
-        for item in items:
-            for path, receipt in self._receipts.for_job(item.spec.namespace, item.spec.cadence, 10):
-                if (
-                    isinstance(receipt, Receipt)
-                    and receipt.anchored_root == anchored_root
-                    and receipt.batch.root == item.batch.root
-                    and dict(receipt.attestation) == token
-                ):
-                    found[item.spec.key] = path
-                    break
-        return found
 
     @property
     def storage_problem(self) -> str | None:
@@ -1158,7 +1135,7 @@ class Scheduler:
         doc = self._state_store.snapshot(self._state, holding)
         # The rows these states were built on (a shared store), to tell below whether a
         # job's state is still the one written when the answer comes back.
-        based = {k: s.row for k, s in self._state.items() if s.row is not None} if self._claims else {}
+        based = {k: s.row for k, s in self._state.items() if s.row is not None}
         try:
             written = await self._write("state", self._state_store.path, self._state_store.write, doc)
         except StorageError as exc:
@@ -1283,13 +1260,19 @@ class Scheduler:
         for intent in intents:
             # Its jobs are in flight while it is resolved: a pass meanwhile (a replica takes
             # intents over while it runs) must not anchor them a second time.
+            # A job already in flight here for another anchor is not taken (Flight.board): it
+            # gets nothing from this intent, which is resolved all the same (never left open
+            # and adopted by nobody, for a replica that wakes to write its token into).
             keys = self._flight.board([k for k in intent.jobs if k in self._specs], self.clock.now())
-            if not keys and any(k in self._specs for k in intent.jobs):
-                self._open.pop(intent.id, None)  # its jobs are under way here: resolved later
-                continue
             for key in keys:
                 self._due.pop(key, None)
             try:
+                # Its jobs under this scheduler's lease (a shared store leased them when the
+                # intent was adopted; the file store's claims grant them here).
+                unleased = {k: self._state[k] for k in keys if k not in intent.leased}
+                if unleased:
+                    granted = await self._write("claim", self._state_store.path, self._claims.claim, unleased, self.lease)
+                    self._state.update(granted)
                 await self._resolve(intent, set(keys))
             except asyncio.CancelledError:
                 raise
@@ -1344,6 +1327,14 @@ class Scheduler:
                     target=intent.target, intent=intent.id, error=describe(exc),
                 )
                 return
+        if attestation is not None and not pairs and any(k in self._specs for k in intent.jobs):
+            self.log.warning(
+                "an interrupted anchor's jobs were anchored again meanwhile; its attestation is not used",
+                target=intent.target, intent=intent.id, jobs=[e["job"] for e in entries],
+            )
+            self._discarded(intent, "superseded", len(entries))
+            await self._close_intents([intent])
+            return
         if attestation is None or not pairs:
             self.log.info(
                 "interrupted anchor never landed; its jobs are due again",
@@ -1450,6 +1441,11 @@ def _succeeded(previous: JobState, root: str, receipt: Path | None, now: float) 
         last_attempt_at=now,
         current_at=now,
     )
+
+
+def _anchored_since(state: JobState, intent: Intent) -> bool:
+    """The job was anchored (by this replica or another) after `intent` was opened."""
+    return state.last_anchored_at is not None and state.last_anchored_at > intent.opened_at
 
 
 def _not_after(state: JobState, now: float) -> JobState:

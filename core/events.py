@@ -129,8 +129,9 @@ class ReplicasSeen(Event):
 @dataclass(frozen=True, slots=True)
 class TokenDiscarded(Event):
     """An attestation was paid for (a token signed, a transaction sent) and ends in no
-    receipt: `reason` is `lease_lost` (another replica claimed its jobs first) or
-    `taken_over` (another replica resolved its intent)."""
+    receipt: `reason` is `lease_lost` (another replica claimed its jobs first),
+    `taken_over` (another replica resolved its intent) or `superseded` (its jobs were all
+    anchored again before the interrupted anchor was recovered)."""
 
     target: str
     intent: str

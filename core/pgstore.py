@@ -31,7 +31,7 @@ import logging
 import os
 import socket
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +43,8 @@ from psycopg_pool import ConnectionPool
 
 from core.errors import NetworkError, StorageError, ValidationError
 from core.jobs import JobKey, safe_name
+from core.pgdeadline import Unanswered, WatchedConnection, shorter_deadline
+from core.pgdeadline import check as check_connection
 from core.receipts import Listing, Receipt, ReceiptError, ReceiptInvalid, ReceiptStore
 from core.state import Intent, JobState, Row, StateError, new_intent
 from core.store import Committed, Superseded, Written
@@ -108,13 +110,29 @@ MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
         """CREATE TABLE cluster (key text PRIMARY KEY, value jsonb NOT NULL)""",
         """ALTER TABLE replicas ADD COLUMN in_flight integer NOT NULL DEFAULT 0""",
     )),
-    (3, "fenced leases: a fencing token per job that grows at every claim", (
+    (3, "fenced leases (a fencing token per job that grows at every claim); replicas' clocks", (
         """ALTER TABLE jobs ADD COLUMN fence bigint NOT NULL DEFAULT 0""",
+        """ALTER TABLE replicas ADD COLUMN clock_offset double precision, ADD COLUMN claim_refusal text""",
     )),
 )
 
 NOTIFY_CHANNEL = "vmsh_cluster"
 QUICK_SECONDS = 0.5  # the longest a read on the event loop waits for a connection
+QUICK_STATEMENT_SECONDS = 1.0  # ... and for each answer (when shorter than the store's deadline)
+# Every database call has a deadline (core/pgdeadline.py): a hung server (a stalled VM, a
+# frozen disk) fails nothing by itself and cannot enforce its own timeouts. The server's
+# statement_timeout and lock_timeout are the deadline; the client's watchdog cuts the
+# connection WATCHDOG_GRACE later. A replica's deadline is at most a third of its lease
+# (core/store.py), so its heartbeat notices a hung store within a lease.
+STATEMENT_SECONDS = 5.0
+WATCHDOG_GRACE = 0.5
+# A connection of its own (`Database.connect`) serves a session lock (PgSharedRecords'
+# signer lock), whose wait is on another replica holding it while it signs and sends (a few
+# RPCs of up to 10 s each), not on the database alone: its calls' deadline is this long.
+SESSION_LOCK_SECONDS = 60.0
+# A session idle inside a transaction for this many deadlines is ended by the server: a
+# replica stopped mid-transaction (SIGSTOP, a paused VM) must not keep its row locks.
+IDLE_IN_TRANSACTION_DEADLINES = 4
 
 
 class StoreUnavailable(NetworkError):
@@ -151,17 +169,33 @@ def _unavailable(exc: BaseException) -> StoreUnavailable:
 
 
 class Database:
-    """A connection pool on the store's database, and the schema."""
+    """A connection pool on the store's database, and the schema.
 
-    def __init__(self, url: str, *, password: str | None = None, max_size: int = 4, connect_timeout: float = 3.0) -> None:
+    `statement_seconds`: the deadline of every call (STATEMENT_SECONDS; None: none, for
+    commands an operator runs by hand, whose migrations may take long). Each connection
+    has the server enforce it (`statement_timeout`, `lock_timeout`) and the client too
+    (core/pgdeadline.py: the socket is shut down WATCHDOG_GRACE later, the call raises
+    StoreUnavailable, the pool drops the connection). Connecting takes at most
+    `connect_timeout`, and so does waiting for a pooled connection."""
+
+    def __init__(
+        self, url: str, *, password: str | None = None, max_size: int = 4, connect_timeout: float = 3.0,
+        statement_seconds: float | None = STATEMENT_SECONDS,
+    ) -> None:
+        if statement_seconds is not None and statement_seconds <= 0:
+            raise ValueError(f"statement_seconds must be positive, got {statement_seconds}")
         kwargs: dict[str, Any] = {"connect_timeout": max(1, int(connect_timeout)), "application_name": "vmsh-scheduler"}
         if password:
             kwargs["password"] = password
-        self.conninfo = psycopg.conninfo.make_conninfo(url, **kwargs)
+        self._url = url
+        self._kwargs = kwargs
+        self.statement_seconds = statement_seconds
+        self.conninfo = self._conninfo(statement_seconds)
         self.display = display_url(url)
-        self._pool = ConnectionPool(
+        self._pool: ConnectionPool[WatchedConnection] = ConnectionPool(
             self.conninfo, min_size=1, max_size=max_size, open=False, timeout=connect_timeout,
-            kwargs={"autocommit": False}, check=ConnectionPool.check_connection,
+            kwargs={"autocommit": False}, check=check_connection,
+            connection_class=WatchedConnection, configure=self._watched,
             reconnect_timeout=0,  # never gives up: every call tries again
         )
         self._opened = False
@@ -169,6 +203,24 @@ class Database:
         # Why the database cannot be reached, as the cluster's heartbeat last found (None:
         # it answered). Reads made on the event loop (listings) fail at once meanwhile.
         self.unreachable: str | None = None
+
+    def _conninfo(self, seconds: float | None) -> str:
+        """The URL with our settings; with a deadline, the server's timeouts in `options`
+        (before any the URL has, which win)."""
+        kwargs = dict(self._kwargs)
+        if seconds is not None:
+            ms = max(1, round(seconds * 1000))
+            ours = (  # a lock wait ends a little earlier, with its own message
+                f"-c statement_timeout={ms} -c lock_timeout={max(1, ms * 9 // 10)} "
+                f"-c idle_in_transaction_session_timeout={ms * IDLE_IN_TRANSACTION_DEADLINES}"
+            )
+            theirs = psycopg.conninfo.conninfo_to_dict(self._url).get("options") or ""
+            kwargs["options"] = f"{ours} {theirs}".strip()
+        return psycopg.conninfo.make_conninfo(self._url, **kwargs)
+
+    def _watched(self, conn: WatchedConnection) -> None:
+        """The pool's `configure`: its connections' waits have the client's deadline."""
+        conn.deadline = None if self.statement_seconds is None else self.statement_seconds + WATCHDOG_GRACE
 
     def _open(self) -> None:
         with self._lock:
@@ -180,28 +232,42 @@ class Database:
     def tx(self, *, quick: bool = False) -> Iterator[psycopg.Connection[Any]]:
         """One transaction; any database failure is StoreUnavailable (a network error).
         `quick`: for reads on the event loop: fail at once while the store is known to be
-        unreachable, and wait at most QUICK_SECONDS for a connection."""
+        unreachable, wait at most QUICK_SECONDS for a connection and QUICK_STATEMENT_SECONDS
+        for each answer."""
         self._open()
         if quick and self.unreachable is not None:
             raise StoreUnavailable(f"PostgreSQL store unreachable: {self.unreachable}")
         try:
-            with self._pool.connection(timeout=QUICK_SECONDS if quick else None) as conn, conn.transaction():
+            with (
+                shorter_deadline(QUICK_STATEMENT_SECONDS) if quick else contextlib.nullcontext(),
+                self._pool.connection(timeout=QUICK_SECONDS if quick else None) as conn,
+                conn.transaction(),
+            ):
                 yield conn
-        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+        except (psycopg.OperationalError, psycopg.InterfaceError, Unanswered) as exc:
             raise _unavailable(exc) from exc
         except Exception as exc:
             if type(exc).__name__ == "PoolTimeout":
                 raise _unavailable(exc) from exc
             raise
 
-    def connect(self) -> psycopg.Connection[Any]:
-        """A connection of its own (LISTEN, heartbeats): not from the pool."""
+    def connect(self, *, deadline: float | None = None) -> psycopg.Connection[Any]:
+        """A connection of its own (a session lock): not from the pool, autocommit. Each of
+        its calls waits at most `deadline` s (default SESSION_LOCK_SECONDS; none for a
+        Database without deadlines), the server's timeouts alike."""
+        seconds = deadline if deadline is not None else (
+            None if self.statement_seconds is None else max(self.statement_seconds, SESSION_LOCK_SECONDS)
+        )
         try:
-            return psycopg.connect(self.conninfo, autocommit=True)
+            conn = WatchedConnection.connect(self._conninfo(seconds), autocommit=True)
         except psycopg.OperationalError as exc:
             raise _unavailable(exc) from exc
+        conn.deadline = None if seconds is None else seconds + WATCHDOG_GRACE
+        return conn
 
     async def connect_async(self) -> psycopg.AsyncConnection[Any]:
+        """A connection of its own on the event loop (LISTEN): the server's timeouts only;
+        waiting for notifications is no call and has no deadline."""
         try:
             return await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True)
         except psycopg.OperationalError as exc:
@@ -377,19 +443,23 @@ class PgStateStore:
             self._seen(job, state, version)
         return result
 
-    def claim(self, keys: list[JobKey], lease_seconds: float, *, spread: bool = False) -> dict[JobKey, JobState]:
-        """Lease the jobs among `keys` no other replica holds; their current state (from the
+    closes_intents = True  # commit removes the intent in its transaction
+    commit_chunk: int | None = None  # one transaction for a whole anchor's jobs
+
+    def claim(self, jobs: dict[JobKey, JobState], lease_seconds: float, *, spread: bool = False) -> dict[JobKey, JobState]:
+        """Lease the jobs among `jobs` no other replica holds; their current state (from the
         database: another replica may have anchored them since this one last looked), each
         with its new fence (`row.fence`). `spread`: at most this replica's share, len(keys) /
         the live replicas (the registry, read in the same transaction), so that jobs due at
         once are spread over them."""
-        names = [str(k) for k in keys]
+        names = [str(k) for k in jobs]
         out: dict[JobKey, JobState] = {}
         limit: int | None = None
         with self.db.tx() as conn:
             if spread:
                 row = conn.execute(
-                    "SELECT count(*) FROM replicas WHERE heartbeat_at > clock_timestamp() - make_interval(secs => %s)",
+                    "SELECT count(*) FROM replicas WHERE heartbeat_at > clock_timestamp() - make_interval(secs => %s) "
+                    "AND claim_refusal IS NULL",
                     (self.liveness,),
                 ).fetchone()
                 alive = max(1, int(row[0]) if row else 1)
@@ -418,7 +488,8 @@ class PgStateStore:
         return out
 
     def commit(
-        self, receipts: list[Receipt], states: list[dict[str, Any]], rows: list[Row | None], intent_id: str
+        self, receipts: list[Receipt], states: Sequence[dict[str, Any] | None], rows: Sequence[Row | None], intent_id: str,
+        *, recovered: bool = False,
     ) -> Committed:
         """Receipts, the jobs' states and the release of their leases, and the intent's
         removal, in one transaction (core/engine.py `_commit_in_store`), for the jobs whose
@@ -439,18 +510,28 @@ class PgStateStore:
             )} if fenced else set()
             kept = [n for n, job in enumerate(jobs) if job in current]
             names = _insert_receipts(conn, [receipts[n] for n in kept], self.replica)
-            paths: list[Path | None] = [None] * len(receipts)
+            paths: list[Path | Exception | None] = [None] * len(receipts)
             done = Committed(paths)
             seen: list[tuple[str, dict[str, Any], int]] = []
             for n, path in zip(kept, names, strict=True):
                 paths[n] = path
-                state = {**states[n], "last_receipt": str(path)}
-                got = conn.execute(
-                    "UPDATE jobs SET state = %s, version = version + 1, updated_at = clock_timestamp(), "
-                    "lease_owner = NULL, lease_until = NULL WHERE job = %s RETURNING version",
-                    (Jsonb(state), jobs[n]),
-                ).fetchone()
-                assert got is not None  # locked above
+                given = states[n]
+                if given is None:  # the job's state stays: only its lease is released
+                    got = conn.execute(
+                        "UPDATE jobs SET version = version + 1, updated_at = clock_timestamp(), "
+                        "lease_owner = NULL, lease_until = NULL WHERE job = %s RETURNING version, state",
+                        (jobs[n],),
+                    ).fetchone()
+                    assert got is not None  # locked above
+                    state = got[1] or {}
+                else:
+                    state = {**given, "last_receipt": str(path)}
+                    got = conn.execute(
+                        "UPDATE jobs SET state = %s, version = version + 1, updated_at = clock_timestamp(), "
+                        "lease_owner = NULL, lease_until = NULL WHERE job = %s RETURNING version",
+                        (Jsonb(state), jobs[n]),
+                    ).fetchone()
+                    assert got is not None  # locked above
                 done.rows[JobKey.parse(jobs[n])] = Row(int(got[0]))
                 seen.append((jobs[n], state, int(got[0])))
             conn.execute("DELETE FROM intents WHERE id = %s", (intent_id,))
@@ -519,20 +600,34 @@ class PgIntent(Intent):
     db: Database
     owner: str
 
+    def insert(self) -> None:
+        """The row, new (PgJournal.open)."""
+        with self.db.tx() as conn:
+            conn.execute(
+                "INSERT INTO intents (id, owner, doc) VALUES (%s, %s, %s)",
+                (self.id, self.owner, Jsonb(self.to_dict())),
+            )
+
     def _write(self) -> None:
+        """A note or the attestation, only while the intent is still this replica's: one
+        that another replica took over (or resolved) is theirs, and a token obtained here
+        late never lands in it (Superseded: the engine counts it discarded)."""
         if self.closed:
             raise StateError(f"{self.path}: intent {self.id} is already closed")
         with self.db.tx() as conn:
-            conn.execute(
-                "INSERT INTO intents (id, owner, doc) VALUES (%s, %s, %s) "
-                "ON CONFLICT (id) DO UPDATE SET doc = excluded.doc",
-                (self.id, self.owner, Jsonb(self.to_dict())),
-            )
+            updated = conn.execute(
+                "UPDATE intents SET doc = %s WHERE id = %s AND owner = %s",
+                (Jsonb(self.to_dict()), self.id, self.owner),
+            ).rowcount
+        if not updated:
+            raise Superseded(f"intent {self.id} is no longer this replica's: another took it over")
 
     def close(self, *, sync_folder: bool = True) -> bool:
         self.closed = True
         with self.db.tx() as conn:
-            return conn.execute("DELETE FROM intents WHERE id = %s", (self.id,)).rowcount > 0
+            return conn.execute(
+                "DELETE FROM intents WHERE id = %s AND owner = %s", (self.id, self.owner)
+            ).rowcount > 0
 
 
 def _pg_intent(db: Database, owner: str, intent: Intent) -> PgIntent:
@@ -561,7 +656,7 @@ class PgJournal:
         base = new_intent(target, entries, digest_hex, at, tree_size)
         base.path = INTENTS_ROOT / base.id
         intent = _pg_intent(self.db, self.replica, base)
-        intent._write()
+        intent.insert()
         return intent
 
     def close_many(self, intents: list[Intent]) -> list[tuple[Intent, OSError]]:

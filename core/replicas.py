@@ -23,14 +23,24 @@ class ReplicaInfo:
     started_at: float  # wall-clock epoch seconds
     alive: bool  # heartbeat within the store's liveness window
     this: bool = False  # the replica that answers (the one the dashboard is attached to)
+    # Its wall clock minus the database's at its last heartbeat, s (None: not known: only
+    # this replica's is, unless the registry has the column), and why it claims no jobs
+    # (None: it claims, or not known). core/cluster.py
+    clock_offset: float | None = None
+    refusal: str | None = None
 
     def to_json(self) -> dict[str, object]:
-        return {
+        doc: dict[str, object] = {
             "id": self.id, "host": self.host, "pid": self.pid, "version": self.version,
             "config_hash": self.config_hash, "in_flight": self.in_flight,
             "heartbeat_at": self.heartbeat_at, "started_at": self.started_at,
             "alive": self.alive, "this": self.this,
         }
+        if self.clock_offset is not None:
+            doc["clock_offset"] = self.clock_offset
+        if self.refusal is not None:
+            doc["refusal"] = self.refusal
+        return doc
 
     @classmethod
     def from_json(cls, doc: dict[str, object]) -> ReplicaInfo:
@@ -41,6 +51,8 @@ class ReplicaInfo:
             heartbeat_at=float(doc["heartbeat_at"]),  # type: ignore[arg-type]
             started_at=float(doc["started_at"]),  # type: ignore[arg-type]
             alive=bool(doc["alive"]), this=bool(doc.get("this", False)),
+            clock_offset=None if doc.get("clock_offset") is None else float(doc["clock_offset"]),  # type: ignore[arg-type]
+            refusal=None if doc.get("refusal") is None else str(doc["refusal"]),
         )
 
 
@@ -56,8 +68,23 @@ def config_hash_warning(replicas: list[ReplicaInfo] | tuple[ReplicaInfo, ...]) -
     return "replicas run different configs: " + "; ".join(parts)
 
 
+@dataclass(frozen=True, slots=True)
+class ClockReading:
+    """This replica's wall clock against the database's, as one heartbeat read them."""
+
+    offset: float  # ours minus the database's, s (positive: ours is ahead)
+    uncertainty: float  # half the round trip: the true offset is within +/- this
+
+    @classmethod
+    def measure(cls, before: float, database: float, after: float) -> ClockReading:
+        """From our clock read `before` and `after` the database's (`database`): the
+        database read it somewhere in between, best taken as the midpoint."""
+        return cls(offset=(before + after) / 2 - database, uncertainty=max(0.0, after - before) / 2)
+
+
 class ClusterView(Protocol):
-    """What the rest of the program reads of cluster mode (core/cluster.py Cluster)."""
+    """What the rest of the program reads of cluster mode (core/cluster.py Cluster).
+    `clock` and `clock_problem` are optional (read with getattr: core.control.clock_status)."""
 
     kind: str
 

@@ -8,7 +8,8 @@ Two implementations with the same parts, chosen by `scheduler.store` (`VMSH_STOR
 
 The engine, the confirmation tracker, verify and the control API see only the parts
 below: `state` (job state), `journal` (intents of backend calls in flight), `receipts`,
-`claims` (None with the file store: a lone scheduler owns every job), `shared` (records
+`claims` (fenced leases and the commit; the file store's always grant: a lone scheduler
+owns every job, core/file_claims.py), `shared` (records
 the backends of several replicas share; None with the file store) and `audit`.
 """
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -48,11 +50,12 @@ class Written:
 
 @dataclass
 class Committed:
-    """What one fenced commit wrote: per receipt its name, or None when the job's lease was
-    no longer this replica's (its fence was replaced: another replica claimed it), and the
-    store's row now for each job committed."""
+    """What one fenced commit wrote: per receipt its name; None when the job's lease was no
+    longer this replica's (its fence was replaced: another replica claimed it); or the error
+    that kept this one receipt from being written (the engine keeps the attestation for it).
+    `rows`: the store's row now for each job committed."""
 
-    paths: list[Path | None]
+    paths: list[Path | Exception | None]
     rows: dict[JobKey, Row] = field(default_factory=dict)
 
 
@@ -117,11 +120,21 @@ class ReceiptRepo(Protocol):
 
 
 class Claims(Protocol):
-    """Leases on jobs, for schedulers that share a store (core/pgstore.py PgStateStore)."""
+    """Fenced leases on jobs and the commit of an anchor's outcome: the one anchoring path
+    of the engine (claim, journal intent, backend call, commit) on every store. The file
+    store's (core/file_claims.py) always grant: one scheduler under the data-dir lock. The
+    PostgreSQL store's (core/pgstore.py PgStateStore) lease each job to one replica."""
 
-    def claim(self, keys: list[JobKey], lease_seconds: float, *, spread: bool = False) -> dict[JobKey, JobState]:
-        """Lease the jobs no other replica holds (`spread`: at most this replica's share);
-        their current state, whose `row.fence` is the new lease's fencing token. Blocking."""
+    # True: commit removes the intent in the same transaction; False: the engine removes it
+    # once the jobs' state is saved.
+    closes_intents: bool
+    # Receipts per commit call (the engine's loop runs between calls); None: all in one.
+    commit_chunk: int | None
+
+    def claim(self, jobs: dict[JobKey, JobState], lease_seconds: float, *, spread: bool = False) -> dict[JobKey, JobState]:
+        """Lease these jobs (given as this scheduler knows them) where no other holder has
+        them (`spread`: at most this replica's share); the ones granted, each with the
+        store's current state, whose `row.fence` is the new lease's fencing token. Blocking."""
         ...
 
     def release(self, leases: list[tuple[JobKey, int]]) -> list[JobKey]:
@@ -131,11 +144,15 @@ class Claims(Protocol):
     def renew(self, keys: list[JobKey], lease_seconds: float) -> int: ...
 
     def commit(
-        self, receipts: list[Receipt], states: list[dict[str, Any]], rows: list[Row | None], intent_id: str
+        self, receipts: list[Receipt], states: Sequence[dict[str, Any] | None], rows: Sequence[Row | None], intent_id: str,
+        *, recovered: bool = False,
     ) -> Committed:
-        """One transaction: for each job whose lease fence in `rows` is still current, its
-        receipt, its state (`last_receipt` set to the receipt's name) and its lease released;
-        the intent removed. Raises Superseded when the intent is no longer this replica's."""
+        """For each job whose lease fence in `rows` is still current: its receipt, its state
+        (`last_receipt` set to the receipt's name; a state None leaves the job's as it is)
+        and its lease released; with
+        `closes_intents`, the intent removed, all in one transaction. `recovered`: receipts
+        may exist from this very attestation already (a crash, a failed write): reused.
+        Raises Superseded when the intent is no longer this replica's."""
         ...
 
     def changed_since(self, cursor: Any) -> tuple[dict[JobKey, JobState], Any]: ...
@@ -174,7 +191,7 @@ class Store:
     journal: JournalRepo
     receipts: ReceiptRepo
     audit: Audit
-    claims: Claims | None = None
+    claims: Claims
     shared: SharedRecords | None = None
     db: Database | None = field(default=None, repr=False)
     replica: str | None = None
@@ -185,13 +202,17 @@ class Store:
 
 
 def file_store(data_dir: Path, state_file: Path) -> Store:
+    from core.file_claims import FileClaims
+
+    receipts = ReceiptStore(data_dir / "receipts")
     return Store(
         kind="file",
         display=str(data_dir),
         state=StateStore(state_file),
         journal=IntentJournal(data_dir / "journal"),
-        receipts=ReceiptStore(data_dir / "receipts"),
+        receipts=receipts,
         audit=FileAudit(data_dir / "audit.jsonl"),
+        claims=FileClaims(receipts),
     )
 
 
@@ -200,6 +221,7 @@ def postgres_store(url: str, *, env: Any, lease: float, replica: str | None = No
     the replica `replica` (default: a new id, "<host>-<pid>-<random>")."""
     from core.pgstore import (
         LIVENESS_LEASES,
+        STATEMENT_SECONDS,
         Database,
         PgAudit,
         PgJournal,
@@ -212,7 +234,9 @@ def postgres_store(url: str, *, env: Any, lease: float, replica: str | None = No
 
     replica = replica or new_replica_id()
 
-    db = Database(url, password=store_password(env))
+    # Every call's deadline at most a third of the lease: the heartbeat (every lease / 3)
+    # sees a hung database within a lease, and a renewal that hangs fails before the lease ends.
+    db = Database(url, password=store_password(env), statement_seconds=min(STATEMENT_SECONDS, lease / 3))
     state = PgStateStore(db, replica, liveness=lease * LIVENESS_LEASES)
     return Store(
         kind="postgresql",

@@ -39,8 +39,11 @@ COMMAND_CONNECT_SECONDS = 15.0
 def _database(loaded: LoadedConfig) -> Database:
     from core.pgstore import Database, store_password
 
+    # No deadline on its statements: a migration or an import may take long, and an operator
+    # (or the init container's own timeout) is watching; connecting is still bounded.
     return Database(
-        loaded.config.scheduler.store, password=store_password(os.environ), connect_timeout=COMMAND_CONNECT_SECONDS
+        loaded.config.scheduler.store, password=store_password(os.environ), connect_timeout=COMMAND_CONNECT_SECONDS,
+        statement_seconds=None,
     )
 
 

@@ -10,8 +10,12 @@
                                "status": "ok" | "backing_off" | "stale",
                                "disabled": {"<cadence>": "<reason>"}  # only if any}},
      "store": {"kind": "file" | "postgresql", "ok": <bool>, "error": <why not ok, or null>},
+     "clock": {"ok": <bool>, "offset": <s, ours minus the store's, or null>,
+               "uncertainty": <s or null>, "error": <why not ok, or null>},  # cluster mode only
      "replicas": [{"id", "host", "pid", "version", "config_hash", "alive",
-                   "heartbeat_at": <epoch seconds>}],  # the cluster's registry; [] with files
+                   "heartbeat_at": <epoch seconds>,
+                   "clock_offset": <s>, "refusal": "<why it claims nothing>"}],  # the last two
+                   # only when known; the cluster's registry; [] with files
      "warnings": ["replicas run different configs: ..."]}  # only if any
 
 - Job statuses and the thresholds are core.status's (the dashboard and the alert rules
@@ -25,7 +29,10 @@
 - `unhealthy`: the engine loop is stopped, or stuck (no pass within
   max(core.status.STUCK_TICKS x tick, STUCK_MIN_SECONDS) = max(3 x tick, 30 s));
   `degraded`: any job in a core.status.PROBLEMS status, or the store does not answer
-  (core.control.store_status, the rule the dashboard's snapshot uses); else `healthy`.
+  (core.control.store_status, the rule the dashboard's snapshot uses), or (cluster mode)
+  this replica's clock is off the store's by more than core.cluster.MAX_CLOCK_OFFSET, so
+  it claims no jobs (core.control.clock_status; /readyz is unaffected: it runs, and the
+  other replicas anchor); else `healthy`.
   200 only when healthy, else 503.
 - Live replicas running different config hashes is a warning (core.replicas
   config_hash_warning), not a status: each replica is healthy on its own config.
@@ -42,9 +49,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from core import status
-from core.control import store_status
+from core.control import clock_status, store_status
 from core.replicas import ClusterView, ReplicaInfo, config_hash_warning
 from core.status import Health, JobStatus
+from core.text import printable
 
 if TYPE_CHECKING:
     from core.engine import JobView, Scheduler
@@ -77,10 +85,15 @@ def job_status(view: JobView) -> str:
 
 
 def _replica(replica: ReplicaInfo) -> dict[str, Any]:
-    return {
+    out: dict[str, Any] = {
         "id": replica.id, "host": replica.host, "pid": replica.pid, "version": replica.version,
         "config_hash": replica.config_hash, "alive": replica.alive, "heartbeat_at": _epoch(replica.heartbeat_at),
     }
+    if replica.clock_offset is not None:
+        out["clock_offset"] = round(replica.clock_offset, 3)
+    if replica.refusal is not None:
+        out["refusal"] = printable(replica.refusal)
+    return out
 
 
 def health(engine: Scheduler, now: float, cluster: ClusterView | None = None) -> tuple[int, dict[str, Any]]:
@@ -107,7 +120,8 @@ def health(engine: Scheduler, now: float, cluster: ClusterView | None = None) ->
     storage = getattr(engine, "storage_problem", None)
     stuck = engine.stuck(now) if hasattr(engine, "stuck") else ()
     store = store_status(engine, cluster)
-    if overall == Health.HEALTHY and (storage or stuck or not store.ok):
+    clock = clock_status(cluster)
+    if overall == Health.HEALTHY and (storage or stuck or not store.ok or (clock is not None and not clock.ok)):
         overall = Health.DEGRADED
     replicas = () if cluster is None else tuple(cluster.replicas())
     body: dict[str, Any] = {
@@ -118,6 +132,8 @@ def health(engine: Scheduler, now: float, cluster: ClusterView | None = None) ->
         "store": {"kind": store.kind, "ok": store.ok, "error": store.error},
         "replicas": [_replica(r) for r in replicas],
     }
+    if clock is not None:
+        body["clock"] = {"ok": clock.ok, "offset": clock.offset, "uncertainty": clock.uncertainty, "error": clock.error}
     warning = config_hash_warning(replicas)
     if warning:
         body["warnings"] = [warning]

@@ -92,13 +92,14 @@ class ClusterRig:
             "LOG_LEVEL": "INFO",
         }
 
-    def start(self, name: str) -> subprocess.Popen[bytes]:
+    def start(self, name: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        """Start replica `name`; `env`: more environment (libfaketime's, for one)."""
         self.ports.setdefault(name, free_port())
         n = self.generation[name] = self.generation.get(name, 0) + 1
         log = open(self.tmp / f"{name}-{n}.log", "wb")  # noqa: SIM115 (the process owns it)
         proc = subprocess.Popen(
             [str(BIN), "--no-ui", "--config", str(self.config)], stdout=log, stderr=subprocess.STDOUT,
-            env=self.env(name), cwd=self.tmp,
+            env={**self.env(name), **(env or {})}, cwd=self.tmp,
         )
         self.procs[name] = proc
         return proc

@@ -127,7 +127,8 @@ class PostgresServer:
 
     `start()` initialises it on first use (role `vmsh` with `PASSWORD`, database `vmsh`),
     then starts it and waits until it accepts connections; `stop(mode)`, `kill()` (SIGKILL,
-    a crash: the next start recovers from the WAL), `restart()`, `is_running()`,
+    a crash: the next start recovers from the WAL), `freeze()`/`thaw()` (SIGSTOP/SIGCONT
+    of every server process: a hung server), `restart()`, `is_running()`,
     `create_database(name) -> url`. `url` is the `vmsh` database over TCP as role `vmsh`
     (password separate: `password`); `admin_url` the superuser over the Unix socket.
     """
@@ -212,6 +213,33 @@ class PostgresServer:
                 raise PostgresError(f"postmaster {pid} or a child still runs 10 s after SIGKILL")
             time.sleep(0.01)
 
+    def freeze(self) -> list[int]:
+        """SIGSTOP the postmaster, then every process it started: a hung server (a stalled
+        VM, a storage freeze). The kernel still completes TCP handshakes on its port and
+        buffers what clients send, but nothing answers. Returns the pids stopped; `thaw()`
+        undoes it (always thaw in a `finally`: a frozen server cannot be stopped)."""
+        pid = self._postmaster_pid()
+        if pid is None or not _process_alive(pid):
+            raise PostgresError(f"PostgreSQL in {self.base_dir}: not running, nothing to freeze")
+        os.kill(pid, signal.SIGSTOP)  # first: a stopped postmaster forks no new child
+        stopped = [pid]
+        for child in _children(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGSTOP)
+                stopped.append(child)
+        return stopped
+
+    def thaw(self) -> None:
+        """SIGCONT the postmaster and every process it started (a no-op when not frozen)."""
+        pid = self._postmaster_pid()
+        if pid is None or not _process_alive(pid):
+            return
+        for child in _children(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGCONT)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+
     def restart(self) -> None:
         self.stop()
         self.start()
@@ -222,6 +250,7 @@ class PostgresServer:
 
     def cleanup(self) -> None:
         """Stop the server (immediate; killed if that fails) and remove `base_dir`."""
+        self.thaw()  # a frozen server would never answer pg_ctl stop
         with contextlib.suppress(PostgresError):
             self.stop("immediate")
         if self.is_running():

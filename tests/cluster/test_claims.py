@@ -5,108 +5,15 @@ Process-level tests (kill -9, PostgreSQL stopped) are in test_cluster_processes.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import random
 from pathlib import Path
 
 import psycopg
-import pytest
 
-from core.clock import FakeClock
-from core.config import load_config
 from core.jobs import JobKey
-from core.pgstore import SCHEMA_VERSION, Database
-from core.runtime import Runtime
-from core.sources import write_batch
-from core.store import postgres_store
+from core.state import JobState
 
+from .engines import NAMESPACES, Pair, publish, receipts_by_job, root
 from .postgres import PASSWORD
-
-NAMESPACES = [f"ns{n:03d}" for n in range(40)]
-
-
-def root(ns: str, n: int) -> str:
-    return "sha256:" + hashlib.sha256(f"{ns}-{n}".encode()).hexdigest()
-
-
-def write_config(tmp: Path, name: str, *, namespaces=NAMESPACES, every: str = "60s") -> Path:
-    lines = [
-        "scheduler:",
-        "  tick: 5.0",
-        f"  data_dir: data-{name}",
-        "  lease: 10",
-        "targets:",
-        "  local:",
-        "    dev: {}",
-        "namespaces:",
-    ]
-    for ns in namespaces:
-        lines += [
-            f'  "{ns}":',
-            f"    source: {tmp / 'batches' / ns}",
-            "    cadence:",
-            "      fast:",
-            '        target: "local:dev"',
-            f'        every: "{every}"',
-        ]
-    path = tmp / f"config-{name}.yaml"
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-def publish(tmp: Path, n: int, namespaces=NAMESPACES) -> None:
-    for ns in namespaces:
-        write_batch(tmp / "batches" / ns, f"{n:06d}", root(ns, n))
-
-
-class Replica:
-    def __init__(self, tmp: Path, name: str, url: str, clock: FakeClock) -> None:
-        config = write_config(tmp, name)
-        self.loaded = load_config(config, env={}, cwd=tmp)
-        self.store = postgres_store(url, env={"VMSH_STORE_PASSWORD": PASSWORD}, replica=name, lease=10)
-        self.runtime = Runtime(self.loaded, clock=clock, rng=random.Random(1), store=self.store)
-        self.engine = self.runtime.engine
-        self.closed = False
-
-    async def close(self) -> None:
-        if not self.closed:
-            self.closed = True
-            await self.engine.stop(1.0)
-            await self.runtime.close()
-
-
-def receipts_by_job(url: str) -> dict[tuple[str, str], list[str]]:
-    """(namespace, cadence) -> the batch roots of its receipts, from the database itself."""
-    out: dict[tuple[str, str], list[str]] = {}
-    with psycopg.connect(url, password=PASSWORD) as conn:
-        for ns, cadence, batch_root in conn.execute("SELECT namespace, cadence, batch_root FROM receipts"):
-            out.setdefault((ns, cadence), []).append(batch_root)
-    return out
-
-
-@pytest.fixture
-def migrated(pg_url: str) -> str:
-    db = Database(pg_url, password=PASSWORD)
-    assert db.migrate() == (0, SCHEMA_VERSION)
-    db.close()
-    return pg_url
-
-
-class Pair:
-    """Replicas a and b of one config on the test's database, sharing a FakeClock."""
-
-    def __init__(self, tmp: Path, url: str) -> None:
-        self.clock = FakeClock()
-        self.a = Replica(tmp, "a", url, self.clock)
-        self.b = Replica(tmp, "b", url, self.clock)
-
-
-@pytest.fixture
-async def pair(tmp_path: Path, migrated: str):
-    replicas = Pair(tmp_path, migrated)
-    yield replicas
-    await replicas.a.close()
-    await replicas.b.close()
 
 
 async def test_two_replicas_anchor_each_job_once_per_root(tmp_path: Path, migrated: str, pair: Pair) -> None:
@@ -144,7 +51,7 @@ async def test_a_job_leased_by_another_replica_is_left_to_it(tmp_path: Path, mig
     a, b = pair.a, pair.b
     publish(tmp_path, 1)
     held = [JobKey(ns, "fast") for ns in NAMESPACES[:10]]
-    got = await asyncio.to_thread(a.store.state.claim, held, 30.0)  # type: ignore[attr-defined]
+    got = await asyncio.to_thread(a.store.claims.claim, {k: JobState() for k in held}, 30.0)
     assert sorted(got) == sorted(held)
     await b.engine.run_once()
     anchored = {ns for ns, _ in receipts_by_job(migrated)}
@@ -255,8 +162,10 @@ async def test_an_anchor_taken_over_while_its_replica_was_unresponsive_gets_one_
 ) -> None:
     """Replica a goes a lease without a heartbeat mid-anchor (a stall, not a crash), so its
     intent counts as a gone replica's and b takes it over (PgJournal.orphans), as it must for
-    a dead replica. When a wakes up with its attestation it must not commit too: one receipt
-    per job and root, b's."""
+    a dead replica. When a wakes up with its attestation it must neither commit nor write its
+    token into the intent b now holds (b would commit it later, while its jobs may have been
+    anchored since): a counts it discarded, b finds nothing landed and anchors the jobs
+    itself. One receipt per job and root, b's."""
     a, b = pair.a, pair.b
     jobs = NAMESPACES[:3]
     publish(tmp_path, 1, jobs)
@@ -279,6 +188,9 @@ async def test_an_anchor_taken_over_while_its_replica_was_unresponsive_gets_one_
     assert receipts_by_job(migrated) == {}, "the replica that lost its intent committed anyway"
     assert [(d.reason, d.jobs) for d in discarded] == [("taken_over", len(jobs))], "a paid token dropped uncounted"
     assert await b.engine.adopt_orphans() == 1
+    with psycopg.connect(migrated, password=PASSWORD) as conn:
+        assert conn.execute("SELECT count(*) FROM intents").fetchone() == (0,)
+    await b.engine.run_once()
     got = receipts_by_job(migrated)
     assert sorted(got) == [(ns, "fast") for ns in jobs] and all(len(r) == 1 for r in got.values())
     with psycopg.connect(migrated, password=PASSWORD) as conn:

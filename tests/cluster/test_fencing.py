@@ -28,8 +28,8 @@ from core.observe.metrics import Metrics
 from core.pgstore import Database, PgStateStore
 from core.state import JobState, Row
 
+from .engines import Pair, publish, receipts_by_job, root
 from .postgres import PASSWORD
-from .test_claims import NAMESPACES, Pair, migrated, pair, publish, receipts_by_job, root  # noqa: F401
 
 J = JobKey("ns000", "fast")
 
@@ -57,18 +57,18 @@ def test_a_save_built_before_a_claim_never_overwrites_the_state_the_claim_saw(mi
     db, a, b = stores(migrated)
     try:
         # a and b both know J at root 1 (a anchored it).
-        first = a.claim([J], 10)[J]
+        first = a.claim({J: JobState()}, 10)[J]
         a.write(a.snapshot({J: JobState(last_root=root("ns000", 1), row=first.row)}))
         seen_by_a = a.load()[J]
         # a builds a save (a local change to J: its view, root 1) ... and freezes.
         seen_by_a.current_at = 5.0
         stale = a.snapshot({J: seen_by_a})
         # Meanwhile b claims J and anchors root 2 (its commit stands for any fenced write).
-        theirs = b.claim([J], 10)[J]
+        theirs = b.claim({J: JobState()}, 10)[J]
         assert b.write(b.snapshot({J: JobState(last_root=root("ns000", 2), row=theirs.row)})).rows
         # a wakes: its next pass claims J (which refreshes what a knows of the row), finds
         # root 2 anchored and lets J go ...
-        again = a.claim([J], 10)[J]
+        again = a.claim({J: JobState()}, 10)[J]
         assert again.last_root == root("ns000", 2) and again.row is not None and again.row.fence is not None
         assert a.release([(J, again.row.fence)]) == [J]
         # ... and only then its old save reaches the database.
@@ -86,14 +86,14 @@ def test_a_stale_save_never_releases_a_lease_taken_after_it_was_built(migrated: 
         a.write(a.snapshot({J: JobState(last_root=root("ns000", 1))}))
         known = a.load()[J]
         stale = a.snapshot({J: known}, holding=frozenset())  # built while J was idle here
-        claimed = a.claim([J], 10)[J]  # then J is claimed and goes in flight
+        claimed = a.claim({J: JobState()}, 10)[J]  # then J is claimed and goes in flight
         assert claimed.row is not None and claimed.row.fence is not None
         a.write(stale)
         assert row_of(migrated, J)[1] == "a", "the stale save freed the lease of a job in flight"
-        assert b.claim([J], 10) == {}, "another replica could claim a job in flight here"
+        assert b.claim({J: JobState()}, 10) == {}, "another replica could claim a job in flight here"
         # Released under its own fence, it is free again.
         assert a.release([(J, claimed.row.fence)]) == [J]
-        assert J in b.claim([J], 10)
+        assert J in b.claim({J: JobState()}, 10)
     finally:
         db.close()
 
@@ -101,10 +101,10 @@ def test_a_stale_save_never_releases_a_lease_taken_after_it_was_built(migrated: 
 def test_each_claim_grants_a_new_fence_and_writes_under_an_old_one_are_refused(migrated: str) -> None:
     db, a, b = stores(migrated)
     try:
-        one = a.claim([J], 10)[J].row
+        one = a.claim({J: JobState()}, 10)[J].row
         with psycopg.connect(migrated, password=PASSWORD) as conn:  # a's lease runs out
             conn.execute("UPDATE jobs SET lease_until = clock_timestamp() - interval '1 second'")
-        two = b.claim([J], 10)[J].row
+        two = b.claim({J: JobState()}, 10)[J].row
         assert one is not None and two is not None and two.fence is not None and one.fence is not None
         assert two.fence > one.fence
         late = a.write(a.snapshot({J: JobState(last_root=root("ns000", 9), row=one)}))
@@ -132,7 +132,7 @@ def test_a_claim_that_waited_on_a_lock_still_gets_a_whole_lease(migrated: str) -
     holder.start()
     try:
         assert locked.wait(10)
-        got = a.claim([J], 1.0, spread=True)  # waits ~2.5 s on the registry, lease 1 s
+        got = a.claim({J: JobState()}, 1.0, spread=True)  # waits ~2.5 s on the registry, lease 1 s
         assert J in got
         assert row_of(migrated, J)[1:2] == ("a",)
         assert row_of(migrated, J)[3] is True, "the lease had already expired when it was granted"
@@ -181,7 +181,7 @@ async def test_a_commit_after_another_replica_claimed_the_job_writes_nothing_and
         s.labels.get("reason"): s.value
         for f in text_string_to_metric_families(text) for s in f.samples if s.name == "vmsh_tokens_discarded_total"
     }
-    assert values == {"lease_lost": 1.0, "taken_over": 0.0}
+    assert values == {"lease_lost": 1.0, "taken_over": 0.0, "superseded": 0.0}
     assert row_of(migrated, J)[1] == "b"
 
 

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from tests.cluster.conftest import database_name, new_base_dir, require_postgres, running_server
+from tests.cluster.pg_fixtures import database_name, new_base_dir, require_postgres, running_server
 from tests.cluster.postgres import PASSWORD, PostgresError, PostgresServer
 
 
@@ -134,7 +134,7 @@ def test_a_server_that_cannot_start_says_why():
 
 
 def test_without_postgres_ci_fails_instead_of_skipping(monkeypatch):
-    import tests.cluster.conftest as cluster_conftest
+    import tests.cluster.pg_fixtures as cluster_conftest
 
     monkeypatch.setattr(cluster_conftest, "find_bin_dir", lambda: None)
     monkeypatch.delenv("CI", raising=False)

@@ -15,8 +15,8 @@ from core.runtime import Runtime
 from core.state import DataDirLock
 
 from .cluster_rig import BIN
+from .engines import NAMESPACES, Replica, publish, receipts_by_job, write_config
 from .postgres import PASSWORD
-from .test_claims import NAMESPACES, Replica, publish, receipts_by_job, write_config
 
 
 def store_import(tmp: Path, url: str, source: Path) -> subprocess.CompletedProcess[str]:

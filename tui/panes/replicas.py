@@ -1,10 +1,13 @@
 """The Replicas pane: the schedulers sharing this one's store (core/replicas.py ReplicaInfo).
 
 One row per replica of a PostgreSQL cluster: host, pid, version, config hash, jobs in
-flight, how long ago it last beat, and whether it is alive, lost, or `this` one (the
-replica the dashboard talks to). With the file store a scheduler runs alone and the pane
-says so in one line. Live replicas running different configs, or a store that does not
-answer, are said in the pane's title and as a badge in the header (`cluster_badges`).
+flight, how long ago it last beat, and whether it is alive, lost, `off` (alive but out of
+the claim rotation: its clock is off the database's) or `this` one (the replica the
+dashboard talks to; in the warning colour when it claims nothing). With the file store a
+scheduler runs alone and the pane says so in one line. Live replicas running different
+configs, a store that does not answer, or this replica claiming nothing (and why) are said
+in the pane's title and as a badge in the header (`cluster_badges`). Enter on a row shows
+its clock's offset from the database's, when known.
 
 Heartbeat times are the store's wall clock; ages are taken against the snapshot's `now`
 (the engine's steady clock, wall time as of its start), so they need no clock of their own
@@ -41,11 +44,26 @@ REPLICA_COLUMNS: Columns = (
 STORE_COLUMNS: Columns = (("store", "Store", None), ("none", "", 1))
 FILE_STORE_LINE = "file store: this scheduler runs alone (scheduler.store)"
 HASH_SHOWN = 12
-STATE_ROLE = {"this": "accent", "alive": "success", "lost": "error"}
+STATE_ROLE = {"this": "accent", "alive": "success", "lost": "error", "off": "warning"}
+STATES = ("this", "alive", "off", "lost")  # the State column's sort order
 
 
 def replica_state(replica: ReplicaInfo) -> str:
-    return "this" if replica.this else "alive" if replica.alive else "lost"
+    if replica.this:
+        return "this"
+    if not replica.alive:
+        return "lost"
+    return "off" if replica.refusal is not None else "alive"
+
+
+def state_role(replica: ReplicaInfo) -> str:
+    state = replica_state(replica)
+    return "warning" if state == "this" and replica.refusal is not None else STATE_ROLE[state]
+
+
+def this_refusal(replicas: tuple[ReplicaInfo, ...]) -> str | None:
+    """Why the replica the dashboard talks to claims no jobs (None: it claims)."""
+    return next((r.refusal for r in replicas if r.this and r.refusal is not None), None)
 
 
 def reference_hash(replicas: tuple[ReplicaInfo, ...]) -> str | None:
@@ -69,7 +87,7 @@ def replica_row(replica: ReplicaInfo, now: float, reference: str | None, p: Pale
         p.cell(printable(replica.config_hash[:HASH_SHOWN]), role="warning" if differs else muted),
         p.cell(str(replica.in_flight), replica.in_flight, muted),
         p.cell(f"{age(since)} ago", since, "error" if not replica.alive else ""),
-        p.cell(state, ("this", "alive", "lost").index(state), STATE_ROLE[state]),
+        p.cell(state, STATES.index(state), state_role(replica)),
     )
 
 
@@ -90,6 +108,9 @@ def replica_lines(replica: ReplicaInfo, now: float) -> list[str]:
         f"started:     {when(replica.started_at)}",
         f"heartbeat:   {when(replica.heartbeat_at)}",
         f"state:       {replica_state(replica)}",
+        "clock:       " + ("not known" if replica.clock_offset is None
+                           else f"{replica.clock_offset:+.3f} s off the database's"),
+        "claims:      " + ("yes" if replica.refusal is None else f"none: {printable(replica.refusal)}"),
     ]
 
 
@@ -98,6 +119,9 @@ def cluster_note(snapshot: Snapshot) -> str | None:
     store = snapshot.store
     if not store.ok:
         return f"{store.kind} store unreachable: {store.error or 'no reason given'}"
+    refusal = this_refusal(snapshot.replicas)
+    if refusal is not None:
+        return f"claiming no jobs: {printable(refusal)}"
     return config_hash_warning(snapshot.replicas)
 
 
@@ -106,6 +130,8 @@ def cluster_badges(snapshot: Snapshot) -> list[tuple[str, str]]:
     badges = []
     if not snapshot.store.ok:
         badges.append(("STORE DOWN", "error"))
+    elif this_refusal(snapshot.replicas) is not None:
+        badges.append(("NOT CLAIMING", "warning"))
     if config_hash_warning(snapshot.replicas):
         badges.append(("CONFIGS DIFFER", "warning"))
     return badges

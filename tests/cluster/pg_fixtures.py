@@ -1,5 +1,6 @@
-"""Fixtures for the cluster tests: one real PostgreSQL server per session, a fresh
-database per test.
+"""Fixtures for the tests on a real PostgreSQL (tests/cluster, the store contract): one
+server per session, a fresh database per test. Registered once, by tests/conftest.py, so
+that every folder shares the one server.
 
 - `postgres_server`: the session's `PostgresServer` (tests/cluster/postgres.py), started
   once, removed at the end. Without PostgreSQL binaries the tests that use it are skipped,
@@ -8,6 +9,8 @@ database per test.
   (`postgresql://vmsh@127.0.0.1:<port>/<db>`, no password in it).
 - `pg_env`: `{"VMSH_STORE": pg_url, "VMSH_STORE_PASSWORD": PASSWORD}`, the environment a
   scheduler process needs for that database.
+- `migrated`: `pg_url` with the schema created; `pair`: replicas a and b (engines in this
+  process, tests/cluster/engines.py) on it, sharing a FakeClock, closed after.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from pathlib import Path
 
 import pytest
 
+from core.pgstore import SCHEMA_VERSION, Database
+from tests.cluster.engines import Pair
 from tests.cluster.postgres import PASSWORD, PostgresServer, find_bin_dir
 
 _unique = itertools.count(1)
@@ -80,3 +85,19 @@ def pg_url(postgres_server: PostgresServer, request: pytest.FixtureRequest) -> I
 @pytest.fixture
 def pg_env(pg_url: str) -> dict[str, str]:
     return {"VMSH_STORE": pg_url, "VMSH_STORE_PASSWORD": PASSWORD}
+
+
+@pytest.fixture
+def migrated(pg_url: str) -> str:
+    db = Database(pg_url, password=PASSWORD)
+    assert db.migrate() == (0, SCHEMA_VERSION)
+    db.close()
+    return pg_url
+
+
+@pytest.fixture
+async def pair(tmp_path: Path, migrated: str):
+    replicas = Pair(tmp_path, migrated)
+    yield replicas
+    await replicas.a.close()
+    await replicas.b.close()
