@@ -1340,6 +1340,10 @@ class Scheduler:
                 "interrupted anchor never landed; its jobs are due again",
                 target=intent.target, jobs=[e["job"] for e in entries],
             )
+            if attestation is None:
+                # Its call may have gone out and been paid (a TSA signs, then the process
+                # died before journalling the token): nothing can get it back, so it counts.
+                self._discarded(intent, "unrecovered", len(entries))
             await self._close_intents([intent])
             return
         held = _Held(intent, attestation, durable=intent.attestation is not None)

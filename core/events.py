@@ -130,8 +130,9 @@ class ReplicasSeen(Event):
 class TokenDiscarded(Event):
     """An attestation was paid for (a token signed, a transaction sent) and ends in no
     receipt: `reason` is `lease_lost` (another replica claimed its jobs first),
-    `taken_over` (another replica resolved its intent) or `superseded` (its jobs were all
-    anchored again before the interrupted anchor was recovered)."""
+    `taken_over` (another replica resolved its intent), `superseded` (its jobs were all
+    anchored again before the interrupted anchor was recovered) or `unrecovered` (an
+    interrupted call whose outcome could not be found: it may have been paid)."""
 
     target: str
     intent: str

@@ -16,7 +16,7 @@
 | `vmsh_receipts_pending` | gauge | target |
 | `vmsh_anchor_failures_by_kind_total` | counter | kind (network/auth/validation/storage/unknown) |
 | `vmsh_storage_errors_total` | counter | op (journal/receipt/state/recover) |
-| `vmsh_tokens_discarded_total` | counter | reason (lease_lost/taken_over/superseded) |
+| `vmsh_tokens_discarded_total` | counter | reason (lease_lost/taken_over/superseded/unrecovered) |
 | `vmsh_config_reloads_total` | counter | result (ok/error) |
 | `vmsh_tick_duration_seconds` | histogram | |
 | `vmsh_build_info` | gauge (always 1) | version |
@@ -43,7 +43,9 @@ Counting rules:
   receipt (`TokenDiscarded`): in cluster mode a replica whose lease was taken while its
   call was out (`lease_lost`) or whose intent another replica resolved (`taken_over`), or
   an interrupted anchor whose jobs were all anchored again before it was recovered
-  (`superseded`).
+  (`superseded`), or one whose outcome could not be recovered (`unrecovered`: the
+  process died after the call went out and before its token was journalled; an RFC 3161
+  token cannot be asked for again, so this counts every call that may have been paid).
   Every other paid token ends in a receipt.
 - Jobs removed by a reload lose all their series; a job whose target changed loses the
   series labelled with the old target.
@@ -97,7 +99,7 @@ if TYPE_CHECKING:
 
 JOB_LABELS = ("namespace", "cadence", "target")
 STORAGE_OPS = ("journal", "receipt", "state", "recover")
-DISCARD_REASONS = ("lease_lost", "taken_over", "superseded")  # the engine's TokenDiscarded.reason values  # the engine's StorageFailed.op values
+DISCARD_REASONS = ("lease_lost", "taken_over", "superseded", "unrecovered")  # the engine's TokenDiscarded.reason values  # the engine's StorageFailed.op values
 ANCHOR_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 TICK_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 _LE = [floatToGoString(b) for b in (*ANCHOR_BUCKETS, float("inf"))]  # type: ignore[no-untyped-call]
@@ -284,7 +286,8 @@ class Metrics:
             "vmsh_tokens_discarded", "Attestations paid for that end in no receipt, by reason "
             "(lease_lost: another replica claimed the jobs first; taken_over: another replica "
             "resolved the intent; superseded: its jobs were anchored again before it was "
-            "recovered).", ("reason",), registry=r,
+            "recovered; unrecovered: an interrupted call whose outcome could not be found, "
+            "which may have been paid).", ("reason",), registry=r,
         )
         for reason in DISCARD_REASONS:
             self.tokens_discarded.labels(reason)

@@ -12,7 +12,7 @@ Each test counts from the database and the TSA itself:
   in the receipts table (one tree per call, so one distinct `anchored_root` per token) or
   counted as discarded (`vmsh_tokens_discarded_total{reason}`, and its "attestation
   discarded" log line). A replica killed with SIGKILL can die holding a token it was just
-  granted: at most one such token per kill.
+  granted: the replica that resolves its intent counts it ("unrecovered").
 
 Durations are module constants: the suite runs in CI on 2 cores within a time budget.
 """
@@ -385,7 +385,11 @@ def test_a_replica_frozen_for_2_5_leases_four_times_doubles_nothing_loses_nothin
         thaw_all(rig)  # a stopped process never sees SIGTERM
         codes = rig.stop_all()
     discarded = int(sum(sum(by_reason.values()) for by_reason in scraped.values()))
-    tokens = count_tokens(rig, counter, discarded)
+    # Every replica lives: each paid token is known to the one that got it, so the tokens
+    # balance exactly without the "unrecovered" count (calls whose outcome a take-over could
+    # not find, counted as maybe paid: the replica that made them counts them itself).
+    known = discarded - int(sum(by_reason.get("unrecovered", 0.0) for by_reason in scraped.values()))
+    tokens = count_tokens(rig, counter, known)
     logged = sum(len(d) for d in logged_discards(rig).values())
     reasons = {name: {r: int(v) for r, v in by.items() if v} for name, by in scraped.items()}
     doubles, missing = rig.doubles(), lost(rig, settled_after=FREEZE_SETTLE)
@@ -452,7 +456,10 @@ def test_kill_9_every_10_s_under_cpu_load_doubles_nothing_and_loses_nothing(
     survivors = sum(n for who, n in by_asker.items() if not set(who.split("|")) & set(killed))
     counted = sum(len(d) for gen, d in discards.items() if gen not in killed)
     assert survivors <= counted, f"tokens of live replicas unaccounted\n{token_evidence(rig, tokens, killed)}"
-    at_token = landed.count("at its token")  # each lost exactly the token it was granted
-    assert at_token <= tokens.unaccounted <= len(killed), (
-        f"{at_token} kills at a granted token, {len(killed)} kills\n{token_evidence(rig, tokens, killed)}"
+    # A token a killed replica died holding (granted, never journalled) is counted by the
+    # replica that resolves its intent ("unrecovered": an interrupted call whose outcome
+    # could not be found), so every paid token has a receipt or a counted refusal.
+    assert tokens.unaccounted <= 0, (
+        f"{landed.count('at its token')} kills at a granted token, {len(killed)} kills\n"
+        f"{token_evidence(rig, tokens, killed)}"
     )

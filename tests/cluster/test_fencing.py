@@ -181,7 +181,7 @@ async def test_a_commit_after_another_replica_claimed_the_job_writes_nothing_and
         s.labels.get("reason"): s.value
         for f in text_string_to_metric_families(text) for s in f.samples if s.name == "vmsh_tokens_discarded_total"
     }
-    assert values == {"lease_lost": 1.0, "taken_over": 0.0, "superseded": 0.0}
+    assert values == {"lease_lost": 1.0, "taken_over": 0.0, "superseded": 0.0, "unrecovered": 0.0}
     assert row_of(migrated, J)[1] == "b"
 
 

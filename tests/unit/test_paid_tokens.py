@@ -66,3 +66,22 @@ async def test_a_heartbeat_recovered_after_a_crash_gets_a_receipt_of_its_own_tok
     assert len(paths) == 2 and len(tokens(paths)) == 2, "the journalled token has no receipt of its own"
     assert not list((tmp_path / "data" / "journal").glob("*.json"))
     assert restarted.view(h.specs[0].key).state.last_receipt == str(paths[-1])
+
+
+async def test_a_call_whose_token_never_reached_the_journal_is_counted_as_maybe_paid(tmp_path):
+    """The process died after its call went out and before the token was journalled: an
+    RFC 3161 token cannot be asked for again, so the restart counts the call (`unrecovered`)
+    and anchors the job again."""
+    from core.events import TokenDiscarded
+    from core.observe.metrics import Metrics
+    from tests.unit.test_storage_faults import _intent, counter
+
+    h = Harness(tmp_path, {"a": 1})
+    _intent(h, [("a/fast", 1)])  # opened, no attestation: the call's outcome is unknown
+    s = h.scheduler()
+    metrics = Metrics(h.bus, engine=s)
+    await s.recover()
+    assert [(e.reason, e.jobs) for e in h.of(TokenDiscarded)] == [("unrecovered", 1)]
+    assert counter(metrics, "vmsh_tokens_discarded_total", reason="unrecovered") == 1
+    await s.run_once()
+    assert len(receipts_of(h)) == 1 and len(h.backend.calls) == 1
