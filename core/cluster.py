@@ -48,10 +48,6 @@ if TYPE_CHECKING:
 # embedded TSA's 5 s): a replica past it would pay for tokens it then refuses.
 MAX_CLOCK_OFFSET = 2.0
 
-# The registry's columns for what a replica says of its own clock, when the schema has them
-# (read at registration): then every replica's offset shows, and the claim spread can leave
-# out the replicas that claim nothing. Without them only this replica's is known.
-CLOCK_COLUMNS = ("clock_offset", "claim_refusal")
 
 
 def clock_decision(reading: ClockReading, *, refusing: bool = False, bound: float = MAX_CLOCK_OFFSET) -> str | None:
@@ -98,7 +94,6 @@ class Cluster:
         self.store_problem: str | None = None
         self.clock: ClockReading | None = None  # the last heartbeat's reading
         self.clock_problem: str | None = None  # why this replica claims nothing, by its clock
-        self._clock_columns = False  # the registry has CLOCK_COLUMNS
         self._failures = 0  # store failures so far: a sync started before one clears nothing
         self._sync: asyncio.Task[None] | None = None
         self._replicas: list[ReplicaInfo] = []
@@ -320,18 +315,17 @@ class Cluster:
 
     def _beat_row(self, conn: psycopg.Connection[Any], in_flight: int) -> None:
         """This replica's registry row, created or refreshed (heartbeat now)."""
+        # Its clock's offset and why it claims nothing, for every replica's view (and the
+        # claim spread, which leaves out the replicas that claim nothing: PgStateStore.claim).
         conn.execute(
-            "INSERT INTO replicas (id, host, pid, version, config_hash, started_at, heartbeat_at, in_flight) "
-            "VALUES (%s, %s, %s, %s, %s, to_timestamp(%s), now(), %s) ON CONFLICT (id) DO UPDATE SET "
-            "heartbeat_at = now(), config_hash = excluded.config_hash, in_flight = excluded.in_flight",
+            "INSERT INTO replicas (id, host, pid, version, config_hash, started_at, heartbeat_at, in_flight, "
+            "clock_offset, claim_refusal) VALUES (%s, %s, %s, %s, %s, to_timestamp(%s), now(), %s, %s, %s) "
+            "ON CONFLICT (id) DO UPDATE SET heartbeat_at = now(), config_hash = excluded.config_hash, "
+            "in_flight = excluded.in_flight, clock_offset = excluded.clock_offset, "
+            "claim_refusal = excluded.claim_refusal",
             (self.replica, self.host, self.pid, __version__, self.runtime.engine.config_hash,
-             self.started_at, in_flight),
+             self.started_at, in_flight, None if self.clock is None else self.clock.offset, self.claim_refusal()),
         )
-        if self._clock_columns:
-            conn.execute(
-                "UPDATE replicas SET clock_offset = %s, claim_refusal = %s WHERE id = %s",
-                (None if self.clock is None else self.clock.offset, self.claim_refusal(), self.replica),
-            )
 
     @staticmethod
     def _read_clock(conn: psycopg.Connection[Any]) -> ClockReading:
@@ -346,11 +340,6 @@ class Cluster:
     def _register(self) -> tuple[bool, ClockReading]:
         with self.db.tx() as conn:
             clock = self._read_clock(conn)
-            found = conn.execute(
-                "SELECT count(*) FROM information_schema.columns WHERE table_schema = current_schema() "
-                "AND table_name = 'replicas' AND column_name = ANY(%s)", (list(CLOCK_COLUMNS),),
-            ).fetchone()
-            self._clock_columns = bool(found and found[0] == len(CLOCK_COLUMNS))
             self._beat_row(conn, 0)
             row = conn.execute("SELECT value FROM cluster WHERE key = 'paused'").fetchone()
             return bool(row and row[0]), clock
@@ -363,11 +352,10 @@ class Cluster:
             conn.execute(
                 "DELETE FROM replicas WHERE heartbeat_at < now() - make_interval(secs => %s)", (self.liveness * 10,)
             )
-            extra = ", clock_offset, claim_refusal" if self._clock_columns else ", NULL, NULL"
             rows = conn.execute(
                 "SELECT id, host, pid, version, config_hash, in_flight, extract(epoch FROM heartbeat_at), "
-                "extract(epoch FROM started_at), heartbeat_at > now() - make_interval(secs => %s)" + extra + " "
-                "FROM replicas ORDER BY started_at, id",
+                "extract(epoch FROM started_at), heartbeat_at > now() - make_interval(secs => %s), "
+                "clock_offset, claim_refusal FROM replicas ORDER BY started_at, id",
                 (self.liveness,),
             ).fetchall()
         replicas = [

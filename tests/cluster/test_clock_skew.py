@@ -123,19 +123,13 @@ def writers(url: str) -> dict[str, int]:
 
 
 @pytest.mark.skipif(not LIBFAKETIME.exists(), reason=f"libfaketime not installed ({LIBFAKETIME})")
-@pytest.mark.parametrize("registry_columns", [False, True], ids=["in-memory", "registry-columns"])
-def test_a_replica_an_hour_ahead_claims_nothing_and_the_other_anchors_everything(
-    tmp_path, pg_url, tsa, registry_columns
-):
+def test_a_replica_an_hour_ahead_claims_nothing_and_the_other_anchors_everything(tmp_path, pg_url, tsa):
     namespaces = [f"ns{n:02d}" for n in range(20)]
     rig = ClusterRig(tmp_path, pg_url, tsa, namespaces, every="2s", lease=3)
     for ns in namespaces:
         rig.publish(ns)
     migrated = rig.migrate()
     assert migrated.returncode == 0, migrated.stderr
-    if registry_columns:  # what core/cluster.py CLOCK_COLUMNS asks of a later schema
-        with psycopg.connect(pg_url, password=PASSWORD, autocommit=True) as conn:
-            conn.execute("ALTER TABLE replicas ADD COLUMN clock_offset double precision, ADD COLUMN claim_refusal text")
     try:
         # Alone first: every job is due and nobody else would take it.
         rig.start("skewed", env=HOUR_AHEAD)
@@ -163,14 +157,12 @@ def test_a_replica_an_hour_ahead_claims_nothing_and_the_other_anchors_everything
         a_health = health(rig, "a")
         assert a_health["clock"]["ok"] is True and abs(a_health["clock"]["offset"]) < MAX_CLOCK_OFFSET
         skewed_id, a_id = replica_id(rig, "skewed"), replica_id(rig, "a")
-        if registry_columns:  # the other replica sees why the skewed one claims nothing
-            wait_until(lambda: any(r.get("refusal") for r in health(rig, "a")["replicas"]), 5, "the refusal in a's view")
-            row = next(r for r in health(rig, "a")["replicas"] if r["id"] == skewed_id)
-            assert row["refusal"].startswith("clock is +3600.") and 3599 < row["clock_offset"] < 3601, row
-            row = next(r for r in health(rig, "a")["replicas"] if r["id"] == a_id)
-            assert "refusal" not in row and abs(row["clock_offset"]) < MAX_CLOCK_OFFSET, row
-        else:
-            assert all("clock_offset" not in r for r in a_health["replicas"] if r["id"] != a_id)
+        # The other replica sees why the skewed one claims nothing (the registry's row).
+        wait_until(lambda: any(r.get("refusal") for r in health(rig, "a")["replicas"]), 5, "the refusal in a's view")
+        row = next(r for r in health(rig, "a")["replicas"] if r["id"] == skewed_id)
+        assert row["refusal"].startswith("clock is +3600.") and 3599 < row["clock_offset"] < 3601, row
+        row = next(r for r in health(rig, "a")["replicas"] if r["id"] == a_id)
+        assert "refusal" not in row and abs(row["clock_offset"]) < MAX_CLOCK_OFFSET, row
     finally:
         codes = rig.stop_all()
     assert codes == {"skewed": 0, "a": 0}
