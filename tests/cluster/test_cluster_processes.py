@@ -279,7 +279,7 @@ def test_a_schema_from_an_older_version_is_refused_at_start_and_migrated_by_stor
     with psycopg.connect(pg_url, password=PASSWORD) as conn:
         state = conn.execute("SELECT state FROM jobs WHERE job = 'ns00/fast'").fetchone()
         assert state is not None and state[0]["last_root"] == "sha256:" + "ab" * 32  # kept
-        assert conn.execute("SELECT version FROM vmsh_schema").fetchone() == (2,)
+        assert conn.execute("SELECT version FROM vmsh_schema").fetchone() == (SCHEMA_VERSION,)
     try:
         rig.start("a")
         wait_until(lambda: rig.anchored_latest() == {"ns00"}, 30, "anchoring on the migrated store")
