@@ -42,3 +42,33 @@ async def test_a_recovery_while_a_pass_holds_the_job_neither_takes_nor_frees_it(
     receipts = sorted((tmp_path / "data" / "receipts" / "a").glob("*.json"))
     assert len(h.backend.calls) == 1 and len(receipts) == 1
     assert not list((tmp_path / "data" / "journal").glob("*.json"))
+
+
+async def test_an_interrupted_anchor_of_a_job_in_flight_writes_no_second_receipt(tmp_path) -> None:
+    """A take-over (here: a recovery) finds an interrupted anchor with a token for a job that
+    a pass of this scheduler holds in flight, for the same root. The old engine wrote the
+    interrupted anchor's receipt for it, then the pass wrote a second one (the cluster's
+    'take-over wrote the receipt, and 54 ms later the pass anchored the same digest again').
+    The job is not aboard for the recovery: it gets nothing from it, and the unused token
+    is counted."""
+    from core.events import TokenDiscarded
+    from tests.unit.test_storage_faults import _intent
+
+    h = Harness(tmp_path, {"a": 1})
+    s = h.scheduler()
+    h.backend.gate = asyncio.Event()
+    s.run_due()
+    for _ in range(500):
+        if h.backend.calls:
+            break
+        await asyncio.sleep(0.01)
+    token = await h.backend.inner.anchor(h.backend.calls[0], lambda facts: None)
+    left = _intent(h, [("a/fast", 1)])  # an anchor of the same root, interrupted with its token
+    left.attested(token.data, token.status, token.confirmations)
+    await s.recover()
+    h.backend.gate.set()
+    await s.settle()
+    receipts = sorted((tmp_path / "data" / "receipts" / "a").glob("*.json"))
+    assert len(receipts) == 1, "one root, two receipts"
+    assert [(e.reason, e.jobs) for e in h.of(TokenDiscarded)] == [("superseded", 1)]
+    assert not list((tmp_path / "data" / "journal").glob("*.json"))
