@@ -23,12 +23,13 @@ import hashlib
 import json
 import os
 import re
+import stat
 import types
 import typing
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, BinaryIO, ClassVar, Literal
 
 import yaml
 from pydantic import (
@@ -235,6 +236,8 @@ class ControlSettings(_Model):
     mode: str = Field("0660", description="the socket's permission bits, octal, quoted")
     group: OptStr = Field(None, description="the socket's group (default: the scheduler's)")
     readonly_group: OptStr = Field(None, description="members may read but not force/pause/reload")
+    max_connections: int = Field(128, ge=1, le=4096, description="open control connections at most; more get 503")
+    write_timeout: float = Field(10.0, gt=0, le=300, description="seconds a client may leave an answer or event untaken before it is dropped")
 
     @field_validator("mode", mode="before")
     @classmethod
@@ -735,9 +738,44 @@ MAX_YAML_ALIASES = 10_000  # uses of `*name` in one file
 MAX_YAML_ALIAS_VALUES = 250_000  # values that aliases add once expanded
 
 
+class NotRegularFile(ValueError):
+    """A config file that is a FIFO, a device, a directory or a socket: refused unread."""
+
+
+def file_kind(mode: int) -> str:
+    """What a non-regular file is, for messages: "a FIFO", "a directory", ..."""
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "a special file"
+
+
+def open_regular(path: Path) -> BinaryIO:
+    """`path` opened for reading without ever blocking in open() or read(): O_NONBLOCK (a
+    FIFO opens at once instead of waiting for a writer), then fstat on what was opened
+    (no race with a rename) must say a regular file, else NotRegularFile."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise NotRegularFile(
+                f"not a regular file ({file_kind(mode)}): a config file must be a regular file"
+            )
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def _read_config_text(path: Path) -> str:
-    """The file's text; ValueError when it is larger than MAX_CONFIG_BYTES (never read past it)."""
-    with open(path, "rb") as f:
+    """The file's text; ValueError when it is larger than MAX_CONFIG_BYTES (never read past
+    it), NotRegularFile (a ValueError) when it is a FIFO, a device or a directory."""
+    with open_regular(path) as f:
         size = os.fstat(f.fileno()).st_size
         data = f.read(MAX_CONFIG_BYTES + 1) if size <= MAX_CONFIG_BYTES else b""
     if size > MAX_CONFIG_BYTES or len(data) > MAX_CONFIG_BYTES:

@@ -8,12 +8,23 @@ socket is encoded by core/wire.py; the operations are RuntimeControl's (core/con
 - Who connects: the socket's permissions (`control.mode`, `control.group`). Who may change
   things: a peer (SO_PEERCRED) whose primary or supplementary group is
   `control.readonly_group` gets 403 on every mutating command. Each mutating command is
-  appended, durably, to the store's audit log (`<data_dir>/audit.jsonl`, 0640, or the
-  PostgreSQL store's `audit` table) and logged.
+  appended, durably, to the store's audit log (`<data_dir>/audit.jsonl`, 0640, rotated by
+  size, or the PostgreSQL store's `audit` table) and logged. A refused one (any status but
+  200) is recorded compactly (command, job/namespace, status, reason: never the body) and
+  at most AUDIT_REFUSED_PER_WINDOW per uid per AUDIT_WINDOW; the rest are counted and
+  summed up in one line per uid and window.
+- Nothing a peer does exhausts the process: at most `control.max_connections` connections
+  are served (one more is answered 503 naming the cap; beyond MAX_REFUSING of those at
+  once, connections wait in the kernel's backlog); our own accept loop backs off on
+  EMFILE/ENFILE and logs once per burst (never asyncio's traceback per attempt); a client
+  that leaves an answer or its events untaken for `control.write_timeout` is dropped with
+  a reason. Counted in core/observe/metrics.py `CONTROL` (vmsh_control_*).
 - The event stream never slows the engine: the bus callback only numbers the event and
   `put_nowait`s it on each client's bounded queue; a full queue is emptied and the client
   is sent a `resync` line (it takes a fresh snapshot). A client that overflows
-  MAX_OVERFLOWS times in a row without taking anything is dropped with a reason.
+  MAX_OVERFLOWS times in a row without taking anything is dropped with a reason. What one
+  client holds is bounded: QUEUE_SIZE queued references to shared events, plus one write
+  of at most WRITE_BATCH events / MAX_WRITE_BYTES waiting in its transport.
 - The socket path: a stale socket (nobody accepts on it) is replaced; a live one, or a path
   that is not a socket, is a ControlSocketError (the caller logs it: control off, the
   scheduler keeps anchoring; see docs/architecture.md "Decisions and departures").
@@ -27,6 +38,7 @@ import grp
 import json
 import os
 import pwd
+import resource
 import socket
 import stat
 import struct
@@ -44,7 +56,9 @@ from core.errors import AnchorError
 from core.events import ControlCommand, Event, LogRecord
 from core.jobs import JobKey
 from core.observe.health import health
+from core.observe.http import MAX_CONNECTIONS as HTTP_CONNECTIONS
 from core.observe.http import _parse_head
+from core.observe.metrics import CONTROL
 
 if TYPE_CHECKING:
     from core.runtime import Runtime
@@ -53,7 +67,17 @@ API = "/v1"
 MAX_HEAD = 16 * 1024
 MAX_BODY = 64 * 1024
 READ_TIMEOUT = 5.0
-WRITE_TIMEOUT = 10.0
+WRITE_TIMEOUT = 10.0  # default of control.write_timeout
+MAX_CONNECTIONS = 128  # default of control.max_connections
+MAX_REFUSING = 32  # connections being answered 503 at once; more wait in the backlog
+REFUSE_READ = 0.5  # how long a refused connection's request head is waited for
+BACKLOG = 128
+ENGINE_FDS = 512  # what the engine may hold open besides the two servers (ops/README.md)
+ACCEPT_BACKOFF = (0.05, 1.0)  # seconds between accept attempts while out of descriptors
+AUDIT_WINDOW = 60.0
+AUDIT_REFUSED_PER_WINDOW = 10  # refused commands recorded per uid and window
+AUDIT_TEXT = 200  # characters kept of a refused command's job/namespace and reason
+MAX_WRITE_BYTES = 256 * 1024  # encoded events per write to a client
 QUEUE_SIZE = 2048  # events per client before it is resynchronised
 REPLAY = 4096  # events kept for `after=SEQ` resumption
 MAX_OVERFLOWS = 3
@@ -64,7 +88,7 @@ MUTATING = frozenset({"force", "pause", "resume", "reload"})
 
 _REASONS = {200: "OK", 400: "Bad Request", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
             408: "Request Timeout", 413: "Payload Too Large", 431: "Request Header Fields Too Large",
-            500: "Internal Server Error"}
+            500: "Internal Server Error", 503: "Service Unavailable"}
 
 
 class ControlSocketError(Exception):
@@ -157,6 +181,38 @@ class _Client:
             self.queue.put_nowait(None)  # None: send `resync`
 
 
+class _AuditLimiter:
+    """Per uid: at most `per_window` refused commands recorded per `window` seconds; the
+    rest counted, and summed up in one line when the window ends (or at close)."""
+
+    def __init__(self, per_window: int = AUDIT_REFUSED_PER_WINDOW, window: float = AUDIT_WINDOW) -> None:
+        self.per_window = per_window
+        self.window = window
+        self._uids: dict[int, list[Any]] = {}  # uid -> [window start, recorded, suppressed, user]
+
+    def admit(self, uid: int, user: str, now: float) -> tuple[bool, list[dict[str, Any]]]:
+        """Whether to record this refused command, and the summaries to write first."""
+        summaries = self.expired(now)
+        entry = self._uids.setdefault(uid, [now, 0, 0, user])
+        if entry[1] < self.per_window:
+            entry[1] += 1
+            return True, summaries
+        entry[2] += 1
+        return False, summaries
+
+    def expired(self, now: float, *, everything: bool = False) -> list[dict[str, Any]]:
+        """Summary lines of the windows that ended (all, with `everything`); forgets them."""
+        summaries: list[dict[str, Any]] = []
+        for uid, (start, _, suppressed, user) in list(self._uids.items()):
+            if everything or now - start >= self.window:
+                del self._uids[uid]
+                if suppressed:
+                    span = "the last minute" if now - start >= self.window else f"the last {now - start:.0f} s"
+                    summaries.append({"time": now, "uid": uid, "user": user, "suppressed": suppressed,
+                                      "summary": f"{suppressed} refused commands from uid {uid} suppressed in {span}"})
+        return summaries
+
+
 class ControlServer:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
@@ -167,13 +223,26 @@ class ControlServer:
         self._logs: deque[LogRecord] = deque(maxlen=RECENT_LOGS)
         self._clients: set[_Client] = set()
         self._writers: set[asyncio.StreamWriter] = set()
-        self._server: asyncio.Server | None = None
+        self._listener: socket.socket | None = None
+        self._tasks: set[asyncio.Task[None]] = set()  # the accept loop, the audit flusher, connections
+        self._listening = False
+        self._loops: set[asyncio.Task[None]] = set()  # the accept loop and the audit flusher
+        self.max_connections = MAX_CONNECTIONS
+        self.write_timeout = WRITE_TIMEOUT
+        self._open = 0  # connections being served (not the refused ones)
+        self._refusing = 0
+        self._refused_unlogged = 0
+        self._refused_logged_at = -AUDIT_WINDOW
+        self._limiter = _AuditLimiter()
         self._unsubscribe: Callable[[], None] | None = None
         self._readonly_gid: int | None = None
         self._readonly_members: frozenset[str] = frozenset()
 
     async def start(self, path: Path, *, mode: int = 0o660, group: str | None = None,
-                    readonly_group: str | None = None) -> ControlServer:
+                    readonly_group: str | None = None, max_connections: int = MAX_CONNECTIONS,
+                    write_timeout: float = WRITE_TIMEOUT) -> ControlServer:
+        self.max_connections = self._fitting(max_connections)
+        self.write_timeout = write_timeout
         gid = _resolve_gid(group)
         self._readonly_gid = _resolve_gid(readonly_group)
         if self._readonly_gid is not None:
@@ -183,31 +252,68 @@ class ControlServer:
                 pass
         path.parent.mkdir(parents=True, exist_ok=True)
         _claim_path(path)
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            self._server = await asyncio.start_unix_server(self._serve, str(path), limit=MAX_HEAD)
+            listener.setblocking(False)
+            listener.bind(str(path))
+            self.path = path
             os.chmod(path, mode)
             if gid is not None:
                 os.chown(path, -1, gid)
+            listener.listen(BACKLOG)
         except OSError as exc:
+            listener.close()
+            if self.path is not None:
+                path.unlink(missing_ok=True)  # ours: bound just now
+                self.path = None
             await self.close()
             raise ControlSocketError(f"cannot serve the control socket {path}: {exc.strerror or exc}") from None
-        self.path = path
+        self._listener = listener
+        self._listening = True
+        self._loops = {self._spawn(self._accept_loop(listener)), self._spawn(self._flush_audit_loop())}
         self._unsubscribe = self.runtime.bus.subscribe(self._on_event)
         return self
+
+    def _fitting(self, wanted: int) -> int:
+        """`wanted`, or less when the descriptor limit cannot hold it beside the HTTP server's
+        cap and the engine's margin (the sum ops/README.md sizes LimitNOFILE by)."""
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        reserve = MAX_REFUSING + 1 + HTTP_CONNECTIONS + 1 + ENGINE_FDS
+        if soft == resource.RLIM_INFINITY or wanted + reserve <= soft:
+            return wanted
+        fits = max(1, soft - reserve)
+        self.runtime.log.warning("control.max_connections lowered to fit the file-descriptor limit",
+                                 configured=wanted, used=fits, nofile=soft, reserved=reserve)
+        return fits
+
+    def _spawn(self, coro: Any) -> asyncio.Task[None]:
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
 
     async def close(self) -> None:
         if self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None
-        server, self._server = self._server, None
-        if server is None:
-            return
-        server.close()
+        listener, self._listener = self._listener, None
+        self._listening = False
+        for task in tuple(self._tasks):
+            if task in self._loops:
+                task.cancel()
+        if listener is not None:
+            listener.close()
         for client in self._clients:
             client.queue.put_nowait(None) if not client.queue.full() else None
         for writer in tuple(self._writers):
             writer.transport.abort()
-        await server.wait_closed()
+        if self._tasks:
+            _, late = await asyncio.wait(tuple(self._tasks), timeout=5.0)
+            for task in late:
+                task.cancel()
+        if listener is None:
+            return
+        await self._write_summaries(self._limiter.expired(time.time(), everything=True))
         if self.path is not None:
             try:
                 if stat.S_ISSOCK(self.path.lstat().st_mode):
@@ -226,6 +332,84 @@ class ControlServer:
         for client in self._clients:
             client.offer(item)
 
+    # ----- accepting: bounded, never spinning --------------------------------------------
+
+    async def _accept_loop(self, listener: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        backoff = ACCEPT_BACKOFF[0]
+        failed = 0  # accept failures in the current burst
+        while self._listening:
+            if self._open >= self.max_connections and self._refusing >= MAX_REFUSING:
+                await asyncio.sleep(0.05)  # meanwhile connections wait in the kernel's backlog
+                continue
+            try:
+                conn, _ = await loop.sock_accept(listener)
+            except OSError as exc:
+                if not self._listening:
+                    return
+                if exc.errno in (errno.ECONNABORTED, errno.EAGAIN, errno.EINTR, errno.EPROTO):
+                    continue
+                CONTROL.refuse("accept_error")
+                if not failed:  # once per burst, not a traceback per attempt
+                    self.runtime.log.error("control socket cannot accept; backing off",
+                                           error=exc.strerror or str(exc), errno=exc.errno)
+                failed += 1
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, ACCEPT_BACKOFF[1])
+                continue
+            if failed:
+                self.runtime.log.info("control socket accepting again", failed_accepts=failed)
+                failed, backoff = 0, ACCEPT_BACKOFF[0]
+            conn.setblocking(False)
+            if self._open >= self.max_connections:
+                self._refusing += 1
+                self._spawn(self._refuse(conn))
+            else:
+                self._open += 1
+                CONTROL.connections += 1
+                self._spawn(self._accepted(conn))
+
+    async def _accepted(self, conn: socket.socket) -> None:
+        try:
+            try:
+                reader, writer = await asyncio.open_unix_connection(sock=conn, limit=MAX_HEAD)
+            except OSError:
+                conn.close()
+                return
+            await self._serve(reader, writer)
+        finally:
+            self._open -= 1
+            CONTROL.connections -= 1
+
+    async def _refuse(self, conn: socket.socket) -> None:
+        """Answer one connection beyond the cap: 503 naming it (after its request head, so
+        the client reads the answer rather than a reset), then close."""
+        CONTROL.refuse("connections")
+        self._refused_unlogged += 1
+        now = time.monotonic()
+        if now - self._refused_logged_at >= AUDIT_WINDOW:  # once a minute at most
+            self._refused_logged_at = now
+            self.runtime.log.warning("control connections refused at the cap",
+                                     max_connections=self.max_connections, refused=self._refused_unlogged)
+            self._refused_unlogged = 0
+        try:
+            try:
+                reader, writer = await asyncio.open_unix_connection(sock=conn, limit=MAX_HEAD)
+            except OSError:
+                conn.close()
+                return
+            try:
+                async with asyncio.timeout(REFUSE_READ):
+                    await reader.readuntil(b"\r\n\r\n")
+            except (ConnectionError, TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+                pass
+            error = (f"the control socket is at its cap of {self.max_connections} connections "
+                     "(control.max_connections); try again later")
+            await self._send(writer, 503, {"error": error}, timeout=1.0)
+            writer.transport.abort()
+        finally:
+            self._refusing -= 1
+
     # ----- one connection ----------------------------------------------------------------
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -241,7 +425,7 @@ class ControlServer:
                 body = await reader.readexactly(length) if length else b""
             url = urlsplit(target)
             if url.path == f"{API}/events" and method == "GET":
-                return await self._stream(writer, parse_qs(url.query))
+                return await self._stream(writer, parse_qs(url.query), peer)
             status, doc = await self._route(method, url.path, body, peer)
             # A large answer (a snapshot of 10,000 jobs is ~8 MB) is serialised off the loop:
             # `doc` is built for this request alone, so no one else touches it meanwhile.
@@ -257,17 +441,22 @@ class ControlServer:
             self._writers.discard(writer)
             writer.close()
 
-    async def _send(self, writer: asyncio.StreamWriter, status: int, doc: Any, body: bytes | None = None) -> None:
+    async def _send(self, writer: asyncio.StreamWriter, status: int, doc: Any, body: bytes | None = None,
+                    *, timeout: float | None = None) -> None:
         if body is None:
             body = _body(doc)
         head = (f"HTTP/1.1 {status} {_REASONS.get(status, 'Unknown')}\r\nContent-Type: application/json\r\n"
                 f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n")
         writer.write(head.encode("latin-1") + body)
         try:
-            async with asyncio.timeout(WRITE_TIMEOUT):
+            async with asyncio.timeout(self.write_timeout if timeout is None else timeout):
                 await writer.drain()
-        except (ConnectionError, TimeoutError):
+        except ConnectionError:
             pass
+        except TimeoutError:
+            writer.transport.abort()  # untaken: drop it, with what it holds
+            if timeout is None:
+                CONTROL.drop("write_timeout")
 
     async def _route(self, method: str, path: str, body: bytes, peer: Peer) -> tuple[int, Any]:
         if not path.startswith(f"{API}/"):
@@ -351,8 +540,20 @@ class ControlServer:
 
     async def _audit(self, peer: Peer, command: str, args: dict[str, Any], status: int, doc: Any) -> None:
         result = doc.get("error") if isinstance(doc, dict) and "error" in doc else doc
-        entry = {"time": time.time(), "uid": peer.uid, "user": peer.user, "pid": peer.pid,
-                 "command": command, "arguments": args, "status": status, "result": result}
+        now = time.time()
+        summaries: list[dict[str, Any]] = []
+        if status == 200:  # accepted: recorded in full, every one
+            entry = {"time": now, "uid": peer.uid, "user": peer.user, "pid": peer.pid,
+                     "command": command, "arguments": args, "status": status, "result": result}
+        else:  # refused: compact (never the body) and rate-limited per uid
+            recorded, summaries = self._limiter.admit(peer.uid, peer.user, now)
+            await self._write_summaries(summaries)
+            if not recorded:
+                CONTROL.suppress()
+                return
+            args = {k: _clip(v) for k, v in args.items() if k in ("job", "namespace")}
+            entry = {"time": now, "uid": peer.uid, "user": peer.user, "pid": peer.pid,
+                     "command": command, "arguments": args, "status": status, "reason": _clip(result)}
         self.runtime.log.info("control command", command=command, uid=peer.uid, user=peer.user, status=status)
         self.runtime.bus.publish(
             ControlCommand(
@@ -360,11 +561,25 @@ class ControlServer:
                 arguments=args, status=status,
             )
         )  # a CloudEvent (control.command) when a sink is set
+        await self._write_audit(entry)
+
+    async def _write_audit(self, entry: dict[str, Any]) -> None:
         audit = self.runtime.store.audit  # audit.jsonl, or the PostgreSQL store's audit table
         try:
             await asyncio.to_thread(audit.append, json.loads(json.dumps(entry, default=str)))
         except (OSError, AnchorError) as exc:
             self.runtime.log.error("audit log write failed", path=audit.where, error=str(exc))
+
+    async def _write_summaries(self, summaries: list[dict[str, Any]]) -> None:
+        for summary in summaries:
+            self.runtime.log.warning("control commands suppressed", uid=summary["uid"], user=summary["user"],
+                                     suppressed=summary["suppressed"])
+            await self._write_audit(summary)
+
+    async def _flush_audit_loop(self) -> None:
+        while self._listening:
+            await asyncio.sleep(AUDIT_WINDOW / 6)
+            await self._write_summaries(self._limiter.expired(time.time()))
 
     async def snapshot_doc(self) -> dict[str, Any]:
         engine = self.runtime.engine
@@ -385,7 +600,7 @@ class ControlServer:
 
     # ----- the event stream --------------------------------------------------------------
 
-    async def _stream(self, writer: asyncio.StreamWriter, query: dict[str, list[str]]) -> None:
+    async def _stream(self, writer: asyncio.StreamWriter, query: dict[str, list[str]], peer: Peer) -> None:
         client = _Client()
         after = query.get("after", [""])[0]
         if after.isdigit():
@@ -399,35 +614,53 @@ class ControlServer:
         self._clients.add(client)
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nConnection: close\r\n\r\n")
         try:
-            while self._server is not None:
+            while self._listening:
                 lines: list[bytes] = []
+                size = 0
                 next_item = await client.queue.get()
                 while True:  # everything queued goes out in one write, then one drain
                     if next_item is None:
                         if client.dropped is not None:
                             writer.write(b"".join(lines) + _line({"type": "dropped", "reason": client.dropped}))
+                            self._dropped(peer, "fell_behind", client.dropped)
                             return
                         lines.append(_line({"seq": self.seq, "type": "resync"}))
                     else:
                         seq, event = next_item
                         lines.append(_line({"seq": seq, **wire.encode_event(event)}))
-                    if client.queue.empty() or len(lines) >= WRITE_BATCH:
+                    size += len(lines[-1])
+                    if client.queue.empty() or len(lines) >= WRITE_BATCH or size >= MAX_WRITE_BYTES:
                         break
                     next_item = client.queue.get_nowait()
                 client.overflows = 0
                 writer.write(b"".join(lines))
-                await writer.drain()
+                try:
+                    async with asyncio.timeout(self.write_timeout):
+                        await writer.drain()
+                except TimeoutError:
+                    writer.transport.abort()  # frees what it holds at once
+                    self._dropped(peer, "write_timeout", f"took nothing for {self.write_timeout:g} s")
+                    return
         finally:
             self._clients.discard(client)
             try:
                 async with asyncio.timeout(1.0):
                     await writer.drain()
             except (ConnectionError, TimeoutError):
-                pass
+                writer.transport.abort()
+
+    def _dropped(self, peer: Peer, kind: str, reason: str) -> None:
+        CONTROL.drop(kind)
+        self.runtime.log.warning("control client dropped", reason=reason, uid=peer.uid, pid=peer.pid)
 
 
 def _body(doc: Any) -> bytes:
     return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+
+
+def _clip(value: Any) -> Any:
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    return text if len(text) <= AUDIT_TEXT else text[:AUDIT_TEXT] + "..."
 
 
 def _line(doc: Any) -> bytes:
@@ -439,4 +672,5 @@ async def start_control(runtime: Runtime) -> ControlServer:
     settings = runtime.started_with.control  # read at start only, like http.listen
     server = ControlServer(runtime)
     return await server.start(socket_path(runtime.started_with), mode=settings.mode_bits,
-                              group=settings.group, readonly_group=settings.readonly_group)
+                              group=settings.group, readonly_group=settings.readonly_group,
+                              max_connections=settings.max_connections, write_timeout=settings.write_timeout)

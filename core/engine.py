@@ -429,7 +429,10 @@ class Scheduler:
     async def _read_due_batches(self) -> None:
         """Read the batch files of the jobs due now on a worker thread (core.sources.prefetch):
         a large file or a slow disk must not stall the loop. `_take` then gets each result
-        without I/O; a job that became due meanwhile is read by `_take` itself."""
+        without I/O. A folder is named once per job that will read it (held and disabled
+        jobs read nothing), so a folder shared by many namespaces is read once and every
+        one of them gets the result; a job that became due meanwhile gets it too (a read on
+        the loop takes a fresh prefetch's result), else `_take` reads by itself."""
         if self._read_batch is not latest_batch:
             return  # an injected reader (tests, benches) reads by itself
         now = self.clock.now()
@@ -445,9 +448,15 @@ class Scheduler:
                 if self._due.get(key) == when and key in self._specs and key not in self._flight:
                     keys.append(key)
                 stack.extend(c for c in (2 * i + 1, 2 * i + 2) if c < len(heap))
-        folders = list(dict.fromkeys(self._specs[k].source for k in keys))
+        folders = [
+            self._specs[k].source
+            for k in dict.fromkeys(keys)
+            if k not in self._held and k not in self._disabled
+        ]
         if folders:
             await asyncio.to_thread(prefetch, folders)
+        else:
+            prefetch(())  # no I/O: only ends the previous pass's hand-off
 
     def run_due(self) -> int:
         """Start anchoring every job that is due now; returns how many were started."""

@@ -25,6 +25,7 @@ from core.errors import AnchorError
 from core.events import ConfigRejected, EventBus
 from core.migrate import StateImport, StateImportError, import_original_state, state_files
 from core.observe.logs import Log
+from core.observe.watch import off_loop
 from core.state import DataDirLock, LockHeld, NoLock, StateError, StateStore
 from core.store import Store, file_store, is_postgres, postgres_store
 
@@ -286,7 +287,9 @@ class Runtime:
             return self.reload()
         if self._reading is not None and not self._reading.done():
             return self.reload(_failing("a previous reload is still reading the config files"))
-        self._reading = reading = asyncio.ensure_future(asyncio.to_thread(loader))
+        # A daemon thread nothing joins (core.observe.watch.off_loop): a read that never
+        # returns (a hung mount) cannot hold up the stop or the process's exit.
+        self._reading = reading = off_loop(loader)
         try:
             loaded = await asyncio.wait_for(asyncio.shield(reading), timeout)
         except ConfigError as exc:

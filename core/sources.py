@@ -32,10 +32,20 @@ a change in the same tick would be invisible) and is looked at again the next ti
 A bad file's error is cached as its message and raised as a new exception each time: a
 cached exception object re-raised keeps every traceback it was raised with.
 
-Reading off the event loop: `prefetch(folders)`, run on a worker thread, does the reads
-and hands each result to the next `latest_batch` call for that folder (within
-`_HANDOFF_S`), which then costs no I/O at all. The engine prefetches the folders of the
-jobs due before each pass; a call without a prefetch reads as before.
+The cache is keyed by the folder actually read (a namespace falling back to the shared
+folder shares its entry) and also checks the folder's device and inode (a folder replaced
+by another is listed again). A listing is one `os.scandir` pass; the natural-order key of
+each name is kept from the folder's previous listing, so listing again a folder of 10,000
+files after one was added computes the key of the new name only.
+
+Reading off the event loop: `prefetch(folders)`, run on a worker thread, reads each folder
+ONCE however many times it is named (namespaces sharing a folder: the VaultMesh
+`out/batches/`) and hands the result (batch or error) to the `latest_batch` calls that
+follow for that folder, within `_HANDOFF_S`, which then cost no I/O at all: one call per
+time the folder was named, on any thread; and, until the next prefetch, every call made
+on a thread running an event loop (the engine's pass), however many, so the loop never
+lists a folder the pass's prefetch has read. A call without a prefetch, or past its hand-off, reads as before. The
+engine prefetches the folders of the jobs due before each pass.
 
 Limits per folder come from the configuration through `configure(...)`; a folder not
 configured gets `BatchLimits()`. A folder's `fallbacks` are read while it is not a
@@ -45,6 +55,7 @@ shared `out/batches/`), decided at each read.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -170,6 +181,8 @@ def parse_batch(path: Path, data: bytes) -> Batch:
 
 @dataclass(slots=True)
 class _Entry:
+    folder_dev: int
+    folder_ino: int
     folder_mtime_ns: int
     folder_trusted: bool  # the folder's mtime was old enough when listed
     name: str
@@ -178,10 +191,23 @@ class _Entry:
     file_trusted: bool
     batch: Batch | None
     error: str | None  # the message only: see the module docstring
-    handoff_until: float = 0.0  # monotonic; set by prefetch, cleared by the next read
+
+
+@dataclass(slots=True)
+class _Handoff:
+    """A prefetch's result for the calls that follow it (see the module docstring)."""
+
+    until: float  # monotonic
+    tickets: int  # calls it still serves off an event loop
+    generation: int  # the prefetch call that made it: the latest serves the loop
+    batch: Batch | None
+    error: str | None
 
 
 _cache: dict[str, _Entry] = {}
+_handoffs: dict[str, _Handoff] = {}  # by the folder read, as _cache
+_name_keys: dict[str, dict[str, tuple[object, ...]]] = {}  # folder -> its last listing's keys
+_generation = 0  # prefetch calls so far
 _lock = threading.Lock()
 _limits: dict[str, BatchLimits] = {}
 _default_limits = BatchLimits()
@@ -190,6 +216,8 @@ _default_limits = BatchLimits()
 def clear_cache() -> None:
     with _lock:
         _cache.clear()
+        _handoffs.clear()
+        _name_keys.clear()
 
 
 def configure(limits: Mapping[Path, BatchLimits], default: BatchLimits | None = None) -> None:
@@ -200,6 +228,8 @@ def configure(limits: Mapping[Path, BatchLimits], default: BatchLimits | None = 
         _limits.update({str(Path(folder)): lim for folder, lim in limits.items()})
         _default_limits = default or BatchLimits()
         _cache.clear()
+        _handoffs.clear()
+        _name_keys.clear()
 
 
 def limits_for(folder: str | os.PathLike[str]) -> BatchLimits:
@@ -233,6 +263,9 @@ def _newest_name(folder: Path, limits: BatchLimits) -> str:
     best: str | None = None
     best_key: tuple[object, ...] = ()
     links = 0
+    with _lock:
+        known = _name_keys.get(str(folder), {})
+    keys: dict[str, tuple[object, ...]] = {}
     try:
         with os.scandir(folder) as it:
             for e in it:
@@ -247,7 +280,10 @@ def _newest_name(folder: Path, limits: BatchLimits) -> str:
                         continue
                 except OSError:
                     continue
-                key = natural_key(name)
+                key = known.get(name)
+                if key is None:
+                    key = natural_key(name)
+                keys[name] = key
                 if best is None or key > best_key:
                     best, best_key = name, key
     except FileNotFoundError:
@@ -256,6 +292,8 @@ def _newest_name(folder: Path, limits: BatchLimits) -> str:
         raise SourceError(f"batch folder {folder} is not a folder") from None
     except OSError as exc:
         raise SourceError(f"batch folder {folder}: cannot list: {exc.strerror or exc}") from None
+    with _lock:
+        _name_keys[str(folder)] = keys
     if best is None:
         skipped = ""
         if links:
@@ -319,43 +357,85 @@ def _result(entry: _Entry) -> Batch:
 
 def latest_batch(folder: str | os.PathLike[str]) -> Batch:
     """The newest batch of `folder`; SourceError naming the folder or file on any problem."""
-    return _latest_or_fallback(Path(folder), handoff=False)
+    return _latest_or_fallback(Path(folder))
 
 
 def prefetch(folders: Iterable[str | os.PathLike[str]]) -> None:
-    """Read each folder's latest batch now, for the next `latest_batch` call (worker thread)."""
-    for folder in folders:
+    """Read the latest batch of the folders now, for the `latest_batch` calls that follow
+    (worker thread). Name a folder once per call to come (once per due job): a folder
+    named many times, or read for many namespaces, is read once. Called with none, it ends
+    the hand-off to the loop of the previous call's results (the engine's next pass)."""
+    global _generation
+    with _lock:
+        _generation += 1
+        generation = _generation
+    wanted: dict[Path, int] = {}  # folder read -> calls to serve
+    for name in folders:
+        folder = Path(name)
+        read = source_folder(folder) if limits_for(folder).fallbacks else folder
+        if read is not None:  # else the call raises without reading anything
+            wanted[read] = wanted.get(read, 0) + 1
+    for folder, tickets in wanted.items():
+        batch: Batch | None = None
+        error: str | None = None
         try:
-            _latest_or_fallback(Path(folder), handoff=True)
-        except SourceError:
-            pass  # cached with its entry when it is the file's fault; else read again later
+            batch = _latest(folder, use_handoff=False)
+        except SourceError as exc:
+            error = str(exc)
+        with _lock:
+            _handoffs[str(folder)] = _Handoff(
+                time.monotonic() + _HANDOFF_S, tickets, generation, batch, error
+            )
 
 
-def _latest_or_fallback(folder: Path, *, handoff: bool) -> Batch:
+def _on_event_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+def _handed_off(key: str) -> _Handoff | None:
+    """The prefetched result a call reading `key` now takes, if any (see the docstring)."""
+    with _lock:
+        handoff = _handoffs.get(key)
+        if handoff is None:
+            return None
+        if time.monotonic() >= handoff.until:
+            del _handoffs[key]
+            return None
+        if handoff.tickets > 0:
+            handoff.tickets -= 1
+            return handoff
+        current = handoff.generation == _generation
+    return handoff if current and _on_event_loop() else None
+
+
+def _latest_or_fallback(folder: Path) -> Batch:
     fallbacks = limits_for(folder).fallbacks
     if not fallbacks:
-        return _latest(folder, handoff=handoff)
+        return _latest(folder)
     chosen = source_folder(folder)
     if chosen is None:  # the last fallback is the main one (the shared folder)
         raise SourceError(f"batch folder {folder} does not exist, nor {fallbacks[-1]}")
     if chosen == folder:
-        return _latest(folder, handoff=handoff)
+        return _latest(folder)
     try:
-        return _latest(chosen, handoff=handoff)
+        return _latest(chosen)
     except SourceError as exc:
         raise SourceError(f"{exc} (read because there is no folder {folder})") from None
 
 
-def _latest(folder: Path, *, handoff: bool) -> Batch:
+def _latest(folder: Path, *, use_handoff: bool = True) -> Batch:
     key = str(folder)
-    if not handoff:
-        with _lock:
-            entry = _cache.get(key)
-            if entry is not None and entry.handoff_until:
-                fresh = time.monotonic() < entry.handoff_until
-                entry.handoff_until = 0.0
-                if fresh:
-                    return _result(entry)
+    if use_handoff:
+        handoff = _handed_off(key)
+        if handoff is not None:
+            if handoff.error is not None:
+                raise SourceError(handoff.error)
+            assert handoff.batch is not None
+            return handoff.batch
     limits = limits_for(folder)
     now = time.time_ns()
     try:
@@ -367,7 +447,10 @@ def _latest(folder: Path, *, handoff: bool) -> Batch:
     with _lock:
         entry = _cache.get(key)
     if entry is not None and not (
-        entry.folder_trusted and entry.folder_mtime_ns == fst.st_mtime_ns
+        entry.folder_trusted
+        and entry.folder_mtime_ns == fst.st_mtime_ns
+        and entry.folder_ino == fst.st_ino
+        and entry.folder_dev == fst.st_dev
     ):
         entry = None  # the folder changed (or was too fresh to trust): list it again
     name = entry.name if entry is not None else _newest_name(folder, limits)
@@ -378,7 +461,7 @@ def _latest(folder: Path, *, handoff: bool) -> Batch:
         with _lock:
             _cache.pop(key, None)
         if entry is not None:  # removed since we listed: try once more from scratch
-            return _latest(folder, handoff=handoff)
+            return _latest(folder, use_handoff=False)
         raise SourceError(f"batch file {path} disappeared while reading it") from None
     except OSError as exc:
         raise SourceError(f"batch file {path}: cannot read: {exc.strerror or exc}") from None
@@ -388,8 +471,6 @@ def _latest(folder: Path, *, handoff: bool) -> Batch:
         and entry.file_mtime_ns == st.st_mtime_ns
         and entry.file_size == st.st_size
     ):
-        if handoff:
-            entry.handoff_until = time.monotonic() + _HANDOFF_S
         return _result(entry)
     batch: Batch | None = None
     error: str | None = None
@@ -408,6 +489,8 @@ def _latest(folder: Path, *, handoff: bool) -> Batch:
         except SourceError as exc:
             error = str(exc)
     new = _Entry(
+        folder_dev=fst.st_dev,
+        folder_ino=fst.st_ino,
         folder_mtime_ns=fst.st_mtime_ns,
         folder_trusted=now - fst.st_mtime_ns > _RACY_NS,
         name=name,
@@ -416,7 +499,6 @@ def _latest(folder: Path, *, handoff: bool) -> Batch:
         file_trusted=now - st.st_mtime_ns > _RACY_NS,
         batch=batch,
         error=error,
-        handoff_until=time.monotonic() + _HANDOFF_S if handoff else 0.0,
     )
     with _lock:
         _cache[key] = new

@@ -20,6 +20,10 @@
 | `vmsh_config_reloads_total` | counter | result (ok/error) |
 | `vmsh_tick_duration_seconds` | histogram | |
 | `vmsh_build_info` | gauge (always 1) | version |
+| `vmsh_control_refused_total` | counter | reason (connections: the cap `control.max_connections`; accept_error: EMFILE/ENFILE while accepting) |
+| `vmsh_control_dropped_total` | counter | reason (write_timeout: a client left output untaken past `control.write_timeout`; fell_behind: its event queue overflowed) |
+| `vmsh_control_connections` | gauge | |
+| `vmsh_control_audit_suppressed_total` | counter | (refused commands not written to the audit log by its per-uid rate limit) |
 
 Counting rules:
 
@@ -47,6 +51,9 @@ Counting rules:
   process died after the call went out and before its token was journalled; an RFC 3161
   token cannot be asked for again, so this counts every call that may have been paid).
   Every other paid token ends in a receipt.
+- The control socket's series (`vmsh_control_*`) are not fed from the bus: the control
+  server (core/control_server.py) counts into `CONTROL` (one per process, thread-safe)
+  and every registry renders it at scrape time (`_ControlCollector`).
 - Jobs removed by a reload lose all their series; a job whose target changed loses the
   series labelled with the old target.
 - A disabled job (its target is refused: btc, a chain id mismatch; core.engine) has
@@ -168,6 +175,66 @@ class _JobSeries:
         child.observe(value)
 
 
+CONTROL_REFUSED = ("connections", "accept_error")
+CONTROL_DROPPED = ("write_timeout", "fell_behind")
+
+
+class ControlStats:
+    """What the control socket refused and dropped (core/control_server.py counts here)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.refused: dict[str, int] = dict.fromkeys(CONTROL_REFUSED, 0)
+        self.dropped: dict[str, int] = dict.fromkeys(CONTROL_DROPPED, 0)
+        self.connections = 0
+        self.audit_suppressed = 0
+
+    def refuse(self, reason: str) -> None:
+        with self._lock:
+            self.refused[reason] = self.refused.get(reason, 0) + 1
+
+    def drop(self, reason: str) -> None:
+        with self._lock:
+            self.dropped[reason] = self.dropped.get(reason, 0) + 1
+
+    def suppress(self) -> None:
+        with self._lock:
+            self.audit_suppressed += 1
+
+    def families(self) -> list[Any]:
+        refused = CounterMetricFamily(
+            "vmsh_control_refused", "Control socket connections refused, by reason.", labels=("reason",)
+        )
+        dropped = CounterMetricFamily(
+            "vmsh_control_dropped", "Control socket clients dropped, by reason.", labels=("reason",)
+        )
+        with self._lock:
+            for reason, n in self.refused.items():
+                refused.add_metric((reason,), n)
+            for reason, n in self.dropped.items():
+                dropped.add_metric((reason,), n)
+            connections = GaugeMetricFamily(
+                "vmsh_control_connections", "Open control socket connections.", value=self.connections
+            )
+            suppressed = CounterMetricFamily(
+                "vmsh_control_audit_suppressed",
+                "Refused control commands left out of the audit log by its per-uid rate limit.",
+                value=self.audit_suppressed,
+            )
+        return [refused, dropped, connections, suppressed]
+
+
+CONTROL = ControlStats()
+
+
+class _ControlCollector:
+    def describe(self) -> Iterator[Any]:
+        return iter(ControlStats().families())
+
+    def collect(self) -> Iterator[Any]:
+        return iter(CONTROL.families())
+
+
 class _JobCollector:
     """Turns the job table into metric families at scrape time (any thread)."""
 
@@ -260,6 +327,7 @@ class Metrics:
         self._jobs: dict[JobKey, _JobSeries] = {}
         self._lock = threading.Lock()  # the loop writes, a scrape thread reads
         r.register(_JobCollector(self._jobs, self._lock))
+        r.register(_ControlCollector())
         self.pending = Gauge(
             "vmsh_receipts_pending", "Receipts waiting for confirmations, per target.",
             ("target",), registry=r,

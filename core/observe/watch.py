@@ -17,25 +17,66 @@
   `core.observe.metrics.Metrics`, so SIGHUP reloads count the same way. An unexpected
   exception from a reload is logged and published as `ConfigRejected` here.
 - If a reload changes which files make up the config, the watch follows them.
+- A config file replaced by a FIFO, a device or a directory is never waited on: files are
+  opened with O_NONBLOCK and read only when fstat says a regular file (the reload then
+  refuses it, naming the file). The hashing and reading threads are daemon threads
+  (`off_loop`) that nothing joins, so a read stuck on a hung mount never holds up a stop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
+import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import watchfiles
 
+from core.config import NotRegularFile, open_regular
 from core.events import ConfigRejected
 
 if TYPE_CHECKING:
     from core.runtime import ReloadResult, Runtime
 
 RETRY_SECONDS = 1.0
+T = TypeVar("T")
+
+
+def off_loop(fn: Callable[[], T]) -> asyncio.Future[T]:
+    """`fn()` on a new daemon thread, as a future of the running loop.
+
+    Unlike `asyncio.to_thread`, nothing waits for the thread: neither the loop's shutdown
+    (asyncio.run joins its default executor's threads) nor the interpreter's exit. A read
+    of the config that never returns (a hung network mount) cannot keep the process from
+    exiting; its result, if it ever comes, is dropped.
+    """
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(result: T | None, error: BaseException | None) -> None:
+        if future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)  # type: ignore[arg-type]
+
+    def run() -> None:
+        try:
+            result, error = fn(), None
+        except BaseException as exc:
+            result, error = None, exc
+        try:
+            loop.call_soon_threadsafe(settle, result, error)
+        except RuntimeError:
+            pass  # the loop is closed: nobody waits any more
+
+    threading.Thread(target=run, name="vmsh-config-read", daemon=True).start()
+    return future
 
 
 def config_files(runtime: Runtime) -> list[Path]:
@@ -48,9 +89,11 @@ def files_digest(files: list[Path]) -> str:
     for path in files:
         h.update(str(path).encode() + b"\0")
         try:
-            with open(path, "rb") as f:
+            with open_regular(path) as f:  # never blocks on a FIFO
                 while chunk := f.read(1 << 20):
                     h.update(chunk)
+        except NotRegularFile as exc:
+            h.update(f"<{exc}>".encode())
         except OSError as exc:
             h.update(f"<unreadable {exc.errno}>".encode())
         h.update(b"\0")
@@ -85,7 +128,7 @@ async def watch_config(
     that is seen.
     """
     files = config_files(runtime)
-    seen = await asyncio.to_thread(files_digest, files)
+    seen = await off_loop(functools.partial(files_digest, files))
     while not stop_event.is_set():
         names = {str(p) for p in files}
         folders = sorted({p.parent for p in files if p.parent.is_dir()})
@@ -120,7 +163,7 @@ async def watch_config(
                     # before its first await: this runs right after that.
                     asyncio.get_running_loop().call_soon(ready.set)
                 async for _batch in changes:
-                    digest = await asyncio.to_thread(files_digest, files)
+                    digest = await off_loop(functools.partial(files_digest, files))
                     if digest == seen:
                         continue
                     seen = digest
@@ -131,7 +174,7 @@ async def watch_config(
                     new_files = config_files(runtime)
                     if new_files != files:
                         files = new_files
-                        seen = await asyncio.to_thread(files_digest, files)
+                        seen = await off_loop(functools.partial(files_digest, files))
                         restart = True
                         break
         except (FileNotFoundError, OSError) as exc:
@@ -151,4 +194,4 @@ def start_watch(runtime: Runtime, stop_event: asyncio.Event, **kw: Any) -> async
     return asyncio.get_running_loop().create_task(watch_config(runtime, stop_event, **kw), name="config-watch")
 
 
-__all__ = ["watch_config", "start_watch", "reload_now", "files_digest"]
+__all__ = ["watch_config", "start_watch", "reload_now", "files_digest", "off_loop"]
