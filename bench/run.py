@@ -28,6 +28,7 @@ SUITES = {
     "terminal": "bench.terminal_bench",
     "control": "bench.control_bench",
     "cluster": "bench.cluster",
+    "host_attacks": "bench.host_attacks_bench",
 }
 
 

@@ -161,15 +161,33 @@ def _peer(writer: asyncio.StreamWriter) -> Peer:
     return Peer(uid=uid, gid=gid, pid=pid)
 
 
+class _Item:
+    """One numbered event, shared by every stream: encoded once, by the first stream that
+    sends it (128 streams used to encode each event 128 times on the loop: /livez stalls)."""
+
+    __slots__ = ("seq", "event", "_line")
+
+    def __init__(self, seq: int, event: Event) -> None:
+        self.seq = seq
+        self.event = event
+        self._line: bytes | None = None
+
+    @property
+    def line(self) -> bytes:
+        if self._line is None:
+            self._line = _line({"seq": self.seq, **wire.encode_event(self.event)})
+        return self._line
+
+
 class _Client:
     """One event stream: a bounded queue the bus callback fills without waiting."""
 
     def __init__(self) -> None:
-        self.queue: asyncio.Queue[tuple[int, Event] | None] = asyncio.Queue(QUEUE_SIZE)
+        self.queue: asyncio.Queue[_Item | None] = asyncio.Queue(QUEUE_SIZE)
         self.overflows = 0  # in a row, without the writer taking anything
         self.dropped: str | None = None
 
-    def offer(self, item: tuple[int, Event]) -> None:
+    def offer(self, item: _Item) -> None:
         try:
             self.queue.put_nowait(item)
         except asyncio.QueueFull:
@@ -219,7 +237,7 @@ class ControlServer:
         self.control = RuntimeControl(runtime)
         self.path: Path | None = None
         self.seq = 0
-        self._replay: deque[tuple[int, Event]] = deque(maxlen=REPLAY)
+        self._replay: deque[_Item] = deque(maxlen=REPLAY)
         self._logs: deque[LogRecord] = deque(maxlen=RECENT_LOGS)
         self._clients: set[_Client] = set()
         self._writers: set[asyncio.StreamWriter] = set()
@@ -325,7 +343,7 @@ class ControlServer:
 
     def _on_event(self, event: Event) -> None:
         self.seq += 1
-        item = (self.seq, event)
+        item = _Item(self.seq, event)
         self._replay.append(item)
         if isinstance(event, LogRecord):
             self._logs.append(event)
@@ -604,12 +622,12 @@ class ControlServer:
         client = _Client()
         after = query.get("after", [""])[0]
         if after.isdigit():
-            oldest = self._replay[0][0] if self._replay else self.seq + 1
+            oldest = self._replay[0].seq if self._replay else self.seq + 1
             if int(after) + 1 < oldest and int(after) < self.seq:
                 client.queue.put_nowait(None)  # too old to replay: resync
             else:
                 for item in self._replay:
-                    if item[0] > int(after):
+                    if item.seq > int(after):
                         client.offer(item)
         self._clients.add(client)
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nConnection: close\r\n\r\n")
@@ -626,8 +644,7 @@ class ControlServer:
                             return
                         lines.append(_line({"seq": self.seq, "type": "resync"}))
                     else:
-                        seq, event = next_item
-                        lines.append(_line({"seq": seq, **wire.encode_event(event)}))
+                        lines.append(next_item.line)
                     size += len(lines[-1])
                     if client.queue.empty() or len(lines) >= WRITE_BATCH or size >= MAX_WRITE_BYTES:
                         break
