@@ -1,6 +1,6 @@
 """`make bench`: every benchmark, one table.
 
-    .venv/bin/python bench/run.py             # all of them (about three and a half minutes)
+    .venv/bin/python bench/run.py             # all of them (about five minutes)
     .venv/bin/python bench/run.py engine tui  # only some
 
 Each module in SUITES has `run() -> [(what, figure, target or note)]`.

@@ -389,12 +389,9 @@ class ControlServer:
 
     async def _accepted(self, conn: socket.socket) -> None:
         try:
-            try:
-                reader, writer = await asyncio.open_unix_connection(sock=conn, limit=MAX_HEAD)
-            except OSError:
-                conn.close()
-                return
-            await self._serve(reader, writer)
+            streams = await _streams(conn)
+            if streams is not None:
+                await self._serve(*streams)
         finally:
             self._open -= 1
             CONTROL.connections -= 1
@@ -411,11 +408,10 @@ class ControlServer:
                                      max_connections=self.max_connections, refused=self._refused_unlogged)
             self._refused_unlogged = 0
         try:
-            try:
-                reader, writer = await asyncio.open_unix_connection(sock=conn, limit=MAX_HEAD)
-            except OSError:
-                conn.close()
+            streams = await _streams(conn)
+            if streams is None:
                 return
+            reader, writer = streams
             try:
                 async with asyncio.timeout(REFUSE_READ):
                     await reader.readuntil(b"\r\n\r\n")
@@ -669,6 +665,15 @@ class ControlServer:
     def _dropped(self, peer: Peer, kind: str, reason: str) -> None:
         CONTROL.drop(kind)
         self.runtime.log.warning("control client dropped", reason=reason, uid=peer.uid, pid=peer.pid)
+
+
+async def _streams(conn: socket.socket) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+    """An accepted connection as asyncio streams (None: it went away first; closed)."""
+    try:
+        return await asyncio.open_unix_connection(sock=conn, limit=MAX_HEAD)
+    except OSError:
+        conn.close()
+        return None
 
 
 def _body(doc: Any) -> bytes:

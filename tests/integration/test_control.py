@@ -63,12 +63,18 @@ def serving(tmp: Path) -> bool:
         return False
 
 
-def headless(tmp: Path, namespaces: list[str], extra: str = "", **kw) -> tuple[Path, subprocess.Popen]:
+def headless_config(tmp: Path, namespaces: list[str], extra: str = "", **kw) -> Path:
+    """A headless scheduler's config (and a batch for each namespace), `extra` appended."""
     for ns in namespaces:
         write_batch(tmp / "batches" / ns, "000001", "sha256:" + f"{ns.encode().hex():0>64}"[-64:])
     config = make_config(tmp, namespaces, **kw)
     if extra:
         config.write_text(config.read_text() + extra)
+    return config
+
+
+def headless(tmp: Path, namespaces: list[str], extra: str = "", **kw) -> tuple[Path, subprocess.Popen]:
+    config = headless_config(tmp, namespaces, extra, **kw)
     return config, start(config)
 
 

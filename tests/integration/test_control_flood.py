@@ -23,9 +23,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from core.sources import write_batch
 from core.store import FileAudit
-from tests.integration.test_headless import BIN, make_config, wait_for
+from tests.integration.test_control import headless_config, health_url
+from tests.integration.test_headless import BIN, wait_for
 
 CAP = 32
 WRITE_TIMEOUT = 2.0
@@ -51,17 +51,12 @@ def stop(proc: subprocess.Popen, config: Path) -> tuple[int, str, str]:
 
 
 def scheduler(tmp: Path, namespaces: list[str], extra: str, **kw) -> tuple[Path, subprocess.Popen]:
-    for ns in namespaces:
-        write_batch(tmp / "batches" / ns, "000001", "sha256:" + f"{ns.encode().hex():0>64}"[-64:])
-    config = make_config(tmp, namespaces, **kw)
-    config.write_text(config.read_text() + extra)
+    config = headless_config(tmp, namespaces, extra, **kw)
     return config, start_limited(config)
 
 
 def base_url(config: Path) -> str:
-    found = re.search(r'listen: "127\.0\.0\.1:(\d+)"', config.read_text())
-    assert found is not None
-    return f"http://127.0.0.1:{found.group(1)}"
+    return health_url(config).removesuffix("/health")
 
 
 def receipt_count(tmp: Path) -> int:
