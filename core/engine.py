@@ -579,7 +579,7 @@ class Scheduler:
         one looked) and is anchored only if it is still due. The file store grants all."""
         if self.claim_refusal is not None:  # out of the claim rotation: the others take these
             for item in items:
-                self._let_go(item.spec.key, owned, self.clock.now() + min(self.tick, self.lease / 3))
+                self._let_go(item.spec.key, owned, self._soon())
             return []
         forced = {item.spec.key: self._state[item.spec.key] for item in items if item.forced}
         due = {item.spec.key: self._state[item.spec.key] for item in items if not item.forced}
@@ -619,7 +619,7 @@ class Scheduler:
                     let_go.append((key, state.row.fence))
             # Held by another replica, or done by one, or left to one: look again at its (new)
             # due time, or soon.
-            self._let_go(key, owned, None if state is not None else now + min(self.tick, self.lease / 3))
+            self._let_go(key, owned, None if state is not None else self._soon())
         if let_go:
             try:
                 released = await self._write("claim", self._state_store.path, self._claims.release, let_go)
@@ -647,10 +647,16 @@ class Scheduler:
 
     def _let_go(self, key: JobKey, owned: set[JobKey], when: float | None) -> None:
         """A job taken for this pass that is not anchored here after all: out of flight,
-        scheduled at `when` (None: its natural due time)."""
+        scheduled at `when` (None: its natural due time) unless a reload removed it."""
         owned.discard(key)
         self._flight.land(key)
-        self._schedule(key, when)
+        if key in self._specs:
+            self._schedule(key, when)
+
+    def _soon(self) -> float:
+        """When to look again at a job left to another replica: a third of a lease (a
+        heartbeat) from now, or the tick if shorter."""
+        return self.clock.now() + min(self.tick, self.lease / 3)
 
     def holding(self, closing: Sequence[Intent] = ()) -> frozenset[JobKey]:
         """Jobs whose outcome is not settled here yet: in flight, holding an attestation,
@@ -818,9 +824,8 @@ class Scheduler:
                 self._state[key].row = done.rows.get(key)
             elif result is None:  # another replica claimed it since: the outcome is theirs
                 self._held.pop(key, None)
-                owned.discard(key)
                 lost.append(key)
-                self._let_go(key, owned, now + min(self.tick, self.lease / 3))
+                self._let_go(key, owned, self._soon())
             else:
                 failed.append((index, item))
                 error = StorageError("receipt", str(self._receipts.root / safe_name(item.spec.namespace)), result)
@@ -857,10 +862,7 @@ class Scheduler:
             key = item.spec.key
             self._held.pop(key, None)
             if key in owned:
-                owned.discard(key)
-                self._flight.land(key)
-                if key in self._specs:
-                    self._schedule(key, self.clock.now() + min(self.tick, self.lease / 3))
+                self._let_go(key, owned, self._soon())
         self._wake.set()
 
     def _hold(
@@ -1142,9 +1144,6 @@ class Scheduler:
         closing = list(self._closing)
         holding = self.holding(closing)
         doc = self._state_store.snapshot(self._state, holding)
-        # The rows these states were built on (a shared store), to tell below whether a
-        # job's state is still the one written when the answer comes back.
-        based = {k: s.row for k, s in self._state.items() if s.row is not None}
         try:
             written = await self._write("state", self._state_store.path, self._state_store.write, doc)
         except StorageError as exc:
@@ -1152,17 +1151,18 @@ class Scheduler:
             self._retry_save_later()
             return False
         if written is not None:
-            self._saved(written, based, holding)
+            self._saved(written)
         self._save_error = None
         self._save_failures = 0
         await self._close_intents(closing)
         return True
 
-    def _saved(self, written: Written, based: dict[JobKey, Row], holding: frozenset[JobKey]) -> None:
+    def _saved(self, written: Written) -> None:
         """A shared store's answer to a save: the new rows of the states it wrote (for the
         states still built on the rows saved), and the store's state for the writes it
         refused: a state built on a row that is no longer current never overwrites a newer
         one; it is replaced by it."""
+        based = written.based
         for key, row in written.rows.items():
             state = self._state.get(key)
             if state is not None and state.row is based.get(key):
@@ -1172,9 +1172,10 @@ class Scheduler:
             state = self._state.get(key)
             if state is None or state.row is not based.get(key) or key in busy:
                 continue
+            was = based.get(key)
             self.log.warning(
                 "stale state write refused by the store; taking the store's state", job=str(key),
-                was_fenced=based[key].fence is not None if key in based else False,
+                was_fenced=was is not None and was.fence is not None,
             )
             self._state[key] = theirs
             if key in self._specs and key not in self._forced:

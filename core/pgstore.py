@@ -418,26 +418,23 @@ class PgStateStore:
                 if got is None:
                     refused.append(job)
                     continue
-                result.rows[JobKey.parse(job)] = Row(int(got[0]), fence)
+                key = JobKey.parse(job)
+                result.rows[key], result.based[key] = Row(int(got[0]), fence), row
                 seen.append((job, state, int(got[0])))
             leases = [
                 (job, row.fence) for job, row in rows.items()
                 if row is not None and row.fence is not None and job not in holding
                 and job not in released and job not in refused
             ]
-            if leases:
-                for job, version in conn.execute(
-                    "UPDATE jobs j SET lease_owner = NULL, lease_until = NULL "
-                    "FROM unnest(%s::text[], %s::bigint[]) AS r(job, fence) "
-                    "WHERE j.job = r.job AND j.fence = r.fence AND j.lease_owner = %s RETURNING j.job, j.version",
-                    ([j for j, _ in leases], [f for _, f in leases], self.replica),
-                ):
-                    result.rows[JobKey.parse(job)] = Row(int(version))
+            for job, version in self._release(conn, leases):
+                key = JobKey.parse(job)
+                result.rows[key], result.based[key] = Row(version), rows[job]
             if refused:
                 for job, state, version in conn.execute(
                     "SELECT job, state, version FROM jobs WHERE job = ANY(%s)", (refused,)
                 ):
-                    result.refused[JobKey.parse(job)] = _state_of(state, Row(int(version)))
+                    key = JobKey.parse(job)
+                    result.refused[key], result.based[key] = _state_of(state, Row(int(version))), rows.get(job)
                     seen.append((job, state, int(version)))
         for job, state, version in seen:
             self._seen(job, state, version)
@@ -543,13 +540,21 @@ class PgStateStore:
         if not leases:
             return []
         with self.db.tx() as conn:
-            rows = conn.execute(
-                "UPDATE jobs j SET lease_owner = NULL, lease_until = NULL "
-                "FROM unnest(%s::text[], %s::bigint[]) AS r(job, fence) "
-                "WHERE j.job = r.job AND j.fence = r.fence AND j.lease_owner = %s RETURNING j.job",
-                ([str(k) for k, _ in leases], [f for _, f in leases], self.replica),
-            ).fetchall()
-        return [JobKey.parse(r[0]) for r in rows]
+            released = self._release(conn, [(str(k), f) for k, f in leases])
+        return [JobKey.parse(job) for job, _ in released]
+
+    def _release(self, conn: psycopg.Connection[Any], leases: list[tuple[str, int]]) -> list[tuple[str, int]]:
+        """Release these (job, fence) leases of this replica where the fence is still
+        current; (job, version) of those released."""
+        if not leases:
+            return []
+        rows = conn.execute(
+            "UPDATE jobs j SET lease_owner = NULL, lease_until = NULL "
+            "FROM unnest(%s::text[], %s::bigint[]) AS r(job, fence) "
+            "WHERE j.job = r.job AND j.fence = r.fence AND j.lease_owner = %s RETURNING j.job, j.version",
+            ([j for j, _ in leases], [f for _, f in leases], self.replica),
+        ).fetchall()
+        return [(job, int(version)) for job, version in rows]
 
     def renew(self, keys: list[JobKey], lease_seconds: float) -> int:
         if not keys:

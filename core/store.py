@@ -47,6 +47,9 @@ class Written:
 
     rows: dict[JobKey, Row] = field(default_factory=dict)
     refused: dict[JobKey, JobState] = field(default_factory=dict)
+    # For each job above, the row (the very object) its saved state was built on: the engine
+    # takes the answer only for a state still built on it.
+    based: dict[JobKey, Row | None] = field(default_factory=dict)
 
 
 @dataclass
