@@ -44,8 +44,9 @@ ONCE however many times it is named (namespaces sharing a folder: the VaultMesh
 follow for that folder, within `_HANDOFF_S`, which then cost no I/O at all: one call per
 time the folder was named, on any thread; and, until the next prefetch, every call made
 on a thread running an event loop (the engine's pass), however many, so the loop never
-lists a folder the pass's prefetch has read. A call without a prefetch, or past its hand-off, reads as before. The
-engine prefetches the folders of the jobs due before each pass.
+lists a folder the pass's prefetch has read. A call without a prefetch, or past its
+hand-off, reads as before. The engine prefetches the folders of the jobs due before each
+pass.
 
 Limits per folder come from the configuration through `configure(...)`; a folder not
 configured gets `BatchLimits()`. A folder's `fallbacks` are read while it is not a

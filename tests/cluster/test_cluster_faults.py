@@ -353,14 +353,20 @@ def settle(rig: ClusterRig, counter: TokenCounter) -> None:
     wait_until(counter.quiet, 20, "no more tokens granted")
 
 
-def test_a_replica_frozen_for_2_5_leases_four_times_doubles_nothing_loses_nothing_pays_nothing_uncounted(
-    tmp_path: Path, pg_url: str, tsa: OpenSSLTSA
-) -> None:
-    started = time.monotonic()
+def counted_rig(tmp_path: Path, pg_url: str, tsa: OpenSSLTSA) -> tuple[TokenCounter, ClusterRig]:
+    """The TSA's granted tokens counted, and a rig of NAMESPACES with a first root each."""
     counter = TokenCounter(tsa)
     rig = ClusterRig(tmp_path, pg_url, tsa, NAMESPACES, every=EVERY, lease=LEASE)
     for ns in NAMESPACES:
         rig.publish(ns)
+    return counter, rig
+
+
+def test_a_replica_frozen_for_2_5_leases_four_times_doubles_nothing_loses_nothing_pays_nothing_uncounted(
+    tmp_path: Path, pg_url: str, tsa: OpenSSLTSA
+) -> None:
+    started = time.monotonic()
+    counter, rig = counted_rig(tmp_path, pg_url, tsa)
     frozen: list[str] = []
     faults: list[str] = []  # when each freeze and thaw came (UTC, as the logs)
     scraped: dict[str, dict[str, float]] = {}
@@ -407,10 +413,7 @@ def test_kill_9_every_10_s_under_cpu_load_doubles_nothing_and_loses_nothing(
     tmp_path: Path, pg_url: str, tsa: OpenSSLTSA
 ) -> None:
     started = time.monotonic()
-    counter = TokenCounter(tsa)
-    rig = ClusterRig(tmp_path, pg_url, tsa, NAMESPACES, every=EVERY, lease=LEASE)
-    for ns in NAMESPACES:
-        rig.publish(ns)
+    counter, rig = counted_rig(tmp_path, pg_url, tsa)
     burners: list[subprocess.Popen[bytes]] = []
     killed: list[str] = []  # the generations killed: "a-1", ...
     landed: list[str] = []  # where each kill landed (signal_when)

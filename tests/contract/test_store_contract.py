@@ -491,11 +491,17 @@ def test_a_release_under_a_stale_fence_releases_nothing(store: Store) -> None:
     assert claims.release([(J, fence_of(current))]) == []
 
 
-def test_a_save_or_release_under_a_fence_another_claim_replaced_lets_nothing_go(store: Store, other: Store) -> None:
+def claimed_twice(store: Store) -> tuple[JobState, JobState]:
+    """J saved at state 1, then claimed twice by `store` (a second lease, a new fence): the
+    first claim's state, whose fence is stale, and the second's."""
     several_schedulers(store)
     store.state.save({J: full_state(1)})
     stale = store.claims.claim({J: JobState()}, LEASE)[J]
-    current = store.claims.claim({J: stale}, LEASE)[J]
+    return stale, store.claims.claim({J: stale}, LEASE)[J]
+
+
+def test_a_save_or_release_under_a_fence_another_claim_replaced_lets_nothing_go(store: Store, other: Store) -> None:
+    stale, current = claimed_twice(store)
 
     # A save under the stale fence (the state unchanged: nothing to write) lets nothing go.
     unchanged = store.state.write(store.state.snapshot({J: with_row(full_state(1), stale)}))
@@ -516,12 +522,7 @@ def test_a_save_or_release_under_a_fence_another_claim_replaced_lets_nothing_go(
 
 
 def test_a_write_under_a_stale_fence_is_refused(store: Store, other: Store) -> None:
-    several_schedulers(store)
-    store.state.save({J: full_state(1)})
-
-    # a's own later claim (a second lease, a new fence): the first fence is stale.
-    stale = store.claims.claim({J: JobState()}, LEASE)[J]
-    current = store.claims.claim({J: stale}, LEASE)[J]
+    stale, current = claimed_twice(store)  # a's own later claim: the first fence is stale
     late = store.state.write(store.state.snapshot({J: with_row(full_state(7), stale)}))
     assert isinstance(late, Written)
     assert J in late.refused and J not in late.rows, "a write under a stale fence of its own replica was taken"
