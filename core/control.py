@@ -38,8 +38,8 @@ from core.status import Counts, count
 from core.text import printable, redact_urls
 
 if TYPE_CHECKING:
-    from core.engine import JobView
     from core.runtime import ReloadResult, Runtime
+    from core.views import JobView
 
 Receipts = Listing  # (file, its Receipt or the ReceiptError that reading it raised)
 

@@ -9,9 +9,9 @@ from typing import Any
 from rich.text import Text
 
 from core.cadence import format_seconds
-from core.engine import JobView
 from core.events import LogRecord
 from core.status import JobStatus
+from core.views import JobView
 from tui.rows import ReceiptInfo, age, countdown, log_line, relative, short_root
 
 

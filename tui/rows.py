@@ -17,10 +17,10 @@ from typing import Any, NamedTuple
 from rich.text import Text
 
 from core.cadence import CADENCES, format_seconds
-from core.engine import JobView
 from core.events import LogRecord
 from core.receipts import Receipt, ReceiptError, parse_iso_utc
 from core.status import Counts, Health, JobStatus, loop_problem, overall
+from core.views import JobView
 
 # Styles are theme roles, resolved to Rich colours by `Palette` (so the ANSI theme gets
 # ANSI colours and a light theme gets readable ones).

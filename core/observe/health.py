@@ -55,8 +55,9 @@ from core.status import Health, JobStatus
 from core.text import printable
 
 if TYPE_CHECKING:
-    from core.engine import JobView, Scheduler
+    from core.engine import Scheduler
     from core.runtime import Runtime
+    from core.views import JobView
 
 
 def engine_stopped(engine: Scheduler) -> bool:

@@ -13,7 +13,7 @@ import os
 import threading
 from pathlib import Path
 
-import core.engine
+import core.engine.scheduler
 from core import sources
 from core.events import ReceiptWritten
 
@@ -91,7 +91,7 @@ async def test_a_shared_folder_is_listed_once_per_change_off_the_loop(tmp_path, 
         (shared / f"{n:06d}.json").write_text(batch_text(n))
 
     monkeypatch.setattr(os, "scandir", scandir)
-    monkeypatch.setattr(core.engine, "prefetch", prefetch_then_write)
+    monkeypatch.setattr(core.engine.scheduler, "prefetch", prefetch_then_write)
     written_late: int | None = None
     for p in range(PASSES):
         if p:

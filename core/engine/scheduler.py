@@ -35,7 +35,7 @@ from core import __version__, merkle
 from core.anchors.base import Attestation, Backend
 from core.backoff import BackoffPolicy
 from core.clock import Clock, SteadyClock
-from core.errors import AnchorError, ErrorKind, StorageError, classify, describe
+from core.errors import ErrorKind, StorageError, classify, describe
 from core.events import (
     AnchorFailed,
     AnchorStarted,
@@ -59,6 +59,7 @@ from core.sources import Batch, latest_batch, prefetch
 from core.state import Intent, JobState, Row
 from core.status import JobStatus, job_status
 from core.store import Claims, JournalRepo, ReceiptRepo, StateRepo, Superseded, Written
+from core.views import JobView
 from core.writer import DiskWriter
 
 _T = TypeVar("_T")
@@ -71,22 +72,6 @@ STUCK_MIN_SECONDS = 60.0
 DEFAULT_BACKEND_TIMEOUT = 30.0
 # Returns the reason a target must not be used (e.g. chain id mismatch), or None.
 TargetGuard = Callable[[str], "str | None"]
-
-
-@dataclass(frozen=True, slots=True)
-class JobView:
-    """An immutable snapshot of one job for the dashboard, health and metrics."""
-
-    spec: JobSpec
-    state: JobState
-    due_at: float | None
-    in_flight: bool
-    status: JobStatus  # core.status: ok | due | anchoring | backing_off | stale | paused | error | disabled
-    disabled: str | None = None  # why the job cannot run (its target is refused), else None
-
-    @property
-    def key(self) -> JobKey:
-        return self.spec.key
 
 
 @dataclass
@@ -1490,4 +1475,4 @@ def _aggregate(leaves: list[bytes]) -> tuple[bytes, list[list[bytes]]]:
     return merkle.tree_and_paths(leaves)
 
 
-__all__ = ["Scheduler", "JobView", "AnchorError"]
+__all__ = ["Scheduler", "backend_timeout"]
