@@ -69,7 +69,7 @@ async def test_a_shared_folder_is_listed_once_per_change_off_the_loop(tmp_path, 
     s = await stack(text=config(tmp_path), batches=False)
     receipts: list[ReceiptWritten] = []
     s.runtime.bus.subscribe(lambda e: receipts.append(e) if isinstance(e, ReceiptWritten) else None)
-    sources_of = {spec.source for spec in s.engine._specs.values()}
+    sources_of = {spec.source for spec in s.engine.jobs.values()}
     assert len(sources_of) == NAMESPACES + 1  # each its own (missing) folder, but solo
 
     loop_thread = threading.current_thread()

@@ -1,0 +1,299 @@
+"""Commit: an attestation obtained becomes receipts and the jobs' new state.
+
+Order of durable writes: the attestation into the intent, then the receipts in chunks,
+each chunk one fenced commit (`Claims.commit`: each job's receipt, new state and lease
+release). A job whose lease passed to another replica gets nothing (the outcome is
+theirs). A job whose receipt cannot be written is *held* with the attestation: its retry
+writes the receipts from it (as recovery at start does), so nothing is paid twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from core import __version__, merkle
+from core.anchors.base import Attestation
+from core.engine.context import Context
+from core.engine.outcomes import Outcomes
+from core.engine.persistence import Saves
+from core.engine.record import Due, Held, anchored_since, succeeded
+from core.errors import StorageError, describe
+from core.jobs import JobKey, safe_name
+from core.receipts import Receipt, build_receipt
+from core.sources import Batch
+from core.state import Intent, JobState
+from core.store import Superseded
+
+_T = TypeVar("_T")
+WRITE_CHUNK = 128  # receipts per writer call: the loop runs between chunks of a big pass
+Pairs = list[tuple[int, Due]]  # (leaf index, job) of an intent
+
+
+def aggregate(leaves: list[bytes]) -> tuple[bytes, list[list[bytes]]]:
+    """The digest to anchor and each leaf's audit path; a group of one anchors its root."""
+    if len(leaves) == 1:
+        return leaves[0], [[]]
+    return merkle.tree_and_paths(leaves)
+
+
+def journalled_note(intent: Intent) -> Callable[[dict[str, Any]], None]:
+    """`intent.note` whose write failures are storage errors (the backend sent nothing yet)."""
+
+    def note(facts: dict[str, Any]) -> None:
+        try:
+            intent.note(facts)
+        except OSError as exc:
+            raise StorageError("journal", str(intent.path), exc) from exc
+
+    return note
+
+
+def _chunks(items: list[_T], size: int) -> list[list[_T]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+class Committer:
+    def __init__(self, ctx: Context, saves: Saves, outcomes: Outcomes) -> None:
+        self.ctx = ctx
+        self.saves = saves
+        self.outcomes = outcomes
+
+    async def complete(
+        self,
+        held: Held,
+        pairs: Pairs,
+        proofs: list[list[bytes]],
+        owned: set[JobKey],
+        started: float,
+        *,
+        recovered: bool = False,
+    ) -> None:
+        """Attestation into the intent, then receipts, then the jobs' success.
+
+        `pairs` are (leaf index, job). A job whose receipt cannot be written is held with
+        the attestation (its retry resumes here) and fails with kind `storage`.
+        `recovered`: receipts written before a crash or a failed write are reused.
+        """
+        ctx = self.ctx
+        intent, attestation = held.intent, held.attestation
+        if not held.durable:
+            try:
+                await ctx.write(
+                    "journal", intent.path, intent.attested,
+                    attestation.data, attestation.status, attestation.confirmations,
+                )
+            except StorageError as exc:
+                if isinstance(exc.__cause__, Superseded):  # another replica resolves it
+                    self._superseded(held, pairs, owned, str(exc.__cause__))
+                    return
+                # Receipts only once the attestation is durable: a crash then still finds it.
+                self._hold(held, pairs, exc, owned, started)
+                return
+            held.durable = True
+        now = ctx.clock.now()
+        done = 0
+        try:
+            for chunk in _chunks(pairs, ctx.claims.commit_chunk or max(1, len(pairs))):
+                await self._commit(held, chunk, proofs, owned, started, now, recovered=recovered)
+                done += len(chunk)
+                await asyncio.sleep(0)  # let the loop breathe between chunks of a big pass
+        except StorageError as exc:
+            if isinstance(exc.__cause__, Superseded):
+                self._superseded(held, pairs[done:], owned, str(exc.__cause__))
+                return
+            ctx.storage_failed(exc)
+            self._hold(held, pairs[done:], exc, owned, started)
+        if not ctx.table.holds(held):
+            if ctx.claims.closes_intents:  # removed by the commit's own transaction
+                intent.closed = True
+                ctx.open.pop(intent.id, None)
+            else:  # removed once the state that accounts for it is saved
+                self.saves.closing.append(intent)
+        self.saves.request()
+        ctx.table.wake.set()
+
+    async def _commit(
+        self,
+        held: Held,
+        pairs: Pairs,
+        proofs: list[list[bytes]],
+        owned: set[JobKey],
+        started: float,
+        now: float,
+        *,
+        recovered: bool,
+    ) -> None:
+        """One fenced commit (`Claims.commit`): each job's receipt, new state and lease
+        release. A job whose lease passed to another replica gets nothing (the outcome is
+        theirs); a job whose receipt alone could not be written is held with the
+        attestation and fails with kind `storage`. A failure of the whole call raises."""
+        ctx, table = self.ctx, self.ctx.table
+        intent, attestation = held.intent, held.attestation
+        receipts = [self._receipt(intent, item, index, proofs, attestation, now) for index, item in pairs]
+        previous = [table.state_of(item.spec.key) or JobState() for _, item in pairs]
+        # A recovered token for a root older than one anchored since (another replica went
+        # on while this intent waited): its receipt is written, the job's state stays.
+        advance = [not (recovered and anchored_since(state, intent)) for state in previous]
+        states = [
+            succeeded(state, item.batch.root, None, now).to_dict() if moves else None
+            for state, (_, item), moves in zip(previous, pairs, advance, strict=True)
+        ]
+        rows = [state.row for state in previous]
+        commit = functools.partial(ctx.claims.commit, recovered=recovered)
+        done = await ctx.writer.run("receipt", ctx.receipts.root, commit, receipts, states, rows, intent.id)
+        duration = 0.0 if recovered else now - started
+        lost: list[JobKey] = []
+        failed: Pairs = []
+        error: StorageError | None = None
+        for (index, item), result, moves in zip(pairs, done.paths, advance, strict=True):
+            key = item.spec.key
+            if isinstance(result, Path):
+                table.set_held(key, None)
+                owned.discard(key)
+                self.outcomes.succeed(item.spec, item.batch, result, now, duration, attestation.status, advance=moves)
+                table.state(key).row = done.rows.get(key)
+            elif result is None:  # another replica claimed it since: the outcome is theirs
+                table.set_held(key, None)
+                lost.append(key)
+                self.outcomes.let_go(key, owned, ctx.soon())
+            else:
+                failed.append((index, item))
+                error = StorageError("receipt", str(ctx.receipts.root / safe_name(item.spec.namespace)), result)
+        if error is not None:
+            ctx.storage_failed(error)
+            self._hold(held, failed, error, owned, started)
+        if lost:
+            ctx.log.warning(
+                "lease lost before the commit (another replica claimed these jobs): their receipts "
+                "are not written from this attestation", intent=intent.id, target=intent.target,
+                jobs=[str(k) for k in lost],
+            )
+            if len(lost) == len(held.intent.entries):
+                self.outcomes.discarded(intent, "lease_lost", len(lost))
+
+    def _superseded(self, held: Held, pairs: Pairs, owned: set[JobKey], why: str) -> None:
+        """Another replica took this anchor over while this one was unresponsive: its outcome
+        is theirs to write. This attestation is dropped (never a second receipt) and the
+        jobs go back to the schedule, with the store's state at the next claim."""
+        ctx = self.ctx
+        ctx.log.warning(
+            "anchor taken over by another replica (this one went a lease without a heartbeat); "
+            "its attestation is not used", intent=held.intent.id, target=held.intent.target,
+            jobs=len(pairs), reason=why,
+        )
+        held.intent.closed = True
+        ctx.open.pop(held.intent.id, None)
+        self.outcomes.discarded(held.intent, "taken_over", len(pairs))
+        for _, item in pairs:
+            key = item.spec.key
+            ctx.table.set_held(key, None)
+            if key in owned:
+                self.outcomes.let_go(key, owned, ctx.soon())
+        ctx.table.wake.set()
+
+    def _hold(self, held: Held, pairs: Pairs, exc: StorageError, owned: set[JobKey], started: float) -> None:
+        """Keep the attestation for these jobs and fail them (kind storage): the retry
+        writes their receipts from it instead of anchoring again."""
+        if not pairs:
+            return
+        ctx = self.ctx
+        ctx.log.error(
+            "attestation kept; receipts will be written from it once storage works again",
+            intent=held.intent.id, target=held.intent.target, jobs=len(pairs),
+            attestation_in_journal=held.durable, error=str(exc),
+        )
+        for _, item in pairs:
+            key = item.spec.key
+            ctx.table.set_held(key, held)
+            if key in owned:
+                owned.discard(key)
+                ctx.table.flight.land(key)
+                self.outcomes.fail(item.spec, exc, duration=ctx.clock.now() - started)
+
+    def retry_held(self, held: Held) -> None:
+        """Start writing the receipts of a held attestation (its jobs are due again)."""
+        table = self.ctx.table
+        keys = table.flight.board(
+            [k for k, record in table.records.items() if record.held is held], self.ctx.clock.now()
+        )
+        if not keys:
+            return
+        for key in keys:
+            table.unschedule(key)
+        self.ctx.spawn(self._finish_held(held, keys))
+
+    async def _finish_held(self, held: Held, keys: list[JobKey]) -> None:
+        ctx = self.ctx
+        owned = set(keys)
+        started = ctx.clock.now()
+        try:
+            wanted = set(keys)
+            pairs, proofs = await self.pairs(held.intent, wanted)
+            await self.complete(held, pairs, proofs, owned, started, recovered=True)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            ctx.log.error(
+                "writing the receipts of a kept attestation failed", intent=held.intent.id,
+                error=describe(exc), error_type=type(exc).__name__,
+            )
+            for key in list(owned):
+                record = ctx.table.get(key)
+                if record is not None:
+                    owned.discard(key)
+                    ctx.table.flight.land(key)
+                    self.outcomes.fail(record.spec, exc, duration=0.0)
+        finally:
+            self.outcomes.release(owned)
+
+    async def pairs(self, intent: Intent, only: set[JobKey] | None = None) -> tuple[Pairs, list[list[bytes]]]:
+        """(leaf index, job) of an intent's configured jobs (or of `only`), and all proofs."""
+        entries = intent.entries
+        leaves = [bytes.fromhex(e["batch"]["root"].removeprefix("sha256:")) for e in entries]
+        _, proofs = await asyncio.to_thread(aggregate, leaves) if len(leaves) > WRITE_CHUNK else aggregate(leaves)
+        pairs: Pairs = []
+        for entry in entries:
+            key = JobKey.parse(entry["job"])
+            record = self.ctx.table.get(key)
+            # Jobs removed from the config since get no receipt: nobody asks for them.
+            if record is not None and (only is None or key in only):
+                spec = record.spec
+                batch = Batch(id=entry["batch"]["id"], root=entry["batch"]["root"], path=spec.source)
+                pairs.append((entry["leaf_index"], Due(spec, batch, forced=False)))
+        return pairs, proofs
+
+    def _receipt(
+        self,
+        intent: Intent,
+        item: Due,
+        index: int,
+        proofs: list[list[bytes]],
+        attestation: Attestation,
+        now: float,
+    ) -> Receipt:
+        spec = item.spec
+        return build_receipt(
+            namespace=spec.namespace,
+            cadence=spec.cadence,
+            target=intent.target,
+            # The policy the call requested (one per intent), from the journal: a reload since
+            # may have changed the job's.
+            policy=intent.entries[0].get("policy"),
+            batch_id=item.batch.id,
+            batch_root=item.batch.root,
+            anchored_root="sha256:" + intent.digest,
+            proof=proofs[index],
+            leaf_index=index,
+            tree_size=len(proofs),
+            attestation=attestation.data,
+            status=attestation.status,
+            confirmations_required=spec.confirmations,
+            confirmations_observed=attestation.confirmations,
+            anchored_at=now,
+            version=__version__,
+            config_hash=self.ctx.config_hash,
+        )
