@@ -66,6 +66,7 @@ class Context:
         self.open: dict[str, Intent] = {}  # intents opened or adopted here, not yet closed
         self.tasks: set[asyncio.Task[None]] = set()
         self.stopping = False
+        self.claim_refusal: str | None = None  # why not to claim jobs now (core/cluster.py)
 
     def spawn(self, work: Coroutine[Any, Any, None]) -> None:
         """Run `work` as one of the engine's tasks (awaited by settle and stop)."""

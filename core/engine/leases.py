@@ -22,15 +22,12 @@ class Leases:
         self.outcomes = outcomes
         self._store_cursor: Any = None  # refresh_from_store's position in the store's changes
 
-    async def claim(
-        self, items: list[Due], owned: set[JobKey], started: float, refusal: str | None
-    ) -> list[Due]:
+    async def claim(self, items: list[Due], owned: set[JobKey], started: float) -> list[Due]:
         """Lease these jobs; the ones to anchor. A job another replica holds is left to it; a
         claimed job takes the store's state (another replica may have anchored it since this
-        one looked) and is anchored only if it is still due. The file store grants all.
-        `refusal`: why this replica must not claim now (the others take these), else None."""
+        one looked) and is anchored only if it is still due. The file store grants all."""
         ctx, table = self.ctx, self.ctx.table
-        if refusal is not None:  # out of the claim rotation: the others take these
+        if ctx.claim_refusal is not None:  # out of the claim rotation: the others take these
             for item in items:
                 self.outcomes.let_go(item.spec.key, owned, ctx.soon())
             return []

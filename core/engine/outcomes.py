@@ -1,6 +1,7 @@
 """How an anchor ends for a job: it succeeded (receipt written), it failed (backed off),
 or it was let go (left to another replica, or to its next due time). Every path out of
-flight lands the job (core/flight.py) and gives it a due time again."""
+flight lands the job (core/flight.py) and gives it a due time again. Also a job whose
+target the guard refuses: disabled (no due time, no backoff), or enabled again."""
 
 from __future__ import annotations
 
@@ -28,6 +29,36 @@ class Outcomes:
     def __init__(self, ctx: Context, saves: Saves) -> None:
         self.ctx = ctx
         self.saves = saves
+
+    def set_disabled(self, key: JobKey, reason: str | None) -> bool:
+        """Disable `key` for `reason` (its target is refused), or enable it when None.
+        A disabled job has no due time and no backoff: it cannot run, so it is not failing.
+        Returns True when the job was disabled and is enabled now (it needs scheduling)."""
+        ctx = self.ctx
+        record = ctx.table[key]
+        before = record.disabled
+        if not reason:
+            if before is None:
+                return False
+            record.disabled = None
+            record.enabled_at = ctx.clock.now()  # its first chance to be current
+            ctx.log.info("job enabled: its target is accepted now", job=str(key), target=record.spec.target)
+            return True
+        record.disabled = reason
+        record.due = None
+        ctx.table.forced.discard(key)
+        state = record.state
+        if state.failures or state.next_attempt is not None:
+            record.state = replace(state, failures=0, backoff_level=0, next_attempt=None)
+            if state.backoff_level:
+                ctx.bus.publish(
+                    BackoffChanged(
+                        at=ctx.clock.now(), job=key, level=0, max_level=ctx.policy.max_level, next_attempt=None
+                    )
+                )
+        if before != reason:
+            ctx.log.warning("job disabled", job=str(key), target=record.spec.target, reason=reason)
+        return False
 
     def succeed(
         self, spec: JobSpec, batch: Batch, path: Path, now: float, duration: float, status: str,

@@ -19,10 +19,13 @@ Rules (docs/architecture.md has the why):
   *disabled*: never scheduled, never retried, no backoff; the guard is asked at start
   and at each `apply`, which enables it again once its target is accepted.
 
-The parts: core/engine/table.py (one JobRecord per job, the heap), leases.py (claims on a
-shared store), commit.py (attestation -> receipts -> state), outcomes.py (success,
-failure, let go), persistence.py (state saves, intents closed), recovery.py (the journal
-at start and a gone replica's intents).
+The parts (core/engine/): table.py (one JobRecord per job, the due heap, flight),
+anchoring.py (one group: claim, intent, backend call), leases.py (claims on a shared
+store), commit.py (attestation -> receipts -> state), outcomes.py (success, failure, let
+go, disabled), persistence.py (state saves, intents closed), recovery.py (the journal at
+start and a gone replica's intents), looks.py (a job's view, status and stuck bound), all
+sharing one Context (context.py). The Scheduler keeps the loop, the pass, the operator
+actions and reloads.
 """
 
 from __future__ import annotations
@@ -33,21 +36,19 @@ from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from core.anchors.base import Backend
 from core.backoff import BackoffPolicy
 from core.clock import Clock, SteadyClock
-from core.engine.commit import WRITE_CHUNK, Committer, aggregate, journalled_note
+from core.engine.anchoring import Anchoring
+from core.engine.commit import Committer
 from core.engine.context import BackendFor, Context
 from core.engine.leases import Leases
+from core.engine.looks import job_view, stuck_after
 from core.engine.outcomes import Outcomes
 from core.engine.persistence import Saves
-from core.engine.record import Due, Held, not_after
+from core.engine.record import Due, not_after
 from core.engine.recovery import Recovery
 from core.engine.table import JobTable
-from core.errors import ErrorKind, StorageError, describe
 from core.events import (
-    AnchorStarted,
-    BackoffChanged,
     ConfigApplied,
     EventBus,
     JobSkipped,
@@ -59,30 +60,13 @@ from core.jobs import JobKey, JobSpec
 from core.observe.logs import Log
 from core.sources import Batch, latest_batch, prefetch
 from core.state import Intent, JobState
-from core.status import JobStatus, job_status
 from core.store import Claims, JournalRepo, ReceiptRepo, StateRepo
 from core.views import JobView
 from core.writer import DiskWriter
 
 PASS_SLICE = 500  # due jobs looked at between two turns of the loop in a scheduling pass
-# A job in flight longer than STUCK_TIMEOUTS x its backend's time limit is stuck.
-STUCK_TIMEOUTS = 4
-STUCK_MIN_SECONDS = 60.0
-DEFAULT_BACKEND_TIMEOUT = 30.0
 # Returns the reason a target must not be used (e.g. chain id mismatch), or None.
 TargetGuard = Callable[[str], "str | None"]
-
-
-def backend_timeout(backend: Backend) -> float:
-    """The longest a backend says one call may take (its own settings), else a default."""
-    for value in (
-        getattr(backend, "call_timeout", None),
-        getattr(backend, "receipt_timeout", None),
-        getattr(getattr(backend, "settings", None), "timeout", None),
-    ):
-        if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
-            return float(value)
-    return DEFAULT_BACKEND_TIMEOUT
 
 
 class Scheduler:
@@ -118,7 +102,6 @@ class Scheduler:
         self._backend_for = backend_for
         self._guard = target_guard or (lambda target: None)
         self._read_batch = read_batch
-        self._concurrency = asyncio.Semaphore(max(1, concurrency))
         self._jobs = JobTable(self.clock)  # one JobRecord per job (core/engine/table.py)
         self._flight = self._jobs.flight  # the one way in and out of flight (core/flight.py)
         self._wake = self._jobs.wake
@@ -134,9 +117,7 @@ class Scheduler:
         self._committer = Committer(self._ctx, self._saves, self._outcomes)
         self._recovery = Recovery(self._ctx, self._saves, self._outcomes, self._committer)
         self._leases = Leases(self._ctx, self._outcomes)
-        # Why this replica must not claim jobs now (core/cluster.py: its clock is off the
-        # database's, or the database cannot confirm a lease), else None.
-        self.claim_refusal: str | None = None
+        self._anchoring = Anchoring(self._ctx, self._saves, self._outcomes, self._committer, self._leases, concurrency)
         self.paused = False
         self.started_at = self.clock.now()
         self.last_tick: float | None = None
@@ -161,6 +142,12 @@ class Scheduler:
         self._ctx.lease = value
 
     @property
+    def claim_refusal(self) -> str | None:
+        """Why this replica must not claim jobs now (core/cluster.py: its clock is off the
+        database's, or the database cannot confirm a lease), else None."""
+        return self._ctx.claim_refusal
+
+    @property
     def config_hash(self) -> str:
         return self._ctx.config_hash
 
@@ -175,38 +162,9 @@ class Scheduler:
         for spec in specs:
             state = loaded.get(spec.key)
             self._jobs.add(spec, None if state is None else not_after(state, now))
-            self._set_disabled(spec.key, self._guard(spec.target))
+            self._outcomes.set_disabled(spec.key, self._guard(spec.target))
             self._jobs.schedule(spec.key)
         # State of jobs that are no longer configured is dropped (never added).
-
-    def _set_disabled(self, key: JobKey, reason: str | None) -> bool:
-        """Disable `key` for `reason` (its target is refused), or enable it when None.
-        A disabled job has no due time and no backoff: it cannot run, so it is not failing.
-        Returns True when the job was disabled and is enabled now (it needs scheduling)."""
-        record = self._jobs[key]
-        before = record.disabled
-        if not reason:
-            if before is None:
-                return False
-            record.disabled = None
-            record.enabled_at = self.clock.now()  # its first chance to be current
-            self.log.info("job enabled: its target is accepted now", job=str(key), target=record.spec.target)
-            return True
-        record.disabled = reason
-        record.due = None
-        self._jobs.forced.discard(key)
-        state = record.state
-        if state.failures or state.next_attempt is not None:
-            record.state = replace(state, failures=0, backoff_level=0, next_attempt=None)
-            if state.backoff_level:
-                self.bus.publish(
-                    BackoffChanged(
-                        at=self.clock.now(), job=key, level=0, max_level=self.policy.max_level, next_attempt=None
-                    )
-                )
-        if before != reason:
-            self.log.warning("job disabled", job=str(key), target=record.spec.target, reason=reason)
-        return False
 
     @property
     def disabled(self) -> dict[JobKey, str]:
@@ -267,7 +225,7 @@ class Scheduler:
         meanwhile are left to the other replicas; nothing in flight is touched."""
         if reason == self.claim_refusal:
             return
-        self.claim_refusal = reason
+        self._ctx.claim_refusal = reason
         if reason is None:
             self.log.info("claiming jobs again")
             self._wake.set()
@@ -306,7 +264,7 @@ class Scheduler:
             jobs[key].enabled_at = self.clock.now()  # stale counts from here, not the start
         # The guard is asked again for every job: a new config can accept or refuse a
         # target whose job did not change (e.g. a corrected chainId in the target settings).
-        enabled = [key for key in new if self._set_disabled(key, self._guard(new[key].target))]
+        enabled = [key for key in new if self._outcomes.set_disabled(key, self._guard(new[key].target))]
         for key in dict.fromkeys((*added, *changed, *enabled)):
             if key not in self._flight:
                 jobs.schedule(key)
@@ -444,7 +402,7 @@ class Scheduler:
             items = [item for item in items if item.spec.key in aboard]
             for item in items:
                 jobs.unschedule(item.spec.key)
-            self._ctx.spawn(self._anchor_group(target, items))
+            self._ctx.spawn(self._anchoring.group(target, items))
         self.last_tick = now
         self.bus.publish(TickCompleted(at=now, duration=self.clock.now() - started_at, due=len(due)))
         return len(due)
@@ -472,69 +430,6 @@ class Scheduler:
             self._jobs.schedule(key, now + spec.every)
             return
         into.append(Due(spec, batch, forced))
-
-    # ----- anchoring -------------------------------------------------------------------------
-    #
-    # Every exception on this path is caught per group: a job never stays in the in-flight
-    # set (`release` in a `finally`), and a failed write of our own files is a `storage`
-    # failure like any other: logged as an ERROR naming the step, path and errno, counted,
-    # backed off and retried. An attestation obtained but not yet turned into receipts is
-    # never asked for again: its jobs are *held* with it and their retry writes the
-    # receipts from it (as recovery at start does), so nothing is paid twice.
-
-    async def _anchor_group(self, target: str, items: list[Due]) -> None:
-        owned = {item.spec.key for item in items}
-        started = self.clock.now()
-        try:
-            items = await self._leases.claim(items, owned, started, self.claim_refusal)
-            if not items:
-                return
-            async with self._concurrency:
-                await self._anchor(target, items, owned, started)
-        except asyncio.CancelledError:
-            raise  # shutdown mid-call: the intent stays in the journal for the next start
-        except Exception as exc:
-            self.log.error(
-                "anchoring failed unexpectedly", target=target, error=describe(exc),
-                error_type=type(exc).__name__,
-            )
-            self._outcomes.fail_owned(items, exc, owned, started)
-        finally:
-            self._outcomes.release(owned)
-
-    async def _anchor(self, target: str, items: list[Due], owned: set[JobKey], started: float) -> None:
-        leaves = [bytes.fromhex(i.batch.root.removeprefix("sha256:")) for i in items]
-        if len(leaves) > WRITE_CHUNK:  # 10,000 leaves: ~20 ms of hashing, not on the loop
-            digest, proofs = await asyncio.to_thread(aggregate, leaves)
-        else:
-            digest, proofs = aggregate(leaves)
-        keys = tuple(i.spec.key for i in items)
-        policy = items[0].spec.policy_oid  # one per group (run_due)
-        entries = [
-            {"job": str(i.spec.key), "batch": {"id": i.batch.id, "root": i.batch.root}, "leaf_index": n}
-            | ({"policy": policy} if policy else {})
-            for n, i in enumerate(items)
-        ]
-        ctx = self._ctx
-        try:
-            intent = await ctx.write("journal", ctx.journal.folder, ctx.journal.open, target, entries, digest.hex(), started)
-        except StorageError as exc:
-            self._outcomes.fail_owned(items, exc, owned, started)  # nothing was sent: a plain retry
-            return
-        ctx.open[intent.id] = intent
-        self.bus.publish(AnchorStarted(at=started, target=target, jobs=keys, digest=digest.hex()))
-        self.log.info("anchor started", target=target, jobs=[str(k) for k in keys], digest=digest.hex())
-        try:
-            backend = self._backend_for(target)
-            attestation = await backend.anchor(digest, journalled_note(intent), policy=policy)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            await self._saves.close_intents([intent])
-            self._outcomes.fail_owned(items, exc, owned, started)
-            return
-        held = Held(intent, attestation, durable=False)
-        await self._committer.complete(held, list(enumerate(items)), proofs, owned, started)
 
     # ----- shared store (core/engine/leases.py) -------------------------------------------
 
@@ -579,16 +474,8 @@ class Scheduler:
         return None
 
     def stuck_after(self, key: JobKey) -> float:
-        """Seconds in flight after which a job counts as stuck: a multiple of its backend's
-        own time limit (STUCK_TIMEOUTS x), never under STUCK_MIN_SECONDS."""
-        record = self._jobs.get(key)
-        timeout = DEFAULT_BACKEND_TIMEOUT
-        if record is not None:
-            try:
-                timeout = backend_timeout(self._backend_for(record.spec.target))
-            except Exception:
-                pass
-        return max(STUCK_TIMEOUTS * timeout, STUCK_MIN_SECONDS)
+        """Seconds in flight after which a job counts as stuck (core/engine/looks.py)."""
+        return stuck_after(self._backend_for, self._jobs.get(key))
 
     def is_stuck(self, key: JobKey, now: float | None = None) -> bool:
         """In flight for longer than `stuck_after(key)`: a backend or a disk that hangs."""
@@ -642,43 +529,17 @@ class Scheduler:
     def view(self, key: JobKey, now: float | None = None) -> JobView:
         """`now` is on the engine's own clock (`engine.clock.now()`, the default), like every
         time in the view: a wall-clock reading would be off by any step since the start."""
-        record = self._jobs[key]
-        spec, state = record.spec, record.state
         now = self.clock.now() if now is None else now
         in_flight = key in self._flight
-        due_at = record.due
-        disabled = record.disabled
-        status = self._status(spec, state, due_at, in_flight, now, disabled=disabled is not None)
-        return JobView(spec, state, due_at, in_flight, status, disabled)
+        return job_view(
+            self._jobs[key], in_flight=in_flight, stuck=in_flight and self.is_stuck(key, now),
+            paused=self.paused, started_at=self.started_at, max_level=self.policy.max_level,
+            stale_factor=self.stale_factor, now=now,
+        )
 
     def views(self, now: float | None = None) -> list[JobView]:
         now = self.clock.now() if now is None else now
         return [self.view(k, now) for k in self._jobs]
 
-    def _status(
-        self, spec: JobSpec, state: JobState, due_at: float | None, in_flight: bool, now: float,
-        *, disabled: bool = False,
-    ) -> JobStatus:
-        """The job's status by the one definition in core.status."""
-        enabled_at = self._jobs[spec.key].enabled_at
-        return job_status(
-            in_flight=in_flight,
-            stuck=in_flight and self.is_stuck(spec.key, now),
-            disabled=disabled,
-            failing=bool(state.failures),
-            gave_up=state.last_error_kind == ErrorKind.VALIDATION and state.backoff_level >= self.policy.max_level,
-            paused=self.paused,
-            # Proven current last, else its first chance to be: the start, or a later reload
-            # that added or enabled it (a job that could not run cannot have been current).
-            current_since=max(
-                state.current_at or state.last_anchored_at or self.started_at,
-                self.started_at if enabled_at is None else enabled_at,
-            ),
-            period=spec.every,
-            stale_factor=self.stale_factor,
-            due_at=due_at,
-            now=now,
-        )
 
-
-__all__ = ["Scheduler", "backend_timeout", "PASS_SLICE"]
+__all__ = ["Scheduler", "PASS_SLICE"]
