@@ -25,7 +25,7 @@ from core.errors import StorageError, describe
 from core.jobs import JobKey, safe_name
 from core.receipts import Receipt, build_receipt
 from core.sources import Batch
-from core.state import Intent, JobState
+from core.state import Intent
 from core.store import Superseded
 
 _T = TypeVar("_T")
@@ -134,7 +134,7 @@ class Committer:
         ctx, table = self.ctx, self.ctx.table
         intent, attestation = held.intent, held.attestation
         receipts = [self._receipt(intent, item, index, proofs, attestation, now) for index, item in pairs]
-        previous = [table.state_of(item.spec.key) or JobState() for _, item in pairs]
+        previous = [table.state_or_new(item.spec.key) for _, item in pairs]
         # A recovered token for a root older than one anchored since (another replica went
         # on while this intent waited): its receipt is written, the job's state stays.
         advance = [not (recovered and anchored_since(state, intent)) for state in previous]

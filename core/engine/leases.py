@@ -71,15 +71,20 @@ class Leases:
             # due time, or soon.
             self.outcomes.let_go(key, owned, None if state is not None else ctx.soon())
         if let_go:
-            try:
-                released = await ctx.write("claim", ctx.state_store.path, ctx.claims.release, let_go)
-            except StorageError:
-                released = []  # the lease expires on its own
-            for key in released:
-                held = table.state_of(key)
-                if held is not None and held.row is not None:
-                    held.row = Row(held.row.version)
+            await self._release(let_go)
         return kept
+
+    async def _release(self, let_go: list[tuple[JobKey, int]]) -> None:
+        """Give back the leases of claimed jobs not anchored here (under their fences)."""
+        ctx = self.ctx
+        try:
+            released = await ctx.write("claim", ctx.state_store.path, ctx.claims.release, let_go)
+        except StorageError:
+            released = []  # the lease expires on its own
+        for key in released:
+            state = ctx.table.state_of(key)
+            if state is not None and state.row is not None:
+                state.row = Row(state.row.version)
 
     async def _reread(self, item: Due, state: JobState, now: float) -> Due | None:
         """A claimed job whose store state another replica changed: to anchor (with its

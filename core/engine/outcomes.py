@@ -22,7 +22,7 @@ from core.events import (
 )
 from core.jobs import JobKey, JobSpec
 from core.sources import Batch
-from core.state import Intent, JobState
+from core.state import Intent
 
 
 class Outcomes:
@@ -68,7 +68,7 @@ class Outcomes:
         anchor (a recovered token), so the job's state stays as it is."""
         ctx, table = self.ctx, self.ctx.table
         key = spec.key
-        previous = table.state_of(key) or JobState()
+        previous = table.state_or_new(key)
         if advance:
             table.set_state(key, succeeded(previous, batch.root, path, now))
         table.flight.land(key)
@@ -101,7 +101,7 @@ class Outcomes:
         now = ctx.clock.now()
         kind = classify(exc)
         message = describe(exc)
-        previous = table.state_of(key) or JobState()
+        previous = table.state_or_new(key)
         failures = previous.failures + 1
         level = policy.level(failures)
         retry_at = now + policy.delay(level, kind)

@@ -48,13 +48,7 @@ from core.engine.persistence import Saves
 from core.engine.record import Due, not_after
 from core.engine.recovery import Recovery
 from core.engine.table import JobTable
-from core.events import (
-    ConfigApplied,
-    EventBus,
-    JobSkipped,
-    Paused,
-    TickCompleted,
-)
+from core.events import ConfigApplied, EventBus, JobSkipped, Paused, TickCompleted
 from core.file_claims import FileClaims
 from core.jobs import JobKey, JobSpec
 from core.observe.logs import Log
@@ -118,10 +112,11 @@ class Scheduler:
         self._recovery = Recovery(self._ctx, self._saves, self._outcomes, self._committer)
         self._leases = Leases(self._ctx, self._outcomes)
         self._anchoring = Anchoring(self._ctx, self._saves, self._outcomes, self._committer, self._leases, concurrency)
+        loaded = state_store.load()
         self.paused = False
         self.started_at = self.clock.now()
         self.last_tick: float | None = None
-        self._install(list(jobs), state_store.load())
+        self._install(list(jobs), loaded)
 
     # ----- settings the parts share ------------------------------------------------------
 

@@ -55,7 +55,7 @@ class JobTable:
         if record is not None:
             record.spec = spec
             return record
-        record = JobRecord(spec, state or JobState())
+        record = JobRecord(spec, JobState() if state is None else state)
         left = self.remains.pop(spec.key, None)
         if left is not None:
             if left.state is not None:
@@ -85,6 +85,11 @@ class JobTable:
         if state is None:
             raise KeyError(key)
         return state
+
+    def state_or_new(self, key: JobKey) -> JobState:
+        """The job's state, or a fresh one (not stored) when it has none."""
+        state = self.state_of(key)
+        return JobState() if state is None else state
 
     def set_state(self, key: JobKey, state: JobState) -> None:
         record = self.records.get(key)
