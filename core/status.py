@@ -1,6 +1,6 @@
 """One definition of a job's status and of the scheduler's health.
 
-The engine (`Scheduler._status`), `/health` (core.observe.health), the metrics, the
+The engine (`core.engine.looks.job_view`), `/health` (core.observe.health), the metrics, the
 dashboard's Namespaces pane and header, and the bundled alert rules (ops/alerts.yml) all
 use what is defined here, so none of them can disagree about when a job is stale or when
 the engine counts as stuck.

@@ -26,7 +26,7 @@ from core.receipts import load_receipt, verify_receipt
 from core.sources import write_batch
 from core.state import IntentJournal
 from core.writer import DiskWriter
-from tests.unit.test_engine import Harness, root
+from tests.unit.test_engine import Harness, root, until
 
 A = JobKey("a", "fast")
 RETRY = 10  # seconds: past the first storage backoff (5 s x PHI = 8.1 s, no jitter)
@@ -318,3 +318,34 @@ async def test_data_folders_are_0750_and_files_0640_whatever_the_umask(tmp_path)
             assert mode == 0o750, f"{path}: {oct(mode)}"
         else:
             assert mode == 0o640, f"{path}: {oct(mode)}"
+
+
+async def test_a_job_removed_mid_anchor_keeps_its_attestation_when_added_again(tmp_path):
+    """A reload removes a job while its anchor is under way and its receipt cannot be
+    written: the attestation stays with what is left of the job (core/engine/record.py
+    `Remains`), so adding the job again retries from it, never with a second call."""
+    h = Harness(tmp_path, {"a": 1, "b": 2})
+    faults = Faults()
+    faults.failing = {"receipt"}
+    s = faulty(h, faults)
+    spec_a, spec_b = h.specs
+    h.backend.gate = asyncio.Event()
+    s.run_due()
+    await until(lambda: h.backend.calls)
+    s.apply([spec_b], "without a")
+    h.backend.gate.set()
+    await s.settle()
+    assert len(h.backend.calls) == 1
+    assert h.of(ReceiptWritten) == []
+    assert s.in_flight() == frozenset()
+    assert list(s.jobs) == [JobKey("b", "fast")]
+    assert s.storage_problem is not None and s.storage_problem.startswith("2 jobs cannot write")
+
+    faults.failing = set()
+    s.apply([spec_a, spec_b], "with a again")
+    h.clock.advance(RETRY)
+    await s.run_once()
+
+    assert len(h.backend.calls) == 1, "a job added again anchored again instead of using its attestation"
+    assert "b/fast" in [str(e.job) for e in h.of(ReceiptWritten)]
+    assert s.in_flight() == frozenset()
