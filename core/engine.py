@@ -55,7 +55,7 @@ from core.flight import Flight
 from core.jobs import JobKey, JobSpec, safe_name
 from core.observe.logs import Log
 from core.receipts import Receipt, build_receipt
-from core.sources import Batch, latest_batch, prefetch
+from core.sources import Batch, SourceError, latest_batch, prefetch
 from core.state import Intent, JobState, Row
 from core.status import JobStatus, job_status
 from core.store import Claims, JournalRepo, ReceiptRepo, StateRepo, Superseded, Written
@@ -65,6 +65,8 @@ _T = TypeVar("_T")
 BackendFor = Callable[[str], Backend]
 WRITE_CHUNK = 128  # receipts per writer call: the loop runs between chunks of a big pass
 PASS_SLICE = 500  # due jobs looked at between two turns of the loop in a scheduling pass
+BATCH_READ_WAIT = 1.0  # seconds a pass waits for its batch folders to be read
+BATCH_READ_STALL = 10.0  # seconds a folder may not answer before its jobs fail for it
 # A job in flight longer than STUCK_TIMEOUTS x its backend's time limit is stuck.
 STUCK_TIMEOUTS = 4
 STUCK_MIN_SECONDS = 60.0
@@ -186,6 +188,8 @@ class Scheduler:
         self._seq = itertools.count()
         self._flight = Flight()  # the one way in and out of flight (core/flight.py)
         self._forced: set[JobKey] = set()
+        self._prefetched: set[str] | None = None  # the batch folders read before this pass
+        self._unanswered: dict[str, float] = {}  # of those, the ones that did not answer
         self._tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
         self._stopping = False
@@ -453,9 +457,11 @@ class Scheduler:
             for k in dict.fromkeys(keys)
             if k not in self._held and k not in self._disabled
         ]
-        if folders:
-            await asyncio.to_thread(prefetch, folders)
+        self._prefetched = {str(folder) for folder in folders}
+        if folders:  # waits BATCH_READ_WAIT at most: a folder that does not answer is left
+            self._unanswered = await asyncio.to_thread(prefetch, folders, BATCH_READ_WAIT)
         else:
+            self._unanswered = {}
             prefetch(())  # no I/O: only ends the previous pass's hand-off
 
     def run_due(self) -> int:
@@ -517,6 +523,7 @@ class Scheduler:
             task = asyncio.get_running_loop().create_task(self._anchor_group(target, items))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+        self._prefetched = None  # used by this pass
         self.last_tick = now
         self.bus.publish(TickCompleted(at=now, duration=self.clock.now() - started_at, due=len(due)))
         return len(due)
@@ -530,6 +537,8 @@ class Scheduler:
             return
         if key in self._disabled:
             return  # its target is refused (set by _install / apply): not a failure
+        if self._read_batch is latest_batch and self._unread(spec, now, forced=forced):
+            return
         try:
             batch = self._read_batch(spec.source)
         except Exception as exc:
@@ -543,6 +552,34 @@ class Scheduler:
             self._schedule(key, now + spec.every)
             return
         into.append(_Due(spec, batch, forced))
+
+    def _unread(self, spec: JobSpec, now: float, *, forced: bool) -> bool:
+        """Whether the job's batch folder was not read before this pass; if so, it is left
+        for later and never read on the loop (a dead mount would stop everything). Named
+        too late for the pass's read: the next pass reads it first. Named but not answering:
+        looked at again in a second, and failed (backing off, naming the folder) once it
+        has not answered for BATCH_READ_STALL seconds or when an operator forced it."""
+        if self._prefetched is None:
+            return False  # a pass without a read first (run_due): it reads by itself
+        source = str(spec.source)
+        waited = self._unanswered.get(source)
+        if waited is None:
+            if source in self._prefetched:
+                return False
+            if forced:
+                self._forced.add(spec.key)
+            else:
+                self._schedule(spec.key, now)
+            return True
+        if forced or waited >= BATCH_READ_STALL:
+            error = SourceError(
+                f"batch folder {source} has not answered for {waited:.0f} s (a hung mount?); "
+                "the other namespaces go on, this one is tried again as it backs off"
+            )
+            self._fail(spec, error, duration=0.0)
+        else:
+            self._schedule(spec.key, now + min(self.tick, 1.0))
+        return True
 
     # ----- anchoring -------------------------------------------------------------------------
     #
