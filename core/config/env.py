@@ -15,7 +15,7 @@ class EnvVar:
 
     name: str
     setting: str | None  # the config key load_config's environment step sets; None: see meaning
-    kind: str  # how its text is read: a key of _ENV_READERS, or what it names
+    kind: str  # how its text is read: a key of load.py's _ENV_READERS, or what it names
     meaning: str
 
 

@@ -97,7 +97,7 @@ def load_config(
     (``verify`` reads trust bundles and node URLs, never the secrets such variables hold).
 
     ``thorough`` (check-config): also check what only the dashboard reads and open the
-    files the config names (core/config_check.py).
+    files the config names (core/config/check.py).
 
     ``overrides`` holds CLI flags: ``config`` (path), ``data_dir``, ``state_file``, ``tick``,
     ``log_level``, ``log_file``, ``listen``, ``theme``, ``theme_file``, or any dotted
