@@ -365,12 +365,12 @@ _FOLDER_HINT = (
 
 
 # What a reload applies: the jobs (namespaces and the files they come from), the targets,
-# and the batch-file limits; the dashboard reads `tui` itself. Every other setting is read
-# once at start (the data dir, the lock and stores on it, the HTTP address, the engine's
-# tick, concurrency and backoff, the log, CloudEvents), so a reload that changes one says
-# so instead of seeming to apply it.
+# and the batch-file limits. Every other setting is read once at start (the data dir, the
+# lock and stores on it, the HTTP address, the engine's tick, concurrency and backoff, the
+# log, CloudEvents, and the dashboard's `tui` keys, theme and theme file), so a reload that
+# changes one says so instead of seeming to apply it.
 APPLIED_ON_RELOAD = frozenset({
-    "namespaces", "namespaces_file", "anchors_file", "targets", "tui",
+    "namespaces", "namespaces_file", "anchors_file", "targets",
     "scheduler.max_batch_bytes", "scheduler.follow_symlinks",
 })
 

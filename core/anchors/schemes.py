@@ -195,7 +195,7 @@ def _build_rfc3161(
 def _rfc3161_files(settings: Rfc3161Target, target: str) -> list[tuple[str, str]]:
     if settings.trust_bundle is None:
         return []
-    from core.config_check import trust_bundle_problem
+    from core.config.files import trust_bundle_problem
 
     problem = trust_bundle_problem(settings.trust_bundle, target)
     return [("trust_bundle", problem)] if problem else []
@@ -247,7 +247,7 @@ def _wrong_chain_warning(target: str, settings: Eip155Target, entry: str | None)
 def _key_file(settings: Eip155Target, target: str) -> list[tuple[str, str]]:
     if settings.key_file is None:
         return []
-    from core.config_check import key_file_problem
+    from core.config.files import key_file_problem
 
     problem = key_file_problem(settings.key_file)
     return [("key_file", problem)] if problem else []

@@ -82,7 +82,7 @@ def test_every_variable_the_code_reads_is_in_the_table():
     # the scan sees the three ways variables are read: the config's steps, the dashboard, a hook
     assert {"VMSH_ROOT", "VMSH_THEME", "VMSH_TEST_CRASH_AFTER_SEND"} <= set(read)
     missing = {n: w for n, w in read.items() if n not in TABLE_NAMES and n not in NOT_IN_THE_TABLE}
-    assert not missing, f"add these to ENV_TABLE in core/config.py: {missing}"
+    assert not missing, f"add these to ENV_TABLE in core/config/env.py: {missing}"
     assert not TABLE_NAMES & set(NOT_IN_THE_TABLE)
 
 
