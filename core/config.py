@@ -44,14 +44,13 @@ from pydantic import (
 from pydantic import ValidationError as PydanticValidationError
 from pydantic_core import PydanticCustomError
 
-from core.anchors.schemes import SCHEMES, Targets, TargetSettings
-
 # The target schemes' settings models, re-exported: importable from here as before.
-from core.anchors.schemes import BtcTarget as BtcTarget
-from core.anchors.schemes import Eip155Target as Eip155Target
-from core.anchors.schemes import LocalTarget as LocalTarget
-from core.anchors.schemes import Rfc3161Auth as Rfc3161Auth
-from core.anchors.schemes import Rfc3161Target as Rfc3161Target
+from core.anchors.btc import BtcTarget as BtcTarget
+from core.anchors.evm import Eip155Target as Eip155Target
+from core.anchors.local import LocalTarget as LocalTarget
+from core.anchors.rfc3161 import Rfc3161Auth as Rfc3161Auth
+from core.anchors.rfc3161 import Rfc3161Target as Rfc3161Target
+from core.anchors.schemes import SCHEMES, Targets, TargetSettings
 from core.cadence import CADENCES, CadenceError, parse_every
 from core.jobs import JobKey, JobSpec, namespace_name_problem, safe_name
 from core.model_types import Model as _Model

@@ -7,7 +7,7 @@ scheduler or the dashboard at start:
 - ``tui.keys``: every action is one the dashboard has (core.dashboard_settings), every
   key one Textual can bind; ``tui.theme``: a theme that exists; ``tui.theme_file``: a
   theme file that reads and checks.
-- the files a target names, as its scheme's ``file_problems`` says (core/anchors/schemes.py):
+- the files a target names, as its scheme's ``file_problems`` says (core/anchors/<scheme>/scheme.py):
   ``targets.rfc3161.*.trustBundle``: PEM holding at least one certificate;
   ``targets.eip155.*.keyFile``: readable and a valid secp256k1 private key. Its content
   never reaches a message.
@@ -18,7 +18,6 @@ itself (and starts with its defaults), the backends read their files when they n
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from core.config import Config, ConfigIssue, _find, _Pos, format_path
@@ -80,44 +79,3 @@ def _dashboard_issues(config: Config, root: _Pos) -> list[ConfigIssue]:
         if problem:
             issues.append(_issue(root, ("tui", "theme"), problem))
     return issues
-
-
-def trust_bundle_problem(path: Path, target: str) -> str | None:
-    """None if the anchoring backend can use ``path`` as its trust bundle, else why not
-    (in a sentence: no parser's error dump)."""
-    from core.anchors.rfc3161 import load_trust_bundle
-    from core.errors import ValidationError
-
-    try:
-        load_trust_bundle(path, target)
-    except ValidationError as exc:
-        message = str(exc).removeprefix(f"{target}: ").replace("trust_bundle", "trust bundle", 1)
-        if "is not PEM certificates" not in message:
-            return message
-        try:
-            pem = b"-----BEGIN CERTIFICATE-----" in Path(path).read_bytes()
-        except OSError:
-            pem = False
-        if pem:
-            return f"trust bundle {path} holds a certificate that does not parse"
-        return f"trust bundle {path} holds no certificate (expected PEM: -----BEGIN CERTIFICATE-----)"
-    return None
-
-
-def key_file_problem(path: Path) -> str | None:
-    """None if ``path`` holds a usable secp256k1 private key (hex, 0x optional), else why
-    not; the message never quotes the file's content."""
-    try:
-        text = Path(path).read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = getattr(exc, "strerror", None) or "not UTF-8 text"
-        return f"cannot read key file {path}: {reason}"
-    from eth_account import Account
-
-    try:
-        Account.from_key(text)
-    except Exception:  # never chained or quoted: the message could hold the key
-        return f"key file {path} does not hold a valid secp256k1 private key (64 hex digits)"
-    finally:
-        del text
-    return None

@@ -88,4 +88,4 @@ async def test_verify_cannot_check_a_scheme_without_a_proof_and_refuses_an_unkno
         verifiers.verifier("btc:main", tmp_path / "r.json")
     with pytest.raises(ValidationError, match="unknown target scheme 'nope'"):
         verifiers.verifier("nope:x", tmp_path / "r.json")
-    assert SCHEMES["btc"].proof is None
+    assert SCHEMES["btc"].checker is None
