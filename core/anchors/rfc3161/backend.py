@@ -261,14 +261,6 @@ class RFC3161Backend:
         headers.update({"Content-Type": QUERY_TYPE, "Accept": REPLY_TYPE, "User-Agent": USER_AGENT})
         timeout = self.settings.timeout
         where = f"{self.target} ({self.url})"
-
-        def scrub(text: str) -> str:
-            text = redact_urls(text)
-            for secret in secrets_:
-                if secret:
-                    text = text.replace(secret, "***")
-            return text
-
         try:
             async with asyncio.timeout(timeout):  # the whole exchange, not each read
                 async with httpx.AsyncClient(
@@ -280,40 +272,60 @@ class RFC3161Backend:
                     async with client.stream(
                         "POST", self._request_url, content=request, headers=headers
                     ) as response:
-                        status = response.status_code
-                        if status in (401, 403):
-                            raise AuthError(
-                                f"{self.target}: HTTP {status} {response.reason_phrase} "
-                                f"from {self.url}: {sent}"
-                            )
-                        if status >= 500:
-                            raise NetworkError(f"{where}: HTTP {status} {response.reason_phrase}")
-                        if status != 200:
-                            raise ValidationError(
-                                f"{where}: HTTP {status} {response.reason_phrase}; expected 200 "
-                                "with an application/timestamp-reply body"
-                            )
-                        body = bytearray()
-                        async for chunk in response.aiter_bytes():
-                            body += chunk
-                            if len(body) > MAX_REPLY_BYTES:
-                                raise ValidationError(
-                                    f"{where}: the reply exceeds {MAX_REPLY_BYTES} bytes; "
-                                    "expected a TimeStampResp"
-                                )
-                        content_type = response.headers.get("content-type", "")
+                        body, content_type = await self._read_reply(response, where, sent)
         except (AuthError, NetworkError, ValidationError):
             raise
         except TimeoutError:
             raise NetworkError(f"{where}: timed out after {timeout:g}s") from None
-        except httpx.TimeoutException as exc:
-            raise NetworkError(
-                f"{where}: timed out after {timeout:g}s ({type(exc).__name__})"
-            ) from None
-        except httpx.ConnectError as exc:
+        except (httpx.TransportError, httpx.InvalidURL, ssl.SSLError) as exc:
+            raise self._transport_error(exc, where, secrets_) from None
+        if not body:
+            raise ValidationError(f"{where}: empty reply body; expected a TimeStampResp")
+        return body, content_type.split(";")[0].strip()
+
+    async def _read_reply(self, response: httpx.Response, where: str, sent: str) -> tuple[bytes, str]:
+        """The body of a 200 reply (at most MAX_REPLY_BYTES) and its content type; the
+        status as an anchor error kind otherwise."""
+        status = response.status_code
+        if status in (401, 403):
+            raise AuthError(
+                f"{self.target}: HTTP {status} {response.reason_phrase} "
+                f"from {self.url}: {sent}"
+            )
+        if status >= 500:
+            raise NetworkError(f"{where}: HTTP {status} {response.reason_phrase}")
+        if status != 200:
+            raise ValidationError(
+                f"{where}: HTTP {status} {response.reason_phrase}; expected 200 "
+                "with an application/timestamp-reply body"
+            )
+        body = bytearray()
+        async for chunk in response.aiter_bytes():
+            body += chunk
+            if len(body) > MAX_REPLY_BYTES:
+                raise ValidationError(
+                    f"{where}: the reply exceeds {MAX_REPLY_BYTES} bytes; "
+                    "expected a TimeStampResp"
+                )
+        return bytes(body), response.headers.get("content-type", "")
+
+    def _transport_error(self, exc: Exception, where: str, secrets_: list[str]) -> Exception:
+        """A failed exchange as an anchor error kind, scrubbed of every secret."""
+
+        def scrub(text: str) -> str:
+            text = redact_urls(text)
+            for secret in secrets_:
+                if secret:
+                    text = text.replace(secret, "***")
+            return text
+
+        timeout = self.settings.timeout
+        if isinstance(exc, httpx.TimeoutException):
+            return NetworkError(f"{where}: timed out after {timeout:g}s ({type(exc).__name__})")
+        if isinstance(exc, httpx.ConnectError):
             text = scrub(str(exc)) or type(exc).__name__
             if "CERTIFICATE_VERIFY_FAILED" in text or "certificate verify failed" in text:
-                raise ValidationError(
+                return ValidationError(
                     f"{where}: TLS certificate check failed: {text}; expected a server "
                     "certificate trusted by "
                     + (
@@ -321,15 +333,11 @@ class RFC3161Backend:
                         if self.settings.ca_bundle
                         else "the system CA bundle"
                     )
-                ) from None
-            raise NetworkError(f"{where}: cannot connect: {text}") from None
-        except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
-            raise ValidationError(f"{where}: bad url: {scrub(str(exc))}") from None
-        except httpx.TransportError as exc:
+                )
+            return NetworkError(f"{where}: cannot connect: {text}")
+        if isinstance(exc, httpx.UnsupportedProtocol | httpx.InvalidURL):
+            return ValidationError(f"{where}: bad url: {scrub(str(exc))}")
+        if isinstance(exc, httpx.TransportError):
             text = scrub(str(exc)) or type(exc).__name__
-            raise NetworkError(f"{where}: {type(exc).__name__}: {text}") from None
-        except ssl.SSLError as exc:
-            raise ValidationError(f"{where}: TLS error: {scrub(str(exc))}") from None
-        if not body:
-            raise ValidationError(f"{where}: empty reply body; expected a TimeStampResp")
-        return bytes(body), content_type.split(";")[0].strip()
+            return NetworkError(f"{where}: {type(exc).__name__}: {text}")
+        return ValidationError(f"{where}: TLS error: {scrub(str(exc))}")
