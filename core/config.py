@@ -432,7 +432,7 @@ class Config(_Model):
             return found
         spec = SCHEMES[scheme]
         if spec.default_entry is not None:
-            return typing.cast(TargetSettings, spec.settings())
+            return spec.settings()
         raise TargetNotFound(
             f"no settings for target {target_id!r} (add targets.{scheme}.{_seg(name)} "
             f"or targets.{scheme}.default)"

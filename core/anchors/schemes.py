@@ -1,11 +1,12 @@
-"""The target schemes: `SCHEMES[name]` is the `SchemeSpec` (core/anchors/spec.py) a scheme
-package provides. A target id is ``<scheme>:<name>``.
+"""The target schemes, one line each: `SCHEMES[name]` is the `SchemeSpec` (core/anchors/spec.py)
+its package provides. A target id is ``<scheme>:<name>``.
 
 Adding a scheme: its package core/anchors/<scheme>/ (settings.py, scheme.py, backend.py,
-checking.py: see core/anchors/evm/), its entry here (the import, SCHEMES, and the typed
-field of `Targets` with the `TargetSettings` union that mypy reads; a check below says so
-when one is missing), and its rig in tests/contract/test_backend_contract.py
-(docs/architecture.md, "Where things go").
+checking.py: see core/anchors/evm/), its line in `SCHEMES` below (and its name in the
+import), and its rig in tests/contract/test_backend_contract.py (docs/architecture.md,
+"Where things go"). Everything else reads the spec: the config's `targets.<scheme>`
+section (`Targets`, built from the table), the backends, check-config, verify and
+verify --explain.
 
 Light on purpose (pydantic only): core.config imports it; the backends are imported by
 each spec's `build` on first use.
@@ -13,39 +14,52 @@ each spec's `build` on first use.
 
 from __future__ import annotations
 
-from typing import Any, get_args
+from typing import TYPE_CHECKING, Any
 
-from pydantic import Field
+from pydantic import Field, create_model
 
-from core.anchors.btc import BTC, BtcTarget
-from core.anchors.evm import EIP155, Eip155Target
-from core.anchors.local import LOCAL, LocalTarget
-from core.anchors.rfc3161 import RFC3161, Rfc3161Target
+from core.anchors import btc, evm, local, rfc3161
 from core.anchors.spec import SchemeSpec
 from core.model_types import Model
 
-SCHEMES: dict[str, SchemeSpec] = {spec.name: spec for spec in (LOCAL, RFC3161, EIP155, BTC)}
 
-TargetSettings = LocalTarget | Rfc3161Target | Eip155Target | BtcTarget
+def _table(*specs: SchemeSpec) -> dict[str, SchemeSpec]:
+    return {spec.name: spec for spec in specs}
 
 
-class Targets(Model):
-    """``targets:`` of the config file, the shape of VaultMesh ``anchors.yaml``: one field
-    per entry of SCHEMES, typed with its settings model (checked below)."""
+SCHEMES: dict[str, SchemeSpec] = _table(
+    local.LOCAL,
+    rfc3161.RFC3161,
+    evm.EIP155,
+    btc.BTC,
+)
 
-    local: dict[str, LocalTarget] = Field(default_factory=dict)
-    rfc3161: dict[str, Rfc3161Target] = Field(default_factory=dict)
-    eip155: dict[str, Eip155Target] = Field(default_factory=dict)
-    btc: dict[str, BtcTarget] = Field(default_factory=dict)
+# The settings of one target: an instance of its scheme's `settings` model (the
+# Rfc3161Target, Eip155Target, ... of the scheme packages).
+TargetSettings = Model
 
+
+class _TargetsBase(Model):
     def of(self, scheme: str) -> dict[str, Any]:
         """The entries of one scheme of SCHEMES (KeyError for another)."""
         entries: dict[str, Any] = getattr(self, SCHEMES[scheme].name)
         return entries
 
+    if TYPE_CHECKING:  # one field per scheme, built below: `targets.<scheme>` is its entries
 
-_fields = {name: get_args(f.annotation)[1] for name, f in Targets.model_fields.items()}
-if _fields != {name: spec.settings for name, spec in SCHEMES.items()}:  # pragma: no cover
-    raise TypeError(f"Targets fields {_fields} do not match SCHEMES {list(SCHEMES)}")
-if set(get_args(TargetSettings)) != set(_fields.values()):  # pragma: no cover
-    raise TypeError(f"TargetSettings {TargetSettings} does not match SCHEMES {list(SCHEMES)}")
+        def __getattr__(self, scheme: str) -> dict[str, Any]: ...
+
+
+if TYPE_CHECKING:
+    Targets = _TargetsBase
+else:
+    # ``targets:`` of the config file, the shape of VaultMesh ``anchors.yaml``: one field per
+    # entry of SCHEMES, a dict of entry name -> the scheme's settings model.
+    Targets = create_model(
+        "Targets",
+        __base__=_TargetsBase,
+        **{
+            name: (dict[str, spec.settings], Field(default_factory=dict))
+            for name, spec in SCHEMES.items()
+        },
+    )
