@@ -5,7 +5,7 @@ Two modes:
 - without `contract`: a zero-value transaction from the signer to itself whose calldata
   is exactly the 32-byte anchored digest (any explorer shows it as the tx input);
 - with `contract`: a call of the VaultMesh anchor contract
-  `anchor(bytes32 root, bytes32 batchId, string memo, bool persist)`, ABI-encoded here.
+  `anchor(bytes32 root, bytes32 batchId, string memo, bool persist)`, ABI-encoded in abi.py.
   `root` and `batchId` are both the anchored digest: the backend is called once per
   group of jobs, and the digest (the batch root for a group of one, else the RFC 6962
   tree hash over the group's roots) is what identifies that group; the per-namespace
