@@ -59,11 +59,11 @@ from core.anchors.tsp import (
     token_attestation,
     verify_response,
 )
+from core.errors import AuthError, NetworkError, ValidationError
+from core.text import redact_urls, url_origin
 
 if TYPE_CHECKING:
     from core.clock import Clock
-from core.errors import AuthError, NetworkError, ValidationError
-from core.text import redact_urls, url_origin
 
 __all__ = ["MAX_REPLY_BYTES", "RFC3161Backend"]
 
