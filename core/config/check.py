@@ -7,8 +7,8 @@ scheduler or the dashboard at start:
 - ``tui.keys``: every action is one the dashboard has (core.dashboard_settings), every
   key one Textual can bind; ``tui.theme``: a theme that exists; ``tui.theme_file``: a
   theme file that reads and checks.
-- the files a target names, as its scheme's ``file_problems`` says (core/anchors/schemes.py;
-  the checks themselves are in core/config/files.py):
+- the files a target names, as its scheme's ``file_problems`` says (core/anchors/<scheme>/scheme.py;
+  the checks themselves are in each scheme package's checking.py):
   ``targets.rfc3161.*.trustBundle``: PEM holding at least one certificate;
   ``targets.eip155.*.keyFile``: readable and a valid secp256k1 private key. Its content
   never reaches a message.

@@ -24,14 +24,13 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from core.anchors.schemes import SCHEMES, Targets, TargetSettings
-
 # The target schemes' settings models, re-exported: importable from here as before.
-from core.anchors.schemes import BtcTarget as BtcTarget
-from core.anchors.schemes import Eip155Target as Eip155Target
-from core.anchors.schemes import LocalTarget as LocalTarget
-from core.anchors.schemes import Rfc3161Auth as Rfc3161Auth
-from core.anchors.schemes import Rfc3161Target as Rfc3161Target
+from core.anchors.btc import BtcTarget as BtcTarget
+from core.anchors.evm import Eip155Target as Eip155Target
+from core.anchors.local import LocalTarget as LocalTarget
+from core.anchors.rfc3161 import Rfc3161Auth as Rfc3161Auth
+from core.anchors.rfc3161 import Rfc3161Target as Rfc3161Target
+from core.anchors.schemes import SCHEMES, Targets, TargetSettings
 from core.cadence import CADENCES, CadenceError, parse_every
 from core.config.errors import TargetNotFound
 from core.config.positions import format_segment
@@ -305,7 +304,7 @@ class Config(_Model):
             return found
         spec = SCHEMES[scheme]
         if spec.default_entry is not None:
-            return typing.cast(TargetSettings, spec.settings())
+            return spec.settings()
         raise TargetNotFound(
             f"no settings for target {target_id!r} (add targets.{scheme}.{format_segment(name)} "
             f"or targets.{scheme}.default)"

@@ -33,7 +33,8 @@ from typing import Any
 import pytest
 
 from core.anchors.base import Attestation, Backend, VerificationFailed
-from core.anchors.schemes import SCHEMES, SchemeSpec
+from core.anchors.schemes import SCHEMES
+from core.anchors.spec import SchemeSpec
 from core.clock import FakeClock
 from core.errors import ValidationError
 from core.verify import ReadOnlyVerifiers

@@ -24,10 +24,11 @@ import pytest
 from eth_account import Account
 
 from core.anchors.base import VerificationFailed
-from core.anchors.evm import MEMO, EVMBackend, decode_anchor_call
+from core.anchors.evm import Eip155Target
+from core.anchors.evm.abi import MEMO, decode_anchor_call
+from core.anchors.evm.backend import EVMBackend
 from core.backoff import BackoffPolicy
 from core.clock import FakeClock
-from core.config import Eip155Target
 from core.confirmations import ConfirmationTracker
 from core.engine import Scheduler
 from core.errors import ErrorKind, NetworkError, ValidationError
@@ -600,7 +601,7 @@ def test_the_hand_made_abi_encoding_matches_eth_abi():
         expected = keccak(text="anchor(bytes32,bytes32,string,bool)")[:4] + encode(
             ["bytes32", "bytes32", "string", "bool"], [root_, batch, memo, persist]
         )
-        from core.anchors.evm import encode_anchor_call
+        from core.anchors.evm.abi import encode_anchor_call
 
         assert encode_anchor_call(root_, batch, memo, persist) == expected
         assert decode_anchor_call(expected) == (root_, batch, memo, persist)

@@ -24,11 +24,11 @@ import pytest
 
 from core.anchors.base import VerificationFailed
 from core.anchors.registry import Backends
-from core.anchors.rfc3161 import RFC3161Backend
+from core.anchors.rfc3161 import Rfc3161Target
+from core.anchors.rfc3161.backend import RFC3161Backend
 from core.anchors.schemes import SCHEMES
 from core.backoff import BackoffPolicy
 from core.clock import FakeClock
-from core.config import Rfc3161Target
 from core.engine import Scheduler
 from core.errors import AuthError, NetworkError, ValidationError
 from core.events import AnchorFailed, AnchorStarted, EventBus, ReceiptWritten

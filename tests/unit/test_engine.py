@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from core.anchors.local import LocalTSA
+from core.anchors.local.backend import LocalTSA
 from core.backoff import PHI, BackoffPolicy
 from core.clock import FakeClock
 from core.errors import AuthError, NetworkError, ValidationError

@@ -17,10 +17,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from core.anchors import local as local_mod
 from core.anchors import tsp
 from core.anchors.base import Attestation, VerificationFailed
-from core.anchors.local import LOCAL_POLICY_OID, SUBJECT_CN, LocalTSA
+from core.anchors.local import backend as local_mod
+from core.anchors.local.backend import LOCAL_POLICY_OID, SUBJECT_CN, LocalTSA
 from core.anchors.schemes import SCHEMES
 from core.clock import FakeClock, iso_utc
 from core.errors import ValidationError

@@ -407,7 +407,7 @@ async def test_the_engine_reads_due_batch_files_off_the_event_loop(tmp_path: Pat
     import random
     import threading
 
-    from core.anchors.local import LocalTSA
+    from core.anchors.local.backend import LocalTSA
     from core.backoff import BackoffPolicy
     from core.clock import FakeClock
     from core.engine import Scheduler

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from core import sources
-from core.anchors.local import LocalTSA
+from core.anchors.local.backend import LocalTSA
 from core.backoff import BackoffPolicy
 from core.cli import main
 from core.clock import FakeClock

@@ -24,12 +24,12 @@ from threading import Thread
 
 import pytest
 
-from core.anchors.evm import ANCHOR_SELECTOR
+from core.anchors.evm.abi import ANCHOR_SELECTOR
 from core.anchors.registry import Backends
+from core.anchors.rfc3161 import Rfc3161Target
 from core.backoff import BackoffPolicy
 from core.cli import main
 from core.clock import FakeClock
-from core.config import Rfc3161Target
 from core.engine import Scheduler
 from core.events import EventBus
 from core.jobs import JobKey, JobSpec, safe_name

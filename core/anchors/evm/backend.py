@@ -5,7 +5,7 @@ Two modes:
 - without `contract`: a zero-value transaction from the signer to itself whose calldata
   is exactly the 32-byte anchored digest (any explorer shows it as the tx input);
 - with `contract`: a call of the VaultMesh anchor contract
-  `anchor(bytes32 root, bytes32 batchId, string memo, bool persist)`, ABI-encoded here.
+  `anchor(bytes32 root, bytes32 batchId, string memo, bool persist)`, ABI-encoded in abi.py.
   `root` and `batchId` are both the anchored digest: the backend is called once per
   group of jobs, and the digest (the batch root for a group of one, else the RFC 6962
   tree hash over the group's roots) is what identifies that group; the per-namespace
@@ -68,11 +68,10 @@ import weakref
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 import httpx
 from eth_account import Account
-from eth_utils import keccak, to_checksum_address
+from eth_utils import to_checksum_address
 
 from core.anchors.base import (
     Attestation,
@@ -82,20 +81,20 @@ from core.anchors.base import (
     SignerRecord,
     VerificationFailed,
 )
+from core.anchors.evm.abi import MEMO, encode_anchor_call
+from core.anchors.evm.proof import check_transaction
+from core.anchors.evm.rpc import Node, RpcError, qty, to_hex
+from core.anchors.evm.settings import Eip155Target
 from core.errors import AuthError, NetworkError, ValidationError
 from core.fsutil import atomic_write_json
 
 if TYPE_CHECKING:
     from eth_account.signers.local import LocalAccount
 
-    from core.anchors.schemes import Eip155Target
     from core.clock import Clock
 
-__all__ = ["EVMBackend", "MEMO", "ANCHOR_SIGNATURE", "encode_anchor_call", "decode_anchor_call"]
+__all__ = ["CRASH_HOOK", "EVMBackend"]
 
-MEMO = "vaultmesh-scheduler"
-ANCHOR_SIGNATURE = "anchor(bytes32,bytes32,string,bool)"
-ANCHOR_SELECTOR = keccak(text=ANCHOR_SIGNATURE)[:4]
 GWEI = 10**9
 DEFAULT_TIP = 1 * GWEI  # when the node has no eth_maxPriorityFeePerGas
 GAS_MARGIN = 1.2
@@ -108,85 +107,10 @@ _sender_locks: weakref.WeakKeyDictionary[
 ] = weakref.WeakKeyDictionary()
 
 
-# --------------------------------------------------------------------------- ABI
-
-
-def _word(n: int) -> bytes:
-    return n.to_bytes(32, "big")
-
-
-def encode_anchor_call(root: bytes, batch_id: bytes, memo: str, persist: bool) -> bytes:
-    """Calldata of anchor(bytes32,bytes32,string,bool): head of 4 words, then the string."""
-    if len(root) != 32 or len(batch_id) != 32:
-        raise ValueError("root and batchId are 32 bytes")
-    text = memo.encode()
-    padded = text + b"\x00" * (-len(text) % 32)
-    return (
-        ANCHOR_SELECTOR
-        + root
-        + batch_id
-        + _word(4 * 32)  # offset of the string's tail from the start of the arguments
-        + _word(1 if persist else 0)
-        + _word(len(text))
-        + padded
-    )
-
-
-def decode_anchor_call(data: bytes) -> tuple[bytes, bytes, str, bool]:
-    """The arguments of an anchor(...) call; ValueError if `data` is not one."""
-    if data[:4] != ANCHOR_SELECTOR:
-        raise ValueError("not a call of " + ANCHOR_SIGNATURE)
-    args = data[4:]
-    if len(args) < 5 * 32:
-        raise ValueError("anchor(...) calldata is too short")
-    root, batch_id = args[0:32], args[32:64]
-    offset = int.from_bytes(args[64:96], "big")
-    persist = int.from_bytes(args[96:128], "big")
-    if persist > 1 or offset + 32 > len(args):
-        raise ValueError("malformed anchor(...) calldata")
-    length = int.from_bytes(args[offset : offset + 32], "big")
-    if offset + 32 + length > len(args):
-        raise ValueError("malformed anchor(...) calldata: string out of bounds")
-    memo = args[offset + 32 : offset + 32 + length].decode("utf-8", "replace")
-    return root, batch_id, memo, bool(persist)
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-def _hex(data: bytes) -> str:
-    return "0x" + data.hex()
-
-
-def _unhex(text: str) -> bytes:
-    return bytes.fromhex(text.removeprefix("0x"))
-
-
-def _qty(value: Any) -> int:
-    return int(value, 16) if isinstance(value, str) else int(value)
-
-
-def _host(url: str) -> str:
-    """Only the host:port of an RPC URL: its path or query may hold an API key."""
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname or "?"
-        return f"{host}:{parts.port}" if parts.port else host
-    except ValueError:
-        return "?"
 
 
 class _TxFailed(ValidationError):
     """The transaction was mined but reverted (status 0): it anchored nothing."""
-
-
-class _RpcError(Exception):
-    """A JSON-RPC error object from the node (code, message)."""
-
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 class _Outstanding:
@@ -247,14 +171,12 @@ class EVMBackend:
         self.contract = to_checksum_address(settings.contract) if settings.contract else None
         self.receipt_timeout = receipt_timeout
         self.poll_interval = poll_interval
-        self._where = _host(settings.rpc_url)
-        self._client = httpx.AsyncClient(timeout=rpc_timeout, transport=transport)
         self._account: LocalAccount | None = None  # loaded on first send; holds the key, never printed
-        self._ids = 0
+        self._node = Node(target, settings.rpc_url, timeout=rpc_timeout, transport=transport, sender=self._from_text)
         self.shared = shared
 
     def __repr__(self) -> str:
-        return f"EVMBackend({self.target!r}, rpc={self._where!r})"
+        return f"EVMBackend({self.target!r}, rpc={self._node.where!r})"
 
     # ----- key -----------------------------------------------------------------------------
 
@@ -297,96 +219,27 @@ class EVMBackend:
     def address(self) -> str:
         return self.account.address
 
-    # ----- JSON-RPC -------------------------------------------------------------------------
-
-    async def _rpc(self, method: str, *params: Any) -> Any:
-        self._ids += 1
-        body = {"jsonrpc": "2.0", "id": self._ids, "method": method, "params": list(params)}
-        try:
-            response = await self._client.post(self.settings.rpc_url, json=body)
-        except httpx.TimeoutException:
-            raise NetworkError(
-                f"{self.target}: node at {self._where} timed out ({method})"
-            ) from None
-        except httpx.TransportError as exc:
-            raise NetworkError(
-                f"{self.target}: node at {self._where} unreachable ({method}): {type(exc).__name__}"
-            ) from None
-        if response.status_code in (401, 403):
-            raise AuthError(
-                f"{self.target}: node at {self._where} refused us: HTTP {response.status_code}"
-            )
-        if response.status_code == 429 or response.status_code >= 500:
-            raise NetworkError(
-                f"{self.target}: node at {self._where} answered HTTP {response.status_code}"
-            )
-        try:
-            reply = response.json()
-        except ValueError:
-            raise NetworkError(
-                f"{self.target}: node at {self._where} sent a non-JSON reply (HTTP {response.status_code})"
-            ) from None
-        if not isinstance(reply, dict):
-            raise NetworkError(
-                f"{self.target}: node at {self._where} sent a malformed JSON-RPC reply"
-            )
-        error = reply.get("error")
-        if error is not None:
-            code = error.get("code", 0) if isinstance(error, dict) else 0
-            message = str(error.get("message", error) if isinstance(error, dict) else error)
-            raise _RpcError(int(code) if isinstance(code, int) else 0, message[:300])
-        return reply.get("result")
-
-    async def _call(self, method: str, *params: Any) -> Any:
-        """_rpc with node errors turned into anchor error kinds."""
-        try:
-            return await self._rpc(method, *params)
-        except _RpcError as exc:
-            raise self._classify_rpc(method, exc) from None
-
-    def _classify_rpc(self, method: str, exc: _RpcError) -> Exception:
-        """A node's refusal: our transaction or call is wrong (validation), unless the node
-        itself is in trouble (an internal error: network, retried with backoff)."""
-        text = exc.message.lower()
-        if "insufficient funds" in text:
-            return ValidationError(
-                f"{self.target}: insufficient funds in {self._from_text()}: {exc.message}"
-            )
-        if exc.code == -32603 and not any(
-            w in text for w in ("revert", "nonce", "gas", "fee", "invalid")
-        ):
-            return NetworkError(f"{self.target}: {method} failed on the node: {exc.message}")
-        return ValidationError(f"{self.target}: {method} refused: {exc.message}")
-
     def _from_text(self) -> str:
         return self._account.address if self._account is not None else "the signing account"
-
-    async def _check_chain(self) -> None:
-        node = _qty(await self._call("eth_chainId"))
-        if node != self.chain_id:
-            raise ValidationError(
-                f"{self.target}: the node at {self._where} serves chain id {node}, not {self.chain_id}; "
-                "refusing to anchor to the wrong chain"
-            )
 
     # ----- fees, gas, nonce ---------------------------------------------------------------
 
     async def _fees(self) -> dict[str, int]:
         cap = int(self.settings.max_fee_gwei * GWEI) if self.settings.max_fee_gwei else None
-        block = await self._call("eth_getBlockByNumber", "latest", False)
+        block = await self._node.call("eth_getBlockByNumber", "latest", False)
         base = block.get("baseFeePerGas") if isinstance(block, dict) else None
         if base is None:
-            price = _qty(await self._call("eth_gasPrice"))
+            price = qty(await self._node.call("eth_gasPrice"))
             if cap is not None and price > cap:
                 raise ValidationError(
                     f"{self.target}: gas price {price / GWEI:.3f} gwei is above max_fee_gwei "
                     f"{self.settings.max_fee_gwei}; not sending"
                 )
             return {"gasPrice": price}
-        base_fee = _qty(base)
+        base_fee = qty(base)
         try:
-            tip = _qty(await self._rpc("eth_maxPriorityFeePerGas"))
-        except _RpcError:
+            tip = qty(await self._node.rpc("eth_maxPriorityFeePerGas"))
+        except RpcError:
             tip = DEFAULT_TIP
         max_fee = 2 * base_fee + tip
         if cap is not None:
@@ -409,8 +262,8 @@ class EVMBackend:
     async def _gas(self, to: str, data: bytes) -> int:
         if self.settings.gas_limit:
             return int(self.settings.gas_limit)
-        call = {"from": self.address, "to": to, "value": "0x0", "data": _hex(data)}
-        estimate = _qty(await self._call("eth_estimateGas", call))
+        call = {"from": self.address, "to": to, "value": "0x0", "data": to_hex(data)}
+        estimate = qty(await self._node.call("eth_estimateGas", call))
         return int(estimate * GAS_MARGIN)
 
     @property
@@ -452,52 +305,52 @@ class EVMBackend:
                 "rfc3161 and local targets only)"
             )
         account = self.account  # key problems surface before any network call
-        await self._check_chain()
+        await self._node.check_chain(self.chain_id)
         store = self._store()
+        earlier = await self._earlier(digest, note, store)
+        if earlier is not None:
+            return earlier
+        facts = await self._sign_and_send(digest, note, account, store)
+        try:
+            attestation = await self._resume(facts, wait=True)
+        except _TxFailed:
+            await self._forget(digest)
+            raise
+        if attestation is None:  # pragma: no cover - only if another tx took our nonce
+            await self._forget(digest)
+            raise NetworkError(
+                f"{self.target}: transaction {facts['tx_hash']} was replaced before it was mined"
+            )
+        await self._forget(digest)
+        return attestation
+
+    async def _earlier(self, digest: bytes, note: JournalNote, store: SignerRecord) -> Attestation | None:
+        """A previous attempt for this digest sent a transaction that was not mined in time:
+        wait for that one (or rebroadcast it), never pay twice for one digest. None: there
+        was none, or its nonce went to another transaction (sign anew)."""
         async with self._lock():
             earlier = store.load()["outstanding"].get(digest.hex())
-        if earlier is not None:
-            # A previous attempt for this digest sent a transaction that was not mined in
-            # time: wait for that one (or rebroadcast it), never pay twice for one digest.
-            await _maybe_await(note(dict(earlier)))
-            try:
-                attestation = await self._resume(earlier, wait=True)
-            except _TxFailed:
-                await self._forget(digest)
-                raise
-            if attestation is not None:
-                await self._forget(digest)
-                return attestation
-            await self._forget(digest)  # its nonce went to another transaction: sign anew
+        if earlier is None:
+            return None
+        await _maybe_await(note(dict(earlier)))
+        try:
+            attestation = await self._resume(earlier, wait=True)
+        except _TxFailed:
+            await self._forget(digest)
+            raise
+        await self._forget(digest)
+        return attestation
+
+    async def _sign_and_send(
+        self, digest: bytes, note: JournalNote, account: LocalAccount, store: SignerRecord
+    ) -> dict[str, Any]:
+        """Sign the transaction, journal its facts, send it and record it as sent: the facts
+        (tx_hash, raw_tx, nonce, from)."""
         async with self._lock():
-            fees = await self._fees()
-            to, data = self._tx_fields(digest)
-            gas = await self._gas(to, data)
-            price = fees.get("maxFeePerGas", fees.get("gasPrice", 0))
-            balance = _qty(await self._call("eth_getBalance", account.address, "latest"))
-            if balance < gas * price:
-                raise ValidationError(
-                    f"{self.target}: insufficient funds in {account.address}: balance "
-                    f"{balance} wei, a transaction may cost up to {gas * price} wei "
-                    f"({gas} gas at {price / GWEI:.3f} gwei)"
-                )
-            doc = store.load()
-            nonce = await self._next_nonce(doc)
-            tx: dict[str, Any] = {
-                "chainId": self.chain_id,
-                "nonce": nonce,
-                "to": to,
-                "value": 0,
-                "gas": gas,
-                "data": data,
-                **fees,
-            }
-            if "maxFeePerGas" in fees:
-                tx["type"] = 2
-            signed = account.sign_transaction(tx)
+            signed, nonce = await self._sign(digest, account, store)
             facts: dict[str, Any] = {
-                "tx_hash": _hex(bytes(signed.hash)),
-                "raw_tx": _hex(bytes(signed.raw_transaction)),
+                "tx_hash": to_hex(bytes(signed.hash)),
+                "raw_tx": to_hex(bytes(signed.raw_transaction)),
                 "nonce": nonce,
                 "from": account.address,
             }
@@ -513,18 +366,35 @@ class EVMBackend:
             if os.environ.get(CRASH_HOOK) == "1":
                 os._exit(137)  # test hook (module docstring): die between send and receipt
             self._remember(store, digest, facts)
-        try:
-            attestation = await self._resume(facts, wait=True)
-        except _TxFailed:
-            await self._forget(digest)
-            raise
-        if attestation is None:  # pragma: no cover - only if another tx took our nonce
-            await self._forget(digest)
-            raise NetworkError(
-                f"{self.target}: transaction {facts['tx_hash']} was replaced before it was mined"
+        return facts
+
+    async def _sign(self, digest: bytes, account: LocalAccount, store: SignerRecord) -> tuple[Any, int]:
+        """The signed transaction (fees, gas, a balance that covers them, the next nonce)
+        and its nonce; under the sender's lock."""
+        fees = await self._fees()
+        to, data = self._tx_fields(digest)
+        gas = await self._gas(to, data)
+        price = fees.get("maxFeePerGas", fees.get("gasPrice", 0))
+        balance = qty(await self._node.call("eth_getBalance", account.address, "latest"))
+        if balance < gas * price:
+            raise ValidationError(
+                f"{self.target}: insufficient funds in {account.address}: balance "
+                f"{balance} wei, a transaction may cost up to {gas * price} wei "
+                f"({gas} gas at {price / GWEI:.3f} gwei)"
             )
-        await self._forget(digest)
-        return attestation
+        nonce = await self._next_nonce(store.load())
+        tx: dict[str, Any] = {
+            "chainId": self.chain_id,
+            "nonce": nonce,
+            "to": to,
+            "value": 0,
+            "gas": gas,
+            "data": data,
+            **fees,
+        }
+        if "maxFeePerGas" in fees:
+            tx["type"] = 2
+        return account.sign_transaction(tx), nonce
 
     async def _next_nonce(self, doc: dict[str, Any]) -> int:
         """The node's pending nonce, moved past our own transactions that the node still has.
@@ -537,27 +407,27 @@ class EVMBackend:
         our record reuses exactly the dropped nonce. Entries below the mined count go.
         """
         sent: dict[str, str] = doc["sent"]
-        mined = _qty(await self._call("eth_getTransactionCount", self.address, "latest"))
+        mined = qty(await self._node.call("eth_getTransactionCount", self.address, "latest"))
         for n in [n for n in sent if int(n) < mined]:
             del sent[n]
         nonce = max(
-            mined, _qty(await self._call("eth_getTransactionCount", self.address, "pending"))
+            mined, qty(await self._node.call("eth_getTransactionCount", self.address, "pending"))
         )
         while (
             str(nonce) in sent
-            and await self._call("eth_getTransactionByHash", sent[str(nonce)]) is not None
+            and await self._node.call("eth_getTransactionByHash", sent[str(nonce)]) is not None
         ):
             nonce += 1
         return nonce
 
     async def _send(self, raw_tx: str, tx_hash: str) -> None:
         try:
-            await self._rpc("eth_sendRawTransaction", raw_tx)
-        except _RpcError as exc:
+            await self._node.rpc("eth_sendRawTransaction", raw_tx)
+        except RpcError as exc:
             text = exc.message.lower()
             if "already known" in text or "known transaction" in text or "already imported" in text:
                 return  # the node has it: that is what we wanted
-            raise self._classify_rpc("eth_sendRawTransaction", exc) from None
+            raise self._node.classify("eth_sendRawTransaction", exc) from None
 
     @staticmethod
     def _remember(store: SignerRecord, digest: bytes, facts: dict[str, Any]) -> None:
@@ -582,13 +452,13 @@ class EVMBackend:
         deadline = loop.time() + self.receipt_timeout
         rebroadcast = False
         while True:
-            receipt = await self._call("eth_getTransactionReceipt", tx_hash)
+            receipt = await self._node.call("eth_getTransactionReceipt", tx_hash)
             if receipt is not None:
                 return await self._attestation(receipt, facts)
-            known = await self._call("eth_getTransactionByHash", tx_hash)
+            known = await self._node.call("eth_getTransactionByHash", tx_hash)
             if known is None:
-                mined_nonce = _qty(
-                    await self._call("eth_getTransactionCount", facts["from"], "latest")
+                mined_nonce = qty(
+                    await self._node.call("eth_getTransactionCount", facts["from"], "latest")
                 )
                 if mined_nonce > int(facts["nonce"]):
                     return None  # the nonce is spent by another transaction: ours never lands
@@ -604,12 +474,12 @@ class EVMBackend:
             await asyncio.sleep(self.poll_interval)
 
     async def _attestation(self, receipt: dict[str, Any], facts: dict[str, Any]) -> Attestation:
-        if _qty(receipt.get("status", "0x1")) != 1:
+        if qty(receipt.get("status", "0x1")) != 1:
             raise _TxFailed(
                 f"{self.target}: transaction {facts['tx_hash']} was mined but failed (status 0)"
             )
-        block_number = _qty(receipt["blockNumber"])
-        head = _qty(await self._call("eth_blockNumber"))
+        block_number = qty(receipt["blockNumber"])
+        head = qty(await self._node.call("eth_blockNumber"))
         data: dict[str, Any] = {
             "scheme": "eip155",
             "chain_id": self.chain_id,
@@ -639,14 +509,14 @@ class EVMBackend:
     async def confirmations(self, attestation: dict[str, Any]) -> int | None:
         """Depth of the attested transaction now: 0 while pending in the pool, None when the
         node no longer knows it or it sits in another block than attested (a reorg)."""
-        receipt = await self._call("eth_getTransactionReceipt", attestation["tx_hash"])
+        receipt = await self._node.call("eth_getTransactionReceipt", attestation["tx_hash"])
         if receipt is None:
-            known = await self._call("eth_getTransactionByHash", attestation["tx_hash"])
+            known = await self._node.call("eth_getTransactionByHash", attestation["tx_hash"])
             return None if known is None else 0
         if attestation.get("block_hash") and receipt.get("blockHash") != attestation["block_hash"]:
             return None  # reorged into another block: the receipt's block claim is void
-        head = _qty(await self._call("eth_blockNumber"))
-        return max(0, head - _qty(receipt["blockNumber"]) + 1)
+        head = qty(await self._node.call("eth_blockNumber"))
+        return max(0, head - qty(receipt["blockNumber"]) + 1)
 
     async def verify(
         self,
@@ -666,70 +536,17 @@ class EVMBackend:
             raise VerificationFailed(
                 f"{self.target}: the receipt states policy {policy}, but a chain anchor has no policy"
             )
+        need = self.settings.confirmations if required is None else required
         try:
-            await self._verify(attestation, digest, required)
+            await check_transaction(self._node, self.chain_id, attestation, digest, need)
         except (NetworkError, AuthError, ValidationError) as exc:
             raise CannotVerify(
                 f"cannot check on the node: {exc}; pass --rpc-url {self.target}=URL of a node "
                 "of that chain"
             ) from None
 
-    async def _verify(self, att: dict[str, Any], digest: bytes, required: int | None) -> None:
-        if att.get("scheme") != "eip155":
-            raise VerificationFailed(f"scheme is {att.get('scheme')!r}, not 'eip155'")
-        if att.get("chain_id") != self.chain_id:
-            raise VerificationFailed(
-                f"chain_id {att.get('chain_id')!r} is not this target's {self.chain_id}"
-            )
-        await self._check_chain()
-        tx_hash = att.get("tx_hash")
-        if not isinstance(tx_hash, str):
-            raise VerificationFailed("tx_hash is missing")
-        tx = await self._call("eth_getTransactionByHash", tx_hash)
-        receipt = await self._call("eth_getTransactionReceipt", tx_hash)
-        if tx is None or receipt is None:
-            raise VerificationFailed(f"transaction {tx_hash} is not on chain {self.chain_id}")
-        if _qty(receipt.get("status", "0x0")) != 1:
-            raise VerificationFailed(f"transaction {tx_hash} failed (status 0)")
-        if receipt.get("blockHash") != att.get("block_hash") or _qty(
-            receipt["blockNumber"]
-        ) != att.get("block_number"):
-            raise VerificationFailed(
-                f"transaction {tx_hash} is in block {_qty(receipt['blockNumber'])} "
-                f"({receipt.get('blockHash')}), not the attested block {att.get('block_number')} "
-                f"({att.get('block_hash')})"
-            )
-        if att.get("from") and str(tx.get("from", "")).lower() != str(att["from"]).lower():
-            raise VerificationFailed(
-                f"transaction {tx_hash} was sent by {tx.get('from')}, not {att['from']}"
-            )
-        data = _unhex(tx.get("input") or tx.get("data") or "0x")
-        contract = att.get("contract")
-        if contract:
-            if str(tx.get("to", "")).lower() != str(contract).lower():
-                raise VerificationFailed(
-                    f"transaction {tx_hash} calls {tx.get('to')}, not the contract {contract}"
-                )
-            try:
-                root, _, _, _ = decode_anchor_call(data)
-            except ValueError as exc:
-                raise VerificationFailed(f"transaction {tx_hash}: {exc}") from None
-        else:
-            root = data
-        if root != digest:
-            raise VerificationFailed(
-                f"transaction {tx_hash} anchors 0x{root.hex()}, not the anchored root 0x{digest.hex()}"
-            )
-        need = self.settings.confirmations if required is None else required
-        head = _qty(await self._call("eth_blockNumber"))
-        depth = head - _qty(receipt["blockNumber"]) + 1
-        if depth < need:
-            raise VerificationFailed(
-                f"transaction {tx_hash} is {depth} blocks deep, {need} required"
-            )
-
     async def close(self) -> None:
-        await self._client.aclose()
+        await self._node.close()
 
 
 async def _maybe_await(result: Any) -> None:

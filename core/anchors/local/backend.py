@@ -4,7 +4,7 @@ It issues real TimeStampTokens (CMS SignedData over a TSTInfo, signed attributes
 contentType, messageDigest and signingCertificateV2, the certificate embedded) that pass
 our verifier and `openssl ts -verify`, but the key lives next to the scheduler's data: a
 token from it proves nothing to anybody else. It is labelled as a development target
-everywhere (its entry in core/anchors/schemes.py, the certificate's CN, the attestation's
+everywhere (its entry in core/anchors/local/scheme.py, the certificate's CN, the attestation's
 `development`).
 
 Files, shared by every `local:<name>` target of a data dir (one CA file to hand to

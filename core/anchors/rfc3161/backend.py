@@ -42,32 +42,30 @@ import asyncio
 import base64
 import os
 import ssl
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import httpx
-from cryptography import x509
 
-from core.anchors.base import Attestation, JournalNote, VerificationFailed
+from core.anchors.base import Attestation, JournalNote
+from core.anchors.rfc3161.settings import Rfc3161Target
+from core.anchors.tokens import load_trust_bundle, verify_token
 from core.anchors.tsp import (
     build_request,
-    load_certs,
     new_nonce,
     token_attestation,
-    verify_attestation,
     verify_response,
 )
-
-if TYPE_CHECKING:
-    from core.anchors.schemes import Rfc3161Target
-    from core.clock import Clock
 from core.errors import AuthError, NetworkError, ValidationError
 from core.text import redact_urls, url_origin
 
-__all__ = ["MAX_REPLY_BYTES", "RFC3161Backend", "TrustBundle", "load_trust_bundle"]
+if TYPE_CHECKING:
+    from core.clock import Clock
+
+__all__ = ["MAX_REPLY_BYTES", "RFC3161Backend"]
 
 QUERY_TYPE = "application/timestamp-query"
 REPLY_TYPE = "application/timestamp-reply"
@@ -75,93 +73,7 @@ MAX_REPLY_BYTES = 1024 * 1024  # a TimeStampResp with a full chain is a few KiB
 USER_AGENT = "vmsh-scheduler (RFC 3161 client)"
 
 
-class TrustBundle:
-    """The certificates of a target's trust bundle, sorted by role."""
-
-    def __init__(self, certs: list[x509.Certificate], source: str) -> None:
-        self.source = source
-        self.roots: list[x509.Certificate] = []
-        self.intermediates: list[x509.Certificate] = []
-        self.signers: list[x509.Certificate] = []
-        for cert in certs:
-            is_ca = _is_ca(cert)
-            if cert.subject == cert.issuer or is_ca:
-                self.roots.append(cert)
-                if is_ca and cert.subject != cert.issuer:
-                    self.intermediates.append(cert)
-            else:
-                self.signers.append(cert)
-        if not self.roots:
-            raise ValidationError(
-                f"trust bundle {source} holds no CA or self-signed certificate to anchor a chain"
-            )
-
-
-def _is_ca(cert: x509.Certificate) -> bool:
-    try:
-        return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
-    except x509.ExtensionNotFound:
-        return False
-
-
-def load_trust_bundle(path: Path | None, target: str) -> TrustBundle:
-    """Read and sort a PEM trust bundle; ValidationError naming the file on any problem."""
-    if path is None:
-        raise ValidationError(
-            f"{target}: no trust_bundle configured; a time-stamp token cannot be checked "
-            "without the TSA's CA certificates, so nothing is anchored"
-        )
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise ValidationError(
-            f"{target}: cannot read trust_bundle {path}: {exc.strerror or exc}"
-        ) from None
-    try:
-        certs = load_certs(data)
-    except ValueError as exc:
-        raise ValidationError(
-            f"{target}: trust_bundle {path} is not PEM certificates: {exc}"
-        ) from None
-    if not certs:
-        raise ValidationError(f"{target}: trust_bundle {path} holds no certificate")
-    try:
-        return TrustBundle(certs, str(path))
-    except ValidationError as exc:
-        raise ValidationError(f"{target}: {exc}") from None
-
-
-def verify_token(
-    attestation: dict[str, Any],
-    digest: bytes,
-    *,
-    target: str,
-    bundle: Callable[[], TrustBundle],
-    policy: str | None = None,
-) -> None:
-    """Check a time-stamp token against the trust bundle `bundle()` gives (read here, so a
-    bundle that cannot be read fails the same way): VerificationFailed with a sentence
-    naming `target`. Shared by the rfc3161 backend and `verify` (core/verify.py)."""
-    try:
-        certs = bundle()
-        verify_attestation(
-            attestation,
-            digest=digest,
-            policy_oid=policy,
-            trust_roots=certs.roots,
-            signer_certs=certs.signers,
-            intermediates=certs.intermediates,
-        )
-    except ValidationError as exc:
-        text = str(exc)
-        raise VerificationFailed(text if text.startswith(target) else f"{target}: {text}") from None
-    except (ValueError, TypeError, KeyError) as exc:
-        raise VerificationFailed(f"{target}: cannot check the token: {exc}") from None
-
-
 def _settings_model(settings: object) -> Rfc3161Target:
-    from core.anchors.schemes import Rfc3161Target
-
     if isinstance(settings, Rfc3161Target):
         return settings
     if isinstance(settings, Mapping):
@@ -349,14 +261,6 @@ class RFC3161Backend:
         headers.update({"Content-Type": QUERY_TYPE, "Accept": REPLY_TYPE, "User-Agent": USER_AGENT})
         timeout = self.settings.timeout
         where = f"{self.target} ({self.url})"
-
-        def scrub(text: str) -> str:
-            text = redact_urls(text)
-            for secret in secrets_:
-                if secret:
-                    text = text.replace(secret, "***")
-            return text
-
         try:
             async with asyncio.timeout(timeout):  # the whole exchange, not each read
                 async with httpx.AsyncClient(
@@ -368,40 +272,60 @@ class RFC3161Backend:
                     async with client.stream(
                         "POST", self._request_url, content=request, headers=headers
                     ) as response:
-                        status = response.status_code
-                        if status in (401, 403):
-                            raise AuthError(
-                                f"{self.target}: HTTP {status} {response.reason_phrase} "
-                                f"from {self.url}: {sent}"
-                            )
-                        if status >= 500:
-                            raise NetworkError(f"{where}: HTTP {status} {response.reason_phrase}")
-                        if status != 200:
-                            raise ValidationError(
-                                f"{where}: HTTP {status} {response.reason_phrase}; expected 200 "
-                                "with an application/timestamp-reply body"
-                            )
-                        body = bytearray()
-                        async for chunk in response.aiter_bytes():
-                            body += chunk
-                            if len(body) > MAX_REPLY_BYTES:
-                                raise ValidationError(
-                                    f"{where}: the reply exceeds {MAX_REPLY_BYTES} bytes; "
-                                    "expected a TimeStampResp"
-                                )
-                        content_type = response.headers.get("content-type", "")
+                        body, content_type = await self._read_reply(response, where, sent)
         except (AuthError, NetworkError, ValidationError):
             raise
         except TimeoutError:
             raise NetworkError(f"{where}: timed out after {timeout:g}s") from None
-        except httpx.TimeoutException as exc:
-            raise NetworkError(
-                f"{where}: timed out after {timeout:g}s ({type(exc).__name__})"
-            ) from None
-        except httpx.ConnectError as exc:
+        except (httpx.TransportError, httpx.InvalidURL, ssl.SSLError) as exc:
+            raise self._transport_error(exc, where, secrets_) from None
+        if not body:
+            raise ValidationError(f"{where}: empty reply body; expected a TimeStampResp")
+        return body, content_type.split(";")[0].strip()
+
+    async def _read_reply(self, response: httpx.Response, where: str, sent: str) -> tuple[bytes, str]:
+        """The body of a 200 reply (at most MAX_REPLY_BYTES) and its content type; the
+        status as an anchor error kind otherwise."""
+        status = response.status_code
+        if status in (401, 403):
+            raise AuthError(
+                f"{self.target}: HTTP {status} {response.reason_phrase} "
+                f"from {self.url}: {sent}"
+            )
+        if status >= 500:
+            raise NetworkError(f"{where}: HTTP {status} {response.reason_phrase}")
+        if status != 200:
+            raise ValidationError(
+                f"{where}: HTTP {status} {response.reason_phrase}; expected 200 "
+                "with an application/timestamp-reply body"
+            )
+        body = bytearray()
+        async for chunk in response.aiter_bytes():
+            body += chunk
+            if len(body) > MAX_REPLY_BYTES:
+                raise ValidationError(
+                    f"{where}: the reply exceeds {MAX_REPLY_BYTES} bytes; "
+                    "expected a TimeStampResp"
+                )
+        return bytes(body), response.headers.get("content-type", "")
+
+    def _transport_error(self, exc: Exception, where: str, secrets_: list[str]) -> Exception:
+        """A failed exchange as an anchor error kind, scrubbed of every secret."""
+
+        def scrub(text: str) -> str:
+            text = redact_urls(text)
+            for secret in secrets_:
+                if secret:
+                    text = text.replace(secret, "***")
+            return text
+
+        timeout = self.settings.timeout
+        if isinstance(exc, httpx.TimeoutException):
+            return NetworkError(f"{where}: timed out after {timeout:g}s ({type(exc).__name__})")
+        if isinstance(exc, httpx.ConnectError):
             text = scrub(str(exc)) or type(exc).__name__
             if "CERTIFICATE_VERIFY_FAILED" in text or "certificate verify failed" in text:
-                raise ValidationError(
+                return ValidationError(
                     f"{where}: TLS certificate check failed: {text}; expected a server "
                     "certificate trusted by "
                     + (
@@ -409,15 +333,11 @@ class RFC3161Backend:
                         if self.settings.ca_bundle
                         else "the system CA bundle"
                     )
-                ) from None
-            raise NetworkError(f"{where}: cannot connect: {text}") from None
-        except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
-            raise ValidationError(f"{where}: bad url: {scrub(str(exc))}") from None
-        except httpx.TransportError as exc:
+                )
+            return NetworkError(f"{where}: cannot connect: {text}")
+        if isinstance(exc, httpx.UnsupportedProtocol | httpx.InvalidURL):
+            return ValidationError(f"{where}: bad url: {scrub(str(exc))}")
+        if isinstance(exc, httpx.TransportError):
             text = scrub(str(exc)) or type(exc).__name__
-            raise NetworkError(f"{where}: {type(exc).__name__}: {text}") from None
-        except ssl.SSLError as exc:
-            raise ValidationError(f"{where}: TLS error: {scrub(str(exc))}") from None
-        if not body:
-            raise ValidationError(f"{where}: empty reply body; expected a TimeStampResp")
-        return bytes(body), content_type.split(";")[0].strip()
+            return NetworkError(f"{where}: {type(exc).__name__}: {text}")
+        return ValidationError(f"{where}: TLS error: {scrub(str(exc))}")
