@@ -37,8 +37,8 @@ from psycopg.types.json import Jsonb
 from core import __version__
 from core.errors import describe
 from core.events import ConfigApplied, Event, Paused, ReplicasSeen
-from core.pgstore import LIVENESS_LEASES, NOTIFY_CHANNEL, Database
 from core.replicas import ClockReading, ReplicaInfo
+from core.store.postgres.database import LIVENESS_LEASES, NOTIFY_CHANNEL, Database
 
 if TYPE_CHECKING:
     from core.runtime import Runtime

@@ -26,8 +26,11 @@ from core.events import ConfigRejected, EventBus
 from core.migrate import StateImport, StateImportError, import_original_state, state_files
 from core.observe.logs import Log
 from core.observe.watch import off_loop
-from core.state import DataDirLock, LockHeld, NoLock, StateError, StateStore
-from core.store import Store, file_store, is_postgres, postgres_store
+from core.store import Store, is_postgres
+from core.store import open_store as open_store_url
+from core.store.files.lock import DataDirLock, LockHeld, NoLock
+from core.store.files.state import StateStore
+from core.store.protocols import StateError
 
 if TYPE_CHECKING:
     from core.replicas import ClusterView
@@ -37,9 +40,10 @@ Loader = Callable[[], LoadedConfig]
 
 def open_store(cfg: Config, state_file: Path) -> Store:
     """The store `scheduler.store` names (Runtime.open has checked a PostgreSQL one)."""
-    if is_postgres(cfg.scheduler.store):
-        return postgres_store(cfg.scheduler.store, env=os.environ, lease=cfg.scheduler.lease)
-    return file_store(Path(cfg.scheduler.data_dir), state_file)
+    return open_store_url(
+        cfg.scheduler.store, data_dir=cfg.scheduler.data_dir, state_file=state_file, env=os.environ,
+        lease=cfg.scheduler.lease,
+    )
 
 # A hot reload that has not read and validated the files after this long is given up (the
 # old config stays live). The reader's own limits (core.config: size, aliases, nesting)
@@ -167,7 +171,7 @@ class Runtime:
     def _open_clustered(cls, loaded: LoadedConfig, *, loader: Loader | None, clock: Clock | None) -> Runtime:
         """Cluster mode: no data-dir lock (replicas share the database, each job is claimed
         under a lease); the schema is created on a new database, an older one refused."""
-        from core.pgstore import SCHEMA_VERSION
+        from core.store.postgres.database import SCHEMA_VERSION
 
         cfg = loaded.config
         try:

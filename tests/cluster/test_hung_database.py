@@ -19,7 +19,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from core.pgstore import WATCHDOG_GRACE, Database, StoreUnavailable
+from core.store.postgres.database import WATCHDOG_GRACE, Database, StoreUnavailable
 from tests.integration.tsa_servers import OpenSSLTSA
 
 from .cluster_rig import ClusterRig, wait_until
