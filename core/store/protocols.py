@@ -3,8 +3,9 @@ see them: `StateRepo` (job state), `JournalRepo` (intents of backend calls in fl
 `Intent`), `ReceiptRepo`, `Claims` (fenced leases and the commit of an anchor's outcome),
 `Audit`, and `Store`, which holds one of each.
 
-The stores themselves (core/store/files/, core/store/postgres/) implement these; the
-engine never imports them. core/store/__init__.py opens one by its URL.
+The stores themselves (core/store/files/, core/store/postgres/) implement these and import
+this module, never the other way; the engine types against these. core/store/__init__.py
+opens one by its URL.
 """
 
 from __future__ import annotations

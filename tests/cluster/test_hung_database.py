@@ -2,7 +2,7 @@
 
 Nothing fails by itself then: the kernel completes TCP handshakes on the server's port and
 buffers what clients send, and the server cannot enforce its own statement_timeout. Every
-call has a client-side deadline (core/pgdeadline.py), so the store's calls fail with
+call has a client-side deadline (core/store/postgres/deadline.py), so the store's calls fail with
 StoreUnavailable, the heartbeat with them: /readyz 503 and /health degraded within two
 leases, no claim and so no TSA request while it hangs, and everything back once it thaws.
 
