@@ -26,7 +26,7 @@ from core.events import ConfigRejected, EventBus
 from core.migrate import StateImport, StateImportError, import_original_state, state_files
 from core.observe.logs import Log
 from core.observe.watch import off_loop
-from core.store import Store, is_postgres
+from core.store import Store, StoreNotReady, is_shared
 from core.store import open_store as open_store_url
 from core.store.files.lock import DataDirLock, LockHeld, NoLock
 from core.store.files.state import StateStore
@@ -132,7 +132,7 @@ class Runtime:
         traceback. On the first start it imports that state first (core/migrate.py).
         """
         data_dir = Path(loaded.config.scheduler.data_dir)
-        if is_postgres(loaded.config.scheduler.store):
+        if is_shared(loaded.config.scheduler.store):
             return cls._open_clustered(loaded, loader=loader, clock=clock)
         lock = DataDirLock(data_dir)
         try:
@@ -169,32 +169,21 @@ class Runtime:
 
     @classmethod
     def _open_clustered(cls, loaded: LoadedConfig, *, loader: Loader | None, clock: Clock | None) -> Runtime:
-        """Cluster mode: no data-dir lock (replicas share the database, each job is claimed
-        under a lease); the schema is created on a new database, an older one refused."""
-        from core.store.postgres.database import SCHEMA_VERSION
-
+        """Cluster mode: no data-dir lock (replicas share the store, each job is claimed
+        under a lease); the store made ready (a new database's schema created, an older one
+        refused: `Store.make_ready`)."""
         cfg = loaded.config
         try:
             store = open_store(cfg, _state_file(cfg))
         except AnchorError as exc:
             raise CannotStart(str(exc)) from exc
         try:
-            assert store.db is not None
-            version = store.db.schema_version()
-            if version == 0:
-                store.db.migrate()
-            elif version < SCHEMA_VERSION:
-                raise CannotStart(
-                    f"the store {store.display} has schema version {version}, this scheduler needs "
-                    f"{SCHEMA_VERSION}: run `vmsh-scheduler store migrate` first"
-                )
-            elif version > SCHEMA_VERSION:
-                raise CannotStart(
-                    f"the store {store.display} has schema version {version}, newer than this "
-                    f"scheduler's ({SCHEMA_VERSION}): upgrade the scheduler"
-                )
+            store.make_ready()
             Path(cfg.scheduler.data_dir).mkdir(parents=True, exist_ok=True, mode=0o750)
             return cls(loaded, loader=loader, lock=NoLock(Path(cfg.scheduler.data_dir)), clock=clock, store=store)
+        except StoreNotReady as exc:
+            store.close()
+            raise CannotStart(str(exc)) from exc
         except CannotStart:
             store.close()
             raise

@@ -37,6 +37,7 @@ from core.store.protocols import (
     StateError,
     StateRepo,
     Store,
+    StoreNotReady,
     StoreOptions,
     Superseded,
     Written,
@@ -61,6 +62,12 @@ def scheme_of(url: str) -> str:
 
 def is_postgres(url: str) -> bool:
     return scheme_of(url) in ("postgresql", "postgres")
+
+
+def is_shared(url: str) -> bool:
+    """A store several schedulers (replicas) share: every store but the data dir, which
+    one scheduler holds under its lock."""
+    return scheme_of(url) != "file"
 
 
 def open_store(
@@ -92,10 +99,12 @@ __all__ = [
     "StateError",
     "StateRepo",
     "Store",
+    "StoreNotReady",
     "StoreOptions",
     "Superseded",
     "Written",
     "is_postgres",
+    "is_shared",
     "open_store",
     "scheme_of",
 ]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, Self
@@ -33,6 +33,11 @@ Listing = list[tuple[Path, "Receipt | ReceiptError"]]
 
 class StateError(Exception):
     """A state or journal record that cannot be used as it is; the message names where."""
+
+
+class StoreNotReady(Exception):
+    """The store cannot be run on as it is (a database schema older or newer than this
+    scheduler's); the message says what to do."""
 
 
 class Superseded(Exception):
@@ -332,7 +337,9 @@ class StoreOptions:
 class Store:
     """One store's parts, opened by `core.store.open_store(url)`. `shared`: the records the
     backends of several replicas share (None: a store with one scheduler); `db`: the
-    PostgreSQL store's database (schema checks, the cluster's heartbeat), else None."""
+    PostgreSQL store's database (the cluster's heartbeat, `store` commands), else None.
+    `make_ready()`: before a scheduler runs on it (a new database's schema created; raises
+    StoreNotReady when it cannot be used as it is)."""
 
     kind: str  # "file" or "postgresql"
     display: str  # what may be shown: the data dir, or postgresql://host:port/db
@@ -344,6 +351,7 @@ class Store:
     shared: SharedRecords | None = None
     db: Database | None = field(default=None, repr=False)
     replica: str | None = None
+    make_ready: Callable[[], None] = field(default=lambda: None, repr=False)
 
     def close(self) -> None:
         if self.db is not None:

@@ -38,6 +38,7 @@ import socket
 
 from core.store.postgres.database import (
     LIVENESS_LEASES,
+    SCHEMA_VERSION,
     STATEMENT_SECONDS,
     Database,
     store_password,
@@ -46,11 +47,28 @@ from core.store.postgres.journal import PgJournal
 from core.store.postgres.receipts import PgReceiptStore
 from core.store.postgres.records import PgAudit, PgSharedRecords
 from core.store.postgres.state import PgStateStore
-from core.store.protocols import Store, StoreOptions
+from core.store.protocols import Store, StoreNotReady, StoreOptions
 
 
 def new_replica_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}"
+
+
+def make_ready(db: Database) -> None:
+    """The schema created on a new database; an older or newer one refused (StoreNotReady)."""
+    version = db.schema_version()
+    if version == 0:
+        db.migrate()
+    elif version < SCHEMA_VERSION:
+        raise StoreNotReady(
+            f"the store {db.display} has schema version {version}, this scheduler needs "
+            f"{SCHEMA_VERSION}: run `vmsh-scheduler store migrate` first"
+        )
+    elif version > SCHEMA_VERSION:
+        raise StoreNotReady(
+            f"the store {db.display} has schema version {version}, newer than this "
+            f"scheduler's ({SCHEMA_VERSION}): upgrade the scheduler"
+        )
 
 
 def open_postgres_store(url: str, options: StoreOptions) -> Store:
@@ -73,7 +91,8 @@ def open_postgres_store(url: str, options: StoreOptions) -> Store:
         shared=PgSharedRecords(db),
         db=db,
         replica=replica,
+        make_ready=lambda: make_ready(db),
     )
 
 
-__all__ = ["new_replica_id", "open_postgres_store"]
+__all__ = ["make_ready", "new_replica_id", "open_postgres_store"]
