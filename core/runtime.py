@@ -26,11 +26,9 @@ from core.events import ConfigRejected, EventBus
 from core.migrate import StateImport, StateImportError, import_original_state, state_files
 from core.observe.logs import Log
 from core.observe.watch import off_loop
-from core.store import Store, StoreNotReady, is_shared
-from core.store import open_store as open_store_url
+from core.store import StateError, Store, StoreNotReady, is_shared, open_store
 from core.store.files.lock import DataDirLock, LockHeld, NoLock
 from core.store.files.state import StateStore
-from core.store.protocols import StateError
 
 if TYPE_CHECKING:
     from core.replicas import ClusterView
@@ -38,9 +36,9 @@ if TYPE_CHECKING:
 Loader = Callable[[], LoadedConfig]
 
 
-def open_store(cfg: Config, state_file: Path) -> Store:
-    """The store `scheduler.store` names (Runtime.open has checked a PostgreSQL one)."""
-    return open_store_url(
+def _configured_store(cfg: Config, state_file: Path) -> Store:
+    """The store `scheduler.store` names (a shared one is made ready by Runtime.open)."""
+    return open_store(
         cfg.scheduler.store, data_dir=cfg.scheduler.data_dir, state_file=state_file, env=os.environ,
         lease=cfg.scheduler.lease,
     )
@@ -89,7 +87,7 @@ class Runtime:
         self.lock = lock or DataDirLock(self.data_dir)
         state_file = _state_file(cfg)
         self.state_file = state_file
-        self.store = store or open_store(cfg, state_file)
+        self.store = store or _configured_store(cfg, state_file)
         self.receipts = self.store.receipts
         self.cluster: ClusterView | None = None  # cluster mode: set when the run starts (core/services.py)
         sources.configure(cfg.batch_limits())
@@ -174,7 +172,7 @@ class Runtime:
         refused: `Store.make_ready`)."""
         cfg = loaded.config
         try:
-            store = open_store(cfg, _state_file(cfg))
+            store = _configured_store(cfg, _state_file(cfg))
         except AnchorError as exc:
             raise CannotStart(str(exc)) from exc
         try:
