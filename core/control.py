@@ -29,7 +29,7 @@ from core.jobs import JobKey
 from core.receipts import ReceiptError, ReceiptInvalid, ReceiptUncheckable, verify_receipt
 from core.replicas import ClusterView, ReplicaInfo
 from core.status import Counts, count
-from core.store.protocols import Listing
+from core.store import Listing
 from core.text import printable, redact_urls
 
 if TYPE_CHECKING:

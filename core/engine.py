@@ -56,9 +56,8 @@ from core.observe.logs import Log
 from core.receipts import Receipt, build_receipt
 from core.sources import Batch, latest_batch, prefetch
 from core.status import JobStatus, job_status
-from core.store import Claims, JournalRepo, ReceiptRepo, StateRepo, Superseded, Written
+from core.store import Claims, Intent, JournalRepo, ReceiptRepo, StateRepo, Superseded, Written
 from core.store.files.claims import FileClaims
-from core.store.protocols import Intent
 from core.writer import DiskWriter
 
 _T = TypeVar("_T")

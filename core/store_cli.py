@@ -105,12 +105,12 @@ def cmd_store_import(loaded: LoadedConfig, source: Path) -> int:
     that nothing is anchored again at once, and receipts, so that dashboards, export and
     the confirmation tracker have the history. The data dir's scheduler must be stopped,
     with nothing left in its journal."""
+    from core.store import StateError
     from core.store.files.journal import IntentJournal
     from core.store.files.lock import DataDirLock, LockHeld
     from core.store.files.receipts import ReceiptStore
     from core.store.files.state import StateStore
     from core.store.postgres.file_import import import_file_store
-    from core.store.protocols import StateError
 
     if not is_postgres(loaded.config.scheduler.store):
         fail("store import", "scheduler.store is 'file' (set VMSH_STORE to the "

@@ -67,9 +67,8 @@ import pytest
 
 from core.jobs import JobKey, JobState
 from core.receipts import Receipt, build_receipt
-from core.store import Store, Superseded, Written, open_store
+from core.store import Intent, Store, Superseded, Written, open_store
 from core.store.postgres.database import Database
-from core.store.protocols import Intent
 from tests.cluster.postgres import PASSWORD
 
 LEASE = 10.0  # seconds: the stores' lease (open_store), and every claim's below

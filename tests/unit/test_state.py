@@ -15,10 +15,10 @@ import pytest
 from core import fsutil
 from core.fsutil import atomic_create_bytes, atomic_write_bytes, atomic_write_json
 from core.jobs import JobKey, JobState
+from core.store import StateError
 from core.store.files.journal import IntentJournal
 from core.store.files.lock import DataDirLock, LockHeld
 from core.store.files.state import StateStore
-from core.store.protocols import StateError
 
 REPO = Path(__file__).resolve().parents[2]
 ROOT = "sha256:" + "ab" * 32
