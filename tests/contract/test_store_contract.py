@@ -49,15 +49,18 @@ On stores whose commit also writes the state and removes the intent (`closes_int
 Each case fails when its guarantee is broken by hand in the store (a fence check dropped
 from a statement, a commit split in two transactions, an ORDER BY reversed, ...).
 
-Adding a store: one rig in `RIGS` (its URL, and, for a store several schedulers share,
-how a lease runs out, a replica goes and a commit fails in it: `expire`, `registry`,
-`failing_commit`).
+Adding a store: one rig in `RIGS` (its URL, its opener as `core.store.STORES` names it, and,
+for a store several schedulers share, how a lease runs out, a replica goes and a commit
+fails in it: `expire`, `registry`, `failing_commit`);
+`test_every_store_in_the_registry_runs_the_contract` fails until it is there.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -67,10 +70,12 @@ import pytest
 
 from core.jobs import JobKey, JobState
 from core.receipts import Receipt, build_receipt
+from core.store import STORES as STORE_REGISTRY
 from core.store import Intent, Store, Superseded, Written, open_store
 from core.store.postgres.database import Database
 from tests.cluster.postgres import PASSWORD
 
+REPO = Path(__file__).resolve().parents[2]
 LEASE = 10.0  # seconds: the stores' lease (open_store), and every claim's below
 
 T0 = 1_767_225_600.0  # 2026-01-01T00:00:00Z
@@ -171,6 +176,7 @@ class FileRig:
     has none of the helpers for cases on several schedulers."""
 
     kind = "file"
+    opener = "core.store.files:open_file_store"
 
     def url(self, request: pytest.FixtureRequest) -> str:
         return "file"
@@ -192,6 +198,7 @@ class PostgresRig:
     """The PostgreSQL store, on the test's database (tests/cluster/pg_fixtures.py), migrated."""
 
     kind = "postgresql"
+    opener = "core.store.postgres:open_postgres_store"
 
     def url(self, request: pytest.FixtureRequest) -> str:
         url: str = request.getfixturevalue("pg_url")
@@ -336,6 +343,25 @@ def held(by: Store, job: JobKey, probe: Store | None = None) -> None:
 def free(store: Store, job: JobKey) -> None:
     """Assert `job`'s lease was let go: its holder can no longer renew it."""
     assert store.claims.renew([job], LEASE) == 0, f"{job} is still leased to {store.replica or store.kind}"
+
+
+# --------------------------------------------------------------------------- the registry
+
+
+def test_every_store_in_the_registry_runs_the_contract() -> None:
+    assert set(STORE_REGISTRY.values()) == {rig.opener for rig in RIGS.values()}
+
+
+def test_a_file_store_never_imports_the_postgresql_driver(tmp_path: Path) -> None:
+    code = (
+        "import sys\n"
+        "from core.store import open_store\n"
+        f"store = open_store('file', data_dir={str(tmp_path)!r})\n"
+        "store.state.load(); store.receipts.recent(); store.close()\n"
+        "assert store.kind == 'file'\n"
+        "assert not [m for m in sys.modules if m.startswith(('psycopg', 'core.store.postgres'))], sorted(sys.modules)\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
 
 
 # --------------------------------------------------------------------------- state
