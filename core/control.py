@@ -26,15 +26,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from core.events import Event
 from core.jobs import JobKey
-from core.receipts import (
-    Listing,
-    ReceiptError,
-    ReceiptInvalid,
-    ReceiptUncheckable,
-    verify_receipt,
-)
+from core.receipts import ReceiptError, ReceiptInvalid, ReceiptUncheckable, verify_receipt
 from core.replicas import ClusterView, ReplicaInfo
 from core.status import Counts, count
+from core.store import Listing
 from core.text import printable, redact_urls
 
 if TYPE_CHECKING:

@@ -50,15 +50,14 @@ from core.events import (
     TickCompleted,
     TokenDiscarded,
 )
-from core.file_claims import FileClaims
 from core.flight import Flight
-from core.jobs import JobKey, JobSpec, safe_name
+from core.jobs import JobKey, JobSpec, JobState, Row, safe_name
 from core.observe.logs import Log
 from core.receipts import Receipt, build_receipt
 from core.sources import Batch, SourceError, latest_batch, prefetch
-from core.state import Intent, JobState, Row
 from core.status import JobStatus, job_status
-from core.store import Claims, JournalRepo, ReceiptRepo, StateRepo, Superseded, Written
+from core.store import Claims, Intent, JournalRepo, ReceiptRepo, StateRepo, Superseded, Written
+from core.store.files.claims import FileClaims
 from core.writer import DiskWriter
 
 _T = TypeVar("_T")

@@ -40,7 +40,8 @@ from core import wire
 from core.control import Receipts, Snapshot, VerifyOutcome, VerifyResult
 from core.events import Event, LogRecord, ReceiptWritten, TickCompleted
 from core.jobs import JobKey
-from core.receipts import Receipt, ReceiptError, ReceiptInvalid, ReceiptStore, parse_iso_utc
+from core.receipts import Receipt, ReceiptError, ReceiptInvalid, parse_iso_utc
+from core.store.files.receipts import ReceiptStore
 
 if TYPE_CHECKING:
     from core.runtime import ReloadResult

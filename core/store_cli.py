@@ -23,7 +23,7 @@ from core.jobs import safe_name
 from core.store import is_postgres
 
 if TYPE_CHECKING:
-    from core.pgstore import Database
+    from core.store.postgres.database import Database
 
 
 def fail(command: str, message: str) -> None:
@@ -37,7 +37,7 @@ COMMAND_CONNECT_SECONDS = 15.0
 
 
 def _database(loaded: LoadedConfig) -> Database:
-    from core.pgstore import Database, store_password
+    from core.store.postgres.database import Database, store_password
 
     # No deadline on its statements: a migration or an import may take long, and an operator
     # (or the init container's own timeout) is watching; connecting is still bounded.
@@ -48,7 +48,7 @@ def _database(loaded: LoadedConfig) -> Database:
 
 
 def cmd_store_migrate(loaded: LoadedConfig) -> int:
-    from core.pgstore import SCHEMA_VERSION
+    from core.store.postgres.database import SCHEMA_VERSION
 
     store = loaded.config.scheduler.store
     if not is_postgres(store):
@@ -72,7 +72,7 @@ def cmd_store_migrate(loaded: LoadedConfig) -> int:
 
 def cmd_export(loaded: LoadedConfig, out: Path) -> int:
     """Every receipt of the store as a file under `out`; an existing file is never replaced."""
-    from core.pgstore import display_url
+    from core.store.postgres.database import display_url
 
     cfg = loaded.config
     written = skipped = 0
@@ -105,9 +105,12 @@ def cmd_store_import(loaded: LoadedConfig, source: Path) -> int:
     that nothing is anchored again at once, and receipts, so that dashboards, export and
     the confirmation tracker have the history. The data dir's scheduler must be stopped,
     with nothing left in its journal."""
-    from core.pgstore import import_file_store
-    from core.receipts import ReceiptStore
-    from core.state import DataDirLock, IntentJournal, LockHeld, StateError, StateStore
+    from core.store import StateError
+    from core.store.files.journal import IntentJournal
+    from core.store.files.lock import DataDirLock, LockHeld
+    from core.store.files.receipts import ReceiptStore
+    from core.store.files.state import StateStore
+    from core.store.postgres.file_import import import_file_store
 
     if not is_postgres(loaded.config.scheduler.store):
         fail("store import", "scheduler.store is 'file' (set VMSH_STORE to the "
@@ -154,7 +157,7 @@ def _documents(loaded: LoadedConfig) -> Iterator[tuple[str, str, bytes]]:
     """(namespace, file name, bytes) of every receipt in the configured store."""
     cfg = loaded.config
     if is_postgres(cfg.scheduler.store):
-        from core.pgstore import PgReceiptStore
+        from core.store.postgres.receipts import PgReceiptStore
 
         db = _database(loaded)
         try:
@@ -163,7 +166,7 @@ def _documents(loaded: LoadedConfig) -> Iterator[tuple[str, str, bytes]]:
         finally:
             db.close()
         return
-    from core.receipts import ReceiptStore
+    from core.store.files.receipts import ReceiptStore
 
     store = ReceiptStore(Path(cfg.scheduler.data_dir) / "receipts")
     for path in store.all_paths():

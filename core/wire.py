@@ -20,10 +20,9 @@ from typing import Any
 from core import events as ev
 from core.control import FILE_STORE, Snapshot, StoreStatus, VerifyOutcome, VerifyResult
 from core.engine import JobView
-from core.jobs import JobKey, JobSpec
+from core.jobs import JobKey, JobSpec, JobState
 from core.replicas import ReplicaInfo
 from core.runtime import ReloadResult
-from core.state import JobState
 from core.status import Counts, JobStatus
 
 Json = Any  # a value json.dumps accepts

@@ -33,7 +33,7 @@ from core.dashboard_settings import action_problem, key_problem
 from core.lifecycle import running
 from core.runtime import CannotStart, Loader, Runtime
 from core.services import Services
-from core.state import LockHeld
+from core.store.files.lock import LockHeld
 from tui.actions import ACTIONS, MUTATING, bindings, mapped_keys
 from tui.dashboard import DashboardScreen, RunState
 from tui.panes import PANES, TABLE_HELP

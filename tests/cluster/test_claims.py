@@ -9,8 +9,7 @@ from pathlib import Path
 
 import psycopg
 
-from core.jobs import JobKey
-from core.state import JobState
+from core.jobs import JobKey, JobState
 
 from .engines import NAMESPACES, Pair, publish, receipts_by_job, root
 from .postgres import PASSWORD

@@ -20,7 +20,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from core.pgstore import SCHEMA_VERSION, Database
+from core.store.postgres.database import SCHEMA_VERSION, Database
 from tests.integration.ganache import ADDRESSES, KEYS, Ganache
 from tests.integration.tsa_servers import OpenSSLTSA
 

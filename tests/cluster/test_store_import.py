@@ -12,7 +12,7 @@ import psycopg
 from core.clock import FakeClock
 from core.config import load_config
 from core.runtime import Runtime
-from core.state import DataDirLock
+from core.store.files.lock import DataDirLock
 
 from .cluster_rig import BIN
 from .engines import NAMESPACES, Replica, publish, receipts_by_job, write_config

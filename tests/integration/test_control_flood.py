@@ -23,7 +23,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from core.store import FileAudit
+from core.store.files.audit import FileAudit
 from tests.integration.test_control import headless_config, health_url
 from tests.integration.test_headless import BIN, wait_for
 

@@ -40,12 +40,13 @@ from core.receipts import (
     Confirmations,
     Receipt,
     ReceiptInvalid,
-    ReceiptStore,
     load_receipt,
     verify_receipt,
 )
 from core.sources import write_batch
-from core.state import IntentJournal, StateStore
+from core.store.files.journal import IntentJournal
+from core.store.files.receipts import ReceiptStore
+from core.store.files.state import StateStore
 from tests.integration.ganache import ADDRESSES, KEYS, Ganache
 
 BIN = Path(sys.executable).with_name("vmsh-scheduler")

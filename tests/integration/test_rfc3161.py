@@ -33,9 +33,11 @@ from core.engine import Scheduler
 from core.errors import AuthError, NetworkError, ValidationError
 from core.events import AnchorFailed, AnchorStarted, EventBus, ReceiptWritten
 from core.jobs import JobKey, JobSpec, safe_name
-from core.receipts import Receipt, ReceiptInvalid, ReceiptStore, load_receipt, verify_receipt
+from core.receipts import Receipt, ReceiptInvalid, load_receipt, verify_receipt
 from core.sources import write_batch
-from core.state import IntentJournal, StateStore
+from core.store.files.journal import IntentJournal
+from core.store.files.receipts import ReceiptStore
+from core.store.files.state import StateStore
 from core.verify import ReadOnlyVerifiers, verify_files
 from tests.integration.tsa_servers import CertomancerTSA, OpenSSLTSA, free_port, pki
 

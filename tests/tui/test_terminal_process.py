@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from core.sources import write_batch
-from core.state import DataDirLock
+from core.store.files.lock import DataDirLock
 
 from .conftest import config_text, root
 

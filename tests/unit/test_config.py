@@ -770,7 +770,8 @@ def test_a_namespace_name_that_cannot_be_a_folder_is_refused_at_its_line(tmp_pat
 def test_names_that_fit_load_and_write_real_receipts(tmp_path, name):
     """The limit is the real one: a name at it writes a receipt and its pending marker, with
     the longest cadence and a collision suffix, on this machine's file system."""
-    from core.receipts import ReceiptStore, build_receipt
+    from core.receipts import build_receipt
+    from core.store.files.receipts import ReceiptStore
 
     loaded = load(tmp_path, NAMED.format(name='"' + name + '"'))
     assert name in loaded.config.namespaces

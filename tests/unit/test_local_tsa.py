@@ -341,9 +341,11 @@ async def test_a_recovered_anchor_keeps_the_policy_it_was_requested_under(
     from core.engine import Scheduler
     from core.events import EventBus, ReceiptWritten
     from core.jobs import JobKey, JobSpec
-    from core.receipts import ReceiptStore, load_receipt, verify_receipt
+    from core.receipts import load_receipt, verify_receipt
     from core.sources import write_batch
-    from core.state import IntentJournal, StateStore
+    from core.store.files.journal import IntentJournal
+    from core.store.files.receipts import ReceiptStore
+    from core.store.files.state import StateStore
 
     tsa = LocalTSA(tmp_path / "data", "dev", clock, policies=[SERVED])
     seen_in_journal: list[list[dict]] = []

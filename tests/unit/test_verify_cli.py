@@ -33,9 +33,10 @@ from core.clock import FakeClock
 from core.engine import Scheduler
 from core.events import EventBus
 from core.jobs import JobKey, JobSpec, safe_name
-from core.receipts import ReceiptStore
 from core.sources import write_batch
-from core.state import IntentJournal, StateStore
+from core.store.files.journal import IntentJournal
+from core.store.files.receipts import ReceiptStore
+from core.store.files.state import StateStore
 from tests.integration.tsa_servers import OpenSSLTSA
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")

@@ -1,4 +1,4 @@
-"""A deadline on every wait for the database, kept by the client (core/pgstore.py Database).
+"""A deadline on every wait for the database, kept by the client (database.py Database).
 
 A hung PostgreSQL (a stalled VM, a frozen disk, every server process stopped) fails
 nothing: its kernel still completes TCP handshakes and buffers what clients send, so every
@@ -40,7 +40,7 @@ class Unanswered(BaseException):  # noqa: N818 (not an error the pool may retry)
     A BaseException on purpose: the pool retries a check that failed with an Exception,
     waiting for another connection until its own timeout (and a backoff past it), which a
     hung server never gives; anything else it lets through at once, having dropped the
-    connection. core/pgstore.py Database.tx turns it into StoreUnavailable."""
+    connection. database.py Database.tx turns it into StoreUnavailable."""
 
 
 class Watchdog:

@@ -1,11 +1,11 @@
 """The file store's claims: a lone scheduler's, under the data-dir lock.
 
-The engine takes one anchoring path whatever the store (core/engine.py): claim, journal
+The engine takes one anchoring path whatever the store: claim, journal
 intent, backend call, commit. With the data dir there is one scheduler, so a claim always
 grants; each grant still carries a fencing token (in memory: the lock guarantees no other
 process writes here, and a restart starts from nothing in flight), and a commit or release
 under a token that is no longer current is refused, as the shared store's are
-(core/pgstore.py PgStateStore).
+(core/store/postgres/state.py PgStateStore).
 
 `commit` writes receipts as files (`ReceiptStore.write_many`: one fsync per folder per
 call); a receipt that cannot be written comes back as its error, and the engine keeps the
@@ -21,10 +21,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from core.jobs import JobKey
+from core.jobs import JobKey, JobState, Row
 from core.receipts import Receipt
-from core.state import JobState, Row
-from core.store import Committed, ReceiptRepo
+from core.store.protocols import Committed, ReceiptRepo
 
 LOOK_BACK = 10  # receipts of a job searched for one already written from a token
 
