@@ -47,7 +47,8 @@ from pathlib import Path
 from core.lifecycle import GRACE_SECONDS
 from core.sources import write_batch
 
-BIN = Path(sys.executable).with_name("vmsh-scheduler")
+# The `vmsh-scheduler` command (cli.main:main), from this checkout.
+CLI = [sys.executable, "-m", "cli"]
 SHARED = 50
 SOLO = 5
 SHARED_FILES = 10_000
@@ -419,7 +420,7 @@ def measure(seconds: float | None = None) -> dict[str, object]:
             write_batch(tmp / "solo" / f"solo{i}", "000001", root(100 + i))
         config.parent.mkdir()
         config.write_text(config_text(tmp, control, port))
-        proc = subprocess.Popen([str(BIN), "--no-ui", "--config", str(config)], stdout=out,
+        proc = subprocess.Popen([*CLI, "--no-ui", "--config", str(config)], stdout=out,
                                 stderr=err, stdin=subprocess.DEVNULL, cwd=tmp, preexec_fn=limit)
         deadline = time.monotonic() + START_TIMEOUT
         while not (serving(control) and count_receipts(data) >= 2 * (SHARED + SOLO)):

@@ -41,7 +41,7 @@ def resolve_socket(args: argparse.Namespace) -> Path:
     """--socket, else the config's control.socket, else <data_dir>/control.sock."""
     if getattr(args, "socket", None) is not None:
         return Path(args.socket)
-    from core.cli import overrides_from, print_errors
+    from cli.common import overrides_from, print_errors
     from core.config import ConfigError, load_config
 
     try:

@@ -397,7 +397,7 @@ class VaultMeshApp(App[int]):
 
 def run_dashboard(loaded: LoadedConfig, args: argparse.Namespace, loader: Loader | None = None) -> int:
     """Run the dashboard until quit / SIGTERM / SIGINT / the terminal is gone; returns the
-    process exit code (see core/cli.py). When the terminal is lost (SIGHUP, end of input,
+    process exit code (see cli/main.py). When the terminal is lost (SIGHUP, end of input,
     failed writes) the engine is stopped and its state saved first; if Textual's teardown
     then cannot finish, the watchdog ends the process with exit 0 (1 if state could not be
     saved)."""

@@ -30,7 +30,8 @@ from tui.widgets import DiffTable, LogView
 from .conftest import screen_text
 from .test_pilot import select
 
-BIN = Path(sys.executable).with_name("vmsh-scheduler")
+# The `vmsh-scheduler` command (cli.main:main), from this checkout.
+CLI = [sys.executable, "-m", "cli"]
 
 
 class Daemon:
@@ -59,7 +60,7 @@ class Daemon:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            [str(BIN), "--no-ui", "--config", str(self.config)],
+            [*CLI, "--no-ui", "--config", str(self.config)],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         )
         wait_for(lambda: self.receipts("still") and self.answers(), what="the scheduler's first anchors and socket")
@@ -219,7 +220,7 @@ def test_attach_with_no_scheduler_says_how_to_start_one(tmp_path: Path, capsys: 
 
 
 def test_cli_attach_without_a_terminal_exits_2_and_names_ctl(tmp_path: Path) -> None:
-    result = subprocess.run([str(BIN), "attach", "--socket", str(tmp_path / "control.sock")],
+    result = subprocess.run([*CLI, "attach", "--socket", str(tmp_path / "control.sock")],
                             capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=30)
     assert result.returncode == 2
     assert "no terminal" in result.stderr and "ctl" in result.stderr

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from core.cli import main
+from cli.main import main
 from core.config import ENV_TABLE, ENV_VARS, env_table_markdown, load_config
 
 REPO = Path(__file__).resolve().parents[2]
