@@ -32,13 +32,13 @@ def run_headless(loaded: LoadedConfig, args: argparse.Namespace, startup: Startu
 def run_dashboard(loaded: LoadedConfig, args: argparse.Namespace) -> int:
     # Imported here, lazily, so headless runs and check-config never load textual/rich.
     from cli.common import load
-    from tui.app import run_dashboard as dashboard
+    from cli.dashboard import run_dashboard as dashboard
 
     return dashboard(loaded, args, loader=lambda: load(args))
 
 
 def cmd_attach(args: argparse.Namespace) -> int:
-    """The dashboard as a client of a running scheduler (tui/app.py attach_dashboard). The
+    """The dashboard as a client of a running scheduler (cli/dashboard.py attach_dashboard). The
     config, when one is found, only says where the socket is and gives the dashboard's
     settings (theme, keys); an unset secret in it does not matter here."""
     from cli.common import overrides_from, print_errors
@@ -55,8 +55,8 @@ def cmd_attach(args: argparse.Namespace) -> int:
             print_errors(exc)
             print("vmsh-scheduler attach: pass --socket PATH, or a config that names the data dir", file=sys.stderr)
             return 2
+    from cli.dashboard import attach_dashboard
     from core.control_server import socket_path
-    from tui.app import attach_dashboard
 
     if args.socket is not None:
         socket = args.socket

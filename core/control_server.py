@@ -3,7 +3,7 @@
 Served by every running scheduler (a service of core/services.py), so `ctl` and attached
 dashboards reach a headless daemon. HTTP/1.1 + JSON, one request per connection, the
 request head read as core/observe/http.py reads it (bounded, timed). What crosses the
-socket is encoded by core/wire.py; the operations are RuntimeControl's (core/control.py).
+socket is encoded by core/wire.py; the operations are RuntimeControl's (core/runtime_control.py).
 
 - Who connects: the socket's permissions (`control.mode`, `control.group`). Who may change
   things: a peer (SO_PEERCRED) whose primary or supplementary group is
@@ -51,7 +51,6 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
 from core import __version__, safejson, wire
-from core.control import RuntimeControl
 from core.errors import AnchorError
 from core.events import ControlCommand, Event, LogRecord
 from core.jobs import JobKey
@@ -59,6 +58,7 @@ from core.observe.health import health
 from core.observe.http import MAX_CONNECTIONS as HTTP_CONNECTIONS
 from core.observe.http import _parse_head
 from core.observe.metrics import CONTROL
+from core.runtime_control import RuntimeControl
 
 if TYPE_CHECKING:
     from core.runtime import Runtime

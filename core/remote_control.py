@@ -32,18 +32,15 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import httpx
 
 from core import wire
-from core.control import Receipts, Snapshot, VerifyOutcome, VerifyResult
+from core.control import Receipts, ReloadResult, Snapshot, VerifyOutcome, VerifyResult
 from core.events import Event, LogRecord, ReceiptWritten, TickCompleted
 from core.jobs import JobKey
 from core.receipts import Receipt, ReceiptError, ReceiptInvalid, ReceiptStore, parse_iso_utc
-
-if TYPE_CHECKING:
-    from core.runtime import ReloadResult
 
 BASE_URL = "http://vmsh"
 RECEIPTS_CAUGHT_UP = 200  # receipts written while disconnected that are told after a reconnect
@@ -349,8 +346,6 @@ class RemoteControl:
             self.on_notice(text)
 
     async def reload(self) -> ReloadResult:
-        from core.runtime import ReloadResult
-
         try:
             response = await self._post("/v1/reload", None)
         except (httpx.HTTPError, OSError) as exc:

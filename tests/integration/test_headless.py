@@ -162,7 +162,7 @@ def test_a_second_scheduler_on_the_same_data_dir_exits_2_naming_the_holder(tmp_p
         )
         assert second.returncode == 2
         assert f"pid {first.pid}, running " in second.stderr
-        assert f"vmsh-scheduler --no-ui --config {config}" in second.stderr
+        assert f"{' '.join(CLI[1:])} --no-ui --config {config}" in second.stderr  # the holder's command line
         assert f"stop it with `kill -TERM {first.pid}`" in second.stderr
     finally:
         stop(first)

@@ -20,10 +20,12 @@ from pathlib import Path
 
 import pytest
 
+from cli.dashboard import attach_dashboard
 from core.remote_control import RemoteControl
 from core.sources import write_batch
 from tests.integration.test_headless import wait_for
-from tui.app import VaultMeshApp, attach_dashboard
+from tui.app import VaultMeshApp
+from tui.host import AttachedHost
 from tui.screens import ConfirmScreen
 from tui.widgets import DiffTable, LogView
 
@@ -116,7 +118,7 @@ def daemon(tmp_path: Path) -> Iterator[Daemon]:
 
 
 def attached_app(daemon: Daemon) -> VaultMeshApp:
-    return VaultMeshApp(None, attached=RemoteControl.connect(daemon.socket))
+    return VaultMeshApp(AttachedHost(RemoteControl.connect(daemon.socket)))
 
 
 def table(app: VaultMeshApp, name: str) -> DiffTable:
@@ -141,7 +143,7 @@ async def test_attached_dashboard_shows_anchors_live_and_f_anchors_in_the_daemon
     app = attached_app(daemon)
     async with app.run_test(size=(100, 30), notifications=True) as pilot:
         assert f"attached to pid {daemon.proc.pid}" in header(app)
-        assert app.runtime is None  # no engine, no lock here
+        assert isinstance(app.host, AttachedHost)  # no engine, no lock here
         # What the daemon logged before the dashboard attached is in the Logs pane.
         await until(lambda: started_lines(app) == 1, what="the daemon's earlier log lines")
         # "live" anchors every second in the daemon: its receipts arrive in the panes live.
