@@ -63,7 +63,7 @@ from core.runtime_control import RuntimeControl
 if TYPE_CHECKING:
     from core.runtime import Runtime
 
-API = "/v1"
+API = wire.API
 MAX_HEAD = 16 * 1024
 MAX_BODY = 64 * 1024
 READ_TIMEOUT = 5.0
@@ -518,28 +518,23 @@ class ControlServer:
         return self._force(args)
 
     def _force(self, args: dict[str, Any]) -> tuple[int, Any]:
-        keys = [v.key for v in self.control.snapshot().views]
-        if isinstance(args.get("job"), str):
+        if isinstance(args.get("namespace"), str) and not isinstance(args.get("job"), str):
             try:
-                wanted = [JobKey.parse(args["job"])]
-            except ValueError as exc:
-                return 400, {"error": str(exc)}
-            if wanted[0] not in keys:
-                return 404, {"error": f"no job {wanted[0]} is configured"}
-        elif isinstance(args.get("namespace"), str):
-            wanted = [k for k in keys if k.namespace == args["namespace"]]
-            if not wanted:
-                return 404, {"error": f"no namespace {args['namespace']!r} is configured"}
-        else:
-            return 400, {"error": 'force needs {"job": "ns/cadence"} or {"namespace": "ns"}'}
-        forced: list[str] = []
-        skipped: list[str] = []
-        for key in wanted:
-            try:
-                (forced if self.control.force(key) else skipped).append(str(key))
+                forced, skipped = self.control.force_namespace(args["namespace"])
             except KeyError:
-                skipped.append(str(key))
-        return 200, {"forced": forced, "skipped": skipped}
+                return 404, {"error": f"no namespace {args['namespace']!r} is configured"}
+            return 200, {"forced": [str(k) for k in forced], "skipped": [str(k) for k in skipped]}
+        if not isinstance(args.get("job"), str):
+            return 400, {"error": 'force needs {"job": "ns/cadence"} or {"namespace": "ns"}'}
+        try:
+            key = JobKey.parse(args["job"])
+        except ValueError as exc:
+            return 400, {"error": str(exc)}
+        try:
+            done = self.control.force(key)
+        except KeyError:
+            return 404, {"error": f"no job {key} is configured"}
+        return 200, {"forced": [str(key)] if done else [], "skipped": [] if done else [str(key)]}
 
     async def _verify(self, args: dict[str, Any]) -> tuple[int, Any]:
         path = args.get("path")

@@ -45,6 +45,17 @@ class RuntimeControl:
     def force(self, key: JobKey) -> bool:
         return self._runtime.engine.force(key)
 
+    def force_namespace(self, namespace: str) -> tuple[list[JobKey], list[JobKey]]:
+        engine = self._runtime.engine
+        keys = [k for k in engine.jobs if k.namespace == namespace]
+        if not keys:
+            raise KeyError(namespace)
+        forced: list[JobKey] = []
+        skipped: list[JobKey] = []
+        for key in keys:
+            (forced if engine.force(key) else skipped).append(key)
+        return forced, skipped
+
     def pause(self) -> None:
         self._runtime.engine.pause()
 

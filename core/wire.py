@@ -32,6 +32,7 @@ from core.replicas import ReplicaInfo
 from core.state import JobState
 from core.status import Counts, JobStatus
 
+API = "/v1"  # the control API's path prefix: /v1/snapshot, /v1/events, /v1/force, ...
 Json = Any  # a value json.dumps accepts
 
 

@@ -409,7 +409,7 @@ class DashboardScreen(Screen[None]):
 
         def confirmed(yes: bool | None) -> None:
             if yes:
-                self._force(keys)
+                self._force_namespace(namespace)
 
         self.app.push_screen(
             ConfirmScreen(
@@ -424,11 +424,22 @@ class DashboardScreen(Screen[None]):
         for key in keys:
             try:
                 if self.control.force(key):
-                    started.append(str(key))
+                    started.append(key)
             except KeyError:
                 pass
+        self._forced(started)
+
+    def _force_namespace(self, namespace: str) -> None:
+        """One command for the whole namespace (one request over the control socket)."""
+        try:
+            started, _ = self.control.force_namespace(namespace)
+        except KeyError:
+            started = []
+        self._forced(started)
+
+    def _forced(self, started: list[JobKey]) -> None:
         if started:
-            self.notify(f"forced: {', '.join(started)}", timeout=4)
+            self.notify(f"forced: {', '.join(str(k) for k in started)}", timeout=4)
         else:
             self.notify("already in flight", severity="warning")
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from cli.dashboard import attach_dashboard
+from core.control_client import ControlClient
 from core.remote_control import RemoteControl
 from core.sources import write_batch
 from tests.integration.test_headless import wait_for
@@ -168,6 +169,33 @@ async def test_attached_dashboard_shows_anchors_live_and_f_anchors_in_the_daemon
     assert daemon.health() == 200
     after = len(daemon.receipts("live"))
     wait_for(lambda: len(daemon.receipts("live")) > after, what="anchors after the dashboard quit")
+
+
+async def test_F_forces_the_namespace_with_one_request_over_the_socket(
+    daemon: Daemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Forcing a namespace is one command of the control API (`{"namespace": ns}`), not one
+    request per job."""
+    sent: list[tuple[str, str, object]] = []
+    request = ControlClient.request
+
+    async def counted(self: ControlClient, method: str, command: str, body: dict[str, object] | None = None):
+        sent.append((method, command, body))
+        return await request(self, method, command, body)
+
+    monkeypatch.setattr(ControlClient, "request", counted)
+    app = attached_app(daemon)
+    async with app.run_test(size=(100, 30), notifications=True) as pilot:
+        assert len(daemon.receipts("still")) == 1
+        await pilot.press("1")
+        select(table(app, "jobs"), "still/fast")
+        await pilot.press("F")
+        assert isinstance(app.screen, ConfirmScreen)
+        await pilot.press("y")
+        await until(lambda: len(daemon.receipts("still")) == 2, what="the namespace's forced receipt")
+        assert [s for s in sent if s[1] == "force"] == [("POST", "force", {"namespace": "still"})]
+        await pilot.press("q")
+        await until(lambda: not app.is_running, what="the dashboard to exit")
 
 
 async def test_kill9_and_restart_shows_disconnected_then_resynchronises(daemon: Daemon) -> None:
