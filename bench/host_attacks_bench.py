@@ -52,7 +52,8 @@ from pathlib import Path
 from core.lifecycle import GRACE_SECONDS
 from core.sources import write_batch
 
-BIN = Path(sys.executable).with_name("vmsh-scheduler")
+# The `vmsh-scheduler` command (cli.main:main), from this checkout.
+CLI = [sys.executable, "-m", "cli"]
 SHARED = 50
 SOLO = 5
 SHARED_FILES = 10_000
@@ -469,7 +470,7 @@ def measure(seconds: float | None = None) -> dict[str, object]:
             write_batch(mount.backing / "mounted", "000001", root(200))
         config.parent.mkdir()
         config.write_text(config_text(tmp, control, port, mounted))
-        proc = subprocess.Popen([str(BIN), "--no-ui", "--config", str(config)], stdout=out,
+        proc = subprocess.Popen([*CLI, "--no-ui", "--config", str(config)], stdout=out,
                                 stderr=err, stdin=subprocess.DEVNULL, cwd=tmp, preexec_fn=limit)
         deadline = time.monotonic() + START_TIMEOUT
         namespaces = SHARED + SOLO + (mount is not None)

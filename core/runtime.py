@@ -20,6 +20,7 @@ from core.anchors.schemes import SCHEMES
 from core.backoff import BackoffPolicy
 from core.clock import Clock, SystemClock
 from core.config import Config, ConfigError, ConfigIssue, LoadedConfig
+from core.control import ReloadResult
 from core.engine import Scheduler
 from core.errors import AnchorError
 from core.events import ConfigRejected, EventBus
@@ -47,17 +48,6 @@ def _configured_store(cfg: Config, state_file: Path) -> Store:
 # old config stays live). The reader's own limits (core.config: size, aliases, nesting)
 # bound it well below this; 10,000 namespaces load in about 4 s on a busy 2-core machine.
 RELOAD_SECONDS = 30.0
-
-
-class ReloadResult:
-    def __init__(self, applied: bool, changed: bool, errors: list[str], summary: str) -> None:
-        self.applied = applied
-        self.changed = changed
-        self.errors = errors
-        self.summary = summary
-
-    def __repr__(self) -> str:
-        return f"ReloadResult(applied={self.applied}, changed={self.changed}, summary={self.summary!r})"
 
 
 class CannotStart(Exception):

@@ -55,7 +55,7 @@ ENV_VARS = tuple(var.name for var in ENV_TABLE)
 
 
 def env_help() -> str:
-    """The environment section of --help (core/cli.py builds its epilog from it)."""
+    """The environment section of --help (cli/parser.py builds its epilog from it)."""
     import textwrap
 
     lines = ["environment (each sets the config key after ->):"]

@@ -49,7 +49,8 @@ from core.store.files.receipts import ReceiptStore
 from core.store.files.state import StateStore
 from tests.integration.ganache import ADDRESSES, KEYS, Ganache
 
-BIN = Path(sys.executable).with_name("vmsh-scheduler")
+# The `vmsh-scheduler` command (cli.main:main), from this checkout.
+CLI = [sys.executable, "-m", "cli"]
 TARGET = "eip155:1337"
 
 
@@ -469,7 +470,7 @@ def start_scheduler(config: Path, tmp: Path, **env: str) -> subprocess.Popen:
     log = tmp / "logs" / f"scheduler-{time.monotonic_ns()}.log"
     with open(log, "w") as out:
         proc = subprocess.Popen(
-            [str(BIN), "--no-ui", "--config", str(config), "--data-dir", str(tmp / "data")],
+            [*CLI, "--no-ui", "--config", str(config), "--data-dir", str(tmp / "data")],
             stdout=out,
             stderr=subprocess.STDOUT,
             env=full,
@@ -561,7 +562,7 @@ def test_kill_9_between_send_and_receipt_resolves_to_one_transaction_and_one_rec
     own_node.mine(2)
     [path] = receipt_files(tmp_path)
     env = {k: v for k, v in os.environ.items() if k != "VMSH_TEST_EVM_KEY"}
-    cmd = [str(BIN), "verify", "--config", str(config), "--data-dir", str(tmp_path / "data")]
+    cmd = [*CLI, "verify", "--config", str(config), "--data-dir", str(tmp_path / "data")]
     ok = subprocess.run([*cmd, str(path)], capture_output=True, text=True, env=env, timeout=60)
     assert ok.returncode == 0 and ok.stdout.startswith("OK "), ok.stdout + ok.stderr
     receipt = json.loads(path.read_text())

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from cli.check import summary
 from core.anchors.base import CannotVerify
 from core.anchors.registry import Backends
 from core.anchors.schemes import SCHEMES
-from core.cli import summary
 from core.clock import FakeClock
 from core.config import load_config
 from core.errors import ValidationError

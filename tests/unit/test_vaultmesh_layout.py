@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from cli.main import main
 from core import sources
 from core.anchors.local.backend import LocalTSA
 from core.backoff import BackoffPolicy
-from core.cli import main
 from core.clock import FakeClock
 from core.config import ENV_VARS, load_config
 from core.engine import Scheduler

@@ -10,11 +10,17 @@ import pytest
 
 from core import events as ev
 from core import wire
-from core.control import FILE_STORE, Snapshot, StoreStatus, VerifyOutcome, VerifyResult
+from core.control import (
+    FILE_STORE,
+    ReloadResult,
+    Snapshot,
+    StoreStatus,
+    VerifyOutcome,
+    VerifyResult,
+)
 from core.engine import JobView
 from core.jobs import JobKey, JobSpec, JobState
 from core.replicas import ReplicaInfo
-from core.runtime import ReloadResult
 from core.status import JobStatus, count
 
 KEY = JobKey("dao:vault/mesh", "fast")  # a namespace with a slash and a colon

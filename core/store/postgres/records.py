@@ -14,7 +14,7 @@ from core.store.postgres.database import Database
 
 
 class PgSignerRecord:
-    """A signer's record (core/anchors/evm.py `_Outstanding`) as one row of `evm_signers`."""
+    """A signer's record (core/anchors/evm/backend.py `_Outstanding`) as one row of `evm_signers`."""
 
     def __init__(self, db: Database, signer: str) -> None:
         self.db = db

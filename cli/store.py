@@ -174,7 +174,7 @@ def _documents(loaded: LoadedConfig) -> Iterator[tuple[str, str, bytes]]:
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from core.cli import add_common
+    from cli.common import add_common
 
     store = sub.add_parser("store", help="the PostgreSQL store: store migrate, store import DATA_DIR")
     store_sub = store.add_subparsers(dest="store_command", metavar="ACTION", required=True)

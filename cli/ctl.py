@@ -4,8 +4,9 @@ status [--json] | force NAMESPACE[/CADENCE] | pause | resume | reload | tail
 
 Exit codes: 0 done, 1 refused or failed (403, a rejected reload, nothing forced, the
 scheduler went away mid-tail), 2 usage or no scheduler answering on the socket (the
-message says how to start one). The protocol is docs/control-api.md; replies are decoded
-by core/wire.py.
+message says how to start one). The protocol is docs/control-api.md; the client is
+core/control_client.py (shared with the attached dashboard), replies are decoded by
+core/wire.py.
 """
 
 from __future__ import annotations
@@ -13,21 +14,19 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import httpx
-
 from core import wire
-from core.control_server import API, socket_path
+from core.control_client import ControlClient, ControlFailed, ControlRefused, ControlUnreachable
+from core.control_server import socket_path
 from core.text import printable
 
 if TYPE_CHECKING:
     import argparse
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-BASE_URL = "http://vmsh"
-TIMEOUT = 30.0  # a reload reads the config off the loop; a verify may ask a node
 START_HINT = "start one with `vmsh-scheduler --no-ui --config FILE` (or `systemctl start vmsh-scheduler`)"
 
 
@@ -41,7 +40,7 @@ def resolve_socket(args: argparse.Namespace) -> Path:
     """--socket, else the config's control.socket, else <data_dir>/control.sock."""
     if getattr(args, "socket", None) is not None:
         return Path(args.socket)
-    from core.cli import overrides_from, print_errors
+    from cli.common import overrides_from, print_errors
     from core.config import ConfigError, load_config
 
     try:
@@ -84,54 +83,6 @@ def socket_despite_errors(args: argparse.Namespace) -> Path | None:
     return None
 
 
-class Client:
-    """A synchronous control-socket client (httpx over the Unix socket)."""
-
-    def __init__(self, socket: Path, timeout: float = TIMEOUT) -> None:
-        self.socket = socket
-        self.http = httpx.Client(transport=httpx.HTTPTransport(uds=str(socket)), base_url=BASE_URL, timeout=timeout)
-
-    def __enter__(self) -> Client:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.http.close()
-
-    def _unreachable(self, exc: Exception) -> CtlError:
-        cause = exc.__cause__ or exc.__context__ or exc
-        if isinstance(cause, PermissionError) or "Permission denied" in str(exc):
-            return CtlError(f"permission denied on {self.socket}: ask for its group (control.group)", EXIT_FAILED)
-        return CtlError(f"no scheduler is running on {self.socket}: {START_HINT}", EXIT_USAGE)
-
-    def call(self, method: str, command: str, body: dict[str, Any] | None = None) -> Any:
-        try:
-            reply = self.http.request(method, f"{API}/{command}", json=body)
-        except (httpx.ConnectError, FileNotFoundError, ConnectionRefusedError) as exc:
-            raise self._unreachable(exc) from None
-        except httpx.HTTPError as exc:
-            raise CtlError(f"the scheduler on {self.socket} did not answer: {exc}", EXIT_FAILED) from None
-        try:
-            doc = reply.json()
-        except ValueError:
-            raise CtlError(f"the scheduler answered {reply.status_code} without JSON", EXIT_FAILED) from None
-        if reply.status_code != 200:
-            raise CtlError(str(doc.get("error") if isinstance(doc, dict) else doc), EXIT_FAILED)
-        return doc
-
-    def events(self, after: int | None = None) -> Any:
-        """Yield each line of the event stream, decoded as JSON."""
-        query = f"?after={after}" if after is not None else ""
-        try:
-            with self.http.stream("GET", f"{API}/events{query}", timeout=httpx.Timeout(TIMEOUT, read=None)) as reply:
-                for line in reply.iter_lines():
-                    if line:
-                        yield json.loads(line)
-        except (httpx.ConnectError, FileNotFoundError, ConnectionRefusedError) as exc:
-            raise self._unreachable(exc) from None
-        except (httpx.RemoteProtocolError, httpx.ReadError):
-            return
-
-
 def status_doc(doc: dict[str, Any]) -> dict[str, Any]:
     """What `ctl status --json` prints: the scheduler, its counts, health and jobs."""
     snap = wire.decode_snapshot(doc["snapshot"])
@@ -158,6 +109,39 @@ def print_status(status: dict[str, Any]) -> None:
     for job in status["jobs"]:
         error = f"  {printable(job['last_error'])}" if job["last_error"] else ""
         print(f"  {printable(job['job']):<{width}}  {job['status']:<11} {printable(job['target'])}{error}")
+
+
+class Client:
+    """The control socket's client (core/control_client.py), its errors as CtlError."""
+
+    def __init__(self, socket: Path) -> None:
+        self.socket = socket
+        self._client = ControlClient(socket)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._client.close()
+
+    def _error(self, exc: Exception) -> CtlError:
+        if isinstance(exc, ControlUnreachable):
+            if exc.permission:
+                return CtlError(f"permission denied on {self.socket}: ask for its group (control.group)", EXIT_FAILED)
+            return CtlError(f"no scheduler is running on {self.socket}: {START_HINT}", EXIT_USAGE)
+        return CtlError(str(exc), EXIT_FAILED)
+
+    def call(self, method: str, command: str, body: dict[str, Any] | None = None) -> Any:
+        try:
+            return self._client.call(method, command, body)
+        except (ControlUnreachable, ControlFailed, ControlRefused) as exc:
+            raise self._error(exc) from None
+
+    def events(self, after: int | None = None) -> Iterator[Any]:
+        try:
+            yield from self._client.events(after)
+        except ControlUnreachable as exc:
+            raise self._error(exc) from None
 
 
 def run_ctl(args: argparse.Namespace) -> int:

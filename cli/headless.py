@@ -7,7 +7,7 @@ and stops, in which order, is core/lifecycle.py, shared with the dashboard.
 SIGHUP reloads the configuration; an invalid one is logged and the old one stays live.
 Signals that arrive during start are recorded by core/signals.py and acted on here: a
 SIGTERM/SIGINT stops the scheduler as soon as its loop runs, a SIGHUP reloads then.
-The dashboard (tui/app.py, run_dashboard) exits with the same codes, except that there
+The dashboard (cli/dashboard.py, run_dashboard) exits with the same codes, except that there
 SIGHUP means its terminal is gone: it stops within 5 s and exits 0, as for any lost
 terminal (tui/terminal.py); without a terminal it refuses to start (exit 2).
 """
