@@ -18,6 +18,7 @@ places them), and all problems of a load are reported at once (``ConfigError.iss
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -41,9 +42,25 @@ from core.config.positions import (
     format_segment,
     sorted_unique,
 )
-from core.config.reader import YamlReader
+from core.config.reader import YamlReader, read_config_text
 from core.config.vaultmesh import merge_namespaces, merge_targets
 from core.jobs import namespace_name_problem
+
+
+def _read_dotenv(path: Path, problems: Problems) -> dict[str, str] | None:
+    """./.env's variables; None when there is none. Read as a config file is: a FIFO, a
+    device or a folder named .env is a problem naming it, never a wait (nor is a huge one
+    read past MAX_CONFIG_BYTES)."""
+    try:
+        text = read_config_text(path)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:  # NotRegularFile, too large, not UTF-8
+        problems.in_file(str(path), f"cannot read: {getattr(exc, 'strerror', None) or exc}")
+        return None
+    from dotenv import dotenv_values
+
+    return {k: v for k, v in dotenv_values(stream=io.StringIO(text)).items() if v is not None}
 
 
 @dataclass
@@ -149,14 +166,11 @@ class _Load:
         cwd = (cwd or Path.cwd()).resolve()
         real_env = dict(os.environ if env is None else env)
         files: list[Path] = []
-        dotenv: dict[str, str] = {}
-        if (cwd / ".env").is_file():
-            from dotenv import dotenv_values
-
-            dotenv = {k: v for k, v in dotenv_values(cwd / ".env").items() if v is not None}
-            files.append(cwd / ".env")
-        envs = {**dotenv, **real_env}  # the real environment wins over .env
         problems = Problems(Pos(None, base=cwd))
+        dotenv = _read_dotenv(cwd / ".env", problems)
+        if dotenv is not None:
+            files.append(cwd / ".env")
+        envs = {**(dotenv or {}), **real_env}  # the real environment wins over .env
         load = cls(
             cwd=cwd,
             real_env=real_env,

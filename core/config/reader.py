@@ -87,7 +87,7 @@ def open_regular(path: Path) -> BinaryIO:
         raise
 
 
-def _read_config_text(path: Path) -> str:
+def read_config_text(path: Path) -> str:
     """The file's text; ValueError when it is larger than MAX_CONFIG_BYTES (never read past
     it), NotRegularFile (a ValueError) when it is a FIFO, a device or a directory."""
     with open_regular(path) as f:
@@ -171,7 +171,7 @@ class YamlReader:
 
     def read(self, path: Path, display: str, base: Path) -> tuple[Any, Pos] | None:
         try:
-            text = _read_config_text(path)
+            text = read_config_text(path)
         except FileNotFoundError:
             self.problems.in_file(display, "file not found")
             return None
