@@ -40,6 +40,7 @@ bench: install
 
 lint: install typecheck
 	$(VENV)/bin/ruff check core cli tui tests bench
+	$(PY) scripts/limits.py
 
 clean:
 	rm -rf $(VENV) $(DATA_DIR) .pytest_cache
