@@ -31,7 +31,7 @@ test: install node_modules/.installed typecheck
 	sh scripts/ensure-tools.sh
 	$(PY) -m pytest -q
 
-# core/, tui/ and tests/ with the settings of [tool.mypy] in pyproject.toml (strict for core/).
+# core/, cli/, tui/ and tests/ with the settings of [tool.mypy] in pyproject.toml (strict for core/ and cli/).
 typecheck: install
 	$(VENV)/bin/mypy
 
@@ -39,7 +39,8 @@ bench: install
 	$(PY) bench/run.py
 
 lint: install typecheck
-	$(VENV)/bin/ruff check core tui tests bench
+	$(VENV)/bin/ruff check core cli tui tests bench
+	$(PY) scripts/limits.py
 
 clean:
 	rm -rf $(VENV) $(DATA_DIR) .pytest_cache

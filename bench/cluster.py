@@ -50,7 +50,8 @@ import psycopg  # noqa: E402
 from psycopg.types.json import Jsonb  # noqa: E402
 
 from core.jobs import JobKey  # noqa: E402
-from core.pgstore import NOTIFY_CHANNEL, Database, PgStateStore  # noqa: E402
+from core.store.postgres.database import NOTIFY_CHANNEL, Database  # noqa: E402
+from core.store.postgres.state import PgStateStore  # noqa: E402
 from tests.cluster.cluster_rig import ClusterRig, wait_until  # noqa: E402
 from tests.cluster.postgres import PASSWORD, PostgresServer, find_bin_dir  # noqa: E402
 from tests.integration.tsa_servers import OpenSSLTSA  # noqa: E402

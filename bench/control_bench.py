@@ -26,7 +26,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.headless_bench import BIN, count_receipts, cpu_seconds, make_config, stop
+from bench.headless_bench import CLI, count_receipts, cpu_seconds, make_config, stop
 from core.jobs import safe_name
 from core.sources import write_batch
 
@@ -49,7 +49,7 @@ def _start(n: int, *, anchoring: bool) -> tuple[Path, subprocess.Popen[bytes], t
         config.write_text(config.read_text().replace('every: "1h"', 'every: "1s"\n        anchor_unchanged: true'))
     log = (tmp / "scheduler.log").open("wb")
     with log:
-        proc = subprocess.Popen([str(BIN), "--no-ui", "--config", str(config)], stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen([*CLI, "--no-ui", "--config", str(config)], stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + START_TIMEOUT
     while count_receipts(tmp / "data") < n:
         if proc.poll() is not None or time.monotonic() > deadline:

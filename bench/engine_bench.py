@@ -14,9 +14,10 @@ from core.clock import FakeClock
 from core.engine import Scheduler
 from core.events import EventBus
 from core.jobs import JobKey, JobSpec
-from core.receipts import ReceiptStore
 from core.sources import Batch
-from core.state import IntentJournal, StateStore
+from core.store.files.journal import IntentJournal
+from core.store.files.receipts import ReceiptStore
+from core.store.files.state import StateStore
 
 
 class NullBackend:

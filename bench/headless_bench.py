@@ -26,7 +26,8 @@ from core.jobs import safe_name
 from core.receipts import parse_iso_utc
 from core.sources import write_batch
 
-BIN = Path(sys.executable).with_name("vmsh-scheduler")
+# The `vmsh-scheduler` command (cli.main:main), from this checkout.
+CLI = [sys.executable, "-m", "cli"]
 JOBS = 1_000
 FIRST_ROUND_TIMEOUT = 120.0
 
@@ -142,7 +143,7 @@ def measure(n: int = JOBS, idle: float | None = None) -> dict[str, float]:
         with open(log_path, "wb") as log, open(tmp / "stderr.txt", "wb") as err:
             t0 = time.perf_counter()
             proc = subprocess.Popen(
-                [str(BIN), "--no-ui", "--config", str(config)],
+                [*CLI, "--no-ui", "--config", str(config)],
                 stdout=log,
                 stderr=err,
                 stdin=subprocess.DEVNULL,

@@ -16,8 +16,13 @@ attack at once, each from a forked child:
    as one client can.
 3. 10,000 files are written into the shared folder, then a writer adds 10 a second.
 4. The config path is replaced by a FIFO (and stays one through the SIGTERM below).
+5. One more namespace reads its batches from a FUSE mount (tests/integration/hung_mount.py)
+   that stops answering, as a dead network mount: every request on it waits in the kernel.
+   Run only as root with /dev/fuse and fusepy; else left out, and the row says so. Its
+   namespace anchors nothing while it hangs, so at most 55 of 56 namespaces' anchors are
+   possible in the attacked window (98 %).
 
-BENCH_ATTACKS=events,force,writer,fifo (the default: all) runs only some of them.
+BENCH_ATTACKS=events,force,writer,fifo,mount (the default: all) runs only some of them.
 
 In each window the bench measures anchors a second (receipts written under
 <data_dir>/receipts), /livez answer time (one new connection every 75 ms), /health
@@ -47,7 +52,8 @@ from pathlib import Path
 from core.lifecycle import GRACE_SECONDS
 from core.sources import write_batch
 
-BIN = Path(sys.executable).with_name("vmsh-scheduler")
+# The `vmsh-scheduler` command (cli.main:main), from this checkout.
+CLI = [sys.executable, "-m", "cli"]
 SHARED = 50
 SOLO = 5
 SHARED_FILES = 10_000
@@ -60,7 +66,8 @@ HEALTH_EVERY = 1.0
 SAMPLE_EVERY = 0.5
 START_TIMEOUT = 60.0
 PROBE_TIMEOUT = 5.0
-ATTACKS = ("events", "force", "writer", "fifo")
+ATTACKS = ("events", "force", "writer", "fifo", "mount")
+HUNG_MOUNT = Path(__file__).resolve().parent.parent / "tests" / "integration" / "hung_mount.py"
 CHILD_SLACK = 60.0  # an attack child ends by itself this long after its window at the latest
 
 
@@ -82,6 +89,41 @@ def reopen() -> bool:
     return os.environ.get("BENCH_EVENTS_REOPEN", "") not in ("", "0")
 
 
+def mount_refusal() -> str | None:
+    """Why the hung-mount attack cannot run here (None: it can)."""
+    if os.geteuid() != 0 or not os.path.exists("/dev/fuse"):
+        return "needs root and /dev/fuse"
+    try:
+        import fuse  # noqa: F401  (fusepy)
+    except (ImportError, OSError) as exc:
+        return f"fusepy: {exc}"
+    return None
+
+
+class HungMount:
+    """A FUSE mirror of `backing` at `point` that stops answering while `gate` exists."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.backing, self.point, self.gate = tmp / "fuse-backing", tmp / "fuse-mnt", tmp / "fuse-gate"
+        self.backing.mkdir()
+        self.point.mkdir()
+        self.proc = subprocess.Popen(
+            [sys.executable, str(HUNG_MOUNT), str(self.backing), str(self.point), str(self.gate)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while not os.path.ismount(self.point):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the FUSE mount did not come up")
+            time.sleep(0.05)
+
+    def close(self) -> None:
+        self.gate.unlink(missing_ok=True)
+        subprocess.run(["umount", "-l", str(self.point)], capture_output=True, check=False)
+        self.proc.kill()
+        self.proc.wait(timeout=10)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -92,7 +134,7 @@ def root(n: int) -> str:
     return "sha256:" + f"{n:064x}"
 
 
-def config_text(tmp: Path, control: Path, port: int) -> str:
+def config_text(tmp: Path, control: Path, port: int, mounted: Path | None = None) -> str:
     lines = [
         "scheduler:",
         "  tick: 0.5",
@@ -110,6 +152,8 @@ def config_text(tmp: Path, control: Path, port: int) -> str:
     ]
     names = [(f"shared{i:02d}", None) for i in range(SHARED)]
     names += [(f"solo{i}", tmp / "solo" / f"solo{i}") for i in range(SOLO)]
+    if mounted is not None:
+        names.append(("mounted", mounted))
     for name, source in names:
         lines.append(f'  "{name}":')
         if source is not None:
@@ -406,6 +450,8 @@ def measure(seconds: float | None = None) -> dict[str, object]:
     config = tmp / "conf" / "config.yaml"  # in its own folder: the watcher watches that one
     children: list[Child] = []
     proc: subprocess.Popen | None = None
+    mount: HungMount | None = None
+    refusal = mount_refusal() if "mount" in chosen else "not chosen"
 
     def limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (DAEMON_NOFILE, DAEMON_NOFILE))
@@ -417,12 +463,18 @@ def measure(seconds: float | None = None) -> dict[str, object]:
         stage(tmp / "staging")
         for i in range(SOLO):
             write_batch(tmp / "solo" / f"solo{i}", "000001", root(100 + i))
+        mounted: Path | None = None
+        if refusal is None:
+            mount = HungMount(tmp)
+            mounted = mount.point / "mounted"
+            write_batch(mount.backing / "mounted", "000001", root(200))
         config.parent.mkdir()
-        config.write_text(config_text(tmp, control, port))
-        proc = subprocess.Popen([str(BIN), "--no-ui", "--config", str(config)], stdout=out,
+        config.write_text(config_text(tmp, control, port, mounted))
+        proc = subprocess.Popen([*CLI, "--no-ui", "--config", str(config)], stdout=out,
                                 stderr=err, stdin=subprocess.DEVNULL, cwd=tmp, preexec_fn=limit)
         deadline = time.monotonic() + START_TIMEOUT
-        while not (serving(control) and count_receipts(data) >= 2 * (SHARED + SOLO)):
+        namespaces = SHARED + SOLO + (mount is not None)
+        while not (serving(control) and count_receipts(data) >= 2 * namespaces):
             if proc.poll() is not None:
                 raise RuntimeError(f"vmsh-scheduler exited {proc.returncode} at start: "
                                    + (tmp / "stderr.txt").read_text()[-1000:])
@@ -442,16 +494,21 @@ def measure(seconds: float | None = None) -> dict[str, object]:
             children.append(Child("writer", shared_writer(tmp / "staging", shared), child_deadline))
         if "fifo" in chosen:
             replace_with_fifo(config)
+        if mount is not None:
+            mount.gate.touch()
         attacked = window(proc, data, port, seconds)
         audit_after = sum(p.stat().st_size for p in audit.parent.glob("audit.jsonl*"))
 
         sent = time.monotonic()
         proc.send_signal(signal.SIGTERM)  # the attacks still running, the config a FIFO
+        exit_seconds = stopped_within(proc, tmp / "stdout.jsonl", sent, GRACE_SECONDS + 20)
+        if mount is not None:
+            mount.gate.unlink(missing_ok=True)  # the kernel lets the process go now
         try:
             code: int | None = proc.wait(timeout=GRACE_SECONDS + 20)
         except subprocess.TimeoutExpired:
             code = None
-        exit_seconds = time.monotonic() - sent
+        exit_seconds = exit_seconds if exit_seconds is not None else time.monotonic() - sent
         counts = {c.name: c.finish() for c in children}
         log = (tmp / "stdout.jsonl").read_text(errors="replace")
         rejected = log.count('"config reload rejected')
@@ -468,17 +525,21 @@ def measure(seconds: float | None = None) -> dict[str, object]:
     finally:
         for c in children:
             c.finish(timeout=2.0)
+        if mount is not None:
+            mount.gate.unlink(missing_ok=True)
         if proc is not None and proc.poll() is None:
             proc.kill()
             proc.wait(timeout=10)
         out.close()
         err.close()
+        if mount is not None:
+            mount.close()
         stderr_tail = (tmp / "stderr.txt").read_text(errors="replace")[-1000:]
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(public, ignore_errors=True)
     return {
         "seconds": seconds,
-        "attacks": "all four attacks at once" if chosen == set(ATTACKS) else "+".join(
+        "attacks": "all five attacks at once" if chosen == set(ATTACKS) else "+".join(
             a for a in ATTACKS if a in chosen) + " only",
         "quiet": quiet,
         "attacked": attacked,
@@ -490,7 +551,19 @@ def measure(seconds: float | None = None) -> dict[str, object]:
         "rejected": rejected,
         "dropped": dropped,
         "stderr": stderr_tail,
+        "namespaces": SHARED + SOLO + (refusal is None),
+        "mount": "a hung mount" if refusal is None else f"no hung mount ({refusal})",
     }
+
+
+def stopped_within(proc: subprocess.Popen, log: Path, sent: float, timeout: float) -> float | None:
+    """Seconds from SIGTERM to the process's end or its "stopped" line, whichever is first."""
+    deadline = sent + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None or '"stopped"' in log.read_text(errors="replace"):
+            return time.monotonic() - sent
+        time.sleep(0.05)
+    return None
 
 
 def fmt(answers: dict[str, int]) -> str:
@@ -509,9 +582,9 @@ def run() -> list[tuple[str, str, str]]:
     code = m["code"]
     force, events, writer = (counts.get(k, {}) for k in ("force", "events", "writer"))
     rows = [
-        (f"host attacks: anchors/s unattacked ({SHARED + SOLO} namespaces every 1 s, {secs})",
+        (f"host attacks: anchors/s unattacked ({m['namespaces']} namespaces every 1 s, {secs})",
          f"{q['rate']:.1f}", "the baseline"),
-        (f"host attacks: anchors/s, {m['attacks']}",
+        (f"host attacks: anchors/s, {m['attacks']} ({m['mount']})",
          f"{a['rate']:.1f}", f">= 90 % of unattacked: {ratio:.0f} %"),
         ("host attacks: /livez p99 / max, attacked",
          f"{a['livez_p99'] * 1000:.1f} / {a['livez_max'] * 1000:.1f} ms",
@@ -531,7 +604,7 @@ def run() -> list[tuple[str, str, str]]:
          f"{m['audit']:,}",
          f"bounded, < 16 KiB (uid {NOBODY}'s 60 KiB forces, answers by status: "
          f"{fmt(force)})"),
-        ("host attacks: SIGTERM, attacked, to exit",
+        ("host attacks: SIGTERM, attacked, to exit (or to 'stopped' with the mount hung)",
          f"{m['exit_seconds']:.2f} s, exit {code}",
          f"< {GRACE_SECONDS:.0f} s, exit 0 ({events.get('opened', 0)} /v1/events clients "
          f"opened{' (reopening)' if reopen() else ''}, {events.get('held', 0)} held at most, {m['dropped']} dropped; "

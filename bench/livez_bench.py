@@ -29,7 +29,7 @@ import threading
 import time
 from pathlib import Path
 
-from bench.headless_bench import BIN, count_receipts, first_pass_seconds, make_config, stop
+from bench.headless_bench import CLI, count_receipts, first_pass_seconds, make_config, stop
 from core.jobs import safe_name
 from core.sources import write_batch
 
@@ -105,7 +105,7 @@ def measure(n: int | None = None) -> dict[str, float]:
         prober = Prober(_port(config))
         with open(tmp / "stdout.jsonl", "wb") as log, open(tmp / "stderr.txt", "wb") as err:
             proc = subprocess.Popen(
-                [str(BIN), "--no-ui", "--config", str(config)],
+                [*CLI, "--no-ui", "--config", str(config)],
                 stdout=log, stderr=err, stdin=subprocess.DEVNULL, cwd=tmp,
             )
             try:

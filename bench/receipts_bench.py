@@ -15,7 +15,8 @@ from pathlib import Path
 
 from core.fsutil import dumps_json
 from core.jobs import safe_name
-from core.receipts import Receipt, ReceiptStore, build_receipt
+from core.receipts import Receipt, build_receipt
+from core.store.files.receipts import ReceiptStore
 
 RECEIPTS = 100_000
 PENDING = 10

@@ -39,7 +39,7 @@ def _pty() -> tuple[int, int]:
 
 
 def _start(data: Path, stdin: int, display: int) -> subprocess.Popen:
-    command = [sys.executable, "-m", "core.cli", "--config", str(ROOT / "config.example.yaml"), "--data-dir", str(data)]
+    command = [sys.executable, "-m", "cli", "--config", str(ROOT / "config.example.yaml"), "--data-dir", str(data)]
     env = {**os.environ, "TERM": "xterm-256color", "METRICS_PORT": "0", "PYTHONPATH": str(ROOT)}
     data.parent.mkdir(parents=True, exist_ok=True)
     return subprocess.Popen([sys.executable, "-c", WITH_CONTROLLING_TTY, *command], stdin=stdin, stdout=display,

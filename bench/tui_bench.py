@@ -97,10 +97,9 @@ class World:
 
     def app(self):
         from tui.app import VaultMeshApp
+        from tui.host import InProcessHost
 
-        return VaultMeshApp(
-            self.runtime, start_engine=False, env={"COLORTERM": "truecolor"}, grace=2.0
-        )
+        return VaultMeshApp(InProcessHost(self.runtime, start_engine=False, grace=2.0), env={"COLORTERM": "truecolor"})
 
 
 async def render(pilot) -> tuple[float, float]:
@@ -148,7 +147,7 @@ async def measure() -> dict[str, float]:
             for round_ in range(ROUNDS + 1):
                 if round_:
                     clock.advance(3600)  # one period on: every job is due again ...
-                    app._refresh_views()  # ... and shown so, as the countdown would have
+                    app.refresh_views()  # ... and shown so, as the countdown would have
                     await pilot.pause()
                 counter["n"] = 0
                 await engine.run_once()
@@ -172,14 +171,14 @@ async def measure() -> dict[str, float]:
             same = []
             for _ in range(COUNTDOWNS):
                 t0 = time.perf_counter()
-                app._refresh_views()
+                app.refresh_views()
                 same.append(time.perf_counter() - t0)
             m["countdown_same"] = statistics.median(same)
             ticked, ticked_render = [], []
             for _ in range(COUNTDOWNS):
                 clock.advance(1.0)
                 t0 = time.perf_counter()
-                app._refresh_views()
+                app.refresh_views()
                 ticked.append(time.perf_counter() - t0)
                 ticked_render.append((await render(pilot))[1])
             m["countdown_tick"] = statistics.median(ticked)

@@ -11,7 +11,7 @@ Runs beside the engine (core/services.py starts it when the store is PostgreSQL)
 When the store cannot be reached, `store_problem` says why (/readyz is then 503, /health
 degraded) and the engine claims nothing (`set_claim_refusal`), so nothing is anchored
 without a lease. A hung database is seen as one that is down: every call has a deadline
-(core/pgdeadline.py), so the heartbeat fails within about one lease. Everything resumes by
+(core/store/postgres/deadline.py), so the heartbeat fails within about one lease. Everything resumes by
 itself when the database is back.
 
 Each heartbeat also reads the database's clock (`clock_timestamp()`) between two readings of
@@ -37,8 +37,8 @@ from psycopg.types.json import Jsonb
 from core import __version__
 from core.errors import describe
 from core.events import ConfigApplied, Event, Paused, ReplicasSeen
-from core.pgstore import LIVENESS_LEASES, NOTIFY_CHANNEL, Database
 from core.replicas import ClockReading, ReplicaInfo
+from core.store.postgres.database import LIVENESS_LEASES, NOTIFY_CHANNEL, Database
 
 if TYPE_CHECKING:
     from core.runtime import Runtime
@@ -156,7 +156,7 @@ class Cluster:
         while not self._stop.is_set():
             try:
                 # On a thread of its own, never behind the engine's writer: whether the store
-                # answers is known within one deadline (core/pgdeadline.py).
+                # answers is known within one deadline (core/store/postgres/deadline.py).
                 beat = await asyncio.to_thread(self._heartbeat, len(engine.in_flight()))
             except asyncio.CancelledError:
                 raise

@@ -1,9 +1,10 @@
 """The one way the dashboard reaches the scheduler: a snapshot, events, commands.
 
 `SchedulerControl` is the narrow interface every pane and dashboard action uses; no part
-of tui/ outside the App's lifecycle touches `runtime.engine`. `RuntimeControl` implements
-it in process over a Runtime; the attach issue implements it a second time over the
-control socket, so everything here is plain data (views, counts, strings) or an awaitable.
+of tui/ outside the in-process host (tui/host.py) touches `runtime.engine`. Two classes
+implement it: core/runtime_control.py RuntimeControl in process over a Runtime, and
+core/remote_control.py RemoteControl over the control socket, so everything here is plain
+data (views, counts, strings, a ReloadResult) or an awaitable.
 
 Times in a `Snapshot` (`now`, the views' times, `started_at`, `last_tick`) are all on the
 engine's steady clock (core/clock.py SteadyClock): ages and countdowns are differences
@@ -26,19 +27,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from core.events import Event
 from core.jobs import JobKey
-from core.receipts import (
-    Listing,
-    ReceiptError,
-    ReceiptInvalid,
-    ReceiptUncheckable,
-    verify_receipt,
-)
 from core.replicas import ClusterView, ReplicaInfo
-from core.status import Counts, count
+from core.status import Counts
+from core.store import Listing
 from core.text import printable, redact_urls
 
 if TYPE_CHECKING:
-    from core.runtime import ReloadResult, Runtime
     from core.views import JobView
 
 Receipts = Listing  # (file, its Receipt or the ReceiptError that reading it raised)
@@ -111,6 +105,20 @@ class Snapshot:
     store: StoreStatus = FILE_STORE
 
 
+class ReloadResult:
+    """What a reload did: applied (the new config is live) or rejected (`errors`, the old
+    one stays), whether anything changed, and the one-line summary shown to the operator."""
+
+    def __init__(self, applied: bool, changed: bool, errors: list[str], summary: str) -> None:
+        self.applied = applied
+        self.changed = changed
+        self.errors = errors
+        self.summary = summary
+
+    def __repr__(self) -> str:
+        return f"ReloadResult(applied={self.applied}, changed={self.changed}, summary={self.summary!r})"
+
+
 class VerifyOutcome(StrEnum):
     OK = "OK"
     FAIL = "FAIL"  # the receipt does not prove what it claims, or cannot be read
@@ -140,6 +148,12 @@ class SchedulerControl(Protocol):
         KeyError when `key` is not configured."""
         ...
 
+    def force_namespace(self, namespace: str) -> tuple[list[JobKey], list[JobKey]]:
+        """Anchor every job of `namespace` at the next pass, as ONE command (one request
+        over the control socket): (forced, skipped: in flight or disabled). KeyError when
+        no job of it is configured."""
+        ...
+
     def pause(self) -> None: ...
 
     def resume(self) -> None: ...
@@ -159,63 +173,3 @@ class SchedulerControl(Protocol):
     def namespace_config(self, namespace: str) -> Any:
         """The namespace's config section (core.config.Namespace), None if unknown."""
         ...
-
-
-class RuntimeControl:
-    """SchedulerControl in process: over a Runtime and its engine, on the same loop."""
-
-    def __init__(self, runtime: Runtime) -> None:
-        self._runtime = runtime
-
-    def snapshot(self) -> Snapshot:
-        engine = self._runtime.engine
-        cluster = self._runtime.cluster  # None with the file store
-        now = engine.clock.now()
-        views = tuple(engine.views(now))
-        return Snapshot(
-            now=now, views=views, counts=count(views), paused=engine.paused,
-            config_hash=engine.config_hash, started_at=engine.started_at,
-            last_tick=engine.last_tick, tick=engine.tick, max_level=engine.policy.max_level,
-            replicas=() if cluster is None else tuple(cluster.replicas()),
-            store=store_status(engine, cluster),
-        )
-
-    def subscribe(self, callback: Callable[[Event], None]) -> Callable[[], None]:
-        return self._runtime.bus.subscribe(callback)
-
-    def in_flight(self) -> frozenset[JobKey]:
-        return self._runtime.engine.in_flight()
-
-    def force(self, key: JobKey) -> bool:
-        return self._runtime.engine.force(key)
-
-    def pause(self) -> None:
-        self._runtime.engine.pause()
-
-    def resume(self) -> None:
-        self._runtime.engine.resume()
-
-    async def reload(self) -> ReloadResult:
-        return await self._runtime.reload_off_loop()
-
-    async def verify(self, path: str) -> VerifyResult:
-        try:
-            receipt = self._runtime.receipts.load(path)
-            await verify_receipt(receipt, self._runtime.backends)
-        except ReceiptUncheckable as exc:  # not a verdict on the receipt
-            return VerifyResult(VerifyOutcome.CANNOT_CHECK, str(exc))
-        except (ReceiptError, ReceiptInvalid) as exc:
-            return VerifyResult(VerifyOutcome.FAIL, str(exc))
-        except Exception as exc:  # a verifier bug is a failed check, not a crash
-            return VerifyResult(VerifyOutcome.FAIL, repr(exc))
-        job = f"{receipt.namespace}/{receipt.cadence}"
-        return VerifyResult(VerifyOutcome.OK, "audit path and attestation check out", job)
-
-    def recent_receipts(self, limit: int) -> Receipts:
-        return self._runtime.receipts.recent(limit)
-
-    def job_receipts(self, key: JobKey, limit: int) -> Receipts:
-        return self._runtime.receipts.for_job(key.namespace, key.cadence, limit)
-
-    def namespace_config(self, namespace: str) -> Any:
-        return self._runtime.loaded.config.namespaces.get(namespace)

@@ -3,7 +3,7 @@
 Served by every running scheduler (a service of core/services.py), so `ctl` and attached
 dashboards reach a headless daemon. HTTP/1.1 + JSON, one request per connection, the
 request head read as core/observe/http.py reads it (bounded, timed). What crosses the
-socket is encoded by core/wire.py; the operations are RuntimeControl's (core/control.py).
+socket is encoded by core/wire.py; the operations are RuntimeControl's (core/runtime_control.py).
 
 - Who connects: the socket's permissions (`control.mode`, `control.group`). Who may change
   things: a peer (SO_PEERCRED) whose primary or supplementary group is
@@ -51,7 +51,6 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
 from core import __version__, safejson, wire
-from core.control import RuntimeControl
 from core.errors import AnchorError
 from core.events import ControlCommand, Event, LogRecord
 from core.jobs import JobKey
@@ -59,11 +58,12 @@ from core.observe.health import health
 from core.observe.http import MAX_CONNECTIONS as HTTP_CONNECTIONS
 from core.observe.http import _parse_head
 from core.observe.metrics import CONTROL
+from core.runtime_control import RuntimeControl
 
 if TYPE_CHECKING:
     from core.runtime import Runtime
 
-API = "/v1"
+API = wire.API
 MAX_HEAD = 16 * 1024
 MAX_BODY = 64 * 1024
 READ_TIMEOUT = 5.0
@@ -518,28 +518,23 @@ class ControlServer:
         return self._force(args)
 
     def _force(self, args: dict[str, Any]) -> tuple[int, Any]:
-        keys = [v.key for v in self.control.snapshot().views]
-        if isinstance(args.get("job"), str):
+        if isinstance(args.get("namespace"), str) and not isinstance(args.get("job"), str):
             try:
-                wanted = [JobKey.parse(args["job"])]
-            except ValueError as exc:
-                return 400, {"error": str(exc)}
-            if wanted[0] not in keys:
-                return 404, {"error": f"no job {wanted[0]} is configured"}
-        elif isinstance(args.get("namespace"), str):
-            wanted = [k for k in keys if k.namespace == args["namespace"]]
-            if not wanted:
-                return 404, {"error": f"no namespace {args['namespace']!r} is configured"}
-        else:
-            return 400, {"error": 'force needs {"job": "ns/cadence"} or {"namespace": "ns"}'}
-        forced: list[str] = []
-        skipped: list[str] = []
-        for key in wanted:
-            try:
-                (forced if self.control.force(key) else skipped).append(str(key))
+                forced, skipped = self.control.force_namespace(args["namespace"])
             except KeyError:
-                skipped.append(str(key))
-        return 200, {"forced": forced, "skipped": skipped}
+                return 404, {"error": f"no namespace {args['namespace']!r} is configured"}
+            return 200, {"forced": [str(k) for k in forced], "skipped": [str(k) for k in skipped]}
+        if not isinstance(args.get("job"), str):
+            return 400, {"error": 'force needs {"job": "ns/cadence"} or {"namespace": "ns"}'}
+        try:
+            key = JobKey.parse(args["job"])
+        except ValueError as exc:
+            return 400, {"error": str(exc)}
+        try:
+            done = self.control.force(key)
+        except KeyError:
+            return 404, {"error": f"no job {key} is configured"}
+        return 200, {"forced": [str(key)] if done else [], "skipped": [] if done else [str(key)]}
 
     async def _verify(self, args: dict[str, Any]) -> tuple[int, Any]:
         path = args.get("path")

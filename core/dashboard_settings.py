@@ -170,16 +170,7 @@ def _colour(path: Path, name: str, value: Any) -> str:
 def read_theme_file(path: str | os.PathLike[str]) -> ThemeSpec:
     """Read and check a theme file: TOML, known fields, their types, ``primary`` given."""
     path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ThemeFileError(f"{path}: theme file not found") from None
-    except OSError as exc:
-        raise ThemeFileError(f"{path}: cannot read theme file: {exc.strerror or exc}") from None
-    except UnicodeDecodeError as exc:
-        raise ThemeFileError(f"{path}: not UTF-8 text: {exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ThemeFileError(f"{path}: not valid TOML: {exc}") from None
+    data = _theme_toml(path)
     unknown = sorted(set(data) - set(THEME_FIELDS))
     if unknown:
         raise ThemeFileError(
@@ -190,23 +181,38 @@ def read_theme_file(path: str | os.PathLike[str]) -> ThemeSpec:
         raise ThemeFileError(f"{path}: name must be a string, got {name!r}")
     if "primary" not in data:
         raise ThemeFileError(f"{path}: primary is required")
-    values: dict[str, Any] = {}
-    for key, value in data.items():
-        if key in COLOUR_FIELDS:
-            values[key] = _colour(path, key, value)
-        elif key in ("dark", "ansi"):
-            if not isinstance(value, bool):
-                raise ThemeFileError(f"{path}: {key} must be true or false, got {value!r}")
-            values[key] = value
-        elif key in ("luminosity_spread", "text_alpha"):
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise ThemeFileError(f"{path}: {key} must be a number, got {value!r}")
-            values[key] = float(value)
-        elif key == "variables":
-            if not isinstance(value, dict):
-                raise ThemeFileError(f"{path}: [variables] must be a table")
-            values[key] = {str(k): str(v) for k, v in value.items()}
+    values = {key: _theme_value(path, key, value) for key, value in data.items() if key != "name"}
     return ThemeSpec(name, values, path)
+
+
+def _theme_toml(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ThemeFileError(f"{path}: theme file not found") from None
+    except OSError as exc:
+        raise ThemeFileError(f"{path}: cannot read theme file: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ThemeFileError(f"{path}: not UTF-8 text: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ThemeFileError(f"{path}: not valid TOML: {exc}") from None
+
+
+def _theme_value(path: Path, key: str, value: Any) -> Any:
+    """One known field's value, checked (`name` is read by the caller)."""
+    if key in COLOUR_FIELDS:
+        return _colour(path, key, value)
+    if key in ("dark", "ansi"):
+        if not isinstance(value, bool):
+            raise ThemeFileError(f"{path}: {key} must be true or false, got {value!r}")
+        return value
+    if key in ("luminosity_spread", "text_alpha"):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ThemeFileError(f"{path}: {key} must be a number, got {value!r}")
+        return float(value)
+    if not isinstance(value, dict):  # "variables", the one other field
+        raise ThemeFileError(f"{path}: [variables] must be a table")
+    return {str(k): str(v) for k, v in value.items()}
 
 
 def bundled_theme_specs(folder: Path = THEMES_DIR) -> list[ThemeSpec]:

@@ -1,10 +1,12 @@
-"""What a job is: one (namespace, cadence) pair and the settings the engine needs for it."""
+"""What a job is: one (namespace, cadence) pair, the settings the engine needs for it, and
+its state (`JobState`: what the scheduler knows of its anchors; `Row`: where a shared store
+kept it). How a state is stored is core/store/."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 
 class JobKey(NamedTuple):
@@ -94,3 +96,88 @@ def unsafe_name(safe: str) -> str:
     from urllib.parse import unquote
 
     return unquote(safe)
+
+
+# --------------------------------------------------------------------------- job state
+
+
+def _opt(d: dict[str, Any], name: str, types: tuple[type, ...]) -> Any:
+    value = d.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, types):
+        raise ValueError(
+            f"{name} must be {' or '.join(t.__name__ for t in types)} or null, got {value!r}"
+        )
+    return value
+
+
+def _int(d: dict[str, Any], name: str) -> int:
+    value: object = d.get(name, 0)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """Where a job's state came from in a shared store: the row's `version`, and the lease's
+    `fence` while this replica holds it (None: not leased here). It travels with the state
+    object, so a save always carries the version and fence of the very state it writes,
+    never ones a later claim refreshed (core/store/postgres/state.py PgStateStore.write)."""
+
+    version: int
+    fence: int | None = None
+
+
+@dataclass(slots=True)
+class JobState:
+    last_anchored_at: float | None = None
+    last_root: str | None = None
+    failures: int = 0  # consecutive
+    backoff_level: int = 0
+    next_attempt: float | None = None
+    last_error_kind: str | None = None
+    last_error: str | None = None
+    last_receipt: str | None = None
+    last_attempt_at: float | None = None
+    # Last time the anchored root was known to be the latest: an anchor, or a pass that
+    # found the root unchanged. Staleness counts from here, so a quiet namespace is not stale.
+    current_at: float | None = None
+    # The shared store's row this state is based on (None: the file store, or a new job);
+    # never written out, never compared.
+    row: Row | None = field(default=None, compare=False, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        # Written out by hand: dataclasses.asdict deep-copies and is ~10x slower.
+        return {
+            "last_anchored_at": self.last_anchored_at,
+            "last_root": self.last_root,
+            "failures": self.failures,
+            "backoff_level": self.backoff_level,
+            "next_attempt": self.next_attempt,
+            "last_error_kind": self.last_error_kind,
+            "last_error": self.last_error,
+            "last_receipt": self.last_receipt,
+            "last_attempt_at": self.last_attempt_at,
+            "current_at": self.current_at,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> JobState:
+        """Strict about types (raises ValueError); unknown keys are ignored (newer writers)."""
+        if not isinstance(d, dict):
+            raise ValueError(f"expected an object, got {type(d).__name__}")
+        num = (int, float)
+        return cls(
+            last_anchored_at=_opt(d, "last_anchored_at", num),
+            last_root=_opt(d, "last_root", (str,)),
+            failures=_int(d, "failures"),
+            backoff_level=_int(d, "backoff_level"),
+            next_attempt=_opt(d, "next_attempt", num),
+            last_error_kind=_opt(d, "last_error_kind", (str,)),
+            last_error=_opt(d, "last_error", (str,)),
+            last_receipt=_opt(d, "last_receipt", (str,)),
+            last_attempt_at=_opt(d, "last_attempt_at", num),
+            current_at=_opt(d, "current_at", num),
+        )

@@ -14,8 +14,8 @@ ended the run (a stop request, an engine failure, an exception, a cancelled task
   4. the engine task                          3. engine stopped: in-flight anchors get
                                                  `run.grace`, the state is saved
 
-Headless (core/headless.py) waits in the block for a signal or the engine's end; the
-dashboard (tui/app.py) for quit, a signal or its terminal's loss. What each mode does
+Headless (cli/headless.py) waits in the block for a signal or the engine's end; the
+dashboard (tui/host.py InProcessHost) for quit, a signal or its terminal's loss. What each mode does
 around the block stays its own: the data-dir lock (Runtime.open / release), its signal
 handlers, its exit codes, the dashboard's watchdog.
 """

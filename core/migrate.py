@@ -28,10 +28,10 @@ from typing import Any
 
 from core import safejson
 from core.config import Config
-from core.jobs import JobKey, JobSpec
-from core.state import JobState, StateStore
+from core.jobs import JobKey, JobSpec, JobState
+from core.store.files.state import StateStore
 
-# Our own state file begins with its version (core.state.StateStore.write); a look at its
+# Our own state file begins with its version (core.store.files.state.StateStore.write); a look at its
 # first bytes saves parsing a large file just to tell the two formats apart.
 _OURS = re.compile(rb'\s*\{\s*"version"\s*:')
 _SHAPE = '{"<namespace>": {"last": {"<cadence>": <epoch seconds>}, "backoff": k}}'

@@ -1,6 +1,6 @@
 """The pydantic base model and field types every configuration model shares.
 
-Apart from core/config.py so that the target schemes' settings models
+Apart from core/config/ so that the target schemes' settings models
 (core/anchors/schemes.py) use the same rules without importing the loader.
 """
 

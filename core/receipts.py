@@ -1,4 +1,4 @@
-"""Receipts: one JSON file per job anchored, its store, and its verification.
+"""Receipts: one JSON document per job anchored, and its verification.
 
 Format (DESIGN.md, with the audit path made self-describing; docs/architecture.md):
 
@@ -18,29 +18,17 @@ In memory a receipt is a `Receipt`: immutable and typed, parsed once where a fil
 exactly this document by `to_json()` (same keys, same order, so a file rewritten by
 `confirm()` differs only in the fields it changes).
 
-Location: `<data_dir>/receipts/<safe_name(namespace)>/<YYYYmmddTHHMMSSfffZ>-<cadence>-<12 hex>.json`
-(the 12 hex digits start the batch root). A receipt is written once, atomically, never
-over an existing one (a `-<n>` suffix is added on a name clash); the only rewrite allowed
-is `confirm()`, moving `pending` to `confirmed`.
-
-Pending index: `<data_dir>/receipts/.pending/<safe namespace>/<receipt file name minus
-.json>`, an empty marker per pending receipt (no `.json`, so globs for receipts skip it),
-so that finding the pending ones at start reads only them, not every receipt ever
-written. The marker is created (and its folder fsynced) before the receipt, and removed
-after `confirm()`: every pending receipt has a marker, and a marker whose receipt is
-missing or confirmed is dropped when read. The index is trusted only once
-`.pending/.complete` exists; a data dir from before the index (or a crash while building
-it) is scanned in full once and indexed.
+Where receipts are kept, and how (files under the data dir, rows): core/store/
+(core/store/files/receipts.py, core/store/postgres/receipts.py).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import heapq
 import json
 import os
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -49,24 +37,11 @@ from typing import Any, Protocol
 
 from core import safejson
 from core.anchors.base import CannotVerify, VerificationFailed
-from core.fsutil import (
-    atomic_create_bytes,
-    atomic_write_bytes,
-    create_empty,
-    dumps_json,
-    ensure_dir,
-    fsync_dir,
-    fsync_dirs,
-    is_temp_name,
-    remove_stale_temps,
-)
-from core.jobs import safe_name, unsafe_name
 from core.merkle import root_from_path
 
 RECEIPT_VERSION = 1
 STATUSES = ("pending", "confirmed")
 _ROOT_RE = re.compile(r"sha256:[0-9a-f]{64}")
-_NAME_RE = re.compile(r"^(\d{8}T\d{9}Z)-(.+)-([0-9a-f]{12})(?:-(\d+))?\.json$")
 
 
 class ReceiptError(Exception):
@@ -446,286 +421,3 @@ def _load_document(path: str | os.PathLike[str]) -> dict[str, Any]:
     if not isinstance(doc, dict):
         raise ReceiptError(f"{path}: a receipt is a JSON object, got {type(doc).__name__}")
     return doc
-
-
-# --------------------------------------------------------------------------- store
-
-
-Listing = list[tuple[Path, "Receipt | ReceiptError"]]
-
-
-class ReceiptStore:
-    """Receipts under `<data_dir>/receipts/<safe namespace>/`.
-
-    Listings return `(Path, Receipt)` pairs. A file that cannot be read or parsed yields
-    `(path, ReceiptError)` (its message names the file) instead of stopping the listing.
-    """
-
-    INDEX = ".pending"
-    INDEX_COMPLETE = ".complete"
-
-    def __init__(self, root_dir: str | os.PathLike[str]) -> None:
-        self.root = Path(root_dir)
-        self.index = self.root / self.INDEX
-        self._pending: set[Path] | None = None  # known pending receipts, after a first scan
-        self._cleaned: set[Path] = set()  # namespace folders rid of stale temps by this store
-
-    # ---- writing
-
-    @staticmethod
-    def file_name(receipt: Receipt) -> str:
-        at = parse_iso_utc(receipt.anchored_at)
-        stamp = at.strftime("%Y%m%dT%H%M%S") + f"{at.microsecond // 1000:03d}Z"
-        root_hex = receipt.batch.root.removeprefix("sha256:")[:12]
-        return f"{stamp}-{safe_name(receipt.cadence)}-{root_hex}.json"
-
-    def write(self, receipt: Receipt) -> Path:
-        """Write a new receipt durably; never replaces an existing file."""
-        result = self.write_many([receipt])[0]
-        if isinstance(result, Exception):
-            raise result
-        return result
-
-    def write_many(self, receipts: list[Receipt]) -> list[Path | Exception]:
-        """Write new receipts as one group commit; each gets its path or its own error.
-
-        Markers of the pending ones first (one fsync per marker folder), then each receipt
-        (its data fsynced, linked under a free name), then one fsync per receipt folder:
-        a pass of 10,000 namespaces costs one folder fsync per folder, not four per file.
-        A receipt is written only once its marker is durable; a receipt that failed loses
-        its marker again. Nothing is returned as written before its folder is fsynced.
-        """
-        results: list[Path | Exception] = []
-        planned: list[tuple[int, Path, bytes, bool]] = []  # index, path, data, marked
-        marker_dirs: list[Path] = []
-        receipt_dirs: list[Path] = []  # with the parents of folders created here
-        for index, receipt in enumerate(receipts):
-            try:
-                folder = self.root / safe_name(receipt.namespace)
-                ensure_dir(folder, parents_to_sync=receipt_dirs)
-                self._clean_once(folder)
-                name = self.file_name(receipt)
-                data = dumps_json(receipt.to_json())
-                pending = receipt.status == "pending"
-                path = folder / name
-                if pending:
-                    ensure_dir(self._marker(path).parent, parents_to_sync=marker_dirs)
-                    path = self._free_marked_name(folder, name)
-                    marker_dirs.append(self._marker(path).parent)
-                planned.append((index, path, data, pending))
-                results.append(path)
-            except Exception as exc:
-                results.append(exc)
-        fsync_dirs(marker_dirs)
-        for index, path, data, marked in planned:
-            try:
-                if not atomic_create_bytes(path, data, sync_folder=False):
-                    path = self._create_under_free_name(path, data, marked)
-                    results[index] = path
-            except Exception as exc:
-                if marked:
-                    self._unmark(path)
-                results[index] = exc
-                continue
-            receipt_dirs.append(path.parent)
-            if marked and self._pending is not None:
-                self._pending.add(path)
-        fsync_dirs(receipt_dirs)
-        return results
-
-    def _free_marked_name(self, folder: Path, name: str) -> Path:
-        """The first receipt name in `folder` whose pending marker this call created."""
-        stem = name.removesuffix(".json")
-        n = 0
-        while True:
-            path = folder / (name if n == 0 else f"{stem}-{n}.json")
-            if create_empty(self._marker(path)):
-                return path
-            n += 1  # a pending receipt of that name exists already
-
-    def _create_under_free_name(self, taken: Path, data: bytes, marked: bool) -> Path:
-        """`taken` exists (a clash): create the receipt under the next free `-<n>` name."""
-        if marked:
-            self._unmark(taken)
-        m = re.match(r"(.*?)(?:-(\d+))?\.json\Z", taken.name)
-        stem, n = (m.group(1), int(m.group(2) or 0)) if m else (taken.stem, 0)
-        while True:
-            n += 1
-            path = taken.with_name(f"{stem}-{n}.json")
-            if marked:
-                if not create_empty(self._marker(path)):
-                    continue
-                fsync_dir(self._marker(path).parent)
-            if atomic_create_bytes(path, data, sync_folder=False):
-                return path
-            if marked:
-                self._unmark(path)
-
-    def _clean_once(self, folder: Path) -> None:
-        """Remove a kill -9's temp files from a namespace folder before its first write here."""
-        if folder not in self._cleaned:
-            remove_stale_temps(folder)
-            self._cleaned.add(folder)
-
-    def remove_stale_temps(self) -> list[Path]:
-        """Temp files left by a kill -9 in the receipts root and the pending index (at start).
-
-        Namespace folders are cleaned the first time this store writes into them, so a
-        start never lists every receipt ever written.
-        """
-        removed = remove_stale_temps(self.root) + remove_stale_temps(self.index)
-        return removed
-
-    # ---- the pending index
-
-    def _marker(self, path: Path) -> Path:
-        return self.index / path.parent.name / path.name.removesuffix(".json")
-
-    def _mark(self, path: Path) -> bool:
-        """Create the receipt's marker durably; False if it existed."""
-        marker = self._marker(path)
-        if not create_empty(marker):
-            return False
-        fsync_dir(marker.parent)
-        return True
-
-    def _unmark(self, path: Path) -> None:
-        try:
-            os.unlink(self._marker(path))
-        except FileNotFoundError:
-            pass
-
-    def _indexed(self) -> list[Path] | None:
-        """The receipts the index marks pending, or None when there is no complete index."""
-        if not (self.index / self.INDEX_COMPLETE).exists():
-            return None
-        out = []
-        for folder in self._namespace_dirs(self.index):
-            out += [
-                self.root / folder.name / f"{e.name}.json"
-                for e in os.scandir(folder)
-                if not is_temp_name(e.name)
-            ]
-        return out
-
-    def _build_index(self, pending: set[Path]) -> None:
-        for path in pending:
-            self._mark(path)
-        fsync_dir(self.index)
-        atomic_write_bytes(self.index / self.INDEX_COMPLETE, b"")
-
-    def load(self, path: str | os.PathLike[str]) -> Receipt:
-        """One receipt of this store by its path (the PostgreSQL store: by its name)."""
-        return load_receipt(path)
-
-    def confirm(self, path: str | os.PathLike[str], observed: int) -> Receipt:
-        """Move a pending receipt to confirmed (the only rewrite allowed); idempotent."""
-        path = Path(path)
-        receipt = load_receipt(path)
-        if receipt.status == "confirmed":
-            self._unmark(path)
-            if self._pending is not None:
-                self._pending.discard(path)
-            return receipt
-        receipt = receipt.confirmed(observed)
-        atomic_write_bytes(path, dumps_json(receipt.to_json()))
-        self._unmark(path)
-        if self._pending is not None:
-            self._pending.discard(path)
-        return receipt
-
-    # ---- reading
-
-    def _namespace_dirs(self, root: Path | None = None) -> Iterator[Path]:
-        """The namespace folders under `root` (the receipts root, or the pending index)."""
-        try:
-            entries = list(os.scandir(root or self.root))
-        except FileNotFoundError:
-            return
-        for e in entries:
-            if not e.name.startswith(".") and e.is_dir():
-                yield Path(e.path)
-
-    @staticmethod
-    def _names(folder: Path) -> list[str]:
-        try:
-            return [
-                e.name
-                for e in os.scandir(folder)
-                if e.name.endswith(".json") and not is_temp_name(e.name)
-            ]
-        except FileNotFoundError:
-            return []
-
-    @staticmethod
-    def _read(path: Path) -> tuple[Path, Receipt | ReceiptError]:
-        try:
-            return path, load_receipt(path)
-        except ReceiptError as exc:
-            return path, exc
-
-    def recent(self, limit: int = 50) -> Listing:
-        """The newest `limit` receipts of all namespaces, newest first (by file name)."""
-        if limit <= 0:
-            return []
-        candidates = (
-            (name, folder) for folder in self._namespace_dirs() for name in self._names(folder)
-        )
-        newest = heapq.nlargest(limit, candidates, key=lambda c: c[0])
-        return [self._read(folder / name) for name, folder in newest]
-
-    def for_job(self, namespace: str, cadence: str, limit: int = 50) -> Listing:
-        """The newest `limit` receipts of one job, newest first."""
-        if limit <= 0:
-            return []
-        folder = self.root / safe_name(namespace)
-        want = safe_name(cadence)
-        names = []
-        for name in self._names(folder):
-            m = _NAME_RE.match(name)
-            if m and m.group(2) == want:
-                names.append(name)
-        return [self._read(folder / n) for n in heapq.nlargest(limit, names)]
-
-    def all_paths(self) -> list[Path]:
-        return sorted(
-            (folder / name for folder in self._namespace_dirs() for name in self._names(folder)),
-            key=lambda p: p.name,
-        )
-
-    def every(self) -> Iterator[tuple[Path, Receipt | ReceiptError]]:
-        """Every receipt, oldest first (by file name), read one at a time."""
-        return map(self._read, self.all_paths())
-
-    def pending(self) -> list[tuple[Path, Receipt]]:
-        """Receipts still `pending` (oldest first). The first call reads the ones the index
-        marks (every receipt, once, in a data dir without an index); later calls read only
-        the ones this store knows are pending (it tracks write/confirm). Unreadable files
-        are not listed here (their status is unknown); `recent` shows them."""
-        if self._pending is None:
-            indexed = self._indexed()
-            if indexed is None:
-                found = set()
-                out: list[tuple[Path, Receipt]] = []
-                for path in self.all_paths():
-                    path, receipt = self._read(path)
-                    if isinstance(receipt, Receipt) and receipt.status == "pending":
-                        found.add(path)
-                        out.append((path, receipt))
-                self._build_index(found)
-                self._pending = found
-                return out
-            self._pending = set(indexed)
-        out = []
-        for path in sorted(self._pending, key=lambda p: p.name):
-            path, receipt = self._read(path)
-            if isinstance(receipt, Receipt) and receipt.status == "pending":
-                out.append((path, receipt))
-            elif isinstance(receipt, Receipt) or not path.exists():
-                self._pending.discard(path)  # confirmed, or gone: the marker goes too
-                self._unmark(path)
-        return out
-
-    @staticmethod
-    def namespace_of(path: Path) -> str:
-        return unsafe_name(path.parent.name)

@@ -2,7 +2,7 @@
 
 `RemoteControl` is the second implementation of core/control.py SchedulerControl (the
 first, RuntimeControl, runs the engine in process). It speaks the control API of
-docs/control-api.md with httpx over the Unix socket and keeps a local mirror: the last
+docs/control-api.md through core/control_client.py (ctl's client too) and keeps a local mirror: the last
 snapshot the server sent (its `now` advanced by the local monotonic clock while connected),
 so `snapshot()` and `in_flight()` are synchronous reads, as the panes expect. Events from
 `/v1/events` are gathered for a short moment, the mirror is refreshed once from a fresh
@@ -11,9 +11,9 @@ a pane redrawn on an event sees the state that event describes. Receipts are lis
 the scheduler's data dir on this host (read only, with the same ReceiptStore), so the
 panes get the same listing in both modes.
 
-Commands: `force`, `pause` and `resume` answer at once (optimistically: `force` is True
-when the job is configured and not in flight in the mirror) and send the command in a
-background task; a refusal or a failure of that request is told through `on_notice`
+Commands: `force`, `force_namespace`, `pause` and `resume` answer at once (optimistically:
+a job is forced when it is configured and neither in flight nor disabled in the mirror)
+and send ONE request in a background task (a namespace too: `{"namespace": ns}`); a refusal or a failure of that request is told through `on_notice`
 (the App shows it as a notification). `reload` and `verify` await the server's answer.
 
 The connection: `connect()` takes the first snapshot synchronously (NoScheduler, with a
@@ -32,20 +32,24 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import httpx
 
 from core import wire
-from core.control import Receipts, Snapshot, VerifyOutcome, VerifyResult
+from core.control import Receipts, ReloadResult, Snapshot, VerifyOutcome, VerifyResult
+from core.control_client import (
+    ControlClient,
+    ControlFailed,
+    ControlRefused,
+    ControlUnreachable,
+    error_text,
+)
 from core.events import Event, LogRecord, ReceiptWritten, TickCompleted
 from core.jobs import JobKey
-from core.receipts import Receipt, ReceiptError, ReceiptInvalid, ReceiptStore, parse_iso_utc
+from core.receipts import Receipt, ReceiptError, ReceiptInvalid, parse_iso_utc
+from core.store.files.receipts import ReceiptStore
 
-if TYPE_CHECKING:
-    from core.runtime import ReloadResult
-
-BASE_URL = "http://vmsh"
 RECEIPTS_CAUGHT_UP = 200  # receipts written while disconnected that are told after a reconnect
 GATHER = 0.05  # seconds events are gathered before one snapshot refresh
 BACKOFF_FIRST, BACKOFF_MAX = 0.2, 2.0
@@ -61,13 +65,6 @@ def not_running_message(socket_path: Path, why: str) -> str:
         "  start one: `vmsh-scheduler --no-ui --config FILE` (or `systemctl start vmsh-scheduler`),\n"
         "  or run the dashboard with its own engine: `vmsh-scheduler --config FILE`"
     )
-
-
-def _error_text(response: httpx.Response) -> str:
-    try:
-        return str(response.json().get("error") or response.text)
-    except (ValueError, AttributeError):
-        return response.text or f"HTTP {response.status_code}"
 
 
 class RemoteControl:
@@ -101,7 +98,7 @@ class RemoteControl:
         self._receipts_known: set[Path] | None = None  # listed when the socket went away
         self._callbacks: list[Callable[[Event], None]] = []
         self._task: asyncio.Task[None] | None = None
-        self._client: httpx.AsyncClient | None = None
+        self._client = ControlClient(self.socket_path)  # the one control-socket client (ctl's too)
         self._background: set[asyncio.Task[Any]] = set()
         self._closed = False
 
@@ -116,13 +113,11 @@ class RemoteControl:
         if not path.exists():
             raise NoScheduler(not_running_message(path, "no such socket"))
         try:
-            with httpx.Client(transport=httpx.HTTPTransport(uds=str(path)), base_url=BASE_URL, timeout=10) as c:
-                response = c.get("/v1/snapshot")
-        except (httpx.HTTPError, OSError) as exc:
-            raise NoScheduler(not_running_message(path, str(exc) or type(exc).__name__)) from exc
-        if response.status_code != 200:
-            raise NoScheduler(not_running_message(path, _error_text(response)))
-        control._take_snapshot(response.json(), with_logs=True)
+            with ControlClient(path, timeout=10) as client:
+                payload = client.call("GET", "snapshot")
+        except (ControlUnreachable, ControlFailed, ControlRefused) as exc:
+            raise NoScheduler(not_running_message(path, str(exc))) from exc
+        control._take_snapshot(payload, with_logs=True)
         control.connected = True
         return control
 
@@ -138,15 +133,7 @@ class RemoteControl:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
-
-    def _http(self) -> httpx.AsyncClient:
-        if self._client is None:
-            transport = httpx.AsyncHTTPTransport(uds=str(self.socket_path))
-            self._client = httpx.AsyncClient(transport=transport, base_url=BASE_URL, timeout=httpx.Timeout(30, read=None))
-        return self._client
+        await self._client.aclose()
 
     def _take_snapshot(self, payload: dict[str, Any], *, with_logs: bool = False) -> None:
         self._snapshot = wire.decode_snapshot(payload["snapshot"])
@@ -162,7 +149,7 @@ class RemoteControl:
                 self._backlog.append(record)
 
     async def _refresh(self, *, with_logs: bool = False) -> None:
-        response = await self._http().get("/v1/snapshot")
+        response = await self._client.request("GET", "snapshot")
         response.raise_for_status()
         self._take_snapshot(response.json(), with_logs=with_logs)
 
@@ -180,9 +167,7 @@ class RemoteControl:
                 raise
             except (httpx.HTTPError, OSError, ValueError) as exc:
                 self._set_connected(False)
-                if self._client is not None:  # a new connection pool after a restart
-                    client, self._client = self._client, None
-                    await client.aclose()
+                await self._client.reset()  # a new connection pool after a restart
                 del exc
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, BACKOFF_MAX)
@@ -192,8 +177,7 @@ class RemoteControl:
         pending: list[Event] = []
         flush: asyncio.Task[None] | None = None
         try:
-            async with self._http().stream("GET", "/v1/events", params={"after": self._seq}) as response:
-                response.raise_for_status()
+            async with self._client.stream(self._seq) as response:
                 async for line in response.aiter_lines():
                     if not line.strip():
                         continue
@@ -314,58 +298,63 @@ class RemoteControl:
             raise KeyError(key)
         if views[key].in_flight or views[key].disabled:
             return False
-        self._send("/v1/force", {"job": str(key)}, f"force {key}")
+        self._send("force", {"job": str(key)}, f"force {key}")
         return True
 
+    def force_namespace(self, namespace: str) -> tuple[list[JobKey], list[JobKey]]:
+        views = [v for v in self.snapshot().views if v.key.namespace == namespace]
+        if not views:
+            raise KeyError(namespace)
+        forced = [v.key for v in views if not (v.in_flight or v.disabled)]
+        skipped = [v.key for v in views if v.in_flight or v.disabled]
+        if forced:
+            self._send("force", {"namespace": namespace}, f"force {namespace}")
+        return forced, skipped
+
     def pause(self) -> None:
-        self._send("/v1/pause", None, "pause")
+        self._send("pause", None, "pause")
 
     def resume(self) -> None:
-        self._send("/v1/resume", None, "resume")
+        self._send("resume", None, "resume")
 
-    def _send(self, path: str, body: dict[str, Any] | None, what: str) -> None:
-        task = asyncio.get_running_loop().create_task(self._command(path, body, what))
+    def _send(self, command: str, body: dict[str, Any] | None, what: str) -> None:
+        task = asyncio.get_running_loop().create_task(self._command(command, body, what))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def _command(self, path: str, body: dict[str, Any] | None, what: str) -> None:
+    async def _command(self, command: str, body: dict[str, Any] | None, what: str) -> None:
         try:
-            response = await self._post(path, body)
+            response = await self._client.request("POST", command, body)
         except (httpx.HTTPError, OSError) as exc:
             self._notice(f"{what}: not sent, the scheduler is not reachable ({exc or type(exc).__name__})")
             return
         if response.status_code >= 400:
-            self._notice(f"{what}: refused: {_error_text(response)}")
+            self._notice(f"{what}: refused: {error_text(response)}")
             return
-        skipped = response.json().get("skipped") if path == "/v1/force" else None
+        skipped = response.json().get("skipped") if command == "force" else None
         if skipped:
             self._notice(f"{what}: not forced: {', '.join(str(s) for s in skipped)}")
-
-    async def _post(self, path: str, body: dict[str, Any] | None) -> httpx.Response:
-        return await self._http().post(path, json=body if body is not None else {})
 
     def _notice(self, text: str) -> None:
         if self.on_notice is not None:
             self.on_notice(text)
 
     async def reload(self) -> ReloadResult:
-        from core.runtime import ReloadResult
-
         try:
-            response = await self._post("/v1/reload", None)
+            response = await self._client.request("POST", "reload")
         except (httpx.HTTPError, OSError) as exc:
             return ReloadResult(False, False, [f"the scheduler is not reachable: {exc or type(exc).__name__}"], "")
         if response.status_code >= 400:
-            return ReloadResult(False, False, [_error_text(response)], "")
+            return ReloadResult(False, False, [error_text(response)], "")
         return wire.decode_reload_result(response.json())
 
     async def verify(self, path: str) -> VerifyResult:
         try:
-            response = await self._post("/v1/verify", {"path": path})
+            response = await self._client.request("POST", "verify", {"path": path})
         except (httpx.HTTPError, OSError) as exc:
             return VerifyResult(VerifyOutcome.CANNOT_CHECK, f"the scheduler is not reachable: {exc or type(exc).__name__}")
         if response.status_code >= 400:
-            return VerifyResult(VerifyOutcome.CANNOT_CHECK, _error_text(response))
+            return VerifyResult(VerifyOutcome.CANNOT_CHECK, error_text(response))
         return wire.decode_verify_result(response.json())
 
 

@@ -1,7 +1,7 @@
 """What one scheduler of a cluster says about itself (the replica registry's rows).
 
 With the file store a scheduler is alone and there is no registry; with PostgreSQL every
-replica writes its row and heartbeat (core/pgstore.py) and any replica can list them all:
+replica writes its row and heartbeat (core/store/postgres/) and any replica can list them all:
 the dashboard's Replicas pane, the control API's snapshot, /health's config-hash check.
 """
 

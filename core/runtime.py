@@ -20,14 +20,16 @@ from core.anchors.schemes import SCHEMES
 from core.backoff import BackoffPolicy
 from core.clock import Clock, SystemClock
 from core.config import Config, ConfigError, ConfigIssue, LoadedConfig
+from core.control import ReloadResult
 from core.engine import Scheduler
 from core.errors import AnchorError
 from core.events import ConfigRejected, EventBus
 from core.migrate import StateImport, StateImportError, import_original_state, state_files
 from core.observe.logs import Log
 from core.observe.watch import off_loop
-from core.state import DataDirLock, LockHeld, NoLock, StateError, StateStore
-from core.store import Store, file_store, is_postgres, postgres_store
+from core.store import StateError, Store, StoreNotReady, is_shared, open_store
+from core.store.files.lock import DataDirLock, LockHeld, NoLock
+from core.store.files.state import StateStore
 
 if TYPE_CHECKING:
     from core.replicas import ClusterView
@@ -35,27 +37,17 @@ if TYPE_CHECKING:
 Loader = Callable[[], LoadedConfig]
 
 
-def open_store(cfg: Config, state_file: Path) -> Store:
-    """The store `scheduler.store` names (Runtime.open has checked a PostgreSQL one)."""
-    if is_postgres(cfg.scheduler.store):
-        return postgres_store(cfg.scheduler.store, env=os.environ, lease=cfg.scheduler.lease)
-    return file_store(Path(cfg.scheduler.data_dir), state_file)
+def _configured_store(cfg: Config, state_file: Path) -> Store:
+    """The store `scheduler.store` names (a shared one is made ready by Runtime.open)."""
+    return open_store(
+        cfg.scheduler.store, data_dir=cfg.scheduler.data_dir, state_file=state_file, env=os.environ,
+        lease=cfg.scheduler.lease,
+    )
 
 # A hot reload that has not read and validated the files after this long is given up (the
 # old config stays live). The reader's own limits (core.config: size, aliases, nesting)
 # bound it well below this; 10,000 namespaces load in about 4 s on a busy 2-core machine.
 RELOAD_SECONDS = 30.0
-
-
-class ReloadResult:
-    def __init__(self, applied: bool, changed: bool, errors: list[str], summary: str) -> None:
-        self.applied = applied
-        self.changed = changed
-        self.errors = errors
-        self.summary = summary
-
-    def __repr__(self) -> str:
-        return f"ReloadResult(applied={self.applied}, changed={self.changed}, summary={self.summary!r})"
 
 
 class CannotStart(Exception):
@@ -85,7 +77,7 @@ class Runtime:
         self.lock = lock or DataDirLock(self.data_dir)
         state_file = _state_file(cfg)
         self.state_file = state_file
-        self.store = store or open_store(cfg, state_file)
+        self.store = store or _configured_store(cfg, state_file)
         self.receipts = self.store.receipts
         self.cluster: ClusterView | None = None  # cluster mode: set when the run starts (core/services.py)
         sources.configure(cfg.batch_limits())
@@ -128,7 +120,7 @@ class Runtime:
         traceback. On the first start it imports that state first (core/migrate.py).
         """
         data_dir = Path(loaded.config.scheduler.data_dir)
-        if is_postgres(loaded.config.scheduler.store):
+        if is_shared(loaded.config.scheduler.store):
             return cls._open_clustered(loaded, loader=loader, clock=clock)
         lock = DataDirLock(data_dir)
         try:
@@ -165,32 +157,21 @@ class Runtime:
 
     @classmethod
     def _open_clustered(cls, loaded: LoadedConfig, *, loader: Loader | None, clock: Clock | None) -> Runtime:
-        """Cluster mode: no data-dir lock (replicas share the database, each job is claimed
-        under a lease); the schema is created on a new database, an older one refused."""
-        from core.pgstore import SCHEMA_VERSION
-
+        """Cluster mode: no data-dir lock (replicas share the store, each job is claimed
+        under a lease); the store made ready (a new database's schema created, an older one
+        refused: `Store.make_ready`)."""
         cfg = loaded.config
         try:
-            store = open_store(cfg, _state_file(cfg))
+            store = _configured_store(cfg, _state_file(cfg))
         except AnchorError as exc:
             raise CannotStart(str(exc)) from exc
         try:
-            assert store.db is not None
-            version = store.db.schema_version()
-            if version == 0:
-                store.db.migrate()
-            elif version < SCHEMA_VERSION:
-                raise CannotStart(
-                    f"the store {store.display} has schema version {version}, this scheduler needs "
-                    f"{SCHEMA_VERSION}: run `vmsh-scheduler store migrate` first"
-                )
-            elif version > SCHEMA_VERSION:
-                raise CannotStart(
-                    f"the store {store.display} has schema version {version}, newer than this "
-                    f"scheduler's ({SCHEMA_VERSION}): upgrade the scheduler"
-                )
+            store.make_ready()
             Path(cfg.scheduler.data_dir).mkdir(parents=True, exist_ok=True, mode=0o750)
             return cls(loaded, loader=loader, lock=NoLock(Path(cfg.scheduler.data_dir)), clock=clock, store=store)
+        except StoreNotReady as exc:
+            store.close()
+            raise CannotStart(str(exc)) from exc
         except CannotStart:
             store.close()
             raise
@@ -365,12 +346,12 @@ _FOLDER_HINT = (
 
 
 # What a reload applies: the jobs (namespaces and the files they come from), the targets,
-# and the batch-file limits; the dashboard reads `tui` itself. Every other setting is read
-# once at start (the data dir, the lock and stores on it, the HTTP address, the engine's
-# tick, concurrency and backoff, the log, CloudEvents), so a reload that changes one says
-# so instead of seeming to apply it.
+# and the batch-file limits. Every other setting is read once at start (the data dir, the
+# lock and stores on it, the HTTP address, the engine's tick, concurrency and backoff, the
+# log, CloudEvents, and the dashboard's `tui` keys, theme and theme file), so a reload that
+# changes one says so instead of seeming to apply it.
 APPLIED_ON_RELOAD = frozenset({
-    "namespaces", "namespaces_file", "anchors_file", "targets", "tui",
+    "namespaces", "namespaces_file", "anchors_file", "targets",
     "scheduler.max_batch_bytes", "scheduler.follow_symlinks",
 })
 

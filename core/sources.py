@@ -57,19 +57,22 @@ shared `out/batches/`), decided at each read.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import re
 import stat
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from core import safejson
 from core.errors import ValidationError
 from core.fsutil import atomic_write_json, is_temp_name
+from core.readers import Read, Readers
 
 _HEX64 = re.compile(r"[0-9a-fA-F]{64}")
 _DIGITS = re.compile(r"(\d+)")
@@ -78,6 +81,9 @@ _HANDOFF_S = 5.0  # a prefetched result older than this is checked again before 
 
 DEFAULT_MAX_BATCH_BYTES = 1024 * 1024
 MAX_ID_CHARS = 256
+
+T = TypeVar("T")
+READERS = Readers(name="vmsh-batch-read")  # every folder read of `prefetch`
 
 
 class SourceError(ValidationError):
@@ -208,6 +214,7 @@ class _Handoff:
 _cache: dict[str, _Entry] = {}
 _handoffs: dict[str, _Handoff] = {}  # by the folder read, as _cache
 _name_keys: dict[str, dict[str, tuple[object, ...]]] = {}  # folder -> its last listing's keys
+_resolved: dict[str, str] = {}  # folder named -> the folder its last prefetch read
 _generation = 0  # prefetch calls so far
 _lock = threading.Lock()
 _limits: dict[str, BatchLimits] = {}
@@ -219,6 +226,7 @@ def clear_cache() -> None:
         _cache.clear()
         _handoffs.clear()
         _name_keys.clear()
+        _resolved.clear()
 
 
 def configure(limits: Mapping[Path, BatchLimits], default: BatchLimits | None = None) -> None:
@@ -231,6 +239,7 @@ def configure(limits: Mapping[Path, BatchLimits], default: BatchLimits | None = 
         _cache.clear()
         _handoffs.clear()
         _name_keys.clear()
+        _resolved.clear()
 
 
 def limits_for(folder: str | os.PathLike[str]) -> BatchLimits:
@@ -361,32 +370,89 @@ def latest_batch(folder: str | os.PathLike[str]) -> Batch:
     return _latest_or_fallback(Path(folder))
 
 
-def prefetch(folders: Iterable[str | os.PathLike[str]]) -> None:
-    """Read the latest batch of the folders now, for the `latest_batch` calls that follow
-    (worker thread). Name a folder once per call to come (once per due job): a folder
-    named many times, or read for many namespaces, is read once. Called with none, it ends
-    the hand-off to the loop of the previous call's results (the engine's next pass)."""
+def prefetch(
+    folders: Iterable[str | os.PathLike[str]], wait: float | None = None
+) -> dict[str, float]:
+    """Read the latest batch of the folders now, for the `latest_batch` calls that follow.
+    Name a folder once per call to come (once per due job): a folder named many times, or
+    read for many namespaces, is read once. Called with none, it ends the hand-off to the
+    loop of the previous call's results (the engine's next pass).
+
+    The reads run on `READERS`' daemon threads; this waits for them `wait` seconds at most
+    (None: until they end) and returns the folders named whose read has not ended, each
+    with how long that read has run: a folder that does not answer (a dead mount) holds
+    neither the caller nor the other folders, and its read is not started again while it
+    hangs. Their calls get no hand-off: the caller leaves them for later."""
     global _generation
     with _lock:
         _generation += 1
         generation = _generation
-    wanted: dict[Path, int] = {}  # folder read -> calls to serve
+    named: dict[str, int] = {}
     for name in folders:
-        folder = Path(name)
-        read = source_folder(folder) if limits_for(folder).fallbacks else folder
-        if read is not None:  # else the call raises without reading anything
-            wanted[read] = wanted.get(read, 0) + 1
-    for folder, tickets in wanted.items():
-        batch: Batch | None = None
-        error: str | None = None
-        try:
-            batch = _latest(folder, use_handoff=False)
-        except SourceError as exc:
-            error = str(exc)
-        with _lock:
-            _handoffs[str(folder)] = _Handoff(
-                time.monotonic() + _HANDOFF_S, tickets, generation, batch, error
-            )
+        key = str(Path(name))
+        named[key] = named.get(key, 0) + 1
+    deadline = None if wait is None else time.monotonic() + wait
+    # A folder with fallbacks is first resolved (is it a folder? that is I/O too).
+    resolving = {
+        name: _submit(f"resolve:{name}", functools.partial(source_folder, name))
+        for name in named
+        if limits_for(name).fallbacks
+    }
+    READERS.wait(_new(resolving), _left(deadline))
+    waiting: dict[str, Read[object]] = {}
+    read_from: dict[str, str] = {}
+    for name in named:
+        resolution = resolving.get(name)
+        if resolution is None:
+            read_from[name] = name
+        elif not resolution[0].done.is_set():
+            waiting[name] = resolution[0]  # type: ignore[assignment]
+        elif isinstance(resolution[0].value, Path):
+            read_from[name] = str(resolution[0].value)
+        # else: no folder at all; the call raises without reading anything
+    wanted: dict[str, int] = {}
+    for name, folder in read_from.items():
+        wanted[folder] = wanted.get(folder, 0) + named[name]
+    reads = {
+        folder: _submit(f"read:{folder}", functools.partial(_read_result, Path(folder)))
+        for folder in wanted
+    }
+    READERS.wait(_new(reads), _left(deadline))
+    until = time.monotonic() + _HANDOFF_S
+    with _lock:
+        for folder, (read, _) in reads.items():
+            if read.done.is_set() and read.value is not None:
+                batch, error = read.value
+                _handoffs[folder] = _Handoff(until, wanted[folder], generation, batch, error)
+        for name, folder in read_from.items():
+            _resolved[name] = folder
+            if not reads[folder][0].done.is_set():
+                waiting[name] = reads[folder][0]  # type: ignore[assignment]
+    now = time.monotonic()
+    return {name: read.running_for(now) for name, read in waiting.items()}
+
+
+def _submit(key: str, fn: Callable[[], T]) -> tuple[Read[T], bool]:
+    """The read of `key` (see core.readers) and whether this call started it."""
+    started = READERS.pending(key) is None
+    return READERS.submit(key, fn), started
+
+
+def _new(reads: Mapping[str, tuple[Read[T], bool]]) -> list[Read[T]]:
+    """The reads this call started: one still hanging from an earlier call is not waited for
+    again (a dead mount would hold every pass for the whole wait)."""
+    return [read for read, started in reads.values() if started]
+
+
+def _left(deadline: float | None) -> float | None:
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+
+def _read_result(folder: Path) -> tuple[Batch | None, str | None]:
+    try:
+        return _latest(folder, use_handoff=False), None
+    except SourceError as exc:
+        return None, str(exc)
 
 
 def _on_event_loop() -> bool:
@@ -417,7 +483,11 @@ def _latest_or_fallback(folder: Path) -> Batch:
     fallbacks = limits_for(folder).fallbacks
     if not fallbacks:
         return _latest(folder)
-    chosen = source_folder(folder)
+    with _lock:  # resolved by the last prefetch: no I/O while its hand-off lasts
+        resolved = _resolved.get(str(folder))
+        if resolved is not None and resolved not in _handoffs:
+            resolved = None
+    chosen = Path(resolved) if resolved is not None else source_folder(folder)
     if chosen is None:  # the last fallback is the main one (the shared folder)
         raise SourceError(f"batch folder {folder} does not exist, nor {fallbacks[-1]}")
     if chosen == folder:

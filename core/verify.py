@@ -10,6 +10,8 @@ folder). What a receipt needs comes from, first to last:
     rfc3161:<name>   --trust-bundle PEM; else the target's trust_bundle in the config
     eip155:<id>      --rpc-url eip155:<id>=URL; else the target's rpcUrl in the config
 
+(each scheme's spec says it: its `checker`, core/anchors/<scheme>/checking.py).
+
 Three outcomes per receipt, and the exit code of the worst one:
 
     OK            0  the audit path and the attestation check out
@@ -29,12 +31,11 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, TextIO
+from typing import Any, TextIO
 
 from core.anchors.base import CannotVerify
-from core.anchors.local import certificate_path, read_certificates, verify_local_token
-from core.anchors.schemes import SCHEMES, Proof, TargetSettings
-from core.clock import SystemClock
+from core.anchors.schemes import SCHEMES, TargetSettings
+from core.anchors.spec import ClosingVerifier, SchemeSpec
 from core.errors import ValidationError
 from core.receipts import (
     Receipt,
@@ -46,16 +47,7 @@ from core.receipts import (
     verify_receipt,
 )
 
-if TYPE_CHECKING:
-    from core.anchors.rfc3161 import TrustBundle
-
 SettingsFor = Callable[[str], TargetSettings | None]  # None (or LookupError): no entry
-
-
-class ClosingVerifier(Verifier, Protocol):
-    """A Verifier that holds something to release (a client, a connection) until close()."""
-
-    async def close(self) -> None: ...
 
 
 class Outcome(enum.Enum):
@@ -130,16 +122,23 @@ def expand(paths: list[Path]) -> list[tuple[Path, str | None]]:
 
 
 def parse_rpc_urls(values: Sequence[str]) -> dict[str, str]:
-    """`eip155:<id>=URL` flags -> {target: url}; ValueError with a sentence on a bad one."""
+    """`<scheme>:<name>=URL` flags of the schemes that take one (their spec's `rpc_url_form`,
+    their `name_problem`) -> {target: url}; ValueError with a sentence on a bad one."""
     out: dict[str, str] = {}
     for value in values:
         target, sep, url = value.partition("=")
-        scheme, _, chain = target.partition(":")
-        if not sep or scheme != "eip155" or not chain.isdigit() or "://" not in url:
-            raise ValueError(
-                f"--rpc-url {value!r}: expected eip155:<chain id>=<URL>, "
-                "for example eip155:8453=https://mainnet.base.org"
-            )
+        scheme, _, name = target.partition(":")
+        spec = SCHEMES.get(scheme)
+        if (
+            not sep
+            or spec is None
+            or spec.rpc_url_form is None
+            or not name
+            or spec.name_problem(name) is not None
+            or "://" not in url
+        ):
+            forms = " or ".join(s.rpc_url_form for s in SCHEMES.values() if s.rpc_url_form)
+            raise ValueError(f"--rpc-url {value!r}: expected {forms}")
         out[target] = url
     return out
 
@@ -147,48 +146,20 @@ def parse_rpc_urls(values: Sequence[str]) -> dict[str, str]:
 # --------------------------------------------------------------------------- verifiers
 
 
-def _proof(target: str) -> Proof | None:
-    """How a receipt of ``target`` is checked (its scheme's spec); ValidationError for a
-    scheme this program does not know."""
+def scheme_of(target: str) -> SchemeSpec:
+    """The spec of ``target``'s scheme; ValidationError for a scheme this program does not know."""
     scheme = target.partition(":")[0]
     spec = SCHEMES.get(scheme)
     if spec is None:
         raise ValidationError(f"unknown target scheme {scheme!r} in {target!r}")
-    return spec.proof
-
-
-class TokenVerifier:
-    """An RFC 3161 token (a "timestamp" or "embedded-timestamp" proof: rfc3161:, local:)
-    against certificates read once, offline."""
-
-    def __init__(self, target: str, bundle: TrustBundle, *, embedded: bool = False) -> None:
-        self.target = target
-        self.bundle = bundle  # core.anchors.rfc3161.TrustBundle
-        self.embedded = embedded  # a token of the embedded TSA (core/anchors/local.py)
-
-    async def verify(
-        self,
-        attestation: dict[str, Any],
-        digest: bytes,
-        *,
-        required: int | None = None,
-        policy: str | None = None,
-    ) -> None:
-        b = self.bundle
-        if self.embedded:
-            verify_local_token(attestation, digest, [*b.roots, *b.signers], self.target, policy=policy)
-            return
-        from core.anchors.rfc3161 import verify_token  # loaded already: it read the bundle
-
-        verify_token(attestation, digest, target=self.target, policy=policy, bundle=lambda: b)
-
-    async def close(self) -> None:
-        return None
+    return spec
 
 
 class ReadOnlyVerifiers:
-    """What each target needs, from the flags first, then the config; builds nothing that
-    writes and reads no secret. `for_receipt(path)` is the `backend_for` of verify_receipt."""
+    """What each target needs, from the flags first, then the config (core.anchors.spec's
+    VerifyInputs); builds nothing that writes and reads no secret. Each scheme's `checker`
+    builds the verifier of its receipts. `for_receipt(path)` is the `backend_for` of
+    verify_receipt."""
 
     def __init__(
         self,
@@ -206,25 +177,24 @@ class ReadOnlyVerifiers:
         self.config_data_dir = config_data_dir
         self.config_problem = config_problem
         self.data_dir = data_dir
-        self._cache: dict[tuple[str, Path | None], ClosingVerifier] = {}
-        self._clock = SystemClock()
+        self._cache: dict[tuple[str, Any], ClosingVerifier] = {}
 
     def for_receipt(self, path: Path) -> Callable[[str], ClosingVerifier]:
         return lambda target: self.verifier(target, path)
 
     def verifier(self, target: str, receipt_path: Path) -> ClosingVerifier:
-        scheme, _, name = target.partition(":")
-        proof = _proof(target)
-        data_dir = self._local_data_dir(receipt_path) if proof == "embedded-timestamp" else None
-        key = (target, data_dir)  # local receipts of different data dirs: different certificates
+        spec = scheme_of(target)
+        if spec.checker is None:
+            raise CannotVerify(f"{target}: this build cannot check {spec.name} receipts")
+        key = (target, spec.checker_scope(self, receipt_path))
         if key not in self._cache:
-            self._cache[key] = self._build(target, proof, name, receipt_path)
+            self._cache[key] = spec.checker(target, self, receipt_path)
         return self._cache[key]
 
-    def _local_data_dir(self, receipt_path: Path) -> Path | None:
+    def data_dir_for(self, receipt_path: Path) -> Path | None:
         return self.data_dir or data_dir_of(receipt_path) or self.config_data_dir
 
-    def _settings(self, target: str) -> TargetSettings | None:
+    def settings(self, target: str) -> TargetSettings | None:
         """The config's settings for a target, or None (no config, or no entry)."""
         if self.settings_for is None:
             return None
@@ -233,87 +203,8 @@ class ReadOnlyVerifiers:
         except LookupError:
             return None
 
-    def _no_config(self) -> str:
+    def no_config(self) -> str:
         return f" (the config was not used: {self.config_problem})" if self.config_problem else ""
-
-    def _bundle(self, target: str, paths: Sequence[Path]) -> TrustBundle:
-        from core.anchors.rfc3161 import TrustBundle, load_trust_bundle
-
-        certs = []
-        for path in paths:
-            try:
-                bundle = load_trust_bundle(path, target)
-            except ValidationError as exc:
-                raise CannotVerify(str(exc)) from None
-            certs += [c for c in (*bundle.roots, *bundle.signers) if c not in certs]
-        try:
-            return TrustBundle(certs, ", ".join(str(p) for p in paths))
-        except ValidationError as exc:
-            raise CannotVerify(f"{target}: {exc}") from None
-
-    def ca_files(self, target: str, receipt_path: Path) -> list[Path]:
-        """The PEM files an RFC 3161 receipt (rfc3161: or local:) is checked against;
-        CannotVerify saying what to pass when there are none."""
-        if _proof(target) == "embedded-timestamp":  # --trust-bundle and the certificate beside it
-            files = list(self.trust_bundles)
-            data_dir = self._local_data_dir(receipt_path)
-            if data_dir is not None:
-                cert = certificate_path(data_dir)
-                if cert.exists() or not files:
-                    read_certificates(cert, target)  # CannotVerify naming the file when missing
-                    files.append(cert)
-            if not files:
-                raise CannotVerify(
-                    f"{target}: the receipt is not inside a data dir; pass --trust-bundle with "
-                    "the local-tsa.pem of the data dir that wrote it, or --data-dir"
-                )
-            return files
-        if self.trust_bundles:
-            return self.trust_bundles
-        bundle: Path | None = getattr(self._settings(target), "trust_bundle", None)
-        if bundle is None:
-            raise CannotVerify(
-                f"{target}: nothing to check the token against; pass --trust-bundle with "
-                f"the TSA's CA certificate(s) (PEM){self._no_config()}"
-            )
-        return [bundle]
-
-    def rpc_url(self, target: str) -> str:
-        """The node an eip155 receipt is checked on; CannotVerify when there is none."""
-        url = self.rpc_urls.get(target)
-        if url is None:
-            settings = self._settings(target)
-            url = getattr(settings, "rpc_url", None) or None
-        if url is None:
-            raise CannotVerify(
-                f"{target}: the transaction is checked on a node of chain "
-                f"{target.partition(':')[2]}; pass --rpc-url {target}=URL{self._no_config()}"
-            )
-        return url
-
-    def _build(self, target: str, proof: Proof | None, name: str, receipt_path: Path) -> ClosingVerifier:
-        if proof in ("timestamp", "embedded-timestamp"):
-            bundle = self._bundle(target, self.ca_files(target, receipt_path))
-            return TokenVerifier(target, bundle, embedded=proof == "embedded-timestamp")
-        if proof == "transaction":
-            return self._evm(target, name)
-        raise CannotVerify(f"{target}: this build cannot check {target.partition(':')[0]} receipts")
-
-    def _evm(self, target: str, name: str) -> ClosingVerifier:
-        from core.anchors.evm import EVMBackend
-        from core.anchors.schemes import Eip155Target
-
-        if not name.isdigit():
-            raise ValidationError(f"{target!r} is not an eip155:<chain id> target")
-        url = self.rpc_url(target)
-        settings = self._settings(target)
-        if target in self.rpc_urls or not isinstance(settings, Eip155Target):  # no entry: None
-            settings = Eip155Target.model_validate({"rpcUrl": url, "chainId": int(name)})
-        try:
-            # No key is read and nothing is written: verify() only asks the node.
-            return EVMBackend(target, settings, self._clock, self.config_data_dir or Path("."))
-        except ValidationError as exc:
-            raise CannotVerify(f"{exc}; pass --rpc-url {target}=URL") from None
 
     async def close(self) -> None:
         for verifier in self._cache.values():

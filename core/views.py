@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from core.jobs import JobKey, JobSpec
-from core.state import JobState
+from core.jobs import JobKey, JobSpec, JobState
 from core.status import JobStatus
 
 

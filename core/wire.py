@@ -18,14 +18,20 @@ from pathlib import Path
 from typing import Any
 
 from core import events as ev
-from core.control import FILE_STORE, Snapshot, StoreStatus, VerifyOutcome, VerifyResult
-from core.jobs import JobKey, JobSpec
+from core.control import (
+    FILE_STORE,
+    ReloadResult,
+    Snapshot,
+    StoreStatus,
+    VerifyOutcome,
+    VerifyResult,
+)
+from core.jobs import JobKey, JobSpec, JobState
 from core.replicas import ReplicaInfo
-from core.runtime import ReloadResult
-from core.state import JobState
 from core.status import Counts, JobStatus
 from core.views import JobView
 
+API = "/v1"  # the control API's path prefix: /v1/snapshot, /v1/events, /v1/force, ...
 Json = Any  # a value json.dumps accepts
 
 

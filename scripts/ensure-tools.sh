@@ -11,6 +11,8 @@
 #              server of its own in a temp folder (tests/cluster/postgres.py). The
 #              package's own service is never started here; a cluster its postinst
 #              started is left alone (the tests use another port and folder).
+#   libfuse2   (Debian package `libfuse2`): tests/integration/test_hung_mount.py mounts a
+#              FUSE file system (fusepy) that stops answering, as a dead network mount.
 #
 # Idempotent: when every tool is already present this does nothing and returns at once.
 # Otherwise it installs the missing packages with apt-get, which needs root (CI runs it as
@@ -28,11 +30,16 @@ have_initdb() {
     command -v initdb >/dev/null 2>&1
 }
 
+have_libfuse2() {
+    ldconfig -p 2>/dev/null | grep -q 'libfuse\.so\.2'
+}
+
 missing=""
 command -v promtool >/dev/null 2>&1 || missing="$missing prometheus"
 command -v faketime >/dev/null 2>&1 || missing="$missing faketime"
 command -v tmux >/dev/null 2>&1 || missing="$missing tmux"
 have_initdb || missing="$missing postgresql"
+have_libfuse2 || missing="$missing libfuse2"
 [ -z "$missing" ] && exit 0
 
 command -v apt-get >/dev/null 2>&1 \
@@ -57,5 +64,6 @@ $SUDO apt-get install -y --no-install-recommends $missing || die "apt-get instal
 # system runs; the tests only need the binaries, and nothing here starts or stops one.
 command -v promtool >/dev/null 2>&1 || die "package 'prometheus' installed but promtool is not on PATH"
 command -v faketime >/dev/null 2>&1 || die "package 'faketime' installed but faketime is not on PATH"
+have_libfuse2 || die "package 'libfuse2' installed but ldconfig does not list libfuse.so.2"
 have_initdb || die "package 'postgresql' installed but there is no initdb under /usr/lib/postgresql/*/bin"
 say "installed:$missing"

@@ -389,7 +389,7 @@ class DashboardScreen(Screen[None]):
 
         def confirmed(yes: bool | None) -> None:
             if yes:
-                self._force([key])
+                self._force(key)
 
         self.app.push_screen(
             ConfirmScreen(f"Force-anchor {key} now?", f"Target {view.spec.target}. Ignores due time, backoff and unchanged roots."),
@@ -409,7 +409,7 @@ class DashboardScreen(Screen[None]):
 
         def confirmed(yes: bool | None) -> None:
             if yes:
-                self._force(keys)
+                self._force(namespace)
 
         self.app.push_screen(
             ConfirmScreen(
@@ -419,16 +419,17 @@ class DashboardScreen(Screen[None]):
             confirmed,
         )
 
-    def _force(self, keys: list[JobKey]) -> None:
-        started = []
-        for key in keys:
-            try:
-                if self.control.force(key):
-                    started.append(str(key))
-            except KeyError:
-                pass
+    def _force(self, target: JobKey | str) -> None:
+        """Force a job, or a namespace (a str) as ONE command: one request over the socket."""
+        try:
+            if isinstance(target, str):
+                started = self.control.force_namespace(target)[0]
+            else:
+                started = [target] if self.control.force(target) else []
+        except KeyError:
+            started = []
         if started:
-            self.notify(f"forced: {', '.join(started)}", timeout=4)
+            self.notify(f"forced: {', '.join(str(k) for k in started)}", timeout=4)
         else:
             self.notify("already in flight", severity="warning")
 

@@ -284,7 +284,7 @@ def guarded_driver(guard: TerminalGuard) -> type[LinuxDriver]:
         def start_application_mode(self) -> None:
             loop = asyncio.get_running_loop()
             app = self._app
-            context = contextvars.copy_context()  # the app's (active_app): see tui/app.py
+            context = contextvars.copy_context()  # the app's (active_app): see tui/host.py
             # From the writer thread: the terminal takes output again, draw it all anew.
             def redraw() -> None:
                 loop.call_soon_threadsafe(app.refresh, context=context)

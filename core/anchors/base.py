@@ -77,7 +77,7 @@ class SignerRecord(Protocol):
 
 
 class SharedRecords(Protocol):
-    """What backends of several replicas share through their store (core/pgstore.py): a
+    """What backends of several replicas share through their store (core/store/postgres/): a
     signer's record and a lock held across replicas while it signs and sends. None with
     the file store: one scheduler, its data dir."""
 

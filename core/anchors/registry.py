@@ -1,5 +1,5 @@
 """Builds and caches one backend per target id, from the configuration's target settings
-(each scheme's `build` in core/anchors/schemes.py)."""
+(each scheme's `build`, core/anchors/<scheme>/scheme.py, found in core/anchors/schemes.py)."""
 
 from __future__ import annotations
 

@@ -296,6 +296,14 @@ def _check_signature(sd: cms.SignedData, signer: x509.Certificate) -> None:
     if _absent(signed_attrs) or len(signed_attrs) == 0:
         raise _fail("signature", "SignerInfo has no signed attributes (RFC 3161 requires them)")
     attrs = {a["type"].native: a["values"] for a in signed_attrs}
+    _check_content_attrs(attrs, digest_name, econtent)
+    to_verify = b"\x31" + signed_attrs.dump()[1:]  # [0] IMPLICIT -> SET OF for the signature
+    _check_signature_value(si, signer, to_verify, h)
+    _check_ess(attrs, signer)
+
+
+def _check_content_attrs(attrs: dict[str, Any], digest_name: str, econtent: bytes) -> None:
+    """The signed contentType is id-ct-TSTInfo and the messageDigest that of the TSTInfo."""
     ctype = attrs.get("content_type")
     if ctype is None or ctype[0].native != "tst_info":
         got = None if ctype is None else ctype[0].native
@@ -308,7 +316,12 @@ def _check_signature(sd: cms.SignedData, signer: x509.Certificate) -> None:
             "signature",
             f"messageDigest attribute does not match the TSTInfo: expected {want_md.hex()}, got {got}",
         )
-    to_verify = b"\x31" + signed_attrs.dump()[1:]  # [0] IMPLICIT -> SET OF for the signature
+
+
+def _check_signature_value(
+    si: cms.SignerInfo, signer: x509.Certificate, to_verify: bytes, h: hashes.HashAlgorithm
+) -> None:
+    """The SignerInfo's signature over the signed attributes, with the signer's key."""
     sig = si["signature"].native
     algo = si["signature_algorithm"]
     algo_name = algo["algorithm"].native
@@ -338,7 +351,9 @@ def _check_signature(sd: cms.SignedData, signer: x509.Certificate) -> None:
     except (TypeError, ValueError) as exc:
         raise _fail("signature", f"cannot verify a {algo_name} signature: {exc}") from None
 
-    # ESS: the signed attributes must name the signer's certificate (RFC 3161 / 5816).
+
+def _check_ess(attrs: dict[str, Any], signer: x509.Certificate) -> None:
+    """ESS: the signed attributes must name the signer's certificate (RFC 3161 / 5816)."""
     cert_der = _der(signer)
     v2 = attrs.get("signing_certificate_v2")
     v1 = attrs.get("signing_certificate")
@@ -557,6 +572,36 @@ def verify_response(
     """
     if not trust_roots:
         raise _fail("chain", "no trust roots configured")
+    raw_token, sd, tst = _parse_response(response_der, token_der)
+    got_hash, want = _check_imprint(tst, digest, hash_name)
+    got_nonce = tst["nonce"].native
+    if nonce is not None and got_nonce != nonce:
+        raise _fail("nonce", f"expected {nonce}, got {got_nonce}")
+    policy = tst["policy"].dotted
+    if policy_oid and policy != policy_oid:
+        raise _fail("policy", f"expected {policy_oid}, got {policy}")
+    extra = [*intermediates, *_supplied_signer(sd, [*signer_certs, *trust_roots])]
+    normalized, signer_asn1 = normalize_token(raw_token, extra)
+    assert signer_asn1 is not None
+    signer = x509.load_der_x509_certificate(signer_asn1.dump())
+    gen_time = tst["gen_time"].native.astimezone(UTC)
+    _check_signed(normalized, signer, intermediates, trust_roots, gen_time, want)
+    _check_skew(gen_time, now, max_clock_skew)
+    return TokenInfo(
+        gen_time=gen_time,
+        serial=tst["serial_number"].native,
+        policy=policy,
+        tsa_name=_name_str(tst["tsa"]),
+        hash_name=got_hash,
+        nonce=got_nonce,
+        signer_cert_sha256=hashlib.sha256(_der(signer)).hexdigest(),
+        token_der=raw_token,
+    )
+
+
+def _parse_response(response_der: bytes, token_der: bytes | None) -> tuple[bytes, cms.SignedData, asn1tsp.TSTInfo]:
+    """A granted TimeStampResp's token (its DER, its SignedData, its TSTInfo), every field
+    parsed now so that malformed content fails here."""
     try:
         resp = _TimeStampResp.load(response_der, strict=True)
         status = resp["status"]["status"].native
@@ -589,8 +634,11 @@ def verify_response(
         raise
     except (ValueError, TypeError, KeyError) as exc:
         raise _fail("parse", f"malformed TimeStampToken: {exc}") from None
+    return raw_token, sd, tst
 
-    # imprint
+
+def _check_imprint(tst: asn1tsp.TSTInfo, digest: bytes, hash_name: str | None) -> tuple[str, bytes]:
+    """The imprint's hash name and value, which must be those of `digest`."""
     mi = tst["message_imprint"]
     algo_oid = mi["hash_algorithm"]["algorithm"].dotted
     got_hash = _HASH_BY_OID.get(algo_oid)
@@ -602,55 +650,50 @@ def verify_response(
     got = mi["hashed_message"].native
     if got != want:
         raise _fail("imprint", f"expected {got_hash}:{want.hex()}, got {got_hash}:{got.hex()}")
+    return got_hash, want
 
-    # nonce
-    got_nonce = tst["nonce"].native
-    if nonce is not None and got_nonce != nonce:
-        raise _fail("nonce", f"expected {nonce}, got {got_nonce}")
 
-    # policy
-    policy = tst["policy"].dotted
-    if policy_oid and policy != policy_oid:
-        raise _fail("policy", f"expected {policy_oid}, got {policy}")
-
-    # signer certificate
-    supplied = list(signer_certs) + list(trust_roots)
+def _supplied_signer(sd: cms.SignedData, supplied: list[x509.Certificate]) -> list[x509.Certificate]:
+    """[] when the token embeds its signer's certificate, else [the supplied one that matches]."""
     sid = sd["signer_infos"][0]["sid"] if len(sd["signer_infos"]) else None
     if sid is None:
         raise _fail("signature", "the token has no SignerInfo")
-    embedded_signer = None
     if not _absent(sd["certificates"]):
         for choice in sd["certificates"]:
             if choice.name == "certificate" and signer_matches(sid, choice.chosen):
-                embedded_signer = choice.chosen
-                break
-    extra: list[x509.Certificate] = list(intermediates)
-    if embedded_signer is None:
-        match = next(
-            (c for c in supplied if signer_matches(sid, asn1x509.Certificate.load(_der(c)))),
-            None,
+                return []
+    match = next(
+        (c for c in supplied if signer_matches(sid, asn1x509.Certificate.load(_der(c)))),
+        None,
+    )
+    if match is None:
+        who = (
+            f"issuer={_name_str(asn1x509.GeneralName(name='directory_name', value=sid.chosen['issuer']))} "
+            f"serial={sid.chosen['serial_number'].native}"
+            if sid.name == "issuer_and_serial_number"
+            else f"subjectKeyIdentifier={sid.chosen.native.hex()}"
         )
-        if match is None:
-            who = (
-                f"issuer={_name_str(asn1x509.GeneralName(name='directory_name', value=sid.chosen['issuer']))} "
-                f"serial={sid.chosen['serial_number'].native}"
-                if sid.name == "issuer_and_serial_number"
-                else f"subjectKeyIdentifier={sid.chosen.native.hex()}"
-            )
-            raise _fail(
-                "signer certificate",
-                f"the token embeds no certificate for its signer ({who}) and no configured "
-                "signer certificate or trust root matches",
-            )
-        extra.append(match)
-    normalized, signer_asn1 = normalize_token(raw_token, extra)
-    assert signer_asn1 is not None
-    signer = x509.load_der_x509_certificate(signer_asn1.dump())
+        raise _fail(
+            "signer certificate",
+            f"the token embeds no certificate for its signer ({who}) and no configured "
+            "signer certificate or trust root matches",
+        )
+    return [match]
 
+
+def _check_signed(
+    normalized: bytes,
+    signer: x509.Certificate,
+    intermediates: Sequence[x509.Certificate],
+    trust_roots: Sequence[x509.Certificate],
+    gen_time: datetime,
+    want: bytes,
+) -> None:
+    """Signature, EKU and path to `trust_roots` at gen_time of the normalized token, and
+    OpenSSL's second opinion when a strict parser can read it."""
     normalized_sd = cms.ContentInfo.load(normalized)["content"]
     _check_signature(normalized_sd, signer)
     _check_eku(signer)
-    gen_time = tst["gen_time"].native.astimezone(UTC)
     untrusted = [
         x509.load_der_x509_certificate(choice.chosen.dump())
         for choice in ([] if _absent(normalized_sd["certificates"]) else normalized_sd["certificates"])
@@ -659,25 +702,18 @@ def verify_response(
     if _attrs_in_der_order(normalized_sd):  # else no strict parser reads it (module doc)
         _second_opinion(wrap_token(normalized), want, trust_roots)
 
-    if now is not None and max_clock_skew is not None:
-        skew = gen_time.timestamp() - now
-        if abs(skew) > max_clock_skew:
-            ours = datetime.fromtimestamp(now, UTC).isoformat().replace("+00:00", "Z")
-            raise _fail(
-                "clock skew",
-                f"gen_time {gen_time.isoformat().replace('+00:00', 'Z')} is {skew:+.1f}s from our "
-                f"clock {ours}; expected within ±{max_clock_skew:g}s",
-            )
-    return TokenInfo(
-        gen_time=gen_time,
-        serial=tst["serial_number"].native,
-        policy=policy,
-        tsa_name=_name_str(tst["tsa"]),
-        hash_name=got_hash,
-        nonce=got_nonce,
-        signer_cert_sha256=hashlib.sha256(_der(signer)).hexdigest(),
-        token_der=raw_token,
-    )
+
+def _check_skew(gen_time: datetime, now: float | None, max_clock_skew: float | None) -> None:
+    if now is None or max_clock_skew is None:
+        return
+    skew = gen_time.timestamp() - now
+    if abs(skew) > max_clock_skew:
+        ours = datetime.fromtimestamp(now, UTC).isoformat().replace("+00:00", "Z")
+        raise _fail(
+            "clock skew",
+            f"gen_time {gen_time.isoformat().replace('+00:00', 'Z')} is {skew:+.1f}s from our "
+            f"clock {ours}; expected within ±{max_clock_skew:g}s",
+        )
 
 
 def verify_token(

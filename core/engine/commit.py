@@ -25,8 +25,7 @@ from core.errors import StorageError, describe
 from core.jobs import JobKey, safe_name
 from core.receipts import Receipt, build_receipt
 from core.sources import Batch
-from core.state import Intent
-from core.store import Superseded
+from core.store import Intent, Superseded
 
 _T = TypeVar("_T")
 WRITE_CHUNK = 128  # receipts per writer call: the loop runs between chunks of a big pass

@@ -18,8 +18,7 @@ from core.events import EventBus, StorageFailed
 from core.jobs import JobKey
 from core.observe.logs import Log
 from core.sources import Batch
-from core.state import Intent
-from core.store import Claims, JournalRepo, ReceiptRepo, StateRepo
+from core.store import Claims, Intent, JournalRepo, ReceiptRepo, StateRepo
 from core.writer import DiskWriter
 
 _T = TypeVar("_T")

@@ -12,8 +12,7 @@ from core.engine.context import Context
 from core.engine.outcomes import Outcomes
 from core.engine.record import Due
 from core.errors import StorageError
-from core.jobs import JobKey
-from core.state import JobState, Row
+from core.jobs import JobKey, JobState, Row
 
 
 class Leases:

@@ -22,7 +22,7 @@ from core.events import (
 )
 from core.jobs import JobKey, JobSpec
 from core.sources import Batch
-from core.state import Intent
+from core.store import Intent
 
 
 class Outcomes:

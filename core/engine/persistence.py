@@ -13,8 +13,7 @@ from collections.abc import Sequence
 
 from core.engine.context import Context
 from core.errors import ErrorKind, StorageError
-from core.state import Intent
-from core.store import Written
+from core.store import Intent, Written
 
 
 class Saves:

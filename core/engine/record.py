@@ -11,9 +11,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from core.anchors.base import Attestation
-from core.jobs import JobSpec
+from core.jobs import JobSpec, JobState
 from core.sources import Batch
-from core.state import Intent, JobState
+from core.store import Intent
 
 
 @dataclass

@@ -19,7 +19,7 @@ from core.engine.persistence import Saves
 from core.engine.record import Held
 from core.errors import StorageError, describe
 from core.jobs import JobKey
-from core.state import Intent
+from core.store import Intent
 
 
 class Recovery:

@@ -45,16 +45,16 @@ from core.engine.leases import Leases
 from core.engine.looks import job_view, stuck_after
 from core.engine.outcomes import Outcomes
 from core.engine.persistence import Saves
+from core.engine.reads import BATCH_READ_WAIT, BatchReads
 from core.engine.record import Due, not_after
 from core.engine.recovery import Recovery
 from core.engine.table import JobTable
 from core.events import ConfigApplied, EventBus, JobSkipped, Paused, TickCompleted
-from core.file_claims import FileClaims
-from core.jobs import JobKey, JobSpec
+from core.jobs import JobKey, JobSpec, JobState
 from core.observe.logs import Log
 from core.sources import Batch, latest_batch, prefetch
-from core.state import Intent, JobState
-from core.store import Claims, JournalRepo, ReceiptRepo, StateRepo
+from core.store import Claims, Intent, JournalRepo, ReceiptRepo, StateRepo
+from core.store.files.claims import FileClaims
 from core.views import JobView
 from core.writer import DiskWriter
 
@@ -111,6 +111,7 @@ class Scheduler:
         self._committer = Committer(self._ctx, self._saves, self._outcomes)
         self._recovery = Recovery(self._ctx, self._saves, self._outcomes, self._committer)
         self._leases = Leases(self._ctx, self._outcomes)
+        self._reads = BatchReads(self._ctx, self._outcomes)  # the pass's batch folder reads
         self._anchoring = Anchoring(self._ctx, self._saves, self._outcomes, self._committer, self._leases, concurrency)
         loaded = state_store.load()
         self.paused = False
@@ -335,9 +336,11 @@ class Scheduler:
             for k in dict.fromkeys(keys)
             if jobs[k].held is None and jobs[k].disabled is None
         ]
-        if folders:
-            await asyncio.to_thread(prefetch, folders)
+        self._reads.prefetched = {str(folder) for folder in folders}
+        if folders:  # waits BATCH_READ_WAIT at most: a folder that does not answer is left
+            self._reads.unanswered = await asyncio.to_thread(prefetch, folders, BATCH_READ_WAIT)
         else:
+            self._reads.unanswered = {}
             prefetch(())  # no I/O: only ends the previous pass's hand-off
 
     def run_due(self) -> int:
@@ -398,6 +401,7 @@ class Scheduler:
             for item in items:
                 jobs.unschedule(item.spec.key)
             self._ctx.spawn(self._anchoring.group(target, items))
+        self._reads.prefetched = None  # used by this pass
         self.last_tick = now
         self.bus.publish(TickCompleted(at=now, duration=self.clock.now() - started_at, due=len(due)))
         return len(due)
@@ -412,6 +416,8 @@ class Scheduler:
             return
         if record.disabled is not None:
             return  # its target is refused (set by _install / apply): not a failure
+        if self._read_batch is latest_batch and self._reads.unread(spec, now, forced=forced):
+            return
         try:
             batch = self._read_batch(spec.source)
         except Exception as exc:

@@ -15,8 +15,7 @@ from collections.abc import Iterator
 from core.clock import Clock
 from core.engine.record import Held, JobRecord, Remains
 from core.flight import Flight
-from core.jobs import JobKey, JobSpec
-from core.state import JobState
+from core.jobs import JobKey, JobSpec, JobState
 
 
 class JobTable:

@@ -382,7 +382,7 @@ class Metrics:
     def seed(self, engine: Scheduler, receipts: ReceiptRepo | None = None) -> None:
         """Start from the engine's job table: last anchors, backoff levels, zeroed counters.
 
-        `receipts` (a core.receipts.ReceiptStore) is optional: with it the pending receipts
+        `receipts` (a core.store.ReceiptRepo) is optional: with it the pending receipts
         per target are counted from disk (this reads every receipt once).
         """
         self._engine = engine

@@ -40,7 +40,8 @@ from core.config import NotRegularFile, open_regular
 from core.events import ConfigRejected
 
 if TYPE_CHECKING:
-    from core.runtime import ReloadResult, Runtime
+    from core.control import ReloadResult
+    from core.runtime import Runtime
 
 RETRY_SECONDS = 1.0
 T = TypeVar("T")

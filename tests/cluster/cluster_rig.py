@@ -22,7 +22,8 @@ from tests.integration.tsa_servers import OpenSSLTSA, free_port
 
 from .postgres import PASSWORD
 
-BIN = Path(sys.executable).with_name("vmsh-scheduler")
+# The `vmsh-scheduler` command (cli.main:main), from this checkout.
+CLI = [sys.executable, "-m", "cli"]
 
 
 def root(ns: str, n: int) -> str:
@@ -81,7 +82,7 @@ class ClusterRig:
         """`vmsh-scheduler store migrate`, as an operator (or an init container) runs it."""
         env = {**os.environ, "VMSH_STORE": self.url, "VMSH_STORE_PASSWORD": PASSWORD}
         return subprocess.run(
-            [str(BIN), "store", "migrate", "--config", str(self.config)], env=env, cwd=self.tmp,
+            [*CLI, "store", "migrate", "--config", str(self.config)], env=env, cwd=self.tmp,
             capture_output=True, text=True, timeout=60,
         )
 
@@ -98,7 +99,7 @@ class ClusterRig:
         n = self.generation[name] = self.generation.get(name, 0) + 1
         log = open(self.tmp / f"{name}-{n}.log", "wb")  # noqa: SIM115 (the process owns it)
         proc = subprocess.Popen(
-            [str(BIN), "--no-ui", "--config", str(self.config)], stdout=log, stderr=subprocess.STDOUT,
+            [*CLI, "--no-ui", "--config", str(self.config)], stdout=log, stderr=subprocess.STDOUT,
             env={**self.env(name), **(env or {})}, cwd=self.tmp,
         )
         self.procs[name] = proc

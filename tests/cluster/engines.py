@@ -13,7 +13,7 @@ from core.clock import FakeClock
 from core.config import load_config
 from core.runtime import Runtime
 from core.sources import write_batch
-from core.store import postgres_store
+from core.store import open_store
 
 from .postgres import PASSWORD
 
@@ -58,7 +58,7 @@ class Replica:
     def __init__(self, tmp: Path, name: str, url: str, clock: FakeClock) -> None:
         config = write_config(tmp, name)
         self.loaded = load_config(config, env={}, cwd=tmp)
-        self.store = postgres_store(url, env={"VMSH_STORE_PASSWORD": PASSWORD}, replica=name, lease=10)
+        self.store = open_store(url, data_dir=self.loaded.config.scheduler.data_dir, env={"VMSH_STORE_PASSWORD": PASSWORD}, replica=name, lease=10)
         self.runtime = Runtime(self.loaded, clock=clock, rng=random.Random(1), store=self.store)
         self.engine = self.runtime.engine
         self.closed = False

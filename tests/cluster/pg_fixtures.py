@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from core.pgstore import SCHEMA_VERSION, Database
+from core.store.postgres.database import SCHEMA_VERSION, Database
 from tests.cluster.engines import Pair
 from tests.cluster.postgres import PASSWORD, PostgresServer, find_bin_dir
 

@@ -9,8 +9,7 @@ from pathlib import Path
 
 import psycopg
 
-from core.jobs import JobKey
-from core.state import JobState
+from core.jobs import JobKey, JobState
 
 from .engines import NAMESPACES, Pair, publish, receipts_by_job, root
 from .postgres import PASSWORD
@@ -76,7 +75,8 @@ async def test_state_written_by_a_stale_replica_never_overwrites_a_newer_one(tmp
 async def test_the_dashboards_verify_and_listing_read_receipts_from_the_store(tmp_path: Path, migrated: str, pair: Pair) -> None:
     """What `v` on a receipt and the Receipts pane do (core/control.py), in cluster mode:
     receipts are rows named postgresql:receipts/..., read through the store."""
-    from core.control import RuntimeControl, VerifyOutcome
+    from core.control import VerifyOutcome
+    from core.runtime_control import RuntimeControl
 
     publish(tmp_path, 1, NAMESPACES[:3])
     a = pair.a
@@ -204,11 +204,12 @@ async def test_a_dashboard_on_one_replica_lists_the_receipts_another_wrote(
     the store's newest receipts, so what other replicas anchored shows up too."""
     from core.events import ReplicasSeen
     from tui.app import VaultMeshApp
+    from tui.host import InProcessHost
     from tui.widgets import DiffTable
 
     publish(tmp_path, 1, NAMESPACES[:3])
     a, b = pair.a, pair.b
-    app = VaultMeshApp(b.runtime, start_engine=False, env={"COLORTERM": "truecolor"}, grace=1.0)
+    app = VaultMeshApp(InProcessHost(b.runtime, start_engine=False, grace=1.0), env={"COLORTERM": "truecolor"})
     async with app.run_test(size=(120, 40)) as pilot:
         await a.engine.run_once()  # a anchors; b's dashboard hears nothing of it
         app.flush_now()

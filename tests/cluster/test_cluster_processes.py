@@ -20,11 +20,11 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from core.pgstore import SCHEMA_VERSION, Database
+from core.store.postgres.database import SCHEMA_VERSION, Database
 from tests.integration.ganache import ADDRESSES, KEYS, Ganache
 from tests.integration.tsa_servers import OpenSSLTSA
 
-from .cluster_rig import BIN, ClusterRig, wait_until
+from .cluster_rig import CLI, ClusterRig, wait_until
 from .postgres import PASSWORD, PostgresServer
 
 
@@ -225,13 +225,13 @@ def test_pause_on_one_replica_pauses_all_and_resume_resumes_all(tmp_path, pg_url
 
     def ctl(name: str, action: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [str(BIN), "ctl", action, "--socket", str(tmp_path / f"data-{name}" / "control.sock")],
+            [*CLI, "ctl", action, "--socket", str(tmp_path / f"data-{name}" / "control.sock")],
             capture_output=True, text=True, timeout=30,
         )
 
     def paused(name: str) -> bool:
         done = subprocess.run(
-            [str(BIN), "ctl", "status", "--json", "--socket", str(tmp_path / f"data-{name}" / "control.sock")],
+            [*CLI, "ctl", "status", "--json", "--socket", str(tmp_path / f"data-{name}" / "control.sock")],
             capture_output=True, text=True, timeout=30,
         )
         return bool(json.loads(done.stdout)["paused"])
@@ -299,7 +299,7 @@ def test_export_writes_receipts_that_verify_offline(tmp_path, pg_url, tsa):
         rig.stop_all()
     out = tmp_path / "export"
     env = {**rig.env("a"), "VMSH_DATA_DIR": str(tmp_path / "elsewhere")}
-    done = subprocess.run([str(BIN), "export", "--out", str(out), "--config", str(rig.config)],
+    done = subprocess.run([*CLI, "export", "--out", str(out), "--config", str(rig.config)],
                           env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     files = sorted(out.glob("*/*.json"))
@@ -307,7 +307,7 @@ def test_export_writes_receipts_that_verify_offline(tmp_path, pg_url, tsa):
     assert {f.parent.name for f in files} == {"dao%3Avaultmesh", "ops%3Ametrics"}
     # verify with the receipts and the TSA's CA only: no database, no config.
     checked = subprocess.run(
-        [str(BIN), "verify", "--trust-bundle", str(tsa.pki.path("bundle.pem")), *map(str, files)],
+        [*CLI, "verify", "--trust-bundle", str(tsa.pki.path("bundle.pem")), *map(str, files)],
         capture_output=True, text=True, timeout=60, cwd=tmp_path,
     )
     assert checked.returncode == 0, checked.stdout + checked.stderr
@@ -315,7 +315,7 @@ def test_export_writes_receipts_that_verify_offline(tmp_path, pg_url, tsa):
     tampered["batch"]["root"] = "sha256:" + "00" * 32
     files[0].write_text(json.dumps(tampered))
     again = subprocess.run(
-        [str(BIN), "verify", "--trust-bundle", str(tsa.pki.path("bundle.pem")), str(files[0])],
+        [*CLI, "verify", "--trust-bundle", str(tsa.pki.path("bundle.pem")), str(files[0])],
         capture_output=True, text=True, timeout=60, cwd=tmp_path,
     )
     assert again.returncode == 1

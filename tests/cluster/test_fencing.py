@@ -23,10 +23,10 @@ import psycopg
 from prometheus_client.parser import text_string_to_metric_families
 
 from core.events import LogRecord, TokenDiscarded
-from core.jobs import JobKey
+from core.jobs import JobKey, JobState, Row
 from core.observe.metrics import Metrics
-from core.pgstore import Database, PgStateStore
-from core.state import JobState, Row
+from core.store.postgres.database import Database
+from core.store.postgres.state import PgStateStore
 
 from .engines import Pair, publish, receipts_by_job, root
 from .postgres import PASSWORD

@@ -2,7 +2,7 @@
 
 Nothing fails by itself then: the kernel completes TCP handshakes on the server's port and
 buffers what clients send, and the server cannot enforce its own statement_timeout. Every
-call has a client-side deadline (core/pgdeadline.py), so the store's calls fail with
+call has a client-side deadline (core/store/postgres/deadline.py), so the store's calls fail with
 StoreUnavailable, the heartbeat with them: /readyz 503 and /health degraded within two
 leases, no claim and so no TSA request while it hangs, and everything back once it thaws.
 
@@ -19,7 +19,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from core.pgstore import WATCHDOG_GRACE, Database, StoreUnavailable
+from core.store.postgres.database import WATCHDOG_GRACE, Database, StoreUnavailable
 from tests.integration.tsa_servers import OpenSSLTSA
 
 from .cluster_rig import ClusterRig, wait_until

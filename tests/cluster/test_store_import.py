@@ -12,9 +12,9 @@ import psycopg
 from core.clock import FakeClock
 from core.config import load_config
 from core.runtime import Runtime
-from core.state import DataDirLock
+from core.store.files.lock import DataDirLock
 
-from .cluster_rig import BIN
+from .cluster_rig import CLI
 from .engines import NAMESPACES, Replica, publish, receipts_by_job, write_config
 from .postgres import PASSWORD
 
@@ -22,7 +22,7 @@ from .postgres import PASSWORD
 def store_import(tmp: Path, url: str, source: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "VMSH_STORE": url, "VMSH_STORE_PASSWORD": PASSWORD}
     return subprocess.run(
-        [str(BIN), "store", "import", str(source), "--config", str(tmp / "config-a.yaml")],
+        [*CLI, "store", "import", str(source), "--config", str(tmp / "config-a.yaml")],
         env=env, cwd=tmp, capture_output=True, text=True, timeout=60,
     )
 

@@ -33,7 +33,8 @@ from typing import Any
 import pytest
 
 from core.anchors.base import Attestation, Backend, VerificationFailed
-from core.anchors.schemes import SCHEMES, SchemeSpec
+from core.anchors.schemes import SCHEMES
+from core.anchors.spec import SchemeSpec
 from core.clock import FakeClock
 from core.errors import ValidationError
 from core.verify import ReadOnlyVerifiers
@@ -208,7 +209,7 @@ async def test_the_description_shows_no_path_or_secret(rig: Rig) -> None:
     ],
 )
 def test_check_config_describes_a_target_by_host_only(scheme: str, entry: dict, shown: str) -> None:
-    """The line check-config prints after each target (core/cli.py summary)."""
+    """The line check-config prints after each target (cli/check.py summary)."""
     got = SCHEMES[scheme].describe(SCHEMES[scheme].settings.model_validate(entry))
     assert got == shown and "KEY" not in got and "ab" * 32 not in got
 

@@ -1,8 +1,8 @@
 """The store contract: the same cases, once per store, on the real thing.
 
 As the backend contract (test_backend_contract.py) runs once per target scheme, every case
-below runs on each store of core/store.py: `file` (the data dir: core/state.py,
-core/receipts.py) and `postgresql` (core/pgstore.py, on a real PostgreSQL server from
+below runs on each store of core/store/: `file` (the data dir: core/store/files/) and
+`postgresql` (core/store/postgres/, on a real PostgreSQL server from
 tests/cluster/pg_fixtures.py). Each case talks to the store through the parts the engine
 sees (`store.state`, `store.journal`, `store.receipts`, `store.claims`); SQL appears only
 where a case needs the world to change under the store (a lease running out, a replica
@@ -20,7 +20,7 @@ What a store promises, and every store must keep:
   store on the same place lists and loads them.
 
 Claims (`store.claims`: fenced leases and the commit of an anchor; the file store's always
-grant, core/file_claims.py), on every store:
+grant, core/store/files/claims.py), on every store:
 
 - claims: a claim grants a lease with a fencing token; a new claim of the job a larger one.
 - fencing: a release or a commit under a fence that is no longer the job's current one does
@@ -49,13 +49,18 @@ On stores whose commit also writes the state and removes the intent (`closes_int
 Each case fails when its guarantee is broken by hand in the store (a fence check dropped
 from a statement, a commit split in two transactions, an ORDER BY reversed, ...).
 
-Adding a store: a branch in `open_store`, and one in each per-store helper (`expire`,
-`registry`, `failing_commit`) for a store several schedulers share.
+Adding a store: one rig in `RIGS` (its URL, its opener as `core.store.STORES` names it, and,
+for a store several schedulers share, how a lease runs out, a replica goes and a commit
+fails in it: `expire`, `registry`, `failing_commit`);
+`test_every_store_in_the_registry_runs_the_contract` fails until it is there.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -63,15 +68,15 @@ from typing import Any
 
 import pytest
 
-from core.jobs import JobKey
-from core.pgstore import Database
+from core.jobs import JobKey, JobState
 from core.receipts import Receipt, build_receipt
-from core.state import Intent, JobState
-from core.store import Store, Superseded, Written, file_store, postgres_store
+from core.store import STORES as STORE_REGISTRY
+from core.store import Intent, Store, Superseded, Written, open_store
+from core.store.postgres.database import Database
 from tests.cluster.postgres import PASSWORD
 
-STORES = ["file", "postgresql"]
-LEASE = 10.0  # seconds: the stores' lease (postgres_store), and every claim's below
+REPO = Path(__file__).resolve().parents[2]
+LEASE = 10.0  # seconds: the stores' lease (open_store), and every claim's below
 
 T0 = 1_767_225_600.0  # 2026-01-01T00:00:00Z
 TARGET = "local:dev"
@@ -166,28 +171,112 @@ def with_row(state: JobState, read: JobState) -> JobState:
 # --------------------------------------------------------------------------- the stores
 
 
-def open_store(kind: str, request: pytest.FixtureRequest, tmp_path: Path, replica: str) -> Store:
-    """A store of `kind` on this test's place: the data dir tmp_path/data, or the test's
-    database (one replica each: `replica`; the file store has one scheduler)."""
-    if kind == "file":
-        data = tmp_path / "data"
-        return file_store(data, data / "state" / "scheduler.json")
-    if kind == "postgresql":
+class FileRig:
+    """The file store, on the data dir tmp_path/data. One scheduler (the data-dir lock): it
+    has none of the helpers for cases on several schedulers."""
+
+    kind = "file"
+    opener = "core.store.files:open_file_store"
+
+    def url(self, request: pytest.FixtureRequest) -> str:
+        return "file"
+
+    def prepare(self, url: str) -> None:
+        pass  # the data dir is made as it is written
+
+    def expire(self, store: Store, job: JobKey) -> None:
+        raise NotImplementedError("expire(): the file store has one scheduler")
+
+    def registry(self, store: Store, replica: str, *, alive: bool) -> None:
+        raise NotImplementedError("registry(): the file store has one scheduler")
+
+    def failing_commit(self, store: Store) -> contextlib.AbstractContextManager[None]:
+        raise NotImplementedError("failing_commit(): the file store's commit writes receipts only")
+
+
+class PostgresRig:
+    """The PostgreSQL store, on the test's database (tests/cluster/pg_fixtures.py), migrated."""
+
+    kind = "postgresql"
+    opener = "core.store.postgres:open_postgres_store"
+
+    def url(self, request: pytest.FixtureRequest) -> str:
         url: str = request.getfixturevalue("pg_url")
-        return postgres_store(url, env={"VMSH_STORE_PASSWORD": PASSWORD}, lease=LEASE, replica=replica)
-    raise AssertionError(f"no store {kind!r}")
+        return url
+
+    def prepare(self, url: str) -> None:
+        db = Database(url, password=PASSWORD)
+        try:
+            db.migrate()
+        finally:
+            db.close()
+
+    @staticmethod
+    def _db(store: Store) -> Database:
+        assert store.db is not None
+        return store.db
+
+    def expire(self, store: Store, job: JobKey) -> None:
+        with self._db(store).tx() as conn:
+            conn.execute(
+                "UPDATE jobs SET lease_until = clock_timestamp() - interval '1 second' WHERE job = %s", (str(job),)
+            )
+
+    def registry(self, store: Store, replica: str, *, alive: bool) -> None:
+        with self._db(store).tx() as conn:
+            conn.execute("DELETE FROM replicas WHERE id = %s", (replica,))
+            if alive:
+                conn.execute(
+                    "INSERT INTO replicas (id, host, pid, version, config_hash, started_at, heartbeat_at) "
+                    "VALUES (%s, 'contract', 1, 'v', 'c', clock_timestamp(), clock_timestamp())",
+                    (replica,),
+                )
+
+    @contextmanager
+    def failing_commit(self, store: Store) -> Iterator[None]:
+        with self._db(store).tx() as conn:
+            conn.execute(
+                "CREATE FUNCTION contract_refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                "RAISE EXCEPTION 'refused for the store contract'; END $$"
+            )
+            conn.execute(
+                "CREATE TRIGGER contract_refuse BEFORE DELETE ON intents FOR EACH ROW EXECUTE FUNCTION contract_refuse()"
+            )
+        try:
+            yield
+        finally:
+            with self._db(store).tx() as conn:
+                conn.execute("DROP TRIGGER contract_refuse ON intents")
+                conn.execute("DROP FUNCTION contract_refuse()")
+
+
+# The stores under contract: one rig each (how to reach it, and how the world changes under
+# it for the cases on several schedulers). A new store is one parameter here.
+Rig = FileRig | PostgresRig
+RIGS: dict[str, Rig] = {rig.kind: rig for rig in (
+    FileRig(),
+    PostgresRig(),
+)}
+STORES = [pytest.param(rig, id=kind) for kind, rig in RIGS.items()]
+
+
+def open_on(rig: Rig, request: pytest.FixtureRequest, tmp_path: Path, replica: str) -> Store:
+    """The rig's store on this test's place (the data dir tmp_path/data, the test's
+    database), opened as the scheduler opens it (core.store.open_store), as replica
+    `replica` of a shared one."""
+    return open_store(
+        rig.url(request), data_dir=tmp_path / "data", env={"VMSH_STORE_PASSWORD": PASSWORD}, lease=LEASE,
+        replica=replica,
+    )
 
 
 @pytest.fixture(params=STORES)
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
     """A fresh, empty store (replica "a" of a shared one)."""
-    if request.param == "postgresql":
-        db = Database(request.getfixturevalue("pg_url"), password=PASSWORD)
-        try:
-            db.migrate()
-        finally:
-            db.close()
-    made = open_store(request.param, request, tmp_path, "a")
+    rig = request.param
+    rig.prepare(rig.url(request))
+    made = open_on(rig, request, tmp_path, "a")
+    assert made.kind == rig.kind
     yield made
     made.close()
 
@@ -196,7 +285,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
 def other(store: Store, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
     """A second store on the same place: a new file store on the same data dir, or
     replica "b" on the same database."""
-    made = open_store(store.kind, request, tmp_path, "b")
+    made = open_on(RIGS[store.kind], request, tmp_path, "b")
     yield made
     made.close()
 
@@ -204,7 +293,7 @@ def other(store: Store, request: pytest.FixtureRequest, tmp_path: Path) -> Itera
 def several_schedulers(store: Store) -> None:
     """For cases on several schedulers sharing one store: skipped for a store that has one
     (the file store: the data-dir lock keeps a second scheduler out; its claims always
-    grant, core/file_claims.py)."""
+    grant, core/store/files/claims.py)."""
     if store.shared is None:
         pytest.skip(f"the {store.kind} store has one scheduler (the data-dir lock): no other replica")
 
@@ -224,61 +313,23 @@ def path_of(result: Path | Exception | None) -> Path:
     return result
 
 
-def _db(store: Store) -> Database:
-    assert store.db is not None
-    return store.db
-
-
-# Per-store helpers for the cases on several schedulers: how the world changes under a
-# store. A store several schedulers share gets a branch in each.
+# How the world changes under a store, for the cases on several schedulers (the rig's).
 
 
 def expire(store: Store, job: JobKey) -> None:
     """`job`'s lease runs out now (its holder went a lease without renewing it)."""
-    if store.kind == "postgresql":
-        with _db(store).tx() as conn:
-            conn.execute(
-                "UPDATE jobs SET lease_until = clock_timestamp() - interval '1 second' WHERE job = %s", (str(job),)
-            )
-        return
-    raise NotImplementedError(f"expire(): no helper for the {store.kind} store")
+    RIGS[store.kind].expire(store, job)
 
 
 def registry(store: Store, replica: str, *, alive: bool) -> None:
     """Replica `replica` is alive (a fresh heartbeat) or gone (no registry row)."""
-    if store.kind == "postgresql":
-        with _db(store).tx() as conn:
-            conn.execute("DELETE FROM replicas WHERE id = %s", (replica,))
-            if alive:
-                conn.execute(
-                    "INSERT INTO replicas (id, host, pid, version, config_hash, started_at, heartbeat_at) "
-                    "VALUES (%s, 'contract', 1, 'v', 'c', clock_timestamp(), clock_timestamp())",
-                    (replica,),
-                )
-        return
-    raise NotImplementedError(f"registry(): no helper for the {store.kind} store")
+    RIGS[store.kind].registry(store, replica, alive=alive)
 
 
-@contextmanager
-def failing_commit(store: Store) -> Iterator[None]:
+def failing_commit(store: Store) -> contextlib.AbstractContextManager[None]:
     """Inside: the last step of a commit fails (the store refuses to remove an intent, as a
     database that goes away mid-transaction would), after everything else was written."""
-    if store.kind != "postgresql":
-        raise NotImplementedError(f"failing_commit(): no helper for the {store.kind} store")
-    with _db(store).tx() as conn:
-        conn.execute(
-            "CREATE FUNCTION contract_refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
-            "RAISE EXCEPTION 'refused for the store contract'; END $$"
-        )
-        conn.execute(
-            "CREATE TRIGGER contract_refuse BEFORE DELETE ON intents FOR EACH ROW EXECUTE FUNCTION contract_refuse()"
-        )
-    try:
-        yield
-    finally:
-        with _db(store).tx() as conn:
-            conn.execute("DROP TRIGGER contract_refuse ON intents")
-            conn.execute("DROP FUNCTION contract_refuse()")
+    return RIGS[store.kind].failing_commit(store)
 
 
 def held(by: Store, job: JobKey, probe: Store | None = None) -> None:
@@ -292,6 +343,25 @@ def held(by: Store, job: JobKey, probe: Store | None = None) -> None:
 def free(store: Store, job: JobKey) -> None:
     """Assert `job`'s lease was let go: its holder can no longer renew it."""
     assert store.claims.renew([job], LEASE) == 0, f"{job} is still leased to {store.replica or store.kind}"
+
+
+# --------------------------------------------------------------------------- the registry
+
+
+def test_every_store_in_the_registry_runs_the_contract() -> None:
+    assert set(STORE_REGISTRY.values()) == {rig.opener for rig in RIGS.values()}
+
+
+def test_a_file_store_never_imports_the_postgresql_driver(tmp_path: Path) -> None:
+    code = (
+        "import sys\n"
+        "from core.store import open_store\n"
+        f"store = open_store('file', data_dir={str(tmp_path)!r})\n"
+        "store.state.load(); store.receipts.recent(); store.close()\n"
+        "assert store.kind == 'file'\n"
+        "assert not [m for m in sys.modules if m.startswith(('psycopg', 'core.store.postgres'))], sorted(sys.modules)\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
 
 
 # --------------------------------------------------------------------------- state

@@ -23,7 +23,8 @@ import pytest
 
 from core.sources import write_batch
 
-BIN = Path(sys.executable).with_name("vmsh-scheduler")
+# The `vmsh-scheduler` command (cli.main:main), from this checkout.
+CLI = [sys.executable, "-m", "cli"]
 LIBFAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
 FAST = 2  # seconds between anchors of the fast job
 
@@ -102,7 +103,7 @@ def test_a_wall_clock_step_back_an_hour_or_ahead_a_day_changes_neither_cadence_n
         "FAKETIME_DONT_FAKE_MONOTONIC": "1",
     }
     proc = subprocess.Popen(
-        [str(BIN), "--no-ui", "--config", str(config)],
+        [*CLI, "--no-ui", "--config", str(config)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
     )
     seen: list[tuple[int, dict]] = []

@@ -20,7 +20,7 @@ import pytest
 
 from core.lifecycle import GRACE_SECONDS
 from core.sources import write_batch
-from tests.integration.test_headless import BIN, free_port, receipts, wait_for
+from tests.integration.test_headless import CLI, free_port, receipts, wait_for
 
 START_WITHIN = 10.0  # seconds for a refused start (it takes well under one)
 EXIT_WITHIN = GRACE_SECONDS + 5.0  # from SIGTERM to the process's end
@@ -60,7 +60,7 @@ class Daemon:
 
     def __init__(self, config: Path) -> None:
         self.proc = subprocess.Popen(
-            [str(BIN), "--no-ui", "--config", str(config)],
+            [*CLI, "--no-ui", "--config", str(config)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
         self.lines: list[dict] = []
@@ -112,7 +112,7 @@ class Daemon:
 def run_once(config: Path) -> tuple[int | None, str, float]:
     began = time.monotonic()
     proc = subprocess.Popen(
-        [str(BIN), "--no-ui", "--config", str(config)],
+        [*CLI, "--no-ui", "--config", str(config)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:

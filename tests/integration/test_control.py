@@ -25,7 +25,7 @@ import httpx
 import pytest
 
 from core.sources import write_batch
-from tests.integration.test_headless import BIN, make_config, receipts, wait_for
+from tests.integration.test_headless import CLI, make_config, receipts, wait_for
 
 
 def start(config: Path) -> subprocess.Popen:
@@ -33,7 +33,7 @@ def start(config: Path) -> subprocess.Popen:
     out = (config.parent / "stdout.log").open("w")
     err = (config.parent / "stderr.log").open("w")
     with out, err:
-        return subprocess.Popen([str(BIN), "--no-ui", "--config", str(config)], stdout=out, stderr=err)
+        return subprocess.Popen([*CLI, "--no-ui", "--config", str(config)], stdout=out, stderr=err)
 
 
 def stop(proc: subprocess.Popen) -> tuple[int, str, str]:
@@ -51,7 +51,7 @@ def sock_path(tmp: Path) -> Path:
 
 
 def ctl(config: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([str(BIN), "ctl", "--config", str(config), *args], capture_output=True, text=True, timeout=60)
+    return subprocess.run([*CLI, "ctl", "--config", str(config), *args], capture_output=True, text=True, timeout=60)
 
 
 def serving(tmp: Path) -> bool:
@@ -194,9 +194,12 @@ def ctl_as(uid: int, argv: list[str]) -> tuple[int, str]:
     /root, which another uid cannot exec): (exit code, what it wrote to stdout and stderr)."""
     # Imported here, by the parent: the child's uid may not read the interpreter's stdlib
     # under /root nor a checkout in a 0700 folder (a `mktemp -d` clone). build_parser()
-    # imports what the parser's subcommands need (core.store_cli, ...).
-    import core.ctl  # noqa: F401
-    from core.cli import build_parser, main
+    # imports what the parser's subcommands need (cli.store, ...); main() imports the rest.
+    import cli.check  # noqa: F401
+    import cli.ctl  # noqa: F401
+    import cli.verify  # noqa: F401
+    from cli.main import main
+    from cli.parser import build_parser
 
     build_parser()
 
@@ -305,7 +308,7 @@ def test_snapshot_carries_receipts_and_logs_and_events_resume_after_its_seq(tmp_
                     if seen[-1]["type"] == "Paused":
                         break
             assert seen[-1]["event"]["paused"] is True and seen[0]["seq"] == snap["seq"] + 1
-        tail = subprocess.Popen([str(BIN), "ctl", "--config", str(config), "tail"], stdout=subprocess.PIPE, text=True)
+        tail = subprocess.Popen([*CLI, "ctl", "--config", str(config), "tail"], stdout=subprocess.PIPE, text=True)
         threading.Timer(20, tail.terminate).start()  # a tail that never shows it fails, not hangs
         try:
             assert ctl(config, "resume").returncode == 0

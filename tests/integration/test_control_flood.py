@@ -23,9 +23,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from core.store import FileAudit
+from core.store.files.audit import FileAudit
 from tests.integration.test_control import headless_config, health_url
-from tests.integration.test_headless import BIN, wait_for
+from tests.integration.test_headless import CLI, wait_for
 
 CAP = 32
 WRITE_TIMEOUT = 2.0
@@ -39,7 +39,7 @@ def start_limited(config: Path, nofile: int = 1024) -> subprocess.Popen:
     out = (config.parent / "stdout.log").open("w")
     err = (config.parent / "stderr.log").open("w")
     with out, err:
-        return subprocess.Popen([str(BIN), "--no-ui", "--config", str(config)], stdout=out, stderr=err,
+        return subprocess.Popen([*CLI, "--no-ui", "--config", str(config)], stdout=out, stderr=err,
                                 preexec_fn=limit)
 
 

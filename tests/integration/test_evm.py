@@ -24,10 +24,11 @@ import pytest
 from eth_account import Account
 
 from core.anchors.base import VerificationFailed
-from core.anchors.evm import MEMO, EVMBackend, decode_anchor_call
+from core.anchors.evm import Eip155Target
+from core.anchors.evm.abi import MEMO, decode_anchor_call
+from core.anchors.evm.backend import EVMBackend
 from core.backoff import BackoffPolicy
 from core.clock import FakeClock
-from core.config import Eip155Target
 from core.confirmations import ConfirmationTracker
 from core.engine import Scheduler
 from core.errors import ErrorKind, NetworkError, ValidationError
@@ -39,15 +40,17 @@ from core.receipts import (
     Confirmations,
     Receipt,
     ReceiptInvalid,
-    ReceiptStore,
     load_receipt,
     verify_receipt,
 )
 from core.sources import write_batch
-from core.state import IntentJournal, StateStore
+from core.store.files.journal import IntentJournal
+from core.store.files.receipts import ReceiptStore
+from core.store.files.state import StateStore
 from tests.integration.ganache import ADDRESSES, KEYS, Ganache
 
-BIN = Path(sys.executable).with_name("vmsh-scheduler")
+# The `vmsh-scheduler` command (cli.main:main), from this checkout.
+CLI = [sys.executable, "-m", "cli"]
 TARGET = "eip155:1337"
 
 
@@ -467,7 +470,7 @@ def start_scheduler(config: Path, tmp: Path, **env: str) -> subprocess.Popen:
     log = tmp / "logs" / f"scheduler-{time.monotonic_ns()}.log"
     with open(log, "w") as out:
         proc = subprocess.Popen(
-            [str(BIN), "--no-ui", "--config", str(config), "--data-dir", str(tmp / "data")],
+            [*CLI, "--no-ui", "--config", str(config), "--data-dir", str(tmp / "data")],
             stdout=out,
             stderr=subprocess.STDOUT,
             env=full,
@@ -559,7 +562,7 @@ def test_kill_9_between_send_and_receipt_resolves_to_one_transaction_and_one_rec
     own_node.mine(2)
     [path] = receipt_files(tmp_path)
     env = {k: v for k, v in os.environ.items() if k != "VMSH_TEST_EVM_KEY"}
-    cmd = [str(BIN), "verify", "--config", str(config), "--data-dir", str(tmp_path / "data")]
+    cmd = [*CLI, "verify", "--config", str(config), "--data-dir", str(tmp_path / "data")]
     ok = subprocess.run([*cmd, str(path)], capture_output=True, text=True, env=env, timeout=60)
     assert ok.returncode == 0 and ok.stdout.startswith("OK "), ok.stdout + ok.stderr
     receipt = json.loads(path.read_text())
@@ -600,7 +603,7 @@ def test_the_hand_made_abi_encoding_matches_eth_abi():
         expected = keccak(text="anchor(bytes32,bytes32,string,bool)")[:4] + encode(
             ["bytes32", "bytes32", "string", "bool"], [root_, batch, memo, persist]
         )
-        from core.anchors.evm import encode_anchor_call
+        from core.anchors.evm.abi import encode_anchor_call
 
         assert encode_anchor_call(root_, batch, memo, persist) == expected
         assert decode_anchor_call(expected) == (root_, batch, memo, persist)

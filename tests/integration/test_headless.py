@@ -21,7 +21,8 @@ import pytest
 
 from core.sources import write_batch
 
-BIN = Path(sys.executable).with_name("vmsh-scheduler")
+# The `vmsh-scheduler` command (cli.main:main), from this checkout.
+CLI = [sys.executable, "-m", "cli"]
 
 
 def free_port() -> int:
@@ -60,7 +61,7 @@ def make_config(tmp: Path, namespaces: list[str], every: str = "1s", unchanged: 
 
 def start(config: Path, *extra: str) -> subprocess.Popen:
     return subprocess.Popen(
-        [str(BIN), "--no-ui", "--config", str(config), *extra],
+        [*CLI, "--no-ui", "--config", str(config), *extra],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -104,7 +105,7 @@ def test_headless_writes_receipts_that_verify_and_stops_cleanly_on_sigterm(tmp_p
     assert any(line["msg"] == "anchored" for line in lines)
     assert lines[-1]["msg"] == "stopped"
     files = sorted(str(p) for p in (tmp_path / "data" / "receipts").rglob("*.json"))
-    verify = subprocess.run([str(BIN), "verify", *files], capture_output=True, text=True)
+    verify = subprocess.run([*CLI, "verify", *files], capture_output=True, text=True)
     assert verify.returncode == 0, verify.stdout + verify.stderr
     assert verify.stdout.count("OK ") == len(files)
     # A folder stands for every receipt below it; one that is tampered with fails alone.
@@ -112,7 +113,7 @@ def test_headless_writes_receipts_that_verify_and_stops_cleanly_on_sigterm(tmp_p
     tampered["anchored_root"] = "sha256:" + "00" * 32
     Path(files[0]).write_text(json.dumps(tampered))
     folder = subprocess.run(
-        [str(BIN), "verify", str(tmp_path / "data" / "receipts")], capture_output=True, text=True
+        [*CLI, "verify", str(tmp_path / "data" / "receipts")], capture_output=True, text=True
     )
     assert folder.returncode == 1
     assert folder.stdout.splitlines()[0].startswith(f"FAIL {files[0]}: ")
@@ -142,7 +143,7 @@ def test_single_job_receipt_passes_openssl_ts_verify_and_a_tampered_one_fails(tm
     bad = tmp_path / "tampered.json"
     bad.write_text(json.dumps(receipt))
     result = subprocess.run(
-        [str(BIN), "verify", "--data-dir", str(tmp_path / "data"), str(path), str(bad)],
+        [*CLI, "verify", "--data-dir", str(tmp_path / "data"), str(path), str(bad)],
         capture_output=True, text=True,
     )
     assert result.returncode == 1
@@ -157,11 +158,11 @@ def test_a_second_scheduler_on_the_same_data_dir_exits_2_naming_the_holder(tmp_p
     try:
         wait_for(lambda: receipts(tmp_path))
         second = subprocess.run(
-            [str(BIN), "--no-ui", "--config", str(config)], capture_output=True, text=True, timeout=30
+            [*CLI, "--no-ui", "--config", str(config)], capture_output=True, text=True, timeout=30
         )
         assert second.returncode == 2
         assert f"pid {first.pid}, running " in second.stderr
-        assert f"vmsh-scheduler --no-ui --config {config}" in second.stderr
+        assert f"{' '.join(CLI[1:])} --no-ui --config {config}" in second.stderr  # the holder's command line
         assert f"stop it with `kill -TERM {first.pid}`" in second.stderr
     finally:
         stop(first)
@@ -204,12 +205,12 @@ def test_a_corrupt_state_file_stops_the_start_with_its_line_and_a_way_out(tmp_pa
     state.write_text('{"version": 1,\n "jobs": {oops}}\n')
     if mode:
         result = subprocess.run(
-            [str(BIN), *mode, "--config", str(config)], capture_output=True, text=True, timeout=30,
+            [*CLI, *mode, "--config", str(config)], capture_output=True, text=True, timeout=30,
             stdin=subprocess.DEVNULL,
         )
         code, stderr = result.returncode, result.stderr
     else:  # the dashboard starts only on a terminal
-        code, stderr = run_on_terminal([str(BIN), "--config", str(config)])
+        code, stderr = run_on_terminal([*CLI, "--config", str(config)])
     assert code == 2
     assert stderr.startswith(f"vmsh-scheduler: {state}:2:11: state file is not valid JSON")
     assert "move it aside to start afresh" in stderr and "Traceback" not in stderr
@@ -227,7 +228,7 @@ def test_a_data_dir_that_cannot_be_created_is_a_message_not_a_traceback(tmp_path
     (tmp_path / "file").write_text("")
     config = make_config(tmp_path, ["alpha"])
     result = subprocess.run(
-        [str(BIN), "--no-ui", "--config", str(config), "--data-dir", str(tmp_path / "file" / "data")],
+        [*CLI, "--no-ui", "--config", str(config), "--data-dir", str(tmp_path / "file" / "data")],
         capture_output=True, text=True, timeout=30,
     )
     assert result.returncode == 2
@@ -357,7 +358,7 @@ def test_a_second_scheduler_on_a_taken_port_exits_2_and_says_so(tmp_path):
     try:
         wait_for(lambda: receipts(tmp_path / "a"))
         second = subprocess.run(
-            [str(BIN), "--no-ui", "--config", str(second_cfg)], capture_output=True, text=True, timeout=30
+            [*CLI, "--no-ui", "--config", str(second_cfg)], capture_output=True, text=True, timeout=30
         )
     finally:
         stop(first)
@@ -438,7 +439,7 @@ def test_a_taken_port_names_the_way_out_and_never_says_started(tmp_path):
         holder.bind((host, int(port)))
         holder.listen()
         result = subprocess.run(
-            [str(BIN), "--no-ui", "--config", str(config)], capture_output=True, text=True, timeout=30
+            [*CLI, "--no-ui", "--config", str(config)], capture_output=True, text=True, timeout=30
         )
     assert result.returncode == 2
     assert f"{host}:{port}" in result.stderr
@@ -449,7 +450,7 @@ def test_a_taken_port_names_the_way_out_and_never_says_started(tmp_path):
 
 def _run_once(config: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [str(BIN), "--no-ui", "--config", str(config)], capture_output=True, text=True, timeout=30
+        [*CLI, "--no-ui", "--config", str(config)], capture_output=True, text=True, timeout=30
     )
 
 
@@ -523,7 +524,7 @@ def test_a_start_error_prints_no_terminal_escape_from_a_path(tmp_path):
     data.mkdir()
     (data / "receipts").write_text("")
     result = subprocess.run(
-        [str(BIN), "--no-ui", "--config", str(config), "--data-dir", str(data)],
+        [*CLI, "--no-ui", "--config", str(config), "--data-dir", str(data)],
         capture_output=True, text=True, timeout=30,
     )
     assert result.returncode == 2

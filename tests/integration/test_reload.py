@@ -13,7 +13,6 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -299,7 +298,7 @@ def test_the_daemon_survives_an_alias_bomb_written_over_its_config_and_signalled
         resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
 
     proc = subprocess.Popen(
-        [str(Path(sys.executable).with_name("vmsh-scheduler")), "--no-ui", "--config", str(config)],
+        [sys.executable, "-m", "cli", "--no-ui", "--config", str(config)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=limit_memory,
     )
 

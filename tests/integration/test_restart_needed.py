@@ -39,3 +39,20 @@ async def test_a_reload_of_jobs_only_needs_no_restart(stack, obs):
     result = s.runtime.reload()
     assert result.summary == "+0 -0 ~1 jobs"
     assert not [r for r in s.logs if "restart needed" in r.msg]
+
+
+async def test_a_reload_that_changes_the_dashboards_keys_or_theme_says_restart_needed(stack, obs):
+    # The dashboard reads tui.keys, tui.theme and tui.theme_file once, when it starts: a
+    # reload that changes them must not be reported as applied without a word (issue 22, 7).
+    s = await stack({"a": {"fast": "10s"}})
+    text = obs.config_text({"a": {"fast": "10s"}})
+    obs.replace_file(s.config_path, text + "tui:\n  theme: nord\n  keys:\n    force: x\n")
+
+    result = s.runtime.reload()
+
+    assert result.applied and result.changed
+    assert result.summary == "+0 -0 ~0 jobs; restart needed: tui.theme, tui.keys"
+    [warning] = [r for r in s.logs if r.msg.startswith("config reload: restart needed")]
+    assert warning.fields["settings"] == "tui.theme, tui.keys"
+    # What the dashboard runs with stays what it started with.
+    assert s.runtime.started_with.tui.theme is None and s.runtime.started_with.tui.keys == {}

@@ -24,18 +24,20 @@ import pytest
 
 from core.anchors.base import VerificationFailed
 from core.anchors.registry import Backends
-from core.anchors.rfc3161 import RFC3161Backend
+from core.anchors.rfc3161 import Rfc3161Target
+from core.anchors.rfc3161.backend import RFC3161Backend
 from core.anchors.schemes import SCHEMES
 from core.backoff import BackoffPolicy
 from core.clock import FakeClock
-from core.config import Rfc3161Target
 from core.engine import Scheduler
 from core.errors import AuthError, NetworkError, ValidationError
 from core.events import AnchorFailed, AnchorStarted, EventBus, ReceiptWritten
 from core.jobs import JobKey, JobSpec, safe_name
-from core.receipts import Receipt, ReceiptInvalid, ReceiptStore, load_receipt, verify_receipt
+from core.receipts import Receipt, ReceiptInvalid, load_receipt, verify_receipt
 from core.sources import write_batch
-from core.state import IntentJournal, StateStore
+from core.store.files.journal import IntentJournal
+from core.store.files.receipts import ReceiptStore
+from core.store.files.state import StateStore
 from core.verify import ReadOnlyVerifiers, verify_files
 from tests.integration.tsa_servers import CertomancerTSA, OpenSSLTSA, free_port, pki
 

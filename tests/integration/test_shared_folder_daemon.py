@@ -83,12 +83,13 @@ async def test_a_shared_folder_is_listed_once_per_change_off_the_loop(tmp_path, 
     newest = {"shared": FILES - 1, "solo": 1}
     real_prefetch = sources.prefetch
 
-    def prefetch_then_write(folders):
-        real_prefetch(folders)
+    def prefetch_then_write(folders, wait=None):
+        unanswered = real_prefetch(folders, wait)
         # the writer adds a file right after the pass's read: the folder has changed when
         # the pass takes each namespace's batch (anchored by the next pass)
         n = newest["shared"] + 1 + 1000
         (shared / f"{n:06d}.json").write_text(batch_text(n))
+        return unanswered
 
     monkeypatch.setattr(os, "scandir", scandir)
     monkeypatch.setattr(core.engine.scheduler, "prefetch", prefetch_then_write)

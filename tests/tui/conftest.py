@@ -102,11 +102,11 @@ class World:
 
     def app(self, **kw):
         from tui.app import VaultMeshApp
+        from tui.host import InProcessHost
 
-        kw.setdefault("start_engine", False)
+        host = InProcessHost(self.runtime, start_engine=kw.pop("start_engine", False), grace=kw.pop("grace", 2.0))
         kw.setdefault("env", {"COLORTERM": "truecolor"})
-        kw.setdefault("grace", 2.0)
-        return VaultMeshApp(self.runtime, **kw)
+        return VaultMeshApp(host, **kw)
 
 
 @pytest.fixture

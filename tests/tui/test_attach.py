@@ -20,17 +20,21 @@ from pathlib import Path
 
 import pytest
 
+from cli.dashboard import attach_dashboard
+from core.control_client import ControlClient
 from core.remote_control import RemoteControl
 from core.sources import write_batch
 from tests.integration.test_headless import wait_for
-from tui.app import VaultMeshApp, attach_dashboard
+from tui.app import VaultMeshApp
+from tui.host import AttachedHost
 from tui.screens import ConfirmScreen
 from tui.widgets import DiffTable, LogView
 
 from .conftest import screen_text
 from .test_pilot import select
 
-BIN = Path(sys.executable).with_name("vmsh-scheduler")
+# The `vmsh-scheduler` command (cli.main:main), from this checkout.
+CLI = [sys.executable, "-m", "cli"]
 
 
 class Daemon:
@@ -59,7 +63,7 @@ class Daemon:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            [str(BIN), "--no-ui", "--config", str(self.config)],
+            [*CLI, "--no-ui", "--config", str(self.config)],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         )
         wait_for(lambda: self.receipts("still") and self.answers(), what="the scheduler's first anchors and socket")
@@ -115,7 +119,7 @@ def daemon(tmp_path: Path) -> Iterator[Daemon]:
 
 
 def attached_app(daemon: Daemon) -> VaultMeshApp:
-    return VaultMeshApp(None, attached=RemoteControl.connect(daemon.socket))
+    return VaultMeshApp(AttachedHost(RemoteControl.connect(daemon.socket)))
 
 
 def table(app: VaultMeshApp, name: str) -> DiffTable:
@@ -140,7 +144,7 @@ async def test_attached_dashboard_shows_anchors_live_and_f_anchors_in_the_daemon
     app = attached_app(daemon)
     async with app.run_test(size=(100, 30), notifications=True) as pilot:
         assert f"attached to pid {daemon.proc.pid}" in header(app)
-        assert app.runtime is None  # no engine, no lock here
+        assert isinstance(app.host, AttachedHost)  # no engine, no lock here
         # What the daemon logged before the dashboard attached is in the Logs pane.
         await until(lambda: started_lines(app) == 1, what="the daemon's earlier log lines")
         # "live" anchors every second in the daemon: its receipts arrive in the panes live.
@@ -165,6 +169,33 @@ async def test_attached_dashboard_shows_anchors_live_and_f_anchors_in_the_daemon
     assert daemon.health() == 200
     after = len(daemon.receipts("live"))
     wait_for(lambda: len(daemon.receipts("live")) > after, what="anchors after the dashboard quit")
+
+
+async def test_F_forces_the_namespace_with_one_request_over_the_socket(
+    daemon: Daemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Forcing a namespace is one command of the control API (`{"namespace": ns}`), not one
+    request per job."""
+    sent: list[tuple[str, str, object]] = []
+    request = ControlClient.request
+
+    async def counted(self: ControlClient, method: str, command: str, body: dict[str, object] | None = None):
+        sent.append((method, command, body))
+        return await request(self, method, command, body)
+
+    monkeypatch.setattr(ControlClient, "request", counted)
+    app = attached_app(daemon)
+    async with app.run_test(size=(100, 30), notifications=True) as pilot:
+        assert len(daemon.receipts("still")) == 1
+        await pilot.press("1")
+        select(table(app, "jobs"), "still/fast")
+        await pilot.press("F")
+        assert isinstance(app.screen, ConfirmScreen)
+        await pilot.press("y")
+        await until(lambda: len(daemon.receipts("still")) == 2, what="the namespace's forced receipt")
+        assert [s for s in sent if s[1] == "force"] == [("POST", "force", {"namespace": "still"})]
+        await pilot.press("q")
+        await until(lambda: not app.is_running, what="the dashboard to exit")
 
 
 async def test_kill9_and_restart_shows_disconnected_then_resynchronises(daemon: Daemon) -> None:
@@ -219,7 +250,7 @@ def test_attach_with_no_scheduler_says_how_to_start_one(tmp_path: Path, capsys: 
 
 
 def test_cli_attach_without_a_terminal_exits_2_and_names_ctl(tmp_path: Path) -> None:
-    result = subprocess.run([str(BIN), "attach", "--socket", str(tmp_path / "control.sock")],
+    result = subprocess.run([*CLI, "attach", "--socket", str(tmp_path / "control.sock")],
                             capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=30)
     assert result.returncode == 2
     assert "no terminal" in result.stderr and "ctl" in result.stderr

@@ -40,7 +40,7 @@ async def test_countdowns_and_uptime_keep_to_the_engines_clock_when_the_wall_clo
     async with app.run_test(size=(160, 48), notifications=True) as pilot:
         await first_anchors(world, app, pilot)  # anchored at 00:00:00, 10 s ago
         world.clock.step_wall(3 * 3600)  # NTP steps the wall clock; no time passes
-        app._refresh_views()
+        app.refresh_views()
         await pilot.pause()
         row = app.dashboard.body("jobs").all_rows["dao:vaultmesh/fast"]
         texts = [cell.text for cell in row]
@@ -89,7 +89,7 @@ async def test_a_job_in_flight_past_its_bound_shows_stuck(world: World, monkeypa
         await pilot.pause()
         assert len(engine.in_flight()) == len(ALL_JOBS)
         world.clock.advance(engine.stuck_after(engine.views()[0].key) + 1)
-        app._refresh_views()
+        app.refresh_views()
         await pilot.pause()
         statuses = [row[-1].text for row in app.dashboard.body("jobs").all_rows.values()]
         assert statuses == ["stuck"] * len(ALL_JOBS)

@@ -175,7 +175,7 @@ async def test_real_target_names_backoff_and_status_fit_80x24(tmp_path) -> None:
         await world.runtime.engine.run_once()
         await settle(app, pilot)
         world.clock.advance(1)
-        app._refresh_views()
+        app.refresh_views()
         await pilot.pause()
         rows = {line.split()[0] + "/" + line.split()[1]: line for line in screen_text(app).splitlines()[5:9]}
         strong, evm = rows["dao:vaultmesh/strong"], rows["fin:clearing/fast"]
@@ -238,7 +238,7 @@ async def test_http_port_taken_is_a_warning_in_the_header(tmp_path) -> None:
         async with app.run_test(size=(80, 24), notifications=True) as pilot:
             for _ in range(100):
                 await pilot.pause()
-                if app.services is not None:
+                if app.host.services is not None:
                     break
             await pilot.pause()
             assert "HTTP OFF: port in use" in header(app)
@@ -259,7 +259,7 @@ async def test_header_counts_agree_with_the_rows_while_anchoring(world: World, m
         first_pass = asyncio.ensure_future(engine.run_once())  # sends every job to the gate
         await pilot.pause()
         assert len(engine.in_flight()) == len(ALL_JOBS), engine.in_flight()
-        app._refresh_views()
+        app.refresh_views()
         statuses = [row[-1].text for row in app.dashboard.body("jobs").all_rows.values()]
         assert statuses == ["anchoring"] * len(ALL_JOBS)
         text = app.dashboard.header._last.plain
@@ -267,7 +267,7 @@ async def test_header_counts_agree_with_the_rows_while_anchoring(world: World, m
         gate.set()
         await first_pass
         await engine.settle()
-        app._refresh_views()
+        app.refresh_views()
         assert "ok 4" in app.dashboard.header._last.plain and "anchoring 0" in app.dashboard.header._last.plain
 
 
@@ -280,13 +280,13 @@ async def test_engine_stuck_threshold_is_the_same_as_health(world: World) -> Non
         engine = world.runtime.engine
         await engine.run_once()
         await engine.settle()
-        app.engine_state = "running"  # as if the worker ran it
+        app.host.engine_state = "running"  # as if the worker ran it
         engine.tick = 20.0  # stuck after 3 x 20 = 60 s without a pass
         world.clock.advance(59)
-        app._refresh_views()
+        app.refresh_views()
         assert app.dashboard.header._last.plain.startswith("● healthy")
         assert http_health(engine, world.clock.now())[1]["status"] == "healthy"
         world.clock.advance(2)
-        app._refresh_views()
+        app.refresh_views()
         assert app.dashboard.header._last.plain.startswith("● unhealthy (engine stuck: no scheduling pass for 61s)")
         assert http_health(engine, world.clock.now())[1]["status"] == "unhealthy"

@@ -25,7 +25,7 @@ def flat(text: str) -> str:
 
 
 async def settle(app, pilot) -> None:
-    await app.runtime.engine.settle()
+    await app.host.runtime.engine.settle()
     app.flush_now()
     await pilot.pause()
 
@@ -196,7 +196,7 @@ async def test_q_with_nothing_in_flight_exits(world: World) -> None:
         await pilot.press("q")
         await pilot.pause()
     assert app.return_code == 0
-    assert app.stopped_cleanly
+    assert app.host.stopped_cleanly
     assert (world.tmp / "data" / "state" / "scheduler.json").exists()  # state flushed
 
 
@@ -210,11 +210,11 @@ async def test_engine_worker_anchors_then_q_exits_cleanly(world: World) -> None:
         app.flush_now()
         await pilot.pause()
         assert len(app.dashboard.body("receipts").shown_keys) == len(ALL_JOBS)
-        assert app.engine_state == "running"
+        assert app.host.engine_state == "running"
         assert "healthy" in screen_text(app)
         await pilot.press("q")
         await pilot.pause()
-    assert app.stopped_cleanly and app.engine_state == "stopped"
+    assert app.host.stopped_cleanly and app.host.engine_state == "stopped"
 
 
 class LosableTerminal:
@@ -240,7 +240,7 @@ async def test_terminal_lost_from_another_thread_stops_with_exit_0(world: World,
     (the 'stopping' log line's render) used to fail at shutdown, and the process exited 1."""
     monkeypatch.setattr("tui.dashboard.FLUSH_DELAY", 0.001)  # renders due before the stop ends
     app = world.app(start_engine=True)
-    app.terminal = LosableTerminal()
+    app.host.terminal = LosableTerminal()
     async with app.run_test(size=(80, 24), notifications=True) as pilot:
         for _ in range(200):
             await pilot.pause()
@@ -248,14 +248,14 @@ async def test_terminal_lost_from_another_thread_stops_with_exit_0(world: World,
                 break
         app.flush_now()  # nothing pending: the stop's own log line arms the next render
         await pilot.pause()
-        app.terminal.lose("terminal hung up (stdin)")
+        app.host.terminal.lose("terminal hung up (stdin)")
         for _ in range(200):
             await pilot.pause(0.02)
             if app._exit:
                 break
     assert app.return_code == 0
-    assert app.stopped_cleanly
-    assert app.exit_reason == "terminal hung up (stdin)"
+    assert app.host.stopped_cleanly
+    assert app.host.exit_reason == "terminal hung up (stdin)"
 
 
 async def test_v_verifies_the_selected_receipt(world: World) -> None:

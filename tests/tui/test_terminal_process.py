@@ -22,15 +22,16 @@ from pathlib import Path
 import pytest
 
 from core.sources import write_batch
-from core.state import DataDirLock
+from core.store.files.lock import DataDirLock
 
 from .conftest import config_text, root
 
-BIN = Path(sys.executable).with_name("vmsh-scheduler")
+# The `vmsh-scheduler` command (cli.main:main), from this checkout.
+CLI = [sys.executable, "-m", "cli"]
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "config.example.yaml"
-# `vmsh-scheduler` is core.cli:main; run it from this checkout.
-COMMAND = [sys.executable, "-m", "core.cli"]
+# `vmsh-scheduler` is cli.main:main; run it from this checkout.
+COMMAND = [sys.executable, "-m", "cli"]
 # Makes the pty on fd 1 the controlling terminal, then execs the command: a hang-up then
 # reaches the dashboard as it reaches a program in an SSH session or a tmux pane.
 WITH_CONTROLLING_TTY = (
@@ -170,7 +171,7 @@ def test_sighup_stops_the_dashboard_cleanly_with_state_flushed(tmp_path):
     fcntl.ioctl(child, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
     env = {**os.environ, "TERM": "xterm-256color", "COLORTERM": "truecolor"}
     proc = subprocess.Popen(
-        [str(BIN), "--config", str(tmp_path / "config.yaml")],
+        [*CLI, "--config", str(tmp_path / "config.yaml")],
         stdin=child, stdout=child, stderr=child, cwd=tmp_path, env=env, start_new_session=True,
     )
     os.close(child)

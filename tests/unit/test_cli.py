@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from cli.main import main
 from core import __version__
-from core.cli import main
 from core.config import ENV_VARS
 from tests.pki import make_root
 

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import pytest
@@ -113,6 +114,29 @@ def test_example_config_loads(tmp_path):
     assert all(j.target.startswith("local:") for j in cfg.jobs())
     assert any(j.anchor_unchanged for j in cfg.jobs())
     assert loaded.warnings == []
+
+
+
+@pytest.mark.parametrize("kind", ["fifo", "folder"])
+def test_a_dotenv_that_is_a_fifo_or_a_folder_is_named_not_waited_on(tmp_path, kind):
+    if kind == "fifo":
+        os.mkfifo(tmp_path / ".env")  # no writer: opening it for reading would wait for ever
+    else:
+        (tmp_path / ".env").mkdir()
+    result: list[BaseException] = []
+    reader = threading.Thread(target=lambda: _catch(result, lambda: load(tmp_path, MINIMAL)), daemon=True)
+    reader.start()
+    reader.join(timeout=10)
+    assert not reader.is_alive(), "loading the config waited on ./.env"
+    assert result and isinstance(result[0], ConfigError), result
+    assert ".env" in str(result[0]) and "not a regular file" in str(result[0]), str(result[0])
+
+
+def _catch(into: list[BaseException], fn) -> None:
+    try:
+        fn()
+    except BaseException as exc:
+        into.append(exc)
 
 
 # --------------------------------------------------------------------------- precedence
@@ -770,7 +794,8 @@ def test_a_namespace_name_that_cannot_be_a_folder_is_refused_at_its_line(tmp_pat
 def test_names_that_fit_load_and_write_real_receipts(tmp_path, name):
     """The limit is the real one: a name at it writes a receipt and its pending marker, with
     the longest cadence and a collision suffix, on this machine's file system."""
-    from core.receipts import ReceiptStore, build_receipt
+    from core.receipts import build_receipt
+    from core.store.files.receipts import ReceiptStore
 
     loaded = load(tmp_path, NAMED.format(name='"' + name + '"'))
     assert name in loaded.config.namespaces

@@ -34,3 +34,21 @@ def test_core_never_imports_textual_or_rich():
     count, loaded, culprit = result.stdout.split("\n")[:3]
     assert int(count) > 5  # it really walked the package
     assert loaded == "", f"importing {culprit} loaded {loaded}"
+
+
+def test_core_never_imports_tui_or_cli():
+    """core/ is the library; the entry points (cli/) and the dashboard (tui/) build on it,
+    never the reverse, not even inside a function (cli/dashboard.py may import both)."""
+    import ast
+
+    found = []
+    for path in sorted((REPO / "core").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                names = [node.module or ""]
+            else:
+                continue
+            found += [f"{path.relative_to(REPO)}:{node.lineno} {n}" for n in names if n.split(".")[0] in ("tui", "cli")]
+    assert found == []

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from core.cli import main
+from cli.main import main
 from core.clock import FakeClock
 from core.config import load_config
 from core.events import AnchorFailed, AnchorStarted, BackoffChanged, ReceiptWritten

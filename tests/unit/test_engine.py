@@ -9,15 +9,17 @@ from pathlib import Path
 
 import pytest
 
-from core.anchors.local import LocalTSA
+from core.anchors.local.backend import LocalTSA
 from core.backoff import PHI, BackoffPolicy
 from core.clock import FakeClock
 from core.errors import AuthError, NetworkError, ValidationError
 from core.events import AnchorFailed, AnchorStarted, EventBus, JobSkipped, ReceiptWritten
 from core.jobs import JobKey, JobSpec, safe_name
-from core.receipts import BatchRef, ReceiptStore, load_receipt, verify_receipt
+from core.receipts import BatchRef, load_receipt, verify_receipt
 from core.sources import write_batch
-from core.state import IntentJournal, StateStore
+from core.store.files.journal import IntentJournal
+from core.store.files.receipts import ReceiptStore
+from core.store.files.state import StateStore
 
 
 def root(n: int) -> str:

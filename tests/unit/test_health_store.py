@@ -13,9 +13,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from core.control import RuntimeControl
 from core.observe.http import start_http
 from core.observe.metrics import Metrics
+from core.runtime_control import RuntimeControl
 from tests.tui.conftest import World
 from tests.tui.test_replicas_pane import A_HASH, B_HASH, StandInCluster, three_replicas
 

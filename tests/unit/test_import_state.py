@@ -178,7 +178,7 @@ def test_the_import_state_flag_of_a_real_start_exits_2_naming_the_file(tmp_path)
     bad.write_text('{"dao:vaultmesh": {"last": {"fast": true}}}')
     env = {k: v for k, v in os.environ.items() if k not in ENV_VARS}
     proc = subprocess.run(
-        [sys.executable, "-m", "core.cli", "--no-ui", "--config", "config.yaml", "--import-state", str(bad)],
+        [sys.executable, "-m", "cli", "--no-ui", "--config", "config.yaml", "--import-state", str(bad)],
         cwd=tmp_path, env={**env, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=30,
     )
     assert proc.returncode == 2, proc.stderr

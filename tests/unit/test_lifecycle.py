@@ -16,13 +16,13 @@ from pathlib import Path
 
 import pytest
 
+from cli.headless import EXIT_CANNOT_START, run_headless
 from core.clock import FakeClock
 from core.config import load_config
-from core.headless import EXIT_CANNOT_START, run_headless
 from core.lifecycle import running
 from core.observe.http import ListenError
 from core.runtime import Runtime
-from core.state import IntentJournal
+from core.store.files.journal import IntentJournal
 
 
 def free_port() -> int:

@@ -17,10 +17,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from core.anchors import local as local_mod
 from core.anchors import tsp
 from core.anchors.base import Attestation, VerificationFailed
-from core.anchors.local import LOCAL_POLICY_OID, SUBJECT_CN, LocalTSA
+from core.anchors.local import backend as local_mod
+from core.anchors.local.backend import LOCAL_POLICY_OID, SUBJECT_CN, LocalTSA
 from core.anchors.schemes import SCHEMES
 from core.clock import FakeClock, iso_utc
 from core.errors import ValidationError
@@ -341,9 +341,11 @@ async def test_a_recovered_anchor_keeps_the_policy_it_was_requested_under(
     from core.engine import Scheduler
     from core.events import EventBus, ReceiptWritten
     from core.jobs import JobKey, JobSpec
-    from core.receipts import ReceiptStore, load_receipt, verify_receipt
+    from core.receipts import load_receipt, verify_receipt
     from core.sources import write_batch
-    from core.state import IntentJournal, StateStore
+    from core.store.files.journal import IntentJournal
+    from core.store.files.receipts import ReceiptStore
+    from core.store.files.state import StateStore
 
     tsa = LocalTSA(tmp_path / "data", "dev", clock, policies=[SERVED])
     seen_in_journal: list[list[dict]] = []

@@ -20,13 +20,13 @@ from core.receipts import (
     Receipt,
     ReceiptError,
     ReceiptInvalid,
-    ReceiptStore,
     build_receipt,
     check_proof,
     iso_utc,
     load_receipt,
     verify_receipt,
 )
+from core.store.files.receipts import ReceiptStore
 
 AT = 1767225600.123  # 2026-01-01T00:00:00.123Z
 
@@ -295,10 +295,10 @@ def test_confirm_pending(tmp_path: Path) -> None:
 
 
 def counting_reads(monkeypatch) -> list[Path]:
-    import core.receipts as mod
+    import core.store.files.receipts as mod
+    from core.receipts import load_receipt as real
 
     reads: list[Path] = []
-    real = mod.load_receipt
     monkeypatch.setattr(mod, "load_receipt", lambda p: reads.append(Path(p)) or real(p))
     return reads
 
@@ -386,9 +386,9 @@ def test_recent_reads_only_limit_files(tmp_path: Path, monkeypatch) -> None:
     for k in range(20):
         store.write(receipts_for(1, at=AT + k)[0])
     reads: list[Path] = []
-    import core.receipts as mod
+    import core.store.files.receipts as mod
+    from core.receipts import load_receipt as real
 
-    real = mod.load_receipt
     monkeypatch.setattr(mod, "load_receipt", lambda p: reads.append(p) or real(p))
     store.recent(4)
     assert len(reads) == 4

@@ -21,7 +21,7 @@ DEEP = b"[" * 200_000 + b"]" * 200_000
 READERS = {
     "receipt": "from core.receipts import load_receipt as read",
     "imported state": "from core.migrate import read_original_state as read",
-    "state file": "from core.state import StateStore\nread = lambda p: StateStore(p).load()",
+    "state file": "from core.store.files.state import StateStore\nread = lambda p: StateStore(p).load()",
 }
 
 

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from cli.check import summary
 from core.anchors.base import CannotVerify
 from core.anchors.registry import Backends
 from core.anchors.schemes import SCHEMES
-from core.cli import summary
 from core.clock import FakeClock
 from core.config import load_config
 from core.errors import ValidationError
@@ -88,4 +88,82 @@ async def test_verify_cannot_check_a_scheme_without_a_proof_and_refuses_an_unkno
         verifiers.verifier("btc:main", tmp_path / "r.json")
     with pytest.raises(ValidationError, match="unknown target scheme 'nope'"):
         verifiers.verifier("nope:x", tmp_path / "r.json")
-    assert SCHEMES["btc"].proof is None
+    assert SCHEMES["btc"].checker is None
+
+
+# --------------------------------------------------------------------------- a scheme is its spec
+
+
+class _Checker:
+    def __init__(self, target: str, scope: object) -> None:
+        self.target, self.scope, self.closed = target, scope, False
+        self.seen: list[tuple[dict, bytes]] = []
+
+    async def verify(self, attestation, digest, *, required=None, policy=None) -> None:
+        self.seen.append((attestation, digest))
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+def test_verify_explain_and_rpc_urls_ask_the_schemes_spec_not_its_name(tmp_path, monkeypatch):
+    """A scheme the core has never heard of works through its spec alone: verify builds its
+    checker (one per scope), explain prints its steps, --rpc-url takes its form."""
+    import hashlib
+    import json
+    import time
+
+    from core.anchors.local import LocalTarget
+    from core.anchors.spec import SchemeSpec
+    from core.explain import explain
+    from core.receipts import build_receipt
+    from core.verify import check_one, parse_rpc_urls
+
+    built: list[_Checker] = []
+
+    def checker(target, inputs, receipt_path):
+        built.append(_Checker(target, inputs.data_dir_for(receipt_path)))
+        return built[-1]
+
+    spec = SchemeSpec(
+        name="fake",
+        settings=LocalTarget,
+        build=None,
+        checker=checker,
+        checker_scope=lambda inputs, path: inputs.data_dir_for(path),
+        explain=lambda receipt, path, inputs: [f"echo fake step for {receipt.target}"],
+        rpc_url_form="fake:<n>=<URL>",
+    )
+    monkeypatch.setitem(SCHEMES, "fake", spec)
+
+    assert parse_rpc_urls(["fake:1=https://node"]) == {"fake:1": "https://node"}
+    with pytest.raises(ValueError, match=r"expected eip155:<chain id>=<URL>, .* or fake:<n>=<URL>"):
+        parse_rpc_urls(["fake:1=node"])
+
+    digest = hashlib.sha256(b"x").digest()
+    receipt = build_receipt(
+        namespace="ns", cadence="fast", target="fake:1", batch_id="1",
+        batch_root=digest, anchored_root=digest, proof=[], leaf_index=0, tree_size=1,
+        attestation={"scheme": "fake"}, status="confirmed",
+        confirmations_required=0, confirmations_observed=0, anchored_at=time.time(),
+        version="test", config_hash="",
+    )
+    paths: list[Path] = []
+    for folder in ("one/receipts/ns", "one/receipts/ns", "two/receipts/ns"):
+        path = tmp_path / folder / f"r{len(paths)}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(receipt.to_json()))
+        paths.append(path)
+
+    async def run() -> list[str]:
+        verifiers = ReadOnlyVerifiers()
+        try:
+            return [(await check_one(p, verifiers)).outcome.name for p in paths]
+        finally:
+            await verifiers.close()
+
+    assert asyncio.run(run()) == ["OK", "OK", "OK"]
+    assert [c.scope for c in built] == [tmp_path / "one", tmp_path / "two"]  # one per data dir
+    assert all(c.closed for c in built) and len(built[0].seen) == 2
+    script = explain(paths[0], receipt, ReadOnlyVerifiers())
+    assert "echo fake step for fake:1" in script and "audit path" in script

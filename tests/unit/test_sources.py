@@ -407,14 +407,15 @@ async def test_the_engine_reads_due_batch_files_off_the_event_loop(tmp_path: Pat
     import random
     import threading
 
-    from core.anchors.local import LocalTSA
+    from core.anchors.local.backend import LocalTSA
     from core.backoff import BackoffPolicy
     from core.clock import FakeClock
     from core.engine import Scheduler
     from core.events import EventBus, ReceiptWritten
     from core.jobs import JobKey, JobSpec
-    from core.receipts import ReceiptStore
-    from core.state import IntentJournal, StateStore
+    from core.store.files.journal import IntentJournal
+    from core.store.files.receipts import ReceiptStore
+    from core.store.files.state import StateStore
 
     clock, bus = FakeClock(), EventBus()
     events: list[object] = []

@@ -14,15 +14,11 @@ import pytest
 
 from core import fsutil
 from core.fsutil import atomic_create_bytes, atomic_write_bytes, atomic_write_json
-from core.jobs import JobKey
-from core.state import (
-    DataDirLock,
-    IntentJournal,
-    JobState,
-    LockHeld,
-    StateError,
-    StateStore,
-)
+from core.jobs import JobKey, JobState
+from core.store import StateError
+from core.store.files.journal import IntentJournal
+from core.store.files.lock import DataDirLock, LockHeld
+from core.store.files.state import StateStore
 
 REPO = Path(__file__).resolve().parents[2]
 ROOT = "sha256:" + "ab" * 32
@@ -214,7 +210,7 @@ def test_save_100k_jobs_fast(tmp_path: Path) -> None:
 
 _HOLDER = (
     "import sys, time; sys.path.insert(0, sys.argv[2]);"
-    "from core.state import DataDirLock;"
+    "from core.store.files.lock import DataDirLock;"
     "lock = DataDirLock(sys.argv[1]).acquire();"
     "print('locked', flush=True);"
     "time.sleep(600)"

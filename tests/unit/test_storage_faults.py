@@ -24,7 +24,7 @@ from core.observe.health import health
 from core.observe.metrics import Metrics
 from core.receipts import load_receipt, verify_receipt
 from core.sources import write_batch
-from core.state import IntentJournal
+from core.store.files.journal import IntentJournal
 from core.writer import DiskWriter
 from tests.unit.test_engine import Harness, root, until
 
@@ -295,7 +295,7 @@ async def test_temp_files_left_by_a_kill_9_are_removed_at_start(tmp_path):
 
 
 async def test_data_folders_are_0750_and_files_0640_whatever_the_umask(tmp_path):
-    from core.state import DataDirLock
+    from core.store.files.lock import DataDirLock
 
     old = os.umask(0)
     try:

@@ -11,17 +11,19 @@ from pathlib import Path
 
 import pytest
 
+from cli.main import main
 from core import sources
-from core.anchors.local import LocalTSA
+from core.anchors.local.backend import LocalTSA
 from core.backoff import BackoffPolicy
-from core.cli import main
 from core.clock import FakeClock
 from core.config import ENV_VARS, load_config
 from core.engine import Scheduler
 from core.events import AnchorFailed, EventBus, ReceiptWritten
-from core.receipts import ReceiptStore, load_receipt
+from core.receipts import load_receipt
 from core.sources import write_batch
-from core.state import IntentJournal, StateStore
+from core.store.files.journal import IntentJournal
+from core.store.files.receipts import ReceiptStore
+from core.store.files.state import StateStore
 from tests.pki import make_root
 
 VAULTMESH_ENV = {

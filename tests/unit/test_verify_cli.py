@@ -24,24 +24,25 @@ from threading import Thread
 
 import pytest
 
-from core.anchors.evm import ANCHOR_SELECTOR
+from cli.main import main
+from core.anchors.evm.abi import ANCHOR_SELECTOR
 from core.anchors.registry import Backends
+from core.anchors.rfc3161 import Rfc3161Target
 from core.backoff import BackoffPolicy
-from core.cli import main
 from core.clock import FakeClock
-from core.config import Rfc3161Target
 from core.engine import Scheduler
 from core.events import EventBus
 from core.jobs import JobKey, JobSpec, safe_name
-from core.receipts import ReceiptStore
 from core.sources import write_batch
-from core.state import IntentJournal, StateStore
+from core.store.files.journal import IntentJournal
+from core.store.files.receipts import ReceiptStore
+from core.store.files.state import StateStore
 from tests.integration.tsa_servers import OpenSSLTSA
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")
 
 REPO = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent / "vmsh-scheduler"
+CLI = [sys.executable, "-m", "cli"]  # the `vmsh-scheduler` command, from this checkout
 
 
 def root(n: int) -> str:
@@ -248,9 +249,9 @@ def test_verify_writes_nothing_in_a_folder_it_may_not_write(world, tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("VMSH_")}
     try:
         runs = [
-            [str(BIN), "verify", "--data-dir", str(copy), *map(str, sorted((copy / "receipts").rglob("*.json")))],
-            [str(BIN), "verify", str(copy / "receipts")],  # the data dir found from the path
-            [str(BIN), "verify", str(loose), "--trust-bundle", str(copy / "tsa" / "local-tsa.pem")],
+            [*CLI, "verify", "--data-dir", str(copy), *map(str, sorted((copy / "receipts").rglob("*.json")))],
+            [*CLI, "verify", str(copy / "receipts")],  # the data dir found from the path
+            [*CLI, "verify", str(loose), "--trust-bundle", str(copy / "tsa" / "local-tsa.pem")],
         ]
         done = [
             subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=60)

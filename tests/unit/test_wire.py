@@ -10,11 +10,16 @@ import pytest
 
 from core import events as ev
 from core import wire
-from core.control import FILE_STORE, Snapshot, StoreStatus, VerifyOutcome, VerifyResult
-from core.jobs import JobKey, JobSpec
+from core.control import (
+    FILE_STORE,
+    ReloadResult,
+    Snapshot,
+    StoreStatus,
+    VerifyOutcome,
+    VerifyResult,
+)
+from core.jobs import JobKey, JobSpec, JobState
 from core.replicas import ReplicaInfo
-from core.runtime import ReloadResult
-from core.state import JobState
 from core.status import JobStatus, count
 from core.views import JobView
 

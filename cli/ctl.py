@@ -1,0 +1,212 @@
+"""`vmsh-scheduler ctl`: a running scheduler's control socket, from scripts and shells.
+
+status [--json] | force NAMESPACE[/CADENCE] | pause | resume | reload | tail
+
+Exit codes: 0 done, 1 refused or failed (403, a rejected reload, nothing forced, the
+scheduler went away mid-tail), 2 usage or no scheduler answering on the socket (the
+message says how to start one). The protocol is docs/control-api.md; the client is
+core/control_client.py (shared with the attached dashboard), replies are decoded by
+core/wire.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from core import wire
+from core.control_client import ControlClient, ControlFailed, ControlRefused, ControlUnreachable
+from core.control_server import socket_path
+from core.text import printable
+
+if TYPE_CHECKING:
+    import argparse
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+START_HINT = "start one with `vmsh-scheduler --no-ui --config FILE` (or `systemctl start vmsh-scheduler`)"
+
+
+class CtlError(Exception):
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def resolve_socket(args: argparse.Namespace) -> Path:
+    """--socket, else the config's control.socket, else <data_dir>/control.sock."""
+    if getattr(args, "socket", None) is not None:
+        return Path(args.socket)
+    from cli.common import overrides_from, print_errors
+    from core.config import ConfigError, load_config
+
+    try:
+        loaded = load_config(overrides=overrides_from(args), allow_unset=True)
+    except ConfigError as exc:
+        # The usual moment for `ctl reload` is right after an edit that broke the config: the
+        # socket is still found from what can be read (the scheduler reports the errors).
+        found = socket_despite_errors(args)
+        if found is None:
+            print_errors(exc)
+            raise CtlError("pass --socket PATH, or a config (--config, --data-dir) that names the data dir", EXIT_USAGE) from None
+        return found
+    return socket_path(loaded.config)
+
+
+def socket_despite_errors(args: argparse.Namespace) -> Path | None:
+    """The socket from --data-dir, VMSH_DATA_DIR, or the --config file's `control.socket` /
+    `scheduler.data_dir` when that file is still YAML; None when none of them says."""
+    from core.control_server import default_socket
+
+    data_dir = getattr(args, "data_dir", None) or os.environ.get("VMSH_DATA_DIR")
+    if data_dir:
+        return default_socket(Path(data_dir))
+    config = getattr(args, "config", None)
+    if config is None:
+        return None
+    import yaml
+
+    try:
+        doc = yaml.safe_load(Path(config).read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    if not isinstance(doc, dict):
+        return None
+    control, scheduler = doc.get("control"), doc.get("scheduler")
+    if isinstance(control, dict) and isinstance(control.get("socket"), str):
+        return Path(control["socket"])
+    if isinstance(scheduler, dict) and isinstance(scheduler.get("data_dir"), str):
+        return default_socket(Path(scheduler["data_dir"]))
+    return None
+
+
+def status_doc(doc: dict[str, Any]) -> dict[str, Any]:
+    """What `ctl status --json` prints: the scheduler, its counts, health and jobs."""
+    snap = wire.decode_snapshot(doc["snapshot"])
+    jobs = [
+        {"job": str(v.key), "status": v.status.value, "target": v.spec.target, "every": v.spec.every,
+         "last_anchored_at": v.state.last_anchored_at, "due_in": None if v.due_at is None else v.due_at - snap.now,
+         "backoff_level": v.state.backoff_level, "last_error": v.state.last_error, "disabled": v.disabled}
+        for v in snap.views
+    ]
+    counts = {"total": snap.counts.total, "in_backoff": snap.counts.in_backoff,
+              **{s.value: n for s, n in snap.counts.by_status.items()}}
+    return {"pid": doc["pid"], "host": doc["host"], "version": doc["version"], "paused": snap.paused,
+            "config_hash": snap.config_hash, "counts": counts, "health": doc["health"], "jobs": jobs}
+
+
+def print_status(status: dict[str, Any]) -> None:
+    health = status["health"]
+    c = status["counts"]
+    print(f"scheduler pid {status['pid']} on {printable(status['host'])}, version {status['version']}"
+          f"{', PAUSED' if status['paused'] else ''}: {health.get('status', '?')}")
+    detail = ", ".join(f"{k} {v}" for k, v in c.items() if k not in ("total", "in_backoff") and v)
+    print(f"{c['total']} jobs ({detail or 'none'}), {c['in_backoff']} in backoff")
+    width = max((len(printable(j["job"])) for j in status["jobs"]), default=3)
+    for job in status["jobs"]:
+        error = f"  {printable(job['last_error'])}" if job["last_error"] else ""
+        print(f"  {printable(job['job']):<{width}}  {job['status']:<11} {printable(job['target'])}{error}")
+
+
+class Client:
+    """The control socket's client (core/control_client.py), its errors as CtlError."""
+
+    def __init__(self, socket: Path) -> None:
+        self.socket = socket
+        self._client = ControlClient(socket)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._client.close()
+
+    def _error(self, exc: Exception) -> CtlError:
+        if isinstance(exc, ControlUnreachable):
+            if exc.permission:
+                return CtlError(f"permission denied on {self.socket}: ask for its group (control.group)", EXIT_FAILED)
+            return CtlError(f"no scheduler is running on {self.socket}: {START_HINT}", EXIT_USAGE)
+        return CtlError(str(exc), EXIT_FAILED)
+
+    def call(self, method: str, command: str, body: dict[str, Any] | None = None) -> Any:
+        try:
+            return self._client.call(method, command, body)
+        except (ControlUnreachable, ControlFailed, ControlRefused) as exc:
+            raise self._error(exc) from None
+
+    def events(self, after: int | None = None) -> Iterator[Any]:
+        try:
+            yield from self._client.events(after)
+        except ControlUnreachable as exc:
+            raise self._error(exc) from None
+
+
+def run_ctl(args: argparse.Namespace) -> int:
+    try:
+        with Client(resolve_socket(args)) as client:
+            return _run(args, client)
+    except CtlError as exc:
+        print(f"vmsh-scheduler ctl: {printable(str(exc), lines=True)}", file=sys.stderr)
+        return exc.code
+    except KeyboardInterrupt:
+        return EXIT_OK
+    except BrokenPipeError:  # `ctl tail | head`: the reader is done
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return EXIT_OK
+
+
+def _run(args: argparse.Namespace, client: Client) -> int:
+    action = args.ctl_command
+    if action == "status":
+        status = status_doc(client.call("GET", "snapshot"))
+        if args.json:
+            print(json.dumps(status, ensure_ascii=False))
+        else:
+            print_status(status)
+        return EXIT_OK
+    if action == "force":
+        body = {"job": args.target} if "/" in args.target else {"namespace": args.target}
+        doc = client.call("POST", "force", body)
+        for job in doc["forced"]:
+            print(f"forced {printable(job)}: anchors at the next pass")
+        for job in doc["skipped"]:
+            print(f"not forced {printable(job)}: already anchoring, or disabled", file=sys.stderr)
+        return EXIT_OK if doc["forced"] else EXIT_FAILED
+    if action in ("pause", "resume"):
+        doc = client.call("POST", action)
+        print("paused: no new anchors start" if doc["paused"] else "resumed: anchoring")
+        return EXIT_OK
+    if action == "reload":
+        result = wire.decode_reload_result(client.call("POST", "reload"))
+        for error in result.errors:
+            print(printable(error, lines=True), file=sys.stderr)
+        print(printable(result.summary, lines=True), file=sys.stdout if result.applied or not result.errors else sys.stderr)
+        return EXIT_FAILED if result.errors and not result.applied else EXIT_OK
+    if action == "tail":
+        return _tail(client)
+    raise CtlError(f"unknown action {action!r}", EXIT_USAGE)
+
+
+def _tail(client: Client) -> int:
+    from core.events import LogRecord
+    from core.observe.logs import format_record
+
+    doc = client.call("GET", "snapshot")
+    for fields in doc["logs"][-10:]:
+        record = wire.decode_event({"type": "LogRecord", "event": fields})
+        assert isinstance(record, LogRecord)
+        print(printable(format_record(record), lines=True), flush=True)
+    for line in client.events(after=doc["seq"]):
+        if line.get("type") == "resync":
+            print("(fell behind: some log records were skipped)", file=sys.stderr, flush=True)
+        elif line.get("type") == "dropped":
+            raise CtlError(f"dropped by the scheduler: {line.get('reason')}", EXIT_FAILED)
+        elif line.get("type") == "LogRecord":
+            record = wire.decode_event(line)
+            if isinstance(record, LogRecord):
+                print(printable(format_record(record), lines=True), flush=True)
+    print("vmsh-scheduler ctl: the scheduler closed the stream (stopped or restarted)", file=sys.stderr)
+    return EXIT_FAILED

@@ -1,0 +1,190 @@
+"""`vmsh-scheduler store migrate` and `vmsh-scheduler export --out DIR`.
+
+`store migrate` creates or migrates the PostgreSQL store's schema (a scheduler also
+creates it on start when the database is empty, and refuses an older one). `export`
+writes every receipt of the configured store as the files a file store would hold,
+`DIR/<namespace percent-encoded>/<name>.json`, which `vmsh-scheduler verify` checks
+offline with no database at all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from core.config import LoadedConfig
+from core.errors import AnchorError
+from core.fsutil import atomic_create_bytes, dumps_json, ensure_dir, fsync_dirs
+from core.jobs import safe_name
+from core.store import is_postgres
+
+if TYPE_CHECKING:
+    from core.store.postgres.database import Database
+
+
+def fail(command: str, message: str) -> None:
+    """A command's error line on stderr, naming the command."""
+    print(f"vmsh-scheduler: {command}: {message}", file=sys.stderr)
+
+
+# A command run by hand (or by an init container) may wait longer for the database than a
+# running replica, whose heartbeat must notice an outage within one connect timeout.
+COMMAND_CONNECT_SECONDS = 15.0
+
+
+def _database(loaded: LoadedConfig) -> Database:
+    from core.store.postgres.database import Database, store_password
+
+    # No deadline on its statements: a migration or an import may take long, and an operator
+    # (or the init container's own timeout) is watching; connecting is still bounded.
+    return Database(
+        loaded.config.scheduler.store, password=store_password(os.environ), connect_timeout=COMMAND_CONNECT_SECONDS,
+        statement_seconds=None,
+    )
+
+
+def cmd_store_migrate(loaded: LoadedConfig) -> int:
+    from core.store.postgres.database import SCHEMA_VERSION
+
+    store = loaded.config.scheduler.store
+    if not is_postgres(store):
+        fail("store migrate", "scheduler.store is 'file' (set VMSH_STORE to a "
+              "postgresql:// URL); a file store has no schema")
+        return 2
+    db = _database(loaded)
+    try:
+        before, after = db.migrate()
+    except AnchorError as exc:
+        fail("store migrate", str(exc))
+        return 1
+    finally:
+        db.close()
+    if before == after:
+        print(f"{db.display}: schema is at version {after} (current: {SCHEMA_VERSION}); nothing to do")
+    else:
+        print(f"{db.display}: schema migrated from version {before} to {after}")
+    return 0
+
+
+def cmd_export(loaded: LoadedConfig, out: Path) -> int:
+    """Every receipt of the store as a file under `out`; an existing file is never replaced."""
+    from core.store.postgres.database import display_url
+
+    cfg = loaded.config
+    written = skipped = 0
+    folders: list[Path] = []
+    try:
+        for namespace, name, data in _documents(loaded):
+            folder = out / safe_name(namespace)
+            if folder not in folders:
+                ensure_dir(folder, parents_to_sync=folders)
+                folders.append(folder)
+            if atomic_create_bytes(folder / name, data, sync_folder=False):
+                written += 1
+            else:
+                skipped += 1
+        fsync_dirs(folders)
+    except AnchorError as exc:
+        fail("export", str(exc))
+        return 1
+    except OSError as exc:
+        fail("export", f"{out}: {exc.strerror or exc}")
+        return 1
+    source = display_url(cfg.scheduler.store) if is_postgres(cfg.scheduler.store) else str(cfg.scheduler.data_dir)
+    print(f"exported {written} receipt(s) from {source} to {out}"
+          + (f" ({skipped} already there, kept)" if skipped else ""))
+    return 0
+
+
+def cmd_store_import(loaded: LoadedConfig, source: Path) -> int:
+    """Copy a file store (a data dir) into the configured PostgreSQL store: job states, so
+    that nothing is anchored again at once, and receipts, so that dashboards, export and
+    the confirmation tracker have the history. The data dir's scheduler must be stopped,
+    with nothing left in its journal."""
+    from core.store import StateError
+    from core.store.files.journal import IntentJournal
+    from core.store.files.lock import DataDirLock, LockHeld
+    from core.store.files.receipts import ReceiptStore
+    from core.store.files.state import StateStore
+    from core.store.postgres.file_import import import_file_store
+
+    if not is_postgres(loaded.config.scheduler.store):
+        fail("store import", "scheduler.store is 'file' (set VMSH_STORE to the "
+              "postgresql:// URL to import into)")
+        return 2
+    if not (source / "state").is_dir() and not (source / "receipts").is_dir():
+        fail("store import", f"{source} is not a scheduler's data dir "
+              "(no state/ and no receipts/ in it)")
+        return 2
+    lock = DataDirLock(source)
+    try:
+        lock.acquire()
+    except LockHeld as exc:
+        fail("store import", f"{exc}\n  stop that scheduler first")
+        return 2
+    db = _database(loaded)
+    try:
+        intents, _warnings = IntentJournal(source / "journal").scan()
+        if intents:
+            fail("store import", f"{source / 'journal'} holds {len(intents)} anchor(s) "
+                  "in flight: start that scheduler on its data dir once (it resolves them at start), "
+                  "stop it, then import")
+            return 2
+        states = StateStore(source / "state" / "scheduler.json").load()
+        db.migrate()
+        result = import_file_store(db, states, ReceiptStore(source / "receipts").every())
+    except StateError as exc:
+        fail("store import", str(exc))
+        return 2
+    except AnchorError as exc:
+        fail("store import", str(exc))
+        return 1
+    finally:
+        db.close()
+        lock.release()
+    print(f"imported into {db.display}: {result.states} job state(s) ({result.states_kept} kept: "
+          f"the store had them), {result.receipts} receipt(s) ({result.receipts_kept} already there)")
+    for problem in result.unreadable:
+        print(f"  not imported: {problem}", file=sys.stderr)
+    return 1 if result.unreadable else 0
+
+
+def _documents(loaded: LoadedConfig) -> Iterator[tuple[str, str, bytes]]:
+    """(namespace, file name, bytes) of every receipt in the configured store."""
+    cfg = loaded.config
+    if is_postgres(cfg.scheduler.store):
+        from core.store.postgres.receipts import PgReceiptStore
+
+        db = _database(loaded)
+        try:
+            for namespace, name, doc in PgReceiptStore(db, "export").iter_documents():
+                yield namespace, name, dumps_json(doc)
+        finally:
+            db.close()
+        return
+    from core.store.files.receipts import ReceiptStore
+
+    store = ReceiptStore(Path(cfg.scheduler.data_dir) / "receipts")
+    for path in store.all_paths():
+        yield ReceiptStore.namespace_of(path), path.name, path.read_bytes()
+
+
+def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from cli.common import add_common
+
+    store = sub.add_parser("store", help="the PostgreSQL store: store migrate, store import DATA_DIR")
+    store_sub = store.add_subparsers(dest="store_command", metavar="ACTION", required=True)
+    migrate = store_sub.add_parser("migrate", help="create or migrate the PostgreSQL store's schema")
+    add_common(migrate, suppress=True)
+    imp = store_sub.add_parser(
+        "import", help="copy a file store (a stopped scheduler's data dir) into the PostgreSQL store"
+    )
+    imp.add_argument("source", type=Path, metavar="DATA_DIR", help="the data dir to copy from")
+    add_common(imp, suppress=True)
+    export = sub.add_parser("export", help="write every receipt of the store as files verify checks offline")
+    export.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder to write into")
+    add_common(export, suppress=True)

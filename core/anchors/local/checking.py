@@ -1,0 +1,63 @@
+"""`verify` and `verify --explain` for `local:` receipts: their tokens against the embedded
+TSA's certificate of the data dir that wrote them (and any --trust-bundle), read only."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from core.anchors.base import CannotVerify
+from core.anchors.local.backend import certificate_path, read_certificates, verify_local_token
+from core.anchors.spec import VerifyInputs
+from core.anchors.tokens import TrustBundle, bundle_of, ca_lines, token_steps
+
+if TYPE_CHECKING:
+    from core.receipts import Receipt
+
+
+def ca_files(target: str, inputs: VerifyInputs, receipt_path: Path) -> list[Path]:
+    """--trust-bundle and the certificate of the receipt's data dir; CannotVerify saying
+    what to pass when there is neither."""
+    files = list(inputs.trust_bundles)
+    data_dir = inputs.data_dir_for(receipt_path)
+    if data_dir is not None:
+        cert = certificate_path(data_dir)
+        if cert.exists() or not files:
+            read_certificates(cert, target)  # CannotVerify naming the file when missing
+            files.append(cert)
+    if not files:
+        raise CannotVerify(
+            f"{target}: the receipt is not inside a data dir; pass --trust-bundle with "
+            "the local-tsa.pem of the data dir that wrote it, or --data-dir"
+        )
+    return files
+
+
+class LocalTokenChecker:
+    """A `local:` token against certificates read once, offline."""
+
+    def __init__(self, target: str, bundle: TrustBundle) -> None:
+        self.target = target
+        self.bundle = bundle
+
+    @classmethod
+    def for_receipt(cls, target: str, inputs: VerifyInputs, receipt_path: Path) -> LocalTokenChecker:
+        return cls(target, bundle_of(target, ca_files(target, inputs, receipt_path)))
+
+    async def verify(
+        self,
+        attestation: dict[str, Any],
+        digest: bytes,
+        *,
+        required: int | None = None,
+        policy: str | None = None,
+    ) -> None:
+        b = self.bundle
+        verify_local_token(attestation, digest, [*b.roots, *b.signers], self.target, policy=policy)
+
+    async def close(self) -> None:
+        return None
+
+
+def explain_steps(receipt: Receipt, path: Path, inputs: VerifyInputs) -> list[str]:
+    return token_steps(receipt, ca_lines(lambda: ca_files(receipt.target, inputs, path)))

@@ -1,0 +1,543 @@
+"""load_config: the load pipeline, from the files and the environment to a LoadedConfig.
+
+Sources, highest precedence first:
+
+1. ``overrides`` (the CLI flags: config path, data dir, log level, theme...)
+2. the environment: ``ENV_TABLE`` (core/config/env.py) is the one list of its variables
+   (``--help`` and the README print it)
+3. ``.env`` in the working directory (the real environment wins over it)
+4. the config file (and the VaultMesh ``namespaces.yaml`` / ``anchors.yaml`` it includes)
+5. the defaults in the models (core/config/models.py)
+
+``load_config`` is a pipeline of named steps over one ``_Load``: locate the config file,
+read it, include the VaultMesh files, apply the environment, apply the flags, validate,
+resolve paths (and, for check-config, the thorough checks). Every problem is reported
+with the file, line, column and field path of the value that caused it (``Problems``
+places them), and all problems of a load are reported at once (``ConfigError.issues``).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+from pydantic import ValidationError as PydanticValidationError
+
+from core.anchors.schemes import SCHEMES
+from core.cadence import CADENCES, CadenceError, parse_every
+from core.config.check import thorough_issues
+from core.config.env import ENV_TABLE
+from core.config.errors import ConfigError, ConfigIssue
+from core.config.models import LISTEN, TARGET_ID, Config, HttpSettings, config_hash
+from core.config.positions import (
+    Pos,
+    Problems,
+    find_pos,
+    format_path,
+    format_segment,
+    sorted_unique,
+)
+from core.config.reader import YamlReader, read_config_text
+from core.config.vaultmesh import merge_namespaces, merge_targets
+from core.jobs import namespace_name_problem
+
+
+def _read_dotenv(path: Path, problems: Problems) -> dict[str, str] | None:
+    """./.env's variables; None when there is none. Read as a config file is: a FIFO, a
+    device or a folder named .env is a problem naming it, never a wait (nor is a huge one
+    read past MAX_CONFIG_BYTES)."""
+    try:
+        text = read_config_text(path)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:  # NotRegularFile, too large, not UTF-8
+        problems.in_file(str(path), f"cannot read: {getattr(exc, 'strerror', None) or exc}")
+        return None
+    from dotenv import dotenv_values
+
+    return {k: v for k, v in dotenv_values(stream=io.StringIO(text)).items() if v is not None}
+
+
+@dataclass
+class LoadedConfig:
+    config: Config
+    hash: str
+    files: list[Path] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    path: Path | None = None  # the main config file; None in the bare VaultMesh layout
+    # --import-state: the original service's state file, imported on the first start
+    # (core/migrate.py); not part of the config's hash, never read on reload.
+    import_state: Path | None = None
+
+
+def _resolve(path_text: str | Path, base: Path) -> Path:
+    p = Path(os.path.expanduser(str(path_text)))
+    return p if p.is_absolute() else (base / p)
+
+
+def _display(path: Path, cwd: Path) -> str:
+    try:
+        return str(path.relative_to(cwd))
+    except ValueError:
+        return str(path)
+
+
+_OVERRIDE_KEYS = {
+    "data_dir": ("scheduler", "data_dir"),
+    "state_file": ("scheduler", "state_file"),
+    "tick": ("scheduler", "tick"),
+    "log_level": ("log", "level"),
+    "log_file": ("log", "file"),
+    "listen": ("http", "listen"),
+    "theme": ("tui", "theme"),
+    "theme_file": ("tui", "theme_file"),
+}
+
+
+def load_config(
+    path: Path | str | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    overrides: dict[str, Any] | None = None,
+    cwd: Path | None = None,
+    allow_unset: bool = False,
+    thorough: bool = False,
+) -> LoadedConfig:
+    """Load, merge and validate the configuration; raise ConfigError listing every problem.
+
+    ``allow_unset``: an unset ``${VAR}`` becomes an empty value and a warning, not an error
+    (``verify`` reads trust bundles and node URLs, never the secrets such variables hold).
+
+    ``thorough`` (check-config): also check what only the dashboard reads and open the
+    files the config names (core/config/check.py).
+
+    ``overrides`` holds CLI flags: ``config`` (path), ``data_dir``, ``state_file``, ``tick``,
+    ``log_level``, ``log_file``, ``listen``, ``theme``, ``theme_file``, or any dotted
+    ``section.field``. None values are ignored.
+    """
+    load = _Load.start(env, overrides, cwd, allow_unset=allow_unset)
+    _locate(load, path if path is not None else load.flags.get("config"))
+    _read_main_file(load)
+    _include_vaultmesh_files(load)
+    _apply_environment(load)
+    _apply_flags(load)
+    config = _validate(load, allow_unset=allow_unset)
+    _resolve_paths(config, load)
+    if thorough:
+        _check_thoroughly(config, load)
+    # verify (allow_unset) reads targets only; the warnings about running concern others
+    warnings = load.reader.unset + ([] if allow_unset else _warnings(config, load.problems.root))
+    return LoadedConfig(
+        config=config,
+        hash=config_hash(config),
+        files=_unique_paths(load.files),
+        warnings=warnings,
+        path=load.config_path,
+    )
+
+
+@dataclass
+class _Load:
+    """One load_config in progress: its inputs, the raw data merged so far, its problems."""
+
+    cwd: Path
+    real_env: dict[str, str]  # the process environment (or load_config's env=)
+    env: dict[str, str]  # ./.env under real_env: what ${VAR} and ENV_TABLE read
+    flags: dict[str, Any]  # load_config's overrides, without the None values
+    reader: YamlReader
+    problems: Problems
+    files: list[Path] = field(default_factory=list)
+    raw: dict[str, Any] = field(default_factory=dict)
+    vmsh_root: Path | None = None  # VMSH_ROOT, absolute
+    config_path: Path | None = None  # None: the bare VaultMesh layout
+    config_origin: str = ""  # what named config_path, for "not a file (...)"
+
+    @classmethod
+    def start(
+        cls, env: Mapping[str, str] | None, overrides: dict[str, Any] | None, cwd: Path | None,
+        *, allow_unset: bool,
+    ) -> _Load:
+        """The inputs: the environment over ./.env, the flags given, VMSH_ROOT."""
+        cwd = (cwd or Path.cwd()).resolve()
+        real_env = dict(os.environ if env is None else env)
+        files: list[Path] = []
+        problems = Problems(Pos(None, base=cwd))
+        dotenv = _read_dotenv(cwd / ".env", problems)
+        if dotenv is not None:
+            files.append(cwd / ".env")
+        envs = {**(dotenv or {}), **real_env}  # the real environment wins over .env
+        load = cls(
+            cwd=cwd,
+            real_env=real_env,
+            env=envs,
+            flags={k: v for k, v in (overrides or {}).items() if v is not None},
+            reader=YamlReader(envs, problems, allow_unset=allow_unset),
+            problems=problems,
+            files=files,
+        )
+        if envs.get("VMSH_ROOT"):
+            root = Path(os.path.expanduser(envs["VMSH_ROOT"]))
+            load.vmsh_root = root if root.is_absolute() else cwd / root
+        return load
+
+    @property
+    def base_dir(self) -> Path:
+        """What relative paths in the main file (or the bare layout) are relative to."""
+        return self.config_path.parent if self.config_path is not None else self.vmsh_root  # type: ignore[return-value]
+
+    @property
+    def vault_base(self) -> Path:
+        """What relative paths in the VaultMesh files are relative to."""
+        return self.vmsh_root or self.base_dir
+
+    def origin(self, name: str) -> str:
+        """Where a variable's value came from, as problems name it."""
+        return f"env {name}" if name in self.real_env else f".env {name}"
+
+    def put(self, section: str, key: str, value: Any, origin: str) -> None:
+        """Set ``section.key`` from the environment or a flag; problems name ``origin``."""
+        self.raw.setdefault(section, {})
+        if not isinstance(self.raw[section], dict):
+            return  # the file's own type error is reported by validation
+        self.raw[section][key] = value
+        root = self.problems.root
+        sec = root.children.get(section)
+        if sec is None:
+            sec = root.children[section] = Pos(None, section, root, base=self.cwd)
+        sec.children[key] = Pos(origin, key, sec, base=self.cwd, label=f"{section}.{key}")
+
+
+def _fail(file: str | None, message: str) -> ConfigError:
+    """A problem that ends the load at once: there is nothing to read further."""
+    return ConfigError([ConfigIssue(file, None, None, "", message)])
+
+
+def _locate(load: _Load, explicit: Path | str | None) -> None:
+    """Which config file: --config, VMSH_CONFIG, none under VMSH_ROOT, ./config.yaml."""
+    if explicit:
+        load.config_path, load.config_origin = _resolve(explicit, load.cwd), "--config"
+    elif load.env.get("VMSH_CONFIG"):
+        load.config_path = _resolve(load.env["VMSH_CONFIG"], load.cwd)
+        load.config_origin = load.origin("VMSH_CONFIG")
+    elif load.vmsh_root is None:
+        if not (load.cwd / "config.yaml").is_file():
+            raise _fail(
+                None,
+                "no configuration found: pass --config FILE (or check-config FILE), "
+                "set VMSH_CONFIG, set VMSH_ROOT to a VaultMesh checkout, "
+                "or create ./config.yaml",
+            )
+        load.config_path, load.config_origin = load.cwd / "config.yaml", "./config.yaml"
+
+
+def _read_main_file(load: _Load) -> None:
+    """The config file's mapping becomes the raw data and its tree the problems' root."""
+    path = load.config_path
+    if path is None:
+        return
+    shown = _display(path, load.cwd)
+    if not path.is_file() and path.exists():
+        raise _fail(shown, f"not a file ({load.config_origin})")
+    load.files.append(path)
+    got = load.reader.read(path, shown, path.parent)
+    if got is None:
+        return
+    data, pos = got
+    if isinstance(data, dict):
+        load.raw, load.problems.root = data, pos
+        pos.base = path.parent
+    else:
+        load.problems.at(pos, "the top level must be a mapping")
+
+
+def _include_vaultmesh_files(load: _Load) -> None:
+    """namespaces.yaml (VMSH_NAMESPACES > namespaces_file > the VMSH_ROOT layout's) and
+    anchors.yaml (anchors_file > the layout's, when it exists), merged into the raw data."""
+    bare_layout = load.config_path is None and load.vmsh_root is not None
+    ns_file: Path | None = None
+    if load.env.get("VMSH_NAMESPACES"):
+        ns_file = _resolve(load.env["VMSH_NAMESPACES"], load.vmsh_root or load.cwd)
+        load.raw["namespaces_file"] = str(ns_file)
+    elif (given := _file_key(load, "namespaces_file")) is not None:
+        ns_file = _resolve(given, load.base_dir)
+    elif bare_layout:
+        ns_file = load.vmsh_root / "vmsh" / "config" / "namespaces.yaml"  # type: ignore[operator]
+    if ns_file is not None:
+        _include(load, ns_file, merge_namespaces)
+
+    an_file: Path | None = None
+    if (given := _file_key(load, "anchors_file")) is not None:
+        an_file = _resolve(given, load.base_dir)
+    elif bare_layout:
+        an_file = load.vmsh_root / "vmsh" / "config" / "anchors.yaml"  # type: ignore[operator]
+        if not an_file.exists():
+            an_file = None  # the layout's anchors.yaml is optional (local: targets need none)
+    if an_file is not None:
+        _include(load, an_file, merge_targets)
+
+
+def _file_key(load: _Load, key: str) -> str | None:
+    """The main file's ``namespaces_file`` / ``anchors_file``, if it is a path."""
+    value = load.raw.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        load.problems.at(load.problems.root.children.get(key), "expected a file path")
+        return None
+    return value
+
+
+def _include(
+    load: _Load, path: Path, merge: Callable[[dict[str, Any], Any, Pos, Problems], None]
+) -> None:
+    """Read one VaultMesh file (relative paths in it: VMSH_ROOT) and merge it."""
+    load.files.append(path)
+    got = load.reader.read(path, _display(path, load.cwd), load.vault_base)
+    if got is not None:
+        merge(load.raw, *got, load.problems)
+
+
+# How ENV_TABLE's kinds are read; a ValueError is "<text> is not <what>" (see
+# _apply_environment). "path" and "level" are taken as text (the model checks them).
+_ENV_READERS: dict[str, tuple[Any, str]] = {
+    "path": (lambda text: text, ""),
+    "url": (str.strip, ""),
+    "level": (str.strip, ""),
+    "milliseconds": (lambda text: float(text.strip()) * 0.001, "a number"),
+    "seconds": (lambda text: float(text.strip()), "a number"),
+    "integer": (lambda text: int(text.strip()), "an integer"),
+    "port": (lambda text: int(text.strip()), "an integer"),
+}
+
+
+def _apply_environment(load: _Load) -> None:
+    """The ENV_TABLE variables that set a config key (the environment, then ./.env)."""
+    for var in ENV_TABLE:
+        text = load.env.get(var.name)
+        if var.setting is None or not text:
+            continue
+        read, what = _ENV_READERS[var.kind]
+        try:
+            value = read(text)
+        except ValueError:
+            load.problems.in_file(load.origin(var.name), f"{text.strip()!r} is not {what}")
+            continue
+        if var.kind == "port":
+            value = f"{_listen_host(load.raw)}:{value}"
+        section, key = var.setting.split(".")
+        load.put(section, key, value, load.origin(var.name))
+
+
+def _listen_host(raw: dict[str, Any]) -> str:
+    """The host part of the listen address so far (METRICS_PORT sets only the port)."""
+    http = raw.get("http")
+    listen = http.get("listen", HttpSettings().listen) if isinstance(http, dict) else HttpSettings().listen
+    m = LISTEN.match(listen) if isinstance(listen, str) else None
+    return m.group("host") if m else "127.0.0.1"
+
+
+def _apply_flags(load: _Load) -> None:
+    """The command-line flags (load_config's overrides), over everything else."""
+    for name, value in load.flags.items():
+        if name == "config":
+            continue
+        dotted = _OVERRIDE_KEYS.get(name) or tuple(name.split("."))
+        if len(dotted) != 2:
+            raise ValueError(f"unknown override {name!r}")
+        if isinstance(value, Path):
+            value = str(_resolve(value, load.cwd))
+        load.put(dotted[0], dotted[1], value, f"--{name.replace('_', '-')}")
+
+
+def _validate(load: _Load, *, allow_unset: bool) -> Config:
+    """The raw-data checks, then the models: every problem of the load, or the Config."""
+    raw, problems = load.raw, load.problems
+    # the cross-field checks that need only raw data (so they join the other errors)
+    _check_namespace_names(raw, problems)
+    _check_targets_resolve(raw, problems)
+    _check_cadence_ranges(raw, problems)
+    config: Config | None = None
+    try:
+        config = Config.model_validate(raw)
+    except PydanticValidationError as exc:
+        if allow_unset and _drop_broken_targets(raw, exc, load.reader.unset):
+            try:
+                config = Config.model_validate(raw)
+            except PydanticValidationError as again:
+                problems.add_validation_errors(again, load.reader.failed, Config)
+        else:
+            problems.add_validation_errors(exc, load.reader.failed, Config)
+    if problems.issues or config is None:
+        raise problems.error()
+    return config
+
+
+def _resolve_paths(config: Config, load: _Load) -> None:
+    """Paths relative to the file that set them (VaultMesh files: VMSH_ROOT; env and
+    flags: the working directory); the shared batch folder under VMSH_ROOT."""
+    _resolve_model_paths(config, (), load.problems.root, load.base_dir)
+    if load.vmsh_root is not None:
+        config.share_batches_under(load.vmsh_root / "out" / "batches")
+
+
+def _check_thoroughly(config: Config, load: _Load) -> None:
+    """check-config: what the dashboard reads and the files the config names."""
+    if found := thorough_issues(config, load.problems.root):
+        raise ConfigError(sorted_unique(found))
+
+
+def _drop_broken_targets(
+    raw: dict[str, Any], exc: PydanticValidationError, warnings: list[str]
+) -> bool:
+    """For ``allow_unset`` (verify): when every error is inside target entries (an unset
+    ``${EVM_CHAIN_ID}``), leave those entries out with a warning; True if it did."""
+    locs = [tuple(e["loc"]) for e in exc.errors()]
+    if not locs or any(len(loc) < 3 or loc[0] != "targets" for loc in locs):
+        return False
+    for _, scheme, name in sorted({loc[:3] for loc in locs}, key=str):
+        raw["targets"][scheme].pop(name, None)
+        warnings.append(f"targets.{scheme}.{name} left out: it is not valid without its variables")
+    return True
+
+
+def _unique_paths(paths: list[Path]) -> list[Path]:
+    seen: list[Path] = []
+    for p in paths:
+        if p not in seen:
+            seen.append(p)
+    return seen
+
+
+
+# --------------------------------------------------------------------------- raw-data checks
+
+
+def _iter_raw_cadences(
+    raw: dict[str, Any], root: Pos
+) -> Iterator[tuple[Any, dict[str, Any], str, dict[str, Any], Pos | None]]:
+    """(namespace, its raw mapping, cadence name, the cadence's, its position) of each
+    well-shaped cadence in the raw data."""
+    namespaces = raw.get("namespaces")
+    if not isinstance(namespaces, dict):
+        return
+    ns_pos = root.children.get("namespaces")
+    for name, ns in namespaces.items():
+        if not isinstance(ns, dict) or not isinstance(ns.get("cadence"), dict):
+            continue
+        for cname, cadence in ns["cadence"].items():
+            if cname in CADENCES and isinstance(cadence, dict):
+                cpos = None
+                if ns_pos is not None:
+                    cpos, matched = find_pos(ns_pos, (name, "cadence", cname))
+                    if matched != 3:
+                        cpos = None
+                yield name, ns, cname, cadence, cpos
+
+
+def _check_namespace_names(raw: dict[str, Any], problems: Problems) -> None:
+    """Every namespace name must make a usable folder name (core.jobs.namespace_name_problem).
+    Cadence names need no check here: the CadenceSet model allows only fast, strong, cold."""
+    namespaces = raw.get("namespaces")
+    ns_pos = problems.root.children.get("namespaces")
+    if not isinstance(namespaces, dict):
+        return
+    for name in namespaces:
+        if not isinstance(name, str):
+            continue  # numbers become digit strings; other keys are reported by validation
+        problem = namespace_name_problem(name)
+        if problem is None:
+            continue
+        child = ns_pos.children.get(name) if ns_pos is not None else None
+        file, mark = (child.file, child.key_mark) if child else (None, None)
+        problems.add(file, mark, ["namespaces", name], problem)
+
+
+def _check_targets_resolve(raw: dict[str, Any], problems: Problems) -> None:
+    """Every cadence's target has settings (a scheme that needs an entry has one)."""
+    targets = raw.get("targets")
+    if not isinstance(targets, dict):
+        targets = {}
+    for _name, _ns, _cname, cadence, cpos in _iter_raw_cadences(raw, problems.root):
+        target = cadence.get("target")
+        if not isinstance(target, str):
+            continue
+        m = TARGET_ID.match(target)
+        if not m or m.group("scheme") not in SCHEMES:
+            continue  # malformed targets are reported by validation
+        scheme, tname = m.group("scheme"), m.group("name")
+        spec = SCHEMES[scheme]
+        if spec.default_entry is not None or spec.name_problem(tname):
+            continue  # it needs no entry (local), or its name is reported by validation
+        entries = targets.get(scheme)
+        if isinstance(entries, dict) and (tname in entries or "default" in entries):
+            continue
+        problems.at(
+            cpos.children.get("target") if cpos else None,
+            f"target {target!r} has no settings (add targets.{scheme}.{format_segment(tname)} or "
+            f"targets.{scheme}.default, or a VaultMesh anchors.yaml)",
+        )
+
+
+def _check_cadence_ranges(raw: dict[str, Any], problems: Problems) -> None:
+    """'<n>*fast' can overflow only once the fast period is known."""
+    for _name, ns, cname, cadence, cpos in _iter_raw_cadences(raw, problems.root):
+        if cname == "fast":
+            continue
+        try:
+            fast = parse_every(ns["cadence"].get("fast", {}).get("every"), cadence="fast")
+            parse_every(cadence.get("every"), cadence=cname, fast_seconds=1)
+        except (CadenceError, AttributeError):
+            continue  # reported by validation
+        try:
+            parse_every(cadence.get("every"), cadence=cname, fast_seconds=fast)
+        except CadenceError as exc:
+            problems.at(cpos.children.get("every") if cpos else None, str(exc))
+
+
+# --------------------------------------------------------------------------- after validation
+
+
+def _resolve_model_paths(value: Any, loc: tuple[Any, ...], root: Pos, default_base: Path) -> None:
+    if isinstance(value, BaseModel):
+        for name in type(value).model_fields:
+            item = getattr(value, name)
+            here = (*loc, name)
+            if isinstance(item, Path):
+                if not item.is_absolute():
+                    node, matched = find_pos(root, here)
+                    base = node.base if matched == len(here) and node.base else default_base
+                    item = _resolve(item, base)
+                    setattr(value, name, item)
+                elif str(item).startswith("~"):
+                    setattr(value, name, Path(os.path.expanduser(str(item))))
+            else:
+                _resolve_model_paths(item, here, root, default_base)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _resolve_model_paths(item, (*loc, key), root, default_base)
+
+
+def _warnings(config: Config, root: Pos) -> list[str]:
+    warnings: list[str] = []
+    for name, ns in config.namespaces.items():
+        for cname, cadence in ns.cadence.items():
+            reason = config.target_mismatch(cadence.target)
+            if reason is None:
+                continue
+            node, matched = find_pos(root, ("namespaces", name, "cadence", cname, "target"))
+            where = ""
+            if matched == 5 and node.file and node.mark:
+                where = f"{node.file}:{node.mark[0]}:{node.mark[1]}: "
+            say = SCHEMES[cadence.target.partition(":")[0]].refusal_warning
+            if say is not None:
+                settings = config.resolve_target(cadence.target)
+                reason = say(cadence.target, settings, config.resolved_entry(cadence.target))
+            msg = f"namespace {name!r} cadence {cname!r}: {reason}"
+            path = format_path(["namespaces", name, "cadence", cname, "target"])
+            warnings.append(f"{where}{path}: {msg}")
+    return warnings

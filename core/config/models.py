@@ -1,0 +1,448 @@
+"""The configuration's pydantic models: Config and its sections, and its hash.
+
+The target schemes' settings models live with their schemes (core/anchors/schemes.py)
+and are re-exported here. ``config_hash`` is the canonical hash of a Config.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import typing
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationInfo,
+    field_validator,
+)
+from pydantic_core import PydanticCustomError
+
+# The target schemes' settings models, re-exported: importable from here as before.
+from core.anchors.btc import BtcTarget as BtcTarget
+from core.anchors.evm import Eip155Target as Eip155Target
+from core.anchors.local import LocalTarget as LocalTarget
+from core.anchors.rfc3161 import Rfc3161Auth as Rfc3161Auth
+from core.anchors.rfc3161 import Rfc3161Target as Rfc3161Target
+from core.anchors.schemes import SCHEMES, Targets, TargetSettings
+from core.cadence import CADENCES, CadenceError, parse_every
+from core.config.errors import TargetNotFound
+from core.config.positions import format_segment
+from core.jobs import JobKey, JobSpec, safe_name
+from core.model_types import Model as _Model
+from core.model_types import OptPath, OptPolicyOID, OptStr
+from core.sources import DEFAULT_MAX_BATCH_BYTES, BatchLimits
+
+
+def _upper(value: Any) -> Any:
+    return value.upper() if isinstance(value, str) else value
+
+
+class SchedulerSettings(_Model):
+    tick: float = Field(1.0, gt=0, description="upper bound on how long the engine sleeps (s)")
+    data_dir: Path = Path(".vmsh")
+    state_file: OptPath = None
+    base_backoff: float = Field(5.0, gt=0)
+    max_backoff_level: int = Field(7, ge=0, le=64)
+    concurrency: int = Field(8, ge=1)
+    stale_factor: float = Field(2.0, gt=0)
+    max_batch_bytes: int = Field(
+        DEFAULT_MAX_BATCH_BYTES, ge=128, description="a larger batch file is refused unread"
+    )
+    follow_symlinks: bool = Field(False, description="read batch files that are symbolic links")
+    store: str = Field("file", description="file, or a PostgreSQL URL (cluster mode)")
+    lease: float = Field(15.0, ge=2, le=3600, description="cluster mode: seconds a claimed job stays leased")
+
+    @field_validator("store")
+    @classmethod
+    def _store(cls, value: str) -> str:
+        value = value.strip()
+        if value == "file" or value.startswith(("postgresql://", "postgres://")):
+            if "@" in value.partition("://")[2].partition("/")[0] and ":" in value.partition("://")[2].partition("@")[0]:
+                raise PydanticCustomError(
+                    "store", "the store URL holds a password: give it in VMSH_STORE_PASSWORD or "
+                    "VMSH_STORE_PASSWORD_FILE instead", {},
+                )
+            return value
+        raise PydanticCustomError(
+            "store", "{v} is not a store: 'file' or a postgresql:// URL", {"v": repr(value[:60])}
+        )
+
+
+LISTEN = re.compile(r"^(?P<host>\[[0-9A-Fa-f:.]+\]|[^\s:\[\]]*):(?P<port>\d{1,5})$")
+
+
+class HttpSettings(_Model):
+    listen: str = "127.0.0.1:9090"
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        m = LISTEN.match(value)
+        if not m or not 0 <= int(m.group("port")) <= 65535:
+            raise PydanticCustomError(
+                "listen", "{v} is not a listen address (expected <host>:<port>)", {"v": repr(value)}
+            )
+        return value
+
+    @property
+    def host(self) -> str:
+        return LISTEN.match(self.listen).group("host").strip("[]") or "127.0.0.1"  # type: ignore[union-attr]
+
+    @property
+    def port(self) -> int:
+        return int(LISTEN.match(self.listen).group("port"))  # type: ignore[union-attr]
+
+
+class ControlSettings(_Model):
+    """The control socket (core/control_server.py, docs/control-api.md); read at start only."""
+
+    socket: OptPath = Field(None, description="Unix socket path; default <data_dir>/control.sock")
+    mode: str = Field("0660", description="the socket's permission bits, octal, quoted")
+    group: OptStr = Field(None, description="the socket's group (default: the scheduler's)")
+    readonly_group: OptStr = Field(None, description="members may read but not force/pause/reload")
+    max_connections: int = Field(128, ge=1, le=4096, description="open control connections at most; more get 503")
+    write_timeout: float = Field(10.0, gt=0, le=300, description="seconds a client may leave an answer or event untaken before it is dropped")
+
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _mode(cls, value: Any) -> str:  # a bare 0660 is a YAML number (432): ask for quotes
+        if not isinstance(value, str) or not re.fullmatch(r"0?[0-7]{3}", value):
+            raise PydanticCustomError("mode", "{v} is not a permission mode (expected octal, e.g. \"0660\")", {"v": repr(value)})
+        return value
+
+    @property
+    def mode_bits(self) -> int:
+        return int(self.mode, 8)
+
+
+class LogSettings(_Model):
+    level: Annotated[Literal["DEBUG", "INFO", "WARNING", "ERROR"], BeforeValidator(_upper)] = "INFO"
+    file: OptPath = None
+    max_bytes: int = Field(10 * 1024 * 1024, ge=0)
+    backups: int = Field(5, ge=0)
+
+
+class TuiSettings(_Model):
+    theme: OptStr = None
+    theme_file: OptPath = None
+    keys: dict[str, str] = Field(default_factory=dict, description="action -> key")
+
+
+# -- CloudEvents (optional): see core/observe/cloudevents.py
+
+CloudEventType = Literal[
+    "anchor.succeeded", "anchor.failed", "receipt.confirmed", "config.reloaded", "control.command"
+]
+CLOUDEVENT_TYPES: tuple[CloudEventType, ...] = typing.get_args(CloudEventType)
+
+
+class CloudEventsHttp(_Model):
+    """POST each event in structured mode (application/cloudevents+json) to ``url``."""
+
+    url: str
+    timeout: float = Field(5.0, gt=0, description="seconds per request")
+    max_queue: int = Field(1000, ge=1, description="events held while the receiver is slow; more are dropped")
+    retries: int = Field(3, ge=0, le=20, description="extra attempts per event, with exponential backoff")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not re.match(r"^https?://[^\s/]+", value):
+            raise PydanticCustomError("url", "cloudevents.http.url must be an http:// or https:// URL", {})
+        return value
+
+
+class CloudEventsSettings(_Model):
+    """``cloudevents:`` — emit anchor/receipt/reload events as CloudEvents 1.0 JSON.
+
+    Either sink or both: ``http`` (a receiver URL) and ``file`` (JSON lines, appended).
+    ``source`` is the CloudEvents ``source`` attribute (a URI-reference); ``types`` the
+    events to emit (default: all of CLOUDEVENT_TYPES).
+    """
+
+    http: CloudEventsHttp | None = None
+    file: OptPath = None
+    source: str = Field("/vaultmesh/scheduler", min_length=1, pattern=r"^\S+$")
+    types: list[CloudEventType] = Field(
+        default_factory=lambda: list(CLOUDEVENT_TYPES)
+    )
+
+
+# -- namespaces
+
+TARGET_ID = re.compile(r"^(?P<scheme>[A-Za-z0-9]+):(?P<name>[^\s:]+)$")
+
+
+def _check_target(value: str) -> str:
+    m = TARGET_ID.match(value)
+    if not m or m.group("scheme") not in SCHEMES:
+        raise PydanticCustomError(
+            "target",
+            "{v} is not a target (expected <scheme>:<name>, scheme one of {s})",
+            {"v": repr(value), "s": "|".join(SCHEMES)},
+        )
+    problem = SCHEMES[m.group("scheme")].name_problem(m.group("name"))
+    if problem:
+        raise PydanticCustomError("target", "{v} {p}", {"v": repr(value), "p": problem})
+    return value
+
+
+# "rfc3161:, local:": the schemes that take a policyOID, real authorities first
+_POLICY_SCHEMES = ", ".join(
+    f"{spec.name}:" for spec in sorted(SCHEMES.values(), key=lambda spec: bool(spec.development)) if spec.policy
+)
+
+
+class Cadence(_Model):
+    cadence_kind: ClassVar[str] = "fast"
+
+    target: str
+    every: str
+    confirmations: int | None = Field(None, ge=0)
+    policy_oid: OptPolicyOID = Field(None, alias="policyOID")
+    anchor_unchanged: bool = False
+
+    @field_validator("target")
+    @classmethod
+    def _target(cls, value: str) -> str:
+        return _check_target(value)
+
+    @field_validator("policy_oid")
+    @classmethod
+    def _policy_needs_a_tsa(cls, value: str | None, info: ValidationInfo) -> str | None:
+        target = info.data.get("target")  # absent when the target itself was refused
+        if value is not None and target and not SCHEMES[target.partition(":")[0]].policy:
+            raise PydanticCustomError(
+                "policy_oid",
+                "a policy applies to time-stamp authorities ({s}) only; {t} has none",
+                {"s": _POLICY_SCHEMES, "t": target},
+            )
+        return value
+
+    @field_validator("every", mode="before")
+    @classmethod
+    def _every(cls, value: Any) -> Any:
+        try:
+            # Syntax only here; "<n>*fast" is resolved against the real fast period later.
+            parse_every(value, cadence=cls.cadence_kind, fast_seconds=1)
+        except CadenceError as exc:
+            raise PydanticCustomError("cadence", "{m}", {"m": str(exc)}) from None
+        return value
+
+
+class SlowCadence(Cadence):
+    cadence_kind: ClassVar[str] = "strong"
+
+
+class CadenceSet(_Model):
+    fast: Cadence
+    strong: SlowCadence | None = None
+    cold: SlowCadence | None = None
+
+    def items(self) -> list[tuple[str, Cadence]]:
+        return [(n, c) for n in CADENCES if (c := getattr(self, n)) is not None]
+
+    def seconds(self, name: str) -> int:
+        fast = parse_every(self.fast.every, cadence="fast")
+        if name == "fast":
+            return fast
+        return parse_every(getattr(self, name).every, cadence=name, fast_seconds=fast)
+
+
+class Witnesses(_Model):
+    min_required: int = Field(0, ge=0)
+    allowlist: list[str] = Field(default_factory=list)
+
+
+class SchemaPolicy(_Model):
+    allow: list[str] = Field(default_factory=list)
+
+
+class Namespace(_Model):
+    description: str = ""
+    witnesses: Witnesses = Field(default_factory=Witnesses)
+    schema_policy: SchemaPolicy = Field(default_factory=SchemaPolicy)
+    source: OptPath = None
+    follow_symlinks: bool | None = None  # None: scheduler.follow_symlinks
+    cadence: CadenceSet
+
+
+class Config(_Model):
+    scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
+    http: HttpSettings = Field(default_factory=HttpSettings)
+    control: ControlSettings = Field(default_factory=ControlSettings)
+    log: LogSettings = Field(default_factory=LogSettings)
+    tui: TuiSettings = Field(default_factory=TuiSettings)
+    cloudevents: CloudEventsSettings | None = None
+    targets: Targets = Field(default_factory=Targets)
+    namespaces: dict[str, Namespace] = Field(default_factory=dict)
+    namespaces_file: OptPath = None
+    anchors_file: OptPath = None
+
+    # The shared batch folder of namespaces without `source` ($VMSH_ROOT/out/batches when
+    # VMSH_ROOT is set); None means <data_dir>/batches (see batches_dir, batch_fallbacks).
+    _batches_root: Path | None = PrivateAttr(default=None)
+
+    # -- targets
+
+    def resolve_target(self, target_id: str) -> TargetSettings:
+        """Settings of ``<scheme>:<name>``: targets[scheme][name], else targets[scheme].default,
+        else the scheme's defaults where it has some (local)."""
+        scheme, sep, name = target_id.partition(":")
+        if not sep or scheme not in SCHEMES or not name:
+            raise TargetNotFound(f"{target_id!r} is not a target (expected <scheme>:<name>)")
+        entries = self.targets.of(scheme)
+        found: TargetSettings | None = entries.get(name, entries.get("default"))
+        if found is not None:
+            return found
+        spec = SCHEMES[scheme]
+        if spec.default_entry is not None:
+            return spec.settings()
+        raise TargetNotFound(
+            f"no settings for target {target_id!r} (add targets.{scheme}.{format_segment(name)} "
+            f"or targets.{scheme}.default)"
+        )
+
+    def resolved_entry(self, target_id: str) -> str | None:
+        """Which settings entry a target uses, e.g. 'eip155.default'; None if unresolvable."""
+        scheme, _, name = target_id.partition(":")
+        if scheme not in SCHEMES:
+            return None
+        entries = self.targets.of(scheme)
+        if name in entries:
+            return f"{scheme}.{format_segment(name)}"
+        if "default" in entries:
+            return f"{scheme}.default"
+        return SCHEMES[scheme].default_entry
+
+    def target_mismatch(self, target_id: str) -> str | None:
+        """Why anchoring to ``target_id`` must be refused, or None when it is consistent
+        (the scheme's spec decides: core/anchors/schemes.py)."""
+        scheme, _, name = target_id.partition(":")
+        try:
+            settings = self.resolve_target(target_id)
+        except TargetNotFound as exc:
+            return str(exc)
+        spec = SCHEMES[scheme]
+        problem = spec.name_problem(name)
+        if problem:
+            return f"{target_id!r} {problem}"
+        return spec.refusal(target_id, settings, self.resolved_entry(target_id))
+
+    # -- jobs
+
+    def share_batches_under(self, root: Path) -> None:
+        """The shared batch folder is ``root`` (load_config: ``$VMSH_ROOT/out/batches``)."""
+        self._batches_root = root
+
+    @property
+    def shared_batches_dir(self) -> Path:
+        """The shared batch folder: `$VMSH_ROOT/out/batches`, else `<data_dir>/batches`."""
+        return self._batches_root or (Path(self.scheduler.data_dir) / "batches")
+
+    def batches_dir(self, namespace: str) -> Path:
+        """The namespace's own batch folder: `source`, else the shared batch folder's
+        subfolder named exactly as the namespace (`out/batches/dao:vaultmesh`)."""
+        ns = self.namespaces[namespace]
+        if ns.source is not None:
+            return ns.source
+        return self.shared_batches_dir / namespace
+
+    def batch_fallbacks(self, namespace: str) -> tuple[Path, ...]:
+        """What a namespace without `source` reads while it has no folder of its own: the
+        percent-encoded folder earlier versions read (`dao%3Avaultmesh`), then the shared
+        folder itself, whose newest *.json the original VaultMesh service anchors for
+        every namespace. Chosen at each read (core.sources.source_folder)."""
+        if self.namespaces[namespace].source is not None:
+            return ()
+        shared = self.shared_batches_dir
+        legacy = shared / safe_name(namespace)
+        return (legacy, shared) if safe_name(namespace) != namespace else (shared,)
+
+    def batch_limits(self) -> dict[Path, BatchLimits]:
+        """How each namespace's batch folder may be read (for core.sources.configure). The
+        shared folder, read for many namespaces, has the scheduler's own limits."""
+        size = self.scheduler.max_batch_bytes
+        out: dict[Path, BatchLimits] = {}
+        if any(ns.source is None for ns in self.namespaces.values()):
+            out[self.shared_batches_dir] = BatchLimits(size, self.scheduler.follow_symlinks)
+        for name, ns in self.namespaces.items():
+            follow = ns.follow_symlinks
+            if follow is None:
+                follow = self.scheduler.follow_symlinks
+            fallbacks = self.batch_fallbacks(name)
+            for legacy in fallbacks[:-1]:
+                out[legacy] = BatchLimits(size, follow)
+            out[self.batches_dir(name)] = BatchLimits(size, follow, fallbacks)
+        return out
+
+    def jobs(self) -> list[JobSpec]:
+        """One job per namespace and configured cadence, in file order."""
+        out: list[JobSpec] = []
+        for name, ns in self.namespaces.items():
+            source = self.batches_dir(name)
+            for cadence_name, cadence in ns.cadence.items():
+                try:
+                    settings: TargetSettings | None = self.resolve_target(cadence.target)
+                except TargetNotFound:
+                    settings = None
+                confirmations = cadence.confirmations
+                if confirmations is None:  # the target's own depth, where its scheme has one
+                    deepens = SCHEMES[cadence.target.partition(":")[0]].confirmations
+                    confirmations = int(getattr(settings, "confirmations", 0)) if deepens else 0
+                out.append(
+                    JobSpec(
+                        key=JobKey(name, cadence_name),
+                        target=cadence.target,
+                        every=ns.cadence.seconds(cadence_name),
+                        source=source,
+                        confirmations=confirmations,
+                        anchor_unchanged=cadence.anchor_unchanged,
+                        # The cadence's policyOID, else its TSA target's: the policy requested.
+                        policy_oid=cadence.policy_oid or getattr(settings, "policy_oid", None),
+                    )
+                )
+        return out
+
+
+
+# --------------------------------------------------------------------------- hashing
+
+
+def config_hash(config: Config) -> str:
+    """sha256 hex of a canonical JSON form of the model; secrets enter as their sha256."""
+    doc = _canonical(config)
+    # Where this process keeps its state and where it is reached are not what is anchored,
+    # nor how: replicas of one cluster, each with its own data dir, port and control socket
+    # and reaching one database by different names, run the same config (their batch
+    # folder, which data_dir may imply, is `_batches_root` below).
+    for name in ("store", "lease", "data_dir", "state_file"):
+        doc["scheduler"].pop(name, None)
+    doc["http"].pop("listen", None)
+    doc.pop("control", None)
+    # The shared batch folder counts only when some namespace reads it (has no `source`).
+    reads_root = any(ns.source is None for ns in config.namespaces.values())
+    doc["_batches_root"] = str(config._batches_root) if config._batches_root and reads_root else None
+    text = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _canonical(value: Any) -> Any:
+    if isinstance(value, BaseModel):
+        return {name: _canonical(getattr(value, name)) for name in type(value).model_fields}
+    if isinstance(value, SecretStr):
+        return "sha256:" + hashlib.sha256(value.get_secret_value().encode()).hexdigest()
+    if isinstance(value, dict):
+        return {str(k): _canonical(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_canonical(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value

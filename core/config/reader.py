@@ -1,0 +1,257 @@
+"""The YAML reader: composes a file within limits, builds its data and position tree
+(core/config/positions.py), expands ${VAR}; and how a config file is opened.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import yaml
+
+from core.config.positions import Pos, Problems, format_path
+
+_VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-((?:[^}\\]|\\.)*))?\}")
+
+
+def _interpolate(text: str, env: Mapping[str, str]) -> tuple[str, list[str]]:
+    """Expand ${VAR} and ${VAR:-default}; ``$$`` is a literal ``$``. Returns (text, missing)."""
+    missing: list[str] = []
+
+    def sub(m: re.Match[str]) -> str:
+        if m.group(0) == "$$":
+            return "$"
+        name, default = m.group(1), m.group(2)
+        if name in env:
+            return env[name]
+        if default is None:
+            missing.append(name)
+            return ""
+        if len(default) >= 2 and default[0] == default[-1] and default[0] in "\"'":
+            return default[1:-1]
+        return default
+
+    return _VAR.sub(sub, text), missing
+
+
+# libyaml's composer when PyYAML was built with it: same nodes and marks, a fraction of the
+# time and of the peak memory (the pure-Python scanner makes a token object per character run).
+_COMPOSER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+# Bounds on one YAML file, so that a hostile or broken file is refused in milliseconds
+# instead of freezing (or killing) the scheduler that reads it. A composed document shares
+# an aliased value between its uses; building plain data expands every use, so ten lines of
+# aliases (the "billion laughs") would expand to 10**9 values. The composed graph is
+# measured first, each node once, and refused past these limits.
+MAX_CONFIG_BYTES = 4 * 1024 * 1024  # about 30,000 namespaces; checked before reading
+MAX_YAML_DEPTH = 64  # levels of nesting, aliases expanded (a config needs about 6)
+MAX_YAML_ALIASES = 10_000  # uses of `*name` in one file
+MAX_YAML_ALIAS_VALUES = 250_000  # values that aliases add once expanded
+
+
+class NotRegularFile(ValueError):
+    """A config file that is a FIFO, a device, a directory or a socket: refused unread."""
+
+
+def file_kind(mode: int) -> str:
+    """What a non-regular file is, for messages: "a FIFO", "a directory", ..."""
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "a special file"
+
+
+def open_regular(path: Path) -> BinaryIO:
+    """`path` opened for reading without ever blocking in open() or read(): O_NONBLOCK (a
+    FIFO opens at once instead of waiting for a writer), then fstat on what was opened
+    (no race with a rename) must say a regular file, else NotRegularFile."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise NotRegularFile(
+                f"not a regular file ({file_kind(mode)}): a config file must be a regular file"
+            )
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_config_text(path: Path) -> str:
+    """The file's text; ValueError when it is larger than MAX_CONFIG_BYTES (never read past
+    it), NotRegularFile (a ValueError) when it is a FIFO, a device or a directory."""
+    with open_regular(path) as f:
+        size = os.fstat(f.fileno()).st_size
+        data = f.read(MAX_CONFIG_BYTES + 1) if size <= MAX_CONFIG_BYTES else b""
+    if size > MAX_CONFIG_BYTES or len(data) > MAX_CONFIG_BYTES:
+        raise ValueError(
+            f"the file is {max(size, len(data))} bytes, more than the {MAX_CONFIG_BYTES} bytes "
+            "a config file may have"
+        )
+    return data.decode("utf-8")
+
+
+def _yaml_children(node: yaml.Node) -> list[tuple[yaml.Node, yaml.Node]]:
+    """(child, where an alias there is reported) pairs: an aliased node carries only the
+    position of its anchor, so a use is reported at its key, or at the list holding it."""
+    if isinstance(node, yaml.MappingNode):
+        out: list[tuple[yaml.Node, yaml.Node]] = []
+        for key, value in node.value:
+            out += [(key, key), (value, key)]
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        return [(item, node) for item in node.value]
+    return []
+
+
+def _yaml_refusal(document: yaml.Node) -> tuple[yaml.Node, str] | None:
+    """Why a composed document must not be built, and the node to report it at; or None.
+
+    One pass over the distinct nodes (an alias is the node it names, met again): the
+    expanded size and height of each node are kept, so an alias costs one look-up.
+    """
+    sizes: dict[int, int] = {}  # values under a node once aliases are expanded, itself included
+    heights: dict[int, int] = {}  # levels from a node down, aliases expanded
+    open_nodes: set[int] = set()  # the node being measured and its ancestors
+    distinct = aliases = 0
+    stack: list[tuple[yaml.Node, yaml.Node, int, bool]] = [(document, document, 1, False)]
+    while stack:
+        node, where, depth, leaving = stack.pop()
+        nid = id(node)
+        if leaving:
+            kids = [id(k) for k, _ in _yaml_children(node)]
+            sizes[nid] = 1 + sum(sizes[k] for k in kids)
+            heights[nid] = 1 + max((heights[k] for k in kids), default=0)
+            open_nodes.discard(nid)
+            if sizes[nid] - distinct > MAX_YAML_ALIAS_VALUES:
+                return node, (
+                    f"aliases here expand to {sizes[nid]} values; aliases may add at most "
+                    f"{MAX_YAML_ALIAS_VALUES} to a file (an alias bomb?)"
+                )
+            continue
+        if nid in open_nodes:
+            return where, "an alias refers to a value that contains it (a recursive alias)"
+        if nid in sizes:
+            aliases += 1
+            if aliases > MAX_YAML_ALIASES:
+                return where, f"more than {MAX_YAML_ALIASES} aliases (*name) in one file"
+            if depth - 1 + heights[nid] > MAX_YAML_DEPTH:
+                return where, f"nested more than {MAX_YAML_DEPTH} levels deep (aliases expanded)"
+            continue
+        if depth > MAX_YAML_DEPTH:
+            return node, f"nested more than {MAX_YAML_DEPTH} levels deep"
+        distinct += 1
+        open_nodes.add(nid)
+        stack.append((node, where, depth, True))
+        # In document order, so an anchor is measured before its aliases and those are
+        # reported where they are used.
+        stack.extend((kid, at, depth + 1, False) for kid, at in reversed(_yaml_children(node)))
+    return None
+
+
+class YamlReader:
+    """Composes a YAML file, builds plain data and a position tree, expands ${VAR}."""
+
+    def __init__(self, env: Mapping[str, str], problems: Problems, *, allow_unset: bool = False) -> None:
+        self.env = env
+        self.problems = problems
+        self.failed: set[int] = set()  # ids of Pos whose value failed interpolation
+        self.allow_unset = allow_unset  # unset ${VAR}: "" and a warning instead of an error
+        self.unset: list[str] = []
+
+    def read(self, path: Path, display: str, base: Path) -> tuple[Any, Pos] | None:
+        try:
+            text = read_config_text(path)
+        except FileNotFoundError:
+            self.problems.in_file(display, "file not found")
+            return None
+        except (OSError, UnicodeDecodeError) as exc:
+            self.problems.in_file(display, f"cannot read: {exc}")
+            return None
+        except ValueError as exc:  # too large
+            self.problems.in_file(display, str(exc))
+            return None
+        try:
+            node = yaml.compose(text, Loader=_COMPOSER)
+        except yaml.MarkedYAMLError as exc:
+            mark = exc.problem_mark or exc.context_mark
+            problem = exc.problem or "invalid YAML"
+            if exc.context:
+                problem = f"{problem} ({exc.context}"
+                if exc.context_mark and mark is not exc.context_mark:
+                    problem += f" at line {exc.context_mark.line + 1}"
+                problem += ")"
+            where = (mark.line + 1, mark.column + 1) if mark else None
+            self.problems.in_file(display, f"YAML syntax error: {problem}", where)
+            return None
+        except yaml.YAMLError as exc:
+            self.problems.in_file(display, f"YAML error: {exc}")
+            return None
+        except RecursionError:  # the pure-Python composer (no libyaml) recurses per level
+            self.problems.in_file(display, "YAML nested too deeply")
+            return None
+        root = Pos(display, base=base)
+        if node is None:
+            return {}, root
+        refusal = _yaml_refusal(node)
+        if refusal is not None:
+            at, message = refusal
+            self.problems.in_file(display, message, (at.start_mark.line + 1, at.start_mark.column + 1))
+            return None
+        self.file = display
+        self.base = base
+        self.constructor = yaml.SafeLoader("")  # constructs scalars with YAML's own rules
+        root.mark = (node.start_mark.line + 1, node.start_mark.column + 1)
+        return self._build(node, root), root
+
+    def _build(self, node: yaml.Node, pos: Pos) -> Any:
+        if isinstance(node, yaml.MappingNode):
+            self.constructor.flatten_mapping(node)
+            out: dict[Any, Any] = {}
+            first: dict[Any, tuple[int, int]] = {}
+            for key_node, value_node in node.value:
+                key_mark = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
+                if not isinstance(key_node, yaml.ScalarNode):
+                    self.problems.add(pos.file, key_mark, pos.segments(), "a key must be a plain value, not a list or mapping")
+                    continue
+                key = self.constructor.construct_object(key_node)
+                if key in first:
+                    child = Pos(self.file, key, pos, key_mark, None, self.base)
+                    self.problems.at(child, f"duplicate key {str(key)!r} (first at line {first[key][0]}, column {first[key][1]})", key=True)
+                    continue
+                first[key] = key_mark
+                value_mark = (value_node.start_mark.line + 1, value_node.start_mark.column + 1)
+                child = Pos(self.file, key, pos, key_mark, value_mark, self.base)
+                pos.children[key] = child
+                out[key] = self._build(value_node, child)
+            return out
+        if isinstance(node, yaml.SequenceNode):
+            items = []
+            for i, item in enumerate(node.value):
+                mark = (item.start_mark.line + 1, item.start_mark.column + 1)
+                child = Pos(self.file, i, pos, mark, mark, self.base)
+                pos.children[i] = child
+                items.append(self._build(item, child))
+            return items
+        value = self.constructor.construct_object(node)
+        if isinstance(value, int) and isinstance(node, yaml.ScalarNode) and not node.style and node.value.lower().startswith(("0x", "+0x", "-0x")):
+            value = node.value  # 0x... are addresses and keys here, not numbers: keep the text
+        if isinstance(value, str) and "$" in value:
+            value, missing = _interpolate(value, self.env)
+            for name in missing:
+                if self.allow_unset:
+                    self.unset.append(f"{pos.file}: {format_path(pos.segments())}: variable {name} is not set")
+                    continue
+                self.failed.add(id(pos))
+                self.problems.at(pos, f"variable {name} is not set (set it, or write ${{{name}:-default}})")
+        return value

@@ -1,0 +1,150 @@
+"""The one client of the control socket (docs/control-api.md): HTTP/1.1 over a Unix socket.
+
+`vmsh-scheduler ctl` (cli/ctl.py) uses its synchronous side: `call()` returns a reply's
+JSON or raises ControlUnreachable (nothing listens, or the socket's permissions refuse
+us), ControlFailed (no answer, or one that is not JSON) or ControlRefused (the scheduler
+said no: 4xx/5xx with its sentence); `events()` follows the event stream. The attached
+dashboard (core/remote_control.py RemoteControl) takes its first snapshot with `call()`
+too, then uses the asynchronous side on the App's loop: `request()` (the raw response, so
+a refusal becomes a notice), `stream()` (the event stream) and `reset()` (a new connection
+pool after the scheduler restarted). Closing a client never stops the scheduler.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from core.wire import API
+
+BASE_URL = "http://vmsh"  # the host part is not used over a Unix socket
+TIMEOUT = 30.0  # a reload reads the config off the loop; a verify may ask a node
+
+
+class ControlUnreachable(Exception):
+    """Nothing answers on the socket, or its permissions refuse this user (`permission`)."""
+
+    def __init__(self, message: str, *, permission: bool = False) -> None:
+        super().__init__(message)
+        self.permission = permission
+
+
+class ControlFailed(Exception):
+    """The scheduler did not answer, or answered something that is not the API's JSON."""
+
+
+class ControlRefused(Exception):
+    """The scheduler answered with an error (403 read-only, 404 no such job, ...)."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def error_text(response: httpx.Response) -> str:
+    """The sentence of an error reply (`{"error": ...}`), else its body or status."""
+    try:
+        return str(response.json().get("error") or response.text)
+    except (ValueError, AttributeError):
+        return response.text or f"HTTP {response.status_code}"
+
+
+class ControlClient:
+    """A scheduler's control socket: synchronous calls and an async side (see the module doc)."""
+
+    def __init__(self, socket: str | Path, *, timeout: float = TIMEOUT) -> None:
+        self.socket = Path(socket)
+        self.timeout = timeout
+        self._sync: httpx.Client | None = None
+        self._async: httpx.AsyncClient | None = None
+
+    # ----- synchronous: ctl, the first snapshot ------------------------------------------
+
+    def _http(self) -> httpx.Client:
+        if self._sync is None:
+            transport = httpx.HTTPTransport(uds=str(self.socket))
+            self._sync = httpx.Client(transport=transport, base_url=BASE_URL, timeout=self.timeout)
+        return self._sync
+
+    def __enter__(self) -> ControlClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._sync is not None:
+            self._sync.close()
+            self._sync = None
+
+    def _unreachable(self, exc: Exception) -> ControlUnreachable:
+        cause = exc.__cause__ or exc.__context__ or exc
+        permission = isinstance(cause, PermissionError) or "Permission denied" in str(exc)
+        return ControlUnreachable(str(exc) or type(exc).__name__, permission=permission)
+
+    def call(self, method: str, command: str, body: dict[str, Any] | None = None) -> Any:
+        """`METHOD /v1/<command>` with `body` as JSON; the reply's JSON (see the module doc)."""
+        try:
+            reply = self._http().request(method, f"{API}/{command}", json=body)
+        except (httpx.ConnectError, FileNotFoundError, ConnectionRefusedError, PermissionError) as exc:
+            raise self._unreachable(exc) from None
+        except httpx.HTTPError as exc:
+            raise ControlFailed(f"the scheduler on {self.socket} did not answer: {exc}") from None
+        try:
+            doc = reply.json()
+        except ValueError:
+            raise ControlFailed(f"the scheduler answered {reply.status_code} without JSON") from None
+        if reply.status_code != 200:
+            raise ControlRefused(str(doc.get("error") if isinstance(doc, dict) else doc), reply.status_code)
+        return doc
+
+    def events(self, after: int | None = None) -> Iterator[Any]:
+        """Each line of the event stream, decoded as JSON, until the scheduler ends it."""
+        query = f"?after={after}" if after is not None else ""
+        try:
+            with self._http().stream("GET", f"{API}/events{query}", timeout=httpx.Timeout(self.timeout, read=None)) as reply:
+                for line in reply.iter_lines():
+                    if line:
+                        yield json.loads(line)
+        except (httpx.ConnectError, FileNotFoundError, ConnectionRefusedError) as exc:
+            raise self._unreachable(exc) from None
+        except (httpx.RemoteProtocolError, httpx.ReadError):
+            return
+
+    # ----- asynchronous: the attached dashboard, on the App's loop ---------------------------
+
+    def _ahttp(self) -> httpx.AsyncClient:
+        if self._async is None:
+            transport = httpx.AsyncHTTPTransport(uds=str(self.socket))
+            self._async = httpx.AsyncClient(
+                transport=transport, base_url=BASE_URL, timeout=httpx.Timeout(self.timeout, read=None)
+            )
+        return self._async
+
+    async def request(self, method: str, command: str, body: dict[str, Any] | None = None) -> httpx.Response:
+        """`METHOD /v1/<command>`; the response as it came (httpx errors and OSError raise)."""
+        if method == "GET":
+            return await self._ahttp().get(f"{API}/{command}")
+        return await self._ahttp().post(f"{API}/{command}", json=body if body is not None else {})
+
+    @asynccontextmanager
+    async def stream(self, after: int) -> AsyncIterator[httpx.Response]:
+        """The event stream after `seq`; raises for a status other than 200."""
+        async with self._ahttp().stream("GET", f"{API}/events", params={"after": after}) as response:
+            response.raise_for_status()
+            yield response
+
+    async def reset(self) -> None:
+        """Drop the connection pool (the scheduler went away; the next request opens a new one)."""
+        if self._async is not None:
+            client, self._async = self._async, None
+            await client.aclose()
+
+    async def aclose(self) -> None:
+        await self.reset()
+        self.close()

@@ -1,0 +1,50 @@
+"""The batch reads of a pass: a pass first reads the due jobs' batch folders on reader
+threads (core.sources.prefetch), waiting BATCH_READ_WAIT at most; `_take` then never reads
+on the loop a folder that was not read for it (a dead mount would stop everything)."""
+
+from __future__ import annotations
+
+from core.engine.context import Context
+from core.engine.outcomes import Outcomes
+from core.jobs import JobSpec
+from core.sources import SourceError
+
+BATCH_READ_WAIT = 1.0  # seconds a pass waits for its batch folders to be read
+BATCH_READ_STALL = 10.0  # seconds a folder may not answer before its jobs fail for it
+
+
+class BatchReads:
+    def __init__(self, ctx: Context, outcomes: Outcomes) -> None:
+        self.ctx = ctx
+        self.outcomes = outcomes
+        self.prefetched: set[str] | None = None  # the batch folders read before this pass
+        self.unanswered: dict[str, float] = {}  # of those, the ones that did not answer
+
+    def unread(self, spec: JobSpec, now: float, *, forced: bool) -> bool:
+        """Whether the job's batch folder was not read before this pass; if so, it is left
+        for later and never read on the loop (a dead mount would stop everything). Named
+        too late for the pass's read: the next pass reads it first. Named but not answering:
+        looked at again in a second, and failed (backing off, naming the folder) once it
+        has not answered for BATCH_READ_STALL seconds or when an operator forced it."""
+        if self.prefetched is None:
+            return False  # a pass without a read first (run_due): it reads by itself
+        table = self.ctx.table
+        source = str(spec.source)
+        waited = self.unanswered.get(source)
+        if waited is None:
+            if source in self.prefetched:
+                return False
+            if forced:
+                table.forced.add(spec.key)
+            else:
+                table.schedule(spec.key, now)
+            return True
+        if forced or waited >= BATCH_READ_STALL:
+            error = SourceError(
+                f"batch folder {source} has not answered for {waited:.0f} s (a hung mount?); "
+                "the other namespaces go on, this one is tried again as it backs off"
+            )
+            self.outcomes.fail(spec, error, duration=0.0)
+        else:
+            table.schedule(spec.key, now + min(self.ctx.tick, 1.0))
+        return True

@@ -1,0 +1,132 @@
+"""Reads that may never return, on daemon threads, waited for with a deadline.
+
+A batch folder on a dead network mount (NFS hard mount, a FUSE server that stopped
+answering) blocks `stat`, `scandir` and `open` for ever, in uninterruptible sleep. On the
+event loop that stops everything; on asyncio's default executor it stops the pass that
+awaits it and, at exit, the process (the executor's threads are joined). Here:
+
+- `Readers.submit(key, fn)` runs `fn()` on one of a few daemon threads. While a read of
+  `key` has not ended, submitting the key again returns that same read: a hung folder holds
+  one thread, however many passes ask for it.
+- `Readers.wait(reads, timeout)` waits for them until the deadline, never longer. A thread
+  busy on one read for more than `stuck_after` seconds no longer counts as a reader: another
+  is started (up to `most` threads in all), so the other folders are still read.
+- Idle threads end after `idle_exit` seconds; nothing ever joins a thread, so a read that
+  never returns cannot keep the process from exiting.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+_POLL_S = 0.05  # how often a waiter looks at the pool while it waits
+
+
+@dataclass(eq=False)
+class Read(Generic[T]):
+    """One read: `done` is set once `fn` returned (`value`) or raised (`error`)."""
+
+    key: str
+    fn: Callable[[], T]
+    started: float | None = None  # monotonic, when a thread took it
+    done: threading.Event = field(default_factory=threading.Event)
+    value: T | None = None
+    error: BaseException | None = None
+
+    def running_for(self, now: float) -> float:
+        """Seconds since a thread took it (0 while it waits for one)."""
+        return 0.0 if self.started is None else max(0.0, now - self.started)
+
+
+class Readers:
+    """A small pool of daemon threads for reads that may hang (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        live: int = 4,
+        most: int = 64,
+        stuck_after: float = 1.0,
+        idle_exit: float = 30.0,
+        name: str = "vmsh-read",
+    ) -> None:
+        self.live, self.most, self.stuck_after, self.idle_exit = live, most, stuck_after, idle_exit
+        self._name = name
+        self._queue: queue.SimpleQueue[Read[object]] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._pending: dict[str, Read[object]] = {}  # key -> its read, until it ends
+        self._busy: dict[int, Read[object]] = {}  # thread id -> the read it is on
+        self._threads = 0
+
+    def submit(self, key: str, fn: Callable[[], T]) -> Read[T]:
+        """The read of `key` not ended yet, else a new one of `fn()`."""
+        with self._lock:
+            read = self._pending.get(key)
+            if read is None:
+                read = Read(key, fn)
+                self._pending[key] = read
+                self._queue.put(read)
+        self._grow()
+        return read  # type: ignore[return-value]
+
+    def pending(self, key: str) -> Read[object] | None:
+        with self._lock:
+            return self._pending.get(key)
+
+    def wait(self, reads: Iterable[Read[T]], timeout: float | None) -> bool:
+        """Wait until every read ended or `timeout` seconds passed; whether all ended."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for read in reads:
+            while not read.done.is_set():
+                left = _POLL_S if deadline is None else min(_POLL_S, deadline - time.monotonic())
+                if left <= 0:
+                    return False
+                if not read.done.wait(left):
+                    self._grow()  # a read may have got stuck since: replace its thread
+        return True
+
+    def threads(self) -> int:
+        with self._lock:
+            return self._threads
+
+    def _grow(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            stuck = sum(1 for r in self._busy.values() if r.running_for(now) > self.stuck_after)
+            if self._threads - stuck >= self.live or self._threads >= self.most:
+                return
+            if not self._queue.qsize():
+                return
+            self._threads += 1
+        threading.Thread(target=self._work, name=self._name, daemon=True).start()
+
+    def _work(self) -> None:
+        me = threading.get_ident()
+        while True:
+            try:
+                read = self._queue.get(timeout=self.idle_exit)
+            except queue.Empty:
+                with self._lock:
+                    if self._queue.qsize():
+                        continue
+                    self._threads -= 1
+                return
+            with self._lock:
+                read.started = time.monotonic()
+                self._busy[me] = read
+            try:
+                read.value = read.fn()
+            except BaseException as exc:  # handed to whoever waits for it
+                read.error = exc
+            with self._lock:
+                self._busy.pop(me, None)
+                if self._pending.get(read.key) is read:
+                    del self._pending[read.key]
+            read.done.set()

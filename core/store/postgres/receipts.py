@@ -1,0 +1,164 @@
+"""The PostgreSQL store's receipts: the file store's documents as rows of `receipts`, named
+`postgresql:/receipts/<namespace>/<name>` (the name the file store would give the file)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from core.errors import StorageError
+from core.jobs import safe_name
+from core.receipts import Receipt, ReceiptError, ReceiptInvalid
+from core.store.files.receipts import ReceiptStore
+from core.store.postgres.database import RECEIPTS_ROOT, Database, StoreUnavailable
+from core.store.protocols import Listing
+
+
+def insert_receipts(conn: psycopg.Connection[Any], receipts: list[Receipt], replica: str) -> list[Path]:
+    """Insert receipts under their file names (a taken name gets -2, -3, ...); their names."""
+    paths: list[Path] = []
+    for receipt in receipts:
+        name = ReceiptStore.file_name(receipt)
+        stem = name.removesuffix(".json")
+        doc = Jsonb(receipt.to_json())
+        for n in range(1, 1000):
+            candidate = name if n == 1 else f"{stem}-{n}.json"
+            row = conn.execute(
+                "INSERT INTO receipts (namespace, name, cadence, pending, anchored_root, batch_root, doc, written_by) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING RETURNING name",
+                (receipt.namespace, candidate, safe_name(receipt.cadence), receipt.status == "pending",
+                 receipt.anchored_root, receipt.batch.root, doc, replica),
+            ).fetchone()
+            if row is not None:
+                paths.append(PgReceiptStore.ref(receipt.namespace, candidate))
+                break
+        else:  # pragma: no cover - 999 receipts of one job in one millisecond
+            raise StorageError("receipt", str(PgReceiptStore.ref(receipt.namespace, name)), OSError("no free name"))
+    return paths
+
+
+class PgReceiptStore:
+    """Receipts as rows (core.store.protocols.ReceiptRepo): the same documents, named
+    `postgresql:/receipts/<ns>/<name>`."""
+
+    def __init__(self, db: Database, replica: str) -> None:
+        self.root = RECEIPTS_ROOT
+        self.db = db
+        self.replica = replica
+
+    @staticmethod
+    def ref(namespace: str, name: str) -> Path:
+        return RECEIPTS_ROOT / safe_name(namespace) / name
+
+    @staticmethod
+    def _key(path: str | os.PathLike[str]) -> tuple[str, str]:
+        p = Path(path)
+        if p.parent.parent != RECEIPTS_ROOT:
+            raise ReceiptInvalid(f"{p}: not a receipt of the PostgreSQL store")
+        return ReceiptStore.namespace_of(p), p.name
+
+    def write_many(self, receipts: list[Receipt]) -> list[Path | Exception]:
+        with self.db.tx() as conn:
+            return list(insert_receipts(conn, receipts, self.replica))
+
+    def load(self, path: str | os.PathLike[str]) -> Receipt:
+        namespace, name = self._key(path)
+        with self.db.tx() as conn:
+            row = conn.execute(
+                "SELECT doc FROM receipts WHERE namespace = %s AND name = %s", (namespace, name)
+            ).fetchone()
+        if row is None:
+            raise ReceiptInvalid(f"{path}: no such receipt in the store")
+        return Receipt.from_json(row[0])
+
+    def confirm(self, path: str | os.PathLike[str], observed: int) -> Receipt:
+        namespace, name = self._key(path)
+        with self.db.tx() as conn:
+            row = conn.execute(
+                "SELECT doc FROM receipts WHERE namespace = %s AND name = %s FOR UPDATE", (namespace, name)
+            ).fetchone()
+            if row is None:
+                raise ReceiptInvalid(f"{path}: no such receipt in the store")
+            receipt = Receipt.from_json(row[0])
+            if receipt.status != "confirmed":
+                receipt = receipt.confirmed(observed)
+                conn.execute(
+                    "UPDATE receipts SET doc = %s, pending = false WHERE namespace = %s AND name = %s",
+                    (Jsonb(receipt.to_json()), namespace, name),
+                )
+            return receipt
+
+    def _listing(self, rows: list[tuple[str, str, Any]]) -> Listing:
+        out: Listing = []
+        for namespace, name, doc in rows:
+            path = self.ref(namespace, name)
+            try:
+                out.append((path, Receipt.from_json(doc)))
+            except ReceiptError as exc:
+                out.append((path, exc))
+            except Exception as exc:
+                out.append((path, ReceiptInvalid(f"{path}: {exc}")))
+        return out
+
+    def recent(self, limit: int = 50) -> Listing:
+        """Newest first. Listings are read on the event loop (dashboards, the control API):
+        while the store is unreachable they are empty at once (/health says why)."""
+        if limit <= 0:
+            return []
+        try:
+            with self.db.tx(quick=True) as conn:
+                rows = conn.execute(
+                    "SELECT namespace, name, doc FROM receipts ORDER BY name DESC LIMIT %s", (limit,)
+                ).fetchall()
+        except StoreUnavailable:
+            return []
+        return self._listing(rows)
+
+    def for_job(self, namespace: str, cadence: str, limit: int = 50) -> Listing:
+        if limit <= 0:
+            return []
+        try:
+            with self.db.tx(quick=True) as conn:
+                rows = conn.execute(
+                    "SELECT namespace, name, doc FROM receipts WHERE namespace = %s AND cadence = %s "
+                    "ORDER BY name DESC LIMIT %s",
+                    (namespace, safe_name(cadence), limit),
+                ).fetchall()
+        except StoreUnavailable:
+            return []
+        return self._listing(rows)
+
+    def all_paths(self) -> list[Path]:
+        with self.db.tx() as conn:
+            rows = conn.execute("SELECT namespace, name FROM receipts ORDER BY name").fetchall()
+        return [self.ref(ns, name) for ns, name in rows]
+
+    def iter_documents(self, batch: int = 1000) -> Iterator[tuple[str, str, dict[str, Any]]]:
+        """(namespace, name, document) of every receipt, in pages (export)."""
+        after = ("", "")
+        while True:
+            with self.db.tx() as conn:
+                rows = conn.execute(
+                    "SELECT namespace, name, doc FROM receipts WHERE (namespace, name) > (%s, %s) "
+                    "ORDER BY namespace, name LIMIT %s",
+                    (after[0], after[1], batch),
+                ).fetchall()
+            if not rows:
+                return
+            yield from rows
+            after = (rows[-1][0], rows[-1][1])
+
+    def pending(self) -> list[tuple[Path, Receipt]]:
+        with self.db.tx() as conn:
+            rows = conn.execute(
+                "SELECT namespace, name, doc FROM receipts WHERE pending ORDER BY name"
+            ).fetchall()
+        return [(p, r) for p, r in self._listing(rows) if isinstance(r, Receipt) and r.status == "pending"]
+
+    def remove_stale_temps(self) -> list[Path]:
+        return []
