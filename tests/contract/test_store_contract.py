@@ -136,7 +136,7 @@ def receipt(
 
 
 def entries(jobs: list[JobKey], n: int = 1) -> list[dict[str, Any]]:
-    """An intent's entries, as the engine writes them (core/engine.py `_anchor`)."""
+    """An intent's entries, as the engine writes them (core/engine/anchoring.py `Anchoring._anchor`)."""
     return [
         {"job": str(job), "batch": {"id": f"{n:06d}", "root": root(job, n)}, "leaf_index": i}
         for i, job in enumerate(jobs)
@@ -148,7 +148,7 @@ def open_intent(store: Store, jobs: list[JobKey], n: int = 1) -> Intent:
 
 
 def receipts_for(intent: Intent, at: float = T0 + 30) -> list[Receipt]:
-    """The receipts of an intent's jobs (core/engine.py `_receipt`)."""
+    """The receipts of an intent's jobs (core/engine/commit.py `Committer._receipt`)."""
     return [
         receipt(job, int(e["batch"]["id"]), at=at, anchored="sha256:" + intent.digest,
                 leaf_index=e["leaf_index"], tree_size=len(intent.entries))
@@ -636,7 +636,7 @@ def test_a_save_built_on_a_stale_read_or_over_another_replicas_lease_is_refused(
 
 
 def _anchored(jobs: list[JobKey], first: int = 10) -> list[dict[str, Any]]:
-    """The states a commit writes for `jobs` (core/engine.py `_succeeded`, roughly)."""
+    """The states a commit writes for `jobs` (core/engine/record.py `succeeded`, roughly)."""
     return [{**full_state(n).to_dict(), "last_root": root(job, 1)} for n, job in enumerate(jobs, start=first)]
 
 
@@ -750,7 +750,7 @@ def test_a_commit_that_fails_inside_leaves_nothing_of_it(store: Store, other: St
     assert [i.id for i in found] == [intent.id], "a failed commit removed the intent"
     assert found[0].attestation == ATTESTATION, "a failed commit lost the attestation"
 
-    # Recovery (core/engine.py `_resolve_all`): the intent's jobs under the fences its scan
+    # Recovery (core/engine/recovery.py `Recovery._resolve_all`): the intent's jobs under the fences its scan
     # granted; the commit now goes through, once.
     leased = found[0].leased
     assert sorted(leased) == [J, K]
