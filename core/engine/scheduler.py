@@ -20,12 +20,12 @@ Rules (docs/architecture.md has the why):
   and at each `apply`, which enables it again once its target is accepted.
 
 The parts (core/engine/): table.py (one JobRecord per job, the due heap, flight),
-anchoring.py (one group: claim, intent, backend call), leases.py (claims on a shared
-store), commit.py (attestation -> receipts -> state), outcomes.py (success, failure, let
-go, disabled), persistence.py (state saves, intents closed), recovery.py (the journal at
-start and a gone replica's intents), looks.py (a job's view, status and stuck bound), all
-sharing one Context (context.py). The Scheduler keeps the loop, the pass, the operator
-actions and reloads.
+reads.py (the pass's batch folder reads), anchoring.py (one group: claim, intent,
+backend call), leases.py (claims on a shared store), commit.py (attestation -> receipts
+-> state), outcomes.py (success, failure, let go, disabled), persistence.py (state saves,
+intents closed), recovery.py (the journal at start and a gone replica's intents),
+looks.py (a job's view, status and stuck bound), all sharing one Context (context.py).
+The Scheduler keeps the loop, the pass, the operator actions and reloads.
 """
 
 from __future__ import annotations
