@@ -98,10 +98,11 @@ def add_verify(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="receipt JSON files, or folders to verify every receipt below",
     )
     verify.add_argument(
-        "--trust-bundle", action="append", type=Path, default=[], metavar="PEM",
+        "--trust-bundle", action="append", type=Path, default=[], metavar="PEM|DIR",
         help="CA certificate(s) to check RFC 3161 tokens against (rfc3161: and local: "
-        "receipts); repeatable; instead of the config's trust_bundle or the data dir's "
-        "local-tsa.pem",
+        "receipts): a PEM file or a folder of them; repeatable, in any order (every "
+        "replica's local-tsa.pem for a cluster's local: receipts); instead of the config's "
+        "trust_bundle or the data dir's local-tsa.pem",
     )
     verify.add_argument(
         "--rpc-url", action="append", default=[], metavar="eip155:<id>=URL",

@@ -121,6 +121,20 @@ def expand(paths: list[Path]) -> list[tuple[Path, str | None]]:
     return out
 
 
+def trust_files(paths: Sequence[Path]) -> list[Path]:
+    """--trust-bundle as given, a folder standing for its *.pem, *.crt and *.cer files (by
+    name; a folder with none stays, and reading it says so)."""
+    out: list[Path] = []
+    for path in map(Path, paths):
+        found = (
+            sorted(p for p in path.iterdir() if p.suffix in (".pem", ".crt", ".cer") and p.is_file())
+            if path.is_dir()
+            else []
+        )
+        out += found or [path]
+    return out
+
+
 def parse_rpc_urls(values: Sequence[str]) -> dict[str, str]:
     """`<scheme>:<name>=URL` flags of the schemes that take one (their spec's `rpc_url_form`,
     their `name_problem`) -> {target: url}; ValueError with a sentence on a bad one."""
@@ -171,7 +185,7 @@ class ReadOnlyVerifiers:
         config_problem: str | None = None,
         data_dir: Path | None = None,
     ) -> None:
-        self.trust_bundles = [Path(p) for p in trust_bundles]
+        self.trust_bundles = trust_files(trust_bundles)
         self.rpc_urls = dict(rpc_urls or {})
         self.settings_for = settings_for
         self.config_data_dir = config_data_dir

@@ -63,6 +63,15 @@ def load_trust_bundle(path: Path | None, target: str) -> TrustBundle:
             f"{target}: no trust_bundle configured; a time-stamp token cannot be checked "
             "without the TSA's CA certificates, so nothing is anchored"
         )
+    certs = _read_certs(path, target)
+    try:
+        return TrustBundle(certs, str(path))
+    except ValidationError as exc:
+        raise ValidationError(f"{target}: {exc}") from None
+
+
+def _read_certs(path: Path, target: str) -> list[x509.Certificate]:
+    """The certificates of one PEM (or DER) file; ValidationError naming the file."""
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
@@ -77,10 +86,7 @@ def load_trust_bundle(path: Path | None, target: str) -> TrustBundle:
         ) from None
     if not certs:
         raise ValidationError(f"{target}: trust_bundle {path} holds no certificate")
-    try:
-        return TrustBundle(certs, str(path))
-    except ValidationError as exc:
-        raise ValidationError(f"{target}: {exc}") from None
+    return certs
 
 
 def verify_token(
@@ -112,15 +118,17 @@ def verify_token(
 
 
 def bundle_of(target: str, paths: Sequence[Path]) -> TrustBundle:
-    """One bundle of the certificates of several PEM files (verify's --trust-bundle and the
-    files a scheme adds); CannotVerify naming the file or the problem."""
+    """One bundle of the certificates of several PEM files, in any order and however they
+    are split between files (verify's --trust-bundle and the files a scheme adds: a root in
+    one, an intermediate or a TSA certificate in another, each replica's local-tsa.pem);
+    CannotVerify naming the file or the problem."""
     certs: list[x509.Certificate] = []
     for path in paths:
         try:
-            bundle = load_trust_bundle(path, target)
+            found = _read_certs(path, target)
         except ValidationError as exc:
             raise CannotVerify(str(exc)) from None
-        certs += [c for c in (*bundle.roots, *bundle.signers) if c not in certs]
+        certs += [c for c in found if c not in certs]
     try:
         return TrustBundle(certs, ", ".join(str(p) for p in paths))
     except ValidationError as exc:
