@@ -6,22 +6,38 @@ steps `verify --explain` prints for it. The protocol itself is core/anchors/tsp.
 from __future__ import annotations
 
 import base64
+import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from asn1crypto import cms
 from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from core.anchors.base import CannotVerify, VerificationFailed
-from core.anchors.spec import shell_word
-from core.anchors.tsp import load_certs, policy_oid_problem, signer_matches, verify_attestation
+from core.anchors.spec import TrustFile, shell_word
+from core.anchors.tsp import (
+    load_certs,
+    normalize_token,
+    policy_oid_problem,
+    signer_matches,
+    verify_attestation,
+)
 from core.errors import ValidationError
 
 if TYPE_CHECKING:
     from core.receipts import Receipt
 
-__all__ = ["TrustBundle", "bundle_of", "load_trust_bundle", "token_steps", "verify_token"]
+__all__ = [
+    "TrustBundle",
+    "bundle_of",
+    "load_trust_bundle",
+    "signer_certificate",
+    "token_steps",
+    "trust_file",
+    "verify_token",
+]
 
 
 # --------------------------------------------------------------------------- trust
@@ -133,6 +149,24 @@ def bundle_of(target: str, paths: Sequence[Path]) -> TrustBundle:
         return TrustBundle(certs, ", ".join(str(p) for p in paths))
     except ValidationError as exc:
         raise CannotVerify(f"{target}: {exc}") from None
+
+
+def signer_certificate(attestation: Mapping[str, Any]) -> x509.Certificate | None:
+    """The certificate a token embeds for its signer (None: it embeds none, or is malformed).
+    Read, not trusted: what trusts it is a bundle."""
+    try:
+        token = base64.b64decode(attestation.get("token", ""), validate=True)
+        _, signer = normalize_token(token)
+    except Exception:  # a malformed token: verify says what is wrong with it
+        return None
+    return None if signer is None else x509.load_der_x509_certificate(signer.dump())
+
+
+def trust_file(stem: str, certs: Sequence[x509.Certificate], origin: str) -> TrustFile:
+    """A TrustFile `<stem>-<first 16 hex of the first certificate's SHA-256>.pem`."""
+    fingerprint = hashlib.sha256(certs[0].public_bytes(Encoding.DER)).hexdigest()
+    pem = b"".join(c.public_bytes(Encoding.PEM) for c in certs)
+    return TrustFile(f"{stem}-{fingerprint[:16]}.pem", pem, origin)
 
 
 # --------------------------------------------------------------------------- verify --explain

@@ -129,7 +129,7 @@ def test_a_ca_without_basic_constraints_is_refused_with_a_sentence(deviation, de
         SystemClock(),
     )
     with pytest.raises(ValidationError) as caught:
-        asyncio.run(backend.anchor(bytes(32), None))
+        asyncio.run(backend.anchor(bytes(32), lambda notes: None))
     assert said in str(caught.value) and "chain check failed" in str(caught.value)
 
 
