@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 __all__ = [
     "TrustBundle",
     "bundle_of",
+    "files_for_signer",
     "load_trust_bundle",
     "signer_certificate",
     "token_steps",
@@ -160,6 +161,24 @@ def signer_certificate(attestation: Mapping[str, Any]) -> x509.Certificate | Non
     except Exception:  # a malformed token: verify says what is wrong with it
         return None
     return None if signer is None else x509.load_der_x509_certificate(signer.dump())
+
+
+def files_for_signer(attestation: Mapping[str, Any], files: list[Path], target: str) -> list[Path]:
+    """Of `files`, those holding the token's own self-signed signer certificate, when any
+    does (else `files`). OpenSSL, given several self-signed certificates of one name in a
+    CAfile (a cluster's local TSAs), tries the first it finds only: --explain hands it the
+    right one, so that the script says what verify says."""
+    signer = signer_certificate(attestation)
+    if signer is None or signer.subject != signer.issuer or len(files) < 2:
+        return files
+    holding = []
+    for path in files:
+        try:
+            if signer in _read_certs(path, target):
+                holding.append(path)
+        except ValidationError:
+            continue  # the unreadable file is named when verify reads the bundle
+    return holding or files
 
 
 def trust_file(stem: str, certs: Sequence[x509.Certificate], origin: str) -> TrustFile:

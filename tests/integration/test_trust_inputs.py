@@ -180,9 +180,50 @@ def replicas(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {name: anchor(tmp / name, {f"ns-{name}": "local:dev"}, {}) for name in ("a", "b")}
 
 
+def earlier_local_tsa(data: Path) -> None:
+    """A data dir's embedded TSA files as earlier versions made them: every data dir's
+    certificate had the same subject (the CN alone)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    from core.anchors.local.backend import SUBJECT_CN
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, SUBJECT_CN)])
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(pki.NOT_BEFORE).not_valid_after(pki.NOT_AFTER)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.KeyUsage(True, False, False, False, False, False, False, False, False), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.TIME_STAMPING]), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    folder = data / "tsa"
+    folder.mkdir(parents=True, mode=0o700)
+    (folder / "local-tsa.key").write_bytes(pki.key_pem(key))
+    (folder / "local-tsa.key").chmod(0o600)
+    (folder / "local-tsa.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+
+
+@pytest.fixture(scope="module")
+def earlier_replicas(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """`replicas` whose certificates an earlier version made: one subject for both."""
+    tmp = tmp_path_factory.mktemp("earlier-replicas")
+    out = {}
+    for name in ("a", "b"):
+        earlier_local_tsa(tmp / name / "data")
+        out[name] = anchor(tmp / name, {f"ns-{name}": "local:dev"}, {})
+    return out
+
+
+@pytest.mark.parametrize("made", ["replicas", "earlier_replicas"])
 def test_a_clusters_local_receipts_verify_with_the_replicas_certificates_in_any_order(
-    replicas, tmp_path, capsys
+    made, request, tmp_path, capsys
 ):
+    replicas = request.getfixturevalue(made)
     handed = tmp_path / "handed-over"
     handed.mkdir()
     receipts = []
@@ -234,3 +275,35 @@ def test_a_sha1_signed_intermediate_is_refused_in_a_sentence(tmp_path):
     said = str(caught.value)
     assert "is signed with RSA with SHA-1, which is refused" in said
     assert "AlgorithmIdentifier" not in said and "PhantomData" not in said
+
+
+def test_explain_agrees_on_a_clusters_local_receipts_whatever_the_order(earlier_replicas, tmp_path, capsys):
+    """`verify --explain | sh` with both replicas' certificates: OpenSSL, given two
+    self-signed certificates of one name in its CAfile, tries the first only; the script
+    hands it the one the token was signed with, so it says what verify says."""
+    import subprocess
+
+    replicas = earlier_replicas
+    certs = [data / "tsa" / "local-tsa.pem" for data in replicas.values()]
+    for name, data in replicas.items():
+        receipt = receipts_of(data, f"ns-{name}")[0]
+        for order in (certs, certs[::-1]):
+            flags = [arg for c in order for arg in ("--trust-bundle", str(c))]
+            assert main(["verify", "--explain", *flags, str(receipt)]) == 0
+            script = capsys.readouterr().out
+            done = subprocess.run(["sh", "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+            assert done.returncode == 0 and "Verification: OK" in done.stdout, script + done.stdout + done.stderr
+
+
+def test_one_cafile_of_the_replicas_certificates_checks_every_replicas_tokens_with_openssl(replicas, tmp_path):
+    """Each data dir's certificate names its key (OU=key <hex>): stock OpenSSL, given one
+    CAfile holding them all, checks every replica's token (same-named certificates made it
+    try the first only)."""
+    certs = [data / "tsa" / "local-tsa.pem" for data in replicas.values()]
+    for order in (certs, certs[::-1]):
+        cafile = tmp_path / "cluster-ca.pem"
+        cafile.write_bytes(b"".join(c.read_bytes() for c in order))
+        for name, data in replicas.items():
+            receipt = receipts_of(data, f"ns-{name}")[0]
+            done = pki.openssl_ts_verify(digest_hex(receipt), token_file(receipt, tmp_path), cafile)
+            assert done.returncode == 0, done.stdout + done.stderr

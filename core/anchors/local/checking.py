@@ -13,6 +13,7 @@ from core.anchors.tokens import (
     TrustBundle,
     bundle_of,
     ca_lines,
+    files_for_signer,
     signer_certificate,
     token_steps,
     trust_file,
@@ -67,7 +68,11 @@ class LocalTokenChecker:
 
 
 def explain_steps(receipt: Receipt, path: Path, inputs: VerifyInputs) -> list[str]:
-    return token_steps(receipt, ca_lines(lambda: ca_files(receipt.target, inputs, path)))
+    target = receipt.target
+    return token_steps(
+        receipt,
+        ca_lines(lambda: files_for_signer(receipt.attestation, ca_files(target, inputs, path), target)),
+    )
 
 
 def export_trust(target: str, attestation: dict[str, Any], inputs: VerifyInputs) -> list[TrustFile]:
