@@ -385,6 +385,11 @@ class Deviation:
     no_aki: bool = False  # no authorityKeyIdentifier (an intermediate)
     no_ski: bool = False  # no subjectKeyIdentifier
     no_basic_constraints: bool = False  # a v3 root with no basicConstraints (refused on purpose)
+    # refused on purpose too (README): a keyUsage without keyCertSign, an EKU without
+    # time-stamping, a critical extension nobody knows
+    no_key_cert_sign: bool = False
+    server_auth_only: bool = False
+    unknown_critical: bool = False
 
 
 def make_ca(
@@ -412,8 +417,14 @@ def make_ca(
         )
     if not deviation.no_key_usage:
         builder = builder.add_extension(
-            x509.KeyUsage(True, False, False, False, False, True, True, False, False),
+            x509.KeyUsage(True, False, False, False, False, not deviation.no_key_cert_sign, True, False, False),
             critical=not deviation.ku_not_critical,
+        )
+    if deviation.server_auth_only:
+        builder = builder.add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+    if deviation.unknown_critical:
+        builder = builder.add_extension(
+            x509.UnrecognizedExtension(x509.ObjectIdentifier("1.3.6.1.4.1.55555.99"), b"\x05\x00"), critical=True
         )
     if issuer is not None and not deviation.no_aki:
         builder = builder.add_extension(_aki(issuer), critical=False)

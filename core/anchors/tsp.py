@@ -506,6 +506,7 @@ def _path_reason(text: str) -> str:
     """The path builder's reason as a sentence (a forbidden algorithm is a Rust dump)."""
     reason = re.sub(r"\s*\(encountered processing <.*", "", text)
     reason = reason.removeprefix("validation failed: ").removeprefix("candidates exhausted: ")
+    reason = re.sub(r"^.*Python extension validator failed: \w+: ", "", reason)  # our own sentence
     algorithm = re.search(r"Forbidden signature algorithm: .*?params: (\w+)", reason)
     if algorithm:
         words = re.findall(r"[A-Z][a-z]*\d*", algorithm.group(1))  # RsaWithSha1, EcdsaWithSha1

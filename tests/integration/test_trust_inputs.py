@@ -250,6 +250,29 @@ def test_a_clusters_local_receipts_verify_with_the_replicas_certificates_in_any_
     assert hashlib.sha256(other).hexdigest() in out
 
 
+@pytest.mark.parametrize(
+    ("deviation", "said"),
+    [
+        (D(no_key_cert_sign=True), "is not acceptable: the CA CN=Refused Root CA,O=VaultMesh test PKI has a keyUsage without keyCertSign"),
+        (D(server_auth_only=True), "is not acceptable: the CA CN=Refused Root CA,O=VaultMesh test PKI restricts its EKU and does not allow time-stamping"),
+        (D(unknown_critical=True), "is not acceptable: invalid extension: 1.3.6.1.4.1.55555.99: certificate contains unaccounted-for critical extensions"),
+    ],
+)
+def test_the_refusals_the_readme_lists_say_what_it_says(deviation, said, tmp_path):
+    import hashlib
+
+    from core.anchors.tsp import build_request, new_nonce, verify_token
+    from core.errors import ValidationError
+
+    made = pki.build_deviant_pki(tmp_path, "Refused", root=deviation)
+    config = pki.write_openssl_ts_config(tmp_path / "ts.cnf", made)
+    digest = hashlib.sha256(b"refused").digest()
+    token = pki.token_of(pki.openssl_ts_reply(build_request(digest, nonce=new_nonce()), config, made, tmp_path / "w"))
+    with pytest.raises(ValidationError) as caught:
+        verify_token(token, digest=digest, trust_roots=[made.root.cert])
+    assert said in str(caught.value) and "Python" not in str(caught.value)
+
+
 def test_a_sha1_signed_intermediate_is_refused_in_a_sentence(tmp_path):
     """OpenSSL accepts it; we refuse on purpose (README), and say so without a library dump."""
     import hashlib
