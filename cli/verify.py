@@ -79,6 +79,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
         from core.verify import chosen
 
         files = [path for path, _, _ in chosen(list(args.files), lookup, loaded)] if lookup else list(args.files)
+        if lookup is not None and not files:
+            print(f"vmsh-scheduler verify: no receipt of {lookup.text} to explain", file=sys.stderr)
+            return 1
         return explain_files(files, sys.stdout, verifiers)
     return run_verify(list(args.files), sys.stdout, as_json=args.json, verifiers=verifiers, lookup=lookup, loaded=loaded)
 

@@ -49,6 +49,12 @@ def test_verify_root_over_a_folder_checks_only_the_receipts_of_that_root(store, 
     assert capsys.readouterr().out == f"FAIL {nobody}: no receipt of it in {folder}\n"
     assert main(["verify", "--root", "sha256:nothex", str(folder)]) == 2
     assert "is not a root" in capsys.readouterr().err
+    # --explain explains only that root's receipt (and none: exit 1, saying so).
+    assert main(["verify", "--explain", "--root", doc(b)["batch"]["root"], str(folder)]) == 0
+    script = capsys.readouterr().out
+    assert script.count("openssl ts -verify") == 1 and str(b) in script
+    assert main(["verify", "--explain", "--root", nobody, str(folder)]) == 1
+    assert "no receipt of" in capsys.readouterr().err
 
 
 def test_verify_root_without_files_looks_in_the_store(store, capsys, tmp_path, monkeypatch):
