@@ -33,6 +33,7 @@ ACCEPTED = {
     "intermediate basicConstraints not critical": (D(), D(bc_not_critical=True)),
     "root without keyUsage": (D(no_key_usage=True), None),
     "intermediate without keyUsage": (D(), D(no_key_usage=True)),
+    "no key identifiers": (D(no_ski=True), D(no_ski=True, no_aki=True)),
 }
 
 REFUSED = {
