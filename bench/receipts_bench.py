@@ -5,6 +5,7 @@ which 10 are pending (EVM receipts waiting for confirmations). Each start must f
 pending ones to count them (`vmsh_receipts_pending`) and track them. Timed: a fresh
 `ReceiptStore.pending()` on a data dir from before the pending index (every receipt read
 once, then the index is built), and on one with the index (only the marked ones read).
+Also `ReceiptStore.find` by root over the same store (the worst case: the oldest receipt).
 """
 
 from __future__ import annotations
@@ -60,6 +61,14 @@ def run() -> list[tuple[str, str, str]]:
         found = ReceiptStore(root).pending()
         scanned = time.perf_counter() - t0
         assert len(found) == PENDING, len(found)
+
+        # verify --root / ctl receipt / GET /v1/receipts?root= on a file store: every file
+        # read, the one holding the root parsed. The oldest receipt: the whole store scanned.
+        wanted = receipt(1, "confirmed").batch.root
+        t0 = time.perf_counter()
+        hits = ReceiptStore(root).find(root=wanted, limit=1)
+        looked_up = time.perf_counter() - t0
+        assert [r.batch.root for _, r in hits] == [wanted], hits
     return [
         (
             f"pending receipts at start, {RECEIPTS:,} on disk ({PENDING} pending), with the index",
@@ -70,6 +79,11 @@ def run() -> list[tuple[str, str, str]]:
             f"pending receipts at start, {RECEIPTS:,} on disk, no index (older data dir)",
             f"{scanned:.2f} s",
             "once: the index is built then",
+        ),
+        (
+            f"a receipt by root (verify --root, ctl receipt), {RECEIPTS:,} on disk, the oldest",
+            f"{looked_up:.2f} s",
+            "file store: reads every file (PostgreSQL: one query)",
         ),
     ]
 

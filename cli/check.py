@@ -14,6 +14,7 @@ if TYPE_CHECKING:
 
 def summary(loaded: LoadedConfig) -> str:
     from core.cadence import format_seconds
+    from core.config import WITNESSES_NOTE
     from core.text import printable
 
     cfg = loaded.config
@@ -34,6 +35,8 @@ def summary(loaded: LoadedConfig) -> str:
         desc = f"  {ns.description}" if ns.description else ""
         lines.append(f"  {name}{desc}")
         lines.append(f"    batches: {batch_source_line(cfg, name)}")
+        if ns.witnesses.allowlist or ns.witnesses.min_required:
+            lines.append(f"    witnesses: {ns.witnesses.summary()} ({WITNESSES_NOTE})")
     jobs = cfg.jobs()
     lines.append(f"jobs ({len(jobs)}):")
     width = max((len(str(j.key)) for j in jobs), default=0)

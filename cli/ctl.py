@@ -1,6 +1,7 @@
 """`vmsh-scheduler ctl`: a running scheduler's control socket, from scripts and shells.
 
-status [--json] | force NAMESPACE[/CADENCE] | pause | resume | reload | tail
+status [--json] | force NAMESPACE[/CADENCE] | pause | resume | reload | tail |
+receipt ROOT|BATCH_ID [--json]
 
 Exit codes: 0 done, 1 refused or failed (403, a rejected reload, nothing forced, the
 scheduler went away mid-tail), 2 usage or no scheduler answering on the socket (the
@@ -131,9 +132,11 @@ class Client:
             return CtlError(f"no scheduler is running on {self.socket}: {START_HINT}", EXIT_USAGE)
         return CtlError(str(exc), EXIT_FAILED)
 
-    def call(self, method: str, command: str, body: dict[str, Any] | None = None) -> Any:
+    def call(
+        self, method: str, command: str, body: dict[str, Any] | None = None, *, params: dict[str, str] | None = None
+    ) -> Any:
         try:
-            return self._client.call(method, command, body)
+            return self._client.call(method, command, body, params=params)
         except (ControlUnreachable, ControlFailed, ControlRefused) as exc:
             raise self._error(exc) from None
 
@@ -187,7 +190,29 @@ def _run(args: argparse.Namespace, client: Client) -> int:
         return EXIT_FAILED if result.errors and not result.applied else EXIT_OK
     if action == "tail":
         return _tail(client)
+    if action == "receipt":
+        return _receipt(client, args.key, as_json=args.json)
     raise CtlError(f"unknown action {action!r}", EXIT_USAGE)
+
+
+def _receipt(client: Client, key: str, *, as_json: bool) -> int:
+    """The store's receipts of a root (sha256:...) or a batch id, newest first; 1 if none."""
+    params = {"root": key} if key.startswith("sha256:") else {"batch": key}
+    found = client.call("GET", "receipts", params=params)["receipts"]
+    for item in found:
+        if as_json:
+            print(json.dumps(item, ensure_ascii=False))
+            continue
+        r = item["receipt"]
+        att = r.get("attestation") or {}
+        print(printable(
+            f"{item['path']}\n  {r['namespace']}/{r['cadence']}  batch {r['batch']['id']}  {r['batch']['root']}\n"
+            f"  {r['target']}  anchored {r['anchored_at']}  {r['status']}"
+            + (f"  gen_time {att['gen_time']}" if att.get("gen_time") else "")
+        , lines=True))
+    if not found:
+        print(f"vmsh-scheduler ctl: no receipt of {printable(key)} in the store", file=sys.stderr)
+    return EXIT_OK if found else EXIT_FAILED
 
 
 def _tail(client: Client) -> int:

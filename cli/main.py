@@ -78,7 +78,7 @@ def cmd_store(args: argparse.Namespace) -> int:
         print_errors(exc)
         return 2
     if args.command == "export":
-        return cmd_export(loaded, args.out)
+        return cmd_export(loaded, args.out, args.formats)
     if args.store_command == "import":
         return cmd_store_import(loaded, args.source)
     return cmd_store_migrate(loaded)

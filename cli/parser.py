@@ -94,14 +94,21 @@ def add_verify(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "(and none failed), 2 usage",
     )
     verify.add_argument(
-        "files", nargs="+", type=Path, metavar="RECEIPT|DIR",
-        help="receipt JSON files, or folders to verify every receipt below",
+        "files", nargs="*", type=Path, metavar="RECEIPT|DIR",
+        help="receipt JSON files, or folders to verify every receipt below; with --root or "
+        "--batch and none given, the config's store",
     )
     verify.add_argument(
-        "--trust-bundle", action="append", type=Path, default=[], metavar="PEM",
+        "--root", metavar="sha256:HEX",
+        help="only the receipts of this root (a batch root, or an anchored tree hash)",
+    )
+    verify.add_argument("--batch", metavar="ID", help="only the receipts of this batch id")
+    verify.add_argument(
+        "--trust-bundle", action="append", type=Path, default=[], metavar="PEM|DIR",
         help="CA certificate(s) to check RFC 3161 tokens against (rfc3161: and local: "
-        "receipts); repeatable; instead of the config's trust_bundle or the data dir's "
-        "local-tsa.pem",
+        "receipts): a PEM file or a folder of them; repeatable, in any order (every "
+        "replica's local-tsa.pem for a cluster's local: receipts); instead of the config's "
+        "trust_bundle or the data dir's local-tsa.pem",
     )
     verify.add_argument(
         "--rpc-url", action="append", default=[], metavar="eip155:<id>=URL",
@@ -134,7 +141,7 @@ def add_attach(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 def add_ctl(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     ctl = sub.add_parser(
         "ctl",
-        help="control a running scheduler from scripts: status, force, pause, resume, reload, tail",
+        help="control a running scheduler from scripts: status, force, pause, resume, reload, tail, receipt",
         description="Talk to a running scheduler over its control socket (docs/control-api.md). "
         "The socket is --socket, else the config's control.socket, else <data_dir>/control.sock.",
         epilog="exit codes: 0 done, 1 refused or failed, 2 usage or no scheduler running",
@@ -150,6 +157,11 @@ def add_ctl(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     ctl_sub.add_parser("resume", help="start anchoring again")
     ctl_sub.add_parser("reload", help="load the config again; prints file:line errors (exit 1)")
     ctl_sub.add_parser("tail", help="follow the scheduler's log records (Ctrl-C stops)")
+    receipt = ctl_sub.add_parser(
+        "receipt", help="the store's receipts of a root (sha256:...) or a batch id, newest first (exit 1: none)"
+    )
+    receipt.add_argument("key", metavar="ROOT|BATCH_ID")
+    receipt.add_argument("--json", action="store_true", help="one JSON object per receipt and line")
     for action in ctl_sub.choices.values():
         action.add_argument("--socket", type=Path, metavar="PATH", default=argparse.SUPPRESS,
                             help="the scheduler's control socket")

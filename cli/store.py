@@ -4,18 +4,23 @@
 creates it on start when the database is empty, and refuses an older one). `export`
 writes every receipt of the configured store as the files a file store would hold,
 `DIR/<namespace percent-encoded>/<name>.json`, which `vmsh-scheduler verify` checks
-offline with no database at all.
+offline with no database at all; beside them `DIR/.trust/` holds the certificates their
+verifier needs (`verify --trust-bundle DIR/.trust DIR`), and `--format tsr` adds each RFC
+3161 token as `<name>.tsr` for `openssl ts -verify -token_in`.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from core import safejson
+from core.anchors.spec import TrustFile
 from core.config import LoadedConfig
 from core.errors import AnchorError
 from core.fsutil import atomic_create_bytes, dumps_json, ensure_dir, fsync_dirs
@@ -24,6 +29,10 @@ from core.store import is_postgres
 
 if TYPE_CHECKING:
     from core.store.postgres.database import Database
+
+# Beside the receipts' folders (a namespace's folder never starts with a dot: safe_name),
+# and skipped by verify, which reads no hidden folder.
+TRUST_FOLDER = ".trust"
 
 
 def fail(command: str, message: str) -> None:
@@ -70,13 +79,16 @@ def cmd_store_migrate(loaded: LoadedConfig) -> int:
     return 0
 
 
-def cmd_export(loaded: LoadedConfig, out: Path) -> int:
-    """Every receipt of the store as a file under `out`; an existing file is never replaced."""
+def cmd_export(loaded: LoadedConfig, out: Path, formats: Sequence[str] = ("json",)) -> int:
+    """Every receipt of the store as a file under `out`, and beside them what a verifier
+    needs: the certificates (`out/.trust/`) and, with "tsr" among `formats`, each RFC 3161
+    token as `<name>.tsr`. An existing file is never replaced."""
     from core.store.postgres.database import display_url
 
     cfg = loaded.config
     written = skipped = 0
     folders: list[Path] = []
+    beside = Beside(loaded, out, tsr="tsr" in formats)
     try:
         for namespace, name, data in _documents(loaded):
             folder = out / safe_name(namespace)
@@ -87,6 +99,8 @@ def cmd_export(loaded: LoadedConfig, out: Path) -> int:
                 written += 1
             else:
                 skipped += 1
+            beside.add(folder / name, data)
+        beside.write_trust(folders)
         fsync_dirs(folders)
     except AnchorError as exc:
         fail("export", str(exc))
@@ -97,7 +111,69 @@ def cmd_export(loaded: LoadedConfig, out: Path) -> int:
     source = display_url(cfg.scheduler.store) if is_postgres(cfg.scheduler.store) else str(cfg.scheduler.data_dir)
     print(f"exported {written} receipt(s) from {source} to {out}"
           + (f" ({skipped} already there, kept)" if skipped else ""))
+    beside.report()
     return 0
+
+
+class Beside:
+    """What export writes beside the receipts: `.tsr` tokens and the `.trust/` certificates
+    each scheme says its receipts' verifier needs (its spec's `export_trust`)."""
+
+    def __init__(self, loaded: LoadedConfig, out: Path, *, tsr: bool) -> None:
+        from core.verify import ReadOnlyVerifiers
+
+        cfg = loaded.config
+        self.out = out
+        self.tsr = tsr
+        self.tokens = 0
+        self.inputs = ReadOnlyVerifiers(settings_for=cfg.resolve_target, config_data_dir=Path(cfg.scheduler.data_dir))
+        self.trust: dict[str, TrustFile] = {}
+        self.problems: dict[str, str] = {}
+
+    def add(self, path: Path, data: bytes) -> None:
+        from core.anchors.base import CannotVerify
+        from core.anchors.schemes import SCHEMES
+
+        try:
+            doc = safejson.loads(data)
+            target, attestation = str(doc["target"]), dict(doc["attestation"])
+        except (ValueError, KeyError, TypeError):
+            return  # verify says what is wrong with such a receipt
+        token = attestation.get("token")
+        if self.tsr and attestation.get("scheme") == "rfc3161" and isinstance(token, str):
+            try:
+                der = base64.b64decode(token, validate=True)
+            except ValueError:
+                der = b""
+            if der and atomic_create_bytes(path.with_suffix(".tsr"), der, sync_folder=False):
+                self.tokens += 1
+        spec = SCHEMES.get(target.partition(":")[0])
+        if spec is None or spec.export_trust is None or target in self.problems:
+            return
+        try:
+            for found in spec.export_trust(target, attestation, self.inputs):
+                self.trust.setdefault(found.name, found)
+        except CannotVerify as exc:
+            self.problems[target] = str(exc)
+
+    def write_trust(self, folders: list[Path]) -> None:
+        if not self.trust:
+            return
+        folder = self.out / TRUST_FOLDER
+        ensure_dir(folder, parents_to_sync=folders)
+        folders.append(folder)
+        for found in self.trust.values():
+            atomic_create_bytes(folder / found.name, found.pem, sync_folder=False)
+
+    def report(self) -> None:
+        if self.tsr:
+            print(f"wrote {self.tokens} RFC 3161 token(s) as <receipt>.tsr beside their receipts")
+        for found in self.trust.values():
+            print(f"wrote {self.out / TRUST_FOLDER / found.name}: from {found.origin}")
+        if self.trust:
+            print(f"check them with: vmsh-scheduler verify --trust-bundle {self.out / TRUST_FOLDER} {self.out}")
+        for problem in self.problems.values():
+            print(f"  no certificates written: {problem}", file=sys.stderr)
 
 
 def cmd_store_import(loaded: LoadedConfig, source: Path) -> int:
@@ -187,4 +263,9 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     add_common(imp, suppress=True)
     export = sub.add_parser("export", help="write every receipt of the store as files verify checks offline")
     export.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder to write into")
+    export.add_argument(
+        "--format", action="append", choices=["json", "tsr"], default=[], dest="formats",
+        help="tsr: also each RFC 3161 token as a DER <receipt>.tsr beside its receipt "
+        "(openssl ts -verify -in X.tsr -token_in ...); repeatable",
+    )
     add_common(export, suppress=True)

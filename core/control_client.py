@@ -87,10 +87,12 @@ class ControlClient:
         permission = isinstance(cause, PermissionError) or "Permission denied" in str(exc)
         return ControlUnreachable(str(exc) or type(exc).__name__, permission=permission)
 
-    def call(self, method: str, command: str, body: dict[str, Any] | None = None) -> Any:
-        """`METHOD /v1/<command>` with `body` as JSON; the reply's JSON (see the module doc)."""
+    def call(
+        self, method: str, command: str, body: dict[str, Any] | None = None, *, params: dict[str, str] | None = None
+    ) -> Any:
+        """`METHOD /v1/<command>[?params]` with `body` as JSON; the reply's JSON (see the module doc)."""
         try:
-            reply = self._http().request(method, f"{API}/{command}", json=body)
+            reply = self._http().request(method, f"{API}/{command}", json=body, params=params)
         except (httpx.ConnectError, FileNotFoundError, ConnectionRefusedError, PermissionError) as exc:
             raise self._unreachable(exc) from None
         except httpx.HTTPError as exc:

@@ -84,6 +84,7 @@ MAX_OVERFLOWS = 3
 WRITE_BATCH = 256  # events per write to a client
 RECENT_LOGS = 200
 RECENT_RECEIPTS = 20
+FOUND_RECEIPTS = 100  # GET /v1/receipts?root=: at most this many, newest first
 MUTATING = frozenset({"force", "pause", "resume", "reload"})
 
 _REASONS = {200: "OK", 400: "Bad Request", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
@@ -440,7 +441,10 @@ class ControlServer:
             url = urlsplit(target)
             if url.path == f"{API}/events" and method == "GET":
                 return await self._stream(writer, parse_qs(url.query), peer)
-            status, doc = await self._route(method, url.path, body, peer)
+            if url.path == f"{API}/receipts":
+                status, doc = await self._find_receipts(method, parse_qs(url.query))
+            else:
+                status, doc = await self._route(method, url.path, body, peer)
             # A large answer (a snapshot of 10,000 jobs is ~8 MB) is serialised off the loop:
             # `doc` is built for this request alone, so no one else touches it meanwhile.
             await self._send(writer, status, doc, await asyncio.to_thread(_body, doc))
@@ -546,6 +550,30 @@ class ControlServer:
         if not Path(path).resolve().is_relative_to(receipts):
             return 403, {"error": f"verify reads receipts under {receipts} only"}
         return 200, wire.encode_verify_result(await self.control.verify(path))
+
+    async def _find_receipts(self, method: str, query: dict[str, list[str]]) -> tuple[int, Any]:
+        """`GET /v1/receipts?root=sha256:...` (and/or `&batch=ID`): the store's receipts of that
+        root or batch id, newest first, at most `limit` (default and cap FOUND_RECEIPTS);
+        read off the loop (the file store reads every receipt file)."""
+        from core.receipts import lookup_problem
+
+        if method != "GET":
+            return 405, {"error": "use GET for receipts"}
+        root, batch = query.get("root", [None])[0], query.get("batch", [None])[0]
+        problem = lookup_problem(root, batch)
+        if problem:
+            return 400, {"error": f"receipts?root=...: {problem}"}
+        limit_text = query.get("limit", [str(FOUND_RECEIPTS)])[0]
+        if not limit_text.isdigit() or not 0 < int(limit_text) <= FOUND_RECEIPTS:
+            return 400, {"error": f"limit must be 1 to {FOUND_RECEIPTS}"}
+        try:
+            found = await asyncio.to_thread(
+                self.runtime.receipts.find, root=root, batch_id=batch, limit=int(limit_text)
+            )
+        except AnchorError as exc:  # the database is out of reach
+            return 503, {"error": str(exc)}
+        return 200, {"receipts": [{"path": str(path), "receipt": item.to_json()} for path, item in found
+                                  if not isinstance(item, Exception)]}
 
     async def _audit(self, peer: Peer, command: str, args: dict[str, Any], status: int, doc: Any) -> None:
         result = doc.get("error") if isinstance(doc, dict) and "error" in doc else doc

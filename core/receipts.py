@@ -421,3 +421,24 @@ def _load_document(path: str | os.PathLike[str]) -> dict[str, Any]:
     if not isinstance(doc, dict):
         raise ReceiptError(f"{path}: a receipt is a JSON object, got {type(doc).__name__}")
     return doc
+
+
+def receipt_matches(receipt: Receipt, *, root: str | None = None, batch_id: str | None = None) -> bool:
+    """Whether a receipt is one asked for by root (its batch root, or the root it anchored:
+    an aggregated group's tree hash) and/or by batch id; the one rule of `verify --root`,
+    `ctl receipt` and the control API's `GET /v1/receipts`."""
+    if root is not None and root not in (receipt.batch.root, receipt.anchored_root):
+        return False
+    return batch_id is None or receipt.batch.id == batch_id
+
+
+def lookup_problem(root: str | None, batch_id: str | None) -> str | None:
+    """Why a receipt lookup cannot be made (a sentence), or None."""
+    if root is None and batch_id is None:
+        return "name a root (sha256:<64 hex digits>) or a batch id"
+    if root is not None and not _ROOT_RE.fullmatch(root):
+        return f"{root!r} is not a root: expected sha256:<64 lowercase hex digits>"
+    if batch_id is not None and not batch_id:
+        return "the batch id is empty"
+    return None
+

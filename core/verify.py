@@ -28,7 +28,7 @@ import asyncio
 import enum
 import json
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -44,6 +44,7 @@ from core.receipts import (
     ReceiptUncheckable,
     Verifier,
     load_receipt,
+    receipt_matches,
     verify_receipt,
 )
 
@@ -121,6 +122,41 @@ def expand(paths: list[Path]) -> list[tuple[Path, str | None]]:
     return out
 
 
+def trust_files(paths: Sequence[Path]) -> list[Path]:
+    """--trust-bundle as given, a folder standing for its *.pem, *.crt and *.cer files (by
+    name; a folder with none stays, and reading it says so)."""
+    out: list[Path] = []
+    for path in map(Path, paths):
+        found = (
+            sorted(p for p in path.iterdir() if p.suffix in (".pem", ".crt", ".cer") and p.is_file())
+            if path.is_dir()
+            else []
+        )
+        out += found or [path]
+    return out
+
+
+def chosen(
+    paths: list[Path], lookup: Lookup | None, loaded: Sequence[tuple[Path, Receipt]]
+) -> Iterator[tuple[Path, str | None, Receipt | None]]:
+    """(path, why it cannot be read, the receipt when already read) of each receipt to check:
+    every file, or with a lookup the readable ones it matches."""
+    for path, problem in expand(paths):
+        if lookup is None or problem:
+            if lookup is None or not path.is_dir():  # a folder without receipts: nothing matches there
+                yield path, problem, None
+            continue
+        try:
+            receipt = load_receipt(path)
+        except ReceiptError:
+            continue  # not the receipt looked for (verify without --root names it)
+        if lookup.matches(receipt):
+            yield path, None, receipt
+    for path, receipt in loaded:
+        if lookup is None or lookup.matches(receipt):
+            yield path, None, receipt
+
+
 def parse_rpc_urls(values: Sequence[str]) -> dict[str, str]:
     """`<scheme>:<name>=URL` flags of the schemes that take one (their spec's `rpc_url_form`,
     their `name_problem`) -> {target: url}; ValueError with a sentence on a bad one."""
@@ -171,7 +207,7 @@ class ReadOnlyVerifiers:
         config_problem: str | None = None,
         data_dir: Path | None = None,
     ) -> None:
-        self.trust_bundles = [Path(p) for p in trust_bundles]
+        self.trust_bundles = trust_files(trust_bundles)
         self.rpc_urls = dict(rpc_urls or {})
         self.settings_for = settings_for
         self.config_data_dir = config_data_dir
@@ -215,14 +251,33 @@ class ReadOnlyVerifiers:
 # --------------------------------------------------------------------------- running
 
 
-async def check_one(path: Path, verifiers: ReadOnlyVerifiers | Callable[[str], Verifier]) -> Result:
-    """One receipt's outcome; `verifiers` is a ReadOnlyVerifiers or a backend_for."""
-    try:
-        receipt = load_receipt(path)
-    except ReceiptInvalid as exc:
-        return Result(path, Outcome.FAIL, exc.reason)
-    except ReceiptError as exc:
-        return Result(path, Outcome.FAIL, str(exc))
+@dataclass(frozen=True)
+class Lookup:
+    """`verify --root` / `--batch`: only the receipts of that root and/or batch id."""
+
+    root: str | None = None
+    batch_id: str | None = None
+
+    def matches(self, receipt: Receipt) -> bool:
+        return receipt_matches(receipt, root=self.root, batch_id=self.batch_id)
+
+    @property
+    def text(self) -> str:
+        return " ".join(x for x in (self.root, self.batch_id and f"batch {self.batch_id}") if x)
+
+
+async def check_one(
+    path: Path, verifiers: ReadOnlyVerifiers | Callable[[str], Verifier], receipt: Receipt | None = None
+) -> Result:
+    """One receipt's outcome (`receipt`: already read from `path`); `verifiers` is a
+    ReadOnlyVerifiers or a backend_for."""
+    if receipt is None:
+        try:
+            receipt = load_receipt(path)
+        except ReceiptInvalid as exc:
+            return Result(path, Outcome.FAIL, exc.reason)
+        except ReceiptError as exc:
+            return Result(path, Outcome.FAIL, str(exc))
     backend_for = verifiers.for_receipt(path) if isinstance(verifiers, ReadOnlyVerifiers) else verifiers
     try:
         await verify_receipt(receipt, backend_for)
@@ -245,8 +300,12 @@ async def verify_files(
     verifiers: ReadOnlyVerifiers | None = None,
     data_dir: Path | None = None,
     settings_for: SettingsFor | None = None,
+    lookup: Lookup | None = None,
+    loaded: Sequence[tuple[Path, Receipt]] = (),
 ) -> int:
     """Verify each receipt, one line (or JSON object) each; the exit code of the worst outcome.
+    With `lookup`, only the receipts it matches (none: FAIL naming what was looked for);
+    `loaded`: receipts already read (a store's rows), checked after the files.
 
     `verifiers` says where trust comes from; without it, `settings_for` (a config's
     resolve_target) and `data_dir` are used."""
@@ -256,15 +315,20 @@ async def verify_files(
         verifiers = ReadOnlyVerifiers(settings_for=settings_for, data_dir=data_dir)
     results: list[Result] = []
     try:
-        for path, problem in expand(paths):
-            result = (
-                Result(path, Outcome.FAIL, problem) if problem else await check_one(path, verifiers)
-            )
+        for path, problem, receipt in chosen(paths, lookup, loaded):
+            if problem:
+                result = Result(path, Outcome.FAIL, problem)
+            else:
+                result = await check_one(path, verifiers, receipt)
             results.append(result)
             out.write((json.dumps(result.as_json()) if as_json else result.line()) + "\n")
     finally:
         if own:
             await verifiers.close()
+    if lookup is not None and not results:
+        where = ", ".join(map(str, paths)) or "the store"
+        out.write(f"FAIL {lookup.text}: no receipt of it in {where}\n")
+        return Outcome.FAIL.exit_code
     counts = {o: sum(r.outcome is o for r in results) for o in Outcome}
     if len(results) > 1:
         tail = (

@@ -368,3 +368,110 @@ def token_certificates(token_der: bytes) -> list[bytes]:
 
 def der_set_is_sorted(members: list[bytes]) -> bool:
     return members == sorted(members)
+
+
+# --- CAs as real TSAs ship them ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Deviation:
+    """How a CA certificate departs from the Web PKI profile (all False: a textbook CA).
+
+    Each one is something OpenSSL accepts at genTime and a public TSA has shipped."""
+
+    bc_not_critical: bool = False  # basicConstraints present, cA true, not marked critical
+    no_key_usage: bool = False  # no keyUsage extension at all
+    ku_not_critical: bool = False  # keyUsage present, not critical
+    no_aki: bool = False  # no authorityKeyIdentifier (an intermediate)
+    no_ski: bool = False  # no subjectKeyIdentifier
+    no_basic_constraints: bool = False  # a v3 root with no basicConstraints (refused on purpose)
+    # refused on purpose too (README): a keyUsage without keyCertSign, an EKU without
+    # time-stamping, a critical extension nobody knows
+    no_key_cert_sign: bool = False
+    server_auth_only: bool = False
+    unknown_critical: bool = False
+
+
+def make_ca(
+    issuer: Issued | None, cn: str, deviation: Deviation = Deviation(), *, key_kind: str = "rsa"
+) -> Issued:
+    """A CA certificate (self-signed root when `issuer` is None) with `deviation`."""
+    key = new_key(key_kind)
+    name = _name(cn)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name if issuer is None else issuer.cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(NOT_BEFORE)
+        .not_valid_after(NOT_AFTER)
+    )
+    if not deviation.no_ski:
+        builder = builder.add_extension(
+            x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False
+        )
+    if not deviation.no_basic_constraints:
+        builder = builder.add_extension(
+            x509.BasicConstraints(ca=True, path_length=None), critical=not deviation.bc_not_critical
+        )
+    if not deviation.no_key_usage:
+        builder = builder.add_extension(
+            x509.KeyUsage(True, False, False, False, False, not deviation.no_key_cert_sign, True, False, False),
+            critical=not deviation.ku_not_critical,
+        )
+    if deviation.server_auth_only:
+        builder = builder.add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+    if deviation.unknown_critical:
+        builder = builder.add_extension(
+            x509.UnrecognizedExtension(x509.ObjectIdentifier("1.3.6.1.4.1.55555.99"), b"\x05\x00"), critical=True
+        )
+    if issuer is not None and not deviation.no_aki:
+        builder = builder.add_extension(_aki(issuer), critical=False)
+    signer = key if issuer is None else issuer.key
+    return Issued(builder.sign(signer, hashes.SHA256()), key)
+
+
+def build_deviant_pki(
+    directory: Path, label: str, *, root: Deviation = Deviation(), intermediate: Deviation | None = None
+) -> TSAPKI:
+    """build_tsa_pki's files for a chain whose root (and intermediate, when given) deviate."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    top = make_ca(None, f"{label} Root CA", root)
+    inter = None if intermediate is None else make_ca(top, f"{label} Intermediate CA", intermediate)
+    tsa = make_tsa(inter or top, f"{label} TSA")
+    made = TSAPKI(directory, top, tsa, inter)
+    files = {
+        "root.pem": top.pem,
+        "chain.pem": b"".join(c.pem for c in made.chain),
+        "tsa.pem": tsa.pem,
+        "tsa.key": tsa.key_pem,
+        "bundle.pem": top.pem,
+        "bundle-full.pem": top.pem + (inter.pem if inter else b"") + tsa.pem,
+    }
+    for name, data in files.items():
+        (directory / name).write_bytes(data)
+        made.files[name] = directory / name
+    (directory / "tsa.key").chmod(0o600)
+    return made
+
+
+def sha1_intermediate(issuer: Issued, directory: Path, cn: str = "SHA-1 Intermediate CA") -> Issued:
+    """An intermediate CA signed with SHA-1 by `issuer`, made by the openssl command line
+    (cryptography no longer signs with SHA-1), as old TSA chains still carry."""
+    directory.mkdir(parents=True, exist_ok=True)
+    key = new_key("rsa")
+    files = {name: directory / name for name in ("ca.key", "ca.pem", "i.key", "i.csr", "ext", "i.pem")}
+    files["ca.key"].write_bytes(key_pem(issuer.key))
+    files["ca.pem"].write_bytes(issuer.pem)
+    files["i.key"].write_bytes(key_pem(key))
+    files["ext"].write_text("basicConstraints=critical,CA:true\nkeyUsage=critical,keyCertSign,cRLSign\n")
+    for cmd in (
+        ["openssl", "req", "-new", "-key", str(files["i.key"]), "-subj", f"/CN={cn}", "-out", str(files["i.csr"])],
+        ["openssl", "x509", "-req", "-in", str(files["i.csr"]), "-CA", str(files["ca.pem"]), "-CAkey",
+         str(files["ca.key"]), "-set_serial", "4242", "-days", "3650", "-sha1", "-extfile", str(files["ext"]),
+         "-out", str(files["i.pem"])],
+    ):
+        subprocess.run(cmd, capture_output=True, check=True, timeout=30)
+    return Issued(x509.load_pem_x509_certificate(files["i.pem"].read_bytes()), key)

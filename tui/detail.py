@@ -9,6 +9,7 @@ from typing import Any
 from rich.text import Text
 
 from core.cadence import format_seconds
+from core.config import WITNESSES_NOTE
 from core.events import LogRecord
 from core.status import JobStatus
 from core.views import JobView
@@ -78,6 +79,7 @@ def _cadences(out: Text, views: list[JobView], now: float, max_level: int) -> No
 def _witnesses(out: Text, witnesses: Any) -> None:
     _heading(out, "Witnesses")
     if witnesses is not None and (witnesses.allowlist or witnesses.min_required):
+        out.append(f"  {WITNESSES_NOTE}\n", style="italic")
         out.append(f"  min required: {witnesses.min_required}\n")
         for w in witnesses.allowlist:
             out.append(f"  - {w}\n")

@@ -68,6 +68,18 @@ class VerifyInputs(Protocol):
         """" (the config was not used: why)" when a config was asked for but not read, else ""."""
 
 
+@dataclass(frozen=True)
+class TrustFile:
+    """A certificate file a verifier of a receipt needs (`export` writes it beside the
+    receipts): its file name, PEM bytes, and where it came from, said to the user."""
+
+    name: str
+    pem: bytes
+    origin: str
+
+
+# (target, the receipt's attestation, the inputs) -> the certificate files its verifier needs
+ExportTrust = Callable[[str, dict[str, Any], VerifyInputs], list[TrustFile]]
 # (target, the inputs, the receipt's path) -> the checker of that target's receipts
 MakeChecker = Callable[[str, VerifyInputs, Path], ClosingVerifier]
 # (the receipt, its path, the inputs) -> the shell lines that check its attestation
@@ -118,6 +130,8 @@ class SchemeSpec:
     checker_scope: Callable[[VerifyInputs, Path], Hashable] = _one_checker
     # verify --explain: the stock-tool steps after the audit path; None: none known
     explain: ExplainSteps | None = None
+    # export: the certificates a verifier of a receipt needs, written beside it; None: none
+    export_trust: ExportTrust | None = None
     # verify --rpc-url <scheme>:<name>=<URL> (a name that passes `name_problem`): the form it
     # takes, shown when one is wrong ("eip155:<chain id>=<URL>, for example ..."); None: the
     # scheme's receipts are not checked on a node (no --rpc-url)

@@ -6,22 +6,39 @@ steps `verify --explain` prints for it. The protocol itself is core/anchors/tsp.
 from __future__ import annotations
 
 import base64
+import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from asn1crypto import cms
 from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from core.anchors.base import CannotVerify, VerificationFailed
-from core.anchors.spec import shell_word
-from core.anchors.tsp import load_certs, policy_oid_problem, signer_matches, verify_attestation
+from core.anchors.spec import TrustFile, shell_word
+from core.anchors.tsp import (
+    load_certs,
+    normalize_token,
+    policy_oid_problem,
+    signer_matches,
+    verify_attestation,
+)
 from core.errors import ValidationError
 
 if TYPE_CHECKING:
     from core.receipts import Receipt
 
-__all__ = ["TrustBundle", "bundle_of", "load_trust_bundle", "token_steps", "verify_token"]
+__all__ = [
+    "TrustBundle",
+    "bundle_of",
+    "files_for_signer",
+    "load_trust_bundle",
+    "signer_certificate",
+    "token_steps",
+    "trust_file",
+    "verify_token",
+]
 
 
 # --------------------------------------------------------------------------- trust
@@ -63,6 +80,15 @@ def load_trust_bundle(path: Path | None, target: str) -> TrustBundle:
             f"{target}: no trust_bundle configured; a time-stamp token cannot be checked "
             "without the TSA's CA certificates, so nothing is anchored"
         )
+    certs = _read_certs(path, target)
+    try:
+        return TrustBundle(certs, str(path))
+    except ValidationError as exc:
+        raise ValidationError(f"{target}: {exc}") from None
+
+
+def _read_certs(path: Path, target: str) -> list[x509.Certificate]:
+    """The certificates of one PEM (or DER) file; ValidationError naming the file."""
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
@@ -77,10 +103,7 @@ def load_trust_bundle(path: Path | None, target: str) -> TrustBundle:
         ) from None
     if not certs:
         raise ValidationError(f"{target}: trust_bundle {path} holds no certificate")
-    try:
-        return TrustBundle(certs, str(path))
-    except ValidationError as exc:
-        raise ValidationError(f"{target}: {exc}") from None
+    return certs
 
 
 def verify_token(
@@ -112,19 +135,57 @@ def verify_token(
 
 
 def bundle_of(target: str, paths: Sequence[Path]) -> TrustBundle:
-    """One bundle of the certificates of several PEM files (verify's --trust-bundle and the
-    files a scheme adds); CannotVerify naming the file or the problem."""
+    """One bundle of the certificates of several PEM files, in any order and however they
+    are split between files (verify's --trust-bundle and the files a scheme adds: a root in
+    one, an intermediate or a TSA certificate in another, each replica's local-tsa.pem);
+    CannotVerify naming the file or the problem."""
     certs: list[x509.Certificate] = []
     for path in paths:
         try:
-            bundle = load_trust_bundle(path, target)
+            found = _read_certs(path, target)
         except ValidationError as exc:
             raise CannotVerify(str(exc)) from None
-        certs += [c for c in (*bundle.roots, *bundle.signers) if c not in certs]
+        certs += [c for c in found if c not in certs]
     try:
         return TrustBundle(certs, ", ".join(str(p) for p in paths))
     except ValidationError as exc:
         raise CannotVerify(f"{target}: {exc}") from None
+
+
+def signer_certificate(attestation: Mapping[str, Any]) -> x509.Certificate | None:
+    """The certificate a token embeds for its signer (None: it embeds none, or is malformed).
+    Read, not trusted: what trusts it is a bundle."""
+    try:
+        token = base64.b64decode(attestation.get("token", ""), validate=True)
+        _, signer = normalize_token(token)
+    except Exception:  # a malformed token: verify says what is wrong with it
+        return None
+    return None if signer is None else x509.load_der_x509_certificate(signer.dump())
+
+
+def files_for_signer(attestation: Mapping[str, Any], files: list[Path], target: str) -> list[Path]:
+    """Of `files`, those holding the token's own self-signed signer certificate, when any
+    does (else `files`). OpenSSL, given several self-signed certificates of one name in a
+    CAfile (a cluster's local TSAs), tries the first it finds only: --explain hands it the
+    right one, so that the script says what verify says."""
+    signer = signer_certificate(attestation)
+    if signer is None or signer.subject != signer.issuer or len(files) < 2:
+        return files
+    holding = []
+    for path in files:
+        try:
+            if signer in _read_certs(path, target):
+                holding.append(path)
+        except ValidationError:
+            continue  # the unreadable file is named when verify reads the bundle
+    return holding or files
+
+
+def trust_file(stem: str, certs: Sequence[x509.Certificate], origin: str) -> TrustFile:
+    """A TrustFile `<stem>-<first 16 hex of the first certificate's SHA-256>.pem`."""
+    fingerprint = hashlib.sha256(certs[0].public_bytes(Encoding.DER)).hexdigest()
+    pem = b"".join(c.public_bytes(Encoding.PEM) for c in certs)
+    return TrustFile(f"{stem}-{fingerprint[:16]}.pem", pem, origin)
 
 
 # --------------------------------------------------------------------------- verify --explain

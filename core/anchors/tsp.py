@@ -410,33 +410,69 @@ def _ca_eku(policy: Any, cert: x509.Certificate, eku: x509.ExtendedKeyUsage | No
         raise ValueError(f"the CA {_who(cert)} restricts its EKU and does not allow time-stamping")
 
 
+def _ca_key_usage(policy: Any, cert: x509.Certificate, usage: x509.KeyUsage | None) -> None:
+    """A CA without keyUsage may sign certificates (RFC 5280 4.2.1.3, as OpenSSL reads it);
+    one with keyUsage must assert keyCertSign."""
+    if usage is not None and not usage.key_cert_sign:
+        raise ValueError(f"the CA {_who(cert)} has a keyUsage without keyCertSign")
+
+
+def _ca_basic_constraints(policy: Any, cert: x509.Certificate, bc: x509.BasicConstraints) -> None:
+    """basicConstraints, critical or not (OpenSSL does not look at the flag), must say cA."""
+    if not bc.ca:
+        raise ValueError(f"{_who(cert)} issues certificates but its basicConstraints cA is false")
+
+
+def chain_policy() -> Any:
+    """The CA extension policy of the chain check: cryptography's Web PKI rules (key sizes,
+    signature algorithms, name constraints, path length, basicConstraints present, no
+    unknown critical extension) relaxed where OpenSSL accepts what real TSAs ship:
+    basicConstraints not marked critical, a CA without keyUsage, an EKU on a CA that allows
+    time-stamping. What stays refused is listed in the README."""
+    from cryptography.x509 import verification as xv
+
+    return (
+        xv.ExtensionPolicy.webpki_defaults_ca()
+        .require_present(x509.BasicConstraints, xv.Criticality.AGNOSTIC, _ca_basic_constraints)
+        .may_be_present(x509.KeyUsage, xv.Criticality.AGNOSTIC, _ca_key_usage)
+        .may_be_present(x509.ExtendedKeyUsage, xv.Criticality.AGNOSTIC, _ca_eku)
+    )
+
+
 def _check_chain(
     signer: x509.Certificate,
     untrusted: Sequence[x509.Certificate],
     trust_roots: Sequence[x509.Certificate],
     gen_time: datetime,
-) -> None:
-    """The signer chains to one of `trust_roots`, every certificate valid at gen_time.
+) -> x509.Certificate:
+    """The signer chains to one of `trust_roots`, every certificate valid at gen_time;
+    returns the trust root the path ends at.
 
-    cryptography's path builder with its Web PKI rules for the CAs (basicConstraints,
-    keyUsage, name constraints, path length, signature algorithms) except the EKU, which
-    must allow time-stamping; the signer's own extensions are checked by _check_eku.
+    cryptography's path builder with chain_policy for the CAs; the signer's own
+    extensions are checked by _check_eku.
     """
     from cryptography.x509 import verification as xv
 
-    ca_policy = xv.ExtensionPolicy.webpki_defaults_ca().may_be_present(
-        x509.ExtendedKeyUsage, xv.Criticality.AGNOSTIC, _ca_eku
-    )
+    if signer.subject == signer.issuer and _der(signer) not in {_der(r) for r in trust_roots}:
+        # Its own anchor (the embedded TSA's certificate): another of the same name (another
+        # replica's) is no issuer of it, however the path builder words that.
+        raise _fail(
+            "chain",
+            f"the signer certificate {_who(signer)} is self-signed and is not in the trust "
+            f"bundle (SHA-256 fingerprint {hashlib.sha256(_der(signer)).hexdigest()}); pass "
+            "that certificate (a cluster's local: receipts: every replica's "
+            "<data_dir>/tsa/local-tsa.pem)",
+        )
     verifier = (
         xv.PolicyBuilder()
         .store(xv.Store(list(trust_roots)))
         .time(gen_time)
-        .extension_policies(ca_policy=ca_policy, ee_policy=xv.ExtensionPolicy.permit_all())
+        .extension_policies(ca_policy=chain_policy(), ee_policy=xv.ExtensionPolicy.permit_all())
         .build_client_verifier()
     )
     try:
         # A self-signed certificate can only be an anchor: as an intermediate it loops.
-        verifier.verify(signer, [c for c in untrusted if c != signer and c.subject != c.issuer])
+        path = verifier.verify(signer, [c for c in untrusted if c != signer and c.subject != c.issuer])
     except xv.VerificationError as exc:
         roots = "; ".join(_who(r) for r in trust_roots)
         when = gen_time.isoformat().replace("+00:00", "Z")
@@ -454,13 +490,32 @@ def _check_chain(
                 f"the signer certificate {_who(signer)} (issued by "
                 f"{signer.issuer.rfc4514_string()}) does not chain to the trust bundle ({roots})",
             ) from None
-        reason = re.sub(r"\s*\(encountered processing <.*", "", text)
-        reason = reason.removeprefix("validation failed: ").removeprefix("candidates exhausted: ")
+        reason = _path_reason(text)
         raise _fail(
             "chain",
             f"the path from the signer certificate {_who(signer)} to the trust bundle ({roots}) "
             f"is not acceptable: {reason}",
         ) from None
+    return path.chain[-1]
+
+
+_ALGORITHM_WORDS = {"Rsa": "RSA", "Ecdsa": "ECDSA", "Dsa": "DSA", "With": "with", "Sha1": "SHA-1", "Md5": "MD5"}
+
+
+def _path_reason(text: str) -> str:
+    """The path builder's reason as a sentence (a forbidden algorithm is a Rust dump)."""
+    reason = re.sub(r"\s*\(encountered processing <.*", "", text)
+    reason = reason.removeprefix("validation failed: ").removeprefix("candidates exhausted: ")
+    reason = re.sub(r"^.*Python extension validator failed: \w+: ", "", reason)  # our own sentence
+    algorithm = re.search(r"Forbidden signature algorithm: .*?params: (\w+)", reason)
+    if algorithm:
+        words = re.findall(r"[A-Z][a-z]*\d*", algorithm.group(1))  # RsaWithSha1, EcdsaWithSha1
+        name = " ".join(_ALGORITHM_WORDS.get(w, w) for w in words)
+        return (
+            f"a certificate on the path is signed with {name}, which is refused "
+            "(SHA-1 and MD5 signatures can be forged)"
+        )
+    return reason
 
 
 def _valid_at(cert: x509.Certificate, moment: datetime) -> bool:
@@ -698,9 +753,12 @@ def _check_signed(
         x509.load_der_x509_certificate(choice.chosen.dump())
         for choice in ([] if _absent(normalized_sd["certificates"]) else normalized_sd["certificates"])
     ]
-    _check_chain(signer, untrusted + list(intermediates), trust_roots, gen_time)
+    anchor = _check_chain(signer, untrusted + list(intermediates), trust_roots, gen_time)
     if _attrs_in_der_order(normalized_sd):  # else no strict parser reads it (module doc)
-        _second_opinion(wrap_token(normalized), want, trust_roots)
+        # Of several roots of one name (the replicas' local TSAs), OpenSSL would try the
+        # first it finds and stop there: it gets the one our path ends at.
+        roots = [r for r in trust_roots if r == anchor or r.subject != anchor.subject]
+        _second_opinion(wrap_token(normalized), want, roots)
 
 
 def _check_skew(gen_time: datetime, now: float | None, max_clock_skew: float | None) -> None:

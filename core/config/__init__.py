@@ -24,6 +24,7 @@ from core.config.errors import ConfigError, ConfigIssue, TargetNotFound
 from core.config.load import LoadedConfig, load_config
 from core.config.models import (
     CLOUDEVENT_TYPES,
+    WITNESSES_NOTE,
     BtcTarget,
     Cadence,
     CadenceSet,
@@ -51,6 +52,7 @@ __all__ = [
     "ENV_TABLE",
     "ENV_VARS",
     "MAX_CONFIG_BYTES",
+    "WITNESSES_NOTE",
     "BtcTarget",
     "Cadence",
     "CadenceSet",

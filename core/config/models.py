@@ -257,8 +257,22 @@ class CadenceSet(_Model):
 
 
 class Witnesses(_Model):
+    """A namespace's `witnesses` (VaultMesh's namespaces.yaml): who must co-sign an event
+    before VaultMesh's event gateway admits it. Read and shown, never enforced here:
+    anchoring a batch root asks no witness (WITNESSES_NOTE says so to the user)."""
+
     min_required: int = Field(0, ge=0)
     allowlist: list[str] = Field(default_factory=list)
+
+    def summary(self) -> str:
+        return f"{self.min_required} of {len(self.allowlist)}" if self.allowlist else f"{self.min_required} required"
+
+
+# What check-config and the dashboard's namespace detail say of `witnesses`.
+WITNESSES_NOTE = (
+    "VaultMesh's admission policy for its event gateway, not for anchoring: "
+    "the scheduler does not enforce it"
+)
 
 
 class SchemaPolicy(_Model):

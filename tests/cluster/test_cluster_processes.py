@@ -311,6 +311,12 @@ def test_export_writes_receipts_that_verify_offline(tmp_path, pg_url, tsa):
         capture_output=True, text=True, timeout=60, cwd=tmp_path,
     )
     assert checked.returncode == 0, checked.stdout + checked.stderr
+    # ... or with what export wrote beside them: the target's trust bundle, from the config.
+    beside = subprocess.run(
+        [*CLI, "verify", "--trust-bundle", str(out / ".trust"), str(out)],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path,
+    )
+    assert beside.returncode == 0, beside.stdout + beside.stderr
     tampered = json.loads(files[0].read_text())
     tampered["batch"]["root"] = "sha256:" + "00" * 32
     files[0].write_text(json.dumps(tampered))

@@ -466,6 +466,24 @@ def test_receipts_list_newest_first_per_job_and_load_back_equal(store: Store) ->
     assert sorted(store.receipts.all_paths(), key=str) == sorted(paths, key=str)
 
 
+def test_receipts_are_found_by_batch_root_anchored_root_and_batch_id(store: Store) -> None:
+    tree = "sha256:" + "cd" * 32  # one anchor over a group: its tree hash is each one's anchored root
+    made = [
+        receipt(J, 1, at=T0),
+        receipt(K, 1, at=T0 + 1, anchored=tree, tree_size=2),
+        receipt(L, 1, at=T0 + 2, anchored=tree, leaf_index=1, tree_size=2),
+        receipt(J, 2, at=T0 + 3),
+    ]
+    paths = _written(store.receipts.write_many(made))
+    find = store.receipts.find
+    assert find(root=root(J, 2)) == [(paths[3], made[3])], "find(root=) by the batch root"
+    assert [r for _, r in find(root=tree)] == [made[2], made[1]], "find(root=) by the anchored root, newest first"
+    assert [r for _, r in find(root=tree, limit=1)] == [made[2]]
+    assert [r for _, r in find(batch_id="000001")] == [made[2], made[1], made[0]]
+    assert [r for _, r in find(root=root(J, 1), batch_id="000001")] == [made[0]]
+    assert find(root="sha256:" + "ee" * 32) == [] and find(batch_id="999999") == []
+
+
 def test_pending_receipts_are_listed_until_confirmed(store: Store) -> None:
     first, second = receipt(J, 1, at=T0, status="pending"), receipt(K, 1, at=T0 + 1, status="pending")
     done = receipt(L, 1, at=T0 + 2)

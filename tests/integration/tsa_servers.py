@@ -116,9 +116,16 @@ class OpenSSLTSA:
         expected_auth: frozenset[str] = frozenset(),
         tls_cert: pki.Issued | None = None,
         tls_chain: bytes = b"",
+        chain: tuple[pki.Deviation, pki.Deviation | None] | None = None,
     ) -> None:
+        """`chain`: (root, intermediate or None) deviations of a CA as real TSAs ship it
+        (tests/pki.py `Deviation`), instead of the textbook root and intermediate."""
         self.workdir = Path(workdir)
-        self.pki = pki.build_tsa_pki(self.workdir / "pki", "OpenSSL")
+        if chain is None:
+            self.pki = pki.build_tsa_pki(self.workdir / "pki", "OpenSSL")
+        else:
+            root, inter = chain
+            self.pki = pki.build_deviant_pki(self.workdir / "pki", "Deviant", root=root, intermediate=inter)
         self.untrusted_pki = pki.build_tsa_pki(self.workdir / "untrusted", "Untrusted")
         self.config = pki.write_openssl_ts_config(self.workdir / "pki" / "ts.cnf", self.pki)
         self.untrusted_config = pki.write_openssl_ts_config(

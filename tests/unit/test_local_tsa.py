@@ -20,7 +20,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from core.anchors import tsp
 from core.anchors.base import Attestation, VerificationFailed
 from core.anchors.local import backend as local_mod
-from core.anchors.local.backend import LOCAL_POLICY_OID, SUBJECT_CN, LocalTSA
+from core.anchors.local.backend import LOCAL_POLICY_OID, SUBJECT_CN, LocalTSA, key_label
 from core.anchors.schemes import SCHEMES
 from core.clock import FakeClock, iso_utc
 from core.errors import ValidationError
@@ -65,7 +65,8 @@ async def test_anchor_confirmed_and_verifies(tsa: LocalTSA, clock: FakeClock) ->
     assert data["scheme"] == "rfc3161" and data["development"] is True
     assert data["gen_time"] == iso_utc(clock.now())  # 2026-01-01T00:00:00.250Z
     assert data["policy"] == LOCAL_POLICY_OID and data["hash"] == "sha256"
-    assert data["tsa"] == "CN=" + SUBJECT_CN.replace(",", "\\,")
+    label = key_label(tsa.certificate.public_key())  # type: ignore[arg-type]
+    assert data["tsa"] == f"OU={label},CN=" + SUBJECT_CN.replace(",", "\\,")
     assert int(data["nonce"]) > 0 and int(data["serial"]) >= 1
     cert_der = tsa.certificate.public_bytes(serialization.Encoding.DER)
     assert data["tsa_cert_sha256"] == hashlib.sha256(cert_der).hexdigest()
@@ -131,7 +132,8 @@ async def test_key_file_mode_and_layout(tsa: LocalTSA, tmp_path: Path) -> None:
     assert stat.S_IMODE(key.parent.stat().st_mode) == 0o700
     assert b"PRIVATE KEY" in key.read_bytes()
     cert = x509.load_pem_x509_certificate(tsa.cert_path.read_bytes())
-    assert cert.subject.rfc4514_string() == "CN=" + SUBJECT_CN.replace(",", "\\,")
+    label = key_label(cert.public_key())  # type: ignore[arg-type]
+    assert cert.subject.rfc4514_string() == f"OU={label},CN=" + SUBJECT_CN.replace(",", "\\,")
     eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage)
     assert eku.critical and list(eku.value) == [ExtendedKeyUsageOID.TIME_STAMPING]
     leftovers = [p.name for p in key.parent.iterdir() if p.name.endswith(".tmp")]

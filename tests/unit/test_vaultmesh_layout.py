@@ -212,3 +212,26 @@ def test_check_config_names_each_namespace_folder_and_says_missing_or_empty(
     }
     write_batch(dao, "000001", root(2))
     assert check_config(monkeypatch, capsys, checkout)["dao:vaultmesh"] == str(dao)
+
+
+# --- witnesses: VaultMesh's gateway admission policy, shown as such, never enforced here ------
+
+
+def test_check_config_and_the_detail_view_say_witnesses_are_not_enforced_by_the_scheduler(
+    monkeypatch, capsys, checkout
+):
+    monkeypatch.setenv("VMSH_ROOT", str(checkout))
+    for name, value in VAULTMESH_ENV.items():
+        monkeypatch.setenv(name, value)
+    assert main(["check-config"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    said = "VaultMesh's admission policy for its event gateway, not for anchoring: the scheduler does not enforce it"
+    dao = lines.index("  dao:vaultmesh  VaultMesh DAO canonical ledger")
+    assert f"    witnesses: 2 of 3 ({said})" in lines[dao:dao + 4]
+    # The dashboard's namespace detail (what Enter opens) says the same under its heading.
+    from tui.detail import namespace_detail
+
+    cfg = load_config(env={"VMSH_ROOT": str(checkout), **VAULTMESH_ENV}, cwd=checkout).config
+    text = namespace_detail("dao:vaultmesh", cfg.namespaces["dao:vaultmesh"], [], [], [], now=0.0, max_level=7).plain
+    witnesses = text.split("Witnesses\n", 1)[1]
+    assert witnesses.startswith(f"  {said}\n  min required: 2\n")

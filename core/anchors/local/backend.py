@@ -8,7 +8,9 @@ everywhere (its entry in core/anchors/local/scheme.py, the certificate's CN, the
 `development`).
 
 Files, shared by every `local:<name>` target of a data dir (one CA file to hand to
-`openssl ts -verify`):
+`openssl ts -verify`; its subject names the key, `OU=key <16 hex>`, so the certificates of
+several data dirs, a cluster's replicas, can share one CAfile; a certificate made before
+that has the CN only, and `verify --explain` picks the one a token needs):
 
     <data_dir>/tsa/local-tsa.key   EC P-256 private key, PKCS#8 PEM, mode 0600,
                                    created atomically (temp file + link, never clobbered)
@@ -82,6 +84,7 @@ __all__ = [
     "LocalTSA",
     "SUBJECT_CN",
     "certificate_path",
+    "key_label",
     "read_certificates",
     "verify_local_token",
 ]
@@ -185,9 +188,20 @@ def verify_local_token(
         raise VerificationFailed(f"{target}: cannot check the token: {exc}") from None
 
 
+def key_label(key: ec.EllipticCurvePublicKey) -> str:
+    """`key <16 hex>`: the first 64 bits of the SHA-256 of the public key (its DER
+    SubjectPublicKeyInfo), the certificate's OU: each data dir's certificate has a name of
+    its own, so that a CAfile holding a cluster's certificates gives OpenSSL no choice."""
+    spki = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return f"key {hashlib.sha256(spki).hexdigest()[:16]}"
+
+
 def _self_signed(key: ec.EllipticCurvePrivateKey) -> x509.Certificate:
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, SUBJECT_CN)])
     pub = key.public_key()
+    name = x509.Name([
+        x509.NameAttribute(NameOID.COMMON_NAME, SUBJECT_CN),
+        x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, key_label(pub)),
+    ])
     return (
         x509.CertificateBuilder()
         .subject_name(name)

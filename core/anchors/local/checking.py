@@ -8,8 +8,16 @@ from typing import TYPE_CHECKING, Any
 
 from core.anchors.base import CannotVerify
 from core.anchors.local.backend import certificate_path, read_certificates, verify_local_token
-from core.anchors.spec import VerifyInputs
-from core.anchors.tokens import TrustBundle, bundle_of, ca_lines, token_steps
+from core.anchors.spec import TrustFile, VerifyInputs
+from core.anchors.tokens import (
+    TrustBundle,
+    bundle_of,
+    ca_lines,
+    files_for_signer,
+    signer_certificate,
+    token_steps,
+    trust_file,
+)
 
 if TYPE_CHECKING:
     from core.receipts import Receipt
@@ -60,4 +68,28 @@ class LocalTokenChecker:
 
 
 def explain_steps(receipt: Receipt, path: Path, inputs: VerifyInputs) -> list[str]:
-    return token_steps(receipt, ca_lines(lambda: ca_files(receipt.target, inputs, path)))
+    target = receipt.target
+    return token_steps(
+        receipt,
+        ca_lines(lambda: files_for_signer(receipt.attestation, ca_files(target, inputs, path), target)),
+    )
+
+
+def export_trust(target: str, attestation: dict[str, Any], inputs: VerifyInputs) -> list[TrustFile]:
+    """The data dir's local-tsa.pem, and the certificate the token embeds when it is another
+    (a cluster: another replica's embedded TSA signed it). That one is read from the token,
+    so its origin says to compare its fingerprint with that replica's file."""
+    out: list[TrustFile] = []
+    ours: list[Any] = []
+    data_dir = inputs.config_data_dir
+    if data_dir is not None and certificate_path(data_dir).exists():
+        ours = read_certificates(certificate_path(data_dir), target)
+        out.append(trust_file("local-tsa", ours, str(certificate_path(data_dir))))
+    signer = signer_certificate(attestation)
+    if signer is not None and signer not in ours:
+        out.append(trust_file(
+            "local-tsa", [signer],
+            "a local: token (another data dir's embedded TSA: compare the fingerprint with "
+            "that replica's <data_dir>/tsa/local-tsa.pem before trusting it)",
+        ))
+    return out

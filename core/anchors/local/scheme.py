@@ -6,10 +6,10 @@ from __future__ import annotations
 
 from collections.abc import Hashable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from core.anchors.local.settings import LocalTarget
-from core.anchors.spec import ClosingVerifier, SchemeSpec, VerifyInputs
+from core.anchors.spec import ClosingVerifier, SchemeSpec, TrustFile, VerifyInputs
 
 if TYPE_CHECKING:
     from core.anchors.base import Backend, SharedRecords
@@ -42,6 +42,12 @@ def _explain(receipt: Receipt, path: Path, inputs: VerifyInputs) -> list[str]:
     return explain_steps(receipt, path, inputs)
 
 
+def _export_trust(target: str, attestation: dict[str, Any], inputs: VerifyInputs) -> list[TrustFile]:
+    from core.anchors.local.checking import export_trust
+
+    return export_trust(target, attestation, inputs)
+
+
 LOCAL = SchemeSpec(
     name="local",
     settings=LocalTarget,
@@ -49,6 +55,7 @@ LOCAL = SchemeSpec(
     checker=_checker,
     checker_scope=_scope,
     explain=_explain,
+    export_trust=_export_trust,
     development="the embedded development TSA",
     default_entry="embedded",
     policy=True,

@@ -8,13 +8,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from core.anchors.base import CannotVerify
-from core.anchors.spec import VerifyInputs
+from core.anchors.spec import TrustFile, VerifyInputs
 from core.anchors.tokens import (
     TrustBundle,
     bundle_of,
     ca_lines,
     load_trust_bundle,
     token_steps,
+    trust_file,
     verify_token,
 )
 from core.errors import ValidationError
@@ -83,3 +84,12 @@ class TokenChecker:
 
 def explain_steps(receipt: Receipt, inputs: VerifyInputs) -> list[str]:
     return token_steps(receipt, ca_lines(lambda: ca_files(receipt.target, inputs)))
+
+
+def export_trust(target: str, attestation: dict[str, Any], inputs: VerifyInputs) -> list[TrustFile]:
+    """The target's trust bundle in the config (what verify checks its tokens against);
+    CannotVerify when the config names none or it cannot be read."""
+    bundle = bundle_of(target, ca_files(target, inputs))
+    name = "".join(c if c.isalnum() or c in "-_." else "_" for c in target.partition(":")[2])
+    certs = list(dict.fromkeys([*bundle.roots, *bundle.signers]))
+    return [trust_file(f"rfc3161-{name}", certs, f"{target}'s trust_bundle {bundle.source}")]

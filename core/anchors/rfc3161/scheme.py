@@ -5,10 +5,10 @@ Light (pydantic only): the backend and the token checks are imported on first us
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from core.anchors.rfc3161.settings import Rfc3161Target
-from core.anchors.spec import ClosingVerifier, SchemeSpec, VerifyInputs, host_of
+from core.anchors.spec import ClosingVerifier, SchemeSpec, TrustFile, VerifyInputs, host_of
 
 if TYPE_CHECKING:
     from core.anchors.base import Backend, SharedRecords
@@ -45,6 +45,12 @@ def _explain(receipt: Receipt, path: Path, inputs: VerifyInputs) -> list[str]:
     return explain_steps(receipt, inputs)
 
 
+def _export_trust(target: str, attestation: dict[str, Any], inputs: VerifyInputs) -> list[TrustFile]:
+    from core.anchors.rfc3161.checking import export_trust
+
+    return export_trust(target, attestation, inputs)
+
+
 RFC3161 = SchemeSpec(
     name="rfc3161",
     settings=Rfc3161Target,
@@ -53,5 +59,6 @@ RFC3161 = SchemeSpec(
     file_problems=_files,
     checker=_checker,
     explain=_explain,
+    export_trust=_export_trust,
     policy=True,
 )

@@ -19,6 +19,7 @@ it) is scanned in full once and indexed.
 from __future__ import annotations
 
 import heapq
+import json
 import os
 import re
 from collections.abc import Iterator
@@ -36,7 +37,7 @@ from core.fsutil import (
     remove_stale_temps,
 )
 from core.jobs import safe_name, unsafe_name
-from core.receipts import Receipt, ReceiptError, load_receipt, parse_iso_utc
+from core.receipts import Receipt, ReceiptError, load_receipt, parse_iso_utc, receipt_matches
 from core.store.protocols import Listing
 
 _NAME_RE = re.compile(r"^(\d{8}T\d{9}Z)-(.+)-([0-9a-f]{12})(?:-(\d+))?\.json$")
@@ -280,6 +281,24 @@ class ReceiptStore:
             (folder / name for folder in self._namespace_dirs() for name in self._names(folder)),
             key=lambda p: p.name,
         )
+
+    def find(self, *, root: str | None = None, batch_id: str | None = None, limit: int = 50) -> Listing:
+        """Newest first (by file name); a file is parsed only when it holds the text asked
+        for (a million receipts: a read each, a parse for the few that match)."""
+        wanted = [json.dumps(v, ensure_ascii=False)[1:-1].encode() for v in (root, batch_id) if v is not None]
+        out: Listing = []
+        for path in reversed(self.all_paths()):
+            if len(out) >= limit:
+                break
+            try:
+                data = path.read_bytes()
+            except OSError:
+                continue  # removed meanwhile, or unreadable: verify names such files
+            if all(w in data for w in wanted):
+                _, item = self._read(path)
+                if isinstance(item, Receipt) and receipt_matches(item, root=root, batch_id=batch_id):
+                    out.append((path, item))
+        return out
 
     def every(self) -> Iterator[tuple[Path, Receipt | ReceiptError]]:
         """Every receipt, oldest first (by file name), read one at a time."""

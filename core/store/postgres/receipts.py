@@ -13,7 +13,7 @@ from psycopg.types.json import Jsonb
 
 from core.errors import StorageError
 from core.jobs import safe_name
-from core.receipts import Receipt, ReceiptError, ReceiptInvalid
+from core.receipts import Receipt, ReceiptError, ReceiptInvalid, receipt_matches
 from core.store.files.receipts import ReceiptStore
 from core.store.postgres.database import RECEIPTS_ROOT, Database, StoreUnavailable
 from core.store.protocols import Listing
@@ -132,6 +132,23 @@ class PgReceiptStore:
         except StoreUnavailable:
             return []
         return self._listing(rows)
+
+    def find(self, *, root: str | None = None, batch_id: str | None = None, limit: int = 50) -> Listing:
+        """Newest first; by the batch_root and anchored_root columns, the batch id in the document."""
+        where, args = ["TRUE"], []
+        if root is not None:
+            where.append("(batch_root = %s OR anchored_root = %s)")
+            args += [root, root]
+        if batch_id is not None:
+            where.append("doc->'batch'->>'id' = %s")
+            args.append(batch_id)
+        with self.db.tx() as conn:
+            rows = conn.execute(
+                f"SELECT namespace, name, doc FROM receipts WHERE {' AND '.join(where)} "  # noqa: S608 (fixed clauses)
+                "ORDER BY name DESC LIMIT %s",
+                (*args, limit),
+            ).fetchall()
+        return [(p, r) for p, r in self._listing(rows) if not isinstance(r, Receipt) or receipt_matches(r, root=root, batch_id=batch_id)]
 
     def all_paths(self) -> list[Path]:
         with self.db.tx() as conn:
