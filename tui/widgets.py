@@ -345,8 +345,8 @@ class LogView(Log):
 class Pane(Vertical):
     """A titled, bordered box around one table or the log; the unit the tabs switch between."""
 
-    def __init__(self, title: str, body: DiffTable | LogView, *, id: str) -> None:
-        super().__init__(body, id=id, classes="pane")
+    def __init__(self, title: str, body: DiffTable | LogView, *, id: str, note: Static | None = None) -> None:
+        super().__init__(body, *([] if note is None else [note]), id=id, classes="pane")
         self.title = title
         self.body = body
         self.border_title = title

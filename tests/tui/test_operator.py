@@ -244,7 +244,7 @@ async def test_http_port_taken_is_a_warning_in_the_header(tmp_path) -> None:
             assert "HTTP OFF: port in use" in header(app)
             assert "healthy" in header(app)
             text = flat(screen_text(app))
-            assert "/metrics and /health are off" in text and "METRICS_PORT or http.listen" in text
+            assert f"/metrics, /health off: 127.0.0.1:{port} in use" in text and "METRICS_PORT or http.listen" in text
             await pilot.press("q")
             await pilot.pause()
     finally:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from textual.screen import Screen
+from textual.widgets import Static
 
 from core.control import SchedulerControl, Snapshot
 from core.events import Event, LogRecord
@@ -37,10 +38,12 @@ class PaneSource:
     help: ClassVar[tuple[tuple[str, str], ...]] = ()  # (keys, what they do) for the help screen
     no_job: ClassVar[str] = "no job selected"  # said when an action needs a job and has none
     compact_table: ClassVar[bool] = True  # a table that packs its columns at 80 columns
+    wide_row: ClassVar[int] = 0  # the row of the wide layout (120x36 and up) it sits in
 
     def __init__(self, ctx: PaneContext) -> None:
         self.ctx = ctx
         self.body: DiffTable | LogView = self.make_body()
+        self.footnote: Static | None = self.make_note()
 
     @property
     def table(self) -> DiffTable:
@@ -50,6 +53,14 @@ class PaneSource:
 
     def make_body(self) -> DiffTable | LogView:
         raise NotImplementedError
+
+    def make_note(self) -> Static | None:
+        """A few wrapped lines under the body telling the whole of its selected row, where
+        a cell cannot (None: none)."""
+        return None
+
+    def selection_changed(self) -> None:
+        """The body's cursor moved (the note follows it)."""
 
     def show(self, snapshot: Snapshot) -> None:
         """Every refresh (events, the 1 s countdown): the job table as of `snapshot`."""

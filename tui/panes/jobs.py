@@ -10,6 +10,7 @@ from tui.widgets import DiffTable
 
 class JobsPane(PaneSource):
     name = "jobs"
+    wide_row = 0
     title = "Namespaces"
 
     def make_body(self) -> DiffTable:

@@ -18,6 +18,7 @@ LOG_LINES = 5000
 
 class LogsPane(PaneSource):
     name = "logs"
+    wide_row = 2
     title = "Logs"
     no_job = "the selected log line names no job: select a line with job=... (j/k), or a job in Namespaces (1)"
     help = (

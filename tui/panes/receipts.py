@@ -15,6 +15,7 @@ RECEIPTS_SHOWN = 200
 
 class ReceiptsPane(PaneSource):
     name = "receipts"
+    wide_row = 1
     title = "Receipts"
     no_job = "no receipt selected: select one, or a job in Namespaces (1)"
 

@@ -1,0 +1,195 @@
+"""Issue 26: a view never shows a state it does not know, and the header says everything
+at 80 columns. The attached cases run a real `vmsh-scheduler --no-ui` (tests/tui/test_attach.py's
+Daemon); the in-process ones a real Runtime on a FakeClock (conftest.World)."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from core.observe.health import health as http_health
+from tui.app import VaultMeshApp
+
+from .conftest import World, screen_text
+from .test_attach import Daemon, attached_app, until
+
+
+@pytest.fixture
+def scheduler(tmp_path: Path) -> Iterator[Daemon]:
+    d = Daemon(tmp_path)
+    d.start()
+    try:
+        yield d
+    finally:
+        d.stop()
+
+
+def header(app: VaultMeshApp) -> str:
+    return screen_text(app).splitlines()[0]
+
+
+async def test_a_dashboard_that_lost_its_daemon_greys_its_tables_and_says_how_old_its_data_is(scheduler: Daemon) -> None:
+    app = attached_app(scheduler)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await until(lambda: "● healthy" in header(app), what="the live header")
+        assert not app.dashboard.has_class("stale")
+        jobs = app.dashboard.query_one("#jobs")
+        assert jobs.styles.text_opacity == 1.0
+        scheduler.kill9()
+        await until(lambda: "disconnected" in header(app), what="the header to say disconnected")
+        await pilot.pause(1.2)
+        app.refresh_views()
+        await pilot.pause()
+        line = header(app)
+        assert "healthy" not in line, line
+        assert "● unknown (data 1s old)" in line or "● unknown (data 2s old)" in line, line
+        assert app.dashboard.has_class("stale")
+        assert jobs.styles.text_opacity < 1.0  # the tables are greyed: old data
+        scheduler.start()
+        assert scheduler.proc is not None
+        new_pid = scheduler.proc.pid
+        await until(lambda: f"attached to pid {new_pid}" in header(app), what="the new daemon")
+        await until(lambda: "● healthy" in header(app), what="healthy again once data is fresh")
+        assert not app.dashboard.has_class("stale")
+
+
+async def test_the_attached_header_at_80_columns_abbreviates_and_drops_nothing(scheduler: Daemon) -> None:
+    assert scheduler.proc is not None
+    app = attached_app(scheduler)
+    async with app.run_test(size=(80, 24)):
+        await until(lambda: "● healthy" in header(app), what="the live header")
+        line = header(app)
+        assert f"pid {scheduler.proc.pid}@" in line, line
+        assert "bkoff 0" in line and "cfg " in line and "anch " in line, line
+        assert not line.rstrip().endswith("…"), line
+
+
+async def test_header_and_health_agree_when_the_state_cannot_be_saved(world: World) -> None:
+    """A real ENOTDIR: a file where the state folder should be. Every job anchors (no job is
+    in a problem status), yet the scheduler cannot save its state: /health is degraded,
+    and so is the header, for the same reason."""
+    app = world.app()
+    async with app.run_test(size=(160, 48)) as pilot:
+        engine = world.runtime.engine
+        await engine.run_once()
+        await engine.settle()
+        app.refresh_views()
+        assert header(app).lstrip().startswith("● healthy")
+        state = world.tmp / "data" / "state"
+        shutil.rmtree(state)
+        state.write_text("not a folder")
+        world.clock.advance(60)
+        await engine.run_once()
+        await engine.settle()
+        app.flush_now()
+        await pilot.pause()
+        body = http_health(engine, world.clock.now())[1]
+        assert body["status"] == "degraded" and body.get("storage"), body
+        assert header(app).lstrip().startswith("● degraded (file store unreachable: "), header(app)
+
+
+async def test_the_footer_says_resume_while_paused(world: World) -> None:
+    app = world.app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        footer = screen_text(app).splitlines()[-1]
+        assert "space Pause" in footer, footer
+        await pilot.press("space")
+        await pilot.pause()
+        footer = screen_text(app).splitlines()[-1]
+        assert "space Resume" in footer and "Pause" not in footer, footer
+        await pilot.press("space")
+        await pilot.pause()
+        assert "space Pause" in screen_text(app).splitlines()[-1]
+
+
+async def test_the_palette_lists_only_our_commands(world: World) -> None:
+    from tui.actions import ACTIONS
+    from tui.panes import PANES
+
+    app = world.app()
+    async with app.run_test(size=(160, 48)):
+        titles = {command.title for command in app.get_system_commands(app.screen)}
+        ours = {a.palette for a in ACTIONS if a.palette} | {f"Show {p.title}" for p in PANES}
+        assert titles == ours, titles - ours
+
+
+async def test_the_http_off_toast_is_small_esc_dismisses_it_and_R_tells_its_error_once(tmp_path: Path) -> None:
+    import socket
+
+    from tui.screens import MessageScreen
+
+    from .test_pilot import flat
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    try:
+        world = World(tmp_path, extra=f'http:\n  listen: "127.0.0.1:{port}"\n')
+        app = world.app(start_engine=True)
+        async with app.run_test(size=(80, 24), notifications=True) as pilot:
+            for _ in range(100):
+                await pilot.pause()
+                if app.host.services is not None:
+                    break
+            await pilot.pause()
+            rows = [line for line in screen_text(app).splitlines() if "▌" in line]
+            assert "/health off" in flat(screen_text(app))
+            assert len(rows) <= 5, rows  # was 8 rows of 24, for a minute
+            await pilot.press("escape")
+            await pilot.pause()
+            assert "/health off" not in flat(screen_text(app))
+            assert "HTTP OFF" in header(app)  # the header keeps saying it
+            # R on a broken config: its window, and no toast of the same errors under it,
+            # neither from R nor from the file watcher seeing the same edit.
+            world.config_path.write_text(world.config_path.read_text().replace("tick: 5.0", "tick: nope"))
+            await pilot.press("R")
+            for _ in range(40):
+                await pilot.pause(0.05)
+                if isinstance(app.screen, MessageScreen):
+                    break
+            assert isinstance(app.screen, MessageScreen)
+            for _ in range(20):  # the watcher's event and the batched flush
+                await pilot.pause(0.05)
+            app.flush_now()
+            await pilot.pause()
+            assert flat(screen_text(app)).count("unable to parse string as a number") == 1, screen_text(app)
+            await pilot.press("escape")
+            await pilot.pause()
+            assert "config edit rejected" not in flat(screen_text(app))
+            await pilot.press("q")
+            await pilot.pause()
+    finally:
+        taken.close()
+
+
+@pytest.mark.parametrize("size", [(80, 24), (160, 48)], ids=["80x24", "160x48"])
+async def test_the_backoff_pane_shows_the_whole_last_error_and_logs_use_the_width(world_dir_free, size) -> None:
+    """The cause is at the end of a message that starts with where it happened: the
+    Backoff pane shows the selected job's error whole; at 160x48 a log line is not cut at
+    the half of the screen."""
+    world = World(world_dir_free, no_batches=("ops:metrics",))
+    app = world.app()
+    async with app.run_test(size=size) as pilot:
+        await world.runtime.engine.run_once()
+        await world.runtime.engine.settle()
+        app.flush_now()
+        await pilot.press("2")
+        await pilot.pause()
+        from .test_pilot import flat
+
+        text = flat(screen_text(app).replace("│", " "))  # the Backoff pane's lines, read on
+        assert "ops:metrics/fast: batch folder batches has no batch files (*.json)" in text, text
+        assert "there is no folder batches/ops:metrics" in text, text
+        if size == (160, 48):
+            widest = max(len(line.strip("│ ")) for line in screen_text(app).splitlines() if "anchored job=" in line)
+            assert widest > 140, widest
+
+
+@pytest.fixture
+def world_dir_free(tmp_path: Path) -> Path:
+    return tmp_path
