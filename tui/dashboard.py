@@ -31,12 +31,12 @@ from core.control import SchedulerControl, Snapshot, VerifyOutcome
 from core.events import ConfigApplied, ConfigRejected, Event, LogRecord, Paused, TickCompleted
 from core.jobs import JobKey
 from tui.actions import MUTATING, bindings
-from tui.detail import namespace_detail
+from tui.detail import namespace_detail_of
 from tui.header import RunState, header_text
 from tui.panes import PANES, PaneContext, PaneSource
-from tui.panes.logs import LOG_LINES
+from tui.panes.logs import LOG_LINES, LogsPane
 from tui.panes.receipts import ReceiptsPane
-from tui.rows import Palette, ReceiptInfo
+from tui.rows import Palette
 from tui.screens import ConfirmScreen, DetailScreen, MessageScreen
 from tui.widgets import DiffTable, HeaderBar, LogView, Pane
 
@@ -454,26 +454,10 @@ class DashboardScreen(Screen[None]):
         if job is None:
             self._no_job_selected()
             return
-        namespace = job.namespace
-        snap = self.control.snapshot()
-        views = [v for v in snap.views if v.key.namespace == namespace]
-        receipts: list[ReceiptInfo] = []
-        for v in views:
-            for path, receipt in self.control.job_receipts(v.key, 5):
-                receipts.append(ReceiptInfo.from_file(path, receipt))
-        receipts.sort(key=lambda r: r.anchored_at, reverse=True)
-        jobs = {str(v.key) for v in views}
         logs = self.body("logs")
         records = logs.records if isinstance(logs, LogView) else ()
-        errors = [
-            r for r in records
-            if r.level in ("WARNING", "ERROR") and str(r.fields.get("job", "")) in jobs
-        ][-10:]
-        body = namespace_detail(
-            namespace, self.control.namespace_config(namespace), views, receipts[:10], errors,
-            now=snap.now, max_level=snap.max_level, data_dir=self.ctx.data_dir,
-        )
-        self.app.push_screen(DetailScreen(namespace, body))
+        body = namespace_detail_of(self.control, job.namespace, records, self.ctx.data_dir)
+        self.app.push_screen(DetailScreen(job.namespace, body))
 
     def on_data_table_row_selected(self, event: DiffTable.RowSelected) -> None:
         self.action_detail()
@@ -516,6 +500,24 @@ class DashboardScreen(Screen[None]):
         else:
             self.notify(f"verify FAIL {name}: {result.message}", severity="error", timeout=15)
         self.receipts_pane.set_verified(path, VERIFY_WORD[result.outcome])
+
+    def action_copy(self) -> None:
+        """The selected row's root, receipt path or transaction id to the clipboard, by
+        OSC 52 (Textual's copy_to_clipboard): the terminal does it, so over ssh too."""
+        pane = self.panes[self.focused_pane_name()]
+        copied = pane.copy_text(self.control.snapshot())
+        if copied is None:
+            self.notify(f"nothing to copy in {pane.title}: select a row with a root, receipt or tx", severity="warning")
+            return
+        what, text = copied
+        self.app.copy_to_clipboard(text)
+        self.notify(f"copied {what}: {text}", timeout=4)
+
+    def action_save_logs(self) -> None:
+        logs = self.panes["logs"]
+        assert isinstance(logs, LogsPane)
+        saved, message = logs.save(Path.cwd(), self.control.snapshot().now)
+        self.notify(message, severity="information" if saved else "error", timeout=10)
 
     def action_filter(self) -> None:
         name = self.focused_pane_name()

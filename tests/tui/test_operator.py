@@ -159,7 +159,7 @@ async def test_help_fits_80x24_scrolls_with_a_hint_and_the_footer_shows_its_keys
         assert "Force" not in lines[-1] and "Quit" not in lines[-1]
         assert "more line(s) below" in text
         assert "force-anchor the selected job" in text
-        for _ in range(5):
+        for _ in range(8):
             await pilot.press("j")
         text = screen_text(app)
         assert "Keys can be remapped in the config" in text

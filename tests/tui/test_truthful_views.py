@@ -193,3 +193,49 @@ async def test_the_backoff_pane_shows_the_whole_last_error_and_logs_use_the_widt
 @pytest.fixture
 def world_dir_free(tmp_path: Path) -> Path:
     return tmp_path
+
+
+async def test_c_copies_the_selected_receipt_path_and_root_by_osc52(world: World) -> None:
+    import base64
+
+    app = world.app()
+    async with app.run_test(size=(80, 24), notifications=True) as pilot:
+        written: list[str] = []
+        driver = app._driver
+        assert driver is not None
+        real_write = driver.write
+        driver.write = lambda data: (written.append(data), real_write(data))[1]  # type: ignore[method-assign]
+        await world.runtime.engine.run_once()
+        await world.runtime.engine.settle()
+        app.flush_now()
+        await pilot.press("3")  # Receipts: the newest selected
+        path = app.dashboard.body("receipts").shown_keys[0]
+        await pilot.press("c")
+        assert app.clipboard == path
+        osc = "\x1b]52;c;" + base64.b64encode(path.encode()).decode() + "\a"
+        assert osc in written  # what the terminal (at the end of an ssh session) copies
+        await pilot.press("1")  # Namespaces: the selected job's last anchored root
+        await pilot.press("c")
+        view = next(v for v in app.control.snapshot().views if str(v.key) == "dao:vaultmesh/fast")
+        assert app.clipboard == view.state.last_root and app.clipboard.startswith("sha256:")
+
+
+async def test_w_writes_the_logs_pane_to_a_file_and_says_where(world: World, tmp_path: Path, monkeypatch) -> None:
+    from .test_pilot import flat
+
+    out = tmp_path / "out"
+    out.mkdir()
+    monkeypatch.chdir(out)
+    app = world.app()
+    async with app.run_test(size=(160, 48), notifications=True) as pilot:
+        await world.runtime.engine.run_once()
+        await world.runtime.engine.settle()
+        app.flush_now()
+        await pilot.press("w")
+        await pilot.pause()
+        saved = list(out.glob("vmsh-logs-*.txt"))
+        assert [p.name for p in saved] == ["vmsh-logs-20260101T000000Z.txt"]
+        lines = saved[0].read_text().splitlines()
+        assert any("anchored job=dao:vaultmesh/fast" in line and "receipt=receipts/" in line for line in lines)
+        toast = flat(screen_text(app))
+        assert "logs saved:" in toast and "vmsh-logs-20260101T000000Z.txt" in toast.replace(" ", ""), toast

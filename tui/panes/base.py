@@ -83,6 +83,14 @@ class PaneSource:
         """The receipt file selected, in a pane that lists receipts."""
         return None
 
+    def copy_text(self, snapshot: Snapshot) -> tuple[str, str] | None:
+        """(what, text) the copy key puts on the clipboard: here the selected job's last
+        anchored root; None when there is nothing to copy."""
+        job = self.selected_job()
+        view = next((v for v in snapshot.views if v.key == job), None)
+        root = None if view is None else view.state.last_root
+        return None if root is None else (f"root of {job}", root)
+
     def detail(self) -> Screen[None] | str | None:
         """What enter opens here: a screen, a warning to show, or None for the namespace
         detail of the selected job."""

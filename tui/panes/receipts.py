@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from core.control import Snapshot
 from core.events import Event, LogRecord, ReceiptConfirmed, ReceiptWritten, ReplicasSeen
 from core.jobs import JobKey
 from tui.panes.base import PaneContext, PaneSource
@@ -70,6 +71,10 @@ class ReceiptsPane(PaneSource):
 
     def selected_receipt(self) -> str | None:
         return self.table.selected_key
+
+    def copy_text(self, snapshot: Snapshot) -> tuple[str, str] | None:
+        path = self.selected_receipt()
+        return None if path is None else ("receipt path", path)
 
     def selected_job(self) -> JobKey | None:
         info = self.infos.get(self.selected_receipt() or "")
