@@ -204,7 +204,7 @@ async def test_c_copies_the_selected_receipt_path_and_root_by_osc52(world: World
         driver = app._driver
         assert driver is not None
         real_write = driver.write
-        driver.write = lambda data: (written.append(data), real_write(data))[1]  # type: ignore[method-assign]
+        driver.write = lambda data: (written.append(data), real_write(data))[1]
         await world.runtime.engine.run_once()
         await world.runtime.engine.settle()
         app.flush_now()
