@@ -122,7 +122,7 @@ class DashboardScreen(Screen[None]):
         for n, source in enumerate(PANES, 1):
             pane = source(self.ctx)
             self.panes[pane.name] = pane
-            self.boxes[pane.name] = Pane(f"{n} {pane.title}", pane.body, id=f"pane-{pane.name}", note=pane.footnote)
+            self.boxes[pane.name] = Pane(f"{n} {pane.title}", pane.body, id=f"pane-{pane.name}", note=pane.footnote, note_above=pane.note_above)
         self.header = HeaderBar(id="header")
         yield self.header
         tabs = {name: Tab(pane.title, id=f"tab-{name}") for name, pane in self.panes.items()}

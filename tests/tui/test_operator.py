@@ -177,7 +177,9 @@ async def test_real_target_names_backoff_and_status_fit_80x24(tmp_path) -> None:
         world.clock.advance(1)
         app.refresh_views()
         await pilot.pause()
-        rows = {line.split()[0] + "/" + line.split()[1]: line for line in screen_text(app).splitlines()[5:9]}
+        lines = screen_text(app).splitlines()
+        first = next(n for n, line in enumerate(lines) if "Namespace ^" in line) + 1  # under the trends
+        rows = {line.split()[0] + "/" + line.split()[1]: line for line in lines[first : first + 4]}
         strong, evm = rows["dao:vaultmesh/strong"], rows["fin:clearing/fast"]
         assert "rfc3161:freetsa" in strong and "eip155:11155111" in evm
         for row in (strong, evm):

@@ -239,3 +239,47 @@ async def test_w_writes_the_logs_pane_to_a_file_and_says_where(world: World, tmp
         assert any("anchored job=dao:vaultmesh/fast" in line and "receipt=receipts/" in line for line in lines)
         toast = flat(screen_text(app))
         assert "logs saved:" in toast and "vmsh-logs-20260101T000000Z.txt" in toast.replace(" ", ""), toast
+
+
+async def test_the_selected_targets_failures_and_latency_show_as_sparklines_over_five_minutes(world_dir_free) -> None:
+    world = World(world_dir_free, no_batches=("ops:metrics",))
+    app = world.app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        engine = world.runtime.engine
+        await engine.run_once()  # ops:metrics has no batch: its anchor fails on local:dev
+        world.clock.advance(42)
+        await engine.run_once()
+        await engine.settle()
+        app.flush_now()
+        await pilot.pause()
+        strip = app.dashboard.query_one("#trends")
+        text = screen_text(app)
+        assert "local:dev latency 5m" in text and "2 in 5m" in text, text
+        assert "█" in [line for line in text.splitlines() if "failures" in line][0]
+        world.clock.advance(301)  # out of the window: nothing old is kept or shown
+        app.refresh_views()
+        await pilot.pause()
+        assert "0 in 5m" in screen_text(app)
+        assert strip.display
+
+
+def test_trends_stay_bounded_whatever_comes() -> None:
+    from core.events import AnchorFailed, AnchorSucceeded
+    from core.jobs import JobKey
+    from tui.trends import BUCKETS, MAX_TARGETS, Trends
+
+    trends = Trends()
+    job = JobKey("a", "fast")
+    for n in range(20_000):
+        target = f"rfc3161:t{n % (MAX_TARGETS + 50)}"
+        event: AnchorFailed | AnchorSucceeded
+        if n % 3:
+            event = AnchorFailed(at=n * 0.5, job=job, target=target, kind="network", message="x", duration=0.3)
+        else:
+            event = AnchorSucceeded(at=n * 0.5, job=job, target=target, root="r", duration=0.2 + n % 7, status="confirmed")
+        trends.take([event])
+    assert len(trends.targets()) == MAX_TARGETS
+    shown = [trends.series(target, 10_000.0) for target in trends.targets()]
+    assert all(len(latency) == len(failures) == BUCKETS for latency, failures, _ in shown)
+    assert any(max(latency) > 1 and last is not None for latency, _, last in shown)
+    assert any(sum(failures) > 0 for _, failures, _ in shown)

@@ -38,10 +38,11 @@ class BackoffPane(PaneSource):
         key = self.table.selected_key
         error = self._errors.get(key or "", "")
         text = f"{key}: {error}" if key and error else ""
-        assert self.footnote is not None
-        if str(self.footnote.content) != text:
-            self.footnote.update(text)
-        self.footnote.display = bool(text)
+        note = self.footnote
+        assert isinstance(note, Static)
+        if str(note.content) != text:
+            note.update(text)
+        note.display = bool(text)
 
     def tab_label(self, snapshot: Snapshot | None) -> str:
         n = snapshot.counts.in_backoff if snapshot is not None else 0

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from textual.screen import Screen
-from textual.widgets import Static
+from textual.widget import Widget
 
 from core.control import SchedulerControl, Snapshot
 from core.events import Event, LogRecord
@@ -39,11 +39,12 @@ class PaneSource:
     no_job: ClassVar[str] = "no job selected"  # said when an action needs a job and has none
     compact_table: ClassVar[bool] = True  # a table that packs its columns at 80 columns
     wide_row: ClassVar[int] = 0  # the row of the wide layout (120x36 and up) it sits in
+    note_above: ClassVar[bool] = False  # its note (make_note) above the body, not under it
 
     def __init__(self, ctx: PaneContext) -> None:
         self.ctx = ctx
         self.body: DiffTable | LogView = self.make_body()
-        self.footnote: Static | None = self.make_note()
+        self.footnote: Widget | None = self.make_note()
 
     @property
     def table(self) -> DiffTable:
@@ -54,7 +55,7 @@ class PaneSource:
     def make_body(self) -> DiffTable | LogView:
         raise NotImplementedError
 
-    def make_note(self) -> Static | None:
+    def make_note(self) -> Widget | None:
         """A few wrapped lines under the body telling the whole of its selected row, where
         a cell cannot (None: none)."""
         return None
