@@ -283,3 +283,32 @@ def test_trends_stay_bounded_whatever_comes() -> None:
     assert all(len(latency) == len(failures) == BUCKETS for latency, failures, _ in shown)
     assert any(max(latency) > 1 and last is not None for latency, _, last in shown)
     assert any(sum(failures) > 0 for _, failures, _ in shown)
+
+
+async def test_a_clusters_header_and_health_agree_on_its_clock_and_its_store(world: World) -> None:
+    """Cluster mode (the registry's seam, tests/tui/test_replicas_pane.py): this replica's
+    clock off the database's, then the store down. /health said degraded while the header
+    said healthy; both now read core.status.overall with core.control.side_problems."""
+    import dataclasses
+
+    from .test_replicas_pane import StandInCluster, three_replicas
+
+    now = world.clock.now()
+    problem = "clock 3.1 s ahead of the database's (at most 2 s)"
+    rows = three_replicas(now)
+    rows[0] = dataclasses.replace(rows[0], refusal=problem)  # this replica's row
+    cluster = StandInCluster(rows)
+    cluster.clock_problem = problem  # type: ignore[attr-defined]
+    world.runtime.cluster = cluster
+    app = world.app()
+    async with app.run_test(size=(160, 48)) as pilot:
+        app.refresh_views()
+        await pilot.pause()
+        engine = world.runtime.engine
+        assert http_health(engine, world.clock.now(), cluster)[1]["status"] == "degraded"
+        assert header(app).lstrip().startswith(f"● degraded (claims nothing: {problem})"), header(app)
+        cluster.store_problem = "connection to postgresql://db.internal:5432 failed: refused"
+        app.refresh_views()
+        await pilot.pause()
+        assert http_health(engine, world.clock.now(), cluster)[1]["status"] == "degraded"
+        assert header(app).lstrip().startswith("● degraded (postgresql store unreachable: connection to"), header(app)
