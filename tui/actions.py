@@ -64,7 +64,8 @@ ACTIONS: tuple[Action, ...] = (
     # only the one visible pane to go to.
     Action("next_pane", "tab", "next_pane", "Next pane", "next pane (tabs at 80x24)", priority=True),
     Action("prev_pane", "shift+tab", "prev_pane", "Prev pane", "previous pane", priority=True),
-    Action("quit", "q", "quit", "Quit", "quit (asks first if anchors are in flight)", scope="app", footer=True),
+    Action("quit", "q", "quit", "Quit", "quit (asks first if anchors are in flight)", scope="app", footer=True,
+           palette="Quit", palette_help="q: asks first if anchors are in flight"),
 )
 
 MUTATING = frozenset(a.action for a in ACTIONS if a.mutating)

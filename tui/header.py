@@ -33,8 +33,10 @@ class RunState:
 
 def header_text(snap: Snapshot, run: RunState, styles: Mapping[str, str], *, readonly: bool, width: int) -> Text:
     """The header line within `width` cells: the full words if they fit, else shorter ones."""
-    for level in (0, 1, 2):
-        parts = header_parts(snap, run, styles, readonly=readonly, short=level)
+    for level in (0, 1, 2, 3):
+        parts = header_parts(snap, run, styles, readonly=readonly, short=min(level, 2))
+        if level == 3:  # one space between the parts
+            parts = [(text[1:] if text.startswith("  ") else text, style) for text, style in parts]
         if sum(cell_len(text) for text, _ in parts) <= width:
             break
     out = Text(no_wrap=True, overflow="ellipsis")
@@ -58,7 +60,8 @@ def header_parts(
         role = s.get(HEALTH_ROLE[state], "")
         parts.append(("● " + state, f"bold {role}"))
     else:  # no word from the scheduler lately: what it says now is not known here
-        role, why = s.get("muted", "dim"), f"data {format_seconds(run.data_age)} old"
+        age = format_seconds(run.data_age)
+        role, why = s.get("muted", "dim"), f"{age} old" if short > 1 else f"data {age} old"
         parts.append(("● unknown", f"bold {role}"))
     if why:
         parts.append((f" ({why})", role))

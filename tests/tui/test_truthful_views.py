@@ -65,6 +65,11 @@ async def test_the_attached_header_at_80_columns_abbreviates_and_drops_nothing(s
         assert f"pid {scheduler.proc.pid}@" in line, line
         assert "bkoff 0" in line and "cfg " in line and "anch " in line, line
         assert not line.rstrip().endswith("…"), line
+        scheduler.kill9()  # the longest header: unknown, its data's age, disconnected
+        await until(lambda: "disconnected" in header(app), what="the header to say disconnected")
+        line = header(app)
+        assert "● unknown (" in line and " old)" in line and "bkoff 0" in line and "cfg " in line, line
+        assert not line.rstrip().endswith("…"), line
 
 
 async def test_header_and_health_agree_when_the_state_cannot_be_saved(world: World) -> None:
