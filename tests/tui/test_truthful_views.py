@@ -219,6 +219,8 @@ async def test_c_copies_the_selected_receipt_path_and_root_by_osc52(world: World
         assert app.clipboard == path
         osc = "\x1b]52;c;" + base64.b64encode(path.encode()).decode() + "\a"
         assert osc in written  # what the terminal (at the end of an ssh session) copies
+        await pilot.press("c")  # again on the same row: its root
+        assert app.clipboard.startswith("sha256:") and app.clipboard == app.dashboard.receipts_pane.infos[path].root
         await pilot.press("1")  # Namespaces: the selected job's last anchored root
         await pilot.press("c")
         view = next(v for v in app.control.snapshot().views if str(v.key) == "dao:vaultmesh/fast")

@@ -18,7 +18,7 @@ from tui.screens import MessageScreen
 from tui.widgets import LogView
 
 LOG_LINES = 5000
-COPIED_FIELDS = ("tx", "txid", "transaction", "receipt", "root")  # the copy key's preference
+COPIED_FIELDS = ("tx_hash", "tx", "receipt", "root")  # the copy key's preference
 
 
 class LogsPane(PaneSource):
