@@ -63,6 +63,22 @@ def store_status(engine: Any, cluster: ClusterView | None) -> StoreStatus:
     return StoreStatus(kind, False, printable(redact_urls(str(problem))))
 
 
+def side_problems(store: StoreStatus, *, storage: str | None = None, clock: str | None = None) -> tuple[str, ...]:
+    """What makes a scheduler degraded though no job shows it (core.status.overall's
+    `also`), in the order told: its store does not answer, its own files cannot be written
+    (`storage`, the engine's storage problem), its clock is off the store's so it claims
+    nothing (`clock`). `/health` passes what it reads of the engine and the cluster; the
+    dashboard passes the same from a Snapshot (`snapshot_problems`), so they agree."""
+    out = []
+    if not store.ok:
+        out.append(f"{store.kind} store unreachable: {store.error or 'no reason given'}")
+    if storage:
+        out.append(f"storage: {storage}")
+    if clock:
+        out.append(f"claims nothing: {clock}")
+    return tuple(out)
+
+
 @dataclass(frozen=True, slots=True)
 class ClockStatus:
     """This replica's wall clock against the store's (cluster mode, core/cluster.py)."""
@@ -103,6 +119,14 @@ class Snapshot:
     max_level: int  # the backoff policy's maximum level
     replicas: tuple[ReplicaInfo, ...] = ()  # the cluster's registry; () with the file store
     store: StoreStatus = FILE_STORE
+    storage: str | None = None  # the engine's own files cannot be written: why
+
+
+def snapshot_problems(snap: Snapshot) -> tuple[str, ...]:
+    """`side_problems` as a snapshot tells them: the store, the engine's files, and why the
+    replica this snapshot is from claims nothing (its clock; its store is told first)."""
+    refusal = next((r.refusal for r in snap.replicas if r.this and r.refusal), None)
+    return side_problems(snap.store, storage=snap.storage, clock=refusal)
 
 
 class ReloadResult:

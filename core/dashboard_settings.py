@@ -32,7 +32,7 @@ from typing import Any
 # ACTIONS) and the panes' own (tui/widgets.py). tests/unit/test_config.py checks they match.
 KEYMAP_ACTIONS: tuple[str, ...] = (
     "force", "force_namespace", "reload", "pause", "detail", "verify", "filter", "theme",
-    "palette", "help", "back", "next_pane", "prev_pane", "quit",
+    "palette", "help", "back", "next_pane", "prev_pane", "quit", "copy", "save_logs",
     "sort", "reverse_sort", "log_level", "log_follow",
 )
 

@@ -88,6 +88,7 @@ class RemoteControl:
         self._namespaces = namespaces or {}  # the local config's sections, when one was read
         self._snapshot: Snapshot | None = None
         self._fetched_at = 0.0  # time.monotonic() of the snapshot
+        self.heard_at = 0.0  # time.monotonic() of the last snapshot or stream line
         self._frozen_at: float | None = None
         self._seq = 0
         # The snapshot's recent log records not yet handed to the subscribers: the Logs pane
@@ -137,7 +138,7 @@ class RemoteControl:
 
     def _take_snapshot(self, payload: dict[str, Any], *, with_logs: bool = False) -> None:
         self._snapshot = wire.decode_snapshot(payload["snapshot"])
-        self._fetched_at = time.monotonic()
+        self._fetched_at = self.heard_at = time.monotonic()
         self._seq = int(payload.get("seq", self._seq))
         self.pid = payload.get("pid", self.pid)
         self.host = payload.get("host", self.host)
@@ -179,6 +180,7 @@ class RemoteControl:
         try:
             async with self._client.stream(self._seq) as response:
                 async for line in response.aiter_lines():
+                    self.heard_at = time.monotonic()
                     if not line.strip():
                         continue
                     message = json.loads(line)
@@ -246,6 +248,11 @@ class RemoteControl:
                 path=str(path), root=receipt.anchored_root, status=receipt.status, anchored_at=anchored_at,
             ))
         return missed
+
+    def data_age(self, now: float | None = None) -> float:
+        """Seconds since the mirror last heard from the scheduler (a snapshot or a line of
+        its event stream, where every scheduling pass sends one)."""
+        return max(0.0, (time.monotonic() if now is None else now) - self.heard_at)
 
     # ----- SchedulerControl: reads --------------------------------------------------------
 

@@ -33,7 +33,7 @@ class RuntimeControl:
             config_hash=engine.config_hash, started_at=engine.started_at,
             last_tick=engine.last_tick, tick=engine.tick, max_level=engine.policy.max_level,
             replicas=() if cluster is None else tuple(cluster.replicas()),
-            store=store_status(engine, cluster),
+            store=store_status(engine, cluster), storage=getattr(engine, "storage_problem", None),
         )
 
     def subscribe(self, callback: Callable[[Event], None]) -> Callable[[], None]:

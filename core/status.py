@@ -13,7 +13,8 @@ the engine counts as stuck.
 - The engine loop is *stuck* when it made no scheduling pass for
   max(STUCK_TICKS x tick, STUCK_MIN_SECONDS).
 - Health: unhealthy when the loop is stopped, failed or stuck; degraded when any job is
-  in error, backing off or stale; else healthy.
+  in error, backing off or stale, or its store, its own files or (cluster mode) its clock
+  are in trouble (`overall(..., also=)`); else healthy.
 """
 
 from __future__ import annotations
@@ -144,13 +145,19 @@ def count(views: Iterable[object]) -> Counts:
     return Counts(by_status, in_backoff, total)
 
 
-def overall(counts: Counts, problem: str | None) -> tuple[Health, str]:
-    """(health, why) from the job counts and the engine loop's problem, if any."""
+def overall(counts: Counts, problem: str | None, also: Iterable[str | None] = ()) -> tuple[Health, str]:
+    """(health, why) from the job counts, the engine loop's problem, if any, and `also`:
+    what makes the scheduler degraded though no job shows it (core.control.side_problems:
+    its store does not answer, its own files cannot be written, its clock is off the
+    store's). `/health` and the dashboard's header both call this with the same inputs."""
     if problem:
         return Health.UNHEALTHY, problem
     for status in PROBLEMS:
         if counts[status]:
             return Health.DEGRADED, f"{counts[status]} {status.text}"
+    for reason in also:
+        if reason:
+            return Health.DEGRADED, reason
     return Health.HEALTHY, ""
 
 

@@ -167,7 +167,7 @@ def encode_snapshot(snap: Snapshot) -> Json:
         "counts": encode_counts(snap.counts), "paused": snap.paused, "config_hash": snap.config_hash,
         "started_at": snap.started_at, "last_tick": snap.last_tick, "tick": snap.tick,
         "max_level": snap.max_level, "replicas": [encode_replica(r) for r in snap.replicas],
-        "store": encode_store_status(snap.store),
+        "store": encode_store_status(snap.store), "storage": snap.storage,
     }
 
 
@@ -187,6 +187,7 @@ def decode_snapshot(d: Json) -> Snapshot:
         last_tick=d.get("last_tick"), tick=_field(d, "tick", w), max_level=_field(d, "max_level", w),
         replicas=tuple(decode_replica(r) for r in replicas),
         store=FILE_STORE if store is None else decode_store_status(store),
+        storage=None if d.get("storage") is None else str(d.get("storage")),
     )
 
 

@@ -51,16 +51,21 @@ ACTIONS: tuple[Action, ...] = (
            footer=True, palette="Verify selected receipt", palette_help="v: audit path and attestation"),
     Action("filter", "slash", "filter", "Filter", "filter the focused pane (esc clears)",
            footer=True, palette="Filter focused pane", palette_help="/"),
+    Action("copy", "c", "copy", "Copy", "copy the selected root, receipt path or tx (OSC 52)",
+           palette="Copy selected root / receipt path", palette_help="c: to the clipboard (OSC 52)"),
+    Action("save_logs", "w", "save_logs", "Save logs", "save the Logs pane's lines to a file (path shown)",
+           palette="Save logs to a file", palette_help="w: the path is shown"),
     Action("theme", "t", "next_theme", "Theme", "next theme", scope="app", palette="Next theme", palette_help="t"),
     Action("palette", "colon", "command_palette", "Palette", "command palette with the same actions", scope="app"),
     Action("help", "question_mark", "help", "Help", "this help", scope="app", footer=True,
            palette="Help", palette_help="?: every key"),
-    Action("back", "escape", "clear_filter", "Back", "back / clear the filter"),
+    Action("back", "escape", "clear_filter", "Back", "back / dismiss notifications / clear the filter"),
     # Above the screen's own tab / shift+tab (focus the next widget), which at 80x24 has
     # only the one visible pane to go to.
     Action("next_pane", "tab", "next_pane", "Next pane", "next pane (tabs at 80x24)", priority=True),
     Action("prev_pane", "shift+tab", "prev_pane", "Prev pane", "previous pane", priority=True),
-    Action("quit", "q", "quit", "Quit", "quit (asks first if anchors are in flight)", scope="app", footer=True),
+    Action("quit", "q", "quit", "Quit", "quit (asks first if anchors are in flight)", scope="app", footer=True,
+           palette="Quit", palette_help="q: asks first if anchors are in flight"),
 )
 
 MUTATING = frozenset(a.action for a in ACTIONS if a.mutating)

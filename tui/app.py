@@ -153,7 +153,8 @@ class VaultMeshApp(App[int]):
         self.push_screen(HelpScreen(rows, notes))
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
-        yield from super().get_system_commands(screen)
+        """Only ours: the action table and the panes (not Textual's own theme picker, Keys,
+        Maximize or Screenshot, which list themes and keys this dashboard does not use)."""
         dashboard = self.dashboard
         for a in ACTIONS:
             if a.palette is None or (self.readonly and a.action in MUTATING):

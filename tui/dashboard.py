@@ -13,32 +13,30 @@ from __future__ import annotations
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
-from textual.binding import Binding
+from textual.binding import ActiveBinding, Binding
 from textual.containers import Horizontal, Vertical
 from textual.events import Key, Resize
 from textual.screen import Screen
 from textual.widget import Widget
 from textual.widgets import Footer, Input, Tab, Tabs
 
-from core.cadence import format_seconds
 from core.control import SchedulerControl, Snapshot, VerifyOutcome
 from core.events import ConfigApplied, ConfigRejected, Event, LogRecord, Paused, TickCompleted
 from core.jobs import JobKey
-from core.status import JobStatus
 from tui.actions import MUTATING, bindings
-from tui.detail import namespace_detail
+from tui.detail import namespace_detail_of
+from tui.header import RunState, header_text
 from tui.panes import PANES, PaneContext, PaneSource
-from tui.panes.logs import LOG_LINES
+from tui.panes.logs import LOG_LINES, LogsPane
 from tui.panes.receipts import ReceiptsPane
-from tui.panes.replicas import cluster_badges
-from tui.rows import HEALTH_ROLE, Palette, ReceiptInfo, health
+from tui.rows import Palette
 from tui.screens import ConfirmScreen, DetailScreen, MessageScreen
 from tui.widgets import DiffTable, HeaderBar, LogView, Pane
 
@@ -73,18 +71,6 @@ def config_rejected_text(event: ConfigRejected, shown: int = 6) -> str:
     return "config edit rejected, the previous config stays live:\n" + "\n".join(lines)
 
 
-@dataclass(frozen=True, slots=True)
-class RunState:
-    """What the App's lifecycle tells the header: the engine worker's state (off | running |
-    stopped | failed), why HTTP is off if it is, and whether the app is stopping."""
-
-    engine_state: str = "off"
-    http_error: str | None = None
-    stopping: bool = False
-    attached: str | None = None  # "attached to pid N on HOST" when the engine runs elsewhere
-    disconnected_for: float | None = None  # seconds since that scheduler's socket went away
-
-
 class DashboardScreen(Screen[None]):
     BINDINGS = [
         *bindings("dashboard"),
@@ -117,6 +103,7 @@ class DashboardScreen(Screen[None]):
         self._active_pane = PANES[0].name
         self._wide: bool | None = None
         self._filter_target: str | None = None
+        self._rejection_shown: tuple[str, ...] | None = None  # the config errors last told
 
     # ----- the panes as the tests and the App address them
 
@@ -135,7 +122,7 @@ class DashboardScreen(Screen[None]):
         for n, source in enumerate(PANES, 1):
             pane = source(self.ctx)
             self.panes[pane.name] = pane
-            self.boxes[pane.name] = Pane(f"{n} {pane.title}", pane.body, id=f"pane-{pane.name}")
+            self.boxes[pane.name] = Pane(f"{n} {pane.title}", pane.body, id=f"pane-{pane.name}", note=pane.footnote, note_above=pane.note_above)
         self.header = HeaderBar(id="header")
         yield self.header
         tabs = {name: Tab(pane.title, id=f"tab-{name}") for name, pane in self.panes.items()}
@@ -145,10 +132,14 @@ class DashboardScreen(Screen[None]):
         self._tabs = Tabs(*tabs.values(), id="tabs")
         self._tabs.can_focus = False
         yield self._tabs
-        names = list(self.panes)
+        # The wide layout's rows (each pane's `wide_row`); at 80x24 only the active pane's row shows.
+        grouped: dict[int, list[str]] = {}
+        for name, pane in self.panes.items():
+            grouped.setdefault(pane.wide_row, []).append(name)
+        row_ids = ("row-top", "row-bottom", *(f"row-{k}" for k in range(2, 9)))
         self._rows = [
-            (names[i : i + 2], Horizontal(*(self.boxes[n] for n in names[i : i + 2]), classes="row", id=row_id))
-            for i, row_id in zip(range(0, len(names), 2), ("row-top", "row-bottom", *(f"row-{k}" for k in range(2, 9))), strict=False)
+            (names, Horizontal(*(self.boxes[n] for n in names), classes="row", id=row_ids[i]))
+            for i, (_, names) in enumerate(sorted(grouped.items()))
         ]
         yield Vertical(*(row for _, row in self._rows), id="panes")
         self._filter_box = Input(placeholder="filter", id="filter")
@@ -262,8 +253,13 @@ class DashboardScreen(Screen[None]):
                 if isinstance(event, Paused):
                     self.refresh_bindings()
                 elif isinstance(event, ConfigRejected):
-                    self.notify(config_rejected_text(event), severity="error", timeout=30)
+                    # Once per rejection: R and the file watcher both report the same edit,
+                    # and R shows its errors in a window already.
+                    if tuple(event.errors) != self._rejection_shown:
+                        self._rejection_shown = tuple(event.errors)
+                        self.notify(config_rejected_text(event), severity="error", timeout=30)
                 elif isinstance(event, ConfigApplied):
+                    self._rejection_shown = None
                     self.notify(config_applied_text(event), timeout=8)
             for pane in self.panes.values():
                 pane.take(events, logs)
@@ -279,54 +275,23 @@ class DashboardScreen(Screen[None]):
 
     def refresh_views(self) -> None:
         """One snapshot of the job table -> every pane, the tab labels and the header."""
+        before = self._snapshot
         snapshot = self._snapshot = self.control.snapshot()
+        if before is None or before.paused != snapshot.paused:
+            self.refresh_bindings()  # the footer's Pause / Resume
         for name, pane in self.panes.items():
             pane.show(snapshot)
             tab, label = self._tab_widgets[name], pane.tab_label(snapshot)
             if str(tab.label) != label:
                 tab.label = label
-        self.header.show(self._header_text(snapshot))
+        run = self.run_state()
+        self.header.show(self._header_text(snapshot, run))
+        self.set_class(run.data_age is not None, "stale")  # greyed: old data
 
-    def _header_text(self, snap: Snapshot) -> Text:
-        c, run = snap.counts, self.run_state()
-        state, why = health(
-            c, engine=run.engine_state, last_tick=snap.last_tick, started_at=snap.started_at, now=snap.now, tick=snap.tick
-        )
-        role = HEALTH_ROLE[state]
-        s = self.ctx.palette.styles
-        out = Text(no_wrap=True, overflow="ellipsis")
-        out.append("● " + state, style=f"bold {s.get(role, '')}")
-        if why:
-            out.append(f" ({why})", style=s.get(role, ""))
-        if run.disconnected_for is not None:
-            lost = format_seconds(max(0.0, run.disconnected_for))
-            out.append(f"  disconnected — reconnecting ({lost})", style=f"bold reverse {s.get('error', '')}")
-        elif run.attached:
-            out.append(f"  {run.attached}", style=s.get("accent", ""))
-        # Badges right after the health, the config hash last: at 80 columns what does not
-        # fit is cut from the end, and what the operator must not miss is at the start.
-        if run.http_error:
-            why_off = "port in use" if "in use" in run.http_error else "cannot listen"
-            out.append(f"  HTTP OFF: {why_off}", style=f"bold reverse {s.get('error', '')}")
-        for badge, badge_role in cluster_badges(snap):  # the store, the replicas' configs
-            out.append(f"  {badge}", style=f"bold reverse {s.get(badge_role, '')}")
-        if snap.paused:
-            out.append("  PAUSED", style=f"bold reverse {s.get('warning', '')}")
-        if self.readonly:
-            out.append("  READONLY", style=f"bold reverse {s.get('accent', '')}")
-        if run.stopping:
-            out.append("  stopping...", style="bold")
-        out.append(f"  up {format_seconds(max(0.0, snap.now - snap.started_at))}")
-        # Counts the operator can check against the rows: a job anchoring is not also "ok",
-        # and "backoff" is the Backoff pane's count.
-        out.append(f"  ok {c.ok}")
-        out.append(f"  anchoring {c[JobStatus.ANCHORING]}")
-        out.append(f"  backoff {c.in_backoff}", style=s.get("warning", "") if c.in_backoff else "")
-        for status in (JobStatus.STALE, JobStatus.STUCK, JobStatus.ERROR):
-            if c[status]:
-                out.append(f"  {status.text} {c[status]}", style=s.get("warning" if status == JobStatus.STALE else "error", ""))
-        out.append(f"  cfg {snap.config_hash[:8]}")
-        return out
+    def _header_text(self, snap: Snapshot, run: RunState) -> Text:
+        """The header line (tui/header.py); what does not fit its width is said shorter."""
+        width = self.header.size.width or self.app.size.width - 2  # its content, inside its padding
+        return header_text(snap, run, self.ctx.palette.styles, readonly=self.readonly, width=width)
 
     # ----- theme ----------------------------------------------------------------------------------
 
@@ -356,6 +321,17 @@ class DashboardScreen(Screen[None]):
         return {v.key: v for v in self.control.snapshot().views}
 
     # ----- actions --------------------------------------------------------------------------------
+
+    @property
+    def active_bindings(self) -> dict[str, ActiveBinding]:
+        """The footer's bindings; while paused, the pause key says what it now does."""
+        active = super().active_bindings
+        snap = self._snapshot
+        if snap is not None and snap.paused:
+            for key, item in active.items():
+                if item.binding.action == "pause":
+                    active[key] = item._replace(binding=replace(item.binding, description="Resume"))
+        return active
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if self.readonly and action in MUTATING:
@@ -443,6 +419,7 @@ class DashboardScreen(Screen[None]):
         for an edit the file watcher picked up; settings only a restart applies are named."""
         result = await self.control.reload()
         if result.errors:
+            self._rejection_shown = tuple(result.errors)  # told here, not again as a toast
             self.app.push_screen(
                 MessageScreen("Config reload rejected: the previous config stays live", result.errors)
             )
@@ -477,29 +454,18 @@ class DashboardScreen(Screen[None]):
         if job is None:
             self._no_job_selected()
             return
-        namespace = job.namespace
-        snap = self.control.snapshot()
-        views = [v for v in snap.views if v.key.namespace == namespace]
-        receipts: list[ReceiptInfo] = []
-        for v in views:
-            for path, receipt in self.control.job_receipts(v.key, 5):
-                receipts.append(ReceiptInfo.from_file(path, receipt))
-        receipts.sort(key=lambda r: r.anchored_at, reverse=True)
-        jobs = {str(v.key) for v in views}
         logs = self.body("logs")
         records = logs.records if isinstance(logs, LogView) else ()
-        errors = [
-            r for r in records
-            if r.level in ("WARNING", "ERROR") and str(r.fields.get("job", "")) in jobs
-        ][-10:]
-        body = namespace_detail(
-            namespace, self.control.namespace_config(namespace), views, receipts[:10], errors,
-            now=snap.now, max_level=snap.max_level, data_dir=self.ctx.data_dir,
-        )
-        self.app.push_screen(DetailScreen(namespace, body))
+        body = namespace_detail_of(self.control, job.namespace, records, self.ctx.data_dir)
+        self.app.push_screen(DetailScreen(job.namespace, body))
 
     def on_data_table_row_selected(self, event: DiffTable.RowSelected) -> None:
         self.action_detail()
+
+    def on_data_table_row_highlighted(self, event: DiffTable.RowHighlighted) -> None:
+        name = self._pane_of(event.data_table)
+        if name is not None:
+            self.panes[name].selection_changed()
 
     def action_verify(self) -> None:
         """Verify the selected receipt (in a pane that lists receipts), else the latest
@@ -534,6 +500,24 @@ class DashboardScreen(Screen[None]):
         else:
             self.notify(f"verify FAIL {name}: {result.message}", severity="error", timeout=15)
         self.receipts_pane.set_verified(path, VERIFY_WORD[result.outcome])
+
+    def action_copy(self) -> None:
+        """The selected row's root, receipt path or transaction id to the clipboard, by
+        OSC 52 (Textual's copy_to_clipboard): the terminal does it, so over ssh too."""
+        pane = self.panes[self.focused_pane_name()]
+        copied = pane.copy_text(self.control.snapshot())
+        if copied is None:
+            self.notify(f"nothing to copy in {pane.title}: select a row with a root, receipt or tx", severity="warning")
+            return
+        what, text = copied
+        self.app.copy_to_clipboard(text)
+        self.notify(f"copied {what}: {text}", timeout=4)
+
+    def action_save_logs(self) -> None:
+        logs = self.panes["logs"]
+        assert isinstance(logs, LogsPane)
+        saved, message = logs.save(Path.cwd(), self.control.snapshot().now)
+        self.notify(message, severity="information" if saved else "error", timeout=10)
 
     def action_filter(self) -> None:
         name = self.focused_pane_name()
@@ -570,13 +554,17 @@ class DashboardScreen(Screen[None]):
             self.boxes[name].describe_filter()
 
     def action_clear_filter(self) -> None:
-        """esc: close the filter box and clear its filter, else clear the focused pane's."""
+        """esc: close the filter box and clear its filter, else dismiss the notifications
+        shown, else clear the focused pane's filter."""
         if self._filter_box.has_class("visible"):
             target = self._filter_target
             if target:
                 self.body(target).set_filter("")
                 self.boxes[target].describe_filter()
             self._close_filter()
+            return
+        if self.query("Toast"):  # the notifications shown (each screen has its own rack)
+            self.app.clear_notifications()
             return
         name = self.focused_pane_name()
         if self.body(name).filter_text:

@@ -10,6 +10,7 @@ from rich.text import Text
 
 from core.cadence import format_seconds
 from core.config import WITNESSES_NOTE
+from core.control import SchedulerControl
 from core.events import LogRecord
 from core.status import JobStatus
 from core.views import JobView
@@ -120,3 +121,21 @@ def _errors(out: Text, views: list[JobView], errors: Iterable[LogRecord], data_d
         shown += 1
     if not shown:
         out.append("  (none)\n", style="dim")
+
+
+def namespace_detail_of(control: SchedulerControl, namespace: str, records: Iterable[LogRecord], data_dir: str) -> Text:
+    """`namespace_detail` from the scheduler: its jobs, their newest receipts, and the
+    warnings and errors among the log `records` that name one of its jobs."""
+    snap = control.snapshot()
+    views = [v for v in snap.views if v.key.namespace == namespace]
+    receipts: list[ReceiptInfo] = []
+    for v in views:
+        for path, receipt in control.job_receipts(v.key, 5):
+            receipts.append(ReceiptInfo.from_file(path, receipt))
+    receipts.sort(key=lambda r: r.anchored_at, reverse=True)
+    jobs = {str(v.key) for v in views}
+    errors = [r for r in records if r.level in ("WARNING", "ERROR") and str(r.fields.get("job", "")) in jobs][-10:]
+    return namespace_detail(
+        namespace, control.namespace_config(namespace), views, receipts[:10], errors,
+        now=snap.now, max_level=snap.max_level, data_dir=data_dir,
+    )

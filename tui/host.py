@@ -36,6 +36,21 @@ if TYPE_CHECKING:
     from tui.terminal import ExitWatchdog, TerminalGuard
 
 SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT)
+HTTP_OFF_TOAST = 10.0  # seconds the "HTTP is off" notification stays up
+SILENT_MIN = 10.0  # seconds without a word from an attached scheduler before its data is old
+
+
+def http_off_text(error: str) -> str:
+    """The short notification of a port that cannot be bound (the whole error is logged)."""
+    where = error.removeprefix("cannot listen on ").partition(": ")[0] if "in use" in error else ""
+    why = f"{where} in use" if where else error.partition(" (")[0]
+    return f"/metrics, /health off: {why}. Set METRICS_PORT or http.listen."
+
+
+def silent_after(tick: float) -> float:
+    """Seconds an attached dashboard waits for a line from its scheduler (every pass sends
+    one) before it says its data is old: three passes, at least SILENT_MIN."""
+    return max(3 * float(tick), SILENT_MIN)
 
 
 class HostedApp(Protocol):
@@ -241,11 +256,8 @@ class InProcessHost(Host):
                     self.engine_state = "running"
                     run.engine.add_done_callback(self._engine_ended)
                 if self.services is not None and self.services.http_error:
-                    self._notify(
-                        f"/metrics and /health are off: {self.services.http_error}. "
-                        "Set METRICS_PORT or http.listen to a free port and restart.",
-                        severity="error", timeout=60,
-                    )
+                    # Short-lived (esc dismisses it sooner): the header keeps "HTTP OFF".
+                    self._notify(http_off_text(self.services.http_error), severity="error", timeout=HTTP_OFF_TOAST)
                 self._refresh_views()
                 await run.wait(self._stop_requested, or_engine_end=False)
                 run.grace = self._stop_grace
@@ -325,9 +337,15 @@ class AttachedHost(Host):
 
     def run_state(self) -> RunState:
         link = self.remote
-        lost = None if link.disconnected_since is None else time.monotonic() - link.disconnected_since
+        now = time.monotonic()
+        lost = None if link.disconnected_since is None else now - link.disconnected_since
         where = f"attached to pid {link.pid} on {link.host}"
-        return RunState("running", None, self.stopping, attached=where, disconnected_for=lost)
+        age = link.data_age(now)
+        # Live: connected, and heard from within a few scheduling passes (a stream that
+        # went silent without closing is no better than a lost one).
+        fresh = link.connected and age <= silent_after(link.snapshot().tick)
+        return RunState("running", None, self.stopping, attached=where, disconnected_for=lost,
+                        data_age=None if fresh else age)
 
     def stop(self, reason: str = "", hangup: bool = False) -> None:
         """The scheduler runs on: only this dashboard goes."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -230,16 +230,18 @@ def receipt_row(info: ReceiptInfo, verified: str, p: Palette) -> tuple[Cell, ...
 
 
 def health(
-    counts: Counts, *, engine: str, last_tick: float | None, started_at: float, now: float, tick: float
+    counts: Counts, *, engine: str, last_tick: float | None, started_at: float, now: float, tick: float,
+    also: Iterable[str | None] = (),
 ) -> tuple[Health, str]:
-    """(health, why) by core.status's one definition. `engine` is running | stopped |
-    failed | off (off: this dashboard does not run the loop, so it cannot be stuck)."""
+    """(health, why) by core.status's one definition, as /health says it. `engine` is
+    running | stopped | failed | off (off: this dashboard does not run the loop, so it
+    cannot be stuck); `also`: core.control.snapshot_problems (store, files, clock)."""
     if engine in ("stopped", "failed"):
         return Health.UNHEALTHY, f"engine {engine}"
     problem = None
     if engine == "running":
         problem = loop_problem(stopped=False, last_tick=last_tick, started_at=started_at, tick=tick, now=now)
-    return overall(counts, problem)
+    return overall(counts, problem, also)
 
 
 # --------------------------------------------------------------------------- logs

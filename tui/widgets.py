@@ -12,6 +12,7 @@ from textual.containers import Vertical
 from textual.geometry import Region
 from textual.message import Message
 from textual.strip import Strip
+from textual.widget import Widget
 from textual.widgets import DataTable, Log, Static
 from textual.widgets.data_table import ColumnKey, RowKey
 
@@ -345,8 +346,12 @@ class LogView(Log):
 class Pane(Vertical):
     """A titled, bordered box around one table or the log; the unit the tabs switch between."""
 
-    def __init__(self, title: str, body: DiffTable | LogView, *, id: str) -> None:
-        super().__init__(body, id=id, classes="pane")
+    def __init__(
+        self, title: str, body: DiffTable | LogView, *, id: str, note: Widget | None = None, note_above: bool = False
+    ) -> None:
+        """`note`: a few lines under the body (above it with `note_above`)."""
+        children = [body] if note is None else [note, body] if note_above else [body, note]
+        super().__init__(*children, id=id, classes="pane")
         self.title = title
         self.body = body
         self.border_title = title

@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from core import status
-from core.control import clock_status, store_status
+from core.control import clock_status, side_problems, store_status
 from core.replicas import ClusterView, ReplicaInfo, config_hash_warning
 from core.status import Health, JobStatus
 from core.text import printable
@@ -115,14 +115,17 @@ def health(engine: Scheduler, now: float, cluster: ClusterView | None = None) ->
         if job == "backing_off" or (job == "stale" and ns["status"] == "ok"):
             ns["status"] = job
     problem = loop_problem(engine, now)
-    overall, _why = status.overall(status.count(views), problem)
-    # Our own files cannot be written, or a job hangs in flight: degraded even when every
-    # job still looks ok (a failed state save fails no job). The engine says which.
+    # Our own files cannot be written, the store does not answer, the clock is off the
+    # store's, or a job hangs in flight: degraded even when every job still looks ok (a
+    # failed state save fails no job). The same rule as the dashboard's header
+    # (core.control.side_problems, core.status.overall).
     storage = getattr(engine, "storage_problem", None)
     stuck = engine.stuck(now) if hasattr(engine, "stuck") else ()
     store = store_status(engine, cluster)
     clock = clock_status(cluster)
-    if overall == Health.HEALTHY and (storage or stuck or not store.ok or (clock is not None and not clock.ok)):
+    also = side_problems(store, storage=storage, clock=None if clock is None or clock.ok else clock.error or "clock off")
+    overall, _why = status.overall(status.count(views), problem, also)
+    if overall == Health.HEALTHY and stuck:
         overall = Health.DEGRADED
     replicas = () if cluster is None else tuple(cluster.replicas())
     body: dict[str, Any] = {

@@ -271,7 +271,8 @@ def test_plain_dashboard_on_a_locked_data_dir_attaches_and_a_hangup_leaves_the_d
     try:
         screen = b""
         deadline = time.monotonic() + 30
-        while f"attached to pid {daemon.proc.pid}".encode() not in screen:
+        # 80 columns: the header says `pid N@host` for "attached to pid N on host".
+        while f"pid {daemon.proc.pid}@".encode() not in screen:
             assert proc.poll() is None, f"the dashboard exited ({proc.returncode}): {screen[-2000:]!r}"
             assert time.monotonic() < deadline, f"no 'attached to pid' in the header: {screen[-2000:]!r}"
             screen += drain(main, 0.2)

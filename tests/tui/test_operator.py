@@ -159,7 +159,7 @@ async def test_help_fits_80x24_scrolls_with_a_hint_and_the_footer_shows_its_keys
         assert "Force" not in lines[-1] and "Quit" not in lines[-1]
         assert "more line(s) below" in text
         assert "force-anchor the selected job" in text
-        for _ in range(5):
+        for _ in range(8):
             await pilot.press("j")
         text = screen_text(app)
         assert "Keys can be remapped in the config" in text
@@ -177,7 +177,9 @@ async def test_real_target_names_backoff_and_status_fit_80x24(tmp_path) -> None:
         world.clock.advance(1)
         app.refresh_views()
         await pilot.pause()
-        rows = {line.split()[0] + "/" + line.split()[1]: line for line in screen_text(app).splitlines()[5:9]}
+        lines = screen_text(app).splitlines()
+        first = next(n for n, line in enumerate(lines) if "Namespace ^" in line) + 1  # under the trends
+        rows = {line.split()[0] + "/" + line.split()[1]: line for line in lines[first : first + 4]}
         strong, evm = rows["dao:vaultmesh/strong"], rows["fin:clearing/fast"]
         assert "rfc3161:freetsa" in strong and "eip155:11155111" in evm
         for row in (strong, evm):
@@ -244,7 +246,7 @@ async def test_http_port_taken_is_a_warning_in_the_header(tmp_path) -> None:
             assert "HTTP OFF: port in use" in header(app)
             assert "healthy" in header(app)
             text = flat(screen_text(app))
-            assert "/metrics and /health are off" in text and "METRICS_PORT or http.listen" in text
+            assert f"/metrics, /health off: 127.0.0.1:{port} in use" in text and "METRICS_PORT or http.listen" in text
             await pilot.press("q")
             await pilot.pause()
     finally:

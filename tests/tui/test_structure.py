@@ -28,7 +28,8 @@ OVERRIDES = {
         "get_system_commands": "the palette lists the action table",
         "action_quit": "asks first when anchors are in flight, then stops in order",
     },
-    DashboardScreen: {"__init__": "constructor", "compose": "its layout", "check_action": "--readonly"},
+    DashboardScreen: {"__init__": "constructor", "compose": "its layout", "check_action": "--readonly",
+                      "active_bindings": "the footer says Resume while paused"},
 }
 
 

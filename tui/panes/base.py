@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from textual.screen import Screen
+from textual.widget import Widget
 
 from core.control import SchedulerControl, Snapshot
 from core.events import Event, LogRecord
@@ -37,10 +38,13 @@ class PaneSource:
     help: ClassVar[tuple[tuple[str, str], ...]] = ()  # (keys, what they do) for the help screen
     no_job: ClassVar[str] = "no job selected"  # said when an action needs a job and has none
     compact_table: ClassVar[bool] = True  # a table that packs its columns at 80 columns
+    wide_row: ClassVar[int] = 0  # the row of the wide layout (120x36 and up) it sits in
+    note_above: ClassVar[bool] = False  # its note (make_note) above the body, not under it
 
     def __init__(self, ctx: PaneContext) -> None:
         self.ctx = ctx
         self.body: DiffTable | LogView = self.make_body()
+        self.footnote: Widget | None = self.make_note()
 
     @property
     def table(self) -> DiffTable:
@@ -50,6 +54,14 @@ class PaneSource:
 
     def make_body(self) -> DiffTable | LogView:
         raise NotImplementedError
+
+    def make_note(self) -> Widget | None:
+        """A few wrapped lines under the body telling the whole of its selected row, where
+        a cell cannot (None: none)."""
+        return None
+
+    def selection_changed(self) -> None:
+        """The body's cursor moved (the note follows it)."""
 
     def show(self, snapshot: Snapshot) -> None:
         """Every refresh (events, the 1 s countdown): the job table as of `snapshot`."""
@@ -71,6 +83,14 @@ class PaneSource:
     def selected_receipt(self) -> str | None:
         """The receipt file selected, in a pane that lists receipts."""
         return None
+
+    def copy_text(self, snapshot: Snapshot) -> tuple[str, str] | None:
+        """(what, text) the copy key puts on the clipboard: here the selected job's last
+        anchored root; None when there is nothing to copy."""
+        job = self.selected_job()
+        view = next((v for v in snapshot.views if v.key == job), None)
+        root = None if view is None else view.state.last_root
+        return None if root is None else (f"root of {job}", root)
 
     def detail(self) -> Screen[None] | str | None:
         """What enter opens here: a screen, a warning to show, or None for the namespace

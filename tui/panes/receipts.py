@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from core.control import Snapshot
 from core.events import Event, LogRecord, ReceiptConfirmed, ReceiptWritten, ReplicasSeen
 from core.jobs import JobKey
 from tui.panes.base import PaneContext, PaneSource
@@ -15,6 +16,7 @@ RECEIPTS_SHOWN = 200
 
 class ReceiptsPane(PaneSource):
     name = "receipts"
+    wide_row = 1
     title = "Receipts"
     no_job = "no receipt selected: select one, or a job in Namespaces (1)"
 
@@ -22,6 +24,7 @@ class ReceiptsPane(PaneSource):
         super().__init__(ctx)
         self.infos: dict[str, ReceiptInfo] = {}
         self.verified: dict[str, str] = {}  # path -> OK | FAIL | UNKNOWN | ...
+        self._copied: tuple[str, int] = ("", -1)  # the row the copy key last copied, and which of it
         for path, receipt in ctx.control.recent_receipts(RECEIPTS_SHOWN):
             info = ReceiptInfo.from_file(path, receipt)
             self.infos[info.path] = info
@@ -69,6 +72,18 @@ class ReceiptsPane(PaneSource):
 
     def selected_receipt(self) -> str | None:
         return self.table.selected_key
+
+    def copy_text(self, snapshot: Snapshot) -> tuple[str, str] | None:
+        """The receipt's path; pressed again on the same row, its batch root, and so on."""
+        path = self.selected_receipt()
+        info = self.infos.get(path or "")
+        if path is None or info is None:
+            return None
+        choices = [("receipt path", path), *([("root", info.root)] if info.root else [])]
+        last_path, last = self._copied
+        turn = (last + 1) % len(choices) if last_path == path else 0
+        self._copied = (path, turn)
+        return choices[turn]
 
     def selected_job(self) -> JobKey | None:
         info = self.infos.get(self.selected_receipt() or "")

@@ -157,6 +157,7 @@ class ReplicaTable(DiffTable):
 
 class ReplicasPane(PaneSource):
     name = "replicas"
+    wide_row = 1
     title = "Replicas"
     no_job = "replicas are not jobs: select a job in Namespaces (1)"
 
