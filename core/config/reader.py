@@ -114,6 +114,23 @@ def _yaml_children(node: yaml.Node) -> list[tuple[yaml.Node, yaml.Node]]:
     return []
 
 
+def _too_deep(document: yaml.Node) -> tuple[yaml.Node, str] | None:
+    """_yaml_refusal for a document without aliases (its text holds no anchor `&`): only
+    nesting can be refused, at the first node (in document order) past the limit. A
+    collection at the limit holding anything is enough to know, so only collections are
+    walked."""
+    stack: list[tuple[yaml.Node, int]] = [(document, 1)]
+    while stack:
+        node, depth = stack.pop()
+        kids = [k for k, _ in _yaml_children(node)]
+        if not kids:
+            continue
+        if depth >= MAX_YAML_DEPTH:
+            return kids[0], f"nested more than {MAX_YAML_DEPTH} levels deep"
+        stack.extend((kid, depth + 1) for kid in reversed(kids) if not isinstance(kid, yaml.ScalarNode))
+    return None
+
+
 def _yaml_refusal(document: yaml.Node) -> tuple[yaml.Node, str] | None:
     """Why a composed document must not be built, and the node to report it at; or None.
 
@@ -157,6 +174,9 @@ def _yaml_refusal(document: yaml.Node) -> tuple[yaml.Node, str] | None:
         # reported where they are used.
         stack.extend((kid, at, depth + 1, False) for kid, at in reversed(_yaml_children(node)))
     return None
+
+
+_STR = "tag:yaml.org,2002:str"  # a string scalar: its text, without the constructor's bookkeeping
 
 
 class YamlReader:
@@ -203,7 +223,8 @@ class YamlReader:
         root = Pos(display, base=base)
         if node is None:
             return {}, root
-        refusal = _yaml_refusal(node)
+        # Without an anchor there is no alias to measure: the cheap walk (issue 24).
+        refusal = _yaml_refusal(node) if "&" in text else _too_deep(node)
         if refusal is not None:
             at, message = refusal
             self.problems.in_file(display, message, (at.start_mark.line + 1, at.start_mark.column + 1))
@@ -224,7 +245,7 @@ class YamlReader:
                 if not isinstance(key_node, yaml.ScalarNode):
                     self.problems.add(pos.file, key_mark, pos.segments(), "a key must be a plain value, not a list or mapping")
                     continue
-                key = self.constructor.construct_object(key_node)
+                key = key_node.value if key_node.tag == _STR else self.constructor.construct_object(key_node)
                 if key in first:
                     child = Pos(self.file, key, pos, key_mark, None, self.base)
                     self.problems.at(child, f"duplicate key {str(key)!r} (first at line {first[key][0]}, column {first[key][1]})", key=True)
@@ -243,7 +264,7 @@ class YamlReader:
                 pos.children[i] = child
                 items.append(self._build(item, child))
             return items
-        value = self.constructor.construct_object(node)
+        value = node.value if node.tag == _STR else self.constructor.construct_object(node)
         if isinstance(value, int) and isinstance(node, yaml.ScalarNode) and not node.style and node.value.lower().startswith(("0x", "+0x", "-0x")):
             value = node.value  # 0x... are addresses and keys here, not numbers: keep the text
         if isinstance(value, str) and "$" in value:
