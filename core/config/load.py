@@ -35,7 +35,7 @@ from core.cadence import CADENCES, CadenceError, parse_every
 from core.config.check import thorough_issues
 from core.config.env import ENV_TABLE
 from core.config.errors import ConfigError, ConfigIssue
-from core.config.models import LISTEN, TARGET_ID, Config, HttpSettings, config_hash
+from core.config.models import LISTEN, TARGET_ID, Config, HttpSettings, config_hash, fields_holding
 from core.config.positions import (
     Pos,
     Problems,
@@ -492,25 +492,35 @@ def _check_targets_resolve(raw: dict[str, Any], problems: Problems) -> None:
     targets = raw.get("targets")
     if not isinstance(targets, dict):
         targets = {}
+    verdicts: dict[str, str | None] = {}  # per target: thousands of namespaces share a few
     for _name, _ns, _cname, cadence, cpos in _iter_raw_cadences(raw, problems.root):
         target = cadence.get("target")
         if not isinstance(target, str):
             continue
-        m = TARGET_ID.match(target)
-        if not m or m.group("scheme") not in SCHEMES:
-            continue  # malformed targets are reported by validation
-        scheme, tname = m.group("scheme"), m.group("name")
-        spec = SCHEMES[scheme]
-        if spec.default_entry is not None or spec.name_problem(tname):
-            continue  # it needs no entry (local), or its name is reported by validation
-        entries = targets.get(scheme)
-        if isinstance(entries, dict) and (tname in entries or "default" in entries):
-            continue
-        problems.at(
-            cpos.children.get("target") if cpos else None,
-            f"target {target!r} has no settings (add targets.{scheme}.{format_segment(tname)} or "
-            f"targets.{scheme}.default, or a VaultMesh anchors.yaml)",
-        )
+        if target not in verdicts:
+            verdicts[target] = _unresolved_target(target, targets)
+        verdict = verdicts[target]
+        if verdict is not None:
+            problems.at(cpos.children.get("target") if cpos else None, verdict)
+
+
+def _unresolved_target(target: str, targets: dict[str, Any]) -> str | None:
+    """Why `target` has no settings in the raw `targets`, or None (also when validation
+    reports it)."""
+    m = TARGET_ID.match(target)
+    if not m or m.group("scheme") not in SCHEMES:
+        return None  # malformed targets are reported by validation
+    scheme, tname = m.group("scheme"), m.group("name")
+    spec = SCHEMES[scheme]
+    if spec.default_entry is not None or spec.name_problem(tname):
+        return None  # it needs no entry (local), or its name is reported by validation
+    entries = targets.get(scheme)
+    if isinstance(entries, dict) and (tname in entries or "default" in entries):
+        return None
+    return (
+        f"target {target!r} has no settings (add targets.{scheme}.{format_segment(tname)} or "
+        f"targets.{scheme}.default, or a VaultMesh anchors.yaml)"
+    )
 
 
 def _check_cadence_ranges(raw: dict[str, Any], problems: Problems) -> None:
@@ -534,7 +544,7 @@ def _check_cadence_ranges(raw: dict[str, Any], problems: Problems) -> None:
 
 def _resolve_model_paths(value: Any, loc: tuple[Any, ...], root: Pos, default_base: Path) -> None:
     if isinstance(value, BaseModel):
-        for name in type(value).model_fields:
+        for name in fields_holding(type(value), Path):  # the others hold no path
             item = getattr(value, name)
             here = (*loc, name)
             if isinstance(item, Path):
@@ -554,9 +564,12 @@ def _resolve_model_paths(value: Any, loc: tuple[Any, ...], root: Pos, default_ba
 
 def _warnings(config: Config, root: Pos) -> list[str]:
     warnings: list[str] = []
+    mismatch: dict[str, str | None] = {}  # per target: thousands of namespaces share a few
     for name, ns in config.namespaces.items():
         for cname, cadence in ns.cadence.items():
-            reason = config.target_mismatch(cadence.target)
+            if cadence.target not in mismatch:
+                mismatch[cadence.target] = config.target_mismatch(cadence.target)
+            reason = mismatch[cadence.target]
             if reason is None:
                 continue
             node, matched = find_pos(root, ("namespaces", name, "cadence", cname, "target"))
