@@ -42,6 +42,7 @@ from core.config.positions import (
     find_pos,
     format_path,
     format_segment,
+    release,
     sorted_unique,
 )
 from core.config.reader import YamlReader, read_config_text
@@ -151,6 +152,13 @@ def _load_config(
     thorough: bool,
 ) -> LoadedConfig:
     load = _Load.start(env, overrides, cwd, allow_unset=allow_unset)
+    try:
+        return _run_steps(load, path, allow_unset=allow_unset, thorough=thorough)
+    finally:
+        release(load.problems.root)
+
+
+def _run_steps(load: _Load, path: Path | str | None, *, allow_unset: bool, thorough: bool) -> LoadedConfig:
     _locate(load, path if path is not None else load.flags.get("config"))
     _read_main_file(load)
     _include_vaultmesh_files(load)
