@@ -42,7 +42,7 @@ import base64
 import hashlib
 import re
 import secrets
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -213,7 +213,30 @@ def wrap_token(token_der: bytes) -> bytes:
     return der
 
 
+_known: dict[tuple[object, ...], Any] = {}
+
+
+def _remembered(key: tuple[object, ...], compute: Callable[[], Any]) -> Any:
+    """compute()'s value for `key` (the DER it reads), computed once: the replies of one TSA
+    bring the same certificate, ESS attribute and TSA name every time, and what is computed
+    here is a function of those bytes alone. A failing check raises and is not remembered."""
+    try:
+        return _known[key]
+    except KeyError:
+        pass
+    value = compute()
+    if len(_known) >= 1024:
+        _known.clear()
+    _known[key] = value
+    return value
+
+
 def signer_matches(sid: cms.SignerIdentifier, cert: asn1x509.Certificate) -> bool:
+    same: bool = _remembered(("sid", sid.dump(), cert.dump()), lambda: _signer_matches(sid, cert))
+    return same
+
+
+def _signer_matches(sid: cms.SignerIdentifier, cert: asn1x509.Certificate) -> bool:
     if sid.name == "issuer_and_serial_number":
         ias = sid.chosen
         same: bool = (
@@ -334,7 +357,8 @@ def _check_signature(sd: cms.SignedData, signer: x509.Certificate) -> list[bytes
     attrs = {a["type"].native: a["values"] for a in signed_attrs}
     _check_content_attrs(attrs, digest_name, econtent)
     _check_signature_value(si, signer, to_verify, h)
-    _check_ess(attrs, signer)
+    ess = [attrs[name].dump() if name in attrs else None for name in ("signing_certificate_v2", "signing_certificate")]
+    _remembered(("ess", _der(signer), *ess), lambda: _check_ess(attrs, signer))
     return as_sent
 
 
@@ -361,7 +385,7 @@ def _check_signature_value(
     sig = si["signature"].native
     algo = si["signature_algorithm"]
     algo_name = algo["algorithm"].native
-    key = signer.public_key()
+    key = _remembered(("key", _der(signer)), signer.public_key)
     try:
         if isinstance(key, ec.EllipticCurvePublicKey):
             key.verify(sig, to_verify, ec.ECDSA(h))
@@ -622,7 +646,7 @@ def verify_response(
         gen_time=gen_time,
         serial=tst["serial_number"].native,
         policy=policy,
-        tsa_name=_name_str(tst["tsa"]),
+        tsa_name=_remembered(("tsa", tst["tsa"].dump()), lambda: _name_str(tst["tsa"])),
         hash_name=got_hash,
         nonce=got_nonce,
         signer_cert_sha256=hashlib.sha256(_der(signer)).hexdigest(),
@@ -726,7 +750,7 @@ def _check_signed(
     on the normalized token when a strict parser can read it. `sd` is the token as sent,
     whose signed content normalization keeps byte for byte."""
     attrs = _check_signature(sd, signer)
-    _check_eku(signer)
+    _remembered(("eku", _der(signer)), lambda: _check_eku(signer))
     untrusted = [x509.load_der_x509_certificate(der) for der in normalized.certificates]
     _check_chain(signer, untrusted + list(intermediates), trust_roots, gen_time)
     if attrs == sorted(attrs):  # in DER SET order, else no strict parser reads it (module doc)
