@@ -181,6 +181,7 @@ class CloudEventsSettings(_Model):
 TARGET_ID = re.compile(r"^(?P<scheme>[A-Za-z0-9]+):(?P<name>[^\s:]+)$")
 
 
+@functools.lru_cache(maxsize=1024)  # thousands of cadences name the same few targets
 def _check_target(value: str) -> str:
     m = TARGET_ID.match(value)
     if not m or m.group("scheme") not in SCHEMES:

@@ -293,6 +293,7 @@ class _GeneralPath(Exception):
     documents, nesting past the limit, or a YAML error to report."""
 
 
+_UNSEEN = object()
 _PLAIN_TAGS = frozenset(
     {_STR, *(f"tag:yaml.org,2002:{kind}" for kind in ("int", "float", "bool", "null"))}
 )
@@ -307,7 +308,7 @@ class _EventBuild:
     def __init__(self, reader: YamlReader, text: str) -> None:
         self.reader = reader
         self.text = text
-        self.constructed: dict[tuple[str, str], Any] = {}  # plain scalars: (tag, text) -> value
+        self.constructed: dict[str, Any] = {}  # plain scalars: text -> value
 
     def read(self, root: Pos) -> tuple[Any, Pos] | None:
         """(data, root) or None when the composed path must read the text."""
@@ -342,7 +343,10 @@ class _EventBuild:
             raise _GeneralPath
         kind = type(event)
         if kind is yaml.ScalarEvent:
-            return self.reader.scalar(self._construct(event), event.value, bool(event.style), pos)
+            value = self._construct(event)
+            if type(value) is str and "$" not in value:
+                return value  # what reader.scalar would return, without the call
+            return self.reader.scalar(value, event.value, bool(event.style), pos)
         if kind is yaml.MappingStartEvent:
             return self._mapping(pos, depth)
         if kind is yaml.SequenceStartEvent:
@@ -353,14 +357,15 @@ class _EventBuild:
         text = event.value
         if not event.implicit[0]:  # quoted or a block scalar: a string
             return text
-        key = (text, "")
-        if key not in self.constructed:
+        value = self.constructed.get(text, _UNSEEN)
+        if value is _UNSEEN:
             tag = self.events.resolve(yaml.ScalarNode, text, (True, False))
             if tag not in _PLAIN_TAGS:
                 raise _GeneralPath  # timestamps, merge keys, `=`
             node = yaml.ScalarNode(tag, text, event.start_mark, event.end_mark, event.style)
-            self.constructed[key] = text if tag == _STR else self.reader.constructor.construct_object(node)
-        return self.constructed[key]
+            value = text if tag == _STR else self.reader.constructor.construct_object(node)
+            self.constructed[text] = value
+        return value
 
     def _mapping(self, pos: Pos, depth: int) -> dict[Any, Any]:
         reader, get = self.reader, self.get
@@ -373,7 +378,8 @@ class _EventBuild:
             if type(key_event) is not yaml.ScalarEvent or key_event.tag is not None or depth >= MAX_YAML_DEPTH:
                 raise _GeneralPath  # a collection as a key, a tagged key, too deep
             key = self._construct(key_event)
-            key_mark = _mark(key_event)
+            mark: Any = key_event.start_mark
+            key_mark = (mark.line + 1, mark.column + 1)
             value_event = get()
             if key in first:
                 child = Pos(reader.file, key, pos, key_mark, None, reader.base)
@@ -381,8 +387,8 @@ class _EventBuild:
                 self._skip(value_event, depth + 1)
                 continue
             first[key] = key_mark
-            value_mark = _mark(value_event)
-            child = Pos(reader.file, key, pos, key_mark, value_mark, reader.base)
+            mark = value_event.start_mark
+            child = Pos(reader.file, key, pos, key_mark, (mark.line + 1, mark.column + 1), reader.base)
             pos.children[key] = child
             out[key] = self._node(value_event, child, depth + 1)
 
