@@ -456,25 +456,28 @@ def _unique_paths(paths: list[Path]) -> list[Path]:
 
 
 def _iter_raw_cadences(
-    raw: dict[str, Any], root: Pos
-) -> Iterator[tuple[Any, dict[str, Any], str, dict[str, Any], Pos | None]]:
-    """(namespace, its raw mapping, cadence name, the cadence's, its position) of each
-    well-shaped cadence in the raw data."""
+    raw: dict[str, Any]
+) -> Iterator[tuple[Any, dict[str, Any], str, dict[str, Any]]]:
+    """(namespace, its raw mapping, cadence name, the cadence's) of each well-shaped
+    cadence in the raw data."""
     namespaces = raw.get("namespaces")
     if not isinstance(namespaces, dict):
         return
-    ns_pos = root.children.get("namespaces")
     for name, ns in namespaces.items():
         if not isinstance(ns, dict) or not isinstance(ns.get("cadence"), dict):
             continue
         for cname, cadence in ns["cadence"].items():
             if cname in CADENCES and isinstance(cadence, dict):
-                cpos = None
-                if ns_pos is not None:
-                    cpos, matched = find_pos(ns_pos, (name, "cadence", cname))
-                    if matched != 3:
-                        cpos = None
-                yield name, ns, cname, cadence, cpos
+                yield name, ns, cname, cadence
+
+
+def _cadence_field(root: Pos, name: Any, cname: str, key: str) -> Pos | None:
+    """Where a cadence's `key` is written, for a problem with it (looked up only then)."""
+    ns_pos = root.children.get("namespaces")
+    if ns_pos is None:
+        return None
+    cpos, matched = find_pos(ns_pos, (name, "cadence", cname))
+    return cpos.children.get(key) if matched == 3 else None
 
 
 def _check_namespace_names(raw: dict[str, Any], problems: Problems) -> None:
@@ -501,7 +504,7 @@ def _check_targets_resolve(raw: dict[str, Any], problems: Problems) -> None:
     if not isinstance(targets, dict):
         targets = {}
     verdicts: dict[str, str | None] = {}  # per target: thousands of namespaces share a few
-    for _name, _ns, _cname, cadence, cpos in _iter_raw_cadences(raw, problems.root):
+    for name, _ns, cname, cadence in _iter_raw_cadences(raw):
         target = cadence.get("target")
         if not isinstance(target, str):
             continue
@@ -509,7 +512,7 @@ def _check_targets_resolve(raw: dict[str, Any], problems: Problems) -> None:
             verdicts[target] = _unresolved_target(target, targets)
         verdict = verdicts[target]
         if verdict is not None:
-            problems.at(cpos.children.get("target") if cpos else None, verdict)
+            problems.at(_cadence_field(problems.root, name, cname, "target"), verdict)
 
 
 def _unresolved_target(target: str, targets: dict[str, Any]) -> str | None:
@@ -533,7 +536,7 @@ def _unresolved_target(target: str, targets: dict[str, Any]) -> str | None:
 
 def _check_cadence_ranges(raw: dict[str, Any], problems: Problems) -> None:
     """'<n>*fast' can overflow only once the fast period is known."""
-    for _name, ns, cname, cadence, cpos in _iter_raw_cadences(raw, problems.root):
+    for name, ns, cname, cadence in _iter_raw_cadences(raw):
         if cname == "fast":
             continue
         try:
@@ -544,7 +547,7 @@ def _check_cadence_ranges(raw: dict[str, Any], problems: Problems) -> None:
         try:
             parse_every(cadence.get("every"), cadence=cname, fast_seconds=fast)
         except CadenceError as exc:
-            problems.at(cpos.children.get("every") if cpos else None, str(exc))
+            problems.at(_cadence_field(problems.root, name, cname, "every"), str(exc))
 
 
 # --------------------------------------------------------------------------- after validation
