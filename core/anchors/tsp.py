@@ -336,7 +336,7 @@ def _hash_for_sig(digest_oid_name: str) -> hashes.HashAlgorithm:
         raise _fail("signature", f"unsupported digest algorithm {digest_oid_name}") from None
 
 
-def _check_signature(sd: cms.SignedData, signer: x509.Certificate) -> list[bytes]:
+def _check_signature(sd: cms.SignedData, signer: x509.Certificate, signer_der: bytes) -> list[bytes]:
     """The signed attributes and the signature over them; returns the attributes' encodings
     as sent (in the order sent)."""
     infos = list(sd["signer_infos"])
@@ -356,9 +356,9 @@ def _check_signature(sd: cms.SignedData, signer: x509.Certificate) -> list[bytes
     h = _hash_for_sig(digest_name)
     attrs = {a["type"].native: a["values"] for a in signed_attrs}
     _check_content_attrs(attrs, digest_name, econtent)
-    _check_signature_value(si, signer, to_verify, h)
+    _check_signature_value(si, _remembered(("key", signer_der), signer.public_key), to_verify, h)
     ess = [attrs[name].dump() if name in attrs else None for name in ("signing_certificate_v2", "signing_certificate")]
-    _remembered(("ess", _der(signer), *ess), lambda: _check_ess(attrs, signer))
+    _remembered(("ess", signer_der, *ess), lambda: _check_ess(attrs, signer))
     return as_sent
 
 
@@ -378,14 +378,11 @@ def _check_content_attrs(attrs: dict[str, Any], digest_name: str, econtent: byte
         )
 
 
-def _check_signature_value(
-    si: cms.SignerInfo, signer: x509.Certificate, to_verify: bytes, h: hashes.HashAlgorithm
-) -> None:
-    """The SignerInfo's signature over the signed attributes, with the signer's key."""
+def _check_signature_value(si: cms.SignerInfo, key: Any, to_verify: bytes, h: hashes.HashAlgorithm) -> None:
+    """The SignerInfo's signature over the signed attributes, with the signer's public key."""
     sig = si["signature"].native
     algo = si["signature_algorithm"]
     algo_name = algo["algorithm"].native
-    key = _remembered(("key", _der(signer)), signer.public_key)
     try:
         if isinstance(key, ec.EllipticCurvePublicKey):
             key.verify(sig, to_verify, ec.ECDSA(h))
@@ -561,9 +558,10 @@ def _second_opinion(
     builder = VerifierBuilder()
     seen: set[bytes] = set()
     for root in trust_roots:
-        if _der(root) in seen:
+        der = _der(root)
+        if der in seen:
             continue
-        seen.add(_der(root))
+        seen.add(der)
         builder = builder.add_root_certificate(root)
     try:
         builder.build().verify(resp, imprint)
@@ -649,7 +647,7 @@ def verify_response(
         tsa_name=_remembered(("tsa", tst["tsa"].dump()), lambda: _name_str(tst["tsa"])),
         hash_name=got_hash,
         nonce=got_nonce,
-        signer_cert_sha256=hashlib.sha256(_der(signer)).hexdigest(),
+        signer_cert_sha256=hashlib.sha256(normalized.signer.dump()).hexdigest(),
         token_der=raw_token,
     )
 
@@ -749,8 +747,10 @@ def _check_signed(
     """Signature, EKU and path to `trust_roots` at gen_time, and OpenSSL's second opinion
     on the normalized token when a strict parser can read it. `sd` is the token as sent,
     whose signed content normalization keeps byte for byte."""
-    attrs = _check_signature(sd, signer)
-    _remembered(("eku", _der(signer)), lambda: _check_eku(signer))
+    assert normalized.signer is not None
+    signer_der = normalized.signer.dump()  # the certificate as the token or the caller gave it
+    attrs = _check_signature(sd, signer, signer_der)
+    _remembered(("eku", signer_der), lambda: _check_eku(signer))
     untrusted = [x509.load_der_x509_certificate(der) for der in normalized.certificates]
     _check_chain(signer, untrusted + list(intermediates), trust_roots, gen_time)
     if attrs == sorted(attrs):  # in DER SET order, else no strict parser reads it (module doc)
