@@ -575,23 +575,30 @@ def _resolve_model_paths(value: Any, loc: tuple[Any, ...], root: Pos, default_ba
 
 def _warnings(config: Config, root: Pos) -> list[str]:
     warnings: list[str] = []
-    mismatch: dict[str, str | None] = {}  # per target: thousands of namespaces share a few
+    reasons: dict[str, str | None] = {}  # per target: thousands of namespaces share a few
     for name, ns in config.namespaces.items():
         for cname, cadence in ns.cadence.items():
-            if cadence.target not in mismatch:
-                mismatch[cadence.target] = config.target_mismatch(cadence.target)
-            reason = mismatch[cadence.target]
+            if cadence.target not in reasons:
+                reasons[cadence.target] = _refusal_reason(config, cadence.target)
+            reason = reasons[cadence.target]
             if reason is None:
                 continue
             node, matched = find_pos(root, ("namespaces", name, "cadence", cname, "target"))
             where = ""
             if matched == 5 and node.file and node.mark:
                 where = f"{node.file}:{node.mark[0]}:{node.mark[1]}: "
-            say = SCHEMES[cadence.target.partition(":")[0]].refusal_warning
-            if say is not None:
-                settings = config.resolve_target(cadence.target)
-                reason = say(cadence.target, settings, config.resolved_entry(cadence.target))
             msg = f"namespace {name!r} cadence {cname!r}: {reason}"
             path = format_path(["namespaces", name, "cadence", cname, "target"])
             warnings.append(f"{where}{path}: {msg}")
     return warnings
+
+
+def _refusal_reason(config: Config, target: str) -> str | None:
+    """Why jobs on `target` will be refused, as the load warns (None: they will not be)."""
+    reason = config.target_mismatch(target)
+    if reason is None:
+        return None
+    say = SCHEMES[target.partition(":")[0]].refusal_warning
+    if say is not None:
+        reason = say(target, config.resolve_target(target), config.resolved_entry(target))
+    return reason
