@@ -21,6 +21,7 @@ SUITES = {
     "engine": "bench.engine_bench",
     "anchor": "bench.anchor_bench",
     "receipts": "bench.receipts_bench",
+    "costs": "bench.costs_bench",
     "inputs": "bench.inputs_bench",
     "headless": "bench.headless_bench",
     "livez": "bench.livez_bench",

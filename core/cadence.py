@@ -6,6 +6,7 @@ VaultMesh writes periods as a positive integer with a unit, and the slower caden
 
 from __future__ import annotations
 
+import functools
 import re
 
 CADENCES = ("fast", "strong", "cold")
@@ -32,6 +33,11 @@ def parse_every(text: object, *, cadence: str = "fast", fast_seconds: int | None
         raise CadenceError(f"{text!r} is not a cadence ({EXPECTED})")
     if isinstance(text, int):
         raise CadenceError(f"{text!r} has no unit ({EXPECTED})")
+    return _parse_text(text, cadence, fast_seconds)
+
+
+@functools.lru_cache(maxsize=1024)  # a config of 10,000 namespaces says "89s" 10,000 times
+def _parse_text(text: str, cadence: str, fast_seconds: int | None) -> int:
     if text.strip() == "fast":
         raise CadenceError(f"'{text}' needs a multiplier, for example '34*fast'")
     multiple = _MULTIPLE.match(text)

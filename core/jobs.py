@@ -69,6 +69,9 @@ def namespace_name_problem(name: str) -> str | None:
     names that look the same. Receipt file names inside that folder hold only the cadence
     (one of fast/strong/cold), a time stamp and a root prefix: under 80 bytes.
     """
+    if name.isascii() and name.isprintable() and "/" not in name and name not in ("", ".", ".."):
+        if len(name) * 3 <= NAME_MAX_BYTES:  # the common case, checked in C: nothing below applies
+            return None
     from core.text import is_hidden
 
     if name == "":

@@ -42,7 +42,7 @@ import base64
 import hashlib
 import re
 import secrets
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -203,16 +203,40 @@ def _der(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(Encoding.DER)
 
 
+_GRANTED = asn1tsp.PKIStatusInfo({"status": "granted"}).dump()
+
+
 def wrap_token(token_der: bytes) -> bytes:
     """A granted TimeStampResp around a stored TimeStampToken (for the offline re-check)."""
-    token = cms.ContentInfo.load(token_der)
-    der: bytes = asn1tsp.TimeStampResp(
-        {"status": {"status": "granted"}, "time_stamp_token": token}
-    ).dump()
+    token = cms.ContentInfo.load(token_der).dump()  # as sent (parsed, never re-encoded)
+    der: bytes = asn1core.Sequence(contents=_GRANTED + token).dump()
     return der
 
 
+_known: dict[tuple[object, ...], Any] = {}
+
+
+def _remembered(key: tuple[object, ...], compute: Callable[[], Any]) -> Any:
+    """compute()'s value for `key` (the DER it reads), computed once: the replies of one TSA
+    bring the same certificate, ESS attribute and TSA name every time, and what is computed
+    here is a function of those bytes alone. A failing check raises and is not remembered."""
+    try:
+        return _known[key]
+    except KeyError:
+        pass
+    value = compute()
+    if len(_known) >= 1024:
+        _known.clear()
+    _known[key] = value
+    return value
+
+
 def signer_matches(sid: cms.SignerIdentifier, cert: asn1x509.Certificate) -> bool:
+    same: bool = _remembered(("sid", sid.dump(), cert.dump()), lambda: _signer_matches(sid, cert))
+    return same
+
+
+def _signer_matches(sid: cms.SignerIdentifier, cert: asn1x509.Certificate) -> bool:
     if sid.name == "issuer_and_serial_number":
         ias = sid.chosen
         same: bool = (
@@ -232,40 +256,68 @@ def normalize_token(
     (matched by sid among embedded and extra certificates, None if absent).
 
     Only the unsigned `certificates` field changes; the encapsulated TSTInfo and the
-    SignerInfos are asserted byte-identical.
+    SignerInfos are asserted byte-identical. A token already so is returned as sent.
     """
-    ci = cms.ContentInfo.load(token_der)
+    normalized = _normalize(cms.ContentInfo.load(token_der), token_der, extra_certs)
+    return normalized.token_der, normalized.signer
+
+
+@dataclass(frozen=True)
+class _Normalized:
+    token_der: bytes  # the token with its certificate SET normalized
+    signer: asn1x509.Certificate | None
+    certificates: list[bytes]  # that SET's members (X.509 certificates), DER-sorted
+
+
+def _normalize(
+    ci: cms.ContentInfo, token_der: bytes, extra_certs: Iterable[x509.Certificate]
+) -> _Normalized:
+    """normalize_token over the already parsed token `ci` (whose encoding is `token_der`),
+    which is only read: a token that needs a new SET is re-encoded from a fresh parse."""
     if ci["content_type"].native != "signed_data":
         raise _fail("token", f"content type is {ci['content_type'].native}, expected signed_data")
     sd = ci["content"]
-    signed_before = (sd["encap_content_info"].dump(), sd["signer_infos"].dump())
     members: dict[bytes, cms.CertificateChoices] = {}
+    sent: list[bytes] = []  # the SET's members as sent, attribute certificates included
     if not _absent(sd["certificates"]):
         for choice in sd["certificates"]:
+            sent.append(choice.dump())
             if choice.name == "certificate":  # attribute and other certificates prove nothing here
-                members[choice.dump()] = choice
+                members[sent[-1]] = choice
     for cert in extra_certs:
         choice = cms.CertificateChoices(
             name="certificate", value=asn1x509.Certificate.load(_der(cert))
         )
-        enc = choice.dump()
-        members.setdefault(enc, choice)
+        members.setdefault(choice.dump(), choice)
     signer = None
     sids = [si["sid"] for si in sd["signer_infos"]]
     for choice in members.values():
-        if choice.name == "certificate" and sids and signer_matches(sids[0], choice.chosen):
+        if sids and signer_matches(sids[0], choice.chosen):
             signer = choice.chosen
             break
-    if members:
-        ordered = [members[k] for k in sorted(members)]
-        sd["certificates"] = cms.CertificateSet(ordered)
+    ordered = sorted(members)
+    if sent == ordered:  # already normalized: the token as sent, never re-encoded
+        return _Normalized(token_der, signer, ordered)
+    return _Normalized(_with_certificates(token_der, ordered), signer, ordered)
+
+
+def _with_certificates(token_der: bytes, certificates: list[bytes]) -> bytes:
+    """The token with its certificate SET replaced by `certificates` (in that order; absent
+    when empty), its signed content asserted unchanged."""
+    ci = cms.ContentInfo.load(token_der)
+    sd = ci["content"]
+    signed_before = (sd["encap_content_info"].dump(), sd["signer_infos"].dump())
+    if certificates:
+        sd["certificates"] = cms.CertificateSet(
+            [cms.CertificateChoices.load(der) for der in certificates]
+        )
     elif not _absent(sd["certificates"]):
         sd["certificates"] = None  # it held only attribute certificates
-    out = ci.dump()
+    out: bytes = ci.dump()
     check = cms.ContentInfo.load(out)["content"]
     if (check["encap_content_info"].dump(), check["signer_infos"].dump()) != signed_before:
         raise AssertionError("normalize_token changed signed content")  # never expected
-    return out, signer
+    return out
 
 
 # --- checks ---------------------------------------------------------------------------------
@@ -284,22 +336,30 @@ def _hash_for_sig(digest_oid_name: str) -> hashes.HashAlgorithm:
         raise _fail("signature", f"unsupported digest algorithm {digest_oid_name}") from None
 
 
-def _check_signature(sd: cms.SignedData, signer: x509.Certificate) -> None:
+def _check_signature(sd: cms.SignedData, signer: x509.Certificate, signer_der: bytes) -> list[bytes]:
+    """The signed attributes and the signature over them; returns the attributes' encodings
+    as sent (in the order sent)."""
     infos = list(sd["signer_infos"])
     if len(infos) != 1:
         raise _fail("signature", f"expected exactly one SignerInfo, got {len(infos)}")
     si = infos[0]
-    econtent = sd["encap_content_info"]["content"].contents  # the TSTInfo DER octets
-    digest_name = si["digest_algorithm"]["algorithm"].native
-    h = _hash_for_sig(digest_name)
     signed_attrs = si["signed_attrs"]
     if _absent(signed_attrs) or len(signed_attrs) == 0:
         raise _fail("signature", "SignerInfo has no signed attributes (RFC 3161 requires them)")
+    # The bytes as sent, taken before a check reads into an attribute: asn1crypto marks a
+    # value it filled a default into (an ESSCertIDv2's hash algorithm) as changed and then
+    # re-encodes it (SETs sorted) on every dump, slower and no longer what was signed.
+    to_verify = b"\x31" + signed_attrs.dump()[1:]  # [0] IMPLICIT -> SET OF for the signature
+    as_sent = [a.dump() for a in signed_attrs]
+    econtent = sd["encap_content_info"]["content"].contents  # the TSTInfo DER octets
+    digest_name = si["digest_algorithm"]["algorithm"].native
+    h = _hash_for_sig(digest_name)
     attrs = {a["type"].native: a["values"] for a in signed_attrs}
     _check_content_attrs(attrs, digest_name, econtent)
-    to_verify = b"\x31" + signed_attrs.dump()[1:]  # [0] IMPLICIT -> SET OF for the signature
-    _check_signature_value(si, signer, to_verify, h)
-    _check_ess(attrs, signer)
+    _check_signature_value(si, _remembered(("key", signer_der), signer.public_key), to_verify, h)
+    ess = [attrs[name].dump() if name in attrs else None for name in ("signing_certificate_v2", "signing_certificate")]
+    _remembered(("ess", signer_der, *ess), lambda: _check_ess(attrs, signer))
+    return as_sent
 
 
 def _check_content_attrs(attrs: dict[str, Any], digest_name: str, econtent: bytes) -> None:
@@ -318,14 +378,11 @@ def _check_content_attrs(attrs: dict[str, Any], digest_name: str, econtent: byte
         )
 
 
-def _check_signature_value(
-    si: cms.SignerInfo, signer: x509.Certificate, to_verify: bytes, h: hashes.HashAlgorithm
-) -> None:
-    """The SignerInfo's signature over the signed attributes, with the signer's key."""
+def _check_signature_value(si: cms.SignerInfo, key: Any, to_verify: bytes, h: hashes.HashAlgorithm) -> None:
+    """The SignerInfo's signature over the signed attributes, with the signer's public key."""
     sig = si["signature"].native
     algo = si["signature_algorithm"]
     algo_name = algo["algorithm"].native
-    key = signer.public_key()
     try:
         if isinstance(key, ec.EllipticCurvePublicKey):
             key.verify(sig, to_verify, ec.ECDSA(h))
@@ -526,12 +583,6 @@ def _day(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%d")
 
 
-def _attrs_in_der_order(sd: cms.SignedData) -> bool:
-    attrs = sd["signer_infos"][0]["signed_attrs"]
-    encodings = [a.dump() for a in attrs]
-    return encodings == sorted(encodings)
-
-
 def _openssl_reason(text: str) -> str:
     """The readable part of a library error ('Verify error: ...', 'InvalidSetOrdering in
     SignerInfo::authenticated_attributes'), never the dump itself."""
@@ -562,9 +613,10 @@ def _second_opinion(
     builder = VerifierBuilder()
     seen: set[bytes] = set()
     for root in trust_roots:
-        if _der(root) in seen:
+        der = _der(root)
+        if der in seen:
             continue
-        seen.add(_der(root))
+        seen.add(der)
         builder = builder.add_root_certificate(root)
     try:
         builder.build().verify(resp, imprint)
@@ -627,7 +679,8 @@ def verify_response(
     """
     if not trust_roots:
         raise _fail("chain", "no trust roots configured")
-    raw_token, sd, tst = _parse_response(response_der, token_der)
+    raw_token, token, tst = _parse_response(response_der, token_der)
+    sd = token["content"]
     got_hash, want = _check_imprint(tst, digest, hash_name)
     got_nonce = tst["nonce"].native
     if nonce is not None and got_nonce != nonce:
@@ -636,27 +689,28 @@ def verify_response(
     if policy_oid and policy != policy_oid:
         raise _fail("policy", f"expected {policy_oid}, got {policy}")
     extra = [*intermediates, *_supplied_signer(sd, [*signer_certs, *trust_roots])]
-    normalized, signer_asn1 = normalize_token(raw_token, extra)
-    assert signer_asn1 is not None
-    signer = x509.load_der_x509_certificate(signer_asn1.dump())
+    normalized = _normalize(token, raw_token, extra)
+    assert normalized.signer is not None
+    signer = x509.load_der_x509_certificate(normalized.signer.dump())
     gen_time = tst["gen_time"].native.astimezone(UTC)
-    _check_signed(normalized, signer, intermediates, trust_roots, gen_time, want)
+    _check_signed(sd, normalized, signer, intermediates, trust_roots, gen_time, want)
     _check_skew(gen_time, now, max_clock_skew)
     return TokenInfo(
         gen_time=gen_time,
         serial=tst["serial_number"].native,
         policy=policy,
-        tsa_name=_name_str(tst["tsa"]),
+        tsa_name=_remembered(("tsa", tst["tsa"].dump()), lambda: _name_str(tst["tsa"])),
         hash_name=got_hash,
         nonce=got_nonce,
-        signer_cert_sha256=hashlib.sha256(_der(signer)).hexdigest(),
+        signer_cert_sha256=hashlib.sha256(normalized.signer.dump()).hexdigest(),
         token_der=raw_token,
     )
 
 
-def _parse_response(response_der: bytes, token_der: bytes | None) -> tuple[bytes, cms.SignedData, asn1tsp.TSTInfo]:
-    """A granted TimeStampResp's token (its DER, its SignedData, its TSTInfo), every field
-    parsed now so that malformed content fails here."""
+def _parse_response(response_der: bytes, token_der: bytes | None) -> tuple[bytes, cms.ContentInfo, asn1tsp.TSTInfo]:
+    """A granted TimeStampResp's token (its DER, the token parsed, its TSTInfo), every field
+    parsed now so that malformed content fails here. The one parse of the token: every check
+    reads it (parsing again cost most of a check's time, issue 24)."""
     try:
         resp = _TimeStampResp.load(response_der, strict=True)
         status = resp["status"]["status"].native
@@ -689,7 +743,7 @@ def _parse_response(response_der: bytes, token_der: bytes | None) -> tuple[bytes
         raise
     except (ValueError, TypeError, KeyError) as exc:
         raise _fail("parse", f"malformed TimeStampToken: {exc}") from None
-    return raw_token, sd, tst
+    return raw_token, token, tst
 
 
 def _check_imprint(tst: asn1tsp.TSTInfo, digest: bytes, hash_name: str | None) -> tuple[str, bytes]:
@@ -737,28 +791,28 @@ def _supplied_signer(sd: cms.SignedData, supplied: list[x509.Certificate]) -> li
 
 
 def _check_signed(
-    normalized: bytes,
+    sd: cms.SignedData,
+    normalized: _Normalized,
     signer: x509.Certificate,
     intermediates: Sequence[x509.Certificate],
     trust_roots: Sequence[x509.Certificate],
     gen_time: datetime,
     want: bytes,
 ) -> None:
-    """Signature, EKU and path to `trust_roots` at gen_time of the normalized token, and
-    OpenSSL's second opinion when a strict parser can read it."""
-    normalized_sd = cms.ContentInfo.load(normalized)["content"]
-    _check_signature(normalized_sd, signer)
-    _check_eku(signer)
-    untrusted = [
-        x509.load_der_x509_certificate(choice.chosen.dump())
-        for choice in ([] if _absent(normalized_sd["certificates"]) else normalized_sd["certificates"])
-    ]
+    """Signature, EKU and path to `trust_roots` at gen_time, and OpenSSL's second opinion
+    on the normalized token when a strict parser can read it. `sd` is the token as sent,
+    whose signed content normalization keeps byte for byte."""
+    assert normalized.signer is not None
+    signer_der = normalized.signer.dump()  # the certificate as the token or the caller gave it
+    attrs = _check_signature(sd, signer, signer_der)
+    _remembered(("eku", signer_der), lambda: _check_eku(signer))
+    untrusted = [x509.load_der_x509_certificate(der) for der in normalized.certificates]
     anchor = _check_chain(signer, untrusted + list(intermediates), trust_roots, gen_time)
-    if _attrs_in_der_order(normalized_sd):  # else no strict parser reads it (module doc)
+    if attrs == sorted(attrs):  # in DER SET order, else no strict parser reads it (module doc)
         # Of several roots of one name (the replicas' local TSAs), OpenSSL would try the
         # first it finds and stop there: it gets the one our path ends at.
         roots = [r for r in trust_roots if r == anchor or r.subject != anchor.subject]
-        _second_opinion(wrap_token(normalized), want, roots)
+        _second_opinion(wrap_token(normalized.token_der), want, roots)
 
 
 def _check_skew(gen_time: datetime, now: float | None, max_clock_skew: float | None) -> None:

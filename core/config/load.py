@@ -18,6 +18,8 @@ places them), and all problems of a load are reported at once (``ConfigError.iss
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import io
 import os
 from collections.abc import Callable, Iterator, Mapping
@@ -33,13 +35,14 @@ from core.cadence import CADENCES, CadenceError, parse_every
 from core.config.check import thorough_issues
 from core.config.env import ENV_TABLE
 from core.config.errors import ConfigError, ConfigIssue
-from core.config.models import LISTEN, TARGET_ID, Config, HttpSettings, config_hash
+from core.config.models import LISTEN, TARGET_ID, Config, HttpSettings, config_hash, fields_holding
 from core.config.positions import (
     Pos,
     Problems,
     find_pos,
     format_path,
     format_segment,
+    release,
     sorted_unique,
 )
 from core.config.reader import YamlReader, read_config_text
@@ -120,7 +123,42 @@ def load_config(
     ``log_level``, ``log_file``, ``listen``, ``theme``, ``theme_file``, or any dotted
     ``section.field``. None values are ignored.
     """
+    with _no_gc_pauses():
+        return _load_config(path, env, overrides, cwd, allow_unset=allow_unset, thorough=thorough)
+
+
+@contextlib.contextmanager
+def _no_gc_pauses() -> Iterator[None]:
+    """The cyclic garbage collector off while a load builds its objects: a 10,000-namespace
+    file makes about a million, and each full collection walked all of them again (more
+    than half of the load's time, bench/config_bench.py). What a load leaves is collected
+    afterwards as usual."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _load_config(
+    path: Path | str | None,
+    env: Mapping[str, str] | None,
+    overrides: dict[str, Any] | None,
+    cwd: Path | None,
+    *,
+    allow_unset: bool,
+    thorough: bool,
+) -> LoadedConfig:
     load = _Load.start(env, overrides, cwd, allow_unset=allow_unset)
+    try:
+        return _run_steps(load, path, allow_unset=allow_unset, thorough=thorough)
+    finally:
+        release(load.problems.root)
+
+
+def _run_steps(load: _Load, path: Path | str | None, *, allow_unset: bool, thorough: bool) -> LoadedConfig:
     _locate(load, path if path is not None else load.flags.get("config"))
     _read_main_file(load)
     _include_vaultmesh_files(load)
@@ -418,25 +456,28 @@ def _unique_paths(paths: list[Path]) -> list[Path]:
 
 
 def _iter_raw_cadences(
-    raw: dict[str, Any], root: Pos
-) -> Iterator[tuple[Any, dict[str, Any], str, dict[str, Any], Pos | None]]:
-    """(namespace, its raw mapping, cadence name, the cadence's, its position) of each
-    well-shaped cadence in the raw data."""
+    raw: dict[str, Any]
+) -> Iterator[tuple[Any, dict[str, Any], str, dict[str, Any]]]:
+    """(namespace, its raw mapping, cadence name, the cadence's) of each well-shaped
+    cadence in the raw data."""
     namespaces = raw.get("namespaces")
     if not isinstance(namespaces, dict):
         return
-    ns_pos = root.children.get("namespaces")
     for name, ns in namespaces.items():
         if not isinstance(ns, dict) or not isinstance(ns.get("cadence"), dict):
             continue
         for cname, cadence in ns["cadence"].items():
             if cname in CADENCES and isinstance(cadence, dict):
-                cpos = None
-                if ns_pos is not None:
-                    cpos, matched = find_pos(ns_pos, (name, "cadence", cname))
-                    if matched != 3:
-                        cpos = None
-                yield name, ns, cname, cadence, cpos
+                yield name, ns, cname, cadence
+
+
+def _cadence_field(root: Pos, name: Any, cname: str, key: str) -> Pos | None:
+    """Where a cadence's `key` is written, for a problem with it (looked up only then)."""
+    ns_pos = root.children.get("namespaces")
+    if ns_pos is None:
+        return None
+    cpos, matched = find_pos(ns_pos, (name, "cadence", cname))
+    return cpos.children.get(key) if matched == 3 else None
 
 
 def _check_namespace_names(raw: dict[str, Any], problems: Problems) -> None:
@@ -462,30 +503,40 @@ def _check_targets_resolve(raw: dict[str, Any], problems: Problems) -> None:
     targets = raw.get("targets")
     if not isinstance(targets, dict):
         targets = {}
-    for _name, _ns, _cname, cadence, cpos in _iter_raw_cadences(raw, problems.root):
+    verdicts: dict[str, str | None] = {}  # per target: thousands of namespaces share a few
+    for name, _ns, cname, cadence in _iter_raw_cadences(raw):
         target = cadence.get("target")
         if not isinstance(target, str):
             continue
-        m = TARGET_ID.match(target)
-        if not m or m.group("scheme") not in SCHEMES:
-            continue  # malformed targets are reported by validation
-        scheme, tname = m.group("scheme"), m.group("name")
-        spec = SCHEMES[scheme]
-        if spec.default_entry is not None or spec.name_problem(tname):
-            continue  # it needs no entry (local), or its name is reported by validation
-        entries = targets.get(scheme)
-        if isinstance(entries, dict) and (tname in entries or "default" in entries):
-            continue
-        problems.at(
-            cpos.children.get("target") if cpos else None,
-            f"target {target!r} has no settings (add targets.{scheme}.{format_segment(tname)} or "
-            f"targets.{scheme}.default, or a VaultMesh anchors.yaml)",
-        )
+        if target not in verdicts:
+            verdicts[target] = _unresolved_target(target, targets)
+        verdict = verdicts[target]
+        if verdict is not None:
+            problems.at(_cadence_field(problems.root, name, cname, "target"), verdict)
+
+
+def _unresolved_target(target: str, targets: dict[str, Any]) -> str | None:
+    """Why `target` has no settings in the raw `targets`, or None (also when validation
+    reports it)."""
+    m = TARGET_ID.match(target)
+    if not m or m.group("scheme") not in SCHEMES:
+        return None  # malformed targets are reported by validation
+    scheme, tname = m.group("scheme"), m.group("name")
+    spec = SCHEMES[scheme]
+    if spec.default_entry is not None or spec.name_problem(tname):
+        return None  # it needs no entry (local), or its name is reported by validation
+    entries = targets.get(scheme)
+    if isinstance(entries, dict) and (tname in entries or "default" in entries):
+        return None
+    return (
+        f"target {target!r} has no settings (add targets.{scheme}.{format_segment(tname)} or "
+        f"targets.{scheme}.default, or a VaultMesh anchors.yaml)"
+    )
 
 
 def _check_cadence_ranges(raw: dict[str, Any], problems: Problems) -> None:
     """'<n>*fast' can overflow only once the fast period is known."""
-    for _name, ns, cname, cadence, cpos in _iter_raw_cadences(raw, problems.root):
+    for name, ns, cname, cadence in _iter_raw_cadences(raw):
         if cname == "fast":
             continue
         try:
@@ -496,7 +547,7 @@ def _check_cadence_ranges(raw: dict[str, Any], problems: Problems) -> None:
         try:
             parse_every(cadence.get("every"), cadence=cname, fast_seconds=fast)
         except CadenceError as exc:
-            problems.at(cpos.children.get("every") if cpos else None, str(exc))
+            problems.at(_cadence_field(problems.root, name, cname, "every"), str(exc))
 
 
 # --------------------------------------------------------------------------- after validation
@@ -504,7 +555,7 @@ def _check_cadence_ranges(raw: dict[str, Any], problems: Problems) -> None:
 
 def _resolve_model_paths(value: Any, loc: tuple[Any, ...], root: Pos, default_base: Path) -> None:
     if isinstance(value, BaseModel):
-        for name in type(value).model_fields:
+        for name in fields_holding(type(value), Path):  # the others hold no path
             item = getattr(value, name)
             here = (*loc, name)
             if isinstance(item, Path):
@@ -524,20 +575,30 @@ def _resolve_model_paths(value: Any, loc: tuple[Any, ...], root: Pos, default_ba
 
 def _warnings(config: Config, root: Pos) -> list[str]:
     warnings: list[str] = []
+    reasons: dict[str, str | None] = {}  # per target: thousands of namespaces share a few
     for name, ns in config.namespaces.items():
         for cname, cadence in ns.cadence.items():
-            reason = config.target_mismatch(cadence.target)
+            if cadence.target not in reasons:
+                reasons[cadence.target] = _refusal_reason(config, cadence.target)
+            reason = reasons[cadence.target]
             if reason is None:
                 continue
             node, matched = find_pos(root, ("namespaces", name, "cadence", cname, "target"))
             where = ""
             if matched == 5 and node.file and node.mark:
                 where = f"{node.file}:{node.mark[0]}:{node.mark[1]}: "
-            say = SCHEMES[cadence.target.partition(":")[0]].refusal_warning
-            if say is not None:
-                settings = config.resolve_target(cadence.target)
-                reason = say(cadence.target, settings, config.resolved_entry(cadence.target))
             msg = f"namespace {name!r} cadence {cname!r}: {reason}"
             path = format_path(["namespaces", name, "cadence", cname, "target"])
             warnings.append(f"{where}{path}: {msg}")
     return warnings
+
+
+def _refusal_reason(config: Config, target: str) -> str | None:
+    """Why jobs on `target` will be refused, as the load warns (None: they will not be)."""
+    reason = config.target_mismatch(target)
+    if reason is None:
+        return None
+    say = SCHEMES[target.partition(":")[0]].refusal_warning
+    if say is not None:
+        reason = say(target, config.resolve_target(target), config.resolved_entry(target))
+    return reason

@@ -6,6 +6,7 @@ and are re-exported here. ``config_hash`` is the canonical hash of a Config.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -180,6 +181,7 @@ class CloudEventsSettings(_Model):
 TARGET_ID = re.compile(r"^(?P<scheme>[A-Za-z0-9]+):(?P<name>[^\s:]+)$")
 
 
+@functools.lru_cache(maxsize=1024)  # thousands of cadences name the same few targets
 def _check_target(value: str) -> str:
     m = TARGET_ID.match(value)
     if not m or m.group("scheme") not in SCHEMES:
@@ -430,6 +432,26 @@ class Config(_Model):
 # --------------------------------------------------------------------------- hashing
 
 
+@functools.cache
+def fields_holding(model: type[BaseModel], kind: type) -> tuple[str, ...]:
+    """The fields of `model` that may hold a `kind` (Path, SecretStr), directly or inside
+    their models, lists, dicts and unions; a walk over the values looks at these only."""
+    return tuple(name for name, f in model.model_fields.items() if _may_hold(f.annotation, kind, set()))
+
+
+def _may_hold(annotation: Any, kind: type, seen: set[type]) -> bool:
+    if annotation is Any:
+        return True
+    if isinstance(annotation, type):
+        if issubclass(annotation, kind):
+            return True
+        if issubclass(annotation, BaseModel) and annotation not in seen:
+            seen.add(annotation)
+            return any(_may_hold(f.annotation, kind, seen) for f in annotation.model_fields.values())
+        return False
+    return any(_may_hold(arg, kind, seen) for arg in typing.get_args(annotation))
+
+
 def config_hash(config: Config) -> str:
     """sha256 hex of a canonical JSON form of the model; secrets enter as their sha256."""
     doc = _canonical(config)
@@ -444,13 +466,23 @@ def config_hash(config: Config) -> str:
     # The shared batch folder counts only when some namespace reads it (has no `source`).
     reads_root = any(ns.source is None for ns in config.namespaces.values())
     doc["_batches_root"] = str(config._batches_root) if config._batches_root and reads_root else None
-    text = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    text = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_path_text)
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _path_text(value: Any) -> str:
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} has no canonical form")
 
 
 def _canonical(value: Any) -> Any:
     if isinstance(value, BaseModel):
-        return {name: _canonical(getattr(value, name)) for name in type(value).model_fields}
+        # pydantic's own dump (Paths left to _path_text), but for the fields holding secrets
+        secret = fields_holding(type(value), SecretStr)
+        doc: dict[str, Any] = value.model_dump(exclude=set(secret)) if secret else value.model_dump()
+        doc.update((name, _canonical(getattr(value, name))) for name in secret)
+        return doc
     if isinstance(value, SecretStr):
         return "sha256:" + hashlib.sha256(value.get_secret_value().encode()).hexdigest()
     if isinstance(value, dict):

@@ -114,6 +114,23 @@ def _yaml_children(node: yaml.Node) -> list[tuple[yaml.Node, yaml.Node]]:
     return []
 
 
+def _too_deep(document: yaml.Node) -> tuple[yaml.Node, str] | None:
+    """_yaml_refusal for a document without aliases (its text holds no anchor `&`): only
+    nesting can be refused, at the first node (in document order) past the limit. A
+    collection at the limit holding anything is enough to know, so only collections are
+    walked."""
+    stack: list[tuple[yaml.Node, int]] = [(document, 1)]
+    while stack:
+        node, depth = stack.pop()
+        kids = [k for k, _ in _yaml_children(node)]
+        if not kids:
+            continue
+        if depth >= MAX_YAML_DEPTH:
+            return kids[0], f"nested more than {MAX_YAML_DEPTH} levels deep"
+        stack.extend((kid, depth + 1) for kid in reversed(kids) if not isinstance(kid, yaml.ScalarNode))
+    return None
+
+
 def _yaml_refusal(document: yaml.Node) -> tuple[yaml.Node, str] | None:
     """Why a composed document must not be built, and the node to report it at; or None.
 
@@ -159,6 +176,9 @@ def _yaml_refusal(document: yaml.Node) -> tuple[yaml.Node, str] | None:
     return None
 
 
+_STR = "tag:yaml.org,2002:str"  # a string scalar: its text, without the constructor's bookkeeping
+
+
 class YamlReader:
     """Composes a YAML file, builds plain data and a position tree, expands ${VAR}."""
 
@@ -181,6 +201,12 @@ class YamlReader:
         except ValueError as exc:  # too large
             self.problems.in_file(display, str(exc))
             return None
+        self.file = display
+        self.base = base
+        self.constructor = yaml.SafeLoader("")  # constructs scalars with YAML's own rules
+        fast = _EventBuild(self, text).read(Pos(display, base=base))
+        if fast is not None:
+            return fast
         try:
             node = yaml.compose(text, Loader=_COMPOSER)
         except yaml.MarkedYAMLError as exc:
@@ -203,14 +229,12 @@ class YamlReader:
         root = Pos(display, base=base)
         if node is None:
             return {}, root
-        refusal = _yaml_refusal(node)
+        # Without an anchor there is no alias to measure: the cheap walk (issue 24).
+        refusal = _yaml_refusal(node) if "&" in text else _too_deep(node)
         if refusal is not None:
             at, message = refusal
             self.problems.in_file(display, message, (at.start_mark.line + 1, at.start_mark.column + 1))
             return None
-        self.file = display
-        self.base = base
-        self.constructor = yaml.SafeLoader("")  # constructs scalars with YAML's own rules
         root.mark = (node.start_mark.line + 1, node.start_mark.column + 1)
         return self._build(node, root), root
 
@@ -224,7 +248,7 @@ class YamlReader:
                 if not isinstance(key_node, yaml.ScalarNode):
                     self.problems.add(pos.file, key_mark, pos.segments(), "a key must be a plain value, not a list or mapping")
                     continue
-                key = self.constructor.construct_object(key_node)
+                key = key_node.value if key_node.tag == _STR else self.constructor.construct_object(key_node)
                 if key in first:
                     child = Pos(self.file, key, pos, key_mark, None, self.base)
                     self.problems.at(child, f"duplicate key {str(key)!r} (first at line {first[key][0]}, column {first[key][1]})", key=True)
@@ -243,9 +267,15 @@ class YamlReader:
                 pos.children[i] = child
                 items.append(self._build(item, child))
             return items
-        value = self.constructor.construct_object(node)
-        if isinstance(value, int) and isinstance(node, yaml.ScalarNode) and not node.style and node.value.lower().startswith(("0x", "+0x", "-0x")):
-            value = node.value  # 0x... are addresses and keys here, not numbers: keep the text
+        value = node.value if node.tag == _STR else self.constructor.construct_object(node)
+        quoted = isinstance(node, yaml.ScalarNode) and bool(node.style)
+        return self.scalar(value, node.value, quoted, pos)
+
+    def scalar(self, value: Any, text: str, quoted: bool, pos: Pos) -> Any:
+        """A scalar's value once constructed (`text` as written): hex stays text, ${VAR}
+        expanded."""
+        if isinstance(value, int) and not quoted and text.lower().startswith(("0x", "+0x", "-0x")):
+            value = text  # 0x... are addresses and keys here, not numbers: keep the text
         if isinstance(value, str) and "$" in value:
             value, missing = _interpolate(value, self.env)
             for name in missing:
@@ -255,3 +285,140 @@ class YamlReader:
                 self.failed.add(id(pos))
                 self.problems.at(pos, f"variable {name} is not set (set it, or write ${{{name}:-default}})")
         return value
+
+
+class _GeneralPath(Exception):
+    """The text needs the composed path (YamlReader.read): an anchor, an explicit tag, a
+    merge key or another uncommon scalar type, a key that is a collection, several
+    documents, nesting past the limit, or a YAML error to report."""
+
+
+_UNSEEN = object()
+_PLAIN_TAGS = frozenset(
+    {_STR, *(f"tag:yaml.org,2002:{kind}" for kind in ("int", "float", "bool", "null"))}
+)
+
+
+class _EventBuild:
+    """The common file built straight from libyaml's events (issue 24: a 10,000-namespace
+    file composed into nodes, measured and then built took most of a load). The same data,
+    positions and problems as YamlReader._build; anything else is left to the composed
+    path, with what this pass reported taken back."""
+
+    def __init__(self, reader: YamlReader, text: str) -> None:
+        self.reader = reader
+        self.text = text
+        self.constructed: dict[str, Any] = {}  # plain scalars: text -> value
+
+    def read(self, root: Pos) -> tuple[Any, Pos] | None:
+        """(data, root) or None when the composed path must read the text."""
+        if "&" in self.text:  # an anchor: aliases to measure
+            return None
+        reader = self.reader
+        before = (len(reader.problems.issues), len(reader.unset), set(reader.failed))
+        try:
+            return self._document(root), root
+        except (_GeneralPath, yaml.YAMLError):
+            del reader.problems.issues[before[0]:]
+            del reader.unset[before[1]:]
+            reader.failed = before[2]
+            return None
+
+    def _document(self, root: Pos) -> Any:
+        self.events = _COMPOSER(self.text)
+        self.get: Any = self.events.get_event
+        self.get()  # StreamStart
+        event = self.get()
+        if isinstance(event, yaml.StreamEndEvent):
+            return {}
+        first: Any = self.get()
+        root.mark = _mark(first)
+        data = self._node(first, root, 1)
+        if not isinstance(self.get(), yaml.DocumentEndEvent) or not isinstance(self.get(), yaml.StreamEndEvent):
+            raise _GeneralPath  # several documents: the composer's error
+        return data
+
+    def _node(self, event: Any, pos: Pos, depth: int) -> Any:  # a yaml.Event
+        if depth > MAX_YAML_DEPTH or getattr(event, "tag", None) is not None:
+            raise _GeneralPath
+        kind = type(event)
+        if kind is yaml.ScalarEvent:
+            value = self._construct(event)
+            if type(value) is str and "$" not in value:
+                return value  # what reader.scalar would return, without the call
+            return self.reader.scalar(value, event.value, bool(event.style), pos)
+        if kind is yaml.MappingStartEvent:
+            return self._mapping(pos, depth)
+        if kind is yaml.SequenceStartEvent:
+            return self._sequence(pos, depth)
+        raise _GeneralPath
+
+    def _construct(self, event: Any) -> Any:  # a yaml.ScalarEvent
+        text = event.value
+        if not event.implicit[0]:  # quoted or a block scalar: a string
+            return text
+        value = self.constructed.get(text, _UNSEEN)
+        if value is _UNSEEN:
+            tag = self.events.resolve(yaml.ScalarNode, text, (True, False))
+            if tag not in _PLAIN_TAGS:
+                raise _GeneralPath  # timestamps, merge keys, `=`
+            node = yaml.ScalarNode(tag, text, event.start_mark, event.end_mark, event.style)
+            value = text if tag == _STR else self.reader.constructor.construct_object(node)
+            self.constructed[text] = value
+        return value
+
+    def _mapping(self, pos: Pos, depth: int) -> dict[Any, Any]:
+        reader, get = self.reader, self.get
+        out: dict[Any, Any] = {}
+        first: dict[Any, tuple[int, int]] = {}
+        while True:
+            key_event: Any = get()
+            if type(key_event) is yaml.MappingEndEvent:
+                return out
+            if type(key_event) is not yaml.ScalarEvent or key_event.tag is not None or depth >= MAX_YAML_DEPTH:
+                raise _GeneralPath  # a collection as a key, a tagged key, too deep
+            key = self._construct(key_event)
+            mark: Any = key_event.start_mark
+            key_mark = (mark.line + 1, mark.column + 1)
+            value_event = get()
+            if key in first:
+                child = Pos(reader.file, key, pos, key_mark, None, reader.base)
+                reader.problems.at(child, f"duplicate key {str(key)!r} (first at line {first[key][0]}, column {first[key][1]})", key=True)
+                self._skip(value_event, depth + 1)
+                continue
+            first[key] = key_mark
+            mark = value_event.start_mark
+            child = Pos(reader.file, key, pos, key_mark, (mark.line + 1, mark.column + 1), reader.base)
+            pos.children[key] = child
+            out[key] = self._node(value_event, child, depth + 1)
+
+    def _sequence(self, pos: Pos, depth: int) -> list[Any]:
+        reader, get = self.reader, self.get
+        items: list[Any] = []
+        while True:
+            event = get()
+            if type(event) is yaml.SequenceEndEvent:
+                return items
+            mark = _mark(event)
+            child = Pos(reader.file, len(items), pos, mark, mark, reader.base)
+            pos.children[len(items)] = child
+            items.append(self._node(event, child, depth + 1))
+
+    def _skip(self, event: Any, depth: int) -> None:  # a yaml.Event
+        """Past a value that is not built (a duplicate key's), its nesting still limited."""
+        open_collections = 0
+        while True:
+            if isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+                open_collections -= 1
+            elif depth + open_collections > MAX_YAML_DEPTH:
+                raise _GeneralPath
+            elif isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+                open_collections += 1
+            if open_collections == 0:
+                return
+            event = self.get()
+
+
+def _mark(event: Any) -> tuple[int, int]:
+    """Where an event starts: (line, column), 1-based."""
+    return event.start_mark.line + 1, event.start_mark.column + 1
