@@ -3,11 +3,29 @@ and snake_case)."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import AfterValidator, Field
+from pydantic_core import PydanticCustomError
 
 from core.model_types import Model, OptPath, OptPolicyOID, OptStr
+from core.text import url_origin
+
+
+def _check_url(value: str) -> str:
+    """http:// or https:// with a host, checked at load (the file's line), never echoing
+    a user:password the URL may hold."""
+    origin = url_origin(value)
+    scheme = origin.partition("://")[0] if "://" in origin else ""
+    if scheme not in ("http", "https"):
+        shown = origin if scheme else "a URL without scheme://host"
+        raise PydanticCustomError(
+            "url_scheme", "url must be http:// or https:// with a host, got {g}", {"g": shown}
+        )
+    return value
+
+
+HttpUrl = Annotated[str, AfterValidator(_check_url)]
 
 
 class Rfc3161Auth(Model):
@@ -20,7 +38,7 @@ class Rfc3161Auth(Model):
 
 
 class Rfc3161Target(Model):
-    url: str
+    url: HttpUrl
     trust_bundle: OptPath = Field(None, alias="trustBundle")
     policy_oid: OptPolicyOID = Field(None, alias="policyOID")
     hash: Literal["sha256", "sha512"] = "sha256"
