@@ -32,7 +32,7 @@ from core.anchors.schemes import SCHEMES
 from core.cadence import CADENCES, CadenceError, parse_every
 from core.config.check import thorough_issues
 from core.config.env import ENV_TABLE
-from core.config.errors import ConfigError, ConfigIssue
+from core.config.errors import ConfigError, ConfigIssue, NoConfigFound
 from core.config.models import LISTEN, TARGET_ID, Config, HttpSettings, config_hash
 from core.config.positions import (
     Pos,
@@ -45,6 +45,7 @@ from core.config.positions import (
 from core.config.reader import YamlReader, read_config_text
 from core.config.vaultmesh import merge_namespaces, merge_targets
 from core.jobs import namespace_name_problem
+from core.model_types import UNSET_ALLOWED
 
 
 def _read_dotenv(path: Path, problems: Problems) -> dict[str, str] | None:
@@ -226,12 +227,12 @@ def _locate(load: _Load, explicit: Path | str | None) -> None:
         load.config_origin = load.origin("VMSH_CONFIG")
     elif load.vmsh_root is None:
         if not (load.cwd / "config.yaml").is_file():
-            raise _fail(
-                None,
+            raise NoConfigFound([ConfigIssue(
+                None, None, None, "",
                 "no configuration found: pass --config FILE (or check-config FILE), "
                 "set VMSH_CONFIG, set VMSH_ROOT to a VaultMesh checkout, "
                 "or create ./config.yaml",
-            )
+            )])
         load.config_path, load.config_origin = load.cwd / "config.yaml", "./config.yaml"
 
 
@@ -362,12 +363,13 @@ def _validate(load: _Load, *, allow_unset: bool) -> Config:
     _check_targets_resolve(raw, problems)
     _check_cadence_ranges(raw, problems)
     config: Config | None = None
+    context = {UNSET_ALLOWED: allow_unset}
     try:
-        config = Config.model_validate(raw)
+        config = Config.model_validate(raw, context=context)
     except PydanticValidationError as exc:
         if allow_unset and _drop_broken_targets(raw, exc, load.reader.unset):
             try:
-                config = Config.model_validate(raw)
+                config = Config.model_validate(raw, context=context)
             except PydanticValidationError as again:
                 problems.add_validation_errors(again, load.reader.failed, Config)
         else:

@@ -192,6 +192,8 @@ class YamlReader:
                     problem += f" at line {exc.context_mark.line + 1}"
                 problem += ")"
             where = (mark.line + 1, mark.column + 1) if mark else None
+            if mark is not None and _char_at(text, mark.line, mark.column) == "\t":
+                problem = "a tab character: YAML indents with spaces only, replace it with spaces"
             self.problems.in_file(display, f"YAML syntax error: {problem}", where)
             return None
         except yaml.YAMLError as exc:
@@ -255,3 +257,9 @@ class YamlReader:
                 self.failed.add(id(pos))
                 self.problems.at(pos, f"variable {name} is not set (set it, or write ${{{name}:-default}})")
         return value
+
+
+def _char_at(text: str, line: int, column: int) -> str:
+    """The character at 0-based `line`, `column` of `text` ("" past its end)."""
+    lines = text.split("\n")
+    return lines[line][column:column + 1] if line < len(lines) else ""

@@ -113,6 +113,22 @@ def test_check_config_without_any_config(capsys):
     assert "no configuration found" in capsys.readouterr().err
 
 
+def test_ctl_status_without_any_config_says_so_and_names_the_socket_it_tried(capsys):
+    assert main(["ctl", "status"]) == 2
+    err = capsys.readouterr().err
+    assert "configuration invalid" not in err
+    assert "no configuration found" in err
+    assert ".vmsh/control.sock: no scheduler is running there" in err
+    assert "--socket PATH" in err
+
+
+def test_a_tab_in_yaml_is_named_with_its_file_line_and_column(capsys, tmp_path):
+    (tmp_path / "tabs.yaml").write_text("scheduler:\n  tick: 1\nnamespaces:\n  a:\n\tcadence: {}\n")
+    assert main(["check-config", "tabs.yaml"]) == 2
+    first = capsys.readouterr().err.splitlines()[0]
+    assert first.startswith("tabs.yaml:5:1: YAML syntax error: a tab character")
+
+
 def test_check_config_vaultmesh_layout(capsys, monkeypatch, tmp_path, fixtures_dir):
     root = tmp_path / "vm"
     (root / "vmsh/config").mkdir(parents=True)
