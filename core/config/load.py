@@ -177,7 +177,7 @@ class _Load:
             real_env=real_env,
             env=envs,
             flags={k: v for k, v in (overrides or {}).items() if v is not None},
-            reader=YamlReader(envs, problems, allow_unset=allow_unset),
+            reader=YamlReader(envs, problems, allow_unset=allow_unset, unused=_unused_setting),
             problems=problems,
             files=files,
         )
@@ -280,6 +280,16 @@ def _include_vaultmesh_files(load: _Load) -> None:
             an_file = None  # the layout's anchors.yaml is optional (local: targets need none)
     if an_file is not None:
         _include(load, an_file, merge_targets)
+
+
+def _unused_setting(segments: list[Any]) -> str | None:
+    """Why a value at `segments` is never used, else None: the settings of a scheme this
+    build has no backend for (btc), in `targets:` or in a VaultMesh anchors.yaml."""
+    inside = segments[1:] if segments[:1] == ["targets"] else segments
+    spec = SCHEMES.get(str(inside[0])) if len(inside) >= 2 else None
+    if spec is None or spec.build is not None:
+        return None
+    return f"{spec.name} targets are not anchored by this build (their jobs are disabled)"
 
 
 def _file_key(load: _Load, key: str) -> str | None:

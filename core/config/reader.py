@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import re
 import stat
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -162,11 +162,17 @@ def _yaml_refusal(document: yaml.Node) -> tuple[yaml.Node, str] | None:
 class YamlReader:
     """Composes a YAML file, builds plain data and a position tree, expands ${VAR}."""
 
-    def __init__(self, env: Mapping[str, str], problems: Problems, *, allow_unset: bool = False) -> None:
+    def __init__(
+        self, env: Mapping[str, str], problems: Problems, *, allow_unset: bool = False,
+        unused: Callable[[list[Any]], str | None] = lambda segments: None,
+    ) -> None:
         self.env = env
         self.problems = problems
         self.failed: set[int] = set()  # ids of Pos whose value failed interpolation
         self.allow_unset = allow_unset  # unset ${VAR}: "" and a warning instead of an error
+        # Why a value at these segments is never used (a btc target's), else None: an
+        # unset ${VAR} there is "" and a warning saying why, never an error.
+        self.unused = unused
         self.unset: list[str] = []
 
     def read(self, path: Path, display: str, base: Path) -> tuple[Any, Pos] | None:
@@ -250,7 +256,15 @@ class YamlReader:
             value = node.value  # 0x... are addresses and keys here, not numbers: keep the text
         if isinstance(value, str) and "$" in value:
             value, missing = _interpolate(value, self.env)
+            why_unused = self.unused(pos.segments()) if missing else None
             for name in missing:
+                if why_unused is not None:
+                    line = f":{pos.mark[0]}:{pos.mark[1]}" if pos.mark else ""
+                    self.unset.append(
+                        f"{pos.file}{line}: {format_path(pos.segments())}: variable {name} is not set, "
+                        f"and need not be: {why_unused}"
+                    )
+                    continue
                 if self.allow_unset:
                     self.unset.append(f"{pos.file}: {format_path(pos.segments())}: variable {name} is not set")
                     continue

@@ -152,6 +152,28 @@ def test_check_config_vaultmesh_layout(capsys, monkeypatch, tmp_path, fixtures_d
     assert "apikey123" not in out
 
 
+def test_the_vaultmesh_layout_needs_no_btc_rpc_and_says_where_its_data_dir_is(capsys, monkeypatch, tmp_path, fixtures_dir):
+    root = tmp_path / "vm"
+    (root / "vmsh/config").mkdir(parents=True)
+    for name in ("namespaces.yaml", "anchors.yaml"):
+        shutil.copyfile(fixtures_dir / name, root / "vmsh/config" / name)
+    (root / "services/anchors/certs").mkdir(parents=True)
+    (root / "services/anchors/certs/tsa-bundle.pem").write_bytes(make_root().pem)
+    monkeypatch.setenv("VMSH_ROOT", str(root))
+    for name, value in VAULTMESH_ENV.items():
+        if name != "BTC_RPC":
+            monkeypatch.setenv(name, value)
+    assert main(["check-config"]) == 0
+    out = capsys.readouterr().out
+    assert f"data dir: {root / '.vmsh'}" in out
+    assert ("vm/vmsh/config/anchors.yaml:11:13: btc.default.rpcUrl: variable BTC_RPC is not set, "
+            "and need not be: btc targets are not anchored by this build") in out
+    # an unset variable that a used target names is still an error
+    monkeypatch.delenv("TSA_URL")
+    assert main(["check-config"]) == 2
+    assert "variable TSA_URL is not set" in capsys.readouterr().err
+
+
 def test_run_mode_with_bad_config_exits_2(capsys, tmp_path):
     (tmp_path / "config.yaml").write_text(TYPO)
     assert main(["--no-ui"]) == 2
