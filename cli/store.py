@@ -72,7 +72,7 @@ def cmd_store_migrate(loaded: LoadedConfig) -> int:
 
 def cmd_export(loaded: LoadedConfig, out: Path) -> int:
     """Every receipt of the store as a file under `out`; an existing file is never replaced."""
-    from core.store.postgres.database import display_url
+    from core.store.postgres.causes import display_url
 
     cfg = loaded.config
     written = skipped = 0
