@@ -64,7 +64,7 @@ def test_usage_error_exits_2(capsys):
 def test_check_config_example(capsys):
     assert main(["check-config", str(EXAMPLE)]) == 0
     out = capsys.readouterr().out
-    assert "namespaces (3):" in out
+    assert "namespaces (5):" in out  # demo:live and demo:flaky are written by `make run`
     assert "demo:ledger/strong" in out and "local:dev" in out and "every 30s" in out
     assert "targets (1):" in out
     assert "config hash: " in out

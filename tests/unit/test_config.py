@@ -109,7 +109,7 @@ def test_example_config_loads(tmp_path):
     example = Path(__file__).resolve().parents[2] / "config.example.yaml"
     loaded = load_config(example, env={}, cwd=tmp_path)
     cfg = loaded.config
-    assert len(cfg.namespaces) == 3
+    assert len(cfg.namespaces) == 5
     assert cfg.scheduler.data_dir.name == ".vmsh-demo"
     assert all(j.target.startswith("local:") for j in cfg.jobs())
     assert any(j.anchor_unchanged for j in cfg.jobs())
