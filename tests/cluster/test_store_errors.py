@@ -10,10 +10,13 @@ stderr (the JSON log), the files of the data dir, HTTP, `ctl`.
 from __future__ import annotations
 
 import os
+import pwd
+import re
 import signal
 import socket
 import subprocess
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -22,8 +25,10 @@ from psycopg import sql
 
 from core.sources import write_batch
 from tests.integration.tsa_servers import free_port
+from tests.pki import make_root, make_tls_server
 
 from .cluster_rig import CLI, wait_until
+from .pg_fixtures import running_server
 from .postgres import PASSWORD, PostgresServer
 
 PLANTED = "Pl4nted-Secret-7c1e9"
@@ -113,6 +118,38 @@ def test_tls_required_by_the_url_from_a_server_without_it_is_named(tmp_path, con
     err = start_fails(tmp_path, config, pg_url + "?sslmode=require", PASSWORD)
     host, port = host_port(pg_url)
     assert f"{host}:{port} offers no TLS but VMSH_STORE requires it" in err
+
+
+@pytest.fixture
+def tls_only_server() -> Iterator[PostgresServer]:
+    """A PostgreSQL of its own that lets TCP clients in over TLS only (pg_hba.conf hostssl)."""
+    for server in running_server():
+        issuer = make_root()
+        leaf = make_tls_server(issuer)
+        (server.data_dir / "server.crt").write_bytes(leaf.pem)
+        key = server.data_dir / "server.key"
+        key.write_bytes(leaf.key_pem)
+        key.chmod(0o600)
+        if os.geteuid() == 0:  # the server runs as `postgres` and must own its key
+            owner = pwd.getpwnam("postgres")
+            for path in (key, server.data_dir / "server.crt"):
+                os.chown(path, owner.pw_uid, owner.pw_gid)
+        with open(server.data_dir / "postgresql.conf", "a", encoding="utf-8") as conf:
+            conf.write("ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n")
+        hba = server.data_dir / "pg_hba.conf"
+        hba.write_text(re.sub(r"(?m)^host(\s)", r"hostssl\1", hba.read_text()))
+        server.restart()
+        yield server
+
+
+def test_a_server_that_requires_tls_says_to_ask_for_it(tmp_path, config, tls_only_server):
+    url = tls_only_server.url
+    host, port = host_port(url)
+    err = start_fails(tmp_path, config, url + "?sslmode=disable", PASSWORD)
+    assert f'{host}:{port} requires TLS for user "vmsh"' in err and "sslmode=require" in err
+    asked = run(tmp_path, ["store", "migrate", "--config", str(config)],
+                {"VMSH_STORE": url + "?sslmode=require", "VMSH_STORE_PASSWORD": PASSWORD})
+    assert asked.returncode == 0, asked.stderr
 
 
 def test_store_migrate_names_the_cause_too(tmp_path, config, pg_url):
