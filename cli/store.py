@@ -57,6 +57,7 @@ def cmd_store_migrate(loaded: LoadedConfig) -> int:
         return 2
     db = _database(loaded)
     try:
+        db.probe()
         before, after = db.migrate()
     except AnchorError as exc:
         fail("store migrate", str(exc))
@@ -128,6 +129,7 @@ def cmd_store_import(loaded: LoadedConfig, source: Path) -> int:
         return 2
     db = _database(loaded)
     try:
+        db.probe()
         intents, _warnings = IntentJournal(source / "journal").scan()
         if intents:
             fail("store import", f"{source / 'journal'} holds {len(intents)} anchor(s) "
@@ -161,6 +163,7 @@ def _documents(loaded: LoadedConfig) -> Iterator[tuple[str, str, bytes]]:
 
         db = _database(loaded)
         try:
+            db.probe()
             for namespace, name, doc in PgReceiptStore(db, "export").iter_documents():
                 yield namespace, name, dumps_json(doc)
         finally:

@@ -256,6 +256,12 @@ class Database:
         conn.deadline = None if seconds is None else seconds + WATCHDOG_GRACE
         return conn
 
+    def probe(self) -> None:
+        """Connect once, outside the pool, and hang up: a wrong password, role, database or
+        port raises StoreUnavailable naming it at once, where the pool would retry for its
+        whole timeout before saying "couldn't get a connection" (commands run by hand)."""
+        self.connect(deadline=self.statement_seconds).close()
+
     async def connect_async(self) -> psycopg.AsyncConnection[Any]:
         """A connection of its own on the event loop (LISTEN): the server's timeouts only;
         waiting for notifications is no call and has no deadline."""
