@@ -122,6 +122,32 @@ def test_ctl_status_without_any_config_says_so_and_names_the_socket_it_tried(cap
     assert "--socket PATH" in err
 
 
+def test_attach_without_any_config_says_so_on_a_terminal(tmp_path):
+    import pty
+
+    main_fd, child = pty.openpty()
+    env = {k: v for k, v in os.environ.items() if k not in ENV_VARS} | {"PYTHONPATH": str(REPO)}
+    try:
+        done = subprocess.run([sys.executable, "-m", "cli", "attach"], stdin=child, stdout=child, stderr=child,
+                              cwd=tmp_path, env=env, timeout=60)
+        os.close(child)
+        out = b""
+        while True:
+            try:
+                chunk = os.read(main_fd, 65536)
+            except OSError:  # the other side is closed: all read
+                break
+            if not chunk:
+                break
+            out += chunk
+    finally:
+        os.close(main_fd)
+    text = out.decode(errors="replace")
+    assert done.returncode == 2
+    assert "configuration invalid" not in text
+    assert "no configuration found" in text and "--socket PATH" in text
+
+
 def test_a_tab_in_yaml_is_named_with_its_file_line_and_column(capsys, tmp_path):
     (tmp_path / "tabs.yaml").write_text("scheduler:\n  tick: 1\nnamespaces:\n  a:\n\tcadence: {}\n")
     assert main(["check-config", "tabs.yaml"]) == 2
