@@ -38,7 +38,7 @@ _Rule = tuple[re.Pattern[str], Callable[[re.Match[str], str, str, str, str], str
 
 _RULES: tuple[_Rule, ...] = (
     (re.compile(r'password authentication failed for user "([^"]*)"'), lambda m, hp, user, db, shown: (
-        f'authentication failed for user "{m.group(1)}" on {shown}: the password in {PASSWORD_HINT} '
+        f'authentication failed for user "{m.group(1)}" at {hp}: the password in {PASSWORD_HINT} '
         f"is wrong, or the role does not exist (create it: CREATE ROLE {m.group(1)} LOGIN PASSWORD '...')"
     )),
     (re.compile(r"no password supplied"), lambda m, hp, user, db, shown: (
