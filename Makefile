@@ -13,13 +13,19 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
+# The demo writer (core/demo.py --live) keeps writing roots while the scheduler runs; it
+# is stopped when the scheduler exits, and stops by itself if this shell is gone.
 run: install
 	$(PY) -m core.demo --config $(CONFIG) --data-dir $(DATA_DIR)
-	$(VENV)/bin/vmsh-scheduler --config $(CONFIG) --data-dir $(DATA_DIR)
+	$(PY) -m core.demo --config $(CONFIG) --data-dir $(DATA_DIR) --live & \
+	$(VENV)/bin/vmsh-scheduler --config $(CONFIG) --data-dir $(DATA_DIR); \
+	status=$$?; kill $$! 2>/dev/null; exit $$status
 
 headless: install
 	$(PY) -m core.demo --config $(CONFIG) --data-dir $(DATA_DIR)
-	$(VENV)/bin/vmsh-scheduler --no-ui --config $(CONFIG) --data-dir $(DATA_DIR)
+	$(PY) -m core.demo --config $(CONFIG) --data-dir $(DATA_DIR) --live & \
+	$(VENV)/bin/vmsh-scheduler --no-ui --config $(CONFIG) --data-dir $(DATA_DIR); \
+	status=$$?; kill $$! 2>/dev/null; exit $$status
 
 # ganache for the EVM integration tests; reinstalled only when package.json changes.
 node_modules/.installed: package.json

@@ -26,7 +26,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = 5
-JOBS = 4  # in config.example.yaml, each anchors at start
+JOBS = 4  # of config.example.yaml, those with batches (make run writes demo:live's and demo:flaky's), each anchors at start
 WITH_CONTROLLING_TTY = (
     "import fcntl, os, sys, termios; fcntl.ioctl(1, termios.TIOCSCTTY, 0); os.execv(sys.argv[1], sys.argv[1:])"
 )

@@ -26,7 +26,7 @@ def summary(loaded: LoadedConfig) -> str:
     if cfg.scheduler.store == "file":
         lines.append("store: file (the data dir; one scheduler)")
     else:  # never the user name or a password: host, port and database only
-        from core.store.postgres.database import display_url
+        from core.store.postgres.causes import display_url
 
         lines.append(f"store: {display_url(cfg.scheduler.store)} (cluster mode, lease {format_seconds(cfg.scheduler.lease)})")
     lines.append(f"http: {cfg.http.listen}   log level: {cfg.log.level}")

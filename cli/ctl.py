@@ -37,15 +37,27 @@ class CtlError(Exception):
         self.code = code
 
 
-def resolve_socket(args: argparse.Namespace) -> Path:
-    """--socket, else the config's control.socket, else <data_dir>/control.sock."""
+NO_CONFIG = "no --socket given and no configuration found (no --config, VMSH_CONFIG, VMSH_ROOT or ./config.yaml)"
+
+
+def resolve_socket(args: argparse.Namespace) -> tuple[Path, str | None]:
+    """--socket, else the config's control.socket, else <data_dir>/control.sock; with no
+    configuration at all, the default data dir's socket. The second item says why that
+    socket when it is a guess (for the message when nothing answers there)."""
     if getattr(args, "socket", None) is not None:
-        return Path(args.socket)
+        return Path(args.socket), None
     from cli.common import overrides_from, print_errors
-    from core.config import ConfigError, load_config
+    from core.config import ConfigError, NoConfigFound, SchedulerSettings, load_config
+    from core.control_server import default_socket
 
     try:
         loaded = load_config(overrides=overrides_from(args), allow_unset=True)
+    except NoConfigFound:
+        found = socket_despite_errors(args)  # --data-dir, VMSH_DATA_DIR
+        if found is not None:
+            return found, None
+        default = default_socket(SchedulerSettings().data_dir)
+        return default, f"{NO_CONFIG}: tried the default data dir's socket"
     except ConfigError as exc:
         # The usual moment for `ctl reload` is right after an edit that broke the config: the
         # socket is still found from what can be read (the scheduler reports the errors).
@@ -53,8 +65,8 @@ def resolve_socket(args: argparse.Namespace) -> Path:
         if found is None:
             print_errors(exc)
             raise CtlError("pass --socket PATH, or a config (--config, --data-dir) that names the data dir", EXIT_USAGE) from None
-        return found
-    return socket_path(loaded.config)
+        return found, None
+    return socket_path(loaded.config), None
 
 
 def socket_despite_errors(args: argparse.Namespace) -> Path | None:
@@ -115,8 +127,9 @@ def print_status(status: dict[str, Any]) -> None:
 class Client:
     """The control socket's client (core/control_client.py), its errors as CtlError."""
 
-    def __init__(self, socket: Path) -> None:
+    def __init__(self, socket: Path, guess: str | None = None) -> None:
         self.socket = socket
+        self.guess = guess  # why this socket, when no config named it
         self._client = ControlClient(socket)
 
     def __enter__(self) -> Client:
@@ -129,6 +142,13 @@ class Client:
         if isinstance(exc, ControlUnreachable):
             if exc.permission:
                 return CtlError(f"permission denied on {self.socket}: ask for its group (control.group)", EXIT_FAILED)
+            if self.guess:
+                return CtlError(
+                    f"{self.guess}, {self.socket}: no scheduler is running there.\n"
+                    "  pass --socket PATH (a scheduler's <data_dir>/control.sock) or --config FILE, "
+                    f"or {START_HINT}",
+                    EXIT_USAGE,
+                )
             return CtlError(f"no scheduler is running on {self.socket}: {START_HINT}", EXIT_USAGE)
         return CtlError(str(exc), EXIT_FAILED)
 
@@ -149,7 +169,7 @@ class Client:
 
 def run_ctl(args: argparse.Namespace) -> int:
     try:
-        with Client(resolve_socket(args)) as client:
+        with Client(*resolve_socket(args)) as client:
             return _run(args, client)
     except CtlError as exc:
         print(f"vmsh-scheduler ctl: {printable(str(exc), lines=True)}", file=sys.stderr)

@@ -42,7 +42,8 @@ def cmd_attach(args: argparse.Namespace) -> int:
     config, when one is found, only says where the socket is and gives the dashboard's
     settings (theme, keys); an unset secret in it does not matter here."""
     from cli.common import overrides_from, print_errors
-    from core.config import ConfigError, load_config
+    from cli.ctl import NO_CONFIG
+    from core.config import ConfigError, NoConfigFound, load_config
 
     if not all(os.isatty(fd) for fd in (0, 1, 2)):
         print("vmsh-scheduler attach: no terminal: use `vmsh-scheduler ctl` from scripts", file=sys.stderr)
@@ -50,6 +51,11 @@ def cmd_attach(args: argparse.Namespace) -> int:
     loaded = None
     try:
         loaded = load_config(overrides=overrides_from(args), allow_unset=True)
+    except NoConfigFound:
+        if args.socket is None:
+            print(f"vmsh-scheduler attach: {NO_CONFIG}: pass --socket PATH (a scheduler's "
+                  "<data_dir>/control.sock) or --config FILE", file=sys.stderr)
+            return 2
     except ConfigError as exc:
         if args.socket is None:
             print_errors(exc)

@@ -66,6 +66,7 @@ def cmd_store_migrate(loaded: LoadedConfig) -> int:
         return 2
     db = _database(loaded)
     try:
+        db.probe()
         before, after = db.migrate()
     except AnchorError as exc:
         fail("store migrate", str(exc))
@@ -83,7 +84,7 @@ def cmd_export(loaded: LoadedConfig, out: Path, formats: Sequence[str] = ("json"
     """Every receipt of the store as a file under `out`, and beside them what a verifier
     needs: the certificates (`out/.trust/`) and, with "tsr" among `formats`, each RFC 3161
     token as `<name>.tsr`. An existing file is never replaced."""
-    from core.store.postgres.database import display_url
+    from core.store.postgres.causes import display_url
 
     cfg = loaded.config
     written = skipped = 0
@@ -204,6 +205,7 @@ def cmd_store_import(loaded: LoadedConfig, source: Path) -> int:
         return 2
     db = _database(loaded)
     try:
+        db.probe()
         intents, _warnings = IntentJournal(source / "journal").scan()
         if intents:
             fail("store import", f"{source / 'journal'} holds {len(intents)} anchor(s) "
@@ -237,6 +239,7 @@ def _documents(loaded: LoadedConfig) -> Iterator[tuple[str, str, bytes]]:
 
         db = _database(loaded)
         try:
+            db.probe()
             for namespace, name, doc in PgReceiptStore(db, "export").iter_documents():
                 yield namespace, name, dumps_json(doc)
         finally:

@@ -24,7 +24,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     """OK / FAIL / CANNOT CHECK per receipt (exit 0 / 1 / 3). Trust comes from the flags,
     else from a config if one is found, read leniently: only trust bundles, node URLs and
     the data dir matter, so an unset secret variable does not stop verify."""
-    from core.config import ConfigError, load_config
+    from core.config import ConfigError, NoConfigFound, load_config
     from core.receipts import lookup_problem
     from core.verify import Lookup, ReadOnlyVerifiers, parse_rpc_urls, run_verify
 
@@ -47,9 +47,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
     settings_for = config_data_dir = config_problem = config = None
     try:
         config = load_config(overrides=overrides_from(args), allow_unset=True).config
+    except NoConfigFound:
+        pass  # verify needs none
     except ConfigError as exc:
-        if not (len(exc.issues) == 1 and "no configuration found" in str(exc.issues[0])):
-            config_problem = "; ".join(str(i) for i in exc.issues[:3])
+        config_problem = "; ".join(str(i) for i in exc.issues[:3])
     except Exception as exc:  # verify works without a config: never stop on one
         config_problem = f"it could not be read: {exc}"
     else:

@@ -12,6 +12,9 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, SecretStr
 from pydantic_core import PydanticCustomError
 
+# A validation context key: True when the load turns an unset ${VAR} into "" (verify).
+UNSET_ALLOWED = "unset_allowed"
+
 
 class Model(BaseModel):
     model_config = ConfigDict(

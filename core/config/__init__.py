@@ -4,7 +4,7 @@ Where things are (docs/architecture.md, "the configuration package"):
 
 - ``models``: Config and its sections (the pydantic models), ``config_hash``
 - ``env``: ENV_TABLE, the one list of environment variables (``env_help``, the README's table)
-- ``errors``: ConfigIssue, ConfigError, TargetNotFound
+- ``errors``: ConfigIssue, ConfigError, NoConfigFound, TargetNotFound
 - ``positions``: the position tree of a load (``Pos``, ``find_pos``) and its problems
   collector (``Problems``, ``issue_at``)
 - ``reader``: the YAML reader (limits, ${VAR}, ``open_regular``)
@@ -20,7 +20,7 @@ Config, load_config, ConfigError`` works as before the package.
 from __future__ import annotations
 
 from core.config.env import ENV_TABLE, ENV_VARS, EnvVar, env_help, env_table_markdown
-from core.config.errors import ConfigError, ConfigIssue, TargetNotFound
+from core.config.errors import ConfigError, ConfigIssue, NoConfigFound, TargetNotFound
 from core.config.load import LoadedConfig, load_config
 from core.config.models import (
     CLOUDEVENT_TYPES,
@@ -70,6 +70,7 @@ __all__ = [
     "LocalTarget",
     "LogSettings",
     "Namespace",
+    "NoConfigFound",
     "NotRegularFile",
     "Rfc3161Auth",
     "Rfc3161Target",

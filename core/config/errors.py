@@ -36,5 +36,10 @@ class ConfigError(Exception):
         super().__init__("\n".join(str(i) for i in self.issues))
 
 
+class NoConfigFound(ConfigError):
+    """No --config, VMSH_CONFIG, VMSH_ROOT nor ./config.yaml: there is no configuration at
+    all (commands that can do without one tell it from an invalid one)."""
+
+
 class TargetNotFound(LookupError):
     """A target id that no settings in ``targets`` resolve."""

@@ -34,7 +34,7 @@ from core.anchors.schemes import SCHEMES
 from core.cadence import CADENCES, CadenceError, parse_every
 from core.config.check import thorough_issues
 from core.config.env import ENV_TABLE
-from core.config.errors import ConfigError, ConfigIssue
+from core.config.errors import ConfigError, ConfigIssue, NoConfigFound
 from core.config.models import LISTEN, TARGET_ID, Config, HttpSettings, config_hash, fields_holding
 from core.config.positions import (
     Pos,
@@ -48,6 +48,7 @@ from core.config.positions import (
 from core.config.reader import YamlReader, read_config_text
 from core.config.vaultmesh import merge_namespaces, merge_targets
 from core.jobs import namespace_name_problem
+from core.model_types import UNSET_ALLOWED
 
 
 def _read_dotenv(path: Path, problems: Problems) -> dict[str, str] | None:
@@ -214,7 +215,7 @@ class _Load:
             real_env=real_env,
             env=envs,
             flags={k: v for k, v in (overrides or {}).items() if v is not None},
-            reader=YamlReader(envs, problems, allow_unset=allow_unset),
+            reader=YamlReader(envs, problems, allow_unset=allow_unset, unused=_unused_setting),
             problems=problems,
             files=files,
         )
@@ -264,12 +265,12 @@ def _locate(load: _Load, explicit: Path | str | None) -> None:
         load.config_origin = load.origin("VMSH_CONFIG")
     elif load.vmsh_root is None:
         if not (load.cwd / "config.yaml").is_file():
-            raise _fail(
-                None,
+            raise NoConfigFound([ConfigIssue(
+                None, None, None, "",
                 "no configuration found: pass --config FILE (or check-config FILE), "
                 "set VMSH_CONFIG, set VMSH_ROOT to a VaultMesh checkout, "
                 "or create ./config.yaml",
-            )
+            )])
         load.config_path, load.config_origin = load.cwd / "config.yaml", "./config.yaml"
 
 
@@ -317,6 +318,16 @@ def _include_vaultmesh_files(load: _Load) -> None:
             an_file = None  # the layout's anchors.yaml is optional (local: targets need none)
     if an_file is not None:
         _include(load, an_file, merge_targets)
+
+
+def _unused_setting(segments: list[Any]) -> str | None:
+    """Why a value at `segments` is never used, else None: the settings of a scheme this
+    build has no backend for (btc), in `targets:` or in a VaultMesh anchors.yaml."""
+    inside = segments[1:] if segments[:1] == ["targets"] else segments
+    spec = SCHEMES.get(str(inside[0])) if len(inside) >= 2 else None
+    if spec is None or spec.build is not None:
+        return None
+    return f"{spec.name} targets are not anchored by this build (their jobs are disabled)"
 
 
 def _file_key(load: _Load, key: str) -> str | None:
@@ -400,12 +411,13 @@ def _validate(load: _Load, *, allow_unset: bool) -> Config:
     _check_targets_resolve(raw, problems)
     _check_cadence_ranges(raw, problems)
     config: Config | None = None
+    context = {UNSET_ALLOWED: allow_unset}
     try:
-        config = Config.model_validate(raw)
+        config = Config.model_validate(raw, context=context)
     except PydanticValidationError as exc:
         if allow_unset and _drop_broken_targets(raw, exc, load.reader.unset):
             try:
-                config = Config.model_validate(raw)
+                config = Config.model_validate(raw, context=context)
             except PydanticValidationError as again:
                 problems.add_validation_errors(again, load.reader.failed, Config)
         else:

@@ -13,6 +13,7 @@ import re
 import typing
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -39,6 +40,7 @@ from core.jobs import JobKey, JobSpec, safe_name
 from core.model_types import Model as _Model
 from core.model_types import OptPath, OptPolicyOID, OptStr
 from core.sources import DEFAULT_MAX_BATCH_BYTES, BatchLimits
+from core.text import url_origin
 
 
 def _upper(value: Any) -> Any:
@@ -63,16 +65,26 @@ class SchedulerSettings(_Model):
     @field_validator("store")
     @classmethod
     def _store(cls, value: str) -> str:
+        """'file' or a postgresql:// URL without a password; a refusal never echoes what
+        could be a password (the URL's user:password, a `password=` parameter)."""
         value = value.strip()
-        if value == "file" or value.startswith(("postgresql://", "postgres://")):
-            if "@" in value.partition("://")[2].partition("/")[0] and ":" in value.partition("://")[2].partition("@")[0]:
+        if value == "file":
+            return value
+        if value.startswith(("postgresql://", "postgres://")):
+            try:
+                parts = urlsplit(value)
+                has_password = parts.password is not None or "password=" in parts.query.lower()
+            except ValueError:
+                raise PydanticCustomError("store", "the store URL is not a valid URL", {}) from None
+            if has_password:
                 raise PydanticCustomError(
                     "store", "the store URL holds a password: give it in VMSH_STORE_PASSWORD or "
-                    "VMSH_STORE_PASSWORD_FILE instead", {},
+                    "VMSH_STORE_PASSWORD_FILE instead, and postgresql://USER@HOST:PORT/DB here", {},
                 )
             return value
+        shown = url_origin(value) if "://" in value else "a value that is not a URL"
         raise PydanticCustomError(
-            "store", "{v} is not a store: 'file' or a postgresql:// URL", {"v": repr(value[:60])}
+            "store", "not a store: 'file' or a postgresql:// URL (got {v})", {"v": shown}
         )
 
 

@@ -251,7 +251,7 @@ def _pydantic_issues(
         elif kind == "missing":
             message = f"missing required key {str(loc[-1])!r}"
             segs = segs[:-1]
-        elif kind in ("cadence", "target", "listen", "key_source"):
+        elif kind in ("cadence", "target", "listen", "key_source", "url_scheme", "store"):  # their own words, no input
             message = err["msg"]
         else:
             message = err["msg"]

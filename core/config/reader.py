@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import re
 import stat
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -182,11 +182,17 @@ _STR = "tag:yaml.org,2002:str"  # a string scalar: its text, without the constru
 class YamlReader:
     """Composes a YAML file, builds plain data and a position tree, expands ${VAR}."""
 
-    def __init__(self, env: Mapping[str, str], problems: Problems, *, allow_unset: bool = False) -> None:
+    def __init__(
+        self, env: Mapping[str, str], problems: Problems, *, allow_unset: bool = False,
+        unused: Callable[[list[Any]], str | None] = lambda segments: None,
+    ) -> None:
         self.env = env
         self.problems = problems
         self.failed: set[int] = set()  # ids of Pos whose value failed interpolation
         self.allow_unset = allow_unset  # unset ${VAR}: "" and a warning instead of an error
+        # Why a value at these segments is never used (a btc target's), else None: an
+        # unset ${VAR} there is "" and a warning saying why, never an error.
+        self.unused = unused
         self.unset: list[str] = []
 
     def read(self, path: Path, display: str, base: Path) -> tuple[Any, Pos] | None:
@@ -218,6 +224,8 @@ class YamlReader:
                     problem += f" at line {exc.context_mark.line + 1}"
                 problem += ")"
             where = (mark.line + 1, mark.column + 1) if mark else None
+            if mark is not None and _char_at(text, mark.line, mark.column) == "\t":
+                problem = "a tab character: YAML indents with spaces only, replace it with spaces"
             self.problems.in_file(display, f"YAML syntax error: {problem}", where)
             return None
         except yaml.YAMLError as exc:
@@ -278,7 +286,15 @@ class YamlReader:
             value = text  # 0x... are addresses and keys here, not numbers: keep the text
         if isinstance(value, str) and "$" in value:
             value, missing = _interpolate(value, self.env)
+            why_unused = self.unused(pos.segments()) if missing else None
             for name in missing:
+                if why_unused is not None:
+                    line = f":{pos.mark[0]}:{pos.mark[1]}" if pos.mark else ""
+                    self.unset.append(
+                        f"{pos.file}{line}: {format_path(pos.segments())}: variable {name} is not set, "
+                        f"and need not be: {why_unused}"
+                    )
+                    continue
                 if self.allow_unset:
                     self.unset.append(f"{pos.file}: {format_path(pos.segments())}: variable {name} is not set")
                     continue
@@ -422,3 +438,9 @@ class _EventBuild:
 def _mark(event: Any) -> tuple[int, int]:
     """Where an event starts: (line, column), 1-based."""
     return event.start_mark.line + 1, event.start_mark.column + 1
+
+
+def _char_at(text: str, line: int, column: int) -> str:
+    """The character at 0-based `line`, `column` of `text` ("" past its end)."""
+    lines = text.split("\n")
+    return lines[line][column:column + 1] if line < len(lines) else ""

@@ -37,7 +37,7 @@ COMMAND = [sys.executable, "-m", "cli"]
 WITH_CONTROLLING_TTY = (
     "import fcntl, os, sys, termios; fcntl.ioctl(1, termios.TIOCSCTTY, 0); os.execv(sys.argv[1], sys.argv[1:])"
 )
-JOBS = 4  # in config.example.yaml; each anchors once at start
+JOBS = 4  # of config.example.yaml, those with batches (make run writes demo:live's and demo:flaky's); each anchors once at start
 ESC = b"\x1b"
 
 

@@ -64,7 +64,7 @@ def test_usage_error_exits_2(capsys):
 def test_check_config_example(capsys):
     assert main(["check-config", str(EXAMPLE)]) == 0
     out = capsys.readouterr().out
-    assert "namespaces (3):" in out
+    assert "namespaces (5):" in out  # demo:live and demo:flaky are written by `make run`
     assert "demo:ledger/strong" in out and "local:dev" in out and "every 30s" in out
     assert "targets (1):" in out
     assert "config hash: " in out
@@ -113,6 +113,48 @@ def test_check_config_without_any_config(capsys):
     assert "no configuration found" in capsys.readouterr().err
 
 
+def test_ctl_status_without_any_config_says_so_and_names_the_socket_it_tried(capsys):
+    assert main(["ctl", "status"]) == 2
+    err = capsys.readouterr().err
+    assert "configuration invalid" not in err
+    assert "no configuration found" in err
+    assert ".vmsh/control.sock: no scheduler is running there" in err
+    assert "--socket PATH" in err
+
+
+def test_attach_without_any_config_says_so_on_a_terminal(tmp_path):
+    import pty
+
+    main_fd, child = pty.openpty()
+    env = {k: v for k, v in os.environ.items() if k not in ENV_VARS} | {"PYTHONPATH": str(REPO)}
+    try:
+        done = subprocess.run([sys.executable, "-m", "cli", "attach"], stdin=child, stdout=child, stderr=child,
+                              cwd=tmp_path, env=env, timeout=60)
+        os.close(child)
+        out = b""
+        while True:
+            try:
+                chunk = os.read(main_fd, 65536)
+            except OSError:  # the other side is closed: all read
+                break
+            if not chunk:
+                break
+            out += chunk
+    finally:
+        os.close(main_fd)
+    text = out.decode(errors="replace")
+    assert done.returncode == 2
+    assert "configuration invalid" not in text
+    assert "no configuration found" in text and "--socket PATH" in text
+
+
+def test_a_tab_in_yaml_is_named_with_its_file_line_and_column(capsys, tmp_path):
+    (tmp_path / "tabs.yaml").write_text("scheduler:\n  tick: 1\nnamespaces:\n  a:\n\tcadence: {}\n")
+    assert main(["check-config", "tabs.yaml"]) == 2
+    first = capsys.readouterr().err.splitlines()[0]
+    assert first.startswith("tabs.yaml:5:1: YAML syntax error: a tab character")
+
+
 def test_check_config_vaultmesh_layout(capsys, monkeypatch, tmp_path, fixtures_dir):
     root = tmp_path / "vm"
     (root / "vmsh/config").mkdir(parents=True)
@@ -134,6 +176,28 @@ def test_check_config_vaultmesh_layout(capsys, monkeypatch, tmp_path, fixtures_d
     # no secrets and no URL paths (API keys live there)
     assert VAULTMESH_ENV["EVM_ANCHOR_KEY"] not in out
     assert "apikey123" not in out
+
+
+def test_the_vaultmesh_layout_needs_no_btc_rpc_and_says_where_its_data_dir_is(capsys, monkeypatch, tmp_path, fixtures_dir):
+    root = tmp_path / "vm"
+    (root / "vmsh/config").mkdir(parents=True)
+    for name in ("namespaces.yaml", "anchors.yaml"):
+        shutil.copyfile(fixtures_dir / name, root / "vmsh/config" / name)
+    (root / "services/anchors/certs").mkdir(parents=True)
+    (root / "services/anchors/certs/tsa-bundle.pem").write_bytes(make_root().pem)
+    monkeypatch.setenv("VMSH_ROOT", str(root))
+    for name, value in VAULTMESH_ENV.items():
+        if name != "BTC_RPC":
+            monkeypatch.setenv(name, value)
+    assert main(["check-config"]) == 0
+    out = capsys.readouterr().out
+    assert f"data dir: {root / '.vmsh'}" in out
+    assert ("vm/vmsh/config/anchors.yaml:11:13: btc.default.rpcUrl: variable BTC_RPC is not set, "
+            "and need not be: btc targets are not anchored by this build") in out
+    # an unset variable that a used target names is still an error
+    monkeypatch.delenv("TSA_URL")
+    assert main(["check-config"]) == 2
+    assert "variable TSA_URL is not set" in capsys.readouterr().err
 
 
 def test_run_mode_with_bad_config_exits_2(capsys, tmp_path):

@@ -109,7 +109,7 @@ def test_example_config_loads(tmp_path):
     example = Path(__file__).resolve().parents[2] / "config.example.yaml"
     loaded = load_config(example, env={}, cwd=tmp_path)
     cfg = loaded.config
-    assert len(cfg.namespaces) == 3
+    assert len(cfg.namespaces) == 5
     assert cfg.scheduler.data_dir.name == ".vmsh-demo"
     assert all(j.target.startswith("local:") for j in cfg.jobs())
     assert any(j.anchor_unchanged for j in cfg.jobs())
@@ -569,10 +569,10 @@ def test_unknown_key_without_close_match_lists_the_keys(tmp_path):
 
 
 def test_unknown_alias_key_suggests_camel_case(tmp_path):
-    text = MINIMAL + "targets:\n  rfc3161:\n    default: {url: u, trustBundel: x}\n"
+    text = MINIMAL + "targets:\n  rfc3161:\n    default: {url: http://u, trustBundel: x}\n"
     [message] = errors(tmp_path, text)
     assert message == (
-        "config.yaml:7:23: targets.rfc3161.default.trustBundel: "
+        "config.yaml:7:30: targets.rfc3161.default.trustBundel: "
         "unknown key 'trustBundel' (did you mean 'trustBundle'?)"
     )
 
@@ -1142,3 +1142,17 @@ def test_policy_oid_is_checked_and_falls_back_to_the_target(tmp_path):
         "(rfc3161:, local:) only; eip155:8453 has none (got '1.2.3')"
     ) in text
     assert all("config.yaml:" in line for line in found), found
+
+
+@pytest.mark.parametrize("url", ["htps://tsa.example/tsr", "tsa.example/tsr", "https://"])
+def test_an_rfc3161_url_that_is_not_http_is_refused_at_its_line(tmp_path, url):
+    text = MINIMAL + f"targets:\n  rfc3161:\n    tsa:\n      url: '{url}'\n"
+    [message] = errors(tmp_path, text)
+    assert message.startswith("config.yaml:8:12: targets.rfc3161.tsa.url: url must be http:// or https://")
+
+
+def test_a_bad_rfc3161_url_never_echoes_its_credentials(tmp_path):
+    text = MINIMAL + "targets:\n  rfc3161:\n    tsa: {url: 'htps://ops:hunter2@tsa.example/tsr?k=v'}\n"
+    [message] = errors(tmp_path, text)
+    assert message.endswith("got htps://tsa.example")
+    assert "hunter2" not in message

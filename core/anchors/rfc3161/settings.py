@@ -3,11 +3,32 @@ and snake_case)."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import AfterValidator, Field, ValidationInfo
+from pydantic_core import PydanticCustomError
 
-from core.model_types import Model, OptPath, OptPolicyOID, OptStr
+from core.model_types import UNSET_ALLOWED, Model, OptPath, OptPolicyOID, OptStr
+from core.text import url_origin
+
+
+def _check_url(value: str, info: ValidationInfo) -> str:
+    """http:// or https:// with a host, checked at load (the file's line), never echoing
+    a user:password the URL may hold. An empty one passes when the loader allows unset
+    variables (verify reads trust bundles, never the URL: `UNSET_ALLOWED` in its context)."""
+    if value == "" and isinstance(info.context, dict) and info.context.get(UNSET_ALLOWED):
+        return value
+    origin = url_origin(value)
+    scheme = origin.partition("://")[0] if "://" in origin else ""
+    if scheme not in ("http", "https"):
+        shown = origin if scheme else "a URL without scheme://host"
+        raise PydanticCustomError(
+            "url_scheme", "url must be http:// or https:// with a host, got {g}", {"g": shown}
+        )
+    return value
+
+
+HttpUrl = Annotated[str, AfterValidator(_check_url)]
 
 
 class Rfc3161Auth(Model):
@@ -20,7 +41,7 @@ class Rfc3161Auth(Model):
 
 
 class Rfc3161Target(Model):
-    url: str
+    url: HttpUrl
     trust_bundle: OptPath = Field(None, alias="trustBundle")
     policy_oid: OptPolicyOID = Field(None, alias="policyOID")
     hash: Literal["sha256", "sha512"] = "sha256"

@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
 
 from core.errors import NetworkError, ValidationError
+from core.store.postgres.causes import cause_of, display_url, first_line
 from core.store.postgres.deadline import Unanswered, WatchedConnection, shorter_deadline
 from core.store.postgres.deadline import check as check_connection
 
@@ -124,18 +125,39 @@ def store_password(env: Mapping[str, str]) -> str | None:
     return None
 
 
-def display_url(url: str) -> str:
-    """The store as it may be shown: postgresql://host:port/db, never a user or password."""
-    info = psycopg.conninfo.conninfo_to_dict(url)
-    host = info.get("host") or "localhost"
-    port = info.get("port") or "5432"
-    return f"postgresql://{host}:{port}/{info.get('dbname') or ''}"
-
-
-def _unavailable(exc: BaseException) -> StoreUnavailable:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+def _unavailable(exc: BaseException, url: str, failure: BaseException | None = None) -> StoreUnavailable:
+    """StoreUnavailable naming the cause and the fix (causes.py) when it is a known one:
+    `failure` is the last failed connection attempt, when the pool gave up waiting for one
+    ("couldn't get a connection after N sec" alone names no cause)."""
+    for candidate in (failure, exc):
+        if candidate is not None and (cause := cause_of(candidate, url)) is not None:
+            return StoreUnavailable(f"PostgreSQL store: {cause}")
     # libpq's messages name host and port, never the password; still keep only the first line.
-    return StoreUnavailable(f"PostgreSQL store unreachable: {text}")
+    return StoreUnavailable(f"PostgreSQL store unreachable: {first_line(failure or exc)}")
+
+
+class _Failures:
+    """The last failure of a Database's connection attempts (None once one succeeded)."""
+
+    last: BaseException | None = None
+
+
+def _recording(failures: _Failures) -> type[WatchedConnection]:
+    """A connection class that keeps its failed attempts' errors in `failures`: the pool
+    logs them only (and we silence its log), then says "couldn't get a connection"."""
+
+    class Recording(WatchedConnection):
+        @classmethod
+        def connect(cls, conninfo: str = "", **kwargs: Any) -> Any:
+            try:
+                conn = super().connect(conninfo, **kwargs)
+            except psycopg.OperationalError as exc:
+                failures.last = exc
+                raise
+            failures.last = None
+            return conn
+
+    return Recording
 
 
 class Database:
@@ -162,10 +184,11 @@ class Database:
         self.statement_seconds = statement_seconds
         self.conninfo = self._conninfo(statement_seconds)
         self.display = display_url(url)
+        self._failures = _Failures()
         self._pool: ConnectionPool[WatchedConnection] = ConnectionPool(
             self.conninfo, min_size=1, max_size=max_size, open=False, timeout=connect_timeout,
             kwargs={"autocommit": False}, check=check_connection,
-            connection_class=WatchedConnection, configure=self._watched,
+            connection_class=_recording(self._failures), configure=self._watched,
             reconnect_timeout=0,  # never gives up: every call tries again
         )
         self._opened = False
@@ -214,12 +237,10 @@ class Database:
                 conn.transaction(),
             ):
                 yield conn
+        except PoolTimeout as exc:  # an OperationalError naming no cause: the last attempt's
+            raise _unavailable(exc, self._url, self._failures.last) from exc
         except (psycopg.OperationalError, psycopg.InterfaceError, Unanswered) as exc:
-            raise _unavailable(exc) from exc
-        except Exception as exc:
-            if type(exc).__name__ == "PoolTimeout":
-                raise _unavailable(exc) from exc
-            raise
+            raise _unavailable(exc, self._url) from exc
 
     def connect(self, *, deadline: float | None = None) -> psycopg.Connection[Any]:
         """A connection of its own (a session lock): not from the pool, autocommit. Each of
@@ -231,9 +252,15 @@ class Database:
         try:
             conn = WatchedConnection.connect(self._conninfo(seconds), autocommit=True)
         except psycopg.OperationalError as exc:
-            raise _unavailable(exc) from exc
+            raise _unavailable(exc, self._url) from exc
         conn.deadline = None if seconds is None else seconds + WATCHDOG_GRACE
         return conn
+
+    def probe(self) -> None:
+        """Connect once, outside the pool, and hang up: a wrong password, role, database or
+        port raises StoreUnavailable naming it at once, where the pool would retry for its
+        whole timeout before saying "couldn't get a connection" (commands run by hand)."""
+        self.connect(deadline=self.statement_seconds).close()
 
     async def connect_async(self) -> psycopg.AsyncConnection[Any]:
         """A connection of its own on the event loop (LISTEN): the server's timeouts only;
@@ -241,7 +268,7 @@ class Database:
         try:
             return await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True)
         except psycopg.OperationalError as exc:
-            raise _unavailable(exc) from exc
+            raise _unavailable(exc, self._url) from exc
 
     def close(self) -> None:
         if self._opened:
