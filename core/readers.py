@@ -8,6 +8,8 @@ awaits it and, at exit, the process (the executor's threads are joined). Here:
 - `Readers.submit(key, fn)` runs `fn()` on one of a few daemon threads. While a read of
   `key` has not ended, submitting the key again returns that same read: a hung folder holds
   one thread, however many passes ask for it.
+- `off_loop(fn)`: one call on a new daemon thread, as a future of the running loop (the
+  config reads of the watcher and the reload).
 - `Readers.wait(reads, timeout)` waits for them until the deadline, never longer. A thread
   busy on one read for more than `stuck_after` seconds no longer counts as a reader: another
   is started (up to `most` threads in all), so the other folders are still read.
@@ -17,6 +19,7 @@ awaits it and, at exit, the process (the executor's threads are joined). Here:
 
 from __future__ import annotations
 
+import asyncio
 import queue
 import threading
 import time
@@ -130,3 +133,36 @@ class Readers:
                 if self._pending.get(read.key) is read:
                     del self._pending[read.key]
             read.done.set()
+
+
+def off_loop(fn: Callable[[], T]) -> asyncio.Future[T]:
+    """`fn()` on a new daemon thread, as a future of the running loop.
+
+    Unlike `asyncio.to_thread`, nothing waits for the thread: neither the loop's shutdown
+    (asyncio.run joins its default executor's threads) nor the interpreter's exit. A read
+    of the config that never returns (a hung network mount) cannot keep the process from
+    exiting; its result, if it ever comes, is dropped.
+    """
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(result: T | None, error: BaseException | None) -> None:
+        if future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)  # type: ignore[arg-type]
+
+    def run() -> None:
+        try:
+            result, error = fn(), None
+        except BaseException as exc:
+            result, error = None, exc
+        try:
+            loop.call_soon_threadsafe(settle, result, error)
+        except RuntimeError:
+            pass  # the loop is closed: nobody waits any more
+
+    threading.Thread(target=run, name="vmsh-config-read", daemon=True).start()
+    return future

@@ -26,7 +26,7 @@ from core.errors import AnchorError
 from core.events import ConfigRejected, EventBus
 from core.migrate import StateImport, StateImportError, import_original_state, state_files
 from core.observe.logs import Log
-from core.observe.watch import off_loop
+from core.readers import off_loop
 from core.store import StateError, Store, StoreNotReady, is_shared, open_store
 from core.store.files.lock import DataDirLock, LockHeld, NoLock
 from core.store.files.state import StateStore

@@ -2,8 +2,8 @@
 
 - no function or method longer than MAX_FUNCTION_LINES lines,
 - no class longer than MAX_CLASS_LINES lines,
-- no import cycle among the project's modules, counting imports inside functions (those
-  under `if TYPE_CHECKING:` are not imports at run time and are not counted).
+- no import cycle among the project's modules, counting imports inside functions and
+  under `if TYPE_CHECKING:` (a cycle of types is still a cycle for a reader).
 
 (ruff's C901 holds the complexity, at max-complexity 15: [tool.ruff.lint] in pyproject.toml.)
 Prints every breach as `path:line: what` and exits 1 if there is one.
@@ -44,25 +44,12 @@ def length_breaches(path: Path, tree: ast.AST) -> Iterator[str]:
             yield f"{where}:{node.lineno}: class {node.name} is {lines} lines (at most {MAX_CLASS_LINES})"
 
 
-def _type_checking_only(tree: ast.AST) -> set[int]:
-    """Line numbers of the imports under `if TYPE_CHECKING:`."""
-    lines: set[int] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
-            for inner in node.body:
-                for sub in ast.walk(inner):
-                    if isinstance(sub, ast.Import | ast.ImportFrom):
-                        lines.add(sub.lineno)
-    return lines
-
-
 def imports(name: str, path: Path, tree: ast.AST, known: dict[str, Path]) -> set[str]:
-    """The project modules `name` imports at run time, wherever the import stands."""
+    """The project modules `name` imports, wherever the import stands."""
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-    skipped = _type_checking_only(tree)
     found: set[str] = set()
     for node in ast.walk(tree):
-        if not isinstance(node, ast.Import | ast.ImportFrom) or node.lineno in skipped:
+        if not isinstance(node, ast.Import | ast.ImportFrom):
             continue
         if isinstance(node, ast.Import):
             targets = [alias.name for alias in node.names]

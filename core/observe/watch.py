@@ -29,55 +29,21 @@ import asyncio
 import contextlib
 import functools
 import hashlib
-import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import watchfiles
 
 from core.config import NotRegularFile, open_regular
 from core.events import ConfigRejected
+from core.readers import off_loop
 
 if TYPE_CHECKING:
     from core.control import ReloadResult
     from core.runtime import Runtime
 
 RETRY_SECONDS = 1.0
-T = TypeVar("T")
-
-
-def off_loop(fn: Callable[[], T]) -> asyncio.Future[T]:
-    """`fn()` on a new daemon thread, as a future of the running loop.
-
-    Unlike `asyncio.to_thread`, nothing waits for the thread: neither the loop's shutdown
-    (asyncio.run joins its default executor's threads) nor the interpreter's exit. A read
-    of the config that never returns (a hung network mount) cannot keep the process from
-    exiting; its result, if it ever comes, is dropped.
-    """
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[T] = loop.create_future()
-
-    def settle(result: T | None, error: BaseException | None) -> None:
-        if future.done():
-            return
-        if error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(result)  # type: ignore[arg-type]
-
-    def run() -> None:
-        try:
-            result, error = fn(), None
-        except BaseException as exc:
-            result, error = None, exc
-        try:
-            loop.call_soon_threadsafe(settle, result, error)
-        except RuntimeError:
-            pass  # the loop is closed: nobody waits any more
-
-    threading.Thread(target=run, name="vmsh-config-read", daemon=True).start()
-    return future
 
 
 def config_files(runtime: Runtime) -> list[Path]:
@@ -195,4 +161,4 @@ def start_watch(runtime: Runtime, stop_event: asyncio.Event, **kw: Any) -> async
     return asyncio.get_running_loop().create_task(watch_config(runtime, stop_event, **kw), name="config-watch")
 
 
-__all__ = ["watch_config", "start_watch", "reload_now", "files_digest", "off_loop"]
+__all__ = ["watch_config", "start_watch", "reload_now", "files_digest"]

@@ -210,7 +210,7 @@ def test_a_config_read_stuck_in_a_thread_does_not_keep_the_process_from_exiting(
     os.mkfifo(fifo)
     script = (
         "import asyncio, sys\n"
-        "from core.observe.watch import off_loop\n"
+        "from core.readers import off_loop\n"
         "async def main():\n"
         f"    stuck = off_loop(lambda: open({str(fifo)!r}, 'rb'))\n"
         "    try:\n"
