@@ -217,7 +217,7 @@ class Committer:
         """Start writing the receipts of a held attestation (its jobs are due again)."""
         table = self.ctx.table
         keys = table.flight.board(
-            [k for k, record in table.records.items() if record.held is held], self.ctx.clock.now()
+            [k for k in table.held_keys() if k in table and table[k].held is held], self.ctx.clock.now()
         )
         if not keys:
             return

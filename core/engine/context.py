@@ -91,7 +91,7 @@ class Context:
         """Jobs whose outcome is not settled here yet: in flight, holding an attestation,
         or named by an intent still open (other than `closing`, which the state being saved
         accounts for). Their leases are renewed and never released."""
-        jobs = set(self.table.flight) | self.table.held_keys()
+        jobs = set(self.table.flight) | set(self.table.held_keys())
         settled = {intent.id for intent in closing}
         for intent in self.open.values():
             if intent.id not in settled:

@@ -45,7 +45,6 @@ class JobRecord:
     disabled: str | None = None  # its target is refused: the reason (never scheduled)
     enabled_at: float | None = None  # a reload added or enabled the job then
     storage_failing: str | None = None  # its last failure was `storage`: the message
-    failing_since: int = 0  # order in which jobs started failing storage (the first is shown)
 
 
 @dataclass(eq=False, slots=True)
@@ -57,7 +56,6 @@ class Remains:
     state: JobState | None = None
     held: Held | None = None
     storage_failing: str | None = None
-    failing_since: int = 0
 
 
 def succeeded(previous: JobState, root: str, receipt: Path | None, now: float) -> JobState:

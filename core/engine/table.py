@@ -23,9 +23,13 @@ class JobTable:
         self.clock = clock
         self.records: dict[JobKey, JobRecord] = {}
         self.remains: dict[JobKey, Remains] = {}  # of jobs no longer configured
+        # Indexes of the few jobs with a held attestation or a storage failure (kept by
+        # set_held / set_storage_failing, in the order they began), so that asking for them
+        # costs what they are, not the whole table.
+        self._held_keys: dict[JobKey, None] = {}
+        self._failing_keys: dict[JobKey, None] = {}
         self.heap: list[tuple[float, int, JobKey]] = []
         self._seq = itertools.count()
-        self._failing_seq = itertools.count(1)
         self.flight = Flight()  # the one way in and out of flight (core/flight.py)
         self.forced: set[JobKey] = set()  # anchored at the next pass, whatever their due time
         self.wake = asyncio.Event()
@@ -60,7 +64,7 @@ class JobTable:
             if left.state is not None:
                 record.state = left.state
             record.held = left.held
-            record.storage_failing, record.failing_since = left.storage_failing, left.failing_since
+            record.storage_failing = left.storage_failing
         self.records[spec.key] = record
         return record
 
@@ -68,6 +72,8 @@ class JobTable:
         """Forget a job a reload removed: its record, due time and force."""
         del self.records[key]
         self.forced.discard(key)
+        self._held_keys.pop(key, None)
+        self._failing_keys.pop(key, None)
 
     # ----- state, held attestations, storage failures (a removed job's remains too) --------
 
@@ -118,21 +124,23 @@ class JobTable:
             self.remains.setdefault(key, Remains()).held = held
         elif key in self.remains:
             self.remains[key].held = None
+        if held is None:
+            self._held_keys.pop(key, None)
+        else:
+            self._held_keys[key] = None
 
-    def _all(self) -> Iterator[tuple[JobKey, JobRecord | Remains]]:
-        yield from self.records.items()
-        yield from self.remains.items()
-
-    def held_keys(self) -> set[JobKey]:
-        return {key for key, entry in self._all() if entry.held is not None}
+    def held_keys(self) -> list[JobKey]:
+        """The jobs holding an attestation (a removed job's remains too), first held first."""
+        return list(self._held_keys)
 
     def holds(self, held: Held) -> bool:
         """Some job still waits for its receipt from `held`."""
-        return any(entry.held is held for _, entry in self._all())
+        return any(self.held_of(key) is held for key in self._held_keys)
 
     def held_all(self) -> list[Held]:
         """Every attestation held, once each."""
-        return list({id(entry.held): entry.held for _, entry in self._all() if entry.held is not None}.values())
+        found = (self.held_of(key) for key in self._held_keys)
+        return list({id(h): h for h in found if h is not None}.values())
 
     def set_storage_failing(self, key: JobKey, message: str | None) -> None:
         entry: JobRecord | Remains | None = self.records.get(key)
@@ -140,14 +148,20 @@ class JobTable:
             entry = self.remains.setdefault(key, Remains()) if message is not None else self.remains.get(key)
         if entry is None:
             return
-        if message is not None and entry.storage_failing is None:
-            entry.failing_since = next(self._failing_seq)
         entry.storage_failing = message
+        if message is None:
+            self._failing_keys.pop(key, None)
+        else:
+            self._failing_keys[key] = None
 
     def storage_failing(self) -> list[str]:
         """The messages of the jobs whose last failure was storage, first failing first."""
-        failing = sorted((e.failing_since, e.storage_failing) for _, e in self._all() if e.storage_failing is not None)
-        return [message for _, message in failing]
+        messages: list[str] = []
+        for key in self._failing_keys:
+            entry: JobRecord | Remains | None = self.records.get(key) or self.remains.get(key)
+            if entry is not None and entry.storage_failing is not None:
+                messages.append(entry.storage_failing)
+        return messages
 
     # ----- due times ----------------------------------------------------------------------
 
