@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from core.engine.context import Context
 from core.engine.outcomes import Outcomes
-from core.jobs import JobSpec
+from core.jobs import JobKey, JobSpec
 from core.sources import SourceError
 
 BATCH_READ_WAIT = 1.0  # seconds a pass waits for its batch folders to be read
@@ -19,6 +19,7 @@ class BatchReads:
         self.outcomes = outcomes
         self.prefetched: set[str] | None = None  # the batch folders read before this pass
         self.unanswered: dict[str, float] = {}  # of those, the ones that did not answer
+        self.late: list[JobKey] = []  # due too late for the pass's read: for the next pass
 
     def unread(self, spec: JobSpec, now: float, *, forced: bool) -> bool:
         """Whether the job's batch folder was not read before this pass; if so, it is left
@@ -36,8 +37,8 @@ class BatchReads:
                 return False
             if forced:
                 table.forced.add(spec.key)
-            else:
-                table.schedule(spec.key, now)
+            else:  # not scheduled at `now` here: the pass drains the heap up to `now`
+                self.late.append(spec.key)
             return True
         if forced or waited >= BATCH_READ_STALL:
             error = SourceError(
@@ -48,3 +49,12 @@ class BatchReads:
         else:
             table.schedule(spec.key, now + min(self.ctx.tick, 1.0))
         return True
+
+    def pass_done(self, now: float) -> None:
+        """The pass has taken what was due: the jobs it left for being due too late for its
+        read are due now, for the next pass (which reads their folders first)."""
+        table, late = self.ctx.table, self.late
+        self.prefetched, self.late = None, []
+        for key in late:
+            if key in table:
+                table.schedule(key, now)

@@ -401,7 +401,7 @@ class Scheduler:
             for item in items:
                 jobs.unschedule(item.spec.key)
             self._ctx.spawn(self._anchoring.group(target, items))
-        self._reads.prefetched = None  # used by this pass
+        self._reads.pass_done(now)
         self.last_tick = now
         self.bus.publish(TickCompleted(at=now, duration=self.clock.now() - started_at, due=len(due)))
         return len(due)

@@ -483,3 +483,26 @@ async def test_a_big_pass_lets_the_loop_run_and_still_aggregates_into_one_call(t
     await s.settle()
     assert len(h.backend.calls) == 1  # one aggregated call for the whole pass
     await until(lambda: len(h.of(ReceiptWritten)) == n, timeout=60)
+
+
+async def test_a_job_due_after_the_passs_read_is_anchored_by_the_next_pass(tmp_path):
+    """A job that becomes due between the pass's batch read and the pass itself is not read
+    on the loop: it is left to the next pass, which must still find it (it was once pushed
+    back into the heap at `now` while the pass was draining the heap up to `now`, so the
+    same pass popped and dropped it: never anchored again)."""
+    h = Harness(tmp_path, {"a": 1, "b": 2}, every=60, unchanged=True)
+    h.specs[1] = dataclasses.replace(h.specs[1], every=61)  # b falls due a second after a
+    s = h.scheduler()
+    await s.run_once()
+    assert len(h.of(ReceiptWritten)) == 2
+    h.clock.advance(60)
+    await s._read_due_batches()  # the pass's read: only a is due yet
+    h.clock.advance(1.5)  # the read took a while: b is due now too
+    s.run_due()
+    await s.settle()
+    anchored = [str(e.job) for e in h.of(ReceiptWritten)]
+    assert anchored.count("a/fast") == 2 and anchored.count("b/fast") == 1
+    assert s.next_due() is not None and s.next_due() <= h.clock.now(), "b is lost"
+    await s.run_once()
+    anchored = [str(e.job) for e in h.of(ReceiptWritten)]
+    assert anchored.count("b/fast") == 2
