@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -19,7 +20,8 @@ from tui.host import AttachedHost, Host, InProcessHost
 from tui.themes import ThemeError
 
 if TYPE_CHECKING:
-    from core.config import LoadedConfig
+    from core.config import Config, LoadedConfig
+    from core.remote_control import RemoteControl
 
 
 def run_dashboard(loaded: LoadedConfig, args: argparse.Namespace, loader: Loader | None = None) -> int:
@@ -52,15 +54,12 @@ def attach_dashboard(
     """The dashboard on a scheduler running elsewhere: no Runtime, no lock, no engine
     here. Quitting or the terminal going away ends this dashboard only. Exit 2 when
     nothing answers on the socket (the message says how to start a scheduler), else 0."""
-    from core.remote_control import NoScheduler, RemoteControl
+    from core.remote_control import NoScheduler
 
     config = loaded.config if loaded is not None else None
+    deadline = time.monotonic() + max(0.0, float(getattr(args, "wait", 0.0) or 0.0))
     try:
-        control = RemoteControl.connect(
-            socket_path,
-            data_dir=config.scheduler.data_dir if config is not None else None,
-            namespaces=dict(config.namespaces) if config is not None else None,
-        )
+        control = connect_within(socket_path, config, deadline)
     except NoScheduler as exc:
         print(f"vmsh-scheduler: {refused or exc}", file=sys.stderr)
         if refused:
@@ -73,6 +72,24 @@ def attach_dashboard(
         print(f"vmsh-scheduler: {exc}", file=sys.stderr)
         return 2
     return _run(app, host, args, "detached")
+
+
+def connect_within(socket_path: Path, config: Config | None, deadline: float) -> RemoteControl:
+    """The first snapshot of the scheduler on `socket_path`; while it does not answer and
+    `deadline` (attach --wait) has not passed, tried again every 0.2 s."""
+    from core.remote_control import NoScheduler, RemoteControl
+
+    while True:
+        try:
+            return RemoteControl.connect(
+                socket_path,
+                data_dir=config.scheduler.data_dir if config is not None else None,
+                namespaces=dict(config.namespaces) if config is not None else None,
+            )
+        except NoScheduler:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.2)
 
 
 def _run(app: VaultMeshApp, host: Host, args: argparse.Namespace, ended: str) -> int:

@@ -135,6 +135,10 @@ def add_attach(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         epilog="exit codes: 0 detached, 2 usage, no terminal, or no scheduler answers on the socket",
     )
     attach.add_argument("--socket", type=Path, metavar="PATH", help="the scheduler's control socket")
+    attach.add_argument(
+        "--wait", type=float, default=0.0, metavar="SECONDS",
+        help="wait up to SECONDS for a scheduler that is still starting (default: 0, none)",
+    )
     add_common(attach, suppress=True)
 
 

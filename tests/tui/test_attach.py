@@ -291,3 +291,37 @@ def test_plain_dashboard_on_a_locked_data_dir_attaches_and_a_hangup_leaves_the_d
     after = len(daemon.receipts("live"))
     wait_for(lambda: len(daemon.receipts("live")) > after, what="anchors after the dashboard hung up")
 
+
+
+def test_attach_wait_connects_to_a_scheduler_that_starts_after_it(tmp_path: Path) -> None:
+    """`attach --wait`: the README's walk-through starts replicas in the background and
+    attaches at once; the dashboard must wait for the socket, not exit 2 because the
+    scheduler is still starting. Without --wait it still says no at once."""
+    import threading
+
+    from cli.dashboard import connect_within
+    from core.remote_control import NoScheduler
+
+    d = Daemon(tmp_path)
+    began = time.monotonic()
+    with pytest.raises(NoScheduler):
+        connect_within(d.socket, None, time.monotonic())  # no --wait: refused at once
+    assert time.monotonic() - began < 5
+    got: list[object] = []
+    waiter = threading.Thread(target=lambda: got.append(_or_error(connect_within, d.socket, None, time.monotonic() + 60)))
+    waiter.start()  # before the scheduler exists
+    try:
+        d.start()
+        waiter.join(timeout=60)
+        assert not waiter.is_alive()
+        assert got and isinstance(got[0], RemoteControl), got
+        assert {str(v.spec.key) for v in got[0].snapshot().views} >= {"live/fast", "still/fast"}
+    finally:
+        d.stop()
+
+
+def _or_error(fn: Callable[..., object], *args: object) -> object:
+    try:
+        return fn(*args)
+    except Exception as exc:
+        return exc
