@@ -156,18 +156,19 @@ async def test_a_commit_after_another_replica_claimed_the_job_writes_nothing_and
     a.runtime.bus.subscribe(lambda e: discarded.append(e) if isinstance(e, TokenDiscarded) else None)
     backend = a.runtime.backends("local:dev")
     anchor = backend.anchor
-    gate = asyncio.Event()
+    gate, out = asyncio.Event(), asyncio.Event()
 
     async def gated(*args, **kwargs):
+        out.set()  # a's call is out: its claim is made
         await gate.wait()
         return await anchor(*args, **kwargs)
 
     backend.anchor = gated
     task = asyncio.create_task(a.engine.run_once())
-    for _ in range(200):
-        await asyncio.sleep(0.02)
-        if row_of(migrated, J)[1] == "a":
-            break
+    # The call's start, not a time: a busy machine may take seconds to claim and get there
+    # (a poll of the row for a few seconds went on unclaimed, or found no row yet).
+    await asyncio.wait_for(out.wait(), 60)
+    assert row_of(migrated, J)[1] == "a"
     with psycopg.connect(migrated, password=PASSWORD) as conn:  # b's claim
         conn.execute("UPDATE jobs SET lease_owner = 'b', fence = fence + 1, "
                      "lease_until = clock_timestamp() + interval '30 seconds'")
