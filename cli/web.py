@@ -59,6 +59,12 @@ def token_guard(token: str, origin: str) -> Middleware:
     """The middleware: 403 unless the request carries the token (query or cookie); the
     page sets the cookie for its assets and websocket; a websocket from elsewhere is 403."""
 
+    # Nothing from elsewhere: the page's own assets and websocket only (its link to a web
+    # font is not fetched; the terminal falls back to a local monospace font).
+    socket_origin = "ws" + origin.removeprefix("http")
+    policy = (f"default-src 'self'; connect-src 'self' {socket_origin}; script-src 'self' 'unsafe-inline'; "
+              "style-src 'self' 'unsafe-inline'; img-src 'self' data:; frame-ancestors 'none'")
+
     def carries(value: str | None) -> bool:
         return value is not None and hmac.compare_digest(value.encode(), token.encode())
 
@@ -74,6 +80,7 @@ def token_guard(token: str, origin: str) -> Middleware:
             response.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="Strict", path="/")
         response.headers.setdefault("Cache-Control", "no-store")
         response.headers.setdefault("Referrer-Policy", "no-referrer")
+        response.headers.setdefault("Content-Security-Policy", policy)
         return response
 
     return guard

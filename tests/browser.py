@@ -88,6 +88,9 @@ class Browser:
         page = next(t for t in targets if t["type"] == "page")
         self._ws = await self._session.ws_connect(page["webSocketDebuggerUrl"], max_msg_size=0)
         await self.call("Page.enable")
+        # A headless window never has the focus: the page would tell the app it is blurred
+        # (Textual then leaves its footer empty). Act as the focused window of a desktop.
+        await self.call("Emulation.setFocusEmulationEnabled", enabled=True)
         await self.call("Page.addScriptToEvaluateOnNewDocument", source=TERMINAL_HOOK)
 
     async def call(self, method: str, **params: Any) -> dict[str, Any]:
@@ -135,10 +138,15 @@ class Browser:
             await asyncio.sleep(0.1)
         raise AssertionError(f"the browser's {what} never showed {texts}; it shows:\n{seen}")
 
+    async def focus_terminal(self) -> None:
+        """Focus the terminal, as the operator's first click on it does (the page tells the
+        app; Textual fills its footer once the app has the focus)."""
+        await self.evaluate("window.__vmshTerminal && window.__vmshTerminal.focus()")
+
     async def press(self, key: str, text: str) -> None:
         """A key press as the operator's keyboard sends it (keyDown with its text, keyUp),
         to the terminal (focused first, as a click on it would)."""
-        await self.evaluate("window.__vmshTerminal && window.__vmshTerminal.focus()")
+        await self.focus_terminal()
         await self.call("Input.dispatchKeyEvent", type="keyDown", key=key, text=text)
         await self.call("Input.dispatchKeyEvent", type="keyUp", key=key)
 

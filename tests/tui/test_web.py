@@ -107,8 +107,10 @@ async def test_a_browser_with_the_token_sees_the_namespaces_read_only(
         await browser.until_page_shows("token is required")  # no token: refused
 
         await browser.navigate(web.url)
-        screen = await browser.until_terminal_shows("live", "still", "READONLY")
-        assert "attached to pid" in screen
+        await browser.until_terminal_shows("live", "still", "READONLY")
+        await browser.focus_terminal()
+        screen = await browser.until_terminal_shows("live", "still", "READONLY", "q Quit")
+        assert "attached to pid" in screen and "Force" not in screen and "Pause" not in screen
         shot = await browser.screenshot(tmp_path / "attach-web.png")
         assert shot.startswith(b"\x89PNG") and len(shot) > 10_000
 
@@ -129,6 +131,9 @@ async def test_with_web_actions_a_browser_session_can_pause(daemon: Daemon, brow
         await browser.open()
         await browser.navigate(served.url)
         await browser.until_terminal_shows("live", "still")
+        await browser.focus_terminal()
+        screen = await browser.until_terminal_shows("live", "still", "q Quit")
+        assert "f Force" in screen and "READONLY" not in screen
         await browser.press(" ", " ")
 
         def paused() -> bool:
