@@ -9,6 +9,7 @@ something a program prints or the browser shows, never a sleep standing in for a
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import urllib.error
 import urllib.request
@@ -152,3 +153,17 @@ def test_attach_web_with_no_scheduler_exits_2_at_once(tmp_path: Path) -> None:
                             capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
     assert result.returncode == 2
     assert "no such socket" in result.stderr and "token" not in result.stdout
+
+
+def test_attach_web_on_a_taken_port_exits_2_naming_it(daemon: Daemon) -> None:  # noqa: F811
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [*CLI, "attach", "--web", "--web-port", str(port), "--socket", str(daemon.socket)],
+            capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL,
+        )
+    assert result.returncode == 2
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr and "--web-port" in result.stderr
+    assert result.stdout == ""
