@@ -55,9 +55,10 @@ def session_command(socket_path: Path, args: argparse.Namespace) -> str:
     return shlex.join(command)
 
 
-def token_guard(token: str, origin: str) -> Middleware:
+def token_guard(token: str, origin: str, sessions: set[asyncio.Task[object]]) -> Middleware:
     """The middleware: 403 unless the request carries the token (query or cookie); the
-    page sets the cookie for its assets and websocket; a websocket from elsewhere is 403."""
+    page sets the cookie for its assets and websocket; a websocket from elsewhere is 403.
+    Each browser session's task (its websocket) is kept in `sessions` while it runs."""
 
     # Nothing from elsewhere: the page's own assets and websocket only (its link to a web
     # font is not fetched; the terminal falls back to a local monospace font).
@@ -75,6 +76,12 @@ def token_guard(token: str, origin: str) -> Middleware:
             raise web.HTTPForbidden(text=FORBIDDEN)
         if request.path == "/ws" and request.headers.get("Origin", origin) != origin:
             raise web.HTTPForbidden(text="vmsh-scheduler attach --web: websocket from another origin\n")
+        if request.path == "/ws" and (task := asyncio.current_task()) is not None:
+            sessions.add(task)
+            try:
+                return await handler(request)
+            finally:
+                sessions.discard(task)
         response = await handler(request)
         if by_query and request.path == "/":
             response.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="Strict", path="/")
@@ -86,9 +93,9 @@ def token_guard(token: str, origin: str) -> Middleware:
     return guard
 
 
-def web_application(server: Server, token: str) -> web.Application:
+def web_application(server: Server, token: str, sessions: set[asyncio.Task[object]]) -> web.Application:
     """textual-serve's routes (its page, websocket and assets) behind the token guard."""
-    app = web.Application(middlewares=[token_guard(token, server.public_url)])
+    app = web.Application(middlewares=[token_guard(token, server.public_url, sessions)])
     aiohttp_jinja2.setup(app, loader=jinja2.FileSystemLoader(server.templates_path))
     app.add_routes([
         web.get("/", server.handle_index, name="index"),
@@ -119,7 +126,8 @@ async def serve(sock: socket.socket, command: str, *, readonly: bool) -> None:
     port = sock.getsockname()[1]
     server = Server(command, host="127.0.0.1", port=port, title="VaultMesh Scheduler")
     token = secrets.token_urlsafe(24)
-    runner = web.AppRunner(web_application(server, token), access_log=None, handle_signals=False)
+    sessions: set[asyncio.Task[object]] = set()
+    runner = web.AppRunner(web_application(server, token, sessions), access_log=None, handle_signals=False)
     await runner.setup()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -132,6 +140,11 @@ async def serve(sock: socket.socket, command: str, *, readonly: bool) -> None:
               "127.0.0.1 only; Ctrl-C stops)", flush=True)
         await stop.wait()
     finally:
+        # Open browser sessions end first: textual-serve then tells each dashboard to quit
+        # and waits for it (else aiohttp would wait a minute for their websockets).
+        for task in list(sessions):
+            task.cancel()
+        await asyncio.gather(*sessions, return_exceptions=True)
         await runner.cleanup()
 
 

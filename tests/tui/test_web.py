@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -71,6 +72,19 @@ def status(url: str) -> tuple[int, str]:
         return exc.code, exc.read().decode()
 
 
+def sessions_on(socket_path: Path) -> list[int]:
+    """The pids of the browser sessions' dashboard processes attached to `socket_path`."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            args = (proc / "cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            continue
+        if b"--web-session" in args and str(socket_path).encode() in args:
+            found.append(int(proc.name))
+    return found
+
+
 def listening_addresses(port: int) -> set[str]:
     """The local addresses of the TCP sockets listening on `port` (/proc/net/tcp, tcp6)."""
     found = set()
@@ -118,6 +132,14 @@ async def test_a_browser_with_the_token_sees_the_namespaces_read_only(
         # Read-only: space (pause) is refused on the page, and the scheduler is not paused.
         await browser.press(" ", " ")
         await browser.until_terminal_shows("read-only: pause is disabled")
+        assert sessions_on(daemon.socket)
+
+        # Stopping the server with the page open ends its session and its dashboard process.
+        started = time.monotonic()
+        code, _, _ = web.stop()
+        assert code == 0 and time.monotonic() - started < 15
+        await browser.until_page_shows("Session ended")
+        assert not sessions_on(daemon.socket)
     finally:
         await browser.close()
     result = subprocess.run([*CLI, "ctl", "status", "--json", "--socket", str(daemon.socket)],
