@@ -94,8 +94,10 @@ def connect_within(socket_path: Path, config: Config | None, deadline: float) ->
 
 def _run(app: VaultMeshApp, host: Host, args: argparse.Namespace, ended: str) -> int:
     """Run `app` on a real terminal (guarded: tui/terminal.py), then let the host finish
-    (the state saved if the orderly stop did not, the lock released)."""
-    app.driver_class = host.guard_terminal()
+    (the state saved if the orderly stop did not, the lock released). A browser session
+    of `attach --web` (cli/web.py) keeps the web driver textual-serve chose instead."""
+    if not getattr(args, "web_session", False):
+        app.driver_class = host.guard_terminal()
     try:
         app.run(mouse=not getattr(args, "no_mouse", False))
     finally:

@@ -18,6 +18,7 @@ from core.signals import StartupSignals
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing before main() runs
 if TYPE_CHECKING:
     import argparse
+    from pathlib import Path
 
     from core.config import LoadedConfig
 
@@ -45,7 +46,8 @@ def cmd_attach(args: argparse.Namespace) -> int:
     from cli.ctl import NO_CONFIG
     from core.config import ConfigError, NoConfigFound, load_config
 
-    if not all(os.isatty(fd) for fd in (0, 1, 2)):
+    web, web_session = bool(getattr(args, "web", False)), bool(getattr(args, "web_session", False))
+    if not (web or web_session) and not all(os.isatty(fd) for fd in (0, 1, 2)):
         print("vmsh-scheduler attach: no terminal: use `vmsh-scheduler ctl` from scripts", file=sys.stderr)
         return 2
     loaded = None
@@ -69,7 +71,22 @@ def cmd_attach(args: argparse.Namespace) -> int:
     else:
         assert loaded is not None  # a config error without --socket returned above
         socket = socket_path(loaded.config)
+    if web:
+        return cmd_attach_web(socket, args)
     return attach_dashboard(socket, args, loaded)
+
+
+def cmd_attach_web(socket: Path, args: argparse.Namespace) -> int:
+    """`attach --web` (cli/web.py): exit 2 at once when nothing answers on the socket."""
+    from cli.web import serve_web
+    from core.remote_control import NoScheduler, RemoteControl
+
+    try:
+        RemoteControl.connect(socket)
+    except NoScheduler as exc:
+        print(f"vmsh-scheduler attach --web: {exc}", file=sys.stderr)
+        return 2
+    return serve_web(socket, args)
 
 
 def cmd_store(args: argparse.Namespace) -> int:

@@ -132,13 +132,25 @@ def add_attach(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "systemd): no engine and no lock here; quitting or the terminal going away never "
         "stops that scheduler. The socket is --socket, else the config's control.socket, "
         "else <data_dir>/control.sock.",
-        epilog="exit codes: 0 detached, 2 usage, no terminal, or no scheduler answers on the socket",
+        epilog="exit codes: 0 detached (--web: stopped), 2 usage, no terminal, no scheduler answers "
+        "on the socket, or --web's port is taken",
     )
     attach.add_argument("--socket", type=Path, metavar="PATH", help="the scheduler's control socket")
     attach.add_argument(
         "--wait", type=float, default=0.0, metavar="SECONDS",
         help="wait up to SECONDS for a scheduler that is still starting (default: 0, none)",
     )
+    attach.add_argument(
+        "--web", action="store_true",
+        help="serve the dashboard to a browser instead (textual-serve), on 127.0.0.1 only, behind "
+        "a random token: open the URL it prints; read-only unless --web-actions",
+    )
+    attach.add_argument("--web-port", type=int, default=0, metavar="PORT",
+                        help="--web's port on 127.0.0.1 (default 0: any free port)")
+    attach.add_argument("--web-actions", action="store_true",
+                        help="let --web's browser sessions force, pause and reload")
+    # One browser session of --web: textual-serve runs it with the web driver on its pipes.
+    attach.add_argument("--web-session", action="store_true", help=argparse.SUPPRESS)
     add_common(attach, suppress=True)
 
 

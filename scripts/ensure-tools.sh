@@ -13,6 +13,8 @@
 #              started is left alone (the tests use another port and folder).
 #   libfuse2   (Debian package `libfuse2`): tests/integration/test_hung_mount.py mounts a
 #              FUSE file system (fusepy) that stops answering, as a dead network mount.
+#   chromium   (Debian package `chromium`): tests/tui/test_web.py loads `attach --web`'s
+#              page in a real headless browser (tests/browser.py, the DevTools protocol).
 #
 # Idempotent: when every tool is already present this does nothing and returns at once.
 # Otherwise it installs the missing packages with apt-get, which needs root (CI runs it as
@@ -40,6 +42,7 @@ command -v faketime >/dev/null 2>&1 || missing="$missing faketime"
 command -v tmux >/dev/null 2>&1 || missing="$missing tmux"
 have_initdb || missing="$missing postgresql"
 have_libfuse2 || missing="$missing libfuse2"
+command -v chromium >/dev/null 2>&1 || missing="$missing chromium"
 [ -z "$missing" ] && exit 0
 
 command -v apt-get >/dev/null 2>&1 \
@@ -65,5 +68,6 @@ $SUDO apt-get install -y --no-install-recommends $missing || die "apt-get instal
 command -v promtool >/dev/null 2>&1 || die "package 'prometheus' installed but promtool is not on PATH"
 command -v faketime >/dev/null 2>&1 || die "package 'faketime' installed but faketime is not on PATH"
 have_libfuse2 || die "package 'libfuse2' installed but ldconfig does not list libfuse.so.2"
+command -v chromium >/dev/null 2>&1 || die "package 'chromium' installed but chromium is not on PATH"
 have_initdb || die "package 'postgresql' installed but there is no initdb under /usr/lib/postgresql/*/bin"
 say "installed:$missing"
