@@ -27,9 +27,11 @@ headless: install
 	$(VENV)/bin/vmsh-scheduler --no-ui --config $(CONFIG) --data-dir $(DATA_DIR); \
 	status=$$?; kill $$! 2>/dev/null; exit $$status
 
-# ganache for the EVM integration tests; reinstalled only when package.json changes.
-node_modules/.installed: package.json
-	if [ -f package-lock.json ]; then npm ci --no-audit --no-fund; else npm install --no-audit --no-fund; fi
+# ganache (EVM) and bcoin (Bitcoin regtest) for the integration tests; reinstalled only when
+# package.json changes. No install script runs: both work without their native modules
+# (bcoin with NODE_BACKEND=js, set by tests/integration/bcoin.py), so no compiler is needed.
+node_modules/.installed: package.json package-lock.json
+	npm ci --ignore-scripts --no-audit --no-fund
 	touch $@
 
 # Type errors fail the tests too: mypy takes about 13 s from cold, under 1 s cached.
