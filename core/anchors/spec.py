@@ -142,6 +142,9 @@ class SchemeSpec:
     # a target without an entry uses the model's defaults, shown as this entry name
     # ("embedded"); None: such a target has no settings (add targets.<scheme>.<name>)
     default_entry: str | None = None
+    # why an unset ${VARIABLE} in this scheme's settings is no error ("btc jobs stay disabled
+    # until it is set": `refusal` then names what is missing); "": an unset one is an error
+    unset_ok: str = ""
     confirmations: bool = False  # proofs deepen over time (receipts pending until `required`)
     policy: bool = False  # accepts a cadence's policyOID (time-stamp authorities)
 

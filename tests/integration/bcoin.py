@@ -16,9 +16,11 @@ transactions. SegWit activates after `SEGWIT_HEIGHT` blocks, coinbases mature af
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,8 @@ from typing import Any
 import httpx
 from embit import bech32
 
+from core.anchors.btc import BtcTarget
+from core.anchors.btc.tx import parse_key, signer_script
 from tests.integration.ganache import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -34,6 +38,9 @@ KEY = "vmsh-test-api-key"
 START_TIMEOUT = 30.0
 SEGWIT_HEIGHT = 432  # BIP9 on bcoin regtest: witness spends are valid from here on
 MATURITY = 100
+# A P2WPKH output script nobody can spend (its key hash is all 0x11): where blocks pay to.
+BURN = bytes([0, 20]) + bytes([0x11] * 20)
+_keys = itertools.count(1000)
 
 
 class BcoinError(RuntimeError):
@@ -59,6 +66,8 @@ class Bcoin:
         self.log_path = log_dir / f"bcoin-{self.port}.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.started_in: float | None = None
+        self._miner: threading.Thread | None = None
+        self._mining = threading.Event()
 
     def start(self) -> Bcoin:
         if not BCOIN.exists():
@@ -79,7 +88,7 @@ class Bcoin:
                 "--workers=false",
                 "--listen=false",
                 "--only=127.0.0.1:1",
-                "--log-level=warning",
+                "--log-level=info",
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -124,7 +133,36 @@ class Bcoin:
     def height(self) -> int:
         return int(self.rpc("getblockcount"))
 
+    def funded(self, script_type: str = "p2wpkh", key_number: int | None = None, **settings: Any) -> BtcTarget:
+        """`btc:regtest` settings for a fresh test key, funded by a mature coinbase (50 BTC);
+        the node must be past SEGWIT_HEIGHT."""
+        key = f"{next(_keys) if key_number is None else key_number:064x}"
+        script = signer_script(parse_key(key), script_type)[0]
+        [block_hash] = self.mine(1, script)
+        coinbase = self.rpc("getblock", block_hash, True)["tx"][0]
+        self.mine(MATURITY, BURN)
+        return BtcTarget.model_validate(
+            {"rpcUrl": self.url, "network": "regtest", "key": key, "scriptType": script_type,
+             "funding": f"{coinbase}:0", "confirmations": 1, "feeRate": 2, **settings}
+        )
+
+    def start_miner(self, interval: float = 0.05) -> None:
+        """Mine a block (to BURN) whenever the mempool holds a transaction, until stop()."""
+        def run() -> None:
+            while self._mining.is_set():
+                with contextlib.suppress(httpx.HTTPError, BcoinError, ValueError):
+                    if self.rpc("getrawmempool"):
+                        self.mine(1, BURN)
+                time.sleep(interval)
+
+        self._mining.set()
+        self._miner = threading.Thread(target=run, name="bcoin-miner", daemon=True)
+        self._miner.start()
+
     def stop(self) -> None:
+        self._mining.clear()
+        if self._miner is not None:
+            self._miner.join(5)
         proc, self.proc = self.proc, None
         if proc is None or proc.poll() is not None:
             return

@@ -1,27 +1,161 @@
-"""`btc:regtest` against a real bcoin regtest node (tests/integration/bcoin.py)."""
+"""`btc:regtest` against a real bcoin regtest node (tests/integration/bcoin.py): the backend
+builds, signs and sends its own transactions; the node mines when the test says so."""
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+from pathlib import Path
+from typing import Any
+
 import pytest
 
-from tests.integration.bcoin import SEGWIT_HEIGHT, Bcoin
-
-# A P2WPKH output script of a public test key (its hash160 is all 0x11: nobody can spend it).
-BURN = bytes([0, 20]) + bytes([0x11] * 20)
+from core.anchors.base import Attestation, VerificationFailed
+from core.anchors.btc import BtcTarget
+from core.anchors.btc.backend import BtcBackend
+from core.anchors.btc.tx import parse_key
+from core.clock import FakeClock
+from core.errors import ValidationError
+from tests.integration.bcoin import BURN, SEGWIT_HEIGHT, Bcoin
 
 
 @pytest.fixture(scope="module")
 def bcoin(tmp_path_factory):
     node = Bcoin(tmp_path_factory.mktemp("bcoin")).start()
+    node.mine(SEGWIT_HEIGHT + 1, BURN)
     yield node
     node.stop()
 
 
+def funded(bcoin: Bcoin, n: int, script_type: str = "p2wpkh") -> BtcTarget:
+    return bcoin.funded(script_type, key_number=n, confirmations=2)
+
+
+def backend(settings: BtcTarget, data_dir: Path) -> BtcBackend:
+    return BtcBackend("btc:regtest", settings, FakeClock(), data_dir, receipt_timeout=20, poll_interval=0.05)
+
+
+async def mined(bcoin: Bcoin, anchoring: asyncio.Task[Attestation], blocks: int = 1) -> Attestation:
+    """Mine `blocks` blocks once the anchor's transaction is in the mempool."""
+    while not await asyncio.to_thread(bcoin.rpc, "getrawmempool"):
+        assert not anchoring.done(), anchoring.exception()
+        await asyncio.sleep(0.05)
+    await asyncio.to_thread(bcoin.mine, blocks, BURN)
+    return await anchoring
+
+
 def test_the_regtest_node_mines_to_a_raw_script_past_segwit_activation(bcoin):
-    start = bcoin.height()
-    hashes = bcoin.mine(SEGWIT_HEIGHT + 1, BURN)
-    assert bcoin.height() == start + SEGWIT_HEIGHT + 1
-    block = bcoin.rpc("getblock", hashes[0], True)
-    coin = bcoin.rpc("gettxout", block["tx"][0], 0)
-    assert coin["scriptPubKey"]["hex"] == BURN.hex()
+    assert bcoin.height() >= SEGWIT_HEIGHT + 1
+    block = bcoin.rpc("getblock", bcoin.rpc("getblockhash", 1), True)
+    assert bcoin.rpc("gettxout", block["tx"][0], 0)["scriptPubKey"]["hex"] == BURN.hex()
     assert bcoin.started_in is not None and bcoin.started_in < 30
+
+
+@pytest.mark.parametrize("script_type", ["p2wpkh", "p2wsh"])
+async def test_an_anchor_lands_in_an_op_return_and_its_receipt_verifies(bcoin, tmp_path, script_type):
+    settings = funded(bcoin, 7 if script_type == "p2wpkh" else 8, script_type)
+    b = backend(settings, tmp_path)
+    notes: list[dict] = []
+    try:
+        digests = [hashlib.sha256(b"root %d" % i).digest() for i in range(2)]
+        atts = []
+        for digest in digests:  # the second spends the first one's change
+            atts.append(await mined(bcoin, asyncio.create_task(b.anchor(digest, notes.append))))
+        first, second = atts
+        assert first.status == "pending" and first.confirmations == 1
+        assert first.data["tx_hash"] in bcoin.rpc("getblock", first.data["block_hash"], True)["tx"]
+        assert [n["tx_hash"] for n in notes] == [a.data["tx_hash"] for a in atts]
+        assert await b.confirmations(first.data) == 2 and await b.confirmations(second.data) == 1
+        await b.verify(first.data, digests[0], required=2)
+        with pytest.raises(VerificationFailed, match="1 blocks deep, 2 required"):
+            await b.verify(second.data, digests[1], required=2)
+        with pytest.raises(VerificationFailed, match="anchors"):
+            await b.verify(first.data, digests[1], required=1)
+        assert settings.key is not None
+        secret = settings.key.get_secret_value()
+        assert secret not in repr(atts) + repr(notes) + repr(b)
+        assert "coin" in next((tmp_path / "btc").iterdir()).read_text()
+    finally:
+        await b.close()
+
+
+async def test_each_tamper_of_a_receipt_fails_verify(bcoin, tmp_path):
+    b = backend(funded(bcoin, 9), tmp_path)
+    digest = hashlib.sha256(b"tamper").digest()
+    try:
+        att = (await mined(bcoin, asyncio.create_task(b.anchor(digest, lambda facts: None)))).data
+        await b.verify(att, digest, required=1)
+
+        def flip(hex_text: str, at: int) -> str:
+            raw = bytearray(bytes.fromhex(hex_text))
+            raw[at] ^= 1
+            return raw.hex()
+
+        proof = att["txoutproof"]
+        cases: dict[str, tuple[dict[str, Any], str]] = {
+            "raw_tx": ({"raw_tx": flip(att["raw_tx"], 60)}, "raw_tx is not transaction"),
+            "op_return": ({"vout": 1}, "not OP_RETURN"),
+            "branch": ({"txoutproof": proof[:-2] + ("00" if proof[-2:] != "00" else "01")}, "txoutproof"),
+            "header root": ({"txoutproof": flip(proof, 40)}, "Merkle root"),
+            "header work": ({"txoutproof": flip(proof, 79)}, "txoutproof"),
+            "block hash": ({"block_hash": "00" * 32}, "header is block"),
+        }
+        for name, (change, message) in cases.items():
+            with pytest.raises(VerificationFailed, match=message):
+                await b.verify({**att, **change}, digest, required=1)
+            assert name
+    finally:
+        await b.close()
+
+
+async def test_a_reorg_that_drops_the_block_is_seen_and_verify_fails(bcoin, tmp_path):
+    b = backend(funded(bcoin, 10), tmp_path)
+    digest = hashlib.sha256(b"reorg").digest()
+    try:
+        att = (await mined(bcoin, asyncio.create_task(b.anchor(digest, lambda facts: None)))).data
+        assert await b.confirmations(att) == 1
+        bcoin.rpc("invalidateblock", att["block_hash"])
+        bcoin.mine(2, BURN)  # a longer chain without it
+        assert await b.confirmations(att) is None
+        with pytest.raises(VerificationFailed, match="not on the node's best chain"):
+            await b.verify(att, digest, required=1)
+        # Anchored again: the lost transaction is sent again first (bcoin forgot it), then
+        # the new one spends its change.
+        again = await mined(bcoin, asyncio.create_task(b.anchor(digest, lambda facts: None)), 1)
+        assert await b.confirmations(again.data) == 1
+        await b.verify(again.data, digest, required=1)
+    finally:
+        await b.close()
+
+
+async def test_a_double_spend_the_node_says_it_accepted_is_not_taken_for_an_anchor(bcoin, tmp_path):
+    """bcoin answers sendrawtransaction with the txid even for a double spend: recovering a
+    journalled transaction whose coin went to another must give None, not wait for it."""
+    settings = funded(bcoin, 11)
+    first_dir, other_dir = tmp_path / "a", tmp_path / "b"
+    a, other = backend(settings, first_dir), backend(settings, other_dir)
+    journal: list[dict] = []
+    try:
+        await mined(bcoin, asyncio.create_task(a.anchor(hashlib.sha256(b"one").digest(), journal.append)))
+        # The same coin, spent again by another transaction (another data dir: another record).
+        conflict = asyncio.create_task(other.anchor(hashlib.sha256(b"two").digest(), lambda facts: None))
+        with pytest.raises(ValidationError, match="spent or unknown"):
+            await conflict
+        other_notes = dict(journal[0])
+        other_notes["tx_hash"], other_notes["raw_tx"] = _double_spend(settings, journal[0])
+        assert await asyncio.wait_for(other.recover(b"\x00" * 32, other_notes), 10) is None
+        assert not bcoin.rpc("getrawmempool")
+    finally:
+        await a.close()
+        await other.close()
+
+
+def _double_spend(settings: BtcTarget, facts: dict) -> tuple[str, str]:
+    """Another signed transaction spending the coin `facts` spent (another digest)."""
+    from core.anchors.btc.tx import Outpoint, build_anchor
+
+    txid, _, vout = facts["spent"].partition(":")
+    assert settings.key is not None
+    tx = build_anchor(parse_key(settings.key.get_secret_value()), "p2wpkh", Outpoint(txid, int(vout), 50 * 10**8),
+                      hashlib.sha256(b"other").digest(), 3)
+    return tx.txid, tx.raw.hex()

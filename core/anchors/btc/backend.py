@@ -1,0 +1,454 @@
+"""`btc:<name>`: anchor a digest in the OP_RETURN output of a Bitcoin transaction the
+scheduler builds and signs itself (core/anchors/btc/tx.py), sent over the node's JSON-RPC.
+
+Each anchor spends one coin of the signer's script into `OP_RETURN <digest>` (output 0)
+and the change (output 1); the next anchor spends that change: a chain the backend
+tracks itself in its coin record (`<data_dir>/btc/<network>-<script hash>.json`, or the
+store's signer record in cluster mode: {"coin": {txid, vout, value}, "last": facts,
+"outstanding": {digest hex: facts}}), so it works the same on bcoin and on Bitcoin Core
+(no wallet on the node). The first coin is the target's `funding` outpoint.
+
+Sending, under a per-signer lock (asyncio, and the store's lock across replicas):
+
+1. the node's genesis block must be the one of the target's `network`;
+2. the coin must exist (gettxout, mempool included); if it is the change of our last
+   transaction and the node lost that one (a reorg on bcoin), the same bytes are sent again;
+3. fee rate: `fee_rate`, else the node's estimatesmartfee (Core's `feerate`; bcoin gives
+   -1), else `fallback_fee_rate`; above `max_fee_rate` is a ValidationError, nothing signed;
+4. sign, `note({"tx_hash", "raw_tx", "spent", "sent_height"})` (durable in the intent
+   journal), then sendrawtransaction. bcoin answers with the txid even for an invalid or
+   double-spending transaction (and before its mempool checked it), so the mempool is asked
+   (getmempoolentry, for up to `accept_wait` seconds): not there is a ValidationError and
+   the coin record is not moved.
+
+Then it waits for the transaction to be mined (`receipt_timeout`), scanning the blocks
+after the height it was sent at (no txindex needed), and returns a `pending` Attestation:
+{scheme, network, tx_hash, vout, block_hash, block_number, raw_tx, txoutproof}. A
+transaction not mined in time stays outstanding: the next attempt for that digest waits
+for it again instead of paying twice. Confirmations are the depth of the attested block,
+None once getblockhash(block_number) is another block (a reorg: the tracker queues the job
+again).
+
+After a crash `recover` never signs: it looks the journalled txid up (mempool, blocks
+since it was sent), sends the same bytes again if the node does not know them, and gives
+None when its coin was spent by another transaction.
+
+Test hook: `VMSH_TEST_CRASH_AFTER_SEND=1` exits with status 137 right after the send
+(as for eip155), between the broadcast and the receipt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import inspect
+import json
+import os
+import weakref
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+from core.anchors.base import (
+    Attestation,
+    CannotVerify,
+    JournalNote,
+    SharedRecords,
+    SignerRecord,
+    VerificationFailed,
+)
+from core.anchors.btc.proof import check_attestation, check_on_node
+from core.anchors.btc.settings import BtcTarget
+from core.anchors.btc.tx import KeyProblem, Outpoint, build_anchor, parse_key, signer_script
+from core.anchors.evm.rpc import Node, RpcError
+from core.anchors.keysource import read_key
+from core.errors import AuthError, NetworkError, ValidationError
+from core.fsutil import atomic_write_json
+
+if TYPE_CHECKING:
+    from embit.ec import PrivateKey
+
+    from core.clock import Clock
+
+__all__ = ["CRASH_HOOK", "GENESIS", "BtcBackend"]
+
+CRASH_HOOK = "VMSH_TEST_CRASH_AFTER_SEND"
+GENESIS = {
+    "main": "000000000019d6689c085ae165831e934ff763ae46a2a6c172b3f1b60a8ce26f",
+    "mainnet": "000000000019d6689c085ae165831e934ff763ae46a2a6c172b3f1b60a8ce26f",
+    "testnet": "000000000933ea01ad0ee984209779baaedaeb8f8b8aaacbc2d87ba6eb5b2e10",
+    "signet": "00000008819873e925422c1ff0f99f7cc9bbb232af63a077a480a3633bee1ef6",
+    "regtest": "0f9188f13cb7b2c71f2a335e3a4fc328bf5beb436012afca590b1a11466e2206",
+}
+SAT = 100_000_000
+
+_signer_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, asyncio.Lock]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+class _CoinFile:
+    """The signer's coin record in the data dir (one scheduler)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def load(self) -> dict[str, Any]:
+        try:
+            doc = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            raise ValidationError(f"{self.path}: unreadable coin record: {exc}") from None
+        if not isinstance(doc, dict):
+            raise ValidationError(f"{self.path}: a coin record is a JSON object")
+        return doc
+
+    def save(self, doc: dict[str, Any]) -> None:
+        atomic_write_json(self.path, doc)
+
+
+def _doc(store: SignerRecord) -> dict[str, Any]:
+    doc = store.load()
+    doc.setdefault("outstanding", {})
+    return doc
+
+
+class BtcBackend:
+    """Backend for `btc:<name>` targets (implements core.anchors.base.Backend)."""
+
+    def __init__(
+        self,
+        target: str,
+        settings: BtcTarget,
+        clock: Clock,
+        data_dir: Path | str,
+        *,
+        receipt_timeout: float = 120.0,
+        poll_interval: float = 0.5,
+        rpc_timeout: float = 30.0,
+        accept_wait: float = 3.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+        shared: SharedRecords | None = None,
+    ) -> None:
+        if not target.startswith("btc:"):
+            raise ValidationError(f"{target!r} is not a btc:<name> target")
+        self.target = target
+        self.settings = settings
+        self.clock = clock
+        self.data_dir = Path(data_dir)
+        self.receipt_timeout = receipt_timeout
+        self.poll_interval = poll_interval
+        self.accept_wait = accept_wait  # how long the mempool may take to show a sent transaction
+        self.shared = shared
+        self._key: PrivateKey | None = None
+        self._script: bytes | None = None
+        self._node = Node(
+            target, settings.rpc_url, timeout=rpc_timeout, transport=transport, sender=lambda: "the signer"
+        )
+        self._checked_network = False
+
+    def __repr__(self) -> str:
+        return f"BtcBackend({self.target!r}, rpc={self._node.where!r})"
+
+    # ----- key and records -------------------------------------------------------------------
+
+    @property
+    def key(self) -> PrivateKey:
+        if self._key is None:
+            text = read_key(self.target, self.settings)
+            try:
+                self._key = parse_key(text)
+            except KeyProblem as exc:
+                raise ValidationError(f"{self.target}: the configured signing key is {exc}") from None
+            finally:
+                del text
+            self._script = signer_script(self._key, self.settings.script_type)[0]
+        return self._key
+
+    @property
+    def script(self) -> bytes:
+        """The signer's output script (raw)."""
+        self.key  # noqa: B018 - loads the key and its script
+        assert self._script is not None
+        return self._script
+
+    @property
+    def _signer(self) -> str:
+        return f"btc-{self.settings.network}-{hashlib.sha256(self.script).hexdigest()[:16]}"
+
+    def _store(self) -> SignerRecord:
+        if self.shared is not None:
+            return self.shared.signer(self._signer)
+        return _CoinFile(self.data_dir / "btc" / f"{self._signer}.json")
+
+    @contextlib.asynccontextmanager
+    async def _lock(self) -> AsyncIterator[None]:
+        locks = _signer_locks.setdefault(asyncio.get_running_loop(), {})
+        lock = locks.setdefault(self._signer, asyncio.Lock())
+        async with lock:
+            if self.shared is None:
+                yield
+            else:
+                async with self.shared.signer_lock(self._signer):
+                    yield
+
+    # ----- the node ---------------------------------------------------------------------------
+
+    async def _check_network(self) -> None:
+        if self._checked_network:
+            return
+        expected = GENESIS.get(self.settings.network)
+        if expected is not None:
+            genesis = await self._node.call("getblockhash", 0)
+            if genesis != expected:
+                raise ValidationError(
+                    f"{self.target}: the node at {self._node.where} is not on {self.settings.network} "
+                    f"(genesis {genesis}); refusing to anchor to the wrong chain"
+                )
+        self._checked_network = True
+
+    async def _fee_rate(self) -> float:
+        s = self.settings
+        rate = s.fee_rate
+        if rate is None:
+            try:
+                estimate = await self._node.rpc("estimatesmartfee", 2)
+            except RpcError:
+                estimate = None
+            per_kvb = estimate.get("feerate") if isinstance(estimate, dict) else None
+            rate = float(per_kvb) * SAT / 1000 if isinstance(per_kvb, int | float) and per_kvb > 0 else None
+        rate = s.fallback_fee_rate if rate is None else rate
+        if rate > s.max_fee_rate:
+            raise ValidationError(
+                f"{self.target}: the fee rate needed now ({rate:.1f} sat/vB) is above maxFeeRate "
+                f"{s.max_fee_rate}; not sending"
+            )
+        return rate
+
+    async def _coin(self, doc: dict[str, Any]) -> Outpoint:
+        """The coin to spend next, present on the node (the last transaction sent again if
+        the node lost it)."""
+        coin = doc.get("coin")
+        if coin is None:
+            if not self.settings.funding:
+                raise ValidationError(
+                    f"{self.target}: no coin to spend: set funding (txid:vout of an output "
+                    f"paying {self.script.hex()})"
+                )
+            txid, _, vout = self.settings.funding.partition(":")
+            coin = {"txid": txid.lower(), "vout": int(vout), "value": None}
+        out = await self._node.call("gettxout", coin["txid"], coin["vout"], True)
+        last = doc.get("last")
+        if out is None and last is not None and last["tx_hash"] == coin["txid"]:
+            await self._broadcast(last["raw_tx"], last["tx_hash"])
+            out = await self._node.call("gettxout", coin["txid"], coin["vout"], True)
+        if out is None:
+            raise ValidationError(
+                f"{self.target}: the coin {coin['txid']}:{coin['vout']} is spent or unknown to the node"
+            )
+        if out.get("scriptPubKey", {}).get("hex") != self.script.hex():
+            raise ValidationError(
+                f"{self.target}: the coin {coin['txid']}:{coin['vout']} does not pay the signer's "
+                f"script {self.script.hex()}"
+            )
+        return Outpoint(coin["txid"], int(coin["vout"]), round(float(out["value"]) * SAT))
+
+    async def _broadcast(self, raw_tx: str, txid: str) -> None:
+        """Send, then make sure the node kept it: bcoin answers with the txid even for an
+        invalid or double-spending transaction."""
+        try:
+            await self._node.rpc("sendrawtransaction", raw_tx)
+        except RpcError as exc:
+            text = exc.message.lower()
+            if "already" not in text and "known" not in text:
+                raise ValidationError(f"{self.target}: the node refused transaction {txid}: {exc.message}") from None
+        # bcoin answers before its mempool has checked the transaction: ask a few times.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.accept_wait
+        while True:
+            if await self._in_mempool(txid) or await self._node.call("gettxout", txid, 1, False) is not None:
+                return
+            if loop.time() >= deadline:
+                break
+            await asyncio.sleep(0.05)
+        raise ValidationError(
+            f"{self.target}: the node answered sendrawtransaction for {txid} but does not hold it "
+            "(invalid, or its coin is spent): nothing was anchored"
+        )
+
+    async def _in_mempool(self, txid: str) -> bool:
+        try:
+            return await self._node.rpc("getmempoolentry", txid) is not None
+        except RpcError:
+            return False
+
+    # ----- anchoring --------------------------------------------------------------------------
+
+    async def anchor(self, digest: bytes, note: JournalNote, *, policy: str | None = None) -> Attestation:
+        if len(digest) != 32:
+            raise ValidationError(f"{self.target}: a digest is 32 bytes, got {len(digest)}")
+        if policy is not None:
+            raise ValidationError(
+                f"{self.target}: a chain anchor has no policy (policyOID {policy} applies to "
+                "rfc3161 and local targets only)"
+            )
+        key = self.key  # key problems surface before any network call
+        await self._check_network()
+        store = self._store()
+        async with self._lock():
+            earlier = _doc(store)["outstanding"].get(digest.hex())
+        if earlier is None:
+            earlier = await self._sign_and_send(digest, note, key, store)
+        else:
+            await _maybe_await(note(dict(earlier)))
+        attestation = await self._resume(earlier, wait=True)
+        await self._forget(digest)
+        if attestation is None:
+            raise NetworkError(f"{self.target}: transaction {earlier['tx_hash']} was dropped before it was mined")
+        return attestation
+
+    async def _sign_and_send(
+        self, digest: bytes, note: JournalNote, key: PrivateKey, store: SignerRecord
+    ) -> dict[str, Any]:
+        async with self._lock():
+            doc = _doc(store)
+            coin = await self._coin(doc)
+            try:
+                tx = build_anchor(key, self.settings.script_type, coin, digest, await self._fee_rate())
+            except ValueError as exc:
+                raise ValidationError(f"{self.target}: {exc}") from None
+            facts: dict[str, Any] = {
+                "tx_hash": tx.txid,
+                "raw_tx": tx.raw.hex(),
+                "spent": f"{coin.txid}:{coin.vout}",
+                "sent_height": int(await self._node.call("getblockcount")),
+            }
+            await _maybe_await(note(facts))  # durable before the transaction exists elsewhere
+            await self._broadcast(facts["raw_tx"], tx.txid)
+            if os.environ.get(CRASH_HOOK) == "1":
+                os._exit(137)  # test hook (module docstring)
+            doc["coin"] = {"txid": tx.txid, "vout": 1, "value": tx.change.value}
+            doc["last"] = facts
+            doc["outstanding"][digest.hex()] = facts
+            store.save(doc)
+        return facts
+
+    async def _forget(self, digest: bytes) -> None:
+        store = self._store()
+        async with self._lock():
+            doc = _doc(store)
+            if doc["outstanding"].pop(digest.hex(), None) is not None:
+                store.save(doc)
+
+    async def _find_block(self, txid: str, since: int) -> tuple[int, str] | None:
+        """(height, hash) of the block after `since` that holds `txid`, or None."""
+        top = int(await self._node.call("getblockcount"))
+        for height in range(max(since, 0) + 1, top + 1):
+            block_hash = await self._node.call("getblockhash", height)
+            block = await self._node.call("getblock", block_hash, True)
+            if txid in block.get("tx", []):
+                return height, str(block_hash)
+        return None
+
+    async def _resume(self, facts: dict[str, Any], *, wait: bool) -> Attestation | None:
+        """The attestation of a signed transaction once mined; the same bytes sent again if the
+        node does not know them; None when it can never be mined (its coin went elsewhere)."""
+        txid = facts["tx_hash"]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.receipt_timeout
+        while True:
+            found = await self._find_block(txid, int(facts.get("sent_height", 0)))
+            if found is not None:
+                return await self._attestation(facts, *found)
+            if not await self._in_mempool(txid):
+                try:
+                    await self._broadcast(facts["raw_tx"], txid)
+                except ValidationError:
+                    return None
+            if not wait or loop.time() >= deadline:
+                raise NetworkError(
+                    f"{self.target}: transaction {txid} not mined within {self.receipt_timeout:.0f} s; "
+                    "the next attempt waits for it again instead of sending another"
+                )
+            await asyncio.sleep(self.poll_interval)
+
+    async def _attestation(self, facts: dict[str, Any], height: int, block_hash: str) -> Attestation:
+        proof = await self._node.call("gettxoutproof", [facts["tx_hash"]], block_hash)
+        top = int(await self._node.call("getblockcount"))
+        data = {
+            "scheme": "btc",
+            "network": self.settings.network,
+            "tx_hash": facts["tx_hash"],
+            "vout": 0,
+            "block_hash": block_hash,
+            "block_number": height,
+            "raw_tx": facts["raw_tx"],
+            "txoutproof": proof,
+        }
+        return Attestation(data, status="pending", confirmations=max(0, top - height + 1))
+
+    async def recover(self, digest: bytes, notes: dict[str, Any]) -> Attestation | None:
+        """After a crash: never signs. The journalled transaction, looked up or sent again."""
+        if not notes.get("tx_hash") or not notes.get("raw_tx"):
+            return None
+        await self._check_network()
+        store = self._store()
+        async with self._lock():  # a crash before the record was saved: move the coin now
+            doc = _doc(store)
+            coin = doc.get("coin")
+            if coin is None or f"{coin['txid']}:{coin['vout']}" == notes.get("spent"):
+                doc["coin"] = {"txid": notes["tx_hash"], "vout": 1, "value": None}
+                doc["last"] = {k: notes[k] for k in ("tx_hash", "raw_tx", "spent", "sent_height") if k in notes}
+                store.save(doc)
+        attestation = await self._resume(notes, wait=True)
+        await self._forget(digest)
+        return attestation
+
+    # ----- confirmations and verification -----------------------------------------------------
+
+    async def confirmations(self, attestation: dict[str, Any]) -> int | None:
+        """Depth of the attested block; None when the node's block at that height is another
+        (a reorg dropped it)."""
+        height = int(attestation["block_number"])
+        top = int(await self._node.call("getblockcount"))
+        if height > top:
+            return None
+        if await self._node.call("getblockhash", height) != attestation["block_hash"]:
+            return None
+        return top - height + 1
+
+    async def verify(
+        self,
+        attestation: dict[str, Any],
+        digest: bytes,
+        *,
+        required: int | None = None,
+        policy: str | None = None,
+    ) -> None:
+        """Offline: the transaction's OP_RETURN carries `digest`, its Merkle branch reaches the
+        header's root, the header hashes to the attested block and meets its nBits. On the
+        node: that block is on the best chain at its height, `required` deep."""
+        if policy is not None:
+            raise VerificationFailed(
+                f"{self.target}: the receipt states policy {policy}, but a chain anchor has no policy"
+            )
+        check_attestation(attestation, digest)
+        need = self.settings.confirmations if required is None else required
+        try:
+            await check_on_node(self._node, attestation, need)
+        except (NetworkError, AuthError, ValidationError) as exc:
+            raise CannotVerify(
+                f"cannot check on the node: {exc}; pass --rpc-url {self.target}=URL of a node of that chain"
+            ) from None
+
+    async def close(self) -> None:
+        await self._node.close()
+
+
+async def _maybe_await(result: Any) -> None:
+    if inspect.isawaitable(result):
+        await result
