@@ -159,10 +159,14 @@ class Bcoin:
         self._miner = threading.Thread(target=run, name="bcoin-miner", daemon=True)
         self._miner.start()
 
-    def stop(self) -> None:
+    def stop_miner(self) -> None:
         self._mining.clear()
         if self._miner is not None:
             self._miner.join(5)
+            self._miner = None
+
+    def stop(self) -> None:
+        self.stop_miner()
         proc, self.proc = self.proc, None
         if proc is None or proc.poll() is not None:
             return

@@ -5,17 +5,24 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from cli.main import main
 from core.anchors.base import Attestation, VerificationFailed
 from core.anchors.btc import BtcTarget
 from core.anchors.btc.backend import BtcBackend
 from core.anchors.btc.tx import parse_key
 from core.clock import FakeClock
+from core.config import load_config
 from core.errors import ValidationError
+from core.jobs import safe_name
+from core.runtime import Runtime
+from core.sources import write_batch
 from tests.integration.bcoin import BURN, SEGWIT_HEIGHT, Bcoin
 
 
@@ -159,3 +166,67 @@ def _double_spend(settings: BtcTarget, facts: dict) -> tuple[str, str]:
     tx = build_anchor(parse_key(settings.key.get_secret_value()), "p2wpkh", Outpoint(txid, int(vout), 50 * 10**8),
                       hashlib.sha256(b"other").digest(), 3)
     return tx.txid, tx.raw.hex()
+
+
+CONFIG = """\
+scheduler: {{tick: 1.0, data_dir: data, base_backoff: 5.0}}
+targets:
+  btc:
+    regtest:
+      rpcUrl: "{url}"
+      network: regtest
+      keyFile: key.txt
+      funding: "{funding}"
+      feeRate: 2
+      confirmations: 1
+namespaces:
+  a:
+    cadence:
+      fast: {{target: "btc:regtest", every: "10s", confirmations: 1}}
+"""
+
+
+def test_the_scheduler_anchors_a_root_that_verify_and_its_stock_tool_steps_accept(bcoin, tmp_path, capsys):
+    settings = bcoin.funded()
+    assert settings.key is not None and settings.funding is not None
+    secret = settings.key.get_secret_value()
+    (tmp_path / "key.txt").write_text(secret + "\n")
+    (tmp_path / "config.yaml").write_text(CONFIG.format(url=bcoin.url, funding=settings.funding))
+    write_batch(tmp_path / "data" / "batches" / safe_name("a"), "1", "sha256:" + "ab" * 32)
+
+    async def one_pass() -> None:
+        runtime = Runtime(load_config(tmp_path / "config.yaml", env={}, cwd=tmp_path), clock=FakeClock())
+        try:
+            await runtime.engine.run_once()
+            await runtime.engine.settle()
+        finally:
+            runtime.engine.flush()
+            await runtime.close()
+
+    bcoin.start_miner()
+    try:
+        asyncio.run(one_pass())
+    finally:
+        bcoin.stop_miner()
+    [receipt] = list((tmp_path / "data" / "receipts").rglob("*.json"))
+    body = json.loads(receipt.read_text())
+    assert body["attestation"]["scheme"] == "btc" and body["anchored_root"] == "sha256:" + "ab" * 32
+    assert secret not in "".join(p.read_text(errors="replace") for p in (tmp_path / "data").rglob("*") if p.is_file())
+
+    rpc = ["--rpc-url", f"btc:regtest={bcoin.url}"]
+    assert main(["verify", *rpc, str(receipt)]) == 0, capsys.readouterr()
+    capsys.readouterr()
+    assert main(["verify", "--explain", *rpc, str(receipt)]) == 0
+    script = capsys.readouterr().out
+    run = subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "OK" in run.stdout and "FAIL" not in run.stdout
+
+    tampered = tmp_path / "tampered.json"
+    body["attestation"]["block_hash"] = "00" * 32
+    tampered.write_text(json.dumps(body))
+    assert main(["verify", *rpc, str(tampered)]) == 1
+    capsys.readouterr()
+    main(["verify", "--explain", *rpc, str(tampered)])
+    run = subprocess.run(["sh", "-c", capsys.readouterr().out], capture_output=True, text=True, timeout=60)
+    assert run.returncode != 0 and "FAIL" in run.stdout
