@@ -6,7 +6,11 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
+import signal
 import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +28,7 @@ from core.jobs import safe_name
 from core.runtime import Runtime
 from core.sources import write_batch
 from tests.integration.bcoin import BURN, SEGWIT_HEIGHT, Bcoin
+from tests.integration.ganache import free_port
 
 
 @pytest.fixture(scope="module")
@@ -230,3 +235,96 @@ def test_the_scheduler_anchors_a_root_that_verify_and_its_stock_tool_steps_accep
     main(["verify", "--explain", *rpc, str(tampered)])
     run = subprocess.run(["sh", "-c", capsys.readouterr().out], capture_output=True, text=True, timeout=60)
     assert run.returncode != 0 and "FAIL" in run.stdout
+
+
+# --------------------------------------------------------------------------- crashes (a real process)
+
+CLI = [sys.executable, "-m", "cli"]
+DAEMON_CONFIG = """\
+scheduler:
+  tick: 0.2
+  data_dir: {data}
+http:
+  listen: "127.0.0.1:{port}"
+targets:
+  btc:
+    regtest: {{rpcUrl: "{url}", network: regtest, keyEnv: VMSH_TEST_BTC_KEY, funding: "{funding}",
+               feeRate: 2, confirmations: 1}}
+namespaces:
+  "demo:btc":
+    source: {batches}
+    cadence:
+      fast: {{target: "btc:regtest", every: "1h"}}
+"""
+
+
+def _daemon(bcoin: Bcoin, tmp: Path, key: str, **env: str) -> subprocess.Popen[bytes]:
+    hooks = ("VMSH_TEST_CRASH_AFTER_SEND", "VMSH_TEST_CRASH_BEFORE_SEND")
+    full = {k: v for k, v in os.environ.items() if k not in hooks}
+    full.update(VMSH_TEST_BTC_KEY=key, **env)
+    log = open(tmp / f"scheduler-{time.monotonic_ns()}.log", "wb")  # noqa: SIM115 - the child's
+    proc = subprocess.Popen(
+        [*CLI, "--no-ui", "--config", str(tmp / "config.yaml"), "--data-dir", str(tmp / "data")],
+        stdout=log, stderr=subprocess.STDOUT, env=full,
+    )
+    log.close()
+    return proc
+
+
+def _journal_tx(tmp: Path) -> str | None:
+    for path in (tmp / "data" / "journal").glob("*.json"):
+        return str(json.loads(path.read_text())["notes"].get("tx_hash"))
+    return None
+
+
+def _wait(predicate, what: str, proc: subprocess.Popen[bytes], timeout: float = 30.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := predicate():
+            return value
+        assert proc.poll() is None, f"the scheduler exited ({proc.returncode}) while waiting for {what}"
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _spenders(bcoin: Bcoin, since: int) -> list[str]:
+    """Every non-coinbase transaction mined after height `since`."""
+    return [
+        txid
+        for height in range(since + 1, bcoin.height() + 1)
+        for txid in bcoin.rpc("getblock", bcoin.rpc("getblockhash", height), True)["tx"][1:]
+    ]
+
+
+@pytest.mark.parametrize("hook", ["VMSH_TEST_CRASH_BEFORE_SEND", "VMSH_TEST_CRASH_AFTER_SEND"])
+def test_a_crash_around_the_broadcast_ends_in_one_transaction_signed_once_and_one_receipt(bcoin, tmp_path, hook):
+    settings = bcoin.funded()
+    assert settings.key is not None
+    key = settings.key.get_secret_value()
+    (tmp_path / "config.yaml").write_text(DAEMON_CONFIG.format(
+        data=tmp_path / "data", port=free_port(), url=bcoin.url, funding=settings.funding,
+        batches=tmp_path / "batches"))
+    write_batch(tmp_path / "batches", "1", "sha256:" + "cd" * 32)
+    start = bcoin.height()
+    crashed = _daemon(bcoin, tmp_path, key, **{hook: "1"})
+    assert crashed.wait(30) == 137
+    journalled = _journal_tx(tmp_path)
+    assert journalled and not list((tmp_path / "data" / "receipts").rglob("*.json"))
+    in_pool = journalled in bcoin.rpc("getrawmempool")
+    assert in_pool == (hook == "VMSH_TEST_CRASH_AFTER_SEND")  # before: the node never saw it
+
+    bcoin.start_miner()
+    restarted = _daemon(bcoin, tmp_path, key)
+    try:
+        [receipt] = _wait(lambda: list((tmp_path / "data" / "receipts").rglob("*.json")), "the receipt", restarted)
+        time.sleep(1.0)  # a few ticks: nothing more may be sent
+    finally:
+        bcoin.stop_miner()
+        restarted.send_signal(signal.SIGTERM)
+        assert restarted.wait(20) == 0
+    assert json.loads(receipt.read_text())["attestation"]["tx_hash"] == journalled
+    assert _spenders(bcoin, start) == [journalled]  # the journalled bytes, never signed again
+    logs = "".join(p.read_text(errors="replace") for p in tmp_path.glob("scheduler-*.log"))
+    assert "interrupted anchor recovered from the journal" in logs
+    files = "".join(p.read_text(errors="replace") for p in (tmp_path / "data").rglob("*") if p.is_file())
+    assert key not in logs + files

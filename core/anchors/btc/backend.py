@@ -33,8 +33,9 @@ After a crash `recover` never signs: it looks the journalled txid up (mempool, b
 since it was sent), sends the same bytes again if the node does not know them, and gives
 None when its coin was spent by another transaction.
 
-Test hook: `VMSH_TEST_CRASH_AFTER_SEND=1` exits with status 137 right after the send
-(as for eip155), between the broadcast and the receipt.
+Test hooks: `VMSH_TEST_CRASH_AFTER_SEND=1` exits with status 137 right after the send
+(as for eip155), between the broadcast and the receipt; `VMSH_TEST_CRASH_BEFORE_SEND=1`
+right after the journal note, before the broadcast. They do nothing unless set.
 """
 
 from __future__ import annotations
@@ -73,9 +74,10 @@ if TYPE_CHECKING:
 
     from core.clock import Clock
 
-__all__ = ["CRASH_HOOK", "GENESIS", "BtcBackend"]
+__all__ = ["CRASH_BEFORE_SEND", "CRASH_HOOK", "GENESIS", "BtcBackend"]
 
 CRASH_HOOK = "VMSH_TEST_CRASH_AFTER_SEND"
+CRASH_BEFORE_SEND = "VMSH_TEST_CRASH_BEFORE_SEND"
 GENESIS = {
     "main": "000000000019d6689c085ae165831e934ff763ae46a2a6c172b3f1b60a8ce26f",
     "mainnet": "000000000019d6689c085ae165831e934ff763ae46a2a6c172b3f1b60a8ce26f",
@@ -328,6 +330,8 @@ class BtcBackend:
                 "sent_height": int(await self._node.call("getblockcount")),
             }
             await _maybe_await(note(facts))  # durable before the transaction exists elsewhere
+            if os.environ.get(CRASH_BEFORE_SEND) == "1":
+                os._exit(137)  # test hook (module docstring)
             await self._broadcast(facts["raw_tx"], tx.txid)
             if os.environ.get(CRASH_HOOK) == "1":
                 os._exit(137)  # test hook (module docstring)
