@@ -80,6 +80,9 @@ class TrustFile:
 
 # (target, the receipt's attestation, the inputs) -> the certificate files its verifier needs
 ExportTrust = Callable[[str, dict[str, Any], VerifyInputs], list[TrustFile]]
+# export --format <name>: (name, the receipt's JSON document -> the file's bytes, ValueError
+# when that receipt has none yet); written as <receipt>.<name> beside the receipt
+ProofFile = tuple[str, Callable[[dict[str, Any]], bytes]]
 # (target, the inputs, the receipt's path) -> the checker of that target's receipts
 MakeChecker = Callable[[str, VerifyInputs, Path], ClosingVerifier]
 # (the receipt, its path, the inputs) -> the shell lines that check its attestation
@@ -132,6 +135,8 @@ class SchemeSpec:
     explain: ExplainSteps | None = None
     # export: the certificates a verifier of a receipt needs, written beside it; None: none
     export_trust: ExportTrust | None = None
+    # export: a proof file another program checks (btc: "ots", OpenTimestamps); None: none
+    proof_file: ProofFile | None = None
     # verify --rpc-url <scheme>:<name>=<URL> (a name that passes `name_problem`): the form it
     # takes, shown when one is wrong ("eip155:<chain id>=<URL>, for example ..."); None: the
     # scheme's receipts are not checked on a node (no --rpc-url)

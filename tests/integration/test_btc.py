@@ -173,6 +173,15 @@ def _double_spend(settings: BtcTarget, facts: dict) -> tuple[str, str]:
     return tx.txid, tx.raw.hex()
 
 
+def ots_verify(bcoin: Bcoin, proof: Path, root_hex: str) -> subprocess.CompletedProcess[str]:
+    """The OpenTimestamps client (PyPI opentimestamps-client) checking `proof` on the node."""
+    ots = [sys.executable, "-c", "import sys; from otsclient.ots import main; sys.exit(main())"]
+    return subprocess.run(
+        [*ots, "--no-cache", "--btc-regtest", "--bitcoin-node", bcoin.url, "verify", "-d", root_hex, str(proof)],
+        capture_output=True, text=True, timeout=60,
+    )
+
+
 CONFIG = """\
 scheduler: {{tick: 1.0, data_dir: data, base_backoff: 5.0}}
 targets:
@@ -185,19 +194,22 @@ targets:
       feeRate: 2
       confirmations: 1
 namespaces:
-  a:
-    cadence:
-      fast: {{target: "btc:regtest", every: "10s", confirmations: 1}}
+  a: {{cadence: {{fast: {{target: "btc:regtest", every: "10s", confirmations: 1}}}}}}
+  b: {{cadence: {{fast: {{target: "btc:regtest", every: "10s", confirmations: 1}}}}}}
+  c: {{cadence: {{fast: {{target: "btc:regtest", every: "10s", confirmations: 1}}}}}}
 """
+ROOTS = {"a": "ab" * 32, "b": "ba" * 32, "c": "bb" * 32}
 
 
-def test_the_scheduler_anchors_a_root_that_verify_and_its_stock_tool_steps_accept(bcoin, tmp_path, capsys):
+def test_the_scheduler_anchors_roots_that_verify_its_stock_tool_steps_and_ots_accept(bcoin, tmp_path, capsys):
+    """Three namespaces due together: one transaction anchors the tree hash of their roots."""
     settings = bcoin.funded()
     assert settings.key is not None and settings.funding is not None
     secret = settings.key.get_secret_value()
     (tmp_path / "key.txt").write_text(secret + "\n")
     (tmp_path / "config.yaml").write_text(CONFIG.format(url=bcoin.url, funding=settings.funding))
-    write_batch(tmp_path / "data" / "batches" / safe_name("a"), "1", "sha256:" + "ab" * 32)
+    for namespace, root in ROOTS.items():
+        write_batch(tmp_path / "data" / "batches" / safe_name(namespace), "1", "sha256:" + root)
 
     async def one_pass() -> None:
         runtime = Runtime(load_config(tmp_path / "config.yaml", env={}, cwd=tmp_path), clock=FakeClock())
@@ -213,23 +225,37 @@ def test_the_scheduler_anchors_a_root_that_verify_and_its_stock_tool_steps_accep
         asyncio.run(one_pass())
     finally:
         bcoin.stop_miner()
-    [receipt] = list((tmp_path / "data" / "receipts").rglob("*.json"))
-    body = json.loads(receipt.read_text())
-    assert body["attestation"]["scheme"] == "btc" and body["anchored_root"] == "sha256:" + "ab" * 32
+    receipts = tmp_path / "data" / "receipts"
+    bodies = [json.loads(p.read_text()) for p in sorted(receipts.rglob("*.json"))]
+    assert [b["batch"]["root"] for b in bodies] == ["sha256:" + r for r in ROOTS.values()]
+    assert len({b["attestation"]["tx_hash"] for b in bodies}) == 1 and bodies[0]["tree_size"] == 3
     assert secret not in "".join(p.read_text(errors="replace") for p in (tmp_path / "data").rglob("*") if p.is_file())
 
     rpc = ["--rpc-url", f"btc:regtest={bcoin.url}"]
-    assert main(["verify", *rpc, str(receipt)]) == 0, capsys.readouterr()
+    assert main(["verify", *rpc, str(receipts)]) == 0, capsys.readouterr()
     capsys.readouterr()
-    assert main(["verify", "--explain", *rpc, str(receipt)]) == 0
+    assert main(["verify", "--explain", *rpc, str(receipts)]) == 0
     script = capsys.readouterr().out
     run = subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stdout + run.stderr
-    assert "OK" in run.stdout and "FAIL" not in run.stdout
+    assert run.stdout.count("OK") >= 9 and "FAIL" not in run.stdout
+
+    # export --format ots: OpenTimestamps proofs of the batch roots the ots client accepts.
+    out = tmp_path / "export"
+    assert main(["export", "--config", str(tmp_path / "config.yaml"), "--out", str(out), "--format", "ots"]) == 0
+    assert "wrote 3 proof(s) as <receipt>.ots" in capsys.readouterr().out
+    for namespace, root in ROOTS.items():
+        [proof] = list((out / safe_name(namespace)).glob("*.ots"))
+        good = ots_verify(bcoin, proof, root)
+        assert good.returncode == 0 and "Success! Bitcoin block" in good.stdout + good.stderr, good
+    assert ots_verify(bcoin, proof, ROOTS["a"]).returncode != 0  # another namespace's root
+    broken = bytearray(proof.read_bytes())
+    broken[-40] ^= 1  # inside the Merkle branch
+    (tmp_path / "broken.ots").write_bytes(bytes(broken))
+    assert ots_verify(bcoin, tmp_path / "broken.ots", ROOTS["c"]).returncode != 0
 
     tampered = tmp_path / "tampered.json"
-    body["attestation"]["block_hash"] = "00" * 32
-    tampered.write_text(json.dumps(body))
+    tampered.write_text(json.dumps({**bodies[0], "attestation": {**bodies[0]["attestation"], "block_hash": "00" * 32}}))
     assert main(["verify", *rpc, str(tampered)]) == 1
     capsys.readouterr()
     main(["verify", "--explain", *rpc, str(tampered)])

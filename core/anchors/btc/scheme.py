@@ -6,7 +6,7 @@ Light (pydantic only): the backend (httpx, embit) is imported on first use."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from core.anchors.btc.settings import BtcTarget
 from core.anchors.spec import ClosingVerifier, SchemeSpec, VerifyInputs, host_of
@@ -60,6 +60,12 @@ def _checker(target: str, inputs: VerifyInputs, receipt_path: Path) -> ClosingVe
     return node_checker(target, inputs)
 
 
+def _ots(receipt: dict[str, Any]) -> bytes:
+    from core.anchors.btc.ots import ots_proof
+
+    return ots_proof(receipt)
+
+
 def _explain(receipt: Receipt, path: Path, inputs: VerifyInputs) -> list[str]:
     from core.anchors.btc.checking import explain_steps
 
@@ -77,5 +83,6 @@ BTC = SchemeSpec(
     checker=_checker,
     explain=_explain,
     rpc_url_form=RPC_URL_FORM,
+    proof_file=("ots", _ots),
     confirmations=True,
 )

@@ -24,9 +24,11 @@ __all__ = [
     "build_anchor",
     "check_header",
     "merkle_block",
+    "merkle_branch",
     "parse_key",
     "sha256d",
     "signer_script",
+    "stripped",
     "txid_of",
 ]
 
@@ -171,9 +173,27 @@ def check_header(header: bytes) -> str:
     return digest[::-1].hex()
 
 
+# A step up a Merkle branch: (the sibling's hash, True when the sibling is on the left).
+Branch = list[tuple[bytes, bool]]
+
+
 def merkle_block(proof: bytes) -> tuple[bytes, list[str]]:
     """A `gettxoutproof` reply: its header and the ids it proves (display order), after
     checking that its partial Merkle tree hashes to the header's Merkle root; ValueError."""
+    header, matched = _partial_tree(proof)
+    return header, [leaf[::-1].hex() for leaf, _ in matched]
+
+
+def merkle_branch(proof: bytes, txid: str) -> Branch:
+    """The branch from transaction `txid` up to the header's Merkle root, leaf first."""
+    for leaf, branch in _partial_tree(proof)[1]:
+        if leaf[::-1].hex() == txid:
+            return branch
+    raise ValueError(f"the Merkle block does not prove transaction {txid}")
+
+
+def _partial_tree(proof: bytes) -> tuple[bytes, list[tuple[bytes, Branch]]]:
+    """BIP 37's partial Merkle tree: the header and each matched leaf with its branch."""
     stream = io.BytesIO(proof)
     header = stream.read(80)
     total = int.from_bytes(stream.read(4), "little")
@@ -185,13 +205,14 @@ def merkle_block(proof: bytes) -> tuple[bytes, list[str]]:
     height = 0
     while (total + (1 << height) - 1) >> height > 1:
         height += 1
-    matched: list[bytes] = []
+    matched: list[tuple[bytes, Branch]] = []
     pos = {"bit": 0, "hash": 0}
 
     def width(h: int) -> int:
         return (total + (1 << h) - 1) >> h
 
-    def walk(h: int, i: int) -> bytes:
+    def walk(h: int, i: int) -> tuple[bytes, list[Branch]]:
+        """The node's hash and the (partial) branches of the matched leaves below it."""
         if pos["bit"] >= len(flags):
             raise ValueError("the Merkle block's flags run out")
         flag = flags[pos["bit"]]
@@ -202,20 +223,36 @@ def merkle_block(proof: bytes) -> tuple[bytes, list[str]]:
             node = hashes[pos["hash"]]
             pos["hash"] += 1
             if h == 0 and flag:
-                matched.append(node)
-            return node
-        left = walk(h - 1, i * 2)
-        right = walk(h - 1, i * 2 + 1) if i * 2 + 1 < width(h - 1) else left
-        if right == left and i * 2 + 1 < width(h - 1):
-            raise ValueError("the Merkle block repeats a hash (CVE-2012-2459)")
-        return sha256d(left + right)
+                matched.append((node, []))
+                return node, [matched[-1][1]]
+            return node, []
+        left, below_left = walk(h - 1, i * 2)
+        if i * 2 + 1 < width(h - 1):
+            right, below_right = walk(h - 1, i * 2 + 1)
+            if right == left:
+                raise ValueError("the Merkle block repeats a hash (CVE-2012-2459)")
+        else:
+            right, below_right = left, []
+        for branch in below_left:
+            branch.append((right, False))
+        for branch in below_right:
+            branch.append((left, True))
+        return sha256d(left + right), below_left + below_right
 
-    root = walk(height, 0)
+    root, _ = walk(height, 0)
     if pos["hash"] != len(hashes):
         raise ValueError("the Merkle block has hashes it does not use")
     if root != header[36:68]:
         raise ValueError("the Merkle branch does not hash to the header's Merkle root")
-    return header, [m[::-1].hex() for m in matched]
+    return header, matched
+
+
+def stripped(raw: bytes) -> bytes:
+    """The transaction without its witness: the bytes its id is the double SHA-256 of."""
+    tx = Transaction.read_from(io.BytesIO(raw))
+    for vin in tx.vin:
+        vin.witness = Witness([])
+    return bytes(tx.serialize())
 
 
 def _varint(stream: io.BytesIO) -> int:
