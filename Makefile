@@ -3,7 +3,7 @@ PY := $(VENV)/bin/python
 CONFIG ?= config.example.yaml
 DATA_DIR ?= .vmsh-demo
 
-.PHONY: install run headless test typecheck bench lint clean
+.PHONY: install run headless test typecheck bench lint clean btc-regtest
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -33,6 +33,11 @@ headless: install
 node_modules/.installed: package.json package-lock.json
 	npm ci --ignore-scripts --no-audit --no-fund
 	touch $@
+
+# A local Bitcoin regtest node (bcoin from npm), a funded key and .btc-demo/config.yaml
+# (README, "Bitcoin from nothing to a verified .ots"); Ctrl-C stops it.
+btc-regtest: install node_modules/.installed
+	$(PY) scripts/btc_regtest.py --dir .btc-demo
 
 # Type errors fail the tests too: mypy takes about 13 s from cold, under 1 s cached.
 test: install node_modules/.installed typecheck

@@ -60,8 +60,8 @@ def address_of(script: bytes) -> str:
 class Bcoin:
     """One bcoin process; `rpc(method, *params)` is a synchronous JSON-RPC call for tests."""
 
-    def __init__(self, log_dir: Path) -> None:
-        self.port = free_port()
+    def __init__(self, log_dir: Path, port: int | None = None) -> None:
+        self.port = port or free_port()
         self.url = f"http://x:{KEY}@127.0.0.1:{self.port}/"
         self.log_path = log_dir / f"bcoin-{self.port}.log"
         self.proc: subprocess.Popen[bytes] | None = None
