@@ -354,3 +354,22 @@ def test_a_crash_around_the_broadcast_ends_in_one_transaction_signed_once_and_on
     assert "interrupted anchor recovered from the journal" in logs
     files = "".join(p.read_text(errors="replace") for p in (tmp_path / "data").rglob("*") if p.is_file())
     assert key not in logs + files
+
+
+async def test_a_node_of_another_network_or_a_coin_too_small_is_refused_before_anything_is_sent(bcoin, tmp_path):
+    settings = bcoin.funded()
+    before = bcoin.rpc("getrawmempool")
+    wrong = backend(settings.model_copy(update={"network": "main"}), tmp_path / "main")
+    greedy = backend(settings.model_copy(update={"fee_rate": 10**9, "max_fee_rate": 10**10}), tmp_path / "fee")
+    capped = backend(settings.model_copy(update={"fee_rate": 500.0}), tmp_path / "cap")
+    try:
+        with pytest.raises(ValidationError, match="is not on main"):
+            await wrong.anchor(hashlib.sha256(b"x").digest(), lambda facts: None)
+        with pytest.raises(ValidationError, match="too little to pay"):
+            await greedy.anchor(hashlib.sha256(b"x").digest(), lambda facts: None)
+        with pytest.raises(ValidationError, match="above maxFeeRate 100"):
+            await capped.anchor(hashlib.sha256(b"x").digest(), lambda facts: None)
+    finally:
+        for b in (wrong, greedy, capped):
+            await b.close()
+    assert bcoin.rpc("getrawmempool") == before
