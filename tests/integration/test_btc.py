@@ -44,7 +44,9 @@ def funded(bcoin: Bcoin, n: int, script_type: str = "p2wpkh") -> BtcTarget:
 
 
 def backend(settings: BtcTarget, data_dir: Path) -> BtcBackend:
-    return BtcBackend("btc:regtest", settings, FakeClock(), data_dir, receipt_timeout=20, poll_interval=0.05)
+    return BtcBackend(
+        "btc:regtest", settings, FakeClock(), data_dir, receipt_timeout=20, poll_interval=0.05, accept_wait=3
+    )
 
 
 async def mined(bcoin: Bcoin, anchoring: asyncio.Task[Attestation], blocks: int = 1) -> Attestation:

@@ -4,22 +4,24 @@ scheduler builds and signs itself (core/anchors/btc/tx.py), sent over the node's
 Each anchor spends one coin of the signer's script into `OP_RETURN <digest>` (output 0)
 and the change (output 1); the next anchor spends that change: a chain the backend
 tracks itself in its coin record (`<data_dir>/btc/<network>-<script hash>.json`, or the
-store's signer record in cluster mode: {"coin": {txid, vout, value}, "last": facts,
-"outstanding": {digest hex: facts}}), so it works the same on bcoin and on Bitcoin Core
+store's signer record in cluster mode: {"coin": {txid, vout}, "sent": [facts of our latest
+transactions], "outstanding": {digest hex: facts}}), so it works the same on bcoin and on Bitcoin Core
 (no wallet on the node). The first coin is the target's `funding` outpoint.
 
 Sending, under a per-signer lock (asyncio, and the store's lock across replicas):
 
 1. the node's genesis block must be the one of the target's `network`;
-2. the coin must exist (gettxout, mempool included); if it is the change of our last
-   transaction and the node lost that one (a reorg on bcoin), the same bytes are sent again;
+2. the coin must exist (gettxout, mempool included); one that our own transaction spent is
+   followed to its change, and a transaction of ours the node lost (a reorg on bcoin) is
+   sent again first;
 3. fee rate: `fee_rate`, else the node's estimatesmartfee (Core's `feerate`; bcoin gives
    -1), else `fallback_fee_rate`; above `max_fee_rate` is a ValidationError, nothing signed;
 4. sign, `note({"tx_hash", "raw_tx", "spent", "sent_height"})` (durable in the intent
    journal), then sendrawtransaction. bcoin answers with the txid even for an invalid or
    double-spending transaction (and before its mempool checked it), so the mempool is asked
-   (getmempoolentry, for up to `accept_wait` seconds): not there is a ValidationError and
-   the coin record is not moved.
+   (getmempoolentry, for up to `accept_wait` seconds): a transaction not there is kept as
+   outstanding (the next attempt looks for it before signing anew) and the attempt fails
+   with a NetworkError; one the node refuses outright is a ValidationError.
 
 Then it waits for the transaction to be mined (`receipt_timeout`), scanning the blocks
 after the height it was sent at (no txindex needed), and returns a `pending` Attestation:
@@ -86,6 +88,11 @@ GENESIS = {
     "regtest": "0f9188f13cb7b2c71f2a335e3a4fc328bf5beb436012afca590b1a11466e2206",
 }
 SAT = 100_000_000
+SENT_KEPT = 25  # our latest transactions in the coin record (a mempool chain is at most 25 long)
+
+
+class _NotHeld(ValidationError):
+    """The node answered a send but never showed the transaction in its mempool or chain."""
 
 _signer_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, asyncio.Lock]] = (
     weakref.WeakKeyDictionary()
@@ -132,7 +139,7 @@ class BtcBackend:
         receipt_timeout: float = 120.0,
         poll_interval: float = 0.5,
         rpc_timeout: float = 30.0,
-        accept_wait: float = 3.0,
+        accept_wait: float = 10.0,
         transport: httpx.AsyncBaseTransport | None = None,
         shared: SharedRecords | None = None,
     ) -> None:
@@ -232,8 +239,10 @@ class BtcBackend:
         return rate
 
     async def _coin(self, doc: dict[str, Any]) -> Outpoint:
-        """The coin to spend next, present on the node (the last transaction sent again if
-        the node lost it)."""
+        """The coin to spend next, present on the node. A coin one of our own transactions
+        spent (a send whose acceptance we did not see, a crash before the record was saved)
+        is followed to that transaction's change; a transaction of ours the node lost (a
+        reorg on bcoin) is sent again first."""
         coin = doc.get("coin")
         if coin is None:
             if not self.settings.funding:
@@ -242,44 +251,66 @@ class BtcBackend:
                     f"paying {self.script.hex()})"
                 )
             txid, _, vout = self.settings.funding.partition(":")
-            coin = {"txid": txid.lower(), "vout": int(vout), "value": None}
-        out = await self._node.call("gettxout", coin["txid"], coin["vout"], True)
-        last = doc.get("last")
-        if out is None and last is not None and last["tx_hash"] == coin["txid"]:
-            await self._broadcast(last["raw_tx"], last["tx_hash"])
+            coin = {"txid": txid.lower(), "vout": int(vout)}
+        for _ in range(SENT_KEPT + 1):
             out = await self._node.call("gettxout", coin["txid"], coin["vout"], True)
-        if out is None:
-            raise ValidationError(
-                f"{self.target}: the coin {coin['txid']}:{coin['vout']} is spent or unknown to the node"
-            )
+            lost = [f for f in doc.get("sent", []) if f.get("tx_hash") == coin["txid"]]
+            if out is None and lost and not await self._in_mempool(coin["txid"]):
+                await self._held_or_sent(lost[-1])  # the node lost our transaction: send it again
+                out = await self._node.call("gettxout", coin["txid"], coin["vout"], True)
+            if out is not None:
+                break
+            ours = [f for f in doc.get("sent", []) if f.get("spent") == f"{coin['txid']}:{coin['vout']}"]
+            if not ours or not await self._held_or_sent(ours[-1]):
+                raise ValidationError(
+                    f"{self.target}: the coin {coin['txid']}:{coin['vout']} is spent or unknown to the node"
+                )
+            coin = {"txid": ours[-1]["tx_hash"], "vout": 1}
+        else:  # pragma: no cover - a chain longer than the record keeps
+            raise ValidationError(f"{self.target}: cannot find an unspent coin of the signer's chain")
         if out.get("scriptPubKey", {}).get("hex") != self.script.hex():
             raise ValidationError(
                 f"{self.target}: the coin {coin['txid']}:{coin['vout']} does not pay the signer's "
                 f"script {self.script.hex()}"
             )
+        doc["coin"] = coin
         return Outpoint(coin["txid"], int(coin["vout"]), round(float(out["value"]) * SAT))
+
+    async def _held_or_sent(self, facts: dict[str, Any]) -> bool:
+        """Our transaction is in the node's mempool or chain, or is once sent again."""
+        if await self._held(facts["tx_hash"]):
+            return True
+        try:
+            await self._broadcast(facts["raw_tx"], facts["tx_hash"])
+        except ValidationError:
+            return False
+        return True
+
+    async def _held(self, txid: str) -> bool:
+        """In the mempool, or mined with its change unspent."""
+        return await self._in_mempool(txid) or await self._node.call("gettxout", txid, 1, True) is not None
 
     async def _broadcast(self, raw_tx: str, txid: str) -> None:
         """Send, then make sure the node kept it: bcoin answers with the txid even for an
-        invalid or double-spending transaction."""
+        invalid or double-spending transaction, and before its mempool checked it (so the
+        mempool is asked for up to `accept_wait` seconds). _NotHeld when it never shows."""
         try:
             await self._node.rpc("sendrawtransaction", raw_tx)
         except RpcError as exc:
             text = exc.message.lower()
             if "already" not in text and "known" not in text:
                 raise ValidationError(f"{self.target}: the node refused transaction {txid}: {exc.message}") from None
-        # bcoin answers before its mempool has checked the transaction: ask a few times.
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.accept_wait
         while True:
-            if await self._in_mempool(txid) or await self._node.call("gettxout", txid, 1, False) is not None:
+            if await self._held(txid):
                 return
             if loop.time() >= deadline:
                 break
             await asyncio.sleep(0.05)
-        raise ValidationError(
+        raise _NotHeld(
             f"{self.target}: the node answered sendrawtransaction for {txid} but does not hold it "
-            "(invalid, or its coin is spent): nothing was anchored"
+            f"after {self.accept_wait:.0f} s (invalid, or its coin is spent)"
         )
 
     async def _in_mempool(self, txid: str) -> bool:
@@ -330,13 +361,20 @@ class BtcBackend:
                 "sent_height": int(await self._node.call("getblockcount")),
             }
             await _maybe_await(note(facts))  # durable before the transaction exists elsewhere
+            doc["sent"] = [*doc.get("sent", []), facts][-SENT_KEPT:]
+            store.save(doc)  # a coin this spends is followed to its change (_coin)
             if os.environ.get(CRASH_BEFORE_SEND) == "1":
                 os._exit(137)  # test hook (module docstring)
-            await self._broadcast(facts["raw_tx"], tx.txid)
+            try:
+                await self._broadcast(facts["raw_tx"], tx.txid)
+            except _NotHeld as exc:
+                # It may still land: the next attempt for this digest looks for it first.
+                doc["outstanding"][digest.hex()] = facts
+                store.save(doc)
+                raise NetworkError(f"{exc}; the next attempt looks for it again") from None
             if os.environ.get(CRASH_HOOK) == "1":
                 os._exit(137)  # test hook (module docstring)
-            doc["coin"] = {"txid": tx.txid, "vout": 1, "value": tx.change.value}
-            doc["last"] = facts
+            doc["coin"] = {"txid": tx.txid, "vout": 1}
             doc["outstanding"][digest.hex()] = facts
             store.save(doc)
         return facts
@@ -401,12 +439,11 @@ class BtcBackend:
             return None
         await self._check_network()
         store = self._store()
-        async with self._lock():  # a crash before the record was saved: move the coin now
+        async with self._lock():  # a crash before the record was saved: remember the transaction
             doc = _doc(store)
-            coin = doc.get("coin")
-            if coin is None or f"{coin['txid']}:{coin['vout']}" == notes.get("spent"):
-                doc["coin"] = {"txid": notes["tx_hash"], "vout": 1, "value": None}
-                doc["last"] = {k: notes[k] for k in ("tx_hash", "raw_tx", "spent", "sent_height") if k in notes}
+            if all(f.get("tx_hash") != notes["tx_hash"] for f in doc.get("sent", [])):
+                facts = {k: notes[k] for k in ("tx_hash", "raw_tx", "spent", "sent_height") if k in notes}
+                doc["sent"] = [*doc.get("sent", []), facts][-SENT_KEPT:]
                 store.save(doc)
         attestation = await self._resume(notes, wait=True)
         await self._forget(digest)
