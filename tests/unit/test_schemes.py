@@ -190,3 +190,23 @@ def test_a_btc_target_anchors_once_it_has_a_node_and_a_key_and_says_what_it_lack
     )
     assert "needs an rpcUrl and a signing key" in (reason({"rpcUrl": ""}) or "")
     assert SCHEMES["btc"].build is not None and SCHEMES["btc"].checker is not None
+
+
+def test_check_config_names_an_unusable_btc_key_file_without_quoting_it(tmp_path):
+    from embit.base58 import encode_check
+
+    file_problems = SCHEMES["btc"].file_problems
+    settings = SCHEMES["btc"].settings
+    secret = "c0ffee" * 10 + "abcd"
+    good = tmp_path / "good"
+    good.write_text(encode_check(b"\x5a" + bytes.fromhex(secret) + b"\x01") + "\n")  # a bcoin regtest WIF
+    bad = tmp_path / "bad"
+    bad.write_text(secret[:-2] + "zz\n")
+
+    def problems(path):
+        return file_problems(settings.model_validate({"rpcUrl": "http://h/", "keyFile": str(path)}), "btc:regtest")
+
+    assert problems(good) == []
+    [(field, problem)] = problems(bad)
+    assert field == "key_file" and "not a valid secp256k1 private key" in problem and secret[:20] not in problem
+    assert "cannot read key file" in problems(tmp_path / "missing")[0][1]
