@@ -4,7 +4,7 @@ scheduler builds and signs itself (core/anchors/btc/tx.py), sent over the node's
 Each anchor spends one coin of the signer's script into `OP_RETURN <digest>` (output 0)
 and the change (output 1); the next anchor spends that change: a chain the backend
 tracks itself in its coin record (`<data_dir>/btc/<network>-<script hash>.json`, or the
-store's signer record in cluster mode: {"coin": {txid, vout}, "sent": [facts of our latest
+store's signer record in cluster mode: {"coin": {txid, vout}, "ours": [facts of our latest
 transactions], "outstanding": {digest hex: facts}}), so it works the same on bcoin and on Bitcoin Core
 (no wallet on the node). The first coin is the target's `funding` outpoint.
 
@@ -118,6 +118,12 @@ class _CoinFile:
 
     def save(self, doc: dict[str, Any]) -> None:
         atomic_write_json(self.path, doc)
+
+
+def _ours(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """The facts of our latest transactions, oldest first."""
+    ours = doc.get("ours")
+    return list(ours) if isinstance(ours, list) else []
 
 
 def _doc(store: SignerRecord) -> dict[str, Any]:
@@ -254,13 +260,13 @@ class BtcBackend:
             coin = {"txid": txid.lower(), "vout": int(vout)}
         for _ in range(SENT_KEPT + 1):
             out = await self._node.call("gettxout", coin["txid"], coin["vout"], True)
-            lost = [f for f in doc.get("sent", []) if f.get("tx_hash") == coin["txid"]]
+            lost = [f for f in _ours(doc) if f.get("tx_hash") == coin["txid"]]
             if out is None and lost and not await self._in_mempool(coin["txid"]):
                 await self._held_or_sent(lost[-1])  # the node lost our transaction: send it again
                 out = await self._node.call("gettxout", coin["txid"], coin["vout"], True)
             if out is not None:
                 break
-            ours = [f for f in doc.get("sent", []) if f.get("spent") == f"{coin['txid']}:{coin['vout']}"]
+            ours = [f for f in _ours(doc) if f.get("spent") == f"{coin['txid']}:{coin['vout']}"]
             if not ours or not await self._held_or_sent(ours[-1]):
                 raise ValidationError(
                     f"{self.target}: the coin {coin['txid']}:{coin['vout']} is spent or unknown to the node"
@@ -361,7 +367,7 @@ class BtcBackend:
                 "sent_height": int(await self._node.call("getblockcount")),
             }
             await _maybe_await(note(facts))  # durable before the transaction exists elsewhere
-            doc["sent"] = [*doc.get("sent", []), facts][-SENT_KEPT:]
+            doc["ours"] = [*_ours(doc), facts][-SENT_KEPT:]
             store.save(doc)  # a coin this spends is followed to its change (_coin)
             if os.environ.get(CRASH_BEFORE_SEND) == "1":
                 os._exit(137)  # test hook (module docstring)
@@ -441,9 +447,9 @@ class BtcBackend:
         store = self._store()
         async with self._lock():  # a crash before the record was saved: remember the transaction
             doc = _doc(store)
-            if all(f.get("tx_hash") != notes["tx_hash"] for f in doc.get("sent", [])):
+            if all(f.get("tx_hash") != notes["tx_hash"] for f in _ours(doc)):
                 facts = {k: notes[k] for k in ("tx_hash", "raw_tx", "spent", "sent_height") if k in notes}
-                doc["sent"] = [*doc.get("sent", []), facts][-SENT_KEPT:]
+                doc["ours"] = [*_ours(doc), facts][-SENT_KEPT:]
                 store.save(doc)
         attestation = await self._resume(notes, wait=True)
         await self._forget(digest)

@@ -24,7 +24,7 @@ def _build(
 ) -> Backend:
     from core.anchors.btc.backend import BtcBackend
 
-    return BtcBackend(target, settings, clock, data_dir, shared=shared)
+    return BtcBackend(target, settings, clock, data_dir, shared=shared, receipt_timeout=settings.mine_timeout)
 
 
 def _not_set(target: str, settings: BtcTarget, entry: str | None) -> str | None:

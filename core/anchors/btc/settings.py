@@ -6,7 +6,7 @@ the environment variable `keyEnv` or the file `keyFile`; it spends an output of
 `scriptType` (P2WPKH, or P2WSH of `<pubkey> OP_CHECKSIG`). `funding` ("txid:vout") is the
 first coin the anchors spend; each anchor then spends the previous one's change.
 Fees: `feeRate` sat/vB if set, else the node's estimate, else `fallbackFeeRate`; never
-above `maxFeeRate`."""
+above `maxFeeRate`. `mineTimeout` (s) is how long an attempt waits for its block."""
 
 from __future__ import annotations
 
@@ -31,6 +31,9 @@ class BtcTarget(Model):
     fee_rate: float | None = Field(None, gt=0, alias="feeRate")
     fallback_fee_rate: float = Field(2.0, gt=0, alias="fallbackFeeRate")
     max_fee_rate: float = Field(100.0, gt=0, alias="maxFeeRate")
+    # how long an attempt waits for its transaction to be mined (then it fails and the next
+    # attempt waits for the same transaction again)
+    mine_timeout: float = Field(3600.0, gt=0, alias="mineTimeout")
 
     @model_validator(mode="after")
     def _one_key_source(self) -> BtcTarget:
