@@ -375,3 +375,20 @@ async def test_a_node_of_another_network_or_a_coin_too_small_is_refused_before_a
         for b in (wrong, greedy, capped):
             await b.close()
     assert bcoin.rpc("getrawmempool") == before
+
+
+async def test_a_second_group_waits_for_the_first_transaction_to_be_mined_before_it_signs(bcoin, tmp_path):
+    b = backend(bcoin.funded(), tmp_path)
+    try:
+        groups = [asyncio.create_task(b.anchor(hashlib.sha256(n).digest(), lambda facts: None)) for n in (b"1", b"2")]
+        while not await asyncio.to_thread(bcoin.rpc, "getrawmempool"):
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)  # time enough for a second send, had there been one
+        assert len(bcoin.rpc("getrawmempool")) == 1 and not any(g.done() for g in groups)
+        await asyncio.to_thread(bcoin.mine, 1, BURN)
+        [done], [waiting] = await asyncio.wait(groups, return_when=asyncio.FIRST_COMPLETED)
+        one, two = done.result(), await mined(bcoin, waiting)  # signed only now
+        assert two.data["block_number"] == one.data["block_number"] + 1
+        assert bytes.fromhex(one.data["tx_hash"])[::-1] in bytes.fromhex(two.data["raw_tx"])  # spends its change
+    finally:
+        await b.close()

@@ -23,7 +23,9 @@ Sending, under a per-signer lock (asyncio, and the store's lock across replicas)
    outstanding (the next attempt looks for it before signing anew) and the attempt fails
    with a NetworkError; one the node refuses outright is a ValidationError.
 
-Then it waits for the transaction to be mined (`receipt_timeout`), scanning the blocks
+At most one anchor per signer is unmined at a time (in this process): a group due meanwhile
+waits, in flight, and is signed once the previous transaction is mined. Each attempt
+waits for its transaction to be mined (`receipt_timeout`: `mineTimeout`), scanning the blocks
 after the height it was sent at (no txindex needed), and returns a `pending` Attestation:
 {scheme, network, tx_hash, vout, block_hash, block_number, raw_tx, txoutproof}. A
 transaction not mined in time stays outstanding: the next attempt for that digest waits
@@ -95,6 +97,9 @@ class _NotHeld(ValidationError):
     """The node answered a send but never showed the transaction in its mempool or chain."""
 
 _signer_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, asyncio.Lock]] = (
+    weakref.WeakKeyDictionary()
+)
+_unmined_gates: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, asyncio.Lock]] = (
     weakref.WeakKeyDictionary()
 )
 
@@ -210,6 +215,15 @@ class BtcBackend:
             else:
                 async with self.shared.signer_lock(self._signer):
                     yield
+
+    @contextlib.asynccontextmanager
+    async def _one_unmined(self) -> AsyncIterator[None]:
+        """At most one unmined anchor per signer in this process: another group waits here,
+        its jobs in flight (never dropped), and signs once the first is mined (a chain of
+        unconfirmed transactions would hit the mempool's limits, and bcoin has no RBF)."""
+        gates = _unmined_gates.setdefault(asyncio.get_running_loop(), {})
+        async with gates.setdefault(self._signer, asyncio.Lock()):
+            yield
 
     # ----- the node ---------------------------------------------------------------------------
 
@@ -338,14 +352,15 @@ class BtcBackend:
         key = self.key  # key problems surface before any network call
         await self._check_network()
         store = self._store()
-        async with self._lock():
-            earlier = _doc(store)["outstanding"].get(digest.hex())
-        if earlier is None:
-            earlier = await self._sign_and_send(digest, note, key, store)
-        else:
-            await _maybe_await(note(dict(earlier)))
-        attestation = await self._resume(earlier, wait=True)
-        await self._forget(digest)
+        async with self._one_unmined():
+            async with self._lock():
+                earlier = _doc(store)["outstanding"].get(digest.hex())
+            if earlier is None:
+                earlier = await self._sign_and_send(digest, note, key, store)
+            else:
+                await _maybe_await(note(dict(earlier)))
+            attestation = await self._resume(earlier, wait=True)
+            await self._forget(digest)
         if attestation is None:
             raise NetworkError(f"{self.target}: transaction {earlier['tx_hash']} was dropped before it was mined")
         return attestation
