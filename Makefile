@@ -3,7 +3,7 @@ PY := $(VENV)/bin/python
 CONFIG ?= config.example.yaml
 DATA_DIR ?= .vmsh-demo
 
-.PHONY: install run headless test typecheck bench lint clean
+.PHONY: install run headless test typecheck bench lint clean btc-regtest
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -27,10 +27,17 @@ headless: install
 	$(VENV)/bin/vmsh-scheduler --no-ui --config $(CONFIG) --data-dir $(DATA_DIR); \
 	status=$$?; kill $$! 2>/dev/null; exit $$status
 
-# ganache for the EVM integration tests; reinstalled only when package.json changes.
-node_modules/.installed: package.json
-	if [ -f package-lock.json ]; then npm ci --no-audit --no-fund; else npm install --no-audit --no-fund; fi
+# ganache (EVM) and bcoin (Bitcoin regtest) for the integration tests; reinstalled only when
+# package.json changes. No install script runs: both work without their native modules
+# (bcoin with NODE_BACKEND=js, set by tests/integration/bcoin.py), so no compiler is needed.
+node_modules/.installed: package.json package-lock.json
+	npm ci --ignore-scripts --no-audit --no-fund
 	touch $@
+
+# A local Bitcoin regtest node (bcoin from npm), a funded key and .btc-demo/config.yaml
+# (README, "Bitcoin from nothing to a verified .ots"); Ctrl-C stops it.
+btc-regtest: install node_modules/.installed
+	$(PY) scripts/btc_regtest.py --dir .btc-demo
 
 # Type errors fail the tests too: mypy takes about 13 s from cold, under 1 s cached.
 test: install node_modules/.installed typecheck

@@ -30,6 +30,7 @@ SUITES = {
     "control": "bench.control_bench",
     "cluster": "bench.cluster",
     "host_attacks": "bench.host_attacks_bench",
+    "btc": "bench.btc_bench",
 }
 
 

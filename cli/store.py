@@ -15,9 +15,9 @@ import argparse
 import base64
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from core import safejson
 from core.anchors.spec import TrustFile
@@ -89,7 +89,7 @@ def cmd_export(loaded: LoadedConfig, out: Path, formats: Sequence[str] = ("json"
     cfg = loaded.config
     written = skipped = 0
     folders: list[Path] = []
-    beside = Beside(loaded, out, tsr="tsr" in formats)
+    beside = Beside(loaded, out, formats=set(formats))
     try:
         for namespace, name, data in _documents(loaded):
             folder = out / safe_name(namespace)
@@ -120,13 +120,16 @@ class Beside:
     """What export writes beside the receipts: `.tsr` tokens and the `.trust/` certificates
     each scheme says its receipts' verifier needs (its spec's `export_trust`)."""
 
-    def __init__(self, loaded: LoadedConfig, out: Path, *, tsr: bool) -> None:
+    def __init__(self, loaded: LoadedConfig, out: Path, *, formats: set[str]) -> None:
         from core.verify import ReadOnlyVerifiers
 
         cfg = loaded.config
         self.out = out
-        self.tsr = tsr
+        self.formats = formats
+        self.tsr = "tsr" in formats
         self.tokens = 0
+        self.proofs: dict[str, int] = {}  # export format -> proof files written
+        self.unproved: dict[str, int] = {}  # export format -> receipts without one yet
         self.inputs = ReadOnlyVerifiers(settings_for=cfg.resolve_target, config_data_dir=Path(cfg.scheduler.data_dir))
         self.trust: dict[str, TrustFile] = {}
         self.problems: dict[str, str] = {}
@@ -149,6 +152,8 @@ class Beside:
             if der and atomic_create_bytes(path.with_suffix(".tsr"), der, sync_folder=False):
                 self.tokens += 1
         spec = SCHEMES.get(target.partition(":")[0])
+        if spec is not None and spec.proof_file is not None and spec.proof_file[0] in self.formats:
+            self._proof(path, doc, *spec.proof_file)
         if spec is None or spec.export_trust is None or target in self.problems:
             return
         try:
@@ -156,6 +161,15 @@ class Beside:
                 self.trust.setdefault(found.name, found)
         except CannotVerify as exc:
             self.problems[target] = str(exc)
+
+    def _proof(self, path: Path, doc: dict[str, Any], name: str, make: Callable[[dict[str, Any]], bytes]) -> None:
+        try:
+            data = make(doc)
+        except (ValueError, KeyError, TypeError):
+            self.unproved[name] = self.unproved.get(name, 0) + 1
+            return
+        if atomic_create_bytes(path.with_suffix(f".{name}"), data, sync_folder=False):
+            self.proofs[name] = self.proofs.get(name, 0) + 1
 
     def write_trust(self, folders: list[Path]) -> None:
         if not self.trust:
@@ -169,6 +183,9 @@ class Beside:
     def report(self) -> None:
         if self.tsr:
             print(f"wrote {self.tokens} RFC 3161 token(s) as <receipt>.tsr beside their receipts")
+        for name in sorted(self.formats - {"json", "tsr"}):
+            print(f"wrote {self.proofs.get(name, 0)} proof(s) as <receipt>.{name} beside their receipts"
+                  + (f" ({self.unproved[name]} receipt(s) of no such proof)" if self.unproved.get(name) else ""))
         for found in self.trust.values():
             print(f"wrote {self.out / TRUST_FOLDER / found.name}: from {found.origin}")
         if self.trust:
@@ -267,8 +284,9 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     export = sub.add_parser("export", help="write every receipt of the store as files verify checks offline")
     export.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder to write into")
     export.add_argument(
-        "--format", action="append", choices=["json", "tsr"], default=[], dest="formats",
+        "--format", action="append", choices=["json", "tsr", "ots"], default=[], dest="formats",
         help="tsr: also each RFC 3161 token as a DER <receipt>.tsr beside its receipt "
-        "(openssl ts -verify -in X.tsr -token_in ...); repeatable",
+        "(openssl ts -verify -in X.tsr -token_in ...); ots: each btc receipt's OpenTimestamps "
+        "proof of its batch root as <receipt>.ots (ots verify -d <root hex> X.ots); repeatable",
     )
     add_common(export, suppress=True)

@@ -53,3 +53,12 @@ def _check_policy_oid(value: str | None) -> str | None:
 # A TSA policy: a dotted OID; "" (the VaultMesh files' way to say none) is None.
 PolicyOID = Annotated[str, AfterValidator(_check_policy_oid)]
 OptPolicyOID = Annotated[str | None, BeforeValidator(_empty_to_none), AfterValidator(_check_policy_oid)]
+
+
+def one_key_source(model: BaseModel) -> None:
+    """A chain target's signing key comes from one place: `key`, `key_env` or `key_file`."""
+    given = [n for n in ("key", "key_env", "key_file") if getattr(model, n) is not None]
+    if len(given) > 1:
+        raise PydanticCustomError(
+            "key_source", "give only one of key, key_env, key_file (got {g})", {"g": ", ".join(given)}
+        )

@@ -80,6 +80,9 @@ class TrustFile:
 
 # (target, the receipt's attestation, the inputs) -> the certificate files its verifier needs
 ExportTrust = Callable[[str, dict[str, Any], VerifyInputs], list[TrustFile]]
+# export --format <name>: (name, the receipt's JSON document -> the file's bytes, ValueError
+# when that receipt has none yet); written as <receipt>.<name> beside the receipt
+ProofFile = tuple[str, Callable[[dict[str, Any]], bytes]]
 # (target, the inputs, the receipt's path) -> the checker of that target's receipts
 MakeChecker = Callable[[str, VerifyInputs, Path], ClosingVerifier]
 # (the receipt, its path, the inputs) -> the shell lines that check its attestation
@@ -132,6 +135,8 @@ class SchemeSpec:
     explain: ExplainSteps | None = None
     # export: the certificates a verifier of a receipt needs, written beside it; None: none
     export_trust: ExportTrust | None = None
+    # export: a proof file another program checks (btc: "ots", OpenTimestamps); None: none
+    proof_file: ProofFile | None = None
     # verify --rpc-url <scheme>:<name>=<URL> (a name that passes `name_problem`): the form it
     # takes, shown when one is wrong ("eip155:<chain id>=<URL>, for example ..."); None: the
     # scheme's receipts are not checked on a node (no --rpc-url)
@@ -142,6 +147,9 @@ class SchemeSpec:
     # a target without an entry uses the model's defaults, shown as this entry name
     # ("embedded"); None: such a target has no settings (add targets.<scheme>.<name>)
     default_entry: str | None = None
+    # why an unset ${VARIABLE} in this scheme's settings is no error ("btc jobs stay disabled
+    # until it is set": `refusal` then names what is missing); "": an unset one is an error
+    unset_ok: str = ""
     confirmations: bool = False  # proofs deepen over time (receipts pending until `required`)
     policy: bool = False  # accepts a cadence's policyOID (time-stamp authorities)
 

@@ -321,13 +321,16 @@ def _include_vaultmesh_files(load: _Load) -> None:
 
 
 def _unused_setting(segments: list[Any]) -> str | None:
-    """Why a value at `segments` is never used, else None: the settings of a scheme this
-    build has no backend for (btc), in `targets:` or in a VaultMesh anchors.yaml."""
+    """Why a value at `segments` need not be set, else None: the settings of a scheme this
+    build has no backend for, or of one whose jobs are refused until they are set (btc:
+    `SchemeSpec.unset_ok`), in `targets:` or in a VaultMesh anchors.yaml."""
     inside = segments[1:] if segments[:1] == ["targets"] else segments
     spec = SCHEMES.get(str(inside[0])) if len(inside) >= 2 else None
-    if spec is None or spec.build is not None:
+    if spec is None:
         return None
-    return f"{spec.name} targets are not anchored by this build (their jobs are disabled)"
+    if spec.build is None:
+        return f"{spec.name} targets are not anchored by this build (their jobs are disabled)"
+    return spec.unset_ok or None
 
 
 def _file_key(load: _Load, key: str) -> str | None:

@@ -2,8 +2,9 @@
 
 As APScheduler 4 runs its data-store suite once per store, every case below runs against
 `local` (the embedded TSA), `rfc3161` (an OpenSSL TSA over HTTP on 127.0.0.1,
-tests/integration/tsa_servers.py) and `eip155` (a ganache node,
-tests/integration/ganache.py). Each backend is built the way the scheduler builds it:
+tests/integration/tsa_servers.py), `eip155` (a ganache node, tests/integration/ganache.py)
+and `btc` (a bcoin regtest node that mines whenever its mempool holds a transaction,
+tests/integration/bcoin.py). Each backend is built the way the scheduler builds it:
 through its scheme's `build` in the one table, core/anchors/schemes.py.
 
 What core.anchors.base.Backend promises, and every backend must keep:
@@ -38,6 +39,7 @@ from core.anchors.spec import SchemeSpec
 from core.clock import FakeClock
 from core.errors import ValidationError
 from core.verify import ReadOnlyVerifiers
+from tests.integration.bcoin import BURN, SEGWIT_HEIGHT, Bcoin
 from tests.integration.ganache import KEYS, Ganache
 from tests.integration.tsa_servers import OpenSSLTSA
 
@@ -89,11 +91,20 @@ def _eip155(request: pytest.FixtureRequest, tmp: Path) -> Rig:
     return Rig(target, settings, tmp / "data", {"rpc_urls": {target: node.url}}, (KEYS[0],), required=1)
 
 
+def _btc(request: pytest.FixtureRequest, tmp: Path) -> Rig:
+    node: Bcoin = request.getfixturevalue("bcoin_node")
+    settings = node.funded()  # a fresh key and coin: each rig starts its own chain of anchors
+    assert settings.key is not None
+    secrets = (settings.key.get_secret_value(), "vmsh-test-api-key")
+    return Rig("btc:regtest", settings, tmp / "data", {"rpc_urls": {"btc:regtest": node.url}}, secrets, required=1)
+
+
 # One line per scheme that has a backend (test_every_buildable_scheme_runs_the_contract).
 RIGS: dict[str, Callable[[pytest.FixtureRequest, Path], Rig]] = {
     "local": _local,
     "rfc3161": _rfc3161,
     "eip155": _eip155,
+    "btc": _btc,
 }
 
 
@@ -107,6 +118,15 @@ def openssl_tsa(tmp_path_factory):
 @pytest.fixture(scope="module")
 def ganache_node(tmp_path_factory):
     node = Ganache(tmp_path_factory.mktemp("ganache")).start()
+    yield node
+    node.stop()
+
+
+@pytest.fixture(scope="module")
+def bcoin_node(tmp_path_factory):
+    node = Bcoin(tmp_path_factory.mktemp("bcoin")).start()
+    node.mine(SEGWIT_HEIGHT + 1, BURN)
+    node.start_miner()
     yield node
     node.stop()
 

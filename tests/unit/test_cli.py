@@ -172,7 +172,7 @@ def test_check_config_vaultmesh_layout(capsys, monkeypatch, tmp_path, fixtures_d
     assert "eip155:1 -> eip155.default" in out
     assert "disabled: target eip155:1 resolves to eip155.default whose chainId is 8453" in out
     assert "warnings (3):" in out and "chainId 8453" in out
-    assert out.count("disabled: btc targets are not supported by this build yet") == 2  # the btc jobs
+    assert out.count("disabled: btc target btc:mainnet (btc.default) needs a signing key") == 2  # the btc jobs
     # no secrets and no URL paths (API keys live there)
     assert VAULTMESH_ENV["EVM_ANCHOR_KEY"] not in out
     assert "apikey123" not in out
@@ -193,7 +193,7 @@ def test_the_vaultmesh_layout_needs_no_btc_rpc_and_says_where_its_data_dir_is(ca
     out = capsys.readouterr().out
     assert f"data dir: {root / '.vmsh'}" in out
     assert ("vm/vmsh/config/anchors.yaml:11:13: btc.default.rpcUrl: variable BTC_RPC is not set, "
-            "and need not be: btc targets are not anchored by this build") in out
+            "and need not be: btc jobs stay disabled until it is set") in out
     # an unset variable that a used target names is still an error
     monkeypatch.delenv("TSA_URL")
     assert main(["check-config"]) == 2

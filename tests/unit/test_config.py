@@ -350,7 +350,7 @@ def test_eip155_chain_mismatch_is_a_warning_and_refused(tmp_path, vmsh_root):
 
 
 def test_btc_jobs_are_refused_with_a_warning_naming_their_line(tmp_path, vmsh_root):
-    """No bitcoind runs here to build and test a btc backend against: refuse, say so."""
+    """VaultMesh's anchors.yaml gives btc no key: its jobs are refused until it has one."""
     env = {"VMSH_ROOT": str(vmsh_root), **VAULTMESH_ENV}
     loaded = load_config(env=env, cwd=tmp_path)
     btc = [w for w in loaded.warnings if "btc" in w]
@@ -358,7 +358,7 @@ def test_btc_jobs_are_refused_with_a_warning_naming_their_line(tmp_path, vmsh_ro
         "vaultmesh/vmsh/config/namespaces.yaml:27:17",
         "vaultmesh/vmsh/config/namespaces.yaml:43:25",
     ]
-    assert "not supported" in (loaded.config.target_mismatch("btc:mainnet") or "")
+    assert "needs a signing key" in (loaded.config.target_mismatch("btc:mainnet") or "")
 
 
 def test_secrets_never_printed_and_hashed(tmp_path, vmsh_root):

@@ -1,4 +1,4 @@
-"""Jobs that can never run (their target is refused: a `btc:` target, a chain id mismatch)
+"""Jobs that can never run (their target is refused: a `btc:` target without a key, a chain id mismatch)
 are `disabled` with their reason, everywhere a person looks: the engine's view, /health,
 /metrics, check-config. They are not retried, not backed off and not an outage; a reload
 that accepts their target enables them.
@@ -50,7 +50,7 @@ namespaces:
       fast: {{target: "eip155:1", every: "10s"}}
 """
 A_FAST, A_STRONG, B_FAST = JobKey("a", "fast"), JobKey("a", "strong"), JobKey("b", "fast")
-BTC_REASON = "btc targets are not supported by this build yet"
+BTC_REASON = "needs a signing key (key, keyEnv or keyFile) to anchor"
 
 
 class Stack:
@@ -193,7 +193,7 @@ def test_check_config_says_disabled_with_the_reason(tmp_path, capsys):
     assert main(["check-config", "--config", str(tmp_path / "config.yaml")]) == 0
     out = capsys.readouterr().out
     [btc] = [line for line in out.splitlines() if line.strip().startswith("a/strong")]
-    assert f"disabled: {BTC_REASON}" in btc
+    assert "disabled: btc target btc:mainnet" in btc and BTC_REASON in btc
     [mismatch] = [line for line in out.splitlines() if line.strip().startswith("b/fast")]
     assert "disabled: target eip155:1 resolves to eip155.default whose chainId is 8453, not 1" in mismatch
     assert "REFUSED" not in out

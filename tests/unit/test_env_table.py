@@ -22,7 +22,8 @@ TABLE_NAMES = {var.name for var in ENV_TABLE}
 NOT_IN_THE_TABLE = {
     "TERM": "the terminal's own (tui/themes.py picks the ANSI theme on 16-colour terminals)",
     "COLORTERM": "the terminal's own, as TERM",
-    "VMSH_TEST_CRASH_AFTER_SEND": "a test hook of core/anchors/evm/backend.py (crash-recovery tests)",
+    "VMSH_TEST_CRASH_AFTER_SEND": "a test hook of the eip155 and btc backends (crash-recovery tests)",
+    "VMSH_TEST_CRASH_BEFORE_SEND": "a test hook of core/anchors/btc/backend.py (crash-recovery tests)",
 }
 
 _ENV_RECEIVER = re.compile(r"(^|\.)(environ|env|envs|real_env)$")

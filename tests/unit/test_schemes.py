@@ -13,10 +13,12 @@ from cli.check import summary
 from core.anchors.base import CannotVerify
 from core.anchors.registry import Backends
 from core.anchors.schemes import SCHEMES
+from core.anchors.spec import SchemeSpec
 from core.clock import FakeClock
 from core.config import load_config
 from core.errors import ValidationError
 from core.events import LogRecord
+from core.model_types import Model
 from core.runtime import Runtime
 from core.verify import ReadOnlyVerifiers
 
@@ -71,10 +73,15 @@ async def test_the_start_warns_once_per_development_target_and_for_no_other(tmp_
     ]
 
 
-def test_the_registry_refuses_a_scheme_without_a_backend_and_one_it_does_not_know(tmp_path):
+# A scheme known to the config but with no backend and no checker in this build.
+UNBUILT = SchemeSpec(name="unbuilt", settings=Model, build=None)
+
+
+def test_the_registry_refuses_a_scheme_without_a_backend_and_one_it_does_not_know(tmp_path, monkeypatch):
+    monkeypatch.setitem(SCHEMES, "unbuilt", UNBUILT)
     backends = Backends(lambda target: None, tmp_path, FakeClock())
-    with pytest.raises(ValidationError, match=r"btc targets are not supported by this build yet \(btc:main\)"):
-        backends("btc:main")
+    with pytest.raises(ValidationError, match=r"unbuilt targets are not supported by this build yet \(unbuilt:x\)"):
+        backends("unbuilt:x")
     with pytest.raises(ValidationError, match="unknown target scheme 'nope'"):
         backends("nope:x")
     with pytest.raises(ValidationError, match=r"no settings for rfc3161:tsa \(add targets.rfc3161.tsa"):
@@ -82,13 +89,13 @@ def test_the_registry_refuses_a_scheme_without_a_backend_and_one_it_does_not_kno
     assert backends("local:dev").target == "local:dev"  # local needs no entry
 
 
-async def test_verify_cannot_check_a_scheme_without_a_proof_and_refuses_an_unknown_one(tmp_path):
+async def test_verify_cannot_check_a_scheme_without_a_proof_and_refuses_an_unknown_one(tmp_path, monkeypatch):
+    monkeypatch.setitem(SCHEMES, "unbuilt", UNBUILT)
     verifiers = ReadOnlyVerifiers()
-    with pytest.raises(CannotVerify, match="this build cannot check btc receipts"):
-        verifiers.verifier("btc:main", tmp_path / "r.json")
+    with pytest.raises(CannotVerify, match="this build cannot check unbuilt receipts"):
+        verifiers.verifier("unbuilt:x", tmp_path / "r.json")
     with pytest.raises(ValidationError, match="unknown target scheme 'nope'"):
         verifiers.verifier("nope:x", tmp_path / "r.json")
-    assert SCHEMES["btc"].checker is None
 
 
 # --------------------------------------------------------------------------- a scheme is its spec
@@ -167,3 +174,39 @@ def test_verify_explain_and_rpc_urls_ask_the_schemes_spec_not_its_name(tmp_path,
     assert all(c.closed for c in built) and len(built[0].seen) == 2
     script = explain(paths[0], receipt, ReadOnlyVerifiers())
     assert "echo fake step for fake:1" in script and "audit path" in script
+
+
+def test_a_btc_target_anchors_once_it_has_a_node_and_a_key_and_says_what_it_lacks():
+    refusal = SCHEMES["btc"].refusal
+    settings = SCHEMES["btc"].settings
+
+    def reason(entry: dict) -> str | None:
+        return refusal("btc:mainnet", settings.model_validate(entry), "btc.default")
+
+    assert reason({"rpcUrl": "http://u:p@127.0.0.1:8332/", "keyEnv": "BTC_KEY"}) is None
+    assert reason({"rpcUrl": "http://u:p@127.0.0.1:8332/"}) == (
+        "btc target btc:mainnet (btc.default) needs a signing key (key, keyEnv or keyFile) to anchor; "
+        "its jobs are refused until then"
+    )
+    assert "needs an rpcUrl and a signing key" in (reason({"rpcUrl": ""}) or "")
+    assert SCHEMES["btc"].build is not None and SCHEMES["btc"].checker is not None
+
+
+def test_check_config_names_an_unusable_btc_key_file_without_quoting_it(tmp_path):
+    from embit.base58 import encode_check
+
+    file_problems = SCHEMES["btc"].file_problems
+    settings = SCHEMES["btc"].settings
+    secret = "c0ffee" * 10 + "abcd"
+    good = tmp_path / "good"
+    good.write_text(encode_check(b"\x5a" + bytes.fromhex(secret) + b"\x01") + "\n")  # a bcoin regtest WIF
+    bad = tmp_path / "bad"
+    bad.write_text(secret[:-2] + "zz\n")
+
+    def problems(path):
+        return file_problems(settings.model_validate({"rpcUrl": "http://h/", "keyFile": str(path)}), "btc:regtest")
+
+    assert problems(good) == []
+    [(field, problem)] = problems(bad)
+    assert field == "key_file" and "not a valid secp256k1 private key" in problem and secret[:20] not in problem
+    assert "cannot read key file" in problems(tmp_path / "missing")[0][1]

@@ -85,6 +85,7 @@ from core.anchors.evm.abi import MEMO, encode_anchor_call
 from core.anchors.evm.proof import check_transaction
 from core.anchors.evm.rpc import Node, RpcError, qty, to_hex
 from core.anchors.evm.settings import Eip155Target
+from core.anchors.keysource import read_key
 from core.errors import AuthError, NetworkError, ValidationError
 from core.fsutil import atomic_write_json
 
@@ -181,24 +182,7 @@ class EVMBackend:
     # ----- key -----------------------------------------------------------------------------
 
     def _load_key(self) -> str:
-        s = self.settings
-        if s.key is not None:
-            return s.key.get_secret_value().strip()
-        if s.key_env:
-            value = os.environ.get(s.key_env, "").strip()
-            if not value:
-                raise AuthError(
-                    f"{self.target}: environment variable {s.key_env} (the signing key) is not set"
-                )
-            return value
-        if s.key_file is not None:
-            try:
-                return Path(s.key_file).read_text().strip()
-            except OSError as exc:
-                raise AuthError(
-                    f"{self.target}: cannot read key file {s.key_file}: {exc.strerror or type(exc).__name__}"
-                ) from None
-        raise ValidationError(f"{self.target}: no signing key configured (set key_env or key_file)")
+        return read_key(self.target, self.settings)
 
     @property
     def account(self) -> LocalAccount:

@@ -4,9 +4,8 @@ snake_case)."""
 from __future__ import annotations
 
 from pydantic import Field, model_validator
-from pydantic_core import PydanticCustomError
 
-from core.model_types import Model, OptPath, OptSecret, OptStr
+from core.model_types import Model, OptPath, OptSecret, OptStr, one_key_source
 
 
 class Eip155Target(Model):
@@ -23,9 +22,5 @@ class Eip155Target(Model):
 
     @model_validator(mode="after")
     def _one_key_source(self) -> Eip155Target:
-        given = [n for n in ("key", "key_env", "key_file") if getattr(self, n) is not None]
-        if len(given) > 1:
-            raise PydanticCustomError(
-                "key_source", "give only one of key, key_env, key_file (got {g})", {"g": ", ".join(given)}
-            )
+        one_key_source(self)
         return self
