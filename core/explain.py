@@ -28,7 +28,14 @@ from typing import TextIO
 
 from core.anchors.schemes import SCHEMES
 from core.anchors.spec import shell_word
-from core.receipts import Receipt, ReceiptError, load_receipt
+from core.receipts import (
+    ANCHORED_AT_EARLY,
+    ANCHORED_AT_LATE,
+    UNBOUND_V1,
+    Receipt,
+    ReceiptError,
+    load_receipt,
+)
 from core.verify import ReadOnlyVerifiers, expand
 
 _AUDIT_PATH = """\
@@ -37,10 +44,13 @@ import hashlib, json, sys
 r = json.load(open(sys.argv[1]))
 h = lambda b: hashlib.sha256(b).digest()
 x = lambda s: bytes.fromhex(s.split(":")[1])
+n8 = lambda s: len(s.encode()).to_bytes(4, "big") + s.encode()
 leaf, want = x(r["batch"]["root"]), x(r["anchored_root"])
-if r["tree_size"] == 1:  # a group of one anchors the batch root itself
+if r["version"] >= 2:  # the leaf binds namespace and batch id (docs/receipts.md)
+    leaf = h(b"vmsh-scheduler/receipt-leaf/v2\\0" + n8(r["namespace"]) + n8(r["batch"]["id"]) + leaf)
+if r["tree_size"] == 1:  # a group of one anchors its leaf itself
     got = leaf
-else:  # RFC 9162 2.1.3.2, leaf data = the 32 bytes of the batch root
+else:  # RFC 9162 2.1.3.2, leaf data = the 32 bytes of the leaf
     i, n, got = r["leaf_index"], r["tree_size"] - 1, h(b"\\0" + leaf)
     for p in map(x, r["proof"]):
         assert n, "the audit path is longer than the tree"
@@ -56,6 +66,39 @@ print("audit path:", "OK" if got == want else "FAIL", "->", r["anchored_root"])
 sys.exit(got != want)
 PY"""
 
+# The scheme's steps leave the attested time in $W/attested (openssl's "Time stamp:" text,
+# a TSTInfo's GENERALIZEDTIME, or "@<epoch seconds>" of a block) and, when the attestation
+# is genuine but not final, how far it is in $W/pending.
+_VERDICT = """\
+python3 - "$R" "$W" {early} {late} <<'PY'
+import datetime as d, json, os, re, sys
+r, w, early, late = json.load(open(sys.argv[1])), sys.argv[2], float(sys.argv[3]), float(sys.argv[4])
+read = lambda f: open(os.path.join(w, f)).read().strip() if os.path.exists(os.path.join(w, f)) else ""
+text, pending, t = read("attested"), read("pending"), None
+if text.startswith("@"):
+    t = d.datetime.fromtimestamp(int(text[1:]), d.timezone.utc)
+elif text:
+    m = re.match(r"(\\d{{14}})(\\.\\d+)?Z$", text) or re.match(r"(\\w+ +\\d+ [\\d:]+)(\\.\\d+)? (\\d+) GMT$", text)
+    fmt, base = ("%Y%m%d%H%M%S", m.group(1)) if len(m.groups()) == 2 else ("%b %d %H:%M:%S %Y", m.group(1) + " " + m.group(3))
+    t = d.datetime.strptime(re.sub(" +", " ", base), fmt).replace(tzinfo=d.timezone.utc)
+    t += d.timedelta(microseconds=round(float(m.group(2) or 0) * 1e6))
+when = t and t.strftime("%Y-%m-%dT%H:%M:%S") + (f".{{t.microsecond:06d}}".rstrip("0") if t.microsecond else "") + "Z"
+if r["version"] >= 2 and t:
+    lag = (d.datetime.fromisoformat(r["anchored_at"].replace("Z", "+00:00")) - t).total_seconds()
+    ok = -early <= lag <= late
+    print("anchored_at:", "OK" if ok else "FAIL", r["anchored_at"], "attested", when)
+    if not ok:
+        sys.exit(1)
+if pending:
+    print("PENDING", pending)
+    sys.exit(4)
+line = f"{{r['namespace']}} {{r['batch']['id']}} {{r['batch']['root']}} existed at {{when or 'an unknown time'}} ({{r['target']}})"
+if r["version"] == 1:
+    line += "; not bound by this version 1 receipt: {unbound}"
+print("OK", line)
+PY"""
+
+
 def explain(path: Path, receipt: Receipt, verifiers: ReadOnlyVerifiers) -> str:
     """The shell script that checks one receipt with stock tools."""
     target = receipt.target
@@ -65,14 +108,20 @@ def explain(path: Path, receipt: Receipt, verifiers: ReadOnlyVerifiers) -> str:
         f"batch {receipt.batch.id}",
         f"R={shell_word(path.resolve())}",
         'W=$(mktemp -d)',
-        "# 1. the audit path leads from batch.root to anchored_root",
+        "# 1. the audit path leads from the leaf (version 2: namespace, batch id and batch.root,"
+        " docs/receipts.md) to anchored_root",
         _AUDIT_PATH,
     ]
     if spec is not None and spec.explain is not None:  # the scheme's steps
         steps = spec.explain(receipt, path, verifiers)
     else:
         steps = [f"# {target}: no stock-tool check is known for this target"]
-    return "\n".join([*head, *steps, 'rm -rf "$W"', ""])
+    verdict = [
+        "# last: anchored_at within the tolerance of the attested time (version 2); PENDING (exit 4)",
+        "#       when genuine but not final; else what the receipt vouches for",
+        _VERDICT.format(early=ANCHORED_AT_EARLY, late=ANCHORED_AT_LATE, unbound=", ".join(UNBOUND_V1)),
+    ]
+    return "\n".join([*head, *steps, *verdict, 'rm -rf "$W"', ""])
 
 
 def explain_files(paths: list[Path], out: TextIO, verifiers: ReadOnlyVerifiers) -> int:

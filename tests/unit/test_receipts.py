@@ -20,9 +20,11 @@ from core.receipts import (
     Receipt,
     ReceiptError,
     ReceiptInvalid,
+    bound_leaf,
     build_receipt,
     check_proof,
     iso_utc,
+    leaf_for,
     load_receipt,
     verify_receipt,
 )
@@ -35,12 +37,14 @@ def root_of(n: int) -> bytes:
     return hashlib.sha256(f"batch-{n}".encode()).digest()
 
 
-def receipts_for(n: int, *, status: str = "confirmed", at: float = AT) -> list[Receipt]:
-    """One receipt per leaf of an n-job group, as the engine builds them."""
-    leaves = [root_of(i) for i in range(n)]
+def receipts_for(n: int, *, status: str = "confirmed", at: float = AT, version: int = 2) -> list[Receipt]:
+    """One receipt per leaf of an n-job group, as the engine builds them (version 1: as it
+    did before receipts bound their namespace and batch id)."""
+    leaves = [leaf_for(version, f"dao:ns{i}", f"{i:06d}", root_of(i)) for i in range(n)]
     digest = leaves[0] if n == 1 else merkle.tree_hash(leaves)
     out = []
-    for i, leaf in enumerate(leaves):
+    for i in range(n):
+        leaf = root_of(i)
         out.append(
             build_receipt(
                 namespace=f"dao:ns{i}",
@@ -59,6 +63,7 @@ def receipts_for(n: int, *, status: str = "confirmed", at: float = AT) -> list[R
                 anchored_at=at,
                 version="0.1.0",
                 config_hash="cafe",
+                receipt_version=version,
             )
         )
     return out
@@ -71,9 +76,9 @@ def test_build_receipt_format() -> None:
         "leaf_index", "tree_size", "attestation", "status", "confirmations", "anchored_at",
         "scheduler",
     ]
-    assert r["version"] == 1
+    assert r["version"] == 2
     assert r["batch"] == {"id": "000000", "root": "sha256:" + root_of(0).hex()}
-    assert r["anchored_root"] == r["batch"]["root"]
+    assert r["anchored_root"] == "sha256:" + bound_leaf("dao:ns0", "000000", root_of(0)).hex()
     assert r["proof"] == [] and (r["leaf_index"], r["tree_size"]) == (0, 1)
     assert r["anchored_at"] == "2026-01-01T00:00:00.123Z"
     assert r["confirmations"] == {"required": 0, "observed": 0}
@@ -112,7 +117,8 @@ def test_iso_utc() -> None:
 @pytest.mark.parametrize("n", [1, 2, 3, 5])
 def test_check_proof_groups(n: int) -> None:
     receipts = receipts_for(n)
-    expected = root_of(0) if n == 1 else merkle.tree_hash([root_of(i) for i in range(n)])
+    leaves = [bound_leaf(f"dao:ns{i}", f"{i:06d}", root_of(i)) for i in range(n)]
+    expected = leaves[0] if n == 1 else merkle.tree_hash(leaves)
     for r in receipts:
         assert check_proof(r) == expected
 
@@ -139,7 +145,7 @@ def _tamper_cases(n: int) -> list[tuple[str, Callable[[dict], None]]]:
         ("tree_size zero", set_(("tree_size",), 0)),
         ("tree_size bool", set_(("tree_size",), True)),
         ("proof type", set_(("proof",), "sha256:" + "00" * 32)),
-        ("version", set_(("version",), 2)),
+        ("version", set_(("version",), 3)),
         ("batch type", set_(("batch",), None)),
     ]
     if n == 1:
@@ -187,7 +193,7 @@ def test_check_proof_reasons() -> None:
         checked(r)
     r = docs_for(1)[0]
     r["anchored_root"] = "sha256:" + "00" * 32
-    with pytest.raises(ReceiptInvalid, match="differs from batch.root"):
+    with pytest.raises(ReceiptInvalid, match="not the leaf of namespace 'dao:ns0', batch '000000'"):
         checked(r)
     r = docs_for(2)[0]
     r["proof"].append(r["proof"][0])
@@ -223,7 +229,7 @@ async def test_verify_receipt_calls_backend_with_digest() -> None:
         for r in receipts_for(n):
             await verify_receipt(r, backend_for)
     assert seen == ["local:dev"] * 4
-    assert backend.calls[0][1] == root_of(0)
+    assert backend.calls[0][1] == bound_leaf("dao:ns0", "000000", root_of(0))
 
 
 async def test_verify_receipt_failures() -> None:
@@ -272,7 +278,7 @@ def test_write_never_overwrites(tmp_path: Path) -> None:
     third = store.write(r2)
     assert first != second != third
     assert second.name.endswith("-1.json") and third.name.endswith("-2.json")
-    assert load_receipt(first).attestation == {"token": "AAAA", "digest": root_of(0).hex()}
+    assert load_receipt(first).attestation == {"token": "AAAA", "digest": r2.anchored_root[7:]}
     assert load_receipt(second).attestation == {"token": "BBBB"}
 
 
@@ -531,7 +537,8 @@ def test_a_receipt_built_now_is_written_as_before(tmp_path: Path) -> None:
     )
     path = ReceiptStore(tmp_path).write(receipt)
     assert path.name == "20260101T000000123Z-fast-ca978112ca1b.json"
-    assert path.read_text() == WRITTEN_BEFORE_THE_MODEL
+    # the same layout; the version says the anchored leaf binds namespace and batch id
+    assert path.read_text() == WRITTEN_BEFORE_THE_MODEL.replace('"version": 1,', '"version": 2,', 1)
     assert load_receipt(path) == receipt
 
 
