@@ -17,7 +17,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from threading import Thread
@@ -49,15 +49,18 @@ def root(n: int) -> str:
     return "sha256:" + f"{n:064x}"
 
 
-def anchor(tmp: Path, jobs: dict[str, str], settings: dict[str, Rfc3161Target]) -> Path:
-    """One engine pass over `jobs` ({namespace: target}); returns the data dir."""
+def anchor(tmp: Path, jobs: dict[str, str], settings: Mapping[str, object], confirmations: int = 0) -> Path:
+    """One engine pass over `jobs` ({namespace: target}), each job asking for
+    `confirmations`; returns the data dir."""
     clock = FakeClock(start=time.time())  # real TSAs stamp real time
     data = tmp / "data"
     backends = Backends(settings.get, data, clock)
     specs = []
     for n, (ns, target) in enumerate(jobs.items(), start=1):
         write_batch(tmp / "batches" / safe_name(ns), f"{n:06d}", root(n))
-        specs.append(JobSpec(JobKey(ns, "fast"), target, 60, tmp / "batches" / safe_name(ns)))
+        specs.append(
+            JobSpec(JobKey(ns, "fast"), target, 60, tmp / "batches" / safe_name(ns), confirmations=confirmations)
+        )
 
     async def run() -> None:
         scheduler = Scheduler(
