@@ -141,7 +141,7 @@ def add_attach(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 def add_ctl(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     ctl = sub.add_parser(
         "ctl",
-        help="control a running scheduler from scripts: status, force, pause, resume, reload, tail, receipt",
+        help="control a running scheduler from scripts: status, force, pause, resume, reload, tail, receipt, verify",
         description="Talk to a running scheduler over its control socket (docs/control-api.md). "
         "The socket is --socket, else the config's control.socket, else <data_dir>/control.sock.",
         epilog="exit codes: 0 done, 1 refused or failed, 2 usage or no scheduler running",
@@ -162,6 +162,11 @@ def add_ctl(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     receipt.add_argument("key", metavar="ROOT|BATCH_ID")
     receipt.add_argument("--json", action="store_true", help="one JSON object per receipt and line")
+    check = ctl_sub.add_parser(
+        "verify", help="the scheduler checks one of its receipts: exit 0 OK, 1 FAIL, 3 CANNOT CHECK, 4 PENDING"
+    )
+    check.add_argument("path", type=Path, metavar="RECEIPT", help="a receipt file under <data_dir>/receipts")
+    check.add_argument("--json", action="store_true", help="the outcome as one JSON object")
     for action in ctl_sub.choices.values():
         action.add_argument("--socket", type=Path, metavar="PATH", default=argparse.SUPPRESS,
                             help="the scheduler's control socket")

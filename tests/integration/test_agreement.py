@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,12 +26,14 @@ import pytest
 from cli.main import main
 from core.anchors.evm import Eip155Target
 from core.anchors.rfc3161 import Rfc3161Target
+from core.sources import write_batch
 from tests.integration.ganache import KEYS, Ganache
 from tests.integration.tsa_servers import OpenSSLTSA
 from tests.unit.test_verify_cli import anchor, auditor, receipts_of  # noqa: F401 (auditor: a fixture)
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")
 
+CLI = [sys.executable, "-m", "cli"]  # the `vmsh-scheduler` command, from this checkout
 CODES = {"OK": 0, "FAIL": 1, "CANNOT": 3, "PENDING": 4}
 
 
@@ -134,3 +138,77 @@ def test_verify_says_what_it_vouches_for_and_what_is_pending(corpus, auditor, ca
     assert record["outcome"] == "pending" and "1 of 3 blocks deep" in record["reason"]
     assert main(["verify", str(out / "eip155-anchored_at.json"), *pending]) == 1
     assert "anchored_at 1999-01-01T00:00:00.000Z is" in capsys.readouterr().out
+
+
+def test_ctl_and_the_control_api_give_verify_s_outcome(tmp_path, auditor):  # noqa: F811
+    """A running scheduler (local: and eip155 on ganache, 3 blocks required): for its
+    receipts and tampered copies, `ctl verify` (POST /v1/verify, what the dashboard's `v`
+    asks) answers what `verify` and `verify --explain | sh` answer, exit code and word."""
+    from tests.integration.ganache import free_port
+
+    node = Ganache(tmp_path).start()
+    for ns in ("chain", "dev"):
+        write_batch(tmp_path / "batches" / ns, "000001", "sha256:" + f"{len(ns):064x}")
+    config = tmp_path / "config.yaml"
+    config.write_text(f"""\
+scheduler:
+  tick: 0.2
+  data_dir: {tmp_path / "data"}
+http:
+  listen: "127.0.0.1:{free_port()}"
+targets:
+  local:
+    dev: {{}}
+  eip155:
+    default:
+      rpcUrl: {node.url}
+      chainId: 1337
+      keyEnv: VMSH_TEST_EVM_KEY
+      confirmations: 3
+namespaces:
+  chain:
+    source: {tmp_path / "batches" / "chain"}
+    cadence:
+      fast: {{target: "eip155:1337", every: "1h"}}
+  dev:
+    source: {tmp_path / "batches" / "dev"}
+    cadence:
+      fast: {{target: "local:dev", every: "1h"}}
+""")
+    env = {**os.environ, "VMSH_TEST_EVM_KEY": KEYS[0]}
+    log = (tmp_path / "scheduler.log").open("w")
+    proc = subprocess.Popen([*CLI, "--no-ui", "--config", str(config)], stdout=log, stderr=subprocess.STDOUT, env=env)
+    try:
+        deadline = time.monotonic() + 30
+        while len(list((tmp_path / "data" / "receipts").rglob("*.json"))) < 2:
+            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "scheduler.log").read_text()
+            time.sleep(0.1)
+        files = sorted((tmp_path / "data" / "receipts").rglob("*.json"))
+        for src in list(files):
+            for kind in ("namespace", "anchored_at"):
+                bad = src.with_name(f"tampered-{kind}-{src.name}")
+                bad.write_text(json.dumps(tampered(json.loads(src.read_text()), kind)))
+                files.append(bad)
+        seen = {}
+        for path in files:
+            flags = ["--config", str(config)]
+            plain = subprocess.run([*CLI, "verify", *flags, str(path)], capture_output=True, text=True, env=env, timeout=60)
+            script = subprocess.run([*CLI, "verify", "--explain", *flags, str(path)], capture_output=True, text=True, env=env, timeout=60)
+            shell = subprocess.run(["sh"], input=script.stdout, capture_output=True, text=True, timeout=60)
+            ctl = subprocess.run([*CLI, "ctl", *flags, "verify", str(path)], capture_output=True, text=True, env=env, timeout=60)
+            words = {plain.stdout.split(" ")[0], ctl.stdout.split(" ")[0]}
+            assert len(words) == 1, plain.stdout + ctl.stdout
+            assert plain.returncode == ctl.returncode == shell.returncode, plain.stdout + ctl.stdout + shell.stdout
+            kind = "tampered" if path.name.startswith("tampered") else "genuine"
+            seen.setdefault(f"{kind}:{json.loads(path.read_text())['target']}", set()).add((words.pop(), ctl.returncode))
+        assert seen == {
+            "genuine:eip155:1337": {("PENDING", 4)},  # 1 of 3 blocks: genuine, not final
+            "genuine:local:dev": {("OK", 0)},
+            "tampered:eip155:1337": {("FAIL", 1)},
+            "tampered:local:dev": {("FAIL", 1)},
+        }
+    finally:
+        proc.terminate()
+        proc.wait(20)
+        log.close()
+        node.stop()
