@@ -189,7 +189,7 @@ namespaces:
                 bad = src.with_name(f"tampered-{kind}-{src.name}")
                 bad.write_text(json.dumps(tampered(json.loads(src.read_text()), kind)))
                 files.append(bad)
-        seen = {}
+        seen: dict[str, set[tuple[str, int]]] = {}
         for path in files:
             flags = ["--config", str(config)]
             plain = subprocess.run([*CLI, "verify", *flags, str(path)], capture_output=True, text=True, env=env, timeout=60)

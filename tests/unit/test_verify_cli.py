@@ -33,6 +33,7 @@ from core.clock import FakeClock
 from core.engine import Scheduler
 from core.events import EventBus
 from core.jobs import JobKey, JobSpec, safe_name
+from core.model_types import Model
 from core.sources import write_batch
 from core.store.files.journal import IntentJournal
 from core.store.files.receipts import ReceiptStore
@@ -49,7 +50,7 @@ def root(n: int) -> str:
     return "sha256:" + f"{n:064x}"
 
 
-def anchor(tmp: Path, jobs: dict[str, str], settings: Mapping[str, object], confirmations: int = 0) -> Path:
+def anchor(tmp: Path, jobs: dict[str, str], settings: Mapping[str, Model], confirmations: int = 0) -> Path:
     """One engine pass over `jobs` ({namespace: target}), each job asking for
     `confirmations`; returns the data dir."""
     clock = FakeClock(start=time.time())  # real TSAs stamp real time
