@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -17,9 +18,13 @@ from core import merkle
 from core.anchors.base import VerificationFailed
 from core.fsutil import dumps_json
 from core.receipts import (
+    ANCHORED_AT_EARLY,
+    ANCHORED_AT_LATE,
+    BatchRef,
     Receipt,
     ReceiptError,
     ReceiptInvalid,
+    Vouched,
     bound_leaf,
     build_receipt,
     check_proof,
@@ -578,3 +583,78 @@ def test_a_receipt_cannot_be_changed_in_place() -> None:
     with pytest.raises(TypeError):
         receipt.attestation["tx_hash"] = "0xff"  # type: ignore[index]
     assert receipt.confirmed(4).status == "confirmed" and receipt.status == "pending"
+
+
+# --------------------------------------------------------------------------- binding (issue 23)
+
+
+class TimedBackend(FakeBackend):
+    """A backend whose attestations were made at `at` (a token's genTime, a block's time)."""
+
+    def __init__(self, target: str, at: datetime) -> None:
+        super().__init__(target)
+        self.at = at
+
+    async def verify(self, attestation: dict, digest: bytes, *, required=None, policy=None) -> datetime:
+        await super().verify(attestation, digest, required=required, policy=policy)
+        return self.at
+
+
+def test_the_leaf_is_the_documented_bytes() -> None:
+    """docs/receipts.md: SHA-256 of the domain, then namespace and batch id each after its
+    length (4 bytes, big-endian), then the 32 root bytes."""
+    data = (
+        b"vmsh-scheduler/receipt-leaf/v2\x00"
+        + b"\x00\x00\x00\x0ddao:vaultmesh" + b"\x00\x00\x00\x06000042" + root_of(0)
+    )
+    assert bound_leaf("dao:vaultmesh", "000042", root_of(0)) == hashlib.sha256(data).digest()
+    assert leaf_for(1, "dao:vaultmesh", "000042", root_of(0)) == root_of(0)
+    # no two (namespace, batch id) pairs share bytes: "ab"+"c" is not "a"+"bc"
+    assert bound_leaf("ab", "c", root_of(0)) != bound_leaf("a", "bc", root_of(0))
+
+
+@pytest.mark.parametrize("n", [1, 3])
+@pytest.mark.parametrize(
+    ("field", "value"), [("namespace", "someone-else"), ("batch", BatchRef("999999", "")), ("anchored_at", "1999")]
+)
+async def test_a_version_2_receipt_binds_namespace_batch_id_and_anchored_at(n, field, value) -> None:
+    at = datetime.fromtimestamp(AT, UTC)
+    backend = TimedBackend("local:dev", at)
+    good = receipts_for(n)[n - 1]
+    vouched = await verify_receipt(good, lambda t: backend)
+    assert vouched == Vouched("2026-01-01T00:00:00.123Z", ())
+    assert vouched.line(good) == (
+        f"{good.namespace} {good.batch.id} {good.batch.root} existed at 2026-01-01T00:00:00.123Z (local:dev)"
+    )
+    if field == "batch":
+        value = BatchRef("999999", good.batch.root)
+    if field == "anchored_at":
+        value = "1999-01-01T00:00:00.000Z"
+    bad = dataclasses.replace(good, **{field: value})
+    with pytest.raises(ReceiptInvalid, match="namespace, the batch id|anchored_at 1999-01-01T00:00:00.000Z is"):
+        await verify_receipt(bad, lambda t: backend)
+
+
+async def test_anchored_at_is_checked_within_the_documented_tolerance() -> None:
+    [good] = receipts_for(1)
+    attested = datetime.fromtimestamp(AT, UTC)
+    for lag, ok in ((-ANCHORED_AT_EARLY, True), (-ANCHORED_AT_EARLY - 1, False), (ANCHORED_AT_LATE, True), (ANCHORED_AT_LATE + 1, False)):
+        backend = TimedBackend("local:dev", attested - timedelta(seconds=lag))
+        if ok:
+            await verify_receipt(good, lambda t, b=backend: b)
+        else:
+            with pytest.raises(ReceiptInvalid, match=r"anchored_at 2026-01-01T00:00:00.123Z is \d+ s (before|after) the attested time"):
+                await verify_receipt(good, lambda t, b=backend: b)
+
+
+@pytest.mark.parametrize("n", [1, 3])
+async def test_a_version_1_receipt_still_verifies_and_says_what_it_does_not_bind(n) -> None:
+    backend = TimedBackend("local:dev", datetime.fromtimestamp(AT, UTC))
+    old = receipts_for(n, version=1)[0]
+    assert Receipt.from_json(old.to_json()).version == 1
+    edited = dataclasses.replace(old, namespace="someone-else", anchored_at="1999-01-01T00:00:00.000Z")
+    vouched = await verify_receipt(edited, lambda t: backend)  # what it never bound
+    assert vouched.unbound == ("namespace", "batch.id", "anchored_at")
+    assert vouched.line(edited).endswith(
+        "(local:dev); not bound by this version 1 receipt: namespace, batch.id, anchored_at"
+    )
