@@ -212,3 +212,19 @@ namespaces:
         proc.wait(20)
         log.close()
         node.stop()
+
+
+def test_the_documented_bytes_reproduce_the_anchored_root(corpus, auditor):  # noqa: F811
+    """docs/receipts.md's stock-tool lines, run as they are written, on a genuine receipt."""
+    text = (Path(__file__).resolve().parents[2] / "docs" / "receipts.md").read_text()
+    block = text.split("```sh\n", 1)[1].split("```", 1)[0]
+    files, out = corpus
+    for name in ("local-genuine.json", "rfc3161-genuine.json"):
+        path = out / name
+        flags = next(f for p, _, f in files if p.name == name)
+        script = block.replace("RECEIPT", str(path)).replace("tsa-ca.pem", flags[1])
+        done = subprocess.run(["sh", "-e"], input=script, capture_output=True, text=True, timeout=60, cwd=auditor)
+        assert done.returncode == 0, done.stdout + done.stderr
+        doc = json.loads(path.read_text())
+        assert done.stdout.splitlines()[0] == doc["anchored_root"][7:]
+        assert "Verification: OK" in done.stdout and "Time stamp:" in done.stdout
