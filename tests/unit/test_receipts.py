@@ -216,10 +216,11 @@ class FakeBackend:
         self.target = target
         self.calls: list[tuple[dict, bytes]] = []
 
-    async def verify(self, attestation: dict, digest: bytes, *, required=None, policy=None) -> None:
+    async def verify(self, attestation: dict, digest: bytes, *, required=None, policy=None) -> datetime | None:
         self.calls.append((attestation, digest))
         if attestation.get("digest") != digest.hex():
             raise VerificationFailed("imprint does not match the digest")
+        return None
 
 
 async def test_verify_receipt_calls_backend_with_digest() -> None:
@@ -640,11 +641,15 @@ async def test_anchored_at_is_checked_within_the_documented_tolerance() -> None:
     attested = datetime.fromtimestamp(AT, UTC)
     for lag, ok in ((-ANCHORED_AT_EARLY, True), (-ANCHORED_AT_EARLY - 1, False), (ANCHORED_AT_LATE, True), (ANCHORED_AT_LATE + 1, False)):
         backend = TimedBackend("local:dev", attested - timedelta(seconds=lag))
+
+        def backend_for(target: str, b: TimedBackend = backend) -> TimedBackend:
+            return b
+
         if ok:
-            await verify_receipt(good, lambda t, b=backend: b)
+            await verify_receipt(good, backend_for)
         else:
             with pytest.raises(ReceiptInvalid, match=r"anchored_at 2026-01-01T00:00:00.123Z is \d+ s (before|after) the attested time"):
-                await verify_receipt(good, lambda t, b=backend: b)
+                await verify_receipt(good, backend_for)
 
 
 @pytest.mark.parametrize("n", [1, 3])
