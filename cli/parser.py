@@ -86,12 +86,15 @@ def add_verify(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     verify = sub.add_parser(
         "verify",
         help="verify receipts (no config or secret needed; writes nothing)",
-        description="Check receipts: the audit path, then the attestation (RFC 3161 token "
-        "against a trust bundle, or the transaction on a node). Needs no config file and no "
-        "secret, and writes nothing. Prints OK, FAIL (the receipt is wrong) or CANNOT CHECK "
-        "(something needed is missing; the line says what to pass) per receipt.",
+        description="Check receipts: the audit path from the leaf that binds namespace, batch id "
+        "and root, then the attestation (RFC 3161 token against a trust bundle, or the transaction "
+        "on a node), then anchored_at against the attested time. Needs no config file and no "
+        "secret, and writes nothing. Prints per receipt OK <namespace> <batch id> <root> existed "
+        "at <attested time> (<target>), FAIL (the receipt is wrong), CANNOT CHECK (something "
+        "needed is missing; the line says what to pass) or PENDING (genuine, not final yet: "
+        "the line says how far).",
         epilog="exit codes: 0 all OK, 1 a receipt failed, 3 a receipt could not be checked "
-        "(and none failed), 2 usage",
+        "(and none failed), 4 a receipt is pending (and none failed or could not be checked), 2 usage",
     )
     verify.add_argument(
         "files", nargs="*", type=Path, metavar="RECEIPT|DIR",

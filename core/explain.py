@@ -114,8 +114,11 @@ def explain(path: Path, receipt: Receipt, verifiers: ReadOnlyVerifiers) -> str:
     ]
     if spec is not None and spec.explain is not None:  # the scheme's steps
         steps = spec.explain(receipt, path, verifiers)
-    else:
-        steps = [f"# {target}: no stock-tool check is known for this target"]
+    else:  # as verify: its attestation cannot be checked here
+        steps = [
+            f"# {target}: no stock-tool check is known for this target",
+            f"echo CANNOT CHECK: no stock-tool check is known for {shell_word(target)}; exit 3",
+        ]
     verdict = [
         "# last: anchored_at within the tolerance of the attested time (version 2); PENDING (exit 4)",
         "#       when genuine but not final; else what the receipt vouches for",

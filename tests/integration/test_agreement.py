@@ -95,6 +95,9 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[list[tupl
         pending.write_text(receipts_of(young, "young")[0].read_text())
         files.append((pending, "PENDING", rpc))
         files.append((out / "eip155-genuine.json", "CANNOT", []))  # no node to ask
+        btc = out / "btc-unknown.json"  # a scheme this build has no checker for
+        btc.write_text(json.dumps(json.loads(genuine["local"][0].read_text()) | {"target": "btc:main"}))
+        files.append((btc, "CANNOT", []))
         yield files, out
     finally:
         node.stop()
@@ -119,7 +122,7 @@ def test_verify_and_explain_agree_on_every_receipt(corpus, auditor, capsys):  # 
             assert "anchored_at: FAIL 1999-01-01T00:00:00.000Z attested" in done.stdout, done.stdout
         if done.returncode in (0, 4, 3):  # these end with their word; a FAIL with the tool's output
             assert said == expected, f"{path.name}: {done.stdout}"
-    assert len(seen) == 32
+    assert len(seen) == 33
 
 
 def test_verify_says_what_it_vouches_for_and_what_is_pending(corpus, auditor, capsys):  # noqa: F811
