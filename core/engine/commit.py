@@ -266,8 +266,10 @@ class Committer:
     async def pairs(self, intent: Intent, only: set[JobKey] | None = None) -> tuple[Pairs, list[list[bytes]]]:
         """(leaf index, job) of an intent's configured jobs (or of `only`), and all proofs."""
         entries = intent.entries
-        leaves = [entry_leaf(e) for e in entries]
-        _, proofs = await asyncio.to_thread(aggregate, leaves) if len(leaves) > WRITE_CHUNK else aggregate(leaves)
+        def tree() -> tuple[bytes, list[list[bytes]]]:
+            return aggregate([entry_leaf(e) for e in entries])
+
+        _, proofs = await asyncio.to_thread(tree) if len(entries) > WRITE_CHUNK else tree()
         pairs: Pairs = []
         for entry in entries:
             key = JobKey.parse(entry["job"])
