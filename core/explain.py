@@ -95,7 +95,7 @@ if pending:
 line = f"{{r['namespace']}} {{r['batch']['id']}} {{r['batch']['root']}} existed at {{when or 'an unknown time'}} ({{r['target']}})"
 if r["version"] == 1:
     line += "; not bound by this version 1 receipt: {unbound}"
-print("OK", line)
+print("OK", "".join(c if c.isprintable() else ascii(c)[1:-1] for c in line))  # hidden characters escaped
 PY"""
 
 

@@ -21,6 +21,7 @@ from core.receipts import (
 )
 from core.runtime import Runtime
 from core.status import count
+from core.text import printable
 
 
 class RuntimeControl:
@@ -84,7 +85,7 @@ class RuntimeControl:
         except Exception as exc:  # a verifier bug is a failed check, not a crash
             return VerifyResult(VerifyOutcome.FAIL, repr(exc))
         job = f"{receipt.namespace}/{receipt.cadence}"
-        return VerifyResult(VerifyOutcome.OK, vouched.line(receipt), job)
+        return VerifyResult(VerifyOutcome.OK, printable(vouched.line(receipt)), job)
 
     def recent_receipts(self, limit: int) -> Receipts:
         return self._runtime.receipts.recent(limit)

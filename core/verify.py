@@ -54,6 +54,7 @@ from core.receipts import (
     receipt_matches,
     verify_receipt,
 )
+from core.text import printable
 
 SettingsFor = Callable[[str], TargetSettings | None]  # None (or LookupError): no entry
 
@@ -84,7 +85,8 @@ class Result:
     def line(self) -> str:
         if self.outcome is Outcome.OK:
             if self.vouched is not None and self.receipt is not None:
-                return f"OK {self.vouched.line(self.receipt)}: {self.path}"
+                # the receipt's own text: a hidden character is shown escaped, never sent to the terminal
+                return f"OK {printable(self.vouched.line(self.receipt))}: {self.path}"
             return f"OK {self.path}"
         reason = self.reason or ""
         if reason.startswith(f"{self.path}:"):  # file errors name the file (and line:col) already
