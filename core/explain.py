@@ -3,7 +3,8 @@
 An auditor should not have to trust this program to trust a receipt. For each receipt this
 prints a POSIX shell script that checks the same things with stock tools, reading the
 receipt file itself (python3 for JSON, SHA-256 and the audit path; openssl for RFC 3161
-tokens; curl for EVM nodes). Piped to `sh` it stops at the first check that fails.
+tokens; curl for EVM nodes). Piped to `sh`, each receipt's checks stop at its first
+failure, and the script ends with the worst outcome's exit code, as verify.
 
     audit path   python3, RFC 9162 section 2.1.3.2 (RFC 6962 trees): from SHA-256(0x00 ||
                  batch root) up to anchored_root; a group of one anchors batch.root itself
@@ -36,6 +37,7 @@ from core.receipts import (
     ReceiptError,
     load_receipt,
 )
+from core.text import printable
 from core.verify import ReadOnlyVerifiers, expand
 
 _AUDIT_PATH = """\
@@ -107,7 +109,7 @@ def explain(path: Path, receipt: Receipt, verifiers: ReadOnlyVerifiers) -> str:
         f"# ---- {path}: {target}, {receipt.namespace}/{receipt.cadence}, "
         f"batch {receipt.batch.id}",
         f"R={shell_word(path.resolve())}",
-        'W=$(mktemp -d)',
+        'W=$(mktemp -d); trap \'rm -rf "$W"\' EXIT',
         "# 1. the audit path leads from the leaf (version 2: namespace, batch id and batch.root,"
         " docs/receipts.md) to anchored_root",
         _AUDIT_PATH,
@@ -124,19 +126,37 @@ def explain(path: Path, receipt: Receipt, verifiers: ReadOnlyVerifiers) -> str:
         "#       when genuine but not final; else what the receipt vouches for",
         _VERDICT.format(early=ANCHORED_AT_EARLY, late=ANCHORED_AT_LATE, unbound=", ".join(UNBOUND_V1)),
     ]
-    return "\n".join([*head, *steps, *verdict, 'rm -rf "$W"', ""])
+    return "\n".join([*head, *steps, *verdict, ""])
+
+
+_HEAD = """\
+#!/bin/sh
+# Checks receipts with stock tools; run with sh. Each receipt's checks stop at its first
+# failure; the exit code is the worst outcome, as verify's: FAIL 1, CANNOT CHECK 3, PENDING 4.
+worst=0
+rank() { case $1 in 0) echo 0;; 4) echo 1;; 3) echo 2;; *) echo 3;; esac; }
+"""
+# after each receipt's subshell: its exit code (a tool's own code is a FAIL) into $worst
+_TALLY = """\
+rc=$?; case $rc in 0|3|4) ;; *) rc=1;; esac
+[ "$(rank $rc)" -gt "$(rank $worst)" ] && worst=$rc
+"""
 
 
 def explain_files(paths: list[Path], out: TextIO, verifiers: ReadOnlyVerifiers) -> int:
-    """Print the script for every receipt; 1 if a receipt could not be read, else 0."""
+    """Print the script for every receipt, each in a subshell of its own (`set -e`: it stops
+    at its first failed check) and the worst outcome as the exit code; 1 if a receipt
+    could not be read (the script says FAIL for it, as verify does), else 0."""
     failed = 0
-    out.write("#!/bin/sh\n# Checks receipts with stock tools; run with sh. Stops at the first failure.\nset -e\n")
+    out.write(_HEAD)
     for path, problem in expand(paths):
         try:
             if problem:
                 raise ReceiptError(f"{path}: {problem}")
-            out.write(explain(path, load_receipt(path), verifiers))
+            block = explain(path, load_receipt(path), verifiers)
         except ReceiptError as exc:
             failed += 1
-            out.write(f"# cannot explain {exc}\n")
+            block = f"# cannot explain {printable(str(exc))}\necho FAIL {shell_word(printable(str(exc)))}; exit 1\n"
+        out.write(f"(\nset -e\n{block})\n{_TALLY}")
+    out.write('exit "$worst"\n')
     return 1 if failed else 0

@@ -123,6 +123,22 @@ def test_verify_and_explain_agree_on_every_receipt(corpus, auditor, capsys):  # 
         if done.returncode in (0, 4, 3):  # these end with their word; a FAIL with the tool's output
             assert said == expected, f"{path.name}: {done.stdout}"
     assert len(seen) == 33
+    # several at once: the worst outcome, the same exit code (CANNOT CHECK over PENDING over OK)
+    some = [str(p) for p, _, _ in files if p.name in ("eip155-pending.json", "btc-unknown.json", "local-genuine.json")]
+    flags = [*files[0][2], *next(f for p, _, f in files if p.name == "eip155-pending.json")]
+    assert main(["verify", *some, *flags]) == 3
+    capsys.readouterr()
+    assert main(["verify", "--explain", *some, *flags]) == 0
+    done = subprocess.run(["sh"], input=capsys.readouterr().out, capture_output=True, text=True, timeout=60, cwd=auditor)
+    assert done.returncode == 3 and [w for w in ("OK", "PENDING", "CANNOT") if f"\n{w} " in "\n" + done.stdout] == [
+        "OK", "PENDING", "CANNOT"
+    ], done.stdout
+    # ... and a FAIL among them outweighs all
+    assert main(["verify", *some, str(files[1][0]), *flags]) == 1
+    capsys.readouterr()
+    assert main(["verify", "--explain", *some, str(files[1][0]), *flags]) == 0
+    done = subprocess.run(["sh"], input=capsys.readouterr().out, capture_output=True, text=True, timeout=60, cwd=auditor)
+    assert done.returncode == 1, done.stdout
 
 
 def test_verify_says_what_it_vouches_for_and_what_is_pending(corpus, auditor, capsys):  # noqa: F811
