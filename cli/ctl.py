@@ -1,11 +1,12 @@
 """`vmsh-scheduler ctl`: a running scheduler's control socket, from scripts and shells.
 
 status [--json] | force NAMESPACE[/CADENCE] | pause | resume | reload | tail |
-receipt ROOT|BATCH_ID [--json]
+receipt ROOT|BATCH_ID [--json] | verify RECEIPT [--json]
 
 Exit codes: 0 done, 1 refused or failed (403, a rejected reload, nothing forced, the
 scheduler went away mid-tail), 2 usage or no scheduler answering on the socket (the
-message says how to start one). The protocol is docs/control-api.md; the client is
+message says how to start one). `verify` exits as `vmsh-scheduler verify` does: 0 OK,
+1 FAIL, 3 CANNOT CHECK, 4 PENDING (core/verify.py's outcomes). The protocol is docs/control-api.md; the client is
 core/control_client.py (shared with the attached dashboard), replies are decoded by
 core/wire.py.
 """
@@ -212,6 +213,8 @@ def _run(args: argparse.Namespace, client: Client) -> int:
         return _tail(client)
     if action == "receipt":
         return _receipt(client, args.key, as_json=args.json)
+    if action == "verify":
+        return _verify(client, args.path, as_json=args.json)
     raise CtlError(f"unknown action {action!r}", EXIT_USAGE)
 
 
@@ -233,6 +236,22 @@ def _receipt(client: Client, key: str, *, as_json: bool) -> int:
     if not found:
         print(f"vmsh-scheduler ctl: no receipt of {printable(key)} in the store", file=sys.stderr)
     return EXIT_OK if found else EXIT_FAILED
+
+
+def _verify(client: Client, path: Path, *, as_json: bool) -> int:
+    """The scheduler checks one of its receipts (POST /v1/verify); the exit code and the
+    words of `vmsh-scheduler verify` for its outcome."""
+    from core.verify import Outcome
+
+    result = wire.decode_verify_result(client.call("POST", "verify", {"path": str(path.resolve())}))
+    code = {o.label: o.exit_code for o in Outcome}[result.outcome.value]
+    if as_json:
+        print(json.dumps(wire.encode_verify_result(result) | {"exit_code": code}, ensure_ascii=False))
+    elif result.outcome.value == "OK":
+        print(printable(f"OK {result.message}: {path}"))
+    else:
+        print(printable(f"{result.outcome.value} {path}: {result.message}"))
+    return code
 
 
 def _tail(client: Client) -> int:

@@ -86,12 +86,15 @@ def add_verify(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     verify = sub.add_parser(
         "verify",
         help="verify receipts (no config or secret needed; writes nothing)",
-        description="Check receipts: the audit path, then the attestation (RFC 3161 token "
-        "against a trust bundle, or the transaction on a node). Needs no config file and no "
-        "secret, and writes nothing. Prints OK, FAIL (the receipt is wrong) or CANNOT CHECK "
-        "(something needed is missing; the line says what to pass) per receipt.",
+        description="Check receipts: the audit path from the leaf that binds namespace, batch id "
+        "and root, then the attestation (RFC 3161 token against a trust bundle, or the transaction "
+        "on a node), then anchored_at against the attested time. Needs no config file and no "
+        "secret, and writes nothing. Prints per receipt OK <namespace> <batch id> <root> existed "
+        "at <attested time> (<target>), FAIL (the receipt is wrong), CANNOT CHECK (something "
+        "needed is missing; the line says what to pass) or PENDING (genuine, not final yet: "
+        "the line says how far).",
         epilog="exit codes: 0 all OK, 1 a receipt failed, 3 a receipt could not be checked "
-        "(and none failed), 2 usage",
+        "(and none failed), 4 a receipt is pending (and none failed or could not be checked), 2 usage",
     )
     verify.add_argument(
         "files", nargs="*", type=Path, metavar="RECEIPT|DIR",
@@ -157,7 +160,7 @@ def add_attach(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 def add_ctl(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     ctl = sub.add_parser(
         "ctl",
-        help="control a running scheduler from scripts: status, force, pause, resume, reload, tail, receipt",
+        help="control a running scheduler from scripts: status, force, pause, resume, reload, tail, receipt, verify",
         description="Talk to a running scheduler over its control socket (docs/control-api.md). "
         "The socket is --socket, else the config's control.socket, else <data_dir>/control.sock.",
         epilog="exit codes: 0 done, 1 refused or failed, 2 usage or no scheduler running",
@@ -178,6 +181,11 @@ def add_ctl(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     receipt.add_argument("key", metavar="ROOT|BATCH_ID")
     receipt.add_argument("--json", action="store_true", help="one JSON object per receipt and line")
+    check = ctl_sub.add_parser(
+        "verify", help="the scheduler checks one of its receipts: exit 0 OK, 1 FAIL, 3 CANNOT CHECK, 4 PENDING"
+    )
+    check.add_argument("path", type=Path, metavar="RECEIPT", help="a receipt file under <data_dir>/receipts")
+    check.add_argument("--json", action="store_true", help="the outcome as one JSON object")
     for action in ctl_sub.choices.values():
         action.add_argument("--socket", type=Path, metavar="PATH", default=argparse.SUPPRESS,
                             help="the scheduler's control socket")

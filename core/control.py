@@ -147,6 +147,7 @@ class VerifyOutcome(StrEnum):
     OK = "OK"
     FAIL = "FAIL"  # the receipt does not prove what it claims, or cannot be read
     CANNOT_CHECK = "CANNOT CHECK"  # something it needs (a trust bundle, a node) is missing here
+    PENDING = "PENDING"  # genuine, not final yet (core/verify.py's outcomes)
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,7 +3,8 @@
 An auditor should not have to trust this program to trust a receipt. For each receipt this
 prints a POSIX shell script that checks the same things with stock tools, reading the
 receipt file itself (python3 for JSON, SHA-256 and the audit path; openssl for RFC 3161
-tokens; curl for EVM nodes). Piped to `sh` it stops at the first check that fails.
+tokens; curl for EVM nodes). Piped to `sh`, each receipt's checks stop at its first
+failure, and the script ends with the worst outcome's exit code, as verify.
 
     audit path   python3, RFC 9162 section 2.1.3.2 (RFC 6962 trees): from SHA-256(0x00 ||
                  batch root) up to anchored_root; a group of one anchors batch.root itself
@@ -28,7 +29,15 @@ from typing import TextIO
 
 from core.anchors.schemes import SCHEMES
 from core.anchors.spec import shell_word
-from core.receipts import Receipt, ReceiptError, load_receipt
+from core.receipts import (
+    ANCHORED_AT_EARLY,
+    ANCHORED_AT_LATE,
+    UNBOUND_V1,
+    Receipt,
+    ReceiptError,
+    load_receipt,
+)
+from core.text import printable
 from core.verify import ReadOnlyVerifiers, expand
 
 _AUDIT_PATH = """\
@@ -37,10 +46,13 @@ import hashlib, json, sys
 r = json.load(open(sys.argv[1]))
 h = lambda b: hashlib.sha256(b).digest()
 x = lambda s: bytes.fromhex(s.split(":")[1])
+n8 = lambda s: len(s.encode()).to_bytes(4, "big") + s.encode()
 leaf, want = x(r["batch"]["root"]), x(r["anchored_root"])
-if r["tree_size"] == 1:  # a group of one anchors the batch root itself
+if r["version"] >= 2:  # the leaf binds namespace and batch id (docs/receipts.md)
+    leaf = h(b"vmsh-scheduler/receipt-leaf/v2\\0" + n8(r["namespace"]) + n8(r["batch"]["id"]) + leaf)
+if r["tree_size"] == 1:  # a group of one anchors its leaf itself
     got = leaf
-else:  # RFC 9162 2.1.3.2, leaf data = the 32 bytes of the batch root
+else:  # RFC 9162 2.1.3.2, leaf data = the 32 bytes of the leaf
     i, n, got = r["leaf_index"], r["tree_size"] - 1, h(b"\\0" + leaf)
     for p in map(x, r["proof"]):
         assert n, "the audit path is longer than the tree"
@@ -56,6 +68,39 @@ print("audit path:", "OK" if got == want else "FAIL", "->", r["anchored_root"])
 sys.exit(got != want)
 PY"""
 
+# The scheme's steps leave the attested time in $W/attested (openssl's "Time stamp:" text,
+# a TSTInfo's GENERALIZEDTIME, or "@<epoch seconds>" of a block) and, when the attestation
+# is genuine but not final, how far it is in $W/pending.
+_VERDICT = """\
+python3 - "$R" "$W" {early} {late} <<'PY'
+import datetime as d, json, os, re, sys
+r, w, early, late = json.load(open(sys.argv[1])), sys.argv[2], float(sys.argv[3]), float(sys.argv[4])
+read = lambda f: open(os.path.join(w, f)).read().strip() if os.path.exists(os.path.join(w, f)) else ""
+text, pending, t = read("attested"), read("pending"), None
+if text.startswith("@"):
+    t = d.datetime.fromtimestamp(int(text[1:]), d.timezone.utc)
+elif text:
+    m = re.match(r"(\\d{{14}})(\\.\\d+)?Z$", text) or re.match(r"(\\w+ +\\d+ [\\d:]+)(\\.\\d+)? (\\d+) GMT$", text)
+    fmt, base = ("%Y%m%d%H%M%S", m.group(1)) if len(m.groups()) == 2 else ("%b %d %H:%M:%S %Y", m.group(1) + " " + m.group(3))
+    t = d.datetime.strptime(re.sub(" +", " ", base), fmt).replace(tzinfo=d.timezone.utc)
+    t += d.timedelta(microseconds=round(float(m.group(2) or 0) * 1e6))
+when = t and t.strftime("%Y-%m-%dT%H:%M:%S") + (f".{{t.microsecond:06d}}".rstrip("0") if t.microsecond else "") + "Z"
+if r["version"] >= 2 and t:
+    lag = (d.datetime.fromisoformat(r["anchored_at"].replace("Z", "+00:00")) - t).total_seconds()
+    ok = -early <= lag <= late
+    print("anchored_at:", "OK" if ok else "FAIL", r["anchored_at"], "attested", when)
+    if not ok:
+        sys.exit(1)
+if pending:
+    print("PENDING", pending)
+    sys.exit(4)
+line = f"{{r['namespace']}} {{r['batch']['id']}} {{r['batch']['root']}} existed at {{when or 'an unknown time'}} ({{r['target']}})"
+if r["version"] == 1:
+    line += "; not bound by this version 1 receipt: {unbound}"
+print("OK", "".join(c if c.isprintable() else ascii(c)[1:-1] for c in line))  # hidden characters escaped
+PY"""
+
+
 def explain(path: Path, receipt: Receipt, verifiers: ReadOnlyVerifiers) -> str:
     """The shell script that checks one receipt with stock tools."""
     target = receipt.target
@@ -64,27 +109,54 @@ def explain(path: Path, receipt: Receipt, verifiers: ReadOnlyVerifiers) -> str:
         f"# ---- {path}: {target}, {receipt.namespace}/{receipt.cadence}, "
         f"batch {receipt.batch.id}",
         f"R={shell_word(path.resolve())}",
-        'W=$(mktemp -d)',
-        "# 1. the audit path leads from batch.root to anchored_root",
+        'W=$(mktemp -d); trap \'rm -rf "$W"\' EXIT',
+        "# 1. the audit path leads from the leaf (version 2: namespace, batch id and batch.root,"
+        " docs/receipts.md) to anchored_root",
         _AUDIT_PATH,
     ]
     if spec is not None and spec.explain is not None:  # the scheme's steps
         steps = spec.explain(receipt, path, verifiers)
-    else:
-        steps = [f"# {target}: no stock-tool check is known for this target"]
-    return "\n".join([*head, *steps, 'rm -rf "$W"', ""])
+    else:  # as verify: its attestation cannot be checked here
+        steps = [
+            f"# {target}: no stock-tool check is known for this target",
+            f"echo CANNOT CHECK: no stock-tool check is known for {shell_word(target)}; exit 3",
+        ]
+    verdict = [
+        "# last: anchored_at within the tolerance of the attested time (version 2); PENDING (exit 4)",
+        "#       when genuine but not final; else what the receipt vouches for",
+        _VERDICT.format(early=ANCHORED_AT_EARLY, late=ANCHORED_AT_LATE, unbound=", ".join(UNBOUND_V1)),
+    ]
+    return "\n".join([*head, *steps, *verdict, ""])
+
+
+_HEAD = """\
+#!/bin/sh
+# Checks receipts with stock tools; run with sh. Each receipt's checks stop at its first
+# failure; the exit code is the worst outcome, as verify's: FAIL 1, CANNOT CHECK 3, PENDING 4.
+worst=0
+rank() { case $1 in 0) echo 0;; 4) echo 1;; 3) echo 2;; *) echo 3;; esac; }
+"""
+# after each receipt's subshell: its exit code (a tool's own code is a FAIL) into $worst
+_TALLY = """\
+rc=$?; case $rc in 0|3|4) ;; *) rc=1;; esac
+[ "$(rank $rc)" -gt "$(rank $worst)" ] && worst=$rc
+"""
 
 
 def explain_files(paths: list[Path], out: TextIO, verifiers: ReadOnlyVerifiers) -> int:
-    """Print the script for every receipt; 1 if a receipt could not be read, else 0."""
+    """Print the script for every receipt, each in a subshell of its own (`set -e`: it stops
+    at its first failed check) and the worst outcome as the exit code; 1 if a receipt
+    could not be read (the script says FAIL for it, as verify does), else 0."""
     failed = 0
-    out.write("#!/bin/sh\n# Checks receipts with stock tools; run with sh. Stops at the first failure.\nset -e\n")
+    out.write(_HEAD)
     for path, problem in expand(paths):
         try:
             if problem:
                 raise ReceiptError(f"{path}: {problem}")
-            out.write(explain(path, load_receipt(path), verifiers))
+            block = explain(path, load_receipt(path), verifiers)
         except ReceiptError as exc:
             failed += 1
-            out.write(f"# cannot explain {exc}\n")
+            block = f"# cannot explain {printable(str(exc))}\necho FAIL {shell_word(printable(str(exc)))}; exit 1\n"
+        out.write(f"(\nset -e\n{block})\n{_TALLY}")
+    out.write('exit "$worst"\n')
     return 1 if failed else 0

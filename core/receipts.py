@@ -10,6 +10,12 @@ Format (DESIGN.md, with the audit path made self-describing; docs/architecture.m
      "anchored_at": "2026-01-01T00:00:00.000Z", "scheduler": {"version", "config_hash"},
      "policy": "<dotted OID>"}
 
+Version 2 binds what it states: the anchored leaf is `bound_leaf(namespace, batch.id,
+batch.root)` (domain-separated, docs/receipts.md byte for byte), and `anchored_at` must lie
+within ANCHORED_AT_EARLY / ANCHORED_AT_LATE of the attested time (TSA genTime, block
+time). Version 1 receipts (the leaf was the batch root itself) still verify; what they do
+not bind is `UNBOUND_V1`.
+
 `policy` is present only when a policy was requested (the cadence's or the target's
 policyOID): the attestation must be under it, and `verify` checks that it is.
 
@@ -25,6 +31,7 @@ Where receipts are kept, and how (files under the data dir, rows): core/store/
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import re
@@ -36,10 +43,18 @@ from types import MappingProxyType
 from typing import Any, Protocol
 
 from core import safejson
-from core.anchors.base import CannotVerify, VerificationFailed
+from core.anchors.base import CannotVerify, NotFinal, VerificationFailed
 from core.merkle import root_from_path
 
-RECEIPT_VERSION = 1
+RECEIPT_VERSION = 2  # what build_receipt writes
+VERSIONS = (1, 2)  # what from_json reads
+LEAF_DOMAIN = b"vmsh-scheduler/receipt-leaf/v2\x00"  # docs/receipts.md
+# anchored_at (written by the scheduler after the attestation came back) may precede the
+# attested time by clock differences only, and follow it by a late write (a held
+# attestation, recovery after a crash) of at most a day.
+ANCHORED_AT_EARLY = 300.0
+ANCHORED_AT_LATE = 86_400.0
+UNBOUND_V1 = ("namespace", "batch.id", "anchored_at")  # a version 1 receipt's leaf is the root only
 STATUSES = ("pending", "confirmed")
 _ROOT_RE = re.compile(r"sha256:[0-9a-f]{64}")
 
@@ -56,6 +71,15 @@ class ReceiptInvalid(ReceiptError):
         super().__init__(reason if path is None else f"{path}: {reason}")
         self.reason = reason
         self.path = path
+
+
+class ReceiptPending(ReceiptError):
+    """A receipt whose attestation is genuine but not final yet (e.g. an EVM transaction
+    fewer blocks deep than required); `reason` says how far it is."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 class ReceiptUncheckable(ReceiptError):
@@ -87,6 +111,29 @@ def root_text(value: bytes | str) -> str:
 def root_bytes(value: object, what: str = "root") -> bytes:
     """Parse "sha256:<64 lowercase hex>" to 32 bytes; ReceiptInvalid on anything else."""
     return bytes.fromhex(_root(value, what)[7:])
+
+
+def _length_prefixed(text: str) -> bytes:
+    data = text.encode("utf-8")
+    return len(data).to_bytes(4, "big") + data
+
+
+def bound_leaf(namespace: str, batch_id: str, batch_root: str | bytes) -> bytes:
+    """The 32-byte leaf a version 2 receipt anchors: SHA-256 of LEAF_DOMAIN, then the
+    namespace and the batch id (UTF-8, each after its length as 4 bytes big-endian), then
+    the 32 bytes of the batch root (docs/receipts.md). The engine anchors it and verify
+    recomputes it: the one definition."""
+    root = bytes.fromhex(root_text(batch_root)[7:])
+    return hashlib.sha256(
+        LEAF_DOMAIN + _length_prefixed(namespace) + _length_prefixed(batch_id) + root
+    ).digest()
+
+
+def leaf_for(receipt_version: int, namespace: str, batch_id: str, batch_root: str | bytes) -> bytes:
+    """The leaf data of a receipt of that version (1: the batch root's 32 bytes)."""
+    if receipt_version == 1:
+        return bytes.fromhex(root_text(batch_root)[7:])
+    return bound_leaf(namespace, batch_id, batch_root)
 
 
 def iso_utc(at: float) -> str:
@@ -190,8 +237,9 @@ class Receipt:
         has always named them."""
         if not isinstance(doc, dict):
             raise ReceiptInvalid("a receipt is a JSON object")
-        if doc.get("version") != RECEIPT_VERSION:
-            raise ReceiptInvalid(f"unsupported receipt version {doc.get('version')!r}")
+        version = doc.get("version")
+        if version not in VERSIONS or isinstance(version, bool):
+            raise ReceiptInvalid(f"unsupported receipt version {version!r}")
         batch = _object(doc, "batch", " with id and root")
         batch_root = _root(batch.get("root"), "batch.root")
         anchored_root = _root(doc.get("anchored_root"), "anchored_root")
@@ -239,7 +287,7 @@ class Receipt:
                 _text(scheduler, "config_hash", "scheduler.", empty=True),
             ),
             policy=policy,
-            version=RECEIPT_VERSION,
+            version=version,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -298,6 +346,7 @@ def build_receipt(
     version: str,
     config_hash: str,
     policy: str | None = None,
+    receipt_version: int = RECEIPT_VERSION,
 ) -> Receipt:
     if status not in STATUSES:
         raise ValueError(f"status must be one of {STATUSES}, got {status!r}")
@@ -316,6 +365,7 @@ def build_receipt(
         anchored_at=iso_utc(anchored_at),
         scheduler=SchedulerStamp(version, config_hash),
         policy=policy,
+        version=receipt_version,
     )
 
 
@@ -327,9 +377,9 @@ def check_proof(receipt: Receipt) -> bytes:
 
     Raises ReceiptInvalid when the path does not lead to anchored_root (the fields'
     forms were checked by `Receipt.from_json`). A group of one (tree_size 1) anchors the
-    batch root itself.
+    batch root itself (version 1) or its bound leaf (version 2).
     """
-    leaf = root_bytes(receipt.batch.root, "batch.root")
+    leaf = leaf_for(receipt.version, receipt.namespace, receipt.batch.id, receipt.batch.root)
     anchored = root_bytes(receipt.anchored_root, "anchored_root")
     proof = [root_bytes(p, f"proof[{i}]") for i, p in enumerate(receipt.proof)]
     index = receipt.leaf_index
@@ -342,15 +392,22 @@ def check_proof(receipt: Receipt) -> bytes:
         if proof:
             raise ReceiptInvalid("a group of one has an empty proof")
         if anchored != leaf:
-            raise ReceiptInvalid("anchored_root differs from batch.root in a group of one")
+            if receipt.version == 1:
+                raise ReceiptInvalid("anchored_root differs from batch.root in a group of one")
+            raise ReceiptInvalid(
+                f"anchored_root is not the leaf of namespace {receipt.namespace!r}, batch "
+                f"{receipt.batch.id!r} and batch.root (sha256:{leaf.hex()}): the namespace, "
+                "the batch id or the root was changed"
+            )
         return anchored
     try:
         computed = root_from_path(index, size, leaf, proof)
     except ValueError as exc:
         raise ReceiptInvalid(f"audit path: {exc}") from None
     if computed != anchored:
+        bound = "" if receipt.version == 1 else " (the namespace, the batch id or the root was changed?)"
         raise ReceiptInvalid(
-            f"audit path leads to sha256:{computed.hex()}, not anchored_root {receipt.anchored_root}"
+            f"audit path leads to sha256:{computed.hex()}, not anchored_root {receipt.anchored_root}{bound}"
         )
     return anchored
 
@@ -365,14 +422,54 @@ class Verifier(Protocol):
         *,
         required: int | None = None,
         policy: str | None = None,
-    ) -> None: ...
+    ) -> datetime | None: ...
 
 
-async def verify_receipt(receipt: Receipt, backend_for: Callable[[str], Verifier]) -> None:
-    """Check the audit path, then ask the target's backend to verify the attestation.
+@dataclass(frozen=True, slots=True)
+class Vouched:
+    """What a receipt that verified proves: `attested_at` the attested time (ISO, UTC; None
+    when the scheme gives none) and `unbound` the fields it states but does not prove."""
+
+    attested_at: str | None
+    unbound: tuple[str, ...] = ()
+
+    def line(self, receipt: Receipt) -> str:
+        """"<namespace> <batch id> <root> existed at <attested time> (<target>)", and what a
+        version 1 receipt does not bind."""
+        when = self.attested_at or "an unknown time"
+        text = f"{receipt.namespace} {receipt.batch.id} {receipt.batch.root} existed at {when} ({receipt.target})"
+        if self.unbound:
+            text += f"; not bound by this version {receipt.version} receipt: {', '.join(self.unbound)}"
+        return text
+
+
+def check_anchored_at(receipt: Receipt, attested: datetime) -> None:
+    """ReceiptInvalid when a version 2 receipt's anchored_at is not within ANCHORED_AT_EARLY
+    before / ANCHORED_AT_LATE after the attested time."""
+    lag = (parse_iso_utc(receipt.anchored_at) - attested).total_seconds()
+    if not -ANCHORED_AT_EARLY <= lag <= ANCHORED_AT_LATE:
+        raise ReceiptInvalid(
+            f"anchored_at {receipt.anchored_at} is {abs(lag):.0f} s "
+            f"{'before' if lag < 0 else 'after'} the attested time {iso_z(attested)} "
+            f"(allowed: {ANCHORED_AT_EARLY:.0f} s before to {ANCHORED_AT_LATE:.0f} s after)"
+        )
+
+
+def iso_z(at: datetime) -> str:
+    """A UTC time as "2026-01-01T00:00:00Z", or "...:00.123Z" with its fraction (verify
+    --explain prints it the same way)."""
+    at = at.astimezone(UTC)
+    fraction = f".{at.microsecond:06d}".rstrip("0") if at.microsecond else ""
+    return at.strftime("%Y-%m-%dT%H:%M:%S") + fraction + "Z"
+
+
+async def verify_receipt(receipt: Receipt, backend_for: Callable[[str], Verifier]) -> Vouched:
+    """Check the audit path (from the bound leaf, version 2), then ask the target's backend
+    to verify the attestation, then anchored_at against the attested time (version 2).
 
     ReceiptInvalid when the receipt is wrong; ReceiptUncheckable when `backend_for` or the
-    backend raise CannotVerify (what is needed is missing here)."""
+    backend raise CannotVerify (what is needed is missing here); ReceiptPending when the
+    attestation is genuine but not final yet (and everything else checks out)."""
     digest = check_proof(receipt)
     target = receipt.target
     try:
@@ -381,17 +478,26 @@ async def verify_receipt(receipt: Receipt, backend_for: Callable[[str], Verifier
         raise ReceiptUncheckable(str(exc)) from None
     except Exception as exc:  # unknown scheme, missing settings
         raise ReceiptInvalid(f"no verifier for target {target}: {exc}") from exc
+    pending: NotFinal | None = None
     try:
-        await backend.verify(
+        attested = await backend.verify(
             dict(receipt.attestation),
             digest,
             required=receipt.confirmations.required,
             policy=receipt.policy,
         )
+    except NotFinal as exc:
+        pending, attested = exc, exc.attested_at
     except VerificationFailed as exc:
         raise ReceiptInvalid(f"attestation: {exc}") from exc
     except CannotVerify as exc:
         raise ReceiptUncheckable(str(exc)) from None
+    if receipt.version >= 2 and attested is not None:
+        check_anchored_at(receipt, attested)
+    if pending is not None:
+        raise ReceiptPending(f"{pending}: genuine, not final yet")
+    unbound = UNBOUND_V1 if receipt.version == 1 else ()
+    return Vouched(iso_z(attested) if attested is not None else None, unbound)
 
 
 def load_receipt(path: str | os.PathLike[str]) -> Receipt:

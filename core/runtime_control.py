@@ -12,9 +12,16 @@ from typing import Any
 from core.control import Receipts, ReloadResult, Snapshot, VerifyOutcome, VerifyResult, store_status
 from core.events import Event
 from core.jobs import JobKey
-from core.receipts import ReceiptError, ReceiptInvalid, ReceiptUncheckable, verify_receipt
+from core.receipts import (
+    ReceiptError,
+    ReceiptInvalid,
+    ReceiptPending,
+    ReceiptUncheckable,
+    verify_receipt,
+)
 from core.runtime import Runtime
 from core.status import count
+from core.text import printable
 
 
 class RuntimeControl:
@@ -68,15 +75,17 @@ class RuntimeControl:
     async def verify(self, path: str) -> VerifyResult:
         try:
             receipt = self._runtime.receipts.load(path)
-            await verify_receipt(receipt, self._runtime.backends)
+            vouched = await verify_receipt(receipt, self._runtime.backends)
         except ReceiptUncheckable as exc:  # not a verdict on the receipt
             return VerifyResult(VerifyOutcome.CANNOT_CHECK, str(exc))
+        except ReceiptPending as exc:  # genuine, not final yet
+            return VerifyResult(VerifyOutcome.PENDING, str(exc), f"{receipt.namespace}/{receipt.cadence}")
         except (ReceiptError, ReceiptInvalid) as exc:
             return VerifyResult(VerifyOutcome.FAIL, str(exc))
         except Exception as exc:  # a verifier bug is a failed check, not a crash
             return VerifyResult(VerifyOutcome.FAIL, repr(exc))
         job = f"{receipt.namespace}/{receipt.cadence}"
-        return VerifyResult(VerifyOutcome.OK, "audit path and attestation check out", job)
+        return VerifyResult(VerifyOutcome.OK, printable(vouched.line(receipt)), job)
 
     def recent_receipts(self, limit: int) -> Receipts:
         return self._runtime.receipts.recent(limit)

@@ -12,11 +12,16 @@ folder). What a receipt needs comes from, first to last:
 
 (each scheme's spec says it: its `checker`, core/anchors/<scheme>/checking.py).
 
-Three outcomes per receipt, and the exit code of the worst one:
+Four outcomes per receipt, and the exit code of the worst one (FAIL, CANNOT CHECK,
+PENDING, OK: the same for `--explain | sh`, ctl, the control API and the dashboard):
 
-    OK            0  the audit path and the attestation check out
+    OK            0  the audit path, the attestation and (version 2) anchored_at check out;
+                     the line says what is vouched for: "OK <namespace> <batch id> <root>
+                     existed at <attested time> (<target>)", then the file
     FAIL          1  the receipt is wrong (or unreadable): it proves nothing
     CANNOT CHECK  3  something needed is missing or out of reach; the line says what to pass
+    PENDING       4  genuine, but not final yet (a transaction fewer blocks deep than
+                     required); the line says how far
 
 A directory stands for every `*.json` below it (hidden folders skipped). With more than
 one receipt a count goes to stderr. `--json` prints one JSON object per receipt and line.
@@ -41,12 +46,15 @@ from core.receipts import (
     Receipt,
     ReceiptError,
     ReceiptInvalid,
+    ReceiptPending,
     ReceiptUncheckable,
     Verifier,
+    Vouched,
     load_receipt,
     receipt_matches,
     verify_receipt,
 )
+from core.text import printable
 
 SettingsFor = Callable[[str], TargetSettings | None]  # None (or LookupError): no entry
 
@@ -55,6 +63,7 @@ class Outcome(enum.Enum):
     OK = ("OK", 0)
     FAIL = ("FAIL", 1)
     CANNOT_CHECK = ("CANNOT CHECK", 3)
+    PENDING = ("PENDING", 4)
 
     @property
     def label(self) -> str:
@@ -71,9 +80,13 @@ class Result:
     outcome: Outcome
     reason: str | None = None
     receipt: Receipt | None = None
+    vouched: Vouched | None = None
 
     def line(self) -> str:
         if self.outcome is Outcome.OK:
+            if self.vouched is not None and self.receipt is not None:
+                # the receipt's own text: a hidden character is shown escaped, never sent to the terminal
+                return f"OK {printable(self.vouched.line(self.receipt))}: {self.path}"
             return f"OK {self.path}"
         reason = self.reason or ""
         if reason.startswith(f"{self.path}:"):  # file errors name the file (and line:col) already
@@ -95,6 +108,9 @@ class Result:
             "anchored_root": r.anchored_root if r else None,
             "anchored_at": r.anchored_at if r else None,
             "gen_time": att.get("gen_time"),
+            "attested_at": self.vouched.attested_at if self.vouched else None,
+            "unbound": list(self.vouched.unbound) if self.vouched else None,
+            "receipt_version": r.version if r else None,
             "tx_hash": att.get("tx_hash"),
         }
 
@@ -280,15 +296,17 @@ async def check_one(
             return Result(path, Outcome.FAIL, str(exc))
     backend_for = verifiers.for_receipt(path) if isinstance(verifiers, ReadOnlyVerifiers) else verifiers
     try:
-        await verify_receipt(receipt, backend_for)
+        vouched = await verify_receipt(receipt, backend_for)
     except ReceiptUncheckable as exc:
         return Result(path, Outcome.CANNOT_CHECK, exc.reason, receipt)
+    except ReceiptPending as exc:
+        return Result(path, Outcome.PENDING, exc.reason, receipt)
     except ReceiptInvalid as exc:
         return Result(path, Outcome.FAIL, exc.reason, receipt)
     except Exception as exc:  # a verifier's bug is no verdict on the receipt; go on with the others
         reason = f"could not be checked ({type(exc).__name__}: {exc}); please report this"
         return Result(path, Outcome.CANNOT_CHECK, reason, receipt)
-    return Result(path, Outcome.OK, None, receipt)
+    return Result(path, Outcome.OK, None, receipt, vouched)
 
 
 async def verify_files(
@@ -335,7 +353,7 @@ async def verify_files(
             f", {counts[Outcome.CANNOT_CHECK]} cannot be checked"
             if counts[Outcome.CANNOT_CHECK]
             else ""
-        )
+        ) + (f", {counts[Outcome.PENDING]} pending" if counts[Outcome.PENDING] else "")
         err.write(
             f"{len(results)} receipts: {counts[Outcome.OK]} OK, "
             f"{counts[Outcome.FAIL]} failed{tail}\n"
@@ -344,6 +362,8 @@ async def verify_files(
         return Outcome.FAIL.exit_code
     if counts[Outcome.CANNOT_CHECK]:
         return Outcome.CANNOT_CHECK.exit_code
+    if counts[Outcome.PENDING]:
+        return Outcome.PENDING.exit_code
     return Outcome.OK.exit_code
 
 

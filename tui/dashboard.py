@@ -43,7 +43,12 @@ from tui.widgets import DiffTable, HeaderBar, LogView, Pane
 FLUSH_DELAY = 0.25  # at most ~4 batched renders a second
 COUNTDOWN_PERIOD = 1.0
 WIDE = (120, 36)  # at least this many columns and rows: all panes at once
-VERIFY_WORD = {VerifyOutcome.OK: "OK", VerifyOutcome.FAIL: "FAIL", VerifyOutcome.CANNOT_CHECK: "UNKNOWN"}
+VERIFY_WORD = {
+    VerifyOutcome.OK: "OK",
+    VerifyOutcome.FAIL: "FAIL",
+    VerifyOutcome.CANNOT_CHECK: "UNKNOWN",
+    VerifyOutcome.PENDING: "PENDING",
+}
 NAMES_SHOWN = 4  # job names listed per kind of change in a notification
 
 
@@ -495,10 +500,9 @@ class DashboardScreen(Screen[None]):
         name = Path(path).name
         if result.outcome == VerifyOutcome.OK:
             self.notify(f"verify OK {result.job} {name}: {result.message}", timeout=6)
-        elif result.outcome == VerifyOutcome.CANNOT_CHECK:  # not a verdict: something is missing here
-            self.notify(f"verify CANNOT CHECK {name}: {result.message}", severity="warning", timeout=15)
-        else:
-            self.notify(f"verify FAIL {name}: {result.message}", severity="error", timeout=15)
+        else:  # CANNOT CHECK and PENDING are no verdict against the receipt: warnings
+            bad = result.outcome == VerifyOutcome.FAIL
+            self.notify(f"verify {result.outcome} {name}: {result.message}", severity="error" if bad else "warning", timeout=15)
         self.receipts_pane.set_verified(path, VERIFY_WORD[result.outcome])
 
     def action_copy(self) -> None:

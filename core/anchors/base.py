@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Protocol
 
 
@@ -22,6 +23,15 @@ class Attestation:
 
 class VerificationFailed(Exception):
     """An attestation that does not prove what its receipt claims; the message says why."""
+
+
+class NotFinal(Exception):
+    """An attestation that is genuine but not final yet (a transaction fewer blocks deep than
+    required); the message says how far it is. `attested_at`: its attested time, if known."""
+
+    def __init__(self, message: str, attested_at: datetime | None = None) -> None:
+        super().__init__(message)
+        self.attested_at = attested_at
 
 
 class CannotVerify(Exception):
@@ -57,9 +67,11 @@ class Backend(Protocol):
         *,
         required: int | None = None,
         policy: str | None = None,
-    ) -> None:
+    ) -> datetime | None:
         """Check an attestation again (offline where the scheme allows), writing nothing; raise
-        VerificationFailed when it is wrong, CannotVerify when it cannot be checked here.
+        VerificationFailed when it is wrong, CannotVerify when it cannot be checked here,
+        NotFinal when it is genuine but not final yet (chains: not deep enough). Returns
+        the attested time (a token's genTime, the block's time; UTC), None if unknown.
 
         `required` is the depth the receipt asks for (chains only; others ignore it).
         `policy` is the policy the receipt says was requested: the proof must be under it

@@ -18,6 +18,7 @@ from __future__ import annotations
 import shlex
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
@@ -45,7 +46,7 @@ class ClosingVerifier(Protocol):
         *,
         required: int | None = None,
         policy: str | None = None,
-    ) -> None: ...
+    ) -> datetime | None: ...
 
     async def close(self) -> None: ...
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import hashlib
 from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -113,20 +114,20 @@ def verify_token(
     target: str,
     bundle: Callable[[], TrustBundle],
     policy: str | None = None,
-) -> None:
+) -> datetime:
     """Check a time-stamp token against the trust bundle `bundle()` gives (read here, so a
     bundle that cannot be read fails the same way): VerificationFailed with a sentence
-    naming `target`. Shared by the rfc3161 backend and `verify` (core/verify.py)."""
+    naming `target`; its genTime when it checks out. Shared by the rfc3161 backend and `verify` (core/verify.py)."""
     try:
         certs = bundle()
-        verify_attestation(
+        return verify_attestation(
             attestation,
             digest=digest,
             policy_oid=policy,
             trust_roots=certs.roots,
             signer_certs=certs.signers,
             intermediates=certs.intermediates,
-        )
+        ).gen_time
     except ValidationError as exc:
         text = str(exc)
         raise VerificationFailed(text if text.startswith(target) else f"{target}: {text}") from None
@@ -212,7 +213,11 @@ def ca_lines(find_files: Callable[[], list[Path]]) -> list[str]:
     try:
         ca_files = find_files()
     except CannotVerify as exc:
-        return [f"# {exc}", 'CA="${CA:?set CA to the PEM file of the TSA\'s CA certificate(s)}"']
+        return [
+            f"# {exc}",
+            '[ -n "${CA:-}" ] || { echo "CANNOT CHECK: set CA to the PEM file of the TSA\'s CA '
+            'certificate(s)"; exit 3; }',
+        ]
     if len(ca_files) == 1:
         return [f"CA={shell_word(Path(ca_files[0]).resolve())}"]
     return [
@@ -266,6 +271,10 @@ def token_steps(receipt: Receipt, ca: list[str]) -> list[str]:
             'openssl asn1parse -inform DER -in "$W/tstinfo.der" | grep -qi "HEX DUMP\\]:$I$" '
             '&& echo "imprint: OK" || { echo "imprint: FAIL"; exit 1; }'
         )
+        lines.append(
+            'openssl asn1parse -inform DER -in "$W/tstinfo.der" | sed -n "s/.*GENERALIZEDTIME *://p" '
+            '| head -n 1 > "$W/attested"  # genTime, for the last step'
+        )
         return lines + _policy_steps(receipt, "5", from_tstinfo=True)
     lines.append(
         "# 3. OpenSSL checks the signature, the signer's path to $CA at genTime, its "
@@ -281,6 +290,10 @@ def token_steps(receipt: Receipt, ca: list[str]) -> list[str]:
             'openssl ts -verify -data "$W/root.bin" -in "$W/token.der" -token_in -CAfile "$CA"'
             + untrusted,
         ]
+    lines.append(
+        'openssl ts -reply -in "$W/token.der" -token_in -text | sed -n "s/^Time stamp: //p" '
+        '> "$W/attested"  # genTime, for the last step'
+    )
     return lines + _policy_steps(receipt, "4", from_tstinfo=False)
 
 

@@ -24,6 +24,7 @@ from core.engine.record import Due, Held
 from core.errors import StorageError, describe
 from core.events import AnchorStarted
 from core.jobs import JobKey
+from core.receipts import RECEIPT_VERSION, bound_leaf
 
 
 class Anchoring:
@@ -60,15 +61,18 @@ class Anchoring:
             self.outcomes.release(owned)
 
     async def _anchor(self, target: str, items: list[Due], owned: set[JobKey], started: float) -> None:
-        leaves = [bytes.fromhex(i.batch.root.removeprefix("sha256:")) for i in items]
-        if len(leaves) > WRITE_CHUNK:  # 10,000 leaves: ~20 ms of hashing, not on the loop
-            digest, proofs = await asyncio.to_thread(aggregate, leaves)
+        def tree() -> tuple[bytes, list[list[bytes]]]:
+            return aggregate([bound_leaf(i.spec.namespace, i.batch.id, i.batch.root) for i in items])
+
+        if len(items) > WRITE_CHUNK:  # 10,000 leaves: ~55 ms of hashing, not on the loop
+            digest, proofs = await asyncio.to_thread(tree)
         else:
-            digest, proofs = aggregate(leaves)
+            digest, proofs = tree()
         keys = tuple(i.spec.key for i in items)
         policy = items[0].spec.policy_oid  # one per group (run_due)
         entries = [
             {"job": str(i.spec.key), "batch": {"id": i.batch.id, "root": i.batch.root}, "leaf_index": n}
+            | {"receipt_version": RECEIPT_VERSION}  # the leaf's form: entry_leaf
             | ({"policy": policy} if policy else {})
             for n, i in enumerate(items)
         ]

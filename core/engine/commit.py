@@ -23,7 +23,7 @@ from core.engine.persistence import Saves
 from core.engine.record import Due, Held, anchored_since, succeeded
 from core.errors import StorageError, describe
 from core.jobs import JobKey, safe_name
-from core.receipts import Receipt, build_receipt
+from core.receipts import RECEIPT_VERSION, Receipt, build_receipt, leaf_for
 from core.sources import Batch
 from core.store import Intent, Superseded
 
@@ -37,6 +37,20 @@ def aggregate(leaves: list[bytes]) -> tuple[bytes, list[list[bytes]]]:
     if len(leaves) == 1:
         return leaves[0], [[]]
     return merkle.tree_and_paths(leaves)
+
+
+def entry_version(entry: dict[str, Any]) -> int:
+    """The receipt version an intent's entry was anchored for: 1 (its leaf the batch root)
+    when written before receipts bound their namespace and batch id."""
+    version = entry.get("receipt_version", 1)
+    return version if version in (1, RECEIPT_VERSION) else 1
+
+
+def entry_leaf(entry: dict[str, Any]) -> bytes:
+    """The leaf an intent's entry was anchored with (the engine's and verify's one rule:
+    core.receipts.leaf_for)."""
+    namespace = JobKey.parse(entry["job"]).namespace
+    return leaf_for(entry_version(entry), namespace, entry["batch"]["id"], entry["batch"]["root"])
 
 
 def journalled_note(intent: Intent) -> Callable[[dict[str, Any]], None]:
@@ -252,8 +266,10 @@ class Committer:
     async def pairs(self, intent: Intent, only: set[JobKey] | None = None) -> tuple[Pairs, list[list[bytes]]]:
         """(leaf index, job) of an intent's configured jobs (or of `only`), and all proofs."""
         entries = intent.entries
-        leaves = [bytes.fromhex(e["batch"]["root"].removeprefix("sha256:")) for e in entries]
-        _, proofs = await asyncio.to_thread(aggregate, leaves) if len(leaves) > WRITE_CHUNK else aggregate(leaves)
+        def tree() -> tuple[bytes, list[list[bytes]]]:
+            return aggregate([entry_leaf(e) for e in entries])
+
+        _, proofs = await asyncio.to_thread(tree) if len(entries) > WRITE_CHUNK else tree()
         pairs: Pairs = []
         for entry in entries:
             key = JobKey.parse(entry["job"])
@@ -295,4 +311,5 @@ class Committer:
             anchored_at=now,
             version=__version__,
             config_hash=self.ctx.config_hash,
+            receipt_version=entry_version(intent.entries[index]),
         )

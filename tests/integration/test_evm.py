@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 from eth_account import Account
 
-from core.anchors.base import VerificationFailed
+from core.anchors.base import NotFinal, VerificationFailed
 from core.anchors.evm import Eip155Target
 from core.anchors.evm.abi import MEMO, decode_anchor_call
 from core.anchors.evm.backend import EVMBackend
@@ -40,6 +40,7 @@ from core.receipts import (
     Confirmations,
     Receipt,
     ReceiptInvalid,
+    bound_leaf,
     load_receipt,
     verify_receipt,
 )
@@ -92,7 +93,7 @@ class Stack:
         self, tmp: Path, backend_for, namespaces=("alpha",), confirmations: int = 3
     ) -> None:
         self.tmp = tmp
-        self.clock = FakeClock()
+        self.clock = FakeClock(start=time.time())  # blocks carry real time: anchored_at is checked against it
         self.bus = EventBus()
         self.events: list = []
         self.bus.subscribe(self.events.append)
@@ -172,7 +173,8 @@ async def test_anchor_pending_then_confirmed_at_depth_and_verified(node, tmp_pat
     # Self-send mode: zero value to the sender itself, calldata = the 32-byte root.
     tx = node.rpc("eth_getTransactionByHash", att["tx_hash"])
     assert tx["to"].lower() == tx["from"].lower() == ADDRESSES[0].lower()
-    assert int(tx["value"], 16) == 0 and tx["input"] == "0x" + root(1)[7:]
+    # the leaf: the root bound to its namespace and batch id (a group of one anchors it)
+    assert int(tx["value"], 16) == 0 and tx["input"] == "0x" + bound_leaf("alpha", "000001", root(1)).hex()
     assert tx["type"] == "0x2"  # ganache has a base fee: EIP-1559
 
     assert await stack.tracker.check_once() == {
@@ -196,8 +198,8 @@ async def test_anchor_pending_then_confirmed_at_depth_and_verified(node, tmp_pat
     forged = dataclasses.replace(confirmed, batch=BatchRef("x", root(99)), anchored_root=root(99))
     with pytest.raises(ReceiptInvalid):
         await verify_receipt(forged, stack.backend_for)
-    with pytest.raises(VerificationFailed, match="blocks deep"):
-        await evm.verify(att, bytes.fromhex(root(1)[7:]), required=10)
+    with pytest.raises(NotFinal, match="3 of 10 blocks deep"):  # genuine, not final: PENDING
+        await evm.verify(att, bytes.fromhex(confirmed.anchored_root[7:]), required=10)
 
     logs = [json.dumps(e.fields) + e.msg for e in stack.of(LogRecord)]
     assert_no_key_anywhere(tmp_path / "data", logs + [repr(evm), repr(evm.settings)])
@@ -570,7 +572,8 @@ def test_kill_9_between_send_and_receipt_resolves_to_one_transaction_and_one_rec
     forged = tmp_path / "forged.json"
     forged.write_text(json.dumps(receipt))
     bad = subprocess.run([*cmd, str(forged)], capture_output=True, text=True, env=env, timeout=60)
-    assert bad.returncode == 1 and "not the anchored root" in bad.stdout, bad.stdout + bad.stderr
+    # the anchored leaf binds the root: a forged root is caught before the chain is asked
+    assert bad.returncode == 1 and "is not the leaf of namespace" in bad.stdout, bad.stdout + bad.stderr
 
 
 def test_crash_right_after_send_test_hook_resolves_to_one_transaction_and_one_receipt(

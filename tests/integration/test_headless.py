@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from core.receipts import bound_leaf
 from core.sources import write_batch
 
 # The `vmsh-scheduler` command (cli.main:main), from this checkout.
@@ -130,11 +131,13 @@ def test_single_job_receipt_passes_openssl_ts_verify_and_a_tampered_one_fails(tm
         stop(proc)
     path = next((tmp_path / "data" / "receipts").rglob("*.json"))
     receipt = json.loads(path.read_text())
-    assert receipt["tree_size"] == 1 and receipt["anchored_root"] == receipt["batch"]["root"]
+    # a group of one anchors its leaf itself: the root bound to namespace and batch id
+    leaf = bound_leaf(receipt["namespace"], receipt["batch"]["id"], receipt["batch"]["root"])
+    assert receipt["tree_size"] == 1 and receipt["anchored_root"] == "sha256:" + leaf.hex()
     token = tmp_path / "token.der"
     token.write_bytes(base64.b64decode(receipt["attestation"]["token"]))
     openssl = subprocess.run(
-        ["openssl", "ts", "-verify", "-digest", receipt["batch"]["root"].removeprefix("sha256:"),
+        ["openssl", "ts", "-verify", "-digest", receipt["anchored_root"].removeprefix("sha256:"),
          "-in", str(token), "-token_in", "-CAfile", str(tmp_path / "data" / "tsa" / "local-tsa.pem")],
         capture_output=True, text=True,
     )
@@ -147,7 +150,7 @@ def test_single_job_receipt_passes_openssl_ts_verify_and_a_tampered_one_fails(tm
         capture_output=True, text=True,
     )
     assert result.returncode == 1
-    assert f"OK {path}" in result.stdout
+    assert result.stdout.startswith("OK ") and f"): {path}\n" in result.stdout
     assert f"FAIL {bad}: " in result.stdout
 
 

@@ -33,7 +33,14 @@ from core.engine import Scheduler
 from core.errors import AuthError, NetworkError, ValidationError
 from core.events import AnchorFailed, AnchorStarted, EventBus, ReceiptWritten
 from core.jobs import JobKey, JobSpec, safe_name
-from core.receipts import Receipt, ReceiptInvalid, load_receipt, verify_receipt
+from core.receipts import (
+    Receipt,
+    ReceiptInvalid,
+    bound_leaf,
+    load_receipt,
+    root_text,
+    verify_receipt,
+)
 from core.sources import write_batch
 from core.store.files.journal import IntentJournal
 from core.store.files.receipts import ReceiptStore
@@ -226,7 +233,9 @@ async def test_single_job_anchors_and_the_receipt_verifies(
     assert not rig.of(AnchorFailed), [e.message for e in rig.of(AnchorFailed)]
     [path] = rig.receipt_paths("ns")
     receipt = load_receipt(path)
-    assert receipt.anchored_root == rig.roots["ns"] and receipt.proof == ()
+    # a group of one anchors its leaf: the root bound to its namespace and batch id
+    leaf = bound_leaf("ns", receipt.batch.id, rig.roots["ns"])
+    assert receipt.batch.root == rig.roots["ns"] and receipt.anchored_root == root_text(leaf) and receipt.proof == ()
     att = receipt.attestation
     assert att["scheme"] == "rfc3161" and att["hash"] == "sha256"
     assert set(att) >= {"token", "gen_time", "serial", "policy", "tsa", "nonce", "tsa_cert_sha256"}

@@ -98,3 +98,49 @@ async def test_a_job_in_flight_past_its_bound_shows_stuck(world: World, monkeypa
         await first_pass
         await settle(app, pilot)
         assert "stuck" not in [row[-1].text for row in app.dashboard.body("jobs").all_rows.values()]
+
+
+async def test_v_on_a_receipt_not_deep_enough_yet_says_PENDING_as_verify_does(world: World) -> None:
+    """An eip155 receipt 1 of the 3 blocks deep it asks for (a real ganache node): the
+    dashboard's `v` says PENDING and how far, as `verify` and `ctl verify` do."""
+    import time
+
+    from core.clock import FakeClock
+    from core.sources import write_batch
+    from tests.integration.ganache import KEYS, Ganache
+
+    node = Ganache(world.tmp).start()
+    try:
+        world.config_path.write_text(f"""\
+scheduler:
+  data_dir: data
+targets:
+  eip155:
+    "1337":
+      rpcUrl: {node.url}
+      chainId: 1337
+      key: "{KEYS[0]}"
+      confirmations: 3
+namespaces:
+  chain:
+    cadence:
+      fast: {{target: "eip155:1337", every: "1h"}}
+""")
+        write_batch(world.tmp / "data" / "batches" / "chain", "000001", "sha256:" + "42" * 32)
+        world.runtime.release()
+        world.runtime = Runtime(world.load(), loader=world.load, clock=FakeClock(start=time.time()))
+        await world.runtime.engine.run_once()
+        await world.runtime.engine.settle()
+        world.runtime.engine.flush()
+        assert world.receipt_count() == 1
+        app = world.app()
+        async with app.run_test(size=(120, 30), notifications=True) as pilot:
+            await pilot.press("3", "v")
+            await actions_done(app)
+            await pilot.pause()
+            text = flat(screen_text(app))
+            assert "verify PENDING" in text and "1 of 3 blocks deep" in text, text
+            body = app.dashboard.body("receipts")
+            assert body.all_rows[body.selected_key][-1].text == "PENDING"
+    finally:
+        node.stop()

@@ -15,7 +15,7 @@ from core.clock import FakeClock
 from core.errors import AuthError, NetworkError, ValidationError
 from core.events import AnchorFailed, AnchorStarted, EventBus, JobSkipped, ReceiptWritten
 from core.jobs import JobKey, JobSpec, safe_name
-from core.receipts import BatchRef, load_receipt, verify_receipt
+from core.receipts import BatchRef, bound_leaf, load_receipt, root_text, verify_receipt
 from core.sources import write_batch
 from core.store.files.journal import IntentJournal
 from core.store.files.receipts import ReceiptStore
@@ -112,7 +112,8 @@ async def test_first_pass_anchors_each_job_and_receipts_verify(tmp_path):
     assert [str(e.job) for e in written] == ["a/fast"]
     receipt = load_receipt(Path(written[0].path))
     assert receipt.batch.root == root(1)
-    assert receipt.anchored_root == root(1)  # a group of one anchors the root itself
+    # a group of one anchors its leaf itself: the root bound to its namespace and batch id
+    assert receipt.anchored_root == root_text(bound_leaf("a", receipt.batch.id, root(1)))
     await verify_receipt(receipt, lambda t: h.backend)
 
 
@@ -360,6 +361,8 @@ async def test_crash_after_attestation_writes_the_receipt_once_at_restart(tmp_pa
     written = h.of(ReceiptWritten)
     assert sorted(str(e.job) for e in written) == ["a/fast", "b/fast"]
     for e in written:
+        # journalled by a version that anchored the batch roots themselves: version 1 receipts
+        assert load_receipt(Path(e.path)).version == 1
         await verify_receipt(load_receipt(Path(e.path)), lambda t: h.backend)
     assert journal.pending() == []
     # A second restart finds nothing left to resolve and writes no duplicate.

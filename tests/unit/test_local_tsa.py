@@ -343,7 +343,7 @@ async def test_a_recovered_anchor_keeps_the_policy_it_was_requested_under(
     from core.engine import Scheduler
     from core.events import EventBus, ReceiptWritten
     from core.jobs import JobKey, JobSpec
-    from core.receipts import load_receipt, verify_receipt
+    from core.receipts import bound_leaf, load_receipt, verify_receipt
     from core.sources import write_batch
     from core.store.files.journal import IntentJournal
     from core.store.files.receipts import ReceiptStore
@@ -394,8 +394,9 @@ async def test_a_recovered_anchor_keeps_the_policy_it_was_requested_under(
     later = hashlib.sha256(b"a later batch root").digest()
     write_batch(tmp_path / "batches", "000002", "sha256:" + later.hex())
     entries = [{**seen_in_journal[0][0], "batch": {"id": "000002", "root": "sha256:" + later.hex()}}]
-    attestation = await tsa.anchor(later, noop_note, policy=SERVED)
-    intent = journal.open("local:dev", entries, later.hex(), clock.now())
+    leaf = bound_leaf("a", "000002", later)  # what the engine anchors for a group of one
+    attestation = await tsa.anchor(leaf, noop_note, policy=SERVED)
+    intent = journal.open("local:dev", entries, leaf.hex(), clock.now())
     intent.attested(attestation.data, attestation.status, attestation.confirmations)
     s, events = scheduler([dataclasses.replace(spec, policy_oid=None)])
     await s.recover()

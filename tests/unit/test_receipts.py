@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -17,12 +18,18 @@ from core import merkle
 from core.anchors.base import VerificationFailed
 from core.fsutil import dumps_json
 from core.receipts import (
+    ANCHORED_AT_EARLY,
+    ANCHORED_AT_LATE,
+    BatchRef,
     Receipt,
     ReceiptError,
     ReceiptInvalid,
+    Vouched,
+    bound_leaf,
     build_receipt,
     check_proof,
     iso_utc,
+    leaf_for,
     load_receipt,
     verify_receipt,
 )
@@ -35,12 +42,14 @@ def root_of(n: int) -> bytes:
     return hashlib.sha256(f"batch-{n}".encode()).digest()
 
 
-def receipts_for(n: int, *, status: str = "confirmed", at: float = AT) -> list[Receipt]:
-    """One receipt per leaf of an n-job group, as the engine builds them."""
-    leaves = [root_of(i) for i in range(n)]
+def receipts_for(n: int, *, status: str = "confirmed", at: float = AT, version: int = 2) -> list[Receipt]:
+    """One receipt per leaf of an n-job group, as the engine builds them (version 1: as it
+    did before receipts bound their namespace and batch id)."""
+    leaves = [leaf_for(version, f"dao:ns{i}", f"{i:06d}", root_of(i)) for i in range(n)]
     digest = leaves[0] if n == 1 else merkle.tree_hash(leaves)
     out = []
-    for i, leaf in enumerate(leaves):
+    for i in range(n):
+        leaf = root_of(i)
         out.append(
             build_receipt(
                 namespace=f"dao:ns{i}",
@@ -59,6 +68,7 @@ def receipts_for(n: int, *, status: str = "confirmed", at: float = AT) -> list[R
                 anchored_at=at,
                 version="0.1.0",
                 config_hash="cafe",
+                receipt_version=version,
             )
         )
     return out
@@ -71,9 +81,9 @@ def test_build_receipt_format() -> None:
         "leaf_index", "tree_size", "attestation", "status", "confirmations", "anchored_at",
         "scheduler",
     ]
-    assert r["version"] == 1
+    assert r["version"] == 2
     assert r["batch"] == {"id": "000000", "root": "sha256:" + root_of(0).hex()}
-    assert r["anchored_root"] == r["batch"]["root"]
+    assert r["anchored_root"] == "sha256:" + bound_leaf("dao:ns0", "000000", root_of(0)).hex()
     assert r["proof"] == [] and (r["leaf_index"], r["tree_size"]) == (0, 1)
     assert r["anchored_at"] == "2026-01-01T00:00:00.123Z"
     assert r["confirmations"] == {"required": 0, "observed": 0}
@@ -112,7 +122,8 @@ def test_iso_utc() -> None:
 @pytest.mark.parametrize("n", [1, 2, 3, 5])
 def test_check_proof_groups(n: int) -> None:
     receipts = receipts_for(n)
-    expected = root_of(0) if n == 1 else merkle.tree_hash([root_of(i) for i in range(n)])
+    leaves = [bound_leaf(f"dao:ns{i}", f"{i:06d}", root_of(i)) for i in range(n)]
+    expected = leaves[0] if n == 1 else merkle.tree_hash(leaves)
     for r in receipts:
         assert check_proof(r) == expected
 
@@ -139,7 +150,7 @@ def _tamper_cases(n: int) -> list[tuple[str, Callable[[dict], None]]]:
         ("tree_size zero", set_(("tree_size",), 0)),
         ("tree_size bool", set_(("tree_size",), True)),
         ("proof type", set_(("proof",), "sha256:" + "00" * 32)),
-        ("version", set_(("version",), 2)),
+        ("version", set_(("version",), 3)),
         ("batch type", set_(("batch",), None)),
     ]
     if n == 1:
@@ -187,7 +198,7 @@ def test_check_proof_reasons() -> None:
         checked(r)
     r = docs_for(1)[0]
     r["anchored_root"] = "sha256:" + "00" * 32
-    with pytest.raises(ReceiptInvalid, match="differs from batch.root"):
+    with pytest.raises(ReceiptInvalid, match="not the leaf of namespace 'dao:ns0', batch '000000'"):
         checked(r)
     r = docs_for(2)[0]
     r["proof"].append(r["proof"][0])
@@ -205,10 +216,11 @@ class FakeBackend:
         self.target = target
         self.calls: list[tuple[dict, bytes]] = []
 
-    async def verify(self, attestation: dict, digest: bytes, *, required=None, policy=None) -> None:
+    async def verify(self, attestation: dict, digest: bytes, *, required=None, policy=None) -> datetime | None:
         self.calls.append((attestation, digest))
         if attestation.get("digest") != digest.hex():
             raise VerificationFailed("imprint does not match the digest")
+        return None
 
 
 async def test_verify_receipt_calls_backend_with_digest() -> None:
@@ -223,7 +235,7 @@ async def test_verify_receipt_calls_backend_with_digest() -> None:
         for r in receipts_for(n):
             await verify_receipt(r, backend_for)
     assert seen == ["local:dev"] * 4
-    assert backend.calls[0][1] == root_of(0)
+    assert backend.calls[0][1] == bound_leaf("dao:ns0", "000000", root_of(0))
 
 
 async def test_verify_receipt_failures() -> None:
@@ -272,7 +284,7 @@ def test_write_never_overwrites(tmp_path: Path) -> None:
     third = store.write(r2)
     assert first != second != third
     assert second.name.endswith("-1.json") and third.name.endswith("-2.json")
-    assert load_receipt(first).attestation == {"token": "AAAA", "digest": root_of(0).hex()}
+    assert load_receipt(first).attestation == {"token": "AAAA", "digest": r2.anchored_root[7:]}
     assert load_receipt(second).attestation == {"token": "BBBB"}
 
 
@@ -531,7 +543,8 @@ def test_a_receipt_built_now_is_written_as_before(tmp_path: Path) -> None:
     )
     path = ReceiptStore(tmp_path).write(receipt)
     assert path.name == "20260101T000000123Z-fast-ca978112ca1b.json"
-    assert path.read_text() == WRITTEN_BEFORE_THE_MODEL
+    # the same layout; the version says the anchored leaf binds namespace and batch id
+    assert path.read_text() == WRITTEN_BEFORE_THE_MODEL.replace('"version": 1,', '"version": 2,', 1)
     assert load_receipt(path) == receipt
 
 
@@ -571,3 +584,82 @@ def test_a_receipt_cannot_be_changed_in_place() -> None:
     with pytest.raises(TypeError):
         receipt.attestation["tx_hash"] = "0xff"  # type: ignore[index]
     assert receipt.confirmed(4).status == "confirmed" and receipt.status == "pending"
+
+
+# --------------------------------------------------------------------------- binding (issue 23)
+
+
+class TimedBackend(FakeBackend):
+    """A backend whose attestations were made at `at` (a token's genTime, a block's time)."""
+
+    def __init__(self, target: str, at: datetime) -> None:
+        super().__init__(target)
+        self.at = at
+
+    async def verify(self, attestation: dict, digest: bytes, *, required=None, policy=None) -> datetime:
+        await super().verify(attestation, digest, required=required, policy=policy)
+        return self.at
+
+
+def test_the_leaf_is_the_documented_bytes() -> None:
+    """docs/receipts.md: SHA-256 of the domain, then namespace and batch id each after its
+    length (4 bytes, big-endian), then the 32 root bytes."""
+    data = (
+        b"vmsh-scheduler/receipt-leaf/v2\x00"
+        + b"\x00\x00\x00\x0ddao:vaultmesh" + b"\x00\x00\x00\x06000042" + root_of(0)
+    )
+    assert bound_leaf("dao:vaultmesh", "000042", root_of(0)) == hashlib.sha256(data).digest()
+    assert leaf_for(1, "dao:vaultmesh", "000042", root_of(0)) == root_of(0)
+    # no two (namespace, batch id) pairs share bytes: "ab"+"c" is not "a"+"bc"
+    assert bound_leaf("ab", "c", root_of(0)) != bound_leaf("a", "bc", root_of(0))
+
+
+@pytest.mark.parametrize("n", [1, 3])
+@pytest.mark.parametrize(
+    ("field", "value"), [("namespace", "someone-else"), ("batch", BatchRef("999999", "")), ("anchored_at", "1999")]
+)
+async def test_a_version_2_receipt_binds_namespace_batch_id_and_anchored_at(n, field, value) -> None:
+    at = datetime.fromtimestamp(AT, UTC)
+    backend = TimedBackend("local:dev", at)
+    good = receipts_for(n)[n - 1]
+    vouched = await verify_receipt(good, lambda t: backend)
+    assert vouched == Vouched("2026-01-01T00:00:00.123Z", ())
+    assert vouched.line(good) == (
+        f"{good.namespace} {good.batch.id} {good.batch.root} existed at 2026-01-01T00:00:00.123Z (local:dev)"
+    )
+    if field == "batch":
+        value = BatchRef("999999", good.batch.root)
+    if field == "anchored_at":
+        value = "1999-01-01T00:00:00.000Z"
+    bad = dataclasses.replace(good, **{field: value})
+    with pytest.raises(ReceiptInvalid, match="namespace, the batch id|anchored_at 1999-01-01T00:00:00.000Z is"):
+        await verify_receipt(bad, lambda t: backend)
+
+
+async def test_anchored_at_is_checked_within_the_documented_tolerance() -> None:
+    [good] = receipts_for(1)
+    attested = datetime.fromtimestamp(AT, UTC)
+    for lag, ok in ((-ANCHORED_AT_EARLY, True), (-ANCHORED_AT_EARLY - 1, False), (ANCHORED_AT_LATE, True), (ANCHORED_AT_LATE + 1, False)):
+        backend = TimedBackend("local:dev", attested - timedelta(seconds=lag))
+
+        def backend_for(target: str, b: TimedBackend = backend) -> TimedBackend:
+            return b
+
+        if ok:
+            await verify_receipt(good, backend_for)
+        else:
+            with pytest.raises(ReceiptInvalid, match=r"anchored_at 2026-01-01T00:00:00.123Z is \d+ s (before|after) the attested time"):
+                await verify_receipt(good, backend_for)
+
+
+@pytest.mark.parametrize("n", [1, 3])
+async def test_a_version_1_receipt_still_verifies_and_says_what_it_does_not_bind(n) -> None:
+    backend = TimedBackend("local:dev", datetime.fromtimestamp(AT, UTC))
+    old = receipts_for(n, version=1)[0]
+    assert Receipt.from_json(old.to_json()).version == 1
+    edited = dataclasses.replace(old, namespace="someone-else", anchored_at="1999-01-01T00:00:00.000Z")
+    vouched = await verify_receipt(edited, lambda t: backend)  # what it never bound
+    assert vouched.unbound == ("namespace", "batch.id", "anchored_at")
+    assert vouched.line(edited).endswith(
+        "(local:dev); not bound by this version 1 receipt: namespace, batch.id, anchored_at"
+    )

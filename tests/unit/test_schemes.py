@@ -153,7 +153,7 @@ def test_verify_explain_and_rpc_urls_ask_the_schemes_spec_not_its_name(tmp_path,
         batch_root=digest, anchored_root=digest, proof=[], leaf_index=0, tree_size=1,
         attestation={"scheme": "fake"}, status="confirmed",
         confirmations_required=0, confirmations_observed=0, anchored_at=time.time(),
-        version="test", config_hash="",
+        version="test", config_hash="", receipt_version=1,  # its leaf: the root itself
     )
     paths: list[Path] = []
     for folder in ("one/receipts/ns", "one/receipts/ns", "two/receipts/ns"):

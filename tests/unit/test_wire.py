@@ -144,3 +144,15 @@ def test_reload_and_verify_results_round_trip():
     assert (back.applied, back.changed, back.errors, back.summary) == (False, False, result.errors, "rejected")
     for verdict in (VerifyResult(VerifyOutcome.OK, "fine", "a/b"), VerifyResult(VerifyOutcome.CANNOT_CHECK, "no bundle")):
         assert wire.decode_verify_result(through_json(wire.encode_verify_result(verdict))) == verdict
+
+
+def test_verify_and_the_control_api_have_the_same_four_outcomes():
+    """verify's words are the control API's (ctl verify, the dashboard's v): PENDING too."""
+    from core.verify import Outcome
+    from tui.dashboard import VERIFY_WORD
+
+    assert [o.value for o in VerifyOutcome] == [o.label for o in Outcome] == ["OK", "FAIL", "CANNOT CHECK", "PENDING"]
+    assert [o.exit_code for o in Outcome] == [0, 1, 3, 4]
+    assert set(VERIFY_WORD) == set(VerifyOutcome) and VERIFY_WORD[VerifyOutcome.PENDING] == "PENDING"
+    young = VerifyResult(VerifyOutcome.PENDING, "transaction 0xab is 1 of 3 blocks deep: genuine, not final yet", "a/b")
+    assert wire.decode_verify_result(through_json(wire.encode_verify_result(young))) == young

@@ -66,6 +66,7 @@ import json
 import os
 import weakref
 from collections.abc import AsyncIterator
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -509,11 +510,12 @@ class EVMBackend:
         *,
         required: int | None = None,
         policy: str | None = None,
-    ) -> None:
+    ) -> datetime | None:
         """On the node: the transaction exists on chain `chain_id`, succeeded, sits in the attested
         block, carries `digest` (calldata, or the anchor(...) call's root), and is at least
         `required` blocks deep (default: the target's `confirmations`). Needs no signing key
-        and writes nothing; a node that cannot be asked (unreachable, refusing, another
+        and writes nothing; returns the block's time; fewer blocks deep than required is
+        NotFinal (genuine, not final yet); a node that cannot be asked (unreachable, refusing, another
         chain) is CannotVerify, not a verdict on the receipt. A receipt that claims a
         policy is wrong: a chain anchor has none."""
         if policy is not None:
@@ -522,7 +524,7 @@ class EVMBackend:
             )
         need = self.settings.confirmations if required is None else required
         try:
-            await check_transaction(self._node, self.chain_id, attestation, digest, need)
+            return await check_transaction(self._node, self.chain_id, attestation, digest, need)
         except (NetworkError, AuthError, ValidationError) as exc:
             raise CannotVerify(
                 f"cannot check on the node: {exc}; pass --rpc-url {self.target}=URL of a node "

@@ -70,14 +70,15 @@ def node_checker(target: str, inputs: VerifyInputs) -> EVMBackend:
 
 _RPC = (
     'rpc() {{ curl -sf -H "Content-Type: application/json" --data '
-    '"{{\\"jsonrpc\\":\\"2.0\\",\\"id\\":1,\\"method\\":\\"$1\\",\\"params\\":[$2]}}" "$RPC"; }}'
+    '"{{\\"jsonrpc\\":\\"2.0\\",\\"id\\":1,\\"method\\":\\"$1\\",\\"params\\":[$2]}}" "$RPC" '
+    '|| {{ echo "CANNOT CHECK: the node $RPC did not answer $1"; exit 3; }}; }}'
 )
 
 _EVM_CHECK = """\
-python3 - "$R" "$W/tx.json" "$W/receipt.json" "$W/head.json" <<'PY'
+python3 - "$R" "$W/tx.json" "$W/receipt.json" "$W/head.json" "$W/block.json" "$W" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1])); a = r["attestation"]
-tx, rc, head = (json.load(open(f))["result"] for f in sys.argv[2:5])
+tx, rc, head, block = (json.load(open(f))["result"] for f in sys.argv[2:6])
 want = {want}
 ok = tx is not None and rc is not None and tx["input"].lower().startswith(want)
 ok = ok and (not a.get("contract") or tx["to"].lower() == a["contract"].lower())
@@ -85,8 +86,13 @@ ok = ok and int(rc["status"], 16) == 1 and rc["blockHash"] == a["block_hash"]
 depth = int(head, 16) - int(rc["blockNumber"], 16) + 1 if ok else 0
 need = (r.get("confirmations") or {{}}).get("required") or 0
 print("calldata:", tx and tx["input"][:{shown}], "expected", want)
+ok = ok and block is not None and block["hash"] == a["block_hash"]
 print("transaction:", "OK" if ok else "FAIL", "depth", depth, "required", need)
-sys.exit(not ok or depth < need)
+if ok:  # the block's time, and how far a genuine but young transaction is, for the last step
+    open(sys.argv[6] + "/attested", "w").write("@%d" % int(block["timestamp"], 16))
+    if depth < need:
+        open(sys.argv[6] + "/pending", "w").write(f"transaction {{a['tx_hash']}} is {{depth}} of {{need}} blocks deep")
+sys.exit(not ok)
 PY"""
 
 
@@ -99,7 +105,11 @@ def explain_steps(receipt: Receipt, inputs: VerifyInputs) -> list[str]:
     try:
         rpc = [f"RPC={shell_word(rpc_url(target, inputs))}"]
     except CannotVerify as exc:
-        rpc = [f"# {exc}", f'RPC="${{RPC:?set RPC to the URL of a node of chain {target.partition(":")[2]}}}"']
+        rpc = [
+            f"# {exc}",
+            f'[ -n "${{RPC:-}}" ] || {{ echo "CANNOT CHECK: set RPC to the URL of a node of chain '
+            f'{target.partition(":")[2]}"; exit 3; }}',
+        ]
     if attestation.get("contract"):
         want = "0x" + ANCHOR_SELECTOR.hex() + root + root
         what = (
@@ -121,5 +131,7 @@ def explain_steps(receipt: Receipt, inputs: VerifyInputs) -> list[str]:
         f"{attestation.get('block_number')} ({attestation.get('block_hash')}), deep enough",
         f'rpc eth_getTransactionReceipt \'"{tx}"\' > "$W/receipt.json"',
         'rpc eth_blockNumber "" > "$W/head.json"',
+        f'rpc eth_getBlockByHash \'"{attestation.get("block_hash", "")}",false\' > "$W/block.json"',
+        "#    (the block's time is the attested time; fewer blocks than required: PENDING)",
         _EVM_CHECK.format(want=repr(want), shown=len(want)),
     ]

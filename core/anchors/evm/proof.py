@@ -4,17 +4,22 @@ digest (calldata, or the anchor(...) call's root) and is deep enough."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
-from core.anchors.base import VerificationFailed
+from core.anchors.base import NotFinal, VerificationFailed
 from core.anchors.evm.abi import decode_anchor_call
 from core.anchors.evm.rpc import Node, qty, unhex
 
 __all__ = ["check_transaction"]
 
 
-async def check_transaction(node: Node, chain_id: int, att: dict[str, Any], digest: bytes, need: int) -> None:
-    """VerificationFailed saying what is wrong; the node's failures as anchor errors."""
+async def check_transaction(
+    node: Node, chain_id: int, att: dict[str, Any], digest: bytes, need: int
+) -> datetime:
+    """The attested block's time; VerificationFailed saying what is wrong, NotFinal when the
+    transaction is genuine but fewer than `need` blocks deep; the node's failures as anchor
+    errors."""
     if att.get("scheme") != "eip155":
         raise VerificationFailed(f"scheme is {att.get('scheme')!r}, not 'eip155'")
     if att.get("chain_id") != chain_id:
@@ -33,10 +38,15 @@ async def check_transaction(node: Node, chain_id: int, att: dict[str, Any], dige
         raise VerificationFailed(
             f"transaction {tx_hash} anchors 0x{root.hex()}, not the anchored root 0x{digest.hex()}"
         )
+    block = await node.call("eth_getBlockByHash", receipt["blockHash"], False)
+    if not isinstance(block, dict) or "timestamp" not in block:
+        raise VerificationFailed(f"block {receipt['blockHash']} of transaction {tx_hash} is not on chain {chain_id}")
+    at = datetime.fromtimestamp(qty(block["timestamp"]), UTC)
     head = qty(await node.call("eth_blockNumber"))
     depth = head - qty(receipt["blockNumber"]) + 1
     if depth < need:
-        raise VerificationFailed(f"transaction {tx_hash} is {depth} blocks deep, {need} required")
+        raise NotFinal(f"transaction {tx_hash} is {depth} of {need} blocks deep", at)
+    return at
 
 
 def _check_mined(tx_hash: str, tx: dict[str, Any], receipt: dict[str, Any], att: dict[str, Any]) -> None:

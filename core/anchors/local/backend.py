@@ -173,15 +173,16 @@ def verify_local_token(
     target: str,
     *,
     policy: str | None = None,
-) -> None:
-    """Check a `local:` attestation against the given certificates; VerificationFailed if wrong.
+) -> datetime:
+    """Check a `local:` attestation against the given certificates; VerificationFailed if wrong,
+    else its genTime.
 
     The token must be under `policy` (the one its receipt says was requested), else under
     the TSA's own LOCAL_POLICY_OID."""
     try:
-        verify_attestation(
+        return verify_attestation(
             attestation, digest=digest, trust_roots=trust_roots, policy_oid=policy or LOCAL_POLICY_OID
-        )
+        ).gen_time
     except ValidationError as exc:
         raise VerificationFailed(f"{target}: {exc}") from None
     except (ValueError, TypeError, KeyError) as exc:
@@ -287,10 +288,10 @@ class LocalTSA:
         *,
         required: int | None = None,
         policy: str | None = None,
-    ) -> None:
+    ) -> datetime | None:
         # Read-only: the certificate this TSA already has, never a new key (module doc).
         trust = [self._cert] if self._cert is not None else read_certificates(self.cert_path, self.target)
-        verify_local_token(attestation, digest, trust, self.target, policy=policy)
+        return verify_local_token(attestation, digest, trust, self.target, policy=policy)
 
     async def close(self) -> None:
         return None

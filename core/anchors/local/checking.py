@@ -3,6 +3,7 @@ TSA's certificate of the data dir that wrote them (and any --trust-bundle), read
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -59,9 +60,9 @@ class LocalTokenChecker:
         *,
         required: int | None = None,
         policy: str | None = None,
-    ) -> None:
+    ) -> datetime | None:
         b = self.bundle
-        verify_local_token(attestation, digest, [*b.roots, *b.signers], self.target, policy=policy)
+        return verify_local_token(attestation, digest, [*b.roots, *b.signers], self.target, policy=policy)
 
     async def close(self) -> None:
         return None

@@ -43,6 +43,7 @@ import base64
 import os
 import ssl
 from collections.abc import Mapping
+from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -169,8 +170,8 @@ class RFC3161Backend:
         *,
         required: int | None = None,
         policy: str | None = None,
-    ) -> None:
-        verify_token(
+    ) -> datetime | None:
+        return verify_token(
             attestation, digest, target=self.target, policy=policy,
             bundle=lambda: load_trust_bundle(self.settings.trust_bundle, self.target),
         )

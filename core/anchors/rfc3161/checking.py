@@ -4,6 +4,7 @@ look at a target's trust bundle."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -74,9 +75,9 @@ class TokenChecker:
         *,
         required: int | None = None,
         policy: str | None = None,
-    ) -> None:
+    ) -> datetime | None:
         b = self.bundle
-        verify_token(attestation, digest, target=self.target, policy=policy, bundle=lambda: b)
+        return verify_token(attestation, digest, target=self.target, policy=policy, bundle=lambda: b)
 
     async def close(self) -> None:
         return None
