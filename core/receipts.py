@@ -124,9 +124,13 @@ def bound_leaf(namespace: str, batch_id: str, batch_root: str | bytes) -> bytes:
     the 32 bytes of the batch root (docs/receipts.md). The engine anchors it and verify
     recomputes it: the one definition."""
     root = bytes.fromhex(root_text(batch_root)[7:])
-    return hashlib.sha256(
-        LEAF_DOMAIN + _length_prefixed(namespace) + _length_prefixed(batch_id) + root
-    ).digest()
+    return hashlib.sha256(leaf_preamble(namespace, batch_id) + root).digest()
+
+
+def leaf_preamble(namespace: str, batch_id: str) -> bytes:
+    """What a version 2 leaf hashes before the batch root's 32 bytes (an OpenTimestamps
+    proof of the root prepends it)."""
+    return LEAF_DOMAIN + _length_prefixed(namespace) + _length_prefixed(batch_id)
 
 
 def leaf_for(receipt_version: int, namespace: str, batch_id: str, batch_root: str | bytes) -> bytes:

@@ -59,7 +59,8 @@ def node_checker(target: str, inputs: VerifyInputs) -> BtcBackend:
 # --------------------------------------------------------------------------- verify --explain
 
 _RPC = (
-    "rpc() { curl -sf --data \"{\\\"method\\\":\\\"$1\\\",\\\"params\\\":[$2],\\\"id\\\":1}\" \"$RPC\"; }"
+    "rpc() { curl -sf --data \"{\\\"method\\\":\\\"$1\\\",\\\"params\\\":[$2],\\\"id\\\":1}\" \"$RPC\""
+    ' || { echo "CANNOT CHECK: the node $RPC did not answer $1"; exit 3; }; }'
 )
 
 _OFFLINE = """\
@@ -107,14 +108,18 @@ def explain_steps(receipt: Receipt, inputs: VerifyInputs) -> list[str]:
     att = receipt.attestation
     try:
         rpc = [f"RPC={shell_word(rpc_url(target, inputs))}"]
-    except CannotVerify as exc:
-        rpc = [f"# {exc}", 'RPC="${RPC:?set RPC to http://user:password@host:port/ of a node}"']
+    except CannotVerify as exc:  # as verify: nothing is checked without a node (exit 3)
+        rpc = [
+            f"# {exc}",
+            '[ -n "${RPC:-}" ] || { echo "CANNOT CHECK: set RPC to http://user:password@host:port/ '
+            'of a node of the network"; exit 3; }',
+        ]
     return [
+        *rpc,
+        _RPC,
         f"# 2. transaction {att.get('tx_hash')}: its id, and its OP_RETURN output carries the root;",
         f"#    block {att.get('block_hash')}: the proof's header hashes to it and meets its nBits",
         _OFFLINE,
-        *rpc,
-        _RPC,
         f"# 3. the Merkle branch (txoutproof), the block on the best chain at {att.get('block_number')}, deep enough",
         f"rpc verifytxoutproof '\"{att.get('txoutproof')}\"' > \"$W/proved.json\"",
         f"rpc getblockhash {int(att.get('block_number', 0))} > \"$W/best.json\"",

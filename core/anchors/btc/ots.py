@@ -1,8 +1,9 @@
 """An OpenTimestamps proof (`.ots`) of a btc receipt's batch root, that the OpenTimestamps
 client checks against a node (`ots --bitcoin-node URL verify -d <root hex> X.ots`).
 
-The proof's "file digest" is the batch root (sha256); its operations walk the receipt's
-audit path (RFC 6962: the leaf `prepend 00`, each node `prepend 01||left` or `prepend 01`
+The proof's "file digest" is the batch root (sha256); its operations make the leaf a
+version 2 receipt anchors (prepend the domain, namespace and batch id; sha256), then walk
+the receipt's audit path (RFC 6962: the leaf `prepend 00`, each node `prepend 01||left` or `prepend 01`
 `append right`, sha256) to the anchored root, then the transaction's bytes around its
 OP_RETURN (prepend, append, sha256 twice: the txid), then the transaction's Merkle branch
 from the receipt's `gettxoutproof` (prepend or append the sibling, sha256 twice) to the
@@ -14,6 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from core.anchors.btc.tx import merkle_branch, stripped
+from core.receipts import leaf_preamble
 
 __all__ = ["ots_proof"]
 
@@ -38,6 +40,15 @@ def _varbytes(data: bytes) -> bytes:
 
 def _hex(text: str) -> bytes:
     return bytes.fromhex(str(text).partition(":")[2] or str(text))
+
+
+def _bound_leaf(receipt: dict[str, Any]) -> list[bytes]:
+    """From the batch root to the leaf a version 2 receipt anchors (docs/receipts.md):
+    prepend the domain, the namespace and the batch id, sha256. Version 1: the root itself."""
+    if int(receipt.get("version", 1)) < 2:
+        return []
+    preamble = leaf_preamble(str(receipt["namespace"]), str(receipt["batch"]["id"]))
+    return [PREPEND + _varbytes(preamble), SHA256]
 
 
 def _audit_path(receipt: dict[str, Any]) -> list[bytes]:
@@ -69,7 +80,7 @@ def ots_proof(receipt: dict[str, Any]) -> bytes:
     if at < 0:
         raise ValueError("the transaction does not carry the anchored root")
     at += 2
-    ops = _audit_path(receipt)
+    ops = _bound_leaf(receipt) + _audit_path(receipt)
     ops += [PREPEND + _varbytes(tx[:at]), APPEND + _varbytes(tx[at + 32 :]), SHA256, SHA256]
     for sibling, on_left in merkle_branch(bytes.fromhex(att["txoutproof"]), att["tx_hash"]):
         ops += [(PREPEND if on_left else APPEND) + _varbytes(sibling), SHA256, SHA256]
