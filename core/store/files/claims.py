@@ -30,7 +30,9 @@ LOOK_BACK = 10  # receipts of a job searched for one already written from a toke
 
 class FileClaims:
     closes_intents = False  # the engine removes the intent once the state is saved
-    commit_chunk: int | None = 128  # receipts per commit: the loop runs between chunks
+    # Receipts per commit: two flushes of the file system each (ReceiptStore.write_many);
+    # the loop runs between chunks.
+    commit_chunk: int | None = 1024
 
     def __init__(self, receipts: ReceiptRepo) -> None:
         self.receipts = receipts
