@@ -129,8 +129,7 @@ class ReceiptStore:
         path: Path | None = None
         try:
             folder = self.root / safe_name(receipt.namespace)
-            ensure_dir(folder, parents_to_sync=created)
-            self._clean_once(folder)
+            self._ready(folder, created)
             name = self.file_name(receipt)
             data = dumps_json(receipt.to_json())
             path = folder / name
@@ -143,6 +142,8 @@ class ReceiptStore:
         except Exception as exc:
             if marked and path is not None:
                 self._unmark(path)
+            if path is not None:
+                self._cleaned.discard(path.parent)  # removed meanwhile? made again at the retry
             return exc
 
     def _drop(self, path: Path, tmp: Path, marked: bool) -> None:
@@ -181,6 +182,18 @@ class ReceiptStore:
                 return path
             if marked:
                 self._unmark(path)
+
+    def _ready(self, folder: Path, created: list[Path]) -> None:
+        """A namespace folder this store has written into is taken as there (no stat per
+        receipt); a new one is made (its parent to sync in `created`), one found is rid of
+        a kill -9's temp files before the first write here."""
+        if folder in self._cleaned:
+            return
+        before = len(created)
+        ensure_dir(folder, parents_to_sync=created)
+        if len(created) > before:  # made now: nothing to clean
+            self._cleaned.add(folder)
+        self._clean_once(folder)
 
     def _clean_once(self, folder: Path) -> None:
         """Remove a kill -9's temp files from a namespace folder before its first write here."""
