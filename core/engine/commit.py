@@ -27,7 +27,7 @@ from core.sources import Batch
 from core.store import Committed, Intent, Superseded
 
 _T = TypeVar("_T")
-WRITE_CHUNK = 128  # receipts per writer call: the loop runs between chunks of a big pass
+WRITE_CHUNK = 128  # leaves above which a tree is built off the loop (receipts per call: `Claims.commit_chunk`)
 Pairs = list[tuple[int, Due]]  # (leaf index, job) of an intent
 
 
