@@ -22,6 +22,7 @@ SUITES = {
     "anchor": "bench.anchor_bench",
     "receipts": "bench.receipts_bench",
     "costs": "bench.costs_bench",
+    "scale": "bench.scale_bench",
     "inputs": "bench.inputs_bench",
     "headless": "bench.headless_bench",
     "livez": "bench.livez_bench",

@@ -8,7 +8,11 @@ so readers that list folders skip them (see `is_temp_name`), and `remove_stale_t
 deletes them at the next start (only names of exactly that shape).
 
 Group commit: with `sync_folder=False` the folder fsync is left to the caller, who writes
-many files and then calls `fsync_dirs` once per folder (receipts of a whole pass).
+many files and then calls `fsync_dirs` once per folder. Receipts go further (`stage_bytes`
+many temp files, one `sync_barrier`, `publish` each under its final name, one
+`sync_barrier` over their folders): a chunk of receipts costs two flushes of the file
+system (syncfs(2) on Linux), not two fsyncs per file, and a final name never points at
+data that is not durable.
 
 Modes do not depend on the umask: folders are created 0750 and files 0640 (the data
 dir holds no secret for the group, but nothing in it is for everyone).
@@ -16,13 +20,16 @@ dir holds no secret for the group, but nothing in it is for everyone).
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import re
 import secrets
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
+
+import pydantic_core
 
 TEMP_SUFFIX = ".tmp"
 DIR_MODE = 0o750
@@ -119,8 +126,8 @@ def remove_stale_temps(folder: str | os.PathLike[str]) -> list[Path]:
     return removed
 
 
-def _write_temp(folder: Path, name: str, data: bytes, mode: int) -> Path:
-    """Write and fsync a hidden temp file beside the destination; return its path."""
+def _write_temp(folder: Path, name: str, data: bytes, mode: int, *, sync: bool = True) -> Path:
+    """Write (and fsync, unless `sync` is False) a hidden temp file beside the destination."""
     ensure_dir(folder)
     tmp = folder / temp_name(name)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
@@ -130,7 +137,8 @@ def _write_temp(folder: Path, name: str, data: bytes, mode: int) -> Path:
         while view:
             n = os.write(fd, view)
             view = view[n:]
-        os.fsync(fd)
+        if sync:
+            os.fsync(fd)
     except BaseException:
         os.close(fd)
         _unlink_quietly(tmp)
@@ -165,12 +173,28 @@ def atomic_write_bytes(
 
 
 def dumps_json(obj: Any, *, compact: bool = False) -> bytes:
-    """UTF-8 JSON with a trailing newline; `compact` uses the fast C encoder (no indent)."""
+    """UTF-8 JSON with a trailing newline; `compact` uses the fast C encoder (no indent).
+
+    Indented, a document of strings, integers, booleans and nulls (a receipt) is encoded by
+    pydantic_core, byte for byte what json.dumps(indent=2, ensure_ascii=False) writes, in a
+    fifth of the time; one holding a float (whose text the two encoders may write
+    differently) or a non-string key by json.dumps."""
     if compact:
         text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+    elif _plain(obj):
+        return pydantic_core.to_json(obj, indent=2) + b"\n"
     else:
         text = json.dumps(obj, ensure_ascii=False, indent=2)
     return (text + "\n").encode()
+
+
+def _plain(obj: Any) -> bool:
+    """Only dicts with string keys, lists, strings, integers, booleans and None."""
+    if isinstance(obj, dict):
+        return all(type(k) is str and _plain(v) for k, v in obj.items())
+    if isinstance(obj, list):
+        return all(_plain(v) for v in obj)
+    return obj is None or type(obj) in (str, int, bool)
 
 
 def atomic_write_json(
@@ -178,6 +202,82 @@ def atomic_write_json(
 ) -> None:
     """`atomic_write_bytes` of `obj` as UTF-8 JSON (indented unless `compact`)."""
     atomic_write_bytes(path, dumps_json(obj, compact=compact), mode)
+
+
+def stage_bytes(path: str | os.PathLike[str], data: bytes, mode: int = FILE_MODE) -> Path:
+    """Write `data` to a new temp file beside `path`, not fsynced; returns the temp file.
+
+    The first step of a group commit: stage many files, `sync_barrier` once, `publish` each,
+    `sync_barrier` over their folders. No final name points at data that is not durable.
+    """
+    path = Path(path)
+    return _write_temp(path.parent, path.name, data, mode, sync=False)
+
+
+def publish(tmp: str | os.PathLike[str], path: str | os.PathLike[str]) -> bool:
+    """Give a staged temp file its final name unless a file has that name (False), then
+    remove the temp name. Durable after the caller's `sync_barrier` over the folder."""
+    tmp, path = Path(tmp), Path(path)
+    try:
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        except OSError:  # no hard links on this file system
+            if os.path.lexists(path):
+                return False
+            os.replace(tmp, path)
+    finally:
+        _unlink_quietly(tmp)
+    return True
+
+
+_SYNCFS: Any = False  # libc's syncfs, looked up at the first barrier
+
+
+def _syncfs() -> Callable[[int], int] | None:
+    """libc's syncfs(2) (Linux), or None where there is none."""
+    global _SYNCFS
+    if _SYNCFS is False:
+        try:
+            _SYNCFS = getattr(ctypes.CDLL(None, use_errno=True), "syncfs", None)
+        except (OSError, AttributeError):
+            _SYNCFS = None
+    return cast("Callable[[int], int] | None", _SYNCFS)
+
+
+def sync_barrier(files: Iterable[str | os.PathLike[str]] = (), folders: Iterable[str | os.PathLike[str]] = ()) -> None:
+    """Make durable every write made before it to `files` (their data) and `folders` (the
+    names created or removed in them). With syncfs(2) (Linux): one call per file system
+    they are on, whatever their number (a chunk of 1,000 receipts costs one flush, not
+    2,000 fsyncs); elsewhere an fsync of each file, then of each folder. Raises OSError
+    when the flush fails (EIO): nothing written since the last barrier is known durable."""
+    file_paths = [Path(f) for f in files]
+    folder_paths = list(dict.fromkeys(Path(f) for f in folders))
+    syncfs = _syncfs()
+    if syncfs is None:
+        for file in file_paths:
+            fd = os.open(file, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fsync_dirs(folder_paths)
+        return
+    devices: dict[int, Path] = {}
+    for folder in dict.fromkeys([*folder_paths, *(f.parent for f in file_paths)]):
+        try:
+            devices.setdefault(os.stat(folder).st_dev, folder)
+        except FileNotFoundError:
+            continue
+    for folder in devices.values():
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        try:
+            if syncfs(fd) != 0:
+                err = ctypes.get_errno()
+                raise OSError(err, f"syncfs: {os.strerror(err)}", str(folder))
+        finally:
+            os.close(fd)
 
 
 def atomic_create_bytes(
@@ -191,17 +291,8 @@ def atomic_create_bytes(
     """
     path = Path(path)
     tmp = _write_temp(path.parent, path.name, data, mode)
-    try:
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            return False
-        except OSError:
-            if os.path.lexists(path):
-                return False
-            os.replace(tmp, path)
-    finally:
-        _unlink_quietly(tmp)
+    if not publish(tmp, path):
+        return False
     if sync_folder:
         fsync_dir(path.parent)
     return True

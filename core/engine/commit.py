@@ -10,7 +10,6 @@ writes the receipts from it (as recovery at start does), so nothing is paid twic
 from __future__ import annotations
 
 import asyncio
-import functools
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -25,10 +24,10 @@ from core.errors import StorageError, describe
 from core.jobs import JobKey, safe_name
 from core.receipts import RECEIPT_VERSION, Receipt, build_receipt, leaf_for
 from core.sources import Batch
-from core.store import Intent, Superseded
+from core.store import Committed, Intent, Superseded
 
 _T = TypeVar("_T")
-WRITE_CHUNK = 128  # receipts per writer call: the loop runs between chunks of a big pass
+WRITE_CHUNK = 128  # leaves above which a tree is built off the loop (receipts per call: `Claims.commit_chunk`)
 Pairs = list[tuple[int, Due]]  # (leaf index, job) of an intent
 
 
@@ -146,7 +145,6 @@ class Committer:
         attestation and fails with kind `storage`. A failure of the whole call raises."""
         ctx, table = self.ctx, self.ctx.table
         intent, attestation = held.intent, held.attestation
-        receipts = [self._receipt(intent, item, index, proofs, attestation, now) for index, item in pairs]
         previous = [table.state_or_new(item.spec.key) for _, item in pairs]
         # A recovered token for a root older than one anchored since (another replica went
         # on while this intent waited): its receipt is written, the job's state stays.
@@ -156,8 +154,17 @@ class Committer:
             for state, (_, item), moves in zip(previous, pairs, advance, strict=True)
         ]
         rows = [state.row for state in previous]
-        commit = functools.partial(ctx.claims.commit, recovered=recovered)
-        done = await ctx.writer.run("receipt", ctx.receipts.root, commit, receipts, states, rows, intent.id)
+
+        def write() -> Committed | Exception:  # on the writer thread: the loop does not build 1,000 receipts
+            try:
+                receipts = [self._receipt(intent, item, index, proofs, attestation, now) for index, item in pairs]
+            except Exception as exc:  # a bug, not a disk error: raised on the loop as it is
+                return exc
+            return ctx.claims.commit(receipts, states, rows, intent.id, recovered=recovered)
+
+        done = await ctx.writer.run("receipt", ctx.receipts.root, write)
+        if isinstance(done, Exception):
+            raise done
         duration = 0.0 if recovered else now - started
         lost: list[JobKey] = []
         failed: Pairs = []

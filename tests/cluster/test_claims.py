@@ -221,3 +221,50 @@ async def test_a_dashboard_on_one_replica_lists_the_receipts_another_wrote(
         await pilot.pause()
         shown = table.shown_keys
         assert len(shown) == 3 and all(str(key).startswith("postgresql:") for key in shown)
+
+
+def test_a_commit_of_a_thousand_receipts_is_a_few_statements_and_keeps_the_fencing(migrated: str, monkeypatch) -> None:
+    """10,000 receipts a second needs set-based statements: a commit's round trips do not
+    grow with its receipts. A job claimed by another replica since still gets nothing."""
+    from core.store.postgres.database import Database
+    from core.store.postgres.journal import PgJournal
+    from core.store.postgres.state import PgStateStore
+    from tests.unit.test_receipts import receipts_for
+
+    db = Database(migrated, password=PASSWORD)
+    try:
+        mine, theirs = PgStateStore(db, "replica-a"), PgStateStore(db, "replica-b")
+        receipts = receipts_for(1000)
+        keys = [JobKey(r.namespace, r.cadence) for r in receipts]
+        granted = mine.claim({k: JobState() for k in keys}, 60.0)
+        lost = keys[7]
+        with db.tx() as conn:  # replica-b claims one job after replica-a's lease ran out
+            conn.execute("UPDATE jobs SET lease_until = clock_timestamp() WHERE job = %s", (str(lost),))
+        assert lost in theirs.claim({lost: JobState()}, 60.0)
+        entries = [{"job": str(k), "batch": {"id": "1", "root": r.batch.root}, "leaf_index": r.leaf_index}
+                   for k, r in zip(keys, receipts, strict=True)]
+        intent = PgJournal(db, "replica-a", liveness=60.0).open("local:dev", entries, "00" * 32, 0.0)
+        statements = 0
+        real = psycopg.Connection.execute
+
+        def counted(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+            nonlocal statements
+            statements += 1
+            return real(self, *args, **kwargs)
+
+        monkeypatch.setattr(psycopg.Connection, "execute", counted)
+        done = mine.commit(receipts, [JobState().to_dict()] * len(keys), [granted[k].row for k in keys], intent.id)
+        monkeypatch.undo()
+
+        assert statements <= 10
+        assert done.paths[7] is None
+        assert all(isinstance(p, Path) for n, p in enumerate(done.paths) if n != 7)
+        with db.tx() as conn:
+            count = conn.execute("SELECT count(*) FROM receipts").fetchone()
+            held = conn.execute("SELECT lease_owner FROM jobs WHERE job = %s", (str(lost),)).fetchone()
+            released = conn.execute("SELECT count(*) FROM jobs WHERE lease_owner IS NULL").fetchone()
+        assert count is not None and count[0] == 999
+        assert held == ("replica-b",)
+        assert released is not None and released[0] == 999
+    finally:
+        db.close()

@@ -7,8 +7,8 @@ process writes here, and a restart starts from nothing in flight), and a commit 
 under a token that is no longer current is refused, as the shared store's are
 (core/store/postgres/state.py PgStateStore).
 
-`commit` writes receipts as files (`ReceiptStore.write_many`: one fsync per folder per
-call); a receipt that cannot be written comes back as its error, and the engine keeps the
+`commit` writes receipts as files (`ReceiptStore.write_many`: a group commit of two
+flushes of the file system per call); a receipt that cannot be written comes back as its error, and the engine keeps the
 attestation for that job. The state and the intent's removal follow through the engine's
 coalesced state save (`closes_intents` is False), as they always did.
 """
@@ -30,7 +30,9 @@ LOOK_BACK = 10  # receipts of a job searched for one already written from a toke
 
 class FileClaims:
     closes_intents = False  # the engine removes the intent once the state is saved
-    commit_chunk: int | None = 128  # receipts per commit: the loop runs between chunks
+    # Receipts per commit: two flushes of the file system each (ReceiptStore.write_many);
+    # the loop runs between chunks.
+    commit_chunk: int | None = 1024
 
     def __init__(self, receipts: ReceiptRepo) -> None:
         self.receipts = receipts

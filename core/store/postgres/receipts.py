@@ -20,26 +20,58 @@ from core.store.protocols import Listing
 
 
 def insert_receipts(conn: psycopg.Connection[Any], receipts: list[Receipt], replica: str) -> list[Path]:
-    """Insert receipts under their file names (a taken name gets -2, -3, ...); their names."""
+    """Insert receipts under their file names (a taken name gets -2, -3, ...); their names.
+
+    One statement for all of them (a chunk of 10,000 is one round trip, not 10,000); only
+    a receipt whose name was taken (by an earlier receipt, or one of this call) is
+    inserted again on its own under the next free name."""
+    names = [ReceiptStore.file_name(r) for r in receipts]
+    first: dict[tuple[str, str], int] = {}
+    for n, (receipt, name) in enumerate(zip(receipts, names, strict=True)):
+        first.setdefault((receipt.namespace, name), n)
+    batch = list(first.values())
+    # The documents as one JSON array: PostgreSQL parses one 10 MB jsonb several times
+    # faster than a jsonb[] (or text[]) of 3,000 elements.
+    got = {
+        (ns, name) for ns, name in conn.execute(
+            "INSERT INTO receipts (namespace, name, cadence, pending, anchored_root, batch_root, doc, written_by) "
+            "SELECT r.*, %s FROM ROWS FROM (unnest(%s::text[]), unnest(%s::text[]), unnest(%s::text[]), "
+            "unnest(%s::bool[]), unnest(%s::text[]), unnest(%s::text[]), jsonb_array_elements(%s::jsonb)) AS r "
+            "ON CONFLICT DO NOTHING RETURNING namespace, name",
+            (
+                replica,
+                [receipts[n].namespace for n in batch], [names[n] for n in batch],
+                [safe_name(receipts[n].cadence) for n in batch], [receipts[n].status == "pending" for n in batch],
+                [receipts[n].anchored_root for n in batch], [receipts[n].batch.root for n in batch],
+                Jsonb([receipts[n].to_json() for n in batch]),
+            ),
+        )
+    }
     paths: list[Path] = []
-    for receipt in receipts:
-        name = ReceiptStore.file_name(receipt)
-        stem = name.removesuffix(".json")
-        doc = Jsonb(receipt.to_json())
-        for n in range(1, 1000):
-            candidate = name if n == 1 else f"{stem}-{n}.json"
-            row = conn.execute(
-                "INSERT INTO receipts (namespace, name, cadence, pending, anchored_root, batch_root, doc, written_by) "
-                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING RETURNING name",
-                (receipt.namespace, candidate, safe_name(receipt.cadence), receipt.status == "pending",
-                 receipt.anchored_root, receipt.batch.root, doc, replica),
-            ).fetchone()
-            if row is not None:
-                paths.append(PgReceiptStore.ref(receipt.namespace, candidate))
-                break
-        else:  # pragma: no cover - 999 receipts of one job in one millisecond
-            raise StorageError("receipt", str(PgReceiptStore.ref(receipt.namespace, name)), OSError("no free name"))
+    for n, (receipt, name) in enumerate(zip(receipts, names, strict=True)):
+        if first.get((receipt.namespace, name)) == n and (receipt.namespace, name) in got:
+            paths.append(PgReceiptStore.ref(receipt.namespace, name))
+        else:
+            paths.append(_insert_under_free_name(conn, receipt, name, replica))
     return paths
+
+
+def _insert_under_free_name(conn: psycopg.Connection[Any], receipt: Receipt, name: str, replica: str) -> Path:
+    """`name` is taken: the receipt under the first free `-<n>` name."""
+    stem = name.removesuffix(".json")
+    doc = Jsonb(receipt.to_json())
+    for n in range(2, 1000):
+        candidate = f"{stem}-{n}.json"
+        row = conn.execute(
+            "INSERT INTO receipts (namespace, name, cadence, pending, anchored_root, batch_root, doc, written_by) "
+            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING RETURNING name",
+            (receipt.namespace, candidate, safe_name(receipt.cadence), receipt.status == "pending",
+             receipt.anchored_root, receipt.batch.root, doc, replica),
+        ).fetchone()
+        if row is not None:
+            return PgReceiptStore.ref(receipt.namespace, candidate)
+    # pragma: no cover - 999 receipts of one job in one millisecond
+    raise StorageError("receipt", str(PgReceiptStore.ref(receipt.namespace, name)), OSError("no free name"))
 
 
 class PgReceiptStore:

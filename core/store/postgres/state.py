@@ -210,32 +210,48 @@ class PgStateStore:
             names = insert_receipts(conn, [receipts[n] for n in kept], self.replica)
             paths: list[Path | Exception | None] = [None] * len(receipts)
             done = Committed(paths)
-            seen: list[tuple[str, dict[str, Any], int]] = []
+            given: dict[str, dict[str, Any]] = {}
+            stays: list[str] = []  # the job's state stays: only its lease is released
             for n, path in zip(kept, names, strict=True):
                 paths[n] = path
-                given = states[n]
-                if given is None:  # the job's state stays: only its lease is released
-                    got = conn.execute(
-                        "UPDATE jobs SET version = version + 1, updated_at = clock_timestamp(), "
-                        "lease_owner = NULL, lease_until = NULL WHERE job = %s RETURNING version, state",
-                        (jobs[n],),
-                    ).fetchone()
-                    assert got is not None  # locked above
-                    state = got[1] or {}
+                state = states[n]
+                if state is None:
+                    stays.append(jobs[n])
                 else:
-                    state = {**given, "last_receipt": str(path)}
-                    got = conn.execute(
-                        "UPDATE jobs SET state = %s, version = version + 1, updated_at = clock_timestamp(), "
-                        "lease_owner = NULL, lease_until = NULL WHERE job = %s RETURNING version",
-                        (Jsonb(state), jobs[n]),
-                    ).fetchone()
-                    assert got is not None  # locked above
-                done.rows[JobKey.parse(jobs[n])] = Row(int(got[0]))
-                seen.append((jobs[n], state, int(got[0])))
+                    given[jobs[n]] = {**state, "last_receipt": str(path)}
+            seen = self._settle(conn, given, stays)
+            for job, _, version in seen:
+                done.rows[JobKey.parse(job)] = Row(version)
             conn.execute("DELETE FROM intents WHERE id = %s", (intent_id,))
         for job, state, version in seen:
             self._seen(job, state, version)
         return done
+
+    @staticmethod
+    def _settle(
+        conn: psycopg.Connection[Any], given: dict[str, dict[str, Any]], stays: list[str]
+    ) -> list[tuple[str, dict[str, Any], int]]:
+        """The committed jobs' new states (`given`) and the jobs whose state stays, their
+        leases released, two statements whatever their number (rows locked by the commit);
+        (job, state, version) of each."""
+        seen: list[tuple[str, dict[str, Any], int]] = []
+        if given:
+            rows = conn.execute(
+                "UPDATE jobs j SET state = u.state, version = j.version + 1, updated_at = clock_timestamp(), "
+                "lease_owner = NULL, lease_until = NULL FROM unnest(%s::text[], %s::jsonb[]) AS u(job, state) "
+                "WHERE j.job = u.job RETURNING j.job, j.version",
+                (list(given), [Jsonb(state) for state in given.values()]),
+            ).fetchall()
+            seen += [(job, given[job], int(version)) for job, version in rows]
+        if stays:
+            rows = conn.execute(
+                "UPDATE jobs SET version = version + 1, updated_at = clock_timestamp(), "
+                "lease_owner = NULL, lease_until = NULL WHERE job = ANY(%s) RETURNING job, version, state",
+                (stays,),
+            ).fetchall()
+            seen += [(job, state or {}, int(version)) for job, version, state in rows]
+        assert len(seen) == len(given) + len(stays)  # every row locked above
+        return seen
 
     def release(self, leases: list[tuple[JobKey, int]]) -> list[JobKey]:
         if not leases:

@@ -1,0 +1,290 @@
+"""Ten thousand namespaces' first pass, and how fast each store writes receipts (issue 24).
+
+1. First pass (the real program): `vmsh-scheduler --no-ui` as a subprocess on 10,000
+   namespaces due at once on the embedded `local:bench` TSA (the world of
+   bench/headless_bench.py: one batch per namespace, cadence 1h, so each job anchors
+   once, all of them in one aggregated TSA call). Timed from the process's start, and from
+   its "scheduler started" line, to the last "anchored" line (each logged once the job's
+   receipt is fsynced and committed). CPU per anchor: the process's CPU (utime + stime)
+   from "scheduler started" until the 10,000th "anchored" line, over 10,000.
+   BENCH_SCALE_NAMESPACES changes the count.
+2. Receipts written per second, in process, on each store, the way the engine commits
+   them (`Claims.commit` of `commit_chunk` receipts per call, under fences claimed
+   before): 10,000 receipts of one aggregated anchor (an RFC 3161 token's size, a
+   14-hash audit path), confirmed ones (a TSA's) and, on the file store, pending ones too
+   (an EVM anchor's: each with its marker in the pending index). The file store in a
+   temp folder (BENCH_DATA_DIR to choose the disk); PostgreSQL on the server of
+   tests/cluster/postgres.py (fsync and synchronous_commit on), skipped without its
+   binaries.
+
+The machine's references (the TSA alone, the disk's raw fsync rate) are printed by the
+costs suite (bench/costs_bench.py).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bench.headless_bench import CLI, make_config, stop
+from core.engine.commit import aggregate
+from core.fsutil import sync_barrier
+from core.jobs import JobKey, JobState, Row, safe_name
+from core.receipts import Receipt, build_receipt, parse_iso_utc
+from core.sources import write_batch
+from core.store.files.claims import FileClaims
+from core.store.files.receipts import ReceiptStore
+from core.store.protocols import Committed
+
+PASS_TIMEOUT = 300.0
+RECEIPTS = int(os.environ.get("BENCH_SCALE_RECEIPTS", "10000"))
+FIRST_PASS_TARGET = "< 2 s"
+RATE_TARGET = "> 10,000 /s, fsync'd before counted"
+CPU_TARGET = "< 0.2 ms"
+
+
+def cpu_split(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of a process (utime, stime of /proc/<pid>/stat)."""
+    text = Path(f"/proc/{pid}/stat").read_text()
+    fields = text[text.rindex(")") + 2 :].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
+
+
+def namespaces() -> int:
+    return int(os.environ.get("BENCH_SCALE_NAMESPACES", "10000"))
+
+
+class LogFollower:
+    """Reads the child's JSON log as it grows: "scheduler started" and the "anchored" lines."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._offset = 0
+        self._rest = b""
+        self.started_at: float | None = None  # the line's own time (the child's clock)
+        self.anchored = 0
+        self.anchor_started_at: float | None = None  # the first "anchor started" (the TSA call)
+        self.first_anchored_at: float | None = None
+        self.last_anchored_at: float | None = None
+
+    def poll(self) -> None:
+        with open(self.path, "rb") as f:
+            f.seek(self._offset)
+            data = f.read()
+        self._offset += len(data)
+        lines = (self._rest + data).split(b"\n")
+        self._rest = lines.pop()
+        for line in lines:
+            if b'"anchored"' not in line and b' started"' not in line:
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            at = parse_iso_utc(record["time"]).timestamp()
+            if record.get("msg") == "anchored":
+                self.anchored += 1
+                self.first_anchored_at = self.first_anchored_at or at
+                self.last_anchored_at = at if self.last_anchored_at is None else max(at, self.last_anchored_at)
+            elif record.get("msg") == "scheduler started" and self.started_at is None:
+                self.started_at = at
+            elif record.get("msg") == "anchor started" and self.anchor_started_at is None:
+                self.anchor_started_at = at
+
+
+def first_pass(n: int) -> dict[str, float]:
+    with tempfile.TemporaryDirectory(prefix="vmsh-scale-bench-", dir=os.environ.get("BENCH_DATA_DIR")) as name:
+        tmp = Path(name)
+        for i in range(n):
+            write_batch(tmp / "batches" / safe_name(f"bench:{i}"), "000001", "sha256:" + f"{i + 1:064x}")
+        config = make_config(tmp, n)
+        log_path = tmp / "stdout.jsonl"
+        follower = LogFollower(log_path)
+        with open(log_path, "wb") as log, open(tmp / "stderr.txt", "wb") as err:
+            t0 = time.time()
+            proc = subprocess.Popen(
+                [*CLI, "--no-ui", "--config", str(config)], stdout=log, stderr=err, stdin=subprocess.DEVNULL, cwd=tmp
+            )
+            try:
+                cpu_started = None
+                deadline = time.monotonic() + PASS_TIMEOUT
+                while follower.anchored < n:
+                    if proc.poll() is not None:
+                        raise RuntimeError(f"vmsh-scheduler exited {proc.returncode}: " + (tmp / "stderr.txt").read_text()[-2000:])
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"first pass not done within {PASS_TIMEOUT:.0f} s ({follower.anchored} of {n})")
+                    follower.poll()
+                    if cpu_started is None and follower.started_at is not None:
+                        cpu_started = cpu_split(proc.pid)
+                    time.sleep(0.01)
+                cpu_done = cpu_split(proc.pid)
+            finally:
+                code = stop(proc)
+        if code != 0:
+            raise RuntimeError(f"vmsh-scheduler exited {code} after SIGTERM, expected 0")
+    started, last = follower.started_at, follower.last_anchored_at
+    assert started is not None and last is not None and cpu_started is not None
+    assert follower.anchor_started_at is not None and follower.first_anchored_at is not None
+    return {
+        "from_process": last - t0,
+        "from_started": last - started,
+        "to_call": follower.anchor_started_at - started,
+        "receipts": last - follower.first_anchored_at,
+        "cpu_per_anchor": (sum(cpu_done) - sum(cpu_started)) / n,
+        "system_share": (cpu_done[1] - cpu_started[1]) / max(1e-9, sum(cpu_done) - sum(cpu_started)),
+    }
+
+
+# --------------------------------------------------------------------------- store rates
+
+
+def receipts(n: int, status: str) -> list[Receipt]:
+    """The receipts of one aggregated anchor of n jobs, as the engine builds them."""
+    roots = [(i + 1).to_bytes(32, "big") for i in range(n)]
+    digest, proofs = aggregate(roots)
+    token = {"scheme": "rfc3161", "token": base64.b64encode(os.urandom(2400)).decode()}
+    now = time.time()
+    return [
+        build_receipt(
+            namespace=f"bench:{i}", cadence="fast", target="local:bench", batch_id="000001",
+            batch_root=roots[i], anchored_root=digest, proof=proofs[i], leaf_index=i, tree_size=n,
+            attestation=token, status=status, confirmations_required=3 if status == "pending" else 0,
+            confirmations_observed=0, anchored_at=now, version="bench", config_hash="bench",
+        )
+        for i in range(n)
+    ]
+
+
+def commit_all(claims: Any, batch: list[Receipt], intent_id: str) -> float:
+    """Seconds to commit `batch` as the engine does: claims under fences, then
+    `commit_chunk` receipts per `commit` call; every receipt must be written."""
+    keys = [JobKey(r.namespace, r.cadence) for r in batch]
+    granted = claims.claim({k: JobState() for k in keys}, 60.0)
+    rows: list[Row | None] = [granted[k].row for k in keys]
+    states = [JobState().to_dict() for _ in keys]
+    size = claims.commit_chunk or len(batch)
+    t0 = time.perf_counter()
+    written = 0
+    for start in range(0, len(batch), size):
+        done: Committed = claims.commit(
+            batch[start : start + size], states[start : start + size], rows[start : start + size], intent_id
+        )
+        written += sum(1 for p in done.paths if isinstance(p, Path))
+    seconds = time.perf_counter() - t0
+    if written != len(batch):
+        raise RuntimeError(f"{written} of {len(batch)} receipts written")
+    return seconds
+
+
+def file_rate(status: str) -> tuple[float, float]:
+    """Receipts per second of a first round (each namespace's folder made) and of a next
+    round into the folders that exist (a scheduler's every pass after its first)."""
+    with tempfile.TemporaryDirectory(prefix="vmsh-scale-files-", dir=os.environ.get("BENCH_DATA_DIR")) as name:
+        store = ReceiptStore(Path(name) / "receipts")
+        store.pending()  # a new data dir: its pending index complete from the start
+        first = RECEIPTS / commit_all(FileClaims(store), receipts(RECEIPTS, status), "bench")
+        time.sleep(0.002)  # the next round's receipts get other names
+        store = ReceiptStore(Path(name) / "receipts")  # as after a restart: nothing known
+        store.pending()
+        return first, RECEIPTS / commit_all(FileClaims(store), receipts(RECEIPTS, status), "bench")
+
+
+def best2(rounds: int, fn: Callable[[], tuple[float, float]]) -> tuple[float, float]:
+    runs = [fn() for _ in range(rounds)]
+    return max(r[0] for r in runs), max(r[1] for r in runs)
+
+
+def postgres_rate() -> float | None:
+    """Receipts per second of PgStateStore.commit on a real server; None without one."""
+    from tests.cluster.postgres import PASSWORD, PostgresServer, find_bin_dir
+
+    if find_bin_dir() is None:
+        return None
+    from bench.cluster import server_folder
+    from core.store.postgres.database import Database
+    from core.store.postgres.journal import PgJournal
+    from core.store.postgres.state import PgStateStore
+
+    server = PostgresServer(server_folder())
+    try:
+        server.start()
+        db = Database(server.url, password=PASSWORD)
+        try:
+            db.migrate()
+            batch = receipts(RECEIPTS, "confirmed")
+            intent = PgJournal(db, "bench", liveness=60.0).open(
+                "local:bench", [{"job": f"{r.namespace}/{r.cadence}", "batch": {"id": "1", "root": r.batch.root},
+                                 "leaf_index": r.leaf_index} for r in batch], "00" * 32, time.time(),
+            )
+            return RECEIPTS / commit_all(PgStateStore(db, "bench"), batch, intent.id)
+        finally:
+            db.close()
+    finally:
+        server.cleanup()
+
+
+def raw_create_rate(n: int = RECEIPTS, chunk: int = 1024) -> float:
+    """The disk's own ceiling for what a first pass asks of it, with no code of ours: n
+    folders made, a 3 KB file created in each, one syncfs(2) (or sync) per `chunk`; per second."""
+    data = os.urandom(3072)
+    with tempfile.TemporaryDirectory(prefix="vmsh-scale-raw-", dir=os.environ.get("BENCH_DATA_DIR")) as name:
+        t0 = time.perf_counter()
+        for i in range(n):
+            folder = os.path.join(name, f"ns{i}")
+            os.mkdir(folder)
+            fd = os.open(os.path.join(folder, "r.json"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+            os.write(fd, data)
+            os.close(fd)
+            if i % chunk == chunk - 1 or i == n - 1:
+                sync_barrier(folders=[name])
+        return n / (time.perf_counter() - t0)
+
+
+def best_of(rounds: int, fn: Callable[[], float]) -> float:
+    return max(fn() for _ in range(rounds))
+
+
+def run() -> list[tuple[str, str, str]]:
+    n = namespaces()
+    m = first_pass(n)
+    rows = [
+        (f"{n:,} namespaces, start to every one anchored once (aggregated)", f"{m['from_process']:.2f} s",
+         f"target {FIRST_PASS_TARGET} (was 21 s); from 'scheduler started' {m['from_started']:.2f} s: "
+         f"{m['to_call']:.2f} s to the TSA call (batches read, claim, intent), first to last receipt "
+         f"{m['receipts']:.2f} s"),
+        (f"CPU per anchor at {n:,} namespaces (first pass)", f"{m['cpu_per_anchor'] * 1e3:.3f} ms",
+         f"target {CPU_TARGET} (was 1.25 ms); {m['system_share']:.0%} of it in the kernel (system time)"),
+    ]
+    confirmed = best2(2, lambda: file_rate("confirmed"))
+    pending = best2(2, lambda: file_rate("pending"))
+    rows += [
+        (f"receipts written per second, file store ({RECEIPTS:,} confirmed, folders there)", f"{confirmed[1]:,.0f} /s",
+         f"target {RATE_TARGET} (was ~900); a first round, each folder made: {confirmed[0]:,.0f} /s"),
+        (f"receipts written per second, file store ({RECEIPTS:,} pending: with markers)", f"{pending[1]:,.0f} /s",
+         f"target {RATE_TARGET}; a first round: {pending[0]:,.0f} /s"),
+    ]
+    raw = best_of(2, raw_create_rate)
+    rows.append(
+        (f"reference: the disk alone, {RECEIPTS:,} folders made and a 3 KB file in each, one flush per 1,024",
+         f"{raw:,.0f} /s", "no code of ours: the ceiling of a first pass's file store writes on this disk")
+    )
+    pg = postgres_rate()
+    rows.append(
+        (f"receipts written per second, PostgreSQL store ({RECEIPTS:,})",
+         "skipped" if pg is None else f"{pg:,.0f} /s",
+         "no PostgreSQL server binaries" if pg is None else f"target {RATE_TARGET}, with the state and the lease's release")
+    )
+    return rows
+
+
+if __name__ == "__main__":
+    for row in run():
+        print(" | ".join(row))
