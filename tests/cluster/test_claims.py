@@ -247,7 +247,7 @@ def test_a_commit_of_a_thousand_receipts_is_a_few_statements_and_keeps_the_fenci
         statements = 0
         real = psycopg.Connection.execute
 
-        def counted(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        def counted(self, *args, **kwargs):
             nonlocal statements
             statements += 1
             return real(self, *args, **kwargs)
