@@ -13,8 +13,11 @@ last line stops both replicas, whose logs are in their files.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -121,6 +124,7 @@ def test_the_two_replica_walkthrough_runs_as_written(tmp_path, fresh_server):
         assert "WALKTHROUGH-EXIT 0" in final, final
     finally:
         tmux.kill()
+        stop_left_in(work)  # a failed run leaves the replicas it started in the background
     for name in ("a", "b"):
         log = (work / f".vmsh-{name}.log").read_text()
         assert "store" in log and "stopped" in log.lower(), log[-2000:]
@@ -128,3 +132,26 @@ def test_the_two_replica_walkthrough_runs_as_written(tmp_path, fresh_server):
     with psycopg.connect(url, password="change-me") as conn:
         row = conn.execute("SELECT count(*) FROM receipts").fetchone()
     assert row is not None and row[0] > 0
+
+
+def stop_left_in(folder: Path) -> None:
+    """SIGTERM, then SIGKILL, every process still running in `folder` (the walk-through's
+    background replicas: when the block does not reach its `kill %1 %2`, nothing else stops
+    them, and a daemon takes the SIGHUP of the closed terminal as a reload)."""
+    def left() -> list[int]:
+        pids = []
+        for proc in Path("/proc").iterdir():
+            try:
+                if proc.name.isdigit() and Path(os.readlink(proc / "cwd")) == folder.resolve():
+                    pids.append(int(proc.name))
+            except OSError:
+                continue
+        return pids
+
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in left():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + 15
+        while left() and time.monotonic() < deadline:
+            time.sleep(0.1)
