@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any, Protocol
+
+from core.errors import ValidationError
+from core.fsutil import atomic_write_json
 
 
 @dataclass(frozen=True)
@@ -86,6 +91,31 @@ class SignerRecord(Protocol):
     def load(self) -> dict[str, Any]: ...
 
     def save(self, doc: dict[str, Any]) -> None: ...
+
+
+class SignerFile:
+    """A signer's record as one JSON object in the data dir (one scheduler; a cluster keeps
+    it in its store): `load` names the file when it cannot be read and gives `defaults` the
+    keys it lacks; `save` replaces it atomically."""
+
+    def __init__(self, path: Path, what: str, defaults: tuple[str, ...] = ()) -> None:
+        self.path, self.what, self.defaults = path, what, defaults
+
+    def load(self) -> dict[str, Any]:
+        try:
+            doc = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            doc = {}
+        except (OSError, ValueError) as exc:
+            raise ValidationError(f"{self.path}: unreadable {self.what}: {exc}") from None
+        if not isinstance(doc, dict):
+            raise ValidationError(f"{self.path}: {self.what} must be a JSON object")
+        for key in self.defaults:
+            doc.setdefault(key, {})
+        return doc
+
+    def save(self, doc: dict[str, Any]) -> None:
+        atomic_write_json(self.path, doc)
 
 
 class SharedRecords(Protocol):

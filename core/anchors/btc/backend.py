@@ -48,7 +48,6 @@ import asyncio
 import contextlib
 import hashlib
 import inspect
-import json
 import os
 import weakref
 from collections.abc import AsyncIterator
@@ -62,6 +61,7 @@ from core.anchors.base import (
     CannotVerify,
     JournalNote,
     SharedRecords,
+    SignerFile,
     SignerRecord,
     VerificationFailed,
 )
@@ -71,7 +71,6 @@ from core.anchors.btc.tx import KeyProblem, Outpoint, build_anchor, parse_key, s
 from core.anchors.evm.rpc import Node, RpcError
 from core.anchors.keysource import read_key
 from core.errors import AuthError, NetworkError, ValidationError
-from core.fsutil import atomic_write_json
 
 if TYPE_CHECKING:
     from embit.ec import PrivateKey
@@ -102,27 +101,6 @@ _signer_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, as
 _unmined_gates: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, asyncio.Lock]] = (
     weakref.WeakKeyDictionary()
 )
-
-
-class _CoinFile:
-    """The signer's coin record in the data dir (one scheduler)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def load(self) -> dict[str, Any]:
-        try:
-            doc = json.loads(self.path.read_text())
-        except FileNotFoundError:
-            return {}
-        except (OSError, ValueError) as exc:
-            raise ValidationError(f"{self.path}: unreadable coin record: {exc}") from None
-        if not isinstance(doc, dict):
-            raise ValidationError(f"{self.path}: a coin record is a JSON object")
-        return doc
-
-    def save(self, doc: dict[str, Any]) -> None:
-        atomic_write_json(self.path, doc)
 
 
 def _ours(doc: dict[str, Any]) -> list[dict[str, Any]]:
@@ -203,7 +181,7 @@ class BtcBackend:
     def _store(self) -> SignerRecord:
         if self.shared is not None:
             return self.shared.signer(self._signer)
-        return _CoinFile(self.data_dir / "btc" / f"{self._signer}.json")
+        return SignerFile(self.data_dir / "btc" / f"{self._signer}.json", "coin record")
 
     @contextlib.asynccontextmanager
     async def _lock(self) -> AsyncIterator[None]:

@@ -62,7 +62,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
-import json
 import os
 import weakref
 from collections.abc import AsyncIterator
@@ -79,6 +78,7 @@ from core.anchors.base import (
     CannotVerify,
     JournalNote,
     SharedRecords,
+    SignerFile,
     SignerRecord,
     VerificationFailed,
 )
@@ -88,7 +88,6 @@ from core.anchors.evm.rpc import Node, RpcError, qty, to_hex
 from core.anchors.evm.settings import Eip155Target
 from core.anchors.keysource import read_key
 from core.errors import AuthError, NetworkError, ValidationError
-from core.fsutil import atomic_write_json
 
 if TYPE_CHECKING:
     from eth_account.signers.local import LocalAccount
@@ -109,33 +108,8 @@ _sender_locks: weakref.WeakKeyDictionary[
 ] = weakref.WeakKeyDictionary()
 
 
-
-
 class _TxFailed(ValidationError):
     """The transaction was mined but reverted (status 0): it anchored nothing."""
-
-
-class _Outstanding:
-    """Per-sender durable state: {"sent": {nonce: tx_hash}, "outstanding": {digest hex: facts}}."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def load(self) -> dict[str, Any]:
-        try:
-            doc = json.loads(self.path.read_text())
-        except FileNotFoundError:
-            return {"sent": {}, "outstanding": {}}
-        except (OSError, ValueError) as exc:
-            raise ValidationError(f"{self.path}: unreadable nonce file: {exc}") from None
-        if not isinstance(doc, dict):
-            raise ValidationError(f"{self.path}: nonce file must be a JSON object")
-        doc.setdefault("sent", {})
-        doc.setdefault("outstanding", {})
-        return doc
-
-    def save(self, doc: dict[str, Any]) -> None:
-        atomic_write_json(self.path, doc)
 
 
 # --------------------------------------------------------------------------- the backend
@@ -258,7 +232,7 @@ class EVMBackend:
     def _store(self) -> SignerRecord:
         if self.shared is not None:  # several replicas: the record lives in the store
             return self.shared.signer(self._signer)
-        return _Outstanding(self.data_dir / "evm" / f"{self._signer}.json")
+        return SignerFile(self.data_dir / "evm" / f"{self._signer}.json", "nonce file", ("sent", "outstanding"))
 
     @contextlib.asynccontextmanager
     async def _lock(self) -> AsyncIterator[None]:
