@@ -126,6 +126,65 @@ def remove_stale_temps(folder: str | os.PathLike[str]) -> list[Path]:
     return removed
 
 
+_UMASK: int | None = None  # the process's umask, read once (nothing here changes it)
+
+
+def _umask() -> int:
+    """The umask, from /proc/self/status (reading it with os.umask would change it for a
+    moment under other threads); 0o777 (every mode fixed by chmod) where it cannot be read."""
+    global _UMASK
+    if _UMASK is None:
+        _UMASK = 0o777
+        try:
+            with open("/proc/self/status", "rb") as f:
+                for line in f:
+                    if line.startswith(b"Umask:"):
+                        _UMASK = int(line.split()[1], 8)
+                        break
+        except (OSError, ValueError, IndexError):
+            pass
+    return _UMASK
+
+
+def make_folder(folder: str, created: list[Path], mode: int = DIR_MODE) -> bool:
+    """Create one folder whose parent exists, with `mode` whatever the umask; its parent
+    goes to `created` for the caller's `sync_barrier`. False when it existed. The cheap
+    form of `ensure_dir` for a group commit: one mkdir, no stat first."""
+    try:
+        os.mkdir(folder, mode)
+    except FileExistsError:
+        return False
+    if _umask() & mode:
+        os.chmod(folder, mode)
+    created.append(Path(os.path.dirname(folder)))
+    return True
+
+
+def stage_in(folder: str, name: str, data: bytes, token: int, mode: int = FILE_MODE) -> str:
+    """`stage_bytes` for a group commit into a folder known to exist: the temp file
+    `.<name>.<token as 8 hex>.tmp` (the caller gives each file of a chunk its own token),
+    not fsynced; returns its path. A clash with a leftover temp name takes a random one."""
+    stem = name.encode()[:_TEMP_STEM_BYTES].decode(errors="ignore")
+    tmp = f"{folder}/.{stem}.{token & 0xFFFFFFFF:08x}{TEMP_SUFFIX}"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    except FileExistsError:
+        return str(stage_bytes(f"{folder}/{name}", data, mode))
+    try:
+        if _umask() & mode:
+            os.fchmod(fd, mode)  # the umask must not change the requested mode
+        view = memoryview(data)
+        while view:
+            n = os.write(fd, view)
+            view = view[n:]
+    except BaseException:
+        os.close(fd)
+        _unlink_quietly(tmp)
+        raise
+    os.close(fd)
+    return tmp
+
+
 def _write_temp(folder: Path, name: str, data: bytes, mode: int, *, sync: bool = True) -> Path:
     """Write (and fsync, unless `sync` is False) a hidden temp file beside the destination."""
     ensure_dir(folder)
@@ -147,7 +206,7 @@ def _write_temp(folder: Path, name: str, data: bytes, mode: int, *, sync: bool =
     return tmp
 
 
-def _unlink_quietly(path: Path) -> None:
+def _unlink_quietly(path: str | os.PathLike[str]) -> None:
     try:
         os.unlink(path)
     except OSError:
@@ -172,8 +231,10 @@ def atomic_write_bytes(
         fsync_dir(path.parent)
 
 
-def dumps_json(obj: Any, *, compact: bool = False) -> bytes:
+def dumps_json(obj: Any, *, compact: bool = False, plain: bool = False) -> bytes:
     """UTF-8 JSON with a trailing newline; `compact` uses the fast C encoder (no indent).
+    `plain`: the caller knows `obj` passes `is_plain_json` (a receipt whose attestation
+    does: its other fields are typed).
 
     Indented, a document of strings, integers, booleans and nulls (a receipt) is encoded by
     pydantic_core, byte for byte what json.dumps(indent=2, ensure_ascii=False) writes, in a
@@ -181,19 +242,19 @@ def dumps_json(obj: Any, *, compact: bool = False) -> bytes:
     differently) or a non-string key by json.dumps."""
     if compact:
         text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
-    elif _plain(obj):
+    elif plain or is_plain_json(obj):
         return pydantic_core.to_json(obj, indent=2) + b"\n"
     else:
         text = json.dumps(obj, ensure_ascii=False, indent=2)
     return (text + "\n").encode()
 
 
-def _plain(obj: Any) -> bool:
+def is_plain_json(obj: Any) -> bool:
     """Only dicts with string keys, lists, strings, integers, booleans and None."""
     if isinstance(obj, dict):
-        return all(type(k) is str and _plain(v) for k, v in obj.items())
+        return all(type(k) is str and is_plain_json(v) for k, v in obj.items())
     if isinstance(obj, list):
-        return all(_plain(v) for v in obj)
+        return all(is_plain_json(v) for v in obj)
     return obj is None or type(obj) in (str, int, bool)
 
 
@@ -217,7 +278,6 @@ def stage_bytes(path: str | os.PathLike[str], data: bytes, mode: int = FILE_MODE
 def publish(tmp: str | os.PathLike[str], path: str | os.PathLike[str]) -> bool:
     """Give a staged temp file its final name unless a file has that name (False), then
     remove the temp name. Durable after the caller's `sync_barrier` over the folder."""
-    tmp, path = Path(tmp), Path(path)
     try:
         try:
             os.link(tmp, path)
@@ -252,8 +312,8 @@ def sync_barrier(files: Iterable[str | os.PathLike[str]] = (), folders: Iterable
     they are on, whatever their number (a chunk of 1,000 receipts costs one flush, not
     2,000 fsyncs); elsewhere an fsync of each file, then of each folder. Raises OSError
     when the flush fails (EIO): nothing written since the last barrier is known durable."""
-    file_paths = [Path(f) for f in files]
-    folder_paths = list(dict.fromkeys(Path(f) for f in folders))
+    file_paths = [os.fspath(f) for f in files]
+    folder_paths = list(dict.fromkeys(os.fspath(f) for f in folders))
     syncfs = _syncfs()
     if syncfs is None:
         for file in file_paths:
@@ -264,8 +324,8 @@ def sync_barrier(files: Iterable[str | os.PathLike[str]] = (), folders: Iterable
                 os.close(fd)
         fsync_dirs(folder_paths)
         return
-    devices: dict[int, Path] = {}
-    for folder in dict.fromkeys([*folder_paths, *(f.parent for f in file_paths)]):
+    devices: dict[int, str] = {}
+    for folder in dict.fromkeys([*folder_paths, *(os.path.dirname(f) for f in file_paths)]):
         try:
             devices.setdefault(os.stat(folder).st_dev, folder)
         except FileNotFoundError:

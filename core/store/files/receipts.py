@@ -18,6 +18,7 @@ it) is scanned in full once and indexed.
 
 from __future__ import annotations
 
+import functools
 import heapq
 import json
 import os
@@ -32,15 +33,26 @@ from core.fsutil import (
     dumps_json,
     ensure_dir,
     fsync_dir,
+    is_plain_json,
     is_temp_name,
+    make_folder,
     publish,
     remove_stale_temps,
-    stage_bytes,
+    stage_in,
     sync_barrier,
 )
 from core.jobs import safe_name, unsafe_name
 from core.receipts import Receipt, ReceiptError, load_receipt, parse_iso_utc, receipt_matches
 from core.store.protocols import Listing
+
+
+@functools.lru_cache(maxsize=64)
+def _stamp(anchored_at: str) -> str:
+    """A receipt file name's time stamp, "YYYYmmddTHHMMSSfffZ", from its `anchored_at` (the
+    receipts of one commit share it: computed once)."""
+    at = parse_iso_utc(anchored_at)
+    return at.strftime("%Y%m%dT%H%M%S") + f"{at.microsecond // 1000:03d}Z"
+
 
 _NAME_RE = re.compile(r"^(\d{8}T\d{9}Z)-(.+)-([0-9a-f]{12})(?:-(\d+))?\.json$")
 
@@ -59,16 +71,13 @@ class ReceiptStore:
         self.root = Path(root_dir)
         self.index = self.root / self.INDEX
         self._pending: set[Path] | None = None  # known pending receipts, after a first scan
-        self._cleaned: set[Path] = set()  # namespace folders rid of stale temps by this store
+        self._cleaned: dict[str, Path] = {}  # namespace folders (by name) rid of stale temps by this store
 
     # ---- writing
 
     @staticmethod
     def file_name(receipt: Receipt) -> str:
-        at = parse_iso_utc(receipt.anchored_at)
-        stamp = at.strftime("%Y%m%dT%H%M%S") + f"{at.microsecond // 1000:03d}Z"
-        root_hex = receipt.batch.root.removeprefix("sha256:")[:12]
-        return f"{stamp}-{safe_name(receipt.cadence)}-{root_hex}.json"
+        return f"{_stamp(receipt.anchored_at)}-{safe_name(receipt.cadence)}-{receipt.batch.root.removeprefix('sha256:')[:12]}.json"
 
     def write(self, receipt: Receipt) -> Path:
         """Write a new receipt durably; never replaces an existing file."""
@@ -90,10 +99,11 @@ class ReceiptStore:
         the engine retries: core/store/files/claims.py).
         """
         results: list[Path | Exception] = []
-        staged: list[tuple[int, Path, Path, bytes, bool]] = []  # index, path, temp, data, marked
+        staged: list[tuple[int, Path, str, bytes, bool]] = []  # index, path, temp, data, marked
         created: list[Path] = []  # parents of folders created here, marker folders
+        token = int.from_bytes(os.urandom(4), "big")  # the chunk's temp names: token + index
         for index, receipt in enumerate(receipts):
-            results.append(self._stage(index, receipt, staged, created))
+            results.append(self._stage(index, receipt, staged, created, token + index))
         try:
             sync_barrier(files=[tmp for _, _, tmp, _, _ in staged], folders=created)
         except OSError as exc:
@@ -122,28 +132,29 @@ class ReceiptStore:
         return results
 
     def _stage(
-        self, index: int, receipt: Receipt, staged: list[tuple[int, Path, Path, bytes, bool]], created: list[Path]
+        self, index: int, receipt: Receipt, staged: list[tuple[int, Path, str, bytes, bool]], created: list[Path],
+        token: int,
     ) -> Path | Exception:
         """Its folder, its marker if pending, its data in a temp file (nothing fsynced)."""
         marked = receipt.status == "pending"
         path: Path | None = None
         try:
-            folder = self.root / safe_name(receipt.namespace)
-            self._ready(folder, created)
+            folder = self._ready(safe_name(receipt.namespace), created)
             name = self.file_name(receipt)
-            data = dumps_json(receipt.to_json())
+            doc = receipt.to_json()
+            data = dumps_json(doc, plain=is_plain_json(doc["attestation"]))
             path = folder / name
             if marked:
                 ensure_dir(self._marker(path).parent, parents_to_sync=created)
                 path = self._free_marked_name(folder, name)
                 created.append(self._marker(path).parent)
-            staged.append((index, path, stage_bytes(path, data), data, marked))
+            staged.append((index, path, stage_in(str(folder), path.name, data, token), data, marked))
             return path
         except Exception as exc:
             if marked and path is not None:
                 self._unmark(path)
             if path is not None:
-                self._cleaned.discard(path.parent)  # removed meanwhile? made again at the retry
+                self._cleaned.pop(path.parent.name, None)  # removed meanwhile? made again at the retry
             return exc
 
     def _drop(self, path: Path, tmp: Path, marked: bool) -> None:
@@ -183,23 +194,23 @@ class ReceiptStore:
             if marked:
                 self._unmark(path)
 
-    def _ready(self, folder: Path, created: list[Path]) -> None:
-        """A namespace folder this store has written into is taken as there (no stat per
-        receipt); a new one is made (its parent to sync in `created`), one found is rid of
-        a kill -9's temp files before the first write here."""
-        if folder in self._cleaned:
-            return
-        before = len(created)
-        ensure_dir(folder, parents_to_sync=created)
-        if len(created) > before:  # made now: nothing to clean
-            self._cleaned.add(folder)
-        self._clean_once(folder)
-
-    def _clean_once(self, folder: Path) -> None:
-        """Remove a kill -9's temp files from a namespace folder before its first write here."""
-        if folder not in self._cleaned:
+    def _ready(self, name: str, created: list[Path]) -> Path:
+        """The namespace folder `name`, there to write into. One this store has written into
+        is taken as there (no system call); a new one is made (its parent to sync in
+        `created`); one found is rid of a kill -9's temp files before the first write here."""
+        folder = self._cleaned.get(name)
+        if folder is not None:
+            return folder
+        folder = self.root / name
+        try:
+            made = make_folder(str(folder), created)
+        except FileNotFoundError:  # no receipts root yet
+            ensure_dir(folder, parents_to_sync=created)
+            made = True
+        if not made:
             remove_stale_temps(folder)
-            self._cleaned.add(folder)
+        self._cleaned[name] = folder
+        return folder
 
     def remove_stale_temps(self) -> list[Path]:
         """Temp files left by a kill -9 in the receipts root and the pending index (at start).
