@@ -157,7 +157,7 @@ class ReceiptStore:
                 self._cleaned.pop(path.parent.name, None)  # removed meanwhile? made again at the retry
             return exc
 
-    def _drop(self, path: Path, tmp: Path, marked: bool) -> None:
+    def _drop(self, path: Path, tmp: str, marked: bool) -> None:
         """A staged receipt that will not be written: its temp file and marker go."""
         try:
             os.unlink(tmp)
