@@ -51,6 +51,9 @@ JournalNote = Callable[[dict[str, Any]], Awaitable[None] | None]
 
 
 class Backend(Protocol):
+    """Optional attribute: `one_at_a_time = True` (btc): the engine starts one call per target
+    at a time, and folds the jobs due meanwhile into the next call (core/engine/anchoring.py)."""
+
     target: str  # "<scheme>:<name>"
 
     async def anchor(

@@ -4,6 +4,7 @@ builds, signs and sends its own transactions; the node mines when the test says 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -393,3 +394,84 @@ async def test_a_second_group_waits_for_the_first_transaction_to_be_mined_before
         assert bytes.fromhex(one.data["tx_hash"])[::-1] in bytes.fromhex(two.data["raw_tx"])  # spends its change
     finally:
         await b.close()
+
+
+# --------------------------------------------------------------------------- folding
+
+FOLD_CONFIG = """\
+scheduler: {{tick: 60, data_dir: data}}
+targets:
+  btc:
+    regtest: {{rpcUrl: "{url}", network: regtest, keyFile: key.txt, funding: "{funding}", feeRate: 2,
+               confirmations: 1}}
+namespaces:
+{namespaces}
+"""
+FOLDED = ("p", "q", "r", "s")  # due at T0, T0+2, T0+4, T0+6
+
+
+def test_jobs_due_while_an_anchor_is_unmined_are_folded_into_one_next_transaction(bcoin, tmp_path, capsys):
+    """`p` is anchored at T0 and its transaction stays unmined; q, r and s come due one pass
+    each meanwhile. They are anchored together by ONE next transaction (one OP_RETURN over
+    their three leaves): two transactions for four jobs, each job receipted once."""
+    settings = bcoin.funded()
+    assert settings.key is not None and settings.funding is not None
+    (tmp_path / "key.txt").write_text(settings.key.get_secret_value() + "\n")
+    lines = "\n".join(f'  {n}: {{cadence: {{fast: {{target: "btc:regtest", every: "10s"}}}}}}' for n in FOLDED)
+    (tmp_path / "config.yaml").write_text(FOLD_CONFIG.format(url=bcoin.url, funding=settings.funding, namespaces=lines))
+    clock = FakeClock()
+    t0 = clock.now()
+    states = {}
+    for i, namespace in enumerate(FOLDED):
+        write_batch(tmp_path / "data" / "batches" / safe_name(namespace), "2", "sha256:" + f"{i + 1:02x}" * 32)
+        if i:  # anchored before: due again 10 s after, i.e. at T0 + 2i
+            states[f"{namespace}/fast"] = {"last_anchored_at": t0 - 10 + 2 * i, "last_root": "sha256:" + "00" * 32}
+    (tmp_path / "data" / "state").mkdir(parents=True)
+    (tmp_path / "data" / "state" / "scheduler.json").write_text(json.dumps({"version": 1, "jobs": states}))
+    start = bcoin.height()
+    receipts = tmp_path / "data" / "receipts"
+
+    async def run() -> None:
+        runtime = Runtime(load_config(tmp_path / "config.yaml", env={}, cwd=tmp_path), clock=clock)
+        engine = runtime.engine
+        loop = asyncio.create_task(engine.run())
+
+        async def passed(at: float) -> None:
+            while engine.last_tick is None or engine.last_tick < at:
+                assert not loop.done(), loop.exception()
+                await asyncio.sleep(0.02)
+
+        try:
+            await passed(t0)
+            while not await asyncio.to_thread(bcoin.rpc, "getrawmempool"):  # p's transaction, unmined
+                await asyncio.sleep(0.05)
+            for step in (2, 4, 6):  # q, r, s come due, one pass each
+                clock.set(t0 + step)
+                await passed(t0 + step)
+                await asyncio.sleep(0.3)  # time enough for a send, had there been one
+            assert len(await asyncio.to_thread(bcoin.rpc, "getrawmempool")) == 1
+            bcoin.start_miner()
+            deadline = time.monotonic() + 60
+            while len(list(receipts.rglob("*.json"))) < len(FOLDED):
+                assert time.monotonic() < deadline, "not every job got its receipt"
+                assert not loop.done(), loop.exception()
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(0.5)  # nothing more may be sent
+        finally:
+            bcoin.stop_miner()
+            await engine.stop()
+            loop.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await loop
+            await runtime.close()
+
+    asyncio.run(run())
+    bodies = {b["namespace"]: b for b in (json.loads(p.read_text()) for p in receipts.rglob("*.json"))}
+    assert sorted(bodies) == sorted(FOLDED) and len(list(receipts.rglob("*.json"))) == len(FOLDED)
+    spenders = _spenders(bcoin, start)
+    assert len(spenders) == 2  # two transactions for four jobs
+    first, folded = bodies["p"]["attestation"]["tx_hash"], {bodies[n]["attestation"]["tx_hash"] for n in "qrs"}
+    assert spenders == [first, *folded] and len(folded) == 1
+    assert all(bodies[n]["tree_size"] == 3 for n in "qrs") and bodies["p"]["tree_size"] == 1
+    assert sorted(bodies[n]["leaf_index"] for n in "qrs") == [0, 1, 2]
+    assert main(["verify", "--rpc-url", f"btc:regtest={bcoin.url}", str(receipts)]) == 0, capsys.readouterr()

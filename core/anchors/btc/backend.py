@@ -23,8 +23,12 @@ Sending, under a per-signer lock (asyncio, and the store's lock across replicas)
    outstanding (the next attempt looks for it before signing anew) and the attempt fails
    with a NetworkError; one the node refuses outright is a ValidationError.
 
-At most one anchor per signer is unmined at a time (in this process): a group due meanwhile
-waits, in flight, and is signed once the previous transaction is mined. Each attempt
+At most one anchor per signer is unmined at a time (in this process). The backend says
+`one_at_a_time`, so the engine starts one group per target at a time: jobs due while its
+transaction is unmined wait (not in flight, never dropped) and the pass after it is mined
+folds them all into ONE next transaction (core/engine/anchoring.py). Another group that
+reaches the backend meanwhile (another target with the same key, a recovery) still waits
+here for the unmined one before it signs (`_one_unmined`). Each attempt
 waits for its transaction to be mined (`receipt_timeout`: `mineTimeout`), scanning the blocks
 after the height it was sent at (no txindex needed), and returns a `pending` Attestation:
 {scheme, network, tx_hash, vout, block_hash, block_number, raw_tx, txoutproof}. A
@@ -117,6 +121,8 @@ def _doc(store: SignerRecord) -> dict[str, Any]:
 
 class BtcBackend:
     """Backend for `btc:<name>` targets (implements core.anchors.base.Backend)."""
+
+    one_at_a_time = True  # the engine folds jobs due meanwhile into the next call
 
     def __init__(
         self,
