@@ -82,6 +82,16 @@ class ReceiptWritten(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class WalletRead(Event):
+    """A signer's balance after an anchor it paid for (core/observe/wallets.py)."""
+
+    target: str
+    sats: int
+    anchors_left: int
+    low: bool  # fewer anchors left than the target's threshold (btc: lowBalanceAnchors)
+
+
+@dataclass(frozen=True, slots=True)
 class ReceiptConfirmed(Event):
     job: JobKey
     target: str

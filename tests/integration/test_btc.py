@@ -15,17 +15,20 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from cli.main import main
 from core.anchors.base import Attestation, VerificationFailed
 from core.anchors.btc import BtcTarget
 from core.anchors.btc.backend import BtcBackend
-from core.anchors.btc.tx import parse_key
+from core.anchors.btc.tx import DUST, Outpoint, build_anchor, parse_key, signer_script
 from core.clock import FakeClock
 from core.config import load_config
 from core.errors import ValidationError
-from core.jobs import safe_name
+from core.events import LogRecord
+from core.jobs import JobKey, safe_name
+from core.lifecycle import running
 from core.runtime import Runtime
 from core.sources import write_batch
 from tests.integration.bcoin import BURN, SEGWIT_HEIGHT, Bcoin
@@ -475,3 +478,67 @@ def test_jobs_due_while_an_anchor_is_unmined_are_folded_into_one_next_transactio
     assert all(bodies[n]["tree_size"] == 3 for n in "qrs") and bodies["p"]["tree_size"] == 1
     assert sorted(bodies[n]["leaf_index"] for n in "qrs") == [0, 1, 2]
     assert main(["verify", "--rpc-url", f"btc:regtest={bcoin.url}", str(receipts)]) == 0, capsys.readouterr()
+
+
+# --------------------------------------------------------------------------- the signer's balance
+
+LOW_CONFIG = """\
+scheduler: {{tick: 60, data_dir: data}}
+http: {{listen: "127.0.0.1:{port}"}}
+targets:
+  btc:
+    regtest: {{rpcUrl: "{url}", network: regtest, keyFile: key.txt, funding: "{funding}", feeRate: 2,
+               confirmations: 1}}
+namespaces:
+  w: {{cadence: {{fast: {{target: "btc:regtest", every: "1h"}}}}}}
+"""
+
+
+def test_a_balance_running_low_is_a_metric_a_health_warning_and_one_log_line(bcoin, tmp_path):
+    """A coin worth 21.5 anchors at 2 sat/vB: after the first anchor it pays 20 more (the
+    default lowBalanceAnchors: not low), after the second 19 (low: one WARNING), after the
+    third 18 (still low: no second line)."""
+    key = parse_key(f"{4242:064x}")
+    script = signer_script(key, "p2wpkh")[0]
+    fee = build_anchor(key, "p2wpkh", Outpoint("00" * 32, 0, 10**6), b"\x00" * 32, 2).fee
+    funding = bcoin.small_coin(script, DUST + 21 * fee + fee // 2)
+    (tmp_path / "key.txt").write_text(f"{4242:064x}\n")
+    port = free_port()
+    (tmp_path / "config.yaml").write_text(LOW_CONFIG.format(port=port, url=bcoin.url, funding=funding))
+    batches = tmp_path / "data" / "batches" / "w"
+    write_batch(batches, "0", "sha256:" + "a0" * 32)
+    runtime = Runtime(load_config(tmp_path / "config.yaml", env={}, cwd=tmp_path), clock=FakeClock())
+    records: list = []
+    runtime.bus.subscribe(lambda e: records.append(e) if isinstance(e, LogRecord) else None)
+    receipts = tmp_path / "data" / "receipts"
+    seen: list[tuple[str, str]] = []
+
+    async def run() -> None:
+        async with running(runtime, http_required=True), httpx.AsyncClient() as http:
+            for n in range(1, 4):
+                if n > 1:
+                    write_batch(batches, str(n), "sha256:" + f"a{n}" * 32)
+                    assert runtime.engine.force(JobKey("w", "fast"))
+                deadline = time.monotonic() + 60
+                while len(list(receipts.rglob("*.json"))) < n:
+                    assert time.monotonic() < deadline, f"no receipt {n}"
+                    await asyncio.sleep(0.05)
+                await asyncio.sleep(0.2)
+                metrics = (await http.get(f"http://127.0.0.1:{port}/metrics")).text
+                health = (await http.get(f"http://127.0.0.1:{port}/health")).json()
+                seen.append((metrics, json.dumps(health)))
+
+    bcoin.start_miner()
+    try:
+        asyncio.run(run())
+    finally:
+        bcoin.stop_miner()
+    left = [DUST + 21 * fee + fee // 2 - n * fee for n in (1, 2, 3)]
+    for n, (metrics, health) in enumerate(seen):
+        assert f'vmsh_btc_signer_balance_sats{{target="btc:regtest"}} {float(left[n])}' in metrics
+        assert f'vmsh_signer_anchors_left{{target="btc:regtest"}} {float(20 - n)}' in metrics
+        assert f'vmsh_signer_balance_low{{target="btc:regtest"}} {1.0 if n else 0.0}' in metrics
+        warned = f"pays {20 - n} more anchors at the current fee, fewer than lowBalanceAnchors 20" in health
+        assert warned == (n > 0), health
+    low = [r for r in records if r.msg == "signer balance low"]
+    assert len(low) == 1 and low[0].level == "WARNING" and low[0].fields["anchors_left"] == 19

@@ -37,6 +37,9 @@ for it again instead of paying twice. Confirmations are the depth of the atteste
 None once getblockhash(block_number) is another block (a reorg: the tracker queues the job
 again).
 
+`wallet` is the signer's balance after our last send (the change's value) and how many
+more anchors it pays at that transaction's fee (core/observe/wallets.py watches it).
+
 After a crash `recover` never signs: it looks the journalled txid up (mempool, blocks
 since it was sent), sends the same bytes again if the node does not know them, and gives
 None when its coin was spent by another transaction.
@@ -68,10 +71,11 @@ from core.anchors.base import (
     SignerFile,
     SignerRecord,
     VerificationFailed,
+    Wallet,
 )
 from core.anchors.btc.proof import check_attestation, check_on_node
 from core.anchors.btc.settings import BtcTarget
-from core.anchors.btc.tx import KeyProblem, Outpoint, build_anchor, parse_key, signer_script
+from core.anchors.btc.tx import DUST, KeyProblem, Outpoint, build_anchor, parse_key, signer_script
 from core.anchors.evm.rpc import Node, RpcError
 from core.anchors.keysource import read_key
 from core.errors import AuthError, NetworkError, ValidationError
@@ -154,6 +158,7 @@ class BtcBackend:
             target, settings.rpc_url, timeout=rpc_timeout, transport=transport, sender=lambda: "the signer"
         )
         self._checked_network = False
+        self.wallet: Wallet | None = None  # the signer's coin after our last send
 
     def __repr__(self) -> str:
         return f"BtcBackend({self.target!r}, rpc={self._node.where!r})"
@@ -382,6 +387,9 @@ class BtcBackend:
             doc["coin"] = {"txid": tx.txid, "vout": 1}
             doc["outstanding"][digest.hex()] = facts
             store.save(doc)
+            self.wallet = Wallet(
+                tx.change.value, max(0, tx.change.value - DUST) // max(1, tx.fee), self.settings.low_balance_anchors
+            )
         return facts
 
     async def _forget(self, digest: bytes) -> None:
