@@ -102,6 +102,8 @@ def _receipts(out: Text, receipts: list[ReceiptInfo]) -> None:
     for r in receipts:
         when = datetime.fromtimestamp(r.anchored_at, UTC).strftime("%Y-%m-%d %H:%M:%S") if r.anchored_at else "?"
         out.append(f"  {when}  {r.cadence:<7} {r.target:<14} {short_root(r.root)}  {r.status}\n")
+        if r.tx_hash:
+            out.append(f"    {r.transaction()}\n", style="dim")
         if r.error:
             out.append(f"    {r.error}\n", style="red")
     if not receipts:

@@ -494,7 +494,7 @@ namespaces:
 """
 
 
-def test_a_balance_running_low_is_a_metric_a_health_warning_and_one_log_line(bcoin, tmp_path):
+def test_a_balance_running_low_is_a_metric_a_health_warning_and_one_log_line(bcoin, tmp_path, capsys):
     """A coin worth 21.5 anchors at 2 sat/vB: after the first anchor it pays 20 more (the
     default lowBalanceAnchors: not low), after the second 19 (low: one WARNING), after the
     third 18 (still low: no second line)."""
@@ -527,6 +527,8 @@ def test_a_balance_running_low_is_a_metric_a_health_warning_and_one_log_line(bco
                 metrics = (await http.get(f"http://127.0.0.1:{port}/metrics")).text
                 health = (await http.get(f"http://127.0.0.1:{port}/health")).json()
                 seen.append((metrics, json.dumps(health)))
+            sock = str(tmp_path / "data" / "control.sock")
+            assert await asyncio.to_thread(main, ["ctl", "--socket", sock, "receipt", "sha256:" + "a3" * 32]) == 0
 
     bcoin.start_miner()
     try:
@@ -542,3 +544,73 @@ def test_a_balance_running_low_is_a_metric_a_health_warning_and_one_log_line(bco
         assert warned == (n > 0), health
     low = [r for r in records if r.msg == "signer balance low"]
     assert len(low) == 1 and low[0].level == "WARNING" and low[0].fields["anchors_left"] == 19
+    # ctl receipt names the transaction and its confirmations (observed/required)
+    [receipt] = [json.loads(p.read_text()) for p in receipts.rglob("*.json") if "a3a3" in p.read_text()]
+    out = capsys.readouterr().out
+    assert f"tx {receipt['attestation']['tx_hash']}  confirmations 1/1" in out, out
+
+
+# --------------------------------------------------------------------------- the dashboard and ctl
+
+DASH_CONFIG = """\
+scheduler: {{tick: 60, data_dir: data}}
+targets:
+  btc:
+    regtest: {{rpcUrl: "{url}", network: regtest, keyFile: key.txt, funding: "{funding}", feeRate: 2}}
+namespaces:
+  chain: {{cadence: {{fast: {{target: "btc:regtest", every: "1h", confirmations: 3}}}}}}
+"""
+
+
+def test_the_dashboard_and_ctl_show_a_btc_receipts_transaction_and_its_confirmations(bcoin, tmp_path, capsys):
+    """Receipts pane: `1/3 conf`, then `2/3 conf` as the block above it is mined, then
+    `confirmed`; the selected receipt's note and the namespace detail name the transaction;
+    `ctl receipt` prints it with its confirmations."""
+    os.environ.setdefault("TEXTUAL_ANIMATIONS", "none")
+    from core.confirmations import ConfirmationTracker
+    from tests.tui.conftest import screen_text
+    from tui.app import VaultMeshApp
+    from tui.detail import namespace_detail_of
+    from tui.host import InProcessHost
+
+    settings = bcoin.funded()
+    assert settings.key is not None
+    (tmp_path / "key.txt").write_text(settings.key.get_secret_value() + "\n")
+    (tmp_path / "config.yaml").write_text(DASH_CONFIG.format(url=bcoin.url, funding=settings.funding))
+    write_batch(tmp_path / "data" / "batches" / "chain", "1", "sha256:" + "c1" * 32)
+    runtime = Runtime(load_config(tmp_path / "config.yaml", env={}, cwd=tmp_path), clock=FakeClock())
+    tracker = ConfirmationTracker(runtime.receipts, runtime.backends, runtime.bus, runtime.clock, runtime.log,
+                                  requeue=lambda key: None)
+    app = VaultMeshApp(InProcessHost(runtime, start_engine=False), env={"COLORTERM": "truecolor"})
+
+    async def run() -> tuple[str, list[str], str]:
+        async with app.run_test(size=(120, 30)) as pilot:
+            bcoin.start_miner()
+            try:
+                await runtime.engine.run_once()
+            finally:
+                bcoin.stop_miner()
+            app.flush_now()
+            await pilot.pause()
+            await pilot.press("3")  # the Receipts pane, its newest receipt selected
+            await pilot.pause()
+            [path] = app.dashboard.body("receipts").shown_keys
+            txid = json.loads(Path(path).read_text())["attestation"]["tx_hash"]
+            seen = [screen_text(app)]
+            for _ in range(2):
+                await asyncio.to_thread(bcoin.mine, 1, BURN)
+                await tracker.check_once()
+                app.flush_now()
+                await pilot.pause()
+                seen.append(screen_text(app))
+            detail = namespace_detail_of(app.host.control, "chain", [], str(tmp_path / "data")).plain
+        return txid, seen, detail
+
+    txid, (first, deeper, final), detail = asyncio.run(run())
+    row = next(line for line in first.splitlines() if "btc:regtest" in line and "chain" in line)
+    assert "1/3 conf" in row, first
+    assert f"tx {txid}, confirmations 1/3" in first
+    assert "2/3 conf" in deeper and f"tx {txid}, confirmations 2/3" in deeper
+    row = next(line for line in final.splitlines() if "btc:regtest" in line and "chain" in line)
+    assert "confirmed" in row and f"tx {txid}, confirmations 3/3" in final
+    assert f"tx {txid}, confirmations 3/3" in detail
