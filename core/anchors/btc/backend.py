@@ -28,7 +28,10 @@ At most one anchor per signer is unmined at a time (in this process). The backen
 transaction is unmined wait (not in flight, never dropped) and the pass after it is mined
 folds them all into ONE next transaction (core/engine/anchoring.py). Another group that
 reaches the backend meanwhile (another target with the same key, a recovery) still waits
-here for the unmined one before it signs (`_one_unmined`). Each attempt
+here for the unmined one before it signs (`_one_unmined`), and across replicas (or after an
+attempt that gave up waiting) the signer's latest transaction in the record, found still in
+the mempool under the signer lock, is waited for (`receipt_timeout`) before signing: one
+unmined anchor per key in the whole cluster. Each attempt
 waits for its transaction to be mined (`receipt_timeout`: `mineTimeout`), scanning the blocks
 after the height it was sent at (no txindex needed), and returns a `pending` Attestation:
 {scheme, network, tx_hash, vout, block_hash, block_number, raw_tx, txoutproof}. A
@@ -102,6 +105,10 @@ SENT_KEPT = 25  # our latest transactions in the coin record (a mempool chain is
 
 class _NotHeld(ValidationError):
     """The node answered a send but never showed the transaction in its mempool or chain."""
+
+
+class _Unmined(Exception):
+    """The signer's latest transaction (this replica's or another's) is still unmined."""
 
 _signer_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, asyncio.Lock]] = (
     weakref.WeakKeyDictionary()
@@ -345,7 +352,7 @@ class BtcBackend:
             async with self._lock():
                 earlier = _doc(store)["outstanding"].get(digest.hex())
             if earlier is None:
-                earlier = await self._sign_and_send(digest, note, key, store)
+                earlier = await self._sign_when_mined(digest, note, key, store)
             else:
                 await _maybe_await(note(dict(earlier)))
             attestation = await self._resume(earlier, wait=True)
@@ -354,11 +361,33 @@ class BtcBackend:
             raise NetworkError(f"{self.target}: transaction {earlier['tx_hash']} was dropped before it was mined")
         return attestation
 
+    async def _sign_when_mined(
+        self, digest: bytes, note: JournalNote, key: PrivateKey, store: SignerRecord
+    ) -> dict[str, Any]:
+        """`_sign_and_send` once the signer's latest transaction is mined: at most one unmined
+        anchor per key across replicas (another replica's, or one of ours whose attempt
+        gave up waiting), so the next one spends a mined change."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.receipt_timeout
+        while True:
+            try:
+                return await self._sign_and_send(digest, note, key, store)
+            except _Unmined as busy:
+                if loop.time() >= deadline:
+                    raise NetworkError(
+                        f"{self.target}: the signer's transaction {busy} is not mined within "
+                        f"{self.receipt_timeout:.0f} s; not signing another on top of it"
+                    ) from None
+            await asyncio.sleep(self.poll_interval)
+
     async def _sign_and_send(
         self, digest: bytes, note: JournalNote, key: PrivateKey, store: SignerRecord
     ) -> dict[str, Any]:
         async with self._lock():
             doc = _doc(store)
+            latest = _ours(doc)[-1:]
+            if latest and await self._in_mempool(latest[0]["tx_hash"]):
+                raise _Unmined(latest[0]["tx_hash"])  # checked under the lock every replica takes
             coin = await self._coin(doc)
             try:
                 tx = build_anchor(key, self.settings.script_type, coin, digest, await self._fee_rate())
