@@ -614,3 +614,4 @@ def test_the_dashboard_and_ctl_show_a_btc_receipts_transaction_and_its_confirmat
     row = next(line for line in final.splitlines() if "btc:regtest" in line and "chain" in line)
     assert "confirmed" in row and f"tx {txid}, confirmations 3/3" in final
     assert f"tx {txid}, confirmations 3/3" in detail
+    assert f"last tx {txid}, confirmations 3/3" in detail  # the job's line, under Cadences
