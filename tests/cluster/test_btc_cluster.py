@@ -10,17 +10,22 @@ import asyncio
 import io
 import json
 import random
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import psycopg
 import pytest
 from embit.transaction import Transaction
 
+from core.anchors.btc.backend import BtcBackend
 from core.clock import FakeClock
 from core.config import load_config
 from core.runtime import Runtime
 from core.sources import write_batch
 from core.store import open_store
+from core.store.postgres.database import Database
+from core.store.postgres.records import PgSharedRecords
 from tests.integration.bcoin import BURN, SEGWIT_HEIGHT, Bcoin
 
 from .engines import receipts_by_job, root
@@ -84,7 +89,7 @@ def test_two_replicas_with_one_key_sign_one_linear_chain_and_receipt_each_job_on
     start = bcoin.height()
     clock = FakeClock()
 
-    async def run() -> tuple[int, int]:
+    async def run() -> None:
         a = BtcReplica(tmp_path, "a", migrated, clock, bcoin, settings.funding)
         b = BtcReplica(tmp_path, "b", migrated, clock, bcoin, settings.funding)
         try:
@@ -93,11 +98,9 @@ def test_two_replicas_with_one_key_sign_one_linear_chain_and_receipt_each_job_on
             clock.advance(61)
             publish(tmp_path, 2)
             await b.engine.run_once()  # b alone: it spends a's change, from the store's record
-            mined = bcoin.height()
             clock.advance(61)
             publish(tmp_path, 3)
             await asyncio.gather(a.engine.run_once(), b.engine.run_once())  # both at once
-            return mined, bcoin.height()
         finally:
             await a.close()
             await b.close()
@@ -131,12 +134,6 @@ def test_a_replica_waits_for_another_replicas_unmined_anchor_before_it_signs(bco
     """At most one unmined anchor per key across the cluster: replica b (another process:
     its own event loop here) finds replica a's transaction of the same key unmined in the
     store's record and waits for its block before it signs; it then spends its change."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from core.anchors.btc.backend import BtcBackend
-    from core.store.postgres.database import Database
-    from core.store.postgres.records import PgSharedRecords
-
     settings = bcoin.funded()
     db = Database(migrated, password=PASSWORD)
 
@@ -155,8 +152,6 @@ def test_a_replica_waits_for_another_replicas_unmined_anchor_before_it_signs(bco
         return list(bcoin.rpc("getrawmempool"))
 
     def wait(predicate, what: str) -> None:
-        import time
-
         deadline = time.monotonic() + 30
         while not predicate():
             assert time.monotonic() < deadline, what
@@ -167,8 +162,6 @@ def test_a_replica_waits_for_another_replicas_unmined_anchor_before_it_signs(bco
             first = pool.submit(replica, "a", b"\x0a" * 32)
             wait(lambda: len(mempool()) == 1, "a's transaction")
             second = pool.submit(replica, "b", b"\x0b" * 32)
-            import time
-
             time.sleep(2.0)  # time enough for b to sign and send, had it not waited
             assert len(mempool()) == 1 and not second.done(), "b signed while a's anchor was unmined"
             bcoin.mine(1, BURN)
