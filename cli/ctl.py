@@ -218,6 +218,12 @@ def _run(args: argparse.Namespace, client: Client) -> int:
     raise CtlError(f"unknown action {action!r}", EXIT_USAGE)
 
 
+def _depth(receipt: dict[str, Any]) -> str:
+    """A chain receipt's confirmations, observed/required (as written, or as confirmed)."""
+    c = receipt.get("confirmations") or {}
+    return f"{c.get('observed', '?')}/{c.get('required', '?')}"
+
+
 def _receipt(client: Client, key: str, *, as_json: bool) -> int:
     """The store's receipts of a root (sha256:...) or a batch id, newest first; 1 if none."""
     params = {"root": key} if key.startswith("sha256:") else {"batch": key}
@@ -232,6 +238,7 @@ def _receipt(client: Client, key: str, *, as_json: bool) -> int:
             f"{item['path']}\n  {r['namespace']}/{r['cadence']}  batch {r['batch']['id']}  {r['batch']['root']}\n"
             f"  {r['target']}  anchored {r['anchored_at']}  {r['status']}"
             + (f"  gen_time {att['gen_time']}" if att.get("gen_time") else "")
+            + (f"\n  tx {att['tx_hash']}  confirmations {_depth(r)}" if att.get("tx_hash") else "")
         , lines=True))
     if not found:
         print(f"vmsh-scheduler ctl: no receipt of {printable(key)} in the store", file=sys.stderr)

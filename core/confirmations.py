@@ -9,7 +9,8 @@ transaction: the node is asked once) it asks the target's backend
 
 - depth >= `confirmations.required` of the receipt: `receipts.confirm(path, depth)` and a
   `ReceiptConfirmed` event;
-- depth below it: nothing (looked at again next round);
+- depth below it: a `ReceiptDepth` event when it changed (the dashboard shows
+  observed/required), looked at again next round;
 - None: the transaction is gone from the canonical chain (or was reorged into another
   block than the receipt names). The receipt stays `pending` (receipts are never
   rewritten except to `confirmed`), the log says which transaction was dropped, and
@@ -33,7 +34,7 @@ from typing import Any
 from core.anchors.base import Backend
 from core.clock import Clock
 from core.errors import describe
-from core.events import Event, EventBus, ReceiptConfirmed, ReceiptWritten
+from core.events import Event, EventBus, ReceiptConfirmed, ReceiptDepth, ReceiptWritten
 from core.jobs import JobKey
 from core.observe.logs import Log
 from core.receipts import Receipt, ReceiptError
@@ -62,6 +63,7 @@ class ConfirmationTracker:
         self.interval = interval
         self._dropped: set[Path] = set()
         self._written: set[Path] = set()  # pending receipts announced since the last round
+        self._depth_seen: dict[Path, int] = {}  # the depth last announced of a pending receipt
         self._wake = asyncio.Event()
         self._stopping = False
 
@@ -143,7 +145,13 @@ class ConfirmationTracker:
             required = receipt.confirmations.required
             if depth < required:
                 counts["waiting"] += 1
+                if self._depth_seen.get(path, receipt.confirmations.observed) != depth:
+                    self.bus.publish(ReceiptDepth(
+                        at=self.clock.now(), job=job, target=target, path=str(path), observed=depth, required=required,
+                    ))
+                self._depth_seen[path] = depth
                 continue
+            self._depth_seen.pop(path, None)
             await asyncio.to_thread(self.receipts.confirm, path, depth)
             counts["confirmed"] += 1
             self.bus.publish(

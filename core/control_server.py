@@ -621,7 +621,9 @@ class ControlServer:
     async def snapshot_doc(self) -> dict[str, Any]:
         engine = self.runtime.engine
         snap = self.control.snapshot()
-        status, body = health(engine, snap.now, getattr(self.runtime, "cluster", None))
+        status, body = health(
+            engine, snap.now, getattr(self.runtime, "cluster", None), wallets=getattr(self.runtime, "wallets", None)
+        )
         receipts: list[dict[str, Any]] = []
         for path, item in self.control.recent_receipts(RECENT_RECEIPTS):
             if isinstance(item, Exception):

@@ -79,6 +79,30 @@ class ReceiptWritten(Event):
     root: str
     status: str
     anchored_at: float
+    tx_hash: str = ""  # a chain anchor's transaction (eip155, btc), else ""
+    observed: int = 0  # confirmations seen when written
+    required: int = 0  # confirmations the receipt waits for (0: none, a timestamp authority)
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiptDepth(Event):
+    """A pending receipt's transaction is this deep now, not yet `required` (core/confirmations.py)."""
+
+    job: JobKey
+    target: str
+    path: str
+    observed: int
+    required: int
+
+
+@dataclass(frozen=True, slots=True)
+class WalletRead(Event):
+    """A signer's balance after an anchor it paid for (core/observe/wallets.py)."""
+
+    target: str
+    sats: int
+    anchors_left: int
+    low: bool  # fewer anchors left than the target's threshold (btc: lowBalanceAnchors)
 
 
 @dataclass(frozen=True, slots=True)

@@ -246,6 +246,8 @@ class RemoteControl:
             missed.append(ReceiptWritten(
                 at=anchored_at, job=JobKey(receipt.namespace, receipt.cadence), target=receipt.target,
                 path=str(path), root=receipt.anchored_root, status=receipt.status, anchored_at=anchored_at,
+                tx_hash=str(receipt.attestation.get("tx_hash") or ""), observed=receipt.confirmations.observed,
+                required=receipt.confirmations.required,
             ))
         return missed
 

@@ -32,6 +32,7 @@ from core.store.files.lock import DataDirLock, LockHeld, NoLock
 from core.store.files.state import StateStore
 
 if TYPE_CHECKING:
+    from core.observe.wallets import WalletWatch
     from core.replicas import ClusterView
 
 Loader = Callable[[], LoadedConfig]
@@ -80,6 +81,7 @@ class Runtime:
         self.store = store or _configured_store(cfg, state_file)
         self.receipts = self.store.receipts
         self.cluster: ClusterView | None = None  # cluster mode: set when the run starts (core/services.py)
+        self.wallets: WalletWatch | None = None  # the signers' balances: set when the run starts
         sources.configure(cfg.batch_limits())
         self.state_import: StateImport | None = None  # what open() imported, logged by announce()
         self._reading: asyncio.Future[LoadedConfig] | None = None  # a reload's worker thread

@@ -1,6 +1,7 @@
 """What runs beside the engine in both run modes, each started with its own teardown.
 
-- metrics fed from the event bus (core.observe.metrics),
+- metrics fed from the event bus (core.observe.metrics), and the signers' balances read
+  after each anchor (core.observe.wallets),
 - the HTTP server for /metrics, /health, /livez, /readyz (core.observe.http),
 - the control socket for `ctl` and attached dashboards (core.control_server); one it
   cannot serve is logged and left off, in both modes: anchoring goes on,
@@ -31,6 +32,7 @@ from core.control_server import ControlServer, ControlSocketError, start_control
 from core.observe.cloudevents import start_cloudevents
 from core.observe.http import HttpServer, ListenError, start_http
 from core.observe.metrics import Metrics
+from core.observe.wallets import WalletWatch
 from core.observe.watch import start_watch
 
 if TYPE_CHECKING:
@@ -59,6 +61,8 @@ class Services:
         runtime = self.runtime
         self.metrics = metrics = Metrics(runtime.bus, engine=runtime.engine, receipts=runtime.receipts)
         stack.callback(metrics.close)
+        runtime.wallets = wallets = WalletWatch(runtime.bus, runtime.log, runtime.backends)
+        stack.callback(wallets.close)
         try:
             self.http = await start_http(runtime, metrics)
             stack.push_async_callback(self.http.close)

@@ -38,7 +38,10 @@ def namespace_detail(
     if description:
         out.append(f"  {description}")
     out.append("\n")
-    _cadences(out, views, now, max_level)
+    newest: dict[str, ReceiptInfo] = {}
+    for r in sorted(receipts, key=lambda r: r.anchored_at):
+        newest[r.cadence] = r
+    _cadences(out, views, now, max_level, newest)
     _witnesses(out, getattr(ns_config, "witnesses", None))
     _schema_policy(out, getattr(ns_config, "schema_policy", None))
     _receipts(out, receipts)
@@ -46,7 +49,7 @@ def namespace_detail(
     return out
 
 
-def _cadences(out: Text, views: list[JobView], now: float, max_level: int) -> None:
+def _cadences(out: Text, views: list[JobView], now: float, max_level: int, newest: dict[str, ReceiptInfo]) -> None:
     _heading(out, "Cadences")
     for v in views:
         s, st = v.spec, v.state
@@ -72,6 +75,9 @@ def _cadences(out: Text, views: list[JobView], now: float, max_level: int) -> No
             out.append(f"\n         {v.disabled}", style="dim")
         if extras:
             out.append("\n         " + ", ".join(extras), style="dim")
+        anchor = newest.get(s.cadence)
+        if anchor is not None and anchor.tx_hash:  # a chain job: its newest anchor's transaction
+            out.append(f"\n         last {anchor.transaction()}", style="dim")
         out.append("\n")
     if not views:
         out.append("  (no jobs: removed from the config?)\n", style="dim")
@@ -102,6 +108,8 @@ def _receipts(out: Text, receipts: list[ReceiptInfo]) -> None:
     for r in receipts:
         when = datetime.fromtimestamp(r.anchored_at, UTC).strftime("%Y-%m-%d %H:%M:%S") if r.anchored_at else "?"
         out.append(f"  {when}  {r.cadence:<7} {r.target:<14} {short_root(r.root)}  {r.status}\n")
+        if r.tx_hash:
+            out.append(f"    {r.transaction()}\n", style="dim")
         if r.error:
             out.append(f"    {r.error}\n", style="red")
     if not receipts:

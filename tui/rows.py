@@ -192,6 +192,9 @@ class ReceiptInfo:
     root: str
     status: str
     error: str | None = None
+    tx_hash: str = ""  # a chain anchor's transaction, else ""
+    observed: int = 0  # its confirmations, as last seen
+    required: int = 0  # the confirmations it waits for (0: none)
 
     @classmethod
     def from_file(cls, path: Path, receipt: Receipt | ReceiptError) -> ReceiptInfo:
@@ -201,7 +204,21 @@ class ReceiptInfo:
         return cls(
             str(path), at, receipt.namespace, receipt.cadence,
             receipt.target, receipt.batch.root, receipt.status,
+            tx_hash=str(receipt.attestation.get("tx_hash") or ""),
+            observed=receipt.confirmations.observed, required=receipt.confirmations.required,
         )
+
+    @property
+    def depth(self) -> str:
+        """Confirmations observed/required of a chain receipt ("" for a timestamp token)."""
+        return f"{self.observed}/{self.required}" if self.required else ""
+
+    def transaction(self) -> str:
+        """One line: its transaction and confirmations ("" without a transaction)."""
+        if not self.tx_hash:
+            return ""
+        depth = f", confirmations {self.depth}" if self.depth else ""
+        return f"tx {self.tx_hash}{depth}"
 
 
 def short_root(root: str) -> str:
@@ -221,7 +238,8 @@ def receipt_row(info: ReceiptInfo, verified: str, p: Palette) -> tuple[Cell, ...
         p.cell(info.cadence, (_CADENCE_ORDER.get(info.cadence, 9), info.cadence)),
         p.cell(info.target),
         p.cell(short_root(info.root)),
-        p.cell(info.status, role=status_role),
+        # a pending chain receipt: how deep its transaction is, of how deep it must be
+        p.cell(f"{info.depth} conf" if info.status == "pending" and info.depth else info.status, role=status_role),
         p.cell(verified or "-", role=VERIFY_ROLE.get(verified, "muted")),
     )
 

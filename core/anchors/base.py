@@ -26,6 +26,20 @@ class Attestation:
     confirmations: int = 0  # observed depth (0 for timestamp authorities)
 
 
+@dataclass(frozen=True)
+class Wallet:
+    """What a signer that pays for its anchors has left (btc: the value of its tracked coin),
+    read by core/observe/wallets.py after each anchor. Never a secret."""
+
+    sats: int  # the balance, in the chain's smallest unit
+    anchors_left: int  # how many more anchors it pays at the last anchor's fee
+    warn_below: int  # fewer anchors left than this is low (btc: lowBalanceAnchors)
+
+    @property
+    def low(self) -> bool:
+        return self.anchors_left < self.warn_below
+
+
 class VerificationFailed(Exception):
     """An attestation that does not prove what its receipt claims; the message says why."""
 
@@ -51,6 +65,10 @@ JournalNote = Callable[[dict[str, Any]], Awaitable[None] | None]
 
 
 class Backend(Protocol):
+    """Optional attributes: `one_at_a_time = True` (btc): the engine starts one call per target
+    at a time, and folds the jobs due meanwhile into the next call (core/engine/anchoring.py);
+    `wallet: Wallet | None` (btc): the signer's balance after its last anchor."""
+
     target: str  # "<scheme>:<name>"
 
     async def anchor(

@@ -3,6 +3,11 @@
 Claim (core/engine/leases.py), intent into the journal, the backend call over the RFC 6962
 tree of their roots, then the commit (core/engine/commit.py).
 
+A backend that says `one_at_a_time` (btc: one unmined transaction per signer) gets one group
+at a time per target: jobs of that target due while its group is under way wait, not in
+flight and never dropped, and are due again the moment it ends, so the next pass folds
+every one of them into ONE next call (one tree, one transaction) instead of a call each.
+
 Every exception on this path is caught per group: a job never stays in the in-flight set
 (`release` in a `finally`), and a failed write of our own files is a `storage` failure like
 any other: logged as an ERROR naming the step, path and errno, counted, backed off and
@@ -38,6 +43,56 @@ class Anchoring:
         self.committer = committer
         self.leases = leases
         self._concurrency = asyncio.Semaphore(max(1, concurrency))
+        self._under_way: dict[str, int] = {}  # one-at-a-time targets: their groups under way
+        self._waiting: dict[str, dict[JobKey, bool]] = {}  # their jobs due meanwhile (forced?)
+
+    def launch(self, target: str, items: list[Due], now: float) -> None:
+        """Start one group of a pass: its jobs board and a task anchors them. A
+        one-at-a-time target with a group under way keeps them waiting instead: they join
+        the next group, started as soon as this one ends (`_next_group`)."""
+        table = self.ctx.table
+        if self._under_way.get(target) and self._one_at_a_time(target):
+            waiting = self._waiting.setdefault(target, {})
+            for item in items:
+                waiting[item.spec.key] = waiting.get(item.spec.key, False) or item.forced
+            self.ctx.log.debug(
+                "waiting for the target's anchor under way; folded into its next one",
+                target=target, jobs=[str(item.spec.key) for item in items],
+            )
+            return
+        aboard = set(table.flight.board([item.spec.key for item in items], now))
+        items = [item for item in items if item.spec.key in aboard]
+        for item in items:
+            table.unschedule(item.spec.key)
+        if self._one_at_a_time(target):
+            self._under_way[target] = self._under_way.get(target, 0) + 1
+        self.ctx.spawn(self.group(target, items))
+
+    def _one_at_a_time(self, target: str) -> bool:
+        try:
+            backend = self.ctx.backend_for(target)
+        except Exception:
+            return False  # the group fails with the reason
+        return getattr(backend, "one_at_a_time", False) is True
+
+    def _next_group(self, target: str) -> None:
+        """A group of a one-at-a-time target ended: the jobs that waited are due now (at
+        their own due time: a requeued or overdue job keeps it), one pass takes them all."""
+        left = self._under_way.get(target, 0) - 1
+        if left > 0:
+            self._under_way[target] = left
+            return
+        self._under_way.pop(target, None)
+        table = self.ctx.table
+        for key, forced in self._waiting.pop(target, {}).items():
+            record = table.get(key)
+            if record is None or record.disabled is not None or key in table.flight:
+                continue
+            if forced:
+                table.forced.add(key)
+            else:
+                table.schedule(key, record.due)
+        table.wake.set()
 
     async def group(self, target: str, items: list[Due]) -> None:
         """Anchor these jobs (all boarded for it) to `target`, whatever happens."""
@@ -59,6 +114,8 @@ class Anchoring:
             self.outcomes.fail_owned(items, exc, owned, started)
         finally:
             self.outcomes.release(owned)
+            if target in self._under_way:
+                self._next_group(target)
 
     async def _anchor(self, target: str, items: list[Due], owned: set[JobKey], started: float) -> None:
         def tree() -> tuple[bytes, list[list[bytes]]]:

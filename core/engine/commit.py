@@ -174,7 +174,10 @@ class Committer:
             if isinstance(result, Path):
                 table.set_held(key, None)
                 owned.discard(key)
-                self.outcomes.succeed(item.spec, item.batch, result, now, duration, attestation.status, advance=moves)
+                self.outcomes.succeed(
+                    item.spec, item.batch, result, now, duration, attestation.status, advance=moves,
+                    tx_hash=str(attestation.data.get("tx_hash") or ""), observed=attestation.confirmations,
+                )
                 table.state(key).row = done.rows.get(key)
             elif result is None:  # another replica claimed it since: the outcome is theirs
                 table.set_held(key, None)

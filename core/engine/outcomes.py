@@ -62,10 +62,11 @@ class Outcomes:
 
     def succeed(
         self, spec: JobSpec, batch: Batch, path: Path, now: float, duration: float, status: str,
-        *, advance: bool = True,
+        *, advance: bool = True, tx_hash: str = "", observed: int = 0,
     ) -> None:
         """A receipt is written. `advance` False: it is of a root older than the job's last
-        anchor (a recovered token), so the job's state stays as it is."""
+        anchor (a recovered token), so the job's state stays as it is. `tx_hash` and
+        `observed`: a chain anchor's transaction and its depth then (the dashboard shows them)."""
         ctx, table = self.ctx, self.ctx.table
         key = spec.key
         previous = table.state_or_new(key)
@@ -76,7 +77,7 @@ class Outcomes:
         ctx.bus.publish(
             ReceiptWritten(
                 at=now, job=key, target=spec.target, path=str(path), root=batch.root, status=status,
-                anchored_at=now,
+                anchored_at=now, tx_hash=tx_hash, observed=observed, required=spec.confirmations,
             )
         )
         ctx.bus.publish(

@@ -8,6 +8,8 @@ Rules (docs/architecture.md has the why):
   the next due time counts from that anchor.
 - Jobs due in one pass for the same target go to the backend in one call, over the
   RFC 6962 tree of their roots; a group of one anchors the batch root itself.
+- A one-at-a-time target (btc) has one group under way at most: jobs due meanwhile wait
+  and are folded into its next group (core/engine/anchoring.py `launch`).
 - Order of durable writes per group: intent, backend call, attestation into the intent,
   receipts, state, intent removed. A crash anywhere is resolved at the next start.
 - Those writes run on one writer thread (core.writer), never on the loop; receipts of a
@@ -396,11 +398,7 @@ class Scheduler:
         for item in due:
             groups.setdefault((item.spec.target, item.spec.policy_oid), []).append(item)
         for (target, _policy), items in groups.items():
-            aboard = set(self._flight.board([item.spec.key for item in items], now))
-            items = [item for item in items if item.spec.key in aboard]
-            for item in items:
-                jobs.unschedule(item.spec.key)
-            self._ctx.spawn(self._anchoring.group(target, items))
+            self._anchoring.launch(target, items, now)  # or left waiting: folded into the next
         self._reads.pass_done(now)
         self.last_tick = now
         self.bus.publish(TickCompleted(at=now, duration=self.clock.now() - started_at, due=len(due)))

@@ -16,7 +16,10 @@
                    "heartbeat_at": <epoch seconds>,
                    "clock_offset": <s>, "refusal": "<why it claims nothing>"}],  # the last two
                    # only when known; the cluster's registry; [] with files
-     "warnings": ["replicas run different configs: ..."]}  # only if any
+     "wallets": {"<target>": {"balance_sats", "anchors_left", "low"}},  # paying signers (btc),
+                   # only after one's first anchor of this run
+     "warnings": ["replicas run different configs: ...",
+                  "btc:x: the signer's balance (N sat) pays M more anchors ..."]}  # only if any
 
 - Job statuses and the thresholds are core.status's (the dashboard and the alert rules
   use the same): a job is backing off while it has consecutive failures (or gave up: in
@@ -36,6 +39,8 @@
   200 only when healthy, else 503.
 - Live replicas running different config hashes is a warning (core.replicas
   config_hash_warning), not a status: each replica is healthy on its own config.
+- A signer whose balance pays fewer than its target's `lowBalanceAnchors` more anchors is
+  a warning (core/observe/wallets.py), not a status: it still anchors; fund it.
 
 Nothing here reads a secret or a file's contents: only times, levels and names. The
 cluster object gives no store URL, and the store's error has any URL cut to its origin.
@@ -56,6 +61,7 @@ from core.text import printable
 
 if TYPE_CHECKING:
     from core.engine import Scheduler
+    from core.observe.wallets import WalletWatch
     from core.runtime import Runtime
     from core.views import JobView
 
@@ -97,9 +103,12 @@ def _replica(replica: ReplicaInfo) -> dict[str, Any]:
     return out
 
 
-def health(engine: Scheduler, now: float, cluster: ClusterView | None = None) -> tuple[int, dict[str, Any]]:
+def health(
+    engine: Scheduler, now: float, cluster: ClusterView | None = None, *, wallets: WalletWatch | None = None
+) -> tuple[int, dict[str, Any]]:
     """(HTTP status, body) of /health for `engine` (a core.engine.Scheduler) at time `now`;
-    `cluster` is the runtime's (core/cluster.py), None with the file store."""
+    `cluster` is the runtime's (core/cluster.py), None with the file store; `wallets` the
+    signers' balances (core/observe/wallets.py)."""
     namespaces: dict[str, dict[str, Any]] = {}
     views = engine.views(now)
     for view in views:
@@ -138,9 +147,15 @@ def health(engine: Scheduler, now: float, cluster: ClusterView | None = None) ->
     }
     if clock is not None:
         body["clock"] = {"ok": clock.ok, "offset": clock.offset, "uncertainty": clock.uncertainty, "error": clock.error}
-    warning = config_hash_warning(replicas)
-    if warning:
-        body["warnings"] = [warning]
+    warnings = [w for w in (config_hash_warning(replicas),) if w]
+    if wallets is not None and wallets.latest:
+        body["wallets"] = {
+            target: {"balance_sats": w.sats, "anchors_left": w.anchors_left, "low": w.low}
+            for target, w in sorted(wallets.latest.items())
+        }
+        warnings.extend(wallets.low())
+    if warnings:
+        body["warnings"] = warnings
     if problem:
         body["reason"] = problem
     if storage:

@@ -201,7 +201,10 @@ class HttpServer:
         # On the engine's own steady clock, like every time it keeps: a wall-clock step
         # does not make the loop look stuck or a job stale.
         if path == "/health":
-            return _json(*health(runtime.engine, runtime.engine.clock.now(), getattr(runtime, "cluster", None)))
+            return _json(*health(
+                runtime.engine, runtime.engine.clock.now(), getattr(runtime, "cluster", None),
+                wallets=getattr(runtime, "wallets", None),
+            ))
         if path == "/livez":
             return _json(*livez(runtime.engine, runtime.engine.clock.now()))
         if path == "/readyz":

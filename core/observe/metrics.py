@@ -14,6 +14,9 @@
 | `vmsh_job_period_seconds` | gauge | namespace, cadence, target |
 | `vmsh_job_disabled` | gauge (1, only for disabled jobs) | namespace, cadence, target, reason |
 | `vmsh_receipts_pending` | gauge | target |
+| `vmsh_btc_signer_balance_sats` | gauge (the tracked coin's value after the last anchor) | target |
+| `vmsh_signer_anchors_left` | gauge (anchors the balance pays at the last fee) | target |
+| `vmsh_signer_balance_low` | gauge (1: fewer anchors left than `lowBalanceAnchors`) | target |
 | `vmsh_anchor_failures_by_kind_total` | counter | kind (network/auth/validation/storage/unknown) |
 | `vmsh_storage_errors_total` | counter | op (journal/receipt/state/recover) |
 | `vmsh_tokens_discarded_total` | counter | reason (lease_lost/taken_over/superseded/unrecovered) |
@@ -97,6 +100,7 @@ from core.events import (
     StorageFailed,
     TickCompleted,
     TokenDiscarded,
+    WalletRead,
 )
 from core.jobs import JobKey
 
@@ -332,6 +336,18 @@ class Metrics:
             "vmsh_receipts_pending", "Receipts waiting for confirmations, per target.",
             ("target",), registry=r,
         )
+        self.balance = Gauge(
+            "vmsh_btc_signer_balance_sats", "A btc signer's balance (its tracked coin) after its last anchor, "
+            "in sat.", ("target",), registry=r,
+        )
+        self.anchors_left = Gauge(
+            "vmsh_signer_anchors_left", "How many more anchors a signer's balance pays at the last fee.",
+            ("target",), registry=r,
+        )
+        self.balance_low = Gauge(
+            "vmsh_signer_balance_low", "1 while a signer's balance pays fewer anchors than the target's "
+            "lowBalanceAnchors.", ("target",), registry=r,
+        )
         self.reloads = Counter(
             "vmsh_config_reloads", "Configuration reloads, by result (ok|error).", ("result",), registry=r
         )
@@ -424,6 +440,10 @@ class Metrics:
         elif isinstance(event, ReceiptConfirmed):
             # Never below zero, should seeding have missed a receipt.
             self._set_pending(event.target, max(0, self._pending.get(event.target, 0) - 1))
+        elif isinstance(event, WalletRead):
+            self.balance.labels(event.target).set(event.sats)  # only btc signers report one
+            self.anchors_left.labels(event.target).set(event.anchors_left)
+            self.balance_low.labels(event.target).set(int(event.low))
         elif isinstance(event, StorageFailed):
             self.storage_errors.labels(event.op).inc()
         elif isinstance(event, TokenDiscarded):

@@ -27,6 +27,8 @@ from typing import Any
 
 import httpx
 from embit import bech32
+from embit.script import Script, Witness
+from embit.transaction import SIGHASH, Transaction, TransactionInput, TransactionOutput
 
 from core.anchors.btc import BtcTarget
 from core.anchors.btc.tx import parse_key, signer_script
@@ -145,6 +147,29 @@ class Bcoin:
             {"rpcUrl": self.url, "network": "regtest", "key": key, "scriptType": script_type,
              "funding": f"{coinbase}:0", "confirmations": 1, "feeRate": 2, **settings}
         )
+
+    def small_coin(self, script: bytes, sats: int) -> str:
+        """A mined coin of `sats` paying `script` ("txid:0"), split off a fresh coinbase (the
+        rest burnt): a signer with little money."""
+        payer = parse_key(f"{next(_keys):064x}")
+        payer_script = signer_script(payer, "p2wpkh")[0]
+        [block_hash] = self.mine(1, payer_script)
+        coinbase = self.rpc("getblock", block_hash, True)["tx"][0]
+        self.mine(MATURITY, BURN)
+        value = round(float(self.rpc("gettxout", coinbase, 0)["value"]) * 100_000_000)
+        tx = Transaction(
+            version=2,
+            vin=[TransactionInput(bytes.fromhex(coinbase), 0)],
+            vout=[TransactionOutput(sats, Script(script)), TransactionOutput(value - sats - 2000, Script(BURN))],
+        )
+        code = Script(b"\x76\xa9\x14" + payer_script[2:] + b"\x88\xac")
+        sig = payer.sign(tx.sighash_segwit(0, code, value, SIGHASH.ALL)).serialize() + bytes([SIGHASH.ALL])
+        tx.vin[0].witness = Witness([sig, payer.get_public_key().sec()])
+        txid = self.rpc("sendrawtransaction", tx.serialize().hex())
+        self.mine(1, BURN)
+        if self.rpc("gettxout", txid, 0) is None:
+            raise BcoinError(f"the small coin {txid}:0 was not mined")
+        return f"{txid}:0"
 
     def start_miner(self, interval: float = 0.05) -> None:
         """Mine a block (to BURN) whenever the mempool holds a transaction, until stop()."""

@@ -4,6 +4,7 @@ builds, signs and sends its own transactions; the node mines when the test says 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -14,17 +15,20 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from cli.main import main
 from core.anchors.base import Attestation, VerificationFailed
 from core.anchors.btc import BtcTarget
 from core.anchors.btc.backend import BtcBackend
-from core.anchors.btc.tx import parse_key
+from core.anchors.btc.tx import DUST, Outpoint, build_anchor, parse_key, signer_script
 from core.clock import FakeClock
 from core.config import load_config
 from core.errors import ValidationError
-from core.jobs import safe_name
+from core.events import LogRecord
+from core.jobs import JobKey, safe_name
+from core.lifecycle import running
 from core.runtime import Runtime
 from core.sources import write_batch
 from tests.integration.bcoin import BURN, SEGWIT_HEIGHT, Bcoin
@@ -393,3 +397,221 @@ async def test_a_second_group_waits_for_the_first_transaction_to_be_mined_before
         assert bytes.fromhex(one.data["tx_hash"])[::-1] in bytes.fromhex(two.data["raw_tx"])  # spends its change
     finally:
         await b.close()
+
+
+# --------------------------------------------------------------------------- folding
+
+FOLD_CONFIG = """\
+scheduler: {{tick: 60, data_dir: data}}
+targets:
+  btc:
+    regtest: {{rpcUrl: "{url}", network: regtest, keyFile: key.txt, funding: "{funding}", feeRate: 2,
+               confirmations: 1}}
+namespaces:
+{namespaces}
+"""
+FOLDED = ("p", "q", "r", "s")  # due at T0, T0+2, T0+4, T0+6
+
+
+def test_jobs_due_while_an_anchor_is_unmined_are_folded_into_one_next_transaction(bcoin, tmp_path, capsys):
+    """`p` is anchored at T0 and its transaction stays unmined; q, r and s come due one pass
+    each meanwhile. They are anchored together by ONE next transaction (one OP_RETURN over
+    their three leaves): two transactions for four jobs, each job receipted once."""
+    settings = bcoin.funded()
+    assert settings.key is not None and settings.funding is not None
+    (tmp_path / "key.txt").write_text(settings.key.get_secret_value() + "\n")
+    lines = "\n".join(f'  {n}: {{cadence: {{fast: {{target: "btc:regtest", every: "10s"}}}}}}' for n in FOLDED)
+    (tmp_path / "config.yaml").write_text(FOLD_CONFIG.format(url=bcoin.url, funding=settings.funding, namespaces=lines))
+    clock = FakeClock()
+    t0 = clock.now()
+    states = {}
+    for i, namespace in enumerate(FOLDED):
+        write_batch(tmp_path / "data" / "batches" / safe_name(namespace), "2", "sha256:" + f"{i + 1:02x}" * 32)
+        if i:  # anchored before: due again 10 s after, i.e. at T0 + 2i
+            states[f"{namespace}/fast"] = {"last_anchored_at": t0 - 10 + 2 * i, "last_root": "sha256:" + "00" * 32}
+    (tmp_path / "data" / "state").mkdir(parents=True)
+    (tmp_path / "data" / "state" / "scheduler.json").write_text(json.dumps({"version": 1, "jobs": states}))
+    start = bcoin.height()
+    receipts = tmp_path / "data" / "receipts"
+
+    async def run() -> None:
+        runtime = Runtime(load_config(tmp_path / "config.yaml", env={}, cwd=tmp_path), clock=clock)
+        engine = runtime.engine
+        loop = asyncio.create_task(engine.run())
+
+        async def passed(at: float) -> None:
+            while engine.last_tick is None or engine.last_tick < at:
+                assert not loop.done(), loop.exception()
+                await asyncio.sleep(0.02)
+
+        try:
+            await passed(t0)
+            while not await asyncio.to_thread(bcoin.rpc, "getrawmempool"):  # p's transaction, unmined
+                await asyncio.sleep(0.05)
+            for step in (2, 4, 6):  # q, r, s come due, one pass each
+                clock.set(t0 + step)
+                await passed(t0 + step)
+                await asyncio.sleep(0.3)  # time enough for a send, had there been one
+            assert len(await asyncio.to_thread(bcoin.rpc, "getrawmempool")) == 1
+            bcoin.start_miner()
+            deadline = time.monotonic() + 60
+            while len(list(receipts.rglob("*.json"))) < len(FOLDED):
+                assert time.monotonic() < deadline, "not every job got its receipt"
+                assert not loop.done(), loop.exception()
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(0.5)  # nothing more may be sent
+        finally:
+            bcoin.stop_miner()
+            await engine.stop()
+            loop.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await loop
+            await runtime.close()
+
+    asyncio.run(run())
+    bodies = {b["namespace"]: b for b in (json.loads(p.read_text()) for p in receipts.rglob("*.json"))}
+    assert sorted(bodies) == sorted(FOLDED) and len(list(receipts.rglob("*.json"))) == len(FOLDED)
+    spenders = _spenders(bcoin, start)
+    assert len(spenders) == 2  # two transactions for four jobs
+    first, folded = bodies["p"]["attestation"]["tx_hash"], {bodies[n]["attestation"]["tx_hash"] for n in "qrs"}
+    assert spenders == [first, *folded] and len(folded) == 1
+    assert all(bodies[n]["tree_size"] == 3 for n in "qrs") and bodies["p"]["tree_size"] == 1
+    assert sorted(bodies[n]["leaf_index"] for n in "qrs") == [0, 1, 2]
+    assert main(["verify", "--rpc-url", f"btc:regtest={bcoin.url}", str(receipts)]) == 0, capsys.readouterr()
+
+
+# --------------------------------------------------------------------------- the signer's balance
+
+LOW_CONFIG = """\
+scheduler: {{tick: 60, data_dir: data}}
+http: {{listen: "127.0.0.1:{port}"}}
+targets:
+  btc:
+    regtest: {{rpcUrl: "{url}", network: regtest, keyFile: key.txt, funding: "{funding}", feeRate: 2,
+               confirmations: 1}}
+namespaces:
+  w: {{cadence: {{fast: {{target: "btc:regtest", every: "1h"}}}}}}
+"""
+
+
+def test_a_balance_running_low_is_a_metric_a_health_warning_and_one_log_line(bcoin, tmp_path, capsys):
+    """A coin worth 21.5 anchors at 2 sat/vB: after the first anchor it pays 20 more (the
+    default lowBalanceAnchors: not low), after the second 19 (low: one WARNING), after the
+    third 18 (still low: no second line)."""
+    key = parse_key(f"{4242:064x}")
+    script = signer_script(key, "p2wpkh")[0]
+    fee = build_anchor(key, "p2wpkh", Outpoint("00" * 32, 0, 10**6), b"\x00" * 32, 2).fee
+    funding = bcoin.small_coin(script, DUST + 21 * fee + fee // 2)
+    (tmp_path / "key.txt").write_text(f"{4242:064x}\n")
+    port = free_port()
+    (tmp_path / "config.yaml").write_text(LOW_CONFIG.format(port=port, url=bcoin.url, funding=funding))
+    batches = tmp_path / "data" / "batches" / "w"
+    write_batch(batches, "0", "sha256:" + "a0" * 32)
+    runtime = Runtime(load_config(tmp_path / "config.yaml", env={}, cwd=tmp_path), clock=FakeClock())
+    records: list = []
+    runtime.bus.subscribe(lambda e: records.append(e) if isinstance(e, LogRecord) else None)
+    receipts = tmp_path / "data" / "receipts"
+    seen: list[tuple[str, str]] = []
+
+    async def run() -> None:
+        async with running(runtime, http_required=True), httpx.AsyncClient() as http:
+            for n in range(1, 4):
+                if n > 1:
+                    write_batch(batches, str(n), "sha256:" + f"a{n}" * 32)
+                    assert runtime.engine.force(JobKey("w", "fast"))
+                deadline = time.monotonic() + 60
+                while len(list(receipts.rglob("*.json"))) < n:
+                    assert time.monotonic() < deadline, f"no receipt {n}"
+                    await asyncio.sleep(0.05)
+                await asyncio.sleep(0.2)
+                metrics = (await http.get(f"http://127.0.0.1:{port}/metrics")).text
+                health = (await http.get(f"http://127.0.0.1:{port}/health")).json()
+                seen.append((metrics, json.dumps(health)))
+            sock = str(tmp_path / "data" / "control.sock")
+            assert await asyncio.to_thread(main, ["ctl", "--socket", sock, "receipt", "sha256:" + "a3" * 32]) == 0
+
+    bcoin.start_miner()
+    try:
+        asyncio.run(run())
+    finally:
+        bcoin.stop_miner()
+    left = [DUST + 21 * fee + fee // 2 - n * fee for n in (1, 2, 3)]
+    for n, (metrics, health) in enumerate(seen):
+        assert f'vmsh_btc_signer_balance_sats{{target="btc:regtest"}} {float(left[n])}' in metrics
+        assert f'vmsh_signer_anchors_left{{target="btc:regtest"}} {float(20 - n)}' in metrics
+        assert f'vmsh_signer_balance_low{{target="btc:regtest"}} {1.0 if n else 0.0}' in metrics
+        warned = f"pays {20 - n} more anchors at the current fee, fewer than lowBalanceAnchors 20" in health
+        assert warned == (n > 0), health
+    low = [r for r in records if r.msg == "signer balance low"]
+    assert len(low) == 1 and low[0].level == "WARNING" and low[0].fields["anchors_left"] == 19
+    # ctl receipt names the transaction and its confirmations (observed/required)
+    [receipt] = [json.loads(p.read_text()) for p in receipts.rglob("*.json") if "a3a3" in p.read_text()]
+    out = capsys.readouterr().out
+    assert f"tx {receipt['attestation']['tx_hash']}  confirmations 1/1" in out, out
+
+
+# --------------------------------------------------------------------------- the dashboard and ctl
+
+DASH_CONFIG = """\
+scheduler: {{tick: 60, data_dir: data}}
+targets:
+  btc:
+    regtest: {{rpcUrl: "{url}", network: regtest, keyFile: key.txt, funding: "{funding}", feeRate: 2}}
+namespaces:
+  chain: {{cadence: {{fast: {{target: "btc:regtest", every: "1h", confirmations: 3}}}}}}
+"""
+
+
+def test_the_dashboard_and_ctl_show_a_btc_receipts_transaction_and_its_confirmations(bcoin, tmp_path, capsys):
+    """Receipts pane: `1/3 conf`, then `2/3 conf` as the block above it is mined, then
+    `confirmed`; the selected receipt's note and the namespace detail name the transaction;
+    `ctl receipt` prints it with its confirmations."""
+    os.environ.setdefault("TEXTUAL_ANIMATIONS", "none")
+    from core.confirmations import ConfirmationTracker
+    from tests.tui.conftest import screen_text
+    from tui.app import VaultMeshApp
+    from tui.detail import namespace_detail_of
+    from tui.host import InProcessHost
+
+    settings = bcoin.funded()
+    assert settings.key is not None
+    (tmp_path / "key.txt").write_text(settings.key.get_secret_value() + "\n")
+    (tmp_path / "config.yaml").write_text(DASH_CONFIG.format(url=bcoin.url, funding=settings.funding))
+    write_batch(tmp_path / "data" / "batches" / "chain", "1", "sha256:" + "c1" * 32)
+    runtime = Runtime(load_config(tmp_path / "config.yaml", env={}, cwd=tmp_path), clock=FakeClock())
+    tracker = ConfirmationTracker(runtime.receipts, runtime.backends, runtime.bus, runtime.clock, runtime.log,
+                                  requeue=lambda key: None)
+    app = VaultMeshApp(InProcessHost(runtime, start_engine=False), env={"COLORTERM": "truecolor"})
+
+    async def run() -> tuple[str, list[str], str]:
+        async with app.run_test(size=(120, 30)) as pilot:
+            bcoin.start_miner()
+            try:
+                await runtime.engine.run_once()
+            finally:
+                bcoin.stop_miner()
+            app.flush_now()
+            await pilot.pause()
+            await pilot.press("3")  # the Receipts pane, its newest receipt selected
+            await pilot.pause()
+            [path] = app.dashboard.body("receipts").shown_keys
+            txid = json.loads(Path(path).read_text())["attestation"]["tx_hash"]
+            seen = [screen_text(app)]
+            for _ in range(2):
+                await asyncio.to_thread(bcoin.mine, 1, BURN)
+                await tracker.check_once()
+                app.flush_now()
+                await pilot.pause()
+                seen.append(screen_text(app))
+            detail = namespace_detail_of(app.host.control, "chain", [], str(tmp_path / "data")).plain
+        return txid, seen, detail
+
+    txid, (first, deeper, final), detail = asyncio.run(run())
+    row = next(line for line in first.splitlines() if "btc:regtest" in line and "chain" in line)
+    assert "1/3 conf" in row, first
+    assert f"tx {txid}, confirmations 1/3" in first
+    assert "2/3 conf" in deeper and f"tx {txid}, confirmations 2/3" in deeper
+    row = next(line for line in final.splitlines() if "btc:regtest" in line and "chain" in line)
+    assert "confirmed" in row and f"tx {txid}, confirmations 3/3" in final
+    assert f"tx {txid}, confirmations 3/3" in detail
+    assert f"last tx {txid}, confirmations 3/3" in detail  # the job's line, under Cadences

@@ -24,7 +24,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from core.config import CloudEventsSettings, SchedulerSettings
-from core.events import ReceiptWritten
+from core.events import ReceiptWritten, WalletRead
 from core.jobs import JobKey
 from core.observe.cloudevents import CloudEventsEmitter
 
@@ -139,6 +139,7 @@ async def exported(stack, tmp_path, obs) -> dict[str, set[str]]:
         ReceiptWritten(at=s.clock.now(), job=JobKey("a", "fast"), target="eip155:1", path="r.json",
                        root="sha256:" + "00" * 32, status="pending", anchored_at=s.clock.now())
     )
+    s.runtime.bus.publish(WalletRead(at=s.clock.now(), target="btc:mainnet", sats=9000, anchors_left=29, low=False))
     CloudEventsEmitter(
         s.runtime.bus,
         CloudEventsSettings.model_validate({"http": {"url": "http://127.0.0.1:9/"}, "file": str(tmp_path / "x")}),

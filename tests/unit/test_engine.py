@@ -216,6 +216,35 @@ async def test_a_job_in_flight_is_never_started_twice(tmp_path):
     assert len(h.of(ReceiptWritten)) == 1
 
 
+async def test_a_one_at_a_time_target_folds_the_jobs_due_meanwhile_into_its_next_call(tmp_path):
+    """btc's rule (one unmined transaction per signer): while a call hangs, jobs forced one
+    pass each wait, not in flight; the call after it anchors all of them at once. A job a
+    reload removes meanwhile is left out; one that failed is not anchored twice."""
+    h = Harness(tmp_path, {"a": 1, "b": 2, "c": 3, "d": 4}, every=3600)
+    h.backend.one_at_a_time = True
+    s = h.scheduler()
+    s.pause()  # only what is forced runs
+    h.backend.gate = asyncio.Event()
+    s.force(JobKey("a", "fast"))
+    s.run_due()
+    await until(lambda: h.backend.calls)
+    for ns in "bcd":  # three passes while a's call hangs
+        h.clock.advance(1)
+        assert s.force(JobKey(ns, "fast"))
+        s.run_due()
+        await asyncio.sleep(0)
+    assert len(h.backend.calls) == 1 and s.in_flight() == {JobKey("a", "fast")}
+    s.apply(h.specs[:3], "without d")
+    h.backend.fail_with = NetworkError("not mined in time")
+    h.backend.gate.set()
+    await s.settle()
+    h.backend.fail_with = None
+    await s.run_once()  # the pass after: one call for b and c
+    assert len(h.backend.calls) == 2
+    assert set(h.of(AnchorStarted)[1].jobs) == {JobKey("b", "fast"), JobKey("c", "fast")}
+    assert sorted(str(e.job) for e in h.of(ReceiptWritten)) == ["b/fast", "c/fast"]
+
+
 async def test_catch_up_runs_once_after_a_long_downtime(tmp_path):
     h = Harness(tmp_path, {"a": 1}, every=60, unchanged=True)
     s = h.scheduler()

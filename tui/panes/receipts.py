@@ -3,9 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
+
+from textual.widgets import Static
 
 from core.control import Snapshot
-from core.events import Event, LogRecord, ReceiptConfirmed, ReceiptWritten, ReplicasSeen
+from core.events import (
+    Event,
+    LogRecord,
+    ReceiptConfirmed,
+    ReceiptDepth,
+    ReceiptWritten,
+    ReplicasSeen,
+)
 from core.jobs import JobKey
 from tui.panes.base import PaneContext, PaneSource
 from tui.rows import RECEIPT_COLUMNS, ReceiptInfo, receipt_row
@@ -32,6 +42,21 @@ class ReceiptsPane(PaneSource):
     def make_body(self) -> DiffTable:
         return DiffTable(RECEIPT_COLUMNS, id=self.name, sort_reverse=True)  # newest first
 
+    def make_note(self) -> Static:
+        """The selected receipt's transaction and confirmations (chain receipts only)."""
+        note = Static("", id="receipt-tx", classes="note", markup=False)
+        note.display = False
+        return note
+
+    def selection_changed(self) -> None:
+        info = self.infos.get(self.selected_receipt() or "")
+        text = "" if info is None else info.transaction()
+        note = self.footnote
+        assert isinstance(note, Static)
+        if str(note.content) != text:
+            note.update(text)
+        note.display = bool(text)
+
     def take(self, events: Sequence[Event], logs: Sequence[LogRecord]) -> None:
         changed = False
         for event in events:
@@ -39,7 +64,11 @@ class ReceiptsPane(PaneSource):
                 self.infos[event.path] = ReceiptInfo(
                     event.path, event.anchored_at, event.job.namespace, event.job.cadence,
                     event.target, event.root, event.status,
+                    tx_hash=event.tx_hash, observed=event.observed, required=event.required,
                 )
+                changed = True
+            elif isinstance(event, ReceiptDepth) and event.path in self.infos:
+                self.infos[event.path] = replace(self.infos[event.path], observed=event.observed)
                 changed = True
             elif isinstance(event, ReplicasSeen):  # cluster mode: the other replicas' receipts too
                 for path, receipt in self.ctx.control.recent_receipts(RECEIPTS_SHOWN):
@@ -49,9 +78,7 @@ class ReceiptsPane(PaneSource):
                         changed = True
             elif isinstance(event, ReceiptConfirmed) and event.path in self.infos:
                 old = self.infos[event.path]
-                self.infos[event.path] = ReceiptInfo(
-                    old.path, old.anchored_at, old.namespace, old.cadence, old.target, old.root, "confirmed"
-                )
+                self.infos[event.path] = replace(old, status="confirmed", observed=max(old.observed, old.required))
                 changed = True
         if changed:
             self.redraw()
@@ -69,6 +96,7 @@ class ReceiptsPane(PaneSource):
                 self.verified.pop(path, None)
         p = self.ctx.palette
         self.table.show({path: receipt_row(r, self.verified.get(path, ""), p) for path, r in infos.items()})
+        self.selection_changed()
 
     def selected_receipt(self) -> str | None:
         return self.table.selected_key
@@ -79,7 +107,8 @@ class ReceiptsPane(PaneSource):
         info = self.infos.get(path or "")
         if path is None or info is None:
             return None
-        choices = [("receipt path", path), *([("root", info.root)] if info.root else [])]
+        choices = [("receipt path", path), *([("root", info.root)] if info.root else []),
+                   *([("transaction", info.tx_hash)] if info.tx_hash else [])]
         last_path, last = self._copied
         turn = (last + 1) % len(choices) if last_path == path else 0
         self._copied = (path, turn)

@@ -23,8 +23,15 @@ Sending, under a per-signer lock (asyncio, and the store's lock across replicas)
    outstanding (the next attempt looks for it before signing anew) and the attempt fails
    with a NetworkError; one the node refuses outright is a ValidationError.
 
-At most one anchor per signer is unmined at a time (in this process): a group due meanwhile
-waits, in flight, and is signed once the previous transaction is mined. Each attempt
+At most one anchor per signer is unmined at a time (in this process). The backend says
+`one_at_a_time`, so the engine starts one group per target at a time: jobs due while its
+transaction is unmined wait (not in flight, never dropped) and the pass after it is mined
+folds them all into ONE next transaction (core/engine/anchoring.py). Another group that
+reaches the backend meanwhile (another target with the same key, a recovery) still waits
+here for the unmined one before it signs (`_one_unmined`), and across replicas (or after an
+attempt that gave up waiting) the signer's latest transaction in the record, found still in
+the mempool under the signer lock, is waited for (`receipt_timeout`) before signing: one
+unmined anchor per key in the whole cluster. Each attempt
 waits for its transaction to be mined (`receipt_timeout`: `mineTimeout`), scanning the blocks
 after the height it was sent at (no txindex needed), and returns a `pending` Attestation:
 {scheme, network, tx_hash, vout, block_hash, block_number, raw_tx, txoutproof}. A
@@ -32,6 +39,9 @@ transaction not mined in time stays outstanding: the next attempt for that diges
 for it again instead of paying twice. Confirmations are the depth of the attested block,
 None once getblockhash(block_number) is another block (a reorg: the tracker queues the job
 again).
+
+`wallet` is the signer's balance after our last send (the change's value) and how many
+more anchors it pays at that transaction's fee (core/observe/wallets.py watches it).
 
 After a crash `recover` never signs: it looks the journalled txid up (mempool, blocks
 since it was sent), sends the same bytes again if the node does not know them, and gives
@@ -64,10 +74,11 @@ from core.anchors.base import (
     SignerFile,
     SignerRecord,
     VerificationFailed,
+    Wallet,
 )
 from core.anchors.btc.proof import check_attestation, check_on_node
 from core.anchors.btc.settings import BtcTarget
-from core.anchors.btc.tx import KeyProblem, Outpoint, build_anchor, parse_key, signer_script
+from core.anchors.btc.tx import DUST, KeyProblem, Outpoint, build_anchor, parse_key, signer_script
 from core.anchors.evm.rpc import Node, RpcError
 from core.anchors.keysource import read_key
 from core.errors import AuthError, NetworkError, ValidationError
@@ -95,6 +106,10 @@ SENT_KEPT = 25  # our latest transactions in the coin record (a mempool chain is
 class _NotHeld(ValidationError):
     """The node answered a send but never showed the transaction in its mempool or chain."""
 
+
+class _Unmined(Exception):
+    """The signer's latest transaction (this replica's or another's) is still unmined."""
+
 _signer_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, asyncio.Lock]] = (
     weakref.WeakKeyDictionary()
 )
@@ -117,6 +132,8 @@ def _doc(store: SignerRecord) -> dict[str, Any]:
 
 class BtcBackend:
     """Backend for `btc:<name>` targets (implements core.anchors.base.Backend)."""
+
+    one_at_a_time = True  # the engine folds jobs due meanwhile into the next call
 
     def __init__(
         self,
@@ -148,6 +165,7 @@ class BtcBackend:
             target, settings.rpc_url, timeout=rpc_timeout, transport=transport, sender=lambda: "the signer"
         )
         self._checked_network = False
+        self.wallet: Wallet | None = None  # the signer's coin after our last send
 
     def __repr__(self) -> str:
         return f"BtcBackend({self.target!r}, rpc={self._node.where!r})"
@@ -334,7 +352,7 @@ class BtcBackend:
             async with self._lock():
                 earlier = _doc(store)["outstanding"].get(digest.hex())
             if earlier is None:
-                earlier = await self._sign_and_send(digest, note, key, store)
+                earlier = await self._sign_when_mined(digest, note, key, store)
             else:
                 await _maybe_await(note(dict(earlier)))
             attestation = await self._resume(earlier, wait=True)
@@ -343,11 +361,33 @@ class BtcBackend:
             raise NetworkError(f"{self.target}: transaction {earlier['tx_hash']} was dropped before it was mined")
         return attestation
 
+    async def _sign_when_mined(
+        self, digest: bytes, note: JournalNote, key: PrivateKey, store: SignerRecord
+    ) -> dict[str, Any]:
+        """`_sign_and_send` once the signer's latest transaction is mined: at most one unmined
+        anchor per key across replicas (another replica's, or one of ours whose attempt
+        gave up waiting), so the next one spends a mined change."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.receipt_timeout
+        while True:
+            try:
+                return await self._sign_and_send(digest, note, key, store)
+            except _Unmined as busy:
+                if loop.time() >= deadline:
+                    raise NetworkError(
+                        f"{self.target}: the signer's transaction {busy} is not mined within "
+                        f"{self.receipt_timeout:.0f} s; not signing another on top of it"
+                    ) from None
+            await asyncio.sleep(self.poll_interval)
+
     async def _sign_and_send(
         self, digest: bytes, note: JournalNote, key: PrivateKey, store: SignerRecord
     ) -> dict[str, Any]:
         async with self._lock():
             doc = _doc(store)
+            latest = _ours(doc)[-1:]
+            if latest and await self._in_mempool(latest[0]["tx_hash"]):
+                raise _Unmined(latest[0]["tx_hash"])  # checked under the lock every replica takes
             coin = await self._coin(doc)
             try:
                 tx = build_anchor(key, self.settings.script_type, coin, digest, await self._fee_rate())
@@ -376,6 +416,9 @@ class BtcBackend:
             doc["coin"] = {"txid": tx.txid, "vout": 1}
             doc["outstanding"][digest.hex()] = facts
             store.save(doc)
+            self.wallet = Wallet(
+                tx.change.value, max(0, tx.change.value - DUST) // max(1, tx.fee), self.settings.low_balance_anchors
+            )
         return facts
 
     async def _forget(self, digest: bytes) -> None:

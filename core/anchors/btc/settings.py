@@ -6,7 +6,8 @@ the environment variable `keyEnv` or the file `keyFile`; it spends an output of
 `scriptType` (P2WPKH, or P2WSH of `<pubkey> OP_CHECKSIG`). `funding` ("txid:vout") is the
 first coin the anchors spend; each anchor then spends the previous one's change.
 Fees: `feeRate` sat/vB if set, else the node's estimate, else `fallbackFeeRate`; never
-above `maxFeeRate`. `mineTimeout` (s) is how long an attempt waits for its block."""
+above `maxFeeRate`. `mineTimeout` (s) is how long an attempt waits for its block.
+`lowBalanceAnchors` (20): fewer anchors than this left in the signer's coin is a warning."""
 
 from __future__ import annotations
 
@@ -34,6 +35,9 @@ class BtcTarget(Model):
     # how long an attempt waits for its transaction to be mined (then it fails and the next
     # attempt waits for the same transaction again)
     mine_timeout: float = Field(3600.0, gt=0, alias="mineTimeout")
+    # the signer's balance is low (a WARNING once, /health, vmsh_signer_balance_low) when it
+    # pays fewer than this many more anchors at the last anchor's fee
+    low_balance_anchors: int = Field(20, ge=0, alias="lowBalanceAnchors")
 
     @model_validator(mode="after")
     def _one_key_source(self) -> BtcTarget:
