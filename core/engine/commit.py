@@ -64,6 +64,13 @@ def journalled_note(intent: Intent) -> Callable[[dict[str, Any]], None]:
     return note
 
 
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    """A chunk's write whose outcome nobody awaits any more (shutdown): its error is not
+    reported as never retrieved."""
+    if not future.cancelled():
+        future.exception()
+
+
 def _chunks(items: list[_T], size: int) -> list[list[_T]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
@@ -107,18 +114,13 @@ class Committer:
                 return
             held.durable = True
         now = ctx.clock.now()
-        done = 0
-        try:
-            for chunk in _chunks(pairs, ctx.claims.commit_chunk or max(1, len(pairs))):
-                await self._commit(held, chunk, proofs, owned, started, now, recovered=recovered)
-                done += len(chunk)
-                await asyncio.sleep(0)  # let the loop breathe between chunks of a big pass
-        except StorageError as exc:
-            if isinstance(exc.__cause__, Superseded):
-                self._superseded(held, pairs[done:], owned, str(exc.__cause__))
+        unwritten, error = await self._commit_chunks(held, pairs, proofs, owned, started, now, recovered=recovered)
+        if error is not None:
+            if isinstance(error.__cause__, Superseded):
+                self._superseded(held, unwritten, owned, str(error.__cause__))
                 return
-            ctx.storage_failed(exc)
-            self._hold(held, pairs[done:], exc, owned, started)
+            ctx.storage_failed(error)
+            self._hold(held, unwritten, error, owned, started)
         if not ctx.table.holds(held):
             if ctx.claims.closes_intents:  # removed by the commit's own transaction
                 intent.closed = True
@@ -128,7 +130,7 @@ class Committer:
         self.saves.request()
         ctx.table.wake.set()
 
-    async def _commit(
+    async def _commit_chunks(
         self,
         held: Held,
         pairs: Pairs,
@@ -138,11 +140,48 @@ class Committer:
         now: float,
         *,
         recovered: bool,
-    ) -> None:
-        """One fenced commit (`Claims.commit`): each job's receipt, new state and lease
-        release. A job whose lease passed to another replica gets nothing (the outcome is
-        theirs); a job whose receipt alone could not be written is held with the
-        attestation and fails with kind `storage`. A failure of the whole call raises."""
+    ) -> tuple[Pairs, StorageError | None]:
+        """Every chunk's fenced commit, pipelined: the writer thread writes chunk k+1 while
+        the loop applies chunk k's outcomes (in order: chunk k+1 was written after chunk
+        k). After a chunk whose commit failed as a whole, no other chunk is started; the one
+        already started is applied as it ended. Returns the pairs left unwritten and the
+        first failure (None: every chunk committed)."""
+        size = self.ctx.claims.commit_chunk or max(1, len(pairs))
+        queued: list[tuple[Pairs, asyncio.Future[tuple[Committed | Exception, list[bool]]]]] = []
+        unwritten: Pairs = []
+        error: StorageError | None = None
+
+        async def settle() -> None:
+            nonlocal error
+            chunk, writing = queued.pop(0)
+            try:
+                done, advance = await writing
+            except StorageError as exc:
+                error = error or exc
+                unwritten.extend(chunk)
+                return
+            self._apply(held, chunk, done, advance, owned, started, now, recovered=recovered)
+            await asyncio.sleep(0)  # let the loop breathe between chunks of a big pass
+
+        for chunk in _chunks(pairs, size):
+            if error is not None:
+                unwritten.extend(chunk)
+                continue
+            writing = asyncio.ensure_future(self._write(held, chunk, proofs, now, recovered=recovered))
+            writing.add_done_callback(_retrieved)
+            queued.append((chunk, writing))
+            if len(queued) > 1:
+                await settle()
+        while queued:
+            await settle()
+        return unwritten, error
+
+    async def _write(
+        self, held: Held, pairs: Pairs, proofs: list[list[bytes]], now: float, *, recovered: bool
+    ) -> tuple[Committed | Exception, list[bool]]:
+        """One fenced commit (`Claims.commit`) on the writer thread: each job's receipt, new
+        state and lease release; with, per job, whether its state moves (`advance`). A
+        failure of the whole call raises StorageError."""
         ctx, table = self.ctx, self.ctx.table
         intent, attestation = held.intent, held.attestation
         previous = [table.state_or_new(item.spec.key) for _, item in pairs]
@@ -162,9 +201,19 @@ class Committer:
                 return exc
             return ctx.claims.commit(receipts, states, rows, intent.id, recovered=recovered)
 
-        done = await ctx.writer.run("receipt", ctx.receipts.root, write)
+        return await ctx.writer.run("receipt", ctx.receipts.root, write), advance
+
+    def _apply(
+        self, held: Held, pairs: Pairs, done: Committed | Exception, advance: list[bool], owned: set[JobKey],
+        started: float, now: float, *, recovered: bool,
+    ) -> None:
+        """A chunk's commit, applied: a job whose lease passed to another replica gets
+        nothing (the outcome is theirs); a job whose receipt alone could not be written is
+        held with the attestation and fails with kind `storage`."""
         if isinstance(done, Exception):
-            raise done
+            raise done  # a bug building the receipts, not a disk error
+        ctx, table = self.ctx, self.ctx.table
+        intent, attestation = held.intent, held.attestation
         duration = 0.0 if recovered else now - started
         lost: list[JobKey] = []
         failed: Pairs = []

@@ -24,6 +24,7 @@ from core.observe.health import health
 from core.observe.metrics import Metrics
 from core.receipts import load_receipt, verify_receipt
 from core.sources import write_batch
+from core.store.files.claims import FileClaims
 from core.store.files.journal import IntentJournal
 from core.writer import DiskWriter
 from tests.unit.test_engine import Harness, root, until
@@ -349,3 +350,45 @@ async def test_a_job_removed_mid_anchor_keeps_its_attestation_when_added_again(t
     assert len(h.backend.calls) == 1, "a job added again anchored again instead of using its attestation"
     assert "b/fast" in [str(e.job) for e in h.of(ReceiptWritten)]
     assert s.in_flight() == frozenset()
+
+
+class FailNth:
+    """Fails only the `nth` receipt write (a chunk's commit), with ENOSPC."""
+
+    def __init__(self, nth: int) -> None:
+        self.nth, self.seen = nth, 0
+
+    def __call__(self, op: str) -> None:
+        if op == "receipt":
+            self.seen += 1
+            if self.seen == self.nth:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+async def test_a_chunk_that_fails_mid_pass_holds_only_what_was_not_written_and_nothing_twice(tmp_path):
+    """Chunks of a big pass are written while the loop applies the previous one: when one
+    chunk's commit fails, the chunk already under way still counts, the rest keep the
+    attestation, and the retry writes each missing receipt once, from that attestation."""
+    names = [f"n{i}" for i in range(7)]
+    h = Harness(tmp_path, {n: i + 1 for i, n in enumerate(names)})
+    claims = FileClaims(h.receipts)
+    claims.commit_chunk = 2  # chunks of 2: [n0 n1] [n2 n3 fails] [n4 n5] [n6]
+    s = h.scheduler(writer=DiskWriter(fault=FailNth(2)), claims=claims)
+
+    await s.run_once()
+
+    assert len(h.backend.calls) == 1
+    first = sorted(str(e.job) for e in h.of(ReceiptWritten))
+    assert first == ["n0/fast", "n1/fast", "n4/fast", "n5/fast"]
+    assert s.in_flight() == frozenset(), "jobs were left in flight"
+    assert sorted(str(e.job) for e in h.of(AnchorFailed)) == ["n2/fast", "n3/fast", "n6/fast"]
+
+    h.clock.advance(RETRY)
+    await s.run_once()
+
+    assert len(h.backend.calls) == 1, "the retry anchored again instead of using the attestation"
+    written = sorted(str(e.job) for e in h.of(ReceiptWritten))
+    assert written == sorted(f"{n}/fast" for n in names), "a receipt missing or written twice"
+    for name in names:
+        assert len(list((tmp_path / "data" / "receipts" / name).glob("*.json"))) == 1
+    assert journal_files(h) == []
