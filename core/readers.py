@@ -79,6 +79,22 @@ class Readers:
         self._grow()
         return read  # type: ignore[return-value]
 
+    def submit_many(self, jobs: Iterable[tuple[str, Callable[[], T]]]) -> dict[str, tuple[Read[T], bool]]:
+        """`submit` of each (key, fn), under one lock: each key's read and whether this call
+        started it (False: a read of that key had not ended yet, and is returned)."""
+        out: dict[str, tuple[Read[T], bool]] = {}
+        with self._lock:
+            for key, fn in jobs:
+                read = self._pending.get(key)
+                started = read is None
+                if read is None:
+                    read = Read(key, fn)
+                    self._pending[key] = read
+                    self._queue.put(read)
+                out[key] = (read, started)  # type: ignore[assignment]
+        self._grow()
+        return out
+
     def pending(self, key: str) -> Read[object] | None:
         with self._lock:
             return self._pending.get(key)

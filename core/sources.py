@@ -66,7 +66,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import TypeVar
 
 from core import safejson
@@ -242,8 +242,14 @@ def configure(limits: Mapping[Path, BatchLimits], default: BatchLimits | None = 
         _resolved.clear()
 
 
+def folder_key(folder: str | os.PathLike[str]) -> str:
+    """A folder's text as the caches know it: a Path's own (normalized) text, a str
+    normalized as Path does."""
+    return str(folder) if isinstance(folder, PurePath) else str(Path(folder))
+
+
 def limits_for(folder: str | os.PathLike[str]) -> BatchLimits:
-    return _limits.get(str(Path(folder)), _default_limits)
+    return _limits.get(folder_key(folder), _default_limits)
 
 
 def source_folder(
@@ -367,7 +373,7 @@ def _result(entry: _Entry) -> Batch:
 
 def latest_batch(folder: str | os.PathLike[str]) -> Batch:
     """The newest batch of `folder`; SourceError naming the folder or file on any problem."""
-    return _latest_or_fallback(Path(folder))
+    return _latest_or_fallback(folder if isinstance(folder, Path) else Path(folder))
 
 
 def prefetch(
@@ -389,15 +395,15 @@ def prefetch(
         generation = _generation
     named: dict[str, int] = {}
     for name in folders:
-        key = str(Path(name))
+        key = folder_key(name)
         named[key] = named.get(key, 0) + 1
     deadline = None if wait is None else time.monotonic() + wait
     # A folder with fallbacks is first resolved (is it a folder? that is I/O too).
-    resolving = {
-        name: _submit(f"resolve:{name}", functools.partial(source_folder, name))
+    resolving = _submit_all(
+        (name, f"resolve:{name}", functools.partial(source_folder, name))
         for name in named
-        if limits_for(name).fallbacks
-    }
+        if _limits.get(name, _default_limits).fallbacks
+    )
     READERS.wait(_new(resolving), _left(deadline))
     waiting: dict[str, Read[object]] = {}
     read_from: dict[str, str] = {}
@@ -413,10 +419,7 @@ def prefetch(
     wanted: dict[str, int] = {}
     for name, folder in read_from.items():
         wanted[folder] = wanted.get(folder, 0) + named[name]
-    reads = {
-        folder: _submit(f"read:{folder}", functools.partial(_read_result, Path(folder)))
-        for folder in wanted
-    }
+    reads = _submit_all((folder, f"read:{folder}", functools.partial(_read_result, Path(folder))) for folder in wanted)
     READERS.wait(_new(reads), _left(deadline))
     until = time.monotonic() + _HANDOFF_S
     with _lock:
@@ -432,10 +435,12 @@ def prefetch(
     return {name: read.running_for(now) for name, read in waiting.items()}
 
 
-def _submit(key: str, fn: Callable[[], T]) -> tuple[Read[T], bool]:
-    """The read of `key` (see core.readers) and whether this call started it."""
-    started = READERS.pending(key) is None
-    return READERS.submit(key, fn), started
+def _submit_all(jobs: Iterable[tuple[str, str, Callable[[], T]]]) -> dict[str, tuple[Read[T], bool]]:
+    """For each (name, read key, fn): the read of that key (see core.readers) and whether
+    this call started it, by name; one hand-over to the readers for them all."""
+    jobs = list(jobs)
+    reads = READERS.submit_many((key, fn) for _, key, fn in jobs)
+    return {name: reads[key] for name, key, _ in jobs}
 
 
 def _new(reads: Mapping[str, tuple[Read[T], bool]]) -> list[Read[T]]:

@@ -47,7 +47,7 @@ _COMPOSER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 # an aliased value between its uses; building plain data expands every use, so ten lines of
 # aliases (the "billion laughs") would expand to 10**9 values. The composed graph is
 # measured first, each node once, and refused past these limits.
-MAX_CONFIG_BYTES = 4 * 1024 * 1024  # about 30,000 namespaces; checked before reading
+MAX_CONFIG_BYTES = 32 * 1024 * 1024  # about 190,000 namespaces (100,000 take 16.7 MB); checked before reading
 MAX_YAML_DEPTH = 64  # levels of nesting, aliases expanded (a config needs about 6)
 MAX_YAML_ALIASES = 10_000  # uses of `*name` in one file
 MAX_YAML_ALIAS_VALUES = 250_000  # values that aliases add once expanded
