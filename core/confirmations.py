@@ -36,7 +36,7 @@ from core.errors import describe
 from core.events import Event, EventBus, ReceiptConfirmed, ReceiptWritten
 from core.jobs import JobKey
 from core.observe.logs import Log
-from core.receipts import Receipt, ReceiptError
+from core.receipts import REDUNDANT_VERSION, Receipt, ReceiptError
 from core.store import ReceiptRepo
 
 Requeue = Callable[[JobKey], None]
@@ -113,8 +113,8 @@ class ConfirmationTracker:
             self.receipts.pending if paths is None else functools.partial(_pending_of, self.receipts, list(paths))
         )
         for path, receipt in pending:
-            if path in self._dropped:
-                continue
+            if path in self._dropped or receipt.version == REDUNDANT_VERSION:
+                continue  # a redundant receipt's depths: verify checks each attestation live
             target = receipt.target
             attestation = dict(receipt.attestation)
             key = (target, json.dumps(attestation, sort_keys=True))

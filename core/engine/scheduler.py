@@ -48,6 +48,7 @@ from core.engine.persistence import Saves
 from core.engine.reads import BATCH_READ_WAIT, BatchReads
 from core.engine.record import Due, not_after
 from core.engine.recovery import Recovery
+from core.engine.redundant import Redundancy
 from core.engine.table import JobTable
 from core.events import ConfigApplied, EventBus, JobSkipped, Paused, TickCompleted
 from core.jobs import JobKey, JobSpec, JobState
@@ -112,7 +113,10 @@ class Scheduler:
         self._recovery = Recovery(self._ctx, self._saves, self._outcomes, self._committer)
         self._leases = Leases(self._ctx, self._outcomes)
         self._reads = BatchReads(self._ctx, self._outcomes)  # the pass's batch folder reads
-        self._anchoring = Anchoring(self._ctx, self._saves, self._outcomes, self._committer, self._leases, concurrency)
+        self.redundancy = Redundancy(self._ctx)  # per-target state of redundant jobs
+        self._anchoring = Anchoring(
+            self._ctx, self._saves, self._outcomes, self._committer, self._leases, concurrency, self.redundancy
+        )
         loaded = state_store.load()
         self.paused = False
         self.started_at = self.clock.now()
