@@ -26,9 +26,11 @@ from core.anchors.base import Attestation
 from core.anchors.schemes import SCHEMES
 from core.engine.context import Context
 from core.errors import NetworkError, StorageError, classify, describe
+from core.events import TargetAnswered
 from core.jobs import redundant_parts
 from core.receipts import ANCHORED_AT_LATE
 from core.store import Intent
+from core.views import TargetView
 
 GRACE = 2.0  # seconds the remaining targets get once `min` attestations are in
 KEEP_FOR = ANCHORED_AT_LATE / 2  # a kept attestation is used again only while this young
@@ -44,12 +46,6 @@ class TargetHealth:
     retry_at: float | None = None  # wall clock; None: ask it at the next anchor
     last_error: str | None = None
     last_attested_at: float | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "failures": self.failures, "retry_at": self.retry_at,
-            "last_error": self.last_error, "last_attested_at": self.last_attested_at,
-        }
 
 
 def attested_fact(target: str, attestation: Attestation, required: int) -> dict[str, Any]:
@@ -91,6 +87,17 @@ class Redundancy:
         # (target text, digest hex) -> {target: (attestation, when obtained)}: paid for, kept
         self.kept: dict[tuple[str, str], dict[str, tuple[Attestation, float]]] = {}
 
+    def views(self, target: str) -> tuple[TargetView, ...]:
+        """Each target of a redundant job's target text as shown (empty for a single target)."""
+        parts = redundant_parts(target)
+        if parts is None:
+            return ()
+        out = []
+        for member in parts[1]:
+            h = self.health.get(member, TargetHealth())
+            out.append(TargetView(member, h.last_attested_at, h.failures, h.retry_at, h.last_error))
+        return tuple(out)
+
     def chosen(self, members: tuple[str, ...], least: int, now: float) -> list[str]:
         """The targets to ask now: those not backing off; and, when they are fewer than
         `min`, the ones whose retry time comes first, up to `min`."""
@@ -104,10 +111,11 @@ class Redundancy:
             ask += waiting[: least - len(ask)]
         return [t for t in members if t in ask]
 
-    def _succeeded(self, target: str, now: float) -> None:
+    def _succeeded(self, intent: Intent, target: str, now: float) -> None:
         self.health[target] = TargetHealth(last_attested_at=now)
+        self.ctx.bus.publish(TargetAnswered(at=now, jobs=tuple(intent.jobs), target=target, attested=True))
 
-    def _failed(self, target: str, exc: BaseException, now: float) -> None:
+    def _failed(self, intent: Intent, target: str, exc: BaseException, now: float) -> None:
         h = self.health.setdefault(target, TargetHealth())
         kind = classify(exc)
         h.failures += 1
@@ -118,6 +126,9 @@ class Redundancy:
             "a target of a redundant anchor failed; the others go on", target=target,
             error=h.last_error, retry_at=h.retry_at,
         )
+        self.ctx.bus.publish(TargetAnswered(
+            at=now, jobs=tuple(intent.jobs), target=target, attested=False, retry_at=h.retry_at, error=h.last_error,
+        ))
 
     async def gather(
         self, intent: Intent, digest: bytes, policy: str | None, required: int
@@ -160,10 +171,10 @@ class Redundancy:
                         except StorageError as err:
                             exc = err
                         else:
-                            self._succeeded(target, ctx.clock.now())
+                            self._succeeded(intent, target, ctx.clock.now())
                     if exc is not None:
                         errors[target] = describe(exc)
-                        self._failed(target, exc, ctx.clock.now())
+                        self._failed(intent, target, exc, ctx.clock.now())
                 if len(facts) >= least and deadline is None:
                     deadline = loop.time() + GRACE
         finally:
@@ -172,7 +183,7 @@ class Redundancy:
                 target = tasks[task]
                 exc = NetworkError(f"no answer within the {GRACE:g} s grace after {least} others attested")
                 errors[target] = str(exc)
-                self._failed(target, exc, ctx.clock.now())
+                self._failed(intent, target, exc, ctx.clock.now())
             await asyncio.gather(*running, return_exceptions=True)
         skipped = [t for t in members if t not in facts and t not in errors]
         for target in skipped:

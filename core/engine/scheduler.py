@@ -539,7 +539,7 @@ class Scheduler:
         return job_view(
             self._jobs[key], in_flight=in_flight, stuck=in_flight and self.is_stuck(key, now),
             paused=self.paused, started_at=self.started_at, max_level=self.policy.max_level,
-            stale_factor=self.stale_factor, now=now,
+            stale_factor=self.stale_factor, now=now, targets=self.redundancy.views(self._jobs[key].spec.target),
         )
 
     def views(self, now: float | None = None) -> list[JobView]:

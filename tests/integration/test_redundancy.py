@@ -128,6 +128,38 @@ async def test_one_of_three_down_anchors_with_two_attestations_and_verifies(tsas
     assert health["rfc3161:a"].failures == 0
 
 
+async def test_each_target_s_state_shows_in_the_detail_view_health_and_metrics(tsas, tmp_path):
+    from core.observe.health import health
+    from core.observe.metrics import Metrics
+    from tui.detail import namespace_detail
+
+    rig = Rig(tmp_path, tsas, {"a": "/tsa", "b": "/tsa", "c": "down"})
+    metrics = Metrics(rig.bus, engine=rig.scheduler)
+    await rig.scheduler.run_once()
+    await rig.backends.close()
+    now = rig.clock.now()
+    view = rig.scheduler.view(rig.spec.key)
+    shown = {t.target: t for t in view.targets}
+    assert shown["rfc3161:a"].attested_at is not None and shown["rfc3161:a"].retry_at is None
+    assert shown["rfc3161:c"].retry_at > now and shown["rfc3161:c"].failures == 1
+    text = namespace_detail("ns", None, [view], [], [], now=now, max_level=7).plain
+    assert "rfc3161:a            attested 0s ago" in text, text
+    assert "rfc3161:c            backing off, retry in 5s (1 failed)" in text, text
+    _, body = health(rig.scheduler, now)
+    entry = body["namespaces"]["ns"]["targets"]["fast"]
+    assert entry["rfc3161:c"]["backoffUntil"] == int(shown["rfc3161:c"].retry_at)
+    assert "cannot connect" in entry["rfc3161:c"]["error"]
+    assert entry["rfc3161:b"]["attested"] == int(shown["rfc3161:b"].attested_at) and entry["rfc3161:b"]["backoffUntil"] is None
+    scraped = metrics.render()[0].decode()
+    samples = {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in scraped.splitlines() if "member=" in line
+    }
+    series = 'vmsh_target_{}{{cadence="fast",member="rfc3161:{}",namespace="ns",target="' + LABEL + '"}}'
+    assert samples[series.format("backoff_until_timestamp_seconds", "c")] == shown["rfc3161:c"].retry_at
+    assert samples[series.format("backoff_until_timestamp_seconds", "a")] == 0.0
+    assert samples[series.format("attested_timestamp_seconds", "a")] == shown["rfc3161:a"].attested_at
+
+
 async def test_two_of_three_down_fail_the_job_and_keep_the_one_attestation(tsas, tmp_path):
     rig = Rig(tmp_path, tsas, {"a": "/tsa", "b": "down", "c": "down"})
     before = rig.requests()
