@@ -28,7 +28,7 @@ from core.engine.context import Context
 from core.errors import NetworkError, StorageError, classify, describe
 from core.events import TargetAnswered
 from core.jobs import redundant_parts
-from core.receipts import ANCHORED_AT_LATE
+from core.receipts import ANCHORED_AT_LATE, iso_utc
 from core.store import Intent
 from core.views import TargetView
 
@@ -151,7 +151,7 @@ class Redundancy:
         tasks = {asyncio.ensure_future(self._call(intent, t, digest, policy)): t for t in ask}
         running = set(tasks)
         loop = asyncio.get_running_loop()
-        deadline: float | None = None
+        deadline = loop.time() + GRACE if len(facts) >= least else None  # min kept from a failed try
         try:
             # Every target is waited for until `min` are in (one that answers late is still
             # kept: it may have been paid for), then for GRACE at most.
@@ -181,14 +181,17 @@ class Redundancy:
             for task in running:
                 task.cancel()
                 target = tasks[task]
-                exc = NetworkError(f"no answer within the {GRACE:g} s grace after {least} others attested")
+                exc = NetworkError(
+                    f"no answer within the {GRACE:g} s grace after {least} others attested"
+                    if deadline is not None else "no answer before the scheduler stopped"
+                )
                 errors[target] = str(exc)
                 self._failed(intent, target, exc, ctx.clock.now())
             await asyncio.gather(*running, return_exceptions=True)
         skipped = [t for t in members if t not in facts and t not in errors]
         for target in skipped:
             h = self.health[target]
-            errors[target] = f"backing off until {h.retry_at}"
+            errors[target] = f"skipped, backing off until {iso_utc(h.retry_at or now)}"
         why = "; ".join(f"{t}: {e}" for t, e in errors.items())
         if len(facts) >= least:
             return combined(least, members, facts), why

@@ -233,3 +233,31 @@ async def test_a_crash_after_min_attestations_writes_the_receipts_at_restart_wit
     assert list(journal.glob("*.json")) == []
     code, line = await rig.verify()
     assert code == 0 and "(2 of 3: rfc3161:a, rfc3161:b)" in line, line
+
+
+async def test_a_target_backing_off_is_skipped_unless_min_needs_it(tsas, tmp_path):
+    rig = Rig(tmp_path, tsas, {"a": "/tsa", "b": "/tsa", "c": "/500"})
+    key = rig.spec.key
+    await rig.scheduler.run_once()  # c answers 500: it backs off on its own, the job is anchored
+    assert len(rig.receipt_paths()) == 1
+    write_batch(rig.source, "000002", "sha256:" + hashlib.sha256(rig.root.encode()).hexdigest())
+    rig.point("b", "/500")
+    asked = rig.requests()
+    rig.clock.advance(1.0)  # c's retry time comes before the one b gets now
+    rig.scheduler.force(key)
+    await rig.scheduler.run_once()  # c still backing off: skipped (a and b are enough to ask)
+    after = rig.requests()
+    assert after["c"] == asked["c"] and after["b"] == asked["b"] + 1 and after["a"] == asked["a"] + 1
+    assert len(rig.receipt_paths()) == 1  # b failed too: 1 of 2, the job backs off
+    rig.point("c", "/tsa")
+    rig.scheduler.force(key)
+    await rig.scheduler.run_once()  # b and c backing off, a alone is too few: c (due first) is asked
+    await rig.backends.close()
+    final = rig.requests()
+    assert final["c"] == after["c"] + 1 and final["b"] == after["b"]
+    assert final["a"] == after["a"], "a's attestation of this digest was kept, not asked for again"
+    newest = load_receipt(rig.receipt_paths()[-1])
+    assert newest.batch.id == "000002"
+    assert [a.target for a in newest.attestations] == ["rfc3161:a", "rfc3161:c"]
+    code, line = await rig.verify()
+    assert code == 0, line
