@@ -533,6 +533,11 @@ def config_hash(config: Config) -> str:
         doc["scheduler"].pop(name, None)
     doc["http"].pop("listen", None)
     doc.pop("control", None)
+    # A cadence of one target hashes as before redundant anchoring existed (targets, min).
+    for ns in doc["namespaces"].values():
+        for cadence in ns["cadence"].values():
+            if cadence is not None and cadence.get("targets") is None:
+                del cadence["targets"], cadence["min"]
     # The shared batch folder counts only when some namespace reads it (has no `source`).
     reads_root = any(ns.source is None for ns in config.namespaces.values())
     doc["_batches_root"] = str(config._batches_root) if config._batches_root and reads_root else None

@@ -261,3 +261,40 @@ async def test_a_target_backing_off_is_skipped_unless_min_needs_it(tsas, tmp_pat
     assert [a.target for a in newest.attestations] == ["rfc3161:a", "rfc3161:c"]
     code, line = await rig.verify()
     assert code == 0, line
+
+
+async def test_a_pending_redundant_receipt_is_confirmed_once_min_attestations_are_final(tmp_path):
+    from core.anchors.evm import Eip155Target
+    from core.confirmations import ConfirmationTracker
+    from core.observe.logs import Log
+    from tests.integration.ganache import KEYS, Ganache
+
+    node = Ganache(tmp_path).start()
+    try:
+        clock = FakeClock(start=time.time())
+        bus = EventBus()
+        settings = {"eip155:1337": Eip155Target(rpc_url=node.url, chain_id=1337, key=KEYS[0], confirmations=3)}
+        backends = Backends(settings.get, tmp_path / "data", clock)
+        source = tmp_path / "batches" / "ns"
+        write_batch(source, "000001", "sha256:" + "ab" * 32)
+        receipts = ReceiptStore(tmp_path / "data" / "receipts")
+        spec = JobSpec(JobKey("ns", "fast"), "2 of local:dev,eip155:1337", 60, source, confirmations=3)
+        engine = Scheduler(
+            jobs=[spec], clock=clock, bus=bus, backend_for=backends,
+            state_store=StateStore(tmp_path / "data" / "state" / "scheduler.json"),
+            journal=IntentJournal(tmp_path / "data" / "journal"), receipts=receipts,
+            policy=BackoffPolicy(base=5.0, max_level=7, jitter=0.0, rng=random.Random(1)),
+        )
+        await engine.run_once()
+        [path] = receipts.all_paths()
+        receipt = load_receipt(path)
+        assert receipt.status == "pending"  # local:dev is final, the transaction 1 of 3 blocks deep
+        assert [(a.target, a.status) for a in receipt.attestations] == [("local:dev", "confirmed"), ("eip155:1337", "pending")]
+        tracker = ConfirmationTracker(receipts, backends, bus, clock, Log(bus, clock, "DEBUG"), lambda key: None)
+        assert (await tracker.check_once())["waiting"] == 1
+        node.mine(2)
+        assert (await tracker.check_once())["confirmed"] == 1
+        assert load_receipt(path).status == "confirmed"
+        await backends.close()
+    finally:
+        node.stop()
