@@ -209,7 +209,7 @@ def test_ctl_and_the_control_api_give_verify_s_outcome(tmp_path, auditor):  # no
     from tests.integration.ganache import free_port
 
     node = Ganache(tmp_path).start()
-    for ns in ("chain", "dev"):
+    for ns in ("chain", "dev", "red"):
         write_batch(tmp_path / "batches" / ns, "000001", "sha256:" + f"{len(ns):064x}")
     config = tmp_path / "config.yaml"
     config.write_text(f"""\
@@ -236,13 +236,17 @@ namespaces:
     source: {tmp_path / "batches" / "dev"}
     cadence:
       fast: {{target: "local:dev", every: "1h"}}
+  red:
+    source: {tmp_path / "batches" / "red"}
+    cadence:
+      fast: {{targets: ["local:dev", "eip155:1337"], min: 2, every: "1h"}}
 """)
     env = {**os.environ, "VMSH_TEST_EVM_KEY": KEYS[0]}
     log = (tmp_path / "scheduler.log").open("w")
     proc = subprocess.Popen([*CLI, "--no-ui", "--config", str(config)], stdout=log, stderr=subprocess.STDOUT, env=env)
     try:
         deadline = time.monotonic() + 30
-        while len(list((tmp_path / "data" / "receipts").rglob("*.json"))) < 2:
+        while len(list((tmp_path / "data" / "receipts").rglob("*.json"))) < 3:
             assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "scheduler.log").read_text()
             time.sleep(0.1)
         files = sorted((tmp_path / "data" / "receipts").rglob("*.json"))
@@ -268,6 +272,9 @@ namespaces:
             "genuine:local:dev": {("OK", 0)},
             "tampered:eip155:1337": {("FAIL", 1)},
             "tampered:local:dev": {("FAIL", 1)},
+            # redundant (version 3): local:dev final, the transaction 1 of 3 blocks deep
+            "genuine:2 of local:dev,eip155:1337": {("PENDING", 4)},
+            "tampered:2 of local:dev,eip155:1337": {("FAIL", 1)},
         }
     finally:
         proc.terminate()
