@@ -22,7 +22,7 @@ from core.engine.outcomes import Outcomes
 from core.engine.persistence import Saves
 from core.engine.record import Due, Held
 from core.engine.redundant import Redundancy
-from core.errors import NetworkError, StorageError, describe
+from core.errors import StorageError, describe
 from core.events import AnchorStarted
 from core.jobs import JobKey, redundant_parts
 from core.receipts import RECEIPT_VERSION, REDUNDANT_VERSION, leaf_for
@@ -96,7 +96,7 @@ class Anchoring:
             if version == REDUNDANT_VERSION:
                 obtained, why = await self.redundancy.gather(intent, digest, policy, items[0].spec.confirmations)
                 if obtained is None:
-                    raise NetworkError(why)
+                    raise self.redundancy.failure(intent, why)
                 if why:
                     ctx.log.info("redundant anchor: min attestations in", target=target, missing=why)
                 attestation = obtained

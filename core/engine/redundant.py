@@ -25,7 +25,7 @@ from typing import Any
 from core.anchors.base import Attestation
 from core.anchors.schemes import SCHEMES
 from core.engine.context import Context
-from core.errors import NetworkError, StorageError, classify, describe
+from core.errors import AnchorError, ErrorKind, NetworkError, StorageError, classify, describe
 from core.events import TargetAnswered
 from core.jobs import redundant_parts
 from core.receipts import ANCHORED_AT_LATE, iso_utc
@@ -86,6 +86,7 @@ class Redundancy:
         self.health: dict[str, TargetHealth] = {}
         # (target text, digest hex) -> {target: (attestation, when obtained)}: paid for, kept
         self.kept: dict[tuple[str, str], dict[str, tuple[Attestation, float]]] = {}
+        self.kinds: dict[str, set[ErrorKind]] = {}  # intent id -> its targets' failure kinds
 
     def views(self, target: str) -> tuple[TargetView, ...]:
         """Each target of a redundant job's target text as shown (empty for a single target)."""
@@ -134,7 +135,8 @@ class Redundancy:
         self, intent: Intent, digest: bytes, policy: str | None, required: int
     ) -> tuple[Attestation | None, str]:
         """Ask the targets of a redundant intent; (the group's attestation, or None when fewer
-        than `min` attested; a sentence on the targets that did not)."""
+        than `min` attested; a sentence on the targets that did not). `kinds` keeps the
+        failures' kinds: the job backs off by theirs when they agree (`failure`)."""
         parts = redundant_parts(intent.target)
         assert parts is not None
         least, members = parts
@@ -147,6 +149,7 @@ class Redundancy:
                 facts[target] = self._note(intent, target, attestation, required)
                 obtained[target] = (attestation, at)
         errors: dict[str, str] = {}
+        self.kinds[intent.id] = set()
         ask = [t for t in self.chosen(members, least, now) if t not in facts]
         tasks = {asyncio.ensure_future(self._call(intent, t, digest, policy)): t for t in ask}
         running = set(tasks)
@@ -174,6 +177,7 @@ class Redundancy:
                             self._succeeded(intent, target, ctx.clock.now())
                     if exc is not None:
                         errors[target] = describe(exc)
+                        self.kinds[intent.id].add(classify(exc))
                         self._failed(intent, target, exc, ctx.clock.now())
                 if len(facts) >= least and deadline is None:
                     deadline = loop.time() + GRACE
@@ -194,10 +198,17 @@ class Redundancy:
             errors[target] = f"skipped, backing off until {iso_utc(h.retry_at or now)}"
         why = "; ".join(f"{t}: {e}" for t, e in errors.items())
         if len(facts) >= least:
+            self.kinds.pop(intent.id, None)
             return combined(least, members, facts), why
         if obtained:  # paid for: used again by the next try of this digest
             self.kept[(intent.target, intent.digest)] = obtained
         return None, f"{len(facts)} of the {least} attestations required ({why})"
+
+    def failure(self, intent: Intent, why: str) -> AnchorError:
+        """The error a group that got fewer than `min` attestations fails with: of the kind
+        its targets' failures share (all refused credentials: auth), else network."""
+        kinds = self.kinds.pop(intent.id, set())
+        return AnchorError(why, kind=kinds.pop() if len(kinds) == 1 else ErrorKind.NETWORK)
 
     async def _call(self, intent: Intent, target: str, digest: bytes, policy: str | None) -> Attestation:
         backend = self.ctx.backend_for(target)

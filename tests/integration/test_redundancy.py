@@ -298,3 +298,15 @@ async def test_a_pending_redundant_receipt_is_confirmed_once_min_attestations_ar
         await backends.close()
     finally:
         node.stop()
+
+
+async def test_fewer_than_min_backs_off_by_the_kind_the_targets_failures_share(tsas, tmp_path):
+    rig = Rig(tmp_path, tsas, {"a": "/401", "b": "/401", "c": "/401"})  # every TSA refuses our credentials
+    await rig.scheduler.run_once()
+    [failed] = rig.of(AnchorFailed)
+    assert failed.kind == "auth" and "0 of the 2 attestations required" in failed.message
+    rig.point("c", "down")  # refused credentials and a refused connection: a network failure
+    rig.clock.advance(3600)
+    await rig.scheduler.run_once()
+    await rig.backends.close()
+    assert rig.of(AnchorFailed)[-1].kind == "network"
