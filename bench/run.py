@@ -32,6 +32,7 @@ SUITES = {
     "cluster": "bench.cluster",
     "host_attacks": "bench.host_attacks_bench",
     "btc": "bench.btc_bench",
+    "redundancy": "bench.redundancy_bench",
 }
 
 

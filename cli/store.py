@@ -140,27 +140,31 @@ class Beside:
 
         try:
             doc = safejson.loads(data)
-            target, attestation = str(doc["target"]), dict(doc["attestation"])
+            if "attestations" in doc:  # version 3 (redundant): each target's, <receipt>.<n>.tsr
+                attested = [(str(a["target"]), dict(a["attestation"]), f".{n}") for n, a in enumerate(doc["attestations"])]
+            else:
+                attested = [(str(doc["target"]), dict(doc["attestation"]), "")]
         except (ValueError, KeyError, TypeError):
             return  # verify says what is wrong with such a receipt
-        token = attestation.get("token")
-        if self.tsr and attestation.get("scheme") == "rfc3161" and isinstance(token, str):
+        for target, attestation, suffix in attested:
+            token = attestation.get("token")
+            if self.tsr and attestation.get("scheme") == "rfc3161" and isinstance(token, str):
+                try:
+                    der = base64.b64decode(token, validate=True)
+                except ValueError:
+                    der = b""
+                if der and atomic_create_bytes(path.with_suffix(f"{suffix}.tsr"), der, sync_folder=False):
+                    self.tokens += 1
+            spec = SCHEMES.get(target.partition(":")[0])
+            if not suffix and spec is not None and spec.proof_file is not None and spec.proof_file[0] in self.formats:
+                self._proof(path, doc, *spec.proof_file)
+            if spec is None or spec.export_trust is None or target in self.problems:
+                continue
             try:
-                der = base64.b64decode(token, validate=True)
-            except ValueError:
-                der = b""
-            if der and atomic_create_bytes(path.with_suffix(".tsr"), der, sync_folder=False):
-                self.tokens += 1
-        spec = SCHEMES.get(target.partition(":")[0])
-        if spec is not None and spec.proof_file is not None and spec.proof_file[0] in self.formats:
-            self._proof(path, doc, *spec.proof_file)
-        if spec is None or spec.export_trust is None or target in self.problems:
-            return
-        try:
-            for found in spec.export_trust(target, attestation, self.inputs):
-                self.trust.setdefault(found.name, found)
-        except CannotVerify as exc:
-            self.problems[target] = str(exc)
+                for found in spec.export_trust(target, attestation, self.inputs):
+                    self.trust.setdefault(found.name, found)
+            except CannotVerify as exc:
+                self.problems[target] = str(exc)
 
     def _proof(self, path: Path, doc: dict[str, Any], name: str, make: Callable[[dict[str, Any]], bytes]) -> None:
         try:

@@ -37,7 +37,7 @@ from core.errors import describe
 from core.events import Event, EventBus, ReceiptConfirmed, ReceiptDepth, ReceiptWritten
 from core.jobs import JobKey
 from core.observe.logs import Log
-from core.receipts import Receipt, ReceiptError
+from core.receipts import REDUNDANT_VERSION, Receipt, ReceiptError
 from core.store import ReceiptRepo
 
 Requeue = Callable[[JobKey], None]
@@ -117,6 +117,9 @@ class ConfirmationTracker:
         for path, receipt in pending:
             if path in self._dropped:
                 continue
+            if receipt.version == REDUNDANT_VERSION:
+                await self._redundant(path, receipt, depths, counts)
+                continue
             target = receipt.target
             attestation = dict(receipt.attestation)
             key = (target, json.dumps(attestation, sort_keys=True))
@@ -166,6 +169,35 @@ class ConfirmationTracker:
                 required=required,
             )
         return counts
+
+    async def _redundant(
+        self, path: Path, receipt: Receipt, depths: dict[tuple[str, str], int | None | BaseException],
+        counts: dict[str, int],
+    ) -> None:
+        """A pending version 3 receipt is confirmed once `min` of its attestations are final
+        (each at its own required depth); `status` is the receipt's, each attestation's own
+        stays as written (verify asks each node itself). A transaction a reorg dropped only
+        counts as not final here."""
+        final = 0
+        for item in receipt.attestations:
+            if item.status == "confirmed":
+                final += 1
+                continue
+            attestation = dict(item.attestation)
+            key = (item.target, json.dumps(attestation, sort_keys=True))
+            if key not in depths:
+                depths[key] = await self._depth(item.target, attestation)
+            depth = depths[key]
+            if isinstance(depth, int) and not isinstance(depth, bool) and depth >= item.confirmations.required:
+                final += 1
+        if final < receipt.least:
+            counts["waiting"] += 1
+            return
+        await asyncio.to_thread(self.receipts.confirm, path, final)
+        counts["confirmed"] += 1
+        job = JobKey(receipt.namespace, receipt.cadence)
+        self.bus.publish(ReceiptConfirmed(at=self.clock.now(), job=job, target=receipt.target, path=str(path)))
+        self.log.info("receipt confirmed", job=str(job), target=receipt.target, receipt=str(path), attestations_final=final)
 
     async def _depth(self, target: str, attestation: dict[str, Any]) -> int | None | BaseException:
         try:

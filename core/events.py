@@ -52,6 +52,18 @@ class AnchorFailed(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class TargetAnswered(Event):
+    """One target of a redundant anchor (several targets, `min` of them) answered for
+    `jobs`: it attested (`retry_at` None), or it failed and backs off until `retry_at`."""
+
+    jobs: tuple[JobKey, ...]
+    target: str
+    attested: bool
+    retry_at: float | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class StorageFailed(Event):
     """A journal, receipt or state write failed (once per failed write, not per job)."""
 

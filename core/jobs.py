@@ -4,6 +4,8 @@ kept it). How a state is stored is core/store/."""
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -24,12 +26,36 @@ class JobKey(NamedTuple):
         return cls(namespace, cadence)
 
 
+REDUNDANT = re.compile(r"^(?P<min>[1-9][0-9]*) of (?P<targets>[^\s,]+(?:,[^\s,]+)+)$")
+
+
+def redundant_target(least: int, targets: Sequence[str]) -> str:
+    """The one text that names a redundant job's targets: "2 of rfc3161:a,rfc3161:b,eip155:8453"
+    (`min` attestations of these targets). A job's `target`, its intents' and its receipts'
+    (version 3) carry it; a single target is its own name, as always."""
+    return f"{least} of {','.join(targets)}"
+
+
+def redundant_parts(target: str) -> tuple[int, tuple[str, ...]] | None:
+    """(min, targets) of a redundant target text, None for a single target."""
+    m = REDUNDANT.match(target)
+    if m is None:
+        return None
+    return int(m.group("min")), tuple(m.group("targets").split(","))
+
+
+def member_targets(target: str) -> tuple[str, ...]:
+    """The targets a job's target text names: its members, or itself."""
+    parts = redundant_parts(target)
+    return (target,) if parts is None else parts[1]
+
+
 @dataclass(frozen=True, slots=True)
 class JobSpec:
     """A job as the configuration defines it. Equal specs mean an unchanged job on reload."""
 
     key: JobKey
-    target: str  # "<scheme>:<name>", e.g. "local:dev", "rfc3161:tsa", "eip155:8453"
+    target: str  # "<scheme>:<name>", e.g. "local:dev", "rfc3161:tsa", "eip155:8453"; or redundant_target(...)
     every: int  # seconds
     source: Path  # folder of batch JSON files for the namespace
     confirmations: int = 0

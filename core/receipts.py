@@ -44,11 +44,14 @@ from typing import Any, Protocol
 
 from core import safejson
 from core.anchors.base import CannotVerify, NotFinal, VerificationFailed
+from core.jobs import member_targets, redundant_parts
 from core.merkle import root_from_path
 
-RECEIPT_VERSION = 2  # what build_receipt writes
-VERSIONS = (1, 2)  # what from_json reads
+RECEIPT_VERSION = 2  # what build_receipt writes for a job of one target
+REDUNDANT_VERSION = 3  # what it writes for a redundant job (several targets, `min` of them)
+VERSIONS = (1, 2, 3)  # what from_json reads
 LEAF_DOMAIN = b"vmsh-scheduler/receipt-leaf/v2\x00"  # docs/receipts.md
+LEAF_DOMAIN_V3 = b"vmsh-scheduler/receipt-leaf/v3\x00"  # binds the targets and min too
 # anchored_at (written by the scheduler after the attestation came back) may precede the
 # attested time by clock differences only, and follow it by a late write (a held
 # attestation, recovery after a crash) of at most a day.
@@ -133,10 +136,25 @@ def leaf_preamble(namespace: str, batch_id: str) -> bytes:
     return LEAF_DOMAIN + _length_prefixed(namespace) + _length_prefixed(batch_id)
 
 
-def leaf_for(receipt_version: int, namespace: str, batch_id: str, batch_root: str | bytes) -> bytes:
-    """The leaf data of a receipt of that version (1: the batch root's 32 bytes)."""
+def redundant_leaf(namespace: str, batch_id: str, target: str, batch_root: str | bytes) -> bytes:
+    """The 32-byte leaf a version 3 receipt (redundant anchoring) anchors: as version 2's,
+    under LEAF_DOMAIN_V3 and with the target text ("2 of rfc3161:a,rfc3161:b,...", its
+    targets and min) length-prefixed after the batch id: lowering min or changing the
+    targets changes the leaf."""
+    root = bytes.fromhex(root_text(batch_root)[7:])
+    preamble = LEAF_DOMAIN_V3 + _length_prefixed(namespace) + _length_prefixed(batch_id) + _length_prefixed(target)
+    return hashlib.sha256(preamble + root).digest()
+
+
+def leaf_for(
+    receipt_version: int, namespace: str, batch_id: str, batch_root: str | bytes, target: str = ""
+) -> bytes:
+    """The leaf data of a receipt of that version (1: the batch root's 32 bytes; 3: bound to
+    the target text too)."""
     if receipt_version == 1:
         return bytes.fromhex(root_text(batch_root)[7:])
+    if receipt_version == REDUNDANT_VERSION:
+        return redundant_leaf(namespace, batch_id, target, batch_root)
     return bound_leaf(namespace, batch_id, batch_root)
 
 
@@ -174,6 +192,59 @@ class SchedulerStamp:
 
     version: str
     config_hash: str
+
+
+@dataclass(frozen=True, slots=True)
+class Attested:
+    """One target's attestation in a version 3 (redundant) receipt."""
+
+    target: str
+    attestation: Mapping[str, Any]
+    status: str  # one of STATUSES
+    confirmations: Confirmations
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "target": self.target,
+            "attestation": dict(self.attestation),
+            "status": self.status,
+            "confirmations": {"required": self.confirmations.required, "observed": self.confirmations.observed},
+        }
+
+
+def redundant_attestations(doc: Mapping[str, Any], target: str) -> tuple[int, tuple[Attested, ...]]:
+    """A version 3 receipt's `min` and `attestations`, each of a distinct target of the ones
+    its target text names; ReceiptInvalid naming the field."""
+    parts = redundant_parts(target)
+    if parts is None:
+        raise ReceiptInvalid(f"target must name the targets and min of a version 3 receipt, got {target!r}")
+    least = _int(doc, "min")
+    if least != parts[0]:
+        raise ReceiptInvalid(f"min {least} differs from the {parts[0]} its target {target!r} says")
+    items = doc.get("attestations")
+    if not isinstance(items, list) or not items:
+        raise ReceiptInvalid(f"attestations must be a non-empty list, got {items!r}")
+    out: list[Attested] = []
+    for n, item in enumerate(items):
+        where = f"attestations[{n}]."
+        if not isinstance(item, dict):
+            raise ReceiptInvalid(f"attestations[{n}] must be an object")
+        member = _text(item, "target", where)
+        if member not in parts[1]:
+            raise ReceiptInvalid(f"{where}target {member!r} is not one of the receipt's targets")
+        if any(a.target == member for a in out):
+            raise ReceiptInvalid(f"{where}target {member!r} attests twice")
+        status = item.get("status")
+        if status not in STATUSES:
+            raise ReceiptInvalid(f"{where}status must be one of {', '.join(STATUSES)}, got {status!r}")
+        conf = _object(item, "confirmations", f" with required and observed ({where}confirmations)")
+        out.append(Attested(
+            member,
+            MappingProxyType(dict(_object(item, "attestation", f" ({where}attestation)"))),
+            status,
+            Confirmations(_int(conf, "required", where + "confirmations."), _int(conf, "observed", where + "confirmations.")),
+        ))
+    return least, tuple(out)
 
 
 def _field(doc: Mapping[str, Any], name: str, prefix: str = "") -> Any:
@@ -232,6 +303,10 @@ class Receipt:
     scheduler: SchedulerStamp
     policy: str | None = None
     version: int = RECEIPT_VERSION
+    # version 3 (redundant anchoring): how many must be valid, and every attestation
+    # obtained; `attestation` is then empty
+    least: int = 0
+    attestations: tuple[Attested, ...] = ()
 
     @classmethod
     def from_json(cls, doc: object) -> Receipt:
@@ -256,7 +331,8 @@ class Receipt:
         target = doc.get("target")
         if not isinstance(target, str) or not target:
             raise ReceiptInvalid(f"target must be a non-empty string, got {target!r}")
-        attestation = _object(doc, "attestation", "")
+        least, attestations = redundant_attestations(doc, target) if version == REDUNDANT_VERSION else (0, ())
+        attestation = _object(doc, "attestation", "") if version != REDUNDANT_VERSION else {}
         policy = doc.get("policy")
         if policy is not None and not isinstance(policy, str):
             raise ReceiptInvalid(f"policy must be a dotted object identifier, got {policy!r}")
@@ -292,10 +368,13 @@ class Receipt:
             ),
             policy=policy,
             version=version,
+            least=least,
+            attestations=attestations,
         )
 
     def to_json(self) -> dict[str, Any]:
-        """The JSON document, keys in the order receipts have always been written."""
+        """The JSON document, keys in the order receipts have always been written (version
+        3: `min` and `attestations` where the others have `attestation`)."""
         doc: dict[str, Any] = {
             "version": self.version,
             "namespace": self.namespace,
@@ -306,17 +385,21 @@ class Receipt:
             "proof": list(self.proof),
             "leaf_index": self.leaf_index,
             "tree_size": self.tree_size,
-            "attestation": dict(self.attestation),
-            "status": self.status,
-            "confirmations": {
-                "required": self.confirmations.required,
-                "observed": self.confirmations.observed,
-            },
-            "anchored_at": self.anchored_at,
-            "scheduler": {
-                "version": self.scheduler.version,
-                "config_hash": self.scheduler.config_hash,
-            },
+        }
+        if self.version == REDUNDANT_VERSION:
+            doc["min"] = self.least
+            doc["attestations"] = [a.to_json() for a in self.attestations]
+        else:
+            doc["attestation"] = dict(self.attestation)
+        doc["status"] = self.status
+        doc["confirmations"] = {
+            "required": self.confirmations.required,
+            "observed": self.confirmations.observed,
+        }
+        doc["anchored_at"] = self.anchored_at
+        doc["scheduler"] = {
+            "version": self.scheduler.version,
+            "config_hash": self.scheduler.config_hash,
         }
         if self.policy is not None:
             doc["policy"] = self.policy
@@ -351,6 +434,8 @@ def build_receipt(
     config_hash: str,
     policy: str | None = None,
     receipt_version: int = RECEIPT_VERSION,
+    least: int = 0,
+    attestations: tuple[Attested, ...] = (),
 ) -> Receipt:
     if status not in STATUSES:
         raise ValueError(f"status must be one of {STATUSES}, got {status!r}")
@@ -370,6 +455,8 @@ def build_receipt(
         scheduler=SchedulerStamp(version, config_hash),
         policy=policy,
         version=receipt_version,
+        least=least,
+        attestations=attestations,
     )
 
 
@@ -383,7 +470,7 @@ def check_proof(receipt: Receipt) -> bytes:
     forms were checked by `Receipt.from_json`). A group of one (tree_size 1) anchors the
     batch root itself (version 1) or its bound leaf (version 2).
     """
-    leaf = leaf_for(receipt.version, receipt.namespace, receipt.batch.id, receipt.batch.root)
+    leaf = leaf_for(receipt.version, receipt.namespace, receipt.batch.id, receipt.batch.root, receipt.target)
     anchored = root_bytes(receipt.anchored_root, "anchored_root")
     proof = [root_bytes(p, f"proof[{i}]") for i, p in enumerate(receipt.proof)]
     index = receipt.leaf_index
@@ -398,10 +485,11 @@ def check_proof(receipt: Receipt) -> bytes:
         if anchored != leaf:
             if receipt.version == 1:
                 raise ReceiptInvalid("anchored_root differs from batch.root in a group of one")
+            targets = ", the targets or min" if receipt.version == REDUNDANT_VERSION else ""
             raise ReceiptInvalid(
                 f"anchored_root is not the leaf of namespace {receipt.namespace!r}, batch "
                 f"{receipt.batch.id!r} and batch.root (sha256:{leaf.hex()}): the namespace, "
-                "the batch id or the root was changed"
+                f"the batch id{targets} or the root was changed"
             )
         return anchored
     try:
@@ -436,12 +524,16 @@ class Vouched:
 
     attested_at: str | None
     unbound: tuple[str, ...] = ()
+    valid: tuple[str, ...] = ()  # version 3: the targets whose attestations are valid
 
     def line(self, receipt: Receipt) -> str:
         """"<namespace> <batch id> <root> existed at <attested time> (<target>)", and what a
-        version 1 receipt does not bind."""
+        version 1 receipt does not bind; version 3: "(2 of 3: rfc3161:a, rfc3161:b)"."""
         when = self.attested_at or "an unknown time"
-        text = f"{receipt.namespace} {receipt.batch.id} {receipt.batch.root} existed at {when} ({receipt.target})"
+        source = receipt.target
+        if receipt.version == REDUNDANT_VERSION:
+            source = f"{len(self.valid)} of {len(member_targets(receipt.target))}: {', '.join(self.valid)}"
+        text = f"{receipt.namespace} {receipt.batch.id} {receipt.batch.root} existed at {when} ({source})"
         if self.unbound:
             text += f"; not bound by this version {receipt.version} receipt: {', '.join(self.unbound)}"
         return text
@@ -475,6 +567,8 @@ async def verify_receipt(receipt: Receipt, backend_for: Callable[[str], Verifier
     backend raise CannotVerify (what is needed is missing here); ReceiptPending when the
     attestation is genuine but not final yet (and everything else checks out)."""
     digest = check_proof(receipt)
+    if receipt.version == REDUNDANT_VERSION:
+        return await _verify_redundant(receipt, digest, backend_for)
     target = receipt.target
     try:
         backend = backend_for(target)
@@ -502,6 +596,72 @@ async def verify_receipt(receipt: Receipt, backend_for: Callable[[str], Verifier
         raise ReceiptPending(f"{pending}: genuine, not final yet")
     unbound = UNBOUND_V1 if receipt.version == 1 else ()
     return Vouched(iso_z(attested) if attested is not None else None, unbound)
+
+
+async def _verify_one(
+    receipt: Receipt, item: Attested, digest: bytes, backend_for: Callable[[str], Verifier]
+) -> tuple[datetime | None, str | None]:
+    """(attested time, why not final or None) of one attestation of a version 3 receipt;
+    ReceiptInvalid (naming its target) when it is wrong, ReceiptUncheckable when it cannot
+    be checked here."""
+    try:
+        backend = backend_for(item.target)
+        attested = await backend.verify(
+            dict(item.attestation), digest, required=item.confirmations.required, policy=receipt.policy
+        )
+        pending = None
+    except CannotVerify as exc:
+        raise ReceiptUncheckable(f"{item.target}: {exc}") from None
+    except NotFinal as exc:
+        attested, pending = exc.attested_at, str(exc)
+    except VerificationFailed as exc:
+        raise ReceiptInvalid(f"attestation of {item.target}: {exc}") from exc
+    except Exception as exc:  # unknown scheme, missing settings
+        raise ReceiptInvalid(f"no verifier for target {item.target}: {exc}") from exc
+    if attested is not None:
+        try:
+            check_anchored_at(receipt, attested)
+        except ReceiptInvalid as exc:
+            raise ReceiptInvalid(f"attestation of {item.target}: {exc.reason}") from None
+    return attested, pending
+
+
+async def _verify_redundant(receipt: Receipt, digest: bytes, backend_for: Callable[[str], Verifier]) -> Vouched:
+    """Each attestation of a version 3 receipt checked; OK when at least `min` are valid
+    (the time vouched for: the min-th earliest attested time, what `min` of them prove),
+    PENDING when valid or pending reach `min`, CANNOT CHECK when only the attestations
+    that cannot be checked here would reach it, else FAIL. Any wrong attestation FAILs."""
+    valid: list[tuple[str, datetime | None]] = []
+    pending: list[str] = []
+    unchecked: list[str] = []
+    for item in receipt.attestations:
+        try:
+            attested, why = await _verify_one(receipt, item, digest, backend_for)
+        except ReceiptUncheckable as exc:
+            unchecked.append(exc.reason)
+            continue
+        if why is None:
+            valid.append((item.target, attested))
+        else:
+            pending.append(f"{item.target}: {why}")
+    least = receipt.least
+    if len(valid) >= least:
+        times = sorted(t for _, t in valid if t is not None)
+        when = iso_z(times[least - 1]) if len(times) >= least else None
+        return Vouched(when, (), tuple(t for t, _ in valid))
+    if len(valid) + len(pending) >= least:
+        raise ReceiptPending(
+            f"{len(valid)} of the {least} attestations required are final; {'; '.join(pending)}: "
+            "genuine, not final yet"
+        )
+    if len(valid) + len(pending) + len(unchecked) >= least:
+        raise ReceiptUncheckable(
+            f"{len(valid) + len(pending)} of the {least} attestations required can be checked here; "
+            + "; ".join(unchecked)
+        )
+    raise ReceiptInvalid(
+        f"{len(receipt.attestations)} attestation(s), {least} required: too few to vouch for anything"
+    )
 
 
 def load_receipt(path: str | os.PathLike[str]) -> Receipt:

@@ -43,6 +43,7 @@ from core.anchors.schemes import SCHEMES, TargetSettings
 from core.anchors.spec import ClosingVerifier, SchemeSpec
 from core.errors import ValidationError
 from core.receipts import (
+    REDUNDANT_VERSION,
     Receipt,
     ReceiptError,
     ReceiptInvalid,
@@ -96,7 +97,10 @@ class Result:
     def as_json(self) -> dict[str, Any]:
         r = self.receipt
         att = r.attestation if r is not None else {}
-        return {
+        redundant: dict[str, Any] = {}
+        if r is not None and r.version == REDUNDANT_VERSION:  # version 3: min, and which attestations are valid
+            redundant = {"min": r.least, "valid": list(self.vouched.valid) if self.vouched else None}
+        return redundant | {
             "path": str(self.path),
             "outcome": self.outcome.name.lower(),
             "exit_code": self.outcome.exit_code,

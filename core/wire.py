@@ -29,7 +29,7 @@ from core.control import (
 from core.jobs import JobKey, JobSpec, JobState
 from core.replicas import ReplicaInfo
 from core.status import Counts, JobStatus
-from core.views import JobView
+from core.views import JobView, TargetView
 
 API = "/v1"  # the control API's path prefix: /v1/snapshot, /v1/events, /v1/force, ...
 Json = Any  # a value json.dumps accepts
@@ -96,7 +96,7 @@ def encode_job_view(view: JobView) -> Json:
     return {
         "spec": encode_job_spec(view.spec), "state": encode_job_state(view.state),
         "due_at": view.due_at, "in_flight": view.in_flight, "status": view.status.value,
-        "disabled": view.disabled,
+        "disabled": view.disabled, "targets": [t.to_dict() for t in view.targets],
     }
 
 
@@ -109,8 +109,15 @@ def decode_job_view(d: Json) -> JobView:
     return JobView(
         spec=decode_job_spec(_field(d, "spec", w)), state=decode_job_state(_field(d, "state", w)),
         due_at=d.get("due_at"), in_flight=bool(_field(d, "in_flight", w)), status=status,
-        disabled=d.get("disabled"),
+        disabled=d.get("disabled"), targets=_target_views(d.get("targets") or []),
     )
+
+
+def _target_views(items: Json) -> tuple[TargetView, ...]:
+    try:
+        return tuple(TargetView.from_dict(t) for t in items)
+    except (TypeError, KeyError, ValueError, AttributeError) as exc:
+        raise WireError(f"job view: targets: {exc!r}") from None
 
 
 # -- counts, snapshot ----------------------------------------------------------------------

@@ -79,8 +79,24 @@ def _cadences(out: Text, views: list[JobView], now: float, max_level: int, newes
         if anchor is not None and anchor.tx_hash:  # a chain job: its newest anchor's transaction
             out.append(f"\n         last {anchor.transaction()}", style="dim")
         out.append("\n")
+        _targets(out, v, now)
     if not views:
         out.append("  (no jobs: removed from the config?)\n", style="dim")
+
+
+def _targets(out: Text, view: JobView, now: float) -> None:
+    """A line per target of a redundant job: when it last attested, or until when it backs off."""
+    for t in view.targets:
+        out.append(f"         {t.target:<20} ")
+        if t.retry_at is not None and t.retry_at > now:
+            out.append(f"backing off, retry in {countdown(t.retry_at - now)} ({t.failures} failed)", style="bold")
+            if t.error:
+                out.append(f"  {t.error}", style="dim")
+        elif t.attested_at is not None:
+            out.append(f"attested {age(now - t.attested_at)} ago")
+        else:
+            out.append("not asked yet", style="dim")
+        out.append("\n")
 
 
 def _witnesses(out: Text, witnesses: Any) -> None:

@@ -520,14 +520,18 @@ def _check_targets_resolve(raw: dict[str, Any], problems: Problems) -> None:
         targets = {}
     verdicts: dict[str, str | None] = {}  # per target: thousands of namespaces share a few
     for name, _ns, cname, cadence in _iter_raw_cadences(raw):
-        target = cadence.get("target")
-        if not isinstance(target, str):
-            continue
-        if target not in verdicts:
-            verdicts[target] = _unresolved_target(target, targets)
-        verdict = verdicts[target]
-        if verdict is not None:
-            problems.at(_cadence_field(problems.root, name, cname, "target"), verdict)
+        named = cadence.get("targets")
+        members = list(enumerate(named)) if isinstance(named, list) else [(None, cadence.get("target"))]
+        for index, target in members:
+            if not isinstance(target, str):
+                continue
+            if target not in verdicts:
+                verdicts[target] = _unresolved_target(target, targets)
+            verdict = verdicts[target]
+            if verdict is None:
+                continue
+            pos = _cadence_field(problems.root, name, cname, "target" if index is None else "targets")
+            problems.at(pos if pos is None or index is None else pos.children.get(index, pos), verdict)
 
 
 def _unresolved_target(target: str, targets: dict[str, Any]) -> str | None:
@@ -593,18 +597,20 @@ def _warnings(config: Config, root: Pos) -> list[str]:
     reasons: dict[str, str | None] = {}  # per target: thousands of namespaces share a few
     for name, ns in config.namespaces.items():
         for cname, cadence in ns.cadence.items():
-            if cadence.target not in reasons:
-                reasons[cadence.target] = _refusal_reason(config, cadence.target)
-            reason = reasons[cadence.target]
-            if reason is None:
-                continue
-            node, matched = find_pos(root, ("namespaces", name, "cadence", cname, "target"))
-            where = ""
-            if matched == 5 and node.file and node.mark:
-                where = f"{node.file}:{node.mark[0]}:{node.mark[1]}: "
-            msg = f"namespace {name!r} cadence {cname!r}: {reason}"
-            path = format_path(["namespaces", name, "cadence", cname, "target"])
-            warnings.append(f"{where}{path}: {msg}")
+            for index, target in enumerate(cadence.members):
+                if target not in reasons:
+                    reasons[target] = _refusal_reason(config, target)
+                reason = reasons[target]
+                if reason is None:
+                    continue
+                loc: tuple[Any, ...] = ("namespaces", name, "cadence", cname)
+                loc += ("target",) if cadence.targets is None else ("targets", index)
+                node, matched = find_pos(root, loc)
+                where = ""
+                if matched == len(loc) and node.file and node.mark:
+                    where = f"{node.file}:{node.mark[0]}:{node.mark[1]}: "
+                msg = f"namespace {name!r} cadence {cname!r}: {reason}"
+                warnings.append(f"{where}{format_path(list(loc))}: {msg}")
     return warnings
 
 

@@ -16,6 +16,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     Field,
@@ -23,6 +24,7 @@ from pydantic import (
     SecretStr,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 from pydantic_core import PydanticCustomError
 
@@ -36,7 +38,7 @@ from core.anchors.schemes import SCHEMES, Targets, TargetSettings
 from core.cadence import CADENCES, CadenceError, parse_every
 from core.config.errors import TargetNotFound
 from core.config.positions import format_segment
-from core.jobs import JobKey, JobSpec, safe_name
+from core.jobs import JobKey, JobSpec, member_targets, redundant_parts, redundant_target, safe_name
 from core.model_types import Model as _Model
 from core.model_types import OptPath, OptPolicyOID, OptStr
 from core.sources import DEFAULT_MAX_BATCH_BYTES, BatchLimits
@@ -215,9 +217,14 @@ _POLICY_SCHEMES = ", ".join(
 
 
 class Cadence(_Model):
+    """One cadence of a namespace: one `target`, or several `targets` of which `min` must
+    attest (redundant anchoring; `min` defaults to all of them)."""
+
     cadence_kind: ClassVar[str] = "fast"
 
-    target: str
+    target: str | None = None
+    targets: list[Annotated[str, AfterValidator(_check_target)]] | None = Field(None, min_length=2)
+    min: int | None = Field(None, ge=1)
     every: str
     confirmations: int | None = Field(None, ge=0)
     policy_oid: OptPolicyOID = Field(None, alias="policyOID")
@@ -225,19 +232,64 @@ class Cadence(_Model):
 
     @field_validator("target")
     @classmethod
-    def _target(cls, value: str) -> str:
-        return _check_target(value)
+    def _target(cls, value: str | None) -> str | None:
+        return None if value is None else _check_target(value)
+
+    @field_validator("targets")
+    @classmethod
+    def _targets(cls, value: list[str] | None, info: ValidationInfo) -> list[str] | None:
+        if value is None:
+            return None
+        if info.data.get("target") is not None:
+            raise PydanticCustomError("targets", "give either target or targets, not both", {})
+        seen = [t for n, t in enumerate(value) if t in value[:n]]
+        if seen:
+            raise PydanticCustomError("targets", "{t} is named twice", {"t": repr(seen[0])})
+        return value
+
+    @field_validator("min")
+    @classmethod
+    def _min(cls, value: int | None, info: ValidationInfo) -> int | None:
+        targets = info.data.get("targets")
+        if value is not None and "targets" in info.data and targets is None:
+            raise PydanticCustomError("min", "min applies to several targets (targets: [...]) only", {})
+        if value is not None and targets is not None and value > len(targets):
+            raise PydanticCustomError(
+                "min", "min {m} is more than the {n} targets named", {"m": value, "n": len(targets)}
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _one_target(self) -> Cadence:
+        if self.target is None and self.targets is None:
+            raise PydanticCustomError("target", "a cadence needs a target (or targets: [...] and min)", {})
+        return self
+
+    @property
+    def job_target(self) -> str:
+        """The job's target text: the target, or core.jobs.redundant_target of the targets."""
+        if self.targets is not None:
+            return redundant_target(self.min or len(self.targets), self.targets)
+        assert self.target is not None  # _one_target
+        return self.target
+
+    @property
+    def members(self) -> list[str]:
+        """The targets this cadence anchors to (one, or the redundant ones)."""
+        return list(self.targets) if self.targets is not None else [self.job_target]
 
     @field_validator("policy_oid")
     @classmethod
     def _policy_needs_a_tsa(cls, value: str | None, info: ValidationInfo) -> str | None:
-        target = info.data.get("target")  # absent when the target itself was refused
-        if value is not None and target and not SCHEMES[target.partition(":")[0]].policy:
-            raise PydanticCustomError(
-                "policy_oid",
-                "a policy applies to time-stamp authorities ({s}) only; {t} has none",
-                {"s": _POLICY_SCHEMES, "t": target},
-            )
+        # absent when the target itself was refused
+        named = info.data.get("targets") or ([info.data["target"]] if info.data.get("target") else [])
+        for target in named:
+            if value is not None and not SCHEMES[target.partition(":")[0]].policy:
+                raise PydanticCustomError(
+                    "policy_oid",
+                    "a policy applies to time-stamp authorities ({s}) only; {t} has none",
+                    {"s": _POLICY_SCHEMES, "t": target},
+                )
         return value
 
     @field_validator("every", mode="before")
@@ -352,7 +404,10 @@ class Config(_Model):
 
     def target_mismatch(self, target_id: str) -> str | None:
         """Why anchoring to ``target_id`` must be refused, or None when it is consistent
-        (the scheme's spec decides: core/anchors/schemes.py)."""
+        (the scheme's spec decides: core/anchors/schemes.py). A redundant job's target
+        (core.jobs.redundant_target) is refused when one of its targets is."""
+        if redundant_parts(target_id) is not None:
+            return next(filter(None, map(self.target_mismatch, member_targets(target_id))), None)
         scheme, _, name = target_id.partition(":")
         try:
             settings = self.resolve_target(target_id)
@@ -417,24 +472,27 @@ class Config(_Model):
         for name, ns in self.namespaces.items():
             source = self.batches_dir(name)
             for cadence_name, cadence in ns.cadence.items():
-                try:
-                    settings: TargetSettings | None = self.resolve_target(cadence.target)
-                except TargetNotFound:
-                    settings = None
                 confirmations = cadence.confirmations
-                if confirmations is None:  # the target's own depth, where its scheme has one
-                    deepens = SCHEMES[cadence.target.partition(":")[0]].confirmations
-                    confirmations = int(getattr(settings, "confirmations", 0)) if deepens else 0
+                policy = cadence.policy_oid
+                deepest = 0
+                for member in cadence.members:
+                    try:
+                        settings: TargetSettings | None = self.resolve_target(member)
+                    except TargetNotFound:
+                        settings = None
+                    if SCHEMES[member.partition(":")[0]].confirmations:  # the target's own depth
+                        deepest = max(deepest, int(getattr(settings, "confirmations", 0)))
+                    policy = policy or getattr(settings, "policy_oid", None)
                 out.append(
                     JobSpec(
                         key=JobKey(name, cadence_name),
-                        target=cadence.target,
+                        target=cadence.job_target,
                         every=ns.cadence.seconds(cadence_name),
                         source=source,
-                        confirmations=confirmations,
+                        confirmations=deepest if confirmations is None else confirmations,
                         anchor_unchanged=cadence.anchor_unchanged,
                         # The cadence's policyOID, else its TSA target's: the policy requested.
-                        policy_oid=cadence.policy_oid or getattr(settings, "policy_oid", None),
+                        policy_oid=policy,
                     )
                 )
         return out
@@ -475,6 +533,11 @@ def config_hash(config: Config) -> str:
         doc["scheduler"].pop(name, None)
     doc["http"].pop("listen", None)
     doc.pop("control", None)
+    # A cadence of one target hashes as before redundant anchoring existed (targets, min).
+    for ns in doc["namespaces"].values():
+        for cadence in ns["cadence"].values():
+            if cadence is not None and cadence.get("targets") is None:
+                del cadence["targets"], cadence["min"]
     # The shared batch folder counts only when some namespace reads it (has no `source`).
     reads_root = any(ns.source is None for ns in config.namespaces.values())
     doc["_batches_root"] = str(config._batches_root) if config._batches_root and reads_root else None

@@ -26,22 +26,24 @@ from core.engine.leases import Leases
 from core.engine.outcomes import Outcomes
 from core.engine.persistence import Saves
 from core.engine.record import Due, Held
+from core.engine.redundant import Redundancy
 from core.errors import StorageError, describe
 from core.events import AnchorStarted
-from core.jobs import JobKey
-from core.receipts import RECEIPT_VERSION, bound_leaf
+from core.jobs import JobKey, redundant_parts
+from core.receipts import RECEIPT_VERSION, REDUNDANT_VERSION, leaf_for
 
 
 class Anchoring:
     def __init__(
         self, ctx: Context, saves: Saves, outcomes: Outcomes, committer: Committer, leases: Leases,
-        concurrency: int,
+        concurrency: int, redundancy: Redundancy,
     ) -> None:
         self.ctx = ctx
         self.saves = saves
         self.outcomes = outcomes
         self.committer = committer
         self.leases = leases
+        self.redundancy = redundancy
         self._concurrency = asyncio.Semaphore(max(1, concurrency))
         self._under_way: dict[str, int] = {}  # one-at-a-time targets: their groups under way
         self._waiting: dict[str, dict[JobKey, bool]] = {}  # their jobs due meanwhile (forced?)
@@ -118,8 +120,11 @@ class Anchoring:
                 self._next_group(target)
 
     async def _anchor(self, target: str, items: list[Due], owned: set[JobKey], started: float) -> None:
+        # A redundant group (several targets) anchors version 3 leaves: bound to the targets and min too.
+        version = REDUNDANT_VERSION if redundant_parts(target) is not None else RECEIPT_VERSION
+
         def tree() -> tuple[bytes, list[list[bytes]]]:
-            return aggregate([bound_leaf(i.spec.namespace, i.batch.id, i.batch.root) for i in items])
+            return aggregate([leaf_for(version, i.spec.namespace, i.batch.id, i.batch.root, target) for i in items])
 
         if len(items) > WRITE_CHUNK:  # 10,000 leaves: ~55 ms of hashing, not on the loop
             digest, proofs = await asyncio.to_thread(tree)
@@ -129,7 +134,7 @@ class Anchoring:
         policy = items[0].spec.policy_oid  # one per group (run_due)
         entries = [
             {"job": str(i.spec.key), "batch": {"id": i.batch.id, "root": i.batch.root}, "leaf_index": n}
-            | {"receipt_version": RECEIPT_VERSION}  # the leaf's form: entry_leaf
+            | {"receipt_version": version}  # the leaf's form: entry_leaf
             | ({"policy": policy} if policy else {})
             for n, i in enumerate(items)
         ]
@@ -145,8 +150,16 @@ class Anchoring:
         ctx.bus.publish(AnchorStarted(at=started, target=target, jobs=keys, digest=digest.hex()))
         ctx.log.info("anchor started", target=target, jobs=[str(k) for k in keys], digest=digest.hex())
         try:
-            backend = ctx.backend_for(target)
-            attestation = await backend.anchor(digest, journalled_note(intent), policy=policy)
+            if version == REDUNDANT_VERSION:
+                obtained, why = await self.redundancy.gather(intent, digest, policy, items[0].spec.confirmations)
+                if obtained is None:
+                    raise self.redundancy.failure(intent, why)
+                if why:
+                    ctx.log.info("redundant anchor: min attestations in", target=target, missing=why)
+                attestation = obtained
+            else:
+                backend = ctx.backend_for(target)
+                attestation = await backend.anchor(digest, journalled_note(intent), policy=policy)
         except asyncio.CancelledError:
             raise
         except Exception as exc:

@@ -22,7 +22,14 @@ from core.engine.persistence import Saves
 from core.engine.record import Due, Held, anchored_since, succeeded
 from core.errors import StorageError, describe
 from core.jobs import JobKey, safe_name
-from core.receipts import RECEIPT_VERSION, Receipt, build_receipt, leaf_for
+from core.receipts import (
+    RECEIPT_VERSION,
+    REDUNDANT_VERSION,
+    Receipt,
+    build_receipt,
+    leaf_for,
+    redundant_attestations,
+)
 from core.sources import Batch
 from core.store import Committed, Intent, Superseded
 
@@ -42,14 +49,14 @@ def entry_version(entry: dict[str, Any]) -> int:
     """The receipt version an intent's entry was anchored for: 1 (its leaf the batch root)
     when written before receipts bound their namespace and batch id."""
     version = entry.get("receipt_version", 1)
-    return version if version in (1, RECEIPT_VERSION) else 1
+    return version if version in (1, RECEIPT_VERSION, REDUNDANT_VERSION) else 1
 
 
-def entry_leaf(entry: dict[str, Any]) -> bytes:
+def entry_leaf(entry: dict[str, Any], target: str) -> bytes:
     """The leaf an intent's entry was anchored with (the engine's and verify's one rule:
-    core.receipts.leaf_for)."""
+    core.receipts.leaf_for; `target`: the intent's, bound by version 3 leaves)."""
     namespace = JobKey.parse(entry["job"]).namespace
-    return leaf_for(entry_version(entry), namespace, entry["batch"]["id"], entry["batch"]["root"])
+    return leaf_for(entry_version(entry), namespace, entry["batch"]["id"], entry["batch"]["root"], target)
 
 
 def journalled_note(intent: Intent) -> Callable[[dict[str, Any]], None]:
@@ -326,7 +333,7 @@ class Committer:
         """(leaf index, job) of an intent's configured jobs (or of `only`), and all proofs."""
         entries = intent.entries
         def tree() -> tuple[bytes, list[list[bytes]]]:
-            return aggregate([entry_leaf(e) for e in entries])
+            return aggregate([entry_leaf(e, intent.target) for e in entries])
 
         _, proofs = await asyncio.to_thread(tree) if len(entries) > WRITE_CHUNK else tree()
         pairs: Pairs = []
@@ -350,6 +357,10 @@ class Committer:
         now: float,
     ) -> Receipt:
         spec = item.spec
+        version = entry_version(intent.entries[index])
+        least, attested = (
+            redundant_attestations(attestation.data, intent.target) if version == REDUNDANT_VERSION else (0, ())
+        )
         return build_receipt(
             namespace=spec.namespace,
             cadence=spec.cadence,
@@ -363,12 +374,14 @@ class Committer:
             proof=proofs[index],
             leaf_index=index,
             tree_size=len(proofs),
-            attestation=attestation.data,
+            attestation={} if attested else attestation.data,
             status=attestation.status,
             confirmations_required=spec.confirmations,
             confirmations_observed=attestation.confirmations,
             anchored_at=now,
             version=__version__,
             config_hash=self.ctx.config_hash,
-            receipt_version=entry_version(intent.entries[index]),
+            receipt_version=version,
+            least=least,
+            attestations=attested,
         )

@@ -8,7 +8,7 @@ from core.engine.context import BackendFor
 from core.engine.record import JobRecord
 from core.errors import ErrorKind
 from core.status import job_status
-from core.views import JobView
+from core.views import JobView, TargetView
 
 # A job in flight longer than STUCK_TIMEOUTS x its backend's time limit is stuck.
 STUCK_TIMEOUTS = 4
@@ -42,7 +42,7 @@ def stuck_after(backend_for: BackendFor, record: JobRecord | None) -> float:
 
 def job_view(
     record: JobRecord, *, in_flight: bool, stuck: bool, paused: bool, started_at: float,
-    max_level: int, stale_factor: float, now: float,
+    max_level: int, stale_factor: float, now: float, targets: tuple[TargetView, ...] = (),
 ) -> JobView:
     """The job's view at `now` (on the engine's clock), its status by core.status."""
     spec, state = record.spec, record.state
@@ -64,4 +64,4 @@ def job_view(
         due_at=record.due,
         now=now,
     )
-    return JobView(spec, state, record.due, in_flight, status, record.disabled)
+    return JobView(spec, state, record.due, in_flight, status, record.disabled, targets)

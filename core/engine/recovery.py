@@ -17,8 +17,9 @@ from core.engine.context import Context
 from core.engine.outcomes import Outcomes
 from core.engine.persistence import Saves
 from core.engine.record import Held
+from core.engine.redundant import from_notes
 from core.errors import StorageError, describe
-from core.jobs import JobKey
+from core.jobs import JobKey, redundant_parts
 from core.store import Intent
 
 
@@ -132,7 +133,11 @@ class Recovery:
         entries = intent.entries
         digest = intent.digest_bytes
         attestation: Attestation | None = None
-        if intent.attestation is not None:
+        if intent.attestation is None and redundant_parts(intent.target) is not None:
+            # min attestations noted before the crash: receipts from them, no target asked
+            # again; fewer: never landed (what was obtained is not kept across a restart)
+            attestation = from_notes(intent)
+        elif intent.attestation is not None:
             # attested() sets all three; a journal edited to a null status is refused by
             # build_receipt as before ("" is no status either).
             attestation = Attestation(intent.attestation, intent.status or "", intent.confirmations or 0)

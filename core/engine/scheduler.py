@@ -50,6 +50,7 @@ from core.engine.persistence import Saves
 from core.engine.reads import BATCH_READ_WAIT, BatchReads
 from core.engine.record import Due, not_after
 from core.engine.recovery import Recovery
+from core.engine.redundant import Redundancy
 from core.engine.table import JobTable
 from core.events import ConfigApplied, EventBus, JobSkipped, Paused, TickCompleted
 from core.jobs import JobKey, JobSpec, JobState
@@ -114,7 +115,10 @@ class Scheduler:
         self._recovery = Recovery(self._ctx, self._saves, self._outcomes, self._committer)
         self._leases = Leases(self._ctx, self._outcomes)
         self._reads = BatchReads(self._ctx, self._outcomes)  # the pass's batch folder reads
-        self._anchoring = Anchoring(self._ctx, self._saves, self._outcomes, self._committer, self._leases, concurrency)
+        self.redundancy = Redundancy(self._ctx)  # per-target state of redundant jobs
+        self._anchoring = Anchoring(
+            self._ctx, self._saves, self._outcomes, self._committer, self._leases, concurrency, self.redundancy
+        )
         loaded = state_store.load()
         self.paused = False
         self.started_at = self.clock.now()
@@ -533,7 +537,7 @@ class Scheduler:
         return job_view(
             self._jobs[key], in_flight=in_flight, stuck=in_flight and self.is_stuck(key, now),
             paused=self.paused, started_at=self.started_at, max_level=self.policy.max_level,
-            stale_factor=self.stale_factor, now=now,
+            stale_factor=self.stale_factor, now=now, targets=self.redundancy.views(self._jobs[key].spec.target),
         )
 
     def views(self, now: float | None = None) -> list[JobView]:

@@ -118,6 +118,15 @@ def health(
             ns = namespaces[key.namespace] = {"lastAnchor": {}, "backoff": 0, "status": "ok"}
         ns["lastAnchor"][key.cadence] = _epoch(view.state.last_anchored_at)
         ns["backoff"] = max(ns["backoff"], int(view.state.backoff_level))
+        if view.targets:  # a redundant job: each target's own state
+            ns.setdefault("targets", {})[key.cadence] = {
+                t.target: {
+                    "attested": _epoch(t.attested_at), "failures": t.failures,
+                    "backoffUntil": _epoch(t.retry_at) if t.retry_at is not None and t.retry_at > now else None,
+                    "error": t.error,
+                }
+                for t in view.targets
+            }
         if view.status == JobStatus.DISABLED:
             ns.setdefault("disabled", {})[key.cadence] = getattr(view, "disabled", None) or "disabled"
         job = job_status(view)

@@ -98,6 +98,7 @@ from core.events import (
     ReceiptConfirmed,
     ReceiptWritten,
     StorageFailed,
+    TargetAnswered,
     TickCompleted,
     TokenDiscarded,
     WalletRead,
@@ -155,6 +156,7 @@ class _JobSeries:
         "backoff",
         "durations",
         "disabled",
+        "members",
     )
 
     def __init__(self) -> None:
@@ -171,6 +173,8 @@ class _JobSeries:
         self.current: float | None = None  # last proven current (anchored or unchanged)
         self.period: float | None = None
         self.durations: dict[str, _Durations] = {}
+        # a redundant job's targets: target -> (last attested, backing off until)
+        self.members: dict[str, tuple[float | None, float | None]] = {}
 
     def observe(self, status: str, value: float) -> None:
         child = self.durations.get(status)
@@ -294,6 +298,16 @@ class _JobCollector:
             "1 for a job that never runs because its target is refused, with the reason.",
             labels=(*JOB_LABELS, "reason"),
         )
+        attested = GaugeMetricFamily(
+            "vmsh_target_attested_timestamp_seconds",
+            "When each target of a redundant job (`member`) last attested (Unix epoch seconds).",
+            labels=(*JOB_LABELS, "member"),
+        )
+        member_backoff = GaugeMetricFamily(
+            "vmsh_target_backoff_until_timestamp_seconds",
+            "Until when a target of a redundant job (`member`) backs off on its own (0: it does not).",
+            labels=(*JOB_LABELS, "member"),
+        )
         for key, job in jobs:
             if job.backoff is not None:
                 backoff.add_metric((key.namespace, key.cadence), job.backoff)
@@ -313,7 +327,14 @@ class _JobCollector:
                 disabled.add_metric((*labels, job.disabled), 1)
             for status, child in job.durations.items():
                 duration.add_metric((*labels, status), child.buckets(), child.total)
-        return [attempted, succeeded, failed, backoff, duration, last_anchor, current, period, disabled]
+            for member, (when, until) in job.members.items():
+                if when is not None:
+                    attested.add_metric((*labels, member), when)
+                member_backoff.add_metric((*labels, member), until or 0.0)
+        return [
+            attempted, succeeded, failed, backoff, duration, last_anchor, current, period, disabled,
+            attested, member_backoff,
+        ]
 
 
 class Metrics:
@@ -482,6 +503,11 @@ class Metrics:
                 job.observe("failure", max(0.0, event.duration))
         elif isinstance(event, BackoffChanged):
             self._job(event.job).backoff = event.level
+        elif isinstance(event, TargetAnswered):
+            for key in event.jobs:
+                members = self._job(key).members
+                when = event.at if event.attested else members.get(event.target, (None, None))[0]
+                members[event.target] = (when, event.retry_at)
 
     def _set_pending(self, target: str, n: int) -> None:
         self._pending[target] = n

@@ -58,6 +58,42 @@ def tampered(doc: dict, kind: str) -> dict:
     return doc
 
 
+REDUNDANT = "2 of local:dev,rfc3161:openssl,eip155:1337"
+
+
+def redundant_files(
+    red: Path, young: Path, out: Path, rpc: list[str], tsa: OpenSSLTSA
+) -> list[tuple[Path, str, list[str]]]:
+    """Version 3 receipts (redundant anchoring, 2 of 3 targets; `red` and `young` their data
+    dirs): genuine; one attestation's token tampered; too few attestations left; min
+    lowered; PENDING (one of the two final); CANNOT CHECK (only one can be checked here)."""
+    local = ["--trust-bundle", str(red / "tsa" / "local-tsa.pem")]
+    every = [*local, "--trust-bundle", str(tsa.pki.path("root.pem")), *rpc]
+    doc = json.loads(receipts_of(red, "red")[0].read_text())
+    assert [a["target"] for a in doc["attestations"]] == REDUNDANT.split(" of ")[1].split(",")
+    forged = json.loads(json.dumps(doc))
+    forged["attestations"][1] = tampered({"attestation": forged["attestations"][1]["attestation"]}, "token") | {
+        k: v for k, v in forged["attestations"][1].items() if k != "attestation"
+    }
+    cases = {
+        "genuine": (doc, "OK", every),
+        "one-token": (forged, "FAIL", every),
+        "too-few": (doc | {"attestations": doc["attestations"][:1]}, "FAIL", every),
+        "min-lowered": (doc | {"min": 1, "target": "1 of " + REDUNDANT.split(" of ")[1]}, "FAIL", every),
+        "namespace": (tampered(doc, "namespace"), "FAIL", every),
+        "cannot": (doc, "CANNOT", rpc),  # no trust bundle: only the node's attestation can be checked here
+        "pending": (json.loads(receipts_of(young, "redyoung")[0].read_text()), "PENDING", [
+            "--trust-bundle", str(young / "tsa" / "local-tsa.pem"), *rpc,
+        ]),
+    }
+    files = []
+    for name, (body, expected, flags) in cases.items():
+        path = out / f"redundant-{name}.json"
+        path.write_text(json.dumps(body))
+        files.append((path, expected, flags))
+    return files
+
+
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[list[tuple[Path, str, list[str]]], Path]]:
     """[(receipt file, expected outcome, verify's trust flags)], and the folder."""
@@ -73,7 +109,9 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[list[tupl
         tsas = anchor(tmp / "tsas", {"solo": "local:dev", "rfc": "rfc3161:openssl"}, settings)
         agg = anchor(tmp / "agg", {"a": "local:dev", "b": "local:dev", "x": "rfc3161:openssl", "y": "rfc3161:openssl"}, settings)
         deep = anchor(tmp / "deep", {"chain": "eip155:1337"}, settings, confirmations=1)
-        young = anchor(tmp / "young", {"young": "eip155:1337"}, settings, confirmations=3)
+        red = anchor(tmp / "red", {"red": REDUNDANT}, settings, confirmations=1)
+        red_young = anchor(tmp / "redyoung", {"redyoung": "2 of local:dev,eip155:1337"}, settings, confirmations=3)
+        young = anchor(tmp / "young", {"young": "eip155:1337"}, settings, confirmations=3)  # 1 of 3 deep: last
         rpc = ["--rpc-url", f"eip155:1337={node.url}"]
         genuine = {
             "local": (receipts_of(tsas, "solo")[0], ["--trust-bundle", str(tsas / "tsa" / "local-tsa.pem")]),
@@ -98,6 +136,7 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[list[tupl
         btc = out / "btc-unknown.json"  # a scheme this build has no checker for
         btc.write_text(json.dumps(json.loads(genuine["local"][0].read_text()) | {"target": "btc:main"}))
         files.append((btc, "CANNOT", []))
+        files += redundant_files(red, red_young, out, rpc, tsa)
         yield files, out
     finally:
         node.stop()
@@ -122,7 +161,11 @@ def test_verify_and_explain_agree_on_every_receipt(corpus, auditor, capsys):  # 
             assert "anchored_at: FAIL 1999-01-01T00:00:00.000Z attested" in done.stdout, done.stdout
         if done.returncode in (0, 4, 3):  # these end with their word; a FAIL with the tool's output
             assert said == expected, f"{path.name}: {done.stdout}"
-    assert len(seen) == 33
+        if expected == "OK":  # the same words: what is vouched for, and by which targets
+            assert last.split(" existed at ")[1].split(" ")[1] in line, f"{path.name}: {last} / {line}"
+        if path.name == "redundant-genuine.json":
+            assert line.endswith(f"(3 of 3: local:dev, rfc3161:openssl, eip155:1337): {path}"), line
+    assert len(seen) == 40
     # several at once: the worst outcome, the same exit code (CANNOT CHECK over PENDING over OK)
     some = [str(p) for p, _, _ in files if p.name in ("eip155-pending.json", "btc-unknown.json", "local-genuine.json")]
     flags = [*files[0][2], *next(f for p, _, f in files if p.name == "eip155-pending.json")]
@@ -166,7 +209,7 @@ def test_ctl_and_the_control_api_give_verify_s_outcome(tmp_path, auditor):  # no
     from tests.integration.ganache import free_port
 
     node = Ganache(tmp_path).start()
-    for ns in ("chain", "dev"):
+    for ns in ("chain", "dev", "red"):
         write_batch(tmp_path / "batches" / ns, "000001", "sha256:" + f"{len(ns):064x}")
     config = tmp_path / "config.yaml"
     config.write_text(f"""\
@@ -193,13 +236,17 @@ namespaces:
     source: {tmp_path / "batches" / "dev"}
     cadence:
       fast: {{target: "local:dev", every: "1h"}}
+  red:
+    source: {tmp_path / "batches" / "red"}
+    cadence:
+      fast: {{targets: ["local:dev", "eip155:1337"], min: 2, every: "1h"}}
 """)
     env = {**os.environ, "VMSH_TEST_EVM_KEY": KEYS[0]}
     log = (tmp_path / "scheduler.log").open("w")
     proc = subprocess.Popen([*CLI, "--no-ui", "--config", str(config)], stdout=log, stderr=subprocess.STDOUT, env=env)
     try:
         deadline = time.monotonic() + 30
-        while len(list((tmp_path / "data" / "receipts").rglob("*.json"))) < 2:
+        while len(list((tmp_path / "data" / "receipts").rglob("*.json"))) < 3:
             assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "scheduler.log").read_text()
             time.sleep(0.1)
         files = sorted((tmp_path / "data" / "receipts").rglob("*.json"))
@@ -225,6 +272,9 @@ namespaces:
             "genuine:local:dev": {("OK", 0)},
             "tampered:eip155:1337": {("FAIL", 1)},
             "tampered:local:dev": {("FAIL", 1)},
+            # redundant (version 3): local:dev final, the transaction 1 of 3 blocks deep
+            "genuine:2 of local:dev,eip155:1337": {("PENDING", 4)},
+            "tampered:2 of local:dev,eip155:1337": {("FAIL", 1)},
         }
     finally:
         proc.terminate()

@@ -572,6 +572,7 @@ def test_the_dashboard_and_ctl_show_a_btc_receipts_transaction_and_its_confirmat
     from tui.app import VaultMeshApp
     from tui.detail import namespace_detail_of
     from tui.host import InProcessHost
+    from tui.widgets import DiffTable
 
     settings = bcoin.funded()
     assert settings.key is not None
@@ -594,7 +595,9 @@ def test_the_dashboard_and_ctl_show_a_btc_receipts_transaction_and_its_confirmat
             await pilot.pause()
             await pilot.press("3")  # the Receipts pane, its newest receipt selected
             await pilot.pause()
-            [path] = app.dashboard.body("receipts").shown_keys
+            receipts = app.dashboard.body("receipts")
+            assert isinstance(receipts, DiffTable)
+            [path] = receipts.shown_keys
             txid = json.loads(Path(path).read_text())["attestation"]["tx_hash"]
             seen = [screen_text(app)]
             for _ in range(2):

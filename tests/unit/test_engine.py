@@ -46,6 +46,7 @@ class CountingBackend:
         self.policies: list[str | None] = []
         self.fail_with: Exception | None = None
         self.gate: asyncio.Event | None = None
+        self.one_at_a_time = False  # a btc-like backend's rule when set (the engine folds)
 
     async def anchor(self, digest, note, *, policy=None):
         self.calls.append(digest)

@@ -657,6 +657,54 @@ def test_a_malformed_receipt_is_refused_naming_the_field(tmp_path: Path, field: 
     assert str(info.value) == f"{path}: {reason}"
 
 
+def _redundant_doc() -> dict:
+    """A version 3 receipt's document (two attestations of three targets, min 2)."""
+    doc = json.loads(WRITTEN_BEFORE_THE_MODEL)
+    att = doc.pop("attestation")
+    doc["version"], doc["target"] = 3, "2 of eip155:1337,rfc3161:a,rfc3161:b"
+    item = {"status": "confirmed", "confirmations": {"required": 0, "observed": 0}}
+    rest = {k: doc.pop(k) for k in ("status", "confirmations", "anchored_at", "scheduler", "policy")}
+    doc["min"] = 2
+    doc["attestations"] = [
+        {"target": "eip155:1337", "attestation": att, "status": "pending", "confirmations": {"required": 3, "observed": 1}},
+        {"target": "rfc3161:a", "attestation": {"token": "AA=="}} | item,
+    ]
+    return doc | rest
+
+
+def test_a_redundant_receipt_round_trips_in_its_documented_layout() -> None:
+    doc = _redundant_doc()
+    receipt = Receipt.from_json(doc)
+    assert receipt.version == 3 and receipt.least == 2 and dict(receipt.attestation) == {}
+    assert [a.target for a in receipt.attestations] == ["eip155:1337", "rfc3161:a"]
+    assert list(receipt.to_json()) == list(doc) and receipt.to_json() == doc
+    assert list(doc)[9:11] == ["min", "attestations"]  # where version 2 has attestation
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"min": 1}, "min 1 differs from the 2 its target '2 of eip155:1337,rfc3161:a,rfc3161:b' says"),
+        ({"target": "rfc3161:a"}, "target must name the targets and min of a version 3 receipt, got 'rfc3161:a'"),
+        ({"attestations": []}, "attestations must be a non-empty list, got []"),
+        ({"attestations": [{"target": "rfc3161:zz", "attestation": {}, "status": "confirmed",
+                            "confirmations": {"required": 0, "observed": 0}}]},
+         "attestations[0].target 'rfc3161:zz' is not one of the receipt's targets"),
+        ({"attestations": "dup"}, "attestations[1].target 'rfc3161:a' attests twice"),
+        ({"attestations": "nostatus"}, "attestations[0].status must be one of pending, confirmed, got None"),
+    ],
+)
+def test_a_malformed_redundant_receipt_is_refused_naming_the_field(change: dict, reason: str) -> None:
+    doc = _redundant_doc()
+    if change.get("attestations") == "dup":
+        change = {"attestations": [doc["attestations"][1], doc["attestations"][1]]}
+    elif change.get("attestations") == "nostatus":
+        change = {"attestations": [{k: v for k, v in doc["attestations"][0].items() if k != "status"}]}
+    with pytest.raises(ReceiptInvalid) as info:
+        Receipt.from_json(doc | change)
+    assert info.value.reason == reason
+
+
 def test_a_receipt_cannot_be_changed_in_place() -> None:
     receipt = Receipt.from_json(json.loads(WRITTEN_BEFORE_THE_MODEL))
     with pytest.raises(dataclasses.FrozenInstanceError):

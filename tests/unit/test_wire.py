@@ -98,6 +98,7 @@ EVENTS = [
     ev.AnchorStarted(1.0, "local:dev", (KEY, JobKey("b", "slow")), "00ff"),
     ev.AnchorSucceeded(2.0, KEY, "local:dev", "aa", 0.25, "confirmed"),
     ev.AnchorFailed(2.0, KEY, "local:dev", "transient", "timeout", 1.5),
+    ev.TargetAnswered(2.5, (KEY,), "rfc3161:b", False, 9.0, "cannot connect"),
     ev.StorageFailed(3.0, "journal", None, 28, "No space left on device"),
     ev.BackoffChanged(3.0, KEY, 2, 5, 60.0, "transient", "timeout"),
     ev.BackoffChanged(3.0, KEY, 0, 5, None),

@@ -96,6 +96,7 @@ class FileClaims:
                 and found.anchored_root == receipt.anchored_root
                 and found.batch.root == receipt.batch.root
                 and dict(found.attestation) == token
+                and [a.to_json() for a in found.attestations] == [a.to_json() for a in receipt.attestations]
             ):
                 return path
         return None
