@@ -166,5 +166,5 @@ class Anchoring:
             await self.saves.close_intents([intent])
             self.outcomes.fail_owned(items, exc, owned, started)
             return
-        held = Held(intent, attestation, durable=False)
+        held = Held(intent, attestation, durable=False, arrived=ctx.clock.now())
         await self.committer.complete(held, list(enumerate(items)), proofs, owned, started)

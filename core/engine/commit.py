@@ -110,7 +110,7 @@ class Committer:
             try:
                 await ctx.write(
                     "journal", intent.path, intent.attested,
-                    attestation.data, attestation.status, attestation.confirmations,
+                    attestation.data, attestation.status, attestation.confirmations, held.arrived,
                 )
             except StorageError as exc:
                 if isinstance(exc.__cause__, Superseded):  # another replica resolves it
@@ -203,7 +203,10 @@ class Committer:
 
         def write() -> Committed | Exception:  # on the writer thread: the loop does not build 1,000 receipts
             try:
-                receipts = [self._receipt(intent, item, index, proofs, attestation, now) for index, item in pairs]
+                # anchored_at: when the attestation came (a receipt written a day later from a
+                # held attestation still states the time it was anchored, not the write's)
+                at = intent.attested_at if intent.attested_at is not None else now
+                receipts = [self._receipt(intent, item, index, proofs, attestation, at) for index, item in pairs]
             except Exception as exc:  # a bug, not a disk error: raised on the loop as it is
                 return exc
             return ctx.claims.commit(receipts, states, rows, intent.id, recovered=recovered)

@@ -32,6 +32,7 @@ class Held:
     intent: Intent
     attestation: Attestation
     durable: bool  # the attestation is in the intent file on disk
+    arrived: float | None = None  # when it reached the scheduler (None: not known, e.g. recovered)
 
 
 @dataclass(eq=False, slots=True)

@@ -185,7 +185,9 @@ class Recovery:
                 continue
             a = held.attestation
             try:
-                await ctx.write("journal", held.intent.path, held.intent.attested, a.data, a.status, a.confirmations)
+                await ctx.write(
+                    "journal", held.intent.path, held.intent.attested, a.data, a.status, a.confirmations, held.arrived
+                )
                 held.durable = True
             except StorageError as exc:
                 ctx.log.error(

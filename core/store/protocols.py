@@ -88,7 +88,7 @@ class Intent:
     Its document: {"version": 1, "id", "target", "digest": "<64 hex>",
     "tree_size", "entries": [{"job", "batch": {"id", "root"}, "leaf_index"}], "opened_at",
     "notes": {...}, "attestation": {...} | null, "status": null | "pending" | "confirmed",
-    "confirmations": int | null}.
+    "confirmations": int | null, "attested_at": epoch seconds | null}.
     """
 
     id: str
@@ -101,6 +101,9 @@ class Intent:
     attestation: dict[str, Any] | None = None
     status: str | None = None
     confirmations: int | None = None
+    # When the attestation reached the scheduler (its clock): a receipt written later from it
+    # (a held attestation, recovery after an outage) states this as its anchored_at.
+    attested_at: float | None = None
     path: Path = field(default=Path())
     closed: bool = False
     # A shared store: the state of its jobs as leased to this replica when it adopted the
@@ -148,6 +151,7 @@ class Intent:
             "attestation": self.attestation,
             "status": self.status,
             "confirmations": self.confirmations,
+            "attested_at": self.attested_at,
         }
 
     @classmethod
@@ -172,6 +176,9 @@ class Intent:
         att = d.get("attestation")
         if att is not None and not isinstance(att, dict):
             raise ValueError("'attestation' must be an object or null")
+        attested_at = d.get("attested_at")  # absent in journals written before it was kept
+        if attested_at is not None and (isinstance(attested_at, bool) or not isinstance(attested_at, (int, float))):
+            raise ValueError("'attested_at' must be a number or null")
         return cls(
             id=d["id"],
             target=d["target"],
@@ -183,6 +190,7 @@ class Intent:
             attestation=att,
             status=d.get("status"),
             confirmations=d.get("confirmations"),
+            attested_at=None if attested_at is None else float(attested_at),
             path=path,
         )
 
@@ -195,11 +203,16 @@ class Intent:
         self.notes.update(facts)
         self.persist()
 
-    def attested(self, attestation: dict[str, Any], status: str, confirmations: int) -> None:
-        """Record the backend's attestation durably, before any receipt is written."""
+    def attested(
+        self, attestation: dict[str, Any], status: str, confirmations: int, at: float | None = None
+    ) -> None:
+        """Record the backend's attestation durably, before any receipt is written; `at`:
+        when it reached the scheduler (the receipts' anchored_at, however late they are
+        written)."""
         self.attestation = attestation
         self.status = status
         self.confirmations = confirmations
+        self.attested_at = at
         self.persist()
 
     def close(self, *, sync_folder: bool = True) -> bool:

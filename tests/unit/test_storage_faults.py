@@ -22,7 +22,7 @@ from core.events import AnchorFailed, LogRecord, ReceiptWritten
 from core.jobs import JobKey, JobSpec, safe_name
 from core.observe.health import health
 from core.observe.metrics import Metrics
-from core.receipts import load_receipt, verify_receipt
+from core.receipts import load_receipt, parse_iso_utc, verify_receipt
 from core.sources import write_batch
 from core.store.files.claims import FileClaims
 from core.store.files.journal import IntentJournal
@@ -392,3 +392,31 @@ async def test_a_chunk_that_fails_mid_pass_holds_only_what_was_not_written_and_n
     for name in names:
         assert len(list((tmp_path / "data" / "receipts" / name).glob("*.json"))) == 1
     assert journal_files(h) == []
+
+
+async def test_a_receipt_written_days_after_its_attestation_states_when_it_was_anchored(tmp_path):
+    """The disk is full for three days: the receipts written from the kept attestation then
+    say when the anchor happened (the attested time, within the verifier's tolerance), not
+    when the disk was freed, so `verify` vouches for them instead of failing them."""
+    h = Harness(tmp_path, {"a": 1})
+    faults = Faults()
+    faults.failing = {"receipt"}
+    s = faulty(h, faults)
+    anchored = h.clock.now()
+
+    await s.run_once()
+    assert h.of(ReceiptWritten) == []
+
+    for _ in range(3 * 24):  # three days of retries against a full disk
+        h.clock.advance(3600)
+        await s.run_once()
+    assert h.of(ReceiptWritten) == []
+    faults.failing = set()
+    h.clock.advance(3600)
+    await s.run_once()
+
+    [event] = h.of(ReceiptWritten)
+    receipt = load_receipt(Path(event.path))
+    assert abs(parse_iso_utc(receipt.anchored_at).timestamp() - anchored) < 1.0
+    await verify_receipt(receipt, lambda t: h.backend)  # raises ReceiptInvalid if anchored_at were the write's time
+    assert len(h.backend.calls) == 1
