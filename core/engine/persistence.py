@@ -9,11 +9,14 @@ retried after a storage backoff, and the intents wait for a save that succeeds.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 
 from core.engine.context import Context
 from core.errors import ErrorKind, StorageError
 from core.store import Intent, Written
+
+SAVE_PACE = 2.0  # after a save, wait this many times its duration before the next one
 
 
 class Saves:
@@ -53,8 +56,16 @@ class Saves:
         await asyncio.sleep(0)
         while self._wanted:
             self._wanted = False
+            started = time.monotonic()
             if not await self.save():
                 return
+            if self._wanted and not self.ctx.stopping:
+                # Changes came during the save (a big pass): wait SAVE_PACE times as long as
+                # it took before the next one. A state save writes every job, so saves back
+                # to back would hold the writer thread (and the receipts queued behind them)
+                # O(jobs) per chunk of receipts; paced, they take a third of it at most. Nothing
+                # is at risk meanwhile: an intent is removed only after a save accounts for it.
+                await asyncio.sleep(SAVE_PACE * (time.monotonic() - started))
 
     async def save(self) -> bool:
         """Save state off the loop, then close the intents it accounts for; False on failure.
