@@ -1,0 +1,50 @@
+"""JSON log lines reach their reader within the loop iteration that logged them."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+
+from core.clock import FakeClock
+from core.events import EventBus
+from core.observe.logs import JsonLineWriter, Log
+
+
+def read_lines(fd: int) -> list[dict]:
+    os.set_blocking(fd, False)
+    try:
+        data = os.read(fd, 1 << 20)
+    except BlockingIOError:
+        data = b""
+    return [json.loads(line) for line in data.decode().splitlines()]
+
+
+async def test_lines_logged_in_one_loop_iteration_are_all_readable_once_it_ends():
+    r, w = os.pipe()
+    stream = os.fdopen(w, "w", buffering=1 << 16)  # a pipe's buffered stream (stdout under systemd)
+    bus = EventBus()
+    writer = JsonLineWriter(stream)
+    bus.subscribe(writer)
+    log = Log(bus, FakeClock())
+    for n in range(200):  # one pass's "anchored" lines, logged without yielding
+        log.info("anchored", job=f"ns{n}/fast")
+    await asyncio.sleep(0)  # the loop iteration ends
+    lines = read_lines(r)
+    assert [line["job"] for line in lines] == [f"ns{n}/fast" for n in range(200)]
+    log.info("stopped")
+    writer.close()  # the last lines are flushed on close, whatever the loop does next
+    assert [line["msg"] for line in read_lines(r)] == ["stopped"]
+    stream.close()
+    os.close(r)
+
+
+def test_without_a_loop_each_line_is_written_at_once():
+    r, w = os.pipe()
+    stream = os.fdopen(w, "w", buffering=1 << 16)
+    bus = EventBus()
+    bus.subscribe(JsonLineWriter(stream))
+    Log(bus, FakeClock()).info("check-config done")
+    assert [line["msg"] for line in read_lines(r)] == ["check-config done"]
+    stream.close()
+    os.close(r)
