@@ -48,8 +48,13 @@ test: install node_modules/.installed typecheck
 typecheck: install
 	$(VENV)/bin/mypy
 
+# The benches' data dirs go under .bench-data/ (BENCH_DATA_DIR to choose another disk or
+# folder): on a long-lived machine the temp folder's corner of the disk can make every
+# mkdir several times slower than a fresh folder's (bench/scale_bench.py prints the disk's
+# own figure in the same folder beside ours).
 bench: install
-	$(PY) bench/run.py
+	mkdir -p $${BENCH_DATA_DIR:-.bench-data}
+	BENCH_DATA_DIR=$${BENCH_DATA_DIR:-$(CURDIR)/.bench-data} $(PY) bench/run.py
 
 lint: install typecheck
 	$(VENV)/bin/ruff check core cli tui tests bench
