@@ -26,6 +26,16 @@ BASE_URL = "http://vmsh"  # the host part is not used over a Unix socket
 TIMEOUT = 30.0  # a reload reads the config off the loop; a verify may ask a node
 
 
+def default_socket(data_dir: Path) -> Path:
+    return Path(data_dir) / "control.sock"
+
+
+def socket_path(config: Any) -> Path:
+    """`control.socket`, else `<data_dir>/control.sock` (the one rule, for server and ctl)."""
+    configured = config.control.socket
+    return Path(configured) if configured else default_socket(Path(config.scheduler.data_dir))
+
+
 class ControlUnreachable(Exception):
     """Nothing answers on the socket, or its permissions refuse this user (`permission`)."""
 

@@ -51,10 +51,11 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
 from core import __version__, safejson, wire
+from core.control_client import default_socket, socket_path
+from core.control_feed import FEATURES, JobFeed, dumps
 from core.errors import AnchorError
 from core.events import ControlCommand, Event, LogRecord
 from core.jobs import JobKey
-from core.observe.health import health
 from core.observe.http import MAX_CONNECTIONS as HTTP_CONNECTIONS
 from core.observe.http import _parse_head
 from core.observe.metrics import CONTROL
@@ -64,6 +65,7 @@ if TYPE_CHECKING:
     from core.runtime import Runtime
 
 API = wire.API
+__all__ = ["ControlServer", "ControlSocketError", "default_socket", "socket_path", "start_control"]
 MAX_HEAD = 16 * 1024
 MAX_BODY = 64 * 1024
 READ_TIMEOUT = 5.0
@@ -94,16 +96,6 @@ _REASONS = {200: "OK", 400: "Bad Request", 403: "Forbidden", 404: "Not Found", 4
 
 class ControlSocketError(Exception):
     """The control socket cannot be served; the message names the path and what to do."""
-
-
-def default_socket(data_dir: Path) -> Path:
-    return Path(data_dir) / "control.sock"
-
-
-def socket_path(config: Any) -> Path:
-    """`control.socket`, else `<data_dir>/control.sock` (the one rule, for server and ctl)."""
-    configured = config.control.socket
-    return Path(configured) if configured else default_socket(Path(config.scheduler.data_dir))
 
 
 def _resolve_gid(name: str | None) -> int | None:
@@ -168,14 +160,15 @@ class _Item:
 
     __slots__ = ("seq", "event", "_line")
 
-    def __init__(self, seq: int, event: Event) -> None:
+    def __init__(self, seq: int, event: Event | None, line: bytes | None = None) -> None:
         self.seq = seq
-        self.event = event
-        self._line: bytes | None = None
+        self.event = event  # None: a `views` line (core/control_feed.py), `line` given
+        self._line = line
 
     @property
     def line(self) -> bytes:
         if self._line is None:
+            assert self.event is not None
             self._line = _line({"seq": self.seq, **wire.encode_event(self.event)})
         return self._line
 
@@ -183,8 +176,9 @@ class _Item:
 class _Client:
     """One event stream: a bounded queue the bus callback fills without waiting."""
 
-    def __init__(self) -> None:
+    def __init__(self, views: bool = False) -> None:
         self.queue: asyncio.Queue[_Item | None] = asyncio.Queue(QUEUE_SIZE)
+        self.views = views  # follows `views` lines (`/v1/events?views=1`)
         self.overflows = 0  # in a row, without the writer taking anything
         self.dropped: str | None = None
 
@@ -236,6 +230,7 @@ class ControlServer:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         self.control = RuntimeControl(runtime)
+        self.feed = JobFeed(self.control)  # snapshots in slices, views lines (core/control_feed.py)
         self.path: Path | None = None
         self.seq = 0
         self._replay: deque[_Item] = deque(maxlen=REPLAY)
@@ -289,7 +284,8 @@ class ControlServer:
             raise ControlSocketError(f"cannot serve the control socket {path}: {exc.strerror or exc}") from None
         self._listener = listener
         self._listening = True
-        self._loops = {self._spawn(self._accept_loop(listener)), self._spawn(self._flush_audit_loop())}
+        self._loops = {self._spawn(self._accept_loop(listener)), self._spawn(self._flush_audit_loop()),
+                       self._spawn(self.feed.serve(self._views_wanted, lambda: self.seq, self._send_views))}
         self._unsubscribe = self.runtime.bus.subscribe(self._on_event)
         return self
 
@@ -348,8 +344,19 @@ class ControlServer:
         self._replay.append(item)
         if isinstance(event, LogRecord):
             self._logs.append(event)
+        self.feed.note(event)
         for client in self._clients:
             client.offer(item)
+
+    def _views_wanted(self) -> bool:
+        return any(client.views for client in self._clients)
+
+    def _send_views(self, line: bytes) -> None:
+        """A views line (encoded once) to every client that follows them."""
+        item = _Item(self.seq, None, line)
+        for client in self._clients:
+            if client.views:
+                client.offer(item)
 
     # ----- accepting: bounded, never spinning --------------------------------------------
 
@@ -444,10 +451,11 @@ class ControlServer:
             if url.path == f"{API}/receipts":
                 status, doc = await self._find_receipts(method, parse_qs(url.query))
             else:
-                status, doc = await self._route(method, url.path, body, peer)
-            # A large answer (a snapshot of 10,000 jobs is ~8 MB) is serialised off the loop:
-            # `doc` is built for this request alone, so no one else touches it meanwhile.
-            await self._send(writer, status, doc, await asyncio.to_thread(_body, doc))
+                status, doc = await self._route(method, url.path, body, peer, parse_qs(url.query))
+            # A snapshot comes encoded already (in slices, core/control_feed.py); other answers
+            # are small, serialised off the loop all the same.
+            body = doc if isinstance(doc, bytes) else await asyncio.to_thread(_body, doc)
+            await self._send(writer, status, doc, body)
         except (ConnectionError, TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
             pass
         except ValueError:
@@ -476,14 +484,16 @@ class ControlServer:
             if timeout is None:
                 CONTROL.drop("write_timeout")
 
-    async def _route(self, method: str, path: str, body: bytes, peer: Peer) -> tuple[int, Any]:
+    async def _route(self, method: str, path: str, body: bytes, peer: Peer,
+                     query: dict[str, list[str]]) -> tuple[int, Any]:
         if not path.startswith(f"{API}/"):
             return 404, {"error": f"no such path {path!r}: this scheduler speaks {API}/"}
         command = path[len(API) + 1 :]
-        if command == "snapshot":
+        if command in ("snapshot", "status"):
             if method != "GET":
-                return 405, {"error": "use GET for snapshot"}
-            return 200, await self.snapshot_doc()
+                return 405, {"error": f"use GET for {command}"}
+            return 200, await (self.snapshot_body(views=query.get("views", ["1"])[0] != "0") if command == "snapshot"
+                               else self.status_body())
         if command not in MUTATING | {"verify"}:
             return 404, {"error": f"no such command {command!r}"}
         if method != "POST":
@@ -618,22 +628,47 @@ class ControlServer:
             await asyncio.sleep(AUDIT_WINDOW / 6)
             await self._write_summaries(self._limiter.expired(time.time()))
 
-    async def snapshot_doc(self) -> dict[str, Any]:
-        engine = self.runtime.engine
-        snap = self.control.snapshot()
-        status, body = health(engine, snap.now, getattr(self.runtime, "cluster", None))
+    async def snapshot_body(self, *, views: bool = True) -> bytes:
+        """`GET /v1/snapshot` as JSON bytes. The job table is built in slices (the loop free
+        in between), the newest receipts read off the loop, the rest at once with `seq`.
+        `views` False (`?views=0`, for ctl tail): no job table and no health, only what
+        follows the events needs (seq, logs, receipts, in_flight)."""
+        receipts = await asyncio.to_thread(self._recent_receipts)
+        built = await self.feed.build() if views else None
+        doc: dict[str, Any] = {
+            "version": __version__, "pid": os.getpid(), "host": socket.gethostname(), "seq": self.seq,
+            "features": list(FEATURES), "receipts": receipts,
+            "logs": [wire.encode_event(r)["event"] for r in self._logs],
+            "in_flight": [str(k) for k in self.control.in_flight()],
+        }
+        if built is None:
+            return await asyncio.to_thread(_body, doc)
+        status, health_body = self.control.health(built.now, built.views)
+        doc["health"] = {"code": status, **health_body}
+        head = dumps(wire.encode_snapshot(self.control.header(built.now, (), built.counts)))
+        # The views spliced in as encoded: {"views":[...],"now":...} (`head` is {"now":N,"views":[],...}).
+        table = b'{"views":[' + b",".join(built.encoded) + b"]," + head[1:].replace(b'"views":[],', b"", 1)
+        return await asyncio.to_thread(lambda: dumps(doc)[:-1] + b',"snapshot":' + table + b"}\n")
+
+    async def status_body(self) -> bytes:
+        """`GET /v1/status`: what `ctl status --json` prints, built here in slices from each
+        job's status row (not its whole view: a fifth of the snapshot's bytes)."""
+        built = await self.feed.build(lambda view, now: dumps(wire.encode_status_job(view, now)))
+        status, health_body = self.control.health(built.now, built.views)
+        snap = self.control.header(built.now, (), built.counts)
+        doc = {"pid": os.getpid(), "host": socket.gethostname(), "version": __version__, "paused": snap.paused,
+               "config_hash": snap.config_hash, "counts": wire.encode_status_counts(built.counts),
+               "health": {"code": status, **health_body}}
+        return await asyncio.to_thread(lambda: dumps(doc)[:-1] + b',"jobs":[' + b",".join(built.encoded) + b"]}\n")
+
+    def _recent_receipts(self) -> list[dict[str, Any]]:
         receipts: list[dict[str, Any]] = []
         for path, item in self.control.recent_receipts(RECENT_RECEIPTS):
             if isinstance(item, Exception):
                 receipts.append({"path": str(path), "error": str(item)})
             else:
                 receipts.append({"path": str(path), "receipt": item.to_json()})
-        return {
-            "version": __version__, "pid": os.getpid(), "host": socket.gethostname(), "seq": self.seq,
-            "snapshot": wire.encode_snapshot(snap), "receipts": receipts,
-            "logs": [wire.encode_event(r)["event"] for r in self._logs],
-            "health": {"code": status, **body}, "in_flight": [str(k) for k in self.control.in_flight()],
-        }
+        return receipts
 
     # ----- the event stream --------------------------------------------------------------
 

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -97,11 +98,15 @@ def _replica(replica: ReplicaInfo) -> dict[str, Any]:
     return out
 
 
-def health(engine: Scheduler, now: float, cluster: ClusterView | None = None) -> tuple[int, dict[str, Any]]:
+def health(
+    engine: Scheduler, now: float, cluster: ClusterView | None = None, views: Sequence[JobView] | None = None
+) -> tuple[int, dict[str, Any]]:
     """(HTTP status, body) of /health for `engine` (a core.engine.Scheduler) at time `now`;
-    `cluster` is the runtime's (core/cluster.py), None with the file store."""
+    `cluster` is the runtime's (core/cluster.py), None with the file store; `views`: the
+    jobs' views when the caller has them already (the control socket builds them in slices)."""
     namespaces: dict[str, dict[str, Any]] = {}
-    views = engine.views(now)
+    if views is None:
+        views = engine.views(now)
     for view in views:
         key = view.spec.key
         ns = namespaces.get(key.namespace)
