@@ -145,9 +145,11 @@ class ControlClient:
         return await self._ahttp().post(f"{API}/{command}", json=body if body is not None else {})
 
     @asynccontextmanager
-    async def stream(self, after: int) -> AsyncIterator[httpx.Response]:
-        """The event stream after `seq`; raises for a status other than 200."""
-        async with self._ahttp().stream("GET", f"{API}/events", params={"after": after}) as response:
+    async def stream(self, after: int, *, views: bool = False) -> AsyncIterator[httpx.Response]:
+        """The event stream after `seq` (with `views`: and the views lines of the jobs that
+        change, core/control_feed.py); raises for a status other than 200."""
+        params = {"after": after, "views": 1} if views else {"after": after}
+        async with self._ahttp().stream("GET", f"{API}/events", params=params) as response:
             response.raise_for_status()
             yield response
 

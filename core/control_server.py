@@ -673,7 +673,7 @@ class ControlServer:
     # ----- the event stream --------------------------------------------------------------
 
     async def _stream(self, writer: asyncio.StreamWriter, query: dict[str, list[str]], peer: Peer) -> None:
-        client = _Client()
+        client = _Client(views=query.get("views", ["0"])[0] == "1")
         after = query.get("after", [""])[0]
         if after.isdigit():
             oldest = self._replay[0].seq if self._replay else self.seq + 1
@@ -681,8 +681,10 @@ class ControlServer:
                 client.queue.put_nowait(None)  # too old to replay: resync
             else:
                 for item in self._replay:
-                    if item.seq > int(after):
+                    if item.seq > int(after) and item.event is not None:
                         client.offer(item)
+                        if client.views:  # the views of what it replays come in the next views line
+                            self.feed.note(item.event)
         self._clients.add(client)
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nConnection: close\r\n\r\n")
         try:

@@ -45,6 +45,7 @@ from core.control_client import (
     ControlUnreachable,
     error_text,
 )
+from core.control_feed import Mirror
 from core.events import Event, LogRecord, ReceiptWritten, TickCompleted
 from core.jobs import JobKey
 from core.receipts import Receipt, ReceiptError, ReceiptInvalid, parse_iso_utc
@@ -52,6 +53,7 @@ from core.store.files.receipts import ReceiptStore
 
 RECEIPTS_CAUGHT_UP = 200  # receipts written while disconnected that are told after a reconnect
 GATHER = 0.05  # seconds events are gathered before one snapshot refresh
+VIEWS_WAIT = 0.5  # seconds events wait for the views line that covers them, at most
 BACKOFF_FIRST, BACKOFF_MAX = 0.2, 2.0
 
 
@@ -86,7 +88,8 @@ class RemoteControl:
         self.version = ""
         self.on_notice: Callable[[str], None] | None = None  # a command's refusal or failure
         self._namespaces = namespaces or {}  # the local config's sections, when one was read
-        self._snapshot: Snapshot | None = None
+        self._mirror: Mirror | None = None  # the last snapshot, and the views lines since
+        self._views_feed = False  # the server sends views lines (core/control_feed.py)
         self._fetched_at = 0.0  # time.monotonic() of the snapshot
         self.heard_at = 0.0  # time.monotonic() of the last snapshot or stream line
         self._frozen_at: float | None = None
@@ -137,7 +140,8 @@ class RemoteControl:
         await self._client.aclose()
 
     def _take_snapshot(self, payload: dict[str, Any], *, with_logs: bool = False) -> None:
-        self._snapshot = wire.decode_snapshot(payload["snapshot"])
+        self._mirror = Mirror(wire.decode_snapshot(payload["snapshot"]))
+        self._views_feed = "views" in (payload.get("features") or [])
         self._fetched_at = self.heard_at = time.monotonic()
         self._seq = int(payload.get("seq", self._seq))
         self.pid = payload.get("pid", self.pid)
@@ -174,25 +178,32 @@ class RemoteControl:
                 delay = min(delay * 2, BACKOFF_MAX)
 
     async def _stream(self) -> None:
-        """Follow /v1/events until it ends; a resync line takes a fresh snapshot."""
-        pending: list[Event] = []
+        """Follow /v1/events until it ends; a resync line takes a fresh snapshot. A views
+        line (a server with the views feed) updates the mirror, then the events it covers
+        reach the subscribers; without it the mirror is refreshed from a snapshot."""
+        pending: list[tuple[int, Event]] = []
         flush: asyncio.Task[None] | None = None
         try:
-            async with self._client.stream(self._seq) as response:
+            async with self._client.stream(self._seq, views=self._views_feed) as response:
                 async for line in response.aiter_lines():
                     self.heard_at = time.monotonic()
                     if not line.strip():
                         continue
                     message = json.loads(line)
-                    if message.get("type") == "resync":
+                    kind = message.get("type")
+                    if kind == "resync":
                         await self._refresh(with_logs=True)
-                        self._dispatch([])
+                        self._dispatch([e for _, e in pending])
+                        pending.clear()
+                        continue
+                    if kind == "views":
+                        self._apply(wire.decode_views_update(message), pending)
                         continue
                     self._seq = int(message.get("seq", self._seq))
                     event = wire.decode_event(message)
                     if event is None:  # a type this version does not know
                         continue
-                    pending.append(event)
+                    pending.append((self._seq, event))
                     if flush is None or flush.done():
                         flush = asyncio.get_running_loop().create_task(self._flush_later(pending))
         finally:
@@ -200,15 +211,28 @@ class RemoteControl:
                 flush.cancel()
         raise httpx.ReadError("the event stream ended")
 
-    async def _flush_later(self, pending: list[Event]) -> None:
+    def _apply(self, update: wire.ViewsUpdate, pending: list[tuple[int, Event]]) -> None:
+        """A views line: the mirror updated, then the events it covers handed on."""
+        assert self._mirror is not None
+        self._mirror.apply(update)
+        self._fetched_at = time.monotonic()
+        covered = [e for seq, e in pending if seq <= update.seq]
+        pending[:] = [(seq, e) for seq, e in pending if seq > update.seq]
+        if covered:
+            self._dispatch(covered)
+
+    async def _flush_later(self, pending: list[tuple[int, Event]]) -> None:
         await asyncio.sleep(GATHER)
-        events = pending[:]
-        pending.clear()
-        if any(not isinstance(e, (LogRecord, TickCompleted)) for e in events):
+        changes = any(not isinstance(e, (LogRecord, TickCompleted)) for _, e in pending)
+        if changes and self._views_feed:
+            await asyncio.sleep(VIEWS_WAIT)  # their views line hands them on; this, if it is late
+        elif changes:
             try:
                 await self._refresh()
             except (httpx.HTTPError, OSError, ValueError):
                 pass  # the stream notices too; the events still reach the panes
+        events = [e for _, e in pending]
+        pending.clear()
         self._dispatch(events)
 
     def _dispatch(self, events: list[Event]) -> None:
@@ -255,6 +279,10 @@ class RemoteControl:
         return max(0.0, (time.monotonic() if now is None else now) - self.heard_at)
 
     # ----- SchedulerControl: reads --------------------------------------------------------
+
+    @property
+    def _snapshot(self) -> Snapshot | None:
+        return None if self._mirror is None else self._mirror.snapshot()
 
     def snapshot(self) -> Snapshot:
         snap = self._snapshot
