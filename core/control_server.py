@@ -81,6 +81,8 @@ AUDIT_REFUSED_PER_WINDOW = 10  # refused commands recorded per uid and window
 AUDIT_TEXT = 200  # characters kept of a refused command's job/namespace and reason
 MAX_WRITE_BYTES = 256 * 1024  # encoded events per write to a client
 QUEUE_SIZE = 2048  # events per client before it is resynchronised
+QUEUE_BYTES = 4 * 1024 * 1024  # bytes of lines per client before it is resynchronised
+COALESCE = 0.01  # seconds a stream waits after a line for more to go in the same write
 REPLAY = 4096  # events kept for `after=SEQ` resumption
 MAX_OVERFLOWS = 3
 WRITE_BATCH = 256  # events per write to a client
@@ -179,19 +181,31 @@ class _Client:
     def __init__(self, views: bool = False) -> None:
         self.queue: asyncio.Queue[_Item | None] = asyncio.Queue(QUEUE_SIZE)
         self.views = views  # follows `views` lines (`/v1/events?views=1`)
+        self.queued = 0  # bytes of the queued lines
         self.overflows = 0  # in a row, without the writer taking anything
         self.dropped: str | None = None
 
     def offer(self, item: _Item) -> None:
-        try:
-            self.queue.put_nowait(item)
-        except asyncio.QueueFull:
-            self.overflows += 1
-            while not self.queue.empty():
-                self.queue.get_nowait()
-            if self.overflows >= MAX_OVERFLOWS:
-                self.dropped = f"fell behind {self.overflows} times in a row"
-            self.queue.put_nowait(None)  # None: send `resync`
+        size = len(item.line)  # encoded once, for every client
+        if self.queued + size <= QUEUE_BYTES or self.queue.empty():
+            try:
+                self.queue.put_nowait(item)
+                self.queued += size
+                return
+            except asyncio.QueueFull:
+                pass
+        self.overflows += 1
+        while not self.queue.empty():
+            self.queue.get_nowait()
+        self.queued = 0
+        if self.overflows >= MAX_OVERFLOWS:
+            self.dropped = f"fell behind {self.overflows} times in a row"
+        self.queue.put_nowait(None)  # None: send `resync`
+
+    def take(self, item: _Item | None) -> _Item | None:
+        if item is not None:
+            self.queued -= len(item.line)
+        return item
 
 
 class _AuditLimiter:
@@ -691,7 +705,9 @@ class ControlServer:
             while self._listening:
                 lines: list[bytes] = []
                 size = 0
-                next_item = await client.queue.get()
+                next_item = client.take(await client.queue.get())
+                if client.queue.qsize() < WRITE_BATCH and client.queued < MAX_WRITE_BYTES:
+                    await asyncio.sleep(COALESCE)  # what follows it goes in the same write
                 while True:  # everything queued goes out in one write, then one drain
                     if next_item is None:
                         if client.dropped is not None:
@@ -704,7 +720,7 @@ class ControlServer:
                     size += len(lines[-1])
                     if client.queue.empty() or len(lines) >= WRITE_BATCH or size >= MAX_WRITE_BYTES:
                         break
-                    next_item = client.queue.get_nowait()
+                    next_item = client.take(client.queue.get_nowait())
                 client.overflows = 0
                 writer.write(b"".join(lines))
                 try:
