@@ -26,7 +26,6 @@ from core.remote_control import RemoteControl
 from tests.integration.test_control import ctl, headless, serving, sock_path, stop
 from tests.integration.test_headless import CLI, receipts, wait_for
 
-
 KEEP = 1 << 20
 
 
