@@ -49,8 +49,13 @@ class RuntimeControl:
     def views_of(self, keys: Iterable[JobKey], now: float) -> list[JobView]:
         """The views of those of `keys` still configured, in that order."""
         engine = self._runtime.engine
-        jobs = engine.jobs
-        return [engine.view(k, now) for k in keys if k in jobs]
+        views: list[JobView] = []
+        for key in keys:
+            try:
+                views.append(engine.view(key, now))
+            except KeyError:  # removed by a reload meanwhile
+                pass
+        return views
 
     def health(self, now: float, views: Sequence[JobView]) -> tuple[int, dict[str, Any]]:
         """/health's (status, body) over `views` (taken at `now`)."""
