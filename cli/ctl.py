@@ -113,15 +113,16 @@ def status_doc(doc: dict[str, Any]) -> dict[str, Any]:
             "jobs": [wire.encode_status_job(v, snap.now) for v in snap.views]}
 
 
-def fetch_status(client: Client) -> dict[str, Any]:
-    """`GET /v1/status` (built by the scheduler in slices), else from a whole snapshot."""
+def fetch_status(client: Client) -> bytes:
+    """What `ctl status --json` prints: `GET /v1/status` as it comes (the scheduler writes
+    it as json.dumps(status_doc(...), ensure_ascii=False) would, in slices), else (an
+    older scheduler) from a whole snapshot."""
     try:
-        doc: dict[str, Any] = client.call("GET", "status")
-        return doc
+        return client.call_raw("GET", "status")
     except CtlError as exc:
         if exc.status != 404:  # 404: a scheduler from before it
             raise
-    return status_doc(client.call("GET", "snapshot"))
+    return (json.dumps(status_doc(client.call("GET", "snapshot")), ensure_ascii=False) + "\n").encode()
 
 
 def print_status(status: dict[str, Any]) -> None:
@@ -173,6 +174,12 @@ class Client:
         except (ControlUnreachable, ControlFailed, ControlRefused) as exc:
             raise self._error(exc) from None
 
+    def call_raw(self, method: str, command: str) -> bytes:
+        try:
+            return self._client.call_raw(method, command)
+        except (ControlUnreachable, ControlFailed, ControlRefused) as exc:
+            raise self._error(exc) from None
+
     def events(self, after: int | None = None) -> Iterator[Any]:
         try:
             yield from self._client.events(after)
@@ -199,9 +206,11 @@ def _run(args: argparse.Namespace, client: Client) -> int:
     if action == "status":
         status = fetch_status(client)
         if args.json:
-            print(json.dumps(status, ensure_ascii=False))
+            sys.stdout.flush()
+            sys.stdout.buffer.write(status)
+            sys.stdout.buffer.flush()
         else:
-            print_status(status)
+            print_status(json.loads(status))
         return EXIT_OK
     if action == "force":
         body = {"job": args.target} if "/" in args.target else {"namespace": args.target}

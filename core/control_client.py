@@ -101,12 +101,7 @@ class ControlClient:
         self, method: str, command: str, body: dict[str, Any] | None = None, *, params: dict[str, str] | None = None
     ) -> Any:
         """`METHOD /v1/<command>[?params]` with `body` as JSON; the reply's JSON (see the module doc)."""
-        try:
-            reply = self._http().request(method, f"{API}/{command}", json=body, params=params)
-        except (httpx.ConnectError, FileNotFoundError, ConnectionRefusedError, PermissionError) as exc:
-            raise self._unreachable(exc) from None
-        except httpx.HTTPError as exc:
-            raise ControlFailed(f"the scheduler on {self.socket} did not answer: {exc}") from None
+        reply = self._request(method, command, body, params)
         try:
             doc = reply.json()
         except ValueError:
@@ -114,6 +109,26 @@ class ControlClient:
         if reply.status_code != 200:
             raise ControlRefused(str(doc.get("error") if isinstance(doc, dict) else doc), reply.status_code)
         return doc
+
+    def call_raw(self, method: str, command: str, *, params: dict[str, str] | None = None) -> bytes:
+        """As `call`, but the 200 reply's bytes as they came (ctl prints `/v1/status` as is)."""
+        reply = self._request(method, command, None, params)
+        if reply.status_code == 200:
+            return reply.content
+        try:
+            doc = reply.json()
+        except ValueError:
+            raise ControlFailed(f"the scheduler answered {reply.status_code} without JSON") from None
+        raise ControlRefused(str(doc.get("error") if isinstance(doc, dict) else doc), reply.status_code)
+
+    def _request(self, method: str, command: str, body: dict[str, Any] | None,
+                 params: dict[str, str] | None) -> httpx.Response:
+        try:
+            return self._http().request(method, f"{API}/{command}", json=body, params=params)
+        except (httpx.ConnectError, FileNotFoundError, ConnectionRefusedError, PermissionError) as exc:
+            raise self._unreachable(exc) from None
+        except httpx.HTTPError as exc:
+            raise ControlFailed(f"the scheduler on {self.socket} did not answer: {exc}") from None
 
     def events(self, after: int | None = None) -> Iterator[Any]:
         """Each line of the event stream, decoded as JSON, until the scheduler ends it."""

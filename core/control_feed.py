@@ -141,45 +141,51 @@ class JobFeed:
     # ----- views in slices ---------------------------------------------------------------
 
     async def _views(self, keys: list[JobKey], now: float, encode: Encoder | None = None,
-                     ) -> tuple[list[JobView], list[bytes]]:
+                     limit: int | None = None) -> tuple[list[JobView], list[bytes]]:
         views: list[JobView] = []
         encoded: list[bytes] = []
         for start in range(0, len(keys), CHUNK):
-            self._encode(self.control.views_of(keys[start:start + CHUNK], now), now, views, encoded, encode)
+            self._encode(self.control.views_of(keys[start:start + CHUNK], now), now, views, encoded, encode, limit)
             await asyncio.sleep(0)  # the loop serves everything else between slices
         return views, encoded
 
     def _encode(self, views: list[JobView], now: float, into: list[JobView], encoded: list[bytes],
-                encode: Encoder | None = None) -> None:
+                encode: Encoder | None = None, limit: int | None = None) -> None:
+        """Append `views` to `into` and (the first `limit` of `into` only) their JSON to `encoded`."""
         for view in views:
             into.append(view)
-            encoded.append(encode(view, now) if encode is not None else dumps(wire.encode_job_view(view)))
-            self._shown[view.key] = _shown(view)
+            if limit is None or len(encoded) < limit:
+                encoded.append(encode(view, now) if encode is not None else dumps(wire.encode_job_view(view)))
+                self._shown[view.key] = _shown(view)
 
-    async def build(self, encode: Encoder | None = None) -> Built:
+    async def build(self, encode: Encoder | None = None, limit: int | None = None) -> Built:
         """Every job's view at one `now`, in slices; the jobs that changed meanwhile again
         at the end. The caller reads `seq` and the rest without awaiting in between.
-        `encode(view, now)`: each job's JSON (default: `wire.encode_job_view`)."""
+        `encode(view, now)`: each job's JSON (default: `wire.encode_job_view`); `limit`:
+        only the first that many are encoded (every view is counted all the same)."""
         for attempt in range(MAX_RETRIES + 1):
             changes = Changes()
             self._watchers.append(changes)
             try:
                 keys = self.control.job_keys()
                 now = self.control.now()
-                views, encoded = await self._views(keys, now, encode)
+                views, encoded = await self._views(keys, now, encode, limit)
                 if changes.every and attempt < MAX_RETRIES:
                     continue  # paused or reloaded meanwhile: every view again
                 current = self.control.job_keys()
                 if changes.every or current != keys:  # at once: the rare last try, or a reload
                     views, encoded = [], []
-                    self._encode(self.control.views_of(current, now), now, views, encoded, encode)
+                    self._encode(self.control.views_of(current, now), now, views, encoded, encode, limit)
                 else:
                     index = {v.key: i for i, v in enumerate(views)}
                     again: list[JobView] = []
                     more: list[bytes] = []
                     self._encode(self.control.views_of(changes.keys, now), now, again, more, encode)
                     for view, data in zip(again, more, strict=True):
-                        views[index[view.key]], encoded[index[view.key]] = view, data
+                        i = index[view.key]
+                        views[i] = view
+                        if i < len(encoded):
+                            encoded[i] = data
                 return Built(now, views, encoded, counts_of(views))
             finally:
                 self._watchers.remove(changes)

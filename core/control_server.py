@@ -506,8 +506,13 @@ class ControlServer:
         if command in ("snapshot", "status"):
             if method != "GET":
                 return 405, {"error": f"use GET for {command}"}
-            return 200, await (self.snapshot_body(views=query.get("views", ["1"])[0] != "0") if command == "snapshot"
-                               else self.status_body())
+            if command == "status":
+                return 200, await self.status_body()
+            limit = query.get("limit", [""])[0]
+            if limit and not limit.isdigit():
+                return 400, {"error": "limit must be a number of jobs"}
+            return 200, await self.snapshot_body(views=query.get("views", ["1"])[0] != "0",
+                                                 limit=int(limit) if limit else None)
         if command not in MUTATING | {"verify"}:
             return 404, {"error": f"no such command {command!r}"}
         if method != "POST":
@@ -642,13 +647,15 @@ class ControlServer:
             await asyncio.sleep(AUDIT_WINDOW / 6)
             await self._write_summaries(self._limiter.expired(time.time()))
 
-    async def snapshot_body(self, *, views: bool = True) -> bytes:
+    async def snapshot_body(self, *, views: bool = True, limit: int | None = None) -> bytes:
         """`GET /v1/snapshot` as JSON bytes. The job table is built in slices (the loop free
         in between), the newest receipts read off the loop, the rest at once with `seq`.
         `views` False (`?views=0`, for ctl tail): no job table and no health, only what
-        follows the events needs (seq, logs, receipts, in_flight)."""
-        receipts = await asyncio.to_thread(self._recent_receipts)
-        built = await self.feed.build() if views else None
+        follows the events needs (seq, logs, receipts, in_flight). `limit` (`?limit=N`, an
+        attaching dashboard's first page): the first N jobs' views only (`"partial": true`
+        when that is not all of them), the counts and health of all."""
+        receipts = await asyncio.to_thread(self._recent_receipts) if limit is None else []
+        built = await self.feed.build(limit=limit) if views else None
         doc: dict[str, Any] = {
             "version": __version__, "pid": os.getpid(), "host": socket.gethostname(), "seq": self.seq,
             "features": list(FEATURES), "receipts": receipts,
@@ -659,21 +666,25 @@ class ControlServer:
             return await asyncio.to_thread(_body, doc)
         status, health_body = self.control.health(built.now, built.views)
         doc["health"] = {"code": status, **health_body}
+        if len(built.encoded) < len(built.views):
+            doc["partial"] = True
         head = dumps(wire.encode_snapshot(self.control.header(built.now, (), built.counts)))
         # The views spliced in as encoded: {"views":[...],"now":...} (`head` is {"now":N,"views":[],...}).
         table = b'{"views":[' + b",".join(built.encoded) + b"]," + head[1:].replace(b'"views":[],', b"", 1)
         return await asyncio.to_thread(lambda: dumps(doc)[:-1] + b',"snapshot":' + table + b"}\n")
 
     async def status_body(self) -> bytes:
-        """`GET /v1/status`: what `ctl status --json` prints, built here in slices from each
-        job's status row (not its whole view: a fifth of the snapshot's bytes)."""
-        built = await self.feed.build(lambda view, now: dumps(wire.encode_status_job(view, now)))
+        """`GET /v1/status`: what `ctl status --json` prints, byte for byte (json.dumps with
+        its default separators), built here in slices from each job's status row (not its
+        whole view: a third of the snapshot's bytes)."""
+        built = await self.feed.build(lambda view, now: _printed(wire.encode_status_job(view, now)))
         status, health_body = self.control.health(built.now, built.views)
         snap = self.control.header(built.now, (), built.counts)
         doc = {"pid": os.getpid(), "host": socket.gethostname(), "version": __version__, "paused": snap.paused,
                "config_hash": snap.config_hash, "counts": wire.encode_status_counts(built.counts),
                "health": {"code": status, **health_body}}
-        return await asyncio.to_thread(lambda: dumps(doc)[:-1] + b',"jobs":[' + b",".join(built.encoded) + b"]}\n")
+        return await asyncio.to_thread(
+            lambda: _printed(doc)[:-1] + b', "jobs": [' + b", ".join(built.encoded) + b"]}\n")
 
     def _recent_receipts(self) -> list[dict[str, Any]]:
         receipts: list[dict[str, Any]] = []
@@ -754,6 +765,11 @@ async def _streams(conn: socket.socket) -> tuple[asyncio.StreamReader, asyncio.S
 
 def _body(doc: Any) -> bytes:
     return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+
+
+def _printed(doc: Any) -> bytes:
+    """`doc` as `ctl status --json` prints it (json.dumps' default separators)."""
+    return json.dumps(doc, ensure_ascii=False).encode()
 
 
 def _clip(value: Any) -> Any:

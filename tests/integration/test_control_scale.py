@@ -132,7 +132,7 @@ def test_an_attached_mirror_follows_views_lines_and_equals_a_fresh_snapshot(tmp_
     assert len(shown) == len(names) and all(j["status"] == "paused" for j in shown.values())
     assert mirror.counts == _counts(fresh)  # type: ignore[attr-defined]
     # ...although it took one snapshot only (at connect), and followed one event stream.
-    assert [e.request.split(" ")[1] for e in relay.requests("/v1/snapshot")] == ["/v1/snapshot"]
+    assert len(relay.requests("/v1/snapshot")) == 1, relay.seen
     assert len(relay.requests("/v1/events")) == 1 and "views=1" in relay.requests("/v1/events")[0].request
 
 
@@ -164,6 +164,8 @@ def test_ctl_status_json_comes_from_the_status_endpoint_with_the_snapshots_conte
         assert printed.returncode == 0, printed.stderr
     finally:
         stop(proc)
+    # Printed as json.dumps(..., ensure_ascii=False) printed it before: the same bytes for the same document.
+    assert printed.stdout == json.dumps(json.loads(printed.stdout), ensure_ascii=False) + "\n"
     for doc in (served.json(), json.loads(printed.stdout)):
         assert list(doc) == list(from_snapshot)  # the same keys, in the same order
         for key in from_snapshot:
@@ -172,8 +174,8 @@ def test_ctl_status_json_comes_from_the_status_endpoint_with_the_snapshots_conte
                     [{k: v for k, v in j.items() if k != "due_in"} for j in from_snapshot["jobs"]]
                 assert all(abs(a["due_in"] - b["due_in"]) < 30 for a, b in zip(doc["jobs"], from_snapshot["jobs"], strict=True))
             elif key == "health":
-                assert {k: v for k, v in doc["health"].items() if k != "uptime"} == \
-                    {k: v for k, v in from_snapshot["health"].items() if k != "uptime"}
+                assert {k: v for k, v in doc["health"].items() if k not in ("uptime", "lastTick")} == \
+                    {k: v for k, v in from_snapshot["health"].items() if k not in ("uptime", "lastTick")}
             else:
                 assert doc[key] == from_snapshot[key], key
 
@@ -228,3 +230,28 @@ def test_a_reading_views_client_gets_every_jobs_view_beside_one_that_never_reads
         stuck.close()
         stop(proc)
     assert len(views_jobs) == len(names)  # not held up by the one that never reads
+
+
+def test_an_attaching_dashboard_gets_a_first_page_with_every_jobs_counts_then_every_job(tmp_path: Path) -> None:
+    from core.remote_control import FIRST_PAGE
+
+    names = [f"ns{i:03d}" for i in range(FIRST_PAGE + 20)]
+    config, proc = headless(tmp_path, names, every="1h")
+    try:
+        wait_for(lambda: serving(tmp_path) and len(receipts(tmp_path)) >= len(names), timeout=90)
+
+        async def attach() -> tuple[int, int, int]:
+            control = RemoteControl.connect(sock_path(tmp_path))
+            first = control.snapshot()
+            control.start()
+            try:
+                while len(control.snapshot().views) < len(names):
+                    await asyncio.sleep(0.05)
+            finally:
+                await control.close()
+            return len(first.views), first.counts.total, len(control.snapshot().views)
+
+        shown_first, counted_first, shown_then = asyncio.run(asyncio.wait_for(attach(), 30))
+    finally:
+        stop(proc)
+    assert (shown_first, counted_first, shown_then) == (FIRST_PAGE, len(names), len(names))
