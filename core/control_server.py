@@ -52,7 +52,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from core import __version__, safejson, wire
 from core.control_client import default_socket, socket_path
-from core.control_feed import FEATURES, JobFeed, dumps
+from core.control_feed import FEATURES, JobFeed, RecentReceipts, dumps
 from core.errors import AnchorError
 from core.events import ControlCommand, Event, LogRecord
 from core.jobs import JobKey
@@ -88,6 +88,7 @@ MAX_OVERFLOWS = 3
 WRITE_BATCH = 256  # events per write to a client
 RECENT_LOGS = 200
 RECENT_RECEIPTS = 20
+MAX_RECENT_RECEIPTS = 200  # `?receipts=N` (an attaching dashboard's Receipts pane) at most
 FOUND_RECEIPTS = 100  # GET /v1/receipts?root=: at most this many, newest first
 MUTATING = frozenset({"force", "pause", "resume", "reload"})
 
@@ -245,6 +246,8 @@ class ControlServer:
         self.runtime = runtime
         self.control = RuntimeControl(runtime)
         self.feed = JobFeed(self.control)  # snapshots in slices, views lines (core/control_feed.py)
+        self.receipts = RecentReceipts(self.control, MAX_RECENT_RECEIPTS,
+                                       each_time=getattr(runtime, "cluster", None) is not None)
         self.path: Path | None = None
         self.seq = 0
         self._replay: deque[_Item] = deque(maxlen=REPLAY)
@@ -301,6 +304,7 @@ class ControlServer:
         self._loops = {self._spawn(self._accept_loop(listener)), self._spawn(self._flush_audit_loop()),
                        self._spawn(self.feed.serve(self._views_wanted, lambda: self.seq, self._send_views))}
         self._unsubscribe = self.runtime.bus.subscribe(self._on_event)
+        self._spawn(asyncio.to_thread(self.receipts.read, 0))  # the one listing of the store, now
         return self
 
     def _fitting(self, wanted: int) -> int:
@@ -359,6 +363,7 @@ class ControlServer:
         if isinstance(event, LogRecord):
             self._logs.append(event)
         self.feed.note(event)
+        self.receipts.note(event)
         for client in self._clients:
             client.offer(item)
 
@@ -511,8 +516,11 @@ class ControlServer:
             limit = query.get("limit", [""])[0]
             if limit and not limit.isdigit():
                 return 400, {"error": "limit must be a number of jobs"}
+            receipts = query.get("receipts", [str(RECENT_RECEIPTS)])[0]
+            if not receipts.isdigit() or int(receipts) > MAX_RECENT_RECEIPTS:
+                return 400, {"error": f"receipts must be 0 to {MAX_RECENT_RECEIPTS}"}
             return 200, await self.snapshot_body(views=query.get("views", ["1"])[0] != "0",
-                                                 limit=int(limit) if limit else None)
+                                                 limit=int(limit) if limit else None, receipts=int(receipts))
         if command not in MUTATING | {"verify"}:
             return 404, {"error": f"no such command {command!r}"}
         if method != "POST":
@@ -647,26 +655,28 @@ class ControlServer:
             await asyncio.sleep(AUDIT_WINDOW / 6)
             await self._write_summaries(self._limiter.expired(time.time()))
 
-    async def snapshot_body(self, *, views: bool = True, limit: int | None = None) -> bytes:
+    async def snapshot_body(self, *, views: bool = True, limit: int | None = None,
+                            receipts: int = RECENT_RECEIPTS) -> bytes:
         """`GET /v1/snapshot` as JSON bytes. The job table is built in slices (the loop free
-        in between), the newest receipts read off the loop, the rest at once with `seq`.
+        in between), the newest `receipts` read off the loop, the rest at once with `seq`.
         `views` False (`?views=0`, for ctl tail): no job table and no health, only what
         follows the events needs (seq, logs, receipts, in_flight). `limit` (`?limit=N`, an
         attaching dashboard's first page): the first N jobs' views only (`"partial": true`
-        when that is not all of them), the counts and health of all."""
-        receipts = await asyncio.to_thread(self._recent_receipts) if limit is None else []
+        when that is not all of them), the counts of all, no health."""
+        listed = await asyncio.to_thread(self._recent_receipts, receipts)
         built = await self.feed.build(limit=limit) if views else None
         doc: dict[str, Any] = {
             "version": __version__, "pid": os.getpid(), "host": socket.gethostname(), "seq": self.seq,
-            "features": list(FEATURES), "receipts": receipts,
+            "features": list(FEATURES), "receipts": listed,
             "logs": [wire.encode_event(r)["event"] for r in self._logs],
             "in_flight": [str(k) for k in self.control.in_flight()],
         }
         if built is None:
             return await asyncio.to_thread(_body, doc)
-        status, health_body = self.control.health(built.now, built.views)
-        doc["health"] = {"code": status, **health_body}
-        if len(built.encoded) < len(built.views):
+        if limit is None:
+            status, health_body = self.control.health(built.now, built.views)
+            doc["health"] = {"code": status, **health_body}
+        elif len(built.encoded) < len(built.views):
             doc["partial"] = True
         head = dumps(wire.encode_snapshot(self.control.header(built.now, (), built.counts)))
         # The views spliced in as encoded: {"views":[...],"now":...} (`head` is {"now":N,"views":[],...}).
@@ -686,9 +696,9 @@ class ControlServer:
         return await asyncio.to_thread(
             lambda: _printed(doc)[:-1] + b', "jobs": [' + b", ".join(built.encoded) + b"]}\n")
 
-    def _recent_receipts(self) -> list[dict[str, Any]]:
+    def _recent_receipts(self, limit: int) -> list[dict[str, Any]]:
         receipts: list[dict[str, Any]] = []
-        for path, item in self.control.recent_receipts(RECENT_RECEIPTS):
+        for path, item in self.receipts.read(limit) if limit else ():
             if isinstance(item, Exception):
                 receipts.append({"path": str(path), "error": str(item)})
             else:

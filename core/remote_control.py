@@ -53,7 +53,8 @@ from core.store.files.receipts import ReceiptStore
 
 RECEIPTS_CAUGHT_UP = 200  # receipts written while disconnected that are told after a reconnect
 GATHER = 0.05  # seconds events are gathered before one snapshot refresh
-FIRST_PAGE = 300  # jobs in the first snapshot an attaching dashboard shows (then all of them)
+FIRST_PAGE = 100  # jobs in the first snapshot an attaching dashboard shows (a screen holds fewer; then all)
+FIRST_RECEIPTS = 200  # receipts in it (the Receipts pane's first listing, tui/panes/receipts.py)
 VIEWS_WAIT = 0.5  # seconds events wait for the views line that covers them, at most
 BACKOFF_FIRST, BACKOFF_MAX = 0.2, 2.0
 
@@ -82,6 +83,7 @@ class RemoteControl:
         self.data_dir = str(Path(data_dir) if data_dir is not None else self.socket_path.parent)
         self._receipts = ReceiptStore(Path(self.data_dir) / "receipts")
         self._served: Receipts = []  # the snapshot's newest receipts (a database store's)
+        self._first_listing: Receipts | None = None  # the first page's, for the first listing
         self.connected = False
         self.disconnected_since: float | None = None  # time.monotonic() when the socket went away
         self.pid: int | None = None
@@ -121,10 +123,11 @@ class RemoteControl:
         try:
             with ControlClient(path, timeout=10) as client:
                 # The first page: the dashboard shows it at once, the rest follows (start()).
-                payload = client.call("GET", "snapshot", params={"limit": str(FIRST_PAGE)})
+                payload = client.call("GET", "snapshot", params={"limit": str(FIRST_PAGE), "receipts": str(FIRST_RECEIPTS)})
         except (ControlUnreachable, ControlFailed, ControlRefused) as exc:
             raise NoScheduler(not_running_message(path, str(exc))) from exc
         control._take_snapshot(payload, with_logs=True)
+        control._first_listing = control._served  # the Receipts pane's first listing: not the data dir's 10,000 folders
         control.connected = True
         return control
 
@@ -319,8 +322,11 @@ class RemoteControl:
         return self._snapshot is None or self._snapshot.store.kind == "file"
 
     def recent_receipts(self, limit: int) -> Receipts:
+        first, self._first_listing = self._first_listing, None
         if not self._store_is_files():
             return self._served[:limit]
+        if first is not None and limit <= FIRST_RECEIPTS:
+            return first[:limit]  # the same files, as the scheduler listed them a moment ago
         return self._receipts.recent(limit)
 
     def job_receipts(self, key: JobKey, limit: int) -> Receipts:

@@ -14,6 +14,7 @@ from core.events import Event
 from core.jobs import JobKey
 from core.observe.health import health
 from core.receipts import (
+    Receipt,
     ReceiptError,
     ReceiptInvalid,
     ReceiptPending,
@@ -119,6 +120,13 @@ class RuntimeControl:
 
     def recent_receipts(self, limit: int) -> Receipts:
         return self._runtime.receipts.recent(limit)
+
+    def receipt(self, path: str) -> Receipt | ReceiptError:
+        """One receipt of the store, or why it cannot be read."""
+        try:
+            return self._runtime.receipts.load(path)
+        except ReceiptError as exc:
+            return exc
 
     def job_receipts(self, key: JobKey, limit: int) -> Receipts:
         return self._runtime.receipts.for_job(key.namespace, key.cadence, limit)
