@@ -278,6 +278,37 @@ class RecentReceipts:
                 self._items = (fresh + [item for item in self._items if item[0] not in known])[: self.limit]
             return self._items[:limit]
 
+    def read_json(self, limit: int) -> list[dict[str, Any]]:
+        """A snapshot's `receipts`: [{"path", "receipt"} | {"path", "error"}], newest first."""
+        return [{"path": str(path), "error": str(item)} if isinstance(item, Exception)
+                else {"path": str(path), "receipt": item.to_json()}
+                for path, item in (self.read(limit) if limit else ())]
+
+
+def snapshot_json(doc: dict[str, Any], header: Snapshot, encoded: list[bytes]) -> bytes:
+    """`doc` with its "snapshot": `header` (views and counts aside) with the views spliced in
+    as they were encoded, `{"views":[...],"now":...}`, so they are never encoded twice."""
+    head = dumps(wire.encode_snapshot(header))  # {"now":N,"views":[],...}
+    table = b'{"views":[' + b",".join(encoded) + b"]," + head[1:].replace(b'"views":[],', b"", 1)
+    return dumps(doc)[:-1] + b',"snapshot":' + table + b"}\n"
+
+
+def printed(doc: Any) -> bytes:
+    """`doc` as `ctl status --json` prints it (json.dumps' default separators)."""
+    return json.dumps(doc, ensure_ascii=False).encode()
+
+
+async def status_json(feed: JobFeed, ident: dict[str, Any]) -> bytes:
+    """`GET /v1/status`: what `ctl status --json` prints, byte for byte, from each job's
+    status row (not its whole view: a third of the snapshot's bytes), built in slices;
+    `ident`: pid, host, version."""
+    built = await feed.build(lambda view, now: printed(wire.encode_status_job(view, now)))
+    status, health_body = feed.control.health(built.now, built.views)
+    snap = feed.control.header(built.now, (), built.counts)
+    doc = {**ident, "paused": snap.paused, "config_hash": snap.config_hash,
+           "counts": wire.encode_status_counts(built.counts), "health": {"code": status, **health_body}}
+    return await asyncio.to_thread(lambda: printed(doc)[:-1] + b', "jobs": [' + b", ".join(built.encoded) + b"]}\n")
+
 
 # ----- the client side ---------------------------------------------------------------------
 
@@ -305,4 +336,4 @@ class Mirror:
         return self._snapshot
 
 
-__all__ = ["JobFeed", "Built", "Changes", "Mirror", "RecentReceipts", "jobs_of", "counts_of", "FEATURES", "dumps"]
+__all__ = ["JobFeed", "Built", "Changes", "Mirror", "RecentReceipts", "snapshot_json", "status_json", "printed", "jobs_of", "counts_of", "FEATURES", "dumps"]

@@ -23,8 +23,12 @@ socket is encoded by core/wire.py; the operations are RuntimeControl's (core/run
   `put_nowait`s it on each client's bounded queue; a full queue is emptied and the client
   is sent a `resync` line (it takes a fresh snapshot). A client that overflows
   MAX_OVERFLOWS times in a row without taking anything is dropped with a reason. What one
-  client holds is bounded: QUEUE_SIZE queued references to shared events, plus one write
-  of at most WRITE_BATCH events / MAX_WRITE_BYTES waiting in its transport.
+  client holds is bounded: QUEUE_SIZE queued references to shared lines (QUEUE_BYTES of
+  them at most), plus one write of at most WRITE_BATCH lines / MAX_WRITE_BYTES waiting in
+  its transport; a stream waits COALESCE after a line so that the next go in the same write.
+- At 10,000 jobs (issue 24, core/control_feed.py): snapshots and `/v1/status` are built in
+  slices off the loop's critical path, `?views=0` / `?limit=N` answer less, and clients
+  that follow `views=1` get the changed jobs' views instead of taking snapshots.
 - The socket path: a stale socket (nobody accepts on it) is replaced; a live one, or a path
   that is not a socket, is a ControlSocketError (the caller logs it: control off, the
   scheduler keeps anchoring; see docs/architecture.md "Decisions and departures").
@@ -52,7 +56,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from core import __version__, safejson, wire
 from core.control_client import default_socket, socket_path
-from core.control_feed import FEATURES, JobFeed, RecentReceipts, dumps
+from core.control_feed import FEATURES, JobFeed, RecentReceipts, snapshot_json, status_json
 from core.errors import AnchorError
 from core.events import ControlCommand, Event, LogRecord
 from core.jobs import JobKey
@@ -302,7 +306,8 @@ class ControlServer:
         self._listener = listener
         self._listening = True
         self._loops = {self._spawn(self._accept_loop(listener)), self._spawn(self._flush_audit_loop()),
-                       self._spawn(self.feed.serve(self._views_wanted, lambda: self.seq, self._send_views))}
+                       self._spawn(self.feed.serve(lambda: any(c.views for c in self._clients), lambda: self.seq,
+                                                    self._send_views))}
         self._unsubscribe = self.runtime.bus.subscribe(self._on_event)
         self._spawn(asyncio.to_thread(self.receipts.read, 0))  # the one listing of the store, now
         return self
@@ -366,9 +371,6 @@ class ControlServer:
         self.receipts.note(event)
         for client in self._clients:
             client.offer(item)
-
-    def _views_wanted(self) -> bool:
-        return any(client.views for client in self._clients)
 
     def _send_views(self, line: bytes) -> None:
         """A views line (encoded once) to every client that follows them."""
@@ -663,7 +665,7 @@ class ControlServer:
         follows the events needs (seq, logs, receipts, in_flight). `limit` (`?limit=N`, an
         attaching dashboard's first page): the first N jobs' views only (`"partial": true`
         when that is not all of them), the counts of all, no health."""
-        listed = await asyncio.to_thread(self._recent_receipts, receipts)
+        listed = await asyncio.to_thread(self.receipts.read_json, receipts)
         built = await self.feed.build(limit=limit) if views else None
         doc: dict[str, Any] = {
             "version": __version__, "pid": os.getpid(), "host": socket.gethostname(), "seq": self.seq,
@@ -678,32 +680,12 @@ class ControlServer:
             doc["health"] = {"code": status, **health_body}
         elif len(built.encoded) < len(built.views):
             doc["partial"] = True
-        head = dumps(wire.encode_snapshot(self.control.header(built.now, (), built.counts)))
-        # The views spliced in as encoded: {"views":[...],"now":...} (`head` is {"now":N,"views":[],...}).
-        table = b'{"views":[' + b",".join(built.encoded) + b"]," + head[1:].replace(b'"views":[],', b"", 1)
-        return await asyncio.to_thread(lambda: dumps(doc)[:-1] + b',"snapshot":' + table + b"}\n")
+        header = self.control.header(built.now, (), built.counts)
+        return await asyncio.to_thread(snapshot_json, doc, header, built.encoded)
 
     async def status_body(self) -> bytes:
-        """`GET /v1/status`: what `ctl status --json` prints, byte for byte (json.dumps with
-        its default separators), built here in slices from each job's status row (not its
-        whole view: a third of the snapshot's bytes)."""
-        built = await self.feed.build(lambda view, now: _printed(wire.encode_status_job(view, now)))
-        status, health_body = self.control.health(built.now, built.views)
-        snap = self.control.header(built.now, (), built.counts)
-        doc = {"pid": os.getpid(), "host": socket.gethostname(), "version": __version__, "paused": snap.paused,
-               "config_hash": snap.config_hash, "counts": wire.encode_status_counts(built.counts),
-               "health": {"code": status, **health_body}}
-        return await asyncio.to_thread(
-            lambda: _printed(doc)[:-1] + b', "jobs": [' + b", ".join(built.encoded) + b"]}\n")
-
-    def _recent_receipts(self, limit: int) -> list[dict[str, Any]]:
-        receipts: list[dict[str, Any]] = []
-        for path, item in self.receipts.read(limit) if limit else ():
-            if isinstance(item, Exception):
-                receipts.append({"path": str(path), "error": str(item)})
-            else:
-                receipts.append({"path": str(path), "receipt": item.to_json()})
-        return receipts
+        """`GET /v1/status`: what `ctl status --json` prints (core/control_feed.py status_json)."""
+        return await status_json(self.feed, {"pid": os.getpid(), "host": socket.gethostname(), "version": __version__})
 
     # ----- the event stream --------------------------------------------------------------
 
@@ -775,11 +757,6 @@ async def _streams(conn: socket.socket) -> tuple[asyncio.StreamReader, asyncio.S
 
 def _body(doc: Any) -> bytes:
     return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
-
-
-def _printed(doc: Any) -> bytes:
-    """`doc` as `ctl status --json` prints it (json.dumps' default separators)."""
-    return json.dumps(doc, ensure_ascii=False).encode()
 
 
 def _clip(value: Any) -> Any:

@@ -4,12 +4,16 @@
 first, RuntimeControl, runs the engine in process). It speaks the control API of
 docs/control-api.md through core/control_client.py (ctl's client too) and keeps a local mirror: the last
 snapshot the server sent (its `now` advanced by the local monotonic clock while connected),
-so `snapshot()` and `in_flight()` are synchronous reads, as the panes expect. Events from
-`/v1/events` are gathered for a short moment, the mirror is refreshed once from a fresh
-snapshot when any of them changes the job table, and only then handed to the subscribers:
-a pane redrawn on an event sees the state that event describes. Receipts are listed from
-the scheduler's data dir on this host (read only, with the same ReceiptStore), so the
-panes get the same listing in both modes.
+so `snapshot()` and `in_flight()` are synchronous reads, as the panes expect. The mirror
+(core/control_feed.py Mirror) follows `/v1/events?views=1`: each `views` line carries the
+new views of the jobs that changed, and the events it covers are handed to the
+subscribers after it is applied: a pane redrawn on an event sees the state that event
+describes, and no snapshot is taken after the first (issue 24; a server without views
+lines: events gathered for a short moment, then one snapshot refresh). The first snapshot
+is a page of FIRST_PAGE jobs (the dashboard shows rows at once); `start()` takes every job
+before following the stream. Receipts are listed from the scheduler's data dir on this
+host (read only, with the same ReceiptStore), so the panes get the same listing in both
+modes (the first listing excepted: the first page's, the same files).
 
 Commands: `force`, `force_namespace`, `pause` and `resume` answer at once (optimistically:
 a job is forced when it is configured and neither in flight nor disabled in the mirror)
