@@ -20,7 +20,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from core import wire
 from core.control_client import (
     ControlClient,
     ControlFailed,
@@ -107,6 +106,8 @@ def status_doc(doc: dict[str, Any]) -> dict[str, Any]:
     """What `ctl status --json` prints, from a snapshot (a scheduler older than
     `GET /v1/status`, which answers this document itself): the scheduler, its counts,
     health and jobs."""
+    from core import wire
+
     snap = wire.decode_snapshot(doc["snapshot"])
     return {"pid": doc["pid"], "host": doc["host"], "version": doc["version"], "paused": snap.paused,
             "config_hash": snap.config_hash, "counts": wire.encode_status_counts(snap.counts), "health": doc["health"],
@@ -202,6 +203,7 @@ def run_ctl(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace, client: Client) -> int:
+
     action = args.ctl_command
     if action == "status":
         status = fetch_status(client)
@@ -225,6 +227,8 @@ def _run(args: argparse.Namespace, client: Client) -> int:
         print("paused: no new anchors start" if doc["paused"] else "resumed: anchoring")
         return EXIT_OK
     if action == "reload":
+        from core import wire
+
         result = wire.decode_reload_result(client.call("POST", "reload"))
         for error in result.errors:
             print(printable(error, lines=True), file=sys.stderr)
@@ -262,6 +266,7 @@ def _receipt(client: Client, key: str, *, as_json: bool) -> int:
 def _verify(client: Client, path: Path, *, as_json: bool) -> int:
     """The scheduler checks one of its receipts (POST /v1/verify); the exit code and the
     words of `vmsh-scheduler verify` for its outcome."""
+    from core import wire
     from core.verify import Outcome
 
     result = wire.decode_verify_result(client.call("POST", "verify", {"path": str(path.resolve())}))
@@ -276,6 +281,7 @@ def _verify(client: Client, path: Path, *, as_json: bool) -> int:
 
 
 def _tail(client: Client) -> int:
+    from core import wire
     from core.events import LogRecord
     from core.observe.logs import format_record
 

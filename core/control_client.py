@@ -20,8 +20,7 @@ from typing import Any
 
 import httpx
 
-from core.wire import API
-
+API = "/v1"  # the control API's path prefix: /v1/snapshot, /v1/events, /v1/force, ...
 BASE_URL = "http://vmsh"  # the host part is not used over a Unix socket
 TIMEOUT = 30.0  # a reload reads the config off the loop; a verify may ask a node
 

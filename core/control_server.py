@@ -55,7 +55,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
 from core import __version__, safejson, wire
-from core.control_client import default_socket, socket_path
+from core.control_client import API, default_socket, socket_path
 from core.control_feed import FEATURES, JobFeed, RecentReceipts, snapshot_json, status_json
 from core.errors import AnchorError
 from core.events import ControlCommand, Event, LogRecord
@@ -68,7 +68,6 @@ from core.runtime_control import RuntimeControl
 if TYPE_CHECKING:
     from core.runtime import Runtime
 
-API = wire.API
 __all__ = ["ControlServer", "ControlSocketError", "default_socket", "socket_path", "start_control"]
 MAX_HEAD = 16 * 1024
 MAX_BODY = 64 * 1024

@@ -32,7 +32,6 @@ from core.replicas import ReplicaInfo
 from core.status import Counts, JobStatus
 from core.views import JobView
 
-API = "/v1"  # the control API's path prefix: /v1/snapshot, /v1/events, /v1/force, ...
 Json = Any  # a value json.dumps accepts
 
 
