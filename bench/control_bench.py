@@ -7,11 +7,13 @@ embedded `local:bench` TSA) and is measured over its real control socket with ht
   and the median wall time of 5 requests (request, server encode, transfer, json.loads);
 - with 1,000 jobs anchoring (every 1 s, unchanged roots anchored again): over a window of
   BENCH_CONTROL_SECONDS (default 10) with no client, then the same window with 3 clients
-  attached to /v1/events (2 reading, 1 that never reads): receipts written and daemon
-  CPU seconds in each window; event latency engine -> client (receive time minus the
-  event's `at`, both on this host's clock) p50/p99 of the reading clients; the same for
-  the "anchored" log records (published when the receipt is written: the control path
-  alone, without the receipt write that ReceiptWritten's `at` includes);
+  attached to /v1/events (2 reading, one of them with `?views=1` as a dashboard, 1 that
+  never reads): receipts written and daemon CPU seconds in each window; event latency
+  engine -> client (receive time minus the event's `at`, both on this host's clock)
+  p50/p99 of the reading clients; the same for the "anchored" log records (published
+  when the receipt is written: the control path alone, without the receipt write that
+  ReceiptWritten's `at` includes); and from each "anchored" record to the views line
+  that carries its job's new view (what an attached dashboard's mirror waits for);
 - attach at 10,000 jobs (issue 24): `ctl status --json` as a subprocess (the real command,
   Python's start and imports included; median of 3), and an attached dashboard (the real
   VaultMeshApp on an AttachedHost, headless under Pilot, textual imported beforehand):
@@ -185,17 +187,30 @@ def tails_figures(n: int, tails: int) -> dict[str, float]:
     return {"livez_max": during[-1] if during else float("nan"), "uss": uss, "alive": alive}
 
 
-def _follow(path: Path, latencies: list[float], logged: list[float], stop_at: float) -> None:
-    with _client(path) as client, client.stream("GET", "/v1/events", timeout=httpx.Timeout(60, read=None)) as reply:
+def _follow(path: Path, latencies: list[float], logged: list[float], mirrored: list[float] | None,
+            stop_at: float) -> None:
+    """Read /v1/events (with `mirrored`: `?views=1`, as an attached dashboard does, and the
+    time from each "anchored" log record to the views line carrying that job's new view)."""
+    query = "?views=1" if mirrored is not None else ""
+    anchored: dict[str, float] = {}
+    with _client(path) as client, client.stream("GET", f"/v1/events{query}",
+                                                timeout=httpx.Timeout(60, read=None)) as reply:
         for line in reply.iter_lines():
             if not line:
                 continue
             now = time.time()
             message = json.loads(line)
-            if message.get("type") == "ReceiptWritten":
+            kind = message.get("type")
+            if kind == "ReceiptWritten":
                 latencies.append(now - message["event"]["at"])
-            elif message.get("type") == "LogRecord" and message["event"].get("msg") == "anchored":
+            elif kind == "LogRecord" and message["event"].get("msg") == "anchored":
                 logged.append(now - message["event"]["at"])
+                anchored[message["event"]["fields"]["job"]] = message["event"]["at"]
+            elif kind == "views" and mirrored is not None:
+                for view in message["views"]:
+                    at = anchored.pop(view["spec"]["job"], None)
+                    if at is not None:
+                        mirrored.append(now - at)
             if now > stop_at:
                 return
 
@@ -214,9 +229,10 @@ def anchoring_figures() -> dict[str, float]:
         stuck.sendall(b"GET /v1/events HTTP/1.1\r\nHost: vmsh\r\n\r\n")  # never reads
         latencies: list[float] = []
         logged: list[float] = []
+        mirrored: list[float] = []
         stop_at = time.time() + window + 1.0
-        readers = [threading.Thread(target=_follow, args=(path, latencies, logged, stop_at), daemon=True)
-                   for _ in range(2)]
+        readers = [threading.Thread(target=_follow, args=(path, latencies, logged, views, stop_at), daemon=True)
+                   for views in (None, mirrored)]
         for reader in readers:
             reader.start()
         time.sleep(1.0)  # the readers connect
@@ -231,7 +247,10 @@ def anchoring_figures() -> dict[str, float]:
         holder.cleanup()
     latencies.sort()
     logged.sort()
+    mirrored.sort()
     return {
+        "mirror_p50": mirrored[len(mirrored) // 2] if mirrored else float("nan"),
+        "mirror_p99": mirrored[int(len(mirrored) * 0.99)] if mirrored else float("nan"),
         "log_p50": logged[len(logged) // 2] if logged else float("nan"),
         "log_p99": logged[int(len(logged) * 0.99)] if logged else float("nan"),
         "rate0": (rec1 - rec0) / window, "rate3": (rec3 - rec2) / window,
@@ -277,6 +296,8 @@ def run() -> list[tuple[str, str, str]]:
          f"target p99 < {_ms(P99_TARGET)}; anchor -> client, {int(f['events']):,} ReceiptWritten"),
         ("control: log latency p50 / p99", f"{f['log_p50'] * 1000:.1f} / {f['log_p99'] * 1000:.1f} ms",
          f"target p99 < {_ms(P99_TARGET)}; publish -> client, \"anchored\" log records"),
+        ("control: mirror latency p50 / p99", f"{f['mirror_p50'] * 1000:.1f} / {f['mirror_p99'] * 1000:.1f} ms",
+         f"target p99 < {_ms(P99_TARGET)}; \"anchored\" -> its job's view in a views line (?views=1)"),
     ]
     return rows
 
