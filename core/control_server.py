@@ -85,6 +85,7 @@ AUDIT_TEXT = 200  # characters kept of a refused command's job/namespace and rea
 MAX_WRITE_BYTES = 256 * 1024  # encoded events per write to a client
 QUEUE_SIZE = 2048  # events per client before it is resynchronised
 QUEUE_BYTES = 4 * 1024 * 1024  # bytes of lines per client before it is resynchronised
+EVENT_BYTES = 300  # what an event counts for in QUEUE_BYTES (views lines: their length)
 COALESCE = 0.01  # seconds a stream waits after a line for more to go in the same write
 REPLAY = 4096  # events kept for `after=SEQ` resumption
 MAX_OVERFLOWS = 3
@@ -164,12 +165,15 @@ class _Item:
     """One numbered event, shared by every stream: encoded once, by the first stream that
     sends it (128 streams used to encode each event 128 times on the loop: /livez stalls)."""
 
-    __slots__ = ("seq", "event", "_line")
+    __slots__ = ("seq", "event", "_line", "size")
 
     def __init__(self, seq: int, event: Event | None, line: bytes | None = None) -> None:
         self.seq = seq
         self.event = event  # None: a `views` line (core/control_feed.py), `line` given
         self._line = line
+        # What it counts for in a queue's bytes: a views line's length; an event's nominal
+        # size (encoded later, by the first stream that sends it: never in the bus callback).
+        self.size = len(line) if line is not None else EVENT_BYTES
 
     @property
     def line(self) -> bytes:
@@ -190,7 +194,7 @@ class _Client:
         self.dropped: str | None = None
 
     def offer(self, item: _Item) -> None:
-        size = len(item.line)  # encoded once, for every client
+        size = item.size
         if self.queued + size <= QUEUE_BYTES or self.queue.empty():
             try:
                 self.queue.put_nowait(item)
@@ -208,7 +212,7 @@ class _Client:
 
     def take(self, item: _Item | None) -> _Item | None:
         if item is not None:
-            self.queued -= len(item.line)
+            self.queued -= item.size
         return item
 
 
