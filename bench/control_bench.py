@@ -7,9 +7,20 @@ embedded `local:bench` TSA) and is measured over its real control socket with ht
   and the median wall time of 5 requests (request, server encode, transfer, json.loads);
 - with 1,000 jobs anchoring (every 1 s, unchanged roots anchored again): over a window of
   BENCH_CONTROL_SECONDS (default 10) with no client, then the same window with 3 clients
-  attached to /v1/events (2 reading, 1 that never reads): receipts written and daemon
-  CPU seconds in each window; event latency engine -> client (receive time minus the
-  event's `at`, both on this host's clock) p50/p99 of the reading clients.
+  attached to /v1/events (2 reading, one of them with `?views=1` as a dashboard, 1 that
+  never reads): receipts written and daemon CPU seconds in each window; event latency
+  engine -> client (receive time minus the event's `at`, both on this host's clock)
+  p50/p99 of the reading clients; the same for the "anchored" log records (published
+  when the receipt is written: the control path alone, without the receipt write that
+  ReceiptWritten's `at` includes); and from each "anchored" record to the views line
+  that carries its job's new view (what an attached dashboard's mirror waits for);
+- attach at 10,000 jobs (issue 24): `ctl status --json` as a subprocess (the real command,
+  Python's start and imports included; median of 3), and an attached dashboard (the real
+  VaultMeshApp on an AttachedHost, headless under Pilot, textual imported beforehand):
+  from `RemoteControl.connect` until the jobs table holds rows;
+- a 10,000-job pass (every namespace due at start) with 0 and then 3 `ctl tail` clients
+  attached as soon as the socket answers: /livez max while the pass is written (probed
+  back to back, as bench/livez_bench.py), and the daemon's USS when the pass is done.
 """
 
 from __future__ import annotations
@@ -27,12 +38,21 @@ from pathlib import Path
 import httpx
 
 from bench.headless_bench import CLI, count_receipts, cpu_seconds, make_config, stop
+from bench.livez_bench import Prober, http_port
 from core.jobs import safe_name
 from core.sources import write_batch
 
 SNAPSHOT_SIZES = (1_000, 10_000)
 ANCHORING_JOBS = 1_000
+ATTACH_JOBS = 10_000
 START_TIMEOUT = 300.0
+TAILS = 3
+# Issue 24's targets, printed beside the figures.
+LIVEZ_TARGET = 0.050
+FIRST_ROWS_TARGET = 0.5
+STATUS_TARGET = 0.3
+P99_TARGET = 0.2
+TAILS_USS_TARGET = 10 * 2**20
 
 
 def window_seconds() -> float:
@@ -63,7 +83,7 @@ def _client(path: Path) -> httpx.Client:
     return httpx.Client(transport=httpx.HTTPTransport(uds=str(path)), base_url="http://vmsh", timeout=60)
 
 
-def snapshot_figures(n: int) -> tuple[int, float]:
+def snapshot_figures(n: int) -> dict[str, float]:
     path, proc, holder = _start(n, anchoring=False)
     try:
         with _client(path) as client:
@@ -75,21 +95,122 @@ def snapshot_figures(n: int) -> tuple[int, float]:
                 times.append(time.perf_counter() - started)
                 size = len(reply.content)
             assert len(doc["snapshot"]["views"]) == n
-        return size, statistics.median(times)
+        figures = {"size": size, "snapshot": statistics.median(times)}
+        if n == ATTACH_JOBS:
+            figures["status"] = statistics.median(_ctl_status(path, n) for _ in range(3))
+            figures["first_rows"] = statistics.median(_first_rows(path) for _ in range(3))
+        return figures
     finally:
         stop(proc)
         holder.cleanup()
 
 
-def _follow(path: Path, latencies: list[float], stop_at: float) -> None:
-    with _client(path) as client, client.stream("GET", "/v1/events", timeout=httpx.Timeout(60, read=None)) as reply:
+def _ctl_status(path: Path, n: int) -> float:
+    started = time.perf_counter()
+    done = subprocess.run([*CLI, "ctl", "--socket", str(path), "status", "--json"], capture_output=True, check=True)
+    took = time.perf_counter() - started
+    assert len(json.loads(done.stdout)["jobs"]) == n
+    return took
+
+
+def _first_rows(path: Path) -> float:
+    """Seconds from connecting until the attached dashboard's jobs table holds rows."""
+    import asyncio
+
+    os.environ.setdefault("TEXTUAL_ANIMATIONS", "none")
+    from core.remote_control import RemoteControl
+    from tui.app import VaultMeshApp
+    from tui.host import AttachedHost
+    from tui.widgets import DiffTable
+
+    async def measure() -> float:
+        started = time.perf_counter()
+        app = VaultMeshApp(AttachedHost(RemoteControl.connect(path)))
+        async with app.run_test(size=(160, 48)) as pilot:
+            while True:
+                body = app.dashboard.body("jobs")
+                if isinstance(body, DiffTable) and body.row_count:
+                    return time.perf_counter() - started
+                await pilot.pause(0.005)
+
+    return asyncio.run(measure())
+
+
+def _uss(pid: int) -> int:
+    uss = 0
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith(("Private_Clean:", "Private_Dirty:")):
+            uss += int(line.split()[1]) * 1024
+    return uss
+
+
+def tails_figures(n: int, tails: int) -> dict[str, float]:
+    """A pass of `n` jobs due at start with `tails` `ctl tail` clients: /livez max during
+    the pass, the daemon's USS after it."""
+    holder = tempfile.TemporaryDirectory(prefix="vmsh-control-bench-")
+    tmp = Path(holder.name)
+    for i in range(n):
+        write_batch(tmp / "batches" / safe_name(f"bench:{i}"), "000001", "sha256:" + f"{i + 1:064x}")
+    config = make_config(tmp, n)
+    sock = tmp / "data" / "control.sock"
+    prober = Prober(http_port(config))
+    children: list[subprocess.Popen[bytes]] = []
+    with (tmp / "scheduler.log").open("wb") as log:
+        proc = subprocess.Popen([*CLI, "--no-ui", "--config", str(config)], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        prober.start()
+        deadline = time.monotonic() + START_TIMEOUT
+        while len(children) < tails:
+            if sock.exists():
+                children = [subprocess.Popen([*CLI, "ctl", "--socket", str(sock), "tail"], stdout=subprocess.DEVNULL,
+                                             stderr=subprocess.DEVNULL) for _ in range(tails)]
+            elif time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError("the control socket did not appear")
+            time.sleep(0.01)
+        while count_receipts(tmp / "data") < n:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the scheduler did not finish its first round of {n} jobs")
+            time.sleep(0.1)
+        time.sleep(1.0)  # the events of the last receipts reach the tails
+        during = sorted(prober.latencies)
+        uss = _uss(proc.pid)
+        alive = sum(1 for c in children if c.poll() is None)
+    finally:
+        prober.done.set()
+        for child in children:
+            child.terminate()
+        for child in children:
+            child.wait(timeout=10)
+        stop(proc)
+        prober.join(timeout=35)
+        holder.cleanup()
+    return {"livez_max": during[-1] if during else float("nan"), "uss": uss, "alive": alive}
+
+
+def _follow(path: Path, latencies: list[float], logged: list[float], mirrored: list[float] | None,
+            stop_at: float) -> None:
+    """Read /v1/events (with `mirrored`: `?views=1`, as an attached dashboard does, and the
+    time from each "anchored" log record to the views line carrying that job's new view)."""
+    query = "?views=1" if mirrored is not None else ""
+    anchored: dict[str, float] = {}
+    with _client(path) as client, client.stream("GET", f"/v1/events{query}",
+                                                timeout=httpx.Timeout(60, read=None)) as reply:
         for line in reply.iter_lines():
             if not line:
                 continue
             now = time.time()
             message = json.loads(line)
-            if message.get("type") == "ReceiptWritten":
+            kind = message.get("type")
+            if kind == "ReceiptWritten":
                 latencies.append(now - message["event"]["at"])
+            elif kind == "LogRecord" and message["event"].get("msg") == "anchored":
+                logged.append(now - message["event"]["at"])
+                anchored[message["event"]["fields"]["job"]] = message["event"]["at"]
+            elif kind == "views" and mirrored is not None:
+                for view in message["views"]:
+                    at = anchored.pop(view["spec"]["job"], None)
+                    if at is not None:
+                        mirrored.append(now - at)
             if now > stop_at:
                 return
 
@@ -107,8 +228,11 @@ def anchoring_figures() -> dict[str, float]:
         stuck.connect(str(path))
         stuck.sendall(b"GET /v1/events HTTP/1.1\r\nHost: vmsh\r\n\r\n")  # never reads
         latencies: list[float] = []
+        logged: list[float] = []
+        mirrored: list[float] = []
         stop_at = time.time() + window + 1.0
-        readers = [threading.Thread(target=_follow, args=(path, latencies, stop_at), daemon=True) for _ in range(2)]
+        readers = [threading.Thread(target=_follow, args=(path, latencies, logged, views, stop_at), daemon=True)
+                   for views in (None, mirrored)]
         for reader in readers:
             reader.start()
         time.sleep(1.0)  # the readers connect
@@ -122,7 +246,13 @@ def anchoring_figures() -> dict[str, float]:
         stop(proc)
         holder.cleanup()
     latencies.sort()
+    logged.sort()
+    mirrored.sort()
     return {
+        "mirror_p50": mirrored[len(mirrored) // 2] if mirrored else float("nan"),
+        "mirror_p99": mirrored[int(len(mirrored) * 0.99)] if mirrored else float("nan"),
+        "log_p50": logged[len(logged) // 2] if logged else float("nan"),
+        "log_p99": logged[int(len(logged) * 0.99)] if logged else float("nan"),
         "rate0": (rec1 - rec0) / window, "rate3": (rec3 - rec2) / window,
         "cpu0": (cpu1 - cpu0) / window, "cpu3": (cpu3 - cpu2) / window,
         "p50": latencies[len(latencies) // 2] if latencies else float("nan"),
@@ -131,18 +261,43 @@ def anchoring_figures() -> dict[str, float]:
     }
 
 
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:.0f} ms"
+
+
 def run() -> list[tuple[str, str, str]]:
     rows: list[tuple[str, str, str]] = []
     for n in SNAPSHOT_SIZES:
-        size, seconds = snapshot_figures(n)
-        rows.append((f"control snapshot, {n:,} jobs", f"{size / 1e6:.2f} MB, {seconds * 1000:.0f} ms", "median of 5, over the socket"))
+        s = snapshot_figures(n)
+        rows.append((f"control snapshot, {n:,} jobs", f"{s['size'] / 1e6:.2f} MB, {_ms(s['snapshot'])}",
+                     "median of 5, over the socket"))
+        if n == ATTACH_JOBS:
+            rows += [
+                (f"attach, {n:,} jobs: `ctl status --json`", _ms(s["status"]),
+                 f"target < {_ms(STATUS_TARGET)} (the command, start included; median of 3)"),
+                (f"attach, {n:,} jobs: dashboard's first rows", _ms(s["first_rows"]),
+                 f"target < {_ms(FIRST_ROWS_TARGET)} (connect -> jobs table rows; median of 3)"),
+            ]
+    quiet, tailed = tails_figures(ATTACH_JOBS, 0), tails_figures(ATTACH_JOBS, TAILS)
+    rows += [
+        (f"/livez max, {ATTACH_JOBS:,}-job pass, {TAILS} `ctl tail`", _ms(tailed["livez_max"]),
+         f"target < {_ms(LIVEZ_TARGET)} (0 clients: {_ms(quiet['livez_max'])}; "
+         f"{int(tailed['alive'])} tails alive at the end)"),
+        (f"USS added by {TAILS} `ctl tail`, {ATTACH_JOBS:,}-job pass", f"{(tailed['uss'] - quiet['uss']) / 2**20:+.1f} MiB",
+         f"target < {TAILS_USS_TARGET / 2**20:.0f} MiB (USS after the pass {quiet['uss'] / 2**20:.0f} / "
+         f"{tailed['uss'] / 2**20:.0f} MiB)"),
+    ]
     f = anchoring_figures()
     rows += [
         ("control: receipts/s, 0 clients", f"{f['rate0']:.0f}", f"{ANCHORING_JOBS:,} jobs every 1 s"),
         ("control: receipts/s, 3 clients (1 stuck)", f"{f['rate3']:.0f}", "target: same as 0 clients"),
         ("control: daemon CPU, 0 / 3 clients", f"{f['cpu0']:.2f} / {f['cpu3']:.2f}", "CPU seconds per second"),
         ("control: event latency p50 / p99", f"{f['p50'] * 1000:.1f} / {f['p99'] * 1000:.1f} ms",
-         f"engine -> client, {int(f['events']):,} ReceiptWritten"),
+         f"target p99 < {_ms(P99_TARGET)}; anchor -> client, {int(f['events']):,} ReceiptWritten"),
+        ("control: log latency p50 / p99", f"{f['log_p50'] * 1000:.1f} / {f['log_p99'] * 1000:.1f} ms",
+         f"target p99 < {_ms(P99_TARGET)}; publish -> client, \"anchored\" log records"),
+        ("control: mirror latency p50 / p99", f"{f['mirror_p50'] * 1000:.1f} / {f['mirror_p99'] * 1000:.1f} ms",
+         f"target p99 < {_ms(P99_TARGET)}; \"anchored\" -> its job's view in a views line (?views=1)"),
     ]
     return rows
 

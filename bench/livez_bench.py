@@ -57,7 +57,7 @@ def longest_pass(port: int) -> float:
     return min(le for le, count in buckets if count == total)
 
 
-def _port(config: Path) -> int:
+def http_port(config: Path) -> int:
     for line in config.read_text().splitlines():
         if "listen:" in line:
             return int(line.rsplit(":", 1)[1].strip().strip('"'))
@@ -102,7 +102,7 @@ def measure(n: int | None = None) -> dict[str, float]:
             ns = f"bench:{i}"
             write_batch(tmp / "batches" / safe_name(ns), "000001", "sha256:" + f"{i + 1:064x}")
         config = make_config(tmp, n)
-        prober = Prober(_port(config))
+        prober = Prober(http_port(config))
         with open(tmp / "stdout.jsonl", "wb") as log, open(tmp / "stderr.txt", "wb") as err:
             proc = subprocess.Popen(
                 [*CLI, "--no-ui", "--config", str(config)],

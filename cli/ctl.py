@@ -20,9 +20,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from core import wire
-from core.control_client import ControlClient, ControlFailed, ControlRefused, ControlUnreachable
-from core.control_server import socket_path
+from core.control_client import (
+    ControlClient,
+    ControlFailed,
+    ControlRefused,
+    ControlUnreachable,
+    socket_path,
+)
 from core.text import printable
 
 if TYPE_CHECKING:
@@ -33,9 +37,10 @@ START_HINT = "start one with `vmsh-scheduler --no-ui --config FILE` (or `systemc
 
 
 class CtlError(Exception):
-    def __init__(self, message: str, code: int) -> None:
+    def __init__(self, message: str, code: int, status: int | None = None) -> None:
         super().__init__(message)
         self.code = code
+        self.status = status  # the scheduler's HTTP status when it refused
 
 
 NO_CONFIG = "no --socket given and no configuration found (no --config, VMSH_CONFIG, VMSH_ROOT or ./config.yaml)"
@@ -49,7 +54,7 @@ def resolve_socket(args: argparse.Namespace) -> tuple[Path, str | None]:
         return Path(args.socket), None
     from cli.common import overrides_from, print_errors
     from core.config import ConfigError, NoConfigFound, SchedulerSettings, load_config
-    from core.control_server import default_socket
+    from core.control_client import default_socket
 
     try:
         loaded = load_config(overrides=overrides_from(args), allow_unset=True)
@@ -73,7 +78,7 @@ def resolve_socket(args: argparse.Namespace) -> tuple[Path, str | None]:
 def socket_despite_errors(args: argparse.Namespace) -> Path | None:
     """The socket from --data-dir, VMSH_DATA_DIR, or the --config file's `control.socket` /
     `scheduler.data_dir` when that file is still YAML; None when none of them says."""
-    from core.control_server import default_socket
+    from core.control_client import default_socket
 
     data_dir = getattr(args, "data_dir", None) or os.environ.get("VMSH_DATA_DIR")
     if data_dir:
@@ -98,18 +103,27 @@ def socket_despite_errors(args: argparse.Namespace) -> Path | None:
 
 
 def status_doc(doc: dict[str, Any]) -> dict[str, Any]:
-    """What `ctl status --json` prints: the scheduler, its counts, health and jobs."""
+    """What `ctl status --json` prints, from a snapshot (a scheduler older than
+    `GET /v1/status`, which answers this document itself): the scheduler, its counts,
+    health and jobs."""
+    from core import wire
+
     snap = wire.decode_snapshot(doc["snapshot"])
-    jobs = [
-        {"job": str(v.key), "status": v.status.value, "target": v.spec.target, "every": v.spec.every,
-         "last_anchored_at": v.state.last_anchored_at, "due_in": None if v.due_at is None else v.due_at - snap.now,
-         "backoff_level": v.state.backoff_level, "last_error": v.state.last_error, "disabled": v.disabled}
-        for v in snap.views
-    ]
-    counts = {"total": snap.counts.total, "in_backoff": snap.counts.in_backoff,
-              **{s.value: n for s, n in snap.counts.by_status.items()}}
     return {"pid": doc["pid"], "host": doc["host"], "version": doc["version"], "paused": snap.paused,
-            "config_hash": snap.config_hash, "counts": counts, "health": doc["health"], "jobs": jobs}
+            "config_hash": snap.config_hash, "counts": wire.encode_status_counts(snap.counts), "health": doc["health"],
+            "jobs": [wire.encode_status_job(v, snap.now) for v in snap.views]}
+
+
+def fetch_status(client: Client) -> bytes:
+    """What `ctl status --json` prints: `GET /v1/status` as it comes (the scheduler writes
+    it as json.dumps(status_doc(...), ensure_ascii=False) would, in slices), else (an
+    older scheduler) from a whole snapshot."""
+    try:
+        return client.call_raw("GET", "status")
+    except CtlError as exc:
+        if exc.status != 404:  # 404: a scheduler from before it
+            raise
+    return (json.dumps(status_doc(client.call("GET", "snapshot")), ensure_ascii=False) + "\n").encode()
 
 
 def print_status(status: dict[str, Any]) -> None:
@@ -151,13 +165,19 @@ class Client:
                     EXIT_USAGE,
                 )
             return CtlError(f"no scheduler is running on {self.socket}: {START_HINT}", EXIT_USAGE)
-        return CtlError(str(exc), EXIT_FAILED)
+        return CtlError(str(exc), EXIT_FAILED, exc.status if isinstance(exc, ControlRefused) else None)
 
     def call(
         self, method: str, command: str, body: dict[str, Any] | None = None, *, params: dict[str, str] | None = None
     ) -> Any:
         try:
             return self._client.call(method, command, body, params=params)
+        except (ControlUnreachable, ControlFailed, ControlRefused) as exc:
+            raise self._error(exc) from None
+
+    def call_raw(self, method: str, command: str) -> bytes:
+        try:
+            return self._client.call_raw(method, command)
         except (ControlUnreachable, ControlFailed, ControlRefused) as exc:
             raise self._error(exc) from None
 
@@ -183,13 +203,16 @@ def run_ctl(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace, client: Client) -> int:
+
     action = args.ctl_command
     if action == "status":
-        status = status_doc(client.call("GET", "snapshot"))
+        status = fetch_status(client)
         if args.json:
-            print(json.dumps(status, ensure_ascii=False))
+            sys.stdout.flush()
+            sys.stdout.buffer.write(status)
+            sys.stdout.buffer.flush()
         else:
-            print_status(status)
+            print_status(json.loads(status))
         return EXIT_OK
     if action == "force":
         body = {"job": args.target} if "/" in args.target else {"namespace": args.target}
@@ -204,6 +227,8 @@ def _run(args: argparse.Namespace, client: Client) -> int:
         print("paused: no new anchors start" if doc["paused"] else "resumed: anchoring")
         return EXIT_OK
     if action == "reload":
+        from core import wire
+
         result = wire.decode_reload_result(client.call("POST", "reload"))
         for error in result.errors:
             print(printable(error, lines=True), file=sys.stderr)
@@ -248,6 +273,7 @@ def _receipt(client: Client, key: str, *, as_json: bool) -> int:
 def _verify(client: Client, path: Path, *, as_json: bool) -> int:
     """The scheduler checks one of its receipts (POST /v1/verify); the exit code and the
     words of `vmsh-scheduler verify` for its outcome."""
+    from core import wire
     from core.verify import Outcome
 
     result = wire.decode_verify_result(client.call("POST", "verify", {"path": str(path.resolve())}))
@@ -262,10 +288,11 @@ def _verify(client: Client, path: Path, *, as_json: bool) -> int:
 
 
 def _tail(client: Client) -> int:
+    from core import wire
     from core.events import LogRecord
     from core.observe.logs import format_record
 
-    doc = client.call("GET", "snapshot")
+    doc = client.call("GET", "snapshot", params={"views": "0"})  # no job table: the logs and seq
     for fields in doc["logs"][-10:]:
         record = wire.decode_event({"type": "LogRecord", "event": fields})
         assert isinstance(record, LogRecord)

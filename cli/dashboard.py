@@ -33,7 +33,7 @@ def run_dashboard(loaded: LoadedConfig, args: argparse.Namespace, loader: Loader
         runtime = Runtime.open(loaded, loader=loader)
     except CannotStart as exc:
         if isinstance(exc.__cause__, LockHeld):  # a live scheduler runs there: attach to it
-            from core.control_server import socket_path
+            from core.control_client import socket_path
 
             return attach_dashboard(socket_path(loaded.config), args, loaded, refused=str(exc))
         print(f"vmsh-scheduler: {exc}", file=sys.stderr)

@@ -64,7 +64,7 @@ def cmd_attach(args: argparse.Namespace) -> int:
             print("vmsh-scheduler attach: pass --socket PATH, or a config that names the data dir", file=sys.stderr)
             return 2
     from cli.dashboard import attach_dashboard
-    from core.control_server import socket_path
+    from core.control_client import socket_path
 
     if args.socket is not None:
         socket = args.socket
@@ -117,12 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(argv: Sequence[str] | None, startup: StartupSignals) -> int:
-    from cli.check import cmd_check_config
-    from cli.common import load, print_errors
     from cli.parser import build_parser
-    from cli.verify import cmd_verify
-    from core.config import ConfigError
-    from core.text import printable
 
     parser = build_parser()
     try:
@@ -132,8 +127,12 @@ def _main(argv: Sequence[str] | None, startup: StartupSignals) -> int:
     if args.command in ("check-config", "verify"):
         startup.replay()  # these stop on a signal as they always did
     if args.command == "check-config":
+        from cli.check import cmd_check_config
+
         return cmd_check_config(args)
     if args.command == "verify":
+        from cli.verify import cmd_verify
+
         return cmd_verify(args)
     if args.command == "ctl":
         startup.replay()
@@ -146,6 +145,11 @@ def _main(argv: Sequence[str] | None, startup: StartupSignals) -> int:
     if args.command in ("store", "export"):
         startup.replay()
         return cmd_store(args)
+    # Only what runs a scheduler imports the config's models (ctl starts in a fraction).
+    from cli.common import load, print_errors
+    from core.config import ConfigError
+    from core.text import printable
+
     if not args.no_ui and not all(os.isatty(fd) for fd in (0, 1, 2)):
         # Textual reads fd 0 and draws on fd 2: elsewhere than a terminal it would write
         # escape codes into a pipe, a file or the journal, and wait for keys forever.

@@ -32,24 +32,32 @@ exit codes: 0 ok (or stopped by SIGTERM/SIGINT, or the dashboard's terminal was 
 """
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from core.config import env_help  # here, not at the top: see the module docstring
+class _Parser(argparse.ArgumentParser):
+    """The top-level parser: its epilog (the environment variables, from core.config) is
+    written when help is shown, so a command that never loads a config (ctl) never
+    imports the config's models."""
 
-    parser = argparse.ArgumentParser(
+    def format_help(self) -> str:
+        if self.epilog is None:
+            from core.config import env_help  # here, not at the top: see the module docstring
+
+            self.epilog = EPILOG.format(environment=env_help())
+        return super().format_help()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
         prog="vmsh-scheduler",
         description="Anchor VaultMesh Merkle roots to RFC 3161, EVM and Bitcoin targets on cadence.",
-        epilog=EPILOG.format(environment=env_help()),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_run_options(parser)
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=argparse.ArgumentParser)
     add_check_config(sub)
     add_verify(sub)
     add_attach(sub)
     add_ctl(sub)
-    from cli.store import add_parsers as add_store_parsers
-
-    add_store_parsers(sub)
+    add_store(sub)
     return parser
 
 
@@ -189,3 +197,26 @@ def add_ctl(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     for action in ctl_sub.choices.values():
         action.add_argument("--socket", type=Path, metavar="PATH", default=argparse.SUPPRESS,
                             help="the scheduler's control socket")
+
+
+def add_store(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`store migrate`, `store import DATA_DIR`, `export` (run by cli/store.py); here, so that
+    parsing a command line never imports the stores."""
+    store = sub.add_parser("store", help="the PostgreSQL store: store migrate, store import DATA_DIR")
+    store_sub = store.add_subparsers(dest="store_command", metavar="ACTION", required=True)
+    migrate = store_sub.add_parser("migrate", help="create or migrate the PostgreSQL store's schema")
+    add_common(migrate, suppress=True)
+    imp = store_sub.add_parser(
+        "import", help="copy a file store (a stopped scheduler's data dir) into the PostgreSQL store"
+    )
+    imp.add_argument("source", type=Path, metavar="DATA_DIR", help="the data dir to copy from")
+    add_common(imp, suppress=True)
+    export = sub.add_parser("export", help="write every receipt of the store as files verify checks offline")
+    export.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder to write into")
+    export.add_argument(
+        "--format", action="append", choices=["json", "tsr", "ots"], default=[], dest="formats",
+        help="tsr: also each RFC 3161 token as a DER <receipt>.tsr beside its receipt "
+        "(openssl ts -verify -in X.tsr -token_in ...); ots: each btc receipt's OpenTimestamps "
+        "proof of its batch root as <receipt>.ots (ots verify -d <root hex> X.ots); repeatable",
+    )
+    add_common(export, suppress=True)

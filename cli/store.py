@@ -11,7 +11,6 @@ verifier needs (`verify --trust-bundle DIR/.trust DIR`), and `--format tsr` adds
 
 from __future__ import annotations
 
-import argparse
 import base64
 import os
 import sys
@@ -271,26 +270,3 @@ def _documents(loaded: LoadedConfig) -> Iterator[tuple[str, str, bytes]]:
     store = ReceiptStore(Path(cfg.scheduler.data_dir) / "receipts")
     for path in store.all_paths():
         yield ReceiptStore.namespace_of(path), path.name, path.read_bytes()
-
-
-def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from cli.common import add_common
-
-    store = sub.add_parser("store", help="the PostgreSQL store: store migrate, store import DATA_DIR")
-    store_sub = store.add_subparsers(dest="store_command", metavar="ACTION", required=True)
-    migrate = store_sub.add_parser("migrate", help="create or migrate the PostgreSQL store's schema")
-    add_common(migrate, suppress=True)
-    imp = store_sub.add_parser(
-        "import", help="copy a file store (a stopped scheduler's data dir) into the PostgreSQL store"
-    )
-    imp.add_argument("source", type=Path, metavar="DATA_DIR", help="the data dir to copy from")
-    add_common(imp, suppress=True)
-    export = sub.add_parser("export", help="write every receipt of the store as files verify checks offline")
-    export.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder to write into")
-    export.add_argument(
-        "--format", action="append", choices=["json", "tsr", "ots"], default=[], dest="formats",
-        help="tsr: also each RFC 3161 token as a DER <receipt>.tsr beside its receipt "
-        "(openssl ts -verify -in X.tsr -token_in ...); ots: each btc receipt's OpenTimestamps "
-        "proof of its batch root as <receipt>.ots (ots verify -d <root hex> X.ots); repeatable",
-    )
-    add_common(export, suppress=True)

@@ -1,6 +1,7 @@
 """The one client of the control socket (docs/control-api.md): HTTP/1.1 over a Unix socket.
 
-`vmsh-scheduler ctl` (cli/ctl.py) uses its synchronous side: `call()` returns a reply's
+`vmsh-scheduler ctl` (cli/ctl.py) uses its synchronous side (http.client: no httpx to
+import, so ctl starts in a tenth of a second): `call()` returns a reply's
 JSON or raises ControlUnreachable (nothing listens, or the socket's permissions refuse
 us), ControlFailed (no answer, or one that is not JSON) or ControlRefused (the scheduler
 said no: 4xx/5xx with its sentence); `events()` follows the event stream. The attached
@@ -12,18 +13,31 @@ pool after the scheduler restarted). Closing a client never stops the scheduler.
 
 from __future__ import annotations
 
+import http.client
 import json
+import socket
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlencode
 
-import httpx
+if TYPE_CHECKING:
+    import httpx
 
-from core.wire import API
-
+API = "/v1"  # the control API's path prefix: /v1/snapshot, /v1/events, /v1/force, ...
 BASE_URL = "http://vmsh"  # the host part is not used over a Unix socket
 TIMEOUT = 30.0  # a reload reads the config off the loop; a verify may ask a node
+
+
+def default_socket(data_dir: Path) -> Path:
+    return Path(data_dir) / "control.sock"
+
+
+def socket_path(config: Any) -> Path:
+    """`control.socket`, else `<data_dir>/control.sock` (the one rule, for server and ctl)."""
+    configured = config.control.socket
+    return Path(configured) if configured else default_socket(Path(config.scheduler.data_dir))
 
 
 class ControlUnreachable(Exception):
@@ -54,22 +68,34 @@ def error_text(response: httpx.Response) -> str:
         return response.text or f"HTTP {response.status_code}"
 
 
+class _UnixConnection(http.client.HTTPConnection):
+    """HTTP/1.1 to a Unix socket (the host name is not used)."""
+
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("vmsh", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self._path)
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+
+
 class ControlClient:
     """A scheduler's control socket: synchronous calls and an async side (see the module doc)."""
 
     def __init__(self, socket: str | Path, *, timeout: float = TIMEOUT) -> None:
         self.socket = Path(socket)
         self.timeout = timeout
-        self._sync: httpx.Client | None = None
         self._async: httpx.AsyncClient | None = None
 
-    # ----- synchronous: ctl, the first snapshot ------------------------------------------
-
-    def _http(self) -> httpx.Client:
-        if self._sync is None:
-            transport = httpx.HTTPTransport(uds=str(self.socket))
-            self._sync = httpx.Client(transport=transport, base_url=BASE_URL, timeout=self.timeout)
-        return self._sync
+    # ----- synchronous: ctl, the first snapshot (the standard library's http.client: ctl
+    # starts without importing httpx) ---------------------------------------------------
 
     def __enter__(self) -> ControlClient:
         return self
@@ -78,9 +104,7 @@ class ControlClient:
         self.close()
 
     def close(self) -> None:
-        if self._sync is not None:
-            self._sync.close()
-            self._sync = None
+        """Nothing is kept open between synchronous calls (one request per connection)."""
 
     def _unreachable(self, exc: Exception) -> ControlUnreachable:
         cause = exc.__cause__ or exc.__context__ or exc
@@ -91,36 +115,79 @@ class ControlClient:
         self, method: str, command: str, body: dict[str, Any] | None = None, *, params: dict[str, str] | None = None
     ) -> Any:
         """`METHOD /v1/<command>[?params]` with `body` as JSON; the reply's JSON (see the module doc)."""
+        status, content = self._request(method, command, body, params)
         try:
-            reply = self._http().request(method, f"{API}/{command}", json=body, params=params)
-        except (httpx.ConnectError, FileNotFoundError, ConnectionRefusedError, PermissionError) as exc:
+            doc = json.loads(content)
+        except ValueError:
+            raise ControlFailed(f"the scheduler answered {status} without JSON") from None
+        if status != 200:
+            raise ControlRefused(str(doc.get("error") if isinstance(doc, dict) else doc), status)
+        return doc
+
+    def call_raw(self, method: str, command: str, *, params: dict[str, str] | None = None) -> bytes:
+        """As `call`, but the 200 reply's bytes as they came (ctl prints `/v1/status` as is)."""
+        status, content = self._request(method, command, None, params)
+        if status == 200:
+            return content
+        try:
+            doc = json.loads(content)
+        except ValueError:
+            raise ControlFailed(f"the scheduler answered {status} without JSON") from None
+        raise ControlRefused(str(doc.get("error") if isinstance(doc, dict) else doc), status)
+
+    def _open(self, method: str, target: str, body: bytes | None, timeout: float | None) -> http.client.HTTPResponse:
+        conn = _UnixConnection(str(self.socket), self.timeout)
+        try:
+            conn.connect()
+        except (FileNotFoundError, ConnectionRefusedError, PermissionError) as exc:
+            conn.close()
             raise self._unreachable(exc) from None
-        except httpx.HTTPError as exc:
+        except OSError as exc:
+            conn.close()
             raise ControlFailed(f"the scheduler on {self.socket} did not answer: {exc}") from None
         try:
-            doc = reply.json()
-        except ValueError:
-            raise ControlFailed(f"the scheduler answered {reply.status_code} without JSON") from None
-        if reply.status_code != 200:
-            raise ControlRefused(str(doc.get("error") if isinstance(doc, dict) else doc), reply.status_code)
-        return doc
+            headers = {"Host": "vmsh", "Content-Type": "application/json"} if body is not None else {"Host": "vmsh"}
+            conn.request(method, target, body=body, headers=headers)
+            response = conn.getresponse()
+            conn.sock.settimeout(timeout) if conn.sock is not None else None
+            return response
+        except (OSError, http.client.HTTPException) as exc:
+            conn.close()
+            raise ControlFailed(f"the scheduler on {self.socket} did not answer: {exc}") from None
+
+    def _request(self, method: str, command: str, body: dict[str, Any] | None,
+                 params: dict[str, str] | None) -> tuple[int, bytes]:
+        target = f"{API}/{command}" + (f"?{urlencode(params)}" if params else "")
+        payload = json.dumps(body).encode() if body is not None else None
+        response = self._open(method, target, payload, self.timeout)
+        try:
+            return response.status, response.read()
+        except (OSError, http.client.HTTPException) as exc:
+            raise ControlFailed(f"the scheduler on {self.socket} did not answer: {exc}") from None
+        finally:
+            response.close()
 
     def events(self, after: int | None = None) -> Iterator[Any]:
         """Each line of the event stream, decoded as JSON, until the scheduler ends it."""
         query = f"?after={after}" if after is not None else ""
         try:
-            with self._http().stream("GET", f"{API}/events{query}", timeout=httpx.Timeout(self.timeout, read=None)) as reply:
-                for line in reply.iter_lines():
-                    if line:
-                        yield json.loads(line)
-        except (httpx.ConnectError, FileNotFoundError, ConnectionRefusedError) as exc:
-            raise self._unreachable(exc) from None
-        except (httpx.RemoteProtocolError, httpx.ReadError):
+            response = self._open("GET", f"{API}/events{query}", None, None)  # no read deadline
+        except ControlFailed:
             return
+        try:
+            for line in response:
+                if line.strip():
+                    yield json.loads(line)
+        except (OSError, http.client.HTTPException):
+            return
+        finally:
+            response.close()
 
     # ----- asynchronous: the attached dashboard, on the App's loop ---------------------------
 
     def _ahttp(self) -> httpx.AsyncClient:
+        import httpx
+
         if self._async is None:
             transport = httpx.AsyncHTTPTransport(uds=str(self.socket))
             self._async = httpx.AsyncClient(
@@ -135,9 +202,11 @@ class ControlClient:
         return await self._ahttp().post(f"{API}/{command}", json=body if body is not None else {})
 
     @asynccontextmanager
-    async def stream(self, after: int) -> AsyncIterator[httpx.Response]:
-        """The event stream after `seq`; raises for a status other than 200."""
-        async with self._ahttp().stream("GET", f"{API}/events", params={"after": after}) as response:
+    async def stream(self, after: int, *, views: bool = False) -> AsyncIterator[httpx.Response]:
+        """The event stream after `seq` (with `views`: and the views lines of the jobs that
+        change, core/control_feed.py); raises for a status other than 200."""
+        params = {"after": after, "views": 1} if views else {"after": after}
+        async with self._ahttp().stream("GET", f"{API}/events", params=params) as response:
             response.raise_for_status()
             yield response
 
@@ -149,4 +218,3 @@ class ControlClient:
 
     async def aclose(self) -> None:
         await self.reset()
-        self.close()

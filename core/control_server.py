@@ -23,8 +23,12 @@ socket is encoded by core/wire.py; the operations are RuntimeControl's (core/run
   `put_nowait`s it on each client's bounded queue; a full queue is emptied and the client
   is sent a `resync` line (it takes a fresh snapshot). A client that overflows
   MAX_OVERFLOWS times in a row without taking anything is dropped with a reason. What one
-  client holds is bounded: QUEUE_SIZE queued references to shared events, plus one write
-  of at most WRITE_BATCH events / MAX_WRITE_BYTES waiting in its transport.
+  client holds is bounded: QUEUE_SIZE queued references to shared lines (QUEUE_BYTES of
+  them at most), plus one write of at most WRITE_BATCH lines / MAX_WRITE_BYTES waiting in
+  its transport; a stream waits COALESCE after a line so that the next go in the same write.
+- At 10,000 jobs (issue 24, core/control_feed.py): snapshots and `/v1/status` are built in
+  slices off the loop's critical path, `?views=0` / `?limit=N` answer less, and clients
+  that follow `views=1` get the changed jobs' views instead of taking snapshots.
 - The socket path: a stale socket (nobody accepts on it) is replaced; a live one, or a path
   that is not a socket, is a ControlSocketError (the caller logs it: control off, the
   scheduler keeps anchoring; see docs/architecture.md "Decisions and departures").
@@ -51,10 +55,11 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
 from core import __version__, safejson, wire
+from core.control_client import API, default_socket, socket_path
+from core.control_feed import FEATURES, JobFeed, RecentReceipts, snapshot_json, status_json
 from core.errors import AnchorError
 from core.events import ControlCommand, Event, LogRecord
 from core.jobs import JobKey
-from core.observe.health import health
 from core.observe.http import MAX_CONNECTIONS as HTTP_CONNECTIONS
 from core.observe.http import _parse_head
 from core.observe.metrics import CONTROL
@@ -63,7 +68,7 @@ from core.runtime_control import RuntimeControl
 if TYPE_CHECKING:
     from core.runtime import Runtime
 
-API = wire.API
+__all__ = ["ControlServer", "ControlSocketError", "default_socket", "socket_path", "start_control"]
 MAX_HEAD = 16 * 1024
 MAX_BODY = 64 * 1024
 READ_TIMEOUT = 5.0
@@ -79,11 +84,15 @@ AUDIT_REFUSED_PER_WINDOW = 10  # refused commands recorded per uid and window
 AUDIT_TEXT = 200  # characters kept of a refused command's job/namespace and reason
 MAX_WRITE_BYTES = 256 * 1024  # encoded events per write to a client
 QUEUE_SIZE = 2048  # events per client before it is resynchronised
+QUEUE_BYTES = 4 * 1024 * 1024  # bytes of lines per client before it is resynchronised
+EVENT_BYTES = 300  # what an event counts for in QUEUE_BYTES (views lines: their length)
+COALESCE = 0.01  # seconds a stream waits after a line for more to go in the same write
 REPLAY = 4096  # events kept for `after=SEQ` resumption
 MAX_OVERFLOWS = 3
 WRITE_BATCH = 256  # events per write to a client
 RECENT_LOGS = 200
 RECENT_RECEIPTS = 20
+MAX_RECENT_RECEIPTS = 200  # `?receipts=N` (an attaching dashboard's Receipts pane) at most
 FOUND_RECEIPTS = 100  # GET /v1/receipts?root=: at most this many, newest first
 MUTATING = frozenset({"force", "pause", "resume", "reload"})
 
@@ -94,16 +103,6 @@ _REASONS = {200: "OK", 400: "Bad Request", 403: "Forbidden", 404: "Not Found", 4
 
 class ControlSocketError(Exception):
     """The control socket cannot be served; the message names the path and what to do."""
-
-
-def default_socket(data_dir: Path) -> Path:
-    return Path(data_dir) / "control.sock"
-
-
-def socket_path(config: Any) -> Path:
-    """`control.socket`, else `<data_dir>/control.sock` (the one rule, for server and ctl)."""
-    configured = config.control.socket
-    return Path(configured) if configured else default_socket(Path(config.scheduler.data_dir))
 
 
 def _resolve_gid(name: str | None) -> int | None:
@@ -166,16 +165,20 @@ class _Item:
     """One numbered event, shared by every stream: encoded once, by the first stream that
     sends it (128 streams used to encode each event 128 times on the loop: /livez stalls)."""
 
-    __slots__ = ("seq", "event", "_line")
+    __slots__ = ("seq", "event", "_line", "size")
 
-    def __init__(self, seq: int, event: Event) -> None:
+    def __init__(self, seq: int, event: Event | None, line: bytes | None = None) -> None:
         self.seq = seq
-        self.event = event
-        self._line: bytes | None = None
+        self.event = event  # None: a `views` line (core/control_feed.py), `line` given
+        self._line = line
+        # What it counts for in a queue's bytes: a views line's length; an event's nominal
+        # size (encoded later, by the first stream that sends it: never in the bus callback).
+        self.size = len(line) if line is not None else EVENT_BYTES
 
     @property
     def line(self) -> bytes:
         if self._line is None:
+            assert self.event is not None
             self._line = _line({"seq": self.seq, **wire.encode_event(self.event)})
         return self._line
 
@@ -183,21 +186,34 @@ class _Item:
 class _Client:
     """One event stream: a bounded queue the bus callback fills without waiting."""
 
-    def __init__(self) -> None:
+    def __init__(self, views: bool = False) -> None:
         self.queue: asyncio.Queue[_Item | None] = asyncio.Queue(QUEUE_SIZE)
+        self.views = views  # follows `views` lines (`/v1/events?views=1`)
+        self.queued = 0  # bytes of the queued lines
         self.overflows = 0  # in a row, without the writer taking anything
         self.dropped: str | None = None
 
     def offer(self, item: _Item) -> None:
-        try:
-            self.queue.put_nowait(item)
-        except asyncio.QueueFull:
-            self.overflows += 1
-            while not self.queue.empty():
-                self.queue.get_nowait()
-            if self.overflows >= MAX_OVERFLOWS:
-                self.dropped = f"fell behind {self.overflows} times in a row"
-            self.queue.put_nowait(None)  # None: send `resync`
+        size = item.size
+        if self.queued + size <= QUEUE_BYTES or self.queue.empty():
+            try:
+                self.queue.put_nowait(item)
+                self.queued += size
+                return
+            except asyncio.QueueFull:
+                pass
+        self.overflows += 1
+        while not self.queue.empty():
+            self.queue.get_nowait()
+        self.queued = 0
+        if self.overflows >= MAX_OVERFLOWS:
+            self.dropped = f"fell behind {self.overflows} times in a row"
+        self.queue.put_nowait(None)  # None: send `resync`
+
+    def take(self, item: _Item | None) -> _Item | None:
+        if item is not None:
+            self.queued -= item.size
+        return item
 
 
 class _AuditLimiter:
@@ -236,6 +252,9 @@ class ControlServer:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         self.control = RuntimeControl(runtime)
+        self.feed = JobFeed(self.control)  # snapshots in slices, views lines (core/control_feed.py)
+        self.receipts = RecentReceipts(self.control, MAX_RECENT_RECEIPTS,
+                                       each_time=getattr(runtime, "cluster", None) is not None)
         self.path: Path | None = None
         self.seq = 0
         self._replay: deque[_Item] = deque(maxlen=REPLAY)
@@ -289,8 +308,11 @@ class ControlServer:
             raise ControlSocketError(f"cannot serve the control socket {path}: {exc.strerror or exc}") from None
         self._listener = listener
         self._listening = True
-        self._loops = {self._spawn(self._accept_loop(listener)), self._spawn(self._flush_audit_loop())}
+        self._loops = {self._spawn(self._accept_loop(listener)), self._spawn(self._flush_audit_loop()),
+                       self._spawn(self.feed.serve(lambda: any(c.views for c in self._clients), lambda: self.seq,
+                                                    self._send_views))}
         self._unsubscribe = self.runtime.bus.subscribe(self._on_event)
+        self._spawn(asyncio.to_thread(self.receipts.read, 0))  # the one listing of the store, now
         return self
 
     def _fitting(self, wanted: int) -> int:
@@ -348,8 +370,17 @@ class ControlServer:
         self._replay.append(item)
         if isinstance(event, LogRecord):
             self._logs.append(event)
+        self.feed.note(event)
+        self.receipts.note(event)
         for client in self._clients:
             client.offer(item)
+
+    def _send_views(self, line: bytes) -> None:
+        """A views line (encoded once) to every client that follows them."""
+        item = _Item(self.seq, None, line)
+        for client in self._clients:
+            if client.views:
+                client.offer(item)
 
     # ----- accepting: bounded, never spinning --------------------------------------------
 
@@ -444,10 +475,11 @@ class ControlServer:
             if url.path == f"{API}/receipts":
                 status, doc = await self._find_receipts(method, parse_qs(url.query))
             else:
-                status, doc = await self._route(method, url.path, body, peer)
-            # A large answer (a snapshot of 10,000 jobs is ~8 MB) is serialised off the loop:
-            # `doc` is built for this request alone, so no one else touches it meanwhile.
-            await self._send(writer, status, doc, await asyncio.to_thread(_body, doc))
+                status, doc = await self._route(method, url.path, body, peer, parse_qs(url.query))
+            # A snapshot comes encoded already (in slices, core/control_feed.py); other answers
+            # are small, serialised off the loop all the same.
+            body = doc if isinstance(doc, bytes) else await asyncio.to_thread(_body, doc)
+            await self._send(writer, status, doc, body)
         except (ConnectionError, TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
             pass
         except ValueError:
@@ -476,14 +508,24 @@ class ControlServer:
             if timeout is None:
                 CONTROL.drop("write_timeout")
 
-    async def _route(self, method: str, path: str, body: bytes, peer: Peer) -> tuple[int, Any]:
+    async def _route(self, method: str, path: str, body: bytes, peer: Peer,
+                     query: dict[str, list[str]]) -> tuple[int, Any]:
         if not path.startswith(f"{API}/"):
             return 404, {"error": f"no such path {path!r}: this scheduler speaks {API}/"}
         command = path[len(API) + 1 :]
-        if command == "snapshot":
+        if command in ("snapshot", "status"):
             if method != "GET":
-                return 405, {"error": "use GET for snapshot"}
-            return 200, await self.snapshot_doc()
+                return 405, {"error": f"use GET for {command}"}
+            if command == "status":
+                return 200, await self.status_body()
+            limit = query.get("limit", [""])[0]
+            if limit and not limit.isdigit():
+                return 400, {"error": "limit must be a number of jobs"}
+            receipts = query.get("receipts", [str(RECENT_RECEIPTS)])[0]
+            if not receipts.isdigit() or int(receipts) > MAX_RECENT_RECEIPTS:
+                return 400, {"error": f"receipts must be 0 to {MAX_RECENT_RECEIPTS}"}
+            return 200, await self.snapshot_body(views=query.get("views", ["1"])[0] != "0",
+                                                 limit=int(limit) if limit else None, receipts=int(receipts))
         if command not in MUTATING | {"verify"}:
             return 404, {"error": f"no such command {command!r}"}
         if method != "POST":
@@ -618,29 +660,40 @@ class ControlServer:
             await asyncio.sleep(AUDIT_WINDOW / 6)
             await self._write_summaries(self._limiter.expired(time.time()))
 
-    async def snapshot_doc(self) -> dict[str, Any]:
-        engine = self.runtime.engine
-        snap = self.control.snapshot()
-        status, body = health(
-            engine, snap.now, getattr(self.runtime, "cluster", None), wallets=getattr(self.runtime, "wallets", None)
-        )
-        receipts: list[dict[str, Any]] = []
-        for path, item in self.control.recent_receipts(RECENT_RECEIPTS):
-            if isinstance(item, Exception):
-                receipts.append({"path": str(path), "error": str(item)})
-            else:
-                receipts.append({"path": str(path), "receipt": item.to_json()})
-        return {
+    async def snapshot_body(self, *, views: bool = True, limit: int | None = None,
+                            receipts: int = RECENT_RECEIPTS) -> bytes:
+        """`GET /v1/snapshot` as JSON bytes. The job table is built in slices (the loop free
+        in between), the newest `receipts` read off the loop, the rest at once with `seq`.
+        `views` False (`?views=0`, for ctl tail): no job table and no health, only what
+        follows the events needs (seq, logs, receipts, in_flight). `limit` (`?limit=N`, an
+        attaching dashboard's first page): the first N jobs' views only (`"partial": true`
+        when that is not all of them), the counts of all, no health."""
+        listed = await asyncio.to_thread(self.receipts.read_json, receipts)
+        built = await self.feed.build(limit=limit) if views else None
+        doc: dict[str, Any] = {
             "version": __version__, "pid": os.getpid(), "host": socket.gethostname(), "seq": self.seq,
-            "snapshot": wire.encode_snapshot(snap), "receipts": receipts,
+            "features": list(FEATURES), "receipts": listed,
             "logs": [wire.encode_event(r)["event"] for r in self._logs],
-            "health": {"code": status, **body}, "in_flight": [str(k) for k in self.control.in_flight()],
+            "in_flight": [str(k) for k in self.control.in_flight()],
         }
+        if built is None:
+            return await asyncio.to_thread(_body, doc)
+        if limit is None:
+            status, health_body = self.control.health(built.now, built.views)
+            doc["health"] = {"code": status, **health_body}
+        elif len(built.encoded) < len(built.views):
+            doc["partial"] = True
+        header = self.control.header(built.now, (), built.counts)
+        return await asyncio.to_thread(snapshot_json, doc, header, built.encoded)
+
+    async def status_body(self) -> bytes:
+        """`GET /v1/status`: what `ctl status --json` prints (core/control_feed.py status_json)."""
+        return await status_json(self.feed, {"pid": os.getpid(), "host": socket.gethostname(), "version": __version__})
 
     # ----- the event stream --------------------------------------------------------------
 
     async def _stream(self, writer: asyncio.StreamWriter, query: dict[str, list[str]], peer: Peer) -> None:
-        client = _Client()
+        client = _Client(views=query.get("views", ["0"])[0] == "1")
         after = query.get("after", [""])[0]
         if after.isdigit():
             oldest = self._replay[0].seq if self._replay else self.seq + 1
@@ -648,15 +701,19 @@ class ControlServer:
                 client.queue.put_nowait(None)  # too old to replay: resync
             else:
                 for item in self._replay:
-                    if item.seq > int(after):
+                    if item.seq > int(after) and item.event is not None:
                         client.offer(item)
+                        if client.views:  # the views of what it replays come in the next views line
+                            self.feed.note(item.event)
         self._clients.add(client)
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nConnection: close\r\n\r\n")
         try:
             while self._listening:
                 lines: list[bytes] = []
                 size = 0
-                next_item = await client.queue.get()
+                next_item = client.take(await client.queue.get())
+                if client.queue.qsize() < WRITE_BATCH and client.queued < MAX_WRITE_BYTES:
+                    await asyncio.sleep(COALESCE)  # what follows it goes in the same write
                 while True:  # everything queued goes out in one write, then one drain
                     if next_item is None:
                         if client.dropped is not None:
@@ -669,7 +726,7 @@ class ControlServer:
                     size += len(lines[-1])
                     if client.queue.empty() or len(lines) >= WRITE_BATCH or size >= MAX_WRITE_BYTES:
                         break
-                    next_item = client.queue.get_nowait()
+                    next_item = client.take(client.queue.get_nowait())
                 client.overflows = 0
                 writer.write(b"".join(lines))
                 try:

@@ -6,13 +6,15 @@ The dashboard that runs its own engine (tui/host.py) and the control socket's se
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from core.control import Receipts, ReloadResult, Snapshot, VerifyOutcome, VerifyResult, store_status
 from core.events import Event
 from core.jobs import JobKey
+from core.observe.health import health
 from core.receipts import (
+    Receipt,
     ReceiptError,
     ReceiptInvalid,
     ReceiptPending,
@@ -20,8 +22,9 @@ from core.receipts import (
     verify_receipt,
 )
 from core.runtime import Runtime
-from core.status import count
+from core.status import Counts, count
 from core.text import printable
+from core.views import JobView
 
 
 class RuntimeControl:
@@ -31,12 +34,42 @@ class RuntimeControl:
         self._runtime = runtime
 
     def snapshot(self) -> Snapshot:
+        now = self.now()
+        views = tuple(self._runtime.engine.views(now))
+        return self.header(now, views, count(views))
+
+    # The control socket builds a large snapshot in slices (core/control_feed.py): the job
+    # keys, then their views a slice at a time, then the rest at once.
+
+    def now(self) -> float:
+        return self._runtime.engine.clock.now()
+
+    def job_keys(self) -> list[JobKey]:
+        return list(self._runtime.engine.jobs)
+
+    def views_of(self, keys: Iterable[JobKey], now: float) -> list[JobView]:
+        """The views of those of `keys` still configured, in that order."""
+        engine = self._runtime.engine
+        views: list[JobView] = []
+        for key in keys:
+            try:
+                views.append(engine.view(key, now))
+            except KeyError:  # removed by a reload meanwhile
+                pass
+        return views
+
+    def health(self, now: float, views: Sequence[JobView]) -> tuple[int, dict[str, Any]]:
+        """/health's (status, body) over `views` (taken at `now`)."""
+        return health(
+            self._runtime.engine, now, self._runtime.cluster, views, wallets=getattr(self._runtime, "wallets", None)
+        )
+
+    def header(self, now: float, views: tuple[JobView, ...], counts: Counts) -> Snapshot:
+        """A Snapshot at `now` with these views and counts, the rest read now."""
         engine = self._runtime.engine
         cluster = self._runtime.cluster  # None with the file store
-        now = engine.clock.now()
-        views = tuple(engine.views(now))
         return Snapshot(
-            now=now, views=views, counts=count(views), paused=engine.paused,
+            now=now, views=views, counts=counts, paused=engine.paused,
             config_hash=engine.config_hash, started_at=engine.started_at,
             last_tick=engine.last_tick, tick=engine.tick, max_level=engine.policy.max_level,
             replicas=() if cluster is None else tuple(cluster.replicas()),
@@ -89,6 +122,13 @@ class RuntimeControl:
 
     def recent_receipts(self, limit: int) -> Receipts:
         return self._runtime.receipts.recent(limit)
+
+    def receipt(self, path: str) -> Receipt | ReceiptError:
+        """One receipt of the store, or why it cannot be read."""
+        try:
+            return self._runtime.receipts.load(path)
+        except ReceiptError as exc:
+            return exc
 
     def job_receipts(self, key: JobKey, limit: int) -> Receipts:
         return self._runtime.receipts.for_job(key.namespace, key.cadence, limit)

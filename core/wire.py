@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import typing
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,6 @@ from core.replicas import ReplicaInfo
 from core.status import Counts, JobStatus
 from core.views import JobView, TargetView
 
-API = "/v1"  # the control API's path prefix: /v1/snapshot, /v1/events, /v1/force, ...
 Json = Any  # a value json.dumps accepts
 
 
@@ -195,6 +195,64 @@ def decode_snapshot(d: Json) -> Snapshot:
         replicas=tuple(decode_replica(r) for r in replicas),
         store=FILE_STORE if store is None else decode_store_status(store),
         storage=None if d.get("storage") is None else str(d.get("storage")),
+    )
+
+
+# -- `ctl status --json` (`GET /v1/status`) -------------------------------------------------
+
+
+def encode_status_job(view: JobView, now: float) -> Json:
+    """One job of `ctl status --json`: its status, target, period, last anchor, the
+    seconds until it is due (from `now`), backoff and error."""
+    return {
+        "job": str(view.key), "status": view.status.value, "target": view.spec.target, "every": view.spec.every,
+        "last_anchored_at": view.state.last_anchored_at, "due_in": None if view.due_at is None else view.due_at - now,
+        "backoff_level": view.state.backoff_level, "last_error": view.state.last_error, "disabled": view.disabled,
+    }
+
+
+def encode_status_counts(counts: Counts) -> Json:
+    return {"total": counts.total, "in_backoff": counts.in_backoff, **{s.value: n for s, n in counts.by_status.items()}}
+
+
+# -- views lines (core/control_feed.py) ----------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ViewsUpdate:
+    """One `views` line of `/v1/events?views=1`: the views of the jobs that changed up to
+    event `seq`, the jobs removed, and the snapshot's other fields (`header`: its views
+    and counts are not the table's; the client counts its mirror)."""
+
+    seq: int
+    views: tuple[JobView, ...]
+    removed: tuple[JobKey, ...]
+    header: Snapshot
+
+
+def views_line(seq: int, encoded_views: list[bytes], removed: list[JobKey], header: Snapshot) -> bytes:
+    """A `views` line from views already encoded (each `encode_job_view` as compact JSON)."""
+    import json
+
+    def dump(doc: Json) -> bytes:
+        return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
+
+    return b'{"seq":%d,"type":"views","views":[%b],"removed":%b,"snapshot":%b}\n' % (
+        seq, b",".join(encoded_views), dump([str(k) for k in removed]), dump(encode_snapshot(header)))
+
+
+def decode_views_update(d: Json) -> ViewsUpdate:
+    w = "views line"
+    views = _field(d, "views", w)
+    removed = d.get("removed") or []
+    if not isinstance(views, list) or not isinstance(removed, list):
+        raise WireError(f"{w}: views and removed must be lists")
+    seq = _field(d, "seq", w)
+    if not isinstance(seq, int):
+        raise WireError(f"{w}: seq is not an integer")
+    return ViewsUpdate(
+        seq=seq, views=tuple(decode_job_view(v) for v in views),
+        removed=tuple(decode_job_key(k) for k in removed), header=decode_snapshot(_field(d, "snapshot", w)),
     )
 
 

@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -104,13 +105,16 @@ def _replica(replica: ReplicaInfo) -> dict[str, Any]:
 
 
 def health(
-    engine: Scheduler, now: float, cluster: ClusterView | None = None, *, wallets: WalletWatch | None = None
+    engine: Scheduler, now: float, cluster: ClusterView | None = None, views: Sequence[JobView] | None = None,
+    *, wallets: WalletWatch | None = None,
 ) -> tuple[int, dict[str, Any]]:
     """(HTTP status, body) of /health for `engine` (a core.engine.Scheduler) at time `now`;
-    `cluster` is the runtime's (core/cluster.py), None with the file store; `wallets` the
-    signers' balances (core/observe/wallets.py)."""
+    `cluster` is the runtime's (core/cluster.py), None with the file store; `views`: the
+    jobs' views when the caller has them already (the control socket builds them in slices);
+    `wallets` the signers' balances (core/observe/wallets.py)."""
     namespaces: dict[str, dict[str, Any]] = {}
-    views = engine.views(now)
+    if views is None:
+        views = engine.views(now)
     for view in views:
         key = view.spec.key
         ns = namespaces.get(key.namespace)
