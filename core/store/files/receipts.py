@@ -142,7 +142,8 @@ class ReceiptStore:
             folder = self._ready(safe_name(receipt.namespace), created)
             name = self.file_name(receipt)
             doc = receipt.to_json()
-            data = dumps_json(doc, plain=is_plain_json(doc["attestation"]))
+            # its free-form parts (one attestation, or version 3's list of them); the rest is typed
+            data = dumps_json(doc, plain=is_plain_json(doc.get("attestation")) and is_plain_json(doc.get("attestations")))
             path = folder / name
             if marked:
                 ensure_dir(self._marker(path).parent, parents_to_sync=created)
