@@ -170,18 +170,7 @@ def stage_in(folder: str, name: str, data: bytes, token: int, mode: int = FILE_M
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     except FileExistsError:
         return str(stage_bytes(f"{folder}/{name}", data, mode))
-    try:
-        if _umask() & mode:
-            os.fchmod(fd, mode)  # the umask must not change the requested mode
-        view = memoryview(data)
-        while view:
-            n = os.write(fd, view)
-            view = view[n:]
-    except BaseException:
-        os.close(fd)
-        _unlink_quietly(tmp)
-        raise
-    os.close(fd)
+    _fill(fd, tmp, data, mode, sync=False)
     return tmp
 
 
@@ -189,9 +178,16 @@ def _write_temp(folder: Path, name: str, data: bytes, mode: int, *, sync: bool =
     """Write (and fsync, unless `sync` is False) a hidden temp file beside the destination."""
     ensure_dir(folder)
     tmp = folder / temp_name(name)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    _fill(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode), tmp, data, mode, sync=sync)
+    return tmp
+
+
+def _fill(fd: int, tmp: str | os.PathLike[str], data: bytes, mode: int, *, sync: bool) -> None:
+    """Write `data` into the new file `fd` (at `tmp`) with `mode` whatever the umask, fsync
+    it if `sync`, close it; on any failure the file is removed."""
     try:
-        os.fchmod(fd, mode)  # the umask must not change the requested mode
+        if _umask() & mode:
+            os.fchmod(fd, mode)  # the umask must not change the requested mode
         view = memoryview(data)
         while view:
             n = os.write(fd, view)
@@ -203,7 +199,6 @@ def _write_temp(folder: Path, name: str, data: bytes, mode: int, *, sync: bool =
         _unlink_quietly(tmp)
         raise
     os.close(fd)
-    return tmp
 
 
 def _unlink_quietly(path: str | os.PathLike[str]) -> None:

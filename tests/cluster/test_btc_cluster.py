@@ -26,7 +26,7 @@ from core.sources import write_batch
 from core.store import open_store
 from core.store.postgres.database import Database
 from core.store.postgres.records import PgSharedRecords
-from tests.integration.bcoin import BURN, SEGWIT_HEIGHT, Bcoin
+from tests.integration.bcoin import BURN, Bcoin, segwit_node
 
 from .engines import receipts_by_job, root
 from .postgres import PASSWORD
@@ -45,10 +45,7 @@ namespaces:
 
 @pytest.fixture(scope="module")
 def bcoin(tmp_path_factory):
-    node = Bcoin(tmp_path_factory.mktemp("bcoin")).start()
-    node.mine(SEGWIT_HEIGHT + 1, BURN)
-    yield node
-    node.stop()
+    yield from segwit_node(tmp_path_factory.mktemp("bcoin"))
 
 
 class BtcReplica:
@@ -105,11 +102,8 @@ def test_two_replicas_with_one_key_sign_one_linear_chain_and_receipt_each_job_on
             await a.close()
             await b.close()
 
-    bcoin.start_miner()
-    try:
+    with bcoin.mining():
         asyncio.run(run())
-    finally:
-        bcoin.stop_miner()
 
     got = receipts_by_job(migrated)
     assert sorted(got) == [(ns, "fast") for ns in NAMESPACES]

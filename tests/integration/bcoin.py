@@ -22,6 +22,7 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -184,6 +185,15 @@ class Bcoin:
         self._miner = threading.Thread(target=run, name="bcoin-miner", daemon=True)
         self._miner.start()
 
+    @contextlib.contextmanager
+    def mining(self) -> Iterator[None]:
+        """`start_miner` for the block, `stop_miner` after it, whatever happens."""
+        self.start_miner()
+        try:
+            yield
+        finally:
+            self.stop_miner()
+
     def stop_miner(self) -> None:
         self._mining.clear()
         if self._miner is not None:
@@ -203,3 +213,14 @@ class Bcoin:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(5)
+
+
+def segwit_node(folder: Path) -> Iterator[Bcoin]:
+    """A regtest node past SegWit's activation (bcoin: BIP9 at 432 blocks), stopped after:
+    the body of a module fixture (`yield from segwit_node(...)`)."""
+    node = Bcoin(folder).start()
+    node.mine(SEGWIT_HEIGHT + 1, BURN)
+    try:
+        yield node
+    finally:
+        node.stop()

@@ -31,16 +31,13 @@ from core.jobs import JobKey, safe_name
 from core.lifecycle import running
 from core.runtime import Runtime
 from core.sources import write_batch
-from tests.integration.bcoin import BURN, SEGWIT_HEIGHT, Bcoin
+from tests.integration.bcoin import BURN, SEGWIT_HEIGHT, Bcoin, segwit_node
 from tests.integration.ganache import free_port
 
 
 @pytest.fixture(scope="module")
 def bcoin(tmp_path_factory):
-    node = Bcoin(tmp_path_factory.mktemp("bcoin")).start()
-    node.mine(SEGWIT_HEIGHT + 1, BURN)
-    yield node
-    node.stop()
+    yield from segwit_node(tmp_path_factory.mktemp("bcoin"))
 
 
 def funded(bcoin: Bcoin, n: int, script_type: str = "p2wpkh") -> BtcTarget:
@@ -227,11 +224,8 @@ def test_the_scheduler_anchors_roots_that_verify_its_stock_tool_steps_and_ots_ac
             runtime.engine.flush()
             await runtime.close()
 
-    bcoin.start_miner()
-    try:
+    with bcoin.mining():
         asyncio.run(one_pass())
-    finally:
-        bcoin.stop_miner()
     receipts = tmp_path / "data" / "receipts"
     bodies = [json.loads(p.read_text()) for p in sorted(receipts.rglob("*.json"))]
     assert [b["batch"]["root"] for b in bodies] == ["sha256:" + r for r in ROOTS.values()]
@@ -530,11 +524,8 @@ def test_a_balance_running_low_is_a_metric_a_health_warning_and_one_log_line(bco
             sock = str(tmp_path / "data" / "control.sock")
             assert await asyncio.to_thread(main, ["ctl", "--socket", sock, "receipt", "sha256:" + "a3" * 32]) == 0
 
-    bcoin.start_miner()
-    try:
+    with bcoin.mining():
         asyncio.run(run())
-    finally:
-        bcoin.stop_miner()
     left = [DUST + 21 * fee + fee // 2 - n * fee for n in (1, 2, 3)]
     for n, (metrics, health) in enumerate(seen):
         assert f'vmsh_btc_signer_balance_sats{{target="btc:regtest"}} {float(left[n])}' in metrics
