@@ -186,7 +186,6 @@ class Runtime:
         self.lock.release()
 
     def announce(self) -> None:
-        cfg = self.loaded.config
         self.log.info(
             "scheduler started",
             version=__version__,
@@ -204,7 +203,7 @@ class Runtime:
             self.log.warning(warning)
         if self.state_import is not None:
             self.log.info(self.state_import.message, **self.state_import.log_fields())
-        for target in sorted({t for j in cfg.jobs() for t in member_targets(j.target)}):
+        for target in sorted({t for j in self.engine.jobs.values() for t in member_targets(j.target)}):
             development = SCHEMES[target.partition(":")[0]].development
             if development:
                 self.log.warning(f"target is {development}: it proves nothing to third parties", target=target)

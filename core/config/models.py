@@ -469,6 +469,7 @@ class Config(_Model):
     def jobs(self) -> list[JobSpec]:
         """One job per namespace and configured cadence, in file order."""
         out: list[JobSpec] = []
+        of_target: dict[str, tuple[int, str | None]] = {}  # a few targets, thousands of jobs
         for name, ns in self.namespaces.items():
             source = self.batches_dir(name)
             for cadence_name, cadence in ns.cadence.items():
@@ -476,13 +477,11 @@ class Config(_Model):
                 policy = cadence.policy_oid
                 deepest = 0
                 for member in cadence.members:
-                    try:
-                        settings: TargetSettings | None = self.resolve_target(member)
-                    except TargetNotFound:
-                        settings = None
-                    if SCHEMES[member.partition(":")[0]].confirmations:  # the target's own depth
-                        deepest = max(deepest, int(getattr(settings, "confirmations", 0)))
-                    policy = policy or getattr(settings, "policy_oid", None)
+                    if member not in of_target:
+                        of_target[member] = self._target_depth_and_policy(member)
+                    depth, target_policy = of_target[member]
+                    deepest = max(deepest, depth)
+                    policy = policy or target_policy
                 out.append(
                     JobSpec(
                         key=JobKey(name, cadence_name),
@@ -497,6 +496,14 @@ class Config(_Model):
                 )
         return out
 
+    def _target_depth_and_policy(self, target: str) -> tuple[int, str | None]:
+        """A target's own confirmations (schemes that count them) and policyOID."""
+        try:
+            settings: TargetSettings | None = self.resolve_target(target)
+        except TargetNotFound:
+            settings = None
+        depth = int(getattr(settings, "confirmations", 0)) if SCHEMES[target.partition(":")[0]].confirmations else 0
+        return depth, getattr(settings, "policy_oid", None)
 
 
 # --------------------------------------------------------------------------- hashing
