@@ -53,7 +53,7 @@ from core.engine.recovery import Recovery
 from core.engine.redundant import Redundancy
 from core.engine.table import JobTable
 from core.events import ConfigApplied, EventBus, JobSkipped, Paused, TickCompleted
-from core.jobs import JobKey, JobSpec, JobState
+from core.jobs import JobKey, JobSpec, JobState, member_targets
 from core.observe.logs import Log
 from core.sources import Batch, latest_batch, prefetch
 from core.store import Claims, Intent, JournalRepo, ReceiptRepo, StateRepo
@@ -290,6 +290,7 @@ class Scheduler:
     async def run(self) -> None:
         """Run until stop(): recover interrupted anchors, then anchor what is due, forever."""
         await self.recover()
+        self._ctx.spawn(self._warm_backends())
         while not self.stopping:
             self._wake.clear()
             await self._read_due_batches()
@@ -302,6 +303,18 @@ class Scheduler:
             if self._jobs.forced and not self.stopping:
                 continue
             await self.clock.sleep_until(deadline, self._wake)
+
+    async def _warm_backends(self) -> None:
+        """Build each target's backend (its module imported, a local TSA's key read or
+        made) while the loop waits for the first pass's batch reads, not after them. A
+        target that cannot be built is left for the anchor that needs it to report."""
+        targets = sorted({t for spec in self._jobs.specs().values() for t in member_targets(spec.target)})
+        for target in targets:
+            await asyncio.sleep(0)
+            try:
+                self._ctx.backend_for(target)
+            except Exception:  # reported by the anchor that needs it
+                pass
 
     async def run_once(self) -> None:
         """One pass, waiting for every anchor it started (tests and `--once`)."""
