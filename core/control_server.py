@@ -253,8 +253,9 @@ class ControlServer:
         self.runtime = runtime
         self.control = RuntimeControl(runtime)
         self.feed = JobFeed(self.control)  # snapshots in slices, views lines (core/control_feed.py)
-        self.receipts = RecentReceipts(self.control, MAX_RECENT_RECEIPTS,
-                                       each_time=getattr(runtime, "cluster", None) is not None)
+        # A shared store (other replicas write receipts too): known from the store itself,
+        # as the cluster view is set only once the services run, after this server starts.
+        self.receipts = RecentReceipts(self.control, MAX_RECENT_RECEIPTS, each_time=runtime.store.shared is not None)
         self.path: Path | None = None
         self.seq = 0
         self._replay: deque[_Item] = deque(maxlen=REPLAY)
