@@ -70,14 +70,7 @@ class Readers:
 
     def submit(self, key: str, fn: Callable[[], T]) -> Read[T]:
         """The read of `key` not ended yet, else a new one of `fn()`."""
-        with self._lock:
-            read = self._pending.get(key)
-            if read is None:
-                read = Read(key, fn)
-                self._pending[key] = read
-                self._queue.put(read)
-        self._grow()
-        return read  # type: ignore[return-value]
+        return self.submit_many([(key, fn)])[key][0]
 
     def submit_many(self, jobs: Iterable[tuple[str, Callable[[], T]]]) -> dict[str, tuple[Read[T], bool]]:
         """`submit` of each (key, fn), under one lock: each key's read and whether this call

@@ -48,6 +48,14 @@ async def test_countdowns_and_uptime_keep_to_the_engines_clock_when_the_wall_clo
         assert "  up 10s" in app.dashboard.header._last.plain
 
 
+async def verify_selected_receipt(app, pilot) -> str:
+    """`v` on the Receipts pane's selected receipt: the screen's text once it answered."""
+    await pilot.press("3", "v")
+    await actions_done(app)
+    await pilot.pause()
+    return flat(screen_text(app))
+
+
 async def test_v_on_a_receipt_this_dashboard_cannot_check_says_so_not_FAIL(world: World) -> None:
     await world.runtime.engine.run_once()
     await world.runtime.engine.settle()
@@ -59,10 +67,7 @@ async def test_v_on_a_receipt_this_dashboard_cannot_check_says_so_not_FAIL(world
     world.runtime = Runtime(world.load(), loader=world.load, clock=world.clock)
     app = world.app()
     async with app.run_test(size=(80, 24), notifications=True) as pilot:
-        await pilot.press("3", "v")
-        await actions_done(app)
-        await pilot.pause()
-        text = flat(screen_text(app))
+        text = await verify_selected_receipt(app, pilot)
         assert "verify CANNOT CHECK" in text and "local-tsa.pem" in text
         assert "FAIL" not in text
         assert app.dashboard.body("receipts").all_rows[app.dashboard.body("receipts").selected_key][-1].text == "UNKNOWN"
@@ -135,10 +140,7 @@ namespaces:
         assert world.receipt_count() == 1
         app = world.app()
         async with app.run_test(size=(120, 30), notifications=True) as pilot:
-            await pilot.press("3", "v")
-            await actions_done(app)
-            await pilot.pause()
-            text = flat(screen_text(app))
+            text = await verify_selected_receipt(app, pilot)
             assert "verify PENDING" in text and "1 of 3 blocks deep" in text, text
             body = app.dashboard.body("receipts")
             assert body.all_rows[body.selected_key][-1].text == "PENDING"
