@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 def summary(loaded: LoadedConfig) -> str:
     from core.cadence import format_seconds
     from core.config import WITNESSES_NOTE
-    from core.jobs import member_targets
+    from core.jobs import targets_named
     from core.text import printable
 
     cfg = loaded.config
@@ -55,7 +55,7 @@ def summary(loaded: LoadedConfig) -> str:
         lines.append(
             f"  {str(job.key):<{width}}  {job.target:<{twidth}}  every {format_seconds(job.every)}{tail}"
         )
-    used = sorted({t for j in jobs for t in member_targets(j.target)})
+    used = targets_named(jobs)
     lines.append(f"targets ({len(used)}):")
     for target in used:
         lines.append(f"  {target} -> {cfg.resolved_entry(target)}{_target_detail(cfg, target)}")

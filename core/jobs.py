@@ -5,7 +5,7 @@ kept it). How a state is stored is core/store/."""
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -48,6 +48,11 @@ def member_targets(target: str) -> tuple[str, ...]:
     """The targets a job's target text names: its members, or itself."""
     parts = redundant_parts(target)
     return (target,) if parts is None else parts[1]
+
+
+def targets_named(specs: Iterable[JobSpec]) -> list[str]:
+    """Every target these jobs anchor to (a redundant job's members each), sorted, once each."""
+    return sorted({t for spec in specs for t in member_targets(spec.target)})
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,7 +24,7 @@ from core.control import ReloadResult
 from core.engine import Scheduler
 from core.errors import AnchorError
 from core.events import ConfigRejected, EventBus
-from core.jobs import member_targets
+from core.jobs import targets_named
 from core.migrate import StateImport, StateImportError, import_original_state, state_files
 from core.observe.logs import Log
 from core.readers import off_loop
@@ -203,7 +203,7 @@ class Runtime:
             self.log.warning(warning)
         if self.state_import is not None:
             self.log.info(self.state_import.message, **self.state_import.log_fields())
-        for target in sorted({t for j in self.engine.jobs.values() for t in member_targets(j.target)}):
+        for target in targets_named(self.engine.jobs.values()):
             development = SCHEMES[target.partition(":")[0]].development
             if development:
                 self.log.warning(f"target is {development}: it proves nothing to third parties", target=target)

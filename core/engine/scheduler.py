@@ -53,7 +53,7 @@ from core.engine.recovery import Recovery
 from core.engine.redundant import Redundancy
 from core.engine.table import JobTable
 from core.events import ConfigApplied, EventBus, JobSkipped, Paused, TickCompleted
-from core.jobs import JobKey, JobSpec, JobState, member_targets
+from core.jobs import JobKey, JobSpec, JobState, targets_named
 from core.observe.logs import Log
 from core.sources import Batch, latest_batch, prefetch
 from core.store import Claims, Intent, JournalRepo, ReceiptRepo, StateRepo
@@ -308,8 +308,7 @@ class Scheduler:
         """Build each target's backend (its module imported, a local TSA's key read or
         made) while the loop waits for the first pass's batch reads, not after them. A
         target that cannot be built is left for the anchor that needs it to report."""
-        targets = sorted({t for spec in self._jobs.specs().values() for t in member_targets(spec.target)})
-        for target in targets:
+        for target in targets_named(self._jobs.specs().values()):
             await asyncio.sleep(0)
             try:
                 self._ctx.backend_for(target)
