@@ -46,6 +46,7 @@ from core.config.positions import (
     sorted_unique,
 )
 from core.config.reader import YamlReader, read_config_text
+from core.config.sharing import share_equal_settings
 from core.config.vaultmesh import merge_namespaces, merge_targets
 from core.jobs import namespace_name_problem
 from core.model_types import UNSET_ALLOWED
@@ -167,6 +168,7 @@ def _run_steps(load: _Load, path: Path | str | None, *, allow_unset: bool, thoro
     _apply_flags(load)
     config = _validate(load, allow_unset=allow_unset)
     _resolve_paths(config, load)
+    share_equal_settings(config.namespaces)
     if thorough:
         _check_thoroughly(config, load)
     # verify (allow_unset) reads targets only; the warnings about running concern others

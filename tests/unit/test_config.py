@@ -1156,3 +1156,45 @@ def test_a_bad_rfc3161_url_never_echoes_its_credentials(tmp_path):
     [message] = errors(tmp_path, text)
     assert message.endswith("got htps://tsa.example")
     assert "hunter2" not in message
+
+
+# --------------------------------------------------------------------------- memory at scale
+
+SHARED_SETTINGS = """\
+namespaces:
+  "a":
+    cadence:
+      fast: {target: "local:dev", every: "10s"}
+  "b":
+    cadence:
+      fast: {target: "local:dev", every: "10s"}
+  "c":
+    cadence:
+      fast: {target: "local:dev", every: "20s"}
+  "d":
+    source: batches/d
+    cadence:
+      fast: {target: "local:dev", every: "10s"}
+  "e":
+    description: ""
+    cadence:
+      fast: {target: "local:dev", every: "10s"}
+"""
+
+
+def test_equal_namespace_settings_are_held_once_and_read_as_before(tmp_path, monkeypatch):
+    """10,000 namespaces of a few shapes keep a few models, not 10,000 (issue 24's memory),
+    and every namespace still reads its own settings, with the config's hash unchanged."""
+    ns = load(tmp_path, SHARED_SETTINGS).config.namespaces
+    assert ns["a"] is ns["b"]  # equal in every field: one model
+    assert ns["a"].cadence is ns["d"].cadence  # equal cadences, other sources
+    assert ns["d"] is not ns["a"] and ns["d"].source == tmp_path / "batches" / "d"
+    assert ns["c"].cadence is not ns["a"].cadence and ns["c"].cadence.fast.every == "20s"
+    assert ns["e"] is not ns["a"]  # a field set to its default is still a field set
+    assert ns["e"].model_dump(exclude_unset=True) != ns["a"].model_dump(exclude_unset=True)
+    shared = load(tmp_path, SHARED_SETTINGS)
+    monkeypatch.setattr("core.config.load.share_equal_settings", lambda namespaces: None)
+    unshared = load(tmp_path, SHARED_SETTINGS)
+    assert unshared.config.namespaces["a"] is not unshared.config.namespaces["b"]
+    assert shared.hash == unshared.hash
+    assert shared.config.model_dump() == unshared.config.model_dump()
