@@ -78,6 +78,7 @@ class JsonLineWriter:
         self._file: IO[str] | None = None
         self._size = 0  # bytes in the file, as written (no tell() per line)
         self._flush_queued = False
+        self._held: list[str] = []  # the stream's lines of this loop iteration
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - kept open
@@ -88,7 +89,9 @@ class JsonLineWriter:
             return
         line = format_record(event) + "\n"
         if self._stream is not None:
-            self._stream.write(line)
+            # held here until the flush: a stream may write through at each call
+            # (PYTHONUNBUFFERED, as under systemd), one write(2) per line
+            self._held.append(line)
         if self._file is not None:
             self._file.write(line)
             self._size += len(line.encode())
@@ -109,6 +112,12 @@ class JsonLineWriter:
 
     def flush(self) -> None:
         self._flush_queued = False
+        if self._held and self._stream is not None:
+            lines, self._held = "".join(self._held), []
+            try:
+                self._stream.write(lines)
+            except (OSError, ValueError) as exc:  # a log nobody can read must never stop anchoring
+                print(f"log writer {self!r} failed: {exc!r}", file=sys.stderr)
         for out in (self._stream, self._file):
             if out is None or out.closed:
                 continue
