@@ -384,29 +384,38 @@ class _EventBuild:
         return value
 
     def _mapping(self, pos: Pos, depth: int) -> dict[Any, Any]:
-        reader, get = self.reader, self.get
+        reader, get, construct = self.reader, self.get, self._construct
+        file, base, children = reader.file, reader.base, pos.children  # children: fresh, {}
         out: dict[Any, Any] = {}
-        first: dict[Any, tuple[int, int]] = {}
+        if depth >= MAX_YAML_DEPTH:
+            if type(get()) is yaml.MappingEndEvent:
+                return out
+            raise _GeneralPath  # a key past the limit
         while True:
             key_event: Any = get()
             if type(key_event) is yaml.MappingEndEvent:
                 return out
-            if type(key_event) is not yaml.ScalarEvent or key_event.tag is not None or depth >= MAX_YAML_DEPTH:
-                raise _GeneralPath  # a collection as a key, a tagged key, too deep
-            key = self._construct(key_event)
+            if type(key_event) is not yaml.ScalarEvent or key_event.tag is not None:
+                raise _GeneralPath  # a collection as a key, a tagged key
+            key = construct(key_event)
             mark: Any = key_event.start_mark
             key_mark = (mark.line + 1, mark.column + 1)
             value_event = get()
-            if key in first:
-                child = Pos(reader.file, key, pos, key_mark, None, reader.base)
-                reader.problems.at(child, f"duplicate key {str(key)!r} (first at line {first[key][0]}, column {first[key][1]})", key=True)
+            if key in children:
+                first = children[key].key_mark
+                child = Pos(file, key, pos, key_mark, None, base)
+                reader.problems.at(child, f"duplicate key {str(key)!r} (first at line {first[0]}, column {first[1]})", key=True)
                 self._skip(value_event, depth + 1)
                 continue
-            first[key] = key_mark
             mark = value_event.start_mark
-            child = Pos(reader.file, key, pos, key_mark, (mark.line + 1, mark.column + 1), reader.base)
-            pos.children[key] = child
-            out[key] = self._node(value_event, child, depth + 1)
+            child = children[key] = Pos(file, key, pos, key_mark, (mark.line + 1, mark.column + 1), base)
+            if type(value_event) is yaml.ScalarEvent and value_event.tag is None:  # _node, inlined
+                value = construct(value_event)
+                if type(value) is not str or "$" in value:
+                    value = reader.scalar(value, value_event.value, bool(value_event.style), child)
+                out[key] = value
+            else:
+                out[key] = self._node(value_event, child, depth + 1)
 
     def _sequence(self, pos: Pos, depth: int) -> list[Any]:
         reader, get = self.reader, self.get
