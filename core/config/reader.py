@@ -402,9 +402,9 @@ class _EventBuild:
             key_mark = (mark.line + 1, mark.column + 1)
             value_event = get()
             if key in children:
-                first = children[key].key_mark
+                line, column = children[key].key_mark or key_mark  # always set here
                 child = Pos(file, key, pos, key_mark, None, base)
-                reader.problems.at(child, f"duplicate key {str(key)!r} (first at line {first[0]}, column {first[1]})", key=True)
+                reader.problems.at(child, f"duplicate key {str(key)!r} (first at line {line}, column {column})", key=True)
                 self._skip(value_event, depth + 1)
                 continue
             mark = value_event.start_mark
