@@ -595,6 +595,7 @@ def _resolve_model_paths(value: Any, loc: tuple[Any, ...], root: Pos, default_ba
 def _warnings(config: Config, root: Pos) -> list[str]:
     warnings: list[str] = []
     reasons: dict[str, str | None] = {}  # per target: thousands of namespaces share a few
+    rest_paths: dict[tuple[Any, ...], str] = {}  # ("cadence", "fast", "target") -> its text
     for name, ns in config.namespaces.items():
         ns_pos: tuple[Pos, int] | None = None  # its position, looked up on its first warning
         for cname, cadence in ns.cadence.items():
@@ -617,7 +618,8 @@ def _warnings(config: Config, root: Pos) -> list[str]:
                 if matched == 2 + len(rest) and node.file and node.mark:
                     where = f"{node.file}:{node.mark[0]}:{node.mark[1]}: "
                 msg = f"namespace {name!r} cadence {cname!r}: {reason}"
-                warnings.append(f"{where}{ns_path}.{format_path(rest)}: {msg}")
+                rest_path = rest_paths.get(rest) or rest_paths.setdefault(rest, format_path(rest))
+                warnings.append(f"{where}{ns_path}.{rest_path}: {msg}")
     return warnings
 
 
