@@ -853,8 +853,8 @@ def _supplied_signer(sd: cms.SignedData, supplied: list[x509.Certificate]) -> li
     if sid is None:
         raise _fail("signature", "the token has no SignerInfo")
     key = ("supplied", sd["certificates"].dump(), sid.dump(), *supplied)
-    found: list[x509.Certificate] = _remembered(key, lambda: _find_signer(sd, sid, supplied))
-    return found
+    found: tuple[x509.Certificate, ...] = _remembered(key, lambda: tuple(_find_signer(sd, sid, supplied)))
+    return list(found)
 
 
 def _find_signer(
