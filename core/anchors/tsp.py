@@ -217,7 +217,11 @@ _GRANTED = asn1tsp.PKIStatusInfo({"status": "granted"}).dump()
 
 def wrap_token(token_der: bytes) -> bytes:
     """A granted TimeStampResp around a stored TimeStampToken (for the offline re-check)."""
-    token = cms.ContentInfo.load(token_der).dump()  # as sent (parsed, never re-encoded)
+    return _granted(cms.ContentInfo.load(token_der).dump())  # as sent (parsed, never re-encoded)
+
+
+def _granted(token: bytes) -> bytes:
+    """A granted TimeStampResp around the encoding of a parsed token."""
     der: bytes = asn1core.Sequence(contents=_GRANTED + token).dump()
     return der
 
@@ -658,15 +662,16 @@ def _openssl_verifier(
 
 
 def _second_opinion(
-    resp_der: bytes,
+    token_der: bytes,
     imprint: bytes,
     verifier: Any,
     trust_roots: Sequence[x509.Certificate],
 ) -> None:
     """Signature and certificate path (at gen_time) again, by rfc3161-client / OpenSSL
-    (`verifier`, of `_openssl_verifier`, holding `trust_roots`)."""
+    (`verifier`, of `_openssl_verifier`, holding `trust_roots`), on a granted reply around
+    the token `token_der`."""
     try:
-        resp = _ReadOnce(decode_timestamp_response(resp_der))
+        resp = _ReadOnce(decode_timestamp_response(_granted(token_der)), token_der)
     except ValueError as exc:
         raise _fail(
             "parse", f"the token is not strict DER ({_openssl_reason(str(exc))})"
@@ -691,8 +696,9 @@ class _ReadOnce(TimeStampResponse):
     from the bytes at each read (a third of the second opinion's time). What they hold is
     read-only: the sets a verifier takes from them are new at each read."""
 
-    def __init__(self, resp: TimeStampResponse) -> None:
+    def __init__(self, resp: TimeStampResponse, token_der: bytes) -> None:
         self._resp = resp
+        self._token_der = token_der  # the token `resp` was parsed from (the check's bytes)
 
     @property
     def status(self) -> int:
@@ -711,7 +717,7 @@ class _ReadOnce(TimeStampResponse):
         return self._resp.signed_data
 
     def time_stamp_token(self) -> bytes:
-        return self._resp.time_stamp_token()
+        return self._token_der  # as parsed (the library would serialize its parse again)
 
     def as_bytes(self) -> bytes:
         return self._resp.as_bytes()
@@ -908,7 +914,7 @@ def _check_signed(
         verifier, roots = _remembered(
             ("openssl", anchor, *given), lambda: _openssl_verifier(given, anchor)
         )
-        _second_opinion(wrap_token(normalized.token_der), want, verifier, roots)
+        _second_opinion(cms.ContentInfo.load(normalized.token_der).dump(), want, verifier, roots)
 
 
 def _check_skew(gen_time: datetime, now: float | None, max_clock_skew: float | None) -> None:
