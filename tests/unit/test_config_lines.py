@@ -118,20 +118,3 @@ def test_random_plain_files_read_the_same_both_ways(tmp_path):
 
     for _ in range(400):
         same_both_ways(tmp_path, "\n".join(block(0, 0)) + rng.choice(["\n", ""]))
-
-
-def test_a_namespaces_file_keeps_its_positions(tmp_path):
-    """The VaultMesh form (read line by line): a value's position, and an unset variable
-    reported at its file, line, column and field."""
-    path = tmp_path / "f.yaml"
-    path.write_text(NAMESPACES.replace("${X}", "${UNSET_ONE}"))
-    problems = Problems(Pos(None, base=tmp_path))
-    reader = YamlReader(ENV, problems)
-    data, root = reader.read(path, "f.yaml", tmp_path)
-    assert data["namespaces"]["team0:ledger"]["cadence"]["strong"] == {"target": "btc:mainnet", "every": "34*fast", "confirmations": 6}
-    assert root.children["namespaces"].children["team0:ledger"].children["cadence"].children["cold"].children["every"].mark == (7, 47)
-    assert [str(issue) for issue in problems.issues] == [
-        "f.yaml:18:24: targets.eip155.default.rpcUrl: variable RPC is not set (set it, or write ${RPC:-default})",
-        "f.yaml:18:43: targets.eip155.default.chainId: variable UNSET_ONE is not set "
-        "(set it, or write ${UNSET_ONE:-default})",
-    ]
