@@ -505,11 +505,11 @@ class _LineBuild:
             self.lines = self.text.split("\n")
             if max(map(len, self.lines)) > _LINE_WIDTH:
                 raise _GeneralPath
-            self.at = 0
-            first = self._next()
-            if first is None or first[1][0] != 0:
+            self.entries = self._entries()
+            self.at = 0  # the next entry to read
+            if not self.entries or self.entries[0][1][0] != 0:
                 raise _GeneralPath  # empty, or not a mapping at the left margin
-            root.mark = (self.at + 1, 1)
+            root.mark = (self.entries[0][0] + 1, 1)
             return self._block(0, root, 1), root
         except _GeneralPath:
             del reader.problems.issues[before[0]:]
@@ -517,19 +517,16 @@ class _LineBuild:
             reader.failed = before[2]
             return None
 
-    def _next(self) -> tuple[str, tuple[Any, ...]] | None:
-        """The next line that is not blank and what it says (None at the end); self.at is
-        its index."""
-        lines, parsed = self.lines, self.parsed
-        while self.at < len(lines):
-            line = lines[self.at]
+    def _entries(self) -> list[tuple[int, tuple[Any, ...]]]:
+        """(index, what it says) of each line that is not blank."""
+        parsed, entries = self.parsed, []
+        for i, line in enumerate(self.lines):
             info: Any = parsed.get(line, _UNSEEN)
             if info is _UNSEEN:
                 info = parsed[line] = self._parse(line)
             if info is not None:
-                return line, info
-            self.at += 1
-        return None
+                entries.append((i, info))
+        return entries
 
     def _parse(self, line: str) -> tuple[Any, ...] | None:
         """(indent, key, kind, what follows: None, a _Scalar, or the flow mapping's
@@ -597,21 +594,20 @@ class _LineBuild:
         reader = self.reader
         file, base, children, scalar = reader.file, reader.base, pos.children, reader.scalar
         out: dict[Any, Any] = {}
-        while (got := self._next()) is not None:
-            n, key, kind, what = got[1]
+        entries = self.entries
+        while self.at < len(entries):
+            i, (n, key, kind, what) = entries[self.at]
             if n < indent:
                 break
             if n > indent or key in children:
                 raise _GeneralPath  # a stray indent; a duplicate key (_EventBuild reports it)
-            i = self.at
             key_mark = (i + 1, n + 1)
             self.at += 1
             if kind is _NESTED:  # a nested block mapping, more indented, on the next line
-                after = self._next()
-                inner = after[1][0] if after is not None else -1
-                if inner <= indent:
+                if self.at == len(entries) or entries[self.at][1][0] <= indent:
                     raise _GeneralPath  # an empty value
-                child = children[key] = Pos(file, key, pos, key_mark, (self.at + 1, inner + 1), base)
+                j, inner = entries[self.at][0], entries[self.at][1][0]
+                child = children[key] = Pos(file, key, pos, key_mark, (j + 1, inner + 1), base)
                 out[key] = self._block(inner, child, depth + 1)
                 continue
             col, what = what
