@@ -472,6 +472,11 @@ _LINE_DEPTH = 32  # deeper than a config goes, well within MAX_YAML_DEPTH
 # What one line says (_LineBuild._parse), by kind: a key and a nested block on the lines
 # after; a key and a scalar; a key and a flow mapping of scalars.
 _NESTED, _SCALAR, _FLOW = 0, 1, 2
+# The first characters of YAML's implicit tags: a plain scalar starting with another is a
+# string, as resolve() would find going through none of them (None: a tag for any first
+# character or a path resolver is registered, and resolve() decides every time).
+_FIRSTS: frozenset[Any] = frozenset(yaml.resolver.Resolver.yaml_implicit_resolvers)
+_IMPLICIT_FIRST = None if None in _FIRSTS or yaml.resolver.Resolver.yaml_path_resolvers else _FIRSTS
 _NOWHERE = Pos(None)  # YamlReader.scalar's place of a value without ${VAR}: never read
 # value (a plain scalar's constructed, YamlReader.scalar's when the text holds no $, which
 # only then depends on where it is), text as written, quoted, and whether it holds a $
@@ -573,11 +578,15 @@ class _LineBuild:
             value, quoted = self._plain(text), False
         if "$" in text:
             return value, text, quoted, True
-        return self.reader.scalar(value, text, quoted, _NOWHERE), text, quoted, False
+        if type(value) is not str:  # a number's text may be kept (0x...); a string stays
+            value = self.reader.scalar(value, text, quoted, _NOWHERE)
+        return value, text, quoted, False
 
     def _plain(self, text: str) -> Any:
         """A plain scalar's value, by YAML's implicit resolution (as _EventBuild._construct)."""
         value = self.constructed.get(text, _UNSEEN)
+        if value is _UNSEEN and _IMPLICIT_FIRST is not None and text[0] not in _IMPLICIT_FIRST:
+            return text  # no implicit tag starts so (a path): a string, as resolve() says
         if value is _UNSEEN:
             tag = self.resolve(yaml.ScalarNode, text, (True, False))
             if tag not in _PLAIN_TAGS:
