@@ -74,8 +74,12 @@ def reply_check(tmp: Path) -> float:
             now=time.time(), max_clock_skew=60.0, hash_name="sha256",
         )
 
+    def check_all() -> None:
+        for one in asked:
+            check(*one)
+
     check(*asked[0])  # the imports done
-    return best(5, lambda: [check(*one) for one in asked]) / per_round
+    return best(5, check_all) / per_round
 
 
 def vaultmesh_layout(root: Path, n: int) -> Path:
