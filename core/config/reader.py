@@ -488,7 +488,7 @@ class _LineBuild:
     cost a 10,000-namespace VaultMesh namespaces.yaml more than the rest of a load): block
     mappings indented with spaces whose values are nested mappings, single-line plain or
     quoted scalars, or single-line flow mappings of those. The same data, positions and
-    problems as _EventBuild (tests/unit/test_config.py compares them); anything else (a
+    problems as _EventBuild (tests/unit/test_config_lines.py compares them); anything else (a
     comment, a list, an anchor, a duplicate key, a multi-line or escaped scalar, a syntax
     error) is left to _EventBuild, with what this pass reported taken back. A line's text
     is parsed once: thousands of namespaces repeat the same cadence lines."""
@@ -612,7 +612,7 @@ class _LineBuild:
                 raise _GeneralPath  # a stray indent; a duplicate key (_EventBuild reports it)
             key_mark = (i + 1, n + 1)
             self.at += 1
-            if kind is _NESTED:  # a nested block mapping, more indented, on the next line
+            if kind == _NESTED:  # a nested block mapping, more indented, on the next line
                 if self.at == len(entries) or entries[self.at][1][0] <= indent:
                     raise _GeneralPath  # an empty value
                 j, inner = entries[self.at][0], entries[self.at][1][0]
@@ -621,7 +621,7 @@ class _LineBuild:
                 continue
             col, what = what
             child = children[key] = Pos(file, key, pos, key_mark, (i + 1, col + 1), base)
-            if kind is _SCALAR:
+            if kind == _SCALAR:
                 value, text, quoted, expand = what
                 out[key] = scalar(value, text, quoted, child) if expand else value
                 continue
