@@ -39,6 +39,7 @@ signed attributes, which bind the TSTInfo digest, not the certificate SET):
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import re
 import secrets
@@ -57,6 +58,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID
+from rfc3161_client import VerificationError, VerifierBuilder, decode_timestamp_response
+from rfc3161_client.tsp import SignedData, TimeStampResponse, TimeStampTokenInfo
 
 from core.errors import ValidationError
 
@@ -203,12 +206,22 @@ def _der(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(Encoding.DER)
 
 
+def _certificate(der: bytes) -> x509.Certificate:
+    """The certificate of these DER bytes (loaded once: a TSA sends the same every time)."""
+    cert: x509.Certificate = _remembered(("x509", der), lambda: x509.load_der_x509_certificate(der))
+    return cert
+
+
 _GRANTED = asn1tsp.PKIStatusInfo({"status": "granted"}).dump()
 
 
 def wrap_token(token_der: bytes) -> bytes:
     """A granted TimeStampResp around a stored TimeStampToken (for the offline re-check)."""
-    token = cms.ContentInfo.load(token_der).dump()  # as sent (parsed, never re-encoded)
+    return _granted(cms.ContentInfo.load(token_der).dump())  # as sent (parsed, never re-encoded)
+
+
+def _granted(token: bytes) -> bytes:
+    """A granted TimeStampResp around the encoding of a parsed token."""
     der: bytes = asn1core.Sequence(contents=_GRANTED + token).dump()
     return der
 
@@ -259,14 +272,25 @@ def normalize_token(
     SignerInfos are asserted byte-identical. A token already so is returned as sent.
     """
     normalized = _normalize(cms.ContentInfo.load(token_der), token_der, extra_certs)
-    return normalized.token_der, normalized.signer
+    signer = None if normalized.signer_der is None else asn1x509.Certificate.load(normalized.signer_der)
+    return normalized.token_der, signer
 
 
 @dataclass(frozen=True)
 class _Normalized:
     token_der: bytes  # the token with its certificate SET normalized
-    signer: asn1x509.Certificate | None
+    signer_der: bytes | None  # the signer's certificate as the token or the caller gave it
     certificates: list[bytes]  # that SET's members (X.509 certificates), DER-sorted
+
+
+@dataclass(frozen=True)
+class _SetPlan:
+    """What normalization makes of one certificate SET (a function of its bytes, the sid's
+    and the extra certificates' alone: the replies of one TSA bring the same every time)."""
+
+    signer_der: bytes | None
+    certificates: list[bytes]  # the normalized SET's members, DER-sorted
+    as_sent: bool  # the SET as sent is that already
 
 
 def _normalize(
@@ -277,6 +301,20 @@ def _normalize(
     if ci["content_type"].native != "signed_data":
         raise _fail("token", f"content type is {ci['content_type'].native}, expected signed_data")
     sd = ci["content"]
+    extra = tuple(extra_certs)
+    sids = [si["sid"] for si in sd["signer_infos"]]
+    key = ("set", sd["certificates"].dump(), sids[0].dump() if sids else None, *extra)
+    plan: _SetPlan = _remembered(key, lambda: _set_plan(sd, sids, extra))
+    if plan.as_sent:  # already normalized: the token as sent, never re-encoded
+        return _Normalized(token_der, plan.signer_der, plan.certificates)
+    return _Normalized(
+        _with_certificates(token_der, plan.certificates), plan.signer_der, plan.certificates
+    )
+
+
+def _set_plan(
+    sd: cms.SignedData, sids: list[cms.SignerIdentifier], extra_certs: Iterable[x509.Certificate]
+) -> _SetPlan:
     members: dict[bytes, cms.CertificateChoices] = {}
     sent: list[bytes] = []  # the SET's members as sent, attribute certificates included
     if not _absent(sd["certificates"]):
@@ -290,15 +328,12 @@ def _normalize(
         )
         members.setdefault(choice.dump(), choice)
     signer = None
-    sids = [si["sid"] for si in sd["signer_infos"]]
     for choice in members.values():
         if sids and signer_matches(sids[0], choice.chosen):
-            signer = choice.chosen
+            signer = choice.chosen.dump()
             break
     ordered = sorted(members)
-    if sent == ordered:  # already normalized: the token as sent, never re-encoded
-        return _Normalized(token_der, signer, ordered)
-    return _Normalized(_with_certificates(token_der, ordered), signer, ordered)
+    return _SetPlan(signer, ordered, sent == ordered)
 
 
 def _with_certificates(token_der: bytes, certificates: list[bytes]) -> bytes:
@@ -510,7 +545,7 @@ def _check_chain(
     """
     from cryptography.x509 import verification as xv
 
-    if signer.subject == signer.issuer and _der(signer) not in {_der(r) for r in trust_roots}:
+    if _self_signed(signer) and signer not in trust_roots:
         # Its own anchor (the embedded TSA's certificate): another of the same name (another
         # replica's) is no issuer of it, however the path builder words that.
         raise _fail(
@@ -520,16 +555,20 @@ def _check_chain(
             "that certificate (a cluster's local: receipts: every replica's "
             "<data_dir>/tsa/local-tsa.pem)",
         )
+    store, ca_policy, ee_policy = _remembered(
+        ("store", *trust_roots),
+        lambda: (xv.Store(list(trust_roots)), chain_policy(), xv.ExtensionPolicy.permit_all()),
+    )
     verifier = (
         xv.PolicyBuilder()
-        .store(xv.Store(list(trust_roots)))
+        .store(store)
         .time(gen_time)
-        .extension_policies(ca_policy=chain_policy(), ee_policy=xv.ExtensionPolicy.permit_all())
+        .extension_policies(ca_policy=ca_policy, ee_policy=ee_policy)
         .build_client_verifier()
     )
     try:
         # A self-signed certificate can only be an anchor: as an intermediate it loops.
-        path = verifier.verify(signer, [c for c in untrusted if c != signer and c.subject != c.issuer])
+        path = verifier.verify(signer, [c for c in untrusted if c != signer and not _self_signed(c)])
     except xv.VerificationError as exc:
         roots = "; ".join(_who(r) for r in trust_roots)
         when = gen_time.isoformat().replace("+00:00", "Z")
@@ -575,6 +614,13 @@ def _path_reason(text: str) -> str:
     return reason
 
 
+def _self_signed(cert: x509.Certificate) -> bool:
+    """Its subject is its issuer (known once per certificate: the names are built each time
+    they are read)."""
+    same: bool = _remembered(("self-signed", cert), lambda: cert.subject == cert.issuer)
+    return same
+
+
 def _valid_at(cert: x509.Certificate, moment: datetime) -> bool:
     return cert.not_valid_before_utc <= moment <= cert.not_valid_after_utc
 
@@ -596,30 +642,42 @@ def _openssl_reason(text: str) -> str:
     return re.split(r":? ?(?:ErrorStack|ParseError)\b", text)[0][:200]
 
 
-def _second_opinion(
-    resp_der: bytes,
-    imprint: bytes,
-    trust_roots: Sequence[x509.Certificate],
-) -> None:
-    """Signature and certificate path (at gen_time) again, by rfc3161-client / OpenSSL."""
-    from rfc3161_client import VerificationError, VerifierBuilder, decode_timestamp_response
-
-    try:
-        resp = decode_timestamp_response(resp_der)
-    except ValueError as exc:
-        raise _fail(
-            "parse", f"the token is not strict DER ({_openssl_reason(str(exc))})"
-        ) from None
+def _openssl_verifier(
+    trust_roots: Sequence[x509.Certificate], anchor: x509.Certificate
+) -> tuple[Any, list[x509.Certificate]]:
+    """rfc3161-client's verifier for the second opinion and the roots it is given: of several
+    roots of one name (the replicas' local TSAs), OpenSSL would try the first it finds and
+    stop there, so it gets the one our path ends at (`anchor`). Built once per root set and
+    anchor: the verifier keeps no state between checks."""
+    roots = [r for r in trust_roots if r == anchor or r.subject != anchor.subject]
     builder = VerifierBuilder()
     seen: set[bytes] = set()
-    for root in trust_roots:
+    for root in roots:
         der = _der(root)
         if der in seen:
             continue
         seen.add(der)
         builder = builder.add_root_certificate(root)
+    return builder.build(), roots
+
+
+def _second_opinion(
+    token_der: bytes,
+    imprint: bytes,
+    verifier: Any,
+    trust_roots: Sequence[x509.Certificate],
+) -> None:
+    """Signature and certificate path (at gen_time) again, by rfc3161-client / OpenSSL
+    (`verifier`, of `_openssl_verifier`, holding `trust_roots`), on a granted reply around
+    the token `token_der`."""
     try:
-        builder.build().verify(resp, imprint)
+        resp = _ReadOnce(decode_timestamp_response(_granted(token_der)), token_der)
+    except ValueError as exc:
+        raise _fail(
+            "parse", f"the token is not strict DER ({_openssl_reason(str(exc))})"
+        ) from None
+    try:
+        verifier.verify(resp, imprint)
     except VerificationError as exc:
         text = str(exc)
         reason = _openssl_reason(text)
@@ -630,6 +688,39 @@ def _second_opinion(
             "OpenSSL does not accept the signer's path to the trust roots "
             f"({'; '.join(_who(r) for r in trust_roots)}): {reason}",
         ) from None
+
+
+class _ReadOnce(TimeStampResponse):
+    """A TimeStampResp of rfc3161-client whose parts are built once: its verifier reads
+    `signed_data` five times and `tst_info` four times a check, and the library builds them
+    from the bytes at each read (a third of the second opinion's time). What they hold is
+    read-only: the sets a verifier takes from them are new at each read."""
+
+    def __init__(self, resp: TimeStampResponse, token_der: bytes) -> None:
+        self._resp = resp
+        self._token_der = token_der  # the token `resp` was parsed from (the check's bytes)
+
+    @property
+    def status(self) -> int:
+        return self._resp.status
+
+    @property
+    def status_string(self) -> list[str]:
+        return self._resp.status_string
+
+    @functools.cached_property
+    def tst_info(self) -> TimeStampTokenInfo:
+        return self._resp.tst_info
+
+    @functools.cached_property
+    def signed_data(self) -> SignedData:
+        return self._resp.signed_data
+
+    def time_stamp_token(self) -> bytes:
+        return self._token_der  # as parsed (the library would serialize its parse again)
+
+    def as_bytes(self) -> bytes:
+        return self._resp.as_bytes()
 
 
 def _name_str(gn: asn1x509.GeneralName) -> str | None:
@@ -690,8 +781,8 @@ def verify_response(
         raise _fail("policy", f"expected {policy_oid}, got {policy}")
     extra = [*intermediates, *_supplied_signer(sd, [*signer_certs, *trust_roots])]
     normalized = _normalize(token, raw_token, extra)
-    assert normalized.signer is not None
-    signer = x509.load_der_x509_certificate(normalized.signer.dump())
+    assert normalized.signer_der is not None
+    signer = _certificate(normalized.signer_der)
     gen_time = tst["gen_time"].native.astimezone(UTC)
     _check_signed(sd, normalized, signer, intermediates, trust_roots, gen_time, want)
     _check_skew(gen_time, now, max_clock_skew)
@@ -702,7 +793,7 @@ def verify_response(
         tsa_name=_remembered(("tsa", tst["tsa"].dump()), lambda: _name_str(tst["tsa"])),
         hash_name=got_hash,
         nonce=got_nonce,
-        signer_cert_sha256=hashlib.sha256(normalized.signer.dump()).hexdigest(),
+        signer_cert_sha256=hashlib.sha256(normalized.signer_der).hexdigest(),
         token_der=raw_token,
     )
 
@@ -767,6 +858,14 @@ def _supplied_signer(sd: cms.SignedData, supplied: list[x509.Certificate]) -> li
     sid = sd["signer_infos"][0]["sid"] if len(sd["signer_infos"]) else None
     if sid is None:
         raise _fail("signature", "the token has no SignerInfo")
+    key = ("supplied", sd["certificates"].dump(), sid.dump(), *supplied)
+    found: tuple[x509.Certificate, ...] = _remembered(key, lambda: tuple(_find_signer(sd, sid, supplied)))
+    return list(found)
+
+
+def _find_signer(
+    sd: cms.SignedData, sid: cms.SignerIdentifier, supplied: list[x509.Certificate]
+) -> list[x509.Certificate]:
     if not _absent(sd["certificates"]):
         for choice in sd["certificates"]:
             if choice.name == "certificate" and signer_matches(sid, choice.chosen):
@@ -802,17 +901,20 @@ def _check_signed(
     """Signature, EKU and path to `trust_roots` at gen_time, and OpenSSL's second opinion
     on the normalized token when a strict parser can read it. `sd` is the token as sent,
     whose signed content normalization keeps byte for byte."""
-    assert normalized.signer is not None
-    signer_der = normalized.signer.dump()  # the certificate as the token or the caller gave it
+    signer_der = normalized.signer_der  # the certificate as the token or the caller gave it
+    assert signer_der is not None
     attrs = _check_signature(sd, signer, signer_der)
     _remembered(("eku", signer_der), lambda: _check_eku(signer))
-    untrusted = [x509.load_der_x509_certificate(der) for der in normalized.certificates]
+    untrusted = [_certificate(der) for der in normalized.certificates]
     anchor = _check_chain(signer, untrusted + list(intermediates), trust_roots, gen_time)
     if attrs == sorted(attrs):  # in DER SET order, else no strict parser reads it (module doc)
         # Of several roots of one name (the replicas' local TSAs), OpenSSL would try the
         # first it finds and stop there: it gets the one our path ends at.
-        roots = [r for r in trust_roots if r == anchor or r.subject != anchor.subject]
-        _second_opinion(wrap_token(normalized.token_der), want, roots)
+        given = tuple(trust_roots)
+        verifier, roots = _remembered(
+            ("openssl", anchor, *given), lambda: _openssl_verifier(given, anchor)
+        )
+        _second_opinion(cms.ContentInfo.load(normalized.token_der).dump(), want, verifier, roots)
 
 
 def _check_skew(gen_time: datetime, now: float | None, max_clock_skew: float | None) -> None:

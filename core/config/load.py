@@ -597,7 +597,9 @@ def _resolve_model_paths(value: Any, loc: tuple[Any, ...], root: Pos, default_ba
 def _warnings(config: Config, root: Pos) -> list[str]:
     warnings: list[str] = []
     reasons: dict[str, str | None] = {}  # per target: thousands of namespaces share a few
+    rest_paths: dict[tuple[Any, ...], str] = {}  # ("cadence", "fast", "target") -> its text
     for name, ns in config.namespaces.items():
+        ns_pos: tuple[Pos, int] | None = None  # its position, looked up on its first warning
         for cname, cadence in ns.cadence.items():
             for index, target in enumerate(cadence.members):
                 if target not in reasons:
@@ -605,14 +607,21 @@ def _warnings(config: Config, root: Pos) -> list[str]:
                 reason = reasons[target]
                 if reason is None:
                     continue
-                loc: tuple[Any, ...] = ("namespaces", name, "cadence", cname)
-                loc += ("target",) if cadence.targets is None else ("targets", index)
-                node, matched = find_pos(root, loc)
+                if ns_pos is None:
+                    ns_pos = find_pos(root, ("namespaces", name))
+                    ns_path = format_path(["namespaces", name])
+                rest: tuple[Any, ...] = ("cadence", cname)
+                rest += ("target",) if cadence.targets is None else ("targets", index)
+                node, matched = ns_pos
+                if matched == 2:  # find_pos(root, whole path), walked from the namespace
+                    node, matched = find_pos(node, rest)
+                    matched += 2
                 where = ""
-                if matched == len(loc) and node.file and node.mark:
+                if matched == 2 + len(rest) and node.file and node.mark:
                     where = f"{node.file}:{node.mark[0]}:{node.mark[1]}: "
                 msg = f"namespace {name!r} cadence {cname!r}: {reason}"
-                warnings.append(f"{where}{format_path(list(loc))}: {msg}")
+                rest_path = rest_paths.get(rest) or rest_paths.setdefault(rest, format_path(rest))
+                warnings.append(f"{where}{ns_path}.{rest_path}: {msg}")
     return warnings
 
 

@@ -61,11 +61,11 @@ def release(root: Pos) -> None:
     other) so that reference counting frees it at once: a garbage collection walking a
     10,000-namespace tree took longer than building it."""
     stack = [root]
-    while stack:
+    while stack:  # a child keeps its parent: only the links down make cycles
         node = stack.pop()
-        stack.extend(node.children.values())
-        node.parent = None
-        node.children = {}
+        if node.children:
+            stack.extend(node.children.values())
+            node.children = {}
 
 
 def _norm(key: Any) -> str:

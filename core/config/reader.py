@@ -185,8 +185,12 @@ class YamlReader:
     def __init__(
         self, env: Mapping[str, str], problems: Problems, *, allow_unset: bool = False,
         unused: Callable[[list[Any]], str | None] = lambda segments: None,
+        plain_lines: bool = True,
     ) -> None:
         self.env = env
+        # The plainest files read line by line (_LineBuild); False: always through libyaml
+        # (tests compare the two).
+        self.plain_lines = plain_lines
         self.problems = problems
         self.failed: set[int] = set()  # ids of Pos whose value failed interpolation
         self.allow_unset = allow_unset  # unset ${VAR}: "" and a warning instead of an error
@@ -210,7 +214,9 @@ class YamlReader:
         self.file = display
         self.base = base
         self.constructor = yaml.SafeLoader("")  # constructs scalars with YAML's own rules
-        fast = _EventBuild(self, text).read(Pos(display, base=base))
+        fast = _LineBuild(self, text).read(Pos(display, base=base)) if self.plain_lines else None
+        if fast is None:
+            fast = _EventBuild(self, text).read(Pos(display, base=base))
         if fast is not None:
             return fast
         try:
@@ -384,29 +390,38 @@ class _EventBuild:
         return value
 
     def _mapping(self, pos: Pos, depth: int) -> dict[Any, Any]:
-        reader, get = self.reader, self.get
+        reader, get, construct = self.reader, self.get, self._construct
+        file, base, children = reader.file, reader.base, pos.children  # children: fresh, {}
         out: dict[Any, Any] = {}
-        first: dict[Any, tuple[int, int]] = {}
+        if depth >= MAX_YAML_DEPTH:
+            if type(get()) is yaml.MappingEndEvent:
+                return out
+            raise _GeneralPath  # a key past the limit
         while True:
             key_event: Any = get()
             if type(key_event) is yaml.MappingEndEvent:
                 return out
-            if type(key_event) is not yaml.ScalarEvent or key_event.tag is not None or depth >= MAX_YAML_DEPTH:
-                raise _GeneralPath  # a collection as a key, a tagged key, too deep
-            key = self._construct(key_event)
+            if type(key_event) is not yaml.ScalarEvent or key_event.tag is not None:
+                raise _GeneralPath  # a collection as a key, a tagged key
+            key = construct(key_event)
             mark: Any = key_event.start_mark
             key_mark = (mark.line + 1, mark.column + 1)
             value_event = get()
-            if key in first:
-                child = Pos(reader.file, key, pos, key_mark, None, reader.base)
-                reader.problems.at(child, f"duplicate key {str(key)!r} (first at line {first[key][0]}, column {first[key][1]})", key=True)
+            if key in children:
+                line, column = children[key].key_mark or key_mark  # always set here
+                child = Pos(file, key, pos, key_mark, None, base)
+                reader.problems.at(child, f"duplicate key {str(key)!r} (first at line {line}, column {column})", key=True)
                 self._skip(value_event, depth + 1)
                 continue
-            first[key] = key_mark
             mark = value_event.start_mark
-            child = Pos(reader.file, key, pos, key_mark, (mark.line + 1, mark.column + 1), reader.base)
-            pos.children[key] = child
-            out[key] = self._node(value_event, child, depth + 1)
+            child = children[key] = Pos(file, key, pos, key_mark, (mark.line + 1, mark.column + 1), base)
+            if type(value_event) is yaml.ScalarEvent and value_event.tag is None:  # _node, inlined
+                value = construct(value_event)
+                if type(value) is not str or "$" in value:
+                    value = reader.scalar(value, value_event.value, bool(value_event.style), child)
+                out[key] = value
+            else:
+                out[key] = self._node(value_event, child, depth + 1)
 
     def _sequence(self, pos: Pos, depth: int) -> list[Any]:
         reader, get = self.reader, self.get
@@ -433,6 +448,190 @@ class _EventBuild:
             if open_collections == 0:
                 return
             event = self.get()
+
+
+# _LineBuild's grammar: single-line scalars whose extent is the same whatever YAML's
+# finer rules say (no spaces, no indicators, a colon only inside), and the characters
+# libyaml reads as they are (no tab, no CR, no line break but \n, no BOM, no comment).
+_PLAIN_KEY = r"[A-Za-z0-9_][A-Za-z0-9_.@/-]*(?::[A-Za-z0-9_.@/-]+)*"
+_PLAIN_VALUE = r"[A-Za-z0-9_./~+][A-Za-z0-9_./~+*@=%-]*(?::[A-Za-z0-9_./~+*@=%-]+)*"
+_FLOW_KEY = r"[A-Za-z0-9_][A-Za-z0-9_.-]*"
+_FLOW_VALUE = r"[A-Za-z0-9_./~+][A-Za-z0-9_./~+*@=%-]*"
+_QUOTED = r""""[^"\\]*"|'[^']*'"""
+_ENTRY = re.compile(rf"( *)(?:(?P<plain>{_PLAIN_KEY})|\"(?P<dq>[^\"\\]*)\"):(?: +(?P<rest>.*?))? *$")
+_BLOCK_SCALAR = re.compile(rf"{_PLAIN_VALUE}|{_QUOTED}")
+_FLOW_PAIR = re.compile(
+    rf" *(?:(?P<key>{_FLOW_KEY})|\"(?P<dqkey>[^\"\\]*)\"): +"
+    rf"(?P<value>{_FLOW_VALUE}|{_QUOTED}) *(?P<end>[,}}])"
+)
+_UNREAD_CHARS = re.compile(
+    "[^\n\x20-\x7e\xa0-\u2027\u202a-\ud7ff\ue000-\ufefe\uff00-\ufffd\U00010000-\U0010ffff]"
+)
+_LINE_WIDTH = 1000  # libyaml refuses a key over 1024 characters: such a line is its to read
+_LINE_DEPTH = 32  # deeper than a config goes, well within MAX_YAML_DEPTH
+# What one line says (_LineBuild._parse), by kind: a key and a nested block on the lines
+# after; a key and a scalar; a key and a flow mapping of scalars.
+_NESTED, _SCALAR, _FLOW = 0, 1, 2
+# The first characters of YAML's implicit tags: a plain scalar starting with another is a
+# string, as resolve() would find going through none of them (None: a tag for any first
+# character or a path resolver is registered, and resolve() decides every time).
+_FIRSTS: frozenset[Any] = frozenset(yaml.resolver.Resolver.yaml_implicit_resolvers)
+_IMPLICIT_FIRST = None if None in _FIRSTS or yaml.resolver.Resolver.yaml_path_resolvers else _FIRSTS
+_NOWHERE = Pos(None)  # YamlReader.scalar's place of a value without ${VAR}: never read
+# value (a plain scalar's constructed, YamlReader.scalar's when the text holds no $, which
+# only then depends on where it is), text as written, quoted, and whether it holds a $
+_Scalar = tuple[Any, str, bool, bool]
+
+
+class _LineBuild:
+    """The plainest files read line by line, without libyaml (issue 24: its events alone
+    cost a 10,000-namespace VaultMesh namespaces.yaml more than the rest of a load): block
+    mappings indented with spaces whose values are nested mappings, single-line plain or
+    quoted scalars, or single-line flow mappings of those. The same data, positions and
+    problems as _EventBuild (tests/unit/test_config_lines.py compares them); anything else (a
+    comment, a list, an anchor, a duplicate key, a multi-line or escaped scalar, a syntax
+    error) is left to _EventBuild, with what this pass reported taken back. A line's text
+    is parsed once: thousands of namespaces repeat the same cadence lines."""
+
+    def __init__(self, reader: YamlReader, text: str) -> None:
+        self.reader = reader
+        self.text = text
+        self.constructed: dict[str, Any] = {}  # plain scalars: text -> value
+        self.parsed: dict[str, tuple[Any, ...] | None] = {}  # line -> _parse(line)
+        self.resolve: Any = yaml.resolver.Resolver().resolve  # YAML's implicit tags
+
+    def read(self, root: Pos) -> tuple[Any, Pos] | None:
+        """(data, root) or None when _EventBuild must read the text."""
+        reader = self.reader
+        before = (len(reader.problems.issues), len(reader.unset), set(reader.failed))
+        try:
+            if "#" in self.text or _UNREAD_CHARS.search(self.text):
+                raise _GeneralPath
+            self.lines = self.text.split("\n")
+            if max(map(len, self.lines)) > _LINE_WIDTH:
+                raise _GeneralPath
+            self.entries = self._entries()
+            self.at = 0  # the next entry to read
+            if not self.entries or self.entries[0][1][0] != 0:
+                raise _GeneralPath  # empty, or not a mapping at the left margin
+            root.mark = (self.entries[0][0] + 1, 1)
+            return self._block(0, root, 1), root
+        except _GeneralPath:
+            del reader.problems.issues[before[0]:]
+            del reader.unset[before[1]:]
+            reader.failed = before[2]
+            return None
+
+    def _entries(self) -> list[tuple[int, tuple[Any, ...]]]:
+        """(index, what it says) of each line that is not blank."""
+        parsed, entries = self.parsed, []
+        for i, line in enumerate(self.lines):
+            info: Any = parsed.get(line, _UNSEEN)
+            if info is _UNSEEN:
+                info = parsed[line] = self._parse(line)
+            if info is not None:
+                entries.append((i, info))
+        return entries
+
+    def _parse(self, line: str) -> tuple[Any, ...] | None:
+        """(indent, key, kind, what follows: None, a _Scalar, or the flow mapping's
+        (key, key column, value column, _Scalar) in order), None for a blank line."""
+        if not line.strip(" "):
+            return None
+        m = _ENTRY.fullmatch(line)
+        if m is None:
+            raise _GeneralPath  # a list, a stray word, anything else
+        plain = m.group("plain")
+        key = self._plain(plain) if plain is not None else m.group("dq")
+        rest = m.group("rest")
+        if not rest:
+            return len(m.group(1)), key, _NESTED, None
+        col = m.start("rest")
+        if rest[0] != "{":
+            if _BLOCK_SCALAR.fullmatch(rest) is None:
+                raise _GeneralPath
+            return len(m.group(1)), key, _SCALAR, (col, self._scalar(rest))
+        pairs: list[tuple[Any, int, int, _Scalar]] = []
+        at = col + 1
+        if line[at:].strip(" ") != "}":
+            while True:
+                pair = _FLOW_PAIR.match(line, at)
+                if pair is None:
+                    raise _GeneralPath
+                plain = pair.group("key")
+                name = self._plain(plain) if plain is not None else pair.group("dqkey")
+                if any(name == seen for seen, *_ in pairs):
+                    raise _GeneralPath  # a duplicate key: _EventBuild reports it
+                start = pair.start("key") if plain is not None else pair.start("dqkey") - 1
+                pairs.append((name, start, pair.start("value"), self._scalar(pair.group("value"))))
+                at = pair.end()
+                if pair.group("end") == "}":
+                    break
+            if line[at:].strip(" "):
+                raise _GeneralPath  # more after the mapping
+        return len(m.group(1)), key, _FLOW, (col, tuple(pairs))
+
+    def _scalar(self, text: str) -> _Scalar:
+        if text[0] in "\"'":
+            value, text, quoted = text[1:-1], text[1:-1], True
+        else:
+            value, quoted = self._plain(text), False
+        if "$" in text:
+            return value, text, quoted, True
+        if type(value) is not str:  # a number's text may be kept (0x...); a string stays
+            value = self.reader.scalar(value, text, quoted, _NOWHERE)
+        return value, text, quoted, False
+
+    def _plain(self, text: str) -> Any:
+        """A plain scalar's value, by YAML's implicit resolution (as _EventBuild._construct)."""
+        value = self.constructed.get(text, _UNSEEN)
+        if value is _UNSEEN and _IMPLICIT_FIRST is not None and text[0] not in _IMPLICIT_FIRST:
+            return text  # no implicit tag starts so (a path): a string, as resolve() says
+        if value is _UNSEEN:
+            tag = self.resolve(yaml.ScalarNode, text, (True, False))
+            if tag not in _PLAIN_TAGS:
+                raise _GeneralPath
+            node = yaml.ScalarNode(tag, text)
+            value = text if tag == _STR else self.reader.constructor.construct_object(node)
+            self.constructed[text] = value
+        return value
+
+    def _block(self, indent: int, pos: Pos, depth: int) -> dict[Any, Any]:
+        """The block mapping whose keys are at column `indent` (0-based), from the next line."""
+        if depth > _LINE_DEPTH:
+            raise _GeneralPath
+        reader = self.reader
+        file, base, children, scalar = reader.file, reader.base, pos.children, reader.scalar
+        out: dict[Any, Any] = {}
+        entries = self.entries
+        while self.at < len(entries):
+            i, (n, key, kind, what) = entries[self.at]
+            if n < indent:
+                break
+            if n > indent or key in children:
+                raise _GeneralPath  # a stray indent; a duplicate key (_EventBuild reports it)
+            key_mark = (i + 1, n + 1)
+            self.at += 1
+            if kind == _NESTED:  # a nested block mapping, more indented, on the next line
+                if self.at == len(entries) or entries[self.at][1][0] <= indent:
+                    raise _GeneralPath  # an empty value
+                j, inner = entries[self.at][0], entries[self.at][1][0]
+                child = children[key] = Pos(file, key, pos, key_mark, (j + 1, inner + 1), base)
+                out[key] = self._block(inner, child, depth + 1)
+                continue
+            col, what = what
+            child = children[key] = Pos(file, key, pos, key_mark, (i + 1, col + 1), base)
+            if kind == _SCALAR:
+                value, text, quoted, expand = what
+                out[key] = scalar(value, text, quoted, child) if expand else value
+                continue
+            inner_out: dict[Any, Any] = {}
+            grandchildren = child.children
+            for name, key_col, value_col, (value, text, quoted, expand) in what:
+                leaf = grandchildren[name] = Pos(file, name, child, (i + 1, key_col + 1), (i + 1, value_col + 1), base)
+                inner_out[name] = scalar(value, text, quoted, leaf) if expand else value
+            out[key] = inner_out
+        return out
 
 
 def _mark(event: Any) -> tuple[int, int]:

@@ -1,0 +1,120 @@
+"""The plainest config files are read line by line (core/config/reader.py, issue 24: a
+10,000-namespace namespaces.yaml spent most of its load in libyaml's events). What a load
+makes of a file must not depend on which way it was read: the same data (types included),
+positions, problems and unset-variable warnings as libyaml's path, for files that take
+the line path and for the near misses that must not."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from core.config.positions import Pos, Problems
+from core.config.reader import YamlReader
+
+ENV = {"X": "1", "HEX": "0x1f"}
+
+
+def _tree(pos: Pos) -> tuple[Any, ...]:
+    return (pos.file, pos.key, pos.key_mark, pos.mark, pos.base, {k: _tree(c) for k, c in pos.children.items()})
+
+
+def _typed(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {(type(k).__name__, k): _typed(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_typed(v) for v in value]
+    return (type(value).__name__, value)
+
+
+def read(path: Path, *, plain_lines: bool) -> Any:
+    problems = Problems(Pos(None, base=path.parent))
+    reader = YamlReader(ENV, problems, plain_lines=plain_lines)
+    try:
+        got = reader.read(path, "f.yaml", path.parent)
+    except Exception as exc:  # a few odd scalars break both paths alike (`a: =`)
+        return type(exc).__name__
+    built = None if got is None else (_typed(got[0]), _tree(got[1]))
+    return built, [str(i) for i in problems.issues], reader.unset, len(reader.failed)
+
+
+def same_both_ways(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "f.yaml"
+    path.write_text(text)
+    assert read(path, plain_lines=True) == read(path, plain_lines=False), text
+
+
+NAMESPACES = """\
+namespaces:
+  team0:ledger:
+    description: "ledger of team 0"
+    cadence:
+      fast:   { target: "eip155:8453", every: "89s", confirmations: 3 }
+      strong: { target: "btc:mainnet", every: "34*fast", confirmations: 6 }
+      cold:   { target: "rfc3161:tsa", every: "1d" }
+  "bench:1":
+    source: /srv/batches/bench%3A1
+    cadence:
+      fast:
+        target: local:bench
+        every: 1h
+targets:
+  local:
+    bench: {}
+  eip155:
+    default: { rpcUrl: "${RPC}", chainId: "${X}", key: '${KEY:-k}' }
+"""
+
+CASES = [
+    NAMESPACES,
+    "a: 1\n", "a: 1", "\n\na: 1\n\n", "a:\n  b: 2\n  c: x\nd: y\n", "a:   \n    b: 2\n", "a: {}\n", "a: { }\n",
+    "a: { b: 1, c: \"x y\", d: 'q' }   \n", "on: 1\n1: a\n\"q k\": v\n", "a: \"\"\nb: ''\n", "a: é\nb: \"ünï\"\n",
+    "a: yes\nb: No\nc: ~\nd: null\ne: 1.5\nf: 0x1F\ng: 1:30\nh: .inf\ni: +5\nj: 010\nk: 1_000\nl: 0b101\nm: 1e3\n",
+    "a: ${X}\nb: \"${Y:-d}\"\nc: '$Z'\nd: ${HEX}\ne: \"${HEX}\"\n", "a: { b: ${X}, c: \"${NOPE}\" }\n",
+    "a: x:y\nb: /p/q\nc: a=b\nd: x@y\ne: x*y\n", "a:\n  b:\n    c:\n      d: 1\n  e: 2\n",
+    # near misses: libyaml's to read (or to refuse), whatever the line reader thinks of them
+    "a: 1\na: 2\n", "a: {b: 1, b: 2}\n", "a:\n  - x\n", "a: [1, 2]\n", "a: |\n  x\n", "a: b # c\n", "# c\na: 1\n",
+    "a: 'it''s'\n", "a: \"x\\ty\"\n", "a:\n  b: 1\n c: 2\n", "a:\n    b: 1\n  c: 2\n", "a: 1\n  b: 2\n", " a: 1\n",
+    "---\na: 1\n", "a: {b: 1,}\n", "a: {b: c:d}\n", "a: {b: 1} x\n", "a: x y\n", "a:b\n", "a : 1\n", "a: -1\n",
+    "a: \"x\" y\n", "a:\n", "a:\nb: 1\n", "", "a: 1\r\nb: 2\r\n", "a:\tb\n", "a: &x 1\nb: *x\n", "a: !!str 1\n",
+    "a: @x\n", "a: 2001-12-14\n", "a: x:\n", "a: x: y\n", "a: {b:1}\n", "-a: 1\n", "x:\n  \"" + "k" * 1100 + "\": 1\n",
+    "a: \u2028b\n", "\ufeffa: 1\n", "a: 1\n...\n",
+]
+
+
+@pytest.mark.parametrize("text", CASES)
+def test_a_file_reads_the_same_line_by_line_as_through_libyaml(tmp_path, text):
+    same_both_ways(tmp_path, text)
+
+
+def test_random_plain_files_read_the_same_both_ways(tmp_path):
+    """Files built from the line reader's grammar and its edges (quotes, colons,
+    indicators, indents, flow mappings), seeded."""
+    rng = random.Random(24)
+    atoms = ["a", "x1", "on", "1", "0x1f", "1:30", "1.5", "~", "a:b", "a/b", "a%b", "+1", "-1", "é", "${X}",
+             "${U}", "1_0", "a@b", "x*y", "'", '"', "#", ":", " ", "{", "}", ",", "&", "!", "-", "?", "|"]
+
+    def scalar() -> str:
+        text = "".join(rng.choice(atoms) for _ in range(rng.randint(1, 3)))
+        return rng.choice(['"' + text + '"', "'" + text + "'", text, text])
+
+    def block(indent: int, depth: int) -> list[str]:
+        lines = []
+        for _ in range(rng.randint(1, 4)):
+            key = rng.choice(["a", "b", "fast", "on", "1", "a:b", '"q"', '"a b"', "a.b", "a b", "-a", "x:"])
+            pick = rng.random()
+            if pick < 0.25 and depth < 4:
+                lines.append(" " * indent + key + ":" + rng.choice(["", "  "]))
+                lines += block(indent + rng.choice([2, 2, 4, 1]), depth + 1)
+            elif pick < 0.45:
+                pairs = ", ".join(rng.choice(["a", "b", "k1", '"q"']) + ": " + scalar() for _ in range(rng.randint(0, 3)))
+                lines.append(" " * indent + key + ": {" + rng.choice(["", " "]) + pairs + rng.choice(["", " "]) + "}")
+            else:
+                lines.append(" " * indent + key + ":" + rng.choice([" ", "  "]) + scalar() + rng.choice(["", "  "]))
+        return lines
+
+    for _ in range(400):
+        same_both_ways(tmp_path, "\n".join(block(0, 0)) + rng.choice(["\n", ""]))
