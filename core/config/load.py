@@ -46,7 +46,7 @@ from core.config.positions import (
     sorted_unique,
 )
 from core.config.reader import YamlReader, read_config_text
-from core.config.sharing import share_equal_settings
+from core.config.sharing import share_equal_settings, validation_pool
 from core.config.vaultmesh import merge_namespaces, merge_targets
 from core.jobs import namespace_name_problem
 from core.model_types import UNSET_ALLOWED
@@ -416,7 +416,7 @@ def _validate(load: _Load, *, allow_unset: bool) -> Config:
     _check_targets_resolve(raw, problems)
     _check_cadence_ranges(raw, problems)
     config: Config | None = None
-    context = {UNSET_ALLOWED: allow_unset}
+    context = {UNSET_ALLOWED: allow_unset, **validation_pool()}
     try:
         config = Config.model_validate(raw, context=context)
     except PydanticValidationError as exc:

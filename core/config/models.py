@@ -38,6 +38,7 @@ from core.anchors.schemes import SCHEMES, Targets, TargetSettings
 from core.cadence import CADENCES, CadenceError, parse_every
 from core.config.errors import TargetNotFound
 from core.config.positions import format_segment
+from core.config.sharing import SharedWhenEqual
 from core.jobs import JobKey, JobSpec, member_targets, redundant_parts, redundant_target, safe_name
 from core.model_types import Model as _Model
 from core.model_types import OptPath, OptPolicyOID, OptStr
@@ -216,7 +217,7 @@ _POLICY_SCHEMES = ", ".join(
 )
 
 
-class Cadence(_Model):
+class Cadence(SharedWhenEqual):
     """One cadence of a namespace: one `target`, or several `targets` of which `min` must
     attest (redundant anchoring; `min` defaults to all of them)."""
 
@@ -307,7 +308,7 @@ class SlowCadence(Cadence):
     cadence_kind: ClassVar[str] = "strong"
 
 
-class CadenceSet(_Model):
+class CadenceSet(SharedWhenEqual):
     fast: Cadence
     strong: SlowCadence | None = None
     cold: SlowCadence | None = None
@@ -322,7 +323,7 @@ class CadenceSet(_Model):
         return parse_every(getattr(self, name).every, cadence=name, fast_seconds=fast)
 
 
-class Witnesses(_Model):
+class Witnesses(SharedWhenEqual):
     """A namespace's `witnesses` (VaultMesh's namespaces.yaml): who must co-sign an event
     before VaultMesh's event gateway admits it. Read and shown, never enforced here:
     anchoring a batch root asks no witness (WITNESSES_NOTE says so to the user)."""
@@ -341,7 +342,7 @@ WITNESSES_NOTE = (
 )
 
 
-class SchemaPolicy(_Model):
+class SchemaPolicy(SharedWhenEqual):
     allow: list[str] = Field(default_factory=list)
 
 

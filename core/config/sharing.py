@@ -2,16 +2,21 @@
 
 A configuration of 10,000 namespaces usually repeats a few shapes: the same cadences, the
 same empty witness list and schema policy, often the same whole namespace. Pydantic builds
-a separate model for each (about 2.8 KB a namespace, 28 MiB of 10,000); after the load
-`share_equal_settings` makes the namespaces' equal parts one object each, as `sys.intern`
-does for strings, so the scheduler's memory grows with the distinct settings, not with the
-namespaces (issue 24: USS < 100 MiB at 10,000 namespaces).
+a separate model for each (about 2.8 KB a namespace, 28 MiB of 10,000). Two steps make the
+equal parts one object each, as `sys.intern` does for strings, so the scheduler's memory
+grows with the distinct settings, not with the namespaces (issue 24: USS at scale):
+
+- While validating: a `SharedWhenEqual` model (cadences, witnesses, schema policies: no
+  paths in them) given input equal to one validated before in the same load returns that
+  model, without validating the input again (`validation_pool` makes the load's pool).
+- After the load (`share_equal_settings`): what validation never saw, the default parts
+  of each namespace and the namespaces themselves (paths resolved first).
 
 Safe because nothing changes a configuration's models after the load (`load_config`
-resolves their paths first, then shares; a reload builds a new Config). Two models are
-shared only when they are the same class, with the same fields set (what `model_dump(
-exclude_unset=True)` shows) and equal values; a value that cannot be hashed keeps its own
-model.
+resolves their paths, then shares; a reload builds a new Config). Two models are shared
+only when they are the same class with the same input, or the same fields set (what
+`model_dump(exclude_unset=True)` shows) and equal values; a value that cannot be hashed
+keeps its own model.
 """
 
 from __future__ import annotations
@@ -19,24 +24,68 @@ from __future__ import annotations
 from collections.abc import Hashable
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationInfo, model_validator
+from pydantic_core.core_schema import ValidatorFunctionWrapHandler
 
-_Pool = dict[Hashable, BaseModel]
+from core.model_types import Model
+
+_Pool = dict[Hashable, Any]
+SHARED_POOL = "shared_pool"  # the validation context key of a load's pool
+
+
+def validation_pool() -> dict[str, _Pool]:
+    """The validation context entry of one load: its models shared by input."""
+    return {SHARED_POOL: {}}
+
+
+class SharedWhenEqual(Model):
+    """A settings model validated once per distinct input of a load."""
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _once_per_input(cls, data: Any, handler: ValidatorFunctionWrapHandler, info: ValidationInfo) -> Any:
+        pool = info.context.get(SHARED_POOL) if isinstance(info.context, dict) else None
+        if pool is None or type(data) is not dict:
+            return handler(data)
+        try:
+            key = (cls, _input_key(data))
+            found = pool.get(key)
+        except TypeError:  # an input that cannot be hashed
+            return handler(data)
+        if found is None:
+            found = pool[key] = handler(data)  # an invalid input raises: nothing kept
+        return found
+
+
+def _input_key(value: Any) -> Hashable:
+    kind = type(value)
+    if kind is dict:
+        return (dict, tuple((k, _input_key(v)) for k, v in value.items()))
+    if kind is list:
+        return (list, tuple(_input_key(v) for v in value))
+    return (kind, value)
 
 
 def share_equal_settings(namespaces: dict[str, Any]) -> None:
-    """Replace each namespace's settings, and their parts, by one shared equal model."""
+    """Replace each namespace, and its default parts, by one shared equal model."""
     pool: _Pool = {}
+    seen: dict[int, BaseModel] = {}  # models already looked at (shared ones recur)
     for name, ns in namespaces.items():
-        namespaces[name] = _shared(ns, pool)
+        namespaces[name] = _shared(ns, pool, seen)
 
 
-def _shared(model: BaseModel, pool: _Pool) -> BaseModel:
+def _shared(model: BaseModel, pool: _Pool, seen: dict[int, BaseModel]) -> BaseModel:
+    done = seen.get(id(model))
+    if done is not None:
+        return done
+    seen[id(model)] = model  # kept alive by the namespaces: its id is not reused meanwhile
     if model.__pydantic_private__ or model.__pydantic_extra__:
         return model  # state beyond the fields: not compared here, so never shared
     set_ = model.__pydantic_fields_set__
     if not set_:  # nothing set: every field holds its default (a setattr would have set it)
-        return pool.setdefault(type(model), model)
+        shared: BaseModel = pool.setdefault(type(model), model)
+        seen[id(model)] = shared
+        return shared
     fields = model.__dict__
     key: list[Hashable] = [type(model), frozenset(set_)]
     for field, value in fields.items():
@@ -44,14 +93,16 @@ def _shared(model: BaseModel, pool: _Pool) -> BaseModel:
         if kind is str or value is None:  # most fields: the value is its own key
             key.append(value)
         elif _is_model(kind):
-            value = fields[field] = _shared(value, pool)
+            value = fields[field] = _shared(value, pool, seen)
             key.append(("model", id(value)))
         else:
             key.append(_value_key(value))
     try:
-        return pool.setdefault(tuple(key), model)
+        shared = pool.setdefault(tuple(key), model)
     except TypeError:  # a value that cannot be hashed
         return model
+    seen[id(model)] = shared
+    return shared
 
 
 _MODEL_CLASSES: dict[type, bool] = {}

@@ -1198,3 +1198,23 @@ def test_equal_namespace_settings_are_held_once_and_read_as_before(tmp_path, mon
     assert unshared.config.namespaces["a"] is not unshared.config.namespaces["b"]
     assert shared.hash == unshared.hash
     assert shared.config.model_dump() == unshared.config.model_dump()
+
+
+def test_an_invalid_cadence_repeated_is_reported_at_each_of_its_lines(tmp_path):
+    """Equal cadences are validated once (issue 24), but an invalid one is never taken
+    for valid, and each copy's error names its own line."""
+    found = errors(tmp_path, """\
+        namespaces:
+          "a":
+            cadence:
+              fast: {target: "local:dev", every: "10s"}
+          "b":
+            cadence:
+              fast: {target: "local:dev", every: "often"}
+          "c":
+            cadence:
+              fast: {target: "local:dev", every: "often"}
+        """)
+    assert len(found) == 2, found
+    assert "config.yaml:7" in found[0] and "namespaces.b.cadence.fast.every" in found[0]
+    assert "config.yaml:10" in found[1] and "namespaces.c.cadence.fast.every" in found[1]
