@@ -49,12 +49,25 @@ def json_parts(receipts: list[Receipt]) -> tuple[list[str], Jsonb]:
     for key in SHARED_KEYS:
         if not docs or key not in docs[0]:
             continue
-        text = json_text(docs[0][key])
-        if all(key in d and json_text(d[key]) == text for d in docs):
+        if all(key in d and same_json(d[key], docs[0][key]) for d in docs):
             shared[key] = docs[0][key]
             for d in docs:
                 del d[key]
     return [json_text(d) for d in docs], Jsonb(shared, dumps=json_text)
+
+
+def same_json(a: Any, b: Any) -> bool:
+    """`a` and `b` are the same JSON value: the same objects (an anchor's receipts share their
+    attestation's), or equal values of the same types (never 1 and true, or 1 and 1.0)."""
+    if a is b:
+        return True
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(same_json(v, b[k]) for k, v in a.items())
+    if isinstance(a, list | tuple):
+        return len(a) == len(b) and all(map(same_json, a, b))
+    return bool(a == b)
 
 
 def _arguments(receipts: list[Receipt], names: list[str], replica: str) -> tuple[Any, ...]:
