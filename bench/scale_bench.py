@@ -16,8 +16,8 @@
    14-hash audit path), confirmed ones (a TSA's) and, on the file store, pending ones too
    (an EVM anchor's: each with its marker in the pending index). The file store in a
    temp folder (BENCH_DATA_DIR to choose the disk); PostgreSQL on the server of
-   tests/cluster/postgres.py (fsync and synchronous_commit on), skipped without its
-   binaries.
+   tests/cluster/postgres.py (fsync and synchronous_commit on; a new server for each of
+   PG_ROUNDS runs: the best and the median), skipped without its binaries.
 
 The machine's references (the TSA alone, the disk's raw fsync rate) are printed by the
 costs suite (bench/costs_bench.py).
@@ -28,6 +28,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import statistics
 import subprocess
 import tempfile
 import time
@@ -54,6 +55,7 @@ IDLE_SETTLE = 3.0  # seconds after the first pass before the idle memory is read
 USS_TARGETS = {1_000: 50, 10_000: 100, 100_000: 600}  # MiB, idle after the first pass
 HUGE = 100_000
 HUGE_PASS_TARGET = "< 20 s"
+PG_ROUNDS = 3  # PostgreSQL commit runs, each on a new server
 
 
 def cpu_split(pid: int) -> tuple[float, float]:
@@ -313,11 +315,12 @@ def run() -> list[tuple[str, str, str]]:
         (f"reference: the disk alone, {RECEIPTS:,} folders made and a 3 KB file in each, one flush per 1,024",
          f"{raw:,.0f} /s", "no code of ours: the ceiling of a first pass's file store writes on this disk")
     )
-    pg = postgres_rate()
+    pg = sorted(rate for rate in (postgres_rate() for _ in range(PG_ROUNDS)) if rate is not None)
     rows.append(
         (f"receipts written per second, PostgreSQL store ({RECEIPTS:,})",
-         "skipped" if pg is None else f"{pg:,.0f} /s",
-         "no PostgreSQL server binaries" if pg is None else f"target {RATE_TARGET}, with the state and the lease's release")
+         f"{pg[-1]:,.0f} /s" if pg else "skipped",
+         f"target {RATE_TARGET} (was ~4,700), with the state and the lease's release; median of "
+         f"{len(pg)} runs {statistics.median(pg):,.0f} /s" if pg else "no PostgreSQL server binaries")
     )
     return rows
 

@@ -4,9 +4,9 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg.types.json import Jsonb
@@ -15,36 +15,112 @@ from core.errors import StorageError
 from core.jobs import safe_name
 from core.receipts import Receipt, ReceiptError, ReceiptInvalid, receipt_matches
 from core.store.files.receipts import ReceiptStore
-from core.store.postgres.database import RECEIPTS_ROOT, Database, StoreUnavailable
+from core.store.postgres.database import RECEIPTS_ROOT, Database, StoreUnavailable, json_text
 from core.store.protocols import Listing
 
+# Receipts in the order of `insert_receipts`'s arrays, sent in binary (no quoting); `doc ||
+# shared`: the part all of them share (json_parts), a jsonb parameter parsed once.
+# Select-list unnests run in lockstep without being materialised (a FROM unnest(...) spills
+# 10,000 documents to a temp file first).
+_INSERT = (
+    "INSERT INTO receipts (namespace, name, cadence, pending, anchored_root, batch_root, doc, written_by) "
+    "SELECT unnest(%b::text[]), unnest(%b::text[]), unnest(%b::text[]), unnest(%b::bool[]), unnest(%b::text[]), "
+    "unnest(%b::text[]), unnest(%b::text[])::jsonb || %b, %b::text"
+)
+# Receipts per statement of a pipelined insert: the next part is encoded while the server
+# inserts this one.
+PIPELINE_PART = 500
+# The part of a document all receipts of one anchor share: its attestation (an RFC 3161
+# token is three quarters of a receipt).
+SHARED_KEYS = ("attestation", "attestations")
 
-def insert_receipts(conn: psycopg.Connection[Any], receipts: list[Receipt], replica: str) -> list[Path]:
-    """Insert receipts under their file names (a taken name gets -2, -3, ...); their names.
+T = TypeVar("T")
 
-    One statement for all of them (a chunk of 10,000 is one round trip, not 10,000); only
-    a receipt whose name was taken (by an earlier receipt, or one of this call) is
-    inserted again on its own under the next free name."""
+
+def json_parts(receipts: list[Receipt]) -> tuple[list[str], Jsonb]:
+    """Each receipt's document as JSON text, without the part (SHARED_KEYS) that is the
+    same JSON in all of them, and that part as a JSON object (empty: none).
+
+    PostgreSQL 15 parses JSON strings a character at a time: an anchor's token is parsed
+    once, not once per receipt, and added to each document by the server (`||`, which
+    copies it). The stored documents are the same jsonb values."""
+    docs = [r.to_json() for r in receipts]
+    shared: dict[str, Any] = {}
+    for key in SHARED_KEYS:
+        if not docs or key not in docs[0]:
+            continue
+        if all(key in d and same_json(d[key], docs[0][key]) for d in docs):
+            shared[key] = docs[0][key]
+            for d in docs:
+                del d[key]
+    return [json_text(d) for d in docs], Jsonb(shared, dumps=json_text)
+
+
+def same_json(a: Any, b: Any) -> bool:
+    """`a` and `b` are the same JSON value: the same objects (an anchor's receipts share their
+    attestation's), or equal values of the same types (never 1 and true, or 1 and 1.0)."""
+    if a is b:
+        return True
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(same_json(v, b[k]) for k, v in a.items())
+    if isinstance(a, list | tuple):
+        return len(a) == len(b) and all(map(same_json, a, b))
+    return bool(a == b)
+
+
+def _arguments(receipts: list[Receipt], names: list[str], replica: str) -> tuple[Any, ...]:
+    docs, shared = json_parts(receipts)
+    return (
+        [r.namespace for r in receipts], names, [safe_name(r.cadence) for r in receipts],
+        [r.status == "pending" for r in receipts], [r.anchored_root for r in receipts],
+        [r.batch.root for r in receipts], docs, shared, replica,
+    )
+
+
+def insert_receipts(
+    conn: psycopg.Connection[Any], receipts: list[Receipt], replica: str,
+    then: Callable[[int, list[Path]], list[T]] = lambda start, names: [],
+) -> tuple[list[Path], list[T]]:
+    """Insert receipts under their file names (a taken name gets -2, -3, ...); their names,
+    and what `then` returned: `then(start, names)` sends the statements that depend on the
+    names of receipts[start:start + len(names)] (the jobs' states).
+
+    Pipelined: PIPELINE_PART receipts per statement, each followed by `then`'s, the next
+    part encoded while the server writes this one, under a savepoint. When a name was
+    taken (by an earlier receipt, or one of this call) all is undone, `then`'s statements
+    too: the receipts are inserted again in one statement, each whose name was taken on
+    its own under the next free name, and `then` runs again with all the final names."""
     names = [ReceiptStore.file_name(r) for r in receipts]
+    try:
+        with conn.transaction(), conn.pipeline():  # a savepoint
+            paths: list[Path] = []
+            after: list[T] = []
+            for start in range(0, len(receipts), PIPELINE_PART):
+                part = receipts[start : start + PIPELINE_PART]
+                conn.execute(_INSERT, _arguments(part, names[start : start + PIPELINE_PART], replica))
+                done = [PgReceiptStore.ref(r.namespace, names[start + n]) for n, r in enumerate(part)]
+                after += then(start, done)
+                paths += done
+        return paths, after
+    except psycopg.errors.UniqueViolation as exc:
+        if exc.diag.table_name != "receipts":
+            raise
+    paths = _insert_naming_each(conn, receipts, names, replica)
+    return paths, then(0, paths)
+
+
+def _insert_naming_each(conn: psycopg.Connection[Any], receipts: list[Receipt], names: list[str], replica: str) -> list[Path]:
+    """The receipts in one statement, each whose name was taken then on its own."""
     first: dict[tuple[str, str], int] = {}
     for n, (receipt, name) in enumerate(zip(receipts, names, strict=True)):
         first.setdefault((receipt.namespace, name), n)
     batch = list(first.values())
-    # The documents as one JSON array: PostgreSQL parses one 10 MB jsonb several times
-    # faster than a jsonb[] (or text[]) of 3,000 elements.
     got = {
         (ns, name) for ns, name in conn.execute(
-            "INSERT INTO receipts (namespace, name, cadence, pending, anchored_root, batch_root, doc, written_by) "
-            "SELECT r.*, %s FROM ROWS FROM (unnest(%s::text[]), unnest(%s::text[]), unnest(%s::text[]), "
-            "unnest(%s::bool[]), unnest(%s::text[]), unnest(%s::text[]), jsonb_array_elements(%s::jsonb)) AS r "
-            "ON CONFLICT DO NOTHING RETURNING namespace, name",
-            (
-                replica,
-                [receipts[n].namespace for n in batch], [names[n] for n in batch],
-                [safe_name(receipts[n].cadence) for n in batch], [receipts[n].status == "pending" for n in batch],
-                [receipts[n].anchored_root for n in batch], [receipts[n].batch.root for n in batch],
-                Jsonb([receipts[n].to_json() for n in batch]),
-            ),
+            _INSERT + " ON CONFLICT DO NOTHING RETURNING namespace, name",
+            _arguments([receipts[n] for n in batch], [names[n] for n in batch], replica),
         )
     }
     paths: list[Path] = []
@@ -85,7 +161,7 @@ class PgReceiptStore:
 
     @staticmethod
     def ref(namespace: str, name: str) -> Path:
-        return RECEIPTS_ROOT / safe_name(namespace) / name
+        return RECEIPTS_ROOT.joinpath(safe_name(namespace), name)
 
     @staticmethod
     def _key(path: str | os.PathLike[str]) -> tuple[str, str]:
@@ -96,7 +172,7 @@ class PgReceiptStore:
 
     def write_many(self, receipts: list[Receipt]) -> list[Path | Exception]:
         with self.db.tx() as conn:
-            return list(insert_receipts(conn, receipts, self.replica))
+            return list(insert_receipts(conn, receipts, self.replica)[0])
 
     def load(self, path: str | os.PathLike[str]) -> Receipt:
         namespace, name = self._key(path)

@@ -12,7 +12,7 @@ from psycopg.types.json import Jsonb
 
 from core.jobs import JobKey, JobState, Row
 from core.receipts import Receipt
-from core.store.postgres.database import STORE_ROOT, Database
+from core.store.postgres.database import STORE_ROOT, Database, json_text
 from core.store.postgres.receipts import insert_receipts
 from core.store.protocols import Committed, StateError, Superseded, Written
 
@@ -201,56 +201,56 @@ class PgStateStore:
                 )
             jobs = [f"{r.namespace}/{r.cadence}" for r in receipts]
             fenced = [(job, row.fence) for job, row in zip(jobs, rows, strict=True) if row is not None and row.fence is not None]
-            current = {r[0] for r in conn.execute(
-                "SELECT j.job FROM jobs j JOIN unnest(%s::text[], %s::bigint[]) AS r(job, fence) "
-                "ON j.job = r.job AND j.fence = r.fence WHERE j.lease_owner = %s FOR UPDATE OF j",
+            # The rows still leased here under their fence, locked until the commit: the
+            # version each has now is the one the states below are written over.
+            current: dict[str, int] = dict(conn.execute(
+                "SELECT j.job, j.version FROM jobs j JOIN (SELECT unnest(%b::text[]) AS job, unnest(%b::bigint[]) AS fence) r "
+                "ON j.job = r.job AND j.fence = r.fence WHERE j.lease_owner = %b::text FOR UPDATE OF j",
                 ([j for j, _ in fenced], [f for _, f in fenced], self.replica),
-            )} if fenced else set()
+            ).fetchall()) if fenced else {}
             kept = [n for n, job in enumerate(jobs) if job in current]
-            names = insert_receipts(conn, [receipts[n] for n in kept], self.replica)
-            paths: list[Path | Exception | None] = [None] * len(receipts)
-            done = Committed(paths)
-            given: dict[str, dict[str, Any]] = {}
-            stays: list[str] = []  # the job's state stays: only its lease is released
-            for n, path in zip(kept, names, strict=True):
-                paths[n] = path
-                state = states[n]
-                if state is None:
-                    stays.append(jobs[n])
-                else:
-                    given[jobs[n]] = {**state, "last_receipt": str(path)}
-            seen = self._settle(conn, given, stays)
-            for job, _, version in seen:
-                done.rows[JobKey.parse(job)] = Row(version)
+
+            def settle(start: int, names: list[Path]) -> list[tuple[str, dict[str, Any], int]]:
+                return self._settle(conn, [(jobs[n], states[n]) for n in kept[start : start + len(names)]], names, current)
+
+            names, seen = insert_receipts(conn, [receipts[n] for n in kept], self.replica, settle)
             conn.execute("DELETE FROM intents WHERE id = %s", (intent_id,))
+        paths: list[Path | Exception | None] = [None] * len(receipts)
+        for n, path in zip(kept, names, strict=True):
+            paths[n] = path
+        done = Committed(paths)
         for job, state, version in seen:
+            done.rows[JobKey.parse(job)] = Row(version)
             self._seen(job, state, version)
         return done
 
     @staticmethod
     def _settle(
-        conn: psycopg.Connection[Any], given: dict[str, dict[str, Any]], stays: list[str]
+        conn: psycopg.Connection[Any], jobs: list[tuple[str, dict[str, Any] | None]], names: list[Path],
+        versions: dict[str, int],
     ) -> list[tuple[str, dict[str, Any], int]]:
-        """The committed jobs' new states (`given`) and the jobs whose state stays, their
-        leases released, two statements whatever their number (rows locked by the commit);
-        (job, state, version) of each."""
-        seen: list[tuple[str, dict[str, Any], int]] = []
+        """The committed jobs' new states, their receipt's name as `last_receipt` (a job
+        whose state is None keeps its own), their leases released: two statements whatever
+        their number. The rows were locked by the commit at `versions`: each is written once,
+        at the next; (job, state, version) of each."""
+        given = {job: {**state, "last_receipt": str(name)} for (job, state), name in zip(jobs, names, strict=True) if state is not None}
+        stays = [job for job, state in jobs if state is None]
+        seen = [(job, state, versions[job] + 1) for job, state in given.items()]
         if given:
-            rows = conn.execute(
+            conn.execute(
                 "UPDATE jobs j SET state = u.state, version = j.version + 1, updated_at = clock_timestamp(), "
-                "lease_owner = NULL, lease_until = NULL FROM unnest(%s::text[], %s::jsonb[]) AS u(job, state) "
-                "WHERE j.job = u.job RETURNING j.job, j.version",
-                (list(given), [Jsonb(state) for state in given.values()]),
-            ).fetchall()
-            seen += [(job, given[job], int(version)) for job, version in rows]
+                "lease_owner = NULL, lease_until = NULL "
+                "FROM (SELECT unnest(%b::text[]) AS job, unnest(%b::text[])::jsonb AS state) u WHERE j.job = u.job",
+                (list(given), [json_text(state) for state in given.values()]),
+            )
         if stays:
             rows = conn.execute(
                 "UPDATE jobs SET version = version + 1, updated_at = clock_timestamp(), "
-                "lease_owner = NULL, lease_until = NULL WHERE job = ANY(%s) RETURNING job, version, state",
+                "lease_owner = NULL, lease_until = NULL WHERE job = ANY(%b::text[]) RETURNING job, version, state",
                 (stays,),
             ).fetchall()
+            assert len(rows) == len(stays)  # every row locked by the commit
             seen += [(job, state or {}, int(version)) for job, version, state in rows]
-        assert len(seen) == len(given) + len(stays)  # every row locked above
         return seen
 
     def release(self, leases: list[tuple[JobKey, int]]) -> list[JobKey]:
