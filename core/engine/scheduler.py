@@ -34,6 +34,8 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import importlib
+import importlib.util
 from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -62,8 +64,20 @@ from core.views import JobView
 from core.writer import DiskWriter
 
 PASS_SLICE = 500  # due jobs looked at between two turns of the loop in a scheduling pass
+READ_SLICE = 2000  # due jobs whose batch folder is named between two turns of the loop
 # Returns the reason a target must not be used (e.g. chain id mismatch), or None.
 TargetGuard = Callable[[str], "str | None"]
+
+
+def _import_backend(scheme: str) -> None:
+    """Import a scheme's backend module (core/anchors/<scheme>/backend.py), if it has one:
+    off the loop, the build that follows on the loop finds it imported."""
+    name = f"core.anchors.{scheme}.backend"
+    try:
+        if importlib.util.find_spec(name) is not None:
+            importlib.import_module(name)
+    except Exception:  # an unknown scheme, a broken install: the anchor that needs it reports it
+        pass
 
 
 class Scheduler:
@@ -305,10 +319,14 @@ class Scheduler:
             await self.clock.sleep_until(deadline, self._wake)
 
     async def _warm_backends(self) -> None:
-        """Build each target's backend (its module imported, a local TSA's key read or
-        made) while the loop waits for the first pass's batch reads, not after them. A
+        """Build each target's backend (a local TSA's key read or made) while the loop waits
+        for the first pass's batch reads, not after them; its scheme's backend module is
+        imported on a thread first (cryptography and the rest: 0.3-0.5 s of the loop). A
         target that cannot be built is left for the anchor that needs it to report."""
-        for target in targets_named(self._jobs.specs().values()):
+        targets = await asyncio.to_thread(targets_named, list(self._jobs.specs().values()))
+        for scheme in sorted({target.partition(":")[0] for target in targets}):
+            await asyncio.to_thread(_import_backend, scheme)
+        for target in targets:
             await asyncio.sleep(0)
             try:
                 self._ctx.backend_for(target)
@@ -337,23 +355,21 @@ class Scheduler:
             return  # an injected reader (tests, benches) reads by itself
         now = self.clock.now()
         jobs = self._jobs
-        keys = [k for k in jobs.forced if k in jobs and k not in self._flight]
-        if not self.paused:
-            heap = jobs.heap
-            stack = [0] if heap else []
-            while stack:  # the heap's entries due by now, without popping: a pruned walk
-                i = stack.pop()
-                when, _, key = heap[i]
-                if when > now:
+        due: list[tuple[float | None, JobKey]] = [(None, k) for k in jobs.forced]
+        if not self.paused:  # the heap's entries due by now, without popping (one scan, in C)
+            due += [(when, key) for when, _, key in jobs.heap if when <= now]
+        named: dict[JobKey, Path] = {}  # one per job that will read it
+        records, flight = jobs.records, self._flight
+        for start in range(0, len(due), READ_SLICE):  # the loop turns between slices
+            if start:
+                await asyncio.sleep(0)
+            for when, key in due[start:start + READ_SLICE]:
+                record = records.get(key)
+                if (record is None or key in flight or key in named or (when is not None and record.due != when)
+                        or record.held is not None or record.disabled is not None):
                     continue
-                if jobs.due_at(key) == when and key in jobs and key not in self._flight:
-                    keys.append(key)
-                stack.extend(c for c in (2 * i + 1, 2 * i + 2) if c < len(heap))
-        folders = [
-            jobs[k].spec.source
-            for k in dict.fromkeys(keys)
-            if jobs[k].held is None and jobs[k].disabled is None
-        ]
+                named[key] = record.spec.source
+        folders = list(named.values())
         self._reads.prefetched = {str(folder) for folder in folders}
         if folders:  # waits BATCH_READ_WAIT at most: a folder that does not answer is left
             self._reads.unanswered = await asyncio.to_thread(prefetch, folders, BATCH_READ_WAIT)
