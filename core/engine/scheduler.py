@@ -36,6 +36,7 @@ import asyncio
 import heapq
 import importlib
 import importlib.util
+import sys
 from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -64,6 +65,7 @@ from core.views import JobView
 from core.writer import DiskWriter
 
 PASS_SLICE = 500  # due jobs looked at between two turns of the loop in a scheduling pass
+GIL_SWITCH = 0.001  # seconds: sys.setswitchinterval while the engine runs (see run)
 READ_SLICE = 2000  # due jobs whose batch folder is named between two turns of the loop
 # Returns the reason a target must not be used (e.g. chain id mismatch), or None.
 TargetGuard = Callable[[str], "str | None"]
@@ -78,6 +80,22 @@ def _import_backend(scheme: str) -> None:
             importlib.import_module(name)
     except Exception:  # an unknown scheme, a broken install: the anchor that needs it reports it
         pass
+
+
+async def warm_backends(ctx: Context) -> None:
+    """Build each target's backend (a local TSA's key read or made) while the loop waits
+    for the first pass's batch reads, not after them; its scheme's backend module is
+    imported on a thread first (cryptography and the rest: 0.3-0.5 s of the loop). A
+    target that cannot be built is left for the anchor that needs it to report."""
+    targets = await asyncio.to_thread(targets_named, list(ctx.table.specs().values()))
+    for scheme in sorted({target.partition(":")[0] for target in targets}):
+        await asyncio.to_thread(_import_backend, scheme)
+    for target in targets:
+        await asyncio.sleep(0)
+        try:
+            ctx.backend_for(target)
+        except Exception:  # reported by the anchor that needs it
+            pass
 
 
 class Scheduler:
@@ -302,9 +320,21 @@ class Scheduler:
     # ----- the loop ----------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Run until stop(): recover interrupted anchors, then anchor what is due, forever."""
+        """Run until stop(): recover interrupted anchors, then anchor what is due, forever.
+
+        While it runs, a thread that wants the GIL waits GIL_SWITCH at most (Python's
+        default: 5 ms): after each system call the loop waits for it behind the writer
+        thread building receipts, and a /livez answer takes four turns of the loop."""
+        switch = sys.getswitchinterval()
+        sys.setswitchinterval(min(switch, GIL_SWITCH))
+        try:
+            await self._run()
+        finally:
+            sys.setswitchinterval(switch)
+
+    async def _run(self) -> None:
         await self.recover()
-        self._ctx.spawn(self._warm_backends())
+        self._ctx.spawn(warm_backends(self._ctx))
         while not self.stopping:
             self._wake.clear()
             await self._read_due_batches()
@@ -317,21 +347,6 @@ class Scheduler:
             if self._jobs.forced and not self.stopping:
                 continue
             await self.clock.sleep_until(deadline, self._wake)
-
-    async def _warm_backends(self) -> None:
-        """Build each target's backend (a local TSA's key read or made) while the loop waits
-        for the first pass's batch reads, not after them; its scheme's backend module is
-        imported on a thread first (cryptography and the rest: 0.3-0.5 s of the loop). A
-        target that cannot be built is left for the anchor that needs it to report."""
-        targets = await asyncio.to_thread(targets_named, list(self._jobs.specs().values()))
-        for scheme in sorted({target.partition(":")[0] for target in targets}):
-            await asyncio.to_thread(_import_backend, scheme)
-        for target in targets:
-            await asyncio.sleep(0)
-            try:
-                self._ctx.backend_for(target)
-            except Exception:  # reported by the anchor that needs it
-                pass
 
     async def run_once(self) -> None:
         """One pass, waiting for every anchor it started (tests and `--once`)."""
