@@ -371,8 +371,9 @@ class Scheduler:
         now = self.clock.now()
         jobs = self._jobs
         due: list[tuple[float | None, JobKey]] = [(None, k) for k in jobs.forced]
-        if not self.paused:  # the heap's entries due by now, without popping (one scan, in C)
-            due += [(when, key) for when, _, key in jobs.heap if when <= now]
+        heap = jobs.heap
+        if not self.paused and heap and heap[0][0] <= now:  # its entries due by now, without popping
+            due += [(when, key) for when, _, key in heap if when <= now]  # one scan, in C
         named: dict[JobKey, Path] = {}  # one per job that will read it
         records, flight = jobs.records, self._flight
         for start in range(0, len(due), READ_SLICE):  # the loop turns between slices
