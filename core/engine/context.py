@@ -68,11 +68,12 @@ class Context:
         self.claim_refusal: str | None = None  # why not to claim jobs now (core/cluster.py)
         self._named: dict[str, frozenset[JobKey]] = {}  # the jobs of the open intents, by id
 
-    def spawn(self, work: Coroutine[Any, Any, None]) -> None:
+    def spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         """Run `work` as one of the engine's tasks (awaited by settle and stop)."""
         task = asyncio.get_running_loop().create_task(work)
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
+        return task
 
     async def write(self, op: str, path: Any, fn: Callable[..., _T], *args: Any) -> _T:
         """Run a blocking write on the writer thread; a failure is reported once, then raised."""

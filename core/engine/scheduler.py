@@ -334,10 +334,12 @@ class Scheduler:
 
     async def _run(self) -> None:
         await self.recover()
-        self._ctx.spawn(warm_backends(self._ctx))
+        warming = self._ctx.spawn(warm_backends(self._ctx))
         while not self.stopping:
             self._wake.clear()
             await self._read_due_batches()
+            if not warming.done():  # the first pass: its backends' modules imported off the loop first
+                await asyncio.wait([warming])
             await self._run_due_in_slices()
             now = self.clock.now()
             deadline = now + self.tick
