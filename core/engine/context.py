@@ -66,12 +66,14 @@ class Context:
         self.tasks: set[asyncio.Task[None]] = set()
         self.stopping = False
         self.claim_refusal: str | None = None  # why not to claim jobs now (core/cluster.py)
+        self._named: dict[str, frozenset[JobKey]] = {}  # the jobs of the open intents, by id
 
-    def spawn(self, work: Coroutine[Any, Any, None]) -> None:
+    def spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         """Run `work` as one of the engine's tasks (awaited by settle and stop)."""
         task = asyncio.get_running_loop().create_task(work)
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
+        return task
 
     async def write(self, op: str, path: Any, fn: Callable[..., _T], *args: Any) -> _T:
         """Run a blocking write on the writer thread; a failure is reported once, then raised."""
@@ -93,9 +95,15 @@ class Context:
         accounts for). Their leases are renewed and never released."""
         jobs = set(self.table.flight) | set(self.table.held_keys())
         settled = {intent.id for intent in closing}
+        named: dict[str, frozenset[JobKey]] = {}
         for intent in self.open.values():
+            keys = self._named.get(intent.id)
+            if keys is None:  # parsed once per intent (10,000 entries: 40 ms each time)
+                keys = frozenset(intent.jobs)
+            named[intent.id] = keys
             if intent.id not in settled:
-                jobs.update(intent.jobs)
+                jobs.update(keys)
+        self._named = named
         return frozenset(jobs)
 
     def soon(self) -> float:

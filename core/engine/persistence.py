@@ -14,9 +14,17 @@ from collections.abc import Sequence
 
 from core.engine.context import Context
 from core.errors import ErrorKind, StorageError
-from core.store import Intent, Written
+from core.jobs import JobKey, JobState
+from core.store import Intent, StateRepo, Written
 
 SAVE_PACE = 2.0  # after a save, wait this many times its duration before the next one
+
+
+def _encoded_write(store: StateRepo, states: dict[JobKey, JobState]) -> Written | None:
+    """On the writer thread: `states` (a copy of the table's, of the state objects then:
+    a change replaces a job's state, `current_at` alone is updated in place) snapshotted
+    and written. A lone scheduler keeps no leases: no `holding` to compute."""
+    return store.write(store.snapshot(states))
 
 
 class Saves:
@@ -75,10 +83,13 @@ class Saves:
         """
         ctx = self.ctx
         closing = list(self.closing)
-        holding = ctx.holding(closing)
-        doc = ctx.state_store.snapshot(ctx.table.states(), holding)
+        store, states = ctx.state_store, ctx.table.states()
         try:
-            written = await ctx.write("state", ctx.state_store.path, ctx.state_store.write, doc)
+            if ctx.claims.closes_intents:  # a shared store: each state with its row, and the leases kept, now
+                doc = store.snapshot(states, ctx.holding(closing))
+                written = await ctx.write("state", store.path, store.write, doc)
+            else:  # a lone scheduler's: the states of now, encoded on the writer thread (10,000: 25 ms)
+                written = await ctx.write("state", store.path, _encoded_write, store, states)
         except StorageError as exc:
             self._save_error = exc
             self._retry_later()

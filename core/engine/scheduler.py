@@ -34,6 +34,9 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import importlib
+import importlib.util
+import sys
 from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -62,8 +65,37 @@ from core.views import JobView
 from core.writer import DiskWriter
 
 PASS_SLICE = 500  # due jobs looked at between two turns of the loop in a scheduling pass
+GIL_SWITCH = 0.001  # seconds: sys.setswitchinterval while the engine runs (see run)
+READ_SLICE = 2000  # due jobs whose batch folder is named between two turns of the loop
 # Returns the reason a target must not be used (e.g. chain id mismatch), or None.
 TargetGuard = Callable[[str], "str | None"]
+
+
+def _import_backend(scheme: str) -> None:
+    """Import a scheme's backend module (core/anchors/<scheme>/backend.py), if it has one:
+    off the loop, the build that follows on the loop finds it imported."""
+    name = f"core.anchors.{scheme}.backend"
+    try:
+        if importlib.util.find_spec(name) is not None:
+            importlib.import_module(name)
+    except Exception:  # an unknown scheme, a broken install: the anchor that needs it reports it
+        pass
+
+
+async def warm_backends(ctx: Context) -> None:
+    """Build each target's backend (a local TSA's key read or made) while the loop waits
+    for the first pass's batch reads, not after them; its scheme's backend module is
+    imported on a thread first (cryptography and the rest: 0.3-0.5 s of the loop). A
+    target that cannot be built is left for the anchor that needs it to report."""
+    targets = await asyncio.to_thread(targets_named, list(ctx.table.specs().values()))
+    for scheme in sorted({target.partition(":")[0] for target in targets}):
+        await asyncio.to_thread(_import_backend, scheme)
+    for target in targets:
+        await asyncio.sleep(0)
+        try:
+            ctx.backend_for(target)
+        except Exception:  # reported by the anchor that needs it
+            pass
 
 
 class Scheduler:
@@ -288,12 +320,26 @@ class Scheduler:
     # ----- the loop ----------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Run until stop(): recover interrupted anchors, then anchor what is due, forever."""
+        """Run until stop(): recover interrupted anchors, then anchor what is due, forever.
+
+        While it runs, a thread that wants the GIL waits GIL_SWITCH at most (Python's
+        default: 5 ms): after each system call the loop waits for it behind the writer
+        thread building receipts, and a /livez answer takes four turns of the loop."""
+        switch = sys.getswitchinterval()
+        sys.setswitchinterval(min(switch, GIL_SWITCH))
+        try:
+            await self._run()
+        finally:
+            sys.setswitchinterval(switch)
+
+    async def _run(self) -> None:
         await self.recover()
-        self._ctx.spawn(self._warm_backends())
+        warming = self._ctx.spawn(warm_backends(self._ctx))
         while not self.stopping:
             self._wake.clear()
             await self._read_due_batches()
+            if not warming.done():  # the first pass: its backends' modules imported off the loop first
+                await asyncio.wait([warming])
             await self._run_due_in_slices()
             now = self.clock.now()
             deadline = now + self.tick
@@ -303,17 +349,6 @@ class Scheduler:
             if self._jobs.forced and not self.stopping:
                 continue
             await self.clock.sleep_until(deadline, self._wake)
-
-    async def _warm_backends(self) -> None:
-        """Build each target's backend (its module imported, a local TSA's key read or
-        made) while the loop waits for the first pass's batch reads, not after them. A
-        target that cannot be built is left for the anchor that needs it to report."""
-        for target in targets_named(self._jobs.specs().values()):
-            await asyncio.sleep(0)
-            try:
-                self._ctx.backend_for(target)
-            except Exception:  # reported by the anchor that needs it
-                pass
 
     async def run_once(self) -> None:
         """One pass, waiting for every anchor it started (tests and `--once`)."""
@@ -337,23 +372,22 @@ class Scheduler:
             return  # an injected reader (tests, benches) reads by itself
         now = self.clock.now()
         jobs = self._jobs
-        keys = [k for k in jobs.forced if k in jobs and k not in self._flight]
-        if not self.paused:
-            heap = jobs.heap
-            stack = [0] if heap else []
-            while stack:  # the heap's entries due by now, without popping: a pruned walk
-                i = stack.pop()
-                when, _, key = heap[i]
-                if when > now:
+        due: list[tuple[float | None, JobKey]] = [(None, k) for k in jobs.forced]
+        heap = jobs.heap
+        if not self.paused and heap and heap[0][0] <= now:  # its entries due by now, without popping
+            due += [(when, key) for when, _, key in heap if when <= now]  # one scan, in C
+        named: dict[JobKey, Path] = {}  # one per job that will read it
+        records, flight = jobs.records, self._flight
+        for start in range(0, len(due), READ_SLICE):  # the loop turns between slices
+            if start:
+                await asyncio.sleep(0)
+            for when, key in due[start:start + READ_SLICE]:
+                record = records.get(key)
+                if (record is None or key in flight or key in named or (when is not None and record.due != when)
+                        or record.held is not None or record.disabled is not None):
                     continue
-                if jobs.due_at(key) == when and key in jobs and key not in self._flight:
-                    keys.append(key)
-                stack.extend(c for c in (2 * i + 1, 2 * i + 2) if c < len(heap))
-        folders = [
-            jobs[k].spec.source
-            for k in dict.fromkeys(keys)
-            if jobs[k].held is None and jobs[k].disabled is None
-        ]
+                named[key] = record.spec.source
+        folders = list(named.values())
         self._reads.prefetched = {str(folder) for folder in folders}
         if folders:  # waits BATCH_READ_WAIT at most: a folder that does not answer is left
             self._reads.unanswered = await asyncio.to_thread(prefetch, folders, BATCH_READ_WAIT)

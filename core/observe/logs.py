@@ -59,9 +59,10 @@ def format_record(record: LogRecord) -> str:
 class JsonLineWriter:
     """Bus subscriber writing LogRecords as JSON lines; rotates a file by size if asked.
 
-    On an event loop the lines of one loop iteration are flushed together, at its end (a
-    pass of 10,000 "anchored" lines costs a few writes, not 10,000); elsewhere (a thread,
-    a command without a loop) each line is flushed at once."""
+    On an event loop the lines of one loop iteration are written together, in one write,
+    at its end (a pass of 10,000 "anchored" lines costs a few writes, not 10,000);
+    elsewhere (a thread, a command without a loop) each line is written at once. A file
+    rotates once it passed `max_bytes`, after the write that passed it."""
 
     def __init__(
         self,
@@ -78,7 +79,7 @@ class JsonLineWriter:
         self._file: IO[str] | None = None
         self._size = 0  # bytes in the file, as written (no tell() per line)
         self._flush_queued = False
-        self._held: list[str] = []  # the stream's lines of this loop iteration
+        self._lines: list[str] = []  # formatted, not written yet
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - kept open
@@ -87,16 +88,7 @@ class JsonLineWriter:
     def __call__(self, event: Event) -> None:
         if not isinstance(event, LogRecord):
             return
-        line = format_record(event) + "\n"
-        if self._stream is not None:
-            # held here until the flush: a stream may write through at each call
-            # (PYTHONUNBUFFERED, as under systemd), one write(2) per line
-            self._held.append(line)
-        if self._file is not None:
-            self._file.write(line)
-            self._size += len(line.encode())
-            if self._size >= self._max_bytes:
-                self._rotate()
+        self._lines.append(format_record(event) + "\n")
         self._flush_soon()
 
     def _flush_soon(self) -> None:
@@ -111,20 +103,24 @@ class JsonLineWriter:
         loop.call_soon(self.flush)
 
     def flush(self) -> None:
+        """Write the lines gathered since the last flush in one write per output (each
+        write on the loop is a system call, after which the loop waits for the GIL behind
+        the writer thread: 10,000 lines written one by one stalled /livez), then flush."""
         self._flush_queued = False
-        if self._held and self._stream is not None:
-            lines, self._held = "".join(self._held), []
-            try:
-                self._stream.write(lines)
-            except (OSError, ValueError) as exc:  # a log nobody can read must never stop anchoring
-                print(f"log writer {self!r} failed: {exc!r}", file=sys.stderr)
+        text, self._lines = "".join(self._lines), []
         for out in (self._stream, self._file):
             if out is None or out.closed:
                 continue
             try:
+                if text:
+                    out.write(text)
                 out.flush()
             except (OSError, ValueError) as exc:  # a log nobody can read must never stop anchoring
                 print(f"log writer {self!r} failed: {exc!r}", file=sys.stderr)
+        if text and self._file is not None:
+            self._size += len(text.encode())
+            if self._size >= self._max_bytes:
+                self._rotate()
 
     def _rotate(self) -> None:
         assert self._path is not None and self._file is not None

@@ -49,37 +49,3 @@ def test_without_a_loop_each_line_is_written_at_once():
     stream.close()
     os.close(r)
 
-
-class WriteThrough:
-    """A stream that writes through at each call, as stdout does under PYTHONUNBUFFERED
-    (systemd units and CI set it): each write is a write(2)."""
-
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-        self.closed = False
-        self.writes = 0
-
-    def write(self, text: str) -> int:
-        self.writes += 1
-        return os.write(self.fd, text.encode())
-
-    def flush(self) -> None:
-        pass
-
-
-async def test_a_write_through_stdout_gets_one_write_per_loop_iteration_not_one_per_line():
-    """10,000 "anchored" lines cost 10,000 write(2)s to a write-through stdout, about 1.5 s
-    of the loop on a slow disk (issue 24's first pass): they are written together."""
-    r, w = os.pipe()
-    os.set_blocking(r, False)
-    stream = WriteThrough(w)
-    bus = EventBus()
-    bus.subscribe(JsonLineWriter(stream))  # type: ignore[arg-type]
-    log = Log(bus, FakeClock())
-    for n in range(200):
-        log.info("anchored", job=f"ns{n}/fast")
-    await asyncio.sleep(0)
-    assert [line["job"] for line in read_lines(r)] == [f"ns{n}/fast" for n in range(200)]
-    assert stream.writes == 1
-    os.close(w)
-    os.close(r)
