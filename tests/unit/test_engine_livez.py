@@ -65,7 +65,8 @@ async def test_the_state_file_is_encoded_on_the_writer_thread_and_accounts_for_e
     h = Harness(tmp_path, {f"ns{i}": i + 1 for i in range(20)})
     state = ThreadRecordingState(tmp_path / "data" / "state" / "scheduler.json")
     s = Scheduler(
-        jobs=h.specs, clock=h.clock, bus=h.bus, backend_for=lambda target: h.backend, state_store=state,
+        jobs=h.specs, clock=h.clock, bus=h.bus, backend_for=lambda target: h.backend,
+        state_store=state,  # type: ignore[arg-type]  # snapshot recorded per instance, not static
         journal=IntentJournal(tmp_path / "data" / "journal"), receipts=h.receipts,
         policy=BackoffPolicy(base=5.0, max_level=7, jitter=0.0, rng=random.Random(1)),
     )
