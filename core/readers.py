@@ -39,6 +39,7 @@ class Read(Generic[T]):
     key: str
     fn: Callable[[], T]
     started: float | None = None  # monotonic, when a thread took it
+    ended: float | None = None  # monotonic, when it returned or raised
     done: threading.Event = field(default_factory=threading.Event)
     value: T | None = None
     error: BaseException | None = None
@@ -141,6 +142,7 @@ class Readers:
                 self._busy.pop(me, None)
                 if self._pending.get(read.key) is read:
                     del self._pending[read.key]
+            read.ended = time.monotonic()
             read.done.set()
 
 
