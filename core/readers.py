@@ -39,7 +39,6 @@ class Read(Generic[T]):
     key: str
     fn: Callable[[], T]
     started: float | None = None  # monotonic, when a thread took it
-    ended: float | None = None  # monotonic, when it returned or raised
     done: threading.Event = field(default_factory=threading.Event)
     value: T | None = None
     error: BaseException | None = None
@@ -142,7 +141,6 @@ class Readers:
                 self._busy.pop(me, None)
                 if self._pending.get(read.key) is read:
                     del self._pending[read.key]
-            read.ended = time.monotonic()
             read.done.set()
 
 

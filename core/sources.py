@@ -215,9 +215,6 @@ _cache: dict[str, _Entry] = {}
 _handoffs: dict[str, _Handoff] = {}  # by the folder read, as _cache
 _name_keys: dict[str, dict[str, tuple[object, ...]]] = {}  # folder -> its last listing's keys
 _resolved: dict[str, str] = {}  # folder named -> the folder its last prefetch read
-# folder -> its read that a prefetch left unanswered: if it answers before the next
-# prefetch names the folder, its result is handed off then, not read again (see prefetch)
-_unanswered_reads: dict[str, Read[tuple[Batch | None, str | None]]] = {}
 _generation = 0  # prefetch calls so far
 _lock = threading.Lock()
 _limits: dict[str, BatchLimits] = {}
@@ -230,7 +227,6 @@ def clear_cache() -> None:
         _handoffs.clear()
         _name_keys.clear()
         _resolved.clear()
-        _unanswered_reads.clear()
 
 
 def configure(limits: Mapping[Path, BatchLimits], default: BatchLimits | None = None) -> None:
@@ -423,43 +419,20 @@ def prefetch(
     wanted: dict[str, int] = {}
     for name, folder in read_from.items():
         wanted[folder] = wanted.get(folder, 0) + named[name]
-    answered = _answered_since(wanted)
-    reads = answered | _submit_all(
-        (folder, f"read:{folder}", functools.partial(_read_result, Path(folder))) for folder in wanted if folder not in answered
-    )
+    reads = _submit_all((folder, f"read:{folder}", functools.partial(_read_result, Path(folder))) for folder in wanted)
     READERS.wait(_new(reads), _left(deadline))
+    until = time.monotonic() + _HANDOFF_S
     with _lock:
         for folder, (read, _) in reads.items():
             if read.done.is_set() and read.value is not None:
                 batch, error = read.value
-                until = (read.ended or time.monotonic()) + _HANDOFF_S  # as old as the read itself
                 _handoffs[folder] = _Handoff(until, wanted[folder], generation, batch, error)
-            elif not read.done.is_set():
-                _unanswered_reads[folder] = read
         for name, folder in read_from.items():
             _resolved[name] = folder
             if not reads[folder][0].done.is_set():
                 waiting[name] = reads[folder][0]  # type: ignore[assignment]
     now = time.monotonic()
     return {name: read.running_for(now) for name, read in waiting.items()}
-
-
-def _answered_since(folders: Iterable[str]) -> dict[str, tuple[Read[tuple[Batch | None, str | None]], bool]]:
-    """The folders whose read an earlier prefetch left unanswered and that has answered
-    since, within `_HANDOFF_S`: their result is handed off as it is, not read again. (At
-    100,000 folders most reads answer after the pass that named them: each was read a
-    second time, queued behind every other, and its job waited for that read too.)"""
-    now = time.monotonic()
-    out: dict[str, tuple[Read[tuple[Batch | None, str | None]], bool]] = {}
-    with _lock:
-        for folder in folders:
-            read = _unanswered_reads.get(folder)
-            if read is None or not read.done.is_set():
-                continue  # none, or still reading: the submit below finds it pending
-            del _unanswered_reads[folder]
-            if read.value is not None and read.ended is not None and now - read.ended < _HANDOFF_S:
-                out[folder] = (read, False)
-    return out
 
 
 def _submit_all(jobs: Iterable[tuple[str, str, Callable[[], T]]]) -> dict[str, tuple[Read[T], bool]]:

@@ -402,36 +402,6 @@ def test_prefetch_hands_its_read_to_the_next_call(tmp_path: Path, monkeypatch) -
     assert latest_batch(good).id == "2"
 
 
-
-def test_a_read_that_answers_after_its_pass_is_handed_to_the_next_pass_not_read_again(
-    tmp_path: Path, monkeypatch
-) -> None:
-    """A pass waits a second for its folders; at 100,000 folders most answer later. The
-    next pass takes that answer, instead of reading the folder again behind every other
-    read (each folder was read twice, and its job waited for the second read)."""
-    import threading
-
-    folder = tmp_path / "ns"
-    write_batch(folder, "1", R1)
-    gate, reads = threading.Event(), []
-    real = sources._read_result
-
-    def slow_read(path: Path):
-        reads.append(path)
-        gate.wait(10)
-        return real(path)
-
-    monkeypatch.setattr(sources, "_read_result", slow_read)
-    assert set(sources.prefetch([folder], wait=0.01)) == {str(folder)}  # not answered in its pass
-    read = sources.READERS.pending(f"read:{folder}")
-    assert read is not None
-    gate.set()
-    assert read.done.wait(10)  # it answers between the passes
-    assert sources.prefetch([folder], wait=1.0) == {}
-    assert reads == [folder]  # read once
-    monkeypatch.setattr(os, "scandir", lambda *a, **kw: (_ for _ in ()).throw(AssertionError("read again")))
-    assert latest_batch(folder).id == "1"  # the answer is handed off
-
 async def test_the_engine_reads_due_batch_files_off_the_event_loop(tmp_path: Path, monkeypatch) -> None:
     """A pass opens every due batch file on a worker thread; the loop only anchors."""
     import random
