@@ -1160,26 +1160,20 @@ def test_a_bad_rfc3161_url_never_echoes_its_credentials(tmp_path):
 
 # --------------------------------------------------------------------------- memory at scale
 
-SHARED_SETTINGS = """\
-namespaces:
-  "a":
-    cadence:
-      fast: {target: "local:dev", every: "10s"}
-  "b":
-    cadence:
-      fast: {target: "local:dev", every: "10s"}
-  "c":
-    cadence:
-      fast: {target: "local:dev", every: "20s"}
-  "d":
-    source: batches/d
-    cadence:
-      fast: {target: "local:dev", every: "10s"}
-  "e":
-    description: ""
-    cadence:
-      fast: {target: "local:dev", every: "10s"}
-"""
+def cadence_namespaces(everys: dict[str, str], extra: dict[str, str] | None = None) -> str:
+    """A config of namespaces with one fast cadence each (`every` by name), each given the
+    `extra` line if named there: namespace i's `every` is on line 3 * i + 1."""
+    lines = ["namespaces:"]
+    for name, every in everys.items():
+        lines += [f'  "{name}":'] + ([f"    {extra[name]}"] if extra and name in extra else [])
+        lines += ["    cadence:", f'      fast: {{target: "local:dev", every: "{every}"}}']
+    return "\n".join(lines) + "\n"
+
+
+SHARED_SETTINGS = cadence_namespaces(
+    {"a": "10s", "b": "10s", "c": "20s", "d": "10s", "e": "10s"},
+    extra={"d": "source: batches/d", "e": 'description: ""'},
+)
 
 
 def test_equal_namespace_settings_are_held_once_and_read_as_before(tmp_path, monkeypatch):
@@ -1194,8 +1188,9 @@ def test_equal_namespace_settings_are_held_once_and_read_as_before(tmp_path, mon
     assert ns["e"].model_dump(exclude_unset=True) != ns["a"].model_dump(exclude_unset=True)
     shared = load(tmp_path, SHARED_SETTINGS)
     monkeypatch.setattr("core.config.load.share_equal_settings", lambda namespaces: None)
+    monkeypatch.setattr("core.config.load.validation_pool", dict)
     unshared = load(tmp_path, SHARED_SETTINGS)
-    assert unshared.config.namespaces["a"] is not unshared.config.namespaces["b"]
+    assert unshared.config.namespaces["a"].cadence is not unshared.config.namespaces["b"].cadence
     assert shared.hash == unshared.hash
     assert shared.config.model_dump() == unshared.config.model_dump()
 
@@ -1203,18 +1198,7 @@ def test_equal_namespace_settings_are_held_once_and_read_as_before(tmp_path, mon
 def test_an_invalid_cadence_repeated_is_reported_at_each_of_its_lines(tmp_path):
     """Equal cadences are validated once (issue 24), but an invalid one is never taken
     for valid, and each copy's error names its own line."""
-    found = errors(tmp_path, """\
-        namespaces:
-          "a":
-            cadence:
-              fast: {target: "local:dev", every: "10s"}
-          "b":
-            cadence:
-              fast: {target: "local:dev", every: "often"}
-          "c":
-            cadence:
-              fast: {target: "local:dev", every: "often"}
-        """)
+    found = errors(tmp_path, cadence_namespaces({"a": "10s", "b": "often", "c": "often"}))
     assert len(found) == 2, found
     assert "config.yaml:7" in found[0] and "namespaces.b.cadence.fast.every" in found[0]
     assert "config.yaml:10" in found[1] and "namespaces.c.cadence.fast.every" in found[1]
