@@ -48,22 +48,13 @@ class SharedWhenEqual(Model):
         if pool is None or type(data) is not dict:
             return handler(data)
         try:
-            key = (cls, _input_key(data))
+            key = (cls, _value_key(data))
             found = pool.get(key)
         except TypeError:  # an input that cannot be hashed
             return handler(data)
         if found is None:
             found = pool[key] = handler(data)  # an invalid input raises: nothing kept
         return found
-
-
-def _input_key(value: Any) -> Hashable:
-    kind = type(value)
-    if kind is dict:
-        return (dict, tuple((k, _input_key(v)) for k, v in value.items()))
-    if kind is list:
-        return (list, tuple(_input_key(v) for v in value))
-    return (kind, value)
 
 
 def share_equal_settings(namespaces: dict[str, Any]) -> None:
@@ -116,11 +107,13 @@ def _is_model(kind: type) -> bool:
 
 
 def _value_key(value: Any) -> Hashable:
-    """A value as a hashable key; a model by its identity (shared ones are canonical)."""
-    if isinstance(value, BaseModel):
+    """A value (a validation input, or a field's value) as a hashable key, its type kept
+    (1, 1.0 and True are not one key); a model by its identity (shared ones are canonical)."""
+    kind = type(value)
+    if kind is dict:
+        return (dict, tuple((k, _value_key(v)) for k, v in value.items()))
+    if kind is list:
+        return (list, tuple(_value_key(v) for v in value))
+    if _is_model(kind):
         return ("model", id(value))
-    if isinstance(value, list):
-        return ("list", tuple(_value_key(v) for v in value))
-    if isinstance(value, dict):
-        return ("dict", tuple((k, _value_key(v)) for k, v in value.items()))
-    return (type(value), value)
+    return (kind, value)

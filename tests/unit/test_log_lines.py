@@ -48,4 +48,3 @@ def test_without_a_loop_each_line_is_written_at_once():
     assert [line["msg"] for line in read_lines(r)] == ["check-config done"]
     stream.close()
     os.close(r)
-
