@@ -21,6 +21,11 @@ app runs under Textual's Pilot (`app.run_test(size=(160, 48))`, all four panes s
   frozen and once with the FakeClock moved one second per real second (the countdown
   timer then changes 1,000 rows a second, as in production).
 
+- at 100,000 jobs (BENCH_TUI_HUGE, 0 skips it; no batches written): first rows, a filter
+  keystroke that leaves 100 rows and clearing it, the slowest of 4 sort keystrokes, and
+  the 1 s countdown tick between the spaced full refreshes (tui/pace.py), each with the
+  time until its frame is drawn.
+
 Headless Textual skips only the last step of a frame (encoding segments as escape codes
 for the terminal); the last row measures that step for one full screen.
 """
@@ -80,12 +85,12 @@ def config_text(n: int) -> str:
 class World:
     """Config, batches and a Runtime on a FakeClock in `tmp`, as the TUI tests build them."""
 
-    def __init__(self, tmp: Path, n: int = JOBS) -> None:
+    def __init__(self, tmp: Path, n: int = JOBS, *, batches: bool = True) -> None:
         self.tmp = tmp
         self.clock = FakeClock()
         self.config_path = tmp / "config.yaml"
         self.config_path.write_text(config_text(n))
-        for i in range(n):
+        for i in range(n if batches else 0):
             folder = tmp / "data" / "batches" / safe_name(f"bench:{i:04d}")
             write_batch(folder, f"{i + 1:06d}", "sha256:" + f"{i + 1:064x}")
         self.runtime = Runtime(
@@ -242,11 +247,66 @@ async def measure() -> dict[str, float]:
     return m
 
 
+async def timed(pilot, action) -> tuple[float, float]:
+    """(the action's own seconds, seconds until its frame is drawn)."""
+    t0 = time.perf_counter()
+    action()
+    t1 = time.perf_counter()
+    await pilot.pause()
+    return t1 - t0, time.perf_counter() - t0
+
+
+async def measure_huge(n: int) -> dict[str, float]:
+    """The dashboard over `n` jobs (no batches written: each shows as waiting for one), on
+    its real timers: what an operator feels when typing a filter or sorting."""
+    m: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="vmsh-tui-huge-") as name:
+        world = World(Path(name), n, batches=False)
+        app = world.app()
+        t0 = time.perf_counter()
+        async with app.run_test(size=SIZE) as pilot:
+            await pilot.pause()
+            jobs = app.dashboard.body("jobs")
+            assert jobs.row_count == n, jobs.row_count
+            m["first_rows"] = time.perf_counter() - t0
+            m["narrow"], m["narrow_drawn"] = await timed(pilot, lambda: jobs.set_filter("bench:09"))
+            m["narrow_rows"] = float(jobs.row_count)
+            m["clear"], m["clear_drawn"] = await timed(pilot, lambda: jobs.set_filter(""))
+            sorts = [await timed(pilot, jobs.action_cycle_sort) for _ in range(4)]
+            m["sort"], m["sort_drawn"] = max(s[0] for s in sorts), max(s[1] for s in sorts)
+            world.clock.advance(1.0)
+            app.refresh_views()
+            m["refresh_cpu"] = app.dashboard.refresher.pace.cost
+            m["refresh_every"] = max(1.0, app.dashboard.refresher.pace.wait(app.dashboard.refresher.pace.started_at or 0.0))
+            world.clock.advance(1.0)
+            m["tick"], m["tick_drawn"] = await timed(pilot, app.dashboard.refresher.countdown)
+            await world.runtime.close()
+    return m
+
+
+def huge_rows(n: int) -> list[tuple[str, str, str]]:
+    m = asyncio.run(measure_huge(n))
+    return [
+        (f"tui at {n:,} jobs: first rows on screen", f"{m['first_rows']:.1f} s", "in-process, config loaded"),
+        (f"tui at {n:,} jobs: filter keystroke -> {m['narrow_rows']:,.0f} rows", ms(m["narrow"]),
+         f"drawn after {ms(m['narrow_drawn'])}; filter cleared {ms(m['clear'])}, drawn after {ms(m['clear_drawn'])}"),
+        (f"tui at {n:,} jobs: sort keystroke (worst of 4 columns)", ms(m["sort"]), f"drawn after {ms(m['sort_drawn'])}"),
+        (f"tui at {n:,} jobs: 1 s countdown tick between full refreshes", ms(m["tick"]),
+         f"drawn after {ms(m['tick_drawn'])}; a full refresh costs {ms(m['refresh_cpu'])} CPU, "
+         f"so runs every {m['refresh_every']:.0f} s (tui/pace.py)"),
+    ]
+
+
 def world_receipts(world: World) -> int:
     return len(world.runtime.receipts.all_paths())
 
 
 def run() -> list[tuple[str, str, str]]:
+    huge = int(os.environ.get("BENCH_TUI_HUGE", "100000"))  # 0 skips the 100,000-job rows
+    return (huge_rows(huge) if huge else []) + small_rows()
+
+
+def small_rows() -> list[tuple[str, str, str]]:
     m = asyncio.run(measure())
     per_line = (m["log_publish"] + m["log_flush"] + m["log_render"]) / LOG_BURST
     log_total = m["log_publish"] + m["log_flush"] + m["log_render"]

@@ -162,6 +162,10 @@ class SchedulerControl(Protocol):
 
     def snapshot(self) -> Snapshot: ...
 
+    def now(self) -> float:
+        """The scheduler's clock: what a snapshot taken now would give as its `now`."""
+        ...
+
     def subscribe(self, callback: Callable[[Event], None]) -> Callable[[], None]:
         """Call `callback` with every event from now on; returns the unsubscribe."""
         ...

@@ -304,10 +304,18 @@ class RemoteControl:
     def snapshot(self) -> Snapshot:
         snap = self._snapshot
         assert snap is not None, "RemoteControl.connect() takes the first snapshot"
+        return replace(snap, now=self._now_of(snap))
+
+    def now(self) -> float:
+        snap = self._snapshot
+        assert snap is not None, "RemoteControl.connect() takes the first snapshot"
+        return self._now_of(snap)
+
+    def _now_of(self, snap: Snapshot) -> float:
         # Connected: the server's steady clock advanced by ours since it answered; while
         # disconnected the mirror stays at the moment the socket went away.
         until = self._frozen_at if self._frozen_at is not None else time.monotonic()
-        return replace(snap, now=snap.now + max(0.0, until - self._fetched_at))
+        return snap.now + max(0.0, until - self._fetched_at)
 
     def subscribe(self, callback: Callable[[Event], None]) -> Callable[[], None]:
         self._callbacks.append(callback)

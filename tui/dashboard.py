@@ -25,14 +25,16 @@ from textual.containers import Horizontal, Vertical
 from textual.events import Key, Resize
 from textual.screen import Screen
 from textual.widget import Widget
-from textual.widgets import Footer, Input, Tab, Tabs
+from textual.widgets import Footer, Tab, Tabs
 
 from core.control import SchedulerControl, Snapshot, VerifyOutcome
 from core.events import ConfigApplied, ConfigRejected, Event, LogRecord, Paused, TickCompleted
 from core.jobs import JobKey
 from tui.actions import MUTATING, bindings
 from tui.detail import namespace_detail_of
+from tui.filter_box import FilterBox, filter_pane
 from tui.header import RunState, header_text
+from tui.pace import PacedRefresh
 from tui.panes import PANES, PaneContext, PaneSource
 from tui.panes.logs import LOG_LINES, LogsPane
 from tui.panes.receipts import ReceiptsPane
@@ -100,6 +102,8 @@ class DashboardScreen(Screen[None]):
         self._pending: list[Event] = []
         self._pending_logs: deque[LogRecord] = deque(maxlen=LOG_LINES)
         self._flush_armed = False
+        # Full refreshes at a pace that leaves the loop free at 100,000 jobs (tui/pace.py).
+        self.refresher = PacedRefresh(self._show_snapshot, self._show_time, self.set_timer)
         self._event_thread = threading.get_ident()
         # From the start, not from mount: what the scheduler says before the screen is up
         # (the App starts the run in its own on_mount) is shown once it is.
@@ -107,7 +111,6 @@ class DashboardScreen(Screen[None]):
         self._snapshot: Snapshot | None = None
         self._active_pane = PANES[0].name
         self._wide: bool | None = None
-        self._filter_target: str | None = None
         self._rejection_shown: tuple[str, ...] | None = None  # the config errors last told
 
     # ----- the panes as the tests and the App address them
@@ -147,7 +150,7 @@ class DashboardScreen(Screen[None]):
             for i, (_, names) in enumerate(sorted(grouped.items()))
         ]
         yield Vertical(*(row for _, row in self._rows), id="panes")
-        self._filter_box = Input(placeholder="filter", id="filter")
+        self._filter_box = FilterBox()
         yield self._filter_box
         yield Footer(compact=True)
 
@@ -160,7 +163,7 @@ class DashboardScreen(Screen[None]):
         if self._pending or self._pending_logs:
             self.apply_pending()
         self.body(self._active_pane).focus()
-        self.set_interval(COUNTDOWN_PERIOD, self.refresh_views, name="countdown")
+        self.set_interval(COUNTDOWN_PERIOD, self.refresher.countdown, name="countdown")
 
     def stop_events(self) -> None:
         """No more events from the scheduler (the App calls it before it exits: what the
@@ -270,7 +273,13 @@ class DashboardScreen(Screen[None]):
                 pane.take(events, logs)
             # A tick alone changes nothing the 1 s countdown refresh will not show anyway.
             if any(not isinstance(e, TickCompleted) for e in events):
-                self.refresh_views()
+                self.refresher.soon()
+
+    def _show_time(self) -> None:
+        """Between full refreshes: the rows' ages and countdowns count from the scheduler's now."""
+        now = self.control.now()
+        for pane in self.panes.values():
+            pane.show_time(now)
 
     def refresh_all(self) -> None:
         with self.app.batch_update():
@@ -280,6 +289,9 @@ class DashboardScreen(Screen[None]):
 
     def refresh_views(self) -> None:
         """One snapshot of the job table -> every pane, the tab labels and the header."""
+        self.refresher.run()
+
+    def _show_snapshot(self) -> None:
         before = self._snapshot
         snapshot = self._snapshot = self.control.snapshot()
         if before is None or before.paused != snapshot.paused:
@@ -524,28 +536,7 @@ class DashboardScreen(Screen[None]):
         self.notify(message, severity="information" if saved else "error", timeout=10)
 
     def action_filter(self) -> None:
-        name = self.focused_pane_name()
-        self._filter_target = name
-        box = self._filter_box
-        box.placeholder = f"filter {self.panes[name].title} (enter keeps, esc clears)"
-        box.value = self.body(name).filter_text
-        box.add_class("visible")
-        box.focus()
-
-    def on_input_changed(self, event: Input.Changed) -> None:
-        if event.input.id == "filter" and self._filter_target:
-            self.body(self._filter_target).set_filter(event.value)
-            self.boxes[self._filter_target].describe_filter()
-
-    def on_input_submitted(self, event: Input.Submitted) -> None:
-        if event.input.id == "filter":
-            self._close_filter()
-
-    def _close_filter(self) -> None:
-        self._filter_box.remove_class("visible")
-        target = self._filter_target or self._active_pane
-        self._filter_target = None
-        self.body(target).focus()
+        self._filter_box.open(self.boxes[self.focused_pane_name()])
 
     def on_diff_table_filter_changed(self, event: DiffTable.FilterChanged) -> None:
         name = self._pane_of(event.table)
@@ -560,17 +551,13 @@ class DashboardScreen(Screen[None]):
     def action_clear_filter(self) -> None:
         """esc: close the filter box and clear its filter, else dismiss the notifications
         shown, else clear the focused pane's filter."""
-        if self._filter_box.has_class("visible"):
-            target = self._filter_target
-            if target:
-                self.body(target).set_filter("")
-                self.boxes[target].describe_filter()
-            self._close_filter()
+        if self._filter_box.is_open:
+            pane = self._filter_box.close(clear=True)
+            (self.body(self._active_pane) if pane is None else pane.body).focus()
             return
         if self.query("Toast"):  # the notifications shown (each screen has its own rack)
             self.app.clear_notifications()
             return
         name = self.focused_pane_name()
         if self.body(name).filter_text:
-            self.body(name).set_filter("")
-            self.boxes[name].describe_filter()
+            filter_pane(self.boxes[name], "")

@@ -54,17 +54,67 @@ class Cell(NamedTuple):
         return Text(self.text, style=self.style, no_wrap=True, overflow="ellipsis")
 
 
+class ShownTime:
+    """The instant a table's live cells are shown at. The dashboard moves it on each
+    refresh and each 1 s tick; the cells read it when they are drawn."""
+
+    __slots__ = ("now",)
+
+    def __init__(self, now: float = 0.0) -> None:
+        self.now = now
+
+
+class LiveCell(NamedTuple):
+    """A cell that counts from an instant (an age: `Last`) or to one (a countdown: `Next`,
+    a backoff's retry), as of `shown.now`. It stays equal while the job's state does, so
+    when only the time moves no row is built again, no cell is rewritten and nothing is
+    re-sorted: the table just draws the rows on screen again (O(rows shown), not O(jobs))."""
+
+    prefix: str
+    at: float
+    counts_down: bool
+    sort: Any
+    role: str
+    style: str
+    shown: ShownTime
+
+    @property
+    def text(self) -> str:
+        if self.counts_down:
+            return self.prefix + countdown(self.at - self.shown.now)
+        return self.prefix + age(self.shown.now - self.at)
+
+    def __rich__(self) -> Text:
+        return Text(self.text, style=self.style, no_wrap=True, overflow="ellipsis")
+
+
+TableCell = Cell | LiveCell
+
+
 class Palette:
     """Theme roles -> Rich style strings, from a textual Theme's colours."""
 
     def __init__(self, colors: Mapping[str, str | None] | None = None) -> None:
         self.constant_cells: dict[Any, tuple[Cell, ...]] = {}  # cells that never change, per key
+        self._shared: dict[tuple[str, Any, str], Cell] = {}
+        self.shown = ShownTime()  # the time the live cells of job rows are shown at
         self.styles: dict[str, str] = {"muted": "dim", "": ""}
         for role, value in (colors or {}).items():
             self.styles[role] = _rich_color(value)
 
     def cell(self, text: str, sort: Any = None, role: str = "") -> Cell:
         return Cell(text, text if sort is None else sort, role, self.styles.get(role, ""))
+
+    def shared(self, text: str, sort: Any = None, role: str = "") -> Cell:
+        """A cell many rows show alike (a status, "-", "never"): built once per palette."""
+        key = (text, sort, role)
+        cell = self._shared.get(key)
+        if cell is None:
+            cell = self._shared[key] = self.cell(text, sort, role)
+        return cell
+
+    def live(self, at: float, *, counts_down: bool, sort: Any, prefix: str = "", role: str = "") -> LiveCell:
+        return LiveCell(prefix, at, counts_down, sort, role, self.styles.get(role, ""), self.shown)
 
 
 def _rich_color(value: str | None) -> str:
@@ -102,22 +152,31 @@ _CADENCE_ORDER = {name: n for n, name in enumerate(CADENCES)}
 _INF = float("inf")
 
 
-def job_row(view: JobView, now: float, max_level: int, paused: bool, p: Palette) -> tuple[Cell, ...]:
+def job_row(view: JobView, max_level: int, paused: bool, p: Palette) -> tuple[TableCell, ...]:
+    """A job's row. Its `Last`, `Next` and retry countdowns are live cells read at
+    `p.shown.now` when drawn, so the row changes only when the job's state does; their sort
+    keys are instants, which do not move with the clock."""
     spec, state = view.spec, view.state
-    last = None if state.last_anchored_at is None else now - state.last_anchored_at
+    if state.last_anchored_at is None:
+        last: TableCell = p.shared("never", _INF, "muted")
+    else:  # newest first when sorted ascending, as the ages were
+        last = p.live(state.last_anchored_at, counts_down=False, sort=-state.last_anchored_at)
     if view.in_flight:
-        nxt, nxt_sort = "...", -1.0
+        nxt: TableCell = p.shared("...", -1.0)
     elif paused and not state.failures:
-        nxt, nxt_sort = "paused", _INF
+        nxt = p.shared("paused", _INF)
     elif view.due_at is None:
-        nxt, nxt_sort = "-", _INF
+        nxt = p.shared("-", _INF)
     else:
-        nxt, nxt_sort = countdown(view.due_at - now), view.due_at
-    if state.backoff_level:
-        retry = "" if state.next_attempt is None else " " + countdown(state.next_attempt - now)
-        backoff = f"{state.backoff_level}/{max_level}{retry}"
+        nxt = p.live(view.due_at, counts_down=True, sort=view.due_at)
+    backoff: TableCell
+    if not state.backoff_level:
+        backoff = p.shared("-", 0, "muted")
+    elif state.next_attempt is None:
+        backoff = p.shared(f"{state.backoff_level}/{max_level}", state.backoff_level, "warning")
     else:
-        backoff = "-"
+        backoff = p.live(state.next_attempt, counts_down=True, sort=state.backoff_level,
+                         prefix=f"{state.backoff_level}/{max_level} ", role="warning")
     status = view.status
     ckey = (spec.namespace, spec.cadence, spec.target, spec.every)
     constant = p.constant_cells.get(ckey)
@@ -128,13 +187,7 @@ def job_row(view: JobView, now: float, max_level: int, paused: bool, p: Palette)
             p.cell(spec.target),
             p.cell(format_seconds(spec.every), spec.every),
         )
-    return (
-        *constant,
-        p.cell(age(last), _INF if last is None else last, "muted" if last is None else ""),
-        p.cell(nxt, nxt_sort),
-        p.cell(backoff, state.backoff_level, "warning" if state.backoff_level else "muted"),
-        p.cell(STATUS_TEXT.get(status, str(status)), status, STATUS_ROLE.get(status, "")),
-    )
+    return (*constant, last, nxt, backoff, p.shared(STATUS_TEXT.get(status, str(status)), status, STATUS_ROLE.get(status, "")))
 
 
 BACKOFF_COLUMNS = (

@@ -14,13 +14,18 @@ from textual.message import Message
 from textual.strip import Strip
 from textual.widget import Widget
 from textual.widgets import DataTable, Log, Static
-from textual.widgets.data_table import ColumnKey, RowKey
+from textual.widgets.data_table import ColumnKey, DuplicateKey, Row, RowKey
 
 from core.events import LogRecord
-from tui.rows import LEVEL_RANK, LOG_LEVELS, Cell, log_line
+from tui.rows import LEVEL_RANK, LOG_LEVELS, TableCell, log_line
 
 Columns = tuple[tuple[str, str, int | None], ...]
 REBUILD_AFTER = 8  # rows removed in one sync beyond which the table is rebuilt instead
+
+
+def _text_width(text: str) -> int:
+    """Terminal cells of a cell's text; printable ASCII (names, numbers) is one a character."""
+    return len(text) if text.isascii() and text.isprintable() else cell_len(text)
 
 
 class DiffTable(DataTable):
@@ -57,8 +62,8 @@ class DiffTable(DataTable):
         self.column_spec = columns
         self.compact = False
         self.hidden_when_compact = hidden_when_compact
-        self.all_rows: dict[str, tuple[Cell, ...]] = {}
-        self._shown: dict[str, tuple[Cell, ...]] = {}
+        self.all_rows: dict[str, tuple[TableCell, ...]] = {}
+        self._shown: dict[str, tuple[TableCell, ...]] = {}
         self.filter_text = ""
         self.sort_index = sort_index
         self.sort_reverse = sort_reverse
@@ -68,12 +73,18 @@ class DiffTable(DataTable):
 
     # ---- data in
 
-    def show(self, rows: Mapping[str, tuple[Cell, ...]]) -> None:
+    def show(self, rows: Mapping[str, tuple[TableCell, ...]]) -> None:
         """Make the table show exactly `rows` (minus the filtered-out ones)."""
         self.all_rows = dict(rows)
         self._sync()
 
-    def _match(self, row: tuple[Cell, ...]) -> bool:
+    def redraw(self) -> None:
+        """The time the live cells are shown at moved: draw the rows on screen again
+        (DataTable caches each row's rendering until its update count changes)."""
+        self._update_count += 1
+        self.refresh()
+
+    def _match(self, row: tuple[TableCell, ...]) -> bool:
         needle = self.filter_text.lower()
         return not needle or any(needle in cell.text.lower() for cell in row)
 
@@ -89,13 +100,13 @@ class DiffTable(DataTable):
             del self._shown[key]
         columns = [ColumnKey(c[0]) for c in self.column_spec]
         changed = False
+        added: list[tuple[str, tuple[TableCell, ...]]] = []
         for key, row in wanted.items():
             old = self._shown.get(key)
             if old is None:
-                self.add_row(*row, key=key)
-                self._widen(row)
+                added.append((key, row))
                 resort = True
-            elif old != row:
+            elif old is not row and old != row:
                 # Write changed cells in place and refresh once below: DataTable.update_cell
                 # refreshes (and re-measures) the whole table on every call.
                 cells = self._data[RowKey(key)]
@@ -105,35 +116,59 @@ class DiffTable(DataTable):
                         changed = True
                         resort = resort or (index == self.sort_index and before.sort != after.sort)
             self._shown[key] = row
-        self._new_rows.clear()  # _widen sized them already; DataTable would measure every cell again
+        self._add_rows(added)
         if changed:
             self._update_count += 1
             self.refresh()
         if resort:
             self._sort()
 
-    def _rebuild(self, wanted: dict[str, tuple[Cell, ...]]) -> None:
+    def _rebuild(self, wanted: dict[str, tuple[TableCell, ...]]) -> None:
         """Many rows gone at once (a filter, the receipts after a big pass): clear and add.
         DataTable.remove_row re-indexes every row and moves the cursor on each call, so
         removing k of n rows one by one costs k x n."""
         selected = self._kept_selection()  # read before clear() moves the cursor to row 0
         self.clear()
-        self._shown = {}
-        for key, row in wanted.items():
-            self.add_row(*row, key=key)
-            self._widen(row)
-            self._shown[key] = row
-        self._new_rows.clear()
+        self._shown = dict(wanted)
+        self._add_rows(list(wanted.items()))
         self._sort(selected)
 
-    def _widen(self, row: tuple[Cell, ...]) -> None:
-        # DataTable measures new rows on idle but keeps rows it already rendered at the
-        # old width; sizing auto-width columns here makes the first render right.
+    def _add_rows(self, rows: list[tuple[str, tuple[TableCell, ...]]]) -> None:
+        """DataTable.add_row for many rows at once: the same tables filled, each row's
+        columns sized by `_widen` (DataTable would measure every cell again on idle), and
+        the cursor checked and the idle hook run once, not once a row (which made showing
+        100,000 rows take 9 s)."""
+        if not rows:
+            return
+        first = not self.rows
+        columns = [column.key for column in self.ordered_columns]
+        index = self.row_count
+        for key, cells in rows:
+            row_key = RowKey(key)
+            if row_key in self._row_locations:
+                raise DuplicateKey(f"The row key {row_key!r} already exists.")
+            self._row_locations[row_key] = index
+            self._data[row_key] = dict(zip(columns, cells, strict=True))
+            self.rows[row_key] = Row(row_key, 1)
+            index += 1
+        self._widen([cells for _, cells in rows])
+        self._require_update_dimensions = True
+        self.cursor_coordinate = self.cursor_coordinate
+        if first and self.columns and self.show_cursor and self.cursor_type != "none":
+            self._highlight_cursor()
+        self._update_count += 1
+        self.check_idle()
+
+    def _widen(self, rows: list[tuple[TableCell, ...]]) -> None:
+        """Size the auto-width columns for `rows`. DataTable measures new rows on idle but
+        keeps rows it already rendered at the old width; sizing here makes the first
+        render right."""
         gap = int(self.compact)
-        for (key, _, width), cell in zip(self.column_spec, row, strict=True):
-            if width is None and not (self.compact and key in self.hidden_when_compact):
+        for index, (key, _, width) in enumerate(self.column_spec):
+            if width is None and rows and not (self.compact and key in self.hidden_when_compact):
                 column = self.columns[ColumnKey(key)]
-                column.content_width = max(column.content_width, cell_len(cell.text) + gap)
+                widest = max(_text_width(row[index].text) for row in rows)
+                column.content_width = max(column.content_width, widest + gap)
 
     def set_compact(self, compact: bool) -> None:
         """Narrow terminals: one space between columns instead of two (no cell padding; the

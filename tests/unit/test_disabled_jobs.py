@@ -228,7 +228,7 @@ async def test_the_dashboard_shows_disabled_and_the_reason(tmp_path):
         await st.passes(2)
         now = st.engine.clock.now()
         view = st.engine.view(A_STRONG, now)
-        assert job_row(view, now, 7, False, Palette())[-1].text == "disabled"
+        assert job_row(view, 7, False, Palette())[-1].text == "disabled"
         views = [st.engine.view(k, now) for k in (A_FAST, A_STRONG)]
         text = namespace_detail("a", None, views, [], [], now=now, max_level=7).plain
         assert "disabled" in text and BTC_REASON in text

@@ -66,6 +66,9 @@ class PaneSource:
     def show(self, snapshot: Snapshot) -> None:
         """Every refresh (events, the 1 s countdown): the job table as of `snapshot`."""
 
+    def show_time(self, now: float) -> None:
+        """Between full refreshes: the time its ages and countdowns count from moved."""
+
     def take(self, events: Sequence[Event], logs: Sequence[LogRecord]) -> None:
         """A batch of events (logs separately, already bounded), before `show`."""
 

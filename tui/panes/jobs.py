@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from core.control import Snapshot
 from core.events import Event, LogRecord
 from tui.panes.base import PaneContext, PaneSource
-from tui.rows import JOB_COLUMNS, job_row
+from tui.rows import JOB_COLUMNS, Palette, TableCell, job_row
 from tui.trends import Trends, TrendStrip
 from tui.widgets import DiffTable
 
@@ -23,6 +23,8 @@ class JobsPane(PaneSource):
     def __init__(self, ctx: PaneContext) -> None:
         self.trends = Trends()
         self._snapshot: Snapshot | None = None
+        self._rows: dict[str, tuple[tuple[object, ...], tuple[TableCell, ...]]] = {}
+        self._rows_palette: Palette | None = None
         super().__init__(ctx)
 
     def make_note(self) -> TrendStrip:
@@ -48,7 +50,28 @@ class JobsPane(PaneSource):
         return DiffTable(JOB_COLUMNS, id=self.name, hidden_when_compact=frozenset({"every"}))
 
     def show(self, snapshot: Snapshot) -> None:
-        p, now, level, paused = self.ctx.palette, snapshot.now, snapshot.max_level, snapshot.paused
-        self.table.show({str(v.key): job_row(v, now, level, paused, p) for v in snapshot.views})
+        p, level, paused = self.ctx.palette, snapshot.max_level, snapshot.paused
+        if p is not self._rows_palette:  # a new theme: every row again
+            self._rows, self._rows_palette = {}, p
+        before, rows = self._rows, {}
+        for v in snapshot.views:
+            state = v.state
+            # What a job's row is made of (its live cells count from these instants): the
+            # row is built again only when one of them changed, not every second.
+            made_of = (v.status, v.in_flight, v.due_at, state.last_anchored_at, state.backoff_level,
+                       state.next_attempt, paused and not state.failures, level, v.spec.target, v.spec.every)
+            key = str(v.key)
+            kept = before.get(key)
+            rows[key] = kept if kept is not None and kept[0] == made_of else (made_of, job_row(v, level, paused, p))
+        self._rows = rows
+        self.table.show({key: row for key, (_, row) in rows.items()})
         self._snapshot = snapshot
+        self.show_time(snapshot.now)
         self.selection_changed()
+
+    def show_time(self, now: float) -> None:
+        """Count the rows' ages and countdowns from `now` (drawn again if it moved)."""
+        shown = self.ctx.palette.shown
+        if shown.now != now:
+            shown.now = now
+            self.table.redraw()
