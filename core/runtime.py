@@ -8,6 +8,7 @@ only in what they show.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import random
 from collections.abc import Callable
@@ -107,7 +108,7 @@ class Runtime:
             tick=cfg.scheduler.tick,
             stale_factor=cfg.scheduler.stale_factor,
             config_hash=loaded.hash,
-            target_guard=cfg.target_mismatch,
+            target_guard=functools.cache(cfg.target_mismatch),
             log=self.log,
         )
 
@@ -244,7 +245,7 @@ class Runtime:
         running = self._on_running_data_dir(loaded.config)
         sources.configure(running.batch_limits())
         self.backends.update(loaded.config.resolve_target)
-        event = self.engine.apply(running.jobs(), loaded.hash, target_guard=loaded.config.target_mismatch)
+        event = self.engine.apply(running.jobs(), loaded.hash, target_guard=functools.cache(loaded.config.target_mismatch))
         for warning in loaded.warnings:
             self.log.warning(warning)
         summary = f"+{len(event.added)} -{len(event.removed)} ~{len(event.changed)} jobs"

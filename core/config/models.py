@@ -431,48 +431,50 @@ class Config(_Model):
         """The shared batch folder: `$VMSH_ROOT/out/batches`, else `<data_dir>/batches`."""
         return self._batches_root or (Path(self.scheduler.data_dir) / "batches")
 
-    def batches_dir(self, namespace: str) -> Path:
+    def batches_dir(self, namespace: str, shared: Path | None = None) -> Path:
         """The namespace's own batch folder: `source`, else the shared batch folder's
-        subfolder named exactly as the namespace (`out/batches/dao:vaultmesh`)."""
+        subfolder named exactly as the namespace (`out/batches/dao:vaultmesh`). `shared`:
+        the shared_batches_dir, when the caller has it already (one Path, not one a job)."""
         ns = self.namespaces[namespace]
         if ns.source is not None:
             return ns.source
-        return self.shared_batches_dir / namespace
+        return (shared or self.shared_batches_dir) / namespace
 
-    def batch_fallbacks(self, namespace: str) -> tuple[Path, ...]:
+    def batch_fallbacks(self, namespace: str, shared: Path | None = None) -> tuple[Path, ...]:
         """What a namespace without `source` reads while it has no folder of its own: the
         percent-encoded folder earlier versions read (`dao%3Avaultmesh`), then the shared
         folder itself, whose newest *.json the original VaultMesh service anchors for
         every namespace. Chosen at each read (core.sources.source_folder)."""
         if self.namespaces[namespace].source is not None:
             return ()
-        shared = self.shared_batches_dir
-        legacy = shared / safe_name(namespace)
-        return (legacy, shared) if safe_name(namespace) != namespace else (shared,)
+        shared = shared or self.shared_batches_dir
+        safe = safe_name(namespace)
+        return (shared / safe, shared) if safe != namespace else (shared,)
 
     def batch_limits(self) -> dict[Path, BatchLimits]:
         """How each namespace's batch folder may be read (for core.sources.configure). The
         shared folder, read for many namespaces, has the scheduler's own limits."""
-        size = self.scheduler.max_batch_bytes
+        size, shared = self.scheduler.max_batch_bytes, self.shared_batches_dir
         out: dict[Path, BatchLimits] = {}
         if any(ns.source is None for ns in self.namespaces.values()):
-            out[self.shared_batches_dir] = BatchLimits(size, self.scheduler.follow_symlinks)
+            out[shared] = BatchLimits(size, self.scheduler.follow_symlinks)
         for name, ns in self.namespaces.items():
             follow = ns.follow_symlinks
             if follow is None:
                 follow = self.scheduler.follow_symlinks
-            fallbacks = self.batch_fallbacks(name)
+            fallbacks = self.batch_fallbacks(name, shared)
             for legacy in fallbacks[:-1]:
                 out[legacy] = BatchLimits(size, follow)
-            out[self.batches_dir(name)] = BatchLimits(size, follow, fallbacks)
+            out[self.batches_dir(name, shared)] = BatchLimits(size, follow, fallbacks)
         return out
 
     def jobs(self) -> list[JobSpec]:
         """One job per namespace and configured cadence, in file order."""
         out: list[JobSpec] = []
         of_target: dict[str, tuple[int, str | None]] = {}  # a few targets, thousands of jobs
+        shared = self.shared_batches_dir
         for name, ns in self.namespaces.items():
-            source = self.batches_dir(name)
+            source = self.batches_dir(name, shared)
             for cadence_name, cadence in ns.cadence.items():
                 confirmations = cadence.confirmations
                 policy = cadence.policy_oid
