@@ -35,7 +35,15 @@ from core.cadence import CADENCES, CadenceError, parse_every
 from core.config.check import thorough_issues
 from core.config.env import ENV_TABLE
 from core.config.errors import ConfigError, ConfigIssue, NoConfigFound
-from core.config.models import LISTEN, TARGET_ID, Config, HttpSettings, config_hash, fields_holding
+from core.config.models import (
+    LISTEN,
+    TARGET_ID,
+    CadenceSet,
+    Config,
+    HttpSettings,
+    config_hash,
+    fields_holding,
+)
 from core.config.positions import (
     Pos,
     Problems,
@@ -557,18 +565,40 @@ def _unresolved_target(target: str, targets: dict[str, Any]) -> str | None:
 
 def _check_cadence_ranges(raw: dict[str, Any], problems: Problems) -> None:
     """'<n>*fast' can overflow only once the fast period is known."""
+    verdicts: dict[Any, str | None] = {}  # thousands of namespaces repeat a few cadences
     for name, ns, cname, cadence in _iter_raw_cadences(raw):
         if cname == "fast":
             continue
-        try:
-            fast = parse_every(ns["cadence"].get("fast", {}).get("every"), cadence="fast")
-            parse_every(cadence.get("every"), cadence=cname, fast_seconds=1)
-        except (CadenceError, AttributeError):
+        fast = ns["cadence"].get("fast", {})
+        if not isinstance(fast, dict):
             continue  # reported by validation
+        fast_every, every = fast.get("every"), cadence.get("every")
+        key = (type(fast_every), fast_every, cname, type(every), every)
         try:
-            parse_every(cadence.get("every"), cadence=cname, fast_seconds=fast)
-        except CadenceError as exc:
-            problems.at(_cadence_field(problems.root, name, cname, "every"), str(exc))
+            problem = verdicts.get(key, _UNKNOWN)
+        except TypeError:  # a list or a mapping (reported by validation)
+            continue
+        if problem is _UNKNOWN:
+            problem = verdicts[key] = _cadence_range_problem(fast_every, cname, every)
+        if problem is not None:
+            problems.at(_cadence_field(problems.root, name, cname, "every"), problem)
+
+
+_UNKNOWN: Any = object()
+
+
+def _cadence_range_problem(fast_every: Any, cname: str, every: Any) -> str | None:
+    """Why `every` of cadence `cname` is out of range once the fast period is known."""
+    try:
+        fast = parse_every(fast_every, cadence="fast")
+        parse_every(every, cadence=cname, fast_seconds=1)
+    except CadenceError:
+        return None  # reported by validation
+    try:
+        parse_every(every, cadence=cname, fast_seconds=fast)
+    except CadenceError as exc:
+        return str(exc)
+    return None
 
 
 # --------------------------------------------------------------------------- after validation
@@ -595,34 +625,46 @@ def _resolve_model_paths(value: Any, loc: tuple[Any, ...], root: Pos, default_ba
 
 
 def _warnings(config: Config, root: Pos) -> list[str]:
+    """A warning for each cadence target whose jobs will be refused, at its line."""
     warnings: list[str] = []
+    refused_in: dict[int, list[tuple[tuple[Any, ...], str, str]]] = {}  # by cadence set: shared ones recur
     reasons: dict[str, str | None] = {}  # per target: thousands of namespaces share a few
-    rest_paths: dict[tuple[Any, ...], str] = {}  # ("cadence", "fast", "target") -> its text
     for name, ns in config.namespaces.items():
-        ns_pos: tuple[Pos, int] | None = None  # its position, looked up on its first warning
-        for cname, cadence in ns.cadence.items():
-            for index, target in enumerate(cadence.members):
-                if target not in reasons:
-                    reasons[target] = _refusal_reason(config, target)
-                reason = reasons[target]
-                if reason is None:
-                    continue
-                if ns_pos is None:
-                    ns_pos = find_pos(root, ("namespaces", name))
-                    ns_path = format_path(["namespaces", name])
+        refused = refused_in.get(id(ns.cadence))
+        if refused is None:
+            refused = refused_in[id(ns.cadence)] = _refused_members(config, ns.cadence, reasons)
+        if not refused:
+            continue
+        ns_node, ns_matched = find_pos(root, ("namespaces", name))
+        ns_path = format_path(["namespaces", name])
+        for rest, rest_path, reason in refused:
+            node, matched = ns_node, ns_matched
+            if matched == 2:  # find_pos(root, whole path), walked from the namespace
+                node, matched = find_pos(node, rest)
+                matched += 2
+            where = ""
+            if matched == 2 + len(rest) and node.file and node.mark:
+                where = f"{node.file}:{node.mark[0]}:{node.mark[1]}: "
+            warnings.append(f"{where}{ns_path}.{rest_path}: namespace {name!r} {reason}")
+    return warnings
+
+
+def _refused_members(
+    config: Config, cadences: CadenceSet, reasons: dict[str, str | None]
+) -> list[tuple[tuple[Any, ...], str, str]]:
+    """(field path in the namespace, its text, "cadence '<name>': <why>") of each target
+    of `cadences` whose jobs will be refused."""
+    refused = []
+    for cname, cadence in cadences.items():
+        for index, target in enumerate(cadence.members):
+            if target not in reasons:
+                reasons[target] = _refusal_reason(config, target)
+            reason = reasons[target]
+            if reason is not None:
                 rest: tuple[Any, ...] = ("cadence", cname)
                 rest += ("target",) if cadence.targets is None else ("targets", index)
-                node, matched = ns_pos
-                if matched == 2:  # find_pos(root, whole path), walked from the namespace
-                    node, matched = find_pos(node, rest)
-                    matched += 2
-                where = ""
-                if matched == 2 + len(rest) and node.file and node.mark:
-                    where = f"{node.file}:{node.mark[0]}:{node.mark[1]}: "
-                msg = f"namespace {name!r} cadence {cname!r}: {reason}"
-                rest_path = rest_paths.get(rest) or rest_paths.setdefault(rest, format_path(rest))
-                warnings.append(f"{where}{ns_path}.{rest_path}: {msg}")
-    return warnings
+                refused.append((rest, format_path(rest), f"cadence {cname!r}: {reason}"))
+    return refused
 
 
 def _refusal_reason(config: Config, target: str) -> str | None:

@@ -24,7 +24,7 @@ from core.config.errors import ConfigError, ConfigIssue
 class Pos:
     """Where a value came from: file, line/col of its key and of its value (1-based)."""
 
-    __slots__ = ("file", "key", "parent", "key_mark", "mark", "children", "base", "label")
+    __slots__ = ("file", "key", "parent", "key_mark", "mark", "_children", "base", "label", "later")
 
     def __init__(
         self,
@@ -41,9 +41,25 @@ class Pos:
         self.parent = parent
         self.key_mark = key_mark
         self.mark = mark
-        self.children: dict[Any, Pos] = {}
+        self._children: dict[Any, Pos] = {}
         self.base = base
         self.label = label  # a full display path that overrides the computed one
+        # (function, *args): called as function(self, *args) to fill `children` the first
+        # time they are looked at (the reader's one-line mappings: a 10,000-namespace
+        # file's leaves are mostly never looked at, issue 24)
+        self.later: tuple[Any, ...] | None = None
+
+    @property
+    def children(self) -> dict[Any, Pos]:
+        if self.later is not None:
+            fill, *args = self.later
+            self.later = None
+            fill(self, *args)
+        return self._children
+
+    @children.setter
+    def children(self, value: dict[Any, Pos]) -> None:
+        self._children, self.later = value, None
 
     def segments(self) -> list[Any]:
         if self.label is not None:
@@ -59,13 +75,15 @@ class Pos:
 def release(root: Pos) -> None:
     """Unlink a finished load's position tree (each node and its parent refer to each
     other) so that reference counting frees it at once: a garbage collection walking a
-    10,000-namespace tree took longer than building it."""
+    10,000-namespace tree took longer than building it. Children not filled yet are left
+    unfilled."""
     stack = [root]
     while stack:  # a child keeps its parent: only the links down make cycles
         node = stack.pop()
-        if node.children:
-            stack.extend(node.children.values())
-            node.children = {}
+        node.later = None
+        if node._children:
+            stack.extend(node._children.values())
+            node._children = {}
 
 
 def _norm(key: Any) -> str:

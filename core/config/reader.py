@@ -569,7 +569,10 @@ class _LineBuild:
                     break
             if line[at:].strip(" "):
                 raise _GeneralPath  # more after the mapping
-        return len(m.group(1)), key, _FLOW, (col, tuple(pairs))
+        # the mapping as data when no value holds a ${VAR} (then where they are is looked
+        # up only for a problem: _flow_leaves)
+        plain = None if any(expand for *_, (_, _, _, expand) in pairs) else {name: v[0] for name, _, _, v in pairs}
+        return len(m.group(1)), key, _FLOW, (col, tuple(pairs), plain)
 
     def _scalar(self, text: str) -> _Scalar:
         if text[0] in "\"'":
@@ -619,19 +622,30 @@ class _LineBuild:
                 child = children[key] = Pos(file, key, pos, key_mark, (j + 1, inner + 1), base)
                 out[key] = self._block(inner, child, depth + 1)
                 continue
-            col, what = what
-            child = children[key] = Pos(file, key, pos, key_mark, (i + 1, col + 1), base)
+            child = children[key] = Pos(file, key, pos, key_mark, (i + 1, what[0] + 1), base)
             if kind == _SCALAR:
-                value, text, quoted, expand = what
+                value, text, quoted, expand = what[1]
                 out[key] = scalar(value, text, quoted, child) if expand else value
                 continue
-            inner_out: dict[Any, Any] = {}
-            grandchildren = child.children
-            for name, key_col, value_col, (value, text, quoted, expand) in what:
-                leaf = grandchildren[name] = Pos(file, name, child, (i + 1, key_col + 1), (i + 1, value_col + 1), base)
-                inner_out[name] = scalar(value, text, quoted, leaf) if expand else value
-            out[key] = inner_out
+            _, pairs, plain = what
+            if plain is not None:
+                child.later = (_flow_leaves, i, pairs)
+                out[key] = plain.copy()
+                continue
+            _flow_leaves(child, i, pairs)
+            leaves = child.children
+            out[key] = {
+                name: scalar(value, text, quoted, leaves[name]) if expand else value
+                for name, _, _, (value, text, quoted, expand) in pairs
+            }
         return out
+
+
+def _flow_leaves(pos: Pos, i: int, pairs: tuple[tuple[Any, int, int, _Scalar], ...]) -> None:
+    """The positions of the values of a one-line mapping (line `i`, 0-based) at `pos`."""
+    file, base, children = pos.file, pos.base, pos.children
+    for name, key_col, value_col, _ in pairs:
+        children[name] = Pos(file, name, pos, (i + 1, key_col + 1), (i + 1, value_col + 1), base)
 
 
 def _mark(event: Any) -> tuple[int, int]:

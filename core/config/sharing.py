@@ -111,7 +111,12 @@ def _value_key(value: Any) -> Hashable:
     (1, 1.0 and True are not one key); a model by its identity (shared ones are canonical)."""
     kind = type(value)
     if kind is dict:
-        return (dict, tuple((k, _value_key(v)) for k, v in value.items()))
+        items = tuple(value.items())
+        try:  # values that are their own keys (text, numbers): their types beside them
+            hash(items)
+        except TypeError:  # a list, a mapping, a model (none is frozen, so hashable) inside
+            return (dict, tuple((k, _value_key(v)) for k, v in items))
+        return (dict, items, tuple(map(type, value.values())))
     if kind is list:
         return (list, tuple(_value_key(v) for v in value))
     if _is_model(kind):
