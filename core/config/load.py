@@ -54,7 +54,7 @@ from core.config.positions import (
     sorted_unique,
 )
 from core.config.reader import YamlReader, read_config_text
-from core.config.sharing import share_equal_settings, validation_pool
+from core.config.sharing import defaults_shared, share_equal_settings, validation_pool
 from core.config.vaultmesh import merge_namespaces, merge_targets
 from core.jobs import namespace_name_problem
 from core.model_types import UNSET_ALLOWED
@@ -425,16 +425,17 @@ def _validate(load: _Load, *, allow_unset: bool) -> Config:
     _check_cadence_ranges(raw, problems)
     config: Config | None = None
     context = {UNSET_ALLOWED: allow_unset, **validation_pool()}
-    try:
-        config = Config.model_validate(raw, context=context)
-    except PydanticValidationError as exc:
-        if allow_unset and _drop_broken_targets(raw, exc, load.reader.unset):
-            try:
-                config = Config.model_validate(raw, context=context)
-            except PydanticValidationError as again:
-                problems.add_validation_errors(again, load.reader.failed, Config)
-        else:
-            problems.add_validation_errors(exc, load.reader.failed, Config)
+    with defaults_shared():
+        try:
+            config = Config.model_validate(raw, context=context)
+        except PydanticValidationError as exc:
+            if allow_unset and _drop_broken_targets(raw, exc, load.reader.unset):
+                try:
+                    config = Config.model_validate(raw, context=context)
+                except PydanticValidationError as again:
+                    problems.add_validation_errors(again, load.reader.failed, Config)
+            else:
+                problems.add_validation_errors(exc, load.reader.failed, Config)
     if problems.issues or config is None:
         raise problems.error()
     return config

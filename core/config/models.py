@@ -41,7 +41,7 @@ from core.anchors.schemes import SCHEMES, Targets, TargetSettings
 from core.cadence import CADENCES, CadenceError, parse_every
 from core.config.errors import TargetNotFound
 from core.config.positions import format_segment
-from core.config.sharing import SharedWhenEqual
+from core.config.sharing import SharedWhenEqual, shared_default
 from core.jobs import JobKey, JobSpec, member_targets, redundant_parts, redundant_target, safe_name
 from core.model_types import Model as _Model
 from core.model_types import OptPath, OptPolicyOID, OptStr
@@ -351,8 +351,8 @@ class SchemaPolicy(SharedWhenEqual):
 
 class Namespace(_Model):
     description: str = ""
-    witnesses: Witnesses = Field(default_factory=Witnesses)
-    schema_policy: SchemaPolicy = Field(default_factory=SchemaPolicy)
+    witnesses: Witnesses = Field(default_factory=shared_default(Witnesses))
+    schema_policy: SchemaPolicy = Field(default_factory=shared_default(SchemaPolicy))
     source: OptPath = None
     follow_symlinks: bool | None = None  # None: scheduler.follow_symlinks
     cadence: CadenceSet

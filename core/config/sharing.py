@@ -21,8 +21,10 @@ keeps its own model.
 
 from __future__ import annotations
 
-from collections.abc import Hashable
-from typing import Any
+import contextlib
+from collections.abc import Callable, Hashable, Iterator
+from contextvars import ContextVar
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationInfo, model_validator
 from pydantic_core.core_schema import ValidatorFunctionWrapHandler
@@ -36,6 +38,39 @@ SHARED_POOL = "shared_pool"  # the validation context key of a load's pool
 def validation_pool() -> dict[str, _Pool]:
     """The validation context entry of one load: its models shared by input."""
     return {SHARED_POOL: {}}
+
+
+_M = TypeVar("_M", bound=BaseModel)
+# The defaults built so far by the load validating in this thread (shared_default).
+_LOAD_DEFAULTS: ContextVar[dict[type, Any] | None] = ContextVar("config_load_defaults", default=None)
+
+
+def shared_default(cls: type[_M]) -> Callable[[], _M]:
+    """A default_factory giving, while a load validates (`defaults_shared`), one default
+    `cls()` for all the models of the load that leave it out (10,000 namespaces without
+    `witnesses` built 10,000 equal ones, and the load then looked at each to share it);
+    a new one otherwise."""
+
+    def factory() -> _M:
+        built = _LOAD_DEFAULTS.get()
+        if built is None:
+            return cls()
+        found = built.get(cls)
+        if found is None:
+            found = built[cls] = cls()
+        return found
+
+    return factory
+
+
+@contextlib.contextmanager
+def defaults_shared() -> Iterator[None]:
+    """The validation of one load: `shared_default` models built once in it."""
+    token = _LOAD_DEFAULTS.set({})
+    try:
+        yield
+    finally:
+        _LOAD_DEFAULTS.reset(token)
 
 
 class SharedWhenEqual(Model):
