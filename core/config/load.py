@@ -50,7 +50,6 @@ from core.config.positions import (
     find_pos,
     format_path,
     format_segment,
-    release,
     sorted_unique,
 )
 from core.config.reader import YamlReader, read_config_text
@@ -162,10 +161,7 @@ def _load_config(
     thorough: bool,
 ) -> LoadedConfig:
     load = _Load.start(env, overrides, cwd, allow_unset=allow_unset)
-    try:
-        return _run_steps(load, path, allow_unset=allow_unset, thorough=thorough)
-    finally:
-        release(load.problems.root)
+    return _run_steps(load, path, allow_unset=allow_unset, thorough=thorough)
 
 
 def _run_steps(load: _Load, path: Path | str | None, *, allow_unset: bool, thorough: bool) -> LoadedConfig:

@@ -596,32 +596,33 @@ class _ModelTexts:
             if doc.get("targets") is None:
                 del doc["targets"], doc["min"]
             return _json(doc)
-        names = _dumped_as_fields(type(model))
-        if names is None or model.__pydantic_extra__:
+        fields = _dumped_as_fields(type(model))
+        if fields is None or model.__pydantic_extra__:
             return _json(_canonical(model))
-        values, parts = model.__dict__, []
-        for name in names:
+        values, texts, parts = model.__dict__, self.texts, []
+        for name, prefix in fields:
             value = values[name]
             kind = type(value)
             if kind is str:
-                text = _json_string(value)
+                parts.append(prefix + _json_string(value))
             elif value is None:
-                text = "null"
+                parts.append(prefix + "null")
             elif kind is bool:
-                text = "true" if value else "false"
+                parts.append(prefix + ("true" if value else "false"))
             elif isinstance(value, BaseModel):
-                text = self.of(value)
+                parts.append(prefix + (texts.get(id(value)) or self.of(value)))
+            elif isinstance(value, Path):
+                parts.append(prefix + _json_string(str(value)))
             else:
-                text = _json(_canonical(value))
-            parts.append(f"{_json_string(name)}:{text}")
+                parts.append(prefix + _json(_canonical(value)))
         return "{" + ",".join(parts) + "}"
 
 
 @functools.cache
-def _dumped_as_fields(model: type[BaseModel]) -> tuple[str, ...] | None:
-    """The field names of `model`, sorted, when its dump holds each field's value under
-    its name (no serializer, computed field, excluded field or alias in the dump); else
-    None (its text is then made from its dump)."""
+def _dumped_as_fields(model: type[BaseModel]) -> tuple[tuple[str, str], ...] | None:
+    """The field names of `model`, sorted, each with its text as a key (`"name":`), when
+    its dump holds each field's value under its name (no serializer, computed field,
+    excluded field or alias in the dump); else None (its text is then made from its dump)."""
     decorators = model.__pydantic_decorators__
     if decorators.field_serializers or decorators.model_serializers or decorators.computed_fields:
         return None
@@ -630,7 +631,7 @@ def _dumped_as_fields(model: type[BaseModel]) -> tuple[str, ...] | None:
     for f in model.model_fields.values():
         if f.exclude or f.exclude_if or any(isinstance(m, (PlainSerializer, WrapSerializer)) for m in f.metadata):
             return None
-    return tuple(sorted(model.model_fields))
+    return tuple((name, _json_string(name) + ":") for name in sorted(model.model_fields))
 
 
 def _canonical(value: Any, skip: str | None = None) -> Any:

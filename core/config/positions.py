@@ -22,9 +22,13 @@ from core.config.errors import ConfigError, ConfigIssue
 
 
 class Pos:
-    """Where a value came from: file, line/col of its key and of its value (1-based)."""
+    """Where a value came from: file, line/col of its key and of its value (1-based).
 
-    __slots__ = ("file", "key", "parent", "key_mark", "mark", "_children", "base", "label", "later")
+    A node knows the keys above it (`up`, for `segments`), not its parent node: a tree
+    whose nodes referred to their parents was all cycles, which a load had to unlink
+    node by node before reference counting could free it (issue 24)."""
+
+    __slots__ = ("file", "key", "up", "key_mark", "mark", "_children", "base", "label", "later")
 
     def __init__(
         self,
@@ -38,7 +42,8 @@ class Pos:
     ) -> None:
         self.file = file
         self.key = key
-        self.parent = parent
+        # (the parent's `up`, key) below a parent; None at the top of a file
+        self.up: tuple[Any, Any] | None = None if parent is None else (parent.up, key)
         self.key_mark = key_mark
         self.mark = mark
         self._children: dict[Any, Pos] = {}
@@ -65,25 +70,11 @@ class Pos:
         if self.label is not None:
             return self.label.split(".")
         segs: list[Any] = []
-        node: Pos | None = self
-        while node is not None and node.parent is not None:
-            segs.append(node.key)
-            node = node.parent
+        up = self.up
+        while up is not None:
+            up, key = up
+            segs.append(key)
         return list(reversed(segs))
-
-
-def release(root: Pos) -> None:
-    """Unlink a finished load's position tree (each node and its parent refer to each
-    other) so that reference counting frees it at once: a garbage collection walking a
-    10,000-namespace tree took longer than building it. Children not filled yet are left
-    unfilled."""
-    stack = [root]
-    while stack:  # a child keeps its parent: only the links down make cycles
-        node = stack.pop()
-        node.later = None
-        if node._children:
-            stack.extend(node._children.values())
-            node._children = {}
 
 
 def _norm(key: Any) -> str:
