@@ -467,6 +467,16 @@ _FLOW_PAIR = re.compile(
 _UNREAD_CHARS = re.compile(
     "[^\n\x20-\x7e\xa0-\u2027\u202a-\ud7ff\ue000-\ufefe\uff00-\ufffd\U00010000-\U0010ffff]"
 )
+_READ_ASCII = b"\n" + bytes(range(0x20, 0x7F))  # _UNREAD_CHARS's complement in ASCII
+
+
+def _has_unread_chars(text: str) -> bool:
+    """_UNREAD_CHARS.search(text), for an ASCII text without the regex (a third of its time)."""
+    if text.isascii():
+        return bool(text.encode("ascii").translate(None, _READ_ASCII))
+    return _UNREAD_CHARS.search(text) is not None
+
+
 _LINE_WIDTH = 1000  # libyaml refuses a key over 1024 characters: such a line is its to read
 _LINE_DEPTH = 32  # deeper than a config goes, well within MAX_YAML_DEPTH
 # What one line says (_LineBuild._parse), by kind: a key and a nested block on the lines
@@ -505,7 +515,7 @@ class _LineBuild:
         reader = self.reader
         before = (len(reader.problems.issues), len(reader.unset), set(reader.failed))
         try:
-            if "#" in self.text or _UNREAD_CHARS.search(self.text):
+            if "#" in self.text or _has_unread_chars(self.text):
                 raise _GeneralPath
             self.lines = self.text.split("\n")
             if max(map(len, self.lines)) > _LINE_WIDTH:

@@ -119,8 +119,10 @@ def _shared(model: BaseModel, pool: _Pool, seen: dict[int, BaseModel]) -> BaseMo
         if kind is str or value is None:  # most fields: the value is its own key
             key.append(value)
         elif _is_model(kind):
-            value = fields[field] = _shared(value, pool, seen)
-            key.append(("model", id(value)))
+            shared = seen.get(id(value)) or _shared(value, pool, seen)
+            if shared is not value:
+                fields[field] = shared
+            key.append(("model", id(shared)))
         else:
             key.append(_value_key(value))
     try:
@@ -141,17 +143,23 @@ def _is_model(kind: type) -> bool:
     return known
 
 
+_CONTAINERS = frozenset({dict, list})
+
+
 def _value_key(value: Any) -> Hashable:
     """A value (a validation input, or a field's value) as a hashable key, its type kept
     (1, 1.0 and True are not one key); a model by its identity (shared ones are canonical)."""
     kind = type(value)
     if kind is dict:
-        items = tuple(value.items())
-        try:  # values that are their own keys (text, numbers): their types beside them
-            hash(items)
-        except TypeError:  # a list, a mapping, a model (none is frozen, so hashable) inside
-            return (dict, tuple((k, _value_key(v)) for k, v in items))
-        return (dict, items, tuple(map(type, value.values())))
+        types = tuple(map(type, value.values()))
+        if _CONTAINERS.isdisjoint(types):  # values that are their own keys: text, numbers
+            items = tuple(value.items())
+            try:
+                hash(items)
+                return (dict, items, types)  # their types beside them
+            except TypeError:  # a model inside (none is frozen, so hashable)
+                pass
+        return (dict, tuple((k, _value_key(v)) for k, v in value.items()))
     if kind is list:
         return (list, tuple(_value_key(v) for v in value))
     if _is_model(kind):
