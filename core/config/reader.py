@@ -458,7 +458,8 @@ _PLAIN_VALUE = r"[A-Za-z0-9_./~+][A-Za-z0-9_./~+*@=%-]*(?::[A-Za-z0-9_./~+*@=%-]
 _FLOW_KEY = r"[A-Za-z0-9_][A-Za-z0-9_.-]*"
 _FLOW_VALUE = r"[A-Za-z0-9_./~+][A-Za-z0-9_./~+*@=%-]*"
 _QUOTED = r""""[^"\\]*"|'[^']*'"""
-_ENTRY = re.compile(rf"( *)(?:(?P<plain>{_PLAIN_KEY})|\"(?P<dq>[^\"\\]*)\"):(?: +(?P<rest>.*?))? *$")
+# `rest` ends at its last non-space (greedy: a lazy `.*?` tried the end at every character)
+_ENTRY = re.compile(rf"( *)(?:(?P<plain>{_PLAIN_KEY})|\"(?P<dq>[^\"\\]*)\"):(?: +(?P<rest>.*[^ ]))? *$")
 _BLOCK_SCALAR = re.compile(rf"{_PLAIN_VALUE}|{_QUOTED}")
 _FLOW_PAIR = re.compile(
     rf" *(?:(?P<key>{_FLOW_KEY})|\"(?P<dqkey>[^\"\\]*)\"): +"

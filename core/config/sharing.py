@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Hashable, Iterator
 from contextvars import ContextVar
+from pathlib import PosixPath
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationInfo, model_validator
@@ -164,4 +165,6 @@ def _value_key(value: Any) -> Hashable:
         return (list, tuple(_value_key(v) for v in value))
     if _is_model(kind):
         return ("model", id(value))
+    if kind is PosixPath:  # by its text: kept once made (the hash writes it too), unlike its hash
+        return (kind, str(value))
     return (kind, value)
