@@ -49,17 +49,17 @@ class Pos:
         self._children: dict[Any, Pos] = {}
         self.base = base
         self.label = label  # a full display path that overrides the computed one
-        # (function, *args): called as function(self, *args) to fill `children` the first
-        # time they are looked at (the reader's one-line mappings: a 10,000-namespace
-        # file's leaves are mostly never looked at, issue 24)
-        self.later: tuple[Any, ...] | None = None
+        # (function, a, b): called as function(self, a, b) to fill `children` the first
+        # time they are looked at (the line reader's: a 10,000-namespace file's places
+        # are mostly never looked at, issue 24)
+        self.later: tuple[Any, Any, Any] | None = None
 
     @property
     def children(self) -> dict[Any, Pos]:
         if self.later is not None:
-            fill, *args = self.later
+            fill, first, second = self.later
             self.later = None
-            fill(self, *args)
+            fill(self, first, second)
         return self._children
 
     @children.setter
