@@ -612,6 +612,8 @@ def _resolve_model_paths(value: Any, loc: tuple[Any, ...], root: Pos, default_ba
     if isinstance(value, BaseModel):
         for name in fields_holding(type(value), Path):  # the others hold no path
             item = getattr(value, name)
+            if item is None:
+                continue
             here = (*loc, name)
             if isinstance(item, Path):
                 if not item.is_absolute():
@@ -625,7 +627,8 @@ def _resolve_model_paths(value: Any, loc: tuple[Any, ...], root: Pos, default_ba
                 _resolve_model_paths(item, here, root, default_base)
     elif isinstance(value, dict):
         for key, item in value.items():
-            _resolve_model_paths(item, (*loc, key), root, default_base)
+            if item is not None:
+                _resolve_model_paths(item, (*loc, key), root, default_base)
 
 
 def _warnings(config: Config, root: Pos) -> list[str]:
