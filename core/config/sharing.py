@@ -8,9 +8,11 @@ grows with the distinct settings, not with the namespaces (issue 24: USS at scal
 
 - While validating: a `SharedWhenEqual` model (cadences, witnesses, schema policies: no
   paths in them) given input equal to one validated before in the same load returns that
-  model, without validating the input again (`validation_pool` makes the load's pool).
+  model, without validating the input again (`validation_pool` makes the load's pool);
+  a default left out (a namespace's witnesses, its schema policy) is built once per load
+  (`shared_default`, within `defaults_shared`).
 - After the load (`share_equal_settings`): what validation never saw, the default parts
-  of each namespace and the namespaces themselves (paths resolved first).
+  of models built outside a load and the namespaces themselves (paths resolved first).
 
 Safe because nothing changes a configuration's models after the load (`load_config`
 resolves their paths, then shares; a reload builds a new Config). Two models are shared
