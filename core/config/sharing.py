@@ -11,8 +11,8 @@ grows with the distinct settings, not with the namespaces (issue 24: USS at scal
   model, without validating the input again (`validation_pool` makes the load's pool);
   a default left out (a namespace's witnesses, its schema policy) is built once per load
   (`shared_default`, within `defaults_shared`).
-- After the load (`share_equal_settings`): what validation never saw, the default parts
-  of models built outside a load and the namespaces themselves (paths resolved first).
+- After the load (`share_equal_settings`): what validation never saw, the namespaces
+  themselves (paths resolved first) and any default part not built by `shared_default`.
 
 Safe because nothing changes a configuration's models after the load (`load_config`
 resolves their paths, then shares; a reload builds a new Config). Two models are shared
