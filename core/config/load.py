@@ -637,6 +637,7 @@ def _warnings(config: Config, root: Pos) -> list[str]:
     refused_in: dict[int, list[tuple[tuple[Any, ...], str, str]]] = {}  # by cadence set: shared ones recur
     reasons: dict[str, str | None] = {}  # per target: thousands of namespaces share a few
     written = root.children.get("namespaces")  # where the namespaces are written
+    written_names = written.children if written is not None else {}
     for name, ns in config.namespaces.items():
         refused = refused_in.get(id(ns.cadence))
         if refused is None:
@@ -644,7 +645,7 @@ def _warnings(config: Config, root: Pos) -> list[str]:
         if not refused:
             continue
         # find_pos(root, ("namespaces", name)), its usual case first
-        ns_node = written.children.get(name) if written is not None else None
+        ns_node = written_names.get(name)
         ns_node, ns_matched = (ns_node, 2) if ns_node is not None else find_pos(root, ("namespaces", name))
         ns_path = format_path(["namespaces", name])
         for rest, rest_path, reason in refused:
@@ -652,10 +653,11 @@ def _warnings(config: Config, root: Pos) -> list[str]:
             if matched == 2:  # find_pos(root, whole path), walked from the namespace
                 node, matched = find_pos(node, rest)
                 matched += 2
-            where = ""
-            if matched == 2 + len(rest) and node.file and node.mark:
-                where = f"{node.file}:{node.mark[0]}:{node.mark[1]}: "
-            warnings.append(f"{where}{ns_path}.{rest_path}: namespace {name!r} {reason}")
+            mark = node.mark
+            if matched == 2 + len(rest) and node.file and mark:
+                warnings.append(f"{node.file}:{mark[0]}:{mark[1]}: {ns_path}.{rest_path}: namespace {name!r} {reason}")
+            else:
+                warnings.append(f"{ns_path}.{rest_path}: namespace {name!r} {reason}")
     return warnings
 
 
