@@ -629,7 +629,7 @@ def _dumped_as_fields(model: type[BaseModel]) -> tuple[tuple[str, str], ...] | N
     if model.model_config.get("serialize_by_alias"):
         return None
     for f in model.model_fields.values():
-        if f.exclude or f.exclude_if or any(isinstance(m, (PlainSerializer, WrapSerializer)) for m in f.metadata):
+        if f.exclude or getattr(f, "exclude_if", None) or any(isinstance(m, (PlainSerializer, WrapSerializer)) for m in f.metadata):
             return None
     return tuple((name, _json_string(name) + ":") for name in sorted(model.model_fields))
 
