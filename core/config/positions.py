@@ -22,9 +22,13 @@ from core.config.errors import ConfigError, ConfigIssue
 
 
 class Pos:
-    """Where a value came from: file, line/col of its key and of its value (1-based)."""
+    """Where a value came from: file, line/col of its key and of its value (1-based).
 
-    __slots__ = ("file", "key", "parent", "key_mark", "mark", "children", "base", "label")
+    A node knows the keys above it (`up`, for `segments`), not its parent node: a tree
+    whose nodes referred to their parents was all cycles, which a load had to unlink
+    node by node before reference counting could free it (issue 24)."""
+
+    __slots__ = ("file", "key", "up", "key_mark", "mark", "_children", "base", "label", "later")
 
     def __init__(
         self,
@@ -38,34 +42,39 @@ class Pos:
     ) -> None:
         self.file = file
         self.key = key
-        self.parent = parent
+        # (the parent's `up`, key) below a parent; None at the top of a file
+        self.up: tuple[Any, Any] | None = None if parent is None else (parent.up, key)
         self.key_mark = key_mark
         self.mark = mark
-        self.children: dict[Any, Pos] = {}
+        self._children: dict[Any, Pos] = {}
         self.base = base
         self.label = label  # a full display path that overrides the computed one
+        # (function, a, b): called as function(self, a, b) to fill `children` the first
+        # time they are looked at (the line reader's: a 10,000-namespace file's places
+        # are mostly never looked at, issue 24)
+        self.later: tuple[Any, Any, Any] | None = None
+
+    @property
+    def children(self) -> dict[Any, Pos]:
+        if self.later is not None:
+            fill, first, second = self.later
+            self.later = None
+            fill(self, first, second)
+        return self._children
+
+    @children.setter
+    def children(self, value: dict[Any, Pos]) -> None:
+        self._children, self.later = value, None
 
     def segments(self) -> list[Any]:
         if self.label is not None:
             return self.label.split(".")
         segs: list[Any] = []
-        node: Pos | None = self
-        while node is not None and node.parent is not None:
-            segs.append(node.key)
-            node = node.parent
+        up = self.up
+        while up is not None:
+            up, key = up
+            segs.append(key)
         return list(reversed(segs))
-
-
-def release(root: Pos) -> None:
-    """Unlink a finished load's position tree (each node and its parent refer to each
-    other) so that reference counting frees it at once: a garbage collection walking a
-    10,000-namespace tree took longer than building it."""
-    stack = [root]
-    while stack:  # a child keeps its parent: only the links down make cycles
-        node = stack.pop()
-        if node.children:
-            stack.extend(node.children.values())
-            node.children = {}
 
 
 def _norm(key: Any) -> str:

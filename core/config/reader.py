@@ -458,7 +458,8 @@ _PLAIN_VALUE = r"[A-Za-z0-9_./~+][A-Za-z0-9_./~+*@=%-]*(?::[A-Za-z0-9_./~+*@=%-]
 _FLOW_KEY = r"[A-Za-z0-9_][A-Za-z0-9_.-]*"
 _FLOW_VALUE = r"[A-Za-z0-9_./~+][A-Za-z0-9_./~+*@=%-]*"
 _QUOTED = r""""[^"\\]*"|'[^']*'"""
-_ENTRY = re.compile(rf"( *)(?:(?P<plain>{_PLAIN_KEY})|\"(?P<dq>[^\"\\]*)\"):(?: +(?P<rest>.*?))? *$")
+# `rest` ends at its last non-space (greedy: a lazy `.*?` tried the end at every character)
+_ENTRY = re.compile(rf"( *)(?:(?P<plain>{_PLAIN_KEY})|\"(?P<dq>[^\"\\]*)\"):(?: +(?P<rest>.*[^ ]))? *$")
 _BLOCK_SCALAR = re.compile(rf"{_PLAIN_VALUE}|{_QUOTED}")
 _FLOW_PAIR = re.compile(
     rf" *(?:(?P<key>{_FLOW_KEY})|\"(?P<dqkey>[^\"\\]*)\"): +"
@@ -467,6 +468,16 @@ _FLOW_PAIR = re.compile(
 _UNREAD_CHARS = re.compile(
     "[^\n\x20-\x7e\xa0-\u2027\u202a-\ud7ff\ue000-\ufefe\uff00-\ufffd\U00010000-\U0010ffff]"
 )
+_READ_ASCII = b"\n" + bytes(range(0x20, 0x7F))  # _UNREAD_CHARS's complement in ASCII
+
+
+def _has_unread_chars(text: str) -> bool:
+    """_UNREAD_CHARS.search(text), for an ASCII text without the regex (a third of its time)."""
+    if text.isascii():
+        return bool(text.encode("ascii").translate(None, _READ_ASCII))
+    return _UNREAD_CHARS.search(text) is not None
+
+
 _LINE_WIDTH = 1000  # libyaml refuses a key over 1024 characters: such a line is its to read
 _LINE_DEPTH = 32  # deeper than a config goes, well within MAX_YAML_DEPTH
 # What one line says (_LineBuild._parse), by kind: a key and a nested block on the lines
@@ -505,7 +516,7 @@ class _LineBuild:
         reader = self.reader
         before = (len(reader.problems.issues), len(reader.unset), set(reader.failed))
         try:
-            if "#" in self.text or _UNREAD_CHARS.search(self.text):
+            if "#" in self.text or _has_unread_chars(self.text):
                 raise _GeneralPath
             self.lines = self.text.split("\n")
             if max(map(len, self.lines)) > _LINE_WIDTH:
@@ -569,7 +580,10 @@ class _LineBuild:
                     break
             if line[at:].strip(" "):
                 raise _GeneralPath  # more after the mapping
-        return len(m.group(1)), key, _FLOW, (col, tuple(pairs))
+        # the mapping as data when no value holds a ${VAR} (then where they are is looked
+        # up only for a problem: _flow_leaves)
+        plain = None if any(expand for *_, (_, _, _, expand) in pairs) else {name: v[0] for name, _, _, v in pairs}
+        return len(m.group(1)), key, _FLOW, (col, tuple(pairs), plain)
 
     def _scalar(self, text: str) -> _Scalar:
         if text[0] in "\"'":
@@ -619,19 +633,30 @@ class _LineBuild:
                 child = children[key] = Pos(file, key, pos, key_mark, (j + 1, inner + 1), base)
                 out[key] = self._block(inner, child, depth + 1)
                 continue
-            col, what = what
-            child = children[key] = Pos(file, key, pos, key_mark, (i + 1, col + 1), base)
+            child = children[key] = Pos(file, key, pos, key_mark, (i + 1, what[0] + 1), base)
             if kind == _SCALAR:
-                value, text, quoted, expand = what
+                value, text, quoted, expand = what[1]
                 out[key] = scalar(value, text, quoted, child) if expand else value
                 continue
-            inner_out: dict[Any, Any] = {}
-            grandchildren = child.children
-            for name, key_col, value_col, (value, text, quoted, expand) in what:
-                leaf = grandchildren[name] = Pos(file, name, child, (i + 1, key_col + 1), (i + 1, value_col + 1), base)
-                inner_out[name] = scalar(value, text, quoted, leaf) if expand else value
-            out[key] = inner_out
+            _, pairs, plain = what
+            if plain is not None:
+                child.later = (_flow_leaves, i, pairs)
+                out[key] = plain.copy()
+                continue
+            _flow_leaves(child, i, pairs)
+            leaves = child.children
+            out[key] = {
+                name: scalar(value, text, quoted, leaves[name]) if expand else value
+                for name, _, _, (value, text, quoted, expand) in pairs
+            }
         return out
+
+
+def _flow_leaves(pos: Pos, i: int, pairs: tuple[tuple[Any, int, int, _Scalar], ...]) -> None:
+    """The positions of the values of a one-line mapping (line `i`, 0-based) at `pos`."""
+    file, base, children = pos.file, pos.base, pos.children
+    for name, key_col, value_col, _ in pairs:
+        children[name] = Pos(file, name, pos, (i + 1, key_col + 1), (i + 1, value_col + 1), base)
 
 
 def _mark(event: Any) -> tuple[int, int]:

@@ -8,9 +8,11 @@ grows with the distinct settings, not with the namespaces (issue 24: USS at scal
 
 - While validating: a `SharedWhenEqual` model (cadences, witnesses, schema policies: no
   paths in them) given input equal to one validated before in the same load returns that
-  model, without validating the input again (`validation_pool` makes the load's pool).
-- After the load (`share_equal_settings`): what validation never saw, the default parts
-  of each namespace and the namespaces themselves (paths resolved first).
+  model, without validating the input again (`validation_pool` makes the load's pool);
+  a default left out (a namespace's witnesses, its schema policy) is built once per load
+  (`shared_default`, within `defaults_shared`).
+- After the load (`share_equal_settings`): what validation never saw, the namespaces
+  themselves (paths resolved first) and any default part not built by `shared_default`.
 
 Safe because nothing changes a configuration's models after the load (`load_config`
 resolves their paths, then shares; a reload builds a new Config). Two models are shared
@@ -21,8 +23,11 @@ keeps its own model.
 
 from __future__ import annotations
 
-from collections.abc import Hashable
-from typing import Any
+import contextlib
+from collections.abc import Callable, Hashable, Iterator
+from contextvars import ContextVar
+from pathlib import PosixPath
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationInfo, model_validator
 from pydantic_core.core_schema import ValidatorFunctionWrapHandler
@@ -36,6 +41,39 @@ SHARED_POOL = "shared_pool"  # the validation context key of a load's pool
 def validation_pool() -> dict[str, _Pool]:
     """The validation context entry of one load: its models shared by input."""
     return {SHARED_POOL: {}}
+
+
+_M = TypeVar("_M", bound=BaseModel)
+# The defaults built so far by the load validating in this thread (shared_default).
+_LOAD_DEFAULTS: ContextVar[dict[type, Any] | None] = ContextVar("config_load_defaults", default=None)
+
+
+def shared_default(cls: type[_M]) -> Callable[[], _M]:
+    """A default_factory giving, while a load validates (`defaults_shared`), one default
+    `cls()` for all the models of the load that leave it out (10,000 namespaces without
+    `witnesses` built 10,000 equal ones, and the load then looked at each to share it);
+    a new one otherwise."""
+
+    def factory() -> _M:
+        built = _LOAD_DEFAULTS.get()
+        if built is None:
+            return cls()
+        found = built.get(cls)
+        if found is None:
+            found = built[cls] = cls()
+        return found
+
+    return factory
+
+
+@contextlib.contextmanager
+def defaults_shared() -> Iterator[None]:
+    """The validation of one load: `shared_default` models built once in it."""
+    token = _LOAD_DEFAULTS.set({})
+    try:
+        yield
+    finally:
+        _LOAD_DEFAULTS.reset(token)
 
 
 class SharedWhenEqual(Model):
@@ -84,8 +122,10 @@ def _shared(model: BaseModel, pool: _Pool, seen: dict[int, BaseModel]) -> BaseMo
         if kind is str or value is None:  # most fields: the value is its own key
             key.append(value)
         elif _is_model(kind):
-            value = fields[field] = _shared(value, pool, seen)
-            key.append(("model", id(value)))
+            shared = seen.get(id(value)) or _shared(value, pool, seen)
+            if shared is not value:
+                fields[field] = shared
+            key.append(("model", id(shared)))
         else:
             key.append(_value_key(value))
     try:
@@ -106,14 +146,27 @@ def _is_model(kind: type) -> bool:
     return known
 
 
+_CONTAINERS = frozenset({dict, list})
+
+
 def _value_key(value: Any) -> Hashable:
     """A value (a validation input, or a field's value) as a hashable key, its type kept
     (1, 1.0 and True are not one key); a model by its identity (shared ones are canonical)."""
     kind = type(value)
     if kind is dict:
+        types = tuple(map(type, value.values()))
+        if _CONTAINERS.isdisjoint(types):  # values that are their own keys: text, numbers
+            items = tuple(value.items())
+            try:
+                hash(items)
+                return (dict, items, types)  # their types beside them
+            except TypeError:  # a model inside (none is frozen, so hashable)
+                pass
         return (dict, tuple((k, _value_key(v)) for k, v in value.items()))
     if kind is list:
         return (list, tuple(_value_key(v) for v in value))
     if _is_model(kind):
         return ("model", id(value))
+    if kind is PosixPath:  # by its text: kept once made (the hash writes it too), unlike its hash
+        return (kind, str(value))
     return (kind, value)

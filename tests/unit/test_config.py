@@ -467,6 +467,43 @@ def test_hash_is_stable_across_key_order_and_runs(tmp_path):
     assert load_config(a / "config.yaml", env={}, cwd=a).hash != ha
 
 
+# Every kind of namespace field, redundant and single targets, a secret, a float: paths
+# absolute, so that the hash does not depend on where the test runs.
+PINNED_HASH_CONFIG = """\
+scheduler: {tick: 2.5, concurrency: 3, data_dir: /srv/vmsh/data}
+log: {level: debug, file: /var/log/vmsh.log}
+targets:
+  eip155:
+    "8453": {rpc_url: "https://rpc.example/v3", chain_id: 8453, contract: "0x00000000000000000000000000000000000000aa", key: "${KEY}"}
+  rfc3161:
+    tsa: {url: "https://tsa.example/tsr", trust_bundle: /etc/vmsh/tsa.pem, max_clock_skew: 60}
+  local:
+    dev: {}
+namespaces:
+  "fin:a": {source: /srv/batches/a, cadence: {fast: {target: "local:dev", every: 10s}}}
+  "fin:b": {source: /srv/batches/b, cadence: {fast: {target: "local:dev", every: 10s}}}
+  "dao:vaultmesh":
+    description: "Zählwerk \\"one\\""
+    source: /srv/batches/dao
+    follow_symlinks: true
+    witnesses: {min_required: 2, allowlist: [alice, bob]}
+    schema_policy: {allow: [receipt.v1]}
+    cadence:
+      fast: {targets: ["eip155:8453", "rfc3161:tsa", "local:dev"], min: 2, every: 90s, confirmations: 3}
+      strong: {target: "rfc3161:tsa", every: "10*fast", policyOID: "1.2.3.4"}
+      cold: {target: "local:dev", every: 1d, anchor_unchanged: true}
+"""
+
+
+def test_the_hash_receipts_carry_is_the_one_earlier_versions_computed(tmp_path):
+    """Receipts and replicas compare config hashes: a faster way to compute it (issue 24)
+    must give the very hash earlier versions gave for the same config (pinned here)."""
+    loaded = load(tmp_path, PINNED_HASH_CONFIG, env={"KEY": "0x" + "11" * 32})
+    assert loaded.hash == "2e5a22cc82be58355d3a16e2a60ed6073a24e259045195eee6d2ed2a21668ff9"
+    changed = PINNED_HASH_CONFIG.replace('"fin:b": {source: /srv/batches/b', '"fin:b": {source: /srv/batches/c')
+    assert load(tmp_path, changed, env={"KEY": "0x" + "11" * 32}).hash != loaded.hash
+
+
 def test_replicas_with_their_own_data_dir_and_store_name_have_one_hash(tmp_path):
     """Cluster mode: each replica has a data dir of its own and may reach the database by
     another name; the dashboard warns when live replicas' hashes differ, so these must not

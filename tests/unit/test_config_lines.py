@@ -6,6 +6,7 @@ the line path and for the near misses that must not."""
 
 from __future__ import annotations
 
+import gc
 import random
 from pathlib import Path
 from typing import Any
@@ -118,3 +119,26 @@ def test_random_plain_files_read_the_same_both_ways(tmp_path):
 
     for _ in range(400):
         same_both_ways(tmp_path, "\n".join(block(0, 0)) + rng.choice(["\n", ""]))
+
+
+def test_a_files_positions_are_freed_without_the_garbage_collector(tmp_path):
+    """A 10,000-namespace file makes about 100,000 positions (issue 24): when each node
+    referred to its parent, the tree was cycles that a load had to unlink node by node, or
+    a full collection walk, before its memory came back. Now nothing of it is left for the
+    collector once it is dropped."""
+    path = tmp_path / "f.yaml"
+    path.write_text(NAMESPACES)
+    gc.collect()
+    gc.disable()
+    gc.set_debug(gc.DEBUG_SAVEALL)  # what a collection finds unreachable is kept to look at
+    try:
+        reader = YamlReader(ENV, Problems(Pos(None, base=tmp_path)))
+        got = reader.read(path, "f.yaml", tmp_path)
+        assert got is not None and _tree(got[1])[5]["namespaces"]  # every place made
+        del got, reader
+        gc.collect()
+        assert [o for o in gc.garbage if isinstance(o, Pos)] == []
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
