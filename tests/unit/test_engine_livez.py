@@ -59,9 +59,13 @@ async def test_a_commit_chunks_receipts_are_announced_as_soon_as_they_are_durabl
     n = 200
     h = Harness(tmp_path, {f"ns{i:04d}": i + 1 for i in range(n)})
 
-    def slow_disk(op: str) -> None:
-        if op == "receipt":  # the chunk's write takes 7 s on the engine's clock
-            h.clock.advance(7.0)
+    loop = asyncio.get_running_loop()
+
+    def slow_disk(op: str) -> None:  # on the writer thread
+        if op == "receipt":  # the chunk's write takes 7 s on the engine's clock (moved on the loop)
+            moved = threading.Event()
+            loop.call_soon_threadsafe(lambda: (h.clock.advance(7.0), moved.set()))
+            assert moved.wait(10)
 
     s = h.scheduler(writer=DiskWriter(fault=slow_disk))
     anchored_at = h.clock.now()
