@@ -21,6 +21,11 @@ embedded `local:bench` TSA) and is measured over its real control socket with ht
 - a 10,000-job pass (every namespace due at start) with 0 and then 3 `ctl tail` clients
   attached as soon as the socket answers: /livez max while the pass is written (probed
   back to back, as bench/livez_bench.py), and the daemon's USS when the pass is done.
+
+BENCH_CONTROL_PARTS (comma separated: snapshot, livez, events; default all) runs only
+some parts. The data dirs are made under BENCH_DATA_DIR (default the temp folder), and
+the disk's raw fsync rate there is printed beside the figures ("reference: the disk
+alone"): the receipts' writes are in every latency, and this disk's rate varies.
 """
 
 from __future__ import annotations
@@ -55,12 +60,20 @@ P99_TARGET = 0.2
 TAILS_USS_TARGET = 10 * 2**20
 
 
+def parts() -> set[str]:
+    return set(os.environ.get("BENCH_CONTROL_PARTS", "snapshot,livez,events").split(","))
+
+
+def _tempdir() -> tempfile.TemporaryDirectory[str]:
+    return tempfile.TemporaryDirectory(prefix="vmsh-control-bench-", dir=os.environ.get("BENCH_DATA_DIR"))
+
+
 def window_seconds() -> float:
     return float(os.environ.get("BENCH_CONTROL_SECONDS", "10"))
 
 
 def _start(n: int, *, anchoring: bool) -> tuple[Path, subprocess.Popen[bytes], tempfile.TemporaryDirectory[str]]:
-    holder = tempfile.TemporaryDirectory(prefix="vmsh-control-bench-")
+    holder = _tempdir()
     tmp = Path(holder.name)
     for i in range(n):
         write_batch(tmp / "batches" / safe_name(f"bench:{i}"), "000001", "sha256:" + f"{i + 1:064x}")
@@ -147,7 +160,7 @@ def _uss(pid: int) -> int:
 def tails_figures(n: int, tails: int) -> dict[str, float]:
     """A pass of `n` jobs due at start with `tails` `ctl tail` clients: /livez max during
     the pass, the daemon's USS after it."""
-    holder = tempfile.TemporaryDirectory(prefix="vmsh-control-bench-")
+    holder = _tempdir()
     tmp = Path(holder.name)
     for i in range(n):
         write_batch(tmp / "batches" / safe_name(f"bench:{i}"), "000001", "sha256:" + f"{i + 1:064x}")
@@ -184,13 +197,17 @@ def tails_figures(n: int, tails: int) -> dict[str, float]:
         stop(proc)
         prober.join(timeout=35)
         holder.cleanup()
-    return {"livez_max": during[-1] if during else float("nan"), "uss": uss, "alive": alive}
+    return {"livez_max": during[-1] if during else float("nan"), "uss": uss, "alive": alive,
+            "livez_p99": during[int(len(during) * 0.99)] if during else float("nan"),
+            "over": sum(1 for t in during if t > LIVEZ_TARGET), "probes": len(during)}
 
 
 def _follow(path: Path, latencies: list[float], logged: list[float], mirrored: list[float] | None,
-            stop_at: float) -> None:
+            stop_at: float, since_anchor: list[float]) -> None:
     """Read /v1/events (with `mirrored`: `?views=1`, as an attached dashboard does, and the
-    time from each "anchored" log record to the views line carrying that job's new view)."""
+    time from each "anchored" log record to the views line carrying that job's new view).
+    `latencies`: from each ReceiptWritten's `at` (the event's time: its receipt durable);
+    `since_anchor`: from its `anchored_at` (the chunk's durable write included)."""
     query = "?views=1" if mirrored is not None else ""
     anchored: dict[str, float] = {}
     with _client(path) as client, client.stream("GET", f"/v1/events{query}",
@@ -203,6 +220,7 @@ def _follow(path: Path, latencies: list[float], logged: list[float], mirrored: l
             kind = message.get("type")
             if kind == "ReceiptWritten":
                 latencies.append(now - message["event"]["at"])
+                since_anchor.append(now - message["event"]["anchored_at"])
             elif kind == "LogRecord" and message["event"].get("msg") == "anchored":
                 logged.append(now - message["event"]["at"])
                 anchored[message["event"]["fields"]["job"]] = message["event"]["at"]
@@ -230,8 +248,10 @@ def anchoring_figures() -> dict[str, float]:
         latencies: list[float] = []
         logged: list[float] = []
         mirrored: list[float] = []
+        since_anchor: list[float] = []
         stop_at = time.time() + window + 1.0
-        readers = [threading.Thread(target=_follow, args=(path, latencies, logged, views, stop_at), daemon=True)
+        readers = [threading.Thread(target=_follow, args=(path, latencies, logged, views, stop_at, since_anchor),
+                                    daemon=True)
                    for views in (None, mirrored)]
         for reader in readers:
             reader.start()
@@ -248,7 +268,10 @@ def anchoring_figures() -> dict[str, float]:
     latencies.sort()
     logged.sort()
     mirrored.sort()
+    since_anchor.sort()
     return {
+        "anchor_p50": since_anchor[len(since_anchor) // 2] if since_anchor else float("nan"),
+        "anchor_p99": since_anchor[int(len(since_anchor) * 0.99)] if since_anchor else float("nan"),
         "mirror_p50": mirrored[len(mirrored) // 2] if mirrored else float("nan"),
         "mirror_p99": mirrored[int(len(mirrored) * 0.99)] if mirrored else float("nan"),
         "log_p50": logged[len(logged) // 2] if logged else float("nan"),
@@ -265,7 +288,7 @@ def _ms(seconds: float) -> str:
     return f"{seconds * 1000:.0f} ms"
 
 
-def run() -> list[tuple[str, str, str]]:
+def snapshot_rows() -> list[tuple[str, str, str]]:
     rows: list[tuple[str, str, str]] = []
     for n in SNAPSHOT_SIZES:
         s = snapshot_figures(n)
@@ -278,27 +301,61 @@ def run() -> list[tuple[str, str, str]]:
                 (f"attach, {n:,} jobs: dashboard's first rows", _ms(s["first_rows"]),
                  f"target < {_ms(FIRST_ROWS_TARGET)} (connect -> jobs table rows; median of 3)"),
             ]
+    return rows
+
+
+def livez_rows() -> list[tuple[str, str, str]]:
     quiet, tailed = tails_figures(ATTACH_JOBS, 0), tails_figures(ATTACH_JOBS, TAILS)
-    rows += [
+    return [
         (f"/livez max, {ATTACH_JOBS:,}-job pass, {TAILS} `ctl tail`", _ms(tailed["livez_max"]),
          f"target < {_ms(LIVEZ_TARGET)} (0 clients: {_ms(quiet['livez_max'])}; "
          f"{int(tailed['alive'])} tails alive at the end)"),
+        (f"/livez p99, answers over {_ms(LIVEZ_TARGET)}, {TAILS} / 0 `ctl tail`",
+         f"{_ms(tailed['livez_p99'])} / {_ms(quiet['livez_p99'])}",
+         f"{int(tailed['over'])} of {int(tailed['probes'])} / {int(quiet['over'])} of {int(quiet['probes'])} "
+         "answers over the target (a max is one answer: on a shared machine, read these beside it)"),
         (f"USS added by {TAILS} `ctl tail`, {ATTACH_JOBS:,}-job pass", f"{(tailed['uss'] - quiet['uss']) / 2**20:+.1f} MiB",
          f"target < {TAILS_USS_TARGET / 2**20:.0f} MiB (USS after the pass {quiet['uss'] / 2**20:.0f} / "
          f"{tailed['uss'] / 2**20:.0f} MiB)"),
     ]
+
+
+def events_rows() -> list[tuple[str, str, str]]:
     f = anchoring_figures()
-    rows += [
+    return [
         ("control: receipts/s, 0 clients", f"{f['rate0']:.0f}", f"{ANCHORING_JOBS:,} jobs every 1 s"),
         ("control: receipts/s, 3 clients (1 stuck)", f"{f['rate3']:.0f}", "target: same as 0 clients"),
         ("control: daemon CPU, 0 / 3 clients", f"{f['cpu0']:.2f} / {f['cpu3']:.2f}", "CPU seconds per second"),
         ("control: event latency p50 / p99", f"{f['p50'] * 1000:.1f} / {f['p99'] * 1000:.1f} ms",
-         f"target p99 < {_ms(P99_TARGET)}; anchor -> client, {int(f['events']):,} ReceiptWritten"),
+         f"target p99 < {_ms(P99_TARGET)}; ReceiptWritten's `at` (its receipt durable) -> client, "
+         f"{int(f['events']):,} events"),
+        ("control: anchor -> client p50 / p99", f"{f['anchor_p50'] * 1000:.1f} / {f['anchor_p99'] * 1000:.1f} ms",
+         "ReceiptWritten's `anchored_at` -> client: with the chunk's durable write (the disk's share)"),
         ("control: log latency p50 / p99", f"{f['log_p50'] * 1000:.1f} / {f['log_p99'] * 1000:.1f} ms",
          f"target p99 < {_ms(P99_TARGET)}; publish -> client, \"anchored\" log records"),
         ("control: mirror latency p50 / p99", f"{f['mirror_p50'] * 1000:.1f} / {f['mirror_p99'] * 1000:.1f} ms",
          f"target p99 < {_ms(P99_TARGET)}; \"anchored\" -> its job's view in a views line (?views=1)"),
     ]
+
+
+def disk_rate() -> float:
+    """The disk alone: fsyncs per second in a folder where the data dirs are made."""
+    from bench.costs_bench import fsync_rate
+
+    with _tempdir() as name:
+        return fsync_rate(Path(name))
+
+
+def run() -> list[tuple[str, str, str]]:
+    chosen = parts()
+    before = disk_rate()
+    rows: list[tuple[str, str, str]] = []
+    for name, part in (("snapshot", snapshot_rows), ("livez", livez_rows), ("events", events_rows)):
+        if name in chosen:
+            rows += part()
+    rows.append(("reference: the disk alone, raw fsync rate (4 KiB write + fsync), before / after",
+                 f"{before:,.0f} / {disk_rate():,.0f} /s",
+                 f"in {os.environ.get('BENCH_DATA_DIR') or tempfile.gettempdir()}: read it beside the figures above"))
     return rows
 
 

@@ -14,10 +14,11 @@ The longest scheduling pass (`vmsh_tick_duration_seconds`, run on the loop by de
 read from /metrics: a /livez answer cannot be faster than the pass it waits behind.
 
 What remains (issue 24, measured with bench/loop_probe.py) is mostly at start, outside
-the engine: the config watcher's first import, the metrics' seed of every job's view, the
-local TSA's first key; during the pass, turns of the loop stay within a few tens of ms
-(outcomes and event streams in 2 ms slices, the GIL switch interval 1 ms), the rest being
-the machine's own load and the writer thread's garbage collections.
+the engine: the metrics' seed of every job's view, the local TSA's first key (the config
+watcher's first imports are made on a thread now); during the pass, turns of the loop
+stay within a few tens of ms (outcomes and event streams in 2 ms slices, the GIL switch
+interval 1 ms, set by cli/main.py), and the longer ones are mostly waits, not work (the
+probe's CPU time per turn): the machine's own load.
 """
 
 from __future__ import annotations

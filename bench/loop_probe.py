@@ -5,7 +5,9 @@
 runs `python -m cli` with its arguments, and at exit writes to LOOP_PROBE_OUT:
 - "iterations": each turn of the loop whose callbacks ran longer than LOOP_PROBE_MS
   (default 12 ms): its duration, wall time, how many callbacks, the longest of them
-  (a task's coroutine and line, or the callback's name);
+  (a task's coroutine and line, or the callback's name), and the loop thread's CPU time
+  in it (ms): a turn far longer than its CPU time waited (for the GIL, or for a core on a
+  busy machine), one as long did work;
 - "callbacks": each callback longer than LOOP_PROBE_MS, with the stacks a sampler thread
   saw the loop's thread in while it ran (every 2 ms);
 - "gc": collections over 5 ms (generation, thread).
@@ -67,16 +69,19 @@ def _install() -> None:
     asyncio.events.Handle._run = timed  # type: ignore[method-assign]
     select = selectors.EpollSelector.select
     last: list[float | None] = [None]
+    cpu: list[float] = [0.0]
 
     def timed_select(self: selectors.EpollSelector, timeout: float | None = None) -> Any:
         now = time.perf_counter()
         if last[0] is not None and now - last[0] > LIMIT:
-            _found["iterations"].append((round((now - last[0]) * 1000, 1), time.time(), len(_ran), max(_ran, default=None)))
+            _found["iterations"].append((round((now - last[0]) * 1000, 1), time.time(), len(_ran), max(_ran, default=None),
+                                         round((time.thread_time() - cpu[0]) * 1000, 1)))
         _ran.clear()
         try:
             return select(self, timeout)
         finally:
             last[0] = time.perf_counter()
+            cpu[0] = time.thread_time()
 
     selectors.EpollSelector.select = timed_select  # type: ignore[method-assign]
     gc_started = [0.0]

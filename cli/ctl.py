@@ -181,9 +181,9 @@ class Client:
         except (ControlUnreachable, ControlFailed, ControlRefused) as exc:
             raise self._error(exc) from None
 
-    def events(self, after: int | None = None) -> Iterator[Any]:
+    def events(self, after: int | None = None, types: tuple[str, ...] = ()) -> Iterator[Any]:
         try:
-            yield from self._client.events(after)
+            yield from self._client.events(after, types)
         except ControlUnreachable as exc:
             raise self._error(exc) from None
 
@@ -297,7 +297,7 @@ def _tail(client: Client) -> int:
         record = wire.decode_event({"type": "LogRecord", "event": fields})
         assert isinstance(record, LogRecord)
         print(printable(format_record(record), lines=True), flush=True)
-    for line in client.events(after=doc["seq"]):
+    for line in client.events(after=doc["seq"], types=("LogRecord",)):  # not the other 2/3 of a pass's events
         if line.get("type") == "resync":
             print("(fell behind: some log records were skipped)", file=sys.stderr, flush=True)
         elif line.get("type") == "dropped":

@@ -15,6 +15,10 @@ from collections.abc import Sequence
 
 from core.signals import StartupSignals
 
+# seconds a thread that wants the GIL waits at most in a process that runs a scheduler
+# (Python's default: 5 ms): after each system call the engine's loop waits for the GIL
+# behind the writer thread building receipts, and a /livez answer takes four turns of it.
+GIL_SWITCH = 0.001
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing before main() runs
 if TYPE_CHECKING:
     import argparse
@@ -167,6 +171,9 @@ def _main(argv: Sequence[str] | None, startup: StartupSignals) -> int:
     if startup.stop is not None:
         print(f"vmsh-scheduler: {startup.stop.name} during start: not started", file=sys.stderr)
         return 0
+    # Process-wide, so set here, once, for the process's life: an engine that set it while
+    # it ran and restored it after undid it for another engine still running.
+    sys.setswitchinterval(min(sys.getswitchinterval(), GIL_SWITCH))
     if args.no_ui:
         return run_headless(loaded, args, startup)
     startup.restore()  # the dashboard installs its own handlers; it loads the config afresh

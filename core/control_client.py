@@ -167,9 +167,12 @@ class ControlClient:
         finally:
             response.close()
 
-    def events(self, after: int | None = None) -> Iterator[Any]:
-        """Each line of the event stream, decoded as JSON, until the scheduler ends it."""
-        query = f"?after={after}" if after is not None else ""
+    def events(self, after: int | None = None, types: tuple[str, ...] = ()) -> Iterator[Any]:
+        """Each line of the event stream, decoded as JSON, until the scheduler ends it.
+        `types`: only events of these types (and `resync`/`dropped`); a scheduler before
+        `?types=` sends every event, so the caller still looks at each line's type."""
+        params = ([f"after={after}"] if after is not None else []) + ([f"types={','.join(types)}"] if types else [])
+        query = "?" + "&".join(params) if params else ""
         try:
             response = self._open("GET", f"{API}/events{query}", None, None)  # no read deadline
         except ControlFailed:

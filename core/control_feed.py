@@ -50,9 +50,14 @@ Encoder = Callable[[JobView, float], bytes]  # a job's JSON in a built table
 
 
 def jobs_of(event: Event) -> set[JobKey] | None:
-    """The jobs whose view `event` may change; None: every job (a pause, a reload)."""
+    """The jobs whose view `event` may change; None: every job (a pause, a reload).
+    ReceiptWritten changes none: the engine announces a commit chunk's receipts before it
+    applies their outcomes (core/engine/commit.py), and each job's view changes with the
+    AnchorSucceeded that follows (noting both built each view twice, one of them stale)."""
     if isinstance(event, (Paused, ConfigApplied)):
         return None
+    if isinstance(event, ReceiptWritten):
+        return set()
     job = getattr(event, "job", None)
     if isinstance(job, JobKey):
         return {job}

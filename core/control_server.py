@@ -166,11 +166,12 @@ class _Item:
     """One numbered event, shared by every stream: encoded once, by the first stream that
     sends it (128 streams used to encode each event 128 times on the loop: /livez stalls)."""
 
-    __slots__ = ("seq", "event", "_line", "size")
+    __slots__ = ("seq", "event", "kind", "_line", "size")
 
     def __init__(self, seq: int, event: Event | None, line: bytes | None = None) -> None:
         self.seq = seq
         self.event = event  # None: a `views` line (core/control_feed.py), `line` given
+        self.kind = type(event).__name__ if event is not None else "views"
         self._line = line
         # What it counts for in a queue's bytes: a views line's length; an event's nominal
         # size (encoded later, by the first stream that sends it: never in the bus callback).
@@ -232,14 +233,17 @@ class _Lines:
 class _Client:
     """One event stream: a bounded queue the bus callback fills without waiting."""
 
-    def __init__(self, views: bool = False) -> None:
+    def __init__(self, views: bool = False, types: frozenset[str] | None = None) -> None:
         self.queue = _Lines(QUEUE_SIZE)
         self.views = views  # follows `views` lines (`/v1/events?views=1`)
+        self.types = types  # only these event types (`?types=LogRecord,...`); None: every one
         self.queued = 0  # bytes of the queued lines
         self.overflows = 0  # in a row, without the writer taking anything
         self.dropped: str | None = None
 
     def offer(self, item: _Item) -> None:
+        if self.types is not None and item.event is not None and item.kind not in self.types:
+            return
         size = item.size
         if self.queued + size <= QUEUE_BYTES or self.queue.empty():
             try:
@@ -760,7 +764,9 @@ class ControlServer:
     # ----- the event stream --------------------------------------------------------------
 
     async def _stream(self, writer: asyncio.StreamWriter, query: dict[str, list[str]], peer: Peer) -> None:
-        client = _Client(views=query.get("views", ["0"])[0] == "1")
+        types = query.get("types", [""])[0]
+        client = _Client(views=query.get("views", ["0"])[0] == "1",
+                         types=frozenset(types.split(",")) if types else None)
         after = query.get("after", [""])[0]
         if after.isdigit():
             oldest = self._replay[0].seq if self._replay else self.seq + 1

@@ -220,8 +220,10 @@ class Committer:
     ) -> None:
         """A chunk's commit, applied: a job whose lease passed to another replica gets
         nothing (the outcome is theirs); a job whose receipt alone could not be written is
-        held with the attestation and fails with kind `storage`. The loop runs between
-        slices of APPLY_SLICE seconds (each success is events, a log line, a new state: a
+        held with the attestation and fails with kind `storage`. The chunk's receipts, all
+        durable now, are announced first (ReceiptWritten, in one go: a client hears of each
+        as soon as it is safe); then the outcomes are applied with the loop running between
+        slices of APPLY_SLICE seconds (each success is an event, a log line, a new state: a
         chunk of 1,024 in one go held /livez for 100 ms and more); a job not applied yet
         stays in flight, its receipt committed."""
         if isinstance(done, Exception):
@@ -229,6 +231,12 @@ class Committer:
         ctx, table = self.ctx, self.ctx.table
         intent, attestation = held.intent, held.attestation
         duration = 0.0 if recovered else now - started
+        tx_hash = str(attestation.data.get("tx_hash") or "")
+        written_at = ctx.clock.now()
+        for (_, item), result in zip(pairs, done.paths, strict=True):
+            if isinstance(result, Path):
+                self.outcomes.written(item.spec, result, item.batch.root, attestation.status, now, written_at,
+                                      tx_hash=tx_hash, observed=attestation.confirmations)
         lost: list[JobKey] = []
         failed: Pairs = []
         error: StorageError | None = None
@@ -241,10 +249,7 @@ class Committer:
             if isinstance(result, Path):
                 table.set_held(key, None)
                 owned.discard(key)
-                self.outcomes.succeed(
-                    item.spec, item.batch, result, now, duration, attestation.status, advance=moves,
-                    tx_hash=str(attestation.data.get("tx_hash") or ""), observed=attestation.confirmations,
-                )
+                self.outcomes.succeed(item.spec, item.batch, result, now, duration, attestation.status, advance=moves)
                 table.state(key).row = done.rows.get(key)
             elif result is None:  # another replica claimed it since: the outcome is theirs
                 table.set_held(key, None)

@@ -60,13 +60,27 @@ class Outcomes:
             ctx.log.warning("job disabled", job=str(key), target=record.spec.target, reason=reason)
         return False
 
+    def written(
+        self, spec: JobSpec, path: Path, root: str, status: str, now: float, at: float,
+        *, tx_hash: str = "", observed: int = 0,
+    ) -> None:
+        """Announce a receipt that is durable (ReceiptWritten at `at`, when its commit
+        ended; `now`: when it was anchored). Called for a whole commit chunk before its
+        outcomes are applied in slices, so a client hears of a receipt as soon as it is safe,
+        not when the slices reach its job."""
+        self.ctx.bus.publish(
+            ReceiptWritten(
+                at=at, job=spec.key, target=spec.target, path=str(path), root=root, status=status,
+                anchored_at=now, tx_hash=tx_hash, observed=observed, required=spec.confirmations,
+            )
+        )
+
     def succeed(
         self, spec: JobSpec, batch: Batch, path: Path, now: float, duration: float, status: str,
-        *, advance: bool = True, tx_hash: str = "", observed: int = 0,
+        *, advance: bool = True,
     ) -> None:
-        """A receipt is written. `advance` False: it is of a root older than the job's last
-        anchor (a recovered token), so the job's state stays as it is. `tx_hash` and
-        `observed`: a chain anchor's transaction and its depth then (the dashboard shows them)."""
+        """A receipt is written (and announced: `written`). `advance` False: it is of a root
+        older than the job's last anchor (a recovered token), so the job's state stays as it is."""
         ctx, table = self.ctx, self.ctx.table
         key = spec.key
         previous = table.state_or_new(key)
@@ -74,12 +88,6 @@ class Outcomes:
             table.set_state(key, succeeded(previous, batch.root, path, now))
         table.flight.land(key)
         table.set_storage_failing(key, None)
-        ctx.bus.publish(
-            ReceiptWritten(
-                at=now, job=key, target=spec.target, path=str(path), root=batch.root, status=status,
-                anchored_at=now, tx_hash=tx_hash, observed=observed, required=spec.confirmations,
-            )
-        )
         ctx.bus.publish(
             AnchorSucceeded(
                 at=now, job=key, target=spec.target, root=batch.root, duration=duration, status=status

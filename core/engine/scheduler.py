@@ -36,7 +36,6 @@ import asyncio
 import heapq
 import importlib
 import importlib.util
-import sys
 from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -65,7 +64,6 @@ from core.views import JobView
 from core.writer import DiskWriter
 
 PASS_SLICE = 500  # due jobs looked at between two turns of the loop in a scheduling pass
-GIL_SWITCH = 0.001  # seconds: sys.setswitchinterval while the engine runs (see run)
 READ_SLICE = 2000  # due jobs whose batch folder is named between two turns of the loop
 # Returns the reason a target must not be used (e.g. chain id mismatch), or None.
 TargetGuard = Callable[[str], "str | None"]
@@ -321,16 +319,8 @@ class Scheduler:
 
     async def run(self) -> None:
         """Run until stop(): recover interrupted anchors, then anchor what is due, forever.
-
-        While it runs, a thread that wants the GIL waits GIL_SWITCH at most (Python's
-        default: 5 ms): after each system call the loop waits for it behind the writer
-        thread building receipts, and a /livez answer takes four turns of the loop."""
-        switch = sys.getswitchinterval()
-        sys.setswitchinterval(min(switch, GIL_SWITCH))
-        try:
-            await self._run()
-        finally:
-            sys.setswitchinterval(switch)
+        (The GIL switch interval is the program's, set at its entry: cli/main.py.)"""
+        await self._run()
 
     async def _run(self) -> None:
         await self.recover()

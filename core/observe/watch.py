@@ -29,6 +29,7 @@ import asyncio
 import contextlib
 import functools
 import hashlib
+import importlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -44,6 +45,17 @@ if TYPE_CHECKING:
     from core.runtime import Runtime
 
 RETRY_SECONDS = 1.0
+# What watchfiles.awatch imports on its first call (anyio's asyncio backend, through
+# anyio.to_thread): 0.1-0.25 s of the loop at start, /livez's slowest answer then.
+AWATCH_IMPORTS = ("anyio._backends._asyncio",)
+
+
+def _import_awatch_backend() -> None:
+    for name in AWATCH_IMPORTS:
+        try:
+            importlib.import_module(name)
+        except ImportError:  # another anyio: awatch imports what it needs itself, as before
+            pass
 
 
 def config_files(runtime: Runtime) -> list[Path]:
@@ -96,6 +108,7 @@ async def watch_config(
     """
     files = config_files(runtime)
     seen = await off_loop(functools.partial(files_digest, files))
+    await off_loop(_import_awatch_backend)  # on a thread, not on the loop at awatch's first call
     while not stop_event.is_set():
         names = {str(p) for p in files}
         folders = sorted({p.parent for p in files if p.parent.is_dir()})

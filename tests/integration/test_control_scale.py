@@ -24,6 +24,7 @@ from cli.ctl import status_doc
 from core.control_client import ControlClient
 from core.events import Event, ReceiptWritten
 from core.remote_control import RemoteControl
+from core.sources import write_batch
 from tests.integration.test_control import ctl, headless, serving, sock_path, stop
 from tests.integration.test_headless import CLI, receipts, wait_for
 
@@ -206,6 +207,41 @@ def test_ctl_tail_does_not_download_the_job_table(tmp_path: Path) -> None:
     body = json.loads(snapshot.head.split(b"\r\n\r\n", 1)[1])
     assert "snapshot" not in body and body["seq"] > 0 and body["logs"]  # the logs and seq, not 300 jobs
     assert snapshot.answered < whole / 2, (snapshot.answered, whole)
+
+
+def test_ctl_tail_is_sent_log_records_only(tmp_path: Path) -> None:
+    # A pass's events are three a job (ReceiptWritten, AnchorSucceeded, the "anchored" log
+    # record); `ctl tail` prints the log records only, and is sent only those: the other
+    # two thirds were encoded and written to each tail and parsed by it, on the same cores
+    # as the engine, while a 10,000-job pass was written (issue 24, /livez with 3 tails).
+    names = [f"ns{i:03d}" for i in range(20)]
+    config, proc = headless(tmp_path, names, every="1h")
+    relay = Relay(tmp_path / "relay.sock", sock_path(tmp_path))
+    tail = None
+    try:
+        wait_for(lambda: serving(tmp_path) and len(receipts(tmp_path)) >= len(names), timeout=90)
+        relay.start()
+        tail = subprocess.Popen([*CLI, "ctl", "--socket", str(relay.path), "tail"], stdout=subprocess.PIPE, text=True)
+        assert tail.stdout is not None
+        for _ in range(10):  # the snapshot's last log lines: the stream is open after them
+            tail.stdout.readline()
+        wait_for(lambda: relay.requests("/v1/events"), timeout=20)
+        for n in names:
+            write_batch(tmp_path / "batches" / n, "000002", "sha256:" + f"{n.encode().hex():0>64}"[-64:].replace("0", "1"))
+        done = ctl(config, "force", names[0])
+        assert done.returncode == 0, done.stderr
+        (stream,) = relay.requests("/v1/events")
+        wait_for(lambda: b'"msg":"anchored"' in stream.head or b'"msg": "anchored"' in stream.head, timeout=30,
+                 what="the forced anchor's log record on the tail's stream")
+    finally:
+        if tail is not None:
+            tail.terminate()
+            tail.wait(timeout=10)
+        relay.close()
+        stop(proc)
+    (events,) = relay.requests("/v1/events")
+    lines = [json.loads(line) for line in events.head.split(b"\r\n\r\n", 1)[1].splitlines() if line.strip()]
+    assert lines and {line["type"] for line in lines} == {"LogRecord"}, {line["type"] for line in lines}
 
 
 def test_a_reading_views_client_gets_every_jobs_view_beside_one_that_never_reads(tmp_path: Path) -> None:
