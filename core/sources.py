@@ -78,6 +78,7 @@ _HEX64 = re.compile(r"[0-9a-fA-F]{64}")
 _DIGITS = re.compile(r"(\d+)")
 _RACY_NS = 2_000_000_000
 _HANDOFF_S = 5.0  # a prefetched result older than this is checked again before use
+_KEEP_KEYS_FROM = 64  # a folder's listing keeps its names' sort keys from this many names
 
 DEFAULT_MAX_BATCH_BYTES = 1024 * 1024
 MAX_ID_CHARS = 256
@@ -90,11 +91,41 @@ class SourceError(ValidationError):
     """A batch folder or file that does not give a usable {id, root}; the message names it."""
 
 
-@dataclass(frozen=True, slots=True)
 class Batch:
+    """A batch read: its `id`, `root` ("sha256:<64 lowercase hex>") and the file's `path`.
+
+    Immutable. One is kept per folder read (the cache) for as long as the daemon runs, so
+    the file's path is held as its text (a `Path` object costs ~470 bytes, its text ~120)
+    and `path` makes the `Path` when asked."""
+
+    __slots__ = ("id", "root", "_path")
+
     id: str
-    root: str  # "sha256:<64 lowercase hex>"
-    path: Path
+    root: str
+    _path: str
+
+    def __init__(self, id: str, root: str, path: str | os.PathLike[str]) -> None:
+        object.__setattr__(self, "id", id)
+        object.__setattr__(self, "root", root)
+        object.__setattr__(self, "_path", os.fspath(path))
+
+    @property
+    def path(self) -> Path:
+        return Path(self._path)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"Batch is immutable: cannot set {name}")
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Batch):
+            return NotImplemented
+        return (self.id, self.root, self._path) == (other.id, other.root, other._path)
+
+    def __hash__(self) -> int:
+        return hash((self.id, self.root, self._path))
+
+    def __repr__(self) -> str:
+        return f"Batch(id={self.id!r}, root={self.root!r}, path={self._path!r})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,7 +265,10 @@ def configure(limits: Mapping[Path, BatchLimits], default: BatchLimits | None = 
     global _default_limits
     with _lock:
         _limits.clear()
-        _limits.update({str(Path(folder)): lim for folder, lim in limits.items()})
+        # Equal limits held once (a folder's are mostly the scheduler's), keyed by the
+        # folder's own text (a configured Path's: shared with the job's spec).
+        shared: dict[BatchLimits, BatchLimits] = {}
+        _limits.update({folder_key(folder): shared.setdefault(lim, lim) for folder, lim in limits.items()})
         _default_limits = default or BatchLimits()
         _cache.clear()
         _handoffs.clear()
@@ -309,7 +343,10 @@ def _newest_name(folder: Path, limits: BatchLimits) -> str:
     except OSError as exc:
         raise SourceError(f"batch folder {folder}: cannot list: {exc.strerror or exc}") from None
     with _lock:
-        _name_keys[str(folder)] = keys
+        if len(keys) >= _KEEP_KEYS_FROM:
+            _name_keys[str(folder)] = keys
+        else:  # a small folder's keys cost less to compute again than to keep
+            _name_keys.pop(str(folder), None)
     if best is None:
         skipped = ""
         if links:
@@ -421,18 +458,35 @@ def prefetch(
         wanted[folder] = wanted.get(folder, 0) + named[name]
     reads = _submit_all((folder, f"read:{folder}", functools.partial(_read_result, Path(folder))) for folder in wanted)
     READERS.wait(_new(reads), _left(deadline))
-    until = time.monotonic() + _HANDOFF_S
+    now = time.monotonic()
+    until = now + _HANDOFF_S
     with _lock:
+        _drop_expired_handoffs(now)
         for folder, (read, _) in reads.items():
             if read.done.is_set() and read.value is not None:
                 batch, error = read.value
+                _handoffs.pop(folder, None)  # kept in the order they expire
                 _handoffs[folder] = _Handoff(until, wanted[folder], generation, batch, error)
         for name, folder in read_from.items():
-            _resolved[name] = folder
+            if name in resolving:  # only a folder with fallbacks is looked up there
+                _resolved[name] = folder
             if not reads[folder][0].done.is_set():
                 waiting[name] = reads[folder][0]  # type: ignore[assignment]
     now = time.monotonic()
     return {name: read.running_for(now) for name, read in waiting.items()}
+
+
+def _drop_expired_handoffs(now: float) -> None:
+    """Forget the hand-offs past their time (under `_lock`): `_handoffs` is in the order
+    they expire, so this looks at the expired ones and the first live one only; an idle
+    daemon keeps none of a pass's results but its cache."""
+    expired = []
+    for folder, handoff in _handoffs.items():
+        if handoff.until > now:
+            break
+        expired.append(folder)
+    for folder in expired:
+        del _handoffs[folder]
 
 
 def _submit_all(jobs: Iterable[tuple[str, str, Callable[[], T]]]) -> dict[str, tuple[Read[T], bool]]:
