@@ -142,8 +142,9 @@ class _Durations:
                 self.counts = [0] * (len(ANCHOR_BUCKETS) + 1)
                 self.counts[self.bucket] = self.n
             self.counts[index] += 1
+        # the first value is kept as it came: one float a group's jobs share, not one each
+        self.total = value if self.n == 0 else self.total + value
         self.n += 1
-        self.total += value
 
     def buckets(self) -> list[tuple[str, int]]:
         counts = self.counts
