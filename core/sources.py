@@ -62,6 +62,7 @@ import json
 import os
 import re
 import stat
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -78,6 +79,8 @@ _HEX64 = re.compile(r"[0-9a-fA-F]{64}")
 _DIGITS = re.compile(r"(\d+)")
 _RACY_NS = 2_000_000_000
 _HANDOFF_S = 5.0  # a prefetched result older than this is checked again before use
+_INTERN_ID_CHARS = 64  # batch ids and file names this long at most are held once however many folders have them
+_KEEP_KEYS_FROM = 64  # a folder's listing keeps its names' sort keys from this many names
 
 DEFAULT_MAX_BATCH_BYTES = 1024 * 1024
 MAX_ID_CHARS = 256
@@ -90,11 +93,54 @@ class SourceError(ValidationError):
     """A batch folder or file that does not give a usable {id, root}; the message names it."""
 
 
-@dataclass(frozen=True, slots=True)
 class Batch:
+    """A batch read: its `id`, `root` ("sha256:<64 lowercase hex>") and the file's `path`.
+
+    Immutable. One is kept per folder read (the cache) for as long as the daemon runs, so
+    it holds the file's folder and name as the texts the cache holds anyway (a `Path`
+    object costs ~470 bytes, its text ~120), and `path` makes the `Path` when asked."""
+
+    __slots__ = ("id", "root", "_folder", "_name")
+
     id: str
-    root: str  # "sha256:<64 lowercase hex>"
-    path: Path
+    root: str
+    _folder: str
+    _name: str
+
+    def __init__(self, id: str, root: str, path: str | os.PathLike[str]) -> None:
+        folder, name = os.path.split(os.fspath(path))
+        self._set(id, root, folder, name)
+
+    @classmethod
+    def _in(cls, id: str, root: str, folder: str, name: str) -> Batch:
+        """The batch of file `name` of `folder` (texts the caller keeps: shared, not copied)."""
+        batch = object.__new__(cls)
+        batch._set(id, root, folder, name)
+        return batch
+
+    def _set(self, id: str, root: str, folder: str, name: str) -> None:
+        object.__setattr__(self, "id", id)
+        object.__setattr__(self, "root", root)
+        object.__setattr__(self, "_folder", folder)
+        object.__setattr__(self, "_name", name)
+
+    @property
+    def path(self) -> Path:
+        return Path(self._folder, self._name)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"Batch is immutable: cannot set {name}")
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Batch):
+            return NotImplemented
+        return (self.id, self.root, self._folder, self._name) == (other.id, other.root, other._folder, other._name)
+
+    def __hash__(self) -> int:
+        return hash((self.id, self.root, self._folder, self._name))
+
+    def __repr__(self) -> str:
+        return f"Batch(id={self.id!r}, root={self.root!r}, path={os.path.join(self._folder, self._name)!r})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +190,12 @@ def _describe(value: object) -> str:
 
 
 def parse_batch(path: Path, data: bytes) -> Batch:
+    """The batch a file's bytes give; SourceError naming `path` if they give none."""
+    return Batch(*_batch_fields(path, data), path)
+
+
+def _batch_fields(path: Path, data: bytes) -> tuple[str, str]:
+    """(id, root) of a batch file's bytes (see parse_batch)."""
     try:
         doc = safejson.loads(data)
     except safejson.JsonTooDeep:
@@ -183,7 +235,9 @@ def parse_batch(path: Path, data: bytes) -> Batch:
         raise SourceError(
             f'batch file {path}: "root" is not sha256:<64 hex> (got {_describe(doc["root"])})'
         )
-    return Batch(id=batch_id, root=root, path=path)
+    if len(batch_id) <= _INTERN_ID_CHARS:  # many folders hold the same id ("000001"): kept once
+        batch_id = sys.intern(batch_id)
+    return batch_id, root
 
 
 @dataclass(slots=True)
@@ -234,8 +288,10 @@ def configure(limits: Mapping[Path, BatchLimits], default: BatchLimits | None = 
     global _default_limits
     with _lock:
         _limits.clear()
-        # A Path is normal already; str(Path(path)) would parse it again (100,000 folders: 1 s).
-        _limits.update({str(folder if isinstance(folder, Path) else Path(folder)): lim for folder, lim in limits.items()})
+        # Equal limits held once (a folder's are mostly the scheduler's), keyed by the
+        # folder's own text (a configured Path's: shared with the job's spec).
+        shared: dict[BatchLimits, BatchLimits] = {}
+        _limits.update({folder_key(folder): shared.setdefault(lim, lim) for folder, lim in limits.items()})
         _default_limits = default or BatchLimits()
         _cache.clear()
         _handoffs.clear()
@@ -310,7 +366,10 @@ def _newest_name(folder: Path, limits: BatchLimits) -> str:
     except OSError as exc:
         raise SourceError(f"batch folder {folder}: cannot list: {exc.strerror or exc}") from None
     with _lock:
-        _name_keys[str(folder)] = keys
+        if len(keys) >= _KEEP_KEYS_FROM:
+            _name_keys[str(folder)] = keys
+        else:  # a small folder's keys cost less to compute again than to keep
+            _name_keys.pop(str(folder), None)
     if best is None:
         skipped = ""
         if links:
@@ -319,7 +378,7 @@ def _newest_name(folder: Path, limits: BatchLimits) -> str:
                 "or in scheduler: to read them)"
             )
         raise SourceError(f"batch folder {folder} has no batch files (*.json){skipped}")
-    return best
+    return sys.intern(best) if len(best) <= _INTERN_ID_CHARS else best  # "000001.json" in many folders
 
 
 def _read_capped(path: Path, limits: BatchLimits) -> tuple[bytes, os.stat_result]:
@@ -420,20 +479,37 @@ def prefetch(
     wanted: dict[str, int] = {}
     for name, folder in read_from.items():
         wanted[folder] = wanted.get(folder, 0) + named[name]
-    reads = _submit_all((folder, f"read:{folder}", functools.partial(_read_result, Path(folder))) for folder in wanted)
+    reads = _submit_all((folder, f"read:{folder}", functools.partial(_read_result, folder)) for folder in wanted)
     READERS.wait(_new(reads), _left(deadline))
-    until = time.monotonic() + _HANDOFF_S
+    now = time.monotonic()
+    until = now + _HANDOFF_S
     with _lock:
+        _drop_expired_handoffs(now)
         for folder, (read, _) in reads.items():
             if read.done.is_set() and read.value is not None:
                 batch, error = read.value
+                _handoffs.pop(folder, None)  # kept in the order they expire
                 _handoffs[folder] = _Handoff(until, wanted[folder], generation, batch, error)
         for name, folder in read_from.items():
-            _resolved[name] = folder
+            if name in resolving:  # only a folder with fallbacks is looked up there
+                _resolved[name] = folder
             if not reads[folder][0].done.is_set():
                 waiting[name] = reads[folder][0]  # type: ignore[assignment]
     now = time.monotonic()
     return {name: read.running_for(now) for name, read in waiting.items()}
+
+
+def _drop_expired_handoffs(now: float) -> None:
+    """Forget the hand-offs past their time (under `_lock`): `_handoffs` is in the order
+    they expire, so this looks at the expired ones and the first live one only; an idle
+    daemon keeps none of a pass's results but its cache."""
+    expired = []
+    for folder, handoff in _handoffs.items():
+        if handoff.until > now:
+            break
+        expired.append(folder)
+    for folder in expired:
+        del _handoffs[folder]
 
 
 def _submit_all(jobs: Iterable[tuple[str, str, Callable[[], T]]]) -> dict[str, tuple[Read[T], bool]]:
@@ -454,9 +530,9 @@ def _left(deadline: float | None) -> float | None:
     return None if deadline is None else max(0.0, deadline - time.monotonic())
 
 
-def _read_result(folder: Path) -> tuple[Batch | None, str | None]:
+def _read_result(folder: str) -> tuple[Batch | None, str | None]:
     try:
-        return _latest(folder, use_handoff=False), None
+        return _latest(Path(folder), folder, use_handoff=False), None
     except SourceError as exc:
         return None, str(exc)
 
@@ -488,7 +564,7 @@ def _handed_off(key: str) -> _Handoff | None:
 def _latest_or_fallback(folder: Path) -> Batch:
     fallbacks = limits_for(folder).fallbacks
     if not fallbacks:
-        return _latest(folder)
+        return _latest(folder, str(folder))
     with _lock:  # resolved by the last prefetch: no I/O while its hand-off lasts
         resolved = _resolved.get(str(folder))
         if resolved is not None and resolved not in _handoffs:
@@ -497,15 +573,15 @@ def _latest_or_fallback(folder: Path) -> Batch:
     if chosen is None:  # the last fallback is the main one (the shared folder)
         raise SourceError(f"batch folder {folder} does not exist, nor {fallbacks[-1]}")
     if chosen == folder:
-        return _latest(folder)
+        return _latest(folder, str(folder))
     try:
-        return _latest(chosen)
+        return _latest(chosen, str(chosen))
     except SourceError as exc:
         raise SourceError(f"{exc} (read because there is no folder {folder})") from None
 
 
-def _latest(folder: Path, *, use_handoff: bool = True) -> Batch:
-    key = str(folder)
+def _latest(folder: Path, key: str, *, use_handoff: bool = True) -> Batch:
+    """`key`: the folder's text as the caller holds it (kept as the cache's key)."""
     if use_handoff:
         handoff = _handed_off(key)
         if handoff is not None:
@@ -538,7 +614,7 @@ def _latest(folder: Path, *, use_handoff: bool = True) -> Batch:
         with _lock:
             _cache.pop(key, None)
         if entry is not None:  # removed since we listed: try once more from scratch
-            return _latest(folder, use_handoff=False)
+            return _latest(folder, key, use_handoff=False)
         raise SourceError(f"batch file {path} disappeared while reading it") from None
     except OSError as exc:
         raise SourceError(f"batch file {path}: cannot read: {exc.strerror or exc}") from None
@@ -562,7 +638,7 @@ def _latest(folder: Path, *, use_handoff: bool = True) -> Batch:
         raise SourceError(f"batch file {path}: cannot read: {exc.strerror or exc}") from None
     else:
         try:
-            batch = parse_batch(path, data)
+            batch = Batch._in(*_batch_fields(path, data), key, name)
         except SourceError as exc:
             error = str(exc)
     new = _Entry(

@@ -118,21 +118,41 @@ _LE = [floatToGoString(b) for b in (*ANCHOR_BUCKETS, float("inf"))]  # type: ign
 
 
 class _Durations:
-    """One histogram child: a count per bucket (not cumulative) and the sum."""
+    """One histogram child: a count per bucket (not cumulative) and the sum.
 
-    __slots__ = ("counts", "total")
+    While every observation fell in one bucket (a job anchoring in about the same time
+    each pass: nearly all of them) only that bucket's index and count are kept; the list
+    of a count per bucket is made at the first observation in another bucket.
+    """
+
+    __slots__ = ("counts", "bucket", "n", "total")
 
     def __init__(self) -> None:
-        self.counts = [0] * (len(ANCHOR_BUCKETS) + 1)
+        self.counts: list[int] | None = None
+        self.bucket = 0  # the one bucket observed so far (while counts is None)
+        self.n = 0  # observations so far
         self.total = 0.0
 
     def observe(self, value: float) -> None:
-        self.counts[bisect_left(ANCHOR_BUCKETS, value)] += 1
-        self.total += value
+        index = bisect_left(ANCHOR_BUCKETS, value)
+        if self.counts is None and (self.n == 0 or index == self.bucket):
+            self.bucket = index
+        else:
+            if self.counts is None:
+                self.counts = [0] * (len(ANCHOR_BUCKETS) + 1)
+                self.counts[self.bucket] = self.n
+            self.counts[index] += 1
+        # the first value is kept as it came: one float a group's jobs share, not one each
+        self.total = value if self.n == 0 else self.total + value
+        self.n += 1
 
     def buckets(self) -> list[tuple[str, int]]:
+        counts = self.counts
+        if counts is None:
+            counts = [0] * (len(ANCHOR_BUCKETS) + 1)
+            counts[self.bucket] = self.n
         out, running = [], 0
-        for le, n in zip(_LE, self.counts, strict=True):
+        for le, n in zip(_LE, counts, strict=True):
             running += n
             out.append((le, running))
         return out
@@ -142,7 +162,9 @@ class _JobSeries:
     """Everything exported about one job, in a few plain fields.
 
     prometheus_client's labelled children cost ~6.5 KiB a job (a lock and a value object
-    per sample), against ~0.55 KiB here; the series become samples only when scraped.
+    per sample), against ~0.2 KiB here (a duration histogram of one bucket, no dict per
+    job: a redundant job's `members` made at its first answer); the series become samples
+    only when scraped.
     """
 
     __slots__ = (
@@ -154,7 +176,8 @@ class _JobSeries:
         "current",
         "period",
         "backoff",
-        "durations",
+        "success",
+        "failure",
         "disabled",
         "members",
     )
@@ -172,15 +195,27 @@ class _JobSeries:
         self.last_anchor: float | None = None
         self.current: float | None = None  # last proven current (anchored or unchanged)
         self.period: float | None = None
-        self.durations: dict[str, _Durations] = {}
-        # a redundant job's targets: target -> (last attested, backing off until)
-        self.members: dict[str, tuple[float | None, float | None]] = {}
+        self.success: _Durations | None = None  # durations of the calls that anchored it
+        self.failure: _Durations | None = None  # ... and of those that failed
+        # a redundant job's targets: target -> (last attested, backing off until); None: none yet
+        self.members: dict[str, tuple[float | None, float | None]] | None = None
 
     def observe(self, status: str, value: float) -> None:
-        child = self.durations.get(status)
-        if child is None:
-            child = self.durations[status] = _Durations()
-        child.observe(value)
+        """One backend call's duration, `status` success or failure."""
+        if status == "success":
+            if self.success is None:
+                self.success = _Durations()
+            self.success.observe(value)
+        else:
+            if self.failure is None:
+                self.failure = _Durations()
+            self.failure.observe(value)
+
+    def durations(self) -> Iterator[tuple[str, _Durations]]:
+        if self.success is not None:
+            yield "success", self.success
+        if self.failure is not None:
+            yield "failure", self.failure
 
 
 CONTROL_REFUSED = ("connections", "accept_error")
@@ -325,9 +360,9 @@ class _JobCollector:
                 period.add_metric(labels, job.period)
             if job.disabled is not None:
                 disabled.add_metric((*labels, job.disabled), 1)
-            for status, child in job.durations.items():
+            for status, child in job.durations():
                 duration.add_metric((*labels, status), child.buckets(), child.total)
-            for member, (when, until) in job.members.items():
+            for member, (when, until) in (job.members or {}).items():
                 if when is not None:
                     attested.add_metric((*labels, member), when)
                 member_backoff.add_metric((*labels, member), until or 0.0)
@@ -505,7 +540,10 @@ class Metrics:
             self._job(event.job).backoff = event.level
         elif isinstance(event, TargetAnswered):
             for key in event.jobs:
-                members = self._job(key).members
+                job = self._job(key)
+                if job.members is None:
+                    job.members = {}
+                members = job.members
                 when = event.at if event.attested else members.get(event.target, (None, None))[0]
                 members[event.target] = (when, event.retry_at)
 
@@ -519,6 +557,8 @@ class Metrics:
         timed = key in self._outstanding
         if timed:
             self._outstanding.discard(key)
+            if not self._outstanding:  # a set keeps its largest table: 10,000 jobs' 0.5 MiB
+                self._outstanding = set()
         else:
             job.attempted += 1  # no AnchorStarted: a failure before the call, or recovered
         return job, timed

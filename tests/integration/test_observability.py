@@ -366,3 +366,31 @@ async def test_a_stopped_engine_is_unhealthy_at_once(stack):
     assert (code, body["status"], body["reason"]) == (503, "unhealthy", "engine stopped")
     assert (await s.client.get("/livez")).status_code == 503
     assert (await s.client.get("/readyz")).status_code == 503
+
+
+def test_an_anchored_job_costs_the_metrics_under_300_bytes():
+    """10,000 idle namespaces must fit the daemon's memory budget (issue 24): a job's series
+    after its first anchor (counters, times, a one-bucket duration histogram) stay small;
+    ~250 bytes now; they were ~720 (a dict of histograms, a 16-count list, a members dict)."""
+    import tracemalloc
+
+    bus = EventBus()
+    m = Metrics(bus)
+    jobs = tuple(JobKey(f"ns{i}", "fast") for i in range(2000))
+    events = [AnchorSucceeded(at=2.0 + i, job=job, target="local:dev", root="r", duration=0.4, status="confirmed")
+              for i, job in enumerate(jobs)]
+    started = AnchorStarted(at=1.0, target="local:dev", jobs=jobs, digest="d")
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        bus.publish(started)
+        for event in events:
+            bus.publish(event)
+        kept = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert kept / len(jobs) < 300, f"{kept / len(jobs):.0f} bytes a job"
+    labels = {"namespace": "ns7", "cadence": "fast", "target": "local:dev", "status": "success"}
+    assert m.registry.get_sample_value("vmsh_anchor_duration_seconds_bucket", {**labels, "le": "0.25"}) == 0
+    assert m.registry.get_sample_value("vmsh_anchor_duration_seconds_bucket", {**labels, "le": "0.5"}) == 1
+    assert m.registry.get_sample_value("vmsh_anchor_duration_seconds_count", labels) == 1

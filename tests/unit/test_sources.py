@@ -479,3 +479,34 @@ def test_a_large_flat_batch_file_is_not_called_deep(tmp_path):
     data = ('{"id": "b1", "root": "sha256:' + "ab" * 32 + '", "leaves": [' + entries + "]}").encode()
     batch = sources.parse_batch(tmp_path / "big.json", data)
     assert batch.id == "b1"
+
+
+def test_an_idle_cache_keeps_under_700_bytes_a_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """10,000 idle namespaces must fit the daemon's memory budget (issue 24): once a pass's
+    reads are handed off and their hand-off is over, a folder read keeps its cache entry
+    only (its batch's id, root and file name), not a Path per batch, a hand-off or the
+    sort keys of a one-file folder (~530 bytes a folder now, ~1,490 before)."""
+    import gc
+    import tracemalloc
+
+    folders = []
+    for i in range(500):
+        folder = tmp_path / f"ns{i}"
+        folder.mkdir()
+        (folder / "000001.json").write_text(json.dumps({"id": "000001", "root": "sha256:" + f"{i:064x}"}))
+        age(folder / "000001.json")
+        age(folder)
+        folders.append(folder)
+    monkeypatch.setattr(sources, "_HANDOFF_S", 0.0)  # the hand-off is over at once
+    sources.prefetch([str(tmp_path / "warm-up")])  # the reader threads start before the count
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        assert sources.prefetch(folders) == {}  # as the engine names them: each job's configured Path
+        assert sources.prefetch(()) == {}  # the next pass: nothing due
+        gc.collect()  # a pass's garbage is not what it keeps
+        kept = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert kept / len(folders) < 700, f"{kept / len(folders):.0f} bytes a folder"
+    assert latest_batch(folders[7]) == Batch("000001", "sha256:" + f"{7:064x}", folders[7] / "000001.json")
