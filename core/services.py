@@ -7,7 +7,8 @@
   cannot serve is logged and left off, in both modes: anchoring goes on,
 - optional CloudEvents emission (core.observe.cloudevents),
 - the config file watcher (core.observe.watch),
-- the confirmation tracker for pending receipts (core.confirmations).
+- the confirmation tracker for pending receipts (core.confirmations),
+- the freed heap given back after a burst of anchors (core.heap).
 
 `Services.start(stack)` starts them in that order and registers each one's teardown on
 the run's `AsyncExitStack` (core/lifecycle.py) as soon as it runs, so they stop in the
@@ -29,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from core.confirmations import ConfirmationTracker
 from core.control_server import ControlServer, ControlSocketError, start_control
+from core.heap import HeapTrim, malloc_trim
 from core.observe.cloudevents import start_cloudevents
 from core.observe.http import HttpServer, ListenError, start_http
 from core.observe.metrics import Metrics
@@ -94,6 +96,9 @@ class Services:
         )
         tracking = asyncio.get_running_loop().create_task(tracker.run(), name="confirmations")
         stack.push_async_callback(self._stop_task, tracking, tracker.stop)
+        heap = HeapTrim(runtime.bus, lambda: bool(runtime.engine.in_flight()), malloc_trim())
+        trimming = asyncio.get_running_loop().create_task(heap.run(), name="heap trim")
+        stack.push_async_callback(self._stop_task, trimming, heap.stop)
         store = runtime.store
         if store.db is not None and store.replica is not None:  # cluster mode (core/cluster.py)
             from core.cluster import Cluster

@@ -1,0 +1,73 @@
+"""Memory a burst of anchors freed, given back to the system once the scheduler is idle.
+
+A pass over 10,000 jobs builds its receipts, proofs and states, writes them and frees
+them; glibc keeps the freed heap for reuse, so an idle daemon's USS stayed well above what
+it holds (measured with malloc_trim by hand: 118.5 -> 103.1 MiB at 10,000 namespaces, 52.5
+-> 47.6 MiB at 1,000). `trim_when_idle` counts the receipts written; once TRIM_AFTER have
+been written since the last trim and no anchor is in flight, it calls glibc's
+`malloc_trim(0)` on a thread (ctypes lets go of the GIL, so the loop runs on). Where the C
+library is not glibc it does nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import ctypes.util
+from collections.abc import Callable
+
+from core.events import Event, EventBus, ReceiptWritten
+
+TRIM_AFTER = 500  # receipts written since the last trim: a burst worth giving back
+CHECK_EVERY = 1.0  # seconds between looks at whether the burst is over
+
+
+def malloc_trim() -> Callable[[int], int] | None:
+    """glibc's malloc_trim, or None (musl, macOS: nothing to call)."""
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return None
+    try:
+        trim = ctypes.CDLL(name).malloc_trim
+    except (OSError, AttributeError):
+        return None
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return trim
+
+
+class HeapTrim:
+    """Counts the receipts written (a bus subscriber); `run` trims after each burst."""
+
+    def __init__(self, bus: EventBus, busy: Callable[[], bool], trim: Callable[[int], int] | None) -> None:
+        self._busy = busy
+        self._trim = trim
+        self.written = 0  # receipts since the last trim
+        self.trims = 0
+        self._stop = asyncio.Event()
+        self._unsubscribe = bus.subscribe(self._on_event)
+
+    def _on_event(self, event: Event) -> None:
+        if isinstance(event, ReceiptWritten):
+            self.written += 1
+
+    async def run(self, every: float = CHECK_EVERY) -> None:
+        try:
+            while not self._stop.is_set():
+                try:
+                    await asyncio.wait_for(self._stop.wait(), timeout=every)
+                except TimeoutError:
+                    await self.trim_if_idle()
+        finally:
+            self._unsubscribe()
+
+    async def trim_if_idle(self) -> bool:
+        """Trim now if a burst is over (TRIM_AFTER receipts, nothing in flight)."""
+        if self._trim is None or self.written < TRIM_AFTER or self._busy():
+            return False
+        self.written = 0
+        await asyncio.to_thread(self._trim, 0)
+        self.trims += 1
+        return True
+
+    def stop(self) -> None:
+        self._stop.set()
