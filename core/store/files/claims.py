@@ -28,6 +28,9 @@ from core.store.protocols import Committed, ReceiptRepo
 LOOK_BACK = 10  # receipts of a job searched for one already written from a token
 
 
+UNLEASED = Row(0)  # a committed job's row: nothing leased, nothing versioned (the file store)
+
+
 class FileClaims:
     closes_intents = False  # the engine removes the intent once the state is saved
     # Receipts per commit: two flushes of the file system each (ReceiptStore.write_many);
@@ -85,7 +88,7 @@ class FileClaims:
         for n in current:
             if isinstance(paths[n], Path):
                 self._fences.pop(keys[n], None)
-                done.rows[keys[n]] = Row(0)
+                done.rows[keys[n]] = UNLEASED  # one object for every job (a Row is frozen)
         return done
 
     def _written_from(self, receipt: Receipt) -> Path | None:

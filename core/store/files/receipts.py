@@ -71,7 +71,9 @@ class ReceiptStore:
         self.root = Path(root_dir)
         self.index = self.root / self.INDEX
         self._pending: set[Path] | None = None  # known pending receipts, after a first scan
-        self._cleaned: dict[str, Path] = {}  # namespace folders (by name) rid of stale temps by this store
+        # Namespace folders (by name) rid of stale temps by this store: names, not Paths (a
+        # Path a folder was 0.8 KB a job kept for as long as the daemon runs).
+        self._cleaned: set[str] = set()
 
     # ---- writing
 
@@ -155,7 +157,7 @@ class ReceiptStore:
             if marked and path is not None:
                 self._unmark(path)
             if path is not None:
-                self._cleaned.pop(path.parent.name, None)  # removed meanwhile? made again at the retry
+                self._cleaned.discard(path.parent.name)  # removed meanwhile? made again at the retry
             return exc
 
     def _drop(self, path: Path, tmp: str, marked: bool) -> None:
@@ -199,10 +201,9 @@ class ReceiptStore:
         """The namespace folder `name`, there to write into. One this store has written into
         is taken as there (no system call); a new one is made (its parent to sync in
         `created`); one found is rid of a kill -9's temp files before the first write here."""
-        folder = self._cleaned.get(name)
-        if folder is not None:
-            return folder
         folder = self.root / name
+        if name in self._cleaned:
+            return folder
         try:
             made = make_folder(str(folder), created)
         except FileNotFoundError:  # no receipts root yet
@@ -210,7 +211,7 @@ class ReceiptStore:
             made = True
         if not made:
             remove_stale_temps(folder)
-        self._cleaned[name] = folder
+        self._cleaned.add(name)
         return folder
 
     def remove_stale_temps(self) -> list[Path]:
