@@ -191,3 +191,14 @@ def test_a_headless_start_runs_no_garbage_collection_and_the_run_has_the_collect
     assert "scheduler started" in messages(out)
     assert seen == {"during start": [], "collector on while running": True}
     assert gc.isenabled()
+
+
+def test_a_lone_scheduler_with_a_development_target_is_not_told_it_runs_in_cluster_mode(tmp_path):
+    loaded = load_config(write_config(tmp_path), env={})
+    runtime = Runtime(loaded, clock=FakeClock())
+    said: list[str] = []
+    runtime.bus.subscribe(lambda event: said.append(getattr(event, "msg", "")))
+    runtime.announce()
+    assert said[0] == "scheduler started"
+    assert "target is the embedded development TSA: it proves nothing to third parties" in said
+    assert not [line for line in said if "cluster mode" in line]  # it was said to every file-store run
