@@ -10,7 +10,7 @@ ended the run (a stop request, an engine failure, an exception, a cancelled task
   2. services (core/services.py): metrics,    4. tracker, watcher, CloudEvents, HTTP,
      HTTP, CloudEvents, watcher, tracker         metrics
   3. "scheduler started" (only once it          -
-     serves), gc.freeze()
+     serves), gc.freeze(), collector on
   4. the engine task                          3. engine stopped: in-flight anchors get
                                                  `run.grace`, the state is saved
 
@@ -115,6 +115,7 @@ async def running(
             runtime.announce()  # only once it serves: a scheduler that cannot start never says it did
             gc.freeze()  # the config, jobs, services and imports live as long as the run
             gc.set_threshold(*GC_THRESHOLDS)
+            gc.enable()  # headless starts with it off (cli/headless.py): on for the run
         # Before the services close (the stack runs in reverse); also in a run that never
         # started the engine, whose state is saved all the same.
         stack.push_async_callback(run.stop_engine)

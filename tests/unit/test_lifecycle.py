@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import gc
 import json
 import os
+import signal
 import socket
 from pathlib import Path
 
@@ -152,3 +154,51 @@ async def test_a_port_it_cannot_bind_when_required_leaves_nothing_running_and_sa
                 raise AssertionError("the run must not start")
     assert "scheduler started" not in said and said[-1] == "backends closed"
     assert "serving /metrics, /health, /livez, /readyz" not in said
+
+
+def test_a_headless_start_runs_no_garbage_collection_and_the_run_has_the_collector_on(tmp_path, monkeypatch, capsys):
+    """At 100,000 namespaces the full collections the start set off while it built the job
+    table and the services took 1.6 s of CPU (bench/scale_bench.py): none runs between
+    the config load and "scheduler started"; the run then has the collector on."""
+    loaded = load_config(write_config(tmp_path), env={})
+    collections: list[int] = []
+    seen: dict[str, object] = {}
+
+    def collected(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            collections.append(info["generation"])
+
+    announce = Runtime.announce
+
+    def announced(self: Runtime) -> None:
+        seen["during start"] = list(collections)
+        announce(self)
+
+        def running_now() -> None:  # once running() has started the engine
+            seen["collector on while running"] = gc.isenabled()
+            os.kill(os.getpid(), signal.SIGTERM)  # headless stops on it: exit 0
+
+        asyncio.get_running_loop().call_soon(running_now)
+
+    monkeypatch.setattr(Runtime, "announce", announced)
+    gc.callbacks.append(collected)
+    try:
+        code = run_headless(loaded)
+    finally:
+        gc.callbacks.remove(collected)
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "scheduler started" in messages(out)
+    assert seen == {"during start": [], "collector on while running": True}
+    assert gc.isenabled()
+
+
+def test_a_lone_scheduler_with_a_development_target_is_not_told_it_runs_in_cluster_mode(tmp_path):
+    loaded = load_config(write_config(tmp_path), env={})
+    runtime = Runtime(loaded, clock=FakeClock())
+    said: list[str] = []
+    runtime.bus.subscribe(lambda event: said.append(getattr(event, "msg", "")))
+    runtime.announce()
+    assert said[0] == "scheduler started"
+    assert "target is the embedded development TSA: it proves nothing to third parties" in said
+    assert not [line for line in said if "cluster mode" in line]  # it was said to every file-store run
