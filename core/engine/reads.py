@@ -1,6 +1,10 @@
 """The batch reads of a pass: a pass first reads the due jobs' batch folders on reader
-threads (core.sources.prefetch), waiting BATCH_READ_WAIT at most; `_take` then never reads
-on the loop a folder that was not read for it (a dead mount would stop everything)."""
+threads (core.sources.prefetch), waiting while they make progress (core.readers
+`patience`): until BATCH_READ_WAIT passed without one answering, or BATCH_READ_MOST in
+all; `_take` then never reads on the loop a folder that was not read for it (a dead mount
+would stop everything). A pass of 100,000 folders thus takes them all at once, where a
+fixed 1 s wait left most of them to be looked at again every second, each looked at
+pass after pass (and read again, queued behind every other read)."""
 
 from __future__ import annotations
 
@@ -9,7 +13,8 @@ from core.engine.outcomes import Outcomes
 from core.jobs import JobKey, JobSpec
 from core.sources import SourceError
 
-BATCH_READ_WAIT = 1.0  # seconds a pass waits for its batch folders to be read
+BATCH_READ_WAIT = 1.0  # seconds a pass waits for its batch folders without any answering
+BATCH_READ_MOST = 60.0  # seconds a pass waits for its batch folders in all
 BATCH_READ_STALL = 10.0  # seconds a folder may not answer before its jobs fail for it
 
 
