@@ -41,19 +41,20 @@ _POLL_S = 0.05  # how often a waiter looks at the pool while it waits
 @dataclass(frozen=True, slots=True)
 class Patience:
     """How a wait within `patience` ends: `stall` seconds without a read of the pool ending,
-    or `most` seconds in all."""
+    or `most` seconds in all, or once `quit` is set (the caller stops)."""
 
     stall: float
     most: float
+    quit: threading.Event | None = None
 
 
 _PATIENCE: contextvars.ContextVar[Patience | None] = contextvars.ContextVar("vmsh_read_patience", default=None)
 
 
 @contextlib.contextmanager
-def patience(stall: float, most: float) -> Iterator[None]:
+def patience(stall: float, most: float, quit: threading.Event | None = None) -> Iterator[None]:
     """Within it, `Readers.wait` waits while the pool makes progress (module docstring)."""
-    token = _PATIENCE.set(Patience(stall, most))
+    token = _PATIENCE.set(Patience(stall, most, quit))
     try:
         yield
     finally:
@@ -147,7 +148,7 @@ class Readers:
                 if self._ended != seen:  # some read of the pool ended: still progressing
                     seen, since = self._ended, now
                 left = min(_POLL_S, deadline - now, since + kept.stall - now)
-                if left <= 0:
+                if left <= 0 or (kept.quit is not None and kept.quit.is_set()):
                     return False
                 if not read.done.wait(left):
                     self._grow()

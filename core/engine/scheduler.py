@@ -37,6 +37,7 @@ import heapq
 import importlib
 import importlib.util
 import sys
+import threading
 from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -50,7 +51,7 @@ from core.engine.leases import Leases
 from core.engine.looks import job_view, stuck_after
 from core.engine.outcomes import Outcomes
 from core.engine.persistence import Saves
-from core.engine.reads import BATCH_READ_MOST, BATCH_READ_WAIT, BatchReads
+from core.engine.reads import BATCH_READ_BUSY, BATCH_READ_MOST, BATCH_READ_WAIT, BatchReads
 from core.engine.record import Due, not_after
 from core.engine.recovery import Recovery
 from core.engine.redundant import Redundancy
@@ -124,10 +125,10 @@ def due_entries(heap: list[tuple[float, int, JobKey]], now: float) -> list[tuple
     return found
 
 
-def _prefetch_patiently(folders: list[Path]) -> dict[str, float]:
+def _prefetch_patiently(folders: list[Path], most: float, quit: threading.Event) -> dict[str, float]:
     """prefetch (core.sources) waiting while its reads make progress: `BATCH_READ_WAIT`
-    without a folder answering, or `BATCH_READ_MOST` in all (core.readers `patience`)."""
-    with patience(BATCH_READ_WAIT, BATCH_READ_MOST):
+    without a folder answering, or `most` in all, or until `quit` (core.readers `patience`)."""
+    with patience(BATCH_READ_WAIT, most, quit):
         return prefetch(folders, BATCH_READ_WAIT)
 
 
@@ -180,6 +181,7 @@ class Scheduler:
         self._recovery = Recovery(self._ctx, self._saves, self._outcomes, self._committer)
         self._leases = Leases(self._ctx, self._outcomes)
         self._reads = BatchReads(self._ctx, self._outcomes)  # the pass's batch folder reads
+        self._quit_reads = threading.Event()  # set by stop: a pass's read wait ends (an exit waits for it)
         self.redundancy = Redundancy(self._ctx)  # per-target state of redundant jobs
         self._anchoring = Anchoring(
             self._ctx, self._saves, self._outcomes, self._committer, self._leases, concurrency, self.redundancy
@@ -371,6 +373,8 @@ class Scheduler:
         while not self.stopping:
             self._wake.clear()
             await self._read_due_batches()
+            if self.stopping:  # stop came during the reads: nothing new is started
+                break
             if not warming.done():  # the first pass: its backends' modules imported off the loop first
                 await asyncio.wait([warming])
             await self._run_due_in_slices()
@@ -423,7 +427,8 @@ class Scheduler:
         folders = list(named.values())
         self._reads.prefetched = {str(folder) for folder in folders}
         if folders:  # waits while the reads progress: a folder that does not answer is left
-            self._reads.unanswered = await asyncio.to_thread(_prefetch_patiently, folders)
+            most = BATCH_READ_BUSY if len(self._flight) else BATCH_READ_MOST  # see core/engine/reads.py
+            self._reads.unanswered = await asyncio.to_thread(_prefetch_patiently, folders, most, self._quit_reads)
         else:
             self._reads.unanswered = {}
             prefetch(())  # no I/O: only ends the previous pass's hand-off
@@ -591,6 +596,7 @@ class Scheduler:
     async def stop(self, grace: float = 10.0) -> None:
         """Stop the loop; let in-flight anchors finish within `grace`, journal the rest."""
         self._ctx.stopping = True
+        self._quit_reads.set()
         self._wake.set()
         self._saves.cancel_retry()
         tasks = self._ctx.tasks

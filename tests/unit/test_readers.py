@@ -70,3 +70,15 @@ def test_a_patient_wait_ends_at_its_most() -> None:
         assert not readers.wait(reads, 10.0)
     assert time.monotonic() - started < 2.0
     assert readers.wait(reads, 30.0)
+
+
+def test_a_patient_wait_ends_when_its_caller_quits() -> None:
+    """The engine's stop ends a pass's wait for its reads at once (an exit waits for it)."""
+    readers = Readers(live=1, most=2, stuck_after=60.0)
+    reads = [readers.submit(f"q{i}", functools.partial(time.sleep, 0.05)) for i in range(100)]
+    quit = threading.Event()
+    threading.Timer(0.2, quit.set).start()
+    started = time.monotonic()
+    with patience(stall=5.0, most=30.0, quit=quit):
+        assert not readers.wait(reads, 10.0)
+    assert time.monotonic() - started < 1.5

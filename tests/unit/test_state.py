@@ -247,7 +247,7 @@ def test_the_snapshot_is_written_whole_again_and_the_changes_removed(tmp_path: P
     for i in range(30):  # the changes grow past the snapshot's size
         states[JobKey(f"ns-{i % 4}", "fast")] = JobState(failures=i)
         store.save(states)
-    assert len(_changes(store)) < 30
+    assert 0 < len(_changes(store)) < 30  # some saves wrote their changes, not every one
     assert StateStore(store.path).load() == states
     for i in range(6):  # more than half of the jobs changed: the whole snapshot at once
         states[JobKey(f"ns-{i}", "fast")] = JobState(failures=100 + i)
