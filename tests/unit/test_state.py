@@ -481,3 +481,29 @@ def test_note_from_another_thread(tmp_path: Path) -> None:
     t.start()
     t.join()
     assert IntentJournal(tmp_path).pending()[0].notes == {"tx_hash": "0x9"}
+
+
+def test_a_failed_append_makes_the_next_save_whole(tmp_path: Path, monkeypatch) -> None:
+    """A disk that filled during an append leaves part of a line: it is never followed by
+    another line (which would make it a bad line in the middle); the next save is whole."""
+    store = StateStore(tmp_path / "scheduler.json")
+    states = _many(10)
+    store.save(states)
+    states[JobKey("ns-2", "fast")] = JobState(failures=2)
+    store.save(states)
+    assert len(_changes(store)) == 1
+    saved = dict(states)
+    real_write = os.write
+
+    def half(fd, data):  # type: ignore[no-untyped-def]
+        real_write(fd, bytes(data[: len(data) // 2]))
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "write", half)
+    states[JobKey("ns-1", "fast")] = JobState(failures=1)
+    with pytest.raises(OSError):
+        store.save(states)
+    monkeypatch.setattr(os, "write", real_write)
+    assert StateStore(store.path).load() == saved  # the cut line ignored: the save never returned
+    store.save(states)
+    assert _changes(store) == [] and StateStore(store.path).load() == states

@@ -129,7 +129,9 @@ class StateStore:
             gone = [key for key in written if key not in states] if len(written) + fresh > len(states) else []
             if 2 * (len(changed) + len(gone)) <= len(states):
                 if changed or gone:
+                    self._written = None  # a failed append may leave a partial line: the next save is whole
                     self._append({"of": self._token, "jobs": changed, "gone": [f"{k[0]}/{k[1]}" for k in gone]})
+                    self._written = written
                     written.update(kept)
                     for key in gone:
                         del written[key]
@@ -159,9 +161,10 @@ class StateStore:
             jobs[f"{key[0]}/{key[1]}"] = state.to_dict()
         token = secrets.token_hex(8)
         data = pydantic_core.to_json({"version": STATE_VERSION, "changes": token, "jobs": jobs}) + b"\n"
+        self._written = None
         atomic_write_bytes(self.path, data)
-        self._drop_changes()
         self._whole_bytes, self._token, self._written = len(data), token, written
+        self._drop_changes()  # if this fails, the lines of the new token still apply over it
 
     def _drop_changes(self) -> None:
         """Remove the changes of an older snapshot (only tidiness: their token is not its)."""
