@@ -18,7 +18,7 @@ from core.jobs import JobKey, JobSpec
 from core.sources import SourceError
 
 BATCH_READ_WAIT = 1.0  # seconds a pass waits for its batch folders without any answering
-BATCH_READ_MOST = 3.0  # seconds a pass waits for its batch folders in all, no anchor under way
+BATCH_READ_MOST = 1.0  # seconds a pass waits for its batch folders in all, no anchor under way
 BATCH_READ_BUSY = 60.0  # the same while anchors are under way (their receipts being written)
 BATCH_READ_STALL = 10.0  # seconds a folder may not answer before its jobs fail for it
 
