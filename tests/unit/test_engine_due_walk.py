@@ -32,11 +32,11 @@ def test_the_due_entries_are_every_entry_due_by_now_whichever_way_found(seed: in
 class _Counting(list):  # the heap, counting the entries read from it
     reads = 0
 
-    def __getitem__(self, index):  # type: ignore[no-untyped-def]
+    def __getitem__(self, index):
         _Counting.reads += 1
         return super().__getitem__(index)
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self):
         _Counting.reads += len(self)
         return super().__iter__()
 

@@ -54,7 +54,7 @@ class ThreadRecordingState(StateStore):
         super().__init__(path)
         self.built_on: list[str] = []
 
-    def save(self, states):  # type: ignore[no-untyped-def]
+    def save(self, states):
         self.built_on.append(threading.current_thread().name)
         return super().save(states)
 

@@ -49,7 +49,7 @@ def test_a_patient_wait_lasts_while_reads_end_and_stops_at_a_stall() -> None:
         hung = readers.submit("hung", gate.wait)
         started = time.monotonic()
         with patience(stall=0.3, most=30.0):
-            assert not readers.wait([*slow, hung], 0.1)
+            assert not readers.wait([*slow, hung], 0.1)  # type: ignore[arg-type]  # reads of two types
         waited = time.monotonic() - started
         assert all(read.done.is_set() for read in slow), "gave up while the reads still progressed"
         assert not hung.done.is_set()

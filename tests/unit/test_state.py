@@ -495,7 +495,7 @@ def test_a_failed_append_makes_the_next_save_whole(tmp_path: Path, monkeypatch) 
     saved = dict(states)
     real_write = os.write
 
-    def half(fd, data):  # type: ignore[no-untyped-def]
+    def half(fd, data):
         real_write(fd, bytes(data[: len(data) // 2]))
         raise OSError(28, "No space left on device")
 
