@@ -13,6 +13,10 @@ awaits it and, at exit, the process (the executor's threads are joined). Here:
 - `Readers.wait(reads, timeout)` waits for them until the deadline, never longer. A thread
   busy on one read for more than `stuck_after` seconds no longer counts as a reader: another
   is started (up to `most` threads in all), so the other folders are still read.
+- `patience(stall, most)`: within it (a context of the calling thread), a wait goes on while
+  the pool's reads make progress: it gives up only once `stall` seconds passed without any
+  read of the pool ending (or `most` seconds in all). 100,000 folders read in 15 s are all
+  waited for; a dead mount among them holds the wait `stall` seconds past the others.
 - Idle threads end after `idle_exit` seconds; nothing ever joins a thread, so a read that
   never returns cannot keep the process from exiting.
 """
@@ -20,16 +24,41 @@ awaits it and, at exit, the process (the executor's threads are joined). Here:
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
 
 _POLL_S = 0.05  # how often a waiter looks at the pool while it waits
+
+
+@dataclass(frozen=True, slots=True)
+class Patience:
+    """How a wait within `patience` ends: `stall` seconds without a read of the pool ending,
+    or `most` seconds in all, or once `quit` is set (the caller stops)."""
+
+    stall: float
+    most: float
+    quit: threading.Event | None = None
+
+
+_PATIENCE: contextvars.ContextVar[Patience | None] = contextvars.ContextVar("vmsh_read_patience", default=None)
+
+
+@contextlib.contextmanager
+def patience(stall: float, most: float, quit: threading.Event | None = None) -> Iterator[None]:
+    """Within it, `Readers.wait` waits while the pool makes progress (module docstring)."""
+    token = _PATIENCE.set(Patience(stall, most, quit))
+    try:
+        yield
+    finally:
+        _PATIENCE.reset(token)
 
 
 @dataclass(eq=False)
@@ -67,6 +96,7 @@ class Readers:
         self._pending: dict[str, Read[object]] = {}  # key -> its read, until it ends
         self._busy: dict[int, Read[object]] = {}  # thread id -> the read it is on
         self._threads = 0
+        self._ended = 0  # reads ended so far: a patient wait's measure of progress
 
     def submit(self, key: str, fn: Callable[[], T]) -> Read[T]:
         """The read of `key` not ended yet, else a new one of `fn()`."""
@@ -93,7 +123,12 @@ class Readers:
             return self._pending.get(key)
 
     def wait(self, reads: Iterable[Read[T]], timeout: float | None) -> bool:
-        """Wait until every read ended or `timeout` seconds passed; whether all ended."""
+        """Wait until every read ended or `timeout` seconds passed; whether all ended.
+        Within `patience`: until every read ended, or the pool made no progress for its
+        `stall` seconds (or its `most` passed), whatever `timeout` says."""
+        kept = _PATIENCE.get()
+        if kept is not None:
+            return self._wait_patiently(reads, kept)
         deadline = None if timeout is None else time.monotonic() + timeout
         for read in reads:
             while not read.done.is_set():
@@ -102,6 +137,21 @@ class Readers:
                     return False
                 if not read.done.wait(left):
                     self._grow()  # a read may have got stuck since: replace its thread
+        return True
+
+    def _wait_patiently(self, reads: Iterable[Read[T]], kept: Patience) -> bool:
+        now = time.monotonic()
+        deadline, seen, since = now + kept.most, self._ended, now
+        for read in reads:
+            while not read.done.is_set():
+                now = time.monotonic()
+                if self._ended != seen:  # some read of the pool ended: still progressing
+                    seen, since = self._ended, now
+                left = min(_POLL_S, deadline - now, since + kept.stall - now)
+                if left <= 0 or (kept.quit is not None and kept.quit.is_set()):
+                    return False
+                if not read.done.wait(left):
+                    self._grow()
         return True
 
     def threads(self) -> int:
@@ -141,6 +191,7 @@ class Readers:
                 self._busy.pop(me, None)
                 if self._pending.get(read.key) is read:
                     del self._pending[read.key]
+                self._ended += 1
             read.done.set()
 
 

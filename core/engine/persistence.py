@@ -22,8 +22,16 @@ SAVE_PACE = 2.0  # after a save, wait this many times its duration before the ne
 
 def _encoded_write(store: StateRepo, states: dict[JobKey, JobState]) -> Written | None:
     """On the writer thread: `states` (a copy of the table's, of the state objects then:
-    a change replaces a job's state, `current_at` alone is updated in place) snapshotted
-    and written. A lone scheduler keeps no leases: no `holding` to compute."""
+    a change replaces a job's state, `current_at` alone is updated in place; the file
+    store's `save` relies on it to write only the states that changed) saved. A lone
+    scheduler keeps no leases: no `holding` to compute."""
+    store.save(states)
+    return None
+
+
+def _whole_write(store: StateRepo, states: dict[JobKey, JobState]) -> Written | None:
+    """On the writer thread: every state in one snapshot (the file store's changes file
+    folded into it), for a stop: the state file alone then holds everything."""
     return store.write(store.snapshot(states))
 
 
@@ -69,14 +77,15 @@ class Saves:
                 return
             if self._wanted and not self.ctx.stopping:
                 # Changes came during the save (a big pass): wait SAVE_PACE times as long as
-                # it took before the next one. A state save writes every job, so saves back
-                # to back would hold the writer thread (and the receipts queued behind them)
+                # it took before the next one. A shared store's save writes every job, so saves
+                # back to back would hold the writer thread (and the receipts queued behind them)
                 # O(jobs) per chunk of receipts; paced, they take a third of it at most. Nothing
                 # is at risk meanwhile: an intent is removed only after a save accounts for it.
                 await asyncio.sleep(SAVE_PACE * (time.monotonic() - started))
 
-    async def save(self) -> bool:
+    async def save(self, *, whole: bool = False) -> bool:
         """Save state off the loop, then close the intents it accounts for; False on failure.
+        `whole` (a stop): every state in one snapshot, not only what changed.
 
         The intents to close are taken only after the state is safely written, so a
         failed save loses none of them: they are closed after a later save.
@@ -88,8 +97,8 @@ class Saves:
             if ctx.claims.closes_intents:  # a shared store: each state with its row, and the leases kept, now
                 doc = store.snapshot(states, ctx.holding(closing))
                 written = await ctx.write("state", store.path, store.write, doc)
-            else:  # a lone scheduler's: the states of now, encoded on the writer thread (10,000: 25 ms)
-                written = await ctx.write("state", store.path, _encoded_write, store, states)
+            else:  # a lone scheduler's: the states of now, what changed encoded on the writer thread
+                written = await ctx.write("state", store.path, _whole_write if whole else _encoded_write, store, states)
         except StorageError as exc:
             self._save_error = exc
             self._retry_later()
@@ -169,7 +178,7 @@ class Saves:
         """
         ctx = self.ctx
         closing = list(self.closing)
-        ctx.writer.call("state", ctx.state_store.path, ctx.state_store.save, ctx.table.states())
+        ctx.writer.call("state", ctx.state_store.path, _whole_write, ctx.state_store, ctx.table.states())
         self._save_error = None
         done = {id(i) for i in closing}
         self.closing = [i for i in self.closing if id(i) not in done]

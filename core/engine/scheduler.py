@@ -36,6 +36,8 @@ import asyncio
 import heapq
 import importlib
 import importlib.util
+import sys
+import threading
 from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -49,7 +51,7 @@ from core.engine.leases import Leases
 from core.engine.looks import job_view, stuck_after
 from core.engine.outcomes import Outcomes
 from core.engine.persistence import Saves
-from core.engine.reads import BATCH_READ_WAIT, BatchReads
+from core.engine.reads import BATCH_READ_BUSY, BATCH_READ_MOST, BATCH_READ_WAIT, BatchReads
 from core.engine.record import Due, not_after
 from core.engine.recovery import Recovery
 from core.engine.redundant import Redundancy
@@ -57,6 +59,7 @@ from core.engine.table import JobTable
 from core.events import ConfigApplied, EventBus, JobSkipped, Paused, TickCompleted
 from core.jobs import JobKey, JobSpec, JobState, targets_named
 from core.observe.logs import Log
+from core.readers import patience
 from core.sources import Batch, latest_batch, prefetch
 from core.store import Claims, Intent, JournalRepo, ReceiptRepo, StateRepo
 from core.store.files.claims import FileClaims
@@ -65,6 +68,7 @@ from core.writer import DiskWriter
 
 PASS_SLICE = 500  # due jobs looked at between two turns of the loop in a scheduling pass
 READ_SLICE = 2000  # due jobs whose batch folder is named between two turns of the loop
+WALK_SHARE = 8  # a pruned walk of the heap stops past 1/WALK_SHARE of it: the C scan is cheaper
 # Returns the reason a target must not be used (e.g. chain id mismatch), or None.
 TargetGuard = Callable[[str], "str | None"]
 
@@ -94,6 +98,37 @@ async def warm_backends(ctx: Context) -> None:
             ctx.backend_for(target)
         except Exception:  # reported by the anchor that needs it
             pass
+
+
+def due_entries(heap: list[tuple[float, int, JobKey]], now: float) -> list[tuple[float, int, JobKey]]:
+    """The entries of a due heap whose time is `now` or earlier, in no particular order. A
+    few due among 100,000: a walk down the heap that stops at each entry not due (the
+    entries below one not due are not due either), O(due); once that walk has found more
+    than 1/WALK_SHARE of the heap, one scan of it in C instead (a first pass: all are due)."""
+    most = len(heap) // WALK_SHARE
+    found: list[tuple[float, int, JobKey]] = []
+    size, stack = len(heap), [0] if heap else []
+    while stack:
+        at = stack.pop()
+        entry = heap[at]
+        if entry[0] > now:
+            continue
+        found.append(entry)
+        if len(found) > most:
+            return [entry for entry in heap if entry[0] <= now]
+        child = 2 * at + 1
+        if child < size:
+            stack.append(child)
+            if child + 1 < size:
+                stack.append(child + 1)
+    return found
+
+
+def _prefetch_patiently(folders: list[Path], most: float, quit: threading.Event) -> dict[str, float]:
+    """prefetch (core.sources) waiting while its reads make progress: `BATCH_READ_WAIT`
+    without a folder answering, or `most` in all, or until `quit` (core.readers `patience`)."""
+    with patience(BATCH_READ_WAIT, most, quit):
+        return prefetch(folders, BATCH_READ_WAIT)
 
 
 class Scheduler:
@@ -145,6 +180,7 @@ class Scheduler:
         self._recovery = Recovery(self._ctx, self._saves, self._outcomes, self._committer)
         self._leases = Leases(self._ctx, self._outcomes)
         self._reads = BatchReads(self._ctx, self._outcomes)  # the pass's batch folder reads
+        self._quit_reads = threading.Event()  # set by stop: a pass's read wait ends (an exit waits for it)
         self.redundancy = Redundancy(self._ctx)  # per-target state of redundant jobs
         self._anchoring = Anchoring(
             self._ctx, self._saves, self._outcomes, self._committer, self._leases, concurrency, self.redundancy
@@ -328,6 +364,8 @@ class Scheduler:
         while not self.stopping:
             self._wake.clear()
             await self._read_due_batches()
+            if self.stopping:  # stop came during the reads: nothing new is started
+                break
             if not warming.done():  # the first pass: its backends' modules imported off the loop first
                 await asyncio.wait([warming])
             await self._run_due_in_slices()
@@ -365,7 +403,7 @@ class Scheduler:
         due: list[tuple[float | None, JobKey]] = [(None, k) for k in jobs.forced]
         heap = jobs.heap
         if not self.paused and heap and heap[0][0] <= now:  # its entries due by now, without popping
-            due += [(when, key) for when, _, key in heap if when <= now]  # one scan, in C
+            due += [(when, key) for when, _, key in due_entries(heap, now)]
         named: dict[JobKey, Path] = {}  # one per job that will read it
         records, flight = jobs.records, self._flight
         for start in range(0, len(due), READ_SLICE):  # the loop turns between slices
@@ -379,8 +417,9 @@ class Scheduler:
                 named[key] = record.spec.source
         folders = list(named.values())
         self._reads.prefetched = {str(folder) for folder in folders}
-        if folders:  # waits BATCH_READ_WAIT at most: a folder that does not answer is left
-            self._reads.unanswered = await asyncio.to_thread(prefetch, folders, BATCH_READ_WAIT)
+        if folders:  # waits while the reads progress: a folder that does not answer is left
+            most = BATCH_READ_BUSY if len(self._flight) else BATCH_READ_MOST  # see core/engine/reads.py
+            self._reads.unanswered = await asyncio.to_thread(_prefetch_patiently, folders, most, self._quit_reads)
         else:
             self._reads.unanswered = {}
             prefetch(())  # no I/O: only ends the previous pass's hand-off
@@ -548,6 +587,7 @@ class Scheduler:
     async def stop(self, grace: float = 10.0) -> None:
         """Stop the loop; let in-flight anchors finish within `grace`, journal the rest."""
         self._ctx.stopping = True
+        self._quit_reads.set()
         self._wake.set()
         self._saves.cancel_retry()
         tasks = self._ctx.tasks
@@ -559,7 +599,7 @@ class Scheduler:
                 await asyncio.gather(*pending, return_exceptions=True)
                 self.log.warning("stopped with anchors in flight; they stay in the journal", count=len(pending))
         await self._saves.wait()
-        await self._saves.save()
+        await self._saves.save(whole=True)  # the state file alone holds every state after a stop
         await self._recovery.keep_held_attestations()
         self._writer.close()
 

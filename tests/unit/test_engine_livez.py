@@ -115,15 +115,15 @@ async def test_the_engine_leaves_the_process_gil_switch_interval_alone(tmp_path)
 
 
 class ThreadRecordingState(StateStore):
-    """The real state file, noting the thread each snapshot is built on."""
+    """The real state file, noting the thread each save is encoded on."""
 
     def __init__(self, path) -> None:
         super().__init__(path)
         self.built_on: list[str] = []
 
-    def snapshot(self, states, holding=frozenset()):  # type: ignore[override]
+    def save(self, states):
         self.built_on.append(threading.current_thread().name)
-        return super().snapshot(states, holding)
+        return super().save(states)
 
 
 async def test_the_state_file_is_encoded_on_the_writer_thread_and_accounts_for_every_anchor(tmp_path):
@@ -133,7 +133,7 @@ async def test_the_state_file_is_encoded_on_the_writer_thread_and_accounts_for_e
     state = ThreadRecordingState(tmp_path / "data" / "state" / "scheduler.json")
     s = Scheduler(
         jobs=h.specs, clock=h.clock, bus=h.bus, backend_for=lambda target: h.backend,
-        state_store=state,  # type: ignore[arg-type]  # snapshot recorded per instance, not static
+        state_store=state,
         journal=IntentJournal(tmp_path / "data" / "journal"), receipts=h.receipts,
         policy=BackoffPolicy(base=5.0, max_level=7, jitter=0.0, rng=random.Random(1)),
     )

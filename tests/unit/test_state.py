@@ -206,6 +206,102 @@ def test_save_100k_jobs_fast(tmp_path: Path) -> None:
     assert loaded[JobKey("namespace-99999", "fast")] == states[JobKey("namespace-99999", "fast")]
 
 
+
+# --------------------------------------------------------------------------- state: what changed
+
+
+def _many(n: int) -> dict[JobKey, JobState]:
+    return {JobKey(f"ns-{i}", "fast"): JobState(last_anchored_at=1767225600.0 + i, last_root=ROOT) for i in range(n)}
+
+
+def _changes(store: StateStore) -> list[dict]:
+    path = store.path.with_name(store.path.name + ".changes")
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_a_save_writes_only_the_states_that_changed(tmp_path: Path) -> None:
+    """A 100,000-job pass saved all 100,000 states per commit chunk: each save now writes the
+    states that changed since the one before (a new state object, or `current_at` moved),
+    and the jobs removed; a new store reading the files gets every state as it is now."""
+    store = StateStore(tmp_path / "state" / "scheduler.json")
+    states = _many(40)
+    store.save(states)  # the first save of a process is the whole snapshot
+    snapshot = store.path.read_bytes()
+    states[JobKey("ns-3", "fast")] = JobState(last_anchored_at=1.0, last_root=ROOT)
+    states[JobKey("ns-5", "fast")].current_at = 7.0  # set in place, as a skipped pass does
+    del states[JobKey("ns-9", "fast")]
+    store.save(states)
+    assert store.path.read_bytes() == snapshot  # not rewritten
+    [line] = _changes(store)
+    assert set(line["jobs"]) == {"ns-3/fast", "ns-5/fast"} and line["gone"] == ["ns-9/fast"]
+    store.save(states)  # nothing changed: nothing written
+    assert len(_changes(store)) == 1
+    loaded = StateStore(store.path).load()
+    assert loaded == states and loaded[JobKey("ns-5", "fast")].current_at == 7.0
+
+
+def test_the_snapshot_is_written_whole_again_and_the_changes_removed(tmp_path: Path) -> None:
+    store = StateStore(tmp_path / "scheduler.json")
+    states = _many(10)
+    store.save(states)
+    for i in range(30):  # the changes grow past the snapshot's size
+        states[JobKey(f"ns-{i % 4}", "fast")] = JobState(failures=i)
+        store.save(states)
+    assert 0 < len(_changes(store)) < 30  # some saves wrote their changes, not every one
+    assert StateStore(store.path).load() == states
+    for i in range(6):  # more than half of the jobs changed: the whole snapshot at once
+        states[JobKey(f"ns-{i}", "fast")] = JobState(failures=100 + i)
+    store.save(states)
+    assert _changes(store) == [] and json.loads(store.path.read_text())["jobs"]["ns-5/fast"]["failures"] == 105
+    assert StateStore(store.path).load() == states
+
+
+def test_a_change_line_cut_short_is_a_save_that_never_returned(tmp_path: Path) -> None:
+    store = StateStore(tmp_path / "scheduler.json")
+    states = _many(10)
+    store.save(states)
+    states[JobKey("ns-1", "fast")] = JobState(failures=1)
+    store.save(states)
+    changes = store.path.with_name("scheduler.json.changes")
+    with open(changes, "ab") as f:
+        f.write(b'{"of": "' + json.loads(store.path.read_text())["changes"].encode() + b'", "jobs": {"ns-2/fast": {"fail')
+    assert StateStore(store.path).load() == states
+    restarted = StateStore(store.path)
+    restarted.load()
+    states[JobKey("ns-2", "fast")] = JobState(failures=2)
+    restarted.save(states)  # a new process's first save: whole, the cut line gone with the changes
+    assert not changes.exists() and StateStore(store.path).load() == states
+
+
+def test_a_bad_change_line_before_the_last_names_its_file_and_line(tmp_path: Path) -> None:
+    store = StateStore(tmp_path / "scheduler.json")
+    store.save(_many(10))
+    changes = store.path.with_name("scheduler.json.changes")
+    of = json.loads(store.path.read_text())["changes"]
+    changes.write_text(f'{{"of": "{of}", "jobs": {{}}}}\n{{"of": "{of}", "jobs": {{"x": {{}}}}}}\n{{"of": "{of}"}}\n')
+    with pytest.raises(StateError, match=rf"{changes}:2: job 'x'"):
+        StateStore(store.path).load()
+    changes.write_text(f'{{"of": "{of}", "jobs": {{}}}}\nnot json\n{{"of": "{of}"}}\n')
+    with pytest.raises(StateError, match=rf"{changes}:2: a change line is not valid"):
+        StateStore(store.path).load()
+
+
+def test_changes_the_snapshot_accounts_for_are_not_applied_again(tmp_path: Path) -> None:
+    """A changes file left beside a newer snapshot (its removal lost to a crash) is not
+    applied over it: a line counts only for the snapshot it names."""
+    store = StateStore(tmp_path / "scheduler.json")
+    states = _many(10)
+    store.save(states)
+    states[JobKey("ns-1", "fast")] = JobState(failures=1)
+    store.save(states)
+    changes = store.path.with_name("scheduler.json.changes")
+    old = changes.read_bytes()
+    states[JobKey("ns-1", "fast")] = JobState(failures=2)
+    StateStore(store.path).save(states)  # whole: a new snapshot, the changes removed
+    changes.write_bytes(old)
+    assert StateStore(store.path).load()[JobKey("ns-1", "fast")].failures == 2
+
+
 # --------------------------------------------------------------------------- lock
 
 _HOLDER = (
@@ -385,3 +481,29 @@ def test_note_from_another_thread(tmp_path: Path) -> None:
     t.start()
     t.join()
     assert IntentJournal(tmp_path).pending()[0].notes == {"tx_hash": "0x9"}
+
+
+def test_a_failed_append_makes_the_next_save_whole(tmp_path: Path, monkeypatch) -> None:
+    """A disk that filled during an append leaves part of a line: it is never followed by
+    another line (which would make it a bad line in the middle); the next save is whole."""
+    store = StateStore(tmp_path / "scheduler.json")
+    states = _many(10)
+    store.save(states)
+    states[JobKey("ns-2", "fast")] = JobState(failures=2)
+    store.save(states)
+    assert len(_changes(store)) == 1
+    saved = dict(states)
+    real_write = os.write
+
+    def half(fd, data):
+        real_write(fd, bytes(data[: len(data) // 2]))
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "write", half)
+    states[JobKey("ns-1", "fast")] = JobState(failures=1)
+    with pytest.raises(OSError):
+        store.save(states)
+    monkeypatch.setattr(os, "write", real_write)
+    assert StateStore(store.path).load() == saved  # the cut line ignored: the save never returned
+    store.save(states)
+    assert _changes(store) == [] and StateStore(store.path).load() == states
