@@ -36,7 +36,6 @@ import asyncio
 import heapq
 import importlib
 import importlib.util
-import sys
 import threading
 from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import replace
