@@ -13,10 +13,10 @@ does nothing: that maximum is the machine's own noise (other processes, CPU shar
 The longest scheduling pass (`vmsh_tick_duration_seconds`, run on the loop by design) is
 read from /metrics: a /livez answer cannot be faster than the pass it waits behind.
 
-What remains (issue 24, measured with bench/loop_probe.py) is mostly at start, outside
-the engine: the metrics' seed of every job's view, the local TSA's first key (the config
-watcher's first imports are made on a thread now); during the pass, turns of the loop
-stay within a few tens of ms (outcomes and event streams in 2 ms slices, the GIL switch
+What remains (issue 24, measured with bench/loop_probe.py): the metrics' seed of every
+job's view runs before the HTTP server binds (no answer waits for it); the local TSA's
+first key and the config watcher's first imports are made on threads now; during the
+pass, turns of the loop stay within a few tens of ms (outcomes and event streams in 2 ms slices, the GIL switch
 interval 1 ms, set by cli/main.py), and the longer ones are mostly waits, not work (the
 probe's CPU time per turn): the machine's own load.
 """

@@ -26,7 +26,9 @@ Serial numbers increase across restarts: the TSA reserves blocks of SERIAL_BLOCK
 by raising the high-water mark in `serial` (under an flock, written atomically) before it
 issues any of them, so a crash skips numbers but never reuses one. genTime comes from the
 injected clock, so tests on a FakeClock get deterministic times. Anchoring goes through the
-same path as a real TSA: build_request -> issue the reply -> verify_response.
+same path as a real TSA: build_request -> issue the reply -> verify_response. `anchor`
+makes the key, the certificate and each serial block on a thread (their fsyncs must not
+hold the engine's loop); `respond` and `certificate`, synchronous, make them in place.
 
 If the key is deleted a new key and certificate are generated; receipts signed by the old
 key then no longer verify against the new certificate (keep the old PEM to check them).
