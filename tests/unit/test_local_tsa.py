@@ -187,7 +187,7 @@ async def test_first_anchors_write_their_files_off_the_loop(tmp_path: Path, cloc
         synced_on.append(threading.get_ident())
         real_fsync(fd)
 
-    monkeypatch.setattr(local_mod.os, "fsync", fsync)
+    monkeypatch.setattr(os, "fsync", fsync)
     tsa = LocalTSA(tmp_path, "dev", clock)
     atts = await asyncio.gather(*(tsa.anchor(ROOT, noop_note) for _ in range(10)))
     assert synced_on, "the key, certificate and serial files are fsync'd"
