@@ -26,7 +26,9 @@ Serial numbers increase across restarts: the TSA reserves blocks of SERIAL_BLOCK
 by raising the high-water mark in `serial` (under an flock, written atomically) before it
 issues any of them, so a crash skips numbers but never reuses one. genTime comes from the
 injected clock, so tests on a FakeClock get deterministic times. Anchoring goes through the
-same path as a real TSA: build_request -> issue the reply -> verify_response.
+same path as a real TSA: build_request -> issue the reply -> verify_response. `anchor`
+makes the key, the certificate and each serial block on a thread (their fsyncs must not
+hold the engine's loop); `respond` and `certificate`, synchronous, make them in place.
 
 If the key is deleted a new key and certificate are generated; receipts signed by the old
 key then no longer verify against the new certificate (keep the old PEM to check them).
@@ -43,6 +45,7 @@ missing certificate is CannotVerify, naming the file to pass.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
 import hashlib
@@ -252,6 +255,7 @@ class LocalTSA:
         self._cert_asn1: asn1x509.Certificate | None = None
         self._serial_next = 0
         self._serial_limit = 0  # exclusive; nothing reserved yet
+        self._key_lock = threading.Lock()  # the first key is made once, on a thread or the caller's
 
     # --- Backend ---------------------------------------------------------------------------
 
@@ -260,7 +264,7 @@ class LocalTSA:
     ) -> Attestation:
         if len(digest) != 32:
             raise ValidationError(f"local TSA anchors 32-byte digests, got {len(digest)} bytes")
-        self._ensure_key()
+        await self._ready()
         nonce = new_nonce()
         request = build_request(digest, nonce=nonce, policy_oid=policy, cert_req=True)
         reply = self.respond(request)
@@ -304,9 +308,26 @@ class LocalTSA:
         assert self._cert is not None
         return self._cert
 
+    async def _ready(self) -> None:
+        """The key, the certificate and a block of serials, their files made and fsync'd on a
+        thread: the first call of a data dir generates a key and writes three files (0.1-0.2 s
+        on a loaded disk), which the engine's loop must not wait for (issue 24, /livez)."""
+        if self._key is None:
+            await asyncio.to_thread(self._ensure_key)
+        if self._serial_next >= self._serial_limit:
+            block = await asyncio.to_thread(self._reserve_block)
+            if self._serial_next >= self._serial_limit:  # else another call refilled it first
+                self._serial_next, self._serial_limit = block
+            # A block not used is skipped, never reused (module doc).
+
     def _ensure_key(self) -> None:
         if self._key is not None:
             return
+        with self._key_lock:
+            if self._key is None:
+                self._load_key()
+
+    def _load_key(self) -> None:
         self.tsa_dir.parent.mkdir(parents=True, exist_ok=True)
         self.tsa_dir.mkdir(mode=0o700, exist_ok=True)
         if not self.key_path.exists():
@@ -334,7 +355,6 @@ class LocalTSA:
             cert = _self_signed(key)
             pem = cert.public_bytes(serialization.Encoding.PEM)
             _write_atomic(self.cert_path, pem, 0o644, clobber=True)
-        self._key = key
         self._cert = cert
         self._cert_asn1 = asn1x509.Certificate.load(cert.public_bytes(serialization.Encoding.DER))
         self._cert_der = self._cert_asn1.dump()
@@ -351,15 +371,18 @@ class LocalTSA:
                 )
             )
         )
+        self._key = key  # last: a caller that sees it sees everything above
 
     def _next_serial(self) -> int:
         if self._serial_next >= self._serial_limit:
-            self._reserve_serials()
+            self._serial_next, self._serial_limit = self._reserve_block()
         serial = self._serial_next
         self._serial_next += 1
         return serial
 
-    def _reserve_serials(self) -> None:
+    def _reserve_block(self) -> tuple[int, int]:
+        """Reserve the next SERIAL_BLOCK serials in the serial file: (first, limit exclusive).
+        Touches no field of the TSA, so it may run on a thread while the loop issues tokens."""
         path = self.serial_path.resolve()
         with _serial_locks_guard:
             lock = _serial_locks.setdefault(path, threading.Lock())
@@ -375,8 +398,7 @@ class LocalTSA:
                 _write_atomic(path, f"{new_high}\n".encode(), 0o644, clobber=True)
             finally:
                 fcntl.flock(lf.fileno(), fcntl.LOCK_UN)
-        self._serial_next = high + 1
-        self._serial_limit = new_high + 1
+        return high + 1, new_high + 1
 
     def _reject(self, fail_bit: int, text: str) -> bytes:
         """A rejection TimeStampResp: PKIStatusInfo {rejection, statusString, failInfo}."""
