@@ -19,6 +19,7 @@ recovery at start does), so nothing is paid twice.
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from core.engine.commit import WRITE_CHUNK, Committer, aggregate, journalled_note
 from core.engine.context import Context
@@ -123,21 +124,18 @@ class Anchoring:
         # A redundant group (several targets) anchors version 3 leaves: bound to the targets and min too.
         version = REDUNDANT_VERSION if redundant_parts(target) is not None else RECEIPT_VERSION
 
-        def tree() -> tuple[bytes, list[list[bytes]]]:
-            return aggregate([leaf_for(version, i.spec.namespace, i.batch.id, i.batch.root, target) for i in items])
-
-        if len(items) > WRITE_CHUNK:  # 10,000 leaves: ~55 ms of hashing, not on the loop
-            digest, proofs = await asyncio.to_thread(tree)
-        else:
-            digest, proofs = tree()
-        keys = tuple(i.spec.key for i in items)
         policy = items[0].spec.policy_oid  # one per group (run_due)
-        entries = [
-            {"job": str(i.spec.key), "batch": {"id": i.batch.id, "root": i.batch.root}, "leaf_index": n}
-            | {"receipt_version": version}  # the leaf's form: entry_leaf
-            | ({"policy": policy} if policy else {})
-            for n, i in enumerate(items)
-        ]
+
+        def tree() -> tuple[bytes, list[list[bytes]], list[dict[str, Any]]]:
+            leaves = [leaf_for(version, i.spec.namespace, i.batch.id, i.batch.root, target) for i in items]
+            digest, proofs = aggregate(leaves)
+            return digest, proofs, journal_entries(items, version, policy)
+
+        if len(items) > WRITE_CHUNK:  # 10,000 leaves and entries: ~70 ms, not on the loop
+            digest, proofs, entries = await asyncio.to_thread(tree)
+        else:
+            digest, proofs, entries = tree()
+        keys = tuple(i.spec.key for i in items)
         ctx = self.ctx
         try:
             intent = await ctx.write(
@@ -148,7 +146,7 @@ class Anchoring:
             return
         ctx.open[intent.id] = intent
         ctx.bus.publish(AnchorStarted(at=started, target=target, jobs=keys, digest=digest.hex()))
-        ctx.log.info("anchor started", target=target, jobs=[str(k) for k in keys], digest=digest.hex())
+        ctx.log.info("anchor started", target=target, jobs=[e["job"] for e in entries], digest=digest.hex())
         try:
             if version == REDUNDANT_VERSION:
                 obtained, why = await self.redundancy.gather(intent, digest, policy, items[0].spec.confirmations)
@@ -168,3 +166,13 @@ class Anchoring:
             return
         held = Held(intent, attestation, durable=False, arrived=ctx.clock.now())
         await self.committer.complete(held, list(enumerate(items)), proofs, owned, started)
+
+
+def journal_entries(items: list[Due], version: int, policy: str | None) -> list[dict[str, Any]]:
+    """The intent's entry of each job: its batch, its leaf's index and form (entry_leaf)."""
+    return [
+        {"job": str(i.spec.key), "batch": {"id": i.batch.id, "root": i.batch.root}, "leaf_index": n}
+        | {"receipt_version": version}  # the leaf's form: entry_leaf
+        | ({"policy": policy} if policy else {})
+        for n, i in enumerate(items)
+    ]

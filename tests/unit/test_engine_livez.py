@@ -199,3 +199,25 @@ def test_the_program_that_runs_a_scheduler_sets_the_gil_switch_interval_at_its_e
     finally:
         sys.setswitchinterval(before)
     assert seen == [0.001]
+
+
+async def test_a_big_groups_journal_entries_are_built_off_the_loop_with_its_tree(tmp_path, monkeypatch):
+    # 10,000 jobs: the intent's entries (and the log line's job list) took a 56 ms turn of
+    # the loop; they are built on the thread that builds the Merkle tree.
+    from core.engine import anchoring
+
+    monkeypatch.setattr(anchoring, "WRITE_CHUNK", 10)
+    built_on: list[str] = []
+    real = anchoring.journal_entries
+
+    def recording(*args):
+        built_on.append(threading.current_thread().name)
+        return real(*args)
+
+    monkeypatch.setattr(anchoring, "journal_entries", recording)
+    h = Harness(tmp_path, {f"ns{i}": i + 1 for i in range(20)})
+    s = h.scheduler()
+    await s.run_once()
+    await s.stop()
+    assert built_on and threading.main_thread().name not in built_on
+    assert len(h.of(AnchorSucceeded)) == 20
