@@ -47,7 +47,7 @@ from core.engine.anchoring import Anchoring
 from core.engine.commit import Committer
 from core.engine.context import BackendFor, Context
 from core.engine.leases import Leases
-from core.engine.looks import job_view, stuck_after
+from core.engine.looks import job_view, job_views, stuck_after
 from core.engine.outcomes import Outcomes
 from core.engine.persistence import Saves
 from core.engine.reads import BATCH_READ_BUSY, BATCH_READ_MOST, BATCH_READ_WAIT, BatchReads
@@ -62,7 +62,7 @@ from core.readers import patience
 from core.sources import Batch, latest_batch, prefetch
 from core.store import Claims, Intent, JournalRepo, ReceiptRepo, StateRepo
 from core.store.files.claims import FileClaims
-from core.views import JobView, TargetView
+from core.views import JobView
 from core.writer import DiskWriter
 
 PASS_SLICE = 500  # due jobs looked at between two turns of the loop in a scheduling pass
@@ -616,25 +616,13 @@ class Scheduler:
         )
 
     def views(self, now: float | None = None) -> list[JobView]:
-        """Every job's view (the dashboard's refresh, a snapshot, the metrics seed): `view`
-        for each, with what is the same for all of them read once, and a redundant
-        target's views once per target (100,000 jobs: about twice as fast)."""
+        """Every job's view: the dashboard's refresh, a snapshot, the metrics seed."""
         now = self.clock.now() if now is None else now
-        flight, redundancy = self._flight, self.redundancy
-        paused, started_at, max_level, stale = self.paused, self.started_at, self.policy.max_level, self.stale_factor
-        of_target: dict[str, tuple[TargetView, ...]] = {}
-        out = []
-        for key, record in self._jobs.records.items():
-            target = record.spec.target
-            targets = of_target.get(target)
-            if targets is None:
-                targets = of_target[target] = redundancy.views(target)
-            in_flight = key in flight
-            out.append(job_view(
-                record, in_flight=in_flight, stuck=in_flight and self.is_stuck(key, now), paused=paused,
-                started_at=started_at, max_level=max_level, stale_factor=stale, now=now, targets=targets,
-            ))
-        return out
+        return job_views(
+            self._jobs.records, in_flight=self._flight, stuck=lambda key: self.is_stuck(key, now),
+            targets_of=self.redundancy.views, paused=self.paused, started_at=self.started_at,
+            max_level=self.policy.max_level, stale_factor=self.stale_factor, now=now,
+        )
 
 
 __all__ = ["Scheduler", "PASS_SLICE"]
