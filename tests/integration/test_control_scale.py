@@ -10,10 +10,12 @@ bench/control_bench.py). Waits are bounded polls, never sleeps standing in for a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import subprocess
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -182,27 +184,36 @@ def test_ctl_status_json_comes_from_the_status_endpoint_with_the_snapshots_conte
                 assert doc[key] == from_snapshot[key], key
 
 
-def test_ctl_tail_does_not_download_the_job_table(tmp_path: Path) -> None:
-    names = [f"ns{i:03d}" for i in range(300)]
+@contextlib.contextmanager
+def tail_through_a_relay(tmp_path: Path, names: list[str]) -> Iterator[tuple[Path, Relay, list[str]]]:
+    """A headless scheduler of `names` (each anchored once), and `ctl tail` attached to it
+    through a relay that records what it was sent, its stream open (the snapshot's last log
+    lines read): (config, relay, those lines). Everything is stopped on the way out."""
     config, proc = headless(tmp_path, names, every="1h")
     relay = Relay(tmp_path / "relay.sock", sock_path(tmp_path))
     tail = None
     try:
         wait_for(lambda: serving(tmp_path) and len(receipts(tmp_path)) >= len(names), timeout=90)
         relay.start()
-        with httpx.Client(transport=httpx.HTTPTransport(uds=str(sock_path(tmp_path))), base_url="http://vmsh") as c:
-            whole = len(c.get("/v1/snapshot").content)
         tail = subprocess.Popen([*CLI, "ctl", "--socket", str(relay.path), "tail"], stdout=subprocess.PIPE, text=True)
         assert tail.stdout is not None
-        printed = [tail.stdout.readline() for _ in range(10)]  # the snapshot's last log lines
-        assert all('"msg": "anchored"' in line for line in printed), printed
+        printed = [tail.stdout.readline() for _ in range(10)]
         wait_for(lambda: relay.requests("/v1/events"), timeout=20)
+        yield config, relay, printed
     finally:
         if tail is not None:
             tail.terminate()
             tail.wait(timeout=10)
         relay.close()
         stop(proc)
+
+
+def test_ctl_tail_does_not_download_the_job_table(tmp_path: Path) -> None:
+    names = [f"ns{i:03d}" for i in range(300)]
+    with httpx.Client(transport=httpx.HTTPTransport(uds=str(sock_path(tmp_path))), base_url="http://vmsh") as c:
+        with tail_through_a_relay(tmp_path, names) as (_, relay, printed):
+            whole = len(c.get("/v1/snapshot").content)
+            assert all('"msg": "anchored"' in line for line in printed), printed  # the snapshot's last log lines
     (snapshot,) = relay.requests("/v1/snapshot")
     body = json.loads(snapshot.head.split(b"\r\n\r\n", 1)[1])
     assert "snapshot" not in body and body["seq"] > 0 and body["logs"]  # the logs and seq, not 300 jobs
@@ -215,17 +226,7 @@ def test_ctl_tail_is_sent_log_records_only(tmp_path: Path) -> None:
     # two thirds were encoded and written to each tail and parsed by it, on the same cores
     # as the engine, while a 10,000-job pass was written (issue 24, /livez with 3 tails).
     names = [f"ns{i:03d}" for i in range(20)]
-    config, proc = headless(tmp_path, names, every="1h")
-    relay = Relay(tmp_path / "relay.sock", sock_path(tmp_path))
-    tail = None
-    try:
-        wait_for(lambda: serving(tmp_path) and len(receipts(tmp_path)) >= len(names), timeout=90)
-        relay.start()
-        tail = subprocess.Popen([*CLI, "ctl", "--socket", str(relay.path), "tail"], stdout=subprocess.PIPE, text=True)
-        assert tail.stdout is not None
-        for _ in range(10):  # the snapshot's last log lines: the stream is open after them
-            tail.stdout.readline()
-        wait_for(lambda: relay.requests("/v1/events"), timeout=20)
+    with tail_through_a_relay(tmp_path, names) as (config, relay, _):
         for n in names:
             write_batch(tmp_path / "batches" / n, "000002", "sha256:" + f"{n.encode().hex():0>64}"[-64:].replace("0", "1"))
         done = ctl(config, "force", names[0])
@@ -233,12 +234,6 @@ def test_ctl_tail_is_sent_log_records_only(tmp_path: Path) -> None:
         (stream,) = relay.requests("/v1/events")
         wait_for(lambda: b'"msg":"anchored"' in stream.head or b'"msg": "anchored"' in stream.head, timeout=30,
                  what="the forced anchor's log record on the tail's stream")
-    finally:
-        if tail is not None:
-            tail.terminate()
-            tail.wait(timeout=10)
-        relay.close()
-        stop(proc)
     (events,) = relay.requests("/v1/events")
     lines = [json.loads(line) for line in events.head.split(b"\r\n\r\n", 1)[1].splitlines() if line.strip()]
     assert lines and {line["type"] for line in lines} == {"LogRecord"}, {line["type"] for line in lines}

@@ -256,13 +256,18 @@ def test_the_snapshot_is_written_whole_again_and_the_changes_removed(tmp_path: P
     assert StateStore(store.path).load() == states
 
 
-def test_a_change_line_cut_short_is_a_save_that_never_returned(tmp_path: Path) -> None:
+def _one_change_saved(tmp_path: Path) -> tuple[StateStore, dict[JobKey, JobState], Path]:
+    """A store of 10 jobs whose second save wrote one change line: (store, states, changes file)."""
     store = StateStore(tmp_path / "scheduler.json")
     states = _many(10)
     store.save(states)
     states[JobKey("ns-1", "fast")] = JobState(failures=1)
     store.save(states)
-    changes = store.path.with_name("scheduler.json.changes")
+    return store, states, store.path.with_name("scheduler.json.changes")
+
+
+def test_a_change_line_cut_short_is_a_save_that_never_returned(tmp_path: Path) -> None:
+    store, states, changes = _one_change_saved(tmp_path)
     with open(changes, "ab") as f:
         f.write(b'{"of": "' + json.loads(store.path.read_text())["changes"].encode() + b'", "jobs": {"ns-2/fast": {"fail')
     assert StateStore(store.path).load() == states
@@ -289,12 +294,7 @@ def test_a_bad_change_line_before_the_last_names_its_file_and_line(tmp_path: Pat
 def test_changes_the_snapshot_accounts_for_are_not_applied_again(tmp_path: Path) -> None:
     """A changes file left beside a newer snapshot (its removal lost to a crash) is not
     applied over it: a line counts only for the snapshot it names."""
-    store = StateStore(tmp_path / "scheduler.json")
-    states = _many(10)
-    store.save(states)
-    states[JobKey("ns-1", "fast")] = JobState(failures=1)
-    store.save(states)
-    changes = store.path.with_name("scheduler.json.changes")
+    store, states, changes = _one_change_saved(tmp_path)
     old = changes.read_bytes()
     states[JobKey("ns-1", "fast")] = JobState(failures=2)
     StateStore(store.path).save(states)  # whole: a new snapshot, the changes removed
