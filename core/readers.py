@@ -13,9 +13,9 @@ awaits it and, at exit, the process (the executor's threads are joined). Here:
 - `Readers.wait(reads, timeout)` waits for them until the deadline, never longer. A thread
   busy on one read for more than `stuck_after` seconds no longer counts as a reader: another
   is started (up to `most` threads in all), so the other folders are still read.
-- `patience(stall, most)`: within it (a context of the calling thread), a wait goes on while
-  the pool's reads make progress: it gives up only once `stall` seconds passed without any
-  read of the pool ending (or `most` seconds in all). 100,000 folders read in 15 s are all
+- `wait(reads, Patience(stall, most))`: a wait that goes on while the pool's reads make
+  progress: it gives up only once `stall` seconds passed without any read of the pool
+  ending (or `most` seconds in all). 100,000 folders read in 15 s are all
   waited for; a dead mount among them holds the wait `stall` seconds past the others.
 - Idle threads end after `idle_exit` seconds; nothing ever joins a thread, so a read that
   never returns cannot keep the process from exiting.
@@ -24,12 +24,10 @@ awaits it and, at exit, the process (the executor's threads are joined). Here:
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import contextvars
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -40,25 +38,13 @@ _POLL_S = 0.05  # how often a waiter looks at the pool while it waits
 
 @dataclass(frozen=True, slots=True)
 class Patience:
-    """How a wait within `patience` ends: `stall` seconds without a read of the pool ending,
-    or `most` seconds in all, or once `quit` is set (the caller stops)."""
+    """A wait that lasts while the pool's reads make progress (`Readers.wait`): it ends
+    `stall` seconds without a read of the pool ending, or `most` seconds in all, or once
+    `quit` is set (the caller stops)."""
 
     stall: float
     most: float
     quit: threading.Event | None = None
-
-
-_PATIENCE: contextvars.ContextVar[Patience | None] = contextvars.ContextVar("vmsh_read_patience", default=None)
-
-
-@contextlib.contextmanager
-def patience(stall: float, most: float, quit: threading.Event | None = None) -> Iterator[None]:
-    """Within it, `Readers.wait` waits while the pool makes progress (module docstring)."""
-    token = _PATIENCE.set(Patience(stall, most, quit))
-    try:
-        yield
-    finally:
-        _PATIENCE.reset(token)
 
 
 @dataclass(eq=False)
@@ -122,13 +108,12 @@ class Readers:
         with self._lock:
             return self._pending.get(key)
 
-    def wait(self, reads: Iterable[Read[T]], timeout: float | None) -> bool:
-        """Wait until every read ended or `timeout` seconds passed; whether all ended.
-        Within `patience`: until every read ended, or the pool made no progress for its
-        `stall` seconds (or its `most` passed), whatever `timeout` says."""
-        kept = _PATIENCE.get()
-        if kept is not None:
-            return self._wait_patiently(reads, kept)
+    def wait(self, reads: Iterable[Read[T]], timeout: float | Patience | None) -> bool:
+        """Wait until every read ended or `timeout` seconds passed; whether all ended. A
+        `Patience`: until every read ended, or the pool made no progress for its `stall`
+        seconds (or its `most` passed, or its `quit` was set)."""
+        if isinstance(timeout, Patience):
+            return self._wait_patiently(reads, timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
         for read in reads:
             while not read.done.is_set():

@@ -73,7 +73,7 @@ from typing import TypeVar
 from core import safejson
 from core.errors import ValidationError
 from core.fsutil import atomic_write_json, is_temp_name
-from core.readers import Read, Readers
+from core.readers import Patience, Read, Readers
 
 _HEX64 = re.compile(r"[0-9a-fA-F]{64}")
 _DIGITS = re.compile(r"(\d+)")
@@ -437,7 +437,7 @@ def latest_batch(folder: str | os.PathLike[str]) -> Batch:
 
 
 def prefetch(
-    folders: Iterable[str | os.PathLike[str]], wait: float | None = None
+    folders: Iterable[str | os.PathLike[str]], wait: float | Patience | None = None
 ) -> dict[str, float]:
     """Read the latest batch of the folders now, for the `latest_batch` calls that follow.
     Name a folder once per call to come (once per due job): a folder named many times, or
@@ -445,7 +445,7 @@ def prefetch(
     loop of the previous call's results (the engine's next pass).
 
     The reads run on `READERS`' daemon threads; this waits for them `wait` seconds at most
-    (None: until they end) and returns the folders named whose read has not ended, each
+    (None: until they end; a `Patience`: while they make progress, core/readers.py) and returns the folders named whose read has not ended, each
     with how long that read has run: a folder that does not answer (a dead mount) holds
     neither the caller nor the other folders, and its read is not started again while it
     hangs. Their calls get no hand-off: the caller leaves them for later."""
@@ -457,14 +457,15 @@ def prefetch(
     for name in folders:
         key = folder_key(name)
         named[key] = named.get(key, 0) + 1
-    deadline = None if wait is None else time.monotonic() + wait
+    patient = wait if isinstance(wait, Patience) else None
+    deadline = time.monotonic() + wait if isinstance(wait, int | float) else None
     # A folder with fallbacks is first resolved (is it a folder? that is I/O too).
     resolving = _submit_all(
         (name, f"resolve:{name}", functools.partial(source_folder, name))
         for name in named
         if _limits.get(name, _default_limits).fallbacks
     )
-    READERS.wait(_new(resolving), _left(deadline))
+    READERS.wait(_new(resolving), patient or _left(deadline))
     waiting: dict[str, Read[object]] = {}
     read_from: dict[str, str] = {}
     for name in named:
@@ -480,7 +481,7 @@ def prefetch(
     for name, folder in read_from.items():
         wanted[folder] = wanted.get(folder, 0) + named[name]
     reads = _submit_all((folder, f"read:{folder}", functools.partial(_read_result, folder)) for folder in wanted)
-    READERS.wait(_new(reads), _left(deadline))
+    READERS.wait(_new(reads), patient or _left(deadline))
     now = time.monotonic()
     until = now + _HANDOFF_S
     with _lock:

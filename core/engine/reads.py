@@ -1,6 +1,6 @@
 """The batch reads of a pass: a pass first reads the due jobs' batch folders on reader
 threads (core.sources.prefetch), waiting while they make progress (core.readers
-`patience`): until BATCH_READ_WAIT passed without one answering, or BATCH_READ_MOST in
+`Patience`): until BATCH_READ_WAIT passed without one answering, or BATCH_READ_MOST in
 all; `_take` then never reads on the loop a folder that was not read for it (a dead mount
 would stop everything). 100,000 folders due at once thus take two passes: the first
 takes what BATCH_READ_MOST read, and its receipts are written (disk) while the next pass's

@@ -58,7 +58,7 @@ from core.engine.table import JobTable
 from core.events import ConfigApplied, EventBus, JobSkipped, Paused, TickCompleted
 from core.jobs import JobKey, JobSpec, JobState, targets_named
 from core.observe.logs import Log
-from core.readers import patience
+from core.readers import Patience
 from core.sources import Batch, latest_batch, prefetch
 from core.store import Claims, Intent, JournalRepo, ReceiptRepo, StateRepo
 from core.store.files.claims import FileClaims
@@ -121,13 +121,6 @@ def due_entries(heap: list[tuple[float, int, JobKey]], now: float) -> list[tuple
             if child + 1 < size:
                 stack.append(child + 1)
     return found
-
-
-def _prefetch_patiently(folders: list[Path], most: float, quit: threading.Event) -> dict[str, float]:
-    """prefetch (core.sources) waiting while its reads make progress: `BATCH_READ_WAIT`
-    without a folder answering, or `most` in all, or until `quit` (core.readers `patience`)."""
-    with patience(BATCH_READ_WAIT, most, quit):
-        return prefetch(folders, BATCH_READ_WAIT)
 
 
 class Scheduler:
@@ -417,8 +410,10 @@ class Scheduler:
         folders = list(named.values())
         self._reads.prefetched = {str(folder) for folder in folders}
         if folders:  # waits while the reads progress: a folder that does not answer is left
+            # Until BATCH_READ_WAIT passes without a folder answering, or `most` in all, or stop.
             most = BATCH_READ_BUSY if len(self._flight) else BATCH_READ_MOST  # see core/engine/reads.py
-            self._reads.unanswered = await asyncio.to_thread(_prefetch_patiently, folders, most, self._quit_reads)
+            waited = Patience(BATCH_READ_WAIT, most, self._quit_reads)
+            self._reads.unanswered = await asyncio.to_thread(prefetch, folders, waited)
         else:
             self._reads.unanswered = {}
             prefetch(())  # no I/O: only ends the previous pass's hand-off

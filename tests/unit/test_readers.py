@@ -6,7 +6,7 @@ import functools
 import threading
 import time
 
-from core.readers import Readers, patience
+from core.readers import Patience, Readers
 
 
 def test_a_hung_read_holds_one_thread_and_the_other_keys_are_still_read() -> None:
@@ -39,7 +39,7 @@ def test_an_error_is_handed_to_the_waiter() -> None:
 
 
 def test_a_patient_wait_lasts_while_reads_end_and_stops_at_a_stall() -> None:
-    """Within `patience`, a wait outlasts its timeout while the pool's reads keep ending (a
+    """A patient wait lasts while the pool's reads keep ending, past any fixed timeout (a
     pass of 100,000 folders is read whole, not a second's worth of it), and ends `stall`
     seconds after the last read ended when one hangs (a dead mount holds it no longer)."""
     readers = Readers(live=1, most=2, stuck_after=60.0)  # one thread: the reads end one by one
@@ -48,13 +48,12 @@ def test_a_patient_wait_lasts_while_reads_end_and_stops_at_a_stall() -> None:
         slow = [readers.submit(f"slow{i}", functools.partial(time.sleep, 0.03)) for i in range(20)]
         hung = readers.submit("hung", gate.wait)
         started = time.monotonic()
-        with patience(stall=0.3, most=30.0):
-            assert not readers.wait([*slow, hung], 0.1)  # type: ignore[arg-type]  # reads of two types
+        assert not readers.wait([*slow, hung], Patience(stall=0.3, most=30.0))  # type: ignore[arg-type]  # reads of two types
         waited = time.monotonic() - started
         assert all(read.done.is_set() for read in slow), "gave up while the reads still progressed"
         assert not hung.done.is_set()
         assert 0.6 + 0.3 - 0.05 <= waited < 5.0, waited  # 20 reads of 30 ms, then the stall
-        # Outside `patience`, the timeout rules as before.
+        # A timeout in seconds rules as before.
         started = time.monotonic()
         assert not readers.wait([hung], 0.1)
         assert time.monotonic() - started < 1.0
@@ -66,8 +65,7 @@ def test_a_patient_wait_ends_at_its_most() -> None:
     readers = Readers(live=1, most=2, stuck_after=60.0)
     reads = [readers.submit(f"r{i}", functools.partial(time.sleep, 0.05)) for i in range(100)]
     started = time.monotonic()
-    with patience(stall=5.0, most=0.3):
-        assert not readers.wait(reads, 10.0)
+    assert not readers.wait(reads, Patience(stall=5.0, most=0.3))
     assert time.monotonic() - started < 2.0
     assert readers.wait(reads, 30.0)
 
@@ -79,6 +77,5 @@ def test_a_patient_wait_ends_when_its_caller_quits() -> None:
     quit = threading.Event()
     threading.Timer(0.2, quit.set).start()
     started = time.monotonic()
-    with patience(stall=5.0, most=30.0, quit=quit):
-        assert not readers.wait(reads, 10.0)
+    assert not readers.wait(reads, Patience(stall=5.0, most=30.0, quit=quit))
     assert time.monotonic() - started < 1.5
