@@ -348,9 +348,6 @@ class Scheduler:
     async def run(self) -> None:
         """Run until stop(): recover interrupted anchors, then anchor what is due, forever.
         (The GIL switch interval is the program's, set at its entry: cli/main.py.)"""
-        await self._run()
-
-    async def _run(self) -> None:
         await self.recover()
         warming = self._ctx.spawn(warm_backends(self._ctx))
         while not self.stopping:
