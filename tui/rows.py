@@ -152,6 +152,15 @@ _CADENCE_ORDER = {name: n for n, name in enumerate(CADENCES)}
 _INF = float("inf")
 
 
+def job_row_inputs(view: JobView, max_level: int, paused: bool) -> tuple[object, ...]:
+    """Everything of a job that `job_row` reads (besides the palette and its key's own
+    namespace and cadence): a row equal inputs give need not be built again. Its live cells
+    count from these instants, so the inputs do not change when only the time moves."""
+    spec, state = view.spec, view.state
+    return (view.status, view.in_flight, view.due_at, state.last_anchored_at, state.backoff_level,
+            state.next_attempt, paused and not state.failures, max_level, spec.target, spec.every)
+
+
 def job_row(view: JobView, max_level: int, paused: bool, p: Palette) -> tuple[TableCell, ...]:
     """A job's row. Its `Last`, `Next` and retry countdowns are live cells read at
     `p.shown.now` when drawn, so the row changes only when the job's state does; their sort

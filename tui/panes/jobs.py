@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from core.control import Snapshot
 from core.events import Event, LogRecord
 from tui.panes.base import PaneContext, PaneSource
-from tui.rows import JOB_COLUMNS, Palette, TableCell, job_row
+from tui.rows import JOB_COLUMNS, Palette, TableCell, job_row, job_row_inputs
 from tui.trends import Trends, TrendStrip
 from tui.widgets import DiffTable
 
@@ -55,11 +55,7 @@ class JobsPane(PaneSource):
             self._rows, self._rows_palette = {}, p
         before, rows = self._rows, {}
         for v in snapshot.views:
-            state = v.state
-            # What a job's row is made of (its live cells count from these instants): the
-            # row is built again only when one of them changed, not every second.
-            made_of = (v.status, v.in_flight, v.due_at, state.last_anchored_at, state.backoff_level,
-                       state.next_attempt, paused and not state.failures, level, v.spec.target, v.spec.every)
+            made_of = job_row_inputs(v, level, paused)  # built again only when one changed
             key = str(v.key)
             kept = before.get(key)
             rows[key] = kept if kept is not None and kept[0] == made_of else (made_of, job_row(v, level, paused, p))
