@@ -3,7 +3,7 @@
 A pass over 10,000 jobs builds its receipts, proofs and states, writes them and frees
 them; glibc keeps the freed heap for reuse, so an idle daemon's USS stayed well above what
 it holds (measured with malloc_trim by hand: 118.5 -> 103.1 MiB at 10,000 namespaces, 52.5
--> 47.6 MiB at 1,000). `trim_when_idle` counts the receipts written; once TRIM_AFTER have
+-> 47.6 MiB at 1,000). `HeapTrim` counts the receipts written; once TRIM_AFTER have
 been written since the last trim and no anchor is in flight, it calls glibc's
 `malloc_trim(0)` on a thread (ctypes lets go of the GIL, so the loop runs on). Where the C
 library is not glibc it does nothing.
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import ctypes.util
 from collections.abc import Callable
 
 from core.events import Event, EventBus, ReceiptWritten
@@ -23,12 +22,10 @@ CHECK_EVERY = 1.0  # seconds between looks at whether the burst is over
 
 
 def malloc_trim() -> Callable[[int], int] | None:
-    """glibc's malloc_trim, or None (musl, macOS: nothing to call)."""
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return None
+    """glibc's malloc_trim, or None (musl, macOS: nothing to call). Looked up among the
+    process's own symbols: ctypes.util.find_library would run ldconfig at every start."""
     try:
-        trim = ctypes.CDLL(name).malloc_trim
+        trim = ctypes.CDLL(None).malloc_trim
     except (OSError, AttributeError):
         return None
     trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
