@@ -72,3 +72,38 @@ async def test_changed_cells_are_updated_in_place_and_few_removals_diff():
         await pilot.pause()
         assert table.row_count == 100 - REBUILD_AFTER + 1 and "job099" not in table.shown_keys
         assert viewed(table) == before
+
+
+async def test_a_row_that_changed_while_filtered_out_comes_back_as_it_is_now():
+    names = [f"job{i:03d}" for i in range(100)]
+    app = One()
+    async with app.run_test(size=(60, 20)) as pilot:
+        table = app.query_one(DiffTable)
+        table.show(rows(names))
+        table.set_filter("job00")  # 90 rows filtered out, their rows kept aside
+        await pilot.pause()
+        table.show({**rows(names), "job050": (Cell("job050", "job050"), Cell("9", 9))})
+        table.set_filter("")
+        await pilot.pause()
+        assert table.row_count == 100
+        assert ("job050", "9") in cells(table) and ("job051", "0") in cells(table)
+        table.set_filter("job05")
+        table.show({**rows(names), "job050": (Cell("job050", "job050"), Cell("9", 9))})  # the same cells again
+        table.set_filter("")
+        await pilot.pause()
+        assert ("job050", "9") in cells(table) and table.shown_keys == names
+
+
+async def test_rows_filtered_out_when_the_table_turns_compact_are_measured_when_they_come_back():
+    long_name = "a-namespace-whose-name-is-much-longer-than-the-others"
+    app = One()
+    async with app.run_test(size=(120, 20)) as pilot:
+        table = app.query_one(DiffTable)
+        table.show(rows([*(f"job{i:03d}" for i in range(20)), long_name]))
+        table.set_filter("job")  # the long name hidden
+        await pilot.pause()
+        assert table.row_count == 20
+        table.set_compact(True)  # the Name column sized for what is shown: the short names
+        table.set_filter("")
+        await pilot.pause()
+        assert table.columns[table.ordered_columns[0].key].content_width >= len(long_name)
