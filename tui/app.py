@@ -124,9 +124,11 @@ class VaultMeshApp(App[int]):
             self.notify(problem, severity="error", timeout=30)
         if self.readonly and log is not None:
             log.info("dashboard is read-only: force, reload and pause are disabled")
-        # Everything built so far lives as long as the app: keep it out of full collections
-        # (with 1,000 jobs those took ~100 ms every 10-20 s, a visible hitch).
-        gc.freeze()
+        # Everything built by the time the first screen is drawn (the job table, the rows of
+        # every pane) lives as long as the app, or until its job changes: keep it out of
+        # full collections (with 1,000 jobs those took ~100 ms every 10-20 s, a visible
+        # hitch; with 100,000, about a second every few full refreshes).
+        self.call_after_refresh(gc.freeze)
 
     def action_next_theme(self) -> None:
         names = [n for n in self._theme_names if n in self.available_themes]
