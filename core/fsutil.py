@@ -360,12 +360,16 @@ def create_empty(path: str | os.PathLike[str], mode: int = FILE_MODE) -> bool:
     """
     path = Path(path)
     ensure_dir(path.parent)
+    return create_new(path, b"", mode)
+
+
+def create_new(path: str | os.PathLike[str], data: bytes, mode: int = FILE_MODE) -> bool:
+    """Create `path` (its folder exists) holding `data`, only if no file has that name
+    (False if one had); not fsynced: the caller's `sync_barrier` makes it durable. A
+    failed write removes it."""
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     except FileExistsError:
         return False
-    try:
-        os.fchmod(fd, mode)
-    finally:
-        os.close(fd)
+    _fill(fd, path, data, mode, sync=False)
     return True

@@ -324,7 +324,7 @@ def test_a_restart_reads_only_the_pending_receipts(tmp_path: Path, monkeypatch) 
     reads = counting_reads(monkeypatch)
     assert [p for p, _ in ReceiptStore(tmp_path).pending()] == sorted(pending, key=lambda p: p.name)
     assert sorted(reads) == sorted(pending)  # not the 20 confirmed ones
-    # Markers are not receipts: a folder's receipts are still only the receipts.
+    # Index entries are not receipts: a folder's receipts are still only the receipts.
     assert len(store.all_paths()) == 22
     assert not list((tmp_path / ".pending").rglob("*.json"))
 
@@ -347,9 +347,9 @@ def test_leftovers_of_a_crash_in_the_index_are_dropped_when_read(tmp_path: Path)
     store = ReceiptStore(tmp_path)
     first, second = (store.write(r) for r in receipts_for(2, status="pending"))
     assert store.pending()  # the index is complete from here on
-    # A crash after the marker, before the receipt: a marker without a receipt.
+    # A crash after the index entry, before the receipt: an entry without a receipt.
     second.unlink()
-    # A crash after confirming, before the marker went: a confirmed receipt, still marked.
+    # A crash after confirming, before the entry went: a confirmed receipt, still indexed.
     doc = load_receipt(first).to_json()
     first.write_text(json.dumps(dict(doc, status="confirmed")))
     assert ReceiptStore(tmp_path).pending() == []
@@ -480,7 +480,7 @@ def check_group_results(store: ReceiptStore, receipts: list[Receipt], results: l
     written = [r for r in results if isinstance(r, Path)]
     assert [type(r).__name__ for r in results] == ["PosixPath", "PosixPath", "NotADirectoryError", "PosixPath", "PosixPath"]
     assert all(load_receipt(p) in receipts for p in written)
-    # The failed one left no pending marker (nor temp file) behind; the others are pending.
+    # The failed one left no index entry (nor temp file) behind; the others are pending.
     assert sorted(p.name for p, _ in store.pending()) == sorted(p.name for p in written)
     assert not [p for p in store.root.rglob("*") if p.name.endswith(".tmp")]
     return written
@@ -495,7 +495,7 @@ def test_a_batch_of_receipts_is_one_group_commit_and_each_failure_is_its_own(tmp
     syncfs, fsyncs = flushes.syncfs, list(flushes.fsyncs)
 
     check_group_results(store, receipts, results)
-    # Two flushes of the file system for the whole group (data and markers, then names).
+    # Two flushes of the file system for the whole group (data and the pending list, then names).
     assert syncfs == 2
     assert fsyncs == []
 

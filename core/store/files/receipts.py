@@ -6,14 +6,10 @@ Location: `<data_dir>/receipts/<safe_name(namespace)>/<YYYYmmddTHHMMSSfffZ>-<cad
 over an existing one (a `-<n>` suffix is added on a name clash); the only rewrite allowed
 is `confirm()`, moving `pending` to `confirmed`.
 
-Pending index: `<data_dir>/receipts/.pending/<safe namespace>/<receipt file name minus
-.json>`, an empty marker per pending receipt (no `.json`, so globs for receipts skip it),
-so that finding the pending ones at start reads only them, not every receipt ever
-written. The marker is created (and its folder fsynced) before the receipt, and removed
-after `confirm()`: every pending receipt has a marker, and a marker whose receipt is
-missing or confirmed is dropped when read. The index is trusted only once
-`.pending/.complete` exists; a data dir from before the index (or a crash while building
-it) is scanned in full once and indexed.
+Pending index (core/store/files/pending.py): `<data_dir>/receipts/.pending/`, one list per
+commit chunk naming its pending receipts, durable before any of them is linked (an older
+data dir's marker per pending receipt still read), so that finding the pending ones at
+start reads only them, not every receipt ever written.
 """
 
 from __future__ import annotations
@@ -29,10 +25,8 @@ from pathlib import Path
 from core.fsutil import (
     atomic_create_bytes,
     atomic_write_bytes,
-    create_empty,
     dumps_json,
     ensure_dir,
-    fsync_dir,
     is_plain_json,
     is_temp_name,
     make_folder,
@@ -43,6 +37,7 @@ from core.fsutil import (
 )
 from core.jobs import safe_name, unsafe_name
 from core.receipts import Receipt, ReceiptError, load_receipt, parse_iso_utc, receipt_matches
+from core.store.files.pending import PendingIndex
 from core.store.protocols import Listing
 
 
@@ -65,12 +60,12 @@ class ReceiptStore:
     """
 
     INDEX = ".pending"
-    INDEX_COMPLETE = ".complete"
+    INDEX_COMPLETE = PendingIndex.COMPLETE
 
     def __init__(self, root_dir: str | os.PathLike[str]) -> None:
         self.root = Path(root_dir)
         self.index = self.root / self.INDEX
-        self._pending: set[Path] | None = None  # known pending receipts, after a first scan
+        self._index = PendingIndex(self.root, self.index)
         # Namespace folders (by name) rid of stale temps by this store: names, not Paths (a
         # Path a folder was 0.8 KB a job kept for as long as the daemon runs).
         self._cleaned: set[str] = set()
@@ -91,55 +86,76 @@ class ReceiptStore:
     def write_many(self, receipts: list[Receipt]) -> list[Path | Exception]:
         """Write new receipts as one group commit; each gets its path or its own error.
 
-        Each receipt staged as a temp file (markers of the pending ones created first), one
-        `sync_barrier` (their data, the markers, new folders durable), each linked under a
-        free final name, one `sync_barrier` over their folders: a chunk costs two flushes
-        of the file system, not two fsyncs per receipt. A final name never points at data
-        that is not durable; a receipt is linked only once its marker is durable; nothing
+        Each receipt staged as a temp file and the pending ones named in the chunk's list
+        (the pending index), one `sync_barrier` (their data, the list, new folders
+        durable), each linked under its final name (link(2): never over a file), one
+        `sync_barrier` over their folders: a chunk costs two flushes of the file system,
+        not two fsyncs per receipt. A final name never points at data that is not
+        durable, nor at a pending receipt its index entry does not name durably; nothing
         is returned as written before the second barrier. A failed flush fails every
         receipt it covered (a receipt already linked is found again from its token when
         the engine retries: core/store/files/claims.py).
         """
         results: list[Path | Exception] = []
-        staged: list[tuple[int, Path, str, bytes, bool]] = []  # index, path, temp, data, marked
-        created: list[Path] = []  # parents of folders created here, marker folders
+        staged: list[tuple[int, Path, str, bytes, bool]] = []  # index, path, temp, data, pending
+        created: list[Path] = []  # parents of folders created here
         token = int.from_bytes(os.urandom(4), "big")  # the chunk's temp names: token + index
         for index, receipt in enumerate(receipts):
             results.append(self._stage(index, receipt, staged, created, token + index))
         try:
-            sync_barrier(files=[tmp for _, _, tmp, _, _ in staged], folders=created)
-        except OSError as exc:
-            for index, path, tmp, _, marked in staged:
-                self._drop(path, tmp, marked)
-                results[index] = exc
-            return results
-        linked: list[int] = []
-        for index, path, tmp, data, marked in staged:
-            try:
-                if not publish(tmp, path):
-                    path = self._create_under_free_name(path, data, marked)
-                    results[index] = path
-            except Exception as exc:
-                self._drop(path, tmp, marked)
-                results[index] = exc
-                continue
-            linked.append(index)
-            if marked and self._pending is not None:
-                self._pending.add(path)
+            listing = self._index.open_list([path for _, path, _, _, pending in staged if pending], created)
+        except OSError as exc:  # no list, no pending receipt: the others go on
+            listing = None
+            for index, _, tmp, _, pending in staged:
+                if pending:
+                    self._drop(tmp)
+                    results[index] = exc
+            staged = [item for item in staged if not item[4]]
         try:
-            sync_barrier(folders=[p.parent for n in linked if isinstance(p := results[n], Path)])
+            sync_barrier(files=[tmp for _, _, tmp, _, _ in staged] + ([listing] if listing else []), folders=created)
         except OSError as exc:
-            for index in linked:  # on disk, not known durable: the engine's retry finds them
+            for index, _, tmp, _, _ in staged:
+                self._drop(tmp)
+                results[index] = exc
+            if listing:
+                self._index.close_list(listing, [])
+            return results
+        linked = self._link(staged, results)
+        if listing:
+            self._index.close_list(listing, [path for _, path, listed in linked if listed])
+        try:
+            sync_barrier(folders=[path.parent for _, path, _ in linked])
+        except OSError as exc:
+            for index, _, _ in linked:  # on disk, not known durable: the engine's retry finds them
                 results[index] = exc
         return results
+
+    def _link(
+        self, staged: list[tuple[int, Path, str, bytes, bool]], results: list[Path | Exception],
+    ) -> list[tuple[int, Path, bool]]:
+        """Each staged receipt under its final name (a `-<n>` one when taken); the receipts
+        linked (index, path), each with whether it is pending under the name its chunk's
+        list gives."""
+        linked: list[tuple[int, Path, bool]] = []
+        for index, path, tmp, data, pending in staged:
+            try:
+                if publish(tmp, path):
+                    linked.append((index, path, pending))
+                    continue
+                path = results[index] = self._create_under_free_name(path, data, pending)
+            except Exception as exc:
+                self._drop(tmp)
+                results[index] = exc
+                continue
+            linked.append((index, path, False))
+        return linked
 
     def _stage(
         self, index: int, receipt: Receipt, staged: list[tuple[int, Path, str, bytes, bool]], created: list[Path],
         token: int,
     ) -> Path | Exception:
-        """Its folder, its marker if pending, its data in a temp file (nothing fsynced)."""
-        marked = receipt.status == "pending"
-        path: Path | None = None
+        """Its folder, its data in a temp file (nothing fsynced)."""
+        folder: Path | None = None
         try:
             folder = self._ready(safe_name(receipt.namespace), created)
             name = self.file_name(receipt)
@@ -147,55 +163,39 @@ class ReceiptStore:
             # its free-form parts (one attestation, or version 3's list of them); the rest is typed
             data = dumps_json(doc, plain=is_plain_json(doc.get("attestation")) and is_plain_json(doc.get("attestations")))
             path = folder / name
-            if marked:
-                ensure_dir(self._marker(path).parent, parents_to_sync=created)
-                path = self._free_marked_name(folder, name)
-                created.append(self._marker(path).parent)
-            staged.append((index, path, stage_in(str(folder), path.name, data, token), data, marked))
+            staged.append((index, path, stage_in(str(folder), name, data, token), data, receipt.status == "pending"))
             return path
         except Exception as exc:
-            if marked and path is not None:
-                self._unmark(path)
-            if path is not None:
-                self._cleaned.discard(path.parent.name)  # removed meanwhile? made again at the retry
+            if folder is not None:
+                self._cleaned.discard(folder.name)  # removed meanwhile? made again at the retry
             return exc
 
-    def _drop(self, path: Path, tmp: str, marked: bool) -> None:
-        """A staged receipt that will not be written: its temp file and marker go."""
+    @staticmethod
+    def _drop(tmp: str) -> None:
+        """A staged receipt that will not be written: its temp file goes."""
         try:
             os.unlink(tmp)
         except OSError:
             pass
-        if marked:
-            self._unmark(path)
 
-    def _free_marked_name(self, folder: Path, name: str) -> Path:
-        """The first receipt name in `folder` whose pending marker this call created."""
-        stem = name.removesuffix(".json")
-        n = 0
-        while True:
-            path = folder / (name if n == 0 else f"{stem}-{n}.json")
-            if create_empty(self._marker(path)):
-                return path
-            n += 1  # a pending receipt of that name exists already
-
-    def _create_under_free_name(self, taken: Path, data: bytes, marked: bool) -> Path:
-        """`taken` exists (a clash): create the receipt under the next free `-<n>` name."""
-        if marked:
-            self._unmark(taken)
+    def _create_under_free_name(self, taken: Path, data: bytes, pending: bool) -> Path:
+        """`taken` exists (a clash): create the receipt under the next free `-<n>` name (a
+        pending one marked on its own first: its chunk's list names `taken`)."""
         m = re.match(r"(.*?)(?:-(\d+))?\.json\Z", taken.name)
         stem, n = (m.group(1), int(m.group(2) or 0)) if m else (taken.stem, 0)
         while True:
             n += 1
             path = taken.with_name(f"{stem}-{n}.json")
-            if marked:
-                if not create_empty(self._marker(path)):
-                    continue
-                fsync_dir(self._marker(path).parent)
-            if atomic_create_bytes(path, data, sync_folder=False):
+            if pending and not self._index.mark(path):
+                continue
+            written = False
+            try:
+                written = atomic_create_bytes(path, data, sync_folder=False)
+            finally:
+                if pending:
+                    self._index.marked(path, written)
+            if written:
                 return path
-            if marked:
-                self._unmark(path)
 
     def _ready(self, name: str, created: list[Path]) -> Path:
         """The namespace folder `name`, there to write into. One this store has written into
@@ -223,62 +223,22 @@ class ReceiptStore:
         removed = remove_stale_temps(self.root) + remove_stale_temps(self.index)
         return removed
 
-    # ---- the pending index
-
-    def _marker(self, path: Path) -> Path:
-        return self.index / path.parent.name / path.name.removesuffix(".json")
-
-    def _mark(self, path: Path) -> bool:
-        """Create the receipt's marker durably; False if it existed."""
-        marker = self._marker(path)
-        if not create_empty(marker):
-            return False
-        fsync_dir(marker.parent)
-        return True
-
-    def _unmark(self, path: Path) -> None:
-        try:
-            os.unlink(self._marker(path))
-        except FileNotFoundError:
-            pass
-
-    def _indexed(self) -> list[Path] | None:
-        """The receipts the index marks pending, or None when there is no complete index."""
-        if not (self.index / self.INDEX_COMPLETE).exists():
-            return None
-        out = []
-        for folder in self._namespace_dirs(self.index):
-            out += [
-                self.root / folder.name / f"{e.name}.json"
-                for e in os.scandir(folder)
-                if not is_temp_name(e.name)
-            ]
-        return out
-
-    def _build_index(self, pending: set[Path]) -> None:
-        for path in pending:
-            self._mark(path)
-        fsync_dir(self.index)
-        atomic_write_bytes(self.index / self.INDEX_COMPLETE, b"")
+    # ---- the pending index (core/store/files/pending.py)
 
     def load(self, path: str | os.PathLike[str]) -> Receipt:
         """One receipt of this store by its path (the PostgreSQL store: by its name)."""
         return load_receipt(path)
 
     def confirm(self, path: str | os.PathLike[str], observed: int) -> Receipt:
-        """Move a pending receipt to confirmed (the only rewrite allowed); idempotent."""
+        """Move a pending receipt to confirmed (the only rewrite allowed); idempotent. Its
+        index entry goes once the confirmation is durable (a chunk's list with the last
+        of its receipts)."""
         path = Path(path)
         receipt = load_receipt(path)
-        if receipt.status == "confirmed":
-            self._unmark(path)
-            if self._pending is not None:
-                self._pending.discard(path)
-            return receipt
-        receipt = receipt.confirmed(observed)
-        atomic_write_bytes(path, dumps_json(receipt.to_json()))
-        self._unmark(path)
-        if self._pending is not None:
-            self._pending.discard(path)
+        if receipt.status != "confirmed":
+            receipt = receipt.confirmed(observed)
+            atomic_write_bytes(path, dumps_json(receipt.to_json()))
+        self._index.forget(path)
         return receipt
 
     # ---- reading
@@ -364,31 +324,18 @@ class ReceiptStore:
 
     def pending(self) -> list[tuple[Path, Receipt]]:
         """Receipts still `pending` (oldest first). The first call reads the ones the index
-        marks (every receipt, once, in a data dir without an index); later calls read only
+        names (every receipt, once, in a data dir without an index); later calls read only
         the ones this store knows are pending (it tracks write/confirm). Unreadable files
         are not listed here (their status is unknown); `recent` shows them."""
-        if self._pending is None:
-            indexed = self._indexed()
-            if indexed is None:
-                found = set()
-                out: list[tuple[Path, Receipt]] = []
-                for path in self.all_paths():
-                    path, receipt = self._read(path)
-                    if isinstance(receipt, Receipt) and receipt.status == "pending":
-                        found.add(path)
-                        out.append((path, receipt))
-                self._build_index(found)
-                self._pending = found
-                return out
-            self._pending = set(indexed)
+        seen = self._index.load(self._read, self.all_paths)
         out = []
-        for path in sorted(self._pending, key=lambda p: p.name):
-            path, receipt = self._read(path)
+        for path in self._index.known():
+            got = seen.get(path)
+            path, receipt = (path, got) if got is not None else self._read(path)
             if isinstance(receipt, Receipt) and receipt.status == "pending":
                 out.append((path, receipt))
             elif isinstance(receipt, Receipt) or not path.exists():
-                self._pending.discard(path)  # confirmed, or gone: the marker goes too
-                self._unmark(path)
+                self._index.forget(path)  # confirmed, or gone: its entry goes too
         return out
 
     @staticmethod
