@@ -43,7 +43,7 @@ def run() -> list[tuple[str, str, str]]:
         store.pending()  # a new data dir: the (empty) index is complete from the start
         for i in range(RECEIPTS):
             if i % (RECEIPTS // PENDING) == 0:
-                store.write(receipt(i, "pending"))  # the real path: marker, then receipt
+                store.write(receipt(i, "pending"))  # the real path: the index's list, then the receipt
             else:  # set-up only: the confirmed ones written plainly, without an fsync each
                 doc = receipt(i, "confirmed")
                 folder = root / safe_name(doc.namespace)
@@ -54,9 +54,9 @@ def run() -> list[tuple[str, str, str]]:
         indexed = time.perf_counter() - t0
         assert len(found) == PENDING, len(found)
 
-        for marker in (root / ReceiptStore.INDEX).rglob("*"):
-            if marker.is_file():
-                marker.unlink()  # as a data dir from before the index
+        for entry in (root / ReceiptStore.INDEX).rglob("*"):
+            if entry.is_file():
+                entry.unlink()  # as a data dir from before the index
         t0 = time.perf_counter()
         found = ReceiptStore(root).pending()
         scanned = time.perf_counter() - t0

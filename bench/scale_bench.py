@@ -14,7 +14,7 @@
    them (`Claims.commit` of `commit_chunk` receipts per call, under fences claimed
    before): 10,000 receipts of one aggregated anchor (an RFC 3161 token's size, a
    14-hash audit path), confirmed ones (a TSA's) and, on the file store, pending ones too
-   (an EVM anchor's: each with its marker in the pending index). The file store in a
+   (an EVM anchor's: named in the pending index's list of their chunk). The file store in a
    temp folder (BENCH_DATA_DIR to choose the disk); PostgreSQL on the server of
    tests/cluster/postgres.py (fsync and synchronous_commit on; a new server for each of
    PG_ROUNDS runs: the best and the median), skipped without its binaries.
@@ -319,7 +319,7 @@ def run() -> list[tuple[str, str, str]]:
     rows += [
         (f"receipts written per second, file store ({RECEIPTS:,} confirmed, folders there)", f"{confirmed[1]:,.0f} /s",
          f"target {RATE_TARGET} (was ~900); a first round, each folder made: {confirmed[0]:,.0f} /s"),
-        (f"receipts written per second, file store ({RECEIPTS:,} pending: with markers)", f"{pending[1]:,.0f} /s",
+        (f"receipts written per second, file store ({RECEIPTS:,} pending: in the pending index)", f"{pending[1]:,.0f} /s",
          f"target {RATE_TARGET}; a first round: {pending[0]:,.0f} /s"),
     ]
     raw = best_of(2, raw_create_rate)
