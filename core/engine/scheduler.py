@@ -67,6 +67,7 @@ from core.writer import DiskWriter
 
 PASS_SLICE = 500  # due jobs looked at between two turns of the loop in a scheduling pass
 READ_SLICE = 2000  # due jobs whose batch folder is named between two turns of the loop
+PREPARE_CHUNK = 1000  # receipt folders made in one call of the store's prepare (a stop waits for one)
 WALK_SHARE = 8  # a pruned walk of the heap stops past 1/WALK_SHARE of it: the C scan is cheaper
 # Returns the reason a target must not be used (e.g. chain id mismatch), or None.
 TargetGuard = Callable[[str], "str | None"]
@@ -97,6 +98,20 @@ async def warm_backends(ctx: Context) -> None:
             ctx.backend_for(target)
         except Exception:  # reported by the anchor that needs it
             pass
+
+
+async def prepare_receipts(ctx: Context) -> None:
+    """Make the configured namespaces' receipt folders that are not there yet, on a thread,
+    PREPARE_CHUNK at a time (a stop waits for one chunk at most), while the first pass
+    reads its batches: its receipts then cost the disk a file each, not a folder and a
+    file. A folder that could not be made here is made by the receipt's own write, which
+    reports the failure."""
+    namespaces = sorted({key.namespace for key in ctx.table.records})
+    for start in range(0, len(namespaces), PREPARE_CHUNK):
+        try:
+            await asyncio.to_thread(ctx.receipts.prepare, namespaces[start : start + PREPARE_CHUNK])
+        except OSError:
+            return
 
 
 def due_entries(heap: list[tuple[float, int, JobKey]], now: float) -> list[tuple[float, int, JobKey]]:
@@ -348,6 +363,7 @@ class Scheduler:
     async def run(self) -> None:
         """Run until stop(): recover interrupted anchors, then anchor what is due, forever.
         (The GIL switch interval is the program's, set at its entry: cli/main.py.)"""
+        self._ctx.spawn(prepare_receipts(self._ctx))
         await self.recover()
         warming = self._ctx.spawn(warm_backends(self._ctx))
         while not self.stopping:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, Self
@@ -287,6 +287,11 @@ class ReceiptRepo(Protocol):
         ...
 
     def pending(self) -> list[tuple[Path, Receipt]]: ...
+
+    def prepare(self, namespaces: Iterable[str]) -> int:
+        """Ready to write these namespaces' receipts (the file store: their folders made);
+        how many places were made."""
+        ...
 
     def remove_stale_temps(self) -> list[Path]: ...
 

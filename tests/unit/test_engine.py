@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import random
+import shutil
 from pathlib import Path
 
 import pytest
@@ -363,6 +364,22 @@ async def test_loop_sleeps_until_due_and_wakes_on_force(tmp_path):
     await until(lambda: len(h.of(ReceiptWritten)) == 2)
     await s.settle()
     assert len(h.backend.calls) == 2
+    await s.stop()
+    await task
+
+
+async def test_the_receipt_folders_are_made_at_start_while_the_first_pass_waits_for_its_anchor(tmp_path):
+    h = Harness(tmp_path, {"a": 1, "b": 2, "c": 3})
+    shutil.rmtree(tmp_path / "batches" / safe_name("c"))  # nothing to anchor yet: its folder all the same
+    h.backend.gate = asyncio.Event()  # the first pass's anchor held: no receipt written yet
+    s = h.scheduler(tick=3600)
+    task = asyncio.create_task(s.run())
+    folders = [tmp_path / "data" / "receipts" / safe_name(ns) for ns in "abc"]
+    await until(lambda: all(f.is_dir() for f in folders), message="receipt folders not made at start")
+    assert not h.of(ReceiptWritten)
+    h.backend.gate.set()
+    await until(lambda: len(h.of(ReceiptWritten)) == 2)
+    assert {Path(e.path).parent for e in h.of(ReceiptWritten)} == set(folders[:2])
     await s.stop()
     await task
 

@@ -17,6 +17,7 @@ import pytest
 from core import merkle
 from core.anchors.base import VerificationFailed
 from core.fsutil import dumps_json
+from core.jobs import safe_name
 from core.receipts import (
     ANCHORED_AT_EARLY,
     ANCHORED_AT_LATE,
@@ -528,6 +529,37 @@ def test_a_thousand_receipts_cost_two_flushes_not_two_fsyncs_each(tmp_path: Path
     assert all(isinstance(r, Path) for r in results)
     assert [load_receipt(p) for p in results] == receipts  # type: ignore[arg-type]
     assert flushes.syncfs + len(flushes.fsyncs) <= 2
+
+
+def test_folders_prepared_at_start_are_durable_at_once_and_a_first_pass_makes_none(tmp_path: Path, monkeypatch) -> None:
+    """What the engine's start does on a thread while the first pass reads its batches:
+    the receipts then cost a file each, not a folder and a file."""
+    store = ReceiptStore(tmp_path / "receipts")
+    store.pending()
+    receipts = receipts_for(50)
+    there = tmp_path / "receipts" / safe_name("dao:ns0")
+    there.mkdir()  # there already: left for its first write
+    (there / ".stale.json.00000000.tmp").write_bytes(b"{")
+    flushes = Flushes(monkeypatch, syncfs=False)
+
+    assert store.prepare([r.namespace for r in receipts] * 2) == 49
+    assert sorted(p.name for p in (tmp_path / "receipts").iterdir() if p.name != ".pending") == sorted(
+        safe_name(f"dao:ns{i}") for i in range(50)
+    )
+    assert flushes.fsyncs == [str(tmp_path / "receipts")]  # the 49 names made durable with one fsync
+    assert store.prepare([r.namespace for r in receipts]) == 0
+
+    made: list[str] = []
+    real_mkdir = os.mkdir
+
+    def mkdir(path, *args, **kwargs):
+        real_mkdir(path, *args, **kwargs)
+        made.append(str(path))
+
+    monkeypatch.setattr(os, "mkdir", mkdir)
+    results = store.write_many(receipts)
+    assert all(isinstance(r, Path) for r in results) and made == []
+    assert not (there / ".stale.json.00000000.tmp").exists()  # cleaned at its first write
 
 
 def test_a_failed_flush_writes_none_of_its_receipts_and_leaves_nothing_behind(tmp_path: Path, monkeypatch) -> None:

@@ -19,7 +19,7 @@ import heapq
 import json
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from core.fsutil import (
@@ -211,8 +211,32 @@ class ReceiptStore:
             made = True
         if not made:
             remove_stale_temps(folder)
+            # made by `prepare` on its thread a moment ago, maybe not flushed yet: this
+            # chunk's flush covers its name too
+            created.append(self.root)
         self._cleaned.add(name)
         return folder
+
+    def prepare(self, namespaces: Iterable[str]) -> int:
+        """Make the receipt folders of these namespaces that are not there yet, durable with
+        one flush for all of them; how many were made. The engine calls it on a thread at
+        start, so a first pass's receipts find their folders made while it reads batches
+        (a mkdir is most of what a first receipt costs the disk). A folder already there is
+        left for its first write, which rids it of a kill -9's temp files."""
+        created: list[Path] = []
+        made: list[str] = []
+        for name in sorted({safe_name(ns) for ns in namespaces} - self._cleaned):
+            try:
+                new = make_folder(str(self.root / name), created)
+            except FileNotFoundError:  # no receipts root yet
+                ensure_dir(self.root / name, parents_to_sync=created)
+                new = True
+            if new:
+                made.append(name)
+        if made:
+            sync_barrier(folders=created)
+            self._cleaned.update(made)
+        return len(made)
 
     def remove_stale_temps(self) -> list[Path]:
         """Temp files left by a kill -9 in the receipts root and the pending index (at start).

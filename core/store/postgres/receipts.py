@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -284,6 +284,9 @@ class PgReceiptStore:
                 "SELECT namespace, name, doc FROM receipts WHERE pending ORDER BY name"
             ).fetchall()
         return [(p, r) for p, r in self._listing(rows) if isinstance(r, Receipt) and r.status == "pending"]
+
+    def prepare(self, namespaces: Iterable[str]) -> int:
+        return 0  # rows need no place made first
 
     def remove_stale_temps(self) -> list[Path]:
         return []
