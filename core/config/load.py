@@ -636,14 +636,16 @@ def _warnings(config: Config, root: Pos) -> list[str]:
     warnings: list[str] = []
     refused_in: dict[int, list[tuple[tuple[Any, ...], str, str]]] = {}  # by cadence set: shared ones recur
     reasons: dict[str, str | None] = {}  # per target: thousands of namespaces share a few
-    written = root.children.get("namespaces")  # where the namespaces are written
-    written_names = written.children if written is not None else {}
+    written_names: dict[Any, Pos] | None = None  # where the namespaces are written
     for name, ns in config.namespaces.items():
         refused = refused_in.get(id(ns.cadence))
         if refused is None:
             refused = refused_in[id(ns.cadence)] = _refused_members(config, ns.cadence, reasons)
         if not refused:
             continue
+        if written_names is None:  # looked up only for a warning (the line reader's are made then)
+            written = root.children.get("namespaces")
+            written_names = written.children if written is not None else {}
         # find_pos(root, ("namespaces", name)), its usual case first
         ns_node = written_names.get(name)
         ns_node, ns_matched = (ns_node, 2) if ns_node is not None else find_pos(root, ("namespaces", name))

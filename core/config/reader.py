@@ -526,7 +526,11 @@ class _LineBuild:
             if not self.entries or self.entries[0][1][0] != 0:
                 raise _GeneralPath  # empty, or not a mapping at the left margin
             root.mark = (self.entries[0][0] + 1, 1)
-            return self._block(0, root, 1), root
+            if "$" in self.text:  # a ${VAR} is expanded, and reported, at its place
+                return self._block(0, root, 1), root
+            data = self._data(0, 1)
+            root.later = (_block_children, self.entries, 0)
+            return data, root
         except _GeneralPath:
             del reader.problems.issues[before[0]:]
             del reader.unset[before[1]:]
@@ -610,6 +614,34 @@ class _LineBuild:
             self.constructed[text] = value
         return value
 
+    def _data(self, indent: int, depth: int) -> dict[Any, Any]:
+        """_block's data alone, for a text without `$` (no value to expand, no problem
+        to place while reading): the places are made when first looked at
+        (_block_children), and a 100,000-namespace file's are mostly never looked at."""
+        if depth > _LINE_DEPTH:
+            raise _GeneralPath
+        out: dict[Any, Any] = {}
+        entries, at, end = self.entries, self.at, len(self.entries)
+        while at < end:
+            _, (n, key, kind, what) = entries[at]
+            if n < indent:
+                break
+            if n > indent or key in out:
+                raise _GeneralPath  # a stray indent; a duplicate key (_EventBuild reports it)
+            at += 1
+            if kind == _SCALAR:
+                out[key] = what[1][0]
+            elif kind == _FLOW:
+                out[key] = what[2].copy()
+            else:  # a nested block mapping, more indented, on the next line
+                if at == end or entries[at][1][0] <= indent:
+                    raise _GeneralPath  # an empty value
+                self.at = at
+                out[key] = self._data(entries[at][1][0], depth + 1)
+                at = self.at
+        self.at = at
+        return out
+
     def _block(self, indent: int, pos: Pos, depth: int) -> dict[Any, Any]:
         """The block mapping whose keys are at column `indent` (0-based), from the next line."""
         if depth > _LINE_DEPTH:
@@ -652,11 +684,48 @@ class _LineBuild:
         return out
 
 
-def _flow_leaves(pos: Pos, i: int, pairs: tuple[tuple[Any, int, int, _Scalar], ...]) -> None:
-    """The positions of the values of a one-line mapping (line `i`, 0-based) at `pos`."""
-    file, base, children = pos.file, pos.base, pos.children
+def _block_children(
+    pos: Pos, entries: list[tuple[int, tuple[Any, ...]]], first: int, only: Any = _UNSEEN
+) -> Pos | None:
+    """The places of a block mapping's keys (its first at `entries[first]`) at `pos`, as
+    _LineBuild._block makes them, or (`only`) the place of that one key, returned; a
+    nested block's and a flow mapping's own are made when they are looked at."""
+    file, base = pos.file, pos.base
+    children = pos.children if only is _UNSEEN else {}
+    indent, end, at = entries[first][1][0], len(entries), first
+    while at < end:
+        i, (n, key, kind, what) = entries[at]
+        if n < indent:
+            break
+        at += 1
+        if n > indent or (only is not _UNSEEN and key is not only and key != only):
+            continue  # inside a nested block; another key
+        if kind == _NESTED:
+            j, inner = entries[at][0], entries[at][1][0]
+            child = children[key] = Pos(file, key, pos, (i + 1, n + 1), (j + 1, inner + 1), base)
+            child.later = (_block_children, entries, at)
+        else:
+            child = children[key] = Pos(file, key, pos, (i + 1, n + 1), (i + 1, what[0] + 1), base)
+            if kind == _FLOW:
+                child.later = (_flow_leaves, i, what[1])
+        if only is not _UNSEEN:
+            return child
+    return None
+
+
+def _flow_leaves(pos: Pos, i: int, pairs: tuple[tuple[Any, int, int, _Scalar], ...], only: Any = _UNSEEN) -> Pos | None:
+    """The positions of the values of a one-line mapping (line `i`, 0-based) at `pos`, or
+    (`only`) the position of that one key's, returned."""
+    file, base = pos.file, pos.base
+    if only is not _UNSEEN:
+        for name, key_col, value_col, _ in pairs:
+            if name is only or name == only:
+                return Pos(file, name, pos, (i + 1, key_col + 1), (i + 1, value_col + 1), base)
+        return None
+    children = pos.children
     for name, key_col, value_col, _ in pairs:
         children[name] = Pos(file, name, pos, (i + 1, key_col + 1), (i + 1, value_col + 1), base)
+    return None
 
 
 def _mark(event: Any) -> tuple[int, int]:
