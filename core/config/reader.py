@@ -540,12 +540,13 @@ class _LineBuild:
     def _entries(self) -> list[tuple[int, tuple[Any, ...]]]:
         """(index, what it says) of each line that is not blank."""
         parsed, entries = self.parsed, []
+        known, add = parsed.get, entries.append
         for i, line in enumerate(self.lines):
-            info: Any = parsed.get(line, _UNSEEN)
+            info: Any = known(line, _UNSEEN)
             if info is _UNSEEN:
                 info = parsed[line] = self._parse(line)
             if info is not None:
-                entries.append((i, info))
+                add((i, info))
         return entries
 
     def _parse(self, line: str) -> tuple[Any, ...] | None:
