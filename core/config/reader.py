@@ -539,7 +539,8 @@ class _LineBuild:
 
     def _entries(self) -> list[tuple[int, tuple[Any, ...]]]:
         """(index, what it says) of each line that is not blank."""
-        parsed, entries = self.parsed, []
+        parsed = self.parsed
+        entries: list[tuple[int, tuple[Any, ...]]] = []
         known, add = parsed.get, entries.append
         for i, line in enumerate(self.lines):
             info: Any = known(line, _UNSEEN)

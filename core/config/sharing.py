@@ -114,7 +114,7 @@ def folder_path(text: str, pool: _Pool) -> Path:
     folder = pool.get(key)
     if folder is None:
         folder = pool[key] = Path(head)
-    return folder / name  # type: ignore[no-any-return]
+    return folder / name
 
 
 def share_equal_settings(namespaces: dict[str, Any]) -> None:
