@@ -626,9 +626,26 @@ def _resolve_model_paths(value: Any, loc: tuple[Any, ...], root: Pos, default_ba
             else:
                 _resolve_model_paths(item, here, root, default_base)
     elif isinstance(value, dict):
+        holding: dict[type, tuple[str, ...] | None] = {}  # by class: the namespaces are of one
         for key, item in value.items():
-            if item is not None:
-                _resolve_model_paths(item, (*loc, key), root, default_base)
+            if item is None:
+                continue
+            kind = type(item)
+            if kind not in holding:
+                holding[kind] = fields_holding(kind, Path) if issubclass(kind, BaseModel) else None
+            names = holding[kind]
+            if names is not None:
+                for name in names:
+                    if not _settled(getattr(item, name)):
+                        break
+                else:
+                    continue  # nothing to resolve in it (an absolute source, or none)
+            _resolve_model_paths(item, (*loc, key), root, default_base)
+
+
+def _settled(value: Any) -> bool:
+    """True when _resolve_model_paths leaves the value as it is: none, or an absolute path."""
+    return value is None or (isinstance(value, Path) and value.is_absolute())
 
 
 def _warnings(config: Config, root: Pos) -> list[str]:
