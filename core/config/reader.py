@@ -488,6 +488,12 @@ _NESTED, _SCALAR, _FLOW = 0, 1, 2
 # character or a path resolver is registered, and resolve() decides every time).
 _FIRSTS: frozenset[Any] = frozenset(yaml.resolver.Resolver.yaml_implicit_resolvers)
 _IMPLICIT_FIRST = None if None in _FIRSTS or yaml.resolver.Resolver.yaml_path_resolvers else _FIRSTS
+# The depth from which _LineBuild._data gives equal blocks one mapping (a namespace's
+# cadences, a cadence: 10,000 namespaces repeat a few), below what a load changes in the
+# raw data (the sections, 2, and their entries, 3: the environment's and the flags'
+# settings, the VaultMesh files' merge, verify's dropped targets): nothing changes a
+# mapping this deep, and SharedWhenEqual knows a shared one by its identity.
+_SHARED_DEPTH = 4
 _NOWHERE = Pos(None)  # YamlReader.scalar's place of a value without ${VAR}: never read
 # value (a plain scalar's constructed, YamlReader.scalar's when the text holds no $, which
 # only then depends on where it is), text as written, quoted, and whether it holds a $
@@ -509,6 +515,8 @@ class _LineBuild:
         self.text = text
         self.constructed: dict[str, Any] = {}  # plain scalars: text -> value
         self.parsed: dict[str, tuple[Any, ...] | None] = {}  # line -> _parse(line)
+        # a nested block's data by its lines (the ids of their parses), from _SHARED_DEPTH
+        self.blocks: dict[tuple[int, ...], dict[Any, Any]] = {}
         self.resolve: Any = yaml.resolver.Resolver().resolve  # YAML's implicit tags
 
     def read(self, root: Pos) -> tuple[Any, Pos] | None:
@@ -639,7 +647,10 @@ class _LineBuild:
                 if at == end or entries[at][1][0] <= indent:
                     raise _GeneralPath  # an empty value
                 self.at = at
-                out[key] = self._data(entries[at][1][0], depth + 1)
+                block = self._data(entries[at][1][0], depth + 1)
+                if depth + 1 >= _SHARED_DEPTH:  # the same lines: one mapping
+                    block = self.blocks.setdefault(tuple([id(info) for _, info in entries[at:self.at]]), block)
+                out[key] = block
                 at = self.at
         self.at = at
         return out

@@ -95,10 +95,14 @@ class SharedWhenEqual(Model):
         # numbers, booleans, None, dates) written with its types (1, 1.0, True and '1'
         # differ), in one C call: half the time of walking it (_value_key), and any
         # input has one.
+        met = pool.get((cls, id(data)))  # this very mapping (the line reader shares equal ones)
+        if met is not None and met[0] is data:
+            return met[1]
         key = (cls, repr(data))
         found = pool.get(key)
         if found is None:
             found = pool[key] = handler(data)  # an invalid input raises: nothing kept
+        pool[(cls, id(data))] = (data, found)  # the input kept with it: its id stays its own
         return found
 
 

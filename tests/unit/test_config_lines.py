@@ -183,3 +183,28 @@ def test_a_plain_files_places_are_made_only_where_they_are_looked_at(tmp_path):
             at = at.children[seg]
         assert at is node
     assert read(path, plain_lines=True) == read(path, plain_lines=False)
+
+
+def test_equal_cadence_blocks_are_read_as_one_mapping_and_sections_never(tmp_path):
+    """10,000 namespaces repeat a few cadence blocks: read line by line, equal blocks
+    from a namespace's cadences down are one mapping (validated once, known by its
+    identity), while what a load changes afterwards (a section the environment or a
+    flag sets, a target entry verify drops, a namespace a VaultMesh file adds) stays
+    each its own; the data is libyaml's either way."""
+    text = "\n".join([
+        "a:", "  x: 1", "b:", "  x: 1",  # equal sections
+        "namespaces:",
+        "  n1:", "    cadence:", "      fast: {target: 'local:d', every: 1h}", "      strong:", "        target: local:d",
+        "        every: 2*fast",
+        "  n2:", "    cadence:", "      fast: {target: 'local:d', every: 1h}", "      strong:", "        target: local:d",
+        "        every: 2*fast",
+    ]) + "\n"
+    path = tmp_path / "f.yaml"
+    path.write_text(text)
+    got = YamlReader(ENV, Problems(Pos(None, base=tmp_path))).read(path, "f.yaml", tmp_path)
+    assert got is not None
+    data = got[0]
+    n1, n2 = data["namespaces"]["n1"], data["namespaces"]["n2"]
+    assert n1["cadence"] is n2["cadence"] and n1 == n2
+    assert n1 is not n2 and data["a"] is not data["b"]
+    assert read(path, plain_lines=True) == read(path, plain_lines=False)
