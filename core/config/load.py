@@ -666,7 +666,8 @@ def _warnings(config: Config, root: Pos) -> list[str]:
         # find_pos(root, ("namespaces", name)), its usual case first
         ns_node = written_names.get(name)
         ns_node, ns_matched = (ns_node, 2) if ns_node is not None else find_pos(root, ("namespaces", name))
-        ns_path = format_path(["namespaces", name])
+        # format_path(["namespaces", name]), without its loop for the usual name
+        ns_path = format_path(["namespaces", name]) if name.startswith(("env ", "--")) else "namespaces." + format_segment(name)
         for rest, rest_path, reason in refused:
             node, matched = ns_node, ns_matched
             if matched == 2:  # find_pos(root, whole path), walked from the namespace
