@@ -417,9 +417,7 @@ def _validate(load: _Load, *, allow_unset: bool) -> Config:
     raw, problems = load.raw, load.problems
     # the cross-field checks that need only raw data (so they join the other errors)
     _check_namespace_names(raw, problems)
-    cadences = _raw_cadences(raw)  # 30,000 in a 10,000-namespace layout: listed once
-    _check_targets_resolve(raw, cadences, problems)
-    _check_cadence_ranges(cadences, problems)
+    _check_cadences(raw, problems)
     config: Config | None = None
     context = {UNSET_ALLOWED: allow_unset, **validation_pool()}
     with defaults_shared():
@@ -480,16 +478,37 @@ def _unique_paths(paths: list[Path]) -> list[Path]:
 _RawCadence = tuple[Any, dict[str, Any], str, dict[str, Any]]  # (namespace, its mapping, name, cadence)
 
 
-def _raw_cadences(raw: dict[str, Any]) -> list[_RawCadence]:
+def _check_cadences(raw: dict[str, Any], problems: Problems) -> None:
+    """Each cadence's target has settings, and its period is in range. Judged on each
+    distinct cadences mapping first (the line reader gives equal ones one mapping: three
+    for 10,000 namespaces), and only when one has a problem on every namespace's, each
+    problem at its own line."""
+    trial = Problems(problems.root)
+    distinct = _raw_cadences(raw, distinct=True)
+    _check_targets_resolve(raw, distinct, trial)
+    _check_cadence_ranges(distinct, trial)
+    if trial.issues:
+        cadences = _raw_cadences(raw)  # 30,000 in a 10,000-namespace layout: listed once
+        _check_targets_resolve(raw, cadences, problems)
+        _check_cadence_ranges(cadences, problems)
+
+
+def _raw_cadences(raw: dict[str, Any], *, distinct: bool = False) -> list[_RawCadence]:
     """(namespace, its raw mapping, cadence name, the cadence's) of each well-shaped
-    cadence in the raw data."""
+    cadence in the raw data (`distinct`: of the first namespace of each cadences mapping,
+    by identity: what is judged of a cadence depends on that mapping only)."""
     namespaces = raw.get("namespaces")
     if not isinstance(namespaces, dict):
         return []
     found = []
+    seen: set[int] = set()  # the cadences mappings listed (raw keeps them: ids stay theirs)
     for name, ns in namespaces.items():
         if not isinstance(ns, dict) or not isinstance(ns.get("cadence"), dict):
             continue
+        if distinct:
+            if id(ns["cadence"]) in seen:
+                continue
+            seen.add(id(ns["cadence"]))
         for cname, cadence in ns["cadence"].items():
             if cname in CADENCES and isinstance(cadence, dict):
                 found.append((name, ns, cname, cadence))

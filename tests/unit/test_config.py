@@ -1256,3 +1256,23 @@ def test_a_sources_path_made_from_its_folders_is_the_path_of_its_text():
     many = [folder_path(f"/srv/b/ns{i}", pool) for i in range(100)]
     assert [p.parent for p in many] == [Path("/srv/b")] * 100
     assert len({id(folder) for folder in pool.values()}) < len(texts)  # a folder made once, not per name
+
+
+def test_equal_cadences_out_of_range_or_without_settings_are_reported_at_each_namespace(tmp_path):
+    """Equal cadence blocks are one mapping, judged once (issue 24), but a cadence out of
+    range or naming a target without settings is still reported at every namespace
+    that writes it, each at its own line, in file order."""
+    block = ["    cadence:", "      fast:", "        target: local:x", "        every: 1000d",
+             "      cold:", "        target: eip155:8453", "        every: 100000*fast"]
+    text = "namespaces:\n" + "".join(f"  n{i}:\n" + "\n".join(block) + "\n" for i in range(3))
+    found = errors(tmp_path, text)
+    assert found == [
+        line
+        for i in range(3)
+        for line in (
+            f"config.yaml:{8 * i + 8}:17: namespaces.n{i}.cadence.cold.target: target 'eip155:8453' has no settings "
+            "(add targets.eip155.8453 or targets.eip155.default, or a VaultMesh anchors.yaml)",
+            f"config.yaml:{8 * i + 9}:16: namespaces.n{i}.cadence.cold.every: "
+            "'100000*fast' is longer than 100 years; check the number",
+        )
+    ], found
