@@ -583,8 +583,11 @@ _json_string: Callable[[str], str] = json.encoder.encode_basestring
 
 def _namespaces_text(namespaces: dict[str, Namespace]) -> str:
     """The canonical text of the namespaces mapping."""
-    texts = _ModelTexts()
-    return "{" + ",".join(f"{_json_string(name)}:{texts.of(namespaces[name])}" for name in sorted(namespaces)) + "}"
+    of, string = _ModelTexts().of, _json_string
+    return "{" + ",".join([string(name) + ":" + of(namespaces[name]) for name in sorted(namespaces)]) + "}"
+
+
+_IS_CADENCE: dict[type, bool] = {}  # by model class (isinstance with a model class is slow)
 
 
 class _ModelTexts:
@@ -602,12 +605,16 @@ class _ModelTexts:
         return text
 
     def _text(self, model: BaseModel) -> str:
-        if isinstance(model, Cadence):
+        kind = type(model)
+        cadence = _IS_CADENCE.get(kind)
+        if cadence is None:
+            cadence = _IS_CADENCE[kind] = issubclass(kind, Cadence)
+        if cadence:
             doc = _canonical(model)
             if doc.get("targets") is None:
                 del doc["targets"], doc["min"]
             return _json(doc)
-        fields = _dumped_as_fields(type(model))
+        fields = _dumped_as_fields(kind)
         if fields is None or model.__pydantic_extra__:
             return _json(_canonical(model))
         values, texts, parts = model.__dict__, self.texts, []

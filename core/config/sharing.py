@@ -143,17 +143,20 @@ def _shared(model: BaseModel, pool: _Pool, seen: dict[int, BaseModel]) -> BaseMo
         return shared
     fields = model.__dict__
     key: list[Hashable] = [type(model), frozenset(set_)]
+    add, models = key.append, _MODEL_CLASSES
     for field, value in fields.items():
         kind = type(value)
         if kind is str or value is None:  # most fields: the value is its own key
-            key.append(value)
-        elif _is_model(kind):
+            add(value)
+        elif models.get(kind) or _is_model(kind):
             shared = seen.get(id(value)) or _shared(value, pool, seen)
             if shared is not value:
                 fields[field] = shared
-            key.append(("model", id(shared)))
+            add(("model", id(shared)))
+        elif kind is PosixPath or kind is bool:  # _value_key's, without the call
+            add((kind, str(value) if kind is PosixPath else value))
         else:
-            key.append(_value_key(value))
+            add(_value_key(value))
     try:
         shared = pool.setdefault(tuple(key), model)
     except TypeError:  # a value that cannot be hashed
