@@ -417,9 +417,7 @@ def _validate(load: _Load, *, allow_unset: bool) -> Config:
     raw, problems = load.raw, load.problems
     # the cross-field checks that need only raw data (so they join the other errors)
     _check_namespace_names(raw, problems)
-    cadences = _raw_cadences(raw)  # 30,000 in a 10,000-namespace layout: listed once
-    _check_targets_resolve(raw, cadences, problems)
-    _check_cadence_ranges(cadences, problems)
+    _check_cadences(raw, problems)
     config: Config | None = None
     context = {UNSET_ALLOWED: allow_unset, **validation_pool()}
     with defaults_shared():
@@ -480,16 +478,37 @@ def _unique_paths(paths: list[Path]) -> list[Path]:
 _RawCadence = tuple[Any, dict[str, Any], str, dict[str, Any]]  # (namespace, its mapping, name, cadence)
 
 
-def _raw_cadences(raw: dict[str, Any]) -> list[_RawCadence]:
+def _check_cadences(raw: dict[str, Any], problems: Problems) -> None:
+    """Each cadence's target has settings, and its period is in range. Judged on each
+    distinct cadences mapping first (the line reader gives equal ones one mapping: three
+    for 10,000 namespaces), and only when one has a problem on every namespace's, each
+    problem at its own line."""
+    trial = Problems(problems.root)
+    distinct = _raw_cadences(raw, distinct=True)
+    _check_targets_resolve(raw, distinct, trial)
+    _check_cadence_ranges(distinct, trial)
+    if trial.issues:
+        cadences = _raw_cadences(raw)  # 30,000 in a 10,000-namespace layout: listed once
+        _check_targets_resolve(raw, cadences, problems)
+        _check_cadence_ranges(cadences, problems)
+
+
+def _raw_cadences(raw: dict[str, Any], *, distinct: bool = False) -> list[_RawCadence]:
     """(namespace, its raw mapping, cadence name, the cadence's) of each well-shaped
-    cadence in the raw data."""
+    cadence in the raw data (`distinct`: of the first namespace of each cadences mapping,
+    by identity: what is judged of a cadence depends on that mapping only)."""
     namespaces = raw.get("namespaces")
     if not isinstance(namespaces, dict):
         return []
     found = []
+    seen: set[int] = set()  # the cadences mappings listed (raw keeps them: ids stay theirs)
     for name, ns in namespaces.items():
         if not isinstance(ns, dict) or not isinstance(ns.get("cadence"), dict):
             continue
+        if distinct:
+            if id(ns["cadence"]) in seen:
+                continue
+            seen.add(id(ns["cadence"]))
         for cname, cadence in ns["cadence"].items():
             if cname in CADENCES and isinstance(cadence, dict):
                 found.append((name, ns, cname, cadence))
@@ -626,9 +645,26 @@ def _resolve_model_paths(value: Any, loc: tuple[Any, ...], root: Pos, default_ba
             else:
                 _resolve_model_paths(item, here, root, default_base)
     elif isinstance(value, dict):
+        holding: dict[type, tuple[str, ...] | None] = {}  # by class: the namespaces are of one
         for key, item in value.items():
-            if item is not None:
-                _resolve_model_paths(item, (*loc, key), root, default_base)
+            if item is None:
+                continue
+            kind = type(item)
+            if kind not in holding:
+                holding[kind] = fields_holding(kind, Path) if issubclass(kind, BaseModel) else None
+            names = holding[kind]
+            if names is not None:
+                for name in names:
+                    if not _settled(getattr(item, name)):
+                        break
+                else:
+                    continue  # nothing to resolve in it (an absolute source, or none)
+            _resolve_model_paths(item, (*loc, key), root, default_base)
+
+
+def _settled(value: Any) -> bool:
+    """True when _resolve_model_paths leaves the value as it is: none, or an absolute path."""
+    return value is None or (isinstance(value, Path) and value.is_absolute())
 
 
 def _warnings(config: Config, root: Pos) -> list[str]:
@@ -636,18 +672,21 @@ def _warnings(config: Config, root: Pos) -> list[str]:
     warnings: list[str] = []
     refused_in: dict[int, list[tuple[tuple[Any, ...], str, str]]] = {}  # by cadence set: shared ones recur
     reasons: dict[str, str | None] = {}  # per target: thousands of namespaces share a few
-    written = root.children.get("namespaces")  # where the namespaces are written
-    written_names = written.children if written is not None else {}
+    written_names: dict[Any, Pos] | None = None  # where the namespaces are written
     for name, ns in config.namespaces.items():
         refused = refused_in.get(id(ns.cadence))
         if refused is None:
             refused = refused_in[id(ns.cadence)] = _refused_members(config, ns.cadence, reasons)
         if not refused:
             continue
+        if written_names is None:  # looked up only for a warning (the line reader's are made then)
+            written = root.children.get("namespaces")
+            written_names = written.children if written is not None else {}
         # find_pos(root, ("namespaces", name)), its usual case first
         ns_node = written_names.get(name)
         ns_node, ns_matched = (ns_node, 2) if ns_node is not None else find_pos(root, ("namespaces", name))
-        ns_path = format_path(["namespaces", name])
+        # format_path(["namespaces", name]), without its loop for the usual name
+        ns_path = format_path(["namespaces", name]) if name.startswith(("env ", "--")) else "namespaces." + format_segment(name)
         for rest, rest_path, reason in refused:
             node, matched = ns_node, ns_matched
             if matched == 2:  # find_pos(root, whole path), walked from the namespace

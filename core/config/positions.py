@@ -50,21 +50,34 @@ class Pos:
         self.base = base
         self.label = label  # a full display path that overrides the computed one
         # (function, a, b): called as function(self, a, b) to fill `children` the first
-        # time they are looked at (the line reader's: a 10,000-namespace file's places
-        # are mostly never looked at, issue 24)
+        # time they are looked at, or as function(self, a, b, key) for the one child at
+        # `key` (None if there is none) when only that one is (`child`): the line
+        # reader's (a 10,000-namespace file's places are mostly never looked at, issue 24)
         self.later: tuple[Any, Any, Any] | None = None
 
     @property
     def children(self) -> dict[Any, Pos]:
         if self.later is not None:
             fill, first, second = self.later
-            self.later = None
+            self.later, made, self._children = None, self._children, {}
             fill(self, first, second)
+            if made:  # the children `child` made already stay the same objects
+                self._children = {key: made.get(key, node) for key, node in self._children.items()}
         return self._children
 
     @children.setter
     def children(self, value: dict[Any, Pos]) -> None:
         self._children, self.later = value, None
+
+    def child(self, key: Any) -> Pos | None:
+        """children.get(key), making only that child while the others wait."""
+        found = self._children.get(key)
+        if found is None and self.later is not None:
+            fill, first, second = self.later
+            found = fill(self, first, second, key)
+            if found is not None:
+                self._children[key] = found
+        return found
 
     def segments(self) -> list[Any]:
         if self.label is not None:
@@ -85,7 +98,7 @@ def find_pos(root: Pos, loc: tuple[Any, ...]) -> tuple[Pos, int]:
     """Deepest node along ``loc`` and how many segments matched (names ~ aliases)."""
     node, matched = root, 0
     for seg in loc:
-        child = node.children.get(seg)
+        child = node.child(seg)
         if child is None:
             wanted = _norm(seg)
             child = next((c for k, c in node.children.items() if _norm(k) == wanted), None)

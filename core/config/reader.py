@@ -488,6 +488,12 @@ _NESTED, _SCALAR, _FLOW = 0, 1, 2
 # character or a path resolver is registered, and resolve() decides every time).
 _FIRSTS: frozenset[Any] = frozenset(yaml.resolver.Resolver.yaml_implicit_resolvers)
 _IMPLICIT_FIRST = None if None in _FIRSTS or yaml.resolver.Resolver.yaml_path_resolvers else _FIRSTS
+# The depth from which _LineBuild._data gives equal blocks one mapping (a namespace's
+# cadences, a cadence: 10,000 namespaces repeat a few), below what a load changes in the
+# raw data (the sections, 2, and their entries, 3: the environment's and the flags'
+# settings, the VaultMesh files' merge, verify's dropped targets): nothing changes a
+# mapping this deep, and SharedWhenEqual knows a shared one by its identity.
+_SHARED_DEPTH = 4
 _NOWHERE = Pos(None)  # YamlReader.scalar's place of a value without ${VAR}: never read
 # value (a plain scalar's constructed, YamlReader.scalar's when the text holds no $, which
 # only then depends on where it is), text as written, quoted, and whether it holds a $
@@ -509,6 +515,8 @@ class _LineBuild:
         self.text = text
         self.constructed: dict[str, Any] = {}  # plain scalars: text -> value
         self.parsed: dict[str, tuple[Any, ...] | None] = {}  # line -> _parse(line)
+        # a nested block's data by its lines (the ids of their parses), from _SHARED_DEPTH
+        self.blocks: dict[tuple[int, ...], dict[Any, Any]] = {}
         self.resolve: Any = yaml.resolver.Resolver().resolve  # YAML's implicit tags
 
     def read(self, root: Pos) -> tuple[Any, Pos] | None:
@@ -526,7 +534,11 @@ class _LineBuild:
             if not self.entries or self.entries[0][1][0] != 0:
                 raise _GeneralPath  # empty, or not a mapping at the left margin
             root.mark = (self.entries[0][0] + 1, 1)
-            return self._block(0, root, 1), root
+            if "$" in self.text:  # a ${VAR} is expanded, and reported, at its place
+                return self._block(0, root, 1), root
+            data = self._data(0, 1)
+            root.later = (_block_children, self.entries, 0)
+            return data, root
         except _GeneralPath:
             del reader.problems.issues[before[0]:]
             del reader.unset[before[1]:]
@@ -535,13 +547,15 @@ class _LineBuild:
 
     def _entries(self) -> list[tuple[int, tuple[Any, ...]]]:
         """(index, what it says) of each line that is not blank."""
-        parsed, entries = self.parsed, []
+        parsed = self.parsed
+        entries: list[tuple[int, tuple[Any, ...]]] = []
+        known, add = parsed.get, entries.append
         for i, line in enumerate(self.lines):
-            info: Any = parsed.get(line, _UNSEEN)
+            info: Any = known(line, _UNSEEN)
             if info is _UNSEEN:
                 info = parsed[line] = self._parse(line)
             if info is not None:
-                entries.append((i, info))
+                add((i, info))
         return entries
 
     def _parse(self, line: str) -> tuple[Any, ...] | None:
@@ -610,6 +624,37 @@ class _LineBuild:
             self.constructed[text] = value
         return value
 
+    def _data(self, indent: int, depth: int) -> dict[Any, Any]:
+        """_block's data alone, for a text without `$` (no value to expand, no problem
+        to place while reading): the places are made when first looked at
+        (_block_children), and a 100,000-namespace file's are mostly never looked at."""
+        if depth > _LINE_DEPTH:
+            raise _GeneralPath
+        out: dict[Any, Any] = {}
+        entries, at, end = self.entries, self.at, len(self.entries)
+        while at < end:
+            _, (n, key, kind, what) = entries[at]
+            if n < indent:
+                break
+            if n > indent or key in out:
+                raise _GeneralPath  # a stray indent; a duplicate key (_EventBuild reports it)
+            at += 1
+            if kind == _SCALAR:
+                out[key] = what[1][0]
+            elif kind == _FLOW:
+                out[key] = what[2].copy()
+            else:  # a nested block mapping, more indented, on the next line
+                if at == end or entries[at][1][0] <= indent:
+                    raise _GeneralPath  # an empty value
+                self.at = at
+                block = self._data(entries[at][1][0], depth + 1)
+                if depth + 1 >= _SHARED_DEPTH:  # the same lines: one mapping
+                    block = self.blocks.setdefault(tuple([id(info) for _, info in entries[at:self.at]]), block)
+                out[key] = block
+                at = self.at
+        self.at = at
+        return out
+
     def _block(self, indent: int, pos: Pos, depth: int) -> dict[Any, Any]:
         """The block mapping whose keys are at column `indent` (0-based), from the next line."""
         if depth > _LINE_DEPTH:
@@ -652,11 +697,48 @@ class _LineBuild:
         return out
 
 
-def _flow_leaves(pos: Pos, i: int, pairs: tuple[tuple[Any, int, int, _Scalar], ...]) -> None:
-    """The positions of the values of a one-line mapping (line `i`, 0-based) at `pos`."""
-    file, base, children = pos.file, pos.base, pos.children
+def _block_children(
+    pos: Pos, entries: list[tuple[int, tuple[Any, ...]]], first: int, only: Any = _UNSEEN
+) -> Pos | None:
+    """The places of a block mapping's keys (its first at `entries[first]`) at `pos`, as
+    _LineBuild._block makes them, or (`only`) the place of that one key, returned; a
+    nested block's and a flow mapping's own are made when they are looked at."""
+    file, base = pos.file, pos.base
+    children = pos.children if only is _UNSEEN else {}
+    indent, end, at = entries[first][1][0], len(entries), first
+    while at < end:
+        i, (n, key, kind, what) = entries[at]
+        if n < indent:
+            break
+        at += 1
+        if n > indent or (only is not _UNSEEN and key is not only and key != only):
+            continue  # inside a nested block; another key
+        if kind == _NESTED:
+            j, inner = entries[at][0], entries[at][1][0]
+            child = children[key] = Pos(file, key, pos, (i + 1, n + 1), (j + 1, inner + 1), base)
+            child.later = (_block_children, entries, at)
+        else:
+            child = children[key] = Pos(file, key, pos, (i + 1, n + 1), (i + 1, what[0] + 1), base)
+            if kind == _FLOW:
+                child.later = (_flow_leaves, i, what[1])
+        if only is not _UNSEEN:
+            return child
+    return None
+
+
+def _flow_leaves(pos: Pos, i: int, pairs: tuple[tuple[Any, int, int, _Scalar], ...], only: Any = _UNSEEN) -> Pos | None:
+    """The positions of the values of a one-line mapping (line `i`, 0-based) at `pos`, or
+    (`only`) the position of that one key's, returned."""
+    file, base = pos.file, pos.base
+    if only is not _UNSEEN:
+        for name, key_col, value_col, _ in pairs:
+            if name is only or name == only:
+                return Pos(file, name, pos, (i + 1, key_col + 1), (i + 1, value_col + 1), base)
+        return None
+    children = pos.children
     for name, key_col, value_col, _ in pairs:
         children[name] = Pos(file, name, pos, (i + 1, key_col + 1), (i + 1, value_col + 1), base)
+    return None
 
 
 def _mark(event: Any) -> tuple[int, int]:

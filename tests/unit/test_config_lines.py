@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from core.config.positions import Pos, Problems
+from core.config.positions import Pos, Problems, find_pos
 from core.config.reader import YamlReader
 
 ENV = {"X": "1", "HEX": "0x1f"}
@@ -142,3 +142,69 @@ def test_a_files_positions_are_freed_without_the_garbage_collector(tmp_path):
         gc.set_debug(0)
         gc.garbage.clear()
         gc.enable()
+
+
+def _places_alive() -> int:
+    return sum(1 for o in gc.get_objects() if isinstance(o, Pos))
+
+
+def test_a_plain_files_places_are_made_only_where_they_are_looked_at(tmp_path):
+    """A file without ${VAR} is read line by line without its places (issue 24: a
+    100,000-namespace file made 600,000 of them, and a load looks at a few): a place is
+    made when a problem or a warning looks it up, one key at a time, and is the same
+    place, at the same line and column, as when the whole tree is looked at."""
+    lines = ["namespaces:"]
+    for i in range(1000):
+        lines += [f'  "bench:{i}":', f"    source: /srv/batches/bench%3A{i}", "    cadence:",
+                  f'      fast: {{ target: "local:bench", every: "{i + 1}s" }}', "      strong:",
+                  '        target: "btc:main"', "        every: 2*fast"]
+    path = tmp_path / "f.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    before = _places_alive()
+    got = YamlReader(ENV, Problems(Pos(None, base=tmp_path))).read(path, "f.yaml", tmp_path)
+    assert got is not None
+    data, root = got
+    assert data["namespaces"]["bench:999"]["cadence"]["fast"] == {"target": "local:bench", "every": "1000s"}
+    assert _places_alive() - before < 10  # not 7,000
+
+    found = {loc: find_pos(root, loc) for loc in [
+        ("namespaces", "bench:500", "cadence", "fast", "every"),
+        ("namespaces", "bench:7", "cadence", "strong", "target"),
+        ("namespaces", "bench:7", "cadence", "strong"),
+        ("namespaces", "bench:7", "nope"),
+    ]}
+    assert [(node.mark, matched) for node, matched in found.values()] == [
+        ((3505, 45), 5), ((56, 17), 5), ((56, 9), 4), ((52, 5), 2)]
+    assert _places_alive() - before < 1200  # the namespaces' own, and a few below them
+    # the whole tree now: the places already made are the tree's, and it is libyaml's
+    for loc, (node, matched) in found.items():
+        at = root
+        for seg in loc[:matched]:
+            at = at.children[seg]
+        assert at is node
+    assert read(path, plain_lines=True) == read(path, plain_lines=False)
+
+
+def test_equal_cadence_blocks_are_read_as_one_mapping_and_sections_never(tmp_path):
+    """10,000 namespaces repeat a few cadence blocks: read line by line, equal blocks
+    from a namespace's cadences down are one mapping (validated once, known by its
+    identity), while what a load changes afterwards (a section the environment or a
+    flag sets, a target entry verify drops, a namespace a VaultMesh file adds) stays
+    each its own; the data is libyaml's either way."""
+    text = "\n".join([
+        "a:", "  x: 1", "b:", "  x: 1",  # equal sections
+        "namespaces:",
+        "  n1:", "    cadence:", "      fast: {target: 'local:d', every: 1h}", "      strong:", "        target: local:d",
+        "        every: 2*fast",
+        "  n2:", "    cadence:", "      fast: {target: 'local:d', every: 1h}", "      strong:", "        target: local:d",
+        "        every: 2*fast",
+    ]) + "\n"
+    path = tmp_path / "f.yaml"
+    path.write_text(text)
+    got = YamlReader(ENV, Problems(Pos(None, base=tmp_path))).read(path, "f.yaml", tmp_path)
+    assert got is not None
+    data = got[0]
+    n1, n2 = data["namespaces"]["n1"], data["namespaces"]["n2"]
+    assert n1["cadence"] is n2["cadence"] and n1 == n2
+    assert n1 is not n2 and data["a"] is not data["b"]
+    assert read(path, plain_lines=True) == read(path, plain_lines=False)
