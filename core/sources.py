@@ -81,6 +81,8 @@ _RACY_NS = 2_000_000_000
 _HANDOFF_S = 5.0  # a prefetched result older than this is checked again before use
 _INTERN_ID_CHARS = 64  # batch ids and file names this long at most are held once however many folders have them
 _KEEP_KEYS_FROM = 64  # a folder's listing keeps its names' sort keys from this many names
+_READ_AT_LEAST = 4096  # bytes a read of a batch file asks for at least
+READ_CHUNK = 64  # folders a reader thread takes at once (core/readers.py `submit_many`)
 
 DEFAULT_MAX_BATCH_BYTES = 1024 * 1024
 MAX_ID_CHARS = 256
@@ -421,7 +423,10 @@ def _read_capped(path: str, limits: BatchLimits) -> tuple[bytes, os.stat_result]
         chunks: list[bytes] = []
         got = 0
         while got <= limits.max_bytes:  # it may grow after the fstat: never read past the cap
-            chunk = os.read(fd, limits.max_bytes + 1 - got)
+            # Asked for what the fstat announced and a little more, not for the whole cap:
+            # a 1 MiB buffer for a 100-byte file is an mmap, a page fault and an munmap.
+            want = max(st.st_size + 1 - got, _READ_AT_LEAST)
+            chunk = os.read(fd, min(want, limits.max_bytes + 1 - got))
             if not chunk:
                 break
             chunks.append(chunk)
@@ -534,7 +539,7 @@ def _submit_all(jobs: Iterable[tuple[str, str, Callable[[], T]]]) -> dict[str, t
     """For each (name, read key, fn): the read of that key (see core.readers) and whether
     this call started it, by name; one hand-over to the readers for them all."""
     jobs = list(jobs)
-    reads = READERS.submit_many((key, fn) for _, key, fn in jobs)
+    reads = READERS.submit_many(((key, fn) for _, key, fn in jobs), chunk=READ_CHUNK)
     return {name: reads[key] for name, key, _ in jobs}
 
 
@@ -626,8 +631,8 @@ def _latest(folder: str, *, use_handoff: bool = True) -> Batch:
     ):
         entry = None  # the folder changed (or was too fresh to trust): list it again
     name = entry.name if entry is not None else _newest_name(folder, limits)
-    path = os.path.join(folder, name)
     if entry is not None:
+        path = os.path.join(folder, name)
         try:
             st = os.stat(path, follow_symlinks=limits.follow_symlinks)
         except FileNotFoundError:
