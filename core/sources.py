@@ -45,7 +45,9 @@ follow for that folder, within `_HANDOFF_S`, which then cost no I/O at all: one 
 time the folder was named, on any thread; and, until the next prefetch, every call made
 on a thread running an event loop (the engine's pass), however many, so the loop never
 lists a folder the pass's prefetch has read. A call without a prefetch, or past its
-hand-off, reads as before. The engine prefetches the folders of the jobs due before each
+hand-off, reads as before. The folders go to the reader threads READ_CHUNK at a time
+(core/readers.py: a thread stuck on a dead folder gives the rest of its chunk back): per
+folder, the pool's hand-over, locks and GIL switches cost as much as the read itself. The engine prefetches the folders of the jobs due before each
 pass.
 
 Limits per folder come from the configuration through `configure(...)`; a folder not
