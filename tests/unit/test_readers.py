@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import threading
 import time
+from collections.abc import Callable
 
 from core.readers import Patience, Readers
 
@@ -87,8 +88,10 @@ def test_a_read_that_hangs_in_a_chunk_does_not_hold_the_rest_of_its_chunk() -> N
     readers = Readers(live=1, most=4, stuck_after=0.1)
     gate = threading.Event()
     try:
-        jobs = [("hung", gate.wait), *((f"ok{i}", functools.partial(int.__mul__, i, 3)) for i in range(30))]
-        reads = readers.submit_many(jobs, chunk=64)  # type: ignore[arg-type]  # reads of two types
+        jobs: list[tuple[str, Callable[[], object]]] = [
+            ("hung", gate.wait), *((f"ok{i}", functools.partial(int.__mul__, i, 3)) for i in range(30))
+        ]
+        reads = readers.submit_many(jobs, chunk=64)
         others = [reads[f"ok{i}"][0] for i in range(30)]
         assert readers.wait(others, 5.0), "the reads behind a hung one in its chunk were never read"
         assert [r.value for r in others] == [3 * i for i in range(30)]
