@@ -45,7 +45,9 @@ follow for that folder, within `_HANDOFF_S`, which then cost no I/O at all: one 
 time the folder was named, on any thread; and, until the next prefetch, every call made
 on a thread running an event loop (the engine's pass), however many, so the loop never
 lists a folder the pass's prefetch has read. A call without a prefetch, or past its
-hand-off, reads as before. The engine prefetches the folders of the jobs due before each
+hand-off, reads as before. The folders go to the reader threads READ_CHUNK at a time
+(core/readers.py: a thread stuck on a dead folder gives the rest of its chunk back): per
+folder, the pool's hand-over, locks and GIL switches cost as much as the read itself. The engine prefetches the folders of the jobs due before each
 pass.
 
 Limits per folder come from the configuration through `configure(...)`; a folder not
@@ -81,6 +83,8 @@ _RACY_NS = 2_000_000_000
 _HANDOFF_S = 5.0  # a prefetched result older than this is checked again before use
 _INTERN_ID_CHARS = 64  # batch ids and file names this long at most are held once however many folders have them
 _KEEP_KEYS_FROM = 64  # a folder's listing keeps its names' sort keys from this many names
+_READ_AT_LEAST = 4096  # bytes a read of a batch file asks for at least
+READ_CHUNK = 64  # folders a reader thread takes at once (core/readers.py `submit_many`)
 
 DEFAULT_MAX_BATCH_BYTES = 1024 * 1024
 MAX_ID_CHARS = 256
@@ -194,7 +198,7 @@ def parse_batch(path: Path, data: bytes) -> Batch:
     return Batch(*_batch_fields(path, data), path)
 
 
-def _batch_fields(path: Path, data: bytes) -> tuple[str, str]:
+def _batch_fields(path: str | os.PathLike[str], data: bytes) -> tuple[str, str]:
     """(id, root) of a batch file's bytes (see parse_batch)."""
     try:
         doc = safejson.loads(data)
@@ -332,44 +336,25 @@ def has_batch_files(folder: str | os.PathLike[str]) -> bool:
         return False
 
 
-def _newest_name(folder: Path, limits: BatchLimits) -> str:
-    best: str | None = None
-    best_key: tuple[object, ...] = ()
-    links = 0
+def _newest_name(folder: str, limits: BatchLimits) -> str:
+    """The newest candidate's name. A folder of one candidate (the common case: one batch
+    file a namespace) computes no sort key at all; keys are made from the second on."""
     with _lock:
-        known = _name_keys.get(str(folder), {})
-    keys: dict[str, tuple[object, ...]] = {}
+        known = _name_keys.get(folder, {})
     try:
-        with os.scandir(folder) as it:
-            for e in it:
-                name = e.name
-                if not name.endswith(".json") or is_temp_name(name):
-                    continue
-                try:
-                    if not limits.follow_symlinks and e.is_symlink():
-                        links += 1
-                        continue
-                    if not e.is_file():
-                        continue
-                except OSError:
-                    continue
-                key = known.get(name)
-                if key is None:
-                    key = natural_key(name)
-                keys[name] = key
-                if best is None or key > best_key:
-                    best, best_key = name, key
+        best, keys, links = _scan_names(folder, limits, known)
     except FileNotFoundError:
         raise SourceError(f"batch folder {folder} does not exist") from None
     except NotADirectoryError:
         raise SourceError(f"batch folder {folder} is not a folder") from None
     except OSError as exc:
         raise SourceError(f"batch folder {folder}: cannot list: {exc.strerror or exc}") from None
-    with _lock:
-        if len(keys) >= _KEEP_KEYS_FROM:
-            _name_keys[str(folder)] = keys
-        else:  # a small folder's keys cost less to compute again than to keep
-            _name_keys.pop(str(folder), None)
+    if keys or known:
+        with _lock:
+            if len(keys) >= _KEEP_KEYS_FROM:
+                _name_keys[folder] = keys
+            else:  # a small folder's keys cost less to compute again than to keep
+                _name_keys.pop(folder, None)
     if best is None:
         skipped = ""
         if links:
@@ -381,7 +366,43 @@ def _newest_name(folder: Path, limits: BatchLimits) -> str:
     return sys.intern(best) if len(best) <= _INTERN_ID_CHARS else best  # "000001.json" in many folders
 
 
-def _read_capped(path: Path, limits: BatchLimits) -> tuple[bytes, os.stat_result]:
+def _scan_names(
+    folder: str, limits: BatchLimits, known: dict[str, tuple[object, ...]]
+) -> tuple[str | None, dict[str, tuple[object, ...]], int]:
+    """One listing: the newest candidate, the candidates' sort keys (none for one
+    candidate), the symbolic links skipped."""
+    best: str | None = None
+    best_key: tuple[object, ...] = ()
+    links = 0
+    keys: dict[str, tuple[object, ...]] = {}
+    with os.scandir(folder) as it:
+        for e in it:
+            name = e.name
+            if not name.endswith(".json") or is_temp_name(name):
+                continue
+            try:
+                if not limits.follow_symlinks and e.is_symlink():
+                    links += 1
+                    continue
+                if not e.is_file():
+                    continue
+            except OSError:
+                continue
+            if best is None:
+                best = name
+                continue
+            if not keys:  # a second candidate: the first one's key is needed now
+                best_key = keys[best] = known.get(best) or natural_key(best)
+            key = known.get(name)
+            if key is None:
+                key = natural_key(name)
+            keys[name] = key
+            if key > best_key:
+                best, best_key = name, key
+    return best, keys, links
+
+
+def _read_capped(path: str, limits: BatchLimits) -> tuple[bytes, os.stat_result]:
     """The file's bytes and fstat; refuses a link (unless allowed), a non-file or a file too large."""
     flags = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOCK", 0)
     if not limits.follow_symlinks:
@@ -404,7 +425,10 @@ def _read_capped(path: Path, limits: BatchLimits) -> tuple[bytes, os.stat_result
         chunks: list[bytes] = []
         got = 0
         while got <= limits.max_bytes:  # it may grow after the fstat: never read past the cap
-            chunk = os.read(fd, limits.max_bytes + 1 - got)
+            # Asked for what the fstat announced and a little more, not for the whole cap:
+            # a 1 MiB buffer for a 100-byte file is an mmap, a page fault and an munmap.
+            want = max(st.st_size + 1 - got, _READ_AT_LEAST)
+            chunk = os.read(fd, min(want, limits.max_bytes + 1 - got))
             if not chunk:
                 break
             chunks.append(chunk)
@@ -416,7 +440,7 @@ def _read_capped(path: Path, limits: BatchLimits) -> tuple[bytes, os.stat_result
         os.close(fd)
 
 
-def _too_large(path: Path, size: int, limits: BatchLimits, grew: bool = False) -> str:
+def _too_large(path: str, size: int, limits: BatchLimits, grew: bool = False) -> str:
     what = "grew past" if grew else f"is {size} bytes, more than"
     return (
         f"batch file {path} {what} the limit of {limits.max_bytes} bytes "
@@ -517,7 +541,7 @@ def _submit_all(jobs: Iterable[tuple[str, str, Callable[[], T]]]) -> dict[str, t
     """For each (name, read key, fn): the read of that key (see core.readers) and whether
     this call started it, by name; one hand-over to the readers for them all."""
     jobs = list(jobs)
-    reads = READERS.submit_many((key, fn) for _, key, fn in jobs)
+    reads = READERS.submit_many(((key, fn) for _, key, fn in jobs), chunk=READ_CHUNK)
     return {name: reads[key] for name, key, _ in jobs}
 
 
@@ -533,7 +557,7 @@ def _left(deadline: float | None) -> float | None:
 
 def _read_result(folder: str) -> tuple[Batch | None, str | None]:
     try:
-        return _latest(Path(folder), folder, use_handoff=False), None
+        return _latest(folder, use_handoff=False), None
     except SourceError as exc:
         return None, str(exc)
 
@@ -565,7 +589,7 @@ def _handed_off(key: str) -> _Handoff | None:
 def _latest_or_fallback(folder: Path) -> Batch:
     fallbacks = limits_for(folder).fallbacks
     if not fallbacks:
-        return _latest(folder, str(folder))
+        return _latest(str(folder))
     with _lock:  # resolved by the last prefetch: no I/O while its hand-off lasts
         resolved = _resolved.get(str(folder))
         if resolved is not None and resolved not in _handoffs:
@@ -574,23 +598,24 @@ def _latest_or_fallback(folder: Path) -> Batch:
     if chosen is None:  # the last fallback is the main one (the shared folder)
         raise SourceError(f"batch folder {folder} does not exist, nor {fallbacks[-1]}")
     if chosen == folder:
-        return _latest(folder, str(folder))
+        return _latest(str(folder))
     try:
-        return _latest(chosen, str(chosen))
+        return _latest(str(chosen))
     except SourceError as exc:
         raise SourceError(f"{exc} (read because there is no folder {folder})") from None
 
 
-def _latest(folder: Path, key: str, *, use_handoff: bool = True) -> Batch:
-    """`key`: the folder's text as the caller holds it (kept as the cache's key)."""
-    if use_handoff:
-        handoff = _handed_off(key)
-        if handoff is not None:
-            if handoff.error is not None:
-                raise SourceError(handoff.error)
-            assert handoff.batch is not None
-            return handoff.batch
-    limits = limits_for(folder)
+def _latest(folder: str, *, use_handoff: bool = True) -> Batch:
+    """`folder`: its text as `folder_key` makes it (the cache's key). A folder not in the
+    cache is listed and its newest file read at once (the file's fstat is its entry's);
+    one in the cache costs a stat of the folder and of the file while neither changed."""
+    handoff = _handed_off(folder) if use_handoff else None
+    if handoff is not None:
+        if handoff.error is not None:
+            raise SourceError(handoff.error)
+        assert handoff.batch is not None
+        return handoff.batch
+    limits = _limits.get(folder, _default_limits)
     now = time.time_ns()
     try:
         fst = os.stat(folder)
@@ -599,7 +624,7 @@ def _latest(folder: Path, key: str, *, use_handoff: bool = True) -> Batch:
     except OSError as exc:
         raise SourceError(f"batch folder {folder}: {exc.strerror or exc}") from None
     with _lock:
-        entry = _cache.get(key)
+        entry = _cache.get(folder)
     if entry is not None and not (
         entry.folder_trusted
         and entry.folder_mtime_ns == fst.st_mtime_ns
@@ -608,38 +633,50 @@ def _latest(folder: Path, key: str, *, use_handoff: bool = True) -> Batch:
     ):
         entry = None  # the folder changed (or was too fresh to trust): list it again
     name = entry.name if entry is not None else _newest_name(folder, limits)
-    path = folder / name
-    try:
-        st = os.stat(path, follow_symlinks=limits.follow_symlinks)
-    except FileNotFoundError:
-        with _lock:
-            _cache.pop(key, None)
-        if entry is not None:  # removed since we listed: try once more from scratch
-            return _latest(folder, key, use_handoff=False)
-        raise SourceError(f"batch file {path} disappeared while reading it") from None
-    except OSError as exc:
-        raise SourceError(f"batch file {path}: cannot read: {exc.strerror or exc}") from None
-    if (
-        entry is not None
-        and entry.file_trusted
-        and entry.file_mtime_ns == st.st_mtime_ns
-        and entry.file_size == st.st_size
-    ):
-        return _result(entry)
+    if entry is not None:
+        path = os.path.join(folder, name)
+        try:
+            st = os.stat(path, follow_symlinks=limits.follow_symlinks)
+        except FileNotFoundError:
+            with _lock:
+                _cache.pop(folder, None)
+            return _latest(folder, use_handoff=False)  # removed since we listed: list again
+        except OSError as exc:
+            raise SourceError(f"batch file {path}: cannot read: {exc.strerror or exc}") from None
+        if entry.file_trusted and entry.file_mtime_ns == st.st_mtime_ns and entry.file_size == st.st_size:
+            return _result(entry)
+    return _read_entry(folder, name, limits, fst, now, None if entry is None else st)
+
+
+def _read_entry(
+    folder: str, name: str, limits: BatchLimits, fst: os.stat_result, now: int, st: os.stat_result | None
+) -> Batch:
+    """Read file `name` of `folder` into the cache (`fst`: the folder's stat before it was
+    listed; `st`: the file's, if it was taken)."""
+    path = os.path.join(folder, name)
     batch: Batch | None = None
     error: str | None = None
     try:
         data, st = _read_capped(path, limits)
     except SourceError as exc:
         error = str(exc)
+        if st is None:  # the entry keeps the error while the file is unchanged: its stat
+            try:
+                st = os.stat(path, follow_symlinks=limits.follow_symlinks)
+            except OSError:
+                raise exc from None
+    except FileNotFoundError:
+        with _lock:
+            _cache.pop(folder, None)
+        raise SourceError(f"batch file {path} disappeared while reading it") from None
     except OSError as exc:
         # Not cached: a permission fix changes no mtime, so look again next time.
         with _lock:
-            _cache.pop(key, None)
+            _cache.pop(folder, None)
         raise SourceError(f"batch file {path}: cannot read: {exc.strerror or exc}") from None
     else:
         try:
-            batch = Batch._in(*_batch_fields(path, data), key, name)
+            batch = Batch._in(*_batch_fields(path, data), folder, name)
         except SourceError as exc:
             error = str(exc)
     new = _Entry(
@@ -655,7 +692,7 @@ def _latest(folder: Path, key: str, *, use_handoff: bool = True) -> Batch:
         error=error,
     )
     with _lock:
-        _cache[key] = new
+        _cache[folder] = new
     return _result(new)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import threading
 import time
+from collections.abc import Callable
 
 from core.readers import Patience, Readers
 
@@ -79,3 +80,35 @@ def test_a_patient_wait_ends_when_its_caller_quits() -> None:
     started = time.monotonic()
     assert not readers.wait(reads, Patience(stall=5.0, most=30.0, quit=quit))
     assert time.monotonic() - started < 1.5
+
+
+def test_a_read_that_hangs_in_a_chunk_does_not_hold_the_rest_of_its_chunk() -> None:
+    """Reads handed to a thread many at a time (100,000 batch folders): the thread stuck on
+    a dead folder gives the rest of its chunk back, and another thread reads them."""
+    readers = Readers(live=1, most=4, stuck_after=0.1)
+    gate = threading.Event()
+    try:
+        jobs: list[tuple[str, Callable[[], object]]] = [
+            ("hung", gate.wait), *((f"ok{i}", functools.partial(int.__mul__, i, 3)) for i in range(30))
+        ]
+        reads = readers.submit_many(jobs, chunk=64)
+        others = [reads[f"ok{i}"][0] for i in range(30)]
+        assert readers.wait(others, 5.0), "the reads behind a hung one in its chunk were never read"
+        assert [r.value for r in others] == [3 * i for i in range(30)]
+        assert not reads["hung"][0].done.is_set()
+        assert readers.submit("hung", gate.wait) is reads["hung"][0]  # not started again while it hangs
+    finally:
+        gate.set()
+    assert readers.wait([reads["hung"][0]], 5.0)
+    assert readers.pending("hung") is None
+
+
+def test_chunks_read_every_key_once_and_hand_each_its_own_result() -> None:
+    readers = Readers(live=2)
+    calls: list[int] = []
+    reads = readers.submit_many(
+        ((f"k{i}", functools.partial(lambda i: calls.append(i) or i * i, i)) for i in range(200)), chunk=16
+    )
+    assert readers.wait([read for read, _ in reads.values()], 5.0)
+    assert sorted(calls) == list(range(200))
+    assert all(reads[f"k{i}"][0].value == i * i for i in range(200))

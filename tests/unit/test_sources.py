@@ -315,6 +315,22 @@ def test_a_file_that_grows_while_read_stops_at_the_limit(tmp_path: Path, monkeyp
     assert read["bytes"] <= 101
 
 
+def test_a_small_batch_file_is_read_without_a_buffer_of_the_whole_limit(tmp_path: Path, monkeypatch) -> None:
+    """A pass reads 100,000 files of ~100 bytes: asking the kernel for the 1 MiB limit made
+    Python allocate (mmap), fault and free a 1 MiB buffer for each of them."""
+    write_batch(tmp_path, "1", R1, name="000001.json")
+    asked: list[int] = []
+    real_read = os.read
+
+    def recording_read(fd, n):
+        asked.append(n)
+        return real_read(fd, n)
+
+    monkeypatch.setattr(os, "read", recording_read)
+    assert latest_batch(tmp_path).id == "1"
+    assert asked and max(asked) <= 64 * 1024, asked
+
+
 def test_symbolic_links_are_not_followed_unless_allowed(tmp_path: Path, limits) -> None:
     outside = tmp_path / "outside"
     secret = write_batch(outside, "secret-id", R3, name="secret.json")
