@@ -5,8 +5,8 @@ them; glibc keeps the freed heap for reuse, so an idle daemon's USS stayed well 
 it holds (measured with malloc_trim by hand: 118.5 -> 103.1 MiB at 10,000 namespaces, 52.5
 -> 47.6 MiB at 1,000). `HeapTrim` counts the receipts written; once TRIM_AFTER have
 been written since the last trim and no anchor is in flight, it calls glibc's
-`malloc_trim(0)` on a thread (ctypes lets go of the GIL, so the loop runs on), and again
-at the next SETTLE_TRIMS idle checks. Where the C library is not glibc it does nothing.
+`malloc_trim(0)` on a thread (ctypes lets go of the GIL, so the loop runs on). Where the C
+library is not glibc it does nothing.
 """
 
 from __future__ import annotations
@@ -18,10 +18,6 @@ from collections.abc import Callable
 from core.events import Event, EventBus, ReceiptWritten
 
 TRIM_AFTER = 500  # receipts written since the last trim: a burst worth giving back
-# Trims at the idle checks after a burst's own: what the burst's end frees after its last
-# job lands (the state save's snapshot, the intent's close) is given back too. Trimming
-# only once left it to chance: 10,000 namespaces read 93-112 MiB, the same heap.
-SETTLE_TRIMS = 3
 CHECK_EVERY = 1.0  # seconds between looks at whether the burst is over
 
 
@@ -44,7 +40,6 @@ class HeapTrim:
         self._trim = trim
         self.written = 0  # receipts since the last trim
         self.trims = 0
-        self._settling = 0  # settle trims left after the last burst's
         self._stop = asyncio.Event()
         self._unsubscribe = bus.subscribe(self._on_event)
 
@@ -63,17 +58,10 @@ class HeapTrim:
             self._unsubscribe()
 
     async def trim_if_idle(self) -> bool:
-        """Trim now if a burst is over (TRIM_AFTER receipts, nothing in flight), and at the
-        SETTLE_TRIMS idle checks after that."""
-        if self._trim is None or self._busy():
+        """Trim now if a burst is over (TRIM_AFTER receipts, nothing in flight)."""
+        if self._trim is None or self.written < TRIM_AFTER or self._busy():
             return False
-        if self.written >= TRIM_AFTER:
-            self.written = 0
-            self._settling = SETTLE_TRIMS
-        elif self._settling > 0:
-            self._settling -= 1
-        else:
-            return False
+        self.written = 0
         await asyncio.to_thread(self._trim, 0)
         self.trims += 1
         return True
