@@ -35,7 +35,7 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -104,6 +104,8 @@ def root_text(value: bytes | str) -> str:
             raise ValueError(f"a SHA-256 digest has 32 bytes, got {len(value)}")
         return "sha256:" + bytes(value).hex()
     text = value.strip()
+    if _ROOT_RE.fullmatch(text):
+        return text  # already so: the same string (a sibling hash shared by many receipts stays one)
     if text[:7].lower() == "sha256:":
         text = "sha256:" + text[7:].lower()
     if not _ROOT_RE.fullmatch(text):
@@ -422,7 +424,7 @@ def build_receipt(
     batch_id: str,
     batch_root: str | bytes,
     anchored_root: str | bytes,
-    proof: list[bytes],
+    proof: Sequence[bytes | str],
     leaf_index: int,
     tree_size: int,
     attestation: dict[str, Any],

@@ -5,6 +5,7 @@ can take a job another holds, and none can land a job it did not board."""
 from __future__ import annotations
 
 import asyncio
+import tracemalloc
 
 from core.flight import Flight
 from core.jobs import JobKey
@@ -20,6 +21,27 @@ def test_a_job_boards_once_and_lands_once() -> None:
     assert flight.since(A) == 1.0 and A in flight and len(flight) == 1
     assert flight.land(A) is True
     assert flight.land(A) is False and A not in flight
+
+
+def test_a_pass_that_landed_keeps_no_memory_for_its_jobs() -> None:
+    """Once the last job of a big pass lands, flight holds what an empty one holds: a dict
+    keeps the table of its largest size (10,000 jobs: ~300 KB for as long as the process
+    is idle)."""
+    keys = [JobKey(f"ns{i}", "fast") for i in range(10_000)]
+    flight = Flight()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        flight.board(keys, 1.0)
+        assert len(flight) == 10_000
+        for key in keys:
+            assert flight.land(key)
+        assert len(flight) == 0 and list(flight) == []
+        kept = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert kept < 10_000, f"an empty flight still holds {kept} bytes"
+    assert flight.board(keys[:1], 2.0) == keys[:1] and flight.since(keys[0]) == 2.0
 
 
 async def test_a_recovery_while_a_pass_holds_the_job_neither_takes_nor_frees_it(tmp_path) -> None:

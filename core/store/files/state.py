@@ -154,11 +154,11 @@ class StateStore:
         self._change_bytes += len(line)
 
     def _save_whole(self, states: dict[JobKey, JobState]) -> None:
-        written: dict[JobKey, tuple[JobState, float | None]] = {}
-        jobs: dict[str, Any] = {}
-        for key, state in states.items():
-            written[key] = (state, state.current_at)
-            jobs[f"{key[0]}/{key[1]}"] = state.to_dict()
+        # What is kept (a pair per job) is made before what is thrown away (the document):
+        # made in turn, each pair sat between a job's dict and name in the allocator's pools
+        # of their size, and kept those pools, two thirds free, for as long as the process ran.
+        written = {key: (state, state.current_at) for key, state in states.items()}
+        jobs: dict[str, Any] = {f"{key[0]}/{key[1]}": state.to_dict() for key, state in states.items()}
         token = secrets.token_hex(8)
         data = pydantic_core.to_json({"version": STATE_VERSION, "changes": token, "jobs": jobs}) + b"\n"
         self._written = None
