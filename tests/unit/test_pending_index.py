@@ -126,12 +126,13 @@ def test_an_older_data_dirs_markers_are_still_read_and_cleaned(tmp_path: Path) -
 
 def test_a_start_reading_the_index_while_a_chunk_is_linked_keeps_the_chunk_indexed(tmp_path: Path, monkeypatch) -> None:
     """The confirmation tracker's first round runs on its own thread, the writer on its."""
+    import core.fsutil
     import core.store.files.receipts as mod
 
     ReceiptStore(tmp_path).pending()  # an earlier start: the index complete
     store = ReceiptStore(tmp_path)  # this start: the index not read yet
     linking, go_on = threading.Event(), threading.Event()
-    real = mod.publish
+    real = core.fsutil.publish
 
     def publish(tmp: str, path: Path) -> bool:
         if not linking.is_set():
@@ -159,6 +160,7 @@ CHILD = textwrap.dedent(
     import os, signal, sys
     from pathlib import Path
 
+    import core.fsutil
     import core.store.files.receipts as mod
     from core.store.files.receipts import ReceiptStore
     from tests.unit.test_receipts import AT, receipts_for
