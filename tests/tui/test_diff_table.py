@@ -2,21 +2,39 @@
 
 from __future__ import annotations
 
+from contextlib import asynccontextmanager
+
 from textual.app import App, ComposeResult
 
 from tui.rows import Cell
 from tui.widgets import REBUILD_AFTER, DiffTable
 
 COLUMNS = (("name", "Name", None), ("n", "N", 6))
+NAMES = [f"job{i:03d}" for i in range(100)]
 
 
 def rows(names, n=0):
     return {name: (Cell(name, name), Cell(str(n), n)) for name in names}
 
 
+def rows_with(names, changed: str, n: int):
+    """`rows(names)` with the row `changed` showing `n`."""
+    return {**rows(names), changed: (Cell(changed, changed), Cell(str(n), n))}
+
+
 class One(App):
     def compose(self) -> ComposeResult:
         yield DiffTable(COLUMNS, id="t")
+
+
+@asynccontextmanager
+async def shown(names, size=(60, 20)):
+    """A table showing `rows(names)` in a running app: (table, pilot)."""
+    app = One()
+    async with app.run_test(size=size) as pilot:
+        table = app.query_one(DiffTable)
+        table.show(rows(names))
+        yield table, pilot
 
 
 def cells(table: DiffTable) -> list[tuple[str, str]]:
@@ -38,11 +56,8 @@ async def scrolled_to_the_middle(table: DiffTable, pilot) -> tuple[float, int, s
 
 
 async def test_filter_that_hides_many_rows_keeps_the_selected_row_and_order():
-    names = [f"job{i:03d}" for i in range(100)]
-    app = One()
-    async with app.run_test(size=(60, 20)) as pilot:
-        table = app.query_one(DiffTable)
-        table.show(rows([*names, "other1", "other2"]))
+    names = NAMES
+    async with shown([*names, "other1", "other2"]) as (table, pilot):
         before = await scrolled_to_the_middle(table, pilot)
         table.set_filter("job")  # two rows go, below the view: diffed, the view stays still
         await pilot.pause()
@@ -58,13 +73,10 @@ async def test_filter_that_hides_many_rows_keeps_the_selected_row_and_order():
 
 
 async def test_changed_cells_are_updated_in_place_and_few_removals_diff():
-    names = [f"job{i:03d}" for i in range(100)]
-    app = One()
-    async with app.run_test(size=(60, 20)) as pilot:
-        table = app.query_one(DiffTable)
-        table.show(rows(names))
+    names = NAMES
+    async with shown(names) as (table, pilot):
         before = await scrolled_to_the_middle(table, pilot)
-        table.show({**rows(names), "job055": (Cell("job055", "job055"), Cell("7", 7))})
+        table.show(rows_with(names, "job055", 7))
         await pilot.pause()
         assert ("job055", "7") in cells(table) and ("job056", "0") in cells(table)
         assert viewed(table) == before  # in place: the row the operator reads does not move
@@ -75,20 +87,17 @@ async def test_changed_cells_are_updated_in_place_and_few_removals_diff():
 
 
 async def test_a_row_that_changed_while_filtered_out_comes_back_as_it_is_now():
-    names = [f"job{i:03d}" for i in range(100)]
-    app = One()
-    async with app.run_test(size=(60, 20)) as pilot:
-        table = app.query_one(DiffTable)
-        table.show(rows(names))
+    names = NAMES
+    async with shown(names) as (table, pilot):
         table.set_filter("job00")  # 90 rows filtered out, their rows kept aside
         await pilot.pause()
-        table.show({**rows(names), "job050": (Cell("job050", "job050"), Cell("9", 9))})
+        table.show(rows_with(names, "job050", 9))
         table.set_filter("")
         await pilot.pause()
         assert table.row_count == 100
         assert ("job050", "9") in cells(table) and ("job051", "0") in cells(table)
         table.set_filter("job05")
-        table.show({**rows(names), "job050": (Cell("job050", "job050"), Cell("9", 9))})  # the same cells again
+        table.show(rows_with(names, "job050", 9))  # the same cells again
         table.set_filter("")
         await pilot.pause()
         assert ("job050", "9") in cells(table) and table.shown_keys == names
@@ -96,10 +105,7 @@ async def test_a_row_that_changed_while_filtered_out_comes_back_as_it_is_now():
 
 async def test_rows_filtered_out_when_the_table_turns_compact_are_measured_when_they_come_back():
     long_name = "a-namespace-whose-name-is-much-longer-than-the-others"
-    app = One()
-    async with app.run_test(size=(120, 20)) as pilot:
-        table = app.query_one(DiffTable)
-        table.show(rows([*(f"job{i:03d}" for i in range(20)), long_name]))
+    async with shown([*(f"job{i:03d}" for i in range(20)), long_name], size=(120, 20)) as (table, pilot):
         table.set_filter("job")  # the long name hidden
         await pilot.pause()
         assert table.row_count == 20
