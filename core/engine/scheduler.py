@@ -108,6 +108,8 @@ async def prepare_receipts(ctx: Context) -> None:
     reports the failure."""
     namespaces = sorted({key.namespace for key in ctx.table.records})
     for start in range(0, len(namespaces), PREPARE_CHUNK):
+        if ctx.stopping:  # a stop does not wait for 100,000 folders
+            return
         try:
             await asyncio.to_thread(ctx.receipts.prepare, namespaces[start : start + PREPARE_CHUNK])
         except OSError:

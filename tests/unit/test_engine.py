@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import random
 import shutil
+import threading
 from pathlib import Path
 
 import pytest
@@ -382,6 +383,33 @@ async def test_the_receipt_folders_are_made_at_start_while_the_first_pass_waits_
     assert {Path(e.path).parent for e in h.of(ReceiptWritten)} == set(folders[:2])
     await s.stop()
     await task
+
+
+async def test_a_stop_does_not_wait_for_the_rest_of_the_receipt_folders(tmp_path, monkeypatch):
+    import core.engine.scheduler
+
+    monkeypatch.setattr(core.engine.scheduler, "PREPARE_CHUNK", 1)  # a folder a call: three calls
+    h = Harness(tmp_path, {"a": 1, "b": 2, "c": 3})
+    calls: list[list[str]] = []
+    called, go_on = threading.Event(), threading.Event()
+    real = h.receipts.prepare
+
+    def prepare(namespaces):
+        calls.append(list(namespaces))
+        called.set()
+        go_on.wait(10)
+        return real(namespaces)
+
+    h.receipts.prepare = prepare
+    s = h.scheduler(tick=3600)
+    task = asyncio.create_task(s.run())
+    await until(called.is_set)
+    stopping = asyncio.create_task(s.stop())
+    await asyncio.sleep(0)  # the stop has begun
+    go_on.set()
+    await stopping
+    await task
+    assert calls == [["a"]]
 
 
 async def test_crash_after_attestation_writes_the_receipt_once_at_restart(tmp_path):
