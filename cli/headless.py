@@ -15,12 +15,12 @@ terminal (tui/terminal.py); without a terminal it refuses to start (exit 2).
 from __future__ import annotations
 
 import asyncio
-import gc
 import signal
 import sys
 from pathlib import Path
 
 from core.config import LoadedConfig
+from core.heap import no_collection
 from core.lifecycle import GRACE_SECONDS, running
 from core.observe.http import ListenError
 from core.observe.logs import JsonLineWriter
@@ -63,13 +63,8 @@ def run_headless(
     # table, the engine, the services' series): at 100,000 namespaces the full collections
     # it set off took 1.6 s of Runtime.open's 2.9 s. running() (core/lifecycle.py) freezes
     # all of it and turns the collector on before the engine starts.
-    was_collecting = gc.isenabled()
-    gc.disable()
-    try:
+    with no_collection():
         return _open_and_serve(loaded, loader, startup, writers)
-    finally:
-        if was_collecting:
-            gc.enable()
 
 
 def _open_and_serve(

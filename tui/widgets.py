@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import gc
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping
 
 from rich.cells import cell_len
 from rich.text import Text
@@ -19,6 +17,7 @@ from textual.widgets import DataTable, Log, Static
 from textual.widgets.data_table import ColumnKey, DuplicateKey, Row, RowKey
 
 from core.events import LogRecord
+from core.heap import no_collection
 from tui.rows import LEVEL_RANK, LOG_LEVELS, TableCell, log_line
 
 Columns = tuple[tuple[str, str, int | None], ...]
@@ -28,22 +27,6 @@ REBUILD_AFTER = 8  # rows removed in one sync beyond which the table is rebuilt 
 def _text_width(text: str) -> int:
     """Terminal cells of a cell's text; printable ASCII (names, numbers) is one a character."""
     return len(text) if text.isascii() and text.isprintable() else cell_len(text)
-
-
-@contextmanager
-def _no_collection() -> Iterator[None]:
-    """No cyclic collection while a table of many rows is diffed or sorted. What such a
-    pass makes and drops (a sort's keys, 200,000 tuples at 100,000 rows) would otherwise
-    outlive young collections and count towards the next full one: each of those walks
-    every row and cost about a second at 100,000 rows. Freed objects are not counted, so
-    after it the collector goes on as if the pass had not happened."""
-    was_collecting = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_collecting:
-            gc.enable()
 
 
 class _BuiltRow:
@@ -124,7 +107,10 @@ class DiffTable(DataTable):
         return not needle or any(needle in cell.text.lower() for cell in row)
 
     def _sync(self) -> None:
-        with _no_collection():
+        # What a diff or sort of many rows makes and drops (a sort's keys: 200,000 tuples at
+        # 100,000 rows) would otherwise outlive young collections and set off a full one,
+        # which walks every row: about a second at 100,000 rows.
+        with no_collection():
             self._sync_rows()
 
     def _sync_rows(self) -> None:
@@ -258,7 +244,7 @@ class DiffTable(DataTable):
 
     def _sort(self, selected: str | None = None) -> None:
         """Sort, then put the cursor back on `selected` (default: the kept selection)."""
-        with _no_collection():
+        with no_collection():  # as in _sync
             self._sort_rows(selected)
 
     def _sort_rows(self, selected: str | None) -> None:
