@@ -196,12 +196,13 @@ def _fill(fd: int, tmp: str | os.PathLike[str], data: bytes, mode: int, *, sync:
             os.fsync(fd)
     except BaseException:
         os.close(fd)
-        _unlink_quietly(tmp)
+        unlink_quietly(tmp)
         raise
     os.close(fd)
 
 
-def _unlink_quietly(path: str | os.PathLike[str]) -> None:
+def unlink_quietly(path: str | os.PathLike[str]) -> None:
+    """Remove `path` if it can be (a temp file given up on); an error is not reported."""
     try:
         os.unlink(path)
     except OSError:
@@ -220,7 +221,7 @@ def atomic_write_bytes(
     try:
         os.replace(tmp, path)
     except BaseException:
-        _unlink_quietly(tmp)
+        unlink_quietly(tmp)
         raise
     if sync_folder:
         fsync_dir(path.parent)
@@ -283,7 +284,7 @@ def publish(tmp: str | os.PathLike[str], path: str | os.PathLike[str]) -> bool:
                 return False
             os.replace(tmp, path)
     finally:
-        _unlink_quietly(tmp)
+        unlink_quietly(tmp)
     return True
 
 

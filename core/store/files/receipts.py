@@ -34,6 +34,7 @@ from core.fsutil import (
     remove_stale_temps,
     stage_in,
     sync_barrier,
+    unlink_quietly,
 )
 from core.jobs import safe_name, unsafe_name
 from core.receipts import Receipt, ReceiptError, load_receipt, parse_iso_utc, receipt_matches
@@ -108,14 +109,14 @@ class ReceiptStore:
             listing = None
             for index, _, tmp, _, pending in staged:
                 if pending:
-                    self._drop(tmp)
+                    unlink_quietly(tmp)  # a staged receipt that will not be written
                     results[index] = exc
             staged = [item for item in staged if not item[4]]
         try:
             sync_barrier(files=[tmp for _, _, tmp, _, _ in staged] + ([listing] if listing else []), folders=created)
         except OSError as exc:
             for index, _, tmp, _, _ in staged:
-                self._drop(tmp)
+                unlink_quietly(tmp)
                 results[index] = exc
             if listing:
                 self._index.close_list(listing, [])
@@ -144,7 +145,7 @@ class ReceiptStore:
                     continue
                 path = results[index] = self._create_under_free_name(path, data, pending)
             except Exception as exc:
-                self._drop(tmp)
+                unlink_quietly(tmp)
                 results[index] = exc
                 continue
             linked.append((index, path, False))
@@ -169,14 +170,6 @@ class ReceiptStore:
             if folder is not None:
                 self._cleaned.discard(folder.name)  # removed meanwhile? made again at the retry
             return exc
-
-    @staticmethod
-    def _drop(tmp: str) -> None:
-        """A staged receipt that will not be written: its temp file goes."""
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
 
     def _create_under_free_name(self, taken: Path, data: bytes, pending: bool) -> Path:
         """`taken` exists (a clash): create the receipt under the next free `-<n>` name (a
@@ -204,18 +197,22 @@ class ReceiptStore:
         folder = self.root / name
         if name in self._cleaned:
             return folder
-        try:
-            made = make_folder(str(folder), created)
-        except FileNotFoundError:  # no receipts root yet
-            ensure_dir(folder, parents_to_sync=created)
-            made = True
-        if not made:
+        if not self._make_folder(name, created):
             remove_stale_temps(folder)
             # made by `prepare` on its thread a moment ago, maybe not flushed yet: this
             # chunk's flush covers its name too
             created.append(self.root)
         self._cleaned.add(name)
         return folder
+
+    def _make_folder(self, name: str, created: list[Path]) -> bool:
+        """The namespace folder `name` made (its parent to sync in `created`); False when it
+        was there."""
+        try:
+            return make_folder(str(self.root / name), created)
+        except FileNotFoundError:  # no receipts root yet
+            ensure_dir(self.root / name, parents_to_sync=created)
+            return True
 
     def prepare(self, namespaces: Iterable[str]) -> int:
         """Make the receipt folders of these namespaces that are not there yet, durable with
@@ -226,12 +223,7 @@ class ReceiptStore:
         created: list[Path] = []
         made: list[str] = []
         for name in sorted({safe_name(ns) for ns in namespaces} - self._cleaned):
-            try:
-                new = make_folder(str(self.root / name), created)
-            except FileNotFoundError:  # no receipts root yet
-                ensure_dir(self.root / name, parents_to_sync=created)
-                new = True
-            if new:
+            if self._make_folder(name, created):
                 made.append(name)
         if made:
             sync_barrier(folders=created)
@@ -246,8 +238,6 @@ class ReceiptStore:
         """
         removed = remove_stale_temps(self.root) + remove_stale_temps(self.index)
         return removed
-
-    # ---- the pending index (core/store/files/pending.py)
 
     def load(self, path: str | os.PathLike[str]) -> Receipt:
         """One receipt of this store by its path (the PostgreSQL store: by its name)."""
