@@ -110,15 +110,21 @@ class PendingIndex:
         list holding none goes (a chunk whose flush failed: none)."""
         name = listing.name
         with self._lock:
-            held = self._live.get(name, 0)
-            for path in linked:
-                if path not in self._known:
-                    self._known[path] = name
-                    held += 1
+            held = self._hold(name, linked)
             self._busy.discard(name)
             self._live[name] = held
             if not held:
                 self._drop_list(name)
+
+    def _hold(self, name: str, paths: list[Path]) -> int:
+        """(Under the lock.) The receipts of `paths` not known yet known as list `name`'s;
+        how many of the known ones the list then holds (not stored: the caller decides)."""
+        held = self._live.get(name, 0)
+        for path in paths:
+            if path not in self._known:
+                self._known[path] = name
+                held += 1
+        return held
 
     def _drop_list(self, name: str) -> None:
         """(Under the lock.) Not durable, nor need it be: a list left names no pending receipt."""
@@ -282,11 +288,7 @@ class PendingIndex:
                 if str(self._marker(path)) not in self._busy:
                     _unlink(self._marker(path))
             for name, paths in kept.items():
-                held = self._live.get(name, 0)
-                for path in paths:
-                    if path not in self._known:
-                        self._known[path] = name
-                        held += 1
+                held = self._hold(name, paths)
                 if name in self._busy:
                     self._live[name] = held
                 elif not held:
