@@ -416,6 +416,95 @@ class Receipt:
         )
 
 
+class AnchorReceipts:
+    """The receipts of one anchor (one attestation over one tree of `tree_size` leaves),
+    built from what they share, made once: the attestation's read-only copy, the texts of
+    anchored_root and anchored_at, the scheduler stamp, one Confirmations per count
+    required, and each audit-path hash's text (a tree's upper siblings are in most of its
+    proofs: 14 hashes a receipt of 10,000, ~2 distinct). What `build_receipt` builds, for
+    many jobs at a fraction of the time; not shared between threads."""
+
+    __slots__ = ("_anchored_at", "_anchored_root", "_attestation", "_attestations", "_confirmations",
+                 "_least", "_observed", "_policy", "_scheduler", "_status", "_target", "_texts",
+                 "_tree_size", "_version")
+
+    def __init__(
+        self,
+        *,
+        target: str,
+        anchored_root: str | bytes,
+        tree_size: int,
+        attestation: Mapping[str, Any],
+        status: str,
+        confirmations_observed: int,
+        anchored_at: float,
+        version: str,
+        config_hash: str,
+        policy: str | None = None,
+        receipt_version: int = RECEIPT_VERSION,
+        least: int = 0,
+        attestations: tuple[Attested, ...] = (),
+    ) -> None:
+        if status not in STATUSES:
+            raise ValueError(f"status must be one of {STATUSES}, got {status!r}")
+        self._target = target
+        self._anchored_root = root_text(anchored_root)
+        self._tree_size = tree_size
+        self._attestation = MappingProxyType(dict(attestation))
+        self._status = status
+        self._observed = confirmations_observed
+        self._confirmations: dict[int, Confirmations] = {}
+        self._anchored_at = iso_utc(anchored_at)
+        self._scheduler = SchedulerStamp(version, config_hash)
+        self._policy = policy
+        self._version = receipt_version
+        self._least = least
+        self._attestations = attestations
+        self._texts: dict[bytes | str, str] = {}
+
+    def receipt(
+        self,
+        *,
+        namespace: str,
+        cadence: str,
+        batch_id: str,
+        batch_root: str | bytes,
+        proof: Sequence[bytes | str],
+        leaf_index: int,
+        confirmations_required: int,
+    ) -> Receipt:
+        """The receipt of one job of the anchor: its batch, its audit path and index."""
+        texts = self._texts
+        try:
+            path = tuple([texts.get(p) or texts.setdefault(p, root_text(p)) for p in proof])
+        except TypeError:  # a bytearray (not a key): its text alone
+            path = tuple([root_text(p) for p in proof])
+        confirmations = self._confirmations.get(confirmations_required)
+        if confirmations is None:
+            confirmations = self._confirmations[confirmations_required] = Confirmations(
+                confirmations_required, self._observed
+            )
+        return Receipt(
+            namespace,
+            cadence,
+            self._target,
+            BatchRef(batch_id, root_text(batch_root)),
+            self._anchored_root,
+            path,
+            leaf_index,
+            self._tree_size,
+            self._attestation,
+            self._status,
+            confirmations,
+            self._anchored_at,
+            self._scheduler,
+            self._policy,
+            self._version,
+            self._least,
+            self._attestations,
+        )
+
+
 def build_receipt(
     *,
     namespace: str,
@@ -439,26 +528,15 @@ def build_receipt(
     least: int = 0,
     attestations: tuple[Attested, ...] = (),
 ) -> Receipt:
-    if status not in STATUSES:
-        raise ValueError(f"status must be one of {STATUSES}, got {status!r}")
-    return Receipt(
-        namespace=namespace,
-        cadence=cadence,
-        target=target,
-        batch=BatchRef(batch_id, root_text(batch_root)),
-        anchored_root=root_text(anchored_root),
-        proof=tuple(root_text(p) for p in proof),
-        leaf_index=leaf_index,
-        tree_size=tree_size,
-        attestation=MappingProxyType(dict(attestation)),
-        status=status,
-        confirmations=Confirmations(confirmations_required, confirmations_observed),
-        anchored_at=iso_utc(anchored_at),
-        scheduler=SchedulerStamp(version, config_hash),
-        policy=policy,
-        version=receipt_version,
-        least=least,
-        attestations=attestations,
+    """One receipt (the receipts of one anchor: `AnchorReceipts`)."""
+    return AnchorReceipts(
+        target=target, anchored_root=anchored_root, tree_size=tree_size, attestation=attestation,
+        status=status, confirmations_observed=confirmations_observed, anchored_at=anchored_at,
+        version=version, config_hash=config_hash, policy=policy, receipt_version=receipt_version,
+        least=least, attestations=attestations,
+    ).receipt(
+        namespace=namespace, cadence=cadence, batch_id=batch_id, batch_root=batch_root, proof=proof,
+        leaf_index=leaf_index, confirmations_required=confirmations_required,
     )
 
 
