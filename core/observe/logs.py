@@ -48,12 +48,17 @@ class Log:
         self.log("ERROR", msg, **fields)
 
 
+# json.dumps(body, default=str, ensure_ascii=False), its encoder made once (json.dumps makes
+# one per call with these options: a third of a line's cost)
+_ENCODE = json.JSONEncoder(default=str, ensure_ascii=False).encode
+
+
 def format_record(record: LogRecord) -> str:
     body = {"time": iso_utc(record.at), "level": record.level, "msg": record.msg}
     for key, value in record.fields.items():
         if key not in body:
             body[key] = value
-    return json.dumps(body, default=str, ensure_ascii=False)
+    return _ENCODE(body)
 
 
 class JsonLineWriter:

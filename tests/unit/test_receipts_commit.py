@@ -1,0 +1,94 @@
+"""The receipts of one anchor, built from what they share (core.receipts.AnchorReceipts, as
+the engine's commit builds them), and the job's state a success leaves: the same bytes and
+values as before that sharing."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from typing import Any
+
+import pytest
+
+from core import merkle
+from core.engine.record import succeeded
+from core.fsutil import dumps_json
+from core.jobs import JobState
+from core.receipts import AnchorReceipts, Attested, Confirmations, build_receipt
+
+AT = 1767225600.1239
+NAMES = ["dao:ns0", "dao:é/ü", 'q"uote\\x', "\u2028line", "tab\there"]
+# sha256 and length of the 15 receipt files below, as written before AnchorReceipts (the
+# build_receipt of commit fda00f5, one call a receipt)
+BEFORE = ("e84ca4799c2dcb7ef5ab4335121500b4e08db8ee024dd5c603af29382caf194d", 15237)
+ANCHORS: list[tuple[str, int, str | None, dict[str, Any]]] = [
+    ("confirmed", 0, None, {"token": "AAAA", "n": 7, "x": None, "u": "é\u2028"}),
+    ("pending", 2, "1.2.3.4", {"tx_hash": "0xab", "block_number": 7, "ok": True, "nested": {"a": [1, "b"]}}),
+    ("confirmed", 1, None, {}),  # a redundant anchor's (version 3)
+]
+REDUNDANT = {
+    "receipt_version": 3, "least": 2, "target": "2 of local:a,local:b", "attestations": (
+        Attested("local:a", {"token": "A"}, "confirmed", Confirmations(0, 0)),
+        Attested("local:b", {"token": "B", "n": 1}, "pending", Confirmations(2, 1)),
+    ),
+}
+
+
+def test_the_receipts_of_one_anchor_are_written_byte_for_byte_as_before() -> None:
+    roots = [hashlib.sha256(f"batch-{i}".encode()).digest() for i in range(5)]
+    leaves = [hashlib.sha256(b"leaf" + r).digest() for r in roots]
+    digest = merkle.tree_hash(leaves)
+    proofs = [merkle.audit_path(i, leaves) for i in range(5)]
+    files = []
+    built = []
+    for status, observed, policy, given in ANCHORS:
+        token = dict(given)
+        shared = REDUNDANT if not token else {"target": "local:dev"}
+        make = AnchorReceipts(
+            anchored_root=digest, tree_size=5, attestation=token, status=status,
+            confirmations_observed=observed, anchored_at=AT, version="0.1.0", config_hash="cafe", policy=policy,
+            **shared,  # type: ignore[arg-type]
+        )
+        for i in range(5):
+            # digests and texts (upper case too) mixed, as journals and trees hand them over
+            proof = ["sha256:" + p.hex().upper() if i % 2 else p for p in proofs[i]]
+            job = dict(
+                namespace=NAMES[i], cadence="fast" if i else "slow", batch_id=f"{i:06d}",
+                batch_root=roots[i] if i % 2 else "sha256:" + roots[i].hex(), proof=proof, leaf_index=i,
+                confirmations_required=i % 3,
+            )
+            receipt = make.receipt(**job)  # type: ignore[arg-type]
+            alone = build_receipt(
+                **job, **shared, anchored_root=digest, tree_size=5, attestation=token, status=status,  # type: ignore[arg-type]
+                confirmations_observed=observed, anchored_at=AT, version="0.1.0", config_hash="cafe", policy=policy,
+            )
+            assert receipt == alone
+            built.append(receipt)
+            files.append(dumps_json(receipt.to_json()))
+        token["later"] = "a change to the caller's dict"  # the receipts keep their copy
+    data = b"".join(files)
+    assert (hashlib.sha256(data).hexdigest(), len(data)) == BEFORE
+    assert b"later" not in data
+    # one copy of the token for all the receipts of an anchor, read-only
+    assert built[0].attestation is built[4].attestation
+    with pytest.raises(TypeError):
+        built[0].attestation["token"] = "BBBB"  # type: ignore[index]
+
+
+def test_a_success_sets_what_it_is_about_and_keeps_every_other_field_of_the_state() -> None:
+    # every field given a value of its own, so a field added to JobState later and not
+    # carried over by `succeeded` fails here
+    values: dict[str, Any] = {}
+    for n, f in enumerate(dataclasses.fields(JobState)):
+        values[f.name] = object() if f.name == "row" else f"value {n}"
+    before = JobState(**values)
+    after = succeeded(before, "sha256:" + "ab" * 32, None, 123.0)
+    about = {
+        "last_anchored_at": 123.0, "last_root": "sha256:" + "ab" * 32, "failures": 0, "backoff_level": 0,
+        "next_attempt": None, "last_error_kind": None, "last_error": None, "last_receipt": None,
+        "last_attempt_at": 123.0, "current_at": 123.0,
+    }
+    for f in dataclasses.fields(JobState):
+        expected = about[f.name] if f.name in about else values[f.name]
+        assert getattr(after, f.name) is expected or getattr(after, f.name) == expected, f.name
+    assert after.row is before.row
