@@ -38,12 +38,14 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from json.encoder import encode_basestring
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Protocol
 
 from core import safejson
 from core.anchors.base import CannotVerify, NotFinal, VerificationFailed
+from core.fsutil import dumps_json
 from core.jobs import member_targets, redundant_parts
 from core.merkle import root_from_path
 
@@ -60,6 +62,7 @@ ANCHORED_AT_LATE = 86_400.0
 UNBOUND_V1 = ("namespace", "batch.id", "anchored_at")  # a version 1 receipt's leaf is the root only
 STATUSES = ("pending", "confirmed")
 _ROOT_RE = re.compile(r"sha256:[0-9a-f]{64}")
+_JSON_ESCAPED = bytes(range(32)) + b'"\\'  # the bytes of a UTF-8 text that JSON escapes
 
 
 class ReceiptError(Exception):
@@ -407,6 +410,47 @@ class Receipt:
             doc["policy"] = self.policy
         return doc
 
+    def to_bytes(self) -> bytes:
+        """The receipt file's bytes: `dumps_json(self.to_json())` (core/fsutil.py), byte
+        for byte, written out field by field, with the attestation's (or version 3's
+        attestations') JSON made once for all the receipts that share it (the receipts of
+        one anchor: `AnchorReceipts`): a 3 KB token is encoded once an anchor, not once a
+        receipt."""
+        q = encode_basestring
+        texts = "".join(self.proof).encode()
+        # "sha256:<hex>" texts: nothing JSON escapes (checked: one pass over bytes, not a call each)
+        if len(texts.translate(None, _JSON_ESCAPED)) == len(texts):
+            proof = '"' + '",\n    "'.join(self.proof) + '"'
+        else:
+            proof = ",\n    ".join([q(p) for p in self.proof])
+        parts = [
+            '{\n  "version": ', str(self.version),
+            ',\n  "namespace": ', q(self.namespace),
+            ',\n  "cadence": ', q(self.cadence),
+            ',\n  "target": ', q(self.target),
+            ',\n  "batch": {\n    "id": ', q(self.batch.id), ',\n    "root": ', q(self.batch.root),
+            '\n  },\n  "anchored_root": ', q(self.anchored_root),
+            ',\n  "proof": ', f"[\n    {proof}\n  ]" if self.proof else "[]",
+            ',\n  "leaf_index": ', str(self.leaf_index),
+            ',\n  "tree_size": ', str(self.tree_size),
+        ]
+        if self.version == REDUNDANT_VERSION:
+            parts += (',\n  "min": ', str(self.least), ',\n  "attestations": ', _shared_json(self.attestations))
+        else:
+            parts += (',\n  "attestation": ', _shared_json(self.attestation))
+        parts += (
+            ',\n  "status": ', q(self.status),
+            ',\n  "confirmations": {\n    "required": ', str(self.confirmations.required),
+            ',\n    "observed": ', str(self.confirmations.observed),
+            '\n  },\n  "anchored_at": ', q(self.anchored_at),
+            ',\n  "scheduler": {\n    "version": ', q(self.scheduler.version),
+            ',\n    "config_hash": ', q(self.scheduler.config_hash), "\n  }",
+        )
+        if self.policy is not None:
+            parts += (',\n  "policy": ', q(self.policy))
+        parts.append("\n}\n")
+        return "".join(parts).encode()
+
     def confirmed(self, observed: int) -> Receipt:
         """This receipt moved to `confirmed` with `observed` confirmations."""
         return dataclasses.replace(
@@ -503,6 +547,32 @@ class AnchorReceipts:
             self._least,
             self._attestations,
         )
+
+
+# The attestation (or version 3's attestations) last written out, and its JSON as it stands
+# in a receipt file: the receipts of one anchor share that object (AnchorReceipts), so a
+# chunk of them encodes it once. Keyed by the object itself (held here, so its id is never
+# another's); only a read-only one (this module's copies: MappingProxyType), whose JSON
+# never changes.
+_last_shared: tuple[object, str] = ((), "[]")
+
+
+def _shared_json(value: Mapping[str, Any] | tuple[Attested, ...]) -> str:
+    global _last_shared
+    last, text = _last_shared
+    if last is value:
+        return text
+    if isinstance(value, Mapping):
+        doc: Any = dict(value)
+        frozen = type(value) is MappingProxyType
+    else:
+        doc = [a.to_json() for a in value]
+        frozen = all(type(a.attestation) is MappingProxyType for a in value)
+    # the encoder a whole receipt's is (fsutil.dumps_json: pydantic_core or json), one level in
+    text = dumps_json(doc).decode()[:-1].replace("\n", "\n  ")
+    if frozen:
+        _last_shared = (value, text)
+    return text
 
 
 def build_receipt(

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
+import random
+from types import MappingProxyType
 from typing import Any
 
 import pytest
@@ -14,7 +17,7 @@ from core import merkle
 from core.engine.record import succeeded
 from core.fsutil import dumps_json
 from core.jobs import JobState
-from core.receipts import AnchorReceipts, Attested, Confirmations, build_receipt
+from core.receipts import AnchorReceipts, Attested, Confirmations, Receipt, build_receipt
 
 AT = 1767225600.1239
 NAMES = ["dao:ns0", "dao:é/ü", 'q"uote\\x', "\u2028line", "tab\there"]
@@ -92,3 +95,55 @@ def test_a_success_sets_what_it_is_about_and_keeps_every_other_field_of_the_stat
         expected = about[f.name] if f.name in about else values[f.name]
         assert getattr(after, f.name) is expected or getattr(after, f.name) == expected, f.name
     assert after.row is before.row
+
+
+def _text(rng: random.Random) -> str:
+    """A string of what JSON escapes and what it leaves: quotes, backslashes, control
+    characters, U+2028, DEL, accents, a non-BMP character."""
+    return "".join(rng.choice(['"', "\\", "\n", "\t", "\x00", "\x1f", "\x7f", "\u2028", "é", "𝄞", "a", "/", " "])
+                   for _ in range(rng.randrange(1, 12)))
+
+
+def _free(rng: random.Random, depth: int = 0) -> Any:
+    kind = rng.randrange(8 if depth < 2 else 5)
+    if kind == 5:
+        return {_text(rng): _free(rng, depth + 1) for _ in range(rng.randrange(3))}
+    if kind == 6:
+        return [_free(rng, depth + 1) for _ in range(rng.randrange(3))]
+    return [None, True, rng.randrange(-10**20, 10**20), _text(rng), rng.random() * 10**rng.randrange(-5, 25), 0, 0,
+            {}][kind]
+
+
+def test_a_receipts_bytes_are_its_documents_json_whatever_it_holds() -> None:
+    # what the store wrote (dumps_json of to_json), byte for byte: every field's text, a
+    # token with floats (encoded by json, not pydantic_core), version 3's attestations,
+    # receipts read back from a file, a one-leaf group's empty proof
+    rng = random.Random(24)
+    for n in range(300):
+        version = rng.choice([1, 2, 3])
+        token = {"token": _text(rng), **{_text(rng): _free(rng) for _ in range(rng.randrange(4))}}
+        shared: dict[str, Any] = {"target": _text(rng)}
+        if version == 3:
+            shared = {"target": "2 of local:a,local:b", "receipt_version": 3, "least": 2, "attestations": (
+                Attested("local:a", MappingProxyType(token), "confirmed", Confirmations(0, 0)),
+                Attested("local:b", {"n": _free(rng)}, "pending", Confirmations(2, rng.randrange(9))),
+            )}
+        make = AnchorReceipts(
+            anchored_root=bytes(rng.randrange(256) for _ in range(32)), tree_size=5,
+            attestation={} if version == 3 else token, status=rng.choice(["pending", "confirmed"]),
+            confirmations_observed=rng.randrange(99), anchored_at=rng.random() * 2e9, version=_text(rng),
+            config_hash=_text(rng), policy=rng.choice([None, "1.2.3", _text(rng)]),
+            **({"receipt_version": 1} if version == 1 else {}), **shared,
+        )
+        for _ in range(3):
+            receipt = make.receipt(
+                namespace=_text(rng), cadence=_text(rng), batch_id=rng.choice(["", _text(rng)]),
+                batch_root=bytes(32), proof=[bytes([i]) * 32 for i in range(rng.randrange(4))],
+                leaf_index=rng.randrange(5), confirmations_required=rng.randrange(-1, 9),
+            )
+            expected = dumps_json(receipt.to_json())
+            assert receipt.to_bytes() == expected, n
+            assert Receipt.from_json(json.loads(expected)).to_bytes() == expected, n
+            odd = dataclasses.replace(receipt, proof=("sha256:" + "0" * 64, _text(rng)))  # not a root's text
+            assert odd.to_bytes() == dumps_json(odd.to_json()), n
+
