@@ -16,7 +16,7 @@ import pytest
 from core import merkle
 from core.engine.record import succeeded
 from core.fsutil import dumps_json
-from core.jobs import JobState
+from core.jobs import JobState, safe_name, unsafe_name
 from core.receipts import AnchorReceipts, Attested, Confirmations, Receipt, build_receipt
 
 AT = 1767225600.1239
@@ -147,3 +147,20 @@ def test_a_receipts_bytes_are_its_documents_json_whatever_it_holds() -> None:
             odd = dataclasses.replace(receipt, proof=("sha256:" + "0" * 64, _text(rng)))  # not a root's text
             assert odd.to_bytes() == dumps_json(odd.to_json()), n
 
+
+
+def test_a_namespace_folder_name_is_each_unsafe_byte_escaped_and_reads_back() -> None:
+    # a receipt's folder: receipts/<safe_name(namespace)>/, the name older data dirs have
+    cases = {
+        "dao:vaultmesh": "dao%3Avaultmesh", ".hidden": "%2Ehidden", "a~b c/d%": "a%7Eb%20c%2Fd%25",
+        "é": "%C3%A9", "x.y-z_0": "x.y-z_0", "\x00\x7f": "%00%7F", "a:é.": "a%3A%C3%A9.", "": "",
+    }
+    assert {name: safe_name(name) for name in cases} == cases
+    rng = random.Random(7)
+    alphabet = [chr(n) for n in range(128)] + ["é", "𝄞", "\u2028"]
+    for _ in range(3000):
+        name = "".join(rng.choice(alphabet) for _ in range(rng.randrange(12)))
+        safe = safe_name(name)
+        assert unsafe_name(safe) == name
+        assert set(safe) <= set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-%")
+        assert not safe.startswith(".")
