@@ -415,7 +415,17 @@ class Receipt:
         for byte, written out field by field, with the attestation's (or version 3's
         attestations') JSON made once for all the receipts that share it (the receipts of
         one anchor: `AnchorReceipts`): a 3 KB token is encoded once an anchor, not once a
-        receipt."""
+        receipt. Fields not of their types (a Receipt made by hand) go by dumps_json."""
+        ints = (self.version, self.leaf_index, self.tree_size, self.least, self.confirmations.required,
+                self.confirmations.observed)
+        if any(type(n) is not int for n in ints):
+            return dumps_json(self.to_json())
+        try:
+            return self._written()
+        except TypeError:  # a field that is not a text
+            return dumps_json(self.to_json())
+
+    def _written(self) -> bytes:
         q = encode_basestring
         texts = "".join(self.proof).encode()
         # "sha256:<hex>" texts: nothing JSON escapes (checked: one pass over bytes, not a call each)

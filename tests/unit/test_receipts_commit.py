@@ -17,7 +17,7 @@ from core import merkle
 from core.engine.record import succeeded
 from core.fsutil import dumps_json
 from core.jobs import JobState, safe_name, unsafe_name
-from core.receipts import AnchorReceipts, Attested, Confirmations, Receipt, build_receipt
+from core.receipts import AnchorReceipts, Attested, BatchRef, Confirmations, Receipt, build_receipt
 
 AT = 1767225600.1239
 NAMES = ["dao:ns0", "dao:é/ü", 'q"uote\\x', "\u2028line", "tab\there"]
@@ -146,6 +146,10 @@ def test_a_receipts_bytes_are_its_documents_json_whatever_it_holds() -> None:
             assert Receipt.from_json(json.loads(expected)).to_bytes() == expected, n
             odd = dataclasses.replace(receipt, proof=("sha256:" + "0" * 64, _text(rng)))  # not a root's text
             assert odd.to_bytes() == dumps_json(odd.to_json()), n
+    # made by hand with fields not of their types: still what dumps_json writes of it
+    for changes in ({"leaf_index": True}, {"batch": BatchRef(7, "sha256:" + "0" * 64)}, {"namespace": None}):  # type: ignore[arg-type]
+        odd = dataclasses.replace(receipt, **changes)
+        assert odd.to_bytes() == dumps_json(odd.to_json())
 
 
 
