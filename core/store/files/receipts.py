@@ -25,9 +25,7 @@ from pathlib import Path
 from core.fsutil import (
     atomic_create_bytes,
     atomic_write_bytes,
-    dumps_json,
     ensure_dir,
-    is_plain_json,
     is_temp_name,
     make_folder,
     publish,
@@ -162,9 +160,7 @@ class ReceiptStore:
             name = safe_name(receipt.namespace)
             folder = self._ready(name, created)
             file = self.file_name(receipt)
-            doc = receipt.to_json()
-            # its free-form parts (one attestation, or version 3's list of them); the rest is typed
-            data = dumps_json(doc, plain=is_plain_json(doc.get("attestation")) and is_plain_json(doc.get("attestations")))
+            data = receipt.to_bytes()
             path = Path(f"{folder}/{file}")
             staged.append((index, path, stage_in(folder, file, data, token), data, receipt.status == "pending"))
             return path
@@ -253,7 +249,7 @@ class ReceiptStore:
         receipt = load_receipt(path)
         if receipt.status != "confirmed":
             receipt = receipt.confirmed(observed)
-            atomic_write_bytes(path, dumps_json(receipt.to_json()))
+            atomic_write_bytes(path, receipt.to_bytes())
         self._index.forget(path)
         return receipt
 
