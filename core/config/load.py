@@ -53,12 +53,7 @@ from core.config.positions import (
     sorted_unique,
 )
 from core.config.reader import YamlReader, read_config_text
-from core.config.sharing import (
-    defaults_shared,
-    gather_namespaces,
-    share_equal_settings,
-    validation_pool,
-)
+from core.config.sharing import defaults_shared, share_equal_settings, validation_pool
 from core.config.vaultmesh import merge_namespaces, merge_targets
 from core.jobs import namespace_name_problem
 from core.model_types import UNSET_ALLOWED
@@ -138,9 +133,7 @@ def load_config(
     ``section.field``. None values are ignored.
     """
     with _no_gc_pauses():
-        loaded = _load_config(path, env, overrides, cwd, allow_unset=allow_unset, thorough=thorough)
-    gather_namespaces(loaded.config.namespaces)  # once what the load read and parsed is freed
-    return loaded
+        return _load_config(path, env, overrides, cwd, allow_unset=allow_unset, thorough=thorough)
 
 
 @contextlib.contextmanager

@@ -13,9 +13,6 @@ grows with the distinct settings, not with the namespaces (issue 24: USS at scal
   (`shared_default`, within `defaults_shared`).
 - After the load (`share_equal_settings`): what validation never saw, the namespaces
   themselves (paths resolved first) and any default part not built by `shared_default`.
-- Once the load's own data is freed (`gather_namespaces`): the namespaces and their names
-  made again, in the memory that data left, so that the memory the load took from the
-  system can be given back (Python's allocator frees a 1 MiB arena once all it holds is).
 
 Safe because nothing changes a configuration's models after the load (`load_config`
 resolves their paths, then shares; a reload builds a new Config). Two models are shared
@@ -219,28 +216,3 @@ def _value_key(value: Any) -> Hashable:
     if kind is PosixPath:  # by its text: kept once made (the hash writes it too), unlike its hash
         return (kind, str(value))
     return (kind, value)
-
-
-
-def gather_namespaces(namespaces: dict[str, Any]) -> None:
-    """Each namespace model (one per shared model) and each name made again, once what the
-    load read and parsed is freed.
-
-    A load of 10,000 namespaces makes about 25 MiB of data that lives while it runs (the
-    text's mappings and positions, validation's inputs) and 7 MiB that stays (the models,
-    paths and names), made in turn: what stays was spread over the 27 MiB of memory the
-    load took from the system, and kept most of it. Python's allocator fills its fullest
-    blocks first, so the copies made now fill the holes of those, and the blocks that held
-    the originals and the load's data are given back (7 arenas of 1 MiB at 10,000
-    namespaces, in 25 ms). Equal values, same classes, the same shared parts, paths and
-    set of fields set: only the models' and names' place in memory changes."""
-    copies: dict[int, BaseModel] = {}
-    gathered: dict[str, Any] = {}
-    for name, ns in namespaces.items():
-        copy = copies.get(id(ns))
-        if copy is None:
-            copy = copies[id(ns)] = ns.__copy__()  # its own dict, the same values
-            object.__setattr__(copy, "__pydantic_fields_set__", ns.__pydantic_fields_set__)
-        gathered[(name + " ")[:-1]] = copy  # a new str, not `name` itself
-    namespaces.clear()
-    namespaces.update(gathered)
