@@ -77,11 +77,16 @@ class JobSpec:
 
 
 _SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-")
+# Every other ASCII character as its escape, for str.translate (one C pass for the usual name).
+_ASCII_ESCAPES = {code: f"%{code:02X}" for code in range(128) if chr(code) not in _SAFE}
 
 
 def safe_name(name: str) -> str:
     """A file-name-safe, reversible form of a namespace: "dao:vaultmesh" -> "dao%3Avaultmesh"."""
-    out = "".join(c if c in _SAFE else "".join(f"%{b:02X}" for b in c.encode()) for c in name)
+    if name.isascii():
+        out = name.translate(_ASCII_ESCAPES)
+    else:  # each byte of a non-ASCII character's UTF-8 escaped
+        out = "".join(c if c in _SAFE else "".join(f"%{b:02X}" for b in c.encode()) for c in name)
     return "%2E" + out[1:] if out.startswith(".") else out
 
 
