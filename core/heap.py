@@ -11,9 +11,10 @@ library is not glibc it does nothing.
 `one_malloc_arena()`: glibc's malloc keeps one arena for every thread, as
 MALLOC_ARENA_MAX=1 does. By default each thread that allocates while another holds the
 arena gets its own (up to 8 a core): the read, write and executor threads of a pass each
-kept theirs, with what was freed in it (idle USS at 10,000 namespaces 85.6-89.2 MiB with
-them, 76.8-77.8 with one: bench/scale_bench.py). Python allocates its small objects under
-the GIL from its own pools, so the threads rarely meet in malloc.
+kept theirs, with what was freed in it (idle at 10,000 namespaces, the USS less the
+mapped files' pages: 84.8-89.9 MiB with them, 76.4-77.8 with one, CPU per anchor the same:
+bench/scale_bench.py). Python allocates its small objects under the GIL from its own
+pools, so the threads rarely meet in malloc.
 
 `no_collection()`: a block without cyclic collections (the headless start, the
 dashboard's diffs and sorts of many rows).
