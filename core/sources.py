@@ -595,18 +595,19 @@ def _handed_off(key: str) -> _Handoff | None:
 
 
 def _latest_or_fallback(folder: Path) -> Batch:
-    fallbacks = limits_for(folder).fallbacks
+    key = str(folder)  # folder_key of a Path (a pass's due jobs: the key made once)
+    fallbacks = _limits.get(key, _default_limits).fallbacks
     if not fallbacks:
-        return _latest(str(folder))
+        return _latest(key)
     with _lock:  # resolved by the last prefetch: no I/O while its hand-off lasts
-        resolved = _resolved.get(str(folder))
+        resolved = _resolved.get(key)
         if resolved is not None and resolved not in _handoffs:
             resolved = None
-    chosen = Path(resolved) if resolved is not None else source_folder(folder)
+    chosen = Path(resolved) if resolved is not None else source_folder(folder, fallbacks)
     if chosen is None:  # the last fallback is the main one (the shared folder)
         raise SourceError(f"batch folder {folder} does not exist, nor {fallbacks[-1]}")
     if chosen == folder:
-        return _latest(str(folder))
+        return _latest(key)
     try:
         return _latest(str(chosen))
     except SourceError as exc:
