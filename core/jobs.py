@@ -52,7 +52,7 @@ def member_targets(target: str) -> tuple[str, ...]:
 
 def targets_named(specs: Iterable[JobSpec]) -> list[str]:
     """Every target these jobs anchor to (a redundant job's members each), sorted, once each."""
-    return sorted({t for spec in specs for t in member_targets(spec.target)})
+    return sorted({t for target in {spec.target for spec in specs} for t in member_targets(target)})
 
 
 @dataclass(frozen=True, slots=True)
