@@ -85,7 +85,7 @@ _ASCII_ESCAPES = str.maketrans({chr(c): f"%{c:02X}" for c in range(128) if chr(c
 
 def safe_name(name: str) -> str:
     """A file-name-safe, reversible form of a namespace: "dao:vaultmesh" -> "dao%3Avaultmesh"."""
-    if name.isascii():  # the common case (a pass names every namespace's folder: 0.3 us, not 1.8)
+    if name.isascii():  # the common case (a pass names every namespace's folder: 0.7 us, not 1.7)
         out = name.translate(_ASCII_ESCAPES)
     else:
         out = "".join(c if c in _SAFE else "".join(f"%{b:02X}" for b in c.encode()) for c in name)

@@ -631,7 +631,7 @@ class Scheduler:
         return [(r.spec, r.state, r.disabled) for r in self._jobs.records.values()]
 
     def views(self, now: float | None = None) -> list[JobView]:
-        """Every job's view: the dashboard's refresh, a snapshot, the metrics seed."""
+        """Every job's view: the dashboard's refresh, a snapshot."""
         now = self.clock.now() if now is None else now
         return job_views(
             self._jobs.records, in_flight=self._flight, stuck=lambda key: self.is_stuck(key, now),
