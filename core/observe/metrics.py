@@ -459,14 +459,14 @@ class Metrics:
         per target are counted from disk (this reads every receipt once).
         """
         self._engine = engine
-        with self._lock:
-            for view in engine.views():
-                job = self._track(view.spec.key, view.spec.target)
-                job.period = view.spec.every
-                job.last_anchor = view.state.last_anchored_at
-                job.current = view.state.current_at or view.state.last_anchored_at
-                job.backoff = view.state.backoff_level
-                job.disabled = getattr(view, "disabled", None)
+        with self._lock:  # the records as they are: a view's status is not needed here
+            for spec, state, disabled in engine.records():
+                job = self._track(spec.key, spec.target)
+                job.period = spec.every
+                job.last_anchor = state.last_anchored_at
+                job.current = state.current_at or state.last_anchored_at
+                job.backoff = state.backoff_level
+                job.disabled = disabled
         if receipts is not None:
             counts: dict[str, int] = {}
             for _path, receipt in receipts.pending():
