@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+from typing import Any
 
 from core.clock import FakeClock
 from core.events import EventBus
@@ -73,6 +74,6 @@ def test_a_line_is_what_json_writes_for_its_record_whatever_its_fields_hold():
     for _ in range(2000):
         fields = {rng.choice(["time", "msg", "job", "level", text()]): rng.choice(values)() for _ in range(rng.randrange(7))}
         record = LogRecord(at=rng.random() * 2e9, level=rng.choice(["INFO", "ERROR"]), msg=text(), fields=fields)
-        body = {"time": iso_utc(record.at), "level": record.level, "msg": record.msg}
+        body: dict[str, Any] = {"time": iso_utc(record.at), "level": record.level, "msg": record.msg}
         body.update((k, v) for k, v in fields.items() if k not in body)
         assert format_record(record) == json.dumps(body, default=str, ensure_ascii=False)

@@ -50,7 +50,7 @@ def test_the_receipts_of_one_anchor_are_written_byte_for_byte_as_before() -> Non
         make = AnchorReceipts(
             anchored_root=digest, tree_size=5, attestation=token, status=status,
             confirmations_observed=observed, anchored_at=AT, version="0.1.0", config_hash="cafe", policy=policy,
-            **shared,  # type: ignore[arg-type]
+            **shared,
         )
         for i in range(5):
             # digests and texts (upper case too) mixed, as journals and trees hand them over
@@ -122,7 +122,7 @@ def test_a_receipts_bytes_are_its_documents_json_whatever_it_holds() -> None:
     for n in range(300):
         version = rng.choice([1, 2, 3])
         token = {"token": _text(rng), **{_text(rng): _free(rng) for _ in range(rng.randrange(4))}}
-        shared: dict[str, Any] = {"target": _text(rng)}
+        shared: dict[str, Any] = {"target": _text(rng), **({"receipt_version": 1} if version == 1 else {})}
         if version == 3:
             shared = {"target": "2 of local:a,local:b", "receipt_version": 3, "least": 2, "attestations": (
                 Attested("local:a", MappingProxyType(token), "confirmed", Confirmations(0, 0)),
@@ -133,7 +133,7 @@ def test_a_receipts_bytes_are_its_documents_json_whatever_it_holds() -> None:
             attestation={} if version == 3 else token, status=rng.choice(["pending", "confirmed"]),
             confirmations_observed=rng.randrange(99), anchored_at=rng.random() * 2e9, version=_text(rng),
             config_hash=_text(rng), policy=rng.choice([None, "1.2.3", _text(rng)]),
-            **({"receipt_version": 1} if version == 1 else {}), **shared,
+            **shared,
         )
         for _ in range(3):
             receipt = make.receipt(
