@@ -585,39 +585,15 @@ def _shared_json(value: Mapping[str, Any] | tuple[Attested, ...]) -> str:
     return text
 
 
-def build_receipt(
-    *,
-    namespace: str,
-    cadence: str,
-    target: str,
-    batch_id: str,
-    batch_root: str | bytes,
-    anchored_root: str | bytes,
-    proof: Sequence[bytes | str],
-    leaf_index: int,
-    tree_size: int,
-    attestation: dict[str, Any],
-    status: str,
-    confirmations_required: int,
-    confirmations_observed: int,
-    anchored_at: float,
-    version: str,
-    config_hash: str,
-    policy: str | None = None,
-    receipt_version: int = RECEIPT_VERSION,
-    least: int = 0,
-    attestations: tuple[Attested, ...] = (),
-) -> Receipt:
-    """One receipt (the receipts of one anchor: `AnchorReceipts`)."""
-    return AnchorReceipts(
-        target=target, anchored_root=anchored_root, tree_size=tree_size, attestation=attestation,
-        status=status, confirmations_observed=confirmations_observed, anchored_at=anchored_at,
-        version=version, config_hash=config_hash, policy=policy, receipt_version=receipt_version,
-        least=least, attestations=attestations,
-    ).receipt(
-        namespace=namespace, cadence=cadence, batch_id=batch_id, batch_root=batch_root, proof=proof,
-        leaf_index=leaf_index, confirmations_required=confirmations_required,
-    )
+_JOB_PARTS = ("namespace", "cadence", "batch_id", "batch_root", "proof", "leaf_index", "confirmations_required")
+
+
+def build_receipt(**parts: Any) -> Receipt:
+    """One receipt, from the keyword arguments of `AnchorReceipts` (what the receipts of one
+    anchor share) and of its `receipt` (the job's own: `_JOB_PARTS`). A missing or unknown
+    one is a TypeError naming it."""
+    job = {name: parts.pop(name) for name in _JOB_PARTS if name in parts}
+    return AnchorReceipts(**parts).receipt(**job)
 
 
 # --------------------------------------------------------------------------- verification

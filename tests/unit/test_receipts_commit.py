@@ -62,7 +62,7 @@ def test_the_receipts_of_one_anchor_are_written_byte_for_byte_as_before() -> Non
             )
             receipt = make.receipt(**job)  # type: ignore[arg-type]
             alone = build_receipt(
-                **job, **shared, anchored_root=digest, tree_size=5, attestation=token, status=status,  # type: ignore[arg-type]
+                **job, **shared, anchored_root=digest, tree_size=5, attestation=token, status=status,
                 confirmations_observed=observed, anchored_at=AT, version="0.1.0", config_hash="cafe", policy=policy,
             )
             assert receipt == alone
