@@ -48,6 +48,9 @@ ENV_TABLE: tuple[EnvVar, ...] = (
     EnvVar("VMSH_MAX_BACKOFF", "scheduler.max_backoff_level", "integer", "cap on the backoff level"),
     EnvVar("METRICS_PORT", "http.listen", "port", "the port of http.listen (its host is kept)"),
     EnvVar("LOG_LEVEL", "log.level", "level", "DEBUG, INFO, WARNING or ERROR"),
+    EnvVar("MALLOC_ARENA_MAX", None, "read by glibc",
+           "glibc's own: when set, the malloc arenas it allows; unset, the scheduler keeps one for "
+           "all its threads (less memory held after a pass: core/heap.py)"),
     EnvVar("VMSH_THEME", None, "theme name",
            "the dashboard's theme, between --theme and tui.theme (read by the dashboard)"),
 )

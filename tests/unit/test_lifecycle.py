@@ -24,6 +24,7 @@ from core.config import load_config
 from core.lifecycle import running
 from core.observe.http import ListenError
 from core.runtime import Runtime
+from core.sources import write_batch
 from core.store.files.journal import IntentJournal
 
 
@@ -106,6 +107,9 @@ def test_a_journal_unreadable_at_recovery_is_a_refusal_to_start_exit_2_naming_it
 
 
 async def test_the_engine_stops_while_health_is_still_served_and_everything_closes_after(tmp_path):
+    # a batch to anchor (on the embedded TSA): the job stays ok whether its first anchor has
+    # run when the run stops or not (a folder missing or empty backs it off: /health 503)
+    write_batch(tmp_path / "batches" / "alpha", "000001", "sha256:" + "1" * 64)
     loaded = load_config(write_config(tmp_path), env={})
     runtime = Runtime(loaded, clock=FakeClock())
     port = int(loaded.config.http.listen.rsplit(":", 1)[1])
