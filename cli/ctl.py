@@ -181,9 +181,9 @@ class Client:
         except (ControlUnreachable, ControlFailed, ControlRefused) as exc:
             raise self._error(exc) from None
 
-    def events(self, after: int | None = None, types: tuple[str, ...] = ()) -> Iterator[Any]:
+    def event_batches(self, after: int | None = None, types: tuple[str, ...] = ()) -> Iterator[list[Any]]:
         try:
-            yield from self._client.events(after, types)
+            yield from self._client.event_batches(after, types)
         except ControlUnreachable as exc:
             raise self._error(exc) from None
 
@@ -297,14 +297,27 @@ def _tail(client: Client) -> int:
         record = wire.decode_event({"type": "LogRecord", "event": fields})
         assert isinstance(record, LogRecord)
         print(printable(format_record(record), lines=True), flush=True)
-    for line in client.events(after=doc["seq"], types=("LogRecord",)):  # not the other 2/3 of a pass's events
-        if line.get("type") == "resync":
-            print("(fell behind: some log records were skipped)", file=sys.stderr, flush=True)
-        elif line.get("type") == "dropped":
-            raise CtlError(f"dropped by the scheduler: {line.get('reason')}", EXIT_FAILED)
-        elif line.get("type") == "LogRecord":
-            record = wire.decode_event(line)
-            if isinstance(record, LogRecord):
-                print(printable(format_record(record), lines=True), flush=True)
+    for batch in client.event_batches(after=doc["seq"], types=("LogRecord",)):  # not the other 2/3 of a pass's events
+        shown: list[str] = []
+        for line in batch:
+            if line.get("type") == "resync":
+                _show(shown)
+                print("(fell behind: some log records were skipped)", file=sys.stderr, flush=True)
+            elif line.get("type") == "dropped":
+                _show(shown)
+                raise CtlError(f"dropped by the scheduler: {line.get('reason')}", EXIT_FAILED)
+            elif line.get("type") == "LogRecord":
+                record = wire.decode_event(line)
+                if isinstance(record, LogRecord):
+                    shown.append(printable(format_record(record), lines=True))
+        _show(shown)
     print("vmsh-scheduler ctl: the scheduler closed the stream (stopped or restarted)", file=sys.stderr)
     return EXIT_FAILED
+
+
+def _show(lines: list[str]) -> None:
+    """Print `lines` with one write (a batch of the stream), and forget them."""
+    if lines:
+        sys.stdout.write("\n".join(lines) + "\n")
+        sys.stdout.flush()
+        lines.clear()
