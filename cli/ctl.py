@@ -292,7 +292,8 @@ def _tail(client: Client) -> int:
     from core.events import LogRecord
     from core.observe.logs import format_record
 
-    doc = client.call("GET", "snapshot", params={"views": "0"})  # no job table: the logs and seq
+    # The logs and seq only: no job table, no receipts (read from disk for the answer).
+    doc = client.call("GET", "snapshot", params={"views": "0", "receipts": "0"})
     for fields in doc["logs"][-10:]:
         record = wire.decode_event({"type": "LogRecord", "event": fields})
         assert isinstance(record, LogRecord)

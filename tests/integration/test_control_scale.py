@@ -208,7 +208,7 @@ def tail_through_a_relay(tmp_path: Path, names: list[str]) -> Iterator[tuple[Pat
         stop(proc)
 
 
-def test_ctl_tail_does_not_download_the_job_table(tmp_path: Path) -> None:
+def test_ctl_tail_does_not_download_the_job_table_nor_receipts(tmp_path: Path) -> None:
     names = [f"ns{i:03d}" for i in range(300)]
     with httpx.Client(transport=httpx.HTTPTransport(uds=str(sock_path(tmp_path))), base_url="http://vmsh") as c:
         with tail_through_a_relay(tmp_path, names) as (_, relay, printed):
@@ -217,6 +217,7 @@ def test_ctl_tail_does_not_download_the_job_table(tmp_path: Path) -> None:
     (snapshot,) = relay.requests("/v1/snapshot")
     body = json.loads(snapshot.head.split(b"\r\n\r\n", 1)[1])
     assert "snapshot" not in body and body["seq"] > 0 and body["logs"]  # the logs and seq, not 300 jobs
+    assert body["receipts"] == []  # nor the newest receipts (read from disk for it; it prints none)
     assert snapshot.answered < whole / 2, (snapshot.answered, whole)
 
 
