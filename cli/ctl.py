@@ -288,7 +288,7 @@ def _verify(client: Client, path: Path, *, as_json: bool) -> int:
 
 
 def _tail(client: Client) -> int:
-    from core import wire
+    from core import wire_events as wire  # the events' codec alone: core.wire imports the stores
     from core.events import LogRecord
     from core.observe.logs import format_record
 
