@@ -288,3 +288,30 @@ def test_an_attaching_dashboard_gets_a_first_page_with_every_jobs_counts_then_ev
     finally:
         stop(proc)
     assert (shown_first, counted_first, shown_then) == (FIRST_PAGE, len(names), len(names))
+
+
+def test_ctl_tail_starts_without_the_stores_and_the_snapshot_codec(tmp_path: Path) -> None:
+    # Three `ctl tail` attached at a 10,000-job pass's start each imported the stores, the
+    # receipts and the snapshot's types (core.wire) to decode log records: 0.2 s of CPU
+    # each on the engine's cores, now 0.13 s. It still prints what the scheduler logs.
+    import sys
+
+    names = ["alpha", "beta"]
+    config, proc = headless(tmp_path, names, every="1h")
+    watch = ("import runpy, sys\nsys.argv = ['vmsh-scheduler', 'ctl', '--socket', sys.argv[1], 'tail']\n"
+             "try:\n    runpy.run_module('cli', run_name='__main__')\nfinally:\n"
+             "    print('imported:', ' '.join(m for m in sys.modules if m.startswith(('core.', 'pydantic'))),"
+             " file=sys.stderr)\n")
+    try:
+        wait_for(lambda: serving(tmp_path) and len(receipts(tmp_path)) >= len(names), timeout=90)
+        tail = subprocess.Popen([sys.executable, "-c", watch, str(sock_path(tmp_path))], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        assert tail.stdout is not None
+        printed = [tail.stdout.readline() for _ in range(3)]
+    finally:
+        stop(proc)
+    _, err = tail.communicate(timeout=20)
+    assert all(line.startswith('{"time": ') for line in printed), printed
+    imported = err.split("imported:", 1)[1].split()
+    assert "core.wire_events" in imported
+    assert not [m for m in imported if m == "core.wire" or m.startswith(("core.store", "core.receipts", "pydantic"))]
