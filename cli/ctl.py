@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     import argparse
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+LOG_LINE = b'{"time": '  # how a log line (core/observe/logs.py format_record) starts; an event line starts {"seq":
 START_HINT = "start one with `vmsh-scheduler --no-ui --config FILE` (or `systemctl start vmsh-scheduler`)"
 
 
@@ -181,9 +182,9 @@ class Client:
         except (ControlUnreachable, ControlFailed, ControlRefused) as exc:
             raise self._error(exc) from None
 
-    def event_batches(self, after: int | None = None, types: tuple[str, ...] = ()) -> Iterator[list[Any]]:
+    def line_batches(self, after: int | None = None, types: tuple[str, ...] = ()) -> Iterator[list[bytes]]:
         try:
-            yield from self._client.event_batches(after, types)
+            yield from self._client.line_batches(after, types, log_lines=True)
         except ControlUnreachable as exc:
             raise self._error(exc) from None
 
@@ -298,9 +299,15 @@ def _tail(client: Client) -> int:
         record = wire.decode_event({"type": "LogRecord", "event": fields})
         assert isinstance(record, LogRecord)
         print(printable(format_record(record), lines=True), flush=True)
-    for batch in client.event_batches(after=doc["seq"], types=("LogRecord",)):  # not the other 2/3 of a pass's events
+    # LogRecords come as the scheduler's log prints them (`{"time": ...}`, nothing to decode
+    # and format here); other lines, and every line from an older scheduler, as events.
+    for batch in client.line_batches(after=doc["seq"], types=("LogRecord",)):  # not the other 2/3 of a pass's events
         shown: list[str] = []
-        for line in batch:
+        for raw in batch:
+            if raw.startswith(LOG_LINE):
+                shown.append(printable(raw.decode("utf-8", "replace"), lines=True))
+                continue
+            line = json.loads(raw)
             if line.get("type") == "resync":
                 _show(shown)
                 print("(fell behind: some log records were skipped)", file=sys.stderr, flush=True)

@@ -176,9 +176,19 @@ class ControlClient:
             yield from batch
 
     def event_batches(self, after: int | None = None, types: tuple[str, ...] = ()) -> Iterator[list[Any]]:
-        """As `events`, the lines that came in one read together (`ctl tail` prints each
-        batch with one write: a 10,000-job pass is 10,000 lines, on the scheduler's cores)."""
+        """As `events`, the lines that came in one read together."""
+        for lines in self.line_batches(after, types):
+            yield [json.loads(line) for line in lines]
+
+    def line_batches(self, after: int | None = None, types: tuple[str, ...] = (), *,
+                     log_lines: bool = False) -> Iterator[list[bytes]]:
+        """The event stream's lines as they came, those of one read together (`ctl tail`
+        prints each batch with one write: a 10,000-job pass is 10,000 lines, on the
+        scheduler's cores). `log_lines` (`?format=log`): LogRecords come as the scheduler's
+        log prints them, `{"time": ...}`; the other lines, and every line from a scheduler
+        before the option, are events as JSON, `{"seq": ...}`."""
         params = ([f"after={after}"] if after is not None else []) + ([f"types={','.join(types)}"] if types else [])
+        params += ["format=log"] if log_lines else []
         query = "?" + "&".join(params) if params else ""
         try:
             response = self._open("GET", f"{API}/events{query}", None, None)  # no read deadline
@@ -188,11 +198,11 @@ class ControlClient:
         try:
             while chunk := response.read1(READ_SIZE):
                 *lines, rest = (rest + chunk).split(b"\n")
-                batch = [json.loads(line) for line in lines if line.strip()]
+                batch = [line for line in lines if line.strip()]
                 if batch:
                     yield batch
             if rest.strip():
-                yield [json.loads(rest)]
+                yield [rest]
         except (OSError, http.client.HTTPException):
             return
         finally:
