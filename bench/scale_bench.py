@@ -18,6 +18,9 @@
    temp folder (BENCH_DATA_DIR to choose the disk); PostgreSQL on the server of
    tests/cluster/postgres.py (fsync and synchronous_commit on; a new server for each of
    PG_ROUNDS runs: the best and the median), skipped without its binaries.
+3. CPU per receipt of one aggregated anchor of 10,000, in process, no disk: building them
+   (core.receipts.AnchorReceipts, as the engine's commit does) and making each file's bytes
+   (Receipt.to_bytes).
 
 The machine's references (the TSA alone, the disk's raw fsync rate) are printed by the
 costs suite (bench/costs_bench.py).
@@ -41,7 +44,7 @@ from bench.host_attacks_bench import rss_uss
 from core.engine.commit import aggregate
 from core.fsutil import sync_barrier
 from core.jobs import JobKey, JobState, Row, safe_name
-from core.receipts import Receipt, build_receipt, parse_iso_utc
+from core.receipts import AnchorReceipts, Receipt, parse_iso_utc
 from core.store.files.claims import FileClaims
 from core.store.files.receipts import ReceiptStore
 from core.store.protocols import Committed
@@ -145,6 +148,7 @@ def first_pass(n: int) -> dict[str, float]:
                 cpu_done = cpu_split(proc.pid)
                 time.sleep(IDLE_SETTLE)  # the pass is over: what an idle scheduler of n jobs keeps
                 uss = rss_uss(proc.pid)[1]
+                uss_files = private_file_pages(proc.pid)
             finally:
                 code = stop(proc)
         if code != 0:
@@ -160,27 +164,53 @@ def first_pass(n: int) -> dict[str, float]:
         "cpu_per_anchor": (sum(cpu_done) - sum(cpu_started)) / n,
         "system_share": (cpu_done[1] - cpu_started[1]) / max(1e-9, sum(cpu_done) - sum(cpu_started)),
         "uss": uss,
+        "uss_files": uss_files,
     }
 
 
 # --------------------------------------------------------------------------- store rates
 
 
-def receipts(n: int, status: str) -> list[Receipt]:
-    """The receipts of one aggregated anchor of n jobs, as the engine builds them."""
-    roots = [(i + 1).to_bytes(32, "big") for i in range(n)]
-    digest, proofs = aggregate(roots)
+def receipts(n: int, status: str, tree: tuple[list[bytes], bytes, list[list[bytes]]] | None = None) -> list[Receipt]:
+    """The receipts of one aggregated anchor of n jobs, as the engine builds them (one
+    AnchorReceipts: the parts they share made once); `tree`: its leaves, root and audit paths
+    (`tree_of`), when made already."""
+    roots, digest, proofs = tree or tree_of(n)
     token = {"scheme": "rfc3161", "token": base64.b64encode(os.urandom(2400)).decode()}
-    now = time.time()
+    make = AnchorReceipts(
+        target="local:bench", anchored_root=digest, tree_size=n, attestation=token, status=status,
+        confirmations_observed=0, anchored_at=time.time(), version="bench", config_hash="bench",
+    )
     return [
-        build_receipt(
-            namespace=f"bench:{i}", cadence="fast", target="local:bench", batch_id="000001",
-            batch_root=roots[i], anchored_root=digest, proof=proofs[i], leaf_index=i, tree_size=n,
-            attestation=token, status=status, confirmations_required=3 if status == "pending" else 0,
-            confirmations_observed=0, anchored_at=now, version="bench", config_hash="bench",
+        make.receipt(
+            namespace=f"bench:{i}", cadence="fast", batch_id="000001", batch_root=roots[i], proof=proofs[i],
+            leaf_index=i, confirmations_required=3 if status == "pending" else 0,
         )
         for i in range(n)
     ]
+
+
+def tree_of(n: int) -> tuple[list[bytes], bytes, list[list[bytes]]]:
+    roots = [(i + 1).to_bytes(32, "big") for i in range(n)]
+    digest, proofs = aggregate(roots)
+    return roots, digest, proofs
+
+
+def receipt_cpu(n: int = RECEIPTS, rounds: int = 3) -> tuple[float, float]:
+    """CPU seconds per receipt (the best of `rounds`) to build the receipts of one aggregated
+    anchor of n jobs (`receipts`, its tree made before) and to make each one's file bytes
+    (Receipt.to_bytes)."""
+    tree = tree_of(n)
+    best = (float("inf"), float("inf"))
+    for _ in range(rounds):
+        t0 = time.thread_time()
+        batch = receipts(n, "confirmed", tree)
+        t1 = time.thread_time()
+        for receipt in batch:
+            receipt.to_bytes()
+        t2 = time.thread_time()
+        best = (min(best[0], (t1 - t0) / n), min(best[1], (t2 - t1) / n))
+    return best
 
 
 def commit_all(claims: Any, batch: list[Receipt], intent_id: str) -> float:
@@ -275,14 +305,88 @@ def raw_create_rate(n: int = RECEIPTS, chunk: int = 1024, *, folders_there: bool
         return n / (time.perf_counter() - t0)
 
 
+def file_system(folder: str) -> str:
+    """The file system `folder` is on, from /proc/self/mountinfo (the longest mount point
+    holding it) and, for ext4, /proc/fs/jbd2 (a journal's thread is listed there by its
+    device): "ext4 on /dev/vda, no journal"."""
+    real = os.path.realpath(folder)
+    best: tuple[str, list[str]] | None = None
+    try:
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                left, _, right = line.partition(" - ")
+                point = left.split()[4].replace("\\040", " ")
+                if (real == point or real.startswith(point.rstrip("/") + "/")) and (best is None or len(point) > len(best[0])):
+                    best = (point, right.split())
+    except OSError:
+        return "unknown (no /proc/self/mountinfo)"
+    if best is None:
+        return "unknown"
+    fstype, source = best[1][0], best[1][1]
+    if fstype != "ext4":
+        return f"{fstype} on {source}"
+    device = os.path.basename(source)
+    try:
+        journaled = any(name.startswith(device + "-") for name in os.listdir("/proc/fs/jbd2"))
+    except OSError:
+        journaled = False
+    return f"ext4 on {source}, {'journaled' if journaled else 'no journal'}"
+
+
+def create_cost(n: int = 3000) -> float:
+    """Kernel CPU seconds per empty file created in a new folder of the data dir's disk
+    (the system time of n creates)."""
+    with tempfile.TemporaryDirectory(prefix="vmsh-scale-create-", dir=os.environ.get("BENCH_DATA_DIR")) as name:
+        before = os.times().system
+        for i in range(n):
+            os.close(os.open(os.path.join(name, f"f{i}"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640))
+        return (os.times().system - before) / n
+
+
+def disk_rows() -> list[tuple[str, str, str]]:
+    """What the data dir's file system costs a create, and why it may cost more than a
+    healthy disk's (the rows above divide by it)."""
+    where = os.environ.get("BENCH_DATA_DIR") or tempfile.gettempdir()
+    fs = file_system(where)
+    note = f"{fs} ({where})"
+    if fs.endswith("no journal"):
+        try:
+            window = int(Path("/proc/sys/vm/dirtytime_expire_seconds").read_text())
+        except (OSError, ValueError):
+            window = 43_200
+        note += (f": without a journal, ext4 skips at each create every inode deleted in the last "
+                 f"{window:,} s (vm.dirtytime_expire_seconds), so a disk with much recent churn (test "
+                 "runs) pays far more per create than a fresh or journaled one")
+    return [("reference: kernel CPU per file created on the data dir's file system", f"{create_cost() * 1e6:.0f} us",
+             note)]
+
+
 def best_of(rounds: int, fn: Callable[[], float]) -> float:
     return max(fn() for _ in range(rounds))
 
 
+def private_file_pages(pid: int) -> int:
+    """Bytes of the USS in pages of mapped files (libraries whose pages no other process has
+    mapped at the time: the C extensions' code above all), from /proc/<pid>/smaps. They
+    count in the USS while nothing else maps them and leave it when something does, so the
+    same daemon reads 44 or 56 MiB at 1,000 namespaces; the rest is its own heap."""
+    total = 0
+    file_backed = False
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        fields = line.split()
+        if fields and "-" in fields[0] and not fields[0].endswith(":"):  # a mapping's header
+            file_backed = len(fields) >= 6 and fields[5].startswith("/")
+        elif file_backed and fields and fields[0] in ("Private_Clean:", "Private_Dirty:"):
+            total += int(fields[1]) * 1024
+    return total
+
+
 def uss_row(n: int, m: dict[str, float]) -> tuple[str, str, str]:
     target = USS_TARGETS.get(n)
+    split = (f"; of it {m['uss_files'] / 2**20:.0f} MiB mapped files' pages no other process maps, "
+             f"{(m['uss'] - m['uss_files']) / 2**20:.0f} MiB the rest")
     return (f"USS idle after the first pass, {n:,} namespaces", f"{m['uss'] / 2**20:.0f} MiB",
-            f"target < {target} MiB" if target else "no target at this size")
+            (f"target < {target} MiB" if target else "no target at this size") + split)
 
 
 def run() -> list[tuple[str, str, str]]:
@@ -314,6 +418,12 @@ def run() -> list[tuple[str, str, str]]:
                  f"folders and files in {floor:.1f} s"),
                 uss_row(HUGE, huge),
             ]
+    built, serialized = receipt_cpu()
+    rows.append(
+        (f"CPU per receipt of one aggregated anchor of {RECEIPTS:,}: built / its file's bytes",
+         f"{built * 1e6:.1f} / {serialized * 1e6:.1f} us",
+         "in process, no disk (was ~22 / ~11 us: each built alone, its token encoded again for each)")
+    )
     confirmed = best2(2, lambda: file_rate("confirmed"))
     pending = best2(2, lambda: file_rate("pending"))
     rows += [
@@ -332,6 +442,7 @@ def run() -> list[tuple[str, str, str]]:
         (f"reference: the disk alone, a 3 KB file created in each of {RECEIPTS:,} folders there, one flush per 1,024",
          f"{raw_there:,.0f} /s", "no code of ours: the ceiling of a later round's file store writes on this disk")
     )
+    rows += disk_rows()
     pg = sorted(rate for rate in (postgres_rate() for _ in range(PG_ROUNDS)) if rate is not None)
     rows.append(
         (f"receipts written per second, PostgreSQL store ({RECEIPTS:,})",

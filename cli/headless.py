@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 from core.config import LoadedConfig
-from core.heap import no_collection
+from core.heap import no_collection, one_malloc_arena
 from core.lifecycle import GRACE_SECONDS, running
 from core.observe.http import ListenError
 from core.observe.logs import JsonLineWriter
@@ -42,6 +42,7 @@ JOURNAL_HINT = (
 def run_headless(
     loaded: LoadedConfig, loader: Loader | None = None, startup: StartupSignals | None = None
 ) -> int:
+    one_malloc_arena()  # before any thread of the run: core/heap.py
     writers = [JsonLineWriter(sys.stdout)]
     log_cfg = loaded.config.log
     if log_cfg.file is not None:

@@ -11,6 +11,7 @@ by monotonic time, so within one run its times never jump.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from datetime import UTC, datetime
 from typing import Protocol
@@ -132,8 +133,27 @@ class FakeClock:
                     w.cancel()
 
 
+# The second last written out ("2026-01-01T00:00:00"): the log lines of a pass share it
+_last_second: tuple[int, str] = (0, "1970-01-01T00:00:00")
+
+
 def iso_utc(epoch: float) -> str:
-    """UTC ISO 8601 with a Z suffix and millisecond precision."""
-    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds").replace(
-        "+00:00", "Z"
-    )
+    """UTC ISO 8601 with a Z suffix and millisecond precision: what
+    `datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds")` writes (its
+    microseconds rounded half to even, then cut to milliseconds), the date and time of its
+    second made once for every time within that second (a log line's: 2 us of its 5)."""
+    global _last_second
+    fraction, whole = math.modf(epoch)
+    micro = round(fraction * 1e6)
+    if micro >= 1_000_000:
+        micro -= 1_000_000
+        whole += 1.0
+    elif micro < 0:
+        micro += 1_000_000
+        whole -= 1.0
+    second = int(whole)
+    known, text = _last_second
+    if known != second:
+        text = datetime.fromtimestamp(second, UTC).isoformat()[:19]
+        _last_second = (second, text)
+    return f"{text}.{micro // 1000:03d}Z"

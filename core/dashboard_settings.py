@@ -17,14 +17,14 @@ valid:
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
-import tomllib
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from core.text import close_matches
 
 # --------------------------------------------------------------------------- key remaps
 
@@ -97,7 +97,7 @@ def key_problem(keys: Any) -> str | None:
             return f"{bad[0]!r} in {key!r} is not a modifier (use {', '.join(MODIFIERS)})"
         if not _is_key_name(base):
             known = [*NAMED_KEYS, *sorted(_PUNCTUATION_KEYS)]
-            close = difflib.get_close_matches(base, known, n=1, cutoff=0.6)
+            close = close_matches(base, known)
             hint = f" (did you mean {'+'.join([*mods, close[0]])!r}?)" if close else ""
             return (
                 f"{key!r} is not a key name{hint}; use one character, a name such as "
@@ -110,7 +110,7 @@ def action_problem(action: Any) -> str | None:
     """None if ``action`` is a binding id ``tui.keys`` may remap, else why not."""
     if action in KEYMAP_ACTIONS:
         return None
-    close = difflib.get_close_matches(str(action), KEYMAP_ACTIONS, n=1, cutoff=0.6)
+    close = close_matches(str(action), KEYMAP_ACTIONS)
     if close:
         return f"unknown action {str(action)!r} (did you mean {close[0]!r}?)"
     return f"unknown action {str(action)!r}; known: {', '.join(sorted(KEYMAP_ACTIONS))}"
@@ -186,6 +186,8 @@ def read_theme_file(path: str | os.PathLike[str]) -> ThemeSpec:
 
 
 def _theme_toml(path: Path) -> dict[str, Any]:
+    import tomllib  # read for a theme file only: not held by a daemon that has none
+
     try:
         return tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:

@@ -79,9 +79,17 @@ class JobSpec:
 _SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-")
 
 
+# each ASCII character not in _SAFE, as safe_name writes it ("%3A" for ":")
+_ASCII_ESCAPES = {n: f"%{n:02X}" for n in range(128) if chr(n) not in _SAFE}
+
+
 def safe_name(name: str) -> str:
-    """A file-name-safe, reversible form of a namespace: "dao:vaultmesh" -> "dao%3Avaultmesh"."""
-    out = "".join(c if c in _SAFE else "".join(f"%{b:02X}" for b in c.encode()) for c in name)
+    """A file-name-safe, reversible form of a namespace: "dao:vaultmesh" -> "dao%3Avaultmesh"
+    (each UTF-8 byte of a character not in _SAFE as %XX; a leading "." as %2E)."""
+    if name.isascii():  # one str.translate (a receipt's folder: once a receipt written)
+        out = name.translate(_ASCII_ESCAPES)
+    else:
+        out = "".join(c if c in _SAFE else "".join(f"%{b:02X}" for b in c.encode()) for c in name)
     return "%2E" + out[1:] if out.startswith(".") else out
 
 

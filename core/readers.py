@@ -241,6 +241,8 @@ class Readers:
                 if ended is not None:
                     if self._pending.get(ended.key) is ended:
                         del self._pending[ended.key]
+                        if not self._pending:  # a new one: the emptied dict kept its table
+                            self._pending = {}  # (400 KiB after a pass of 10,000 reads)
                     self._ended += 1
                 if chunk.next >= len(chunk.reads):
                     self._busy.pop(me, None)

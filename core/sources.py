@@ -402,15 +402,17 @@ def _scan_names(
     return best, keys, links
 
 
+_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOCK", 0)
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+
+
 def _read_capped(path: str, limits: BatchLimits) -> tuple[bytes, os.stat_result]:
     """The file's bytes and fstat; refuses a link (unless allowed), a non-file or a file too large."""
-    flags = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOCK", 0)
-    if not limits.follow_symlinks:
-        flags |= getattr(os, "O_NOFOLLOW", 0)
+    follow = limits.follow_symlinks
     try:
-        fd = os.open(path, flags)
+        fd = os.open(path, _OPEN_FLAGS if follow else _OPEN_FLAGS | _NOFOLLOW)
     except OSError:
-        if not limits.follow_symlinks and os.path.islink(path):
+        if not follow and os.path.islink(path):
             raise SourceError(
                 f"batch file {path} is a symbolic link; not followed (set follow_symlinks: true "
                 "on the namespace or in scheduler: to allow it)"
@@ -420,20 +422,26 @@ def _read_capped(path: str, limits: BatchLimits) -> tuple[bytes, os.stat_result]
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise SourceError(f"batch file {path} is not a regular file")
-        if st.st_size > limits.max_bytes:
-            raise SourceError(_too_large(path, st.st_size, limits))
-        chunks: list[bytes] = []
-        got = 0
-        while got <= limits.max_bytes:  # it may grow after the fstat: never read past the cap
-            # Asked for what the fstat announced and a little more, not for the whole cap:
-            # a 1 MiB buffer for a 100-byte file is an mmap, a page fault and an munmap.
-            want = max(st.st_size + 1 - got, _READ_AT_LEAST)
-            chunk = os.read(fd, min(want, limits.max_bytes + 1 - got))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            got += len(chunk)
-        if got > limits.max_bytes:
+        cap = limits.max_bytes
+        size = st.st_size
+        if size > cap:
+            raise SourceError(_too_large(path, size, limits))
+        # Asked for what the fstat announced and a little more, not for the whole cap: a
+        # 1 MiB buffer for a 100-byte file is an mmap, a page fault and an munmap.
+        want = min(max(size + 1, _READ_AT_LEAST), cap + 1)
+        data = os.read(fd, want)
+        if len(data) < want and len(data) == size:
+            # A short read of a regular file is its end: the whole file the fstat saw, with
+            # no second read to find the end (a file that grows later changes the size the
+            # cache keeps with it, so it is read again then).
+            return data, st
+        chunks = [data]
+        got = len(data)
+        while data and got <= cap:  # it may grow after the fstat: never read past the cap
+            data = os.read(fd, min(max(size + 1 - got, _READ_AT_LEAST), cap + 1 - got))
+            chunks.append(data)
+            got += len(data)
+        if got > cap:
             raise SourceError(_too_large(path, got, limits, grew=True))
         return b"".join(chunks), st
     finally:
@@ -587,18 +595,19 @@ def _handed_off(key: str) -> _Handoff | None:
 
 
 def _latest_or_fallback(folder: Path) -> Batch:
-    fallbacks = limits_for(folder).fallbacks
+    key = str(folder)  # folder_key of a Path (a pass's due jobs: the key made once)
+    fallbacks = _limits.get(key, _default_limits).fallbacks
     if not fallbacks:
-        return _latest(str(folder))
+        return _latest(key)
     with _lock:  # resolved by the last prefetch: no I/O while its hand-off lasts
-        resolved = _resolved.get(str(folder))
+        resolved = _resolved.get(key)
         if resolved is not None and resolved not in _handoffs:
             resolved = None
-    chosen = Path(resolved) if resolved is not None else source_folder(folder)
+    chosen = Path(resolved) if resolved is not None else source_folder(folder, fallbacks)
     if chosen is None:  # the last fallback is the main one (the shared folder)
         raise SourceError(f"batch folder {folder} does not exist, nor {fallbacks[-1]}")
     if chosen == folder:
-        return _latest(str(folder))
+        return _latest(key)
     try:
         return _latest(str(chosen))
     except SourceError as exc:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Sequence
 from urllib.parse import urlsplit
 
 # Characters that are never shown as themselves: C0/C1 controls (Cc), format characters
@@ -75,3 +76,12 @@ def redact_urls(text: str) -> str:
         return url_origin(kept) + url[len(kept):]
 
     return _URL_IN_TEXT.sub(origin, text)
+
+
+def close_matches(word: str, known: Sequence[str]) -> list[str]:
+    """The known word closest to `word` when one is close ("did you mean"), else [].
+    difflib is imported when a mistake is named: a daemon whose config and dashboard
+    settings are right never holds it (0.5 MiB)."""
+    import difflib
+
+    return difflib.get_close_matches(word, known, n=1, cutoff=0.6)

@@ -484,31 +484,42 @@ class Config(_Model):
         """One job per namespace and configured cadence, in file order."""
         out: list[JobSpec] = []
         of_target: dict[str, tuple[int, str | None]] = {}  # a few targets, thousands of jobs
+        # A load holds equal cadence sets once (core/config/sharing.py): what a job takes
+        # of its set is worked out once per set, not once per namespace.
+        of_set: dict[int, list[tuple[str, str, int, int, bool, str | None]]] = {}
         shared = self.shared_batches_dir
         for name, ns in self.namespaces.items():
             source = self.batches_dir(name, shared)
-            for cadence_name, cadence in ns.cadence.items():
-                confirmations = cadence.confirmations
-                policy = cadence.policy_oid
-                deepest = 0
-                for member in cadence.members:
-                    if member not in of_target:
-                        of_target[member] = self._target_depth_and_policy(member)
-                    depth, target_policy = of_target[member]
-                    deepest = max(deepest, depth)
-                    policy = policy or target_policy
-                out.append(
-                    JobSpec(
-                        key=JobKey(name, cadence_name),
-                        target=cadence.job_target,
-                        every=ns.cadence.seconds(cadence_name),
-                        source=source,
-                        confirmations=deepest if confirmations is None else confirmations,
-                        anchor_unchanged=cadence.anchor_unchanged,
-                        # The cadence's policyOID, else its TSA target's: the policy requested.
-                        policy_oid=policy,
-                    )
-                )
+            settings = of_set.get(id(ns.cadence))
+            if settings is None:
+                settings = of_set[id(ns.cadence)] = self._job_settings(ns.cadence, of_target)
+            for cadence_name, target, every, confirmations, unchanged, policy in settings:
+                out.append(JobSpec(JobKey(name, cadence_name), target, every, source, confirmations, unchanged, policy))
+        return out
+
+    def _job_settings(
+        self, cadences: CadenceSet, of_target: dict[str, tuple[int, str | None]]
+    ) -> list[tuple[str, str, int, int, bool, str | None]]:
+        """(cadence, target, every, confirmations, anchor_unchanged, policyOID) of each
+        cadence of a set, as its jobs take them."""
+        out = []
+        for cadence_name, cadence in cadences.items():
+            confirmations = cadence.confirmations
+            policy = cadence.policy_oid
+            deepest = 0
+            for member in cadence.members:
+                if member not in of_target:
+                    of_target[member] = self._target_depth_and_policy(member)
+                depth, target_policy = of_target[member]
+                deepest = max(deepest, depth)
+                policy = policy or target_policy
+            out.append((
+                cadence_name, cadence.job_target, cadences.seconds(cadence_name),
+                deepest if confirmations is None else confirmations,
+                cadence.anchor_unchanged,
+                # The cadence's policyOID, else its TSA target's: the policy requested.
+                policy,
+            ))
         return out
 
     def _target_depth_and_policy(self, target: str) -> tuple[int, str | None]:

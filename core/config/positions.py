@@ -8,7 +8,6 @@ from, pydantic's validation errors included; ``issue_at`` places one problem at 
 
 from __future__ import annotations
 
-import difflib
 import re
 import types
 import typing
@@ -19,6 +18,7 @@ from pydantic import BaseModel
 from pydantic import ValidationError as PydanticValidationError
 
 from core.config.errors import ConfigError, ConfigIssue
+from core.text import close_matches
 
 
 class Pos:
@@ -191,7 +191,7 @@ _SECRET_WORDS = ("key", "password", "token", "secret")
 
 
 def unknown_key_message(key: Any, allowed: list[str]) -> str:
-    close = difflib.get_close_matches(str(key), allowed, n=1, cutoff=0.6)
+    close = close_matches(str(key), allowed)
     if close:
         return f"unknown key {str(key)!r} (did you mean {close[0]!r}?)"
     if allowed:

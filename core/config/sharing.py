@@ -140,6 +140,8 @@ def _shared(model: BaseModel, pool: _Pool, seen: dict[int, BaseModel]) -> BaseMo
     if not set_:  # nothing set: every field holds its default (a setattr would have set it)
         shared: BaseModel = pool.setdefault(type(model), model)
         seen[id(model)] = shared
+        if shared is model:
+            _share_fields_set(model, pool)
         return shared
     fields = model.__dict__
     key: list[Hashable] = [type(model), frozenset(set_)]
@@ -160,9 +162,24 @@ def _shared(model: BaseModel, pool: _Pool, seen: dict[int, BaseModel]) -> BaseMo
     try:
         shared = pool.setdefault(tuple(key), model)
     except TypeError:  # a value that cannot be hashed
-        return model
+        shared = model
     seen[id(model)] = shared
+    if shared is model:
+        _share_fields_set(model, pool)
     return shared
+
+
+def _share_fields_set(model: BaseModel, pool: _Pool) -> None:
+    """The model's set of fields set made the one equal set of the load: 10,000 namespaces
+    setting `source` and `cadence` held 10,000 equal sets (232 bytes each). Nothing adds to
+    it after the load (pydantic does on an assignment: the models are not assigned to)."""
+    set_ = model.__pydantic_fields_set__
+    key = (_share_fields_set, frozenset(set_))
+    found = pool.get(key)
+    if found is None:
+        pool[key] = set_
+    elif found is not set_:
+        object.__setattr__(model, "__pydantic_fields_set__", found)
 
 
 _MODEL_CLASSES: dict[type, bool] = {}

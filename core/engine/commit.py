@@ -26,11 +26,9 @@ from core.jobs import JobKey, safe_name
 from core.receipts import (
     RECEIPT_VERSION,
     REDUNDANT_VERSION,
-    Receipt,
-    build_receipt,
+    AnchorReceipts,
     leaf_for,
     redundant_attestations,
-    root_text,
 )
 from core.sources import Batch
 from core.store import Committed, Intent, Superseded
@@ -208,10 +206,19 @@ class Committer:
                 # anchored_at: when the attestation came (a receipt written a day later from a
                 # held attestation still states the time it was anchored, not the write's)
                 at = intent.attested_at if intent.attested_at is not None else now
-                texts: dict[bytes, str] = {}  # each sibling hash's text once: it is in many of the chunk's proofs
-                receipts = [
-                    self._receipt(intent, item, index, proofs, attestation, at, texts) for index, item in pairs
-                ]
+                makers: dict[int, AnchorReceipts] = {}  # by receipt version: one, but for an old journal's
+                receipts = []
+                for index, item in pairs:
+                    version = entry_version(intent.entries[index])
+                    make = makers.get(version) or makers.setdefault(
+                        version, self._receipts(intent, attestation, version, at, len(proofs))
+                    )
+                    spec = item.spec
+                    receipts.append(make.receipt(
+                        namespace=spec.namespace, cadence=spec.cadence, batch_id=item.batch.id,
+                        batch_root=item.batch.root, proof=proofs[index], leaf_index=index,
+                        confirmations_required=spec.confirmations,
+                    ))
             except Exception as exc:  # a bug, not a disk error: raised on the loop as it is
                 return exc
             return ctx.claims.commit(receipts, states, rows, intent.id, recovered=recovered)
@@ -367,43 +374,26 @@ class Committer:
                 pairs.append((entry["leaf_index"], Due(spec, batch, forced=False)))
         return pairs, proofs
 
-    def _receipt(
-        self,
-        intent: Intent,
-        item: Due,
-        index: int,
-        proofs: list[list[bytes]],
-        attestation: Attestation,
-        now: float,
-        texts: dict[bytes, str],
-    ) -> Receipt:
-        """Job `item`'s receipt; `texts`: the proof hashes' texts made so far, shared (a
-        tree's upper siblings are in most proofs: 14 texts a receipt of 10,000, ~2 distinct)."""
-        spec = item.spec
-        version = entry_version(intent.entries[index])
+    def _receipts(
+        self, intent: Intent, attestation: Attestation, version: int, at: float, tree_size: int
+    ) -> AnchorReceipts:
+        """What the receipts of version `version` of this anchor share (core.receipts.AnchorReceipts)."""
         least, attested = (
             redundant_attestations(attestation.data, intent.target) if version == REDUNDANT_VERSION else (0, ())
         )
-        return build_receipt(
-            namespace=spec.namespace,
-            cadence=spec.cadence,
+        return AnchorReceipts(
             target=intent.target,
+            anchored_root="sha256:" + intent.digest,
+            tree_size=tree_size,
+            attestation={} if attested else attestation.data,
+            status=attestation.status,
+            confirmations_observed=attestation.confirmations,
+            anchored_at=at,
+            version=__version__,
+            config_hash=self.ctx.config_hash,
             # The policy the call requested (one per intent), from the journal: a reload since
             # may have changed the job's.
             policy=intent.entries[0].get("policy"),
-            batch_id=item.batch.id,
-            batch_root=item.batch.root,
-            anchored_root="sha256:" + intent.digest,
-            proof=[texts.get(p) or texts.setdefault(p, root_text(p)) for p in proofs[index]],
-            leaf_index=index,
-            tree_size=len(proofs),
-            attestation={} if attested else attestation.data,
-            status=attestation.status,
-            confirmations_required=spec.confirmations,
-            confirmations_observed=attestation.confirmations,
-            anchored_at=now,
-            version=__version__,
-            config_hash=self.ctx.config_hash,
             receipt_version=version,
             least=least,
             attestations=attested,

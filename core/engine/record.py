@@ -60,9 +60,11 @@ class Remains:
 
 
 def succeeded(previous: JobState, root: str, receipt: Path | None, now: float) -> JobState:
-    """A job's state once `root` is anchored at `now` with its receipt at `receipt`."""
-    return replace(
-        previous,
+    """A job's state once `root` is anchored at `now` with its receipt at `receipt`: every
+    field set but `row`, kept (made directly: dataclasses.replace took 2.5 us, twice a
+    receipt)."""
+    return JobState(
+        row=previous.row,
         last_anchored_at=now,
         last_root=root,
         failures=0,

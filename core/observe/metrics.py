@@ -95,6 +95,7 @@ from core.events import (
     Event,
     EventBus,
     JobSkipped,
+    LogRecord,
     ReceiptConfirmed,
     ReceiptWritten,
     StorageFailed,
@@ -458,14 +459,14 @@ class Metrics:
         per target are counted from disk (this reads every receipt once).
         """
         self._engine = engine
-        with self._lock:
-            for view in engine.views():
-                job = self._track(view.spec.key, view.spec.target)
-                job.period = view.spec.every
-                job.last_anchor = view.state.last_anchored_at
-                job.current = view.state.current_at or view.state.last_anchored_at
-                job.backoff = view.state.backoff_level
-                job.disabled = getattr(view, "disabled", None)
+        with self._lock:  # the records as they are: a view's status is not needed here
+            for spec, state, disabled in engine.records():
+                job = self._track(spec.key, spec.target)
+                job.period = spec.every
+                job.last_anchor = state.last_anchored_at
+                job.current = state.current_at or state.last_anchored_at
+                job.backoff = state.backoff_level
+                job.disabled = disabled
         if receipts is not None:
             counts: dict[str, int] = {}
             for _path, receipt in receipts.pending():
@@ -488,6 +489,8 @@ class Metrics:
     # ----- events ------------------------------------------------------------------------------
 
     def handle(self, event: Event) -> None:
+        if isinstance(event, LogRecord):  # most events of a pass (a line per receipt): none counted
+            return
         if isinstance(event, TickCompleted):
             self.tick.observe(max(0.0, event.duration))
         elif isinstance(event, ReceiptWritten):

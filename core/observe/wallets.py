@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from core.anchors.base import Backend, Wallet
-from core.events import AnchorSucceeded, Event, EventBus, WalletRead
+from core.events import AnchorSucceeded, ConfigApplied, Event, EventBus, WalletRead
 from core.observe.logs import Log
 
 
@@ -32,6 +32,9 @@ class WalletWatch:
         self._log = log
         self._backend_for = backend_for
         self.latest: dict[str, Wallet] = {}  # per target, the last reading
+        # targets whose backend has no wallet, not asked again at each receipt (10,000 an
+        # anchor: backend_for compares the target's settings each time) until a config applies
+        self._walletless: set[str] = set()
         self._unsubscribe: Callable[[], None] | None = bus.subscribe(self._handle)
 
     def close(self) -> None:
@@ -44,12 +47,19 @@ class WalletWatch:
         return [low_balance_warning(t, w) for t, w in sorted(self.latest.items()) if w.low]
 
     def _handle(self, event: Event) -> None:
-        if not isinstance(event, AnchorSucceeded):
+        if isinstance(event, ConfigApplied):  # a target's backend may be another one now
+            self._walletless.clear()
+            return
+        if not isinstance(event, AnchorSucceeded) or event.target in self._walletless:
             return
         try:
-            wallet = getattr(self._backend_for(event.target), "wallet", None)
+            backend = self._backend_for(event.target)
         except Exception:
             return  # its backend cannot be built now: nothing to read
+        if not hasattr(backend, "wallet"):  # not a paying target (only btc signers have one)
+            self._walletless.add(event.target)
+            return
+        wallet = backend.wallet
         if not isinstance(wallet, Wallet) or self.latest.get(event.target) == wallet:
             return  # one event per anchor job: one reading per transaction
         before = self.latest.get(event.target)

@@ -80,3 +80,25 @@ def test_system_clock_monotonic_time_moves_forward():
     assert clock.monotonic() >= first
     steady = SteadyClock(clock)
     assert abs(steady.now() - clock.now()) < 1.0
+
+
+def test_a_time_is_written_as_datetime_writes_it_to_the_millisecond():
+    # the log lines' and events' time: datetime.fromtimestamp(t, UTC).isoformat(timespec=
+    # "milliseconds") with "Z", whatever t: microseconds rounded half to even before the
+    # milliseconds are cut, a carry into the next second, before 1970, one second after another
+    import random
+    from datetime import UTC, datetime
+
+    from core.clock import iso_utc
+
+    def written(t: float) -> str:
+        return datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+    rng = random.Random(3)
+    times = [0.0, 1e-7, -1e-7, 0.9999995, 0.99999949999, 1.0000005, -1.5e-6, 1767225600.1239,
+             1767225600.9999995, 1767225599.9999996, -86400.0000004, 253402300799.9994]
+    times += [rng.randrange(-10**9, 4 * 10**9) + rng.randrange(10**6) / 1e6 + rng.choice([0, 5e-7, -5e-7])
+              for _ in range(20000)]
+    times += sorted(1767225600 + rng.random() * 5 for _ in range(2000))
+    assert [iso_utc(t) for t in times] == [written(t) for t in times]
+    assert iso_utc(1767225600.123) == "2026-01-01T00:00:00.123Z"

@@ -22,6 +22,7 @@ from core.sources import write_batch
 from core.store.files.journal import IntentJournal
 from core.store.files.receipts import ReceiptStore
 from core.store.files.state import StateStore
+from core.writer import DiskWriter
 
 
 def root(n: int) -> str:
@@ -444,6 +445,29 @@ async def test_crash_after_attestation_writes_the_receipt_once_at_restart(tmp_pa
     s2 = h.scheduler()
     await s2.recover()
     assert len(list((tmp_path / "data" / "receipts").rglob("*.json"))) == 2
+
+
+async def test_a_start_with_nothing_to_recover_does_not_wait_for_its_state_save(tmp_path):
+    """An empty journal: the start's state save (no intent waits for it) runs on the writer
+    thread while the first pass goes on; a slow disk no longer holds the first anchor."""
+    h = Harness(tmp_path, {"a": 1})
+    saving, disk = threading.Event(), threading.Event()
+
+    def slow_state_write(op: str) -> None:
+        if op == "state":
+            saving.set()
+            disk.wait(10)
+
+    s = h.scheduler(writer=DiskWriter(fault=slow_state_write))
+    recovering = asyncio.ensure_future(s.recover())
+    done, _ = await asyncio.wait({recovering}, timeout=2.0)
+    disk.set()
+    await recovering
+    assert recovering in done, "the start waited for its state save before the first pass"
+    await s.run_once()  # the save is done by then, and the pass anchored
+    assert saving.is_set()
+    assert len(h.of(ReceiptWritten)) == 1
+    assert StateStore(tmp_path / "data" / "state" / "scheduler.json").load()[JobKey("a", "fast")].last_root == root(1)
 
 
 async def test_crash_before_the_answer_makes_the_jobs_due_again(tmp_path):

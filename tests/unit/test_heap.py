@@ -55,3 +55,45 @@ async def test_run_trims_on_its_own_and_stops_when_asked() -> None:
 def test_glibc_malloc_trim_is_found_and_answers() -> None:
     trim = malloc_trim()
     assert trim is not None and trim(0) in (0, 1)
+
+
+# A program whose threads all allocate at once, then list the malloc arenas they made:
+# glibc maps each thread arena as a heap of its own, aligned to HEAP_MAX (64 MiB).
+ARENAS_PROGRAM = r"""
+import re, sys, threading
+from core.heap import one_malloc_arena
+print(one_malloc_arena({} if sys.argv[1] == "one" else {"MALLOC_ARENA_MAX": "8"}))
+start, kept = threading.Barrier(6), []
+def allocate():
+    start.wait()
+    for _ in range(2000):
+        kept.append(bytearray(4096))
+threads = [threading.Thread(target=allocate) for _ in range(6)]
+for t in threads: t.start()
+for t in threads: t.join()
+heaps = set()
+for line in open("/proc/self/maps"):
+    begin = int(line.split("-")[0], 16)
+    if begin % (64 << 20) == 0 and len(line.split()) == 5:  # anonymous, at a heap's alignment
+        heaps.add(begin)
+print(len(heaps))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or malloc_trim() is None, reason="glibc on Linux")
+def test_the_scheduler_threads_share_one_malloc_arena(tmp_path) -> None:
+    """What a thread frees stays in its arena: the daemon's threads (reads, writes, the
+    executor) share one, unless MALLOC_ARENA_MAX says otherwise (issue 24's idle USS)."""
+    import os
+    import subprocess
+
+    def arenas(mode: str) -> tuple[str, int]:
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+        env.pop("MALLOC_ARENA_MAX", None)
+        out = subprocess.run([sys.executable, "-c", ARENAS_PROGRAM, mode], capture_output=True, text=True, env=env, check=True)
+        told, count = out.stdout.split()
+        return told, int(count)
+
+    assert arenas("one") == ("True", 0)
+    told, count = arenas("left")  # MALLOC_ARENA_MAX given: glibc's own arenas, one a thread
+    assert told == "False" and count >= 1

@@ -112,3 +112,29 @@ def test_chunks_read_every_key_once_and_hand_each_its_own_result() -> None:
     assert readers.wait([read for read, _ in reads.values()], 5.0)
     assert sorted(calls) == list(range(200))
     assert all(reads[f"k{i}"][0].value == i * i for i in range(200))
+
+
+def test_the_tables_of_a_pass_are_let_go_of_once_its_reads_and_fences_end(tmp_path) -> None:
+    """After a pass of 5,000 jobs, the idle daemon keeps no table sized for them (issue 24's
+    idle memory): the reads pending and the fences held are empty and small again, and the
+    next pass is read and fenced as before."""
+    import sys
+
+    from core.jobs import JobKey, JobState
+    from core.store.files.claims import FileClaims
+    from core.store.files.receipts import ReceiptStore
+
+    empty = sys.getsizeof({})
+    readers = Readers(live=4, most=4)
+    reads = readers.submit_many([(f"k{i}", functools.partial(int, i)) for i in range(5000)], chunk=64)
+    assert readers.wait([read for read, _ in reads.values()], 30.0)
+    assert sys.getsizeof(readers._pending) == empty
+    assert readers.wait([readers.submit("again", functools.partial(int, 7))], 5.0)
+    claims = FileClaims(ReceiptStore(tmp_path / "receipts"))
+    keys = {JobKey(f"ns{i}", "fast"): JobState() for i in range(5000)}
+    granted = claims.claim(keys, 60.0)
+    leases = [(key, state.row.fence) for key, state in granted.items() if state.row is not None and state.row.fence is not None]
+    assert len(leases) == len(keys) and claims.release(leases) == list(keys)
+    assert sys.getsizeof(claims._fences) == empty
+    again = claims.claim({JobKey("ns0", "fast"): JobState()}, 60.0)
+    assert claims.renew(list(again), 60.0) == 1

@@ -16,6 +16,7 @@ coalesced state save (`closes_intents` is False), as they always did.
 from __future__ import annotations
 
 import itertools
+import threading
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -41,13 +42,19 @@ class FileClaims:
         self.receipts = receipts
         self._fences: dict[JobKey, int] = {}
         self._next = itertools.count(1)
+        # Held while fences are added, and while an emptied `_fences` is made a new dict (it
+        # kept its table: 290 KiB after a pass of 10,000 jobs): commits end on a writer
+        # thread, and a fence added meanwhile must not go with the old dict.
+        self._fences_lock = threading.Lock()
 
     def claim(self, jobs: dict[JobKey, JobState], lease_seconds: float, *, spread: bool = False) -> dict[JobKey, JobState]:
         """Every job, as the engine knows it, under a new fence."""
         out: dict[JobKey, JobState] = {}
-        for key, state in jobs.items():
-            fence = self._fences[key] = next(self._next)
-            out[key] = replace(state, row=Row(0, fence))
+        with self._fences_lock:
+            fences = self._fences
+            for key, state in jobs.items():
+                fence = fences[key] = next(self._next)
+                out[key] = replace(state, row=Row(0, fence))
         return out
 
     def _current(self, key: JobKey, row: Row | None) -> bool:
@@ -57,7 +64,15 @@ class FileClaims:
         released = [key for key, fence in leases if self._fences.get(key) == fence]
         for key in released:
             del self._fences[key]
+        self._let_go_of_table()
         return released
+
+    def _let_go_of_table(self) -> None:
+        """A new `_fences` when it is empty (no fence is added meanwhile)."""
+        if not self._fences:
+            with self._fences_lock:
+                if not self._fences:
+                    self._fences = {}
 
     def renew(self, keys: list[JobKey], lease_seconds: float) -> int:
         return sum(1 for key in keys if key in self._fences)
@@ -89,6 +104,7 @@ class FileClaims:
             if isinstance(paths[n], Path):
                 self._fences.pop(keys[n], None)
                 done.rows[keys[n]] = UNLEASED  # one object for every job (a Row is frozen)
+        self._let_go_of_table()
         return done
 
     def _written_from(self, receipt: Receipt) -> Path | None:

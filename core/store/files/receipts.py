@@ -25,9 +25,7 @@ from pathlib import Path
 from core.fsutil import (
     atomic_create_bytes,
     atomic_write_bytes,
-    dumps_json,
     ensure_dir,
-    is_plain_json,
     is_temp_name,
     make_folder,
     publish,
@@ -70,6 +68,7 @@ class ReceiptStore:
         # Namespace folders (by name) rid of stale temps by this store: names, not Paths (a
         # Path a folder was 0.8 KB a job kept for as long as the daemon runs).
         self._cleaned: set[str] = set()
+        self._root = str(self.root)
 
     # ---- writing
 
@@ -125,7 +124,7 @@ class ReceiptStore:
         if listing:
             self._index.close_list(listing, [path for _, path, listed in linked if listed])
         try:
-            sync_barrier(folders=[path.parent for _, path, _ in linked])
+            sync_barrier(folders=[os.path.dirname(path) for _, path, _ in linked])
         except OSError as exc:
             for index, _, _ in linked:  # on disk, not known durable: the engine's retry finds them
                 results[index] = exc
@@ -156,19 +155,18 @@ class ReceiptStore:
         token: int,
     ) -> Path | Exception:
         """Its folder, its data in a temp file (nothing fsynced)."""
-        folder: Path | None = None
+        name = None
         try:
-            folder = self._ready(safe_name(receipt.namespace), created)
-            name = self.file_name(receipt)
-            doc = receipt.to_json()
-            # its free-form parts (one attestation, or version 3's list of them); the rest is typed
-            data = dumps_json(doc, plain=is_plain_json(doc.get("attestation")) and is_plain_json(doc.get("attestations")))
-            path = folder / name
-            staged.append((index, path, stage_in(str(folder), name, data, token), data, receipt.status == "pending"))
+            name = safe_name(receipt.namespace)
+            folder = self._ready(name, created)
+            file = self.file_name(receipt)
+            data = receipt.to_bytes()
+            path = Path(f"{folder}/{file}")
+            staged.append((index, path, stage_in(folder, file, data, token), data, receipt.status == "pending"))
             return path
         except Exception as exc:
-            if folder is not None:
-                self._cleaned.discard(folder.name)  # removed meanwhile? made again at the retry
+            if name is not None:
+                self._cleaned.discard(name)  # removed meanwhile? made again at the retry
             return exc
 
     def _create_under_free_name(self, taken: Path, data: bytes, pending: bool) -> Path:
@@ -190,11 +188,11 @@ class ReceiptStore:
             if written:
                 return path
 
-    def _ready(self, name: str, created: list[Path]) -> Path:
+    def _ready(self, name: str, created: list[Path]) -> str:
         """The namespace folder `name`, there to write into. One this store has written into
         is taken as there (no system call); a new one is made (its parent to sync in
         `created`); one found is rid of a kill -9's temp files before the first write here."""
-        folder = self.root / name
+        folder = f"{self._root}/{name}"
         if name in self._cleaned:
             return folder
         if not self._make_folder(name, created):
@@ -209,7 +207,7 @@ class ReceiptStore:
         """The namespace folder `name` made (its parent to sync in `created`); False when it
         was there."""
         try:
-            return make_folder(str(self.root / name), created)
+            return make_folder(f"{self._root}/{name}", created)
         except FileNotFoundError:  # no receipts root yet
             ensure_dir(self.root / name, parents_to_sync=created)
             return True
@@ -251,7 +249,7 @@ class ReceiptStore:
         receipt = load_receipt(path)
         if receipt.status != "confirmed":
             receipt = receipt.confirmed(observed)
-            atomic_write_bytes(path, dumps_json(receipt.to_json()))
+            atomic_write_bytes(path, receipt.to_bytes())
         self._index.forget(path)
         return receipt
 
