@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     import argparse
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+LOG_LINE = b'{"time": '  # how a log line (core/observe/logs.py format_record) starts; an event line starts {"seq":
 START_HINT = "start one with `vmsh-scheduler --no-ui --config FILE` (or `systemctl start vmsh-scheduler`)"
 
 
@@ -181,9 +182,9 @@ class Client:
         except (ControlUnreachable, ControlFailed, ControlRefused) as exc:
             raise self._error(exc) from None
 
-    def events(self, after: int | None = None, types: tuple[str, ...] = ()) -> Iterator[Any]:
+    def line_batches(self, after: int | None = None, types: tuple[str, ...] = ()) -> Iterator[list[bytes]]:
         try:
-            yield from self._client.events(after, types)
+            yield from self._client.line_batches(after, types, log_lines=True)
         except ControlUnreachable as exc:
             raise self._error(exc) from None
 
@@ -288,23 +289,43 @@ def _verify(client: Client, path: Path, *, as_json: bool) -> int:
 
 
 def _tail(client: Client) -> int:
-    from core import wire
+    from core import wire_events as wire  # the events' codec alone: core.wire imports the stores
     from core.events import LogRecord
     from core.observe.logs import format_record
 
-    doc = client.call("GET", "snapshot", params={"views": "0"})  # no job table: the logs and seq
+    # The logs and seq only: no job table, no receipts (read from disk for the answer).
+    doc = client.call("GET", "snapshot", params={"views": "0", "receipts": "0"})
     for fields in doc["logs"][-10:]:
         record = wire.decode_event({"type": "LogRecord", "event": fields})
         assert isinstance(record, LogRecord)
         print(printable(format_record(record), lines=True), flush=True)
-    for line in client.events(after=doc["seq"], types=("LogRecord",)):  # not the other 2/3 of a pass's events
-        if line.get("type") == "resync":
-            print("(fell behind: some log records were skipped)", file=sys.stderr, flush=True)
-        elif line.get("type") == "dropped":
-            raise CtlError(f"dropped by the scheduler: {line.get('reason')}", EXIT_FAILED)
-        elif line.get("type") == "LogRecord":
-            record = wire.decode_event(line)
-            if isinstance(record, LogRecord):
-                print(printable(format_record(record), lines=True), flush=True)
+    # LogRecords come as the scheduler's log prints them (`{"time": ...}`, nothing to decode
+    # and format here); other lines, and every line from an older scheduler, as events.
+    for batch in client.line_batches(after=doc["seq"], types=("LogRecord",)):  # not the other 2/3 of a pass's events
+        shown: list[str] = []
+        for raw in batch:
+            if raw.startswith(LOG_LINE):
+                shown.append(printable(raw.decode("utf-8", "replace"), lines=True))
+                continue
+            line = json.loads(raw)
+            if line.get("type") == "resync":
+                _show(shown)
+                print("(fell behind: some log records were skipped)", file=sys.stderr, flush=True)
+            elif line.get("type") == "dropped":
+                _show(shown)
+                raise CtlError(f"dropped by the scheduler: {line.get('reason')}", EXIT_FAILED)
+            elif line.get("type") == "LogRecord":
+                record = wire.decode_event(line)
+                if isinstance(record, LogRecord):
+                    shown.append(printable(format_record(record), lines=True))
+        _show(shown)
     print("vmsh-scheduler ctl: the scheduler closed the stream (stopped or restarted)", file=sys.stderr)
     return EXIT_FAILED
+
+
+def _show(lines: list[str]) -> None:
+    """Print `lines` with one write (a batch of the stream), and forget them."""
+    if lines:
+        sys.stdout.write("\n".join(lines) + "\n")
+        sys.stdout.flush()
+        lines.clear()

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
 API = "/v1"  # the control API's path prefix: /v1/snapshot, /v1/events, /v1/force, ...
 BASE_URL = "http://vmsh"  # the host part is not used over a Unix socket
+READ_SIZE = 1 << 16  # bytes of the event stream read at once
 TIMEOUT = 30.0  # a reload reads the config off the loop; a verify may ask a node
 
 
@@ -171,16 +172,37 @@ class ControlClient:
         """Each line of the event stream, decoded as JSON, until the scheduler ends it.
         `types`: only events of these types (and `resync`/`dropped`); a scheduler before
         `?types=` sends every event, so the caller still looks at each line's type."""
+        for batch in self.event_batches(after, types):
+            yield from batch
+
+    def event_batches(self, after: int | None = None, types: tuple[str, ...] = ()) -> Iterator[list[Any]]:
+        """As `events`, the lines that came in one read together."""
+        for lines in self.line_batches(after, types):
+            yield [json.loads(line) for line in lines]
+
+    def line_batches(self, after: int | None = None, types: tuple[str, ...] = (), *,
+                     log_lines: bool = False) -> Iterator[list[bytes]]:
+        """The event stream's lines as they came, those of one read together (`ctl tail`
+        prints each batch with one write: a 10,000-job pass is 10,000 lines, on the
+        scheduler's cores). `log_lines` (`?format=log`): LogRecords come as the scheduler's
+        log prints them, `{"time": ...}`; the other lines, and every line from a scheduler
+        before the option, are events as JSON, `{"seq": ...}`."""
         params = ([f"after={after}"] if after is not None else []) + ([f"types={','.join(types)}"] if types else [])
+        params += ["format=log"] if log_lines else []
         query = "?" + "&".join(params) if params else ""
         try:
             response = self._open("GET", f"{API}/events{query}", None, None)  # no read deadline
         except ControlFailed:
             return
+        rest = b""
         try:
-            for line in response:
-                if line.strip():
-                    yield json.loads(line)
+            while chunk := response.read1(READ_SIZE):
+                *lines, rest = (rest + chunk).split(b"\n")
+                batch = [line for line in lines if line.strip()]
+                if batch:
+                    yield batch
+            if rest.strip():
+                yield [rest]
         except (OSError, http.client.HTTPException):
             return
         finally:

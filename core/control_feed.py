@@ -43,7 +43,7 @@ LINE_VIEWS = 1000  # views per `views` line (a line is one item of a client's bo
 FLUSH_DELAY = 0.02  # seconds events are gathered before their views line is built
 SWEEP = 2.0  # seconds between sweeps for statuses that change with time alone
 MAX_RETRIES = 2  # snapshot builds restarted by a pause or reload before one is done at once
-FEATURES = ("views", "status", "compact")  # what this server's snapshot says it offers
+FEATURES = ("views", "status", "compact", "log_lines")  # what this server's snapshot says it offers
 
 
 Encoder = Callable[[JobView, float], bytes]  # a job's JSON in a built table

@@ -62,6 +62,7 @@ from core.events import ControlCommand, Event, LogRecord
 from core.jobs import JobKey
 from core.observe.http import MAX_CONNECTIONS as HTTP_CONNECTIONS
 from core.observe.http import _parse_head
+from core.observe.logs import format_record
 from core.observe.metrics import CONTROL
 from core.runtime_control import RuntimeControl
 
@@ -166,13 +167,14 @@ class _Item:
     """One numbered event, shared by every stream: encoded once, by the first stream that
     sends it (128 streams used to encode each event 128 times on the loop: /livez stalls)."""
 
-    __slots__ = ("seq", "event", "kind", "_line", "size")
+    __slots__ = ("seq", "event", "kind", "_line", "_log_line", "size")
 
     def __init__(self, seq: int, event: Event | None, line: bytes | None = None) -> None:
         self.seq = seq
         self.event = event  # None: a `views` line (core/control_feed.py), `line` given
         self.kind = type(event).__name__ if event is not None else "views"
         self._line = line
+        self._log_line: bytes | None = None
         # What it counts for in a queue's bytes: a views line's length; an event's nominal
         # size (encoded later, by the first stream that sends it: never in the bus callback).
         self.size = len(line) if line is not None else EVENT_BYTES
@@ -183,6 +185,15 @@ class _Item:
             assert self.event is not None
             self._line = _line({"seq": self.seq, **wire.encode_event(self.event)})
         return self._line
+
+    @property
+    def log_line(self) -> bytes:
+        """A LogRecord as the scheduler's own log prints it (`?format=log`: what `ctl tail`
+        shows, sent as is, so no tail decodes and formats each of a pass's 10,000 records)."""
+        if self._log_line is None:
+            assert isinstance(self.event, LogRecord)
+            self._log_line = format_record(self.event).encode() + b"\n"
+        return self._log_line
 
 
 class _Lines:
@@ -233,10 +244,11 @@ class _Lines:
 class _Client:
     """One event stream: a bounded queue the bus callback fills without waiting."""
 
-    def __init__(self, views: bool = False, types: frozenset[str] | None = None) -> None:
+    def __init__(self, views: bool = False, types: frozenset[str] | None = None, log_lines: bool = False) -> None:
         self.queue = _Lines(QUEUE_SIZE)
         self.views = views  # follows `views` lines (`/v1/events?views=1`)
         self.types = types  # only these event types (`?types=LogRecord,...`); None: every one
+        self.log_lines = log_lines  # LogRecords as log lines (`?format=log`)
         self.queued = 0  # bytes of the queued lines
         self.overflows = 0  # in a row, without the writer taking anything
         self.dropped: str | None = None
@@ -277,6 +289,8 @@ class _Client:
                 if self.dropped is not None:
                     return lines, self.dropped
                 lines.append(_line({"seq": seq, "type": "resync"}))
+            elif self.log_lines and item.kind == "LogRecord":
+                lines.append(item.log_line)
             else:
                 lines.append(item.line)
             size += len(lines[-1])
@@ -766,7 +780,8 @@ class ControlServer:
     async def _stream(self, writer: asyncio.StreamWriter, query: dict[str, list[str]], peer: Peer) -> None:
         types = query.get("types", [""])[0]
         client = _Client(views=query.get("views", ["0"])[0] == "1",
-                         types=frozenset(types.split(",")) if types else None)
+                         types=frozenset(types.split(",")) if types else None,
+                         log_lines=query.get("format", [""])[0] == "log")
         after = query.get("after", [""])[0]
         if after.isdigit():
             oldest = self._replay[0].seq if self._replay else self.seq + 1

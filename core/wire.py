@@ -7,18 +7,15 @@ A `JobKey` travels as "namespace/cadence" (parsed back at the last `/`, as the C
 Decoders raise `WireError` naming the field when a value is missing or of the wrong type,
 so a client talking to a newer or broken server gets a sentence, not a traceback.
 Unknown keys are ignored (a newer server may add fields); unknown event types decode to
-None so an older client skips them.
+None so an older client skips them. The events' codec (and `WireError`, job keys) is in
+core/wire_events.py, re-exported here.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from core import events as ev
 from core.control import (
     FILE_STORE,
     ReloadResult,
@@ -31,36 +28,18 @@ from core.jobs import JobKey, JobSpec, JobState
 from core.replicas import ReplicaInfo
 from core.status import Counts, JobStatus
 from core.views import JobView, TargetView
-
-Json = Any  # a value json.dumps accepts
-
-
-class WireError(ValueError):
-    """A message from the other end does not have the shape this version expects."""
-
-
-def _field(d: Json, name: str, where: str) -> Json:
-    if not isinstance(d, dict):
-        raise WireError(f"{where}: expected an object, got {type(d).__name__}")
-    if name not in d:
-        raise WireError(f"{where}: missing field {name!r}")
-    return d[name]
-
+from core.wire_events import (
+    EVENT_TYPES,
+    Json,
+    WireError,
+    decode_event,
+    decode_job_key,
+    encode_event,
+    encode_job_key,
+)
+from core.wire_events import required as _field
 
 # -- job key, spec, state, view ------------------------------------------------------------
-
-
-def encode_job_key(key: JobKey) -> str:
-    return str(key)
-
-
-def decode_job_key(text: Json) -> JobKey:
-    if not isinstance(text, str):
-        raise WireError(f"job: expected 'namespace/cadence', got {text!r}")
-    try:
-        return JobKey.parse(text)
-    except ValueError as exc:
-        raise WireError(str(exc)) from None
 
 
 def encode_job_spec(spec: JobSpec) -> Json:
@@ -284,71 +263,6 @@ def decode_verify_result(d: Json) -> VerifyResult:
     return VerifyResult(outcome, str(_field(d, "message", w)), d.get("job"))
 
 
-# -- events --------------------------------------------------------------------------------
-# Every event is a frozen dataclass of core/events.py; its fields are floats, ints, strings,
-# None, JobKey, tuples of JobKey or strings, and (LogRecord.fields) a JSON-able dict. The
-# codec is driven by the field annotations, so a new event or field needs no code here.
-
-EVENT_TYPES: dict[str, type[ev.Event]] = {
-    cls.__name__: cls
-    for cls in vars(ev).values()
-    if isinstance(cls, type) and issubclass(cls, ev.Event) and cls is not ev.Event
-}
-
-
-_HINTS: dict[type[ev.Event], dict[str, Any]] = {}
-
-
-def _hints(cls: type[ev.Event]) -> dict[str, Any]:
-    hints = _HINTS.get(cls)
-    if hints is None:
-        hints = _HINTS[cls] = typing.get_type_hints(cls, vars(ev))
-    return hints
-
-
-def _encode_value(value: Any) -> Json:
-    if isinstance(value, JobKey):
-        return str(value)
-    if isinstance(value, tuple):
-        return [_encode_value(v) for v in value]
-    return value
-
-
-def _is_key(hint: Any) -> bool:
-    return hint is JobKey or (typing.get_origin(hint) is typing.Union and JobKey in typing.get_args(hint))
-
-
-def _decode_value(hint: Any, value: Json, where: str) -> Any:
-    if value is None:
-        return None
-    if _is_key(hint):
-        return decode_job_key(value)
-    if typing.get_origin(hint) is tuple:
-        if not isinstance(value, list):
-            raise WireError(f"{where}: expected a list")
-        (item, *_) = typing.get_args(hint) or (Any,)
-        return tuple(_decode_value(item, v, where) for v in value)
-    return value
-
-
-def encode_event(event: ev.Event) -> Json:
-    """{"type": "<class name>", "event": {field: value}}."""
-    fields = {f.name: _encode_value(getattr(event, f.name)) for f in dataclasses.fields(event)}
-    return {"type": type(event).__name__, "event": fields}
-
-
-def decode_event(d: Json) -> ev.Event | None:
-    """The event, or None when its type is unknown to this version (skip it)."""
-    kind = _field(d, "type", "event")
-    cls = EVENT_TYPES.get(kind)
-    if cls is None:
-        return None
-    body = _field(d, "event", kind)
-    where = f"event {kind}"
-    kwargs: dict[str, Any] = {}
-    for f in dataclasses.fields(cls):
-        if f.name in body:
-            kwargs[f.name] = _decode_value(_hints(cls)[f.name], body[f.name], f"{where}.{f.name}")
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise WireError(f"{where}: missing field {f.name!r}")
-    return cls(**kwargs)
+__all__ = [
+    "EVENT_TYPES", "Json", "WireError", "decode_event", "decode_job_key", "encode_event", "encode_job_key",
+]

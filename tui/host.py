@@ -16,7 +16,7 @@ import contextvars
 import signal
 import sys
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Protocol
 
 from core.config import TuiSettings
@@ -57,6 +57,8 @@ class HostedApp(Protocol):
     """What a host asks of the App that shows its scheduler."""
 
     def notify(self, message: str, *, severity: Any = ..., timeout: float | None = ...) -> None: ...
+
+    def call_after_refresh(self, callback: Callable[..., Any], *args: Any, **kwargs: Any) -> bool: ...
 
     def run_worker(self, work: Any, *, group: str = ..., exit_on_error: bool = ...,
                    exclusive: bool = ...) -> Worker[Any]: ...
@@ -333,7 +335,9 @@ class AttachedHost(Host):
         super().start(app)
         self._install_signal_handlers()
         self.remote.on_notice = lambda text: self._notify(text, severity="error", timeout=15)
-        self.remote.start()
+        # The first page's rows drawn first: the whole table (10,000 jobs, 8 MB read and
+        # parsed, sharing this process's GIL) and the stream follow once they are on screen.
+        app.call_after_refresh(self.remote.start)
 
     def run_state(self) -> RunState:
         link = self.remote

@@ -140,6 +140,11 @@ def test_unknown_event_type_is_skipped_and_bad_shapes_name_the_field():
         wire.decode_event({"type": "JobSkipped", "event": {"at": 1.0, "job": "nojob", "reason": "x"}})
     with pytest.raises(wire.WireError, match="snapshot: missing field 'views'"):
         wire.decode_snapshot({"now": 1.0})
+    # An event whose body is not an object: a sentence naming the event, not a TypeError.
+    with pytest.raises(wire.WireError, match="event Paused: expected an object, got int"):
+        wire.decode_event({"type": "Paused", "event": 5})
+    with pytest.raises(wire.WireError, match=r"event AnchorStarted\.jobs: expected a list"):
+        wire.decode_event({"type": "AnchorStarted", "event": {"at": 1.0, "target": "t", "jobs": "a/b", "digest": "d"}})
 
 
 def test_reload_and_verify_results_round_trip():
