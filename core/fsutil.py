@@ -227,10 +227,8 @@ def atomic_write_bytes(
         fsync_dir(path.parent)
 
 
-def dumps_json(obj: Any, *, compact: bool = False, plain: bool = False) -> bytes:
+def dumps_json(obj: Any, *, compact: bool = False) -> bytes:
     """UTF-8 JSON with a trailing newline; `compact` uses the fast C encoder (no indent).
-    `plain`: the caller knows `obj` passes `is_plain_json` (a receipt whose attestation
-    does: its other fields are typed).
 
     Indented, a document of strings, integers, booleans and nulls (a receipt) is encoded by
     pydantic_core, byte for byte what json.dumps(indent=2, ensure_ascii=False) writes, in a
@@ -238,7 +236,7 @@ def dumps_json(obj: Any, *, compact: bool = False, plain: bool = False) -> bytes
     differently) or a non-string key by json.dumps."""
     if compact:
         text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
-    elif plain or is_plain_json(obj):
+    elif is_plain_json(obj):
         return pydantic_core.to_json(obj, indent=2) + b"\n"
     else:
         text = json.dumps(obj, ensure_ascii=False, indent=2)
