@@ -25,6 +25,8 @@ import json
 import os
 import re
 import secrets
+import shutil
+import subprocess
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, cast
@@ -372,3 +374,70 @@ def create_new(path: str | os.PathLike[str], data: bytes, mode: int = FILE_MODE)
         return False
     _fill(fd, path, data, mode, sync=False)
     return True
+
+
+MKDIR_ARGS_BYTES = 96 * 1024  # the paths handed to one mkdir(1): far below ARG_MAX
+
+
+def make_folders(parent: str, names: list[str], created: list[Path], mode: int = DIR_MODE) -> list[str]:
+    """Make the folders `names` in `parent` with `mode` whatever the umask; the names it
+    made (not those that were there), `parent` in `created` for the caller's
+    `sync_barrier`: not durable until then.
+
+    Made by mkdir(1) child processes, MKDIR_ARGS_BYTES of paths each: the kernel's work
+    runs in another process, and this one waits in waitpid without the GIL. Made here,
+    10,000 folders beside the first pass's batch reads took 0.8 s and held the reads up
+    (two threads of short system calls hand the GIL over at each call). Where a child
+    fails (a folder of its chunk was there, or no mkdir(1) can be run), its chunk is made
+    here with `make_folder`; a folder found there is then counted as there before (it may
+    be the child's: the caller only cleans it once more). An error making one raises.
+    """
+    paths = [f"{parent}/{name}" for name in names]
+    made: list[str] = []
+    mkdir = _mkdir_command()
+    at = 0
+    for chunk in _arg_chunks(paths):
+        done = None
+        if mkdir is not None:
+            try:
+                done = subprocess.run(
+                    [mkdir, "-m", f"{mode:o}", "--", *chunk], stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={"LC_ALL": "C"}, check=False,
+                )
+            except OSError:
+                done = None
+        if done is not None and done.returncode == 0:
+            made.extend(names[at:at + len(chunk)])
+        else:
+            scratch: list[Path] = []
+            made.extend(name for name, path in zip(names[at:at + len(chunk)], chunk, strict=True)
+                        if make_folder(path, scratch, mode))
+        at += len(chunk)
+    if made:
+        created.append(Path(parent))
+    return made
+
+
+def _arg_chunks(paths: list[str]) -> Iterable[list[str]]:
+    """`paths` in runs of at most MKDIR_ARGS_BYTES (one mkdir(1) each)."""
+    chunk: list[str] = []
+    size = 0
+    for path in paths:
+        length = len(path.encode(errors="surrogateescape")) + 1
+        if chunk and size + length > MKDIR_ARGS_BYTES:
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(path)
+        size += length
+    if chunk:
+        yield chunk
+
+
+_MKDIR: Any = False  # mkdir(1)'s path, looked up at the first use
+
+
+def _mkdir_command() -> str | None:
+    global _MKDIR
+    if _MKDIR is False:
+        _MKDIR = next((p for p in ("/bin/mkdir", "/usr/bin/mkdir") if os.access(p, os.X_OK)), None) or shutil.which("mkdir")
+    return cast("str | None", _MKDIR)

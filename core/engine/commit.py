@@ -155,6 +155,7 @@ class Committer:
         already started is applied as it ended. Returns the pairs left unwritten and the
         first failure (None: every chunk committed)."""
         size = self.ctx.claims.commit_chunk or max(1, len(pairs))
+        await self.ctx.folders_made()
         queued: list[tuple[Pairs, asyncio.Future[tuple[Committed | Exception, list[bool]]]]] = []
         unwritten: Pairs = []
         error: StorageError | None = None

@@ -67,6 +67,9 @@ class Context:
         self.stopping = False
         self.claim_refusal: str | None = None  # why not to claim jobs now (core/cluster.py)
         self._named: dict[str, frozenset[JobKey]] = {}  # the jobs of the open intents, by id
+        # The start's receipt folders being made (core/engine/scheduler.py prepare_receipts):
+        # receipts are written once it ended, not into folders it is making.
+        self.receipt_folders: asyncio.Task[None] | None = None
 
     def spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         """Run `work` as one of the engine's tasks (awaited by settle and stop)."""
@@ -74,6 +77,12 @@ class Context:
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
         return task
+
+    async def folders_made(self) -> None:
+        """Wait for the start's receipt folders, if they are being made."""
+        making = self.receipt_folders
+        if making is not None and not making.done():
+            await asyncio.wait([making])
 
     async def write(self, op: str, path: Any, fn: Callable[..., _T], *args: Any) -> _T:
         """Run a blocking write on the writer thread; a failure is reported once, then raised."""

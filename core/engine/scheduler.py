@@ -67,7 +67,7 @@ from core.writer import DiskWriter
 
 PASS_SLICE = 500  # due jobs looked at between two turns of the loop in a scheduling pass
 READ_SLICE = 2000  # due jobs whose batch folder is named between two turns of the loop
-PREPARE_CHUNK = 1000  # receipt folders made in one call of the store's prepare (a stop waits for one)
+PREPARE_CHUNK = 4000  # receipt folders made in one call of the store's prepare (a stop waits for one)
 WALK_SHARE = 8  # a pruned walk of the heap stops past 1/WALK_SHARE of it: the C scan is cheaper
 # Returns the reason a target must not be used (e.g. chain id mismatch), or None.
 TargetGuard = Callable[[str], "str | None"]
@@ -102,13 +102,13 @@ async def warm_backends(ctx: Context) -> None:
 
 async def prepare_receipts(ctx: Context) -> None:
     """Make the configured namespaces' receipt folders that are not there yet, on a thread,
-    PREPARE_CHUNK at a time (a stop waits for one chunk at most), before the first pass
+    PREPARE_CHUNK at a time (a stop waits for one chunk at most), while the first pass
     reads its batches: its receipts then cost the disk a file each, not a folder and a
-    file. Before the reads, not beside them: two threads of short system calls pass the
-    GIL back and forth at each call, and each waits for the other (10,000 folders made
-    beside 10,000 batch reads took 0.8 s and held the reads to 1 s; one after the other,
-    0.3 s and 0.43 s). A folder that could not be made here is made by the receipt's own
-    write, which reports the failure."""
+    file, and are written once this ended (`Context.folders_made`). The folders are made
+    by mkdir(1) child processes (core/fsutil.py make_folders): made on a thread of this
+    process beside the reads, both went 2-3 times slower (two threads of short system
+    calls hand the GIL over at each call). A folder that could not be made here is made
+    by the receipt's own write, which reports the failure."""
     namespaces = sorted({key.namespace for key in ctx.table.records})
     for start in range(0, len(namespaces), PREPARE_CHUNK):
         if ctx.stopping:  # a stop does not wait for 100,000 folders
@@ -369,7 +369,7 @@ class Scheduler:
         """Run until stop(): recover interrupted anchors, then anchor what is due, forever.
         (The GIL switch interval is the program's, set at its entry: cli/main.py.)"""
         warming = self._ctx.spawn(warm_backends(self._ctx))
-        await prepare_receipts(self._ctx)
+        self._ctx.receipt_folders = self._ctx.spawn(prepare_receipts(self._ctx))
         await self.recover()
         while not self.stopping:
             self._wake.clear()

@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -531,22 +532,33 @@ def test_a_thousand_receipts_cost_two_flushes_not_two_fsyncs_each(tmp_path: Path
     assert flushes.syncfs + len(flushes.fsyncs) <= 2
 
 
-def test_folders_prepared_at_start_are_durable_at_once_and_a_first_pass_makes_none(tmp_path: Path, monkeypatch) -> None:
-    """What the engine's start does on a thread while the first pass reads its batches:
-    the receipts then cost a file each, not a folder and a file."""
+@pytest.mark.parametrize("child", [True, False], ids=["by mkdir(1)", "in process"])
+def test_folders_prepared_at_start_are_durable_at_once_and_a_first_pass_makes_none(
+    tmp_path: Path, monkeypatch, child: bool
+) -> None:
+    """What the engine's start does while the first pass reads its batches: the receipts
+    then cost a file each, not a folder and a file. The folders are made by mkdir(1) child
+    processes (several: a few bytes of paths each here), or in process where none can run;
+    either way with the store's mode whatever the umask."""
+    import core.fsutil
+
+    monkeypatch.setattr(core.fsutil, "MKDIR_ARGS_BYTES", 400)
+    if not child:
+        monkeypatch.setattr(core.fsutil, "_MKDIR", None)
     store = ReceiptStore(tmp_path / "receipts")
     store.pending()
     receipts = receipts_for(50)
-    there = tmp_path / "receipts" / safe_name("dao:ns0")
-    there.mkdir()  # there already: left for its first write
-    (there / ".stale.json.00000000.tmp").write_bytes(b"{")
     flushes = Flushes(monkeypatch, syncfs=False)
-
-    assert store.prepare([r.namespace for r in receipts] * 2) == 49
-    assert sorted(p.name for p in (tmp_path / "receipts").iterdir() if p.name != ".pending") == sorted(
-        safe_name(f"dao:ns{i}") for i in range(50)
-    )
-    assert flushes.fsyncs == [str(tmp_path / "receipts")]  # the 49 names made durable with one fsync
+    old_umask = os.umask(0o077)
+    monkeypatch.setattr(core.fsutil, "_UMASK", None)  # read afresh: this process's umask changed
+    try:
+        assert store.prepare([r.namespace for r in receipts] * 2) == 50
+    finally:
+        os.umask(old_umask)
+    folders = [p for p in (tmp_path / "receipts").iterdir() if p.name != ".pending"]
+    assert sorted(p.name for p in folders) == sorted(safe_name(f"dao:ns{i}") for i in range(50))
+    assert {stat.S_IMODE(p.stat().st_mode) for p in folders} == {0o750}
+    assert flushes.fsyncs == [str(tmp_path / "receipts")]  # the 50 names made durable with one fsync
     assert store.prepare([r.namespace for r in receipts]) == 0
 
     made: list[str] = []
@@ -559,6 +571,23 @@ def test_folders_prepared_at_start_are_durable_at_once_and_a_first_pass_makes_no
     monkeypatch.setattr(os, "mkdir", mkdir)
     results = store.write_many(receipts)
     assert all(isinstance(r, Path) for r in results) and made == []
+
+
+def test_a_folder_there_before_the_start_is_rid_of_its_stale_temps_at_its_first_write(tmp_path: Path) -> None:
+    """A folder already there is left for its first write, which removes a kill -9's temp
+    files from it; the folders made beside it are written into all the same."""
+    store = ReceiptStore(tmp_path / "receipts")
+    store.pending()
+    receipts = receipts_for(50)
+    there = tmp_path / "receipts" / safe_name("dao:ns0")
+    there.mkdir()
+    (there / ".stale.json.00000000.tmp").write_bytes(b"{")
+
+    store.prepare([r.namespace for r in receipts])
+    assert len([p for p in (tmp_path / "receipts").iterdir() if p.name != ".pending"]) == 50
+    assert (there / ".stale.json.00000000.tmp").exists()  # not listed at start
+    results = store.write_many(receipts)
+    assert [load_receipt(p) for p in results] == receipts  # type: ignore[arg-type]
     assert not (there / ".stale.json.00000000.tmp").exists()  # cleaned at its first write
 
 

@@ -28,6 +28,7 @@ from core.fsutil import (
     ensure_dir,
     is_temp_name,
     make_folder,
+    make_folders,
     publish,
     remove_stale_temps,
     stage_in,
@@ -215,15 +216,18 @@ class ReceiptStore:
     def prepare(self, namespaces: Iterable[str]) -> int:
         """Make the receipt folders of these namespaces that are not there yet, durable with
         one flush for all of them; how many were made. The engine calls it on a thread at
-        start, so a first pass's receipts find their folders made while it reads batches
-        (a mkdir is most of what a first receipt costs the disk). A folder already there is
-        left for its first write, which rids it of a kill -9's temp files."""
+        start, so a first pass's receipts find their folders made (a mkdir is most of what
+        a first receipt costs the disk); they are made by mkdir(1) child processes
+        (`make_folders`), so the pass's batch reads go on meanwhile. A folder already there
+        is left for its first write, which rids it of a kill -9's temp files."""
         created: list[Path] = []
-        made: list[str] = []
-        for name in sorted({safe_name(ns) for ns in namespaces} - self._cleaned):
-            if self._make_folder(name, created):
-                made.append(name)
-        if made:
+        wanted = sorted({safe_name(ns) for ns in namespaces} - self._cleaned)
+        if not wanted:
+            return 0
+        if not os.path.isdir(self._root):
+            ensure_dir(self.root, parents_to_sync=created)
+        made = make_folders(self._root, wanted, created)
+        if created:
             sync_barrier(folders=created)
             self._cleaned.update(made)
         return len(made)
