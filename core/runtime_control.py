@@ -45,18 +45,12 @@ class RuntimeControl:
         return self._runtime.engine.clock.now()
 
     def job_keys(self) -> list[JobKey]:
-        return list(self._runtime.engine.jobs)
+        return self._runtime.engine.job_keys()
 
     def views_of(self, keys: Iterable[JobKey], now: float) -> list[JobView]:
-        """The views of those of `keys` still configured, in that order."""
-        engine = self._runtime.engine
-        views: list[JobView] = []
-        for key in keys:
-            try:
-                views.append(engine.view(key, now))
-            except KeyError:  # removed by a reload meanwhile
-                pass
-        return views
+        """The views of those of `keys` still configured (one removed by a reload meanwhile
+        is left out), in that order."""
+        return self._runtime.engine.views(now, keys)
 
     def health(self, now: float, views: Sequence[JobView]) -> tuple[int, dict[str, Any]]:
         """/health's (status, body) over `views` (taken at `now`)."""

@@ -633,11 +633,19 @@ class Scheduler:
         status a view works out (the metrics' seed: 10,000 jobs in a fifth of the time)."""
         return [(r.spec, r.state, r.disabled) for r in self._jobs.records.values()]
 
-    def views(self, now: float | None = None) -> list[JobView]:
-        """Every job's view: the dashboard's refresh, a snapshot."""
+    def job_keys(self) -> list[JobKey]:
+        """Every job's key, in the table's order."""
+        return list(self._jobs.records)
+
+    def views(self, now: float | None = None, keys: Iterable[JobKey] | None = None) -> list[JobView]:
+        """Every job's view (the dashboard's refresh, a snapshot), or those of `keys` still
+        configured, in their order (a snapshot's slice)."""
         now = self.clock.now() if now is None else now
+        records = self._jobs.records
+        if keys is not None:
+            records = {key: records[key] for key in keys if key in records}
         return job_views(
-            self._jobs.records, in_flight=self._flight, stuck=lambda key: self.is_stuck(key, now),
+            records, in_flight=self._flight, stuck=lambda key: self.is_stuck(key, now),
             targets_of=self.redundancy.views, paused=self.paused, started_at=self.started_at,
             max_level=self.policy.max_level, stale_factor=self.stale_factor, now=now,
         )
