@@ -25,9 +25,10 @@ awaits it and, at exit, the process (the executor's threads are joined). Here:
 - One thread reads while reads are quick (a local disk: a read is tens of microseconds,
   most of them Python's, and more threads only trade the GIL back and forth: 10,000
   folders took 0.31 s on one thread, 0.62 s on two and 0.77 s on four); once a read has
-  run `slow_after` seconds, or a chunk's reads took that long each on average (a network
-  mount's latency: the threads wait in the kernel, not for the GIL), up to `live` read at
-  once, and a thread whose chunk was quick again ends, down to one.
+  run `slow_after` seconds (1 ms: a local read is ~30 us), or a chunk's reads took that
+  long each on average (a network mount's round trips: the threads wait in the kernel,
+  not for the GIL), up to `live` read at once, and a thread whose chunk was quick again
+  ends, down to one.
 - Idle threads end after `idle_exit` seconds; nothing ever joins a thread, so a read that
   never returns cannot keep the process from exiting.
 """
@@ -129,7 +130,7 @@ class Readers:
         live: int = 4,
         most: int = 64,
         stuck_after: float = 1.0,
-        slow_after: float = 0.005,
+        slow_after: float = 0.001,
         idle_exit: float = 30.0,
         name: str = "vmsh-read",
     ) -> None:
