@@ -622,7 +622,7 @@ def test_a_namespace_folder_on_another_file_system_is_flushed_too(tmp_path: Path
     store = ReceiptStore(tmp_path / "receipts")
     store.pending()
     receipts = receipts_for(3)
-    target = Path(shutil.os.path.join(elsewhere, f"vmsh-test-{os.getpid()}-{tmp_path.name}"))
+    target = elsewhere / f"vmsh-test-{os.getpid()}-{tmp_path.name}"
     target.mkdir()
     try:
         (tmp_path / "receipts" / safe_name("dao:ns1")).symlink_to(target)

@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import cast
 
 from core.fsutil import (
-    atomic_create_bytes,
     BackgroundFlushes,
+    atomic_create_bytes,
     atomic_write_bytes,
     ensure_dir,
     is_temp_name,
