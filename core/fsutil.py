@@ -10,9 +10,10 @@ deletes them at the next start (only names of exactly that shape).
 Group commit: with `sync_folder=False` the folder fsync is left to the caller, who writes
 many files and then calls `fsync_dirs` once per folder. Receipts go further (`stage_bytes`
 many temp files, one `sync_barrier`, `publish` each under its final name, one
-`sync_barrier` over their folders): a chunk of receipts costs two flushes of the file
+`sync_barrier` over their folders): a chunk of receipts costs a few flushes of the file
 system (syncfs(2) on Linux), not two fsyncs per file, and a final name never points at
-data that is not durable.
+data that is not durable. `BackgroundFlushes` runs those flushes on a thread of their
+own, so the writer stages the next files while the disk flushes.
 
 Modes do not depend on the umask: folders are created 0750 and files 0640 (the data
 dir holds no secret for the group, but nothing in it is for everyone).
