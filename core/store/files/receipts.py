@@ -14,6 +14,7 @@ start reads only them, not every receipt ever written.
 
 from __future__ import annotations
 
+import errno
 import functools
 import heapq
 import itertools
@@ -68,7 +69,7 @@ def slices(n: int) -> list[tuple[int, int]]:
     return list(itertools.pairwise(cuts))
 
 
-Staged = tuple[int, Path, str, bytes, bool]  # index, final path, temp path, data, pending
+Staged = tuple[int, str, Path, str, bytes, bool]  # index, namespace folder, final path, temp path, data, pending
 Linked = tuple[int, Path, bool]  # index, path, pending under the name its chunk's list gives
 
 
@@ -119,7 +120,7 @@ class _GroupCommit:
     def _begin(self, staged: list[Staged], *, background: bool) -> None:
         """A flush of `staged`'s data, the folders made and the links made since the last one
         began (and the list, the first time); on a thread when there is work meanwhile."""
-        files = [*self.first, *(tmp for _, _, tmp, _, _ in staged)]
+        files = [*self.first, *(tmp for _, _, _, tmp, _, _ in staged)]
         self.first = []
         created, linked = self.created, self.fresh
         # looked at without syncfs only (each folder fsynced then), on the flush's thread
@@ -148,7 +149,7 @@ class _GroupCommit:
         self.covering = []
 
     def _link(self, ready: list[Staged]) -> None:
-        linked = self.store._link(ready, self.results)
+        linked = self.store._link(ready, self.results, self.created)
         self.fresh += linked
         self.listed += [path for _, path, listed in linked if listed]
 
@@ -156,7 +157,7 @@ class _GroupCommit:
         """Every receipt not durable fails with `exc`: staged ones lose their temp files,
         linked ones stay (found again from their token at the retry), the rest is not
         written; their folders are made again (or found) at the next write."""
-        for _, _, tmp, _, _ in [*self.flushing, *staged]:
+        for _, _, _, tmp, _, _ in [*self.flushing, *staged]:
             unlink_quietly(tmp)
         self.flushing = []
         durable = set(self.durable)
@@ -174,6 +175,7 @@ class ReceiptStore:
     """
 
     INDEX = ".pending"
+    STAGING = ".staging"  # temp files of the chunk being written (hidden: no namespace's)
     INDEX_COMPLETE = PendingIndex.COMPLETE
 
     def __init__(self, root_dir: str | os.PathLike[str]) -> None:
@@ -185,6 +187,8 @@ class ReceiptStore:
         self._cleaned: set[str] = set()
         self._prepared: set[str] = set()  # made by `prepare`, not written into yet (nor flushed)
         self._found: set[str] = set()  # found there by `prepare`, not written into yet
+        self._foreign: set[str] = set()  # namespace folders found on another file system
+        self._staging: bool | None = None  # the staging folder usable (None: not looked at yet)
         self._elsewhere: dict[int, str] = {}  # a device other than the root's -> a folder on it
         self._index_device: int | None = None  # the pending index's folder, looked at once
         self._root_device: int | None = None
@@ -278,21 +282,33 @@ class ReceiptStore:
         return device
 
     def _link(
-        self, staged: list[tuple[int, Path, str, bytes, bool]], results: list[Path | Exception],
-    ) -> list[tuple[int, Path, bool]]:
-        """Each staged receipt under its final name (a `-<n>` one when taken); the receipts
-        linked (index, path), each with whether it is pending under the name its chunk's
-        list gives."""
-        linked: list[tuple[int, Path, bool]] = []
-        for index, path, tmp, data, pending in staged:
+        self, staged: list[Staged], results: list[Path | Exception], created: list[str | Path],
+    ) -> list[Linked]:
+        """Each staged receipt under its final name (a `-<n>` one when taken), its folder made
+        first when it is new (then its name and the receipt's are made durable by one
+        flush: a folder's block journaled once, not at its making and again at its first
+        name); the receipts linked (index, path), each with whether it is pending under the
+        name its chunk's list gives."""
+        linked: list[Linked] = []
+        for index, name, path, tmp, data, pending in staged:
             try:
-                if publish(tmp, path):
+                self._ready(name, created)
+                try:
+                    done = publish(tmp, path)
+                except OSError as exc:
+                    if exc.errno != errno.EXDEV:
+                        raise
+                    # its folder is on another file system than the staging folder (a mount
+                    # point, a link): written there on its own, fsynced (staged there next time)
+                    done = atomic_create_bytes(path, data, sync_folder=False)
+                if done:
                     linked.append((index, path, pending))
                     continue
                 path = results[index] = self._create_under_free_name(path, data, pending)
             except Exception as exc:
                 unlink_quietly(tmp)
                 results[index] = exc
+                self._cleaned.discard(name)  # removed meanwhile? made again at the retry
                 continue
             linked.append((index, path, False))
         return linked
@@ -300,23 +316,42 @@ class ReceiptStore:
     def _stage(
         self, part: list[tuple[int, str, str]], receipts: list[Receipt], results: list[Path | Exception],
         created: list[str | Path], token: int,
-    ) -> list[tuple[int, Path, str, bytes, bool]]:
-        """Each receipt of `part` in its folder as a temp file (nothing fsynced); the
-        receipts staged (index, final path, temp path, data, pending); a failure is the
-        receipt's result."""
-        staged: list[tuple[int, Path, str, bytes, bool]] = []
+    ) -> list[Staged]:
+        """Each receipt of `part` as a temp file in the staging folder (in its own folder when
+        that one is on another file system), nothing fsynced; the receipts staged; a
+        failure is the receipt's result."""
+        staged: list[Staged] = []
+        staging = self._staging_folder(created)
+        foreign = self._foreign
         for index, name, file in part:
             receipt = receipts[index]
             try:
-                folder = self._ready(name, created)
                 data = receipt.to_bytes()
+                folder = staging if staging is not None and name not in foreign else self._ready(name, created)
                 tmp = stage_in(folder, file, data, token + index)
             except Exception as exc:
                 self._cleaned.discard(name)  # removed meanwhile? made again at the retry
+                self._staging = None  # the staging folder too
                 results[index] = exc
                 continue
-            staged.append((index, cast(Path, results[index]), tmp, data, receipt.status == "pending"))
+            staged.append((index, name, cast(Path, results[index]), tmp, data, receipt.status == "pending"))
         return staged
+
+    def _staging_folder(self, created: list[str | Path]) -> str | None:
+        """`<root>/.staging`, where a chunk's temp files are staged (made at its first use, its
+        parent then in `created`); None when it is not on the root's file system (each
+        receipt then staged in its own folder)."""
+        if self._staging is None:
+            folder = f"{self._root}/{self.STAGING}"
+            try:
+                made = make_folder(folder)
+            except FileNotFoundError:  # no receipts root yet
+                ensure_dir(folder, parents_to_sync=cast(list[Path], created))
+                made = True
+            if made:
+                created.append(self._root)
+            self._staging = made or (os.path.isdir(folder) and self._device_of(folder) == self._root_device)
+        return f"{self._root}/{self.STAGING}" if self._staging else None
 
     def _create_under_free_name(self, taken: Path, data: bytes, pending: bool) -> Path:
         """`taken` exists (a clash): create the receipt under the next free `-<n>` name (a
@@ -352,7 +387,8 @@ class ReceiptStore:
         elif name in self._found or not self._make_folder(name, created):
             self._found.discard(name)
             remove_stale_temps(folder)
-            self._device_of(folder)
+            if self._device_of(folder) != self._root_device:
+                self._foreign.add(name)
         self._cleaned.add(name)
         return folder
 
@@ -379,6 +415,8 @@ class ReceiptStore:
         wanted = {safe_name(ns) for ns in namespaces} - self._cleaned - self._prepared - self._found
         if wanted and not os.path.isdir(self._root):
             ensure_dir(self.root)  # durable at once: the folders made below are its children
+        if wanted:
+            self._staging_folder([])  # its name needs no flush: a temp file's is never looked up after a crash
         made = 0
         for name in sorted(wanted):
             if make_folder(f"{self._root}/{name}"):
@@ -389,12 +427,18 @@ class ReceiptStore:
         return made
 
     def remove_stale_temps(self) -> list[Path]:
-        """Temp files left by a kill -9 in the receipts root and the pending index (at start).
+        """Temp files left by a kill -9 in the receipts root, its staging folder and the
+        pending index (at start).
 
-        Namespace folders are cleaned the first time this store writes into them, so a
-        start never lists every receipt ever written.
+        Namespace folders (where older versions staged, and a receipt whose folder is on
+        another file system is) are cleaned the first time this store writes into them, so
+        a start never lists every receipt ever written.
         """
-        removed = remove_stale_temps(self.root) + remove_stale_temps(self.index)
+        removed = (
+            remove_stale_temps(self.root)
+            + remove_stale_temps(f"{self._root}/{self.STAGING}")
+            + remove_stale_temps(self.index)
+        )
         return removed
 
     def load(self, path: str | os.PathLike[str]) -> Receipt:
