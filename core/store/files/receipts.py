@@ -10,6 +10,10 @@ Pending index (core/store/files/pending.py): `<data_dir>/receipts/.pending/`, on
 commit chunk naming its pending receipts, durable before any of them is linked (an older
 data dir's marker per pending receipt still read), so that finding the pending ones at
 start reads only them, not every receipt ever written.
+
+Staging folder: `<data_dir>/receipts/.staging/`, the temp files of the chunk being
+written (linked from there under their final names; a receipt whose folder is on another
+file system is staged in its own folder).
 """
 
 from __future__ import annotations
