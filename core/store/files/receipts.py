@@ -393,6 +393,10 @@ class ReceiptStore:
             remove_stale_temps(folder)
             if self._device_of(folder) != self._root_device:
                 self._foreign.add(name)
+            # its name maybe not durable yet (made by `prepare` unflushed, or before a failed
+            # flush): without syncfs the root is fsynced with the receipt's name (with
+            # syncfs any flush covers it)
+            created.append(self._root)
         self._cleaned.add(name)
         return folder
 
