@@ -47,7 +47,7 @@ from core.engine.anchoring import Anchoring
 from core.engine.commit import Committer
 from core.engine.context import BackendFor, Context
 from core.engine.leases import Leases
-from core.engine.looks import job_view, job_views, stuck_after
+from core.engine.looks import job_views, stuck_after
 from core.engine.outcomes import Outcomes
 from core.engine.persistence import Saves
 from core.engine.reads import BATCH_READ_BUSY, BATCH_READ_MOST, BATCH_READ_WAIT, BatchReads
@@ -107,8 +107,9 @@ async def prepare_receipts(ctx: Context) -> None:
     file, and are written once this ended (`Context.folders_made`). The folders are made
     by mkdir(1) child processes (core/fsutil.py make_folders): made on a thread of this
     process beside the reads, both went 2-3 times slower (two threads of short system
-    calls hand the GIL over at each call). A folder that could not be made here is made
-    by the receipt's own write, which reports the failure."""
+    calls hand the GIL over at each call). No chunk waits for a flush: the folders' names
+    are made durable by the first flush of the receipts written into them. A folder that
+    could not be made here is made by the receipt's own write, which reports the failure."""
     namespaces = sorted({key.namespace for key in ctx.table.records})
     for start in range(0, len(namespaces), PREPARE_CHUNK):
         if ctx.stopping:  # a stop does not wait for 100,000 folders
@@ -620,30 +621,24 @@ class Scheduler:
     def view(self, key: JobKey, now: float | None = None) -> JobView:
         """`now` is on the engine's own clock (`engine.clock.now()`, the default), like every
         time in the view: a wall-clock reading would be off by any step since the start."""
-        now = self.clock.now() if now is None else now
-        in_flight = key in self._flight
-        return job_view(
-            self._jobs[key], in_flight=in_flight, stuck=in_flight and self.is_stuck(key, now),
-            paused=self.paused, started_at=self.started_at, max_level=self.policy.max_level,
-            stale_factor=self.stale_factor, now=now, targets=self.redundancy.views(self._jobs[key].spec.target),
-        )
+        found = self.views(now, (key,))
+        if not found:
+            raise KeyError(key)
+        return found[0]
 
     def records(self) -> list[tuple[JobSpec, JobState, str | None]]:
         """Every job's spec, state and why it is disabled (None: enabled), without the
         status a view works out (the metrics' seed: 10,000 jobs in a fifth of the time)."""
         return [(r.spec, r.state, r.disabled) for r in self._jobs.records.values()]
 
-    def job_keys(self) -> list[JobKey]:
-        """Every job's key, in the table's order."""
+    def job_keys(self) -> list[JobKey]:  # in the table's order
         return list(self._jobs.records)
 
     def views(self, now: float | None = None, keys: Iterable[JobKey] | None = None) -> list[JobView]:
-        """Every job's view (the dashboard's refresh, a snapshot), or those of `keys` still
-        configured, in their order (a snapshot's slice)."""
+        """Every job's view (a refresh), or those of `keys` still configured, in their order."""
         now = self.clock.now() if now is None else now
-        records = self._jobs.records
-        if keys is not None:
-            records = {key: records[key] for key in keys if key in records}
+        table = self._jobs.records
+        records = table if keys is None else {key: table[key] for key in keys if key in table}
         return job_views(
             records, in_flight=self._flight, stuck=lambda key: self.is_stuck(key, now),
             targets_of=self.redundancy.views, paused=self.paused, started_at=self.started_at,

@@ -7,7 +7,7 @@ process writes here, and a restart starts from nothing in flight), and a commit 
 under a token that is no longer current is refused, as the shared store's are
 (core/store/postgres/state.py PgStateStore).
 
-`commit` writes receipts as files (`ReceiptStore.write_many`: a group commit of two
+`commit` writes receipts as files (`ReceiptStore.write_many`: a group commit of a few
 flushes of the file system per call); a receipt that cannot be written comes back as its error, and the engine keeps the
 attestation for that job. The state and the intent's removal follow through the engine's
 coalesced state save (`closes_intents` is False), as they always did.
@@ -34,7 +34,7 @@ UNLEASED = Row(0)  # a committed job's row: nothing leased, nothing versioned (t
 
 class FileClaims:
     closes_intents = False  # the engine removes the intent once the state is saved
-    # Receipts per commit: two flushes of the file system each (ReceiptStore.write_many);
+    # Receipts per commit: a few flushes of the file system each (ReceiptStore.write_many);
     # the loop runs between chunks.
     commit_chunk: int | None = 1024
 

@@ -10,19 +10,28 @@ Pending index (core/store/files/pending.py): `<data_dir>/receipts/.pending/`, on
 commit chunk naming its pending receipts, durable before any of them is linked (an older
 data dir's marker per pending receipt still read), so that finding the pending ones at
 start reads only them, not every receipt ever written.
+
+Staging folder: `<data_dir>/receipts/.staging/`, the temp files of the chunk being
+written (linked from there under their final names; a receipt whose folder is on another
+file system is staged in its own folder).
 """
 
 from __future__ import annotations
 
+import errno
 import functools
 import heapq
+import itertools
 import json
 import os
 import re
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future
 from pathlib import Path
+from typing import cast
 
 from core.fsutil import (
+    BackgroundFlushes,
     atomic_create_bytes,
     atomic_write_bytes,
     ensure_dir,
@@ -52,6 +61,117 @@ def _stamp(anchored_at: str) -> str:
 _NAME_RE = re.compile(r"^(\d{8}T\d{9}Z)-(.+)-([0-9a-f]{12})(?:-(\d+))?\.json$")
 
 
+SLICE = 256  # receipts staged while the flush of the slice before runs (`slices`)
+
+def slices(n: int) -> list[tuple[int, int]]:
+    """Where `write_many` cuts a chunk of n receipts: (start, end) of each slice. SLICE each,
+    but a short first slice (the first flush begins early, while the second is staged) and
+    a short last one (less left to flush once all are staged); one slice up to SLICE."""
+    if n <= SLICE:
+        return [(0, n)]
+    edge = SLICE // 4
+    cuts = [0, edge, *range(edge + SLICE, n - edge, SLICE), n - edge, n]
+    return list(itertools.pairwise(cuts))
+
+
+Staged = tuple[int, str, Path, str, bytes, bool]  # index, namespace folder, final path, temp path, data, pending
+Linked = tuple[int, Path, bool]  # index, path, pending under the name its chunk's list gives
+
+
+class _GroupCommit:
+    """One `ReceiptStore.write_many` once its receipts are named: slices staged, flushed
+    and linked in turn, a flush running on its own thread while this one works (see
+    `write_many`)."""
+
+    def __init__(
+        self, store: ReceiptStore, receipts: list[Receipt], results: list[Path | Exception],
+        created: list[str | Path], listing: Path | None,
+    ) -> None:
+        self.store = store
+        self.receipts = receipts
+        self.results = results
+        self.created = created  # parents of folders made since the last flush began
+        self.listing = listing
+        self.first = [str(listing)] if listing is not None else []  # flushed with the first slice
+        self.token = int.from_bytes(os.urandom(4), "big")  # temp names: token + index
+        self.flushes = BackgroundFlushes()
+        self.flush: Future[None] | None = None  # the flush running on `flushes`' thread
+        self.flushing: list[Staged] = []  # the slice the running flush makes durable
+        self.covering: list[Linked] = []  # the links it makes durable
+        self.fresh: list[Linked] = []  # links made since it began
+        self.durable: list[int] = []  # receipts whose links a finished flush covered
+        self.listed: list[Path] = []  # receipts linked under the names the list gives
+
+    def run(self, plan: list[tuple[int, str, str]]) -> None:
+        staged: list[Staged] = []
+        try:
+            parts = slices(len(plan))
+            for n, (start, end) in enumerate(parts):
+                staged = self.store._stage(plan[start:end], self.receipts, self.results, self.created, self.token)
+                ready = self._finish()
+                self._begin(staged, background=bool(ready) or n + 1 < len(parts))
+                staged = []
+                self._link(ready)
+            self._link(self._finish())
+            self._begin([], background=False)
+            self._finish()
+        except OSError as exc:  # a flush failed: nothing not durable yet is written
+            self._fail(exc, plan, staged)
+        finally:
+            self.flushes.close()  # after an error of another kind: no flush left running
+            if self.listing is not None:
+                self.store._index.close_list(self.listing, self.listed)
+
+    def _begin(self, staged: list[Staged], *, background: bool) -> None:
+        """A flush of `staged`'s data, the folders made and the links made since the last one
+        began (and the list, the first time); on a thread when there is work meanwhile."""
+        files = [*self.first, *(tmp for _, _, _, tmp, _, _ in staged)]
+        self.first = []
+        created, linked = self.created, self.fresh
+        # looked at without syncfs only (each folder fsynced then), on the flush's thread
+        folders = itertools.chain(created, (os.path.dirname(path) for _, path, _ in linked))
+        on = self.store._flush_points()
+        self.created = []
+        self.flushing, self.covering, self.fresh = staged, linked, []
+        if background:
+            self.flush = self.flushes.start(lambda: sync_barrier(files=files, folders=folders, on=on))
+        else:
+            sync_barrier(files=files, folders=folders, on=on)
+            self.flush = None
+            self._done()
+
+    def _finish(self) -> list[Staged]:
+        """Wait for the running flush (raises its OSError); the slice it made durable, to link."""
+        if self.flush is not None:
+            flush, self.flush = self.flush, None
+            flush.result()
+            self._done()
+        ready, self.flushing = self.flushing, []
+        return ready
+
+    def _done(self) -> None:
+        self.durable += [index for index, _, _ in self.covering]
+        self.covering = []
+
+    def _link(self, ready: list[Staged]) -> None:
+        linked = self.store._link(ready, self.results, self.created)
+        self.fresh += linked
+        self.listed += [path for _, path, listed in linked if listed]
+
+    def _fail(self, exc: OSError, plan: list[tuple[int, str, str]], staged: list[Staged]) -> None:
+        """Every receipt not durable fails with `exc`: staged ones lose their temp files,
+        linked ones stay (found again from their token at the retry), the rest is not
+        written; their folders are made again (or found) at the next write."""
+        for _, _, _, tmp, _, _ in [*self.flushing, *staged]:
+            unlink_quietly(tmp)
+        self.flushing = []
+        durable = set(self.durable)
+        for index, name, _ in plan:
+            if index not in durable and isinstance(self.results[index], Path):
+                self.results[index] = exc
+                self.store._cleaned.discard(name)
+
+
 class ReceiptStore:
     """Receipts under `<data_dir>/receipts/<safe namespace>/`.
 
@@ -60,6 +180,7 @@ class ReceiptStore:
     """
 
     INDEX = ".pending"
+    STAGING = ".staging"  # temp files of the chunk being written (hidden: no namespace's)
     INDEX_COMPLETE = PendingIndex.COMPLETE
 
     def __init__(self, root_dir: str | os.PathLike[str]) -> None:
@@ -69,6 +190,13 @@ class ReceiptStore:
         # Namespace folders (by name) rid of stale temps by this store: names, not Paths (a
         # Path a folder was 0.8 KB a job kept for as long as the daemon runs).
         self._cleaned: set[str] = set()
+        self._prepared: set[str] = set()  # made by `prepare`, not written into yet (nor flushed)
+        self._found: set[str] = set()  # found there by `prepare`, not written into yet
+        self._foreign: set[str] = set()  # namespace folders found on another file system
+        self._staging: bool | None = None  # the staging folder usable (None: not looked at yet)
+        self._elsewhere: dict[int, str] = {}  # a device other than the root's -> a folder on it
+        self._index_device: int | None = None  # the pending index's folder, looked at once
+        self._root_device: int | None = None
         self._root = str(self.root)
 
     # ---- writing
@@ -87,88 +215,148 @@ class ReceiptStore:
     def write_many(self, receipts: list[Receipt]) -> list[Path | Exception]:
         """Write new receipts as one group commit; each gets its path or its own error.
 
-        Each receipt staged as a temp file and the pending ones named in the chunk's list
-        (the pending index), one `sync_barrier` (their data, the list, new folders
-        durable), each linked under its final name (link(2): never over a file), one
-        `sync_barrier` over their folders: a chunk costs two flushes of the file system,
-        not two fsyncs per receipt. A final name never points at data that is not
-        durable, nor at a pending receipt its index entry does not name durably; nothing
-        is returned as written before the second barrier. A failed flush fails every
-        receipt it covered (a receipt already linked is found again from its token when
-        the engine retries: core/store/files/claims.py).
+        The pending ones named in the chunk's list (the pending index) first; then, SLICE
+        receipts at a time, each receipt staged as a temp file and, once a flush of the
+        file system begun after its staging is done (its data, the list, new folders
+        durable), linked under its final name (link(2): never over a file). Flushes run on
+        a thread of their own, one after the other: while one runs this thread stages the
+        next slice and links the slice the one before made durable, so a flush begun after
+        a slice's links makes them durable along with the next slice's data. A chunk of n
+        slices costs n + 1 flushes (two for one slice), not two fsyncs per receipt. A
+        final name never points at data that is not durable, nor at a pending receipt its
+        list does not name durably; nothing is returned as written before a flush begun
+        after its link is done. A failed flush fails every receipt not yet durable (a
+        receipt already linked is found again from its token when the engine retries:
+        core/store/files/claims.py) and the ones not staged yet.
         """
         results: list[Path | Exception] = []
-        staged: list[tuple[int, Path, str, bytes, bool]] = []  # index, path, temp, data, pending
-        created: list[Path] = []  # parents of folders created here
-        token = int.from_bytes(os.urandom(4), "big")  # the chunk's temp names: token + index
+        plan: list[tuple[int, str, str]] = []  # index, namespace folder, file name
+        root = self._root
         for index, receipt in enumerate(receipts):
-            results.append(self._stage(index, receipt, staged, created, token + index))
-        try:
-            listing = self._index.open_list([path for _, path, _, _, pending in staged if pending], created)
-        except OSError as exc:  # no list, no pending receipt: the others go on
-            listing = None
-            for index, _, tmp, _, pending in staged:
-                if pending:
-                    unlink_quietly(tmp)  # a staged receipt that will not be written
-                    results[index] = exc
-            staged = [item for item in staged if not item[4]]
-        try:
-            sync_barrier(files=[tmp for _, _, tmp, _, _ in staged] + ([listing] if listing else []), folders=created)
-        except OSError as exc:
-            for index, _, tmp, _, _ in staged:
-                unlink_quietly(tmp)
-                results[index] = exc
-            if listing:
-                self._index.close_list(listing, [])
+            try:
+                name, file = safe_name(receipt.namespace), self.file_name(receipt)
+            except Exception as exc:
+                results.append(exc)
+                continue
+            results.append(Path(f"{root}/{name}/{file}"))
+            plan.append((index, name, file))
+        if not plan:
             return results
-        linked = self._link(staged, results)
-        if listing:
-            self._index.close_list(listing, [path for _, path, listed in linked if listed])
-        try:
-            sync_barrier(folders=[os.path.dirname(path) for _, path, _ in linked])
-        except OSError as exc:
-            for index, _, _ in linked:  # on disk, not known durable: the engine's retry finds them
-                results[index] = exc
+        created: list[str | Path] = []  # parents of folders made, for the next flush
+        listing = self._open_list(receipts, results, plan, created)
+        _GroupCommit(self, receipts, results, created, listing).run(plan)
         return results
 
+    def _open_list(
+        self, receipts: list[Receipt], results: list[Path | Exception], plan: list[tuple[int, str, str]],
+        created: list[str | Path],
+    ) -> Path | None:
+        """The chunk's list naming its pending receipts (None without any); when it cannot be
+        made, each pending receipt fails with its error and leaves `plan` (the others go on)."""
+        pending = [index for index, _, _ in plan if receipts[index].status == "pending"]
+        if not pending:
+            return None
+        try:
+            listing = self._index.open_list([cast(Path, results[index]) for index in pending], cast(list[Path], created))
+        except OSError as exc:  # no list, no pending receipt
+            for index in pending:
+                results[index] = exc
+            plan[:] = [item for item in plan if isinstance(results[item[0]], Path)]
+            return None
+        if listing is not None and self._index_device is None:
+            self._index_device = self._device_of(self.index)
+        return listing
+
+    def _flush_points(self) -> list[str]:
+        """A folder on each file system the receipts may be on: the root's, and the few
+        others found (a namespace folder or the index mounted or linked elsewhere). A
+        folder made here is on its parent's file system, so only folders found are
+        looked at (once each), never the 10,000 a chunk makes."""
+        return [self._root, *self._elsewhere.values()]
+
+    def _device_of(self, folder: str | Path) -> int:
+        """`folder`'s device, remembered when it is not the root's; 0 when it cannot be read."""
+        try:
+            if self._root_device is None:
+                self._root_device = os.stat(self._root).st_dev
+            device = os.stat(folder).st_dev
+        except OSError:
+            return 0
+        if device != self._root_device:
+            self._elsewhere.setdefault(device, str(folder))
+        return device
+
     def _link(
-        self, staged: list[tuple[int, Path, str, bytes, bool]], results: list[Path | Exception],
-    ) -> list[tuple[int, Path, bool]]:
-        """Each staged receipt under its final name (a `-<n>` one when taken); the receipts
-        linked (index, path), each with whether it is pending under the name its chunk's
-        list gives."""
-        linked: list[tuple[int, Path, bool]] = []
-        for index, path, tmp, data, pending in staged:
+        self, staged: list[Staged], results: list[Path | Exception], created: list[str | Path],
+    ) -> list[Linked]:
+        """Each staged receipt under its final name (a `-<n>` one when taken), its folder made
+        first when it is new (then its name and the receipt's are made durable by one
+        flush: a folder's block journaled once, not at its making and again at its first
+        name); the receipts linked (index, path), each with whether it is pending under the
+        name its chunk's list gives."""
+        linked: list[Linked] = []
+        for index, name, path, tmp, data, pending in staged:
             try:
-                if publish(tmp, path):
+                self._ready(name, created)
+                try:
+                    done = publish(tmp, path)
+                except OSError as exc:
+                    if exc.errno != errno.EXDEV:
+                        raise
+                    # its folder is on another file system than the staging folder (a mount
+                    # point, a link): written there on its own, fsynced (staged there next time)
+                    done = atomic_create_bytes(path, data, sync_folder=False)
+                if done:
                     linked.append((index, path, pending))
                     continue
                 path = results[index] = self._create_under_free_name(path, data, pending)
             except Exception as exc:
                 unlink_quietly(tmp)
                 results[index] = exc
+                self._cleaned.discard(name)  # removed meanwhile? made again at the retry
                 continue
             linked.append((index, path, False))
         return linked
 
     def _stage(
-        self, index: int, receipt: Receipt, staged: list[tuple[int, Path, str, bytes, bool]], created: list[Path],
-        token: int,
-    ) -> Path | Exception:
-        """Its folder, its data in a temp file (nothing fsynced)."""
-        name = None
-        try:
-            name = safe_name(receipt.namespace)
-            folder = self._ready(name, created)
-            file = self.file_name(receipt)
-            data = receipt.to_bytes()
-            path = Path(f"{folder}/{file}")
-            staged.append((index, path, stage_in(folder, file, data, token), data, receipt.status == "pending"))
-            return path
-        except Exception as exc:
-            if name is not None:
+        self, part: list[tuple[int, str, str]], receipts: list[Receipt], results: list[Path | Exception],
+        created: list[str | Path], token: int,
+    ) -> list[Staged]:
+        """Each receipt of `part` as a temp file in the staging folder (in its own folder when
+        that one is on another file system), nothing fsynced; the receipts staged; a
+        failure is the receipt's result."""
+        staged: list[Staged] = []
+        staging = self._staging_folder(created)
+        foreign = self._foreign
+        for index, name, file in part:
+            receipt = receipts[index]
+            try:
+                data = receipt.to_bytes()
+                folder = staging if staging is not None and name not in foreign else self._ready(name, created)
+                tmp = stage_in(folder, file, data, token + index)
+            except Exception as exc:
                 self._cleaned.discard(name)  # removed meanwhile? made again at the retry
-            return exc
+                self._staging = None  # the staging folder too
+                results[index] = exc
+                continue
+            staged.append((index, name, cast(Path, results[index]), tmp, data, receipt.status == "pending"))
+        return staged
+
+    def _staging_folder(self, created: list[str | Path]) -> str | None:
+        """`<root>/.staging`, where a chunk's temp files are staged (made at its first use, its
+        parent then in `created`); None when it is not on the root's file system (each
+        receipt then staged in its own folder)."""
+        if self._staging is None:
+            folder = f"{self._root}/{self.STAGING}"
+            try:
+                made = make_folder(folder)
+            except FileNotFoundError:  # no receipts root yet
+                ensure_dir(folder, parents_to_sync=cast(list[Path], created))
+                made = True
+            if made:
+                created.append(self._root)
+            self._staging = made or (os.path.isdir(folder) and self._device_of(folder) == self._root_device)
+        return f"{self._root}/{self.STAGING}" if self._staging else None
 
     def _create_under_free_name(self, taken: Path, data: bytes, pending: bool) -> Path:
         """`taken` exists (a clash): create the receipt under the next free `-<n>` name (a
@@ -189,56 +377,76 @@ class ReceiptStore:
             if written:
                 return path
 
-    def _ready(self, name: str, created: list[Path]) -> str:
+    def _ready(self, name: str, created: list[str | Path]) -> str:
         """The namespace folder `name`, there to write into. One this store has written into
-        is taken as there (no system call); a new one is made (its parent to sync in
-        `created`); one found is rid of a kill -9's temp files before the first write here."""
+        is taken as there (no system call), as is one `prepare` made (its name to flush:
+        the root in `created`); a new one is made (its parent in `created`); one found
+        (here or by `prepare`) is rid of a kill -9's temp files before the first write
+        here, and its file system noted when it is not the root's."""
         folder = f"{self._root}/{name}"
         if name in self._cleaned:
             return folder
-        if not self._make_folder(name, created):
+        if name in self._prepared:
+            self._prepared.discard(name)
+            created.append(self._root)
+        elif name in self._found or not self._make_folder(name, created):
+            self._found.discard(name)
             remove_stale_temps(folder)
-            # made by `prepare` on its thread a moment ago, maybe not flushed yet: this
-            # chunk's flush covers its name too
-            created.append(self.root)
+            if self._device_of(folder) != self._root_device:
+                self._foreign.add(name)
+            # its name maybe not durable yet (made by `prepare` unflushed, or before a failed
+            # flush): without syncfs the root is fsynced with the receipt's name (with
+            # syncfs any flush covers it)
+            created.append(self._root)
         self._cleaned.add(name)
         return folder
 
-    def _make_folder(self, name: str, created: list[Path]) -> bool:
+    def _make_folder(self, name: str, created: list[str | Path]) -> bool:
         """The namespace folder `name` made (its parent to sync in `created`); False when it
         was there."""
         try:
-            return make_folder(f"{self._root}/{name}", created)
+            made = make_folder(f"{self._root}/{name}")
         except FileNotFoundError:  # no receipts root yet
-            ensure_dir(self.root / name, parents_to_sync=created)
+            ensure_dir(self.root / name, parents_to_sync=cast(list[Path], created))
             return True
+        if made:
+            created.append(self._root)
+        return made
 
     def prepare(self, namespaces: Iterable[str]) -> int:
-        """Make the receipt folders of these namespaces that are not there yet, durable with
-        one flush for all of them; how many were made. The engine calls it on a thread at
-        start, so a first pass's receipts find their folders made (a mkdir is most of what
-        a first receipt costs the disk); they are made by mkdir(1) child processes
-        (`make_folders`), so the pass's batch reads go on meanwhile. A folder already there
-        is left for its first write, which rids it of a kill -9's temp files."""
-        created: list[Path] = []
-        wanted = sorted({safe_name(ns) for ns in namespaces} - self._cleaned)
+        """Make the receipt folders of these namespaces that are not there yet; how many
+        were made. The engine calls it at start, while the first pass reads its batches,
+        so that its receipts find their folders made (a mkdir is most of what a first
+        receipt costs the disk); they are made by mkdir(1) child processes
+        (`make_folders`), so the reads go on meanwhile. Nothing is flushed here: the first
+        receipts written into a folder made here make its name durable with their own
+        flush, as for a folder the write makes. A folder already there is left for its
+        first write (which does not try to make it again), which rids it of a kill -9's
+        temp files."""
+        wanted = {safe_name(ns) for ns in namespaces} - self._cleaned - self._prepared - self._found
         if not wanted:
             return 0
         if not os.path.isdir(self._root):
-            ensure_dir(self.root, parents_to_sync=created)
-        made = make_folders(self._root, wanted, created)
-        if created:
-            sync_barrier(folders=created)
-            self._cleaned.update(made)
+            ensure_dir(self.root)  # durable at once: the folders made below are its children
+        self._staging_folder([])  # its name needs no flush: a temp file's is never looked up after a crash
+        made = make_folders(self._root, sorted(wanted))
+        self._prepared.update(made)
+        self._found.update(wanted.difference(made))  # cleaned, and their names flushed, at the first write
         return len(made)
 
     def remove_stale_temps(self) -> list[Path]:
-        """Temp files left by a kill -9 in the receipts root and the pending index (at start).
+        """Temp files left by a kill -9 in the receipts root, its staging folder and the
+        pending index (at start).
 
-        Namespace folders are cleaned the first time this store writes into them, so a
-        start never lists every receipt ever written.
+        Namespace folders (where older versions staged, and a receipt whose folder is on
+        another file system is) are cleaned the first time this store writes into them, so
+        a start never lists every receipt ever written.
         """
-        removed = remove_stale_temps(self.root) + remove_stale_temps(self.index)
+        removed = (
+            remove_stale_temps(self.root)
+            + remove_stale_temps(f"{self._root}/{self.STAGING}")
+            + remove_stale_temps(self.index)
+        )
         return removed
 
     def load(self, path: str | os.PathLike[str]) -> Receipt:
