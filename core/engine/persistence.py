@@ -19,7 +19,7 @@ from core.jobs import JobKey, JobState
 from core.store import Intent, StateRepo, Written
 
 SAVE_PACE = 2.0  # after a save, wait this many times its duration before the next one
-SAVE_DEFER = 5.0  # seconds a save waits at most for the receipts being committed to end
+SAVE_DEFER = 15.0  # seconds a save waits at most for the receipts being committed to end
 
 
 def _encoded_write(store: StateRepo, states: dict[JobKey, JobState]) -> Written | None:
