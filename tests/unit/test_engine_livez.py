@@ -234,16 +234,17 @@ async def test_a_state_save_waits_for_the_receipts_being_committed(tmp_path, mon
     h = Harness(tmp_path, {f"ns{i}": i + 1 for i in range(n)})
     loop = asyncio.get_running_loop()
     ops: list[str] = []
-    s = None
+    engines: list = []  # the scheduler, once made
 
     def disk(op: str) -> None:  # on the writer thread, before each write
         ops.append(op)
         if op == "receipt" and ops.count("receipt") == 1:  # a save asked for during the first chunk
             asked = threading.Event()
-            loop.call_soon_threadsafe(lambda: (s._saves.request(), asked.set()))
+            loop.call_soon_threadsafe(lambda: (engines[0]._saves.request(), asked.set()))
             assert asked.wait(10)
 
     s = h.scheduler(writer=DiskWriter(fault=disk))
+    engines.append(s)
     await s.run_once()
     assert len(h.of(AnchorSucceeded)) == n
     receipts = [i for i, op in enumerate(ops) if op == "receipt"]
