@@ -122,8 +122,7 @@ class Committer:
                 return
             held.durable = True
         now = ctx.clock.now()
-        with self.saves.committing():  # state saves wait for these receipts (persistence.py)
-            unwritten, error = await self._commit_chunks(held, pairs, proofs, owned, started, now, recovered=recovered)
+        unwritten, error = await self._commit_chunks(held, pairs, proofs, owned, started, now, recovered=recovered)
         if error is not None:
             if isinstance(error.__cause__, Superseded):
                 self._superseded(held, unwritten, owned, str(error.__cause__))

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 
 from core.engine.context import Context
 from core.errors import ErrorKind, StorageError
@@ -19,7 +18,6 @@ from core.jobs import JobKey, JobState
 from core.store import Intent, StateRepo, Written
 
 SAVE_PACE = 2.0  # after a save, wait this many times its duration before the next one
-SAVE_DEFER = 15.0  # seconds a save waits at most for the receipts being committed to end
 
 
 def _encoded_write(store: StateRepo, states: dict[JobKey, JobState]) -> Written | None:
@@ -47,8 +45,6 @@ class Saves:
         self._failures = 0
         self._save_error: StorageError | None = None
         self._close_error: StorageError | None = None
-        self._committing = 0  # anchors whose receipts are being committed
-        self._committed = asyncio.Event()  # set when none is
 
     def problem(self) -> str | None:
         """Why the last state save or journal cleanup failed, else None."""
@@ -68,32 +64,6 @@ class Saves:
         if self._task is not None:
             await asyncio.gather(self._task, return_exceptions=True)
 
-    @contextmanager
-    def committing(self) -> Iterator[None]:
-        """Receipts being committed (core/engine/commit.py): a save waits for them to end."""
-        self._committing += 1
-        try:
-            yield
-        finally:
-            self._committing -= 1
-            if not self._committing:
-                self._committed.set()
-
-    async def _after_commits(self) -> None:
-        """Receipts first: a save waits while receipts are being committed, SAVE_DEFER
-        seconds at most. Both go through the one writer thread, and a save of 100,000
-        states (the first one of a process writes them all: 27 MB, ~1 s) queued between two
-        chunks held every receipt behind it; a save every few seconds of a long receipts
-        phase is enough, since nothing is at risk meanwhile: an intent is removed only
-        after a save accounts for it (a crash before then is resolved at the next start)."""
-        if not self._committing or self.ctx.stopping:
-            return
-        self._committed.clear()
-        try:
-            await asyncio.wait_for(self._committed.wait(), SAVE_DEFER)
-        except TimeoutError:
-            pass
-
     def cancel_retry(self) -> None:
         if self._retry is not None:
             self._retry.cancel()
@@ -101,7 +71,6 @@ class Saves:
     async def _save_soon(self) -> None:
         await asyncio.sleep(0)
         while self._wanted:
-            await self._after_commits()
             self._wanted = False
             started = time.monotonic()
             if not await self.save():

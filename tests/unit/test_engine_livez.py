@@ -221,33 +221,3 @@ async def test_a_big_groups_journal_entries_are_built_off_the_loop_with_its_tree
     await s.stop()
     assert built_on and threading.main_thread().name not in built_on
     assert len(h.of(AnchorSucceeded)) == 20
-
-
-async def test_a_state_save_waits_for_the_receipts_being_committed(tmp_path, monkeypatch):
-    # 100,000 namespaces (issue 24): the first save of a process writes every state (27 MB,
-    # ~1 s); queued on the writer thread between two chunks of receipts, it held all the
-    # receipts behind it. A save asked for while receipts are committed comes after them.
-    from core.store.files.claims import FileClaims
-
-    monkeypatch.setattr(FileClaims, "commit_chunk", 2)
-    n = 6  # three chunks of one anchor
-    h = Harness(tmp_path, {f"ns{i}": i + 1 for i in range(n)})
-    loop = asyncio.get_running_loop()
-    ops: list[str] = []
-    engines: list = []  # the scheduler, once made
-
-    def disk(op: str) -> None:  # on the writer thread, before each write
-        ops.append(op)
-        if op == "receipt" and ops.count("receipt") == 1:  # a save asked for during the first chunk
-            asked = threading.Event()
-            loop.call_soon_threadsafe(lambda: (engines[0]._saves.request(), asked.set()))
-            assert asked.wait(10)
-
-    s = h.scheduler(writer=DiskWriter(fault=disk))
-    engines.append(s)
-    await s.run_once()
-    assert len(h.of(AnchorSucceeded)) == n
-    receipts = [i for i, op in enumerate(ops) if op == "receipt"]
-    assert len(receipts) == 3 and "state" in ops
-    assert ops.index("state") > receipts[-1], ops
-    await s.stop()
