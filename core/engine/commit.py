@@ -238,8 +238,8 @@ class Committer:
         """A chunk's commit, applied: a job whose lease passed to another replica gets
         nothing (the outcome is theirs); a job whose receipt alone could not be written is
         held with the attestation and fails with kind `storage`. The chunk's receipts, all
-        durable now, are announced first (ReceiptWritten, in one go: a client hears of each
-        as soon as it is safe); then the outcomes are applied with the loop running between
+        durable now, are announced first (ReceiptWritten: a client hears of each as soon as
+        it is safe); then the outcomes are applied; both with the loop running between
         slices of APPLY_SLICE seconds (each success is an event, a log line, a new state: a
         chunk of 1,024 in one go held /livez for 100 ms and more); a job not applied yet
         stays in flight, its receipt committed."""
@@ -250,7 +250,11 @@ class Committer:
         duration = 0.0 if recovered else now - started
         tx_hash = str(attestation.data.get("tx_hash") or "")
         written_at = ctx.clock.now()
+        slice_end = time.perf_counter() + APPLY_SLICE
         for (_, item), result in zip(pairs, done.paths, strict=True):
+            if time.perf_counter() > slice_end:
+                await asyncio.sleep(0)
+                slice_end = time.perf_counter() + APPLY_SLICE
             if isinstance(result, Path):
                 self.outcomes.written(item.spec, result, item.batch.root, attestation.status, now, written_at,
                                       tx_hash=tx_hash, observed=attestation.confirmations)
