@@ -641,6 +641,19 @@ def test_a_namespace_folder_on_another_file_system_is_flushed_too(tmp_path: Path
         shutil.rmtree(target)
 
 
+def write_noting_mkdirs(store: ReceiptStore, receipts: list[Receipt], monkeypatch) -> tuple[list[Path | Exception], list[str]]:
+    """`store.write_many(receipts)`, and every folder it tried to make."""
+    made: list[str] = []
+    real_mkdir = os.mkdir
+
+    def mkdir(path, *args, **kwargs):
+        made.append(str(path))
+        real_mkdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "mkdir", mkdir)
+    return store.write_many(receipts), made
+
+
 @pytest.mark.parametrize("child", [True, False], ids=["by mkdir(1)", "in process"])
 def test_folders_prepared_at_start_have_the_store_mode_and_a_first_pass_makes_none(
     tmp_path: Path, monkeypatch, child: bool
@@ -667,15 +680,7 @@ def test_folders_prepared_at_start_have_the_store_mode_and_a_first_pass_makes_no
     assert sorted(p.name for p in folders) == sorted(safe_name(f"dao:ns{i}") for i in range(50))
     assert {stat.S_IMODE(p.stat().st_mode) for p in folders} == {0o750}
     assert flushes.fsyncs == []
-    made: list[str] = []
-    real_mkdir = os.mkdir
-
-    def mkdir(path, *args, **kwargs):
-        made.append(str(path))
-        real_mkdir(path, *args, **kwargs)
-
-    monkeypatch.setattr(os, "mkdir", mkdir)
-    results = store.write_many(receipts)
+    results, made = write_noting_mkdirs(store, receipts, monkeypatch)
     assert all(isinstance(r, Path) for r in results) and made == []
 
 
@@ -700,15 +705,7 @@ def test_folders_prepared_at_start_cost_no_flush_and_a_first_pass_makes_none(tmp
     assert flushes.fsyncs == []  # the writes' flushes take the names along
     assert store.prepare([r.namespace for r in receipts]) == 0
 
-    made: list[str] = []
-    real_mkdir = os.mkdir
-
-    def mkdir(path, *args, **kwargs):
-        made.append(str(path))
-        real_mkdir(path, *args, **kwargs)
-
-    monkeypatch.setattr(os, "mkdir", mkdir)
-    results = store.write_many(receipts)
+    results, made = write_noting_mkdirs(store, receipts, monkeypatch)
     assert all(isinstance(r, Path) for r in results) and made == []  # not even tried for the one found
     assert not (there / ".stale.json.00000000.tmp").exists()  # cleaned at its first write
     assert flushes.fsyncs.count(str(tmp_path / "receipts")) == 1  # the 49 names, with the receipts' data
