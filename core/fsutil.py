@@ -442,8 +442,8 @@ def make_folders(parent: str, names: list[str], mode: int = DIR_MODE) -> list[st
                     [mkdir, "-m", f"{mode:o}", "--", *chunk], stdin=subprocess.DEVNULL,
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={"LC_ALL": "C"}, check=False,
                 )
-            except OSError:
-                done = None
+            except OSError:  # it could not be run: made here, as on a failure
+                pass
         if done is not None and done.returncode == 0:
             made.extend(names[at:at + len(chunk)])
         else:

@@ -261,7 +261,6 @@ class Committer:
         lost: list[JobKey] = []
         failed: Pairs = []
         error: StorageError | None = None
-        slice_end = time.perf_counter() + APPLY_SLICE
         for (index, item), result, moves in zip(pairs, done.paths, advance, strict=True):
             if time.perf_counter() > slice_end:
                 await asyncio.sleep(0)

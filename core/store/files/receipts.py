@@ -346,17 +346,11 @@ class ReceiptStore:
         """`<root>/.staging`, where a chunk's temp files are staged (made at its first use, its
         parent then in `created`); None when it is not on the root's file system (each
         receipt then staged in its own folder)."""
+        folder = f"{self._root}/{self.STAGING}"
         if self._staging is None:
-            folder = f"{self._root}/{self.STAGING}"
-            try:
-                made = make_folder(folder)
-            except FileNotFoundError:  # no receipts root yet
-                ensure_dir(folder, parents_to_sync=cast(list[Path], created))
-                made = True
-            if made:
-                created.append(self._root)
+            made = self._make_folder(self.STAGING, created)
             self._staging = made or (os.path.isdir(folder) and self._device_of(folder) == self._root_device)
-        return f"{self._root}/{self.STAGING}" if self._staging else None
+        return folder if self._staging else None
 
     def _create_under_free_name(self, taken: Path, data: bytes, pending: bool) -> Path:
         """`taken` exists (a clash): create the receipt under the next free `-<n>` name (a
