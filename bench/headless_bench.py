@@ -71,6 +71,62 @@ def make_config(tmp: Path, n: int) -> Path:
     return path
 
 
+class LogFollower:
+    """Reads the child's JSON log as it grows: "scheduler started" and the "anchored" lines.
+
+    How the benches that time a pass wait for its end: only the log's new bytes are read
+    at each poll. Walking the receipt folders instead (`count_receipts`) took 76 ms of CPU
+    per look at 10,000 namespaces: looking every 0.1 s, the bench took 40 % of a core of
+    this 2-core machine from the scheduler it was timing."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._offset = 0
+        self._rest = b""
+        self.started_at: float | None = None  # the line's own time (the child's clock)
+        self.anchored = 0
+        self.anchor_started_at: float | None = None  # the first "anchor started" (the TSA call)
+        self.first_anchored_at: float | None = None
+        self.last_anchored_at: float | None = None
+
+    def poll(self) -> None:
+        with open(self.path, "rb") as f:
+            f.seek(self._offset)
+            data = f.read()
+        self._offset += len(data)
+        lines = (self._rest + data).split(b"\n")
+        self._rest = lines.pop()
+        for line in lines:
+            if b'"anchored"' not in line and b' started"' not in line:
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            at = parse_iso_utc(record["time"]).timestamp()
+            if record.get("msg") == "anchored":
+                self.anchored += 1
+                self.first_anchored_at = self.first_anchored_at or at
+                self.last_anchored_at = at if self.last_anchored_at is None else max(at, self.last_anchored_at)
+            elif record.get("msg") == "scheduler started" and self.started_at is None:
+                self.started_at = at
+            elif record.get("msg") == "anchor started" and self.anchor_started_at is None:
+                self.anchor_started_at = at
+
+
+    def wait(self, n: int, proc: subprocess.Popen[bytes], deadline: float, what: str, every: float = 0.05) -> None:
+        """Until `n` jobs are anchored; raises when `proc` exits or at `deadline` (monotonic)."""
+        while True:
+            self.poll()
+            if self.anchored >= n:
+                return
+            if proc.poll() is not None:
+                raise RuntimeError(f"vmsh-scheduler exited {proc.returncode} during {what}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{what} not done in time ({self.anchored} of {n} anchored)")
+            time.sleep(every)
+
+
 def count_receipts(data: Path) -> int:
     folder = data / "receipts"
     if not folder.is_dir():

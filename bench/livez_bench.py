@@ -2,7 +2,7 @@
 
 The real program (`vmsh-scheduler --no-ui`) runs as a subprocess on 10,000 namespaces
 due at once on the embedded `local:bench` TSA (the world of bench/headless_bench.py).
-From the first /livez answer until every receipt is on disk, one client thread asks
+From the first /livez answer until every job is anchored (its receipt durable), one client thread asks
 /livez back to back (a new connection each time, as a probe would) and records each
 answer's latency. Journal, receipt and state writes (about 40,000 fsyncs on the loop
 before, 24.8 s of /livez blocked) now run on the engine's writer thread, so the loop
@@ -31,7 +31,7 @@ import threading
 import time
 from pathlib import Path
 
-from bench.headless_bench import CLI, count_receipts, first_pass_seconds, make_config, stop
+from bench.headless_bench import CLI, LogFollower, first_pass_seconds, make_config, stop
 from core.jobs import safe_name
 from core.sources import write_batch
 
@@ -112,16 +112,10 @@ def measure(n: int | None = None) -> dict[str, float]:
             )
             try:
                 prober.start()
-                deadline = time.monotonic() + PASS_TIMEOUT
-                while count_receipts(tmp / "data") < n:
-                    if proc.poll() is not None:
-                        raise RuntimeError(
-                            f"vmsh-scheduler exited {proc.returncode}: "
-                            + (tmp / "stderr.txt").read_text()[-2000:]
-                        )
-                    if time.monotonic() > deadline:
-                        raise RuntimeError(f"pass not done within {PASS_TIMEOUT:.0f} s")
-                    time.sleep(0.25)
+                try:
+                    LogFollower(tmp / "stdout.jsonl").wait(n, proc, time.monotonic() + PASS_TIMEOUT, "the pass")
+                except RuntimeError as exc:
+                    raise RuntimeError(f"{exc}: " + (tmp / "stderr.txt").read_text()[-2000:]) from None
                 time.sleep(1.0)  # the state save and intent removal after the last receipt
                 during = list(prober.latencies)
                 time.sleep(IDLE_SECONDS)

@@ -39,12 +39,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.headless_bench import CLI, make_config, stop
+from bench.headless_bench import CLI, LogFollower, make_config, stop
 from bench.host_attacks_bench import rss_uss
 from core.engine.commit import aggregate
 from core.fsutil import sync_barrier
 from core.jobs import JobKey, JobState, Row, safe_name
-from core.receipts import AnchorReceipts, Receipt, parse_iso_utc
+from core.receipts import AnchorReceipts, Receipt
 from core.store.files.claims import FileClaims
 from core.store.files.receipts import ReceiptStore
 from core.store.protocols import Committed
@@ -71,44 +71,6 @@ def cpu_split(pid: int) -> tuple[float, float]:
 
 def namespaces() -> int:
     return int(os.environ.get("BENCH_SCALE_NAMESPACES", "10000"))
-
-
-class LogFollower:
-    """Reads the child's JSON log as it grows: "scheduler started" and the "anchored" lines."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._offset = 0
-        self._rest = b""
-        self.started_at: float | None = None  # the line's own time (the child's clock)
-        self.anchored = 0
-        self.anchor_started_at: float | None = None  # the first "anchor started" (the TSA call)
-        self.first_anchored_at: float | None = None
-        self.last_anchored_at: float | None = None
-
-    def poll(self) -> None:
-        with open(self.path, "rb") as f:
-            f.seek(self._offset)
-            data = f.read()
-        self._offset += len(data)
-        lines = (self._rest + data).split(b"\n")
-        self._rest = lines.pop()
-        for line in lines:
-            if b'"anchored"' not in line and b' started"' not in line:
-                continue
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue
-            at = parse_iso_utc(record["time"]).timestamp()
-            if record.get("msg") == "anchored":
-                self.anchored += 1
-                self.first_anchored_at = self.first_anchored_at or at
-                self.last_anchored_at = at if self.last_anchored_at is None else max(at, self.last_anchored_at)
-            elif record.get("msg") == "scheduler started" and self.started_at is None:
-                self.started_at = at
-            elif record.get("msg") == "anchor started" and self.anchor_started_at is None:
-                self.anchor_started_at = at
 
 
 def seed_batches(folder: Path, n: int) -> None:

@@ -12,6 +12,7 @@ import functools
 import os
 import random
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -25,10 +26,11 @@ from core.control import ReloadResult
 from core.engine import Scheduler
 from core.errors import AnchorError
 from core.events import ConfigRejected, EventBus
-from core.jobs import targets_named
+from core.jobs import JobSpec, targets_named
 from core.migrate import StateImport, StateImportError, import_original_state, state_files
 from core.observe.logs import Log
 from core.readers import off_loop
+from core.sources import BatchLimits
 from core.store import StateError, Store, StoreNotReady, is_shared, open_store
 from core.store.files.lock import DataDirLock, LockHeld, NoLock
 from core.store.files.state import StateStore
@@ -38,6 +40,17 @@ if TYPE_CHECKING:
     from core.replicas import ClusterView
 
 Loader = Callable[[], LoadedConfig]
+
+
+@dataclass(frozen=True)
+class ReloadPlan:
+    """A loaded config made ready to apply: the settings only a restart applies, each batch
+    folder's read limits, the jobs (from the data dir in use)."""
+
+    loaded: LoadedConfig
+    restart: list[str]
+    batch_limits: dict[Path, BatchLimits]
+    jobs: list[JobSpec]
 
 
 def _configured_store(cfg: Config, state_file: Path) -> Store:
@@ -86,7 +99,7 @@ class Runtime:
         self.wallets: WalletWatch | None = None  # the signers' balances: set when the run starts
         sources.configure(cfg.batch_limits())
         self.state_import: StateImport | None = None  # what open() imported, logged by announce()
-        self._reading: asyncio.Future[LoadedConfig] | None = None  # a reload's worker thread
+        self._reading: asyncio.Future[ReloadPlan] | None = None  # a reload's worker thread
         self._reload_tasks: set[asyncio.Task[ReloadResult]] = set()
         self.backends = Backends(cfg.resolve_target, self.data_dir, self.clock, self.store.shared)
         self.engine = Scheduler(
@@ -220,23 +233,34 @@ class Runtime:
         """Load the configuration again; apply it if valid and different, else keep the old.
 
         `load` (default: the runtime's loader) reads the files; `reload_off_loop` passes
-        the result it got from a worker thread.
+        the plan it made on a worker thread.
         """
         load = load or self._loader
         if load is None:
             return ReloadResult(False, False, ["this scheduler was started without a config source"], "")
+        return self._apply_plan(lambda: self._plan(load()))
+
+    def _plan(self, loaded: LoadedConfig) -> ReloadPlan:
+        """What applying `loaded` takes that does not touch the engine (on a worker thread
+        for `reload_off_loop`: for 10,000 namespaces, 50-100 ms the loop no longer spends)."""
+        if loaded.hash == self.loaded.hash:  # checked again where it is applied
+            return ReloadPlan(loaded, [], {}, [])
+        running = self._on_running_data_dir(loaded.config)
+        return ReloadPlan(loaded, restart_needed(self.started_with, loaded.config), running.batch_limits(), running.jobs())
+
+    def _apply_plan(self, make: Callable[[], ReloadPlan]) -> ReloadResult:
         try:
-            loaded = load()
+            plan = make()
         except ConfigError as exc:
             errors = [str(issue) for issue in exc.issues] or [str(exc)]
             self.bus.publish(ConfigRejected(at=self.clock.now(), errors=tuple(errors)))
             for line in errors:
                 self.log.error("config reload rejected; the previous config stays live", error=line)
             return ReloadResult(False, False, errors, f"rejected: {len(errors)} error(s)")
+        loaded, restart = plan.loaded, plan.restart
         if loaded.hash == self.loaded.hash:
             self.log.info("config reload: no change", config_hash=loaded.hash[:12])
             return ReloadResult(True, False, [], "no change")
-        restart = restart_needed(self.started_with, loaded.config)
         if restart:
             self.log.warning(
                 "config reload: restart needed for these settings; they keep their running "
@@ -244,10 +268,9 @@ class Runtime:
                 settings=", ".join(restart),
             )
         self.loaded = loaded
-        running = self._on_running_data_dir(loaded.config)
-        sources.configure(running.batch_limits())
+        sources.configure(plan.batch_limits)
         self.backends.update(loaded.config.resolve_target)
-        event = self.engine.apply(running.jobs(), loaded.hash, target_guard=functools.cache(loaded.config.target_mismatch))
+        event = self.engine.apply(plan.jobs, loaded.hash, target_guard=functools.cache(loaded.config.target_mismatch))
         for warning in loaded.warnings:
             self.log.warning(warning)
         summary = f"+{len(event.added)} -{len(event.removed)} ~{len(event.changed)} jobs"
@@ -275,9 +298,9 @@ class Runtime:
             return self.reload(_failing("a previous reload is still reading the config files"))
         # A daemon thread nothing joins (core.observe.watch.off_loop): a read that never
         # returns (a hung mount) cannot hold up the stop or the process's exit.
-        self._reading = reading = off_loop(loader)
+        self._reading = reading = off_loop(lambda: self._plan(loader()))
         try:
-            loaded = await asyncio.wait_for(asyncio.shield(reading), timeout)
+            plan = await asyncio.wait_for(asyncio.shield(reading), timeout)
         except ConfigError as exc:
             return self.reload(_failing(exc))
         except TimeoutError:
@@ -286,7 +309,7 @@ class Runtime:
             return self.reload(_failing(f"reading the config files took more than {timeout:g} s"))
         except Exception as exc:  # a bug in loading must not end the caller's task
             return self.reload(_failing(f"config reload failed: {type(exc).__name__}: {exc}"))
-        return self.reload(lambda: loaded)
+        return self._apply_plan(lambda: plan)
 
     def reload_in_background(self) -> None:
         """`reload_off_loop()` as a task on the running loop: what a SIGHUP handler calls."""
@@ -364,7 +387,10 @@ APPLIED_ON_RELOAD = frozenset({
 def restart_needed(running: Config, loaded: Config) -> list[str]:
     """The settings (`section.key`) that differ between the running config and a newly
     loaded one and that only a restart applies, in the config's own order."""
-    old, new = running.model_dump(), loaded.model_dump()
+    # Without the sections a reload applies: the namespaces of 10,000 dumped twice held the
+    # loop 80-150 ms.
+    skip = {name for name in APPLIED_ON_RELOAD if "." not in name}
+    old, new = running.model_dump(exclude=skip), loaded.model_dump(exclude=skip)
     out: list[str] = []
     for section, a in old.items():  # both are Config dumps: the same sections
         if section in APPLIED_ON_RELOAD:

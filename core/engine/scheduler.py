@@ -341,18 +341,17 @@ class Scheduler:
             jobs.remove(key)
         for key in added + changed:
             jobs.add(new[key])
+        now = self.clock.now()  # read once: 10,000 jobs added read it 20,000 times on the loop
         for key in added:
-            jobs[key].enabled_at = self.clock.now()  # stale counts from here, not the start
+            jobs[key].enabled_at = now  # stale counts from here, not the start
         # The guard is asked again for every job: a new config can accept or refuse a
         # target whose job did not change (e.g. a corrected chainId in the target settings).
         enabled = [key for key in new if self._outcomes.set_disabled(key, self._guard(new[key].target))]
         for key in dict.fromkeys((*added, *changed, *enabled)):
             if key not in self._flight:
-                jobs.schedule(key)
+                jobs.schedule(key, now=now)
         self.config_hash = config_hash
-        event = ConfigApplied(
-            at=self.clock.now(), config_hash=config_hash, added=added, removed=removed, changed=changed
-        )
+        event = ConfigApplied(at=now, config_hash=config_hash, added=added, removed=removed, changed=changed)
         self.bus.publish(event)
         self.log.info(
             "config applied",

@@ -174,20 +174,23 @@ class JobTable:
         if record is not None:
             record.due = None
 
-    def natural_due(self, key: JobKey) -> float:
+    def natural_due(self, key: JobKey, now: float | None = None) -> float:
+        """When `key` is due by its state: its retry, a cadence after its last anchor, or
+        now (`now`, when the caller read the clock already) for a job never anchored."""
         record = self.records[key]
         spec, state = record.spec, record.state
         if state.next_attempt is not None:
             return state.next_attempt
         if state.last_anchored_at is None:
-            return self.clock.now()
+            return self.clock.now() if now is None else now
         return state.last_anchored_at + spec.every
 
-    def schedule(self, key: JobKey, when: float | None = None) -> None:
+    def schedule(self, key: JobKey, when: float | None = None, *, now: float | None = None) -> None:
+        """`key` due at `when`, else at its `natural_due` (`now`: the clock, read already)."""
         record = self.records[key]
         if record.disabled is not None:
             return  # never due: a reload that accepts its target schedules it
-        due = self.natural_due(key) if when is None else when
+        due = self.natural_due(key, now) if when is None else when
         record.due = due
         heapq.heappush(self.heap, (due, next(self._seq), key))
         self.wake.set()

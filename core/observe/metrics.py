@@ -183,11 +183,11 @@ class _JobSeries:
         "members",
     )
 
-    def __init__(self) -> None:
+    def __init__(self, target: str | None = None) -> None:
         self.target: str | None = None  # the target the job's series are labelled with
         self.backoff: int | None = None
         self.disabled: str | None = None  # why the engine never runs it, else None
-        self.retarget(None)
+        self.retarget(target)
 
     def retarget(self, target: str | None) -> None:
         """Label with a new target: the old target's series go, counters restart at 0."""
@@ -566,14 +566,14 @@ class Metrics:
             job.attempted += 1  # no AnchorStarted: a failure before the call, or recovered
         return job, timed
 
-    def _job(self, key: JobKey) -> _JobSeries:
+    def _job(self, key: JobKey, target: str | None = None) -> _JobSeries:
         job = self._jobs.get(key)
         if job is None:
-            job = self._jobs[key] = _JobSeries()
+            job = self._jobs[key] = _JobSeries(target)
         return job
 
     def _track(self, key: JobKey, target: str) -> _JobSeries:
-        job = self._job(key)
+        job = self._job(key, target)
         if job.target != target:
             job.retarget(target)
         return job
@@ -585,13 +585,14 @@ class Metrics:
         if self._engine is None:
             return
         specs = self._engine.jobs
-        for key in (*event.added, *event.changed):
-            spec = specs.get(key)
-            if spec is not None:
-                job = self._track(key, spec.target)
-                job.period = spec.every
-                if key in event.added:
-                    job.backoff = 0
+        for keys, added in ((event.added, True), (event.changed, False)):
+            for key in keys:  # (`key in event.added`, a tuple: 10,000 added held the loop 1.2 s)
+                spec = specs.get(key)
+                if spec is not None:
+                    job = self._track(key, spec.target)
+                    job.period = spec.every
+                    if added:
+                        job.backoff = 0
         # The engine asked its target guard again for every job: any may be (en|dis)abled.
         disabled = getattr(self._engine, "disabled", {})
         for key, job in self._jobs.items():

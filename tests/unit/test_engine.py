@@ -448,8 +448,9 @@ async def test_crash_after_attestation_writes_the_receipt_once_at_restart(tmp_pa
 
 
 async def test_a_start_with_nothing_to_recover_does_not_wait_for_its_state_save(tmp_path):
-    """An empty journal: the start's state save (no intent waits for it) runs on the writer
-    thread while the first pass goes on; a slow disk no longer holds the first anchor."""
+    """An empty journal: the start changed no state and no intent waits for a save, so it
+    saves nothing; the first save is the one the pass's outcome asks for, after its
+    receipts. A slow disk no longer holds the first anchor."""
     h = Harness(tmp_path, {"a": 1})
     saving, disk = threading.Event(), threading.Event()
 
