@@ -18,9 +18,10 @@ embedded `local:bench` TSA) and is measured over its real control socket with ht
   Python's start and imports included; median of 3), and an attached dashboard (the real
   VaultMeshApp on an AttachedHost, headless under Pilot, textual imported beforehand):
   from `RemoteControl.connect` until the jobs table holds rows;
-- a 10,000-job pass (every namespace due at start) with 0 and then 3 `ctl tail` clients
-  attached as soon as the socket answers: /livez max while the pass is written (probed
-  back to back, as bench/livez_bench.py), and the daemon's USS when the pass is done.
+- a 10,000-job pass with 0 and then 3 `ctl tail` clients attached before it begins (a
+  reload adds the 9,999 namespaces to a scheduler of one, all due at once: `tails_figures`):
+  /livez max from the reload until the pass is written (probed back to back, as
+  bench/livez_bench.py), and the daemon's USS when the pass is done.
 
 BENCH_CONTROL_PARTS (comma separated: snapshot, livez, events; default all) runs only
 some parts. The data dirs are made under BENCH_DATA_DIR (default the temp folder), and
