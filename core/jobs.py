@@ -190,6 +190,14 @@ class JobState:
     # never written out, never compared.
     row: Row | None = field(default=None, compare=False, repr=False)
 
+    def with_row(self, row: Row | None) -> JobState:
+        """This state based on `row` (a claim's new fence): made directly, where
+        dataclasses.replace took 4-7 us a job, 10,000 of them before a pass's TSA call."""
+        return JobState(
+            self.last_anchored_at, self.last_root, self.failures, self.backoff_level, self.next_attempt,
+            self.last_error_kind, self.last_error, self.last_receipt, self.last_attempt_at, self.current_at, row,
+        )
+
     def to_dict(self) -> dict[str, Any]:
         # Written out by hand: dataclasses.asdict deep-copies and is ~10x slower.
         return {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -14,7 +15,7 @@ import pytest
 
 from core import fsutil
 from core.fsutil import atomic_create_bytes, atomic_write_bytes, atomic_write_json
-from core.jobs import JobKey, JobState
+from core.jobs import JobKey, JobState, Row
 from core.store import StateError
 from core.store.files.journal import IntentJournal
 from core.store.files.lock import DataDirLock, LockHeld
@@ -151,6 +152,18 @@ def test_job_state_dict_round_trip() -> None:
     for state in _states().values():
         assert JobState.from_dict(state.to_dict()) == state
     assert JobState.from_dict({}) == JobState()
+
+
+def test_a_claimed_state_keeps_every_field_but_its_row() -> None:
+    """`with_row` (a claim's new fence) builds the state field by field: a field added to
+    JobState and left out there would be lost at every claim."""
+    values = {f.name: f"value of {f.name}" for f in dataclasses.fields(JobState)}  # each its own
+    state = JobState(**values)
+    claimed = state.with_row(Row(0, 7))
+    assert claimed.row == Row(0, 7)
+    assert {f.name: getattr(claimed, f.name) for f in dataclasses.fields(JobState) if f.name != "row"} == {
+        name: value for name, value in values.items() if name != "row"
+    }
 
 
 @pytest.mark.parametrize(

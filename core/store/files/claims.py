@@ -18,7 +18,6 @@ from __future__ import annotations
 import itertools
 import threading
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +53,7 @@ class FileClaims:
             fences = self._fences
             for key, state in jobs.items():
                 fence = fences[key] = next(self._next)
-                out[key] = replace(state, row=Row(0, fence))
+                out[key] = state.with_row(Row(0, fence))
         return out
 
     def _current(self, key: JobKey, row: Row | None) -> bool:
