@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -157,7 +158,7 @@ def test_job_state_dict_round_trip() -> None:
 def test_a_claimed_state_keeps_every_field_but_its_row() -> None:
     """`with_row` (a claim's new fence) builds the state field by field: a field added to
     JobState and left out there would be lost at every claim."""
-    values = {f.name: f"value of {f.name}" for f in dataclasses.fields(JobState)}  # each its own
+    values: dict[str, Any] = {f.name: f"value of {f.name}" for f in dataclasses.fields(JobState)}  # each its own
     state = JobState(**values)
     claimed = state.with_row(Row(0, 7))
     assert claimed.row == Row(0, 7)
