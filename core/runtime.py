@@ -232,8 +232,8 @@ class Runtime:
     def reload(self, load: Loader | None = None) -> ReloadResult:
         """Load the configuration again; apply it if valid and different, else keep the old.
 
-        `load` (default: the runtime's loader) reads the files; `reload_off_loop` passes
-        the plan it made on a worker thread.
+        `load` (default: the runtime's loader) reads the files, here; `reload_off_loop`
+        reads them and makes the plan on a worker thread, then applies it as this does.
         """
         load = load or self._loader
         if load is None:
