@@ -51,6 +51,15 @@ def rejections(s) -> list[str]:
     return [r.fields.get("error", "") for r in s.logs if r.msg.startswith("config reload rejected")]
 
 
+async def anchors_and_answers(s: Any) -> None:
+    """Namespace "a" gets a new batch, comes due and is anchored in a pass; /health says so."""
+    s.batch("a", 2)
+    s.clock.advance(10)
+    await s.anchor_pass()
+    code, body = await s.health()
+    assert code == 200 and body["namespaces"]["a"]["lastAnchor"]["fast"] == int(s.clock.now())
+
+
 async def test_an_edit_on_disk_is_applied_within_two_seconds(stack, watching, obs):
     s = await stack({"a": {"fast": "10s"}})
     await s.anchor_pass()
@@ -232,11 +241,7 @@ async def test_an_alias_bomb_written_over_the_config_is_rejected_while_anchoring
     ), rejections(s)
 
     # Anchoring goes on with the old config.
-    s.batch("a", 2)
-    s.clock.advance(10)
-    await s.anchor_pass()
-    code, body = await s.health()
-    assert code == 200 and body["namespaces"]["a"]["lastAnchor"]["fast"] == int(s.clock.now())
+    await anchors_and_answers(s)
 
 
 async def test_a_reload_reads_the_files_off_the_loop_and_gives_up_after_its_time_limit(stack, obs):
@@ -255,11 +260,7 @@ async def test_a_reload_reads_the_files_off_the_loop_and_gives_up_after_its_time
     reload = asyncio.create_task(s.runtime.reload_off_loop(timeout=0.5))
     try:
         # While the files are being read, the loop anchors and answers.
-        s.batch("a", 2)
-        s.clock.advance(10)
-        await s.anchor_pass()
-        code, body = await s.health()
-        assert code == 200 and body["namespaces"]["a"]["lastAnchor"]["fast"] == int(s.clock.now())
+        await anchors_and_answers(s)
         assert not reload.done()
 
         result = await reload
@@ -298,11 +299,7 @@ async def test_a_reload_plans_the_new_config_off_the_loop(stack, obs, monkeypatc
     reload = asyncio.create_task(s.runtime.reload_off_loop())
     try:
         await obs.eventually(planning.is_set, 5.0, "the reload planning")
-        s.batch("a", 2)
-        s.clock.advance(10)
-        await s.anchor_pass()
-        code, body = await s.health()
-        assert code == 200 and body["namespaces"]["a"]["lastAnchor"]["fast"] == int(s.clock.now())
+        await anchors_and_answers(s)
         assert not reload.done()
     finally:
         released.set()
