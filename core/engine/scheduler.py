@@ -107,9 +107,10 @@ async def prepare_receipts(ctx: Context) -> None:
     file, and are written once this ended (`Context.folders_made`). The folders are made
     by mkdir(1) child processes (core/fsutil.py make_folders): made on a thread of this
     process beside the reads, both went 2-3 times slower (two threads of short system
-    calls hand the GIL over at each call). No chunk waits for a flush: the folders' names
-    are made durable by the first flush of the receipts written into them. A folder that
-    could not be made here is made by the receipt's own write, which reports the failure."""
+    calls hand the GIL over at each call). Each chunk ends with a flush of the file system
+    (the folders' metadata written out while the reads go on; their names are made durable
+    by the receipts' own flush all the same). A folder that could not be made here, or a
+    chunk whose flush failed, is made by the receipt's own write, which reports the failure."""
     namespaces = sorted({key.namespace for key in ctx.table.records})
     for start in range(0, len(namespaces), PREPARE_CHUNK):
         if ctx.stopping:  # a stop does not wait for 100,000 folders

@@ -412,11 +412,13 @@ class ReceiptStore:
         were made. The engine calls it at start, while the first pass reads its batches,
         so that its receipts find their folders made (a mkdir is most of what a first
         receipt costs the disk); they are made by mkdir(1) child processes
-        (`make_folders`), so the reads go on meanwhile. Nothing is flushed here: the first
-        receipts written into a folder made here make its name durable with their own
-        flush, as for a folder the write makes. A folder already there is left for its
-        first write (which does not try to make it again), which rids it of a kill -9's
-        temp files."""
+        (`make_folders`), so the reads go on meanwhile. Their names are made durable by the
+        first receipts' own flush, as for a folder the write makes; the file system is
+        flushed here as well, on this (the engine's worker) thread while the reads go on,
+        so that the first receipts' flush is not the one that writes 10,000 new folders
+        out (it took the first chunk 80 ms more than the next ones). A folder already
+        there is left for its first write (which does not try to make it again), which
+        rids it of a kill -9's temp files."""
         wanted = {safe_name(ns) for ns in namespaces} - self._cleaned - self._prepared - self._found
         if not wanted:
             return 0
@@ -424,6 +426,8 @@ class ReceiptStore:
             ensure_dir(self.root)  # durable at once: the folders made below are its children
         self._staging_folder([])  # its name needs no flush: a temp file's is never looked up after a crash
         made = make_folders(self._root, sorted(wanted))
+        if made:
+            sync_barrier(on=self._flush_points())  # their metadata out now: see above
         self._prepared.update(made)
         self._found.update(wanted.difference(made))  # cleaned, and their names flushed, at the first write
         return len(made)
