@@ -2,7 +2,8 @@
 
 The real program runs as a subprocess on a config with 1,000 namespaces on the embedded
 `local:bench` TSA (cadence every 1h), batches and data in a temporary folder, HTTP on a
-free port. Once the first round has written all 1,000 receipts, the process is sampled
+free port. Once the first round has anchored all 1,000 jobs (each logged "anchored" once its
+receipt is durable: `LogFollower`, not a walk of the receipt folders), the process is sampled
 once a second for BENCH_IDLE_SECONDS (default 60): CPU time (utime + stime from
 /proc/<pid>/stat) over the window, and RSS (VmRSS from /proc/<pid>/status) at the end and
 at its highest. It is then stopped with SIGTERM and must exit 0. The same run with one
@@ -113,18 +114,24 @@ class LogFollower:
             elif record.get("msg") == "anchor started" and self.anchor_started_at is None:
                 self.anchor_started_at = at
 
-
-    def wait(self, n: int, proc: subprocess.Popen[bytes], deadline: float, what: str, every: float = 0.05) -> None:
-        """Until `n` jobs are anchored; raises when `proc` exits or at `deadline` (monotonic)."""
+    def wait(
+        self, n: int, proc: subprocess.Popen[bytes], deadline: float, what: str, *,
+        stderr: Path | None = None, every: float = 0.05,
+    ) -> None:
+        """Until `n` jobs are anchored; raises when `proc` exits or at `deadline` (monotonic),
+        with the end of `stderr` (the child's, when it has a file of its own)."""
         while True:
             self.poll()
             if self.anchored >= n:
                 return
             if proc.poll() is not None:
-                raise RuntimeError(f"vmsh-scheduler exited {proc.returncode} during {what}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{what} not done in time ({self.anchored} of {n} anchored)")
-            time.sleep(every)
+                problem = f"vmsh-scheduler exited {proc.returncode} during {what}"
+            elif time.monotonic() > deadline:
+                problem = f"{what} not done in time ({self.anchored} of {n} anchored)"
+            else:
+                time.sleep(every)
+                continue
+            raise RuntimeError(problem + (": " + stderr.read_text()[-2000:] if stderr is not None else ""))
 
 
 def count_receipts(data: Path) -> int:
@@ -206,18 +213,8 @@ def measure(n: int = JOBS, idle: float | None = None) -> dict[str, float]:
                 cwd=tmp,
             )
             try:
-                deadline = time.monotonic() + FIRST_ROUND_TIMEOUT
-                while count_receipts(tmp / "data") < n:
-                    if proc.poll() is not None:
-                        raise RuntimeError(
-                            f"vmsh-scheduler exited {proc.returncode} before the first round: "
-                            + (tmp / "stderr.txt").read_text()[-2000:]
-                        )
-                    if time.monotonic() > deadline:
-                        raise RuntimeError(
-                            f"first round not done within {FIRST_ROUND_TIMEOUT:.0f} s"
-                        )
-                    time.sleep(0.05)
+                LogFollower(log_path).wait(n, proc, time.monotonic() + FIRST_ROUND_TIMEOUT, "the first round",
+                                           stderr=tmp / "stderr.txt")
                 first_round = time.perf_counter() - t0
                 # Let the last writes (state save, intents closed) land before the window opens.
                 time.sleep(1.0)
