@@ -133,7 +133,7 @@ def remove_stale_temps(folder: str | os.PathLike[str]) -> list[Path]:
 _UMASK: int | None = None  # the process's umask, read once (nothing here changes it)
 
 
-def _umask() -> int:
+def umask() -> int:
     """The umask, from /proc/self/status (reading it with os.umask would change it for a
     moment under other threads); 0o777 (every mode fixed by chmod) where it cannot be read."""
     global _UMASK
@@ -158,17 +158,22 @@ def make_folder(folder: str, mode: int = DIR_MODE) -> bool:
         os.mkdir(folder, mode)
     except FileExistsError:
         return False
-    if _umask() & mode:
+    if umask() & mode:
         os.chmod(folder, mode)
     return True
+
+
+def staged_name(folder: str, name: str, token: int) -> str:
+    """The temp file `stage_in` writes `name` as in `folder` with `token`."""
+    stem = name.encode()[:_TEMP_STEM_BYTES].decode(errors="ignore")
+    return f"{folder}/.{stem}.{token & 0xFFFFFFFF:08x}{TEMP_SUFFIX}"
 
 
 def stage_in(folder: str, name: str, data: bytes, token: int, mode: int = FILE_MODE) -> str:
     """`stage_bytes` for a group commit into a folder known to exist: the temp file
     `.<name>.<token as 8 hex>.tmp` (the caller gives each file of a chunk its own token),
     not fsynced; returns its path. A clash with a leftover temp name takes a random one."""
-    stem = name.encode()[:_TEMP_STEM_BYTES].decode(errors="ignore")
-    tmp = f"{folder}/.{stem}.{token & 0xFFFFFFFF:08x}{TEMP_SUFFIX}"
+    tmp = staged_name(folder, name, token)
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     except FileExistsError:
@@ -189,7 +194,7 @@ def _fill(fd: int, tmp: str | os.PathLike[str], data: bytes, mode: int, *, sync:
     """Write `data` into the new file `fd` (at `tmp`) with `mode` whatever the umask, fsync
     it if `sync`, close it; on any failure the file is removed."""
     try:
-        if _umask() & mode:
+        if umask() & mode:
             os.fchmod(fd, mode)  # the umask must not change the requested mode
         view = memoryview(data)
         while view:

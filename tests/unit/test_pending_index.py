@@ -126,21 +126,21 @@ def test_an_older_data_dirs_markers_are_still_read_and_cleaned(tmp_path: Path) -
 
 def test_a_start_reading_the_index_while_a_chunk_is_linked_keeps_the_chunk_indexed(tmp_path: Path, monkeypatch) -> None:
     """The confirmation tracker's first round runs on its own thread, the writer on its."""
-    import core.fsutil
+    import core.batchfs
     import core.store.files.receipts as mod
 
     ReceiptStore(tmp_path).pending()  # an earlier start: the index complete
     store = ReceiptStore(tmp_path)  # this start: the index not read yet
     linking, go_on = threading.Event(), threading.Event()
-    real = core.fsutil.publish
+    real = core.batchfs.publish_all
 
-    def publish(tmp: str, path: Path) -> bool:
+    def publish_all(pairs: list[tuple[str, str]]) -> list[bool | OSError]:
         if not linking.is_set():
             linking.set()
             go_on.wait(30)
-        return real(tmp, path)
+        return real(pairs)
 
-    monkeypatch.setattr(mod, "publish", publish)
+    monkeypatch.setattr(mod, "publish_all", publish_all)
     results: list[Path | Exception] = []
     writer = threading.Thread(target=lambda: results.extend(store.write_many(receipts_for(5, status="pending"))))
     writer.start()
@@ -184,8 +184,9 @@ CHILD = textwrap.dedent(
 
     if point == "list":  # the chunk's list written, not flushed
         after(1, mod.sync_barrier, "sync_barrier")
-    elif point == "links":  # flushed, halfway through the links
-        after(10, mod.publish, "publish")
+    elif point == "links":  # flushed, halfway through the links: 9 linked, then the kill
+        real = mod.publish_all
+        mod.publish_all = lambda pairs: (real(pairs[:9]), die()) if pairs else real(pairs)
     elif point == "names":  # every receipt linked, before the second flush
         after(2, mod.sync_barrier, "sync_barrier")
     elif point.startswith("flush"):  # a chunk of slices, at its n-th flush (on the flushes' thread)

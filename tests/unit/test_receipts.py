@@ -539,9 +539,13 @@ def test_a_thousand_receipts_cost_a_few_flushes_not_two_fsyncs_each(tmp_path: Pa
 
 class FlushOrder:
     """What happens in which order during a group commit: files created and closed, flushes
-    of the file system begun and ended (on whatever thread), links made, the call's return."""
+    of the file system begun and ended (on whatever thread), links (`link`: when one may
+    begin; `linked`: when it is done), the call's return. With the C extension
+    (core.batchfs.NATIVE) a slice's files count as written when its call returns, and its
+    links as begun when its call starts: both as late / as early as they can be."""
 
-    def __init__(self, monkeypatch) -> None:
+    def __init__(self, monkeypatch, *, native: bool = True) -> None:
+        import core.batchfs
         import core.fsutil
 
         self.events: list[tuple[str, str]] = []
@@ -568,13 +572,37 @@ class FlushOrder:
                 self.events.append(("written", created.pop(fd)))
 
         def link(src, dst, *args, **kwargs):
-            real_link(src, dst, *args, **kwargs)
             self.events.append(("link", f"{os.fspath(src)} {os.fspath(dst)}"))
+            real_link(src, dst, *args, **kwargs)
+            self.events.append(("linked", f"{os.fspath(src)} {os.fspath(dst)}"))
 
         monkeypatch.setattr(core.fsutil, "_SYNCFS", syncfs)
         monkeypatch.setattr(os, "open", opened)
         monkeypatch.setattr(os, "close", close)
         monkeypatch.setattr(os, "link", link)
+        real_native = core.batchfs.NATIVE
+        if not native or real_native is None:
+            monkeypatch.setattr(core.batchfs, "NATIVE", None)
+            return
+        events = self.events
+        real_stage, real_links = real_native.stage_many, real_native.link_many
+
+        class Recorded:
+            @staticmethod
+            def stage_many(paths, datas, mode, chmod):
+                codes = real_stage(paths, datas, mode, chmod)
+                events.extend(("written", p) for p, c in zip(paths, codes, strict=True) if c == 0)
+                return codes
+
+            @staticmethod
+            def link_many(sources, targets):
+                pairs = [f"{s} {t}" for s, t in zip(sources, targets, strict=True)]
+                events.extend(("link", p) for p in pairs)
+                codes = real_links(sources, targets)
+                events.extend(("linked", p) for p, c in zip(pairs, codes, strict=True) if c == 0)
+                return codes
+
+        monkeypatch.setattr(core.batchfs, "NATIVE", Recorded)
 
     def at(self, kind: str, what: str) -> int:
         return next(n for n, (k, w) in enumerate(self.events) if k == kind and w == what)
@@ -587,18 +615,23 @@ class FlushOrder:
         )
 
 
+@pytest.mark.parametrize("native", [True, False], ids=["one-call-a-slice", "call-by-call"])
 def test_a_chunk_in_slices_links_nothing_before_its_data_is_durable_and_returns_nothing_before_its_name_is(
-    tmp_path: Path, monkeypatch
+    tmp_path: Path, monkeypatch, native: bool
 ) -> None:
     """The slices of a chunk overlap (one staged while the one before is flushed on another
-    thread); what each receipt goes through keeps its order all the same."""
+    thread); what each receipt goes through keeps its order all the same, whether a slice's
+    system calls are made by the C extension or one by one (core/batchfs.py)."""
+    import core.batchfs
     import core.store.files.receipts as mod
 
+    if native and core.batchfs.NATIVE is None:
+        pytest.skip("core._fsbatch is not built")
     monkeypatch.setattr(mod, "SLICE", 8)
     store = ReceiptStore(tmp_path / "receipts")
     store.pending()
     receipts = receipts_for(40, status="pending")
-    order = FlushOrder(monkeypatch)
+    order = FlushOrder(monkeypatch, native=native)
 
     results = store.write_many(receipts)
     order.events.append(("return", ""))
@@ -613,7 +646,8 @@ def test_a_chunk_in_slices_links_nothing_before_its_data_is_durable_and_returns_
     assert order.flushed_between(order.at("written", listing), min(n for n, _ in links)), "a name before its list"
     for n, (tmp, dst) in links:
         assert order.flushed_between(order.at("written", tmp), n), f"{dst} named before its data was durable"
-        assert order.flushed_between(n, end), f"{dst} returned before its name was durable"
+        done = order.at("linked", f"{tmp} {dst}")
+        assert order.flushed_between(done, end), f"{dst} returned before its name was durable"
 
 
 def test_a_namespace_folder_on_another_file_system_is_flushed_too(tmp_path: Path, monkeypatch) -> None:

@@ -30,6 +30,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import cast
 
+from core.batchfs import publish_all, stage_all
 from core.fsutil import (
     BackgroundFlushes,
     atomic_create_bytes,
@@ -38,9 +39,7 @@ from core.fsutil import (
     is_temp_name,
     make_folder,
     make_folders,
-    publish,
     remove_stale_temps,
-    stage_in,
     sync_barrier,
     unlink_quietly,
 )
@@ -295,14 +294,22 @@ class ReceiptStore:
         name); the receipts linked (index, path), each with whether it is pending under the
         name its chunk's list gives."""
         linked: list[Linked] = []
-        for index, name, path, tmp, data, pending in staged:
+        ready: list[Staged] = []
+        for item in staged:
+            index, name, _, tmp, _, _ = item
             try:
                 self._ready(name, created)
-                try:
-                    done = publish(tmp, path)
-                except OSError as exc:
-                    if exc.errno != errno.EXDEV:
-                        raise
+            except Exception as exc:
+                self._unwritten(item, exc, results)
+                continue
+            ready.append(item)
+        outcomes = publish_all([(tmp, str(path)) for _, _, path, tmp, _, _ in ready])
+        for item, done in zip(ready, outcomes, strict=True):
+            index, name, path, tmp, data, pending = item
+            try:
+                if isinstance(done, OSError):
+                    if done.errno != errno.EXDEV:
+                        raise done
                     # its folder is on another file system than the staging folder (a mount
                     # point, a link): written there on its own, fsynced (staged there next time)
                     done = atomic_create_bytes(path, data, sync_folder=False)
@@ -311,12 +318,18 @@ class ReceiptStore:
                     continue
                 path = results[index] = self._create_under_free_name(path, data, pending)
             except Exception as exc:
-                unlink_quietly(tmp)
-                results[index] = exc
-                self._cleaned.discard(name)  # removed meanwhile? made again at the retry
+                self._unwritten(item, exc, results)
                 continue
             linked.append((index, path, False))
         return linked
+
+    def _unwritten(self, item: Staged, exc: Exception, results: list[Path | Exception]) -> None:
+        """A staged receipt that could not be linked: its temp file goes, its error is its
+        result, its folder is looked at again at the retry (removed meanwhile?)."""
+        index, name, _, tmp, _, _ = item
+        unlink_quietly(tmp)
+        results[index] = exc
+        self._cleaned.discard(name)
 
     def _stage(
         self, part: list[tuple[int, str, str]], receipts: list[Receipt], results: list[Path | Exception],
@@ -328,19 +341,27 @@ class ReceiptStore:
         staged: list[Staged] = []
         staging = self._staging_folder(created)
         foreign = self._foreign
+        files: list[tuple[int, str, str, str, bytes]] = []  # index, namespace folder, folder staged in, name, data
         for index, name, file in part:
-            receipt = receipts[index]
             try:
-                data = receipt.to_bytes()
+                data = receipts[index].to_bytes()
                 folder = staging if staging is not None and name not in foreign else self._ready(name, created)
-                tmp = stage_in(folder, file, data, token + index)
             except Exception as exc:
-                self._cleaned.discard(name)  # removed meanwhile? made again at the retry
-                self._staging = None  # the staging folder too
-                results[index] = exc
+                self._not_staged(name, exc, index, results)
                 continue
-            staged.append((index, name, cast(Path, results[index]), tmp, data, receipt.status == "pending"))
+            files.append((index, name, folder, file, data))
+        temps = stage_all([(folder, file, data, token + index) for index, _, folder, file, data in files])
+        for (index, name, _, _, data), tmp in zip(files, temps, strict=True):
+            if isinstance(tmp, OSError):
+                self._not_staged(name, tmp, index, results)
+                continue
+            staged.append((index, name, cast(Path, results[index]), tmp, data, receipts[index].status == "pending"))
         return staged
+
+    def _not_staged(self, name: str, exc: Exception, index: int, results: list[Path | Exception]) -> None:
+        self._cleaned.discard(name)  # removed meanwhile? made again at the retry
+        self._staging = None  # the staging folder too
+        results[index] = exc
 
     def _staging_folder(self, created: list[str | Path]) -> str | None:
         """`<root>/.staging`, where a chunk's temp files are staged (made at its first use, its
