@@ -19,3 +19,17 @@ SHARED_FIXTURES_DIR = Path(__file__).resolve().parents[2] / "shared" / "fixtures
 def fixtures_dir() -> Path:
     """The real VaultMesh files (namespaces.yaml, anchors.yaml); read them, never modify."""
     return FIXTURES_DIR
+
+
+@pytest.fixture(params=["one-call", "call-by-call"])
+def batch_syscalls(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each test run both ways core/batchfs.py makes its system calls: by the C extension,
+    the GIL released once ("one-call"), and one by one from Python ("call-by-call", as where
+    the extension was not built)."""
+    import core.batchfs
+
+    if request.param == "one-call" and core.batchfs.NATIVE is None:
+        pytest.skip("core._fsbatch is not built")
+    if request.param == "call-by-call":
+        monkeypatch.setattr(core.batchfs, "NATIVE", None)
+    return str(request.param)

@@ -8,24 +8,11 @@ import os
 import stat
 from pathlib import Path
 
-import pytest
-
-import core.batchfs
 from core.batchfs import publish_all, stage_all
 from core.fsutil import FILE_MODE, is_stale_temp, staged_name
 
 
-@pytest.fixture(params=["one-call", "call-by-call"])
-def way(request, monkeypatch) -> str:
-    if request.param == "one-call":
-        if core.batchfs.NATIVE is None:
-            pytest.skip("core._fsbatch is not built")
-    else:
-        monkeypatch.setattr(core.batchfs, "NATIVE", None)
-    return str(request.param)
-
-
-def test_each_file_is_staged_with_its_data_and_mode_and_a_failure_is_its_own(tmp_path: Path, way: str) -> None:
+def test_each_file_is_staged_with_its_data_and_mode_and_a_failure_is_its_own(tmp_path: Path, batch_syscalls: str) -> None:
     folder = tmp_path / "staging"
     folder.mkdir()
     leftover = staged_name(str(folder), "b.json", 7)
@@ -50,7 +37,7 @@ def test_each_file_is_staged_with_its_data_and_mode_and_a_failure_is_its_own(tmp
         assert stat.S_IMODE(os.stat(path).st_mode) == FILE_MODE
 
 
-def test_each_file_is_linked_unless_its_name_is_taken_and_its_temp_name_goes(tmp_path: Path, way: str) -> None:
+def test_each_file_is_linked_unless_its_name_is_taken_and_its_temp_name_goes(tmp_path: Path, batch_syscalls: str) -> None:
     (tmp_path / "ns").mkdir()
     temps = stage_all([(str(tmp_path), name, name.encode(), n) for n, name in enumerate(["a", "b", "c"])])
     assert all(isinstance(t, str) for t in temps)

@@ -544,7 +544,7 @@ class FlushOrder:
     (core.batchfs.NATIVE) a slice's files count as written when its call returns, and its
     links as begun when its call starts: both as late / as early as they can be."""
 
-    def __init__(self, monkeypatch, *, native: bool = True) -> None:
+    def __init__(self, monkeypatch) -> None:
         import core.batchfs
         import core.fsutil
 
@@ -581,8 +581,7 @@ class FlushOrder:
         monkeypatch.setattr(os, "close", close)
         monkeypatch.setattr(os, "link", link)
         real_native = core.batchfs.NATIVE
-        if not native or real_native is None:
-            monkeypatch.setattr(core.batchfs, "NATIVE", None)
+        if real_native is None:  # the calls one by one: os.open, os.close, os.link above
             return
         events = self.events
         real_stage, real_links = real_native.stage_many, real_native.link_many
@@ -615,23 +614,19 @@ class FlushOrder:
         )
 
 
-@pytest.mark.parametrize("native", [True, False], ids=["one-call-a-slice", "call-by-call"])
 def test_a_chunk_in_slices_links_nothing_before_its_data_is_durable_and_returns_nothing_before_its_name_is(
-    tmp_path: Path, monkeypatch, native: bool
+    tmp_path: Path, monkeypatch, batch_syscalls: str
 ) -> None:
     """The slices of a chunk overlap (one staged while the one before is flushed on another
     thread); what each receipt goes through keeps its order all the same, whether a slice's
     system calls are made by the C extension or one by one (core/batchfs.py)."""
-    import core.batchfs
     import core.store.files.receipts as mod
 
-    if native and core.batchfs.NATIVE is None:
-        pytest.skip("core._fsbatch is not built")
     monkeypatch.setattr(mod, "SLICE", 8)
     store = ReceiptStore(tmp_path / "receipts")
     store.pending()
     receipts = receipts_for(40, status="pending")
-    order = FlushOrder(monkeypatch, native=native)
+    order = FlushOrder(monkeypatch)
 
     results = store.write_many(receipts)
     order.events.append(("return", ""))
