@@ -1,3 +1,6 @@
+/* core._fsbatch: a receipt slice's system calls made with the GIL released once (why, and
+   the Python calls made where this is not built: core/batchfs.py). Each file's outcome is
+   its own errno; nothing here decides what an error means. */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <errno.h>
@@ -6,24 +9,29 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-/* stage_many(paths, datas, mode, chmod) -> list of errno (0: written) */
+/* stage_many(paths, datas, mode, chmod) -> list of errno (0: written). Each path created
+   (O_EXCL, O_CLOEXEC) with `mode`, fchmod'ed to it when `chmod` (the umask took bits off),
+   filled with its data and closed; one that fails is removed. Nothing is fsynced. */
 static PyObject *stage_many(PyObject *self, PyObject *args) {
     PyObject *paths, *datas; int mode, need_chmod;
     if (!PyArg_ParseTuple(args, "O!O!ip", &PyList_Type, &paths, &PyList_Type, &datas, &mode, &need_chmod)) return NULL;
     Py_ssize_t n = PyList_GET_SIZE(paths);
     if (PyList_GET_SIZE(datas) != n) { PyErr_SetString(PyExc_ValueError, "paths and datas differ in length"); return NULL; }
     PyObject **enc = PyMem_Calloc(n ? n : 1, sizeof(PyObject *));
+    PyObject **held = PyMem_Calloc(n ? n : 1, sizeof(PyObject *));  /* the data, kept while the GIL is released */
     const char **cp = PyMem_Calloc(n ? n : 1, sizeof(char *));
     const char **dp = PyMem_Calloc(n ? n : 1, sizeof(char *));
     Py_ssize_t *dl = PyMem_Calloc(n ? n : 1, sizeof(Py_ssize_t));
     int *err = PyMem_Calloc(n ? n : 1, sizeof(int));
     PyObject *out = NULL;
-    if (!enc || !cp || !dp || !dl || !err) { PyErr_NoMemory(); goto done; }
+    if (!enc || !held || !cp || !dp || !dl || !err) { PyErr_NoMemory(); goto done; }
     for (Py_ssize_t i = 0; i < n; i++) {
         if (!PyUnicode_FSConverter(PyList_GET_ITEM(paths, i), &enc[i])) goto done;
         cp[i] = PyBytes_AS_STRING(enc[i]);
         PyObject *d = PyList_GET_ITEM(datas, i);
         if (!PyBytes_Check(d)) { PyErr_SetString(PyExc_TypeError, "datas must be bytes"); goto done; }
+        Py_INCREF(d);
+        held[i] = d;
         dp[i] = PyBytes_AS_STRING(d); dl[i] = PyBytes_GET_SIZE(d);
     }
     Py_BEGIN_ALLOW_THREADS
@@ -50,8 +58,11 @@ static PyObject *stage_many(PyObject *self, PyObject *args) {
         PyList_SET_ITEM(out, i, v);
     }
 done:
-    if (enc) for (Py_ssize_t i = 0; i < n; i++) Py_XDECREF(enc[i]);
-    PyMem_Free(enc); PyMem_Free(cp); PyMem_Free(dp); PyMem_Free(dl); PyMem_Free(err);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (enc) Py_XDECREF(enc[i]);
+        if (held) Py_XDECREF(held[i]);
+    }
+    PyMem_Free(enc); PyMem_Free(held); PyMem_Free(cp); PyMem_Free(dp); PyMem_Free(dl); PyMem_Free(err);
     return out;
 }
 
