@@ -9,6 +9,18 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+/* The list of `n` errno values (a new reference; NULL with an exception set). */
+static PyObject *errno_list(const int *err, Py_ssize_t n) {
+    PyObject *out = PyList_New(n);
+    if (out == NULL) return NULL;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *v = PyLong_FromLong(err[i]);
+        if (v == NULL) { Py_DECREF(out); return NULL; }
+        PyList_SET_ITEM(out, i, v);
+    }
+    return out;
+}
+
 /* stage_many(paths, datas, mode, chmod) -> list of errno (0: written). Each path created
    (O_EXCL, O_CLOEXEC) with `mode`, fchmod'ed to it when `chmod` (the umask took bits off),
    filled with its data and closed; one that fails is removed. Nothing is fsynced. */
@@ -50,13 +62,7 @@ static PyObject *stage_many(PyObject *self, PyObject *args) {
         if (e) { unlink(cp[i]); err[i] = e; }
     }
     Py_END_ALLOW_THREADS
-    out = PyList_New(n);
-    if (!out) goto done;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *v = PyLong_FromLong(err[i]);
-        if (!v) { Py_CLEAR(out); goto done; }
-        PyList_SET_ITEM(out, i, v);
-    }
+    out = errno_list(err, n);
 done:
     for (Py_ssize_t i = 0; i < n; i++) {
         if (enc) Py_XDECREF(enc[i]);
@@ -89,13 +95,7 @@ static PyObject *link_many(PyObject *self, PyObject *args) {
         if (e == 0 || e == EEXIST) unlink(s);
     }
     Py_END_ALLOW_THREADS
-    out = PyList_New(n);
-    if (!out) goto done;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *v = PyLong_FromLong(err[i]);
-        if (!v) { Py_CLEAR(out); goto done; }
-        PyList_SET_ITEM(out, i, v);
-    }
+    out = errno_list(err, n);
 done:
     if (enc) for (Py_ssize_t i = 0; i < 2 * n; i++) Py_XDECREF(enc[i]);
     PyMem_Free(enc); PyMem_Free(err);
