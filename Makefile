@@ -6,7 +6,7 @@ DATA_DIR ?= .vmsh-demo
 .PHONY: install run headless test typecheck bench lint clean btc-regtest
 
 # core/_fsbatch.c is built by the install (an editable one builds it in place).
-$(VENV)/.installed: pyproject.toml core/_fsbatch.c
+$(VENV)/.installed: pyproject.toml setup.py core/_fsbatch.c
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test]'
