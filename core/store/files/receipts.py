@@ -296,9 +296,8 @@ class ReceiptStore:
         linked: list[Linked] = []
         ready: list[Staged] = []
         for item in staged:
-            index, name, _, tmp, _, _ = item
             try:
-                self._ready(name, created)
+                self._ready(item[1], created)
             except Exception as exc:
                 self._unwritten(item, exc, results)
                 continue
@@ -359,6 +358,8 @@ class ReceiptStore:
         return staged
 
     def _not_staged(self, name: str, exc: Exception, index: int, results: list[Path | Exception]) -> None:
+        """A receipt that could not be staged: its error is its result; its folder, and the
+        staging folder, are looked at again at the retry."""
         self._cleaned.discard(name)  # removed meanwhile? made again at the retry
         self._staging = None  # the staging folder too
         results[index] = exc
