@@ -30,7 +30,6 @@ from core.jobs import JobSpec, targets_named
 from core.migrate import StateImport, StateImportError, import_original_state, state_files
 from core.observe.logs import Log
 from core.readers import off_loop
-from core.sources import BatchLimits
 from core.store import StateError, Store, StoreNotReady, is_shared, open_store
 from core.store.files.lock import DataDirLock, LockHeld, NoLock
 from core.store.files.state import StateStore
@@ -49,7 +48,7 @@ class ReloadPlan:
 
     loaded: LoadedConfig
     restart: list[str]
-    batch_limits: dict[Path, BatchLimits]
+    batch_limits: sources.KeyedLimits
     jobs: list[JobSpec]
 
 
@@ -244,9 +243,12 @@ class Runtime:
         """What applying `loaded` takes that does not touch the engine (on a worker thread
         for `reload_off_loop`: for 10,000 namespaces, 50-100 ms the loop no longer spends)."""
         if loaded.hash == self.loaded.hash:  # checked again where it is applied
-            return ReloadPlan(loaded, [], {}, [])
+            return ReloadPlan(loaded, [], sources.KeyedLimits(), [])
         running = self._on_running_data_dir(loaded.config)
-        return ReloadPlan(loaded, restart_needed(self.started_with, loaded.config), running.batch_limits(), running.jobs())
+        return ReloadPlan(
+            loaded, restart_needed(self.started_with, loaded.config), sources.keyed_limits(running.batch_limits()),
+            running.jobs(),
+        )
 
     def _apply_plan(self, make: Callable[[], ReloadPlan]) -> ReloadResult:
         try:

@@ -69,6 +69,7 @@ PASS_SLICE = 500  # due jobs looked at between two turns of the loop in a schedu
 READ_SLICE = 2000  # due jobs whose batch folder is named between two turns of the loop
 PREPARE_CHUNK = 4000  # receipt folders made in one call of the store's prepare (a stop waits for one)
 WALK_SHARE = 8  # a pruned walk of the heap stops past 1/WALK_SHARE of it: the C scan is cheaper
+LOGGED_JOBS = 20  # jobs a "config applied" line names in each of its lists (`named_in_log`)
 # Returns the reason a target must not be used (e.g. chain id mismatch), or None.
 TargetGuard = Callable[[str], "str | None"]
 
@@ -119,6 +120,16 @@ async def prepare_receipts(ctx: Context) -> None:
             await asyncio.to_thread(ctx.receipts.prepare, namespaces[start : start + PREPARE_CHUNK])
         except OSError:
             return
+
+
+def named_in_log(keys: tuple[JobKey, ...]) -> list[str]:
+    """The jobs a "config applied" line names: all of them, or the first LOGGED_JOBS and how
+    many more (a reload of 10,000 namespaces made a line of 10,000 names, formatted on the
+    loop and sent to every `ctl tail`; the ConfigApplied event has them all)."""
+    named = [str(k) for k in keys[:LOGGED_JOBS]]
+    if len(keys) > LOGGED_JOBS:
+        named.append(f"... and {len(keys) - LOGGED_JOBS:,} more")
+    return named
 
 
 def due_entries(heap: list[tuple[float, int, JobKey]], now: float) -> list[tuple[float, int, JobKey]]:
@@ -357,9 +368,9 @@ class Scheduler:
         self.log.info(
             "config applied",
             config_hash=config_hash[:12],
-            added=[str(k) for k in added],
-            removed=[str(k) for k in removed],
-            changed=[str(k) for k in changed],
+            added=named_in_log(added),
+            removed=named_in_log(removed),
+            changed=named_in_log(changed),
         )
         self._saves.request()
         return event

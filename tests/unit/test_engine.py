@@ -15,7 +15,7 @@ from core.anchors.local.backend import LocalTSA
 from core.backoff import PHI, BackoffPolicy
 from core.clock import FakeClock
 from core.errors import AuthError, NetworkError, ValidationError
-from core.events import AnchorFailed, AnchorStarted, EventBus, JobSkipped, ReceiptWritten
+from core.events import AnchorFailed, AnchorStarted, EventBus, JobSkipped, LogRecord, ReceiptWritten
 from core.jobs import JobKey, JobSpec, safe_name
 from core.receipts import BatchRef, bound_leaf, load_receipt, root_text, verify_receipt
 from core.sources import write_batch
@@ -328,6 +328,21 @@ async def test_config_apply_keeps_unchanged_adds_new_drops_removed(tmp_path):
     assert JobKey("b", "fast") not in s.jobs
     s.flush()
     assert JobKey("b", "fast") not in StateStore(tmp_path / "data" / "state" / "scheduler.json").load()
+
+
+async def test_a_reload_of_many_jobs_names_twenty_in_its_log_line_and_all_in_its_event(tmp_path):
+    """A reload adding 10,000 namespaces made a log line of 10,000 names, formatted on the
+    loop and sent to every `ctl tail`."""
+    h = Harness(tmp_path, {"a": 1, "b": 2}, every=60)
+    s = h.scheduler()
+    many = [JobSpec(JobKey(f"n{i:02d}", "fast"), "local:dev", 60, tmp_path / "batches" / f"n{i:02d}") for i in range(25)]
+
+    event = s.apply([h.specs[0], *many], "hash2")
+
+    assert event.added == tuple(spec.key for spec in many) and event.removed == (JobKey("b", "fast"),)
+    [line] = [r for r in h.of(LogRecord) if r.msg == "config applied"]
+    assert line.fields["added"] == [f"n{i:02d}/fast" for i in range(20)] + ["... and 5 more"]
+    assert line.fields["removed"] == ["b/fast"] and line.fields["changed"] == []
 
 
 async def test_a_malformed_batch_fails_only_its_own_job(tmp_path):

@@ -526,3 +526,19 @@ def test_an_idle_cache_keeps_under_700_bytes_a_folder(tmp_path: Path, monkeypatc
         tracemalloc.stop()
     assert kept / len(folders) < 700, f"{kept / len(folders):.0f} bytes a folder"
     assert latest_batch(folders[7]) == Batch("000001", "sha256:" + f"{7:064x}", folders[7] / "000001.json")
+
+
+def test_limits_keyed_on_a_reloads_worker_thread_are_read_as_configure_keys_them(tmp_path: Path) -> None:
+    """A reload makes them off the loop (sources.keyed_limits), the loop only installs them."""
+    small, links = tmp_path / "small", tmp_path / "links"
+    write_batch(small, "1", R1)
+    write_batch(links, "1", R1)
+    limits = {small: sources.BatchLimits(max_bytes=10), links: sources.BatchLimits(follow_symlinks=True)}
+    try:
+        sources.configure(sources.keyed_limits(limits))
+        assert sources.limits_for(small).max_bytes == 10 and sources.limits_for(str(links) + "/").follow_symlinks
+        assert sources.limits_for(tmp_path / "other") == sources.BatchLimits()
+        with pytest.raises(SourceError, match="more than the limit of 10 bytes"):
+            latest_batch(small)
+    finally:
+        sources.configure({})
