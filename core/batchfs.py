@@ -16,10 +16,9 @@ others.
 from __future__ import annotations
 
 import errno
-import os
 from types import ModuleType
 
-from core.fsutil import FILE_MODE, publish, stage_bytes, stage_in, staged_name, umask
+from core.fsutil import FILE_MODE, publish, stage_in, staged_name, umask
 
 
 def _native() -> ModuleType | None:
@@ -38,27 +37,21 @@ def stage_all(files: list[tuple[str, str, bytes, int]], mode: int = FILE_MODE) -
     temp file's path, or the error that kept it from being written (nothing then left of
     it). Nothing is fsynced."""
     if NATIVE is None:
-        out: list[str | OSError] = []
-        for folder, name, data, token in files:
-            try:
-                out.append(stage_in(folder, name, data, token, mode))
-            except OSError as exc:
-                out.append(exc)
-        return out
+        return [_stage(*file, mode) for file in files]
     paths = [staged_name(folder, name, token) for folder, name, _, token in files]
     codes = NATIVE.stage_many(paths, [data for _, _, data, _ in files], mode, bool(umask() & mode))
-    results: list[str | OSError] = []
-    for (folder, name, data, _), path, code in zip(files, paths, codes, strict=True):
-        if code == 0:
-            results.append(path)
-        elif code == errno.EEXIST:  # a leftover temp file of that name: a random one
-            try:
-                results.append(str(stage_bytes(f"{folder}/{name}", data, mode)))
-            except OSError as exc:
-                results.append(exc)
-        else:
-            results.append(OSError(code, os.strerror(code), path))
-    return results
+    return [
+        # any error: stage_in's own way (a leftover temp file of that name: a random one)
+        path if code == 0 else _stage(*file, mode)
+        for file, path, code in zip(files, paths, codes, strict=True)
+    ]
+
+
+def _stage(folder: str, name: str, data: bytes, token: int, mode: int) -> str | OSError:
+    try:
+        return stage_in(folder, name, data, token, mode)
+    except OSError as exc:
+        return exc
 
 
 def publish_all(pairs: list[tuple[str, str]]) -> list[bool | OSError]:
