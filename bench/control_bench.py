@@ -48,6 +48,7 @@ from pathlib import Path
 import httpx
 
 from bench.headless_bench import CLI, LogFollower, count_receipts, cpu_seconds, make_config, stop
+from bench.host_attacks_bench import rss_uss
 from bench.livez_bench import Prober, http_port
 from bench.scale_bench import private_file_pages
 from core.fsutil import atomic_write_bytes
@@ -156,14 +157,6 @@ def _first_rows(path: Path) -> float:
     return asyncio.run(measure())
 
 
-def _uss(pid: int) -> int:
-    uss = 0
-    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-        if line.startswith(("Private_Clean:", "Private_Dirty:")):
-            uss += int(line.split()[1]) * 1024
-    return uss
-
-
 def tails_figures(n: int, tails: int) -> dict[str, float]:
     """A pass of `n` jobs with `tails` `ctl tail` clients attached before it begins: /livez
     max during the pass, the daemon's USS after it.
@@ -212,7 +205,7 @@ def tails_figures(n: int, tails: int) -> dict[str, float]:
         log.wait(n, proc, deadline, f"the pass of {n} jobs")
         time.sleep(1.0)  # the events of the last receipts reach the tails
         during = sorted(prober.latencies[first:])
-        uss, uss_files = _uss(proc.pid), private_file_pages(proc.pid)
+        uss, uss_files = rss_uss(proc.pid)[1], private_file_pages(proc.pid)
         alive = sum(1 for c in children if c.poll() is None)
     finally:
         prober.done.set()
