@@ -23,10 +23,10 @@ from core.backoff import BackoffPolicy
 from core.clock import Clock, SystemClock
 from core.config import Config, ConfigError, ConfigIssue, LoadedConfig
 from core.control import ReloadResult
-from core.engine import Scheduler
+from core.engine import PlannedJobs, Scheduler, plan_jobs
 from core.errors import AnchorError
 from core.events import ConfigRejected, EventBus
-from core.jobs import JobSpec, targets_named
+from core.jobs import targets_named
 from core.migrate import StateImport, StateImportError, import_original_state, state_files
 from core.observe.logs import Log
 from core.readers import off_loop
@@ -49,7 +49,7 @@ class ReloadPlan:
     loaded: LoadedConfig
     restart: list[str]
     batch_limits: sources.KeyedLimits
-    jobs: list[JobSpec]
+    jobs: PlannedJobs  # keyed, a record made for each: the loop only switches them in
 
 
 def _configured_store(cfg: Config, state_file: Path) -> Store:
@@ -243,11 +243,11 @@ class Runtime:
         """What applying `loaded` takes that does not touch the engine (on a worker thread
         for `reload_off_loop`: for 10,000 namespaces, 50-100 ms the loop no longer spends)."""
         if loaded.hash == self.loaded.hash:  # checked again where it is applied
-            return ReloadPlan(loaded, [], sources.KeyedLimits(), [])
+            return ReloadPlan(loaded, [], sources.KeyedLimits(), plan_jobs(()))
         running = self._on_running_data_dir(loaded.config)
         return ReloadPlan(
             loaded, restart_needed(self.started_with, loaded.config), sources.keyed_limits(running.batch_limits()),
-            running.jobs(),
+            plan_jobs(running.jobs()),
         )
 
     def _apply_plan(self, make: Callable[[], ReloadPlan]) -> ReloadResult:

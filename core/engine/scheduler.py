@@ -54,6 +54,7 @@ from core.engine.reads import BATCH_READ_BUSY, BATCH_READ_MOST, BATCH_READ_WAIT,
 from core.engine.record import Due, not_after
 from core.engine.recovery import Recovery
 from core.engine.redundant import Redundancy
+from core.engine.switch import PlannedJobs, TargetGuard, plan_jobs, switch_jobs
 from core.engine.table import JobTable
 from core.events import ConfigApplied, EventBus, JobSkipped, Paused, TickCompleted
 from core.jobs import JobKey, JobSpec, JobState, targets_named
@@ -70,8 +71,6 @@ READ_SLICE = 2000  # due jobs whose batch folder is named between two turns of t
 PREPARE_CHUNK = 4000  # receipt folders made in one call of the store's prepare (a stop waits for one)
 WALK_SHARE = 8  # a pruned walk of the heap stops past 1/WALK_SHARE of it: the C scan is cheaper
 LOGGED_JOBS = 20  # jobs a "config applied" line names in each of its lists (`named_in_log`)
-# Returns the reason a target must not be used (e.g. chain id mismatch), or None.
-TargetGuard = Callable[[str], "str | None"]
 
 
 def _import_backend(scheme: str) -> None:
@@ -339,29 +338,16 @@ class Scheduler:
             self._wake.set()
 
     def apply(
-        self, specs: Iterable[JobSpec], config_hash: str, target_guard: TargetGuard | None = None
+        self, jobs: Iterable[JobSpec] | PlannedJobs, config_hash: str, target_guard: TargetGuard | None = None
     ) -> ConfigApplied:
-        """Switch to a new job table: unchanged jobs keep their state, new ones start fresh."""
+        """Switch to a new job table (`jobs`: its specs, or their plan: core/engine/switch.py):
+        unchanged jobs keep their state, new ones start fresh."""
         if target_guard is not None:
             self._guard = target_guard
-        jobs = self._jobs
-        new = {s.key: s for s in specs}
-        added = tuple(k for k in new if k not in jobs)
-        removed = tuple(k for k in jobs if k not in new)
-        changed = tuple(k for k in new if k in jobs and jobs[k].spec != new[k])
-        for key in removed:
-            jobs.remove(key)
-        for key in added + changed:
-            jobs.add(new[key])
+        planned = jobs if isinstance(jobs, PlannedJobs) else plan_jobs(jobs)
         now = self.clock.now()  # read once: 10,000 jobs added read it 20,000 times on the loop
-        for key in added:
-            jobs[key].enabled_at = now  # stale counts from here, not the start
-        # The guard is asked again for every job: a new config can accept or refuse a
-        # target whose job did not change (e.g. a corrected chainId in the target settings).
-        enabled = [key for key in new if self._outcomes.set_disabled(key, self._guard(new[key].target))]
-        for key in dict.fromkeys((*added, *changed, *enabled)):
-            if key not in self._flight:
-                jobs.schedule(key, now=now)
+        switched = switch_jobs(self._jobs, self._outcomes, planned, self._guard, now)
+        added, removed, changed = switched.added, switched.removed, switched.changed
         self.config_hash = config_hash
         event = ConfigApplied(at=now, config_hash=config_hash, added=added, removed=removed, changed=changed)
         self.bus.publish(event)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 from core.clock import Clock
 from core.engine.record import Held, JobRecord, Remains
@@ -59,14 +59,26 @@ class JobTable:
             record.spec = spec
             return record
         record = JobRecord(spec, JobState() if state is None else state)
-        left = self.remains.pop(spec.key, None)
+        self._take_remains(record)
+        self.records[spec.key] = record
+        return record
+
+    def adopt(self, records: Iterable[JobRecord]) -> None:
+        """Take new jobs' records, made off the loop (`core.engine.switch.plan_jobs`), as
+        `add` makes them: with what an anchor left of a job removed earlier."""
+        table, remains = self.records, self.remains
+        for record in records:
+            if remains:
+                self._take_remains(record)
+            table[record.spec.key] = record
+
+    def _take_remains(self, record: JobRecord) -> None:
+        left = self.remains.pop(record.spec.key, None)
         if left is not None:
             if left.state is not None:
                 record.state = left.state
             record.held = left.held
             record.storage_failing = left.storage_failing
-        self.records[spec.key] = record
-        return record
 
     def remove(self, key: JobKey) -> None:
         """Forget a job a reload removed: its record, due time and force."""
@@ -194,6 +206,20 @@ class JobTable:
         record.due = due
         heapq.heappush(self.heap, (due, next(self._seq), key))
         self.wake.set()
+
+    def schedule_all(self, keys: Iterable[JobKey], now: float) -> None:
+        """`schedule(key, now=now)` for each of `keys`, the heap ordered once after (a
+        reload adding 10,000 jobs: one heapify, not 10,000 pushes)."""
+        records, heap, seq = self.records, self.heap, self._seq
+        before = len(heap)
+        for key in keys:
+            record = records[key]
+            if record.disabled is None:
+                record.due = due = self.natural_due(key, now)
+                heap.append((due, next(seq), key))
+        if len(heap) > before:
+            heapq.heapify(heap)
+            self.wake.set()
 
     def next_due(self) -> float | None:
         """The earliest due time of an idle job (stale heap entries are dropped lazily)."""

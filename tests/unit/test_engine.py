@@ -345,6 +345,29 @@ async def test_a_reload_of_many_jobs_names_twenty_in_its_log_line_and_all_in_its
     assert line.fields["removed"] == ["b/fast"] and line.fields["changed"] == []
 
 
+async def test_jobs_a_reload_adds_are_due_at_once_before_those_already_waiting(tmp_path):
+    """The jobs a reload adds are scheduled together (one heap order for all of them, not a
+    push each): each is due now, ahead of the jobs already anchored and waiting, and the
+    next pass anchors every one of them."""
+    h = Harness(tmp_path, {"a": 1, "b": 2}, every=3600)
+    s = h.scheduler()
+    await s.run_once()
+    h.clock.advance(10)
+    assert s.next_due() == h.clock.now() + 3600 - 10
+    many = []
+    for i in range(40):
+        h.batch(f"n{i:02d}", 100 + i)
+        many.append(JobSpec(JobKey(f"n{i:02d}", "fast"), "local:dev", 7200, tmp_path / "batches" / f"n{i:02d}"))
+
+    s.apply([*h.specs, *many], "hash2")
+
+    assert s.next_due() == h.clock.now()
+    await s.run_once()
+    anchored = [str(e.job) for e in h.of(ReceiptWritten)]
+    assert sorted(anchored[2:]) == [f"n{i:02d}/fast" for i in range(40)]
+    assert s.next_due() == h.clock.now() - 10 + 3600  # a and b, waiting as before
+
+
 async def test_a_malformed_batch_fails_only_its_own_job(tmp_path):
     h = Harness(tmp_path, {"good": 1, "bad": 2})
     (tmp_path / "batches" / "bad" / "999999.json").write_text('{"id": "x", "root": "nope"}')
