@@ -714,13 +714,40 @@ class _ReadOnce(TimeStampResponse):
 
     @functools.cached_property
     def signed_data(self) -> SignedData:
-        return self._resp.signed_data
+        return _SignedDataOnce(self._resp.signed_data)
 
     def time_stamp_token(self) -> bytes:
         return self._token_der  # as parsed (the library would serialize its parse again)
 
     def as_bytes(self) -> bytes:
         return self._resp.as_bytes()
+
+
+class _SignedDataOnce(SignedData):
+    """rfc3161-client's SignedData with its certificates and SignerInfos built once (its
+    verifier reads them five times a check); each read gets a set of its own, as from the
+    library (the verifier takes a SignerInfo out of the set it is given)."""
+
+    def __init__(self, sd: SignedData) -> None:
+        self._sd = sd
+        self._certificates = frozenset(sd.certificates)
+        self._signer_infos = frozenset(sd.signer_infos)
+
+    @property
+    def version(self) -> int:
+        return self._sd.version
+
+    @property
+    def digest_algorithms(self) -> set[x509.ObjectIdentifier]:
+        return self._sd.digest_algorithms
+
+    @property
+    def certificates(self) -> set[bytes]:
+        return set(self._certificates)
+
+    @property
+    def signer_infos(self) -> set[Any]:
+        return set(self._signer_infos)
 
 
 def _name_str(gn: asn1x509.GeneralName) -> str | None:
