@@ -238,10 +238,14 @@ def _remembered(key: tuple[object, ...], compute: Callable[[], Any]) -> Any:
     except KeyError:
         pass
     value = compute()
+    _keep(key, value)
+    return value
+
+
+def _keep(key: tuple[object, ...], value: Any) -> None:
     if len(_known) >= 1024:
         _known.clear()
     _known[key] = value
-    return value
 
 
 def signer_matches(sid: cms.SignerIdentifier, cert: asn1x509.Certificate) -> bool:
@@ -555,6 +559,10 @@ def _check_chain(
             "that certificate (a cluster's local: receipts: every replica's "
             "<data_dir>/tsa/local-tsa.pem)",
         )
+    found = ("path", signer, *untrusted, None, *trust_roots)
+    known: _Path | None = _known.get(found)
+    if known is not None and known.valid_from <= gen_time <= known.valid_to:
+        return known.anchor  # the path built before for these certificates, all valid at gen_time
     store, ca_policy, ee_policy = _remembered(
         ("store", *trust_roots),
         lambda: (xv.Store(list(trust_roots)), chain_policy(), xv.ExtensionPolicy.permit_all()),
@@ -592,7 +600,22 @@ def _check_chain(
             f"the path from the signer certificate {_who(signer)} to the trust bundle ({roots}) "
             f"is not acceptable: {reason}",
         ) from None
-    return path.chain[-1]
+    chain = path.chain
+    _keep(found, _Path(
+        chain[-1], max(c.not_valid_before_utc for c in chain), min(c.not_valid_after_utc for c in chain)
+    ))
+    return chain[-1]
+
+
+@dataclass(frozen=True)
+class _Path:
+    """A path the builder found from a signer to a trust root: where it ends, and when all of
+    its certificates are valid. It holds at any gen_time in that window: the builder's
+    other rules (signatures, extensions, name constraints) do not depend on the time."""
+
+    anchor: x509.Certificate
+    valid_from: datetime
+    valid_to: datetime
 
 
 _ALGORITHM_WORDS = {"Rsa": "RSA", "Ecdsa": "ECDSA", "Dsa": "DSA", "With": "with", "Sha1": "SHA-1", "Md5": "MD5"}
@@ -797,7 +820,7 @@ def verify_response(
     """
     if not trust_roots:
         raise _fail("chain", "no trust roots configured")
-    raw_token, token, tst = _parse_response(response_der, token_der)
+    raw_token, token, tst, gen_time = _parse_response(response_der, token_der)
     sd = token["content"]
     got_hash, want = _check_imprint(tst, digest, hash_name)
     got_nonce = tst["nonce"].native
@@ -810,7 +833,6 @@ def verify_response(
     normalized = _normalize(token, raw_token, extra)
     assert normalized.signer_der is not None
     signer = _certificate(normalized.signer_der)
-    gen_time = tst["gen_time"].native.astimezone(UTC)
     _check_signed(sd, normalized, signer, intermediates, trust_roots, gen_time, want)
     _check_skew(gen_time, now, max_clock_skew)
     return TokenInfo(
@@ -825,9 +847,11 @@ def verify_response(
     )
 
 
-def _parse_response(response_der: bytes, token_der: bytes | None) -> tuple[bytes, cms.ContentInfo, asn1tsp.TSTInfo]:
-    """A granted TimeStampResp's token (its DER, the token parsed, its TSTInfo), every field
-    parsed now so that malformed content fails here. The one parse of the token: every check
+def _parse_response(
+    response_der: bytes, token_der: bytes | None
+) -> tuple[bytes, cms.ContentInfo, asn1tsp.TSTInfo, datetime]:
+    """A granted TimeStampResp's token (its DER, the token parsed, its TSTInfo, its gen_time
+    in UTC), every field the checks read parsed now so that malformed content fails here. The one parse of the token: every check
     reads it (parsing again cost most of a check's time, issue 24)."""
     try:
         resp = _TimeStampResp.load(response_der, strict=True)
@@ -855,13 +879,33 @@ def _parse_response(response_der: bytes, token_der: bytes | None) -> tuple[bytes
                 "token", f"content type {eci['content_type'].dotted}, expected id-ct-TSTInfo"
             )
         tst = asn1tsp.TSTInfo.load(eci["content"].contents)
-        for field in ("policy", "message_imprint", "serial_number", "gen_time", "nonce"):
-            _ = tst[field].native  # parse now so malformed content fails here
+        _ = tst["policy"].dotted, tst["serial_number"].native, tst["nonce"].native
+        imprint = tst["message_imprint"]
+        _ = imprint["hash_algorithm"]["algorithm"].dotted, imprint["hashed_message"].native
+        gen_time = _generalized_time(tst["gen_time"])
     except ValidationError:
         raise
     except (ValueError, TypeError, KeyError) as exc:
         raise _fail("parse", f"malformed TimeStampToken: {exc}") from None
-    return raw_token, token, tst
+    return raw_token, token, tst, gen_time
+
+
+_DER_TIME = re.compile(rb"(\d{4})(\d\d)(\d\d)(\d\d)(\d\d)(\d\d)(?:\.(\d{0,5}[1-9]))?Z")
+
+
+def _generalized_time(value: asn1core.GeneralizedTime) -> datetime:
+    """A GeneralizedTime in UTC as asn1crypto reads it, its DER form (YYYYMMDDHHMMSS, a
+    fraction of up to six digits, Z: RFC 3161 2.4.2) read without asn1crypto's general
+    parser, which was a third of a TSTInfo's parse; any other form is left to that."""
+    found = _DER_TIME.fullmatch(value.contents or b"")
+    if found is None or found[1] == b"0000":  # year 0: asn1crypto's extended_datetime
+        native: datetime = value.native
+        return native.astimezone(UTC)
+    fraction = found[7] or b""
+    return datetime(
+        int(found[1]), int(found[2]), int(found[3]), int(found[4]), int(found[5]), int(found[6]),
+        int(fraction.ljust(6, b"0")), tzinfo=UTC,
+    )
 
 
 def _check_imprint(tst: asn1tsp.TSTInfo, digest: bytes, hash_name: str | None) -> tuple[str, bytes]:

@@ -206,6 +206,17 @@ async def test_gen_time_follows_the_injected_clock(tsa: LocalTSA, clock: FakeClo
     assert att.data["gen_time"] == "2027-01-15T08:00:00Z"
 
 
+async def test_a_token_from_before_its_certificate_is_refused_after_a_good_one(tsa: LocalTSA, clock: FakeClock) -> None:
+    """The path to the trust root is checked at each token's gen_time: the path found for
+    one token serves the next only while its certificates are valid then."""
+    await tsa.anchor(ROOT, noop_note)
+    clock.set(946_684_800.0 - 86_400)  # 1999-12-31, the certificate's notBefore a day later
+    with pytest.raises(ValidationError, match=r"chain check failed: .* was not valid at gen_time 1999-12-31"):
+        await tsa.anchor(ROOT, noop_note)
+    clock.set(1_767_225_600.25)
+    assert (await tsa.anchor(ROOT, noop_note)).data["gen_time"] == "2026-01-01T00:00:00.250Z"
+
+
 async def test_unusable_key_clock_mismatch_is_a_validation_error(tmp_path: Path) -> None:
     """The local path runs the real verifier: a genTime far from `now` is refused."""
 

@@ -570,3 +570,27 @@ def test_a_quirky_token_is_rejected_when_a_check_fails(
 )
 def test_library_errors_become_their_readable_part(library_text: str, sentence: str) -> None:
     assert tsp._openssl_reason(library_text) == sentence
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "20260101000000Z", "20260101000000.25Z", "20261231235959.999999Z", "20240229120000.5Z",
+        "20260101000000.500Z", "20260101000000+0100", "202601010000Z", "20260101000000.1234567Z",
+    ],
+)
+def test_gen_time_reads_as_asn1crypto_reads_it(text: str) -> None:
+    """A TSTInfo's genTime in its DER form is read without asn1crypto's general parser, and
+    gives what that parser gives; any other form is left to it."""
+    value = asn1core.GeneralizedTime.load(asn1core.GeneralizedTime(contents=text.encode()).dump())
+
+    assert tsp._generalized_time(value) == value.native.astimezone(dt.UTC)
+
+
+@pytest.mark.parametrize("text", ["20261301000000Z", "20260230000000Z", "20260101246000Z"])
+def test_a_gen_time_that_is_no_date_is_refused_as_asn1crypto_refuses_it(text: str) -> None:
+    value = asn1core.GeneralizedTime.load(asn1core.GeneralizedTime(contents=text.encode()).dump())
+    with pytest.raises(ValueError):
+        value.native  # noqa: B018
+    with pytest.raises(ValueError):
+        tsp._generalized_time(value)
