@@ -839,7 +839,7 @@ def verify_response(
         gen_time=gen_time,
         serial=tst["serial_number"].native,
         policy=policy,
-        tsa_name=_remembered(("tsa", tst["tsa"].dump()), lambda: _name_str(tst["tsa"])),
+        tsa_name=_remembered(("tsa", tst["tsa"].contents), lambda: _name_str(tst["tsa"])),  # as sent: its dump re-encodes
         hash_name=got_hash,
         nonce=got_nonce,
         signer_cert_sha256=hashlib.sha256(normalized.signer_der).hexdigest(),
