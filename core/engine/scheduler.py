@@ -255,7 +255,7 @@ class Scheduler:
             state = loaded.get(spec.key)
             self._jobs.add(spec, None if state is None else not_after(state, now))
             self._outcomes.set_disabled(spec.key, self._guard(spec.target))
-            self._jobs.schedule(spec.key)
+        self._jobs.schedule_all((spec.key for spec in specs), now)  # one heapify, as a reload's
         # State of jobs that are no longer configured is dropped (never added).
 
     @property
