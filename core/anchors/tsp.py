@@ -851,8 +851,9 @@ def _parse_response(
     response_der: bytes, token_der: bytes | None
 ) -> tuple[bytes, cms.ContentInfo, asn1tsp.TSTInfo, datetime]:
     """A granted TimeStampResp's token (its DER, the token parsed, its TSTInfo, its gen_time
-    in UTC), every field the checks read parsed now so that malformed content fails here. The one parse of the token: every check
-    reads it (parsing again cost most of a check's time, issue 24)."""
+    in UTC), every field the checks read parsed now so that malformed content fails here.
+    The one parse of the token: every check reads it (parsing again cost most of a check's
+    time, issue 24)."""
     try:
         resp = _TimeStampResp.load(response_der, strict=True)
         status = resp["status"]["status"].native
