@@ -50,7 +50,7 @@ import httpx
 from bench.headless_bench import CLI, LogFollower, count_receipts, cpu_seconds, make_config, stop
 from bench.host_attacks_bench import rss_uss
 from bench.livez_bench import Prober, http_port
-from bench.scale_bench import private_file_pages
+from bench.scale_bench import own_memory, private_file_pages
 from core.fsutil import atomic_write_bytes
 from core.jobs import safe_name
 from core.sources import write_batch
@@ -323,12 +323,6 @@ def snapshot_rows() -> list[tuple[str, str, str]]:
     return rows
 
 
-def own(figures: dict[str, float]) -> float:
-    """A daemon's USS less the pages of mapped files no other process mapped at the time
-    (bench/scale_bench.py `private_file_pages`): the memory it holds itself."""
-    return figures["uss"] - figures["uss_files"]
-
-
 def livez_rows() -> list[tuple[str, str, str]]:
     quiet, tailed = tails_figures(ATTACH_JOBS, 0), tails_figures(ATTACH_JOBS, TAILS)
     return [
@@ -340,7 +334,7 @@ def livez_rows() -> list[tuple[str, str, str]]:
          f"{int(tailed['over'])} of {int(tailed['probes'])} / {int(quiet['over'])} of {int(quiet['probes'])} "
          "answers over the target (a max is one answer: on a shared machine, read these beside it)"),
         (f"USS added by {TAILS} `ctl tail`, {ATTACH_JOBS:,}-job pass",
-         f"{(own(tailed) - own(quiet)) / 2**20:+.1f} MiB",
+         f"{(own_memory(tailed) - own_memory(quiet)) / 2**20:+.1f} MiB",
          f"target < {TAILS_USS_TARGET / 2**20:.0f} MiB: the daemon's own memory, without / with them (USS "
          f"{quiet['uss'] / 2**20:.0f} / {tailed['uss'] / 2**20:.0f} MiB after the pass, less the mapped files' "
          f"pages no other process maps then, {quiet['uss_files'] / 2**20:.0f} / {tailed['uss_files'] / 2**20:.0f} "

@@ -346,10 +346,16 @@ def private_file_pages(pid: int) -> int:
     return total
 
 
+def own_memory(figures: dict[str, float]) -> float:
+    """A daemon's USS (`uss`) less the pages of mapped files no other process mapped at the
+    time (`uss_files`, from `private_file_pages`): the memory it holds itself."""
+    return figures["uss"] - figures["uss_files"]
+
+
 def uss_row(n: int, m: dict[str, float]) -> tuple[str, str, str]:
     target = USS_TARGETS.get(n)
     split = (f"; of it {m['uss_files'] / 2**20:.0f} MiB mapped files' pages no other process maps, "
-             f"{(m['uss'] - m['uss_files']) / 2**20:.0f} MiB the rest")
+             f"{own_memory(m) / 2**20:.0f} MiB the rest")
     return (f"USS idle after the first pass, {n:,} namespaces", f"{m['uss'] / 2**20:.0f} MiB",
             (f"target < {target} MiB" if target else "no target at this size") + split)
 
