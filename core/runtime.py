@@ -93,6 +93,8 @@ class Runtime:
         state_file = _state_file(cfg)
         self.state_file = state_file
         self.store = store or _configured_store(cfg, state_file)
+        if self.lock.fd is not None:
+            self.store.keep_lock(self.lock.fd)
         self.receipts = self.store.receipts
         self.cluster: ClusterView | None = None  # cluster mode: set when the run starts (core/services.py)
         self.wallets: WalletWatch | None = None  # the signers' balances: set when the run starts

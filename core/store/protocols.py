@@ -376,8 +376,13 @@ class Store:
     db: Database | None = field(default=None, repr=False)
     replica: str | None = None
     make_ready: Callable[[], None] = field(default=lambda: None, repr=False)
+    # `keep_lock(fd)`: the data dir's lock, for a store that writes from a child process
+    # (the file store's receipts) to hold in it; `release()`: that child ended, at close.
+    keep_lock: Callable[[int], None] = field(default=lambda fd: None, repr=False)
+    release: Callable[[], None] = field(default=lambda: None, repr=False)
 
     def close(self) -> None:
+        self.release()
         if self.db is not None:
             self.db.close()
 

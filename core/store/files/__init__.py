@@ -21,7 +21,7 @@ from core.store.protocols import Store, StoreOptions
 def open_file_store(url: str, options: StoreOptions) -> Store:
     """The file store on `options.data_dir` (the state file: `options.state_file`)."""
     data_dir = options.data_dir
-    receipts = ReceiptStore(data_dir / "receipts")
+    receipts = ReceiptStore(data_dir / "receipts", in_a_process=True)
     return Store(
         kind="file",
         display=str(data_dir),
@@ -30,6 +30,8 @@ def open_file_store(url: str, options: StoreOptions) -> Store:
         receipts=receipts,
         audit=FileAudit(data_dir / "audit.jsonl"),
         claims=FileClaims(receipts),
+        keep_lock=receipts.keep_open_in_process,
+        release=receipts.close,
     )
 
 

@@ -97,6 +97,12 @@ class DataDirLock:
     def held(self) -> bool:
         return self._fd is not None
 
+    @property
+    def fd(self) -> int | None:
+        """The lock's file descriptor while held: a child process that inherits it holds the
+        lock with this scheduler, until both have ended."""
+        return self._fd
+
     def acquire(self) -> DataDirLock:
         if self._fd is not None:
             return self

@@ -25,10 +25,10 @@ import itertools
 import json
 import os
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from pathlib import Path
-from typing import cast
+from typing import IO, Protocol, cast
 
 from core.batchfs import publish_all, stage_all
 from core.fsutil import (
@@ -46,6 +46,7 @@ from core.fsutil import (
 from core.jobs import safe_name, unsafe_name
 from core.receipts import Receipt, ReceiptError, load_receipt, parse_iso_utc, receipt_matches
 from core.store.files.pending import PendingIndex
+from core.store.files.receipt_process import Item, Outcome, ReceiptProcess, read_data
 from core.store.protocols import Listing
 
 
@@ -73,6 +74,41 @@ def slices(n: int) -> list[tuple[int, int]]:
     return list(itertools.pairwise(cuts))
 
 
+class _Writable(Protocol):
+    """What a group commit needs of a receipt: its bytes and whether it is pending."""
+
+    @property
+    def status(self) -> str: ...
+
+    def to_bytes(self) -> bytes: ...
+
+
+class _Streamed:
+    """The receipts of a request to the receipt writer process, as its group commit takes
+    them: each one's bytes read from the request when it is staged (in order, once each:
+    `_stage`), the rest read after the commit (`drain`); never a pending one (those are
+    written in process, with the pending index)."""
+
+    __slots__ = ("source", "taken")
+    status = "confirmed"
+
+    def __init__(self, source: IO[bytes]) -> None:
+        self.source = source
+        self.taken = 0
+
+    def to_bytes(self) -> bytes:
+        self.taken += 1
+        return read_data(self.source)
+
+    def drain(self, count: int) -> None:
+        """Read the bytes of the request's receipts not staged (after a failed flush)."""
+        while self.taken < count:
+            try:
+                self.to_bytes()
+            except ValueError:
+                pass
+
+
 Staged = tuple[int, str, Path, str, bytes, bool]  # index, namespace folder, final path, temp path, data, pending
 Linked = tuple[int, Path, bool]  # index, path, pending under the name its chunk's list gives
 
@@ -83,7 +119,7 @@ class _GroupCommit:
     `write_many`)."""
 
     def __init__(
-        self, store: ReceiptStore, receipts: list[Receipt], results: list[Path | Exception],
+        self, store: ReceiptStore, receipts: Sequence[_Writable], results: list[Path | Exception],
         created: list[str | Path], listing: Path | None,
     ) -> None:
         self.store = store
@@ -182,7 +218,11 @@ class ReceiptStore:
     STAGING = ".staging"  # temp files of the chunk being written (hidden: no namespace's)
     INDEX_COMPLETE = PendingIndex.COMPLETE
 
-    def __init__(self, root_dir: str | os.PathLike[str]) -> None:
+    PROCESS_FROM = 64  # receipts of a chunk from which the receipt writer process writes it
+
+    def __init__(self, root_dir: str | os.PathLike[str], *, in_a_process: bool = False) -> None:
+        """`in_a_process`: chunks of PROCESS_FROM receipts or more, none pending, are written
+        by a child process (core/store/files/receipt_process.py): the scheduler's store."""
         self.root = Path(root_dir)
         self.index = self.root / self.INDEX
         self._index = PendingIndex(self.root, self.index)
@@ -197,6 +237,7 @@ class ReceiptStore:
         self._index_device: int | None = None  # the pending index's folder, looked at once
         self._root_device: int | None = None
         self._root = str(self.root)
+        self.process = ReceiptProcess(self._root) if in_a_process else None
 
     # ---- writing
 
@@ -239,15 +280,88 @@ class ReceiptStore:
                 continue
             results.append(Path(f"{root}/{name}/{file}"))
             plan.append((index, name, file))
-        if not plan:
-            return results
+        process = self.process
+        if process is not None and len(plan) >= self.PROCESS_FROM and all(r.status != "pending" for r in receipts):
+            self._write_in(process, receipts, results, plan)
+        elif plan:
+            self._commit(receipts, results, plan)
+        return results
+
+    def _commit(self, receipts: Sequence[_Writable], results: list[Path | Exception], plan: list[tuple[int, str, str]]) -> None:
+        """`plan`'s receipts as one group commit, in this process (`write_many`)."""
         created: list[str | Path] = []  # parents of folders made, for the next flush
         listing = self._open_list(receipts, results, plan, created)
         _GroupCommit(self, receipts, results, created, listing).run(plan)
-        return results
+
+    def _write_in(
+        self, process: ReceiptProcess, receipts: list[Receipt], results: list[Path | Exception],
+        plan: list[tuple[int, str, str]],
+    ) -> None:
+        """`plan`'s receipts written by the receipt writer process: their bytes made here,
+        the folders' state sent with them and updated from the outcomes."""
+        unmade: dict[int, Exception] = {}
+
+        def made() -> Iterator[bytes | None]:
+            for index, _, _ in plan:
+                try:
+                    yield receipts[index].to_bytes()
+                except Exception as exc:
+                    unmade[index] = exc
+                    yield None
+
+        known = {name: state for _, name, _ in plan if (state := self._folder_state(name)) is not None}
+        outcomes = process.write([(name, file) for _, name, file in plan], known, made())
+        for (index, name, _), outcome in zip(plan, outcomes, strict=True):
+            if index in unmade:
+                results[index] = unmade[index]
+            elif isinstance(outcome, str):
+                if outcome != str(results[index]):  # a `-<n>` name: the file name was taken
+                    results[index] = Path(outcome)
+                self._prepared.discard(name)
+                self._found.discard(name)
+                self._cleaned.add(name)
+            else:
+                results[index] = outcome if isinstance(outcome, Exception) else OSError(errno.EIO, repr(outcome))
+                self._cleaned.discard(name)
+
+    def _folder_state(self, name: str) -> str | None:
+        """What this store knows of a namespace folder (`_ready`): cleaned, prepared, found."""
+        if name in self._cleaned:
+            return "cleaned"
+        if name in self._prepared:
+            return "prepared"
+        return "found" if name in self._found else None
+
+    def write_streamed(self, items: list[Item], known: dict[str, str], source: IO[bytes]) -> list[Outcome]:
+        """The receipt writer process's side of `write_many` (core/store/files/receipt_worker.py):
+        receipts (never pending ones) whose bytes `source` gives in order, as one group
+        commit; each one's path (text) or error. `known`: the scheduler's store's view of
+        their folders, taken over here."""
+        for name, state in known.items():
+            for kept in (self._cleaned, self._prepared, self._found):
+                kept.discard(name)
+            {"cleaned": self._cleaned, "prepared": self._prepared, "found": self._found}[state].add(name)
+        root = self._root
+        results: list[Path | Exception] = [Path(f"{root}/{name}/{file}") for name, file in items]
+        streamed = _Streamed(source)
+        try:
+            self._commit([streamed] * len(items), results, [(index, *item) for index, item in enumerate(items)])
+        finally:
+            streamed.drain(len(items))
+        return [str(result) if isinstance(result, Path) else result for result in results]
+
+    def keep_open_in_process(self, fd: int) -> None:
+        """A file descriptor the receipt writer process inherits: the data dir's lock."""
+        if self.process is not None:
+            self.process.keep_open = (*self.process.keep_open, fd)
+
+    def close(self) -> None:
+        """End the receipt writer process, if one runs."""
+        if self.process is not None:
+            self.process.close()
 
     def _open_list(
-        self, receipts: list[Receipt], results: list[Path | Exception], plan: list[tuple[int, str, str]],
+        self, receipts: Sequence[_Writable], results: list[Path | Exception], plan: list[tuple[int, str, str]],
         created: list[str | Path],
     ) -> Path | None:
         """The chunk's list naming its pending receipts (None without any); when it cannot be
@@ -331,7 +445,7 @@ class ReceiptStore:
         self._cleaned.discard(name)
 
     def _stage(
-        self, part: list[tuple[int, str, str]], receipts: list[Receipt], results: list[Path | Exception],
+        self, part: list[tuple[int, str, str]], receipts: Sequence[_Writable], results: list[Path | Exception],
         created: list[str | Path], token: int,
     ) -> list[Staged]:
         """Each receipt of `part` as a temp file in the staging folder (in its own folder when
@@ -444,6 +558,11 @@ class ReceiptStore:
         wanted = {safe_name(ns) for ns in namespaces} - self._cleaned - self._prepared - self._found
         if not wanted:
             return 0
+        if self.process is not None and len(wanted) >= self.PROCESS_FROM:
+            try:
+                self.process.start()  # its imports beside the reads, not in the first chunk's way
+            except OSError:
+                pass  # the first chunk tries again (and fails it, if it still cannot)
         if not os.path.isdir(self._root):
             ensure_dir(self.root)  # durable at once: the folders made below are its children
         self._staging_folder([])  # its name needs no flush: a temp file's is never looked up after a crash
