@@ -10,6 +10,7 @@ writes the receipts from it (as recovery at start does), so nothing is paid twic
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -81,8 +82,25 @@ def _retrieved(future: asyncio.Future[Any]) -> None:
         future.exception()
 
 
-def _chunks(items: list[_T], size: int) -> list[list[_T]]:
-    return [items[i : i + size] for i in range(0, len(items), size)]
+RAMP = 8  # a pass's first and last chunks are 1/RAMP of a chunk (`commit_chunks`)
+
+
+def commit_chunks(items: list[_T], size: int) -> list[list[_T]]:
+    """`items` cut in chunks of `size`; when a chunk is RAMP * 32 or more, the first ones
+    are size / RAMP, then twice that, up to `size`, and the last one is size / RAMP: the
+    writer's first chunk is written (and the pipeline of writes and applies full) after a
+    small chunk's write, not a whole one's, and what the loop applies once the last write
+    ended is a small chunk, not a whole one."""
+    if size < RAMP * 32 or len(items) <= size:
+        return [items[i : i + size] for i in range(0, len(items), size)]
+    cuts = [0]
+    step = size // RAMP
+    while cuts[-1] < len(items):
+        cuts.append(min(len(items), cuts[-1] + step))
+        step = min(size, step * 2)
+    if len(items) - cuts[-2] > size // RAMP:  # the last chunk cut in two: its end a small one
+        cuts.insert(-1, len(items) - size // RAMP)
+    return [items[a:b] for a, b in itertools.pairwise(cuts)]
 
 
 class Committer:
@@ -174,7 +192,7 @@ class Committer:
                 return
             await self._apply(held, chunk, done, advance, owned, started, now, recovered=recovered)
 
-        for chunk in _chunks(pairs, size):
+        for chunk in commit_chunks(pairs, size):
             if error is not None:
                 unwritten.extend(chunk)
                 continue
@@ -208,9 +226,11 @@ class Committer:
 
         # Built on a thread of their own, not the loop's (1,000 receipts) nor the writer's:
         # while the writer thread commits chunk k (waiting on the receipt writer process or
-        # the database), chunk k+1 is built. One thread, so the chunks reach the writer in
-        # their order.
-        def build() -> tuple[list[Receipt], list[dict[str, Any] | None]] | Exception:
+        # the database), chunk k+1 is built, with its files' bytes for a store that writes
+        # files. One thread, so the chunks reach the writer in their order.
+        encodes = ctx.claims.takes_bytes
+
+        def build() -> tuple[list[Receipt], list[dict[str, Any] | None], list[bytes] | None] | Exception:
             try:
                 states = [
                     succeeded(state, item.batch.root, None, now).to_dict() if moves and with_states else None
@@ -232,17 +252,18 @@ class Committer:
                         batch_root=item.batch.root, proof=proofs[index], leaf_index=index,
                         confirmations_required=spec.confirmations,
                     ))
+                encoded = [receipt.to_bytes() for receipt in receipts] if encodes else None
             except Exception as exc:  # a bug, not a disk error: raised on the loop as it is
                 return exc
-            return receipts, states
+            return receipts, states, encoded
 
         built = await asyncio.get_running_loop().run_in_executor(self._builder(), build)
         if isinstance(built, Exception):
             return built, advance
-        receipts, states = built
+        receipts, states, encoded = built
 
         def write() -> Committed:
-            return ctx.claims.commit(receipts, states, rows, intent.id, recovered=recovered)
+            return ctx.claims.commit(receipts, states, rows, intent.id, recovered=recovered, encoded=encoded)
 
         return await ctx.writer.run("receipt", ctx.receipts.root, write), advance
 

@@ -268,7 +268,10 @@ class ReceiptRepo(Protocol):
 
     root: Path
 
-    def write_many(self, receipts: list[Receipt]) -> list[Path | Exception]: ...
+    def write_many(self, receipts: list[Receipt], encoded: Sequence[bytes] | None = None) -> list[Path | Exception]:
+        """New receipts (`encoded`: their `to_bytes()`, made beforehand), each one's path or
+        its own error."""
+        ...
 
     def load(self, path: str | os.PathLike[str]) -> Receipt: ...
 
@@ -307,6 +310,9 @@ class Claims(Protocol):
     closes_intents: bool
     # Receipts per commit call (the engine's loop runs between calls); None: all in one.
     commit_chunk: int | None
+    # True: commit writes each receipt's file bytes, and takes them made beforehand
+    # (`encoded`, made by the engine off the writer thread); False: it never uses them.
+    takes_bytes: bool
 
     def claim(self, jobs: dict[JobKey, JobState], lease_seconds: float, *, spread: bool = False) -> dict[JobKey, JobState]:
         """Lease these jobs (given as this scheduler knows them) where no other holder has
@@ -322,14 +328,14 @@ class Claims(Protocol):
 
     def commit(
         self, receipts: list[Receipt], states: Sequence[dict[str, Any] | None], rows: Sequence[Row | None], intent_id: str,
-        *, recovered: bool = False,
+        *, recovered: bool = False, encoded: Sequence[bytes] | None = None,
     ) -> Committed:
         """For each job whose lease fence in `rows` is still current: its receipt, its state
         (`last_receipt` set to the receipt's name; a state None leaves the job's as it is)
         and its lease released; with
         `closes_intents`, the intent removed, all in one transaction. `recovered`: receipts
         may exist from this very attestation already (a crash, a failed write): reused.
-        Raises Superseded when the intent is no longer this replica's."""
+        `encoded`: each receipt's `to_bytes()`, when `takes_bytes`. Raises Superseded when the intent is no longer this replica's."""
         ...
 
     def changed_since(self, cursor: Any) -> tuple[dict[JobKey, JobState], Any]: ...

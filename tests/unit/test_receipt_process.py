@@ -181,3 +181,28 @@ def test_a_core_package_in_the_working_folder_is_never_what_the_child_imports(
     monkeypatch.chdir(planted.parent)  # a daemon started from a folder a local user can write to
     results = store.write_many(receipts())
     assert all(isinstance(r, Path) for r in results)
+
+
+class _NoBytesHere:
+    """A receipt whose bytes the writer thread must not make: the engine made them."""
+
+    def __init__(self, receipt: Receipt) -> None:
+        self._receipt = receipt
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._receipt, name)
+
+    def to_bytes(self) -> bytes:
+        raise AssertionError("the receipt's bytes were made again on the writer thread")
+
+
+@pytest.mark.parametrize("in_a_process", [False, True])
+def test_bytes_made_beforehand_are_what_is_written_and_not_made_again(tmp_path: Path, in_a_process: bool) -> None:
+    store = ReceiptStore(tmp_path / "receipts", in_a_process=in_a_process)
+    try:
+        chunk = receipts()
+        given: Any = [_NoBytesHere(r) for r in chunk]
+        results = store.write_many(given, [r.to_bytes() for r in chunk])
+        assert all(isinstance(p, Path) and p.read_bytes() == r.to_bytes() for p, r in zip(results, chunk, strict=True))
+    finally:
+        store.close()

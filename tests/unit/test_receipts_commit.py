@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from core import merkle
+from core.engine.commit import commit_chunks
 from core.engine.record import succeeded
 from core.fsutil import dumps_json
 from core.jobs import JobState, safe_name, unsafe_name
@@ -168,3 +169,17 @@ def test_a_namespace_folder_name_is_each_unsafe_byte_escaped_and_reads_back() ->
         assert unsafe_name(safe) == name
         assert set(safe) <= set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-%")
         assert not safe.startswith(".")
+
+
+def test_a_big_pass_is_committed_in_chunks_that_start_and_end_small() -> None:
+    """The writer's first chunk is a small one (the first receipts, and the pipeline of
+    writes and applies, sooner) and so is the last (what the loop applies after the last
+    write); every job once, in order; small chunk sizes (tests) cut evenly."""
+
+    jobs = list(range(10_000))
+    chunks = commit_chunks(jobs, 1024)
+    assert [len(c) for c in chunks[:4]] == [128, 256, 512, 1024]
+    assert len(chunks[-1]) == 128 and max(len(c) for c in chunks) == 1024
+    assert [j for c in chunks for j in c] == jobs
+    assert [len(c) for c in commit_chunks(jobs[:7], 2)] == [2, 2, 2, 1]
+    assert commit_chunks(jobs[:1000], 1024) == [jobs[:1000]]

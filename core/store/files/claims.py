@@ -36,6 +36,7 @@ class FileClaims:
     # Receipts per commit: a few flushes of the file system each (ReceiptStore.write_many);
     # the loop runs between chunks.
     commit_chunk: int | None = 1024
+    takes_bytes = True  # receipt files: their bytes made by the engine before the commit
 
     def __init__(self, receipts: ReceiptRepo) -> None:
         self.receipts = receipts
@@ -81,7 +82,7 @@ class FileClaims:
 
     def commit(
         self, receipts: list[Receipt], states: Sequence[dict[str, Any] | None], rows: Sequence[Row | None], intent_id: str,
-        *, recovered: bool = False,
+        *, recovered: bool = False, encoded: Sequence[bytes] | None = None,
     ) -> Committed:
         """The receipts of the jobs whose fence is current, as files. `recovered`: a receipt
         already written from this very token (before a crash or a failed write) is reused,
@@ -96,7 +97,10 @@ class FileClaims:
                 fresh.append(n)
             else:
                 paths[n] = found
-        for n, result in zip(fresh, self.receipts.write_many([receipts[n] for n in fresh]), strict=True):
+        written = self.receipts.write_many(
+            [receipts[n] for n in fresh], None if encoded is None else [encoded[n] for n in fresh]
+        )
+        for n, result in zip(fresh, written, strict=True):
             paths[n] = result
         done = Committed(paths)
         for n in current:

@@ -83,6 +83,19 @@ class _Writable(Protocol):
     def to_bytes(self) -> bytes: ...
 
 
+class _Made:
+    """A receipt whose bytes its writer made beforehand (`write_many`'s `encoded`)."""
+
+    __slots__ = ("data", "status")
+
+    def __init__(self, data: bytes, status: str) -> None:
+        self.data = data
+        self.status = status
+
+    def to_bytes(self) -> bytes:
+        return self.data
+
+
 class _Streamed:
     """The receipts of a request to the receipt writer process, as its group commit takes
     them: each one's bytes read from the request when it is staged (in order, once each:
@@ -252,8 +265,9 @@ class ReceiptStore:
             raise result
         return result
 
-    def write_many(self, receipts: list[Receipt]) -> list[Path | Exception]:
+    def write_many(self, receipts: list[Receipt], encoded: Sequence[bytes] | None = None) -> list[Path | Exception]:
         """Write new receipts as one group commit; each gets its path or its own error.
+        `encoded`: their bytes (`Receipt.to_bytes()`), made beforehand by the caller.
 
         The pending ones named in the chunk's list (the pending index) first; then, SLICE
         receipts at a time, each receipt staged as a temp file and, once a flush of the
@@ -281,10 +295,13 @@ class ReceiptStore:
             results.append(Path(f"{root}/{name}/{file}"))
             plan.append((index, name, file))
         process = self.process
+        writable: Sequence[_Writable] = (
+            receipts if encoded is None else [_Made(data, r.status) for r, data in zip(receipts, encoded, strict=True)]
+        )
         if process is not None and len(plan) >= self.PROCESS_FROM and all(r.status != "pending" for r in receipts):
-            self._write_in(process, receipts, results, plan)
+            self._write_in(process, writable, results, plan)
         elif plan:
-            self._commit(receipts, results, plan)
+            self._commit(writable, results, plan)
         return results
 
     def _commit(self, receipts: Sequence[_Writable], results: list[Path | Exception], plan: list[tuple[int, str, str]]) -> None:
@@ -294,7 +311,7 @@ class ReceiptStore:
         _GroupCommit(self, receipts, results, created, listing).run(plan)
 
     def _write_in(
-        self, process: ReceiptProcess, receipts: list[Receipt], results: list[Path | Exception],
+        self, process: ReceiptProcess, receipts: Sequence[_Writable], results: list[Path | Exception],
         plan: list[tuple[int, str, str]],
     ) -> None:
         """`plan`'s receipts written by the receipt writer process: their bytes made here,
@@ -326,11 +343,8 @@ class ReceiptStore:
 
     def _folder_state(self, name: str) -> str | None:
         """What this store knows of a namespace folder (`_ready`): cleaned, prepared, found."""
-        if name in self._cleaned:
-            return "cleaned"
-        if name in self._prepared:
-            return "prepared"
-        return "found" if name in self._found else None
+        known = (("cleaned", self._cleaned), ("prepared", self._prepared), ("found", self._found))
+        return next((state for state, names in known if name in names), None)
 
     def write_streamed(self, items: list[Item], known: dict[str, str], source: IO[bytes]) -> list[Outcome]:
         """The receipt writer process's side of `write_many` (core/store/files/receipt_worker.py):

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -170,8 +170,8 @@ class PgReceiptStore:
             raise ReceiptInvalid(f"{p}: not a receipt of the PostgreSQL store")
         return ReceiptStore.namespace_of(p), p.name
 
-    def write_many(self, receipts: list[Receipt]) -> list[Path | Exception]:
-        with self.db.tx() as conn:
+    def write_many(self, receipts: list[Receipt], encoded: Sequence[bytes] | None = None) -> list[Path | Exception]:
+        with self.db.tx() as conn:  # rows of JSON documents: `encoded` (files' bytes) not used
             return list(insert_receipts(conn, receipts, self.replica)[0])
 
     def load(self, path: str | os.PathLike[str]) -> Receipt:

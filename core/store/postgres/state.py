@@ -143,6 +143,7 @@ class PgStateStore:
 
     closes_intents = True  # commit removes the intent in its transaction
     commit_chunk: int | None = None  # one transaction for a whole anchor's jobs
+    takes_bytes = False  # receipts are rows of JSON documents, not files
 
     def claim(self, jobs: dict[JobKey, JobState], lease_seconds: float, *, spread: bool = False) -> dict[JobKey, JobState]:
         """Lease the jobs among `jobs` no other replica holds; their current state (from the
@@ -187,7 +188,7 @@ class PgStateStore:
 
     def commit(
         self, receipts: list[Receipt], states: Sequence[dict[str, Any] | None], rows: Sequence[Row | None], intent_id: str,
-        *, recovered: bool = False,
+        *, recovered: bool = False, encoded: Sequence[bytes] | None = None,
     ) -> Committed:
         """Receipts, the jobs' states and the release of their leases, and the intent's
         removal, in one transaction (the engine's commit), for the jobs whose
