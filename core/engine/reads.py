@@ -2,13 +2,19 @@
 threads (core.sources.prefetch), waiting while they make progress (core.readers
 `Patience`): until BATCH_READ_WAIT passed without one answering, or BATCH_READ_MOST in
 all; `_take` then never reads on the loop a folder that was not read for it (a dead mount
-would stop everything). 100,000 folders due at once thus take two passes: the first
-takes what BATCH_READ_MOST read, and its receipts are written (disk) while the next pass's
-reads go on (CPU); that pass, with anchors under way, waits for the rest (BATCH_READ_BUSY
-at most), so they anchor in one more pass. A fixed 1 s wait left most of them to be looked
-at again every second, pass after pass, and a folder whose read ended between two passes
-was read again, queued behind every other read. Waiting for all of them before any anchor
-measured slower at 30,000: the receipts no longer overlapped the reads."""
+would stop everything). Folders more than BATCH_READ_MOST reads take two passes: the
+first takes what was read, and its receipts are written while the next pass's reads go
+on; that pass, with anchors under way, waits for the rest (BATCH_READ_BUSY at most), so
+they anchor in one more pass. A fixed 1 s wait left most of them to be looked at again
+every second, pass after pass, and a folder whose read ended between two passes was read
+again, queued behind every other read.
+
+BATCH_READ_MOST was 1 s (100,000 folders in two passes: their receipts overlapped the
+reads when both ran on one GIL). With the receipts written by their own process
+(core/store/files/receipt_process.py), a second pass cost more than the overlap gave: its
+due pass, claim, tree, intent and call again (~2 s at 100,000), beside reads slowed by the
+first pass's receipts. 100,000 folders read in one pass anchored 1.3-3.5 s sooner (three
+pairs). A folder that does not answer still ends the wait after BATCH_READ_WAIT."""
 
 from __future__ import annotations
 
@@ -18,7 +24,7 @@ from core.jobs import JobKey, JobSpec
 from core.sources import SourceError
 
 BATCH_READ_WAIT = 1.0  # seconds a pass waits for its batch folders without any answering
-BATCH_READ_MOST = 1.0  # seconds a pass waits for its batch folders in all, no anchor under way
+BATCH_READ_MOST = 30.0  # seconds a pass waits for its batch folders in all, no anchor under way
 BATCH_READ_BUSY = 60.0  # the same while anchors are under way (their receipts being written)
 BATCH_READ_STALL = 10.0  # seconds a folder may not answer before its jobs fail for it
 
