@@ -122,6 +122,8 @@ class _Streamed:
                 pass
 
 
+_UNANSWERED = OSError(errno.EIO, "not answered by the receipt writer process")  # until it answers
+
 Staged = tuple[int, str, Path, str, bytes, bool]  # index, namespace folder, final path, temp path, data, pending
 Linked = tuple[int, Path, bool]  # index, path, pending under the name its chunk's list gives
 
@@ -286,19 +288,22 @@ class ReceiptStore:
         results: list[Path | Exception] = []
         plan: list[tuple[int, str, str]] = []  # index, namespace folder, file name
         root = self._root
+        process = self.process
+        if len(receipts) < self.PROCESS_FROM or any(r.status == "pending" for r in receipts):
+            process = None
         for index, receipt in enumerate(receipts):
             try:
                 name, file = safe_name(receipt.namespace), self.file_name(receipt)
             except Exception as exc:
                 results.append(exc)
                 continue
-            results.append(Path(f"{root}/{name}/{file}"))
+            # by the process: each path made from its answer (a `-<n>` name when taken)
+            results.append(_UNANSWERED if process is not None else Path(f"{root}/{name}/{file}"))
             plan.append((index, name, file))
-        process = self.process
         writable: Sequence[_Writable] = (
             receipts if encoded is None else [_Made(data, r.status) for r, data in zip(receipts, encoded, strict=True)]
         )
-        if process is not None and len(plan) >= self.PROCESS_FROM and all(r.status != "pending" for r in receipts):
+        if process is not None:
             self._write_in(process, writable, results, plan)
         elif plan:
             self._commit(writable, results, plan)
@@ -332,8 +337,7 @@ class ReceiptStore:
             if index in unmade:
                 results[index] = unmade[index]
             elif isinstance(outcome, str):
-                if outcome != str(results[index]):  # a `-<n>` name: the file name was taken
-                    results[index] = Path(outcome)
+                results[index] = Path(outcome)
                 self._prepared.discard(name)
                 self._found.discard(name)
                 self._cleaned.add(name)
