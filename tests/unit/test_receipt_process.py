@@ -206,3 +206,19 @@ def test_bytes_made_beforehand_are_what_is_written_and_not_made_again(tmp_path: 
         assert all(isinstance(p, Path) and p.read_bytes() == r.to_bytes() for p, r in zip(results, chunk, strict=True))
     finally:
         store.close()
+
+
+def test_a_chunk_whose_bytes_raise_midway_ends_the_child_and_the_next_chunk_is_read_aright(store: ReceiptStore) -> None:
+    """A request cut off halfway on the scheduler's side (the bytes' maker raised) would
+    leave the child reading the next request's header as a receipt's bytes."""
+    assert store.process is not None
+    chunk = receipts()
+
+    def bytes_then_a_stop() -> Any:
+        yield chunk[0].to_bytes()
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        store.process.write([("a", "b.json"), ("a", "c.json")], {}, bytes_then_a_stop())
+    results = store.write_many(chunk)
+    assert all(isinstance(p, Path) and p.read_bytes() == r.to_bytes() for p, r in zip(results, chunk, strict=True))

@@ -147,6 +147,9 @@ class ReceiptProcess:
             except OSError as exc:
                 self._end()
                 return [OSError(errno.EIO, f"the receipt writer process failed: {exc.strerror or exc}")] * len(items)
+            except BaseException:  # a request half sent: the child would read the next one askew
+                self._end()
+                raise
             if not isinstance(answer, list) or len(answer) != len(items):
                 code = self._end()
                 why = f"the receipt writer process ended (exit {code}) before answering"
