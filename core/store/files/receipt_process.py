@@ -24,13 +24,14 @@ answered fails with an OSError (EIO), as a failed flush fails them: the engine k
 attestation and writes them again later, finding a receipt the child did link from its
 token (core/store/files/claims.py). The next chunk starts a new child.
 
-Messages: an 8-byte big-endian length, then a pickle (protocol 5). A request is a header
-(items, known): items (namespace folder, file name) in order, `known` the parent's view of
-the folders named ("cleaned", "prepared" or "found": `ReceiptStore._ready`); then each
-receipt's bytes, an 8-byte length and the bytes (NOT_ENCODED: none), streamed as the
-writer thread makes them: the child stages the first slice while the next ones are made
-(the writer thread's bytes and the child's files, each on its own core). An answer is one
-outcome per item: its path (text) or its exception.
+Frames: an 8-byte big-endian length, then as many bytes. A request is a header, a frame
+holding a pickle (protocol 5) of (items, known): items (namespace folder, file name) in
+order, `known` the parent's view of the folders named ("cleaned", "prepared" or "found":
+`ReceiptStore._ready`); then a frame per receipt holding its bytes (empty: the writer
+thread could not make them; a receipt's bytes never are), streamed as the writer thread
+makes them: the child stages the first slice while the next ones are made (the writer
+thread's bytes and the child's files, each on its own core). An answer is a frame holding
+a pickle of one outcome per item: its path (text) or its exception.
 """
 
 from __future__ import annotations
@@ -54,41 +55,44 @@ SEND_BUFFER = 64 * 1024  # bytes gathered before a write to the pipe (~20 receip
 
 Item = tuple[str, str]  # namespace folder name, file name
 Outcome = str | BaseException  # the receipt's path, or what kept it from being written
-NOT_ENCODED = 2**64 - 1  # a receipt's length when the writer thread could not make its bytes
 PIPE_BYTES = 1 << 20  # the requests' pipe, as large as Linux allows by default: ~300 receipts ahead
 
 
-def write_message(out: IO[bytes], value: Any) -> None:
-    data = pickle.dumps(value, protocol=5)
+def write_frame(out: IO[bytes], data: bytes) -> None:
     out.write(_LENGTH.pack(len(data)))
     out.write(data)
-    out.flush()
 
 
-def read_message(source: IO[bytes]) -> Any:
-    """The next message, or None at the end of the pipe (a message cut short is an end too)."""
+def read_frame(source: IO[bytes]) -> bytes | None:
+    """The next frame's bytes, or None at the end of the pipe (a frame cut short is an end too)."""
     head = source.read(_LENGTH.size)
     if len(head) < _LENGTH.size:
         return None
     (length,) = _LENGTH.unpack(head)
     data = source.read(length)
-    if len(data) < length:
-        return None
-    return pickle.loads(data)
+    return data if len(data) == length else None
+
+
+def write_message(out: IO[bytes], value: Any) -> None:
+    write_frame(out, pickle.dumps(value, protocol=5))
+    out.flush()
+
+
+def read_message(source: IO[bytes]) -> Any:
+    """The next message, or None at the end of the pipe."""
+    data = read_frame(source)
+    return None if data is None else pickle.loads(data)
 
 
 def read_data(source: IO[bytes]) -> bytes:
     """The next receipt's bytes of a request; ValueError when the scheduler could not make
     them, OSError when the request was cut short (the scheduler ended)."""
-    head = source.read(_LENGTH.size)
-    if len(head) == _LENGTH.size:
-        (length,) = _LENGTH.unpack(head)
-        if length == NOT_ENCODED:
-            raise ValueError("the receipt's bytes could not be made")
-        data = source.read(length)
-        if len(data) == length:
-            return data
-    raise OSError(errno.EPIPE, "the scheduler's request was cut short")
+    data = read_frame(source)
+    if data is None:
+        raise OSError(errno.EPIPE, "the scheduler's request was cut short")
+    if not data:
+        raise ValueError("the receipt's bytes could not be made")
+    return data
 
 
 def picklable(outcome: Outcome) -> Outcome:
@@ -137,11 +141,7 @@ class ReceiptProcess:
                 assert requests is not None and answers is not None
                 write_message(requests, (items, known))
                 for one in data:
-                    if one is None:
-                        requests.write(_LENGTH.pack(NOT_ENCODED))
-                    else:
-                        requests.write(_LENGTH.pack(len(one)))
-                        requests.write(one)
+                    write_frame(requests, one or b"")
                 requests.flush()
                 answer = read_message(answers)
             except OSError as exc:
