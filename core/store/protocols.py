@@ -335,7 +335,8 @@ class Claims(Protocol):
         and its lease released; with
         `closes_intents`, the intent removed, all in one transaction. `recovered`: receipts
         may exist from this very attestation already (a crash, a failed write): reused.
-        `encoded`: each receipt's `to_bytes()`, when `takes_bytes`. Raises Superseded when the intent is no longer this replica's."""
+        `encoded`: each receipt's `to_bytes()`, when `takes_bytes`. Raises Superseded when
+        the intent is no longer this replica's."""
         ...
 
     def changed_since(self, cursor: Any) -> tuple[dict[JobKey, JobState], Any]: ...

@@ -246,6 +246,7 @@ class ReceiptStore:
         self._cleaned: set[str] = set()
         self._prepared: set[str] = set()  # made by `prepare`, not written into yet (nor flushed)
         self._found: set[str] = set()  # found there by `prepare`, not written into yet
+        self._folders = {"cleaned": self._cleaned, "prepared": self._prepared, "found": self._found}  # by state
         self._foreign: set[str] = set()  # namespace folders found on another file system
         self._staging: bool | None = None  # the staging folder usable (None: not looked at yet)
         self._elsewhere: dict[int, str] = {}  # a device other than the root's -> a folder on it
@@ -347,8 +348,7 @@ class ReceiptStore:
 
     def _folder_state(self, name: str) -> str | None:
         """What this store knows of a namespace folder (`_ready`): cleaned, prepared, found."""
-        known = (("cleaned", self._cleaned), ("prepared", self._prepared), ("found", self._found))
-        return next((state for state, names in known if name in names), None)
+        return next((state for state, names in self._folders.items() if name in names), None)
 
     def write_streamed(self, items: list[Item], known: dict[str, str], source: IO[bytes]) -> list[Outcome]:
         """The receipt writer process's side of `write_many` (core/store/files/receipt_worker.py):
@@ -356,9 +356,9 @@ class ReceiptStore:
         commit; each one's path (text) or error. `known`: the scheduler's store's view of
         their folders, taken over here."""
         for name, state in known.items():
-            for kept in (self._cleaned, self._prepared, self._found):
-                kept.discard(name)
-            {"cleaned": self._cleaned, "prepared": self._prepared, "found": self._found}[state].add(name)
+            for names in self._folders.values():
+                names.discard(name)
+            self._folders[state].add(name)
         root = self._root
         results: list[Path | Exception] = [Path(f"{root}/{name}/{file}") for name, file in items]
         streamed = _Streamed(source)
