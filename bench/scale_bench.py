@@ -26,18 +26,29 @@
 
 The machine's references (the TSA alone, the disk's raw fsync rate) are printed by the
 costs suite (bench/costs_bench.py).
+
+Every data dir of the suite is kept until its end (`Scratch`), not removed after its
+measure: on ext4 without a journal (this sandbox's root file system), a create skips every
+free inode deleted in the last vm.dirtytime_expire_seconds (12 h) whose inode table block
+is cached, so the 40,000 files a 10,000 pass leaves, removed before the next measure, made
+each file that measure created cost the kernel several times more (the disk alone: 14,000
+folders and files per second after a cache drop, 1,700-2,400 after removing the previous
+run's; raw_create_rate's 200,000 files were removed just before the 100,000 pass). A
+scheduler in service does not remove 40,000 files before each pass; the last row prints
+what a create costs the kernel on the data dir's disk at the suite's end all the same.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import statistics
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +73,26 @@ USS_TARGETS = {1_000: 50, 10_000: 100, 100_000: 600}  # MiB, idle after the firs
 HUGE = 100_000
 HUGE_PASS_TARGET = "< 20 s"
 PG_ROUNDS = 3  # PostgreSQL commit runs, each on a new server
+
+
+class Scratch:
+    """Where the suite's measures make their data dirs: each in `kept_in`, left there for
+    the suite to remove at its end (see the module docstring); without one, each removed
+    as its measure ends (a measure run alone)."""
+
+    def __init__(self, kept_in: Path | None = None) -> None:
+        self.kept_in = kept_in
+
+    @contextlib.contextmanager
+    def folder(self, prefix: str) -> Iterator[Path]:
+        if self.kept_in is not None:
+            yield Path(tempfile.mkdtemp(prefix=prefix, dir=self.kept_in))
+            return
+        with tempfile.TemporaryDirectory(prefix=prefix, dir=os.environ.get("BENCH_DATA_DIR")) as name:
+            yield Path(name)
+
+
+EACH_REMOVED = Scratch()  # a measure run alone: its data dir removed as it ends
 
 
 def cpu_split(pid: int) -> tuple[float, float]:
@@ -120,9 +151,8 @@ def seed_batches(folder: Path, n: int) -> None:
     os.sync()
 
 
-def first_pass(n: int) -> dict[str, float]:
-    with tempfile.TemporaryDirectory(prefix="vmsh-scale-bench-", dir=os.environ.get("BENCH_DATA_DIR")) as name:
-        tmp = Path(name)
+def first_pass(n: int, scratch: Scratch = EACH_REMOVED) -> dict[str, float]:
+    with scratch.folder("vmsh-scale-bench-") as tmp:
         seed_batches(tmp / "batches", n)
         config = make_config(tmp, n)
         log_path = tmp / "stdout.jsonl"
@@ -232,10 +262,10 @@ def commit_all(claims: Any, batch: list[Receipt], intent_id: str) -> float:
     return seconds
 
 
-def file_rate(status: str) -> tuple[float, float]:
+def file_rate(status: str, scratch: Scratch = EACH_REMOVED) -> tuple[float, float]:
     """Receipts per second of a first round (each namespace's folder made) and of a next
     round into the folders that exist (a scheduler's every pass after its first)."""
-    with tempfile.TemporaryDirectory(prefix="vmsh-scale-files-", dir=os.environ.get("BENCH_DATA_DIR")) as name:
+    with scratch.folder("vmsh-scale-files-") as name:
         store = ReceiptStore(Path(name) / "receipts")
         store.pending()  # a new data dir: its pending index complete from the start
         first = RECEIPTS / commit_all(FileClaims(store), receipts(RECEIPTS, status), "bench")
@@ -279,13 +309,16 @@ def postgres_rate() -> float | None:
         server.cleanup()
 
 
-def raw_create_rate(n: int = RECEIPTS, chunk: int = 1024, *, folders_there: bool = False) -> float:
+def raw_create_rate(
+    n: int = RECEIPTS, chunk: int = 1024, *, folders_there: bool = False, scratch: Scratch = EACH_REMOVED
+) -> float:
     """The disk's own ceiling for what a first pass asks of it, with no code of ours: n
     folders made, a 3 KB file created in each, one syncfs(2) (or sync) per `chunk`; per
     second. `folders_there`: the folders are made (and synced) before the clock starts, as
     for a later round's receipts."""
     data = os.urandom(3072)
-    with tempfile.TemporaryDirectory(prefix="vmsh-scale-raw-", dir=os.environ.get("BENCH_DATA_DIR")) as name:
+    with scratch.folder("vmsh-scale-raw-") as where:
+        name = str(where)
         folders = [os.path.join(name, f"ns{i}") for i in range(n)]
         if folders_there:
             for folder in folders:
@@ -394,8 +427,13 @@ def uss_row(n: int, m: dict[str, float]) -> tuple[str, str, str]:
 
 
 def run() -> list[tuple[str, str, str]]:
+    with tempfile.TemporaryDirectory(prefix="vmsh-scale-suite-", dir=os.environ.get("BENCH_DATA_DIR")) as suite:
+        return measures(Scratch(kept_in=Path(suite)))  # every data dir removed here, at the end
+
+
+def measures(scratch: Scratch) -> list[tuple[str, str, str]]:
     n = namespaces()
-    m = first_pass(n)
+    m = first_pass(n, scratch)
     rows = [
         (f"{n:,} namespaces, start to every one anchored once (aggregated)", f"{m['from_process']:.2f} s",
          f"target {FIRST_PASS_TARGET} (was 21 s); from 'scheduler started' {m['from_started']:.2f} s: "
@@ -406,11 +444,11 @@ def run() -> list[tuple[str, str, str]]:
         uss_row(n, m),
     ]
     if n != 1_000:
-        rows.append(uss_row(1_000, first_pass(1_000)))
+        rows.append(uss_row(1_000, first_pass(1_000, scratch)))
     if os.environ.get("BENCH_SCALE_HUGE", "1") != "0":  # BENCH_SCALE_HUGE=0 skips the 100,000 run
-        floor = HUGE / raw_create_rate(HUGE)
+        floor = HUGE / raw_create_rate(HUGE, scratch=scratch)
         try:
-            huge = first_pass(HUGE)
+            huge = first_pass(HUGE, scratch)
         except RuntimeError as exc:  # not done in PASS_TIMEOUT: the row says so, the others still run
             rows.append((f"{HUGE:,} namespaces, start to every one anchored once (aggregated)", "not done",
                          f"target {HUGE_PASS_TARGET}; {exc}; the disk alone makes its {HUGE:,} folders and files in {floor:.1f} s"))
@@ -428,8 +466,8 @@ def run() -> list[tuple[str, str, str]]:
          f"{built * 1e6:.1f} / {serialized * 1e6:.1f} us",
          "in process, no disk (was ~22 / ~11 us: each built alone, its token encoded again for each)")
     )
-    confirmed = best2(2, lambda: file_rate("confirmed"))
-    pending = best2(2, lambda: file_rate("pending"))
+    confirmed = best2(2, lambda: file_rate("confirmed", scratch))
+    pending = best2(2, lambda: file_rate("pending", scratch))
     calls = "a slice's calls in one C call" if NATIVE is not None else "calls one by one (core._fsbatch not built)"
     rows += [
         (f"receipts written per second, file store ({RECEIPTS:,} confirmed, folders there)", f"{confirmed[1]:,.0f} /s",
@@ -437,12 +475,12 @@ def run() -> list[tuple[str, str, str]]:
         (f"receipts written per second, file store ({RECEIPTS:,} pending: in the pending index)", f"{pending[1]:,.0f} /s",
          f"target {RATE_TARGET}; a first round: {pending[0]:,.0f} /s"),
     ]
-    raw = best_of(2, raw_create_rate)
+    raw = best_of(2, lambda: raw_create_rate(scratch=scratch))
     rows.append(
         (f"reference: the disk alone, {RECEIPTS:,} folders made and a 3 KB file in each, one flush per 1,024",
          f"{raw:,.0f} /s", "no code of ours: the ceiling of a first pass's file store writes on this disk")
     )
-    raw_there = best_of(2, lambda: raw_create_rate(folders_there=True))
+    raw_there = best_of(2, lambda: raw_create_rate(folders_there=True, scratch=scratch))
     rows.append(
         (f"reference: the disk alone, a 3 KB file created in each of {RECEIPTS:,} folders there, one flush per 1,024",
          f"{raw_there:,.0f} /s", "no code of ours: the ceiling of a later round's file store writes on this disk")
