@@ -5,8 +5,8 @@ DATA_DIR ?= .vmsh-demo
 
 .PHONY: install run headless test typecheck bench lint clean btc-regtest
 
-# core/_fsbatch.c is built by the install (an editable one builds it in place).
-$(VENV)/.installed: pyproject.toml setup.py core/_fsbatch.c
+# core/_fsbatch.c and core/_batchread.c are built by the install (an editable one builds them in place).
+$(VENV)/.installed: pyproject.toml setup.py core/_fsbatch.c core/_batchread.c
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test]'

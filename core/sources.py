@@ -72,7 +72,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePath
 from typing import TypeVar
 
-from core import safejson
+from core import batchread, safejson
 from core.errors import ValidationError
 from core.fsutil import atomic_write_json, is_temp_name
 from core.readers import Patience, Read, Readers
@@ -373,7 +373,12 @@ def _newest_name(folder: str, limits: BatchLimits) -> str:
                 "or in scheduler: to read them)"
             )
         raise SourceError(f"batch folder {folder} has no batch files (*.json){skipped}")
-    return sys.intern(best) if len(best) <= _INTERN_ID_CHARS else best  # "000001.json" in many folders
+    return _interned(best)
+
+
+def _interned(name: str) -> str:
+    """A file name held once however many folders have it ("000001.json")."""
+    return sys.intern(name) if len(name) <= _INTERN_ID_CHARS else name
 
 
 def _scan_names(
@@ -636,21 +641,29 @@ def _latest(folder: str, *, use_handoff: bool = True) -> Batch:
         return handoff.batch
     limits = _limits.get(folder, _default_limits)
     now = time.time_ns()
+    with _lock:
+        entry = _cache.get(folder)
+    if entry is None:  # listed and read by one call (core/batchread.py), if it can be
+        listed = batchread.newest(folder, limits.max_bytes, limits.follow_symlinks)
+        if listed is not None:
+            return _read_listed(folder, listed, now)
     try:
         fst = os.stat(folder)
     except FileNotFoundError:
         raise SourceError(f"batch folder {folder} does not exist") from None
     except OSError as exc:
         raise SourceError(f"batch folder {folder}: {exc.strerror or exc}") from None
-    with _lock:
-        entry = _cache.get(folder)
     if entry is not None and not (
         entry.folder_trusted
         and entry.folder_mtime_ns == fst.st_mtime_ns
         and entry.folder_ino == fst.st_ino
         and entry.folder_dev == fst.st_dev
     ):
-        entry = None  # the folder changed (or was too fresh to trust): list it again
+        # The folder changed (or was too fresh to trust): list it again.
+        listed = batchread.newest(folder, limits.max_bytes, limits.follow_symlinks)
+        if listed is not None:
+            return _read_listed(folder, listed, now)
+        entry = None
     name = entry.name if entry is not None else _newest_name(folder, limits)
     if entry is not None:
         path = os.path.join(folder, name)
@@ -694,19 +707,46 @@ def _read_entry(
             _cache.pop(folder, None)
         raise SourceError(f"batch file {path}: cannot read: {exc.strerror or exc}") from None
     else:
-        try:
-            batch = Batch._in(*_batch_fields(path, data), folder, name)
-        except SourceError as exc:
-            error = str(exc)
+        batch, error = _parsed(folder, name, data)
+    return _remember(
+        folder, (fst.st_dev, fst.st_ino, fst.st_mtime_ns), name, (st.st_mtime_ns, st.st_size), batch, error, now
+    )
+
+
+def _read_listed(folder: str, listed: batchread.Listed, now: int) -> Batch:
+    """The cache's entry of a folder core/batchread.py listed and read: as `_read_entry`'s."""
+    name = _interned(listed.name)
+    batch, error = _parsed(folder, name, listed.data)
+    return _remember(
+        folder, (listed.folder_dev, listed.folder_ino, listed.folder_mtime_ns), name,
+        (listed.file_mtime_ns, listed.file_size), batch, error, now,
+    )
+
+
+def _parsed(folder: str, name: str, data: bytes) -> tuple[Batch | None, str | None]:
+    """The batch file `name` of `folder` gives, or the message of why it gives none."""
+    try:
+        return Batch._in(*_batch_fields(os.path.join(folder, name), data), folder, name), None
+    except SourceError as exc:
+        return None, str(exc)
+
+
+def _remember(
+    folder: str, folder_stat: tuple[int, int, int], name: str, file_stat: tuple[int, int],
+    batch: Batch | None, error: str | None, now: int,
+) -> Batch:
+    """Keep what a read of `folder` found (folder_stat: dev, ino, mtime_ns as listed;
+    file_stat: mtime_ns, size); its batch, or SourceError with its problem."""
+    (dev, ino, folder_mtime), (file_mtime, size) = folder_stat, file_stat
     new = _Entry(
-        folder_dev=fst.st_dev,
-        folder_ino=fst.st_ino,
-        folder_mtime_ns=fst.st_mtime_ns,
-        folder_trusted=now - fst.st_mtime_ns > _RACY_NS,
+        folder_dev=dev,
+        folder_ino=ino,
+        folder_mtime_ns=folder_mtime,
+        folder_trusted=now - folder_mtime > _RACY_NS,
         name=name,
-        file_mtime_ns=st.st_mtime_ns,
-        file_size=st.st_size,
-        file_trusted=now - st.st_mtime_ns > _RACY_NS,
+        file_mtime_ns=file_mtime,
+        file_size=size,
+        file_trusted=now - file_mtime > _RACY_NS,
         batch=batch,
         error=error,
     )

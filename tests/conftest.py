@@ -21,6 +21,28 @@ def fixtures_dir() -> Path:
     return FIXTURES_DIR
 
 
+@pytest.fixture(params=["one-call", "python"])
+def batch_reads(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each test run both ways core/sources.py reads a batch folder: listed and read by one
+    C call (core/batchread.py, "one-call") and its own way ("python", as where the
+    extension was not built, and for every folder out of the ordinary)."""
+    import core.batchread
+
+    if request.param == "one-call" and core.batchread.NATIVE is None:
+        pytest.skip("core._batchread is not built")
+    if request.param == "python":
+        monkeypatch.setattr(core.batchread, "NATIVE", None)
+    return str(request.param)
+
+
+@pytest.fixture
+def python_reads(batch_reads: str) -> None:
+    """For a test that watches the Python way's own system calls (os.open, os.read): run
+    with "python" only."""
+    if batch_reads != "python":
+        pytest.skip("watches the system calls core/sources.py makes its own way")
+
+
 @pytest.fixture(params=["one-call", "call-by-call"])
 def batch_syscalls(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Each test run both ways core/batchfs.py makes its system calls: by the C extension,

@@ -14,7 +14,7 @@ import threading
 from pathlib import Path
 
 import core.engine.scheduler
-from core import sources
+from core import batchread, sources
 from core.events import ReceiptWritten
 
 NAMESPACES = 50
@@ -74,11 +74,17 @@ async def test_a_shared_folder_is_listed_once_per_change_off_the_loop(tmp_path, 
 
     loop_thread = threading.current_thread()
     listed: list[tuple[str, threading.Thread]] = []
-    real_scandir = os.scandir
+    real_scandir, real_newest = os.scandir, batchread.newest
 
     def scandir(path="."):
         listed.append((os.path.abspath(path), threading.current_thread()))
         return real_scandir(path)
+
+    def newest_listed(folder: str, cap: int, follow: bool) -> batchread.Listed | None:
+        found = real_newest(folder, cap, follow)
+        if found is not None:  # listed by core/batchread.py's one call (else by os.scandir)
+            listed.append((os.path.abspath(folder), threading.current_thread()))
+        return found
 
     newest = {"shared": FILES - 1, "solo": 1}
     real_prefetch = sources.prefetch
@@ -92,6 +98,7 @@ async def test_a_shared_folder_is_listed_once_per_change_off_the_loop(tmp_path, 
         return unanswered
 
     monkeypatch.setattr(os, "scandir", scandir)
+    monkeypatch.setattr(batchread, "newest", newest_listed)
     monkeypatch.setattr(core.engine.scheduler, "prefetch", prefetch_then_write)
     written_late: int | None = None
     for p in range(PASSES):

@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from core import sources
+from core import batchread, sources
 from core.sources import SourceError, latest_batch, write_batch
+
+pytestmark = pytest.mark.usefixtures("batch_reads")  # each test both ways (tests/conftest.py)
 
 NAMESPACES = 50
 FILES = 10_000
@@ -28,17 +30,28 @@ def fill(folder: Path, count: int) -> None:
 
 
 class Listings:
-    """Wraps os.scandir: the threads each folder was listed on."""
+    """Wraps os.scandir and core/batchread.py's one call (when it listed the folder): the
+    threads each folder was listed on."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.threads: dict[str, list[threading.Thread]] = {}
-        real = os.scandir
+        real, real_newest = os.scandir, batchread.newest
 
         def scandir(path=".") -> object:
-            self.threads.setdefault(str(path), []).append(threading.current_thread())
+            self.listed(str(path))
             return real(path)
 
+        def newest(folder: str, cap: int, follow: bool) -> batchread.Listed | None:
+            found = real_newest(folder, cap, follow)
+            if found is not None:  # else the folder is listed the Python way (os.scandir)
+                self.listed(folder)
+            return found
+
         monkeypatch.setattr(os, "scandir", scandir)
+        monkeypatch.setattr(batchread, "newest", newest)
+
+    def listed(self, folder: str) -> None:
+        self.threads.setdefault(folder, []).append(threading.current_thread())
 
     def count(self, folder: Path) -> int:
         return len(self.threads.get(str(folder), []))

@@ -9,9 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from core import sources
+from core import batchread, sources
 from core.errors import ErrorKind, ValidationError, classify
 from core.sources import Batch, SourceError, latest_batch, natural_key, write_batch
+
+pytestmark = pytest.mark.usefixtures("batch_reads")  # each test both ways (tests/conftest.py)
 
 R1 = "sha256:" + "11" * 32
 R2 = "sha256:" + "22" * 32
@@ -118,7 +120,7 @@ def test_folder_errors(tmp_path: Path) -> None:
         latest_batch(afile)
 
 
-def test_unreadable_file(tmp_path: Path, monkeypatch) -> None:
+def test_unreadable_file(tmp_path: Path, monkeypatch, python_reads) -> None:
     path = write_batch(tmp_path, "1", R1)
     real_open = os.open
 
@@ -315,7 +317,9 @@ def test_a_file_that_grows_while_read_stops_at_the_limit(tmp_path: Path, monkeyp
     assert read["bytes"] <= 101
 
 
-def test_a_small_batch_file_is_read_without_a_buffer_of_the_whole_limit(tmp_path: Path, monkeypatch) -> None:
+def test_a_small_batch_file_is_read_without_a_buffer_of_the_whole_limit(
+    tmp_path: Path, monkeypatch, python_reads
+) -> None:
     """A pass reads 100,000 files of ~100 bytes: asking the kernel for the 1 MiB limit made
     Python allocate (mmap), fault and free a 1 MiB buffer for each of them."""
     write_batch(tmp_path, "1", R1, name="000001.json")
@@ -450,15 +454,25 @@ async def test_the_engine_reads_due_batch_files_off_the_event_loop(tmp_path: Pat
     )
     opened_on_loop: list[str] = []
     opened_off_loop: list[str] = []
-    real_open = os.open
+    real_open, real_newest = os.open, batchread.newest
+
+    def opened(namespace: str) -> None:
+        on_loop = threading.current_thread() is threading.main_thread()
+        (opened_on_loop if on_loop else opened_off_loop).append(namespace)
 
     def recording_open(path, *args, **kw):
         if str(path).startswith(str(tmp_path / "batches")):
-            on_loop = threading.current_thread() is threading.main_thread()
-            (opened_on_loop if on_loop else opened_off_loop).append(Path(path).parent.name)
+            opened(Path(path).parent.name)
         return real_open(path, *args, **kw)
 
+    def recording_newest(folder, *args):  # the folder listed and its file read in one call
+        found = real_newest(folder, *args)
+        if found is not None and folder.startswith(str(tmp_path / "batches")):
+            opened(Path(folder).name)
+        return found
+
     monkeypatch.setattr(os, "open", recording_open)
+    monkeypatch.setattr(batchread, "newest", recording_newest)
     await engine.run_once()
     assert sorted(str(e.job) for e in events if isinstance(e, ReceiptWritten)) == ["a/fast", "b/fast", "c/fast"]
     assert opened_on_loop == []
