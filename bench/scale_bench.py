@@ -364,19 +364,20 @@ def file_system(folder: str) -> str:
     return f"ext4 on {source}, {'journaled' if journaled else 'no journal'}"
 
 
-def create_cost(n: int = 3000) -> float:
+def create_cost(n: int = 3000, scratch: Scratch = EACH_REMOVED) -> float:
     """Kernel CPU seconds per empty file created in a new folder of the data dir's disk
     (the system time of n creates)."""
-    with tempfile.TemporaryDirectory(prefix="vmsh-scale-create-", dir=os.environ.get("BENCH_DATA_DIR")) as name:
+    with scratch.folder("vmsh-scale-create-") as folder:
         before = os.times().system
         for i in range(n):
-            os.close(os.open(os.path.join(name, f"f{i}"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640))
+            os.close(os.open(os.path.join(folder, f"f{i}"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640))
         return (os.times().system - before) / n
 
 
-def disk_rows() -> list[tuple[str, str, str]]:
-    """What the data dir's file system costs a create, and why it may cost more than a
-    healthy disk's (the rows above divide by it)."""
+def disk_rows(at_start: float, scratch: Scratch = EACH_REMOVED) -> list[tuple[str, str, str]]:
+    """What the data dir's file system costs a create (`at_start`: before the suite's first
+    measure; again now), and why it may cost more than a healthy disk's (the rows above
+    divide by it)."""
     where = os.environ.get("BENCH_DATA_DIR") or tempfile.gettempdir()
     fs = file_system(where)
     note = f"{fs} ({where})"
@@ -388,8 +389,8 @@ def disk_rows() -> list[tuple[str, str, str]]:
         note += (f": without a journal, ext4 skips at each create every inode deleted in the last "
                  f"{window:,} s (vm.dirtytime_expire_seconds), so a disk with much recent churn (test "
                  "runs) pays far more per create than a fresh or journaled one")
-    return [("reference: kernel CPU per file created on the data dir's file system", f"{create_cost() * 1e6:.0f} us",
-             note)]
+    return [("reference: kernel CPU per file created on the data dir's file system",
+             f"{create_cost(scratch=scratch) * 1e6:.0f} us", f"{at_start * 1e6:.0f} us before the suite's first measure; {note}")]
 
 
 def best_of(rounds: int, fn: Callable[[], float]) -> float:
@@ -432,6 +433,7 @@ def run() -> list[tuple[str, str, str]]:
 
 
 def measures(scratch: Scratch) -> list[tuple[str, str, str]]:
+    create_at_start = create_cost(scratch=scratch)  # the disk as the suite found it
     n = namespaces()
     m = first_pass(n, scratch)
     rows = [
@@ -485,7 +487,7 @@ def measures(scratch: Scratch) -> list[tuple[str, str, str]]:
         (f"reference: the disk alone, a 3 KB file created in each of {RECEIPTS:,} folders there, one flush per 1,024",
          f"{raw_there:,.0f} /s", "no code of ours: the ceiling of a later round's file store writes on this disk")
     )
-    rows += disk_rows()
+    rows += disk_rows(create_at_start, scratch)
     pg = sorted(rate for rate in (postgres_rate() for _ in range(PG_ROUNDS)) if rate is not None)
     rows.append(
         (f"receipts written per second, PostgreSQL store ({RECEIPTS:,})",
