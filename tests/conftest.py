@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,16 @@ SHARED_FIXTURES_DIR = Path(__file__).resolve().parents[2] / "shared" / "fixtures
 def fixtures_dir() -> Path:
     """The real VaultMesh files (namespaces.yaml, anchors.yaml); read them, never modify."""
     return FIXTURES_DIR
+
+
+@pytest.fixture
+def fresh_batch_cache() -> Iterator[None]:
+    """core/sources.py's cache of the folders read, empty before the test and after it."""
+    from core import sources
+
+    sources.clear_cache()
+    yield
+    sources.clear_cache()
 
 
 @pytest.fixture(params=["one-call", "python"])

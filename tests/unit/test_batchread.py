@@ -12,24 +12,25 @@ import pytest
 from core import batchread, sources
 from core.sources import BatchLimits, SourceError, latest_batch, write_batch
 
-pytestmark = pytest.mark.skipif(batchread.NATIVE is None, reason="core._batchread is not built")
+pytestmark = [
+    pytest.mark.skipif(batchread.NATIVE is None, reason="core._batchread is not built"),
+    pytest.mark.usefixtures("fresh_batch_cache"),
+]
 
 CAP = BatchLimits().max_bytes
 R1 = "sha256:" + "11" * 32
+BATCH = '{"id": "1", "root": "' + R1 + '"}'
 
 
-@pytest.fixture(autouse=True)
-def _fresh_cache():
-    sources.clear_cache()
-    yield
-    sources.clear_cache()
+def python_newest(folder: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The name of the file core/sources.py reads its own way."""
+    with monkeypatch.context() as patched:
+        patched.setattr(batchread, "NATIVE", None)
+        sources.clear_cache()
+        return latest_batch(folder).path.name
 
 
-def python_newest(folder: Path, follow: bool = False) -> str | None:
-    return sources._scan_names(str(folder), BatchLimits(follow_symlinks=follow), {})[0]
-
-
-def test_the_newest_is_the_one_the_python_way_picks(tmp_path: Path) -> None:
+def test_the_newest_is_the_one_the_python_way_picks(tmp_path: Path, monkeypatch) -> None:
     """Digit runs compared as numbers (leading zeros, long runs), text runs as text, a name
     whose key ends first the lesser, and of equal keys the first listed."""
     rng = random.Random(24)
@@ -39,23 +40,23 @@ def test_the_newest_is_the_one_the_python_way_picks(tmp_path: Path) -> None:
         folder.mkdir()
         names = {"".join(rng.choice(parts) for _ in range(rng.randint(1, 4))) + ".json" for _ in range(rng.randint(1, 12))}
         for name in names:
-            (folder / name).write_text("{}")
+            (folder / name).write_text(BATCH)
         listed = batchread.newest(str(folder), CAP, False)
         assert listed is not None
-        assert listed.name == python_newest(folder), sorted(names)
+        assert listed.name == python_newest(folder, monkeypatch), sorted(names)
 
 
-def test_of_equal_keys_the_first_listed_is_the_newest(tmp_path: Path) -> None:
+def test_of_equal_keys_the_first_listed_is_the_newest(tmp_path: Path, monkeypatch) -> None:
     for n, (names, equal_newest) in enumerate(
         [(["7", "007", "07"], 3), (["b2", "b02", "a9"], 2), (["1", "01", "001", "0001"], 4)]
     ):
         folder = tmp_path / f"f{n}"
         folder.mkdir()
         for name in names:
-            (folder / f"{name}.json").write_text("{}")
+            (folder / f"{name}.json").write_text(BATCH)
         first_listed = next(name for name in os.listdir(folder) if name[:-5] in names[:equal_newest])
         listed = batchread.newest(str(folder), CAP, False)
-        assert listed is not None and listed.name == first_listed == python_newest(folder)
+        assert listed is not None and listed.name == first_listed == python_newest(folder, monkeypatch)
 
 
 def test_what_it_reads_is_what_the_python_way_reads(tmp_path: Path) -> None:

@@ -13,18 +13,11 @@ from core import batchread, sources
 from core.errors import ErrorKind, ValidationError, classify
 from core.sources import Batch, SourceError, latest_batch, natural_key, write_batch
 
-pytestmark = pytest.mark.usefixtures("batch_reads")  # each test both ways (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("batch_reads", "fresh_batch_cache")  # each test both ways (tests/conftest.py)
 
 R1 = "sha256:" + "11" * 32
 R2 = "sha256:" + "22" * 32
 R3 = "sha256:" + "33" * 32
-
-
-@pytest.fixture(autouse=True)
-def _fresh_cache():
-    sources.clear_cache()
-    yield
-    sources.clear_cache()
 
 
 def age(path: Path, seconds: float = 60) -> None:
