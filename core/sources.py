@@ -643,27 +643,21 @@ def _latest(folder: str, *, use_handoff: bool = True) -> Batch:
     now = time.time_ns()
     with _lock:
         entry = _cache.get(folder)
+    fst: os.stat_result | None = None
+    if entry is not None:
+        fst = _folder_stat(folder)
+        if not (
+            entry.folder_trusted
+            and entry.folder_mtime_ns == fst.st_mtime_ns
+            and entry.folder_ino == fst.st_ino
+            and entry.folder_dev == fst.st_dev
+        ):
+            entry = None  # the folder changed (or was too fresh to trust): list it again
     if entry is None:  # listed and read by one call (core/batchread.py), if it can be
         listed = batchread.newest(folder, limits.max_bytes, limits.follow_symlinks)
         if listed is not None:
             return _read_listed(folder, listed, now)
-    try:
-        fst = os.stat(folder)
-    except FileNotFoundError:
-        raise SourceError(f"batch folder {folder} does not exist") from None
-    except OSError as exc:
-        raise SourceError(f"batch folder {folder}: {exc.strerror or exc}") from None
-    if entry is not None and not (
-        entry.folder_trusted
-        and entry.folder_mtime_ns == fst.st_mtime_ns
-        and entry.folder_ino == fst.st_ino
-        and entry.folder_dev == fst.st_dev
-    ):
-        # The folder changed (or was too fresh to trust): list it again.
-        listed = batchread.newest(folder, limits.max_bytes, limits.follow_symlinks)
-        if listed is not None:
-            return _read_listed(folder, listed, now)
-        entry = None
+    fst = fst if fst is not None else _folder_stat(folder)  # the Python way's own
     name = entry.name if entry is not None else _newest_name(folder, limits)
     if entry is not None:
         path = os.path.join(folder, name)
@@ -678,6 +672,15 @@ def _latest(folder: str, *, use_handoff: bool = True) -> Batch:
         if entry.file_trusted and entry.file_mtime_ns == st.st_mtime_ns and entry.file_size == st.st_size:
             return _result(entry)
     return _read_entry(folder, name, limits, fst, now, None if entry is None else st)
+
+
+def _folder_stat(folder: str) -> os.stat_result:
+    try:
+        return os.stat(folder)
+    except FileNotFoundError:
+        raise SourceError(f"batch folder {folder} does not exist") from None
+    except OSError as exc:
+        raise SourceError(f"batch folder {folder}: {exc.strerror or exc}") from None
 
 
 def _read_entry(
