@@ -289,9 +289,8 @@ class ReceiptStore:
         results: list[Path | Exception] = []
         plan: list[tuple[int, str, str]] = []  # index, namespace folder, file name
         root = self._root
-        process = self.process
-        if len(receipts) < self.PROCESS_FROM or any(r.status == "pending" for r in receipts):
-            process = None
+        small_or_pending = len(receipts) < self.PROCESS_FROM or any(r.status == "pending" for r in receipts)
+        process = None if small_or_pending else self.process
         for index, receipt in enumerate(receipts):
             try:
                 name, file = safe_name(receipt.namespace), self.file_name(receipt)
@@ -339,9 +338,7 @@ class ReceiptStore:
                 results[index] = unmade[index]
             elif isinstance(outcome, str):
                 results[index] = Path(outcome)
-                self._prepared.discard(name)
-                self._found.discard(name)
-                self._cleaned.add(name)
+                self._know_folder(name, "cleaned")
             else:
                 results[index] = outcome if isinstance(outcome, Exception) else OSError(errno.EIO, repr(outcome))
                 self._cleaned.discard(name)
@@ -350,17 +347,20 @@ class ReceiptStore:
         """What this store knows of a namespace folder (`_ready`): cleaned, prepared, found."""
         return next((state for state, names in self._folders.items() if name in names), None)
 
+    def _know_folder(self, name: str, state: str) -> None:
+        """A namespace folder's state is `state` now (and no other: `_folder_state`)."""
+        for names in self._folders.values():
+            names.discard(name)
+        self._folders[state].add(name)
+
     def write_streamed(self, items: list[Item], known: dict[str, str], source: IO[bytes]) -> list[Outcome]:
         """The receipt writer process's side of `write_many` (core/store/files/receipt_worker.py):
         receipts (never pending ones) whose bytes `source` gives in order, as one group
         commit; each one's path (text) or error. `known`: the scheduler's store's view of
         their folders, taken over here."""
         for name, state in known.items():
-            for names in self._folders.values():
-                names.discard(name)
-            self._folders[state].add(name)
-        root = self._root
-        results: list[Path | Exception] = [Path(f"{root}/{name}/{file}") for name, file in items]
+            self._know_folder(name, state)
+        results: list[Path | Exception] = [Path(f"{self._root}/{name}/{file}") for name, file in items]
         streamed = _Streamed(source)
         try:
             self._commit([streamed] * len(items), results, [(index, *item) for index, item in enumerate(items)])
