@@ -35,7 +35,8 @@ each file that measure created cost the kernel several times more (the disk alon
 folders and files per second after a cache drop, 1,700-2,400 after removing the previous
 run's; raw_create_rate's 200,000 files were removed just before the 100,000 pass). A
 scheduler in service does not remove 40,000 files before each pass; the last row prints
-what a create costs the kernel on the data dir's disk at the suite's end all the same.
+what a create costs the kernel on the data dir's disk as the suite found it and at its
+end all the same (files tests or other benches removed still count).
 """
 
 from __future__ import annotations
