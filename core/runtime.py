@@ -248,7 +248,7 @@ class Runtime:
             return ReloadPlan(loaded, [], sources.KeyedLimits(), plan_jobs(()))
         running = self._on_running_data_dir(loaded.config)
         return ReloadPlan(
-            loaded, restart_needed(self.started_with, loaded.config), sources.keyed_limits(running.batch_limits()),
+            loaded, restart_needed(self.started_with, loaded.config), running.batch_limits(),
             plan_jobs(running.jobs()),
         )
 

@@ -288,7 +288,8 @@ def clear_cache() -> None:
 
 
 class KeyedLimits(dict[str, BatchLimits]):
-    """Batch folders' limits as `configure` keeps them (`keyed_limits`)."""
+    """Batch folders' limits as `configure` keeps them: by each folder's text (`folder_key`), as
+    `Config.batch_limits` gives them and `keyed_limits` makes them of Paths."""
 
 
 def keyed_limits(limits: Mapping[Path, BatchLimits]) -> KeyedLimits:

@@ -957,11 +957,16 @@ def test_batch_read_settings(tmp_path):
         namespaces:
           a: {source: a, cadence: {fast: {target: "local:dev", every: "10s"}}}
           b: {source: b, follow_symlinks: false, cadence: {fast: {target: "local:dev", every: "10s"}}}
+          c: {source: c, cadence: {fast: {target: "local:dev", every: "10s"}}}
         """)
-    assert loaded.config.batch_limits() == {
-        tmp_path / "a": BatchLimits(4096, True),
-        tmp_path / "b": BatchLimits(4096, False),
+    limits = loaded.config.batch_limits()
+    assert limits == {
+        str(tmp_path / "a"): BatchLimits(4096, True),
+        str(tmp_path / "b"): BatchLimits(4096, False),
+        str(tmp_path / "c"): BatchLimits(4096, True),
     }
+    # Equal limits are one object: 100,000 namespaces do not keep 100,000 copies.
+    assert limits[str(tmp_path / "a")] is limits[str(tmp_path / "c")]
     default = load(tmp_path, MINIMAL).config
     limits = default.batch_limits().values()
     assert {(lim.max_bytes, lim.follow_symlinks) for lim in limits} == {(1024 * 1024, False)}
