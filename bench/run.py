@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import compileall
 import importlib
+import os
+import platform
 import sys
 import time
 from pathlib import Path
@@ -48,6 +50,23 @@ def table(rows: list[tuple[str, str, str]]) -> str:
     return "\n".join([line(header), sep, *(line(r) for r in rows)])
 
 
+def interpreter_row() -> tuple[str, str, str]:
+    """The interpreter that runs the benches and the schedulers they spawn (sys.executable):
+    every figure moves with its build. A distribution's CPython is built with PGO and LTO,
+    libpython linked in; a default pyenv build has neither, and ran the same first pass of
+    10,000 namespaces 8 % slower (docs/architecture.md)."""
+    try:
+        maps = Path("/proc/self/maps").read_text()
+    except OSError:
+        maps = ""
+    linked = "libpython a shared library" if "libpython" in maps else "libpython linked in"
+    return (
+        "reference: the interpreter of the benches and of the schedulers they start",
+        f"{platform.python_implementation()} {platform.python_version()}",
+        f"{os.path.realpath(sys.executable)}, {linked}",
+    )
+
+
 def main(argv: list[str]) -> int:
     names = argv or list(SUITES)
     unknown = [n for n in names if n not in SUITES]
@@ -59,7 +78,7 @@ def main(argv: list[str]) -> int:
     # core/ again (about 0.25 s of every start timed).
     for package in ("core", "cli", "tui"):
         compileall.compile_dir(ROOT / package, quiet=1)
-    rows: list[tuple[str, str, str]] = []
+    rows: list[tuple[str, str, str]] = [interpreter_row()]
     failed = False
     for name in names:
         started = time.perf_counter()
