@@ -49,7 +49,7 @@ if str(ROOT) not in sys.path:
 import psycopg  # noqa: E402
 from psycopg.types.json import Jsonb  # noqa: E402
 
-from core.jobs import JobKey  # noqa: E402
+from core.jobs import JobKey, JobState  # noqa: E402
 from core.store.postgres.database import NOTIFY_CHANNEL, Database  # noqa: E402
 from core.store.postgres.state import PgStateStore  # noqa: E402
 from tests.cluster.cluster_rig import ClusterRig, wait_until  # noqa: E402
@@ -310,19 +310,24 @@ def failover(server: PostgresServer, tsa: OpenSSLTSA, tmp: Path) -> list[Row]:
 # --------------------------------------------------------------------------- 3. claim latency
 
 
+def leases(got: dict[JobKey, JobState]) -> list[tuple[JobKey, int]]:
+    """(job, fence) of each lease a claim got: what `release` takes."""
+    return [(key, state.row.fence) for key, state in got.items() if state.row is not None and state.row.fence is not None]
+
+
 def claim_latency(server: PostgresServer) -> list[Row]:
     name = f"bench_claim_{os.getpid()}"
     url = server.create_database(name)
-    keys = [JobKey(f"bench:{n}", "fast") for n in range(CLAIM_JOBS)]
+    keys = {JobKey(f"bench:{n}", "fast"): JobState() for n in range(CLAIM_JOBS)}
     db_a = Database(url, password=PASSWORD)
     db_b = Database(url, password=PASSWORD)
     try:
         db_a.migrate()
         a, b = PgStateStore(db_a, "bench-a"), PgStateStore(db_b, "bench-b")
         started = time.perf_counter()
-        a.claim(keys, CLAIM_LEASE)  # creates the 10,000 rows
+        got = a.claim(keys, CLAIM_LEASE)  # creates the 10,000 rows
         first = time.perf_counter() - started
-        a.release(keys)
+        a.release(leases(got))
         alone: list[float] = []
         for _ in range(CLAIM_ROUNDS):
             started = time.perf_counter()
@@ -330,20 +335,20 @@ def claim_latency(server: PostgresServer) -> list[Row]:
             alone.append(time.perf_counter() - started)
             if len(got) != CLAIM_JOBS:
                 raise RuntimeError(f"one claimer got {len(got)} of {CLAIM_JOBS}")
-            a.release(keys)
+            a.release(leases(got))
 
         most: list[float] = []  # the claim that got the larger part, per round
         rest: list[float] = []
         splits: list[str] = []
         for _ in range(CLAIM_ROUNDS):
             gate = threading.Barrier(2)
-            result: dict[str, tuple[float, set[JobKey]]] = {}
+            result: dict[str, tuple[float, dict[JobKey, JobState]]] = {}
 
             def claimer(store: PgStateStore, gate: threading.Barrier = gate, result: dict = result) -> None:
                 gate.wait()
                 started = time.perf_counter()
                 got = store.claim(keys, CLAIM_LEASE)
-                result[store.replica] = (time.perf_counter() - started, set(got))
+                result[store.replica] = (time.perf_counter() - started, got)
 
             threads = [threading.Thread(target=claimer, args=(store,)) for store in (a, b)]
             for thread in threads:
@@ -351,14 +356,14 @@ def claim_latency(server: PostgresServer) -> list[Row]:
             for thread in threads:
                 thread.join()
             (ta, got_a), (tb, got_b) = result["bench-a"], result["bench-b"]
-            if got_a & got_b:
-                raise RuntimeError(f"{len(got_a & got_b)} jobs claimed by both")
+            if got_a.keys() & got_b.keys():
+                raise RuntimeError(f"{len(got_a.keys() & got_b.keys())} jobs claimed by both")
             big, small = (ta, tb) if len(got_a) >= len(got_b) else (tb, ta)
             most.append(big)
             rest.append(small)
             splits.append(f"{len(got_a)}/{len(got_b)}")
-            a.release(keys)
-            b.release(keys)
+            a.release(leases(got_a))
+            b.release(leases(got_b))
         unclaimed = {s for s in splits if sum(map(int, s.split("/"))) != CLAIM_JOBS}
     finally:
         db_a.close()
