@@ -535,8 +535,9 @@ def test_an_idle_cache_keeps_under_700_bytes_a_folder(tmp_path: Path, monkeypatc
     assert latest_batch(folders[7]) == Batch("000001", "sha256:" + f"{7:064x}", folders[7] / "000001.json")
 
 
-def test_limits_keyed_on_a_reloads_worker_thread_are_read_as_configure_keys_them(tmp_path: Path) -> None:
-    """A reload makes them off the loop (sources.keyed_limits), the loop only installs them."""
+def test_limits_keyed_ahead_of_configure_are_read_as_configure_keys_them(tmp_path: Path) -> None:
+    """Limits keyed before `configure` (sources.keyed_limits, as a reload's worker thread
+    keys the configuration's) are read as if `configure` had keyed them."""
     small, links = tmp_path / "small", tmp_path / "links"
     write_batch(small, "1", R1)
     write_batch(links, "1", R1)
